@@ -1,0 +1,453 @@
+//! How values become bytes and back.
+//!
+//! A value is encoded with serde (bincode) into a *payload*, except for large
+//! numeric buffers ([`Buffer`]) which are written out of band, 64-byte aligned,
+//! after the payload — the same idea as pickle protocol 5. Reading an object
+//! that lives in shared memory then hands out [`Buffer`]s that point straight
+//! into the mapped store: no copy, however many readers.
+//!
+//! Layout: `b"RFO1" | n_buffers u32 | payload_len u64 | (offset u64, len u64)* |
+//! payload | padding | buffer 0 | padding | buffer 1 ...`
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+
+const MAGIC: &[u8; 4] = b"RFO1";
+const ALIGN: usize = 64;
+const FIXED_HEADER: usize = 16;
+
+/// Anything that can be a task argument, a return value or a stored object.
+pub trait Value: Serialize + DeserializeOwned + Send + 'static {}
+impl<T: Serialize + DeserializeOwned + Send + 'static> Value for T {}
+
+/// Immutable bytes of an object: an inline vector or a read-only mapping of
+/// the shared-memory store. Cheap to clone.
+#[derive(Clone)]
+pub struct ObjectBytes {
+    backing: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    mapped: bool,
+}
+
+impl ObjectBytes {
+    /// Wraps owned bytes.
+    pub fn from_vec(v: Vec<u8>) -> ObjectBytes {
+        ObjectBytes { backing: Arc::new(v), mapped: false }
+    }
+
+    /// Wraps a read-only memory map.
+    pub(crate) fn from_mmap(m: memmap2::Mmap) -> ObjectBytes {
+        ObjectBytes { backing: Arc::new(MmapBytes(m)), mapped: true }
+    }
+
+    /// Whether these bytes are a mapping of the shared-memory store.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        (*self.backing).as_ref()
+    }
+}
+
+struct MmapBytes(memmap2::Mmap);
+impl AsRef<[u8]> for MmapBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// An immutable, cheaply cloneable array of plain numbers (`u8`, `f32`, `f64`,
+/// ...). Stored out of band in objects, so reading it from the shared-memory
+/// store costs no copy: every reader sees the same physical pages.
+///
+/// ```
+/// let b = rayforge::Buffer::from(vec![1.0f64, 2.0, 3.0]);
+/// assert_eq!(b.iter().sum::<f64>(), 6.0);
+/// ```
+pub struct Buffer<T: bytemuck::Pod> {
+    owner: Arc<dyn Send + Sync>,
+    ptr: *const T,
+    len: usize,
+    shared: bool,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: the data is immutable and kept alive by `owner`, which is Send+Sync.
+unsafe impl<T: bytemuck::Pod> Send for Buffer<T> {}
+// SAFETY: as above; only shared references are ever handed out.
+unsafe impl<T: bytemuck::Pod> Sync for Buffer<T> {}
+
+impl<T: bytemuck::Pod> Clone for Buffer<T> {
+    fn clone(&self) -> Self {
+        Buffer { owner: self.owner.clone(), ptr: self.ptr, len: self.len, shared: self.shared, _t: PhantomData }
+    }
+}
+
+impl<T: bytemuck::Pod + Send + Sync> From<Vec<T>> for Buffer<T> {
+    fn from(v: Vec<T>) -> Self {
+        let v = Arc::new(v);
+        let ptr = v.as_ptr();
+        let len = v.len();
+        Buffer { owner: v, ptr, len, shared: false, _t: PhantomData }
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for Buffer<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: ptr/len describe memory owned by `owner`, aligned for T
+        // (checked on construction), immutable for the buffer's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl<T: bytemuck::Pod + std::fmt::Debug> std::fmt::Debug for Buffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer(len={})", self.len)
+    }
+}
+
+impl<T: bytemuck::Pod + PartialEq> PartialEq for Buffer<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: bytemuck::Pod> Buffer<T> {
+    /// The contents as raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(self)
+    }
+
+    /// The address of the first element: two buffers with the same address
+    /// share memory (used by tests to prove zero-copy reads).
+    pub fn as_ptr(&self) -> *const T {
+        self.ptr
+    }
+
+    /// Whether this buffer points into a shared-memory object rather than
+    /// process-private memory.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    fn from_object(bytes: &ObjectBytes, offset: usize, byte_len: usize) -> Result<Buffer<T>> {
+        let size = std::mem::size_of::<T>().max(1);
+        let all = bytes.as_slice();
+        if offset.checked_add(byte_len).is_none_or(|end| end > all.len()) || byte_len % size != 0 {
+            return Err(Error::Serialization {
+                what: std::any::type_name::<Buffer<T>>().into(),
+                message: format!("buffer [{offset}, +{byte_len}) out of range or misaligned"),
+            });
+        }
+        let ptr = all[offset..].as_ptr();
+        if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+            return Err(Error::Serialization {
+                what: std::any::type_name::<Buffer<T>>().into(),
+                message: "buffer not aligned".into(),
+            });
+        }
+        let owner: Arc<dyn Send + Sync> = Arc::new(SharedOwner(bytes.clone()));
+        Ok(Buffer { owner, ptr: ptr as *const T, len: byte_len / size, shared: bytes.is_mapped(), _t: PhantomData })
+    }
+}
+
+/// Keeps an object's bytes alive under a Buffer view.
+struct SharedOwner(#[allow(dead_code)] ObjectBytes);
+
+/// A reference found inside a value while encoding it.
+#[derive(Clone)]
+pub(crate) struct ContainedRef {
+    pub(crate) id: ObjectId,
+    pub(crate) owner_addr: String,
+    /// Keeps the reference alive while the value holding it exists.
+    pub(crate) handle: Option<Arc<dyn Send + Sync>>,
+}
+
+struct EncodeCtx {
+    buffers: Vec<(Arc<dyn Send + Sync>, *const u8, usize)>,
+    refs: Vec<ContainedRef>,
+}
+
+struct DecodeCtx {
+    bytes: ObjectBytes,
+    table: Vec<(usize, usize)>,
+    refs: Vec<ContainedRef>,
+}
+
+thread_local! {
+    static ENCODE: RefCell<Option<EncodeCtx>> = const { RefCell::new(None) };
+    static DECODE: RefCell<Option<DecodeCtx>> = const { RefCell::new(None) };
+}
+
+/// A value encoded but not yet laid out: the payload plus its out-of-band
+/// buffers, so a large value can be written straight into shared memory.
+pub struct Encoded {
+    head: Vec<u8>,
+    buffers: Vec<(Arc<dyn Send + Sync>, *const u8, usize)>,
+    pub(crate) refs: Vec<ContainedRef>,
+    total: usize,
+}
+
+// SAFETY: the raw pointers point into memory kept alive by the Arcs beside them.
+unsafe impl Send for Encoded {}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+impl Encoded {
+    /// Total size of the laid-out object in bytes.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the object is empty (never: the header is always there).
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Writes the object into `out`, which must be exactly `len()` bytes.
+    pub fn write_to(&self, out: &mut [u8]) {
+        debug_assert_eq!(out.len(), self.total);
+        out[..self.head.len()].copy_from_slice(&self.head);
+        let mut pos = align_up(self.head.len());
+        let n = out.len();
+        out[self.head.len()..pos.min(n)].fill(0);
+        for (_, ptr, len) in &self.buffers {
+            // SAFETY: ptr/len come from a live Buffer whose owner we hold.
+            let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+            out[pos..pos + len].copy_from_slice(src);
+            let next = align_up(pos + len);
+            let n = out.len();
+            out[pos + len..next.min(n)].fill(0);
+            pos = next;
+        }
+    }
+
+    /// Lays the object out in a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.total];
+        self.write_to(&mut v);
+        v
+    }
+}
+
+/// Encodes a value.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
+    let prev = ENCODE.with(|c| c.borrow_mut().replace(EncodeCtx { buffers: Vec::new(), refs: Vec::new() }));
+    let payload = bincode::serialize(value);
+    let ctx = ENCODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    let payload = payload.map_err(|e| Error::Serialization {
+        what: std::any::type_name::<T>().into(),
+        message: e.to_string(),
+    })?;
+    let ctx = ctx.ok_or_else(|| Error::Internal("encode context vanished".into()))?;
+    let n = ctx.buffers.len();
+    let head_len = FIXED_HEADER + 16 * n + payload.len();
+    let mut head = Vec::with_capacity(head_len);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(n as u32).to_le_bytes());
+    head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut pos = align_up(head_len);
+    for (_, _, len) in &ctx.buffers {
+        head.extend_from_slice(&(pos as u64).to_le_bytes());
+        head.extend_from_slice(&(*len as u64).to_le_bytes());
+        pos = align_up(pos + len);
+    }
+    head.extend_from_slice(&payload);
+    let total = if n == 0 { head.len() } else { pos };
+    Ok(Encoded { head, buffers: ctx.buffers, refs: ctx.refs, total })
+}
+
+/// Encodes a value straight into a vector.
+pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    Ok(encode(value)?.to_vec())
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes)
+}
+
+/// Decodes a value; [`Buffer`]s inside it point into `bytes` (zero-copy).
+/// Also returns the object references found inside the value.
+pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<(T, Vec<ContainedRef>)> {
+    let bad = |m: &str| Error::Serialization { what: std::any::type_name::<T>().into(), message: m.into() };
+    let b = bytes.as_slice();
+    if b.len() < FIXED_HEADER || &b[..4] != MAGIC {
+        return Err(bad("not a rayforge object (bad header)"));
+    }
+    let n = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) as usize;
+    let payload_len = read_u64(b, 8).ok_or_else(|| bad("truncated header"))? as usize;
+    let mut table = Vec::with_capacity(n);
+    for i in 0..n {
+        let off = read_u64(b, FIXED_HEADER + 16 * i).ok_or_else(|| bad("truncated buffer table"))?;
+        let len = read_u64(b, FIXED_HEADER + 16 * i + 8).ok_or_else(|| bad("truncated buffer table"))?;
+        table.push((off as usize, len as usize));
+    }
+    let start = FIXED_HEADER + 16 * n;
+    let payload = b.get(start..start + payload_len).ok_or_else(|| bad("truncated payload"))?;
+    let prev = DECODE.with(|c| c.borrow_mut().replace(DecodeCtx { bytes: bytes.clone(), table, refs: Vec::new() }));
+    let out = bincode::deserialize::<T>(payload);
+    let ctx = DECODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
+    let v = out.map_err(|e| bad(&e.to_string()))?;
+    Ok((v, ctx.map(|c| c.refs).unwrap_or_default()))
+}
+
+/// Decodes a value; see [`decode_with_refs`].
+pub fn decode<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<T> {
+    decode_with_refs(bytes).map(|(v, _)| v)
+}
+
+impl<T: bytemuck::Pod> Serialize for Buffer<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let idx = ENCODE.with(|c| {
+            c.borrow_mut().as_mut().map(|ctx| {
+                ctx.buffers.push((self.owner.clone(), self.ptr as *const u8, self.as_bytes().len()));
+                ctx.buffers.len() as u32 - 1
+            })
+        });
+        match idx {
+            Some(i) => s.serialize_u32(i),
+            None => s.serialize_bytes(self.as_bytes()),
+        }
+    }
+}
+
+impl<'de, T: bytemuck::Pod + Send + Sync> Deserialize<'de> for Buffer<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let in_object = DECODE.with(|c| c.borrow().is_some());
+        if in_object {
+            let i = u32::deserialize(d)? as usize;
+            DECODE.with(|c| {
+                let c = c.borrow();
+                let ctx = c.as_ref().ok_or_else(|| D::Error::custom("decode context vanished"))?;
+                let (off, len) = *ctx.table.get(i).ok_or_else(|| D::Error::custom("buffer index out of range"))?;
+                Buffer::from_object(&ctx.bytes, off, len).map_err(D::Error::custom)
+            })
+        } else {
+            let bytes: Vec<u8> = serde_bytes_vec(d)?;
+            if bytes.len() % std::mem::size_of::<T>().max(1) != 0 {
+                return Err(D::Error::custom("byte length is not a multiple of the element size"));
+            }
+            let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>().max(1)];
+            bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(&bytes);
+            Ok(Buffer::from(v))
+        }
+    }
+}
+
+fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<u8>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> std::result::Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> std::result::Result<Vec<u8>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(b) = a.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_byte_buf(V)
+}
+
+/// Called by `ObjectRef`'s `Serialize`: records the reference as contained in
+/// the value being encoded (so its owner keeps it alive).
+pub(crate) fn note_encoded_ref(r: ContainedRef) {
+    ENCODE.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.refs.push(r);
+        }
+    });
+}
+
+/// Called by `ObjectRef`'s `Deserialize`: records a reference found while
+/// decoding, so the runtime can register this process as a borrower.
+pub(crate) fn note_decoded_ref(r: ContainedRef) {
+    DECODE.with(|c| {
+        if let Some(ctx) = c.borrow_mut().as_mut() {
+            ctx.refs.push(r);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Mixed {
+        name: String,
+        a: Buffer<f64>,
+        b: Buffer<u8>,
+        n: i32,
+    }
+
+    #[test]
+    fn plain_values_round_trip() {
+        let v = (String::from("x"), vec![1u32, 2, 3], Some(4.5f32));
+        let bytes = ObjectBytes::from_vec(encode_to_vec(&v).unwrap());
+        let back: (String, Vec<u32>, Option<f32>) = decode(&bytes).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn buffers_are_out_of_band_aligned_and_zero_copy() {
+        let m = Mixed {
+            name: "m".into(),
+            a: Buffer::from((0..1000).map(|i| i as f64).collect::<Vec<_>>()),
+            b: Buffer::from(vec![7u8; 13]),
+            n: -3,
+        };
+        let bytes = ObjectBytes::from_vec(encode_to_vec(&m).unwrap());
+        let back: Mixed = decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        let base = bytes.as_slice().as_ptr() as usize;
+        let p = back.a.as_ptr() as usize;
+        assert!(p >= base && p < base + bytes.as_slice().len(), "buffer must point into the object");
+        assert_eq!(p % ALIGN, (base % ALIGN + (p - base)) % ALIGN);
+        assert_eq!((p - base) % ALIGN, 0);
+        // Two decodes share the same memory.
+        let again: Mixed = decode(&bytes).unwrap();
+        assert_eq!(again.a.as_ptr(), back.a.as_ptr());
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let err = decode::<u32>(&ObjectBytes::from_vec(vec![1, 2, 3])).unwrap_err();
+        assert!(matches!(err, Error::Serialization { .. }), "{err}");
+        let ok = encode_to_vec(&String::from("hello")).unwrap();
+        let err = decode::<Vec<u64>>(&ObjectBytes::from_vec(ok[..ok.len() - 2].to_vec())).unwrap_err();
+        assert!(err.to_string().contains("Vec<u64>"), "{err}");
+    }
+
+    #[test]
+    fn empty_buffer_round_trips() {
+        let b: Buffer<f32> = Buffer::from(Vec::new());
+        let bytes = ObjectBytes::from_vec(encode_to_vec(&b).unwrap());
+        let back: Buffer<f32> = decode(&bytes).unwrap();
+        assert!(back.is_empty());
+    }
+}

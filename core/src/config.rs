@@ -1,0 +1,100 @@
+//! Configuration of [`crate::init`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// How to start or join a cluster. `Config::default()` starts an embedded
+/// single-node cluster using all cores.
+///
+/// ```
+/// let cfg = rayforge::Config::default().num_cpus(4.0).resource("TPU", 2.0);
+/// assert_eq!(cfg.num_cpus, Some(4.0));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// CPUs this node offers (default: detected cores).
+    pub num_cpus: Option<f64>,
+    /// GPUs this node offers (default: detected NVIDIA devices).
+    pub num_gpus: Option<f64>,
+    /// Custom resources.
+    pub resources: HashMap<String, f64>,
+    /// Object store capacity in bytes (default: 30% of RAM).
+    pub object_store_memory: Option<u64>,
+    /// Worker processes started up front (default: one per CPU).
+    pub prestart_workers: Option<usize>,
+    /// Node memory fraction above which the memory monitor kills a task
+    /// (default 0.95; 1.0 or more disables it).
+    pub memory_usage_threshold: Option<f64>,
+    /// Where spilled objects go (default: the system temp dir).
+    pub spill_dir: Option<PathBuf>,
+    /// Seconds an idle worker above the pre-started count lives (default 10).
+    pub idle_worker_timeout_s: Option<f64>,
+    /// Extra environment for worker processes.
+    pub worker_env: HashMap<String, String>,
+}
+
+impl Config {
+    /// Sets the node's CPU count.
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.num_cpus = Some(n);
+        self
+    }
+    /// Sets the node's GPU count.
+    pub fn num_gpus(mut self, n: f64) -> Self {
+        self.num_gpus = Some(n);
+        self
+    }
+    /// Adds a custom resource.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources.insert(name.to_string(), amount);
+        self
+    }
+    /// Sets the object store capacity in bytes.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.object_store_memory = Some(bytes);
+        self
+    }
+    /// Sets how many workers start up front.
+    pub fn prestart_workers(mut self, n: usize) -> Self {
+        self.prestart_workers = Some(n);
+        self
+    }
+    /// Sets the memory monitor's threshold (fraction of node memory).
+    pub fn memory_usage_threshold(mut self, f: f64) -> Self {
+        self.memory_usage_threshold = Some(f);
+        self
+    }
+    /// Sets the spill directory.
+    pub fn spill_dir(mut self, p: impl Into<PathBuf>) -> Self {
+        self.spill_dir = Some(p.into());
+        self
+    }
+    /// Adds an environment variable for every worker process.
+    pub fn worker_env(mut self, k: &str, v: &str) -> Self {
+        self.worker_env.insert(k.into(), v.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let bad = |m: String| Err(crate::Error::InvalidArgument(m));
+        if let Some(n) = self.num_cpus {
+            if !(n.is_finite() && n >= 0.0) {
+                return bad(format!("Config::num_cpus must be a non-negative number, got {n}"));
+            }
+        }
+        if let Some(n) = self.num_gpus {
+            if !(n.is_finite() && n >= 0.0) {
+                return bad(format!("Config::num_gpus must be a non-negative number, got {n}"));
+            }
+        }
+        for (k, v) in &self.resources {
+            if k.is_empty() || !(v.is_finite() && *v >= 0.0) {
+                return bad(format!("custom resource `{k}` = {v} is invalid"));
+            }
+        }
+        if self.object_store_memory == Some(0) {
+            return bad("Config::object_store_memory must be above 0".into());
+        }
+        Ok(())
+    }
+}

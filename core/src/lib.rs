@@ -1,0 +1,589 @@
+//! # rayforge
+//!
+//! A distributed runtime for Rust: remote **tasks** (functions run in worker
+//! processes), **actors** (stateful workers whose methods are called
+//! remotely, in order) and a per-node **shared-memory object store** holding
+//! their results, readable without copies. One binary is both the driver and
+//! its workers: `init` starts an embedded cluster whose worker processes are
+//! this same program.
+//!
+//! ```no_run
+//! use rayforge::{Config, ObjectRef};
+//!
+//! #[rayforge::remote]
+//! fn add(a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+//!     a.iter().zip(&b).map(|(x, y)| x + y).collect()
+//! }
+//!
+//! #[rayforge::actor]
+//! struct Counter { value: i64 }
+//!
+//! #[rayforge::actor]
+//! impl Counter {
+//!     fn new() -> Self { Counter { value: 0 } }
+//!     fn inc(&mut self) -> i64 { self.value += 1; self.value }
+//! }
+//!
+//! #[rayforge::main]
+//! fn main() -> rayforge::Result<()> {
+//!     rayforge::init(Config::default())?;
+//!     let a = rayforge::put(vec![1.0; 1000])?;          // stored once
+//!     let s: ObjectRef<Vec<f64>> = add::remote(&a, &a); // runs in a worker process
+//!     assert_eq!(s.get()?[0], 2.0);
+//!     let c = Counter::options().name("c").max_restarts(2).remote()?;
+//!     c.inc();
+//!     assert_eq!(c.inc().get()?, 2);                     // calls run in order
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Values are any `serde` type. Large numeric arrays belong in a [`Buffer`]:
+//! it is stored out of band and read zero-copy from shared memory.
+
+#![warn(missing_docs)]
+
+extern crate self as rayforge;
+
+mod actor;
+mod codec;
+mod config;
+mod error;
+mod ids;
+pub mod microbenchmark;
+mod node;
+mod object_ref;
+mod object_store;
+mod options;
+mod registry;
+mod rpc;
+pub mod util;
+mod worker;
+
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub(crate) mod proto {
+    tonic::include_proto!("rayforge");
+}
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use actor::{ActorHandle, ActorHandleType};
+pub use codec::{Buffer, Value};
+pub use config::Config;
+pub use error::{Error, Result};
+pub use ids::{ActorId, ObjectId, TaskId};
+pub use object_ref::{Arg, IntoArg, ObjectRef};
+pub use object_store::StoreStats;
+pub use options::{ActorOptions, TaskOptions};
+pub use rayforge_macros::{actor, main, remote};
+
+use parking_lot::Mutex;
+
+struct Driver {
+    rt: tokio::runtime::Runtime,
+    daemon: node::NodeDaemon,
+}
+
+static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
+
+/// Starts logging to stderr, filtered by `RAYFORGE_LOG` (default: warnings).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYFORGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Starts an embedded single-node cluster in this process (the node daemon
+/// and a pool of worker processes started from this binary) and connects
+/// this process to it as the driver.
+pub fn init(config: Config) -> Result<()> {
+    config.validate()?;
+    let mut driver = DRIVER.lock();
+    if driver.is_some() || worker::try_current().is_some() {
+        return Err(Error::Runtime("rayforge is already initialized in this process".into()));
+    }
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rayforge-driver")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the driver's runtime", e))?;
+    let daemon = rt.block_on(node::NodeDaemon::start(config))?;
+    let paths = daemon.state.paths.clone();
+    let worker_id = ids::new_worker_id();
+    let addr = node::SessionPaths::worker_sock(&paths.dir, worker_id);
+    let started = rt.block_on(async {
+        worker::executor::serve(&addr)?;
+        let ch = rpc::uds_connect(&paths.node_sock.to_string_lossy()).await?;
+        Ok::<_, Error>(ch)
+    });
+    let ch = match started {
+        Ok(ch) => ch,
+        Err(e) => {
+            daemon.shutdown();
+            return Err(e);
+        }
+    };
+    let cw = worker::CoreWorker::new(
+        worker_id,
+        addr.to_string_lossy().into(),
+        true,
+        rt.handle().clone(),
+        worker::node_client(ch),
+        paths.store.clone(),
+        None,
+    );
+    worker::install(cw)?;
+    *driver = Some(Driver { rt, daemon });
+    Ok(())
+}
+
+/// Whether `init` has run in this process (or this is a worker).
+pub fn is_initialized() -> bool {
+    worker::try_current().is_some()
+}
+
+/// Stops the embedded cluster: ends every worker process and frees the
+/// shared memory. Safe to call more than once.
+pub fn shutdown() {
+    let driver = DRIVER.lock().take();
+    if let Some(d) = driver {
+        worker::uninstall();
+        d.daemon.shutdown();
+        d.rt.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+
+/// Stores a value in the object store once; pass the returned reference to
+/// as many tasks as you like without copying the value again.
+pub fn put<T: Value>(value: T) -> Result<ObjectRef<T>> {
+    let cw = worker::current()?;
+    let enc = codec::encode(&value)?;
+    Ok(ObjectRef::from_handle(cw.put_encoded(enc)?))
+}
+
+/// Gets a value (see [`ObjectRef::get`]).
+pub fn get<T: Value>(r: &ObjectRef<T>) -> Result<T> {
+    r.get()
+}
+
+/// Gets several values, in order, waiting for all of them.
+pub fn get_all<T: Value>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    let handles: Vec<_> = refs.iter().map(|r| r.handle.clone()).collect();
+    worker::get_blocking(&handles, None)?.iter().map(worker::decode_value).collect()
+}
+
+/// Waits until `num_returns` of `refs` are ready (or `timeout` passes).
+/// Returns `(ready, not_ready)`, each in the order of `refs`.
+pub fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    if num_returns > refs.len() {
+        return Err(Error::InvalidArgument(format!(
+            "wait: num_returns ({num_returns}) exceeds the number of references ({})",
+            refs.len()
+        )));
+    }
+    let cw = worker::current()?;
+    let items: Vec<(usize, ObjectId, String)> =
+        refs.iter().enumerate().map(|(i, r)| (i, r.handle.id, r.handle.owner.clone())).collect();
+    let cw2 = cw.clone();
+    let ready: Vec<usize> = cw.block_on(async move {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut ready = Vec::new();
+        if num_returns == 0 {
+            return ready;
+        }
+        let mut futs: FuturesUnordered<_> = items
+            .into_iter()
+            .map(|(i, id, owner)| {
+                let cw = cw2.clone();
+                async move {
+                    worker::wait_ready(&cw, id, &owner).await;
+                    i
+                }
+            })
+            .collect();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            let next = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, futs.next()).await {
+                    Ok(n) => n,
+                    Err(_) => break,
+                },
+                None => futs.next().await,
+            };
+            match next {
+                Some(i) => {
+                    ready.push(i);
+                    if ready.len() >= num_returns {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        ready
+    })?;
+    let mut is_ready = vec![false; refs.len()];
+    for i in ready {
+        is_ready[i] = true;
+    }
+    let (mut r, mut n) = (Vec::new(), Vec::new());
+    for (i, x) in refs.iter().enumerate() {
+        if is_ready[i] {
+            r.push(x.clone());
+        } else {
+            n.push(x.clone());
+        }
+    }
+    Ok((r, n))
+}
+
+/// Cancels the task producing `r`: a queued task never runs; a running one's
+/// result is discarded. `get` then fails with [`Error::Cancelled`].
+pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
+    let cw = worker::current()?;
+    if worker::submitter::TaskSubmitter::cancel(&cw, &r.handle.id) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("object {} is not the result of a pending task", r.handle.id)))
+    }
+}
+
+/// Kills an actor at once; it is not restarted. Pending and later calls fail
+/// with [`Error::ActorDied`].
+pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
+    let cw = worker::current()?;
+    let id = actor.raw().id;
+    let mut node = cw.node.clone();
+    let r = cw
+        .block_on(async move { node.kill_actor(proto::KillActorRequest { actor_id: id.0.to_vec(), no_restart: true }).await })?
+        .map_err(|s| Error::rpc("killing an actor", s))?
+        .into_inner();
+    match r.error {
+        Some(e) => Err(Error::from_proto(&e)),
+        None => Ok(()),
+    }
+}
+
+/// Finds a live named actor.
+pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
+    let cw = worker::current()?;
+    let mut node = cw.node.clone();
+    let req = proto::GetActorInfoRequest { name: name.to_string(), ..Default::default() };
+    let r = cw
+        .block_on(async move { node.get_actor_info(req).await })?
+        .map_err(|s| Error::rpc("looking up an actor", s))?
+        .into_inner();
+    if let Some(e) = r.error {
+        return Err(Error::from_proto(&e));
+    }
+    if r.state == proto::ActorState::Dead as i32 {
+        return Err(Error::NotFound(format!("actor `{name}` is dead: {}", r.death_cause)));
+    }
+    let id = ActorId::from_bytes(&r.actor_id).ok_or_else(|| Error::Internal("bad actor id".into()))?;
+    if !r.class_name.ends_with(H::CLASS) && !r.class_name.contains(&format!("({})", H::CLASS)) {
+        return Err(Error::InvalidArgument(format!(
+            "actor `{name}` is a {}, not a {}",
+            r.class_name,
+            H::CLASS
+        )));
+    }
+    Ok(H::from_raw(ActorHandle { id, class: H::CLASS.to_string(), max_task_retries: 0 }))
+}
+
+/// Usage of this node's object store.
+pub fn store_stats() -> Result<StoreStats> {
+    let cw = worker::current()?;
+    let mut node = cw.node.clone();
+    let s = cw
+        .block_on(async move { node.store_stats(proto::StoreStatsRequest {}).await })?
+        .map_err(|s| Error::rpc("reading store stats", s))?
+        .into_inner();
+    Ok(StoreStats {
+        used_bytes: s.used_bytes,
+        capacity_bytes: s.capacity_bytes,
+        num_objects: s.num_objects,
+        spilled_bytes: s.spilled_bytes,
+        num_spilled: s.num_spilled,
+        spilled_total: s.spilled_total,
+        restored_total: s.restored_total,
+    })
+}
+
+/// Resources of this node: `(total, available)`, plus live worker processes.
+pub fn node_resources() -> Result<(std::collections::HashMap<String, f64>, std::collections::HashMap<String, f64>, u32)> {
+    let cw = worker::current()?;
+    let mut node = cw.node.clone();
+    let r = cw
+        .block_on(async move { node.node_info(proto::NodeInfoRequest {}).await })?
+        .map_err(|s| Error::rpc("reading node info", s))?
+        .into_inner();
+    Ok((r.total, r.available, r.num_workers))
+}
+
+/// Number of objects this process owns that are still alive (for tests of
+/// reference counting).
+pub fn owned_object_count() -> Result<usize> {
+    Ok(worker::current()?.num_owned())
+}
+
+/// Support code for the macros. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use tokio;
+    pub use serde;
+
+    use super::*;
+    pub use crate::codec::{encode, Encoded, ObjectBytes};
+    pub use crate::registry::{ActorClass, ActorInstance, BoxFuture, Returns, TaskFn};
+
+    /// An argument ready to send.
+    pub enum PreparedArg {
+        /// Encoded value.
+        Value(Encoded),
+        /// Reference.
+        Ref(ObjectRef<()>),
+    }
+
+    /// Encodes an argument.
+    pub fn prepare_arg<T: Value>(a: impl IntoArg<T>) -> Result<PreparedArg> {
+        match a.into_arg() {
+            Arg::Value(v) => Ok(PreparedArg::Value(codec::encode(&v)?)),
+            Arg::Ref(r) => Ok(PreparedArg::Ref(r.cast())),
+        }
+    }
+
+    /// Decodes the next argument.
+    pub fn arg<T: Value>(it: &mut std::vec::IntoIter<ObjectBytes>, name: &str) -> Result<T> {
+        let b = it.next().ok_or_else(|| Error::InvalidArgument(format!("missing argument `{name}`")))?;
+        worker::decode_value(&b).map_err(|e| match e {
+            Error::Serialization { message, .. } => Error::Serialization { what: format!("argument `{name}`"), message },
+            other => other,
+        })
+    }
+
+    /// Encodes one return value.
+    pub fn ret<T: Value>(v: T) -> Result<Returns> {
+        Ok(vec![codec::encode(&v)?])
+    }
+
+    /// Encodes a return value of a function returning `Result`.
+    pub fn ret_result<T: Value, E: std::fmt::Display>(v: std::result::Result<T, E>) -> Result<Returns> {
+        match v {
+            Ok(v) => ret(v),
+            Err(e) => Err(Error::TaskFailed { function: String::new(), message: e.to_string() }),
+        }
+    }
+
+    /// Encodes one of several return values.
+    pub fn ret_part<T: Value>(out: &mut Returns, v: T) -> Result<()> {
+        out.push(codec::encode(&v)?);
+        Ok(())
+    }
+
+    fn prepare_spec(
+        cw: &Arc<worker::CoreWorker>,
+        args: Vec<Result<PreparedArg>>,
+    ) -> Result<(Vec<proto::TaskArg>, Vec<Arc<object_ref::RefHandle>>)> {
+        let mut out = Vec::with_capacity(args.len());
+        let mut pins = Vec::new();
+        for a in args {
+            match a? {
+                PreparedArg::Value(enc) => {
+                    if enc.len() <= worker::INLINE_MAX && enc.refs.is_empty() {
+                        out.push(proto::TaskArg { kind: Some(proto::task_arg::Kind::Inline(enc.to_vec())) });
+                    } else {
+                        // Large values (or ones holding references) become
+                        // objects of their own, owned here.
+                        let h = cw.put_encoded(enc)?;
+                        out.push(proto::TaskArg {
+                            kind: Some(proto::task_arg::Kind::ByRef(proto::ObjectRefProto {
+                                id: h.id.0.to_vec(),
+                                owner_addr: h.owner.clone(),
+                            })),
+                        });
+                        pins.push(h);
+                    }
+                }
+                PreparedArg::Ref(r) => {
+                    out.push(proto::TaskArg {
+                        kind: Some(proto::task_arg::Kind::ByRef(proto::ObjectRefProto {
+                            id: r.handle.id.0.to_vec(),
+                            owner_addr: r.handle.owner.clone(),
+                        })),
+                    });
+                    pins.push(r.handle.clone());
+                }
+            }
+        }
+        Ok((out, pins))
+    }
+
+    fn failed_refs<T>(n: u32, cw: Option<&Arc<worker::CoreWorker>>, e: &Error) -> Vec<ObjectRef<T>> {
+        let tid = TaskId::new();
+        (0..n)
+            .map(|i| {
+                let id = tid.return_id(i);
+                match cw {
+                    Some(cw) => {
+                        let h = cw.own_pending(id);
+                        cw.resolve(id, worker::ObjState::Failed(e.clone()), Vec::new());
+                        ObjectRef::from_handle(h)
+                    }
+                    None => ObjectRef::from_handle(object_ref::RefHandle::new(id, String::new())),
+                }
+            })
+            .collect()
+    }
+
+    /// Submits a remote function call; returns its `num_returns` references.
+    pub fn submit_task<T>(
+        name: &'static str,
+        opts: &TaskOptions,
+        args: Vec<Result<PreparedArg>>,
+        num_returns: u32,
+    ) -> Vec<ObjectRef<T>> {
+        let cw = match worker::current() {
+            Ok(cw) => cw,
+            Err(e) => return failed_refs(num_returns, None, &e),
+        };
+        let prepared = opts.demand().and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
+        let (resources, (args, pins)) = match prepared {
+            Ok(p) => p,
+            Err(e) => return failed_refs(num_returns, Some(&cw), &e),
+        };
+        let tid = TaskId::new();
+        let refs: Vec<ObjectRef<T>> =
+            (0..num_returns).map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i)))).collect();
+        let spec = proto::TaskSpec {
+            task_id: tid.0.to_vec(),
+            kind: proto::TaskKind::Normal as i32,
+            function: name.to_string(),
+            args,
+            num_returns,
+            owner_addr: cw.addr.clone(),
+            display_name: name.to_string(),
+            ..Default::default()
+        };
+        worker::submitter::TaskSubmitter::submit(
+            &cw,
+            worker::submitter::PendingTask {
+                spec,
+                resources,
+                retries_left: opts.max_retries.unwrap_or(3),
+                retry_exceptions: opts.retry_exceptions,
+                pins,
+            },
+        );
+        refs
+    }
+
+    static ACTOR_ARGS: parking_lot::Mutex<Vec<Arc<object_ref::RefHandle>>> = parking_lot::Mutex::new(Vec::new());
+
+    /// Creates an actor of a registered class.
+    pub fn create_actor(class: &'static str, opts: &ActorOptions, args: Vec<Result<PreparedArg>>) -> Result<ActorHandle> {
+        let cw = worker::current()?;
+        let resources = opts.demand()?;
+        if let Some(n) = &opts.name {
+            if n.is_empty() {
+                return Err(Error::InvalidArgument("actor names must not be empty".into()));
+            }
+        }
+        let (args, pins) = prepare_spec(&cw, args)?;
+        // Constructor arguments must outlive restarts.
+        ACTOR_ARGS.lock().extend(pins);
+        let id = ActorId::new();
+        let spec = proto::TaskSpec {
+            task_id: TaskId::new().0.to_vec(),
+            kind: proto::TaskKind::ActorCreation as i32,
+            function: class.to_string(),
+            args,
+            num_returns: 0,
+            owner_addr: cw.addr.clone(),
+            actor_id: id.0.to_vec(),
+            max_concurrency: opts.max_concurrency.unwrap_or(1000),
+            display_name: class.to_string(),
+            ..Default::default()
+        };
+        let req = proto::CreateActorRequest {
+            creation: Some(spec),
+            resources: resources.into_iter().collect(),
+            max_restarts: opts.max_restarts,
+            name: opts.name.clone().unwrap_or_default(),
+            detached: opts.detached,
+            owner_id: cw.worker_id,
+        };
+        let mut node = cw.node.clone();
+        let r = cw
+            .block_on(async move { node.create_actor(req).await })?
+            .map_err(|s| Error::rpc("creating an actor", s))?
+            .into_inner();
+        if let Some(e) = r.error {
+            return Err(Error::from_proto(&e));
+        }
+        Ok(ActorHandle { id, class: class.to_string(), max_task_retries: opts.max_task_retries })
+    }
+
+    /// Submits an actor method call.
+    pub fn call_actor<T>(
+        handle: &ActorHandle,
+        method: &'static str,
+        args: Vec<Result<PreparedArg>>,
+        num_returns: u32,
+    ) -> Vec<ObjectRef<T>> {
+        let cw = match worker::current() {
+            Ok(cw) => cw,
+            Err(e) => return failed_refs(num_returns, None, &e),
+        };
+        let (args, pins) = match prepare_spec(&cw, args) {
+            Ok(p) => p,
+            Err(e) => return failed_refs(num_returns, Some(&cw), &e),
+        };
+        let tid = TaskId::new();
+        let refs: Vec<ObjectRef<T>> =
+            (0..num_returns).map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i)))).collect();
+        let spec = proto::TaskSpec {
+            task_id: tid.0.to_vec(),
+            kind: proto::TaskKind::ActorMethod as i32,
+            function: method.to_string(),
+            args,
+            num_returns,
+            owner_addr: cw.addr.clone(),
+            actor_id: handle.id.0.to_vec(),
+            display_name: format!("{}.{}", handle.class, method),
+            ..Default::default()
+        };
+        worker::actor_caller::ActorCaller::submit(
+            &cw,
+            handle.id,
+            worker::actor_caller::ActorCall { spec, retries_left: handle.max_task_retries, pins },
+        );
+        refs
+    }
+
+    /// Takes the single reference of a one-return call.
+    pub fn single<T>(mut v: Vec<ObjectRef<T>>) -> ObjectRef<T> {
+        // Exactly one reference is made for num_returns = 1.
+        v.pop().expect("one return reference")
+    }
+
+    /// Runs the worker loop when this process was started as a worker.
+    pub fn worker_entry_if_worker() {
+        if std::env::var_os(node::ENV_WORKER).is_some() {
+            worker::executor::run_worker_process();
+        }
+    }
+}
+
+/// A worker process is this same binary started with `RAYFORGE_WORKER` set:
+/// take over before `main` (or a test harness) runs.
+#[ctor::ctor]
+fn rayforge_worker_hook() {
+    __private::worker_entry_if_worker();
+}

@@ -1,0 +1,731 @@
+//! The node daemon: one per node, it runs the worker pool, the local
+//! scheduler, the shared-memory object store's accounting, the memory monitor
+//! and (in the embedded cluster) the actor table. It serves `NodeService`
+//! over a Unix socket; the driver and every worker talk to it there.
+
+pub(crate) mod actors;
+pub(crate) mod memory_monitor;
+pub(crate) mod scheduler;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::ids::{new_worker_id, ActorId, ObjectId};
+use crate::object_store::StoreManager;
+use crate::proto::{self, node_service_server::NodeService};
+use actors::{ActorEntry, ActorState, ActorTable};
+use scheduler::{Action, LeaseRequest, Resources, Scheduler};
+
+/// Environment variables a worker process is started with.
+pub(crate) const ENV_WORKER: &str = "RAYFORGE_WORKER";
+pub(crate) const ENV_NODE_ADDR: &str = "RAYFORGE_NODE_ADDR";
+pub(crate) const ENV_WORKER_ID: &str = "RAYFORGE_WORKER_ID";
+pub(crate) const ENV_SESSION_DIR: &str = "RAYFORGE_SESSION_DIR";
+
+/// Where a session keeps its sockets and shared memory.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionPaths {
+    pub(crate) dir: PathBuf,
+    pub(crate) store: PathBuf,
+    pub(crate) spill: PathBuf,
+    pub(crate) node_sock: PathBuf,
+}
+
+impl SessionPaths {
+    pub(crate) fn new(cfg: &Config) -> SessionPaths {
+        let shm = PathBuf::from("/dev/shm");
+        let root = if shm.is_dir() { shm } else { std::env::temp_dir() };
+        let tag = format!("rayforge-{}-{}", std::process::id(), &ObjectId::for_put().hex()[..8]);
+        let dir = root.join(&tag);
+        let spill = cfg.spill_dir.clone().unwrap_or_else(std::env::temp_dir).join(format!("{tag}-spill"));
+        SessionPaths { store: dir.join("objects"), node_sock: dir.join("node.sock"), spill, dir }
+    }
+
+    pub(crate) fn worker_sock(dir: &std::path::Path, worker_id: u64) -> PathBuf {
+        dir.join(format!("w{worker_id:016x}.sock"))
+    }
+}
+
+/// Removes session directories left by drivers that died without cleaning up.
+fn remove_stale_sessions(root: &std::path::Path) {
+    let Ok(rd) = std::fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix("rayforge-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+pub(crate) struct NodeState {
+    pub(crate) paths: SessionPaths,
+    cfg: Config,
+    exe: PathBuf,
+    pub(crate) sched: Mutex<Scheduler>,
+    pub(crate) store: Mutex<StoreManager>,
+    pub(crate) actors: Mutex<ActorTable>,
+    children: Mutex<HashMap<u64, u32>>,
+    tasks: Mutex<JoinSet<()>>,
+    memory_threshold: f64,
+    shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// A running node daemon; dropping it does not stop it: call `shutdown`.
+#[derive(Clone)]
+pub(crate) struct NodeDaemon {
+    pub(crate) state: Arc<NodeState>,
+}
+
+fn detect_gpus() -> f64 {
+    let Ok(rd) = std::fs::read_dir("/dev") else { return 0.0 };
+    rd.flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.strip_prefix("nvidia").is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
+        })
+        .count() as f64
+}
+
+impl NodeDaemon {
+    /// Starts the daemon's services on the current tokio runtime.
+    pub(crate) async fn start(cfg: Config) -> Result<NodeDaemon> {
+        let paths = SessionPaths::new(&cfg);
+        if let Some(parent) = paths.dir.parent() {
+            remove_stale_sessions(parent);
+        }
+        std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
+        let cpus = cfg
+            .num_cpus
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
+        let mut total: Resources = cfg.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        total.insert("CPU".into(), cpus);
+        total.insert("GPU".into(), cfg.num_gpus.unwrap_or_else(detect_gpus));
+        let mem = memory_monitor::read_meminfo().map(|m| m.total).unwrap_or(8 << 30);
+        total.insert("memory".into(), mem as f64);
+        let capacity = cfg.object_store_memory.unwrap_or(mem * 3 / 10);
+        let store = StoreManager::new(paths.store.clone(), paths.spill.clone(), capacity)?;
+        let prestart = cfg.prestart_workers.unwrap_or(cpus.ceil() as usize);
+        let idle = Duration::from_secs_f64(cfg.idle_worker_timeout_s.unwrap_or(10.0));
+        let exe = std::env::current_exe().map_err(|e| Error::io("locating the program's own binary", e))?;
+        let state = Arc::new(NodeState {
+            sched: Mutex::new(Scheduler::new(total, prestart, idle)),
+            store: Mutex::new(store),
+            actors: Mutex::new(ActorTable::default()),
+            children: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
+            shutting_down: false.into(),
+            paths,
+            cfg,
+            exe,
+        });
+        let daemon = NodeDaemon { state };
+        let incoming = crate::rpc::bind_uds(&daemon.state.paths.node_sock)?;
+        let svc = proto::node_service_server::NodeServiceServer::new(daemon.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        daemon.spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+                tracing::error!("node service stopped: {e}");
+            }
+        });
+        let d = daemon.clone();
+        daemon.spawn(async move { d.housekeeping().await });
+        for _ in 0..prestart {
+            daemon.start_worker();
+        }
+        tracing::info!(
+            dir = %daemon.state.paths.dir.display(),
+            cpus,
+            store_bytes = capacity,
+            "node daemon started"
+        );
+        Ok(daemon)
+    }
+
+    fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.state.tasks.lock().spawn(f);
+    }
+
+    /// Periodic work: reaping idle workers, the memory monitor.
+    async fn housekeeping(&self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_kill = Instant::now() - Duration::from_secs(10);
+        loop {
+            tick.tick().await;
+            let acts = self.state.sched.lock().reap_idle(Instant::now());
+            self.apply(acts);
+            if self.state.memory_threshold < 1.0 && last_kill.elapsed() > Duration::from_millis(500) {
+                if let Some(m) = memory_monitor::read_meminfo() {
+                    let used = m.used_fraction();
+                    if used > self.state.memory_threshold {
+                        let victim = self.state.sched.lock().memory_victim();
+                        if let Some((worker_id, pid)) = victim {
+                            let cause = format!(
+                                "node memory usage {:.1}% is above the threshold of {:.1}%; the newest \
+                                 retriable task was killed to keep the node alive (Config::memory_usage_threshold)",
+                                used * 100.0,
+                                self.state.memory_threshold * 100.0
+                            );
+                            tracing::warn!(worker_id, pid, "{cause}");
+                            {
+                                let mut s = self.state.sched.lock();
+                                if let Some(w) = s.workers.get_mut(&worker_id) {
+                                    w.exit_cause = Some(cause);
+                                    w.killed_for_memory = true;
+                                }
+                            }
+                            kill_pid(pid);
+                            last_kill = Instant::now();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out what the scheduler asked for.
+    fn apply(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::StartWorker => self.start_worker(),
+                Action::KillWorker { worker_id, pid } => {
+                    tracing::debug!(worker_id, pid, "stopping worker");
+                    if let Some(w) = self.state.sched.lock().workers.get_mut(&worker_id) {
+                        w.exit_cause.get_or_insert_with(|| "stopped by the node (idle or released)".into());
+                    }
+                    kill_pid(pid);
+                }
+            }
+        }
+    }
+
+    fn start_worker(&self) {
+        let worker_id = new_worker_id();
+        let mut cmd = tokio::process::Command::new(&self.state.exe);
+        cmd.env(ENV_WORKER, "1")
+            .env(ENV_NODE_ADDR, &self.state.paths.node_sock)
+            .env(ENV_WORKER_ID, worker_id.to_string())
+            .env(ENV_SESSION_DIR, &self.state.paths.dir)
+            .envs(&self.state.cfg.worker_env)
+            .stdin(std::process::Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it makes the worker die with us.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or(0);
+                self.state.sched.lock().worker_starting(worker_id, pid);
+                self.state.children.lock().insert(worker_id, pid);
+                tracing::debug!(worker_id, pid, "started worker process");
+                let d = self.clone();
+                self.spawn(async move {
+                    let status = child.wait().await;
+                    let cause = match status {
+                        Ok(s) => describe_exit(s),
+                        Err(e) => format!("lost track of the process: {e}"),
+                    };
+                    d.on_worker_exit(worker_id, cause);
+                });
+            }
+            Err(e) => {
+                tracing::error!("cannot start worker process {}: {e}", self.state.exe.display());
+                self.state.sched.lock().start_failed(e.to_string());
+            }
+        }
+    }
+
+    fn on_worker_exit(&self, worker_id: u64, cause: String) {
+        self.state.children.lock().remove(&worker_id);
+        let _ = std::fs::remove_file(SessionPaths::worker_sock(&self.state.paths.dir, worker_id));
+        if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (lease, acts) = self.state.sched.lock().worker_exited(worker_id, cause.clone());
+        tracing::debug!(worker_id, %cause, "worker exited");
+        self.apply(acts);
+        let actor = self.state.actors.lock().by_worker.get(&worker_id).copied();
+        if let Some(actor_id) = actor {
+            let cause = self.state.sched.lock().workers.get(&worker_id).and_then(|w| w.exit_cause.clone()).unwrap_or(cause);
+            self.actor_process_died(actor_id, cause);
+        }
+        drop(lease);
+    }
+
+    fn actor_process_died(&self, id: ActorId, cause: String) {
+        let restart = {
+            let mut t = self.state.actors.lock();
+            let Some(a) = t.actors.get_mut(&id) else { return };
+            if a.state == ActorState::Dead {
+                return;
+            }
+            if let Some(w) = a.worker_id.take() {
+                t.by_worker.remove(&w);
+            }
+            let Some(a) = t.actors.get_mut(&id) else { return };
+            a.lease_id = None;
+            if a.may_restart() {
+                a.num_restarts += 1;
+                a.state = ActorState::Restarting;
+                a.addr.clear();
+                tracing::info!(actor = %a.display(), restart = a.num_restarts, "restarting actor: {cause}");
+                a.bump();
+                true
+            } else {
+                let msg = format!(
+                    "its process died ({cause}); it was restarted {} of {} times",
+                    a.num_restarts,
+                    if a.max_restarts < 0 { "unlimited".to_string() } else { a.max_restarts.to_string() }
+                );
+                t.mark_dead(&id, msg);
+                false
+            }
+        };
+        if restart {
+            self.schedule_actor(id);
+        }
+    }
+
+    /// Leases a dedicated worker for an actor and runs its constructor there.
+    fn schedule_actor(&self, id: ActorId) {
+        let d = self.clone();
+        self.spawn(async move {
+            let (resources, spec, actor_name) = {
+                let t = d.state.actors.lock();
+                let Some(a) = t.actors.get(&id) else { return };
+                (a.resources.clone(), a.creation.clone(), a.display())
+            };
+            let (tx, rx) = oneshot::channel();
+            let acts = d.state.sched.lock().request(LeaseRequest {
+                resources,
+                retriable: false,
+                for_actor: Some(id),
+                display_name: actor_name.clone(),
+                reply: tx,
+            });
+            d.apply(acts);
+            let grant = match rx.await {
+                Ok(Ok(g)) => g,
+                Ok(Err(e)) => {
+                    d.state.actors.lock().mark_dead(&id, format!("cannot be scheduled: {e}"));
+                    return;
+                }
+                Err(_) => return,
+            };
+            {
+                let mut t = d.state.actors.lock();
+                let dead = t.actors.get(&id).is_none_or(|a| a.state == ActorState::Dead);
+                if dead {
+                    drop(t);
+                    let acts = d.state.sched.lock().return_lease(grant.lease_id, true);
+                    d.apply(acts);
+                    return;
+                }
+                t.by_worker.insert(grant.worker_id, id);
+                if let Some(a) = t.actors.get_mut(&id) {
+                    a.worker_id = Some(grant.worker_id);
+                    a.lease_id = Some(grant.lease_id);
+                }
+            }
+            let mut spec = spec;
+            spec.gpu_ids = grant.gpu_ids.clone();
+            match push_creation(&grant.worker_addr, spec).await {
+                Ok(()) => {
+                    let mut t = d.state.actors.lock();
+                    if let Some(a) = t.actors.get_mut(&id) {
+                        if a.state != ActorState::Dead && a.worker_id == Some(grant.worker_id) {
+                            a.state = ActorState::Alive;
+                            a.addr = grant.worker_addr.clone();
+                            a.incarnation += 1;
+                            tracing::debug!(actor = %actor_name, incarnation = a.incarnation, "actor alive");
+                            a.bump();
+                        }
+                    }
+                }
+                Err(CreationError::UserError(e)) => {
+                    d.state.actors.lock().mark_dead(&id, format!("its constructor failed: {e}"));
+                    let acts = d.state.sched.lock().return_lease(grant.lease_id, true);
+                    d.apply(acts);
+                }
+                Err(CreationError::Transport(e)) => {
+                    // The process died while constructing: the exit handler
+                    // decides about restarting.
+                    tracing::debug!(actor = %actor_name, "actor creation interrupted: {e}");
+                }
+            }
+        });
+    }
+
+    /// Stops every worker and removes the session's files.
+    pub(crate) fn shutdown(&self) {
+        self.state.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        let pids: Vec<u32> = self.state.children.lock().values().copied().collect();
+        for pid in pids {
+            kill_pid(pid);
+        }
+        self.state.tasks.lock().abort_all();
+        let _ = std::fs::remove_dir_all(&self.state.paths.dir);
+        let _ = std::fs::remove_dir_all(&self.state.paths.spill);
+    }
+
+    fn handle_create_actor(&self, req: proto::CreateActorRequest) -> Result<()> {
+        let spec = req.creation.ok_or_else(|| Error::InvalidArgument("actor creation without a spec".into()))?;
+        let id = ActorId::from_bytes(&spec.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
+        let resources: Resources = req.resources.into_iter().collect();
+        if let Some(why) = scheduler::infeasibility(&self.state.sched.lock().total, &resources) {
+            return Err(Error::Infeasible { function: spec.display_name.clone(), detail: why });
+        }
+        {
+            let mut t = self.state.actors.lock();
+            if !req.name.is_empty() {
+                if t.names.contains_key(&req.name) {
+                    return Err(Error::InvalidArgument(format!(
+                        "an actor named `{}` already exists; pick another name or use get_actor",
+                        req.name
+                    )));
+                }
+                t.names.insert(req.name.clone(), id);
+            }
+            t.actors.insert(
+                id,
+                ActorEntry {
+                    class_name: spec.display_name.clone(),
+                    name: req.name,
+                    detached: req.detached,
+                    state: ActorState::PendingCreation,
+                    addr: String::new(),
+                    incarnation: 0,
+                    worker_id: None,
+                    lease_id: None,
+                    death_cause: String::new(),
+                    num_restarts: 0,
+                    max_restarts: req.max_restarts,
+                    creation: spec,
+                    resources,
+                    owner_id: req.owner_id,
+                    version: tokio::sync::watch::channel(0).0,
+                },
+            );
+        }
+        self.schedule_actor(id);
+        Ok(())
+    }
+
+    async fn handle_actor_info(&self, req: proto::GetActorInfoRequest) -> Result<proto::GetActorInfoReply> {
+        let id = if !req.name.is_empty() {
+            let t = self.state.actors.lock();
+            *t.names.get(&req.name).ok_or_else(|| Error::NotFound(format!("no live actor is named `{}`", req.name)))?
+        } else {
+            ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?
+        };
+        loop {
+            let mut rx = {
+                let t = self.state.actors.lock();
+                let a = t.actors.get(&id).ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
+                let done = !req.wait_alive
+                    || a.state == ActorState::Dead
+                    || (a.state == ActorState::Alive && a.incarnation > req.after_incarnation);
+                if done {
+                    return Ok(a.info(&id));
+                }
+                a.version.subscribe()
+            };
+            if rx.changed().await.is_err() {
+                return Err(Error::NotFound(format!("actor {id}")));
+            }
+        }
+    }
+
+    fn handle_kill_actor(&self, req: proto::KillActorRequest) -> Result<()> {
+        let id = ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
+        let (worker, lease) = {
+            let mut t = self.state.actors.lock();
+            let a = t.actors.get_mut(&id).ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
+            let w = a.worker_id;
+            let l = a.lease_id;
+            if req.no_restart {
+                a.max_restarts = a.num_restarts as i32;
+                t.mark_dead(&id, "it was killed with rayforge::kill".into());
+            }
+            (w, l)
+        };
+        if let Some(w) = worker {
+            let pid = {
+                let mut s = self.state.sched.lock();
+                s.workers.get_mut(&w).map(|info| {
+                    info.exit_cause = Some("killed with rayforge::kill".into());
+                    info.pid
+                })
+            };
+            if let Some(pid) = pid {
+                kill_pid(pid);
+            }
+        }
+        drop(lease);
+        Ok(())
+    }
+}
+
+enum CreationError {
+    UserError(String),
+    Transport(String),
+}
+
+async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result<(), CreationError> {
+    let ch = crate::rpc::uds_connect(addr).await.map_err(|e| CreationError::Transport(e.to_string()))?;
+    let mut client = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let out = tokio_stream::once(proto::PushTaskRequest { spec: Some(spec) });
+    let mut replies = client
+        .push_tasks(out)
+        .await
+        .map_err(|e| CreationError::Transport(e.to_string()))?
+        .into_inner();
+    match replies.message().await {
+        Ok(Some(r)) => match r.error {
+            Some(e) => Err(CreationError::UserError(Error::from_proto(&e).to_string())),
+            None => Ok(()),
+        },
+        Ok(None) => Err(CreationError::Transport("stream closed".into())),
+        Err(e) => Err(CreationError::Transport(e.to_string())),
+    }
+}
+
+pub(crate) fn kill_pid(pid: u32) {
+    if pid > 0 {
+        // SAFETY: plain syscall on a child pid we started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = s.signal() {
+        let name = match sig {
+            9 => " (SIGKILL)",
+            15 => " (SIGTERM)",
+            11 => " (SIGSEGV)",
+            6 => " (SIGABRT)",
+            _ => "",
+        };
+        format!("the worker process was killed by signal {sig}{name}")
+    } else {
+        format!("the worker process exited with code {}", s.code().unwrap_or(-1))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeDaemon {
+    async fn register_worker(
+        &self,
+        req: Request<proto::RegisterWorkerRequest>,
+    ) -> std::result::Result<Response<proto::RegisterWorkerReply>, Status> {
+        let r = req.into_inner();
+        let acts = self.state.sched.lock().worker_registered(r.worker_id, r.addr);
+        self.apply(acts);
+        Ok(Response::new(proto::RegisterWorkerReply {
+            store_dir: self.state.paths.store.to_string_lossy().into(),
+            session_dir: self.state.paths.dir.to_string_lossy().into(),
+        }))
+    }
+
+    async fn request_worker_lease(
+        &self,
+        req: Request<proto::LeaseRequest>,
+    ) -> std::result::Result<Response<proto::LeaseReply>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = oneshot::channel();
+        let acts = self.state.sched.lock().request(LeaseRequest {
+            resources: r.resources.into_iter().collect(),
+            retriable: r.retriable,
+            for_actor: None,
+            display_name: r.display_name,
+            reply: tx,
+        });
+        self.apply(acts);
+        let result = match rx.await {
+            Ok(Ok(g)) => proto::lease_reply::Result::Lease(proto::Lease {
+                lease_id: g.lease_id,
+                worker_id: g.worker_id,
+                worker_addr: g.worker_addr,
+                gpu_ids: g.gpu_ids,
+            }),
+            Ok(Err(e)) => proto::lease_reply::Result::Error(e.to_proto()),
+            Err(_) => return Err(Status::unavailable("node is shutting down")),
+        };
+        Ok(Response::new(proto::LeaseReply { result: Some(result) }))
+    }
+
+    async fn return_worker(
+        &self,
+        req: Request<proto::ReturnWorkerRequest>,
+    ) -> std::result::Result<Response<proto::ReturnWorkerReply>, Status> {
+        let r = req.into_inner();
+        let acts = self.state.sched.lock().return_lease(r.lease_id, r.disconnect);
+        self.apply(acts);
+        Ok(Response::new(proto::ReturnWorkerReply {}))
+    }
+
+    async fn notify_blocked(
+        &self,
+        req: Request<proto::NotifyBlockedRequest>,
+    ) -> std::result::Result<Response<proto::NotifyBlockedReply>, Status> {
+        let r = req.into_inner();
+        let acts = self.state.sched.lock().set_blocked(r.worker_id, r.blocked);
+        self.apply(acts);
+        Ok(Response::new(proto::NotifyBlockedReply {}))
+    }
+
+    async fn worker_exit_cause(
+        &self,
+        req: Request<proto::WorkerExitCauseRequest>,
+    ) -> std::result::Result<Response<proto::WorkerExitCauseReply>, Status> {
+        let id = req.into_inner().worker_id;
+        // The exit is noticed asynchronously: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let s = self.state.sched.lock();
+                match s.workers.get(&id) {
+                    Some(w) if w.state == scheduler::WorkerState::Dead => {
+                        return Ok(Response::new(proto::WorkerExitCauseReply {
+                            cause: w.exit_cause.clone().unwrap_or_default(),
+                            out_of_memory: w.killed_for_memory,
+                            exited: true,
+                        }))
+                    }
+                    None => {
+                        return Ok(Response::new(proto::WorkerExitCauseReply {
+                            cause: "unknown worker".into(),
+                            out_of_memory: false,
+                            exited: true,
+                        }))
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() > deadline {
+                return Ok(Response::new(proto::WorkerExitCauseReply::default()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn create_object(
+        &self,
+        req: Request<proto::CreateObjectRequest>,
+    ) -> std::result::Result<Response<proto::CreateObjectReply>, Status> {
+        let r = req.into_inner();
+        let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let d = self.clone();
+        // Spilling does file I/O: keep it off the reactor.
+        let res = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, r.size))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::CreateObjectReply { error: res.err().map(|e| e.to_proto()) }))
+    }
+
+    async fn restore_object(
+        &self,
+        req: Request<proto::RestoreObjectRequest>,
+    ) -> std::result::Result<Response<proto::RestoreObjectReply>, Status> {
+        let id = ObjectId::from_bytes(&req.into_inner().id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let d = self.clone();
+        let res = tokio::task::spawn_blocking(move || d.state.store.lock().restore(id))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::RestoreObjectReply { error: res.err().map(|e| e.to_proto()) }))
+    }
+
+    async fn free_objects(
+        &self,
+        req: Request<proto::FreeObjectsRequest>,
+    ) -> std::result::Result<Response<proto::FreeObjectsReply>, Status> {
+        let ids: Vec<ObjectId> = req.into_inner().ids.iter().filter_map(|b| ObjectId::from_bytes(b)).collect();
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = d.state.store.lock();
+            for id in ids {
+                s.free(id);
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(proto::FreeObjectsReply {}))
+    }
+
+    async fn store_stats(
+        &self,
+        _req: Request<proto::StoreStatsRequest>,
+    ) -> std::result::Result<Response<proto::StoreStatsReply>, Status> {
+        let s = self.state.store.lock().stats();
+        Ok(Response::new(proto::StoreStatsReply {
+            used_bytes: s.used_bytes,
+            capacity_bytes: s.capacity_bytes,
+            num_objects: s.num_objects,
+            spilled_bytes: s.spilled_bytes,
+            num_spilled: s.num_spilled,
+            restored_total: s.restored_total,
+            spilled_total: s.spilled_total,
+        }))
+    }
+
+    async fn create_actor(
+        &self,
+        req: Request<proto::CreateActorRequest>,
+    ) -> std::result::Result<Response<proto::CreateActorReply>, Status> {
+        let error = self.handle_create_actor(req.into_inner()).err().map(|e| e.to_proto());
+        Ok(Response::new(proto::CreateActorReply { error }))
+    }
+
+    async fn get_actor_info(
+        &self,
+        req: Request<proto::GetActorInfoRequest>,
+    ) -> std::result::Result<Response<proto::GetActorInfoReply>, Status> {
+        match self.handle_actor_info(req.into_inner()).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => Ok(Response::new(proto::GetActorInfoReply { error: Some(e.to_proto()), ..Default::default() })),
+        }
+    }
+
+    async fn kill_actor(
+        &self,
+        req: Request<proto::KillActorRequest>,
+    ) -> std::result::Result<Response<proto::KillActorReply>, Status> {
+        let error = self.handle_kill_actor(req.into_inner()).err().map(|e| e.to_proto());
+        Ok(Response::new(proto::KillActorReply { error }))
+    }
+
+    async fn node_info(
+        &self,
+        _req: Request<proto::NodeInfoRequest>,
+    ) -> std::result::Result<Response<proto::NodeInfoReply>, Status> {
+        let s = self.state.sched.lock();
+        Ok(Response::new(proto::NodeInfoReply {
+            total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            num_workers: s.workers.values().filter(|w| w.state != scheduler::WorkerState::Dead).count() as u32,
+            num_idle_workers: s.idle_count() as u32,
+            pending_leases: s.pending_count() as u32,
+        }))
+    }
+}
+

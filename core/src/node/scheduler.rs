@@ -1,0 +1,444 @@
+//! The node's local scheduler: resource accounting, the worker pool and the
+//! queue of lease requests. Pure state, no I/O: the daemon applies the
+//! [`Action`]s it returns (start a process, answer a request), so the policy
+//! is testable on its own.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::ids::ActorId;
+
+/// Resource amounts by name ("CPU", "GPU", "memory", custom names).
+pub(crate) type Resources = BTreeMap<String, f64>;
+
+const EPS: f64 = 1e-9;
+
+/// A granted lease as sent back to the requester.
+#[derive(Debug, Clone)]
+pub(crate) struct Grant {
+    pub(crate) lease_id: u64,
+    pub(crate) worker_id: u64,
+    pub(crate) worker_addr: String,
+    pub(crate) gpu_ids: Vec<u32>,
+}
+
+pub(crate) type LeaseResult = Result<Grant, Error>;
+
+pub(crate) struct LeaseRequest {
+    pub(crate) resources: Resources,
+    pub(crate) retriable: bool,
+    pub(crate) for_actor: Option<ActorId>,
+    pub(crate) display_name: String,
+    pub(crate) reply: oneshot::Sender<LeaseResult>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum WorkerState {
+    Starting,
+    Idle(Instant),
+    Leased(u64),
+    Dead,
+}
+
+#[derive(Debug)]
+pub(crate) struct WorkerInfo {
+    pub(crate) pid: u32,
+    pub(crate) addr: String,
+    pub(crate) state: WorkerState,
+    pub(crate) exit_cause: Option<String>,
+    pub(crate) killed_for_memory: bool,
+    pub(crate) blocked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseInfo {
+    pub(crate) worker_id: u64,
+    pub(crate) resources: Resources,
+    pub(crate) retriable: bool,
+    pub(crate) granted_at: Instant,
+    pub(crate) gpu_ids: Vec<u32>,
+    pub(crate) for_actor: Option<ActorId>,
+}
+
+/// What the daemon must do after a state change.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Action {
+    StartWorker,
+    KillWorker { worker_id: u64, pid: u32 },
+}
+
+pub(crate) struct Scheduler {
+    pub(crate) total: Resources,
+    pub(crate) available: Resources,
+    pub(crate) workers: HashMap<u64, WorkerInfo>,
+    pub(crate) leases: HashMap<u64, LeaseInfo>,
+    pending: VecDeque<LeaseRequest>,
+    idle: VecDeque<u64>,
+    starting: usize,
+    gpus_free: Vec<u32>,
+    next_lease: u64,
+    /// Workers kept even when idle.
+    pub(crate) min_workers: usize,
+    pub(crate) idle_timeout: Duration,
+    /// Cap on worker processes, so a burst of zero-CPU actors cannot fork-bomb.
+    pub(crate) max_workers: usize,
+}
+
+fn fits(avail: &Resources, req: &Resources) -> bool {
+    req.iter().all(|(k, v)| *v <= EPS || avail.get(k).copied().unwrap_or(0.0) + EPS >= *v)
+}
+
+/// Describes why `req` can never fit in `total`, or `None` when it can.
+pub(crate) fn infeasibility(total: &Resources, req: &Resources) -> Option<String> {
+    let missing: Vec<String> = req
+        .iter()
+        .filter(|(k, v)| **v > EPS && total.get(*k).copied().unwrap_or(0.0) + EPS < **v)
+        .map(|(k, v)| format!("{k}: requested {v}, node has {}", total.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+impl Scheduler {
+    pub(crate) fn new(total: Resources, min_workers: usize, idle_timeout: Duration) -> Scheduler {
+        let gpus = total.get("GPU").copied().unwrap_or(0.0).floor() as u32;
+        Scheduler {
+            available: total.clone(),
+            total,
+            workers: HashMap::new(),
+            leases: HashMap::new(),
+            pending: VecDeque::new(),
+            idle: VecDeque::new(),
+            starting: 0,
+            gpus_free: (0..gpus).collect(),
+            next_lease: 1,
+            min_workers,
+            idle_timeout,
+            max_workers: 4096,
+        }
+    }
+
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Queues a lease request, or answers it at once when it can never fit.
+    pub(crate) fn request(&mut self, req: LeaseRequest) -> Vec<Action> {
+        if let Some(why) = infeasibility(&self.total, &req.resources) {
+            let _ = req.reply.send(Err(Error::Infeasible { function: req.display_name.clone(), detail: why }));
+            return Vec::new();
+        }
+        self.pending.push_back(req);
+        self.dispatch()
+    }
+
+    /// Records a worker process the daemon just started.
+    pub(crate) fn worker_starting(&mut self, worker_id: u64, pid: u32) {
+        self.workers.insert(
+            worker_id,
+            WorkerInfo {
+                pid,
+                addr: String::new(),
+                state: WorkerState::Starting,
+                exit_cause: None,
+                killed_for_memory: false,
+                blocked: false,
+            },
+        );
+    }
+
+    /// A started worker is up and serving at `addr`.
+    pub(crate) fn worker_registered(&mut self, worker_id: u64, addr: String) -> Vec<Action> {
+        let Some(w) = self.workers.get_mut(&worker_id) else { return Vec::new() };
+        if w.state != WorkerState::Starting {
+            return Vec::new();
+        }
+        w.addr = addr;
+        w.state = WorkerState::Idle(Instant::now());
+        self.starting = self.starting.saturating_sub(1);
+        self.idle.push_back(worker_id);
+        self.dispatch()
+    }
+
+    /// The daemon failed to start a process.
+    pub(crate) fn start_failed(&mut self, why: String) {
+        self.starting = self.starting.saturating_sub(1);
+        if let Some(req) = self.pending.pop_front() {
+            let _ = req.reply.send(Err(Error::Runtime(format!("cannot start a worker process: {why}"))));
+        }
+    }
+
+    fn grant_resources(&mut self, res: &Resources) -> Vec<u32> {
+        for (k, v) in res {
+            *self.available.entry(k.clone()).or_insert(0.0) -= v;
+        }
+        let n = res.get("GPU").copied().unwrap_or(0.0).ceil() as usize;
+        let take = n.min(self.gpus_free.len());
+        self.gpus_free.drain(..take).collect()
+    }
+
+    fn release_resources(&mut self, lease: &LeaseInfo, blocked: bool) {
+        for (k, v) in &lease.resources {
+            if blocked && k == "CPU" {
+                continue; // already lent back while blocked
+            }
+            *self.available.entry(k.clone()).or_insert(0.0) += v;
+        }
+        self.gpus_free.extend(&lease.gpu_ids);
+        self.gpus_free.sort_unstable();
+    }
+
+    /// Grants whatever pending requests fit, oldest first; asks for worker
+    /// processes when requests fit but no idle worker is left.
+    pub(crate) fn dispatch(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut i = 0;
+        let mut waiting_for_workers = 0;
+        while i < self.pending.len() {
+            if self.pending[i].reply.is_closed() {
+                self.pending.remove(i);
+                continue;
+            }
+            if !fits(&self.available, &self.pending[i].resources) {
+                i += 1;
+                continue;
+            }
+            let Some(worker_id) = self.idle.pop_front() else {
+                waiting_for_workers += 1;
+                i += 1;
+                continue;
+            };
+            let Some(req) = self.pending.remove(i) else { break };
+            let gpu_ids = self.grant_resources(&req.resources);
+            let lease_id = self.next_lease;
+            self.next_lease += 1;
+            let w = self.workers.get_mut(&worker_id).expect("idle worker is in the table");
+            w.state = WorkerState::Leased(lease_id);
+            let grant = Grant { lease_id, worker_id, worker_addr: w.addr.clone(), gpu_ids: gpu_ids.clone() };
+            self.leases.insert(
+                lease_id,
+                LeaseInfo {
+                    worker_id,
+                    resources: req.resources.clone(),
+                    retriable: req.retriable,
+                    granted_at: Instant::now(),
+                    gpu_ids,
+                    for_actor: req.for_actor,
+                },
+            );
+            if let Err(Ok(g)) = req.reply.send(Ok(grant)) {
+                // The requester went away: take the lease straight back.
+                actions.extend(self.return_lease(g.lease_id, false));
+            }
+        }
+        let alive = self.workers.values().filter(|w| w.state != WorkerState::Dead).count();
+        while self.starting < waiting_for_workers && alive + self.starting < self.max_workers {
+            self.starting += 1;
+            actions.push(Action::StartWorker);
+        }
+        actions
+    }
+
+    /// Ends a lease; the worker goes back to the idle pool (or is killed when
+    /// `disconnect`).
+    pub(crate) fn return_lease(&mut self, lease_id: u64, disconnect: bool) -> Vec<Action> {
+        let Some(lease) = self.leases.remove(&lease_id) else { return Vec::new() };
+        let mut actions = Vec::new();
+        let blocked = self.workers.get(&lease.worker_id).map(|w| w.blocked).unwrap_or(false);
+        self.release_resources(&lease, blocked);
+        if let Some(w) = self.workers.get_mut(&lease.worker_id) {
+            w.blocked = false;
+            if w.state == WorkerState::Leased(lease_id) {
+                if disconnect {
+                    actions.push(Action::KillWorker { worker_id: lease.worker_id, pid: w.pid });
+                } else {
+                    w.state = WorkerState::Idle(Instant::now());
+                    self.idle.push_back(lease.worker_id);
+                }
+            }
+        }
+        actions.extend(self.dispatch());
+        actions
+    }
+
+    /// A worker blocked in `get` lends its CPUs back (and takes them again
+    /// when unblocked), so nested tasks cannot deadlock the node.
+    pub(crate) fn set_blocked(&mut self, worker_id: u64, blocked: bool) -> Vec<Action> {
+        let Some(w) = self.workers.get_mut(&worker_id) else { return Vec::new() };
+        let WorkerState::Leased(lease_id) = w.state else { return Vec::new() };
+        if w.blocked == blocked {
+            return Vec::new();
+        }
+        w.blocked = blocked;
+        let cpus = self.leases.get(&lease_id).and_then(|l| l.resources.get("CPU").copied()).unwrap_or(0.0);
+        let avail = self.available.entry("CPU".into()).or_insert(0.0);
+        if blocked {
+            *avail += cpus;
+        } else {
+            *avail -= cpus;
+        }
+        self.dispatch()
+    }
+
+    /// A worker process exited. Returns the lease it held, if any.
+    pub(crate) fn worker_exited(&mut self, worker_id: u64, cause: String) -> (Option<LeaseInfo>, Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&worker_id) else { return (None, Vec::new()) };
+        let prev = std::mem::replace(&mut w.state, WorkerState::Dead);
+        if w.exit_cause.is_none() {
+            w.exit_cause = Some(cause);
+        }
+        let blocked = w.blocked;
+        let mut lease = None;
+        match prev {
+            WorkerState::Starting => {
+                self.starting = self.starting.saturating_sub(1);
+            }
+            WorkerState::Idle(_) => self.idle.retain(|id| *id != worker_id),
+            WorkerState::Leased(lease_id) => {
+                if let Some(l) = self.leases.remove(&lease_id) {
+                    self.release_resources(&l, blocked);
+                    lease = Some(l);
+                }
+            }
+            WorkerState::Dead => {}
+        }
+        (lease, self.dispatch())
+    }
+
+    /// Idle workers beyond the kept minimum that have idled past the timeout.
+    pub(crate) fn reap_idle(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        while self.idle.len() > self.min_workers {
+            let Some(&id) = self.idle.front() else { break };
+            let Some(w) = self.workers.get(&id) else {
+                self.idle.pop_front();
+                continue;
+            };
+            match w.state {
+                WorkerState::Idle(since) if now.duration_since(since) >= self.idle_timeout => {
+                    self.idle.pop_front();
+                    actions.push(Action::KillWorker { worker_id: id, pid: w.pid });
+                }
+                _ => break,
+            }
+        }
+        actions
+    }
+
+    /// The lease the memory monitor should end: the newest retriable one,
+    /// else the newest of all.
+    pub(crate) fn memory_victim(&self) -> Option<(u64, u32)> {
+        let newest = |retriable: bool| {
+            self.leases
+                .values()
+                .filter(|l| l.retriable == retriable && l.for_actor.is_none())
+                .max_by_key(|l| l.granted_at)
+                .map(|l| l.worker_id)
+        };
+        let id = newest(true).or_else(|| newest(false))?;
+        self.workers.get(&id).map(|w| (id, w.pid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(cpu: f64) -> Resources {
+        [("CPU".to_string(), cpu)].into_iter().collect()
+    }
+
+    fn req(cpu: f64) -> (LeaseRequest, oneshot::Receiver<LeaseResult>) {
+        let (tx, rx) = oneshot::channel();
+        (LeaseRequest { resources: res(cpu), retriable: true, for_actor: None, display_name: "f".into(), reply: tx }, rx)
+    }
+
+    fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {
+        s.worker_starting(id, id as u32);
+        s.worker_registered(id, format!("w{id}"))
+    }
+
+    #[test]
+    fn queues_until_resources_free_and_reuses_workers() {
+        let mut s = Scheduler::new(res(1.0), 1, Duration::from_secs(10));
+        let (a, mut ra) = req(1.0);
+        assert_eq!(s.request(a), vec![Action::StartWorker]);
+        add_worker(&mut s, 1);
+        let g = ra.try_recv().unwrap().unwrap();
+        assert_eq!(g.worker_addr, "w1");
+        let (b, mut rb) = req(1.0);
+        assert!(s.request(b).is_empty(), "no CPU left: must queue, not start workers");
+        assert!(rb.try_recv().is_err());
+        s.return_lease(g.lease_id, false);
+        let g2 = rb.try_recv().unwrap().unwrap();
+        assert_eq!(g2.worker_id, 1, "idle worker is reused");
+        assert_eq!(s.available["CPU"], 0.0);
+        s.return_lease(g2.lease_id, false);
+        assert_eq!(s.available["CPU"], 1.0);
+    }
+
+    #[test]
+    fn infeasible_requests_are_answered_at_once() {
+        let mut s = Scheduler::new(res(2.0), 0, Duration::from_secs(10));
+        let (a, mut ra) = req(8.0);
+        assert!(s.request(a).is_empty());
+        let err = ra.try_recv().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Infeasible { .. }));
+        assert!(err.to_string().contains("CPU: requested 8"), "{err}");
+        assert_eq!(s.pending_count(), 0);
+    }
+
+    #[test]
+    fn blocked_worker_lends_its_cpu() {
+        let mut s = Scheduler::new(res(1.0), 0, Duration::from_secs(10));
+        let (a, mut ra) = req(1.0);
+        s.request(a);
+        add_worker(&mut s, 1);
+        let g = ra.try_recv().unwrap().unwrap();
+        let (b, mut rb) = req(1.0);
+        s.request(b);
+        assert_eq!(s.set_blocked(1, true), vec![Action::StartWorker]);
+        add_worker(&mut s, 2);
+        let g2 = rb.try_recv().unwrap().unwrap();
+        assert_eq!(g2.worker_id, 2);
+        s.return_lease(g2.lease_id, false);
+        s.set_blocked(1, false);
+        assert_eq!(s.available["CPU"], 0.0);
+        s.return_lease(g.lease_id, false);
+        assert_eq!(s.available["CPU"], 1.0);
+    }
+
+    #[test]
+    fn dead_worker_frees_its_lease_and_memory_victim_is_newest_retriable() {
+        let mut s = Scheduler::new(res(2.0), 0, Duration::from_secs(10));
+        let (a, mut ra) = req(1.0);
+        let (b, mut rb) = req(1.0);
+        s.request(a);
+        s.request(b);
+        add_worker(&mut s, 1);
+        add_worker(&mut s, 2);
+        let _ga = ra.try_recv().unwrap().unwrap();
+        let gb = rb.try_recv().unwrap().unwrap();
+        assert_eq!(s.memory_victim().map(|v| v.0), Some(gb.worker_id));
+        let (lease, _) = s.worker_exited(gb.worker_id, "signal 9".into());
+        assert!(lease.is_some());
+        assert_eq!(s.available["CPU"], 1.0);
+        assert_eq!(s.workers[&gb.worker_id].exit_cause.as_deref(), Some("signal 9"));
+    }
+
+    #[test]
+    fn idle_workers_above_minimum_are_reaped() {
+        let mut s = Scheduler::new(res(2.0), 1, Duration::from_millis(0));
+        add_worker(&mut s, 1);
+        add_worker(&mut s, 2);
+        let acts = s.reap_idle(Instant::now() + Duration::from_millis(1));
+        assert_eq!(acts.len(), 1);
+        assert_eq!(s.idle_count(), 1);
+    }
+}

@@ -1,0 +1,218 @@
+//! Options of tasks and actors, set with builder methods on the
+//! `function::options()` / `Actor::options()` values the macros generate.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::node::scheduler::Resources;
+
+/// Options of a remote function call.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    /// CPUs the task holds while it runs (default 1).
+    pub num_cpus: Option<f64>,
+    /// GPUs the task holds; the worker sees them in `CUDA_VISIBLE_DEVICES`.
+    pub num_gpus: Option<f64>,
+    /// Bytes of memory reserved for the task.
+    pub memory: Option<u64>,
+    /// Custom resources.
+    pub resources: BTreeMap<String, f64>,
+    /// How often a task whose worker died is retried (default 3; -1 forever).
+    pub max_retries: Option<i32>,
+    /// Also retry when the task itself fails (panics or returns `Err`).
+    pub retry_exceptions: bool,
+}
+
+fn check(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("{what} must be a non-negative number, got {v}")))
+    }
+}
+
+pub(crate) fn demand(
+    num_cpus: f64,
+    num_gpus: Option<f64>,
+    memory: Option<u64>,
+    custom: &BTreeMap<String, f64>,
+) -> Result<Resources> {
+    check("num_cpus", num_cpus)?;
+    let mut r = Resources::new();
+    if num_cpus > 0.0 {
+        r.insert("CPU".into(), num_cpus);
+    }
+    if let Some(g) = num_gpus {
+        check("num_gpus", g)?;
+        if g > 0.0 {
+            if g > 1.0 && g.fract() != 0.0 {
+                return Err(Error::InvalidArgument(format!("num_gpus above 1 must be a whole number, got {g}")));
+            }
+            r.insert("GPU".into(), g);
+        }
+    }
+    if let Some(m) = memory {
+        r.insert("memory".into(), m as f64);
+    }
+    for (k, v) in custom {
+        check(&format!("resource `{k}`"), *v)?;
+        if k.is_empty() {
+            return Err(Error::InvalidArgument("custom resource names must not be empty".into()));
+        }
+        r.insert(k.clone(), *v);
+    }
+    Ok(r)
+}
+
+impl TaskOptions {
+    pub(crate) fn demand(&self) -> Result<Resources> {
+        demand(self.num_cpus.unwrap_or(1.0), self.num_gpus, self.memory, &self.resources)
+    }
+}
+
+/// Options of an actor.
+#[derive(Debug, Clone, Default)]
+pub struct ActorOptions {
+    /// CPUs held for the actor's lifetime (default 0).
+    pub num_cpus: Option<f64>,
+    /// GPUs held for the actor's lifetime.
+    pub num_gpus: Option<f64>,
+    /// Bytes of memory reserved.
+    pub memory: Option<u64>,
+    /// Custom resources.
+    pub resources: BTreeMap<String, f64>,
+    /// Restarts after its process dies (default 0; -1 forever).
+    pub max_restarts: i32,
+    /// Retries of a call interrupted by a process death (default 0; -1 forever).
+    pub max_task_retries: i32,
+    /// A name to find it with [`crate::get_actor`].
+    pub name: Option<String>,
+    /// Outlives its creator (for named service actors).
+    pub detached: bool,
+    /// Concurrent calls of an async actor (default 1000).
+    pub max_concurrency: Option<u32>,
+}
+
+impl ActorOptions {
+    pub(crate) fn demand(&self) -> Result<Resources> {
+        demand(self.num_cpus.unwrap_or(0.0), self.num_gpus, self.memory, &self.resources)
+    }
+}
+
+/// Implements the task option builder methods on a macro-generated options
+/// newtype (`struct Options(TaskOptions)`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_task_options {
+    ($t:ty) => {
+        impl $t {
+            /// CPUs the task holds while it runs (default 1).
+            pub fn num_cpus(mut self, n: f64) -> Self {
+                self.0.num_cpus = Some(n);
+                self
+            }
+            /// GPUs the task holds.
+            pub fn num_gpus(mut self, n: f64) -> Self {
+                self.0.num_gpus = Some(n);
+                self
+            }
+            /// Bytes of memory reserved for the task.
+            pub fn memory(mut self, bytes: u64) -> Self {
+                self.0.memory = Some(bytes);
+                self
+            }
+            /// Requires a custom resource.
+            pub fn resource(mut self, name: &str, amount: f64) -> Self {
+                self.0.resources.insert(name.to_string(), amount);
+                self
+            }
+            /// Retries after a worker death (default 3; -1 forever).
+            pub fn max_retries(mut self, n: i32) -> Self {
+                self.0.max_retries = Some(n);
+                self
+            }
+            /// Also retry when the task fails (panics or returns `Err`).
+            pub fn retry_exceptions(mut self, yes: bool) -> Self {
+                self.0.retry_exceptions = yes;
+                self
+            }
+        }
+    };
+}
+
+/// Implements the actor option builder methods on a macro-generated options
+/// newtype (`struct FooOptions(ActorOptions)`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_actor_options {
+    ($t:ty) => {
+        impl $t {
+            /// CPUs held for the actor's lifetime (default 0).
+            pub fn num_cpus(mut self, n: f64) -> Self {
+                self.0.num_cpus = Some(n);
+                self
+            }
+            /// GPUs held for the actor's lifetime.
+            pub fn num_gpus(mut self, n: f64) -> Self {
+                self.0.num_gpus = Some(n);
+                self
+            }
+            /// Bytes of memory reserved.
+            pub fn memory(mut self, bytes: u64) -> Self {
+                self.0.memory = Some(bytes);
+                self
+            }
+            /// Requires a custom resource.
+            pub fn resource(mut self, name: &str, amount: f64) -> Self {
+                self.0.resources.insert(name.to_string(), amount);
+                self
+            }
+            /// Restarts after the process dies (-1 forever).
+            pub fn max_restarts(mut self, n: i32) -> Self {
+                self.0.max_restarts = n;
+                self
+            }
+            /// Retries of calls interrupted by a process death (-1 forever).
+            pub fn max_task_retries(mut self, n: i32) -> Self {
+                self.0.max_task_retries = n;
+                self
+            }
+            /// Registers the actor under a name (see `rayforge::get_actor`).
+            pub fn name(mut self, name: &str) -> Self {
+                self.0.name = Some(name.to_string());
+                self
+            }
+            /// Lets the actor outlive its creator.
+            pub fn detached(mut self) -> Self {
+                self.0.detached = true;
+                self
+            }
+            /// Concurrent calls of an async actor.
+            pub fn max_concurrency(mut self, n: u32) -> Self {
+                self.0.max_concurrency = Some(n);
+                self
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demand_validates_and_defaults() {
+        let o = TaskOptions::default();
+        assert_eq!(o.demand().unwrap().get("CPU"), Some(&1.0));
+        let o = TaskOptions { num_cpus: Some(-1.0), ..Default::default() };
+        assert!(o.demand().unwrap_err().to_string().contains("num_cpus"));
+        let o = TaskOptions { num_gpus: Some(1.5), ..Default::default() };
+        assert!(o.demand().is_err());
+        let mut o = TaskOptions { num_cpus: Some(0.0), ..Default::default() };
+        o.resources.insert("TPU".into(), 2.0);
+        let d = o.demand().unwrap();
+        assert_eq!(d.get("CPU"), None);
+        assert_eq!(d.get("TPU"), Some(&2.0));
+        assert!(ActorOptions::default().demand().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,192 @@
+//! Calling actor methods.
+//!
+//! Each (caller process, actor) pair has one ordered stream to the actor's
+//! process. A per-actor loop resolves each call's dependencies in order and
+//! sends it; a reader completes calls as replies come. When the stream
+//! breaks, the loop waits for the actor's next incarnation (or its death),
+//! resends the calls that still have retries (`max_task_retries`) in their
+//! original order, and fails the rest with the actor's death cause.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::Error;
+use crate::ids::{ActorId, ObjectId, TaskId};
+use crate::object_ref::RefHandle;
+use crate::proto;
+
+use super::submitter::{fail_returns, resolve_dependencies, store_returns};
+use super::CoreWorker;
+
+pub(crate) struct ActorCall {
+    pub(crate) spec: proto::TaskSpec,
+    pub(crate) retries_left: i32,
+    pub(crate) pins: Vec<Arc<RefHandle>>,
+}
+
+impl ActorCall {
+    fn return_ids(&self) -> Vec<ObjectId> {
+        let t = TaskId::from_bytes(&self.spec.task_id).unwrap_or_default();
+        (0..self.spec.num_returns).map(|i| t.return_id(i)).collect()
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct ActorCaller {
+    channels: Mutex<HashMap<ActorId, mpsc::UnboundedSender<ActorCall>>>,
+}
+
+impl ActorCaller {
+    /// Queues a call; calls from this process run in submission order.
+    pub(crate) fn submit(cw: &Arc<CoreWorker>, actor: ActorId, call: ActorCall) {
+        let mut chans = cw.actors.channels.lock();
+        let tx = chans.entry(actor).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let cw2 = cw.clone();
+            cw.handle.spawn(actor_loop(cw2, actor, rx));
+            tx
+        });
+        if let Err(mpsc::error::SendError(call)) = tx.send(call) {
+            fail_returns(cw, &call.return_ids(), &Error::Internal("actor call loop stopped".into()));
+        }
+    }
+}
+
+type Inflight = Arc<Mutex<(HashMap<Vec<u8>, ActorCall>, Vec<Vec<u8>>)>>;
+
+async fn actor_info(cw: &CoreWorker, actor: ActorId, wait: bool, after: u64) -> Result<proto::GetActorInfoReply, Error> {
+    let r = cw
+        .node
+        .clone()
+        .get_actor_info(proto::GetActorInfoRequest {
+            actor_id: actor.0.to_vec(),
+            name: String::new(),
+            wait_alive: wait,
+            after_incarnation: after,
+        })
+        .await
+        .map_err(|s| Error::rpc("looking up an actor", s))?
+        .into_inner();
+    match r.error {
+        Some(e) => Err(Error::from_proto(&e)),
+        None => Ok(r),
+    }
+}
+
+async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::UnboundedReceiver<ActorCall>) {
+    let mut incarnation = 0u64;
+    let mut resend: VecDeque<ActorCall> = VecDeque::new();
+    loop {
+        let info = actor_info(&cw, actor, true, incarnation).await;
+        let info = match info {
+            Ok(i) if i.state == proto::ActorState::Alive as i32 => i,
+            other => {
+                let err = match other {
+                    Ok(i) => Error::ActorDied { actor: i.class_name, cause: i.death_cause },
+                    Err(e) => Error::ActorDied { actor: actor.to_string(), cause: e.to_string() },
+                };
+                for c in resend.drain(..) {
+                    fail_returns(&cw, &c.return_ids(), &err);
+                }
+                while let Some(c) = rx.recv().await {
+                    fail_returns(&cw, &c.return_ids(), &err);
+                }
+                return;
+            }
+        };
+        incarnation = info.incarnation;
+        let inflight: Inflight = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
+        let (stx, srx) = mpsc::channel::<proto::PushTaskRequest>(256);
+        let stream = match cw.peer(&info.addr) {
+            Ok(mut c) => c.push_tasks(ReceiverStream::new(srx)).await.ok().map(|r| r.into_inner()),
+            Err(_) => None,
+        };
+        let Some(mut replies) = stream else {
+            cw.forget_peer(&info.addr);
+            continue;
+        };
+        let (broken_tx, mut broken_rx) = oneshot::channel::<()>();
+        {
+            let cw = cw.clone();
+            let inflight = inflight.clone();
+            cw.clone().handle.spawn(async move {
+                while let Ok(Some(r)) = replies.message().await {
+                    let call = {
+                        let mut g = inflight.lock();
+                        g.0.remove(&r.task_id)
+                    };
+                    let Some(call) = call else { continue };
+                    match r.error {
+                        Some(e) => fail_returns(&cw, &call.return_ids(), &Error::from_proto(&e)),
+                        None => store_returns(&cw, r.returns),
+                    }
+                    drop(call.pins);
+                }
+                let _ = broken_tx.send(());
+            });
+        }
+        // Send calls in order until the stream breaks.
+        loop {
+            let next = match resend.pop_front() {
+                Some(c) => Some(c),
+                None => tokio::select! {
+                    c = rx.recv() => c,
+                    _ = &mut broken_rx => break,
+                },
+            };
+            let Some(mut call) = next else { return };
+            let deps = tokio::select! {
+                d = resolve_dependencies(&cw, &mut call.spec) => Some(d),
+                _ = &mut broken_rx => None,
+            };
+            match deps {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    fail_returns(&cw, &call.return_ids(), &e);
+                    continue;
+                }
+                None => {
+                    resend.push_front(call);
+                    break;
+                }
+            }
+            let tid = call.spec.task_id.clone();
+            let req = proto::PushTaskRequest { spec: Some(call.spec.clone()) };
+            {
+                let mut g = inflight.lock();
+                g.1.push(tid.clone());
+                g.0.insert(tid, call);
+            }
+            if stx.send(req).await.is_err() {
+                break;
+            }
+        }
+        cw.forget_peer(&info.addr);
+        // Calls without a reply: retry those with budget, fail the others.
+        let (mut pending, order) = std::mem::take(&mut *inflight.lock());
+        let cause = match actor_info(&cw, actor, false, 0).await {
+            Ok(i) if i.state == proto::ActorState::Dead as i32 => i.death_cause,
+            _ => "its process died while running this call (set max_task_retries to retry calls)".into(),
+        };
+        let mut retry = Vec::new();
+        for tid in order {
+            let Some(mut c) = pending.remove(&tid) else { continue };
+            if c.retries_left != 0 {
+                if c.retries_left > 0 {
+                    c.retries_left -= 1;
+                }
+                retry.push(c);
+            } else {
+                let err = Error::ActorDied { actor: info.class_name.clone(), cause: cause.clone() };
+                fail_returns(&cw, &c.return_ids(), &err);
+            }
+        }
+        for c in retry.into_iter().rev() {
+            resend.push_front(c);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Executing tasks in a worker process, and the `CoreWorkerService` every
+//! process serves.
+//!
+//! Tasks arrive on streams pushed by lease holders and actor callers. Normal
+//! tasks, actor construction and sync actor methods run one at a time on the
+//! process's task thread (a worker runs one task at a time); async actor
+//! methods run as futures, up to the actor's `max_concurrency`. A panic fails
+//! only its task: the message and location travel back to the caller.
+
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec::ObjectBytes;
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, TaskId};
+use crate::node::{SessionPaths, ENV_NODE_ADDR, ENV_SESSION_DIR, ENV_WORKER_ID};
+use crate::proto::{self, core_worker_service_server::CoreWorkerService};
+use crate::registry::{self, ActorInstance, BoxFuture, Returns};
+
+use super::{current, CoreWorker, Location, INLINE_MAX};
+
+type AsyncMethod = Arc<dyn Fn(String, Vec<ObjectBytes>) -> BoxFuture<Result<Returns>> + Send + Sync>;
+
+struct Job {
+    spec: proto::TaskSpec,
+    reply: mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>,
+}
+
+/// Runs what is pushed to this worker.
+pub(crate) struct Executor {
+    jobs: std::sync::mpsc::Sender<Job>,
+    async_actor: Mutex<Option<(AsyncMethod, Arc<Semaphore>)>>,
+}
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records panic messages with their location so the caller sees where a
+/// task failed; still prints them like the default hook.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = if let Some(s) = info.payload().downcast_ref::<&str>() {
+            s.to_string()
+        } else if let Some(s) = info.payload().downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_string()
+        };
+        let loc = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
+        let text = format!("panicked at {loc}: {msg}");
+        eprintln!("rayforge worker {}: {text}", std::process::id());
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+    }));
+}
+
+fn panic_message() -> String {
+    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into())
+}
+
+fn reply_err(spec: &proto::TaskSpec, e: Error) -> proto::PushTaskReply {
+    proto::PushTaskReply { task_id: spec.task_id.clone(), returns: Vec::new(), error: Some(e.to_proto()), num_generated: 0 }
+}
+
+fn failed(spec: &proto::TaskSpec, message: String) -> Error {
+    Error::TaskFailed { function: spec.display_name.clone(), message }
+}
+
+impl Executor {
+    fn dispatch(self: &Arc<Self>, spec: proto::TaskSpec, reply: mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>) {
+        let is_method = spec.kind == proto::TaskKind::ActorMethod as i32;
+        let async_actor = if is_method { self.async_actor.lock().clone() } else { None };
+        match async_actor {
+            Some((method, sem)) => {
+                let Ok(cw) = current() else { return };
+                cw.clone().handle.spawn(async move {
+                    let Ok(_permit) = sem.acquire_owned().await else { return };
+                    let r = run_async_method(&cw, &spec, method).await;
+                    let _ = reply.send(Ok(r)).await;
+                });
+            }
+            None => {
+                let _ = self.jobs.send(Job { spec, reply });
+            }
+        }
+    }
+
+    /// The task thread: runs jobs one at a time until the process ends.
+    fn run_jobs(self: &Arc<Self>, rx: std::sync::mpsc::Receiver<Job>) {
+        let mut actor: Option<Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>> = None;
+        while let Ok(job) = rx.recv() {
+            let Ok(cw) = current() else { return };
+            let span = tracing::debug_span!("task", name = %job.spec.display_name);
+            let _g = span.enter();
+            let reply = self.run_one(&cw, &job.spec, &mut actor);
+            let _ = job.reply.blocking_send(Ok(reply));
+        }
+    }
+
+    fn run_one(
+        self: &Arc<Self>,
+        cw: &Arc<CoreWorker>,
+        spec: &proto::TaskSpec,
+        actor: &mut Option<Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>>,
+    ) -> proto::PushTaskReply {
+        if !spec.gpu_ids.is_empty() {
+            let ids: Vec<String> = spec.gpu_ids.iter().map(|g| g.to_string()).collect();
+            // SAFETY: set before user code runs, from the task thread; other
+            // threads of this process do not read the environment.
+            unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ids.join(",")) };
+        }
+        let cw2 = cw.clone();
+        let spec2 = spec.clone();
+        let args = match cw.block_on(async move { resolve_args(&cw2, &spec2).await }) {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) | Err(e) => return reply_err(spec, e),
+        };
+        let kind = proto::TaskKind::try_from(spec.kind).unwrap_or(proto::TaskKind::Normal);
+        let outcome: Result<Returns> = match kind {
+            proto::TaskKind::Normal => match registry::function(&spec.function) {
+                None => Err(Error::NotFound(format!(
+                    "remote function `{}` is not registered in this binary (was it compiled in?)",
+                    spec.function
+                ))),
+                Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args))) {
+                    Ok(r) => r.map_err(|e| match e {
+                        Error::TaskFailed { message, .. } => failed(spec, message),
+                        other => other,
+                    }),
+                    Err(_) => Err(failed(spec, panic_message())),
+                },
+            },
+            proto::TaskKind::ActorCreation => {
+                match registry::class(&spec.function) {
+                    None => Err(Error::NotFound(format!("actor class `{}` is not registered in this binary", spec.function))),
+                    Some(c) => match std::panic::catch_unwind(AssertUnwindSafe(|| (c.construct)(args))) {
+                        Ok(Ok(ActorInstance::Sync(f))) => {
+                            *actor = Some(f);
+                            Ok(Vec::new())
+                        }
+                        Ok(Ok(ActorInstance::Async(f))) => {
+                            let n = spec.max_concurrency.max(1) as usize;
+                            *self.async_actor.lock() = Some((f, Arc::new(Semaphore::new(n))));
+                            Ok(Vec::new())
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(failed(spec, panic_message())),
+                    },
+                }
+            }
+            proto::TaskKind::ActorMethod => match actor.as_mut() {
+                None => Err(Error::Internal("actor method pushed to a worker hosting no actor".into())),
+                Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&spec.function, args))) {
+                    Ok(r) => r.map_err(|e| match e {
+                        Error::TaskFailed { message, .. } => failed(spec, message),
+                        other => other,
+                    }),
+                    Err(_) => Err(failed(spec, panic_message())),
+                },
+            },
+        };
+        let cw2 = cw.clone();
+        let spec2 = spec.clone();
+        match outcome {
+            Ok(values) => match cw.block_on(async move { build_reply(&cw2, &spec2, values).await }) {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) | Err(e) => reply_err(spec, e),
+            },
+            Err(e) => reply_err(spec, e),
+        }
+    }
+}
+
+async fn run_async_method(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, method: AsyncMethod) -> proto::PushTaskReply {
+    let args = match resolve_args(cw, spec).await {
+        Ok(a) => a,
+        Err(e) => return reply_err(spec, e),
+    };
+    let fut = AssertUnwindSafe(method(spec.function.clone(), args)).catch_unwind();
+    match fut.await {
+        Ok(Ok(values)) => build_reply(cw, spec, values).await.unwrap_or_else(|e| reply_err(spec, e)),
+        Ok(Err(e)) => reply_err(
+            spec,
+            match e {
+                Error::TaskFailed { message, .. } => failed(spec, message),
+                other => other,
+            },
+        ),
+        Err(_) => reply_err(spec, failed(spec, panic_message())),
+    }
+}
+
+/// Fetches every argument's bytes (waiting on the owners as needed).
+async fn resolve_args(cw: &CoreWorker, spec: &proto::TaskSpec) -> Result<Vec<ObjectBytes>> {
+    let mut out = Vec::with_capacity(spec.args.len());
+    for a in &spec.args {
+        match &a.kind {
+            Some(proto::task_arg::Kind::Inline(b)) => out.push(ObjectBytes::from_vec(b.clone())),
+            Some(proto::task_arg::Kind::ByRef(r)) => {
+                let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Error::Internal("bad argument id".into()))?;
+                out.push(cw.fetch(id, &r.owner_addr).await?);
+            }
+            None => return Err(Error::Internal("empty task argument".into())),
+        }
+    }
+    Ok(out)
+}
+
+/// Turns return values into the reply: small ones inline, large ones into
+/// the shared-memory store. References inside them are lent to the caller.
+async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
+    let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
+    if spec.kind != proto::TaskKind::ActorCreation as i32 && values.len() != spec.num_returns as usize {
+        return Err(failed(spec, format!("returned {} values, expected {}", values.len(), spec.num_returns)));
+    }
+    let mut returns = Vec::with_capacity(values.len());
+    for (i, enc) in values.into_iter().enumerate() {
+        let id = tid.return_id(i as u32);
+        if !enc.refs.is_empty() {
+            cw.lend(&spec.owner_addr, &enc.refs).await;
+        }
+        let kind = if enc.len() <= INLINE_MAX {
+            proto::return_object::Kind::Inline(enc.to_vec())
+        } else {
+            let cw2 = cw.clone();
+            let size = enc.len() as u64;
+            let loc = tokio::task::spawn_blocking(move || cw2.store_value(id, &enc))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            match loc {
+                Location::Inline(b) => proto::return_object::Kind::Inline(b.as_slice().to_vec()),
+                Location::Store => proto::return_object::Kind::InStore(size),
+            }
+        };
+        returns.push(proto::ReturnObject { id: id.0.to_vec(), kind: Some(kind) });
+    }
+    Ok(proto::PushTaskReply { task_id: spec.task_id.clone(), returns, error: None, num_generated: 0 })
+}
+
+/// The `CoreWorkerService` of this process.
+pub(crate) struct WorkerService;
+
+type ReplyStream = Pin<Box<dyn Stream<Item = std::result::Result<proto::PushTaskReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CoreWorkerService for WorkerService {
+    type PushTasksStream = ReplyStream;
+
+    async fn push_tasks(
+        &self,
+        req: Request<Streaming<proto::PushTaskRequest>>,
+    ) -> std::result::Result<Response<ReplyStream>, Status> {
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let exec = cw.executor.clone().ok_or_else(|| Status::unimplemented("this process does not run tasks"))?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(1024);
+        cw.handle.spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                if let Some(spec) = r.spec {
+                    exec.dispatch(spec, tx.clone());
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|r| r))))
+    }
+
+    async fn get_object(
+        &self,
+        req: Request<proto::GetObjectRequest>,
+    ) -> std::result::Result<Response<proto::GetObjectReply>, Status> {
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let id = ObjectId::from_bytes(&req.into_inner().id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let result = cw.serve_object(id).await;
+        Ok(Response::new(proto::GetObjectReply { result: Some(result) }))
+    }
+
+    async fn update_borrowers(
+        &self,
+        req: Request<proto::UpdateBorrowersRequest>,
+    ) -> std::result::Result<Response<proto::UpdateBorrowersReply>, Status> {
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let r = req.into_inner();
+        let ids = |v: &[Vec<u8>]| v.iter().filter_map(|b| ObjectId::from_bytes(b)).collect::<Vec<_>>();
+        cw.update_borrowers(&r.borrower_addr, &ids(&r.add), &ids(&r.remove));
+        Ok(Response::new(proto::UpdateBorrowersReply {}))
+    }
+
+    async fn report_generator_item(
+        &self,
+        _req: Request<proto::GeneratorItemRequest>,
+    ) -> std::result::Result<Response<proto::GeneratorItemReply>, Status> {
+        Err(Status::unimplemented("streaming generators are not supported yet"))
+    }
+}
+
+/// Serves `CoreWorkerService` on `addr` from the current runtime.
+pub(crate) fn serve(addr: &std::path::Path) -> Result<()> {
+    let incoming = crate::rpc::bind_uds(addr)?;
+    let svc = proto::core_worker_service_server::CoreWorkerServiceServer::new(WorkerService)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+            tracing::error!("core worker service stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Entry point of a worker process: connect to the node, serve, register,
+/// then run tasks on this thread until the node goes away.
+pub(crate) fn run_worker_process() -> ! {
+    crate::init_logging();
+    install_panic_hook();
+    let code = match worker_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rayforge worker {}: {e}", std::process::id());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn worker_main() -> Result<()> {
+    let env = |k: &str| std::env::var(k).map_err(|_| Error::Runtime(format!("worker started without {k}")));
+    let worker_id: u64 = env(ENV_WORKER_ID)?.parse().map_err(|_| Error::Runtime("bad worker id".into()))?;
+    let node_addr = env(ENV_NODE_ADDR)?;
+    let session = std::path::PathBuf::from(env(ENV_SESSION_DIR)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rayforge-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the worker's runtime", e))?;
+    let addr = SessionPaths::worker_sock(&session, worker_id);
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let exec = Arc::new(Executor { jobs: jobs_tx, async_actor: Mutex::new(None) });
+    let node = rt.block_on(async {
+        serve(&addr)?;
+        crate::rpc::uds_connect(&node_addr).await
+    })?;
+    let node = super::node_client(node);
+    let cw = CoreWorker::new(
+        worker_id,
+        addr.to_string_lossy().into(),
+        false,
+        rt.handle().clone(),
+        node.clone(),
+        session.join("objects"),
+        Some(exec.clone()),
+    );
+    super::install(cw)?;
+    let mut n = node.clone();
+    rt.block_on(async move {
+        n.register_worker(proto::RegisterWorkerRequest {
+            worker_id,
+            addr: addr.to_string_lossy().into(),
+            pid: std::process::id(),
+        })
+        .await
+    })
+    .map_err(|s| Error::rpc("registering with the node", s))?;
+    // Exit when the node daemon goes away.
+    rt.spawn(async move {
+        let mut n = node;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if n.node_info(proto::NodeInfoRequest {}).await.is_err() {
+                std::process::exit(0);
+            }
+        }
+    });
+    exec.run_jobs(jobs_rx);
+    Ok(())
+}

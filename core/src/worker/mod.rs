@@ -1,0 +1,586 @@
+//! The core worker: the part of the runtime inside every process that runs
+//! user code — the driver and each worker process.
+//!
+//! It owns the objects this process created (their state, who borrows them,
+//! when to free them), counts this process's references to others' objects,
+//! submits tasks ([`submitter`]) and actor calls ([`actor_caller`]), and in
+//! worker processes executes what is pushed to it ([`executor`]). It serves
+//! `CoreWorkerService` on its own Unix socket.
+
+pub(crate) mod actor_caller;
+pub(crate) mod executor;
+pub(crate) mod submitter;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::codec::{self, ContainedRef, Encoded, ObjectBytes, Value};
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::object_ref::RefHandle;
+use crate::object_store;
+use crate::proto::{self, core_worker_service_client::CoreWorkerServiceClient, node_service_client::NodeServiceClient};
+
+/// Objects at most this large travel inline (in task specs, replies and the
+/// owner's memory); larger ones go to the shared-memory store.
+pub(crate) const INLINE_MAX: usize = 100 * 1024;
+
+/// Where a ready object's bytes are.
+#[derive(Clone)]
+pub(crate) enum Location {
+    Inline(ObjectBytes),
+    Store,
+}
+
+#[derive(Clone)]
+pub(crate) enum ObjState {
+    Pending,
+    Ready(Location),
+    Failed(Error),
+}
+
+/// An object this process owns.
+pub(crate) struct Owned {
+    pub(crate) state: watch::Sender<ObjState>,
+    borrowers: HashSet<String>,
+    /// Submitted tasks that take it as an argument.
+    pins: usize,
+    /// References inside the value, kept alive while it exists.
+    contained: Vec<ContainedRef>,
+}
+
+struct RefCount {
+    local: usize,
+    /// Borrowed references: told the owner we borrow it.
+    registered: bool,
+}
+
+/// The per-process runtime state.
+pub(crate) struct CoreWorker {
+    pub(crate) worker_id: u64,
+    pub(crate) addr: String,
+    pub(crate) is_driver: bool,
+    pub(crate) handle: tokio::runtime::Handle,
+    pub(crate) node: NodeServiceClient<Channel>,
+    pub(crate) store_dir: PathBuf,
+    objects: Mutex<HashMap<ObjectId, Owned>>,
+    refs: Mutex<HashMap<ObjectId, RefCount>>,
+    peers: Mutex<HashMap<String, Channel>>,
+    pub(crate) submitter: submitter::TaskSubmitter,
+    pub(crate) actors: actor_caller::ActorCaller,
+    free_tx: mpsc::UnboundedSender<ObjectId>,
+    borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
+    pub(crate) executor: Option<Arc<executor::Executor>>,
+}
+
+static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
+
+/// The runtime of this process, or an error telling the user to call `init`.
+pub(crate) fn current() -> Result<Arc<CoreWorker>> {
+    CURRENT
+        .read()
+        .clone()
+        .ok_or_else(|| Error::Runtime("rayforge is not initialized: call rayforge::init(Config::default()) first".into()))
+}
+
+pub(crate) fn try_current() -> Option<Arc<CoreWorker>> {
+    CURRENT.read().clone()
+}
+
+pub(crate) fn install(cw: Arc<CoreWorker>) -> Result<()> {
+    let mut g = CURRENT.write();
+    if g.is_some() {
+        return Err(Error::Runtime("rayforge is already initialized in this process".into()));
+    }
+    *g = Some(cw);
+    Ok(())
+}
+
+pub(crate) fn uninstall() -> Option<Arc<CoreWorker>> {
+    CURRENT.write().take()
+}
+
+pub(crate) fn node_client(ch: Channel) -> NodeServiceClient<Channel> {
+    NodeServiceClient::new(ch).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+}
+
+impl CoreWorker {
+    pub(crate) fn new(
+        worker_id: u64,
+        addr: String,
+        is_driver: bool,
+        handle: tokio::runtime::Handle,
+        node: NodeServiceClient<Channel>,
+        store_dir: PathBuf,
+        executor: Option<Arc<executor::Executor>>,
+    ) -> Arc<CoreWorker> {
+        let (free_tx, free_rx) = mpsc::unbounded_channel();
+        let (borrow_tx, borrow_rx) = mpsc::unbounded_channel();
+        let cw = Arc::new(CoreWorker {
+            worker_id,
+            addr,
+            is_driver,
+            handle: handle.clone(),
+            node,
+            store_dir,
+            objects: Mutex::new(HashMap::new()),
+            refs: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            submitter: submitter::TaskSubmitter::default(),
+            actors: actor_caller::ActorCaller::default(),
+            free_tx,
+            borrow_tx,
+            executor,
+        });
+        handle.spawn(free_loop(cw.node.clone(), free_rx));
+        handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
+        cw
+    }
+
+    /// A channel to another process's CoreWorkerService (cached).
+    pub(crate) fn peer(&self, addr: &str) -> Result<CoreWorkerServiceClient<Channel>> {
+        let ch = {
+            let mut p = self.peers.lock();
+            match p.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = crate::rpc::uds_channel(addr)?;
+                    p.insert(addr.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(CoreWorkerServiceClient::new(ch).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
+    }
+
+    pub(crate) fn forget_peer(&self, addr: &str) {
+        self.peers.lock().remove(addr);
+    }
+
+    /// Registers a new object owned here, pending until its task finishes.
+    pub(crate) fn own_pending(&self, id: ObjectId) -> Arc<RefHandle> {
+        self.objects.lock().entry(id).or_insert_with(|| Owned {
+            state: watch::channel(ObjState::Pending).0,
+            borrowers: HashSet::new(),
+            pins: 0,
+            contained: Vec::new(),
+        });
+        RefHandle::new(id, self.addr.clone())
+    }
+
+    /// Marks an owned object ready or failed, waking every waiter.
+    pub(crate) fn resolve(&self, id: ObjectId, st: ObjState, contained: Vec<ContainedRef>) {
+        let mut objs = self.objects.lock();
+        if let Some(o) = objs.get_mut(&id) {
+            o.contained = contained;
+            o.state.send_replace(st);
+        } else if matches!(st, ObjState::Ready(Location::Store)) {
+            // Nobody references it any more: free the stored copy at once.
+            let _ = self.free_tx.send(id);
+        }
+    }
+
+    /// Stores a value as a new object owned by this process.
+    pub(crate) fn put_encoded(&self, enc: Encoded) -> Result<Arc<RefHandle>> {
+        let id = ObjectId::for_put();
+        let handle = self.own_pending(id);
+        let loc = self.store_value(id, &enc)?;
+        self.resolve(id, ObjState::Ready(loc), enc.refs.clone());
+        Ok(handle)
+    }
+
+    /// Puts an encoded value where it belongs: inline when small, else into
+    /// the node's shared-memory store (reserving space first).
+    pub(crate) fn store_value(&self, id: ObjectId, enc: &Encoded) -> Result<Location> {
+        if enc.len() <= INLINE_MAX {
+            return Ok(Location::Inline(ObjectBytes::from_vec(enc.to_vec())));
+        }
+        let mut node = self.node.clone();
+        let size = enc.len() as u64;
+        let reply = self
+            .block_on(async move { node.create_object(proto::CreateObjectRequest { id: id.0.to_vec(), size }).await })?
+            .map_err(|s| Error::rpc("reserving object store space", s))?
+            .into_inner();
+        if let Some(e) = reply.error {
+            return Err(Error::from_proto(&e));
+        }
+        object_store::write_object(&self.store_dir, &id, enc)?;
+        Ok(Location::Store)
+    }
+
+    /// Runs a future to completion from synchronous code.
+    pub(crate) fn block_on<F: std::future::Future + Send>(&self, f: F) -> Result<F::Output>
+    where
+        F::Output: Send,
+    {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside async code (an async actor method): blocking the reactor
+            // would deadlock. Run on a helper thread instead.
+            return std::thread::scope(|s| {
+                s.spawn(|| self.handle.block_on(f))
+                    .join()
+                    .map_err(|_| Error::Internal("blocking helper thread panicked".into()))
+            });
+        }
+        Ok(self.handle.block_on(f))
+    }
+
+    /// Reads an object of the local store, restoring it from disk if spilled.
+    pub(crate) async fn read_store(&self, id: ObjectId) -> Result<ObjectBytes> {
+        for _ in 0..3 {
+            if let Some(b) = object_store::map_object(&self.store_dir, &id)? {
+                return Ok(b);
+            }
+            let r = self
+                .node
+                .clone()
+                .restore_object(proto::RestoreObjectRequest { id: id.0.to_vec() })
+                .await
+                .map_err(|s| Error::rpc("restoring a spilled object", s))?
+                .into_inner();
+            if let Some(e) = r.error {
+                return Err(Error::from_proto(&e));
+            }
+        }
+        Err(Error::ObjectLost { id: id.hex(), cause: "it vanished from the object store while being read".into() })
+    }
+
+    /// Waits for an object and returns its bytes.
+    pub(crate) async fn fetch(&self, id: ObjectId, owner: &str) -> Result<ObjectBytes> {
+        if owner == self.addr {
+            let mut rx = {
+                let objs = self.objects.lock();
+                let o = objs.get(&id).ok_or_else(|| Error::ObjectLost {
+                    id: id.hex(),
+                    cause: "it was freed by its owner (no references were left)".into(),
+                })?;
+                o.state.subscribe()
+            };
+            let st = rx
+                .wait_for(|s| !matches!(s, ObjState::Pending))
+                .await
+                .map_err(|_| Error::ObjectLost { id: id.hex(), cause: "freed while waiting".into() })?
+                .clone();
+            return match st {
+                ObjState::Ready(Location::Inline(b)) => Ok(b),
+                ObjState::Ready(Location::Store) => self.read_store(id).await,
+                ObjState::Failed(e) => Err(e),
+                ObjState::Pending => Err(Error::Internal("pending after wait".into())),
+            };
+        }
+        if owner.is_empty() {
+            return Err(Error::Runtime("this reference was made before rayforge::init".into()));
+        }
+        let mut client = self.peer(owner)?;
+        let reply = client.get_object(proto::GetObjectRequest { id: id.0.to_vec() }).await.map_err(|s| {
+            self.forget_peer(owner);
+            Error::ObjectLost { id: id.hex(), cause: format!("its owner at {owner} is unreachable ({})", s.message()) }
+        })?;
+        match reply.into_inner().result {
+            Some(proto::get_object_reply::Result::Inline(b)) => Ok(ObjectBytes::from_vec(b)),
+            Some(proto::get_object_reply::Result::InStore(_)) => self.read_store(id).await,
+            Some(proto::get_object_reply::Result::Error(e)) => Err(Error::from_proto(&e)),
+            None => Err(Error::Internal("empty GetObject reply".into())),
+        }
+    }
+
+    /// Serves GetObject for an owned object.
+    pub(crate) async fn serve_object(&self, id: ObjectId) -> proto::get_object_reply::Result {
+        use proto::get_object_reply::Result as R;
+        let rx = self.objects.lock().get(&id).map(|o| o.state.subscribe());
+        let Some(mut rx) = rx else {
+            return R::Error(
+                Error::ObjectLost { id: id.hex(), cause: "its owner no longer has it (freed)".into() }.to_proto(),
+            );
+        };
+        let st = match rx.wait_for(|s| !matches!(s, ObjState::Pending)).await {
+            Ok(s) => s.clone(),
+            Err(_) => return R::Error(Error::ObjectLost { id: id.hex(), cause: "freed".into() }.to_proto()),
+        };
+        match st {
+            ObjState::Ready(Location::Inline(b)) => R::Inline(b.as_slice().to_vec()),
+            ObjState::Ready(Location::Store) => R::InStore(0),
+            ObjState::Failed(e) => R::Error(e.to_proto()),
+            ObjState::Pending => R::Error(Error::Internal("pending after wait".into()).to_proto()),
+        }
+    }
+
+    /// Whether an owned object is ready (`None` when not owned here).
+    pub(crate) fn owned_ready(&self, id: &ObjectId) -> Option<bool> {
+        self.objects.lock().get(id).map(|o| !matches!(*o.state.borrow(), ObjState::Pending))
+    }
+
+    pub(crate) fn owned_state(&self, id: &ObjectId) -> Option<watch::Receiver<ObjState>> {
+        self.objects.lock().get(id).map(|o| o.state.subscribe())
+    }
+
+    /// Pins owned arguments while a task that uses them is in flight.
+    pub(crate) fn pin(&self, ids: &[ObjectId]) {
+        let mut objs = self.objects.lock();
+        for id in ids {
+            if let Some(o) = objs.get_mut(id) {
+                o.pins += 1;
+            }
+        }
+    }
+
+    pub(crate) fn unpin(&self, ids: &[ObjectId]) {
+        for id in ids {
+            {
+                let mut objs = self.objects.lock();
+                if let Some(o) = objs.get_mut(id) {
+                    o.pins = o.pins.saturating_sub(1);
+                }
+            }
+            self.maybe_free(id);
+        }
+    }
+
+    pub(crate) fn update_borrowers(&self, borrower: &str, add: &[ObjectId], remove: &[ObjectId]) {
+        {
+            let mut objs = self.objects.lock();
+            for id in add {
+                if let Some(o) = objs.get_mut(id) {
+                    o.borrowers.insert(borrower.to_string());
+                }
+            }
+            for id in remove {
+                if let Some(o) = objs.get_mut(id) {
+                    o.borrowers.remove(borrower);
+                }
+            }
+        }
+        for id in remove {
+            self.maybe_free(id);
+        }
+    }
+
+    fn maybe_free(&self, id: &ObjectId) {
+        if self.refs.lock().contains_key(id) {
+            return;
+        }
+        let removed = {
+            let mut objs = self.objects.lock();
+            match objs.get(id) {
+                Some(o) if o.pins == 0 && o.borrowers.is_empty() => objs.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(o) = removed {
+            if matches!(*o.state.borrow(), ObjState::Ready(Location::Store)) {
+                let _ = self.free_tx.send(*id);
+            }
+            // Dropping `o` drops the references it contained.
+        }
+    }
+
+    /// Registers this process as borrower of references it just decoded, so
+    /// their owners keep them while we hold them.
+    pub(crate) async fn register_borrows(&self, refs: &[ContainedRef]) {
+        let mut by_owner: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+        {
+            let mut table = self.refs.lock();
+            for r in refs {
+                if r.owner_addr == self.addr || r.owner_addr.is_empty() {
+                    continue;
+                }
+                if let Some(c) = table.get_mut(&r.id) {
+                    if !c.registered {
+                        c.registered = true;
+                        by_owner.entry(&r.owner_addr).or_default().push(r.id.0.to_vec());
+                    }
+                }
+            }
+        }
+        for (owner, ids) in by_owner {
+            if let Ok(mut c) = self.peer(owner) {
+                let _ = c
+                    .update_borrowers(proto::UpdateBorrowersRequest {
+                        borrower_addr: self.addr.clone(),
+                        add: ids,
+                        remove: Vec::new(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Registers `borrower` with the owners of `refs` (used before handing a
+    /// value containing references to another process).
+    pub(crate) async fn lend(&self, borrower: &str, refs: &[ContainedRef]) {
+        let mut by_owner: HashMap<&str, Vec<ObjectId>> = HashMap::new();
+        for r in refs {
+            by_owner.entry(&r.owner_addr).or_default().push(r.id);
+        }
+        for (owner, ids) in by_owner {
+            if owner == self.addr {
+                self.update_borrowers(borrower, &ids, &[]);
+            } else if let Ok(mut c) = self.peer(owner) {
+                let _ = c
+                    .update_borrowers(proto::UpdateBorrowersRequest {
+                        borrower_addr: borrower.to_string(),
+                        add: ids.iter().map(|i| i.0.to_vec()).collect(),
+                        remove: Vec::new(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    fn acquire(&self, id: &ObjectId) {
+        self.refs.lock().entry(*id).or_insert(RefCount { local: 0, registered: false }).local += 1;
+    }
+
+    fn release(&self, id: &ObjectId, owner: &str) {
+        let gone = {
+            let mut t = self.refs.lock();
+            match t.get_mut(id) {
+                Some(c) if c.local > 1 => {
+                    c.local -= 1;
+                    None
+                }
+                Some(_) => t.remove(id),
+                None => None,
+            }
+        };
+        let Some(c) = gone else { return };
+        if owner == self.addr {
+            self.maybe_free(id);
+        } else if c.registered {
+            let _ = self.borrow_tx.send((owner.to_string(), *id));
+        }
+    }
+
+    /// Number of objects this process owns (for tests and `status`).
+    pub(crate) fn num_owned(&self) -> usize {
+        self.objects.lock().len()
+    }
+}
+
+/// Sends store frees to the daemon in batches.
+async fn free_loop(node: NodeServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<ObjectId>) {
+    while let Some(first) = rx.recv().await {
+        let mut ids = vec![first.0.to_vec()];
+        while let Ok(more) = rx.try_recv() {
+            ids.push(more.0.to_vec());
+        }
+        let _ = node.clone().free_objects(proto::FreeObjectsRequest { ids }).await;
+    }
+}
+
+/// Tells owners, in batches, that this process no longer borrows objects.
+async fn unborrow_loop(cw: std::sync::Weak<CoreWorker>, mut rx: mpsc::UnboundedReceiver<(String, ObjectId)>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        batch.entry(first.0).or_default().push(first.1 .0.to_vec());
+        while let Ok((o, id)) = rx.try_recv() {
+            batch.entry(o).or_default().push(id.0.to_vec());
+        }
+        let Some(cw) = cw.upgrade() else { return };
+        for (owner, ids) in batch {
+            if let Ok(mut c) = cw.peer(&owner) {
+                let _ = c
+                    .update_borrowers(proto::UpdateBorrowersRequest {
+                        borrower_addr: cw.addr.clone(),
+                        add: Vec::new(),
+                        remove: ids,
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+// ---------- entry points used by ObjectRef and the public API ----------
+
+pub(crate) fn ref_acquired(id: &ObjectId, _owner: &str) {
+    if let Some(cw) = try_current() {
+        cw.acquire(id);
+    }
+}
+
+pub(crate) fn ref_released(id: &ObjectId, owner: &str) {
+    if let Some(cw) = try_current() {
+        cw.release(id, owner);
+    }
+}
+
+/// Decodes a value and registers any references inside it.
+pub(crate) fn decode_value<T: Value>(b: &ObjectBytes) -> Result<T> {
+    let (v, refs) = codec::decode_with_refs::<T>(b)?;
+    if !refs.is_empty() {
+        if let Some(cw) = try_current() {
+            let cw2 = cw.clone();
+            cw.block_on(async move { cw2.register_borrows(&refs).await })?;
+        }
+    }
+    Ok(v)
+}
+
+pub(crate) async fn decode_value_async<T: Value>(b: &ObjectBytes) -> Result<T> {
+    let (v, refs) = codec::decode_with_refs::<T>(b)?;
+    if !refs.is_empty() {
+        if let Some(cw) = try_current() {
+            cw.register_borrows(&refs).await;
+        }
+    }
+    Ok(v)
+}
+
+/// Blocking get of several objects, in order. A worker blocked here lends its
+/// CPU back to the node so nested tasks can run.
+pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>) -> Result<Vec<ObjectBytes>> {
+    let cw = current()?;
+    let all_ready = handles.iter().all(|h| cw.owned_ready(&h.id) == Some(true));
+    let lend_cpu = !cw.is_driver && !all_ready;
+    if lend_cpu {
+        notify_blocked(&cw, true);
+    }
+    let cw2 = cw.clone();
+    let hs: Vec<(ObjectId, String)> = handles.iter().map(|h| (h.id, h.owner.clone())).collect();
+    let fut = async move {
+        let mut out = Vec::with_capacity(hs.len());
+        for (id, owner) in &hs {
+            out.push(cw2.fetch(*id, owner).await?);
+        }
+        Ok::<_, Error>(out)
+    };
+    let res = cw.block_on(async move {
+        match timeout {
+            Some(t) => tokio::time::timeout(t, fut).await.unwrap_or(Err(Error::GetTimeout(t))),
+            None => fut.await,
+        }
+    });
+    if lend_cpu {
+        notify_blocked(&cw, false);
+    }
+    res?
+}
+
+fn notify_blocked(cw: &CoreWorker, blocked: bool) {
+    let mut node = cw.node.clone();
+    let worker_id = cw.worker_id;
+    let _ = cw.block_on(async move { node.notify_blocked(proto::NotifyBlockedRequest { worker_id, blocked }).await });
+}
+
+pub(crate) async fn get_async(h: &RefHandle) -> Result<ObjectBytes> {
+    let cw = current()?;
+    cw.fetch(h.id, &h.owner).await
+}
+
+/// Resolves when the object is ready (or failed).
+pub(crate) async fn wait_ready(cw: &CoreWorker, id: ObjectId, owner: &str) {
+    if owner == cw.addr {
+        if let Some(mut rx) = cw.owned_state(&id) {
+            let _ = rx.wait_for(|s| !matches!(s, ObjState::Pending)).await;
+        }
+        return;
+    }
+    let _ = cw.fetch(id, owner).await;
+}

@@ -1,0 +1,341 @@
+//! Submitting normal tasks.
+//!
+//! Tasks are grouped by their resource shape. For each shape the submitter
+//! asks the node daemon for worker leases (at most one per queued task), then
+//! pushes tasks straight to the leased worker over a stream, one after the
+//! other, until its queue is empty; then it hands the worker back. No task
+//! goes through a central scheduler. A dead worker's task is retried on a new
+//! lease while its retry budget lasts.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::codec::ObjectBytes;
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, TaskId};
+use crate::node::scheduler::Resources;
+use crate::object_ref::RefHandle;
+use crate::proto;
+
+use super::{CoreWorker, Location, ObjState};
+
+/// A task waiting to run (or being retried).
+pub(crate) struct PendingTask {
+    pub(crate) spec: proto::TaskSpec,
+    pub(crate) resources: Resources,
+    pub(crate) retries_left: i32,
+    pub(crate) retry_exceptions: bool,
+    /// Keeps argument objects alive until the task is done.
+    pub(crate) pins: Vec<Arc<RefHandle>>,
+}
+
+impl PendingTask {
+    pub(crate) fn task_id(&self) -> TaskId {
+        TaskId::from_bytes(&self.spec.task_id).unwrap_or_default()
+    }
+
+    pub(crate) fn return_ids(&self) -> Vec<ObjectId> {
+        let t = self.task_id();
+        (0..self.spec.num_returns).map(|i| t.return_id(i)).collect()
+    }
+}
+
+/// Lease requests in flight per resource shape (as Ray's
+/// max_pending_lease_requests_per_scheduling_category).
+const MAX_PENDING_LEASES: usize = 10;
+
+#[derive(Default)]
+struct KeyQueue {
+    resources: Resources,
+    tasks: VecDeque<PendingTask>,
+    requesting: usize,
+    leased: usize,
+}
+
+#[derive(Default)]
+pub(crate) struct TaskSubmitter {
+    queues: Mutex<HashMap<String, KeyQueue>>,
+    running: Mutex<HashSet<TaskId>>,
+    cancelled: Mutex<HashSet<TaskId>>,
+}
+
+fn key_of(res: &Resources) -> String {
+    res.iter().map(|(k, v)| format!("{k}={v};")).collect()
+}
+
+/// Marks all of a task's return objects failed.
+pub(crate) fn fail_returns(cw: &CoreWorker, ids: &[ObjectId], e: &Error) {
+    for id in ids {
+        cw.resolve(*id, ObjState::Failed(e.clone()), Vec::new());
+    }
+}
+
+/// Waits for arguments this process owns; inlines the small ready ones.
+/// Returns the error of a failed dependency.
+pub(crate) async fn resolve_dependencies(cw: &CoreWorker, spec: &mut proto::TaskSpec) -> Result<()> {
+    for arg in spec.args.iter_mut() {
+        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else { continue };
+        if r.owner_addr != cw.addr {
+            continue;
+        }
+        let Some(id) = ObjectId::from_bytes(&r.id) else { continue };
+        let Some(mut rx) = cw.owned_state(&id) else {
+            return Err(Error::ObjectLost { id: id.hex(), cause: "argument was freed before the task ran".into() });
+        };
+        let st = rx.wait_for(|s| !matches!(s, ObjState::Pending)).await.map(|s| s.clone());
+        match st {
+            Ok(ObjState::Ready(Location::Inline(b))) => {
+                arg.kind = Some(proto::task_arg::Kind::Inline(b.as_slice().to_vec()));
+            }
+            Ok(ObjState::Failed(e)) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl TaskSubmitter {
+    /// Queues a task (after its dependencies resolve) and makes sure leases
+    /// are being requested for it.
+    pub(crate) fn submit(cw: &Arc<CoreWorker>, mut task: PendingTask) {
+        let cw = cw.clone();
+        cw.clone().handle.spawn(async move {
+            if let Err(e) = resolve_dependencies(&cw, &mut task.spec).await {
+                fail_returns(&cw, &task.return_ids(), &e);
+                return;
+            }
+            Self::enqueue(&cw, task);
+        });
+    }
+
+    fn enqueue(cw: &Arc<CoreWorker>, task: PendingTask) {
+        let key = key_of(&task.resources);
+        let want_lease = {
+            let mut qs = cw.submitter.queues.lock();
+            let q = qs.entry(key.clone()).or_default();
+            q.resources = task.resources.clone();
+            q.tasks.push_back(task);
+            q.requesting < q.tasks.len().min(MAX_PENDING_LEASES)
+        };
+        if want_lease {
+            let cw2 = cw.clone();
+            cw.handle.spawn(async move { Self::lease_loop(cw2, key).await });
+        }
+    }
+
+    fn pop(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
+        cw.submitter.queues.lock().get_mut(key).and_then(|q| q.tasks.pop_front())
+    }
+
+    /// Requests one lease for `key` and runs queued tasks on it until the
+    /// queue is empty.
+    async fn lease_loop(cw: Arc<CoreWorker>, key: String) {
+        while Self::lease_once(&cw, &key).await {}
+    }
+
+    /// One lease: returns whether another should be requested.
+    async fn lease_once(cw: &Arc<CoreWorker>, key: &str) -> bool {
+        let key = key.to_string();
+        let (resources, display, retriable) = {
+            let mut qs = cw.submitter.queues.lock();
+            let Some(q) = qs.get_mut(&key) else { return false };
+            q.requesting += 1;
+            let first = q.tasks.front();
+            (
+                q.resources.clone(),
+                first.map(|t| t.spec.display_name.clone()).unwrap_or_default(),
+                first.is_some_and(|t| t.retries_left != 0),
+            )
+        };
+        let reply = cw
+            .node
+            .clone()
+            .request_worker_lease(proto::LeaseRequest {
+                resources: resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                retriable,
+                requester_id: cw.worker_id,
+                display_name: display,
+            })
+            .await;
+        let grant = {
+            let mut qs = cw.submitter.queues.lock();
+            let q = qs.entry(key.clone()).or_default();
+            q.requesting -= 1;
+            let res = match reply {
+                Ok(r) => match r.into_inner().result {
+                    Some(proto::lease_reply::Result::Lease(l)) => Ok(l),
+                    Some(proto::lease_reply::Result::Error(e)) => Err(Error::from_proto(&e)),
+                    None => Err(Error::Internal("empty lease reply".into())),
+                },
+                Err(s) => Err(Error::rpc("requesting a worker lease", s)),
+            };
+            match res {
+                Ok(l) => {
+                    q.leased += 1;
+                    l
+                }
+                Err(e) => {
+                    // No worker will come for this shape: fail what waits.
+                    let failed: Vec<PendingTask> = q.tasks.drain(..).collect();
+                    drop(qs);
+                    for t in failed {
+                        let e = match &e {
+                            Error::Infeasible { detail, .. } => Error::Infeasible {
+                                function: t.spec.display_name.clone(),
+                                detail: detail.clone(),
+                            },
+                            other => other.clone(),
+                        };
+                        fail_returns(cw, &t.return_ids(), &e);
+                    }
+                    return false;
+                }
+            }
+        };
+        let disconnect = Self::run_on_lease(cw, &key, &grant).await;
+        {
+            let mut qs = cw.submitter.queues.lock();
+            if let Some(q) = qs.get_mut(&key) {
+                q.leased -= 1;
+            }
+        }
+        let _ = cw
+            .node
+            .clone()
+            .return_worker(proto::ReturnWorkerRequest { lease_id: grant.lease_id, disconnect })
+            .await;
+        // Tasks may have been requeued (a retry) or arrived meanwhile.
+        let qs = cw.submitter.queues.lock();
+        qs.get(&key).is_some_and(|q| q.leased == 0 && q.requesting < q.tasks.len().min(MAX_PENDING_LEASES))
+    }
+
+    /// Pushes queued tasks to the leased worker one at a time. Returns
+    /// whether the worker must be discarded.
+    async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease) -> bool {
+        let Some(mut task) = Self::pop(cw, key) else { return false };
+        let mut client = match cw.peer(&grant.worker_addr) {
+            Ok(c) => c,
+            Err(e) => {
+                Self::on_failure(cw, task, e).await;
+                return true;
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let mut replies = match client.push_tasks(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                cw.forget_peer(&grant.worker_addr);
+                let e = worker_death_error(cw, grant.worker_id, &task.spec.display_name).await;
+                Self::on_failure(cw, task, e).await;
+                return true;
+            }
+        };
+        loop {
+            let tid = task.task_id();
+            task.spec.gpu_ids = grant.gpu_ids.clone();
+            cw.submitter.running.lock().insert(tid);
+            let sent = tx.send(proto::PushTaskRequest { spec: Some(task.spec.clone()) }).await.is_ok();
+            let reply = if sent { replies.message().await } else { Ok(None) };
+            cw.submitter.running.lock().remove(&tid);
+            match reply {
+                Ok(Some(r)) => Self::on_reply(cw, task, r).await,
+                _ => {
+                    cw.forget_peer(&grant.worker_addr);
+                    let e = worker_death_error(cw, grant.worker_id, &task.spec.display_name).await;
+                    Self::on_failure(cw, task, e).await;
+                    return true;
+                }
+            }
+            match Self::pop(cw, key) {
+                Some(t) => task = t,
+                None => return false,
+            }
+        }
+    }
+
+    async fn on_reply(cw: &Arc<CoreWorker>, task: PendingTask, r: proto::PushTaskReply) {
+        if let Some(e) = r.error {
+            let err = Error::from_proto(&e);
+            return Self::on_failure(cw, task, err).await;
+        }
+        if cw.submitter.cancelled.lock().remove(&task.task_id()) {
+            fail_returns(cw, &task.return_ids(), &Error::Cancelled(task.spec.display_name.clone()));
+            return;
+        }
+        store_returns(cw, r.returns);
+    }
+
+    async fn on_failure(cw: &Arc<CoreWorker>, mut task: PendingTask, err: Error) {
+        let tid = task.task_id();
+        if cw.submitter.cancelled.lock().remove(&tid) {
+            fail_returns(cw, &task.return_ids(), &Error::Cancelled(task.spec.display_name.clone()));
+            return;
+        }
+        let retry = task.retries_left != 0
+            && match &err {
+                Error::TaskFailed { .. } => task.retry_exceptions,
+                e => e.is_retriable(),
+            };
+        if retry {
+            if task.retries_left > 0 {
+                task.retries_left -= 1;
+            }
+            tracing::info!(task = %task.spec.display_name, retries_left = task.retries_left, "retrying task: {err}");
+            Self::enqueue(cw, task);
+        } else {
+            fail_returns(cw, &task.return_ids(), &err);
+        }
+    }
+
+    /// Cancels a task that has not finished. Returns whether it was found.
+    pub(crate) fn cancel(cw: &CoreWorker, id: &ObjectId) -> bool {
+        let Some(tid) = TaskId::from_bytes(&id.0[..12]) else { return false };
+        let removed = {
+            let mut qs = cw.submitter.queues.lock();
+            let mut found = None;
+            for q in qs.values_mut() {
+                if let Some(pos) = q.tasks.iter().position(|t| t.task_id() == tid) {
+                    found = q.tasks.remove(pos);
+                    break;
+                }
+            }
+            found
+        };
+        if let Some(t) = removed {
+            fail_returns(cw, &t.return_ids(), &Error::Cancelled(t.spec.display_name.clone()));
+            return true;
+        }
+        if cw.submitter.running.lock().contains(&tid) || cw.owned_ready(id) == Some(false) {
+            cw.submitter.cancelled.lock().insert(tid);
+            return true;
+        }
+        false
+    }
+}
+
+/// Records a task's returned objects.
+pub(crate) fn store_returns(cw: &CoreWorker, returns: Vec<proto::ReturnObject>) {
+    for ret in returns {
+        let Some(id) = ObjectId::from_bytes(&ret.id) else { continue };
+        let st = match ret.kind {
+            Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
+            Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store),
+            None => ObjState::Failed(Error::Internal("return without a value".into())),
+        };
+        cw.resolve(id, st, Vec::new());
+    }
+}
+
+/// Builds the error for a task whose worker vanished, asking the node why.
+pub(crate) async fn worker_death_error(cw: &CoreWorker, worker_id: u64, function: &str) -> Error {
+    let r = cw.node.clone().worker_exit_cause(proto::WorkerExitCauseRequest { worker_id }).await;
+    match r.map(|r| r.into_inner()) {
+        Ok(c) if c.out_of_memory => Error::OutOfMemory { function: function.into(), cause: c.cause },
+        Ok(c) if c.exited => Error::WorkerDied { function: function.into(), cause: c.cause },
+        _ => Error::WorkerDied { function: function.into(), cause: "the connection to the worker was lost".into() },
+    }
+}

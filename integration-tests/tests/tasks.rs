@@ -1,0 +1,216 @@
+//! Remote tasks across real worker processes: results, references as
+//! arguments, nesting, multiple returns, failures and retries.
+
+use std::time::Duration;
+
+use rayforge::{Error, ObjectRef};
+use rayforge_integration_tests::{cluster, kill_self, marker};
+
+#[rayforge::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[rayforge::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[rayforge::remote]
+fn sum_vec(v: Vec<f64>) -> f64 {
+    v.iter().sum()
+}
+
+/// Recursion through nested tasks, each holding a CPU while it waits.
+#[rayforge::remote]
+fn depth(n: u32) -> u32 {
+    if n == 0 {
+        0
+    } else {
+        depth::remote(n - 1).get().expect("nested task") + 1
+    }
+}
+
+#[rayforge::remote(num_returns = 3)]
+fn split(x: i64) -> (i64, String, Vec<i64>) {
+    (x, format!("n={x}"), vec![x; 3])
+}
+
+#[rayforge::remote]
+fn explode(msg: String) -> i64 {
+    panic!("boom: {msg}")
+}
+
+#[rayforge::remote]
+fn checked_div(a: i64, b: i64) -> Result<i64, String> {
+    if b == 0 {
+        Err(format!("cannot divide {a} by zero"))
+    } else {
+        Ok(a / b)
+    }
+}
+
+/// Fails (returns Err) until the marker file exists, then succeeds.
+#[rayforge::remote]
+fn flaky(path: String) -> Result<String, String> {
+    if std::fs::metadata(&path).is_ok() {
+        Ok("recovered".into())
+    } else {
+        std::fs::write(&path, b"1").map_err(|e| e.to_string())?;
+        Err("first attempt fails".into())
+    }
+}
+
+/// Kills its own worker process on the first attempt.
+#[rayforge::remote]
+fn die_once(path: String) -> String {
+    if std::fs::metadata(&path).is_err() {
+        let _ = std::fs::write(&path, b"1");
+        kill_self();
+    }
+    "survived".into()
+}
+
+#[rayforge::remote]
+fn always_die() -> i64 {
+    kill_self()
+}
+
+#[rayforge::remote]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn tasks_run_in_worker_processes_and_chain_by_reference() {
+    cluster();
+    let a = add::remote(1i64, 2i64);
+    let b = add::remote(&a, 10i64);
+    let c = add::remote(a, b);
+    assert_eq!(c.get().unwrap(), 16);
+    let p = pid::remote().get().unwrap();
+    assert_ne!(p, std::process::id(), "tasks must run in a separate process");
+}
+
+#[test]
+fn put_once_and_pass_by_reference() {
+    cluster();
+    let v: Vec<f64> = (0..200_000).map(|i| i as f64).collect();
+    let expect: f64 = v.iter().sum();
+    let r = rayforge::put(v.clone()).unwrap();
+    let outs: Vec<ObjectRef<f64>> = (0..4).map(|_| sum_vec::remote(&r)).collect();
+    for o in &outs {
+        assert_eq!(o.get().unwrap(), expect);
+    }
+    // By value too (large values are stored for the task automatically).
+    assert_eq!(sum_vec::remote(v).get().unwrap(), expect);
+}
+
+#[test]
+fn nested_tasks_deeper_than_cores_do_not_deadlock() {
+    cluster();
+    // 2 CPUs, 6 levels, each level blocked in get: only works if blocked
+    // workers lend their CPU back.
+    assert_eq!(depth::remote(6u32).get_timeout(Duration::from_secs(120)).unwrap(), 6);
+}
+
+#[test]
+fn multiple_returns_are_separate_objects() {
+    cluster();
+    let (a, b, c) = split::remote(7i64);
+    assert_eq!(c.get().unwrap(), vec![7, 7, 7]);
+    assert_eq!(b.get().unwrap(), "n=7");
+    assert_eq!(a.get().unwrap(), 7);
+}
+
+#[test]
+fn a_panicking_task_fails_only_itself_with_message_and_location() {
+    cluster();
+    let bad = explode::remote("kaput".to_string());
+    let good = add::remote(2i64, 2i64);
+    let err = bad.get().unwrap_err();
+    match &err {
+        Error::TaskFailed { function, message } => {
+            assert!(function.ends_with("explode"), "{err}");
+            assert!(message.contains("boom: kaput"), "{err}");
+            assert!(message.contains("tests/tasks.rs"), "location missing: {err}");
+        }
+        other => panic!("expected TaskFailed, got {other:?}"),
+    }
+    assert_eq!(good.get().unwrap(), 4);
+    // A task depending on a failed one fails with the same error, unrun.
+    let dep = add::remote(explode::remote("x".to_string()), 1i64);
+    assert!(matches!(dep.get(), Err(Error::TaskFailed { .. })));
+}
+
+#[test]
+fn returned_errors_are_typed_and_retry_exceptions_retries_them() {
+    cluster();
+    assert_eq!(checked_div::remote(9i64, 3i64).get().unwrap(), 3);
+    let err = checked_div::remote(1i64, 0i64).get().unwrap_err();
+    assert!(err.to_string().contains("cannot divide 1 by zero"), "{err}");
+    let m = marker("flaky");
+    let no_retry = flaky::options().max_retries(0).remote(m.clone());
+    assert!(no_retry.get().is_err());
+    let _ = std::fs::remove_file(&m);
+    let retried = flaky::options().max_retries(1).retry_exceptions(true).remote(m.clone());
+    assert_eq!(retried.get().unwrap(), "recovered");
+}
+
+#[test]
+fn a_killed_worker_is_retried_then_reported() {
+    cluster();
+    let m = marker("die_once");
+    assert_eq!(die_once::remote(m).get().unwrap(), "survived");
+    let err = always_die::options().max_retries(1).remote().get().unwrap_err();
+    match &err {
+        Error::WorkerDied { cause, .. } => assert!(cause.contains("signal 9"), "{err}"),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // The node still works.
+    assert_eq!(add::remote(1i64, 1i64).get().unwrap(), 2);
+}
+
+#[test]
+fn infeasible_requests_fail_fast_with_the_reason() {
+    cluster();
+    let err = add::options().num_cpus(64.0).remote(1i64, 1i64).get_timeout(Duration::from_secs(60)).unwrap_err();
+    match &err {
+        Error::Infeasible { detail, .. } => assert!(detail.contains("CPU: requested 64"), "{err}"),
+        other => panic!("expected Infeasible, got {other:?}"),
+    }
+    let err = add::options().resource("TPU", 1.0).remote(1i64, 1i64).get().unwrap_err();
+    assert!(matches!(err, Error::Infeasible { .. }), "{err}");
+    let err = add::options().num_cpus(-1.0).remote(1i64, 1i64).get().unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn wait_and_get_timeout() {
+    cluster();
+    let fast = sleep_ms::remote(1u64);
+    let slow = sleep_ms::remote(60_000u64);
+    let (ready, pending) =
+        rayforge::wait(&[slow.clone(), fast.clone()], 1, Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(ready, vec![fast.clone()]);
+    assert_eq!(pending, vec![slow.clone()]);
+    let (ready, _) = rayforge::wait(&[slow.clone()], 1, Some(Duration::from_millis(50))).unwrap();
+    assert!(ready.is_empty());
+    assert!(matches!(slow.get_timeout(Duration::from_millis(50)), Err(Error::GetTimeout(_))));
+    assert!(matches!(rayforge::wait(&[fast], 2, None), Err(Error::InvalidArgument(_))));
+    rayforge::cancel(&slow).unwrap();
+}
+
+#[test]
+fn cancel_a_queued_task() {
+    cluster();
+    // Fill both CPUs, then queue one more and cancel it before it runs.
+    let blockers: Vec<_> = (0..2).map(|_| sleep_ms::remote(3_000u64)).collect();
+    let queued = sleep_ms::remote(1u64);
+    rayforge::cancel(&queued).unwrap();
+    assert!(matches!(queued.get(), Err(Error::Cancelled(_))));
+    for b in blockers {
+        assert_eq!(b.get().unwrap(), 3_000);
+    }
+}

@@ -46,6 +46,11 @@ impl ObjectBytes {
         ObjectBytes { backing: Arc::new(MmapBytes(m)), mapped: true }
     }
 
+    /// A weak reference, for caches that must not keep mappings alive.
+    pub(crate) fn downgrade(&self) -> WeakObjectBytes {
+        WeakObjectBytes { backing: Arc::downgrade(&self.backing), mapped: self.mapped }
+    }
+
     /// Whether these bytes are a mapping of the shared-memory store.
     pub fn is_mapped(&self) -> bool {
         self.mapped
@@ -54,6 +59,18 @@ impl ObjectBytes {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         (*self.backing).as_ref()
+    }
+}
+
+/// A weak [`ObjectBytes`].
+pub(crate) struct WeakObjectBytes {
+    backing: std::sync::Weak<dyn AsRef<[u8]> + Send + Sync>,
+    mapped: bool,
+}
+
+impl WeakObjectBytes {
+    pub(crate) fn upgrade(&self) -> Option<ObjectBytes> {
+        self.backing.upgrade().map(|backing| ObjectBytes { backing, mapped: self.mapped })
     }
 }
 

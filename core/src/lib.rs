@@ -335,13 +335,18 @@ pub fn owned_object_count() -> Result<usize> {
 /// Support code for the macros. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use inventory;
     pub use tokio;
     pub use serde;
 
     use super::*;
     pub use crate::codec::{encode, Encoded, ObjectBytes};
-    pub use crate::registry::{ActorClass, ActorInstance, BoxFuture, Returns, TaskFn};
+    pub use crate::registry::{register_class, register_task, ActorClass, ActorInstance, BoxFuture, Returns, TaskFn};
+
+    /// Keeps a registration constructor linked (see [`crate::registry`]).
+    #[inline]
+    pub fn keep<T>(x: &T) {
+        std::hint::black_box(x);
+    }
 
     /// An argument ready to send.
     pub enum PreparedArg {

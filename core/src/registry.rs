@@ -1,11 +1,22 @@
 //! The registry of remote functions and actor classes compiled into the
-//! program. `#[rayforge::remote]` and `#[rayforge::actor]` submit entries at
-//! link time; a worker process (the same binary) looks them up by name.
+//! program. `#[rayforge::remote]` and `#[rayforge::actor]` register entries
+//! from a constructor that runs before `main` (an `.init_array` entry); a
+//! worker process (the same binary) looks them up by name.
+//!
+//! Registrations sit in a prioritized `.init_array.00200` section, which the
+//! linker orders before plain `.init_array` entries: they have all run before
+//! the worker hook (a plain constructor) takes the process over.
+//!
+//! The generated submitting code references the constructor, so the linker
+//! keeps it even when the function lives in a library crate whose object
+//! file is otherwise only reached through generic code.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::codec::{Encoded, ObjectBytes};
 use crate::error::Result;
@@ -23,7 +34,6 @@ pub struct TaskFn {
     /// Decodes the arguments, runs the function, encodes the results.
     pub invoke: fn(Vec<ObjectBytes>) -> Result<Returns>,
 }
-inventory::collect!(TaskFn);
 
 /// A live actor instance inside a worker process.
 pub enum ActorInstance {
@@ -40,22 +50,24 @@ pub struct ActorClass {
     /// Decodes the constructor arguments and builds the instance.
     pub construct: fn(Vec<ObjectBytes>) -> Result<ActorInstance>,
 }
-inventory::collect!(ActorClass);
 
-fn functions() -> &'static HashMap<&'static str, &'static TaskFn> {
-    static M: OnceLock<HashMap<&'static str, &'static TaskFn>> = OnceLock::new();
-    M.get_or_init(|| inventory::iter::<TaskFn>.into_iter().map(|f| (f.name, f)).collect())
+static FUNCTIONS: Mutex<Option<HashMap<&'static str, &'static TaskFn>>> = Mutex::new(None);
+static CLASSES: Mutex<Option<HashMap<&'static str, &'static ActorClass>>> = Mutex::new(None);
+
+/// Registers a remote function (called before `main` by generated code).
+pub fn register_task(f: &'static TaskFn) {
+    FUNCTIONS.lock().get_or_insert_with(HashMap::new).insert(f.name, f);
 }
 
-fn classes() -> &'static HashMap<&'static str, &'static ActorClass> {
-    static M: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
-    M.get_or_init(|| inventory::iter::<ActorClass>.into_iter().map(|c| (c.name, c)).collect())
+/// Registers an actor class (called before `main` by generated code).
+pub fn register_class(c: &'static ActorClass) {
+    CLASSES.lock().get_or_insert_with(HashMap::new).insert(c.name, c);
 }
 
 pub(crate) fn function(name: &str) -> Option<&'static TaskFn> {
-    functions().get(name).copied()
+    FUNCTIONS.lock().as_ref().and_then(|m| m.get(name).copied())
 }
 
 pub(crate) fn class(name: &str) -> Option<&'static ActorClass> {
-    classes().get(name).copied()
+    CLASSES.lock().as_ref().and_then(|m| m.get(name).copied())
 }

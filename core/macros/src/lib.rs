@@ -206,9 +206,19 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
                 #encode
             }
 
-            ::rayforge::__private::inventory::submit! {
-                ::rayforge::__private::TaskFn { name: NAME, invoke: __invoke }
-            }
+            static __TASK_FN: ::rayforge::__private::TaskFn = ::rayforge::__private::TaskFn { name: NAME, invoke: __invoke };
+
+            /// Registers the function before `main` (see rayforge's registry).
+            #[used]
+            #[cfg_attr(any(target_os = "linux", target_os = "android", target_os = "freebsd"), link_section = ".init_array.00200")]
+            #[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
+            #[doc(hidden)]
+            pub static __RAYFORGE_REGISTER: extern "C" fn() = {
+                extern "C" fn __register() {
+                    ::rayforge::__private::register_task(&__TASK_FN);
+                }
+                __register
+            };
 
             /// Options for one call (resources, retries).
             pub struct Options(pub ::rayforge::TaskOptions);
@@ -217,6 +227,7 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
             impl Options {
                 /// Submits the call with these options.
                 pub fn remote(self, #(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
+                    ::rayforge::__private::keep(&__RAYFORGE_REGISTER);
                     let __refs = ::rayforge::__private::submit_task::<#elem_ty>(
                         NAME,
                         &self.0,
@@ -324,6 +335,8 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
     let name = tp.path.segments.last().map(|s| s.ident.clone()).ok_or_else(|| syn::Error::new(tp.span(), "no type"))?;
     let handle = format_ident!("{}Handle", name);
     let options = format_ident!("{}Options", name);
+    let class_static = format_ident!("__RAYFORGE_CLASS_{}", name);
+    let reg_static = format_ident!("__RAYFORGE_REGISTER_{}", name);
     let mut ctor_args = None;
     let mut methods = Vec::new();
     for it in &imp.items {
@@ -483,16 +496,29 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             #dispatch
         }
 
-        ::rayforge::__private::inventory::submit! {
-            ::rayforge::__private::ActorClass {
-                name: <#handle as ::rayforge::ActorHandleType>::CLASS,
-                construct: #name::__rayforge_construct,
+        #[allow(non_upper_case_globals)]
+        static #class_static: ::rayforge::__private::ActorClass = ::rayforge::__private::ActorClass {
+            name: <#handle as ::rayforge::ActorHandleType>::CLASS,
+            construct: #name::__rayforge_construct,
+        };
+
+        /// Registers the actor class before `main` (see rayforge's registry).
+        #[used]
+        #[allow(non_upper_case_globals)]
+        #[cfg_attr(any(target_os = "linux", target_os = "android", target_os = "freebsd"), link_section = ".init_array.00200")]
+        #[cfg_attr(target_vendor = "apple", link_section = "__DATA,__mod_init_func")]
+        #[doc(hidden)]
+        pub static #reg_static: extern "C" fn() = {
+            extern "C" fn __register() {
+                ::rayforge::__private::register_class(&#class_static);
             }
-        }
+            __register
+        };
 
         impl #options {
             /// Creates the actor with these options.
             pub fn remote(self, #(#c_names: impl ::rayforge::IntoArg<#c_types>),*) -> ::rayforge::Result<#handle> {
+                ::rayforge::__private::keep(&#reg_static);
                 ::rayforge::__private::create_actor(
                     <#handle as ::rayforge::ActorHandleType>::CLASS,
                     &self.0,

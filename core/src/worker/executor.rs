@@ -319,6 +319,13 @@ pub(crate) fn serve(addr: &std::path::Path) -> Result<()> {
 /// Entry point of a worker process: connect to the node, serve, register,
 /// then run tasks on this thread until the node goes away.
 pub(crate) fn run_worker_process() -> ! {
+    // We run before Rust's own start-up code (from a constructor), which is
+    // what normally ignores SIGPIPE: a write to a closed socket must be an
+    // error, not the end of the process.
+    // SAFETY: setting a signal disposition to SIG_IGN is always sound.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     crate::init_logging();
     install_panic_hook();
     let code = match worker_main() {

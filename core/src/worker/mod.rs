@@ -72,6 +72,8 @@ pub(crate) struct CoreWorker {
     objects: Mutex<HashMap<ObjectId, Owned>>,
     refs: Mutex<HashMap<ObjectId, RefCount>>,
     peers: Mutex<HashMap<String, Channel>>,
+    /// Live mappings of store objects, so repeated reads share one mapping.
+    mapped: Mutex<HashMap<ObjectId, codec::WeakObjectBytes>>,
     pub(crate) submitter: submitter::TaskSubmitter,
     pub(crate) actors: actor_caller::ActorCaller,
     free_tx: mpsc::UnboundedSender<ObjectId>,
@@ -132,6 +134,7 @@ impl CoreWorker {
             objects: Mutex::new(HashMap::new()),
             refs: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
+            mapped: Mutex::new(HashMap::new()),
             submitter: submitter::TaskSubmitter::default(),
             actors: actor_caller::ActorCaller::default(),
             free_tx,
@@ -233,8 +236,16 @@ impl CoreWorker {
 
     /// Reads an object of the local store, restoring it from disk if spilled.
     pub(crate) async fn read_store(&self, id: ObjectId) -> Result<ObjectBytes> {
+        if let Some(b) = self.mapped.lock().get(&id).and_then(|w| w.upgrade()) {
+            return Ok(b);
+        }
         for _ in 0..3 {
             if let Some(b) = object_store::map_object(&self.store_dir, &id)? {
+                let mut m = self.mapped.lock();
+                if m.len() > 1024 {
+                    m.retain(|_, w| w.upgrade().is_some());
+                }
+                m.insert(id, b.downgrade());
                 return Ok(b);
             }
             let r = self

@@ -1,0 +1,202 @@
+//! Actors in real worker processes: ordering, names, handles passed to tasks,
+//! restarts after SIGKILL, kill, panics, async actors.
+
+use std::time::Duration;
+
+use rayforge::{Error, ObjectRef};
+use rayforge_integration_tests::{cluster, kill_self, marker};
+
+#[rayforge::actor]
+pub struct Counter {
+    value: i64,
+}
+
+#[rayforge::actor]
+impl Counter {
+    fn new(start: i64) -> Self {
+        Counter { value: start }
+    }
+
+    fn inc(&mut self) -> i64 {
+        self.value += 1;
+        self.value
+    }
+
+    fn add(&mut self, n: i64) -> i64 {
+        self.value += n;
+        self.value
+    }
+
+    fn value(&self) -> i64 {
+        self.value
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    fn crash(&mut self) -> i64 {
+        kill_self()
+    }
+
+    /// Kills the process the first time (marker file), then answers.
+    fn crash_once(&mut self, path: String) -> i64 {
+        if std::fs::metadata(&path).is_err() {
+            let _ = std::fs::write(&path, b"1");
+            kill_self();
+        }
+        self.value
+    }
+
+    fn fail(&self) -> i64 {
+        panic!("method failed on purpose")
+    }
+}
+
+#[rayforge::actor]
+pub struct Broken;
+
+#[rayforge::actor]
+impl Broken {
+    fn new() -> Self {
+        panic!("constructor exploded")
+    }
+
+    fn ping(&self) -> u8 {
+        1
+    }
+}
+
+/// Calls an actor from inside a task.
+#[rayforge::remote]
+fn bump_twice(c: CounterHandle) -> i64 {
+    c.inc().get().expect("first call");
+    c.inc().get().expect("second call")
+}
+
+#[test]
+fn calls_run_in_submission_order_in_their_own_process() {
+    cluster();
+    let c = Counter::remote(0i64).unwrap();
+    let refs: Vec<ObjectRef<i64>> = (0..200).map(|_| c.inc()).collect();
+    let got = rayforge::get_all(&refs).unwrap();
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+    assert_ne!(c.pid().get().unwrap(), std::process::id());
+    // A result passed to the next call of the same actor.
+    let v = c.value();
+    assert_eq!(c.add(v).get().unwrap(), 400);
+}
+
+#[test]
+fn handles_travel_to_tasks_and_names_find_actors() {
+    cluster();
+    let c = Counter::options().name("shared").remote(10i64).unwrap();
+    assert_eq!(bump_twice::remote(c.clone()).get().unwrap(), 12);
+    let found: CounterHandle = rayforge::get_actor("shared").unwrap();
+    assert_eq!(found.inc().get().unwrap(), 13);
+    let dup = Counter::options().name("shared").remote(0i64).unwrap_err();
+    assert!(dup.to_string().contains("already exists"), "{dup}");
+    assert!(matches!(rayforge::get_actor::<CounterHandle>("nobody"), Err(Error::NotFound(_))));
+    assert!(matches!(rayforge::get_actor::<BrokenHandle>("shared"), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn a_crashed_actor_restarts_within_its_budget_then_dies_with_the_cause() {
+    cluster();
+    let c = Counter::options().max_restarts(1).remote(100i64).unwrap();
+    assert_eq!(c.inc().get().unwrap(), 101);
+    let first_pid = c.pid().get().unwrap();
+    let err = c.crash().get().unwrap_err();
+    assert!(matches!(err, Error::ActorDied { .. }), "{err}");
+    // Restarted: the constructor ran again, state is fresh, new process.
+    assert_eq!(c.inc().get_timeout(Duration::from_secs(60)).unwrap(), 101);
+    assert_ne!(c.pid().get().unwrap(), first_pid);
+    let _ = c.crash().get();
+    let err = c.inc().get_timeout(Duration::from_secs(60)).unwrap_err();
+    match &err {
+        Error::ActorDied { cause, .. } => {
+            assert!(cause.contains("restarted 1 of 1 times"), "{err}");
+            assert!(cause.contains("signal 9"), "{err}");
+        }
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+}
+
+#[test]
+fn max_task_retries_resends_a_call_interrupted_by_a_crash() {
+    cluster();
+    let c = Counter::options().max_restarts(1).max_task_retries(1).remote(5i64).unwrap();
+    let m = marker("crash_once");
+    assert_eq!(c.crash_once(m).get_timeout(Duration::from_secs(60)).unwrap(), 5);
+}
+
+#[test]
+fn killed_actor_fails_its_calls_and_is_not_restarted() {
+    cluster();
+    let c = Counter::options().max_restarts(5).name("doomed").remote(0i64).unwrap();
+    assert_eq!(c.inc().get().unwrap(), 1);
+    rayforge::kill(&c).unwrap();
+    let err = c.inc().get_timeout(Duration::from_secs(60)).unwrap_err();
+    match &err {
+        Error::ActorDied { cause, .. } => assert!(cause.contains("killed"), "{err}"),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+    assert!(rayforge::get_actor::<CounterHandle>("doomed").is_err(), "name is released");
+}
+
+#[test]
+fn a_panicking_method_fails_only_that_call() {
+    cluster();
+    let c = Counter::remote(0i64).unwrap();
+    let err = c.fail().get().unwrap_err();
+    assert!(err.to_string().contains("method failed on purpose"), "{err}");
+    assert_eq!(c.inc().get().unwrap(), 1, "actor state survives a failed call");
+}
+
+#[test]
+fn a_failing_constructor_kills_the_actor_with_the_reason() {
+    cluster();
+    let b = Broken::remote().unwrap();
+    let err = b.ping().get_timeout(Duration::from_secs(60)).unwrap_err();
+    match &err {
+        Error::ActorDied { cause, .. } => assert!(cause.contains("constructor exploded"), "{err}"),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+}
+
+/// An async actor whose calls wait for each other: they only finish if they
+/// run concurrently.
+#[rayforge::actor]
+pub struct Rendezvous {
+    barrier: rayforge::__private::tokio::sync::Barrier,
+}
+
+#[rayforge::actor]
+impl Rendezvous {
+    fn new(n: usize) -> Self {
+        Rendezvous { barrier: rayforge::__private::tokio::sync::Barrier::new(n) }
+    }
+
+    async fn meet(&self, i: u32) -> u32 {
+        self.barrier.wait().await;
+        i
+    }
+}
+
+#[test]
+fn async_actors_run_calls_concurrently_up_to_max_concurrency() {
+    cluster();
+    let r = Rendezvous::options().max_concurrency(8).remote(8usize).unwrap();
+    let refs: Vec<_> = (0..8u32).map(|i| r.meet(i)).collect();
+    let got = rayforge::get_all(&refs).unwrap();
+    assert_eq!(got, (0..8).collect::<Vec<_>>());
+}
+
+#[test]
+fn infeasible_and_invalid_actor_options_are_errors() {
+    cluster();
+    let err = Counter::options().num_cpus(99.0).remote(0i64).unwrap_err();
+    assert!(matches!(err, Error::Infeasible { .. }), "{err}");
+    let err = Counter::options().name("").remote(0i64).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}

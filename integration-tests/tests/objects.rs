@@ -1,0 +1,83 @@
+//! The object store: zero-copy reads, reference counting back to baseline,
+//! references inside values.
+
+use std::time::Duration;
+
+use rayforge::{Buffer, ObjectRef};
+use rayforge_integration_tests::{cluster, wait_until};
+
+/// Sums a buffer and reports whether it was read from shared memory.
+#[rayforge::remote]
+fn inspect(b: Buffer<f64>) -> (f64, bool) {
+    (b.iter().sum(), b.is_shared())
+}
+
+#[rayforge::remote]
+fn make_big(n: usize) -> Buffer<u8> {
+    Buffer::from(vec![7u8; n])
+}
+
+/// Gets every reference inside a list.
+#[rayforge::remote]
+fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
+    refs.iter().map(|r| r.get().expect("inner ref")).sum()
+}
+
+fn store_used() -> u64 {
+    rayforge::store_stats().unwrap().used_bytes
+}
+
+#[test]
+fn large_buffers_are_read_zero_copy_everywhere() {
+    cluster();
+    let n = 4 << 20; // 32 MiB of f64
+    let r = rayforge::put(Buffer::from((0..n).map(|i| (i % 7) as f64).collect::<Vec<f64>>())).unwrap();
+    let expect: f64 = (0..n).map(|i| (i % 7) as f64).sum();
+    let a = r.get().unwrap();
+    let b = r.get().unwrap();
+    assert!(a.is_shared(), "driver reads from shared memory");
+    assert_eq!(a.as_ptr(), b.as_ptr(), "two gets share one mapping");
+    let outs: Vec<_> = (0..4).map(|_| inspect::remote(&r)).collect();
+    for o in outs {
+        let (sum, shared) = o.get().unwrap();
+        assert_eq!(sum, expect);
+        assert!(shared, "tasks read the argument from shared memory");
+    }
+}
+
+#[test]
+fn store_memory_returns_to_baseline_when_references_drop() {
+    cluster();
+    let base = store_used();
+    let owned_before = rayforge::owned_object_count().unwrap();
+    {
+        let puts: Vec<_> = (0..5).map(|_| rayforge::put(Buffer::from(vec![1u8; 1 << 20])).unwrap()).collect();
+        let made = make_big::remote(3usize << 20);
+        assert_eq!(made.get().unwrap().len(), 3 << 20);
+        assert!(store_used() >= base + (8 << 20), "objects are in the store");
+        // Copies of references keep the objects alive.
+        let copies = puts.clone();
+        drop(puts);
+        assert_eq!(copies[0].get().unwrap().len(), 1 << 20);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || store_used() == base),
+        "store usage {} did not return to {}",
+        store_used(),
+        base
+    );
+    assert!(wait_until(Duration::from_secs(30), || rayforge::owned_object_count().unwrap() == owned_before));
+}
+
+#[test]
+fn references_inside_values_stay_alive_and_resolve() {
+    cluster();
+    let inner: Vec<ObjectRef<i64>> = (1..=10).map(|i| rayforge::put(i as i64).unwrap()).collect();
+    let outer = rayforge::put(inner.clone()).unwrap();
+    drop(inner);
+    // The inner objects live on because the outer value holds them.
+    let back: Vec<ObjectRef<i64>> = outer.get().unwrap();
+    assert_eq!(rayforge::get_all(&back).unwrap(), (1..=10).collect::<Vec<_>>());
+    assert_eq!(sum_refs::remote(outer).get().unwrap(), 55);
+    assert_eq!(sum_refs::remote(back).get().unwrap(), 55);
+}

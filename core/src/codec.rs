@@ -38,17 +38,26 @@ pub struct ObjectBytes {
 impl ObjectBytes {
     /// Wraps owned bytes.
     pub fn from_vec(v: Vec<u8>) -> ObjectBytes {
-        ObjectBytes { backing: Arc::new(v), mapped: false }
+        ObjectBytes {
+            backing: Arc::new(v),
+            mapped: false,
+        }
     }
 
     /// Wraps a read-only memory map.
     pub(crate) fn from_mmap(m: memmap2::Mmap) -> ObjectBytes {
-        ObjectBytes { backing: Arc::new(MmapBytes(m)), mapped: true }
+        ObjectBytes {
+            backing: Arc::new(MmapBytes(m)),
+            mapped: true,
+        }
     }
 
     /// A weak reference, for caches that must not keep mappings alive.
     pub(crate) fn downgrade(&self) -> WeakObjectBytes {
-        WeakObjectBytes { backing: Arc::downgrade(&self.backing), mapped: self.mapped }
+        WeakObjectBytes {
+            backing: Arc::downgrade(&self.backing),
+            mapped: self.mapped,
+        }
     }
 
     /// Whether these bytes are a mapping of the shared-memory store.
@@ -70,7 +79,10 @@ pub(crate) struct WeakObjectBytes {
 
 impl WeakObjectBytes {
     pub(crate) fn upgrade(&self) -> Option<ObjectBytes> {
-        self.backing.upgrade().map(|backing| ObjectBytes { backing, mapped: self.mapped })
+        self.backing.upgrade().map(|backing| ObjectBytes {
+            backing,
+            mapped: self.mapped,
+        })
     }
 }
 
@@ -104,7 +116,13 @@ unsafe impl<T: bytemuck::Pod> Sync for Buffer<T> {}
 
 impl<T: bytemuck::Pod> Clone for Buffer<T> {
     fn clone(&self) -> Self {
-        Buffer { owner: self.owner.clone(), ptr: self.ptr, len: self.len, shared: self.shared, _t: PhantomData }
+        Buffer {
+            owner: self.owner.clone(),
+            ptr: self.ptr,
+            len: self.len,
+            shared: self.shared,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -113,7 +131,13 @@ impl<T: bytemuck::Pod + Send + Sync> From<Vec<T>> for Buffer<T> {
         let v = Arc::new(v);
         let ptr = v.as_ptr();
         let len = v.len();
-        Buffer { owner: v, ptr, len, shared: false, _t: PhantomData }
+        Buffer {
+            owner: v,
+            ptr,
+            len,
+            shared: false,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -176,7 +200,13 @@ impl<T: bytemuck::Pod> Buffer<T> {
             });
         }
         let owner: Arc<dyn Send + Sync> = Arc::new(SharedOwner(bytes.clone()));
-        Ok(Buffer { owner, ptr: ptr as *const T, len: byte_len / size, shared: bytes.is_mapped(), _t: PhantomData })
+        Ok(Buffer {
+            owner,
+            ptr: ptr as *const T,
+            len: byte_len / size,
+            shared: bytes.is_mapped(),
+            _t: PhantomData,
+        })
     }
 }
 
@@ -189,6 +219,7 @@ pub(crate) struct ContainedRef {
     pub(crate) id: ObjectId,
     pub(crate) owner_addr: String,
     /// Keeps the reference alive while the value holding it exists.
+    #[allow(dead_code)]
     pub(crate) handle: Option<Arc<dyn Send + Sync>>,
 }
 
@@ -263,7 +294,12 @@ impl Encoded {
 
 /// Encodes a value.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
-    let prev = ENCODE.with(|c| c.borrow_mut().replace(EncodeCtx { buffers: Vec::new(), refs: Vec::new() }));
+    let prev = ENCODE.with(|c| {
+        c.borrow_mut().replace(EncodeCtx {
+            buffers: Vec::new(),
+            refs: Vec::new(),
+        })
+    });
     let payload = bincode::serialize(value);
     let ctx = ENCODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
     let payload = payload.map_err(|e| Error::Serialization {
@@ -285,22 +321,33 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
     }
     head.extend_from_slice(&payload);
     let total = if n == 0 { head.len() } else { pos };
-    Ok(Encoded { head, buffers: ctx.buffers, refs: ctx.refs, total })
+    Ok(Encoded {
+        head,
+        buffers: ctx.buffers,
+        refs: ctx.refs,
+        total,
+    })
 }
 
 /// Encodes a value straight into a vector.
-pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+#[cfg(test)]
+pub(crate) fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     Ok(encode(value)?.to_vec())
 }
 
 fn read_u64(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes)
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
 }
 
 /// Decodes a value; [`Buffer`]s inside it point into `bytes` (zero-copy).
 /// Also returns the object references found inside the value.
 pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<(T, Vec<ContainedRef>)> {
-    let bad = |m: &str| Error::Serialization { what: std::any::type_name::<T>().into(), message: m.into() };
+    let bad = |m: &str| Error::Serialization {
+        what: std::any::type_name::<T>().into(),
+        message: m.into(),
+    };
     let b = bytes.as_slice();
     if b.len() < FIXED_HEADER || &b[..4] != MAGIC {
         return Err(bad("not a rayforge object (bad header)"));
@@ -314,8 +361,16 @@ pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Resu
         table.push((off as usize, len as usize));
     }
     let start = FIXED_HEADER + 16 * n;
-    let payload = b.get(start..start + payload_len).ok_or_else(|| bad("truncated payload"))?;
-    let prev = DECODE.with(|c| c.borrow_mut().replace(DecodeCtx { bytes: bytes.clone(), table, refs: Vec::new() }));
+    let payload = b
+        .get(start..start + payload_len)
+        .ok_or_else(|| bad("truncated payload"))?;
+    let prev = DECODE.with(|c| {
+        c.borrow_mut().replace(DecodeCtx {
+            bytes: bytes.clone(),
+            table,
+            refs: Vec::new(),
+        })
+    });
     let out = bincode::deserialize::<T>(payload);
     let ctx = DECODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
     let v = out.map_err(|e| bad(&e.to_string()))?;
@@ -323,7 +378,7 @@ pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Resu
 }
 
 /// Decodes a value; see [`decode_with_refs`].
-pub fn decode<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<T> {
     decode_with_refs(bytes).map(|(v, _)| v)
 }
 
@@ -331,7 +386,8 @@ impl<T: bytemuck::Pod> Serialize for Buffer<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let idx = ENCODE.with(|c| {
             c.borrow_mut().as_mut().map(|ctx| {
-                ctx.buffers.push((self.owner.clone(), self.ptr as *const u8, self.as_bytes().len()));
+                ctx.buffers
+                    .push((self.owner.clone(), self.ptr as *const u8, self.as_bytes().len()));
                 ctx.buffers.len() as u32 - 1
             })
         });
@@ -351,7 +407,10 @@ impl<'de, T: bytemuck::Pod + Send + Sync> Deserialize<'de> for Buffer<T> {
             DECODE.with(|c| {
                 let c = c.borrow();
                 let ctx = c.as_ref().ok_or_else(|| D::Error::custom("decode context vanished"))?;
-                let (off, len) = *ctx.table.get(i).ok_or_else(|| D::Error::custom("buffer index out of range"))?;
+                let (off, len) = *ctx
+                    .table
+                    .get(i)
+                    .ok_or_else(|| D::Error::custom("buffer index out of range"))?;
                 Buffer::from_object(&ctx.bytes, off, len).map_err(D::Error::custom)
             })
         } else {
@@ -443,7 +502,10 @@ mod tests {
         assert_eq!(back, m);
         let base = bytes.as_slice().as_ptr() as usize;
         let p = back.a.as_ptr() as usize;
-        assert!(p >= base && p < base + bytes.as_slice().len(), "buffer must point into the object");
+        assert!(
+            p >= base && p < base + bytes.as_slice().len(),
+            "buffer must point into the object"
+        );
         assert_eq!(p % ALIGN, (base % ALIGN + (p - base)) % ALIGN);
         assert_eq!((p - base) % ALIGN, 0);
         // Two decodes share the same memory.

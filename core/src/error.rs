@@ -139,11 +139,19 @@ impl Error {
             Error::Cancelled(f) => (K::Cancelled, String::new(), f.clone()),
             Error::Infeasible { function, detail } => (K::Infeasible, detail.clone(), function.clone()),
             Error::ObjectStoreFull(m) => (K::StoreFull, m.clone(), String::new()),
-            Error::Serialization { what, message } => (K::InvalidArgument, format!("cannot (de)serialize {what}: {message}"), String::new()),
+            Error::Serialization { what, message } => (
+                K::InvalidArgument,
+                format!("cannot (de)serialize {what}: {message}"),
+                String::new(),
+            ),
             Error::InvalidArgument(m) => (K::InvalidArgument, m.clone(), String::new()),
             Error::NotFound(m) => (K::NotFound, m.clone(), String::new()),
             Error::Runtime(m) | Error::Internal(m) => (K::Internal, m.clone(), String::new()),
-            Error::Io { context, message } => (K::Internal, format!("I/O error while {context}: {message}"), String::new()),
+            Error::Io { context, message } => (
+                K::Internal,
+                format!("I/O error while {context}: {message}"),
+                String::new(),
+            ),
         };
         proto::ErrorProto {
             kind: kind as i32,
@@ -159,7 +167,10 @@ impl Error {
         let kind = K::try_from(p.kind).unwrap_or(K::Internal);
         let (m, o) = (p.message.clone(), p.origin.clone());
         match kind {
-            K::TaskFailed => Error::TaskFailed { function: o, message: m },
+            K::TaskFailed => Error::TaskFailed {
+                function: o,
+                message: m,
+            },
             K::WorkerDied => Error::WorkerDied { function: o, cause: m },
             K::OutOfMemory => Error::OutOfMemory { function: o, cause: m },
             K::ActorDied => Error::ActorDied { actor: o, cause: m },
@@ -191,13 +202,31 @@ mod tests {
     #[test]
     fn wire_round_trip_keeps_kind_and_retry_classification() {
         let errors = [
-            Error::TaskFailed { function: "f".into(), message: "boom at x.rs:1".into() },
-            Error::WorkerDied { function: "f".into(), cause: "signal 9".into() },
-            Error::OutOfMemory { function: "f".into(), cause: "96%".into() },
-            Error::ActorDied { actor: "A".into(), cause: "killed".into() },
-            Error::ObjectLost { id: "ab".into(), cause: "owner died".into() },
+            Error::TaskFailed {
+                function: "f".into(),
+                message: "boom at x.rs:1".into(),
+            },
+            Error::WorkerDied {
+                function: "f".into(),
+                cause: "signal 9".into(),
+            },
+            Error::OutOfMemory {
+                function: "f".into(),
+                cause: "96%".into(),
+            },
+            Error::ActorDied {
+                actor: "A".into(),
+                cause: "killed".into(),
+            },
+            Error::ObjectLost {
+                id: "ab".into(),
+                cause: "owner died".into(),
+            },
             Error::Cancelled("f".into()),
-            Error::Infeasible { function: "f".into(), detail: "CPU 64 > 2".into() },
+            Error::Infeasible {
+                function: "f".into(),
+                detail: "CPU 64 > 2".into(),
+            },
             Error::ObjectStoreFull("1 GiB > 10 MiB".into()),
             Error::InvalidArgument("x".into()),
             Error::NotFound("actor c".into()),
@@ -207,7 +236,15 @@ mod tests {
             assert_eq!(back, e);
             assert_eq!(e.to_proto().retriable, e.is_retriable());
         }
-        assert!(Error::WorkerDied { function: String::new(), cause: String::new() }.is_retriable());
-        assert!(!Error::TaskFailed { function: String::new(), message: String::new() }.is_retriable());
+        assert!(Error::WorkerDied {
+            function: String::new(),
+            cause: String::new()
+        }
+        .is_retriable());
+        assert!(!Error::TaskFailed {
+            function: String::new(),
+            message: String::new()
+        }
+        .is_retriable());
     }
 }

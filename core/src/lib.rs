@@ -90,7 +90,10 @@ static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
 pub(crate) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAYFORGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Starts an embedded single-node cluster in this process (the node daemon
@@ -171,7 +174,10 @@ pub fn get<T: Value>(r: &ObjectRef<T>) -> Result<T> {
 /// Gets several values, in order, waiting for all of them.
 pub fn get_all<T: Value>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     let handles: Vec<_> = refs.iter().map(|r| r.handle.clone()).collect();
-    worker::get_blocking(&handles, None)?.iter().map(worker::decode_value).collect()
+    worker::get_blocking(&handles, None)?
+        .iter()
+        .map(worker::decode_value)
+        .collect()
 }
 
 /// Waits until `num_returns` of `refs` are ready (or `timeout` passes).
@@ -188,8 +194,11 @@ pub fn wait<T>(
         )));
     }
     let cw = worker::current()?;
-    let items: Vec<(usize, ObjectId, String)> =
-        refs.iter().enumerate().map(|(i, r)| (i, r.handle.id, r.handle.owner.clone())).collect();
+    let items: Vec<(usize, ObjectId, String)> = refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.handle.id, r.handle.owner.clone()))
+        .collect();
     let cw2 = cw.clone();
     let ready: Vec<usize> = cw.block_on(async move {
         use futures::stream::{FuturesUnordered, StreamExt};
@@ -250,7 +259,10 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
     if worker::submitter::TaskSubmitter::cancel(&cw, &r.handle.id) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("object {} is not the result of a pending task", r.handle.id)))
+        Err(Error::InvalidArgument(format!(
+            "object {} is not the result of a pending task",
+            r.handle.id
+        )))
     }
 }
 
@@ -261,7 +273,13 @@ pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
     let id = actor.raw().id;
     let mut node = cw.node.clone();
     let r = cw
-        .block_on(async move { node.kill_actor(proto::KillActorRequest { actor_id: id.0.to_vec(), no_restart: true }).await })?
+        .block_on(async move {
+            node.kill_actor(proto::KillActorRequest {
+                actor_id: id.0.to_vec(),
+                no_restart: true,
+            })
+            .await
+        })?
         .map_err(|s| Error::rpc("killing an actor", s))?
         .into_inner();
     match r.error {
@@ -274,7 +292,10 @@ pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
 pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
     let cw = worker::current()?;
     let mut node = cw.node.clone();
-    let req = proto::GetActorInfoRequest { name: name.to_string(), ..Default::default() };
+    let req = proto::GetActorInfoRequest {
+        name: name.to_string(),
+        ..Default::default()
+    };
     let r = cw
         .block_on(async move { node.get_actor_info(req).await })?
         .map_err(|s| Error::rpc("looking up an actor", s))?
@@ -293,7 +314,11 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
             H::CLASS
         )));
     }
-    Ok(H::from_raw(ActorHandle { id, class: H::CLASS.to_string(), max_task_retries: 0 }))
+    Ok(H::from_raw(ActorHandle {
+        id,
+        class: H::CLASS.to_string(),
+        max_task_retries: 0,
+    }))
 }
 
 /// Usage of this node's object store.
@@ -316,7 +341,11 @@ pub fn store_stats() -> Result<StoreStats> {
 }
 
 /// Resources of this node: `(total, available)`, plus live worker processes.
-pub fn node_resources() -> Result<(std::collections::HashMap<String, f64>, std::collections::HashMap<String, f64>, u32)> {
+pub fn node_resources() -> Result<(
+    std::collections::HashMap<String, f64>,
+    std::collections::HashMap<String, f64>,
+    u32,
+)> {
     let cw = worker::current()?;
     let mut node = cw.node.clone();
     let r = cw
@@ -335,8 +364,8 @@ pub fn owned_object_count() -> Result<usize> {
 /// Support code for the macros. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use tokio;
     pub use serde;
+    pub use tokio;
 
     use super::*;
     pub use crate::codec::{encode, Encoded, ObjectBytes};
@@ -366,9 +395,14 @@ pub mod __private {
 
     /// Decodes the next argument.
     pub fn arg<T: Value>(it: &mut std::vec::IntoIter<ObjectBytes>, name: &str) -> Result<T> {
-        let b = it.next().ok_or_else(|| Error::InvalidArgument(format!("missing argument `{name}`")))?;
+        let b = it
+            .next()
+            .ok_or_else(|| Error::InvalidArgument(format!("missing argument `{name}`")))?;
         worker::decode_value(&b).map_err(|e| match e {
-            Error::Serialization { message, .. } => Error::Serialization { what: format!("argument `{name}`"), message },
+            Error::Serialization { message, .. } => Error::Serialization {
+                what: format!("argument `{name}`"),
+                message,
+            },
             other => other,
         })
     }
@@ -382,7 +416,10 @@ pub mod __private {
     pub fn ret_result<T: Value, E: std::fmt::Display>(v: std::result::Result<T, E>) -> Result<Returns> {
         match v {
             Ok(v) => ret(v),
-            Err(e) => Err(Error::TaskFailed { function: String::new(), message: e.to_string() }),
+            Err(e) => Err(Error::TaskFailed {
+                function: String::new(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -402,7 +439,9 @@ pub mod __private {
             match a? {
                 PreparedArg::Value(enc) => {
                     if enc.len() <= worker::INLINE_MAX && enc.refs.is_empty() {
-                        out.push(proto::TaskArg { kind: Some(proto::task_arg::Kind::Inline(enc.to_vec())) });
+                        out.push(proto::TaskArg {
+                            kind: Some(proto::task_arg::Kind::Inline(enc.to_vec())),
+                        });
                     } else {
                         // Large values (or ones holding references) become
                         // objects of their own, owned here.
@@ -464,8 +503,9 @@ pub mod __private {
             Err(e) => return failed_refs(num_returns, Some(&cw), &e),
         };
         let tid = TaskId::new();
-        let refs: Vec<ObjectRef<T>> =
-            (0..num_returns).map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i)))).collect();
+        let refs: Vec<ObjectRef<T>> = (0..num_returns)
+            .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
+            .collect();
         let spec = proto::TaskSpec {
             task_id: tid.0.to_vec(),
             kind: proto::TaskKind::Normal as i32,
@@ -492,7 +532,11 @@ pub mod __private {
     static ACTOR_ARGS: parking_lot::Mutex<Vec<Arc<object_ref::RefHandle>>> = parking_lot::Mutex::new(Vec::new());
 
     /// Creates an actor of a registered class.
-    pub fn create_actor(class: &'static str, opts: &ActorOptions, args: Vec<Result<PreparedArg>>) -> Result<ActorHandle> {
+    pub fn create_actor(
+        class: &'static str,
+        opts: &ActorOptions,
+        args: Vec<Result<PreparedArg>>,
+    ) -> Result<ActorHandle> {
         let cw = worker::current()?;
         let resources = opts.demand()?;
         if let Some(n) = &opts.name {
@@ -532,7 +576,11 @@ pub mod __private {
         if let Some(e) = r.error {
             return Err(Error::from_proto(&e));
         }
-        Ok(ActorHandle { id, class: class.to_string(), max_task_retries: opts.max_task_retries })
+        Ok(ActorHandle {
+            id,
+            class: class.to_string(),
+            max_task_retries: opts.max_task_retries,
+        })
     }
 
     /// Submits an actor method call.
@@ -551,8 +599,9 @@ pub mod __private {
             Err(e) => return failed_refs(num_returns, Some(&cw), &e),
         };
         let tid = TaskId::new();
-        let refs: Vec<ObjectRef<T>> =
-            (0..num_returns).map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i)))).collect();
+        let refs: Vec<ObjectRef<T>> = (0..num_returns)
+            .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
+            .collect();
         let spec = proto::TaskSpec {
             task_id: tid.0.to_vec(),
             kind: proto::TaskKind::ActorMethod as i32,
@@ -567,7 +616,11 @@ pub mod __private {
         worker::actor_caller::ActorCaller::submit(
             &cw,
             handle.id,
-            worker::actor_caller::ActorCall { spec, retries_left: handle.max_task_retries, pins },
+            worker::actor_caller::ActorCall {
+                spec,
+                retries_left: handle.max_task_retries,
+                pins,
+            },
         );
         refs
     }

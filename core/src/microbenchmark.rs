@@ -1,1 +1,296 @@
-//! Microbenchmark.
+//! `rayforge microbenchmark`: the cases of `ray microbenchmark`, with the
+//! same names and method (each case runs a body repeatedly for a fixed time,
+//! several rounds, and reports operations per second ± standard deviation),
+//! so the two outputs compare line by line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::{Buffer, Config, Error, ObjectRef, Result};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to write `{"case name": ops_per_second}`.
+    pub json: Option<PathBuf>,
+    /// Only cases whose name contains this.
+    pub filter: Option<String>,
+    /// Seconds per round.
+    pub seconds: f64,
+}
+
+/// A small task result.
+#[crate::remote]
+fn small_value() -> u8 {
+    0
+}
+
+/// A task taking a small argument.
+#[crate::remote]
+fn small_value_arg(x: u8) -> u8 {
+    x
+}
+
+/// Puts `n` small objects from inside a task (multi-client puts).
+#[crate::remote]
+fn do_put_small(n: u32) -> u32 {
+    for _ in 0..n {
+        drop(crate::put(0u8).expect("put"));
+    }
+    n
+}
+
+/// Puts one large array from inside a task (multi-client put gigabytes).
+#[crate::remote]
+fn do_put_large(len: usize) -> u64 {
+    let r = crate::put(Buffer::from(vec![0i64; len])).expect("put");
+    drop(r);
+    (len * 8) as u64
+}
+
+/// Submits `n` tasks and waits for them (multi-client tasks).
+#[crate::remote]
+fn do_tasks(n: u32) -> u32 {
+    let refs: Vec<ObjectRef<u8>> = (0..n).map(|_| small_value::remote()).collect();
+    crate::get_all(&refs).expect("tasks");
+    n
+}
+
+/// The callee of the actor cases.
+#[crate::actor]
+pub struct Server;
+
+#[crate::actor]
+impl Server {
+    fn new() -> Self {
+        Server
+    }
+
+    fn small_value(&self) -> u8 {
+        0
+    }
+
+    fn small_value_arg(&self, x: u8) -> u8 {
+        x
+    }
+}
+
+/// The async callee of the async-actor cases.
+#[crate::actor]
+pub struct AsyncServer;
+
+#[crate::actor]
+impl AsyncServer {
+    fn new() -> Self {
+        AsyncServer
+    }
+
+    async fn small_value(&self) -> u8 {
+        0
+    }
+
+    async fn small_value_arg(&self, x: u8) -> u8 {
+        x
+    }
+}
+
+/// A client actor calling a set of servers (n:n cases).
+#[crate::actor]
+pub struct Client {
+    servers: Vec<ServerHandle>,
+    async_servers: Vec<AsyncServerHandle>,
+}
+
+#[crate::actor]
+impl Client {
+    fn new(servers: Vec<ServerHandle>, async_servers: Vec<AsyncServerHandle>) -> Self {
+        Client { servers, async_servers }
+    }
+
+    fn call(&self, n: u32, with_arg: bool) -> u32 {
+        let refs: Vec<ObjectRef<u8>> = (0..n as usize)
+            .map(|i| {
+                let s = &self.servers[i % self.servers.len()];
+                if with_arg {
+                    s.small_value_arg(1u8)
+                } else {
+                    s.small_value()
+                }
+            })
+            .collect();
+        crate::get_all(&refs).expect("calls");
+        n
+    }
+
+    fn call_async(&self, n: u32) -> u32 {
+        let refs: Vec<ObjectRef<u8>> = (0..n as usize)
+            .map(|i| self.async_servers[i % self.async_servers.len()].small_value())
+            .collect();
+        crate::get_all(&refs).expect("calls");
+        n
+    }
+}
+
+struct Runner {
+    settings: Settings,
+    results: BTreeMap<String, f64>,
+}
+
+impl Runner {
+    /// Times `body`, which performs `multiplier` operations per call.
+    fn timeit(&mut self, name: &str, multiplier: f64, mut body: impl FnMut() -> Result<()>) -> Result<()> {
+        if let Some(f) = &self.settings.filter {
+            if !name.contains(f.as_str()) {
+                return Ok(());
+            }
+        }
+        let round = Duration::from_secs_f64(self.settings.seconds);
+        // Warm up (workers started, connections made).
+        let start = Instant::now();
+        while start.elapsed() < round / 4 {
+            body()?;
+        }
+        let mut rates = Vec::new();
+        for _ in 0..4 {
+            let start = Instant::now();
+            let mut n = 0u64;
+            while start.elapsed() < round {
+                body()?;
+                n += 1;
+            }
+            rates.push(n as f64 * multiplier / start.elapsed().as_secs_f64());
+        }
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let var = rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64;
+        println!("{name} per second {:.2} +- {:.2}", mean, var.sqrt());
+        self.results.insert(name.to_string(), mean);
+        Ok(())
+    }
+}
+
+fn check(n: u32, want: u32) -> Result<()> {
+    if n == want {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!("benchmark body did {n} of {want} operations")))
+    }
+}
+
+/// Runs the suite on an embedded cluster and prints one line per case.
+pub fn run(settings: &Settings) -> Result<()> {
+    if !(settings.seconds.is_finite() && settings.seconds > 0.0) {
+        return Err(Error::InvalidArgument(format!(
+            "--seconds must be positive, got {}",
+            settings.seconds
+        )));
+    }
+    crate::init(Config::default())?;
+    let mut r = Runner {
+        settings: settings.clone(),
+        results: BTreeMap::new(),
+    };
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+
+    let value = crate::put(0u8)?;
+    r.timeit("single client get calls (Plasma Store)", 1.0, || value.get().map(drop))?;
+    r.timeit("single client put calls (Plasma Store)", 1.0, || {
+        crate::put(0u8).map(drop)
+    })?;
+    r.timeit("multi client put calls (Plasma Store)", 1000.0, || {
+        let refs: Vec<_> = (0..10).map(|_| do_put_small::remote(100u32)).collect();
+        check(crate::get_all(&refs)?.iter().sum(), 1000)
+    })?;
+    let big = Buffer::from(vec![0i64; 100 * 1024 * 1024]);
+    r.timeit("single client put gigabytes", 0.8 * 1.073741824, || {
+        crate::put(big.clone()).map(drop)
+    })?;
+    drop(big);
+    r.timeit("single client tasks and get batch", 1.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("multi client put gigabytes", 10.0 * 0.08 * 1.073741824, || {
+        let refs: Vec<_> = (0..10).map(|_| do_put_large::remote(10 * 1024 * 1024usize)).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    let refs10k: Vec<ObjectRef<u8>> = (0..10_000).map(|_| crate::put(0u8)).collect::<Result<_>>()?;
+    let holder = crate::put(refs10k)?;
+    r.timeit("single client get object containing 10k refs", 1.0, || {
+        holder.get().map(drop)
+    })?;
+    drop(holder);
+    r.timeit("single client wait 1k refs", 1.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
+        let (ready, _) = crate::wait(&refs, 1000, None)?;
+        check(ready.len() as u32, 1000)
+    })?;
+    r.timeit("single client tasks sync", 1.0, || {
+        small_value::remote().get().map(drop)
+    })?;
+    r.timeit("single client tasks async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("multi client tasks async", 10_000.0, || {
+        let refs: Vec<_> = (0..cpus)
+            .map(|_| do_tasks::options().num_cpus(0.0).remote(10_000 / cpus as u32))
+            .collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+
+    let a = Server::remote()?;
+    r.timeit("1:1 actor calls sync", 1.0, || a.small_value().get().map(drop))?;
+    r.timeit("1:1 actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    let conc = Server::options().max_concurrency(16).remote()?;
+    r.timeit("1:1 actor calls concurrent", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| conc.small_value()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    let n = cpus;
+    let servers: Vec<ServerHandle> = (0..n).map(|_| Server::remote()).collect::<Result<_>>()?;
+    r.timeit("1:n actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|i| servers[i % n].small_value()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    let async_servers: Vec<AsyncServerHandle> = (0..n).map(|_| AsyncServer::remote()).collect::<Result<_>>()?;
+    let clients: Vec<ClientHandle> = (0..n)
+        .map(|_| Client::remote(servers.clone(), async_servers.clone()))
+        .collect::<Result<_>>()?;
+    r.timeit("n:n actor calls async", 1000.0 * n as f64, || {
+        let refs: Vec<_> = clients.iter().map(|c| c.call(1000u32, false)).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("n:n actor calls with arg async", 1000.0 * n as f64, || {
+        let refs: Vec<_> = clients.iter().map(|c| c.call(1000u32, true)).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    let aa = AsyncServer::remote()?;
+    r.timeit("1:1 async-actor calls sync", 1.0, || aa.small_value().get().map(drop))?;
+    r.timeit("1:1 async-actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| aa.small_value()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("1:1 async-actor calls with args async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| aa.small_value_arg(1u8)).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("1:n async-actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|i| async_servers[i % n].small_value()).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+    r.timeit("n:n async-actor calls async", 1000.0 * n as f64, || {
+        let refs: Vec<_> = clients.iter().map(|c| c.call_async(1000u32)).collect();
+        crate::get_all(&refs).map(drop)
+    })?;
+
+    if let Some(path) = &settings.json {
+        let text = serde_json::to_string_pretty(&r.results).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    crate::shutdown();
+    Ok(())
+}

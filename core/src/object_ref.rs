@@ -43,7 +43,10 @@ pub struct ObjectRef<T> {
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef { handle: self.handle.clone(), _t: PhantomData }
+        ObjectRef {
+            handle: self.handle.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -61,7 +64,10 @@ impl<T> PartialEq for ObjectRef<T> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn from_handle(handle: Arc<RefHandle>) -> Self {
-        ObjectRef { handle, _t: PhantomData }
+        ObjectRef {
+            handle,
+            _t: PhantomData,
+        }
     }
 
     /// The object's id.
@@ -71,7 +77,10 @@ impl<T> ObjectRef<T> {
 
     /// The same reference, viewed as another type (checked when decoded).
     pub fn cast<U>(&self) -> ObjectRef<U> {
-        ObjectRef { handle: self.handle.clone(), _t: PhantomData }
+        ObjectRef {
+            handle: self.handle.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -120,7 +129,11 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let (id, owner): ([u8; 16], String) = Deserialize::deserialize(d)?;
         let handle = RefHandle::new(ObjectId(id), owner.clone());
-        codec::note_decoded_ref(ContainedRef { id: ObjectId(id), owner_addr: owner, handle: None });
+        codec::note_decoded_ref(ContainedRef {
+            id: ObjectId(id),
+            owner_addr: owner,
+            handle: None,
+        });
         Ok(ObjectRef::from_handle(handle))
     }
 }

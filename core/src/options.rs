@@ -27,7 +27,9 @@ fn check(what: &str, v: f64) -> Result<()> {
     if v.is_finite() && v >= 0.0 {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!("{what} must be a non-negative number, got {v}")))
+        Err(Error::InvalidArgument(format!(
+            "{what} must be a non-negative number, got {v}"
+        )))
     }
 }
 
@@ -46,7 +48,9 @@ pub(crate) fn demand(
         check("num_gpus", g)?;
         if g > 0.0 {
             if g > 1.0 && g.fract() != 0.0 {
-                return Err(Error::InvalidArgument(format!("num_gpus above 1 must be a whole number, got {g}")));
+                return Err(Error::InvalidArgument(format!(
+                    "num_gpus above 1 must be a whole number, got {g}"
+                )));
             }
             r.insert("GPU".into(), g);
         }
@@ -66,7 +70,12 @@ pub(crate) fn demand(
 
 impl TaskOptions {
     pub(crate) fn demand(&self) -> Result<Resources> {
-        demand(self.num_cpus.unwrap_or(1.0), self.num_gpus, self.memory, &self.resources)
+        demand(
+            self.num_cpus.unwrap_or(1.0),
+            self.num_gpus,
+            self.memory,
+            &self.resources,
+        )
     }
 }
 
@@ -95,7 +104,12 @@ pub struct ActorOptions {
 
 impl ActorOptions {
     pub(crate) fn demand(&self) -> Result<Resources> {
-        demand(self.num_cpus.unwrap_or(0.0), self.num_gpus, self.memory, &self.resources)
+        demand(
+            self.num_cpus.unwrap_or(0.0),
+            self.num_gpus,
+            self.memory,
+            &self.resources,
+        )
     }
 }
 
@@ -105,6 +119,7 @@ impl ActorOptions {
 #[macro_export]
 macro_rules! __impl_task_options {
     ($t:ty) => {
+        #[allow(dead_code, unreachable_pub)]
         impl $t {
             /// CPUs the task holds while it runs (default 1).
             pub fn num_cpus(mut self, n: f64) -> Self {
@@ -146,6 +161,7 @@ macro_rules! __impl_task_options {
 #[macro_export]
 macro_rules! __impl_actor_options {
     ($t:ty) => {
+        #[allow(dead_code, unreachable_pub)]
         impl $t {
             /// CPUs held for the actor's lifetime (default 0).
             pub fn num_cpus(mut self, n: f64) -> Self {
@@ -204,11 +220,20 @@ mod tests {
     fn demand_validates_and_defaults() {
         let o = TaskOptions::default();
         assert_eq!(o.demand().unwrap().get("CPU"), Some(&1.0));
-        let o = TaskOptions { num_cpus: Some(-1.0), ..Default::default() };
+        let o = TaskOptions {
+            num_cpus: Some(-1.0),
+            ..Default::default()
+        };
         assert!(o.demand().unwrap_err().to_string().contains("num_cpus"));
-        let o = TaskOptions { num_gpus: Some(1.5), ..Default::default() };
+        let o = TaskOptions {
+            num_gpus: Some(1.5),
+            ..Default::default()
+        };
         assert!(o.demand().is_err());
-        let mut o = TaskOptions { num_cpus: Some(0.0), ..Default::default() };
+        let mut o = TaskOptions {
+            num_cpus: Some(0.0),
+            ..Default::default()
+        };
         o.resources.insert("TPU".into(), 2.0);
         let d = o.demand().unwrap();
         assert_eq!(d.get("CPU"), None);

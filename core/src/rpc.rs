@@ -24,10 +24,12 @@ pub(crate) fn uds_channel(path: &str) -> Result<Channel> {
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20));
-    Ok(ep.connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
-        let p = p.clone();
-        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
-    })))
+    Ok(
+        ep.connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+            let p = p.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+        })),
+    )
 }
 
 /// Connects eagerly, failing fast when nobody listens.

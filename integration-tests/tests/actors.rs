@@ -96,8 +96,14 @@ fn handles_travel_to_tasks_and_names_find_actors() {
     assert_eq!(found.inc().get().unwrap(), 13);
     let dup = Counter::options().name("shared").remote(0i64).unwrap_err();
     assert!(dup.to_string().contains("already exists"), "{dup}");
-    assert!(matches!(rayforge::get_actor::<CounterHandle>("nobody"), Err(Error::NotFound(_))));
-    assert!(matches!(rayforge::get_actor::<BrokenHandle>("shared"), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        rayforge::get_actor::<CounterHandle>("nobody"),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        rayforge::get_actor::<BrokenHandle>("shared"),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -125,7 +131,11 @@ fn a_crashed_actor_restarts_within_its_budget_then_dies_with_the_cause() {
 #[test]
 fn max_task_retries_resends_a_call_interrupted_by_a_crash() {
     cluster();
-    let c = Counter::options().max_restarts(1).max_task_retries(1).remote(5i64).unwrap();
+    let c = Counter::options()
+        .max_restarts(1)
+        .max_task_retries(1)
+        .remote(5i64)
+        .unwrap();
     let m = marker("crash_once");
     assert_eq!(c.crash_once(m).get_timeout(Duration::from_secs(60)).unwrap(), 5);
 }
@@ -141,7 +151,10 @@ fn killed_actor_fails_its_calls_and_is_not_restarted() {
         Error::ActorDied { cause, .. } => assert!(cause.contains("killed"), "{err}"),
         other => panic!("expected ActorDied, got {other:?}"),
     }
-    assert!(rayforge::get_actor::<CounterHandle>("doomed").is_err(), "name is released");
+    assert!(
+        rayforge::get_actor::<CounterHandle>("doomed").is_err(),
+        "name is released"
+    );
 }
 
 #[test]
@@ -174,7 +187,9 @@ pub struct Rendezvous {
 #[rayforge::actor]
 impl Rendezvous {
     fn new(n: usize) -> Self {
-        Rendezvous { barrier: rayforge::__private::tokio::sync::Barrier::new(n) }
+        Rendezvous {
+            barrier: rayforge::__private::tokio::sync::Barrier::new(n),
+        }
     }
 
     async fn meet(&self, i: u32) -> u32 {

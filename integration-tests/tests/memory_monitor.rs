@@ -15,7 +15,11 @@ fn long_task() -> u32 {
 #[test]
 fn tasks_over_the_memory_threshold_are_killed_with_a_clear_error() {
     cluster_with(|c| c.memory_usage_threshold(0.0));
-    let err = long_task::options().max_retries(1).remote().get_timeout(Duration::from_secs(100)).unwrap_err();
+    let err = long_task::options()
+        .max_retries(1)
+        .remote()
+        .get_timeout(Duration::from_secs(100))
+        .unwrap_err();
     match &err {
         Error::OutOfMemory { cause, .. } => {
             assert!(cause.contains("memory usage"), "{err}");

@@ -51,7 +51,9 @@ fn store_memory_returns_to_baseline_when_references_drop() {
     let base = store_used();
     let owned_before = rayforge::owned_object_count().unwrap();
     {
-        let puts: Vec<_> = (0..5).map(|_| rayforge::put(Buffer::from(vec![1u8; 1 << 20])).unwrap()).collect();
+        let puts: Vec<_> = (0..5)
+            .map(|_| rayforge::put(Buffer::from(vec![1u8; 1 << 20])).unwrap())
+            .collect();
         let made = make_big::remote(3usize << 20);
         assert_eq!(made.get().unwrap().len(), 3 << 20);
         assert!(store_used() >= base + (8 << 20), "objects are in the store");
@@ -66,7 +68,9 @@ fn store_memory_returns_to_baseline_when_references_drop() {
         store_used(),
         base
     );
-    assert!(wait_until(Duration::from_secs(30), || rayforge::owned_object_count().unwrap() == owned_before));
+    assert!(wait_until(Duration::from_secs(30), || rayforge::owned_object_count()
+        .unwrap()
+        == owned_before));
 }
 
 #[test]

@@ -12,7 +12,9 @@ fn checksum(b: Buffer<u8>) -> u64 {
 #[test]
 fn full_store_spills_and_restores_and_oversized_objects_are_refused() {
     cluster_with(|c| c.object_store_memory(8 << 20));
-    let refs: Vec<_> = (0..6u8).map(|i| rayforge::put(Buffer::from(vec![i; 3 << 20])).unwrap()).collect();
+    let refs: Vec<_> = (0..6u8)
+        .map(|i| rayforge::put(Buffer::from(vec![i; 3 << 20])).unwrap())
+        .collect();
     let s = rayforge::store_stats().unwrap();
     assert!(s.num_spilled >= 3, "expected spilling, got {s:?}");
     assert!(s.used_bytes <= 8 << 20, "{s:?}");

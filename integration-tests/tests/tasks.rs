@@ -175,12 +175,20 @@ fn a_killed_worker_is_retried_then_reported() {
 #[test]
 fn infeasible_requests_fail_fast_with_the_reason() {
     cluster();
-    let err = add::options().num_cpus(64.0).remote(1i64, 1i64).get_timeout(Duration::from_secs(60)).unwrap_err();
+    let err = add::options()
+        .num_cpus(64.0)
+        .remote(1i64, 1i64)
+        .get_timeout(Duration::from_secs(60))
+        .unwrap_err();
     match &err {
         Error::Infeasible { detail, .. } => assert!(detail.contains("CPU: requested 64"), "{err}"),
         other => panic!("expected Infeasible, got {other:?}"),
     }
-    let err = add::options().resource("TPU", 1.0).remote(1i64, 1i64).get().unwrap_err();
+    let err = add::options()
+        .resource("TPU", 1.0)
+        .remote(1i64, 1i64)
+        .get()
+        .unwrap_err();
     assert!(matches!(err, Error::Infeasible { .. }), "{err}");
     let err = add::options().num_cpus(-1.0).remote(1i64, 1i64).get().unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
@@ -191,14 +199,19 @@ fn wait_and_get_timeout() {
     cluster();
     let fast = sleep_ms::remote(1u64);
     let slow = sleep_ms::remote(60_000u64);
-    let (ready, pending) =
-        rayforge::wait(&[slow.clone(), fast.clone()], 1, Some(Duration::from_secs(60))).unwrap();
+    let (ready, pending) = rayforge::wait(&[slow.clone(), fast.clone()], 1, Some(Duration::from_secs(60))).unwrap();
     assert_eq!(ready, vec![fast.clone()]);
     assert_eq!(pending, vec![slow.clone()]);
     let (ready, _) = rayforge::wait(&[slow.clone()], 1, Some(Duration::from_millis(50))).unwrap();
     assert!(ready.is_empty());
-    assert!(matches!(slow.get_timeout(Duration::from_millis(50)), Err(Error::GetTimeout(_))));
-    assert!(matches!(rayforge::wait(&[fast], 2, None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        slow.get_timeout(Duration::from_millis(50)),
+        Err(Error::GetTimeout(_))
+    ));
+    assert!(matches!(
+        rayforge::wait(&[fast], 2, None),
+        Err(Error::InvalidArgument(_))
+    ));
     rayforge::cancel(&slow).unwrap();
 }
 

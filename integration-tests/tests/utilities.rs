@@ -42,7 +42,10 @@ fn pool_map_keeps_order_and_imap_unordered_yields_everything() {
     let pool = Pool::new(3);
     let out = pool.map(square::remote, 0..20u64).unwrap();
     assert_eq!(out, (0..20u64).map(|x| x * x).collect::<Vec<_>>());
-    let got: HashSet<u64> = pool.imap_unordered(square::remote, 0..10u64).map(|r| r.unwrap()).collect();
+    let got: HashSet<u64> = pool
+        .imap_unordered(square::remote, 0..10u64)
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(got, (0..10u64).map(|x| x * x).collect());
 }
 
@@ -57,7 +60,10 @@ fn actor_pool_spreads_work_over_its_actors() {
     un.sort();
     assert_eq!(un, vec![3, 6, 9]);
     let empty: ActorPool<ScalerHandle> = ActorPool::new(Vec::new());
-    assert!(matches!(empty.map(|a, v: i64| a.scale(v), vec![1]), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        empty.map(|a, v: i64| a.scale(v), vec![1]),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -65,13 +71,21 @@ fn queue_passes_items_between_tasks_and_driver_in_order() {
     cluster();
     let q: Queue<String> = Queue::new(0).unwrap();
     let done = produce::remote(q.clone(), 5u32);
-    let got: Vec<String> = (0..5).map(|_| q.get_timeout(Duration::from_secs(60)).unwrap()).collect();
+    let got: Vec<String> = (0..5)
+        .map(|_| q.get_timeout(Duration::from_secs(60)).unwrap())
+        .collect();
     assert_eq!(got, (0..5).map(|i| format!("item {i}")).collect::<Vec<_>>());
     assert_eq!(done.get().unwrap(), 5);
     assert!(q.is_empty().unwrap());
-    assert!(matches!(q.get_timeout(Duration::from_millis(50)), Err(Error::GetTimeout(_))));
+    assert!(matches!(
+        q.get_timeout(Duration::from_millis(50)),
+        Err(Error::GetTimeout(_))
+    ));
     let bounded: Queue<u8> = Queue::new(1).unwrap();
     bounded.put(1).unwrap();
-    assert!(matches!(bounded.put_timeout(2, Duration::from_millis(50)), Err(Error::GetTimeout(_))));
+    assert!(matches!(
+        bounded.put_timeout(2, Duration::from_millis(50)),
+        Err(Error::GetTimeout(_))
+    ));
     assert_eq!(bounded.get().unwrap(), 1);
 }

@@ -39,7 +39,9 @@ fn result_inner(ty: &Type) -> Option<Type> {
     if seg.ident != "Result" {
         return None;
     }
-    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else { return None };
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return None;
+    };
     match a.args.first()? {
         syn::GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
@@ -56,12 +58,16 @@ fn ret_info(out: &ReturnType, num_returns: usize) -> syn::Result<RetInfo> {
         None => (ty.clone(), false),
     };
     if num_returns == 1 {
-        return Ok(RetInfo { types: vec![inner], fallible });
+        return Ok(RetInfo {
+            types: vec![inner],
+            fallible,
+        });
     }
     match &inner {
-        Type::Tuple(t) if t.elems.len() == num_returns => {
-            Ok(RetInfo { types: t.elems.iter().cloned().collect(), fallible })
-        }
+        Type::Tuple(t) if t.elems.len() == num_returns => Ok(RetInfo {
+            types: t.elems.iter().cloned().collect(),
+            fallible,
+        }),
         other => Err(syn::Error::new(
             other.span(),
             format!("num_returns = {num_returns} needs a tuple return type with {num_returns} elements"),
@@ -77,7 +83,10 @@ fn args_of(inputs: &Punctuated<FnArg, Token![,]>) -> syn::Result<Vec<(syn::Ident
             FnArg::Receiver(_) => {}
             FnArg::Typed(pt) => {
                 let Pat::Ident(id) = &*pt.pat else {
-                    return Err(syn::Error::new(pt.pat.span(), "remote arguments must be plain identifiers"));
+                    return Err(syn::Error::new(
+                        pt.pat.span(),
+                        "remote arguments must be plain identifiers",
+                    ));
                 };
                 if let Type::Reference(r) = &*pt.ty {
                     return Err(syn::Error::new(
@@ -129,7 +138,11 @@ fn encode_returns(r: &RetInfo) -> TokenStream2 {
 fn caller_returns(r: &RetInfo) -> (TokenStream2, TokenStream2, TokenStream2) {
     if r.types.len() == 1 {
         let t = &r.types[0];
-        (quote! { ::rayforge::ObjectRef<#t> }, quote! { #t }, quote! { ::rayforge::__private::single(__refs) })
+        (
+            quote! { ::rayforge::ObjectRef<#t> },
+            quote! { #t },
+            quote! { ::rayforge::__private::single(__refs) },
+        )
     } else {
         let ts = &r.types;
         let idx = 0..ts.len();
@@ -172,10 +185,16 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
     let num_returns = parse_num_returns(attr)?;
     if !f.sig.generics.params.is_empty() {
-        return Err(syn::Error::new(f.sig.generics.span(), "remote functions cannot be generic"));
+        return Err(syn::Error::new(
+            f.sig.generics.span(),
+            "remote functions cannot be generic",
+        ));
     }
     if f.sig.asyncness.is_some() {
-        return Err(syn::Error::new(f.sig.span(), "remote functions must be synchronous (use an async actor)"));
+        return Err(syn::Error::new(
+            f.sig.span(),
+            "remote functions must be synchronous (use an async actor)",
+        ));
     }
     let name = &f.sig.ident;
     let vis = &f.vis;
@@ -255,9 +274,12 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[actor] takes no options; set them with Type::options()")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(
+            Span::call_site(),
+            "#[actor] takes no options; set them with Type::options()",
+        )
+        .to_compile_error()
+        .into();
     }
     let item2: TokenStream2 = item.clone().into();
     if let Ok(s) = syn::parse::<ItemStruct>(item.clone()) {
@@ -327,12 +349,23 @@ struct Method {
 
 fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
     if imp.trait_.is_some() {
-        return Err(syn::Error::new(imp.span(), "#[actor] goes on the inherent impl block, not a trait impl"));
+        return Err(syn::Error::new(
+            imp.span(),
+            "#[actor] goes on the inherent impl block, not a trait impl",
+        ));
     }
     let Type::Path(tp) = &*imp.self_ty else {
-        return Err(syn::Error::new(imp.self_ty.span(), "#[actor] impl must be for a named struct"));
+        return Err(syn::Error::new(
+            imp.self_ty.span(),
+            "#[actor] impl must be for a named struct",
+        ));
     };
-    let name = tp.path.segments.last().map(|s| s.ident.clone()).ok_or_else(|| syn::Error::new(tp.span(), "no type"))?;
+    let name = tp
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.clone())
+        .ok_or_else(|| syn::Error::new(tp.span(), "no type"))?;
     let handle = format_ident!("{}Handle", name);
     let options = format_ident!("{}Options", name);
     let class_static = format_ident!("__RAYFORGE_CLASS_{}", name);
@@ -369,7 +402,10 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         });
     }
     let ctor_args = ctor_args.ok_or_else(|| {
-        syn::Error::new(imp.span(), "an actor needs a constructor `fn new(...) -> Self` in its #[actor] impl block")
+        syn::Error::new(
+            imp.span(),
+            "an actor needs a constructor `fn new(...) -> Self` in its #[actor] impl block",
+        )
     })?;
     let is_async = methods.iter().any(|m| m.is_async);
     let c_names: Vec<_> = ctor_args.iter().map(|(n, _)| n).collect();
@@ -383,8 +419,16 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let encode = encode_returns(&m.ret);
         let call = if is_async {
-            let lock = if m.mutable { quote! { __cell.write().await } } else { quote! { __cell.read().await } };
-            let aw = if m.is_async { quote! { .await } } else { quote! {} };
+            let lock = if m.mutable {
+                quote! { __cell.write().await }
+            } else {
+                quote! { __cell.read().await }
+            };
+            let aw = if m.is_async {
+                quote! { .await }
+            } else {
+                quote! {}
+            };
             quote! {{ let mut __g = #lock; __g.#mname(#(#names),*) #aw }}
         } else {
             quote! { __self.#mname(#(#names),*) }

@@ -39,6 +39,9 @@ impl ActorState {
 pub(crate) struct ActorEntry {
     pub(crate) class_name: String,
     pub(crate) name: String,
+    /// Recorded for the cluster control service; in the embedded cluster
+    /// every actor ends with the driver.
+    #[allow(dead_code)]
     pub(crate) detached: bool,
     pub(crate) state: ActorState,
     pub(crate) addr: String,
@@ -50,6 +53,7 @@ pub(crate) struct ActorEntry {
     pub(crate) max_restarts: i32,
     pub(crate) creation: proto::TaskSpec,
     pub(crate) resources: Resources,
+    #[allow(dead_code)]
     pub(crate) owner_id: u64,
     pub(crate) version: watch::Sender<u64>,
 }

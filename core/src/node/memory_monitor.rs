@@ -26,7 +26,10 @@ pub(crate) fn parse_meminfo(text: &str) -> Option<MemInfo> {
             .and_then(|v| v.parse::<u64>().ok())
             .map(|kb| kb * 1024)
     };
-    Some(MemInfo { total: field("MemTotal:")?, available: field("MemAvailable:")? })
+    Some(MemInfo {
+        total: field("MemTotal:")?,
+        available: field("MemAvailable:")?,
+    })
 }
 
 pub(crate) fn read_meminfo() -> Option<MemInfo> {

@@ -46,8 +46,17 @@ impl SessionPaths {
         let root = if shm.is_dir() { shm } else { std::env::temp_dir() };
         let tag = format!("rayforge-{}-{}", std::process::id(), &ObjectId::for_put().hex()[..8]);
         let dir = root.join(&tag);
-        let spill = cfg.spill_dir.clone().unwrap_or_else(std::env::temp_dir).join(format!("{tag}-spill"));
-        SessionPaths { store: dir.join("objects"), node_sock: dir.join("node.sock"), spill, dir }
+        let spill = cfg
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join(format!("{tag}-spill"));
+        SessionPaths {
+            store: dir.join("objects"),
+            node_sock: dir.join("node.sock"),
+            spill,
+            dir,
+        }
     }
 
     pub(crate) fn worker_sock(dir: &std::path::Path, worker_id: u64) -> PathBuf {
@@ -60,8 +69,12 @@ fn remove_stale_sessions(root: &std::path::Path) {
     let Ok(rd) = std::fs::read_dir(root) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix("rayforge-") else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix("rayforge-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -92,7 +105,8 @@ fn detect_gpus() -> f64 {
     rd.flatten()
         .filter(|e| {
             let n = e.file_name().to_string_lossy().to_string();
-            n.strip_prefix("nvidia").is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
+            n.strip_prefix("nvidia")
+                .is_some_and(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_digit()))
         })
         .count() as f64
 }
@@ -105,9 +119,11 @@ impl NodeDaemon {
             remove_stale_sessions(parent);
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
-        let cpus = cfg
-            .num_cpus
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
+        let cpus = cfg.num_cpus.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        });
         let mut total: Resources = cfg.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
         total.insert("CPU".into(), cpus);
         total.insert("GPU".into(), cfg.num_gpus.unwrap_or_else(detect_gpus));
@@ -136,7 +152,11 @@ impl NodeDaemon {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         daemon.spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
                 tracing::error!("node service stopped: {e}");
             }
         });
@@ -203,7 +223,8 @@ impl NodeDaemon {
                 Action::KillWorker { worker_id, pid } => {
                     tracing::debug!(worker_id, pid, "stopping worker");
                     if let Some(w) = self.state.sched.lock().workers.get_mut(&worker_id) {
-                        w.exit_cause.get_or_insert_with(|| "stopped by the node (idle or released)".into());
+                        w.exit_cause
+                            .get_or_insert_with(|| "stopped by the node (idle or released)".into());
                     }
                     kill_pid(pid);
                 }
@@ -256,15 +277,21 @@ impl NodeDaemon {
         if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let (lease, acts) = self.state.sched.lock().worker_exited(worker_id, cause.clone());
+        let (_lease, acts) = self.state.sched.lock().worker_exited(worker_id, cause.clone());
         tracing::debug!(worker_id, %cause, "worker exited");
         self.apply(acts);
         let actor = self.state.actors.lock().by_worker.get(&worker_id).copied();
         if let Some(actor_id) = actor {
-            let cause = self.state.sched.lock().workers.get(&worker_id).and_then(|w| w.exit_cause.clone()).unwrap_or(cause);
+            let cause = self
+                .state
+                .sched
+                .lock()
+                .workers
+                .get(&worker_id)
+                .and_then(|w| w.exit_cause.clone())
+                .unwrap_or(cause);
             self.actor_process_died(actor_id, cause);
         }
-        drop(lease);
     }
 
     fn actor_process_died(&self, id: ActorId, cause: String) {
@@ -290,7 +317,11 @@ impl NodeDaemon {
                 let msg = format!(
                     "its process died ({cause}); it was restarted {} of {} times",
                     a.num_restarts,
-                    if a.max_restarts < 0 { "unlimited".to_string() } else { a.max_restarts.to_string() }
+                    if a.max_restarts < 0 {
+                        "unlimited".to_string()
+                    } else {
+                        a.max_restarts.to_string()
+                    }
                 );
                 t.mark_dead(&id, msg);
                 false
@@ -322,7 +353,10 @@ impl NodeDaemon {
             let grant = match rx.await {
                 Ok(Ok(g)) => g,
                 Ok(Err(e)) => {
-                    d.state.actors.lock().mark_dead(&id, format!("cannot be scheduled: {e}"));
+                    d.state
+                        .actors
+                        .lock()
+                        .mark_dead(&id, format!("cannot be scheduled: {e}"));
                     return;
                 }
                 Err(_) => return,
@@ -358,7 +392,10 @@ impl NodeDaemon {
                     }
                 }
                 Err(CreationError::UserError(e)) => {
-                    d.state.actors.lock().mark_dead(&id, format!("its constructor failed: {e}"));
+                    d.state
+                        .actors
+                        .lock()
+                        .mark_dead(&id, format!("its constructor failed: {e}"));
                     let acts = d.state.sched.lock().return_lease(grant.lease_id, true);
                     d.apply(acts);
                 }
@@ -373,7 +410,9 @@ impl NodeDaemon {
 
     /// Stops every worker and removes the session's files.
     pub(crate) fn shutdown(&self) {
-        self.state.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let pids: Vec<u32> = self.state.children.lock().values().copied().collect();
         for pid in pids {
             kill_pid(pid);
@@ -384,11 +423,16 @@ impl NodeDaemon {
     }
 
     fn handle_create_actor(&self, req: proto::CreateActorRequest) -> Result<()> {
-        let spec = req.creation.ok_or_else(|| Error::InvalidArgument("actor creation without a spec".into()))?;
+        let spec = req
+            .creation
+            .ok_or_else(|| Error::InvalidArgument("actor creation without a spec".into()))?;
         let id = ActorId::from_bytes(&spec.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
         let resources: Resources = req.resources.into_iter().collect();
         if let Some(why) = scheduler::infeasibility(&self.state.sched.lock().total, &resources) {
-            return Err(Error::Infeasible { function: spec.display_name.clone(), detail: why });
+            return Err(Error::Infeasible {
+                function: spec.display_name.clone(),
+                detail: why,
+            });
         }
         {
             let mut t = self.state.actors.lock();
@@ -429,14 +473,19 @@ impl NodeDaemon {
     async fn handle_actor_info(&self, req: proto::GetActorInfoRequest) -> Result<proto::GetActorInfoReply> {
         let id = if !req.name.is_empty() {
             let t = self.state.actors.lock();
-            *t.names.get(&req.name).ok_or_else(|| Error::NotFound(format!("no live actor is named `{}`", req.name)))?
+            *t.names
+                .get(&req.name)
+                .ok_or_else(|| Error::NotFound(format!("no live actor is named `{}`", req.name)))?
         } else {
             ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?
         };
         loop {
             let mut rx = {
                 let t = self.state.actors.lock();
-                let a = t.actors.get(&id).ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
+                let a = t
+                    .actors
+                    .get(&id)
+                    .ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
                 let done = !req.wait_alive
                     || a.state == ActorState::Dead
                     || (a.state == ActorState::Alive && a.incarnation > req.after_incarnation);
@@ -455,7 +504,10 @@ impl NodeDaemon {
         let id = ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
         let (worker, lease) = {
             let mut t = self.state.actors.lock();
-            let a = t.actors.get_mut(&id).ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
+            let a = t
+                .actors
+                .get_mut(&id)
+                .ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
             let w = a.worker_id;
             let l = a.lease_id;
             if req.no_restart {
@@ -476,7 +528,7 @@ impl NodeDaemon {
                 kill_pid(pid);
             }
         }
-        drop(lease);
+        let _ = lease;
         Ok(())
     }
 }
@@ -487,7 +539,9 @@ enum CreationError {
 }
 
 async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result<(), CreationError> {
-    let ch = crate::rpc::uds_connect(addr).await.map_err(|e| CreationError::Transport(e.to_string()))?;
+    let ch = crate::rpc::uds_connect(addr)
+        .await
+        .map_err(|e| CreationError::Transport(e.to_string()))?;
     let mut client = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -640,7 +694,9 @@ impl NodeService for NodeDaemon {
         let res = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, r.size))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(proto::CreateObjectReply { error: res.err().map(|e| e.to_proto()) }))
+        Ok(Response::new(proto::CreateObjectReply {
+            error: res.err().map(|e| e.to_proto()),
+        }))
     }
 
     async fn restore_object(
@@ -652,14 +708,21 @@ impl NodeService for NodeDaemon {
         let res = tokio::task::spawn_blocking(move || d.state.store.lock().restore(id))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(proto::RestoreObjectReply { error: res.err().map(|e| e.to_proto()) }))
+        Ok(Response::new(proto::RestoreObjectReply {
+            error: res.err().map(|e| e.to_proto()),
+        }))
     }
 
     async fn free_objects(
         &self,
         req: Request<proto::FreeObjectsRequest>,
     ) -> std::result::Result<Response<proto::FreeObjectsReply>, Status> {
-        let ids: Vec<ObjectId> = req.into_inner().ids.iter().filter_map(|b| ObjectId::from_bytes(b)).collect();
+        let ids: Vec<ObjectId> = req
+            .into_inner()
+            .ids
+            .iter()
+            .filter_map(|b| ObjectId::from_bytes(b))
+            .collect();
         let d = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = d.state.store.lock();
@@ -702,7 +765,10 @@ impl NodeService for NodeDaemon {
     ) -> std::result::Result<Response<proto::GetActorInfoReply>, Status> {
         match self.handle_actor_info(req.into_inner()).await {
             Ok(r) => Ok(Response::new(r)),
-            Err(e) => Ok(Response::new(proto::GetActorInfoReply { error: Some(e.to_proto()), ..Default::default() })),
+            Err(e) => Ok(Response::new(proto::GetActorInfoReply {
+                error: Some(e.to_proto()),
+                ..Default::default()
+            })),
         }
     }
 
@@ -722,10 +788,13 @@ impl NodeService for NodeDaemon {
         Ok(Response::new(proto::NodeInfoReply {
             total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            num_workers: s.workers.values().filter(|w| w.state != scheduler::WorkerState::Dead).count() as u32,
+            num_workers: s
+                .workers
+                .values()
+                .filter(|w| w.state != scheduler::WorkerState::Dead)
+                .count() as u32,
             num_idle_workers: s.idle_count() as u32,
             pending_leases: s.pending_count() as u32,
         }))
     }
 }
-

@@ -88,7 +88,8 @@ pub(crate) struct Scheduler {
 }
 
 fn fits(avail: &Resources, req: &Resources) -> bool {
-    req.iter().all(|(k, v)| *v <= EPS || avail.get(k).copied().unwrap_or(0.0) + EPS >= *v)
+    req.iter()
+        .all(|(k, v)| *v <= EPS || avail.get(k).copied().unwrap_or(0.0) + EPS >= *v)
 }
 
 /// Describes why `req` can never fit in `total`, or `None` when it can.
@@ -131,7 +132,10 @@ impl Scheduler {
     /// Queues a lease request, or answers it at once when it can never fit.
     pub(crate) fn request(&mut self, req: LeaseRequest) -> Vec<Action> {
         if let Some(why) = infeasibility(&self.total, &req.resources) {
-            let _ = req.reply.send(Err(Error::Infeasible { function: req.display_name.clone(), detail: why }));
+            let _ = req.reply.send(Err(Error::Infeasible {
+                function: req.display_name.clone(),
+                detail: why,
+            }));
             return Vec::new();
         }
         self.pending.push_back(req);
@@ -155,7 +159,9 @@ impl Scheduler {
 
     /// A started worker is up and serving at `addr`.
     pub(crate) fn worker_registered(&mut self, worker_id: u64, addr: String) -> Vec<Action> {
-        let Some(w) = self.workers.get_mut(&worker_id) else { return Vec::new() };
+        let Some(w) = self.workers.get_mut(&worker_id) else {
+            return Vec::new();
+        };
         if w.state != WorkerState::Starting {
             return Vec::new();
         }
@@ -170,7 +176,9 @@ impl Scheduler {
     pub(crate) fn start_failed(&mut self, why: String) {
         self.starting = self.starting.saturating_sub(1);
         if let Some(req) = self.pending.pop_front() {
-            let _ = req.reply.send(Err(Error::Runtime(format!("cannot start a worker process: {why}"))));
+            let _ = req
+                .reply
+                .send(Err(Error::Runtime(format!("cannot start a worker process: {why}"))));
         }
     }
 
@@ -220,7 +228,12 @@ impl Scheduler {
             self.next_lease += 1;
             let w = self.workers.get_mut(&worker_id).expect("idle worker is in the table");
             w.state = WorkerState::Leased(lease_id);
-            let grant = Grant { lease_id, worker_id, worker_addr: w.addr.clone(), gpu_ids: gpu_ids.clone() };
+            let grant = Grant {
+                lease_id,
+                worker_id,
+                worker_addr: w.addr.clone(),
+                gpu_ids: gpu_ids.clone(),
+            };
             self.leases.insert(
                 lease_id,
                 LeaseInfo {
@@ -248,7 +261,9 @@ impl Scheduler {
     /// Ends a lease; the worker goes back to the idle pool (or is killed when
     /// `disconnect`).
     pub(crate) fn return_lease(&mut self, lease_id: u64, disconnect: bool) -> Vec<Action> {
-        let Some(lease) = self.leases.remove(&lease_id) else { return Vec::new() };
+        let Some(lease) = self.leases.remove(&lease_id) else {
+            return Vec::new();
+        };
         let mut actions = Vec::new();
         let blocked = self.workers.get(&lease.worker_id).map(|w| w.blocked).unwrap_or(false);
         self.release_resources(&lease, blocked);
@@ -256,7 +271,10 @@ impl Scheduler {
             w.blocked = false;
             if w.state == WorkerState::Leased(lease_id) {
                 if disconnect {
-                    actions.push(Action::KillWorker { worker_id: lease.worker_id, pid: w.pid });
+                    actions.push(Action::KillWorker {
+                        worker_id: lease.worker_id,
+                        pid: w.pid,
+                    });
                 } else {
                     w.state = WorkerState::Idle(Instant::now());
                     self.idle.push_back(lease.worker_id);
@@ -270,13 +288,21 @@ impl Scheduler {
     /// A worker blocked in `get` lends its CPUs back (and takes them again
     /// when unblocked), so nested tasks cannot deadlock the node.
     pub(crate) fn set_blocked(&mut self, worker_id: u64, blocked: bool) -> Vec<Action> {
-        let Some(w) = self.workers.get_mut(&worker_id) else { return Vec::new() };
-        let WorkerState::Leased(lease_id) = w.state else { return Vec::new() };
+        let Some(w) = self.workers.get_mut(&worker_id) else {
+            return Vec::new();
+        };
+        let WorkerState::Leased(lease_id) = w.state else {
+            return Vec::new();
+        };
         if w.blocked == blocked {
             return Vec::new();
         }
         w.blocked = blocked;
-        let cpus = self.leases.get(&lease_id).and_then(|l| l.resources.get("CPU").copied()).unwrap_or(0.0);
+        let cpus = self
+            .leases
+            .get(&lease_id)
+            .and_then(|l| l.resources.get("CPU").copied())
+            .unwrap_or(0.0);
         let avail = self.available.entry("CPU".into()).or_insert(0.0);
         if blocked {
             *avail += cpus;
@@ -288,7 +314,9 @@ impl Scheduler {
 
     /// A worker process exited. Returns the lease it held, if any.
     pub(crate) fn worker_exited(&mut self, worker_id: u64, cause: String) -> (Option<LeaseInfo>, Vec<Action>) {
-        let Some(w) = self.workers.get_mut(&worker_id) else { return (None, Vec::new()) };
+        let Some(w) = self.workers.get_mut(&worker_id) else {
+            return (None, Vec::new());
+        };
         let prev = std::mem::replace(&mut w.state, WorkerState::Dead);
         if w.exit_cause.is_none() {
             w.exit_cause = Some(cause);
@@ -323,7 +351,10 @@ impl Scheduler {
             match w.state {
                 WorkerState::Idle(since) if now.duration_since(since) >= self.idle_timeout => {
                     self.idle.pop_front();
-                    actions.push(Action::KillWorker { worker_id: id, pid: w.pid });
+                    actions.push(Action::KillWorker {
+                        worker_id: id,
+                        pid: w.pid,
+                    });
                 }
                 _ => break,
             }
@@ -356,7 +387,16 @@ mod tests {
 
     fn req(cpu: f64) -> (LeaseRequest, oneshot::Receiver<LeaseResult>) {
         let (tx, rx) = oneshot::channel();
-        (LeaseRequest { resources: res(cpu), retriable: true, for_actor: None, display_name: "f".into(), reply: tx }, rx)
+        (
+            LeaseRequest {
+                resources: res(cpu),
+                retriable: true,
+                for_actor: None,
+                display_name: "f".into(),
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {

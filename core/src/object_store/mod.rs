@@ -43,7 +43,7 @@ enum Where {
 }
 
 /// The daemon's side of the store: capacity accounting, spilling, restoring.
-pub struct StoreManager {
+pub(crate) struct StoreManager {
     shm_dir: PathBuf,
     spill_dir: PathBuf,
     capacity: u64,
@@ -54,13 +54,13 @@ pub struct StoreManager {
 }
 
 /// Path of an object's file in a store directory.
-pub fn object_path(dir: &Path, id: &ObjectId) -> PathBuf {
+pub(crate) fn object_path(dir: &Path, id: &ObjectId) -> PathBuf {
     dir.join(id.hex())
 }
 
 impl StoreManager {
     /// Creates the store's directories.
-    pub fn new(shm_dir: PathBuf, spill_dir: PathBuf, capacity: u64) -> Result<StoreManager> {
+    pub(crate) fn new(shm_dir: PathBuf, spill_dir: PathBuf, capacity: u64) -> Result<StoreManager> {
         fs::create_dir_all(&shm_dir).map_err(|e| Error::io(format!("creating store dir {}", shm_dir.display()), e))?;
         fs::create_dir_all(&spill_dir)
             .map_err(|e| Error::io(format!("creating spill dir {}", spill_dir.display()), e))?;
@@ -70,18 +70,22 @@ impl StoreManager {
             capacity,
             objects: HashMap::new(),
             order: VecDeque::new(),
-            stats: StoreStats { capacity_bytes: capacity, ..Default::default() },
+            stats: StoreStats {
+                capacity_bytes: capacity,
+                ..Default::default()
+            },
         })
     }
 
     /// The directory writers and readers use.
-    pub fn dir(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
         &self.shm_dir
     }
 
     /// Reserves `size` bytes for a new object, spilling the oldest objects to
     /// disk when the store would go over capacity.
-    pub fn reserve(&mut self, id: ObjectId, size: u64) -> Result<()> {
+    pub(crate) fn reserve(&mut self, id: ObjectId, size: u64) -> Result<()> {
         if self.objects.contains_key(&id) {
             return Ok(()); // a retried task writing the same return again
         }
@@ -151,9 +155,12 @@ impl StoreManager {
 
     /// Brings a spilled object back into shared memory (spilling others if
     /// needed). A no-op for an object already in memory.
-    pub fn restore(&mut self, id: ObjectId) -> Result<()> {
+    pub(crate) fn restore(&mut self, id: ObjectId) -> Result<()> {
         let Some((size, place)) = self.objects.get(&id).copied() else {
-            return Err(Error::ObjectLost { id: id.hex(), cause: "not in this node's object store".into() });
+            return Err(Error::ObjectLost {
+                id: id.hex(),
+                cause: "not in this node's object store".into(),
+            });
         };
         if place == Where::Memory {
             return Ok(());
@@ -177,8 +184,10 @@ impl StoreManager {
 
     /// Deletes an object wherever it is. Readers that mapped it keep their
     /// mapping until they drop it.
-    pub fn free(&mut self, id: ObjectId) {
-        let Some((size, place)) = self.objects.remove(&id) else { return };
+    pub(crate) fn free(&mut self, id: ObjectId) {
+        let Some((size, place)) = self.objects.remove(&id) else {
+            return;
+        };
         match place {
             Where::Memory => {
                 let _ = fs::remove_file(object_path(&self.shm_dir, &id));
@@ -195,7 +204,7 @@ impl StoreManager {
     }
 
     /// Current usage.
-    pub fn stats(&self) -> StoreStats {
+    pub(crate) fn stats(&self) -> StoreStats {
         self.stats
     }
 }
@@ -203,7 +212,7 @@ impl StoreManager {
 /// Writes an encoded object into the store directory: to a temporary name
 /// first, renamed into place when complete, so readers never see half an
 /// object. Space must have been reserved with the daemon.
-pub fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<()> {
+pub(crate) fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<()> {
     let path = object_path(dir, id);
     let tmp = dir.join(format!("{}.{}.tmp", id.hex(), std::process::id()));
     let ctx = || format!("writing object {} to {}", id.hex(), tmp.display());
@@ -218,8 +227,8 @@ pub fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<()> {
     if len >= 1 << 20 {
         file.set_len(len as u64).map_err(|e| Error::io(ctx(), e))?;
         // SAFETY: the file is private to this process until renamed.
-        let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
-            .map_err(|e| Error::io(ctx(), e))?;
+        let mut map =
+            unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }.map_err(|e| Error::io(ctx(), e))?;
         enc.write_to(&mut map);
     } else {
         let mut f = file;
@@ -231,7 +240,7 @@ pub fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<()> {
 
 /// Maps an object read-only, or `None` when it is not in shared memory (it
 /// was spilled, or not written yet).
-pub fn map_object(dir: &Path, id: &ObjectId) -> Result<Option<ObjectBytes>> {
+pub(crate) fn map_object(dir: &Path, id: &ObjectId) -> Result<Option<ObjectBytes>> {
     let path = object_path(dir, id);
     let file = match fs::File::open(&path) {
         Ok(f) => f,
@@ -272,7 +281,10 @@ mod tests {
         let s = m.stats();
         assert_eq!(s.num_spilled, 1, "{s:?}");
         assert!(s.used_bytes <= 10_000);
-        assert!(map_object(m.dir(), &a).unwrap().is_none(), "oldest object must be spilled");
+        assert!(
+            map_object(m.dir(), &a).unwrap().is_none(),
+            "oldest object must be spilled"
+        );
         m.restore(a).unwrap();
         let bytes = map_object(m.dir(), &a).unwrap().unwrap();
         let back: Buffer<u8> = decode(&bytes).unwrap();
@@ -284,7 +296,10 @@ mod tests {
             m.free(id);
         }
         let s = m.stats();
-        assert_eq!((s.used_bytes, s.spilled_bytes, s.num_objects, s.num_spilled), (0, 0, 0, 0));
+        assert_eq!(
+            (s.used_bytes, s.spilled_bytes, s.num_objects, s.num_spilled),
+            (0, 0, 0, 0)
+        );
         assert_eq!(fs::read_dir(base.join("shm")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(base.join("spill")).unwrap().count(), 0);
         let _ = fs::remove_dir_all(base);
@@ -295,7 +310,10 @@ mod tests {
         let (mut m, base) = store(1000);
         let err = m.reserve(ObjectId::for_put(), 5000).unwrap_err();
         assert!(matches!(err, Error::ObjectStoreFull(_)));
-        assert!(err.to_string().contains("5000") && err.to_string().contains("1000"), "{err}");
+        assert!(
+            err.to_string().contains("5000") && err.to_string().contains("1000"),
+            "{err}"
+        );
         assert_eq!(m.stats().used_bytes, 0);
         let _ = fs::remove_dir_all(base);
     }

@@ -33,7 +33,11 @@ impl<H> ActorPool<H> {
     }
 
     /// Runs `f(actor, value)` for every value; results in input order.
-    pub fn map<V, R: Value>(&self, f: impl Fn(&H, V) -> ObjectRef<R>, values: impl IntoIterator<Item = V>) -> Result<Vec<R>> {
+    pub fn map<V, R: Value>(
+        &self,
+        f: impl Fn(&H, V) -> ObjectRef<R>,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<Vec<R>> {
         let mut out: Vec<Option<R>> = Vec::new();
         for (i, r) in self.run(f, values, true)? {
             if out.len() <= i {
@@ -41,7 +45,9 @@ impl<H> ActorPool<H> {
             }
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.ok_or_else(|| Error::Internal("actor pool lost a result".into()))).collect()
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| Error::Internal("actor pool lost a result".into())))
+            .collect()
     }
 
     /// Runs `f(actor, value)` for every value; results in completion order.

@@ -23,11 +23,17 @@ pub struct Pool {
 impl Pool {
     /// A pool running at most `processes` tasks at once (at least 1).
     pub fn new(processes: usize) -> Pool {
-        Pool { processes: processes.max(1) }
+        Pool {
+            processes: processes.max(1),
+        }
     }
 
     /// Applies `submit` to every input and returns the results in input order.
-    pub fn map<A, R: Value>(&self, submit: impl Fn(A) -> ObjectRef<R>, inputs: impl IntoIterator<Item = A>) -> Result<Vec<R>> {
+    pub fn map<A, R: Value>(
+        &self,
+        submit: impl Fn(A) -> ObjectRef<R>,
+        inputs: impl IntoIterator<Item = A>,
+    ) -> Result<Vec<R>> {
         let mut inputs = inputs.into_iter();
         let mut inflight: VecDeque<ObjectRef<R>> = VecDeque::new();
         let mut out = Vec::new();
@@ -51,7 +57,12 @@ impl Pool {
         submit: F,
         inputs: impl IntoIterator<Item = A, IntoIter = I>,
     ) -> ImapUnordered<A, R, I, F> {
-        ImapUnordered { processes: self.processes, inputs: inputs.into_iter(), submit, inflight: Vec::new() }
+        ImapUnordered {
+            processes: self.processes,
+            inputs: inputs.into_iter(),
+            submit,
+            inflight: Vec::new(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{Error, Result, Value};
 
 /// The actor behind [`Queue`]: encoded items, bounded by `maxsize`.
 #[crate::actor]
-pub struct QueueActor {
+pub(crate) struct QueueActor {
     items: parking_lot::Mutex<VecDeque<Vec<u8>>>,
     maxsize: usize,
     changed: Notify,
@@ -21,7 +21,11 @@ pub struct QueueActor {
 #[crate::actor]
 impl QueueActor {
     fn new(maxsize: usize) -> Self {
-        QueueActor { items: parking_lot::Mutex::new(VecDeque::new()), maxsize, changed: Notify::new() }
+        QueueActor {
+            items: parking_lot::Mutex::new(VecDeque::new()),
+            maxsize,
+            changed: Notify::new(),
+        }
     }
 
     /// Appends an item, waiting up to `timeout_ms` for room (0: fail at once
@@ -83,7 +87,10 @@ pub struct Queue<T> {
 
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue { actor: self.actor.clone(), _t: PhantomData }
+        Queue {
+            actor: self.actor.clone(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -93,7 +100,10 @@ const FOREVER_MS: u64 = 365 * 24 * 3600 * 1000;
 impl<T: Value> Queue<T> {
     /// A new queue holding at most `maxsize` items (0: unbounded).
     pub fn new(maxsize: usize) -> Result<Queue<T>> {
-        Ok(Queue { actor: QueueActor::options().max_concurrency(10_000).remote(maxsize)?, _t: PhantomData })
+        Ok(Queue {
+            actor: QueueActor::options().max_concurrency(10_000).remote(maxsize)?,
+            _t: PhantomData,
+        })
     }
 
     /// Appends an item, blocking while the queue is full.

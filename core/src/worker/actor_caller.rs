@@ -51,14 +51,23 @@ impl ActorCaller {
             tx
         });
         if let Err(mpsc::error::SendError(call)) = tx.send(call) {
-            fail_returns(cw, &call.return_ids(), &Error::Internal("actor call loop stopped".into()));
+            fail_returns(
+                cw,
+                &call.return_ids(),
+                &Error::Internal("actor call loop stopped".into()),
+            );
         }
     }
 }
 
 type Inflight = Arc<Mutex<(HashMap<Vec<u8>, ActorCall>, Vec<Vec<u8>>)>>;
 
-async fn actor_info(cw: &CoreWorker, actor: ActorId, wait: bool, after: u64) -> Result<proto::GetActorInfoReply, Error> {
+async fn actor_info(
+    cw: &CoreWorker,
+    actor: ActorId,
+    wait: bool,
+    after: u64,
+) -> Result<proto::GetActorInfoReply, Error> {
     let r = cw
         .node
         .clone()
@@ -86,8 +95,14 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
             Ok(i) if i.state == proto::ActorState::Alive as i32 => i,
             other => {
                 let err = match other {
-                    Ok(i) => Error::ActorDied { actor: i.class_name, cause: i.death_cause },
-                    Err(e) => Error::ActorDied { actor: actor.to_string(), cause: e.to_string() },
+                    Ok(i) => Error::ActorDied {
+                        actor: i.class_name,
+                        cause: i.death_cause,
+                    },
+                    Err(e) => Error::ActorDied {
+                        actor: actor.to_string(),
+                        cause: e.to_string(),
+                    },
                 };
                 for c in resend.drain(..) {
                     fail_returns(&cw, &c.return_ids(), &err);
@@ -102,7 +117,11 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
         let inflight: Inflight = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
         let (stx, srx) = mpsc::channel::<proto::PushTaskRequest>(256);
         let stream = match cw.peer(&info.addr) {
-            Ok(mut c) => c.push_tasks(ReceiverStream::new(srx)).await.ok().map(|r| r.into_inner()),
+            Ok(mut c) => c
+                .push_tasks(ReceiverStream::new(srx))
+                .await
+                .ok()
+                .map(|r| r.into_inner()),
             Err(_) => None,
         };
         let Some(mut replies) = stream else {
@@ -155,7 +174,9 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
                 }
             }
             let tid = call.spec.task_id.clone();
-            let req = proto::PushTaskRequest { spec: Some(call.spec.clone()) };
+            let req = proto::PushTaskRequest {
+                spec: Some(call.spec.clone()),
+            };
             {
                 let mut g = inflight.lock();
                 g.1.push(tid.clone());
@@ -181,7 +202,10 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
                 }
                 retry.push(c);
             } else {
-                let err = Error::ActorDied { actor: info.class_name.clone(), cause: cause.clone() };
+                let err = Error::ActorDied {
+                    actor: info.class_name.clone(),
+                    cause: cause.clone(),
+                };
                 fail_returns(&cw, &c.return_ids(), &err);
             }
         }

@@ -56,7 +56,10 @@ fn install_panic_hook() {
         } else {
             "panic with a non-string payload".to_string()
         };
-        let loc = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
         let text = format!("panicked at {loc}: {msg}");
         eprintln!("rayforge worker {}: {text}", std::process::id());
         LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
@@ -64,21 +67,39 @@ fn install_panic_hook() {
 }
 
 fn panic_message() -> String {
-    LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "panicked".into())
+    LAST_PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| "panicked".into())
 }
 
 fn reply_err(spec: &proto::TaskSpec, e: Error) -> proto::PushTaskReply {
-    proto::PushTaskReply { task_id: spec.task_id.clone(), returns: Vec::new(), error: Some(e.to_proto()), num_generated: 0 }
+    proto::PushTaskReply {
+        task_id: spec.task_id.clone(),
+        returns: Vec::new(),
+        error: Some(e.to_proto()),
+        num_generated: 0,
+    }
 }
 
 fn failed(spec: &proto::TaskSpec, message: String) -> Error {
-    Error::TaskFailed { function: spec.display_name.clone(), message }
+    Error::TaskFailed {
+        function: spec.display_name.clone(),
+        message,
+    }
 }
 
 impl Executor {
-    fn dispatch(self: &Arc<Self>, spec: proto::TaskSpec, reply: mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>) {
+    fn dispatch(
+        self: &Arc<Self>,
+        spec: proto::TaskSpec,
+        reply: mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>,
+    ) {
         let is_method = spec.kind == proto::TaskKind::ActorMethod as i32;
-        let async_actor = if is_method { self.async_actor.lock().clone() } else { None };
+        let async_actor = if is_method {
+            self.async_actor.lock().clone()
+        } else {
+            None
+        };
         match async_actor {
             Some((method, sem)) => {
                 let Ok(cw) = current() else { return };
@@ -139,26 +160,29 @@ impl Executor {
                     Err(_) => Err(failed(spec, panic_message())),
                 },
             },
-            proto::TaskKind::ActorCreation => {
-                match registry::class(&spec.function) {
-                    None => Err(Error::NotFound(format!("actor class `{}` is not registered in this binary", spec.function))),
-                    Some(c) => match std::panic::catch_unwind(AssertUnwindSafe(|| (c.construct)(args))) {
-                        Ok(Ok(ActorInstance::Sync(f))) => {
-                            *actor = Some(f);
-                            Ok(Vec::new())
-                        }
-                        Ok(Ok(ActorInstance::Async(f))) => {
-                            let n = spec.max_concurrency.max(1) as usize;
-                            *self.async_actor.lock() = Some((f, Arc::new(Semaphore::new(n))));
-                            Ok(Vec::new())
-                        }
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(failed(spec, panic_message())),
-                    },
-                }
-            }
+            proto::TaskKind::ActorCreation => match registry::class(&spec.function) {
+                None => Err(Error::NotFound(format!(
+                    "actor class `{}` is not registered in this binary",
+                    spec.function
+                ))),
+                Some(c) => match std::panic::catch_unwind(AssertUnwindSafe(|| (c.construct)(args))) {
+                    Ok(Ok(ActorInstance::Sync(f))) => {
+                        *actor = Some(f);
+                        Ok(Vec::new())
+                    }
+                    Ok(Ok(ActorInstance::Async(f))) => {
+                        let n = spec.max_concurrency.max(1) as usize;
+                        *self.async_actor.lock() = Some((f, Arc::new(Semaphore::new(n))));
+                        Ok(Vec::new())
+                    }
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(failed(spec, panic_message())),
+                },
+            },
             proto::TaskKind::ActorMethod => match actor.as_mut() {
-                None => Err(Error::Internal("actor method pushed to a worker hosting no actor".into())),
+                None => Err(Error::Internal(
+                    "actor method pushed to a worker hosting no actor".into(),
+                )),
                 Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&spec.function, args))) {
                     Ok(r) => r.map_err(|e| match e {
                         Error::TaskFailed { message, .. } => failed(spec, message),
@@ -187,7 +211,9 @@ async fn run_async_method(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, method: 
     };
     let fut = AssertUnwindSafe(method(spec.function.clone(), args)).catch_unwind();
     match fut.await {
-        Ok(Ok(values)) => build_reply(cw, spec, values).await.unwrap_or_else(|e| reply_err(spec, e)),
+        Ok(Ok(values)) => build_reply(cw, spec, values)
+            .await
+            .unwrap_or_else(|e| reply_err(spec, e)),
         Ok(Err(e)) => reply_err(
             spec,
             match e {
@@ -220,7 +246,10 @@ async fn resolve_args(cw: &CoreWorker, spec: &proto::TaskSpec) -> Result<Vec<Obj
 async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
     let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
     if spec.kind != proto::TaskKind::ActorCreation as i32 && values.len() != spec.num_returns as usize {
-        return Err(failed(spec, format!("returned {} values, expected {}", values.len(), spec.num_returns)));
+        return Err(failed(
+            spec,
+            format!("returned {} values, expected {}", values.len(), spec.num_returns),
+        ));
     }
     let mut returns = Vec::with_capacity(values.len());
     for (i, enc) in values.into_iter().enumerate() {
@@ -241,9 +270,17 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
                 Location::Store => proto::return_object::Kind::InStore(size),
             }
         };
-        returns.push(proto::ReturnObject { id: id.0.to_vec(), kind: Some(kind) });
+        returns.push(proto::ReturnObject {
+            id: id.0.to_vec(),
+            kind: Some(kind),
+        });
     }
-    Ok(proto::PushTaskReply { task_id: spec.task_id.clone(), returns, error: None, num_generated: 0 })
+    Ok(proto::PushTaskReply {
+        task_id: spec.task_id.clone(),
+        returns,
+        error: None,
+        num_generated: 0,
+    })
 }
 
 /// The `CoreWorkerService` of this process.
@@ -260,7 +297,10 @@ impl CoreWorkerService for WorkerService {
         req: Request<Streaming<proto::PushTaskRequest>>,
     ) -> std::result::Result<Response<ReplyStream>, Status> {
         let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
-        let exec = cw.executor.clone().ok_or_else(|| Status::unimplemented("this process does not run tasks"))?;
+        let exec = cw
+            .executor
+            .clone()
+            .ok_or_else(|| Status::unimplemented("this process does not run tasks"))?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(1024);
         cw.handle.spawn(async move {
@@ -309,7 +349,11 @@ pub(crate) fn serve(addr: &std::path::Path) -> Result<()> {
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await
+        {
             tracing::error!("core worker service stopped: {e}");
         }
     });
@@ -340,7 +384,9 @@ pub(crate) fn run_worker_process() -> ! {
 
 fn worker_main() -> Result<()> {
     let env = |k: &str| std::env::var(k).map_err(|_| Error::Runtime(format!("worker started without {k}")));
-    let worker_id: u64 = env(ENV_WORKER_ID)?.parse().map_err(|_| Error::Runtime("bad worker id".into()))?;
+    let worker_id: u64 = env(ENV_WORKER_ID)?
+        .parse()
+        .map_err(|_| Error::Runtime("bad worker id".into()))?;
     let node_addr = env(ENV_NODE_ADDR)?;
     let session = std::path::PathBuf::from(env(ENV_SESSION_DIR)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -351,7 +397,10 @@ fn worker_main() -> Result<()> {
         .map_err(|e| Error::io("starting the worker's runtime", e))?;
     let addr = SessionPaths::worker_sock(&session, worker_id);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
-    let exec = Arc::new(Executor { jobs: jobs_tx, async_actor: Mutex::new(None) });
+    let exec = Arc::new(Executor {
+        jobs: jobs_tx,
+        async_actor: Mutex::new(None),
+    });
     let node = rt.block_on(async {
         serve(&addr)?;
         crate::rpc::uds_connect(&node_addr).await

@@ -85,10 +85,9 @@ static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
 
 /// The runtime of this process, or an error telling the user to call `init`.
 pub(crate) fn current() -> Result<Arc<CoreWorker>> {
-    CURRENT
-        .read()
-        .clone()
-        .ok_or_else(|| Error::Runtime("rayforge is not initialized: call rayforge::init(Config::default()) first".into()))
+    CURRENT.read().clone().ok_or_else(|| {
+        Error::Runtime("rayforge is not initialized: call rayforge::init(Config::default()) first".into())
+    })
 }
 
 pub(crate) fn try_current() -> Option<Arc<CoreWorker>> {
@@ -109,7 +108,9 @@ pub(crate) fn uninstall() -> Option<Arc<CoreWorker>> {
 }
 
 pub(crate) fn node_client(ch: Channel) -> NodeServiceClient<Channel> {
-    NodeServiceClient::new(ch).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
+    NodeServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
 }
 
 impl CoreWorker {
@@ -159,7 +160,9 @@ impl CoreWorker {
                 }
             }
         };
-        Ok(CoreWorkerServiceClient::new(ch).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX))
+        Ok(CoreWorkerServiceClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
     }
 
     pub(crate) fn forget_peer(&self, addr: &str) {
@@ -207,7 +210,13 @@ impl CoreWorker {
         let mut node = self.node.clone();
         let size = enc.len() as u64;
         let reply = self
-            .block_on(async move { node.create_object(proto::CreateObjectRequest { id: id.0.to_vec(), size }).await })?
+            .block_on(async move {
+                node.create_object(proto::CreateObjectRequest {
+                    id: id.0.to_vec(),
+                    size,
+                })
+                .await
+            })?
             .map_err(|s| Error::rpc("reserving object store space", s))?
             .into_inner();
         if let Some(e) = reply.error {
@@ -259,7 +268,10 @@ impl CoreWorker {
                 return Err(Error::from_proto(&e));
             }
         }
-        Err(Error::ObjectLost { id: id.hex(), cause: "it vanished from the object store while being read".into() })
+        Err(Error::ObjectLost {
+            id: id.hex(),
+            cause: "it vanished from the object store while being read".into(),
+        })
     }
 
     /// Waits for an object and returns its bytes.
@@ -276,7 +288,10 @@ impl CoreWorker {
             let st = rx
                 .wait_for(|s| !matches!(s, ObjState::Pending))
                 .await
-                .map_err(|_| Error::ObjectLost { id: id.hex(), cause: "freed while waiting".into() })?
+                .map_err(|_| Error::ObjectLost {
+                    id: id.hex(),
+                    cause: "freed while waiting".into(),
+                })?
                 .clone();
             return match st {
                 ObjState::Ready(Location::Inline(b)) => Ok(b),
@@ -289,10 +304,16 @@ impl CoreWorker {
             return Err(Error::Runtime("this reference was made before rayforge::init".into()));
         }
         let mut client = self.peer(owner)?;
-        let reply = client.get_object(proto::GetObjectRequest { id: id.0.to_vec() }).await.map_err(|s| {
-            self.forget_peer(owner);
-            Error::ObjectLost { id: id.hex(), cause: format!("its owner at {owner} is unreachable ({})", s.message()) }
-        })?;
+        let reply = client
+            .get_object(proto::GetObjectRequest { id: id.0.to_vec() })
+            .await
+            .map_err(|s| {
+                self.forget_peer(owner);
+                Error::ObjectLost {
+                    id: id.hex(),
+                    cause: format!("its owner at {owner} is unreachable ({})", s.message()),
+                }
+            })?;
         match reply.into_inner().result {
             Some(proto::get_object_reply::Result::Inline(b)) => Ok(ObjectBytes::from_vec(b)),
             Some(proto::get_object_reply::Result::InStore(_)) => self.read_store(id).await,
@@ -307,12 +328,24 @@ impl CoreWorker {
         let rx = self.objects.lock().get(&id).map(|o| o.state.subscribe());
         let Some(mut rx) = rx else {
             return R::Error(
-                Error::ObjectLost { id: id.hex(), cause: "its owner no longer has it (freed)".into() }.to_proto(),
+                Error::ObjectLost {
+                    id: id.hex(),
+                    cause: "its owner no longer has it (freed)".into(),
+                }
+                .to_proto(),
             );
         };
         let st = match rx.wait_for(|s| !matches!(s, ObjState::Pending)).await {
             Ok(s) => s.clone(),
-            Err(_) => return R::Error(Error::ObjectLost { id: id.hex(), cause: "freed".into() }.to_proto()),
+            Err(_) => {
+                return R::Error(
+                    Error::ObjectLost {
+                        id: id.hex(),
+                        cause: "freed".into(),
+                    }
+                    .to_proto(),
+                )
+            }
         };
         match st {
             ObjState::Ready(Location::Inline(b)) => R::Inline(b.as_slice().to_vec()),
@@ -324,33 +357,14 @@ impl CoreWorker {
 
     /// Whether an owned object is ready (`None` when not owned here).
     pub(crate) fn owned_ready(&self, id: &ObjectId) -> Option<bool> {
-        self.objects.lock().get(id).map(|o| !matches!(*o.state.borrow(), ObjState::Pending))
+        self.objects
+            .lock()
+            .get(id)
+            .map(|o| !matches!(*o.state.borrow(), ObjState::Pending))
     }
 
     pub(crate) fn owned_state(&self, id: &ObjectId) -> Option<watch::Receiver<ObjState>> {
         self.objects.lock().get(id).map(|o| o.state.subscribe())
-    }
-
-    /// Pins owned arguments while a task that uses them is in flight.
-    pub(crate) fn pin(&self, ids: &[ObjectId]) {
-        let mut objs = self.objects.lock();
-        for id in ids {
-            if let Some(o) = objs.get_mut(id) {
-                o.pins += 1;
-            }
-        }
-    }
-
-    pub(crate) fn unpin(&self, ids: &[ObjectId]) {
-        for id in ids {
-            {
-                let mut objs = self.objects.lock();
-                if let Some(o) = objs.get_mut(id) {
-                    o.pins = o.pins.saturating_sub(1);
-                }
-            }
-            self.maybe_free(id);
-        }
     }
 
     pub(crate) fn update_borrowers(&self, borrower: &str, add: &[ObjectId], remove: &[ObjectId]) {
@@ -445,7 +459,14 @@ impl CoreWorker {
     }
 
     fn acquire(&self, id: &ObjectId) {
-        self.refs.lock().entry(*id).or_insert(RefCount { local: 0, registered: false }).local += 1;
+        self.refs
+            .lock()
+            .entry(*id)
+            .or_insert(RefCount {
+                local: 0,
+                registered: false,
+            })
+            .local += 1;
     }
 
     fn release(&self, id: &ObjectId, owner: &str) {
@@ -577,7 +598,10 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
 fn notify_blocked(cw: &CoreWorker, blocked: bool) {
     let mut node = cw.node.clone();
     let worker_id = cw.worker_id;
-    let _ = cw.block_on(async move { node.notify_blocked(proto::NotifyBlockedRequest { worker_id, blocked }).await });
+    let _ = cw.block_on(async move {
+        node.notify_blocked(proto::NotifyBlockedRequest { worker_id, blocked })
+            .await
+    });
 }
 
 pub(crate) async fn get_async(h: &RefHandle) -> Result<ObjectBytes> {

@@ -30,6 +30,7 @@ pub(crate) struct PendingTask {
     pub(crate) retries_left: i32,
     pub(crate) retry_exceptions: bool,
     /// Keeps argument objects alive until the task is done.
+    #[allow(dead_code)]
     pub(crate) pins: Vec<Arc<RefHandle>>,
 }
 
@@ -78,15 +79,25 @@ pub(crate) fn fail_returns(cw: &CoreWorker, ids: &[ObjectId], e: &Error) {
 /// Returns the error of a failed dependency.
 pub(crate) async fn resolve_dependencies(cw: &CoreWorker, spec: &mut proto::TaskSpec) -> Result<()> {
     for arg in spec.args.iter_mut() {
-        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else { continue };
+        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else {
+            continue;
+        };
         if r.owner_addr != cw.addr {
             continue;
         }
-        let Some(id) = ObjectId::from_bytes(&r.id) else { continue };
-        let Some(mut rx) = cw.owned_state(&id) else {
-            return Err(Error::ObjectLost { id: id.hex(), cause: "argument was freed before the task ran".into() });
+        let Some(id) = ObjectId::from_bytes(&r.id) else {
+            continue;
         };
-        let st = rx.wait_for(|s| !matches!(s, ObjState::Pending)).await.map(|s| s.clone());
+        let Some(mut rx) = cw.owned_state(&id) else {
+            return Err(Error::ObjectLost {
+                id: id.hex(),
+                cause: "argument was freed before the task ran".into(),
+            });
+        };
+        let st = rx
+            .wait_for(|s| !matches!(s, ObjState::Pending))
+            .await
+            .map(|s| s.clone());
         match st {
             Ok(ObjState::Ready(Location::Inline(b))) => {
                 arg.kind = Some(proto::task_arg::Kind::Inline(b.as_slice().to_vec()));
@@ -128,7 +139,11 @@ impl TaskSubmitter {
     }
 
     fn pop(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
-        cw.submitter.queues.lock().get_mut(key).and_then(|q| q.tasks.pop_front())
+        cw.submitter
+            .queues
+            .lock()
+            .get_mut(key)
+            .and_then(|q| q.tasks.pop_front())
     }
 
     /// Requests one lease for `key` and runs queued tasks on it until the
@@ -206,17 +221,23 @@ impl TaskSubmitter {
         let _ = cw
             .node
             .clone()
-            .return_worker(proto::ReturnWorkerRequest { lease_id: grant.lease_id, disconnect })
+            .return_worker(proto::ReturnWorkerRequest {
+                lease_id: grant.lease_id,
+                disconnect,
+            })
             .await;
         // Tasks may have been requeued (a retry) or arrived meanwhile.
         let qs = cw.submitter.queues.lock();
-        qs.get(&key).is_some_and(|q| q.leased == 0 && q.requesting < q.tasks.len().min(MAX_PENDING_LEASES))
+        qs.get(&key)
+            .is_some_and(|q| q.leased == 0 && q.requesting < q.tasks.len().min(MAX_PENDING_LEASES))
     }
 
     /// Pushes queued tasks to the leased worker one at a time. Returns
     /// whether the worker must be discarded.
     async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease) -> bool {
-        let Some(mut task) = Self::pop(cw, key) else { return false };
+        let Some(mut task) = Self::pop(cw, key) else {
+            return false;
+        };
         let mut client = match cw.peer(&grant.worker_addr) {
             Ok(c) => c,
             Err(e) => {
@@ -238,7 +259,12 @@ impl TaskSubmitter {
             let tid = task.task_id();
             task.spec.gpu_ids = grant.gpu_ids.clone();
             cw.submitter.running.lock().insert(tid);
-            let sent = tx.send(proto::PushTaskRequest { spec: Some(task.spec.clone()) }).await.is_ok();
+            let sent = tx
+                .send(proto::PushTaskRequest {
+                    spec: Some(task.spec.clone()),
+                })
+                .await
+                .is_ok();
             let reply = if sent { replies.message().await } else { Ok(None) };
             cw.submitter.running.lock().remove(&tid);
             match reply {
@@ -263,7 +289,11 @@ impl TaskSubmitter {
             return Self::on_failure(cw, task, err).await;
         }
         if cw.submitter.cancelled.lock().remove(&task.task_id()) {
-            fail_returns(cw, &task.return_ids(), &Error::Cancelled(task.spec.display_name.clone()));
+            fail_returns(
+                cw,
+                &task.return_ids(),
+                &Error::Cancelled(task.spec.display_name.clone()),
+            );
             return;
         }
         store_returns(cw, r.returns);
@@ -272,7 +302,11 @@ impl TaskSubmitter {
     async fn on_failure(cw: &Arc<CoreWorker>, mut task: PendingTask, err: Error) {
         let tid = task.task_id();
         if cw.submitter.cancelled.lock().remove(&tid) {
-            fail_returns(cw, &task.return_ids(), &Error::Cancelled(task.spec.display_name.clone()));
+            fail_returns(
+                cw,
+                &task.return_ids(),
+                &Error::Cancelled(task.spec.display_name.clone()),
+            );
             return;
         }
         let retry = task.retries_left != 0
@@ -293,7 +327,9 @@ impl TaskSubmitter {
 
     /// Cancels a task that has not finished. Returns whether it was found.
     pub(crate) fn cancel(cw: &CoreWorker, id: &ObjectId) -> bool {
-        let Some(tid) = TaskId::from_bytes(&id.0[..12]) else { return false };
+        let Some(tid) = TaskId::from_bytes(&id.0[..12]) else {
+            return false;
+        };
         let removed = {
             let mut qs = cw.submitter.queues.lock();
             let mut found = None;
@@ -320,7 +356,9 @@ impl TaskSubmitter {
 /// Records a task's returned objects.
 pub(crate) fn store_returns(cw: &CoreWorker, returns: Vec<proto::ReturnObject>) {
     for ret in returns {
-        let Some(id) = ObjectId::from_bytes(&ret.id) else { continue };
+        let Some(id) = ObjectId::from_bytes(&ret.id) else {
+            continue;
+        };
         let st = match ret.kind {
             Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
             Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store),
@@ -332,10 +370,23 @@ pub(crate) fn store_returns(cw: &CoreWorker, returns: Vec<proto::ReturnObject>) 
 
 /// Builds the error for a task whose worker vanished, asking the node why.
 pub(crate) async fn worker_death_error(cw: &CoreWorker, worker_id: u64, function: &str) -> Error {
-    let r = cw.node.clone().worker_exit_cause(proto::WorkerExitCauseRequest { worker_id }).await;
+    let r = cw
+        .node
+        .clone()
+        .worker_exit_cause(proto::WorkerExitCauseRequest { worker_id })
+        .await;
     match r.map(|r| r.into_inner()) {
-        Ok(c) if c.out_of_memory => Error::OutOfMemory { function: function.into(), cause: c.cause },
-        Ok(c) if c.exited => Error::WorkerDied { function: function.into(), cause: c.cause },
-        _ => Error::WorkerDied { function: function.into(), cause: "the connection to the worker was lost".into() },
+        Ok(c) if c.out_of_memory => Error::OutOfMemory {
+            function: function.into(),
+            cause: c.cause,
+        },
+        Ok(c) if c.exited => Error::WorkerDied {
+            function: function.into(),
+            cause: c.cause,
+        },
+        _ => Error::WorkerDied {
+            function: function.into(),
+            cause: "the connection to the worker was lost".into(),
+        },
     }
 }

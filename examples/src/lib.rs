@@ -1,1 +1,1 @@
-//! x
+//! Runnable end-to-end programs for rayforge; see `src/bin/`.

@@ -9,13 +9,25 @@ use crate::{wait, Error, ObjectRef, Result, Value};
 /// time, like Ray's `ActorPool`.
 ///
 /// ```no_run
-/// # #[rayforge::actor] struct Doubler;
-/// # #[rayforge::actor] impl Doubler { fn new() -> Self { Doubler } fn double(&self, x: i64) -> i64 { 2 * x } }
-/// let actors = vec![Doubler::remote()?, Doubler::remote()?];
-/// let pool = rayforge::util::ActorPool::new(actors);
-/// let out = pool.map(|a, v| a.double(v), vec![1, 2, 3])?;
-/// assert_eq!(out, vec![2, 4, 6]);
-/// # Ok::<(), rayforge::Error>(())
+/// #[rayforge::actor]
+/// struct Doubler;
+///
+/// #[rayforge::actor]
+/// impl Doubler {
+///     fn new() -> Self {
+///         Doubler
+///     }
+///     fn double(&self, x: i64) -> i64 {
+///         2 * x
+///     }
+/// }
+///
+/// fn main() -> rayforge::Result<()> {
+///     rayforge::init(rayforge::Config::default())?;
+///     let pool = rayforge::util::ActorPool::new(vec![Doubler::remote()?, Doubler::remote()?]);
+///     assert_eq!(pool.map(|a, v| a.double(v), vec![1i64, 2, 3])?, vec![2, 4, 6]);
+///     Ok(())
+/// }
 /// ```
 pub struct ActorPool<H> {
     actors: Vec<H>,

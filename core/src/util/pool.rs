@@ -9,11 +9,18 @@ use crate::{wait, ObjectRef, Result, Value};
 /// flight, like Python's `multiprocessing.Pool`.
 ///
 /// ```no_run
-/// # #[rayforge::remote] fn square(x: u64) -> u64 { x * x }
-/// let pool = rayforge::util::Pool::new(4);
-/// let out = pool.map(|x| square::remote(x), 0..10u64)?;
-/// assert_eq!(out[3], 9);
-/// # Ok::<(), rayforge::Error>(())
+/// #[rayforge::remote]
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// fn main() -> rayforge::Result<()> {
+///     rayforge::init(rayforge::Config::default())?;
+///     let pool = rayforge::util::Pool::new(4);
+///     let out = pool.map(square::remote, 0..10u64)?;
+///     assert_eq!(out[3], 9);
+///     Ok(())
+/// }
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Pool {

@@ -1,0 +1,54 @@
+//! Runs every example binary and checks what it prints.
+
+use std::process::Command;
+
+fn run(exe: &str) -> String {
+    let out = Command::new(exe).output().expect("start example");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{exe} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn quickstart_adds_arrays_and_counts_twice() {
+    let out = run(env!("CARGO_BIN_EXE_quickstart"));
+    assert!(
+        out.contains("add(read_array(), read_array()) = [3.0, 3.0, 3.0, 3.0, 3.0]"),
+        "{out}"
+    );
+    assert!(out.contains("counter after two inc() calls: 1 then 2"), "{out}");
+}
+
+#[test]
+fn put_once_reports_both_timings_with_equal_results() {
+    let out = run(env!("CARGO_BIN_EXE_put_once"));
+    assert!(out.contains("passed by value:"), "{out}");
+    assert!(out.contains("put once, by reference:"), "{out}");
+    assert!(out.contains("each task summed a column: 5000"), "{out}");
+}
+
+#[test]
+fn fan_out_spreads_tasks_over_worker_processes() {
+    let out = run(env!("CARGO_BIN_EXE_fan_out"));
+    let me = std::process::id().to_string();
+    for n in [4, 8, 16] {
+        assert!(out.contains(&format!("{n} tasks ran in ")), "{out}");
+    }
+    // Every task is listed once per run, and never in this test's process.
+    let listed: usize = out
+        .lines()
+        .filter_map(|l| l.split("tasks [").nth(1))
+        .map(|l| l.trim_end_matches(']').split(',').count())
+        .sum();
+    assert_eq!(listed, 4 + 8 + 16, "{out}");
+    assert!(!out.contains(&format!("pid {me}:")));
+    let multi = out
+        .lines()
+        .filter(|l| l.contains("worker processes:"))
+        .any(|l| !l.contains(" in 1 worker"));
+    assert!(multi, "tasks should use more than one worker process:\n{out}");
+}

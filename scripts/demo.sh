@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up and runs the main demo: an embedded local cluster, no configuration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+echo "== building (release)"
+cargo build --release -p rayforge-examples
+echo "== quickstart: tasks and an actor"
+./target/release/quickstart
+echo "== put once vs pass by value (200 MB array, 10 tasks)"
+./target/release/put_once
+echo "== fan-out over worker processes"
+./target/release/fan_out

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up and runs every check and test: formatting, lints, unit,
+# integration (real worker processes), example and doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests (nextest: one process per test)"
+cargo nextest run --workspace --no-fail-fast
+echo "== doc tests"
+cargo test --workspace --doc

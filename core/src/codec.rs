@@ -186,14 +186,14 @@ impl<T: bytemuck::Pod> Buffer<T> {
     fn from_object(bytes: &ObjectBytes, offset: usize, byte_len: usize) -> Result<Buffer<T>> {
         let size = std::mem::size_of::<T>().max(1);
         let all = bytes.as_slice();
-        if offset.checked_add(byte_len).is_none_or(|end| end > all.len()) || byte_len % size != 0 {
+        if offset.checked_add(byte_len).is_none_or(|end| end > all.len()) || !byte_len.is_multiple_of(size) {
             return Err(Error::Serialization {
                 what: std::any::type_name::<Buffer<T>>().into(),
                 message: format!("buffer [{offset}, +{byte_len}) out of range or misaligned"),
             });
         }
         let ptr = all[offset..].as_ptr();
-        if (ptr as usize) % std::mem::align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return Err(Error::Serialization {
                 what: std::any::type_name::<Buffer<T>>().into(),
                 message: "buffer not aligned".into(),
@@ -415,7 +415,7 @@ impl<'de, T: bytemuck::Pod + Send + Sync> Deserialize<'de> for Buffer<T> {
             })
         } else {
             let bytes: Vec<u8> = serde_bytes_vec(d)?;
-            if bytes.len() % std::mem::size_of::<T>().max(1) != 0 {
+            if !bytes.len().is_multiple_of(std::mem::size_of::<T>().max(1)) {
                 return Err(D::Error::custom("byte length is not a multiple of the element size"));
             }
             let mut v = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>().max(1)];

@@ -180,13 +180,12 @@ pub fn get_all<T: Value>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
         .collect()
 }
 
+/// The `(ready, not_ready)` split returned by [`wait`].
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `refs` are ready (or `timeout` passes).
 /// Returns `(ready, not_ready)`, each in the order of `refs`.
-pub fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_returns: usize,
-    timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
     if num_returns > refs.len() {
         return Err(Error::InvalidArgument(format!(
             "wait: num_returns ({num_returns}) exceeds the number of references ({})",
@@ -340,19 +339,30 @@ pub fn store_stats() -> Result<StoreStats> {
     })
 }
 
-/// Resources of this node: `(total, available)`, plus live worker processes.
-pub fn node_resources() -> Result<(
-    std::collections::HashMap<String, f64>,
-    std::collections::HashMap<String, f64>,
-    u32,
-)> {
+/// Resources of this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeResources {
+    /// What the node offers.
+    pub total: std::collections::HashMap<String, f64>,
+    /// What is free now.
+    pub available: std::collections::HashMap<String, f64>,
+    /// Live worker processes.
+    pub num_workers: u32,
+}
+
+/// Resources of this node: total, available, and live worker processes.
+pub fn node_resources() -> Result<NodeResources> {
     let cw = worker::current()?;
     let mut node = cw.node.clone();
     let r = cw
         .block_on(async move { node.node_info(proto::NodeInfoRequest {}).await })?
         .map_err(|s| Error::rpc("reading node info", s))?
         .into_inner();
-    Ok((r.total, r.available, r.num_workers))
+    Ok(NodeResources {
+        total: r.total,
+        available: r.available,
+        num_workers: r.num_workers,
+    })
 }
 
 /// Number of objects this process owns that are still alive (for tests of
@@ -369,7 +379,9 @@ pub mod __private {
 
     use super::*;
     pub use crate::codec::{encode, Encoded, ObjectBytes};
-    pub use crate::registry::{register_class, register_task, ActorClass, ActorInstance, BoxFuture, Returns, TaskFn};
+    pub use crate::registry::{
+        register_class, register_task, ActorClass, ActorInstance, AsyncMethod, BoxFuture, Returns, SyncMethod, TaskFn,
+    };
 
     /// Keeps a registration constructor linked (see [`crate::registry`]).
     #[inline]

@@ -35,12 +35,18 @@ pub struct TaskFn {
     pub invoke: fn(Vec<ObjectBytes>) -> Result<Returns>,
 }
 
+/// Calls a method of a sync actor: method name, encoded arguments.
+pub type SyncMethod = Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>;
+
+/// Calls a method of an async actor, returning its future.
+pub type AsyncMethod = Arc<dyn Fn(String, Vec<ObjectBytes>) -> BoxFuture<Result<Returns>> + Send + Sync>;
+
 /// A live actor instance inside a worker process.
 pub enum ActorInstance {
     /// Methods run one at a time, in order, on the worker's task thread.
-    Sync(Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>),
+    Sync(SyncMethod),
     /// Methods are futures run concurrently (up to `max_concurrency`).
-    Async(Arc<dyn Fn(String, Vec<ObjectBytes>) -> BoxFuture<Result<Returns>> + Send + Sync>),
+    Async(AsyncMethod),
 }
 
 /// An actor class: its name and constructor.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rayforge::{Error, ObjectRef};
 use rayforge_integration_tests::{cluster, kill_self, marker};
 
+/// A counter actor with ways to crash.
 #[rayforge::actor]
 pub struct Counter {
     value: i64,
@@ -53,6 +54,7 @@ impl Counter {
     }
 }
 
+/// An actor whose constructor panics.
 #[rayforge::actor]
 pub struct Broken;
 

@@ -21,8 +21,8 @@ fn api_before_init_and_bad_config_give_clear_errors() {
     rayforge::init(Config::default().num_cpus(1.0)).unwrap();
     assert!(matches!(rayforge::init(Config::default()), Err(Error::Runtime(_))));
     assert_eq!(one::remote().get().unwrap(), 1);
-    let (total, _, _) = rayforge::node_resources().unwrap();
-    assert_eq!(total.get("CPU"), Some(&1.0));
+    let res = rayforge::node_resources().unwrap();
+    assert_eq!(res.total.get("CPU"), Some(&1.0));
     rayforge::shutdown();
     assert!(!rayforge::is_initialized());
     assert!(rayforge::put(1u8).is_err());

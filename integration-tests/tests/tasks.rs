@@ -202,7 +202,7 @@ fn wait_and_get_timeout() {
     let (ready, pending) = rayforge::wait(&[slow.clone(), fast.clone()], 1, Some(Duration::from_secs(60))).unwrap();
     assert_eq!(ready, vec![fast.clone()]);
     assert_eq!(pending, vec![slow.clone()]);
-    let (ready, _) = rayforge::wait(&[slow.clone()], 1, Some(Duration::from_millis(50))).unwrap();
+    let (ready, _) = rayforge::wait(std::slice::from_ref(&slow), 1, Some(Duration::from_millis(50))).unwrap();
     assert!(ready.is_empty());
     assert!(matches!(
         slow.get_timeout(Duration::from_millis(50)),

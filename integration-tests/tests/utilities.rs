@@ -20,6 +20,7 @@ fn produce(q: Queue<String>, n: u32) -> u32 {
     n
 }
 
+/// Multiplies by a fixed factor.
 #[rayforge::actor]
 pub struct Scaler {
     factor: i64,

@@ -155,7 +155,7 @@ mod tests {
         t.names.insert("c".into(), id);
         t.by_worker.insert(7, id);
         t.actors.insert(id, entry(0));
-        let mut rx = t.actors[&id].version.subscribe();
+        let rx = t.actors[&id].version.subscribe();
         t.mark_dead(&id, "killed".into());
         assert_eq!(t.actors[&id].state, ActorState::Dead);
         assert!(t.names.is_empty() && t.by_worker.is_empty());

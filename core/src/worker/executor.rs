@@ -24,11 +24,9 @@ use crate::error::{Error, Result};
 use crate::ids::{ObjectId, TaskId};
 use crate::node::{SessionPaths, ENV_NODE_ADDR, ENV_SESSION_DIR, ENV_WORKER_ID};
 use crate::proto::{self, core_worker_service_server::CoreWorkerService};
-use crate::registry::{self, ActorInstance, BoxFuture, Returns};
+use crate::registry::{self, ActorInstance, AsyncMethod, Returns, SyncMethod};
 
 use super::{current, CoreWorker, Location, INLINE_MAX};
-
-type AsyncMethod = Arc<dyn Fn(String, Vec<ObjectBytes>) -> BoxFuture<Result<Returns>> + Send + Sync>;
 
 struct Job {
     spec: proto::TaskSpec,
@@ -117,7 +115,7 @@ impl Executor {
 
     /// The task thread: runs jobs one at a time until the process ends.
     fn run_jobs(self: &Arc<Self>, rx: std::sync::mpsc::Receiver<Job>) {
-        let mut actor: Option<Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>> = None;
+        let mut actor: Option<SyncMethod> = None;
         while let Ok(job) = rx.recv() {
             let Ok(cw) = current() else { return };
             let span = tracing::debug_span!("task", name = %job.spec.display_name);
@@ -131,7 +129,7 @@ impl Executor {
         self: &Arc<Self>,
         cw: &Arc<CoreWorker>,
         spec: &proto::TaskSpec,
-        actor: &mut Option<Box<dyn FnMut(&str, Vec<ObjectBytes>) -> Result<Returns> + Send>>,
+        actor: &mut Option<SyncMethod>,
     ) -> proto::PushTaskReply {
         if !spec.gpu_ids.is_empty() {
             let ids: Vec<String> = spec.gpu_ids.iter().map(|g| g.to_string()).collect();

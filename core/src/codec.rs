@@ -300,7 +300,10 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
             refs: Vec::new(),
         })
     });
-    let payload = bincode::serialize(value);
+    // One pass only (`bincode::serialize` would run a sizing pass first,
+    // registering every out-of-band buffer twice).
+    let mut payload = Vec::new();
+    let payload = bincode::serialize_into(&mut payload, value).map(|()| payload);
     let ctx = ENCODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
     let payload = payload.map_err(|e| Error::Serialization {
         what: std::any::type_name::<T>().into(),
@@ -520,6 +523,12 @@ mod tests {
         let ok = encode_to_vec(&String::from("hello")).unwrap();
         let err = decode::<Vec<u64>>(&ObjectBytes::from_vec(ok[..ok.len() - 2].to_vec())).unwrap_err();
         assert!(err.to_string().contains("Vec<u64>"), "{err}");
+    }
+
+    #[test]
+    fn each_buffer_is_written_once() {
+        let enc = encode(&Buffer::from(vec![1u8; 4000])).unwrap();
+        assert!(enc.len() < 4200, "object of {} bytes for a 4000-byte buffer", enc.len());
     }
 
     #[test]

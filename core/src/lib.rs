@@ -48,6 +48,7 @@ mod actor;
 mod codec;
 mod config;
 mod error;
+mod generator;
 mod ids;
 pub mod microbenchmark;
 mod node;
@@ -71,6 +72,7 @@ pub use actor::{ActorHandle, ActorHandleType};
 pub use codec::{Buffer, Value};
 pub use config::Config;
 pub use error::{Error, Result};
+pub use generator::ObjectRefGenerator;
 pub use ids::{ActorId, ObjectId, TaskId};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use object_store::StoreStats;
@@ -380,7 +382,8 @@ pub mod __private {
     use super::*;
     pub use crate::codec::{encode, Encoded, ObjectBytes};
     pub use crate::registry::{
-        register_class, register_task, ActorClass, ActorInstance, AsyncMethod, BoxFuture, Returns, SyncMethod, TaskFn,
+        register_class, register_task, ActorClass, ActorInstance, AsyncMethod, BoxFuture, Returns, StreamFn,
+        SyncMethod, TaskFn,
     };
 
     /// Keeps a registration constructor linked (see [`crate::registry`]).
@@ -635,6 +638,66 @@ pub mod __private {
             },
         );
         refs
+    }
+
+    /// Submits a streaming generator task.
+    pub fn submit_streaming<T>(
+        name: &'static str,
+        opts: &TaskOptions,
+        args: Vec<Result<PreparedArg>>,
+    ) -> ObjectRefGenerator<T> {
+        let cw = match worker::current() {
+            Ok(cw) => cw,
+            Err(e) => return generator::failed(e),
+        };
+        let prepared = opts.demand().and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
+        let (resources, (args, pins)) = match prepared {
+            Ok(p) => p,
+            Err(e) => return generator::failed(e),
+        };
+        let tid = TaskId::new();
+        let rx = cw.register_generator(tid);
+        let spec = proto::TaskSpec {
+            task_id: tid.0.to_vec(),
+            kind: proto::TaskKind::Normal as i32,
+            function: name.to_string(),
+            args,
+            num_returns: 0,
+            owner_addr: cw.addr.clone(),
+            display_name: name.to_string(),
+            streaming: true,
+            ..Default::default()
+        };
+        // Items already handed out cannot be taken back: no retries.
+        worker::submitter::TaskSubmitter::submit(
+            &cw,
+            worker::submitter::PendingTask {
+                spec,
+                resources,
+                retries_left: 0,
+                retry_exceptions: false,
+                pins,
+            },
+        );
+        ObjectRefGenerator::new(Some(rx))
+    }
+
+    /// Runs a streaming function body, encoding and emitting each item.
+    pub fn emit_all<T: Value>(
+        items: impl IntoIterator<Item = T>,
+        emit: &mut dyn FnMut(Encoded) -> Result<()>,
+    ) -> Result<()> {
+        for item in items {
+            emit(codec::encode(&item)?)?;
+        }
+        Ok(())
+    }
+
+    /// The `invoke` of a streaming function called as a plain task.
+    pub fn not_plain(_: Vec<ObjectBytes>) -> Result<Returns> {
+        Err(Error::InvalidArgument(
+            "a streaming generator must be called through its generator API".into(),
+        ))
     }
 
     /// Takes the single reference of a one-return call.

@@ -27,12 +27,18 @@ pub type Returns = Vec<Encoded>;
 /// A boxed future of an async actor method.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Runs a generator task: decodes the arguments and hands each produced
+/// value, encoded, to the callback as soon as it exists.
+pub type StreamFn = fn(Vec<ObjectBytes>, &mut dyn FnMut(Encoded) -> Result<()>) -> Result<()>;
+
 /// A remote function: its name and how to call it with encoded arguments.
 pub struct TaskFn {
     /// `module::path::function`.
     pub name: &'static str,
     /// Decodes the arguments, runs the function, encodes the results.
     pub invoke: fn(Vec<ObjectBytes>) -> Result<Returns>,
+    /// For streaming generators: runs the function item by item.
+    pub stream: Option<StreamFn>,
 }
 
 /// Calls a method of a sync actor: method name, encoded arguments.

@@ -227,3 +227,54 @@ fn cancel_a_queued_task() {
         assert_eq!(b.get().unwrap(), 3_000);
     }
 }
+
+#[rayforge::remote(streaming)]
+fn count_to(n: u32) -> impl Iterator<Item = u32> {
+    0..n
+}
+
+/// Yields one item, then waits for the caller's signal before the next: only
+/// works if the caller sees items while the task still runs.
+#[rayforge::remote(streaming)]
+fn step_by_signal(signal: rayforge::util::Queue<u8>) -> impl Iterator<Item = u32> {
+    (0..3u32).inspect(move |i| {
+        if *i > 0 {
+            signal.get().expect("signal");
+        }
+    })
+}
+
+#[rayforge::remote(streaming)]
+fn breaks_at_two(n: u32) -> impl Iterator<Item = rayforge::Buffer<u8>> {
+    (0..n).map(|i| {
+        if i == 2 {
+            panic!("generator broke at item {i}");
+        }
+        rayforge::Buffer::from(vec![i as u8; 1 << 20])
+    })
+}
+
+#[test]
+fn streaming_generators_yield_items_in_order_as_they_are_produced() {
+    cluster();
+    let items: Vec<u32> = count_to::remote(50u32).map(|r| r.unwrap().get().unwrap()).collect();
+    assert_eq!(items, (0..50).collect::<Vec<_>>());
+
+    let signal = rayforge::util::Queue::<u8>::new(0).unwrap();
+    let mut gen = step_by_signal::remote(signal.clone());
+    for want in 0..3u32 {
+        let r = gen.next().expect("item").unwrap();
+        assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), want);
+        signal.put(1).unwrap();
+    }
+    assert!(gen.next().is_none());
+
+    let mut gen = breaks_at_two::remote(5u32);
+    for want in 0..2u8 {
+        let b = gen.next().expect("item").unwrap().get().unwrap();
+        assert_eq!((b.len(), b[0]), (1 << 20, want));
+    }
+    let err = gen.next().expect("the error").unwrap_err();
+    assert!(err.to_string().contains("generator broke at item 2"), "{err}");
+    assert!(gen.next().is_none());
+}

@@ -154,10 +154,14 @@ fn caller_returns(r: &RetInfo) -> (TokenStream2, TokenStream2, TokenStream2) {
     }
 }
 
-fn parse_num_returns(attr: TokenStream) -> syn::Result<usize> {
+fn parse_remote_attr(attr: TokenStream) -> syn::Result<(usize, bool)> {
     let mut n = 1usize;
+    let mut streaming = false;
     let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("num_returns") {
+        if meta.path.is_ident("streaming") {
+            streaming = true;
+            Ok(())
+        } else if meta.path.is_ident("num_returns") {
             let lit: syn::LitInt = meta.value()?.parse()?;
             n = lit.base10_parse()?;
             if n == 0 {
@@ -165,11 +169,36 @@ fn parse_num_returns(attr: TokenStream) -> syn::Result<usize> {
             }
             Ok(())
         } else {
-            Err(meta.error("unknown option; supported: num_returns = N"))
+            Err(meta.error("unknown option; supported: num_returns = N, streaming"))
         }
     });
     parser.parse(attr)?;
-    Ok(n)
+    Ok((n, streaming))
+}
+
+/// The `T` of a return type `impl Iterator<Item = T>` (or any type with an
+/// `Item = T` binding).
+fn iterator_item(out: &ReturnType) -> Option<Type> {
+    let ReturnType::Type(_, ty) = out else { return None };
+    let bounds = match &**ty {
+        Type::ImplTrait(t) => t.bounds.iter().collect::<Vec<_>>(),
+        _ => return None,
+    };
+    for b in bounds {
+        let syn::TypeParamBound::Trait(tb) = b else { continue };
+        let seg = tb.path.segments.last()?;
+        let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+            continue;
+        };
+        for arg in &a.args {
+            if let syn::GenericArgument::AssocType(at) = arg {
+                if at.ident == "Item" {
+                    return Some(at.ty.clone());
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Makes a function a remote task. See the crate docs.
@@ -183,7 +212,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
-    let num_returns = parse_num_returns(attr)?;
+    let (num_returns, streaming) = parse_remote_attr(attr)?;
     if !f.sig.generics.params.is_empty() {
         return Err(syn::Error::new(
             f.sig.generics.span(),
@@ -199,13 +228,78 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
     let name = &f.sig.ident;
     let vis = &f.vis;
     let args = args_of(&f.sig.inputs)?;
-    let r = ret_info(&f.sig.output, num_returns)?;
+    let item_ty = if streaming {
+        Some(iterator_item(&f.sig.output).ok_or_else(|| {
+            syn::Error::new(
+                f.sig.output.span(),
+                "a streaming remote function returns `impl Iterator<Item = T>`",
+            )
+        })?)
+    } else {
+        None
+    };
+    let r = if streaming {
+        RetInfo {
+            types: vec![unit()],
+            fallible: false,
+        }
+    } else {
+        ret_info(&f.sig.output, num_returns)?
+    };
     let decode = decode_args(&args);
     let encode = encode_returns(&r);
     let arg_names: Vec<_> = args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
-    let (ret_ty, elem_ty, build) = caller_returns(&r);
+    let (mut ret_ty, elem_ty, build) = caller_returns(&r);
     let n = num_returns as u32;
+    let arg_names2 = arg_names.clone();
+    let (invoke_fn, stream_fn, submit) = match &item_ty {
+        None => (
+            quote! {
+                fn __invoke(__args: ::std::vec::Vec<::rayforge::__private::ObjectBytes>) -> ::rayforge::Result<::rayforge::__private::Returns> {
+                    let mut __it = __args.into_iter();
+                    #decode
+                    let __out = super::#name(#(#arg_names),*);
+                    #encode
+                }
+            },
+            quote! { None },
+            quote! {
+                let __refs = ::rayforge::__private::submit_task::<#elem_ty>(
+                    NAME,
+                    &self.0,
+                    ::std::vec![#(::rayforge::__private::prepare_arg::<#arg_types>(#arg_names2)),*],
+                    #n,
+                );
+                #build
+            },
+        ),
+        Some(item) => {
+            ret_ty = quote! { ::rayforge::ObjectRefGenerator<#item> };
+            (
+                quote! {
+                    use ::rayforge::__private::not_plain as __invoke;
+
+                    fn __stream(
+                        __args: ::std::vec::Vec<::rayforge::__private::ObjectBytes>,
+                        __emit: &mut dyn FnMut(::rayforge::__private::Encoded) -> ::rayforge::Result<()>,
+                    ) -> ::rayforge::Result<()> {
+                        let mut __it = __args.into_iter();
+                        #decode
+                        ::rayforge::__private::emit_all::<#item>(super::#name(#(#arg_names),*), __emit)
+                    }
+                },
+                quote! { Some(__stream) },
+                quote! {
+                    ::rayforge::__private::submit_streaming::<#item>(
+                        NAME,
+                        &self.0,
+                        ::std::vec![#(::rayforge::__private::prepare_arg::<#arg_types>(#arg_names2)),*],
+                    )
+                },
+            )
+        }
+    };
     let doc = format!("Remote task `{name}`: `{name}::remote(...)` runs it in a worker process.");
     Ok(quote! {
         #f
@@ -218,14 +312,10 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
             /// The name this function is registered under.
             pub const NAME: &str = module_path!();
 
-            fn __invoke(__args: ::std::vec::Vec<::rayforge::__private::ObjectBytes>) -> ::rayforge::Result<::rayforge::__private::Returns> {
-                let mut __it = __args.into_iter();
-                #decode
-                let __out = super::#name(#(#arg_names),*);
-                #encode
-            }
+            #invoke_fn
 
-            static __TASK_FN: ::rayforge::__private::TaskFn = ::rayforge::__private::TaskFn { name: NAME, invoke: __invoke };
+            static __TASK_FN: ::rayforge::__private::TaskFn =
+                ::rayforge::__private::TaskFn { name: NAME, invoke: __invoke, stream: #stream_fn };
 
             /// Registers the function before `main` (see rayforge's registry).
             #[used]
@@ -247,13 +337,7 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
                 /// Submits the call with these options.
                 pub fn remote(self, #(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
                     ::rayforge::__private::keep(&__RAYFORGE_REGISTER);
-                    let __refs = ::rayforge::__private::submit_task::<#elem_ty>(
-                        NAME,
-                        &self.0,
-                        ::std::vec![#(::rayforge::__private::prepare_arg::<#arg_types>(#arg_names)),*],
-                        #n,
-                    );
-                    #build
+                    #submit
                 }
             }
 

@@ -150,6 +150,22 @@ impl Executor {
                     "remote function `{}` is not registered in this binary (was it compiled in?)",
                     spec.function
                 ))),
+                Some(f) if spec.streaming => match f.stream {
+                    None => Err(Error::InvalidArgument(format!(
+                        "`{}` is not a streaming generator",
+                        spec.function
+                    ))),
+                    Some(stream) => {
+                        let mut emit = generator_emitter(cw, spec);
+                        match std::panic::catch_unwind(AssertUnwindSafe(|| stream(args, &mut emit))) {
+                            Ok(r) => r.map(|()| Vec::new()).map_err(|e| match e {
+                                Error::TaskFailed { message, .. } => failed(spec, message),
+                                other => other,
+                            }),
+                            Err(_) => Err(failed(spec, panic_message())),
+                        }
+                    }
+                },
                 Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args))) {
                     Ok(r) => r.map_err(|e| match e {
                         Error::TaskFailed { message, .. } => failed(spec, message),
@@ -199,6 +215,41 @@ impl Executor {
             },
             Err(e) => reply_err(spec, e),
         }
+    }
+}
+
+/// Stores each generated item and reports it to the caller, in order.
+fn generator_emitter<'a>(
+    cw: &'a Arc<CoreWorker>,
+    spec: &'a proto::TaskSpec,
+) -> impl FnMut(crate::codec::Encoded) -> Result<()> + 'a {
+    let tid = TaskId::from_bytes(&spec.task_id).unwrap_or_default();
+    let mut index = 0u32;
+    move |enc| {
+        let id = tid.return_id(index);
+        let size = enc.len() as u64;
+        if !enc.refs.is_empty() {
+            let cw2 = cw.clone();
+            let (owner, refs) = (spec.owner_addr.clone(), enc.refs.clone());
+            cw.block_on(async move { cw2.lend(&owner, &refs).await })?;
+        }
+        let kind = match cw.store_value(id, &enc)? {
+            Location::Inline(b) => proto::return_object::Kind::Inline(b.as_slice().to_vec()),
+            Location::Store => proto::return_object::Kind::InStore(size),
+        };
+        let mut owner = cw.peer(&spec.owner_addr)?;
+        let req = proto::GeneratorItemRequest {
+            task_id: spec.task_id.clone(),
+            index: index as u64,
+            item: Some(proto::ReturnObject {
+                id: id.0.to_vec(),
+                kind: Some(kind),
+            }),
+        };
+        cw.block_on(async move { owner.report_generator_item(req).await })?
+            .map_err(|s| Error::rpc("reporting a generated item to the caller", s))?;
+        index += 1;
+        Ok(())
     }
 }
 
@@ -334,9 +385,16 @@ impl CoreWorkerService for WorkerService {
 
     async fn report_generator_item(
         &self,
-        _req: Request<proto::GeneratorItemRequest>,
+        req: Request<proto::GeneratorItemRequest>,
     ) -> std::result::Result<Response<proto::GeneratorItemReply>, Status> {
-        Err(Status::unimplemented("streaming generators are not supported yet"))
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let r = req.into_inner();
+        let task = TaskId::from_bytes(&r.task_id).ok_or_else(|| Status::invalid_argument("bad task id"))?;
+        let item = r
+            .item
+            .ok_or_else(|| Status::invalid_argument("generator item without a value"))?;
+        cw.generator_item(task, item);
+        Ok(Response::new(proto::GeneratorItemReply {}))
     }
 }
 

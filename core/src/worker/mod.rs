@@ -79,6 +79,7 @@ pub(crate) struct CoreWorker {
     free_tx: mpsc::UnboundedSender<ObjectId>,
     borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
     pub(crate) executor: Option<Arc<executor::Executor>>,
+    generators: Mutex<HashMap<crate::ids::TaskId, mpsc::UnboundedSender<crate::generator::GenEvent>>>,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -141,6 +142,7 @@ impl CoreWorker {
             free_tx,
             borrow_tx,
             executor,
+            generators: Mutex::new(HashMap::new()),
         });
         handle.spawn(free_loop(cw.node.clone(), free_rx));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
@@ -154,6 +156,8 @@ impl CoreWorker {
             match p.get(addr) {
                 Some(c) => c.clone(),
                 None => {
+                    // A lazy channel spawns its connection task: needs the runtime.
+                    let _rt = self.handle.enter();
                     let c = crate::rpc::uds_channel(addr)?;
                     p.insert(addr.to_string(), c.clone());
                     c
@@ -486,6 +490,40 @@ impl CoreWorker {
             self.maybe_free(id);
         } else if c.registered {
             let _ = self.borrow_tx.send((owner.to_string(), *id));
+        }
+    }
+
+    /// Starts collecting the items of a generator task this process submits.
+    pub(crate) fn register_generator(
+        &self,
+        task: crate::ids::TaskId,
+    ) -> mpsc::UnboundedReceiver<crate::generator::GenEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.generators.lock().insert(task, tx);
+        rx
+    }
+
+    /// A generator task reported an item: own it and hand it to the caller.
+    pub(crate) fn generator_item(&self, task: crate::ids::TaskId, item: proto::ReturnObject) {
+        let Some(id) = ObjectId::from_bytes(&item.id) else {
+            return;
+        };
+        let st = match item.kind {
+            Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
+            Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store),
+            None => return,
+        };
+        let handle = self.own_pending(id);
+        self.resolve(id, st, Vec::new());
+        if let Some(tx) = self.generators.lock().get(&task) {
+            let _ = tx.send(crate::generator::GenEvent::Item(handle));
+        }
+    }
+
+    /// A generator task ended (successfully or not).
+    pub(crate) fn generator_end(&self, task: crate::ids::TaskId, result: Result<()>) {
+        if let Some(tx) = self.generators.lock().remove(&task) {
+            let _ = tx.send(crate::generator::GenEvent::End(result));
         }
     }
 

@@ -75,6 +75,15 @@ pub(crate) fn fail_returns(cw: &CoreWorker, ids: &[ObjectId], e: &Error) {
     }
 }
 
+/// Fails a task: its return objects, or its generator's stream.
+pub(crate) fn fail_task(cw: &CoreWorker, task: &PendingTask, e: &Error) {
+    if task.spec.streaming {
+        cw.generator_end(task.task_id(), Err(e.clone()));
+    } else {
+        fail_returns(cw, &task.return_ids(), e);
+    }
+}
+
 /// Waits for arguments this process owns; inlines the small ready ones.
 /// Returns the error of a failed dependency.
 pub(crate) async fn resolve_dependencies(cw: &CoreWorker, spec: &mut proto::TaskSpec) -> Result<()> {
@@ -116,7 +125,7 @@ impl TaskSubmitter {
         let cw = cw.clone();
         cw.clone().handle.spawn(async move {
             if let Err(e) = resolve_dependencies(&cw, &mut task.spec).await {
-                fail_returns(&cw, &task.return_ids(), &e);
+                fail_task(&cw, &task, &e);
                 return;
             }
             Self::enqueue(&cw, task);
@@ -205,7 +214,7 @@ impl TaskSubmitter {
                             },
                             other => other.clone(),
                         };
-                        fail_returns(cw, &t.return_ids(), &e);
+                        fail_task(cw, &t, &e);
                     }
                     return false;
                 }
@@ -289,24 +298,20 @@ impl TaskSubmitter {
             return Self::on_failure(cw, task, err).await;
         }
         if cw.submitter.cancelled.lock().remove(&task.task_id()) {
-            fail_returns(
-                cw,
-                &task.return_ids(),
-                &Error::Cancelled(task.spec.display_name.clone()),
-            );
+            fail_task(cw, &task, &Error::Cancelled(task.spec.display_name.clone()));
             return;
         }
-        store_returns(cw, r.returns);
+        if task.spec.streaming {
+            cw.generator_end(task.task_id(), Ok(()));
+        } else {
+            store_returns(cw, r.returns);
+        }
     }
 
     async fn on_failure(cw: &Arc<CoreWorker>, mut task: PendingTask, err: Error) {
         let tid = task.task_id();
         if cw.submitter.cancelled.lock().remove(&tid) {
-            fail_returns(
-                cw,
-                &task.return_ids(),
-                &Error::Cancelled(task.spec.display_name.clone()),
-            );
+            fail_task(cw, &task, &Error::Cancelled(task.spec.display_name.clone()));
             return;
         }
         let retry = task.retries_left != 0
@@ -321,7 +326,7 @@ impl TaskSubmitter {
             tracing::info!(task = %task.spec.display_name, retries_left = task.retries_left, "retrying task: {err}");
             Self::enqueue(cw, task);
         } else {
-            fail_returns(cw, &task.return_ids(), &err);
+            fail_task(cw, &task, &err);
         }
     }
 
@@ -342,7 +347,7 @@ impl TaskSubmitter {
             found
         };
         if let Some(t) = removed {
-            fail_returns(cw, &t.return_ids(), &Error::Cancelled(t.spec.display_name.clone()));
+            fail_task(cw, &t, &Error::Cancelled(t.spec.display_name.clone()));
             return true;
         }
         if cw.submitter.running.lock().contains(&tid) || cw.owned_ready(id) == Some(false) {

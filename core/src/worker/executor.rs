@@ -139,9 +139,21 @@ impl Executor {
         }
         let cw2 = cw.clone();
         let spec2 = spec.clone();
-        let args = match cw.block_on(async move { resolve_args(&cw2, &spec2).await }) {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) | Err(e) => return reply_err(spec, e),
+        // Fast path: every argument travelled inline (no runtime round trip).
+        let inline: Option<Vec<ObjectBytes>> = spec
+            .args
+            .iter()
+            .map(|a| match &a.kind {
+                Some(proto::task_arg::Kind::Inline(b)) => Some(ObjectBytes::from_vec(b.clone())),
+                _ => None,
+            })
+            .collect();
+        let args = match inline {
+            Some(a) => a,
+            None => match cw.block_on(async move { resolve_args(&cw2, &spec2).await }) {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) | Err(e) => return reply_err(spec, e),
+            },
         };
         let kind = proto::TaskKind::try_from(spec.kind).unwrap_or(proto::TaskKind::Normal);
         let outcome: Result<Returns> = match kind {
@@ -209,6 +221,9 @@ impl Executor {
         let cw2 = cw.clone();
         let spec2 = spec.clone();
         match outcome {
+            Ok(values) if values.iter().all(|v| v.len() <= INLINE_MAX && v.refs.is_empty()) => {
+                inline_reply(spec, values).unwrap_or_else(|e| reply_err(spec, e))
+            }
             Ok(values) => match cw.block_on(async move { build_reply(&cw2, &spec2, values).await }) {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) | Err(e) => reply_err(spec, e),
@@ -216,6 +231,31 @@ impl Executor {
             Err(e) => reply_err(spec, e),
         }
     }
+}
+
+/// The reply for small return values holding no references: all inline.
+fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
+    let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
+    if spec.kind != proto::TaskKind::ActorCreation as i32 && values.len() != spec.num_returns as usize {
+        return Err(failed(
+            spec,
+            format!("returned {} values, expected {}", values.len(), spec.num_returns),
+        ));
+    }
+    let returns = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, enc)| proto::ReturnObject {
+            id: tid.return_id(i as u32).0.to_vec(),
+            kind: Some(proto::return_object::Kind::Inline(enc.to_vec())),
+        })
+        .collect();
+    Ok(proto::PushTaskReply {
+        task_id: spec.task_id.clone(),
+        returns,
+        error: None,
+        num_generated: 0,
+    })
 }
 
 /// Stores each generated item and reports it to the caller, in order.
@@ -446,7 +486,7 @@ fn worker_main() -> Result<()> {
     let node_addr = env(ENV_NODE_ADDR)?;
     let session = std::path::PathBuf::from(env(ENV_SESSION_DIR)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("rayforge-worker")
         .enable_all()
         .build()

@@ -49,6 +49,15 @@ fn do_put_large(len: usize) -> u64 {
     (len * 8) as u64
 }
 
+/// Gets a large object inside a task and reports how long the get took.
+#[crate::remote]
+fn time_get(r: Vec<ObjectRef<Buffer<u8>>>) -> (u64, f64) {
+    let start = Instant::now();
+    let b = r[0].get().expect("get");
+    let took = start.elapsed().as_secs_f64();
+    (b.len() as u64, took * 1e6)
+}
+
 /// Submits `n` tasks and waits for them (multi-client tasks).
 #[crate::remote]
 fn do_tasks(n: u32) -> u32 {
@@ -286,6 +295,16 @@ pub fn run(settings: &Settings) -> Result<()> {
         let refs: Vec<_> = clients.iter().map(|c| c.call_async(1000u32)).collect();
         crate::get_all(&refs).map(drop)
     })?;
+
+    if settings
+        .filter
+        .as_deref()
+        .is_none_or(|f| "1 GiB".contains(f) || f.contains("GiB"))
+    {
+        let gib = crate::put(Buffer::from(vec![1u8; 1 << 30]))?;
+        let (len, micros) = time_get::remote(vec![gib]).get()?;
+        println!("get of a 1 GiB object in another process: {micros:.0} us ({len} bytes, zero-copy mapping)");
+    }
 
     if let Some(path) = &settings.json {
         let text = serde_json::to_string_pretty(&r.results).map_err(|e| Error::Internal(e.to_string()))?;

@@ -198,6 +198,15 @@ impl Rendezvous {
         self.barrier.wait().await;
         i
     }
+
+    /// Awaits an object inside async code.
+    async fn double_of(&self, r: Vec<ObjectRef<i64>>) -> i64 {
+        let mut total = 0;
+        for x in r {
+            total += x.await.expect("await an object");
+        }
+        2 * total
+    }
 }
 
 #[test]
@@ -207,6 +216,8 @@ fn async_actors_run_calls_concurrently_up_to_max_concurrency() {
     let refs: Vec<_> = (0..8u32).map(|i| r.meet(i)).collect();
     let got = rayforge::get_all(&refs).unwrap();
     assert_eq!(got, (0..8).collect::<Vec<_>>());
+    let parts = vec![rayforge::put(20i64).unwrap(), rayforge::put(1i64).unwrap()];
+    assert_eq!(r.double_of(parts).get().unwrap(), 42);
 }
 
 #[test]

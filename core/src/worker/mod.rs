@@ -235,9 +235,13 @@ impl CoreWorker {
     where
         F::Output: Send,
     {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            // Inside async code (an async actor method): blocking the reactor
-            // would deadlock. Run on a helper thread instead.
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            // Inside async code (an async actor method): blocking this thread
+            // must not starve the runtime. On a multi-thread runtime hand its
+            // work to another thread; otherwise run on a helper thread.
+            if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                return Ok(tokio::task::block_in_place(|| self.handle.block_on(f)));
+            }
             return std::thread::scope(|s| {
                 s.spawn(|| self.handle.block_on(f))
                     .join()

@@ -501,6 +501,28 @@ pub mod __private {
             .collect()
     }
 
+    /// The spec of a remote function call owned by this process.
+    fn normal_spec(
+        cw: &worker::CoreWorker,
+        tid: TaskId,
+        name: &'static str,
+        args: Vec<proto::TaskArg>,
+        num_returns: u32,
+        streaming: bool,
+    ) -> proto::TaskSpec {
+        proto::TaskSpec {
+            task_id: tid.0.to_vec(),
+            kind: proto::TaskKind::Normal as i32,
+            function: name.to_string(),
+            args,
+            num_returns,
+            owner_addr: cw.addr.clone(),
+            display_name: name.to_string(),
+            streaming,
+            ..Default::default()
+        }
+    }
+
     /// Submits a remote function call; returns its `num_returns` references.
     pub fn submit_task<T>(
         name: &'static str,
@@ -521,16 +543,7 @@ pub mod __private {
         let refs: Vec<ObjectRef<T>> = (0..num_returns)
             .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
             .collect();
-        let spec = proto::TaskSpec {
-            task_id: tid.0.to_vec(),
-            kind: proto::TaskKind::Normal as i32,
-            function: name.to_string(),
-            args,
-            num_returns,
-            owner_addr: cw.addr.clone(),
-            display_name: name.to_string(),
-            ..Default::default()
-        };
+        let spec = normal_spec(&cw, tid, name, args, num_returns, false);
         worker::submitter::TaskSubmitter::submit(
             &cw,
             worker::submitter::PendingTask {
@@ -657,17 +670,7 @@ pub mod __private {
         };
         let tid = TaskId::new();
         let rx = cw.register_generator(tid);
-        let spec = proto::TaskSpec {
-            task_id: tid.0.to_vec(),
-            kind: proto::TaskKind::Normal as i32,
-            function: name.to_string(),
-            args,
-            num_returns: 0,
-            owner_addr: cw.addr.clone(),
-            display_name: name.to_string(),
-            streaming: true,
-            ..Default::default()
-        };
+        let spec = normal_spec(&cw, tid, name, args, 0, true);
         // Items already handed out cannot be taken back: no retries.
         worker::submitter::TaskSubmitter::submit(
             &cw,

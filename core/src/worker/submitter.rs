@@ -55,7 +55,15 @@ struct KeyQueue {
     tasks: VecDeque<PendingTask>,
     requesting: usize,
     leased: usize,
+    /// Leases whose queue ran dry, lingering for a next task.
+    lingering: usize,
+    more: Arc<tokio::sync::Notify>,
 }
+
+/// How long a lease with nothing to run waits for the next task of its shape
+/// before going back to the node: back-to-back calls (a loop of `f.remote()
+/// .get()`) then reuse the worker instead of paying two RPCs per task.
+const LEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Default)]
 pub(crate) struct TaskSubmitter {
@@ -139,12 +147,35 @@ impl TaskSubmitter {
             let q = qs.entry(key.clone()).or_default();
             q.resources = task.resources.clone();
             q.tasks.push_back(task);
-            q.requesting < q.tasks.len().min(MAX_PENDING_LEASES)
+            if q.lingering > 0 {
+                q.more.notify_one();
+                false
+            } else {
+                q.requesting < q.tasks.len().min(MAX_PENDING_LEASES)
+            }
         };
         if want_lease {
             let cw2 = cw.clone();
             cw.handle.spawn(async move { Self::lease_loop(cw2, key).await });
         }
+    }
+
+    /// Waits up to [`LEASE_LINGER`] for another task of this shape.
+    async fn linger(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
+        let more = {
+            let mut qs = cw.submitter.queues.lock();
+            let q = qs.get_mut(key)?;
+            if let Some(t) = q.tasks.pop_front() {
+                return Some(t);
+            }
+            q.lingering += 1;
+            q.more.clone()
+        };
+        let _ = tokio::time::timeout(LEASE_LINGER, more.notified()).await;
+        let mut qs = cw.submitter.queues.lock();
+        let q = qs.get_mut(key)?;
+        q.lingering -= 1;
+        q.tasks.pop_front()
     }
 
     fn pop(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
@@ -287,7 +318,10 @@ impl TaskSubmitter {
             }
             match Self::pop(cw, key) {
                 Some(t) => task = t,
-                None => return false,
+                None => match Self::linger(cw, key).await {
+                    Some(t) => task = t,
+                    None => return false,
+                },
             }
         }
     }

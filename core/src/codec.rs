@@ -284,6 +284,25 @@ impl Encoded {
         }
     }
 
+    /// Streams the laid-out object to a writer (one copy, no staging).
+    pub(crate) fn write_into(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        const ZEROS: [u8; ALIGN] = [0; ALIGN];
+        w.write_all(&self.head)?;
+        let mut pos = self.head.len();
+        for (_, ptr, len) in &self.buffers {
+            let pad = align_up(pos) - pos;
+            w.write_all(&ZEROS[..pad])?;
+            pos += pad;
+            // SAFETY: ptr/len come from a live Buffer whose owner we hold.
+            let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+            w.write_all(src)?;
+            pos += len;
+        }
+        let pad = self.total.saturating_sub(pos);
+        w.write_all(&ZEROS[..pad.min(ALIGN)])?;
+        Ok(())
+    }
+
     /// Lays the object out in a new vector.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.total];

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::codec::{Encoded, ObjectBytes};
@@ -223,17 +222,10 @@ pub(crate) fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<(
         .truncate(true)
         .open(&tmp)
         .map_err(|e| Error::io(ctx(), e))?;
-    let len = enc.len();
-    if len >= 1 << 20 {
-        file.set_len(len as u64).map_err(|e| Error::io(ctx(), e))?;
-        // SAFETY: the file is private to this process until renamed.
-        let mut map =
-            unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }.map_err(|e| Error::io(ctx(), e))?;
-        enc.write_to(&mut map);
-    } else {
-        let mut f = file;
-        f.write_all(&enc.to_vec()).map_err(|e| Error::io(ctx(), e))?;
-    }
+    // Plain writes: the kernel copies straight into the tmpfs pages, which
+    // is faster than faulting in a fresh mapping and copying into it.
+    let mut f = file;
+    enc.write_into(&mut f).map_err(|e| Error::io(ctx(), e))?;
     fs::rename(&tmp, &path).map_err(|e| Error::io(ctx(), e))?;
     Ok(())
 }

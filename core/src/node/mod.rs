@@ -64,7 +64,8 @@ impl SessionPaths {
     }
 }
 
-/// Removes session directories left by drivers that died without cleaning up.
+/// Removes session (and spill) directories left by drivers that died without
+/// cleaning up: `rayforge-<pid>-...` whose pid is gone.
 fn remove_stale_sessions(root: &std::path::Path) {
     let Ok(rd) = std::fs::read_dir(root) else { return };
     for e in rd.flatten() {
@@ -115,8 +116,10 @@ impl NodeDaemon {
     /// Starts the daemon's services on the current tokio runtime.
     pub(crate) async fn start(cfg: Config) -> Result<NodeDaemon> {
         let paths = SessionPaths::new(&cfg);
-        if let Some(parent) = paths.dir.parent() {
-            remove_stale_sessions(parent);
+        for dir in [&paths.dir, &paths.spill] {
+            if let Some(parent) = dir.parent() {
+                remove_stale_sessions(parent);
+            }
         }
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
         let cpus = cfg.num_cpus.unwrap_or_else(|| {

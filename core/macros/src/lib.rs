@@ -10,7 +10,20 @@
 //! - `#[main]` lets one binary be both the driver and its workers.
 //!
 //! These macros expand to calls into `rayforge::__private`; use them through
-//! the `rayforge` crate.
+//! the `rayforge` crate:
+//!
+//! ```ignore
+//! #[rayforge::remote(num_returns = 2)]
+//! fn split(x: i64) -> (i64, String) { (x, x.to_string()) }
+//!
+//! #[rayforge::main]
+//! fn main() -> rayforge::Result<()> {
+//!     rayforge::init(rayforge::Config::default())?;
+//!     let (n, s) = split::remote(7i64);
+//!     assert_eq!((n.get()?, s.get()?), (7, "7".to_string()));
+//!     Ok(())
+//! }
+//! ```
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};

@@ -318,7 +318,7 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
     Ok(H::from_raw(ActorHandle {
         id,
         class: H::CLASS.to_string(),
-        max_task_retries: 0,
+        max_task_retries: r.max_task_retries,
     }))
 }
 
@@ -595,6 +595,7 @@ pub mod __private {
             name: opts.name.clone().unwrap_or_default(),
             detached: opts.detached,
             owner_id: cw.worker_id,
+            max_task_retries: opts.max_task_retries,
         };
         let mut node = cw.node.clone();
         let r = cw

@@ -134,12 +134,17 @@ fn a_crashed_actor_restarts_within_its_budget_then_dies_with_the_cause() {
 fn max_task_retries_resends_a_call_interrupted_by_a_crash() {
     cluster();
     let c = Counter::options()
-        .max_restarts(1)
+        .max_restarts(2)
         .max_task_retries(1)
+        .name("retrying")
         .remote(5i64)
         .unwrap();
     let m = marker("crash_once");
     assert_eq!(c.crash_once(m).get_timeout(Duration::from_secs(60)).unwrap(), 5);
+    // A handle found by name retries the same way.
+    let found: CounterHandle = rayforge::get_actor("retrying").unwrap();
+    let m2 = marker("crash_once_by_name");
+    assert_eq!(found.crash_once(m2).get_timeout(Duration::from_secs(60)).unwrap(), 5);
 }
 
 #[test]

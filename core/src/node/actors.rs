@@ -51,6 +51,7 @@ pub(crate) struct ActorEntry {
     pub(crate) death_cause: String,
     pub(crate) num_restarts: u32,
     pub(crate) max_restarts: i32,
+    pub(crate) max_task_retries: i32,
     pub(crate) creation: proto::TaskSpec,
     pub(crate) resources: Resources,
     #[allow(dead_code)]
@@ -82,6 +83,7 @@ impl ActorEntry {
             num_restarts: self.num_restarts,
             max_restarts: self.max_restarts,
             class_name: self.display(),
+            max_task_retries: self.max_task_retries,
         }
     }
 
@@ -134,6 +136,7 @@ mod tests {
             death_cause: String::new(),
             num_restarts: 0,
             max_restarts,
+            max_task_retries: 0,
             creation: proto::TaskSpec::default(),
             resources: Resources::new(),
             owner_id: 1,

@@ -462,6 +462,7 @@ impl NodeDaemon {
                     death_cause: String::new(),
                     num_restarts: 0,
                     max_restarts: req.max_restarts,
+                    max_task_retries: req.max_task_retries,
                     creation: spec,
                     resources,
                     owner_id: req.owner_id,

@@ -233,15 +233,21 @@ impl Executor {
     }
 }
 
-/// The reply for small return values holding no references: all inline.
-fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
-    let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
+/// A task must return as many values as it declared.
+fn check_return_count(spec: &proto::TaskSpec, values: &Returns) -> Result<()> {
     if spec.kind != proto::TaskKind::ActorCreation as i32 && values.len() != spec.num_returns as usize {
         return Err(failed(
             spec,
             format!("returned {} values, expected {}", values.len(), spec.num_returns),
         ));
     }
+    Ok(())
+}
+
+/// The reply for small return values holding no references: all inline.
+fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
+    let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
+    check_return_count(spec, &values)?;
     let returns = values
         .into_iter()
         .enumerate()
@@ -334,12 +340,7 @@ async fn resolve_args(cw: &CoreWorker, spec: &proto::TaskSpec) -> Result<Vec<Obj
 /// the shared-memory store. References inside them are lent to the caller.
 async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTaskReply> {
     let tid = TaskId::from_bytes(&spec.task_id).ok_or_else(|| Error::Internal("bad task id".into()))?;
-    if spec.kind != proto::TaskKind::ActorCreation as i32 && values.len() != spec.num_returns as usize {
-        return Err(failed(
-            spec,
-            format!("returned {} values, expected {}", values.len(), spec.num_returns),
-        ));
-    }
+    check_return_count(spec, &values)?;
     let mut returns = Vec::with_capacity(values.len());
     for (i, enc) in values.into_iter().enumerate() {
         let id = tid.return_id(i as u32);

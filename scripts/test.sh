@@ -12,6 +12,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== building binaries (cluster tests start real rayforge daemons)"
+cargo build --workspace --bins
 echo "== tests (nextest: one process per test)"
 cargo nextest run --workspace --no-fail-fast
 echo "== doc tests"

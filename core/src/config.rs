@@ -31,9 +31,35 @@ pub struct Config {
     pub idle_worker_timeout_s: Option<f64>,
     /// Extra environment for worker processes.
     pub worker_env: HashMap<String, String>,
+    /// Join a running cluster instead of starting an embedded one:
+    /// `"host:port"` of the head, or `"auto"` for the cluster started on this
+    /// machine with `rayforge start --head` (or `$RAYFORGE_ADDRESS`).
+    pub address: Option<String>,
+    /// The cluster's token (default: `$RAYFORGE_TOKEN`, else the one
+    /// `rayforge start --head` recorded on this machine).
+    pub token: Option<String>,
 }
 
 impl Config {
+    /// Joins a running cluster (see [`Config::address`](struct.Config.html#structfield.address)).
+    ///
+    /// ```
+    /// let cfg = rayforge::Config::address("auto");
+    /// assert_eq!(cfg.address.as_deref(), Some("auto"));
+    /// ```
+    pub fn address(addr: &str) -> Config {
+        Config {
+            address: Some(addr.to_string()),
+            ..Config::default()
+        }
+    }
+
+    /// Sets the cluster token.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
     /// Sets the node's CPU count.
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.num_cpus = Some(n);

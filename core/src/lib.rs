@@ -45,9 +45,11 @@
 extern crate self as rayforge;
 
 mod actor;
+pub mod cluster;
 mod codec;
 mod config;
 mod error;
+mod gcs;
 mod generator;
 mod ids;
 pub mod microbenchmark;
@@ -83,7 +85,10 @@ use parking_lot::Mutex;
 
 struct Driver {
     rt: tokio::runtime::Runtime,
-    daemon: node::NodeDaemon,
+    /// The embedded cluster's node (None when joined to a cluster).
+    daemon: Option<node::NodeDaemon>,
+    /// The job this driver runs in a cluster.
+    job: Option<cluster::DriverJob>,
 }
 
 static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
@@ -100,9 +105,15 @@ pub(crate) fn init_logging() {
 
 /// Starts an embedded single-node cluster in this process (the node daemon
 /// and a pool of worker processes started from this binary) and connects
-/// this process to it as the driver.
-pub fn init(config: Config) -> Result<()> {
+/// this process to it as the driver — or, with [`Config::address`], joins a
+/// running cluster: this program's binary is shipped to the cluster and its
+/// tasks run on the cluster's nodes.
+pub fn init(mut config: Config) -> Result<()> {
     config.validate()?;
+    if config.address.is_none() {
+        // Like RAY_ADDRESS: the same program joins a cluster when told to.
+        config.address = std::env::var("RAYFORGE_ADDRESS").ok().filter(|a| !a.is_empty());
+    }
     let mut driver = DRIVER.lock();
     if driver.is_some() || worker::try_current().is_some() {
         return Err(Error::Runtime("rayforge is already initialized in this process".into()));
@@ -114,17 +125,27 @@ pub fn init(config: Config) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the driver's runtime", e))?;
-    let daemon = rt.block_on(node::NodeDaemon::start(config))?;
+    if config.address.is_some() {
+        let (cw, job) = rt.block_on(cluster::join_as_driver(&config, rt.handle().clone()))?;
+        worker::install(cw)?;
+        *driver = Some(Driver {
+            rt,
+            daemon: None,
+            job: Some(job),
+        });
+        return Ok(());
+    }
+    let daemon = rt.block_on(node::NodeDaemon::start(config, None))?;
     let paths = daemon.state.paths.clone();
     let worker_id = ids::new_worker_id();
     let addr = node::SessionPaths::worker_sock(&paths.dir, worker_id);
     let started = rt.block_on(async {
-        worker::executor::serve(&addr)?;
-        let ch = rpc::uds_connect(&paths.node_sock.to_string_lossy()).await?;
-        Ok::<_, Error>(ch)
+        let addr = worker::executor::serve(&addr, None).await?;
+        let ch = rpc::connect(&paths.node_sock.to_string_lossy()).await?;
+        Ok::<_, Error>((addr, ch))
     });
-    let ch = match started {
-        Ok(ch) => ch,
+    let (addr, ch) = match started {
+        Ok(x) => x,
         Err(e) => {
             daemon.shutdown();
             return Err(e);
@@ -132,15 +153,22 @@ pub fn init(config: Config) -> Result<()> {
     };
     let cw = worker::CoreWorker::new(
         worker_id,
-        addr.to_string_lossy().into(),
+        addr,
         true,
         rt.handle().clone(),
         worker::node_client(ch),
-        paths.store.clone(),
+        worker::NodePlace {
+            store_dir: paths.store.clone(),
+            ..Default::default()
+        },
         None,
     );
     worker::install(cw)?;
-    *driver = Some(Driver { rt, daemon });
+    *driver = Some(Driver {
+        rt,
+        daemon: Some(daemon),
+        job: None,
+    });
     Ok(())
 }
 
@@ -155,7 +183,12 @@ pub fn shutdown() {
     let driver = DRIVER.lock().take();
     if let Some(d) = driver {
         worker::uninstall();
-        d.daemon.shutdown();
+        if let Some(job) = d.job {
+            d.rt.block_on(job.finish("SUCCEEDED", ""));
+        }
+        if let Some(daemon) = d.daemon {
+            daemon.shutdown();
+        }
         d.rt.shutdown_timeout(Duration::from_secs(2));
     }
 }
@@ -320,6 +353,18 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
         class: H::CLASS.to_string(),
         max_task_retries: r.max_task_retries,
     }))
+}
+
+/// The id of the node this process runs on (where a task ran, when called
+/// inside one).
+pub fn node_id() -> Result<String> {
+    let cw = worker::current()?;
+    let mut node = cw.node.clone();
+    let r = cw
+        .block_on(async move { node.node_info(proto::NodeInfoRequest {}).await })?
+        .map_err(|s| Error::rpc("asking the node for its id", s))?
+        .into_inner();
+    Ok(r.node_id)
 }
 
 /// Usage of this node's object store.
@@ -596,6 +641,7 @@ pub mod __private {
             detached: opts.detached,
             owner_id: cw.worker_id,
             max_task_retries: opts.max_task_retries,
+            job_id: cw.job_id.clone(),
         };
         let mut node = cw.node.clone();
         let r = cw

@@ -1,12 +1,72 @@
-//! gRPC plumbing: serving and dialing tonic services over Unix sockets.
+//! gRPC plumbing: serving and dialing tonic services over Unix sockets (inside
+//! a node) and TCP (between nodes), and the cluster token every call carries.
+//!
+//! An address is a socket path when it starts with `/`, otherwise `host:port`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use parking_lot::RwLock;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
+
+/// Metadata key of the cluster token.
+const TOKEN_KEY: &str = "x-rayforge-token";
+
+static TOKEN: RwLock<Option<MetadataValue<Ascii>>> = RwLock::new(None);
+
+/// Sets this process's cluster token: sent with every call, and required of
+/// every caller of the services this process serves.
+pub(crate) fn set_token(token: &str) -> Result<()> {
+    let v = MetadataValue::try_from(token)
+        .map_err(|_| Error::InvalidArgument("the cluster token must be printable ASCII".into()))?;
+    *TOKEN.write() = Some(v);
+    Ok(())
+}
+
+/// The token of this process, if it is part of a secured cluster.
+pub(crate) fn token() -> Option<String> {
+    TOKEN.read().as_ref().and_then(|v| v.to_str().ok().map(str::to_string))
+}
+
+/// Client side: adds the token to each call.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Auth;
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        if let Some(t) = TOKEN.read().as_ref() {
+            req.metadata_mut().insert(TOKEN_KEY, t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Server side: refuses calls without this process's token.
+pub(crate) fn check_token(req: Request<()>) -> std::result::Result<Request<()>, Status> {
+    let expected = TOKEN.read();
+    match expected.as_ref() {
+        None => Ok(req),
+        Some(t) if req.metadata().get(TOKEN_KEY) == Some(t) => Ok(req),
+        Some(_) => Err(Status::unauthenticated(
+            "missing or wrong cluster token (see `rayforge start --head` output or RAYFORGE_TOKEN)",
+        )),
+    }
+}
+
+/// A channel whose calls carry the cluster token.
+pub(crate) type Chan = InterceptedService<Channel, Auth>;
+
+/// Whether `addr` names a TCP endpoint rather than a Unix socket.
+pub(crate) fn is_tcp(addr: &str) -> bool {
+    !addr.starts_with('/')
+}
 
 /// Binds a Unix socket for a gRPC server, replacing a stale socket file.
 pub(crate) fn bind_uds(path: &Path) -> Result<tokio_stream::wrappers::UnixListenerStream> {
@@ -15,12 +75,30 @@ pub(crate) fn bind_uds(path: &Path) -> Result<tokio_stream::wrappers::UnixListen
     Ok(tokio_stream::wrappers::UnixListenerStream::new(l))
 }
 
-/// The endpoint settings every channel uses (the URI is a placeholder: the
-/// connector dials the socket path).
-fn endpoint() -> Result<Endpoint> {
-    Ok(Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| Error::Internal(format!("endpoint: {e}")))?
+/// Binds a TCP listener (`host:port`, port 0 for any free port); returns the
+/// incoming stream and the bound address.
+pub(crate) async fn bind_tcp(addr: &str) -> Result<(tokio_stream::wrappers::TcpListenerStream, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("binding {addr}"), e))?;
+    let local = l.local_addr().map_err(|e| Error::io("reading a bound address", e))?;
+    Ok((tokio_stream::wrappers::TcpListenerStream::new(l), local))
+}
+
+/// The endpoint settings every channel uses.
+fn endpoint(addr: &str) -> Result<Endpoint> {
+    // For Unix sockets the URI is a placeholder: the connector dials the path.
+    let uri = if is_tcp(addr) {
+        format!("http://{addr}")
+    } else {
+        "http://[::]:50051".to_string()
+    };
+    Ok(Endpoint::try_from(uri)
+        .map_err(|e| Error::InvalidArgument(format!("bad address `{addr}`: {e}")))?
         .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20)))
 }
@@ -43,15 +121,25 @@ fn connector(
     })
 }
 
-/// Opens a lazily connecting channel to a Unix socket path.
-pub(crate) fn uds_channel(path: &str) -> Result<Channel> {
-    Ok(endpoint()?.connect_with_connector_lazy(connector(path)))
+/// Opens a lazily connecting channel to `addr`.
+pub(crate) fn channel(addr: &str) -> Result<Chan> {
+    let ep = endpoint(addr)?;
+    let ch = if is_tcp(addr) {
+        ep.connect_lazy()
+    } else {
+        ep.connect_with_connector_lazy(connector(addr))
+    };
+    Ok(InterceptedService::new(ch, Auth))
 }
 
 /// Connects eagerly, failing fast when nobody listens.
-pub(crate) async fn uds_connect(path: &str) -> Result<Channel> {
-    endpoint()?
-        .connect_with_connector(connector(path))
-        .await
-        .map_err(|e| Error::io(format!("connecting to {path}"), e))
+pub(crate) async fn connect(addr: &str) -> Result<Chan> {
+    let ep = endpoint(addr)?;
+    let ch = if is_tcp(addr) {
+        ep.connect().await
+    } else {
+        ep.connect_with_connector(connector(addr)).await
+    }
+    .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
+    Ok(InterceptedService::new(ch, Auth))
 }

@@ -50,3 +50,159 @@ pub fn kill_self() -> ! {
     }
     std::process::abort()
 }
+
+/// A multi-node cluster of real daemons on this machine: a head and nodes,
+/// each a `rayforge start --block` process on its own loopback ports. Every
+/// daemon is killed when this is dropped.
+pub struct LocalCluster {
+    /// The head's control-service address.
+    pub address: String,
+    /// The cluster token.
+    pub token: String,
+    /// Where the head persists its state.
+    pub state_dir: std::path::PathBuf,
+    cluster_file: std::path::PathBuf,
+    /// Daemon processes and their node ids (the head first).
+    pub daemons: Vec<(std::process::Child, String)>,
+}
+
+/// The `rayforge` CLI binary of this build, built on demand.
+pub fn rayforge_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("rayforge");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-p", "rayforge", "--bin", "rayforge"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok && bin.exists(),
+            "cannot build the rayforge binary at {}",
+            bin.display()
+        );
+    }
+    bin
+}
+
+fn start_daemon(args: &[String], cluster_file: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(rayforge_bin())
+        .arg("start")
+        .args(args)
+        .arg("--block")
+        .env("RAYFORGE_CLUSTER_FILE", cluster_file)
+        .env_remove("RAYFORGE_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a rayforge daemon");
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("daemon output");
+    assert!(
+        line.contains("started"),
+        "daemon did not start: {line:?} (args {args:?})"
+    );
+    let node_id = line
+        .split("started: node ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("node id in the start line")
+        .to_string();
+    (child, node_id)
+}
+
+impl LocalCluster {
+    /// Starts a head (`head_args`, e.g. `--num-cpus 1`) with a heartbeat
+    /// timeout of `heartbeat_ms`.
+    pub fn start(head_args: &[&str], heartbeat_ms: u64) -> LocalCluster {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = std::env::temp_dir().join(format!("rayforge-test-cluster-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("test dir");
+        let state_dir = base.join("head");
+        let cluster_file = base.join("cluster.json");
+        let mut c = LocalCluster {
+            address: String::new(),
+            token: String::new(),
+            state_dir,
+            cluster_file,
+            daemons: Vec::new(),
+        };
+        c.start_head(head_args, heartbeat_ms, 0);
+        c
+    }
+
+    /// Starts (or restarts) the head on `port` (0: any).
+    pub fn start_head(&mut self, head_args: &[&str], heartbeat_ms: u64, port: u16) {
+        let mut args: Vec<String> = vec![
+            "--head".into(),
+            "--port".into(),
+            port.to_string(),
+            "--state-dir".into(),
+            self.state_dir.to_string_lossy().into(),
+            "--heartbeat-timeout-ms".into(),
+            heartbeat_ms.to_string(),
+        ];
+        args.extend(head_args.iter().map(|s| s.to_string()));
+        let d = start_daemon(&args, &self.cluster_file);
+        let text = std::fs::read_to_string(&self.cluster_file).expect("cluster file written by the head");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("cluster file is JSON");
+        self.address = v["address"].as_str().expect("address").to_string();
+        self.token = v["token"].as_str().expect("token").to_string();
+        self.daemons.insert(0, d);
+    }
+
+    /// Adds a node with these extra arguments; returns its node id.
+    pub fn add_node(&mut self, args: &[&str]) -> String {
+        let mut a: Vec<String> = vec![
+            "--address".into(),
+            self.address.clone(),
+            "--token".into(),
+            self.token.clone(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let d = start_daemon(&a, &self.cluster_file);
+        let id = d.1.clone();
+        self.daemons.push(d);
+        id
+    }
+
+    /// SIGKILLs the daemon of node `node_id` (its workers die with it).
+    pub fn kill_node(&mut self, node_id: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|(_, id)| id == node_id)
+            .expect("a node of this cluster");
+        let (mut child, _) = self.daemons.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// A rayforge config joining this cluster.
+    pub fn config(&self) -> Config {
+        Config::address(&self.address).token(&self.token)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for (c, _) in &mut self.daemons {
+            // SAFETY: plain syscall on our child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        for (c, _) in &mut self.daemons {
+            let _ = c.wait();
+        }
+        if let Some(base) = self.state_dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}

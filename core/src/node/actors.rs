@@ -38,6 +38,8 @@ impl ActorState {
 
 pub(crate) struct ActorEntry {
     pub(crate) class_name: String,
+    /// The job whose program runs the actor ("" = the node's own).
+    pub(crate) job: String,
     pub(crate) name: String,
     /// Recorded for the cluster control service; in the embedded cluster
     /// every actor ends with the driver.
@@ -125,6 +127,7 @@ mod tests {
 
     fn entry(max_restarts: i32) -> ActorEntry {
         ActorEntry {
+            job: String::new(),
             class_name: "m::Counter".into(),
             name: "c".into(),
             detached: false,

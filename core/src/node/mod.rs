@@ -4,6 +4,7 @@
 //! over a Unix socket; the driver and every worker talk to it there.
 
 pub(crate) mod actors;
+pub(crate) mod cluster;
 pub(crate) mod memory_monitor;
 pub(crate) mod scheduler;
 
@@ -30,6 +31,13 @@ pub(crate) const ENV_WORKER: &str = "RAYFORGE_WORKER";
 pub(crate) const ENV_NODE_ADDR: &str = "RAYFORGE_NODE_ADDR";
 pub(crate) const ENV_WORKER_ID: &str = "RAYFORGE_WORKER_ID";
 pub(crate) const ENV_SESSION_DIR: &str = "RAYFORGE_SESSION_DIR";
+/// The node's TCP address, when it is part of a multi-node cluster.
+pub(crate) const ENV_NODE_TCP: &str = "RAYFORGE_NODE_TCP";
+pub(crate) const ENV_JOB_ID: &str = "RAYFORGE_JOB_ID";
+/// The cluster token (also read by drivers joining a cluster).
+pub(crate) const ENV_TOKEN: &str = "RAYFORGE_TOKEN";
+/// The interface a worker serves on, so other nodes can reach it.
+pub(crate) const ENV_BIND_HOST: &str = "RAYFORGE_BIND_HOST";
 
 /// Where a session keeps its sockets and shared memory.
 #[derive(Debug, Clone)]
@@ -84,6 +92,10 @@ fn remove_stale_sessions(root: &std::path::Path) {
 
 pub(crate) struct NodeState {
     pub(crate) paths: SessionPaths,
+    pub(crate) node_id: String,
+    /// TCP address of the node service ("" in the embedded cluster).
+    pub(crate) tcp_addr: String,
+    pub(crate) cluster: Option<cluster::ClusterLink>,
     cfg: Config,
     exe: PathBuf,
     pub(crate) sched: Mutex<Scheduler>,
@@ -113,8 +125,9 @@ fn detect_gpus() -> f64 {
 }
 
 impl NodeDaemon {
-    /// Starts the daemon's services on the current tokio runtime.
-    pub(crate) async fn start(cfg: Config) -> Result<NodeDaemon> {
+    /// Starts the daemon's services on the current tokio runtime: an
+    /// embedded single node, or (with `role`) a node of a cluster.
+    pub(crate) async fn start(cfg: Config, role: Option<cluster::ClusterRole>) -> Result<NodeDaemon> {
         let paths = SessionPaths::new(&cfg);
         for dir in [&paths.dir, &paths.spill] {
             if let Some(parent) = dir.parent() {
@@ -134,7 +147,21 @@ impl NodeDaemon {
         total.insert("memory".into(), mem as f64);
         let capacity = cfg.object_store_memory.unwrap_or(mem * 3 / 10);
         let store = StoreManager::new(paths.store.clone(), paths.spill.clone(), capacity)?;
-        let prestart = cfg.prestart_workers.unwrap_or(cpus.ceil() as usize);
+        // Cluster nodes run the workers of whichever jobs come: none up front.
+        let prestart = match role {
+            Some(_) => 0,
+            None => cfg.prestart_workers.unwrap_or(cpus.ceil() as usize),
+        };
+        let tcp = match &role {
+            Some(r) => Some(crate::rpc::bind_tcp(&format!("{}:{}", r.bind_host, r.port)).await?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|(_, a)| a.to_string()).unwrap_or_default();
+        let node_id = ObjectId::for_put().hex()[..16].to_string();
+        let cluster = match role {
+            Some(r) => Some(cluster::ClusterLink::new(r)?),
+            None => None,
+        };
         let idle = Duration::from_secs_f64(cfg.idle_worker_timeout_s.unwrap_or(10.0));
         let exe = std::env::current_exe().map_err(|e| Error::io("locating the program's own binary", e))?;
         let state = Arc::new(NodeState {
@@ -146,6 +173,9 @@ impl NodeDaemon {
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
             shutting_down: false.into(),
             paths,
+            node_id,
+            tcp_addr,
+            cluster,
             cfg,
             exe,
         });
@@ -154,6 +184,8 @@ impl NodeDaemon {
         let svc = proto::node_service_server::NodeServiceServer::new(daemon.clone())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
+        let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
+        let svc2 = svc.clone();
         daemon.spawn(async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -163,13 +195,32 @@ impl NodeDaemon {
                 tracing::error!("node service stopped: {e}");
             }
         });
+        if let Some((incoming, _)) = tcp {
+            daemon.spawn(async move {
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(svc2)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!("node service (TCP) stopped: {e}");
+                }
+            });
+        }
         let d = daemon.clone();
         daemon.spawn(async move { d.housekeeping().await });
         for _ in 0..prestart {
-            daemon.start_worker();
+            daemon.start_worker(String::new());
+        }
+        if daemon.state.cluster.is_some() {
+            if let Err(e) = daemon.join_cluster(Duration::from_secs(30)).await {
+                daemon.shutdown();
+                return Err(e);
+            }
         }
         tracing::info!(
             dir = %daemon.state.paths.dir.display(),
+            node = %daemon.state.node_id,
+            addr = %daemon.state.tcp_addr,
             cpus,
             store_bytes = capacity,
             "node daemon started"
@@ -222,7 +273,7 @@ impl NodeDaemon {
     fn apply(&self, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::StartWorker => self.start_worker(),
+                Action::StartWorker { job } => self.start_worker(job),
                 Action::KillWorker { worker_id, pid } => {
                     tracing::debug!(worker_id, pid, "stopping worker");
                     if let Some(w) = self.state.sched.lock().workers.get_mut(&worker_id) {
@@ -235,15 +286,48 @@ impl NodeDaemon {
         }
     }
 
-    fn start_worker(&self) {
+    /// Starts a worker process running `job`'s program ("" = our own).
+    fn start_worker(&self, job: String) {
+        if job.is_empty() {
+            let rt = cluster::JobRuntime {
+                binary: self.state.exe.clone(),
+                env: HashMap::new(),
+                working_dir: None,
+            };
+            self.spawn_worker(&job, &rt);
+            return;
+        }
+        let d = self.clone();
+        self.spawn(async move {
+            match d.job_runtime(&job).await {
+                Ok(rt) => d.spawn_worker(&job, &rt),
+                Err(e) => {
+                    tracing::error!(job = %job, "cannot start a worker for the job: {e}");
+                    d.state.sched.lock().start_failed(&job, e.to_string());
+                }
+            }
+        });
+    }
+
+    fn spawn_worker(&self, job: &str, rt: &cluster::JobRuntime) {
         let worker_id = new_worker_id();
-        let mut cmd = tokio::process::Command::new(&self.state.exe);
+        let mut cmd = tokio::process::Command::new(&rt.binary);
         cmd.env(ENV_WORKER, "1")
             .env(ENV_NODE_ADDR, &self.state.paths.node_sock)
             .env(ENV_WORKER_ID, worker_id.to_string())
             .env(ENV_SESSION_DIR, &self.state.paths.dir)
             .envs(&self.state.cfg.worker_env)
+            .envs(&rt.env)
             .stdin(std::process::Stdio::null());
+        if let Some(dir) = &rt.working_dir {
+            cmd.current_dir(dir);
+        }
+        if let Some(link) = self.link() {
+            cmd.env(ENV_NODE_TCP, &self.state.tcp_addr)
+                .env(ENV_JOB_ID, job)
+                .env(ENV_BIND_HOST, &link.role.bind_host)
+                .env(ENV_TOKEN, crate::rpc::token().unwrap_or_default());
+        }
         // SAFETY: prctl is async-signal-safe; it makes the worker die with us.
         unsafe {
             cmd.pre_exec(|| {
@@ -254,7 +338,7 @@ impl NodeDaemon {
         match cmd.spawn() {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
-                self.state.sched.lock().worker_starting(worker_id, pid);
+                self.state.sched.lock().worker_starting(worker_id, pid, job);
                 self.state.children.lock().insert(worker_id, pid);
                 tracing::debug!(worker_id, pid, "started worker process");
                 let d = self.clone();
@@ -268,8 +352,8 @@ impl NodeDaemon {
                 });
             }
             Err(e) => {
-                tracing::error!("cannot start worker process {}: {e}", self.state.exe.display());
-                self.state.sched.lock().start_failed(e.to_string());
+                tracing::error!("cannot start worker process {}: {e}", rt.binary.display());
+                self.state.sched.lock().start_failed(job, e.to_string());
             }
         }
     }
@@ -339,10 +423,10 @@ impl NodeDaemon {
     fn schedule_actor(&self, id: ActorId) {
         let d = self.clone();
         self.spawn(async move {
-            let (resources, spec, actor_name) = {
+            let (resources, spec, actor_name, job) = {
                 let t = d.state.actors.lock();
                 let Some(a) = t.actors.get(&id) else { return };
-                (a.resources.clone(), a.creation.clone(), a.display())
+                (a.resources.clone(), a.creation.clone(), a.display(), a.job.clone())
             };
             let (tx, rx) = oneshot::channel();
             let acts = d.state.sched.lock().request(LeaseRequest {
@@ -350,6 +434,7 @@ impl NodeDaemon {
                 retriable: false,
                 for_actor: Some(id),
                 display_name: actor_name.clone(),
+                job,
                 reply: tx,
             });
             d.apply(acts);
@@ -452,6 +537,7 @@ impl NodeDaemon {
                 id,
                 ActorEntry {
                     class_name: spec.display_name.clone(),
+                    job: req.job_id,
                     name: req.name,
                     detached: req.detached,
                     state: ActorState::PendingCreation,
@@ -543,7 +629,7 @@ enum CreationError {
 }
 
 async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result<(), CreationError> {
-    let ch = crate::rpc::uds_connect(addr)
+    let ch = crate::rpc::connect(addr)
         .await
         .map_err(|e| CreationError::Transport(e.to_string()))?;
     let mut client = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
@@ -610,12 +696,22 @@ impl NodeService for NodeDaemon {
         req: Request<proto::LeaseRequest>,
     ) -> std::result::Result<Response<proto::LeaseReply>, Status> {
         let r = req.into_inner();
+        let resources: Resources = r.resources.into_iter().collect();
+        if !r.no_spillback {
+            if let Some(addr) = self.spillback_target(&resources) {
+                tracing::debug!(to = %addr, "lease spilled back to another node");
+                return Ok(Response::new(proto::LeaseReply {
+                    result: Some(proto::lease_reply::Result::Spillback(addr)),
+                }));
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let acts = self.state.sched.lock().request(LeaseRequest {
-            resources: r.resources.into_iter().collect(),
+            resources,
             retriable: r.retriable,
             for_actor: None,
             display_name: r.display_name,
+            job: r.job_id,
             reply: tx,
         });
         self.apply(acts);
@@ -727,6 +823,7 @@ impl NodeService for NodeDaemon {
             .iter()
             .filter_map(|b| ObjectId::from_bytes(b))
             .collect();
+        self.forward_frees(&ids);
         let d = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = d.state.store.lock();
@@ -799,6 +896,66 @@ impl NodeService for NodeDaemon {
                 .count() as u32,
             num_idle_workers: s.idle_count() as u32,
             pending_leases: s.pending_count() as u32,
+            node_id: self.state.node_id.clone(),
+            addr: self.state.tcp_addr.clone(),
+            store_dir: self.state.paths.store.to_string_lossy().into(),
         }))
+    }
+
+    async fn pull_object(
+        &self,
+        req: Request<proto::PullObjectRequest>,
+    ) -> std::result::Result<Response<proto::PullObjectReply>, Status> {
+        let r = req.into_inner();
+        let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let error = self.pull_object(id, r.from_addr).await.err().map(|e| e.to_proto());
+        Ok(Response::new(proto::PullObjectReply { error }))
+    }
+
+    type ReadObjectStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<proto::ObjectChunk, Status>> + Send>>;
+
+    async fn read_object(
+        &self,
+        req: Request<proto::ReadObjectRequest>,
+    ) -> std::result::Result<Response<Self::ReadObjectStream>, Status> {
+        use futures::StreamExt;
+        let r = req.into_inner();
+        let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let d = self.clone();
+        let bytes = tokio::task::spawn_blocking(move || -> Result<crate::codec::ObjectBytes> {
+            if !d.state.store.lock().contains(&id) {
+                return Err(Error::ObjectLost {
+                    id: id.hex(),
+                    cause: format!("node {} does not hold it (freed)", d.state.tcp_addr),
+                });
+            }
+            for _ in 0..2 {
+                if let Some(b) = crate::object_store::map_object(&d.state.paths.store, &id)? {
+                    return Ok(b);
+                }
+                d.state.store.lock().restore(id)?;
+            }
+            Err(Error::ObjectLost {
+                id: id.hex(),
+                cause: "it vanished while being read".into(),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::not_found(e.to_string()))?;
+        self.note_copy(id, &r.requester_addr);
+        let total = bytes.as_slice().len();
+        let chunks = total.div_ceil(crate::gcs::CHUNK).max(1);
+        let s = futures::stream::iter(0..chunks).map(move |i| {
+            let data = bytes.as_slice();
+            let lo = i * crate::gcs::CHUNK;
+            let hi = (lo + crate::gcs::CHUNK).min(total);
+            Ok(proto::ObjectChunk {
+                total: if i == 0 { total as u64 } else { 0 },
+                data: data[lo..hi].to_vec(),
+            })
+        });
+        Ok(Response::new(s.boxed()))
     }
 }

@@ -32,6 +32,8 @@ pub(crate) struct LeaseRequest {
     pub(crate) retriable: bool,
     pub(crate) for_actor: Option<ActorId>,
     pub(crate) display_name: String,
+    /// The job whose program the worker runs ("" = the node's own program).
+    pub(crate) job: String,
     pub(crate) reply: oneshot::Sender<LeaseResult>,
 }
 
@@ -51,6 +53,7 @@ pub(crate) struct WorkerInfo {
     pub(crate) exit_cause: Option<String>,
     pub(crate) killed_for_memory: bool,
     pub(crate) blocked: bool,
+    pub(crate) job: String,
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +69,7 @@ pub(crate) struct LeaseInfo {
 /// What the daemon must do after a state change.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Action {
-    StartWorker,
+    StartWorker { job: String },
     KillWorker { worker_id: u64, pid: u32 },
 }
 
@@ -77,7 +80,8 @@ pub(crate) struct Scheduler {
     pub(crate) leases: HashMap<u64, LeaseInfo>,
     pending: VecDeque<LeaseRequest>,
     idle: VecDeque<u64>,
-    starting: usize,
+    /// Worker processes starting, by job.
+    starting: HashMap<String, usize>,
     gpus_free: Vec<u32>,
     next_lease: u64,
     /// Workers kept even when idle.
@@ -87,7 +91,8 @@ pub(crate) struct Scheduler {
     pub(crate) max_workers: usize,
 }
 
-fn fits(avail: &Resources, req: &Resources) -> bool {
+/// Whether `req` fits in `avail`.
+pub(crate) fn fits(avail: &Resources, req: &Resources) -> bool {
     req.iter()
         .all(|(k, v)| *v <= EPS || avail.get(k).copied().unwrap_or(0.0) + EPS >= *v)
 }
@@ -112,7 +117,7 @@ impl Scheduler {
             leases: HashMap::new(),
             pending: VecDeque::new(),
             idle: VecDeque::new(),
-            starting: 0,
+            starting: HashMap::new(),
             gpus_free: (0..gpus).collect(),
             next_lease: 1,
             min_workers,
@@ -123,6 +128,21 @@ impl Scheduler {
 
     pub(crate) fn pending_count(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The resource shapes of queued requests, for `rayforge status`.
+    pub(crate) fn pending_demands(&self) -> Vec<String> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &self.pending {
+            let shape: Vec<String> = r
+                .resources
+                .iter()
+                .filter(|(_, v)| **v > EPS)
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            *counts.entry(format!("{{{}}}", shape.join(", "))).or_default() += 1;
+        }
+        counts.into_iter().map(|(k, n)| format!("{k} x{n}")).collect()
     }
 
     pub(crate) fn idle_count(&self) -> usize {
@@ -143,7 +163,7 @@ impl Scheduler {
     }
 
     /// Records a worker process the daemon just started.
-    pub(crate) fn worker_starting(&mut self, worker_id: u64, pid: u32) {
+    pub(crate) fn worker_starting(&mut self, worker_id: u64, pid: u32, job: &str) {
         self.workers.insert(
             worker_id,
             WorkerInfo {
@@ -153,8 +173,30 @@ impl Scheduler {
                 exit_cause: None,
                 killed_for_memory: false,
                 blocked: false,
+                job: job.to_string(),
             },
         );
+    }
+
+    fn done_starting(&mut self, job: &str) {
+        if let Some(n) = self.starting.get_mut(job) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Ends every worker of a finished job.
+    pub(crate) fn job_finished(&mut self, job: &str) -> Vec<Action> {
+        self.workers
+            .iter_mut()
+            .filter(|(_, w)| w.job == job && w.state != WorkerState::Dead)
+            .map(|(id, w)| {
+                w.exit_cause.get_or_insert_with(|| format!("its job {job} finished"));
+                Action::KillWorker {
+                    worker_id: *id,
+                    pid: w.pid,
+                }
+            })
+            .collect()
     }
 
     /// A started worker is up and serving at `addr`.
@@ -167,18 +209,22 @@ impl Scheduler {
         }
         w.addr = addr;
         w.state = WorkerState::Idle(Instant::now());
-        self.starting = self.starting.saturating_sub(1);
+        let job = w.job.clone();
+        self.done_starting(&job);
         self.idle.push_back(worker_id);
         self.dispatch()
     }
 
-    /// The daemon failed to start a process.
-    pub(crate) fn start_failed(&mut self, why: String) {
-        self.starting = self.starting.saturating_sub(1);
-        if let Some(req) = self.pending.pop_front() {
-            let _ = req
-                .reply
-                .send(Err(Error::Runtime(format!("cannot start a worker process: {why}"))));
+    /// The daemon failed to start a process for `job`: the requests waiting
+    /// for one fail with the reason.
+    pub(crate) fn start_failed(&mut self, job: &str, why: String) {
+        self.done_starting(job);
+        if let Some(i) = self.pending.iter().position(|r| r.job == job) {
+            if let Some(req) = self.pending.remove(i) {
+                let _ = req
+                    .reply
+                    .send(Err(Error::Runtime(format!("cannot start a worker process: {why}"))));
+            }
         }
     }
 
@@ -207,7 +253,7 @@ impl Scheduler {
     pub(crate) fn dispatch(&mut self) -> Vec<Action> {
         let mut actions = Vec::new();
         let mut i = 0;
-        let mut waiting_for_workers = 0;
+        let mut waiting_for_workers: HashMap<String, usize> = HashMap::new();
         while i < self.pending.len() {
             if self.pending[i].reply.is_closed() {
                 self.pending.remove(i);
@@ -217,11 +263,17 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            let Some(worker_id) = self.idle.pop_front() else {
-                waiting_for_workers += 1;
+            let job = &self.pending[i].job;
+            let Some(pos) = self
+                .idle
+                .iter()
+                .position(|w| self.workers.get(w).is_some_and(|w| &w.job == job))
+            else {
+                *waiting_for_workers.entry(job.clone()).or_default() += 1;
                 i += 1;
                 continue;
             };
+            let Some(worker_id) = self.idle.remove(pos) else { break };
             let Some(req) = self.pending.remove(i) else { break };
             let gpu_ids = self.grant_resources(&req.resources);
             let lease_id = self.next_lease;
@@ -250,10 +302,17 @@ impl Scheduler {
                 actions.extend(self.return_lease(g.lease_id, false));
             }
         }
-        let alive = self.workers.values().filter(|w| w.state != WorkerState::Dead).count();
-        while self.starting < waiting_for_workers && alive + self.starting < self.max_workers {
-            self.starting += 1;
-            actions.push(Action::StartWorker);
+        let mut alive = self.workers.values().filter(|w| w.state != WorkerState::Dead).count()
+            + self.starting.values().sum::<usize>();
+        let mut jobs: Vec<(String, usize)> = waiting_for_workers.into_iter().collect();
+        jobs.sort();
+        for (job, waiting) in jobs {
+            let starting = self.starting.entry(job.clone()).or_default();
+            while *starting < waiting && alive < self.max_workers {
+                *starting += 1;
+                alive += 1;
+                actions.push(Action::StartWorker { job: job.clone() });
+            }
         }
         actions
     }
@@ -325,7 +384,8 @@ impl Scheduler {
         let mut lease = None;
         match prev {
             WorkerState::Starting => {
-                self.starting = self.starting.saturating_sub(1);
+                let job = w.job.clone();
+                self.done_starting(&job);
             }
             WorkerState::Idle(_) => self.idle.retain(|id| *id != worker_id),
             WorkerState::Leased(lease_id) => {
@@ -339,26 +399,35 @@ impl Scheduler {
         (lease, self.dispatch())
     }
 
-    /// Idle workers beyond the kept minimum that have idled past the timeout.
+    /// Idle workers that have idled past the timeout, beyond the minimum
+    /// kept for the node's own program (the oldest idle go first).
     pub(crate) fn reap_idle(&mut self, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        while self.idle.len() > self.min_workers {
-            let Some(&id) = self.idle.front() else { break };
-            let Some(w) = self.workers.get(&id) else {
-                self.idle.pop_front();
-                continue;
+        let mut own_idle = self
+            .idle
+            .iter()
+            .filter(|id| self.workers.get(id).is_some_and(|w| w.job.is_empty()))
+            .count();
+        let min = self.min_workers;
+        let timeout = self.idle_timeout;
+        let workers = &self.workers;
+        self.idle.retain(|id| {
+            let Some(w) = workers.get(id) else { return false };
+            let WorkerState::Idle(since) = w.state else {
+                return false;
             };
-            match w.state {
-                WorkerState::Idle(since) if now.duration_since(since) >= self.idle_timeout => {
-                    self.idle.pop_front();
-                    actions.push(Action::KillWorker {
-                        worker_id: id,
-                        pid: w.pid,
-                    });
-                }
-                _ => break,
+            if now.duration_since(since) < timeout || (w.job.is_empty() && own_idle <= min) {
+                return true;
             }
-        }
+            if w.job.is_empty() {
+                own_idle -= 1;
+            }
+            actions.push(Action::KillWorker {
+                worker_id: *id,
+                pid: w.pid,
+            });
+            false
+        });
         actions
     }
 
@@ -393,6 +462,7 @@ mod tests {
                 retriable: true,
                 for_actor: None,
                 display_name: "f".into(),
+                job: String::new(),
                 reply: tx,
             },
             rx,
@@ -400,7 +470,7 @@ mod tests {
     }
 
     fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {
-        s.worker_starting(id, id as u32);
+        s.worker_starting(id, id as u32, "");
         s.worker_registered(id, format!("w{id}"))
     }
 
@@ -408,7 +478,7 @@ mod tests {
     fn queues_until_resources_free_and_reuses_workers() {
         let mut s = Scheduler::new(res(1.0), 1, Duration::from_secs(10));
         let (a, mut ra) = req(1.0);
-        assert_eq!(s.request(a), vec![Action::StartWorker]);
+        assert_eq!(s.request(a), vec![Action::StartWorker { job: String::new() }]);
         add_worker(&mut s, 1);
         let g = ra.try_recv().unwrap().unwrap();
         assert_eq!(g.worker_addr, "w1");
@@ -443,7 +513,7 @@ mod tests {
         let g = ra.try_recv().unwrap().unwrap();
         let (b, mut rb) = req(1.0);
         s.request(b);
-        assert_eq!(s.set_blocked(1, true), vec![Action::StartWorker]);
+        assert_eq!(s.set_blocked(1, true), vec![Action::StartWorker { job: String::new() }]);
         add_worker(&mut s, 2);
         let g2 = rb.try_recv().unwrap().unwrap();
         assert_eq!(g2.worker_id, 2);

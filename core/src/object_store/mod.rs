@@ -82,6 +82,11 @@ impl StoreManager {
         &self.shm_dir
     }
 
+    /// Whether the store holds the object (in memory or spilled).
+    pub(crate) fn contains(&self, id: &ObjectId) -> bool {
+        self.objects.contains_key(id)
+    }
+
     /// Reserves `size` bytes for a new object, spilling the oldest objects to
     /// disk when the store would go over capacity.
     pub(crate) fn reserve(&mut self, id: ObjectId, size: u64) -> Result<()> {

@@ -22,7 +22,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec::ObjectBytes;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, TaskId};
-use crate::node::{SessionPaths, ENV_NODE_ADDR, ENV_SESSION_DIR, ENV_WORKER_ID};
+use crate::node::{
+    SessionPaths, ENV_BIND_HOST, ENV_JOB_ID, ENV_NODE_ADDR, ENV_NODE_TCP, ENV_SESSION_DIR, ENV_TOKEN, ENV_WORKER_ID,
+};
 use crate::proto::{self, core_worker_service_server::CoreWorkerService};
 use crate::registry::{self, ActorInstance, AsyncMethod, Returns, SyncMethod};
 
@@ -254,6 +256,7 @@ fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTa
         .map(|(i, enc)| proto::ReturnObject {
             id: tid.return_id(i as u32).0.to_vec(),
             kind: Some(proto::return_object::Kind::Inline(enc.to_vec())),
+            node_addr: String::new(),
         })
         .collect();
     Ok(proto::PushTaskReply {
@@ -281,7 +284,7 @@ fn generator_emitter<'a>(
         }
         let kind = match cw.store_value(id, &enc)? {
             Location::Inline(b) => proto::return_object::Kind::Inline(b.as_slice().to_vec()),
-            Location::Store => proto::return_object::Kind::InStore(size),
+            Location::Store(_) => proto::return_object::Kind::InStore(size),
         };
         let mut owner = cw.peer(&spec.owner_addr)?;
         let req = proto::GeneratorItemRequest {
@@ -289,6 +292,7 @@ fn generator_emitter<'a>(
             index: index as u64,
             item: Some(proto::ReturnObject {
                 id: id.0.to_vec(),
+                node_addr: stored_on(&kind, cw),
                 kind: Some(kind),
             }),
         };
@@ -357,11 +361,12 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
                 .map_err(|e| Error::Internal(e.to_string()))??;
             match loc {
                 Location::Inline(b) => proto::return_object::Kind::Inline(b.as_slice().to_vec()),
-                Location::Store => proto::return_object::Kind::InStore(size),
+                Location::Store(_) => proto::return_object::Kind::InStore(size),
             }
         };
         returns.push(proto::ReturnObject {
             id: id.0.to_vec(),
+            node_addr: stored_on(&kind, cw),
             kind: Some(kind),
         });
     }
@@ -371,6 +376,14 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
         error: None,
         num_generated: 0,
     })
+}
+
+/// The node a return value is stored on ("" when inline).
+fn stored_on(kind: &proto::return_object::Kind, cw: &CoreWorker) -> String {
+    match kind {
+        proto::return_object::Kind::InStore(_) => cw.node_addr.clone(),
+        proto::return_object::Kind::Inline(_) => String::new(),
+    }
 }
 
 /// The `CoreWorkerService` of this process.
@@ -409,8 +422,7 @@ impl CoreWorkerService for WorkerService {
     ) -> std::result::Result<Response<proto::GetObjectReply>, Status> {
         let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
         let id = ObjectId::from_bytes(&req.into_inner().id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
-        let result = cw.serve_object(id).await;
-        Ok(Response::new(proto::GetObjectReply { result: Some(result) }))
+        Ok(Response::new(cw.serve_object(id).await))
     }
 
     async fn update_borrowers(
@@ -439,22 +451,36 @@ impl CoreWorkerService for WorkerService {
     }
 }
 
-/// Serves `CoreWorkerService` on `addr` from the current runtime.
-pub(crate) fn serve(addr: &std::path::Path) -> Result<()> {
-    let incoming = crate::rpc::bind_uds(addr)?;
+/// Serves `CoreWorkerService` from the current runtime: on the Unix socket
+/// `uds`, or on TCP at `tcp_host` (any free port) when the process must be
+/// reachable from other nodes. Returns the address callers dial.
+pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Result<String> {
     let svc = proto::core_worker_service_server::CoreWorkerServiceServer::new(WorkerService)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    tokio::spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await
-        {
-            tracing::error!("core worker service stopped: {e}");
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
+    let router = tonic::transport::Server::builder().add_service(svc);
+    let addr = match tcp_host {
+        Some(host) => {
+            let (incoming, local) = crate::rpc::bind_tcp(&format!("{host}:0")).await?;
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!("core worker service stopped: {e}");
+                }
+            });
+            local.to_string()
         }
-    });
-    Ok(())
+        None => {
+            let incoming = crate::rpc::bind_uds(uds)?;
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!("core worker service stopped: {e}");
+                }
+            });
+            uds.to_string_lossy().into()
+        }
+    };
+    Ok(addr)
 }
 
 /// Entry point of a worker process: connect to the node, serve, register,
@@ -486,30 +512,40 @@ fn worker_main() -> Result<()> {
         .map_err(|_| Error::Runtime("bad worker id".into()))?;
     let node_addr = env(ENV_NODE_ADDR)?;
     let session = std::path::PathBuf::from(env(ENV_SESSION_DIR)?);
+    let opt = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(t) = opt(ENV_TOKEN) {
+        crate::rpc::set_token(&t)?;
+    }
+    let tcp_host = opt(ENV_BIND_HOST);
+    let place = super::NodePlace {
+        store_dir: session.join("objects"),
+        node_addr: opt(ENV_NODE_TCP).unwrap_or_default(),
+        job_id: opt(ENV_JOB_ID).unwrap_or_default(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("rayforge-worker")
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the worker's runtime", e))?;
-    let addr = SessionPaths::worker_sock(&session, worker_id);
+    let uds = SessionPaths::worker_sock(&session, worker_id);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
     let exec = Arc::new(Executor {
         jobs: jobs_tx,
         async_actor: Mutex::new(None),
     });
-    let node = rt.block_on(async {
-        serve(&addr)?;
-        crate::rpc::uds_connect(&node_addr).await
+    let (addr, node) = rt.block_on(async {
+        let addr = serve(&uds, tcp_host.as_deref()).await?;
+        Ok::<_, Error>((addr, crate::rpc::connect(&node_addr).await?))
     })?;
     let node = super::node_client(node);
     let cw = CoreWorker::new(
         worker_id,
-        addr.to_string_lossy().into(),
+        addr.clone(),
         false,
         rt.handle().clone(),
         node.clone(),
-        session.join("objects"),
+        place,
         Some(exec.clone()),
     );
     super::install(cw)?;
@@ -517,7 +553,7 @@ fn worker_main() -> Result<()> {
     rt.block_on(async move {
         n.register_worker(proto::RegisterWorkerRequest {
             worker_id,
-            addr: addr.to_string_lossy().into(),
+            addr,
             pid: std::process::id(),
         })
         .await

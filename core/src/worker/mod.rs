@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Channel;
 
 use crate::codec::{self, ContainedRef, Encoded, ObjectBytes, Value};
 use crate::error::{Error, Result};
@@ -26,6 +25,7 @@ use crate::ids::ObjectId;
 use crate::object_ref::RefHandle;
 use crate::object_store;
 use crate::proto::{self, core_worker_service_client::CoreWorkerServiceClient, node_service_client::NodeServiceClient};
+use crate::rpc::Chan;
 
 /// Objects at most this large travel inline (in task specs, replies and the
 /// owner's memory); larger ones go to the shared-memory store.
@@ -35,7 +35,9 @@ pub(crate) const INLINE_MAX: usize = 100 * 1024;
 #[derive(Clone)]
 pub(crate) enum Location {
     Inline(ObjectBytes),
-    Store,
+    /// In the shared-memory store of the node at this TCP address ("" in
+    /// the embedded cluster).
+    Store(String),
 }
 
 #[derive(Clone)]
@@ -67,16 +69,20 @@ pub(crate) struct CoreWorker {
     pub(crate) addr: String,
     pub(crate) is_driver: bool,
     pub(crate) handle: tokio::runtime::Handle,
-    pub(crate) node: NodeServiceClient<Channel>,
+    pub(crate) node: NodeServiceClient<Chan>,
+    /// TCP address of this process's node ("" in the embedded cluster).
+    pub(crate) node_addr: String,
+    /// The job this process belongs to ("" in the embedded cluster).
+    pub(crate) job_id: String,
     pub(crate) store_dir: PathBuf,
     objects: Mutex<HashMap<ObjectId, Owned>>,
     refs: Mutex<HashMap<ObjectId, RefCount>>,
-    peers: Mutex<HashMap<String, Channel>>,
+    peers: Mutex<HashMap<String, Chan>>,
     /// Live mappings of store objects, so repeated reads share one mapping.
     mapped: Mutex<HashMap<ObjectId, codec::WeakObjectBytes>>,
     pub(crate) submitter: submitter::TaskSubmitter,
     pub(crate) actors: actor_caller::ActorCaller,
-    free_tx: mpsc::UnboundedSender<ObjectId>,
+    free_tx: mpsc::UnboundedSender<(ObjectId, String)>,
     borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
     pub(crate) executor: Option<Arc<executor::Executor>>,
     generators: Mutex<HashMap<crate::ids::TaskId, mpsc::UnboundedSender<crate::generator::GenEvent>>>,
@@ -108,7 +114,7 @@ pub(crate) fn uninstall() -> Option<Arc<CoreWorker>> {
     CURRENT.write().take()
 }
 
-pub(crate) fn node_client(ch: Channel) -> NodeServiceClient<Channel> {
+pub(crate) fn node_client(ch: Chan) -> NodeServiceClient<Chan> {
     NodeServiceClient::new(ch)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX)
@@ -120,8 +126,8 @@ impl CoreWorker {
         addr: String,
         is_driver: bool,
         handle: tokio::runtime::Handle,
-        node: NodeServiceClient<Channel>,
-        store_dir: PathBuf,
+        node: NodeServiceClient<Chan>,
+        place: NodePlace,
         executor: Option<Arc<executor::Executor>>,
     ) -> Arc<CoreWorker> {
         let (free_tx, free_rx) = mpsc::unbounded_channel();
@@ -132,7 +138,9 @@ impl CoreWorker {
             is_driver,
             handle: handle.clone(),
             node,
-            store_dir,
+            node_addr: place.node_addr,
+            job_id: place.job_id,
+            store_dir: place.store_dir,
             objects: Mutex::new(HashMap::new()),
             refs: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
@@ -144,29 +152,42 @@ impl CoreWorker {
             executor,
             generators: Mutex::new(HashMap::new()),
         });
-        handle.spawn(free_loop(cw.node.clone(), free_rx));
+        handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
         cw
     }
 
     /// A channel to another process's CoreWorkerService (cached).
-    pub(crate) fn peer(&self, addr: &str) -> Result<CoreWorkerServiceClient<Channel>> {
-        let ch = {
+    pub(crate) fn peer(&self, addr: &str) -> Result<CoreWorkerServiceClient<Chan>> {
+        Ok(CoreWorkerServiceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX))
+    }
+
+    /// A client of the node daemon at `addr` ("" or our own node's address:
+    /// the local node).
+    pub(crate) fn node_at(&self, addr: &str) -> Result<NodeServiceClient<Chan>> {
+        if addr.is_empty() || addr == self.node_addr {
+            return Ok(self.node.clone());
+        }
+        Ok(node_client(self.channel(addr)?))
+    }
+
+    /// A cached channel to any address.
+    fn channel(&self, addr: &str) -> Result<Chan> {
+        Ok({
             let mut p = self.peers.lock();
             match p.get(addr) {
                 Some(c) => c.clone(),
                 None => {
                     // A lazy channel spawns its connection task: needs the runtime.
                     let _rt = self.handle.enter();
-                    let c = crate::rpc::uds_channel(addr)?;
+                    let c = crate::rpc::channel(addr)?;
                     p.insert(addr.to_string(), c.clone());
                     c
                 }
             }
-        };
-        Ok(CoreWorkerServiceClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        })
     }
 
     pub(crate) fn forget_peer(&self, addr: &str) {
@@ -190,9 +211,9 @@ impl CoreWorker {
         if let Some(o) = objs.get_mut(&id) {
             o.contained = contained;
             o.state.send_replace(st);
-        } else if matches!(st, ObjState::Ready(Location::Store)) {
+        } else if let ObjState::Ready(Location::Store(node)) = st {
             // Nobody references it any more: free the stored copy at once.
-            let _ = self.free_tx.send(id);
+            let _ = self.free_tx.send((id, node));
         }
     }
 
@@ -227,7 +248,7 @@ impl CoreWorker {
             return Err(Error::from_proto(&e));
         }
         object_store::write_object(&self.store_dir, &id, enc)?;
-        Ok(Location::Store)
+        Ok(Location::Store(self.node_addr.clone()))
     }
 
     /// Runs a future to completion from synchronous code.
@@ -282,6 +303,32 @@ impl CoreWorker {
         })
     }
 
+    /// Reads a stored object held by the node at `node` ("" or ours: the
+    /// local store), pulling a copy to this node first when it is elsewhere.
+    pub(crate) async fn read_store_at(&self, id: ObjectId, node: &str) -> Result<ObjectBytes> {
+        if !node.is_empty() && node != self.node_addr {
+            if let Some(b) = self.mapped.lock().get(&id).and_then(|w| w.upgrade()) {
+                return Ok(b);
+            }
+            if object_store::map_object(&self.store_dir, &id)?.is_none() {
+                let r = self
+                    .node
+                    .clone()
+                    .pull_object(proto::PullObjectRequest {
+                        id: id.0.to_vec(),
+                        from_addr: node.to_string(),
+                    })
+                    .await
+                    .map_err(|s| Error::rpc("pulling an object from another node", s))?
+                    .into_inner();
+                if let Some(e) = r.error {
+                    return Err(Error::from_proto(&e));
+                }
+            }
+        }
+        self.read_store(id).await
+    }
+
     /// Waits for an object and returns its bytes.
     pub(crate) async fn fetch(&self, id: ObjectId, owner: &str) -> Result<ObjectBytes> {
         if owner == self.addr {
@@ -303,7 +350,7 @@ impl CoreWorker {
                 .clone();
             return match st {
                 ObjState::Ready(Location::Inline(b)) => Ok(b),
-                ObjState::Ready(Location::Store) => self.read_store(id).await,
+                ObjState::Ready(Location::Store(node)) => self.read_store_at(id, &node).await,
                 ObjState::Failed(e) => Err(e),
                 ObjState::Pending => Err(Error::Internal("pending after wait".into())),
             };
@@ -322,16 +369,26 @@ impl CoreWorker {
                     cause: format!("its owner at {owner} is unreachable ({})", s.message()),
                 }
             })?;
-        match reply.into_inner().result {
+        let reply = reply.into_inner();
+        match reply.result {
             Some(proto::get_object_reply::Result::Inline(b)) => Ok(ObjectBytes::from_vec(b)),
-            Some(proto::get_object_reply::Result::InStore(_)) => self.read_store(id).await,
+            Some(proto::get_object_reply::Result::InStore(_)) => self.read_store_at(id, &reply.node_addr).await,
             Some(proto::get_object_reply::Result::Error(e)) => Err(Error::from_proto(&e)),
             None => Err(Error::Internal("empty GetObject reply".into())),
         }
     }
 
     /// Serves GetObject for an owned object.
-    pub(crate) async fn serve_object(&self, id: ObjectId) -> proto::get_object_reply::Result {
+    pub(crate) async fn serve_object(&self, id: ObjectId) -> proto::GetObjectReply {
+        let mut node_addr = String::new();
+        let result = self.serve_object_result(id, &mut node_addr).await;
+        proto::GetObjectReply {
+            result: Some(result),
+            node_addr,
+        }
+    }
+
+    async fn serve_object_result(&self, id: ObjectId, node_addr: &mut String) -> proto::get_object_reply::Result {
         use proto::get_object_reply::Result as R;
         let rx = self.objects.lock().get(&id).map(|o| o.state.subscribe());
         let Some(mut rx) = rx else {
@@ -357,7 +414,10 @@ impl CoreWorker {
         };
         match st {
             ObjState::Ready(Location::Inline(b)) => R::Inline(b.as_slice().to_vec()),
-            ObjState::Ready(Location::Store) => R::InStore(0),
+            ObjState::Ready(Location::Store(node)) => {
+                *node_addr = node;
+                R::InStore(0)
+            }
             ObjState::Failed(e) => R::Error(e.to_proto()),
             ObjState::Pending => R::Error(Error::Internal("pending after wait".into()).to_proto()),
         }
@@ -406,8 +466,8 @@ impl CoreWorker {
             }
         };
         if let Some(o) = removed {
-            if matches!(*o.state.borrow(), ObjState::Ready(Location::Store)) {
-                let _ = self.free_tx.send(*id);
+            if let ObjState::Ready(Location::Store(node)) = &*o.state.borrow() {
+                let _ = self.free_tx.send((*id, node.clone()));
             }
             // Dropping `o` drops the references it contained.
         }
@@ -512,11 +572,10 @@ impl CoreWorker {
         let Some(id) = ObjectId::from_bytes(&item.id) else {
             return;
         };
-        let st = match item.kind {
-            Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
-            Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store),
-            None => return,
-        };
+        if item.kind.is_none() {
+            return;
+        }
+        let st = submitter::return_state(item);
         let handle = self.own_pending(id);
         self.resolve(id, st, Vec::new());
         if let Some(tx) = self.generators.lock().get(&task) {
@@ -537,15 +596,29 @@ impl CoreWorker {
     }
 }
 
-/// Sends store frees to the daemon in batches.
-async fn free_loop(node: NodeServiceClient<Channel>, mut rx: mpsc::UnboundedReceiver<ObjectId>) {
+/// Sends store frees, in batches, to the nodes holding the objects.
+async fn free_loop(cw: std::sync::Weak<CoreWorker>, mut rx: mpsc::UnboundedReceiver<(ObjectId, String)>) {
     while let Some(first) = rx.recv().await {
-        let mut ids = vec![first.0.to_vec()];
-        while let Ok(more) = rx.try_recv() {
-            ids.push(more.0.to_vec());
+        let mut batch: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        batch.entry(first.1).or_default().push(first.0 .0.to_vec());
+        while let Ok((id, node)) = rx.try_recv() {
+            batch.entry(node).or_default().push(id.0.to_vec());
         }
-        let _ = node.clone().free_objects(proto::FreeObjectsRequest { ids }).await;
+        let Some(cw) = cw.upgrade() else { return };
+        for (node, ids) in batch {
+            if let Ok(mut client) = cw.node_at(&node) {
+                let _ = client.free_objects(proto::FreeObjectsRequest { ids }).await;
+            }
+        }
     }
+}
+
+/// Where a process sits: its node and job.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodePlace {
+    pub(crate) store_dir: PathBuf,
+    pub(crate) node_addr: String,
+    pub(crate) job_id: String,
 }
 
 /// Tells owners, in batches, that this process no longer borrows objects.

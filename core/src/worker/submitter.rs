@@ -206,29 +206,12 @@ impl TaskSubmitter {
                 first.is_some_and(|t| t.retries_left != 0),
             )
         };
-        let reply = cw
-            .node
-            .clone()
-            .request_worker_lease(proto::LeaseRequest {
-                resources: resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                retriable,
-                requester_id: cw.worker_id,
-                display_name: display,
-            })
-            .await;
+        let (reply, lease_node) = request_lease(cw, &resources, retriable, display).await;
         let grant = {
             let mut qs = cw.submitter.queues.lock();
             let q = qs.entry(key.clone()).or_default();
             q.requesting -= 1;
-            let res = match reply {
-                Ok(r) => match r.into_inner().result {
-                    Some(proto::lease_reply::Result::Lease(l)) => Ok(l),
-                    Some(proto::lease_reply::Result::Error(e)) => Err(Error::from_proto(&e)),
-                    None => Err(Error::Internal("empty lease reply".into())),
-                },
-                Err(s) => Err(Error::rpc("requesting a worker lease", s)),
-            };
-            match res {
+            match reply {
                 Ok(l) => {
                     q.leased += 1;
                     l
@@ -251,21 +234,21 @@ impl TaskSubmitter {
                 }
             }
         };
-        let disconnect = Self::run_on_lease(cw, &key, &grant).await;
+        let disconnect = Self::run_on_lease(cw, &key, &grant, &lease_node).await;
         {
             let mut qs = cw.submitter.queues.lock();
             if let Some(q) = qs.get_mut(&key) {
                 q.leased -= 1;
             }
         }
-        let _ = cw
-            .node
-            .clone()
-            .return_worker(proto::ReturnWorkerRequest {
-                lease_id: grant.lease_id,
-                disconnect,
-            })
-            .await;
+        if let Ok(mut node) = cw.node_at(&lease_node) {
+            let _ = node
+                .return_worker(proto::ReturnWorkerRequest {
+                    lease_id: grant.lease_id,
+                    disconnect,
+                })
+                .await;
+        }
         // Tasks may have been requeued (a retry) or arrived meanwhile.
         let qs = cw.submitter.queues.lock();
         qs.get(&key)
@@ -274,7 +257,7 @@ impl TaskSubmitter {
 
     /// Pushes queued tasks to the leased worker one at a time. Returns
     /// whether the worker must be discarded.
-    async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease) -> bool {
+    async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease, node: &str) -> bool {
         let Some(mut task) = Self::pop(cw, key) else {
             return false;
         };
@@ -290,7 +273,7 @@ impl TaskSubmitter {
             Ok(r) => r.into_inner(),
             Err(_) => {
                 cw.forget_peer(&grant.worker_addr);
-                let e = worker_death_error(cw, grant.worker_id, &task.spec.display_name).await;
+                let e = worker_death_error(cw, node, grant.worker_id, &task.spec.display_name).await;
                 Self::on_failure(cw, task, e).await;
                 return true;
             }
@@ -311,7 +294,7 @@ impl TaskSubmitter {
                 Ok(Some(r)) => Self::on_reply(cw, task, r).await,
                 _ => {
                     cw.forget_peer(&grant.worker_addr);
-                    let e = worker_death_error(cw, grant.worker_id, &task.spec.display_name).await;
+                    let e = worker_death_error(cw, node, grant.worker_id, &task.spec.display_name).await;
                     Self::on_failure(cw, task, e).await;
                     return true;
                 }
@@ -398,22 +381,95 @@ pub(crate) fn store_returns(cw: &CoreWorker, returns: Vec<proto::ReturnObject>) 
         let Some(id) = ObjectId::from_bytes(&ret.id) else {
             continue;
         };
-        let st = match ret.kind {
-            Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
-            Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store),
-            None => ObjState::Failed(Error::Internal("return without a value".into())),
-        };
-        cw.resolve(id, st, Vec::new());
+        cw.resolve(id, return_state(ret), Vec::new());
     }
 }
 
-/// Builds the error for a task whose worker vanished, asking the node why.
-pub(crate) async fn worker_death_error(cw: &CoreWorker, worker_id: u64, function: &str) -> Error {
-    let r = cw
-        .node
-        .clone()
-        .worker_exit_cause(proto::WorkerExitCauseRequest { worker_id })
-        .await;
+/// The state of an object as a task reported it.
+pub(crate) fn return_state(ret: proto::ReturnObject) -> ObjState {
+    match ret.kind {
+        Some(proto::return_object::Kind::Inline(b)) => ObjState::Ready(Location::Inline(ObjectBytes::from_vec(b))),
+        Some(proto::return_object::Kind::InStore(_)) => ObjState::Ready(Location::Store(ret.node_addr)),
+        None => ObjState::Failed(Error::Internal("return without a value".into())),
+    }
+}
+
+/// Asks for a worker lease: at the local node, then wherever it redirects
+/// (spillback). A node that cannot be reached after a redirect (it died and
+/// the cluster view has not caught up) sends the request back to the local
+/// node after a pause. Returns the reply and the node that granted it.
+async fn request_lease(
+    cw: &CoreWorker,
+    resources: &Resources,
+    retriable: bool,
+    display: String,
+) -> (Result<proto::Lease>, String) {
+    let mut node = String::new();
+    let mut misses = 0;
+    loop {
+        let req = proto::LeaseRequest {
+            resources: resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            retriable,
+            requester_id: cw.worker_id,
+            display_name: display.clone(),
+            job_id: cw.job_id.clone(),
+            no_spillback: !node.is_empty(),
+        };
+        let reply = match cw.node_at(&node) {
+            Ok(mut c) => c.request_worker_lease(req).await,
+            Err(e) => return (Err(e), node),
+        };
+        match reply {
+            Ok(r) => match r.into_inner().result {
+                Some(proto::lease_reply::Result::Lease(l)) => return (Ok(l), node),
+                Some(proto::lease_reply::Result::Error(e)) => return (Err(Error::from_proto(&e)), node),
+                Some(proto::lease_reply::Result::Spillback(to)) => node = to,
+                None => return (Err(Error::Internal("empty lease reply".into())), node),
+            },
+            Err(s) if !node.is_empty() && misses < 300 => {
+                tracing::debug!(node = %node, "spillback target unreachable ({}); asking again", s.message());
+                cw.forget_peer(&node);
+                misses += 1;
+                node.clear();
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(s) => return (Err(Error::rpc("requesting a worker lease", s)), node),
+        }
+    }
+}
+
+/// Builds the error for a task whose worker vanished, asking its node why.
+pub(crate) async fn worker_death_error(cw: &CoreWorker, node: &str, worker_id: u64, function: &str) -> Error {
+    let r = match cw.node_at(node) {
+        Ok(mut c) => {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                c.worker_exit_cause(proto::WorkerExitCauseRequest { worker_id }),
+            )
+            .await
+        }
+        Err(_) => {
+            return Error::WorkerDied {
+                function: function.into(),
+                cause: format!("its node at {node} is unreachable"),
+            }
+        }
+    };
+    let r = match r {
+        Ok(r) => r,
+        Err(_) => {
+            return Error::WorkerDied {
+                function: function.into(),
+                cause: format!("its node at {node} does not answer"),
+            }
+        }
+    };
+    if r.is_err() && !node.is_empty() {
+        return Error::WorkerDied {
+            function: function.into(),
+            cause: format!("its node at {node} died"),
+        };
+    }
     match r.map(|r| r.into_inner()) {
         Ok(c) if c.out_of_memory => Error::OutOfMemory {
             function: function.into(),

@@ -1,0 +1,636 @@
+//! Multi-node clusters: the head (control service plus a node), node daemons
+//! joining it, and drivers joining with [`Config::address`]. The `rayforge`
+//! command line (`start`, `stop`, `status`, `list`) is built on these.
+//!
+//! ```no_run
+//! // What `rayforge start --head --num-cpus 2` does, in-process:
+//! let opts = rayforge::cluster::StartOptions { head: true, num_cpus: Some(2.0), ..Default::default() };
+//! rayforge::cluster::run_daemon(&opts, |ready| println!("{}", ready.address)).unwrap();
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::cluster::ClusterRole;
+use crate::node::NodeDaemon;
+use crate::proto::{self, control_service_client::ControlServiceClient};
+use crate::rpc::Chan;
+use crate::worker::{self, CoreWorker};
+
+/// Default port of the head's control service (Ray's too).
+pub const DEFAULT_PORT: u16 = 6379;
+
+/// Options of `rayforge start`.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Start a head (control service and a node) rather than join one.
+    pub head: bool,
+    /// The head to join (`host:port`), for a non-head node.
+    pub address: Option<String>,
+    /// Port of the head's control service (default 6379).
+    pub port: Option<u16>,
+    /// Port of this node's service (default: any free port).
+    pub node_port: Option<u16>,
+    /// Interface to listen on (default 127.0.0.1: loopback only).
+    pub bind: Option<String>,
+    /// CPUs this node offers (default: detected cores).
+    pub num_cpus: Option<f64>,
+    /// GPUs this node offers (default: detected devices).
+    pub num_gpus: Option<f64>,
+    /// Custom resources.
+    pub resources: HashMap<String, f64>,
+    /// Object store capacity in bytes.
+    pub object_store_memory: Option<u64>,
+    /// The cluster token (head: default generated; node: default from this
+    /// machine's cluster file or `$RAYFORGE_TOKEN`).
+    pub token: Option<String>,
+    /// Milliseconds without heartbeats before the head declares a node dead
+    /// (default 10000).
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// Where the head keeps its persisted state (default: a directory per
+    /// port under the system temp dir).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What a started daemon reports once it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    /// The head's control-service address (`host:port`).
+    pub address: String,
+    /// The cluster token.
+    pub token: String,
+    /// This node's service address.
+    pub node_address: String,
+    /// This node's id.
+    pub node_id: String,
+}
+
+/// Where `rayforge start --head` records the local cluster (address and
+/// token) for `Config::address("auto")` and the CLI.
+pub fn cluster_file() -> PathBuf {
+    if let Ok(p) = std::env::var("RAYFORGE_CLUSTER_FILE") {
+        return PathBuf::from(p);
+    }
+    std::env::temp_dir().join("rayforge").join("cluster.json")
+}
+
+/// Directory where daemons record their pids for `rayforge stop`.
+pub fn daemons_dir() -> PathBuf {
+    std::env::temp_dir().join("rayforge").join("daemons")
+}
+
+/// The address and token of the cluster recorded on this machine.
+pub fn local_cluster() -> Result<Ready> {
+    let path = cluster_file();
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        Error::NotFound(format!(
+            "no cluster is running on this machine ({} is missing): start one with `rayforge start --head` \
+             or pass an address",
+            path.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Runtime(format!("{} is malformed: {e}", path.display())))
+}
+
+fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = crate::ids::ObjectId::for_put();
+        b.copy_from_slice(&t.0[..16]);
+    }
+    crate::ids::hex(&b)
+}
+
+/// Resolves a head address and token from what the user gave.
+fn resolve(address: &str, token: Option<&str>) -> Result<(String, Option<String>)> {
+    let env_token = std::env::var("RAYFORGE_TOKEN").ok().filter(|t| !t.is_empty());
+    let addr = if address == "auto" {
+        match std::env::var("RAYFORGE_ADDRESS")
+            .ok()
+            .filter(|a| !a.is_empty() && a != "auto")
+        {
+            Some(a) => a,
+            None => local_cluster()?.address,
+        }
+    } else {
+        address.to_string()
+    };
+    if addr.is_empty() || !addr.contains(':') || addr.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "cluster address `{addr}` is not of the form host:port"
+        )));
+    }
+    let token = token
+        .map(str::to_string)
+        .or(env_token)
+        .or_else(|| local_cluster().ok().filter(|c| c.address == addr).map(|c| c.token));
+    Ok((addr, token))
+}
+
+fn head_error(addr: &str, s: tonic::Status) -> Error {
+    if s.code() == tonic::Code::Unauthenticated {
+        return Error::InvalidArgument(format!("the head at {addr} refused the call: {}", s.message()));
+    }
+    Error::Io {
+        context: format!("cannot reach the head at {addr}"),
+        message: format!("{}: {}", s.code(), s.message()),
+    }
+}
+
+/// A client of a cluster's head, for tools (`rayforge status`, tests).
+pub struct HeadClient {
+    addr: String,
+    client: ControlServiceClient<Chan>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// One node as the head sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// The node's id.
+    pub node_id: String,
+    /// Its service address.
+    pub address: String,
+    /// Whether it runs the head.
+    pub is_head: bool,
+    /// Whether it is alive (heartbeating).
+    pub alive: bool,
+    /// Why it was declared dead.
+    pub death_cause: String,
+    /// Resources it offers.
+    pub total: HashMap<String, f64>,
+    /// Resources free at its last heartbeat.
+    pub available: HashMap<String, f64>,
+    /// Lease requests queued there.
+    pub pending: Vec<String>,
+    /// Worker processes.
+    pub num_workers: u32,
+}
+
+/// One job as the head sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    /// The job's id.
+    pub job_id: String,
+    /// RUNNING, SUCCEEDED, FAILED or STOPPED.
+    pub state: String,
+    /// The driver's command line.
+    pub entrypoint: String,
+    /// Milliseconds since the epoch.
+    pub start_ms: u64,
+    /// Milliseconds since the epoch (0 while running).
+    pub end_ms: u64,
+}
+
+impl HeadClient {
+    /// Connects to the head at `address` ("auto": this machine's cluster).
+    pub fn connect(address: &str, token: Option<&str>) -> Result<HeadClient> {
+        let (addr, token) = resolve(address, token)?;
+        if let Some(t) = token {
+            crate::rpc::set_token(&t)?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting a runtime", e))?;
+        let client = {
+            let _g = rt.enter();
+            crate::gcs::client(&addr)?
+        };
+        Ok(HeadClient {
+            addr,
+            client,
+            rt: Some(rt),
+        })
+    }
+
+    fn call<T>(&mut self, f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>) -> Result<T> {
+        let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
+        let addr = self.addr.clone();
+        rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(15), f)
+                .await
+                .map_err(|_| Error::Io {
+                    context: format!("cannot reach the head at {addr}"),
+                    message: "no answer within 15 s".into(),
+                })?
+                .map_err(|s| head_error(&addr, s))
+        })
+    }
+
+    /// The head's address.
+    pub fn address(&self) -> &str {
+        &self.addr
+    }
+
+    /// Every node the head knows, alive or dead.
+    pub fn nodes(&mut self) -> Result<Vec<NodeStatus>> {
+        let mut c = self.client.clone();
+        let r = self.call(async move { c.list_nodes(proto::ListNodesRequest {}).await })?;
+        Ok(r.into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| NodeStatus {
+                node_id: n.node_id,
+                address: n.addr,
+                is_head: n.is_head,
+                alive: n.alive,
+                death_cause: n.death_cause,
+                total: n.total,
+                available: n.available,
+                pending: n.pending_demands,
+                num_workers: n.num_workers,
+            })
+            .collect())
+    }
+
+    /// Every job the head knows.
+    pub fn jobs(&mut self) -> Result<Vec<JobStatus>> {
+        let mut c = self.client.clone();
+        let r = self.call(async move { c.list_jobs(proto::ListJobsRequest {}).await })?;
+        Ok(r.into_inner()
+            .jobs
+            .into_iter()
+            .map(|j| JobStatus {
+                job_id: j.job_id,
+                state: j.state,
+                entrypoint: j.entrypoint,
+                start_ms: j.start_ms,
+                end_ms: j.end_ms,
+            })
+            .collect())
+    }
+
+    /// Stores `value` under `key` in the head's key-value store; returns
+    /// whether it was written (false: it existed and `overwrite` was off).
+    pub fn kv_put(&mut self, key: &str, value: &[u8], overwrite: bool) -> Result<bool> {
+        let mut c = self.client.clone();
+        let req = proto::KvPutRequest {
+            key: key.into(),
+            value: value.to_vec(),
+            overwrite,
+        };
+        Ok(self.call(async move { c.kv_put(req).await })?.into_inner().written)
+    }
+
+    /// Reads a key of the head's key-value store.
+    pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut c = self.client.clone();
+        let req = proto::KvGetRequest { key: key.into() };
+        let r = self.call(async move { c.kv_get(req).await })?.into_inner();
+        Ok(r.found.then_some(r.value))
+    }
+
+    /// A human-readable cluster summary (what `rayforge status` prints).
+    pub fn status_report(&mut self) -> Result<String> {
+        use std::fmt::Write;
+        let nodes = self.nodes()?;
+        let jobs = self.jobs()?;
+        let alive: Vec<&NodeStatus> = nodes.iter().filter(|n| n.alive).collect();
+        let mut out = String::new();
+        let _ = writeln!(out, "======== Cluster status: {} ========", self.addr);
+        let _ = writeln!(out, "Nodes: {} alive, {} dead", alive.len(), nodes.len() - alive.len());
+        for n in &nodes {
+            let _ = writeln!(
+                out,
+                "  {} {:<21} {:<5} {:<5} workers={} {}",
+                n.node_id,
+                n.address,
+                if n.alive { "ALIVE" } else { "DEAD" },
+                if n.is_head { "head" } else { "" },
+                n.num_workers,
+                if n.alive {
+                    fmt_used(&n.total, &n.available)
+                } else {
+                    n.death_cause.clone()
+                }
+            );
+        }
+        let mut total: HashMap<String, f64> = HashMap::new();
+        let mut avail: HashMap<String, f64> = HashMap::new();
+        for n in &alive {
+            for (k, v) in &n.total {
+                *total.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &n.available {
+                *avail.entry(k.clone()).or_default() += v;
+            }
+        }
+        let _ = writeln!(out, "Resources (used/total): {}", fmt_used(&total, &avail));
+        let pending: Vec<String> = alive
+            .iter()
+            .flat_map(|n| n.pending.iter().map(move |p| format!("{p} on {}", n.address)))
+            .collect();
+        if pending.is_empty() {
+            let _ = writeln!(out, "Pending demands: (none)");
+        } else {
+            let _ = writeln!(out, "Pending demands:");
+            for p in pending {
+                let _ = writeln!(out, "  {p}");
+            }
+        }
+        let running = jobs.iter().filter(|j| j.state == "RUNNING").count();
+        let _ = writeln!(out, "Jobs: {running} running, {} total", jobs.len());
+        Ok(out)
+    }
+}
+
+impl Drop for HeadClient {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn fmt_used(total: &HashMap<String, f64>, avail: &HashMap<String, f64>) -> String {
+    let mut keys: Vec<&String> = total.keys().collect();
+    keys.sort();
+    keys.iter()
+        .filter(|k| total[**k] > 0.0)
+        .map(|k| {
+            let t = total[*k];
+            let used = t - avail.get(*k).copied().unwrap_or(0.0);
+            if k.as_str() == "memory" {
+                format!(
+                    "{k} {:.1}/{:.1} GiB",
+                    used / (1u64 << 30) as f64,
+                    t / (1u64 << 30) as f64
+                )
+            } else {
+                format!("{k} {used}/{t}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs a head or node daemon in this process until SIGTERM or SIGINT;
+/// `on_ready` is called once it serves.
+pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    crate::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rayforge-daemon")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the daemon's runtime", e))?;
+    rt.block_on(async {
+        let bind = opts.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let cfg = Config {
+            num_cpus: opts.num_cpus,
+            num_gpus: opts.num_gpus,
+            resources: opts.resources.clone(),
+            object_store_memory: opts.object_store_memory,
+            ..Config::default()
+        };
+        cfg.validate()?;
+        let (head_addr, token) = if opts.head {
+            let port = opts.port.unwrap_or(DEFAULT_PORT);
+            let dir = opts
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("rayforge").join(format!("head-{port}")));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let token = match &opts.token {
+                Some(t) => t.clone(),
+                None => match std::fs::read_to_string(dir.join("token")) {
+                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    _ => random_token(),
+                },
+            };
+            write_private(&dir.join("token"), &token)?;
+            crate::rpc::set_token(&token)?;
+            let timeout = Duration::from_millis(opts.heartbeat_timeout_ms.unwrap_or(10_000));
+            let gcs = crate::gcs::Gcs::open(&dir, timeout)?;
+            let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
+            gcs.serve(incoming);
+            tracing::info!(addr = %local, state = %dir.display(), "head control service started");
+            (local.to_string(), token)
+        } else {
+            let address = opts
+                .address
+                .as_deref()
+                .ok_or_else(|| Error::InvalidArgument("a node needs --address of the head (or --head)".into()))?;
+            let (addr, token) = resolve(address, opts.token.as_deref())?;
+            let token = token.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no token for the cluster at {addr}: pass --token (printed by `rayforge start --head`)"
+                ))
+            })?;
+            crate::rpc::set_token(&token)?;
+            (addr, token)
+        };
+        let role = ClusterRole {
+            head_addr: head_addr.clone(),
+            bind_host: bind,
+            port: opts.node_port.unwrap_or(0),
+            is_head: opts.head,
+        };
+        let node = NodeDaemon::start(cfg, Some(role)).await?;
+        let ready = Ready {
+            address: head_addr,
+            token,
+            node_address: node.state.tcp_addr.clone(),
+            node_id: node.state.node_id.clone(),
+        };
+        if opts.head {
+            let text = serde_json::to_string(&ready).map_err(|e| Error::Internal(e.to_string()))?;
+            let path = cluster_file();
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            write_private(&path, &text)?;
+        }
+        let pidfile = daemons_dir().join(std::process::id().to_string());
+        let _ = std::fs::create_dir_all(daemons_dir());
+        let _ = std::fs::write(&pidfile, &ready.node_address);
+        on_ready(&ready);
+        wait_for_signal().await;
+        tracing::info!("stopping the node");
+        node.shutdown();
+        let _ = std::fs::remove_file(&pidfile);
+        if opts.head {
+            // Leave the state for a restarted head; forget the address.
+            if local_cluster().is_ok_and(|c| c.address == ready.address) {
+                let _ = std::fs::remove_file(cluster_file());
+            }
+        }
+        Ok(())
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let res = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Stops every daemon started on this machine (SIGTERM, then SIGKILL after
+/// `grace`); returns how many were stopped.
+pub fn stop_all(grace: Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(daemons_dir()) else {
+        return 0;
+    };
+    let mut pids = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            pids.push(pid);
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in &pids {
+        if Path::new(&format!("/proc/{p}")).exists() {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(*p, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(daemons_dir().join(p.to_string()));
+    }
+    pids.len()
+}
+
+/// The job a driver runs in a cluster.
+pub(crate) struct DriverJob {
+    head: ControlServiceClient<Chan>,
+    job_id: String,
+}
+
+impl DriverJob {
+    /// Marks the job finished at the head (its workers are then stopped).
+    pub(crate) async fn finish(mut self, state: &str, message: &str) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.head.finish_job(proto::FinishJobRequest {
+                job_id: self.job_id.clone(),
+                state: state.into(),
+                message: message.into(),
+            }),
+        )
+        .await;
+    }
+}
+
+/// Joins the cluster named in `cfg` as a driver: ships this program's
+/// binary, registers a job, and attaches to a node on this machine.
+pub(crate) async fn join_as_driver(
+    cfg: &Config,
+    handle: tokio::runtime::Handle,
+) -> Result<(Arc<CoreWorker>, DriverJob)> {
+    let address = cfg.address.as_deref().unwrap_or("auto");
+    let (addr, token) = resolve(address, cfg.token.as_deref())?;
+    if let Some(t) = &token {
+        crate::rpc::set_token(t)?;
+    }
+    let mut head = crate::gcs::client(&addr)?;
+    let nodes = tokio::time::timeout(Duration::from_secs(15), head.list_nodes(proto::ListNodesRequest {}))
+        .await
+        .map_err(|_| Error::Io {
+            context: format!("cannot reach the head at {addr}"),
+            message: "no answer within 15 s".into(),
+        })?
+        .map_err(|s| head_error(&addr, s))?
+        .into_inner()
+        .nodes;
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut local: Vec<&proto::NodeEntry> = nodes
+        .iter()
+        .filter(|n| n.alive && n.hostname == here && Path::new(&n.uds_path).exists())
+        .collect();
+    local.sort_by_key(|n| !n.is_head);
+    let node = local.first().ok_or_else(|| {
+        Error::Runtime(format!(
+            "the cluster at {addr} has no alive node on this machine to attach the driver to; start one \
+             with `rayforge start --address {addr}`"
+        ))
+    })?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the program's own binary", e))?;
+    let hash = crate::gcs::upload_binary(&mut head, &exe).await?;
+    let entrypoint = std::env::args().collect::<Vec<_>>().join(" ");
+    let r = head
+        .register_job(proto::JobInfo {
+            binary_hash: hash,
+            entrypoint,
+            driver_pid: std::process::id(),
+            driver_node: node.node_id.clone(),
+            env: cfg.worker_env.clone(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| head_error(&addr, s))?
+        .into_inner();
+    if let Some(e) = r.error {
+        return Err(Error::from_proto(&e));
+    }
+    let job_id = r.job_id;
+    let bind_host = node
+        .addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let my_addr = worker::executor::serve(Path::new(""), Some(&bind_host)).await?;
+    let ch = crate::rpc::connect(&node.uds_path).await?;
+    tracing::info!(job = %job_id, node = %node.node_id, "driver joined the cluster at {addr}");
+    let cw = CoreWorker::new(
+        crate::ids::new_worker_id(),
+        my_addr,
+        true,
+        handle,
+        worker::node_client(ch),
+        worker::NodePlace {
+            store_dir: PathBuf::from(&node.store_dir),
+            node_addr: node.addr.clone(),
+            job_id: job_id.clone(),
+        },
+        None,
+    );
+    Ok((cw, DriverJob { head, job_id }))
+}

@@ -1,0 +1,536 @@
+//! The head's global control service: the node table (registration,
+//! heartbeats, failure detection), the job table, content-addressed job
+//! binaries and a key-value store, served over TCP as `ControlService`.
+//!
+//! Its tables are persisted in the head's directory (`state.pb`, written
+//! atomically after every change), so a restarted head comes back with every
+//! node, job and key; nodes keep heartbeating and drivers reconnect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::proto::{self, control_service_server::ControlService};
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hex SHA-256 of a file's contents.
+pub(crate) fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Chunk size for binary and object transfers.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+/// The persisted tables.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Snapshot {
+    #[prost(message, repeated, tag = "1")]
+    nodes: Vec<proto::NodeEntry>,
+    #[prost(message, repeated, tag = "2")]
+    jobs: Vec<proto::JobInfo>,
+    #[prost(btree_map = "string, bytes", tag = "3")]
+    kv: BTreeMap<String, Vec<u8>>,
+    #[prost(uint32, tag = "4")]
+    next_job: u32,
+}
+
+#[derive(Default)]
+struct Tables {
+    nodes: BTreeMap<String, proto::NodeEntry>,
+    jobs: BTreeMap<String, proto::JobInfo>,
+    kv: BTreeMap<String, Vec<u8>>,
+    next_job: u32,
+}
+
+/// The control service's state.
+pub(crate) struct Gcs {
+    dir: PathBuf,
+    tables: Mutex<Tables>,
+    heartbeat_timeout: Duration,
+}
+
+impl Gcs {
+    /// Opens (or creates) the head's state in `dir`.
+    pub(crate) fn open(dir: &Path, heartbeat_timeout: Duration) -> Result<Arc<Gcs>> {
+        std::fs::create_dir_all(dir.join("binaries"))
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut t = Tables::default();
+        let path = dir.join("state.pb");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let s = Snapshot::decode(bytes.as_slice())
+                    .map_err(|e| Error::Runtime(format!("the head's state file {} is corrupt: {e}", path.display())))?;
+                let now = now_ms();
+                for mut n in s.nodes {
+                    // Give every node a full timeout to reach the new head.
+                    n.last_heartbeat_ms = now;
+                    t.nodes.insert(n.node_id.clone(), n);
+                }
+                t.jobs = s.jobs.into_iter().map(|j| (j.job_id.clone(), j)).collect();
+                t.kv = s.kv;
+                t.next_job = s.next_job;
+                tracing::info!(
+                    nodes = t.nodes.len(),
+                    jobs = t.jobs.len(),
+                    keys = t.kv.len(),
+                    "head state restored from {}",
+                    path.display()
+                );
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        }
+        Ok(Arc::new(Gcs {
+            dir: dir.to_path_buf(),
+            tables: Mutex::new(t),
+            heartbeat_timeout,
+        }))
+    }
+
+    /// Writes the tables to disk (temporary file, fsync, rename).
+    fn persist(&self, t: &Tables) {
+        let snap = Snapshot {
+            nodes: t.nodes.values().cloned().collect(),
+            jobs: t.jobs.values().cloned().collect(),
+            kv: t.kv.clone(),
+            next_job: t.next_job,
+        };
+        let tmp = self.dir.join("state.pb.tmp");
+        let res = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&snap.encode_to_vec())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.dir.join("state.pb"))
+        })();
+        if let Err(e) = res {
+            tracing::error!("cannot persist the head's state in {}: {e}", self.dir.display());
+        }
+    }
+
+    /// Marks nodes whose heartbeats stopped as dead.
+    pub(crate) fn check_heartbeats(&self) {
+        let now = now_ms();
+        let timeout = self.heartbeat_timeout.as_millis() as u64;
+        let mut t = self.tables.lock();
+        let mut changed = false;
+        for n in t.nodes.values_mut() {
+            if n.alive && now.saturating_sub(n.last_heartbeat_ms) > timeout {
+                n.alive = false;
+                n.death_cause = format!(
+                    "no heartbeat for {} ms (the heartbeat timeout is {timeout} ms)",
+                    now - n.last_heartbeat_ms
+                );
+                n.available.clear();
+                tracing::warn!(node = %n.node_id, addr = %n.addr, "node declared dead: {}", n.death_cause);
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist(&t);
+        }
+    }
+
+    fn binary_path(&self, hash: &str) -> Result<PathBuf> {
+        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::InvalidArgument(format!("`{hash}` is not a SHA-256 hex digest")));
+        }
+        Ok(self.dir.join("binaries").join(hash))
+    }
+
+    /// Serves the control service on `listener` until the process ends.
+    pub(crate) fn serve(self: &Arc<Self>, incoming: tokio_stream::wrappers::TcpListenerStream) {
+        let svc = proto::control_service_server::ControlServiceServer::new(GcsService(self.clone()))
+            .max_decoding_message_size(64 << 20);
+        let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!("control service stopped: {e}");
+            }
+        });
+        let g = self.clone();
+        let period = (self.heartbeat_timeout / 5).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                g.check_heartbeats();
+            }
+        });
+    }
+}
+
+struct GcsService(Arc<Gcs>);
+
+type ChunkStream = Pin<Box<dyn Stream<Item = std::result::Result<proto::BinaryChunk, Status>> + Send>>;
+
+fn err_status(e: Error) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl ControlService for GcsService {
+    async fn register_node(
+        &self,
+        req: Request<proto::NodeEntry>,
+    ) -> std::result::Result<Response<proto::RegisterNodeReply>, Status> {
+        let mut n = req.into_inner();
+        if n.node_id.is_empty() || n.addr.is_empty() {
+            return Err(Status::invalid_argument("a node registers with its id and address"));
+        }
+        n.alive = true;
+        n.death_cause.clear();
+        n.last_heartbeat_ms = now_ms();
+        tracing::info!(node = %n.node_id, addr = %n.addr, head = n.is_head, "node registered");
+        let mut t = self.0.tables.lock();
+        t.nodes.insert(n.node_id.clone(), n);
+        self.0.persist(&t);
+        Ok(Response::new(proto::RegisterNodeReply {
+            error: None,
+            heartbeat_timeout_ms: self.0.heartbeat_timeout.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<proto::HeartbeatRequest>,
+    ) -> std::result::Result<Response<proto::HeartbeatReply>, Status> {
+        let r = req.into_inner();
+        let mut t = self.0.tables.lock();
+        let known = match t.nodes.get_mut(&r.node_id) {
+            Some(n) if n.alive => {
+                n.last_heartbeat_ms = now_ms();
+                n.available = r.available;
+                n.pending_leases = r.pending_leases;
+                n.pending_demands = r.pending_demands;
+                n.num_workers = r.num_workers;
+                true
+            }
+            _ => false,
+        };
+        let recent = now_ms().saturating_sub(600_000);
+        Ok(Response::new(proto::HeartbeatReply {
+            reregister: !known,
+            nodes: t.nodes.values().filter(|n| n.alive).cloned().collect(),
+            finished_jobs: t
+                .jobs
+                .values()
+                .filter(|j| j.state != "RUNNING" && j.end_ms >= recent)
+                .map(|j| j.job_id.clone())
+                .collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<proto::ListNodesRequest>,
+    ) -> std::result::Result<Response<proto::ListNodesReply>, Status> {
+        let t = self.0.tables.lock();
+        Ok(Response::new(proto::ListNodesReply {
+            nodes: t.nodes.values().cloned().collect(),
+        }))
+    }
+
+    async fn register_job(
+        &self,
+        req: Request<proto::JobInfo>,
+    ) -> std::result::Result<Response<proto::RegisterJobReply>, Status> {
+        let mut j = req.into_inner();
+        let path = self.0.binary_path(&j.binary_hash).map_err(err_status)?;
+        if !path.exists() {
+            return Err(Status::failed_precondition(format!(
+                "binary {} was not uploaded before registering the job",
+                j.binary_hash
+            )));
+        }
+        let mut t = self.0.tables.lock();
+        t.next_job += 1;
+        j.job_id = format!("{:08x}", t.next_job);
+        j.state = "RUNNING".into();
+        j.start_ms = now_ms();
+        tracing::info!(job = %j.job_id, entrypoint = %j.entrypoint, "job started");
+        let id = j.job_id.clone();
+        t.jobs.insert(id.clone(), j);
+        self.0.persist(&t);
+        Ok(Response::new(proto::RegisterJobReply {
+            error: None,
+            job_id: id,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<proto::GetJobRequest>,
+    ) -> std::result::Result<Response<proto::GetJobReply>, Status> {
+        let id = req.into_inner().job_id;
+        let t = self.0.tables.lock();
+        Ok(Response::new(match t.jobs.get(&id) {
+            Some(j) => proto::GetJobReply {
+                error: None,
+                job: Some(j.clone()),
+            },
+            None => proto::GetJobReply {
+                error: Some(Error::NotFound(format!("no job `{id}`")).to_proto()),
+                job: None,
+            },
+        }))
+    }
+
+    async fn finish_job(
+        &self,
+        req: Request<proto::FinishJobRequest>,
+    ) -> std::result::Result<Response<proto::FinishJobReply>, Status> {
+        let r = req.into_inner();
+        let mut t = self.0.tables.lock();
+        let j = t
+            .jobs
+            .get_mut(&r.job_id)
+            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
+        if j.state == "RUNNING" {
+            j.state = r.state;
+            j.message = r.message;
+            j.end_ms = now_ms();
+            tracing::info!(job = %j.job_id, state = %j.state, "job ended");
+            self.0.persist(&t);
+        }
+        Ok(Response::new(proto::FinishJobReply {}))
+    }
+
+    async fn list_jobs(
+        &self,
+        _req: Request<proto::ListJobsRequest>,
+    ) -> std::result::Result<Response<proto::ListJobsReply>, Status> {
+        let t = self.0.tables.lock();
+        Ok(Response::new(proto::ListJobsReply {
+            jobs: t.jobs.values().cloned().collect(),
+        }))
+    }
+
+    async fn has_binary(
+        &self,
+        req: Request<proto::HasBinaryRequest>,
+    ) -> std::result::Result<Response<proto::HasBinaryReply>, Status> {
+        let path = self.0.binary_path(&req.into_inner().hash).map_err(err_status)?;
+        Ok(Response::new(proto::HasBinaryReply { present: path.exists() }))
+    }
+
+    async fn put_binary(
+        &self,
+        req: Request<Streaming<proto::BinaryChunk>>,
+    ) -> std::result::Result<Response<proto::PutBinaryReply>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty upload"))?;
+        let path = self.0.binary_path(&first.hash).map_err(err_status)?;
+        let tmp = path.with_extension(format!("{}.tmp", crate::ids::ObjectId::for_put().hex()));
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Status::internal(format!("creating {}: {e}", tmp.display())))?;
+        let mut h = Sha256::new();
+        let mut chunk = first.data;
+        loop {
+            use tokio::io::AsyncWriteExt;
+            h.update(&chunk);
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| Status::internal(format!("writing {}: {e}", tmp.display())))?;
+            match inbound.message().await? {
+                Some(c) => chunk = c.data,
+                None => break,
+            }
+        }
+        drop(f);
+        let got = hex(&h.finalize());
+        if got != first.hash {
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(Response::new(proto::PutBinaryReply {
+                error: Some(
+                    Error::InvalidArgument(format!(
+                        "uploaded binary hashes to {got}, not the announced {}",
+                        first.hash
+                    ))
+                    .to_proto(),
+                ),
+            }));
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| Status::internal(format!("storing {}: {e}", path.display())))?;
+        tracing::info!(hash = %first.hash, "job binary stored");
+        Ok(Response::new(proto::PutBinaryReply { error: None }))
+    }
+
+    type GetBinaryStream = ChunkStream;
+
+    async fn get_binary(
+        &self,
+        req: Request<proto::HasBinaryRequest>,
+    ) -> std::result::Result<Response<ChunkStream>, Status> {
+        let path = self.0.binary_path(&req.into_inner().hash).map_err(err_status)?;
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("binary {}: {e}", path.display())))?;
+        let s = futures::stream::unfold(Some(f), |f| async move {
+            let mut f = f?;
+            let mut buf = vec![0u8; CHUNK];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((
+                        Ok(proto::BinaryChunk {
+                            hash: String::new(),
+                            data: buf,
+                        }),
+                        Some(f),
+                    ))
+                }
+                Err(e) => Some((Err(Status::internal(e.to_string())), None)),
+            }
+        });
+        Ok(Response::new(s.boxed()))
+    }
+
+    async fn kv_put(
+        &self,
+        req: Request<proto::KvPutRequest>,
+    ) -> std::result::Result<Response<proto::KvPutReply>, Status> {
+        let r = req.into_inner();
+        let mut t = self.0.tables.lock();
+        if !r.overwrite && t.kv.contains_key(&r.key) {
+            return Ok(Response::new(proto::KvPutReply { written: false }));
+        }
+        t.kv.insert(r.key, r.value);
+        self.0.persist(&t);
+        Ok(Response::new(proto::KvPutReply { written: true }))
+    }
+
+    async fn kv_get(
+        &self,
+        req: Request<proto::KvGetRequest>,
+    ) -> std::result::Result<Response<proto::KvGetReply>, Status> {
+        let key = req.into_inner().key;
+        let t = self.0.tables.lock();
+        Ok(Response::new(match t.kv.get(&key) {
+            Some(v) => proto::KvGetReply {
+                found: true,
+                value: v.clone(),
+            },
+            None => proto::KvGetReply::default(),
+        }))
+    }
+
+    async fn kv_delete(
+        &self,
+        req: Request<proto::KvGetRequest>,
+    ) -> std::result::Result<Response<proto::KvDeleteReply>, Status> {
+        let key = req.into_inner().key;
+        let mut t = self.0.tables.lock();
+        let deleted = t.kv.remove(&key).is_some();
+        if deleted {
+            self.0.persist(&t);
+        }
+        Ok(Response::new(proto::KvDeleteReply { deleted }))
+    }
+
+    async fn kv_list(
+        &self,
+        req: Request<proto::KvListRequest>,
+    ) -> std::result::Result<Response<proto::KvListReply>, Status> {
+        let prefix = req.into_inner().prefix;
+        let t = self.0.tables.lock();
+        Ok(Response::new(proto::KvListReply {
+            keys: t.kv.keys().filter(|k| k.starts_with(&prefix)).cloned().collect(),
+        }))
+    }
+}
+
+/// A client of the head's control service.
+pub(crate) fn client(addr: &str) -> Result<proto::control_service_client::ControlServiceClient<crate::rpc::Chan>> {
+    Ok(
+        proto::control_service_client::ControlServiceClient::new(crate::rpc::channel(addr)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20),
+    )
+}
+
+/// Uploads a binary to the head unless it already has it; returns its hash.
+pub(crate) async fn upload_binary(
+    head: &mut proto::control_service_client::ControlServiceClient<crate::rpc::Chan>,
+    path: &Path,
+) -> Result<String> {
+    let p = path.to_path_buf();
+    let hash = tokio::task::spawn_blocking(move || file_sha256(&p))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let present = head
+        .has_binary(proto::HasBinaryRequest { hash: hash.clone() })
+        .await
+        .map_err(|s| Error::rpc("asking the head for the job's binary", s))?
+        .into_inner()
+        .present;
+    if present {
+        return Ok(hash);
+    }
+    let data = tokio::fs::read(path)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut chunks: Vec<proto::BinaryChunk> = data
+        .chunks(CHUNK)
+        .map(|c| proto::BinaryChunk {
+            hash: String::new(),
+            data: c.to_vec(),
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(proto::BinaryChunk::default());
+    }
+    chunks[0].hash = hash.clone();
+    let r = head
+        .put_binary(futures::stream::iter(chunks))
+        .await
+        .map_err(|s| Error::rpc("uploading the job's binary to the head", s))?
+        .into_inner();
+    if let Some(e) = r.error {
+        return Err(Error::from_proto(&e));
+    }
+    Ok(hash)
+}

@@ -1,0 +1,410 @@
+//! A node daemon's part in a multi-node cluster: registration and heartbeats
+//! with the head, the cluster view behind spillback scheduling, job binaries
+//! fetched from the head, and object transfer between nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+
+use super::scheduler::{fits, infeasibility, Resources};
+use super::NodeDaemon;
+use crate::error::{Error, Result};
+use crate::ids::ObjectId;
+use crate::object_store;
+use crate::proto::{self, control_service_client::ControlServiceClient};
+use crate::rpc::Chan;
+
+/// How a node daemon joins a cluster.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterRole {
+    /// The head's control service, `host:port`.
+    pub(crate) head_addr: String,
+    /// The interface this node's services listen on.
+    pub(crate) bind_host: String,
+    /// TCP port of the node's service (0: any free port).
+    pub(crate) port: u16,
+    pub(crate) is_head: bool,
+}
+
+/// What a node needs to start a job's workers.
+#[derive(Clone)]
+pub(crate) struct JobRuntime {
+    pub(crate) binary: PathBuf,
+    pub(crate) env: HashMap<String, String>,
+    pub(crate) working_dir: Option<PathBuf>,
+}
+
+type Pull = Shared<BoxFuture<'static, Result<()>>>;
+
+/// The cluster state a node keeps.
+pub(crate) struct ClusterLink {
+    pub(crate) role: ClusterRole,
+    pub(crate) head: ControlServiceClient<Chan>,
+    /// Alive nodes, as last reported by the head.
+    view: Mutex<Vec<proto::NodeEntry>>,
+    finished_jobs: Mutex<HashSet<String>>,
+    jobs: tokio::sync::Mutex<HashMap<String, JobRuntime>>,
+    pulls: Mutex<HashMap<ObjectId, Pull>>,
+    /// Nodes that pulled a copy of one of our objects: told when it is freed.
+    copies: Mutex<HashMap<ObjectId, HashSet<String>>>,
+    peers: Mutex<HashMap<String, Chan>>,
+}
+
+impl ClusterLink {
+    pub(crate) fn new(role: ClusterRole) -> Result<ClusterLink> {
+        Ok(ClusterLink {
+            head: crate::gcs::client(&role.head_addr)?,
+            role,
+            view: Mutex::new(Vec::new()),
+            finished_jobs: Mutex::new(HashSet::new()),
+            jobs: tokio::sync::Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
+        let ch = {
+            let mut p = self.peers.lock();
+            match p.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = crate::rpc::channel(addr)?;
+                    p.insert(addr.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(crate::worker::node_client(ch))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl NodeDaemon {
+    pub(crate) fn link(&self) -> Option<&ClusterLink> {
+        self.state.cluster.as_ref()
+    }
+
+    /// This node's entry in the head's node table.
+    fn entry(&self) -> proto::NodeEntry {
+        let s = self.state.sched.lock();
+        proto::NodeEntry {
+            node_id: self.state.node_id.clone(),
+            addr: self.state.tcp_addr.clone(),
+            uds_path: self.state.paths.node_sock.to_string_lossy().into(),
+            store_dir: self.state.paths.store.to_string_lossy().into(),
+            hostname: hostname(),
+            is_head: self.link().is_some_and(|l| l.role.is_head),
+            alive: true,
+            total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            ..Default::default()
+        }
+    }
+
+    async fn register(&self) -> Result<()> {
+        let Some(link) = self.link() else { return Ok(()) };
+        let r = link
+            .head
+            .clone()
+            .register_node(self.entry())
+            .await
+            .map_err(|s| Error::rpc(&format!("registering with the head at {}", link.role.head_addr), s))?
+            .into_inner();
+        match r.error {
+            Some(e) => Err(Error::from_proto(&e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers with the head (waiting up to `patience` for it to come
+    /// up), then heartbeats in the background.
+    pub(crate) async fn join_cluster(&self, patience: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.register().await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!("head not reachable yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let d = self.clone();
+        self.spawn(async move { d.heartbeat_loop().await });
+        Ok(())
+    }
+
+    async fn heartbeat_loop(&self) {
+        let Some(link) = self.link() else { return };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut head_down_since: Option<tokio::time::Instant> = None;
+        loop {
+            tick.tick().await;
+            let req = {
+                let s = self.state.sched.lock();
+                proto::HeartbeatRequest {
+                    node_id: self.state.node_id.clone(),
+                    available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    pending_leases: s.pending_count() as u32,
+                    pending_demands: s.pending_demands(),
+                    num_workers: s
+                        .workers
+                        .values()
+                        .filter(|w| w.state != super::scheduler::WorkerState::Dead)
+                        .count() as u32,
+                }
+            };
+            let reply = match link.head.clone().heartbeat(req).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    let since = *head_down_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(2) {
+                        tracing::warn!("cannot reach the head at {}: {}", link.role.head_addr, s.message());
+                        head_down_since = Some(tokio::time::Instant::now());
+                    }
+                    continue;
+                }
+            };
+            if head_down_since.take().is_some() {
+                tracing::info!("head at {} reachable again", link.role.head_addr);
+            }
+            if reply.reregister {
+                tracing::info!("the head does not know this node: registering again");
+                if let Err(e) = self.register().await {
+                    tracing::warn!("re-registering: {e}");
+                }
+            }
+            *link.view.lock() = reply.nodes;
+            for job in reply.finished_jobs {
+                if link.finished_jobs.lock().insert(job.clone()) {
+                    tracing::info!(job = %job, "job finished: stopping its workers");
+                    link.jobs.lock().await.remove(&job);
+                    let acts = self.state.sched.lock().job_finished(&job);
+                    self.apply(acts);
+                }
+            }
+        }
+    }
+
+    /// Another node to send a lease request to when this one cannot serve
+    /// it: one that could ever fit it when we cannot, else one that has the
+    /// resources free now when we have not.
+    pub(crate) fn spillback_target(&self, res: &Resources) -> Option<String> {
+        let link = self.link()?;
+        let (local_feasible, local_fits) = {
+            let s = self.state.sched.lock();
+            (infeasibility(&s.total, res).is_none(), fits(&s.available, res))
+        };
+        if local_fits {
+            return None;
+        }
+        let view = link.view.lock();
+        let as_res = |m: &HashMap<String, f64>| m.iter().map(|(k, v)| (k.clone(), *v)).collect::<Resources>();
+        let others = view.iter().filter(|n| n.alive && n.node_id != self.state.node_id);
+        let mut best: Option<(&proto::NodeEntry, bool, f64)> = None;
+        for n in others {
+            if infeasibility(&as_res(&n.total), res).is_some() {
+                continue;
+            }
+            let free_now = fits(&as_res(&n.available), res);
+            if local_feasible && !free_now {
+                continue;
+            }
+            let cpu = n.available.get("CPU").copied().unwrap_or(0.0);
+            if best.is_none_or(|(_, f, c)| (free_now, cpu) > (f, c)) {
+                best = Some((n, free_now, cpu));
+            }
+        }
+        best.map(|(n, _, _)| n.addr.clone())
+    }
+
+    /// The binary and environment of a job's workers, fetching the binary
+    /// from the head the first time.
+    pub(crate) async fn job_runtime(&self, job: &str) -> Result<JobRuntime> {
+        let link = self
+            .link()
+            .ok_or_else(|| Error::Internal("job workers outside a cluster".into()))?;
+        let mut jobs = link.jobs.lock().await;
+        if let Some(rt) = jobs.get(job) {
+            return Ok(rt.clone());
+        }
+        let mut head = link.head.clone();
+        let r = head
+            .get_job(proto::GetJobRequest { job_id: job.into() })
+            .await
+            .map_err(|s| Error::rpc("looking up a job at the head", s))?
+            .into_inner();
+        if let Some(e) = r.error {
+            return Err(Error::from_proto(&e));
+        }
+        let info = r.job.ok_or_else(|| Error::Internal("job reply without a job".into()))?;
+        let cache = std::env::temp_dir().join("rayforge-binaries");
+        std::fs::create_dir_all(&cache).map_err(|e| Error::io(format!("creating {}", cache.display()), e))?;
+        let path = cache.join(&info.binary_hash);
+        if !path.exists() {
+            let mut stream = head
+                .get_binary(proto::HasBinaryRequest {
+                    hash: info.binary_hash.clone(),
+                })
+                .await
+                .map_err(|s| Error::rpc("fetching the job's binary from the head", s))?
+                .into_inner();
+            let tmp = cache.join(format!("{}.{}.tmp", info.binary_hash, ObjectId::for_put().hex()));
+            let mut bytes = Vec::new();
+            while let Some(c) = stream
+                .message()
+                .await
+                .map_err(|s| Error::rpc("fetching the job's binary from the head", s))?
+            {
+                bytes.extend_from_slice(&c.data);
+            }
+            let write = || -> std::io::Result<()> {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::write(&tmp, &bytes)?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&tmp, &path)
+            };
+            write().map_err(|e| Error::io(format!("storing the job's binary at {}", path.display()), e))?;
+            tracing::info!(job, hash = %info.binary_hash, bytes = bytes.len(), "fetched job binary");
+        }
+        let rt = JobRuntime {
+            binary: path,
+            env: info.env.into_iter().collect(),
+            working_dir: (!info.working_dir.is_empty()).then(|| PathBuf::from(&info.working_dir)),
+        };
+        jobs.insert(job.to_string(), rt.clone());
+        Ok(rt)
+    }
+
+    /// Makes a local copy of an object held by the node at `from`. Pulls of
+    /// the same object share one transfer.
+    pub(crate) async fn pull_object(&self, id: ObjectId, from: String) -> Result<()> {
+        let link = self
+            .link()
+            .ok_or_else(|| Error::InvalidArgument("this node is not part of a cluster".into()))?;
+        let pull = {
+            let mut pulls = link.pulls.lock();
+            match pulls.get(&id) {
+                // In flight: its space is reserved but the file is not there yet.
+                Some(p) => p.clone(),
+                None if self.state.store.lock().contains(&id) => return Ok(()),
+                None => {
+                    let d = self.clone();
+                    let p = async move {
+                        let r = d.transfer(id, &from).await;
+                        if let Some(l) = d.link() {
+                            l.pulls.lock().remove(&id);
+                        }
+                        r
+                    }
+                    .boxed()
+                    .shared();
+                    pulls.insert(id, p.clone());
+                    p
+                }
+            }
+        };
+        pull.await
+    }
+
+    async fn transfer(&self, id: ObjectId, from: &str) -> Result<()> {
+        let link = self.link().ok_or_else(|| Error::Internal("no cluster".into()))?;
+        let lost = |why: String| Error::ObjectLost {
+            id: id.hex(),
+            cause: format!("the node at {from} holding it could not send it: {why}"),
+        };
+        let mut client = link.node_client(from)?;
+        let mut stream = client
+            .read_object(proto::ReadObjectRequest {
+                id: id.0.to_vec(),
+                requester_addr: self.state.tcp_addr.clone(),
+            })
+            .await
+            .map_err(|s| lost(s.message().to_string()))?
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .map_err(|s| lost(s.message().to_string()))?
+            .ok_or_else(|| lost("empty stream".into()))?;
+        let total = first.total;
+        let d = self.clone();
+        tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, total))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let dir = self.state.paths.store.clone();
+        let tmp = dir.join(format!("{}.pull.tmp", id.hex()));
+        let result = async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+            let mut written = first.data.len() as u64;
+            f.write_all(&first.data)
+                .await
+                .map_err(|e| Error::io("writing a pulled object", e))?;
+            while let Some(c) = stream.message().await.map_err(|s| lost(s.message().to_string()))? {
+                written += c.data.len() as u64;
+                f.write_all(&c.data)
+                    .await
+                    .map_err(|e| Error::io("writing a pulled object", e))?;
+            }
+            if written != total {
+                return Err(lost(format!("got {written} of {total} bytes")));
+            }
+            f.flush().await.map_err(|e| Error::io("writing a pulled object", e))?;
+            tokio::fs::rename(&tmp, object_store::object_path(&dir, &id))
+                .await
+                .map_err(|e| Error::io("storing a pulled object", e))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            self.state.store.lock().free(id);
+        } else {
+            tracing::debug!(object = %id.hex(), bytes = total, from, "pulled object");
+        }
+        result
+    }
+
+    /// Notes that `node` holds a copy of our object `id`.
+    pub(crate) fn note_copy(&self, id: ObjectId, node: &str) {
+        if let Some(l) = self.link() {
+            if !node.is_empty() {
+                l.copies.lock().entry(id).or_default().insert(node.to_string());
+            }
+        }
+    }
+
+    /// Tells the nodes holding copies of freed objects to drop them too.
+    pub(crate) fn forward_frees(&self, ids: &[ObjectId]) {
+        let Some(link) = self.link() else { return };
+        let mut by_node: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        {
+            let mut copies = link.copies.lock();
+            for id in ids {
+                for n in copies.remove(id).unwrap_or_default() {
+                    by_node.entry(n).or_default().push(id.0.to_vec());
+                }
+            }
+        }
+        for (node, ids) in by_node {
+            if let Ok(mut c) = link.node_client(&node) {
+                self.spawn(async move {
+                    let _ = c.free_objects(proto::FreeObjectsRequest { ids }).await;
+                });
+            }
+        }
+    }
+}

@@ -584,9 +584,15 @@ pub(crate) async fn join_as_driver(
     let mut local: Vec<&proto::NodeEntry> = nodes
         .iter()
         .filter(|n| n.alive && n.hostname == here && Path::new(&n.uds_path).exists())
+        .filter(|n| cfg.node_id.as_ref().is_none_or(|want| &n.node_id == want))
         .collect();
     local.sort_by_key(|n| !n.is_head);
     let node = local.first().ok_or_else(|| {
+        if let Some(want) = &cfg.node_id {
+            return Error::NotFound(format!(
+                "no alive node `{want}` of the cluster at {addr} runs on this machine"
+            ));
+        }
         Error::Runtime(format!(
             "the cluster at {addr} has no alive node on this machine to attach the driver to; start one \
              with `rayforge start --address {addr}`"

@@ -38,6 +38,10 @@ pub struct Config {
     /// The cluster's token (default: `$RAYFORGE_TOKEN`, else the one
     /// `rayforge start --head` recorded on this machine).
     pub token: Option<String>,
+    /// With `address`: the id of the node (on this machine) to attach the
+    /// driver to (default: the head's node when it is on this machine, else
+    /// any node here).
+    pub node_id: Option<String>,
 }
 
 impl Config {
@@ -57,6 +61,12 @@ impl Config {
     /// Sets the cluster token.
     pub fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_string());
+        self
+    }
+
+    /// Picks the node the driver attaches to (see [`Config::node_id`](struct.Config.html#structfield.node_id)).
+    pub fn attach_to(mut self, node_id: &str) -> Self {
+        self.node_id = Some(node_id.to_string());
         self
     }
 

@@ -165,11 +165,11 @@ fn daemonize() -> rayforge::Result<()> {
     let mut child = cmd
         .spawn()
         .map_err(|e| rayforge::Error::Runtime(format!("starting the daemon: {e}")))?;
-    let Some(out) = child.stdout.take() else {
+    let Some(pipe) = child.stdout.take() else {
         return Err(rayforge::Error::Runtime("no pipe to the daemon".into()));
     };
     let mut line = String::new();
-    let n = std::io::BufReader::new(out).read_line(&mut line).unwrap_or(0);
+    let n = std::io::BufReader::new(pipe).read_line(&mut line).unwrap_or(0);
     if n == 0 {
         let status = child.wait().ok();
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -181,9 +181,14 @@ fn daemonize() -> rayforge::Result<()> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         )));
     }
-    print!("{line}");
-    println!("logs: {}", log_path.display());
+    out(&format!("{line}logs: {}\n", log_path.display()));
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`rayforge list jobs | head`) is not an error.
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|_| o.flush());
 }
 
 fn run(cli: Cli) -> rayforge::Result<()> {
@@ -243,12 +248,12 @@ fn run(cli: Cli) -> rayforge::Result<()> {
         }
         Command::Stop { grace } => {
             let n = rayforge::cluster::stop_all(Duration::from_secs_f64(grace.max(0.0)));
-            println!("stopped {n} rayforge daemon(s)");
+            out(&format!("stopped {n} rayforge daemon(s)\n"));
             Ok(())
         }
         Command::Status { address, token } => {
             let mut c = HeadClient::connect(&address, token.as_deref())?;
-            print!("{}", c.status_report()?);
+            out(&c.status_report()?);
             Ok(())
         }
         Command::List { what, address, token } => {
@@ -258,7 +263,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 ListWhat::Jobs => serde_json::to_string_pretty(&c.jobs()?),
             }
             .map_err(|e| rayforge::Error::Runtime(e.to_string()))?;
-            println!("{json}");
+            out(&format!("{json}\n"));
             Ok(())
         }
         Command::Microbenchmark { json, filter, seconds } => {

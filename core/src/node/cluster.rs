@@ -232,6 +232,20 @@ impl NodeDaemon {
     /// The binary and environment of a job's workers, fetching the binary
     /// from the head the first time.
     pub(crate) async fn job_runtime(&self, job: &str) -> Result<JobRuntime> {
+        // The head may be restarting: keep asking for a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.try_job_runtime(job).await {
+                Err(Error::Io { context, message }) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(job, "head unreachable ({context}: {message}); retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_job_runtime(&self, job: &str) -> Result<JobRuntime> {
         let link = self
             .link()
             .ok_or_else(|| Error::Internal("job workers outside a cluster".into()))?;

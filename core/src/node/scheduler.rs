@@ -133,7 +133,7 @@ impl Scheduler {
     /// The resource shapes of queued requests, for `rayforge status`.
     pub(crate) fn pending_demands(&self) -> Vec<String> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &self.pending {
+        for r in self.pending.iter().filter(|r| !r.reply.is_closed()) {
             let shape: Vec<String> = r
                 .resources
                 .iter()
@@ -550,5 +550,31 @@ mod tests {
         let acts = s.reap_idle(Instant::now() + Duration::from_millis(1));
         assert_eq!(acts.len(), 1);
         assert_eq!(s.idle_count(), 1);
+    }
+
+    #[test]
+    fn workers_serve_only_their_own_job_and_end_with_it() {
+        let mut s = Scheduler::new(res(2.0), 0, Duration::from_secs(10));
+        let job_req = |job: &str| {
+            let (mut r, rx) = req(1.0);
+            r.job = job.to_string();
+            (r, rx)
+        };
+        let (a, mut ra) = job_req("j1");
+        assert_eq!(s.request(a), vec![Action::StartWorker { job: "j1".into() }]);
+        s.worker_starting(1, 1, "j1");
+        s.worker_registered(1, "w1".into());
+        let g = ra.try_recv().unwrap().unwrap();
+        s.return_lease(g.lease_id, false);
+        // An idle j1 worker must not run j2's code: j2 gets its own process.
+        let (b, mut rb) = job_req("j2");
+        assert_eq!(s.request(b), vec![Action::StartWorker { job: "j2".into() }]);
+        assert!(rb.try_recv().is_err());
+        s.worker_starting(2, 2, "j2");
+        s.worker_registered(2, "w2".into());
+        assert_eq!(rb.try_recv().unwrap().unwrap().worker_id, 2);
+        // When j1 ends, its workers are stopped; j2's are not.
+        assert_eq!(s.job_finished("j1"), vec![Action::KillWorker { worker_id: 1, pid: 1 }]);
+        assert!(s.pending_demands().is_empty());
     }
 }

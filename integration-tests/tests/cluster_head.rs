@@ -1,0 +1,146 @@
+//! The head's durability and the cluster's front door: a head restarted
+//! mid-job loses nothing and the job finishes; bad addresses, tokens and
+//! arguments get clear errors.
+
+use std::time::Duration;
+
+use rayforge::cluster::HeadClient;
+use rayforge::Error;
+use rayforge_integration_tests::{rayforge_bin, wait_until, LocalCluster};
+
+#[rayforge::remote]
+fn wait_for_file(path: String) -> String {
+    while !std::path::Path::new(&path).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rayforge::node_id().expect("node id")
+}
+
+#[rayforge::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 3000);
+    let b = cluster.add_node(&["--num-cpus", "2"]);
+    // The driver runs on b, so the head can go away under it.
+    rayforge::init(cluster.config().attach_to(&b)).expect("join the cluster");
+    let mut head = HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    assert!(head.kv_put("model/best", b"42", false).unwrap());
+    assert!(
+        !head.kv_put("model/best", b"43", false).unwrap(),
+        "no overwrite unless asked"
+    );
+
+    let gate = std::env::temp_dir().join(format!("rayforge-head-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let running = wait_for_file::remote(gate.to_string_lossy().to_string());
+
+    // SIGKILL the head (control service and its node), then start it again
+    // on the same port and state directory.
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+    let old_head = cluster.daemons[0].1.clone();
+    cluster.kill_node(&old_head);
+    assert!(head.nodes().is_err(), "the head is down");
+    cluster.start_head(&["--num-cpus", "1"], 3000, port);
+    let new_head = cluster.daemons[0].1.clone();
+
+    // Tables came back from disk; b keeps heartbeating to the new head; the
+    // dead head node is noticed.
+    assert_eq!(head.kv_get("model/best").unwrap().as_deref(), Some(&b"42"[..]));
+    let jobs = head.jobs().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "RUNNING");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let nodes = head.nodes().unwrap();
+            let alive = |id: &str| nodes.iter().any(|n| n.node_id == id && n.alive);
+            alive(&b) && alive(&new_head) && !alive(&old_head)
+        }),
+        "{:?}",
+        head.nodes()
+    );
+
+    // The job goes on: the running task finishes, new tasks run.
+    std::fs::write(&gate, b"go").unwrap();
+    assert_eq!(running.get().unwrap(), b);
+    let refs: Vec<_> = (0..20u64).map(square::remote).collect();
+    let got = rayforge::get_all(&refs).unwrap();
+    assert_eq!(got, (0..20u64).map(|x| x * x).collect::<Vec<_>>());
+    rayforge::shutdown();
+    assert!(
+        wait_until(Duration::from_secs(10), || head.jobs().unwrap()[0].state == "SUCCEEDED"),
+        "{:?}",
+        head.jobs()
+    );
+    let _ = std::fs::remove_file(&gate);
+}
+
+#[test]
+fn bad_addresses_tokens_and_arguments_get_clear_errors() {
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 3000);
+
+    // Wrong token: refused, saying why.
+    let mut bad = HeadClient::connect(&cluster.address, Some("not-the-token")).unwrap();
+    let err = bad.nodes().unwrap_err().to_string();
+    assert!(err.contains("refused") && err.contains("token"), "{err}");
+    let err = rayforge::init(rayforge::Config::address(&cluster.address).token("wrong")).unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+
+    // A head that is not there, an address that is not one.
+    let err = HeadClient::connect("127.0.0.1:1", Some("t"))
+        .unwrap()
+        .nodes()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot reach the head at 127.0.0.1:1"),
+        "{err}"
+    );
+    let err = rayforge::init(rayforge::Config::address("no-port-here")).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("host:port"),
+        "{err}"
+    );
+    let err = rayforge::init(
+        rayforge::Config::address(&cluster.address)
+            .token(&cluster.token)
+            .attach_to("nonexistent"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nonexistent"), "{err}");
+
+    // The CLI: non-zero exit and the reason on stderr, never a hang.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(rayforge_bin())
+            .args(args)
+            .env("RAYFORGE_CLUSTER_FILE", "/nonexistent/cluster.json")
+            .env_remove("RAYFORGE_TOKEN")
+            .output()
+            .expect("run rayforge");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = cli(&["status", "--address", "127.0.0.1:1", "--token", "t"]);
+    assert!(!ok && err.contains("cannot reach the head"), "{err}");
+    let (ok, err) = cli(&["status"]);
+    assert!(!ok && err.contains("no cluster is running on this machine"), "{err}");
+    let (ok, err) = cli(&["start", "--head", "--port", "0", "--resources", "[1, 2]", "--block"]);
+    assert!(!ok && err.contains("--resources must be a JSON object"), "{err}");
+    let (ok, err) = cli(&[
+        "start",
+        "--head",
+        "--port",
+        "0",
+        "--resources",
+        r#"{"a": -1}"#,
+        "--block",
+    ]);
+    assert!(!ok && err.contains("`a` must be a non-negative number"), "{err}");
+    let (ok, err) = cli(&["start", "--address", &cluster.address, "--block"]);
+    assert!(!ok && err.contains("no token"), "{err}");
+    let (ok, err) = cli(&["status", "--address", &cluster.address, "--token", "wrong"]);
+    assert!(!ok && err.contains("refused"), "{err}");
+    let (ok, err) = cli(&["status", "--address", &cluster.address, "--token", &cluster.token]);
+    assert!(ok, "{err}");
+}

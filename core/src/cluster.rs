@@ -137,6 +137,20 @@ fn resolve(address: &str, token: Option<&str>) -> Result<(String, Option<String>
     Ok((addr, token))
 }
 
+/// Awaits a call to the head, turning silence and refusals into clear errors.
+async fn ask_head<T>(
+    addr: &str,
+    f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> Result<T> {
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .map_err(|_| Error::Io {
+            context: format!("cannot reach the head at {addr}"),
+            message: "no answer within 15 s".into(),
+        })?
+        .map_err(|s| head_error(addr, s))
+}
+
 fn head_error(addr: &str, s: tonic::Status) -> Error {
     if s.code() == tonic::Code::Unauthenticated {
         return Error::InvalidArgument(format!("the head at {addr} refused the call: {}", s.message()));
@@ -216,16 +230,7 @@ impl HeadClient {
 
     fn call<T>(&mut self, f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>) -> Result<T> {
         let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
-        let addr = self.addr.clone();
-        rt.block_on(async move {
-            tokio::time::timeout(Duration::from_secs(15), f)
-                .await
-                .map_err(|_| Error::Io {
-                    context: format!("cannot reach the head at {addr}"),
-                    message: "no answer within 15 s".into(),
-                })?
-                .map_err(|s| head_error(&addr, s))
-        })
+        rt.block_on(ask_head(&self.addr, f))
     }
 
     /// The head's address.
@@ -569,13 +574,8 @@ pub(crate) async fn join_as_driver(
         crate::rpc::set_token(t)?;
     }
     let mut head = crate::gcs::client(&addr)?;
-    let nodes = tokio::time::timeout(Duration::from_secs(15), head.list_nodes(proto::ListNodesRequest {}))
-        .await
-        .map_err(|_| Error::Io {
-            context: format!("cannot reach the head at {addr}"),
-            message: "no answer within 15 s".into(),
-        })?
-        .map_err(|s| head_error(&addr, s))?
+    let nodes = ask_head(&addr, head.list_nodes(proto::ListNodesRequest {}))
+        .await?
         .into_inner()
         .nodes;
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -578,9 +578,7 @@ pub(crate) async fn join_as_driver(
         .await?
         .into_inner()
         .nodes;
-    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
+    let here = crate::node::cluster::hostname();
     let mut local: Vec<&proto::NodeEntry> = nodes
         .iter()
         .filter(|n| n.alive && n.hostname == here && Path::new(&n.uds_path).exists())

@@ -20,6 +20,7 @@ use tokio::io::AsyncReadExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
+use crate::ids::hex;
 use crate::proto::{self, control_service_server::ControlService};
 
 /// Milliseconds since the Unix epoch.
@@ -46,10 +47,6 @@ pub(crate) fn file_sha256(path: &Path) -> Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Chunk size for binary and object transfers.

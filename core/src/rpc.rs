@@ -63,6 +63,29 @@ pub(crate) fn check_token(req: Request<()>) -> std::result::Result<Request<()>, 
 /// A channel whose calls carry the cluster token.
 pub(crate) type Chan = InterceptedService<Channel, Auth>;
 
+/// Lazily connecting channels by address, opened once and shared.
+#[derive(Default)]
+pub(crate) struct ChannelCache(parking_lot::Mutex<std::collections::HashMap<String, Chan>>);
+
+impl ChannelCache {
+    /// The channel to `addr`, opened on first use (call inside a runtime:
+    /// a lazy channel spawns its connection task there).
+    pub(crate) fn get(&self, addr: &str) -> Result<Chan> {
+        let mut m = self.0.lock();
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = channel(addr)?;
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Drops the channel to `addr` (its peer went away).
+    pub(crate) fn forget(&self, addr: &str) {
+        self.0.lock().remove(addr);
+    }
+}
+
 /// Whether `addr` names a TCP endpoint rather than a Unix socket.
 pub(crate) fn is_tcp(addr: &str) -> bool {
     !addr.starts_with('/')

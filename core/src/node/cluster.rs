@@ -50,7 +50,7 @@ pub(crate) struct ClusterLink {
     pulls: Mutex<HashMap<ObjectId, Pull>>,
     /// Nodes that pulled a copy of one of our objects: told when it is freed.
     copies: Mutex<HashMap<ObjectId, HashSet<String>>>,
-    peers: Mutex<HashMap<String, Chan>>,
+    peers: crate::rpc::ChannelCache,
 }
 
 impl ClusterLink {
@@ -63,27 +63,17 @@ impl ClusterLink {
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             copies: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
+            peers: Default::default(),
         })
     }
 
     fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
-        let ch = {
-            let mut p = self.peers.lock();
-            match p.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = crate::rpc::channel(addr)?;
-                    p.insert(addr.to_string(), c.clone());
-                    c
-                }
-            }
-        };
-        Ok(crate::worker::node_client(ch))
+        Ok(crate::worker::node_client(self.peers.get(addr)?))
     }
 }
 
-fn hostname() -> String {
+/// This machine's host name.
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

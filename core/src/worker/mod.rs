@@ -77,7 +77,7 @@ pub(crate) struct CoreWorker {
     pub(crate) store_dir: PathBuf,
     objects: Mutex<HashMap<ObjectId, Owned>>,
     refs: Mutex<HashMap<ObjectId, RefCount>>,
-    peers: Mutex<HashMap<String, Chan>>,
+    peers: crate::rpc::ChannelCache,
     /// Live mappings of store objects, so repeated reads share one mapping.
     mapped: Mutex<HashMap<ObjectId, codec::WeakObjectBytes>>,
     pub(crate) submitter: submitter::TaskSubmitter,
@@ -143,7 +143,7 @@ impl CoreWorker {
             store_dir: place.store_dir,
             objects: Mutex::new(HashMap::new()),
             refs: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
+            peers: Default::default(),
             mapped: Mutex::new(HashMap::new()),
             submitter: submitter::TaskSubmitter::default(),
             actors: actor_caller::ActorCaller::default(),
@@ -175,23 +175,13 @@ impl CoreWorker {
 
     /// A cached channel to any address.
     fn channel(&self, addr: &str) -> Result<Chan> {
-        Ok({
-            let mut p = self.peers.lock();
-            match p.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    // A lazy channel spawns its connection task: needs the runtime.
-                    let _rt = self.handle.enter();
-                    let c = crate::rpc::channel(addr)?;
-                    p.insert(addr.to_string(), c.clone());
-                    c
-                }
-            }
-        })
+        // Callers may be outside the runtime (user threads).
+        let _rt = self.handle.enter();
+        self.peers.get(addr)
     }
 
     pub(crate) fn forget_peer(&self, addr: &str) {
-        self.peers.lock().remove(addr);
+        self.peers.forget(addr);
     }
 
     /// Registers a new object owned here, pending until its task finishes.

@@ -206,6 +206,29 @@ pub struct JobStatus {
     pub end_ms: u64,
 }
 
+/// One actor as the head's actor manager recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorStatus {
+    /// The actor's id (hex).
+    pub actor_id: String,
+    /// The actor's type (`module::Type`).
+    pub class_name: String,
+    /// Its name, if it has one.
+    pub name: String,
+    /// The job that created it.
+    pub job_id: String,
+    /// PENDING_CREATION, ALIVE, RESTARTING or DEAD.
+    pub state: String,
+    /// Whether it outlives its job.
+    pub detached: bool,
+    /// The node hosting it (its address; empty unless alive or starting).
+    pub node: String,
+    /// Times its process was restarted.
+    pub num_restarts: u32,
+    /// Why it died.
+    pub death_cause: String,
+}
+
 impl HeadClient {
     /// Connects to the head at `address` ("auto": this machine's cluster).
     pub fn connect(address: &str, token: Option<&str>) -> Result<HeadClient> {
@@ -272,6 +295,29 @@ impl HeadClient {
                 entrypoint: j.entrypoint,
                 start_ms: j.start_ms,
                 end_ms: j.end_ms,
+            })
+            .collect())
+    }
+
+    /// Every actor of the cluster (dead ones included).
+    pub fn actors(&mut self) -> Result<Vec<ActorStatus>> {
+        let mut c = self.client.clone();
+        let r = self.call(async move { c.list_actors(proto::ListActorsRequest {}).await })?;
+        Ok(r.into_inner()
+            .actors
+            .into_iter()
+            .map(|a| ActorStatus {
+                actor_id: crate::ids::hex(&a.actor_id),
+                state: proto::ActorState::try_from(a.state)
+                    .map(|s| s.as_str_name().to_string())
+                    .unwrap_or_else(|_| "UNKNOWN".into()),
+                class_name: a.class_name,
+                name: a.name,
+                job_id: a.job_id,
+                detached: a.detached,
+                node: a.node_addr,
+                num_restarts: a.num_restarts,
+                death_cause: a.death_cause,
             })
             .collect())
     }
@@ -400,7 +446,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             ..Config::default()
         };
         cfg.validate()?;
-        let (head_addr, token) = if opts.head {
+        let (head_addr, token, gcs) = if opts.head {
             let port = opts.port.unwrap_or(DEFAULT_PORT);
             let dir = opts
                 .state_dir
@@ -421,7 +467,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
             gcs.serve(incoming);
             tracing::info!(addr = %local, state = %dir.display(), "head control service started");
-            (local.to_string(), token)
+            (local.to_string(), token, Some(gcs))
         } else {
             let address = opts
                 .address
@@ -434,13 +480,14 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 ))
             })?;
             crate::rpc::set_token(&token)?;
-            (addr, token)
+            (addr, token, None)
         };
         let role = ClusterRole {
             head_addr: head_addr.clone(),
             bind_host: bind,
             port: opts.node_port.unwrap_or(0),
             is_head: opts.head,
+            gcs,
         };
         let node = NodeDaemon::start(cfg, Some(role)).await?;
         let ready = Ready {

@@ -1,6 +1,7 @@
 //! The head's global control service: the node table (registration,
 //! heartbeats, failure detection), the job table, content-addressed job
-//! binaries and a key-value store, served over TCP as `ControlService`.
+//! binaries, a key-value store and the record of the actor table (kept by
+//! the head node's actor manager), served over TCP as `ControlService`.
 //!
 //! Its tables are persisted in the head's directory (`state.pb`, written
 //! atomically after every change), so a restarted head comes back with every
@@ -63,6 +64,8 @@ struct Snapshot {
     kv: BTreeMap<String, Vec<u8>>,
     #[prost(uint32, tag = "4")]
     next_job: u32,
+    #[prost(message, repeated, tag = "5")]
+    actors: Vec<proto::ActorRecord>,
 }
 
 #[derive(Default)]
@@ -71,6 +74,7 @@ struct Tables {
     jobs: BTreeMap<String, proto::JobInfo>,
     kv: BTreeMap<String, Vec<u8>>,
     next_job: u32,
+    actors: BTreeMap<Vec<u8>, proto::ActorRecord>,
 }
 
 /// The control service's state.
@@ -78,6 +82,10 @@ pub(crate) struct Gcs {
     dir: PathBuf,
     tables: Mutex<Tables>,
     heartbeat_timeout: Duration,
+    /// Held while writing `state.pb`, so snapshots land in order.
+    writing: Mutex<()>,
+    /// Wakes the writer that batches actor-table changes.
+    dirty: tokio::sync::Notify,
 }
 
 impl Gcs {
@@ -100,10 +108,12 @@ impl Gcs {
                 t.jobs = s.jobs.into_iter().map(|j| (j.job_id.clone(), j)).collect();
                 t.kv = s.kv;
                 t.next_job = s.next_job;
+                t.actors = s.actors.into_iter().map(|a| (a.actor_id.clone(), a)).collect();
                 tracing::info!(
                     nodes = t.nodes.len(),
                     jobs = t.jobs.len(),
                     keys = t.kv.len(),
+                    actors = t.actors.len(),
                     "head state restored from {}",
                     path.display()
                 );
@@ -115,16 +125,24 @@ impl Gcs {
             dir: dir.to_path_buf(),
             tables: Mutex::new(t),
             heartbeat_timeout,
+            writing: Mutex::new(()),
+            dirty: tokio::sync::Notify::new(),
         }))
     }
 
-    /// Writes the tables to disk (temporary file, fsync, rename).
-    fn persist(&self, t: &Tables) {
-        let snap = Snapshot {
-            nodes: t.nodes.values().cloned().collect(),
-            jobs: t.jobs.values().cloned().collect(),
-            kv: t.kv.clone(),
-            next_job: t.next_job,
+    /// Writes the tables to disk (temporary file, fsync, rename). Call it
+    /// without holding the tables' lock.
+    fn persist(&self) {
+        let _w = self.writing.lock();
+        let snap = {
+            let t = self.tables.lock();
+            Snapshot {
+                nodes: t.nodes.values().cloned().collect(),
+                jobs: t.jobs.values().cloned().collect(),
+                kv: t.kv.clone(),
+                next_job: t.next_job,
+                actors: t.actors.values().cloned().collect(),
+            }
         };
         let tmp = self.dir.join("state.pb.tmp");
         let res = (|| -> std::io::Result<()> {
@@ -157,9 +175,22 @@ impl Gcs {
                 changed = true;
             }
         }
+        drop(t);
         if changed {
-            self.persist(&t);
+            self.persist();
         }
+    }
+
+    /// Records an actor's new state; written to disk within milliseconds
+    /// (changes are batched: an actor table changes often).
+    pub(crate) fn save_actor(&self, rec: proto::ActorRecord) {
+        self.tables.lock().actors.insert(rec.actor_id.clone(), rec);
+        self.dirty.notify_one();
+    }
+
+    /// The recorded actor table.
+    pub(crate) fn actors(&self) -> Vec<proto::ActorRecord> {
+        self.tables.lock().actors.values().cloned().collect()
     }
 
     fn binary_path(&self, hash: &str) -> Result<PathBuf> {
@@ -181,6 +212,15 @@ impl Gcs {
                 .await
             {
                 tracing::error!("control service stopped: {e}");
+            }
+        });
+        let g = self.clone();
+        tokio::spawn(async move {
+            loop {
+                g.dirty.notified().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let g2 = g.clone();
+                let _ = tokio::task::spawn_blocking(move || g2.persist()).await;
             }
         });
         let g = self.clone();
@@ -219,7 +259,8 @@ impl ControlService for GcsService {
         tracing::info!(node = %n.node_id, addr = %n.addr, head = n.is_head, "node registered");
         let mut t = self.0.tables.lock();
         t.nodes.insert(n.node_id.clone(), n);
-        self.0.persist(&t);
+        drop(t);
+        self.0.persist();
         Ok(Response::new(proto::RegisterNodeReply {
             error: None,
             heartbeat_timeout_ms: self.0.heartbeat_timeout.as_millis() as u64,
@@ -286,7 +327,8 @@ impl ControlService for GcsService {
         tracing::info!(job = %j.job_id, entrypoint = %j.entrypoint, "job started");
         let id = j.job_id.clone();
         t.jobs.insert(id.clone(), j);
-        self.0.persist(&t);
+        drop(t);
+        self.0.persist();
         Ok(Response::new(proto::RegisterJobReply {
             error: None,
             job_id: id,
@@ -326,7 +368,8 @@ impl ControlService for GcsService {
             j.message = r.message;
             j.end_ms = now_ms();
             tracing::info!(job = %j.job_id, state = %j.state, "job ended");
-            self.0.persist(&t);
+            drop(t);
+            self.0.persist();
         }
         Ok(Response::new(proto::FinishJobReply {}))
     }
@@ -436,7 +479,8 @@ impl ControlService for GcsService {
             return Ok(Response::new(proto::KvPutReply { written: false }));
         }
         t.kv.insert(r.key, r.value);
-        self.0.persist(&t);
+        drop(t);
+        self.0.persist();
         Ok(Response::new(proto::KvPutReply { written: true }))
     }
 
@@ -462,8 +506,9 @@ impl ControlService for GcsService {
         let key = req.into_inner().key;
         let mut t = self.0.tables.lock();
         let deleted = t.kv.remove(&key).is_some();
+        drop(t);
         if deleted {
-            self.0.persist(&t);
+            self.0.persist();
         }
         Ok(Response::new(proto::KvDeleteReply { deleted }))
     }
@@ -476,6 +521,15 @@ impl ControlService for GcsService {
         let t = self.0.tables.lock();
         Ok(Response::new(proto::KvListReply {
             keys: t.kv.keys().filter(|k| k.starts_with(&prefix)).cloned().collect(),
+        }))
+    }
+
+    async fn list_actors(
+        &self,
+        _req: Request<proto::ListActorsRequest>,
+    ) -> std::result::Result<Response<proto::ListActorsReply>, Status> {
+        Ok(Response::new(proto::ListActorsReply {
+            actors: self.0.actors(),
         }))
     }
 }

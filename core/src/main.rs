@@ -5,7 +5,7 @@
 //! rayforge start --head --num-cpus 4        # head: control service + a node
 //! rayforge start --address 127.0.0.1:6379   # another node joining it
 //! rayforge status                           # nodes, resources, pending demands
-//! rayforge list nodes|jobs
+//! rayforge list nodes|jobs|actors
 //! rayforge stop                             # every daemon on this machine
 //! rayforge microbenchmark [--json FILE]
 //! ```
@@ -114,6 +114,7 @@ enum Command {
 enum ListWhat {
     Nodes,
     Jobs,
+    Actors,
 }
 
 fn parse_resources(text: &str) -> rayforge::Result<HashMap<String, f64>> {
@@ -261,6 +262,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             let json = match what {
                 ListWhat::Nodes => serde_json::to_string_pretty(&c.nodes()?),
                 ListWhat::Jobs => serde_json::to_string_pretty(&c.jobs()?),
+                ListWhat::Actors => serde_json::to_string_pretty(&c.actors()?),
             }
             .map_err(|e| rayforge::Error::Runtime(e.to_string()))?;
             out(&format!("{json}\n"));

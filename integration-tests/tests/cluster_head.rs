@@ -21,10 +21,33 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+/// A counter that reports where it runs.
+#[rayforge::actor]
+pub struct Tally {
+    value: i64,
+}
+
+#[rayforge::actor]
+impl Tally {
+    fn new(start: i64) -> Self {
+        Tally { value: start }
+    }
+
+    fn inc(&mut self) -> i64 {
+        self.value += 1;
+        self.value
+    }
+
+    fn node(&self) -> String {
+        rayforge::node_id().expect("node id")
+    }
+}
+
 #[test]
 fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
-    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 3000);
-    let b = cluster.add_node(&["--num-cpus", "2"]);
+    let head_args = ["--num-cpus", "1", "--resources", r#"{"h": 1}"#];
+    let mut cluster = LocalCluster::start(&head_args, 3000);
+    let b = cluster.add_node(&["--num-cpus", "2", "--resources", r#"{"b": 1}"#]);
     // The driver runs on b, so the head can go away under it.
     rayforge::init(cluster.config().attach_to(&b)).expect("join the cluster");
     let mut head = HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
@@ -37,6 +60,21 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let gate = std::env::temp_dir().join(format!("rayforge-head-gate-{}", std::process::id()));
     let _ = std::fs::remove_file(&gate);
     let running = wait_for_file::remote(gate.to_string_lossy().to_string());
+    // A named detached actor on b, and a restartable one on the head's node.
+    let keeper = Tally::options()
+        .resource("b", 1.0)
+        .name("keeper")
+        .detached()
+        .remote(0i64)
+        .unwrap();
+    assert_eq!(keeper.inc().get().unwrap(), 1);
+    let on_head = Tally::options()
+        .resource("h", 1.0)
+        .max_restarts(1)
+        .max_task_retries(-1)
+        .remote(50i64)
+        .unwrap();
+    assert_eq!(on_head.node().get().unwrap(), cluster.daemons[0].1);
 
     // SIGKILL the head (control service and its node), then start it again
     // on the same port and state directory.
@@ -44,7 +82,9 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let old_head = cluster.daemons[0].1.clone();
     cluster.kill_node(&old_head);
     assert!(head.nodes().is_err(), "the head is down");
-    cluster.start_head(&["--num-cpus", "1"], 3000, port);
+    // The actor on b keeps answering while the head is down.
+    assert_eq!(keeper.inc().get().unwrap(), 2);
+    cluster.start_head(&head_args, 3000, port);
     let new_head = cluster.daemons[0].1.clone();
 
     // Tables came back from disk; b keeps heartbeating to the new head; the
@@ -62,6 +102,16 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
         "{:?}",
         head.nodes()
     );
+
+    // The actor table came back: the named actor is found, its state kept;
+    // the one on the dead head node was restarted on the new one.
+    let found: TallyHandle = rayforge::get_actor("keeper").unwrap();
+    assert_eq!(found.inc().get().unwrap(), 3);
+    assert_eq!(on_head.node().get().unwrap(), new_head);
+    assert_eq!(on_head.inc().get().unwrap(), 51);
+    let actors = head.actors().unwrap();
+    let keeper_rec = actors.iter().find(|a| a.name == "keeper").unwrap();
+    assert_eq!((keeper_rec.state.as_str(), keeper_rec.num_restarts), ("ALIVE", 0));
 
     // The job goes on: the running task finishes, new tasks run.
     std::fs::write(&gate, b"go").unwrap();

@@ -18,7 +18,7 @@ use crate::proto::{self, control_service_client::ControlServiceClient};
 use crate::rpc::Chan;
 
 /// How a node daemon joins a cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClusterRole {
     /// The head's control service, `host:port`.
     pub(crate) head_addr: String,
@@ -27,6 +27,8 @@ pub(crate) struct ClusterRole {
     /// TCP port of the node's service (0: any free port).
     pub(crate) port: u16,
     pub(crate) is_head: bool,
+    /// On the head: its control service, which persists the actor table.
+    pub(crate) gcs: Option<std::sync::Arc<crate::gcs::Gcs>>,
 }
 
 /// What a node needs to start a job's workers.
@@ -45,6 +47,8 @@ pub(crate) struct ClusterLink {
     pub(crate) head: ControlServiceClient<Chan>,
     /// Alive nodes, as last reported by the head.
     view: Mutex<Vec<proto::NodeEntry>>,
+    /// Set once the first view arrived.
+    view_ready: tokio::sync::watch::Sender<bool>,
     finished_jobs: Mutex<HashSet<String>>,
     jobs: tokio::sync::Mutex<HashMap<String, JobRuntime>>,
     pulls: Mutex<HashMap<ObjectId, Pull>>,
@@ -59,6 +63,7 @@ impl ClusterLink {
             head: crate::gcs::client(&role.head_addr)?,
             role,
             view: Mutex::new(Vec::new()),
+            view_ready: tokio::sync::watch::channel(false).0,
             finished_jobs: Mutex::new(HashSet::new()),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
@@ -67,8 +72,59 @@ impl ClusterLink {
         })
     }
 
-    fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
+    pub(crate) fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
         Ok(crate::worker::node_client(self.peers.get(addr)?))
+    }
+
+    /// The head's node (where the actor manager runs), if it is alive.
+    pub(crate) fn head_node_addr(&self) -> Option<String> {
+        self.view
+            .lock()
+            .iter()
+            .find(|n| n.is_head && n.alive)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Whether some alive node could ever host `res`.
+    pub(crate) fn any_node_feasible(&self, res: &Resources) -> bool {
+        self.view
+            .lock()
+            .iter()
+            .any(|n| n.alive && infeasibility(&n.total.iter().map(|(k, v)| (k.clone(), *v)).collect(), res).is_none())
+    }
+
+    /// Each alive node's address and free resources, as of the last view.
+    pub(crate) fn free_resources(&self) -> Vec<(String, Resources)> {
+        self.view
+            .lock()
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| {
+                (
+                    n.addr.clone(),
+                    n.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Resolves once the node at `addr` is no longer in the view.
+    pub(crate) async fn node_gone(&self, addr: &str) {
+        let mut rx = self.view_ready.subscribe();
+        loop {
+            if !self.view.lock().iter().any(|n| n.addr == addr) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the first cluster view.
+    pub(crate) async fn wait_for_view(&self, limit: Duration) {
+        let mut rx = self.view_ready.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await;
     }
 }
 
@@ -175,7 +231,11 @@ impl NodeDaemon {
                     tracing::warn!("re-registering: {e}");
                 }
             }
+            let alive: HashSet<String> = reply.nodes.iter().map(|n| n.addr.clone()).collect();
             *link.view.lock() = reply.nodes;
+            // Every view counts as a change (node_gone re-checks).
+            link.view_ready.send_replace(true);
+            self.check_actors(&alive, &reply.finished_jobs);
             for job in reply.finished_jobs {
                 if link.finished_jobs.lock().insert(job.clone()) {
                     tracing::info!(job = %job, "job finished: stopping its workers");

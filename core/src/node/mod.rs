@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ids::{new_worker_id, ActorId, ObjectId};
 use crate::object_store::StoreManager;
 use crate::proto::{self, node_service_server::NodeService};
-use actors::{ActorEntry, ActorState, ActorTable};
+use actors::ActorTable;
 use scheduler::{Action, LeaseRequest, Resources, Scheduler};
 
 /// Environment variables a worker process is started with.
@@ -158,6 +158,7 @@ impl NodeDaemon {
         };
         let tcp_addr = tcp.as_ref().map(|(_, a)| a.to_string()).unwrap_or_default();
         let node_id = ObjectId::for_put().hex()[..16].to_string();
+        let record = role.as_ref().and_then(|r| r.gcs.clone());
         let cluster = match role {
             Some(r) => Some(cluster::ClusterLink::new(r)?),
             None => None,
@@ -167,7 +168,10 @@ impl NodeDaemon {
         let state = Arc::new(NodeState {
             sched: Mutex::new(Scheduler::new(total, prestart, idle)),
             store: Mutex::new(store),
-            actors: Mutex::new(ActorTable::default()),
+            actors: Mutex::new(ActorTable {
+                record: record.clone(),
+                ..ActorTable::default()
+            }),
             children: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
@@ -216,6 +220,9 @@ impl NodeDaemon {
                 daemon.shutdown();
                 return Err(e);
             }
+        }
+        if let Some(gcs) = record {
+            daemon.restore_actors(gcs.actors());
         }
         tracing::info!(
             dir = %daemon.state.paths.dir.display(),
@@ -367,7 +374,7 @@ impl NodeDaemon {
         let (_lease, acts) = self.state.sched.lock().worker_exited(worker_id, cause.clone());
         tracing::debug!(worker_id, %cause, "worker exited");
         self.apply(acts);
-        let actor = self.state.actors.lock().by_worker.get(&worker_id).copied();
+        let actor = self.state.actors.lock().by_worker.remove(&worker_id);
         if let Some(actor_id) = actor {
             let cause = self
                 .state
@@ -377,123 +384,8 @@ impl NodeDaemon {
                 .get(&worker_id)
                 .and_then(|w| w.exit_cause.clone())
                 .unwrap_or(cause);
-            self.actor_process_died(actor_id, cause);
+            self.report_actor_death(actor_id, worker_id, cause);
         }
-    }
-
-    fn actor_process_died(&self, id: ActorId, cause: String) {
-        let restart = {
-            let mut t = self.state.actors.lock();
-            let Some(a) = t.actors.get_mut(&id) else { return };
-            if a.state == ActorState::Dead {
-                return;
-            }
-            if let Some(w) = a.worker_id.take() {
-                t.by_worker.remove(&w);
-            }
-            let Some(a) = t.actors.get_mut(&id) else { return };
-            a.lease_id = None;
-            if a.may_restart() {
-                a.num_restarts += 1;
-                a.state = ActorState::Restarting;
-                a.addr.clear();
-                tracing::info!(actor = %a.display(), restart = a.num_restarts, "restarting actor: {cause}");
-                a.bump();
-                true
-            } else {
-                let msg = format!(
-                    "its process died ({cause}); it was restarted {} of {} times",
-                    a.num_restarts,
-                    if a.max_restarts < 0 {
-                        "unlimited".to_string()
-                    } else {
-                        a.max_restarts.to_string()
-                    }
-                );
-                t.mark_dead(&id, msg);
-                false
-            }
-        };
-        if restart {
-            self.schedule_actor(id);
-        }
-    }
-
-    /// Leases a dedicated worker for an actor and runs its constructor there.
-    fn schedule_actor(&self, id: ActorId) {
-        let d = self.clone();
-        self.spawn(async move {
-            let (resources, spec, actor_name, job) = {
-                let t = d.state.actors.lock();
-                let Some(a) = t.actors.get(&id) else { return };
-                (a.resources.clone(), a.creation.clone(), a.display(), a.job.clone())
-            };
-            let (tx, rx) = oneshot::channel();
-            let acts = d.state.sched.lock().request(LeaseRequest {
-                resources,
-                retriable: false,
-                for_actor: Some(id),
-                display_name: actor_name.clone(),
-                job,
-                reply: tx,
-            });
-            d.apply(acts);
-            let grant = match rx.await {
-                Ok(Ok(g)) => g,
-                Ok(Err(e)) => {
-                    d.state
-                        .actors
-                        .lock()
-                        .mark_dead(&id, format!("cannot be scheduled: {e}"));
-                    return;
-                }
-                Err(_) => return,
-            };
-            {
-                let mut t = d.state.actors.lock();
-                let dead = t.actors.get(&id).is_none_or(|a| a.state == ActorState::Dead);
-                if dead {
-                    drop(t);
-                    let acts = d.state.sched.lock().return_lease(grant.lease_id, true);
-                    d.apply(acts);
-                    return;
-                }
-                t.by_worker.insert(grant.worker_id, id);
-                if let Some(a) = t.actors.get_mut(&id) {
-                    a.worker_id = Some(grant.worker_id);
-                    a.lease_id = Some(grant.lease_id);
-                }
-            }
-            let mut spec = spec;
-            spec.gpu_ids = grant.gpu_ids.clone();
-            match push_creation(&grant.worker_addr, spec).await {
-                Ok(()) => {
-                    let mut t = d.state.actors.lock();
-                    if let Some(a) = t.actors.get_mut(&id) {
-                        if a.state != ActorState::Dead && a.worker_id == Some(grant.worker_id) {
-                            a.state = ActorState::Alive;
-                            a.addr = grant.worker_addr.clone();
-                            a.incarnation += 1;
-                            tracing::debug!(actor = %actor_name, incarnation = a.incarnation, "actor alive");
-                            a.bump();
-                        }
-                    }
-                }
-                Err(CreationError::UserError(e)) => {
-                    d.state
-                        .actors
-                        .lock()
-                        .mark_dead(&id, format!("its constructor failed: {e}"));
-                    let acts = d.state.sched.lock().return_lease(grant.lease_id, true);
-                    d.apply(acts);
-                }
-                Err(CreationError::Transport(e)) => {
-                    // The process died while constructing: the exit handler
-                    // decides about restarting.
-                    tracing::debug!(actor = %actor_name, "actor creation interrupted: {e}");
-                }
-            }
-        });
     }
 
     /// Stops every worker and removes the session's files.
@@ -508,146 +400,6 @@ impl NodeDaemon {
         self.state.tasks.lock().abort_all();
         let _ = std::fs::remove_dir_all(&self.state.paths.dir);
         let _ = std::fs::remove_dir_all(&self.state.paths.spill);
-    }
-
-    fn handle_create_actor(&self, req: proto::CreateActorRequest) -> Result<()> {
-        let spec = req
-            .creation
-            .ok_or_else(|| Error::InvalidArgument("actor creation without a spec".into()))?;
-        let id = ActorId::from_bytes(&spec.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
-        let resources: Resources = req.resources.into_iter().collect();
-        if let Some(why) = scheduler::infeasibility(&self.state.sched.lock().total, &resources) {
-            return Err(Error::Infeasible {
-                function: spec.display_name.clone(),
-                detail: why,
-            });
-        }
-        {
-            let mut t = self.state.actors.lock();
-            if !req.name.is_empty() {
-                if t.names.contains_key(&req.name) {
-                    return Err(Error::InvalidArgument(format!(
-                        "an actor named `{}` already exists; pick another name or use get_actor",
-                        req.name
-                    )));
-                }
-                t.names.insert(req.name.clone(), id);
-            }
-            t.actors.insert(
-                id,
-                ActorEntry {
-                    class_name: spec.display_name.clone(),
-                    job: req.job_id,
-                    name: req.name,
-                    detached: req.detached,
-                    state: ActorState::PendingCreation,
-                    addr: String::new(),
-                    incarnation: 0,
-                    worker_id: None,
-                    lease_id: None,
-                    death_cause: String::new(),
-                    num_restarts: 0,
-                    max_restarts: req.max_restarts,
-                    max_task_retries: req.max_task_retries,
-                    creation: spec,
-                    resources,
-                    owner_id: req.owner_id,
-                    version: tokio::sync::watch::channel(0).0,
-                },
-            );
-        }
-        self.schedule_actor(id);
-        Ok(())
-    }
-
-    async fn handle_actor_info(&self, req: proto::GetActorInfoRequest) -> Result<proto::GetActorInfoReply> {
-        let id = if !req.name.is_empty() {
-            let t = self.state.actors.lock();
-            *t.names
-                .get(&req.name)
-                .ok_or_else(|| Error::NotFound(format!("no live actor is named `{}`", req.name)))?
-        } else {
-            ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?
-        };
-        loop {
-            let mut rx = {
-                let t = self.state.actors.lock();
-                let a = t
-                    .actors
-                    .get(&id)
-                    .ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
-                let done = !req.wait_alive
-                    || a.state == ActorState::Dead
-                    || (a.state == ActorState::Alive && a.incarnation > req.after_incarnation);
-                if done {
-                    return Ok(a.info(&id));
-                }
-                a.version.subscribe()
-            };
-            if rx.changed().await.is_err() {
-                return Err(Error::NotFound(format!("actor {id}")));
-            }
-        }
-    }
-
-    fn handle_kill_actor(&self, req: proto::KillActorRequest) -> Result<()> {
-        let id = ActorId::from_bytes(&req.actor_id).ok_or_else(|| Error::InvalidArgument("bad actor id".into()))?;
-        let (worker, lease) = {
-            let mut t = self.state.actors.lock();
-            let a = t
-                .actors
-                .get_mut(&id)
-                .ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
-            let w = a.worker_id;
-            let l = a.lease_id;
-            if req.no_restart {
-                a.max_restarts = a.num_restarts as i32;
-                t.mark_dead(&id, "it was killed with rayforge::kill".into());
-            }
-            (w, l)
-        };
-        if let Some(w) = worker {
-            let pid = {
-                let mut s = self.state.sched.lock();
-                s.workers.get_mut(&w).map(|info| {
-                    info.exit_cause = Some("killed with rayforge::kill".into());
-                    info.pid
-                })
-            };
-            if let Some(pid) = pid {
-                kill_pid(pid);
-            }
-        }
-        let _ = lease;
-        Ok(())
-    }
-}
-
-enum CreationError {
-    UserError(String),
-    Transport(String),
-}
-
-async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result<(), CreationError> {
-    let ch = crate::rpc::connect(addr)
-        .await
-        .map_err(|e| CreationError::Transport(e.to_string()))?;
-    let mut client = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let out = tokio_stream::once(proto::PushTaskRequest { spec: Some(spec) });
-    let mut replies = client
-        .push_tasks(out)
-        .await
-        .map_err(|e| CreationError::Transport(e.to_string()))?
-        .into_inner();
-    match replies.message().await {
-        Ok(Some(r)) => match r.error {
-            Some(e) => Err(CreationError::UserError(Error::from_proto(&e).to_string())),
-            None => Ok(()),
-        },
-        Ok(None) => Err(CreationError::Transport("stream closed".into())),
-        Err(e) => Err(CreationError::Transport(e.to_string())),
     }
 }
 
@@ -705,22 +457,29 @@ impl NodeService for NodeDaemon {
                 }));
             }
         }
+        let for_actor = ActorId::from_bytes(&r.for_actor);
         let (tx, rx) = oneshot::channel();
         let acts = self.state.sched.lock().request(LeaseRequest {
             resources,
             retriable: r.retriable,
-            for_actor: None,
+            for_actor,
             display_name: r.display_name,
             job: r.job_id,
             reply: tx,
         });
         self.apply(acts);
         let result = match rx.await {
-            Ok(Ok(g)) => proto::lease_reply::Result::Lease(proto::Lease {
-                lease_id: g.lease_id,
-                worker_id: g.worker_id,
-                worker_addr: g.worker_addr,
-                gpu_ids: g.gpu_ids,
+            Ok(Ok(g)) => proto::lease_reply::Result::Lease({
+                if let Some(a) = for_actor {
+                    // Its death is reported to the actor manager.
+                    self.state.actors.lock().by_worker.insert(g.worker_id, a);
+                }
+                proto::Lease {
+                    lease_id: g.lease_id,
+                    worker_id: g.worker_id,
+                    worker_addr: g.worker_addr,
+                    gpu_ids: g.gpu_ids,
+                }
             }),
             Ok(Err(e)) => proto::lease_reply::Result::Error(e.to_proto()),
             Err(_) => return Err(Status::unavailable("node is shutting down")),
@@ -733,7 +492,17 @@ impl NodeService for NodeDaemon {
         req: Request<proto::ReturnWorkerRequest>,
     ) -> std::result::Result<Response<proto::ReturnWorkerReply>, Status> {
         let r = req.into_inner();
-        let acts = self.state.sched.lock().return_lease(r.lease_id, r.disconnect);
+        let acts = {
+            let mut s = self.state.sched.lock();
+            if r.disconnect && !r.cause.is_empty() {
+                if let Some(w) = s.leases.get(&r.lease_id).map(|l| l.worker_id) {
+                    if let Some(info) = s.workers.get_mut(&w) {
+                        info.exit_cause = Some(r.cause.clone());
+                    }
+                }
+            }
+            s.return_lease(r.lease_id, r.disconnect)
+        };
         self.apply(acts);
         Ok(Response::new(proto::ReturnWorkerReply {}))
     }
@@ -856,7 +625,7 @@ impl NodeService for NodeDaemon {
         &self,
         req: Request<proto::CreateActorRequest>,
     ) -> std::result::Result<Response<proto::CreateActorReply>, Status> {
-        let error = self.handle_create_actor(req.into_inner()).err().map(|e| e.to_proto());
+        let error = self.create_actor(req.into_inner()).await.err().map(|e| e.to_proto());
         Ok(Response::new(proto::CreateActorReply { error }))
     }
 
@@ -864,7 +633,7 @@ impl NodeService for NodeDaemon {
         &self,
         req: Request<proto::GetActorInfoRequest>,
     ) -> std::result::Result<Response<proto::GetActorInfoReply>, Status> {
-        match self.handle_actor_info(req.into_inner()).await {
+        match self.actor_info(req.into_inner()).await {
             Ok(r) => Ok(Response::new(r)),
             Err(e) => Ok(Response::new(proto::GetActorInfoReply {
                 error: Some(e.to_proto()),
@@ -877,8 +646,18 @@ impl NodeService for NodeDaemon {
         &self,
         req: Request<proto::KillActorRequest>,
     ) -> std::result::Result<Response<proto::KillActorReply>, Status> {
-        let error = self.handle_kill_actor(req.into_inner()).err().map(|e| e.to_proto());
+        let error = self.kill_actor(req.into_inner()).await.err().map(|e| e.to_proto());
         Ok(Response::new(proto::KillActorReply { error }))
+    }
+
+    async fn actor_worker_died(
+        &self,
+        req: Request<proto::ActorWorkerDiedRequest>,
+    ) -> std::result::Result<Response<proto::ActorWorkerDiedReply>, Status> {
+        let r = req.into_inner();
+        let id = ActorId::from_bytes(&r.actor_id).ok_or_else(|| Status::invalid_argument("bad actor id"))?;
+        self.actor_process_died(id, Some(r.worker_id), r.cause);
+        Ok(Response::new(proto::ActorWorkerDiedReply {}))
     }
 
     async fn node_info(

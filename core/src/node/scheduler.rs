@@ -185,10 +185,17 @@ impl Scheduler {
     }
 
     /// Ends every worker of a finished job.
+    /// Stops a finished job's workers, except those hosting actors (the
+    /// actor manager ends those that do not outlive their job).
     pub(crate) fn job_finished(&mut self, job: &str) -> Vec<Action> {
+        let leases = &self.leases;
+        let hosts_actor = |w: &WorkerInfo| match w.state {
+            WorkerState::Leased(l) => leases.get(&l).is_some_and(|l| l.for_actor.is_some()),
+            _ => false,
+        };
         self.workers
             .iter_mut()
-            .filter(|(_, w)| w.job == job && w.state != WorkerState::Dead)
+            .filter(|(_, w)| w.job == job && w.state != WorkerState::Dead && !hosts_actor(w))
             .map(|(id, w)| {
                 w.exit_cause.get_or_insert_with(|| format!("its job {job} finished"));
                 Action::KillWorker {

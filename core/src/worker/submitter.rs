@@ -246,6 +246,7 @@ impl TaskSubmitter {
                 .return_worker(proto::ReturnWorkerRequest {
                     lease_id: grant.lease_id,
                     disconnect,
+                    cause: String::new(),
                 })
                 .await;
         }
@@ -414,6 +415,7 @@ async fn request_lease(
             display_name: display.clone(),
             job_id: cw.job_id.clone(),
             no_spillback: !node.is_empty(),
+            for_actor: Vec::new(),
         };
         let reply = match cw.node_at(&node) {
             Ok(mut c) => c.request_worker_lease(req).await,

@@ -56,6 +56,8 @@ pub struct StartOptions {
     /// Where the head keeps its persisted state (default: a directory per
     /// port under the system temp dir).
     pub state_dir: Option<PathBuf>,
+    /// Port of the head's HTTP jobs API (default 8265; 0: any free port).
+    pub jobs_port: Option<u16>,
 }
 
 /// What a started daemon reports once it serves.
@@ -69,6 +71,9 @@ pub struct Ready {
     pub node_address: String,
     /// This node's id.
     pub node_id: String,
+    /// The head's HTTP jobs API (`http://host:port`; empty on other nodes).
+    #[serde(default)]
+    pub jobs_address: String,
 }
 
 /// Where `rayforge start --head` records the local cluster (address and
@@ -446,6 +451,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             ..Config::default()
         };
         cfg.validate()?;
+        let mut jobs_address = String::new();
         let (head_addr, token, gcs) = if opts.head {
             let port = opts.port.unwrap_or(DEFAULT_PORT);
             let dir = opts
@@ -467,6 +473,9 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
             gcs.serve(incoming);
             tracing::info!(addr = %local, state = %dir.display(), "head control service started");
+            let jobs_port = opts.jobs_port.unwrap_or(crate::jobs::DEFAULT_JOBS_PORT);
+            let jobs = crate::jobs::serve(gcs.clone(), local.to_string(), token.clone(), &bind, jobs_port).await?;
+            jobs_address = format!("http://{jobs}");
             (local.to_string(), token, Some(gcs))
         } else {
             let address = opts
@@ -495,6 +504,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             token,
             node_address: node.state.tcp_addr.clone(),
             node_id: node.state.node_id.clone(),
+            jobs_address,
         };
         if opts.head {
             let text = serde_json::to_string(&ready).map_err(|e| Error::Internal(e.to_string()))?;
@@ -653,6 +663,8 @@ pub(crate) async fn join_as_driver(
             driver_pid: std::process::id(),
             driver_node: node.node_id.clone(),
             env: cfg.worker_env.clone(),
+            // Started by a submitted job: take over its record.
+            job_id: std::env::var(crate::jobs::ENV_SUBMISSION_ID).unwrap_or_default(),
             ..Default::default()
         })
         .await

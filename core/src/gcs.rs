@@ -181,6 +181,86 @@ impl Gcs {
         }
     }
 
+    /// Adds a job (a driver that joined, or a submission) and returns its
+    /// id. A driver started by a submitted job (`job_id` set to the
+    /// submission's) takes over that record instead.
+    pub(crate) fn register_job(&self, mut j: proto::JobInfo) -> String {
+        let mut t = self.tables.lock();
+        if let Some(existing) = t.jobs.get_mut(&j.job_id) {
+            if existing.submitted && existing.binary_hash.is_empty() && existing.state == "RUNNING" {
+                existing.binary_hash = j.binary_hash;
+                existing.driver_pid = j.driver_pid;
+                existing.driver_node = j.driver_node;
+                existing.env.extend(j.env);
+                let id = existing.job_id.clone();
+                tracing::info!(job = %id, "the submitted job's driver joined");
+                drop(t);
+                self.persist();
+                return id;
+            }
+        }
+        t.next_job += 1;
+        j.job_id = format!("{:08x}", t.next_job);
+        j.state = "RUNNING".into();
+        j.start_ms = now_ms();
+        tracing::info!(job = %j.job_id, entrypoint = %j.entrypoint, submitted = j.submitted, "job started");
+        let id = j.job_id.clone();
+        t.jobs.insert(id.clone(), j);
+        drop(t);
+        self.persist();
+        id
+    }
+
+    /// Ends a running job (its workers are then stopped on every node).
+    pub(crate) fn end_job(&self, id: &str, state: &str, message: &str) -> bool {
+        let mut t = self.tables.lock();
+        let Some(j) = t.jobs.get_mut(id) else { return false };
+        if j.state != "RUNNING" {
+            return false;
+        }
+        j.state = state.to_string();
+        j.message = message.to_string();
+        j.end_ms = now_ms();
+        tracing::info!(job = %j.job_id, state = %j.state, "job ended: {message}");
+        drop(t);
+        self.persist();
+        true
+    }
+
+    /// One job.
+    pub(crate) fn job(&self, id: &str) -> Option<proto::JobInfo> {
+        self.tables.lock().jobs.get(id).cloned()
+    }
+
+    /// Every job.
+    pub(crate) fn jobs(&self) -> Vec<proto::JobInfo> {
+        self.tables.lock().jobs.values().cloned().collect()
+    }
+
+    /// The head's state directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores a content-addressed blob (a job binary or a working-directory
+    /// package) unless present; returns its SHA-256.
+    pub(crate) fn store_blob(&self, data: &[u8]) -> Result<String> {
+        let hash = hex(&Sha256::digest(data));
+        let path = self.blob_path(&hash)?;
+        if !path.exists() {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, data)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::io(format!("storing {}", path.display()), e))?;
+        }
+        Ok(hash)
+    }
+
+    /// Whether a blob is stored.
+    pub(crate) fn has_blob(&self, hash: &str) -> bool {
+        self.blob_path(hash).is_ok_and(|p| p.exists())
+    }
+
     /// Records an actor's new state; written to disk within milliseconds
     /// (changes are batched: an actor table changes often).
     pub(crate) fn save_actor(&self, rec: proto::ActorRecord) {
@@ -193,7 +273,7 @@ impl Gcs {
         self.tables.lock().actors.values().cloned().collect()
     }
 
-    fn binary_path(&self, hash: &str) -> Result<PathBuf> {
+    pub(crate) fn blob_path(&self, hash: &str) -> Result<PathBuf> {
         if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::InvalidArgument(format!("`{hash}` is not a SHA-256 hex digest")));
         }
@@ -311,24 +391,15 @@ impl ControlService for GcsService {
         &self,
         req: Request<proto::JobInfo>,
     ) -> std::result::Result<Response<proto::RegisterJobReply>, Status> {
-        let mut j = req.into_inner();
-        let path = self.0.binary_path(&j.binary_hash).map_err(err_status)?;
+        let j = req.into_inner();
+        let path = self.0.blob_path(&j.binary_hash).map_err(err_status)?;
         if !path.exists() {
             return Err(Status::failed_precondition(format!(
                 "binary {} was not uploaded before registering the job",
                 j.binary_hash
             )));
         }
-        let mut t = self.0.tables.lock();
-        t.next_job += 1;
-        j.job_id = format!("{:08x}", t.next_job);
-        j.state = "RUNNING".into();
-        j.start_ms = now_ms();
-        tracing::info!(job = %j.job_id, entrypoint = %j.entrypoint, "job started");
-        let id = j.job_id.clone();
-        t.jobs.insert(id.clone(), j);
-        drop(t);
-        self.0.persist();
+        let id = self.0.register_job(j);
         Ok(Response::new(proto::RegisterJobReply {
             error: None,
             job_id: id,
@@ -358,18 +429,14 @@ impl ControlService for GcsService {
         req: Request<proto::FinishJobRequest>,
     ) -> std::result::Result<Response<proto::FinishJobReply>, Status> {
         let r = req.into_inner();
-        let mut t = self.0.tables.lock();
-        let j = t
-            .jobs
-            .get_mut(&r.job_id)
-            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?;
-        if j.state == "RUNNING" {
-            j.state = r.state;
-            j.message = r.message;
-            j.end_ms = now_ms();
-            tracing::info!(job = %j.job_id, state = %j.state, "job ended");
-            drop(t);
-            self.0.persist();
+        let submitted = self
+            .0
+            .job(&r.job_id)
+            .ok_or_else(|| Status::not_found(format!("no job `{}`", r.job_id)))?
+            .submitted;
+        // A submitted job ends when its entrypoint exits, not its driver.
+        if !submitted {
+            self.0.end_job(&r.job_id, &r.state, &r.message);
         }
         Ok(Response::new(proto::FinishJobReply {}))
     }
@@ -388,7 +455,7 @@ impl ControlService for GcsService {
         &self,
         req: Request<proto::HasBinaryRequest>,
     ) -> std::result::Result<Response<proto::HasBinaryReply>, Status> {
-        let path = self.0.binary_path(&req.into_inner().hash).map_err(err_status)?;
+        let path = self.0.blob_path(&req.into_inner().hash).map_err(err_status)?;
         Ok(Response::new(proto::HasBinaryReply { present: path.exists() }))
     }
 
@@ -401,7 +468,7 @@ impl ControlService for GcsService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty upload"))?;
-        let path = self.0.binary_path(&first.hash).map_err(err_status)?;
+        let path = self.0.blob_path(&first.hash).map_err(err_status)?;
         let tmp = path.with_extension(format!("{}.tmp", crate::ids::ObjectId::for_put().hex()));
         let mut f = tokio::fs::File::create(&tmp)
             .await
@@ -444,7 +511,7 @@ impl ControlService for GcsService {
         &self,
         req: Request<proto::HasBinaryRequest>,
     ) -> std::result::Result<Response<ChunkStream>, Status> {
-        let path = self.0.binary_path(&req.into_inner().hash).map_err(err_status)?;
+        let path = self.0.blob_path(&req.into_inner().hash).map_err(err_status)?;
         let f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Status::not_found(format!("binary {}: {e}", path.display())))?;

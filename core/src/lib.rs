@@ -52,6 +52,7 @@ mod error;
 mod gcs;
 mod generator;
 mod ids;
+pub mod jobs;
 pub mod microbenchmark;
 mod node;
 mod object_ref;

@@ -6,6 +6,8 @@
 //! rayforge start --address 127.0.0.1:6379   # another node joining it
 //! rayforge status                           # nodes, resources, pending demands
 //! rayforge list nodes|jobs|actors
+//! rayforge job submit --working-dir . -- ./pipeline --epochs 3
+//! rayforge job status|logs [--follow]|stop ID; rayforge job list
 //! rayforge stop                             # every daemon on this machine
 //! rayforge microbenchmark [--json FILE]
 //! ```
@@ -66,6 +68,9 @@ enum Command {
         /// Where the head persists its state.
         #[arg(long)]
         state_dir: Option<std::path::PathBuf>,
+        /// Port of the head's HTTP jobs API (0: any free port).
+        #[arg(long, default_value_t = rayforge::jobs::DEFAULT_JOBS_PORT)]
+        jobs_port: u16,
         /// Stay in the foreground (logs to stderr) instead of daemonizing.
         #[arg(long)]
         block: bool,
@@ -96,6 +101,17 @@ enum Command {
         #[arg(long)]
         token: Option<String>,
     },
+    /// Submit and manage jobs through the head's HTTP jobs API.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        /// The jobs API (http://host:port); default: this machine's cluster.
+        #[arg(long, default_value = "auto", global = true)]
+        address: String,
+        /// Cluster token (default: $RAYFORGE_TOKEN or this machine's cluster file).
+        #[arg(long, global = true)]
+        token: Option<String>,
+    },
     /// Run the core microbenchmarks (same cases and names as `ray microbenchmark`).
     Microbenchmark {
         /// Write `{"case name": ops_per_second, ...}` to this file.
@@ -108,6 +124,138 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         seconds: f64,
     },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Run a command on the head as a job (its output is kept as the job's log).
+    Submit {
+        /// A JSON file: {"env_vars": {"NAME": "value"}, "working_dir": "dir"}.
+        #[arg(long)]
+        runtime_env: Option<std::path::PathBuf>,
+        /// A local directory shipped to every node as the job's working directory.
+        #[arg(long)]
+        working_dir: Option<std::path::PathBuf>,
+        /// Return once submitted instead of following the output to the end.
+        #[arg(long)]
+        no_wait: bool,
+        /// The command (after `--`).
+        #[arg(last = true, required = true)]
+        entrypoint: Vec<String>,
+    },
+    /// Show a job's state.
+    Status {
+        /// The job id.
+        job_id: String,
+    },
+    /// Print a submitted job's output.
+    Logs {
+        /// The job id.
+        job_id: String,
+        /// Keep printing until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Stop a submitted job.
+    Stop {
+        /// The job id.
+        job_id: String,
+    },
+    /// List every job as JSON.
+    List,
+}
+
+/// Joins argv into one shell command, quoting what the shell would split.
+fn shell_join(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run_job(command: JobCommand, address: &str, token: Option<&str>) -> rayforge::Result<()> {
+    use rayforge::jobs::{JobClient, RuntimeEnv};
+    let c = JobClient::connect(address, token)?;
+    let json = |v: &dyn erased::Json| -> rayforge::Result<()> {
+        out(&format!("{}\n", v.pretty()?));
+        Ok(())
+    };
+    match command {
+        JobCommand::Submit {
+            runtime_env,
+            working_dir,
+            no_wait,
+            entrypoint,
+        } => {
+            let mut env = match runtime_env {
+                Some(p) => RuntimeEnv::from_file(&p)?,
+                None => RuntimeEnv::default(),
+            };
+            if let Some(dir) = working_dir {
+                env.working_dir = Some(dir.to_string_lossy().into_owned());
+            }
+            let id = c.submit(&shell_join(&entrypoint), &env)?;
+            out(&format!("job {id} submitted\n"));
+            if no_wait {
+                out(&format!(
+                    "follow it with `rayforge job logs --follow {id}`; see it with `rayforge job status {id}`\n"
+                ));
+                return Ok(());
+            }
+            let done = c.follow(&id, out)?;
+            out(&format!("job {id} {}: {}\n", done.state, done.message));
+            if done.state == "SUCCEEDED" {
+                Ok(())
+            } else {
+                Err(rayforge::Error::Runtime(format!("job {id} {}", done.state)))
+            }
+        }
+        JobCommand::Status { job_id } => json(&c.status(&job_id)?),
+        JobCommand::Logs { job_id, follow } => {
+            if follow {
+                c.follow(&job_id, out)?;
+            } else {
+                let mut offset = 0;
+                loop {
+                    let chunk = c.logs(&job_id, offset)?;
+                    out(&chunk.logs);
+                    if chunk.next_offset == offset {
+                        break;
+                    }
+                    offset = chunk.next_offset;
+                }
+            }
+            Ok(())
+        }
+        JobCommand::Stop { job_id } => {
+            if c.stop(&job_id)? {
+                out(&format!("job {job_id} stopping\n"));
+            } else {
+                out(&format!("job {job_id} was not running\n"));
+            }
+            Ok(())
+        }
+        JobCommand::List => json(&c.list()?),
+    }
+}
+
+/// Pretty JSON of any serializable value behind a `dyn`.
+mod erased {
+    pub(crate) trait Json {
+        fn pretty(&self) -> rayforge::Result<String>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> rayforge::Result<String> {
+            serde_json::to_string_pretty(self).map_err(|e| rayforge::Error::Runtime(e.to_string()))
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,6 +355,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             token,
             heartbeat_timeout_ms,
             state_dir,
+            jobs_port,
             block,
         } => {
             let resources = match resources {
@@ -226,6 +375,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 token,
                 heartbeat_timeout_ms,
                 state_dir,
+                jobs_port: Some(jobs_port),
             };
             if !block {
                 return daemonize();
@@ -233,9 +383,14 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             rayforge::cluster::run_daemon(&opts, |ready| {
                 // One line on stdout tells `start` (or a test) we serve.
                 let what = if opts.head { "head" } else { "node" };
+                let jobs = if ready.jobs_address.is_empty() {
+                    String::new()
+                } else {
+                    format!("; jobs API at {}", ready.jobs_address)
+                };
                 println!(
                     "rayforge {what} started: node {} at {}; head {}; token {}; connect with \
-                     Config::address(\"{}\") or `rayforge start --address {} --token {}`",
+                     Config::address(\"{}\") or `rayforge start --address {} --token {}`{jobs}",
                     ready.node_id,
                     ready.node_address,
                     ready.address,
@@ -268,6 +423,11 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             out(&format!("{json}\n"));
             Ok(())
         }
+        Command::Job {
+            command,
+            address,
+            token,
+        } => run_job(command, &address, token.as_deref()),
         Command::Microbenchmark { json, filter, seconds } => {
             rayforge::microbenchmark::run(&rayforge::microbenchmark::Settings { json, filter, seconds })
         }

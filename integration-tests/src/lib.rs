@@ -61,6 +61,8 @@ pub struct LocalCluster {
     pub token: String,
     /// Where the head persists its state.
     pub state_dir: std::path::PathBuf,
+    /// The head's HTTP jobs API (`http://host:port`).
+    pub jobs_address: String,
     cluster_file: std::path::PathBuf,
     /// Daemon processes and their node ids (the head first).
     pub daemons: Vec<(std::process::Child, String)>,
@@ -68,13 +70,18 @@ pub struct LocalCluster {
 
 /// The `rayforge` CLI binary of this build, built on demand.
 pub fn rayforge_bin() -> std::path::PathBuf {
+    workspace_bin("rayforge", "rayforge")
+}
+
+/// A binary `name` of workspace package `package`, built on demand.
+pub fn workspace_bin(name: &str, package: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("rayforge");
+    let bin = dir.join(name);
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let ok = std::process::Command::new(cargo)
-            .args(["build", "-p", "rayforge", "--bin", "rayforge"])
+            .args(["build", "-p", package, "--bin", name])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -129,6 +136,7 @@ impl LocalCluster {
         let mut c = LocalCluster {
             address: String::new(),
             token: String::new(),
+            jobs_address: String::new(),
             state_dir,
             cluster_file,
             daemons: Vec::new(),
@@ -147,6 +155,8 @@ impl LocalCluster {
             self.state_dir.to_string_lossy().into(),
             "--heartbeat-timeout-ms".into(),
             heartbeat_ms.to_string(),
+            "--jobs-port".into(),
+            "0".into(),
         ];
         args.extend(head_args.iter().map(|s| s.to_string()));
         let d = start_daemon(&args, &self.cluster_file);
@@ -154,6 +164,7 @@ impl LocalCluster {
         let v: serde_json::Value = serde_json::from_str(&text).expect("cluster file is JSON");
         self.address = v["address"].as_str().expect("address").to_string();
         self.token = v["token"].as_str().expect("token").to_string();
+        self.jobs_address = v["jobs_address"].as_str().expect("jobs address").to_string();
         self.daemons.insert(0, d);
     }
 

@@ -128,6 +128,21 @@ impl ClusterLink {
     }
 }
 
+/// Fetches a content-addressed blob (a binary, a package) from the head.
+async fn fetch_blob(head: &mut ControlServiceClient<Chan>, hash: &str, what: &str) -> Result<Vec<u8>> {
+    let context = format!("fetching {what} from the head");
+    let mut stream = head
+        .get_binary(proto::HasBinaryRequest { hash: hash.to_string() })
+        .await
+        .map_err(|s| Error::rpc(&context, s))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(c) = stream.message().await.map_err(|s| Error::rpc(&context, s))? {
+        bytes.extend_from_slice(&c.data);
+    }
+    Ok(bytes)
+}
+
 /// This machine's host name.
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -317,22 +332,8 @@ impl NodeDaemon {
         std::fs::create_dir_all(&cache).map_err(|e| Error::io(format!("creating {}", cache.display()), e))?;
         let path = cache.join(&info.binary_hash);
         if !path.exists() {
-            let mut stream = head
-                .get_binary(proto::HasBinaryRequest {
-                    hash: info.binary_hash.clone(),
-                })
-                .await
-                .map_err(|s| Error::rpc("fetching the job's binary from the head", s))?
-                .into_inner();
+            let bytes = fetch_blob(&mut head, &info.binary_hash, "the job's binary").await?;
             let tmp = cache.join(format!("{}.{}.tmp", info.binary_hash, ObjectId::for_put().hex()));
-            let mut bytes = Vec::new();
-            while let Some(c) = stream
-                .message()
-                .await
-                .map_err(|s| Error::rpc("fetching the job's binary from the head", s))?
-            {
-                bytes.extend_from_slice(&c.data);
-            }
             let write = || -> std::io::Result<()> {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::write(&tmp, &bytes)?;
@@ -342,10 +343,23 @@ impl NodeDaemon {
             write().map_err(|e| Error::io(format!("storing the job's binary at {}", path.display()), e))?;
             tracing::info!(job, hash = %info.binary_hash, bytes = bytes.len(), "fetched job binary");
         }
+        let working_dir = match crate::jobs::package_hash(&info.working_dir) {
+            Some(hash) if crate::jobs::package_dir(hash).is_dir() => Some(crate::jobs::package_dir(hash)),
+            Some(hash) => {
+                let data = fetch_blob(&mut head, hash, "the job's working directory").await?;
+                let hash = hash.to_string();
+                let dir = tokio::task::spawn_blocking(move || crate::jobs::unpack(&hash, &data))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
+                tracing::info!(job, dir = %dir.display(), "unpacked the job's working directory");
+                Some(dir)
+            }
+            None => (!info.working_dir.is_empty()).then(|| PathBuf::from(&info.working_dir)),
+        };
         let rt = JobRuntime {
             binary: path,
             env: info.env.into_iter().collect(),
-            working_dir: (!info.working_dir.is_empty()).then(|| PathBuf::from(&info.working_dir)),
+            working_dir,
         };
         jobs.insert(job.to_string(), rt.clone());
         Ok(rt)

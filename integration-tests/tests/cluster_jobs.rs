@@ -1,0 +1,238 @@
+//! Jobs on a real cluster (a head and two node daemons): `rayforge job
+//! submit` with a runtime env, a node SIGKILLed mid-job while the job still
+//! finishes, `job status|logs|stop|list`, and clear errors from the jobs API
+//! and the CLI.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rayforge::jobs::{JobClient, RuntimeEnv};
+use rayforge::Error;
+use rayforge_integration_tests::{rayforge_bin, wait_until, workspace_bin, LocalCluster};
+
+fn cli(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
+    Command::new(rayforge_bin())
+        .arg("job")
+        .args(["--address", &cluster.jobs_address, "--token", &cluster.token])
+        .args(args)
+        .output()
+        .expect("run rayforge job")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_submitted_job_gets_its_runtime_env_and_survives_a_killed_node() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
+    let b = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"x": 1}"#]);
+    let c = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"x": 1}"#]);
+
+    let base = std::env::temp_dir().join(format!("rayforge-jobs-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let wd = base.join("wd");
+    std::fs::create_dir_all(&wd).unwrap();
+    std::fs::write(wd.join("data.txt"), "payload-42").unwrap();
+    let env_file = base.join("env.json");
+    std::fs::write(
+        &env_file,
+        r#"{"env_vars": {"PROBE_VAR": "hello-env"}, "working_dir": "wd"}"#,
+    )
+    .unwrap();
+    let gate = base.join("gate");
+    let probe = workspace_bin("job_probe", "rayforge-integration-tests");
+
+    let out = cli(
+        &cluster,
+        &[
+            "submit",
+            "--runtime-env",
+            env_file.to_str().unwrap(),
+            "--no-wait",
+            "--",
+            probe.to_str().unwrap(),
+            gate.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let id = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("job <id> submitted")
+        .to_string();
+
+    // The gated task reports its node: kill that node mid-job.
+    let at = base.join("gate.at");
+    let mut victim = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            victim = std::fs::read_to_string(&at).unwrap_or_default();
+            !victim.is_empty()
+        }),
+        "the job's gated task never started: {}",
+        text(&cli(&cluster, &["logs", &id]).stdout)
+    );
+    assert!(victim == b || victim == c, "{victim}");
+    let survivor = if victim == b { c.clone() } else { b.clone() };
+    cluster.kill_node(&victim);
+    std::fs::write(&gate, b"go").unwrap();
+
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let mut log = String::new();
+    let done = jobs.follow(&id, |s| log.push_str(s)).unwrap();
+    assert_eq!(done.state, "SUCCEEDED", "{done:?}\n{log}");
+    assert!(log.contains("driver var=hello-env data=payload-42"), "{log}");
+    // The gated task was retried on the surviving node; every task saw the
+    // runtime env wherever it ran.
+    assert!(
+        log.contains(&format!("gated node={survivor} var=hello-env data=payload-42")),
+        "{log}"
+    );
+    let probes: Vec<&str> = log.lines().filter(|l| l.starts_with("probe ")).collect();
+    assert_eq!(probes.len(), 3, "{log}");
+    for p in &probes {
+        assert!(p.ends_with(" var=hello-env data=payload-42"), "{log}");
+    }
+
+    // The CLI sees the same.
+    let out = cli(&cluster, &["status", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (st["state"].as_str(), st["submitted"].as_bool()),
+        (Some("SUCCEEDED"), Some(true))
+    );
+    let out = cli(&cluster, &["logs", &id]);
+    assert_eq!(text(&out.stdout), log);
+    let out = cli(&cluster, &["list"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array().unwrap().iter().any(|j| j["job_id"] == id.as_str()),
+        "{list}"
+    );
+
+    // A failing entrypoint: the CLI follows it and exits non-zero.
+    let out = cli(&cluster, &["submit", "--", "sh", "-c", "echo about to fail; exit 3"]);
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("about to fail") && stdout.contains("FAILED") && stdout.contains("code 3"),
+        "{stdout}"
+    );
+
+    // Stop a long job: its whole process group ends.
+    let long = jobs.submit("sleep 600", &RuntimeEnv::default()).unwrap();
+    assert_eq!(jobs.status(&long).unwrap().state, "RUNNING");
+    assert!(jobs.stop(&long).unwrap());
+    assert!(
+        wait_until(Duration::from_secs(30), || jobs.status(&long).unwrap().state
+            == "STOPPED"),
+        "{:?}",
+        jobs.status(&long)
+    );
+    assert!(!jobs.stop(&long).unwrap(), "a stopped job is not running");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn bad_job_requests_get_clear_errors() {
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+
+    let err = jobs.status("nope").unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound(_)) && err.to_string().contains("nope"),
+        "{err}"
+    );
+    let err = jobs.logs("nope", 0).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err}");
+    let err = jobs.submit("  ", &RuntimeEnv::default()).unwrap_err();
+    assert!(err.to_string().contains("entrypoint is empty"), "{err}");
+    let missing = RuntimeEnv {
+        working_dir: Some("/definitely/not/here".into()),
+        ..Default::default()
+    };
+    let err = jobs.submit("true", &missing).unwrap_err();
+    assert!(err.to_string().contains("/definitely/not/here"), "{err}");
+    let unuploaded = RuntimeEnv {
+        working_dir: Some(format!("package://{}", "0".repeat(64))),
+        ..Default::default()
+    };
+    let err = jobs.submit("true", &unuploaded).unwrap_err();
+    assert!(err.to_string().contains("was not uploaded"), "{err}");
+
+    // Wrong token; no token; a head that is not there; a malformed address.
+    let err = JobClient::connect(&cluster.jobs_address, Some("wrong"))
+        .unwrap()
+        .list()
+        .unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+    let err = JobClient::connect("127.0.0.1:1", Some("t"))
+        .unwrap()
+        .list()
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach the jobs API"), "{err}");
+    let err = JobClient::connect("http://no-port/", None).err().unwrap();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+
+    // Raw HTTP: a malformed body, an unknown field, an unknown endpoint.
+    let raw = |method: &str, path: &str, body: &str, token: &str| -> (u16, String) {
+        use std::io::{Read, Write};
+        let hostport = cluster.jobs_address.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(hostport).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let code = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, reply)
+    };
+    let (code, body) = raw("POST", "/api/jobs/", "{not json", &cluster.token);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("malformed"), "{body}");
+    let (code, body) = raw(
+        "POST",
+        "/api/jobs/",
+        r#"{"entrypoint": "true", "bogus": 1}"#,
+        &cluster.token,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bogus"), "{body}");
+    let (code, body) = raw("GET", "/api/nothing", "", &cluster.token);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = raw("GET", "/api/jobs/", "", "");
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = raw(
+        "PUT",
+        &format!("/api/packages/{}", "0".repeat(64)),
+        "junk",
+        &cluster.token,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("SHA-256"), "{body}");
+
+    // The CLI: a malformed runtime env file, a missing job.
+    let bad = std::env::temp_dir().join(format!("rayforge-bad-env-{}.json", std::process::id()));
+    std::fs::write(&bad, "{\"env_vars\": [1, 2]}").unwrap();
+    let out = cli(
+        &cluster,
+        &["submit", "--runtime-env", bad.to_str().unwrap(), "--", "true"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("malformed"), "{}", text(&out.stderr));
+    let out = cli(&cluster, &["status", "ffffffff"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no job `ffffffff`"), "{}", text(&out.stderr));
+    let _ = std::fs::remove_file(&bad);
+}

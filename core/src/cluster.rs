@@ -234,6 +234,25 @@ pub struct ActorStatus {
     pub death_cause: String,
 }
 
+/// One placement group as the head recorded it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementGroupStatus {
+    /// The group's id.
+    pub id: String,
+    /// Its name, if it has one.
+    pub name: String,
+    /// PACK, SPREAD, STRICT_PACK or STRICT_SPREAD.
+    pub strategy: String,
+    /// PENDING, CREATED or REMOVED.
+    pub state: String,
+    /// Why it is pending.
+    pub reason: String,
+    /// Each bundle's resources.
+    pub bundles: Vec<HashMap<String, f64>>,
+    /// The node holding each bundle ("" while unplaced).
+    pub nodes: Vec<String>,
+}
+
 impl HeadClient {
     /// Connects to the head at `address` ("auto": this machine's cluster).
     pub fn connect(address: &str, token: Option<&str>) -> Result<HeadClient> {
@@ -323,6 +342,31 @@ impl HeadClient {
                 node: a.node_addr,
                 num_restarts: a.num_restarts,
                 death_cause: a.death_cause,
+            })
+            .collect())
+    }
+
+    /// Every placement group of the cluster (removed ones included).
+    pub fn placement_groups(&mut self) -> Result<Vec<PlacementGroupStatus>> {
+        let mut c = self.client.clone();
+        let r = self.call(async move { c.list_placement_groups(proto::ListPlacementGroupsRequest {}).await })?;
+        Ok(r.into_inner()
+            .groups
+            .into_iter()
+            .map(|g| PlacementGroupStatus {
+                strategy: proto::PlacementStrategy::try_from(g.strategy)
+                    .map(|s| s.as_str_name().to_string())
+                    .unwrap_or_default(),
+                nodes: g
+                    .bundles
+                    .iter()
+                    .map(|b| if b.placed { b.node_addr.clone() } else { String::new() })
+                    .collect(),
+                bundles: g.bundles.into_iter().map(|b| b.resources).collect(),
+                id: g.id,
+                name: g.name,
+                state: g.state,
+                reason: g.reason,
             })
             .collect())
     }

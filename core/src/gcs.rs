@@ -66,6 +66,8 @@ struct Snapshot {
     next_job: u32,
     #[prost(message, repeated, tag = "5")]
     actors: Vec<proto::ActorRecord>,
+    #[prost(message, repeated, tag = "6")]
+    groups: Vec<proto::PlacementGroupRecord>,
 }
 
 #[derive(Default)]
@@ -75,6 +77,7 @@ struct Tables {
     kv: BTreeMap<String, Vec<u8>>,
     next_job: u32,
     actors: BTreeMap<Vec<u8>, proto::ActorRecord>,
+    groups: BTreeMap<String, proto::PlacementGroupRecord>,
 }
 
 /// The control service's state.
@@ -109,6 +112,7 @@ impl Gcs {
                 t.kv = s.kv;
                 t.next_job = s.next_job;
                 t.actors = s.actors.into_iter().map(|a| (a.actor_id.clone(), a)).collect();
+                t.groups = s.groups.into_iter().map(|g| (g.id.clone(), g)).collect();
                 tracing::info!(
                     nodes = t.nodes.len(),
                     jobs = t.jobs.len(),
@@ -142,6 +146,7 @@ impl Gcs {
                 kv: t.kv.clone(),
                 next_job: t.next_job,
                 actors: t.actors.values().cloned().collect(),
+                groups: t.groups.values().cloned().collect(),
             }
         };
         let tmp = self.dir.join("state.pb.tmp");
@@ -268,6 +273,32 @@ impl Gcs {
         self.dirty.notify_one();
     }
 
+    /// Records a placement group's new state (batched like actors).
+    pub(crate) fn save_group(&self, rec: proto::PlacementGroupRecord) {
+        self.tables.lock().groups.insert(rec.id.clone(), rec);
+        self.dirty.notify_one();
+    }
+
+    /// Writes the tables to disk now and returns once they are there (for
+    /// changes a caller is told about only once they are durable).
+    pub(crate) async fn flush(self: &Arc<Self>) {
+        let g = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || g.persist()).await {
+            tracing::error!("writing the head's state: {e}");
+        }
+    }
+
+    /// Forgets a placement group (a removed one aged out).
+    pub(crate) fn forget_group(&self, id: &str) {
+        self.tables.lock().groups.remove(id);
+        self.dirty.notify_one();
+    }
+
+    /// The recorded placement groups.
+    pub(crate) fn groups(&self) -> Vec<proto::PlacementGroupRecord> {
+        self.tables.lock().groups.values().cloned().collect()
+    }
+
     /// The recorded actor table.
     pub(crate) fn actors(&self) -> Vec<proto::ActorRecord> {
         self.tables.lock().actors.values().cloned().collect()
@@ -357,6 +388,9 @@ impl ControlService for GcsService {
             Some(n) if n.alive => {
                 n.last_heartbeat_ms = now_ms();
                 n.available = r.available;
+                if !r.total.is_empty() {
+                    n.total = r.total;
+                }
                 n.pending_leases = r.pending_leases;
                 n.pending_demands = r.pending_demands;
                 n.num_workers = r.num_workers;
@@ -588,6 +622,15 @@ impl ControlService for GcsService {
         let t = self.0.tables.lock();
         Ok(Response::new(proto::KvListReply {
             keys: t.kv.keys().filter(|k| k.starts_with(&prefix)).cloned().collect(),
+        }))
+    }
+
+    async fn list_placement_groups(
+        &self,
+        _req: Request<proto::ListPlacementGroupsRequest>,
+    ) -> std::result::Result<Response<proto::ListPlacementGroupsReply>, Status> {
+        Ok(Response::new(proto::ListPlacementGroupsReply {
+            groups: self.0.groups(),
         }))
     }
 

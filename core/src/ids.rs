@@ -30,6 +30,17 @@ fn next_counter() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A 64-bit id unique in this process (a bijective mix of the process
+/// nonce and a counter) and, with overwhelming odds, in the cluster.
+pub(crate) fn unique_u64() -> u64 {
+    let mut x = process_nonce() ^ (next_counter() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Identifies one object in the cluster.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct ObjectId(pub [u8; 16]);

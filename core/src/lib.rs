@@ -58,6 +58,7 @@ mod node;
 mod object_ref;
 mod object_store;
 mod options;
+mod placement_group;
 mod registry;
 mod rpc;
 pub mod util;
@@ -79,7 +80,11 @@ pub use generator::ObjectRefGenerator;
 pub use ids::{ActorId, ObjectId, TaskId};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use object_store::StoreStats;
-pub use options::{ActorOptions, TaskOptions};
+pub use options::{ActorOptions, BundleTarget, TaskOptions};
+pub use placement_group::{
+    get_placement_group, placement_group, remove_placement_group, PlacementGroup, PlacementGroupBuilder,
+    PlacementGroupState, PlacementStrategy,
+};
 pub use rayforge_macros::{actor, main, remote};
 
 use parking_lot::Mutex;

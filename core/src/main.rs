@@ -5,7 +5,7 @@
 //! rayforge start --head --num-cpus 4        # head: control service + a node
 //! rayforge start --address 127.0.0.1:6379   # another node joining it
 //! rayforge status                           # nodes, resources, pending demands
-//! rayforge list nodes|jobs|actors
+//! rayforge list nodes|jobs|actors|placement-groups
 //! rayforge job submit --working-dir . -- ./pipeline --epochs 3
 //! rayforge job status|logs [--follow]|stop ID; rayforge job list
 //! rayforge stop                             # every daemon on this machine
@@ -263,6 +263,7 @@ enum ListWhat {
     Nodes,
     Jobs,
     Actors,
+    PlacementGroups,
 }
 
 fn parse_resources(text: &str) -> rayforge::Result<HashMap<String, f64>> {
@@ -418,6 +419,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 ListWhat::Nodes => serde_json::to_string_pretty(&c.nodes()?),
                 ListWhat::Jobs => serde_json::to_string_pretty(&c.jobs()?),
                 ListWhat::Actors => serde_json::to_string_pretty(&c.actors()?),
+                ListWhat::PlacementGroups => serde_json::to_string_pretty(&c.placement_groups()?),
             }
             .map_err(|e| rayforge::Error::Runtime(e.to_string()))?;
             out(&format!("{json}\n"));

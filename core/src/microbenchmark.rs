@@ -141,6 +141,10 @@ impl Client {
     }
 }
 
+/// Groups created (then removed) per round of the placement-group case, as
+/// in Ray's suite.
+const PLACEMENT_GROUPS: usize = 100;
+
 struct Runner {
     settings: Settings,
     results: BTreeMap<String, f64>,
@@ -194,7 +198,9 @@ pub fn run(settings: &Settings) -> Result<()> {
             settings.seconds
         )));
     }
-    crate::init(Config::default())?;
+    // Ray's suite starts with `resources={"custom": 100}` for its
+    // placement-group case.
+    crate::init(Config::default().resource("custom", 100.0))?;
     let mut r = Runner {
         settings: settings.clone(),
         results: BTreeMap::new(),
@@ -294,6 +300,19 @@ pub fn run(settings: &Settings) -> Result<()> {
     r.timeit("n:n async-actor calls async", 1000.0 * n as f64, || {
         let refs: Vec<_> = clients.iter().map(|c| c.call_async(1000u32)).collect();
         crate::get_all(&refs).map(drop)
+    })?;
+
+    r.timeit("placement group create/removal", PLACEMENT_GROUPS as f64, || {
+        let custom: BTreeMap<String, f64> = [("custom".to_string(), 0.001)].into_iter().collect();
+        let groups: Vec<_> = (0..PLACEMENT_GROUPS)
+            .map(|_| crate::placement_group(vec![custom.clone()], crate::PlacementStrategy::Pack).create())
+            .collect::<Result<_>>()?;
+        for g in &groups {
+            if !g.wait(Duration::from_secs(30))? {
+                return Err(Error::Internal(format!("placement group {} was not placed", g.id())));
+            }
+        }
+        groups.iter().try_for_each(crate::remove_placement_group)
     })?;
 
     if settings

@@ -21,6 +21,45 @@ pub struct TaskOptions {
     pub max_retries: Option<i32>,
     /// Also retry when the task itself fails (panics or returns `Err`).
     pub retry_exceptions: bool,
+    /// Run inside a placement group's bundle.
+    pub placement_group: Option<BundleTarget>,
+}
+
+/// Where in a placement group a task or actor runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleTarget {
+    /// The group's id.
+    pub group: String,
+    /// How many bundles it has.
+    pub bundles: usize,
+    /// One bundle, or any of them.
+    pub bundle: Option<usize>,
+}
+
+impl BundleTarget {
+    /// Renames a demand into the group's resources (see the placement
+    /// module), checking the bundle index.
+    fn apply(&self, plain: Resources) -> Result<Resources> {
+        if let Some(i) = self.bundle {
+            if i >= self.bundles {
+                return Err(Error::InvalidArgument(format!(
+                    "bundle index {i} is out of range: placement group {} has {} bundles",
+                    self.group, self.bundles
+                )));
+            }
+        }
+        let idx = self.bundle.map(|i| i as u32);
+        let mut out: Resources = plain
+            .into_iter()
+            .map(|(k, v)| (crate::node::scheduler::group_resource(&k, &self.group, idx), v))
+            .collect();
+        // Lands in the bundle even when asking for nothing else.
+        out.insert(
+            crate::node::scheduler::group_resource("bundle", &self.group, idx),
+            0.001,
+        );
+        Ok(out)
+    }
 }
 
 fn check(what: &str, v: f64) -> Result<()> {
@@ -70,12 +109,16 @@ pub(crate) fn demand(
 
 impl TaskOptions {
     pub(crate) fn demand(&self) -> Result<Resources> {
-        demand(
+        let plain = demand(
             self.num_cpus.unwrap_or(1.0),
             self.num_gpus,
             self.memory,
             &self.resources,
-        )
+        )?;
+        match &self.placement_group {
+            Some(t) => t.apply(plain),
+            None => Ok(plain),
+        }
     }
 }
 
@@ -100,16 +143,22 @@ pub struct ActorOptions {
     pub detached: bool,
     /// Concurrent calls of an async actor (default 1000).
     pub max_concurrency: Option<u32>,
+    /// Run inside a placement group's bundle.
+    pub placement_group: Option<BundleTarget>,
 }
 
 impl ActorOptions {
     pub(crate) fn demand(&self) -> Result<Resources> {
-        demand(
+        let plain = demand(
             self.num_cpus.unwrap_or(0.0),
             self.num_gpus,
             self.memory,
             &self.resources,
-        )
+        )?;
+        match &self.placement_group {
+            Some(t) => t.apply(plain),
+            None => Ok(plain),
+        }
     }
 }
 
@@ -149,6 +198,11 @@ macro_rules! __impl_task_options {
             /// Also retry when the task fails (panics or returns `Err`).
             pub fn retry_exceptions(mut self, yes: bool) -> Self {
                 self.0.retry_exceptions = yes;
+                self
+            }
+            /// Runs inside placement group `pg`: in bundle `bundle`, or any.
+            pub fn placement_group(mut self, pg: &$crate::PlacementGroup, bundle: Option<usize>) -> Self {
+                self.0.placement_group = Some(pg.target(bundle));
                 self
             }
         }
@@ -206,6 +260,11 @@ macro_rules! __impl_actor_options {
             /// Concurrent calls of an async actor.
             pub fn max_concurrency(mut self, n: u32) -> Self {
                 self.0.max_concurrency = Some(n);
+                self
+            }
+            /// Runs inside placement group `pg`: in bundle `bundle`, or any.
+            pub fn placement_group(mut self, pg: &$crate::PlacementGroup, bundle: Option<usize>) -> Self {
+                self.0.placement_group = Some(pg.target(bundle));
                 self
             }
         }

@@ -173,3 +173,117 @@ fn actors_span_nodes_and_restart_elsewhere_when_a_node_dies() {
     assert!(phoenix.death_cause.contains("job"), "{phoenix:?}");
     assert_eq!(head, cluster.daemons[0].1);
 }
+
+fn cpu(n: f64) -> std::collections::BTreeMap<String, f64> {
+    [("CPU".to_string(), n)].into_iter().collect()
+}
+
+#[rayforge::remote]
+fn node_of_task() -> String {
+    rayforge::node_id().expect("node id")
+}
+
+#[test]
+fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
+    use rayforge::{placement_group, PlacementGroupState, PlacementStrategy};
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
+    cluster.add_node(&["--num-cpus", "2"]);
+    cluster.add_node(&["--num-cpus", "2"]);
+    rayforge::init(cluster.config()).expect("join the cluster");
+    let mut head = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    let addr_to_id: std::collections::HashMap<String, String> = head
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.address, n.node_id))
+        .collect();
+
+    // One bundle per node; each bundle's task runs on that bundle's node.
+    let spread = placement_group(vec![cpu(1.0); 3], PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    assert!(spread.wait(Duration::from_secs(60)).unwrap(), "{:?}", spread.state());
+    let nodes = spread.bundle_nodes().unwrap();
+    let distinct: std::collections::HashSet<&String> = nodes.iter().collect();
+    assert_eq!(distinct.len(), 3, "{nodes:?}");
+    for (i, addr) in nodes.iter().enumerate() {
+        let ran_on = node_of_task::options()
+            .placement_group(&spread, Some(i))
+            .remote()
+            .get()
+            .unwrap();
+        assert_eq!(&ran_on, &addr_to_id[addr], "bundle {i}");
+    }
+    // No node has 4 CPUs: STRICT_PACK of two 2-CPU bundles never fits.
+    let packed = placement_group(vec![cpu(2.0), cpu(2.0)], PlacementStrategy::StrictPack)
+        .create()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || matches!(
+            packed.state().unwrap(),
+            PlacementGroupState::Pending(ref why) if why.contains("infeasible")
+        )),
+        "{:?}",
+        packed.state()
+    );
+    rayforge::remove_placement_group(&spread).unwrap();
+    rayforge::remove_placement_group(&packed).unwrap();
+
+    // A group with an actor in it; the node holding the actor's bundle dies:
+    // the group is placed again and the actor restarts inside it.
+    let group = placement_group(vec![cpu(1.0), cpu(1.0)], PlacementStrategy::Spread)
+        .name("spread")
+        .create()
+        .unwrap();
+    assert!(group.wait(Duration::from_secs(60)).unwrap(), "{:?}", group.state());
+    let head_addr = head.nodes().unwrap().into_iter().find(|n| n.is_head).unwrap().address;
+    let nodes = group.bundle_nodes().unwrap();
+    let (idx, victim_addr) = nodes
+        .iter()
+        .enumerate()
+        .find(|(_, a)| **a != head_addr)
+        .map(|(i, a)| (i, a.clone()))
+        .expect("a bundle off the head");
+    let actor = Tally::options()
+        .placement_group(&group, Some(idx))
+        .num_cpus(1.0)
+        .max_restarts(1)
+        .max_task_retries(-1)
+        .remote(0i64)
+        .unwrap();
+    let victim = addr_to_id[&victim_addr].clone();
+    let before = group.bundle_nodes().unwrap();
+    assert_eq!(actor.node().get().unwrap(), victim);
+    cluster.kill_node(&victim);
+    let moved_to = actor.node().get().unwrap();
+    assert_ne!(moved_to, victim);
+    assert!(group.wait(Duration::from_secs(60)).unwrap(), "{:?}", group.state());
+    let after = group.bundle_nodes().unwrap();
+    assert!(!after.contains(&victim_addr), "{after:?}");
+    // Only the lost bundle moved.
+    assert_eq!(after[1 - idx], before[1 - idx]);
+    assert_eq!(actor.inc().get().unwrap(), 1);
+
+    let out = std::process::Command::new(rayforge_integration_tests::rayforge_bin())
+        .args([
+            "list",
+            "placement-groups",
+            "--address",
+            &cluster.address,
+            "--token",
+            &cluster.token,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = listed.as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["name"] == "spread" && g["state"] == "CREATED" && g["strategy"] == "SPREAD"),
+        "{listed}"
+    );
+    assert_eq!(groups.iter().filter(|g| g["state"] == "REMOVED").count(), 2, "{listed}");
+    rayforge::shutdown();
+}

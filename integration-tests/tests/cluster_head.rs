@@ -17,6 +17,11 @@ fn wait_for_file(path: String) -> String {
 }
 
 #[rayforge::remote]
+fn node_of() -> String {
+    rayforge::node_id().expect("node id")
+}
+
+#[rayforge::remote]
 fn square(x: u64) -> u64 {
     x * x
 }
@@ -45,7 +50,7 @@ impl Tally {
 
 #[test]
 fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
-    let head_args = ["--num-cpus", "1", "--resources", r#"{"h": 1}"#];
+    let head_args = ["--num-cpus", "1", "--resources", r#"{"h": 1, "hp": 1}"#];
     let mut cluster = LocalCluster::start(&head_args, 3000);
     let b = cluster.add_node(&["--num-cpus", "2", "--resources", r#"{"b": 1}"#]);
     // The driver runs on b, so the head can go away under it.
@@ -75,6 +80,13 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
         .remote(50i64)
         .unwrap();
     assert_eq!(on_head.node().get().unwrap(), cluster.daemons[0].1);
+    // A named placement group whose bundle only the head's node can hold.
+    let hp = [("hp".to_string(), 1.0)].into_iter().collect();
+    let pg = rayforge::placement_group(vec![hp], rayforge::PlacementStrategy::StrictPack)
+        .name("on-head")
+        .create()
+        .unwrap();
+    assert!(pg.wait(Duration::from_secs(60)).unwrap(), "{:?}", pg.state());
 
     // SIGKILL the head (control service and its node), then start it again
     // on the same port and state directory.
@@ -112,6 +124,17 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let actors = head.actors().unwrap();
     let keeper_rec = actors.iter().find(|a| a.name == "keeper").unwrap();
     assert_eq!((keeper_rec.state.as_str(), keeper_rec.num_restarts), ("ALIVE", 0));
+    // So did the placement group: its bundle is held by the new head node.
+    let found_pg = rayforge::get_placement_group("on-head").unwrap();
+    assert_eq!(found_pg, pg);
+    assert!(pg.wait(Duration::from_secs(60)).unwrap(), "{:?}", pg.state());
+    let in_bundle = node_of::options()
+        .placement_group(&pg, Some(0))
+        .num_cpus(0.0)
+        .remote()
+        .get()
+        .unwrap();
+    assert_eq!(in_bundle, new_head);
 
     // The job goes on: the running task finishes, new tasks run.
     std::fs::write(&gate, b"go").unwrap();

@@ -275,7 +275,7 @@ impl NodeDaemon {
 
     /// Runs `call` against the actor manager (the head's node), retrying
     /// while the head restarts.
-    async fn on_manager<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    pub(crate) async fn on_manager<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
     where
         F: Fn(NodeServiceClient<Chan>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, Status>>,
@@ -309,6 +309,13 @@ impl NodeDaemon {
     /// Why no node of the cluster could ever host `res`, if none can.
     fn infeasible_everywhere(&self, res: &Resources) -> Option<String> {
         let local = infeasibility(&self.state.sched.lock().total, res)?;
+        if let Some((id, state)) = self.state.groups.lock().state_for(res) {
+            // Feasible once its group is placed (the view may lag behind).
+            return match state.as_str() {
+                super::placement::PENDING | super::placement::CREATED => None,
+                _ => Some(format!("its placement group {id} does not exist or was removed")),
+            };
+        }
         match self.link() {
             Some(l) if l.any_node_feasible(res) => None,
             _ => Some(local),
@@ -640,6 +647,21 @@ impl NodeDaemon {
     /// with that demand would spill to.
     fn actor_target(&self, res: &Resources) -> Option<String> {
         let link = self.link()?;
+        // In a placement group: the node of its bundle, whatever the view
+        // (which lags the reservation by a heartbeat) says.
+        let group_nodes = self.state.groups.lock().nodes_for(res);
+        if !group_nodes.is_empty() {
+            let own = &self.state.tcp_addr;
+            if group_nodes.iter().any(|a| a.is_empty() || a == own) && fits(&self.state.sched.lock().available, res) {
+                return None;
+            }
+            let free: HashMap<String, Resources> = link.free_resources().into_iter().collect();
+            let pick = group_nodes
+                .iter()
+                .find(|a| free.get(*a).is_some_and(|f| fits(f, res)))
+                .unwrap_or(&group_nodes[0]);
+            return (pick != own && !pick.is_empty()).then(|| pick.clone());
+        }
         let mut hosted: HashMap<String, usize> = HashMap::new();
         {
             let t = self.state.actors.lock();
@@ -691,6 +713,24 @@ impl NodeDaemon {
                     }
                     (a.resources.clone(), a.display(), a.job.clone())
                 };
+                // In a placement group: wait until it is placed.
+                let group_state = d.state.groups.lock().state_for(&resources);
+                if let Some((group, state)) = group_state {
+                    match state.as_str() {
+                        super::placement::CREATED => {}
+                        super::placement::PENDING => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        _ => {
+                            d.state
+                                .actors
+                                .lock()
+                                .mark_dead(&id, format!("its placement group {group} was removed"));
+                            return;
+                        }
+                    }
+                }
                 let target = d.actor_target(&resources);
                 let chosen = target.clone().unwrap_or_else(|| d.state.tcp_addr.clone());
                 d.state.actors.lock().placing.insert(id, chosen);

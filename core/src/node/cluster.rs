@@ -108,6 +108,16 @@ impl ClusterLink {
             .collect()
     }
 
+    /// Each alive node's address and total resources.
+    pub(crate) fn totals(&self) -> Vec<(String, Resources)> {
+        self.view
+            .lock()
+            .iter()
+            .filter(|n| n.alive)
+            .map(|n| (n.addr.clone(), n.total.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+            .collect()
+    }
+
     /// Resolves once the node at `addr` is no longer in the view.
     pub(crate) async fn node_gone(&self, addr: &str) {
         let mut rx = self.view_ready.subscribe();
@@ -217,6 +227,7 @@ impl NodeDaemon {
                 proto::HeartbeatRequest {
                     node_id: self.state.node_id.clone(),
                     available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     pending_leases: s.pending_count() as u32,
                     pending_demands: s.pending_demands(),
                     num_workers: s
@@ -251,6 +262,7 @@ impl NodeDaemon {
             // Every view counts as a change (node_gone re-checks).
             link.view_ready.send_replace(true);
             self.check_actors(&alive, &reply.finished_jobs);
+            self.check_groups(Some(&alive));
             for job in reply.finished_jobs {
                 if link.finished_jobs.lock().insert(job.clone()) {
                     tracing::info!(job = %job, "job finished: stopping its workers");

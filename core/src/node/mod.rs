@@ -6,6 +6,7 @@
 pub(crate) mod actors;
 pub(crate) mod cluster;
 pub(crate) mod memory_monitor;
+pub(crate) mod placement;
 pub(crate) mod scheduler;
 
 use std::collections::HashMap;
@@ -101,6 +102,7 @@ pub(crate) struct NodeState {
     pub(crate) sched: Mutex<Scheduler>,
     pub(crate) store: Mutex<StoreManager>,
     pub(crate) actors: Mutex<ActorTable>,
+    pub(crate) groups: Mutex<placement::GroupTable>,
     children: Mutex<HashMap<u64, u32>>,
     tasks: Mutex<JoinSet<()>>,
     memory_threshold: f64,
@@ -172,6 +174,10 @@ impl NodeDaemon {
                 record: record.clone(),
                 ..ActorTable::default()
             }),
+            groups: Mutex::new(placement::GroupTable {
+                record: record.clone(),
+                ..Default::default()
+            }),
             children: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
@@ -222,6 +228,8 @@ impl NodeDaemon {
             }
         }
         if let Some(gcs) = record {
+            daemon.state.groups.lock().restore(gcs.groups());
+            daemon.readopt_bundles();
             daemon.restore_actors(gcs.actors());
         }
         tracing::info!(
@@ -247,6 +255,7 @@ impl NodeDaemon {
             tick.tick().await;
             let acts = self.state.sched.lock().reap_idle(Instant::now());
             self.apply(acts);
+            self.check_groups(None);
             if self.state.memory_threshold < 1.0 && last_kill.elapsed() > Duration::from_millis(500) {
                 if let Some(m) = memory_monitor::read_meminfo() {
                     let used = m.used_fraction();
@@ -403,6 +412,19 @@ impl NodeDaemon {
     }
 }
 
+fn group_reply(r: Result<proto::PlacementGroupRecord>) -> proto::PlacementGroupReply {
+    match r {
+        Ok(g) => proto::PlacementGroupReply {
+            error: None,
+            group: Some(g),
+        },
+        Err(e) => proto::PlacementGroupReply {
+            error: Some(e.to_proto()),
+            group: None,
+        },
+    }
+}
+
 pub(crate) fn kill_pid(pid: u32) {
     if pid > 0 {
         // SAFETY: plain syscall on a child pid we started.
@@ -450,7 +472,21 @@ impl NodeService for NodeDaemon {
         let r = req.into_inner();
         let resources: Resources = r.resources.into_iter().collect();
         if !r.no_spillback {
-            if let Some(addr) = self.spillback_target(&resources) {
+            let mut target = self.spillback_target(&resources);
+            // A placement group placed a moment ago may not be in this
+            // node's view yet: give the view a few heartbeats.
+            let in_group = resources.keys().any(|k| scheduler::group_of(k).is_some());
+            if target.is_none() && in_group && self.link().is_some() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while target.is_none()
+                    && Instant::now() < deadline
+                    && scheduler::infeasibility(&self.state.sched.lock().total, &resources).is_some()
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    target = self.spillback_target(&resources);
+                }
+            }
+            if let Some(addr) = target {
                 tracing::debug!(to = %addr, "lease spilled back to another node");
                 return Ok(Response::new(proto::LeaseReply {
                     result: Some(proto::lease_reply::Result::Spillback(addr)),
@@ -648,6 +684,60 @@ impl NodeService for NodeDaemon {
     ) -> std::result::Result<Response<proto::KillActorReply>, Status> {
         let error = self.kill_actor(req.into_inner()).await.err().map(|e| e.to_proto());
         Ok(Response::new(proto::KillActorReply { error }))
+    }
+
+    async fn create_placement_group(
+        &self,
+        req: Request<proto::PlacementGroupRecord>,
+    ) -> std::result::Result<Response<proto::PlacementGroupReply>, Status> {
+        Ok(Response::new(group_reply(self.create_group(req.into_inner()).await)))
+    }
+
+    async fn get_placement_group(
+        &self,
+        req: Request<proto::GetPlacementGroupRequest>,
+    ) -> std::result::Result<Response<proto::PlacementGroupReply>, Status> {
+        Ok(Response::new(group_reply(self.get_group(req.into_inner()).await)))
+    }
+
+    async fn remove_placement_group(
+        &self,
+        req: Request<proto::GetPlacementGroupRequest>,
+    ) -> std::result::Result<Response<proto::PlacementGroupReply>, Status> {
+        Ok(Response::new(group_reply(self.remove_group(req.into_inner()).await)))
+    }
+
+    async fn reserve_bundles(
+        &self,
+        req: Request<proto::ReserveBundlesRequest>,
+    ) -> std::result::Result<Response<proto::ReserveBundlesReply>, Status> {
+        let r = req.into_inner();
+        let bundles = r
+            .bundles
+            .into_iter()
+            .map(|(i, b)| (i, b.resources.into_iter().collect::<Resources>()))
+            .collect();
+        let refused = {
+            let mut s = self.state.sched.lock();
+            s.reserve_bundles(&r.group_id, &bundles).err().unwrap_or_default()
+        };
+        if refused.is_empty() {
+            tracing::debug!(group = %r.group_id, "bundles reserved");
+            let acts = self.state.sched.lock().dispatch();
+            self.apply(acts);
+        }
+        Ok(Response::new(proto::ReserveBundlesReply { refused }))
+    }
+
+    async fn release_bundles(
+        &self,
+        req: Request<proto::ReleaseBundlesRequest>,
+    ) -> std::result::Result<Response<proto::ReleaseBundlesReply>, Status> {
+        let id = req.into_inner().group_id;
+        let acts = self.state.sched.lock().release_bundles(&id);
+        tracing::debug!(group = %id, "bundles released");
+        self.apply(acts);
+        Ok(Response::new(proto::ReleaseBundlesReply {}))
     }
 
     async fn actor_worker_died(

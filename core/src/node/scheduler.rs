@@ -89,7 +89,37 @@ pub(crate) struct Scheduler {
     pub(crate) idle_timeout: Duration,
     /// Cap on worker processes, so a burst of zero-CPU actors cannot fork-bomb.
     pub(crate) max_workers: usize,
+    /// Placement-group bundles reserved here: group -> bundle index -> resources.
+    pub(crate) bundles: HashMap<String, BTreeMap<u32, Resources>>,
 }
+
+/// The resource a task or actor of placement group `group` asks for instead
+/// of `name` (in bundle `index`, or in any of its bundles).
+pub(crate) fn group_resource(name: &str, group: &str, index: Option<u32>) -> String {
+    match index {
+        Some(i) => format!("{name}_group_{i}_{group}"),
+        None => format!("{name}_group_{group}"),
+    }
+}
+
+/// The placement group a resource name belongs to, if any.
+pub(crate) fn group_of(resource: &str) -> Option<&str> {
+    let (head, group) = resource.rsplit_once('_')?;
+    (head.contains("_group") && group.len() == 16 && group.chars().all(|c| c.is_ascii_hexdigit())).then_some(group)
+}
+
+/// The bundle index a placement-group resource name asks for (`None`:
+/// any bundle of its group, or not a group resource).
+pub(crate) fn bundle_index_of(resource: &str) -> Option<u32> {
+    let group = group_of(resource)?;
+    let head = resource.strip_suffix(group)?.strip_suffix('_')?;
+    let (_, idx) = head.rsplit_once("_group_")?;
+    idx.parse().ok()
+}
+
+/// Every bundle offers this much of `bundle` so that tasks asking for
+/// nothing else still land in it.
+pub(crate) const BUNDLE_MARKER: f64 = 1000.0;
 
 /// Whether `req` fits in `avail`.
 pub(crate) fn fits(avail: &Resources, req: &Resources) -> bool {
@@ -123,7 +153,95 @@ impl Scheduler {
             min_workers,
             idle_timeout,
             max_workers: 4096,
+            bundles: HashMap::new(),
         }
+    }
+
+    /// Reserves a placement group's bundles: their resources leave the
+    /// free pool and come back renamed for the group (see
+    /// [`group_resource`]). Idempotent; reserves nothing when they do not fit.
+    pub(crate) fn reserve_bundles(&mut self, group: &str, bundles: &BTreeMap<u32, Resources>) -> Result<(), String> {
+        if let Some(have) = self.bundles.get(group) {
+            if bundles.keys().all(|i| have.contains_key(i)) {
+                return Ok(());
+            }
+        }
+        let mut sum = Resources::new();
+        for b in bundles.values() {
+            for (k, v) in b {
+                *sum.entry(k.clone()).or_insert(0.0) += v;
+            }
+        }
+        if !fits(&self.available, &sum) {
+            return Err(format!(
+                "not enough free resources for {sum:?} (free: {:?})",
+                self.available
+            ));
+        }
+        for (k, v) in &sum {
+            *self.available.entry(k.clone()).or_insert(0.0) -= v;
+        }
+        let mut add = |k: String, v: f64| {
+            *self.total.entry(k.clone()).or_insert(0.0) += v;
+            *self.available.entry(k).or_insert(0.0) += v;
+        };
+        for (i, b) in bundles {
+            for (k, v) in b {
+                add(group_resource(k, group, Some(*i)), *v);
+                add(group_resource(k, group, None), *v);
+            }
+            add(group_resource("bundle", group, Some(*i)), BUNDLE_MARKER);
+            add(group_resource("bundle", group, None), BUNDLE_MARKER);
+        }
+        self.bundles
+            .entry(group.to_string())
+            .or_default()
+            .extend(bundles.clone());
+        Ok(())
+    }
+
+    /// Releases a placement group's bundles: what runs in them is stopped,
+    /// requests for them fail, their resources go back to the free pool.
+    pub(crate) fn release_bundles(&mut self, group: &str) -> Vec<Action> {
+        let Some(bundles) = self.bundles.remove(group) else {
+            return Vec::new();
+        };
+        let in_group = |r: &Resources| r.keys().any(|k| group_of(k) == Some(group));
+        let mut i = 0;
+        while i < self.pending.len() {
+            if in_group(&self.pending[i].resources) {
+                if let Some(req) = self.pending.remove(i) {
+                    let _ = req.reply.send(Err(Error::Infeasible {
+                        function: req.display_name.clone(),
+                        detail: format!("its placement group {group} was removed"),
+                    }));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let leases: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| in_group(&l.resources))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut actions = Vec::new();
+        for id in leases {
+            if let Some(w) = self.leases.get(&id).and_then(|l| self.workers.get_mut(&l.worker_id)) {
+                w.exit_cause = Some(format!("its placement group {group} was removed"));
+            }
+            actions.extend(self.return_lease(id, true));
+        }
+        self.total.retain(|k, _| group_of(k) != Some(group));
+        self.available.retain(|k, _| group_of(k) != Some(group));
+        for b in bundles.values() {
+            for (k, v) in b {
+                *self.available.entry(k.clone()).or_insert(0.0) += v;
+            }
+        }
+        actions.extend(self.dispatch());
+        actions
     }
 
     pub(crate) fn pending_count(&self) -> usize {
@@ -239,7 +357,13 @@ impl Scheduler {
         for (k, v) in res {
             *self.available.entry(k.clone()).or_insert(0.0) -= v;
         }
-        let n = res.get("GPU").copied().unwrap_or(0.0).ceil() as usize;
+        // GPUs asked for directly or through a placement-group bundle.
+        let gpus: f64 = res
+            .iter()
+            .filter(|(k, _)| *k == "GPU" || k.starts_with("GPU_group_"))
+            .map(|(_, v)| *v)
+            .sum();
+        let n = gpus.ceil() as usize;
         let take = n.min(self.gpus_free.len());
         self.gpus_free.drain(..take).collect()
     }
@@ -583,5 +707,44 @@ mod tests {
         // When j1 ends, its workers are stopped; j2's are not.
         assert_eq!(s.job_finished("j1"), vec![Action::KillWorker { worker_id: 1, pid: 1 }]);
         assert!(s.pending_demands().is_empty());
+    }
+
+    #[test]
+    fn bundles_reserve_rename_and_release_resources() {
+        let g = "0123456789abcdef";
+        let mut s = Scheduler::new(res(4.0), 0, Duration::from_secs(10));
+        let bundles: BTreeMap<u32, Resources> = [(0, res(1.0)), (1, res(2.0))].into_iter().collect();
+        s.reserve_bundles(g, &bundles).unwrap();
+        assert_eq!(s.available["CPU"], 1.0);
+        assert_eq!(s.available[&group_resource("CPU", g, Some(1))], 2.0);
+        assert_eq!(s.total[&group_resource("CPU", g, None)], 3.0);
+        assert_eq!(group_of(&group_resource("CPU", g, Some(0))), Some(g));
+        assert_eq!(group_of("CPU"), None);
+        assert_eq!(bundle_index_of(&group_resource("CPU", g, Some(12))), Some(12));
+        assert_eq!(bundle_index_of(&group_resource("CPU", g, None)), None);
+        assert_eq!(bundle_index_of("CPU"), None);
+        // Idempotent; and what does not fit is refused whole.
+        s.reserve_bundles(g, &bundles).unwrap();
+        assert_eq!(s.available["CPU"], 1.0);
+        let big: BTreeMap<u32, Resources> = [(0, res(2.0))].into_iter().collect();
+        assert!(s.reserve_bundles("fedcba9876543210", &big).is_err());
+        assert_eq!(s.available["CPU"], 1.0);
+
+        // A task in bundle 1 runs; a second one waits; release ends both.
+        let (mut a, mut ra) = req(0.0);
+        a.resources = [(group_resource("CPU", g, Some(1)), 2.0)].into_iter().collect();
+        let acts = s.request(a);
+        assert_eq!(acts, vec![Action::StartWorker { job: String::new() }]);
+        add_worker(&mut s, 1);
+        assert!(ra.try_recv().unwrap().is_ok());
+        let (mut b, mut rb) = req(0.0);
+        b.resources = [(group_resource("CPU", g, None), 1.0)].into_iter().collect();
+        s.request(b);
+        let acts = s.release_bundles(g);
+        assert!(acts.contains(&Action::KillWorker { worker_id: 1, pid: 1 }), "{acts:?}");
+        assert!(matches!(rb.try_recv().unwrap(), Err(Error::Infeasible { .. })));
+        assert_eq!(s.available["CPU"], 4.0);
+        assert!(s.total.keys().all(|k| group_of(k).is_none()), "{:?}", s.total);
+        assert!(s.release_bundles(g).is_empty());
     }
 }

@@ -1,0 +1,240 @@
+//! Placement groups: reserve bundles of resources on the cluster's nodes
+//! all at once (gang scheduling), then run tasks and actors inside them.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use rayforge::{placement_group, PlacementStrategy};
+//!
+//! #[rayforge::remote]
+//! fn train_shard(i: usize) -> usize { i }
+//!
+//! # fn main() -> rayforge::Result<()> {
+//! rayforge::init(rayforge::Config::default())?;
+//! let cpu = |n: f64| [("CPU".to_string(), n)].into_iter().collect();
+//! let pg = placement_group(vec![cpu(1.0), cpu(1.0)], PlacementStrategy::Spread).create()?;
+//! assert!(pg.wait(Duration::from_secs(30))?, "{:?}", pg.state()?);
+//! let r = train_shard::options().placement_group(&pg, Some(1)).remote(1);
+//! assert_eq!(r.get()?, 1);
+//! rayforge::remove_placement_group(&pg)?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::options::BundleTarget;
+use crate::proto;
+use crate::worker;
+
+/// How a group's bundles are spread over nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacementStrategy {
+    /// As few nodes as possible (one if it fits).
+    Pack,
+    /// As many nodes as possible, sharing nodes when there are too few.
+    Spread,
+    /// All bundles on one node, or not at all.
+    StrictPack,
+    /// Every bundle on a different node, or not at all.
+    StrictSpread,
+}
+
+impl PlacementStrategy {
+    fn to_proto(self) -> proto::PlacementStrategy {
+        match self {
+            PlacementStrategy::Pack => proto::PlacementStrategy::Pack,
+            PlacementStrategy::Spread => proto::PlacementStrategy::Spread,
+            PlacementStrategy::StrictPack => proto::PlacementStrategy::StrictPack,
+            PlacementStrategy::StrictSpread => proto::PlacementStrategy::StrictSpread,
+        }
+    }
+}
+
+/// Where a group stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementGroupState {
+    /// Not placed yet: waiting for resources, or infeasible; the reason says.
+    Pending(String),
+    /// Every bundle is reserved.
+    Created,
+    /// Removed; its bundles were released.
+    Removed,
+}
+
+/// A handle to a placement group (cloneable, and can be passed to tasks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementGroup {
+    id: String,
+    bundles: usize,
+}
+
+/// Builds a placement group; see [`placement_group`].
+pub struct PlacementGroupBuilder {
+    bundles: Vec<BTreeMap<String, f64>>,
+    strategy: PlacementStrategy,
+    name: Option<String>,
+}
+
+/// Starts describing a placement group: one resource map per bundle
+/// (e.g. `{"CPU": 1, "GPU": 1}`), and how to spread them.
+pub fn placement_group(bundles: Vec<BTreeMap<String, f64>>, strategy: PlacementStrategy) -> PlacementGroupBuilder {
+    PlacementGroupBuilder {
+        bundles,
+        strategy,
+        name: None,
+    }
+}
+
+fn call_group<F, Fut>(what: &'static str, f: F) -> Result<proto::PlacementGroupRecord>
+where
+    F: FnOnce(proto::node_service_client::NodeServiceClient<crate::rpc::Chan>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<proto::PlacementGroupReply>, tonic::Status>>
+        + Send,
+{
+    let cw = worker::current()?;
+    let node = cw.node.clone();
+    let r = cw
+        .block_on(async move { f(node).await })?
+        .map_err(|s| Error::rpc(what, s))?
+        .into_inner();
+    match (r.error, r.group) {
+        (Some(e), _) => Err(Error::from_proto(&e)),
+        (None, Some(g)) => Ok(g),
+        (None, None) => Err(Error::Internal("placement group reply without a group".into())),
+    }
+}
+
+impl PlacementGroupBuilder {
+    /// Registers the group under a name (see [`get_placement_group`]).
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Asks the cluster to place the group; returns at once (see
+    /// [`PlacementGroup::wait`]).
+    pub fn create(self) -> Result<PlacementGroup> {
+        let id = format!("{:016x}", crate::ids::unique_u64());
+        let n = self.bundles.len();
+        let rec = proto::PlacementGroupRecord {
+            id,
+            name: self.name.unwrap_or_default(),
+            strategy: self.strategy.to_proto() as i32,
+            bundles: self
+                .bundles
+                .into_iter()
+                .map(|b| proto::Bundle {
+                    resources: b.into_iter().collect(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let g = call_group("creating a placement group", move |mut c| async move {
+            c.create_placement_group(rec).await
+        })?;
+        Ok(PlacementGroup { id: g.id, bundles: n })
+    }
+}
+
+fn state_of(g: &proto::PlacementGroupRecord) -> PlacementGroupState {
+    match g.state.as_str() {
+        crate::node::placement::CREATED => PlacementGroupState::Created,
+        crate::node::placement::REMOVED => PlacementGroupState::Removed,
+        _ => PlacementGroupState::Pending(g.reason.clone()),
+    }
+}
+
+impl PlacementGroup {
+    /// The group's id (16 hex digits).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// How many bundles it has.
+    pub fn bundle_count(&self) -> usize {
+        self.bundles
+    }
+
+    /// Where a task or actor in bundle `bundle` (or any) of this group runs
+    /// (what the `.placement_group(..)` option records).
+    pub fn target(&self, bundle: Option<usize>) -> BundleTarget {
+        BundleTarget {
+            group: self.id.clone(),
+            bundles: self.bundles,
+            bundle,
+        }
+    }
+
+    fn fetch(&self, wait: Duration) -> Result<proto::PlacementGroupRecord> {
+        let req = proto::GetPlacementGroupRequest {
+            id: self.id.clone(),
+            name: String::new(),
+            wait_ms: wait.as_millis() as u64,
+        };
+        call_group("looking up a placement group", move |mut c| async move {
+            c.get_placement_group(req).await
+        })
+    }
+
+    /// Where the group stands now.
+    pub fn state(&self) -> Result<PlacementGroupState> {
+        Ok(state_of(&self.fetch(Duration::ZERO)?))
+    }
+
+    /// Waits up to `timeout` for every bundle to be reserved: `Ok(true)`
+    /// once created, `Ok(false)` if still pending (see [`Self::state`] for
+    /// why), an error if it was removed.
+    pub fn wait(&self, timeout: Duration) -> Result<bool> {
+        match state_of(&self.fetch(timeout)?) {
+            PlacementGroupState::Created => Ok(true),
+            PlacementGroupState::Pending(_) => Ok(false),
+            PlacementGroupState::Removed => Err(Error::InvalidArgument(format!(
+                "placement group {} was removed",
+                self.id
+            ))),
+        }
+    }
+
+    /// The node (its TCP address; "" in the embedded cluster) holding each
+    /// bundle, once created.
+    pub fn bundle_nodes(&self) -> Result<Vec<String>> {
+        Ok(self
+            .fetch(Duration::ZERO)?
+            .bundles
+            .into_iter()
+            .map(|b| b.node_addr)
+            .collect())
+    }
+}
+
+/// Removes a group: its bundles are released, the tasks and actors running
+/// in them are stopped.
+pub fn remove_placement_group(pg: &PlacementGroup) -> Result<()> {
+    let req = proto::GetPlacementGroupRequest {
+        id: pg.id.clone(),
+        ..Default::default()
+    };
+    call_group("removing a placement group", move |mut c| async move {
+        c.remove_placement_group(req).await
+    })
+    .map(|_| ())
+}
+
+/// Finds a placement group by name.
+pub fn get_placement_group(name: &str) -> Result<PlacementGroup> {
+    let req = proto::GetPlacementGroupRequest {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let g = call_group("looking up a placement group", move |mut c| async move {
+        c.get_placement_group(req).await
+    })?;
+    Ok(PlacementGroup {
+        bundles: g.bundles.len(),
+        id: g.id,
+    })
+}

@@ -80,7 +80,7 @@ pub use generator::ObjectRefGenerator;
 pub use ids::{ActorId, ObjectId, TaskId};
 pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use object_store::StoreStats;
-pub use options::{ActorOptions, BundleTarget, TaskOptions};
+pub use options::{ActorOptions, BundleTarget, SchedulingStrategy, TaskOptions};
 pub use placement_group::{
     get_placement_group, placement_group, remove_placement_group, PlacementGroup, PlacementGroupBuilder,
     PlacementGroupState, PlacementStrategy,
@@ -585,7 +585,11 @@ pub mod __private {
             Ok(cw) => cw,
             Err(e) => return failed_refs(num_returns, None, &e),
         };
-        let prepared = opts.demand().and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
+        let prepared = opts
+            .scheduling_strategy
+            .validate()
+            .and_then(|()| opts.demand())
+            .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
         let (resources, (args, pins)) = match prepared {
             Ok(p) => p,
             Err(e) => return failed_refs(num_returns, Some(&cw), &e),
@@ -602,6 +606,7 @@ pub mod __private {
                 resources,
                 retries_left: opts.max_retries.unwrap_or(3),
                 retry_exceptions: opts.retry_exceptions,
+                strategy: opts.scheduling_strategy.to_proto(),
                 pins,
             },
         );
@@ -618,6 +623,7 @@ pub mod __private {
     ) -> Result<ActorHandle> {
         let cw = worker::current()?;
         let resources = opts.demand()?;
+        opts.scheduling_strategy.validate()?;
         if let Some(n) = &opts.name {
             if n.is_empty() {
                 return Err(Error::InvalidArgument("actor names must not be empty".into()));
@@ -648,6 +654,7 @@ pub mod __private {
             owner_id: cw.worker_id,
             max_task_retries: opts.max_task_retries,
             job_id: cw.job_id.clone(),
+            strategy: opts.scheduling_strategy.to_proto(),
         };
         let mut node = cw.node.clone();
         let r = cw
@@ -716,7 +723,11 @@ pub mod __private {
             Ok(cw) => cw,
             Err(e) => return generator::failed(e),
         };
-        let prepared = opts.demand().and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
+        let prepared = opts
+            .scheduling_strategy
+            .validate()
+            .and_then(|()| opts.demand())
+            .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
         let (resources, (args, pins)) = match prepared {
             Ok(p) => p,
             Err(e) => return generator::failed(e),
@@ -732,6 +743,7 @@ pub mod __private {
                 resources,
                 retries_left: 0,
                 retry_exceptions: false,
+                strategy: opts.scheduling_strategy.to_proto(),
                 pins,
             },
         );

@@ -23,6 +23,55 @@ pub struct TaskOptions {
     pub retry_exceptions: bool,
     /// Run inside a placement group's bundle.
     pub placement_group: Option<BundleTarget>,
+    /// Which node the task may run on.
+    pub scheduling_strategy: SchedulingStrategy,
+}
+
+/// Which node a task or actor goes to (as Ray's `scheduling_strategy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SchedulingStrategy {
+    /// The submitter's node while it has the resources, else another
+    /// node that has them (tasks); the least loaded node (actors).
+    #[default]
+    Default,
+    /// Spread over the nodes that have the resources, round-robin.
+    Spread,
+    /// On the node with this id ([`crate::node_id`], `rayforge list nodes`).
+    /// `soft`: elsewhere when that node is dead or can never fit the
+    /// request; otherwise the task or actor fails with
+    /// [`Error::Infeasible`].
+    NodeAffinity {
+        /// The node's id.
+        node_id: String,
+        /// Whether another node will do when that one cannot.
+        soft: bool,
+    },
+}
+
+impl SchedulingStrategy {
+    /// The wire form (`None` for the default).
+    pub(crate) fn to_proto(&self) -> Option<crate::proto::SchedulingStrategy> {
+        use crate::proto::scheduling_strategy::Kind;
+        let kind = match self {
+            SchedulingStrategy::Default => return None,
+            SchedulingStrategy::Spread => Kind::Spread(true),
+            SchedulingStrategy::NodeAffinity { node_id, soft } => Kind::NodeAffinity(crate::proto::NodeAffinity {
+                node_id: node_id.clone(),
+                soft: *soft,
+            }),
+        };
+        Some(crate::proto::SchedulingStrategy { kind: Some(kind) })
+    }
+
+    /// Checks what a user passed.
+    pub(crate) fn validate(&self) -> Result<()> {
+        match self {
+            SchedulingStrategy::NodeAffinity { node_id, .. } if node_id.is_empty() => Err(Error::InvalidArgument(
+                "node affinity needs a node id (see rayforge::node_id or `rayforge list nodes`)".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where in a placement group a task or actor runs.
@@ -145,6 +194,8 @@ pub struct ActorOptions {
     pub max_concurrency: Option<u32>,
     /// Run inside a placement group's bundle.
     pub placement_group: Option<BundleTarget>,
+    /// Which node the actor is placed on (also when it restarts).
+    pub scheduling_strategy: SchedulingStrategy,
 }
 
 impl ActorOptions {
@@ -203,6 +254,11 @@ macro_rules! __impl_task_options {
             /// Runs inside placement group `pg`: in bundle `bundle`, or any.
             pub fn placement_group(mut self, pg: &$crate::PlacementGroup, bundle: Option<usize>) -> Self {
                 self.0.placement_group = Some(pg.target(bundle));
+                self
+            }
+            /// Which node to run on: spread, or a given node.
+            pub fn scheduling_strategy(mut self, strategy: $crate::SchedulingStrategy) -> Self {
+                self.0.scheduling_strategy = strategy;
                 self
             }
         }
@@ -265,6 +321,11 @@ macro_rules! __impl_actor_options {
             /// Runs inside placement group `pg`: in bundle `bundle`, or any.
             pub fn placement_group(mut self, pg: &$crate::PlacementGroup, bundle: Option<usize>) -> Self {
                 self.0.placement_group = Some(pg.target(bundle));
+                self
+            }
+            /// Which node to run on: spread, or a given node.
+            pub fn scheduling_strategy(mut self, strategy: $crate::SchedulingStrategy) -> Self {
+                self.0.scheduling_strategy = strategy;
                 self
             }
         }

@@ -167,3 +167,107 @@ fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
     assert!(jobs.iter().all(|j| j.state == "SUCCEEDED"), "{jobs:?}");
     let _ = std::fs::remove_file(&gate);
 }
+
+/// A counter placed by a scheduling strategy.
+#[rayforge::actor]
+pub struct Placed {
+    n: u32,
+}
+
+#[rayforge::actor]
+impl Placed {
+    fn new() -> Self {
+        Placed { n: 0 }
+    }
+
+    fn node(&mut self) -> String {
+        self.n += 1;
+        rayforge::node_id().expect("node id")
+    }
+}
+
+#[test]
+fn spread_and_node_affinity_choose_nodes() {
+    use rayforge::SchedulingStrategy;
+    let mut cluster = LocalCluster::start(&["--num-cpus", "2"], 2000);
+    let head = cluster.daemons[0].1.clone();
+    let b = cluster.add_node(&["--num-cpus", "2"]);
+    let c = cluster.add_node(&["--num-cpus", "2", "--resources", r#"{"c": 1}"#]);
+    rayforge::init(cluster.config()).expect("join the cluster");
+    let affinity = |node_id: &str, soft: bool| SchedulingStrategy::NodeAffinity {
+        node_id: node_id.to_string(),
+        soft,
+    };
+
+    // SPREAD: tasks that all fit on the driver's node still land on all three.
+    let refs: Vec<_> = (0..12)
+        .map(|_| {
+            where_am_i::options()
+                .scheduling_strategy(SchedulingStrategy::Spread)
+                .remote()
+        })
+        .collect();
+    let nodes: std::collections::HashSet<String> = rayforge::get_all(&refs).unwrap().into_iter().collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    // Node affinity: tasks and actors go where they are told.
+    for node in [&head, &b, &c] {
+        let ran = where_am_i::options()
+            .scheduling_strategy(affinity(node, false))
+            .remote();
+        assert_eq!(&ran.get().unwrap(), node);
+    }
+    let actor = Placed::options()
+        .scheduling_strategy(affinity(&c, false))
+        .remote()
+        .unwrap();
+    assert_eq!(actor.node().get().unwrap(), c);
+    let spread: Vec<PlacedHandle> = (0..3)
+        .map(|_| {
+            Placed::options()
+                .scheduling_strategy(SchedulingStrategy::Spread)
+                .remote()
+        })
+        .collect::<rayforge::Result<_>>()
+        .unwrap();
+    let actor_nodes: std::collections::HashSet<String> = spread.iter().map(|a| a.node().get().unwrap()).collect();
+    assert_eq!(actor_nodes.len(), 3, "{actor_nodes:?}");
+    // Soft affinity to a node lacking the resource: runs where it exists.
+    let ran = where_am_i::options()
+        .scheduling_strategy(affinity(&b, true))
+        .resource("c", 1.0)
+        .remote();
+    assert_eq!(ran.get().unwrap(), c);
+    let err = where_am_i::options()
+        .scheduling_strategy(affinity(&b, false))
+        .resource("c", 1.0)
+        .remote()
+        .get()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Infeasible { .. }) && err.to_string().contains(&b),
+        "{err}"
+    );
+
+    // A killed node: hard affinity to it fails, soft runs elsewhere.
+    cluster.kill_node(&b);
+    let mut head_client = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || head_client
+            .nodes()
+            .unwrap()
+            .iter()
+            .any(|n| n.node_id == b && !n.alive)),
+        "b never declared dead"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || where_am_i::options()
+            .scheduling_strategy(affinity(&b, false))
+            .remote()
+            .get()
+            .is_err_and(|e| e.to_string().contains("not an alive node"))),
+        "hard affinity to a dead node"
+    );
+    let ran = where_am_i::options().scheduling_strategy(affinity(&b, true)).remote();
+    assert_ne!(ran.get().unwrap(), b);
+    rayforge::shutdown();
+}

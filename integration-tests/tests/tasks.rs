@@ -278,3 +278,53 @@ fn streaming_generators_yield_items_in_order_as_they_are_produced() {
     assert!(err.to_string().contains("generator broke at item 2"), "{err}");
     assert!(gen.next().is_none());
 }
+
+#[test]
+fn scheduling_strategies_on_one_node() {
+    use rayforge::SchedulingStrategy;
+    cluster();
+    let me = rayforge::node_id().unwrap();
+    let affinity = |node_id: &str, soft: bool| SchedulingStrategy::NodeAffinity {
+        node_id: node_id.to_string(),
+        soft,
+    };
+    // SPREAD over a one-node cluster, and affinity to this node, run here.
+    let refs: Vec<_> = (0..6)
+        .map(|i| {
+            add::options()
+                .scheduling_strategy(SchedulingStrategy::Spread)
+                .remote(i, 1)
+        })
+        .collect();
+    assert_eq!(rayforge::get_all(&refs).unwrap(), (1..7).collect::<Vec<i64>>());
+    let r = add::options().scheduling_strategy(affinity(&me, false)).remote(2, 2);
+    assert_eq!(r.get().unwrap(), 4);
+    // A node that does not exist: soft falls back, hard fails naming it.
+    let r = add::options()
+        .scheduling_strategy(affinity("feedfacefeedface", true))
+        .remote(1, 1);
+    assert_eq!(r.get().unwrap(), 2);
+    let err = add::options()
+        .scheduling_strategy(affinity("feedfacefeedface", false))
+        .remote(1, 1)
+        .get()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Infeasible { .. }) && err.to_string().contains("feedfacefeedface"),
+        "{err}"
+    );
+    // Hard affinity to this node for more than it has can never run.
+    let err = add::options()
+        .scheduling_strategy(affinity(&me, false))
+        .num_cpus(64.0)
+        .remote(1, 1)
+        .get()
+        .unwrap_err();
+    assert!(matches!(err, Error::Infeasible { .. }), "{err}");
+    let err = add::options()
+        .scheduling_strategy(affinity("", false))
+        .remote(1, 1)
+        .get()
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}

@@ -83,6 +83,8 @@ pub(crate) struct ActorEntry {
     pub(crate) max_task_retries: i32,
     pub(crate) creation: proto::TaskSpec,
     pub(crate) resources: Resources,
+    /// Where it may be placed (also on restarts).
+    pub(crate) strategy: Option<proto::SchedulingStrategy>,
     pub(crate) owner_id: u64,
     pub(crate) version: watch::Sender<u64>,
 }
@@ -137,6 +139,7 @@ impl ActorEntry {
             creation: Some(self.creation.clone()),
             resources: self.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             owner_id: self.owner_id,
+            strategy: self.strategy.clone(),
         }
     }
 
@@ -159,6 +162,7 @@ impl ActorEntry {
             creation: r.creation.unwrap_or_default(),
             resources: r.resources.into_iter().collect(),
             owner_id: r.owner_id,
+            strategy: r.strategy,
             version: watch::channel(0).0,
         }
     }
@@ -379,6 +383,7 @@ impl NodeDaemon {
                     max_task_retries: req.max_task_retries,
                     creation: spec,
                     resources,
+                    strategy: req.strategy,
                     owner_id: req.owner_id,
                     version: watch::channel(0).0,
                 },
@@ -616,6 +621,8 @@ impl NodeDaemon {
             job_id: job,
             no_spillback: true,
             for_actor: id.0.to_vec(),
+            // Already placed by the manager.
+            strategy: None,
         };
         let reply = tokio::select! {
             r = c.request_worker_lease(req) => r,
@@ -705,13 +712,13 @@ impl NodeDaemon {
                 link.wait_for_view(Duration::from_secs(5)).await;
             }
             let place = loop {
-                let (resources, name, job) = {
+                let (resources, name, job, strategy) = {
                     let t = d.state.actors.lock();
                     let Some(a) = t.actors.get(&id) else { return };
                     if a.state == ActorState::Dead {
                         return;
                     }
-                    (a.resources.clone(), a.display(), a.job.clone())
+                    (a.resources.clone(), a.display(), a.job.clone(), a.strategy.clone())
                 };
                 // In a placement group: wait until it is placed.
                 let group_state = d.state.groups.lock().state_for(&resources);
@@ -731,7 +738,22 @@ impl NodeDaemon {
                         }
                     }
                 }
-                let target = d.actor_target(&resources);
+                let choice = match &strategy {
+                    Some(s) => d.strategy_choice(&resources, s, &name),
+                    None => Ok(super::strategy::Choice::Default),
+                };
+                let target = match choice {
+                    Ok(super::strategy::Choice::Here) => None,
+                    Ok(super::strategy::Choice::There(addr)) => Some(addr),
+                    Ok(super::strategy::Choice::Default) => d.actor_target(&resources),
+                    Err(e) => {
+                        d.state
+                            .actors
+                            .lock()
+                            .mark_dead(&id, format!("cannot be scheduled: {e}"));
+                        return;
+                    }
+                };
                 let chosen = target.clone().unwrap_or_else(|| d.state.tcp_addr.clone());
                 d.state.actors.lock().placing.insert(id, chosen);
                 let placed = match target {
@@ -900,6 +922,7 @@ mod tests {
             max_task_retries: 0,
             creation: proto::TaskSpec::default(),
             resources: Resources::new(),
+            strategy: None,
             owner_id: 1,
             version: watch::channel(0).0,
         }

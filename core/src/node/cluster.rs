@@ -108,6 +108,11 @@ impl ClusterLink {
             .collect()
     }
 
+    /// The alive nodes, as of the last view.
+    pub(crate) fn alive_nodes(&self) -> Vec<proto::NodeEntry> {
+        self.view.lock().iter().filter(|n| n.alive).cloned().collect()
+    }
+
     /// Each alive node's address and total resources.
     pub(crate) fn totals(&self) -> Vec<(String, Resources)> {
         self.view

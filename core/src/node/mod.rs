@@ -8,6 +8,7 @@ pub(crate) mod cluster;
 pub(crate) mod memory_monitor;
 pub(crate) mod placement;
 pub(crate) mod scheduler;
+pub(crate) mod strategy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -107,6 +108,8 @@ pub(crate) struct NodeState {
     tasks: Mutex<JoinSet<()>>,
     memory_threshold: f64,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Round-robin position of SPREAD leases.
+    pub(crate) spread_next: std::sync::atomic::AtomicUsize,
 }
 
 /// A running node daemon; dropping it does not stop it: call `shutdown`.
@@ -181,6 +184,7 @@ impl NodeDaemon {
             children: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
+            spread_next: std::sync::atomic::AtomicUsize::new(0),
             shutting_down: false.into(),
             paths,
             node_id,
@@ -471,7 +475,24 @@ impl NodeService for NodeDaemon {
     ) -> std::result::Result<Response<proto::LeaseReply>, Status> {
         let r = req.into_inner();
         let resources: Resources = r.resources.into_iter().collect();
-        if !r.no_spillback {
+        let choice = match (&r.strategy, r.no_spillback) {
+            (Some(s), false) => match self.strategy_choice(&resources, s, &r.display_name) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ok(Response::new(proto::LeaseReply {
+                        result: Some(proto::lease_reply::Result::Error(e.to_proto())),
+                    }))
+                }
+            },
+            _ => strategy::Choice::Default,
+        };
+        if let strategy::Choice::There(addr) = choice {
+            tracing::debug!(to = %addr, "lease sent to another node by its scheduling strategy");
+            return Ok(Response::new(proto::LeaseReply {
+                result: Some(proto::lease_reply::Result::Spillback(addr)),
+            }));
+        }
+        if !r.no_spillback && choice == strategy::Choice::Default {
             let mut target = self.spillback_target(&resources);
             // A placement group placed a moment ago may not be in this
             // node's view yet: give the view a few heartbeats.

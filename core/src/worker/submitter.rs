@@ -29,6 +29,8 @@ pub(crate) struct PendingTask {
     pub(crate) resources: Resources,
     pub(crate) retries_left: i32,
     pub(crate) retry_exceptions: bool,
+    /// Which node it may run on (`None`: the default).
+    pub(crate) strategy: Option<proto::SchedulingStrategy>,
     /// Keeps argument objects alive until the task is done.
     #[allow(dead_code)]
     pub(crate) pins: Vec<Arc<RefHandle>>,
@@ -52,6 +54,7 @@ const MAX_PENDING_LEASES: usize = 10;
 #[derive(Default)]
 struct KeyQueue {
     resources: Resources,
+    strategy: Option<proto::SchedulingStrategy>,
     tasks: VecDeque<PendingTask>,
     requesting: usize,
     leased: usize,
@@ -72,8 +75,23 @@ pub(crate) struct TaskSubmitter {
     cancelled: Mutex<HashSet<TaskId>>,
 }
 
-fn key_of(res: &Resources) -> String {
-    res.iter().map(|(k, v)| format!("{k}={v};")).collect()
+/// Tasks share leases when they ask for the same resources under the same
+/// strategy.
+fn key_of(res: &Resources, strategy: &Option<proto::SchedulingStrategy>) -> String {
+    let mut key: String = res.iter().map(|(k, v)| format!("{k}={v};")).collect();
+    if let Some(s) = strategy {
+        key.push_str(&format!("{s:?}"));
+    }
+    key
+}
+
+/// Whether the tasks queued under `key` are SPREAD.
+fn is_spread(cw: &CoreWorker, key: &str) -> bool {
+    cw.submitter.queues.lock().get(key).is_some_and(|q| {
+        q.strategy
+            .as_ref()
+            .is_some_and(|s| matches!(s.kind, Some(proto::scheduling_strategy::Kind::Spread(_))))
+    })
 }
 
 /// Marks all of a task's return objects failed.
@@ -141,11 +159,12 @@ impl TaskSubmitter {
     }
 
     fn enqueue(cw: &Arc<CoreWorker>, task: PendingTask) {
-        let key = key_of(&task.resources);
+        let key = key_of(&task.resources, &task.strategy);
         let want_lease = {
             let mut qs = cw.submitter.queues.lock();
             let q = qs.entry(key.clone()).or_default();
             q.resources = task.resources.clone();
+            q.strategy = task.strategy.clone();
             q.tasks.push_back(task);
             if q.lingering > 0 {
                 q.more.notify_one();
@@ -195,18 +214,19 @@ impl TaskSubmitter {
     /// One lease: returns whether another should be requested.
     async fn lease_once(cw: &Arc<CoreWorker>, key: &str) -> bool {
         let key = key.to_string();
-        let (resources, display, retriable) = {
+        let (resources, strategy, display, retriable) = {
             let mut qs = cw.submitter.queues.lock();
             let Some(q) = qs.get_mut(&key) else { return false };
             q.requesting += 1;
             let first = q.tasks.front();
             (
                 q.resources.clone(),
+                q.strategy.clone(),
                 first.map(|t| t.spec.display_name.clone()).unwrap_or_default(),
                 first.is_some_and(|t| t.retries_left != 0),
             )
         };
-        let (reply, lease_node) = request_lease(cw, &resources, retriable, display).await;
+        let (reply, lease_node) = request_lease(cw, &resources, strategy, retriable, display).await;
         let grant = {
             let mut qs = cw.submitter.queues.lock();
             let q = qs.entry(key.clone()).or_default();
@@ -250,10 +270,15 @@ impl TaskSubmitter {
                 })
                 .await;
         }
-        // Tasks may have been requeued (a retry) or arrived meanwhile.
+        // Tasks may have been requeued (a retry) or arrived meanwhile. A
+        // lease drains its queue, so one is enough, except for SPREAD tasks
+        // (a lease each).
+        let spread = is_spread(cw, &key);
         let qs = cw.submitter.queues.lock();
-        qs.get(&key)
-            .is_some_and(|q| q.leased == 0 && q.requesting < q.tasks.len().min(MAX_PENDING_LEASES))
+        qs.get(&key).is_some_and(|q| {
+            let active = if spread { q.leased } else { 0 };
+            (spread || q.leased == 0) && q.requesting + active < q.tasks.len().min(MAX_PENDING_LEASES)
+        })
     }
 
     /// Pushes queued tasks to the leased worker one at a time. Returns
@@ -299,6 +324,11 @@ impl TaskSubmitter {
                     Self::on_failure(cw, task, e).await;
                     return true;
                 }
+            }
+            if is_spread(cw, key) {
+                // Spread tasks take a lease each, so that each is placed
+                // round-robin over the nodes (as Ray schedules them).
+                return false;
             }
             match Self::pop(cw, key) {
                 Some(t) => task = t,
@@ -402,6 +432,7 @@ pub(crate) fn return_state(ret: proto::ReturnObject) -> ObjState {
 async fn request_lease(
     cw: &CoreWorker,
     resources: &Resources,
+    strategy: Option<proto::SchedulingStrategy>,
     retriable: bool,
     display: String,
 ) -> (Result<proto::Lease>, String) {
@@ -416,6 +447,7 @@ async fn request_lease(
             job_id: cw.job_id.clone(),
             no_spillback: !node.is_empty(),
             for_actor: Vec::new(),
+            strategy: strategy.clone(),
         };
         let reply = match cw.node_at(&node) {
             Ok(mut c) => c.request_worker_lease(req).await,

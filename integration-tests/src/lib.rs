@@ -124,6 +124,16 @@ fn start_daemon(args: &[String], cluster_file: &std::path::Path) -> (std::proces
 }
 
 impl LocalCluster {
+    /// Runs `rayforge list WHAT` against this cluster and parses its JSON.
+    pub fn list(&self, what: &str) -> serde_json::Value {
+        let out = std::process::Command::new(rayforge_bin())
+            .args(["list", what, "--address", &self.address, "--token", &self.token])
+            .output()
+            .expect("run rayforge list");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("rayforge list prints JSON")
+    }
+
     /// Starts a head (`head_args`, e.g. `--num-cpus 1`) with a heartbeat
     /// timeout of `heartbeat_ms`.
     pub fn start(head_args: &[&str], heartbeat_ms: u64) -> LocalCluster {

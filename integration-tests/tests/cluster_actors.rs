@@ -135,19 +135,7 @@ fn actors_span_nodes_and_restart_elsewhere_when_a_node_dies() {
     assert_eq!(rec.node, survivor_addr);
 
     // The `rayforge list actors` command shows the same table.
-    let out = std::process::Command::new(rayforge_integration_tests::rayforge_bin())
-        .args([
-            "list",
-            "actors",
-            "--address",
-            &cluster.address,
-            "--token",
-            &cluster.token,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = cluster.list("actors");
     assert!(
         listed
             .as_array()
@@ -264,19 +252,7 @@ fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
     assert_eq!(after[1 - idx], before[1 - idx]);
     assert_eq!(actor.inc().get().unwrap(), 1);
 
-    let out = std::process::Command::new(rayforge_integration_tests::rayforge_bin())
-        .args([
-            "list",
-            "placement-groups",
-            "--address",
-            &cluster.address,
-            "--token",
-            &cluster.token,
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = cluster.list("placement-groups");
     let groups = listed.as_array().unwrap();
     assert!(
         groups

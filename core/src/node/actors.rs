@@ -742,25 +742,24 @@ impl NodeDaemon {
                     Some(s) => d.strategy_choice(&resources, s, &name),
                     None => Ok(super::strategy::Choice::Default),
                 };
-                let target = match choice {
-                    Ok(super::strategy::Choice::Here) => None,
-                    Ok(super::strategy::Choice::There(addr)) => Some(addr),
-                    Ok(super::strategy::Choice::Default) => d.actor_target(&resources),
-                    Err(e) => {
-                        d.state
-                            .actors
-                            .lock()
-                            .mark_dead(&id, format!("cannot be scheduled: {e}"));
-                        return;
+                let target = choice.map(|c| match c {
+                    super::strategy::Choice::Here => None,
+                    super::strategy::Choice::There(addr) => Some(addr),
+                    super::strategy::Choice::Default => d.actor_target(&resources),
+                });
+                let placed = match target {
+                    Err(e) => Err(e),
+                    Ok(target) => {
+                        let chosen = target.clone().unwrap_or_else(|| d.state.tcp_addr.clone());
+                        d.state.actors.lock().placing.insert(id, chosen);
+                        let placed = match target {
+                            None => d.place_locally(id, resources, name, job).await.map(Some),
+                            Some(addr) => d.place_remotely(&addr, id, resources, name, job).await,
+                        };
+                        d.state.actors.lock().placing.remove(&id);
+                        placed
                     }
                 };
-                let chosen = target.clone().unwrap_or_else(|| d.state.tcp_addr.clone());
-                d.state.actors.lock().placing.insert(id, chosen);
-                let placed = match target {
-                    None => d.place_locally(id, resources, name, job).await.map(Some),
-                    Some(addr) => d.place_remotely(&addr, id, resources, name, job).await,
-                };
-                d.state.actors.lock().placing.remove(&id);
                 match placed {
                     Ok(Some(p)) => break p,
                     Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,

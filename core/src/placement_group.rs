@@ -100,11 +100,7 @@ where
         .block_on(async move { f(node).await })?
         .map_err(|s| Error::rpc(what, s))?
         .into_inner();
-    match (r.error, r.group) {
-        (Some(e), _) => Err(Error::from_proto(&e)),
-        (None, Some(g)) => Ok(g),
-        (None, None) => Err(Error::Internal("placement group reply without a group".into())),
-    }
+    crate::node::placement::record_of(r)
 }
 
 impl PlacementGroupBuilder {

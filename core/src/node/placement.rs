@@ -244,7 +244,7 @@ impl NodeDaemon {
                 })
                 .await?
                 .into_inner();
-            return group_reply(r);
+            return record_of(r);
         }
         if rec.id.len() != 16 || !rec.id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::InvalidArgument(format!("bad placement group id `{}`", rec.id)));
@@ -312,7 +312,7 @@ impl NodeDaemon {
                 })
                 .await?
                 .into_inner();
-            return group_reply(r);
+            return record_of(r);
         }
         let id = if req.name.is_empty() {
             req.id.clone()
@@ -363,7 +363,7 @@ impl NodeDaemon {
                 })
                 .await?
                 .into_inner();
-            return group_reply(r);
+            return record_of(r);
         }
         let (rec, nodes, durable) = {
             let mut t = self.state.groups.lock();
@@ -741,7 +741,8 @@ impl NodeDaemon {
     }
 }
 
-fn group_reply(r: proto::PlacementGroupReply) -> Result<proto::PlacementGroupRecord> {
+/// The group a manager's reply carries, or its error.
+pub(crate) fn record_of(r: proto::PlacementGroupReply) -> Result<proto::PlacementGroupRecord> {
     match (r.error, r.group) {
         (Some(e), _) => Err(Error::from_proto(&e)),
         (None, Some(g)) => Ok(g),

@@ -1,8 +1,19 @@
-//! Actor handles.
+//! Actor handles, and how they decide an actor's lifetime.
+//!
+//! As in Ray, an actor that is not detached lives as long as a handle on it
+//! exists anywhere. Every handle made by `remote()` carries a reference to a
+//! small *lifetime object* owned by the creating process; handles passed to
+//! other tasks and actors carry it too, so the owner's distributed reference
+//! counting (borrowers included) knows when the last handle is gone. Each
+//! call pins it until its reply is in, so a call made just before the last
+//! handle drops still completes. When the owner frees the lifetime object it
+//! kills the actor ([`crate::worker::CoreWorker`] keeps the mapping). Handles
+//! from `get_actor` and handles on detached actors carry none.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::ActorId;
+use crate::object_ref::ObjectRef;
 
 /// An untyped handle on an actor; the macros wrap it in a typed handle
 /// (`CounterHandle` for `Counter`) whose methods submit calls.
@@ -11,6 +22,8 @@ pub struct ActorHandle {
     pub(crate) id: ActorId,
     pub(crate) class: String,
     pub(crate) max_task_retries: i32,
+    /// Keeps a non-detached actor alive (see the module docs).
+    pub(crate) lifetime: Option<ObjectRef<()>>,
 }
 
 impl ActorHandle {

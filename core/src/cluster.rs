@@ -209,6 +209,8 @@ pub struct JobStatus {
     pub start_ms: u64,
     /// Milliseconds since the epoch (0 while running).
     pub end_ms: u64,
+    /// How it ended (e.g. why it failed); empty while running.
+    pub message: String,
 }
 
 /// One actor as the head's actor manager recorded it.
@@ -319,6 +321,7 @@ impl HeadClient {
                 entrypoint: j.entrypoint,
                 start_ms: j.start_ms,
                 end_ms: j.end_ms,
+                message: j.message,
             })
             .collect())
     }

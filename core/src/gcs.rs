@@ -408,6 +408,16 @@ impl ControlService for GcsService {
                 .filter(|j| j.state != "RUNNING" && j.end_ms >= recent)
                 .map(|j| j.job_id.clone())
                 .collect(),
+            // A submitted job's supervisor reports its end instead.
+            local_drivers: t
+                .jobs
+                .values()
+                .filter(|j| j.state == "RUNNING" && !j.submitted && j.driver_node == r.node_id && j.driver_pid > 0)
+                .map(|j| proto::LocalDriver {
+                    job_id: j.job_id.clone(),
+                    pid: j.driver_pid,
+                })
+                .collect(),
         }))
     }
 

@@ -292,8 +292,11 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
     Ok((r, n))
 }
 
-/// Cancels the task producing `r`: a queued task never runs; a running one's
-/// result is discarded. `get` then fails with [`Error::Cancelled`].
+/// Cancels the task producing `r`: a queued task never runs; a running one
+/// is interrupted by ending the worker process that runs it (as Ray's
+/// `cancel(force=True)`; a fresh worker takes its place). `get` then fails
+/// with [`Error::Cancelled`]. Calls to actors are not cancelled this way:
+/// end the actor with [`kill`].
 pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
     let cw = worker::current()?;
     if worker::submitter::TaskSubmitter::cancel(&cw, &r.handle.id) {
@@ -317,6 +320,7 @@ pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
             node.kill_actor(proto::KillActorRequest {
                 actor_id: id.0.to_vec(),
                 no_restart: true,
+                cause: String::new(),
             })
             .await
         })?
@@ -358,6 +362,8 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
         id,
         class: H::CLASS.to_string(),
         max_task_retries: r.max_task_retries,
+        // A looked-up handle does not extend the actor's life (as in Ray).
+        lifetime: None,
     }))
 }
 
@@ -608,6 +614,7 @@ pub mod __private {
                 retry_exceptions: opts.retry_exceptions,
                 strategy: opts.scheduling_strategy.to_proto(),
                 pins,
+                rebuilding: None,
             },
         );
         refs
@@ -664,10 +671,16 @@ pub mod __private {
         if let Some(e) = r.error {
             return Err(Error::from_proto(&e));
         }
+        let lifetime = if opts.detached {
+            None
+        } else {
+            Some(ObjectRef::from_handle(cw.actor_lifetime(id)?))
+        };
         Ok(ActorHandle {
             id,
             class: class.to_string(),
             max_task_retries: opts.max_task_retries,
+            lifetime,
         })
     }
 
@@ -682,10 +695,12 @@ pub mod __private {
             Ok(cw) => cw,
             Err(e) => return failed_refs(num_returns, None, &e),
         };
-        let (args, pins) = match prepare_spec(&cw, args) {
+        let (args, mut pins) = match prepare_spec(&cw, args) {
             Ok(p) => p,
             Err(e) => return failed_refs(num_returns, Some(&cw), &e),
         };
+        // The actor lives at least until this call is answered.
+        pins.extend(handle.lifetime.as_ref().map(|l| l.handle.clone()));
         let tid = TaskId::new();
         let refs: Vec<ObjectRef<T>> = (0..num_returns)
             .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
@@ -745,6 +760,7 @@ pub mod __private {
                 retry_exceptions: false,
                 strategy: opts.scheduling_strategy.to_proto(),
                 pins,
+                rebuilding: None,
             },
         );
         ObjectRefGenerator::new(Some(rx))

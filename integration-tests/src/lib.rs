@@ -34,6 +34,17 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Whether process `pid` is running (a zombie, exited but not yet reaped,
+/// counts as gone).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
 /// A marker file unique to one test run, for "fail the first attempt only".
 pub fn marker(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("rayforge-test-markers-{}", std::process::id()));

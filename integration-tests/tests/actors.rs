@@ -1,10 +1,11 @@
 //! Actors in real worker processes: ordering, names, handles passed to tasks,
-//! restarts after SIGKILL, kill, panics, async actors.
+//! restarts after SIGKILL, kill, panics, async actors, and their lifetime
+//! (ended with their last handle unless detached).
 
 use std::time::Duration;
 
 use rayforge::{Error, ObjectRef};
-use rayforge_integration_tests::{cluster, kill_self, marker};
+use rayforge_integration_tests::{cluster, kill_self, marker, process_running, wait_until};
 
 /// A counter actor with ways to crash.
 #[rayforge::actor]
@@ -232,4 +233,63 @@ fn infeasible_and_invalid_actor_options_are_errors() {
     assert!(matches!(err, Error::Infeasible { .. }), "{err}");
     let err = Counter::options().name("").remote(0i64).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+/// Holds an actor handle until `gate` exists, then calls through it.
+#[rayforge::remote]
+fn inc_after_gate(c: CounterHandle, gate: String) -> i64 {
+    while !std::path::Path::new(&gate).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.inc().get().expect("call through a borrowed handle")
+}
+
+#[test]
+fn an_actor_ends_when_its_last_handle_anywhere_is_dropped() {
+    cluster();
+    // A call made just before the last handle drops still completes; then
+    // the actor's process ends and its name is released.
+    let c = Counter::options().name("collected").remote(0i64).unwrap();
+    let pid = c.pid().get().unwrap();
+    let last = c.inc();
+    drop(c);
+    assert_eq!(last.get().unwrap(), 1);
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(pid)),
+        "actor process {pid} outlived its last handle"
+    );
+    assert!(wait_until(Duration::from_secs(60), || rayforge::get_actor::<
+        CounterHandle,
+    >("collected")
+    .is_err()));
+
+    // A handle passed to a task keeps the actor alive after the creator
+    // dropped its own, until that task is done with it.
+    let gate = marker("gc_gate");
+    let c = Counter::options().name("borrowed").remote(0i64).unwrap();
+    let pid = c.pid().get().unwrap();
+    let r = inc_after_gate::remote(c.clone(), gate.clone());
+    drop(c);
+    let found: CounterHandle = rayforge::get_actor("borrowed").unwrap();
+    assert_eq!(found.value().get().unwrap(), 0);
+    std::fs::write(&gate, b"go").unwrap();
+    assert_eq!(r.get().unwrap(), 1);
+    drop(r);
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(pid)),
+        "actor process {pid} outlived the task's handle"
+    );
+    // A looked-up handle does not keep it alive; its calls fail with the cause.
+    match found.inc().get_timeout(Duration::from_secs(60)) {
+        Err(Error::ActorDied { cause, .. }) => assert!(cause.contains("handles were dropped"), "{cause}"),
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+
+    // A detached actor outlives every handle.
+    let d = Counter::options().name("kept").detached().remote(7i64).unwrap();
+    let pid = d.pid().get().unwrap();
+    drop(d);
+    let again: CounterHandle = rayforge::get_actor("kept").unwrap();
+    assert_eq!(again.value().get().unwrap(), 7);
+    assert!(process_running(pid));
 }

@@ -105,7 +105,8 @@ fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
 
     // A task running on one of the "x" nodes is retried on the other when
     // its node is SIGKILLed; an object whose only copy was on the killed node
-    // is lost, and the error names the node.
+    // is rebuilt from lineage, or, when its task cannot run anywhere else,
+    // lost with an error naming the node.
     let gate = std::env::temp_dir().join(format!("rayforge-gate-{}", std::process::id()));
     let _ = std::fs::remove_file(&gate);
     let blocked = wait_for_file::options()
@@ -137,6 +138,16 @@ fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
         .resource(victim_res, 1.0)
         .remote(1 << 16);
     assert_eq!(o3.get().unwrap(), victim);
+    // Made on the victim by a task that could run elsewhere: rebuilt from
+    // lineage after the node dies.
+    let (o4, rebuildable) = produce::options()
+        .num_cpus(0.0)
+        .scheduling_strategy(rayforge::SchedulingStrategy::NodeAffinity {
+            node_id: victim.clone(),
+            soft: true,
+        })
+        .remote(n);
+    assert_eq!(o4.get().unwrap(), victim);
     let victim_addr = nodes.iter().find(|x| x.node_id == victim).unwrap().address.clone();
     cluster.kill_node(&victim);
     assert!(
@@ -160,6 +171,19 @@ fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
         survivor,
         "the task was retried on the surviving node"
     );
+    // A task on the survivor reads the lost object: its owner (this driver)
+    // re-runs the task that made it, and the reader gets the new copy; the
+    // driver reads it too. The inline return made with it is unchanged.
+    let survivor_res = if victim_res == "b" { "c" } else { "b" };
+    let (ran_on, sum) = consume::options()
+        .resource(survivor_res, 1.0)
+        .remote(&rebuildable)
+        .get()
+        .unwrap();
+    assert_eq!((ran_on.as_str(), sum), (survivor.as_str(), expect));
+    let back = rebuildable.get().unwrap();
+    assert_eq!((back.len(), back[n - 1]), (n, n as u64 - 1));
+    assert_eq!(o4.get().unwrap(), victim);
     assert_eq!(head_client.nodes().unwrap().iter().filter(|n| n.alive).count(), 2);
 
     rayforge::shutdown();

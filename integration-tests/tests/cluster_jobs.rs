@@ -1,7 +1,7 @@
 //! Jobs on a real cluster (a head and two node daemons): `rayforge job
 //! submit` with a runtime env, a node SIGKILLed mid-job while the job still
-//! finishes, `job status|logs|stop|list`, and clear errors from the jobs API
-//! and the CLI.
+//! finishes, `job status|logs|stop|list`, a driver killed without
+//! `shutdown`, and clear errors from the jobs API and the CLI.
 
 use std::process::Command;
 use std::time::Duration;
@@ -235,4 +235,64 @@ fn bad_job_requests_get_clear_errors() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no job `ffffffff`"), "{}", text(&out.stderr));
     let _ = std::fs::remove_file(&bad);
+}
+
+#[test]
+fn a_driver_killed_without_shutdown_fails_its_job_and_ends_its_actors() {
+    use std::io::BufRead;
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
+    let probe = workspace_bin("job_probe", "rayforge-integration-tests");
+    let mut driver = Command::new(probe)
+        .arg("--hold-actors")
+        .env("RAYFORGE_ADDRESS", &cluster.address)
+        .env("RAYFORGE_TOKEN", &cluster.token)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the driver");
+    let mut line = String::new();
+    std::io::BufReader::new(driver.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("driver output");
+    assert_eq!(line.trim(), "ready");
+    let mut head = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    let jobs = head.jobs().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "RUNNING");
+    let state_of = |head: &mut rayforge::cluster::HeadClient, name: &str| {
+        head.actors()
+            .unwrap()
+            .into_iter()
+            .find(|a| a.name == name)
+            .map(|a| a.state)
+    };
+    assert_eq!(state_of(&mut head, "held").as_deref(), Some("ALIVE"));
+
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let mut job = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            job = head.jobs().unwrap().into_iter().find(|j| j.state != "RUNNING");
+            job.is_some()
+        }),
+        "the job of a killed driver stayed RUNNING"
+    );
+    let job = job.unwrap();
+    assert_eq!(job.state, "FAILED");
+    assert!(
+        job.message.contains("exited without calling rayforge::shutdown"),
+        "{job:?}"
+    );
+    // Its actor ends with the job; the detached one lives on.
+    let mut actors = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            actors = head.actors().unwrap();
+            actors.iter().any(|a| a.name == "held" && a.state == "DEAD")
+        }),
+        "{actors:?}"
+    );
+    let held = actors.iter().find(|a| a.name == "held").unwrap();
+    assert!(held.death_cause.contains("finished"), "{held:?}");
+    assert_eq!(state_of(&mut head, "held-detached").as_deref(), Some("ALIVE"));
 }

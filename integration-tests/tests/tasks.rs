@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rayforge::{Error, ObjectRef};
-use rayforge_integration_tests::{cluster, kill_self, marker};
+use rayforge_integration_tests::{cluster, kill_self, marker, process_running, wait_until};
 
 #[rayforge::remote]
 fn add(a: i64, b: i64) -> i64 {
@@ -226,6 +226,51 @@ fn cancel_a_queued_task() {
     for b in blockers {
         assert_eq!(b.get().unwrap(), 3_000);
     }
+}
+
+/// Writes its pid to `path`, then spins for `ms` without ever yielding to
+/// the runtime (only ending the process stops it).
+#[rayforge::remote]
+fn busy_with_pid(path: String, ms: u64) -> u64 {
+    std::fs::write(&path, std::process::id().to_string()).expect("write pid file");
+    let end = std::time::Instant::now() + Duration::from_millis(ms);
+    while std::time::Instant::now() < end {
+        std::hint::spin_loop();
+    }
+    ms
+}
+
+#[test]
+fn cancel_interrupts_a_running_task_by_ending_its_worker() {
+    cluster();
+    let path = marker("busy_pid");
+    let _ = std::fs::remove_file(&path);
+    let busy = busy_with_pid::remote(path.clone(), 120_000u64);
+    let mut pid = 0u32;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            pid != 0
+        }),
+        "the task never started"
+    );
+    assert!(process_running(pid));
+    rayforge::cancel(&busy).unwrap();
+    // Well before the task's two minutes: the worker was ended.
+    match busy.get_timeout(Duration::from_secs(60)) {
+        Err(Error::Cancelled(f)) => assert!(f.contains("busy_with_pid"), "{f}"),
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || !process_running(pid)),
+        "the cancelled task's worker {pid} is still running"
+    );
+    // Cancelling again, or a finished task, is an error; the node goes on.
+    assert!(matches!(rayforge::cancel(&busy), Err(Error::InvalidArgument(_))));
+    assert_eq!(add::remote(2i64, 3i64).get().unwrap(), 5);
 }
 
 #[rayforge::remote(streaming)]

@@ -455,14 +455,28 @@ impl NodeDaemon {
                 .actors
                 .get_mut(&id)
                 .ok_or_else(|| Error::NotFound(format!("actor {id}")))?;
+            if a.state == ActorState::Dead {
+                // Already ended: keep its first death cause.
+                return Ok(());
+            }
             let place = (a.worker_id, a.lease_id, a.node_addr.clone());
             if req.no_restart {
                 a.max_restarts = a.num_restarts as i32;
-                t.mark_dead(&id, "it was killed with rayforge::kill".into());
+                let cause = if req.cause.is_empty() {
+                    "it was killed with rayforge::kill".to_string()
+                } else {
+                    req.cause.clone()
+                };
+                t.mark_dead(&id, cause);
             }
             place
         };
-        self.stop_actor_process(place, "killed with rayforge::kill");
+        let cause = if req.cause.is_empty() {
+            "killed with rayforge::kill"
+        } else {
+            req.cause.as_str()
+        };
+        self.stop_actor_process(place, cause);
         Ok(())
     }
 

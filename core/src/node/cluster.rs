@@ -266,6 +266,7 @@ impl NodeDaemon {
             *link.view.lock() = reply.nodes;
             // Every view counts as a change (node_gone re-checks).
             link.view_ready.send_replace(true);
+            self.check_drivers(&link.head, &reply.local_drivers);
             self.check_actors(&alive, &reply.finished_jobs);
             self.check_groups(Some(&alive));
             for job in reply.finished_jobs {
@@ -276,6 +277,36 @@ impl NodeDaemon {
                     self.apply(acts);
                 }
             }
+        }
+    }
+
+    /// Fails the jobs whose driver process on this machine is gone without
+    /// having called `shutdown` (killed, crashed): their workers and
+    /// non-detached actors are then stopped like any finished job's.
+    fn check_drivers(&self, head: &ControlServiceClient<Chan>, drivers: &[proto::LocalDriver]) {
+        for d in drivers {
+            if process_alive(d.pid) {
+                continue;
+            }
+            let message = format!(
+                "its driver process (pid {}) exited without calling rayforge::shutdown",
+                d.pid
+            );
+            tracing::warn!(job = %d.job_id, "{message}");
+            let mut head = head.clone();
+            let job_id = d.job_id.clone();
+            self.spawn(async move {
+                let r = head
+                    .finish_job(proto::FinishJobRequest {
+                        job_id,
+                        state: "FAILED".into(),
+                        message,
+                    })
+                    .await;
+                if let Err(s) = r {
+                    tracing::warn!("reporting a dead driver: {}", s.message());
+                }
+            });
         }
     }
 
@@ -501,5 +532,32 @@ impl NodeDaemon {
                 });
             }
         }
+    }
+}
+
+/// Whether process `pid` of this machine is running (a zombie, exited but
+/// not yet reaped by its parent, counts as gone).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_alive;
+
+    #[test]
+    fn a_live_process_is_alive_and_a_reaped_one_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn `true`");
+        let pid = child.id();
+        child.wait().expect("reap");
+        assert!(!process_alive(pid));
     }
 }

@@ -425,6 +425,24 @@ impl CoreWorkerService for WorkerService {
         Ok(Response::new(cw.serve_object(id).await))
     }
 
+    async fn rebuild_object(
+        &self,
+        req: Request<proto::RebuildObjectRequest>,
+    ) -> std::result::Result<Response<proto::RebuildObjectReply>, Status> {
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let r = req.into_inner();
+        let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let loss = r
+            .loss
+            .map(|e| Error::from_proto(&e))
+            .unwrap_or_else(|| Error::ObjectLost {
+                id: id.hex(),
+                cause: format!("the node at {} holding it is gone", r.lost_node),
+            });
+        let error = cw.rebuild(id, &r.lost_node, &loss).err().map(|e| e.to_proto());
+        Ok(Response::new(proto::RebuildObjectReply { error }))
+    }
+
     async fn update_borrowers(
         &self,
         req: Request<proto::UpdateBorrowersRequest>,

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::{self, ContainedRef, Encoded, ObjectBytes, Value};
 use crate::error::{Error, Result};
-use crate::ids::ObjectId;
+use crate::ids::{ActorId, ObjectId};
 use crate::object_ref::RefHandle;
 use crate::object_store;
 use crate::proto::{self, core_worker_service_client::CoreWorkerServiceClient, node_service_client::NodeServiceClient};
@@ -55,7 +55,12 @@ pub(crate) struct Owned {
     pins: usize,
     /// References inside the value, kept alive while it exists.
     contained: Vec<ContainedRef>,
+    /// The task that made it, while its value sits in a node's store.
+    lineage: Option<Arc<submitter::Lineage>>,
 }
+
+/// How many times one read rebuilds a lost object before giving up.
+const MAX_REBUILDS_PER_READ: u32 = 3;
 
 struct RefCount {
     local: usize,
@@ -86,6 +91,9 @@ pub(crate) struct CoreWorker {
     borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
     pub(crate) executor: Option<Arc<executor::Executor>>,
     generators: Mutex<HashMap<crate::ids::TaskId, mpsc::UnboundedSender<crate::generator::GenEvent>>>,
+    /// Lifetime objects of the actors this process created (see
+    /// [`crate::actor`]): freeing one kills its actor.
+    actor_lifetimes: Mutex<HashMap<ObjectId, ActorId>>,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -151,6 +159,7 @@ impl CoreWorker {
             borrow_tx,
             executor,
             generators: Mutex::new(HashMap::new()),
+            actor_lifetimes: Mutex::new(HashMap::new()),
         });
         handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
@@ -191,6 +200,7 @@ impl CoreWorker {
             borrowers: HashSet::new(),
             pins: 0,
             contained: Vec::new(),
+            lineage: None,
         });
         RefHandle::new(id, self.addr.clone())
     }
@@ -319,32 +329,80 @@ impl CoreWorker {
         self.read_store(id).await
     }
 
-    /// Waits for an object and returns its bytes.
+    /// Waits for an object and returns its bytes. A stored copy lost with
+    /// its node is rebuilt from lineage by the owner, and read again.
     pub(crate) async fn fetch(&self, id: ObjectId, owner: &str) -> Result<ObjectBytes> {
-        if owner == self.addr {
-            let mut rx = {
-                let objs = self.objects.lock();
-                let o = objs.get(&id).ok_or_else(|| Error::ObjectLost {
-                    id: id.hex(),
-                    cause: "it was freed by its owner (no references were left)".into(),
-                })?;
-                o.state.subscribe()
+        let mut rebuilds = 0;
+        loop {
+            let (node, read) = if owner == self.addr {
+                self.fetch_owned(id).await?
+            } else {
+                self.fetch_borrowed(id, owner).await?
             };
-            let st = rx
-                .wait_for(|s| !matches!(s, ObjState::Pending))
-                .await
-                .map_err(|_| Error::ObjectLost {
-                    id: id.hex(),
-                    cause: "freed while waiting".into(),
-                })?
-                .clone();
-            return match st {
-                ObjState::Ready(Location::Inline(b)) => Ok(b),
-                ObjState::Ready(Location::Store(node)) => self.read_store_at(id, &node).await,
-                ObjState::Failed(e) => Err(e),
-                ObjState::Pending => Err(Error::Internal("pending after wait".into())),
+            let loss = match read {
+                Err(e @ Error::ObjectLost { .. }) if self.is_remote(&node) && rebuilds < MAX_REBUILDS_PER_READ => e,
+                other => return other,
             };
+            rebuilds += 1;
+            tracing::info!(object = %id.hex(), node = %node, "stored copy lost; rebuilding it from lineage: {loss}");
+            if owner == self.addr {
+                self.rebuild(id, &node, &loss)?;
+            } else {
+                let reply = self
+                    .peer(owner)?
+                    .rebuild_object(proto::RebuildObjectRequest {
+                        id: id.0.to_vec(),
+                        lost_node: node.clone(),
+                        loss: Some(loss.to_proto()),
+                    })
+                    .await
+                    .map_err(|_| loss.clone())?
+                    .into_inner();
+                if let Some(e) = reply.error {
+                    return Err(Error::from_proto(&e));
+                }
+            }
         }
+    }
+
+    /// Whether `node` is another node than ours.
+    fn is_remote(&self, node: &str) -> bool {
+        !node.is_empty() && node != self.node_addr
+    }
+
+    /// Waits for an object owned here; returns the node holding its stored
+    /// copy ("" when inline) and the read.
+    async fn fetch_owned(&self, id: ObjectId) -> Result<(String, Result<ObjectBytes>)> {
+        let mut rx = {
+            let objs = self.objects.lock();
+            let o = objs.get(&id).ok_or_else(|| Error::ObjectLost {
+                id: id.hex(),
+                cause: "it was freed by its owner (no references were left)".into(),
+            })?;
+            o.state.subscribe()
+        };
+        let st = rx
+            .wait_for(|s| !matches!(s, ObjState::Pending))
+            .await
+            .map_err(|_| Error::ObjectLost {
+                id: id.hex(),
+                cause: "freed while waiting".into(),
+            })?
+            .clone();
+        Ok(match st {
+            ObjState::Ready(Location::Inline(b)) => (String::new(), Ok(b)),
+            ObjState::Ready(Location::Store(node)) => {
+                let read = self.read_store_at(id, &node).await;
+                (node, read)
+            }
+            ObjState::Failed(e) => (String::new(), Err(e)),
+            ObjState::Pending => (String::new(), Err(Error::Internal("pending after wait".into()))),
+        })
+    }
+
+    /// Asks the owner for an object; returns the node holding its stored
+    /// copy ("" when inline) and the read.
+    async fn fetch_borrowed(&self, id: ObjectId, owner: &str) -> Result<(String, Result<ObjectBytes>)> {
         if owner.is_empty() {
             return Err(Error::Runtime("this reference was made before rayforge::init".into()));
         }
@@ -360,12 +418,73 @@ impl CoreWorker {
                 }
             })?;
         let reply = reply.into_inner();
-        match reply.result {
-            Some(proto::get_object_reply::Result::Inline(b)) => Ok(ObjectBytes::from_vec(b)),
-            Some(proto::get_object_reply::Result::InStore(_)) => self.read_store_at(id, &reply.node_addr).await,
-            Some(proto::get_object_reply::Result::Error(e)) => Err(Error::from_proto(&e)),
-            None => Err(Error::Internal("empty GetObject reply".into())),
+        Ok(match reply.result {
+            Some(proto::get_object_reply::Result::Inline(b)) => (String::new(), Ok(ObjectBytes::from_vec(b))),
+            Some(proto::get_object_reply::Result::InStore(_)) => {
+                let read = self.read_store_at(id, &reply.node_addr).await;
+                (reply.node_addr, read)
+            }
+            Some(proto::get_object_reply::Result::Error(e)) => (String::new(), Err(Error::from_proto(&e))),
+            None => (String::new(), Err(Error::Internal("empty GetObject reply".into()))),
+        })
+    }
+
+    /// Records the lineage of stored returns of a finished task.
+    pub(crate) fn set_lineage(&self, ids: &[ObjectId], lineage: Arc<submitter::Lineage>) {
+        let mut objs = self.objects.lock();
+        for id in ids {
+            if let Some(o) = objs.get_mut(id) {
+                o.lineage = Some(lineage.clone());
+            }
         }
+    }
+
+    /// The stored copy of owned object `id` on node `lost` could not be read
+    /// (`loss`): re-run the task that made it, once for all of its returns
+    /// lost with that node. Errors when it cannot be rebuilt (a `put`, an
+    /// actor call's result, no retries left); `Ok` means "read it again".
+    pub(crate) fn rebuild(&self, id: ObjectId, lost: &str, loss: &Error) -> Result<()> {
+        let why = match loss {
+            Error::ObjectLost { cause, .. } => cause.clone(),
+            other => other.to_string(),
+        };
+        let (task, lost_ids) = {
+            let mut objs = self.objects.lock();
+            let Some(o) = objs.get(&id) else {
+                return Err(loss.clone());
+            };
+            if !matches!(&*o.state.borrow(), ObjState::Ready(Location::Store(n)) if n == lost) {
+                // Already rebuilt, being rebuilt, or failed: read it again.
+                return Ok(());
+            }
+            let Some(lineage) = o.lineage.clone() else {
+                return Err(loss.clone());
+            };
+            if !lineage.can_rerun() {
+                return Err(Error::ObjectLost {
+                    id: id.hex(),
+                    cause: format!("{why}; its task `{}` has no retries left to rebuild it", lineage.name()),
+                });
+            }
+            let mut lost_ids = Vec::new();
+            for rid in lineage.return_ids() {
+                if let Some(o) = objs.get_mut(&rid) {
+                    if matches!(&*o.state.borrow(), ObjState::Ready(Location::Store(n)) if n == lost) {
+                        o.state.send_replace(ObjState::Pending);
+                        o.lineage = None;
+                        lost_ids.push(rid);
+                    }
+                }
+            }
+            (lineage.rerun(why), lost_ids)
+        };
+        tracing::info!(task = %task.spec.display_name, node = %lost, "re-running a task to rebuild {} lost object(s)", lost_ids.len());
+        for rid in lost_ids {
+            // A node that only failed to send still holds its copy.
+            let _ = self.free_tx.send((rid, lost.to_string()));
+        }
+        submitter::TaskSubmitter::submit(&current()?, task);
+        Ok(())
     }
 
     /// Serves GetObject for an owned object.
@@ -461,6 +580,39 @@ impl CoreWorker {
             }
             // Dropping `o` drops the references it contained.
         }
+        let actor = self.actor_lifetimes.lock().remove(id);
+        if let Some(actor) = actor {
+            self.end_unreferenced_actor(actor);
+        }
+    }
+
+    /// Makes the lifetime object of a new actor created by this process.
+    pub(crate) fn actor_lifetime(&self, actor: ActorId) -> Result<Arc<RefHandle>> {
+        let h = self.put_encoded(codec::encode(&())?)?;
+        self.actor_lifetimes.lock().insert(h.id, actor);
+        Ok(h)
+    }
+
+    /// The last handle on an actor this process created is gone: end it.
+    fn end_unreferenced_actor(&self, actor: ActorId) {
+        tracing::debug!(%actor, "last handle dropped; ending the actor");
+        let mut node = self.node.clone();
+        self.handle.spawn(async move {
+            let r = node
+                .kill_actor(proto::KillActorRequest {
+                    actor_id: actor.0.to_vec(),
+                    no_restart: true,
+                    cause: "all of its handles were dropped (an actor that is not detached ends with its last \
+                            handle)"
+                        .into(),
+                })
+                .await;
+            match r.map(|r| r.into_inner().error) {
+                Ok(None) => {}
+                Ok(Some(e)) => tracing::debug!(%actor, "ending an unreferenced actor: {}", e.message),
+                Err(s) => tracing::debug!(%actor, "ending an unreferenced actor: {}", s.message()),
+            }
+        });
     }
 
     /// Registers this process as borrower of references it just decoded, so

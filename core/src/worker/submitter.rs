@@ -34,6 +34,57 @@ pub(crate) struct PendingTask {
     /// Keeps argument objects alive until the task is done.
     #[allow(dead_code)]
     pub(crate) pins: Vec<Arc<RefHandle>>,
+    /// Set when this run rebuilds returns lost with a node: why they were
+    /// lost (a failed rebuild then reports the loss).
+    pub(crate) rebuilding: Option<String>,
+}
+
+/// What it takes to run a finished task again: its lineage. The owner keeps
+/// it with the task's returns that sit in a node's shared memory, so that a
+/// copy lost with its node is rebuilt by re-running the task (as Ray's
+/// lineage reconstruction). Arguments are not pinned for it: a task whose
+/// argument is gone too cannot be rebuilt, and says so.
+pub(crate) struct Lineage {
+    spec: proto::TaskSpec,
+    resources: Resources,
+    strategy: Option<proto::SchedulingStrategy>,
+    retries_left: i32,
+    retry_exceptions: bool,
+}
+
+impl Lineage {
+    /// The task's name, for errors.
+    pub(crate) fn name(&self) -> &str {
+        &self.spec.display_name
+    }
+
+    /// Whether the retry budget allows another run.
+    pub(crate) fn can_rerun(&self) -> bool {
+        self.retries_left != 0
+    }
+
+    pub(crate) fn return_ids(&self) -> Vec<ObjectId> {
+        let t = TaskId::from_bytes(&self.spec.task_id).unwrap_or_default();
+        (0..self.spec.num_returns).map(|i| t.return_id(i)).collect()
+    }
+
+    /// The task to submit to rebuild what was lost (`why`); each rebuild
+    /// spends one retry.
+    pub(crate) fn rerun(&self, why: String) -> PendingTask {
+        PendingTask {
+            spec: self.spec.clone(),
+            resources: self.resources.clone(),
+            strategy: self.strategy.clone(),
+            retries_left: if self.retries_left > 0 {
+                self.retries_left - 1
+            } else {
+                self.retries_left
+            },
+            retry_exceptions: self.retry_exceptions,
+            pins: Vec::new(),
+            rebuilding: Some(why),
+        }
+    }
 }
 
 impl PendingTask {
@@ -71,7 +122,9 @@ const LEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 #[derive(Default)]
 pub(crate) struct TaskSubmitter {
     queues: Mutex<HashMap<String, KeyQueue>>,
-    running: Mutex<HashSet<TaskId>>,
+    /// Tasks pushed to a worker and not yet answered: the lease they run
+    /// on and its node, so that `cancel` can end the worker.
+    running: Mutex<HashMap<TaskId, (u64, String)>>,
     cancelled: Mutex<HashSet<TaskId>>,
 }
 
@@ -101,10 +154,24 @@ pub(crate) fn fail_returns(cw: &CoreWorker, ids: &[ObjectId], e: &Error) {
     }
 }
 
-/// Fails a task: its return objects, or its generator's stream.
+/// Fails a task: its return objects, or its generator's stream. A failed
+/// rebuild fails only the returns it was rebuilding, as lost.
 pub(crate) fn fail_task(cw: &CoreWorker, task: &PendingTask, e: &Error) {
     if task.spec.streaming {
         cw.generator_end(task.task_id(), Err(e.clone()));
+    } else if let Some(why) = &task.rebuilding {
+        for id in task.return_ids() {
+            if cw.owned_ready(&id) == Some(false) {
+                let lost = Error::ObjectLost {
+                    id: id.hex(),
+                    cause: format!(
+                        "{why}; re-running its task `{}` to rebuild it failed: {e}",
+                        task.spec.display_name
+                    ),
+                };
+                cw.resolve(id, ObjState::Failed(lost), Vec::new());
+            }
+        }
     } else {
         fail_returns(cw, &task.return_ids(), e);
     }
@@ -307,7 +374,10 @@ impl TaskSubmitter {
         loop {
             let tid = task.task_id();
             task.spec.gpu_ids = grant.gpu_ids.clone();
-            cw.submitter.running.lock().insert(tid);
+            cw.submitter
+                .running
+                .lock()
+                .insert(tid, (grant.lease_id, node.to_string()));
             let sent = tx
                 .send(proto::PushTaskRequest {
                     spec: Some(task.spec.clone()),
@@ -351,9 +421,32 @@ impl TaskSubmitter {
         }
         if task.spec.streaming {
             cw.generator_end(task.task_id(), Ok(()));
-        } else {
-            store_returns(cw, r.returns);
+            return;
         }
+        let mut returns = r.returns;
+        if task.rebuilding.is_some() {
+            // Objects are immutable: a rebuild replaces only what was lost,
+            // not the returns that are still readable.
+            returns.retain(|ret| ObjectId::from_bytes(&ret.id).is_some_and(|id| cw.owned_ready(&id) != Some(true)));
+        }
+        let stored: Vec<ObjectId> = returns
+            .iter()
+            .filter(|ret| matches!(ret.kind, Some(proto::return_object::Kind::InStore(_))))
+            .filter_map(|ret| ObjectId::from_bytes(&ret.id))
+            .collect();
+        if !stored.is_empty() {
+            // Recorded before the returns are ready, so any reader that
+            // finds a copy lost finds the lineage too.
+            let lineage = Arc::new(Lineage {
+                spec: task.spec,
+                resources: task.resources,
+                strategy: task.strategy,
+                retries_left: task.retries_left,
+                retry_exceptions: task.retry_exceptions,
+            });
+            cw.set_lineage(&stored, lineage);
+        }
+        store_returns(cw, returns);
     }
 
     async fn on_failure(cw: &Arc<CoreWorker>, mut task: PendingTask, err: Error) {
@@ -378,7 +471,10 @@ impl TaskSubmitter {
         }
     }
 
-    /// Cancels a task that has not finished. Returns whether it was found.
+    /// Cancels a task that has not finished: a queued one is dropped; a
+    /// running one is interrupted by ending its worker process (Rust code
+    /// cannot be stopped from outside its thread), after which its lease's
+    /// worker is replaced. Returns whether the task was found.
     pub(crate) fn cancel(cw: &CoreWorker, id: &ObjectId) -> bool {
         let Some(tid) = TaskId::from_bytes(&id.0[..12]) else {
             return false;
@@ -398,7 +494,27 @@ impl TaskSubmitter {
             fail_task(cw, &t, &Error::Cancelled(t.spec.display_name.clone()));
             return true;
         }
-        if cw.submitter.running.lock().contains(&tid) || cw.owned_ready(id) == Some(false) {
+        let running = cw.submitter.running.lock().get(&tid).cloned();
+        if let Some((lease_id, node)) = running {
+            cw.submitter.cancelled.lock().insert(tid);
+            // The push stream then breaks, and the task fails as cancelled.
+            if let Ok(mut client) = cw.node_at(&node) {
+                cw.handle.spawn(async move {
+                    let r = client
+                        .return_worker(proto::ReturnWorkerRequest {
+                            lease_id,
+                            disconnect: true,
+                            cause: "its task was cancelled with rayforge::cancel".into(),
+                        })
+                        .await;
+                    if let Err(s) = r {
+                        tracing::warn!("ending the worker of a cancelled task: {}", s.message());
+                    }
+                });
+            }
+            return true;
+        }
+        if cw.owned_ready(id) == Some(false) {
             cw.submitter.cancelled.lock().insert(tid);
             return true;
         }

@@ -6,6 +6,10 @@
 //! Usage: `job_probe GATE_FILE` — the first task writes its node id to
 //! `GATE_FILE.at`, then waits for GATE_FILE to exist, so a test can kill its
 //! node while it runs.
+//!
+//! `job_probe --hold-actors` instead creates a named actor `held` and a
+//! detached named actor `held-detached`, prints `ready`, and waits forever
+//! without calling `shutdown` (a test then kills it).
 
 use std::time::Duration;
 
@@ -25,12 +29,49 @@ fn probe(gate: String) -> (String, String, String) {
     )
 }
 
+/// An actor that only answers where it runs.
+#[rayforge::actor]
+pub struct Holder;
+
+#[rayforge::actor]
+impl Holder {
+    fn new() -> Self {
+        Holder
+    }
+
+    fn node(&self) -> String {
+        rayforge::node_id().unwrap_or_default()
+    }
+}
+
+/// Creates the two actors, says so, and waits to be killed.
+fn hold_actors() -> rayforge::Result<()> {
+    let held = Holder::options().name("held").num_cpus(0.0).remote()?;
+    let kept = Holder::options()
+        .name("held-detached")
+        .detached()
+        .num_cpus(0.0)
+        .remote()?;
+    held.node().get()?;
+    kept.node().get()?;
+    println!("ready");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
 #[rayforge::main]
 fn main() {
     let gate = std::env::args().nth(1).unwrap_or_default();
     if let Err(e) = rayforge::init(rayforge::Config::default()) {
         eprintln!("cannot join the cluster: {e}");
         std::process::exit(2);
+    }
+    if gate == "--hold-actors" {
+        if let Err(e) = hold_actors() {
+            eprintln!("holding actors failed: {e}");
+            std::process::exit(1);
+        }
     }
     println!(
         "driver var={} data={}",

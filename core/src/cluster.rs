@@ -374,6 +374,83 @@ impl HeadClient {
             .collect())
     }
 
+    /// A client of a node's service, to ask it for the whole cluster: the
+    /// head's node when it is alive, else any alive node.
+    fn any_node(&mut self) -> Result<(String, proto::node_service_client::NodeServiceClient<Chan>)> {
+        let nodes = self.nodes()?;
+        let pick = nodes
+            .iter()
+            .filter(|n| n.alive)
+            .max_by_key(|n| n.is_head)
+            .ok_or_else(|| Error::NotFound(format!("the cluster at {} has no alive node", self.addr)))?;
+        let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
+        let _g = rt.enter();
+        let ch = crate::rpc::channel(&pick.address)?;
+        Ok((pick.address.clone(), crate::worker::node_client(ch)))
+    }
+
+    /// The tasks every node recorded (see [`crate::state`]), oldest first.
+    pub fn tasks(&mut self) -> Result<crate::state::Listing<crate::state::TaskInfo>> {
+        let (addr, mut c) = self.any_node()?;
+        let r = self.call_node(&addr, async move {
+            c.list_tasks(proto::ListStateRequest { cluster: true }).await
+        })?;
+        Ok(crate::state::Listing {
+            items: r.tasks.into_iter().map(crate::state::task_info).collect(),
+            unreachable: r.unreachable,
+        })
+    }
+
+    /// The objects in every node's store.
+    pub fn objects(&mut self) -> Result<crate::state::Listing<crate::state::ObjectInfo>> {
+        let (addr, mut c) = self.any_node()?;
+        let r = self.call_node(&addr, async move {
+            c.list_objects(proto::ListStateRequest { cluster: true }).await
+        })?;
+        Ok(crate::state::Listing {
+            items: r.objects.into_iter().map(crate::state::object_info).collect(),
+            unreachable: r.unreachable,
+        })
+    }
+
+    /// Worker output on every node (only process `pid`, only the last
+    /// `tail_bytes` of each log, when given).
+    pub fn worker_logs(
+        &mut self,
+        pid: Option<u32>,
+        tail_bytes: Option<u64>,
+    ) -> Result<crate::state::Listing<crate::state::WorkerLog>> {
+        let (addr, mut c) = self.any_node()?;
+        let req = proto::WorkerLogsRequest {
+            cluster: true,
+            pid: pid.unwrap_or(0),
+            tail_bytes: tail_bytes.unwrap_or(0),
+        };
+        let r = self.call_node(&addr, async move { c.worker_logs(req).await })?;
+        Ok(crate::state::Listing {
+            items: r.logs.into_iter().map(crate::state::worker_log).collect(),
+            unreachable: r.unreachable,
+        })
+    }
+
+    fn call_node<T>(
+        &mut self,
+        addr: &str,
+        f: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), f)
+                .await
+                .map_err(|_| Error::Io {
+                    context: format!("asking the node at {addr}"),
+                    message: "no answer within 30 s".into(),
+                })?
+                .map(|r| r.into_inner())
+                .map_err(|s| Error::rpc(&format!("asking the node at {addr}"), s))
+        })
+    }
+
     /// Stores `value` under `key` in the head's key-value store; returns
     /// whether it was written (false: it existed and `overwrite` was off).
     pub fn kv_put(&mut self, key: &str, value: &[u8], overwrite: bool) -> Result<bool> {

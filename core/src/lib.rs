@@ -61,6 +61,7 @@ mod options;
 mod placement_group;
 mod registry;
 mod rpc;
+pub mod state;
 pub mod util;
 mod worker;
 

@@ -5,7 +5,9 @@
 //! rayforge start --head --num-cpus 4        # head: control service + a node
 //! rayforge start --address 127.0.0.1:6379   # another node joining it
 //! rayforge status                           # nodes, resources, pending demands
-//! rayforge list nodes|jobs|actors|placement-groups
+//! rayforge list nodes|jobs|actors|placement-groups|tasks|objects
+//! rayforge logs [--pid PID] [--tail BYTES]   # worker output, every node
+//! rayforge timeline [--output trace.json]   # Chrome trace of recent tasks
 //! rayforge job submit --working-dir . -- ./pipeline --epochs 3
 //! rayforge job status|logs [--follow]|stop ID; rayforge job list
 //! rayforge stop                             # every daemon on this machine
@@ -94,6 +96,33 @@ enum Command {
     List {
         /// What to list.
         what: ListWhat,
+        /// The head (host:port); default: this machine's cluster.
+        #[arg(long, default_value = "auto")]
+        address: String,
+        /// Cluster token.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Print the output of worker processes on every node.
+    Logs {
+        /// Only this worker process.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only the last BYTES of each log.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// The head (host:port); default: this machine's cluster.
+        #[arg(long, default_value = "auto")]
+        address: String,
+        /// Cluster token.
+        #[arg(long)]
+        token: Option<String>,
+    },
+    /// Write a Chrome trace (chrome://tracing, ui.perfetto.dev) of recent tasks.
+    Timeline {
+        /// Where to write it.
+        #[arg(long, short, default_value = "timeline.json")]
+        output: std::path::PathBuf,
         /// The head (host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto")]
         address: String,
@@ -264,6 +293,15 @@ enum ListWhat {
     Jobs,
     Actors,
     PlacementGroups,
+    Tasks,
+    Objects,
+}
+
+/// Tells on stderr which nodes a listing lacks.
+fn warn_unreachable(unreachable: &[String]) {
+    for u in unreachable {
+        eprintln!("warning: node {u} did not answer; what it holds is missing");
+    }
 }
 
 fn parse_resources(text: &str) -> rayforge::Result<HashMap<String, f64>> {
@@ -420,9 +458,64 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 ListWhat::Jobs => serde_json::to_string_pretty(&c.jobs()?),
                 ListWhat::Actors => serde_json::to_string_pretty(&c.actors()?),
                 ListWhat::PlacementGroups => serde_json::to_string_pretty(&c.placement_groups()?),
+                ListWhat::Tasks => {
+                    let l = c.tasks()?;
+                    warn_unreachable(&l.unreachable);
+                    serde_json::to_string_pretty(&l.items)
+                }
+                ListWhat::Objects => {
+                    let l = c.objects()?;
+                    warn_unreachable(&l.unreachable);
+                    serde_json::to_string_pretty(&l.items)
+                }
             }
             .map_err(|e| rayforge::Error::Runtime(e.to_string()))?;
             out(&format!("{json}\n"));
+            Ok(())
+        }
+        Command::Logs {
+            pid,
+            tail,
+            address,
+            token,
+        } => {
+            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let l = c.worker_logs(pid, tail)?;
+            warn_unreachable(&l.unreachable);
+            if l.items.is_empty() {
+                return Err(match pid {
+                    Some(p) => rayforge::Error::NotFound(format!("no worker process {p} on any node")),
+                    None => rayforge::Error::NotFound("no worker has run on any node yet".into()),
+                });
+            }
+            for log in l.items {
+                let state = if log.alive { "running" } else { "exited" };
+                let job = if log.job_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(", job {}", log.job_id)
+                };
+                out(&format!(
+                    "==> worker pid {} on node {} ({state}{job}, {} bytes) <==\n",
+                    log.pid, log.node_id, log.size
+                ));
+                out(&log.text);
+                if !log.text.is_empty() && !log.text.ends_with('\n') {
+                    out("\n");
+                }
+            }
+            Ok(())
+        }
+        Command::Timeline { output, address, token } => {
+            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let l = c.tasks()?;
+            warn_unreachable(&l.unreachable);
+            rayforge::state::write_trace(&l.items, &output)?;
+            out(&format!(
+                "wrote {} tasks to {}; open it at chrome://tracing or https://ui.perfetto.dev\n",
+                l.items.len(),
+                output.display()
+            ));
             Ok(())
         }
         Command::Job {

@@ -6,6 +6,7 @@
 pub(crate) mod actors;
 pub(crate) mod cluster;
 pub(crate) mod memory_monitor;
+pub(crate) mod observe;
 pub(crate) mod placement;
 pub(crate) mod scheduler;
 pub(crate) mod strategy;
@@ -47,6 +48,8 @@ pub(crate) struct SessionPaths {
     pub(crate) dir: PathBuf,
     pub(crate) store: PathBuf,
     pub(crate) spill: PathBuf,
+    /// Worker log files (on disk, not in shared memory).
+    pub(crate) logs: PathBuf,
     pub(crate) node_sock: PathBuf,
 }
 
@@ -61,7 +64,9 @@ impl SessionPaths {
             .clone()
             .unwrap_or_else(std::env::temp_dir)
             .join(format!("{tag}-spill"));
+        let logs = std::env::temp_dir().join(format!("{tag}-logs"));
         SessionPaths {
+            logs,
             store: dir.join("objects"),
             node_sock: dir.join("node.sock"),
             spill,
@@ -105,6 +110,10 @@ pub(crate) struct NodeState {
     pub(crate) actors: Mutex<ActorTable>,
     pub(crate) groups: Mutex<placement::GroupTable>,
     children: Mutex<HashMap<u64, u32>>,
+    /// Recent task events reported by this node's workers.
+    pub(crate) task_events: Mutex<observe::TaskTable>,
+    /// Every worker process's log file, oldest first.
+    pub(crate) log_files: Mutex<Vec<observe::LogFile>>,
     tasks: Mutex<JoinSet<()>>,
     memory_threshold: f64,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -134,12 +143,14 @@ impl NodeDaemon {
     /// embedded single node, or (with `role`) a node of a cluster.
     pub(crate) async fn start(cfg: Config, role: Option<cluster::ClusterRole>) -> Result<NodeDaemon> {
         let paths = SessionPaths::new(&cfg);
-        for dir in [&paths.dir, &paths.spill] {
+        for dir in [&paths.dir, &paths.spill, &paths.logs] {
             if let Some(parent) = dir.parent() {
                 remove_stale_sessions(parent);
             }
         }
-        std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(format!("creating {}", paths.dir.display()), e))?;
+        for dir in [&paths.dir, &paths.logs] {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
         let cpus = cfg.num_cpus.unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
@@ -182,6 +193,8 @@ impl NodeDaemon {
                 ..Default::default()
             }),
             children: Mutex::new(HashMap::new()),
+            task_events: Mutex::new(observe::TaskTable::default()),
+            log_files: Mutex::new(Vec::new()),
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
             spread_next: std::sync::atomic::AtomicUsize::new(0),
@@ -338,7 +351,9 @@ impl NodeDaemon {
             .env(ENV_SESSION_DIR, &self.state.paths.dir)
             .envs(&self.state.cfg.worker_env)
             .envs(&rt.env)
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         if let Some(dir) = &rt.working_dir {
             cmd.current_dir(dir);
         }
@@ -361,6 +376,7 @@ impl NodeDaemon {
                 self.state.sched.lock().worker_starting(worker_id, pid, job);
                 self.state.children.lock().insert(worker_id, pid);
                 tracing::debug!(worker_id, pid, "started worker process");
+                self.capture_output(&mut child, worker_id, pid, job);
                 let d = self.clone();
                 self.spawn(async move {
                     let status = child.wait().await;
@@ -378,8 +394,36 @@ impl NodeDaemon {
         }
     }
 
+    /// Sends a new worker's output to its log file (and, in the embedded
+    /// cluster, to our terminal).
+    fn capture_output(&self, child: &mut tokio::process::Child, worker_id: u64, pid: u32, job: &str) {
+        let path = self.logs_dir().join(format!("worker-{worker_id:016x}-{pid}.log"));
+        let file = match std::fs::File::create(&path) {
+            Ok(f) => Arc::new(Mutex::new(f)),
+            Err(e) => {
+                tracing::warn!(pid, "cannot create the worker's log {}: {e}", path.display());
+                return;
+            }
+        };
+        self.state.log_files.lock().push(observe::LogFile {
+            worker_id,
+            pid,
+            job_id: job.to_string(),
+            path,
+        });
+        let embedded = self.state.cluster.is_none();
+        if let Some(out) = child.stdout.take() {
+            let f = file.clone();
+            self.spawn(observe::pump_output(out, f, pid, embedded.then_some(false)));
+        }
+        if let Some(err) = child.stderr.take() {
+            self.spawn(observe::pump_output(err, file, pid, embedded.then_some(true)));
+        }
+    }
+
     fn on_worker_exit(&self, worker_id: u64, cause: String) {
         self.state.children.lock().remove(&worker_id);
+        self.state.task_events.lock().worker_died(worker_id, &cause);
         let _ = std::fs::remove_file(SessionPaths::worker_sock(&self.state.paths.dir, worker_id));
         if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -413,6 +457,7 @@ impl NodeDaemon {
         self.state.tasks.lock().abort_all();
         let _ = std::fs::remove_dir_all(&self.state.paths.dir);
         let _ = std::fs::remove_dir_all(&self.state.paths.spill);
+        let _ = std::fs::remove_dir_all(&self.state.paths.logs);
     }
 }
 
@@ -660,6 +705,39 @@ impl NodeService for NodeDaemon {
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(proto::FreeObjectsReply {}))
+    }
+
+    async fn report_task_events(
+        &self,
+        req: Request<proto::ReportTaskEventsRequest>,
+    ) -> std::result::Result<Response<proto::ReportTaskEventsReply>, Status> {
+        self.record_task_events(req.into_inner().events);
+        Ok(Response::new(proto::ReportTaskEventsReply {}))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<proto::ListStateRequest>,
+    ) -> std::result::Result<Response<proto::ListTasksReply>, Status> {
+        Ok(Response::new(
+            NodeDaemon::list_tasks(self, req.into_inner().cluster).await,
+        ))
+    }
+
+    async fn list_objects(
+        &self,
+        req: Request<proto::ListStateRequest>,
+    ) -> std::result::Result<Response<proto::ListObjectsReply>, Status> {
+        Ok(Response::new(
+            NodeDaemon::list_objects(self, req.into_inner().cluster).await,
+        ))
+    }
+
+    async fn worker_logs(
+        &self,
+        req: Request<proto::WorkerLogsRequest>,
+    ) -> std::result::Result<Response<proto::WorkerLogsReply>, Status> {
+        Ok(Response::new(NodeDaemon::worker_logs(self, req.into_inner()).await))
     }
 
     async fn store_stats(

@@ -211,6 +211,14 @@ impl StoreManager {
     pub(crate) fn stats(&self) -> StoreStats {
         self.stats
     }
+
+    /// Every object held: id, size, and whether it is spilled to disk.
+    pub(crate) fn list(&self) -> Vec<(ObjectId, u64, bool)> {
+        self.objects
+            .iter()
+            .map(|(id, (size, at))| (*id, *size, *at == Where::Spilled))
+            .collect()
+    }
 }
 
 /// Writes an encoded object into the store directory: to a temporary name

@@ -28,6 +28,7 @@ use crate::node::{
 use crate::proto::{self, core_worker_service_server::CoreWorkerService};
 use crate::registry::{self, ActorInstance, AsyncMethod, Returns, SyncMethod};
 
+use super::events::TaskRecorder;
 use super::{current, CoreWorker, Location, INLINE_MAX};
 
 struct Job {
@@ -39,6 +40,7 @@ struct Job {
 pub(crate) struct Executor {
     jobs: std::sync::mpsc::Sender<Job>,
     async_actor: Mutex<Option<(AsyncMethod, Arc<Semaphore>)>>,
+    events: Arc<TaskRecorder>,
 }
 
 thread_local! {
@@ -103,9 +105,12 @@ impl Executor {
         match async_actor {
             Some((method, sem)) => {
                 let Ok(cw) = current() else { return };
+                let events = self.events.clone();
                 cw.clone().handle.spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
+                    events.started(&spec);
                     let r = run_async_method(&cw, &spec, method).await;
+                    events.finished(&spec, &r);
                     let _ = reply.send(Ok(r)).await;
                 });
             }
@@ -122,7 +127,9 @@ impl Executor {
             let Ok(cw) = current() else { return };
             let span = tracing::debug_span!("task", name = %job.spec.display_name);
             let _g = span.enter();
+            self.events.started(&job.spec);
             let reply = self.run_one(&cw, &job.spec, &mut actor);
+            self.events.finished(&job.spec, &reply);
             let _ = job.reply.blocking_send(Ok(reply));
         }
     }
@@ -548,9 +555,11 @@ fn worker_main() -> Result<()> {
         .map_err(|e| Error::io("starting the worker's runtime", e))?;
     let uds = SessionPaths::worker_sock(&session, worker_id);
     let (jobs_tx, jobs_rx) = std::sync::mpsc::channel();
+    let events = Arc::new(TaskRecorder::new(worker_id, place.job_id.clone()));
     let exec = Arc::new(Executor {
         jobs: jobs_tx,
         async_actor: Mutex::new(None),
+        events: events.clone(),
     });
     let (addr, node) = rt.block_on(async {
         let addr = serve(&uds, tcp_host.as_deref()).await?;
@@ -577,6 +586,7 @@ fn worker_main() -> Result<()> {
         .await
     })
     .map_err(|s| Error::rpc("registering with the node", s))?;
+    rt.spawn(events.flush_loop(node.clone()));
     // Exit when the node daemon goes away.
     rt.spawn(async move {
         let mut n = node;

@@ -8,6 +8,7 @@
 //! `CoreWorkerService` on its own Unix socket.
 
 pub(crate) mod actor_caller;
+pub(crate) mod events;
 pub(crate) mod executor;
 pub(crate) mod submitter;
 

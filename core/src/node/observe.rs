@@ -1,0 +1,354 @@
+//! What a node keeps so people can see what ran: the most recent task events
+//! its workers reported, and each worker process's output in a log file
+//! (echoed to the driver's terminal in the embedded cluster). With
+//! `cluster: true` a listing asks every alive node and merges the answers,
+//! naming the nodes that did not answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+use super::NodeDaemon;
+use crate::proto::{self, node_service_client::NodeServiceClient};
+use crate::rpc::Chan;
+
+/// Task events a node keeps (the newest).
+pub(crate) const MAX_TASK_EVENTS: usize = 10_000;
+/// A worker's log file stops growing here (a last line says so).
+const MAX_LOG_BYTES: u64 = 256 << 20;
+/// How long a listing waits for another node.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most recent task events, by task id.
+#[derive(Default)]
+pub(crate) struct TaskTable {
+    by_id: HashMap<Vec<u8>, proto::TaskEvent>,
+    /// Task ids, oldest first: the eviction order.
+    order: VecDeque<Vec<u8>>,
+}
+
+impl TaskTable {
+    /// Records an event; a later event of the same task replaces the earlier.
+    pub(crate) fn record(&mut self, ev: proto::TaskEvent) {
+        let id = ev.task_id.clone();
+        if self.by_id.insert(id.clone(), ev).is_none() {
+            self.order.push_back(id);
+            while self.order.len() > MAX_TASK_EVENTS {
+                if let Some(old) = self.order.pop_front() {
+                    self.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Marks the tasks a dead worker was running as failed with `cause`.
+    pub(crate) fn worker_died(&mut self, worker_id: u64, cause: &str) {
+        let now = crate::worker::events::now_us();
+        for ev in self.by_id.values_mut() {
+            if ev.worker_id == worker_id && ev.state == proto::TaskEventState::Running as i32 {
+                ev.state = proto::TaskEventState::Failed as i32;
+                ev.end_us = now;
+                ev.error = format!("its worker died: {cause}");
+            }
+        }
+    }
+
+    /// Every kept event, oldest start first.
+    pub(crate) fn list(&self) -> Vec<proto::TaskEvent> {
+        let mut v: Vec<proto::TaskEvent> = self.by_id.values().cloned().collect();
+        v.sort_by_key(|e| e.start_us);
+        v
+    }
+}
+
+/// One worker process's log file.
+#[derive(Clone)]
+pub(crate) struct LogFile {
+    pub(crate) worker_id: u64,
+    pub(crate) pid: u32,
+    pub(crate) job_id: String,
+    pub(crate) path: PathBuf,
+}
+
+/// Copies one output stream of a worker into its log file, line by line,
+/// and (in the embedded cluster) to this process's stdout or stderr with a
+/// `(pid=N)` prefix, so a driver sees what its tasks print.
+pub(crate) async fn pump_output(
+    stream: impl AsyncRead + Unpin,
+    file: Arc<Mutex<std::fs::File>>,
+    pid: u32,
+    echo: Option<bool>,
+) {
+    let mut r = BufReader::new(stream);
+    let mut line = Vec::new();
+    let mut written = 0u64;
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if written < MAX_LOG_BYTES {
+            let mut f = file.lock();
+            written += line.len() as u64;
+            let _ = f.write_all(&line);
+            if written >= MAX_LOG_BYTES {
+                let _ = f.write_all(b"\n[rayforge: log truncated; the worker wrote more than 256 MiB]\n");
+            }
+        }
+        if let Some(to_stderr) = echo {
+            let mut text = format!("(pid={pid}) ").into_bytes();
+            text.extend_from_slice(&line);
+            if !text.ends_with(b"\n") {
+                text.push(b'\n');
+            }
+            // A closed terminal is not the worker's problem.
+            let _ = if to_stderr {
+                std::io::stderr().lock().write_all(&text)
+            } else {
+                std::io::stdout().lock().write_all(&text)
+            };
+        }
+    }
+}
+
+/// Reads a log file, or its last `tail` bytes (0: all).
+fn read_log(path: &std::path::Path, tail: u64) -> (u64, String) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (0, String::new());
+    };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if tail > 0 && size > tail {
+        let _ = f.seek(SeekFrom::Start(size - tail));
+    }
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    (size, String::from_utf8_lossy(&buf).into_owned())
+}
+
+impl NodeDaemon {
+    /// Where this node keeps worker logs.
+    pub(crate) fn logs_dir(&self) -> PathBuf {
+        self.state.paths.logs.clone()
+    }
+
+    pub(crate) fn record_task_events(&self, events: Vec<proto::TaskEvent>) {
+        let mut t = self.state.task_events.lock();
+        for mut ev in events {
+            ev.node_id = self.state.node_id.clone();
+            t.record(ev);
+        }
+    }
+
+    fn local_logs(&self, pid: u32, tail: u64) -> Vec<proto::WorkerLog> {
+        let files: Vec<LogFile> = self
+            .state
+            .log_files
+            .lock()
+            .iter()
+            .filter(|l| pid == 0 || l.pid == pid)
+            .cloned()
+            .collect();
+        let live = self.state.children.lock().clone();
+        files
+            .into_iter()
+            .map(|l| {
+                let (size, text) = read_log(&l.path, tail);
+                proto::WorkerLog {
+                    node_id: self.state.node_id.clone(),
+                    worker_id: l.worker_id,
+                    pid: l.pid,
+                    job_id: l.job_id,
+                    alive: live.get(&l.worker_id) == Some(&l.pid),
+                    size,
+                    text,
+                }
+            })
+            .collect()
+    }
+
+    /// Asks every other alive node of the cluster; answers and the nodes
+    /// that did not answer ("address: why").
+    async fn ask_others<R, F, Fut>(&self, ask: F) -> (Vec<R>, Vec<String>)
+    where
+        F: Fn(NodeServiceClient<Chan>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<R, tonic::Status>>,
+    {
+        let Some(link) = self.link() else {
+            return (Vec::new(), Vec::new());
+        };
+        let others: Vec<String> = link
+            .alive_nodes()
+            .into_iter()
+            .map(|n| n.addr)
+            .filter(|a| *a != self.state.tcp_addr)
+            .collect();
+        let calls = others.into_iter().map(|addr| {
+            let client = link.node_client(&addr);
+            let fut = client.map(&ask);
+            async move {
+                let r = match fut {
+                    Ok(f) => match tokio::time::timeout(ASK_TIMEOUT, f).await {
+                        Ok(Ok(r)) => Ok(r),
+                        Ok(Err(s)) => Err(s.message().to_string()),
+                        Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                r.map_err(|why| format!("{addr}: {why}"))
+            }
+        });
+        let mut ok = Vec::new();
+        let mut failed = Vec::new();
+        for r in futures::future::join_all(calls).await {
+            match r {
+                Ok(v) => ok.push(v),
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    }
+
+    pub(crate) async fn list_tasks(&self, cluster: bool) -> proto::ListTasksReply {
+        let mut reply = proto::ListTasksReply {
+            tasks: self.state.task_events.lock().list(),
+            unreachable: Vec::new(),
+        };
+        if cluster {
+            let (others, failed) = self
+                .ask_others(|mut c| async move {
+                    c.list_tasks(proto::ListStateRequest { cluster: false })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await;
+            for o in others {
+                reply.tasks.extend(o.tasks);
+            }
+            reply.tasks.sort_by_key(|e| e.start_us);
+            reply.unreachable = failed;
+        }
+        reply
+    }
+
+    pub(crate) async fn list_objects(&self, cluster: bool) -> proto::ListObjectsReply {
+        let objects = self
+            .state
+            .store
+            .lock()
+            .list()
+            .into_iter()
+            .map(|(id, size, spilled)| proto::ObjectEntry {
+                object_id: id.0.to_vec(),
+                size,
+                spilled,
+                node_id: self.state.node_id.clone(),
+            })
+            .collect();
+        let mut reply = proto::ListObjectsReply {
+            objects,
+            unreachable: Vec::new(),
+        };
+        if cluster {
+            let (others, failed) = self
+                .ask_others(|mut c| async move {
+                    c.list_objects(proto::ListStateRequest { cluster: false })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await;
+            for o in others {
+                reply.objects.extend(o.objects);
+            }
+            reply.unreachable = failed;
+        }
+        reply
+    }
+
+    pub(crate) async fn worker_logs(&self, req: proto::WorkerLogsRequest) -> proto::WorkerLogsReply {
+        let mut reply = proto::WorkerLogsReply {
+            logs: self.local_logs(req.pid, req.tail_bytes),
+            unreachable: Vec::new(),
+        };
+        if req.cluster {
+            let (others, failed) = self
+                .ask_others(|mut c| async move {
+                    c.worker_logs(proto::WorkerLogsRequest { cluster: false, ..req })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await;
+            for o in others {
+                reply.logs.extend(o.logs);
+            }
+            reply.unreachable = failed;
+        }
+        reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u8, worker_id: u64, start_us: u64) -> proto::TaskEvent {
+        proto::TaskEvent {
+            task_id: vec![id],
+            worker_id,
+            start_us,
+            state: proto::TaskEventState::Running as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_later_event_replaces_an_earlier_and_the_oldest_are_dropped() {
+        let mut t = TaskTable::default();
+        t.record(ev(1, 1, 10));
+        let mut done = ev(1, 1, 10);
+        done.state = proto::TaskEventState::Finished as i32;
+        t.record(done);
+        assert_eq!(t.list().len(), 1);
+        assert_eq!(t.list()[0].state, proto::TaskEventState::Finished as i32);
+        for i in 0..MAX_TASK_EVENTS as u64 + 5 {
+            t.record(proto::TaskEvent {
+                task_id: i.to_le_bytes().to_vec(),
+                start_us: 100 + i,
+                ..Default::default()
+            });
+        }
+        let all = t.list();
+        assert_eq!(all.len(), MAX_TASK_EVENTS);
+        assert!(all.iter().all(|e| e.task_id != vec![1]), "the oldest task was dropped");
+        assert_eq!(all[0].start_us, 105);
+    }
+
+    #[test]
+    fn a_dead_worker_fails_the_tasks_it_was_running() {
+        let mut t = TaskTable::default();
+        t.record(ev(1, 7, 10));
+        t.record(ev(2, 8, 11));
+        t.worker_died(7, "killed by signal 9");
+        let all = t.list();
+        assert_eq!(all[0].state, proto::TaskEventState::Failed as i32);
+        assert!(all[0].error.contains("killed by signal 9"));
+        assert_eq!(all[1].state, proto::TaskEventState::Running as i32);
+    }
+
+    #[test]
+    fn a_log_tail_is_the_end_of_the_file() {
+        let dir = std::env::temp_dir().join(format!("rayforge-observe-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("w.log");
+        std::fs::write(&p, "first line\nsecond line\n").expect("write");
+        assert_eq!(read_log(&p, 0), (23, "first line\nsecond line\n".into()));
+        assert_eq!(read_log(&p, 12).1, "second line\n");
+        assert_eq!(read_log(&dir.join("missing"), 0), (0, String::new()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

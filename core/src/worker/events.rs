@@ -1,0 +1,184 @@
+//! Task events: what a worker process records about the tasks it runs (name,
+//! start, end, outcome) and reports to its node in batches, for
+//! `rayforge list tasks` and the timeline.
+//!
+//! Recording costs a lock and a push per task; the batch goes to the node
+//! every [`FLUSH_EVERY`], so the hot path never waits on an RPC. A burst
+//! beyond [`MAX_BATCH`] events between two flushes keeps only the newest.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::proto::{self, node_service_client::NodeServiceClient};
+use crate::rpc::Chan;
+
+/// How often a worker sends its events to the node.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// Most events kept between two flushes.
+const MAX_BATCH: usize = 5000;
+
+/// Microseconds since the epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The events of one worker process not yet sent to its node.
+pub(crate) struct TaskRecorder {
+    worker_id: u64,
+    job_id: String,
+    inner: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Tasks started and not finished, by task id.
+    running: HashMap<Vec<u8>, proto::TaskEvent>,
+    /// Whether a running task was already reported as running.
+    reported: HashSet<Vec<u8>>,
+    done: VecDeque<proto::TaskEvent>,
+}
+
+impl TaskRecorder {
+    pub(crate) fn new(worker_id: u64, job_id: String) -> TaskRecorder {
+        TaskRecorder {
+            worker_id,
+            job_id,
+            inner: Mutex::new(Pending::default()),
+        }
+    }
+
+    /// A task starts running here.
+    pub(crate) fn started(&self, spec: &proto::TaskSpec) {
+        let ev = proto::TaskEvent {
+            task_id: spec.task_id.clone(),
+            name: spec.display_name.clone(),
+            kind: spec.kind,
+            worker_id: self.worker_id,
+            pid: std::process::id(),
+            job_id: self.job_id.clone(),
+            start_us: now_us(),
+            end_us: 0,
+            state: proto::TaskEventState::Running as i32,
+            error: String::new(),
+            node_id: String::new(),
+        };
+        self.inner.lock().running.insert(spec.task_id.clone(), ev);
+    }
+
+    /// A task ended; `reply` says how.
+    pub(crate) fn finished(&self, spec: &proto::TaskSpec, reply: &proto::PushTaskReply) {
+        let mut p = self.inner.lock();
+        let Some(mut ev) = p.running.remove(&spec.task_id) else {
+            return;
+        };
+        p.reported.remove(&spec.task_id);
+        ev.end_us = now_us();
+        match &reply.error {
+            None => ev.state = proto::TaskEventState::Finished as i32,
+            Some(e) => {
+                ev.state = proto::TaskEventState::Failed as i32;
+                ev.error = crate::error::Error::from_proto(e).to_string();
+            }
+        }
+        if p.done.len() >= MAX_BATCH {
+            p.done.pop_front();
+        }
+        p.done.push_back(ev);
+    }
+
+    /// What to send now: finished tasks, and running ones not yet reported.
+    fn take(&self) -> Vec<proto::TaskEvent> {
+        let mut p = self.inner.lock();
+        let mut out: Vec<proto::TaskEvent> = p.done.drain(..).collect();
+        let fresh: Vec<proto::TaskEvent> = p
+            .running
+            .iter()
+            .filter(|(id, _)| !p.reported.contains(*id))
+            .map(|(_, ev)| ev.clone())
+            .collect();
+        for ev in &fresh {
+            p.reported.insert(ev.task_id.clone());
+        }
+        out.extend(fresh);
+        out
+    }
+
+    /// Sends the events to the node every [`FLUSH_EVERY`] until the process ends.
+    pub(crate) async fn flush_loop(self: std::sync::Arc<Self>, mut node: NodeServiceClient<Chan>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let events = self.take();
+            if events.is_empty() {
+                continue;
+            }
+            if let Err(s) = node.report_task_events(proto::ReportTaskEventsRequest { events }).await {
+                tracing::debug!("reporting task events to the node failed: {}", s.message());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: u8) -> proto::TaskSpec {
+        proto::TaskSpec {
+            task_id: vec![id],
+            display_name: format!("m::f{id}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_running_task_is_reported_once_then_its_end() {
+        let r = TaskRecorder::new(7, "job".into());
+        r.started(&spec(1));
+        let first = r.take();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].state, proto::TaskEventState::Running as i32);
+        assert_eq!(first[0].name, "m::f1");
+        assert!(r.take().is_empty(), "a running task is reported once");
+        r.finished(&spec(1), &proto::PushTaskReply::default());
+        let second = r.take();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].state, proto::TaskEventState::Finished as i32);
+        assert!(second[0].end_us >= second[0].start_us);
+    }
+
+    #[test]
+    fn a_failed_task_carries_its_error_and_a_burst_keeps_the_newest() {
+        let r = TaskRecorder::new(7, String::new());
+        r.started(&spec(2));
+        let reply = proto::PushTaskReply {
+            error: Some(crate::error::Error::Runtime("boom".into()).to_proto()),
+            ..Default::default()
+        };
+        r.finished(&spec(2), &reply);
+        let evs = r.take();
+        assert_eq!(evs[0].state, proto::TaskEventState::Failed as i32);
+        assert!(evs[0].error.contains("boom"), "{}", evs[0].error);
+
+        for i in 0..(MAX_BATCH + 10) {
+            let s = proto::TaskSpec {
+                task_id: (i as u64).to_le_bytes().to_vec(),
+                ..Default::default()
+            };
+            r.started(&s);
+            r.finished(&s, &proto::PushTaskReply::default());
+        }
+        let evs = r.take();
+        assert_eq!(evs.len(), MAX_BATCH);
+        assert_eq!(
+            evs.last().map(|e| e.task_id.clone()),
+            Some(((MAX_BATCH + 9) as u64).to_le_bytes().to_vec())
+        );
+    }
+}

@@ -396,6 +396,8 @@ pub fn store_stats() -> Result<StoreStats> {
         num_spilled: s.num_spilled,
         spilled_total: s.spilled_total,
         restored_total: s.restored_total,
+        transfers_sent: s.transfers_sent,
+        reads_redirected: s.reads_redirected,
     })
 }
 

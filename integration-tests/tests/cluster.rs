@@ -67,6 +67,10 @@ fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
     let here = big.get().unwrap();
     assert_eq!(here.len(), n);
     assert_eq!(here[n - 1], n as u64 - 1);
+    // Locality: a task with no placement constraint goes to the node
+    // holding its large argument (b), not the driver's node.
+    let (ran_on, sum) = consume::options().num_cpus(0.0).remote(&big).get().unwrap();
+    assert_eq!((ran_on.as_str(), sum), (b.as_str(), expect));
     // Concurrent reads of one object from two tasks on c share one transfer.
     let (o2, big2) = produce::options().resource("b", 1.0).remote(n);
     assert_eq!(o2.get().unwrap(), b);
@@ -293,5 +297,37 @@ fn spread_and_node_affinity_choose_nodes() {
     );
     let ran = where_am_i::options().scheduling_strategy(affinity(&b, true)).remote();
     assert_ne!(ran.get().unwrap(), b);
+    rayforge::shutdown();
+}
+
+/// One object read on four other nodes at once: the owner's node sends it
+/// at most twice; the other nodes get it from the copies.
+#[test]
+fn a_broadcast_spreads_over_copies_instead_of_the_owner_sending_it_to_every_node() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
+    let readers: Vec<String> = (0..4)
+        .map(|i| cluster.add_node(&["--num-cpus", "1", "--resources", &format!(r#"{{"r{i}": 1}}"#)]))
+        .collect();
+    rayforge::init(cluster.config()).expect("join the cluster");
+    let n = 2 << 20;
+    let expect: u64 = (0..n as u64).sum();
+    let put = rayforge::put(Buffer::from((0..n as u64).collect::<Vec<u64>>())).unwrap();
+    let refs: Vec<_> = (0..4)
+        .map(|i| consume::options().resource(&format!("r{i}"), 1.0).remote(&put))
+        .collect();
+    let got = rayforge::get_all(&refs).unwrap();
+    let mut nodes: Vec<String> = got.iter().map(|(node, _)| node.clone()).collect();
+    nodes.sort();
+    let mut want = readers.clone();
+    want.sort();
+    assert_eq!(nodes, want, "one read per node");
+    assert!(got.iter().all(|(_, sum)| *sum == expect));
+    let stats = rayforge::store_stats().unwrap();
+    assert!(
+        (1..=2).contains(&stats.transfers_sent),
+        "the owner's node sent the object {} times to 4 readers",
+        stats.transfers_sent
+    );
+    assert!(stats.reads_redirected >= 2, "{stats:?}");
     rayforge::shutdown();
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -41,6 +42,18 @@ pub(crate) struct JobRuntime {
 
 type Pull = Shared<BoxFuture<'static, Result<()>>>;
 
+/// An answer to a read request.
+enum Opened {
+    Stream(Box<OpenStream>),
+    Busy,
+}
+
+/// A transfer under way: the node sending, the stream and its first chunk.
+struct OpenStream(String, tonic::Streaming<proto::ObjectChunk>, proto::ObjectChunk);
+
+/// The transfers of a node's objects: counted per object.
+type SendTable = Arc<Mutex<HashMap<ObjectId, Sends>>>;
+
 /// The cluster state a node keeps.
 pub(crate) struct ClusterLink {
     pub(crate) role: ClusterRole,
@@ -54,7 +67,63 @@ pub(crate) struct ClusterLink {
     pulls: Mutex<HashMap<ObjectId, Pull>>,
     /// Nodes that pulled a copy of one of our objects: told when it is freed.
     copies: Mutex<HashMap<ObjectId, HashSet<String>>>,
+    /// Objects this node is sending to others (see [`Sends`]).
+    sends: SendTable,
+    /// Transfers this node started sending, and reads it sent elsewhere.
+    pub(crate) sent: std::sync::atomic::AtomicU64,
+    pub(crate) redirected: std::sync::atomic::AtomicU64,
     peers: crate::rpc::ChannelCache,
+}
+
+/// Transfers of one object from this node, for broadcasts: at most
+/// [`MAX_SENDS_PER_OBJECT`] at a time until a first copy is complete; from
+/// then on reads go round-robin to the nodes holding complete copies, which
+/// do the same with theirs. One object reaching N nodes thus spreads as a
+/// tree instead of being sent N times by its owner's node.
+#[derive(Default)]
+pub(crate) struct Sends {
+    active: usize,
+    /// Nodes holding a complete copy sent from here.
+    complete: Vec<String>,
+    next: usize,
+}
+
+/// Concurrent transfers of one object from one node.
+pub(crate) const MAX_SENDS_PER_OBJECT: usize = 2;
+/// How long a reader told "busy" keeps asking before insisting.
+const BUSY_PATIENCE: Duration = Duration::from_secs(20);
+
+/// What a node does with a request to read one of its objects.
+pub(crate) enum ReadPlan {
+    /// Send it; the guard tracks the transfer.
+    Send(SendGuard),
+    /// The reader should pull from this node instead.
+    Redirect(String),
+    /// Ask again shortly.
+    Busy,
+}
+
+/// One transfer in progress; marks the reader's copy complete when every
+/// chunk was handed out, and frees the slot when dropped.
+pub(crate) struct SendGuard {
+    sends: Option<(SendTable, ObjectId, String)>,
+    pub(crate) finished: bool,
+}
+
+impl Drop for SendGuard {
+    fn drop(&mut self) {
+        let Some((sends, id, reader)) = self.sends.take() else {
+            return;
+        };
+        let mut m = sends.lock();
+        tracing::debug!(object = %id.hex(), reader, finished = self.finished, "send ended");
+        if let Some(s) = m.get_mut(&id) {
+            s.active = s.active.saturating_sub(1);
+            if self.finished && !reader.is_empty() && !s.complete.contains(&reader) {
+                s.complete.push(reader);
+            }
+        }
+    }
 }
 
 impl ClusterLink {
@@ -68,6 +137,9 @@ impl ClusterLink {
             jobs: tokio::sync::Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             copies: Mutex::new(HashMap::new()),
+            sends: Default::default(),
+            sent: Default::default(),
+            redirected: Default::default(),
             peers: Default::default(),
         })
     }
@@ -444,26 +516,94 @@ impl NodeDaemon {
         pull.await
     }
 
+    /// Pulls an object from the node at `from` (its primary copy), or from
+    /// the node holding a complete copy that `from` redirects to; falls back
+    /// to `from` itself when that fails.
     async fn transfer(&self, id: ObjectId, from: &str) -> Result<()> {
+        let mut busy_since: Option<std::time::Instant> = None;
+        let mut insist = false;
+        loop {
+            let (src, stream) = match self.open_read(id, from, insist).await? {
+                Opened::Stream(o) => {
+                    let OpenStream(src, stream, first) = *o;
+                    (src, (stream, first))
+                }
+                Opened::Busy => {
+                    let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                    insist = since.elapsed() > BUSY_PATIENCE;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            match self.receive(id, &src, stream.0, stream.1).await {
+                Err(e) if src != from && !insist => {
+                    tracing::debug!(object = %id.hex(), from = %src, "pull from a copy failed ({e}); asking the owner's node");
+                    insist = true;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Asks `from` for the object, following one redirect.
+    async fn open_read(&self, id: ObjectId, from: &str, insist: bool) -> Result<Opened> {
         let link = self.link().ok_or_else(|| Error::Internal("no cluster".into()))?;
+        let mut src = from.to_string();
+        let mut no_redirect = insist;
+        loop {
+            let lost = |why: String| Error::ObjectLost {
+                id: id.hex(),
+                cause: format!("the node at {src} holding it could not send it: {why}"),
+            };
+            let opened = async {
+                let mut client = link.node_client(&src)?;
+                let mut stream = client
+                    .read_object(proto::ReadObjectRequest {
+                        id: id.0.to_vec(),
+                        requester_addr: self.state.tcp_addr.clone(),
+                        no_redirect,
+                    })
+                    .await
+                    .map_err(|s| lost(s.message().to_string()))?
+                    .into_inner();
+                let first = stream
+                    .message()
+                    .await
+                    .map_err(|s| lost(s.message().to_string()))?
+                    .ok_or_else(|| lost("empty stream".into()))?;
+                Ok::<_, Error>((stream, first))
+            }
+            .await;
+            match opened {
+                Ok((_, first)) if first.busy => return Ok(Opened::Busy),
+                Ok((_, first)) if !first.redirect.is_empty() && !no_redirect => {
+                    src = first.redirect;
+                    no_redirect = true;
+                }
+                Ok((stream, first)) => return Ok(Opened::Stream(Box::new(OpenStream(src, stream, first)))),
+                // A copy holder that cannot send: back to the owner's node.
+                Err(e) if src != from => {
+                    tracing::debug!(object = %id.hex(), "redirected pull failed ({e})");
+                    src = from.to_string();
+                    no_redirect = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receives an opened transfer into the local store.
+    async fn receive(
+        &self,
+        id: ObjectId,
+        from: &str,
+        mut stream: tonic::Streaming<proto::ObjectChunk>,
+        first: proto::ObjectChunk,
+    ) -> Result<()> {
         let lost = |why: String| Error::ObjectLost {
             id: id.hex(),
             cause: format!("the node at {from} holding it could not send it: {why}"),
         };
-        let mut client = link.node_client(from)?;
-        let mut stream = client
-            .read_object(proto::ReadObjectRequest {
-                id: id.0.to_vec(),
-                requester_addr: self.state.tcp_addr.clone(),
-            })
-            .await
-            .map_err(|s| lost(s.message().to_string()))?
-            .into_inner();
-        let first = stream
-            .message()
-            .await
-            .map_err(|s| lost(s.message().to_string()))?
-            .ok_or_else(|| lost("empty stream".into()))?;
         let total = first.total;
         let d = self.clone();
         tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, total))
@@ -504,6 +644,46 @@ impl NodeDaemon {
         result
     }
 
+    /// Waits for a pull of `id` into this node under way, if any (a node
+    /// is told to serve its copy as soon as the copy's bytes were all sent).
+    pub(crate) async fn finish_pull(&self, id: ObjectId) {
+        let pull = self.link().and_then(|l| l.pulls.lock().get(&id).cloned());
+        if let Some(p) = pull {
+            let _ = p.await;
+        }
+    }
+
+    /// Decides how to answer a read of object `id` by node `reader`.
+    pub(crate) fn plan_read(&self, id: ObjectId, reader: &str, no_redirect: bool) -> ReadPlan {
+        let Some(link) = self.link() else {
+            return ReadPlan::Send(SendGuard {
+                sends: None,
+                finished: false,
+            });
+        };
+        let mut m = link.sends.lock();
+        let s = m.entry(id).or_default();
+        if !no_redirect {
+            let holders: Vec<&String> = s.complete.iter().filter(|n| *n != reader).collect();
+            if !holders.is_empty() {
+                let to = holders[s.next % holders.len()].clone();
+                s.next += 1;
+                link.redirected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return ReadPlan::Redirect(to);
+            }
+            if s.active >= MAX_SENDS_PER_OBJECT {
+                return ReadPlan::Busy;
+            }
+        }
+        link.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(object = %id.hex(), reader, active = s.active, complete = s.complete.len(), no_redirect, "sending an object");
+        s.active += 1;
+        ReadPlan::Send(SendGuard {
+            sends: Some((link.sends.clone(), id, reader.to_string())),
+            finished: false,
+        })
+    }
+
     /// Notes that `node` holds a copy of our object `id`.
     pub(crate) fn note_copy(&self, id: ObjectId, node: &str) {
         if let Some(l) = self.link() {
@@ -517,6 +697,12 @@ impl NodeDaemon {
     pub(crate) fn forward_frees(&self, ids: &[ObjectId]) {
         let Some(link) = self.link() else { return };
         let mut by_node: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+        {
+            let mut sends = link.sends.lock();
+            for id in ids {
+                sends.remove(id);
+            }
+        }
         {
             let mut copies = link.copies.lock();
             for id in ids {

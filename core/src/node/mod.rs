@@ -745,7 +745,13 @@ impl NodeService for NodeDaemon {
         _req: Request<proto::StoreStatsRequest>,
     ) -> std::result::Result<Response<proto::StoreStatsReply>, Status> {
         let s = self.state.store.lock().stats();
+        let (sent, redirected) = self.link().map_or((0, 0), |l| {
+            use std::sync::atomic::Ordering::Relaxed;
+            (l.sent.load(Relaxed), l.redirected.load(Relaxed))
+        });
         Ok(Response::new(proto::StoreStatsReply {
+            transfers_sent: sent,
+            reads_redirected: redirected,
             used_bytes: s.used_bytes,
             capacity_bytes: s.capacity_bytes,
             num_objects: s.num_objects,
@@ -890,6 +896,25 @@ impl NodeService for NodeDaemon {
         use futures::StreamExt;
         let r = req.into_inner();
         let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        self.finish_pull(id).await;
+        let mut guard = match self.plan_read(id, &r.requester_addr, r.no_redirect) {
+            cluster::ReadPlan::Send(g) => g,
+            cluster::ReadPlan::Redirect(to) => {
+                tracing::debug!(object = %id.hex(), reader = %r.requester_addr, to = %to, "redirecting a read");
+                let first = proto::ObjectChunk {
+                    redirect: to,
+                    ..Default::default()
+                };
+                return Ok(Response::new(futures::stream::iter([Ok(first)]).boxed()));
+            }
+            cluster::ReadPlan::Busy => {
+                let first = proto::ObjectChunk {
+                    busy: true,
+                    ..Default::default()
+                };
+                return Ok(Response::new(futures::stream::iter([Ok(first)]).boxed()));
+            }
+        };
         let d = self.clone();
         let bytes = tokio::task::spawn_blocking(move || -> Result<crate::codec::ObjectBytes> {
             if !d.state.store.lock().contains(&id) {
@@ -919,9 +944,14 @@ impl NodeService for NodeDaemon {
             let data = bytes.as_slice();
             let lo = i * crate::gcs::CHUNK;
             let hi = (lo + crate::gcs::CHUNK).min(total);
+            // The guard lives as long as the stream: the last chunk handed
+            // out makes the reader a holder of a complete copy.
+            let g = &mut guard;
+            g.finished = i + 1 == chunks;
             Ok(proto::ObjectChunk {
                 total: if i == 0 { total as u64 } else { 0 },
                 data: data[lo..hi].to_vec(),
+                ..Default::default()
             })
         });
         Ok(Response::new(s.boxed()))

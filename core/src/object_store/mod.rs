@@ -33,6 +33,10 @@ pub struct StoreStats {
     pub spilled_total: u64,
     /// Objects restored from disk since start.
     pub restored_total: u64,
+    /// Object transfers this node sent to other nodes.
+    pub transfers_sent: u64,
+    /// Reads by other nodes redirected to a node holding a copy.
+    pub reads_redirected: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,6 +106,8 @@ const MAX_PENDING_LEASES: usize = 10;
 struct KeyQueue {
     resources: Resources,
     strategy: Option<proto::SchedulingStrategy>,
+    /// The node holding the tasks' large arguments, asked first.
+    preferred: Option<String>,
     tasks: VecDeque<PendingTask>,
     requesting: usize,
     leased: usize,
@@ -129,13 +131,55 @@ pub(crate) struct TaskSubmitter {
 }
 
 /// Tasks share leases when they ask for the same resources under the same
-/// strategy.
-fn key_of(res: &Resources, strategy: &Option<proto::SchedulingStrategy>) -> String {
+/// strategy, with their large arguments on the same node.
+fn key_of(res: &Resources, strategy: &Option<proto::SchedulingStrategy>, preferred: &Option<String>) -> String {
     let mut key: String = res.iter().map(|(k, v)| format!("{k}={v};")).collect();
     if let Some(s) = strategy {
         key.push_str(&format!("{s:?}"));
     }
+    if let Some(p) = preferred {
+        key.push('@');
+        key.push_str(p);
+    }
     key
+}
+
+/// Locality: the other node holding most of a task's arguments that sit in
+/// a node's store (the large ones), when the task has no explicit strategy.
+/// Its lease is then asked of that node first, which grants it or passes it
+/// on as it would its own (as Ray's locality-aware leasing). Only arguments
+/// this process owns are considered: their location is known here.
+fn preferred_node(cw: &CoreWorker, task: &PendingTask) -> Option<String> {
+    if task.strategy.is_some() || cw.node_addr.is_empty() {
+        return None;
+    }
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for arg in &task.spec.args {
+        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else {
+            continue;
+        };
+        if r.owner_addr != cw.addr {
+            continue;
+        }
+        let Some(id) = ObjectId::from_bytes(&r.id) else {
+            continue;
+        };
+        let Some(rx) = cw.owned_state(&id) else { continue };
+        let stored_at = match &*rx.borrow() {
+            ObjState::Ready(Location::Store(addr)) if addr.is_empty() => Some(cw.node_addr.clone()),
+            ObjState::Ready(Location::Store(addr)) => Some(addr.clone()),
+            _ => None,
+        };
+        if let Some(at) = stored_at {
+            *count.entry(at).or_default() += 1;
+        }
+    }
+    let local = count.get(&cw.node_addr).copied().unwrap_or(0);
+    count
+        .into_iter()
+        .filter(|(addr, n)| *addr != cw.node_addr && *n > local)
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(addr, _)| addr)
 }
 
 /// Whether the tasks queued under `key` are SPREAD.
@@ -226,12 +270,14 @@ impl TaskSubmitter {
     }
 
     fn enqueue(cw: &Arc<CoreWorker>, task: PendingTask) {
-        let key = key_of(&task.resources, &task.strategy);
+        let preferred = preferred_node(cw, &task);
+        let key = key_of(&task.resources, &task.strategy, &preferred);
         let want_lease = {
             let mut qs = cw.submitter.queues.lock();
             let q = qs.entry(key.clone()).or_default();
             q.resources = task.resources.clone();
             q.strategy = task.strategy.clone();
+            q.preferred = preferred;
             q.tasks.push_back(task);
             if q.lingering > 0 {
                 q.more.notify_one();
@@ -281,7 +327,7 @@ impl TaskSubmitter {
     /// One lease: returns whether another should be requested.
     async fn lease_once(cw: &Arc<CoreWorker>, key: &str) -> bool {
         let key = key.to_string();
-        let (resources, strategy, display, retriable) = {
+        let (resources, strategy, preferred, display, retriable) = {
             let mut qs = cw.submitter.queues.lock();
             let Some(q) = qs.get_mut(&key) else { return false };
             q.requesting += 1;
@@ -289,11 +335,19 @@ impl TaskSubmitter {
             (
                 q.resources.clone(),
                 q.strategy.clone(),
+                q.preferred.clone(),
                 first.map(|t| t.spec.display_name.clone()).unwrap_or_default(),
                 first.is_some_and(|t| t.retries_left != 0),
             )
         };
-        let (reply, lease_node) = request_lease(cw, &resources, strategy, retriable, display).await;
+        let ask = LeaseAsk {
+            resources: &resources,
+            strategy,
+            preferred,
+            retriable,
+            display,
+        };
+        let (reply, lease_node) = request_lease(cw, ask).await;
         let grant = {
             let mut qs = cw.submitter.queues.lock();
             let q = qs.entry(key.clone()).or_default();
@@ -545,14 +599,27 @@ pub(crate) fn return_state(ret: proto::ReturnObject) -> ObjState {
 /// (spillback). A node that cannot be reached after a redirect (it died and
 /// the cluster view has not caught up) sends the request back to the local
 /// node after a pause. Returns the reply and the node that granted it.
-async fn request_lease(
-    cw: &CoreWorker,
-    resources: &Resources,
+/// What a lease is asked for.
+struct LeaseAsk<'a> {
+    resources: &'a Resources,
     strategy: Option<proto::SchedulingStrategy>,
+    /// A node to ask first (it may pass the request on).
+    preferred: Option<String>,
     retriable: bool,
     display: String,
-) -> (Result<proto::Lease>, String) {
-    let mut node = String::new();
+}
+
+async fn request_lease(cw: &CoreWorker, ask: LeaseAsk<'_>) -> (Result<proto::Lease>, String) {
+    let LeaseAsk {
+        resources,
+        strategy,
+        preferred,
+        retriable,
+        display,
+    } = ask;
+    // The node asked, and whether it was told to us by another node (then
+    // it must grant or queue, never redirect again).
+    let (mut node, mut redirected) = (preferred.unwrap_or_default(), false);
     let mut misses = 0;
     loop {
         let req = proto::LeaseRequest {
@@ -561,7 +628,7 @@ async fn request_lease(
             requester_id: cw.worker_id,
             display_name: display.clone(),
             job_id: cw.job_id.clone(),
-            no_spillback: !node.is_empty(),
+            no_spillback: redirected,
             for_actor: Vec::new(),
             strategy: strategy.clone(),
         };
@@ -573,7 +640,10 @@ async fn request_lease(
             Ok(r) => match r.into_inner().result {
                 Some(proto::lease_reply::Result::Lease(l)) => return (Ok(l), node),
                 Some(proto::lease_reply::Result::Error(e)) => return (Err(Error::from_proto(&e)), node),
-                Some(proto::lease_reply::Result::Spillback(to)) => node = to,
+                Some(proto::lease_reply::Result::Spillback(to)) => {
+                    node = to;
+                    redirected = true;
+                }
                 None => return (Err(Error::Internal("empty lease reply".into())), node),
             },
             Err(s) if !node.is_empty() && misses < 300 => {
@@ -581,6 +651,7 @@ async fn request_lease(
                 cw.forget_peer(&node);
                 misses += 1;
                 node.clear();
+                redirected = false;
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Err(s) => return (Err(Error::rpc("requesting a worker lease", s)), node),

@@ -46,6 +46,7 @@ extern crate self as rayforge;
 
 mod actor;
 pub mod cluster;
+pub mod cluster_benchmark;
 mod codec;
 mod config;
 mod error;

@@ -60,6 +60,10 @@ pub(crate) struct ClusterLink {
     pub(crate) head: ControlServiceClient<Chan>,
     /// Alive nodes, as last reported by the head.
     view: Mutex<Vec<proto::NodeEntry>>,
+    /// Resources of the lease requests sent to each node since the last
+    /// view: counted as taken, so a burst of requests spreads over the
+    /// nodes instead of all going to the one that looked freest.
+    sent_since_view: Mutex<HashMap<String, Resources>>,
     /// Set once the first view arrived.
     view_ready: tokio::sync::watch::Sender<bool>,
     finished_jobs: Mutex<HashSet<String>>,
@@ -132,6 +136,7 @@ impl ClusterLink {
             head: crate::gcs::client(&role.head_addr)?,
             role,
             view: Mutex::new(Vec::new()),
+            sent_since_view: Mutex::new(HashMap::new()),
             view_ready: tokio::sync::watch::channel(false).0,
             finished_jobs: Mutex::new(HashSet::new()),
             jobs: tokio::sync::Mutex::new(HashMap::new()),
@@ -155,6 +160,18 @@ impl ClusterLink {
             .iter()
             .find(|n| n.is_head && n.alive)
             .map(|n| n.addr.clone())
+    }
+
+    /// Replaces the view with the head's node table now (a node that
+    /// joined a moment ago is not in the heartbeat's view yet).
+    pub(crate) async fn refresh_view(&self) {
+        let mut head = self.head.clone();
+        let asked = tokio::time::timeout(Duration::from_secs(5), head.list_nodes(proto::ListNodesRequest {})).await;
+        if let Ok(Ok(r)) = asked {
+            let nodes: Vec<proto::NodeEntry> = r.into_inner().nodes.into_iter().filter(|n| n.alive).collect();
+            *self.view.lock() = nodes;
+            self.sent_since_view.lock().clear();
+        }
     }
 
     /// Whether some alive node could ever host `res`.
@@ -336,6 +353,7 @@ impl NodeDaemon {
             }
             let alive: HashSet<String> = reply.nodes.iter().map(|n| n.addr.clone()).collect();
             *link.view.lock() = reply.nodes;
+            link.sent_since_view.lock().clear();
             // Every view counts as a change (node_gone re-checks).
             link.view_ready.send_replace(true);
             self.check_drivers(&link.head, &reply.local_drivers);
@@ -395,6 +413,7 @@ impl NodeDaemon {
             return None;
         }
         let view = link.view.lock();
+        let mut sent = link.sent_since_view.lock();
         let as_res = |m: &HashMap<String, f64>| m.iter().map(|(k, v)| (k.clone(), *v)).collect::<Resources>();
         let others = view.iter().filter(|n| n.alive && n.node_id != self.state.node_id);
         let mut best: Option<(&proto::NodeEntry, bool, f64)> = None;
@@ -402,13 +421,23 @@ impl NodeDaemon {
             if infeasibility(&as_res(&n.total), res).is_some() {
                 continue;
             }
-            let free_now = fits(&as_res(&n.available), res);
+            let mut avail = as_res(&n.available);
+            for (k, v) in sent.get(&n.addr).into_iter().flatten() {
+                *avail.entry(k.clone()).or_insert(0.0) -= v;
+            }
+            let free_now = fits(&avail, res);
             if local_feasible && !free_now {
                 continue;
             }
-            let cpu = n.available.get("CPU").copied().unwrap_or(0.0);
+            let cpu = avail.get("CPU").copied().unwrap_or(0.0);
             if best.is_none_or(|(_, f, c)| (free_now, cpu) > (f, c)) {
                 best = Some((n, free_now, cpu));
+            }
+        }
+        if let Some((n, _, _)) = best {
+            let taken = sent.entry(n.addr.clone()).or_default();
+            for (k, v) in res {
+                *taken.entry(k.clone()).or_insert(0.0) += v;
             }
         }
         best.map(|(n, _, _)| n.addr.clone())

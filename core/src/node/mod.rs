@@ -370,10 +370,13 @@ impl NodeDaemon {
                 Ok(())
             });
         }
+        // Recorded before the process exists: under load a fresh worker can
+        // register before `spawn` returns here, and must be recognised.
+        self.state.sched.lock().worker_starting(worker_id, 0, job);
         match cmd.spawn() {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
-                self.state.sched.lock().worker_starting(worker_id, pid, job);
+                self.state.sched.lock().set_pid(worker_id, pid);
                 self.state.children.lock().insert(worker_id, pid);
                 tracing::debug!(worker_id, pid, "started worker process");
                 self.capture_output(&mut child, worker_id, pid, job);
@@ -389,7 +392,9 @@ impl NodeDaemon {
             }
             Err(e) => {
                 tracing::error!("cannot start worker process {}: {e}", rt.binary.display());
-                self.state.sched.lock().start_failed(job, e.to_string());
+                let mut s = self.state.sched.lock();
+                s.workers.remove(&worker_id);
+                s.start_failed(job, e.to_string());
             }
         }
     }
@@ -539,15 +544,21 @@ impl NodeService for NodeDaemon {
         }
         if !r.no_spillback && choice == strategy::Choice::Default {
             let mut target = self.spillback_target(&resources);
+            let locally_infeasible = || scheduler::infeasibility(&self.state.sched.lock().total, &resources).is_some();
+            // Before calling a request infeasible, make sure the view is
+            // not missing a node that joined since the last heartbeat.
+            if let (None, Some(link)) = (&target, self.link()) {
+                if locally_infeasible() && !link.any_node_feasible(&resources) {
+                    link.refresh_view().await;
+                    target = self.spillback_target(&resources);
+                }
+            }
             // A placement group placed a moment ago may not be in this
             // node's view yet: give the view a few heartbeats.
             let in_group = resources.keys().any(|k| scheduler::group_of(k).is_some());
             if target.is_none() && in_group && self.link().is_some() {
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while target.is_none()
-                    && Instant::now() < deadline
-                    && scheduler::infeasibility(&self.state.sched.lock().total, &resources).is_some()
-                {
+                while target.is_none() && Instant::now() < deadline && locally_infeasible() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     target = self.spillback_target(&resources);
                 }

@@ -296,6 +296,13 @@ impl Scheduler {
         );
     }
 
+    /// Sets the process id of a worker recorded before its process started.
+    pub(crate) fn set_pid(&mut self, worker_id: u64, pid: u32) {
+        if let Some(w) = self.workers.get_mut(&worker_id) {
+            w.pid = pid;
+        }
+    }
+
     fn done_starting(&mut self, job: &str) {
         if let Some(n) = self.starting.get_mut(job) {
             *n = n.saturating_sub(1);

@@ -123,7 +123,9 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20))
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20)))
+        .initial_connection_window_size(Some(16 << 20))
+        // Object chunks (1 MiB) then travel in one or a few frames, not 64.
+        .max_frame_size(Some(1 << 20)))
 }
 
 /// A connector dialing the Unix socket at `path`.

@@ -640,25 +640,49 @@ impl NodeDaemon {
             .map_err(|e| Error::Internal(e.to_string()))??;
         let dir = self.state.paths.store.clone();
         let tmp = dir.join(format!("{}.pull.tmp", id.hex()));
+        // The file is sized up front and mapped: each chunk is copied once,
+        // straight into the page cache of the store's tmpfs.
         let result = async {
-            use tokio::io::AsyncWriteExt;
-            let mut f = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-            let mut written = first.data.len() as u64;
-            f.write_all(&first.data)
-                .await
-                .map_err(|e| Error::io("writing a pulled object", e))?;
+            let len = usize::try_from(total).map_err(|_| lost(format!("{total} bytes do not fit in memory")))?;
+            let mut map = {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+                f.set_len(total).map_err(|e| Error::io("sizing a pulled object", e))?;
+                if len == 0 {
+                    None
+                } else {
+                    // SAFETY: the file is ours (a fresh temporary name) and
+                    // nobody else maps or truncates it while we write.
+                    Some(
+                        unsafe { memmap2::MmapMut::map_mut(&f) }
+                            .map_err(|e| Error::io("mapping a pulled object", e))?,
+                    )
+                }
+            };
+            let mut written = 0usize;
+            let mut put = |data: &[u8]| -> Result<()> {
+                let end = written + data.len();
+                match map.as_mut() {
+                    Some(m) if end <= len => m[written..end].copy_from_slice(data),
+                    _ if data.is_empty() => {}
+                    _ => return Err(lost(format!("sent more than the {total} bytes announced"))),
+                }
+                written = end;
+                Ok(())
+            };
+            put(&first.data)?;
             while let Some(c) = stream.message().await.map_err(|s| lost(s.message().to_string()))? {
-                written += c.data.len() as u64;
-                f.write_all(&c.data)
-                    .await
-                    .map_err(|e| Error::io("writing a pulled object", e))?;
+                put(&c.data)?;
             }
-            if written != total {
+            if written != len {
                 return Err(lost(format!("got {written} of {total} bytes")));
             }
-            f.flush().await.map_err(|e| Error::io("writing a pulled object", e))?;
+            drop(map);
             tokio::fs::rename(&tmp, object_store::object_path(&dir, &id))
                 .await
                 .map_err(|e| Error::io("storing a pulled object", e))

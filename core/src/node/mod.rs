@@ -466,6 +466,15 @@ impl NodeDaemon {
     }
 }
 
+/// A chunk of an object's bytes, sent without copying them first.
+struct ChunkOf(crate::codec::ObjectBytes, usize, usize);
+
+impl AsRef<[u8]> for ChunkOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.as_slice()[self.1..self.2]
+    }
+}
+
 fn group_reply(r: Result<proto::PlacementGroupRecord>) -> proto::PlacementGroupReply {
     match r {
         Ok(g) => proto::PlacementGroupReply {
@@ -952,7 +961,6 @@ impl NodeService for NodeDaemon {
         let total = bytes.as_slice().len();
         let chunks = total.div_ceil(crate::gcs::CHUNK).max(1);
         let s = futures::stream::iter(0..chunks).map(move |i| {
-            let data = bytes.as_slice();
             let lo = i * crate::gcs::CHUNK;
             let hi = (lo + crate::gcs::CHUNK).min(total);
             // The guard lives as long as the stream: the last chunk handed
@@ -961,7 +969,7 @@ impl NodeService for NodeDaemon {
             g.finished = i + 1 == chunks;
             Ok(proto::ObjectChunk {
                 total: if i == 0 { total as u64 } else { 0 },
-                data: data[lo..hi].to_vec(),
+                data: bytes::Bytes::from_owner(ChunkOf(bytes.clone(), lo, hi)),
                 ..Default::default()
             })
         });

@@ -78,15 +78,15 @@ def main():
     secs = time.perf_counter() - start
     record(results, "many tasks (3 nodes)", a.tasks / secs, "tasks/s", f"{a.tasks} tasks in {secs:.2f} s on {len(nodes)} nodes")
 
-    print(f"-- many actors (3 nodes): {a.actors} actors", flush=True)
+    print("-- cross-node actor calls sync", flush=True)
+    x = Pinger.options(num_cpus=0, resources={"n0": 0.001}).remote()
+    assert ray.get(x.node.remote()) != ray.get_runtime_context().get_node_id()
+    n = 2000
     start = time.perf_counter()
-    actors = [Pinger.options(num_cpus=0, resources={f"n{i % 3}": 0.001}).remote() for i in range(a.actors)]
-    ray.get([x.ping.remote() for x in actors])
+    for _ in range(n):
+        ray.get(x.ping.remote())
     secs = time.perf_counter() - start
-    record(results, "many actors (3 nodes)", a.actors / secs, "actors/s", f"{a.actors} actors created and called in {secs:.2f} s")
-    for x in actors:
-        ray.kill(x)
-    del actors
+    record(results, "cross-node actor calls sync", n / secs, "calls/s", f"{secs * 1e6 / n:.1f} us per round trip")
 
     print(f"-- object broadcast (3 nodes): {a.broadcast_mib} MiB", flush=True)
     nbytes = a.broadcast_mib << 20
@@ -98,15 +98,15 @@ def main():
     record(results, "object broadcast (3 nodes)", 3 * nbytes / (1 << 30) / secs, "GiB/s", f"3 copies of {a.broadcast_mib} MiB in {secs:.2f} s")
     del obj
 
-    print("-- cross-node actor calls sync", flush=True)
-    x = Pinger.options(num_cpus=0, resources={"n0": 0.001}).remote()
-    assert ray.get(x.node.remote()) != ray.get_runtime_context().get_node_id()
-    n = 2000
+    print(f"-- many actors (3 nodes): {a.actors} actors", flush=True)
     start = time.perf_counter()
-    for _ in range(n):
-        ray.get(x.ping.remote())
+    actors = [Pinger.options(num_cpus=0, resources={f"n{i % 3}": 0.001}).remote() for i in range(a.actors)]
+    ray.get([x.ping.remote() for x in actors])
     secs = time.perf_counter() - start
-    record(results, "cross-node actor calls sync", n / secs, "calls/s", f"{secs * 1e6 / n:.1f} us per round trip")
+    record(results, "many actors (3 nodes)", a.actors / secs, "actors/s", f"{a.actors} actors created and called in {secs:.2f} s")
+    for x in actors:
+        ray.kill(x)
+    del actors
 
     if a.json:
         with open(a.json, "w") as f:

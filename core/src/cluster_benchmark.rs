@@ -3,11 +3,11 @@
 //! its own loopback ports), this process joining as the driver:
 //!
 //! - many tasks: tiny tasks spread over three worker nodes (tasks/s);
-//! - many actors: actors created over three worker nodes, each called once
-//!   (actors/s);
+//! - cross-node actor calls: sync round trips to an actor on another node;
 //! - broadcast: one large object read on three other nodes (GiB/s of
 //!   delivered copies, and how many times the owner's node sent it);
-//! - cross-node actor calls: sync round trips to an actor on another node;
+//! - many actors: actors created over three worker nodes, each called once
+//!   (actors/s);
 //! - control plane: many lightweight node daemons join, then one task runs
 //!   on each (nodes/s joined, tasks/s placed across them).
 //!
@@ -264,30 +264,27 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
         );
     }
 
-    let name = "many actors (3 nodes)";
+    let name = "cross-node actor calls sync";
     if r.wants(name) {
-        progress(&format!("{name}: {} actors", settings.actors));
+        progress(name);
+        let a = Pinger::options().num_cpus(0.0).resource("n0", 0.001).remote()?;
+        let node = a.node().get()?;
+        if node != workers[0] || node == crate::node_id()? {
+            return Err(Error::Runtime("the actor is not on another node".into()));
+        }
+        let n = 5000;
         let start = Instant::now();
-        let actors = (0..settings.actors)
-            .map(|i| {
-                Pinger::options()
-                    .num_cpus(0.0)
-                    .resource(&format!("n{}", i % 3), 0.001)
-                    .remote()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let pings: Vec<_> = actors.iter().map(|a| a.ping()).collect();
-        crate::get_all(&pings)?;
+        for _ in 0..n {
+            a.ping().get()?;
+        }
         let secs = start.elapsed().as_secs_f64();
         r.record(
             name,
-            settings.actors as f64 / secs,
-            "actors/s",
-            &format!("{} actors created and called in {secs:.2} s", settings.actors),
+            n as f64 / secs,
+            "calls/s",
+            &format!("{:.1} us per round trip", secs * 1e6 / n as f64),
         );
-        for a in &actors {
-            crate::kill(a)?;
-        }
+        crate::kill(&a)?;
     }
 
     let name = "object broadcast (3 nodes)";
@@ -318,27 +315,30 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
         );
     }
 
-    let name = "cross-node actor calls sync";
+    let name = "many actors (3 nodes)";
     if r.wants(name) {
-        progress(name);
-        let a = Pinger::options().num_cpus(0.0).resource("n0", 0.001).remote()?;
-        let node = a.node().get()?;
-        if node != workers[0] || node == crate::node_id()? {
-            return Err(Error::Runtime("the actor is not on another node".into()));
-        }
-        let n = 5000;
+        progress(&format!("{name}: {} actors", settings.actors));
         let start = Instant::now();
-        for _ in 0..n {
-            a.ping().get()?;
-        }
+        let actors = (0..settings.actors)
+            .map(|i| {
+                Pinger::options()
+                    .num_cpus(0.0)
+                    .resource(&format!("n{}", i % 3), 0.001)
+                    .remote()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let pings: Vec<_> = actors.iter().map(|a| a.ping()).collect();
+        crate::get_all(&pings)?;
         let secs = start.elapsed().as_secs_f64();
         r.record(
             name,
-            n as f64 / secs,
-            "calls/s",
-            &format!("{:.1} us per round trip", secs * 1e6 / n as f64),
+            settings.actors as f64 / secs,
+            "actors/s",
+            &format!("{} actors created and called in {secs:.2} s", settings.actors),
         );
-        crate::kill(&a)?;
+        for a in &actors {
+            crate::kill(a)?;
+        }
     }
 
     let name = "control plane: nodes joined";

@@ -343,6 +343,9 @@ impl NodeDaemon {
     }
 
     fn spawn_worker(&self, job: &str, rt: &cluster::JobRuntime) {
+        if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let worker_id = new_worker_id();
         let mut cmd = tokio::process::Command::new(&rt.binary);
         cmd.env(ENV_WORKER, "1")

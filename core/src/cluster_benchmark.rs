@@ -295,7 +295,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
         let before = crate::store_stats()?.transfers_sent;
         let start = Instant::now();
         let reads: Vec<_> = (0..3)
-            .map(|i| read_all::options().resource(&format!("n{i}"), 1.0).remote(&obj))
+            .map(|i| read_all::options().resource(&format!("n{i}"), 0.5).remote(&obj))
             .collect();
         let got = crate::get_all(&reads)?;
         let secs = start.elapsed().as_secs_f64();

@@ -330,7 +330,10 @@ pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
         .into_inner();
     match r.error {
         Some(e) => Err(Error::from_proto(&e)),
-        None => Ok(()),
+        None => {
+            cw.release_actor_args(id);
+            Ok(())
+        }
     }
 }
 
@@ -624,8 +627,6 @@ pub mod __private {
         refs
     }
 
-    static ACTOR_ARGS: parking_lot::Mutex<Vec<Arc<object_ref::RefHandle>>> = parking_lot::Mutex::new(Vec::new());
-
     /// Creates an actor of a registered class.
     pub fn create_actor(
         class: &'static str,
@@ -641,9 +642,9 @@ pub mod __private {
             }
         }
         let (args, pins) = prepare_spec(&cw, args)?;
-        // Constructor arguments must outlive restarts.
-        ACTOR_ARGS.lock().extend(pins);
         let id = ActorId::new();
+        // Constructor arguments must outlive restarts.
+        cw.pin_actor_args(id, pins);
         let spec = proto::TaskSpec {
             task_id: TaskId::new().0.to_vec(),
             kind: proto::TaskKind::ActorCreation as i32,
@@ -668,12 +669,16 @@ pub mod __private {
             strategy: opts.scheduling_strategy.to_proto(),
         };
         let mut node = cw.node.clone();
-        let r = cw
-            .block_on(async move { node.create_actor(req).await })?
-            .map_err(|s| Error::rpc("creating an actor", s))?
-            .into_inner();
-        if let Some(e) = r.error {
-            return Err(Error::from_proto(&e));
+        let created = cw
+            .block_on(async move { node.create_actor(req).await })
+            .and_then(|r| r.map_err(|s| Error::rpc("creating an actor", s)))
+            .and_then(|r| match r.into_inner().error {
+                Some(e) => Err(Error::from_proto(&e)),
+                None => Ok(()),
+            });
+        if let Err(e) = created {
+            cw.release_actor_args(id);
+            return Err(e);
         }
         let lifetime = if opts.detached {
             None

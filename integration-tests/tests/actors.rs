@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rayforge::{Error, ObjectRef};
+use rayforge::{Buffer, Error, ObjectRef};
 use rayforge_integration_tests::{cluster, kill_self, marker, process_running, wait_until};
 
 /// A counter actor with ways to crash.
@@ -292,4 +292,62 @@ fn an_actor_ends_when_its_last_handle_anywhere_is_dropped() {
     let again: CounterHandle = rayforge::get_actor("kept").unwrap();
     assert_eq!(again.value().get().unwrap(), 7);
     assert!(process_running(pid));
+}
+
+/// An actor built from a large object.
+#[rayforge::actor]
+pub struct Holder {
+    data: Buffer<u64>,
+}
+
+#[rayforge::actor]
+impl Holder {
+    fn new(data: Buffer<u64>) -> Self {
+        Holder { data }
+    }
+
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    fn crash(&self) -> usize {
+        kill_self()
+    }
+}
+
+#[test]
+fn constructor_arguments_live_as_long_as_the_actor_and_no_longer() {
+    cluster();
+    let before = rayforge::owned_object_count().unwrap();
+    let data = rayforge::put(Buffer::from(vec![3u64; 1 << 16])).unwrap();
+    let a = Holder::options().max_restarts(1).remote(&data).unwrap();
+    drop(data);
+    // The argument outlives the driver's reference: a restart re-runs the
+    // constructor with it.
+    assert_eq!(a.len().get().unwrap(), 1 << 16);
+    assert!(a.crash().get().is_err());
+    assert!(wait_until(Duration::from_secs(60), || a.len().get().ok() == Some(1 << 16)));
+    // The actor's lifetime object and its argument are all that is left;
+    // both go with the last handle.
+    assert_eq!(rayforge::owned_object_count().unwrap(), before + 2);
+    drop(a);
+    let mut now = 0;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            now = rayforge::owned_object_count().unwrap();
+            now == before
+        }),
+        "{now} objects owned, {before} before the actor"
+    );
+
+    // Killing an actor releases its arguments too.
+    let data = rayforge::put(Buffer::from(vec![4u64; 1 << 16])).unwrap();
+    let b = Holder::options().detached().remote(&data).unwrap();
+    drop(data);
+    assert_eq!(b.len().get().unwrap(), 1 << 16);
+    assert_eq!(rayforge::owned_object_count().unwrap(), before + 1);
+    rayforge::kill(&b).unwrap();
+    assert!(wait_until(Duration::from_secs(30), || rayforge::owned_object_count()
+        .unwrap()
+        == before));
 }

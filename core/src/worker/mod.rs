@@ -95,6 +95,10 @@ pub(crate) struct CoreWorker {
     /// Lifetime objects of the actors this process created (see
     /// [`crate::actor`]): freeing one kills its actor.
     actor_lifetimes: Mutex<HashMap<ObjectId, ActorId>>,
+    /// Objects passed to the constructors of actors this process created:
+    /// kept while the actor may restart (re-running its constructor), freed
+    /// when it ends for good.
+    actor_args: Mutex<HashMap<ActorId, Vec<Arc<RefHandle>>>>,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -161,6 +165,7 @@ impl CoreWorker {
             executor,
             generators: Mutex::new(HashMap::new()),
             actor_lifetimes: Mutex::new(HashMap::new()),
+            actor_args: Mutex::new(HashMap::new()),
         });
         handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
@@ -594,9 +599,25 @@ impl CoreWorker {
         Ok(h)
     }
 
+    /// Keeps an actor's constructor arguments alive while it may restart.
+    pub(crate) fn pin_actor_args(&self, actor: ActorId, pins: Vec<Arc<RefHandle>>) {
+        if !pins.is_empty() {
+            self.actor_args.lock().insert(actor, pins);
+        }
+    }
+
+    /// An actor this process created ended for good: its constructor
+    /// arguments may go.
+    pub(crate) fn release_actor_args(&self, actor: ActorId) {
+        // Dropped outside the lock: freeing may take other locks.
+        let pins = self.actor_args.lock().remove(&actor);
+        drop(pins);
+    }
+
     /// The last handle on an actor this process created is gone: end it.
     fn end_unreferenced_actor(&self, actor: ActorId) {
         tracing::debug!(%actor, "last handle dropped; ending the actor");
+        self.release_actor_args(actor);
         let mut node = self.node.clone();
         self.handle.spawn(async move {
             let r = node

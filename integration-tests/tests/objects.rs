@@ -85,3 +85,50 @@ fn references_inside_values_stay_alive_and_resolve() {
     assert_eq!(sum_refs::remote(outer).get().unwrap(), 55);
     assert_eq!(sum_refs::remote(back).get().unwrap(), 55);
 }
+
+/// An actor keeping references it was given.
+#[rayforge::actor]
+pub struct Keeper {
+    refs: Vec<ObjectRef<i64>>,
+}
+
+#[rayforge::actor]
+impl Keeper {
+    fn new(refs: Vec<ObjectRef<i64>>) -> Self {
+        Keeper { refs }
+    }
+
+    fn sum(&self) -> i64 {
+        self.refs.iter().map(|r| r.get().expect("kept ref")).sum()
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
+#[test]
+fn objects_kept_only_by_a_dead_borrower_are_freed() {
+    cluster();
+    let before = rayforge::owned_object_count().unwrap();
+    let x = rayforge::put(5i64).unwrap();
+    let k = Keeper::remote(vec![x.clone()]).unwrap();
+    assert_eq!(k.sum().get().unwrap(), 5);
+    let pid = k.pid().get().unwrap();
+    // Only the actor's process holds `x` now; it is SIGKILLed and never
+    // says it is done with it.
+    drop(x);
+    // SAFETY: a plain signal to the actor's worker process.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    drop(k);
+    let mut now = 0;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            now = rayforge::owned_object_count().unwrap();
+            now == before
+        }),
+        "{now} objects still owned, {before} before"
+    );
+}

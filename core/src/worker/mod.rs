@@ -168,6 +168,7 @@ impl CoreWorker {
             actor_args: Mutex::new(HashMap::new()),
         });
         handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
+        handle.spawn(borrower_reaper(Arc::downgrade(&cw)));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
         cw
     }
@@ -569,6 +570,37 @@ impl CoreWorker {
         }
     }
 
+    /// Borrowers that alone keep objects of ours alive (we hold no
+    /// reference): the processes to check on.
+    fn sole_borrowers(&self) -> HashSet<String> {
+        let refs = self.refs.lock();
+        self.objects
+            .lock()
+            .iter()
+            .filter(|(id, o)| !o.borrowers.is_empty() && !refs.contains_key(*id))
+            .flat_map(|(_, o)| o.borrowers.iter().cloned())
+            .collect()
+    }
+
+    /// A borrower process is gone: it holds nothing any more.
+    fn forget_borrower(&self, borrower: &str) {
+        let ids: Vec<ObjectId> = {
+            let mut objs = self.objects.lock();
+            objs.iter_mut()
+                .filter_map(|(id, o)| o.borrowers.remove(borrower).then_some(*id))
+                .collect()
+        };
+        tracing::debug!(
+            borrower,
+            objects = ids.len(),
+            "a borrower died; dropping its references"
+        );
+        self.forget_peer(borrower);
+        for id in &ids {
+            self.maybe_free(id);
+        }
+    }
+
     fn maybe_free(&self, id: &ObjectId) {
         if self.refs.lock().contains_key(id) {
             return;
@@ -783,6 +815,49 @@ pub(crate) struct NodePlace {
     pub(crate) store_dir: PathBuf,
     pub(crate) node_addr: String,
     pub(crate) job_id: String,
+}
+
+/// How often an owner checks on processes that alone keep its objects.
+const BORROWER_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Frees objects whose only remaining borrowers died without telling us (a
+/// killed worker, a crashed node): each borrower that alone keeps an object
+/// is asked a no-op; one that cannot be reached at all is forgotten. A slow
+/// answer proves nothing and keeps the borrower.
+async fn borrower_reaper(cw: std::sync::Weak<CoreWorker>) {
+    // Unreachable borrowers and how many checks in a row found them so: a
+    // blip of the network does not make a live borrower lose its objects.
+    let mut strikes: HashMap<String, u32> = HashMap::new();
+    loop {
+        tokio::time::sleep(BORROWER_CHECK_EVERY).await;
+        let Some(me) = cw.upgrade() else { return };
+        let suspects = me.sole_borrowers();
+        strikes.retain(|a, _| suspects.contains(a));
+        for addr in suspects {
+            let Ok(mut peer) = me.peer(&addr) else {
+                continue;
+            };
+            let ping = proto::UpdateBorrowersRequest {
+                borrower_addr: me.addr.clone(),
+                add: Vec::new(),
+                remove: Vec::new(),
+            };
+            let r = tokio::time::timeout(Duration::from_secs(5), peer.update_borrowers(ping)).await;
+            match r {
+                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                    let n = strikes.entry(addr.clone()).or_default();
+                    *n += 1;
+                    if *n >= 2 {
+                        strikes.remove(&addr);
+                        me.forget_borrower(&addr);
+                    }
+                }
+                _ => {
+                    strikes.remove(&addr);
+                }
+            }
+        }
+    }
 }
 
 /// Tells owners, in batches, that this process no longer borrows objects.

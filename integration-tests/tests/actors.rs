@@ -351,3 +351,33 @@ fn constructor_arguments_live_as_long_as_the_actor_and_no_longer() {
         .unwrap()
         == before));
 }
+
+/// Creates a counter from inside a task; returns the task's process id and
+/// the handle.
+#[rayforge::remote]
+fn counter_from_a_task(start: i64) -> (u32, CounterHandle) {
+    let c = Counter::remote(start).expect("create an actor in a task");
+    (std::process::id(), c)
+}
+
+#[test]
+fn an_actor_dies_with_the_process_that_created_it() {
+    cluster();
+    let (creator, c) = counter_from_a_task::remote(5i64).get().unwrap();
+    assert_eq!(c.inc().get().unwrap(), 6, "the handle works in the driver");
+    let actor_pid = c.pid().get().unwrap();
+    // SAFETY: a plain signal to the worker process that ran the task.
+    unsafe {
+        libc::kill(creator as i32, libc::SIGKILL);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(actor_pid)),
+        "the actor outlived its creator"
+    );
+    match c.inc().get_timeout(Duration::from_secs(60)) {
+        Err(Error::ActorDied { cause, .. }) => {
+            assert!(cause.contains("the process that created it died"), "{cause}")
+        }
+        other => panic!("expected ActorDied, got {other:?}"),
+    }
+}

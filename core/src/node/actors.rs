@@ -89,6 +89,10 @@ pub(crate) struct ActorEntry {
     pub(crate) version: watch::Sender<u64>,
 }
 
+/// Where an actor's process runs: its worker, its lease and its node's
+/// address ("" here).
+type ActorPlace = (Option<u64>, Option<u64>, String);
+
 impl ActorEntry {
     pub(crate) fn display(&self) -> String {
         if self.name.is_empty() {
@@ -481,7 +485,7 @@ impl NodeDaemon {
     }
 
     /// Ends an actor's process wherever it runs.
-    fn stop_actor_process(&self, (worker, lease, node_addr): (Option<u64>, Option<u64>, String), cause: &str) {
+    fn stop_actor_process(&self, (worker, lease, node_addr): ActorPlace, cause: &str) {
         if node_addr.is_empty() || node_addr == self.state.tcp_addr {
             let Some(w) = worker else { return };
             let pid = {
@@ -529,6 +533,7 @@ impl NodeDaemon {
                 actor_id: id.0.to_vec(),
                 worker_id,
                 cause,
+                owner_died: false,
             };
             let r = d
                 .on_manager("reporting an actor's death", |mut c| {
@@ -540,6 +545,59 @@ impl NodeDaemon {
                 tracing::warn!(actor = %id, "{e}");
             }
         });
+    }
+
+    /// A worker of this node died: the actors it created end with it (as
+    /// in Ray, an actor shares the fate of its owner unless detached).
+    pub(crate) fn report_owner_death(&self, worker_id: u64, cause: &str) {
+        if self.is_actor_manager() {
+            self.owner_died(worker_id, cause);
+            return;
+        }
+        let d = self.clone();
+        let req = proto::ActorWorkerDiedRequest {
+            actor_id: Vec::new(),
+            worker_id,
+            cause: cause.to_string(),
+            owner_died: true,
+        };
+        self.spawn(async move {
+            let r = d
+                .on_manager("reporting a worker's death", |mut c| {
+                    let req = req.clone();
+                    async move { c.actor_worker_died(req).await }
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(worker_id, "{e}");
+            }
+        });
+    }
+
+    /// Ends the non-detached actors created by worker `owner`, which died.
+    pub(crate) fn owner_died(&self, owner: u64, cause: &str) {
+        let doomed: Vec<(ActorId, ActorPlace)> = {
+            let mut t = self.state.actors.lock();
+            let ids: Vec<ActorId> = t
+                .actors
+                .iter()
+                .filter(|(_, a)| a.owner_id == owner && !a.detached && a.state != ActorState::Dead)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let a = t.actors.get_mut(&id)?;
+                    a.max_restarts = a.num_restarts as i32;
+                    let place = (a.worker_id, a.lease_id, a.node_addr.clone());
+                    t.mark_dead(&id, format!("the process that created it died ({cause})"));
+                    Some((id, place))
+                })
+                .collect()
+        };
+        for (id, place) in doomed {
+            tracing::info!(actor = %id, owner, "ending an actor whose creator died");
+            self.stop_actor_process(place, "the process that created it died");
+        }
     }
 
     /// The process hosting an actor died (`worker`: which one, when known;

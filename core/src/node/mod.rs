@@ -439,6 +439,19 @@ impl NodeDaemon {
         let (_lease, acts) = self.state.sched.lock().worker_exited(worker_id, cause.clone());
         tracing::debug!(worker_id, %cause, "worker exited");
         self.apply(acts);
+        // A worker that died (crashed, killed, its task cancelled) takes the
+        // actors it created with it; one the node stopped for idleness
+        // leaves them to their handles.
+        let reaped = self
+            .state
+            .sched
+            .lock()
+            .workers
+            .get(&worker_id)
+            .is_some_and(|w| w.reaped_idle);
+        if !reaped {
+            self.report_owner_death(worker_id, &cause);
+        }
         let actor = self.state.actors.lock().by_worker.remove(&worker_id);
         if let Some(actor_id) = actor {
             let cause = self
@@ -873,6 +886,10 @@ impl NodeService for NodeDaemon {
         req: Request<proto::ActorWorkerDiedRequest>,
     ) -> std::result::Result<Response<proto::ActorWorkerDiedReply>, Status> {
         let r = req.into_inner();
+        if r.owner_died {
+            self.owner_died(r.worker_id, &r.cause);
+            return Ok(Response::new(proto::ActorWorkerDiedReply {}));
+        }
         let id = ActorId::from_bytes(&r.actor_id).ok_or_else(|| Status::invalid_argument("bad actor id"))?;
         self.actor_process_died(id, Some(r.worker_id), r.cause);
         Ok(Response::new(proto::ActorWorkerDiedReply {}))

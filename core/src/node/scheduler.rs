@@ -54,6 +54,8 @@ pub(crate) struct WorkerInfo {
     pub(crate) killed_for_memory: bool,
     pub(crate) blocked: bool,
     pub(crate) job: String,
+    /// Stopped by the node for having been idle too long.
+    pub(crate) reaped_idle: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +294,7 @@ impl Scheduler {
                 killed_for_memory: false,
                 blocked: false,
                 job: job.to_string(),
+                reaped_idle: false,
             },
         );
     }
@@ -566,6 +569,13 @@ impl Scheduler {
             });
             false
         });
+        for a in &actions {
+            if let Action::KillWorker { worker_id, .. } = a {
+                if let Some(w) = self.workers.get_mut(worker_id) {
+                    w.reaped_idle = true;
+                }
+            }
+        }
         actions
     }
 

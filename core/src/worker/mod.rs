@@ -612,12 +612,14 @@ impl CoreWorker {
                 _ => None,
             }
         };
-        if let Some(o) = removed {
-            if let ObjState::Ready(Location::Store(node)) = &*o.state.borrow() {
-                let _ = self.free_tx.send((*id, node.clone()));
-            }
-            // Dropping `o` drops the references it contained.
+        let Some(o) = removed else { return };
+        if let ObjState::Ready(Location::Store(node)) = &*o.state.borrow() {
+            let _ = self.free_tx.send((*id, node.clone()));
         }
+        // Dropping `o` drops the references it contained.
+        drop(o);
+        // An actor's lifetime object is gone only when no borrower holds
+        // it either: then the actor ends.
         let actor = self.actor_lifetimes.lock().remove(id);
         if let Some(actor) = actor {
             self.end_unreferenced_actor(actor);

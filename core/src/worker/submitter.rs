@@ -144,6 +144,14 @@ fn key_of(res: &Resources, strategy: &Option<proto::SchedulingStrategy>, preferr
     key
 }
 
+/// The object an argument passes by reference, when this process owns it.
+fn owned_ref_arg(cw: &CoreWorker, arg: &proto::TaskArg) -> Option<ObjectId> {
+    match &arg.kind {
+        Some(proto::task_arg::Kind::ByRef(r)) if r.owner_addr == cw.addr => ObjectId::from_bytes(&r.id),
+        _ => None,
+    }
+}
+
 /// Locality: the other node holding most of a task's arguments that sit in
 /// a node's store (the large ones), when the task has no explicit strategy.
 /// Its lease is then asked of that node first, which grants it or passes it
@@ -154,16 +162,7 @@ fn preferred_node(cw: &CoreWorker, task: &PendingTask) -> Option<String> {
         return None;
     }
     let mut count: HashMap<String, usize> = HashMap::new();
-    for arg in &task.spec.args {
-        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else {
-            continue;
-        };
-        if r.owner_addr != cw.addr {
-            continue;
-        }
-        let Some(id) = ObjectId::from_bytes(&r.id) else {
-            continue;
-        };
+    for id in task.spec.args.iter().filter_map(|a| owned_ref_arg(cw, a)) {
         let Some(rx) = cw.owned_state(&id) else { continue };
         let stored_at = match &*rx.borrow() {
             ObjState::Ready(Location::Store(addr)) if addr.is_empty() => Some(cw.node_addr.clone()),
@@ -225,13 +224,7 @@ pub(crate) fn fail_task(cw: &CoreWorker, task: &PendingTask, e: &Error) {
 /// Returns the error of a failed dependency.
 pub(crate) async fn resolve_dependencies(cw: &CoreWorker, spec: &mut proto::TaskSpec) -> Result<()> {
     for arg in spec.args.iter_mut() {
-        let Some(proto::task_arg::Kind::ByRef(r)) = &arg.kind else {
-            continue;
-        };
-        if r.owner_addr != cw.addr {
-            continue;
-        }
-        let Some(id) = ObjectId::from_bytes(&r.id) else {
+        let Some(id) = owned_ref_arg(cw, arg) else {
             continue;
         };
         let Some(mut rx) = cw.owned_state(&id) else {

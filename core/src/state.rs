@@ -12,7 +12,7 @@
 //!     rayforge::init(rayforge::Config::default())?;
 //!     let refs: Vec<_> = (0..4).map(square::remote).collect();
 //!     rayforge::get_all(&refs)?;
-//!     let tasks = rayforge::state::list_tasks()?;        // may lag by half a second
+//!     let tasks = rayforge::state::list_tasks()?;        // may lag a moment
 //!     println!("{} tasks seen", tasks.items.len());
 //!     for log in rayforge::state::worker_logs(None, Some(4096))?.items {
 //!         print!("{}", log.text);                         // "squaring 3" ...
@@ -22,8 +22,9 @@
 //! }
 //! ```
 //!
-//! Workers report task events to their node every half second, so a task
-//! that just ended may show up a moment later. Each node keeps its newest
+//! Workers report task events to their node in batches, a few milliseconds
+//! after tasks end (and every half second while they run), so a task that
+//! just ended may show up a moment later. Each node keeps its newest
 //! 10,000 tasks. The same listings are on the command line: `rayforge list
 //! tasks|objects`, `rayforge logs`, `rayforge timeline`.
 

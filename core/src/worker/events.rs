@@ -3,8 +3,10 @@
 //! `rayforge list tasks` and the timeline.
 //!
 //! Recording costs a lock and a push per task; the batch goes to the node
-//! every [`FLUSH_EVERY`], so the hot path never waits on an RPC. A burst
-//! beyond [`MAX_BATCH`] events between two flushes keeps only the newest.
+//! [`BATCH_DELAY`] after a task ends (and every [`FLUSH_EVERY`] for tasks
+//! still running), so the hot path never waits on an RPC and little is lost
+//! when a worker is killed. A burst beyond [`MAX_BATCH`] events between two
+//! flushes keeps only the newest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,8 +16,10 @@ use parking_lot::Mutex;
 use crate::proto::{self, node_service_client::NodeServiceClient};
 use crate::rpc::Chan;
 
-/// How often a worker sends its events to the node.
+/// How often a worker sends its events to the node while tasks run.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How long after a task ends its event waits for others to share a flush.
+pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(20);
 /// Most events kept between two flushes.
 const MAX_BATCH: usize = 5000;
 
@@ -32,6 +36,8 @@ pub(crate) struct TaskRecorder {
     worker_id: u64,
     job_id: String,
     inner: Mutex<Pending>,
+    /// Woken when a task ends.
+    ended: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -49,6 +55,7 @@ impl TaskRecorder {
             worker_id,
             job_id,
             inner: Mutex::new(Pending::default()),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -89,6 +96,8 @@ impl TaskRecorder {
             p.done.pop_front();
         }
         p.done.push_back(ev);
+        drop(p);
+        self.ended.notify_one();
     }
 
     /// What to send now: finished tasks, and running ones not yet reported.
@@ -108,12 +117,12 @@ impl TaskRecorder {
         out
     }
 
-    /// Sends the events to the node every [`FLUSH_EVERY`] until the process ends.
+    /// Sends the events to the node shortly after tasks end (and every
+    /// [`FLUSH_EVERY`]) until the process ends.
     pub(crate) async fn flush_loop(self: std::sync::Arc<Self>, mut node: NodeServiceClient<Chan>) {
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let _ = tokio::time::timeout(FLUSH_EVERY, self.ended.notified()).await;
+            tokio::time::sleep(BATCH_DELAY).await;
             let events = self.take();
             if events.is_empty() {
                 continue;

@@ -819,5 +819,51 @@ pub(crate) async fn join_as_driver(
         },
         None,
     );
+    cw.handle.spawn(show_worker_output(head.clone(), job_id.clone()));
     Ok((cw, DriverJob { head, job_id }))
+}
+
+/// Prints what the job's workers print, on every node, as the embedded
+/// cluster does: each line prefixed with the worker's pid and node. Nodes
+/// that join later are followed within a few seconds.
+async fn show_worker_output(mut head: ControlServiceClient<Chan>, job: String) {
+    let following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>> = Default::default();
+    loop {
+        if let Ok(r) = head.list_nodes(proto::ListNodesRequest {}).await {
+            for n in r.into_inner().nodes.into_iter().filter(|n| n.alive) {
+                if following.lock().insert(n.addr.clone()) {
+                    tokio::spawn(follow_node_output(n, job.clone(), following.clone()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+async fn follow_node_output(
+    node: proto::NodeEntry,
+    job: String,
+    following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+) {
+    use std::io::Write;
+    let short = &node.node_id[..node.node_id.len().min(8)];
+    if let Ok(ch) = crate::rpc::channel(&node.addr) {
+        let mut c = worker::node_client(ch);
+        if let Ok(r) = c
+            .stream_worker_output(proto::StreamWorkerOutputRequest { job_id: job })
+            .await
+        {
+            let mut lines = r.into_inner();
+            while let Ok(Some(l)) = lines.message().await {
+                let text = format!("(pid={}, node={short}) {}\n", l.pid, l.text);
+                // A closed terminal is not the job's problem.
+                let _ = if l.stderr {
+                    std::io::stderr().lock().write_all(text.as_bytes())
+                } else {
+                    std::io::stdout().lock().write_all(text.as_bytes())
+                };
+            }
+        }
+    }
+    following.lock().remove(&node.addr);
 }

@@ -84,6 +84,12 @@ fn a_submitted_job_gets_its_runtime_env_and_survives_a_killed_node() {
     let done = jobs.follow(&id, |s| log.push_str(s)).unwrap();
     assert_eq!(done.state, "SUCCEEDED", "{done:?}\n{log}");
     assert!(log.contains("driver var=hello-env data=payload-42"), "{log}");
+    // What the tasks printed on the nodes reached the driver's output.
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("(pid=") && l.contains(", node=") && l.ends_with(") probe task says hi")),
+        "{log}"
+    );
     // The gated task was retried on the surviving node; every task saw the
     // runtime env wherever it ran.
     assert!(

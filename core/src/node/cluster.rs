@@ -363,6 +363,7 @@ impl NodeDaemon {
                 if link.finished_jobs.lock().insert(job.clone()) {
                     tracing::info!(job = %job, "job finished: stopping its workers");
                     link.jobs.lock().await.remove(&job);
+                    self.state.job_output.lock().remove(&job);
                     let acts = self.state.sched.lock().job_finished(&job);
                     self.apply(acts);
                 }

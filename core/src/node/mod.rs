@@ -114,6 +114,8 @@ pub(crate) struct NodeState {
     pub(crate) task_events: Mutex<observe::TaskTable>,
     /// Every worker process's log file, oldest first.
     pub(crate) log_files: Mutex<Vec<observe::LogFile>>,
+    /// Each job's worker output, for its driver.
+    pub(crate) job_output: Mutex<HashMap<String, tokio::sync::broadcast::Sender<proto::WorkerOutputLine>>>,
     tasks: Mutex<JoinSet<()>>,
     memory_threshold: f64,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -195,6 +197,7 @@ impl NodeDaemon {
             children: Mutex::new(HashMap::new()),
             task_events: Mutex::new(observe::TaskTable::default()),
             log_files: Mutex::new(Vec::new()),
+            job_output: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
             spread_next: std::sync::atomic::AtomicUsize::new(0),
@@ -420,12 +423,17 @@ impl NodeDaemon {
             path,
         });
         let embedded = self.state.cluster.is_none();
+        let forward = (!embedded && !job.is_empty()).then(|| self.job_output(job));
+        let echo = |to_stderr: bool| observe::Echo {
+            terminal: embedded.then_some(to_stderr),
+            forward: forward.clone().map(|tx| (tx, to_stderr)),
+        };
         if let Some(out) = child.stdout.take() {
             let f = file.clone();
-            self.spawn(observe::pump_output(out, f, pid, embedded.then_some(false)));
+            self.spawn(observe::pump_output(out, f, pid, echo(false)));
         }
         if let Some(err) = child.stderr.take() {
-            self.spawn(observe::pump_output(err, file, pid, embedded.then_some(true)));
+            self.spawn(observe::pump_output(err, file, pid, echo(true)));
         }
     }
 
@@ -774,6 +782,21 @@ impl NodeService for NodeDaemon {
         req: Request<proto::WorkerLogsRequest>,
     ) -> std::result::Result<Response<proto::WorkerLogsReply>, Status> {
         Ok(Response::new(NodeDaemon::worker_logs(self, req.into_inner()).await))
+    }
+
+    type StreamWorkerOutputStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, Status>> + Send + 'static>,
+    >;
+
+    async fn stream_worker_output(
+        &self,
+        req: Request<proto::StreamWorkerOutputRequest>,
+    ) -> std::result::Result<Response<Self::StreamWorkerOutputStream>, Status> {
+        let job = req.into_inner().job_id;
+        if job.is_empty() {
+            return Err(Status::invalid_argument("a job id is needed"));
+        }
+        Ok(Response::new(Box::pin(self.subscribe_output(&job))))
     }
 
     async fn store_stats(

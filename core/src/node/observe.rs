@@ -75,15 +75,21 @@ pub(crate) struct LogFile {
     pub(crate) path: PathBuf,
 }
 
+/// Where a worker's output goes besides its log file.
+pub(crate) struct Echo {
+    /// This process's terminal (stderr when true), in the embedded cluster.
+    pub(crate) terminal: Option<bool>,
+    /// The job's stream to its driver (the flag: from stderr).
+    pub(crate) forward: Option<(tokio::sync::broadcast::Sender<proto::WorkerOutputLine>, bool)>,
+}
+
+/// Lines of a job's output kept for a slow driver before the oldest go.
+const OUTPUT_BACKLOG: usize = 4096;
+
 /// Copies one output stream of a worker into its log file, line by line,
 /// and (in the embedded cluster) to this process's stdout or stderr with a
 /// `(pid=N)` prefix, so a driver sees what its tasks print.
-pub(crate) async fn pump_output(
-    stream: impl AsyncRead + Unpin,
-    file: Arc<Mutex<std::fs::File>>,
-    pid: u32,
-    echo: Option<bool>,
-) {
+pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<std::fs::File>>, pid: u32, echo: Echo) {
     let mut r = BufReader::new(stream);
     let mut line = Vec::new();
     let mut written = 0u64;
@@ -101,7 +107,15 @@ pub(crate) async fn pump_output(
                 let _ = f.write_all(b"\n[rayforge: log truncated; the worker wrote more than 256 MiB]\n");
             }
         }
-        if let Some(to_stderr) = echo {
+        if let Some((tx, stderr)) = &echo.forward {
+            // No driver listening is fine: the line is in the log.
+            let _ = tx.send(proto::WorkerOutputLine {
+                pid,
+                stderr: *stderr,
+                text: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned(),
+            });
+        }
+        if let Some(to_stderr) = echo.terminal {
             let mut text = format!("(pid={pid}) ").into_bytes();
             text.extend_from_slice(&line);
             if !text.ends_with(b"\n") {
@@ -132,6 +146,34 @@ fn read_log(path: &std::path::Path, tail: u64) -> (u64, String) {
 }
 
 impl NodeDaemon {
+    /// The channel carrying job `job`'s worker output to its driver.
+    pub(crate) fn job_output(&self, job: &str) -> tokio::sync::broadcast::Sender<proto::WorkerOutputLine> {
+        self.state
+            .job_output
+            .lock()
+            .entry(job.to_string())
+            .or_insert_with(|| tokio::sync::broadcast::channel(OUTPUT_BACKLOG).0)
+            .clone()
+    }
+
+    /// A stream of job `job`'s worker output from now on (lines a slow
+    /// reader missed are skipped).
+    pub(crate) fn subscribe_output(
+        &self,
+        job: &str,
+    ) -> impl futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, tonic::Status>> + Send + 'static {
+        let rx = self.job_output(job).subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(line) => return Some((Ok(line), rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
     /// Where this node keeps worker logs.
     pub(crate) fn logs_dir(&self) -> PathBuf {
         self.state.paths.logs.clone()

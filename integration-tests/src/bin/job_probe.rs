@@ -3,6 +3,8 @@
 //! runs tasks on the nodes offering resource "x" and prints what each saw of
 //! the job's runtime env (an environment variable, the working directory).
 //!
+//! The ungated tasks print a line, which the driver shows as it comes.
+//!
 //! Usage: `job_probe GATE_FILE` — the first task writes its node id to
 //! `GATE_FILE.at`, then waits for GATE_FILE to exist, so a test can kill its
 //! node while it runs.
@@ -18,6 +20,10 @@ use std::time::Duration;
 fn probe(gate: String) -> (String, String, String) {
     if !gate.is_empty() {
         let _ = std::fs::write(format!("{gate}.at"), rayforge::node_id().unwrap_or_default());
+    }
+    if gate.is_empty() {
+        // Shown by the driver, prefixed with this worker's pid and node.
+        println!("probe task says hi");
     }
     while !gate.is_empty() && !std::path::Path::new(&gate).exists() {
         std::thread::sleep(Duration::from_millis(20));

@@ -22,20 +22,26 @@ use std::time::{Duration, Instant};
 
 use crate::{Buffer, Config, Error, Result};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (also the options of `rayforge cluster-benchmark`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
-    /// Where to write `{"case name": value}`.
+    /// Write `{"case name": value}` to this file.
+    #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Only cases whose name contains this.
+    /// Only run cases whose name contains this text.
+    #[arg(long)]
     pub filter: Option<String>,
     /// Tiny tasks of the many-tasks case.
+    #[arg(long, default_value_t = 100_000)]
     pub tasks: usize,
     /// Actors of the many-actors case.
+    #[arg(long, default_value_t = 1000)]
     pub actors: usize,
     /// Size of the broadcast object in MiB.
+    #[arg(long, default_value_t = 1024)]
     pub broadcast_mib: usize,
     /// Node daemons of the control-plane case (0: skip it).
+    #[arg(long, default_value_t = 100)]
     pub scale_nodes: usize,
 }
 

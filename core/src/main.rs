@@ -156,26 +156,7 @@ enum Command {
     },
     /// Run the multi-node scale cases on local node daemons (tasks, actors,
     /// broadcast, cross-node calls, 100+ nodes).
-    ClusterBenchmark {
-        /// Write `{"case name": value}` to this file.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-        /// Only run cases whose name contains this text.
-        #[arg(long)]
-        filter: Option<String>,
-        /// Tiny tasks of the many-tasks case.
-        #[arg(long, default_value_t = 100_000)]
-        tasks: usize,
-        /// Actors of the many-actors case.
-        #[arg(long, default_value_t = 1000)]
-        actors: usize,
-        /// Size of the broadcast object in MiB.
-        #[arg(long, default_value_t = 1024)]
-        broadcast_mib: usize,
-        /// Node daemons of the control-plane case (0: skip it).
-        #[arg(long, default_value_t = 100)]
-        scale_nodes: usize,
-    },
+    ClusterBenchmark(rayforge::cluster_benchmark::Settings),
 }
 
 #[derive(Subcommand)]
@@ -546,21 +527,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             address,
             token,
         } => run_job(command, &address, token.as_deref()),
-        Command::ClusterBenchmark {
-            json,
-            filter,
-            tasks,
-            actors,
-            broadcast_mib,
-            scale_nodes,
-        } => rayforge::cluster_benchmark::run(&rayforge::cluster_benchmark::Settings {
-            json,
-            filter,
-            tasks,
-            actors,
-            broadcast_mib,
-            scale_nodes,
-        }),
+        Command::ClusterBenchmark(settings) => rayforge::cluster_benchmark::run(&settings),
         Command::Microbenchmark { json, filter, seconds } => {
             rayforge::microbenchmark::run(&rayforge::microbenchmark::Settings { json, filter, seconds })
         }

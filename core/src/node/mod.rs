@@ -115,7 +115,7 @@ pub(crate) struct NodeState {
     /// Every worker process's log file, oldest first.
     pub(crate) log_files: Mutex<Vec<observe::LogFile>>,
     /// Each job's worker output, for its driver.
-    pub(crate) job_output: Mutex<HashMap<String, tokio::sync::broadcast::Sender<proto::WorkerOutputLine>>>,
+    pub(crate) job_output: Mutex<HashMap<String, Arc<observe::JobOutput>>>,
     tasks: Mutex<JoinSet<()>>,
     memory_threshold: f64,
     shutting_down: std::sync::atomic::AtomicBool,
@@ -409,13 +409,19 @@ impl NodeDaemon {
     /// cluster, to our terminal).
     fn capture_output(&self, child: &mut tokio::process::Child, worker_id: u64, pid: u32, job: &str) {
         let path = self.logs_dir().join(format!("worker-{worker_id:016x}-{pid}.log"));
+        // The pipes must be drained whatever happens, or the worker blocks
+        // once they fill: without a log file its output goes nowhere.
         let file = match std::fs::File::create(&path) {
-            Ok(f) => Arc::new(Mutex::new(f)),
+            Ok(f) => f,
             Err(e) => {
                 tracing::warn!(pid, "cannot create the worker's log {}: {e}", path.display());
-                return;
+                match std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                    Ok(f) => f,
+                    Err(_) => return,
+                }
             }
         };
+        let file = Arc::new(Mutex::new(file));
         self.state.log_files.lock().push(observe::LogFile {
             worker_id,
             pid,

@@ -79,12 +79,53 @@ pub(crate) struct LogFile {
 pub(crate) struct Echo {
     /// This process's terminal (stderr when true), in the embedded cluster.
     pub(crate) terminal: Option<bool>,
-    /// The job's stream to its driver (the flag: from stderr).
-    pub(crate) forward: Option<(tokio::sync::broadcast::Sender<proto::WorkerOutputLine>, bool)>,
+    /// The job's output for its driver (the flag: from stderr).
+    pub(crate) forward: Option<(Arc<JobOutput>, bool)>,
 }
 
 /// Lines of a job's output kept for a slow driver before the oldest go.
 const OUTPUT_BACKLOG: usize = 4096;
+/// The newest lines of a job's output, replayed to a driver that starts
+/// following this node late (a worker can print before it does).
+const OUTPUT_REPLAY: usize = 1000;
+
+/// One job's worker output on this node: the newest lines, and the live
+/// stream to its driver.
+pub(crate) struct JobOutput {
+    recent: Mutex<VecDeque<proto::WorkerOutputLine>>,
+    tx: tokio::sync::broadcast::Sender<proto::WorkerOutputLine>,
+}
+
+impl JobOutput {
+    fn new() -> JobOutput {
+        JobOutput {
+            recent: Mutex::new(VecDeque::new()),
+            tx: tokio::sync::broadcast::channel(OUTPUT_BACKLOG).0,
+        }
+    }
+
+    fn push(&self, line: proto::WorkerOutputLine) {
+        // Under the lock, so a new follower sees each line exactly once.
+        let mut recent = self.recent.lock();
+        if recent.len() >= OUTPUT_REPLAY {
+            recent.pop_front();
+        }
+        recent.push_back(line.clone());
+        // No driver listening is fine: the line is in the log.
+        let _ = self.tx.send(line);
+    }
+
+    /// The newest lines so far, and the live stream from now on.
+    fn follow(
+        &self,
+    ) -> (
+        Vec<proto::WorkerOutputLine>,
+        tokio::sync::broadcast::Receiver<proto::WorkerOutputLine>,
+    ) {
+        let recent = self.recent.lock();
+        (recent.iter().cloned().collect(), self.tx.subscribe())
+    }
+}
 
 /// Copies one output stream of a worker into its log file, line by line,
 /// and (in the embedded cluster) to this process's stdout or stderr with a
@@ -107,9 +148,8 @@ pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<
                 let _ = f.write_all(b"\n[rayforge: log truncated; the worker wrote more than 256 MiB]\n");
             }
         }
-        if let Some((tx, stderr)) = &echo.forward {
-            // No driver listening is fine: the line is in the log.
-            let _ = tx.send(proto::WorkerOutputLine {
+        if let Some((out, stderr)) = &echo.forward {
+            out.push(proto::WorkerOutputLine {
                 pid,
                 stderr: *stderr,
                 text: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned(),
@@ -146,24 +186,25 @@ fn read_log(path: &std::path::Path, tail: u64) -> (u64, String) {
 }
 
 impl NodeDaemon {
-    /// The channel carrying job `job`'s worker output to its driver.
-    pub(crate) fn job_output(&self, job: &str) -> tokio::sync::broadcast::Sender<proto::WorkerOutputLine> {
+    /// Job `job`'s worker output on this node.
+    pub(crate) fn job_output(&self, job: &str) -> Arc<JobOutput> {
         self.state
             .job_output
             .lock()
             .entry(job.to_string())
-            .or_insert_with(|| tokio::sync::broadcast::channel(OUTPUT_BACKLOG).0)
+            .or_insert_with(|| Arc::new(JobOutput::new()))
             .clone()
     }
 
-    /// A stream of job `job`'s worker output from now on (lines a slow
-    /// reader missed are skipped).
+    /// A stream of job `job`'s worker output: the newest lines so far, then
+    /// each line as it comes (lines a slow reader missed are skipped).
     pub(crate) fn subscribe_output(
         &self,
         job: &str,
     ) -> impl futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, tonic::Status>> + Send + 'static {
-        let rx = self.job_output(job).subscribe();
-        futures::stream::unfold(rx, |mut rx| async move {
+        use futures::StreamExt;
+        let (recent, rx) = self.job_output(job).follow();
+        let live = futures::stream::unfold(rx, |mut rx| async move {
             loop {
                 match rx.recv().await {
                     Ok(line) => return Some((Ok(line), rx)),
@@ -171,7 +212,8 @@ impl NodeDaemon {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }
-        })
+        });
+        futures::stream::iter(recent.into_iter().map(Ok)).chain(live)
     }
 
     /// Where this node keeps worker logs.

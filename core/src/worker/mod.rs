@@ -573,12 +573,19 @@ impl CoreWorker {
     /// Borrowers that alone keep objects of ours alive (we hold no
     /// reference): the processes to check on.
     fn sole_borrowers(&self) -> HashSet<String> {
-        let refs = self.refs.lock();
-        self.objects
+        // One lock at a time (other paths take these two in either order).
+        let borrowed: Vec<(ObjectId, Vec<String>)> = self
+            .objects
             .lock()
             .iter()
-            .filter(|(id, o)| !o.borrowers.is_empty() && !refs.contains_key(*id))
-            .flat_map(|(_, o)| o.borrowers.iter().cloned())
+            .filter(|(_, o)| !o.borrowers.is_empty())
+            .map(|(id, o)| (*id, o.borrowers.iter().cloned().collect()))
+            .collect();
+        let refs = self.refs.lock();
+        borrowed
+            .into_iter()
+            .filter(|(id, _)| !refs.contains_key(id))
+            .flat_map(|(_, b)| b)
             .collect()
     }
 

@@ -391,26 +391,14 @@ impl HeadClient {
 
     /// The tasks every node recorded (see [`crate::state`]), oldest first.
     pub fn tasks(&mut self) -> Result<crate::state::Listing<crate::state::TaskInfo>> {
-        let (addr, mut c) = self.any_node()?;
-        let r = self.call_node(&addr, async move {
-            c.list_tasks(proto::ListStateRequest { cluster: true }).await
-        })?;
-        Ok(crate::state::Listing {
-            items: r.tasks.into_iter().map(crate::state::task_info).collect(),
-            unreachable: r.unreachable,
-        })
+        let (addr, c) = self.any_node()?;
+        self.call_node(&addr, crate::state::fetch_tasks(c))
     }
 
     /// The objects in every node's store.
     pub fn objects(&mut self) -> Result<crate::state::Listing<crate::state::ObjectInfo>> {
-        let (addr, mut c) = self.any_node()?;
-        let r = self.call_node(&addr, async move {
-            c.list_objects(proto::ListStateRequest { cluster: true }).await
-        })?;
-        Ok(crate::state::Listing {
-            items: r.objects.into_iter().map(crate::state::object_info).collect(),
-            unreachable: r.unreachable,
-        })
+        let (addr, c) = self.any_node()?;
+        self.call_node(&addr, crate::state::fetch_objects(c))
     }
 
     /// Worker output on every node (only process `pid`, only the last
@@ -420,23 +408,14 @@ impl HeadClient {
         pid: Option<u32>,
         tail_bytes: Option<u64>,
     ) -> Result<crate::state::Listing<crate::state::WorkerLog>> {
-        let (addr, mut c) = self.any_node()?;
-        let req = proto::WorkerLogsRequest {
-            cluster: true,
-            pid: pid.unwrap_or(0),
-            tail_bytes: tail_bytes.unwrap_or(0),
-        };
-        let r = self.call_node(&addr, async move { c.worker_logs(req).await })?;
-        Ok(crate::state::Listing {
-            items: r.logs.into_iter().map(crate::state::worker_log).collect(),
-            unreachable: r.unreachable,
-        })
+        let (addr, c) = self.any_node()?;
+        self.call_node(&addr, crate::state::fetch_logs(c, pid, tail_bytes))
     }
 
     fn call_node<T>(
         &mut self,
         addr: &str,
-        f: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+        f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     ) -> Result<T> {
         let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
         rt.block_on(async {
@@ -446,7 +425,6 @@ impl HeadClient {
                     context: format!("asking the node at {addr}"),
                     message: "no answer within 30 s".into(),
                 })?
-                .map(|r| r.into_inner())
                 .map_err(|s| Error::rpc(&format!("asking the node at {addr}"), s))
         })
     }

@@ -101,7 +101,7 @@ pub struct WorkerLog {
     pub text: String,
 }
 
-pub(crate) fn task_info(e: proto::TaskEvent) -> TaskInfo {
+fn task_info(e: proto::TaskEvent) -> TaskInfo {
     let kind = match proto::TaskKind::try_from(e.kind) {
         Ok(proto::TaskKind::Normal) => "NORMAL_TASK",
         Ok(proto::TaskKind::ActorCreation) => "ACTOR_CREATION_TASK",
@@ -124,7 +124,7 @@ pub(crate) fn task_info(e: proto::TaskEvent) -> TaskInfo {
     }
 }
 
-pub(crate) fn object_info(o: proto::ObjectEntry) -> ObjectInfo {
+fn object_info(o: proto::ObjectEntry) -> ObjectInfo {
     ObjectInfo {
         object_id: crate::ids::hex(&o.object_id),
         size: o.size,
@@ -133,7 +133,7 @@ pub(crate) fn object_info(o: proto::ObjectEntry) -> ObjectInfo {
     }
 }
 
-pub(crate) fn worker_log(l: proto::WorkerLog) -> WorkerLog {
+fn worker_log(l: proto::WorkerLog) -> WorkerLog {
     WorkerLog {
         node_id: l.node_id,
         pid: l.pid,
@@ -144,13 +144,15 @@ pub(crate) fn worker_log(l: proto::WorkerLog) -> WorkerLog {
     }
 }
 
-/// The tasks the cluster's nodes recorded, oldest first.
-pub fn list_tasks() -> Result<Listing<TaskInfo>> {
-    let cw = crate::worker::current()?;
-    let mut node = cw.node.clone();
-    let r = cw
-        .block_on(async move { node.list_tasks(proto::ListStateRequest { cluster: true }).await })?
-        .map_err(|s| Error::rpc("listing tasks", s))?
+/// A node's service, asked for the whole cluster.
+type NodeClient = proto::node_service_client::NodeServiceClient<crate::rpc::Chan>;
+
+/// Asks `node` for the tasks of every node (shared by this module's calls
+/// and the CLI's [`crate::cluster::HeadClient`]).
+pub(crate) async fn fetch_tasks(mut node: NodeClient) -> std::result::Result<Listing<TaskInfo>, tonic::Status> {
+    let r = node
+        .list_tasks(proto::ListStateRequest { cluster: true })
+        .await?
         .into_inner();
     Ok(Listing {
         items: r.tasks.into_iter().map(task_info).collect(),
@@ -158,14 +160,11 @@ pub fn list_tasks() -> Result<Listing<TaskInfo>> {
     })
 }
 
-/// The objects held in every node's store (inline objects live in their
-/// owners' memory and are not listed).
-pub fn list_objects() -> Result<Listing<ObjectInfo>> {
-    let cw = crate::worker::current()?;
-    let mut node = cw.node.clone();
-    let r = cw
-        .block_on(async move { node.list_objects(proto::ListStateRequest { cluster: true }).await })?
-        .map_err(|s| Error::rpc("listing objects", s))?
+/// Asks `node` for the objects of every node's store.
+pub(crate) async fn fetch_objects(mut node: NodeClient) -> std::result::Result<Listing<ObjectInfo>, tonic::Status> {
+    let r = node
+        .list_objects(proto::ListStateRequest { cluster: true })
+        .await?
         .into_inner();
     Ok(Listing {
         items: r.objects.into_iter().map(object_info).collect(),
@@ -173,24 +172,50 @@ pub fn list_objects() -> Result<Listing<ObjectInfo>> {
     })
 }
 
-/// The output of the cluster's worker processes: only process `pid` when
-/// given, and only the last `tail_bytes` of each log when given.
-pub fn worker_logs(pid: Option<u32>, tail_bytes: Option<u64>) -> Result<Listing<WorkerLog>> {
-    let cw = crate::worker::current()?;
-    let mut node = cw.node.clone();
+/// Asks `node` for the worker logs of every node.
+pub(crate) async fn fetch_logs(
+    mut node: NodeClient,
+    pid: Option<u32>,
+    tail_bytes: Option<u64>,
+) -> std::result::Result<Listing<WorkerLog>, tonic::Status> {
     let req = proto::WorkerLogsRequest {
         cluster: true,
         pid: pid.unwrap_or(0),
         tail_bytes: tail_bytes.unwrap_or(0),
     };
-    let r = cw
-        .block_on(async move { node.worker_logs(req).await })?
-        .map_err(|s| Error::rpc("reading worker logs", s))?
-        .into_inner();
+    let r = node.worker_logs(req).await?.into_inner();
     Ok(Listing {
         items: r.logs.into_iter().map(worker_log).collect(),
         unreachable: r.unreachable,
     })
+}
+
+/// Runs one of the `fetch_` calls against this process's node.
+fn on_this_node<T, F>(what: &str, fetch: impl FnOnce(NodeClient) -> F) -> Result<T>
+where
+    F: std::future::Future<Output = std::result::Result<T, tonic::Status>> + Send,
+    T: Send,
+{
+    let cw = crate::worker::current()?;
+    let node = cw.node.clone();
+    cw.block_on(fetch(node))?.map_err(|s| Error::rpc(what, s))
+}
+
+/// The tasks the cluster's nodes recorded, oldest first.
+pub fn list_tasks() -> Result<Listing<TaskInfo>> {
+    on_this_node("listing tasks", fetch_tasks)
+}
+
+/// The objects held in every node's store (inline objects live in their
+/// owners' memory and are not listed).
+pub fn list_objects() -> Result<Listing<ObjectInfo>> {
+    on_this_node("listing objects", fetch_objects)
+}
+
+/// The output of the cluster's worker processes: only process `pid` when
+/// given, and only the last `tail_bytes` of each log when given.
+pub fn worker_logs(pid: Option<u32>, tail_bytes: Option<u64>) -> Result<Listing<WorkerLog>> {
+    on_this_node("reading worker logs", |n| fetch_logs(n, pid, tail_bytes))
 }
 
 /// Writes a Chrome trace of the cluster's recent tasks to `path`; returns

@@ -256,15 +256,17 @@ impl NodeDaemon {
             .collect()
     }
 
-    /// Asks every other alive node of the cluster; answers and the nodes
-    /// that did not answer ("address: why").
-    async fn ask_others<R, F, Fut>(&self, ask: F) -> (Vec<R>, Vec<String>)
+    /// Completes a listing of this node with the answers of every other
+    /// alive node of the cluster (when `cluster`), naming the nodes that did
+    /// not answer ("address: why").
+    async fn gather<R, F, Fut>(&self, mut mine: R, cluster: bool, ask: F) -> R
     where
+        R: NodeListing,
         F: Fn(NodeServiceClient<Chan>) -> Fut,
-        Fut: std::future::Future<Output = std::result::Result<R, tonic::Status>>,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<R>, tonic::Status>>,
     {
-        let Some(link) = self.link() else {
-            return (Vec::new(), Vec::new());
+        let Some(link) = self.link().filter(|_| cluster) else {
+            return mine;
         };
         let others: Vec<String> = link
             .alive_nodes()
@@ -273,12 +275,11 @@ impl NodeDaemon {
             .filter(|a| *a != self.state.tcp_addr)
             .collect();
         let calls = others.into_iter().map(|addr| {
-            let client = link.node_client(&addr);
-            let fut = client.map(&ask);
+            let fut = link.node_client(&addr).map(&ask);
             async move {
                 let r = match fut {
                     Ok(f) => match tokio::time::timeout(ASK_TIMEOUT, f).await {
-                        Ok(Ok(r)) => Ok(r),
+                        Ok(Ok(r)) => Ok(r.into_inner()),
                         Ok(Err(s)) => Err(s.message().to_string()),
                         Err(_) => Err(format!("no answer within {ASK_TIMEOUT:?}")),
                     },
@@ -287,37 +288,25 @@ impl NodeDaemon {
                 r.map_err(|why| format!("{addr}: {why}"))
             }
         });
-        let mut ok = Vec::new();
-        let mut failed = Vec::new();
         for r in futures::future::join_all(calls).await {
             match r {
-                Ok(v) => ok.push(v),
-                Err(e) => failed.push(e),
+                Ok(theirs) => mine.absorb(theirs),
+                Err(e) => mine.unreachable().push(e),
             }
         }
-        (ok, failed)
+        mine
     }
 
     pub(crate) async fn list_tasks(&self, cluster: bool) -> proto::ListTasksReply {
-        let mut reply = proto::ListTasksReply {
+        let mine = proto::ListTasksReply {
             tasks: self.state.task_events.lock().list(),
             unreachable: Vec::new(),
         };
-        if cluster {
-            let (others, failed) = self
-                .ask_others(|mut c| async move {
-                    c.list_tasks(proto::ListStateRequest { cluster: false })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
-            for o in others {
-                reply.tasks.extend(o.tasks);
-            }
-            reply.tasks.sort_by_key(|e| e.start_us);
-            reply.unreachable = failed;
-        }
-        reply
+        let ask =
+            |mut c: NodeServiceClient<Chan>| async move { c.list_tasks(proto::ListStateRequest::default()).await };
+        let mut all = self.gather(mine, cluster, ask).await;
+        all.tasks.sort_by_key(|e| e.start_us);
+        all
     }
 
     pub(crate) async fn list_objects(&self, cluster: bool) -> proto::ListObjectsReply {
@@ -334,45 +323,57 @@ impl NodeDaemon {
                 node_id: self.state.node_id.clone(),
             })
             .collect();
-        let mut reply = proto::ListObjectsReply {
+        let mine = proto::ListObjectsReply {
             objects,
             unreachable: Vec::new(),
         };
-        if cluster {
-            let (others, failed) = self
-                .ask_others(|mut c| async move {
-                    c.list_objects(proto::ListStateRequest { cluster: false })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
-            for o in others {
-                reply.objects.extend(o.objects);
-            }
-            reply.unreachable = failed;
-        }
-        reply
+        let ask =
+            |mut c: NodeServiceClient<Chan>| async move { c.list_objects(proto::ListStateRequest::default()).await };
+        self.gather(mine, cluster, ask).await
     }
 
     pub(crate) async fn worker_logs(&self, req: proto::WorkerLogsRequest) -> proto::WorkerLogsReply {
-        let mut reply = proto::WorkerLogsReply {
+        let mine = proto::WorkerLogsReply {
             logs: self.local_logs(req.pid, req.tail_bytes),
             unreachable: Vec::new(),
         };
-        if req.cluster {
-            let (others, failed) = self
-                .ask_others(|mut c| async move {
-                    c.worker_logs(proto::WorkerLogsRequest { cluster: false, ..req })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await;
-            for o in others {
-                reply.logs.extend(o.logs);
-            }
-            reply.unreachable = failed;
-        }
-        reply
+        let ask = |mut c: NodeServiceClient<Chan>| async move {
+            c.worker_logs(proto::WorkerLogsRequest { cluster: false, ..req }).await
+        };
+        self.gather(mine, req.cluster, ask).await
+    }
+}
+
+/// A listing one node answers, merged with other nodes' answers.
+trait NodeListing {
+    fn absorb(&mut self, other: Self);
+    fn unreachable(&mut self) -> &mut Vec<String>;
+}
+
+impl NodeListing for proto::ListTasksReply {
+    fn absorb(&mut self, other: Self) {
+        self.tasks.extend(other.tasks);
+    }
+    fn unreachable(&mut self) -> &mut Vec<String> {
+        &mut self.unreachable
+    }
+}
+
+impl NodeListing for proto::ListObjectsReply {
+    fn absorb(&mut self, other: Self) {
+        self.objects.extend(other.objects);
+    }
+    fn unreachable(&mut self) -> &mut Vec<String> {
+        &mut self.unreachable
+    }
+}
+
+impl NodeListing for proto::WorkerLogsReply {
+    fn absorb(&mut self, other: Self) {
+        self.logs.extend(other.logs);
+    }
+    fn unreachable(&mut self) -> &mut Vec<String> {
+        &mut self.unreachable
     }
 }
 

@@ -573,19 +573,24 @@ impl CoreWorker {
     /// Borrowers that alone keep objects of ours alive (we hold no
     /// reference): the processes to check on.
     fn sole_borrowers(&self) -> HashSet<String> {
-        // One lock at a time (other paths take these two in either order).
-        let borrowed: Vec<(ObjectId, Vec<String>)> = self
+        // One lock at a time (other paths take these two in either order);
+        // names are copied only for the few objects nobody here holds.
+        let borrowed: Vec<ObjectId> = self
             .objects
             .lock()
             .iter()
             .filter(|(_, o)| !o.borrowers.is_empty())
-            .map(|(id, o)| (*id, o.borrowers.iter().cloned().collect()))
+            .map(|(id, _)| *id)
             .collect();
-        let refs = self.refs.lock();
-        borrowed
-            .into_iter()
-            .filter(|(id, _)| !refs.contains_key(id))
-            .flat_map(|(_, b)| b)
+        let unheld: Vec<ObjectId> = {
+            let refs = self.refs.lock();
+            borrowed.into_iter().filter(|id| !refs.contains_key(id)).collect()
+        };
+        let objs = self.objects.lock();
+        unheld
+            .iter()
+            .filter_map(|id| objs.get(id))
+            .flat_map(|o| o.borrowers.iter().cloned())
             .collect()
     }
 

@@ -147,21 +147,35 @@ async fn ask_head<T>(
     addr: &str,
     f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 ) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(15), f)
+    ask(&format!("the head at {addr}"), Duration::from_secs(15), f).await
+}
+
+/// Awaits a call to `whom` ("the head at ADDR") for at most `limit`,
+/// turning silence and refusals into clear errors.
+async fn ask<T>(
+    whom: &str,
+    limit: Duration,
+    f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, f)
         .await
         .map_err(|_| Error::Io {
-            context: format!("cannot reach the head at {addr}"),
-            message: "no answer within 15 s".into(),
+            context: format!("cannot reach {whom}"),
+            message: format!("no answer within {} s", limit.as_secs()),
         })?
-        .map_err(|s| head_error(addr, s))
+        .map_err(|s| refused_or_unreachable(whom, s))
 }
 
 fn head_error(addr: &str, s: tonic::Status) -> Error {
+    refused_or_unreachable(&format!("the head at {addr}"), s)
+}
+
+fn refused_or_unreachable(whom: &str, s: tonic::Status) -> Error {
     if s.code() == tonic::Code::Unauthenticated {
-        return Error::InvalidArgument(format!("the head at {addr} refused the call: {}", s.message()));
+        return Error::InvalidArgument(format!("{whom} refused the call: {}", s.message()));
     }
     Error::Io {
-        context: format!("cannot reach the head at {addr}"),
+        context: format!("cannot reach {whom}"),
         message: format!("{}: {}", s.code(), s.message()),
     }
 }
@@ -418,15 +432,7 @@ impl HeadClient {
         f: impl std::future::Future<Output = std::result::Result<T, tonic::Status>>,
     ) -> Result<T> {
         let rt = self.rt.as_ref().ok_or_else(|| Error::Internal("no runtime".into()))?;
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(30), f)
-                .await
-                .map_err(|_| Error::Io {
-                    context: format!("asking the node at {addr}"),
-                    message: "no answer within 30 s".into(),
-                })?
-                .map_err(|s| Error::rpc(&format!("asking the node at {addr}"), s))
-        })
+        rt.block_on(ask(&format!("the node at {addr}"), Duration::from_secs(30), f))
     }
 
     /// Stores `value` under `key` in the head's key-value store; returns

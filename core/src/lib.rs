@@ -402,6 +402,7 @@ pub fn store_stats() -> Result<StoreStats> {
         restored_total: s.restored_total,
         transfers_sent: s.transfers_sent,
         reads_redirected: s.reads_redirected,
+        pooled_bytes: s.pooled_bytes,
     })
 }
 

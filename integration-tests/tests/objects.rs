@@ -17,6 +17,11 @@ fn make_big(n: usize) -> Buffer<u8> {
     Buffer::from(vec![7u8; n])
 }
 
+#[rayforge::remote]
+fn make_filled(n: usize, byte: u8) -> Buffer<u8> {
+    Buffer::build(n, |s| s.fill(byte))
+}
+
 /// Gets every reference inside a list.
 #[rayforge::remote]
 fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
@@ -71,6 +76,37 @@ fn store_memory_returns_to_baseline_when_references_drop() {
     assert!(wait_until(Duration::from_secs(30), || rayforge::owned_object_count()
         .unwrap()
         == owned_before));
+}
+
+#[test]
+fn freed_memory_is_reused_but_never_under_a_reader() {
+    cluster();
+    let n = 8 << 20;
+    let base = store_used();
+    let pooled = || rayforge::store_stats().unwrap().pooled_bytes;
+    // Written by a worker, mapped by the driver, then freed while mapped:
+    // its memory cannot be reused.
+    let r1 = make_filled::remote(n, 1);
+    let held = r1.get().unwrap();
+    assert!(held.is_shared());
+    drop(r1);
+    assert!(wait_until(Duration::from_secs(30), || store_used() == base));
+    assert_eq!(pooled(), 0, "a mapped object's memory must not be pooled");
+
+    // Freed with nobody mapping it: pooled, then written over by the next
+    // object of its size.
+    let r2 = make_filled::remote(n, 2);
+    r2.get().map(drop).unwrap();
+    drop(r2);
+    assert!(wait_until(Duration::from_secs(30), || pooled() > n as u64));
+    let r3 = make_filled::remote(n, 3);
+    let b3 = r3.get().unwrap();
+    assert_eq!(pooled(), 0, "the new object reused the pooled memory");
+    assert!(b3.len() == n && b3.iter().all(|x| *x == 3));
+    assert!(
+        held.len() == n && held.iter().all(|x| *x == 1),
+        "a held buffer never changes"
+    );
 }
 
 #[test]

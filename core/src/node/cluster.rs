@@ -636,34 +636,35 @@ impl NodeDaemon {
         };
         let total = first.total;
         let d = self.clone();
-        tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, total))
+        let reuse = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, total))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         let dir = self.state.paths.store.clone();
-        let tmp = dir.join(format!("{}.pull.tmp", id.hex()));
+        let mut new = match object_store::NewObject::create(&dir, &id, total, reuse.as_deref()) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.state.store.lock().free(id);
+                return Err(e);
+            }
+        };
         // The file is sized up front and mapped: each chunk is copied once,
         // straight into the page cache of the store's tmpfs.
         let result = async {
             let len = usize::try_from(total).map_err(|_| lost(format!("{total} bytes do not fit in memory")))?;
-            let mut map = {
-                let f = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&tmp)
-                    .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-                f.set_len(total).map_err(|e| Error::io("sizing a pulled object", e))?;
-                if len == 0 {
-                    None
-                } else {
-                    // SAFETY: the file is ours (a fresh temporary name) and
-                    // nobody else maps or truncates it while we write.
-                    Some(
-                        unsafe { memmap2::MmapMut::map_mut(&f) }
-                            .map_err(|e| Error::io("mapping a pulled object", e))?,
-                    )
-                }
+            let mut map = match new.as_mut() {
+                Some(n) if len > 0 => Some(
+                    // SAFETY: the file is ours (a fresh temporary name, or a
+                    // pooled file the daemon handed to this write only) and
+                    // nobody else writes or truncates it while we do.
+                    unsafe {
+                        memmap2::MmapOptions::new()
+                            .offset(object_store::HEADER as u64)
+                            .len(len)
+                            .map_mut(&*n.file())
+                    }
+                    .map_err(|e| Error::io("mapping a pulled object", e))?,
+                ),
+                _ => None,
             };
             let mut written = 0usize;
             let mut put = |data: &[u8]| -> Result<()> {
@@ -684,13 +685,18 @@ impl NodeDaemon {
                 return Err(lost(format!("got {written} of {total} bytes")));
             }
             drop(map);
-            tokio::fs::rename(&tmp, object_store::object_path(&dir, &id))
-                .await
-                .map_err(|e| Error::io("storing a pulled object", e))
+            match new.take() {
+                Some(n) => tokio::task::spawn_blocking(move || n.commit())
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))?,
+                None => Ok(()),
+            }
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            if let Some(n) = new {
+                n.abort();
+            }
             self.state.store.lock().free(id);
         } else {
             tracing::debug!(object = %id.hex(), bytes = total, from, "pulled object");

@@ -275,6 +275,11 @@ impl NodeDaemon {
             tick.tick().await;
             let acts = self.state.sched.lock().reap_idle(Instant::now());
             self.apply(acts);
+            if self.state.store.lock().pool_has_idle(Instant::now()) {
+                // Unlinking large files frees their pages: off the reactor.
+                let d = self.clone();
+                let _ = tokio::task::spawn_blocking(move || d.state.store.lock().trim_pool(Instant::now())).await;
+            }
             self.check_groups(None);
             if self.state.memory_threshold < 1.0 && last_kill.elapsed() > Duration::from_millis(500) {
                 if let Some(m) = memory_monitor::read_meminfo() {
@@ -715,8 +720,15 @@ impl NodeService for NodeDaemon {
         let res = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, r.size))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(proto::CreateObjectReply {
-            error: res.err().map(|e| e.to_proto()),
+        Ok(Response::new(match res {
+            Ok(reuse) => proto::CreateObjectReply {
+                error: None,
+                reuse: reuse.unwrap_or_default(),
+            },
+            Err(e) => proto::CreateObjectReply {
+                error: Some(e.to_proto()),
+                reuse: String::new(),
+            },
         }))
     }
 
@@ -824,6 +836,7 @@ impl NodeService for NodeDaemon {
             num_spilled: s.num_spilled,
             restored_total: s.restored_total,
             spilled_total: s.spilled_total,
+            pooled_bytes: s.pooled_bytes,
         }))
     }
 

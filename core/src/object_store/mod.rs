@@ -1,16 +1,29 @@
 //! The node's shared-memory object store.
 //!
 //! Each large object is one file in a tmpfs directory (`/dev/shm`), written by
-//! the process that creates it and mapped read-only by every process that
-//! reads it, so a read costs a page-table update rather than a copy. The node
-//! daemon owns the accounting ([`StoreManager`]): a writer first reserves
-//! space, which may spill older objects to a disk directory; a reader that
-//! finds an object spilled asks the daemon to restore it. Objects are removed
-//! when their owner frees them (the last reference is gone).
+//! the process that creates it and mapped by every process that reads it, so
+//! a read costs a page-table update rather than a copy. The node daemon owns
+//! the accounting ([`StoreManager`]): a writer first reserves space, which may
+//! spill older objects to a disk directory; a reader that finds an object
+//! spilled asks the daemon to restore it. Objects are removed when their owner
+//! frees them (the last reference is gone).
+//!
+//! Memory is recycled the way a pre-allocated arena would be: the file of a
+//! freed object that no process still maps goes to a pool, and the next object
+//! of a similar size is written over it. Its pages are already resident, so the
+//! write is a plain copy instead of a page fault per 4 KiB (about 3x faster).
+//! Each file opens with a small header holding the object's id, its length and
+//! a count of the mappings alive in any process ("pins"): a reader pins the
+//! file before using it and unpins when its mapping is dropped; the daemon
+//! recycles only a file it can lock at zero pins, so no reader ever sees an
+//! object's bytes change.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::codec::{Encoded, ObjectBytes};
 use crate::error::{Error, Result};
@@ -37,6 +50,62 @@ pub struct StoreStats {
     pub transfers_sent: u64,
     /// Reads by other nodes redirected to a node holding a copy.
     pub reads_redirected: u64,
+    /// Bytes of freed objects' memory kept for reuse by new objects (returned
+    /// to the system after a few idle seconds, or when the store needs room).
+    pub pooled_bytes: u64,
+}
+
+/// Bytes before an object's data in its file: magic, pins, id, length.
+pub(crate) const HEADER: usize = 64;
+const MAGIC: &[u8; 8] = b"RFSTORE1";
+const PINS_AT: usize = 8;
+const ID_AT: usize = 16;
+const LEN_AT: usize = 32;
+/// The pin count of a file being recycled: readers back off.
+const LOCKED: i64 = i64::MIN;
+/// A pooled file unused this long is given back to the system.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// The header of a new object's file.
+fn header(id: &ObjectId, len: u64, pins: i64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[PINS_AT..PINS_AT + 8].copy_from_slice(&pins.to_ne_bytes());
+    h[ID_AT..ID_AT + 16].copy_from_slice(&id.0);
+    h[LEN_AT..LEN_AT + 8].copy_from_slice(&len.to_ne_bytes());
+    h
+}
+
+/// The pin counter of a mapped object file.
+///
+/// # Safety
+/// `base` must point at a live shared mapping of at least [`HEADER`] bytes.
+unsafe fn pins<'a>(base: *const u8) -> &'a AtomicI64 {
+    // SAFETY: the caller guarantees the mapping; PINS_AT is 8-aligned within
+    // a page-aligned mapping, as AtomicI64 requires.
+    unsafe { &*(base.add(PINS_AT) as *const AtomicI64) }
+}
+
+/// Maps the first bytes of a file, for its pin counter.
+fn map_header(file: &fs::File) -> std::io::Result<memmap2::MmapRaw> {
+    memmap2::MmapOptions::new().len(HEADER).map_raw(file)
+}
+
+/// A freed object's file kept for reuse.
+struct Pooled {
+    name: String,
+    file_size: u64,
+    since: Instant,
+}
+
+/// What the store knows of one object.
+#[derive(Clone)]
+struct Entry {
+    size: u64,
+    at: Where,
+    /// The pooled file handed to its writer, removed if the writer never
+    /// renamed it into place.
+    scratch: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +119,12 @@ pub(crate) struct StoreManager {
     shm_dir: PathBuf,
     spill_dir: PathBuf,
     capacity: u64,
-    objects: HashMap<ObjectId, (u64, Where)>,
+    objects: HashMap<ObjectId, Entry>,
     /// In-memory objects, oldest first: the spilling order.
     order: VecDeque<ObjectId>,
+    /// Freed objects' files waiting for reuse, oldest first.
+    pool: VecDeque<Pooled>,
+    pool_seq: u64,
     stats: StoreStats,
 }
 
@@ -73,6 +145,8 @@ impl StoreManager {
             capacity,
             objects: HashMap::new(),
             order: VecDeque::new(),
+            pool: VecDeque::new(),
+            pool_seq: 0,
             stats: StoreStats {
                 capacity_bytes: capacity,
                 ..Default::default()
@@ -92,10 +166,12 @@ impl StoreManager {
     }
 
     /// Reserves `size` bytes for a new object, spilling the oldest objects to
-    /// disk when the store would go over capacity.
-    pub(crate) fn reserve(&mut self, id: ObjectId, size: u64) -> Result<()> {
+    /// disk when the store would go over capacity. Returns the name of a
+    /// pooled file (in the store directory) the writer must write over, when
+    /// one fits.
+    pub(crate) fn reserve(&mut self, id: ObjectId, size: u64) -> Result<Option<String>> {
         if self.objects.contains_key(&id) {
-            return Ok(()); // a retried task writing the same return again
+            return Ok(None); // a retried task writing the same return again
         }
         if size > self.capacity {
             return Err(Error::ObjectStoreFull(format!(
@@ -106,16 +182,45 @@ impl StoreManager {
                 self.capacity
             )));
         }
+        self.trim_pool(Instant::now());
+        let scratch = self.take_pooled(size + HEADER as u64);
         self.make_room(size)?;
-        self.objects.insert(id, (size, Where::Memory));
+        self.objects.insert(
+            id,
+            Entry {
+                size,
+                at: Where::Memory,
+                scratch: scratch.clone(),
+            },
+        );
         self.order.push_back(id);
         self.stats.used_bytes += size;
         self.stats.num_objects += 1;
-        Ok(())
+        Ok(scratch)
+    }
+
+    /// Takes the pooled file closest in size to `file_size` (the smallest
+    /// that holds it, else the largest), if any.
+    fn take_pooled(&mut self, file_size: u64) -> Option<String> {
+        let best = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.file_size >= file_size)
+            .min_by_key(|(_, p)| p.file_size)
+            .or_else(|| self.pool.iter().enumerate().max_by_key(|(_, p)| p.file_size))
+            .map(|(i, _)| i)?;
+        let p = self.pool.remove(best)?;
+        self.stats.pooled_bytes -= p.file_size;
+        Some(p.name)
     }
 
     fn make_room(&mut self, size: u64) -> Result<()> {
-        while self.stats.used_bytes + size > self.capacity {
+        while self.stats.used_bytes + self.stats.pooled_bytes + size > self.capacity {
+            if let Some(p) = self.pool.pop_front() {
+                self.drop_pooled(p);
+                continue;
+            }
             let Some(victim) = self.order.pop_front() else {
                 return Err(Error::ObjectStoreFull(format!(
                     "{} bytes requested, {} of {} bytes in use and nothing left to spill",
@@ -130,8 +235,77 @@ impl StoreManager {
         Ok(())
     }
 
+    fn drop_pooled(&mut self, p: Pooled) {
+        let _ = fs::remove_file(self.shm_dir.join(&p.name));
+        self.stats.pooled_bytes -= p.file_size;
+    }
+
+    /// Gives back to the system pooled files unused for a while.
+    pub(crate) fn trim_pool(&mut self, now: Instant) {
+        while self.pool_has_idle(now) {
+            if let Some(p) = self.pool.pop_front() {
+                self.drop_pooled(p);
+            }
+        }
+    }
+
+    /// Whether [`trim_pool`](Self::trim_pool) has anything to do.
+    pub(crate) fn pool_has_idle(&self, now: Instant) -> bool {
+        self.pool
+            .front()
+            .is_some_and(|p| now.saturating_duration_since(p.since) > POOL_IDLE)
+    }
+
+    /// Moves a freed object's file into the pool when no process maps it;
+    /// otherwise (or when it is too large to keep) deletes it. Readers that
+    /// mapped it keep their mapping until they drop it.
+    fn recycle(&mut self, path: &Path) {
+        let limit = self.capacity / 2;
+        let locked = (|| -> std::io::Result<Option<u64>> {
+            let file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+            let file_size = file.metadata()?.len();
+            if file_size < HEADER as u64 || file_size > limit {
+                return Ok(None);
+            }
+            let map = map_header(&file)?;
+            // SAFETY: `map` is a live shared mapping of HEADER bytes.
+            let pins = unsafe { pins(map.as_ptr()) };
+            Ok(pins
+                .compare_exchange(0, LOCKED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                .then_some(file_size))
+        })();
+        let Ok(Some(file_size)) = locked else {
+            let _ = fs::remove_file(path);
+            return;
+        };
+        while self.stats.pooled_bytes + file_size > limit {
+            match self.pool.pop_front() {
+                Some(p) => self.drop_pooled(p),
+                None => break,
+            }
+        }
+        self.pool_seq += 1;
+        let name = format!("pool-{}", self.pool_seq);
+        if fs::rename(path, self.shm_dir.join(&name)).is_err() {
+            let _ = fs::remove_file(path);
+            return;
+        }
+        self.stats.pooled_bytes += file_size;
+        self.pool.push_back(Pooled {
+            name,
+            file_size,
+            since: Instant::now(),
+        });
+    }
+
     fn spill(&mut self, id: ObjectId) -> Result<()> {
-        let Some((size, Where::Memory)) = self.objects.get(&id).copied() else {
+        let Some(Entry {
+            size,
+            at: Where::Memory,
+            ..
+        }) = self.objects.get(&id).cloned()
+        else {
             return Ok(());
         };
         let from = object_path(&self.shm_dir, &id);
@@ -152,7 +326,14 @@ impl StoreManager {
             }
         }
         tracing::debug!(object = %id, size, "spilled object to disk");
-        self.objects.insert(id, (size, Where::Spilled));
+        self.objects.insert(
+            id,
+            Entry {
+                size,
+                at: Where::Spilled,
+                scratch: None,
+            },
+        );
         self.stats.used_bytes -= size;
         self.stats.num_objects -= 1;
         self.stats.spilled_bytes += size;
@@ -164,23 +345,42 @@ impl StoreManager {
     /// Brings a spilled object back into shared memory (spilling others if
     /// needed). A no-op for an object already in memory.
     pub(crate) fn restore(&mut self, id: ObjectId) -> Result<()> {
-        let Some((size, place)) = self.objects.get(&id).copied() else {
+        let Some(Entry { size, at, .. }) = self.objects.get(&id).cloned() else {
             return Err(Error::ObjectLost {
                 id: id.hex(),
                 cause: "not in this node's object store".into(),
             });
         };
-        if place == Where::Memory {
+        if at == Where::Memory {
             return Ok(());
         }
         self.make_room(size)?;
         let from = object_path(&self.spill_dir, &id);
         let tmp = self.shm_dir.join(format!("{}.restore", id.hex()));
-        fs::copy(&from, &tmp).map_err(|e| Error::io(format!("restoring object {} from disk", id.hex()), e))?;
+        let ctx = || format!("restoring object {} from disk", id.hex());
+        fs::copy(&from, &tmp).map_err(|e| Error::io(ctx(), e))?;
+        // The spilled copy carries the pins its readers held then; the
+        // restored file starts unmapped.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)
+                .map_err(|e| Error::io(ctx(), e))?;
+            f.write_all_at(&0i64.to_ne_bytes(), PINS_AT as u64)
+                .map_err(|e| Error::io(ctx(), e))?;
+        }
         fs::rename(&tmp, object_path(&self.shm_dir, &id))
             .map_err(|e| Error::io(format!("restoring object {}", id.hex()), e))?;
         let _ = fs::remove_file(&from);
-        self.objects.insert(id, (size, Where::Memory));
+        self.objects.insert(
+            id,
+            Entry {
+                size,
+                at: Where::Memory,
+                scratch: None,
+            },
+        );
         self.order.push_back(id);
         self.stats.used_bytes += size;
         self.stats.num_objects += 1;
@@ -190,15 +390,20 @@ impl StoreManager {
         Ok(())
     }
 
-    /// Deletes an object wherever it is. Readers that mapped it keep their
-    /// mapping until they drop it.
+    /// Deletes an object wherever it is; its memory goes to the pool when no
+    /// process maps it. Readers that mapped it keep their mapping until they
+    /// drop it.
     pub(crate) fn free(&mut self, id: ObjectId) {
-        let Some((size, place)) = self.objects.remove(&id) else {
+        let Some(Entry { size, at, scratch }) = self.objects.remove(&id) else {
             return;
         };
-        match place {
+        match at {
             Where::Memory => {
-                let _ = fs::remove_file(object_path(&self.shm_dir, &id));
+                if let Some(name) = scratch {
+                    // Still there only when its writer never finished.
+                    let _ = fs::remove_file(self.shm_dir.join(name));
+                }
+                self.recycle(&object_path(&self.shm_dir, &id));
                 self.order.retain(|o| *o != id);
                 self.stats.used_bytes -= size;
                 self.stats.num_objects -= 1;
@@ -220,46 +425,172 @@ impl StoreManager {
     pub(crate) fn list(&self) -> Vec<(ObjectId, u64, bool)> {
         self.objects
             .iter()
-            .map(|(id, (size, at))| (*id, *size, *at == Where::Spilled))
+            .map(|(id, e)| (*id, e.size, e.at == Where::Spilled))
             .collect()
     }
 }
 
-/// Writes an encoded object into the store directory: to a temporary name
-/// first, renamed into place when complete, so readers never see half an
-/// object. Space must have been reserved with the daemon.
-pub(crate) fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded) -> Result<()> {
-    let path = object_path(dir, id);
-    let tmp = dir.join(format!("{}.{}.tmp", id.hex(), std::process::id()));
-    let ctx = || format!("writing object {} to {}", id.hex(), tmp.display());
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(ctx(), e))?;
-    // Plain writes: the kernel copies straight into the tmpfs pages, which
-    // is faster than faulting in a fresh mapping and copying into it.
-    let mut f = file;
-    enc.write_into(&mut f).map_err(|e| Error::io(ctx(), e))?;
-    fs::rename(&tmp, &path).map_err(|e| Error::io(ctx(), e))?;
-    Ok(())
+/// A new object's file being written: a fresh temporary file, or a pooled one
+/// to write over. Readers cannot see it until [`commit`](Self::commit) renames
+/// it into place.
+pub(crate) struct NewObject {
+    file: fs::File,
+    path: PathBuf,
+    dest: PathBuf,
+    reused: bool,
+    id: ObjectId,
 }
 
-/// Maps an object read-only, or `None` when it is not in shared memory (it
-/// was spilled, or not written yet).
+impl NewObject {
+    /// Opens the file for an object of `len` bytes and writes its header;
+    /// `reuse` is the pooled file [`StoreManager::reserve`] handed out.
+    pub(crate) fn create(dir: &Path, id: &ObjectId, len: u64, reuse: Option<&str>) -> Result<NewObject> {
+        let (path, reused) = match reuse {
+            // Only a name the daemon made (`pool-N`), never a path.
+            Some(name) if !name.is_empty() && !name.contains('/') => (dir.join(name), true),
+            _ => (dir.join(format!("{}.{}.tmp", id.hex(), std::process::id())), false),
+        };
+        let ctx = |e| Error::io(format!("writing object {} to {}", id.hex(), path.display()), e);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!reused)
+            .truncate(!reused)
+            .open(&path)
+            .map_err(ctx)?;
+        // A pooled file is shrunk or grown to size; its pin count stays
+        // LOCKED (so a reader of its previous object still backs off) until
+        // the new object is complete.
+        file.set_len(HEADER as u64 + len).map_err(ctx)?;
+        file.write_all(&header(id, len, if reused { LOCKED } else { 0 }))
+            .map_err(ctx)?;
+        Ok(NewObject {
+            file,
+            dest: object_path(dir, id),
+            path,
+            reused,
+            id: *id,
+        })
+    }
+
+    /// The file, positioned at the start of the object's data.
+    pub(crate) fn file(&mut self) -> &mut fs::File {
+        &mut self.file
+    }
+
+    /// Makes the complete object visible to readers.
+    pub(crate) fn commit(self) -> Result<()> {
+        let ctx = |e| Error::io(format!("storing object {}", self.id.hex()), e);
+        if self.reused {
+            let map = map_header(&self.file).map_err(ctx)?;
+            // SAFETY: `map` is a live shared mapping of HEADER bytes.
+            unsafe { pins(map.as_ptr()) }.store(0, Ordering::Release);
+        }
+        fs::rename(&self.path, &self.dest).map_err(ctx)
+    }
+
+    /// Removes an unfinished object's file.
+    pub(crate) fn abort(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Writes an encoded object into the store directory (see [`NewObject`]).
+/// Space must have been reserved with the daemon, which named the pooled file
+/// to reuse, if any.
+pub(crate) fn write_object(dir: &Path, id: &ObjectId, enc: &Encoded, reuse: Option<&str>) -> Result<()> {
+    let mut new = NewObject::create(dir, id, enc.len() as u64, reuse)?;
+    // Plain writes: the kernel copies straight into the tmpfs pages, which
+    // is faster than faulting in a fresh mapping and copying into it.
+    if let Err(e) = enc.write_into(new.file()) {
+        let err = Error::io(format!("writing object {}", id.hex()), e);
+        new.abort();
+        return Err(err);
+    }
+    new.commit()
+}
+
+/// A pinned mapping of an object's file; unpins when dropped.
+struct StoreMapping {
+    map: memmap2::MmapRaw,
+    len: usize,
+}
+
+impl AsRef<[u8]> for StoreMapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: map_object checked HEADER + len <= the mapping's length;
+        // the bytes never change while pinned (a file is recycled only at
+        // zero pins, and an object is written once, before it is renamed
+        // into place).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(HEADER), self.len) }
+    }
+}
+
+impl Drop for StoreMapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is alive until the end of this function.
+        unsafe { pins(self.map.as_ptr()) }.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Maps and pins an object, or `None` when it is not in shared memory (it
+/// was spilled, freed, or not written yet).
 pub(crate) fn map_object(dir: &Path, id: &ObjectId) -> Result<Option<ObjectBytes>> {
     let path = object_path(dir, id);
-    let file = match fs::File::open(&path) {
+    let file = match fs::OpenOptions::new().read(true).write(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening object {}", path.display()), e)),
     };
-    // SAFETY: objects are immutable once renamed into place; nobody writes to
-    // them again, deletion only unlinks the name.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
-    Ok(Some(ObjectBytes::from_mmap(map)))
+    let bad = |why: &str| Error::Internal(format!("object file {} is damaged: {why}", path.display()));
+    let file_len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading object {}", path.display()), e))?
+        .len();
+    if file_len < HEADER as u64 {
+        return Err(bad("shorter than its header"));
+    }
+    let map = memmap2::MmapOptions::new()
+        .map_raw(&file)
+        .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
+    let base = map.as_ptr();
+    let field = |at: usize| -> [u8; 8] {
+        let mut b = [0u8; 8];
+        // SAFETY: the mapping holds at least HEADER bytes (checked above).
+        b.copy_from_slice(unsafe { std::slice::from_raw_parts(base.add(at), 8) });
+        b
+    };
+    if &field(0) != MAGIC {
+        return Err(bad("no store header"));
+    }
+    // SAFETY: as above; `map` outlives every use of `pins`.
+    let pins = unsafe { pins(base) };
+    let mut cur = pins.load(Ordering::Acquire);
+    loop {
+        if cur < 0 {
+            return Ok(None); // being recycled: the object was freed
+        }
+        match pins.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => break,
+            Err(now) => cur = now,
+        }
+    }
+    // Pinned: the header cannot change any more; it names the object the
+    // file holds now.
+    let mut file_id = [0u8; 16];
+    file_id[..8].copy_from_slice(&field(ID_AT));
+    file_id[8..].copy_from_slice(&field(ID_AT + 8));
+    let len = u64::from_ne_bytes(field(LEN_AT));
+    if file_id != id.0 {
+        // The file was recycled for another object after we opened it.
+        pins.fetch_sub(1, Ordering::AcqRel);
+        return Ok(None);
+    }
+    if HEADER as u64 + len > file_len {
+        pins.fetch_sub(1, Ordering::AcqRel);
+        return Err(bad("shorter than the length in its header"));
+    }
+    Ok(Some(ObjectBytes::from_mapping(StoreMapping { map, len: len as usize })))
 }
 
 #[cfg(test)]
@@ -276,9 +607,93 @@ mod tests {
     fn put(m: &mut StoreManager, v: Vec<u8>) -> (ObjectId, usize) {
         let id = ObjectId::for_put();
         let enc = encode(&Buffer::from(v)).unwrap();
-        m.reserve(id, enc.len() as u64).unwrap();
-        write_object(m.dir(), &id, &enc).unwrap();
+        let reuse = m.reserve(id, enc.len() as u64).unwrap();
+        write_object(m.dir(), &id, &enc, reuse.as_deref()).unwrap();
         (id, enc.len())
+    }
+
+    fn read(m: &StoreManager, id: &ObjectId) -> Option<Vec<u8>> {
+        let b = map_object(m.dir(), id).unwrap()?;
+        Some(decode::<Buffer<u8>>(&b).unwrap().to_vec())
+    }
+
+    fn files(base: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(base.join("shm"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn freed_memory_is_reused_by_the_next_object() {
+        let (mut m, base) = store(1 << 20);
+        let (a, _) = put(&mut m, vec![1; 50_000]);
+        m.free(a);
+        let s = m.stats();
+        assert_eq!((s.used_bytes, s.num_objects), (0, 0));
+        assert!(s.pooled_bytes > 50_000, "{s:?}");
+        assert_eq!(files(&base), vec!["pool-1".to_string()]);
+        assert_eq!(read(&m, &a), None, "a freed object cannot be read");
+
+        // The next object of a similar size is written over the pooled file.
+        let (b, _) = put(&mut m, vec![2; 40_000]);
+        assert_eq!(m.stats().pooled_bytes, 0);
+        assert_eq!(files(&base), vec![b.hex()]);
+        assert_eq!(read(&m, &b), Some(vec![2; 40_000]));
+        assert_eq!(read(&m, &a), None);
+
+        // Pooled memory counts against capacity and goes before any spill;
+        // idle pooled memory goes back to the system.
+        m.free(b);
+        assert!(m.stats().pooled_bytes > 0);
+        m.trim_pool(Instant::now() + POOL_IDLE * 2);
+        assert_eq!(m.stats().pooled_bytes, 0);
+        assert!(files(&base).is_empty());
+        let _ = fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_mapped_object_is_never_written_over() {
+        let (mut m, base) = store(1 << 20);
+        let (a, _) = put(&mut m, vec![7; 50_000]);
+        let held = map_object(m.dir(), &a).unwrap().unwrap();
+        m.free(a);
+        // Still mapped here: deleted, not pooled.
+        assert_eq!(m.stats().pooled_bytes, 0);
+        let (b, _) = put(&mut m, vec![8; 50_000]);
+        assert_eq!(read(&m, &b), Some(vec![8; 50_000]));
+        let back: Buffer<u8> = decode(&held).unwrap();
+        assert!(back.iter().all(|x| *x == 7) && back.len() == 50_000);
+        drop((back, held));
+
+        // Pins are counted per mapping: b pooled only once both are gone.
+        let r1 = map_object(m.dir(), &b).unwrap().unwrap();
+        let r2 = map_object(m.dir(), &b).unwrap().unwrap();
+        drop(r1);
+        m.free(b);
+        assert_eq!(m.stats().pooled_bytes, 0, "one mapping is still alive");
+        drop(r2);
+        let (c, _) = put(&mut m, vec![9; 50_000]);
+        m.free(c);
+        assert!(m.stats().pooled_bytes > 0, "an unmapped object's memory is pooled");
+        let _ = fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_writer_that_never_finishes_leaves_nothing_behind() {
+        let (mut m, base) = store(1 << 20);
+        let (a, _) = put(&mut m, vec![1; 50_000]);
+        m.free(a);
+        let b = ObjectId::for_put();
+        let reuse = m.reserve(b, 50_100).unwrap();
+        assert!(reuse.is_some());
+        // The writer died before renaming the pooled file into place.
+        m.free(b);
+        assert!(files(&base).is_empty(), "{:?}", files(&base));
+        assert_eq!(m.stats().pooled_bytes + m.stats().used_bytes, 0);
+        let _ = fs::remove_dir_all(base);
     }
 
     #[test]
@@ -309,7 +724,14 @@ mod tests {
             (s.used_bytes, s.spilled_bytes, s.num_objects, s.num_spilled),
             (0, 0, 0, 0)
         );
-        assert_eq!(fs::read_dir(base.join("shm")).unwrap().count(), 0);
+        // Memory either returned or pooled; no object file is left.
+        assert!(
+            files(&base).iter().all(|f| f.starts_with("pool-")),
+            "{:?}",
+            files(&base)
+        );
+        m.trim_pool(Instant::now() + POOL_IDLE * 2);
+        assert!(files(&base).is_empty());
         assert_eq!(fs::read_dir(base.join("spill")).unwrap().count(), 0);
         let _ = fs::remove_dir_all(base);
     }

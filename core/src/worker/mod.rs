@@ -254,7 +254,8 @@ impl CoreWorker {
         if let Some(e) = reply.error {
             return Err(Error::from_proto(&e));
         }
-        object_store::write_object(&self.store_dir, &id, enc)?;
+        let reuse = Some(reply.reuse.as_str()).filter(|r| !r.is_empty());
+        object_store::write_object(&self.store_dir, &id, enc, reuse)?;
         Ok(Location::Store(self.node_addr.clone()))
     }
 

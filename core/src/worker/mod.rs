@@ -15,7 +15,7 @@ pub(crate) mod submitter;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,9 @@ use crate::rpc::Chan;
 /// Objects at most this large travel inline (in task specs, replies and the
 /// owner's memory); larger ones go to the shared-memory store.
 pub(crate) const INLINE_MAX: usize = 100 * 1024;
+/// How long a thread about to wait for a reply that usually comes within
+/// microseconds polls before parking (see `get_blocking`).
+pub(crate) const SPIN: Duration = Duration::from_micros(200);
 
 /// Where a ready object's bytes are.
 #[derive(Clone)]
@@ -938,7 +941,22 @@ pub(crate) async fn decode_value_async<T: Value>(b: &ObjectBytes) -> Result<T> {
 /// CPU back to the node so nested tasks can run.
 pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>) -> Result<Vec<ObjectBytes>> {
     let cw = current()?;
-    let all_ready = handles.iter().all(|h| cw.owned_ready(&h.id) == Some(true));
+    let mut all_ready = handles.iter().all(|h| cw.owned_ready(&h.id) == Some(true));
+    // A get right after a call (a synchronous call loop): the reply usually
+    // comes within tens of microseconds, sooner than this thread could park
+    // and be woken again, so poll for it briefly first.
+    if !all_ready && handles.len() == 1 && cw.owned_ready(&handles[0].id).is_some() {
+        let start = Instant::now();
+        while start.elapsed() < SPIN {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if cw.owned_ready(&handles[0].id) == Some(true) {
+                all_ready = true;
+                break;
+            }
+        }
+    }
     let lend_cpu = !cw.is_driver && !all_ready;
     if lend_cpu {
         notify_blocked(&cw, true);

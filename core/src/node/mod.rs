@@ -389,6 +389,11 @@ impl NodeDaemon {
                 let pid = child.id().unwrap_or(0);
                 self.state.sched.lock().set_pid(worker_id, pid);
                 self.state.children.lock().insert(worker_id, pid);
+                if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Shutdown began while this one started and missed it.
+                    kill_pid(pid);
+                    return;
+                }
                 tracing::debug!(worker_id, pid, "started worker process");
                 self.capture_output(&mut child, worker_id, pid, job);
                 let d = self.clone();
@@ -418,6 +423,8 @@ impl NodeDaemon {
         // once they fill: without a log file its output goes nowhere.
         let file = match std::fs::File::create(&path) {
             Ok(f) => f,
+            // The session directory went away with a shutdown: nothing to log.
+            Err(_) if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) => return,
             Err(e) => {
                 tracing::warn!(pid, "cannot create the worker's log {}: {e}", path.display());
                 match std::fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -450,6 +457,7 @@ impl NodeDaemon {
 
     fn on_worker_exit(&self, worker_id: u64, cause: String) {
         self.state.children.lock().remove(&worker_id);
+        self.prune_worker_logs();
         self.state.task_events.lock().worker_died(worker_id, &cause);
         let _ = std::fs::remove_file(SessionPaths::worker_sock(&self.state.paths.dir, worker_id));
         if self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {

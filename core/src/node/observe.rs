@@ -23,6 +23,22 @@ pub(crate) const MAX_TASK_EVENTS: usize = 10_000;
 const MAX_LOG_BYTES: u64 = 256 << 20;
 /// How long a listing waits for another node.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Log files of this many exited workers are kept (the newest); older ones
+/// are deleted, so a long-lived node does not fill its disk.
+const MAX_DEAD_WORKER_LOGS: usize = 256;
+
+/// The log files to delete: those of exited workers beyond the newest
+/// `keep` (files are listed oldest first).
+fn stale_logs(files: &[LogFile], live: &HashMap<u64, u32>, keep: usize) -> Vec<usize> {
+    let dead: Vec<usize> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| live.get(&l.worker_id) != Some(&l.pid))
+        .map(|(i, _)| i)
+        .collect();
+    let extra = dead.len().saturating_sub(keep);
+    dead[..extra].to_vec()
+}
 
 /// The most recent task events, by task id.
 #[derive(Default)]
@@ -229,6 +245,33 @@ impl NodeDaemon {
         }
     }
 
+    /// Deletes the log files of exited workers beyond the newest
+    /// [`MAX_DEAD_WORKER_LOGS`].
+    pub(crate) fn prune_worker_logs(&self) {
+        let live = self.state.children.lock().clone();
+        let stale: Vec<LogFile> = {
+            let mut files = self.state.log_files.lock();
+            let drop = stale_logs(&files, &live, MAX_DEAD_WORKER_LOGS);
+            if drop.is_empty() {
+                return;
+            }
+            let mut i = 0;
+            let mut out = Vec::new();
+            files.retain(|l| {
+                let gone = drop.binary_search(&i).is_ok();
+                i += 1;
+                if gone {
+                    out.push(l.clone());
+                }
+                !gone
+            });
+            out
+        };
+        for l in stale {
+            let _ = std::fs::remove_file(&l.path);
+        }
+    }
+
     fn local_logs(&self, pid: u32, tail: u64) -> Vec<proto::WorkerLog> {
         let files: Vec<LogFile> = self
             .state
@@ -380,6 +423,23 @@ impl NodeListing for proto::WorkerLogsReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_oldest_exited_workers_logs_are_dropped() {
+        let files: Vec<LogFile> = (0..6u64)
+            .map(|w| LogFile {
+                worker_id: w,
+                pid: 100 + w as u32,
+                job_id: String::new(),
+                path: PathBuf::from(format!("w{w}")),
+            })
+            .collect();
+        // Workers 1 and 4 are alive; worker 3's id lives on with a new pid.
+        let live: HashMap<u64, u32> = [(1, 101), (4, 104), (3, 999)].into_iter().collect();
+        assert_eq!(stale_logs(&files, &live, 2), vec![0, 2]);
+        assert_eq!(stale_logs(&files, &live, 4), Vec::<usize>::new());
+        assert_eq!(stale_logs(&files, &live, 0), vec![0, 2, 3, 5]);
+    }
 
     fn ev(id: u8, worker_id: u64, start_us: u64) -> proto::TaskEvent {
         proto::TaskEvent {

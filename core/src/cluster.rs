@@ -812,11 +812,14 @@ pub(crate) async fn join_as_driver(
 /// that join later are followed within a few seconds.
 async fn show_worker_output(mut head: ControlServiceClient<Chan>, job: String) {
     let following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>> = Default::default();
+    // The last line printed from each node (by node id), so following a
+    // node again after a broken stream prints nothing twice.
+    let printed: Arc<parking_lot::Mutex<HashMap<String, u64>>> = Default::default();
     loop {
         if let Ok(r) = head.list_nodes(proto::ListNodesRequest {}).await {
             for n in r.into_inner().nodes.into_iter().filter(|n| n.alive) {
                 if following.lock().insert(n.addr.clone()) {
-                    tokio::spawn(follow_node_output(n, job.clone(), following.clone()));
+                    tokio::spawn(follow_node_output(n, job.clone(), following.clone(), printed.clone()));
                 }
             }
         }
@@ -828,17 +831,27 @@ async fn follow_node_output(
     node: proto::NodeEntry,
     job: String,
     following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
+    printed: Arc<parking_lot::Mutex<HashMap<String, u64>>>,
 ) {
     use std::io::Write;
     let short = &node.node_id[..node.node_id.len().min(8)];
     if let Ok(ch) = crate::rpc::channel(&node.addr) {
         let mut c = worker::node_client(ch);
+        let after_seq = printed.lock().get(&node.node_id).copied().unwrap_or(0);
         if let Ok(r) = c
-            .stream_worker_output(proto::StreamWorkerOutputRequest { job_id: job })
+            .stream_worker_output(proto::StreamWorkerOutputRequest { job_id: job, after_seq })
             .await
         {
             let mut lines = r.into_inner();
             while let Ok(Some(l)) = lines.message().await {
+                {
+                    let mut p = printed.lock();
+                    let last = p.entry(node.node_id.clone()).or_insert(0);
+                    if l.seq <= *last {
+                        continue;
+                    }
+                    *last = l.seq;
+                }
                 let text = format!("(pid={}, node={short}) {}\n", l.pid, l.text);
                 // A closed terminal is not the job's problem.
                 let _ = if l.stderr {

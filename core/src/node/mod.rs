@@ -818,11 +818,11 @@ impl NodeService for NodeDaemon {
         &self,
         req: Request<proto::StreamWorkerOutputRequest>,
     ) -> std::result::Result<Response<Self::StreamWorkerOutputStream>, Status> {
-        let job = req.into_inner().job_id;
-        if job.is_empty() {
+        let r = req.into_inner();
+        if r.job_id.is_empty() {
             return Err(Status::invalid_argument("a job id is needed"));
         }
-        Ok(Response::new(Box::pin(self.subscribe_output(&job))))
+        Ok(Response::new(Box::pin(self.subscribe_output(&r.job_id, r.after_seq))))
     }
 
     async fn store_stats(

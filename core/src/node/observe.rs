@@ -108,21 +108,25 @@ const OUTPUT_REPLAY: usize = 1000;
 /// One job's worker output on this node: the newest lines, and the live
 /// stream to its driver.
 pub(crate) struct JobOutput {
-    recent: Mutex<VecDeque<proto::WorkerOutputLine>>,
+    /// The newest lines, and the number of the last line.
+    recent: Mutex<(VecDeque<proto::WorkerOutputLine>, u64)>,
     tx: tokio::sync::broadcast::Sender<proto::WorkerOutputLine>,
 }
 
 impl JobOutput {
     fn new() -> JobOutput {
         JobOutput {
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new((VecDeque::new(), 0)),
             tx: tokio::sync::broadcast::channel(OUTPUT_BACKLOG).0,
         }
     }
 
-    fn push(&self, line: proto::WorkerOutputLine) {
+    fn push(&self, mut line: proto::WorkerOutputLine) {
         // Under the lock, so a new follower sees each line exactly once.
-        let mut recent = self.recent.lock();
+        let mut g = self.recent.lock();
+        let (recent, seq) = &mut *g;
+        *seq += 1;
+        line.seq = *seq;
         if recent.len() >= OUTPUT_REPLAY {
             recent.pop_front();
         }
@@ -131,15 +135,17 @@ impl JobOutput {
         let _ = self.tx.send(line);
     }
 
-    /// The newest lines so far, and the live stream from now on.
+    /// The newest lines after line `after`, and the live stream from now on.
     fn follow(
         &self,
+        after: u64,
     ) -> (
         Vec<proto::WorkerOutputLine>,
         tokio::sync::broadcast::Receiver<proto::WorkerOutputLine>,
     ) {
-        let recent = self.recent.lock();
-        (recent.iter().cloned().collect(), self.tx.subscribe())
+        let g = self.recent.lock();
+        let replay = g.0.iter().filter(|l| l.seq > after).cloned().collect();
+        (replay, self.tx.subscribe())
     }
 }
 
@@ -169,6 +175,7 @@ pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<
                 pid,
                 stderr: *stderr,
                 text: String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line)).into_owned(),
+                seq: 0, // numbered by `push`
             });
         }
         if let Some(to_stderr) = echo.terminal {
@@ -217,9 +224,10 @@ impl NodeDaemon {
     pub(crate) fn subscribe_output(
         &self,
         job: &str,
+        after_seq: u64,
     ) -> impl futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, tonic::Status>> + Send + 'static {
         use futures::StreamExt;
-        let (recent, rx) = self.job_output(job).follow();
+        let (recent, rx) = self.job_output(job).follow(after_seq);
         let live = futures::stream::unfold(rx, |mut rx| async move {
             loop {
                 match rx.recv().await {
@@ -423,6 +431,30 @@ impl NodeListing for proto::WorkerLogsReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_returning_follower_gets_only_the_lines_it_missed() {
+        let out = JobOutput::new();
+        let line = |t: &str| proto::WorkerOutputLine {
+            pid: 7,
+            text: t.into(),
+            ..Default::default()
+        };
+        out.push(line("a"));
+        out.push(line("b"));
+        let (first, _rx) = out.follow(0);
+        let texts = |v: &[proto::WorkerOutputLine]| v.iter().map(|l| (l.seq, l.text.clone())).collect::<Vec<_>>();
+        assert_eq!(texts(&first), vec![(1, "a".into()), (2, "b".into())]);
+        out.push(line("c"));
+        let (again, _rx) = out.follow(2);
+        assert_eq!(texts(&again), vec![(3, "c".into())]);
+        for i in 0..OUTPUT_REPLAY + 5 {
+            out.push(line(&i.to_string()));
+        }
+        let (all, _rx) = out.follow(0);
+        assert_eq!(all.len(), OUTPUT_REPLAY, "only the newest lines are kept");
+        assert_eq!(all.last().map(|l| l.seq), Some((OUTPUT_REPLAY + 8) as u64));
+    }
 
     #[test]
     fn only_the_oldest_exited_workers_logs_are_dropped() {

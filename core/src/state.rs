@@ -45,7 +45,8 @@ pub struct Listing<T> {
     pub unreachable: Vec<String>,
 }
 
-/// One task execution, as the worker that ran it reported it.
+/// One task execution, as the worker that ran it reported it; or a task
+/// still waiting (PENDING), as the process that submitted it reported it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskInfo {
     /// The task's id (hex).
@@ -55,15 +56,17 @@ pub struct TaskInfo {
     pub name: String,
     /// NORMAL_TASK, ACTOR_CREATION_TASK or ACTOR_TASK.
     pub kind: String,
-    /// RUNNING, FINISHED or FAILED.
+    /// PENDING (submitted, waiting for its arguments or a worker), RUNNING,
+    /// FINISHED or FAILED.
     pub state: String,
-    /// The node it ran on.
+    /// The node it ran on (PENDING: the submitter's node).
     pub node_id: String,
-    /// The worker process that ran it.
+    /// The worker process that ran it (PENDING: the submitter).
     pub pid: u32,
     /// The job it belongs to ("" in the embedded cluster).
     pub job_id: String,
-    /// When it started, in microseconds since the epoch.
+    /// When it started (PENDING: when it was submitted), in microseconds
+    /// since the epoch.
     pub start_us: u64,
     /// When it ended (0 while running).
     pub end_us: u64,
@@ -237,6 +240,9 @@ pub fn write_trace(tasks: &[TaskInfo], path: &Path) -> Result<()> {
 /// running ends at the newest time seen.
 pub fn chrome_trace(tasks: &[TaskInfo]) -> serde_json::Value {
     use serde_json::json;
+    // Only what ran: a queued task has no place on a worker's row yet.
+    let ran: Vec<&TaskInfo> = tasks.iter().filter(|t| t.state != "PENDING").collect();
+    let tasks = ran.as_slice();
     let mut nodes: Vec<&str> = tasks.iter().map(|t| t.node_id.as_str()).collect();
     nodes.sort_unstable();
     nodes.dedup();

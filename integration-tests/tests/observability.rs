@@ -30,6 +30,12 @@ fn hang(path: String) -> u32 {
     }
 }
 
+/// Passes its argument on.
+#[rayforge::remote]
+fn after(x: u32) -> u32 {
+    x
+}
+
 /// Greets with a fixed greeting.
 #[rayforge::actor]
 pub struct Greeter {
@@ -59,6 +65,37 @@ fn wait_for_task(name: &str, ok: impl Fn(&TaskInfo) -> bool) -> TaskInfo {
     });
     assert!(hit, "no task {name} as expected in {seen:#?}");
     found.expect("found")
+}
+
+#[test]
+fn tasks_waiting_to_run_are_listed_as_pending() {
+    cluster();
+    let path = std::env::temp_dir().join(marker("pending-pid"));
+    let h = hang::remote(path.display().to_string());
+    let waiting = after::remote(&h);
+    let p = wait_for_task("after", |t| t.state == "PENDING");
+    assert_eq!((p.pid, p.kind.as_str()), (std::process::id(), "NORMAL_TASK"));
+    assert_eq!(p.node_id, rayforge::node_id().unwrap());
+    assert!(p.start_us > 0 && p.end_us == 0, "{p:?}");
+    let tasks = state::list_tasks().unwrap().items;
+    let trace = state::chrome_trace(&tasks).to_string();
+    assert!(
+        !trace.contains("after"),
+        "a queued task is not on the timeline: {trace}"
+    );
+
+    // Once it cannot run any more, it is no longer pending.
+    rayforge::cancel(&h).unwrap();
+    assert!(waiting.get().is_err());
+    let gone = wait_until(Duration::from_secs(30), || {
+        !state::list_tasks()
+            .unwrap()
+            .items
+            .iter()
+            .any(|t| t.name.ends_with("after") && t.state == "PENDING")
+    });
+    assert!(gone, "the cancelled chain's task still shows as pending");
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]

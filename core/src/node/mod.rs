@@ -781,7 +781,15 @@ impl NodeService for NodeDaemon {
         &self,
         req: Request<proto::ReportTaskEventsRequest>,
     ) -> std::result::Result<Response<proto::ReportTaskEventsReply>, Status> {
-        self.record_task_events(req.into_inner().events);
+        let r = req.into_inner();
+        if r.has_queued {
+            let mut queued = r.queued;
+            for ev in &mut queued {
+                ev.node_id = self.state.node_id.clone();
+            }
+            self.state.task_events.lock().record_queued(r.reporter, queued);
+        }
+        self.record_task_events(r.events);
         Ok(Response::new(proto::ReportTaskEventsReply {}))
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct TaskTable {
     by_id: HashMap<Vec<u8>, proto::TaskEvent>,
     /// Task ids, oldest first: the eviction order.
     order: VecDeque<Vec<u8>>,
+    /// Each submitting process's tasks not yet on a worker, as it last
+    /// reported them, and when.
+    queued: HashMap<String, (std::time::Instant, Vec<proto::TaskEvent>)>,
 }
 
 impl TaskTable {
@@ -74,12 +77,39 @@ impl TaskTable {
         }
     }
 
-    /// Every kept event, oldest start first.
+    /// A process's tasks not yet on a worker (replacing its last list).
+    pub(crate) fn record_queued(&mut self, reporter: String, tasks: Vec<proto::TaskEvent>) {
+        if tasks.is_empty() {
+            self.queued.remove(&reporter);
+        } else {
+            self.queued.insert(reporter, (std::time::Instant::now(), tasks));
+        }
+    }
+
+    /// Every kept event, and the queued tasks of processes that reported
+    /// lately (a process that stopped reporting is gone), oldest start first.
     pub(crate) fn list(&self) -> Vec<proto::TaskEvent> {
         let mut v: Vec<proto::TaskEvent> = self.by_id.values().cloned().collect();
+        let fresh = crate::worker::events::QUEUED_FRESH;
+        for (_, tasks) in self.queued.values().filter(|(at, _)| at.elapsed() < fresh) {
+            v.extend(tasks.iter().filter(|t| !self.by_id.contains_key(&t.task_id)).cloned());
+        }
         v.sort_by_key(|e| e.start_us);
         v
     }
+}
+
+/// Drops PENDING entries of tasks another entry shows further along (a
+/// merged cluster listing: the submitter's node may not have heard yet that
+/// the task started elsewhere).
+fn drop_superseded_pending(tasks: &mut Vec<proto::TaskEvent>) {
+    let pending = proto::TaskEventState::Pending as i32;
+    let further: std::collections::HashSet<Vec<u8>> = tasks
+        .iter()
+        .filter(|t| t.state != pending)
+        .map(|t| t.task_id.clone())
+        .collect();
+    tasks.retain(|t| t.state != pending || !further.contains(&t.task_id));
 }
 
 /// One worker process's log file.
@@ -356,6 +386,7 @@ impl NodeDaemon {
         let ask =
             |mut c: NodeServiceClient<Chan>| async move { c.list_tasks(proto::ListStateRequest::default()).await };
         let mut all = self.gather(mine, cluster, ask).await;
+        drop_superseded_pending(&mut all.tasks);
         all.tasks.sort_by_key(|e| e.start_us);
         all
     }
@@ -431,6 +462,37 @@ impl NodeListing for proto::WorkerLogsReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_tasks_show_until_they_start_and_only_while_reported() {
+        let mut t = TaskTable::default();
+        let mut q = ev(1, 9, 5);
+        q.state = proto::TaskEventState::Pending as i32;
+        t.record_queued("driver".into(), vec![q.clone(), ev_pending(2)]);
+        assert_eq!(t.list().len(), 2);
+        // Task 1 started on this node: its own event wins.
+        t.record(ev(1, 3, 20));
+        let l = t.list();
+        assert_eq!(l.len(), 2);
+        assert_eq!(l.iter().find(|e| e.task_id == vec![1]).map(|e| e.state), Some(0));
+        // An empty report clears the process's queued tasks.
+        t.record_queued("driver".into(), Vec::new());
+        assert_eq!(t.list().len(), 1);
+
+        // Across nodes: a PENDING entry gives way to any further state.
+        let mut merged = vec![ev_pending(4), ev(4, 1, 30), ev_pending(5)];
+        drop_superseded_pending(&mut merged);
+        assert_eq!(merged.len(), 2);
+        assert!(merged.iter().any(|e| e.task_id == vec![5]));
+    }
+
+    fn ev_pending(id: u8) -> proto::TaskEvent {
+        proto::TaskEvent {
+            task_id: vec![id],
+            state: proto::TaskEventState::Pending as i32,
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn a_returning_follower_gets_only_the_lines_it_missed() {

@@ -31,6 +31,103 @@ pub(crate) fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most queued tasks one process reports (the oldest).
+const MAX_QUEUED_REPORT: usize = 1000;
+/// How often a process with queued tasks reports them (also when unchanged:
+/// a node forgets a report older than [`QUEUED_FRESH`]).
+const QUEUED_EVERY: Duration = Duration::from_millis(500);
+/// How long a node trusts a process's list of queued tasks.
+pub(crate) const QUEUED_FRESH: Duration = Duration::from_secs(5);
+
+/// The tasks a process submitted that have not reached a worker yet, for
+/// `list tasks` (state PENDING). Costs a lock and a map entry per task.
+#[derive(Default)]
+pub(crate) struct QueuedTasks {
+    inner: Mutex<QueuedInner>,
+}
+
+#[derive(Default)]
+struct QueuedInner {
+    /// Task id -> (name, submitted at, microseconds since the epoch).
+    tasks: HashMap<Vec<u8>, (String, u64)>,
+    changed: bool,
+}
+
+impl QueuedTasks {
+    /// A task was submitted.
+    pub(crate) fn add(&self, spec: &proto::TaskSpec) {
+        let mut g = self.inner.lock();
+        g.tasks
+            .insert(spec.task_id.clone(), (spec.display_name.clone(), now_us()));
+        g.changed = true;
+    }
+
+    /// A task reached a worker, or failed before it could.
+    pub(crate) fn remove(&self, task_id: &[u8]) {
+        let mut g = self.inner.lock();
+        if g.tasks.remove(task_id).is_some() {
+            g.changed = true;
+        }
+    }
+
+    /// The report to send now, if any: the oldest queued tasks as PENDING
+    /// events (an empty list clears the node's view once).
+    fn report(&self, worker_id: u64, job_id: &str, force: bool) -> Option<Vec<proto::TaskEvent>> {
+        let mut g = self.inner.lock();
+        // Unchanged and not due for a refresh (an empty list needs none).
+        let refresh = force && !g.tasks.is_empty();
+        if !g.changed && !refresh {
+            return None;
+        }
+        g.changed = false;
+        let mut all: Vec<(&Vec<u8>, &(String, u64))> = g.tasks.iter().collect();
+        if all.len() > MAX_QUEUED_REPORT {
+            all.select_nth_unstable_by_key(MAX_QUEUED_REPORT, |(_, (_, at))| *at);
+            all.truncate(MAX_QUEUED_REPORT);
+        }
+        let pid = std::process::id();
+        Some(
+            all.into_iter()
+                .map(|(id, (name, at))| proto::TaskEvent {
+                    task_id: id.clone(),
+                    name: name.clone(),
+                    kind: proto::TaskKind::Normal as i32,
+                    worker_id,
+                    pid,
+                    job_id: job_id.to_string(),
+                    start_us: *at,
+                    state: proto::TaskEventState::Pending as i32,
+                    ..Default::default()
+                })
+                .collect(),
+        )
+    }
+
+    /// Reports this process's queued tasks to its node while it lives.
+    pub(crate) async fn report_loop(cw: std::sync::Weak<crate::worker::CoreWorker>, mut node: NodeServiceClient<Chan>) {
+        let mut since_full = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(QUEUED_EVERY).await;
+            let Some(cw) = cw.upgrade() else { return };
+            let force = since_full.elapsed() >= QUEUED_FRESH / 3;
+            let Some(queued) = cw.queued.report(cw.worker_id, &cw.job_id, force) else {
+                continue;
+            };
+            since_full = std::time::Instant::now();
+            let req = proto::ReportTaskEventsRequest {
+                events: Vec::new(),
+                reporter: cw.addr.clone(),
+                has_queued: true,
+                queued,
+            };
+            drop(cw);
+            if let Err(s) = node.report_task_events(req).await {
+                tracing::debug!("reporting queued tasks to the node failed: {}", s.message());
+            }
+        }
+    }
+}
+
 /// The events of one worker process not yet sent to its node.
 pub(crate) struct TaskRecorder {
     worker_id: u64,
@@ -127,7 +224,11 @@ impl TaskRecorder {
             if events.is_empty() {
                 continue;
             }
-            if let Err(s) = node.report_task_events(proto::ReportTaskEventsRequest { events }).await {
+            let req = proto::ReportTaskEventsRequest {
+                events,
+                ..Default::default()
+            };
+            if let Err(s) = node.report_task_events(req).await {
                 tracing::debug!("reporting task events to the node failed: {}", s.message());
             }
         }
@@ -137,6 +238,36 @@ impl TaskRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_tasks_are_reported_when_they_change_and_refreshed_while_queued() {
+        let q = QueuedTasks::default();
+        assert!(q.report(1, "", true).is_none(), "nothing queued, nothing to say");
+        q.add(&spec(1));
+        q.add(&spec(2));
+        let first = q.report(1, "j", false).unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(first
+            .iter()
+            .all(|e| e.state == proto::TaskEventState::Pending as i32 && e.job_id == "j"));
+        assert!(q.report(1, "j", false).is_none(), "unchanged");
+        assert_eq!(q.report(1, "j", true).unwrap().len(), 2, "refreshed on demand");
+        q.remove(&[1]);
+        q.remove(&[2]);
+        assert_eq!(
+            q.report(1, "j", false),
+            Some(Vec::new()),
+            "an empty list clears the node's view"
+        );
+        assert!(q.report(1, "j", true).is_none());
+        for i in 0..(MAX_QUEUED_REPORT as u64 + 50) {
+            q.add(&proto::TaskSpec {
+                task_id: i.to_le_bytes().to_vec(),
+                ..Default::default()
+            });
+        }
+        assert_eq!(q.report(1, "", false).unwrap().len(), MAX_QUEUED_REPORT);
+    }
 
     fn spec(id: u8) -> proto::TaskSpec {
         proto::TaskSpec {

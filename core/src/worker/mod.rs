@@ -94,6 +94,8 @@ pub(crate) struct CoreWorker {
     free_tx: mpsc::UnboundedSender<(ObjectId, String)>,
     borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
     pub(crate) executor: Option<Arc<executor::Executor>>,
+    /// Tasks submitted here that have not reached a worker (for listings).
+    pub(crate) queued: events::QueuedTasks,
     generators: Mutex<HashMap<crate::ids::TaskId, mpsc::UnboundedSender<crate::generator::GenEvent>>>,
     /// Lifetime objects of the actors this process created (see
     /// [`crate::actor`]): freeing one kills its actor.
@@ -166,6 +168,7 @@ impl CoreWorker {
             free_tx,
             borrow_tx,
             executor,
+            queued: events::QueuedTasks::default(),
             generators: Mutex::new(HashMap::new()),
             actor_lifetimes: Mutex::new(HashMap::new()),
             actor_args: Mutex::new(HashMap::new()),
@@ -173,6 +176,7 @@ impl CoreWorker {
         handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
         handle.spawn(borrower_reaper(Arc::downgrade(&cw)));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
+        handle.spawn(events::QueuedTasks::report_loop(Arc::downgrade(&cw), cw.node.clone()));
         cw
     }
 

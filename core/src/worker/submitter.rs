@@ -200,6 +200,7 @@ pub(crate) fn fail_returns(cw: &CoreWorker, ids: &[ObjectId], e: &Error) {
 /// Fails a task: its return objects, or its generator's stream. A failed
 /// rebuild fails only the returns it was rebuilding, as lost.
 pub(crate) fn fail_task(cw: &CoreWorker, task: &PendingTask, e: &Error) {
+    cw.queued.remove(&task.spec.task_id);
     if task.spec.streaming {
         cw.generator_end(task.task_id(), Err(e.clone()));
     } else if let Some(why) = &task.rebuilding {
@@ -252,6 +253,7 @@ impl TaskSubmitter {
     /// Queues a task (after its dependencies resolve) and makes sure leases
     /// are being requested for it.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, mut task: PendingTask) {
+        cw.queued.add(&task.spec);
         let cw = cw.clone();
         cw.clone().handle.spawn(async move {
             if let Err(e) = resolve_dependencies(&cw, &mut task.spec).await {
@@ -425,6 +427,7 @@ impl TaskSubmitter {
                 .running
                 .lock()
                 .insert(tid, (grant.lease_id, node.to_string()));
+            cw.queued.remove(&task.spec.task_id);
             let sent = tx
                 .send(proto::PushTaskRequest {
                     spec: Some(task.spec.clone()),

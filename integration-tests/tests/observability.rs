@@ -36,6 +36,26 @@ fn after(x: u32) -> u32 {
     x
 }
 
+/// An actor whose constructor waits for a file to appear.
+#[rayforge::actor]
+pub struct Gated;
+
+#[rayforge::actor]
+impl Gated {
+    /// Waits (up to a minute) until `path` exists.
+    pub fn new(path: String) -> Self {
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::path::Path::new(&path).exists() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Gated
+    }
+    /// Answers 1.
+    pub fn one(&self) -> u32 {
+        1
+    }
+}
+
 /// Greets with a fixed greeting.
 #[rayforge::actor]
 pub struct Greeter {
@@ -96,6 +116,24 @@ fn tasks_waiting_to_run_are_listed_as_pending() {
     });
     assert!(gone, "the cancelled chain's task still shows as pending");
     let _ = std::fs::remove_file(path);
+
+    // Calls to an actor still being created wait, listed as pending.
+    let gate = std::env::temp_dir().join(marker("gate"));
+    let a = Gated::remote(gate.display().to_string()).unwrap();
+    let call = a.one();
+    let p = wait_for_task("Gated.one", |t| t.state == "PENDING");
+    assert_eq!(p.kind, "ACTOR_TASK");
+    std::fs::write(&gate, b"open").unwrap();
+    assert_eq!(call.get().unwrap(), 1);
+    wait_for_task("Gated.one", |t| t.state == "FINISHED");
+    let pending_left = state::list_tasks()
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|t| t.name.ends_with("Gated.one") && t.state == "PENDING")
+        .count();
+    assert_eq!(pending_left, 0);
+    let _ = std::fs::remove_file(gate);
 }
 
 #[test]

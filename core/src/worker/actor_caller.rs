@@ -33,6 +33,12 @@ impl ActorCall {
         let t = TaskId::from_bytes(&self.spec.task_id).unwrap_or_default();
         (0..self.spec.num_returns).map(|i| t.return_id(i)).collect()
     }
+
+    /// Fails the call's returns; it is no longer waiting to be sent.
+    fn fail(&self, cw: &CoreWorker, e: &Error) {
+        cw.queued.remove(&self.spec.task_id);
+        fail_returns(cw, &self.return_ids(), e);
+    }
 }
 
 #[derive(Default)]
@@ -43,6 +49,7 @@ pub(crate) struct ActorCaller {
 impl ActorCaller {
     /// Queues a call; calls from this process run in submission order.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, actor: ActorId, call: ActorCall) {
+        cw.queued.add(&call.spec);
         let mut chans = cw.actors.channels.lock();
         let tx = chans.entry(actor).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -51,11 +58,7 @@ impl ActorCaller {
             tx
         });
         if let Err(mpsc::error::SendError(call)) = tx.send(call) {
-            fail_returns(
-                cw,
-                &call.return_ids(),
-                &Error::Internal("actor call loop stopped".into()),
-            );
+            call.fail(cw, &Error::Internal("actor call loop stopped".into()));
         }
     }
 }
@@ -105,10 +108,10 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
                     },
                 };
                 for c in resend.drain(..) {
-                    fail_returns(&cw, &c.return_ids(), &err);
+                    c.fail(&cw, &err);
                 }
                 while let Some(c) = rx.recv().await {
-                    fail_returns(&cw, &c.return_ids(), &err);
+                    c.fail(&cw, &err);
                 }
                 return;
             }
@@ -165,7 +168,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
             match deps {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    fail_returns(&cw, &call.return_ids(), &e);
+                    call.fail(&cw, &e);
                     continue;
                 }
                 None => {
@@ -177,6 +180,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
             let req = proto::PushTaskRequest {
                 spec: Some(call.spec.clone()),
             };
+            cw.queued.remove(&tid);
             {
                 let mut g = inflight.lock();
                 g.1.push(tid.clone());
@@ -206,7 +210,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
                     actor: info.class_name.clone(),
                     cause: cause.clone(),
                 };
-                fail_returns(&cw, &c.return_ids(), &err);
+                c.fail(&cw, &err);
             }
         }
         for c in retry.into_iter().rev() {

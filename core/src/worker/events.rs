@@ -46,10 +46,14 @@ pub(crate) struct QueuedTasks {
     inner: Mutex<QueuedInner>,
 }
 
+/// A queued task's name, kind and submission time (microseconds since the
+/// epoch).
+type Queued = (String, i32, u64);
+
 #[derive(Default)]
 struct QueuedInner {
-    /// Task id -> (name, submitted at, microseconds since the epoch).
-    tasks: HashMap<Vec<u8>, (String, u64)>,
+    /// By task id.
+    tasks: HashMap<Vec<u8>, Queued>,
     changed: bool,
 }
 
@@ -58,7 +62,7 @@ impl QueuedTasks {
     pub(crate) fn add(&self, spec: &proto::TaskSpec) {
         let mut g = self.inner.lock();
         g.tasks
-            .insert(spec.task_id.clone(), (spec.display_name.clone(), now_us()));
+            .insert(spec.task_id.clone(), (spec.display_name.clone(), spec.kind, now_us()));
         g.changed = true;
     }
 
@@ -80,18 +84,18 @@ impl QueuedTasks {
             return None;
         }
         g.changed = false;
-        let mut all: Vec<(&Vec<u8>, &(String, u64))> = g.tasks.iter().collect();
+        let mut all: Vec<(&Vec<u8>, &Queued)> = g.tasks.iter().collect();
         if all.len() > MAX_QUEUED_REPORT {
-            all.select_nth_unstable_by_key(MAX_QUEUED_REPORT, |(_, (_, at))| *at);
+            all.select_nth_unstable_by_key(MAX_QUEUED_REPORT, |(_, (_, _, at))| *at);
             all.truncate(MAX_QUEUED_REPORT);
         }
         let pid = std::process::id();
         Some(
             all.into_iter()
-                .map(|(id, (name, at))| proto::TaskEvent {
+                .map(|(id, (name, kind, at))| proto::TaskEvent {
                     task_id: id.clone(),
                     name: name.clone(),
-                    kind: proto::TaskKind::Normal as i32,
+                    kind: *kind,
                     worker_id,
                     pid,
                     job_id: job_id.to_string(),

@@ -315,6 +315,22 @@ impl NodeDaemon {
         for a in actions {
             match a {
                 Action::StartWorker { job } => self.start_worker(job),
+                Action::AskRetire { worker_id, addr, since } => {
+                    let d = self.clone();
+                    self.spawn(async move {
+                        // A worker that cannot answer is stopped as before.
+                        let (may_exit, why) = match ask_retire(&addr).await {
+                            Ok(r) => (r.may_exit, r.reason),
+                            Err(e) => (true, e),
+                        };
+                        if may_exit {
+                            let acts = d.state.sched.lock().retire(worker_id, since);
+                            d.apply(acts);
+                        } else {
+                            tracing::debug!(worker_id, "idle worker kept: {why}");
+                        }
+                    });
+                }
                 Action::KillWorker { worker_id, pid } => {
                     tracing::debug!(worker_id, pid, "stopping worker");
                     if let Some(w) = self.state.sched.lock().workers.get_mut(&worker_id) {
@@ -507,6 +523,21 @@ impl NodeDaemon {
         let _ = std::fs::remove_dir_all(&self.state.paths.spill);
         let _ = std::fs::remove_dir_all(&self.state.paths.logs);
     }
+}
+
+/// Asks an idle worker whether it may stop.
+async fn ask_retire(addr: &str) -> std::result::Result<proto::ExitIfIdleReply, String> {
+    let call = async {
+        let ch = crate::rpc::connect(addr).await.map_err(|e| e.to_string())?;
+        proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
+            .exit_if_idle(proto::ExitIfIdleRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".into()))
 }
 
 /// A chunk of an object's bytes, sent without copying them first.

@@ -56,6 +56,8 @@ pub(crate) struct WorkerInfo {
     pub(crate) job: String,
     /// Stopped by the node for having been idle too long.
     pub(crate) reaped_idle: bool,
+    /// When the node last asked this idle worker whether it may stop.
+    pub(crate) asked_to_retire: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,8 +73,20 @@ pub(crate) struct LeaseInfo {
 /// What the daemon must do after a state change.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Action {
-    StartWorker { job: String },
-    KillWorker { worker_id: u64, pid: u32 },
+    StartWorker {
+        job: String,
+    },
+    KillWorker {
+        worker_id: u64,
+        pid: u32,
+    },
+    /// Ask an idle worker whether it may stop (it may not while it owns
+    /// objects or actors others use); `since` identifies this idle spell.
+    AskRetire {
+        worker_id: u64,
+        addr: String,
+        since: Instant,
+    },
 }
 
 pub(crate) struct Scheduler {
@@ -295,6 +309,7 @@ impl Scheduler {
                 blocked: false,
                 job: job.to_string(),
                 reaped_idle: false,
+                asked_to_retire: None,
             },
         );
     }
@@ -551,32 +566,45 @@ impl Scheduler {
             .count();
         let min = self.min_workers;
         let timeout = self.idle_timeout;
-        let workers = &self.workers;
-        self.idle.retain(|id| {
-            let Some(w) = workers.get(id) else { return false };
-            let WorkerState::Idle(since) = w.state else {
-                return false;
-            };
+        for id in &self.idle {
+            let Some(w) = self.workers.get_mut(id) else { continue };
+            let WorkerState::Idle(since) = w.state else { continue };
             if now.duration_since(since) < timeout || (w.job.is_empty() && own_idle <= min) {
-                return true;
+                continue;
             }
             if w.job.is_empty() {
                 own_idle -= 1;
             }
-            actions.push(Action::KillWorker {
-                worker_id: *id,
-                pid: w.pid,
-            });
-            false
-        });
-        for a in &actions {
-            if let Action::KillWorker { worker_id, .. } = a {
-                if let Some(w) = self.workers.get_mut(worker_id) {
-                    w.reaped_idle = true;
-                }
+            // Asked already during this idle spell: again after another
+            // timeout (what it owned may be gone by then).
+            if w.asked_to_retire
+                .is_some_and(|at| at >= since && now.duration_since(at) < timeout)
+            {
+                continue;
             }
+            w.asked_to_retire = Some(now);
+            actions.push(Action::AskRetire {
+                worker_id: *id,
+                addr: w.addr.clone(),
+                since,
+            });
         }
         actions
+    }
+
+    /// An idle worker agreed to stop: stops it, unless it was leased since
+    /// it was asked (`since` is no longer its idle spell).
+    pub(crate) fn retire(&mut self, worker_id: u64, since: Instant) -> Vec<Action> {
+        let Some(w) = self.workers.get_mut(&worker_id) else {
+            return Vec::new();
+        };
+        if w.state != WorkerState::Idle(since) {
+            return Vec::new();
+        }
+        w.reaped_idle = true;
+        let pid = w.pid;
+        self.idle.retain(|id| *id != worker_id);
+        vec![Action::KillWorker { worker_id, pid }]
     }
 
     /// The lease the memory monitor should end: the newest retriable one,
@@ -691,13 +719,34 @@ mod tests {
     }
 
     #[test]
-    fn idle_workers_above_minimum_are_reaped() {
-        let mut s = Scheduler::new(res(2.0), 1, Duration::from_millis(0));
+    fn idle_workers_above_minimum_are_asked_to_stop_and_stop_if_they_agree() {
+        let mut s = Scheduler::new(res(2.0), 1, Duration::from_millis(50));
         add_worker(&mut s, 1);
         add_worker(&mut s, 2);
-        let acts = s.reap_idle(Instant::now() + Duration::from_millis(1));
-        assert_eq!(acts.len(), 1);
+        let later = Instant::now() + Duration::from_millis(100);
+        let acts = s.reap_idle(later);
+        let [Action::AskRetire { worker_id, since, .. }] = acts.as_slice() else {
+            panic!("one worker above the minimum is asked: {acts:?}");
+        };
+        let (asked, since) = (*worker_id, *since);
+        assert!(s.reap_idle(later).is_empty(), "asked once per timeout");
+        // A worker that refused is asked again after another timeout.
+        let again = s.reap_idle(later + Duration::from_millis(60));
+        assert!(matches!(again.as_slice(), [Action::AskRetire { worker_id, .. }] if *worker_id == asked));
+        // It agrees: stopped, unless it was leased in between.
+        let pid = s.workers[&asked].pid;
+        assert_eq!(
+            s.retire(asked, since),
+            vec![Action::KillWorker { worker_id: asked, pid }]
+        );
         assert_eq!(s.idle_count(), 1);
+        assert!(s.workers[&asked].reaped_idle);
+        let other = if asked == 1 { 2 } else { 1 };
+        let stale = Instant::now() - Duration::from_secs(1);
+        assert!(
+            s.retire(other, stale).is_empty(),
+            "a different idle spell is not stopped"
+        );
     }
 
     #[test]

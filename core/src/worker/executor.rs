@@ -450,6 +450,26 @@ impl CoreWorkerService for WorkerService {
         Ok(Response::new(proto::RebuildObjectReply { error }))
     }
 
+    async fn exit_if_idle(
+        &self,
+        _req: Request<proto::ExitIfIdleRequest>,
+    ) -> std::result::Result<Response<proto::ExitIfIdleReply>, Status> {
+        let cw = current().map_err(|e| Status::unavailable(e.to_string()))?;
+        let owned = cw.num_owned();
+        let actors = cw.actor_lifetimes.lock().len();
+        let reason = if owned > 0 {
+            format!("it owns {owned} objects others may still read")
+        } else if actors > 0 {
+            format!("it created {actors} actors still in use")
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ExitIfIdleReply {
+            may_exit: reason.is_empty(),
+            reason,
+        }))
+    }
+
     async fn update_borrowers(
         &self,
         req: Request<proto::UpdateBorrowersRequest>,

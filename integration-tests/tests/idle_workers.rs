@@ -65,8 +65,9 @@ fn an_idle_worker_that_owns_objects_is_kept_until_they_are_freed() {
     let b = refs[0].get().unwrap();
     assert!(b.len() == 1 << 20 && b.iter().all(|x| *x == 5));
 
-    // Once nothing it owns is held, it goes too.
-    drop((b, refs));
+    // Once nothing it owns is held (the result that held the reference
+    // included), it goes too.
+    drop((b, refs, a));
     assert!(
         wait_until(Duration::from_secs(60), || !alive(owner)),
         "the owner was not stopped once its objects were freed"

@@ -22,6 +22,18 @@ fn make_filled(n: usize, byte: u8) -> Buffer<u8> {
     Buffer::build(n, |s| s.fill(byte))
 }
 
+/// Puts an object here (this worker owns it) and returns a reference to it.
+#[rayforge::remote]
+fn make_nested() -> Vec<ObjectRef<Buffer<u8>>> {
+    vec![rayforge::put(Buffer::from(vec![3u8; 1 << 20])).expect("put")]
+}
+
+/// Returns the references it was given.
+#[rayforge::remote]
+fn echo_refs(refs: Vec<ObjectRef<Buffer<u8>>>) -> Vec<ObjectRef<Buffer<u8>>> {
+    refs
+}
+
 /// Gets every reference inside a list.
 #[rayforge::remote]
 fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
@@ -106,6 +118,41 @@ fn freed_memory_is_reused_but_never_under_a_reader() {
     assert!(
         held.len() == n && held.iter().all(|x| *x == 1),
         "a held buffer never changes"
+    );
+}
+
+#[test]
+fn references_inside_a_result_are_released_with_it_read_or_not() {
+    cluster();
+    let base = store_used();
+    // Never read: the references inside go with the result.
+    let r = make_nested::remote();
+    let (ready, _) = rayforge::wait(std::slice::from_ref(&r), 1, Some(Duration::from_secs(60))).unwrap();
+    assert_eq!(ready.len(), 1);
+    assert!(store_used() >= base + (1 << 20));
+    drop((ready, r));
+    assert!(
+        wait_until(Duration::from_secs(30), || store_used() == base),
+        "an unread result kept the object inside it alive ({} bytes used, baseline {base})",
+        store_used()
+    );
+
+    // Read: the references live as long as the decoded value holds them.
+    let r = make_nested::remote();
+    let inner = r.get().unwrap();
+    drop(r);
+    assert_eq!(inner[0].get().unwrap().len(), 1 << 20);
+    drop(inner);
+    assert!(wait_until(Duration::from_secs(30), || store_used() == base));
+
+    // Our own object handed back by a task is freed too.
+    let mine = rayforge::put(Buffer::from(vec![4u8; 1 << 20])).unwrap();
+    let back = echo_refs::remote(vec![mine]).get().unwrap();
+    assert_eq!(back[0].get().unwrap().len(), 1 << 20);
+    drop(back);
+    assert!(
+        wait_until(Duration::from_secs(30), || store_used() == base),
+        "an object of ours returned by a task was never freed"
     );
 }
 

@@ -264,6 +264,7 @@ fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTa
             id: tid.return_id(i as u32).0.to_vec(),
             kind: Some(proto::return_object::Kind::Inline(enc.to_vec())),
             node_addr: String::new(),
+            contained: Vec::new(), // only values holding no references come here
         })
         .collect();
     Ok(proto::PushTaskReply {
@@ -301,6 +302,7 @@ fn generator_emitter<'a>(
                 id: id.0.to_vec(),
                 node_addr: stored_on(&kind, cw),
                 kind: Some(kind),
+                contained: ref_protos(&enc.refs),
             }),
         };
         cw.block_on(async move { owner.report_generator_item(req).await })?
@@ -358,6 +360,7 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
         if !enc.refs.is_empty() {
             cw.lend(&spec.owner_addr, &enc.refs).await;
         }
+        let contained = ref_protos(&enc.refs);
         let kind = if enc.len() <= INLINE_MAX {
             proto::return_object::Kind::Inline(enc.to_vec())
         } else {
@@ -375,6 +378,7 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
             id: id.0.to_vec(),
             node_addr: stored_on(&kind, cw),
             kind: Some(kind),
+            contained,
         });
     }
     Ok(proto::PushTaskReply {
@@ -383,6 +387,16 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
         error: None,
         num_generated: 0,
     })
+}
+
+/// The references inside a returned value, for its caller.
+fn ref_protos(refs: &[crate::codec::ContainedRef]) -> Vec<proto::ObjectRefProto> {
+    refs.iter()
+        .map(|r| proto::ObjectRefProto {
+            id: r.id.0.to_vec(),
+            owner_addr: r.owner_addr.clone(),
+        })
+        .collect()
 }
 
 /// The node a return value is stored on ("" when inline).

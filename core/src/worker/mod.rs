@@ -560,6 +560,11 @@ impl CoreWorker {
     }
 
     pub(crate) fn update_borrowers(&self, borrower: &str, add: &[ObjectId], remove: &[ObjectId]) {
+        if borrower == self.addr {
+            // Our own references are counted locally, not as a borrow (an
+            // object of ours handed back inside a task's result).
+            return;
+        }
         {
             let mut objs = self.objects.lock();
             for id in add {
@@ -722,6 +727,31 @@ impl CoreWorker {
         }
     }
 
+    /// Takes over the borrows a task registered for this process on the
+    /// references inside a value it returned: they are held as long as the
+    /// value's object is, and released with it, whether or not it was ever
+    /// decoded. (Decoding adds references of its own; the owner hears of
+    /// the release once the last of them goes.)
+    pub(crate) fn adopt_lent(&self, refs: &[proto::ObjectRefProto]) -> Vec<ContainedRef> {
+        refs.iter()
+            .filter_map(|r| {
+                let id = ObjectId::from_bytes(&r.id)?;
+                let handle = RefHandle::new(id, r.owner_addr.clone());
+                if r.owner_addr != self.addr {
+                    if let Some(c) = self.refs.lock().get_mut(&id) {
+                        c.registered = true; // the task registered us
+                    }
+                }
+                let handle: Arc<dyn Send + Sync> = handle;
+                Some(ContainedRef {
+                    id,
+                    owner_addr: r.owner_addr.clone(),
+                    handle: Some(handle),
+                })
+            })
+            .collect()
+    }
+
     /// Registers `borrower` with the owners of `refs` (used before handing a
     /// value containing references to another process).
     pub(crate) async fn lend(&self, borrower: &str, refs: &[ContainedRef]) {
@@ -793,9 +823,10 @@ impl CoreWorker {
         if item.kind.is_none() {
             return;
         }
+        let contained = self.adopt_lent(&item.contained);
         let st = submitter::return_state(item);
         let handle = self.own_pending(id);
-        self.resolve(id, st, Vec::new());
+        self.resolve(id, st, contained);
         if let Some(tx) = self.generators.lock().get(&task) {
             let _ = tx.send(crate::generator::GenEvent::Item(handle));
         }

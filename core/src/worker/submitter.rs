@@ -578,7 +578,8 @@ pub(crate) fn store_returns(cw: &CoreWorker, returns: Vec<proto::ReturnObject>) 
         let Some(id) = ObjectId::from_bytes(&ret.id) else {
             continue;
         };
-        cw.resolve(id, return_state(ret), Vec::new());
+        let contained = cw.adopt_lent(&ret.contained);
+        cw.resolve(id, return_state(ret), contained);
     }
 }
 

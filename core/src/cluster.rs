@@ -495,11 +495,27 @@ impl HeadClient {
             .iter()
             .flat_map(|n| n.pending.iter().map(move |p| format!("{p} on {}", n.address)))
             .collect();
-        if pending.is_empty() {
+        // Placement groups that do not fit yet, or never will ("infeasible"
+        // in the reason): tasks and actors asking for more than any node has
+        // fail at once instead of waiting.
+        let groups: Vec<String> = self
+            .placement_groups()?
+            .into_iter()
+            .filter(|g| g.state == crate::node::placement::PENDING)
+            .map(|g| {
+                let name = if g.name.is_empty() {
+                    g.id.clone()
+                } else {
+                    g.name.clone()
+                };
+                format!("placement group {name} ({} bundles): {}", g.bundles.len(), g.reason)
+            })
+            .collect();
+        if pending.is_empty() && groups.is_empty() {
             let _ = writeln!(out, "Pending demands: (none)");
         } else {
             let _ = writeln!(out, "Pending demands:");
-            for p in pending {
+            for p in pending.into_iter().chain(groups) {
                 let _ = writeln!(out, "  {p}");
             }
         }

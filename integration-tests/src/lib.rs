@@ -135,6 +135,16 @@ fn start_daemon(args: &[String], cluster_file: &std::path::Path) -> (std::proces
 }
 
 impl LocalCluster {
+    /// What `rayforge status` prints for this cluster.
+    pub fn status(&self) -> String {
+        let out = std::process::Command::new(rayforge_bin())
+            .args(["status", "--address", &self.address, "--token", &self.token])
+            .output()
+            .expect("run rayforge status");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `rayforge list WHAT` against this cluster and parses its JSON.
     pub fn list(&self, what: &str) -> serde_json::Value {
         let out = std::process::Command::new(rayforge_bin())

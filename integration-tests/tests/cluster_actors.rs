@@ -214,6 +214,13 @@ fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
         "{:?}",
         packed.state()
     );
+    let status = cluster.status();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("placement group") && l.contains("infeasible")),
+        "status names the infeasible group: {status}"
+    );
     rayforge::remove_placement_group(&spread).unwrap();
     rayforge::remove_placement_group(&packed).unwrap();
 

@@ -254,6 +254,11 @@ impl TaskSubmitter {
     /// are being requested for it.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, mut task: PendingTask) {
         cw.queued.add(&task.spec);
+        if task.spec.args.iter().all(|a| owned_ref_arg(cw, a).is_none()) {
+            // Nothing of ours to wait for: queue it now, without a task.
+            Self::enqueue(cw, task);
+            return;
+        }
         let cw = cw.clone();
         cw.clone().handle.spawn(async move {
             if let Err(e) = resolve_dependencies(&cw, &mut task.spec).await {

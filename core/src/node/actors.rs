@@ -247,9 +247,7 @@ async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result
     let ch = crate::rpc::connect(addr)
         .await
         .map_err(|e| CreationError::Transport(e.to_string()))?;
-    let mut client = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+    let mut client = crate::worker::worker_client(ch);
     let out = tokio_stream::once(proto::PushTaskRequest { spec: Some(spec) });
     let mut replies = client
         .push_tasks(out)

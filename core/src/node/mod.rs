@@ -529,7 +529,7 @@ impl NodeDaemon {
 async fn ask_retire(addr: &str) -> std::result::Result<proto::ExitIfIdleReply, String> {
     let call = async {
         let ch = crate::rpc::connect(addr).await.map_err(|e| e.to_string())?;
-        proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
+        crate::worker::worker_client(ch)
             .exit_if_idle(proto::ExitIfIdleRequest {})
             .await
             .map(|r| r.into_inner())

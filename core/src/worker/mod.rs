@@ -132,6 +132,14 @@ pub(crate) fn uninstall() -> Option<Arc<CoreWorker>> {
     CURRENT.write().take()
 }
 
+/// A client of a process's CoreWorkerService over `ch` (no message size
+/// limit: objects travel inline up to their own limit).
+pub(crate) fn worker_client(ch: Chan) -> CoreWorkerServiceClient<Chan> {
+    CoreWorkerServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
 pub(crate) fn node_client(ch: Chan) -> NodeServiceClient<Chan> {
     NodeServiceClient::new(ch)
         .max_decoding_message_size(usize::MAX)
@@ -182,9 +190,7 @@ impl CoreWorker {
 
     /// A channel to another process's CoreWorkerService (cached).
     pub(crate) fn peer(&self, addr: &str) -> Result<CoreWorkerServiceClient<Chan>> {
-        Ok(CoreWorkerServiceClient::new(self.channel(addr)?)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX))
+        Ok(worker_client(self.channel(addr)?))
     }
 
     /// A client of the node daemon at `addr` ("" or our own node's address:
@@ -979,8 +985,9 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
     let mut all_ready = handles.iter().all(|h| cw.owned_ready(&h.id) == Some(true));
     // A get right after a call (a synchronous call loop): the reply usually
     // comes within tens of microseconds, sooner than this thread could park
-    // and be woken again, so poll for it briefly first.
-    if !all_ready && handles.len() == 1 && cw.owned_ready(&handles[0].id).is_some() {
+    // and be woken again, so poll for it briefly first. (Not ready yet, and
+    // owned here: its reply comes to this process.)
+    if !all_ready && handles.len() == 1 && handles[0].owner == cw.addr {
         let start = Instant::now();
         while start.elapsed() < SPIN {
             for _ in 0..64 {

@@ -1,0 +1,114 @@
+//! Typed errors of the data library. Every variant carries plain strings so an
+//! error raised inside a task crosses the process boundary unchanged.
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong while building or running a dataset.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    /// A path given to a reader matched no file.
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// A row of a CSV or JSON file could not be parsed.
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line number of the bad row.
+        line: u64,
+        /// What was wrong with it.
+        message: String,
+    },
+    /// Two inputs that must share a schema do not.
+    #[error("schema mismatch in {what}: expected {expected}, found {found}")]
+    SchemaMismatch {
+        /// The file or operation where the difference was found.
+        what: String,
+        /// The schema seen first.
+        expected: String,
+        /// The differing schema.
+        found: String,
+    },
+    /// A column named by the caller does not exist.
+    #[error("no column `{column}` (columns: {available})")]
+    NoSuchColumn {
+        /// The name asked for.
+        column: String,
+        /// The columns there are.
+        available: String,
+    },
+    /// A bad argument to a dataset call.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An Arrow computation failed.
+    #[error("arrow: {0}")]
+    Arrow(String),
+    /// The Parquet reader or writer failed.
+    #[error("parquet: {0}")]
+    Parquet(String),
+    /// A SQL query failed to plan or run.
+    #[error("sql: {0}")]
+    Sql(String),
+    /// A user function returned an error.
+    #[error("{0}")]
+    User(String),
+    /// The runtime failed (a task or worker died, an object was lost, ...).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Result alias of the data library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Arrow(e.to_string())
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::Parquet(e.to_string())
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::Sql(e.to_string())
+    }
+}
+
+impl From<rayforge::Error> for Error {
+    fn from(e: rayforge::Error) -> Self {
+        Error::Runtime(e.to_string())
+    }
+}
+
+impl From<String> for Error {
+    fn from(e: String) -> Self {
+        Error::User(e)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(e: &str) -> Self {
+        Error::User(e.to_string())
+    }
+}
+
+impl Error {
+    pub(crate) fn io(path: impl std::fmt::Display, e: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_string(),
+            message: e.to_string(),
+        }
+    }
+}

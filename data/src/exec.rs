@@ -1,0 +1,538 @@
+//! The streaming executor: turns a dataset's plan into a stream of blocks.
+//!
+//! Per-block transforms are fused into the task that reads (or receives) a
+//! block. Each operator keeps a bounded window of tasks in flight and hands
+//! its blocks downstream in order as they finish, so all operators run at
+//! once as a pipeline; the window shrinks to fit a memory budget once block
+//! sizes are known, which bounds how much of the object store a pipeline
+//! holds (backpressure). All-to-all operations (sort, shuffle, group-by,
+//! repartition, SQL, zip) gather their input first.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, RecordBatch};
+use parking_lot::Mutex;
+use rayforge::ObjectRef;
+
+use crate::block::{Block, BlockMeta};
+use crate::error::{Error, Result};
+use crate::ops::{self, MapOp, StageOut, StageSpec};
+use crate::plan::{AllToAll, Compute, Node};
+
+/// A block in the object store and what is known about it.
+#[derive(Clone)]
+pub(crate) struct BlockRef {
+    pub(crate) block: ObjectRef<Block>,
+    pub(crate) meta: BlockMeta,
+}
+
+pub(crate) type BlockIter = Box<dyn Iterator<Item = Result<BlockRef>> + Send>;
+type Pending = (ObjectRef<Block>, ObjectRef<StageOut>);
+type Submits = Box<dyn Iterator<Item = Result<Pending>> + Send>;
+
+/// Counters of one operator.
+pub(crate) struct OpStats {
+    pub(crate) name: String,
+    pub(crate) blocks: AtomicU64,
+    pub(crate) rows: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) task_micros: AtomicU64,
+    pub(crate) running: AtomicU64,
+    start: Instant,
+    pub(crate) wall_micros: AtomicU64,
+}
+
+/// Counters of one execution.
+#[derive(Default)]
+pub(crate) struct ExecStats {
+    pub(crate) ops: Mutex<Vec<Arc<OpStats>>>,
+}
+
+impl ExecStats {
+    pub(crate) fn op(&self, name: String) -> Arc<OpStats> {
+        let s = Arc::new(OpStats {
+            name,
+            blocks: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            task_micros: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            start: Instant::now(),
+            wall_micros: AtomicU64::new(0),
+        });
+        self.ops.lock().push(s.clone());
+        s
+    }
+
+    /// A table: operator, blocks, rows, bytes, task time, wall time.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.ops.lock().iter().enumerate() {
+            out.push_str(&format!(
+                "Operator {i} {}: {} blocks, {} rows, {:.1} MB, {:.3} s in tasks, {:.3} s wall\n",
+                s.name,
+                s.blocks.load(Ordering::Relaxed),
+                s.rows.load(Ordering::Relaxed),
+                s.bytes.load(Ordering::Relaxed) as f64 / 1e6,
+                s.task_micros.load(Ordering::Relaxed) as f64 / 1e6,
+                s.wall_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            ));
+        }
+        out
+    }
+
+    fn progress_line(&self) -> String {
+        self.ops
+            .lock()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}: {} blocks, {} rows, {} running",
+                    s.name,
+                    s.blocks.load(Ordering::Relaxed),
+                    s.rows.load(Ordering::Relaxed),
+                    s.running.load(Ordering::Relaxed)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+impl OpStats {
+    fn record(&self, m: &BlockMeta) {
+        self.blocks.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(m.rows, Ordering::Relaxed);
+        self.bytes.fetch_add(m.bytes, Ordering::Relaxed);
+        self.task_micros.fetch_add((m.secs * 1e6) as u64, Ordering::Relaxed);
+        self.wall_micros
+            .store(self.start.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Settings of one execution.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    /// Most tasks one operator keeps in flight.
+    pub(crate) max_window: usize,
+    /// Bytes of finished blocks one operator may hold ahead of its consumer.
+    pub(crate) budget: u64,
+    pub(crate) stats: Arc<ExecStats>,
+}
+
+impl Ctx {
+    pub(crate) fn new() -> Ctx {
+        let cpus = rayforge::node_resources()
+            .ok()
+            .and_then(|r| r.total.get("CPU").copied())
+            .unwrap_or(2.0)
+            .max(1.0) as usize;
+        let store = rayforge::store_stats().map(|s| s.capacity_bytes).unwrap_or(1 << 30);
+        Ctx {
+            max_window: (cpus * 2).max(2),
+            budget: (store / 4).max(1 << 20),
+            stats: Arc::new(ExecStats::default()),
+        }
+    }
+}
+
+/// Keeps up to `window` tasks in flight and yields their blocks in order.
+struct Window {
+    source: Submits,
+    source_done: bool,
+    pending: VecDeque<Pending>,
+    ctx: Ctx,
+    stats: Arc<OpStats>,
+    failed: bool,
+}
+
+impl Window {
+    fn new(ctx: &Ctx, name: String, source: Submits) -> Window {
+        Window {
+            source,
+            source_done: false,
+            pending: VecDeque::new(),
+            stats: ctx.stats.op(name),
+            ctx: ctx.clone(),
+            failed: false,
+        }
+    }
+
+    fn window(&self) -> usize {
+        let blocks = self.stats.blocks.load(Ordering::Relaxed);
+        if blocks == 0 {
+            return self.ctx.max_window.min(4);
+        }
+        let avg = (self.stats.bytes.load(Ordering::Relaxed) / blocks).max(1);
+        ((self.ctx.budget / avg) as usize).clamp(1, self.ctx.max_window)
+    }
+}
+
+impl Iterator for Window {
+    type Item = Result<BlockRef>;
+
+    fn next(&mut self) -> Option<Result<BlockRef>> {
+        if self.failed {
+            return None;
+        }
+        while !self.source_done && self.pending.len() < self.window() {
+            match self.source.next() {
+                Some(Ok(p)) => {
+                    self.stats.running.fetch_add(1, Ordering::Relaxed);
+                    self.pending.push_back(p)
+                }
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                None => self.source_done = true,
+            }
+        }
+        let (block, out) = self.pending.pop_front()?;
+        self.stats.running.fetch_sub(1, Ordering::Relaxed);
+        let r = match out.get() {
+            Err(e) => Err(Error::from(e)),
+            Ok(StageOut { error: Some(e), .. }) => Err(e),
+            Ok(StageOut { meta: Some(meta), .. }) => {
+                self.stats.record(&meta);
+                Ok(BlockRef { block, meta })
+            }
+            Ok(StageOut { meta: None, .. }) => {
+                Err(Error::Runtime("a stage returned neither a block nor an error".into()))
+            }
+        };
+        if r.is_err() {
+            self.failed = true;
+        }
+        Some(r)
+    }
+}
+
+fn opts(c: &Compute) -> rayforge::TaskOptions {
+    rayforge::TaskOptions {
+        num_cpus: c.num_cpus,
+        num_gpus: c.num_gpus,
+        ..Default::default()
+    }
+}
+
+fn stage_name(head: &str, ops: &[MapOp]) -> String {
+    let mut parts = vec![head.to_string()];
+    parts.extend(ops.iter().map(|o| o.name()));
+    parts.join("->")
+}
+
+/// Runs a plan node, yielding its blocks in order.
+pub(crate) fn execute(node: &Arc<Node>, ctx: &Ctx) -> Result<BlockIter> {
+    Ok(match node.as_ref() {
+        Node::Read { tasks, .. } => {
+            let name = tasks.first().map(|t| t.kind()).unwrap_or("Read").to_string();
+            read_window(ctx, name, tasks.clone(), Vec::new(), &Compute::default())
+        }
+        Node::Blocks { blocks, .. } => Box::new(blocks.clone().into_iter().map(Ok)),
+        Node::Map { input, ops, compute } => match input.as_ref() {
+            Node::Read { tasks, .. } => {
+                let name = tasks.first().map(|t| t.kind()).unwrap_or("Read");
+                read_window(ctx, stage_name(name, ops), tasks.clone(), ops.clone(), compute)
+            }
+            _ => {
+                let upstream = execute(input, ctx)?;
+                let spec = StageSpec {
+                    read: None,
+                    ops: ops.clone(),
+                };
+                let o = opts(compute);
+                let src = upstream
+                    .map(move |r| r.map(|br| ops::map_stage::Options(o.clone()).remote(spec.clone(), br.block)));
+                Box::new(Window::new(ctx, stage_name("Map", ops), Box::new(src)))
+            }
+        },
+        Node::Limit { input, n } => Box::new(Limit {
+            upstream: execute(input, ctx)?,
+            left: *n,
+            ctx: ctx.clone(),
+        }),
+        Node::Union(inputs) => {
+            let inputs = inputs.clone();
+            let ctx = ctx.clone();
+            Box::new(inputs.into_iter().flat_map(move |n| match execute(&n, &ctx) {
+                Ok(it) => it,
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }))
+        }
+        Node::AllToAll { input, op } => {
+            let blocks = collect(execute(input, ctx)?)?;
+            Box::new(all_to_all(op, blocks, ctx)?.into_iter().map(Ok))
+        }
+        Node::Zip(a, b) => {
+            let left = collect(execute(a, ctx)?)?;
+            let right = collect(execute(b, ctx)?)?;
+            Box::new(zip(left, right, ctx)?.into_iter().map(Ok))
+        }
+    })
+}
+
+fn read_window(
+    ctx: &Ctx,
+    name: String,
+    tasks: Vec<crate::source::ReadTask>,
+    ops: Vec<MapOp>,
+    c: &Compute,
+) -> BlockIter {
+    let o = opts(c);
+    let src = tasks.into_iter().map(move |t| {
+        Ok(ops::read_stage::Options(o.clone()).remote(StageSpec {
+            read: Some(t),
+            ops: ops.clone(),
+        }))
+    });
+    Box::new(Window::new(ctx, name, Box::new(src)))
+}
+
+/// Runs the stream to the end.
+pub(crate) fn collect(it: BlockIter) -> Result<Vec<BlockRef>> {
+    it.collect()
+}
+
+/// Stops after `left` rows, cutting the last block.
+struct Limit {
+    upstream: BlockIter,
+    left: u64,
+    ctx: Ctx,
+}
+
+impl Iterator for Limit {
+    type Item = Result<BlockRef>;
+
+    fn next(&mut self) -> Option<Result<BlockRef>> {
+        if self.left == 0 {
+            return None;
+        }
+        let br = match self.upstream.next()? {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        if br.meta.rows <= self.left {
+            self.left -= br.meta.rows;
+            return Some(Ok(br));
+        }
+        let spec = StageSpec {
+            read: None,
+            ops: vec![MapOp::Slice {
+                offset: 0,
+                len: self.left as usize,
+            }],
+        };
+        self.left = 0;
+        let p = ops::map_stage::remote(spec, br.block);
+        Window::new(&self.ctx, "Limit".into(), Box::new(std::iter::once(Ok(p)))).next()
+    }
+}
+
+/// Pieces of `blocks` that make consecutive output blocks of `sizes` rows.
+fn slice_plan(blocks: &[BlockRef], sizes: &[u64]) -> Vec<Vec<(ObjectRef<Block>, usize, usize)>> {
+    let mut out = Vec::new();
+    let (mut bi, mut off) = (0usize, 0u64);
+    for &want in sizes {
+        let mut pieces = Vec::new();
+        let mut need = want;
+        while need > 0 && bi < blocks.len() {
+            let avail = blocks[bi].meta.rows - off;
+            let take = avail.min(need);
+            if take > 0 {
+                pieces.push((blocks[bi].block.clone(), off as usize, take as usize));
+            }
+            need -= take;
+            off += take;
+            if off == blocks[bi].meta.rows {
+                bi += 1;
+                off = 0;
+            }
+        }
+        out.push(pieces);
+    }
+    out
+}
+
+fn run_pending(ctx: &Ctx, name: &str, pending: Vec<Pending>) -> Result<Vec<BlockRef>> {
+    let mut w = Window::new(ctx, name.to_string(), Box::new(pending.into_iter().map(Ok)));
+    w.ctx.max_window = usize::MAX;
+    w.ctx.budget = u64::MAX;
+    collect(Box::new(w))
+}
+
+fn total_rows(blocks: &[BlockRef]) -> u64 {
+    blocks.iter().map(|b| b.meta.rows).sum()
+}
+
+fn even_sizes(total: u64, n: usize) -> Vec<u64> {
+    let n = n.max(1) as u64;
+    (0..n).map(|i| total * (i + 1) / n - total * i / n).collect()
+}
+
+fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<BlockRef>> {
+    match op {
+        AllToAll::Repartition(n) => {
+            let plan = slice_plan(&blocks, &even_sizes(total_rows(&blocks), *n));
+            let pending = plan.into_iter().map(ops::concat_pieces::remote).collect();
+            run_pending(ctx, "Repartition", pending)
+        }
+        AllToAll::Shuffle(seed) => {
+            let n = blocks.len().max(1);
+            let parts: Vec<ObjectRef<Vec<Block>>> = blocks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| ops::shuffle_map::remote(&b.block, n, seed.wrapping_add(i as u64)))
+                .collect();
+            let pending = (0..n)
+                .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, *seed))
+                .collect();
+            run_pending(ctx, "RandomShuffle", pending)
+        }
+        AllToAll::Sort { key, descending } => {
+            let n = blocks.len().max(1);
+            let samples: Vec<ObjectRef<Block>> = blocks
+                .iter()
+                .map(|b| ops::sort_sample::remote(&b.block, key.clone(), 64usize))
+                .collect();
+            let mut got = Vec::new();
+            for s in &samples {
+                got.push(s.get()?.into_batch());
+            }
+            let all = ops::concat(got)?;
+            let bounds = if all.num_rows() == 0 || all.num_columns() == 0 {
+                Block::new(RecordBatch::new_empty(all.schema()))
+            } else {
+                let col = all.column(0);
+                let opts = arrow::compute::SortOptions {
+                    descending: *descending,
+                    nulls_first: false,
+                };
+                let sorted = arrow::compute::take(
+                    col.as_ref(),
+                    &arrow::compute::sort_to_indices(col, Some(opts), None)?,
+                    None,
+                )?;
+                let valid = sorted.len() - sorted.null_count();
+                let idx: Vec<u64> = (1..n).map(|i| (i * valid / n) as u64).collect();
+                let b = arrow::compute::take(sorted.as_ref(), &arrow::array::UInt64Array::from(idx), None)?;
+                Block::new(RecordBatch::try_new(all.schema(), vec![b])?)
+            };
+            let parts: Vec<ObjectRef<Vec<Block>>> = blocks
+                .iter()
+                .map(|b| ops::sort_map::remote(&b.block, key.clone(), bounds.clone(), *descending))
+                .collect();
+            let k = bounds.num_rows() + 1;
+            let pending = (0..k)
+                .map(|j| ops::sort_reduce::remote(parts.clone(), j, key.clone(), *descending))
+                .collect();
+            run_pending(ctx, "Sort", pending)
+        }
+        AllToAll::Sql { query } => {
+            let schema = blocks
+                .first()
+                .map(|b| b.meta.schema.schema())
+                .unwrap_or_else(crate::block::empty_schema);
+            let refs: Vec<ObjectRef<Block>> = blocks.iter().map(|b| b.block.clone()).collect();
+            run_pending(
+                ctx,
+                "SQL",
+                vec![ops::sql_stage::remote(
+                    refs,
+                    Block::empty(schema.clone()),
+                    query.clone(),
+                )],
+            )
+        }
+        AllToAll::Aggregate { partial, combine } => {
+            if blocks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let parts: Vec<ObjectRef<Block>> = blocks
+                .iter()
+                .map(|b| ops::agg_partial::remote(&b.block, partial.clone()))
+                .collect();
+            run_pending(ctx, "Aggregate", vec![ops::agg_final::remote(parts, combine.clone())])
+        }
+    }
+}
+
+fn zip(left: Vec<BlockRef>, right: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<BlockRef>> {
+    let (l, r) = (total_rows(&left), total_rows(&right));
+    if l != r {
+        return Err(Error::InvalidArgument(format!(
+            "zip needs datasets of equal length; got {l} and {r} rows"
+        )));
+    }
+    let sizes: Vec<u64> = left.iter().map(|b| b.meta.rows).collect();
+    let plan = slice_plan(&right, &sizes);
+    let pending = left
+        .iter()
+        .zip(plan)
+        .map(|(lb, pieces)| {
+            let (rb, _) = ops::concat_pieces::remote(pieces);
+            ops::zip_blocks::remote(&lb.block, rb)
+        })
+        .collect();
+    run_pending(ctx, "Zip", pending)
+}
+
+/// Prints one progress line a second to stderr while a long execution runs
+/// (from its third second on).
+pub(crate) struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub(crate) fn start(what: &str, stats: Arc<ExecStats>) -> Progress {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let what = what.to_string();
+        let thread = std::thread::Builder::new()
+            .name("rayforge-data-progress".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut printed = false;
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::park_timeout(Duration::from_millis(250));
+                    if s.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let t = start.elapsed();
+                    if t >= Duration::from_secs(2) && t.subsec_millis() < 250 {
+                        eprint!(
+                            "\r[data {what} {:.0}s] {}\x1b[K",
+                            t.as_secs_f64(),
+                            stats.progress_line()
+                        );
+                        let _ = std::io::stderr().flush();
+                        printed = true;
+                    }
+                }
+                if printed {
+                    eprintln!(
+                        "\r[data {what} done in {:.1}s] {}\x1b[K",
+                        start.elapsed().as_secs_f64(),
+                        stats.progress_line()
+                    );
+                }
+            })
+            .ok();
+        Progress { stop, thread }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}

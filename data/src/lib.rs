@@ -1,0 +1,815 @@
+//! rayforge-data: streaming distributed datasets on Arrow, DataFusion and
+//! Parquet, built on the rayforge runtime's tasks and object store.
+//!
+//! A [`Dataset`] is a lazy plan over blocks (Arrow record batches held in the
+//! shared-memory object store and read zero-copy by the tasks that use them).
+//! Transforms add operators; consuming calls (`count`, `take`,
+//! `iter_batches`, `write_parquet`, ...) run the plan with a streaming
+//! executor: per-block transforms are fused into one task per block, every
+//! operator keeps a bounded window of tasks in flight, and blocks flow
+//! downstream as they finish, so a dataset larger than the object store
+//! streams through `read -> map_batches -> write`.
+//!
+//! User functions run in worker processes. Pass plain functions (or closures
+//! that capture nothing): every worker runs the same binary, so the function
+//! is shipped by reference.
+//!
+//! ```no_run
+//! use rayforge_data::expr::col;
+//!
+//! #[rayforge::main]
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     rayforge::init(rayforge::Config::default())?;
+//!     let ds = rayforge_data::range(1000)
+//!         .filter_expr(col("id").ge(10))
+//!         .map_batches(|b| rayforge_data::compute::scale_column(b, "id", 2.0));
+//!     assert_eq!(ds.count()?, 990);
+//!     let top = ds.sort("id", true).take_batch(3)?;
+//!     assert_eq!(top.num_rows(), 3);
+//!     let by = ds.sql("SELECT count(*) AS n FROM ds WHERE id < 100")?.take_batch(1)?;
+//!     assert_eq!(by.num_rows(), 1);
+//!     Ok(())
+//! }
+//! ```
+
+mod block;
+pub mod compute;
+mod error;
+mod exec;
+pub mod expr;
+mod ops;
+mod plan;
+mod source;
+mod udf;
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use arrow;
+pub use block::Block;
+pub use error::{Error, Result};
+pub use source::ParquetOptions;
+
+use exec::{BlockRef, Ctx, ExecStats, Progress};
+use ops::{Format, MapOp, Sink, Tramp};
+use plan::{AllToAll, Compute, Node};
+use udf::FnRef;
+
+/// Paths accepted by the readers: a file, a directory (read recursively) or
+/// a glob pattern, or a list of them.
+pub trait Paths {
+    /// The paths as strings.
+    fn paths(self) -> Vec<String>;
+}
+
+impl Paths for &str {
+    fn paths(self) -> Vec<String> {
+        vec![self.to_string()]
+    }
+}
+impl Paths for String {
+    fn paths(self) -> Vec<String> {
+        vec![self]
+    }
+}
+impl Paths for &String {
+    fn paths(self) -> Vec<String> {
+        vec![self.clone()]
+    }
+}
+impl Paths for &std::path::Path {
+    fn paths(self) -> Vec<String> {
+        vec![self.display().to_string()]
+    }
+}
+impl Paths for std::path::PathBuf {
+    fn paths(self) -> Vec<String> {
+        vec![self.display().to_string()]
+    }
+}
+impl Paths for &std::path::PathBuf {
+    fn paths(self) -> Vec<String> {
+        vec![self.display().to_string()]
+    }
+}
+impl<S: AsRef<str>> Paths for Vec<S> {
+    fn paths(self) -> Vec<String> {
+        self.iter().map(|s| s.as_ref().to_string()).collect()
+    }
+}
+impl<S: AsRef<str>> Paths for &[S] {
+    fn paths(self) -> Vec<String> {
+        self.iter().map(|s| s.as_ref().to_string()).collect()
+    }
+}
+
+/// A lazy, distributed dataset of Arrow record batches.
+#[derive(Clone)]
+pub struct Dataset {
+    node: Arc<Node>,
+    last: Arc<Mutex<Option<Arc<ExecStats>>>>,
+}
+
+/// Options of [`Dataset::map_batches_with`].
+#[derive(Clone, Debug, Default)]
+pub struct MapOptions {
+    /// Rows per call of the function (a block's rows in one call when `None`).
+    pub batch_size: Option<usize>,
+    /// CPUs each task holds (1 when `None`).
+    pub num_cpus: Option<f64>,
+    /// GPUs each task holds.
+    pub num_gpus: Option<f64>,
+}
+
+/// Options of [`Dataset::iter_batches`].
+#[derive(Clone, Debug)]
+pub struct IterOptions {
+    /// Rows per batch (the blocks' own sizes when `None`); the last batch may
+    /// be smaller.
+    pub batch_size: Option<usize>,
+    /// Blocks to keep in flight ahead of the consumer (at least 1).
+    pub prefetch: usize,
+}
+
+impl Default for IterOptions {
+    fn default() -> Self {
+        IterOptions {
+            batch_size: Some(256),
+            prefetch: 2,
+        }
+    }
+}
+
+/// What a write produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Files written, in block order.
+    pub files: Vec<String>,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// An aggregate of [`GroupedData::aggregate`] and [`Dataset::aggregate`];
+/// the output column is named like Ray's (`count()`, `sum(x)`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Agg {
+    /// Rows per group.
+    Count,
+    /// Sum of a column.
+    Sum(String),
+    /// Mean of a column.
+    Mean(String),
+    /// Minimum of a column.
+    Min(String),
+    /// Maximum of a column.
+    Max(String),
+    /// Sample standard deviation (ddof = 1) of a column.
+    Std(String),
+}
+
+impl Agg {
+    /// The output column's name.
+    pub fn output_name(&self) -> String {
+        match self {
+            Agg::Count => "count()".into(),
+            Agg::Sum(c) => format!("sum({c})"),
+            Agg::Mean(c) => format!("mean({c})"),
+            Agg::Min(c) => format!("min({c})"),
+            Agg::Max(c) => format!("max({c})"),
+            Agg::Std(c) => format!("std({c})"),
+        }
+    }
+}
+
+/// A dataset grouped by key columns; see [`Dataset::groupby`].
+#[derive(Clone)]
+pub struct GroupedData {
+    ds: Dataset,
+    keys: Vec<String>,
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl GroupedData {
+    /// One row per group: the keys, then each aggregate, sorted by the keys.
+    pub fn aggregate(&self, aggs: &[Agg]) -> Dataset {
+        self.ds.aggregate_by(&self.keys, aggs)
+    }
+
+    /// Rows per group (column `count()`).
+    pub fn count(&self) -> Dataset {
+        self.aggregate(&[Agg::Count])
+    }
+
+    /// Sum of `column` per group.
+    pub fn sum(&self, column: &str) -> Dataset {
+        self.aggregate(&[Agg::Sum(column.into())])
+    }
+
+    /// Mean of `column` per group.
+    pub fn mean(&self, column: &str) -> Dataset {
+        self.aggregate(&[Agg::Mean(column.into())])
+    }
+
+    /// Minimum of `column` per group.
+    pub fn min(&self, column: &str) -> Dataset {
+        self.aggregate(&[Agg::Min(column.into())])
+    }
+
+    /// Maximum of `column` per group.
+    pub fn max(&self, column: &str) -> Dataset {
+        self.aggregate(&[Agg::Max(column.into())])
+    }
+
+    /// Sample standard deviation of `column` per group.
+    pub fn std(&self, column: &str) -> Dataset {
+        self.aggregate(&[Agg::Std(column.into())])
+    }
+}
+
+fn new(node: Node) -> Dataset {
+    Dataset {
+        node: Arc::new(node),
+        last: Arc::new(Mutex::new(None)),
+    }
+}
+
+fn default_blocks() -> usize {
+    let cpus = rayforge::node_resources()
+        .ok()
+        .and_then(|r| r.total.get("CPU").copied())
+        .unwrap_or(2.0);
+    ((cpus * 2.0) as usize).max(2)
+}
+
+/// The integers `0..n` in a column `id`, in about twice as many blocks as
+/// the node has CPUs.
+pub fn range(n: u64) -> Dataset {
+    range_with_blocks(n, default_blocks())
+}
+
+/// The integers `0..n` in a column `id`, in `blocks` blocks.
+pub fn range_with_blocks(n: u64, blocks: usize) -> Dataset {
+    new(Node::Read {
+        tasks: source::plan_range(n, blocks),
+        schema: Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )])),
+    })
+}
+
+/// A dataset of in-memory rows (structs or maps of named fields), in
+/// blocks of at most 10,000 rows.
+pub fn from_items<T: Serialize>(items: &[T]) -> Result<Dataset> {
+    let mut batches = Vec::new();
+    for chunk in items.chunks(10_000) {
+        batches.push(ops::batch_of(chunk)?);
+    }
+    from_arrow(batches)
+}
+
+/// A dataset of record batches (one block each), put in the object store.
+pub fn from_arrow(batches: Vec<RecordBatch>) -> Result<Dataset> {
+    let mut blocks = Vec::new();
+    let schema = batches.first().map(|b| b.schema());
+    for b in batches {
+        if let Some(s) = &schema {
+            if s.fields() != b.schema().fields() {
+                return Err(Error::SchemaMismatch {
+                    what: "from_arrow batches".into(),
+                    expected: expr::names(&RecordBatch::new_empty(s.clone())),
+                    found: expr::names(&b),
+                });
+            }
+        }
+        let block = Block::new(b);
+        let meta = block::BlockMeta::of(&block, 0.0);
+        blocks.push(BlockRef {
+            block: rayforge::put(block)?,
+            meta,
+        });
+    }
+    Ok(new(Node::Blocks { blocks }))
+}
+
+/// Reads Parquet files: one block per row group, read in parallel.
+pub fn read_parquet(paths: impl Paths) -> Result<Dataset> {
+    read_parquet_with(paths, ParquetOptions::default())
+}
+
+/// Reads Parquet files, only the columns asked for and only rows passing the
+/// filter (pushed into the reader: row groups are skipped by their
+/// statistics, rows dropped while decoding). Files must share one schema.
+pub fn read_parquet_with(paths: impl Paths, opts: ParquetOptions) -> Result<Dataset> {
+    let files = source::expand_paths(&paths.paths(), ".parquet")?;
+    let (tasks, schema) = source::plan_parquet(&files, &opts)?;
+    Ok(new(Node::Read { tasks, schema }))
+}
+
+/// Reads CSV files with a header row (one block per file); column types are
+/// inferred from the first rows and must agree between files.
+pub fn read_csv(paths: impl Paths) -> Result<Dataset> {
+    let files = source::expand_paths(&paths.paths(), ".csv")?;
+    let (tasks, schema) = source::plan_csv(&files)?;
+    Ok(new(Node::Read { tasks, schema }))
+}
+
+/// Reads newline-delimited JSON files (one object per line, one block per
+/// file); types are inferred from the first rows and must agree between
+/// files.
+pub fn read_json(paths: impl Paths) -> Result<Dataset> {
+    let files = source::expand_paths(&paths.paths(), ".json")?;
+    let (tasks, schema) = source::plan_json(&files)?;
+    Ok(new(Node::Read { tasks, schema }))
+}
+
+impl Dataset {
+    fn with(&self, node: Arc<Node>) -> Dataset {
+        Dataset {
+            node,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn then(&self, op: MapOp) -> Dataset {
+        self.with(self.node.then(op, Compute::default()))
+    }
+
+    fn call(&self, name: &str, tramp: Tramp, user: usize, arg: &str, o: &MapOptions) -> Dataset {
+        let op = MapOp::Call {
+            name: name.to_string(),
+            tramp: FnRef::new(tramp as usize),
+            user: FnRef::new(user),
+            arg: arg.to_string(),
+            batch_size: o.batch_size,
+        };
+        let c = Compute {
+            num_cpus: o.num_cpus,
+            num_gpus: o.num_gpus,
+        };
+        self.with(self.node.then(op, c))
+    }
+
+    /// Applies `f` to every block's record batch.
+    pub fn map_batches<E: Into<Error> + 'static>(&self, f: fn(RecordBatch) -> Result<RecordBatch, E>) -> Dataset {
+        self.map_batches_with(f, MapOptions::default())
+    }
+
+    /// Applies `f` to batches of `opts.batch_size` rows, in tasks holding
+    /// `opts.num_cpus` / `opts.num_gpus`.
+    pub fn map_batches_with<E: Into<Error> + 'static>(
+        &self,
+        f: fn(RecordBatch) -> Result<RecordBatch, E>,
+        opts: MapOptions,
+    ) -> Dataset {
+        self.call("MapBatches", ops::t_batches::<E>, f as usize, "", &opts)
+    }
+
+    /// Applies `f` to every row (rows convert to and from `T`/`U` through
+    /// their field names).
+    pub fn map<T: DeserializeOwned + 'static, U: Serialize + 'static>(&self, f: fn(T) -> U) -> Dataset {
+        self.call("Map", ops::t_map::<T, U>, f as usize, "", &MapOptions::default())
+    }
+
+    /// Maps every row to zero or more rows.
+    pub fn flat_map<T: DeserializeOwned + 'static, U: Serialize + 'static>(&self, f: fn(T) -> Vec<U>) -> Dataset {
+        self.call(
+            "FlatMap",
+            ops::t_flat_map::<T, U>,
+            f as usize,
+            "",
+            &MapOptions::default(),
+        )
+    }
+
+    /// Keeps the rows for which `f` holds.
+    pub fn filter<T: DeserializeOwned + 'static>(&self, f: fn(&T) -> bool) -> Dataset {
+        self.call("Filter", ops::t_filter::<T>, f as usize, "", &MapOptions::default())
+    }
+
+    /// Keeps the rows where the expression holds (evaluated on whole columns).
+    pub fn filter_expr(&self, e: expr::Expr) -> Dataset {
+        self.then(MapOp::Filter(e))
+    }
+
+    /// Adds (or replaces) column `name`, computed from each batch by `f`.
+    pub fn add_column<E: Into<Error> + 'static>(
+        &self,
+        name: &str,
+        f: fn(&RecordBatch) -> Result<ArrayRef, E>,
+    ) -> Dataset {
+        self.call(
+            "AddColumn",
+            ops::t_add_column::<E>,
+            f as usize,
+            name,
+            &MapOptions::default(),
+        )
+    }
+
+    /// Drops columns.
+    pub fn drop_columns(&self, cols: &[&str]) -> Dataset {
+        self.then(MapOp::Drop(cols.iter().map(|s| s.to_string()).collect()))
+    }
+
+    /// Keeps only these columns, in this order.
+    pub fn select_columns(&self, cols: &[&str]) -> Dataset {
+        self.then(MapOp::Select(cols.iter().map(|s| s.to_string()).collect()))
+    }
+
+    /// Renames columns (`(from, to)` pairs).
+    pub fn rename_columns(&self, pairs: &[(&str, &str)]) -> Dataset {
+        self.then(MapOp::Rename(
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        ))
+    }
+
+    /// The first `n` rows.
+    pub fn limit(&self, n: u64) -> Dataset {
+        self.with(Arc::new(Node::Limit {
+            input: self.node.clone(),
+            n,
+        }))
+    }
+
+    /// Groups rows by key columns, for [`GroupedData::aggregate`].
+    pub fn groupby(&self, keys: &[&str]) -> GroupedData {
+        GroupedData {
+            ds: self.clone(),
+            keys: keys.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Aggregates over the whole dataset (one row).
+    pub fn aggregate(&self, aggs: &[Agg]) -> Dataset {
+        self.aggregate_by(&[], aggs)
+    }
+
+    fn aggregate_by(&self, keys: &[String], aggs: &[Agg]) -> Dataset {
+        // Each block is reduced to partial sums/counts/extremes per group;
+        // one task combines them.
+        let mut partial: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+        let mut combine: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+        for (i, a) in aggs.iter().enumerate() {
+            let p = |what: &str| format!("p{i}_{what}");
+            let out = quote(&a.output_name());
+            match a {
+                Agg::Count => {
+                    partial.push(format!("count(*) AS {}", p("n")));
+                    combine.push(format!("CAST(sum({}) AS BIGINT) AS {out}", p("n")));
+                }
+                Agg::Sum(c) => {
+                    partial.push(format!("sum({}) AS {}", quote(c), p("s")));
+                    combine.push(format!("sum({}) AS {out}", p("s")));
+                }
+                Agg::Mean(c) => {
+                    partial.push(format!("sum(CAST({} AS DOUBLE)) AS {}", quote(c), p("s")));
+                    partial.push(format!("count({}) AS {}", quote(c), p("n")));
+                    combine.push(format!("sum({}) / CAST(sum({}) AS DOUBLE) AS {out}", p("s"), p("n")));
+                }
+                Agg::Min(c) => {
+                    partial.push(format!("min({}) AS {}", quote(c), p("m")));
+                    combine.push(format!("min({}) AS {out}", p("m")));
+                }
+                Agg::Max(c) => {
+                    partial.push(format!("max({}) AS {}", quote(c), p("m")));
+                    combine.push(format!("max({}) AS {out}", p("m")));
+                }
+                Agg::Std(c) => {
+                    let x = format!("CAST({} AS DOUBLE)", quote(c));
+                    partial.push(format!("sum({x}) AS {}", p("s")));
+                    partial.push(format!("sum({x} * {x}) AS {}", p("q")));
+                    partial.push(format!("count({}) AS {}", quote(c), p("n")));
+                    let (s, q, n) = (p("s"), p("q"), p("n"));
+                    combine.push(format!(
+                        "CASE WHEN sum({n}) > 1 THEN sqrt(greatest((sum({q}) - sum({s}) * sum({s}) / sum({n})) / (sum({n}) - 1), 0.0)) END AS {out}"
+                    ));
+                }
+            }
+        }
+        let group = if keys.is_empty() {
+            String::new()
+        } else {
+            let k: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+            format!(" GROUP BY {0} ORDER BY {0}", k.join(", "))
+        };
+        let partial_group = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " GROUP BY {}",
+                keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+            )
+        };
+        self.with(Arc::new(Node::AllToAll {
+            input: self.node.clone(),
+            op: AllToAll::Aggregate {
+                partial: format!("SELECT {} FROM ds{partial_group}", partial.join(", ")),
+                combine: format!("SELECT {} FROM partial{group}", combine.join(", ")),
+            },
+        }))
+    }
+
+    /// Sorts by a column (distributed: sampled boundaries, then a range
+    /// partition and a sort of each range). Nulls go last.
+    pub fn sort(&self, key: &str, descending: bool) -> Dataset {
+        self.all_to_all(AllToAll::Sort {
+            key: key.to_string(),
+            descending,
+        })
+    }
+
+    /// Puts the rows in a random order, the same one for the same seed
+    /// (a fresh one when `None`).
+    pub fn random_shuffle(&self, seed: Option<u64>) -> Dataset {
+        let seed = seed.unwrap_or_else(rand::random);
+        self.all_to_all(AllToAll::Shuffle(seed))
+    }
+
+    /// Re-splits the rows into `n` blocks of (nearly) equal size, in order.
+    pub fn repartition(&self, n: usize) -> Dataset {
+        self.all_to_all(AllToAll::Repartition(n.max(1)))
+    }
+
+    /// Runs a SQL query (DataFusion) over the dataset, which is table `ds`.
+    pub fn sql(&self, query: &str) -> Result<Dataset> {
+        // Check the syntax now rather than when the plan runs.
+        let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
+        datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query)
+            .map_err(|e| Error::Sql(format!("{e} in `{query}`")))?;
+        Ok(self.all_to_all(AllToAll::Sql {
+            query: query.to_string(),
+        }))
+    }
+
+    fn all_to_all(&self, op: AllToAll) -> Dataset {
+        self.with(Arc::new(Node::AllToAll {
+            input: self.node.clone(),
+            op,
+        }))
+    }
+
+    /// This dataset's rows followed by `other`'s.
+    pub fn union(&self, other: &Dataset) -> Dataset {
+        self.with(Arc::new(Node::Union(vec![self.node.clone(), other.node.clone()])))
+    }
+
+    /// Row `i` of the result holds the columns of row `i` of both datasets
+    /// (which must have equal lengths); a clashing name from `other` gets a
+    /// suffix `_1`.
+    pub fn zip(&self, other: &Dataset) -> Dataset {
+        self.with(Arc::new(Node::Zip(self.node.clone(), other.node.clone())))
+    }
+
+    // ---- consuming ----
+
+    fn run(&self, what: &str, ctx: Ctx) -> Result<(exec::BlockIter, Progress)> {
+        *self.last.lock() = Some(ctx.stats.clone());
+        let progress = Progress::start(what, ctx.stats.clone());
+        Ok((exec::execute(&self.node, &ctx)?, progress))
+    }
+
+    fn blocks(&self, what: &str) -> Result<Vec<BlockRef>> {
+        let (it, _p) = self.run(what, Ctx::new())?;
+        exec::collect(it)
+    }
+
+    /// Runs the plan and keeps the result in the object store.
+    pub fn materialize(&self) -> Result<Dataset> {
+        let blocks = self.blocks("materialize")?;
+        let ds = new(Node::Blocks { blocks });
+        *ds.last.lock() = self.last.lock().clone();
+        Ok(ds)
+    }
+
+    /// Number of rows (only block metadata travels to the caller).
+    pub fn count(&self) -> Result<u64> {
+        Ok(self.blocks("count")?.iter().map(|b| b.meta.rows).sum())
+    }
+
+    /// The schema (known without running for reads; otherwise from the
+    /// first block).
+    pub fn schema(&self) -> Result<SchemaRef> {
+        if let Node::Read { schema, .. } = self.node.as_ref() {
+            return Ok(schema.clone());
+        }
+        let (mut it, _p) = self.run("schema", Ctx::new())?;
+        let mut first = None;
+        for b in it.by_ref() {
+            let b = b?;
+            if b.meta.rows > 0 || first.is_none() {
+                let s = b.meta.schema.schema();
+                if b.meta.rows > 0 {
+                    return Ok(s);
+                }
+                first = Some(s);
+            }
+        }
+        Ok(first.unwrap_or_else(block::empty_schema))
+    }
+
+    /// Iterates over the rows in batches, running the plan as it goes.
+    pub fn iter_batches(&self, opts: IterOptions) -> Result<BatchIter> {
+        let mut ctx = Ctx::new();
+        ctx.max_window = ctx.max_window.max(opts.prefetch.max(1));
+        let (it, progress) = self.run("iter_batches", ctx)?;
+        Ok(BatchIter {
+            blocks: it,
+            batch_size: opts.batch_size,
+            buf: Vec::new(),
+            buffered: 0,
+            done: false,
+            _progress: progress,
+        })
+    }
+
+    /// The first `n` rows, as one record batch.
+    pub fn take_batch(&self, n: usize) -> Result<RecordBatch> {
+        let it = self.limit(n as u64).iter_batches(IterOptions {
+            batch_size: None,
+            prefetch: 2,
+        })?;
+        let batches = it.collect::<Result<Vec<_>>>()?;
+        ops::concat(batches)
+    }
+
+    /// The first `n` rows as values of `T` (matched by field name).
+    pub fn take<T: DeserializeOwned>(&self, n: usize) -> Result<Vec<T>> {
+        ops::rows_of(&self.take_batch(n)?)
+    }
+
+    /// Every row as a value of `T`.
+    pub fn take_all<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let batches = self
+            .iter_batches(IterOptions {
+                batch_size: None,
+                prefetch: 2,
+            })?
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for b in &batches {
+            out.extend(ops::rows_of::<T>(b)?);
+        }
+        Ok(out)
+    }
+
+    /// The first `n` rows as a table.
+    pub fn show_string(&self, n: usize) -> Result<String> {
+        let b = self.take_batch(n)?;
+        Ok(arrow::util::pretty::pretty_format_batches(&[b])?.to_string())
+    }
+
+    /// Prints the first `n` rows as a table.
+    pub fn show(&self, n: usize) -> Result<()> {
+        println!("{}", self.show_string(n)?);
+        Ok(())
+    }
+
+    /// Per-operator rows, bytes, task time and wall time of the last run of
+    /// this dataset (empty before it ran).
+    pub fn stats(&self) -> String {
+        self.last.lock().as_ref().map(|s| s.render()).unwrap_or_default()
+    }
+
+    fn write(&self, dir: &str, format: Format) -> Result<WriteSummary> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Number the blocks first so file names follow block order whatever
+        // the plan; the write then streams.
+        let ctx = Ctx::new();
+        *self.last.lock() = Some(ctx.stats.clone());
+        let _progress = Progress::start("write", ctx.stats.clone());
+        let upstream = exec::execute(&self.node, &ctx)?;
+        let mut files = Vec::new();
+        let mut rows = 0;
+        let dir_s = dir.to_string();
+        let mut index = 0usize;
+        let sinks = upstream.map(move |r| {
+            r.map(|br| {
+                let sink = Sink {
+                    format,
+                    dir: dir_s.clone(),
+                    index,
+                };
+                index += 1;
+                let name = sink.file_name();
+                let p = ops::map_stage::remote(
+                    ops::StageSpec {
+                        read: None,
+                        ops: vec![MapOp::Write(sink)],
+                    },
+                    br.block,
+                );
+                (p, name, br.meta.rows)
+            })
+        });
+        // Writes run in a window like any operator.
+        let mut window = std::collections::VecDeque::new();
+        let mut sinks = sinks.peekable();
+        loop {
+            while window.len() < ctx.max_window {
+                match sinks.next() {
+                    Some(r) => window.push_back(r?),
+                    None => break,
+                }
+            }
+            let Some(((_, out), name, n)) = window.pop_front() else {
+                break;
+            };
+            match out.get()? {
+                ops::StageOut { error: Some(e), .. } => return Err(e),
+                _ => {
+                    files.push(std::path::Path::new(dir).join(name).display().to_string());
+                    rows += n;
+                }
+            }
+        }
+        Ok(WriteSummary { files, rows })
+    }
+
+    /// Writes one Parquet file per block (`part-00000.parquet`, ...) into
+    /// `dir`; a failed write leaves no partial file.
+    pub fn write_parquet(&self, dir: &str) -> Result<WriteSummary> {
+        self.write(dir, Format::Parquet)
+    }
+
+    /// Writes one CSV file (with header) per block into `dir`.
+    pub fn write_csv(&self, dir: &str) -> Result<WriteSummary> {
+        self.write(dir, Format::Csv)
+    }
+
+    /// Writes one newline-delimited JSON file per block into `dir`.
+    pub fn write_json(&self, dir: &str) -> Result<WriteSummary> {
+        self.write(dir, Format::Json)
+    }
+}
+
+/// Batches of a running dataset; see [`Dataset::iter_batches`].
+pub struct BatchIter {
+    blocks: exec::BlockIter,
+    batch_size: Option<usize>,
+    buf: Vec<RecordBatch>,
+    buffered: usize,
+    done: bool,
+    _progress: Progress,
+}
+
+impl BatchIter {
+    fn cut(&mut self, n: usize) -> Result<RecordBatch> {
+        let all = ops::concat(std::mem::take(&mut self.buf))?;
+        let n = n.min(all.num_rows());
+        let rest = all.slice(n, all.num_rows() - n);
+        self.buffered = rest.num_rows();
+        if rest.num_rows() > 0 {
+            self.buf.push(rest);
+        }
+        Ok(all.slice(0, n))
+    }
+}
+
+impl Iterator for BatchIter {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        loop {
+            let want = self.batch_size.unwrap_or(1).max(1);
+            if self.buffered >= want || (self.done && self.buffered > 0) {
+                return Some(self.cut(want.min(self.buffered.max(1))));
+            }
+            if self.done {
+                return None;
+            }
+            match self.blocks.next() {
+                None => self.done = true,
+                Some(Err(e)) => {
+                    self.done = true;
+                    self.buf.clear();
+                    self.buffered = 0;
+                    return Some(Err(e));
+                }
+                Some(Ok(br)) => {
+                    if br.meta.rows == 0 {
+                        continue;
+                    }
+                    let b = match br.block.get() {
+                        Ok(b) => b.into_batch(),
+                        Err(e) => return Some(Err(e.into())),
+                    };
+                    if self.batch_size.is_none() {
+                        return Some(Ok(b));
+                    }
+                    self.buffered += b.num_rows();
+                    self.buf.push(b);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! What runs inside tasks: reads, chains of per-block transforms (fused into
+//! one task per block), sinks, and the map and reduce sides of the
+//! all-to-all operations.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use rand::{Rng, SeedableRng};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::block::{Block, BlockMeta};
+use crate::error::{Error, Result};
+use crate::expr::{names, Expr};
+use crate::source::ReadTask;
+use crate::udf::{resolve_fn, FnRef};
+
+/// A trampoline: calls the user function at the given address (of a type
+/// the trampoline knows) on a batch; the string is the operation's argument.
+pub(crate) type Tramp = fn(usize, &str, RecordBatch) -> Result<RecordBatch>;
+
+/// One per-block transform.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum MapOp {
+    /// User code, through a trampoline.
+    Call {
+        name: String,
+        tramp: FnRef,
+        user: FnRef,
+        arg: String,
+        batch_size: Option<usize>,
+    },
+    Filter(Expr),
+    Select(Vec<String>),
+    Drop(Vec<String>),
+    Rename(Vec<(String, String)>),
+    Slice {
+        offset: usize,
+        len: usize,
+    },
+    /// Write the block to a file (the block then becomes empty).
+    Write(Sink),
+}
+
+impl MapOp {
+    pub(crate) fn name(&self) -> String {
+        match self {
+            MapOp::Call { name, .. } => name.clone(),
+            MapOp::Filter(_) => "Filter".into(),
+            MapOp::Select(_) => "SelectColumns".into(),
+            MapOp::Drop(_) => "DropColumns".into(),
+            MapOp::Rename(_) => "RenameColumns".into(),
+            MapOp::Slice { .. } => "Limit".into(),
+            MapOp::Write(s) => format!("Write{}", s.format.name()),
+        }
+    }
+
+    fn apply(&self, b: RecordBatch) -> Result<RecordBatch> {
+        match self {
+            MapOp::Call {
+                tramp,
+                user,
+                arg,
+                batch_size,
+                ..
+            } => {
+                let t = resolve_fn!(tramp, Tramp);
+                let u = user.addr()?;
+                match batch_size {
+                    Some(n) if *n > 0 && b.num_rows() > *n => {
+                        let mut outs = Vec::new();
+                        let mut at = 0;
+                        while at < b.num_rows() {
+                            let len = (*n).min(b.num_rows() - at);
+                            outs.push(t(u, arg, b.slice(at, len))?);
+                            at += len;
+                        }
+                        concat(outs)
+                    }
+                    _ => t(u, arg, b),
+                }
+            }
+            MapOp::Filter(e) => {
+                let m = e.evaluate(&b)?;
+                Ok(arrow::compute::filter_record_batch(&b, &m)?)
+            }
+            MapOp::Select(cols) => {
+                let idx = cols.iter().map(|c| index_of(&b, c)).collect::<Result<Vec<_>>>()?;
+                Ok(b.project(&idx)?)
+            }
+            MapOp::Drop(cols) => {
+                for c in cols {
+                    index_of(&b, c)?;
+                }
+                let keep: Vec<usize> = (0..b.num_columns())
+                    .filter(|i| !cols.contains(b.schema().field(*i).name()))
+                    .collect();
+                Ok(b.project(&keep)?)
+            }
+            MapOp::Rename(pairs) => {
+                for (from, _) in pairs {
+                    index_of(&b, from)?;
+                }
+                let fields: Vec<Field> = b
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| match pairs.iter().find(|(from, _)| from == f.name()) {
+                        Some((_, to)) => f.as_ref().clone().with_name(to),
+                        None => f.as_ref().clone(),
+                    })
+                    .collect();
+                Ok(RecordBatch::try_new(
+                    Arc::new(Schema::new(fields)),
+                    b.columns().to_vec(),
+                )?)
+            }
+            MapOp::Slice { offset, len } => {
+                let off = (*offset).min(b.num_rows());
+                Ok(b.slice(off, (*len).min(b.num_rows() - off)))
+            }
+            MapOp::Write(sink) => {
+                sink.write(&b)?;
+                Ok(RecordBatch::new_empty(b.schema()))
+            }
+        }
+    }
+}
+
+fn index_of(b: &RecordBatch, c: &str) -> Result<usize> {
+    b.schema().index_of(c).map_err(|_| Error::NoSuchColumn {
+        column: c.to_string(),
+        available: names(b),
+    })
+}
+
+/// Concatenates batches (of one schema; empty-schema batches from row
+/// functions that produced nothing are skipped).
+pub(crate) fn concat(batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    let batches: Vec<RecordBatch> = batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0 || b.num_columns() > 0)
+        .collect();
+    let Some(first) = batches.iter().find(|b| b.num_rows() > 0).or(batches.first()) else {
+        return Ok(RecordBatch::new_empty(crate::block::empty_schema()));
+    };
+    let schema = first.schema();
+    let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+    for b in &batches {
+        if b.schema().fields() != schema.fields() {
+            return Err(Error::SchemaMismatch {
+                what: "blocks of one dataset".into(),
+                expected: names_of(&schema),
+                found: names_of(&b.schema()),
+            });
+        }
+    }
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+fn names_of(s: &SchemaRef) -> String {
+    s.fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ---- trampolines: each knows the type of one kind of user function ----
+
+pub(crate) fn t_batches<E: Into<Error>>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
+    // SAFETY: `user` is a `fn(RecordBatch) -> Result<RecordBatch, E>` (see
+    // `Dataset::map_batches`, the only place pairing it with this trampoline).
+    let f = unsafe { std::mem::transmute::<usize, fn(RecordBatch) -> std::result::Result<RecordBatch, E>>(user) };
+    f(b).map_err(Into::into)
+}
+
+pub(crate) fn t_map<T: DeserializeOwned, U: Serialize>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
+    // SAFETY: paired with a `fn(T) -> U` by `Dataset::map` only.
+    let f = unsafe { std::mem::transmute::<usize, fn(T) -> U>(user) };
+    let rows: Vec<U> = rows_of::<T>(&b)?.into_iter().map(f).collect();
+    batch_of(&rows)
+}
+
+pub(crate) fn t_flat_map<T: DeserializeOwned, U: Serialize>(
+    user: usize,
+    _: &str,
+    b: RecordBatch,
+) -> Result<RecordBatch> {
+    // SAFETY: paired with a `fn(T) -> Vec<U>` by `Dataset::flat_map` only.
+    let f = unsafe { std::mem::transmute::<usize, fn(T) -> Vec<U>>(user) };
+    let rows: Vec<U> = rows_of::<T>(&b)?.into_iter().flat_map(f).collect();
+    batch_of(&rows)
+}
+
+pub(crate) fn t_filter<T: DeserializeOwned>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
+    // SAFETY: paired with a `fn(&T) -> bool` by `Dataset::filter` only.
+    let f = unsafe { std::mem::transmute::<usize, fn(&T) -> bool>(user) };
+    let mask: BooleanArray = rows_of::<T>(&b)?.iter().map(|r| Some(f(r))).collect();
+    Ok(arrow::compute::filter_record_batch(&b, &mask)?)
+}
+
+pub(crate) fn t_add_column<E: Into<Error>>(user: usize, name: &str, b: RecordBatch) -> Result<RecordBatch> {
+    // SAFETY: paired with a `fn(&RecordBatch) -> Result<ArrayRef, E>` by
+    // `Dataset::add_column` only.
+    let f = unsafe { std::mem::transmute::<usize, fn(&RecordBatch) -> std::result::Result<ArrayRef, E>>(user) };
+    let col = f(&b).map_err(Into::into)?;
+    if col.len() != b.num_rows() {
+        return Err(Error::InvalidArgument(format!(
+            "add_column(`{name}`): the function returned {} values for {} rows",
+            col.len(),
+            b.num_rows()
+        )));
+    }
+    let mut fields: Vec<Field> = b.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut cols = b.columns().to_vec();
+    match fields.iter().position(|f| f.name() == name) {
+        Some(i) => {
+            fields[i] = Field::new(name, col.data_type().clone(), true);
+            cols[i] = col;
+        }
+        None => {
+            fields.push(Field::new(name, col.data_type().clone(), true));
+            cols.push(col);
+        }
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+/// The rows of a batch as values of `T` (through their JSON form).
+pub(crate) fn rows_of<T: DeserializeOwned>(b: &RecordBatch) -> Result<Vec<T>> {
+    if b.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let mut w = arrow::json::ArrayWriter::new(Vec::new());
+    w.write(b)?;
+    w.finish()?;
+    let bytes = w.into_inner();
+    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("rows do not match the row type: {e}")))
+}
+
+/// A batch of rows of `T` (each a struct or map of fields).
+pub(crate) fn batch_of<T: Serialize>(rows: &[T]) -> Result<RecordBatch> {
+    let values: Vec<serde_json::Value> = rows
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::InvalidArgument(format!("row does not serialize: {e}")))?;
+    if values.is_empty() {
+        return Ok(RecordBatch::new_empty(crate::block::empty_schema()));
+    }
+    if let Some(v) = values.iter().find(|v| !v.is_object()) {
+        return Err(Error::InvalidArgument(format!(
+            "a row must be a struct or map of named fields, got {v}"
+        )));
+    }
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))?;
+    let mut d = arrow::json::ReaderBuilder::new(Arc::new(schema))
+        .with_batch_size(values.len().max(1))
+        .build_decoder()?;
+    d.serialize(&values)?;
+    Ok(d.flush()?
+        .unwrap_or_else(|| RecordBatch::new_empty(crate::block::empty_schema())))
+}
+
+// ---- sinks ----
+
+/// A file format of the writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Format {
+    Parquet,
+    Csv,
+    Json,
+}
+
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Parquet => "Parquet",
+            Format::Csv => "CSV",
+            Format::Json => "JSON",
+        }
+    }
+
+    pub(crate) fn ext(&self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// Where one block is written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Sink {
+    pub(crate) format: Format,
+    pub(crate) dir: String,
+    pub(crate) index: usize,
+}
+
+impl Sink {
+    pub(crate) fn file_name(&self) -> String {
+        format!("part-{:05}.{}", self.index, self.format.ext())
+    }
+
+    /// Writes to a hidden temporary file, then renames it into place: a
+    /// failed write leaves no partial file behind.
+    fn write(&self, b: &RecordBatch) -> Result<()> {
+        let dir = std::path::Path::new(&self.dir);
+        let path = dir.join(self.file_name());
+        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
+        let res = (|| -> Result<()> {
+            let f = std::fs::File::create(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
+            match self.format {
+                Format::Parquet => {
+                    let props = parquet::file::properties::WriterProperties::builder()
+                        .set_compression(parquet::basic::Compression::SNAPPY)
+                        .build();
+                    let mut w = parquet::arrow::ArrowWriter::try_new(f, b.schema(), Some(props))?;
+                    w.write(b)?;
+                    w.close()?;
+                }
+                Format::Csv => {
+                    let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(f);
+                    w.write(b)?;
+                }
+                Format::Json => {
+                    let mut w = arrow::json::LineDelimitedWriter::new(std::io::BufWriter::new(f));
+                    w.write(b)?;
+                    w.finish()?;
+                }
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(path.display(), e))
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+}
+
+// ---- the stage tasks ----
+
+/// A read (or nothing, for a block that already exists) and the transforms
+/// that follow it, run as one task per block.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StageSpec {
+    pub(crate) read: Option<ReadTask>,
+    pub(crate) ops: Vec<MapOp>,
+}
+
+/// A stage's outcome: the driver reads this (small) part first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct StageOut {
+    pub(crate) meta: Option<BlockMeta>,
+    pub(crate) error: Option<Error>,
+}
+
+fn finish(start: Instant, r: Result<RecordBatch>) -> (Block, StageOut) {
+    match r {
+        Ok(b) => {
+            let block = Block::new(b);
+            let meta = BlockMeta::of(&block, start.elapsed().as_secs_f64());
+            (
+                block,
+                StageOut {
+                    meta: Some(meta),
+                    error: None,
+                },
+            )
+        }
+        Err(e) => (
+            Block::empty(crate::block::empty_schema()),
+            StageOut {
+                meta: None,
+                error: Some(e),
+            },
+        ),
+    }
+}
+
+fn run_ops(ops: &[MapOp], mut b: RecordBatch) -> Result<RecordBatch> {
+    for op in ops {
+        b = op.apply(b)?;
+    }
+    Ok(b)
+}
+
+/// Reads one block and transforms it.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn read_stage(spec: StageSpec) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = match &spec.read {
+        Some(t) => t.read().and_then(|b| run_ops(&spec.ops, b.into_batch())),
+        None => Err(Error::InvalidArgument("read stage without a read".into())),
+    };
+    finish(start, r)
+}
+
+/// Transforms one block.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn map_stage(spec: StageSpec, input: Block) -> (Block, StageOut) {
+    let start = Instant::now();
+    finish(start, run_ops(&spec.ops, input.into_batch()))
+}
+
+/// One output block of a repartition: pieces `(block, offset, len)` of
+/// input blocks, concatenated.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn concat_pieces(pieces: Vec<(rayforge::ObjectRef<Block>, usize, usize)>) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let mut out = Vec::new();
+        for (r, off, len) in &pieces {
+            let b = r.get()?;
+            out.push(b.batch().slice(*off, *len));
+        }
+        concat(out)
+    })();
+    finish(start, r)
+}
+
+/// Zips two blocks of equal length column-wise.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn zip_blocks(left: Block, right: Block) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let (l, r) = (left.batch(), right.batch());
+        if l.num_rows() != r.num_rows() {
+            return Err(Error::InvalidArgument(format!(
+                "zip: blocks of {} and {} rows",
+                l.num_rows(),
+                r.num_rows()
+            )));
+        }
+        let mut fields: Vec<Field> = l.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut cols = l.columns().to_vec();
+        for (f, c) in r.schema().fields().iter().zip(r.columns()) {
+            let mut name = f.name().clone();
+            let mut k = 1;
+            while fields.iter().any(|x| x.name() == &name) {
+                name = format!("{}_{k}", f.name());
+                k += 1;
+            }
+            fields.push(f.as_ref().clone().with_name(name));
+            cols.push(c.clone());
+        }
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    })();
+    finish(start, r)
+}
+
+/// Map side of a random shuffle: sends every row to a random one of `n`
+/// partitions.
+#[rayforge::remote]
+pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> Vec<Block> {
+    let b = input.batch();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dest: Vec<usize> = (0..b.num_rows()).map(|_| rng.random_range(0..n.max(1))).collect();
+    partition_by(b, &dest, n)
+}
+
+/// Splits a batch by a destination per row.
+fn partition_by(b: &RecordBatch, dest: &[usize], n: usize) -> Vec<Block> {
+    let mut idx: Vec<Vec<u32>> = vec![Vec::new(); n.max(1)];
+    for (row, d) in dest.iter().enumerate() {
+        idx[*d].push(row as u32);
+    }
+    idx.into_iter()
+        .map(|rows| {
+            let take = UInt32Array::from(rows);
+            // take with in-range indices of the batch's own rows cannot fail.
+            let cols: Vec<ArrayRef> = b
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &take, None).unwrap_or_else(|_| c.slice(0, 0)))
+                .collect();
+            Block::new(RecordBatch::try_new(b.schema(), cols).unwrap_or_else(|_| RecordBatch::new_empty(b.schema())))
+        })
+        .collect()
+}
+
+/// Reduce side of a random shuffle: partition `j` of every map output,
+/// concatenated and put in a random order.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usize, seed: u64) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let mut got = Vec::new();
+        for p in &parts {
+            let v = p.get()?;
+            if let Some(b) = v.into_iter().nth(j) {
+                got.push(b.into_batch());
+            }
+        }
+        let all = concat(got)?;
+        let mut order: Vec<u64> = (0..all.num_rows() as u64).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        take_rows(&all, &UInt64Array::from(order))
+    })();
+    finish(start, r)
+}
+
+fn take_rows(b: &RecordBatch, idx: &UInt64Array) -> Result<RecordBatch> {
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), idx, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(b.schema(), cols)?)
+}
+
+/// Sort, first pass: up to `k` evenly spaced values of the key column.
+#[rayforge::remote]
+pub(crate) fn sort_sample(input: Block, key: String, k: usize) -> std::result::Result<Block, Error> {
+    let b = input.batch();
+    let c = b.column(index_of(b, &key)?).clone();
+    let n = c.len();
+    let k = k.min(n);
+    let idx = UInt64Array::from((0..k).map(|i| (i * n / k.max(1)) as u64).collect::<Vec<_>>());
+    let s = arrow::compute::take(c.as_ref(), &idx, None)?;
+    Ok(Block::new(RecordBatch::try_from_iter([(key.as_str(), s)])?))
+}
+
+/// Sort, map side: splits a block by the key's place among the boundaries
+/// (partition `i` holds keys between boundary `i-1` and `i`).
+#[rayforge::remote]
+pub(crate) fn sort_map(
+    input: Block,
+    key: String,
+    bounds: Block,
+    descending: bool,
+) -> std::result::Result<Vec<Block>, Error> {
+    let b = input.batch();
+    let c = b.column(index_of(b, &key)?).clone();
+    let bounds = bounds.batch().column(0).clone();
+    let n = bounds.len() + 1;
+    let mut dest = vec![0usize; b.num_rows()];
+    for i in 0..bounds.len() {
+        let edge = arrow::array::Scalar::new(bounds.slice(i, 1));
+        let past = if descending {
+            arrow::compute::kernels::cmp::lt(&c, &edge)?
+        } else {
+            arrow::compute::kernels::cmp::gt(&c, &edge)?
+        };
+        for (d, p) in dest.iter_mut().zip(past.iter()) {
+            // Nulls sort last.
+            if p.unwrap_or(true) {
+                *d += 1;
+            }
+        }
+    }
+    Ok(partition_by(b, &dest, n))
+}
+
+/// Sort, reduce side: partition `j` of every map output, sorted.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn sort_reduce(
+    parts: Vec<rayforge::ObjectRef<Vec<Block>>>,
+    j: usize,
+    key: String,
+    descending: bool,
+) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let mut got = Vec::new();
+        for p in &parts {
+            if let Some(b) = p.get()?.into_iter().nth(j) {
+                got.push(b.into_batch());
+            }
+        }
+        let all = concat(got)?;
+        if all.num_rows() == 0 {
+            return Ok(all);
+        }
+        let c = all.column(index_of(&all, &key)?);
+        let opts = arrow::compute::SortOptions {
+            descending,
+            nulls_first: false,
+        };
+        let idx = arrow::compute::sort_to_indices(c, Some(opts), None)?;
+        let cols = all
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(all.schema(), cols)?)
+    })();
+    finish(start, r)
+}
+
+/// Runs a SQL query over batches registered as table `table` (and more
+/// tables), in a private single-threaded runtime.
+pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query: &str) -> Result<RecordBatch> {
+    use datafusion::prelude::SessionContext;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Runtime(format!("starting a runtime for SQL: {e}")))?;
+    rt.block_on(async {
+        let cfg = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
+        let ctx = SessionContext::new_with_config(cfg);
+        for (name, schema, batches) in tables {
+            let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+            ctx.register_table(name.as_str(), Arc::new(t))?;
+        }
+        let df = ctx.sql(query).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let out = df.collect().await?;
+        Ok(arrow::compute::concat_batches(&schema, &out)?)
+    })
+}
+
+/// Runs `query` over every block of the input as table `ds`.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, query: String) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let mut batches = Vec::new();
+        for b in &blocks {
+            let b = b.get()?;
+            if b.num_rows() > 0 {
+                batches.push(b.into_batch());
+            }
+        }
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| schema.schema());
+        sql_over(vec![("ds".into(), schema, batches)], &query)
+    })();
+    finish(start, r)
+}
+
+/// Group-by, map side: partial aggregates of one block.
+#[rayforge::remote]
+pub(crate) fn agg_partial(input: Block, query: String) -> std::result::Result<Block, Error> {
+    let b = input.into_batch();
+    let schema = b.schema();
+    Ok(Block::new(sql_over(vec![("ds".into(), schema, vec![b])], &query)?))
+}
+
+/// Group-by, reduce side: combines partial aggregates.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn agg_final(parts: Vec<rayforge::ObjectRef<Block>>, query: String) -> (Block, StageOut) {
+    let start = Instant::now();
+    let r = (|| {
+        let mut batches = Vec::new();
+        let mut schema = None;
+        for p in &parts {
+            let b = p.get()?.into_batch();
+            schema.get_or_insert_with(|| b.schema());
+            batches.push(b);
+        }
+        let schema = schema.ok_or_else(|| Error::InvalidArgument("group-by over no blocks".into()))?;
+        sql_over(vec![("partial".into(), schema, batches)], &query)
+    })();
+    finish(start, r)
+}

@@ -1,0 +1,79 @@
+//! The logical plan of a dataset: a tree of operators, built lazily by the
+//! `Dataset` methods and run by the executor.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+
+use crate::exec::BlockRef;
+use crate::ops::MapOp;
+use crate::source::ReadTask;
+
+/// Resources each task of an operator holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Compute {
+    pub(crate) num_cpus: Option<f64>,
+    pub(crate) num_gpus: Option<f64>,
+}
+
+/// An operation that needs all of its input before it can emit a block.
+#[derive(Clone, Debug)]
+pub(crate) enum AllToAll {
+    Repartition(usize),
+    Shuffle(u64),
+    Sort { key: String, descending: bool },
+    Sql { query: String },
+    Aggregate { partial: String, combine: String },
+}
+
+/// One operator of the plan.
+pub(crate) enum Node {
+    /// Read tasks, one block each.
+    Read {
+        tasks: Vec<ReadTask>,
+        schema: SchemaRef,
+    },
+    /// Blocks already in the object store.
+    Blocks {
+        blocks: Vec<BlockRef>,
+    },
+    /// Per-block transforms, fused into one task per block.
+    Map {
+        input: Arc<Node>,
+        ops: Vec<MapOp>,
+        compute: Compute,
+    },
+    Limit {
+        input: Arc<Node>,
+        n: u64,
+    },
+    AllToAll {
+        input: Arc<Node>,
+        op: AllToAll,
+    },
+    Union(Vec<Arc<Node>>),
+    Zip(Arc<Node>, Arc<Node>),
+}
+
+impl Node {
+    /// Adds a per-block transform, fusing it with the transforms before it
+    /// when they hold the same resources.
+    pub(crate) fn then(self: &Arc<Node>, op: MapOp, compute: Compute) -> Arc<Node> {
+        if let Node::Map { input, ops, compute: c } = self.as_ref() {
+            if *c == compute {
+                let mut ops = ops.clone();
+                ops.push(op);
+                return Arc::new(Node::Map {
+                    input: input.clone(),
+                    ops,
+                    compute,
+                });
+            }
+        }
+        Arc::new(Node::Map {
+            input: self.clone(),
+            ops: vec![op],
+            compute,
+        })
+    }
+}

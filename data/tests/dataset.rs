@@ -1,0 +1,449 @@
+//! Datasets end to end on an embedded cluster with real worker processes:
+//! every result is checked against the same computation done another way
+//! (a plain loop over the input).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once};
+
+use rayforge_data::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use rayforge_data::expr::col;
+use rayforge_data::{Agg, Error, IterOptions, MapOptions};
+use serde::{Deserialize, Serialize};
+
+fn cluster() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rayforge::init(rayforge::Config::default().num_cpus(2.0)).expect("start embedded cluster");
+    });
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rayforge-data-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn i64s(b: &RecordBatch, name: &str) -> Vec<i64> {
+    let c = b.column_by_name(name).unwrap_or_else(|| panic!("column {name}"));
+    let c = rayforge_data::arrow::compute::cast(c, &rayforge_data::arrow::datatypes::DataType::Int64).unwrap();
+    let a = c.as_any().downcast_ref::<Int64Array>().unwrap();
+    a.iter().map(|v| v.unwrap()).collect()
+}
+
+fn f64s(b: &RecordBatch, name: &str) -> Vec<f64> {
+    rayforge_data::compute::f64_column(b, name).unwrap()
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Row {
+    id: i64,
+    key: i64,
+    x: f64,
+    s: String,
+}
+
+fn rows(n: i64) -> Vec<Row> {
+    (0..n)
+        .map(|i| Row {
+            id: i,
+            key: (i * 7) % 5,
+            x: ((i * 37) % 101) as f64 / 10.0,
+            s: format!("r{i}"),
+        })
+        .collect()
+}
+
+fn double_id(b: RecordBatch) -> Result<RecordBatch, Error> {
+    let ids = i64s(&b, "id");
+    let col: ArrayRef = Arc::new(Int64Array::from(ids.iter().map(|v| v * 2).collect::<Vec<_>>()));
+    Ok(RecordBatch::try_from_iter([("id", col)])?)
+}
+
+#[test]
+fn range_map_batches_filter_and_limit() {
+    cluster();
+    let ds = rayforge_data::range_with_blocks(10_000, 7);
+    assert_eq!(ds.count().unwrap(), 10_000);
+    let doubled = ds.map_batches(double_id).filter_expr(col("id").lt(100));
+    let got = doubled.take_batch(1000).unwrap();
+    assert_eq!(i64s(&got, "id"), (0..50).map(|i| i * 2).collect::<Vec<_>>());
+    // Batches of a given size, in order, across block boundaries.
+    let sizes: Vec<usize> = ds
+        .iter_batches(IterOptions {
+            batch_size: Some(3000),
+            prefetch: 2,
+        })
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .collect();
+    assert_eq!(sizes, vec![3000, 3000, 3000, 1000]);
+    let limited = ds.limit(1234);
+    assert_eq!(limited.count().unwrap(), 1234);
+    assert_eq!(
+        i64s(&limited.take_batch(2000).unwrap(), "id"),
+        (0..1234).collect::<Vec<_>>()
+    );
+    // Stats name the fused operator and count its rows.
+    let _ = doubled.count().unwrap();
+    let stats = doubled.stats();
+    assert!(
+        stats.contains("Range->MapBatches->Filter") && stats.contains("50 rows"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn row_functions_and_column_operations() {
+    cluster();
+    let input = rows(500);
+    let ds = rayforge_data::from_items(&input).unwrap();
+    assert_eq!(ds.count().unwrap(), 500);
+
+    #[derive(Serialize, Deserialize)]
+    struct Out {
+        id: i64,
+        y: f64,
+    }
+    let mapped: Vec<Out> = ds.map(|r: Row| Out { id: r.id, y: r.x * 2.0 }).take_all().unwrap();
+    assert_eq!(mapped.len(), 500);
+    assert!(mapped.iter().zip(&input).all(|(o, r)| o.id == r.id && o.y == r.x * 2.0));
+
+    let kept: Vec<Row> = ds.filter(|r: &Row| r.key == 3).take_all().unwrap();
+    let want: Vec<Row> = input.iter().filter(|r| r.key == 3).cloned().collect();
+    assert_eq!(kept, want);
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Piece {
+        id: i64,
+        part: i64,
+    }
+    let flat: Vec<Piece> = ds
+        .limit(10)
+        .flat_map(|r: Row| (0..r.key).map(|p| Piece { id: r.id, part: p }).collect())
+        .take_all()
+        .unwrap();
+    let want: usize = input[..10].iter().map(|r| r.key as usize).sum();
+    assert_eq!(flat.len(), want);
+
+    fn x_plus_key(b: &RecordBatch) -> Result<ArrayRef, Error> {
+        let (x, k) = (f64s(b, "x"), i64s(b, "key"));
+        Ok(Arc::new(Float64Array::from_iter_values(
+            x.iter().zip(&k).map(|(x, k)| x + *k as f64),
+        )))
+    }
+    let shaped = ds
+        .add_column("z", x_plus_key)
+        .drop_columns(&["s"])
+        .rename_columns(&[("x", "x0")])
+        .select_columns(&["z", "id", "x0"]);
+    let b = shaped.take_batch(500).unwrap();
+    let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, vec!["z", "id", "x0"]);
+    assert!(f64s(&b, "z").iter().zip(&input).all(|(z, r)| *z == r.x + r.key as f64));
+    let err = ds.select_columns(&["nope"]).count().unwrap_err();
+    assert!(
+        matches!(&err, Error::NoSuchColumn { column, .. } if column == "nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn groupby_sort_shuffle_repartition_union_zip_and_sql() {
+    cluster();
+    let input = rows(3000);
+    let ds = rayforge_data::from_items(&input).unwrap().repartition(6);
+    assert_eq!(ds.materialize().unwrap().count().unwrap(), 3000);
+
+    // Group-by against a plain loop.
+    let g = ds
+        .groupby(&["key"])
+        .aggregate(&[
+            Agg::Count,
+            Agg::Sum("id".into()),
+            Agg::Mean("x".into()),
+            Agg::Min("x".into()),
+            Agg::Max("x".into()),
+            Agg::Std("x".into()),
+        ])
+        .take_batch(100)
+        .unwrap();
+    let mut want: BTreeMap<i64, Vec<&Row>> = BTreeMap::new();
+    for r in &input {
+        want.entry(r.key).or_default().push(r);
+    }
+    assert_eq!(i64s(&g, "key"), want.keys().copied().collect::<Vec<_>>());
+    for (i, rs) in want.values().enumerate() {
+        let n = rs.len() as f64;
+        let mean = rs.iter().map(|r| r.x).sum::<f64>() / n;
+        let var = rs.iter().map(|r| (r.x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        assert_eq!(i64s(&g, "count()")[i], rs.len() as i64);
+        assert_eq!(i64s(&g, "sum(id)")[i], rs.iter().map(|r| r.id).sum::<i64>());
+        assert!((f64s(&g, "mean(x)")[i] - mean).abs() < 1e-9);
+        assert_eq!(f64s(&g, "min(x)")[i], rs.iter().map(|r| r.x).fold(f64::MAX, f64::min));
+        assert_eq!(f64s(&g, "max(x)")[i], rs.iter().map(|r| r.x).fold(f64::MIN, f64::max));
+        assert!((f64s(&g, "std(x)")[i] - var.sqrt()).abs() < 1e-6);
+    }
+    let total = ds.aggregate(&[Agg::Count]).take_batch(1).unwrap();
+    assert_eq!(i64s(&total, "count()"), vec![3000]);
+
+    // Sort, both ways.
+    let sorted = ds.sort("x", false).take_batch(3000).unwrap();
+    let mut xs: Vec<f64> = input.iter().map(|r| r.x).collect();
+    xs.sort_by(f64::total_cmp);
+    assert_eq!(f64s(&sorted, "x"), xs);
+    let desc = ds.sort("id", true).take_batch(3000).unwrap();
+    assert_eq!(i64s(&desc, "id"), (0..3000).rev().collect::<Vec<_>>());
+
+    // A seeded shuffle is a permutation, the same one every time.
+    let a = i64s(&ds.random_shuffle(Some(7)).take_batch(3000).unwrap(), "id");
+    let b = i64s(&ds.random_shuffle(Some(7)).take_batch(3000).unwrap(), "id");
+    assert_eq!(a, b);
+    assert_ne!(a, (0..3000).collect::<Vec<_>>());
+    let mut sorted_a = a.clone();
+    sorted_a.sort();
+    assert_eq!(sorted_a, (0..3000).collect::<Vec<_>>());
+
+    // Union and zip.
+    let u = ds.limit(10).union(&ds.limit(5));
+    assert_eq!(
+        i64s(&u.take_batch(100).unwrap(), "id"),
+        (0..10).chain(0..5).collect::<Vec<_>>()
+    );
+    let z = ds
+        .select_columns(&["id"])
+        .zip(&rayforge_data::range_with_blocks(3000, 4));
+    let zb = z.take_batch(3000).unwrap();
+    assert_eq!(i64s(&zb, "id"), i64s(&zb, "id_1"));
+    let bad = ds.zip(&rayforge_data::range(10)).count().unwrap_err();
+    assert!(matches!(bad, Error::InvalidArgument(_)), "{bad}");
+
+    // SQL against a plain loop.
+    let q = ds
+        .sql("SELECT key, count(*) AS n, sum(id) AS total FROM ds WHERE x > 5 GROUP BY key ORDER BY key")
+        .unwrap()
+        .take_batch(100)
+        .unwrap();
+    let mut want: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for r in input.iter().filter(|r| r.x > 5.0) {
+        let e = want.entry(r.key).or_default();
+        e.0 += 1;
+        e.1 += r.id;
+    }
+    assert_eq!(i64s(&q, "key"), want.keys().copied().collect::<Vec<_>>());
+    assert_eq!(i64s(&q, "n"), want.values().map(|v| v.0).collect::<Vec<_>>());
+    assert_eq!(i64s(&q, "total"), want.values().map(|v| v.1).collect::<Vec<_>>());
+    assert!(matches!(ds.sql("SELEC nonsense"), Err(Error::Sql(_))));
+    let err = ds.sql("SELECT nope FROM ds").unwrap().count().unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn parquet_round_trip_with_projection_and_filter_pushdown() {
+    cluster();
+    let dir = tmp("parquet");
+    let input = rows(4000);
+    let out = rayforge_data::from_items(&input)
+        .unwrap()
+        .repartition(4)
+        .write_parquet(dir.to_str().unwrap())
+        .unwrap();
+    assert_eq!(out.rows, 4000);
+    let names: Vec<String> = out
+        .files
+        .iter()
+        .map(|f| f.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet",
+            "part-00003.parquet"
+        ]
+    );
+    assert!(std::fs::read_dir(&dir)
+        .unwrap()
+        .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+
+    let back: Vec<Row> = rayforge_data::read_parquet(dir.to_str().unwrap())
+        .unwrap()
+        .take_all()
+        .unwrap();
+    assert_eq!(back, input);
+    let glob = format!("{}/part-0000[0-1]*", dir.display());
+    assert!(matches!(
+        rayforge_data::read_parquet(glob.as_str()),
+        Err(Error::NotFound(_))
+    ));
+    let glob = format!("{}/part-*1.parquet", dir.display());
+    assert_eq!(
+        rayforge_data::read_parquet(glob.as_str()).unwrap().count().unwrap(),
+        1000
+    );
+
+    // Projection plus a filter: ids are sorted per file, so files whose id
+    // range misses the filter are skipped by their statistics.
+    let opts = rayforge_data::ParquetOptions {
+        columns: Some(vec!["id".into(), "x".into()]),
+        filter: Some(col("id").ge(2500).and(col("x").gt(5.0))),
+    };
+    let ds = rayforge_data::read_parquet_with(dir.to_str().unwrap(), opts).unwrap();
+    let b = ds.take_batch(10_000).unwrap();
+    assert_eq!(b.num_columns(), 2);
+    let want: Vec<i64> = input
+        .iter()
+        .filter(|r| r.id >= 2500 && r.x > 5.0)
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(i64s(&b, "id"), want);
+    let _ = ds.count().unwrap();
+    assert!(ds.stats().contains("ReadParquet: 2 blocks"), "{}", ds.stats());
+
+    // Errors before any work: a missing path, an unknown column, files
+    // whose schemas differ.
+    assert!(matches!(
+        rayforge_data::read_parquet("/no/such/dir"),
+        Err(Error::NotFound(_))
+    ));
+    let opts = rayforge_data::ParquetOptions {
+        columns: Some(vec!["nope".into()]),
+        filter: None,
+    };
+    assert!(matches!(
+        rayforge_data::read_parquet_with(dir.to_str().unwrap(), opts),
+        Err(Error::NoSuchColumn { .. })
+    ));
+    rayforge_data::range(10)
+        .write_parquet(dir.join("other").to_str().unwrap())
+        .unwrap();
+    let err = rayforge_data::read_parquet(dir.to_str().unwrap())
+        .err()
+        .expect("schema mismatch");
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+}
+
+#[test]
+fn csv_and_json_read_write_and_bad_rows() {
+    cluster();
+    let dir = tmp("text");
+    let input = rows(300);
+    let ds = rayforge_data::from_items(&input).unwrap();
+    let csv = dir.join("csv");
+    ds.repartition(3).write_csv(csv.to_str().unwrap()).unwrap();
+    let back: Vec<Row> = rayforge_data::read_csv(csv.to_str().unwrap())
+        .unwrap()
+        .take_all()
+        .unwrap();
+    assert_eq!(back, input);
+    let json = dir.join("json");
+    ds.repartition(2).write_json(json.to_str().unwrap()).unwrap();
+    let back: Vec<Row> = rayforge_data::read_json(json.to_str().unwrap())
+        .unwrap()
+        .take_all()
+        .unwrap();
+    assert_eq!(back, input);
+
+    // A bad row names its file and line.
+    // A bad row names its file and line (types are inferred from the first
+    // 1000 rows; line 1102 holds text in a number column).
+    let bad = dir.join("bad.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..1100 {
+        text.push_str(&format!("{i},{i}\n"));
+    }
+    text.push_str("5,x\n");
+    std::fs::write(&bad, text).unwrap();
+    let err = rayforge_data::read_csv(bad.to_str().unwrap())
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Parse { line: 1102, file, .. } if file.ends_with("bad.csv")),
+        "{err}"
+    );
+    let bad_json = dir.join("bad.json");
+    std::fs::write(&bad_json, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": oops}\n").unwrap();
+    let err = rayforge_data::read_json(bad_json.to_str().unwrap())
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Parse { line: 3, file, .. } if file.ends_with("bad.json")),
+        "{err}"
+    );
+    let typed = dir.join("typed.json");
+    std::fs::write(&typed, "{\"a\": 1}\n{\"a\": 2}\n").unwrap();
+    let typed2 = dir.join("typed2.json");
+    std::fs::write(&typed2, "{\"a\": \"one\"}\n").unwrap();
+    let err = rayforge_data::read_json(vec![typed.to_str().unwrap(), typed2.to_str().unwrap()])
+        .err()
+        .expect("mismatch");
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+    // Types that disagree inside one file name the line where they do.
+    let mixed = dir.join("mixed.json");
+    std::fs::write(&mixed, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": {\"b\": 2}}\n").unwrap();
+    let err = rayforge_data::read_json(mixed.to_str().unwrap())
+        .err()
+        .expect("conflict");
+    assert!(matches!(&err, Error::Parse { line: 3, .. }), "{err}");
+    let csv_a = dir.join("a.csv");
+    std::fs::write(&csv_a, "a,b\n1,2\n").unwrap();
+    let csv_b = dir.join("b.csv");
+    std::fs::write(&csv_b, "a,c\n1,2\n").unwrap();
+    let err = rayforge_data::read_csv(vec![csv_a.to_str().unwrap(), csv_b.to_str().unwrap()])
+        .err()
+        .expect("mismatch");
+    assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
+    assert!(matches!(
+        rayforge_data::read_csv(dir.join("none.csv").to_str().unwrap()),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[rayforge::remote]
+fn read_in_task(b: rayforge_data::Block) -> (bool, i64) {
+    let sum = b
+        .batch()
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .map(|a| a.values().iter().sum())
+        .unwrap_or(-1);
+    (b.is_shared(), sum)
+}
+
+#[test]
+fn blocks_are_read_from_shared_memory_without_a_copy() {
+    cluster();
+    let n = 1_000_000i64;
+    let b = RecordBatch::try_from_iter([("v", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef)]).unwrap();
+    let r = rayforge::put(rayforge_data::Block::new(b)).unwrap();
+    let local = r.get().unwrap();
+    assert!(local.is_shared(), "the driver maps the stored block");
+    let (shared, sum) = read_in_task::remote(&r).get().unwrap();
+    assert!(shared, "the task maps the stored block");
+    assert_eq!(sum, n * (n - 1) / 2);
+}
+
+fn fails_on_seven(b: RecordBatch) -> Result<RecordBatch, Error> {
+    if i64s(&b, "id").contains(&7) {
+        return Err(Error::User("seven is not allowed".into()));
+    }
+    Ok(b)
+}
+
+#[test]
+fn a_failing_function_fails_the_dataset_with_its_error() {
+    cluster();
+    let err = rayforge_data::range_with_blocks(100, 4)
+        .map_batches_with(
+            fails_on_seven,
+            MapOptions {
+                batch_size: Some(10),
+                ..Default::default()
+            },
+        )
+        .count()
+        .unwrap_err();
+    assert_eq!(err, Error::User("seven is not allowed".into()));
+}

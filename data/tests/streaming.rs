@@ -1,0 +1,96 @@
+//! Streaming execution under a small object store, and a worker killed in
+//! the middle of a dataset.
+
+use std::sync::{Arc, Once};
+
+use rayforge_data::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use rayforge_data::Error;
+
+const STORE: u64 = 24 << 20;
+
+fn cluster() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        rayforge::init(rayforge::Config::default().num_cpus(2.0).object_store_memory(STORE))
+            .expect("start embedded cluster");
+    });
+}
+
+fn with_square(b: RecordBatch) -> Result<RecordBatch, Error> {
+    let ids = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or("id is not i64")?;
+    let sq: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        ids.values().iter().map(|v| (*v as f64).powi(2)),
+    ));
+    Ok(RecordBatch::try_from_iter([("id", b.column(0).clone()), ("sq", sq)])?)
+}
+
+#[test]
+fn a_dataset_eight_times_the_store_streams_from_read_to_write() {
+    cluster();
+    let dir = std::env::temp_dir().join(format!("rayforge-data-stream-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // 12M rows of (i64, f64): 192 MB through a 24 MB store.
+    let rows = 12_000_000u64;
+    let out = rayforge_data::range_with_blocks(rows, 48)
+        .map_batches(with_square)
+        .write_parquet(dir.to_str().unwrap())
+        .unwrap();
+    assert_eq!(out.rows, rows);
+    assert_eq!(out.files.len(), 48);
+    let stats = rayforge::store_stats().unwrap();
+    assert!(
+        stats.spilled_total < STORE,
+        "the pipeline spilled {} bytes through a {} byte store",
+        stats.spilled_total,
+        STORE
+    );
+    // What was written reads back whole.
+    let back = rayforge_data::read_parquet(dir.to_str().unwrap()).unwrap();
+    assert_eq!(back.count().unwrap(), rows);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn dies_once(b: RecordBatch) -> Result<RecordBatch, Error> {
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc_getppid() };
+    let marker = std::env::temp_dir().join(format!("rayforge-data-dies-once-{parent}"));
+    let first = b.column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0)) == Some(0);
+    if first
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+    {
+        std::process::abort();
+    }
+    Ok(b)
+}
+
+extern "C" {
+    #[link_name = "getppid"]
+    fn libc_getppid() -> i32;
+}
+
+#[test]
+fn a_task_whose_worker_dies_is_retried() {
+    cluster();
+    let ds = rayforge_data::range_with_blocks(1000, 4).map_batches(dies_once);
+    let ids: Vec<i64> = ds
+        .take_batch(1000)
+        .unwrap()
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .values()
+        .to_vec();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    let marker = std::env::temp_dir().join(format!("rayforge-data-dies-once-{}", std::process::id()));
+    assert!(marker.exists(), "the first attempt ran and died");
+    let _ = std::fs::remove_file(marker);
+}

@@ -42,6 +42,8 @@ pub(crate) struct OpStats {
     pub(crate) bytes: AtomicU64,
     pub(crate) task_micros: AtomicU64,
     pub(crate) running: AtomicU64,
+    /// Actors of an actor-pool operator.
+    pub(crate) actors: AtomicU64,
     start: Instant,
     pub(crate) wall_micros: AtomicU64,
 }
@@ -61,6 +63,7 @@ impl ExecStats {
             bytes: AtomicU64::new(0),
             task_micros: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            actors: AtomicU64::new(0),
             start: Instant::now(),
             wall_micros: AtomicU64::new(0),
         });
@@ -72,6 +75,10 @@ impl ExecStats {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for (i, s) in self.ops.lock().iter().enumerate() {
+            let actors = s.actors.load(Ordering::Relaxed);
+            if actors > 0 {
+                out.push_str(&format!("Operator {i} {}: {actors} actors\n", s.name));
+            }
             out.push_str(&format!(
                 "Operator {i} {}: {} blocks, {} rows, {:.1} MB, {:.3} s in tasks, {:.3} s wall\n",
                 s.name,
@@ -104,7 +111,7 @@ impl ExecStats {
 }
 
 impl OpStats {
-    fn record(&self, m: &BlockMeta) {
+    pub(crate) fn record(&self, m: &BlockMeta) {
         self.blocks.fetch_add(1, Ordering::Relaxed);
         self.rows.fetch_add(m.rows, Ordering::Relaxed);
         self.bytes.fetch_add(m.bytes, Ordering::Relaxed);
@@ -251,6 +258,12 @@ pub(crate) fn execute(node: &Arc<Node>, ctx: &Ctx) -> Result<BlockIter> {
                 Box::new(Window::new(ctx, stage_name("Map", ops), Box::new(src)))
             }
         },
+        Node::ActorMap { input, spec, size } => Box::new(crate::pool::ActorPoolOp::new(
+            ctx,
+            execute(input, ctx)?,
+            spec.clone(),
+            size.clone(),
+        )?),
         Node::Limit { input, n } => Box::new(Limit {
             upstream: execute(input, ctx)?,
             left: *n,

@@ -39,6 +39,7 @@ mod exec;
 pub mod expr;
 mod ops;
 mod plan;
+mod pool;
 mod source;
 mod udf;
 
@@ -124,6 +125,31 @@ pub struct MapOptions {
     pub num_cpus: Option<f64>,
     /// GPUs each task holds.
     pub num_gpus: Option<f64>,
+}
+
+/// Options of [`Dataset::map_batches_actors`].
+#[derive(Clone, Debug)]
+pub struct ActorPoolOptions {
+    /// `(min, max)` actors: the pool starts with `min` and grows while input
+    /// waits for a free actor.
+    pub concurrency: (usize, usize),
+    /// Rows per call of the method (a block's rows in one call when `None`).
+    pub batch_size: Option<usize>,
+    /// CPUs each actor holds.
+    pub num_cpus: f64,
+    /// GPUs each actor holds (its process sees them in `CUDA_VISIBLE_DEVICES`).
+    pub num_gpus: f64,
+}
+
+impl Default for ActorPoolOptions {
+    fn default() -> Self {
+        ActorPoolOptions {
+            concurrency: (1, 2),
+            batch_size: None,
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+        }
+    }
 }
 
 /// Options of [`Dataset::iter_batches`].
@@ -372,6 +398,48 @@ impl Dataset {
         opts: MapOptions,
     ) -> Dataset {
         self.call("MapBatches", ops::t_batches::<E>, f as usize, "", &opts)
+    }
+
+    /// Applies `f` to batches on a pool of actors, each holding a state
+    /// built once by `init` (a model loaded once per actor, say).
+    ///
+    /// ```no_run
+    /// use rayforge_data::arrow::array::RecordBatch;
+    /// struct Model { bias: i64 }
+    /// fn load() -> Model { Model { bias: 1 } }
+    /// fn score(m: &mut Model, b: RecordBatch) -> Result<RecordBatch, rayforge_data::Error> {
+    ///     Ok(rayforge_data::compute::scale_column(b, "id", m.bias as f64)?)
+    /// }
+    /// # fn main() -> rayforge_data::Result<()> {
+    /// let opts = rayforge_data::ActorPoolOptions { concurrency: (1, 4), ..Default::default() };
+    /// let n = rayforge_data::range(100).map_batches_actors(load, score, opts).count()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn map_batches_actors<S: Send + 'static, E: Into<Error> + 'static>(
+        &self,
+        init: fn() -> S,
+        f: fn(&mut S, RecordBatch) -> Result<RecordBatch, E>,
+        opts: ActorPoolOptions,
+    ) -> Dataset {
+        let init_tramp: pool::InitTramp = pool::t_init::<S>;
+        let call_tramp: pool::CallTramp = pool::t_call::<S, E>;
+        let (min, max) = opts.concurrency;
+        self.with(Arc::new(Node::ActorMap {
+            input: self.node.clone(),
+            spec: pool::PoolSpec {
+                init_tramp: FnRef::new(init_tramp as usize),
+                init_user: FnRef::new(init as usize),
+                call_tramp: FnRef::new(call_tramp as usize),
+                call_user: FnRef::new(f as usize),
+                batch_size: opts.batch_size,
+            },
+            size: pool::PoolSize {
+                min: min.max(1),
+                max: max.max(min).max(1),
+                num_cpus: opts.num_cpus,
+                num_gpus: opts.num_gpus,
+            },
+        }))
     }
 
     /// Applies `f` to every row (rows convert to and from `T`/`U` through
@@ -634,7 +702,12 @@ impl Dataset {
 
     /// The first `n` rows, as one record batch.
     pub fn take_batch(&self, n: usize) -> Result<RecordBatch> {
-        let it = self.limit(n as u64).iter_batches(IterOptions {
+        // The limited plan reports its stats as this dataset's.
+        let limited = Dataset {
+            node: self.limit(n as u64).node,
+            last: self.last.clone(),
+        };
+        let it = limited.iter_batches(IterOptions {
             batch_size: None,
             prefetch: 2,
         })?;

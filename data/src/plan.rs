@@ -43,6 +43,12 @@ pub(crate) enum Node {
         ops: Vec<MapOp>,
         compute: Compute,
     },
+    /// `map_batches` on an actor pool.
+    ActorMap {
+        input: Arc<Node>,
+        spec: crate::pool::PoolSpec,
+        size: crate::pool::PoolSize,
+    },
     Limit {
         input: Arc<Node>,
         n: u64,

@@ -447,3 +447,42 @@ fn a_failing_function_fails_the_dataset_with_its_error() {
         .unwrap_err();
     assert_eq!(err, Error::User("seven is not allowed".into()));
 }
+
+struct Scorer {
+    inits: i64,
+}
+
+static INITS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn load_scorer() -> Scorer {
+    Scorer {
+        inits: INITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+    }
+}
+
+fn score(s: &mut Scorer, b: RecordBatch) -> Result<RecordBatch, Error> {
+    let n = b.num_rows();
+    let pid: ArrayRef = Arc::new(Int64Array::from(vec![std::process::id() as i64; n]));
+    let inits: ArrayRef = Arc::new(Int64Array::from(vec![s.inits; n]));
+    Ok(RecordBatch::try_from_iter([("id", b.column(0).clone()), ("pid", pid), ("inits", inits)])?)
+}
+
+#[test]
+fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
+    cluster();
+    let opts = rayforge_data::ActorPoolOptions {
+        concurrency: (1, 3),
+        batch_size: Some(100),
+        num_cpus: 0.25,
+        num_gpus: 0.0,
+    };
+    let ds = rayforge_data::range_with_blocks(6000, 12).map_batches_actors(load_scorer, score, opts);
+    let b = ds.take_batch(10_000).unwrap();
+    assert_eq!(i64s(&b, "id"), (0..6000).collect::<Vec<_>>());
+    assert!(i64s(&b, "inits").iter().all(|i| *i == 1), "state is built once per actor");
+    let pids: std::collections::BTreeSet<i64> = i64s(&b, "pid").into_iter().collect();
+    assert_eq!(pids.len(), 3, "the pool grew to its maximum");
+    assert!(!pids.contains(&(std::process::id() as i64)));
+    let stats = ds.stats();
+    assert!(stats.contains("3 actors"), "{stats}");
+}

@@ -145,7 +145,12 @@ impl BlockMeta {
     pub(crate) fn of(b: &Block, secs: f64) -> BlockMeta {
         BlockMeta {
             rows: b.num_rows() as u64,
-            bytes: b.batch.get_array_memory_size() as u64,
+            bytes: b
+                .batch
+                .columns()
+                .iter()
+                .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+                .sum(),
             schema: Block::empty(b.schema()),
             secs,
         }

@@ -394,6 +394,19 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
             let pending = plan.into_iter().map(ops::concat_pieces::remote).collect();
             run_pending(ctx, "Repartition", pending)
         }
+        AllToAll::Slice { offset, len } => {
+            let total = total_rows(&blocks);
+            let start = (*offset).min(total);
+            let plan = slice_plan(&blocks, &[start, (*len).min(total - start)]);
+            let pending = plan
+                .into_iter()
+                .nth(1)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|piece| ops::concat_pieces::remote(vec![piece]))
+                .collect();
+            run_pending(ctx, "Split", pending)
+        }
         AllToAll::Shuffle(seed) => {
             let n = blocks.len().max(1);
             let parts: Vec<ObjectRef<Vec<Block>>> = blocks

@@ -608,6 +608,27 @@ impl Dataset {
         self.all_to_all(AllToAll::Repartition(n.max(1)))
     }
 
+    /// Splits into `(train, test)` with `test_fraction` of the rows in the
+    /// test part, after a random shuffle with `seed` (rows keep their order
+    /// when `seed` is `None`). Runs the plan once and keeps the result.
+    pub fn train_test_split(&self, test_fraction: f64, seed: Option<u64>) -> Result<(Dataset, Dataset)> {
+        if !(0.0..=1.0).contains(&test_fraction) {
+            return Err(Error::InvalidArgument(format!(
+                "test_fraction must be within [0, 1], got {test_fraction}"
+            )));
+        }
+        let base = match seed {
+            Some(s) => self.all_to_all(AllToAll::Shuffle(s)),
+            None => self.clone(),
+        }
+        .materialize()?;
+        let n = base.count()?;
+        let test = (n as f64 * test_fraction).round() as u64;
+        let train = base.all_to_all(AllToAll::Slice { offset: 0, len: n - test });
+        let test = base.all_to_all(AllToAll::Slice { offset: n - test, len: test });
+        Ok((train, test))
+    }
+
     /// Runs a SQL query (DataFusion) over the dataset, which is table `ds`.
     pub fn sql(&self, query: &str) -> Result<Dataset> {
         // Check the syntax now rather than when the plan runs.

@@ -20,6 +20,8 @@ pub(crate) struct Compute {
 #[derive(Clone, Debug)]
 pub(crate) enum AllToAll {
     Repartition(usize),
+    /// Rows `offset..offset + len`, keeping block boundaries.
+    Slice { offset: u64, len: u64 },
     Shuffle(u64),
     Sort { key: String, descending: bool },
     Sql { query: String },

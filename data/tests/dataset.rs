@@ -486,3 +486,20 @@ fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
     let stats = ds.stats();
     assert!(stats.contains("3 actors"), "{stats}");
 }
+
+#[test]
+fn train_test_split_partitions_the_rows() {
+    cluster();
+    let ds = rayforge_data::range_with_blocks(1000, 3);
+    let (train, test) = ds.train_test_split(0.25, Some(3)).unwrap();
+    let (a, b) = (train.take_batch(2000).unwrap(), test.take_batch(2000).unwrap());
+    assert_eq!((a.num_rows(), b.num_rows()), (750, 250));
+    let mut all: Vec<i64> = i64s(&a, "id").into_iter().chain(i64s(&b, "id")).collect();
+    assert_ne!(all, (0..1000).collect::<Vec<_>>(), "shuffled");
+    all.sort();
+    assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    let (train, test) = ds.train_test_split(0.1, None).unwrap();
+    assert_eq!(i64s(&test.take_batch(2000).unwrap(), "id"), (900..1000).collect::<Vec<_>>());
+    assert_eq!(train.count().unwrap(), 900);
+    assert!(matches!(ds.train_test_split(1.5, None), Err(Error::InvalidArgument(_))));
+}

@@ -149,7 +149,11 @@ impl BlockMeta {
                 .batch
                 .columns()
                 .iter()
-                .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+                .map(|c| {
+                    c.to_data()
+                        .get_slice_memory_size()
+                        .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+                })
                 .sum(),
             schema: Block::empty(b.schema()),
             secs,

@@ -474,14 +474,11 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
                 )],
             )
         }
-        AllToAll::Aggregate { partial, combine } => {
+        AllToAll::Aggregate { combine } => {
             if blocks.is_empty() {
                 return Ok(Vec::new());
             }
-            let parts: Vec<ObjectRef<Block>> = blocks
-                .iter()
-                .map(|b| ops::agg_partial::remote(&b.block, partial.clone()))
-                .collect();
+            let parts: Vec<ObjectRef<Block>> = blocks.iter().map(|b| b.block.clone()).collect();
             run_pending(ctx, "Aggregate", vec![ops::agg_final::remote(parts, combine.clone())])
         }
     }

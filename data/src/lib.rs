@@ -41,6 +41,7 @@ mod ops;
 mod plan;
 mod pool;
 mod source;
+mod split;
 mod udf;
 
 use std::sync::Arc;
@@ -55,6 +56,7 @@ pub use arrow;
 pub use block::Block;
 pub use error::{Error, Result};
 pub use source::ParquetOptions;
+pub use split::DataIterator;
 
 use exec::{BlockRef, Ctx, ExecStats, Progress};
 use ops::{Format, MapOp, Sink, Tramp};
@@ -491,7 +493,13 @@ impl Dataset {
 
     /// Keeps only these columns, in this order.
     pub fn select_columns(&self, cols: &[&str]) -> Dataset {
-        self.then(MapOp::Select(cols.iter().map(|s| s.to_string()).collect()))
+        let cols: Vec<String> = cols.iter().map(|s| s.to_string()).collect();
+        // Straight after a Parquet read, the reader skips the other columns.
+        let base = match self.node.pruned_read(&cols) {
+            Some(node) => self.with(node),
+            None => self.clone(),
+        };
+        base.then(MapOp::Select(cols))
     }
 
     /// Renames columns (`(from, to)` pairs).
@@ -523,6 +531,21 @@ impl Dataset {
     }
 
     fn aggregate_by(&self, keys: &[String], aggs: &[Agg]) -> Dataset {
+        // Read only the columns the aggregates use.
+        let mut used: Vec<String> = keys.to_vec();
+        for a in aggs {
+            if let Agg::Sum(c) | Agg::Mean(c) | Agg::Min(c) | Agg::Max(c) | Agg::Std(c) = a {
+                if !used.contains(c) {
+                    used.push(c.clone());
+                }
+            }
+        }
+        let input = if used.is_empty() {
+            None
+        } else {
+            self.node.pruned_read(&used)
+        };
+        let input = input.unwrap_or_else(|| self.node.clone());
         // Each block is reduced to partial sums/counts/extremes per group;
         // one task combines them.
         let mut partial: Vec<String> = keys.iter().map(|k| quote(k)).collect();
@@ -578,10 +601,12 @@ impl Dataset {
                 keys.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
             )
         };
+        // The partial step runs in the task that makes each block (fused
+        // with the read and transforms before it).
+        let partial = MapOp::Sql(format!("SELECT {} FROM ds{partial_group}", partial.join(", ")));
         self.with(Arc::new(Node::AllToAll {
-            input: self.node.clone(),
+            input: input.then(partial, Compute::default()),
             op: AllToAll::Aggregate {
-                partial: format!("SELECT {} FROM ds{partial_group}", partial.join(", ")),
                 combine: format!("SELECT {} FROM partial{group}", combine.join(", ")),
             },
         }))
@@ -624,8 +649,14 @@ impl Dataset {
         .materialize()?;
         let n = base.count()?;
         let test = (n as f64 * test_fraction).round() as u64;
-        let train = base.all_to_all(AllToAll::Slice { offset: 0, len: n - test });
-        let test = base.all_to_all(AllToAll::Slice { offset: n - test, len: test });
+        let train = base.all_to_all(AllToAll::Slice {
+            offset: 0,
+            len: n - test,
+        });
+        let test = base.all_to_all(AllToAll::Slice {
+            offset: n - test,
+            len: test,
+        });
         Ok((train, test))
     }
 
@@ -711,14 +742,30 @@ impl Dataset {
         let mut ctx = Ctx::new();
         ctx.max_window = ctx.max_window.max(opts.prefetch.max(1));
         let (it, progress) = self.run("iter_batches", ctx)?;
-        Ok(BatchIter {
-            blocks: it,
-            batch_size: opts.batch_size,
-            buf: Vec::new(),
-            buffered: 0,
-            done: false,
-            _progress: progress,
-        })
+        Ok(BatchIter::new(it, opts.batch_size, Some(progress)))
+    }
+
+    /// Runs the plan once, feeding `n` consumers in parallel: each gets a
+    /// [`DataIterator`] (send it to a training worker); blocks go to the
+    /// consumer that has received the fewest rows. With `equal`, every
+    /// consumer gets exactly the same number of rows (blocks are cut to
+    /// make it so; at most `n - 1` rows at the end are dropped).
+    pub fn streaming_split(&self, n: usize, equal: bool) -> Result<Vec<DataIterator>> {
+        if n == 0 {
+            return Err(Error::InvalidArgument(
+                "streaming_split needs at least one consumer".into(),
+            ));
+        }
+        let node = self.node.clone();
+        let last = self.last.clone();
+        split::start(
+            move |ctx| {
+                *last.lock() = Some(ctx.stats.clone());
+                exec::execute(&node, ctx)
+            },
+            n,
+            equal,
+        )
     }
 
     /// The first `n` rows, as one record batch.
@@ -853,10 +900,21 @@ pub struct BatchIter {
     buf: Vec<RecordBatch>,
     buffered: usize,
     done: bool,
-    _progress: Progress,
+    _progress: Option<Progress>,
 }
 
 impl BatchIter {
+    pub(crate) fn new(blocks: exec::BlockIter, batch_size: Option<usize>, progress: Option<Progress>) -> BatchIter {
+        BatchIter {
+            blocks,
+            batch_size,
+            buf: Vec::new(),
+            buffered: 0,
+            done: false,
+            _progress: progress,
+        }
+    }
+
     fn cut(&mut self, n: usize) -> Result<RecordBatch> {
         let all = ops::concat(std::mem::take(&mut self.buf))?;
         let n = n.min(all.num_rows());

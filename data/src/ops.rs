@@ -42,6 +42,8 @@ pub(crate) enum MapOp {
     },
     /// Write the block to a file (the block then becomes empty).
     Write(Sink),
+    /// A SQL query over the block alone (as table `ds`).
+    Sql(String),
 }
 
 impl MapOp {
@@ -54,6 +56,7 @@ impl MapOp {
             MapOp::Rename(_) => "RenameColumns".into(),
             MapOp::Slice { .. } => "Limit".into(),
             MapOp::Write(s) => format!("Write{}", s.format.name()),
+            MapOp::Sql(_) => "PartialAggregate".into(),
         }
     }
 
@@ -124,6 +127,10 @@ impl MapOp {
             MapOp::Write(sink) => {
                 sink.write(&b)?;
                 Ok(RecordBatch::new_empty(b.schema()))
+            }
+            MapOp::Sql(query) => {
+                let schema = b.schema();
+                sql_over(vec![("ds".into(), schema, vec![b])], query)
             }
         }
     }
@@ -382,6 +389,22 @@ fn finish(start: Instant, r: Result<RecordBatch>) -> (Block, StageOut) {
     }
 }
 
+/// Keeps freed memory of large batches in this process for the next block
+/// instead of handing it back to the kernel and faulting it in again (each
+/// fresh page costs a fault and a zeroing; with glibc's defaults most of a
+/// decoding task's time went there).
+fn tune_allocator() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets allocator parameters.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        }
+    });
+}
+
 fn run_ops(ops: &[MapOp], mut b: RecordBatch) -> Result<RecordBatch> {
     for op in ops {
         b = op.apply(b)?;
@@ -392,6 +415,7 @@ fn run_ops(ops: &[MapOp], mut b: RecordBatch) -> Result<RecordBatch> {
 /// Reads one block and transforms it.
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn read_stage(spec: StageSpec) -> (Block, StageOut) {
+    tune_allocator();
     let start = Instant::now();
     let r = match &spec.read {
         Some(t) => t.read().and_then(|b| run_ops(&spec.ops, b.into_batch())),
@@ -403,6 +427,7 @@ pub(crate) fn read_stage(spec: StageSpec) -> (Block, StageOut) {
 /// Transforms one block.
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn map_stage(spec: StageSpec, input: Block) -> (Block, StageOut) {
+    tune_allocator();
     let start = Instant::now();
     finish(start, run_ops(&spec.ops, input.into_batch()))
 }
@@ -633,14 +658,6 @@ pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, 
         sql_over(vec![("ds".into(), schema, batches)], &query)
     })();
     finish(start, r)
-}
-
-/// Group-by, map side: partial aggregates of one block.
-#[rayforge::remote]
-pub(crate) fn agg_partial(input: Block, query: String) -> std::result::Result<Block, Error> {
-    let b = input.into_batch();
-    let schema = b.schema();
-    Ok(Block::new(sql_over(vec![("ds".into(), schema, vec![b])], &query)?))
 }
 
 /// Group-by, reduce side: combines partial aggregates.

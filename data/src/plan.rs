@@ -21,11 +21,22 @@ pub(crate) struct Compute {
 pub(crate) enum AllToAll {
     Repartition(usize),
     /// Rows `offset..offset + len`, keeping block boundaries.
-    Slice { offset: u64, len: u64 },
+    Slice {
+        offset: u64,
+        len: u64,
+    },
     Shuffle(u64),
-    Sort { key: String, descending: bool },
-    Sql { query: String },
-    Aggregate { partial: String, combine: String },
+    Sort {
+        key: String,
+        descending: bool,
+    },
+    Sql {
+        query: String,
+    },
+    /// Combines the partial aggregates every block of the input already is.
+    Aggregate {
+        combine: String,
+    },
 }
 
 /// One operator of the plan.
@@ -64,6 +75,42 @@ pub(crate) enum Node {
 }
 
 impl Node {
+    /// When this node reads Parquet, the same read of only `columns` (in
+    /// file order) when that drops any; the columns never leave the files.
+    pub(crate) fn pruned_read(&self, columns: &[String]) -> Option<Arc<Node>> {
+        let Node::Read { tasks, schema } = self else {
+            return None;
+        };
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|i| columns.contains(schema.field(*i).name()))
+            .collect();
+        if keep.len() == schema.fields().len() || keep.len() != columns.len() {
+            return None;
+        }
+        let names: Vec<String> = keep.iter().map(|i| schema.field(*i).name().clone()).collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            match t {
+                ReadTask::Parquet {
+                    path,
+                    row_groups,
+                    columns: _,
+                    filter,
+                } => out.push(ReadTask::Parquet {
+                    path: path.clone(),
+                    row_groups: row_groups.clone(),
+                    columns: Some(names.clone()),
+                    filter: filter.clone(),
+                }),
+                _ => return None,
+            }
+        }
+        Some(Arc::new(Node::Read {
+            tasks: out,
+            schema: Arc::new(schema.project(&keep).ok()?),
+        }))
+    }
+
     /// Adds a per-block transform, fusing it with the transforms before it
     /// when they hold the same resources.
     pub(crate) fn then(self: &Arc<Node>, op: MapOp, compute: Compute) -> Arc<Node> {

@@ -28,10 +28,15 @@ pub(crate) fn t_init<S: Send + 'static>(user: usize) -> Box<dyn Any + Send> {
     Box::new(f())
 }
 
-pub(crate) fn t_call<S: 'static, E: Into<Error>>(user: usize, state: &mut (dyn Any + Send), b: RecordBatch) -> Result<RecordBatch> {
+pub(crate) fn t_call<S: 'static, E: Into<Error>>(
+    user: usize,
+    state: &mut (dyn Any + Send),
+    b: RecordBatch,
+) -> Result<RecordBatch> {
     // SAFETY: paired with a `fn(&mut S, RecordBatch) -> Result<RecordBatch, E>`
     // by `Dataset::map_batches_actors` only.
-    let f = unsafe { std::mem::transmute::<usize, fn(&mut S, RecordBatch) -> std::result::Result<RecordBatch, E>>(user) };
+    let f =
+        unsafe { std::mem::transmute::<usize, fn(&mut S, RecordBatch) -> std::result::Result<RecordBatch, E>>(user) };
     let s = state
         .downcast_mut::<S>()
         .ok_or_else(|| Error::Runtime("actor state of an unexpected type".into()))?;

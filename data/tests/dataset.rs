@@ -464,7 +464,11 @@ fn score(s: &mut Scorer, b: RecordBatch) -> Result<RecordBatch, Error> {
     let n = b.num_rows();
     let pid: ArrayRef = Arc::new(Int64Array::from(vec![std::process::id() as i64; n]));
     let inits: ArrayRef = Arc::new(Int64Array::from(vec![s.inits; n]));
-    Ok(RecordBatch::try_from_iter([("id", b.column(0).clone()), ("pid", pid), ("inits", inits)])?)
+    Ok(RecordBatch::try_from_iter([
+        ("id", b.column(0).clone()),
+        ("pid", pid),
+        ("inits", inits),
+    ])?)
 }
 
 #[test]
@@ -479,7 +483,10 @@ fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
     let ds = rayforge_data::range_with_blocks(6000, 12).map_batches_actors(load_scorer, score, opts);
     let b = ds.take_batch(10_000).unwrap();
     assert_eq!(i64s(&b, "id"), (0..6000).collect::<Vec<_>>());
-    assert!(i64s(&b, "inits").iter().all(|i| *i == 1), "state is built once per actor");
+    assert!(
+        i64s(&b, "inits").iter().all(|i| *i == 1),
+        "state is built once per actor"
+    );
     let pids: std::collections::BTreeSet<i64> = i64s(&b, "pid").into_iter().collect();
     assert_eq!(pids.len(), 3, "the pool grew to its maximum");
     assert!(!pids.contains(&(std::process::id() as i64)));
@@ -499,7 +506,63 @@ fn train_test_split_partitions_the_rows() {
     all.sort();
     assert_eq!(all, (0..1000).collect::<Vec<_>>());
     let (train, test) = ds.train_test_split(0.1, None).unwrap();
-    assert_eq!(i64s(&test.take_batch(2000).unwrap(), "id"), (900..1000).collect::<Vec<_>>());
+    assert_eq!(
+        i64s(&test.take_batch(2000).unwrap(), "id"),
+        (900..1000).collect::<Vec<_>>()
+    );
     assert_eq!(train.count().unwrap(), 900);
     assert!(matches!(ds.train_test_split(1.5, None), Err(Error::InvalidArgument(_))));
+}
+
+/// A consumer of a streaming split: its rows' count and the sum of their ids.
+#[rayforge::remote]
+fn consume(it: rayforge_data::DataIterator) -> (u64, i64, Vec<i64>) {
+    let (mut n, mut sum, mut ids) = (0u64, 0i64, Vec::new());
+    for b in it.iter_batches(Some(100)) {
+        let b = b.expect("batch");
+        let v = i64s(&b, "id");
+        n += v.len() as u64;
+        sum += v.iter().sum::<i64>();
+        ids.extend(v);
+    }
+    (n, sum, ids)
+}
+
+#[test]
+fn streaming_split_feeds_consumers_in_other_processes() {
+    cluster();
+    let its = rayforge_data::range_with_blocks(10_000, 10)
+        .streaming_split(3, false)
+        .unwrap();
+    let refs: Vec<_> = its
+        .into_iter()
+        .map(|it| consume::options().num_cpus(0.25).remote(it))
+        .collect();
+    let outs: Vec<(u64, i64, Vec<i64>)> = refs.iter().map(|r| r.get().unwrap()).collect();
+    assert_eq!(outs.iter().map(|o| o.0).sum::<u64>(), 10_000);
+    assert_eq!(outs.iter().map(|o| o.1).sum::<i64>(), (0..10_000).sum::<i64>());
+    assert!(outs.iter().all(|o| o.0 >= 1000), "every consumer got blocks");
+
+    // Equal: exactly the same number of rows each, no row twice.
+    let its = rayforge_data::range_with_blocks(1000, 7)
+        .streaming_split(3, true)
+        .unwrap();
+    let refs: Vec<_> = its
+        .into_iter()
+        .map(|it| consume::options().num_cpus(0.25).remote(it))
+        .collect();
+    let outs: Vec<(u64, i64, Vec<i64>)> = refs.iter().map(|r| r.get().unwrap()).collect();
+    assert!(
+        outs.iter().all(|o| o.0 == 333),
+        "{:?}",
+        outs.iter().map(|o| o.0).collect::<Vec<_>>()
+    );
+    let mut all: Vec<i64> = outs.into_iter().flat_map(|o| o.2).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 999);
+    assert!(matches!(
+        rayforge_data::range(10).streaming_split(0, true),
+        Err(Error::InvalidArgument(_))
+    ));
 }

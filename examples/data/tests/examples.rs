@@ -28,7 +28,10 @@ fn preprocess_cleans_featurizes_groups_and_splits() {
     // Rows with id % 97 == 0 (no distance) or id % 89 == 0 (no fare) go.
     let dropped = (0..200_000u64).filter(|i| i % 97 == 0 || i % 89 == 0).count() as u64;
     assert_eq!(number_after(&out, "kept "), 200_000 - dropped, "{out}");
-    assert!(out.contains("| city |") && out.contains("mean(fare)") && out.contains("std(speed_kmh)"), "{out}");
+    assert!(
+        out.contains("| city |") && out.contains("mean(fare)") && out.contains("std(speed_kmh)"),
+        "{out}"
+    );
     let train = number_after(&out, "train: ");
     let test: u64 = out
         .split("test: ")

@@ -28,7 +28,9 @@ fn features(b: RecordBatch) -> Result<RecordBatch, Error> {
     let ids = rayforge_data::compute::f64_column(&b, "id")?;
     let mut cols: Vec<(String, ArrayRef)> = vec![("id".into(), b.column(0).clone())];
     for k in 0..4 {
-        let v: ArrayRef = Arc::new(Float64Array::from_iter_values(ids.iter().map(|i| ((i * (k as f64 + 1.0)) % 10.0) / 10.0)));
+        let v: ArrayRef = Arc::new(Float64Array::from_iter_values(
+            ids.iter().map(|i| ((i * (k as f64 + 1.0)) % 10.0) / 10.0),
+        ));
         cols.push((format!("f{k}"), v));
     }
     Ok(RecordBatch::try_from_iter(cols)?)
@@ -46,7 +48,10 @@ fn score(m: &mut Model, b: RecordBatch) -> Result<RecordBatch, Error> {
     Ok(RecordBatch::try_from_iter([
         ("id", b.column(0).clone()),
         ("score", Arc::new(Float64Array::from(s)) as ArrayRef),
-        ("actor_pid", Arc::new(Int64Array::from(vec![m.pid; b.num_rows()])) as ArrayRef),
+        (
+            "actor_pid",
+            Arc::new(Int64Array::from(vec![m.pid; b.num_rows()])) as ArrayRef,
+        ),
     ])?)
 }
 
@@ -67,12 +72,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .materialize()?;
     println!("scored {} rows", scored.count()?);
-    let per_actor = scored.groupby(&["actor_pid"]).aggregate(&[Agg::Count, Agg::Mean("score".into())]);
+    let per_actor = scored
+        .groupby(&["actor_pid"])
+        .aggregate(&[Agg::Count, Agg::Mean("score".into())]);
     let rows = per_actor.take_batch(10)?;
     println!("actors used: {}", rows.num_rows());
     per_actor.show(10)?;
     let best = scored.sort("score", true).take_batch(3)?;
     println!("top scores:");
-    println!("{}", rayforge_data::arrow::util::pretty::pretty_format_batches(&[best])?);
+    println!(
+        "{}",
+        rayforge_data::arrow::util::pretty::pretty_format_batches(&[best])?
+    );
     Ok(())
 }

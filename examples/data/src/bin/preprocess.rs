@@ -38,7 +38,13 @@ fn make_trips(b: RecordBatch) -> Result<RecordBatch, Error> {
     let fare: Vec<Option<f64>> = ids
         .iter()
         .zip(&dist)
-        .map(|(i, d)| if i % 89 == 0 { None } else { Some(2.5 + d * 1.8 + noise(*i, 4)) })
+        .map(|(i, d)| {
+            if i % 89 == 0 {
+                None
+            } else {
+                Some(2.5 + d * 1.8 + noise(*i, 4))
+            }
+        })
         .collect();
     Ok(RecordBatch::try_from_iter([
         ("trip_id", Arc::new(Int64Array::from(ids)) as ArrayRef),
@@ -54,7 +60,9 @@ fn featurize(b: RecordBatch) -> Result<RecordBatch, Error> {
     let d = rayforge_data::compute::f64_column(&b, "distance_km")?;
     let t = rayforge_data::compute::f64_column(&b, "duration_min")?;
     let f = rayforge_data::compute::f64_column(&b, "fare")?;
-    let speed: ArrayRef = Arc::new(Float64Array::from_iter_values(d.iter().zip(&t).map(|(d, t)| d / t * 60.0)));
+    let speed: ArrayRef = Arc::new(Float64Array::from_iter_values(
+        d.iter().zip(&t).map(|(d, t)| d / t * 60.0),
+    ));
     let per_km: ArrayRef = Arc::new(Float64Array::from_iter_values(f.iter().zip(&d).map(|(f, d)| f / d)));
     let schema = b.schema();
     let mut cols: Vec<(&str, ArrayRef)> = schema
@@ -83,7 +91,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let trips = rayforge_data::read_parquet_with(
         input.to_str().ok_or("path")?,
         ParquetOptions {
-            columns: Some(vec!["trip_id".into(), "city".into(), "distance_km".into(), "duration_min".into(), "fare".into()]),
+            columns: Some(vec![
+                "trip_id".into(),
+                "city".into(),
+                "distance_km".into(),
+                "duration_min".into(),
+                "fare".into(),
+            ]),
             filter: Some(col("distance_km").gt(0.0)),
         },
     )?;
@@ -99,13 +113,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("per-city statistics:");
     kept.groupby(&["city"])
-        .aggregate(&[Agg::Count, Agg::Mean("fare".into()), Agg::Std("speed_kmh".into()), Agg::Max("distance_km".into())])
+        .aggregate(&[
+            Agg::Count,
+            Agg::Mean("fare".into()),
+            Agg::Std("speed_kmh".into()),
+            Agg::Max("distance_km".into()),
+        ])
         .show(10)?;
 
     let (train, test) = kept.train_test_split(0.2, Some(42))?;
     let tr = train.write_parquet(root.join("train").to_str().ok_or("path")?)?;
     let te = test.write_parquet(root.join("test").to_str().ok_or("path")?)?;
-    println!("train: {} rows in {} files; test: {} rows in {} files", tr.rows, tr.files.len(), te.rows, te.files.len());
+    println!(
+        "train: {} rows in {} files; test: {} rows in {} files",
+        tr.rows,
+        tr.files.len(),
+        te.rows,
+        te.files.len()
+    );
     std::fs::remove_dir_all(&root)?;
     Ok(())
 }

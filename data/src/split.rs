@@ -1,0 +1,221 @@
+//! `streaming_split`: one running dataset feeding several consumers (the
+//! workers of a training job, say), each through its own [`DataIterator`].
+//!
+//! A thread of the process that called `streaming_split` runs the plan and
+//! hands each finished block to the consumer that has received the fewest
+//! rows. Blocks travel through a small coordinator actor holding one bounded
+//! queue per consumer, so a slow consumer holds the pipeline back instead of
+//! letting blocks pile up (backpressure), and the runtime's reference
+//! counting keeps every queued block alive until its consumer has it.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::block::{Block, BlockMeta};
+use crate::error::{Error, Result};
+use crate::exec::{BlockIter, BlockRef, Ctx};
+
+/// Blocks queued per consumer.
+const QUEUED: usize = 2;
+
+/// One message to a consumer.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) enum SplitMsg {
+    Block(rayforge::ObjectRef<Block>, BlockMeta),
+    Failed(Error),
+    End,
+}
+
+/// One bounded queue per consumer.
+#[rayforge::actor]
+pub(crate) struct SplitQueues {
+    queues: Mutex<Vec<VecDeque<SplitMsg>>>,
+    changed: Notify,
+}
+
+#[rayforge::actor]
+impl SplitQueues {
+    fn new(n: usize) -> Self {
+        SplitQueues {
+            queues: Mutex::new(vec![VecDeque::new(); n]),
+            changed: Notify::new(),
+        }
+    }
+
+    /// Queues a message for consumer `i`, waiting while its queue is full
+    /// (end and failure messages never wait).
+    async fn put(&self, i: usize, msg: SplitMsg) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut q = self.queues.lock();
+                let Some(q) = q.get_mut(i) else { return false };
+                if q.len() < QUEUED || !matches!(msg, SplitMsg::Block(..)) {
+                    q.push_back(msg);
+                    self.changed.notify_waiters();
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The next message for consumer `i`, waiting for one.
+    async fn get(&self, i: usize) -> SplitMsg {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut q = self.queues.lock();
+                let Some(q) = q.get_mut(i) else {
+                    return SplitMsg::Failed(Error::InvalidArgument(format!("no consumer {i}")));
+                };
+                if let Some(m) = q.pop_front() {
+                    self.changed.notify_waiters();
+                    return m;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One consumer's share of a [`streaming_split`](crate::Dataset::streaming_split).
+/// Send it to the task or actor that consumes it (it serializes); iterate
+/// once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DataIterator {
+    queues: SplitQueuesHandle,
+    index: usize,
+}
+
+impl DataIterator {
+    /// This consumer's number (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// This consumer's rows in batches of `batch_size` (blocks as they come
+    /// when `None`).
+    pub fn iter_batches(&self, batch_size: Option<usize>) -> crate::BatchIter {
+        let me = self.clone();
+        let mut done = false;
+        let blocks: BlockIter = Box::new(std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let msg = me.queues.get(me.index).get();
+            match msg {
+                Ok(SplitMsg::Block(block, meta)) => Some(Ok(BlockRef { block, meta })),
+                Ok(SplitMsg::End) => {
+                    done = true;
+                    None
+                }
+                Ok(SplitMsg::Failed(e)) => {
+                    done = true;
+                    Some(Err(e))
+                }
+                Err(e) => {
+                    done = true;
+                    Some(Err(e.into()))
+                }
+            }
+        }));
+        crate::BatchIter::new(blocks, batch_size, None)
+    }
+}
+
+/// Starts the coordinator thread; returns the consumers' iterators.
+pub(crate) fn start(
+    blocks: impl FnOnce(&Ctx) -> Result<BlockIter> + Send + 'static,
+    n: usize,
+    equal: bool,
+) -> Result<Vec<DataIterator>> {
+    let queues = SplitQueues::options().max_concurrency(10_000).num_cpus(0.0).remote(n)?;
+    let its = (0..n)
+        .map(|index| DataIterator {
+            queues: queues.clone(),
+            index,
+        })
+        .collect();
+    let q = queues.clone();
+    std::thread::Builder::new()
+        .name("rayforge-data-split".into())
+        .spawn(move || {
+            let ctx = Ctx::new();
+            let send = |i: usize, m: SplitMsg| q.put(i, m).get().map(|_| ()).map_err(Error::from);
+            let r = blocks(&ctx).and_then(|it| distribute(it, n, equal, &send));
+            for i in 0..n {
+                let m = match &r {
+                    Ok(()) => SplitMsg::End,
+                    Err(e) => SplitMsg::Failed(e.clone()),
+                };
+                let _ = send(i, m);
+            }
+            // The actor ends with this thread's handle once every consumer
+            // has dropped its iterator.
+            drop(q);
+        })
+        .map_err(|e| Error::Runtime(format!("starting the split thread: {e}")))?;
+    Ok(its)
+}
+
+fn distribute(it: BlockIter, n: usize, equal: bool, send: &dyn Fn(usize, SplitMsg) -> Result<()>) -> Result<()> {
+    let mut sent = vec![0u64; n];
+    if !equal {
+        for b in it {
+            let b = b?;
+            if b.meta.rows == 0 {
+                continue;
+            }
+            let i = (0..n).min_by_key(|i| sent[*i]).unwrap_or(0);
+            sent[i] += b.meta.rows;
+            send(i, SplitMsg::Block(b.block, b.meta))?;
+        }
+        return Ok(());
+    }
+    // Equal: after each block, bring every consumer up to seen / n rows,
+    // cutting blocks where needed; fewer than n rows may be left at the end.
+    let mut held: VecDeque<(BlockRef, u64)> = VecDeque::new(); // (block, rows already handed out)
+    let mut seen = 0u64;
+    for b in it {
+        let b = b?;
+        if b.meta.rows == 0 {
+            continue;
+        }
+        seen += b.meta.rows;
+        held.push_back((b, 0));
+        let target = seen / n as u64;
+        for i in 0..n {
+            while sent[i] < target {
+                let Some((front, used)) = held.front_mut() else { break };
+                let want = target - sent[i];
+                let avail = front.meta.rows - *used;
+                let take = want.min(avail);
+                let piece = if *used == 0 && take == front.meta.rows {
+                    front.clone()
+                } else {
+                    slice(front, *used, take)?
+                };
+                *used += take;
+                sent[i] += take;
+                if *used == front.meta.rows {
+                    held.pop_front();
+                }
+                send(i, SplitMsg::Block(piece.block, piece.meta))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn slice(b: &BlockRef, offset: u64, len: u64) -> Result<BlockRef> {
+    let (block, out) = crate::ops::concat_pieces::remote(vec![(b.block.clone(), offset as usize, len as usize)]);
+    match out.get()? {
+        crate::ops::StageOut { meta: Some(meta), .. } => Ok(BlockRef { block, meta }),
+        crate::ops::StageOut { error: Some(e), .. } => Err(e),
+        _ => Err(Error::Runtime("a slice returned nothing".into())),
+    }
+}

@@ -296,7 +296,12 @@ fn read_window(
     ops: Vec<MapOp>,
     c: &Compute,
 ) -> BlockIter {
-    let o = opts(c);
+    // Reads spread over the nodes (as Ray Data's do), so a cluster's blocks
+    // start out spread over its nodes and stores.
+    let o = rayforge::TaskOptions {
+        scheduling_strategy: rayforge::SchedulingStrategy::Spread,
+        ..opts(c)
+    };
     let src = tasks.into_iter().map(move |t| {
         Ok(ops::read_stage::Options(o.clone()).remote(StageSpec {
             read: Some(t),
@@ -378,6 +383,17 @@ fn run_pending(ctx: &Ctx, name: &str, pending: Vec<Pending>) -> Result<Vec<Block
     collect(Box::new(w))
 }
 
+/// Waits until every map output exists. Reduce tasks name them inside a
+/// value, not as arguments, so the runtime would dispatch a reduce before
+/// its inputs are ready; one that then waits in `get` holds a worker the
+/// map tasks need.
+fn wait_all<T>(refs: &[ObjectRef<T>]) -> Result<()> {
+    if !refs.is_empty() {
+        rayforge::wait(refs, refs.len(), None)?;
+    }
+    Ok(())
+}
+
 fn total_rows(blocks: &[BlockRef]) -> u64 {
     blocks.iter().map(|b| b.meta.rows).sum()
 }
@@ -414,6 +430,7 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
                 .enumerate()
                 .map(|(i, b)| ops::shuffle_map::remote(&b.block, n, seed.wrapping_add(i as u64)))
                 .collect();
+            wait_all(&parts)?;
             let pending = (0..n)
                 .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, *seed))
                 .collect();
@@ -452,6 +469,7 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
                 .iter()
                 .map(|b| ops::sort_map::remote(&b.block, key.clone(), bounds.clone(), *descending))
                 .collect();
+            wait_all(&parts)?;
             let k = bounds.num_rows() + 1;
             let pending = (0..k)
                 .map(|j| ops::sort_reduce::remote(parts.clone(), j, key.clone(), *descending))
@@ -504,8 +522,8 @@ fn zip(left: Vec<BlockRef>, right: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Block
     run_pending(ctx, "Zip", pending)
 }
 
-/// Prints one progress line a second to stderr while a long execution runs
-/// (from its third second on).
+/// Prints progress to stderr while a long execution runs (from its third
+/// second on).
 pub(crate) struct Progress {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -520,29 +538,39 @@ impl Progress {
             .name("rayforge-data-progress".into())
             .spawn(move || {
                 let start = Instant::now();
+                // A terminal gets one line rewritten every second; a log, a
+                // new line every ten seconds.
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let every = if tty { 1 } else { 10 };
                 let mut printed = false;
+                let mut next = Duration::from_secs(2);
                 while !s.load(Ordering::Relaxed) {
                     std::thread::park_timeout(Duration::from_millis(250));
-                    if s.load(Ordering::Relaxed) {
-                        break;
-                    }
                     let t = start.elapsed();
-                    if t >= Duration::from_secs(2) && t.subsec_millis() < 250 {
-                        eprint!(
-                            "\r[data {what} {:.0}s] {}\x1b[K",
-                            t.as_secs_f64(),
-                            stats.progress_line()
-                        );
-                        let _ = std::io::stderr().flush();
-                        printed = true;
+                    if s.load(Ordering::Relaxed) || t < next {
+                        continue;
                     }
+                    next = t + Duration::from_secs(every);
+                    let line = format!("[data {what} {:.0}s] {}", t.as_secs_f64(), stats.progress_line());
+                    if tty {
+                        eprint!("\r{line}\x1b[K");
+                        let _ = std::io::stderr().flush();
+                    } else {
+                        eprintln!("{line}");
+                    }
+                    printed = true;
                 }
                 if printed {
-                    eprintln!(
-                        "\r[data {what} done in {:.1}s] {}\x1b[K",
+                    let line = format!(
+                        "[data {what} done in {:.1}s] {}",
                         start.elapsed().as_secs_f64(),
                         stats.progress_line()
                     );
+                    if tty {
+                        eprintln!("\r{line}\x1b[K");
+                    } else {
+                        eprintln!("{line}");
+                    }
                 }
             })
             .ok();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, UInt64Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
@@ -478,34 +478,25 @@ pub(crate) fn zip_blocks(left: Block, right: Block) -> (Block, StageOut) {
     finish(start, r)
 }
 
-/// Map side of a random shuffle: sends every row to a random one of `n`
-/// partitions.
+/// Map side of a random shuffle: puts the block's rows in a random order and
+/// cuts it into `n` parts (slices of one permuted batch).
 #[rayforge::remote]
-pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> Vec<Block> {
+pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Result<Vec<Block>, Error> {
     let b = input.batch();
+    let rows = b.num_rows();
+    let n = n.max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dest: Vec<usize> = (0..b.num_rows()).map(|_| rng.random_range(0..n.max(1))).collect();
-    partition_by(b, &dest, n)
-}
-
-/// Splits a batch by a destination per row.
-fn partition_by(b: &RecordBatch, dest: &[usize], n: usize) -> Vec<Block> {
-    let mut idx: Vec<Vec<u32>> = vec![Vec::new(); n.max(1)];
-    for (row, d) in dest.iter().enumerate() {
-        idx[*d].push(row as u32);
+    let mut order: Vec<u64> = (0..rows as u64).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
     }
-    idx.into_iter()
-        .map(|rows| {
-            let take = UInt32Array::from(rows);
-            // take with in-range indices of the batch's own rows cannot fail.
-            let cols: Vec<ArrayRef> = b
-                .columns()
-                .iter()
-                .map(|c| arrow::compute::take(c.as_ref(), &take, None).unwrap_or_else(|_| c.slice(0, 0)))
-                .collect();
-            Block::new(RecordBatch::try_new(b.schema(), cols).unwrap_or_else(|_| RecordBatch::new_empty(b.schema())))
+    let permuted = take_rows(b, &UInt64Array::from(order))?;
+    Ok((0..n)
+        .map(|i| {
+            let (from, to) = (rows * i / n, rows * (i + 1) / n);
+            Block::new(permuted.slice(from, to - from))
         })
-        .collect()
+        .collect())
 }
 
 /// Reduce side of a random shuffle: partition `j` of every map output,
@@ -521,13 +512,34 @@ pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usi
                 got.push(b.into_batch());
             }
         }
-        let all = concat(got)?;
-        let mut order: Vec<u64> = (0..all.num_rows() as u64).collect();
+        // Pick rows straight from the parts in a random order (no
+        // concatenated copy first).
+        let got: Vec<RecordBatch> = got.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let Some(first) = got.first() else {
+            return concat(Vec::new());
+        };
+        let schema = first.schema();
+        for b in &got {
+            if b.schema().fields() != schema.fields() {
+                return concat(got.clone());
+            }
+        }
+        let mut order: Vec<(usize, usize)> = got
+            .iter()
+            .enumerate()
+            .flat_map(|(p, b)| (0..b.num_rows()).map(move |r| (p, r)))
+            .collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         for i in (1..order.len()).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
-        take_rows(&all, &UInt64Array::from(order))
+        let cols = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> = got.iter().map(|b| b.column(c).as_ref()).collect();
+                arrow::compute::interleave(&arrays, &order)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(schema, cols)?)
     })();
     finish(start, r)
 }
@@ -553,8 +565,9 @@ pub(crate) fn sort_sample(input: Block, key: String, k: usize) -> std::result::R
     Ok(Block::new(RecordBatch::try_from_iter([(key.as_str(), s)])?))
 }
 
-/// Sort, map side: splits a block by the key's place among the boundaries
-/// (partition `i` holds keys between boundary `i-1` and `i`).
+/// Sort, map side: sorts the block, then cuts it where the boundaries fall
+/// (partition `i` holds keys after boundary `i-1` up to boundary `i`; nulls
+/// go to the last).
 #[rayforge::remote]
 pub(crate) fn sort_map(
     input: Block,
@@ -563,25 +576,39 @@ pub(crate) fn sort_map(
     descending: bool,
 ) -> std::result::Result<Vec<Block>, Error> {
     let b = input.batch();
-    let c = b.column(index_of(b, &key)?).clone();
+    let k = index_of(b, &key)?;
+    let opts = arrow::compute::SortOptions {
+        descending,
+        nulls_first: false,
+    };
+    let idx = arrow::compute::sort_to_indices(b.column(k), Some(opts), None)?;
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let sorted = RecordBatch::try_new(b.schema(), cols)?;
+    let keys = sorted.column(k);
     let bounds = bounds.batch().column(0).clone();
-    let n = bounds.len() + 1;
-    let mut dest = vec![0usize; b.num_rows()];
+    let mut cuts = Vec::with_capacity(bounds.len() + 2);
+    cuts.push(0usize);
     for i in 0..bounds.len() {
         let edge = arrow::array::Scalar::new(bounds.slice(i, 1));
-        let past = if descending {
-            arrow::compute::kernels::cmp::lt(&c, &edge)?
+        // Rows up to the boundary, in sort order (nulls compare as null and
+        // are not counted: they stay at the end).
+        let within = if descending {
+            arrow::compute::kernels::cmp::gt_eq(keys, &edge)?
         } else {
-            arrow::compute::kernels::cmp::gt(&c, &edge)?
+            arrow::compute::kernels::cmp::lt_eq(keys, &edge)?
         };
-        for (d, p) in dest.iter_mut().zip(past.iter()) {
-            // Nulls sort last.
-            if p.unwrap_or(true) {
-                *d += 1;
-            }
-        }
+        let at = within.true_count().max(*cuts.last().unwrap_or(&0));
+        cuts.push(at);
     }
-    Ok(partition_by(b, &dest, n))
+    cuts.push(sorted.num_rows());
+    Ok(cuts
+        .windows(2)
+        .map(|w| Block::new(sorted.slice(w[0], w[1] - w[0])))
+        .collect())
 }
 
 /// Sort, reduce side: partition `j` of every map output, sorted.

@@ -188,10 +188,10 @@ fn distribute(it: BlockIter, n: usize, equal: bool, send: &dyn Fn(usize, SplitMs
         seen += b.meta.rows;
         held.push_back((b, 0));
         let target = seen / n as u64;
-        for i in 0..n {
-            while sent[i] < target {
+        for (i, got) in sent.iter_mut().enumerate() {
+            while *got < target {
                 let Some((front, used)) = held.front_mut() else { break };
-                let want = target - sent[i];
+                let want = target - *got;
                 let avail = front.meta.rows - *used;
                 let take = want.min(avail);
                 let piece = if *used == 0 && take == front.meta.rows {
@@ -200,7 +200,7 @@ fn distribute(it: BlockIter, n: usize, equal: bool, send: &dyn Fn(usize, SplitMs
                     slice(front, *used, take)?
                 };
                 *used += take;
-                sent[i] += take;
+                *got += take;
                 if *used == front.meta.rows {
                     held.pop_front();
                 }

@@ -378,7 +378,7 @@ pub fn node_id() -> Result<String> {
     let cw = worker::current()?;
     let mut node = cw.node.clone();
     let r = cw
-        .block_on(async move { node.node_info(proto::NodeInfoRequest {}).await })?
+        .block_on(async move { node.node_info(proto::NodeInfoRequest::default()).await })?
         .map_err(|s| Error::rpc("asking the node for its id", s))?
         .into_inner();
     Ok(r.node_id)
@@ -419,10 +419,29 @@ pub struct NodeResources {
 
 /// Resources of this node: total, available, and live worker processes.
 pub fn node_resources() -> Result<NodeResources> {
+    resources(false)
+}
+
+/// Resources of the whole cluster (as Ray's `ray.cluster_resources()` and
+/// `ray.available_resources()`): totals and what is free now, summed over
+/// every alive node; on the embedded cluster, this node's. `num_workers` is
+/// this node's.
+///
+/// ```no_run
+/// rayforge::init(rayforge::Config::default())?;
+/// let cpus = rayforge::cluster_resources()?.total.get("CPU").copied().unwrap_or(0.0);
+/// assert!(cpus >= 1.0);
+/// # Ok::<(), rayforge::Error>(())
+/// ```
+pub fn cluster_resources() -> Result<NodeResources> {
+    resources(true)
+}
+
+fn resources(cluster: bool) -> Result<NodeResources> {
     let cw = worker::current()?;
     let mut node = cw.node.clone();
     let r = cw
-        .block_on(async move { node.node_info(proto::NodeInfoRequest {}).await })?
+        .block_on(async move { node.node_info(proto::NodeInfoRequest { cluster }).await })?
         .map_err(|s| Error::rpc("reading node info", s))?
         .into_inner();
     Ok(NodeResources {

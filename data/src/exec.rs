@@ -133,7 +133,7 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     pub(crate) fn new() -> Ctx {
-        let cpus = rayforge::node_resources()
+        let cpus = rayforge::cluster_resources()
             .ok()
             .and_then(|r| r.total.get("CPU").copied())
             .unwrap_or(2.0)

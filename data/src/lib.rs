@@ -270,7 +270,7 @@ fn new(node: Node) -> Dataset {
 }
 
 fn default_blocks() -> usize {
-    let cpus = rayforge::node_resources()
+    let cpus = rayforge::cluster_resources()
         .ok()
         .and_then(|r| r.total.get("CPU").copied())
         .unwrap_or(2.0);

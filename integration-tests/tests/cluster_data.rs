@@ -42,6 +42,20 @@ fn sort_shuffle_and_group_by_run_across_nodes() {
     let b = cluster.add_node(&["--num-cpus", "1"]);
     let c = cluster.add_node(&["--num-cpus", "1"]);
     rayforge::init(cluster.config()).expect("join the cluster");
+    // The driver's node has no CPUs; the cluster has the two nodes' CPUs.
+    assert_eq!(
+        rayforge::node_resources()
+            .unwrap()
+            .total
+            .get("CPU")
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert!(rayforge_integration_tests::wait_until(
+        std::time::Duration::from_secs(60),
+        || { rayforge::cluster_resources().unwrap().total.get("CPU") == Some(&2.0) }
+    ));
 
     let n = 200_000i64;
     let ds = rayforge_data::range_with_blocks(n as u64, 8)

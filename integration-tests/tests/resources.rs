@@ -35,4 +35,6 @@ fn gpu_tasks_see_distinct_devices_and_custom_resources_schedule() {
     let res = rayforge::node_resources().unwrap();
     assert_eq!(res.total.get("TPU"), Some(&2.0));
     assert_eq!(res.total.get("GPU"), Some(&2.0));
+    // One node: the cluster's totals are this node's.
+    assert_eq!(rayforge::cluster_resources().unwrap().total, res.total);
 }

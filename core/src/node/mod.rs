@@ -986,12 +986,33 @@ impl NodeService for NodeDaemon {
 
     async fn node_info(
         &self,
-        _req: Request<proto::NodeInfoRequest>,
+        req: Request<proto::NodeInfoRequest>,
     ) -> std::result::Result<Response<proto::NodeInfoReply>, Status> {
+        let whole = req.into_inner().cluster;
+        let nodes = match (&self.state.cluster, whole) {
+            (Some(link), true) => link.alive_nodes(),
+            _ => Vec::new(),
+        };
         let s = self.state.sched.lock();
+        let (mut total, mut available): (HashMap<String, f64>, HashMap<String, f64>) = (
+            s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        );
+        if !nodes.is_empty() {
+            total.clear();
+            available.clear();
+            for n in &nodes {
+                for (k, v) in &n.total {
+                    *total.entry(k.clone()).or_default() += v;
+                }
+                for (k, v) in &n.available {
+                    *available.entry(k.clone()).or_default() += v;
+                }
+            }
+        }
         Ok(Response::new(proto::NodeInfoReply {
-            total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            total,
+            available,
             num_workers: s
                 .workers
                 .values()

@@ -626,7 +626,7 @@ fn worker_main() -> Result<()> {
         let mut n = node;
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            if n.node_info(proto::NodeInfoRequest {}).await.is_err() {
+            if n.node_info(proto::NodeInfoRequest::default()).await.is_err() {
                 std::process::exit(0);
             }
         }

@@ -833,7 +833,7 @@ impl Dataset {
         let mut rows = 0;
         let dir_s = dir.to_string();
         let mut index = 0usize;
-        let sinks = upstream.map(move |r| {
+        let mut sinks = upstream.map(move |r| {
             r.map(|br| {
                 let sink = Sink {
                     format,
@@ -854,7 +854,6 @@ impl Dataset {
         });
         // Writes run in a window like any operator.
         let mut window = std::collections::VecDeque::new();
-        let mut sinks = sinks.peekable();
         loop {
             while window.len() < ctx.max_window {
                 match sinks.next() {

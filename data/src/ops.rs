@@ -71,19 +71,7 @@ impl MapOp {
             } => {
                 let t = resolve_fn!(tramp, Tramp);
                 let u = user.addr()?;
-                match batch_size {
-                    Some(n) if *n > 0 && b.num_rows() > *n => {
-                        let mut outs = Vec::new();
-                        let mut at = 0;
-                        while at < b.num_rows() {
-                            let len = (*n).min(b.num_rows() - at);
-                            outs.push(t(u, arg, b.slice(at, len))?);
-                            at += len;
-                        }
-                        concat(outs)
-                    }
-                    _ => t(u, arg, b),
-                }
+                in_batches(b, *batch_size, |part| t(u, arg, part))
             }
             MapOp::Filter(e) => {
                 let m = e.evaluate(&b)?;
@@ -133,6 +121,28 @@ impl MapOp {
                 sql_over(vec![("ds".into(), schema, vec![b])], query)
             }
         }
+    }
+}
+
+/// Calls `f` on slices of at most `batch_size` rows (the whole batch when
+/// `None`) and concatenates what it returns.
+pub(crate) fn in_batches(
+    b: RecordBatch,
+    batch_size: Option<usize>,
+    mut f: impl FnMut(RecordBatch) -> Result<RecordBatch>,
+) -> Result<RecordBatch> {
+    match batch_size {
+        Some(n) if n > 0 && b.num_rows() > n => {
+            let mut outs = Vec::new();
+            let mut at = 0;
+            while at < b.num_rows() {
+                let len = n.min(b.num_rows() - at);
+                outs.push(f(b.slice(at, len))?);
+                at += len;
+            }
+            concat(outs)
+        }
+        _ => f(b),
     }
 }
 
@@ -544,7 +554,7 @@ pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usi
     finish(start, r)
 }
 
-fn take_rows(b: &RecordBatch, idx: &UInt64Array) -> Result<RecordBatch> {
+fn take_rows(b: &RecordBatch, idx: &dyn Array) -> Result<RecordBatch> {
     let cols = b
         .columns()
         .iter()
@@ -582,12 +592,7 @@ pub(crate) fn sort_map(
         nulls_first: false,
     };
     let idx = arrow::compute::sort_to_indices(b.column(k), Some(opts), None)?;
-    let cols = b
-        .columns()
-        .iter()
-        .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let sorted = RecordBatch::try_new(b.schema(), cols)?;
+    let sorted = take_rows(b, &idx)?;
     let keys = sorted.column(k);
     let bounds = bounds.batch().column(0).clone();
     let mut cuts = Vec::with_capacity(bounds.len() + 2);
@@ -637,12 +642,7 @@ pub(crate) fn sort_reduce(
             nulls_first: false,
         };
         let idx = arrow::compute::sort_to_indices(c, Some(opts), None)?;
-        let cols = all
-            .columns()
-            .iter()
-            .map(|c| arrow::compute::take(c.as_ref(), &idx, None))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(all.schema(), cols)?)
+        take_rows(&all, &idx)
     })();
     finish(start, r)
 }

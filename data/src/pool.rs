@@ -83,20 +83,9 @@ impl BatchActor {
         let state = self.state.as_mut().map_err(|e| e.clone())?;
         let call = resolve_fn!(self.spec.call_tramp, CallTramp);
         let user = self.spec.call_user.addr()?;
-        let b = input.into_batch();
-        let out = match self.spec.batch_size {
-            Some(n) if n > 0 && b.num_rows() > n => {
-                let mut outs = Vec::new();
-                let mut at = 0;
-                while at < b.num_rows() {
-                    let len = n.min(b.num_rows() - at);
-                    outs.push(call(user, state.as_mut(), b.slice(at, len))?);
-                    at += len;
-                }
-                crate::ops::concat(outs)?
-            }
-            _ => call(user, state.as_mut(), b)?,
-        };
+        let out = crate::ops::in_batches(input.into_batch(), self.spec.batch_size, |part| {
+            call(user, state.as_mut(), part)
+        })?;
         Ok(Block::new(out))
     }
 }

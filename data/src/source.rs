@@ -315,53 +315,50 @@ fn read_parquet_groups(
 /// the files agree: same columns in the same order; an integer column may
 /// widen to float, any other difference is an error.
 pub(crate) fn plan_csv(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> {
-    plan_text(files, "CSV", |path| {
-        let f = open(path)?;
-        let (s, _) = arrow::csv::reader::Format::default()
-            .with_header(true)
-            .infer_schema(f, Some(1000))
-            .map_err(|e| parse_error(path, &e.to_string(), 1))?;
-        Ok(s)
-    })
-    .map(|(schema, files)| {
-        let tasks = files
-            .into_iter()
-            .map(|path| ReadTask::Csv {
-                path,
-                schema: Block::empty(schema.clone()),
-            })
-            .collect();
-        (tasks, schema)
-    })
+    plan_text(
+        files,
+        "CSV",
+        |path| {
+            let f = open(path)?;
+            let (s, _) = arrow::csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(f, Some(1000))
+                .map_err(|e| parse_error(path, &e.to_string(), 1))?;
+            Ok(s)
+        },
+        |path, schema| ReadTask::Csv { path, schema },
+    )
 }
 
 /// As [`plan_csv`], for newline-delimited JSON.
 pub(crate) fn plan_json(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> {
-    plan_text(files, "JSON", |path| {
-        let mut r = BufReader::new(open(path)?);
-        match arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(1000)) {
-            Ok((s, _)) => Ok(s),
-            Err(e) => {
-                let _ = r.rewind();
-                Err(find_bad_json_line(path, &e.to_string(), None)
-                    .or_else(|| find_conflicting_json_line(path, &e.to_string()))
-                    .unwrap_or_else(|| parse_error(path, &e.to_string(), 0)))
+    plan_text(
+        files,
+        "JSON",
+        |path| {
+            let mut r = BufReader::new(open(path)?);
+            match arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(1000)) {
+                Ok((s, _)) => Ok(s),
+                Err(e) => {
+                    let _ = r.rewind();
+                    Err(find_bad_json_line(path, &e.to_string(), None)
+                        .or_else(|| find_conflicting_json_line(path, &e.to_string()))
+                        .unwrap_or_else(|| parse_error(path, &e.to_string(), 0)))
+                }
             }
-        }
-    })
-    .map(|(schema, files)| {
-        let tasks = files
-            .into_iter()
-            .map(|path| ReadTask::Json {
-                path,
-                schema: Block::empty(schema.clone()),
-            })
-            .collect();
-        (tasks, schema)
-    })
+        },
+        |path, schema| ReadTask::Json { path, schema },
+    )
 }
 
-fn plan_text(files: &[String], what: &str, infer: impl Fn(&str) -> Result<Schema>) -> Result<(SchemaRef, Vec<String>)> {
+/// Infers each file's schema, merges them (see [`plan_csv`]) and makes one
+/// read task per file.
+fn plan_text(
+    files: &[String],
+    what: &str,
+    infer: impl Fn(&str) -> Result<Schema>,
+    task: impl Fn(String, Block) -> ReadTask,
+) -> Result<(Vec<ReadTask>, SchemaRef)> {
     let mut merged: Option<(String, Schema)> = None;
     for path in files {
         let s = infer(path)?;
@@ -380,7 +377,11 @@ fn plan_text(files: &[String], what: &str, infer: impl Fn(&str) -> Result<Schema
     let schema = merged
         .map(|(_, s)| Arc::new(s))
         .unwrap_or_else(crate::block::empty_schema);
-    Ok((schema, files.to_vec()))
+    let tasks = files
+        .iter()
+        .map(|p| task(p.clone(), Block::empty(schema.clone())))
+        .collect();
+    Ok((tasks, schema))
 }
 
 fn merge_inferred(a: &Schema, b: &Schema) -> Option<Schema> {

@@ -465,7 +465,8 @@ impl NodeDaemon {
             .link()
             .ok_or_else(|| Error::Internal("job workers outside a cluster".into()))?;
         let mut jobs = link.jobs.lock().await;
-        if let Some(rt) = jobs.get(job) {
+        // The cache keeps a few binaries only: one pruned away since is fetched again.
+        if let Some(rt) = jobs.get(job).filter(|rt| rt.binary.exists()) {
             return Ok(rt.clone());
         }
         let mut head = link.head.clone();
@@ -492,6 +493,7 @@ impl NodeDaemon {
             };
             write().map_err(|e| Error::io(format!("storing the job's binary at {}", path.display()), e))?;
             tracing::info!(job, hash = %info.binary_hash, bytes = bytes.len(), "fetched job binary");
+            prune_binaries(&cache, &path);
         }
         let working_dir = match crate::jobs::package_hash(&info.working_dir) {
             Some(hash) if crate::jobs::package_dir(hash).is_dir() => Some(crate::jobs::package_dir(hash)),
@@ -805,5 +807,60 @@ mod tests {
         let pid = child.id();
         child.wait().expect("reap");
         assert!(!process_alive(pid));
+    }
+}
+
+/// How many fetched job binaries a machine keeps (each is a whole program,
+/// often tens of MB): the least recently fetched beyond this are removed.
+const KEPT_BINARIES: usize = 8;
+
+/// Removes all but the newest [`KEPT_BINARIES`] files of the binary cache,
+/// never `keep`. Running workers are unaffected (their inode stays); a node that
+/// needs a removed binary again fetches it again. Best effort: a failure to
+/// list or remove only leaves files behind.
+fn prune_binaries(cache: &std::path::Path, keep: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path() != keep && !e.path().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in files.into_iter().skip(KEPT_BINARIES - 1) {
+        if std::fs::remove_file(&path).is_ok() {
+            tracing::debug!(path = %path.display(), "removed an old job binary");
+        }
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn binary_cache_keeps_the_newest_files() {
+        let dir = std::env::temp_dir().join(format!("rf-binaries-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..12u64 {
+            let f = std::fs::File::create(dir.join(format!("bin{i:02}"))).unwrap();
+            f.set_modified(start + Duration::from_secs(i)).unwrap();
+        }
+        std::fs::write(dir.join("x.tmp"), b"partial").unwrap();
+        // The file just written counts as one of the kept ones even if oldest.
+        prune_binaries(&dir, &dir.join("bin00"));
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let want: Vec<String> = [
+            "bin00", "bin05", "bin06", "bin07", "bin08", "bin09", "bin10", "bin11", "x.tmp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(left, want);
     }
 }

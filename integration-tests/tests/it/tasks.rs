@@ -134,7 +134,7 @@ fn a_panicking_task_fails_only_itself_with_message_and_location() {
         Error::TaskFailed { function, message } => {
             assert!(function.ends_with("explode"), "{err}");
             assert!(message.contains("boom: kaput"), "{err}");
-            assert!(message.contains("tests/tasks.rs"), "location missing: {err}");
+            assert!(message.contains("tests/it/tasks.rs"), "location missing: {err}");
         }
         other => panic!("expected TaskFailed, got {other:?}"),
     }

@@ -1,0 +1,713 @@
+//! The controller: an actor that keeps the running replicas equal to the
+//! declared state. Its event loop reacts to replicas starting, health checks
+//! and stops, and on every tick reconciles each deployment: starts missing
+//! replicas (backing off after failures), replaces dead or unhealthy ones,
+//! follows the autoscaling target, rolls a changed deployment one replica at
+//! a time (a new replica is running before an old one stops) and drains
+//! replicas it stops (their requests finish first). Callers follow the route
+//! table through a long poll ([`ControllerHandle::routes`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rayforge::FnRef;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::DeploymentConfig;
+use crate::error::{Error, Result};
+use crate::replica::{Replica, ReplicaHandle, ReplicaHealth, ReplicaSpec, STOP_SLACK};
+use crate::router::{key, AbortOnDrop, DeploymentRoute, RouteTable};
+
+/// The controller actor's name in the cluster.
+pub(crate) const CONTROLLER_NAME: &str = "rayforge-serve-controller";
+
+/// One deployment as declared (crosses to the controller).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct DeploymentDecl {
+    pub(crate) name: String,
+    pub(crate) build: FnRef,
+    /// [`DeploymentConfig`] as JSON (bincode cannot carry its user config).
+    pub(crate) config: String,
+}
+
+/// One application as declared.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct AppDecl {
+    pub(crate) name: String,
+    pub(crate) route_prefix: String,
+    pub(crate) ingress: String,
+    pub(crate) deployments: Vec<DeploymentDecl>,
+}
+
+/// The state of one replica, as `serve status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReplicaStatus {
+    /// Its id.
+    pub id: String,
+    /// `STARTING`, `RUNNING` or `STOPPING`.
+    pub state: String,
+    /// Requests it was running at its last health check.
+    pub ongoing: usize,
+    /// Requests it has finished.
+    pub served: u64,
+}
+
+/// The state of one deployment.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeploymentStatus {
+    /// Its application.
+    pub app: String,
+    /// Its name.
+    pub name: String,
+    /// `HEALTHY` (the target count runs the current version), `UPDATING`
+    /// (starting, scaling or rolling) or `UNHEALTHY` (replicas fail to start).
+    pub status: String,
+    /// How many replicas it should have now.
+    pub target_replicas: usize,
+    /// What went wrong last, if anything.
+    pub message: String,
+    /// Its replicas.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The state of every application, as `serve status` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServeStatus {
+    /// Applications: `(name, route prefix)`.
+    pub applications: Vec<(String, String)>,
+    /// Deployments.
+    pub deployments: Vec<DeploymentStatus>,
+}
+
+impl ServeStatus {
+    /// Whether every deployment is `HEALTHY`.
+    pub fn healthy(&self) -> bool {
+        self.deployments.iter().all(|d| d.status == "HEALTHY")
+    }
+
+    /// A deployment's status.
+    pub fn deployment(&self, app: &str, name: &str) -> Option<&DeploymentStatus> {
+        self.deployments.iter().find(|d| d.app == app && d.name == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RepState {
+    Starting,
+    Running,
+    Stopping,
+}
+
+struct Rep {
+    id: String,
+    handle: Option<ReplicaHandle>,
+    version: u64,
+    state: RepState,
+    failures: u32,
+    checking: bool,
+    last_check: Instant,
+    ongoing: usize,
+    served: u64,
+}
+
+struct Dep {
+    app: String,
+    name: String,
+    build: FnRef,
+    config: DeploymentConfig,
+    /// Grows when a change needs new replicas (anything but user config).
+    version: u64,
+    removed: bool,
+    replicas: Vec<Rep>,
+    target: usize,
+    up_since: Option<Instant>,
+    down_since: Option<Instant>,
+    start_failures: u32,
+    retry_at: Option<Instant>,
+    message: String,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    apps: Vec<(String, String, String)>,
+    deps: BTreeMap<String, Dep>,
+    next_replica: u64,
+}
+
+enum Event {
+    Started {
+        key: String,
+        id: String,
+        result: Result<ReplicaHandle>,
+    },
+    Health {
+        key: String,
+        id: String,
+        /// The health, or why the check failed and whether the replica is dead.
+        result: std::result::Result<ReplicaHealth, (String, bool)>,
+    },
+    Stopped {
+        key: String,
+        id: String,
+    },
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Health { .. } => "health",
+            Event::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    routes: watch::Sender<Arc<RouteTable>>,
+    events: mpsc::UnboundedSender<Event>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    event_loop: Mutex<Option<AbortOnDrop>>,
+}
+
+/// Serve's controller actor.
+#[rayforge::actor]
+pub(crate) struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[rayforge::actor]
+impl Controller {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (routes, _) = watch::channel(Arc::new(RouteTable {
+            version: 1,
+            ..Default::default()
+        }));
+        Controller {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    version: 1,
+                    ..Default::default()
+                }),
+                routes,
+                events: tx,
+                rx: Mutex::new(Some(rx)),
+                event_loop: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Declares the applications (replacing what was declared before).
+    async fn deploy(&self, apps: Vec<AppDecl>) -> Option<Error> {
+        self.start_loop();
+        self.inner.deploy(apps).err()
+    }
+
+    /// The route table once its version is above `since` (or after a while).
+    async fn routes(&self, since: u64) -> RouteTable {
+        let mut rx = self.inner.routes.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|t| t.version > since)).await;
+        let t = rx.borrow().clone();
+        (*t).clone()
+    }
+
+    /// Every application's and deployment's state.
+    async fn status(&self) -> ServeStatus {
+        self.inner.status()
+    }
+
+    /// Declares nothing: every replica drains and stops. Returns once all
+    /// have stopped (or their graceful timeouts passed).
+    async fn shutdown(&self) -> bool {
+        self.start_loop();
+        if self.inner.deploy(Vec::new()).is_err() {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if self.inner.state.lock().deps.is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+}
+
+impl Controller {
+    fn start_loop(&self) {
+        let mut l = self.inner.event_loop.lock();
+        if l.is_none() {
+            if let Some(rx) = self.inner.rx.lock().take() {
+                let inner = self.inner.clone();
+                *l = Some(AbortOnDrop(tokio::spawn(inner.run(rx))));
+            }
+        }
+    }
+}
+
+fn is_dead(e: &rayforge::Error) -> bool {
+    matches!(
+        e,
+        rayforge::Error::ActorDied { .. } | rayforge::Error::WorkerDied { .. }
+    )
+}
+
+impl Inner {
+    async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!("serve controller running");
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        tracing::trace!(event = ev.name(), "controller event");
+                        self.on_event(ev);
+                    }
+                    None => return,
+                },
+                _ = tick.tick() => self.reconcile(),
+            }
+        }
+    }
+
+    fn deploy(&self, apps: Vec<AppDecl>) -> Result<()> {
+        let mut decls = Vec::new();
+        for app in &apps {
+            for d in &app.deployments {
+                let config: DeploymentConfig = serde_json::from_str(&d.config)
+                    .map_err(|e| Error::Invalid(format!("deployment `{}`: config: {e}", d.name)))?;
+                config.validate(&d.name)?;
+                decls.push((app.name.clone(), d.clone(), config));
+            }
+        }
+        let mut s = self.state.lock();
+        let mut keep = std::collections::HashSet::new();
+        for (app, d, config) in decls {
+            let k = key(&app, &d.name);
+            keep.insert(k.clone());
+            match s.deps.get_mut(&k) {
+                Some(dep) => {
+                    dep.removed = false;
+                    if dep.build != d.build || !dep.config.same_but_user_config(&config) {
+                        tracing::info!(deployment = %k, "deployment changed: rolling its replicas");
+                        dep.version += 1;
+                        dep.start_failures = 0;
+                        dep.retry_at = None;
+                    } else if dep.config.user_config != config.user_config {
+                        tracing::info!(deployment = %k, "user config changed: reconfiguring replicas in place");
+                        self.reconfigure_all(&k, dep, &config);
+                    }
+                    dep.build = d.build;
+                    dep.config = config;
+                }
+                None => {
+                    let target = match &config.autoscaling {
+                        Some(a) => a.min_replicas.max(1).min(a.max_replicas),
+                        None => config.num_replicas,
+                    };
+                    s.deps.insert(
+                        k,
+                        Dep {
+                            app: app.clone(),
+                            name: d.name.clone(),
+                            build: d.build,
+                            config,
+                            version: 1,
+                            removed: false,
+                            replicas: Vec::new(),
+                            target,
+                            up_since: None,
+                            down_since: None,
+                            start_failures: 0,
+                            retry_at: None,
+                            message: String::new(),
+                        },
+                    );
+                }
+            }
+        }
+        for (k, dep) in s.deps.iter_mut() {
+            if !keep.contains(k) {
+                dep.removed = true;
+            }
+        }
+        s.apps = apps
+            .iter()
+            .map(|a| (a.name.clone(), a.route_prefix.clone(), key(&a.name, &a.ingress)))
+            .collect();
+        self.publish(&mut s);
+        Ok(())
+    }
+
+    /// Sends the new user config to every replica, one after another.
+    fn reconfigure_all(&self, k: &str, dep: &Dep, config: &DeploymentConfig) {
+        let handles: Vec<(String, ReplicaHandle)> = dep
+            .replicas
+            .iter()
+            .filter(|r| r.state == RepState::Running)
+            .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
+            .collect();
+        let text = config.user_config.as_ref().map(|v| v.to_string());
+        let k = k.to_string();
+        tokio::spawn(async move {
+            for (id, h) in handles {
+                match h.reconfigure(text.clone()).await {
+                    Ok(None) => tracing::info!(deployment = %k, replica = %id, "reconfigured"),
+                    Ok(Some(e)) => tracing::warn!(deployment = %k, replica = %id, "reconfigure failed: {e}"),
+                    Err(e) => tracing::warn!(deployment = %k, replica = %id, "reconfigure failed: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Publishes the route table after a change.
+    fn publish(&self, s: &mut State) {
+        s.version += 1;
+        let mut t = RouteTable {
+            version: s.version,
+            apps: s.apps.clone(),
+            deployments: BTreeMap::new(),
+        };
+        for (k, dep) in &s.deps {
+            t.deployments.insert(
+                k.clone(),
+                DeploymentRoute {
+                    max_ongoing: dep.config.max_ongoing_requests,
+                    max_queued: dep.config.max_queued_requests,
+                    replicas: dep
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == RepState::Running)
+                        .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
+                        .collect(),
+                    failing: (dep.start_failures > 0).then(|| dep.message.clone()),
+                },
+            );
+        }
+        self.routes.send_replace(Arc::new(t));
+    }
+
+    fn on_event(&self, ev: Event) {
+        let mut s = self.state.lock();
+        let mut changed = false;
+        match ev {
+            Event::Started { key: k, id, result } => {
+                let Some(dep) = s.deps.get_mut(&k) else { return };
+                let Some(i) = dep.replicas.iter().position(|r| r.id == id) else {
+                    return;
+                };
+                match result {
+                    Ok(h) => {
+                        tracing::info!(deployment = %k, replica = %id, "replica running");
+                        let r = &mut dep.replicas[i];
+                        r.handle = Some(h);
+                        if r.state == RepState::Starting {
+                            r.state = RepState::Running;
+                            r.last_check = Instant::now();
+                        }
+                        changed = true;
+                        dep.start_failures = 0;
+                    }
+                    Err(e) => {
+                        tracing::warn!(deployment = %k, replica = %id, "replica failed to start: {e}");
+                        dep.replicas.remove(i);
+                        dep.start_failures += 1;
+                        let backoff = Duration::from_millis(100 << dep.start_failures.min(6));
+                        dep.retry_at = Some(Instant::now() + backoff);
+                        dep.message = format!("a replica failed to start: {e}");
+                        changed = true;
+                    }
+                }
+            }
+            Event::Health { key: k, id, result } => {
+                let Some(dep) = s.deps.get_mut(&k) else { return };
+                let Some(i) = dep.replicas.iter().position(|r| r.id == id) else {
+                    return;
+                };
+                let r = &mut dep.replicas[i];
+                r.checking = false;
+                r.last_check = Instant::now();
+                let failure = match result {
+                    Ok(h) => {
+                        r.ongoing = h.ongoing;
+                        r.served = h.served;
+                        h.error.map(|e| (e.to_string(), false))
+                    }
+                    Err(why) => Some(why),
+                };
+                match failure {
+                    None => r.failures = 0,
+                    Some((why, dead)) => {
+                        r.failures += 1;
+                        if dead || r.failures >= 3 {
+                            tracing::warn!(deployment = %k, replica = %id, "replacing a replica: {why}");
+                            dep.message = format!("replica {id} replaced: {why}");
+                            let r = dep.replicas.remove(i);
+                            if let Some(h) = r.handle {
+                                tokio::task::spawn_blocking(move || {
+                                    let _ = rayforge::kill(&h);
+                                });
+                            }
+                            changed = true;
+                        }
+                    }
+                }
+            }
+            Event::Stopped { key: k, id } => {
+                if let Some(dep) = s.deps.get_mut(&k) {
+                    dep.replicas.retain(|r| r.id != id);
+                }
+            }
+        }
+        if changed {
+            self.publish(&mut s);
+        }
+    }
+
+    fn reconcile(&self) {
+        let mut s = self.state.lock();
+        let now = Instant::now();
+        let mut changed = false;
+        let mut next_replica = s.next_replica;
+        let keys: Vec<String> = s.deps.keys().cloned().collect();
+        for k in keys {
+            let Some(dep) = s.deps.get_mut(&k) else { continue };
+            // Health checks (also the autoscaler's load figures).
+            let period = Duration::from_secs_f64(dep.config.health_check_period_s.max(0.05));
+            let timeout = Duration::from_secs_f64(dep.config.health_check_timeout_s.max(0.1));
+            for r in dep.replicas.iter_mut() {
+                if r.state == RepState::Running && !r.checking && now.duration_since(r.last_check) >= period {
+                    if let Some(h) = r.handle.clone() {
+                        r.checking = true;
+                        let (tx, k, id) = (self.events.clone(), k.clone(), r.id.clone());
+                        tokio::spawn(async move {
+                            let result = match tokio::time::timeout(timeout, h.health()).await {
+                                Ok(Ok(h)) => Ok(h),
+                                Ok(Err(e)) => Err((e.to_string(), is_dead(&e))),
+                                Err(_) => Err((format!("health check timed out after {timeout:?}"), false)),
+                            };
+                            let _ = tx.send(Event::Health { key: k, id, result });
+                        });
+                    }
+                }
+            }
+            dep.target = if dep.removed { 0 } else { target_of(dep, now) };
+            let cur = dep.version;
+            let new_live = dep
+                .replicas
+                .iter()
+                .filter(|r| r.version == cur && r.state != RepState::Stopping)
+                .count();
+            let starting = dep.replicas.iter().filter(|r| r.state == RepState::Starting).count();
+            let running = dep.replicas.iter().filter(|r| r.state == RepState::Running).count();
+            let old_running: Vec<usize> = (0..dep.replicas.len())
+                .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == RepState::Running)
+                .collect();
+            let may_start = !matches!(dep.retry_at, Some(t) if now < t);
+            let mut to_start = 0;
+            let mut to_stop: Vec<usize> = Vec::new();
+            // Old-version replicas still starting are not worth waiting for.
+            to_stop.extend(
+                (0..dep.replicas.len())
+                    .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == RepState::Starting),
+            );
+            if old_running.is_empty() {
+                if new_live < dep.target && may_start {
+                    to_start = dep.target - new_live;
+                } else if new_live > dep.target {
+                    // Stop the idlest running ones (starting ones first).
+                    let mut cand: Vec<usize> = (0..dep.replicas.len())
+                        .filter(|&i| dep.replicas[i].state != RepState::Stopping)
+                        .collect();
+                    cand.sort_by_key(|&i| (dep.replicas[i].state == RepState::Running, dep.replicas[i].ongoing));
+                    to_stop.extend(cand.into_iter().take(new_live - dep.target));
+                }
+            } else if starting == 0 {
+                // Rolling: one new replica up, then one old replica down.
+                if running > dep.target || new_live >= dep.target {
+                    to_stop.push(old_running[0]);
+                } else if may_start {
+                    to_start = 1;
+                }
+            }
+            for _ in 0..to_start {
+                next_replica += 1;
+                let id = format!("{}#{}", dep.name, next_replica);
+                self.start_replica(&k, dep, id.clone());
+                dep.replicas.push(Rep {
+                    id,
+                    handle: None,
+                    version: cur,
+                    state: RepState::Starting,
+                    failures: 0,
+                    checking: false,
+                    last_check: now,
+                    ongoing: 0,
+                    served: 0,
+                });
+            }
+            to_stop.sort_unstable();
+            to_stop.dedup();
+            for i in to_stop {
+                let r = &mut dep.replicas[i];
+                if r.state == RepState::Running {
+                    changed = true;
+                }
+                r.state = RepState::Stopping;
+                let grace = Duration::from_secs_f64(dep.config.graceful_shutdown_timeout_s);
+                let (tx, k, id, h) = (self.events.clone(), k.clone(), r.id.clone(), r.handle.clone());
+                tracing::info!(deployment = %k, replica = %id, "stopping a replica");
+                tokio::spawn(async move {
+                    if let Some(h) = h {
+                        // Routers stop sending first; then the replica drains.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if tokio::time::timeout(grace + STOP_SLACK, h.stop()).await.is_err() {
+                            tracing::warn!(replica = %id, "requests still running after the graceful timeout");
+                        }
+                        let _ = tokio::task::spawn_blocking(move || rayforge::kill(&h)).await;
+                    }
+                    let _ = tx.send(Event::Stopped { key: k, id });
+                });
+            }
+        }
+        s.next_replica = next_replica;
+        // Removed deployments go once their last replica has stopped.
+        let before = s.deps.len();
+        s.deps.retain(|_, d| !(d.removed && d.replicas.is_empty()));
+        if changed || s.deps.len() != before {
+            self.publish(&mut s);
+        }
+    }
+
+    fn start_replica(&self, k: &str, dep: &Dep, id: String) {
+        let spec = ReplicaSpec {
+            build: dep.build,
+            app: dep.app.clone(),
+            deployment: dep.name.clone(),
+            replica: id.clone(),
+            user_config: dep.config.user_config.as_ref().map(|v| v.to_string()),
+        };
+        let c = dep.config.clone();
+        let (tx, k) = (self.events.clone(), k.to_string());
+        tracing::info!(deployment = %k, replica = %id, "starting a replica");
+        tokio::spawn(async move {
+            let made = tokio::task::spawn_blocking(move || {
+                let mut o = Replica::options()
+                    .num_cpus(c.num_cpus)
+                    .max_restarts(0)
+                    .max_concurrency((c.max_ongoing_requests + 16).min(u32::MAX as usize) as u32);
+                if c.num_gpus > 0.0 {
+                    o = o.num_gpus(c.num_gpus);
+                }
+                for (r, n) in &c.resources {
+                    o = o.resource(r, *n);
+                }
+                o.remote(spec)
+            })
+            .await;
+            let result = match made {
+                Err(e) => Err(Error::Runtime(format!("creating a replica: {e}"))),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(h)) => match h.ready().await {
+                    Ok(None) => Ok(h),
+                    Ok(Some(e)) => {
+                        let _ = tokio::task::spawn_blocking(move || rayforge::kill(&h)).await;
+                        Err(e)
+                    }
+                    Err(e) => Err(e.into()),
+                },
+            };
+            let _ = tx.send(Event::Started { key: k, id, result });
+        });
+    }
+
+    fn status(&self) -> ServeStatus {
+        let s = self.state.lock();
+        ServeStatus {
+            applications: s.apps.iter().map(|(n, p, _)| (n.clone(), p.clone())).collect(),
+            deployments: s
+                .deps
+                .values()
+                .map(|d| {
+                    let running_current = d
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == RepState::Running && r.version == d.version)
+                        .count();
+                    let settled = running_current == d.target && d.replicas.len() == d.target;
+                    let status = if d.start_failures >= 3 {
+                        "UNHEALTHY"
+                    } else if settled {
+                        "HEALTHY"
+                    } else {
+                        "UPDATING"
+                    };
+                    DeploymentStatus {
+                        app: d.app.clone(),
+                        name: d.name.clone(),
+                        status: status.into(),
+                        target_replicas: d.target,
+                        message: d.message.clone(),
+                        replicas: d
+                            .replicas
+                            .iter()
+                            .map(|r| ReplicaStatus {
+                                id: r.id.clone(),
+                                state: match r.state {
+                                    RepState::Starting => "STARTING",
+                                    RepState::Running => "RUNNING",
+                                    RepState::Stopping => "STOPPING",
+                                }
+                                .into(),
+                                ongoing: r.ongoing,
+                                served: r.served,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The replica count a deployment wants now (autoscaling with its delays).
+fn target_of(dep: &mut Dep, now: Instant) -> usize {
+    let Some(a) = dep.config.autoscaling.clone() else {
+        return dep.config.num_replicas;
+    };
+    let running: Vec<&Rep> = dep.replicas.iter().filter(|r| r.state == RepState::Running).collect();
+    let current = dep.target.clamp(a.min_replicas, a.max_replicas);
+    if running.is_empty() {
+        return current.max(a.min_replicas);
+    }
+    let ongoing: usize = running.iter().map(|r| r.ongoing).sum();
+    let want = ((ongoing as f64 / a.target_ongoing_requests).ceil() as usize).clamp(a.min_replicas, a.max_replicas);
+    if want > current {
+        dep.down_since = None;
+        let since = *dep.up_since.get_or_insert(now);
+        if now.duration_since(since).as_secs_f64() >= a.upscale_delay_s {
+            dep.up_since = None;
+            tracing::info!(deployment = %dep.name, from = current, to = want, ongoing, "scaling up");
+            return want;
+        }
+    } else if want < current {
+        dep.up_since = None;
+        let since = *dep.down_since.get_or_insert(now);
+        if now.duration_since(since).as_secs_f64() >= a.downscale_delay_s {
+            dep.down_since = None;
+            tracing::info!(deployment = %dep.name, from = current, to = want, ongoing, "scaling down");
+            return want;
+        }
+    } else {
+        dep.up_since = None;
+        dep.down_since = None;
+    }
+    current
+}

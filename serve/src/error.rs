@@ -1,0 +1,69 @@
+//! The crate's error type.
+
+/// What went wrong in Serve.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum Error {
+    /// The runtime underneath failed (an actor died, a call timed out, ...).
+    #[error("rayforge: {0}")]
+    Runtime(String),
+    /// A deployment's own code returned an error or panicked.
+    #[error("deployment `{deployment}` failed: {message}")]
+    User {
+        /// The deployment that failed.
+        deployment: String,
+        /// Its message.
+        message: String,
+    },
+    /// Every replica is at its limit of ongoing requests and the queue is full:
+    /// retry later.
+    #[error("deployment `{0}` is overloaded: every replica is busy and its queue is full")]
+    Overloaded(String),
+    /// A deployment has no running replica (it is starting, its replicas
+    /// fail to start, or every replica died): names it and says why.
+    #[error("no running replica: {0}")]
+    Unavailable(String),
+    /// No deployment or application of that name.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A request body or argument could not be decoded.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A serve config file is malformed: names the file, line and field.
+    #[error("{0}")]
+    Config(String),
+    /// A declared deployment or application is invalid (e.g. min > max replicas).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Reading a file or binding a socket failed.
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether sending the same request again (to another replica, or later)
+    /// can succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Error::Runtime(_) | Error::Overloaded(_) | Error::Unavailable(_))
+    }
+
+    pub(crate) fn io(context: impl Into<String>, e: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<rayforge::Error> for Error {
+    fn from(e: rayforge::Error) -> Self {
+        Error::Runtime(e.to_string())
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,230 @@
+//! Requests and responses as they cross from the HTTP proxy to a replica,
+//! and the conversions a deployment's request and response types go through.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// An HTTP request as a replica sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The full path (`/app/x`), route prefix included, as in Ray Serve.
+    pub path: String,
+    /// The query string without `?` (empty when none).
+    pub query: String,
+    /// Headers, lower-case names.
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// Decodes the body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::BadRequest(format!("malformed JSON body: {e}")))
+    }
+
+    /// The body as UTF-8 text.
+    pub fn text(&self) -> Result<&str> {
+        std::str::from_utf8(&self.body).map_err(|_| Error::BadRequest("the body is not UTF-8 text".into()))
+    }
+
+    /// A query parameter's value (`?name=value`), undecoded.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// An HTTP response from a replica.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Headers to send.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A response with this status and a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> HttpResponse {
+        HttpResponse {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+            body: body.into().into_bytes(),
+        }
+    }
+
+    /// A 200 response with a JSON body.
+    pub fn json<T: Serialize>(value: &T) -> HttpResponse {
+        match serde_json::to_vec(value) {
+            Ok(body) => HttpResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body,
+            },
+            Err(e) => HttpResponse::text(500, format!("the response could not be encoded as JSON: {e}")),
+        }
+    }
+
+    /// The response for an error: 4xx for what the client sent, 503 for
+    /// overload (with `Retry-After`), 500 for the deployment's own failure.
+    pub fn from_error(e: &Error) -> HttpResponse {
+        let status = match e {
+            Error::BadRequest(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Overloaded(_) | Error::Unavailable(_) => 503,
+            _ => 500,
+        };
+        let mut r = HttpResponse::text(status, e.to_string());
+        if status == 503 {
+            r.headers.push(("retry-after".into(), "1".into()));
+        }
+        r
+    }
+}
+
+/// JSON in and out: as a deployment's `Request` the body is decoded as JSON
+/// (400 when malformed); as its `Response` the value is sent as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Json<T>(pub T);
+
+/// Builds a deployment's request from an HTTP request (at the ingress).
+pub trait FromHttp: Sized {
+    /// Decodes `req`; a [`Error::BadRequest`] becomes a 400.
+    fn from_http(req: HttpRequest) -> Result<Self>;
+}
+
+/// Turns a deployment's response into an HTTP response (at the ingress).
+pub trait IntoHttp {
+    /// Encodes `self`.
+    fn into_http(self) -> HttpResponse;
+}
+
+impl FromHttp for HttpRequest {
+    fn from_http(req: HttpRequest) -> Result<Self> {
+        Ok(req)
+    }
+}
+
+impl IntoHttp for HttpResponse {
+    fn into_http(self) -> HttpResponse {
+        self
+    }
+}
+
+impl<T: DeserializeOwned> FromHttp for Json<T> {
+    fn from_http(req: HttpRequest) -> Result<Self> {
+        req.json().map(Json)
+    }
+}
+
+impl<T: Serialize> IntoHttp for Json<T> {
+    fn into_http(self) -> HttpResponse {
+        HttpResponse::json(&self.0)
+    }
+}
+
+impl FromHttp for String {
+    fn from_http(req: HttpRequest) -> Result<Self> {
+        req.text().map(str::to_string)
+    }
+}
+
+impl IntoHttp for String {
+    fn into_http(self) -> HttpResponse {
+        HttpResponse::text(200, self)
+    }
+}
+
+impl FromHttp for Vec<u8> {
+    fn from_http(req: HttpRequest) -> Result<Self> {
+        Ok(req.body)
+    }
+}
+
+impl IntoHttp for Vec<u8> {
+    fn into_http(self) -> HttpResponse {
+        HttpResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "application/octet-stream".into())],
+            body: self,
+        }
+    }
+}
+
+impl FromHttp for () {
+    fn from_http(_: HttpRequest) -> Result<Self> {
+        Ok(())
+    }
+}
+
+impl IntoHttp for () {
+    fn into_http(self) -> HttpResponse {
+        HttpResponse::text(200, "")
+    }
+}
+
+/// Numbers and booleans: the body is their JSON text.
+macro_rules! json_scalar {
+    ($($t:ty),*) => {$(
+        impl FromHttp for $t {
+            fn from_http(req: HttpRequest) -> Result<Self> {
+                req.json()
+            }
+        }
+        impl IntoHttp for $t {
+            fn into_http(self) -> HttpResponse {
+                HttpResponse::text(200, self.to_string())
+            }
+        }
+    )*};
+}
+json_scalar!(i32, i64, u32, u64, f32, f64, bool);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(body: &str) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: "a=1&b=two".into(),
+            body: body.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_bodies_decode_and_malformed_ones_are_bad_requests() {
+        let Json(v): Json<Vec<i64>> = FromHttp::from_http(req("[1,2,3]")).unwrap();
+        assert_eq!(v, vec![1, 2, 3]);
+        let e = <Json<Vec<i64>>>::from_http(req("[1,2")).unwrap_err();
+        assert!(
+            matches!(e, Error::BadRequest(ref m) if m.contains("malformed JSON")),
+            "{e}"
+        );
+        assert_eq!(HttpResponse::from_error(&e).status, 400);
+        assert_eq!(i64::from_http(req("41")).unwrap(), 41);
+        assert_eq!(req("").query_param("b"), Some("two"));
+    }
+
+    #[test]
+    fn overload_is_a_503_with_retry_after() {
+        let r = HttpResponse::from_error(&Error::Overloaded("d".into()));
+        assert_eq!(r.status, 503);
+        assert!(r.headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+        assert_eq!(Json(vec![1, 2]).into_http().body, b"[1,2]");
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP ingress: an axum server that matches a request's path to an
+//! application's route prefix and sends it to that application's ingress
+//! deployment. Tower middleware bounds it: a request timeout (408), a
+//! concurrency limit with load shedding (503 with `Retry-After` at once
+//! instead of a growing queue), a body size limit (413) and a tracing span
+//! per request. `/-/healthz` and `/-/routes` answer from the proxy itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+
+use crate::config::HttpOptions;
+use crate::error::Error;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::router::Hub;
+
+/// The proxy's axum app.
+pub(crate) fn app(hub: Arc<Hub>, opts: &HttpOptions) -> Router {
+    let timeout = Duration::from_secs_f64(opts.request_timeout_s.max(0.001));
+    Router::new()
+        .route("/-/healthz", get(|| async { "success" }))
+        .route("/-/routes", get(routes))
+        .fallback(ingress)
+        .with_state(hub)
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(tower_http::trace::TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(middleware_error))
+                .load_shed()
+                .concurrency_limit(opts.max_concurrent_requests.max(1))
+                .timeout(timeout),
+        )
+}
+
+/// Turns the middleware's errors into responses.
+async fn middleware_error(e: tower::BoxError) -> Response {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::REQUEST_TIMEOUT, "the request timed out\n").into_response()
+    } else if e.is::<tower::load_shed::error::Overloaded>() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            "the server is at its limit of concurrent requests; retry later\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("proxy error: {e}\n")).into_response()
+    }
+}
+
+/// `/-/routes`: route prefix -> application.
+async fn routes(State(hub): State<Arc<Hub>>) -> Response {
+    let t = hub.table();
+    let map: std::collections::BTreeMap<&str, &str> = t
+        .apps
+        .iter()
+        .map(|(name, prefix, _)| (prefix.as_str(), name.as_str()))
+        .collect();
+    axum::Json(map).into_response()
+}
+
+async fn ingress(State(hub): State<Arc<Hub>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_string();
+    let key = match hub.table().app_for(&path) {
+        Some((_, key)) => key.to_string(),
+        None => {
+            return to_response(HttpResponse::from_error(&Error::NotFound(format!(
+                "no application serves path `{path}` (see /-/routes)"
+            ))))
+        }
+    };
+    let req = HttpRequest {
+        method: method.as_str().to_string(),
+        path,
+        query: uri.query().unwrap_or("").to_string(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        body: body.to_vec(),
+    };
+    let router = hub.router(&key);
+    let r = router
+        .send(|h| {
+            let req = req.clone();
+            async move { h.http(req).await }
+        })
+        .await;
+    match r {
+        Ok(resp) => to_response(resp),
+        Err(e) => {
+            tracing::debug!(deployment = %key, "request failed: {e}");
+            to_response(HttpResponse::from_error(&e))
+        }
+    }
+}
+
+fn to_response(r: HttpResponse) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, r.body).into_response();
+    for (k, v) in r.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,290 @@
+//! A replica: one actor of the core runtime running one instance of a
+//! deployment. The actor type is generic over nothing: the deployment's
+//! concrete type travels as a [`FnRef`] to a builder monomorphized for it,
+//! and the instance sits behind the object-safe [`Erased`] trait.
+//!
+//! Requests run concurrently (`&self` methods of an async actor take a read
+//! lock); `reconfigure` and `stop` take `&mut self`, so they wait for the
+//! requests in flight and hold new ones back until they are done.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rayforge::FnRef;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::http::{FromHttp, HttpRequest, HttpResponse, IntoHttp};
+use crate::{Context, Deployment};
+
+/// A deployment instance behind a vtable.
+pub(crate) trait Erased: Send + Sync {
+    fn http(&self, req: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>>;
+    fn call(&self, arg: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>>;
+    fn reconfigure(&mut self, user_config: Option<&serde_json::Value>) -> Result<()>;
+    fn check_health(&self) -> Result<()>;
+    fn shutdown(&mut self);
+}
+
+struct Wrap<D>(D);
+
+impl<D: Deployment> Erased for Wrap<D> {
+    fn http(&self, req: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>> {
+        Box::pin(async move {
+            let r = D::Request::from_http(req)?;
+            Ok(self.0.handle(r).await?.into_http())
+        })
+    }
+
+    fn call(&self, arg: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(async move {
+            let r: D::Request = decode(&arg)?;
+            encode(&self.0.handle(r).await?)
+        })
+    }
+
+    fn reconfigure(&mut self, user_config: Option<&serde_json::Value>) -> Result<()> {
+        self.0.reconfigure(user_config_of::<D::Config>(user_config)?)
+    }
+
+    fn check_health(&self) -> Result<()> {
+        self.0.check_health()
+    }
+
+    fn shutdown(&mut self) {
+        self.0.shutdown()
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    bincode::serialize(v).map_err(|e| Error::BadRequest(format!("encoding a value: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    bincode::deserialize(b).map_err(|e| Error::BadRequest(format!("decoding a value: {e}")))
+}
+
+/// The deployment's typed user config (its default when none is given).
+fn user_config_of<C: DeserializeOwned + Default>(v: Option<&serde_json::Value>) -> Result<C> {
+    match v {
+        None => Ok(C::default()),
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| Error::Invalid(format!("user_config does not fit: {e}")))
+        }
+    }
+}
+
+/// Builds an instance: `(context, user config) -> instance`.
+pub(crate) type BuildFn = fn(&Context, Option<&serde_json::Value>) -> Result<Box<dyn Erased>>;
+
+pub(crate) fn t_build<D: Deployment>(ctx: &Context, cfg: Option<&serde_json::Value>) -> Result<Box<dyn Erased>> {
+    let config = user_config_of::<D::Config>(cfg)?;
+    Ok(Box::new(Wrap(D::new(ctx, config)?)))
+}
+
+/// What a replica runs and as whom (crosses to the replica's process).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ReplicaSpec {
+    pub(crate) build: FnRef,
+    pub(crate) app: String,
+    pub(crate) deployment: String,
+    pub(crate) replica: String,
+    /// The user config as JSON text (bincode cannot carry a `serde_json::Value`).
+    pub(crate) user_config: Option<String>,
+}
+
+/// A replica's answer to a handle call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum CallReply {
+    Ok(Vec<u8>),
+    Err(Error),
+}
+
+/// A replica's health and load.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ReplicaHealth {
+    /// Requests running now.
+    pub(crate) ongoing: usize,
+    /// Requests finished so far.
+    pub(crate) served: u64,
+    /// Why the deployment's own health check failed, if it did.
+    pub(crate) error: Option<Error>,
+}
+
+/// One replica of a deployment.
+#[rayforge::actor]
+pub(crate) struct Replica {
+    inner: std::result::Result<Box<dyn Erased>, Error>,
+    name: String,
+    ongoing: AtomicUsize,
+    served: AtomicU64,
+    stopped: AtomicBool,
+}
+
+/// Counts a request as ongoing until dropped.
+struct Ongoing<'a>(&'a Replica);
+
+impl Drop for Ongoing<'_> {
+    fn drop(&mut self) {
+        self.0.ongoing.fetch_sub(1, Ordering::Relaxed);
+        self.0.served.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[rayforge::actor]
+impl Replica {
+    fn new(spec: ReplicaSpec) -> Self {
+        let ctx = Context {
+            app: spec.app.clone(),
+            deployment: spec.deployment.clone(),
+            replica: spec.replica.clone(),
+        };
+        let name = format!("{}/{}", spec.app, spec.deployment);
+        let inner = (|| -> Result<Box<dyn Erased>> {
+            let cfg = match &spec.user_config {
+                Some(t) => {
+                    Some(serde_json::from_str(t).map_err(|e| Error::Invalid(format!("user_config is not JSON: {e}")))?)
+                }
+                None => None,
+            };
+            let addr = spec.build.addr().map_err(Error::from)?;
+            // SAFETY: `spec.build` was made by `deployment::<D>()` from
+            // `t_build::<D>`, a `BuildFn`, in a process running this same
+            // binary (`addr` checked the build id).
+            let build = unsafe { std::mem::transmute::<usize, BuildFn>(addr) };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| build(&ctx, cfg.as_ref()))) {
+                Ok(r) => r,
+                Err(p) => Err(Error::User {
+                    deployment: name.clone(),
+                    message: format!("its constructor panicked: {}", panic_message(&p)),
+                }),
+            }
+        })()
+        .map_err(|e| match e {
+            Error::User { .. } => e,
+            e => Error::User {
+                deployment: name.clone(),
+                message: format!("its constructor failed: {e}"),
+            },
+        });
+        if let Err(e) = &inner {
+            tracing::warn!(replica = %spec.replica, "replica failed to start: {e}");
+        }
+        Replica {
+            inner,
+            name,
+            ongoing: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    /// The constructor's error, if it failed.
+    async fn ready(&self) -> Option<Error> {
+        self.inner.as_ref().err().cloned()
+    }
+
+    /// Serves an HTTP request (ingress deployments).
+    async fn http(&self, req: HttpRequest) -> HttpResponse {
+        match self.run(|d| d.http(req)).await {
+            Ok(r) => r,
+            Err(e) => HttpResponse::from_error(&e),
+        }
+    }
+
+    /// Serves a handle call: the argument and result are bincode.
+    async fn call(&self, arg: Vec<u8>) -> CallReply {
+        match self.run(|d| d.call(arg)).await {
+            Ok(r) => CallReply::Ok(r),
+            Err(e) => CallReply::Err(e),
+        }
+    }
+
+    /// Applies a new user config in place (after the requests in flight).
+    async fn reconfigure(&mut self, user_config: Option<String>) -> Option<Error> {
+        let inner = match self.inner.as_mut() {
+            Ok(i) => i,
+            Err(e) => return Some(e.clone()),
+        };
+        let cfg = match user_config.as_deref().map(serde_json::from_str).transpose() {
+            Ok(c) => c,
+            Err(e) => return Some(Error::Invalid(format!("user_config is not JSON: {e}"))),
+        };
+        inner.reconfigure(cfg.as_ref()).err()
+    }
+
+    /// Load and the deployment's own health check.
+    async fn health(&self) -> ReplicaHealth {
+        let error = match &self.inner {
+            Err(e) => Some(e.clone()),
+            Ok(i) => match std::panic::catch_unwind(AssertUnwindSafe(|| i.check_health())) {
+                Ok(r) => r.err().map(|e| match e {
+                    Error::User { message, .. } => Error::User {
+                        deployment: self.name.clone(),
+                        message,
+                    },
+                    e => e,
+                }),
+                Err(p) => Some(Error::User {
+                    deployment: self.name.clone(),
+                    message: format!("health check panicked: {}", panic_message(&p)),
+                }),
+            },
+        };
+        ReplicaHealth {
+            ongoing: self.ongoing.load(Ordering::Relaxed),
+            served: self.served.load(Ordering::Relaxed),
+            error,
+        }
+    }
+
+    /// Runs the deployment's shutdown hook once the requests in flight are
+    /// done (`&mut self` waits for them: they hold the read side of the
+    /// actor's lock); the caller bounds the wait with the graceful timeout.
+    /// Returns the requests still counted as running (0 when drained).
+    async fn stop(&mut self) -> usize {
+        self.stopped.store(true, Ordering::Relaxed);
+        if let Ok(i) = self.inner.as_mut() {
+            i.shutdown();
+        }
+        self.ongoing.load(Ordering::Relaxed)
+    }
+}
+
+impl Replica {
+    async fn run<'a, T>(&'a self, f: impl FnOnce(&'a dyn Erased) -> BoxFuture<'a, Result<T>>) -> Result<T> {
+        let inner = self.inner.as_ref().map_err(|e| e.clone())?;
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable(self.name.clone()));
+        }
+        self.ongoing.fetch_add(1, Ordering::Relaxed);
+        let _g = Ongoing(self);
+        match AssertUnwindSafe(f(inner.as_ref())).catch_unwind().await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Error::User { message, .. })) => Err(Error::User {
+                deployment: self.name.clone(),
+                message,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(p) => Err(Error::User {
+                deployment: self.name.clone(),
+                message: format!("the handler panicked: {}", panic_message(&p)),
+            }),
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// How long a stop may take beyond the graceful timeout before the replica
+/// is killed regardless.
+pub(crate) const STOP_SLACK: Duration = Duration::from_secs(2);

@@ -1,0 +1,278 @@
+//! A running serve instance: the controller actor, the HTTP proxy and the
+//! admin API (`serve status`, `serve deploy`, `serve shutdown`), driven from
+//! the process that started it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tokio::sync::Notify;
+
+use crate::config::{HttpOptions, ServeConfig};
+use crate::controller::{Controller, ControllerHandle, ServeStatus, CONTROLLER_NAME};
+use crate::error::{Error, Result};
+use crate::router::{AbortOnDrop, Hub};
+use crate::{Application, Deployment, DeploymentHandle, Registry};
+
+/// A running serve instance. Dropping it without [`Serve::shutdown`] stops
+/// the proxy but leaves replicas to end with the driver.
+pub struct Serve {
+    rt: tokio::runtime::Runtime,
+    controller: ControllerHandle,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: Arc<Notify>,
+    _servers: Vec<AbortOnDrop>,
+}
+
+/// Starts serving `apps`: creates the controller (one per cluster), declares
+/// the applications, and starts the HTTP proxy and the admin API. Needs
+/// `rayforge::init` first. Returns at once; see [`Serve::wait_healthy`].
+pub fn start(apps: Vec<Application>, http: HttpOptions) -> Result<Serve> {
+    start_with(apps, http, None)
+}
+
+struct AdminState {
+    controller: ControllerHandle,
+    registry: Option<Registry>,
+    stop: Arc<Notify>,
+}
+
+pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Option<Registry>) -> Result<Serve> {
+    if !rayforge::is_initialized() {
+        return Err(Error::Invalid(
+            "rayforge is not initialized: call rayforge::init before serve::start".into(),
+        ));
+    }
+    let decls = apps.iter().map(Application::decl).collect::<Result<Vec<_>>>()?;
+    if rayforge::get_actor::<ControllerHandle>(CONTROLLER_NAME).is_ok() {
+        return Err(Error::Invalid(format!(
+            "serve is already running in this cluster (actor `{CONTROLLER_NAME}` exists)"
+        )));
+    }
+    let controller = Controller::options()
+        .name(CONTROLLER_NAME)
+        .num_cpus(0.0)
+        .max_concurrency(100_000)
+        .remote()?;
+    if let Some(e) = controller.deploy(decls).get()? {
+        let _ = rayforge::kill(&controller);
+        return Err(e);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("serve-proxy")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the proxy's runtime", e))?;
+    let stop = Arc::new(Notify::new());
+    let started = rt.block_on(async {
+        let hub = Hub::get().await?;
+        let addr = format!("{}:{}", http.host, http.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::io(format!("listening on {addr} (the HTTP port)"), e))?;
+        let admin = tokio::net::TcpListener::bind(("127.0.0.1", http.admin_port))
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!("listening on 127.0.0.1:{} (the admin port)", http.admin_port),
+                    e,
+                )
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the HTTP address", e))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| Error::io("reading the admin address", e))?;
+        let app = crate::proxy::app(hub, &http);
+        let s = stop.clone();
+        let proxy = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { s.notified().await });
+            if let Err(e) = serve.await {
+                tracing::error!("the HTTP proxy stopped: {e}");
+            }
+        });
+        let state = Arc::new(AdminState {
+            controller: controller.clone(),
+            registry,
+            stop: stop.clone(),
+        });
+        let admin_app = axum::Router::new()
+            .route("/api/serve/status", get(admin_status))
+            .route("/api/serve/applications", put(admin_deploy))
+            .route("/api/serve/shutdown", post(admin_shutdown))
+            .with_state(state);
+        let admin_task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin, admin_app).await {
+                tracing::error!("the admin API stopped: {e}");
+            }
+        });
+        tracing::info!(%http_addr, %admin_addr, "serve proxy listening");
+        Ok::<_, Error>((http_addr, admin_addr, vec![AbortOnDrop(proxy), AbortOnDrop(admin_task)]))
+    });
+    let (http_addr, admin_addr, servers) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = rayforge::kill(&controller);
+            rt.block_on(Hub::reset());
+            return Err(e);
+        }
+    };
+    Ok(Serve {
+        rt,
+        controller,
+        http_addr,
+        admin_addr,
+        stop,
+        _servers: servers,
+    })
+}
+
+async fn admin_status(State(s): State<Arc<AdminState>>) -> Response {
+    match s.controller.status().await {
+        Ok(st) => axum::Json(st).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn admin_deploy(State(s): State<Arc<AdminState>>, body: Bytes) -> Response {
+    let Some(registry) = &s.registry else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "this server was started from code, without a registry of deployments: it cannot take a config\n",
+        )
+            .into_response();
+    };
+    let text = String::from_utf8_lossy(&body);
+    let decls = ServeConfig::parse(&text, "the config sent")
+        .and_then(|c| registry.applications(&c))
+        .and_then(|apps| apps.iter().map(Application::decl).collect::<Result<Vec<_>>>());
+    let decls = match decls {
+        Ok(d) => d,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match s.controller.deploy(decls).await {
+        Ok(None) => (StatusCode::OK, "deployed\n").into_response(),
+        Ok(Some(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn admin_shutdown(State(s): State<Arc<AdminState>>) -> Response {
+    s.stop.notify_waiters();
+    s.stop.notify_one();
+    (StatusCode::OK, "shutting down\n").into_response()
+}
+
+impl Serve {
+    /// Where the HTTP proxy listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Declares `apps` in place of what runs now: new deployments start,
+    /// changed ones roll (or reconfigure in place when only their user
+    /// config changed), missing ones drain and stop.
+    pub fn deploy(&self, apps: Vec<Application>) -> Result<()> {
+        let decls = apps.iter().map(Application::decl).collect::<Result<Vec<_>>>()?;
+        match self.controller.deploy(decls).get()? {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Every application's and deployment's state.
+    pub fn status(&self) -> Result<ServeStatus> {
+        Ok(self.controller.status().get()?)
+    }
+
+    /// Waits until every deployment runs its target replica count, printing
+    /// progress; fails early when one cannot start its replicas.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<ServeStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let st = self.status()?;
+            if st.healthy() {
+                return Ok(st);
+            }
+            let line = st
+                .deployments
+                .iter()
+                .map(|d| {
+                    let running = d.replicas.iter().filter(|r| r.state == "RUNNING").count();
+                    format!("{}/{} {}/{} {}", d.app, d.name, running, d.target_replicas, d.status)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            if line != last {
+                eprintln!("serve: waiting for deployments: {line}");
+                last = line;
+            }
+            if let Some(d) = st.deployments.iter().find(|d| d.status == "UNHEALTHY") {
+                return Err(Error::Unavailable(format!(
+                    "deployment `{}/{}`: {}",
+                    d.app, d.name, d.message
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "deployments not healthy after {timeout:?}: {last}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A handle to a deployment, for calls from this (driver) process; use
+    /// it inside [`Serve::block_on`] or any tokio runtime.
+    pub fn handle<D: Deployment>(&self, app: &str, deployment: &str) -> DeploymentHandle<D> {
+        DeploymentHandle::new(app, deployment)
+    }
+
+    /// Runs async code (handle calls) on the proxy's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Blocks until Ctrl-C or `serve shutdown` (the admin API).
+    pub fn wait_for_shutdown(&self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => eprintln!("serve: interrupted; shutting down"),
+                _ = self.stop.notified() => eprintln!("serve: shutdown requested"),
+            }
+        });
+    }
+
+    /// Drains and stops every replica (each finishes its requests first),
+    /// then the proxy and the controller.
+    pub fn shutdown(self) -> Result<()> {
+        // The proxy takes no new connection; those open finish their requests.
+        self.stop.notify_waiters();
+        self.stop.notify_one();
+        let done = self.controller.shutdown().get();
+        let _ = rayforge::kill(&self.controller);
+        self.rt.block_on(Hub::reset());
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+        match done {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Runtime(
+                "replicas were still stopping when shutdown gave up".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The `serve` binary: `serve run serve.toml`, `serve status`, `serve deploy`
+//! (a live config change), `serve shutdown`, and config errors that name
+//! the field and line.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rayforge_serve::client::request;
+
+const SERVE: &str = env!("CARGO_BIN_EXE_serve");
+
+fn config(dir: &std::path::Path, name: &str, stages: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[http]
+port = 0
+admin_port = 0
+
+[[applications]]
+name = "pipe"
+route_prefix = "/pipe"
+ingress = "Pipeline"
+
+[[applications.deployments]]
+name = "Pipeline"
+user_config = {{ stages = [{stages}] }}
+
+[[applications.deployments]]
+name = "StageA"
+deployment = "Stage"
+
+[[applications.deployments]]
+name = "StageB"
+deployment = "Stage"
+num_replicas = 2
+
+[[applications]]
+name = "noop"
+route_prefix = "/"
+ingress = "Noop"
+
+[[applications.deployments]]
+name = "Noop"
+"#
+    );
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(SERVE).args(args).output().expect("run serve")
+}
+
+#[test]
+fn serve_run_status_deploy_and_shutdown() {
+    let dir = std::env::temp_dir().join(format!("serve-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(&dir, "serve.toml", r#""StageA", "StageB""#);
+    let mut child = Command::new(SERVE)
+        .arg("run")
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start serve run");
+    // "serve: listening on http://ADDR (admin API on ADDR)"
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (http, admin) = loop {
+        let line = lines.next().expect("serve run printed its address").unwrap();
+        if let Some(rest) = line.strip_prefix("serve: listening on http://") {
+            let (http, admin) = rest.split_once(" (admin API on ").unwrap();
+            break (http.to_string(), admin.trim_end_matches(')').to_string());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let get = |path: &str| request(&http, "GET", path, b"", Duration::from_secs(60)).unwrap();
+    assert_eq!(get("/pipe").text(), "2");
+    assert_eq!(get("/").text(), "ok");
+
+    let out = cli(&["status", "--admin", &admin]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("application pipe at /pipe"), "{text}");
+    assert!(text.contains("StageB HEALTHY: 2/2 replicas running"), "{text}");
+
+    // A live change of the pipeline's user config: three stages now.
+    let cfg3 = config(&dir, "serve3.toml", r#""StageA", "StageB", "StageA""#);
+    let out = cli(&["deploy", cfg3.to_str().unwrap(), "--admin", &admin]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while get("/pipe").text() != "3" {
+        assert!(std::time::Instant::now() < deadline, "the new config never took effect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A bad config is refused by deploy, naming the field and line; the
+    // server keeps serving the old one.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("num_replicas = 2", "num_replicas = -2"),
+    )
+    .unwrap();
+    let out = cli(&["deploy", bad.to_str().unwrap(), "--admin", &admin]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 22") && err.contains("num_replicas"), "{err}");
+    assert_eq!(get("/").text(), "ok");
+
+    let out = cli(&["shutdown", "--admin", &admin]);
+    assert!(out.status.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve run exited with {status}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn serve_run_refuses_bad_configs_with_the_field_and_line() {
+    let dir = std::env::temp_dir().join(format!("serve-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = config(&dir, "serve.toml", r#""StageA""#);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+
+    std::fs::write(
+        &cfg,
+        text.replace("route_prefix = \"/pipe\"", "route_prefx = \"/pipe\""),
+    )
+    .unwrap();
+    let out = cli(&["run", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("route_prefx") && err.contains("line 8"), "{err}");
+
+    std::fs::write(&cfg, text.replace("deployment = \"Stage\"", "deployment = \"Stagee\"")).unwrap();
+    let out = cli(&["run", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("`Stagee`") && err.contains("Noop"), "{err}");
+
+    let out = cli(&["run", dir.join("missing.toml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

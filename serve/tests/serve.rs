@@ -1,0 +1,692 @@
+//! Serve end to end with real processes: an embedded cluster whose replicas
+//! are worker processes, the HTTP proxy on a real port, requests over TCP.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayforge_serve::client::{request, Reply};
+use rayforge_serve::{
+    deployment, Application, Autoscaling, Batcher, Context, Deployment, DeploymentHandle, Error, HttpOptions, Json,
+    Result, Serve,
+};
+use serde::{Deserialize, Serialize};
+
+fn init() {
+    rayforge::init(rayforge::Config::default().num_cpus(2.0)).expect("start the embedded cluster");
+}
+
+fn opts() -> HttpOptions {
+    HttpOptions {
+        port: 0,
+        admin_port: 0,
+        ..Default::default()
+    }
+}
+
+fn start(apps: Vec<Application>, http: HttpOptions) -> Serve {
+    init();
+    let s = rayforge_serve::start(apps, http).expect("start serve");
+    s.wait_healthy(Duration::from_secs(120))
+        .expect("deployments become healthy");
+    s
+}
+
+fn send(s: &Serve, method: &str, path: &str, body: &[u8]) -> Reply {
+    request(&s.http_addr().to_string(), method, path, body, Duration::from_secs(60)).expect("HTTP request")
+}
+
+/// Polls `cond` until it holds or `deadline` passes.
+fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+// ---------------------------------------------------------------- deployments
+
+#[derive(Deserialize, Default)]
+struct GreeterConfig {
+    greeting: Option<String>,
+}
+
+/// Greets by name; says which replica and process answered.
+struct Greeter {
+    greeting: String,
+    replica: String,
+}
+
+impl Deployment for Greeter {
+    type Config = GreeterConfig;
+    type Request = Json<String>;
+    type Response = String;
+    fn new(ctx: &Context, c: GreeterConfig) -> Result<Self> {
+        Ok(Greeter {
+            greeting: c.greeting.unwrap_or_else(|| "hello".into()),
+            replica: ctx.replica().to_string(),
+        })
+    }
+    async fn handle(&self, Json(name): Json<String>) -> Result<String> {
+        if name == "slow" {
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+        }
+        Ok(format!(
+            "{} {name} from {} pid {}",
+            self.greeting,
+            self.replica,
+            std::process::id()
+        ))
+    }
+    fn reconfigure(&mut self, c: GreeterConfig) -> Result<()> {
+        self.greeting = c.greeting.unwrap_or_else(|| "hello".into());
+        Ok(())
+    }
+}
+
+/// Answers the request's path and body.
+struct Echo;
+
+impl Deployment for Echo {
+    type Config = ();
+    type Request = rayforge_serve::HttpRequest;
+    type Response = rayforge_serve::HttpResponse;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Echo)
+    }
+    async fn handle(&self, r: rayforge_serve::HttpRequest) -> Result<rayforge_serve::HttpResponse> {
+        if r.query_param("fail") == Some("1") {
+            return Err(Error::User {
+                deployment: String::new(),
+                message: "asked to fail".into(),
+            });
+        }
+        if r.query_param("panic") == Some("1") {
+            panic!("asked to panic");
+        }
+        Ok(rayforge_serve::HttpResponse::text(
+            201,
+            format!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body)),
+        ))
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Doubled {
+    value: i64,
+    batch: usize,
+}
+
+/// Doubles numbers in batches; says how big the batch was.
+struct Doubler {
+    batcher: Batcher<i64, (i64, usize)>,
+}
+
+impl Deployment for Doubler {
+    type Config = ();
+    type Request = i64;
+    type Response = Json<Doubled>;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Doubler {
+            batcher: Batcher::new(8, Duration::from_millis(200)),
+        })
+    }
+    async fn handle(&self, x: i64) -> Result<Json<Doubled>> {
+        let (value, batch) = self
+            .batcher
+            .call(x, |xs: Vec<i64>| async move {
+                let n = xs.len();
+                Ok(xs.into_iter().map(|x| (x * 2, n)).collect())
+            })
+            .await?;
+        Ok(Json(Doubled { value, batch }))
+    }
+}
+
+/// Adds its user config's `add` (default 1).
+struct Adder {
+    add: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct AdderConfig {
+    add: Option<i64>,
+}
+
+impl Deployment for Adder {
+    type Config = AdderConfig;
+    type Request = i64;
+    type Response = i64;
+    fn new(_: &Context, c: AdderConfig) -> Result<Self> {
+        Ok(Adder {
+            add: c.add.unwrap_or(1),
+        })
+    }
+    async fn handle(&self, x: i64) -> Result<i64> {
+        Ok(x + self.add)
+    }
+}
+
+/// `x -> C(B(A(x)))` and, in parallel, `A(x) + B(x)`: a pipeline and an
+/// ensemble through handles.
+struct Composer {
+    a: DeploymentHandle<Adder>,
+    b: DeploymentHandle<Adder>,
+    c: DeploymentHandle<Adder>,
+}
+
+impl Deployment for Composer {
+    type Config = ();
+    type Request = i64;
+    type Response = Json<(i64, i64)>;
+    fn new(ctx: &Context, _: ()) -> Result<Self> {
+        Ok(Composer {
+            a: ctx.handle("A"),
+            b: ctx.handle("B"),
+            c: ctx.handle("C"),
+        })
+    }
+    async fn handle(&self, x: i64) -> Result<Json<(i64, i64)>> {
+        let piped = self.c.call(self.b.call(self.a.call(x).await?).await?).await?;
+        let (l, r) = tokio::join!(self.a.call(x), self.b.call(x));
+        Ok(Json((piped, l? + r?)))
+    }
+}
+
+/// Sleeps for the number of milliseconds in the body; answers its pid.
+struct Sleeper;
+
+impl Deployment for Sleeper {
+    type Config = ();
+    type Request = u64;
+    type Response = u32;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Sleeper)
+    }
+    async fn handle(&self, ms: u64) -> Result<u32> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(std::process::id())
+    }
+}
+
+/// Fails to start.
+struct Broken;
+
+impl Deployment for Broken {
+    type Config = ();
+    type Request = ();
+    type Response = String;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Err(Error::Invalid("the model file is missing".into()))
+    }
+    async fn handle(&self, _: ()) -> Result<String> {
+        Ok(String::new())
+    }
+}
+
+/// Turns unhealthy after a request with body `"poison"`.
+struct Fragile {
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl Deployment for Fragile {
+    type Config = ();
+    type Request = Json<String>;
+    type Response = String;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Fragile {
+            poisoned: Default::default(),
+        })
+    }
+    async fn handle(&self, Json(s): Json<String>) -> Result<String> {
+        if s == "poison" {
+            self.poisoned.store(true, Ordering::Relaxed);
+        }
+        Ok(std::process::id().to_string())
+    }
+    fn check_health(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(Error::User {
+                deployment: String::new(),
+                message: "poisoned".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
+    let s = start(
+        vec![
+            Application::new("greet")
+                .route_prefix("/greet")
+                .ingress(deployment::<Greeter>("Greeter").num_replicas(2)),
+            Application::new("echo")
+                .route_prefix("/echo")
+                .ingress(deployment::<Echo>("Echo")),
+        ],
+        HttpOptions {
+            max_body_bytes: 1024,
+            ..opts()
+        },
+    );
+    let r = send(&s, "POST", "/greet", br#""bob""#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("hello bob from Greeter#"), "{}", r.text());
+    let r = send(&s, "POST", "/echo/a/b?x=1", b"payload");
+    assert_eq!((r.status, r.text().as_str()), (201, "POST /echo/a/b payload"));
+
+    // Both replicas take requests.
+    let mut pids = std::collections::HashSet::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        let r = send(&s, "POST", "/greet", br#""x""#);
+        pids.insert(r.text().rsplit(' ').next().unwrap_or("").to_string());
+        pids.len() == 2
+    }));
+
+    // Bad requests: malformed JSON, no such route, too big a body, a failing
+    // and a panicking handler. Each says why; the server keeps serving.
+    let r = send(&s, "POST", "/greet", b"\"bob");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("malformed JSON"), "{}", r.text());
+    let r = send(&s, "GET", "/nowhere", b"");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("/nowhere"), "{}", r.text());
+    let r = send(&s, "POST", "/echo", &vec![b'x'; 4096]);
+    assert_eq!(r.status, 413);
+    let r = send(&s, "GET", "/echo?fail=1", b"");
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text().contains("asked to fail") && r.text().contains("echo/Echo"),
+        "{}",
+        r.text()
+    );
+    let r = send(&s, "GET", "/echo?panic=1", b"");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("panicked: asked to panic"), "{}", r.text());
+    let r = send(&s, "POST", "/greet", br#""again""#);
+    assert_eq!(r.status, 200);
+
+    let r = send(&s, "GET", "/-/healthz", b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "success"));
+    let r = send(&s, "GET", "/-/routes", b"");
+    let routes: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(routes, serde_json::json!({"/greet": "greet", "/echo": "echo"}));
+    s.shutdown().unwrap();
+}
+
+#[test]
+fn batching_gathers_concurrent_requests_and_answers_each() {
+    let s = Arc::new(start(
+        vec![Application::new("d").ingress(deployment::<Doubler>("Doubler"))],
+        opts(),
+    ));
+    let threads: Vec<_> = (0..16i64)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let r = send(&s, "POST", "/", i.to_string().as_bytes());
+                assert_eq!(r.status, 200, "{}", r.text());
+                let d: Doubled = serde_json::from_slice(&r.body).unwrap();
+                (i, d)
+            })
+        })
+        .collect();
+    let answers: Vec<(i64, Doubled)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, d) in &answers {
+        assert_eq!(d.value, i * 2);
+        assert!(d.batch >= 1 && d.batch <= 8, "{d:?}");
+    }
+    assert!(
+        answers.iter().any(|(_, d)| d.batch > 1),
+        "no request shared a batch: {answers:?}"
+    );
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn deployments_compose_through_handles() {
+    let s = start(
+        vec![Application::new("calc")
+            .ingress(deployment::<Composer>("Composer"))
+            .deployment(deployment::<Adder>("A").user_config(serde_json::json!({"add": 1})))
+            .deployment(deployment::<Adder>("B").user_config(serde_json::json!({"add": 10})))
+            .deployment(deployment::<Adder>("C").user_config(serde_json::json!({"add": 100})))],
+        opts(),
+    );
+    let r = send(&s, "POST", "/", b"5");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Pipeline: 5 + 1 + 10 + 100; ensemble: (5 + 1) + (5 + 10).
+    assert_eq!(serde_json::from_slice::<(i64, i64)>(&r.body).unwrap(), (116, 21));
+    // A handle from the driver.
+    let b: DeploymentHandle<Adder> = s.handle("calc", "B");
+    assert_eq!(s.block_on(b.call(1)).unwrap(), 11);
+    let missing: DeploymentHandle<Adder> = s.handle("calc", "Nope");
+    let e = s.block_on(async { tokio::time::timeout(Duration::from_secs(120), missing.call(1)).await });
+    assert!(
+        matches!(e, Ok(Err(Error::NotFound(ref d))) if d.contains("calc/Nope")),
+        "{e:?}"
+    );
+    s.shutdown().unwrap();
+}
+
+#[test]
+fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests() {
+    let greeter = |greeting: &str, max_ongoing: usize| {
+        Application::new("greet").ingress(
+            deployment::<Greeter>("Greeter")
+                .num_replicas(2)
+                .max_ongoing_requests(max_ongoing)
+                .user_config(serde_json::json!({ "greeting": greeting })),
+        )
+    };
+    let s = Arc::new(start(vec![greeter("hello", 100)], opts()));
+    let replicas = |s: &Serve| -> Vec<String> {
+        let st = s.status().unwrap();
+        let mut ids: Vec<String> = st.deployments[0]
+            .replicas
+            .iter()
+            .filter(|r| r.state == "RUNNING")
+            .map(|r| r.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = replicas(&s);
+    assert_eq!(before.len(), 2);
+
+    // Load during both changes: every request must succeed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (s, stop, ok, failed) = (s.clone(), stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = send(&s, "POST", "/", br#""ann""#);
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.lock().unwrap().push((r.status, r.text()));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    s.deploy(vec![greeter("hi", 100)]).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || {
+        (0..4).all(|_| send(&s, "POST", "/", br#""x""#).text().starts_with("hi x"))
+    }));
+    assert_eq!(replicas(&s), before, "a user config change restarted replicas");
+
+    s.deploy(vec![greeter("hi", 50)]).unwrap();
+    assert!(wait_until(Duration::from_secs(120), || {
+        let now = replicas(&s);
+        now.len() == 2 && now.iter().all(|id| !before.contains(id)) && s.status().unwrap().healthy()
+    }));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(*failed.lock().unwrap(), Vec::<(u16, String)>::new());
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn a_killed_replica_is_replaced_and_no_request_is_lost() {
+    let s = Arc::new(start(
+        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").num_replicas(2))],
+        opts(),
+    ));
+    let mut pids = std::collections::HashSet::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        pids.insert(send(&s, "POST", "/", b"0").text());
+        pids.len() == 2
+    }));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (s, stop, statuses) = (s.clone(), stop.clone(), statuses.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = send(&s, "POST", "/", b"20");
+                    statuses.lock().unwrap().push((r.status, r.text()));
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(30), || statuses.lock().unwrap().len() >= 20));
+    let victim: i32 = pids.iter().next().unwrap().parse().unwrap();
+    // SAFETY: plain kill(2) of a replica process this test started.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let seen = statuses.lock().unwrap().len();
+    assert!(wait_until(Duration::from_secs(30), || statuses.lock().unwrap().len() >= seen + 50));
+    // The controller starts a replacement.
+    assert!(wait_until(Duration::from_secs(60), || {
+        let st = s.status().unwrap();
+        st.healthy() && st.deployments[0].message.contains("replaced")
+    }));
+    let mut fresh = std::collections::HashSet::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        fresh.insert(send(&s, "POST", "/", b"0").text());
+        fresh.len() == 2
+    }));
+    assert!(!fresh.contains(&victim.to_string()));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    // Requests in flight on the killed replica were sent to the other one.
+    let statuses = statuses.lock().unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|(st, _)| *st != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    drop(statuses);
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn overload_is_refused_with_503_instead_of_queueing_without_bound() {
+    let s = Arc::new(start(
+        vec![Application::new("sleep").ingress(
+            deployment::<Sleeper>("Sleeper")
+                .max_ongoing_requests(1)
+                .max_queued_requests(2),
+        )],
+        opts(),
+    ));
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || send(&s, "POST", "/", b"3000"))
+        })
+        .collect();
+    let replies: Vec<Reply> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let shed: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(
+        ok + shed.len(),
+        10,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        (1..=3).contains(&ok),
+        "one running and two queued at most: {ok} succeeded"
+    );
+    assert!(shed
+        .iter()
+        .all(|r| r.header("retry-after") == Some("1") && r.text().contains("overloaded")));
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn the_proxy_sheds_load_beyond_its_concurrency_limit() {
+    let s = Arc::new(start(
+        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper"))],
+        HttpOptions {
+            max_concurrent_requests: 2,
+            ..opts()
+        },
+    ));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || send(&s, "POST", "/", b"2000"))
+        })
+        .collect();
+    let replies: Vec<Reply> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let shed = replies
+        .iter()
+        .filter(|r| r.status == 503 && r.header("retry-after") == Some("1"))
+        .count();
+    assert!((1..=2).contains(&ok) && ok + shed == 8, "{ok} ok, {shed} shed");
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn autoscaling_adds_replicas_under_load_and_removes_them_after() {
+    let s = Arc::new(start(
+        vec![Application::new("sleep").ingress(
+            deployment::<Sleeper>("Sleeper")
+                .autoscaling(Autoscaling {
+                    min_replicas: 1,
+                    max_replicas: 3,
+                    target_ongoing_requests: 1.0,
+                    upscale_delay_s: 0.0,
+                    downscale_delay_s: 1.0,
+                })
+                .health_check_period_s(0.1),
+        )],
+        opts(),
+    ));
+    let running = |s: &Serve| {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .filter(|r| r.state == "RUNNING")
+            .count()
+    };
+    assert_eq!(running(&s), 1);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(send(&s, "POST", "/", b"300").status, 200);
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&s) == 3),
+        "{:?}",
+        s.status().unwrap()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&s) == 1
+            && s.status().unwrap().healthy()),
+        "{:?}",
+        s.status().unwrap()
+    );
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn a_replica_failing_its_health_check_is_replaced() {
+    let s = start(
+        vec![Application::new("f").ingress(deployment::<Fragile>("Fragile").health_check_period_s(0.1))],
+        opts(),
+    );
+    let pid = send(&s, "POST", "/", br#""poison""#).text();
+    assert!(wait_until(Duration::from_secs(60), || {
+        let r = send(&s, "POST", "/", br#""hi""#);
+        r.status == 200 && r.text() != pid
+    }));
+    let st = s.status().unwrap();
+    assert!(st.deployments[0].message.contains("poisoned"), "{st:?}");
+    s.shutdown().unwrap();
+}
+
+#[test]
+fn a_deployment_that_cannot_start_is_reported() {
+    init();
+    let s = rayforge_serve::start(
+        vec![Application::new("b").ingress(deployment::<Broken>("Broken"))],
+        opts(),
+    )
+    .unwrap();
+    let e = s.wait_healthy(Duration::from_secs(120)).unwrap_err();
+    assert!(
+        matches!(&e, Error::Unavailable(m) if m.contains("the model file is missing") && m.contains("b/Broken")),
+        "{e}"
+    );
+    // Requests fail at once with the reason instead of waiting.
+    let r = send(&s, "GET", "/", b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("the model file is missing"), "{}", r.text());
+    s.shutdown().unwrap();
+}
+
+#[test]
+fn invalid_declarations_are_refused_before_anything_runs() {
+    init();
+    let e = rayforge_serve::start(vec![Application::new("x")], opts())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no ingress"), "{e}");
+    let e = rayforge_serve::start(
+        vec![Application::new("x").ingress(deployment::<Echo>("Echo").max_ongoing_requests(0))],
+        opts(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("max_ongoing_requests"), "{e}");
+    // Nothing was left behind: a valid start works.
+    let s = rayforge_serve::start(vec![Application::new("x").ingress(deployment::<Echo>("Echo"))], opts()).unwrap();
+    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    let e = rayforge_serve::start(vec![Application::new("y").ingress(deployment::<Echo>("Echo"))], opts())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("already running"), "{e}");
+    s.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_lets_requests_in_flight_finish() {
+    let s = start(
+        vec![Application::new("greet").ingress(deployment::<Greeter>("Greeter").health_check_period_s(0.05))],
+        opts(),
+    );
+    let addr = s.http_addr().to_string();
+    let slow = std::thread::spawn(move || request(&addr, "POST", "/", br#""slow""#, Duration::from_secs(60)));
+    // The replica reports the request as ongoing: it is in flight there.
+    assert!(wait_until(Duration::from_secs(30), || {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .any(|r| r.ongoing > 0)
+    }));
+    s.shutdown().unwrap();
+    let r = slow.join().unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().starts_with("hello slow"));
+}

@@ -109,6 +109,110 @@ pub trait FromHttp: Sized {
 pub trait IntoHttp {
     /// Encodes `self`.
     fn into_http(self) -> HttpResponse;
+
+    /// A whole response or a stream; only [`Streaming`] streams.
+    fn into_reply(self) -> HttpReply
+    where
+        Self: Sized,
+    {
+        HttpReply::Full(self.into_http())
+    }
+}
+
+/// What a handler's response becomes at the ingress.
+pub enum HttpReply {
+    /// A whole response.
+    Full(HttpResponse),
+    /// A response whose body is sent as it is produced.
+    Stream(Streaming),
+}
+
+/// A streamed response: the status and headers go out at once and the body
+/// in chunks as the stream yields them (HTTP chunked transfer encoding), as
+/// Ray Serve's `StreamingResponse`. HTTP only: a handle call to a
+/// deployment answering `Streaming` fails with a clear error.
+///
+/// ```
+/// use rayforge_serve::Streaming;
+///
+/// let tokens = futures::stream::iter((0..3).map(|i| Ok(format!("token {i}\n").into_bytes())));
+/// let s = Streaming::new(tokens).header("content-type", "text/plain");
+/// assert_eq!(s.status(), 200);
+/// ```
+pub struct Streaming {
+    status: u16,
+    headers: Vec<(String, String)>,
+    pub(crate) body: futures::stream::BoxStream<'static, Result<Vec<u8>>>,
+}
+
+impl Streaming {
+    /// A 200 response streaming `body`; an `Err` item ends the response early.
+    pub fn new(body: impl futures::Stream<Item = Result<Vec<u8>>> + Send + 'static) -> Streaming {
+        Streaming {
+            status: 200,
+            headers: Vec::new(),
+            body: Box::pin(body),
+        }
+    }
+
+    /// Sets the status code.
+    pub fn status_code(mut self, status: u16) -> Streaming {
+        self.status = status;
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Streaming {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The head of the response (the body travels separately).
+    pub(crate) fn head(&self) -> HttpResponse {
+        HttpResponse {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntoHttp for Streaming {
+    fn into_http(self) -> HttpResponse {
+        HttpResponse::text(500, "a streaming response cannot be sent whole")
+    }
+
+    fn into_reply(self) -> HttpReply {
+        HttpReply::Stream(self)
+    }
+}
+
+const STREAM_OVER_HANDLE: &str = "a streaming response goes over HTTP only, not through a deployment handle";
+
+impl Serialize for Streaming {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(STREAM_OVER_HANDLE))
+    }
+}
+
+impl<'de> Deserialize<'de> for Streaming {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(serde::de::Error::custom(STREAM_OVER_HANDLE))
+    }
 }
 
 impl FromHttp for HttpRequest {

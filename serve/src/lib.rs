@@ -71,7 +71,7 @@ pub use batching::Batcher;
 pub use config::{AppConfig, Autoscaling, DeploymentConfig, DeploymentEntry, HttpOptions, ServeConfig};
 pub use controller::{DeploymentStatus, ReplicaStatus, ServeStatus};
 pub use error::{Error, Result};
-pub use http::{FromHttp, HttpRequest, HttpResponse, IntoHttp, Json};
+pub use http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp, Json, Streaming};
 pub use server::{start, Serve};
 
 use controller::{AppDecl, DeploymentDecl};
@@ -187,7 +187,7 @@ impl<D: Deployment> DeploymentHandle<D> {
             }
         };
         let arg = encode(&req)?;
-        let reply = router
+        let (reply, _) = router
             .send(|h| {
                 let arg = arg.clone();
                 async move { h.call(arg).await }

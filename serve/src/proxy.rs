@@ -20,6 +20,8 @@ use tower::ServiceBuilder;
 use crate::config::HttpOptions;
 use crate::error::Error;
 use crate::http::{HttpRequest, HttpResponse};
+use crate::replica::streams::{self, Chunk};
+use crate::replica::ReplicaHandle;
 use crate::router::Hub;
 
 /// The proxy's axum app.
@@ -96,12 +98,71 @@ async fn ingress(State(hub): State<Arc<Hub>>, method: Method, uri: Uri, headers:
         })
         .await;
     match r {
-        Ok(resp) => to_response(resp),
+        Ok((resp, replica)) => match stream_id(&resp) {
+            Some(id) => streamed(resp, replica, id),
+            None => to_response(resp),
+        },
         Err(e) => {
             tracing::debug!(deployment = %key, "request failed: {e}");
             to_response(HttpResponse::from_error(&e))
         }
     }
+}
+
+/// The id of the stream a replica holds for this response's body, if any.
+fn stream_id(r: &HttpResponse) -> Option<u64> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == streams::HEADER)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Closes a replica's stream when the client goes away before its end.
+struct CloseOnDrop {
+    replica: ReplicaHandle,
+    id: u64,
+    done: bool,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            // The reply is not needed: fire and forget.
+            let _ = self.replica.close_stream(self.id);
+        }
+    }
+}
+
+/// A response whose body is pulled from the replica chunk by chunk.
+fn streamed(mut head: HttpResponse, replica: ReplicaHandle, id: u64) -> Response {
+    head.headers.retain(|(k, _)| k != streams::HEADER);
+    let guard = CloseOnDrop {
+        replica,
+        id,
+        done: false,
+    };
+    let body = futures::stream::unfold(Some(guard), |guard| async move {
+        let mut guard = guard?;
+        match guard.replica.next_chunks(guard.id).await {
+            Ok(Chunk::Data(b)) => Some((Ok::<_, std::io::Error>(Bytes::from(b)), Some(guard))),
+            Ok(Chunk::End) => {
+                guard.done = true;
+                None
+            }
+            Ok(Chunk::Failed(e)) => {
+                guard.done = true;
+                tracing::debug!("a response stream failed: {e}");
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+            Err(e) => {
+                guard.done = true;
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+        }
+    });
+    let mut resp = to_response(head);
+    *resp.body_mut() = axum::body::Body::from_stream(body);
+    resp
 }
 
 fn to_response(r: HttpResponse) -> Response {

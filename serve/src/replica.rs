@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::http::{FromHttp, HttpRequest, HttpResponse, IntoHttp};
+use crate::http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp};
 use crate::{Context, Deployment};
 
 /// A deployment instance behind a vtable.
@@ -36,7 +36,15 @@ impl<D: Deployment> Erased for Wrap<D> {
     fn http(&self, req: HttpRequest) -> BoxFuture<'_, Result<HttpResponse>> {
         Box::pin(async move {
             let r = D::Request::from_http(req)?;
-            Ok(self.0.handle(r).await?.into_http())
+            Ok(match self.0.handle(r).await?.into_reply() {
+                HttpReply::Full(r) => r,
+                HttpReply::Stream(s) => {
+                    let mut head = s.head();
+                    let id = streams::open(s.body);
+                    head.headers.push((streams::HEADER.into(), id.to_string()));
+                    head
+                }
+            })
         })
     }
 
@@ -217,6 +225,17 @@ impl Replica {
         inner.reconfigure(cfg.as_ref()).err()
     }
 
+    /// The next chunks of a streamed response: waits for one, then takes
+    /// whatever else is ready (up to 64 KiB).
+    async fn next_chunks(&self, stream: u64) -> streams::Chunk {
+        streams::next(stream).await
+    }
+
+    /// Drops a streamed response its client went away from.
+    async fn close_stream(&self, stream: u64) {
+        streams::close(stream)
+    }
+
     /// Load and the deployment's own health check.
     async fn health(&self) -> ReplicaHealth {
         let error = match &self.inner {
@@ -288,3 +307,90 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 /// How long a stop may take beyond the graceful timeout before the replica
 /// is killed regardless.
 pub(crate) const STOP_SLACK: Duration = Duration::from_secs(2);
+
+/// Streamed response bodies waiting to be pulled by the proxy, by id.
+pub(crate) mod streams {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, LazyLock};
+
+    use futures::stream::BoxStream;
+    use futures::{FutureExt, StreamExt};
+    use serde::{Deserialize, Serialize};
+
+    use crate::error::{Error, Result};
+
+    /// The response header that carries a stream's id from replica to proxy.
+    pub(crate) const HEADER: &str = "x-rayforge-stream";
+    const MAX_PULL: usize = 64 << 10;
+
+    struct Open {
+        body: futures::stream::Fuse<BoxStream<'static, Result<Vec<u8>>>>,
+        /// An error met while taking extra chunks: the next pull reports it.
+        failed: Option<Error>,
+    }
+
+    type Body = Arc<tokio::sync::Mutex<Open>>;
+
+    static OPEN: LazyLock<parking_lot::Mutex<HashMap<u64, Body>>> = LazyLock::new(Default::default);
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+
+    /// What one pull gives.
+    #[derive(Clone, Debug, Serialize, Deserialize)]
+    pub(crate) enum Chunk {
+        /// More body.
+        Data(Vec<u8>),
+        /// The end.
+        End,
+        /// The stream failed (or is unknown).
+        Failed(Error),
+    }
+
+    pub(crate) fn open(body: BoxStream<'static, Result<Vec<u8>>>) -> u64 {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let open = Open {
+            body: body.fuse(),
+            failed: None,
+        };
+        OPEN.lock().insert(id, Arc::new(tokio::sync::Mutex::new(open)));
+        id
+    }
+
+    pub(crate) fn close(id: u64) {
+        OPEN.lock().remove(&id);
+    }
+
+    pub(crate) async fn next(id: u64) -> Chunk {
+        let Some(body) = OPEN.lock().get(&id).cloned() else {
+            return Chunk::Failed(Error::NotFound(format!("response stream {id}")));
+        };
+        let mut open = body.lock().await;
+        if let Some(e) = open.failed.take() {
+            close(id);
+            return Chunk::Failed(e);
+        }
+        let mut out = match open.body.next().await {
+            None => {
+                close(id);
+                return Chunk::End;
+            }
+            Some(Err(e)) => {
+                close(id);
+                return Chunk::Failed(e);
+            }
+            Some(Ok(b)) => b,
+        };
+        while out.len() < MAX_PULL {
+            match open.body.next().now_or_never() {
+                Some(Some(Ok(b))) => out.extend_from_slice(&b),
+                Some(Some(Err(e))) => {
+                    open.failed = Some(e);
+                    break;
+                }
+                // Not ready, or the end (the fused stream says so again next time).
+                _ => break,
+            }
+        }
+        Chunk::Data(out)
+    }
+}

@@ -310,7 +310,8 @@ impl Router {
     }
 
     /// Runs `op` on a replica; when the replica turns out dead, on another.
-    pub(crate) async fn send<T, F, Fut>(&self, op: F) -> Result<T>
+    /// Returns the result and the replica that gave it.
+    pub(crate) async fn send<T, F, Fut>(&self, op: F) -> Result<(T, ReplicaHandle)>
     where
         F: Fn(ReplicaHandle) -> Fut,
         Fut: Future<Output = rayforge::Result<T>>,
@@ -318,14 +319,14 @@ impl Router {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let (id, handle) = self.acquire().await?;
-            let r = op(handle).await;
+            let r = op(handle.clone()).await;
             let dead = matches!(
                 r,
                 Err(rayforge::Error::ActorDied { .. } | rayforge::Error::WorkerDied { .. })
             );
             self.release(&id, dead);
             match r {
-                Ok(v) => return Ok(v),
+                Ok(v) => return Ok((v, handle)),
                 Err(e) if dead => {
                     tracing::info!(deployment = %self.key, replica = %id, "replica died under a request; sending it again: {e}");
                     last = Some(e);

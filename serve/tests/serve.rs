@@ -213,6 +213,33 @@ impl Deployment for Sleeper {
     }
 }
 
+/// Streams `n` lines, one every few milliseconds; fails midway on request.
+struct Lines;
+
+impl Deployment for Lines {
+    type Config = ();
+    type Request = rayforge_serve::HttpRequest;
+    type Response = rayforge_serve::Streaming;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Lines)
+    }
+    async fn handle(&self, r: rayforge_serve::HttpRequest) -> Result<rayforge_serve::Streaming> {
+        let n: usize = r.query_param("n").and_then(|n| n.parse().ok()).unwrap_or(5);
+        let fail_at = r.query_param("fail_at").and_then(|n| n.parse::<usize>().ok());
+        let lines = futures::stream::unfold(0usize, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if Some(i) == fail_at {
+                return Some((Err(Error::Runtime("the generator broke".into())), i + 1));
+            }
+            Some((Ok(format!("line {i}\n").into_bytes()), i + 1))
+        });
+        Ok(rayforge_serve::Streaming::new(lines).header("content-type", "text/plain"))
+    }
+}
+
 /// Fails to start.
 struct Broken;
 
@@ -689,4 +716,37 @@ fn shutdown_lets_requests_in_flight_finish() {
     let r = slow.join().unwrap().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().starts_with("hello slow"));
+}
+
+#[test]
+fn responses_stream_in_chunks() {
+    let s = start(
+        vec![Application::new("lines").ingress(deployment::<Lines>("Lines"))],
+        opts(),
+    );
+    let r = send(&s, "GET", "/?n=200", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    let want: String = (0..200).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(r.text(), want);
+    // A stream that fails midway ends the response early (the client sees a
+    // cut-off body, not a clean end); the server keeps serving.
+    let cut = request(
+        &s.http_addr().to_string(),
+        "GET",
+        "/?n=50&fail_at=10",
+        b"",
+        Duration::from_secs(60),
+    );
+    if let Ok(r) = cut {
+        assert!(!r.text().contains("line 10"), "{}", r.text());
+    }
+    let r = send(&s, "GET", "/?n=3", b"");
+    assert_eq!(r.text(), "line 0\nline 1\nline 2\n");
+    // A handle cannot carry a stream: a clear error instead.
+    let h: DeploymentHandle<Lines> = s.handle("lines", "Lines");
+    let e = s.block_on(h.call(rayforge_serve::HttpRequest::default())).unwrap_err();
+    assert!(e.to_string().contains("over HTTP only"), "{e}");
+    s.shutdown().unwrap();
 }

@@ -367,6 +367,14 @@ autoscaling = { min_replicas = 1, max_replicas = 3, target_ongoing_requests = 4 
     }
 
     #[test]
+    fn the_shipped_sample_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("serve.toml");
+        let c = ServeConfig::load(&path).unwrap();
+        assert_eq!(c.applications.len(), 3);
+        assert_eq!(c.applications[1].deployments[1].deployment.as_deref(), Some("Stage"));
+    }
+
+    #[test]
     fn impossible_settings_are_refused() {
         let text = GOOD.replace(
             "min_replicas = 1, max_replicas = 3",

@@ -59,6 +59,8 @@ mod proxy;
 mod replica;
 mod router;
 mod server;
+#[cfg(feature = "torch")]
+pub mod torch;
 
 use std::future::Future;
 use std::marker::PhantomData;

@@ -750,3 +750,20 @@ fn responses_stream_in_chunks() {
     assert!(e.to_string().contains("over HTTP only"), "{e}");
     s.shutdown().unwrap();
 }
+
+#[test]
+fn a_request_past_the_timeout_gets_408_and_the_server_keeps_serving() {
+    let s = start(
+        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper"))],
+        HttpOptions {
+            request_timeout_s: 0.5,
+            ..opts()
+        },
+    );
+    let r = send(&s, "POST", "/", b"2000");
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(r.text().contains("timed out"));
+    let r = send(&s, "POST", "/", b"0");
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.shutdown().unwrap();
+}

@@ -8,6 +8,8 @@
 //! - `Pipeline`: sends 0 through the stages named in its user config
 //!   (`{"stages": ["A", "B", "C"]}`) one after another and answers the result.
 //! - `Echo`: answers a JSON description of the request.
+//! - `TorchScript` (feature `torch`): a TorchScript model, see
+//!   `rayforge_serve::torch`.
 //!
 //! A program with its own deployments calls `rayforge_serve::cli::main`
 //! with its own registry.
@@ -137,12 +139,13 @@ impl Deployment for Echo {
 }
 
 fn main() -> ExitCode {
-    rayforge_serve::cli::main(
-        Registry::new()
-            .deployment::<Noop>("Noop")
-            .deployment::<Batched>("Batched")
-            .deployment::<Stage>("Stage")
-            .deployment::<Pipeline>("Pipeline")
-            .deployment::<Echo>("Echo"),
-    )
+    let registry = Registry::new()
+        .deployment::<Noop>("Noop")
+        .deployment::<Batched>("Batched")
+        .deployment::<Stage>("Stage")
+        .deployment::<Pipeline>("Pipeline")
+        .deployment::<Echo>("Echo");
+    #[cfg(feature = "torch")]
+    let registry = registry.deployment::<rayforge_serve::torch::TorchScript>("TorchScript");
+    rayforge_serve::cli::main(registry)
 }

@@ -1,0 +1,126 @@
+//! A TorchScript model served through tch (feature `torch`; run through
+//! `serve/scripts/with-torch.sh`, which also makes the model with PyTorch).
+#![cfg(feature = "torch")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rayforge_serve::client::request;
+use rayforge_serve::torch::TorchScript;
+use rayforge_serve::{deployment, Application, Error, HttpOptions};
+
+/// relu(x W^T + b) with these weights, made and saved by PyTorch.
+const MAKE_MODEL: &str = r#"
+import sys, torch
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            self.l.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]))
+            self.l.bias.copy_(torch.tensor([0.25, -0.5]))
+    def forward(self, x):
+        return torch.relu(self.l(x))
+torch.jit.script(M()).save(sys.argv[1])
+"#;
+
+/// The same model as a plain loop.
+fn reference(x: &[f32]) -> Vec<f32> {
+    let w = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]];
+    let b = [0.25, -0.5];
+    (0..2)
+        .map(|o| (w[o].iter().zip(x).map(|(w, x)| w * x).sum::<f32>() + b[o]).max(0.0))
+        .collect()
+}
+
+#[test]
+fn a_torchscript_model_answers_batched_requests() {
+    let dir = std::env::temp_dir().join(format!("serve-torch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("model.pt");
+    let python = std::env::var("RAYFORGE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    // From a file: torch.jit.script reads the class's source.
+    let script = dir.join("make_model.py");
+    std::fs::write(&script, MAKE_MODEL).unwrap();
+    let made = std::process::Command::new(python)
+        .arg(&script)
+        .arg(&model)
+        .status()
+        .expect("run python to make the model");
+    assert!(made.success());
+
+    rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
+    let app = Application::new("m").ingress(deployment::<TorchScript>("Model").user_config(serde_json::json!({
+        "model_path": model.to_str().unwrap(),
+        "device": "cpu",
+        "max_batch_size": 8,
+        "batch_wait_ms": 50,
+    })));
+    let s = Arc::new(
+        rayforge_serve::start(
+            vec![app],
+            HttpOptions {
+                port: 0,
+                admin_port: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    let addr = s.http_addr().to_string();
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let x = vec![i as f32, 1.0 - i as f32 * 0.5, 0.25 * i as f32];
+                let body = serde_json::to_vec(&x).unwrap();
+                let r = request(&addr, "POST", "/", &body, Duration::from_secs(60)).unwrap();
+                assert_eq!(r.status, 200, "{}", r.text());
+                (x, serde_json::from_slice::<Vec<f32>>(&r.body).unwrap())
+            })
+        })
+        .collect();
+    for t in threads {
+        let (x, y) = t.join().unwrap();
+        let want = reference(&x);
+        assert!(
+            y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{x:?}: {y:?} vs {want:?}"
+        );
+    }
+    // A row the model cannot take fails with torch's reason, alone: a good
+    // row sent with it still gets its answer.
+    let bad = std::thread::spawn({
+        let addr = addr.clone();
+        move || request(&addr, "POST", "/", b"[1.0, 2.0]", Duration::from_secs(60)).unwrap()
+    });
+    let good = request(&addr, "POST", "/", b"[1.0, 2.0, 3.0]", Duration::from_secs(60)).unwrap();
+    let bad = bad.join().unwrap();
+    assert_eq!(bad.status, 500, "{}", bad.text());
+    assert!(bad.text().contains("forward"), "{}", bad.text());
+    assert_eq!(
+        serde_json::from_slice::<Vec<f32>>(&good.body).unwrap(),
+        reference(&[1.0, 2.0, 3.0])
+    );
+    let s = Arc::try_unwrap(s).ok().unwrap();
+    // A missing model file: the replica cannot start and says why.
+    s.deploy(vec![
+        Application::new("m").ingress(
+            deployment::<TorchScript>("Model")
+                .user_config(serde_json::json!({ "model_path": model.to_str().unwrap(), "device": "cpu" })),
+        ),
+        Application::new("broken").route_prefix("/broken").ingress(
+            deployment::<TorchScript>("Broken")
+                .user_config(serde_json::json!({ "model_path": "/nonexistent/model.pt" })),
+        ),
+    ])
+    .unwrap();
+    let e = s.wait_healthy(Duration::from_secs(120));
+    assert!(
+        matches!(&e, Err(Error::Unavailable(m)) if m.contains("/nonexistent/model.pt")),
+        "{e:?}"
+    );
+    s.shutdown().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

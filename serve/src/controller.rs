@@ -154,6 +154,11 @@ enum Event {
         key: String,
         id: String,
     },
+    Reconfigured {
+        key: String,
+        id: String,
+        error: Option<String>,
+    },
 }
 
 impl Event {
@@ -162,6 +167,7 @@ impl Event {
             Event::Started { .. } => "started",
             Event::Health { .. } => "health",
             Event::Stopped { .. } => "stopped",
+            Event::Reconfigured { .. } => "reconfigured",
         }
     }
 }
@@ -355,14 +361,19 @@ impl Inner {
             .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
             .collect();
         let text = config.user_config.as_ref().map(|v| v.to_string());
-        let k = k.to_string();
+        let (k, tx) = (k.to_string(), self.events.clone());
         tokio::spawn(async move {
             for (id, h) in handles {
-                match h.reconfigure(text.clone()).await {
-                    Ok(None) => tracing::info!(deployment = %k, replica = %id, "reconfigured"),
-                    Ok(Some(e)) => tracing::warn!(deployment = %k, replica = %id, "reconfigure failed: {e}"),
-                    Err(e) => tracing::warn!(deployment = %k, replica = %id, "reconfigure failed: {e}"),
-                }
+                let error = match h.reconfigure(text.clone()).await {
+                    Ok(None) => None,
+                    Ok(Some(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                let _ = tx.send(Event::Reconfigured {
+                    key: k.clone(),
+                    id,
+                    error,
+                });
             }
         });
     }
@@ -457,6 +468,16 @@ impl Inner {
                             }
                             changed = true;
                         }
+                    }
+                }
+            }
+            Event::Reconfigured { key: k, id, error } => {
+                let Some(dep) = s.deps.get_mut(&k) else { return };
+                match error {
+                    None => tracing::info!(deployment = %k, replica = %id, "reconfigured"),
+                    Some(e) => {
+                        tracing::warn!(deployment = %k, replica = %id, "reconfigure failed: {e}");
+                        dep.message = format!("replica {id} kept its old user config: {e}");
                     }
                 }
             }

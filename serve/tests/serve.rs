@@ -83,7 +83,11 @@ impl Deployment for Greeter {
         ))
     }
     fn reconfigure(&mut self, c: GreeterConfig) -> Result<()> {
-        self.greeting = c.greeting.unwrap_or_else(|| "hello".into());
+        let greeting = c.greeting.unwrap_or_else(|| "hello".into());
+        if greeting.is_empty() {
+            return Err(Error::Invalid("an empty greeting".into()));
+        }
+        self.greeting = greeting;
         Ok(())
     }
 }
@@ -237,6 +241,25 @@ impl Deployment for Lines {
             Some((Ok(format!("line {i}\n").into_bytes()), i + 1))
         });
         Ok(rayforge_serve::Streaming::new(lines).header("content-type", "text/plain"))
+    }
+}
+
+/// Passes the request on to `Sleeper` through a handle.
+struct Relay {
+    sleeper: DeploymentHandle<Sleeper>,
+}
+
+impl Deployment for Relay {
+    type Config = ();
+    type Request = u64;
+    type Response = u32;
+    fn new(ctx: &Context, _: ()) -> Result<Self> {
+        Ok(Relay {
+            sleeper: ctx.handle("Sleeper"),
+        })
+    }
+    async fn handle(&self, ms: u64) -> Result<u32> {
+        self.sleeper.call(ms).await
     }
 }
 
@@ -457,6 +480,13 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
     }));
     assert_eq!(replicas(&s), before, "a user config change restarted replicas");
 
+    // A config the deployment refuses: reported, and the old one stays.
+    s.deploy(vec![greeter("", 100)]).unwrap();
+    assert!(wait_until(Duration::from_secs(60), || {
+        s.status().unwrap().deployments[0].message.contains("an empty greeting")
+    }));
+    assert!(send(&s, "POST", "/", br#""x""#).text().starts_with("hi x"));
+
     s.deploy(vec![greeter("hi", 50)]).unwrap();
     assert!(wait_until(Duration::from_secs(120), || {
         let now = replicas(&s);
@@ -471,12 +501,11 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
     Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
 }
 
-#[test]
-fn a_killed_replica_is_replaced_and_no_request_is_lost() {
-    let s = Arc::new(start(
-        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").num_replicas(2))],
-        opts(),
-    ));
+/// Kills one of `Sleeper`'s two replicas under load; every request must
+/// still succeed and a replacement must start. `st.deployments[sleeper]`
+/// is the Sleeper deployment's status.
+fn kill_a_sleeper_under_load(app: Application, sleeper: usize) {
+    let s = Arc::new(start(vec![app], opts()));
     let mut pids = std::collections::HashSet::new();
     assert!(wait_until(Duration::from_secs(30), || {
         pids.insert(send(&s, "POST", "/", b"0").text());
@@ -504,7 +533,7 @@ fn a_killed_replica_is_replaced_and_no_request_is_lost() {
     // The controller starts a replacement.
     assert!(wait_until(Duration::from_secs(60), || {
         let st = s.status().unwrap();
-        st.healthy() && st.deployments[0].message.contains("replaced")
+        st.healthy() && st.deployments[sleeper].message.contains("replaced")
     }));
     let mut fresh = std::collections::HashSet::new();
     assert!(wait_until(Duration::from_secs(30), || {
@@ -522,6 +551,25 @@ fn a_killed_replica_is_replaced_and_no_request_is_lost() {
     assert!(failed.is_empty(), "{failed:?}");
     drop(statuses);
     Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn a_killed_replica_is_replaced_and_no_request_is_lost() {
+    kill_a_sleeper_under_load(
+        Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").num_replicas(2)),
+        0,
+    );
+}
+
+#[test]
+fn a_handle_call_to_a_dead_replica_goes_to_another() {
+    // Statuses are listed by key: "sleep/Relay" before "sleep/Sleeper".
+    kill_a_sleeper_under_load(
+        Application::new("sleep")
+            .ingress(deployment::<Relay>("Relay"))
+            .deployment(deployment::<Sleeper>("Sleeper").num_replicas(2)),
+        1,
+    );
 }
 
 #[test]

@@ -49,8 +49,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use arrow;
 pub use block::Block;
@@ -232,6 +232,13 @@ impl GroupedData {
     }
 
     /// Rows per group (column `count()`).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// assert_eq!(rayforge_data::range(42).count()?, 42);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn count(&self) -> Dataset {
         self.aggregate(&[Agg::Count])
     }
@@ -279,6 +286,15 @@ fn default_blocks() -> usize {
 
 /// The integers `0..n` in a column `id`, in about twice as many blocks as
 /// the node has CPUs.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// let ds = rayforge_data::range(1000);
+/// assert_eq!(ds.count()?, 1000);
+/// assert_eq!(ds.schema()?.field(0).name(), "id");
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn range(n: u64) -> Dataset {
     range_with_blocks(n, default_blocks())
 }
@@ -297,6 +313,17 @@ pub fn range_with_blocks(n: u64, blocks: usize) -> Dataset {
 
 /// A dataset of in-memory rows (structs or maps of named fields), in
 /// blocks of at most 10,000 rows.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Trip { city: String, km: f64 }
+/// let trips = vec![Trip { city: "Oslo".into(), km: 3.5 }, Trip { city: "Rome".into(), km: 1.0 }];
+/// let ds = rayforge_data::from_items(&trips)?;
+/// assert_eq!(ds.take_all::<Trip>()?, trips);
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn from_items<T: Serialize>(items: &[T]) -> Result<Dataset> {
     let mut batches = Vec::new();
     for chunk in items.chunks(10_000) {
@@ -306,6 +333,18 @@ pub fn from_items<T: Serialize>(items: &[T]) -> Result<Dataset> {
 }
 
 /// A dataset of record batches (one block each), put in the object store.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// use std::sync::Arc;
+/// use rayforge_data::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+/// let col: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3]));
+/// let batch = RecordBatch::try_from_iter([("x", col)])?;
+/// let ds = rayforge_data::from_arrow(vec![batch.clone(), batch])?;
+/// assert_eq!(ds.count()?, 6);
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn from_arrow(batches: Vec<RecordBatch>) -> Result<Dataset> {
     let mut blocks = Vec::new();
     let schema = batches.first().map(|b| b.schema());
@@ -330,6 +369,17 @@ pub fn from_arrow(batches: Vec<RecordBatch>) -> Result<Dataset> {
 }
 
 /// Reads Parquet files: one block per row group, read in parallel.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// let dir = std::env::temp_dir().join(format!("doc-read-parquet-{}", std::process::id()));
+/// rayforge_data::range(500).write_parquet(dir.to_str().unwrap())?;
+/// let ds = rayforge_data::read_parquet(&dir)?;            // a directory, a file or a glob
+/// assert_eq!(ds.count()?, 500);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_parquet(paths: impl Paths) -> Result<Dataset> {
     read_parquet_with(paths, ParquetOptions::default())
 }
@@ -337,6 +387,21 @@ pub fn read_parquet(paths: impl Paths) -> Result<Dataset> {
 /// Reads Parquet files, only the columns asked for and only rows passing the
 /// filter (pushed into the reader: row groups are skipped by their
 /// statistics, rows dropped while decoding). Files must share one schema.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// use rayforge_data::{expr::col, ParquetOptions};
+/// let dir = std::env::temp_dir().join(format!("doc-read-parquet-with-{}", std::process::id()));
+/// rayforge_data::range(500).add_column("y", |b| Ok::<_, rayforge_data::Error>(b.column(0).clone()))
+///     .write_parquet(dir.to_str().unwrap())?;
+/// let opts = ParquetOptions { columns: Some(vec!["id".into()]), filter: Some(col("id").lt(100)) };
+/// let ds = rayforge_data::read_parquet_with(&dir, opts)?;
+/// assert_eq!(ds.count()?, 100);
+/// assert_eq!(ds.schema()?.fields().len(), 1);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_parquet_with(paths: impl Paths, opts: ParquetOptions) -> Result<Dataset> {
     let files = source::expand_paths(&paths.paths(), ".parquet")?;
     let (tasks, schema) = source::plan_parquet(&files, &opts)?;
@@ -345,6 +410,18 @@ pub fn read_parquet_with(paths: impl Paths, opts: ParquetOptions) -> Result<Data
 
 /// Reads CSV files with a header row (one block per file); column types are
 /// inferred from the first rows and must agree between files.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// let dir = std::env::temp_dir().join(format!("doc-read-csv-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("a.csv"), "city,km\nOslo,3.5\nRome,1.0\n")?;
+/// let ds = rayforge_data::read_csv(dir.join("*.csv").to_str().unwrap())?;
+/// assert_eq!(ds.count()?, 2);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_csv(paths: impl Paths) -> Result<Dataset> {
     let files = source::expand_paths(&paths.paths(), ".csv")?;
     let (tasks, schema) = source::plan_csv(&files)?;
@@ -354,6 +431,18 @@ pub fn read_csv(paths: impl Paths) -> Result<Dataset> {
 /// Reads newline-delimited JSON files (one object per line, one block per
 /// file); types are inferred from the first rows and must agree between
 /// files.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// let dir = std::env::temp_dir().join(format!("doc-read-json-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// std::fs::write(dir.join("a.json"), "{\"city\":\"Oslo\",\"km\":3.5}\n{\"city\":\"Rome\",\"km\":1.0}\n")?;
+/// let ds = rayforge_data::read_json(&dir)?;
+/// assert_eq!(ds.count()?, 2);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn read_json(paths: impl Paths) -> Result<Dataset> {
     let files = source::expand_paths(&paths.paths(), ".json")?;
     let (tasks, schema) = source::plan_json(&files)?;
@@ -388,12 +477,39 @@ impl Dataset {
     }
 
     /// Applies `f` to every block's record batch.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::arrow::array::RecordBatch;
+    /// fn double(b: RecordBatch) -> rayforge_data::Result<RecordBatch> {
+    ///     rayforge_data::compute::scale_column(b, "id", 2.0)
+    /// }
+    /// let ds = rayforge_data::range(10).map_batches(double);
+    /// let ids = rayforge_data::compute::f64_column(&ds.take_batch(10)?, "id")?;
+    /// assert_eq!(ids.iter().sum::<f64>(), 90.0);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_batches<E: Into<Error> + 'static>(&self, f: fn(RecordBatch) -> Result<RecordBatch, E>) -> Dataset {
         self.map_batches_with(f, MapOptions::default())
     }
 
     /// Applies `f` to batches of `opts.batch_size` rows, in tasks holding
     /// `opts.num_cpus` / `opts.num_gpus`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::MapOptions;
+    /// let opts = MapOptions { batch_size: Some(4), num_cpus: Some(1.0), ..Default::default() };
+    /// // Each call sees at most 4 rows.
+    /// let ds = rayforge_data::range(10).map_batches_with(
+    ///     |b| if b.num_rows() <= 4 { Ok(b) } else { Err(rayforge_data::Error::Runtime("too big".into())) },
+    ///     opts,
+    /// );
+    /// assert_eq!(ds.count()?, 10);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_batches_with<E: Into<Error> + 'static>(
         &self,
         f: fn(RecordBatch) -> Result<RecordBatch, E>,
@@ -446,11 +562,32 @@ impl Dataset {
 
     /// Applies `f` to every row (rows convert to and from `T`/`U` through
     /// their field names).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Row { id: i64 }
+    /// let ds = rayforge_data::range(5).map(|r: Row| Row { id: r.id * 10 });
+    /// let ids: Vec<i64> = ds.take_all::<Row>()?.into_iter().map(|r| r.id).collect();
+    /// assert_eq!(ids, vec![0, 10, 20, 30, 40]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map<T: DeserializeOwned + 'static, U: Serialize + 'static>(&self, f: fn(T) -> U) -> Dataset {
         self.call("Map", ops::t_map::<T, U>, f as usize, "", &MapOptions::default())
     }
 
     /// Maps every row to zero or more rows.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Row { id: i64 }
+    /// let ds = rayforge_data::range(3).flat_map(|r: Row| vec![Row { id: r.id }, Row { id: -r.id }]);
+    /// assert_eq!(ds.count()?, 6);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn flat_map<T: DeserializeOwned + 'static, U: Serialize + 'static>(&self, f: fn(T) -> Vec<U>) -> Dataset {
         self.call(
             "FlatMap",
@@ -462,16 +599,50 @@ impl Dataset {
     }
 
     /// Keeps the rows for which `f` holds.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// #[derive(serde::Deserialize)]
+    /// struct Row { id: i64 }
+    /// let ds = rayforge_data::range(100).filter(|r: &Row| r.id % 10 == 0);
+    /// assert_eq!(ds.count()?, 10);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn filter<T: DeserializeOwned + 'static>(&self, f: fn(&T) -> bool) -> Dataset {
         self.call("Filter", ops::t_filter::<T>, f as usize, "", &MapOptions::default())
     }
 
     /// Keeps the rows where the expression holds (evaluated on whole columns).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::expr::col;
+    /// let ds = rayforge_data::range(100).filter_expr(col("id").ge(90).or(col("id").lt(5)));
+    /// assert_eq!(ds.count()?, 15);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn filter_expr(&self, e: expr::Expr) -> Dataset {
         self.then(MapOp::Filter(e))
     }
 
     /// Adds (or replaces) column `name`, computed from each batch by `f`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use std::sync::Arc;
+    /// use rayforge_data::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    /// fn squares(b: &RecordBatch) -> rayforge_data::Result<ArrayRef> {
+    ///     let ids = rayforge_data::compute::f64_column(b, "id")?;
+    ///     Ok(Arc::new(Int64Array::from_iter_values(ids.iter().map(|x| (x * x) as i64))))
+    /// }
+    /// let ds = rayforge_data::range(4).add_column("sq", squares);
+    /// let b = ds.take_batch(4)?;
+    /// assert_eq!(rayforge_data::compute::f64_column(&b, "sq")?, vec![0.0, 1.0, 4.0, 9.0]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_column<E: Into<Error> + 'static>(
         &self,
         name: &str,
@@ -487,11 +658,28 @@ impl Dataset {
     }
 
     /// Drops columns.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(4).add_column("y", |b| Ok::<_, rayforge_data::Error>(b.column(0).clone()));
+    /// assert_eq!(ds.drop_columns(&["id"]).schema()?.field(0).name(), "y");
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn drop_columns(&self, cols: &[&str]) -> Dataset {
         self.then(MapOp::Drop(cols.iter().map(|s| s.to_string()).collect()))
     }
 
     /// Keeps only these columns, in this order.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(4).add_column("y", |b| Ok::<_, rayforge_data::Error>(b.column(0).clone()));
+    /// let names: Vec<String> = ds.select_columns(&["y", "id"]).schema()?.fields().iter().map(|f| f.name().clone()).collect();
+    /// assert_eq!(names, ["y", "id"]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn select_columns(&self, cols: &[&str]) -> Dataset {
         let cols: Vec<String> = cols.iter().map(|s| s.to_string()).collect();
         // Straight after a Parquet read, the reader skips the other columns.
@@ -503,6 +691,14 @@ impl Dataset {
     }
 
     /// Renames columns (`(from, to)` pairs).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(4).rename_columns(&[("id", "n")]);
+    /// assert_eq!(ds.schema()?.field(0).name(), "n");
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn rename_columns(&self, pairs: &[(&str, &str)]) -> Dataset {
         self.then(MapOp::Rename(
             pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
@@ -510,6 +706,13 @@ impl Dataset {
     }
 
     /// The first `n` rows.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// assert_eq!(rayforge_data::range(1000).limit(7).count()?, 7);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn limit(&self, n: u64) -> Dataset {
         self.with(Arc::new(Node::Limit {
             input: self.node.clone(),
@@ -518,6 +721,19 @@ impl Dataset {
     }
 
     /// Groups rows by key columns, for [`GroupedData::aggregate`].
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::Agg;
+    /// #[derive(serde::Serialize)]
+    /// struct Sale { shop: String, amount: f64 }
+    /// let sales = [("a", 1.0), ("b", 5.0), ("a", 3.0)].map(|(s, x)| Sale { shop: s.into(), amount: x });
+    /// let ds = rayforge_data::from_items(&sales)?;
+    /// let out = ds.groupby(&["shop"]).aggregate(&[Agg::Count, Agg::Mean("amount".into())]).take_batch(10)?;
+    /// assert_eq!(rayforge_data::compute::f64_column(&out, "mean(amount)")?, vec![2.0, 5.0]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn groupby(&self, keys: &[&str]) -> GroupedData {
         GroupedData {
             ds: self.clone(),
@@ -614,6 +830,15 @@ impl Dataset {
 
     /// Sorts by a column (distributed: sampled boundaries, then a range
     /// partition and a sort of each range). Nulls go last.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(100).random_shuffle(Some(7)).sort("id", true);
+    /// let ids = rayforge_data::compute::f64_column(&ds.take_batch(3)?, "id")?;
+    /// assert_eq!(ids, vec![99.0, 98.0, 97.0]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sort(&self, key: &str, descending: bool) -> Dataset {
         self.all_to_all(AllToAll::Sort {
             key: key.to_string(),
@@ -623,12 +848,32 @@ impl Dataset {
 
     /// Puts the rows in a random order, the same one for the same seed
     /// (a fresh one when `None`).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let a = rayforge_data::range(100).random_shuffle(Some(42)).take_batch(100)?;
+    /// let b = rayforge_data::range(100).random_shuffle(Some(42)).take_batch(100)?;
+    /// assert_eq!(a, b);                                     // same seed, same order
+    /// let mut ids = rayforge_data::compute::f64_column(&a, "id")?;
+    /// ids.sort_by(f64::total_cmp);
+    /// assert_eq!(ids, (0..100).map(|i| i as f64).collect::<Vec<_>>());
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn random_shuffle(&self, seed: Option<u64>) -> Dataset {
         let seed = seed.unwrap_or_else(rand::random);
         self.all_to_all(AllToAll::Shuffle(seed))
     }
 
     /// Re-splits the rows into `n` blocks of (nearly) equal size, in order.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(100).repartition(4).materialize()?;
+    /// assert_eq!(ds.count()?, 100);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn repartition(&self, n: usize) -> Dataset {
         self.all_to_all(AllToAll::Repartition(n.max(1)))
     }
@@ -636,6 +881,14 @@ impl Dataset {
     /// Splits into `(train, test)` with `test_fraction` of the rows in the
     /// test part, after a random shuffle with `seed` (rows keep their order
     /// when `seed` is `None`). Runs the plan once and keeps the result.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let (train, test) = rayforge_data::range(100).train_test_split(0.2, Some(1))?;
+    /// assert_eq!((train.count()?, test.count()?), (80, 20));
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn train_test_split(&self, test_fraction: f64, seed: Option<u64>) -> Result<(Dataset, Dataset)> {
         if !(0.0..=1.0).contains(&test_fraction) {
             return Err(Error::InvalidArgument(format!(
@@ -661,6 +914,15 @@ impl Dataset {
     }
 
     /// Runs a SQL query (DataFusion) over the dataset, which is table `ds`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(10).sql("SELECT id * 2 AS twice FROM ds WHERE id >= 5")?;
+    /// let twice = rayforge_data::compute::f64_column(&ds.take_batch(10)?, "twice")?;
+    /// assert_eq!(twice, vec![10.0, 12.0, 14.0, 16.0, 18.0]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn sql(&self, query: &str) -> Result<Dataset> {
         // Check the syntax now rather than when the plan runs.
         let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
@@ -679,6 +941,14 @@ impl Dataset {
     }
 
     /// This dataset's rows followed by `other`'s.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(3).union(&rayforge_data::range(4));
+    /// assert_eq!(ds.count()?, 7);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn union(&self, other: &Dataset) -> Dataset {
         self.with(Arc::new(Node::Union(vec![self.node.clone(), other.node.clone()])))
     }
@@ -686,6 +956,14 @@ impl Dataset {
     /// Row `i` of the result holds the columns of row `i` of both datasets
     /// (which must have equal lengths); a clashing name from `other` gets a
     /// suffix `_1`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(3).zip(&rayforge_data::range(3).rename_columns(&[("id", "other")]));
+    /// assert_eq!(ds.schema()?.fields().len(), 2);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn zip(&self, other: &Dataset) -> Dataset {
         self.with(Arc::new(Node::Zip(self.node.clone(), other.node.clone())))
     }
@@ -704,6 +982,15 @@ impl Dataset {
     }
 
     /// Runs the plan and keeps the result in the object store.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(1000).materialize()?;   // runs once, kept in the object store
+    /// assert_eq!(ds.count()?, 1000);
+    /// assert_eq!(ds.count()?, 1000);                         // no second run
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn materialize(&self) -> Result<Dataset> {
         let blocks = self.blocks("materialize")?;
         let ds = new(Node::Blocks { blocks });
@@ -718,6 +1005,14 @@ impl Dataset {
 
     /// The schema (known without running for reads; otherwise from the
     /// first block).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let schema = rayforge_data::range(3).schema()?;
+    /// assert_eq!(schema.field(0).name(), "id");
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn schema(&self) -> Result<SchemaRef> {
         if let Node::Read { schema, .. } = self.node.as_ref() {
             return Ok(schema.clone());
@@ -738,6 +1033,18 @@ impl Dataset {
     }
 
     /// Iterates over the rows in batches, running the plan as it goes.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let opts = rayforge_data::IterOptions { batch_size: Some(30), prefetch: 2 };
+    /// let sizes: Vec<usize> = rayforge_data::range(100)
+    ///     .iter_batches(opts)?
+    ///     .map(|b| b.map(|b| b.num_rows()))
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(sizes, vec![30, 30, 30, 10]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn iter_batches(&self, opts: IterOptions) -> Result<BatchIter> {
         let mut ctx = Ctx::new();
         ctx.max_window = ctx.max_window.max(opts.prefetch.max(1));
@@ -750,6 +1057,18 @@ impl Dataset {
     /// consumer that has received the fewest rows. With `equal`, every
     /// consumer gets exactly the same number of rows (blocks are cut to
     /// make it so; at most `n - 1` rows at the end are dropped).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let shards = rayforge_data::range(100).streaming_split(2, true)?;
+    /// // Usually each goes to a training worker (a DataIterator serializes).
+    /// let (a, b) = (shards[0].clone(), shards[1].clone());
+    /// let ta = std::thread::spawn(move || a.iter_batches(None).map(|b| b.unwrap().num_rows()).sum::<usize>());
+    /// let nb: usize = b.iter_batches(None).map(|b| b.unwrap().num_rows()).sum();
+    /// assert_eq!((ta.join().unwrap(), nb), (50, 50));
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn streaming_split(&self, n: usize, equal: bool) -> Result<Vec<DataIterator>> {
         if n == 0 {
             return Err(Error::InvalidArgument(
@@ -769,6 +1088,13 @@ impl Dataset {
     }
 
     /// The first `n` rows, as one record batch.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// assert_eq!(rayforge_data::range(10).take_batch(4)?.num_rows(), 4);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take_batch(&self, n: usize) -> Result<RecordBatch> {
         // The limited plan reports its stats as this dataset's.
         let limited = Dataset {
@@ -784,6 +1110,16 @@ impl Dataset {
     }
 
     /// The first `n` rows as values of `T` (matched by field name).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// #[derive(serde::Deserialize)]
+    /// struct Row { id: i64 }
+    /// let rows: Vec<Row> = rayforge_data::range(10).take(3)?;
+    /// assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![0, 1, 2]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take<T: DeserializeOwned>(&self, n: usize) -> Result<Vec<T>> {
         ops::rows_of(&self.take_batch(n)?)
     }
@@ -804,12 +1140,27 @@ impl Dataset {
     }
 
     /// The first `n` rows as a table.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let table = rayforge_data::range(3).show_string(2)?;
+    /// assert!(table.contains("| id |"));
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn show_string(&self, n: usize) -> Result<String> {
         let b = self.take_batch(n)?;
         Ok(arrow::util::pretty::pretty_format_batches(&[b])?.to_string())
     }
 
     /// Prints the first `n` rows as a table.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// rayforge_data::range(3).show(3)?;   // prints a table
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn show(&self, n: usize) -> Result<()> {
         println!("{}", self.show_string(n)?);
         Ok(())
@@ -817,6 +1168,15 @@ impl Dataset {
 
     /// Per-operator rows, bytes, task time and wall time of the last run of
     /// this dataset (empty before it ran).
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(100).map_batches(|b| Ok::<_, rayforge_data::Error>(b));
+    /// ds.count()?;
+    /// assert!(ds.stats().contains("MapBatches"));
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> String {
         self.last.lock().as_ref().map(|s| s.render()).unwrap_or_default()
     }
@@ -877,16 +1237,47 @@ impl Dataset {
 
     /// Writes one Parquet file per block (`part-00000.parquet`, ...) into
     /// `dir`; a failed write leaves no partial file.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let dir = std::env::temp_dir().join(format!("doc-write-parquet-{}", std::process::id()));
+    /// let done = rayforge_data::range(100).repartition(2).write_parquet(dir.to_str().unwrap())?;
+    /// assert_eq!(done.rows, 100);
+    /// assert!(done.files[0].ends_with("part-00000.parquet"));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_parquet(&self, dir: &str) -> Result<WriteSummary> {
         self.write(dir, Format::Parquet)
     }
 
     /// Writes one CSV file (with header) per block into `dir`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let dir = std::env::temp_dir().join(format!("doc-write-csv-{}", std::process::id()));
+    /// let done = rayforge_data::range(10).repartition(1).write_csv(dir.to_str().unwrap())?;
+    /// assert!(std::fs::read_to_string(&done.files[0])?.starts_with("id\n0\n1\n"));
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_csv(&self, dir: &str) -> Result<WriteSummary> {
         self.write(dir, Format::Csv)
     }
 
     /// Writes one newline-delimited JSON file per block into `dir`.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let dir = std::env::temp_dir().join(format!("doc-write-json-{}", std::process::id()));
+    /// let done = rayforge_data::range(2).repartition(1).write_json(dir.to_str().unwrap())?;
+    /// assert_eq!(std::fs::read_to_string(&done.files[0])?, "{\"id\":0}\n{\"id\":1}\n");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn write_json(&self, dir: &str) -> Result<WriteSummary> {
         self.write(dir, Format::Json)
     }

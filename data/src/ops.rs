@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::{Block, BlockMeta};
 use crate::error::{Error, Result};
-use crate::expr::{names, Expr};
+use crate::expr::{Expr, names};
 use crate::source::ReadTask;
-use crate::udf::{resolve_fn, FnRef};
+use crate::udf::{FnRef, resolve_fn};
 
 /// A trampoline: calls the user function at the given address (of a type
 /// the trampoline knows) on a batch; the string is the operation's argument.

@@ -5,8 +5,8 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use arrow::array::RecordBatch;
 use rayforge::ObjectRef;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Block, BlockMeta};
 use crate::error::{Error, Result};
 use crate::exec::{BlockIter, BlockRef, Ctx, OpStats};
-use crate::udf::{resolve_fn, FnRef};
+use crate::udf::{FnRef, resolve_fn};
 
 /// Builds an actor's state: `(init function) -> state`.
 pub(crate) type InitTramp = fn(usize) -> Box<dyn Any + Send>;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
-use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
 use crate::block::Block;
@@ -211,7 +211,7 @@ pub(crate) fn plan_parquet(files: &[String], opts: &ParquetOptions) -> Result<(V
                     what: format!("{path} (vs {p0})"),
                     expected: fields(s0),
                     found: fields(&schema),
-                })
+                });
             }
             Some(_) => {}
         }

@@ -263,9 +263,11 @@ fn parquet_round_trip_with_projection_and_filter_pushdown() {
             "part-00003.parquet"
         ]
     );
-    assert!(std::fs::read_dir(&dir)
-        .unwrap()
-        .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+    );
 
     let back: Vec<Row> = rayforge_data::read_parquet(dir.to_str().unwrap())
         .unwrap()

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Once};
 
-use rayforge_data::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use rayforge_data::Error;
+use rayforge_data::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 
 const STORE: u64 = 24 << 20;
 
@@ -71,7 +71,7 @@ fn dies_once(b: RecordBatch) -> Result<RecordBatch, Error> {
     Ok(b)
 }
 
-extern "C" {
+unsafe extern "C" {
     #[link_name = "getppid"]
     fn libc_getppid() -> i32;
 }

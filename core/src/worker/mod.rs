@@ -86,6 +86,11 @@ pub(crate) struct CoreWorker {
     pub(crate) store_dir: PathBuf,
     objects: Mutex<HashMap<ObjectId, Owned>>,
     refs: Mutex<HashMap<ObjectId, RefCount>>,
+    /// Objects of ours that a task lent back to us inside a result still on
+    /// its way here: each count is a local reference held until that result
+    /// arrives (else the task dropping its own copy could free the object
+    /// in between).
+    self_lent: Mutex<HashMap<ObjectId, usize>>,
     peers: crate::rpc::ChannelCache,
     /// Live mappings of store objects, so repeated reads share one mapping.
     mapped: Mutex<HashMap<ObjectId, codec::WeakObjectBytes>>,
@@ -169,6 +174,7 @@ impl CoreWorker {
             store_dir: place.store_dir,
             objects: Mutex::new(HashMap::new()),
             refs: Mutex::new(HashMap::new()),
+            self_lent: Mutex::new(HashMap::new()),
             peers: Default::default(),
             mapped: Mutex::new(HashMap::new()),
             submitter: submitter::TaskSubmitter::default(),
@@ -567,8 +573,15 @@ impl CoreWorker {
 
     pub(crate) fn update_borrowers(&self, borrower: &str, add: &[ObjectId], remove: &[ObjectId]) {
         if borrower == self.addr {
-            // Our own references are counted locally, not as a borrow (an
-            // object of ours handed back inside a task's result).
+            // An object of ours handed back inside a task's result: not a
+            // borrow but a local reference, held from now until the result
+            // arrives and `adopt_lent` takes it over.
+            for id in add {
+                if self.objects.lock().contains_key(id) {
+                    self.acquire(id);
+                    *self.self_lent.lock().entry(*id).or_insert(0) += 1;
+                }
+            }
             return;
         }
         {
@@ -746,6 +759,24 @@ impl CoreWorker {
                 if r.owner_addr != self.addr {
                     if let Some(c) = self.refs.lock().get_mut(&id) {
                         c.registered = true; // the task registered us
+                    }
+                } else {
+                    // The hold taken when the task lent it back passes to `handle`.
+                    let held = {
+                        let mut lent = self.self_lent.lock();
+                        match lent.get_mut(&id) {
+                            Some(n) => {
+                                *n -= 1;
+                                if *n == 0 {
+                                    lent.remove(&id);
+                                }
+                                true
+                            }
+                            None => false,
+                        }
+                    };
+                    if held {
+                        self.release(&id, &r.owner_addr);
                     }
                 }
                 let handle: Arc<dyn Send + Sync> = handle;

@@ -215,3 +215,43 @@ fn objects_kept_only_by_a_dead_borrower_are_freed() {
         "{now} objects still owned, {before} before"
     );
 }
+
+/// Keeps references for whoever asks for them back.
+#[rayforge::actor]
+pub struct Locker {
+    kept: std::collections::VecDeque<ObjectRef<Vec<u64>>>,
+}
+
+#[rayforge::actor]
+impl Locker {
+    fn new() -> Self {
+        Locker {
+            kept: Default::default(),
+        }
+    }
+
+    fn push(&mut self, r: Vec<ObjectRef<Vec<u64>>>) -> usize {
+        self.kept.extend(r);
+        self.kept.len()
+    }
+
+    fn pop(&mut self) -> Vec<ObjectRef<Vec<u64>>> {
+        self.kept.pop_front().into_iter().collect()
+    }
+}
+
+#[test]
+fn an_object_handed_back_to_its_owner_survives_the_borrower_dropping_it() {
+    cluster();
+    let locker = Locker::remote().unwrap();
+    for i in 0..300u64 {
+        // Large enough to live in the store (a free would lose it).
+        let r = rayforge::put(vec![i; 20_000]).unwrap();
+        assert_eq!(locker.push(vec![r]).get().unwrap(), 1);
+        // The owner now holds no reference: only the actor does, until it
+        // hands it back and drops its own copy.
+        let back = locker.pop().get().unwrap();
+        let v = back[0].get().unwrap_or_else(|e| panic!("round {i}: {e}"));
+        assert_eq!((v.len(), v[0]), (20_000, i));
+    }
+}

@@ -90,7 +90,11 @@ impl Block {
             _ => return Err(Error::Arrow("empty block bytes".into())),
         };
         let mut buf = buf;
-        let mut dec = StreamDecoder::new();
+        // SAFETY: block bytes are only ever made by `to_ipc` from a valid
+        // record batch in a process of this program (the object store holds
+        // them unchanged), so re-validating them (UTF-8 of every string,
+        // offsets) on every read would only cost time.
+        let mut dec = unsafe { StreamDecoder::new().with_skip_validation(true) };
         let mut schema: Option<SchemaRef> = None;
         while !buf.is_empty() {
             if let Some(b) = dec.decode(&mut buf)? {

@@ -448,11 +448,15 @@ pub(crate) fn map_stage(spec: StageSpec, input: Block) -> (Block, StageOut) {
 pub(crate) fn concat_pieces(pieces: Vec<(rayforge::ObjectRef<Block>, usize, usize)>) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let mut out = Vec::new();
-        for (r, off, len) in &pieces {
-            let b = r.get()?;
-            out.push(b.batch().slice(*off, *len));
-        }
+        // One blocking get for all pieces (each separate get would lend the
+        // CPU back and take it again).
+        let refs: Vec<_> = pieces.iter().map(|(r, _, _)| r.clone()).collect();
+        let blocks = rayforge::get_all(&refs)?;
+        let out = blocks
+            .iter()
+            .zip(&pieces)
+            .map(|(b, (_, off, len))| b.batch().slice(*off, *len))
+            .collect();
         concat(out)
     })();
     finish(start, r)
@@ -515,13 +519,11 @@ pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Res
 pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usize, seed: u64) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let mut got = Vec::new();
-        for p in &parts {
-            let v = p.get()?;
-            if let Some(b) = v.into_iter().nth(j) {
-                got.push(b.into_batch());
-            }
-        }
+        let got: Vec<RecordBatch> = rayforge::get_all(&parts)?
+            .into_iter()
+            .filter_map(|v| v.into_iter().nth(j))
+            .map(Block::into_batch)
+            .collect();
         // Pick rows straight from the parts in a random order (no
         // concatenated copy first).
         let got: Vec<RecordBatch> = got.into_iter().filter(|b| b.num_rows() > 0).collect();
@@ -626,12 +628,11 @@ pub(crate) fn sort_reduce(
 ) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let mut got = Vec::new();
-        for p in &parts {
-            if let Some(b) = p.get()?.into_iter().nth(j) {
-                got.push(b.into_batch());
-            }
-        }
+        let got: Vec<RecordBatch> = rayforge::get_all(&parts)?
+            .into_iter()
+            .filter_map(|v| v.into_iter().nth(j))
+            .map(Block::into_batch)
+            .collect();
         let all = concat(got)?;
         if all.num_rows() == 0 {
             return Ok(all);
@@ -674,13 +675,11 @@ pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query
 pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, query: String) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let mut batches = Vec::new();
-        for b in &blocks {
-            let b = b.get()?;
-            if b.num_rows() > 0 {
-                batches.push(b.into_batch());
-            }
-        }
+        let batches: Vec<RecordBatch> = rayforge::get_all(&blocks)?
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(Block::into_batch)
+            .collect();
         let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| schema.schema());
         sql_over(vec![("ds".into(), schema, batches)], &query)
     })();
@@ -692,13 +691,8 @@ pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, 
 pub(crate) fn agg_final(parts: Vec<rayforge::ObjectRef<Block>>, query: String) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let mut batches = Vec::new();
-        let mut schema = None;
-        for p in &parts {
-            let b = p.get()?.into_batch();
-            schema.get_or_insert_with(|| b.schema());
-            batches.push(b);
-        }
+        let batches: Vec<RecordBatch> = rayforge::get_all(&parts)?.into_iter().map(Block::into_batch).collect();
+        let schema = batches.first().map(|b| b.schema());
         let schema = schema.ok_or_else(|| Error::InvalidArgument("group-by over no blocks".into()))?;
         sql_over(vec![("partial".into(), schema, batches)], &query)
     })();

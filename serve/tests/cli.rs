@@ -49,6 +49,16 @@ name = "Noop"
     p
 }
 
+/// Ends `serve run` even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn cli(args: &[&str]) -> std::process::Output {
     Command::new(SERVE).args(args).output().expect("run serve")
 }
@@ -58,15 +68,17 @@ fn serve_run_status_deploy_and_shutdown() {
     let dir = std::env::temp_dir().join(format!("serve-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = config(&dir, "serve.toml", r#""StageA", "StageB""#);
-    let mut child = Command::new(SERVE)
-        .arg("run")
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start serve run");
+    let mut child = KillOnDrop(
+        Command::new(SERVE)
+            .arg("run")
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start serve run"),
+    );
     // "serve: listening on http://ADDR (admin API on ADDR)"
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
     let (http, admin) = loop {
         let line = lines.next().expect("serve run printed its address").unwrap();
         if let Some(rest) = line.strip_prefix("serve: listening on http://") {
@@ -113,7 +125,7 @@ fn serve_run_status_deploy_and_shutdown() {
 
     let out = cli(&["shutdown", "--admin", &admin]);
     assert!(out.status.success());
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "serve run exited with {status}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

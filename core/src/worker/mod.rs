@@ -1030,10 +1030,7 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
             }
         }
     }
-    let lend_cpu = !cw.is_driver && !all_ready;
-    if lend_cpu {
-        notify_blocked(&cw, true);
-    }
+    let may_lend = !cw.is_driver && !all_ready;
     let cw2 = cw.clone();
     let hs: Vec<(ObjectId, String)> = handles.iter().map(|h| (h.id, h.owner.clone())).collect();
     let fut = async move {
@@ -1043,17 +1040,48 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
         }
         Ok::<_, Error>(out)
     };
-    let res = cw.block_on(async move {
-        match timeout {
-            Some(t) => tokio::time::timeout(t, fut).await.unwrap_or(Err(Error::GetTimeout(t))),
-            None => fut.await,
+    let mut node = cw.node.clone();
+    let worker_id = cw.worker_id;
+    let start = Instant::now();
+    let (res, lent) = cw.block_on(async move {
+        let mut fut = Box::pin(fut);
+        let mut lent = false;
+        if may_lend {
+            // Objects that exist already (a reduce reading map outputs) come
+            // back within a few milliseconds: lend the CPU only for a real
+            // wait. Lending at once let the node start another task for every
+            // such get, running far more tasks than CPUs.
+            let grace = timeout.map_or(LEND_AFTER, |t| t.min(LEND_AFTER));
+            if let Ok(r) = tokio::time::timeout(grace, &mut fut).await {
+                return (r, false);
+            }
+            let _ = node
+                .notify_blocked(proto::NotifyBlockedRequest {
+                    worker_id,
+                    blocked: true,
+                })
+                .await;
+            lent = true;
         }
-    });
-    if lend_cpu {
+        let r = match timeout {
+            Some(t) => {
+                let left = t.saturating_sub(start.elapsed());
+                tokio::time::timeout(left, fut)
+                    .await
+                    .unwrap_or(Err(Error::GetTimeout(t)))
+            }
+            None => fut.await,
+        };
+        (r, lent)
+    })?;
+    if lent {
         notify_blocked(&cw, false);
     }
-    res?
+    res
 }
+
+/// How long a worker's `get` waits before lending its CPU back to the node.
+const LEND_AFTER: Duration = Duration::from_millis(10);
 
 fn notify_blocked(cw: &CoreWorker, blocked: bool) {
     let mut node = cw.node.clone();

@@ -143,10 +143,13 @@ fn rayforge_cases(
             .count()?)
     })?;
     timed(a, res, "rayforge: random_shuffle", || {
-        Ok(rayforge_data::read_parquet(inp)?
+        let ds = rayforge_data::read_parquet(inp)?
             .random_shuffle(Some(0))
-            .materialize()?
-            .count()?)
+            .materialize()?;
+        if std::env::var_os("DATA_BENCH_STATS").is_some() {
+            println!("{}", ds.stats());
+        }
+        Ok(ds.count()?)
     })?;
     Ok(())
 }

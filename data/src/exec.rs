@@ -278,6 +278,11 @@ pub(crate) fn execute(node: &Arc<Node>, ctx: &Ctx) -> Result<BlockIter> {
             }))
         }
         Node::AllToAll { input, op } => {
+            if let (AllToAll::Shuffle(seed), Some((tasks, ops, compute))) = (op, fusable_read(input)) {
+                return Ok(Box::new(
+                    read_and_shuffle(ctx, tasks, ops, &compute, *seed)?.into_iter().map(Ok),
+                ));
+            }
             let blocks = collect(execute(input, ctx)?)?;
             Box::new(all_to_all(op, blocks, ctx)?.into_iter().map(Ok))
         }
@@ -287,6 +292,60 @@ pub(crate) fn execute(node: &Arc<Node>, ctx: &Ctx) -> Result<BlockIter> {
             Box::new(zip(left, right, ctx)?.into_iter().map(Ok))
         }
     })
+}
+
+/// A read, possibly with transforms fused into it: its tasks, transforms and
+/// resources.
+fn fusable_read(node: &Node) -> Option<(Vec<crate::source::ReadTask>, Vec<MapOp>, Compute)> {
+    match node {
+        Node::Read { tasks, .. } => Some((tasks.clone(), Vec::new(), Compute::default())),
+        Node::Map { input, ops, compute } => match input.as_ref() {
+            Node::Read { tasks, .. } => Some((tasks.clone(), ops.clone(), compute.clone())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A random shuffle straight from a read: each read task also permutes its
+/// block and cuts it into parts (the block is never stored whole); reduces
+/// then interleave one part of each.
+fn read_and_shuffle(
+    ctx: &Ctx,
+    tasks: Vec<crate::source::ReadTask>,
+    ops: Vec<MapOp>,
+    c: &Compute,
+    seed: u64,
+) -> Result<Vec<BlockRef>> {
+    let n = tasks.len().max(1);
+    let o = rayforge::TaskOptions {
+        scheduling_strategy: rayforge::SchedulingStrategy::Spread,
+        ..opts(c)
+    };
+    let (parts, outs): (Vec<ObjectRef<Vec<Block>>>, Vec<ObjectRef<ops::StageOut>>) = tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            ops::read_shuffle_map::Options(o.clone()).remote(
+                StageSpec {
+                    read: Some(t),
+                    ops: ops.clone(),
+                },
+                n,
+                seed.wrapping_add(i as u64),
+            )
+        })
+        .unzip();
+    for out in rayforge::get_all(&outs)? {
+        if let Some(e) = out.error {
+            return Err(e);
+        }
+    }
+    wait_all(&parts)?;
+    let pending = (0..n)
+        .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, seed))
+        .collect();
+    run_pending(ctx, "RandomShuffle", pending)
 }
 
 fn read_window(

@@ -496,7 +496,41 @@ pub(crate) fn zip_blocks(left: Block, right: Block) -> (Block, StageOut) {
 /// cuts it into `n` parts (slices of one permuted batch).
 #[rayforge::remote]
 pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Result<Vec<Block>, Error> {
-    let b = input.batch();
+    permute_cut(input.batch(), n, seed)
+}
+
+/// A read (and its fused transforms) followed by the map side of a random
+/// shuffle in the same task: the block read is never stored whole.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> (Vec<Block>, StageOut) {
+    tune_allocator();
+    let r = match &spec.read {
+        Some(t) => t
+            .read()
+            .and_then(|b| run_ops(&spec.ops, b.into_batch()))
+            .and_then(|b| permute_cut(&b, n, seed)),
+        None => Err(Error::InvalidArgument("read stage without a read".into())),
+    };
+    match r {
+        Ok(parts) => (
+            parts,
+            StageOut {
+                meta: None,
+                error: None,
+            },
+        ),
+        Err(e) => (
+            Vec::new(),
+            StageOut {
+                meta: None,
+                error: Some(e),
+            },
+        ),
+    }
+}
+
+/// `b`'s rows in a random order (seeded), cut into `n` parts.
+fn permute_cut(b: &RecordBatch, n: usize, seed: u64) -> Result<Vec<Block>> {
     let rows = b.num_rows();
     let n = n.max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -536,15 +570,30 @@ pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usi
                 return concat(got.clone());
             }
         }
-        let mut order: Vec<(usize, usize)> = got
+        // Each part is already in a uniformly random order (its map permuted
+        // it), so a uniformly random interleaving of the parts, each read
+        // front to back, is a uniformly random order of their union: shuffle
+        // which part each output row comes from, not the rows themselves.
+        // Reading every part sequentially is far kinder to the caches than
+        // picking rows at random.
+        let mut from: Vec<u32> = got
             .iter()
             .enumerate()
-            .flat_map(|(p, b)| (0..b.num_rows()).map(move |r| (p, r)))
+            .flat_map(|(p, b)| std::iter::repeat_n(p as u32, b.num_rows()))
             .collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (j as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.random_range(0..=i));
+        for i in (1..from.len()).rev() {
+            from.swap(i, rng.random_range(0..=i));
         }
+        let mut next = vec![0usize; got.len()];
+        let order: Vec<(usize, usize)> = from
+            .into_iter()
+            .map(|p| {
+                let p = p as usize;
+                next[p] += 1;
+                (p, next[p] - 1)
+            })
+            .collect();
         let cols = (0..schema.fields().len())
             .map(|c| {
                 let arrays: Vec<&dyn Array> = got.iter().map(|b| b.column(c).as_ref()).collect();

@@ -4,7 +4,9 @@
 //! shuffle. Prints wall seconds and million rows per second per case and
 //! writes them as JSON.
 //!
-//!   data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT]
+//!   data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT] [--warmup]
+//!
+//! `--warmup` runs each case once untimed before the timed run.
 //!
 //! DIR/input/*.parquet is generated (16 files: id, key in [0, 1000), x, y,
 //! s) when missing; `data/bench/compare-ray-data` runs this and Ray Data
@@ -23,6 +25,7 @@ struct Args {
     json: Option<String>,
     only: Option<String>,
     filter: Option<String>,
+    warmup: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -33,12 +36,14 @@ fn parse() -> Result<Args, String> {
         json: None,
         only: None,
         filter: None,
+        warmup: false,
     };
     while let Some(x) = it.next() {
         match x.as_str() {
             "--rows" => a.rows = it.next().and_then(|v| v.parse().ok()).ok_or("--rows needs a number")?,
             "--json" => a.json = Some(it.next().ok_or("--json needs a file")?),
             "--filter" => a.filter = Some(it.next().ok_or("--filter needs text")?),
+            "--warmup" => a.warmup = true,
             "--only" => a.only = Some(it.next().ok_or("--only needs rayforge or datafusion")?),
             d if !d.starts_with('-') && a.dir.is_empty() => a.dir = d.to_string(),
             other => return Err(format!("unknown argument `{other}`")),
@@ -46,7 +51,8 @@ fn parse() -> Result<Args, String> {
     }
     if a.dir.is_empty() {
         return Err(
-            "usage: data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT]".into(),
+            "usage: data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT] [--warmup]"
+                .into(),
         );
     }
     Ok(a)
@@ -99,10 +105,14 @@ fn timed(
     a: &Args,
     results: &mut BTreeMap<String, f64>,
     name: &str,
-    f: impl FnOnce() -> Result<u64, Box<dyn std::error::Error>>,
+    mut f: impl FnMut() -> Result<u64, Box<dyn std::error::Error>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if a.filter.as_ref().is_some_and(|x| !name.contains(x.as_str())) {
         return Ok(());
+    }
+    if a.warmup {
+        // Untimed: the measured run then finds warm heaps, caches and workers.
+        f()?;
     }
     let rows = a.rows;
     let t = Instant::now();

@@ -68,7 +68,10 @@ impl Block {
     /// The block in Arrow IPC stream format, buffers 64-byte aligned.
     pub(crate) fn to_ipc(&self) -> Result<Vec<u8>> {
         let opts = IpcWriteOptions::try_new(64, false, arrow::ipc::MetadataVersion::V5)?;
-        let mut out = Vec::with_capacity(self.batch.get_array_memory_size() + 1024);
+        // The bytes the (possibly sliced) columns hold, not their whole
+        // buffers: a part cut from a big batch would otherwise reserve the
+        // whole batch.
+        let mut out = Vec::with_capacity(slice_bytes(&self.batch) + 4096);
         let mut w = StreamWriter::try_new_with_options(&mut out, &self.batch.schema(), opts)?;
         w.write(&self.batch)?;
         w.finish()?;
@@ -145,20 +148,23 @@ pub(crate) struct BlockMeta {
     pub(crate) secs: f64,
 }
 
+/// The bytes a batch's columns take, counting only the sliced part of shared buffers.
+fn slice_bytes(b: &RecordBatch) -> usize {
+    b.columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 impl BlockMeta {
     pub(crate) fn of(b: &Block, secs: f64) -> BlockMeta {
         BlockMeta {
             rows: b.num_rows() as u64,
-            bytes: b
-                .batch
-                .columns()
-                .iter()
-                .map(|c| {
-                    c.to_data()
-                        .get_slice_memory_size()
-                        .unwrap_or_else(|_| c.get_array_memory_size()) as u64
-                })
-                .sum(),
+            bytes: slice_bytes(&b.batch) as u64,
             schema: Block::empty(b.schema()),
             secs,
         }

@@ -336,12 +336,13 @@ fn read_and_shuffle(
             )
         })
         .unzip();
+    // A task's two returns are ready together: once every outcome is here,
+    // every map output exists too (the reduces below may start).
     for out in rayforge::get_all(&outs)? {
         if let Some(e) = out.error {
             return Err(e);
         }
     }
-    wait_all(&parts)?;
     let pending = (0..n)
         .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, seed))
         .collect();

@@ -427,11 +427,15 @@ fn run_ops(ops: &[MapOp], mut b: RecordBatch) -> Result<RecordBatch> {
 pub(crate) fn read_stage(spec: StageSpec) -> (Block, StageOut) {
     tune_allocator();
     let start = Instant::now();
-    let r = match &spec.read {
+    finish(start, read_and_run(&spec))
+}
+
+/// Reads a stage's block and runs its transforms on it.
+fn read_and_run(spec: &StageSpec) -> Result<RecordBatch> {
+    match &spec.read {
         Some(t) => t.read().and_then(|b| run_ops(&spec.ops, b.into_batch())),
         None => Err(Error::InvalidArgument("read stage without a read".into())),
-    };
-    finish(start, r)
+    }
 }
 
 /// Transforms one block.
@@ -504,14 +508,7 @@ pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Res
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> (Vec<Block>, StageOut) {
     tune_allocator();
-    let r = match &spec.read {
-        Some(t) => t
-            .read()
-            .and_then(|b| run_ops(&spec.ops, b.into_batch()))
-            .and_then(|b| permute_cut(&b, n, seed)),
-        None => Err(Error::InvalidArgument("read stage without a read".into())),
-    };
-    match r {
+    match read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed)) {
         Ok(parts) => (
             parts,
             StageOut {

@@ -53,7 +53,7 @@ impl RouteTable {
             .iter()
             .filter(|(_, prefix, _)| {
                 let p = prefix.trim_end_matches('/');
-                p.is_empty() || path == p || path.starts_with(&format!("{p}/"))
+                p.is_empty() || (path.starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             })
             .max_by_key(|(_, prefix, _)| prefix.trim_end_matches('/').len())
             .map(|(name, _, key)| (name.as_str(), key.as_str()))
@@ -337,5 +337,33 @@ impl Router {
         Err(last
             .map(Error::from)
             .unwrap_or_else(|| Error::Unavailable(self.key.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_matching_prefix_takes_a_path() {
+        let t = RouteTable {
+            apps: [("root", "/"), ("shop", "/shop"), ("cart", "/shop/cart/")]
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_string(), key(n, "Ingress")))
+                .collect(),
+            ..Default::default()
+        };
+        let app = |path: &str| t.app_for(path).map(|(name, _)| name.to_string());
+        assert_eq!(app("/shop").as_deref(), Some("shop"));
+        assert_eq!(app("/shop/x").as_deref(), Some("shop"));
+        assert_eq!(app("/shopping").as_deref(), Some("root"));
+        assert_eq!(app("/shop/cart").as_deref(), Some("cart"));
+        assert_eq!(app("/shop/cart/1").as_deref(), Some("cart"));
+        assert_eq!(t.app_for("/shop").map(|(_, k)| k), Some("shop/Ingress"));
+        let no_root = RouteTable {
+            apps: vec![("shop".into(), "/shop".into(), key("shop", "I"))],
+            ..Default::default()
+        };
+        assert!(no_root.app_for("/other").is_none());
     }
 }

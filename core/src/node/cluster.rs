@@ -796,20 +796,6 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::process_alive;
-
-    #[test]
-    fn a_live_process_is_alive_and_a_reaped_one_is_not() {
-        assert!(process_alive(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().expect("spawn `true`");
-        let pid = child.id();
-        child.wait().expect("reap");
-        assert!(!process_alive(pid));
-    }
-}
-
 /// How many fetched job binaries a machine keeps (each is a whole program,
 /// often tens of MB): the least recently fetched beyond this are removed.
 const KEPT_BINARIES: usize = 8;
@@ -834,8 +820,19 @@ fn prune_binaries(cache: &std::path::Path, keep: &std::path::Path) {
 }
 
 #[cfg(test)]
-mod prune_tests {
-    use super::*;
+mod tests {
+    use std::time::Duration;
+
+    use super::{process_alive, prune_binaries};
+
+    #[test]
+    fn a_live_process_is_alive_and_a_reaped_one_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().expect("spawn `true`");
+        let pid = child.id();
+        child.wait().expect("reap");
+        assert!(!process_alive(pid));
+    }
 
     #[test]
     fn binary_cache_keeps_the_newest_files() {

@@ -994,22 +994,17 @@ impl NodeService for NodeDaemon {
             _ => Vec::new(),
         };
         let s = self.state.sched.lock();
-        let (mut total, mut available): (HashMap<String, f64>, HashMap<String, f64>) = (
-            s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        );
-        if !nodes.is_empty() {
-            total.clear();
-            available.clear();
-            for n in &nodes {
-                for (k, v) in &n.total {
-                    *total.entry(k.clone()).or_default() += v;
-                }
-                for (k, v) in &n.available {
-                    *available.entry(k.clone()).or_default() += v;
-                }
-            }
-        }
+        let (total, available): (HashMap<String, f64>, HashMap<String, f64>) = if nodes.is_empty() {
+            (
+                s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            )
+        } else {
+            (
+                sum_resources(nodes.iter().map(|n| &n.total)),
+                sum_resources(nodes.iter().map(|n| &n.available)),
+            )
+        };
         Ok(Response::new(proto::NodeInfoReply {
             total,
             available,
@@ -1105,4 +1100,19 @@ impl NodeService for NodeDaemon {
         });
         Ok(Response::new(s.boxed()))
     }
+}
+
+/// Resource maps added up by name.
+fn sum_resources<'a, M>(maps: impl Iterator<Item = &'a M>) -> HashMap<String, f64>
+where
+    M: 'a,
+    &'a M: IntoIterator<Item = (&'a String, &'a f64)>,
+{
+    let mut out = HashMap::new();
+    for m in maps {
+        for (k, v) in m {
+            *out.entry(k.clone()).or_default() += v;
+        }
+    }
+    out
 }

@@ -760,24 +760,9 @@ impl CoreWorker {
                     if let Some(c) = self.refs.lock().get_mut(&id) {
                         c.registered = true; // the task registered us
                     }
-                } else {
+                } else if self.take_self_lent(&id) {
                     // The hold taken when the task lent it back passes to `handle`.
-                    let held = {
-                        let mut lent = self.self_lent.lock();
-                        match lent.get_mut(&id) {
-                            Some(n) => {
-                                *n -= 1;
-                                if *n == 0 {
-                                    lent.remove(&id);
-                                }
-                                true
-                            }
-                            None => false,
-                        }
-                    };
-                    if held {
-                        self.release(&id, &r.owner_addr);
-                    }
+                    self.release(&id, &r.owner_addr);
                 }
                 let handle: Arc<dyn Send + Sync> = handle;
                 Some(ContainedRef {
@@ -787,6 +772,17 @@ impl CoreWorker {
                 })
             })
             .collect()
+    }
+
+    /// Takes one hold from `self_lent`; whether there was one.
+    fn take_self_lent(&self, id: &ObjectId) -> bool {
+        let mut lent = self.self_lent.lock();
+        let Some(n) = lent.get_mut(id) else { return false };
+        *n -= 1;
+        if *n == 0 {
+            lent.remove(id);
+        }
+        true
     }
 
     /// Registers `borrower` with the owners of `refs` (used before handing a
@@ -1055,12 +1051,7 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
             if let Ok(r) = tokio::time::timeout(grace, &mut fut).await {
                 return (r, false);
             }
-            let _ = node
-                .notify_blocked(proto::NotifyBlockedRequest {
-                    worker_id,
-                    blocked: true,
-                })
-                .await;
+            tell_blocked(&mut node, worker_id, true).await;
             lent = true;
         }
         let r = match timeout {
@@ -1086,10 +1077,15 @@ const LEND_AFTER: Duration = Duration::from_millis(10);
 fn notify_blocked(cw: &CoreWorker, blocked: bool) {
     let mut node = cw.node.clone();
     let worker_id = cw.worker_id;
-    let _ = cw.block_on(async move {
-        node.notify_blocked(proto::NotifyBlockedRequest { worker_id, blocked })
-            .await
-    });
+    let _ = cw.block_on(async move { tell_blocked(&mut node, worker_id, blocked).await });
+}
+
+/// Tells the node this worker is blocked (its CPU may go to another task) or
+/// running again; best effort.
+async fn tell_blocked(node: &mut NodeServiceClient<Chan>, worker_id: u64, blocked: bool) {
+    let _ = node
+        .notify_blocked(proto::NotifyBlockedRequest { worker_id, blocked })
+        .await;
 }
 
 pub(crate) async fn get_async(h: &RefHandle) -> Result<ObjectBytes> {

@@ -10,7 +10,7 @@ use rayforge::{Buffer, Error, ObjectRef};
 use rayforge_integration_tests::{wait_until, LocalCluster};
 
 #[rayforge::remote]
-fn where_am_i() -> String {
+pub(crate) fn where_am_i() -> String {
     rayforge::node_id().expect("node id")
 }
 
@@ -27,7 +27,7 @@ fn consume(b: Buffer<u64>) -> (String, u64) {
 }
 
 #[rayforge::remote]
-fn wait_for_file(path: String) -> String {
+pub(crate) fn wait_for_file(path: String) -> String {
     while !std::path::Path::new(&path).exists() {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use rayforge::Error;
 use rayforge_integration_tests::{wait_until, LocalCluster};
 
+use crate::cluster::where_am_i;
+use crate::placement_groups::cpu;
+
 /// A counter that reports where it runs.
 #[rayforge::actor]
 pub struct Tally {
@@ -162,15 +165,6 @@ fn actors_span_nodes_and_restart_elsewhere_when_a_node_dies() {
     assert_eq!(head, cluster.daemons[0].1);
 }
 
-fn cpu(n: f64) -> std::collections::BTreeMap<String, f64> {
-    [("CPU".to_string(), n)].into_iter().collect()
-}
-
-#[rayforge::remote]
-fn node_of_task() -> String {
-    rayforge::node_id().expect("node id")
-}
-
 #[test]
 fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
     use rayforge::{placement_group, PlacementGroupState, PlacementStrategy};
@@ -195,7 +189,7 @@ fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
     let distinct: std::collections::HashSet<&String> = nodes.iter().collect();
     assert_eq!(distinct.len(), 3, "{nodes:?}");
     for (i, addr) in nodes.iter().enumerate() {
-        let ran_on = node_of_task::options()
+        let ran_on = where_am_i::options()
             .placement_group(&spread, Some(i))
             .remote()
             .get()

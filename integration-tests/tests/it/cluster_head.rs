@@ -8,44 +8,12 @@ use rayforge::cluster::HeadClient;
 use rayforge::Error;
 use rayforge_integration_tests::{rayforge_bin, wait_until, LocalCluster};
 
-#[rayforge::remote]
-fn wait_for_file(path: String) -> String {
-    while !std::path::Path::new(&path).exists() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    rayforge::node_id().expect("node id")
-}
-
-#[rayforge::remote]
-fn node_of() -> String {
-    rayforge::node_id().expect("node id")
-}
+use crate::cluster::{wait_for_file, where_am_i};
+use crate::cluster_actors::{Tally, TallyHandle};
 
 #[rayforge::remote]
 fn square(x: u64) -> u64 {
     x * x
-}
-
-/// A counter that reports where it runs.
-#[rayforge::actor]
-pub struct Tally {
-    value: i64,
-}
-
-#[rayforge::actor]
-impl Tally {
-    fn new(start: i64) -> Self {
-        Tally { value: start }
-    }
-
-    fn inc(&mut self) -> i64 {
-        self.value += 1;
-        self.value
-    }
-
-    fn node(&self) -> String {
-        rayforge::node_id().expect("node id")
-    }
 }
 
 #[test]
@@ -128,7 +96,7 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let found_pg = rayforge::get_placement_group("on-head").unwrap();
     assert_eq!(found_pg, pg);
     assert!(pg.wait(Duration::from_secs(60)).unwrap(), "{:?}", pg.state());
-    let in_bundle = node_of::options()
+    let in_bundle = where_am_i::options()
         .placement_group(&pg, Some(0))
         .num_cpus(0.0)
         .remote()

@@ -8,13 +8,10 @@ use std::time::Duration;
 use rayforge::{placement_group, Config, Error, PlacementGroupState, PlacementStrategy};
 use rayforge_integration_tests::{cluster_with, marker, wait_until};
 
-fn cpu(n: f64) -> BTreeMap<String, f64> {
-    [("CPU".to_string(), n)].into_iter().collect()
-}
+use crate::tasks::pid;
 
-#[rayforge::remote]
-fn pid() -> u32 {
-    std::process::id()
+pub(crate) fn cpu(n: f64) -> BTreeMap<String, f64> {
+    [("CPU".to_string(), n)].into_iter().collect()
 }
 
 #[rayforge::remote]

@@ -12,7 +12,7 @@ fn add(a: i64, b: i64) -> i64 {
 }
 
 #[rayforge::remote]
-fn pid() -> u32 {
+pub(crate) fn pid() -> u32 {
     std::process::id()
 }
 

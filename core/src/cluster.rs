@@ -726,11 +726,20 @@ pub fn stop_all(grace: Duration) -> usize {
 pub(crate) struct DriverJob {
     head: ControlServiceClient<Chan>,
     job_id: String,
+    /// What this driver has shown of its workers' output.
+    printed: Printed,
 }
 
 impl DriverJob {
-    /// Marks the job finished at the head (its workers are then stopped).
+    /// Shows what the job's workers printed that the driver has not shown
+    /// yet, then marks the job finished at the head (its workers are then
+    /// stopped).
     pub(crate) async fn finish(mut self, state: &str, message: &str) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            show_rest_of_output(&mut self.head, &self.job_id, &self.printed),
+        )
+        .await;
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
             self.head.finish_job(proto::FinishJobRequest {
@@ -819,18 +828,44 @@ pub(crate) async fn join_as_driver(
         },
         None,
     );
-    cw.handle.spawn(show_worker_output(head.clone(), job_id.clone()));
-    Ok((cw, DriverJob { head, job_id }))
+    let printed = Printed::default();
+    cw.handle
+        .spawn(show_worker_output(head.clone(), job_id.clone(), printed.clone()));
+    Ok((cw, DriverJob { head, job_id, printed }))
+}
+
+/// What a driver has shown of its job's worker output: the last line
+/// printed from each node (by node id), so following a node again after a
+/// broken stream, or collecting the rest at the end, prints nothing twice.
+type Printed = Arc<parking_lot::Mutex<HashMap<String, u64>>>;
+
+/// Prints one line a worker printed, prefixed with its pid and node, unless
+/// it was printed already.
+fn show_line(printed: &Printed, node_id: &str, l: &proto::WorkerOutputLine) {
+    use std::io::Write;
+    {
+        let mut p = printed.lock();
+        let last = p.entry(node_id.to_string()).or_insert(0);
+        if l.seq <= *last {
+            return;
+        }
+        *last = l.seq;
+    }
+    let short = &node_id[..node_id.len().min(8)];
+    let text = format!("(pid={}, node={short}) {}\n", l.pid, l.text);
+    // A closed terminal is not the job's problem.
+    let _ = if l.stderr {
+        std::io::stderr().lock().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().lock().write_all(text.as_bytes())
+    };
 }
 
 /// Prints what the job's workers print, on every node, as the embedded
 /// cluster does: each line prefixed with the worker's pid and node. Nodes
 /// that join later are followed within a few seconds.
-async fn show_worker_output(mut head: ControlServiceClient<Chan>, job: String) {
+async fn show_worker_output(mut head: ControlServiceClient<Chan>, job: String, printed: Printed) {
     let following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>> = Default::default();
-    // The last line printed from each node (by node id), so following a
-    // node again after a broken stream prints nothing twice.
-    let printed: Arc<parking_lot::Mutex<HashMap<String, u64>>> = Default::default();
     loop {
         if let Ok(r) = head.list_nodes(proto::ListNodesRequest {}).await {
             for n in r.into_inner().nodes.into_iter().filter(|n| n.alive) {
@@ -847,36 +882,56 @@ async fn follow_node_output(
     node: proto::NodeEntry,
     job: String,
     following: Arc<parking_lot::Mutex<std::collections::HashSet<String>>>,
-    printed: Arc<parking_lot::Mutex<HashMap<String, u64>>>,
+    printed: Printed,
 ) {
-    use std::io::Write;
-    let short = &node.node_id[..node.node_id.len().min(8)];
     if let Ok(ch) = crate::rpc::channel(&node.addr) {
         let mut c = worker::node_client(ch);
         let after_seq = printed.lock().get(&node.node_id).copied().unwrap_or(0);
         if let Ok(r) = c
-            .stream_worker_output(proto::StreamWorkerOutputRequest { job_id: job, after_seq })
+            .stream_worker_output(proto::StreamWorkerOutputRequest {
+                job_id: job,
+                after_seq,
+                until_now: false,
+            })
             .await
         {
             let mut lines = r.into_inner();
             while let Ok(Some(l)) = lines.message().await {
-                {
-                    let mut p = printed.lock();
-                    let last = p.entry(node.node_id.clone()).or_insert(0);
-                    if l.seq <= *last {
-                        continue;
-                    }
-                    *last = l.seq;
-                }
-                let text = format!("(pid={}, node={short}) {}\n", l.pid, l.text);
-                // A closed terminal is not the job's problem.
-                let _ = if l.stderr {
-                    std::io::stderr().lock().write_all(text.as_bytes())
-                } else {
-                    std::io::stdout().lock().write_all(text.as_bytes())
-                };
+                show_line(&printed, &node.node_id, &l);
             }
         }
     }
     following.lock().remove(&node.addr);
+}
+
+/// Prints the job's worker output that the live streams have not brought
+/// yet: a task's printed lines reach its node before its result reaches the
+/// driver, but the stream to the driver can lag behind the result, and a
+/// driver that exits at once would lose them.
+async fn show_rest_of_output(head: &mut ControlServiceClient<Chan>, job: &str, printed: &Printed) {
+    let Ok(r) = head.list_nodes(proto::ListNodesRequest {}).await else {
+        return;
+    };
+    let each = r.into_inner().nodes.into_iter().filter(|n| n.alive).map(|n| {
+        let job = job.to_string();
+        let printed = printed.clone();
+        async move {
+            let Ok(ch) = crate::rpc::channel(&n.addr) else {
+                return;
+            };
+            let after_seq = printed.lock().get(&n.node_id).copied().unwrap_or(0);
+            let req = proto::StreamWorkerOutputRequest {
+                job_id: job,
+                after_seq,
+                until_now: true,
+            };
+            if let Ok(r) = worker::node_client(ch).stream_worker_output(req).await {
+                let mut lines = r.into_inner();
+                while let Ok(Some(l)) = lines.message().await {
+                    show_line(&printed, &n.node_id, &l);
+                }
+            }
+        }
+    });
+    futures::future::join_all(each).await;
 }

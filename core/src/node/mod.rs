@@ -861,7 +861,11 @@ impl NodeService for NodeDaemon {
         if r.job_id.is_empty() {
             return Err(Status::invalid_argument("a job id is needed"));
         }
-        Ok(Response::new(Box::pin(self.subscribe_output(&r.job_id, r.after_seq))))
+        Ok(Response::new(Box::pin(self.subscribe_output(
+            &r.job_id,
+            r.after_seq,
+            r.until_now,
+        ))))
     }
 
     async fn store_stats(

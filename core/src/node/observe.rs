@@ -250,18 +250,23 @@ impl NodeDaemon {
     }
 
     /// A stream of job `job`'s worker output: the newest lines so far, then
-    /// each line as it comes (lines a slow reader missed are skipped).
+    /// (unless `until_now`) each line as it comes (lines a slow reader
+    /// missed are skipped).
     pub(crate) fn subscribe_output(
         &self,
         job: &str,
         after_seq: u64,
+        until_now: bool,
     ) -> impl futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, tonic::Status>> + Send + 'static {
         use futures::StreamExt;
         let (recent, rx) = self.job_output(job).follow(after_seq);
-        let live = futures::stream::unfold(rx, |mut rx| async move {
+        let live = futures::stream::unfold((rx, until_now), |(mut rx, until_now)| async move {
+            if until_now {
+                return None;
+            }
             loop {
                 match rx.recv().await {
-                    Ok(line) => return Some((Ok(line), rx)),
+                    Ok(line) => return Some((Ok(line), (rx, until_now))),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }

@@ -257,6 +257,83 @@ impl<T: bytemuck::Pod> Buffer<T> {
     }
 }
 
+impl Buffer<u8> {
+    /// Bytes held by `owner` (an Arrow buffer, `bytes::Bytes`, a vector...),
+    /// viewed without a copy: the buffer keeps `owner` alive.
+    ///
+    /// ```
+    /// let b = rayforge::Buffer::from_bytes_owner(b"hello".to_vec().into_boxed_slice());
+    /// assert_eq!(&b[..], b"hello");
+    /// ```
+    pub fn from_bytes_owner<O: AsRef<[u8]> + Send + Sync + 'static>(owner: O) -> Buffer<u8> {
+        let owner = Arc::new(owner);
+        // The bytes live wherever `owner` keeps them; inside the Arc they
+        // never move.
+        let bytes = (*owner).as_ref();
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        Buffer {
+            owner,
+            ptr,
+            len,
+            shared: false,
+            _t: PhantomData,
+        }
+    }
+}
+
+/// Bytes made of several pieces, stored as one contiguous out-of-band buffer:
+/// the pieces are copied once, straight into the object (no staging copy
+/// that concatenates them first). Reads back as a [`Buffer<u8>`].
+///
+/// ```
+/// use rayforge::{Buffer, Concat};
+/// let parts = Concat::new(vec![Buffer::from(b"ab".to_vec()), Buffer::from(b"cd".to_vec())]);
+/// assert_eq!(parts.len(), 4);
+/// ```
+#[derive(Clone, Default)]
+pub struct Concat {
+    parts: Vec<Buffer<u8>>,
+}
+
+impl Concat {
+    /// The pieces, in order.
+    pub fn new(parts: Vec<Buffer<u8>>) -> Concat {
+        Concat { parts }
+    }
+
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Serialize for Concat {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let idx = ENCODE.with(|c| {
+            c.borrow_mut().as_mut().map(|ctx| {
+                ctx.buffers
+                    .push(self.parts.iter().map(|p| (p.owner.clone(), p.ptr, p.len)))
+            })
+        });
+        match idx {
+            // Read back exactly as a `Buffer<u8>` is.
+            Some(i) => s.serialize_u32(i),
+            None => {
+                let mut all = Vec::with_capacity(self.len());
+                for p in &self.parts {
+                    all.extend_from_slice(p);
+                }
+                s.serialize_bytes(&all)
+            }
+        }
+    }
+}
+
 /// Keeps an object's bytes alive under a Buffer view.
 struct SharedOwner(#[allow(dead_code)] ObjectBytes);
 
@@ -270,8 +347,38 @@ pub(crate) struct ContainedRef {
     pub(crate) handle: Option<Arc<dyn Send + Sync>>,
 }
 
+/// A piece of an out-of-band buffer: memory kept alive by the owner beside it.
+type Segment = (Arc<dyn Send + Sync>, *const u8, usize);
+
+/// The out-of-band buffers of a value being encoded: each buffer is a run
+/// of segments laid out back to back (most buffers have one).
+#[derive(Default)]
+struct OutBuffers {
+    segments: Vec<Segment>,
+    /// Per buffer: its first segment, its number of segments, its length.
+    buffers: Vec<(usize, usize, usize)>,
+}
+
+impl OutBuffers {
+    /// Adds a buffer made of `parts`; returns its index.
+    fn push(&mut self, parts: impl IntoIterator<Item = Segment>) -> u32 {
+        let first = self.segments.len();
+        self.segments.extend(parts);
+        let len = self.segments[first..].iter().map(|s| s.2).sum();
+        self.buffers.push((first, self.segments.len() - first, len));
+        self.buffers.len() as u32 - 1
+    }
+
+    /// Each buffer's segments.
+    fn each(&self) -> impl Iterator<Item = &[Segment]> {
+        self.buffers
+            .iter()
+            .map(|&(first, n, _)| &self.segments[first..first + n])
+    }
+}
+
 struct EncodeCtx {
-    buffers: Vec<(Arc<dyn Send + Sync>, *const u8, usize)>,
+    buffers: OutBuffers,
     refs: Vec<ContainedRef>,
 }
 
@@ -290,7 +397,7 @@ thread_local! {
 /// buffers, so a large value can be written straight into shared memory.
 pub struct Encoded {
     head: Vec<u8>,
-    buffers: Vec<(Arc<dyn Send + Sync>, *const u8, usize)>,
+    buffers: OutBuffers,
     pub(crate) refs: Vec<ContainedRef>,
     total: usize,
 }
@@ -320,13 +427,16 @@ impl Encoded {
         let mut pos = align_up(self.head.len());
         let n = out.len();
         out[self.head.len()..pos.min(n)].fill(0);
-        for (_, ptr, len) in &self.buffers {
-            // SAFETY: ptr/len come from a live Buffer whose owner we hold.
-            let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
-            out[pos..pos + len].copy_from_slice(src);
-            let next = align_up(pos + len);
+        for segments in self.buffers.each() {
+            for (_, ptr, len) in segments {
+                // SAFETY: ptr/len come from a live Buffer whose owner we hold.
+                let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+                out[pos..pos + len].copy_from_slice(src);
+                pos += len;
+            }
+            let next = align_up(pos);
             let n = out.len();
-            out[pos + len..next.min(n)].fill(0);
+            out[pos..next.min(n)].fill(0);
             pos = next;
         }
     }
@@ -336,14 +446,16 @@ impl Encoded {
         const ZEROS: [u8; ALIGN] = [0; ALIGN];
         w.write_all(&self.head)?;
         let mut pos = self.head.len();
-        for (_, ptr, len) in &self.buffers {
+        for segments in self.buffers.each() {
             let pad = align_up(pos) - pos;
             w.write_all(&ZEROS[..pad])?;
             pos += pad;
-            // SAFETY: ptr/len come from a live Buffer whose owner we hold.
-            let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
-            w.write_all(src)?;
-            pos += len;
+            for (_, ptr, len) in segments {
+                // SAFETY: ptr/len come from a live Buffer whose owner we hold.
+                let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
+                w.write_all(src)?;
+                pos += len;
+            }
         }
         let pad = self.total.saturating_sub(pos);
         w.write_all(&ZEROS[..pad.min(ALIGN)])?;
@@ -362,7 +474,7 @@ impl Encoded {
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
     let prev = ENCODE.with(|c| {
         c.borrow_mut().replace(EncodeCtx {
-            buffers: Vec::new(),
+            buffers: OutBuffers::default(),
             refs: Vec::new(),
         })
     });
@@ -376,14 +488,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         message: e.to_string(),
     })?;
     let ctx = ctx.ok_or_else(|| Error::Internal("encode context vanished".into()))?;
-    let n = ctx.buffers.len();
+    let n = ctx.buffers.buffers.len();
     let head_len = FIXED_HEADER + 16 * n + payload.len();
     let mut head = Vec::with_capacity(head_len);
     head.extend_from_slice(MAGIC);
     head.extend_from_slice(&(n as u32).to_le_bytes());
     head.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let mut pos = align_up(head_len);
-    for (_, _, len) in &ctx.buffers {
+    for (_, _, len) in &ctx.buffers.buffers {
         head.extend_from_slice(&(pos as u64).to_le_bytes());
         head.extend_from_slice(&(*len as u64).to_le_bytes());
         pos = align_up(pos + len);
@@ -456,8 +568,7 @@ impl<T: bytemuck::Pod> Serialize for Buffer<T> {
         let idx = ENCODE.with(|c| {
             c.borrow_mut().as_mut().map(|ctx| {
                 ctx.buffers
-                    .push((self.owner.clone(), self.ptr as *const u8, self.as_bytes().len()));
-                ctx.buffers.len() as u32 - 1
+                    .push([(self.owner.clone(), self.ptr as *const u8, self.as_bytes().len())])
             })
         });
         match idx {
@@ -603,5 +714,32 @@ mod tests {
         let bytes = ObjectBytes::from_vec(encode_to_vec(&b).unwrap());
         let back: Buffer<f32> = decode(&bytes).unwrap();
         assert!(back.is_empty());
+    }
+
+    #[test]
+    fn a_concat_is_stored_as_one_contiguous_buffer() {
+        #[derive(Serialize)]
+        struct Out(u8, Concat, Buffer<u8>);
+        #[derive(Deserialize)]
+        struct In(u8, Buffer<u8>, Buffer<u8>);
+        let parts = Concat::new(vec![
+            Buffer::from(b"abc".to_vec()),
+            Buffer::from(Vec::new()),
+            Buffer::from_bytes_owner(b"defgh".to_vec()),
+        ]);
+        let enc = encode(&Out(9, parts.clone(), Buffer::from(vec![5u8; 3]))).unwrap();
+        let bytes = ObjectBytes::from_vec(enc.to_vec());
+        let mut streamed = Vec::new();
+        enc.write_into(&mut streamed).unwrap();
+        assert_eq!(streamed, bytes.as_slice(), "both layouts agree");
+        let back: In = decode(&bytes).unwrap();
+        assert_eq!((back.0, &back.1[..], &back.2[..]), (9, &b"abcdefgh"[..], &[5u8; 3][..]));
+        let base = bytes.as_slice().as_ptr() as usize;
+        assert_eq!((back.1.as_ptr() as usize - base) % ALIGN, 0, "aligned in the object");
+        // Outside an object (plain bincode) it is just the bytes.
+        let plain = bincode::serialize(&parts).unwrap();
+        let b: Buffer<u8> = bincode::deserialize(&plain).unwrap();
+        assert_eq!(&b[..], b"abcdefgh");
+        assert_eq!(parts.len(), 8);
     }
 }

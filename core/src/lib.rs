@@ -76,7 +76,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use actor::{ActorHandle, ActorHandleType};
-pub use codec::{Buffer, Value};
+pub use codec::{Buffer, Concat, Value};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use fn_ref::FnRef;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::reader::StreamDecoder;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
@@ -65,18 +65,21 @@ impl Block {
         self.shared
     }
 
-    /// The block in Arrow IPC stream format, buffers 64-byte aligned.
-    pub(crate) fn to_ipc(&self) -> Result<Vec<u8>> {
+    /// The block as the pieces of an Arrow IPC stream (buffers 64-byte
+    /// aligned): framing and metadata, then the arrays' own buffers
+    /// unchanged (no copy), so storing the block copies each byte once,
+    /// straight into the object.
+    pub(crate) fn to_ipc(&self) -> Result<rayforge::Concat> {
         let opts = IpcWriteOptions::try_new(64, false, arrow::ipc::MetadataVersion::V5)?;
-        // The bytes the (possibly sliced) columns hold, not their whole
-        // buffers: a part cut from a big batch would otherwise reserve the
-        // whole batch.
-        let mut out = Vec::with_capacity(slice_bytes(&self.batch) + 4096);
-        let mut w = StreamWriter::try_new_with_options(&mut out, &self.batch.schema(), opts)?;
-        w.write(&self.batch)?;
-        w.finish()?;
-        drop(w);
-        Ok(out)
+        let mut enc = StreamEncoder::try_new_with_options(&self.batch.schema(), opts)?;
+        let mut parts = enc.encode(&self.batch)?;
+        parts.extend(enc.finish()?);
+        Ok(rayforge::Concat::new(
+            parts
+                .into_iter()
+                .map(|p| rayforge::Buffer::from_bytes_owner(ArrowBytes(p)))
+                .collect(),
+        ))
     }
 
     /// Decodes an IPC stream held by `bytes` without copying the arrays.
@@ -118,14 +121,22 @@ impl Block {
     }
 }
 
+/// An Arrow buffer lent to the object store without a copy.
+struct ArrowBytes(arrow::buffer::Buffer);
+
+impl AsRef<[u8]> for ArrowBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
 /// Keeps the bytes under an Arrow buffer alive.
 struct Owner(#[allow(dead_code)] std::panic::AssertUnwindSafe<rayforge::Buffer<u8>>);
 
 impl Serialize for Block {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
-        let bytes = self.to_ipc().map_err(S::Error::custom)?;
-        rayforge::Buffer::from(bytes).serialize(s)
+        self.to_ipc().map_err(S::Error::custom)?.serialize(s)
     }
 }
 
@@ -174,4 +185,25 @@ impl BlockMeta {
 /// A schema with no fields.
 pub(crate) fn empty_schema() -> SchemaRef {
     Arc::new(Schema::empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array, StringArray};
+
+    #[test]
+    fn sliced_blocks_with_nulls_and_strings_round_trip() {
+        let ids = Int64Array::from((0..1000).map(|i| (i % 7 != 0).then_some(i)).collect::<Vec<_>>());
+        let names = StringArray::from((0..1000).map(|i| format!("row-{i}")).collect::<Vec<_>>());
+        let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as _), ("name", Arc::new(names) as _)]).unwrap();
+        // Offsets that are not a multiple of 8 exercise bitmap and string-offset slicing.
+        for (from, len) in [(0, 1000), (3, 517), (999, 1), (500, 0)] {
+            let part = Block::new(batch.slice(from, len));
+            let bytes = bincode::serialize(&part).unwrap();
+            let back: Block = bincode::deserialize(&bytes).unwrap();
+            assert_eq!(back.batch(), part.batch(), "slice {from}+{len}");
+            assert_eq!(back.batch().column(0).null_count(), part.batch().column(0).null_count());
+        }
+    }
 }

@@ -260,19 +260,17 @@ impl NodeDaemon {
     ) -> impl futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, tonic::Status>> + Send + 'static {
         use futures::StreamExt;
         let (recent, rx) = self.job_output(job).follow(after_seq);
-        let live = futures::stream::unfold((rx, until_now), |(mut rx, until_now)| async move {
-            if until_now {
-                return None;
-            }
+        let live = futures::stream::unfold(rx, |mut rx| async move {
             loop {
                 match rx.recv().await {
-                    Ok(line) => return Some((Ok(line), (rx, until_now))),
+                    Ok(line) => return Some((Ok(line), rx)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }
         });
-        futures::stream::iter(recent.into_iter().map(Ok)).chain(live)
+        let live_lines = if until_now { 0 } else { usize::MAX };
+        futures::stream::iter(recent.into_iter().map(Ok)).chain(live.take(live_lines))
     }
 
     /// Where this node keeps worker logs.

@@ -508,22 +508,20 @@ pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Res
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> (Vec<Block>, StageOut) {
     tune_allocator();
-    match read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed)) {
-        Ok(parts) => (
-            parts,
-            StageOut {
-                meta: None,
-                error: None,
-            },
-        ),
-        Err(e) => (
-            Vec::new(),
-            StageOut {
-                meta: None,
-                error: Some(e),
-            },
-        ),
-    }
+    let (parts, error) = match read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed)) {
+        Ok(parts) => (parts, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    (parts, StageOut { meta: None, error })
+}
+
+/// Part `j` of every map output (one blocking get for all of them).
+fn part_of_each(parts: &[rayforge::ObjectRef<Vec<Block>>], j: usize) -> Result<Vec<RecordBatch>> {
+    Ok(rayforge::get_all(parts)?
+        .into_iter()
+        .filter_map(|v| v.into_iter().nth(j))
+        .map(Block::into_batch)
+        .collect())
 }
 
 /// `b`'s rows in a random order (seeded), cut into `n` parts.
@@ -550,14 +548,12 @@ fn permute_cut(b: &RecordBatch, n: usize, seed: u64) -> Result<Vec<Block>> {
 pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usize, seed: u64) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let got: Vec<RecordBatch> = rayforge::get_all(&parts)?
-            .into_iter()
-            .filter_map(|v| v.into_iter().nth(j))
-            .map(Block::into_batch)
-            .collect();
         // Pick rows straight from the parts in a random order (no
         // concatenated copy first).
-        let got: Vec<RecordBatch> = got.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let got: Vec<RecordBatch> = part_of_each(&parts, j)?
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .collect();
         let Some(first) = got.first() else {
             return concat(Vec::new());
         };
@@ -674,11 +670,7 @@ pub(crate) fn sort_reduce(
 ) -> (Block, StageOut) {
     let start = Instant::now();
     let r = (|| {
-        let got: Vec<RecordBatch> = rayforge::get_all(&parts)?
-            .into_iter()
-            .filter_map(|v| v.into_iter().nth(j))
-            .map(Block::into_batch)
-            .collect();
+        let got = part_of_each(&parts, j)?;
         let all = concat(got)?;
         if all.num_rows() == 0 {
             return Ok(all);

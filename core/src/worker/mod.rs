@@ -1039,9 +1039,8 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
     let mut node = cw.node.clone();
     let worker_id = cw.worker_id;
     let start = Instant::now();
-    let (res, lent) = cw.block_on(async move {
+    cw.block_on(async move {
         let mut fut = Box::pin(fut);
-        let mut lent = false;
         if may_lend {
             // Objects that exist already (a reduce reading map outputs) come
             // back within a few milliseconds: lend the CPU only for a real
@@ -1049,10 +1048,9 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
             // such get, running far more tasks than CPUs.
             let grace = timeout.map_or(LEND_AFTER, |t| t.min(LEND_AFTER));
             if let Ok(r) = tokio::time::timeout(grace, &mut fut).await {
-                return (r, false);
+                return r;
             }
             tell_blocked(&mut node, worker_id, true).await;
-            lent = true;
         }
         let r = match timeout {
             Some(t) => {
@@ -1063,22 +1061,16 @@ pub(crate) fn get_blocking(handles: &[Arc<RefHandle>], timeout: Option<Duration>
             }
             None => fut.await,
         };
-        (r, lent)
-    })?;
-    if lent {
-        notify_blocked(&cw, false);
-    }
-    res
+        if may_lend {
+            // Past the grace period: the CPU was lent, take it back.
+            tell_blocked(&mut node, worker_id, false).await;
+        }
+        r
+    })?
 }
 
 /// How long a worker's `get` waits before lending its CPU back to the node.
 const LEND_AFTER: Duration = Duration::from_millis(10);
-
-fn notify_blocked(cw: &CoreWorker, blocked: bool) {
-    let mut node = cw.node.clone();
-    let worker_id = cw.worker_id;
-    let _ = cw.block_on(async move { tell_blocked(&mut node, worker_id, blocked).await });
-}
 
 /// Tells the node this worker is blocked (its CPU may go to another task) or
 /// running again; best effort.

@@ -317,7 +317,7 @@ impl Gcs {
             .max_decoding_message_size(64 << 20);
         let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
+            if let Err(e) = crate::rpc::server()
                 .add_service(svc)
                 .serve_with_incoming(incoming)
                 .await

@@ -422,6 +422,9 @@ pub struct NodeResources {
     pub available: std::collections::HashMap<String, f64>,
     /// Live worker processes.
     pub num_workers: u32,
+    /// Worker lease requests this node has received since it started (a
+    /// burst of tasks should cost a handful, not one per task).
+    pub lease_requests: u64,
 }
 
 /// Resources of this node: total, available, and live worker processes.
@@ -455,6 +458,7 @@ fn resources(cluster: bool) -> Result<NodeResources> {
         total: r.total,
         available: r.available,
         num_workers: r.num_workers,
+        lease_requests: r.lease_requests,
     })
 }
 

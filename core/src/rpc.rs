@@ -128,6 +128,19 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
         .max_frame_size(Some(1 << 20)))
 }
 
+/// The server settings every service uses: the same flow-control windows as
+/// the client side. HTTP/2's flood protection allows a connection as many
+/// small unread DATA frames as half its window holds, so a small window made
+/// a burst of a few thousand small calls from one process (each one DATA
+/// frame) read as an attack, and the whole connection was closed.
+pub(crate) fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
 /// A connector dialing the Unix socket at `path`.
 fn connector(
     path: &str,

@@ -121,6 +121,8 @@ pub(crate) struct NodeState {
     shutting_down: std::sync::atomic::AtomicBool,
     /// Round-robin position of SPREAD leases.
     pub(crate) spread_next: std::sync::atomic::AtomicUsize,
+    /// Worker lease requests received since start.
+    lease_requests: std::sync::atomic::AtomicU64,
 }
 
 /// A running node daemon; dropping it does not stop it: call `shutdown`.
@@ -201,6 +203,7 @@ impl NodeDaemon {
             tasks: Mutex::new(JoinSet::new()),
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
             spread_next: std::sync::atomic::AtomicUsize::new(0),
+            lease_requests: std::sync::atomic::AtomicU64::new(0),
             shutting_down: false.into(),
             paths,
             node_id,
@@ -217,7 +220,7 @@ impl NodeDaemon {
         let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
         let svc2 = svc.clone();
         daemon.spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder()
+            if let Err(e) = crate::rpc::server()
                 .add_service(svc)
                 .serve_with_incoming(incoming)
                 .await
@@ -227,7 +230,7 @@ impl NodeDaemon {
         });
         if let Some((incoming, _)) = tcp {
             daemon.spawn(async move {
-                if let Err(e) = tonic::transport::Server::builder()
+                if let Err(e) = crate::rpc::server()
                     .add_service(svc2)
                     .serve_with_incoming(incoming)
                     .await
@@ -607,6 +610,9 @@ impl NodeService for NodeDaemon {
         req: Request<proto::LeaseRequest>,
     ) -> std::result::Result<Response<proto::LeaseReply>, Status> {
         let r = req.into_inner();
+        self.state
+            .lease_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resources: Resources = r.resources.into_iter().collect();
         let choice = match (&r.strategy, r.no_spillback) {
             (Some(s), false) => match self.strategy_choice(&resources, s, &r.display_name) {
@@ -1022,6 +1028,7 @@ impl NodeService for NodeDaemon {
             node_id: self.state.node_id.clone(),
             addr: self.state.tcp_addr.clone(),
             store_dir: self.state.paths.store.to_string_lossy().into(),
+            lease_requests: self.state.lease_requests.load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -518,7 +518,7 @@ pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Resu
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
-    let router = tonic::transport::Server::builder().add_service(svc);
+    let router = crate::rpc::server().add_service(svc);
     let addr = match tcp_host {
         Some(host) => {
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{host}:0")).await?;

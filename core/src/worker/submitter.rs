@@ -282,8 +282,14 @@ impl TaskSubmitter {
             if q.lingering > 0 {
                 q.more.notify_one();
                 false
+            } else if q.requesting < q.tasks.len().min(MAX_PENDING_LEASES) {
+                // Counted now, under the lock, not when the spawned loop
+                // first runs: a burst of submissions would otherwise each
+                // see none requested and ask for a lease apiece.
+                q.requesting += 1;
+                true
             } else {
-                q.requesting < q.tasks.len().min(MAX_PENDING_LEASES)
+                false
             }
         };
         if want_lease {
@@ -319,18 +325,18 @@ impl TaskSubmitter {
     }
 
     /// Requests one lease for `key` and runs queued tasks on it until the
-    /// queue is empty.
+    /// queue is empty. The caller has counted the request in `requesting`.
     async fn lease_loop(cw: Arc<CoreWorker>, key: String) {
         while Self::lease_once(&cw, &key).await {}
     }
 
-    /// One lease: returns whether another should be requested.
+    /// One lease, already counted in `requesting`: returns whether another
+    /// should be requested (and if so, has counted it).
     async fn lease_once(cw: &Arc<CoreWorker>, key: &str) -> bool {
         let key = key.to_string();
         let (resources, strategy, preferred, display, retriable) = {
             let mut qs = cw.submitter.queues.lock();
-            let Some(q) = qs.get_mut(&key) else { return false };
-            q.requesting += 1;
+            let q = qs.entry(key.clone()).or_default();
             let first = q.tasks.front();
             (
                 q.resources.clone(),
@@ -395,11 +401,14 @@ impl TaskSubmitter {
         // lease drains its queue, so one is enough, except for SPREAD tasks
         // (a lease each).
         let spread = is_spread(cw, &key);
-        let qs = cw.submitter.queues.lock();
-        qs.get(&key).is_some_and(|q| {
-            let active = if spread { q.leased } else { 0 };
-            (spread || q.leased == 0) && q.requesting + active < q.tasks.len().min(MAX_PENDING_LEASES)
-        })
+        let mut qs = cw.submitter.queues.lock();
+        let Some(q) = qs.get_mut(&key) else { return false };
+        let active = if spread { q.leased } else { 0 };
+        let again = (spread || q.leased == 0) && q.requesting + active < q.tasks.len().min(MAX_PENDING_LEASES);
+        if again {
+            q.requesting += 1;
+        }
+        again
     }
 
     /// Pushes queued tasks to the leased worker one at a time. Returns

@@ -107,6 +107,36 @@ fn put_once_and_pass_by_reference() {
     assert_eq!(sum_vec::remote(v).get().unwrap(), expect);
 }
 
+/// Submits `n` tiny tasks from inside a task and sums their results.
+#[rayforge::remote]
+fn sum_of_tiny_tasks(n: i64) -> i64 {
+    let refs: Vec<ObjectRef<i64>> = (0..n).map(|i| add::remote(i, 1i64)).collect();
+    rayforge::get_all(&refs).expect("tiny tasks").iter().sum()
+}
+
+#[test]
+fn a_burst_of_tasks_shares_a_few_leases() {
+    cluster();
+    let leases = || rayforge::node_resources().unwrap().lease_requests;
+    // Bursts from the driver and from inside a task (two submitters at once).
+    // A submitter asks for at most a handful of leases per resource shape;
+    // asking one per task flooded the node with requests (thousands in a
+    // burst, which also tripped HTTP/2's flood protection on the node's
+    // connection and failed every call on it).
+    let n = 4000i64;
+    let expect: i64 = (1..=n).sum();
+    for _ in 0..3 {
+        let before = leases();
+        let inner = sum_of_tiny_tasks::options().num_cpus(0.0).remote(n);
+        let refs: Vec<ObjectRef<i64>> = (0..n).map(|i| add::remote(i, 1i64)).collect();
+        let outer: i64 = rayforge::get_all(&refs).unwrap().iter().sum();
+        assert_eq!(outer, expect);
+        assert_eq!(inner.get().unwrap(), expect);
+        let asked = leases() - before;
+        assert!(asked <= 100, "{asked} lease requests for {} tasks", 2 * n + 1);
+    }
+}
+
 #[test]
 fn nested_tasks_deeper_than_cores_do_not_deadlock() {
     cluster();

@@ -31,6 +31,15 @@ pub struct Config {
     pub idle_worker_timeout_s: Option<f64>,
     /// Extra environment for worker processes.
     pub worker_env: HashMap<String, String>,
+    /// Up to how many short tasks a leased worker is sent ahead of their
+    /// replies, so that it starts the next as soon as it ends one (default
+    /// 16; 1 sends each task after the previous one's reply, as Ray does).
+    /// A task pushed behind another is taken back when another worker of
+    /// its shape has nothing to run.
+    pub max_tasks_in_flight_per_worker: Option<usize>,
+    /// A task answered within this many microseconds counts as short: its
+    /// worker is then sent more ahead of replies (default 1000).
+    pub short_task_us: Option<u64>,
     /// Join a running cluster instead of starting an embedded one:
     /// `"host:port"` of the head, or `"auto"` for the cluster started on this
     /// machine with `rayforge start --head` (or `$RAYFORGE_ADDRESS`).
@@ -105,6 +114,22 @@ impl Config {
         self.spill_dir = Some(p.into());
         self
     }
+    /// Sets how many short tasks a worker is sent ahead of their replies
+    /// (see [`Config::max_tasks_in_flight_per_worker`](struct.Config.html#structfield.max_tasks_in_flight_per_worker)).
+    ///
+    /// ```
+    /// let cfg = rayforge::Config::default().max_tasks_in_flight_per_worker(1);
+    /// assert_eq!(cfg.max_tasks_in_flight_per_worker, Some(1));
+    /// ```
+    pub fn max_tasks_in_flight_per_worker(mut self, n: usize) -> Self {
+        self.max_tasks_in_flight_per_worker = Some(n);
+        self
+    }
+    /// Sets the reply time under which a task counts as short.
+    pub fn short_task_us(mut self, us: u64) -> Self {
+        self.short_task_us = Some(us);
+        self
+    }
     /// Adds an environment variable for every worker process.
     pub fn worker_env(mut self, k: &str, v: &str) -> Self {
         self.worker_env.insert(k.into(), v.into());
@@ -130,6 +155,9 @@ impl Config {
         }
         if self.object_store_memory == Some(0) {
             return bad("Config::object_store_memory must be above 0".into());
+        }
+        if self.max_tasks_in_flight_per_worker == Some(0) {
+            return bad("Config::max_tasks_in_flight_per_worker must be at least 1".into());
         }
         Ok(())
     }

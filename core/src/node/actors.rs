@@ -248,7 +248,10 @@ async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result
         .await
         .map_err(|e| CreationError::Transport(e.to_string()))?;
     let mut client = crate::worker::worker_client(ch);
-    let out = tokio_stream::once(proto::PushTaskRequest { spec: Some(spec) });
+    let out = tokio_stream::once(proto::PushTaskRequest {
+        spec: Some(spec),
+        skip_task_id: Vec::new(),
+    });
     let mut replies = client
         .push_tasks(out)
         .await

@@ -179,6 +179,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
             let tid = call.spec.task_id.clone();
             let req = proto::PushTaskRequest {
                 spec: Some(call.spec.clone()),
+                skip_task_id: Vec::new(),
             };
             cw.queued.remove(&tid);
             {

@@ -8,6 +8,7 @@
 //! only its task: the message and location travel back to the caller.
 
 use std::cell::RefCell;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +42,16 @@ pub(crate) struct Executor {
     jobs: std::sync::mpsc::Sender<Job>,
     async_actor: Mutex<Option<(AsyncMethod, Arc<Semaphore>)>>,
     events: Arc<TaskRecorder>,
+    waiting: Mutex<Waiting>,
+}
+
+/// Jobs queued for the task thread that have not started, and those of
+/// them their caller asked to drop (a task pushed behind another, then
+/// cancelled, or taken back for an idle worker).
+#[derive(Default)]
+struct Waiting {
+    queued: HashSet<Vec<u8>>,
+    skipped: HashSet<Vec<u8>>,
 }
 
 thread_local! {
@@ -80,6 +91,7 @@ fn reply_err(spec: &proto::TaskSpec, e: Error) -> proto::PushTaskReply {
         returns: Vec::new(),
         error: Some(e.to_proto()),
         num_generated: 0,
+        skipped: false,
     }
 }
 
@@ -115,8 +127,32 @@ impl Executor {
                 });
             }
             None => {
+                self.waiting.lock().queued.insert(spec.task_id.clone());
                 let _ = self.jobs.send(Job { spec, reply });
             }
+        }
+    }
+
+    /// Drops a queued task that has not started, answering for it at once
+    /// (ahead of the task running now); one that has started runs on.
+    fn skip(&self, task_id: Vec<u8>, reply: &mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>) {
+        {
+            let mut w = self.waiting.lock();
+            if !w.queued.remove(&task_id) {
+                return;
+            }
+            w.skipped.insert(task_id.clone());
+        }
+        let r = proto::PushTaskReply {
+            task_id,
+            skipped: true,
+            ..Default::default()
+        };
+        if let Err(mpsc::error::TrySendError::Full(r)) = reply.try_send(Ok(r)) {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let _ = reply.send(r).await;
+            });
         }
     }
 
@@ -124,6 +160,14 @@ impl Executor {
     fn run_jobs(self: &Arc<Self>, rx: std::sync::mpsc::Receiver<Job>) {
         let mut actor: Option<SyncMethod> = None;
         while let Ok(job) = rx.recv() {
+            let skipped = {
+                let mut w = self.waiting.lock();
+                w.queued.remove(&job.spec.task_id);
+                w.skipped.remove(&job.spec.task_id)
+            };
+            if skipped {
+                continue; // answered when it was dropped
+            }
             let Ok(cw) = current() else { return };
             let span = tracing::debug_span!("task", name = %job.spec.display_name);
             let _g = span.enter();
@@ -272,6 +316,7 @@ fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTa
         returns,
         error: None,
         num_generated: 0,
+        skipped: false,
     })
 }
 
@@ -386,6 +431,7 @@ async fn build_reply(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, values: Retur
         returns,
         error: None,
         num_generated: 0,
+        skipped: false,
     })
 }
 
@@ -431,6 +477,8 @@ impl CoreWorkerService for WorkerService {
             while let Ok(Some(r)) = inbound.message().await {
                 if let Some(spec) = r.spec {
                     exec.dispatch(spec, tx.clone());
+                } else if !r.skip_task_id.is_empty() {
+                    exec.skip(r.skip_task_id, &tx);
                 }
             }
         });
@@ -594,6 +642,7 @@ fn worker_main() -> Result<()> {
         jobs: jobs_tx,
         async_actor: Mutex::new(None),
         events: events.clone(),
+        waiting: Mutex::new(Waiting::default()),
     });
     let (addr, node) = rt.block_on(async {
         let addr = serve(&uds, tcp_host.as_deref()).await?;

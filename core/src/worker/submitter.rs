@@ -8,7 +8,9 @@
 //! lease while its retry budget lasts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -121,12 +123,53 @@ struct KeyQueue {
 /// .get()`) then reuse the worker instead of paying two RPCs per task.
 const LEASE_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
-#[derive(Default)]
+/// Environment of a process's submitter (set for workers from
+/// [`crate::Config::max_tasks_in_flight_per_worker`] and
+/// [`crate::Config::short_task_us`]).
+pub(crate) const ENV_MAX_IN_FLIGHT: &str = "RAYFORGE_MAX_TASKS_IN_FLIGHT_PER_WORKER";
+pub(crate) const ENV_SHORT_TASK_US: &str = "RAYFORGE_SHORT_TASK_US";
+
+/// How many tasks a lease keeps pushed to its worker ahead of their replies
+/// while its tasks are short: the worker starts the next one as soon as it
+/// ends one, instead of idling for a round trip per task.
+const PIPELINE_DEPTH: usize = 16;
+
+/// A task answered within this time counts as short. As a task's reply
+/// time includes its wait behind the others pushed, a lease keeps about
+/// this much work queued at its worker, and no more.
+const SHORT_TASK_US: u64 = 1000;
+
+/// A lease with nothing to run takes back tasks that have waited this long
+/// on another worker of the same shape behind a task that is not short.
+const STEAL_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A task pushed to a worker and not yet answered.
+#[derive(Clone)]
+struct Pushed {
+    /// The queue it came from.
+    key: String,
+    lease_id: u64,
+    node: String,
+    pushed_at: Instant,
+    /// Whether its worker was asked to drop it.
+    skip_asked: bool,
+    /// The lease's stream, to ask the worker to drop the task.
+    stream: mpsc::Sender<proto::PushTaskRequest>,
+    /// Its place in the lease's stream, and the place of the stream's
+    /// oldest unanswered task (the one running): equal when it runs.
+    seq: u64,
+    front: Arc<AtomicU64>,
+}
+
 pub(crate) struct TaskSubmitter {
+    /// Tasks a lease may have pushed and unanswered (1: no pipelining).
+    depth: AtomicUsize,
+    /// Reply time under which a task counts as short, in microseconds.
+    short_us: AtomicU64,
     queues: Mutex<HashMap<String, KeyQueue>>,
-    /// Tasks pushed to a worker and not yet answered: the lease they run
-    /// on and its node, so that `cancel` can end the worker.
-    running: Mutex<HashMap<TaskId, (u64, String)>>,
+    /// Tasks pushed to a worker and not yet answered, so that `cancel` can
+    /// drop them there or end the worker.
+    running: Mutex<HashMap<TaskId, Pushed>>,
     cancelled: Mutex<HashSet<TaskId>>,
 }
 
@@ -249,7 +292,31 @@ pub(crate) async fn resolve_dependencies(cw: &CoreWorker, spec: &mut proto::Task
     Ok(())
 }
 
+impl Default for TaskSubmitter {
+    /// Pipelining as this process's environment says, else the defaults.
+    fn default() -> Self {
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        TaskSubmitter {
+            depth: AtomicUsize::new(env(ENV_MAX_IN_FLIGHT).map_or(PIPELINE_DEPTH, |n| n.max(1) as usize)),
+            short_us: AtomicU64::new(env(ENV_SHORT_TASK_US).unwrap_or(SHORT_TASK_US)),
+            queues: Mutex::default(),
+            running: Mutex::default(),
+            cancelled: Mutex::default(),
+        }
+    }
+}
+
 impl TaskSubmitter {
+    /// Sets how far tasks are pipelined (see [`crate::Config`]).
+    pub(crate) fn set_pipelining(&self, depth: Option<usize>, short_us: Option<u64>) {
+        if let Some(d) = depth {
+            self.depth.store(d.max(1), Ordering::Relaxed);
+        }
+        if let Some(us) = short_us {
+            self.short_us.store(us, Ordering::Relaxed);
+        }
+    }
+
     /// Queues a task (after its dependencies resolve) and makes sure leases
     /// are being requested for it.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, mut task: PendingTask) {
@@ -298,22 +365,37 @@ impl TaskSubmitter {
         }
     }
 
-    /// Waits up to [`LEASE_LINGER`] for another task of this shape.
+    /// Waits up to [`LEASE_LINGER`] for another task of this shape, taking
+    /// back tasks stuck behind long ones on other workers meanwhile.
     async fn linger(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
-        let more = {
-            let mut qs = cw.submitter.queues.lock();
-            let q = qs.get_mut(key)?;
-            if let Some(t) = q.tasks.pop_front() {
-                return Some(t);
+        let mut since = Instant::now();
+        loop {
+            let more = {
+                let mut qs = cw.submitter.queues.lock();
+                let q = qs.get_mut(key)?;
+                if let Some(t) = q.tasks.pop_front() {
+                    return Some(t);
+                }
+                q.lingering += 1;
+                q.more.clone()
+            };
+            let left = LEASE_LINGER.saturating_sub(since.elapsed());
+            let _ = tokio::time::timeout(left.min(STEAL_AFTER), more.notified()).await;
+            {
+                let mut qs = cw.submitter.queues.lock();
+                let q = qs.get_mut(key)?;
+                q.lingering -= 1;
+                if let Some(t) = q.tasks.pop_front() {
+                    return Some(t);
+                }
             }
-            q.lingering += 1;
-            q.more.clone()
-        };
-        let _ = tokio::time::timeout(LEASE_LINGER, more.notified()).await;
-        let mut qs = cw.submitter.queues.lock();
-        let q = qs.get_mut(key)?;
-        q.lingering -= 1;
-        q.tasks.pop_front()
+            if Self::steal(cw, key) {
+                // What was asked for comes back within a round trip.
+                since = Instant::now();
+            } else if since.elapsed() >= LEASE_LINGER {
+                return None;
+            }
+        }
     }
 
     fn pop(cw: &CoreWorker, key: &str) -> Option<PendingTask> {
@@ -411,67 +493,209 @@ impl TaskSubmitter {
         again
     }
 
-    /// Pushes queued tasks to the leased worker one at a time. Returns
-    /// whether the worker must be discarded.
+    /// Pushes queued tasks to the leased worker: one at a time, or up to
+    /// `depth` ahead of their replies while they are short.
+    /// Returns whether the worker must be discarded.
     async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease, node: &str) -> bool {
-        let Some(mut task) = Self::pop(cw, key) else {
+        let Some(first) = Self::pop(cw, key) else {
             return false;
         };
         let mut client = match cw.peer(&grant.worker_addr) {
             Ok(c) => c,
             Err(e) => {
-                Self::on_failure(cw, task, e).await;
+                Self::on_failure(cw, first, e).await;
                 return true;
             }
         };
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(16);
         let mut replies = match client.push_tasks(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(_) => {
                 cw.forget_peer(&grant.worker_addr);
-                let e = worker_death_error(cw, node, grant.worker_id, &task.spec.display_name).await;
-                Self::on_failure(cw, task, e).await;
+                let e = worker_death_error(cw, node, grant.worker_id, &first.spec.display_name).await;
+                Self::on_failure(cw, first, e).await;
                 return true;
             }
         };
+        // Spread tasks take a lease each, so that each is placed round-robin
+        // over the nodes (as Ray schedules them).
+        let spread = is_spread(cw, key);
+        let front = Arc::new(AtomicU64::new(0));
+        let mut sent = 0u64;
+        // Pushed and unanswered, oldest first: the task, when it was pushed,
+        // its place in the stream.
+        let mut inflight: VecDeque<(PendingTask, Instant, u64)> = VecDeque::new();
+        let mut next = Some(first);
+        // Whether the last answered task was short (then more are pushed
+        // ahead), and whether the last pushed one streams (nothing waits
+        // behind a generator).
+        let (mut short, mut behind_stream) = (false, false);
+        let depth = cw.submitter.depth.load(Ordering::Relaxed);
+        let short_task = std::time::Duration::from_micros(cw.submitter.short_us.load(Ordering::Relaxed));
         loop {
-            let tid = task.task_id();
-            task.spec.gpu_ids = grant.gpu_ids.clone();
-            cw.submitter
-                .running
-                .lock()
-                .insert(tid, (grant.lease_id, node.to_string()));
-            cw.queued.remove(&task.spec.task_id);
-            let sent = tx
-                .send(proto::PushTaskRequest {
+            while let Some(mut task) = next.take() {
+                task.spec.gpu_ids = grant.gpu_ids.clone();
+                let pushed = Pushed {
+                    key: key.to_string(),
+                    lease_id: grant.lease_id,
+                    node: node.to_string(),
+                    pushed_at: Instant::now(),
+                    skip_asked: false,
+                    stream: tx.clone(),
+                    seq: sent,
+                    front: front.clone(),
+                };
+                cw.submitter.running.lock().insert(task.task_id(), pushed);
+                cw.queued.remove(&task.spec.task_id);
+                let req = proto::PushTaskRequest {
                     spec: Some(task.spec.clone()),
-                })
-                .await
-                .is_ok();
-            let reply = if sent { replies.message().await } else { Ok(None) };
-            cw.submitter.running.lock().remove(&tid);
-            match reply {
-                Ok(Some(r)) => Self::on_reply(cw, task, r).await,
-                _ => {
-                    cw.forget_peer(&grant.worker_addr);
-                    let e = worker_death_error(cw, node, grant.worker_id, &task.spec.display_name).await;
-                    Self::on_failure(cw, task, e).await;
-                    return true;
+                    skip_task_id: Vec::new(),
+                };
+                behind_stream = task.spec.streaming;
+                inflight.push_back((task, Instant::now(), sent));
+                sent += 1;
+                if tx.send(req).await.is_err() {
+                    break;
+                }
+                if short && !behind_stream && !spread && inflight.len() < depth {
+                    next = Self::pop(cw, key);
                 }
             }
-            if is_spread(cw, key) {
-                // Spread tasks take a lease each, so that each is placed
-                // round-robin over the nodes (as Ray schedules them).
+            let reply = replies.message().await;
+            // Tasks are answered in order, except those dropped unstarted
+            // (answered at once).
+            let answer = match reply {
+                Ok(Some(r)) => match inflight.iter().position(|(t, ..)| t.spec.task_id == r.task_id) {
+                    Some(i) if i == 0 || r.skipped => inflight.remove(i).map(|(t, at, _)| (t, at, r)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some((task, at, r)) = answer else {
+                Self::on_broken(cw, key, grant, node, inflight).await;
+                return true;
+            };
+            front.store(inflight.front().map_or(sent, |(.., seq)| *seq), Ordering::Release);
+            cw.submitter.running.lock().remove(&task.task_id());
+            if r.skipped {
+                // Dropped unstarted, as asked: cancelled, or taken back for
+                // a lease with nothing to run (it waited too long here: push
+                // no more until a task is answered short again).
+                Self::requeue(cw, key, vec![task]);
+                short = false;
+            } else {
+                short = at.elapsed() < short_task;
+                Self::on_reply(cw, task, r).await;
+            }
+            if spread {
                 return false;
             }
-            match Self::pop(cw, key) {
-                Some(t) => task = t,
+            if !inflight.is_empty() {
+                if short && !behind_stream && inflight.len() < depth {
+                    next = Self::pop(cw, key);
+                }
+                continue;
+            }
+            next = match Self::pop(cw, key) {
+                Some(t) => Some(t),
                 None => match Self::linger(cw, key).await {
-                    Some(t) => task = t,
+                    Some(t) => Some(t),
                     None => return false,
                 },
+            };
+        }
+    }
+
+    /// A lease's stream broke (its worker died or was ended). The oldest
+    /// unanswered task was the one running: it fails or is retried on its
+    /// budget. Those pushed behind it never started: they go back to the
+    /// front of the queue as they were (a cancelled one fails as such).
+    async fn on_broken(
+        cw: &Arc<CoreWorker>,
+        key: &str,
+        grant: &proto::Lease,
+        node: &str,
+        inflight: VecDeque<(PendingTask, Instant, u64)>,
+    ) {
+        cw.forget_peer(&grant.worker_addr);
+        let mut tasks = inflight.into_iter().map(|(t, ..)| t);
+        let Some(running) = tasks.next() else { return };
+        let mut behind = Vec::new();
+        {
+            let mut pushed = cw.submitter.running.lock();
+            pushed.remove(&running.task_id());
+            for t in tasks {
+                pushed.remove(&t.task_id());
+                behind.push(t);
             }
         }
+        if !behind.is_empty() {
+            tracing::debug!(
+                n = behind.len(),
+                "a worker died with tasks pushed behind its running one; queued again"
+            );
+        }
+        Self::requeue(cw, key, behind);
+        let e = worker_death_error(cw, node, grant.worker_id, &running.spec.display_name).await;
+        Self::on_failure(cw, running, e).await;
+    }
+
+    /// Puts tasks that were pushed but never started back at the front of
+    /// their queue, in order, without spending a retry; a cancelled one
+    /// fails as such instead.
+    fn requeue(cw: &CoreWorker, key: &str, tasks: Vec<PendingTask>) {
+        let mut back = Vec::new();
+        for t in tasks {
+            if cw.submitter.cancelled.lock().remove(&t.task_id()) {
+                fail_task(cw, &t, &Error::Cancelled(t.spec.display_name.clone()));
+            } else {
+                cw.queued.add(&t.spec);
+                back.push(t);
+            }
+        }
+        if back.is_empty() {
+            return;
+        }
+        let mut qs = cw.submitter.queues.lock();
+        let q = qs.entry(key.to_string()).or_default();
+        for t in back.into_iter().rev() {
+            q.tasks.push_front(t);
+        }
+        if q.lingering > 0 {
+            q.more.notify_one();
+        }
+    }
+
+    /// Asks the workers of other leases of `key` to drop the tasks pushed
+    /// to them that have waited [`STEAL_AFTER`] behind another (which is
+    /// then not short); they come back to the queue for the caller, a lease
+    /// with nothing to run. Returns whether any was asked for.
+    fn steal(cw: &CoreWorker, key: &str) -> bool {
+        let mut asks = Vec::new();
+        for (tid, p) in cw.submitter.running.lock().iter_mut() {
+            if p.key == key
+                && !p.skip_asked
+                && p.seq > p.front.load(Ordering::Acquire)
+                && p.pushed_at.elapsed() >= STEAL_AFTER
+            {
+                p.skip_asked = true;
+                asks.push((p.stream.clone(), *tid));
+            }
+        }
+        if asks.is_empty() {
+            return false;
+        }
+        tracing::debug!(key, n = asks.len(), "taking back tasks waiting on other workers");
+        cw.handle.spawn(async move {
+            for (stream, tid) in asks {
+                let req = proto::PushTaskRequest {
+                    spec: None,
+                    skip_task_id: tid.0.to_vec(),
+                };
+                let _ = stream.send(req).await;
+            }
+        });
+        true
     }
 
     async fn on_reply(cw: &Arc<CoreWorker>, task: PendingTask, r: proto::PushTaskReply) {
@@ -559,8 +783,22 @@ impl TaskSubmitter {
             return true;
         }
         let running = cw.submitter.running.lock().get(&tid).cloned();
-        if let Some((lease_id, node)) = running {
+        if let Some(p) = running {
             cw.submitter.cancelled.lock().insert(tid);
+            if p.seq != p.front.load(Ordering::Acquire) {
+                // Pushed behind another task: the worker drops it unless it
+                // has started meanwhile (then its result is discarded).
+                tracing::debug!(task = %tid, "cancel: asking the worker to drop a task pushed behind another");
+                let req = proto::PushTaskRequest {
+                    spec: None,
+                    skip_task_id: tid.0.to_vec(),
+                };
+                cw.handle.spawn(async move {
+                    let _ = p.stream.send(req).await;
+                });
+                return true;
+            }
+            let (lease_id, node) = (p.lease_id, p.node);
             // The push stream then breaks, and the task fails as cancelled.
             if let Ok(mut client) = cw.node_at(&node) {
                 cw.handle.spawn(async move {

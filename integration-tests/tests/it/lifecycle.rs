@@ -17,6 +17,8 @@ fn api_before_init_and_bad_config_give_clear_errors() {
     assert!(err.to_string().contains("num_cpus"), "{err}");
     let err = rayforge::init(Config::default().object_store_memory(0)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    let err = rayforge::init(Config::default().max_tasks_in_flight_per_worker(0)).unwrap_err();
+    assert!(err.to_string().contains("max_tasks_in_flight_per_worker"), "{err}");
 
     rayforge::init(Config::default().num_cpus(1.0)).unwrap();
     assert!(matches!(rayforge::init(Config::default()), Err(Error::Runtime(_))));

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod memory_monitor;
 pub mod objects;
 pub mod observability;
+pub mod pipelining;
 pub mod placement_groups;
 pub mod resources;
 pub mod spilling;

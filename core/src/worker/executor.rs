@@ -3,8 +3,10 @@
 //!
 //! Tasks arrive on streams pushed by lease holders and actor callers. Normal
 //! tasks, actor construction and sync actor methods run one at a time on the
-//! process's task thread (a worker runs one task at a time); async actor
-//! methods run as futures, up to the actor's `max_concurrency`. A panic fails
+//! process's task thread (a worker runs one task at a time), except that a
+//! sync actor's quick methods run on the runtime thread that received them
+//! (see [`INLINE_METHOD_US`]); async actor methods run as futures, up to the
+//! actor's `max_concurrency`. A panic fails
 //! only its task: the message and location travel back to the caller.
 
 use std::cell::RefCell;
@@ -43,6 +45,12 @@ pub(crate) struct Executor {
     async_actor: Mutex<Option<(AsyncMethod, Arc<Semaphore>)>>,
     events: Arc<TaskRecorder>,
     waiting: Mutex<Waiting>,
+    /// The sync actor this process hosts, if any.
+    actor: Mutex<Option<SyncMethod>>,
+    /// Jobs handed to the task thread and not finished.
+    on_thread: std::sync::atomic::AtomicUsize,
+    /// How long the last sync actor method ran, in microseconds.
+    last_us: std::sync::atomic::AtomicU64,
 }
 
 /// Jobs queued for the task thread that have not started, and those of
@@ -102,6 +110,15 @@ fn failed(spec: &proto::TaskSpec, message: String) -> Error {
     }
 }
 
+/// A sync actor method runs on the runtime thread that received it, not on
+/// the task thread, when the actor's last call ran within this many
+/// microseconds and the task thread has nothing queued (so calls keep their
+/// order): a synchronous call then costs two thread hand-offs less. Should
+/// such a method block after all, the worker's second runtime thread keeps
+/// its I/O going, and a `get` inside it hands the runtime thread's work on
+/// (see `CoreWorker::block_on`).
+const INLINE_METHOD_US: u64 = 50;
+
 impl Executor {
     fn dispatch(
         self: &Arc<Self>,
@@ -126,8 +143,30 @@ impl Executor {
                     let _ = reply.send(Ok(r)).await;
                 });
             }
+            None if is_method
+                && spec.gpu_ids.is_empty()
+                && self.on_thread.load(std::sync::atomic::Ordering::Acquire) == 0
+                && self.last_us.load(std::sync::atomic::Ordering::Relaxed) < INLINE_METHOD_US =>
+            {
+                let Ok(cw) = current() else { return };
+                self.events.started(&spec);
+                let t0 = std::time::Instant::now();
+                let r = {
+                    let mut a = self.actor.lock();
+                    self.run_one(&cw, &spec, &mut a)
+                };
+                self.last_us
+                    .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.events.finished(&spec, &r);
+                if let Err(mpsc::error::TrySendError::Full(r)) = reply.try_send(Ok(r)) {
+                    tokio::spawn(async move {
+                        let _ = reply.send(r).await;
+                    });
+                }
+            }
             None => {
                 self.waiting.lock().queued.insert(spec.task_id.clone());
+                self.on_thread.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let _ = self.jobs.send(Job { spec, reply });
             }
         }
@@ -158,7 +197,6 @@ impl Executor {
 
     /// The task thread: runs jobs one at a time until the process ends.
     fn run_jobs(self: &Arc<Self>, rx: std::sync::mpsc::Receiver<Job>) {
-        let mut actor: Option<SyncMethod> = None;
         while let Ok(job) = rx.recv() {
             let skipped = {
                 let mut w = self.waiting.lock();
@@ -166,15 +204,25 @@ impl Executor {
                 w.skipped.remove(&job.spec.task_id)
             };
             if skipped {
+                self.on_thread.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 continue; // answered when it was dropped
             }
             let Ok(cw) = current() else { return };
             let span = tracing::debug_span!("task", name = %job.spec.display_name);
             let _g = span.enter();
             self.events.started(&job.spec);
-            let reply = self.run_one(&cw, &job.spec, &mut actor);
+            let t0 = std::time::Instant::now();
+            let reply = {
+                let mut a = self.actor.lock();
+                self.run_one(&cw, &job.spec, &mut a)
+            };
+            if job.spec.kind == proto::TaskKind::ActorMethod as i32 {
+                self.last_us
+                    .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             self.events.finished(&job.spec, &reply);
             let _ = job.reply.blocking_send(Ok(reply));
+            self.on_thread.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
@@ -629,8 +677,11 @@ fn worker_main() -> Result<()> {
         node_addr: opt(ENV_NODE_TCP).unwrap_or_default(),
         job_id: opt(ENV_JOB_ID).unwrap_or_default(),
     };
+    // Two runtime threads: a quick sync actor method runs on the one that
+    // received it, and should it block after all, the other keeps this
+    // process's I/O going.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("rayforge-worker")
         .enable_all()
         .build()
@@ -643,6 +694,9 @@ fn worker_main() -> Result<()> {
         async_actor: Mutex::new(None),
         events: events.clone(),
         waiting: Mutex::new(Waiting::default()),
+        actor: Mutex::new(None),
+        on_thread: 0.into(),
+        last_us: u64::MAX.into(),
     });
     let (addr, node) = rt.block_on(async {
         let addr = serve(&uds, tcp_host.as_deref()).await?;

@@ -53,6 +53,23 @@ impl Counter {
     fn fail(&self) -> i64 {
         panic!("method failed on purpose")
     }
+
+    /// Waits for a thread of its own that uses the API (a `put` and a task),
+    /// while this method blocks.
+    fn via_helper_thread(&mut self, n: i64) -> i64 {
+        let h = std::thread::spawn(move || {
+            let r = rayforge::put(n).expect("put from a helper thread");
+            let doubled = double::remote(&r).get().expect("task from a helper thread");
+            r.get().expect("get") + doubled
+        });
+        self.value += h.join().expect("helper thread");
+        self.value
+    }
+}
+
+#[rayforge::remote]
+fn double(x: i64) -> i64 {
+    2 * x
 }
 
 /// An actor whose constructor panics.
@@ -163,6 +180,25 @@ fn killed_actor_fails_its_calls_and_is_not_restarted() {
         rayforge::get_actor::<CounterHandle>("doomed").is_err(),
         "name is released"
     );
+}
+
+#[test]
+fn a_quick_actor_whose_method_then_blocks_on_the_api_does_not_stall() {
+    cluster();
+    let c = Counter::remote(0i64).unwrap();
+    // Quick calls: they may run on the worker's I/O thread.
+    for i in 1..=50 {
+        assert_eq!(c.inc().get().unwrap(), i);
+    }
+    // Then a call that blocks until another thread of the actor's process
+    // has used the API, which needs that process's I/O to go on.
+    let r = c.via_helper_thread(5i64).get_timeout(Duration::from_secs(60));
+    assert_eq!(r.unwrap(), 50 + 5 + 10);
+    for i in 1..=3 {
+        let v = c.via_helper_thread(1i64).get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(v, 65 + 3 * i);
+    }
+    assert_eq!(c.value().get().unwrap(), 74);
 }
 
 #[test]

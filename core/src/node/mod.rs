@@ -636,10 +636,17 @@ impl NodeService for NodeDaemon {
             let locally_infeasible = || scheduler::infeasibility(&self.state.sched.lock().total, &resources).is_some();
             // Before calling a request infeasible, make sure the view is
             // not missing a node that joined since the last heartbeat.
+            // A heartbeat reply sent before the node joined can still land
+            // after a refresh: look a few times over two seconds.
             if let (None, Some(link)) = (&target, self.link()) {
-                if locally_infeasible() && !link.any_node_feasible(&resources) {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while target.is_none() && locally_infeasible() && !link.any_node_feasible(&resources) {
                     link.refresh_view().await;
                     target = self.spillback_target(&resources);
+                    if target.is_some() || link.any_node_feasible(&resources) || Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             // A placement group placed a moment ago may not be in this

@@ -142,18 +142,18 @@ pub fn init(mut config: Config) -> Result<()> {
         .map_err(|e| Error::io("starting the driver's runtime", e))?;
     // This process's submitter pipelines as configured, and so do the
     // workers (nested tasks).
-    let pipelining = (config.max_tasks_in_flight_per_worker, config.short_task_us);
-    if let Some(n) = pipelining.0 {
+    let (depth, short_us) = (config.max_tasks_in_flight_per_worker, config.short_task_us);
+    if let Some(n) = depth {
         let k = worker::submitter::ENV_MAX_IN_FLIGHT.to_string();
         config.worker_env.insert(k, n.to_string());
     }
-    if let Some(us) = pipelining.1 {
+    if let Some(us) = short_us {
         let k = worker::submitter::ENV_SHORT_TASK_US.to_string();
         config.worker_env.insert(k, us.to_string());
     }
     if config.address.is_some() {
         let (cw, job) = rt.block_on(cluster::join_as_driver(&config, rt.handle().clone()))?;
-        cw.submitter.set_pipelining(pipelining.0, pipelining.1);
+        cw.submitter.set_pipelining(depth, short_us);
         worker::install(cw)?;
         *driver = Some(Driver {
             rt,
@@ -190,7 +190,7 @@ pub fn init(mut config: Config) -> Result<()> {
         },
         None,
     );
-    cw.submitter.set_pipelining(pipelining.0, pipelining.1);
+    cw.submitter.set_pipelining(depth, short_us);
     worker::install(cw)?;
     *driver = Some(Driver {
         rt,

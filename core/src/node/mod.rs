@@ -640,10 +640,10 @@ impl NodeService for NodeDaemon {
             // after a refresh: look a few times over two seconds.
             if let (None, Some(link)) = (&target, self.link()) {
                 let deadline = Instant::now() + Duration::from_secs(2);
-                while target.is_none() && locally_infeasible() && !link.any_node_feasible(&resources) {
+                while locally_infeasible() && !link.any_node_feasible(&resources) {
                     link.refresh_view().await;
                     target = self.spillback_target(&resources);
-                    if target.is_some() || link.any_node_feasible(&resources) || Instant::now() > deadline {
+                    if target.is_some() || Instant::now() > deadline {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -62,6 +62,19 @@ struct Waiting {
     skipped: HashSet<Vec<u8>>,
 }
 
+type ReplyTx = mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>;
+
+/// Sends a reply from the runtime without waiting, unless the stream's
+/// buffer is full.
+fn reply_now(reply: &ReplyTx, r: proto::PushTaskReply) {
+    if let Err(mpsc::error::TrySendError::Full(r)) = reply.try_send(Ok(r)) {
+        let reply = reply.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(r).await;
+        });
+    }
+}
+
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
@@ -158,11 +171,7 @@ impl Executor {
                 self.last_us
                     .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
                 self.events.finished(&spec, &r);
-                if let Err(mpsc::error::TrySendError::Full(r)) = reply.try_send(Ok(r)) {
-                    tokio::spawn(async move {
-                        let _ = reply.send(r).await;
-                    });
-                }
+                reply_now(&reply, r);
             }
             None => {
                 self.waiting.lock().queued.insert(spec.task_id.clone());
@@ -174,7 +183,7 @@ impl Executor {
 
     /// Drops a queued task that has not started, answering for it at once
     /// (ahead of the task running now); one that has started runs on.
-    fn skip(&self, task_id: Vec<u8>, reply: &mpsc::Sender<std::result::Result<proto::PushTaskReply, Status>>) {
+    fn skip(&self, task_id: Vec<u8>, reply: &ReplyTx) {
         {
             let mut w = self.waiting.lock();
             if !w.queued.remove(&task_id) {
@@ -187,12 +196,7 @@ impl Executor {
             skipped: true,
             ..Default::default()
         };
-        if let Err(mpsc::error::TrySendError::Full(r)) = reply.try_send(Ok(r)) {
-            let reply = reply.clone();
-            tokio::spawn(async move {
-                let _ = reply.send(r).await;
-            });
-        }
+        reply_now(reply, r);
     }
 
     /// The task thread: runs jobs one at a time until the process ends.

@@ -143,22 +143,43 @@ const SHORT_TASK_US: u64 = 1000;
 /// on another worker of the same shape behind a task that is not short.
 const STEAL_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// A task pushed to a worker and not yet answered.
-#[derive(Clone)]
-struct Pushed {
-    /// The queue it came from.
+/// A lease pushing tasks, as its pushed tasks refer to it.
+struct LeaseStream {
+    /// The queue its tasks come from.
     key: String,
     lease_id: u64,
     node: String,
+    /// To ask the worker to drop a task.
+    stream: mpsc::Sender<proto::PushTaskRequest>,
+    /// The place in the stream of the oldest unanswered task (the one
+    /// running).
+    front: AtomicU64,
+}
+
+impl LeaseStream {
+    /// Asks the worker to drop a pushed task unless it has started.
+    fn drop_unstarted(&self, cw: &CoreWorker, tid: TaskId) {
+        let req = proto::PushTaskRequest {
+            spec: None,
+            skip_task_id: tid.0.to_vec(),
+        };
+        let stream = self.stream.clone();
+        cw.handle.spawn(async move {
+            let _ = stream.send(req).await;
+        });
+    }
+}
+
+/// A task pushed to a worker and not yet answered.
+#[derive(Clone)]
+struct Pushed {
+    lease: Arc<LeaseStream>,
+    /// Its place in the lease's stream (equal to the lease's `front` when
+    /// it runs).
+    seq: u64,
     pushed_at: Instant,
     /// Whether its worker was asked to drop it.
     skip_asked: bool,
-    /// The lease's stream, to ask the worker to drop the task.
-    stream: mpsc::Sender<proto::PushTaskRequest>,
-    /// Its place in the lease's stream, and the place of the stream's
-    /// oldest unanswered task (the one running): equal when it runs.
-    seq: u64,
-    front: Arc<AtomicU64>,
 }
 
 pub(crate) struct TaskSubmitter {
@@ -520,7 +541,13 @@ impl TaskSubmitter {
         // Spread tasks take a lease each, so that each is placed round-robin
         // over the nodes (as Ray schedules them).
         let spread = is_spread(cw, key);
-        let front = Arc::new(AtomicU64::new(0));
+        let lease = Arc::new(LeaseStream {
+            key: key.to_string(),
+            lease_id: grant.lease_id,
+            node: node.to_string(),
+            stream: tx.clone(),
+            front: AtomicU64::new(0),
+        });
         let mut sent = 0u64;
         // Pushed and unanswered, oldest first: the task, when it was pushed,
         // its place in the stream.
@@ -536,14 +563,10 @@ impl TaskSubmitter {
             while let Some(mut task) = next.take() {
                 task.spec.gpu_ids = grant.gpu_ids.clone();
                 let pushed = Pushed {
-                    key: key.to_string(),
-                    lease_id: grant.lease_id,
-                    node: node.to_string(),
+                    lease: lease.clone(),
+                    seq: sent,
                     pushed_at: Instant::now(),
                     skip_asked: false,
-                    stream: tx.clone(),
-                    seq: sent,
-                    front: front.clone(),
                 };
                 cw.submitter.running.lock().insert(task.task_id(), pushed);
                 cw.queued.remove(&task.spec.task_id);
@@ -575,7 +598,8 @@ impl TaskSubmitter {
                 Self::on_broken(cw, key, grant, node, inflight).await;
                 return true;
             };
-            front.store(inflight.front().map_or(sent, |(.., seq)| *seq), Ordering::Release);
+            let oldest = inflight.front().map_or(sent, |(.., seq)| *seq);
+            lease.front.store(oldest, Ordering::Release);
             cw.submitter.running.lock().remove(&task.task_id());
             if r.skipped {
                 // Dropped unstarted, as asked: cancelled, or taken back for
@@ -618,17 +642,20 @@ impl TaskSubmitter {
         inflight: VecDeque<(PendingTask, Instant, u64)>,
     ) {
         cw.forget_peer(&grant.worker_addr);
-        let mut tasks = inflight.into_iter().map(|(t, ..)| t);
-        let Some(running) = tasks.next() else { return };
-        let mut behind = Vec::new();
-        {
+        let mut behind: Vec<PendingTask> = {
             let mut pushed = cw.submitter.running.lock();
-            pushed.remove(&running.task_id());
-            for t in tasks {
-                pushed.remove(&t.task_id());
-                behind.push(t);
-            }
+            inflight
+                .into_iter()
+                .map(|(t, ..)| {
+                    pushed.remove(&t.task_id());
+                    t
+                })
+                .collect()
+        };
+        if behind.is_empty() {
+            return;
         }
+        let running = behind.remove(0);
         if !behind.is_empty() {
             tracing::debug!(
                 n = behind.len(),
@@ -671,31 +698,22 @@ impl TaskSubmitter {
     /// then not short); they come back to the queue for the caller, a lease
     /// with nothing to run. Returns whether any was asked for.
     fn steal(cw: &CoreWorker, key: &str) -> bool {
-        let mut asks = Vec::new();
+        let mut asked = 0;
         for (tid, p) in cw.submitter.running.lock().iter_mut() {
-            if p.key == key
+            if p.lease.key == key
                 && !p.skip_asked
-                && p.seq > p.front.load(Ordering::Acquire)
+                && p.seq > p.lease.front.load(Ordering::Acquire)
                 && p.pushed_at.elapsed() >= STEAL_AFTER
             {
                 p.skip_asked = true;
-                asks.push((p.stream.clone(), *tid));
+                p.lease.drop_unstarted(cw, *tid);
+                asked += 1;
             }
         }
-        if asks.is_empty() {
-            return false;
+        if asked > 0 {
+            tracing::debug!(key, n = asked, "taking back tasks waiting on other workers");
         }
-        tracing::debug!(key, n = asks.len(), "taking back tasks waiting on other workers");
-        cw.handle.spawn(async move {
-            for (stream, tid) in asks {
-                let req = proto::PushTaskRequest {
-                    spec: None,
-                    skip_task_id: tid.0.to_vec(),
-                };
-                let _ = stream.send(req).await;
-            }
-        });
-        true
+        asked > 0
     }
 
     async fn on_reply(cw: &Arc<CoreWorker>, task: PendingTask, r: proto::PushTaskReply) {
@@ -785,20 +803,14 @@ impl TaskSubmitter {
         let running = cw.submitter.running.lock().get(&tid).cloned();
         if let Some(p) = running {
             cw.submitter.cancelled.lock().insert(tid);
-            if p.seq != p.front.load(Ordering::Acquire) {
+            if p.seq != p.lease.front.load(Ordering::Acquire) {
                 // Pushed behind another task: the worker drops it unless it
                 // has started meanwhile (then its result is discarded).
                 tracing::debug!(task = %tid, "cancel: asking the worker to drop a task pushed behind another");
-                let req = proto::PushTaskRequest {
-                    spec: None,
-                    skip_task_id: tid.0.to_vec(),
-                };
-                cw.handle.spawn(async move {
-                    let _ = p.stream.send(req).await;
-                });
+                p.lease.drop_unstarted(cw, tid);
                 return true;
             }
-            let (lease_id, node) = (p.lease_id, p.node);
+            let (lease_id, node) = (p.lease.lease_id, p.lease.node.clone());
             // The push stream then breaks, and the task fails as cancelled.
             if let Ok(mut client) = cw.node_at(&node) {
                 cw.handle.spawn(async move {

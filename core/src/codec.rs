@@ -405,6 +405,45 @@ pub struct Encoded {
 // SAFETY: the raw pointers point into memory kept alive by the Arcs beside them.
 unsafe impl Send for Encoded {}
 
+/// Buffers this large are copied on several threads by
+/// [`Encoded::write_to_threads`].
+pub(crate) const PARALLEL_COPY_MIN: usize = 32 << 20;
+/// The unit of work of a parallel copy.
+const COPY_CHUNK: usize = 4 << 20;
+
+/// Copies each `(offset, source)` into `out` at its offset, in chunks that
+/// `threads` threads take in turn. The ranges must not overlap.
+fn copy_in_parallel(out: &mut [u8], copies: &[(usize, &[u8])], threads: usize) {
+    let chunks: Vec<(usize, &[u8])> = copies
+        .iter()
+        .flat_map(|&(at, src)| {
+            src.chunks(COPY_CHUNK)
+                .enumerate()
+                .map(move |(i, c)| (at + i * COPY_CHUNK, c))
+        })
+        .collect();
+    for &(at, c) in &chunks {
+        assert!(at + c.len() <= out.len(), "copy out of bounds");
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // The address as an integer: each chunk writes its own range (checked
+    // in bounds above, disjoint by the caller's contract).
+    let base = out.as_mut_ptr() as usize;
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(&(at, c)) = chunks.get(i) else { break };
+        // SAFETY: `at..at + c.len()` lies inside `out` (asserted above), no
+        // other chunk writes it, and `out` outlives the scope below.
+        unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), (base as *mut u8).add(at), c.len()) };
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(chunks.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+}
+
 fn align_up(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
@@ -422,22 +461,38 @@ impl Encoded {
 
     /// Writes the object into `out`, which must be exactly `len()` bytes.
     pub fn write_to(&self, out: &mut [u8]) {
+        self.write_to_threads(out, 1);
+    }
+
+    /// [`write_to`](Self::write_to), copying buffers of [`PARALLEL_COPY_MIN`]
+    /// bytes and more on up to `threads` threads (the calling one included).
+    /// One core cannot saturate memory bandwidth with a copy; Ray's store
+    /// client copies large objects on several threads too.
+    pub(crate) fn write_to_threads(&self, out: &mut [u8], threads: usize) {
         debug_assert_eq!(out.len(), self.total);
         out[..self.head.len()].copy_from_slice(&self.head);
         let mut pos = align_up(self.head.len());
         let n = out.len();
         out[self.head.len()..pos.min(n)].fill(0);
+        let mut large: Vec<(usize, &[u8])> = Vec::new();
         for segments in self.buffers.each() {
             for (_, ptr, len) in segments {
                 // SAFETY: ptr/len come from a live Buffer whose owner we hold.
                 let src = unsafe { std::slice::from_raw_parts(*ptr, *len) };
-                out[pos..pos + len].copy_from_slice(src);
+                if threads > 1 && *len >= PARALLEL_COPY_MIN {
+                    large.push((pos, src));
+                } else {
+                    out[pos..pos + len].copy_from_slice(src);
+                }
                 pos += len;
             }
             let next = align_up(pos);
             let n = out.len();
             out[pos..next.min(n)].fill(0);
             pos = next;
+        }
+        if !large.is_empty() {
+            copy_in_parallel(out, &large, threads);
         }
     }
 
@@ -700,6 +755,34 @@ mod tests {
         let ok = encode_to_vec(&String::from("hello")).unwrap();
         let err = decode::<Vec<u64>>(&ObjectBytes::from_vec(ok[..ok.len() - 2].to_vec())).unwrap_err();
         assert!(err.to_string().contains("Vec<u64>"), "{err}");
+    }
+
+    #[test]
+    fn a_parallel_write_lays_out_the_same_bytes() {
+        // One buffer large enough to be split among threads (and not a
+        // whole number of chunks), small ones around it.
+        let big: Vec<u8> = (0..PARALLEL_COPY_MIN + COPY_CHUNK / 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let v = (
+            String::from("head"),
+            Buffer::from(vec![5u8; 13]),
+            Buffer::from(big),
+            Buffer::from(vec![9u16; 1000]),
+        );
+        let enc = encode(&v).unwrap();
+        let mut one = vec![0xAAu8; enc.len()];
+        enc.write_to(&mut one);
+        for threads in [2, 3] {
+            let mut many = vec![0x55u8; enc.len()];
+            enc.write_to_threads(&mut many, threads);
+            assert!(one == many, "{threads} threads laid the object out differently");
+        }
+        let back: (String, Buffer<u8>, Buffer<u8>, Buffer<u16>) = decode(&ObjectBytes::from_vec(one)).unwrap();
+        assert_eq!(back.0, "head");
+        assert!(back.2.iter().enumerate().all(|(i, x)| *x == (i % 251) as u8));
+        assert_eq!(back.2.len(), PARALLEL_COPY_MIN + COPY_CHUNK / 3);
+        assert!(back.3.iter().all(|x| *x == 9) && back.3.len() == 1000);
     }
 
     #[test]

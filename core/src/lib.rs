@@ -423,6 +423,7 @@ pub fn store_stats() -> Result<StoreStats> {
         transfers_sent: s.transfers_sent,
         reads_redirected: s.reads_redirected,
         pooled_bytes: s.pooled_bytes,
+        reused_total: s.reused_total,
     })
 }
 

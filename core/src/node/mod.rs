@@ -767,11 +767,19 @@ impl NodeService for NodeDaemon {
     ) -> std::result::Result<Response<proto::CreateObjectReply>, Status> {
         let r = req.into_inner();
         let id = ObjectId::from_bytes(&r.id).ok_or_else(|| Status::invalid_argument("bad object id"))?;
+        let freed: Vec<ObjectId> = r.free.iter().filter_map(|b| ObjectId::from_bytes(b)).collect();
+        self.forward_frees(&freed);
         let d = self.clone();
         // Spilling does file I/O: keep it off the reactor.
-        let res = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, r.size))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        let res = tokio::task::spawn_blocking(move || {
+            let mut store = d.state.store.lock();
+            for f in freed {
+                store.free(f);
+            }
+            store.reserve(id, r.size)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(match res {
             Ok(reuse) => proto::CreateObjectReply {
                 error: None,
@@ -901,6 +909,7 @@ impl NodeService for NodeDaemon {
             restored_total: s.restored_total,
             spilled_total: s.spilled_total,
             pooled_bytes: s.pooled_bytes,
+            reused_total: s.reused_total,
         }))
     }
 

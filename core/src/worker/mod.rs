@@ -96,7 +96,9 @@ pub(crate) struct CoreWorker {
     mapped: Mutex<HashMap<ObjectId, codec::WeakObjectBytes>>,
     pub(crate) submitter: submitter::TaskSubmitter,
     pub(crate) actors: actor_caller::ActorCaller,
-    free_tx: mpsc::UnboundedSender<(ObjectId, String)>,
+    /// Store objects to free, waiting for the free loop or for this
+    /// process's next reservation on the same node.
+    frees: Arc<PendingFrees>,
     borrow_tx: mpsc::UnboundedSender<(String, ObjectId)>,
     pub(crate) executor: Option<Arc<executor::Executor>>,
     /// Tasks submitted here that have not reached a worker (for listings).
@@ -161,7 +163,7 @@ impl CoreWorker {
         place: NodePlace,
         executor: Option<Arc<executor::Executor>>,
     ) -> Arc<CoreWorker> {
-        let (free_tx, free_rx) = mpsc::unbounded_channel();
+        let frees = Arc::new(PendingFrees::default());
         let (borrow_tx, borrow_rx) = mpsc::unbounded_channel();
         let cw = Arc::new(CoreWorker {
             worker_id,
@@ -179,7 +181,7 @@ impl CoreWorker {
             mapped: Mutex::new(HashMap::new()),
             submitter: submitter::TaskSubmitter::default(),
             actors: actor_caller::ActorCaller::default(),
-            free_tx,
+            frees: frees.clone(),
             borrow_tx,
             executor,
             queued: events::QueuedTasks::default(),
@@ -187,7 +189,7 @@ impl CoreWorker {
             actor_lifetimes: Mutex::new(HashMap::new()),
             actor_args: Mutex::new(HashMap::new()),
         });
-        handle.spawn(free_loop(Arc::downgrade(&cw), free_rx));
+        handle.spawn(free_loop(Arc::downgrade(&cw), frees));
         handle.spawn(borrower_reaper(Arc::downgrade(&cw)));
         handle.spawn(unborrow_loop(Arc::downgrade(&cw), borrow_rx));
         handle.spawn(events::QueuedTasks::report_loop(Arc::downgrade(&cw), cw.node.clone()));
@@ -239,7 +241,7 @@ impl CoreWorker {
             o.state.send_replace(st);
         } else if let ObjState::Ready(Location::Store(node)) = st {
             // Nobody references it any more: free the stored copy at once.
-            let _ = self.free_tx.send((id, node));
+            self.frees.push(id, node);
         }
     }
 
@@ -260,11 +262,15 @@ impl CoreWorker {
         }
         let mut node = self.node.clone();
         let size = enc.len() as u64;
+        let frees = self.frees.clone();
+        let node_addr = self.node_addr.clone();
         let reply = self
             .block_on(async move {
+                let free = frees.take_for(&node_addr).await;
                 node.create_object(proto::CreateObjectRequest {
                     id: id.0.to_vec(),
                     size,
+                    free,
                 })
                 .await
             })?
@@ -508,7 +514,7 @@ impl CoreWorker {
         tracing::info!(task = %task.spec.display_name, node = %lost, "re-running a task to rebuild {} lost object(s)", lost_ids.len());
         for rid in lost_ids {
             // A node that only failed to send still holds its copy.
-            let _ = self.free_tx.send((rid, lost.to_string()));
+            self.frees.push(rid, lost.to_string());
         }
         submitter::TaskSubmitter::submit(&current()?, task);
         Ok(())
@@ -658,7 +664,7 @@ impl CoreWorker {
         };
         let Some(o) = removed else { return };
         if let ObjState::Ready(Location::Store(node)) = &*o.state.borrow() {
-            let _ = self.free_tx.send((*id, node.clone()));
+            self.frees.push(*id, node.clone());
         }
         // Dropping `o` drops the references it contained.
         drop(o);
@@ -879,15 +885,53 @@ impl CoreWorker {
 }
 
 /// Sends store frees, in batches, to the nodes holding the objects.
-async fn free_loop(cw: std::sync::Weak<CoreWorker>, mut rx: mpsc::UnboundedReceiver<(ObjectId, String)>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
-        batch.entry(first.1).or_default().push(first.0 .0.to_vec());
-        while let Ok((id, node)) = rx.try_recv() {
-            batch.entry(node).or_default().push(id.0.to_vec());
-        }
+/// Store objects this process no longer references, by the node holding
+/// them. The free loop sends them in batches; a reservation of store space
+/// on the same node takes them first, so that the freed memory is there to
+/// reuse (a `put` in a loop would otherwise often outrun the free before it
+/// and get fresh memory).
+#[derive(Default)]
+struct PendingFrees {
+    by_node: Mutex<HashMap<String, Vec<ObjectId>>>,
+    /// Per node, held while frees for it are taken and on their way: once a
+    /// reservation holds it, every free pushed before has reached the node
+    /// or is in its own hands.
+    sending: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    wake: tokio::sync::Notify,
+}
+
+impl PendingFrees {
+    fn push(&self, id: ObjectId, node: String) {
+        self.by_node.lock().entry(node).or_default().push(id);
+        self.wake.notify_one();
+    }
+
+    fn sending(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.sending.lock().entry(node.to_string()).or_default().clone()
+    }
+
+    /// The frees waiting for one node, as ids on the wire, once no earlier
+    /// batch for it is still on its way.
+    async fn take_for(&self, node: &str) -> Vec<Vec<u8>> {
+        let sending = self.sending(node);
+        let _turn = sending.lock().await;
+        let ids = self.by_node.lock().remove(node).unwrap_or_default();
+        ids.iter().map(|id| id.0.to_vec()).collect()
+    }
+}
+
+async fn free_loop(cw: std::sync::Weak<CoreWorker>, frees: Arc<PendingFrees>) {
+    loop {
+        frees.wake.notified().await;
+        let nodes: Vec<String> = frees.by_node.lock().keys().cloned().collect();
         let Some(cw) = cw.upgrade() else { return };
-        for (node, ids) in batch {
+        for node in nodes {
+            let sending = frees.sending(&node);
+            let _turn = sending.lock().await;
+            let ids: Vec<Vec<u8>> = match frees.by_node.lock().remove(&node) {
+                Some(ids) => ids.iter().map(|id| id.0.to_vec()).collect(),
+                None => continue, // a reservation took them along
+            };
             if let Ok(mut client) = cw.node_at(&node) {
                 let _ = client.free_objects(proto::FreeObjectsRequest { ids }).await;
             }

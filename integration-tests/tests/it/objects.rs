@@ -121,6 +121,45 @@ fn freed_memory_is_reused_but_never_under_a_reader() {
     );
 }
 
+/// Puts, reads and drops a large object `times` times; returns how many
+/// values read back wrong.
+#[rayforge::remote]
+fn put_drop_loop(n: usize, times: u8) -> usize {
+    (0..times)
+        .filter(|i| {
+            let r = rayforge::put(Buffer::build(n, |s| s.fill(*i))).expect("put");
+            let b = r.get().expect("get");
+            !(b.len() == n && b.iter().all(|x| x == i))
+        })
+        .count()
+}
+
+#[test]
+fn a_put_after_a_drop_writes_over_the_freed_memory() {
+    cluster();
+    let n = 4 << 20;
+    let reused = || rayforge::store_stats().unwrap().reused_total;
+    // The free of a dropped object travels with the next reservation, so
+    // each put of a loop finds the memory its predecessor left.
+    let values: Vec<Buffer<u8>> = (0..6u8).map(|i| Buffer::build(n, |s| s.fill(i))).collect();
+    let before = reused();
+    let mut last = None;
+    for v in &values {
+        drop(last.take());
+        last = Some(rayforge::put(v.clone()).unwrap());
+    }
+    assert!(reused() - before >= 5, "{} of 5 puts reused memory", reused() - before);
+    let b = last.unwrap().get().unwrap();
+    assert!(
+        b.len() == n && b.iter().all(|x| *x == 5),
+        "the last put read back wrong"
+    );
+    // The same from a worker, whose writes go through its kept mapping.
+    let before = reused();
+    assert_eq!(put_drop_loop::remote(n, 6).get().unwrap(), 0);
+    assert!(reused() - before >= 5, "{} of 5 puts reused memory", reused() - before);
+}
+
 #[test]
 fn references_inside_a_result_are_released_with_it_read_or_not() {
     cluster();

@@ -518,7 +518,14 @@ impl TaskSubmitter {
     /// `depth` ahead of their replies while they are short.
     /// Returns whether the worker must be discarded.
     async fn run_on_lease(cw: &Arc<CoreWorker>, key: &str, grant: &proto::Lease, node: &str) -> bool {
-        let Some(first) = Self::pop(cw, key) else {
+        // A lease granted after the others pushed every queued task to their
+        // workers takes back those waiting behind a long one, as a lease
+        // whose queue ran dry does.
+        let first = match Self::pop(cw, key) {
+            Some(t) => Some(t),
+            None => Self::linger(cw, key).await,
+        };
+        let Some(first) = first else {
             return false;
         };
         let mut client = match cw.peer(&grant.worker_addr) {

@@ -267,12 +267,20 @@ impl CoreWorker {
         let reply = self
             .block_on(async move {
                 let free = frees.take_for(&node_addr).await;
-                node.create_object(proto::CreateObjectRequest {
-                    id: id.0.to_vec(),
-                    size,
-                    free,
-                })
-                .await
+                let reply = node
+                    .create_object(proto::CreateObjectRequest {
+                        id: id.0.to_vec(),
+                        size,
+                        free: free.iter().map(|f| f.0.to_vec()).collect(),
+                    })
+                    .await;
+                if reply.is_err() {
+                    // Not delivered: the free loop sends them later.
+                    for f in free {
+                        frees.push(f, node_addr.clone());
+                    }
+                }
+                reply
             })?
             .map_err(|s| Error::rpc("reserving object store space", s))?
             .into_inner();
@@ -884,7 +892,6 @@ impl CoreWorker {
     }
 }
 
-/// Sends store frees, in batches, to the nodes holding the objects.
 /// Store objects this process no longer references, by the node holding
 /// them. The free loop sends them in batches; a reservation of store space
 /// on the same node takes them first, so that the freed memory is there to
@@ -910,16 +917,16 @@ impl PendingFrees {
         self.sending.lock().entry(node.to_string()).or_default().clone()
     }
 
-    /// The frees waiting for one node, as ids on the wire, once no earlier
-    /// batch for it is still on its way.
-    async fn take_for(&self, node: &str) -> Vec<Vec<u8>> {
+    /// The frees waiting for one node, once no earlier batch for it is
+    /// still on its way.
+    async fn take_for(&self, node: &str) -> Vec<ObjectId> {
         let sending = self.sending(node);
         let _turn = sending.lock().await;
-        let ids = self.by_node.lock().remove(node).unwrap_or_default();
-        ids.iter().map(|id| id.0.to_vec()).collect()
+        self.by_node.lock().remove(node).unwrap_or_default()
     }
 }
 
+/// Sends store frees, in batches, to the nodes holding the objects.
 async fn free_loop(cw: std::sync::Weak<CoreWorker>, frees: Arc<PendingFrees>) {
     loop {
         frees.wake.notified().await;

@@ -607,7 +607,9 @@ fn write_mapped(file: &fs::File, enc: &Encoded) -> std::io::Result<()> {
         maps[at].used = now;
         maps[at].map.clone()
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    // Asked once: on Linux the answer reads the cgroup's files.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
     // SAFETY: the mapping covers HEADER + len bytes of the file, whose
     // length is at least that (NewObject::create set it); the daemon handed
     // this file to this writer alone and readers back off it until commit,

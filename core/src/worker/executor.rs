@@ -162,15 +162,7 @@ impl Executor {
                 && self.last_us.load(std::sync::atomic::Ordering::Relaxed) < INLINE_METHOD_US =>
             {
                 let Ok(cw) = current() else { return };
-                self.events.started(&spec);
-                let t0 = std::time::Instant::now();
-                let r = {
-                    let mut a = self.actor.lock();
-                    self.run_one(&cw, &spec, &mut a)
-                };
-                self.last_us
-                    .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-                self.events.finished(&spec, &r);
+                let r = self.run_recorded(&cw, &spec);
                 reply_now(&reply, r);
             }
             None => {
@@ -199,6 +191,23 @@ impl Executor {
         reply_now(reply, r);
     }
 
+    /// Runs a task with the sync actor this process hosts (if any), records
+    /// its start and end, and for an actor method how long it ran.
+    fn run_recorded(self: &Arc<Self>, cw: &Arc<CoreWorker>, spec: &proto::TaskSpec) -> proto::PushTaskReply {
+        self.events.started(spec);
+        let t0 = std::time::Instant::now();
+        let reply = {
+            let mut a = self.actor.lock();
+            self.run_one(cw, spec, &mut a)
+        };
+        if spec.kind == proto::TaskKind::ActorMethod as i32 {
+            self.last_us
+                .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.events.finished(spec, &reply);
+        reply
+    }
+
     /// The task thread: runs jobs one at a time until the process ends.
     fn run_jobs(self: &Arc<Self>, rx: std::sync::mpsc::Receiver<Job>) {
         while let Ok(job) = rx.recv() {
@@ -214,17 +223,7 @@ impl Executor {
             let Ok(cw) = current() else { return };
             let span = tracing::debug_span!("task", name = %job.spec.display_name);
             let _g = span.enter();
-            self.events.started(&job.spec);
-            let t0 = std::time::Instant::now();
-            let reply = {
-                let mut a = self.actor.lock();
-                self.run_one(&cw, &job.spec, &mut a)
-            };
-            if job.spec.kind == proto::TaskKind::ActorMethod as i32 {
-                self.last_us
-                    .store(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            self.events.finished(&job.spec, &reply);
+            let reply = self.run_recorded(&cw, &job.spec);
             let _ = job.reply.blocking_send(Ok(reply));
             self.on_thread.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         }

@@ -424,20 +424,27 @@ fn read_csv_file(path: &str, schema: SchemaRef) -> Result<Block> {
             Ok(b) => batches.push(b),
             Err(e) => {
                 let msg = e.to_string();
-                // arrow numbers data rows from 1 after the header; the file's
-                // line numbers count the header too.
-                let line = msg
-                    .split("at line ")
-                    .nth(1)
-                    .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .map(|n| n + 1)
-                    .unwrap_or(0);
-                return Err(parse_error(path, &msg, line));
+                return Err(parse_error(path, &msg, csv_error_line(&msg).unwrap_or(0)));
             }
         }
     }
     Ok(Block::new(arrow::compute::concat_batches(&schema, &batches)?))
+}
+
+/// The file line (1-based, the header included) that an arrow CSV error
+/// names. Arrow words it two ways: a value that does not parse is "at line
+/// N", N counting data rows from 1 after the header; a row with the wrong
+/// number of fields is "for line N", N counting every line of the file.
+fn csv_error_line(msg: &str) -> Option<u64> {
+    let number_after = |marker: &str| {
+        msg.split(marker)
+            .nth(1)
+            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    number_after("at line ")
+        .map(|n| n + 1)
+        .or_else(|| number_after("for line "))
 }
 
 fn read_json_file(path: &str, schema: SchemaRef) -> Result<Block> {
@@ -498,6 +505,16 @@ fn find_conflicting_json_line(path: &str, message: &str) -> Option<Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_errors_name_the_file_line_in_both_of_arrows_wordings() {
+        let parse =
+            "Parser error: Error while parsing value 'x' as type 'Int64' for column 1 at line 1101. Row data: '[5,x]'";
+        assert_eq!(csv_error_line(parse), Some(1102));
+        let fields = "Csv error: incorrect number of fields for line 1002, expected 2 got 1";
+        assert_eq!(csv_error_line(fields), Some(1002));
+        assert_eq!(csv_error_line("Csv error: something else"), None);
+    }
 
     #[test]
     fn wildcards_match_like_a_shell() {

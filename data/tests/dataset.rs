@@ -364,6 +364,21 @@ fn csv_and_json_read_write_and_bad_rows() {
         matches!(&err, Error::Parse { line: 1102, file, .. } if file.ends_with("bad.csv")),
         "{err}"
     );
+    // A row with too few fields: arrow counts its line differently.
+    let short = dir.join("short.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..1000 {
+        text.push_str(&format!("{i},{i}\n"));
+    }
+    text.push_str("5\n");
+    std::fs::write(&short, text).unwrap();
+    let err = rayforge_data::read_csv(short.to_str().unwrap())
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Parse { line: 1002, file, .. } if file.ends_with("short.csv")),
+        "{err}"
+    );
     let bad_json = dir.join("bad.json");
     std::fs::write(&bad_json, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": oops}\n").unwrap();
     let err = rayforge_data::read_json(bad_json.to_str().unwrap())

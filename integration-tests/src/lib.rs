@@ -186,9 +186,11 @@ impl LocalCluster {
             self.state_dir.to_string_lossy().into(),
             "--heartbeat-timeout-ms".into(),
             heartbeat_ms.to_string(),
-            "--jobs-port".into(),
-            "0".into(),
         ];
+        // Any free port for the jobs API, unless the test names one.
+        if !head_args.contains(&"--jobs-port") {
+            args.extend(["--jobs-port".into(), "0".into()]);
+        }
         args.extend(head_args.iter().map(|s| s.to_string()));
         let d = start_daemon(&args, &self.cluster_file);
         let text = std::fs::read_to_string(&self.cluster_file).expect("cluster file written by the head");

@@ -52,19 +52,19 @@ enum Cmd {
         /// The config file.
         config: PathBuf,
         /// The server's admin address.
-        #[arg(long, default_value = "127.0.0.1:8265")]
+        #[arg(long, default_value = DEFAULT_ADMIN)]
         admin: String,
     },
     /// Shows the applications, deployments and replicas of a running server.
     Status {
         /// The server's admin address.
-        #[arg(long, default_value = "127.0.0.1:8265")]
+        #[arg(long, default_value = DEFAULT_ADMIN)]
         admin: String,
     },
     /// Drains and stops a running server.
     Shutdown {
         /// The server's admin address.
-        #[arg(long, default_value = "127.0.0.1:8265")]
+        #[arg(long, default_value = DEFAULT_ADMIN)]
         admin: String,
     },
 }
@@ -82,6 +82,10 @@ pub fn main(registry: Registry) -> ExitCode {
 }
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// Where the admin commands look by default: `serve run`'s default admin
+/// port ([`crate::config::DEFAULT_ADMIN_PORT`]) on this machine.
+const DEFAULT_ADMIN: &str = "127.0.0.1:52365";
 
 fn run(cmd: Cmd, registry: Registry) -> Result<()> {
     match cmd {
@@ -156,5 +160,19 @@ fn print_status(st: &ServeStatus) {
                 }
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_commands_look_where_serve_run_listens_and_not_on_the_jobs_port() {
+        let port: u16 = super::DEFAULT_ADMIN
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(port, crate::config::DEFAULT_ADMIN_PORT);
+        assert_eq!(crate::HttpOptions::default().admin_port, port);
+        assert_ne!(port, rayforge::jobs::DEFAULT_JOBS_PORT);
     }
 }

@@ -152,9 +152,14 @@ pub struct HttpOptions {
     /// Larger bodies get 413.
     pub max_body_bytes: usize,
     /// Port of the admin API (`serve status`, `serve shutdown`, `serve deploy`)
-    /// on 127.0.0.1; 0: any free port.
+    /// on 127.0.0.1 (default [`DEFAULT_ADMIN_PORT`]); 0: any free port.
     pub admin_port: u16,
 }
+
+/// The admin API's default port: Ray's dashboard-agent port, where Serve's
+/// REST API used to live. Not 8265: a cluster head serves its jobs API
+/// there, and `serve run` against that head must still bind.
+pub const DEFAULT_ADMIN_PORT: u16 = 52365;
 
 impl Default for HttpOptions {
     fn default() -> Self {
@@ -164,7 +169,7 @@ impl Default for HttpOptions {
             request_timeout_s: 60.0,
             max_concurrent_requests: 4096,
             max_body_bytes: 10 << 20,
-            admin_port: 8265,
+            admin_port: DEFAULT_ADMIN_PORT,
         }
     }
 }

@@ -70,7 +70,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use batching::Batcher;
-pub use config::{AppConfig, Autoscaling, DeploymentConfig, DeploymentEntry, HttpOptions, ServeConfig};
+pub use config::{
+    AppConfig, Autoscaling, DeploymentConfig, DeploymentEntry, HttpOptions, ServeConfig, DEFAULT_ADMIN_PORT,
+};
 pub use controller::{DeploymentStatus, ReplicaStatus, ServeStatus};
 pub use error::{Error, Result};
 pub use http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp, Json, Streaming};

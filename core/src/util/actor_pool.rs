@@ -44,7 +44,9 @@ impl<H> ActorPool<H> {
         &self.actors
     }
 
-    /// Runs `f(actor, value)` for every value; results in input order.
+    /// Runs `f(actor, value)` for every value; results in input order. When
+    /// calls fail, the error is that of the first failing input in input
+    /// order (as Ray's ordered `map`), whatever order they failed in.
     pub fn map<V, R: Value>(
         &self,
         f: impl Fn(&H, V) -> ObjectRef<R>,
@@ -63,6 +65,7 @@ impl<H> ActorPool<H> {
     }
 
     /// Runs `f(actor, value)` for every value; results in completion order.
+    /// The first call to fail ends the run with its error.
     pub fn map_unordered<V, R: Value>(
         &self,
         f: impl Fn(&H, V) -> ObjectRef<R>,
@@ -71,11 +74,15 @@ impl<H> ActorPool<H> {
         Ok(self.run(f, values, false)?.into_iter().map(|(_, r)| r).collect())
     }
 
+    /// Runs every value through the pool; returns `(input index, result)`
+    /// pairs in completion order. Unordered, the first failure to complete
+    /// ends the run; ordered, a failure ends it once every earlier input has
+    /// completed, with the earliest input's error.
     fn run<V, R: Value>(
         &self,
         f: impl Fn(&H, V) -> ObjectRef<R>,
         values: impl IntoIterator<Item = V>,
-        _ordered: bool,
+        ordered: bool,
     ) -> Result<Vec<(usize, R)>> {
         if self.actors.is_empty() {
             return Err(Error::InvalidArgument("ActorPool has no actors".into()));
@@ -84,8 +91,20 @@ impl<H> ActorPool<H> {
         let mut idle: VecDeque<usize> = (0..self.actors.len()).collect();
         let mut busy: Vec<(ObjectRef<R>, usize, usize)> = Vec::new(); // (ref, actor, input index)
         let mut out = Vec::new();
+        // The earliest failed input so far, and its error.
+        let mut failed: Option<(usize, Error)> = None;
         loop {
+            // Ordered, wait until every input before the failed one is done.
+            let done = matches!(&failed, Some((i, _)) if !ordered || busy.iter().all(|b| b.2 > *i));
+            if done {
+                if let Some((_, e)) = failed.take() {
+                    return Err(e);
+                }
+            }
             while let Some(a) = idle.front().copied() {
+                if failed.is_some() {
+                    break; // no new work once a call has failed
+                }
                 let Some((i, v)) = values.next() else { break };
                 idle.pop_front();
                 busy.push((f(&self.actors[a], v), a, i));
@@ -98,8 +117,15 @@ impl<H> ActorPool<H> {
             for r in ready {
                 if let Some(pos) = busy.iter().position(|b| b.0 == r) {
                     let (r, a, i) = busy.swap_remove(pos);
-                    out.push((i, r.get()?));
                     idle.push_back(a);
+                    match r.get() {
+                        Ok(v) => out.push((i, v)),
+                        Err(e) => {
+                            if failed.as_ref().is_none_or(|(j, _)| i < *j) {
+                                failed = Some((i, e));
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -269,6 +269,60 @@ pub struct PlacementGroupStatus {
     pub nodes: Vec<String>,
 }
 
+impl From<proto::NodeEntry> for NodeStatus {
+    fn from(n: proto::NodeEntry) -> Self {
+        NodeStatus {
+            node_id: n.node_id,
+            address: n.addr,
+            is_head: n.is_head,
+            alive: n.alive,
+            death_cause: n.death_cause,
+            total: n.total,
+            available: n.available,
+            pending: n.pending_demands,
+            num_workers: n.num_workers,
+        }
+    }
+}
+
+impl From<proto::ActorRecord> for ActorStatus {
+    fn from(a: proto::ActorRecord) -> Self {
+        ActorStatus {
+            actor_id: crate::ids::hex(&a.actor_id),
+            state: proto::ActorState::try_from(a.state)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_else(|_| "UNKNOWN".into()),
+            class_name: a.class_name,
+            name: a.name,
+            job_id: a.job_id,
+            detached: a.detached,
+            node: a.node_addr,
+            num_restarts: a.num_restarts,
+            death_cause: a.death_cause,
+        }
+    }
+}
+
+impl From<proto::PlacementGroupRecord> for PlacementGroupStatus {
+    fn from(g: proto::PlacementGroupRecord) -> Self {
+        PlacementGroupStatus {
+            strategy: proto::PlacementStrategy::try_from(g.strategy)
+                .map(|s| s.as_str_name().to_string())
+                .unwrap_or_default(),
+            nodes: g
+                .bundles
+                .iter()
+                .map(|b| if b.placed { b.node_addr.clone() } else { String::new() })
+                .collect(),
+            bundles: g.bundles.into_iter().map(|b| b.resources).collect(),
+            id: g.id,
+            name: g.name,
+            state: g.state,
+            reason: g.reason,
+        }
+    }
+}
+
 impl HeadClient {
     /// Connects to the head at `address` ("auto": this machine's cluster).
     pub fn connect(address: &str, token: Option<&str>) -> Result<HeadClient> {
@@ -305,21 +359,7 @@ impl HeadClient {
     pub fn nodes(&mut self) -> Result<Vec<NodeStatus>> {
         let mut c = self.client.clone();
         let r = self.call(async move { c.list_nodes(proto::ListNodesRequest {}).await })?;
-        Ok(r.into_inner()
-            .nodes
-            .into_iter()
-            .map(|n| NodeStatus {
-                node_id: n.node_id,
-                address: n.addr,
-                is_head: n.is_head,
-                alive: n.alive,
-                death_cause: n.death_cause,
-                total: n.total,
-                available: n.available,
-                pending: n.pending_demands,
-                num_workers: n.num_workers,
-            })
-            .collect())
+        Ok(r.into_inner().nodes.into_iter().map(NodeStatus::from).collect())
     }
 
     /// Every job the head knows.
@@ -344,23 +384,7 @@ impl HeadClient {
     pub fn actors(&mut self) -> Result<Vec<ActorStatus>> {
         let mut c = self.client.clone();
         let r = self.call(async move { c.list_actors(proto::ListActorsRequest {}).await })?;
-        Ok(r.into_inner()
-            .actors
-            .into_iter()
-            .map(|a| ActorStatus {
-                actor_id: crate::ids::hex(&a.actor_id),
-                state: proto::ActorState::try_from(a.state)
-                    .map(|s| s.as_str_name().to_string())
-                    .unwrap_or_else(|_| "UNKNOWN".into()),
-                class_name: a.class_name,
-                name: a.name,
-                job_id: a.job_id,
-                detached: a.detached,
-                node: a.node_addr,
-                num_restarts: a.num_restarts,
-                death_cause: a.death_cause,
-            })
-            .collect())
+        Ok(r.into_inner().actors.into_iter().map(ActorStatus::from).collect())
     }
 
     /// Every placement group of the cluster (removed ones included).
@@ -370,21 +394,7 @@ impl HeadClient {
         Ok(r.into_inner()
             .groups
             .into_iter()
-            .map(|g| PlacementGroupStatus {
-                strategy: proto::PlacementStrategy::try_from(g.strategy)
-                    .map(|s| s.as_str_name().to_string())
-                    .unwrap_or_default(),
-                nodes: g
-                    .bundles
-                    .iter()
-                    .map(|b| if b.placed { b.node_addr.clone() } else { String::new() })
-                    .collect(),
-                bundles: g.bundles.into_iter().map(|b| b.resources).collect(),
-                id: g.id,
-                name: g.name,
-                state: g.state,
-                reason: g.reason,
-            })
+            .map(PlacementGroupStatus::from)
             .collect())
     }
 

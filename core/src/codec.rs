@@ -565,6 +565,66 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
     })
 }
 
+/// Expands `$mac!(T)` for each plain number type whose `Vec` travels out
+/// of band (see [`encode_value`]).
+macro_rules! for_plain_numbers {
+    ($mac:ident) => {
+        $mac!(f64);
+        $mac!(f32);
+        $mac!(i64);
+        $mac!(i32);
+        $mac!(i16);
+        $mac!(i8);
+        $mac!(u64);
+        $mac!(u32);
+        $mac!(u16);
+        $mac!(u8);
+    };
+}
+
+/// Encodes a value the runtime stores or sends (a `put`, an argument, a
+/// return value). A `Vec` of plain numbers (`Vec<f64>`, `Vec<u8>`, ...)
+/// is laid out as a [`Buffer`] would be: one out-of-band copy of its
+/// memory instead of an encode per element. [`decode_value_with_refs`]
+/// reads it back; both sides know the type, so both take the same path.
+pub(crate) fn encode_value<T: Value>(value: T) -> Result<Encoded> {
+    use std::any::{Any, TypeId};
+    macro_rules! out_of_band {
+        ($p:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<Vec<$p>>() {
+                let any: Box<dyn Any> = Box::new(value);
+                return match any.downcast::<Vec<$p>>() {
+                    // Moves the vector into the buffer: no copy here.
+                    Ok(v) => encode(&Buffer::from(*v)),
+                    Err(_) => Err(Error::Internal("a Vec's type id matched but not its type".into())),
+                };
+            }
+        };
+    }
+    for_plain_numbers!(out_of_band);
+    encode(&value)
+}
+
+/// Decodes what [`encode_value`] encoded (a `Vec` of plain numbers is one
+/// copy out of the object's memory), with the references found inside.
+pub(crate) fn decode_value_with_refs<T: Value>(bytes: &ObjectBytes) -> Result<(T, Vec<ContainedRef>)> {
+    use std::any::{Any, TypeId};
+    macro_rules! out_of_band {
+        ($p:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<Vec<$p>>() {
+                let (b, refs) = decode_with_refs::<Buffer<$p>>(bytes)?;
+                let any: Box<dyn Any> = Box::new(b.to_vec());
+                return match any.downcast::<T>() {
+                    Ok(v) => Ok((*v, refs)),
+                    Err(_) => Err(Error::Internal("a Vec's type id matched but not its type".into())),
+                };
+            }
+        };
+    }
+    for_plain_numbers!(out_of_band);
+    decode_with_refs(bytes)
+}
+
 /// Encodes a value straight into a vector.
 #[cfg(test)]
 pub(crate) fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
@@ -613,7 +673,9 @@ pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Resu
     Ok((v, ctx.map(|c| c.refs).unwrap_or_default()))
 }
 
-/// Decodes a value; see [`decode_with_refs`].
+/// Decodes a value; see [`decode_with_refs`]. (The runtime decodes through
+/// `worker::decode_value`, which also registers the references found.)
+#[cfg(test)]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &ObjectBytes) -> Result<T> {
     decode_with_refs(bytes).map(|(v, _)| v)
 }
@@ -714,6 +776,30 @@ mod tests {
         a: Buffer<f64>,
         b: Buffer<u8>,
         n: i32,
+    }
+
+    #[test]
+    fn vectors_of_plain_numbers_travel_out_of_band_and_come_back_equal() {
+        let v: Vec<f64> = (0..100_000).map(|i| i as f64 * 0.5).collect();
+        let enc = encode_value(v.clone()).unwrap();
+        // One out-of-band buffer holding the elements' bytes, aligned.
+        assert_eq!(enc.buffers.buffers.len(), 1);
+        let bytes = ObjectBytes::from_vec(enc.to_vec());
+        let (back, refs) = decode_value_with_refs::<Vec<f64>>(&bytes).unwrap();
+        assert!(refs.is_empty());
+        assert_eq!(back, v);
+        let small = encode_value(vec![1u8, 2, 3]).unwrap().to_vec();
+        let (back, _) = decode_value_with_refs::<Vec<u8>>(&ObjectBytes::from_vec(small)).unwrap();
+        assert_eq!(back, vec![1, 2, 3]);
+        let empty = encode_value(Vec::<i32>::new()).unwrap().to_vec();
+        let (back, _) = decode_value_with_refs::<Vec<i32>>(&ObjectBytes::from_vec(empty)).unwrap();
+        assert!(back.is_empty());
+        // Other types keep the element-wise encoding.
+        let words = vec!["a".to_string(), "b".to_string()];
+        let enc = encode_value(words.clone()).unwrap();
+        assert!(enc.buffers.buffers.is_empty());
+        let (back, _) = decode_value_with_refs::<Vec<String>>(&ObjectBytes::from_vec(enc.to_vec())).unwrap();
+        assert_eq!(back, words);
     }
 
     #[test]

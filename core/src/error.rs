@@ -7,7 +7,15 @@ use crate::proto;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in rayforge, as seen by a user.
+///
+/// An error keeps its kind across processes: what a task or actor method
+/// returns as a `rayforge::Error` (say, the [`Error::ActorDied`] of an actor
+/// it called) reaches its caller as that same variant, with the same
+/// [`Error::is_retriable`] answer. A task's own error type arrives as
+/// [`Error::TaskFailed`], and the value itself can be had back with
+/// [`Error::user_error`] when the type implements `Serialize`.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[non_exhaustive]
 pub enum Error {
     /// User code panicked or returned an error inside a task or actor method.
     #[error("task `{function}` failed: {message}")]
@@ -16,6 +24,9 @@ pub enum Error {
         function: String,
         /// The panic message or the error's `Display`, with its location.
         message: String,
+        /// The error value itself, when its type implements `Serialize`
+        /// (read it with [`Error::user_error`]).
+        payload: Option<ErrorPayload>,
     },
     /// The worker process running a task died (killed, crashed, exited).
     #[error("worker running `{function}` died: {cause}")]
@@ -97,7 +108,59 @@ pub enum Error {
     Internal(String),
 }
 
+/// A user error value carried inside [`Error::TaskFailed`]: its type's name
+/// and its encoding. [`Error::user_error`] turns it back into the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorPayload {
+    type_name: String,
+    bytes: Vec<u8>,
+}
+
+impl ErrorPayload {
+    /// Encodes `e` as the payload of a task failure.
+    pub fn new<E: serde::Serialize + ?Sized>(e: &E) -> Result<ErrorPayload> {
+        Ok(ErrorPayload {
+            type_name: std::any::type_name::<E>().to_string(),
+            bytes: bincode::serialize(e)?,
+        })
+    }
+
+    /// The Rust type name of the error value.
+    pub fn type_name(&self) -> &str {
+        &self.type_name
+    }
+}
+
 impl Error {
+    /// A task's own error value, when this is a [`Error::TaskFailed`] whose
+    /// task returned an `Err(E)` of this very type (which must implement
+    /// `Serialize` and `Deserialize`). `None` for any other error or type.
+    ///
+    /// ```no_run
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+    /// enum TrainError { Diverged { step: u64 } }
+    /// impl std::fmt::Display for TrainError {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") }
+    /// }
+    ///
+    /// #[rayforge::remote]
+    /// fn train() -> Result<f64, TrainError> { Err(TrainError::Diverged { step: 7 }) }
+    ///
+    /// # fn main() -> rayforge::Result<()> {
+    /// rayforge::init(rayforge::Config::default())?;
+    /// let err = train::remote().get().unwrap_err();
+    /// assert_eq!(err.user_error::<TrainError>(), Some(TrainError::Diverged { step: 7 }));
+    /// # Ok(()) }
+    /// ```
+    pub fn user_error<E: serde::de::DeserializeOwned>(&self) -> Option<E> {
+        match self {
+            Error::TaskFailed { payload: Some(p), .. } if p.type_name == std::any::type_name::<E>() => {
+                bincode::deserialize(&p.bytes).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// Whether repeating the operation may succeed (a dead worker, a lost
     /// object, a timeout), as opposed to a deterministic failure.
     pub fn is_retriable(&self) -> bool {
@@ -126,39 +189,47 @@ impl Error {
         }
     }
 
-    /// Converts to the wire form.
+    /// Converts to the wire form (every variant keeps its kind and fields).
     pub(crate) fn to_proto(&self) -> proto::ErrorProto {
         use proto::ErrorKind as K;
-        let (kind, message, origin) = match self {
-            Error::TaskFailed { function, message } => (K::TaskFailed, message.clone(), function.clone()),
-            Error::WorkerDied { function, cause } => (K::WorkerDied, cause.clone(), function.clone()),
-            Error::OutOfMemory { function, cause } => (K::OutOfMemory, cause.clone(), function.clone()),
-            Error::ActorDied { actor, cause } => (K::ActorDied, cause.clone(), actor.clone()),
-            Error::ObjectLost { id, cause } => (K::ObjectLost, cause.clone(), id.clone()),
-            Error::GetTimeout(d) => (K::Internal, format!("timeout {d:?}"), String::new()),
-            Error::Cancelled(f) => (K::Cancelled, String::new(), f.clone()),
-            Error::Infeasible { function, detail } => (K::Infeasible, detail.clone(), function.clone()),
-            Error::ObjectStoreFull(m) => (K::StoreFull, m.clone(), String::new()),
-            Error::Serialization { what, message } => (
-                K::InvalidArgument,
-                format!("cannot (de)serialize {what}: {message}"),
-                String::new(),
-            ),
-            Error::InvalidArgument(m) => (K::InvalidArgument, m.clone(), String::new()),
-            Error::NotFound(m) => (K::NotFound, m.clone(), String::new()),
-            Error::Runtime(m) | Error::Internal(m) => (K::Internal, m.clone(), String::new()),
-            Error::Io { context, message } => (
-                K::Internal,
-                format!("I/O error while {context}: {message}"),
-                String::new(),
-            ),
-        };
-        proto::ErrorProto {
-            kind: kind as i32,
-            message,
-            origin,
+        let mut p = proto::ErrorProto {
             retriable: self.is_retriable(),
-        }
+            ..Default::default()
+        };
+        let (kind, message, origin) = match self {
+            Error::TaskFailed {
+                function,
+                message,
+                payload,
+            } => {
+                if let Some(pl) = payload {
+                    p.payload_type = pl.type_name.clone();
+                    p.payload = pl.bytes.clone();
+                }
+                (K::TaskFailed, message, function)
+            }
+            Error::WorkerDied { function, cause } => (K::WorkerDied, cause, function),
+            Error::OutOfMemory { function, cause } => (K::OutOfMemory, cause, function),
+            Error::ActorDied { actor, cause } => (K::ActorDied, cause, actor),
+            Error::ObjectLost { id, cause } => (K::ObjectLost, cause, id),
+            Error::GetTimeout(d) => {
+                p.timeout_us = d.as_micros().min(u64::MAX as u128) as u64;
+                (K::GetTimeout, &String::new(), &String::new())
+            }
+            Error::Cancelled(f) => (K::Cancelled, &String::new(), f),
+            Error::Infeasible { function, detail } => (K::Infeasible, detail, function),
+            Error::ObjectStoreFull(m) => (K::StoreFull, m, &String::new()),
+            Error::Serialization { what, message } => (K::Serialization, message, what),
+            Error::InvalidArgument(m) => (K::InvalidArgument, m, &String::new()),
+            Error::NotFound(m) => (K::NotFound, m, &String::new()),
+            Error::Runtime(m) => (K::Runtime, m, &String::new()),
+            Error::Io { context, message } => (K::Io, message, context),
+            Error::Internal(m) => (K::Internal, m, &String::new()),
+        };
+        p.kind = kind as i32;
+        p.message = message.clone();
+        p.origin = origin.clone();
+        p
     }
 
     /// Converts from the wire form.
@@ -170,6 +241,10 @@ impl Error {
             K::TaskFailed => Error::TaskFailed {
                 function: o,
                 message: m,
+                payload: (!p.payload_type.is_empty()).then(|| ErrorPayload {
+                    type_name: p.payload_type.clone(),
+                    bytes: p.payload.clone(),
+                }),
             },
             K::WorkerDied => Error::WorkerDied { function: o, cause: m },
             K::OutOfMemory => Error::OutOfMemory { function: o, cause: m },
@@ -181,7 +256,11 @@ impl Error {
             K::InvalidArgument => Error::InvalidArgument(m),
             K::NotFound => Error::NotFound(m),
             K::AlreadyExists => Error::InvalidArgument(m),
-            K::Internal => Error::Runtime(m),
+            K::GetTimeout => Error::GetTimeout(std::time::Duration::from_micros(p.timeout_us)),
+            K::Io => Error::Io { context: o, message: m },
+            K::Serialization => Error::Serialization { what: o, message: m },
+            K::Runtime => Error::Runtime(m),
+            K::Internal => Error::Internal(m),
         }
     }
 }
@@ -199,12 +278,19 @@ impl From<bincode::Error> for Error {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wire_round_trip_keeps_kind_and_retry_classification() {
-        let errors = [
+    /// One value of every variant (the match makes a new variant fail to
+    /// compile here until it is added).
+    fn every_variant() -> Vec<Error> {
+        let all = vec![
             Error::TaskFailed {
                 function: "f".into(),
                 message: "boom at x.rs:1".into(),
+                payload: None,
+            },
+            Error::TaskFailed {
+                function: "f".into(),
+                message: "bad step".into(),
+                payload: Some(ErrorPayload::new(&(7u64, "nan".to_string())).unwrap()),
             },
             Error::WorkerDied {
                 function: "f".into(),
@@ -222,29 +308,82 @@ mod tests {
                 id: "ab".into(),
                 cause: "owner died".into(),
             },
+            Error::GetTimeout(std::time::Duration::from_millis(1500)),
             Error::Cancelled("f".into()),
             Error::Infeasible {
                 function: "f".into(),
                 detail: "CPU 64 > 2".into(),
             },
             Error::ObjectStoreFull("1 GiB > 10 MiB".into()),
+            Error::Serialization {
+                what: "argument `x`".into(),
+                message: "unexpected end".into(),
+            },
             Error::InvalidArgument("x".into()),
             Error::NotFound("actor c".into()),
+            Error::Runtime("not initialized".into()),
+            Error::Io {
+                context: "connecting".into(),
+                message: "refused".into(),
+            },
+            Error::Internal("bug".into()),
         ];
-        for e in errors {
-            let back = Error::from_proto(&e.to_proto());
+        for e in &all {
+            match e {
+                Error::TaskFailed { .. }
+                | Error::WorkerDied { .. }
+                | Error::OutOfMemory { .. }
+                | Error::ActorDied { .. }
+                | Error::ObjectLost { .. }
+                | Error::GetTimeout(_)
+                | Error::Cancelled(_)
+                | Error::Infeasible { .. }
+                | Error::ObjectStoreFull(_)
+                | Error::Serialization { .. }
+                | Error::InvalidArgument(_)
+                | Error::NotFound(_)
+                | Error::Runtime(_)
+                | Error::Io { .. }
+                | Error::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn wire_round_trip_keeps_every_kind_and_retry_classification() {
+        for e in every_variant() {
+            let wire = e.to_proto();
+            let back = Error::from_proto(&wire);
             assert_eq!(back, e);
-            assert_eq!(e.to_proto().retriable, e.is_retriable());
+            assert_eq!(back.to_string(), e.to_string());
+            assert_eq!(wire.retriable, e.is_retriable());
+            assert_eq!(back.is_retriable(), wire.retriable, "{e}");
         }
-        assert!(Error::WorkerDied {
-            function: String::new(),
-            cause: String::new()
-        }
-        .is_retriable());
+        assert!(Error::GetTimeout(std::time::Duration::from_secs(1)).is_retriable());
+        assert!(Error::io("x", "y").is_retriable());
         assert!(!Error::TaskFailed {
             function: String::new(),
-            message: String::new()
+            message: String::new(),
+            payload: None,
         }
         .is_retriable());
+    }
+
+    #[test]
+    fn a_user_error_comes_back_only_as_its_own_type() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        enum Mine {
+            Diverged { step: u64 },
+        }
+        let e = Error::TaskFailed {
+            function: "train".into(),
+            message: "diverged".into(),
+            payload: Some(ErrorPayload::new(&Mine::Diverged { step: 3 }).unwrap()),
+        };
+        let back = Error::from_proto(&e.to_proto());
+        assert_eq!(back.user_error::<Mine>(), Some(Mine::Diverged { step: 3 }));
+        assert_eq!(back.user_error::<String>(), None);
+        assert_eq!(Error::NotFound("x".into()).user_error::<Mine>(), None);
     }
 }

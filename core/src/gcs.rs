@@ -74,7 +74,7 @@ struct Snapshot {
 struct Tables {
     nodes: BTreeMap<String, proto::NodeEntry>,
     jobs: BTreeMap<String, proto::JobInfo>,
-    kv: BTreeMap<String, Vec<u8>>,
+    kv: crate::kv::KvTable,
     next_job: u32,
     actors: BTreeMap<Vec<u8>, proto::ActorRecord>,
     groups: BTreeMap<String, proto::PlacementGroupRecord>,
@@ -109,14 +109,14 @@ impl Gcs {
                     t.nodes.insert(n.node_id.clone(), n);
                 }
                 t.jobs = s.jobs.into_iter().map(|j| (j.job_id.clone(), j)).collect();
-                t.kv = s.kv;
+                t.kv = crate::kv::KvTable(s.kv);
                 t.next_job = s.next_job;
                 t.actors = s.actors.into_iter().map(|a| (a.actor_id.clone(), a)).collect();
                 t.groups = s.groups.into_iter().map(|g| (g.id.clone(), g)).collect();
                 tracing::info!(
                     nodes = t.nodes.len(),
                     jobs = t.jobs.len(),
-                    keys = t.kv.len(),
+                    keys = t.kv.0.len(),
                     actors = t.actors.len(),
                     "head state restored from {}",
                     path.display()
@@ -143,7 +143,7 @@ impl Gcs {
             Snapshot {
                 nodes: t.nodes.values().cloned().collect(),
                 jobs: t.jobs.values().cloned().collect(),
-                kv: t.kv.clone(),
+                kv: t.kv.0.clone(),
                 next_job: t.next_job,
                 actors: t.actors.values().cloned().collect(),
                 groups: t.groups.values().cloned().collect(),
@@ -584,55 +584,36 @@ impl ControlService for GcsService {
         &self,
         req: Request<proto::KvPutRequest>,
     ) -> std::result::Result<Response<proto::KvPutReply>, Status> {
-        let r = req.into_inner();
-        let mut t = self.0.tables.lock();
-        if !r.overwrite && t.kv.contains_key(&r.key) {
-            return Ok(Response::new(proto::KvPutReply { written: false }));
+        let reply = self.0.tables.lock().kv.put(req.into_inner());
+        if reply.written {
+            self.0.persist();
         }
-        t.kv.insert(r.key, r.value);
-        drop(t);
-        self.0.persist();
-        Ok(Response::new(proto::KvPutReply { written: true }))
+        Ok(Response::new(reply))
     }
 
     async fn kv_get(
         &self,
         req: Request<proto::KvGetRequest>,
     ) -> std::result::Result<Response<proto::KvGetReply>, Status> {
-        let key = req.into_inner().key;
-        let t = self.0.tables.lock();
-        Ok(Response::new(match t.kv.get(&key) {
-            Some(v) => proto::KvGetReply {
-                found: true,
-                value: v.clone(),
-            },
-            None => proto::KvGetReply::default(),
-        }))
+        Ok(Response::new(self.0.tables.lock().kv.get(&req.into_inner())))
     }
 
     async fn kv_delete(
         &self,
         req: Request<proto::KvGetRequest>,
     ) -> std::result::Result<Response<proto::KvDeleteReply>, Status> {
-        let key = req.into_inner().key;
-        let mut t = self.0.tables.lock();
-        let deleted = t.kv.remove(&key).is_some();
-        drop(t);
-        if deleted {
+        let reply = self.0.tables.lock().kv.delete(&req.into_inner());
+        if reply.deleted {
             self.0.persist();
         }
-        Ok(Response::new(proto::KvDeleteReply { deleted }))
+        Ok(Response::new(reply))
     }
 
     async fn kv_list(
         &self,
         req: Request<proto::KvListRequest>,
     ) -> std::result::Result<Response<proto::KvListReply>, Status> {
-        let prefix = req.into_inner().prefix;
-        let t = self.0.tables.lock();
-        Ok(Response::new(proto::KvListReply {
-            keys: t.kv.keys().filter(|k| k.starts_with(&prefix)).cloned().collect(),
-        }))
+        Ok(Response::new(self.0.tables.lock().kv.list(&req.into_inner())))
     }
 
     async fn list_placement_groups(

@@ -49,12 +49,14 @@ pub mod cluster;
 pub mod cluster_benchmark;
 mod codec;
 mod config;
+mod context;
 mod error;
 mod fn_ref;
 mod gcs;
 mod generator;
 mod ids;
 pub mod jobs;
+pub mod kv;
 pub mod microbenchmark;
 mod node;
 mod object_ref;
@@ -75,10 +77,11 @@ pub(crate) mod proto {
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use actor::{ActorHandle, ActorHandleType};
+pub use actor::{ActorHandle, ActorHandleType, ActorState};
 pub use codec::{Buffer, Concat, Value};
 pub use config::Config;
-pub use error::{Error, Result};
+pub use context::{runtime_context, runtime_context_async, RuntimeContext};
+pub use error::{Error, ErrorPayload, Result};
 pub use fn_ref::FnRef;
 pub use generator::ObjectRefGenerator;
 pub use ids::{ActorId, ObjectId, TaskId};
@@ -113,12 +116,33 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
+/// Runs `f` outside any tokio runtime: on a helper thread when called from
+/// async code (where starting, blocking on or dropping a runtime panics),
+/// else right here.
+fn outside_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .map_err(|_| Error::Internal("a rayforge start-up or shut-down thread panicked".into()))
+    })
+}
+
 /// Starts an embedded single-node cluster in this process (the node daemon
 /// and a pool of worker processes started from this binary) and connects
 /// this process to it as the driver — or, with [`Config::address`], joins a
 /// running cluster: this program's binary is shipped to the cluster and its
 /// tasks run on the cluster's nodes.
-pub fn init(mut config: Config) -> Result<()> {
+///
+/// It may be called from async code too (`#[tokio::main]`, `#[tokio::test]`):
+/// rayforge runs its own runtime beside the caller's.
+pub fn init(config: Config) -> Result<()> {
+    outside_runtime(|| init_here(config))?
+}
+
+fn init_here(mut config: Config) -> Result<()> {
     config.validate()?;
     if config.address.is_none() {
         // Like RAY_ADDRESS: the same program joins a cluster when told to.
@@ -206,8 +230,14 @@ pub fn is_initialized() -> bool {
 }
 
 /// Stops the embedded cluster: ends every worker process and frees the
-/// shared memory. Safe to call more than once.
+/// shared memory. Safe to call more than once, and from async code.
 pub fn shutdown() {
+    // Only a panic inside the shut-down itself could fail this; it is
+    // reported by the thread, and there is nothing left to undo.
+    let _ = outside_runtime(shutdown_here);
+}
+
+fn shutdown_here() {
     let driver = DRIVER.lock().take();
     if let Some(d) = driver {
         worker::uninstall();
@@ -225,7 +255,7 @@ pub fn shutdown() {
 /// as many tasks as you like without copying the value again.
 pub fn put<T: Value>(value: T) -> Result<ObjectRef<T>> {
     let cw = worker::current()?;
-    let enc = codec::encode(&value)?;
+    let enc = codec::encode_value(value)?;
     Ok(ObjectRef::from_handle(cw.put_encoded(enc)?))
 }
 
@@ -396,12 +426,12 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
 /// inside one).
 pub fn node_id() -> Result<String> {
     let cw = worker::current()?;
-    let mut node = cw.node.clone();
-    let r = cw
-        .block_on(async move { node.node_info(proto::NodeInfoRequest::default()).await })?
-        .map_err(|s| Error::rpc("asking the node for its id", s))?
-        .into_inner();
-    Ok(r.node_id)
+    cw.block_on(node_id_async())?
+}
+
+/// Async form of [`node_id`].
+pub async fn node_id_async() -> Result<String> {
+    Ok(worker::current()?.node_identity().await?.0)
 }
 
 /// Usage of this node's object store.
@@ -512,7 +542,7 @@ pub mod __private {
     /// Encodes an argument.
     pub fn prepare_arg<T: Value>(a: impl IntoArg<T>) -> Result<PreparedArg> {
         match a.into_arg() {
-            Arg::Value(v) => Ok(PreparedArg::Value(codec::encode(&v)?)),
+            Arg::Value(v) => Ok(PreparedArg::Value(codec::encode_value(v)?)),
             Arg::Ref(r) => Ok(PreparedArg::Ref(r.cast())),
         }
     }
@@ -533,23 +563,68 @@ pub mod __private {
 
     /// Encodes one return value.
     pub fn ret<T: Value>(v: T) -> Result<Returns> {
-        Ok(vec![codec::encode(&v)?])
+        Ok(vec![codec::encode_value(v)?])
     }
 
-    /// Encodes a return value of a function returning `Result`.
-    pub fn ret_result<T: Value, E: std::fmt::Display>(v: std::result::Result<T, E>) -> Result<Returns> {
-        match v {
-            Ok(v) => ret(v),
-            Err(e) => Err(Error::TaskFailed {
+    /// A task's `Err` value on its way to becoming the [`Error`] its
+    /// caller sees. The macros call `(&&&UserErr(&e)).task_error()`, and
+    /// method lookup picks the first of three traits that applies: a
+    /// `rayforge::Error` keeps its kind ([`KeepsItsKind`]); a type that
+    /// serializes becomes `TaskFailed` carrying the value ([`CarriesItsValue`]);
+    /// any other `Display` type becomes `TaskFailed` with its message
+    /// ([`CarriesItsMessage`]). This resolves at the call site, where the
+    /// user's concrete error type is known.
+    pub struct UserErr<'a, E>(pub &'a E);
+
+    /// See [`UserErr`]: a `rayforge::Error` passes through as itself.
+    pub trait KeepsItsKind {
+        /// The error the caller sees.
+        fn task_error(&self) -> Error;
+    }
+
+    impl KeepsItsKind for &&UserErr<'_, Error> {
+        fn task_error(&self) -> Error {
+            self.0.clone()
+        }
+    }
+
+    /// See [`UserErr`]: an error type that serializes travels as a payload.
+    pub trait CarriesItsValue {
+        /// The error the caller sees.
+        fn task_error(&self) -> Error;
+    }
+
+    impl<E: serde::Serialize + std::fmt::Display> CarriesItsValue for &UserErr<'_, E> {
+        fn task_error(&self) -> Error {
+            Error::TaskFailed {
                 function: String::new(),
-                message: e.to_string(),
-            }),
+                message: self.0.to_string(),
+                // An error value that fails to encode still fails the task
+                // with its message.
+                payload: crate::error::ErrorPayload::new(self.0).ok(),
+            }
+        }
+    }
+
+    /// See [`UserErr`]: any other error travels as its message.
+    pub trait CarriesItsMessage {
+        /// The error the caller sees.
+        fn task_error(&self) -> Error;
+    }
+
+    impl<E: std::fmt::Display> CarriesItsMessage for UserErr<'_, E> {
+        fn task_error(&self) -> Error {
+            Error::TaskFailed {
+                function: String::new(),
+                message: self.0.to_string(),
+                payload: None,
+            }
         }
     }
 
     /// Encodes one of several return values.
     pub fn ret_part<T: Value>(out: &mut Returns, v: T) -> Result<()> {
-        out.push(codec::encode(&v)?);
+        out.push(codec::encode_value(v)?);
         Ok(())
     }
 
@@ -615,10 +690,12 @@ pub mod __private {
         cw: &worker::CoreWorker,
         tid: TaskId,
         name: &'static str,
+        opts: &TaskOptions,
         args: Vec<proto::TaskArg>,
         num_returns: u32,
         streaming: bool,
     ) -> proto::TaskSpec {
+        let (placement_group, bundle_index) = bundle_of(&opts.placement_group);
         proto::TaskSpec {
             task_id: tid.0.to_vec(),
             kind: proto::TaskKind::Normal as i32,
@@ -628,7 +705,19 @@ pub mod __private {
             owner_addr: cw.addr.clone(),
             display_name: name.to_string(),
             streaming,
+            placement_group,
+            bundle_index,
+            env: opts.env.clone().into_iter().collect(),
             ..Default::default()
+        }
+    }
+
+    /// The wire form of a placement-group target: the group ("" none) and
+    /// the bundle (-1 any).
+    fn bundle_of(t: &Option<BundleTarget>) -> (String, i32) {
+        match t {
+            Some(t) => (t.group.clone(), t.bundle.map_or(-1, |b| b as i32)),
+            None => (String::new(), -1),
         }
     }
 
@@ -656,7 +745,7 @@ pub mod __private {
         let refs: Vec<ObjectRef<T>> = (0..num_returns)
             .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
             .collect();
-        let spec = normal_spec(&cw, tid, name, args, num_returns, false);
+        let spec = normal_spec(&cw, tid, name, opts, args, num_returns, false);
         worker::submitter::TaskSubmitter::submit(
             &cw,
             worker::submitter::PendingTask {
@@ -687,6 +776,7 @@ pub mod __private {
             }
         }
         let (args, pins) = prepare_spec(&cw, args)?;
+        let (placement_group, bundle_index) = bundle_of(&opts.placement_group);
         let id = ActorId::new();
         // Constructor arguments must outlive restarts.
         cw.pin_actor_args(id, pins);
@@ -700,6 +790,9 @@ pub mod __private {
             actor_id: id.0.to_vec(),
             max_concurrency: opts.max_concurrency.unwrap_or(1000),
             display_name: class.to_string(),
+            placement_group,
+            bundle_index,
+            env: opts.env.clone().into_iter().collect(),
             ..Default::default()
         };
         let req = proto::CreateActorRequest {
@@ -803,7 +896,7 @@ pub mod __private {
         };
         let tid = TaskId::new();
         let rx = cw.register_generator(tid);
-        let spec = normal_spec(&cw, tid, name, args, 0, true);
+        let spec = normal_spec(&cw, tid, name, opts, args, 0, true);
         // Items already handed out cannot be taken back: no retries.
         worker::submitter::TaskSubmitter::submit(
             &cw,
@@ -826,7 +919,7 @@ pub mod __private {
         emit: &mut dyn FnMut(Encoded) -> Result<()>,
     ) -> Result<()> {
         for item in items {
-            emit(codec::encode(&item)?)?;
+            emit(codec::encode_value(item)?)?;
         }
         Ok(())
     }

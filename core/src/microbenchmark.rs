@@ -224,6 +224,13 @@ pub fn run(settings: &Settings) -> Result<()> {
     // like with like.
     r.timeit("single client put gigabytes", 0.8, || crate::put(big.clone()).map(drop))?;
     drop(big);
+    // The same with the plain `Vec` a new user writes (not in Ray's suite;
+    // compare it with the line above): it travels as one copy of its
+    // memory, like a NumPy array in Ray. Each round puts a fresh zeroed
+    // vector, as Ray's case puts `np.zeros`.
+    r.timeit("single client put gigabytes (Vec<i64>)", 0.8, || {
+        crate::put(vec![0i64; 100 * 1024 * 1024]).map(drop)
+    })?;
     r.timeit("single client tasks and get batch", 1.0, || {
         let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
         crate::get_all(&refs).map(drop)

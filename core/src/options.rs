@@ -25,6 +25,9 @@ pub struct TaskOptions {
     pub placement_group: Option<BundleTarget>,
     /// Which node the task may run on.
     pub scheduling_strategy: SchedulingStrategy,
+    /// Environment variables set in the worker before the task runs (and
+    /// put back as they were after it).
+    pub env: BTreeMap<String, String>,
 }
 
 /// Which node a task or actor goes to (as Ray's `scheduling_strategy`).
@@ -196,6 +199,9 @@ pub struct ActorOptions {
     pub placement_group: Option<BundleTarget>,
     /// Which node the actor is placed on (also when it restarts).
     pub scheduling_strategy: SchedulingStrategy,
+    /// Environment variables set in the actor's process before its
+    /// constructor runs (e.g. `MASTER_ADDR`, `RANK`, `NCCL_*`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl ActorOptions {
@@ -259,6 +265,12 @@ macro_rules! __impl_task_options {
             /// Which node to run on: spread, or a given node.
             pub fn scheduling_strategy(mut self, strategy: $crate::SchedulingStrategy) -> Self {
                 self.0.scheduling_strategy = strategy;
+                self
+            }
+            /// Sets an environment variable in the worker while the task
+            /// runs (it is put back as it was afterwards).
+            pub fn env(mut self, name: &str, value: &str) -> Self {
+                self.0.env.insert(name.to_string(), value.to_string());
                 self
             }
         }
@@ -326,6 +338,12 @@ macro_rules! __impl_actor_options {
             /// Which node to run on: spread, or a given node.
             pub fn scheduling_strategy(mut self, strategy: $crate::SchedulingStrategy) -> Self {
                 self.0.scheduling_strategy = strategy;
+                self
+            }
+            /// Sets an environment variable in the actor's process before
+            /// its constructor runs (kept for the process's life).
+            pub fn env(mut self, name: &str, value: &str) -> Self {
+                self.0.env.insert(name.to_string(), value.to_string());
                 self
             }
         }

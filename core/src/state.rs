@@ -147,6 +147,61 @@ fn worker_log(l: proto::WorkerLog) -> WorkerLog {
     }
 }
 
+pub use crate::cluster::{ActorStatus, NodeStatus, PlacementGroupStatus};
+
+/// This process's node, which answers for the whole cluster.
+fn my_node() -> Result<NodeClient> {
+    Ok(crate::worker::current()?.node.clone())
+}
+
+/// Every actor of the cluster, dead ones included (what `rayforge list
+/// actors` prints), from any driver or worker.
+pub async fn list_actors_async() -> Result<Vec<ActorStatus>> {
+    let r = my_node()?
+        .list_actors(proto::ListActorsRequest {})
+        .await
+        .map_err(|s| Error::rpc("listing actors", s))?;
+    Ok(r.into_inner().actors.into_iter().map(ActorStatus::from).collect())
+}
+
+/// Every node of the cluster, dead ones included (on the embedded cluster,
+/// its one node).
+pub async fn list_nodes_async() -> Result<Vec<NodeStatus>> {
+    let r = my_node()?
+        .list_nodes(proto::ListNodesRequest {})
+        .await
+        .map_err(|s| Error::rpc("listing nodes", s))?;
+    Ok(r.into_inner().nodes.into_iter().map(NodeStatus::from).collect())
+}
+
+/// Every placement group of the cluster, removed ones included.
+pub async fn list_placement_groups_async() -> Result<Vec<PlacementGroupStatus>> {
+    let r = my_node()?
+        .list_placement_groups(proto::ListPlacementGroupsRequest {})
+        .await
+        .map_err(|s| Error::rpc("listing placement groups", s))?;
+    Ok(r.into_inner()
+        .groups
+        .into_iter()
+        .map(PlacementGroupStatus::from)
+        .collect())
+}
+
+/// Blocking form of [`list_actors_async`].
+pub fn list_actors() -> Result<Vec<ActorStatus>> {
+    crate::worker::current()?.block_on(list_actors_async())?
+}
+
+/// Blocking form of [`list_nodes_async`].
+pub fn list_nodes() -> Result<Vec<NodeStatus>> {
+    crate::worker::current()?.block_on(list_nodes_async())?
+}
+
+/// Blocking form of [`list_placement_groups_async`].
+pub fn list_placement_groups() -> Result<Vec<PlacementGroupStatus>> {
+    crate::worker::current()?.block_on(list_placement_groups_async())?
+}
+
 /// A node's service, asked for the whole cluster.
 type NodeClient = proto::node_service_client::NodeServiceClient<crate::rpc::Chan>;
 

@@ -28,6 +28,7 @@ fn put_once_reports_both_timings_with_equal_results() {
     let out = run(env!("CARGO_BIN_EXE_put_once"));
     assert!(out.contains("passed by value:"), "{out}");
     assert!(out.contains("put once, by reference:"), "{out}");
+    assert!(out.contains("read in place:"), "{out}");
     assert!(out.contains("each task summed a column: 5000"), "{out}");
 }
 

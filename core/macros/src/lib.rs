@@ -124,16 +124,26 @@ fn decode_args(args: &[(syn::Ident, Type)]) -> TokenStream2 {
 
 /// Code turning `__out` into `Returns`.
 fn encode_returns(r: &RetInfo) -> TokenStream2 {
+    // A task's `Err` becomes the caller's error through `UserErr` (see its
+    // docs): a rayforge::Error keeps its kind, a serializable type travels
+    // as a payload, any other Display type as its message.
+    let user_err = quote! {
+        |e| {
+            #[allow(unused_imports)]
+            use ::rayforge::__private::{CarriesItsMessage, CarriesItsValue, KeepsItsKind};
+            (&&&::rayforge::__private::UserErr(&e)).task_error()
+        }
+    };
     if r.types.len() == 1 {
         if r.fallible {
-            quote! { ::rayforge::__private::ret_result(__out) }
+            quote! { __out.map_err(#user_err).and_then(::rayforge::__private::ret) }
         } else {
             quote! { ::rayforge::__private::ret(__out) }
         }
     } else {
         let names: Vec<_> = (0..r.types.len()).map(|i| format_ident!("__r{}", i)).collect();
         let unwrap = if r.fallible {
-            quote! { let __out = __out.map_err(|e| ::rayforge::Error::TaskFailed { function: String::new(), message: e.to_string() })?; }
+            quote! { let __out = __out.map_err(#user_err)?; }
         } else {
             quote! {}
         };

@@ -260,7 +260,8 @@ impl NodeDaemon {
     }
 
     /// This node's entry in the head's node table.
-    fn entry(&self) -> proto::NodeEntry {
+    /// This node as the head's node table holds it.
+    pub(crate) fn entry(&self) -> proto::NodeEntry {
         let s = self.state.sched.lock();
         proto::NodeEntry {
             node_id: self.state.node_id.clone(),

@@ -123,6 +123,9 @@ pub(crate) struct NodeState {
     pub(crate) spread_next: std::sync::atomic::AtomicUsize,
     /// Worker lease requests received since start.
     lease_requests: std::sync::atomic::AtomicU64,
+    /// The key-value store of the embedded cluster (a cluster's node uses
+    /// the head's).
+    kv: Mutex<crate::kv::KvTable>,
 }
 
 /// A running node daemon; dropping it does not stop it: call `shutdown`.
@@ -204,6 +207,7 @@ impl NodeDaemon {
             memory_threshold: cfg.memory_usage_threshold.unwrap_or(0.95),
             spread_next: std::sync::atomic::AtomicUsize::new(0),
             lease_requests: std::sync::atomic::AtomicU64::new(0),
+            kv: Mutex::new(crate::kv::KvTable::default()),
             shutting_down: false.into(),
             paths,
             node_id,
@@ -873,6 +877,93 @@ impl NodeService for NodeDaemon {
     type StreamWorkerOutputStream = std::pin::Pin<
         Box<dyn futures::Stream<Item = std::result::Result<proto::WorkerOutputLine, Status>> + Send + 'static>,
     >;
+
+    async fn kv_put(
+        &self,
+        req: Request<proto::KvPutRequest>,
+    ) -> std::result::Result<Response<proto::KvPutReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().kv_put(req.into_inner()).await,
+            None => Ok(Response::new(self.state.kv.lock().put(req.into_inner()))),
+        }
+    }
+
+    async fn kv_get(
+        &self,
+        req: Request<proto::KvGetRequest>,
+    ) -> std::result::Result<Response<proto::KvGetReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().kv_get(req.into_inner()).await,
+            None => Ok(Response::new(self.state.kv.lock().get(&req.into_inner()))),
+        }
+    }
+
+    async fn kv_delete(
+        &self,
+        req: Request<proto::KvGetRequest>,
+    ) -> std::result::Result<Response<proto::KvDeleteReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().kv_delete(req.into_inner()).await,
+            None => Ok(Response::new(self.state.kv.lock().delete(&req.into_inner()))),
+        }
+    }
+
+    async fn kv_list(
+        &self,
+        req: Request<proto::KvListRequest>,
+    ) -> std::result::Result<Response<proto::KvListReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().kv_list(req.into_inner()).await,
+            None => Ok(Response::new(self.state.kv.lock().list(&req.into_inner()))),
+        }
+    }
+
+    async fn list_actors(
+        &self,
+        req: Request<proto::ListActorsRequest>,
+    ) -> std::result::Result<Response<proto::ListActorsReply>, Status> {
+        if let Some(link) = &self.state.cluster {
+            return link.head.clone().list_actors(req.into_inner()).await;
+        }
+        let t = self.state.actors.lock();
+        Ok(Response::new(proto::ListActorsReply {
+            actors: t.actors.iter().map(|(id, a)| a.to_record(id)).collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<proto::ListNodesRequest>,
+    ) -> std::result::Result<Response<proto::ListNodesReply>, Status> {
+        if let Some(link) = &self.state.cluster {
+            return link.head.clone().list_nodes(req.into_inner()).await;
+        }
+        // The embedded cluster is this one node, head and all.
+        let mut me = self.entry();
+        me.is_head = true;
+        me.num_workers = self
+            .state
+            .sched
+            .lock()
+            .workers
+            .values()
+            .filter(|w| w.state != scheduler::WorkerState::Dead)
+            .count() as u32;
+        Ok(Response::new(proto::ListNodesReply { nodes: vec![me] }))
+    }
+
+    async fn list_placement_groups(
+        &self,
+        req: Request<proto::ListPlacementGroupsRequest>,
+    ) -> std::result::Result<Response<proto::ListPlacementGroupsReply>, Status> {
+        if let Some(link) = &self.state.cluster {
+            return link.head.clone().list_placement_groups(req.into_inner()).await;
+        }
+        let t = self.state.groups.lock();
+        Ok(Response::new(proto::ListPlacementGroupsReply {
+            groups: t.groups.values().map(|g| g.rec.clone()).collect(),
+        }))
+    }
 
     async fn stream_worker_output(
         &self,

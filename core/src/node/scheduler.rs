@@ -98,7 +98,9 @@ pub(crate) struct Scheduler {
     idle: VecDeque<u64>,
     /// Worker processes starting, by job.
     starting: HashMap<String, usize>,
-    gpus_free: Vec<u32>,
+    /// What is left of each GPU device (indexed by device id; 1.0 = free):
+    /// fractional requests share a device, whole ones take whole devices.
+    gpu_left: Vec<f64>,
     next_lease: u64,
     /// Workers kept even when idle.
     pub(crate) min_workers: usize,
@@ -153,6 +155,49 @@ pub(crate) fn infeasibility(total: &Resources, req: &Resources) -> Option<String
     (!missing.is_empty()).then(|| missing.join("; "))
 }
 
+/// How many GPU devices a demand takes and how much of each: a fraction
+/// below one shares a device; a whole number takes that many whole devices.
+/// GPUs are asked for directly or through a placement-group bundle.
+fn gpu_shares(res: &Resources) -> (usize, f64) {
+    let gpus: f64 = res
+        .iter()
+        .filter(|(k, _)| *k == "GPU" || k.starts_with("GPU_group_"))
+        .map(|(_, v)| *v)
+        .sum();
+    if gpus <= EPS {
+        (0, 0.0)
+    } else if gpus < 1.0 {
+        (1, gpus)
+    } else {
+        (gpus.ceil() as usize, 1.0)
+    }
+}
+
+/// The devices a GPU demand gets: whole devices, lowest ids first; a
+/// fraction goes to the fullest device that still has room for it, so
+/// fractions pack onto shared devices (two `num_gpus(0.5)` share one). When
+/// only the node's total had room (fractions spread over devices), the one
+/// with the most left is used.
+fn pick_gpus(left: &[f64], devices: usize, share: f64) -> Vec<u32> {
+    if devices == 0 {
+        return Vec::new();
+    }
+    if share >= 1.0 {
+        return (0..left.len() as u32)
+            .filter(|&i| left[i as usize] >= 1.0 - EPS)
+            .take(devices)
+            .collect();
+    }
+    let fullest_with_room = (0..left.len())
+        .filter(|&i| left[i] + EPS >= share)
+        .min_by(|&a, &b| left[a].total_cmp(&left[b]));
+    let emptiest = || (0..left.len()).max_by(|&a, &b| left[a].total_cmp(&left[b]));
+    fullest_with_room
+        .or_else(emptiest)
+        .map(|i| vec![i as u32])
+        .unwrap_or_default()
+}
+
 impl Scheduler {
     pub(crate) fn new(total: Resources, min_workers: usize, idle_timeout: Duration) -> Scheduler {
         let gpus = total.get("GPU").copied().unwrap_or(0.0).floor() as u32;
@@ -164,7 +209,7 @@ impl Scheduler {
             pending: VecDeque::new(),
             idle: VecDeque::new(),
             starting: HashMap::new(),
-            gpus_free: (0..gpus).collect(),
+            gpu_left: vec![1.0; gpus as usize],
             next_lease: 1,
             min_workers,
             idle_timeout,
@@ -382,15 +427,12 @@ impl Scheduler {
         for (k, v) in res {
             *self.available.entry(k.clone()).or_insert(0.0) -= v;
         }
-        // GPUs asked for directly or through a placement-group bundle.
-        let gpus: f64 = res
-            .iter()
-            .filter(|(k, _)| *k == "GPU" || k.starts_with("GPU_group_"))
-            .map(|(_, v)| *v)
-            .sum();
-        let n = gpus.ceil() as usize;
-        let take = n.min(self.gpus_free.len());
-        self.gpus_free.drain(..take).collect()
+        let (devices, share) = gpu_shares(res);
+        let ids = pick_gpus(&self.gpu_left, devices, share);
+        for &i in &ids {
+            self.gpu_left[i as usize] -= share;
+        }
+        ids
     }
 
     fn release_resources(&mut self, lease: &LeaseInfo, blocked: bool) {
@@ -400,8 +442,12 @@ impl Scheduler {
             }
             *self.available.entry(k.clone()).or_insert(0.0) += v;
         }
-        self.gpus_free.extend(&lease.gpu_ids);
-        self.gpus_free.sort_unstable();
+        let (_, share) = gpu_shares(&lease.resources);
+        for &i in &lease.gpu_ids {
+            if let Some(left) = self.gpu_left.get_mut(i as usize) {
+                *left = (*left + share).min(1.0);
+            }
+        }
     }
 
     /// Grants whatever pending requests fit, oldest first; asks for worker
@@ -698,6 +744,22 @@ mod tests {
         assert_eq!(s.available["CPU"], 0.0);
         s.return_lease(g.lease_id, false);
         assert_eq!(s.available["CPU"], 1.0);
+    }
+
+    #[test]
+    fn fractional_gpus_share_a_device_and_whole_ones_take_free_devices() {
+        let left = vec![1.0, 1.0];
+        assert_eq!(pick_gpus(&left, 1, 0.5), vec![0]);
+        // The second half goes to the device already half used.
+        assert_eq!(pick_gpus(&[0.5, 1.0], 1, 0.5), vec![0]);
+        assert_eq!(pick_gpus(&[0.0, 1.0], 1, 0.5), vec![1]);
+        // Whole devices only come from fully free ones.
+        assert_eq!(pick_gpus(&[0.5, 1.0], 1, 1.0), vec![1]);
+        assert_eq!(pick_gpus(&[1.0, 1.0, 1.0], 2, 1.0), vec![0, 1]);
+        let gpu = |n: f64| -> Resources { [("GPU".to_string(), n)].into_iter().collect() };
+        assert_eq!(gpu_shares(&gpu(0.25)), (1, 0.25));
+        assert_eq!(gpu_shares(&gpu(2.0)), (2, 1.0));
+        assert_eq!(gpu_shares(&res(1.0)), (0, 0.0));
     }
 
     #[test]

@@ -8,12 +8,24 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::codec::{self, ObjectBytes};
-use crate::{Error, Result, Value};
+use crate::object_ref::RefHandle;
+use crate::{Error, ObjectRef, Result, Value};
+
+/// One queued item: its encoding, and a reference to every object the item
+/// holds. The references travel as real `ObjectRef`s, so the actor that
+/// keeps the item is a borrower of each (the owner keeps them alive while
+/// they are queued), and the consumer that takes it becomes one before it
+/// decodes the item.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct QueueItem {
+    bytes: Vec<u8>,
+    refs: Vec<ObjectRef<()>>,
+}
 
 /// The actor behind [`Queue`]: encoded items, bounded by `maxsize`.
 #[crate::actor]
 pub(crate) struct QueueActor {
-    items: parking_lot::Mutex<VecDeque<Vec<u8>>>,
+    items: parking_lot::Mutex<VecDeque<QueueItem>>,
     maxsize: usize,
     changed: Notify,
 }
@@ -30,7 +42,7 @@ impl QueueActor {
 
     /// Appends an item, waiting up to `timeout_ms` for room (0: fail at once
     /// when full). Returns whether it was added.
-    async fn put(&self, item: Vec<u8>, timeout_ms: u64) -> bool {
+    async fn put(&self, item: QueueItem, timeout_ms: u64) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             let notified = self.changed.notified();
@@ -49,7 +61,7 @@ impl QueueActor {
     }
 
     /// Takes the oldest item, waiting up to `timeout_ms` for one.
-    async fn get(&self, timeout_ms: u64) -> Option<Vec<u8>> {
+    async fn get(&self, timeout_ms: u64) -> Option<QueueItem> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             let notified = self.changed.notified();
@@ -114,8 +126,17 @@ impl<T: Value> Queue<T> {
     /// Appends an item, failing with [`Error::GetTimeout`] if the queue stays
     /// full for `timeout`.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<()> {
-        let bytes = codec::encode(&item)?.to_vec();
-        if self.actor.put(bytes, timeout.as_millis() as u64).get()? {
+        let enc = codec::encode_value(item)?;
+        let refs = enc
+            .refs
+            .iter()
+            .map(|r| ObjectRef::from_handle(RefHandle::new(r.id, r.owner_addr.clone())))
+            .collect();
+        let item = QueueItem {
+            bytes: enc.to_vec(),
+            refs,
+        };
+        if self.actor.put(item, timeout.as_millis() as u64).get()? {
             Ok(())
         } else {
             Err(Error::GetTimeout(timeout))
@@ -131,7 +152,9 @@ impl<T: Value> Queue<T> {
     /// arrives within `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T> {
         match self.actor.get(timeout.as_millis() as u64).get()? {
-            Some(b) => codec::decode(&ObjectBytes::from_vec(b)),
+            // `item.refs` keeps every contained object alive until the
+            // decoded value holds references of its own.
+            Some(item) => crate::worker::decode_value(&ObjectBytes::from_vec(item.bytes)),
             None => Err(Error::GetTimeout(timeout)),
         }
     }

@@ -65,7 +65,9 @@ impl ActorCaller {
 
 type Inflight = Arc<Mutex<(HashMap<Vec<u8>, ActorCall>, Vec<Vec<u8>>)>>;
 
-async fn actor_info(
+/// Asks the actor manager about `actor`: at once, or (`wait`) once it is
+/// alive in an incarnation after `after`, or dead.
+pub(crate) async fn actor_info(
     cw: &CoreWorker,
     actor: ActorId,
     wait: bool,

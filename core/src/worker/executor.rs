@@ -23,6 +23,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec::ObjectBytes;
+use crate::context::{self, EnvGuard, TaskContext};
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, TaskId};
 use crate::node::{
@@ -51,6 +52,9 @@ pub(crate) struct Executor {
     on_thread: std::sync::atomic::AtomicUsize,
     /// How long the last sync actor method ran, in microseconds.
     last_us: std::sync::atomic::AtomicU64,
+    /// The context of the actor this process hosts (its id, GPUs and
+    /// bundle), which its method calls run in.
+    actor_ctx: Mutex<Option<TaskContext>>,
 }
 
 /// Jobs queued for the task thread that have not started, and those of
@@ -120,6 +124,25 @@ fn failed(spec: &proto::TaskSpec, message: String) -> Error {
     Error::TaskFailed {
         function: spec.display_name.clone(),
         message,
+        payload: None,
+    }
+}
+
+/// Names the task in a failure its user code returned (the macros cannot
+/// know the display name). A failure that already names a function (one
+/// passed up from a nested call) keeps it; every other error keeps its kind.
+fn named(spec: &proto::TaskSpec, e: Error) -> Error {
+    match e {
+        Error::TaskFailed {
+            function,
+            message,
+            payload,
+        } if function.is_empty() => Error::TaskFailed {
+            function: spec.display_name.clone(),
+            message,
+            payload,
+        },
+        other => other,
     }
 }
 
@@ -148,10 +171,11 @@ impl Executor {
             Some((method, sem)) => {
                 let Ok(cw) = current() else { return };
                 let events = self.events.clone();
+                let ctx = TaskContext::of(&spec, self.actor_ctx.lock().as_ref());
                 cw.clone().handle.spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
                     events.started(&spec);
-                    let r = run_async_method(&cw, &spec, method).await;
+                    let r = context::scope_async(ctx, run_async_method(&cw, &spec, method)).await;
                     events.finished(&spec, &r);
                     let _ = reply.send(Ok(r)).await;
                 });
@@ -235,12 +259,6 @@ impl Executor {
         spec: &proto::TaskSpec,
         actor: &mut Option<SyncMethod>,
     ) -> proto::PushTaskReply {
-        if !spec.gpu_ids.is_empty() {
-            let ids: Vec<String> = spec.gpu_ids.iter().map(|g| g.to_string()).collect();
-            // SAFETY: set before user code runs, from the task thread; other
-            // threads of this process do not read the environment.
-            unsafe { std::env::set_var("CUDA_VISIBLE_DEVICES", ids.join(",")) };
-        }
         let cw2 = cw.clone();
         let spec2 = spec.clone();
         // Fast path: every argument travelled inline (no runtime round trip).
@@ -260,7 +278,41 @@ impl Executor {
             },
         };
         let kind = proto::TaskKind::try_from(spec.kind).unwrap_or(proto::TaskKind::Normal);
-        let outcome: Result<Returns> = match kind {
+        let ctx = TaskContext::of(spec, self.actor_ctx.lock().as_ref());
+        let env = enter_environment(kind, spec);
+        let outcome = context::scope(ctx.clone(), || self.run_user_code(cw, spec, kind, actor, args));
+        if kind == proto::TaskKind::ActorCreation && outcome.is_ok() {
+            // An actor's variables and context last as long as it does.
+            env.keep();
+            *self.actor_ctx.lock() = Some(ctx);
+        } else {
+            drop(env); // a task's variables are put back as they were
+        }
+        let cw2 = cw.clone();
+        let spec2 = spec.clone();
+        match outcome {
+            Ok(values) if values.iter().all(|v| v.len() <= INLINE_MAX && v.refs.is_empty()) => {
+                inline_reply(spec, values).unwrap_or_else(|e| reply_err(spec, e))
+            }
+            Ok(values) => match cw.block_on(async move { build_reply(&cw2, &spec2, values).await }) {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) | Err(e) => reply_err(spec, e),
+            },
+            Err(e) => reply_err(spec, e),
+        }
+    }
+
+    /// Runs the user code of a task, an actor's constructor or a method of
+    /// a sync actor, turning a panic into a failure of the task.
+    fn run_user_code(
+        self: &Arc<Self>,
+        cw: &Arc<CoreWorker>,
+        spec: &proto::TaskSpec,
+        kind: proto::TaskKind,
+        actor: &mut Option<SyncMethod>,
+        args: Vec<ObjectBytes>,
+    ) -> Result<Returns> {
+        match kind {
             proto::TaskKind::Normal => match registry::function(&spec.function) {
                 None => Err(Error::NotFound(format!(
                     "remote function `{}` is not registered in this binary (was it compiled in?)",
@@ -274,19 +326,13 @@ impl Executor {
                     Some(stream) => {
                         let mut emit = generator_emitter(cw, spec);
                         match std::panic::catch_unwind(AssertUnwindSafe(|| stream(args, &mut emit))) {
-                            Ok(r) => r.map(|()| Vec::new()).map_err(|e| match e {
-                                Error::TaskFailed { message, .. } => failed(spec, message),
-                                other => other,
-                            }),
+                            Ok(r) => r.map(|()| Vec::new()).map_err(|e| named(spec, e)),
                             Err(_) => Err(failed(spec, panic_message())),
                         }
                     }
                 },
                 Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args))) {
-                    Ok(r) => r.map_err(|e| match e {
-                        Error::TaskFailed { message, .. } => failed(spec, message),
-                        other => other,
-                    }),
+                    Ok(r) => r.map_err(|e| named(spec, e)),
                     Err(_) => Err(failed(spec, panic_message())),
                 },
             },
@@ -314,28 +360,38 @@ impl Executor {
                     "actor method pushed to a worker hosting no actor".into(),
                 )),
                 Some(f) => match std::panic::catch_unwind(AssertUnwindSafe(|| f(&spec.function, args))) {
-                    Ok(r) => r.map_err(|e| match e {
-                        Error::TaskFailed { message, .. } => failed(spec, message),
-                        other => other,
-                    }),
+                    Ok(r) => r.map_err(|e| named(spec, e)),
                     Err(_) => Err(failed(spec, panic_message())),
                 },
             },
-        };
-        let cw2 = cw.clone();
-        let spec2 = spec.clone();
-        match outcome {
-            Ok(values) if values.iter().all(|v| v.len() <= INLINE_MAX && v.refs.is_empty()) => {
-                inline_reply(spec, values).unwrap_or_else(|e| reply_err(spec, e))
-            }
-            Ok(values) => match cw.block_on(async move { build_reply(&cw2, &spec2, values).await }) {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) | Err(e) => reply_err(spec, e),
-            },
-            Err(e) => reply_err(spec, e),
         }
     }
 }
+
+/// Sets up the environment user code starts in: `CUDA_VISIBLE_DEVICES`
+/// names exactly the GPUs a task or actor holds (and is cleared for one that
+/// holds none, which a reused worker may have had set), then the variables
+/// its options asked for. A method call runs in its actor's environment,
+/// set when the actor was created.
+fn enter_environment(kind: proto::TaskKind, spec: &proto::TaskSpec) -> EnvGuard {
+    if kind == proto::TaskKind::ActorMethod {
+        return EnvGuard::set(std::iter::empty());
+    }
+    // SAFETY: on the thread that runs user code, before it runs; other
+    // threads of a worker do not read the environment.
+    unsafe {
+        if spec.gpu_ids.is_empty() {
+            std::env::remove_var(CUDA_VISIBLE_DEVICES);
+        } else {
+            let ids: Vec<String> = spec.gpu_ids.iter().map(|g| g.to_string()).collect();
+            std::env::set_var(CUDA_VISIBLE_DEVICES, ids.join(","));
+        }
+    }
+    EnvGuard::set(&spec.env)
+}
+
+/// The variable CUDA (and so libtorch and NCCL) reads to pick devices.
+pub(crate) const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
 
 /// A task must return as many values as it declared.
 fn check_return_count(spec: &proto::TaskSpec, values: &Returns) -> Result<()> {
@@ -418,13 +474,7 @@ async fn run_async_method(cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, method: 
         Ok(Ok(values)) => build_reply(cw, spec, values)
             .await
             .unwrap_or_else(|e| reply_err(spec, e)),
-        Ok(Err(e)) => reply_err(
-            spec,
-            match e {
-                Error::TaskFailed { message, .. } => failed(spec, message),
-                other => other,
-            },
-        ),
+        Ok(Err(e)) => reply_err(spec, named(spec, e)),
         Err(_) => reply_err(spec, failed(spec, panic_message())),
     }
 }
@@ -700,6 +750,7 @@ fn worker_main() -> Result<()> {
         actor: Mutex::new(None),
         on_thread: 0.into(),
         last_us: u64::MAX.into(),
+        actor_ctx: Mutex::new(None),
     });
     let (addr, node) = rt.block_on(async {
         let addr = serve(&uds, tcp_host.as_deref()).await?;

@@ -111,6 +111,8 @@ pub(crate) struct CoreWorker {
     /// kept while the actor may restart (re-running its constructor), freed
     /// when it ends for good.
     actor_args: Mutex<HashMap<ActorId, Vec<Arc<RefHandle>>>>,
+    /// This process's node: its id and TCP address, asked once.
+    node_identity: tokio::sync::OnceCell<(String, String)>,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -188,6 +190,7 @@ impl CoreWorker {
             generators: Mutex::new(HashMap::new()),
             actor_lifetimes: Mutex::new(HashMap::new()),
             actor_args: Mutex::new(HashMap::new()),
+            node_identity: tokio::sync::OnceCell::new(),
         });
         handle.spawn(free_loop(Arc::downgrade(&cw), frees));
         handle.spawn(borrower_reaper(Arc::downgrade(&cw)));
@@ -311,6 +314,23 @@ impl CoreWorker {
             });
         }
         Ok(self.handle.block_on(f))
+    }
+
+    /// The id and TCP address of this process's node (asked of the node
+    /// the first time; a node keeps both for its life).
+    pub(crate) async fn node_identity(&self) -> Result<(String, String)> {
+        self.node_identity
+            .get_or_try_init(|| async {
+                let mut node = self.node.clone();
+                let r = node
+                    .node_info(proto::NodeInfoRequest::default())
+                    .await
+                    .map_err(|s| Error::rpc("asking the node for its id", s))?
+                    .into_inner();
+                Ok::<_, Error>((r.node_id, r.addr))
+            })
+            .await
+            .cloned()
     }
 
     /// Reads an object of the local store, restoring it from disk if spilled.
@@ -1036,7 +1056,7 @@ pub(crate) fn ref_released(id: &ObjectId, owner: &str) {
 
 /// Decodes a value and registers any references inside it.
 pub(crate) fn decode_value<T: Value>(b: &ObjectBytes) -> Result<T> {
-    let (v, refs) = codec::decode_with_refs::<T>(b)?;
+    let (v, refs) = codec::decode_value_with_refs::<T>(b)?;
     if !refs.is_empty() {
         if let Some(cw) = try_current() {
             let cw2 = cw.clone();
@@ -1047,7 +1067,7 @@ pub(crate) fn decode_value<T: Value>(b: &ObjectBytes) -> Result<T> {
 }
 
 pub(crate) async fn decode_value_async<T: Value>(b: &ObjectBytes) -> Result<T> {
-    let (v, refs) = codec::decode_with_refs::<T>(b)?;
+    let (v, refs) = codec::decode_value_with_refs::<T>(b)?;
     if !refs.is_empty() {
         if let Some(cw) = try_current() {
             cw.register_borrows(&refs).await;

@@ -417,3 +417,57 @@ fn an_actor_dies_with_the_process_that_created_it() {
         other => panic!("expected ActorDied, got {other:?}"),
     }
 }
+
+#[test]
+fn actor_handles_report_their_state_and_the_listings_show_the_cluster() {
+    use rayforge::{ActorHandleType, ActorState};
+    cluster();
+    let c = Counter::options()
+        .name("stateful")
+        .max_restarts(1)
+        .remote(0i64)
+        .unwrap();
+    c.wait_until_alive(Duration::from_secs(60)).unwrap();
+    assert_eq!(c.state().unwrap(), ActorState::Alive);
+    // Its process dies once: it is restarted, and says so.
+    let _ = c.crash().get();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let listed = rayforge::state::list_actors().unwrap();
+            let rec = listed.iter().find(|a| a.name == "stateful");
+            c.state().unwrap() == ActorState::Alive && rec.is_some_and(|r| r.state == "ALIVE" && r.num_restarts == 1)
+        }),
+        "{:?}",
+        rayforge::state::list_actors()
+    );
+    assert_eq!(c.inc().get().unwrap(), 1, "a fresh incarnation");
+    rayforge::kill(&c).unwrap();
+    match c.wait_until_dead(Duration::from_secs(60)).unwrap() {
+        ActorState::Dead { num_restarts, cause } => {
+            assert_eq!(num_restarts, 1);
+            assert!(!cause.is_empty());
+        }
+        other => panic!("expected Dead, got {other:?}"),
+    }
+    assert!(matches!(
+        c.wait_until_alive(Duration::from_secs(60)),
+        Err(Error::ActorDied { .. })
+    ));
+    let rec = rayforge::state::list_actors().unwrap();
+    let rec = rec.iter().find(|a| a.actor_id == c.actor_id().to_string()).unwrap();
+    assert_eq!(rec.state, "DEAD");
+    // The embedded cluster's one node, and its placement groups.
+    let nodes = rayforge::state::list_nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].alive && nodes[0].is_head);
+    assert_eq!(nodes[0].node_id, rayforge::node_id().unwrap());
+    assert_eq!(nodes[0].total.get("CPU"), Some(&2.0));
+    let bundle = [("CPU".to_string(), 0.5)].into_iter().collect();
+    let pg = rayforge::placement_group(vec![bundle], rayforge::PlacementStrategy::Pack)
+        .create()
+        .unwrap();
+    assert!(pg.wait(Duration::from_secs(60)).unwrap());
+    let groups = rayforge::state::list_placement_groups().unwrap();
+    let g = groups.iter().find(|g| g.id == pg.id()).unwrap();
+    assert_eq!((g.state.as_str(), g.bundles.len()), ("CREATED", 1));
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rayforge::cluster::HeadClient;
 use rayforge::Error;
-use rayforge_integration_tests::{rayforge_bin, wait_until, LocalCluster};
+use rayforge_integration_tests::{rayforge_bin, wait_until, workspace_bin, LocalCluster};
 
 use crate::cluster::{wait_for_file, where_am_i};
 use crate::cluster_actors::{Tally, TallyHandle};
@@ -14,6 +14,12 @@ use crate::cluster_actors::{Tally, TallyHandle};
 #[rayforge::remote]
 fn square(x: u64) -> u64 {
     x * x
+}
+
+/// Reads a key of the `train` namespace where the task runs.
+#[rayforge::remote]
+fn kv_read(key: String) -> rayforge::Result<Option<Vec<u8>>> {
+    rayforge::kv::get("train", &key)
 }
 
 #[test]
@@ -28,6 +34,13 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     assert!(
         !head.kv_put("model/best", b"43", false).unwrap(),
         "no overwrite unless asked"
+    );
+    // The library API reaches the same store, from the driver and from a
+    // worker on the other node.
+    assert!(rayforge::kv::put("train", "run/addr", b"b:1234", false).unwrap());
+    assert_eq!(
+        kv_read::remote("run/addr".to_string()).get().unwrap(),
+        Some(b"b:1234".to_vec())
     );
 
     let gate = std::env::temp_dir().join(format!("rayforge-head-gate-{}", std::process::id()));
@@ -70,6 +83,11 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     // Tables came back from disk; b keeps heartbeating to the new head; the
     // dead head node is noticed.
     assert_eq!(head.kv_get("model/best").unwrap().as_deref(), Some(&b"42"[..]));
+    assert_eq!(
+        rayforge::kv::get("train", "run/addr").unwrap().as_deref(),
+        Some(&b"b:1234"[..])
+    );
+    assert_eq!(rayforge::kv::list("train", "run/").unwrap(), vec!["run/addr"]);
     let jobs = head.jobs().unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].state, "RUNNING");
@@ -184,4 +202,67 @@ fn bad_addresses_tokens_and_arguments_get_clear_errors() {
     assert!(!ok && err.contains("refused"), "{err}");
     let (ok, err) = cli(&["status", "--address", &cluster.address, "--token", &cluster.token]);
     assert!(ok, "{err}");
+}
+
+/// Ends a child process even when an assertion fails first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_run_joins_a_head_started_with_the_default_ports() {
+    use std::io::BufRead;
+    // The head's jobs API on its default port, as `rayforge start --head`
+    // gives a new user.
+    let port = rayforge::jobs::DEFAULT_JOBS_PORT.to_string();
+    let cluster = LocalCluster::start(&["--num-cpus", "2", "--jobs-port", &port], 10_000);
+    assert!(
+        cluster.jobs_address.ends_with(&format!(":{port}")),
+        "{}",
+        cluster.jobs_address
+    );
+    let dir = cluster.state_dir.with_file_name("serve");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("serve.toml");
+    // Every [http] default but the HTTP port (the admin port stays default).
+    let text = "[http]\nport = 0\n\n[[applications]]\nname = \"noop\"\nroute_prefix = \"/\"\ningress = \"Noop\"\n\n[[applications.deployments]]\nname = \"Noop\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let serve = workspace_bin("serve", "rayforge-serve");
+    let mut child = KillOnDrop(
+        std::process::Command::new(&serve)
+            .arg("run")
+            .arg(&cfg)
+            .args(["--address", &cluster.address])
+            .env("RAYFORGE_TOKEN", &cluster.token)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start serve run"),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let admin = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("serve run ended before listening: {seen:#?}");
+        };
+        if let Some((_, admin)) = line.split_once(" (admin API on ") {
+            break admin.trim_end_matches(')').to_string();
+        }
+        seen.push(line);
+    };
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(admin, format!("127.0.0.1:{}", rayforge_serve::DEFAULT_ADMIN_PORT));
+    // `serve status` finds it with no --admin flag.
+    let out = std::process::Command::new(&serve).arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.contains("application noop at /"), "{status}");
+    let out = std::process::Command::new(&serve).arg("shutdown").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(child.0.wait().unwrap().success());
 }

@@ -1,4 +1,5 @@
-//! Using the API before `init`, and bad configurations.
+//! Using the API before `init`, bad configurations, and `init` from async
+//! code.
 
 use rayforge::{Config, Error};
 
@@ -28,4 +29,29 @@ fn api_before_init_and_bad_config_give_clear_errors() {
     rayforge::shutdown();
     assert!(!rayforge::is_initialized());
     assert!(rayforge::put(1u8).is_err());
+}
+
+/// What a program with `#[tokio::main]` does: init, tasks awaited and got,
+/// the async forms of the API, shutdown — all from inside the runtime.
+async fn use_rayforge_from_async_code() {
+    rayforge::init(Config::default().num_cpus(1.0)).unwrap();
+    assert_eq!(one::remote().await.unwrap(), 1);
+    assert_eq!(one::remote().get().unwrap(), 1, "a blocking get inside async code");
+    let ctx = rayforge::runtime_context_async().await.unwrap();
+    assert!(ctx.is_driver && ctx.task_id.is_none());
+    assert_eq!(rayforge::node_id_async().await.unwrap(), ctx.node_id);
+    assert!(rayforge::kv::put_async("t", "k", b"v", false).await.unwrap());
+    assert_eq!(rayforge::kv::get_async("t", "k").await.unwrap(), Some(b"v".to_vec()));
+    rayforge::shutdown();
+    assert!(!rayforge::is_initialized());
+}
+
+#[tokio::test]
+async fn init_and_shutdown_work_inside_a_current_thread_runtime() {
+    use_rayforge_from_async_code().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_and_shutdown_work_inside_a_multi_thread_runtime() {
+    use_rayforge_from_async_code().await;
 }

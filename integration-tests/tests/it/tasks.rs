@@ -50,6 +50,54 @@ fn checked_div(a: i64, b: i64) -> Result<i64, String> {
     }
 }
 
+/// A task's own error type, recovered by its caller.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum StepError {
+    /// The loss became NaN.
+    Diverged {
+        /// At this step.
+        step: u64,
+    },
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Diverged { step } => write!(f, "diverged at step {step}"),
+        }
+    }
+}
+
+#[rayforge::remote]
+fn diverge(step: u64) -> Result<f64, StepError> {
+    Err(StepError::Diverged { step })
+}
+
+#[rayforge::remote(num_returns = 2)]
+fn diverge_two(step: u64) -> Result<(f64, f64), StepError> {
+    Err(StepError::Diverged { step })
+}
+
+/// Passes on whatever a nested `get` of a slow task says.
+#[rayforge::remote]
+fn wait_briefly_for_a_slow_task() -> rayforge::Result<u64> {
+    slow::remote(3000).get_timeout(Duration::from_millis(20))
+}
+
+#[rayforge::remote]
+fn slow(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Calls a method of an actor that was killed, passing the failure up.
+#[rayforge::remote]
+fn call_a_killed_actor() -> rayforge::Result<i64> {
+    let a = crate::actors::Counter::remote(0)?;
+    rayforge::kill(&a)?;
+    a.inc().get()
+}
+
 /// Fails (returns Err) until the marker file exists, then succeeds.
 #[rayforge::remote]
 fn flaky(path: String) -> Result<String, String> {
@@ -161,7 +209,7 @@ fn a_panicking_task_fails_only_itself_with_message_and_location() {
     let good = add::remote(2i64, 2i64);
     let err = bad.get().unwrap_err();
     match &err {
-        Error::TaskFailed { function, message } => {
+        Error::TaskFailed { function, message, .. } => {
             assert!(function.ends_with("explode"), "{err}");
             assert!(message.contains("boom: kaput"), "{err}");
             assert!(message.contains("tests/it/tasks.rs"), "location missing: {err}");
@@ -402,4 +450,34 @@ fn scheduling_strategies_on_one_node() {
         .get()
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn errors_keep_their_kind_and_user_errors_their_value_across_a_process_hop() {
+    cluster();
+    // A rayforge::Error a task returns reaches the caller as itself.
+    match wait_briefly_for_a_slow_task::remote().get() {
+        Err(e @ Error::GetTimeout(d)) => {
+            assert_eq!(d, Duration::from_millis(20));
+            assert!(e.is_retriable());
+        }
+        other => panic!("expected GetTimeout, got {other:?}"),
+    }
+    let err = call_a_killed_actor::remote().get().unwrap_err();
+    assert!(matches!(err, Error::ActorDied { .. }), "{err:?}");
+    // A user error type comes back as its value, one or several returns.
+    let err = diverge::remote(7).get().unwrap_err();
+    assert!(
+        matches!(&err, Error::TaskFailed { function, message, .. }
+        if function.ends_with("diverge") && message == "diverged at step 7"),
+        "{err:?}"
+    );
+    assert_eq!(err.user_error::<StepError>(), Some(StepError::Diverged { step: 7 }));
+    assert_eq!(err.user_error::<String>(), None);
+    let (a, _) = diverge_two::remote(9);
+    let err = a.get().unwrap_err();
+    assert_eq!(err.user_error::<StepError>(), Some(StepError::Diverged { step: 9 }));
+    // A String error still carries its message (and, serializable, its value).
+    let err = checked_div::remote(1i64, 0i64).get().unwrap_err();
+    assert_eq!(err.user_error::<String>().as_deref(), Some("cannot divide 1 by zero"));
 }

@@ -669,7 +669,13 @@ pub(crate) fn decode_with_refs<T: DeserializeOwned>(bytes: &ObjectBytes) -> Resu
     });
     let out = bincode::deserialize::<T>(payload);
     let ctx = DECODE.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
-    let v = out.map_err(|e| bad(&e.to_string()))?;
+    let v = out.map_err(|e| match *e {
+        bincode::ErrorKind::DeserializeAnyNotSupported => bad(
+            "the type (or one inside it) is self-describing (serde_json::Value, an untagged or \
+             flattened enum...): wrap it in rayforge::Json to send it",
+        ),
+        e => bad(&e.to_string()),
+    })?;
     Ok((v, ctx.map(|c| c.refs).unwrap_or_default()))
 }
 

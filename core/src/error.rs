@@ -14,7 +14,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// [`Error::is_retriable`] answer. A task's own error type arrives as
 /// [`Error::TaskFailed`], and the value itself can be had back with
 /// [`Error::user_error`] when the type implements `Serialize`.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+///
+/// It serializes too, so a library's own error type can hold it as its
+/// source and still travel between processes.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Error {
     /// User code panicked or returned an error inside a task or actor method.
@@ -110,7 +113,7 @@ pub enum Error {
 
 /// A user error value carried inside [`Error::TaskFailed`]: its type's name
 /// and its encoding. [`Error::user_error`] turns it back into the value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorPayload {
     type_name: String,
     bytes: Vec<u8>,

@@ -3,62 +3,197 @@
 //! Every worker runs the driver's own binary, so a plain function (or a
 //! closure that captures nothing) is the same code at the same offset from
 //! any other function of the binary in every process. A [`FnRef`] carries
-//! that offset plus the binary's build id; a process whose binary differs
+//! that offset, the binary's build id and its function-pointer type; a
+//! process whose binary differs, or that asks for it as another type,
 //! refuses to call it instead of jumping to the wrong code. Libraries use it
 //! to run user functions inside generic tasks and actors (rayforge-data's
-//! `map_batches`, rayforge-serve's deployments).
+//! `map_batches`, rayforge-serve's deployments): a function of a type known
+//! only to the library's generic code travels as an [`AnyFnRef`] and is
+//! turned back into its type where that type is known again.
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// A function of this binary, by position, that any process running the
+/// A function-pointer type ([`FnRef`] carries only these: a function
+/// pointer names code of the binary, at the same offset in every process).
+///
+/// Implemented for `fn(A, B, ..) -> R` with up to four arguments, and for
+/// those whose first argument is a reference (`fn(&A, ..) -> R`,
+/// `fn(&mut A, ..) -> R`) with up to two more.
+///
+/// # Safety
+///
+/// Implemented only for function-pointer types: a value of the type must be
+/// the address of a function of this binary.
+pub unsafe trait FnPtr: Copy + Send + Sync + 'static {
+    /// The address of the function.
+    fn to_addr(self) -> usize {
+        // SAFETY: function pointers are address-sized (the trait's
+        // contract), so the copy reads exactly the address.
+        unsafe { std::mem::transmute_copy::<Self, usize>(&self) }
+    }
+
+    /// The function at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `addr` must be the address of a function of this type.
+    unsafe fn from_addr(addr: usize) -> Self {
+        // SAFETY: address-sized, and the caller vouches for the type.
+        unsafe { std::mem::transmute_copy::<usize, Self>(&addr) }
+    }
+}
+
+macro_rules! fn_ptr_impls {
+    ($($arg:ident),*) => {
+        // SAFETY: a function-pointer type.
+        unsafe impl<R: 'static, $($arg: 'static),*> FnPtr for fn($($arg),*) -> R {}
+    };
+}
+fn_ptr_impls!();
+fn_ptr_impls!(A);
+fn_ptr_impls!(A, B);
+fn_ptr_impls!(A, B, C);
+fn_ptr_impls!(A, B, C, D);
+
+macro_rules! fn_ptr_ref_impls {
+    ($($arg:ident),*) => {
+        // SAFETY: function-pointer types (higher-ranked over the
+        // reference's lifetime).
+        #[allow(coherence_leak_check)]
+        unsafe impl<R: 'static, F: ?Sized + 'static, $($arg: 'static),*> FnPtr for fn(&F, $($arg),*) -> R {}
+        // SAFETY: as above.
+        #[allow(coherence_leak_check)]
+        unsafe impl<R: 'static, F: ?Sized + 'static, $($arg: 'static),*> FnPtr for fn(&mut F, $($arg),*) -> R {}
+    };
+}
+fn_ptr_ref_impls!();
+fn_ptr_ref_impls!(A);
+fn_ptr_ref_impls!(A, B);
+
+/// A function of this binary, of type `F`, that any process running the
 /// same binary can call.
 ///
 /// ```
+/// use rayforge::FnRef;
+///
 /// fn double(x: i64) -> i64 { x * 2 }
 ///
-/// let r = rayforge::FnRef::new(double as fn(i64) -> i64 as usize);
+/// let r = FnRef::new(double as fn(i64) -> i64);
 /// // In any process of this program (r serializes with serde):
-/// let addr = r.addr().unwrap();
-/// // SAFETY: `r` was made from a `fn(i64) -> i64` of this same binary.
-/// let f = unsafe { std::mem::transmute::<usize, fn(i64) -> i64>(addr) };
+/// let f = r.get().unwrap();
 /// assert_eq!(f(21), 42);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FnRef {
+#[serde(bound = "")]
+pub struct FnRef<F> {
+    at: AnyFnRef,
+    _f: PhantomData<fn() -> F>,
+}
+
+impl<F: FnPtr> FnRef<F> {
+    /// Refers to `f`.
+    pub fn new(f: F) -> FnRef<F> {
+        let base = anchor as *const () as usize;
+        FnRef {
+            at: AnyFnRef {
+                offset: f.to_addr() as i64 - base as i64,
+                build: build_id(),
+                ty: type_hash::<F>(),
+            },
+            _f: PhantomData,
+        }
+    }
+
+    /// The function, in this process. Fails when this process runs another
+    /// binary than the one the reference was made in, or when it was made
+    /// for another function type (a reference deserialized as the wrong
+    /// `FnRef<F>`).
+    pub fn get(&self) -> Result<F> {
+        let addr = self.at.addr_for(type_hash::<F>())?;
+        // SAFETY: `addr_for` checked that this reference was made by
+        // `FnRef::<F>::new` (same type) in this same binary (same build
+        // id), from a value of `F`: the address of a function of type `F`,
+        // at the same offset from `anchor` here.
+        Ok(unsafe { F::from_addr(addr) })
+    }
+
+    /// Forgets the type, to carry functions of several types in one field;
+    /// [`AnyFnRef::typed`] brings it back.
+    pub fn erase(self) -> AnyFnRef {
+        self.at
+    }
+}
+
+/// A [`FnRef`] whose function type is known to its maker and its user but
+/// not to the code carrying it between them.
+///
+/// ```
+/// use rayforge::{AnyFnRef, FnRef};
+///
+/// fn len(s: String) -> usize { s.len() }
+///
+/// let any: AnyFnRef = FnRef::new(len as fn(String) -> usize).erase();
+/// assert_eq!(any.typed::<fn(String) -> usize>().unwrap().get().unwrap()("abc".into()), 3);
+/// assert!(any.typed::<fn(String) -> u8>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnyFnRef {
     offset: i64,
     build: u64,
+    /// Which function-pointer type it was made from.
+    ty: u64,
+}
+
+impl AnyFnRef {
+    /// The reference as a `FnRef<F>`, if it was made from an `F`.
+    pub fn typed<F: FnPtr>(&self) -> Result<FnRef<F>> {
+        if self.ty != type_hash::<F>() {
+            return Err(Error::InvalidArgument(format!(
+                "a function reference is used as a `{}`, which is not the type it was made from",
+                std::any::type_name::<F>()
+            )));
+        }
+        Ok(FnRef {
+            at: *self,
+            _f: PhantomData,
+        })
+    }
+
+    fn addr_for(&self, ty: u64) -> Result<usize> {
+        if self.build != build_id() {
+            return Err(Error::Runtime(
+                "a function was sent to a process running a different binary (build ids differ)".into(),
+            ));
+        }
+        if self.ty != ty {
+            return Err(Error::InvalidArgument(
+                "a function reference is used as another function type than it was made from".into(),
+            ));
+        }
+        let base = anchor as *const () as usize;
+        Ok((base as i64 + self.offset) as usize)
+    }
+}
+
+/// A number naming type `F`, the same in every process of this binary.
+fn type_hash<F: 'static>() -> u64 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new` has fixed keys, and a type's id is fixed within
+    // one build.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::any::TypeId::of::<F>().hash(&mut h);
+    h.finish()
 }
 
 #[inline(never)]
 fn anchor() -> u64 {
     // A body of its own so the function is never merged with another.
     std::hint::black_box(0x7261_7966_6f72_6765)
-}
-
-impl FnRef {
-    /// Refers to the function at `addr` (a function pointer cast to usize).
-    pub fn new(addr: usize) -> FnRef {
-        let base = anchor as *const () as usize;
-        FnRef {
-            offset: addr as i64 - base as i64,
-            build: build_id(),
-        }
-    }
-
-    /// The address of the function in this process.
-    pub fn addr(&self) -> Result<usize> {
-        if self.build != build_id() {
-            return Err(Error::Runtime(
-                "a function was sent to a process running a different binary (build ids differ)".into(),
-            ));
-        }
-        let base = anchor as *const () as usize;
-        Ok((base as i64 + self.offset) as usize)
-    }
 }
 
 /// This binary's GNU build id (hashed), or a hash of the executable's size
@@ -147,16 +282,26 @@ mod tests {
 
     #[test]
     fn a_function_survives_the_round_trip_through_an_offset() -> Result<()> {
-        let r = FnRef::new(double as fn(i64) -> i64 as usize);
-        // SAFETY: made from a `fn(i64) -> i64` just above.
-        let f = unsafe { std::mem::transmute::<usize, fn(i64) -> i64>(r.addr()?) };
-        assert_eq!(f(21), 42);
-        let other = FnRef {
-            build: r.build ^ 1,
-            ..r
+        let r = FnRef::new(double as fn(i64) -> i64);
+        let wire = serde_json::to_string(&r).unwrap();
+        let back: FnRef<fn(i64) -> i64> = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back.get()?(21), 42);
+        // The same bytes read as another function type are refused.
+        let wrong: FnRef<fn(u8) -> u8> = serde_json::from_str(&wire).unwrap();
+        assert!(matches!(wrong.get(), Err(Error::InvalidArgument(_))));
+        assert!(r.erase().typed::<fn(i64) -> u64>().is_err());
+        let by_ref = FnRef::new(first as fn(&[u8]) -> u8);
+        assert_eq!(by_ref.erase().typed::<fn(&[u8]) -> u8>()?.get()?(&[7]), 7);
+        let other = AnyFnRef {
+            build: r.at.build ^ 1,
+            ..r.at
         };
-        assert!(matches!(other.addr(), Err(Error::Runtime(_))));
+        assert!(matches!(other.typed::<fn(i64) -> i64>()?.get(), Err(Error::Runtime(_))));
         Ok(())
+    }
+
+    fn first(v: &[u8]) -> u8 {
+        v[0]
     }
 
     #[test]

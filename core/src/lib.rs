@@ -56,6 +56,7 @@ mod gcs;
 mod generator;
 mod ids;
 pub mod jobs;
+mod json;
 pub mod kv;
 pub mod microbenchmark;
 mod node;
@@ -82,15 +83,16 @@ pub use codec::{Buffer, Concat, Value};
 pub use config::Config;
 pub use context::{runtime_context, runtime_context_async, RuntimeContext};
 pub use error::{Error, ErrorPayload, Result};
-pub use fn_ref::FnRef;
+pub use fn_ref::{AnyFnRef, FnPtr, FnRef};
 pub use generator::ObjectRefGenerator;
 pub use ids::{ActorId, ObjectId, TaskId};
+pub use json::Json;
 pub use object_ref::{Arg, IntoArg, ObjectRef};
 pub use object_store::StoreStats;
 pub use options::{ActorOptions, BundleTarget, SchedulingStrategy, TaskOptions};
 pub use placement_group::{
-    get_placement_group, placement_group, remove_placement_group, PlacementGroup, PlacementGroupBuilder,
-    PlacementGroupState, PlacementStrategy,
+    get_placement_group, get_placement_group_async, placement_group, remove_placement_group,
+    remove_placement_group_async, PlacementGroup, PlacementGroupBuilder, PlacementGroupState, PlacementStrategy,
 };
 pub use rayforge_macros::{actor, main, remote};
 
@@ -259,6 +261,14 @@ pub fn put<T: Value>(value: T) -> Result<ObjectRef<T>> {
     Ok(ObjectRef::from_handle(cw.put_encoded(enc)?))
 }
 
+/// [`put`] from async code: a large value is copied into the store on a
+/// blocking thread, not on the caller's runtime.
+pub async fn put_async<T: Value>(value: T) -> Result<ObjectRef<T>> {
+    let cw = worker::current()?;
+    let enc = codec::encode_value(value)?;
+    Ok(ObjectRef::from_handle(cw.put_encoded_async(enc).await?))
+}
+
 /// Gets a value (see [`ObjectRef::get`]).
 pub fn get<T: Value>(r: &ObjectRef<T>) -> Result<T> {
     r.get()
@@ -273,12 +283,27 @@ pub fn get_all<T: Value>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
         .collect()
 }
 
+/// [`get_all`] from async code.
+pub async fn get_all_async<T: Value>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    futures::future::try_join_all(refs.iter().cloned().map(std::future::IntoFuture::into_future)).await
+}
+
 /// The `(ready, not_ready)` split returned by [`wait`].
 pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_returns` of `refs` are ready (or `timeout` passes).
 /// Returns `(ready, not_ready)`, each in the order of `refs`.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
+    worker::current()?.block_on(wait_async(refs, num_returns, timeout))?
+}
+
+/// [`wait`] from async code.
+pub async fn wait_async<T>(
+    refs: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<WaitResult<T>> {
+    use futures::stream::{FuturesUnordered, StreamExt};
     if num_returns > refs.len() {
         return Err(Error::InvalidArgument(format!(
             "wait: num_returns ({num_returns}) exceeds the number of references ({})",
@@ -286,22 +311,13 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
         )));
     }
     let cw = worker::current()?;
-    let items: Vec<(usize, ObjectId, String)> = refs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (i, r.handle.id, r.handle.owner.clone()))
-        .collect();
-    let cw2 = cw.clone();
-    let ready: Vec<usize> = cw.block_on(async move {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let mut ready = Vec::new();
-        if num_returns == 0 {
-            return ready;
-        }
-        let mut futs: FuturesUnordered<_> = items
-            .into_iter()
-            .map(|(i, id, owner)| {
-                let cw = cw2.clone();
+    let mut is_ready = vec![false; refs.len()];
+    if num_returns > 0 {
+        let mut futs: FuturesUnordered<_> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let (cw, id, owner) = (cw.clone(), r.handle.id, r.handle.owner.clone());
                 async move {
                     worker::wait_ready(&cw, id, &owner).await;
                     i
@@ -309,7 +325,8 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
             })
             .collect();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        loop {
+        let mut ready = 0;
+        while ready < num_returns {
             let next = match deadline {
                 Some(d) => match tokio::time::timeout_at(d, futs.next()).await {
                     Ok(n) => n,
@@ -317,21 +334,10 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
                 },
                 None => futs.next().await,
             };
-            match next {
-                Some(i) => {
-                    ready.push(i);
-                    if ready.len() >= num_returns {
-                        break;
-                    }
-                }
-                None => break,
-            }
+            let Some(i) = next else { break };
+            is_ready[i] = true;
+            ready += 1;
         }
-        ready
-    })?;
-    let mut is_ready = vec![false; refs.len()];
-    for i in ready {
-        is_ready[i] = true;
     }
     let (mut r, mut n) = (Vec::new(), Vec::new());
     for (i, x) in refs.iter().enumerate() {
@@ -364,18 +370,25 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<()> {
 /// Kills an actor at once; it is not restarted. Pending and later calls fail
 /// with [`Error::ActorDied`].
 pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
+    worker::current()?.block_on(kill_by_id(actor.raw().id))?
+}
+
+/// [`kill`] from async code.
+pub fn kill_async<H: ActorHandleType>(actor: &H) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    kill_by_id(actor.raw().id)
+}
+
+async fn kill_by_id(id: ActorId) -> Result<()> {
     let cw = worker::current()?;
-    let id = actor.raw().id;
-    let mut node = cw.node.clone();
     let r = cw
-        .block_on(async move {
-            node.kill_actor(proto::KillActorRequest {
-                actor_id: id.0.to_vec(),
-                no_restart: true,
-                cause: String::new(),
-            })
-            .await
-        })?
+        .node
+        .clone()
+        .kill_actor(proto::KillActorRequest {
+            actor_id: id.0.to_vec(),
+            no_restart: true,
+            cause: String::new(),
+        })
+        .await
         .map_err(|s| Error::rpc("killing an actor", s))?
         .into_inner();
     match r.error {
@@ -389,14 +402,27 @@ pub fn kill<H: ActorHandleType>(actor: &H) -> Result<()> {
 
 /// Finds a live named actor.
 pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
+    let raw = worker::current()?.block_on(find_actor(name, H::CLASS))??;
+    Ok(H::from_raw(raw))
+}
+
+/// [`get_actor`] from async code.
+pub async fn get_actor_async<H: ActorHandleType>(name: &str) -> Result<H> {
+    Ok(H::from_raw(find_actor(name, H::CLASS).await?))
+}
+
+/// The live actor named `name`, checked to be of class `class`.
+async fn find_actor(name: &str, class: &'static str) -> Result<ActorHandle> {
     let cw = worker::current()?;
-    let mut node = cw.node.clone();
     let req = proto::GetActorInfoRequest {
         name: name.to_string(),
         ..Default::default()
     };
     let r = cw
-        .block_on(async move { node.get_actor_info(req).await })?
+        .node
+        .clone()
+        .get_actor_info(req)
+        .await
         .map_err(|s| Error::rpc("looking up an actor", s))?
         .into_inner();
     if let Some(e) = r.error {
@@ -406,20 +432,19 @@ pub fn get_actor<H: ActorHandleType>(name: &str) -> Result<H> {
         return Err(Error::NotFound(format!("actor `{name}` is dead: {}", r.death_cause)));
     }
     let id = ActorId::from_bytes(&r.actor_id).ok_or_else(|| Error::Internal("bad actor id".into()))?;
-    if !r.class_name.ends_with(H::CLASS) && !r.class_name.contains(&format!("({})", H::CLASS)) {
+    if !r.class_name.ends_with(class) && !r.class_name.contains(&format!("({class})")) {
         return Err(Error::InvalidArgument(format!(
-            "actor `{name}` is a {}, not a {}",
-            r.class_name,
-            H::CLASS
+            "actor `{name}` is a {}, not a {class}",
+            r.class_name
         )));
     }
-    Ok(H::from_raw(ActorHandle {
+    Ok(ActorHandle {
         id,
-        class: H::CLASS.to_string(),
+        class: class.to_string(),
         max_task_retries: r.max_task_retries,
         // A looked-up handle does not extend the actor's life (as in Ray).
         lifetime: None,
-    }))
+    })
 }
 
 /// The id of the node this process runs on (where a task ran, when called
@@ -436,10 +461,16 @@ pub async fn node_id_async() -> Result<String> {
 
 /// Usage of this node's object store.
 pub fn store_stats() -> Result<StoreStats> {
-    let cw = worker::current()?;
-    let mut node = cw.node.clone();
-    let s = cw
-        .block_on(async move { node.store_stats(proto::StoreStatsRequest {}).await })?
+    worker::current()?.block_on(store_stats_async())?
+}
+
+/// [`store_stats`] from async code.
+pub async fn store_stats_async() -> Result<StoreStats> {
+    let s = worker::current()?
+        .node
+        .clone()
+        .store_stats(proto::StoreStatsRequest {})
+        .await
         .map_err(|s| Error::rpc("reading store stats", s))?
         .into_inner();
     Ok(StoreStats {
@@ -473,7 +504,12 @@ pub struct NodeResources {
 
 /// Resources of this node: total, available, and live worker processes.
 pub fn node_resources() -> Result<NodeResources> {
-    resources(false)
+    worker::current()?.block_on(resources_async(false))?
+}
+
+/// [`node_resources`] from async code.
+pub async fn node_resources_async() -> Result<NodeResources> {
+    resources_async(false).await
 }
 
 /// Resources of the whole cluster (as Ray's `ray.cluster_resources()` and
@@ -488,14 +524,20 @@ pub fn node_resources() -> Result<NodeResources> {
 /// # Ok::<(), rayforge::Error>(())
 /// ```
 pub fn cluster_resources() -> Result<NodeResources> {
-    resources(true)
+    worker::current()?.block_on(resources_async(true))?
 }
 
-fn resources(cluster: bool) -> Result<NodeResources> {
-    let cw = worker::current()?;
-    let mut node = cw.node.clone();
-    let r = cw
-        .block_on(async move { node.node_info(proto::NodeInfoRequest { cluster }).await })?
+/// [`cluster_resources`] from async code.
+pub async fn cluster_resources_async() -> Result<NodeResources> {
+    resources_async(true).await
+}
+
+async fn resources_async(cluster: bool) -> Result<NodeResources> {
+    let r = worker::current()?
+        .node
+        .clone()
+        .node_info(proto::NodeInfoRequest { cluster })
+        .await
         .map_err(|s| Error::rpc("reading node info", s))?
         .into_inner();
     Ok(NodeResources {
@@ -767,6 +809,15 @@ pub mod __private {
         opts: &ActorOptions,
         args: Vec<Result<PreparedArg>>,
     ) -> Result<ActorHandle> {
+        worker::current()?.block_on(create_actor_async(class, opts, args))?
+    }
+
+    /// Creates an actor of a registered class, from async code.
+    pub async fn create_actor_async(
+        class: &'static str,
+        opts: &ActorOptions,
+        args: Vec<Result<PreparedArg>>,
+    ) -> Result<ActorHandle> {
         let cw = worker::current()?;
         let resources = opts.demand()?;
         opts.scheduling_strategy.validate()?;
@@ -806,14 +857,13 @@ pub mod __private {
             job_id: cw.job_id.clone(),
             strategy: opts.scheduling_strategy.to_proto(),
         };
-        let mut node = cw.node.clone();
-        let created = cw
-            .block_on(async move { node.create_actor(req).await })
-            .and_then(|r| r.map_err(|s| Error::rpc("creating an actor", s)))
-            .and_then(|r| match r.into_inner().error {
+        let created = match cw.node.clone().create_actor(req).await {
+            Err(s) => Err(Error::rpc("creating an actor", s)),
+            Ok(r) => match r.into_inner().error {
                 Some(e) => Err(Error::from_proto(&e)),
                 None => Ok(()),
-            });
+            },
+        };
         if let Err(e) = created {
             cw.release_actor_args(id);
             return Err(e);

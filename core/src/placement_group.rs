@@ -88,19 +88,19 @@ pub fn placement_group(bundles: Vec<BTreeMap<String, f64>>, strategy: PlacementS
     }
 }
 
-fn call_group<F, Fut>(what: &'static str, f: F) -> Result<proto::PlacementGroupRecord>
+async fn call_group<F, Fut>(what: &'static str, f: F) -> Result<proto::PlacementGroupRecord>
 where
-    F: FnOnce(proto::node_service_client::NodeServiceClient<crate::rpc::Chan>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = std::result::Result<tonic::Response<proto::PlacementGroupReply>, tonic::Status>>
-        + Send,
+    F: FnOnce(proto::node_service_client::NodeServiceClient<crate::rpc::Chan>) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<proto::PlacementGroupReply>, tonic::Status>>,
 {
-    let cw = worker::current()?;
-    let node = cw.node.clone();
-    let r = cw
-        .block_on(async move { f(node).await })?
-        .map_err(|s| Error::rpc(what, s))?
-        .into_inner();
+    let node = worker::current()?.node.clone();
+    let r = f(node).await.map_err(|s| Error::rpc(what, s))?.into_inner();
     crate::node::placement::record_of(r)
+}
+
+/// Runs one of this module's async calls from synchronous code.
+fn blocking<T: Send>(f: impl std::future::Future<Output = Result<T>> + Send) -> Result<T> {
+    worker::current()?.block_on(f)?
 }
 
 impl PlacementGroupBuilder {
@@ -113,6 +113,11 @@ impl PlacementGroupBuilder {
     /// Asks the cluster to place the group; returns at once (see
     /// [`PlacementGroup::wait`]).
     pub fn create(self) -> Result<PlacementGroup> {
+        blocking(self.create_async())
+    }
+
+    /// [`PlacementGroupBuilder::create`] from async code.
+    pub async fn create_async(self) -> Result<PlacementGroup> {
         let id = format!("{:016x}", crate::ids::unique_u64());
         let n = self.bundles.len();
         let rec = proto::PlacementGroupRecord {
@@ -131,7 +136,8 @@ impl PlacementGroupBuilder {
         };
         let g = call_group("creating a placement group", move |mut c| async move {
             c.create_placement_group(rec).await
-        })?;
+        })
+        .await?;
         Ok(PlacementGroup { id: g.id, bundles: n })
     }
 }
@@ -165,7 +171,7 @@ impl PlacementGroup {
         }
     }
 
-    fn fetch(&self, wait: Duration) -> Result<proto::PlacementGroupRecord> {
+    async fn fetch(&self, wait: Duration) -> Result<proto::PlacementGroupRecord> {
         let req = proto::GetPlacementGroupRequest {
             id: self.id.clone(),
             name: String::new(),
@@ -174,18 +180,29 @@ impl PlacementGroup {
         call_group("looking up a placement group", move |mut c| async move {
             c.get_placement_group(req).await
         })
+        .await
     }
 
     /// Where the group stands now.
     pub fn state(&self) -> Result<PlacementGroupState> {
-        Ok(state_of(&self.fetch(Duration::ZERO)?))
+        blocking(self.state_async())
+    }
+
+    /// [`PlacementGroup::state`] from async code.
+    pub async fn state_async(&self) -> Result<PlacementGroupState> {
+        Ok(state_of(&self.fetch(Duration::ZERO).await?))
     }
 
     /// Waits up to `timeout` for every bundle to be reserved: `Ok(true)`
     /// once created, `Ok(false)` if still pending (see [`Self::state`] for
     /// why), an error if it was removed.
     pub fn wait(&self, timeout: Duration) -> Result<bool> {
-        match state_of(&self.fetch(timeout)?) {
+        blocking(self.wait_async(timeout))
+    }
+
+    /// [`PlacementGroup::wait`] from async code (Ray's `pg.ready()`).
+    pub async fn wait_async(&self, timeout: Duration) -> Result<bool> {
+        match state_of(&self.fetch(timeout).await?) {
             PlacementGroupState::Created => Ok(true),
             PlacementGroupState::Pending(_) => Ok(false),
             PlacementGroupState::Removed => Err(Error::InvalidArgument(format!(
@@ -198,18 +215,26 @@ impl PlacementGroup {
     /// The node (its TCP address; "" in the embedded cluster) holding each
     /// bundle, once created.
     pub fn bundle_nodes(&self) -> Result<Vec<String>> {
-        Ok(self
-            .fetch(Duration::ZERO)?
-            .bundles
-            .into_iter()
-            .map(|b| b.node_addr)
-            .collect())
+        blocking(async {
+            Ok(self
+                .fetch(Duration::ZERO)
+                .await?
+                .bundles
+                .into_iter()
+                .map(|b| b.node_addr)
+                .collect())
+        })
     }
 }
 
 /// Removes a group: its bundles are released, the tasks and actors running
 /// in them are stopped.
 pub fn remove_placement_group(pg: &PlacementGroup) -> Result<()> {
+    blocking(remove_placement_group_async(pg))
+}
+
+/// [`remove_placement_group`] from async code.
+pub async fn remove_placement_group_async(pg: &PlacementGroup) -> Result<()> {
     let req = proto::GetPlacementGroupRequest {
         id: pg.id.clone(),
         ..Default::default()
@@ -217,18 +242,25 @@ pub fn remove_placement_group(pg: &PlacementGroup) -> Result<()> {
     call_group("removing a placement group", move |mut c| async move {
         c.remove_placement_group(req).await
     })
+    .await
     .map(|_| ())
 }
 
 /// Finds a placement group by name.
 pub fn get_placement_group(name: &str) -> Result<PlacementGroup> {
+    blocking(get_placement_group_async(name))
+}
+
+/// [`get_placement_group`] from async code.
+pub async fn get_placement_group_async(name: &str) -> Result<PlacementGroup> {
     let req = proto::GetPlacementGroupRequest {
         name: name.to_string(),
         ..Default::default()
     };
     let g = call_group("looking up a placement group", move |mut c| async move {
         c.get_placement_group(req).await
-    })?;
+    })
+    .await?;
     Ok(PlacementGroup {
         bundles: g.bundles.len(),
         id: g.id,

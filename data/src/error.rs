@@ -1,5 +1,6 @@
-//! Typed errors of the data library. Every variant carries plain strings so an
-//! error raised inside a task crosses the process boundary unchanged.
+//! Typed errors of the data library. An error raised inside a task crosses
+//! the process boundary unchanged: the core carries it as the task's error
+//! value, and [`From<rayforge::Error>`] recovers it on the other side.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,7 +63,7 @@ pub enum Error {
     User(String),
     /// The runtime failed (a task or worker died, an object was lost, ...).
     #[error("{0}")]
-    Runtime(String),
+    Runtime(#[source] rayforge::Error),
 }
 
 /// Result alias of the data library.
@@ -87,8 +88,13 @@ impl From<datafusion::error::DataFusionError> for Error {
 }
 
 impl From<rayforge::Error> for Error {
+    /// A data error raised inside a task comes back as itself; any other
+    /// failure of the runtime is kept as the source.
     fn from(e: rayforge::Error) -> Self {
-        Error::Runtime(e.to_string())
+        match e.user_error::<Error>() {
+            Some(mine) => mine,
+            None => Error::Runtime(e),
+        }
     }
 }
 
@@ -105,6 +111,11 @@ impl From<&str> for Error {
 }
 
 impl Error {
+    /// A failure of the library's own machinery, as a runtime error.
+    pub(crate) fn internal(message: impl Into<String>) -> Error {
+        Error::Runtime(rayforge::Error::Internal(message.into()))
+    }
+
     pub(crate) fn io(path: impl std::fmt::Display, e: std::io::Error) -> Error {
         Error::Io {
             path: path.to_string(),

@@ -20,7 +20,7 @@ use rayforge::ObjectRef;
 
 use crate::block::{Block, BlockMeta};
 use crate::error::{Error, Result};
-use crate::ops::{self, MapOp, StageOut, StageSpec};
+use crate::ops::{self, MapOp, StageSpec};
 use crate::plan::{AllToAll, Compute, Node};
 
 /// A block in the object store and what is known about it.
@@ -31,7 +31,7 @@ pub(crate) struct BlockRef {
 }
 
 pub(crate) type BlockIter = Box<dyn Iterator<Item = Result<BlockRef>> + Send>;
-type Pending = (ObjectRef<Block>, ObjectRef<StageOut>);
+type Pending = (ObjectRef<Block>, ObjectRef<BlockMeta>);
 type Submits = Box<dyn Iterator<Item = Result<Pending>> + Send>;
 
 /// Counters of one operator.
@@ -203,13 +203,9 @@ impl Iterator for Window {
         self.stats.running.fetch_sub(1, Ordering::Relaxed);
         let r = match out.get() {
             Err(e) => Err(Error::from(e)),
-            Ok(StageOut { error: Some(e), .. }) => Err(e),
-            Ok(StageOut { meta: Some(meta), .. }) => {
+            Ok(meta) => {
                 self.stats.record(&meta);
                 Ok(BlockRef { block, meta })
-            }
-            Ok(StageOut { meta: None, .. }) => {
-                Err(Error::Runtime("a stage returned neither a block nor an error".into()))
             }
         };
         if r.is_err() {
@@ -322,7 +318,7 @@ fn read_and_shuffle(
         scheduling_strategy: rayforge::SchedulingStrategy::Spread,
         ..opts(c)
     };
-    let (parts, outs): (Vec<ObjectRef<Vec<Block>>>, Vec<ObjectRef<ops::StageOut>>) = tasks
+    let (parts, outs): (Vec<ObjectRef<Vec<Block>>>, Vec<ObjectRef<()>>) = tasks
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
@@ -338,11 +334,7 @@ fn read_and_shuffle(
         .unzip();
     // A task's two returns are ready together: once every outcome is here,
     // every map output exists too (the reduces below may start).
-    for out in rayforge::get_all(&outs)? {
-        if let Some(e) = out.error {
-            return Err(e);
-        }
-    }
+    rayforge::get_all(&outs)?;
     let pending = (0..n)
         .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, seed))
         .collect();

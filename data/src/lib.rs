@@ -42,7 +42,6 @@ mod plan;
 mod pool;
 mod source;
 mod split;
-mod udf;
 
 use std::sync::Arc;
 
@@ -59,9 +58,9 @@ pub use source::ParquetOptions;
 pub use split::DataIterator;
 
 use exec::{BlockRef, Ctx, ExecStats, Progress};
-use ops::{Format, MapOp, Sink, Tramp};
+use ops::{Format, MapOp, Sink, Tramp, UserCall};
 use plan::{AllToAll, Compute, Node};
-use udf::FnRef;
+use rayforge::{AnyFnRef, FnRef};
 
 /// Paths accepted by the readers: a file, a directory (read recursively) or
 /// a glob pattern, or a list of them.
@@ -461,12 +460,14 @@ impl Dataset {
         self.with(self.node.then(op, Compute::default()))
     }
 
-    fn call(&self, name: &str, tramp: Tramp, user: usize, arg: &str, o: &MapOptions) -> Dataset {
+    fn call(&self, name: &str, tramp: Tramp, user: AnyFnRef, arg: &str, o: &MapOptions) -> Dataset {
         let op = MapOp::Call {
             name: name.to_string(),
-            tramp: FnRef::new(tramp as usize),
-            user: FnRef::new(user),
-            arg: arg.to_string(),
+            tramp: FnRef::new(tramp),
+            call: UserCall {
+                user,
+                arg: arg.to_string(),
+            },
             batch_size: o.batch_size,
         };
         let c = Compute {
@@ -503,7 +504,7 @@ impl Dataset {
     /// let opts = MapOptions { batch_size: Some(4), num_cpus: Some(1.0), ..Default::default() };
     /// // Each call sees at most 4 rows.
     /// let ds = rayforge_data::range(10).map_batches_with(
-    ///     |b| if b.num_rows() <= 4 { Ok(b) } else { Err(rayforge_data::Error::Runtime("too big".into())) },
+    ///     |b| if b.num_rows() <= 4 { Ok(b) } else { Err(rayforge_data::Error::User("too big".into())) },
     ///     opts,
     /// );
     /// assert_eq!(ds.count()?, 10);
@@ -515,7 +516,7 @@ impl Dataset {
         f: fn(RecordBatch) -> Result<RecordBatch, E>,
         opts: MapOptions,
     ) -> Dataset {
-        self.call("MapBatches", ops::t_batches::<E>, f as usize, "", &opts)
+        self.call("MapBatches", ops::t_batches::<E>, FnRef::new(f).erase(), "", &opts)
     }
 
     /// Applies `f` to batches on a pool of actors, each holding a state
@@ -541,14 +542,15 @@ impl Dataset {
     ) -> Dataset {
         let init_tramp: pool::InitTramp = pool::t_init::<S>;
         let call_tramp: pool::CallTramp = pool::t_call::<S, E>;
+        let init_user: fn() -> S = init;
         let (min, max) = opts.concurrency;
         self.with(Arc::new(Node::ActorMap {
             input: self.node.clone(),
             spec: pool::PoolSpec {
-                init_tramp: FnRef::new(init_tramp as usize),
-                init_user: FnRef::new(init as usize),
-                call_tramp: FnRef::new(call_tramp as usize),
-                call_user: FnRef::new(f as usize),
+                init_tramp: FnRef::new(init_tramp),
+                init_user: FnRef::new(init_user).erase(),
+                call_tramp: FnRef::new(call_tramp),
+                call_user: FnRef::new(f).erase(),
                 batch_size: opts.batch_size,
             },
             size: pool::PoolSize {
@@ -574,7 +576,13 @@ impl Dataset {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn map<T: DeserializeOwned + 'static, U: Serialize + 'static>(&self, f: fn(T) -> U) -> Dataset {
-        self.call("Map", ops::t_map::<T, U>, f as usize, "", &MapOptions::default())
+        self.call(
+            "Map",
+            ops::t_map::<T, U>,
+            FnRef::new(f).erase(),
+            "",
+            &MapOptions::default(),
+        )
     }
 
     /// Maps every row to zero or more rows.
@@ -592,7 +600,7 @@ impl Dataset {
         self.call(
             "FlatMap",
             ops::t_flat_map::<T, U>,
-            f as usize,
+            FnRef::new(f).erase(),
             "",
             &MapOptions::default(),
         )
@@ -610,7 +618,13 @@ impl Dataset {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn filter<T: DeserializeOwned + 'static>(&self, f: fn(&T) -> bool) -> Dataset {
-        self.call("Filter", ops::t_filter::<T>, f as usize, "", &MapOptions::default())
+        self.call(
+            "Filter",
+            ops::t_filter::<T>,
+            FnRef::new(f).erase(),
+            "",
+            &MapOptions::default(),
+        )
     }
 
     /// Keeps the rows where the expression holds (evaluated on whole columns).
@@ -651,7 +665,7 @@ impl Dataset {
         self.call(
             "AddColumn",
             ops::t_add_column::<E>,
-            f as usize,
+            FnRef::new(f).erase(),
             name,
             &MapOptions::default(),
         )
@@ -1224,13 +1238,9 @@ impl Dataset {
             let Some(((_, out), name, n)) = window.pop_front() else {
                 break;
             };
-            match out.get()? {
-                ops::StageOut { error: Some(e), .. } => return Err(e),
-                _ => {
-                    files.push(std::path::Path::new(dir).join(name).display().to_string());
-                    rows += n;
-                }
-            }
+            out.get()?;
+            files.push(std::path::Path::new(dir).join(name).display().to_string());
+            rows += n;
         }
         Ok(WriteSummary { files, rows })
     }

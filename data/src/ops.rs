@@ -15,11 +15,26 @@ use crate::block::{Block, BlockMeta};
 use crate::error::{Error, Result};
 use crate::expr::{Expr, names};
 use crate::source::ReadTask;
-use crate::udf::{FnRef, resolve_fn};
+use rayforge::{AnyFnRef, FnRef};
 
-/// A trampoline: calls the user function at the given address (of a type
-/// the trampoline knows) on a batch; the string is the operation's argument.
-pub(crate) type Tramp = fn(usize, &str, RecordBatch) -> Result<RecordBatch>;
+/// A trampoline: turns the user function back into the type it knows (a
+/// trampoline is monomorphized for it) and calls it on a batch.
+pub(crate) type Tramp = fn(&UserCall, RecordBatch) -> Result<RecordBatch>;
+
+/// A user function of a type only its trampoline knows, and the
+/// operation's argument (a column name, say).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct UserCall {
+    pub(crate) user: AnyFnRef,
+    pub(crate) arg: String,
+}
+
+impl UserCall {
+    /// The user function as an `F`.
+    fn get<F: rayforge::FnPtr>(&self) -> Result<F> {
+        Ok(self.user.typed::<F>()?.get()?)
+    }
+}
 
 /// One per-block transform.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,9 +42,8 @@ pub(crate) enum MapOp {
     /// User code, through a trampoline.
     Call {
         name: String,
-        tramp: FnRef,
-        user: FnRef,
-        arg: String,
+        tramp: FnRef<Tramp>,
+        call: UserCall,
         batch_size: Option<usize>,
     },
     Filter(Expr),
@@ -64,14 +78,12 @@ impl MapOp {
         match self {
             MapOp::Call {
                 tramp,
-                user,
-                arg,
+                call,
                 batch_size,
                 ..
             } => {
-                let t = resolve_fn!(tramp, Tramp);
-                let u = user.addr()?;
-                in_batches(b, *batch_size, |part| t(u, arg, part))
+                let t = tramp.get()?;
+                in_batches(b, *batch_size, |part| t(call, part))
             }
             MapOp::Filter(e) => {
                 let m = e.evaluate(&b)?;
@@ -187,42 +199,38 @@ fn names_of(s: &SchemaRef) -> String {
 
 // ---- trampolines: each knows the type of one kind of user function ----
 
-pub(crate) fn t_batches<E: Into<Error>>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
-    // SAFETY: `user` is a `fn(RecordBatch) -> Result<RecordBatch, E>` (see
-    // `Dataset::map_batches`, the only place pairing it with this trampoline).
-    let f = unsafe { std::mem::transmute::<usize, fn(RecordBatch) -> std::result::Result<RecordBatch, E>>(user) };
+pub(crate) fn t_batches<E: Into<Error> + 'static>(c: &UserCall, b: RecordBatch) -> Result<RecordBatch> {
+    let f = c.get::<fn(RecordBatch) -> std::result::Result<RecordBatch, E>>()?;
     f(b).map_err(Into::into)
 }
 
-pub(crate) fn t_map<T: DeserializeOwned, U: Serialize>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
-    // SAFETY: paired with a `fn(T) -> U` by `Dataset::map` only.
-    let f = unsafe { std::mem::transmute::<usize, fn(T) -> U>(user) };
+pub(crate) fn t_map<T: DeserializeOwned + 'static, U: Serialize + 'static>(
+    c: &UserCall,
+    b: RecordBatch,
+) -> Result<RecordBatch> {
+    let f = c.get::<fn(T) -> U>()?;
     let rows: Vec<U> = rows_of::<T>(&b)?.into_iter().map(f).collect();
     batch_of(&rows)
 }
 
-pub(crate) fn t_flat_map<T: DeserializeOwned, U: Serialize>(
-    user: usize,
-    _: &str,
+pub(crate) fn t_flat_map<T: DeserializeOwned + 'static, U: Serialize + 'static>(
+    c: &UserCall,
     b: RecordBatch,
 ) -> Result<RecordBatch> {
-    // SAFETY: paired with a `fn(T) -> Vec<U>` by `Dataset::flat_map` only.
-    let f = unsafe { std::mem::transmute::<usize, fn(T) -> Vec<U>>(user) };
+    let f = c.get::<fn(T) -> Vec<U>>()?;
     let rows: Vec<U> = rows_of::<T>(&b)?.into_iter().flat_map(f).collect();
     batch_of(&rows)
 }
 
-pub(crate) fn t_filter<T: DeserializeOwned>(user: usize, _: &str, b: RecordBatch) -> Result<RecordBatch> {
-    // SAFETY: paired with a `fn(&T) -> bool` by `Dataset::filter` only.
-    let f = unsafe { std::mem::transmute::<usize, fn(&T) -> bool>(user) };
+pub(crate) fn t_filter<T: DeserializeOwned + 'static>(c: &UserCall, b: RecordBatch) -> Result<RecordBatch> {
+    let f = c.get::<fn(&T) -> bool>()?;
     let mask: BooleanArray = rows_of::<T>(&b)?.iter().map(|r| Some(f(r))).collect();
     Ok(arrow::compute::filter_record_batch(&b, &mask)?)
 }
 
-pub(crate) fn t_add_column<E: Into<Error>>(user: usize, name: &str, b: RecordBatch) -> Result<RecordBatch> {
-    // SAFETY: paired with a `fn(&RecordBatch) -> Result<ArrayRef, E>` by
-    // `Dataset::add_column` only.
-    let f = unsafe { std::mem::transmute::<usize, fn(&RecordBatch) -> std::result::Result<ArrayRef, E>>(user) };
+pub(crate) fn t_add_column<E: Into<Error> + 'static>(c: &UserCall, b: RecordBatch) -> Result<RecordBatch> {
+    let f = c.get::<fn(&RecordBatch) -> std::result::Result<ArrayRef, E>>()?;
+    let name = c.arg.as_str();
     let col = f(&b).map_err(Into::into)?;
     if col.len() != b.num_rows() {
         return Err(Error::InvalidArgument(format!(
@@ -369,34 +377,15 @@ pub(crate) struct StageSpec {
     pub(crate) ops: Vec<MapOp>,
 }
 
-/// A stage's outcome: the driver reads this (small) part first.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct StageOut {
-    pub(crate) meta: Option<BlockMeta>,
-    pub(crate) error: Option<Error>,
-}
+/// A stage's outcome: its block, and the block's (small) description, which
+/// the driver reads first. A failed stage fails both. (The stage tasks spell
+/// the type out: the macro reads their returns from it.)
+pub(crate) type StageResult = std::result::Result<(Block, BlockMeta), Error>;
 
-fn finish(start: Instant, r: Result<RecordBatch>) -> (Block, StageOut) {
-    match r {
-        Ok(b) => {
-            let block = Block::new(b);
-            let meta = BlockMeta::of(&block, start.elapsed().as_secs_f64());
-            (
-                block,
-                StageOut {
-                    meta: Some(meta),
-                    error: None,
-                },
-            )
-        }
-        Err(e) => (
-            Block::empty(crate::block::empty_schema()),
-            StageOut {
-                meta: None,
-                error: Some(e),
-            },
-        ),
-    }
+fn finish(start: Instant, r: Result<RecordBatch>) -> StageResult {
+    let block = Block::new(r?);
+    let meta = BlockMeta::of(&block, start.elapsed().as_secs_f64());
+    Ok((block, meta))
 }
 
 /// Keeps freed memory of large batches in this process for the next block
@@ -424,7 +413,7 @@ fn run_ops(ops: &[MapOp], mut b: RecordBatch) -> Result<RecordBatch> {
 
 /// Reads one block and transforms it.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn read_stage(spec: StageSpec) -> (Block, StageOut) {
+pub(crate) fn read_stage(spec: StageSpec) -> std::result::Result<(Block, BlockMeta), Error> {
     tune_allocator();
     let start = Instant::now();
     finish(start, read_and_run(&spec))
@@ -440,7 +429,7 @@ fn read_and_run(spec: &StageSpec) -> Result<RecordBatch> {
 
 /// Transforms one block.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn map_stage(spec: StageSpec, input: Block) -> (Block, StageOut) {
+pub(crate) fn map_stage(spec: StageSpec, input: Block) -> std::result::Result<(Block, BlockMeta), Error> {
     tune_allocator();
     let start = Instant::now();
     finish(start, run_ops(&spec.ops, input.into_batch()))
@@ -449,7 +438,9 @@ pub(crate) fn map_stage(spec: StageSpec, input: Block) -> (Block, StageOut) {
 /// One output block of a repartition: pieces `(block, offset, len)` of
 /// input blocks, concatenated.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn concat_pieces(pieces: Vec<(rayforge::ObjectRef<Block>, usize, usize)>) -> (Block, StageOut) {
+pub(crate) fn concat_pieces(
+    pieces: Vec<(rayforge::ObjectRef<Block>, usize, usize)>,
+) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         // One blocking get for all pieces (each separate get would lend the
@@ -468,7 +459,7 @@ pub(crate) fn concat_pieces(pieces: Vec<(rayforge::ObjectRef<Block>, usize, usiz
 
 /// Zips two blocks of equal length column-wise.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn zip_blocks(left: Block, right: Block) -> (Block, StageOut) {
+pub(crate) fn zip_blocks(left: Block, right: Block) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         let (l, r) = (left.batch(), right.batch());
@@ -505,14 +496,13 @@ pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Res
 
 /// A read (and its fused transforms) followed by the map side of a random
 /// shuffle in the same task: the block read is never stored whole.
+/// Its second return only says it is done (the driver waits on it without
+/// fetching the parts).
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> (Vec<Block>, StageOut) {
+pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> std::result::Result<(Vec<Block>, ()), Error> {
     tune_allocator();
-    let (parts, error) = match read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed)) {
-        Ok(parts) => (parts, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    (parts, StageOut { meta: None, error })
+    let parts = read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed))?;
+    Ok((parts, ()))
 }
 
 /// Part `j` of every map output (one blocking get for all of them).
@@ -545,7 +535,11 @@ fn permute_cut(b: &RecordBatch, n: usize, seed: u64) -> Result<Vec<Block>> {
 /// Reduce side of a random shuffle: partition `j` of every map output,
 /// concatenated and put in a random order.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn shuffle_reduce(parts: Vec<rayforge::ObjectRef<Vec<Block>>>, j: usize, seed: u64) -> (Block, StageOut) {
+pub(crate) fn shuffle_reduce(
+    parts: Vec<rayforge::ObjectRef<Vec<Block>>>,
+    j: usize,
+    seed: u64,
+) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         // Pick rows straight from the parts in a random order (no
@@ -667,7 +661,7 @@ pub(crate) fn sort_reduce(
     j: usize,
     key: String,
     descending: bool,
-) -> (Block, StageOut) {
+) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         let got = part_of_each(&parts, j)?;
@@ -693,7 +687,7 @@ pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Runtime(format!("starting a runtime for SQL: {e}")))?;
+        .map_err(|e| Error::internal(format!("starting a runtime for SQL: {e}")))?;
     rt.block_on(async {
         let cfg = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
         let ctx = SessionContext::new_with_config(cfg);
@@ -710,7 +704,11 @@ pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query
 
 /// Runs `query` over every block of the input as table `ds`.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, query: String) -> (Block, StageOut) {
+pub(crate) fn sql_stage(
+    blocks: Vec<rayforge::ObjectRef<Block>>,
+    schema: Block,
+    query: String,
+) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         let batches: Vec<RecordBatch> = rayforge::get_all(&blocks)?
@@ -726,7 +724,10 @@ pub(crate) fn sql_stage(blocks: Vec<rayforge::ObjectRef<Block>>, schema: Block, 
 
 /// Group-by, reduce side: combines partial aggregates.
 #[rayforge::remote(num_returns = 2)]
-pub(crate) fn agg_final(parts: Vec<rayforge::ObjectRef<Block>>, query: String) -> (Block, StageOut) {
+pub(crate) fn agg_final(
+    parts: Vec<rayforge::ObjectRef<Block>>,
+    query: String,
+) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
         let batches: Vec<RecordBatch> = rayforge::get_all(&parts)?.into_iter().map(Block::into_batch).collect();

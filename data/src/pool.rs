@@ -15,41 +15,44 @@ use serde::{Deserialize, Serialize};
 use crate::block::{Block, BlockMeta};
 use crate::error::{Error, Result};
 use crate::exec::{BlockIter, BlockRef, Ctx, OpStats};
-use crate::udf::{FnRef, resolve_fn};
+use rayforge::{AnyFnRef, FnRef};
 
-/// Builds an actor's state: `(init function) -> state`.
-pub(crate) type InitTramp = fn(usize) -> Box<dyn Any + Send>;
-/// Calls the user's method: `(function, state, batch) -> batch`.
-pub(crate) type CallTramp = fn(usize, &mut (dyn Any + Send), RecordBatch) -> Result<RecordBatch>;
+/// Builds an actor's state from the user's `init` function.
+pub(crate) type InitTramp = fn(&AnyFnRef) -> Result<Box<dyn Any + Send>>;
+/// Calls the user's method on the actor's state.
+pub(crate) type CallTramp = fn(&mut ActorState, RecordBatch) -> Result<RecordBatch>;
 
-pub(crate) fn t_init<S: Send + 'static>(user: usize) -> Box<dyn Any + Send> {
-    // SAFETY: paired with a `fn() -> S` by `Dataset::map_batches_actors` only.
-    let f = unsafe { std::mem::transmute::<usize, fn() -> S>(user) };
-    Box::new(f())
+/// An actor's state (of a type only the trampolines know) and the user
+/// function that processes batches with it.
+pub(crate) struct ActorState {
+    state: Box<dyn Any + Send>,
+    call_user: AnyFnRef,
 }
 
-pub(crate) fn t_call<S: 'static, E: Into<Error>>(
-    user: usize,
-    state: &mut (dyn Any + Send),
-    b: RecordBatch,
-) -> Result<RecordBatch> {
-    // SAFETY: paired with a `fn(&mut S, RecordBatch) -> Result<RecordBatch, E>`
-    // by `Dataset::map_batches_actors` only.
-    let f =
-        unsafe { std::mem::transmute::<usize, fn(&mut S, RecordBatch) -> std::result::Result<RecordBatch, E>>(user) };
-    let s = state
+pub(crate) fn t_init<S: Send + 'static>(user: &AnyFnRef) -> Result<Box<dyn Any + Send>> {
+    let f = user.typed::<fn() -> S>()?.get()?;
+    Ok(Box::new(f()))
+}
+
+pub(crate) fn t_call<S: 'static, E: Into<Error> + 'static>(a: &mut ActorState, b: RecordBatch) -> Result<RecordBatch> {
+    let f = a
+        .call_user
+        .typed::<fn(&mut S, RecordBatch) -> std::result::Result<RecordBatch, E>>()?
+        .get()?;
+    let s = a
+        .state
         .downcast_mut::<S>()
-        .ok_or_else(|| Error::Runtime("actor state of an unexpected type".into()))?;
+        .ok_or_else(|| Error::internal("actor state of an unexpected type"))?;
     f(s, b).map_err(Into::into)
 }
 
 /// What an actor of the pool runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PoolSpec {
-    pub(crate) init_tramp: FnRef,
-    pub(crate) init_user: FnRef,
-    pub(crate) call_tramp: FnRef,
-    pub(crate) call_user: FnRef,
+    pub(crate) init_tramp: FnRef<InitTramp>,
+    pub(crate) init_user: AnyFnRef,
+    pub(crate) call_tramp: FnRef<CallTramp>,
+    pub(crate) call_user: AnyFnRef,
     pub(crate) batch_size: Option<usize>,
 }
 
@@ -65,27 +68,27 @@ pub(crate) struct PoolSize {
 /// One actor of a `map_batches` pool.
 #[rayforge::actor]
 pub(crate) struct BatchActor {
-    state: std::result::Result<Box<dyn Any + Send>, Error>,
+    state: std::result::Result<ActorState, Error>,
     spec: PoolSpec,
 }
 
 #[rayforge::actor]
 impl BatchActor {
     fn new(spec: PoolSpec) -> Self {
-        let state = (|| -> Result<Box<dyn Any + Send>> {
-            let init = resolve_fn!(spec.init_tramp, InitTramp);
-            Ok(init(spec.init_user.addr()?))
+        let state = (|| -> Result<ActorState> {
+            let init = spec.init_tramp.get()?;
+            Ok(ActorState {
+                state: init(&spec.init_user)?,
+                call_user: spec.call_user,
+            })
         })();
         BatchActor { state, spec }
     }
 
     fn process(&mut self, input: Block) -> std::result::Result<Block, Error> {
         let state = self.state.as_mut().map_err(|e| e.clone())?;
-        let call = resolve_fn!(self.spec.call_tramp, CallTramp);
-        let user = self.spec.call_user.addr()?;
-        let out = crate::ops::in_batches(input.into_batch(), self.spec.batch_size, |part| {
-            call(user, state.as_mut(), part)
-        })?;
+        let call = self.spec.call_tramp.get()?;
+        let out = crate::ops::in_batches(input.into_batch(), self.spec.batch_size, |part| call(state, part))?;
         Ok(Block::new(out))
     }
 }

@@ -158,7 +158,7 @@ pub(crate) fn start(
             // has dropped its iterator.
             drop(q);
         })
-        .map_err(|e| Error::Runtime(format!("starting the split thread: {e}")))?;
+        .map_err(|e| Error::internal(format!("starting the split thread: {e}")))?;
     Ok(its)
 }
 
@@ -212,10 +212,9 @@ fn distribute(it: BlockIter, n: usize, equal: bool, send: &dyn Fn(usize, SplitMs
 }
 
 fn slice(b: &BlockRef, offset: u64, len: u64) -> Result<BlockRef> {
-    let (block, out) = crate::ops::concat_pieces::remote(vec![(b.block.clone(), offset as usize, len as usize)]);
-    match out.get()? {
-        crate::ops::StageOut { meta: Some(meta), .. } => Ok(BlockRef { block, meta }),
-        crate::ops::StageOut { error: Some(e), .. } => Err(e),
-        _ => Err(Error::Runtime("a slice returned nothing".into())),
-    }
+    let (block, meta) = crate::ops::concat_pieces::remote(vec![(b.block.clone(), offset as usize, len as usize)]);
+    Ok(BlockRef {
+        block,
+        meta: meta.get()?,
+    })
 }

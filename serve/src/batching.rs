@@ -101,7 +101,7 @@ impl<I: Send, O: Send> Batcher<I, O> {
                 continue;
             }
             tokio::select! {
-                r = &mut rx => return r.unwrap_or_else(|_| Err(Error::Runtime("a batch was dropped".into()))),
+                r = &mut rx => return r.unwrap_or_else(|_| Err(Error::internal("a batch was dropped"))),
                 _ = notified => {}
             }
         }

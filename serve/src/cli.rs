@@ -130,7 +130,7 @@ fn run(cmd: Cmd, registry: Registry) -> Result<()> {
         Cmd::Status { admin } => {
             let r = client::request(&admin, "GET", "/api/serve/status", b"", ADMIN_TIMEOUT)?;
             let st: ServeStatus = serde_json::from_slice(&r.body)
-                .map_err(|e| Error::Runtime(format!("the server at {admin} answered something else: {e}")))?;
+                .map_err(|e| Error::BadRequest(format!("the server at {admin} answered something else: {e}")))?;
             print_status(&st);
             Ok(())
         }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rayforge::FnRef;
+use rayforge::{FnRef, Json};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::DeploymentConfig;
 use crate::error::{Error, Result};
-use crate::replica::{Replica, ReplicaHandle, ReplicaHealth, ReplicaSpec, STOP_SLACK};
+use crate::replica::{BuildFn, Replica, ReplicaHandle, ReplicaHealth, ReplicaSpec, STOP_SLACK};
 use crate::router::{key, AbortOnDrop, DeploymentRoute, RouteTable};
 
 /// The controller actor's name in the cluster.
@@ -28,9 +28,9 @@ pub(crate) const CONTROLLER_NAME: &str = "rayforge-serve-controller";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct DeploymentDecl {
     pub(crate) name: String,
-    pub(crate) build: FnRef,
-    /// [`DeploymentConfig`] as JSON (bincode cannot carry its user config).
-    pub(crate) config: String,
+    pub(crate) build: FnRef<BuildFn>,
+    /// Its config (self-describing, for the user config inside).
+    pub(crate) config: Json<DeploymentConfig>,
 }
 
 /// One application as declared.
@@ -116,7 +116,7 @@ struct Rep {
 struct Dep {
     app: String,
     name: String,
-    build: FnRef,
+    build: FnRef<BuildFn>,
     config: DeploymentConfig,
     /// Grows when a change needs new replicas (anything but user config).
     version: u64,
@@ -209,9 +209,9 @@ impl Controller {
     }
 
     /// Declares the applications (replacing what was declared before).
-    async fn deploy(&self, apps: Vec<AppDecl>) -> Option<Error> {
+    async fn deploy(&self, apps: Vec<AppDecl>) -> Result<()> {
         self.start_loop();
-        self.inner.deploy(apps).err()
+        self.inner.deploy(apps)
     }
 
     /// The route table once its version is above `since` (or after a while).
@@ -287,8 +287,7 @@ impl Inner {
         let mut decls = Vec::new();
         for app in &apps {
             for d in &app.deployments {
-                let config: DeploymentConfig = serde_json::from_str(&d.config)
-                    .map_err(|e| Error::Invalid(format!("deployment `{}`: config: {e}", d.name)))?;
+                let config = d.config.0.clone();
                 config.validate(&d.name)?;
                 decls.push((app.name.clone(), d.clone(), config));
             }
@@ -360,14 +359,13 @@ impl Inner {
             .filter(|r| r.state == RepState::Running)
             .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
             .collect();
-        let text = config.user_config.as_ref().map(|v| v.to_string());
+        let user_config = config.user_config.clone().map(Json);
         let (k, tx) = (k.to_string(), self.events.clone());
         tokio::spawn(async move {
             for (id, h) in handles {
-                let error = match h.reconfigure(text.clone()).await {
-                    Ok(None) => None,
-                    Ok(Some(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
+                let error = match h.reconfigure(user_config.clone()).await {
+                    Ok(()) => None,
+                    Err(e) => Some(Error::from(e).to_string()),
                 };
                 let _ = tx.send(Event::Reconfigured {
                     key: k.clone(),
@@ -462,9 +460,7 @@ impl Inner {
                             dep.message = format!("replica {id} replaced: {why}");
                             let r = dep.replicas.remove(i);
                             if let Some(h) = r.handle {
-                                tokio::task::spawn_blocking(move || {
-                                    let _ = rayforge::kill(&h);
-                                });
+                                tokio::spawn(rayforge::kill_async(&h));
                             }
                             changed = true;
                         }
@@ -592,7 +588,7 @@ impl Inner {
                         if tokio::time::timeout(grace + STOP_SLACK, h.stop()).await.is_err() {
                             tracing::warn!(replica = %id, "requests still running after the graceful timeout");
                         }
-                        let _ = tokio::task::spawn_blocking(move || rayforge::kill(&h)).await;
+                        let _ = rayforge::kill_async(&h).await;
                     }
                     let _ = tx.send(Event::Stopped { key: k, id });
                 });
@@ -613,36 +609,30 @@ impl Inner {
             app: dep.app.clone(),
             deployment: dep.name.clone(),
             replica: id.clone(),
-            user_config: dep.config.user_config.as_ref().map(|v| v.to_string()),
+            user_config: dep.config.user_config.clone().map(Json),
         };
         let c = dep.config.clone();
         let (tx, k) = (self.events.clone(), k.to_string());
         tracing::info!(deployment = %k, replica = %id, "starting a replica");
         tokio::spawn(async move {
-            let made = tokio::task::spawn_blocking(move || {
-                let mut o = Replica::options()
-                    .num_cpus(c.num_cpus)
-                    .max_restarts(0)
-                    .max_concurrency((c.max_ongoing_requests + 16).min(u32::MAX as usize) as u32);
-                if c.num_gpus > 0.0 {
-                    o = o.num_gpus(c.num_gpus);
-                }
-                for (r, n) in &c.resources {
-                    o = o.resource(r, *n);
-                }
-                o.remote(spec)
-            })
-            .await;
-            let result = match made {
-                Err(e) => Err(Error::Runtime(format!("creating a replica: {e}"))),
-                Ok(Err(e)) => Err(e.into()),
-                Ok(Ok(h)) => match h.ready().await {
-                    Ok(None) => Ok(h),
-                    Ok(Some(e)) => {
-                        let _ = tokio::task::spawn_blocking(move || rayforge::kill(&h)).await;
-                        Err(e)
+            let mut o = Replica::options()
+                .num_cpus(c.num_cpus)
+                .max_restarts(0)
+                .max_concurrency((c.max_ongoing_requests + 16).min(u32::MAX as usize) as u32);
+            if c.num_gpus > 0.0 {
+                o = o.num_gpus(c.num_gpus);
+            }
+            for (r, n) in &c.resources {
+                o = o.resource(r, *n);
+            }
+            let result = match o.remote_async(spec).await {
+                Err(e) => Err(Error::from(e)),
+                Ok(h) => match h.ready().await {
+                    Ok(()) => Ok(h),
+                    Err(e) => {
+                        let _ = rayforge::kill_async(&h).await;
+                        Err(Error::from(e))
                     }
-                    Err(e) => Err(e.into()),
                 },
             };
             let _ = tx.send(Event::Started { key: k, id, result });

@@ -5,7 +5,7 @@
 pub enum Error {
     /// The runtime underneath failed (an actor died, a call timed out, ...).
     #[error("rayforge: {0}")]
-    Runtime(String),
+    Runtime(#[source] rayforge::Error),
     /// A deployment's own code returned an error or panicked.
     #[error("deployment `{deployment}` failed: {message}")]
     User {
@@ -60,8 +60,21 @@ impl Error {
 }
 
 impl From<rayforge::Error> for Error {
+    /// A Serve error that a replica or the controller returned comes back
+    /// as itself; any other failure of the runtime is kept as the source.
     fn from(e: rayforge::Error) -> Self {
-        Error::Runtime(e.to_string())
+        match e.user_error::<Error>() {
+            Some(mine) => mine,
+            None => Error::Runtime(e),
+        }
+    }
+}
+
+impl Error {
+    /// A failure of Serve's own machinery (no user code involved), as a
+    /// runtime error.
+    pub(crate) fn internal(message: impl Into<String>) -> Error {
+        Error::Runtime(rayforge::Error::Runtime(message.into()))
     }
 }
 

@@ -79,7 +79,7 @@ pub use http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp, Json, S
 pub use server::{start, Serve};
 
 use controller::{AppDecl, DeploymentDecl};
-use replica::{decode, encode, CallReply};
+use replica::{decode, encode};
 use router::{Hub, Router};
 
 /// A deployment: a type whose instances (replicas) serve requests.
@@ -197,10 +197,7 @@ impl<D: Deployment> DeploymentHandle<D> {
                 async move { h.call(arg).await }
             })
             .await?;
-        match reply {
-            CallReply::Ok(b) => decode(&b),
-            CallReply::Err(e) => Err(e),
-        }
+        decode(&reply)
     }
 }
 
@@ -209,7 +206,7 @@ impl<D: Deployment> DeploymentHandle<D> {
 #[derive(Clone, Debug)]
 pub struct DeploymentSpec {
     name: String,
-    build: rayforge::FnRef,
+    build: rayforge::FnRef<replica::BuildFn>,
     config: DeploymentConfig,
 }
 
@@ -217,7 +214,7 @@ pub struct DeploymentSpec {
 pub fn deployment<D: Deployment>(name: &str) -> DeploymentSpec {
     DeploymentSpec {
         name: name.to_string(),
-        build: rayforge::FnRef::new(replica::t_build::<D> as replica::BuildFn as usize),
+        build: rayforge::FnRef::new(replica::t_build::<D> as replica::BuildFn),
         config: DeploymentConfig::default(),
     }
 }
@@ -299,8 +296,7 @@ impl DeploymentSpec {
         Ok(DeploymentDecl {
             name: self.name.clone(),
             build: self.build,
-            config: serde_json::to_string(&self.config)
-                .map_err(|e| Error::Invalid(format!("deployment `{}`: {e}", self.name)))?,
+            config: rayforge::Json(self.config.clone()),
         })
     }
 }
@@ -373,7 +369,7 @@ impl Application {
 /// uses for them.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    kinds: std::collections::BTreeMap<String, rayforge::FnRef>,
+    kinds: std::collections::BTreeMap<String, rayforge::FnRef<replica::BuildFn>>,
 }
 
 impl Registry {

@@ -1,6 +1,6 @@
 //! A replica: one actor of the core runtime running one instance of a
 //! deployment. The actor type is generic over nothing: the deployment's
-//! concrete type travels as a [`FnRef`] to a builder monomorphized for it,
+//! concrete type travels as a typed [`FnRef`] to a builder monomorphized for it,
 //! and the instance sits behind the object-safe [`Erased`] trait.
 //!
 //! Requests run concurrently (`&self` methods of an async actor take a read
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use rayforge::FnRef;
+use rayforge::{FnRef, Json};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -87,29 +87,22 @@ fn user_config_of<C: DeserializeOwned + Default>(v: Option<&serde_json::Value>) 
 }
 
 /// Builds an instance: `(context, user config) -> instance`.
-pub(crate) type BuildFn = fn(&Context, Option<&serde_json::Value>) -> Result<Box<dyn Erased>>;
+pub(crate) type BuildFn = fn(&Context, Option<serde_json::Value>) -> Result<Box<dyn Erased>>;
 
-pub(crate) fn t_build<D: Deployment>(ctx: &Context, cfg: Option<&serde_json::Value>) -> Result<Box<dyn Erased>> {
-    let config = user_config_of::<D::Config>(cfg)?;
+pub(crate) fn t_build<D: Deployment>(ctx: &Context, cfg: Option<serde_json::Value>) -> Result<Box<dyn Erased>> {
+    let config = user_config_of::<D::Config>(cfg.as_ref())?;
     Ok(Box::new(Wrap(D::new(ctx, config)?)))
 }
 
 /// What a replica runs and as whom (crosses to the replica's process).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct ReplicaSpec {
-    pub(crate) build: FnRef,
+    pub(crate) build: FnRef<BuildFn>,
     pub(crate) app: String,
     pub(crate) deployment: String,
     pub(crate) replica: String,
-    /// The user config as JSON text (bincode cannot carry a `serde_json::Value`).
-    pub(crate) user_config: Option<String>,
-}
-
-/// A replica's answer to a handle call.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) enum CallReply {
-    Ok(Vec<u8>),
-    Err(Error),
+    /// The user config (self-describing: it travels as JSON).
+    pub(crate) user_config: Option<Json<serde_json::Value>>,
 }
 
 /// A replica's health and load.
@@ -153,18 +146,9 @@ impl Replica {
         };
         let name = format!("{}/{}", spec.app, spec.deployment);
         let inner = (|| -> Result<Box<dyn Erased>> {
-            let cfg = match &spec.user_config {
-                Some(t) => {
-                    Some(serde_json::from_str(t).map_err(|e| Error::Invalid(format!("user_config is not JSON: {e}")))?)
-                }
-                None => None,
-            };
-            let addr = spec.build.addr().map_err(Error::from)?;
-            // SAFETY: `spec.build` was made by `deployment::<D>()` from
-            // `t_build::<D>`, a `BuildFn`, in a process running this same
-            // binary (`addr` checked the build id).
-            let build = unsafe { std::mem::transmute::<usize, BuildFn>(addr) };
-            match std::panic::catch_unwind(AssertUnwindSafe(|| build(&ctx, cfg.as_ref()))) {
+            let cfg = spec.user_config.map(|c| c.0);
+            let build = spec.build.get()?;
+            match std::panic::catch_unwind(AssertUnwindSafe(|| build(&ctx, cfg))) {
                 Ok(r) => r,
                 Err(p) => Err(Error::User {
                     deployment: name.clone(),
@@ -191,9 +175,9 @@ impl Replica {
         }
     }
 
-    /// The constructor's error, if it failed.
-    async fn ready(&self) -> Option<Error> {
-        self.inner.as_ref().err().cloned()
+    /// Whether the constructor succeeded (its error if not).
+    async fn ready(&self) -> Result<()> {
+        self.inner.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
     /// Serves an HTTP request (ingress deployments).
@@ -205,24 +189,14 @@ impl Replica {
     }
 
     /// Serves a handle call: the argument and result are bincode.
-    async fn call(&self, arg: Vec<u8>) -> CallReply {
-        match self.run(|d| d.call(arg)).await {
-            Ok(r) => CallReply::Ok(r),
-            Err(e) => CallReply::Err(e),
-        }
+    async fn call(&self, arg: Vec<u8>) -> Result<Vec<u8>> {
+        self.run(|d| d.call(arg)).await
     }
 
     /// Applies a new user config in place (after the requests in flight).
-    async fn reconfigure(&mut self, user_config: Option<String>) -> Option<Error> {
-        let inner = match self.inner.as_mut() {
-            Ok(i) => i,
-            Err(e) => return Some(e.clone()),
-        };
-        let cfg = match user_config.as_deref().map(serde_json::from_str).transpose() {
-            Ok(c) => c,
-            Err(e) => return Some(Error::Invalid(format!("user_config is not JSON: {e}"))),
-        };
-        inner.reconfigure(cfg.as_ref()).err()
+    async fn reconfigure(&mut self, user_config: Option<Json<serde_json::Value>>) -> Result<()> {
+        let inner = self.inner.as_mut().map_err(|e| e.clone())?;
+        inner.reconfigure(user_config.map(|c| c.0).as_ref())
     }
 
     /// The next chunks of a streamed response: waits for one, then takes

@@ -100,11 +100,10 @@ impl Hub {
         if let Some(h) = &*g {
             return Ok(h.clone());
         }
-        let controller = tokio::task::spawn_blocking(|| rayforge::get_actor::<ControllerHandle>(CONTROLLER_NAME))
+        let controller = rayforge::get_actor_async::<ControllerHandle>(CONTROLLER_NAME)
             .await
-            .map_err(|e| Error::Runtime(format!("looking up the serve controller: {e}")))?
             .map_err(|e| {
-                Error::Runtime(format!(
+                Error::Unavailable(format!(
                     "no serve controller is running ({e}); start one with serve::start"
                 ))
             })?;

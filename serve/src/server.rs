@@ -60,9 +60,9 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         .num_cpus(0.0)
         .max_concurrency(100_000)
         .remote()?;
-    if let Some(e) = controller.deploy(decls).get()? {
+    if let Err(e) = controller.deploy(decls).get() {
         let _ = rayforge::kill(&controller);
-        return Err(e);
+        return Err(e.into());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,10 +158,10 @@ async fn admin_deploy(State(s): State<Arc<AdminState>>, body: Bytes) -> Response
         Ok(d) => d,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    match s.controller.deploy(decls).await {
-        Ok(None) => (StatusCode::OK, "deployed\n").into_response(),
-        Ok(Some(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    match s.controller.deploy(decls).await.map_err(Error::from) {
+        Ok(()) => (StatusCode::OK, "deployed\n").into_response(),
+        Err(e @ Error::Runtime(_)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
 
@@ -187,10 +187,7 @@ impl Serve {
     /// config changed), missing ones drain and stop.
     pub fn deploy(&self, apps: Vec<Application>) -> Result<()> {
         let decls = apps.iter().map(Application::decl).collect::<Result<Vec<_>>>()?;
-        match self.controller.deploy(decls).get()? {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(self.controller.deploy(decls).get()?)
     }
 
     /// Every application's and deployment's state.
@@ -269,9 +266,7 @@ impl Serve {
         self.rt.shutdown_timeout(Duration::from_secs(5));
         match done {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Error::Runtime(
-                "replicas were still stopping when shutdown gave up".into(),
-            )),
+            Ok(false) => Err(Error::internal("replicas were still stopping when shutdown gave up")),
             Err(e) => Err(e.into()),
         }
     }

@@ -75,7 +75,7 @@ impl TorchScript {
             }
         }
         out.into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(Error::Runtime("a row got no output".into()))))
+            .map(|o| o.unwrap_or_else(|| Err(Error::internal("a row got no output"))))
             .collect()
     }
 

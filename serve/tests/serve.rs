@@ -236,7 +236,7 @@ impl Deployment for Lines {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
             if Some(i) == fail_at {
-                return Some((Err(Error::Runtime("the generator broke".into())), i + 1));
+                return Some((Err(Error::BadRequest("the generator broke".into())), i + 1));
             }
             Some((Ok(format!("line {i}\n").into_bytes()), i + 1))
         });

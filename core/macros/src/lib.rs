@@ -403,7 +403,27 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Generic actors are refused: each actor class is registered once, by
+/// name, before `main`, and a generic one would need a registration per
+/// concrete type that the macro cannot see.
+fn refuse_generics(generics: &syn::Generics, what: &str) -> syn::Result<()> {
+    if generics.params.is_empty() {
+        return Ok(());
+    }
+    Err(syn::Error::new(
+        generics.span(),
+        format!(
+            "#[actor] does not support generic {what}s: every actor class is registered by name before \
+             `main`, and the macro cannot know the concrete types. Wrap the concrete type you need in a \
+             struct of its own (e.g. `struct MlpTrainer(Trainer<Mlp>)`) and make that the actor"
+        ),
+    ))
+}
+
 fn actor_struct(s: ItemStruct) -> TokenStream2 {
+    if let Err(e) = refuse_generics(&s.generics, "type") {
+        return e.to_compile_error();
+    }
     let name = &s.ident;
     let vis = &s.vis;
     let handle = format_ident!("{}Handle", name);
@@ -455,6 +475,7 @@ struct Method {
 }
 
 fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
+    refuse_generics(&imp.generics, "impl block")?;
     if imp.trait_.is_some() {
         return Err(syn::Error::new(
             imp.span(),
@@ -605,17 +626,23 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let ms = mname.to_string();
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let types: Vec<_> = m.args.iter().map(|(_, t)| t).collect();
-        let t = &m.ret.types[0];
-        let doc = format!("Calls `{name}::{mname}` on the actor; returns a reference to its result.");
+        let (ret_ty, ref_t, build) = caller_returns(&m.ret);
+        let n = m.ret.types.len() as u32;
+        let doc = if n == 1 {
+            format!("Calls `{name}::{mname}` on the actor; returns a reference to its result.")
+        } else {
+            format!("Calls `{name}::{mname}` on the actor; returns a reference to each of its {n} results.")
+        };
         quote! {
             #[doc = #doc]
-            pub fn #mname(&self, #(#names: impl ::rayforge::IntoArg<#types>),*) -> ::rayforge::ObjectRef<#t> {
-                ::rayforge::__private::single(::rayforge::__private::call_actor::<#t>(
+            pub fn #mname(&self, #(#names: impl ::rayforge::IntoArg<#types>),*) -> #ret_ty {
+                let __refs = ::rayforge::__private::call_actor::<#ref_t>(
                     &self.0,
                     #ms,
                     ::std::vec![#(::rayforge::__private::prepare_arg::<#types>(#names)),*],
-                    1,
-                ))
+                    #n,
+                );
+                #build
             }
         }
     });
@@ -675,6 +702,19 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
                     &self.0,
                     ::std::vec![#(::rayforge::__private::prepare_arg::<#c_types>(#c_names)),*],
                 )
+                .map(#handle)
+            }
+
+            /// Creates the actor with these options, from async code.
+            pub async fn remote_async(self, #(#c_names: impl ::rayforge::IntoArg<#c_types>),*) -> ::rayforge::Result<#handle> {
+                ::rayforge::__private::keep(&#reg_static);
+                let __args = ::std::vec![#(::rayforge::__private::prepare_arg::<#c_types>(#c_names)),*];
+                ::rayforge::__private::create_actor_async(
+                    <#handle as ::rayforge::ActorHandleType>::CLASS,
+                    &self.0,
+                    __args,
+                )
+                .await
                 .map(#handle)
             }
         }

@@ -263,36 +263,58 @@ impl CoreWorker {
         if enc.len() <= INLINE_MAX {
             return Ok(Location::Inline(ObjectBytes::from_vec(enc.to_vec())));
         }
-        let mut node = self.node.clone();
-        let size = enc.len() as u64;
-        let frees = self.frees.clone();
-        let node_addr = self.node_addr.clone();
+        let reuse = self.block_on(self.reserve(id, enc.len() as u64))??;
+        object_store::write_object(&self.store_dir, &id, enc, reuse.as_deref())?;
+        Ok(Location::Store(self.node_addr.clone()))
+    }
+
+    /// [`CoreWorker::put_encoded`] from async code: a large value is copied
+    /// into the store on a blocking thread, not on the caller's runtime.
+    pub(crate) async fn put_encoded_async(&self, enc: Encoded) -> Result<Arc<RefHandle>> {
+        let id = ObjectId::for_put();
+        let handle = self.own_pending(id);
+        let refs = enc.refs.clone();
+        let loc = if enc.len() <= INLINE_MAX {
+            Location::Inline(ObjectBytes::from_vec(enc.to_vec()))
+        } else {
+            let reuse = self.reserve(id, enc.len() as u64).await?;
+            let dir = self.store_dir.clone();
+            tokio::task::spawn_blocking(move || object_store::write_object(&dir, &id, &enc, reuse.as_deref()))
+                .await
+                .map_err(|e| Error::Internal(format!("the store writer thread failed: {e}")))??;
+            Location::Store(self.node_addr.clone())
+        };
+        self.resolve(id, ObjState::Ready(loc), refs);
+        Ok(handle)
+    }
+
+    /// Reserves `size` bytes of the node's store for object `id`, handing
+    /// the node the frees this process has pending for it first; returns the
+    /// pooled file to write over, if the node offers one.
+    async fn reserve(&self, id: ObjectId, size: u64) -> Result<Option<String>> {
+        let free = self.frees.take_for(&self.node_addr).await;
         let reply = self
-            .block_on(async move {
-                let free = frees.take_for(&node_addr).await;
-                let reply = node
-                    .create_object(proto::CreateObjectRequest {
-                        id: id.0.to_vec(),
-                        size,
-                        free: free.iter().map(|f| f.0.to_vec()).collect(),
-                    })
-                    .await;
-                if reply.is_err() {
-                    // Not delivered: the free loop sends them later.
-                    for f in free {
-                        frees.push(f, node_addr.clone());
-                    }
-                }
-                reply
-            })?
+            .node
+            .clone()
+            .create_object(proto::CreateObjectRequest {
+                id: id.0.to_vec(),
+                size,
+                free: free.iter().map(|f| f.0.to_vec()).collect(),
+            })
+            .await;
+        if reply.is_err() {
+            // Not delivered: the free loop sends them later.
+            for f in free {
+                self.frees.push(f, self.node_addr.clone());
+            }
+        }
+        let reply = reply
             .map_err(|s| Error::rpc("reserving object store space", s))?
             .into_inner();
         if let Some(e) = reply.error {
             return Err(Error::from_proto(&e));
         }
-        let reuse = Some(reply.reuse.as_str()).filter(|r| !r.is_empty());
-        object_store::write_object(&self.store_dir, &id, enc, reuse)?;
-        Ok(Location::Store(self.node_addr.clone()))
+        Ok(Some(reply.reuse).filter(|r| !r.is_empty()))
     }
 
     /// Runs a future to completion from synchronous code.

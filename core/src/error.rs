@@ -178,7 +178,9 @@ impl Error {
         )
     }
 
-    pub(crate) fn io(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
+    /// An [`Error::Io`]: `e` happened while doing `context` (say, "writing
+    /// checkpoint_000003/model.pt").
+    pub fn io(context: impl Into<String>, e: impl std::fmt::Display) -> Error {
         Error::Io {
             context: context.into(),
             message: e.to_string(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
@@ -24,13 +24,7 @@ use crate::error::{Error, Result};
 use crate::ids::hex;
 use crate::proto::{self, control_service_server::ControlService};
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 /// Hex SHA-256 of a file's contents.
 pub(crate) fn file_sha256(path: &Path) -> Result<String> {

@@ -45,8 +45,8 @@
 extern crate self as rayforge;
 
 mod actor;
+mod clock;
 pub mod cluster;
-pub mod cluster_benchmark;
 mod codec;
 mod config;
 mod context;
@@ -58,14 +58,15 @@ mod ids;
 pub mod jobs;
 mod json;
 pub mod kv;
-pub mod microbenchmark;
 mod node;
 mod object_ref;
 mod object_store;
 mod options;
 mod placement_group;
 mod registry;
+mod resources;
 mod rpc;
+mod session;
 pub mod state;
 pub mod util;
 mod worker;
@@ -75,7 +76,6 @@ pub(crate) mod proto {
     tonic::include_proto!("rayforge");
 }
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use actor::{ActorHandle, ActorHandleType, ActorState};
@@ -191,7 +191,7 @@ fn init_here(mut config: Config) -> Result<()> {
     let daemon = rt.block_on(node::NodeDaemon::start(config, None))?;
     let paths = daemon.state.paths.clone();
     let worker_id = ids::new_worker_id();
-    let addr = node::SessionPaths::worker_sock(&paths.dir, worker_id);
+    let addr = session::SessionPaths::worker_sock(&paths.dir, worker_id);
     let started = rt.block_on(async {
         let addr = worker::executor::serve(&addr, None).await?;
         let ch = rpc::connect(&paths.node_sock.to_string_lossy()).await?;
@@ -209,7 +209,7 @@ fn init_here(mut config: Config) -> Result<()> {
         addr,
         true,
         rt.handle().clone(),
-        worker::node_client(ch),
+        crate::rpc::node_client(ch),
         worker::NodePlace {
             store_dir: paths.store.clone(),
             ..Default::default()
@@ -556,444 +556,8 @@ pub fn owned_object_count() -> Result<usize> {
 
 /// Support code for the macros. Not a public API.
 #[doc(hidden)]
-pub mod __private {
-    pub use serde;
-    pub use tokio;
-
-    use super::*;
-    pub use crate::codec::{encode, Encoded, ObjectBytes};
-    pub use crate::registry::{
-        register_class, register_task, ActorClass, ActorInstance, AsyncMethod, BoxFuture, Returns, StreamFn,
-        SyncMethod, TaskFn,
-    };
-
-    /// Keeps a registration constructor linked (see [`crate::registry`]).
-    #[inline]
-    pub fn keep<T>(x: &T) {
-        std::hint::black_box(x);
-    }
-
-    /// An argument ready to send.
-    pub enum PreparedArg {
-        /// Encoded value.
-        Value(Encoded),
-        /// Reference.
-        Ref(ObjectRef<()>),
-    }
-
-    /// Encodes an argument.
-    pub fn prepare_arg<T: Value>(a: impl IntoArg<T>) -> Result<PreparedArg> {
-        match a.into_arg() {
-            Arg::Value(v) => Ok(PreparedArg::Value(codec::encode_value(v)?)),
-            Arg::Ref(r) => Ok(PreparedArg::Ref(r.cast())),
-        }
-    }
-
-    /// Decodes the next argument.
-    pub fn arg<T: Value>(it: &mut std::vec::IntoIter<ObjectBytes>, name: &str) -> Result<T> {
-        let b = it
-            .next()
-            .ok_or_else(|| Error::InvalidArgument(format!("missing argument `{name}`")))?;
-        worker::decode_value(&b).map_err(|e| match e {
-            Error::Serialization { message, .. } => Error::Serialization {
-                what: format!("argument `{name}`"),
-                message,
-            },
-            other => other,
-        })
-    }
-
-    /// Encodes one return value.
-    pub fn ret<T: Value>(v: T) -> Result<Returns> {
-        Ok(vec![codec::encode_value(v)?])
-    }
-
-    /// A task's `Err` value on its way to becoming the [`Error`] its
-    /// caller sees. The macros call `(&&&UserErr(&e)).task_error()`, and
-    /// method lookup picks the first of three traits that applies: a
-    /// `rayforge::Error` keeps its kind ([`KeepsItsKind`]); a type that
-    /// serializes becomes `TaskFailed` carrying the value ([`CarriesItsValue`]);
-    /// any other `Display` type becomes `TaskFailed` with its message
-    /// ([`CarriesItsMessage`]). This resolves at the call site, where the
-    /// user's concrete error type is known.
-    pub struct UserErr<'a, E>(pub &'a E);
-
-    /// See [`UserErr`]: a `rayforge::Error` passes through as itself.
-    pub trait KeepsItsKind {
-        /// The error the caller sees.
-        fn task_error(&self) -> Error;
-    }
-
-    impl KeepsItsKind for &&UserErr<'_, Error> {
-        fn task_error(&self) -> Error {
-            self.0.clone()
-        }
-    }
-
-    /// See [`UserErr`]: an error type that serializes travels as a payload.
-    pub trait CarriesItsValue {
-        /// The error the caller sees.
-        fn task_error(&self) -> Error;
-    }
-
-    impl<E: serde::Serialize + std::fmt::Display> CarriesItsValue for &UserErr<'_, E> {
-        fn task_error(&self) -> Error {
-            Error::TaskFailed {
-                function: String::new(),
-                message: self.0.to_string(),
-                // An error value that fails to encode still fails the task
-                // with its message.
-                payload: crate::error::ErrorPayload::new(self.0).ok(),
-            }
-        }
-    }
-
-    /// See [`UserErr`]: any other error travels as its message.
-    pub trait CarriesItsMessage {
-        /// The error the caller sees.
-        fn task_error(&self) -> Error;
-    }
-
-    impl<E: std::fmt::Display> CarriesItsMessage for UserErr<'_, E> {
-        fn task_error(&self) -> Error {
-            Error::TaskFailed {
-                function: String::new(),
-                message: self.0.to_string(),
-                payload: None,
-            }
-        }
-    }
-
-    /// Encodes one of several return values.
-    pub fn ret_part<T: Value>(out: &mut Returns, v: T) -> Result<()> {
-        out.push(codec::encode_value(v)?);
-        Ok(())
-    }
-
-    fn prepare_spec(
-        cw: &Arc<worker::CoreWorker>,
-        args: Vec<Result<PreparedArg>>,
-    ) -> Result<(Vec<proto::TaskArg>, Vec<Arc<object_ref::RefHandle>>)> {
-        let mut out = Vec::with_capacity(args.len());
-        let mut pins = Vec::new();
-        for a in args {
-            match a? {
-                PreparedArg::Value(enc) => {
-                    if enc.len() <= worker::INLINE_MAX && enc.refs.is_empty() {
-                        out.push(proto::TaskArg {
-                            kind: Some(proto::task_arg::Kind::Inline(enc.to_vec())),
-                        });
-                    } else {
-                        // Large values (or ones holding references) become
-                        // objects of their own, owned here.
-                        let h = cw.put_encoded(enc)?;
-                        out.push(proto::TaskArg {
-                            kind: Some(proto::task_arg::Kind::ByRef(proto::ObjectRefProto {
-                                id: h.id.0.to_vec(),
-                                owner_addr: h.owner.clone(),
-                            })),
-                        });
-                        pins.push(h);
-                    }
-                }
-                PreparedArg::Ref(r) => {
-                    out.push(proto::TaskArg {
-                        kind: Some(proto::task_arg::Kind::ByRef(proto::ObjectRefProto {
-                            id: r.handle.id.0.to_vec(),
-                            owner_addr: r.handle.owner.clone(),
-                        })),
-                    });
-                    pins.push(r.handle.clone());
-                }
-            }
-        }
-        Ok((out, pins))
-    }
-
-    fn failed_refs<T>(n: u32, cw: Option<&Arc<worker::CoreWorker>>, e: &Error) -> Vec<ObjectRef<T>> {
-        let tid = TaskId::new();
-        (0..n)
-            .map(|i| {
-                let id = tid.return_id(i);
-                match cw {
-                    Some(cw) => {
-                        let h = cw.own_pending(id);
-                        cw.resolve(id, worker::ObjState::Failed(e.clone()), Vec::new());
-                        ObjectRef::from_handle(h)
-                    }
-                    None => ObjectRef::from_handle(object_ref::RefHandle::new(id, String::new())),
-                }
-            })
-            .collect()
-    }
-
-    /// The spec of a remote function call owned by this process.
-    fn normal_spec(
-        cw: &worker::CoreWorker,
-        tid: TaskId,
-        name: &'static str,
-        opts: &TaskOptions,
-        args: Vec<proto::TaskArg>,
-        num_returns: u32,
-        streaming: bool,
-    ) -> proto::TaskSpec {
-        let (placement_group, bundle_index) = bundle_of(&opts.placement_group);
-        proto::TaskSpec {
-            task_id: tid.0.to_vec(),
-            kind: proto::TaskKind::Normal as i32,
-            function: name.to_string(),
-            args,
-            num_returns,
-            owner_addr: cw.addr.clone(),
-            display_name: name.to_string(),
-            streaming,
-            placement_group,
-            bundle_index,
-            env: opts.env.clone().into_iter().collect(),
-            ..Default::default()
-        }
-    }
-
-    /// The wire form of a placement-group target: the group ("" none) and
-    /// the bundle (-1 any).
-    fn bundle_of(t: &Option<BundleTarget>) -> (String, i32) {
-        match t {
-            Some(t) => (t.group.clone(), t.bundle.map_or(-1, |b| b as i32)),
-            None => (String::new(), -1),
-        }
-    }
-
-    /// Submits a remote function call; returns its `num_returns` references.
-    pub fn submit_task<T>(
-        name: &'static str,
-        opts: &TaskOptions,
-        args: Vec<Result<PreparedArg>>,
-        num_returns: u32,
-    ) -> Vec<ObjectRef<T>> {
-        let cw = match worker::current() {
-            Ok(cw) => cw,
-            Err(e) => return failed_refs(num_returns, None, &e),
-        };
-        let prepared = opts
-            .scheduling_strategy
-            .validate()
-            .and_then(|()| opts.demand())
-            .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
-        let (resources, (args, pins)) = match prepared {
-            Ok(p) => p,
-            Err(e) => return failed_refs(num_returns, Some(&cw), &e),
-        };
-        let tid = TaskId::new();
-        let refs: Vec<ObjectRef<T>> = (0..num_returns)
-            .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
-            .collect();
-        let spec = normal_spec(&cw, tid, name, opts, args, num_returns, false);
-        worker::submitter::TaskSubmitter::submit(
-            &cw,
-            worker::submitter::PendingTask {
-                spec,
-                resources,
-                retries_left: opts.max_retries.unwrap_or(3),
-                retry_exceptions: opts.retry_exceptions,
-                strategy: opts.scheduling_strategy.to_proto(),
-                pins,
-                rebuilding: None,
-            },
-        );
-        refs
-    }
-
-    /// Creates an actor of a registered class.
-    pub fn create_actor(
-        class: &'static str,
-        opts: &ActorOptions,
-        args: Vec<Result<PreparedArg>>,
-    ) -> Result<ActorHandle> {
-        worker::current()?.block_on(create_actor_async(class, opts, args))?
-    }
-
-    /// Creates an actor of a registered class, from async code.
-    pub async fn create_actor_async(
-        class: &'static str,
-        opts: &ActorOptions,
-        args: Vec<Result<PreparedArg>>,
-    ) -> Result<ActorHandle> {
-        let cw = worker::current()?;
-        let resources = opts.demand()?;
-        opts.scheduling_strategy.validate()?;
-        if let Some(n) = &opts.name {
-            if n.is_empty() {
-                return Err(Error::InvalidArgument("actor names must not be empty".into()));
-            }
-        }
-        let (args, pins) = prepare_spec(&cw, args)?;
-        let (placement_group, bundle_index) = bundle_of(&opts.placement_group);
-        let id = ActorId::new();
-        // Constructor arguments must outlive restarts.
-        cw.pin_actor_args(id, pins);
-        let spec = proto::TaskSpec {
-            task_id: TaskId::new().0.to_vec(),
-            kind: proto::TaskKind::ActorCreation as i32,
-            function: class.to_string(),
-            args,
-            num_returns: 0,
-            owner_addr: cw.addr.clone(),
-            actor_id: id.0.to_vec(),
-            max_concurrency: opts.max_concurrency.unwrap_or(1000),
-            display_name: class.to_string(),
-            placement_group,
-            bundle_index,
-            env: opts.env.clone().into_iter().collect(),
-            ..Default::default()
-        };
-        let req = proto::CreateActorRequest {
-            creation: Some(spec),
-            resources: resources.into_iter().collect(),
-            max_restarts: opts.max_restarts,
-            name: opts.name.clone().unwrap_or_default(),
-            detached: opts.detached,
-            owner_id: cw.worker_id,
-            max_task_retries: opts.max_task_retries,
-            job_id: cw.job_id.clone(),
-            strategy: opts.scheduling_strategy.to_proto(),
-        };
-        let created = match cw.node.clone().create_actor(req).await {
-            Err(s) => Err(Error::rpc("creating an actor", s)),
-            Ok(r) => match r.into_inner().error {
-                Some(e) => Err(Error::from_proto(&e)),
-                None => Ok(()),
-            },
-        };
-        if let Err(e) = created {
-            cw.release_actor_args(id);
-            return Err(e);
-        }
-        let lifetime = if opts.detached {
-            None
-        } else {
-            Some(ObjectRef::from_handle(cw.actor_lifetime(id)?))
-        };
-        Ok(ActorHandle {
-            id,
-            class: class.to_string(),
-            max_task_retries: opts.max_task_retries,
-            lifetime,
-        })
-    }
-
-    /// Submits an actor method call.
-    pub fn call_actor<T>(
-        handle: &ActorHandle,
-        method: &'static str,
-        args: Vec<Result<PreparedArg>>,
-        num_returns: u32,
-    ) -> Vec<ObjectRef<T>> {
-        let cw = match worker::current() {
-            Ok(cw) => cw,
-            Err(e) => return failed_refs(num_returns, None, &e),
-        };
-        let (args, mut pins) = match prepare_spec(&cw, args) {
-            Ok(p) => p,
-            Err(e) => return failed_refs(num_returns, Some(&cw), &e),
-        };
-        // The actor lives at least until this call is answered.
-        pins.extend(handle.lifetime.as_ref().map(|l| l.handle.clone()));
-        let tid = TaskId::new();
-        let refs: Vec<ObjectRef<T>> = (0..num_returns)
-            .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
-            .collect();
-        let spec = proto::TaskSpec {
-            task_id: tid.0.to_vec(),
-            kind: proto::TaskKind::ActorMethod as i32,
-            function: method.to_string(),
-            args,
-            num_returns,
-            owner_addr: cw.addr.clone(),
-            actor_id: handle.id.0.to_vec(),
-            display_name: format!("{}.{}", handle.class, method),
-            ..Default::default()
-        };
-        worker::actor_caller::ActorCaller::submit(
-            &cw,
-            handle.id,
-            worker::actor_caller::ActorCall {
-                spec,
-                retries_left: handle.max_task_retries,
-                pins,
-            },
-        );
-        refs
-    }
-
-    /// Submits a streaming generator task.
-    pub fn submit_streaming<T>(
-        name: &'static str,
-        opts: &TaskOptions,
-        args: Vec<Result<PreparedArg>>,
-    ) -> ObjectRefGenerator<T> {
-        let cw = match worker::current() {
-            Ok(cw) => cw,
-            Err(e) => return generator::failed(e),
-        };
-        let prepared = opts
-            .scheduling_strategy
-            .validate()
-            .and_then(|()| opts.demand())
-            .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
-        let (resources, (args, pins)) = match prepared {
-            Ok(p) => p,
-            Err(e) => return generator::failed(e),
-        };
-        let tid = TaskId::new();
-        let rx = cw.register_generator(tid);
-        let spec = normal_spec(&cw, tid, name, opts, args, 0, true);
-        // Items already handed out cannot be taken back: no retries.
-        worker::submitter::TaskSubmitter::submit(
-            &cw,
-            worker::submitter::PendingTask {
-                spec,
-                resources,
-                retries_left: 0,
-                retry_exceptions: false,
-                strategy: opts.scheduling_strategy.to_proto(),
-                pins,
-                rebuilding: None,
-            },
-        );
-        ObjectRefGenerator::new(Some(rx))
-    }
-
-    /// Runs a streaming function body, encoding and emitting each item.
-    pub fn emit_all<T: Value>(
-        items: impl IntoIterator<Item = T>,
-        emit: &mut dyn FnMut(Encoded) -> Result<()>,
-    ) -> Result<()> {
-        for item in items {
-            emit(codec::encode_value(item)?)?;
-        }
-        Ok(())
-    }
-
-    /// The `invoke` of a streaming function called as a plain task.
-    pub fn not_plain(_: Vec<ObjectBytes>) -> Result<Returns> {
-        Err(Error::InvalidArgument(
-            "a streaming generator must be called through its generator API".into(),
-        ))
-    }
-
-    /// Takes the single reference of a one-return call.
-    pub fn single<T>(mut v: Vec<ObjectRef<T>>) -> ObjectRef<T> {
-        // Exactly one reference is made for num_returns = 1.
-        v.pop().expect("one return reference")
-    }
-
-    /// Runs the worker loop when this process was started as a worker.
-    pub fn worker_entry_if_worker() {
-        if std::env::var_os(node::ENV_WORKER).is_some() {
-            worker::executor::run_worker_process();
-        }
-    }
-}
+#[path = "macro_support.rs"]
+pub mod __private;
 
 /// A worker process is this same binary started with `RAYFORGE_WORKER` set:
 /// take over before `main` (or a test harness) runs.

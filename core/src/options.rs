@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::node::scheduler::Resources;
+use crate::resources::Resources;
 
 /// Options of a remote function call.
 #[derive(Debug, Clone, Default)]
@@ -103,13 +103,10 @@ impl BundleTarget {
         let idx = self.bundle.map(|i| i as u32);
         let mut out: Resources = plain
             .into_iter()
-            .map(|(k, v)| (crate::node::scheduler::group_resource(&k, &self.group, idx), v))
+            .map(|(k, v)| (crate::resources::group_resource(&k, &self.group, idx), v))
             .collect();
         // Lands in the bundle even when asking for nothing else.
-        out.insert(
-            crate::node::scheduler::group_resource("bundle", &self.group, idx),
-            0.001,
-        );
+        out.insert(crate::resources::group_resource("bundle", &self.group, idx), 0.001);
         Ok(out)
     }
 }

@@ -143,10 +143,10 @@ impl PlacementGroupBuilder {
 }
 
 fn state_of(g: &proto::PlacementGroupRecord) -> PlacementGroupState {
-    match g.state.as_str() {
-        crate::node::placement::CREATED => PlacementGroupState::Created,
-        crate::node::placement::REMOVED => PlacementGroupState::Removed,
-        _ => PlacementGroupState::Pending(g.reason.clone()),
+    match g.state() {
+        proto::GroupState::Created => PlacementGroupState::Created,
+        proto::GroupState::Removed => PlacementGroupState::Removed,
+        proto::GroupState::Pending => PlacementGroupState::Pending(g.reason.clone()),
     }
 }
 

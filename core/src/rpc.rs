@@ -15,6 +15,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
 use crate::error::{Error, Result};
+use crate::proto::{core_worker_service_client::CoreWorkerServiceClient, node_service_client::NodeServiceClient};
 
 /// Metadata key of the cluster token.
 const TOKEN_KEY: &str = "x-rayforge-token";
@@ -180,4 +181,19 @@ pub(crate) async fn connect(addr: &str) -> Result<Chan> {
     }
     .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
     Ok(InterceptedService::new(ch, Auth))
+}
+
+/// A client of a process's CoreWorkerService over `ch` (no message size
+/// limit: objects travel inline up to their own limit).
+pub(crate) fn worker_client(ch: Chan) -> CoreWorkerServiceClient<Chan> {
+    CoreWorkerServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// A client of a node's NodeService over `ch` (no message size limit).
+pub(crate) fn node_client(ch: Chan) -> NodeServiceClient<Chan> {
+    NodeServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
 }

@@ -81,7 +81,7 @@ pub struct LocalCluster {
 
 /// The `rayforge` CLI binary of this build, built on demand.
 pub fn rayforge_bin() -> std::path::PathBuf {
-    workspace_bin("rayforge", "rayforge")
+    workspace_bin("rayforge", "rayforge-cli")
 }
 
 /// A binary `name` of workspace package `package`, built on demand.

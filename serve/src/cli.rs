@@ -146,7 +146,11 @@ fn print_status(st: &ServeStatus) {
     for (name, prefix) in &st.applications {
         println!("application {name} at {prefix}");
         for d in st.deployments.iter().filter(|d| &d.app == name) {
-            let running = d.replicas.iter().filter(|r| r.state == "RUNNING").count();
+            let running = d
+                .replicas
+                .iter()
+                .filter(|r| r.state == crate::ReplicaState::Running)
+                .count();
             println!(
                 "  {} {}: {}/{} replicas running{}",
                 d.name,

@@ -42,13 +42,57 @@ pub(crate) struct AppDecl {
     pub(crate) deployments: Vec<DeploymentDecl>,
 }
 
+/// Where a replica is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicaState {
+    /// Its actor is being created or its constructor runs.
+    Starting,
+    /// It takes requests.
+    Running,
+    /// It drains the requests it has and then ends.
+    Stopping,
+}
+
+/// Where a deployment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentState {
+    /// Its target number of replicas runs its current version.
+    Healthy,
+    /// Replicas are starting, scaling or rolling to a new version.
+    Updating,
+    /// Its replicas keep failing to start.
+    Unhealthy,
+}
+
+impl std::fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplicaState::Starting => "STARTING",
+            ReplicaState::Running => "RUNNING",
+            ReplicaState::Stopping => "STOPPING",
+        })
+    }
+}
+
+impl std::fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeploymentState::Healthy => "HEALTHY",
+            DeploymentState::Updating => "UPDATING",
+            DeploymentState::Unhealthy => "UNHEALTHY",
+        })
+    }
+}
+
 /// The state of one replica, as `serve status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReplicaStatus {
     /// Its id.
     pub id: String,
-    /// `STARTING`, `RUNNING` or `STOPPING`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: ReplicaState,
     /// Requests it was running at its last health check.
     pub ongoing: usize,
     /// Requests it has finished.
@@ -62,9 +106,8 @@ pub struct DeploymentStatus {
     pub app: String,
     /// Its name.
     pub name: String,
-    /// `HEALTHY` (the target count runs the current version), `UPDATING`
-    /// (starting, scaling or rolling) or `UNHEALTHY` (replicas fail to start).
-    pub status: String,
+    /// Where it stands.
+    pub status: DeploymentState,
     /// How many replicas it should have now.
     pub target_replicas: usize,
     /// What went wrong last, if anything.
@@ -85,7 +128,7 @@ pub struct ServeStatus {
 impl ServeStatus {
     /// Whether every deployment is `HEALTHY`.
     pub fn healthy(&self) -> bool {
-        self.deployments.iter().all(|d| d.status == "HEALTHY")
+        self.deployments.iter().all(|d| d.status == DeploymentState::Healthy)
     }
 
     /// A deployment's status.
@@ -94,18 +137,11 @@ impl ServeStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum RepState {
-    Starting,
-    Running,
-    Stopping,
-}
-
 struct Rep {
     id: String,
     handle: Option<ReplicaHandle>,
     version: u64,
-    state: RepState,
+    state: ReplicaState,
     failures: u32,
     checking: bool,
     last_check: Instant,
@@ -356,7 +392,7 @@ impl Inner {
         let handles: Vec<(String, ReplicaHandle)> = dep
             .replicas
             .iter()
-            .filter(|r| r.state == RepState::Running)
+            .filter(|r| r.state == ReplicaState::Running)
             .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
             .collect();
         let user_config = config.user_config.clone().map(Json);
@@ -393,7 +429,7 @@ impl Inner {
                     replicas: dep
                         .replicas
                         .iter()
-                        .filter(|r| r.state == RepState::Running)
+                        .filter(|r| r.state == ReplicaState::Running)
                         .filter_map(|r| Some((r.id.clone(), r.handle.clone()?)))
                         .collect(),
                     failing: (dep.start_failures > 0).then(|| dep.message.clone()),
@@ -417,8 +453,8 @@ impl Inner {
                         tracing::info!(deployment = %k, replica = %id, "replica running");
                         let r = &mut dep.replicas[i];
                         r.handle = Some(h);
-                        if r.state == RepState::Starting {
-                            r.state = RepState::Running;
+                        if r.state == ReplicaState::Starting {
+                            r.state = ReplicaState::Running;
                             r.last_check = Instant::now();
                         }
                         changed = true;
@@ -500,7 +536,7 @@ impl Inner {
             let period = Duration::from_secs_f64(dep.config.health_check_period_s.max(0.05));
             let timeout = Duration::from_secs_f64(dep.config.health_check_timeout_s.max(0.1));
             for r in dep.replicas.iter_mut() {
-                if r.state == RepState::Running && !r.checking && now.duration_since(r.last_check) >= period {
+                if r.state == ReplicaState::Running && !r.checking && now.duration_since(r.last_check) >= period {
                     if let Some(h) = r.handle.clone() {
                         r.checking = true;
                         let (tx, k, id) = (self.events.clone(), k.clone(), r.id.clone());
@@ -520,12 +556,16 @@ impl Inner {
             let new_live = dep
                 .replicas
                 .iter()
-                .filter(|r| r.version == cur && r.state != RepState::Stopping)
+                .filter(|r| r.version == cur && r.state != ReplicaState::Stopping)
                 .count();
-            let starting = dep.replicas.iter().filter(|r| r.state == RepState::Starting).count();
-            let running = dep.replicas.iter().filter(|r| r.state == RepState::Running).count();
+            let starting = dep
+                .replicas
+                .iter()
+                .filter(|r| r.state == ReplicaState::Starting)
+                .count();
+            let running = dep.replicas.iter().filter(|r| r.state == ReplicaState::Running).count();
             let old_running: Vec<usize> = (0..dep.replicas.len())
-                .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == RepState::Running)
+                .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Running)
                 .collect();
             let may_start = !matches!(dep.retry_at, Some(t) if now < t);
             let mut to_start = 0;
@@ -533,7 +573,7 @@ impl Inner {
             // Old-version replicas still starting are not worth waiting for.
             to_stop.extend(
                 (0..dep.replicas.len())
-                    .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == RepState::Starting),
+                    .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Starting),
             );
             if old_running.is_empty() {
                 if new_live < dep.target && may_start {
@@ -541,9 +581,9 @@ impl Inner {
                 } else if new_live > dep.target {
                     // Stop the idlest running ones (starting ones first).
                     let mut cand: Vec<usize> = (0..dep.replicas.len())
-                        .filter(|&i| dep.replicas[i].state != RepState::Stopping)
+                        .filter(|&i| dep.replicas[i].state != ReplicaState::Stopping)
                         .collect();
-                    cand.sort_by_key(|&i| (dep.replicas[i].state == RepState::Running, dep.replicas[i].ongoing));
+                    cand.sort_by_key(|&i| (dep.replicas[i].state == ReplicaState::Running, dep.replicas[i].ongoing));
                     to_stop.extend(cand.into_iter().take(new_live - dep.target));
                 }
             } else if starting == 0 {
@@ -562,7 +602,7 @@ impl Inner {
                     id,
                     handle: None,
                     version: cur,
-                    state: RepState::Starting,
+                    state: ReplicaState::Starting,
                     failures: 0,
                     checking: false,
                     last_check: now,
@@ -574,10 +614,10 @@ impl Inner {
             to_stop.dedup();
             for i in to_stop {
                 let r = &mut dep.replicas[i];
-                if r.state == RepState::Running {
+                if r.state == ReplicaState::Running {
                     changed = true;
                 }
-                r.state = RepState::Stopping;
+                r.state = ReplicaState::Stopping;
                 let grace = Duration::from_secs_f64(dep.config.graceful_shutdown_timeout_s);
                 let (tx, k, id, h) = (self.events.clone(), k.clone(), r.id.clone(), r.handle.clone());
                 tracing::info!(deployment = %k, replica = %id, "stopping a replica");
@@ -650,20 +690,20 @@ impl Inner {
                     let running_current = d
                         .replicas
                         .iter()
-                        .filter(|r| r.state == RepState::Running && r.version == d.version)
+                        .filter(|r| r.state == ReplicaState::Running && r.version == d.version)
                         .count();
                     let settled = running_current == d.target && d.replicas.len() == d.target;
                     let status = if d.start_failures >= 3 {
-                        "UNHEALTHY"
+                        DeploymentState::Unhealthy
                     } else if settled {
-                        "HEALTHY"
+                        DeploymentState::Healthy
                     } else {
-                        "UPDATING"
+                        DeploymentState::Updating
                     };
                     DeploymentStatus {
                         app: d.app.clone(),
                         name: d.name.clone(),
-                        status: status.into(),
+                        status,
                         target_replicas: d.target,
                         message: d.message.clone(),
                         replicas: d
@@ -671,12 +711,7 @@ impl Inner {
                             .iter()
                             .map(|r| ReplicaStatus {
                                 id: r.id.clone(),
-                                state: match r.state {
-                                    RepState::Starting => "STARTING",
-                                    RepState::Running => "RUNNING",
-                                    RepState::Stopping => "STOPPING",
-                                }
-                                .into(),
+                                state: r.state,
                                 ongoing: r.ongoing,
                                 served: r.served,
                             })
@@ -693,7 +728,11 @@ fn target_of(dep: &mut Dep, now: Instant) -> usize {
     let Some(a) = dep.config.autoscaling.clone() else {
         return dep.config.num_replicas;
     };
-    let running: Vec<&Rep> = dep.replicas.iter().filter(|r| r.state == RepState::Running).collect();
+    let running: Vec<&Rep> = dep
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Running)
+        .collect();
     let current = dep.target.clamp(a.min_replicas, a.max_replicas);
     if running.is_empty() {
         return current.max(a.min_replicas);

@@ -73,7 +73,7 @@ pub use batching::Batcher;
 pub use config::{
     AppConfig, Autoscaling, DeploymentConfig, DeploymentEntry, HttpOptions, ServeConfig, DEFAULT_ADMIN_PORT,
 };
-pub use controller::{DeploymentStatus, ReplicaStatus, ServeStatus};
+pub use controller::{DeploymentState, DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
 pub use error::{Error, Result};
 pub use http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp, Json, Streaming};
 pub use server::{start, Serve};

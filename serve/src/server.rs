@@ -209,7 +209,11 @@ impl Serve {
                 .deployments
                 .iter()
                 .map(|d| {
-                    let running = d.replicas.iter().filter(|r| r.state == "RUNNING").count();
+                    let running = d
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == crate::ReplicaState::Running)
+                        .count();
                     format!("{}/{} {}/{} {}", d.app, d.name, running, d.target_replicas, d.status)
                 })
                 .collect::<Vec<_>>()
@@ -218,7 +222,11 @@ impl Serve {
                 eprintln!("serve: waiting for deployments: {line}");
                 last = line;
             }
-            if let Some(d) = st.deployments.iter().find(|d| d.status == "UNHEALTHY") {
+            if let Some(d) = st
+                .deployments
+                .iter()
+                .find(|d| d.status == crate::DeploymentState::Unhealthy)
+            {
                 return Err(Error::Unavailable(format!(
                     "deployment `{}/{}`: {}",
                     d.app, d.name, d.message

@@ -443,7 +443,7 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
         let mut ids: Vec<String> = st.deployments[0]
             .replicas
             .iter()
-            .filter(|r| r.state == "RUNNING")
+            .filter(|r| r.state == rayforge_serve::ReplicaState::Running)
             .map(|r| r.id.clone())
             .collect();
         ids.sort();
@@ -652,7 +652,7 @@ fn autoscaling_adds_replicas_under_load_and_removes_them_after() {
         s.status().unwrap().deployments[0]
             .replicas
             .iter()
-            .filter(|r| r.state == "RUNNING")
+            .filter(|r| r.state == rayforge_serve::ReplicaState::Running)
             .count()
     };
     assert_eq!(running(&s), 1);

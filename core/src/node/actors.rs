@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
 
+use super::placement::GroupState;
 use crate::error::{Error, Result};
 use crate::ids::ActorId;
 use crate::proto::{self, node_service_client::NodeServiceClient};
@@ -247,7 +248,7 @@ async fn push_creation(addr: &str, spec: proto::TaskSpec) -> std::result::Result
     let ch = crate::rpc::connect(addr)
         .await
         .map_err(|e| CreationError::Transport(e.to_string()))?;
-    let mut client = crate::worker::worker_client(ch);
+    let mut client = crate::rpc::worker_client(ch);
     let out = tokio_stream::once(proto::PushTaskRequest {
         spec: Some(spec),
         skip_task_id: Vec::new(),
@@ -320,8 +321,8 @@ impl NodeDaemon {
         let local = infeasibility(&self.state.sched.lock().total, res)?;
         if let Some((id, state)) = self.state.groups.lock().state_for(res) {
             // Feasible once its group is placed (the view may lag behind).
-            return match state.as_str() {
-                super::placement::PENDING | super::placement::CREATED => None,
+            return match state {
+                Some(GroupState::Pending | GroupState::Created) => None,
                 _ => Some(format!("its placement group {id} does not exist or was removed")),
             };
         }
@@ -796,9 +797,9 @@ impl NodeDaemon {
                 // In a placement group: wait until it is placed.
                 let group_state = d.state.groups.lock().state_for(&resources);
                 if let Some((group, state)) = group_state {
-                    match state.as_str() {
-                        super::placement::CREATED => {}
-                        super::placement::PENDING => {
+                    match state {
+                        Some(GroupState::Created) => {}
+                        Some(GroupState::Pending) => {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             continue;
                         }

@@ -150,7 +150,7 @@ impl ClusterLink {
     }
 
     pub(crate) fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
-        Ok(crate::worker::node_client(self.peers.get(addr)?))
+        Ok(crate::rpc::node_client(self.peers.get(addr)?))
     }
 
     /// The head's node (where the actor manager runs), if it is alive.

@@ -27,57 +27,13 @@ use crate::ids::{new_worker_id, ActorId, ObjectId};
 use crate::object_store::StoreManager;
 use crate::proto::{self, node_service_server::NodeService};
 use actors::ActorTable;
-use scheduler::{Action, LeaseRequest, Resources, Scheduler};
+use scheduler::{Action, LeaseRequest, Scheduler};
 
-/// Environment variables a worker process is started with.
-pub(crate) const ENV_WORKER: &str = "RAYFORGE_WORKER";
-pub(crate) const ENV_NODE_ADDR: &str = "RAYFORGE_NODE_ADDR";
-pub(crate) const ENV_WORKER_ID: &str = "RAYFORGE_WORKER_ID";
-pub(crate) const ENV_SESSION_DIR: &str = "RAYFORGE_SESSION_DIR";
-/// The node's TCP address, when it is part of a multi-node cluster.
-pub(crate) const ENV_NODE_TCP: &str = "RAYFORGE_NODE_TCP";
-pub(crate) const ENV_JOB_ID: &str = "RAYFORGE_JOB_ID";
-/// The cluster token (also read by drivers joining a cluster).
-pub(crate) const ENV_TOKEN: &str = "RAYFORGE_TOKEN";
-/// The interface a worker serves on, so other nodes can reach it.
-pub(crate) const ENV_BIND_HOST: &str = "RAYFORGE_BIND_HOST";
-
-/// Where a session keeps its sockets and shared memory.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionPaths {
-    pub(crate) dir: PathBuf,
-    pub(crate) store: PathBuf,
-    pub(crate) spill: PathBuf,
-    /// Worker log files (on disk, not in shared memory).
-    pub(crate) logs: PathBuf,
-    pub(crate) node_sock: PathBuf,
-}
-
-impl SessionPaths {
-    pub(crate) fn new(cfg: &Config) -> SessionPaths {
-        let shm = PathBuf::from("/dev/shm");
-        let root = if shm.is_dir() { shm } else { std::env::temp_dir() };
-        let tag = format!("rayforge-{}-{}", std::process::id(), &ObjectId::for_put().hex()[..8]);
-        let dir = root.join(&tag);
-        let spill = cfg
-            .spill_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .join(format!("{tag}-spill"));
-        let logs = std::env::temp_dir().join(format!("{tag}-logs"));
-        SessionPaths {
-            logs,
-            store: dir.join("objects"),
-            node_sock: dir.join("node.sock"),
-            spill,
-            dir,
-        }
-    }
-
-    pub(crate) fn worker_sock(dir: &std::path::Path, worker_id: u64) -> PathBuf {
-        dir.join(format!("w{worker_id:016x}.sock"))
-    }
-}
+use crate::resources::Resources;
+use crate::session::{
+    SessionPaths, ENV_BIND_HOST, ENV_JOB_ID, ENV_NODE_ADDR, ENV_NODE_TCP, ENV_SESSION_DIR, ENV_TOKEN, ENV_WORKER,
+    ENV_WORKER_ID,
+};
 
 /// Removes session (and spill) directories left by drivers that died without
 /// cleaning up: `rayforge-<pid>-...` whose pid is gone.
@@ -536,7 +492,7 @@ impl NodeDaemon {
 async fn ask_retire(addr: &str) -> std::result::Result<proto::ExitIfIdleReply, String> {
     let call = async {
         let ch = crate::rpc::connect(addr).await.map_err(|e| e.to_string())?;
-        crate::worker::worker_client(ch)
+        crate::rpc::worker_client(ch)
             .exit_if_idle(proto::ExitIfIdleRequest {})
             .await
             .map(|r| r.into_inner())

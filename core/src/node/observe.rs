@@ -67,7 +67,7 @@ impl TaskTable {
 
     /// Marks the tasks a dead worker was running as failed with `cause`.
     pub(crate) fn worker_died(&mut self, worker_id: u64, cause: &str) {
-        let now = crate::worker::events::now_us();
+        let now = crate::clock::now_us();
         for ev in self.by_id.values_mut() {
             if ev.worker_id == worker_id && ev.state == proto::TaskEventState::Running as i32 {
                 ev.state = proto::TaskEventState::Failed as i32;
@@ -90,7 +90,7 @@ impl TaskTable {
     /// lately (a process that stopped reporting is gone), oldest start first.
     pub(crate) fn list(&self) -> Vec<proto::TaskEvent> {
         let mut v: Vec<proto::TaskEvent> = self.by_id.values().cloned().collect();
-        let fresh = crate::worker::events::QUEUED_FRESH;
+        let fresh = crate::session::QUEUED_FRESH;
         for (_, tasks) in self.queued.values().filter(|(at, _)| at.elapsed() < fresh) {
             v.extend(tasks.iter().filter(|t| !self.by_id.contains_key(&t.task_id)).cloned());
         }

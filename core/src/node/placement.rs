@@ -23,9 +23,7 @@ use crate::proto::{self, PlacementStrategy};
 use super::scheduler::{bundle_index_of, fits, group_of, Resources};
 use super::NodeDaemon;
 
-pub(crate) const PENDING: &str = "PENDING";
-pub(crate) const CREATED: &str = "CREATED";
-pub(crate) const REMOVED: &str = "REMOVED";
+pub(crate) use crate::proto::GroupState;
 
 pub(crate) struct GroupEntry {
     pub(crate) rec: proto::PlacementGroupRecord,
@@ -85,7 +83,7 @@ impl GroupTable {
     /// Loads the persisted groups (a restarted head).
     pub(crate) fn restore(&mut self, records: Vec<proto::PlacementGroupRecord>) {
         for rec in records {
-            if rec.state == REMOVED {
+            if rec.state() == GroupState::Removed {
                 self.note_removed(&rec.id);
             } else if !rec.name.is_empty() {
                 self.names.insert(rec.name.clone(), rec.id.clone());
@@ -100,10 +98,11 @@ impl GroupTable {
         }
     }
 
-    /// The state of the group a resource demand refers to, if any.
-    pub(crate) fn state_for(&self, res: &Resources) -> Option<(String, String)> {
+    /// The group a resource demand refers to, if any, and its state (`None`
+    /// when this table does not know the group).
+    pub(crate) fn state_for(&self, res: &Resources) -> Option<(String, Option<GroupState>)> {
         let id = res.keys().find_map(|k| group_of(k))?;
-        let state = self.groups.get(id).map(|g| g.rec.state.clone()).unwrap_or_default();
+        let state = self.groups.get(id).map(|g| g.rec.state());
         Some((id.to_string(), state))
     }
 
@@ -114,7 +113,7 @@ impl GroupTable {
         let Some(id) = res.keys().find_map(|k| group_of(k)) else {
             return Vec::new();
         };
-        let Some(g) = self.groups.get(id).filter(|g| g.rec.state == CREATED) else {
+        let Some(g) = self.groups.get(id).filter(|g| g.rec.state() == GroupState::Created) else {
             return Vec::new();
         };
         let index = res.keys().find_map(|k| bundle_index_of(k));
@@ -280,7 +279,7 @@ impl NodeDaemon {
                 }
                 t.names.insert(rec.name.clone(), rec.id.clone());
             }
-            rec.state = PENDING.into();
+            rec.set_state(GroupState::Pending);
             rec.reason = "not placed yet".into();
             for b in &mut rec.bundles {
                 b.placed = false;
@@ -333,7 +332,7 @@ impl NodeDaemon {
                     .groups
                     .get(&id)
                     .ok_or_else(|| Error::NotFound(format!("no placement group `{id}`")))?;
-                if req.wait_ms == 0 || g.rec.state != PENDING {
+                if req.wait_ms == 0 || g.rec.state() != GroupState::Pending {
                     return Ok(g.rec.clone());
                 }
                 g.version.subscribe()
@@ -371,10 +370,10 @@ impl NodeDaemon {
                 .groups
                 .get_mut(&req.id)
                 .ok_or_else(|| Error::NotFound(format!("no placement group `{}`", req.id)))?;
-            if g.rec.state == REMOVED {
+            if g.rec.state() == GroupState::Removed {
                 return Ok(g.rec.clone());
             }
-            g.rec.state = REMOVED.into();
+            g.rec.set_state(GroupState::Removed);
             g.rec.reason = "removed with remove_placement_group".into();
             let nodes: HashSet<String> = g
                 .rec
@@ -503,7 +502,7 @@ impl NodeDaemon {
     pub(crate) fn place_group(&self, id: String) {
         {
             let mut t = self.state.groups.lock();
-            let pending = t.groups.get(&id).is_some_and(|g| g.rec.state == PENDING);
+            let pending = t.groups.get(&id).is_some_and(|g| g.rec.state() == GroupState::Pending);
             if !pending || !t.placing.insert(id.clone()) {
                 return;
             }
@@ -577,7 +576,7 @@ impl NodeDaemon {
             .lock()
             .groups
             .get(id)
-            .is_none_or(|g| g.rec.state != PENDING);
+            .is_none_or(|g| g.rec.state() != GroupState::Pending);
         if removed || (refused.is_some() && first_time) {
             for (n, _) in done {
                 self.release_on(&nodes[n].0, id).await;
@@ -590,7 +589,7 @@ impl NodeDaemon {
         // The new placement reaches the head's disk before anyone is told.
         let placed_rec = {
             let t = self.state.groups.lock();
-            let Some(g) = t.groups.get(id).filter(|g| g.rec.state == PENDING) else {
+            let Some(g) = t.groups.get(id).filter(|g| g.rec.state() == GroupState::Pending) else {
                 return;
             };
             let mut rec = g.rec.clone();
@@ -604,7 +603,7 @@ impl NodeDaemon {
             }
             match refused {
                 None => {
-                    rec.state = CREATED.into();
+                    rec.set_state(GroupState::Created);
                     rec.reason.clear();
                 }
                 Some(why) => rec.reason = format!("waiting for resources: {why}"),
@@ -619,8 +618,8 @@ impl NodeDaemon {
         let applied = {
             let mut t = self.state.groups.lock();
             match t.groups.get_mut(id) {
-                Some(g) if g.rec.state == PENDING => {
-                    if rec.state == CREATED {
+                Some(g) if g.rec.state() == GroupState::Pending => {
+                    if rec.state() == GroupState::Created {
                         tracing::info!(group = %id, ?strategy, "placement group created");
                     }
                     g.rec = rec;
@@ -647,7 +646,7 @@ impl NodeDaemon {
             let t = self.state.groups.lock();
             t.groups
                 .values()
-                .filter(|g| g.rec.state != REMOVED)
+                .filter(|g| g.rec.state() != GroupState::Removed)
                 .map(|g| {
                     let bundles = g
                         .rec
@@ -673,7 +672,7 @@ impl NodeDaemon {
                         b.node_addr.clear();
                     }
                 }
-                g.rec.state = PENDING.into();
+                g.rec.set_state(GroupState::Pending);
                 g.rec.reason = format!("placing again after a head restart: {why}");
                 t.changed(&id);
             }
@@ -703,12 +702,12 @@ impl NodeDaemon {
             let ids: Vec<String> = t.groups.keys().cloned().collect();
             for id in ids {
                 let Some(g) = t.groups.get_mut(&id) else { continue };
-                if g.rec.state == PENDING {
+                if g.rec.state() == GroupState::Pending {
                     pending.push(id);
                     continue;
                 }
                 let Some(alive) = alive_nodes else { continue };
-                if g.rec.state != CREATED {
+                if g.rec.state() != GroupState::Created {
                     continue;
                 }
                 let lost: Vec<String> = g
@@ -727,7 +726,7 @@ impl NodeDaemon {
                         b.node_addr.clear();
                     }
                 }
-                g.rec.state = PENDING.into();
+                g.rec.set_state(GroupState::Pending);
                 g.rec.reason = format!("placing again the bundles its node at {} held", lost[0]);
                 tracing::warn!(group = %id, "{}", g.rec.reason);
                 t.changed(&id);

@@ -10,9 +10,7 @@ use tokio::sync::oneshot;
 
 use crate::error::Error;
 use crate::ids::ActorId;
-
-/// Resource amounts by name ("CPU", "GPU", "memory", custom names).
-pub(crate) type Resources = BTreeMap<String, f64>;
+pub(crate) use crate::resources::{bundle_index_of, group_of, group_resource, Resources, BUNDLE_MARKER};
 
 const EPS: f64 = 1e-9;
 
@@ -110,34 +108,6 @@ pub(crate) struct Scheduler {
     /// Placement-group bundles reserved here: group -> bundle index -> resources.
     pub(crate) bundles: HashMap<String, BTreeMap<u32, Resources>>,
 }
-
-/// The resource a task or actor of placement group `group` asks for instead
-/// of `name` (in bundle `index`, or in any of its bundles).
-pub(crate) fn group_resource(name: &str, group: &str, index: Option<u32>) -> String {
-    match index {
-        Some(i) => format!("{name}_group_{i}_{group}"),
-        None => format!("{name}_group_{group}"),
-    }
-}
-
-/// The placement group a resource name belongs to, if any.
-pub(crate) fn group_of(resource: &str) -> Option<&str> {
-    let (head, group) = resource.rsplit_once('_')?;
-    (head.contains("_group") && group.len() == 16 && group.chars().all(|c| c.is_ascii_hexdigit())).then_some(group)
-}
-
-/// The bundle index a placement-group resource name asks for (`None`:
-/// any bundle of its group, or not a group resource).
-pub(crate) fn bundle_index_of(resource: &str) -> Option<u32> {
-    let group = group_of(resource)?;
-    let head = resource.strip_suffix(group)?.strip_suffix('_')?;
-    let (_, idx) = head.rsplit_once("_group_")?;
-    idx.parse().ok()
-}
-
-/// Every bundle offers this much of `bundle` so that tasks asking for
-/// nothing else still land in it.
-pub(crate) const BUNDLE_MARKER: f64 = 1000.0;
 
 /// Whether `req` fits in `avail`.
 pub(crate) fn fits(avail: &Resources, req: &Resources) -> bool {

@@ -9,12 +9,14 @@
 //! flushes keeps only the newest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::clock::now_us;
 use crate::proto::{self, node_service_client::NodeServiceClient};
 use crate::rpc::Chan;
+use crate::session::QUEUED_FRESH;
 
 /// How often a worker sends its events to the node while tasks run.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_millis(500);
@@ -23,21 +25,11 @@ pub(crate) const BATCH_DELAY: Duration = Duration::from_millis(20);
 /// Most events kept between two flushes.
 const MAX_BATCH: usize = 5000;
 
-/// Microseconds since the epoch.
-pub(crate) fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
 /// Most queued tasks one process reports (the oldest).
 const MAX_QUEUED_REPORT: usize = 1000;
 /// How often a process with queued tasks reports them (also when unchanged:
-/// a node forgets a report older than [`QUEUED_FRESH`]).
+/// a node forgets a report older than [`QUEUED_FRESH`](crate::session::QUEUED_FRESH)).
 const QUEUED_EVERY: Duration = Duration::from_millis(500);
-/// How long a node trusts a process's list of queued tasks.
-pub(crate) const QUEUED_FRESH: Duration = Duration::from_secs(5);
 
 /// The tasks a process submitted that have not reached a worker yet, for
 /// `list tasks` (state PENDING). Costs a lock and a map entry per task.

@@ -26,11 +26,11 @@ use crate::codec::ObjectBytes;
 use crate::context::{self, EnvGuard, TaskContext};
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, TaskId};
-use crate::node::{
-    SessionPaths, ENV_BIND_HOST, ENV_JOB_ID, ENV_NODE_ADDR, ENV_NODE_TCP, ENV_SESSION_DIR, ENV_TOKEN, ENV_WORKER_ID,
-};
 use crate::proto::{self, core_worker_service_server::CoreWorkerService};
 use crate::registry::{self, ActorInstance, AsyncMethod, Returns, SyncMethod};
+use crate::session::{
+    SessionPaths, ENV_BIND_HOST, ENV_JOB_ID, ENV_NODE_ADDR, ENV_NODE_TCP, ENV_SESSION_DIR, ENV_TOKEN, ENV_WORKER_ID,
+};
 
 use super::events::TaskRecorder;
 use super::{current, CoreWorker, Location, INLINE_MAX};
@@ -756,7 +756,7 @@ fn worker_main() -> Result<()> {
         let addr = serve(&uds, tcp_host.as_deref()).await?;
         Ok::<_, Error>((addr, crate::rpc::connect(&node_addr).await?))
     })?;
-    let node = super::node_client(node);
+    let node = crate::rpc::node_client(node);
     let cw = CoreWorker::new(
         worker_id,
         addr.clone(),

@@ -10,6 +10,7 @@
 pub(crate) mod actor_caller;
 pub(crate) mod events;
 pub(crate) mod executor;
+pub(crate) mod submit;
 pub(crate) mod submitter;
 
 use std::collections::{HashMap, HashSet};
@@ -141,20 +142,6 @@ pub(crate) fn uninstall() -> Option<Arc<CoreWorker>> {
     CURRENT.write().take()
 }
 
-/// A client of a process's CoreWorkerService over `ch` (no message size
-/// limit: objects travel inline up to their own limit).
-pub(crate) fn worker_client(ch: Chan) -> CoreWorkerServiceClient<Chan> {
-    CoreWorkerServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
-pub(crate) fn node_client(ch: Chan) -> NodeServiceClient<Chan> {
-    NodeServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
-}
-
 impl CoreWorker {
     pub(crate) fn new(
         worker_id: u64,
@@ -201,7 +188,7 @@ impl CoreWorker {
 
     /// A channel to another process's CoreWorkerService (cached).
     pub(crate) fn peer(&self, addr: &str) -> Result<CoreWorkerServiceClient<Chan>> {
-        Ok(worker_client(self.channel(addr)?))
+        Ok(crate::rpc::worker_client(self.channel(addr)?))
     }
 
     /// A client of the node daemon at `addr` ("" or our own node's address:
@@ -210,7 +197,7 @@ impl CoreWorker {
         if addr.is_empty() || addr == self.node_addr {
             return Ok(self.node.clone());
         }
-        Ok(node_client(self.channel(addr)?))
+        Ok(crate::rpc::node_client(self.channel(addr)?))
     }
 
     /// A cached channel to any address.

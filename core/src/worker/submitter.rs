@@ -19,9 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::codec::ObjectBytes;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, TaskId};
-use crate::node::scheduler::Resources;
 use crate::object_ref::RefHandle;
 use crate::proto;
+use crate::resources::Resources;
 
 use super::{CoreWorker, Location, ObjState};
 

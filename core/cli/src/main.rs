@@ -15,6 +15,9 @@
 //! rayforge cluster-benchmark [--json FILE]  # many tasks/actors, broadcast, 100+ nodes
 //! ```
 
+mod cluster_benchmark;
+mod microbenchmark;
+
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -156,7 +159,7 @@ enum Command {
     },
     /// Run the multi-node scale cases on local node daemons (tasks, actors,
     /// broadcast, cross-node calls, 100+ nodes).
-    ClusterBenchmark(rayforge::cluster_benchmark::Settings),
+    ClusterBenchmark(cluster_benchmark::Settings),
 }
 
 #[derive(Subcommand)]
@@ -527,9 +530,9 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             address,
             token,
         } => run_job(command, &address, token.as_deref()),
-        Command::ClusterBenchmark(settings) => rayforge::cluster_benchmark::run(&settings),
+        Command::ClusterBenchmark(settings) => cluster_benchmark::run(&settings),
         Command::Microbenchmark { json, filter, seconds } => {
-            rayforge::microbenchmark::run(&rayforge::microbenchmark::Settings { json, filter, seconds })
+            microbenchmark::run(&microbenchmark::Settings { json, filter, seconds })
         }
     }
 }

@@ -20,54 +20,54 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Buffer, Config, Error, Result};
+use rayforge::{Buffer, Config, Error, Result};
 
 /// What to run (also the options of `rayforge cluster-benchmark`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Write `{"case name": value}` to this file.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
     /// Only run cases whose name contains this text.
     #[arg(long)]
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// Tiny tasks of the many-tasks case.
     #[arg(long, default_value_t = 100_000)]
-    pub tasks: usize,
+    pub(crate) tasks: usize,
     /// Actors of the many-actors case.
     #[arg(long, default_value_t = 1000)]
-    pub actors: usize,
+    pub(crate) actors: usize,
     /// Size of the broadcast object in MiB.
     #[arg(long, default_value_t = 1024)]
-    pub broadcast_mib: usize,
+    pub(crate) broadcast_mib: usize,
     /// Node daemons of the control-plane case (0: skip it).
     #[arg(long, default_value_t = 100)]
-    pub scale_nodes: usize,
+    pub(crate) scale_nodes: usize,
 }
 
-#[crate::remote]
+#[rayforge::remote]
 fn noop() -> u8 {
     0
 }
 
 /// Sums a byte buffer (touching every page) on whichever node runs it.
-#[crate::remote]
+#[rayforge::remote]
 fn read_all(b: Buffer<u8>) -> (String, u64) {
     let sum: u64 = b.iter().step_by(4096).map(|&x| x as u64).sum();
-    (crate::node_id().unwrap_or_default(), sum + b.len() as u64)
+    (rayforge::node_id().unwrap_or_default(), sum + b.len() as u64)
 }
 
 /// The node a task ran on.
-#[crate::remote]
+#[rayforge::remote]
 fn where_am_i() -> String {
-    crate::node_id().unwrap_or_default()
+    rayforge::node_id().unwrap_or_default()
 }
 
 /// The callee of the actor cases.
-#[crate::actor]
-pub struct Pinger;
+#[rayforge::actor]
+pub(crate) struct Pinger;
 
-#[crate::actor]
+#[rayforge::actor]
 impl Pinger {
     fn new() -> Self {
         Pinger
@@ -78,7 +78,7 @@ impl Pinger {
     }
 
     fn node(&self) -> String {
-        crate::node_id().unwrap_or_default()
+        rayforge::node_id().unwrap_or_default()
     }
 }
 
@@ -217,7 +217,7 @@ fn progress(what: &str) {
 }
 
 /// Runs the cluster cases; prints one line per measure.
-pub fn run(settings: &Settings) -> Result<()> {
+pub(crate) fn run(settings: &Settings) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("rayforge-cluster-bench-{}", std::process::id()));
     progress("starting a head and three worker nodes");
     let mut d = Daemons::head(dir)?;
@@ -225,13 +225,13 @@ pub fn run(settings: &Settings) -> Result<()> {
     for i in 0..3 {
         workers.push(d.add_node(2.0, &format!(r#"{{"worker_node": 1000, "n{i}": 1}}"#))?);
     }
-    crate::init(Config::address(&d.address).token(&d.token))?;
+    rayforge::init(Config::address(&d.address).token(&d.token))?;
     let mut r = Report {
         filter: settings.filter.clone(),
         results: BTreeMap::new(),
     };
     let result = run_cases(settings, &mut r, &mut d, &workers);
-    crate::shutdown();
+    rayforge::shutdown();
     result?;
     if let Some(path) = &settings.json {
         let text = serde_json::to_string_pretty(&r.results).map_err(|e| Error::Runtime(e.to_string()))?;
@@ -244,7 +244,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
     let on_workers = || noop::options().resource("worker_node", 0.001);
     // Warm up: a worker process on each node.
     let warm: Vec<_> = (0..6).map(|_| on_workers().remote()).collect();
-    crate::get_all(&warm)?;
+    rayforge::get_all(&warm)?;
 
     let name = "many tasks (3 nodes)";
     if r.wants(name) {
@@ -258,7 +258,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
             let refs: Vec<_> = (0..n)
                 .map(|_| where_am_i::options().resource("worker_node", 0.001).remote())
                 .collect();
-            nodes.extend(crate::get_all(&refs)?);
+            nodes.extend(rayforge::get_all(&refs)?);
             done += n;
         }
         let secs = start.elapsed().as_secs_f64();
@@ -275,7 +275,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
         progress(name);
         let a = Pinger::options().num_cpus(0.0).resource("n0", 0.001).remote()?;
         let node = a.node().get()?;
-        if node != workers[0] || node == crate::node_id()? {
+        if node != workers[0] || node == rayforge::node_id()? {
             return Err(Error::Runtime("the actor is not on another node".into()));
         }
         let n = 5000;
@@ -290,22 +290,22 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
             "calls/s",
             &format!("{:.1} us per round trip", secs * 1e6 / n as f64),
         );
-        crate::kill(&a)?;
+        rayforge::kill(&a)?;
     }
 
     let name = "object broadcast (3 nodes)";
     if r.wants(name) {
         let bytes = settings.broadcast_mib << 20;
         progress(&format!("{name}: {} MiB", settings.broadcast_mib));
-        let obj = crate::put(Buffer::from(vec![1u8; bytes]))?;
-        let before = crate::store_stats()?.transfers_sent;
+        let obj = rayforge::put(Buffer::from(vec![1u8; bytes]))?;
+        let before = rayforge::store_stats()?.transfers_sent;
         let start = Instant::now();
         let reads: Vec<_> = (0..3)
             .map(|i| read_all::options().resource(&format!("n{i}"), 0.5).remote(&obj))
             .collect();
-        let got = crate::get_all(&reads)?;
+        let got = rayforge::get_all(&reads)?;
         let secs = start.elapsed().as_secs_f64();
-        let sent = crate::store_stats()?.transfers_sent - before;
+        let sent = rayforge::store_stats()?.transfers_sent - before;
         let on: HashSet<&String> = got.iter().map(|(n, _)| n).collect();
         if on.len() != 3 {
             return Err(Error::Runtime(format!("broadcast reached {} nodes, not 3", on.len())));
@@ -334,7 +334,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
             })
             .collect::<Result<Vec<_>>>()?;
         let pings: Vec<_> = actors.iter().map(|a| a.ping()).collect();
-        crate::get_all(&pings)?;
+        rayforge::get_all(&pings)?;
         let secs = start.elapsed().as_secs_f64();
         r.record(
             name,
@@ -343,7 +343,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
             &format!("{} actors created and called in {secs:.2} s", settings.actors),
         );
         for a in &actors {
-            crate::kill(a)?;
+            rayforge::kill(a)?;
         }
     }
 
@@ -360,7 +360,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
                 progress(&format!("{} nodes up", i + 1));
             }
         }
-        let mut head = crate::cluster::HeadClient::connect(&d.address, Some(&d.token))?;
+        let mut head = rayforge::cluster::HeadClient::connect(&d.address, Some(&d.token))?;
         let want = settings.scale_nodes + 4;
         let deadline = Instant::now() + Duration::from_secs(300);
         while head.nodes()?.iter().filter(|n| n.alive).count() < want {
@@ -381,7 +381,7 @@ fn run_cases(settings: &Settings, r: &mut Report, d: &mut Daemons, workers: &[St
         let refs: Vec<_> = (0..settings.scale_nodes)
             .map(|i| where_am_i::options().resource(&format!("s{i}"), 1.0).remote())
             .collect();
-        let nodes: HashSet<String> = crate::get_all(&refs)?.into_iter().collect();
+        let nodes: HashSet<String> = rayforge::get_all(&refs)?.into_iter().collect();
         let secs = start.elapsed().as_secs_f64();
         if nodes.len() != settings.scale_nodes {
             return Err(Error::Runtime(format!(

@@ -1,0 +1,193 @@
+//! Running a node daemon in the foreground (`rayforge start`): the head's
+//! control service and jobs API when it is the head, the node itself, the
+//! cluster file others find it by; and stopping every daemon of this
+//! machine (`rayforge stop`).
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::cluster::ClusterRole;
+use crate::node::NodeDaemon;
+
+use super::*;
+
+/// Runs a head or node daemon in this process until SIGTERM or SIGINT;
+/// `on_ready` is called once it serves.
+pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    crate::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rayforge-daemon")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the daemon's runtime", e))?;
+    rt.block_on(async {
+        let bind = opts.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let cfg = Config {
+            num_cpus: opts.num_cpus,
+            num_gpus: opts.num_gpus,
+            resources: opts.resources.clone(),
+            object_store_memory: opts.object_store_memory,
+            ..Config::default()
+        };
+        cfg.validate()?;
+        let mut jobs_address = String::new();
+        let (head_addr, token, gcs) = if opts.head {
+            let port = opts.port.unwrap_or(DEFAULT_PORT);
+            let dir = opts
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("rayforge").join(format!("head-{port}")));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            let token = match &opts.token {
+                Some(t) => t.clone(),
+                None => match std::fs::read_to_string(dir.join("token")) {
+                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+                    _ => random_token(),
+                },
+            };
+            write_private(&dir.join("token"), &token)?;
+            crate::rpc::set_token(&token)?;
+            let timeout = Duration::from_millis(opts.heartbeat_timeout_ms.unwrap_or(10_000));
+            let gcs = crate::gcs::Gcs::open(&dir, timeout)?;
+            let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
+            gcs.serve(incoming);
+            tracing::info!(addr = %local, state = %dir.display(), "head control service started");
+            let jobs_port = opts.jobs_port.unwrap_or(crate::jobs::DEFAULT_JOBS_PORT);
+            let jobs = crate::jobs::serve(gcs.clone(), local.to_string(), token.clone(), &bind, jobs_port).await?;
+            jobs_address = format!("http://{jobs}");
+            (local.to_string(), token, Some(gcs))
+        } else {
+            let address = opts
+                .address
+                .as_deref()
+                .ok_or_else(|| Error::InvalidArgument("a node needs --address of the head (or --head)".into()))?;
+            let (addr, token) = resolve(address, opts.token.as_deref())?;
+            let token = token.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no token for the cluster at {addr}: pass --token (printed by `rayforge start --head`)"
+                ))
+            })?;
+            crate::rpc::set_token(&token)?;
+            (addr, token, None)
+        };
+        let role = ClusterRole {
+            head_addr: head_addr.clone(),
+            bind_host: bind,
+            port: opts.node_port.unwrap_or(0),
+            is_head: opts.head,
+            gcs,
+        };
+        let node = NodeDaemon::start(cfg, Some(role)).await?;
+        let ready = Ready {
+            address: head_addr,
+            token,
+            node_address: node.state.tcp_addr.clone(),
+            node_id: node.state.node_id.clone(),
+            jobs_address,
+        };
+        if opts.head {
+            let text = serde_json::to_string(&ready).map_err(|e| Error::Internal(e.to_string()))?;
+            let path = cluster_file();
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            write_private(&path, &text)?;
+        }
+        let pidfile = daemons_dir().join(std::process::id().to_string());
+        let _ = std::fs::create_dir_all(daemons_dir());
+        let _ = std::fs::write(&pidfile, &ready.node_address);
+        on_ready(&ready);
+        wait_for_signal().await;
+        tracing::info!("stopping the node");
+        node.shutdown();
+        let _ = std::fs::remove_file(&pidfile);
+        if opts.head {
+            // Leave the state for a restarted head; forget the address.
+            if local_cluster().is_ok_and(|c| c.address == ready.address) {
+                let _ = std::fs::remove_file(cluster_file());
+            }
+        }
+        Ok(())
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let res = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        std::fs::rename(&tmp, path)
+    })();
+    res.map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Stops every daemon started on this machine (SIGTERM, then SIGKILL after
+/// `grace`); returns how many were stopped.
+pub fn stop_all(grace: Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(daemons_dir()) else {
+        return 0;
+    };
+    let mut pids = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            pids.push(pid);
+        } else {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && pids.iter().any(|p| Path::new(&format!("/proc/{p}")).exists()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in &pids {
+        if Path::new(&format!("/proc/{p}")).exists() {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::kill(*p, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(daemons_dir().join(p.to_string()));
+    }
+    pids.len()
+}
+
+fn random_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = crate::ids::ObjectId::for_put();
+        b.copy_from_slice(&t.0[..16]);
+    }
+    crate::ids::hex(&b)
+}

@@ -1,0 +1,353 @@
+//! The head's HTTP jobs API and the supervisor that runs each submitted
+//! entrypoint as a process group on the head.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use prost::Message;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::gcs::Gcs;
+use crate::ids::hex;
+use crate::proto;
+
+use super::*;
+
+struct JobsApi {
+    gcs: Arc<Gcs>,
+    head_addr: String,
+    token: String,
+    logs: PathBuf,
+    /// Process groups of running entrypoints.
+    running: Mutex<HashMap<String, i32>>,
+    stopping: Mutex<HashSet<String>>,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let code = match e {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+type ApiResult<T> = std::result::Result<T, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Serves the jobs API on `bind:port` (port 0: any free one); returns the
+/// address it listens on. Submitted jobs a previous head left running are
+/// marked failed (their entrypoints ended with it).
+pub(crate) async fn serve(
+    gcs: Arc<Gcs>,
+    head_addr: String,
+    token: String,
+    bind: &str,
+    port: u16,
+) -> Result<SocketAddr> {
+    for j in gcs.jobs() {
+        if j.submitted && j.state == "RUNNING" {
+            gcs.end_job(&j.job_id, "FAILED", "the head stopped while the job ran");
+        }
+    }
+    let logs = gcs.dir().join("job-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+    let api = Arc::new(JobsApi {
+        gcs,
+        head_addr,
+        token,
+        logs,
+        running: Mutex::new(HashMap::new()),
+        stopping: Mutex::new(HashSet::new()),
+    });
+    let app = Router::new()
+        .route("/api/jobs/", get(list_jobs).post(submit_job))
+        .route("/api/jobs", get(list_jobs).post(submit_job))
+        .route("/api/jobs/{id}", get(job_status))
+        .route("/api/jobs/{id}/logs", get(job_logs))
+        .route("/api/jobs/{id}/stop", post(stop_job))
+        .route("/api/packages/{hash}", get(has_package).put(put_package))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {uri}"))
+        })
+        .layer(DefaultBodyLimit::max(MAX_PACKAGE_BYTES + (1 << 20)))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), check_token))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind((bind, port))
+        .await
+        .map_err(|e| Error::io(format!("binding the jobs API to {bind}:{port}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the jobs API's address", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("jobs API stopped: {e}");
+        }
+    });
+    tracing::info!(addr = %local, "jobs API started");
+    Ok(local)
+}
+
+async fn check_token(
+    State(api): State<Arc<JobsApi>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ok = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t.trim() == api.token);
+    if !ok {
+        tracing::warn!(uri = %req.uri(), "jobs API call refused: missing or wrong token");
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token: send 'Authorization: Bearer <token>' (printed by `rayforge start --head`)"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn find_job(api: &JobsApi, id: &str) -> ApiResult<proto::JobInfo> {
+    api.gcs
+        .job(id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no job `{id}`")))
+}
+
+async fn list_jobs(State(api): State<Arc<JobsApi>>) -> Json<Vec<JobDetails>> {
+    Json(api.gcs.jobs().into_iter().map(JobDetails::from).collect())
+}
+
+async fn job_status(State(api): State<Arc<JobsApi>>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<JobDetails>> {
+    Ok(Json(find_job(&api, &id)?.into()))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+async fn job_logs(
+    State(api): State<Arc<JobsApi>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<LogChunk>> {
+    let job = find_job(&api, &id)?;
+    if !job.submitted {
+        return Err(bad(format!(
+            "job `{id}` was not submitted through the jobs API: its driver's output went to its own terminal"
+        )));
+    }
+    let ended = job.state != "RUNNING";
+    let path = api.logs.join(format!("{id}.log"));
+    let (data, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        let size = f.metadata()?.len();
+        let from = q.offset.min(size);
+        f.seek(SeekFrom::Start(from))?;
+        let mut data = Vec::new();
+        f.take(LOG_CHUNK).read_to_end(&mut data)?;
+        Ok((data, size))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the job's log: {e}")))?;
+    let next_offset = q.offset.min(size) + data.len() as u64;
+    Ok(Json(LogChunk {
+        logs: String::from_utf8_lossy(&data).into_owned(),
+        next_offset,
+        finished: ended && next_offset >= size,
+    }))
+}
+
+async fn has_package(State(api): State<Arc<JobsApi>>, UrlPath(hash): UrlPath<String>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "present": api.gcs.has_blob(&hash) }))
+}
+
+async fn put_package(
+    State(api): State<Arc<JobsApi>>,
+    UrlPath(hash): UrlPath<String>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let actual = hex(&Sha256::digest(&body));
+    if actual != hash {
+        return Err(bad(format!(
+            "the package's SHA-256 is {actual}, not {hash} as its URL says"
+        )));
+    }
+    proto::DirPackage::decode(body.as_ref()).map_err(|e| bad(format!("the body is not a packed directory: {e}")))?;
+    api.gcs.store_blob(&body)?;
+    tracing::info!(package = %hash, bytes = body.len(), "working-directory package stored");
+    Ok(Json(serde_json::json!({ "present": true })))
+}
+
+async fn submit_job(State(api): State<Arc<JobsApi>>, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+    let sub: JobSubmission = serde_json::from_slice(&body).map_err(|e| {
+        bad(format!(
+            "the submission is malformed ({e}); expected {{\"entrypoint\": \"cmd\", \"runtime_env\": \
+             {{\"env_vars\": {{..}}, \"working_dir\": \"package://<sha256>\"}}}}"
+        ))
+    })?;
+    if sub.entrypoint.trim().is_empty() {
+        return Err(bad("the entrypoint is empty"));
+    }
+    let mut cwd = None;
+    if let Some(wd) = &sub.runtime_env.working_dir {
+        let hash = package_hash(wd).ok_or_else(|| {
+            bad(format!(
+                "working_dir `{wd}` must name an uploaded package (package://<sha256>; the CLI uploads local \
+                 directories)"
+            ))
+        })?;
+        if !api.gcs.has_blob(hash) {
+            return Err(bad(format!(
+                "package {hash} was not uploaded (PUT /api/packages/{hash})"
+            )));
+        }
+        let data = std::fs::read(api.gcs.blob_path(hash)?).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading package {hash}: {e}"),
+            )
+        })?;
+        cwd = Some(unpack(hash, &data)?);
+    }
+    let id = api.gcs.register_job(proto::JobInfo {
+        entrypoint: sub.entrypoint.clone(),
+        env: sub.runtime_env.env_vars.clone().into_iter().collect(),
+        working_dir: sub.runtime_env.working_dir.clone().unwrap_or_default(),
+        submitted: true,
+        ..Default::default()
+    });
+    if let Err(e) = start_entrypoint(&api, &id, &sub, cwd) {
+        api.gcs
+            .end_job(&id, "FAILED", &format!("cannot start the entrypoint: {e}"));
+        return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("job {id}: {e}")));
+    }
+    Ok(Json(serde_json::json!({ "job_id": id })))
+}
+
+/// Runs a submission's entrypoint under `sh -c` in its own process group,
+/// output to the job's log; its exit decides the job's state.
+fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Option<PathBuf>) -> Result<()> {
+    let log_path = api.logs.join(format!("{id}.log"));
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&sub.entrypoint)
+        .envs(&sub.runtime_env.env_vars)
+        .env("RAYFORGE_ADDRESS", &api.head_addr)
+        .env("RAYFORGE_TOKEN", &api.token)
+        .env(ENV_SUBMISSION_ID, id)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    if let Some(dir) = &cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: setsid and prctl are async-signal-safe: a process group to
+    // stop as a whole, and an entrypoint that ends with the head.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting the entrypoint with sh -c", e))?;
+    let pid = child.id().unwrap_or(0) as i32;
+    api.running.lock().insert(id.to_string(), pid);
+    tracing::info!(job = %id, pid, entrypoint = %sub.entrypoint, "entrypoint started");
+    let api = api.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        api.running.lock().remove(&id);
+        let stopped = api.stopping.lock().remove(&id);
+        let (state, msg) = match status {
+            _ if stopped => ("STOPPED", "stopped with `rayforge job stop`".to_string()),
+            Ok(s) if s.success() => ("SUCCEEDED", "the entrypoint exited with code 0".to_string()),
+            Ok(s) => {
+                use std::os::unix::process::ExitStatusExt;
+                let why = match (s.code(), s.signal()) {
+                    (Some(c), _) => format!("the entrypoint exited with code {c}"),
+                    (_, Some(sig)) => format!("the entrypoint was killed by signal {sig}"),
+                    _ => "the entrypoint failed".to_string(),
+                };
+                ("FAILED", why)
+            }
+            Err(e) => ("FAILED", format!("lost track of the entrypoint: {e}")),
+        };
+        api.gcs.end_job(&id, state, &msg);
+    });
+    Ok(())
+}
+
+async fn stop_job(State(api): State<Arc<JobsApi>>, UrlPath(id): UrlPath<String>) -> ApiResult<Json<serde_json::Value>> {
+    let job = find_job(&api, &id)?;
+    if !job.submitted {
+        return Err(bad(format!(
+            "job `{id}` was not submitted through the jobs API; stop its driver (pid {} on node {})",
+            job.driver_pid, job.driver_node
+        )));
+    }
+    let Some(pgid) = api.running.lock().get(&id).copied() else {
+        return Ok(Json(serde_json::json!({ "stopped": false })));
+    };
+    api.stopping.lock().insert(id.clone());
+    tracing::info!(job = %id, "stopping the job");
+    // SAFETY: plain syscalls on the entrypoint's process group.
+    unsafe {
+        libc::kill(-pgid, libc::SIGTERM);
+    }
+    let api2 = api.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if api2.running.lock().get(&id) == Some(&pgid) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    });
+    Ok(Json(serde_json::json!({ "stopped": true })))
+}

@@ -11,7 +11,8 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use crate::error::Result;
+use crate::codec::Encoded;
+use crate::error::{Error, Result};
 use crate::ids::{ActorId, TaskId};
 use crate::proto;
 use crate::worker;
@@ -54,6 +55,36 @@ pub(crate) struct TaskContext {
     pub(crate) gpu_ids: Vec<u32>,
     pub(crate) placement_group: Option<String>,
     pub(crate) bundle_index: Option<usize>,
+    /// Where a streaming actor method's items go, while one runs.
+    pub(crate) emit: Option<Emitter>,
+}
+
+/// Hands each item of a streaming actor method to its caller (the
+/// executor makes one per streaming call; [`emit`] uses the current one).
+#[derive(Clone)]
+pub(crate) struct Emitter(Arc<parking_lot::Mutex<EmitFn>>);
+
+type EmitFn = Box<dyn FnMut(Encoded) -> Result<()> + Send>;
+
+impl Emitter {
+    pub(crate) fn new(f: impl FnMut(Encoded) -> Result<()> + Send + 'static) -> Emitter {
+        Emitter(Arc::new(parking_lot::Mutex::new(Box::new(f))))
+    }
+}
+
+impl std::fmt::Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Emitter")
+    }
+}
+
+/// Sends one item of the streaming actor method running now to its caller.
+pub(crate) fn emit(item: Encoded) -> Result<()> {
+    let emitter = current_task()
+        .and_then(|t| t.emit.clone())
+        .ok_or_else(|| Error::Internal("a streaming method's item was emitted outside a streaming call".into()))?;
+    let mut f = emitter.0.lock();
+    (*f)(item)
 }
 
 impl TaskContext {
@@ -72,6 +103,7 @@ impl TaskContext {
                     gpu_ids: spec.gpu_ids.clone(),
                     placement_group: in_group.then(|| spec.placement_group.clone()),
                     bundle_index: usize::try_from(spec.bundle_index).ok().filter(|_| in_group),
+                    emit: None,
                 }
             }
         }

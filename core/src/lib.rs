@@ -38,7 +38,18 @@
 //! ```
 //!
 //! Values are any `serde` type. Large numeric arrays belong in a [`Buffer`]:
-//! it is stored out of band and read zero-copy from shared memory.
+//! it is stored out of band and read zero-copy from shared memory (a plain
+//! `Vec` of numbers travels out of band too, as one copy of its memory).
+//! Self-describing values (`serde_json::Value`, untagged enums) travel
+//! wrapped in [`Json`].
+//!
+//! Actor classes are registered by name before `main`, so an actor type
+//! cannot be generic; the macro says so at compile time:
+//!
+//! ```compile_fail
+//! #[rayforge::actor]
+//! struct Trainer<M> { model: M }
+//! ```
 
 #![warn(missing_docs)]
 
@@ -94,7 +105,7 @@ pub use placement_group::{
     get_placement_group, get_placement_group_async, placement_group, remove_placement_group,
     remove_placement_group_async, PlacementGroup, PlacementGroupBuilder, PlacementGroupState, PlacementStrategy,
 };
-pub use rayforge_macros::{actor, main, remote};
+pub use rayforge_macros::{actor, main, method, remote};
 
 use parking_lot::Mutex;
 

@@ -16,7 +16,8 @@ pub use crate::registry::{
     TaskFn,
 };
 pub use crate::worker::submit::{
-    call_actor, create_actor, create_actor_async, prepare_arg, submit_streaming, submit_task, PreparedArg,
+    call_actor, call_actor_streaming, create_actor, create_actor_async, prepare_arg, submit_streaming, submit_task,
+    PreparedArg,
 };
 
 /// Keeps a registration constructor linked (see [`crate::registry`]).
@@ -115,6 +116,15 @@ pub fn emit_all<T: Value>(
         emit(codec::encode_value(item)?)?;
     }
     Ok(())
+}
+
+/// Runs a streaming actor method's body: each item goes to the caller as
+/// it is produced.
+pub fn emit_each<T: Value>(items: impl IntoIterator<Item = T>) -> Result<Returns> {
+    for item in items {
+        crate::context::emit(codec::encode_value(item)?)?;
+    }
+    Ok(Vec::new())
 }
 
 /// The `invoke` of a streaming function called as a plain task.

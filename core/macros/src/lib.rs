@@ -472,6 +472,40 @@ struct Method {
     ret: RetInfo,
     is_async: bool,
     mutable: bool,
+    /// Returns `impl Iterator<Item = T>`: its items stream to the caller.
+    streaming: bool,
+}
+
+/// `num_returns` of a `#[rayforge::method(num_returns = N)]` on a method (1
+/// without one).
+fn method_num_returns(attrs: &[syn::Attribute]) -> syn::Result<usize> {
+    let mut n = 1usize;
+    for a in attrs {
+        if a.path().segments.last().is_some_and(|s| s.ident == "method") {
+            a.parse_nested_meta(|meta| {
+                if meta.path.is_ident("num_returns") {
+                    let lit: syn::LitInt = meta.value()?.parse()?;
+                    n = lit.base10_parse()?;
+                    if n == 0 {
+                        return Err(meta.error("num_returns must be at least 1"));
+                    }
+                    Ok(())
+                } else {
+                    Err(meta.error("unknown option; supported: num_returns = N"))
+                }
+            })?;
+        }
+    }
+    Ok(n)
+}
+
+/// Marks an actor method's options, read by `#[actor]` on its impl block:
+/// `#[rayforge::method(num_returns = 2)]` on a method returning a 2-tuple
+/// gives the caller a reference to each element (as Ray's
+/// `@ray.method(num_returns=2)`). On its own it changes nothing.
+#[proc_macro_attribute]
+pub fn method(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    item
 }
 
 fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
@@ -521,12 +555,27 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             }
             _ => false,
         };
+        let num_returns = method_num_returns(&f.attrs)?;
+        let item = iterator_item(&f.sig.output);
+        if item.is_some() && num_returns != 1 {
+            return Err(syn::Error::new(
+                f.sig.output.span(),
+                "a streaming method (returning `impl Iterator<Item = T>`) has one stream, not num_returns",
+            ));
+        }
         methods.push(Method {
             name: f.sig.ident.clone(),
             args: args_of(&f.sig.inputs)?,
-            ret: ret_info(&f.sig.output, 1)?,
+            ret: match &item {
+                Some(t) => RetInfo {
+                    types: vec![t.clone()],
+                    fallible: false,
+                },
+                None => ret_info(&f.sig.output, num_returns)?,
+            },
             is_async: f.sig.asyncness.is_some(),
             mutable,
+            streaming: item.is_some(),
         });
     }
     let ctor_args = ctor_args.ok_or_else(|| {
@@ -545,7 +594,12 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let ms = mname.to_string();
         let decode = decode_args(&m.args);
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
-        let encode = encode_returns(&m.ret);
+        let encode = if m.streaming {
+            let item = &m.ret.types[0];
+            quote! { ::rayforge::__private::emit_each::<#item>(__out) }
+        } else {
+            encode_returns(&m.ret)
+        };
         let call = if is_async {
             let lock = if m.mutable {
                 quote! { __cell.write().await }
@@ -557,6 +611,18 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
             } else {
                 quote! {}
             };
+            // A streaming method's items may borrow the actor: they are
+            // sent while its lock is held.
+            if m.streaming {
+                return quote! {
+                    #ms => {
+                        #decode
+                        let mut __g = #lock;
+                        let __out = __g.#mname(#(#names),*) #aw;
+                        #encode
+                    }
+                };
+            }
             quote! {{ let mut __g = #lock; __g.#mname(#(#names),*) #aw }}
         } else {
             quote! { __self.#mname(#(#names),*) }
@@ -626,6 +692,22 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
         let ms = mname.to_string();
         let names: Vec<_> = m.args.iter().map(|(n, _)| n).collect();
         let types: Vec<_> = m.args.iter().map(|(_, t)| t).collect();
+        if m.streaming {
+            let item = &m.ret.types[0];
+            let doc = format!(
+                "Calls `{name}::{mname}` on the actor; its items arrive one by one, as the method produces them."
+            );
+            return quote! {
+                #[doc = #doc]
+                pub fn #mname(&self, #(#names: impl ::rayforge::IntoArg<#types>),*) -> ::rayforge::ObjectRefGenerator<#item> {
+                    ::rayforge::__private::call_actor_streaming::<#item>(
+                        &self.0,
+                        #ms,
+                        ::std::vec![#(::rayforge::__private::prepare_arg::<#types>(#names)),*],
+                    )
+                }
+            };
+        }
         let (ret_ty, ref_t, build) = caller_returns(&m.ret);
         let n = m.ret.types.len() as u32;
         let doc = if n == 1 {

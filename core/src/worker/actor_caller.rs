@@ -34,10 +34,30 @@ impl ActorCall {
         (0..self.spec.num_returns).map(|i| t.return_id(i)).collect()
     }
 
-    /// Fails the call's returns; it is no longer waiting to be sent.
+    /// Fails the call's returns (or ends its stream with `e`); it is no
+    /// longer waiting to be sent.
     fn fail(&self, cw: &CoreWorker, e: &Error) {
         cw.queued.remove(&self.spec.task_id);
-        fail_returns(cw, &self.return_ids(), e);
+        self.end(cw, Some(e));
+    }
+
+    /// The actor answered: the returns arrive, or the error fails them; a
+    /// streaming call's items came before its answer, which ends the stream.
+    fn answered(&self, cw: &CoreWorker, r: proto::PushTaskReply) {
+        match r.error {
+            Some(e) => self.end(cw, Some(&Error::from_proto(&e))),
+            None if self.spec.streaming => self.end(cw, None),
+            None => store_returns(cw, r.returns),
+        }
+    }
+
+    fn end(&self, cw: &CoreWorker, e: Option<&Error>) {
+        if self.spec.streaming {
+            let tid = TaskId::from_bytes(&self.spec.task_id).unwrap_or_default();
+            cw.generator_end(tid, e.map_or(Ok(()), |e| Err(e.clone())));
+        } else if let Some(e) = e {
+            fail_returns(cw, &self.return_ids(), e);
+        }
     }
 }
 
@@ -144,10 +164,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
                         g.0.remove(&r.task_id)
                     };
                     let Some(call) = call else { continue };
-                    match r.error {
-                        Some(e) => fail_returns(&cw, &call.return_ids(), &Error::from_proto(&e)),
-                        None => store_returns(&cw, r.returns),
-                    }
+                    call.answered(&cw, r);
                     drop(call.pins);
                 }
                 let _ = broken_tx.send(());

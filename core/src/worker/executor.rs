@@ -171,7 +171,10 @@ impl Executor {
             Some((method, sem)) => {
                 let Ok(cw) = current() else { return };
                 let events = self.events.clone();
-                let ctx = TaskContext::of(&spec, self.actor_ctx.lock().as_ref());
+                let mut ctx = TaskContext::of(&spec, self.actor_ctx.lock().as_ref());
+                if spec.streaming {
+                    ctx.emit = Some(context::Emitter::new(generator_emitter(cw.clone(), spec.clone())));
+                }
                 cw.clone().handle.spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
                     events.started(&spec);
@@ -278,7 +281,10 @@ impl Executor {
             },
         };
         let kind = proto::TaskKind::try_from(spec.kind).unwrap_or(proto::TaskKind::Normal);
-        let ctx = TaskContext::of(spec, self.actor_ctx.lock().as_ref());
+        let mut ctx = TaskContext::of(spec, self.actor_ctx.lock().as_ref());
+        if spec.streaming && kind == proto::TaskKind::ActorMethod {
+            ctx.emit = Some(context::Emitter::new(generator_emitter(cw.clone(), spec.clone())));
+        }
         let env = enter_environment(kind, spec);
         let outcome = context::scope(ctx.clone(), || self.run_user_code(cw, spec, kind, actor, args));
         if kind == proto::TaskKind::ActorCreation && outcome.is_ok() {
@@ -324,7 +330,7 @@ impl Executor {
                         spec.function
                     ))),
                     Some(stream) => {
-                        let mut emit = generator_emitter(cw, spec);
+                        let mut emit = generator_emitter(cw.clone(), spec.clone());
                         match std::panic::catch_unwind(AssertUnwindSafe(|| stream(args, &mut emit))) {
                             Ok(r) => r.map(|()| Vec::new()).map_err(|e| named(spec, e)),
                             Err(_) => Err(failed(spec, panic_message())),
@@ -428,10 +434,10 @@ fn inline_reply(spec: &proto::TaskSpec, values: Returns) -> Result<proto::PushTa
 }
 
 /// Stores each generated item and reports it to the caller, in order.
-fn generator_emitter<'a>(
-    cw: &'a Arc<CoreWorker>,
-    spec: &'a proto::TaskSpec,
-) -> impl FnMut(crate::codec::Encoded) -> Result<()> + 'a {
+fn generator_emitter(
+    cw: Arc<CoreWorker>,
+    spec: proto::TaskSpec,
+) -> impl FnMut(crate::codec::Encoded) -> Result<()> + Send + 'static {
     let tid = TaskId::from_bytes(&spec.task_id).unwrap_or_default();
     let mut index = 0u32;
     move |enc| {
@@ -452,7 +458,7 @@ fn generator_emitter<'a>(
             index: index as u64,
             item: Some(proto::ReturnObject {
                 id: id.0.to_vec(),
-                node_addr: stored_on(&kind, cw),
+                node_addr: stored_on(&kind, &cw),
                 kind: Some(kind),
                 contained: ref_protos(&enc.refs),
             }),

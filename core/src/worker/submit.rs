@@ -248,16 +248,51 @@ pub fn call_actor<T>(
         Ok(cw) => cw,
         Err(e) => return failed_refs(num_returns, None, &e),
     };
-    let (args, mut pins) = match prepare_spec(&cw, args) {
-        Ok(p) => p,
-        Err(e) => return failed_refs(num_returns, Some(&cw), &e),
-    };
-    // The actor lives at least until this call is answered.
-    pins.extend(handle.lifetime.as_ref().map(|l| l.handle.clone()));
     let tid = TaskId::new();
     let refs: Vec<ObjectRef<T>> = (0..num_returns)
         .map(|i| ObjectRef::from_handle(cw.own_pending(tid.return_id(i))))
         .collect();
+    if let Err(e) = submit_actor_call(&cw, handle, method, args, tid, num_returns, false) {
+        for i in 0..num_returns {
+            cw.resolve(tid.return_id(i), worker::ObjState::Failed(e.clone()), Vec::new());
+        }
+    }
+    refs
+}
+
+/// Submits a call of a streaming actor method (one returning an
+/// iterator): its items arrive one by one as the method produces them.
+pub fn call_actor_streaming<T>(
+    handle: &ActorHandle,
+    method: &'static str,
+    args: Vec<Result<PreparedArg>>,
+) -> ObjectRefGenerator<T> {
+    let cw = match worker::current() {
+        Ok(cw) => cw,
+        Err(e) => return generator::failed(e),
+    };
+    let tid = TaskId::new();
+    let rx = cw.register_generator(tid);
+    if let Err(e) = submit_actor_call(&cw, handle, method, args, tid, 0, true) {
+        cw.generator_end(tid, Err(e));
+    }
+    ObjectRefGenerator::new(Some(rx))
+}
+
+/// Builds and queues an actor method call whose return objects (or
+/// generator) the caller has set up for `tid`.
+fn submit_actor_call(
+    cw: &Arc<worker::CoreWorker>,
+    handle: &ActorHandle,
+    method: &'static str,
+    args: Vec<Result<PreparedArg>>,
+    tid: TaskId,
+    num_returns: u32,
+    streaming: bool,
+) -> Result<()> {
+    let (args, mut pins) = prepare_spec(cw, args)?;
+    // The actor lives at least until this call is answered.
+    pins.extend(handle.lifetime.as_ref().map(|l| l.handle.clone()));
     let spec = proto::TaskSpec {
         task_id: tid.0.to_vec(),
         kind: proto::TaskKind::ActorMethod as i32,
@@ -267,18 +302,21 @@ pub fn call_actor<T>(
         owner_addr: cw.addr.clone(),
         actor_id: handle.id.0.to_vec(),
         display_name: format!("{}.{}", handle.class, method),
+        streaming,
         ..Default::default()
     };
     worker::actor_caller::ActorCaller::submit(
-        &cw,
+        cw,
         handle.id,
         worker::actor_caller::ActorCall {
             spec,
-            retries_left: handle.max_task_retries,
+            // Items already handed out cannot be taken back: a streaming
+            // call is not resent.
+            retries_left: if streaming { 0 } else { handle.max_task_retries },
             pins,
         },
     );
-    refs
+    Ok(())
 }
 
 /// Submits a streaming generator task.

@@ -471,3 +471,126 @@ fn actor_handles_report_their_state_and_the_listings_show_the_cluster() {
     let g = groups.iter().find(|g| g.id == pg.id()).unwrap();
     assert_eq!((g.state.as_str(), g.bundles.len()), ("CREATED", 1));
 }
+
+/// An actor whose methods stream or return several values.
+#[rayforge::actor]
+pub struct Producer {
+    base: u32,
+}
+
+#[rayforge::actor]
+impl Producer {
+    fn new(base: u32) -> Self {
+        Producer { base }
+    }
+
+    /// `base, base + 1, ...`: each item after the previous one was taken
+    /// (the test puts into `signal` once per item it received).
+    fn count(&self, n: u32, signal: rayforge::util::Queue<u8>) -> impl Iterator<Item = u32> {
+        let base = self.base;
+        (0..n).map(move |i| {
+            if i > 0 {
+                signal
+                    .get_timeout(Duration::from_secs(60))
+                    .expect("the caller's signal");
+            }
+            base + i
+        })
+    }
+
+    /// Fails after two items.
+    fn breaks(&self) -> impl Iterator<Item = u32> {
+        (0..3u32).inspect(|i| assert!(*i < 2, "the stream broke at item {i}"))
+    }
+
+    #[rayforge::method(num_returns = 2)]
+    fn split(&self, x: u32) -> (u32, String) {
+        (self.base + x, format!("x={x}"))
+    }
+}
+
+/// An async actor streaming from a synchronous method body.
+#[rayforge::actor]
+pub struct AsyncProducer;
+
+#[rayforge::actor]
+impl AsyncProducer {
+    fn new() -> Self {
+        AsyncProducer
+    }
+
+    fn squares(&self, n: u64) -> impl Iterator<Item = u64> {
+        (0..n).map(|i| i * i)
+    }
+
+    async fn ping(&self) -> u8 {
+        1
+    }
+}
+
+#[test]
+fn actor_methods_stream_items_as_they_come_and_return_several_values() {
+    cluster();
+    let p = Producer::remote(100u32).unwrap();
+    let signal = rayforge::util::Queue::<u8>::new(0).unwrap();
+    let mut gen = p.count(3u32, signal.clone());
+    for want in 100..103u32 {
+        // Item i+1 is only produced after item i arrived here.
+        let r = gen.next().expect("an item").unwrap();
+        assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), want);
+        signal.put(1).unwrap();
+    }
+    assert!(gen.next().is_none());
+    let mut gen = p.breaks();
+    assert_eq!(gen.next().unwrap().unwrap().get().unwrap(), 0);
+    assert_eq!(gen.next().unwrap().unwrap().get().unwrap(), 1);
+    let err = gen.next().expect("the error").unwrap_err();
+    assert!(err.to_string().contains("the stream broke at item 2"), "{err}");
+    assert!(gen.next().is_none());
+    // The actor goes on serving after a failed stream.
+    let (a, b) = p.split(5u32);
+    assert_eq!((a.get().unwrap(), b.get().unwrap()), (105, "x=5".to_string()));
+
+    let ap = AsyncProducer::remote().unwrap();
+    assert_eq!(ap.ping().get().unwrap(), 1);
+    let squares: Vec<u64> = ap.squares(5u64).map(|r| r.unwrap().get().unwrap()).collect();
+    assert_eq!(squares, vec![0, 1, 4, 9, 16]);
+}
+
+#[test]
+fn the_async_api_creates_calls_waits_and_kills() {
+    cluster();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Counter::options().name("async-made").remote_async(5i64).await.unwrap();
+        let found: CounterHandle = rayforge::get_actor_async("async-made").await.unwrap();
+        assert_eq!(found.inc().await.unwrap(), 6);
+        let big = rayforge::put_async(vec![3u8; 4 << 20]).await.unwrap();
+        let small = rayforge::put_async(7u32).await.unwrap();
+        assert_eq!(big.clone().await.unwrap().len(), 4 << 20);
+        let (ready, pending) = rayforge::wait_async(std::slice::from_ref(&small), 1, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!((ready.len(), pending.len()), (1, 0));
+        assert_eq!(
+            rayforge::get_all_async(&[small.clone(), small]).await.unwrap(),
+            vec![7, 7]
+        );
+        let pg = rayforge::placement_group(
+            vec![[("CPU".to_string(), 0.5)].into_iter().collect()],
+            rayforge::PlacementStrategy::Pack,
+        )
+        .create_async()
+        .await
+        .unwrap();
+        assert!(pg.wait_async(Duration::from_secs(60)).await.unwrap());
+        rayforge::remove_placement_group_async(&pg).await.unwrap();
+        assert_eq!(pg.state_async().await.unwrap(), rayforge::PlacementGroupState::Removed);
+        assert!(rayforge::cluster_resources_async().await.unwrap().total["CPU"] >= 2.0);
+        rayforge::kill_async(&c).await.unwrap();
+        assert!(matches!(c.inc().await, Err(Error::ActorDied { .. })));
+    });
+}

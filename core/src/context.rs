@@ -5,8 +5,10 @@
 //! publishes `node_ip:port`; NCCL picks the device from the GPU ids).
 //!
 //! The executor sets the task's part around each task it runs ([`scope`]
-//! for synchronous code on the task thread, [`scope_async`] for async actor
-//! methods); the node's part is asked of the node once per process.
+//! for synchronous code, [`scope_async`] for async actor methods): the task
+//! id, and a shared context (an actor's method calls all share their
+//! actor's, so a call costs no copy); the node's part is asked of the node
+//! once per process.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -47,10 +49,10 @@ pub struct RuntimeContext {
     pub bundle_index: Option<usize>,
 }
 
-/// The task-dependent part of the context.
+/// The task-dependent part of the context (an actor's method calls share
+/// their actor's; each call only has its own task id).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskContext {
-    pub(crate) task_id: Option<TaskId>,
     pub(crate) actor_id: Option<ActorId>,
     pub(crate) gpu_ids: Vec<u32>,
     pub(crate) placement_group: Option<String>,
@@ -81,63 +83,62 @@ impl std::fmt::Debug for Emitter {
 /// Sends one item of the streaming actor method running now to its caller.
 pub(crate) fn emit(item: Encoded) -> Result<()> {
     let emitter = current_task()
-        .and_then(|t| t.emit.clone())
+        .and_then(|(_, t)| t.emit.clone())
         .ok_or_else(|| Error::Internal("a streaming method's item was emitted outside a streaming call".into()))?;
     let mut f = emitter.0.lock();
     (*f)(item)
 }
 
 impl TaskContext {
-    /// The context of a task about to run. A method call of an actor runs
-    /// in its actor's context (`actor`, kept from its creation), with its own
-    /// task id.
-    pub(crate) fn of(spec: &proto::TaskSpec, actor: Option<&TaskContext>) -> TaskContext {
-        let task_id = TaskId::from_bytes(&spec.task_id);
-        match actor {
-            Some(a) if spec.kind == proto::TaskKind::ActorMethod as i32 => TaskContext { task_id, ..a.clone() },
-            _ => {
-                let in_group = !spec.placement_group.is_empty();
-                TaskContext {
-                    task_id,
-                    actor_id: ActorId::from_bytes(&spec.actor_id),
-                    gpu_ids: spec.gpu_ids.clone(),
-                    placement_group: in_group.then(|| spec.placement_group.clone()),
-                    bundle_index: usize::try_from(spec.bundle_index).ok().filter(|_| in_group),
-                    emit: None,
-                }
-            }
+    /// The context of a task or an actor's creation (an actor's method
+    /// calls run in the context of its creation).
+    pub(crate) fn of(spec: &proto::TaskSpec) -> TaskContext {
+        let in_group = !spec.placement_group.is_empty();
+        TaskContext {
+            actor_id: ActorId::from_bytes(&spec.actor_id),
+            gpu_ids: spec.gpu_ids.clone(),
+            placement_group: in_group.then(|| spec.placement_group.clone()),
+            bundle_index: usize::try_from(spec.bundle_index).ok().filter(|_| in_group),
+            emit: None,
         }
     }
 }
 
+/// The task running now and its context.
+type Current = (Option<TaskId>, Arc<TaskContext>);
+
 thread_local! {
-    static TASK: RefCell<Option<Arc<TaskContext>>> = const { RefCell::new(None) };
+    static TASK: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
 tokio::task_local! {
-    static ASYNC_TASK: Arc<TaskContext>;
+    static ASYNC_TASK: Current;
 }
 
-/// Runs `f` (synchronous user code) with `ctx` as the current task.
-pub(crate) fn scope<R>(ctx: TaskContext, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Arc<TaskContext>>);
+/// Runs `f` (synchronous user code) as task `task` in context `ctx`.
+pub(crate) fn scope<R>(task: Option<TaskId>, ctx: Arc<TaskContext>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Current>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let prev = self.0.take();
             TASK.with(|t| *t.borrow_mut() = prev);
         }
     }
-    let prev = TASK.with(|t| t.borrow_mut().replace(Arc::new(ctx)));
+    let prev = TASK.with(|t| t.borrow_mut().replace((task, ctx)));
     let _restore = Restore(prev);
     f()
 }
 
-/// Runs `f` (an async actor method) with `ctx` as the current task.
-pub(crate) async fn scope_async<F: std::future::Future>(ctx: TaskContext, f: F) -> F::Output {
-    ASYNC_TASK.scope(Arc::new(ctx), f).await
+/// Runs `f` (an async actor method) as task `task` in context `ctx`.
+pub(crate) async fn scope_async<F: std::future::Future>(
+    task: Option<TaskId>,
+    ctx: Arc<TaskContext>,
+    f: F,
+) -> F::Output {
+    ASYNC_TASK.scope((task, ctx), f).await
 }
 
-fn current_task() -> Option<Arc<TaskContext>> {
+fn current_task() -> Option<Current> {
     ASYNC_TASK
         .try_with(|c| c.clone())
         .ok()
@@ -177,14 +178,17 @@ pub async fn runtime_context_async() -> Result<RuntimeContext> {
         Some((host, _)) if !host.is_empty() => host.trim_matches(['[', ']']).to_string(),
         _ => "127.0.0.1".to_string(),
     };
-    let t = task.as_deref().cloned().unwrap_or_default();
+    let (task_id, t) = match task {
+        Some((id, ctx)) => (id, (*ctx).clone()),
+        None => (None, TaskContext::default()),
+    };
     Ok(RuntimeContext {
         node_id,
         node_address,
         node_ip,
         job_id: cw.job_id.clone(),
         is_driver: cw.is_driver,
-        task_id: t.task_id,
+        task_id,
         actor_id: t.actor_id,
         gpu_ids: t.gpu_ids,
         placement_group: t.placement_group,

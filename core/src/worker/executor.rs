@@ -54,7 +54,7 @@ pub(crate) struct Executor {
     last_us: std::sync::atomic::AtomicU64,
     /// The context of the actor this process hosts (its id, GPUs and
     /// bundle), which its method calls run in.
-    actor_ctx: Mutex<Option<TaskContext>>,
+    actor_ctx: Mutex<Option<Arc<TaskContext>>>,
 }
 
 /// Jobs queued for the task thread that have not started, and those of
@@ -171,14 +171,12 @@ impl Executor {
             Some((method, sem)) => {
                 let Ok(cw) = current() else { return };
                 let events = self.events.clone();
-                let mut ctx = TaskContext::of(&spec, self.actor_ctx.lock().as_ref());
-                if spec.streaming {
-                    ctx.emit = Some(context::Emitter::new(generator_emitter(cw.clone(), spec.clone())));
-                }
+                let ctx = self.context_of(&cw, &spec, proto::TaskKind::ActorMethod);
                 cw.clone().handle.spawn(async move {
                     let Ok(_permit) = sem.acquire_owned().await else { return };
                     events.started(&spec);
-                    let r = context::scope_async(ctx, run_async_method(&cw, &spec, method)).await;
+                    let tid = TaskId::from_bytes(&spec.task_id);
+                    let r = context::scope_async(tid, ctx, run_async_method(&cw, &spec, method)).await;
                     events.finished(&spec, &r);
                     let _ = reply.send(Ok(r)).await;
                 });
@@ -281,12 +279,10 @@ impl Executor {
             },
         };
         let kind = proto::TaskKind::try_from(spec.kind).unwrap_or(proto::TaskKind::Normal);
-        let mut ctx = TaskContext::of(spec, self.actor_ctx.lock().as_ref());
-        if spec.streaming && kind == proto::TaskKind::ActorMethod {
-            ctx.emit = Some(context::Emitter::new(generator_emitter(cw.clone(), spec.clone())));
-        }
+        let ctx = self.context_of(cw, spec, kind);
         let env = enter_environment(kind, spec);
-        let outcome = context::scope(ctx.clone(), || self.run_user_code(cw, spec, kind, actor, args));
+        let tid = TaskId::from_bytes(&spec.task_id);
+        let outcome = context::scope(tid, ctx.clone(), || self.run_user_code(cw, spec, kind, actor, args));
         if kind == proto::TaskKind::ActorCreation && outcome.is_ok() {
             // An actor's variables and context last as long as it does.
             env.keep();
@@ -306,6 +302,23 @@ impl Executor {
             },
             Err(e) => reply_err(spec, e),
         }
+    }
+
+    /// The context a task runs in: a method call shares its actor's (no
+    /// copy per call), unless it streams (its own emitter); anything else
+    /// gets one of its own.
+    fn context_of(&self, cw: &Arc<CoreWorker>, spec: &proto::TaskSpec, kind: proto::TaskKind) -> Arc<TaskContext> {
+        if kind != proto::TaskKind::ActorMethod {
+            return Arc::new(TaskContext::of(spec));
+        }
+        let actor = self.actor_ctx.lock().clone().unwrap_or_default();
+        if !spec.streaming {
+            return actor;
+        }
+        Arc::new(TaskContext {
+            emit: Some(context::Emitter::new(generator_emitter(cw.clone(), spec.clone()))),
+            ..(*actor).clone()
+        })
     }
 
     /// Runs the user code of a task, an actor's constructor or a method of
@@ -383,14 +396,21 @@ fn enter_environment(kind: proto::TaskKind, spec: &proto::TaskSpec) -> EnvGuard 
     if kind == proto::TaskKind::ActorMethod {
         return EnvGuard::set(std::iter::empty());
     }
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Whether the variable may be set in this process (inherited, or set
+    /// for an earlier task): only then does a task without GPUs clear it.
+    static MAY_BE_SET: AtomicBool = AtomicBool::new(true);
     // SAFETY: on the thread that runs user code, before it runs; other
     // threads of a worker do not read the environment.
     unsafe {
         if spec.gpu_ids.is_empty() {
-            std::env::remove_var(CUDA_VISIBLE_DEVICES);
+            if MAY_BE_SET.swap(false, Ordering::Relaxed) {
+                std::env::remove_var(CUDA_VISIBLE_DEVICES);
+            }
         } else {
             let ids: Vec<String> = spec.gpu_ids.iter().map(|g| g.to_string()).collect();
             std::env::set_var(CUDA_VISIBLE_DEVICES, ids.join(","));
+            MAY_BE_SET.store(true, Ordering::Relaxed);
         }
     }
     EnvGuard::set(&spec.env)

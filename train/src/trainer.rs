@@ -1,0 +1,603 @@
+//! The driver side of a run: the gang of worker actors in a placement
+//! group, the reports they send, checkpoints kept and pruned, and restarts
+//! from the latest checkpoint when a rank fails.
+//!
+//! The decisions (which rank's failure caused the others', whether the
+//! budget allows another attempt) are plain functions of what the attempt
+//! saw, tested on their own; [`Trainer::fit`] does the I/O around them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementStrategy};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Checkpoint, CheckpointConfig};
+use crate::context::{Report, TrainContext};
+use crate::error::{Error, Result};
+use crate::worker::{t_train, RankSpec, TrainTramp, TrainWorker, TrainWorkerHandle};
+
+/// How many workers, and what each holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingConfig {
+    /// The number of ranks (default 1).
+    pub num_workers: usize,
+    /// Whether each rank holds a GPU.
+    pub use_gpu: bool,
+    /// CPUs each rank holds (default 1).
+    pub cpus_per_worker: f64,
+    /// Other resources each rank holds.
+    pub resources_per_worker: BTreeMap<String, f64>,
+    /// How the ranks spread over nodes: `Pack` (default) or `Spread`.
+    pub placement_strategy: PlacementStrategy,
+}
+
+impl Default for ScalingConfig {
+    fn default() -> Self {
+        ScalingConfig {
+            num_workers: 1,
+            use_gpu: false,
+            cpus_per_worker: 1.0,
+            resources_per_worker: BTreeMap::new(),
+            placement_strategy: PlacementStrategy::Pack,
+        }
+    }
+}
+
+/// How often a run may fail and still go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureConfig {
+    /// Restarts from the latest checkpoint after a rank fails (default 0;
+    /// -1: without limit).
+    pub max_failures: i32,
+}
+
+/// Where a run keeps its results, and its policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// The run's name: its directory under `storage_path`. Running again
+    /// under the same name resumes from its latest checkpoint.
+    pub name: String,
+    /// Where runs keep their directories (default `~/rayforge_results`,
+    /// or the temporary directory without a home). Every rank must reach it
+    /// (one machine, or a shared filesystem).
+    pub storage_path: PathBuf,
+    /// Which checkpoints to keep.
+    pub checkpoint: CheckpointConfig,
+    /// How many failures to survive.
+    pub failure: FailureConfig,
+    /// How long a collective may wait on a peer before it fails (default
+    /// 300 s): a hung rank fails the run instead of hanging it.
+    pub collective_timeout: Duration,
+    /// Print a line per report (default on).
+    pub verbose: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        let storage_path = std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join("rayforge_results"))
+            .unwrap_or_else(|| std::env::temp_dir().join("rayforge_results"));
+        RunConfig {
+            name: "train".into(),
+            storage_path,
+            checkpoint: CheckpointConfig::default(),
+            failure: FailureConfig { max_failures: 0 },
+            collective_timeout: Duration::from_secs(300),
+            verbose: true,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct TrainResult {
+    /// The last report's metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Every report, in order (of every attempt: a restarted run reports
+    /// the iterations after its checkpoint again).
+    pub history: Vec<Report>,
+    /// The newest checkpoint.
+    pub latest_checkpoint: Option<Checkpoint>,
+    /// The best checkpoint by the run's checkpoint config.
+    pub best_checkpoint: Option<Checkpoint>,
+    /// Why the run failed, if it did.
+    pub error: Option<Error>,
+    /// How many times a rank failed (each failure within the budget
+    /// restarted the gang).
+    pub failures: u32,
+    /// The run's directory (checkpoints, `progress.csv`).
+    pub path: PathBuf,
+}
+
+impl TrainResult {
+    /// The metrics history as CSV: a column per metric, a row per report.
+    pub fn history_csv(&self) -> String {
+        history_csv(&self.history)
+    }
+
+    /// `Ok(self)` if the run finished, its error otherwise.
+    pub fn into_result(self) -> Result<TrainResult> {
+        match self.error.clone() {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
+    }
+}
+
+/// Runs a training function on a gang of workers (as Ray's
+/// `TorchTrainer(train_loop, scaling_config, run_config).fit()`).
+#[derive(Debug, Clone)]
+pub struct Trainer {
+    tramp: FnRef<TrainTramp>,
+    user: AnyFnRef,
+    scaling: ScalingConfig,
+    run: RunConfig,
+    config: serde_json::Value,
+}
+
+impl Trainer {
+    /// A trainer running `train_loop` on every rank.
+    pub fn new<E: std::fmt::Display + 'static>(
+        train_loop: fn(&mut TrainContext) -> std::result::Result<(), E>,
+    ) -> Self {
+        let tramp: TrainTramp = t_train::<E>;
+        Trainer {
+            tramp: FnRef::new(tramp),
+            user: FnRef::new(train_loop).erase(),
+            scaling: ScalingConfig::default(),
+            run: RunConfig::default(),
+            config: serde_json::Value::Null,
+        }
+    }
+
+    /// How many workers and what each holds.
+    pub fn scaling(mut self, s: ScalingConfig) -> Self {
+        self.scaling = s;
+        self
+    }
+
+    /// Name, storage, checkpoint and failure policies.
+    pub fn run_config(mut self, r: RunConfig) -> Self {
+        self.run = r;
+        self
+    }
+
+    /// The config every rank reads with [`TrainContext::config`].
+    pub fn config(mut self, c: serde_json::Value) -> Self {
+        self.config = c;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let s = &self.scaling;
+        if s.num_workers == 0 {
+            return Err(Error::InvalidArgument("scaling: num_workers must be at least 1".into()));
+        }
+        if !(s.cpus_per_worker.is_finite() && s.cpus_per_worker >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "scaling: cpus_per_worker must be a non-negative number, got {}",
+                s.cpus_per_worker
+            )));
+        }
+        let name = &self.run.name;
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            return Err(Error::InvalidArgument(format!(
+                "run_config: name `{name}` must be a plain directory name"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs the gang to the end: a rank that fails tears the gang down and
+    /// a new one starts from the latest checkpoint, while the failure budget
+    /// lasts. An error here means the run could not start (bad config,
+    /// unwritable storage); a run that failed returns its result with
+    /// [`TrainResult::error`] set.
+    pub fn fit(&self) -> Result<TrainResult> {
+        self.validate()?;
+        let run_dir = self.run.storage_path.join(&self.run.name);
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::checkpoint(&run_dir, e))?;
+        let probe = run_dir.join(".writable");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| Error::checkpoint(&run_dir, format!("the run's directory is not writable: {e}")))?;
+        let run_id = format!("{}-{:x}", self.run.name, unique());
+        let mut history: Vec<Report> = Vec::new();
+        let mut failures = 0u32;
+        let mut error = None;
+        for attempt in 0.. {
+            let resume = checkpoint::list(&run_dir).pop();
+            let ring = format!("{run_id}/attempt{attempt}");
+            match self.attempt(&ring, &run_dir, resume, &mut history) {
+                Ok(()) => break,
+                Err(Failure { rank, node, cause }) => {
+                    failures += 1;
+                    tracing::warn!(run = %self.run.name, rank, node = %node, failures, "a rank failed: {cause}");
+                    if !may_retry(failures, self.run.failure.max_failures) {
+                        error = Some(Error::RankFailed {
+                            rank,
+                            node,
+                            cause,
+                            failures,
+                            max_failures: self.run.failure.max_failures,
+                        });
+                        break;
+                    }
+                    if self.run.verbose {
+                        println!(
+                            "[{}] rank {rank} failed ({cause}); restarting from the latest checkpoint ({failures} of {})",
+                            self.run.name,
+                            budget(self.run.failure.max_failures)
+                        );
+                    }
+                }
+            }
+        }
+        let all = checkpoint::list(&run_dir);
+        Ok(TrainResult {
+            metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
+            latest_checkpoint: all.last().cloned(),
+            best_checkpoint: self.run.checkpoint.best(&all),
+            history,
+            error,
+            failures,
+            path: run_dir,
+        })
+    }
+
+    /// One gang from start to end. `Err` names the rank whose failure
+    /// ended it.
+    fn attempt(
+        &self,
+        ring: &str,
+        run_dir: &Path,
+        resume: Option<Checkpoint>,
+        history: &mut Vec<Report>,
+    ) -> std::result::Result<(), Failure> {
+        let n = self.scaling.num_workers;
+        let setup = |cause: String| Failure {
+            rank: 0,
+            node: String::new(),
+            cause,
+        };
+        let pg = self.gang_group().map_err(|e| setup(e.to_string()))?;
+        let gang = Gang::start(self, &pg, n).map_err(|e| {
+            let _ = rayforge::remove_placement_group(&pg);
+            setup(e.to_string())
+        });
+        let gang = gang?;
+        let result = self.run_gang(&gang, ring, run_dir, resume, history);
+        gang.stop();
+        let _ = rayforge::remove_placement_group(&pg);
+        for r in 0..n {
+            let _ = rayforge::kv::delete("train", &format!("{ring}/rank{r}"));
+        }
+        result
+    }
+
+    fn gang_group(&self) -> Result<rayforge::PlacementGroup> {
+        let s = &self.scaling;
+        let mut bundle = s.resources_per_worker.clone();
+        if s.cpus_per_worker > 0.0 {
+            bundle.insert("CPU".into(), s.cpus_per_worker);
+        }
+        if s.use_gpu {
+            bundle.insert("GPU".into(), 1.0);
+        }
+        let pg = rayforge::placement_group(vec![bundle; s.num_workers], s.placement_strategy).create()?;
+        if !pg.wait(Duration::from_secs(600))? {
+            let why = format!("{:?}", pg.state()?);
+            let _ = rayforge::remove_placement_group(&pg);
+            return Err(Error::InvalidArgument(format!(
+                "the gang's {} bundles could not be placed: {why}",
+                s.num_workers
+            )));
+        }
+        Ok(pg)
+    }
+
+    fn run_gang(
+        &self,
+        gang: &Gang,
+        ring: &str,
+        run_dir: &Path,
+        resume: Option<Checkpoint>,
+        history: &mut Vec<Report>,
+    ) -> std::result::Result<(), Failure> {
+        let n = gang.workers.len();
+        let reports = rayforge::util::Queue::<Report>::new(0).map_err(|e| Failure {
+            rank: 0,
+            node: String::new(),
+            cause: e.to_string(),
+        })?;
+        let places = local_ranks(&gang.nodes);
+        let runs: Vec<ObjectRef<()>> = gang
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(rank, w)| {
+                w.run(RankSpec {
+                    tramp: self.tramp,
+                    user: self.user,
+                    ring: ring.to_string(),
+                    world_rank: rank,
+                    world_size: n,
+                    local_rank: places[rank].0,
+                    local_size: places[rank].1,
+                    node_rank: places[rank].2,
+                    use_gpu: self.scaling.use_gpu,
+                    config: Json(self.config.clone()),
+                    checkpoint: resume.clone(),
+                    reports: reports.clone(),
+                    run_dir: run_dir.to_path_buf(),
+                    timeout_ms: self.run.collective_timeout.as_millis() as u64,
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let mut outcomes: Vec<Option<std::result::Result<(), Error>>> = vec![None; n];
+        let mut first_failure: Option<Instant> = None;
+        loop {
+            self.drain(&reports, run_dir, history, start);
+            let pending: Vec<ObjectRef<()>> = (0..n)
+                .filter(|i| outcomes[*i].is_none())
+                .map(|i| runs[i].clone())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if let Ok((ready, _)) = rayforge::wait(&pending, 1, Some(Duration::from_millis(200))) {
+                for r in ready {
+                    if let Some(i) = runs.iter().position(|x| *x == r) {
+                        outcomes[i] = Some(r.get().map_err(Error::from));
+                    }
+                }
+            }
+            let failed = outcomes.iter().any(|o| matches!(o, Some(Err(_))));
+            if failed && first_failure.is_none() {
+                first_failure = Some(Instant::now());
+            }
+            // Once a rank failed, the others fail at their next collective;
+            // give them a moment to say why, then stop waiting.
+            if first_failure.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+                break;
+            }
+        }
+        self.drain(&reports, run_dir, history, start);
+        match cause_of(&outcomes) {
+            None => Ok(()),
+            Some((rank, cause)) => Err(Failure {
+                rank,
+                node: gang.nodes.get(rank).cloned().unwrap_or_default(),
+                cause,
+            }),
+        }
+    }
+
+    /// Takes the reports waiting in the queue: records them, prints a line
+    /// each, rewrites `progress.csv`, prunes checkpoints.
+    fn drain(
+        &self,
+        reports: &rayforge::util::Queue<Report>,
+        run_dir: &Path,
+        history: &mut Vec<Report>,
+        start: Instant,
+    ) {
+        let mut got = false;
+        while let Ok(r) = reports.get_timeout(Duration::from_millis(1)) {
+            if self.run.verbose {
+                let metrics: Vec<String> = r.metrics.iter().map(|(k, v)| format!("{k}={v:.6}")).collect();
+                println!(
+                    "[{}] iteration {} ({:.1} s): {}{}",
+                    self.run.name,
+                    r.iteration,
+                    start.elapsed().as_secs_f64(),
+                    metrics.join(" "),
+                    if r.checkpoint.is_some() { " [checkpoint]" } else { "" }
+                );
+                let _ = std::io::stdout().flush();
+            }
+            history.push(r);
+            got = true;
+        }
+        if got {
+            let csv = run_dir.join("progress.csv");
+            if let Err(e) = std::fs::write(&csv, history_csv(history)) {
+                tracing::warn!("writing {}: {e}", csv.display());
+            }
+            if let Err(e) = self.run.checkpoint.prune(run_dir) {
+                tracing::warn!("pruning checkpoints: {e}");
+            }
+        }
+    }
+}
+
+/// A rank's failure that ended an attempt.
+struct Failure {
+    rank: usize,
+    node: String,
+    cause: String,
+}
+
+/// The workers of one attempt and the node each runs on.
+struct Gang {
+    workers: Vec<TrainWorkerHandle>,
+    nodes: Vec<String>,
+}
+
+impl Gang {
+    fn start(t: &Trainer, pg: &rayforge::PlacementGroup, n: usize) -> Result<Gang> {
+        let s = &t.scaling;
+        let mut workers = Vec::with_capacity(n);
+        for rank in 0..n {
+            let mut o = TrainWorker::options()
+                .placement_group(pg, Some(rank))
+                .num_cpus(s.cpus_per_worker)
+                .env("RANK", &rank.to_string())
+                .env("WORLD_SIZE", &n.to_string());
+            if s.use_gpu {
+                o = o.num_gpus(1.0);
+            }
+            for (k, v) in &s.resources_per_worker {
+                o = o.resource(k, *v);
+            }
+            workers.push(o.remote()?);
+        }
+        let nodes: Vec<ObjectRef<String>> = workers.iter().map(|w| w.node()).collect();
+        let nodes = rayforge::get_all(&nodes)?;
+        Ok(Gang { workers, nodes })
+    }
+
+    fn stop(&self) {
+        for w in &self.workers {
+            let _ = rayforge::kill(w);
+        }
+    }
+}
+
+/// Each rank's `(local rank, local world size, node rank)`, from the nodes
+/// the ranks run on (nodes numbered in order of their first rank).
+fn local_ranks(nodes: &[String]) -> Vec<(usize, usize, usize)> {
+    let mut order: Vec<&String> = Vec::new();
+    for n in nodes {
+        if !order.contains(&n) {
+            order.push(n);
+        }
+    }
+    nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let local = nodes[..i].iter().filter(|m| *m == n).count();
+            let size = nodes.iter().filter(|m| *m == n).count();
+            let node_rank = order.iter().position(|m| *m == n).unwrap_or(0);
+            (local, size, node_rank)
+        })
+        .collect()
+}
+
+/// The rank whose failure ended an attempt, and why: a rank that died or
+/// whose function failed is the cause; the collective errors of the ranks
+/// left waiting on it are its consequences. `None` when every rank
+/// finished.
+fn cause_of(outcomes: &[Option<std::result::Result<(), Error>>]) -> Option<(usize, String)> {
+    let failed: Vec<(usize, &Error)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Some(Err(e)) => Some((i, e)),
+            _ => None,
+        })
+        .collect();
+    let root = failed
+        .iter()
+        .find(|(_, e)| !matches!(e, Error::Collective { .. }))
+        .or(failed.first())?;
+    Some((root.0, root.1.to_string()))
+}
+
+/// Whether a run that has failed `failures` times may start again.
+fn may_retry(failures: u32, max_failures: i32) -> bool {
+    max_failures < 0 || failures as i64 <= max_failures as i64
+}
+
+fn budget(max_failures: i32) -> String {
+    if max_failures < 0 {
+        "unlimited".into()
+    } else {
+        max_failures.to_string()
+    }
+}
+
+fn history_csv(history: &[Report]) -> String {
+    let mut keys: Vec<&String> = Vec::new();
+    for r in history {
+        for k in r.metrics.keys() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut out = String::from("iteration");
+    for k in &keys {
+        out.push(',');
+        out.push_str(k);
+    }
+    out.push_str(",checkpoint\n");
+    for r in history {
+        out.push_str(&r.iteration.to_string());
+        for k in &keys {
+            out.push(',');
+            if let Some(v) = r.metrics.get(*k) {
+                out.push_str(&v.to_string());
+            }
+        }
+        out.push(',');
+        if let Some(c) = &r.checkpoint {
+            out.push_str(&c.path().display().to_string());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn unique() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_are_numbered_within_their_nodes() {
+        let nodes: Vec<String> = ["a", "b", "a", "c", "b"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            local_ranks(&nodes),
+            vec![(0, 2, 0), (0, 2, 1), (1, 2, 0), (0, 1, 2), (1, 2, 1)]
+        );
+    }
+
+    #[test]
+    fn the_rank_that_died_is_the_cause_not_the_ones_left_waiting() {
+        let collective = |rank| {
+            Some(Err(Error::Collective {
+                rank,
+                message: "peer closed".into(),
+            }))
+        };
+        let died = Some(Err(Error::Runtime(rayforge::Error::ActorDied {
+            actor: "TrainWorker".into(),
+            cause: "signal 9".into(),
+        })));
+        let (rank, cause) = cause_of(&[collective(0), died, collective(2)]).unwrap();
+        assert_eq!(rank, 1);
+        assert!(cause.contains("signal 9"), "{cause}");
+        assert_eq!(cause_of(&[Some(Ok(())), Some(Ok(()))]), None);
+        assert_eq!(cause_of(&[collective(0), Some(Ok(()))]).map(|c| c.0), Some(0));
+    }
+
+    #[test]
+    fn the_failure_budget_counts_restarts() {
+        assert!(!may_retry(1, 0));
+        assert!(may_retry(1, 1) && !may_retry(2, 1));
+        assert!(may_retry(100, -1));
+    }
+
+    #[test]
+    fn the_history_is_a_csv_with_a_column_per_metric() {
+        let r = |i, pairs: &[(&str, f64)]| Report {
+            iteration: i,
+            metrics: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            checkpoint: None,
+        };
+        let csv = history_csv(&[r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]);
+        assert_eq!(csv, "iteration,loss,acc,checkpoint\n1,0.5,,\n2,0.25,0.9,\n");
+    }
+}

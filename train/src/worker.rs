@@ -1,0 +1,120 @@
+//! One rank of a gang: an actor that joins the ring and runs the user's
+//! training function in its process.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rayforge::{AnyFnRef, FnRef, Json};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::collective::Group;
+use crate::context::{Device, Report, TrainContext};
+use crate::error::{Error, Result};
+
+/// Calls the user's training function (of a type only this trampoline
+/// knows) with the rank's context.
+pub(crate) type TrainTramp = fn(&mut TrainContext) -> Result<()>;
+
+pub(crate) fn t_train<E: std::fmt::Display + 'static>(ctx: &mut TrainContext) -> Result<()> {
+    let f = ctx
+        .user
+        .typed::<fn(&mut TrainContext) -> std::result::Result<(), E>>()?
+        .get()?;
+    f(ctx).map_err(|e| {
+        // The crate's own errors (a collective that failed, a checkpoint
+        // that could not be written) pass through as themselves.
+        match (&e as &dyn std::any::Any).downcast_ref::<Error>() {
+            Some(mine) => mine.clone(),
+            None => Error::User {
+                rank: ctx.world_rank,
+                message: e.to_string(),
+            },
+        }
+    })
+}
+
+/// What one rank runs (crosses to its process).
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct RankSpec {
+    pub(crate) tramp: FnRef<TrainTramp>,
+    pub(crate) user: AnyFnRef,
+    /// Names this attempt's ring in the key-value store.
+    pub(crate) ring: String,
+    pub(crate) world_rank: usize,
+    pub(crate) world_size: usize,
+    pub(crate) local_rank: usize,
+    pub(crate) local_size: usize,
+    pub(crate) node_rank: usize,
+    pub(crate) use_gpu: bool,
+    pub(crate) config: Json<serde_json::Value>,
+    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) reports: rayforge::util::Queue<Report>,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) timeout_ms: u64,
+}
+
+/// One rank of a training gang.
+#[rayforge::actor]
+pub(crate) struct TrainWorker;
+
+#[rayforge::actor]
+impl TrainWorker {
+    fn new() -> Self {
+        TrainWorker
+    }
+
+    /// The node this rank runs on.
+    fn node(&self) -> std::result::Result<String, Error> {
+        Ok(rayforge::node_id()?)
+    }
+
+    /// Joins the ring and runs the training function to its end.
+    fn run(&mut self, spec: RankSpec) -> std::result::Result<(), Error> {
+        let ctx = rayforge::runtime_context()?;
+        let group = Group::join(
+            &spec.ring,
+            spec.world_rank,
+            spec.world_size,
+            &ctx.node_ip,
+            Duration::from_millis(spec.timeout_ms),
+        )?;
+        let iteration = match &spec.checkpoint {
+            Some(c) => c.manifest()?.iteration,
+            None => 0,
+        };
+        let mut tc = TrainContext {
+            world_rank: spec.world_rank,
+            local_rank: spec.local_rank,
+            local_size: spec.local_size,
+            node_rank: spec.node_rank,
+            // CUDA_VISIBLE_DEVICES holds this rank's GPU only.
+            device: if spec.use_gpu && !ctx.gpu_ids.is_empty() {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            },
+            group,
+            config: spec.config.0,
+            checkpoint: spec.checkpoint,
+            reports: spec.reports,
+            run_dir: spec.run_dir,
+            iteration,
+            user: spec.user,
+        };
+        let tramp = spec.tramp.get()?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut tc))) {
+            Ok(r) => r,
+            Err(p) => Err(Error::User {
+                rank: spec.world_rank,
+                message: format!(
+                    "panicked: {}",
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                ),
+            }),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Training runs on the embedded cluster, with real worker processes: a
+//! gang fits a line with all-reduced gradients, checkpoints every
+//! iteration, resumes by name, survives a killed rank within its failure
+//! budget, and fails with the rank's name beyond it or when a checkpoint
+//! cannot be written.
+
+use std::path::{Path, PathBuf};
+
+use rayforge_integration_tests::{cluster, kill_self};
+use rayforge_train::{
+    CheckpointConfig, CheckpointWriter, Error, FailureConfig, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Config {
+    iterations: u64,
+    /// Rank 1 kills its process at this iteration, once (the marker file
+    /// says it did).
+    kill_at: Option<u64>,
+    marker: String,
+}
+
+/// Fits `y = 3x` by gradient descent: each rank computes the gradient on
+/// its share of the points, the ranks average it, every rank takes the
+/// same step.
+fn fit_line(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
+    let cfg: Config = ctx.config()?;
+    let mut w = match ctx.checkpoint() {
+        Some(c) => f32::from_le_bytes(c.read("w")?.try_into().unwrap_or([0; 4])),
+        None => 0.0,
+    };
+    for it in ctx.iteration()..cfg.iterations {
+        if ctx.world_rank() == 1 && Some(it) == cfg.kill_at && std::fs::metadata(&cfg.marker).is_err() {
+            std::fs::write(&cfg.marker, b"1").unwrap();
+            kill_self();
+        }
+        let (n, r) = (ctx.world_size(), ctx.world_rank());
+        let xs: Vec<f32> = (0..64).map(|i| (i * n + r) as f32 / 64.0).collect();
+        let mut g = [
+            xs.iter().map(|x| 2.0 * (w - 3.0) * x * x).sum::<f32>() / xs.len() as f32,
+            xs.iter().map(|x| ((w - 3.0) * x).powi(2)).sum::<f32>() / xs.len() as f32,
+        ];
+        ctx.all_reduce(&mut g, ReduceOp::Mean)?;
+        w -= 0.5 * g[0];
+        let mut ckpt = CheckpointWriter::new()?;
+        ckpt.write("w", &w.to_le_bytes())?;
+        ctx.report([("loss", g[1] as f64), ("w", w as f64)], Some(ckpt))?;
+    }
+    Ok(())
+}
+
+fn storage(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("rayforge-train-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn trainer(storage: &Path, name: &str, iterations: u64, kill_at: Option<u64>, max_failures: i32) -> Trainer {
+    Trainer::new(fit_line)
+        .scaling(ScalingConfig {
+            num_workers: 2,
+            cpus_per_worker: 0.5,
+            ..Default::default()
+        })
+        .run_config(RunConfig {
+            name: name.into(),
+            storage_path: storage.to_path_buf(),
+            checkpoint: CheckpointConfig {
+                num_to_keep: Some(2),
+                score_attribute: Some("loss".into()),
+                higher_is_better: false,
+            },
+            failure: FailureConfig { max_failures },
+            collective_timeout: std::time::Duration::from_secs(60),
+            verbose: true,
+        })
+        .config(serde_json::json!({
+            "iterations": iterations,
+            "kill_at": kill_at,
+            "marker": storage.join(format!("{name}.killed")).display().to_string(),
+        }))
+}
+
+#[test]
+fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
+    cluster();
+    let dir = storage("fit");
+    let result = trainer(&dir, "line", 12, None, 0).fit().unwrap().into_result().unwrap();
+    let w = result.metrics["w"];
+    assert!((w - 3.0).abs() < 0.05, "w = {w}");
+    let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
+    assert_eq!(iterations, (1..=12).collect::<Vec<_>>());
+    assert!(result.history[11].metrics["loss"] < result.history[0].metrics["loss"]);
+    // Two best by loss kept, plus the latest (here the best too).
+    let latest = result.latest_checkpoint.clone().unwrap();
+    assert_eq!(latest.manifest().unwrap().iteration, 12);
+    assert_eq!(result.best_checkpoint.as_ref().unwrap(), &latest);
+    assert_eq!(rayforge_train::checkpoint::list(&result.path).len(), 2);
+    let csv = std::fs::read_to_string(result.path.join("progress.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 13, "{csv}");
+    assert!(csv.starts_with("iteration,loss,w,checkpoint\n"), "{csv}");
+    assert_eq!(csv, result.history_csv());
+    // The same name again resumes at its latest checkpoint: nothing is left
+    // to do, and nothing is lost.
+    let again = trainer(&dir, "line", 12, None, 0).fit().unwrap().into_result().unwrap();
+    assert!(again.history.is_empty());
+    assert_eq!(again.latest_checkpoint.unwrap(), latest);
+    // More iterations go on from there.
+    let more = trainer(&dir, "line", 14, None, 0).fit().unwrap().into_result().unwrap();
+    assert_eq!(
+        more.history.iter().map(|r| r.iteration).collect::<Vec<_>>(),
+        vec![13, 14]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_rank_restarts_the_gang_from_the_latest_checkpoint_within_the_budget() {
+    cluster();
+    let dir = storage("kill");
+    let result = trainer(&dir, "survives", 8, Some(3), 1).fit().unwrap();
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(result.failures, 1);
+    let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
+    assert_eq!(iterations, (1..=8).collect::<Vec<_>>(), "resumed after iteration 3");
+    assert!((result.metrics["w"] - 3.0).abs() < 0.1);
+
+    // Without a budget the run fails, naming the rank and its node.
+    let result = trainer(&dir, "fails", 8, Some(3), 0).fit().unwrap();
+    match result.error {
+        Some(Error::RankFailed {
+            rank, node, failures, ..
+        }) => {
+            assert_eq!((rank, failures), (1, 1));
+            assert_eq!(node, rayforge::node_id().unwrap());
+        }
+        other => panic!("expected RankFailed, got {other:?}"),
+    }
+    assert_eq!(result.latest_checkpoint.unwrap().manifest().unwrap().iteration, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_previous_one() {
+    cluster();
+    let dir = storage("disk");
+    // Iteration 3's checkpoint directory cannot be made: a file is there.
+    std::fs::create_dir_all(dir.join("blocked")).unwrap();
+    std::fs::write(dir.join("blocked/checkpoint_000003"), b"not a directory").unwrap();
+    let result = trainer(&dir, "blocked", 6, None, 0).fit().unwrap();
+    match &result.error {
+        Some(Error::RankFailed { rank, cause, .. }) => {
+            assert_eq!(*rank, 0);
+            assert!(cause.contains("checkpoint_000003"), "{cause}");
+        }
+        other => panic!("expected RankFailed, got {other:?}"),
+    }
+    assert_eq!(result.latest_checkpoint.unwrap().manifest().unwrap().iteration, 2);
+    // A storage path that cannot hold a directory is refused up front.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let err = Trainer::new(fit_line)
+        .run_config(RunConfig {
+            storage_path: file.join("runs"),
+            ..Default::default()
+        })
+        .fit()
+        .unwrap_err();
+    assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
+    let err = Trainer::new(fit_line)
+        .scaling(ScalingConfig {
+            num_workers: 0,
+            ..Default::default()
+        })
+        .fit()
+        .unwrap_err();
+    assert!(err.to_string().contains("num_workers"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

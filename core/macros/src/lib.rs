@@ -177,6 +177,16 @@ fn caller_returns(r: &RetInfo) -> (TokenStream2, TokenStream2, TokenStream2) {
     }
 }
 
+/// The `N` of a `num_returns = N` option (at least 1).
+fn num_returns_of(meta: &syn::meta::ParseNestedMeta) -> syn::Result<usize> {
+    let lit: syn::LitInt = meta.value()?.parse()?;
+    let n = lit.base10_parse()?;
+    if n == 0 {
+        return Err(meta.error("num_returns must be at least 1"));
+    }
+    Ok(n)
+}
+
 fn parse_remote_attr(attr: TokenStream) -> syn::Result<(usize, bool)> {
     let mut n = 1usize;
     let mut streaming = false;
@@ -185,11 +195,7 @@ fn parse_remote_attr(attr: TokenStream) -> syn::Result<(usize, bool)> {
             streaming = true;
             Ok(())
         } else if meta.path.is_ident("num_returns") {
-            let lit: syn::LitInt = meta.value()?.parse()?;
-            n = lit.base10_parse()?;
-            if n == 0 {
-                return Err(meta.error("num_returns must be at least 1"));
-            }
+            n = num_returns_of(&meta)?;
             Ok(())
         } else {
             Err(meta.error("unknown option; supported: num_returns = N, streaming"))
@@ -484,11 +490,7 @@ fn method_num_returns(attrs: &[syn::Attribute]) -> syn::Result<usize> {
         if a.path().segments.last().is_some_and(|s| s.ident == "method") {
             a.parse_nested_meta(|meta| {
                 if meta.path.is_ident("num_returns") {
-                    let lit: syn::LitInt = meta.value()?.parse()?;
-                    n = lit.base10_parse()?;
-                    if n == 0 {
-                        return Err(meta.error("num_returns must be at least 1"));
-                    }
+                    n = num_returns_of(&meta)?;
                     Ok(())
                 } else {
                     Err(meta.error("unknown option; supported: num_returns = N"))

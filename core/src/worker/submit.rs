@@ -123,6 +123,22 @@ fn bundle_of(t: &Option<BundleTarget>) -> (String, i32) {
     }
 }
 
+/// A remote function call's options checked, its resource demand, and its
+/// arguments ready to send (with the objects they pin).
+#[allow(clippy::type_complexity)]
+fn prepare_task(
+    cw: &Arc<worker::CoreWorker>,
+    opts: &TaskOptions,
+    args: Vec<Result<PreparedArg>>,
+) -> Result<(
+    crate::resources::Resources,
+    (Vec<proto::TaskArg>, Vec<Arc<object_ref::RefHandle>>),
+)> {
+    opts.scheduling_strategy.validate()?;
+    let resources = opts.demand()?;
+    Ok((resources, prepare_spec(cw, args)?))
+}
+
 /// Submits a remote function call; returns its `num_returns` references.
 pub fn submit_task<T>(
     name: &'static str,
@@ -134,12 +150,7 @@ pub fn submit_task<T>(
         Ok(cw) => cw,
         Err(e) => return failed_refs(num_returns, None, &e),
     };
-    let prepared = opts
-        .scheduling_strategy
-        .validate()
-        .and_then(|()| opts.demand())
-        .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
-    let (resources, (args, pins)) = match prepared {
+    let (resources, (args, pins)) = match prepare_task(&cw, opts, args) {
         Ok(p) => p,
         Err(e) => return failed_refs(num_returns, Some(&cw), &e),
     };
@@ -329,12 +340,7 @@ pub fn submit_streaming<T>(
         Ok(cw) => cw,
         Err(e) => return generator::failed(e),
     };
-    let prepared = opts
-        .scheduling_strategy
-        .validate()
-        .and_then(|()| opts.demand())
-        .and_then(|res| prepare_spec(&cw, args).map(|a| (res, a)));
-    let (resources, (args, pins)) = match prepared {
+    let (resources, (args, pins)) = match prepare_task(&cw, opts, args) {
         Ok(p) => p,
         Err(e) => return generator::failed(e),
     };

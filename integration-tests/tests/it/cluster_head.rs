@@ -110,6 +110,17 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let actors = head.actors().unwrap();
     let keeper_rec = actors.iter().find(|a| a.name == "keeper").unwrap();
     assert_eq!((keeper_rec.state.as_str(), keeper_rec.num_restarts), ("ALIVE", 0));
+    // A driver sees the same listings as `rayforge list` (through its node).
+    let listed = rayforge::state::list_actors().unwrap();
+    assert!(
+        listed.iter().any(|a| a.name == "keeper" && a.state == "ALIVE"),
+        "{listed:?}"
+    );
+    let nodes = rayforge::state::list_nodes().unwrap();
+    assert_eq!(nodes.len(), head.nodes().unwrap().len());
+    assert!(nodes.iter().any(|n| n.node_id == b && n.alive));
+    let groups = rayforge::state::list_placement_groups().unwrap();
+    assert!(groups.iter().any(|g| g.name == "on-head"), "{groups:?}");
     // So did the placement group: its bundle is held by the new head node.
     let found_pg = rayforge::get_placement_group("on-head").unwrap();
     assert_eq!(found_pg, pg);

@@ -53,3 +53,27 @@ fn fan_out_spreads_tasks_over_worker_processes() {
         .any(|l| !l.contains(" in 1 worker"));
     assert!(multi, "tasks should use more than one worker process:\n{out}");
 }
+
+#[test]
+fn train_linear_fits_the_line_through_a_killed_rank() {
+    let out = run(env!("CARGO_BIN_EXE_train_linear"));
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("fitted y = "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let num = |after: &str| -> f64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|s| s.split(|c: char| c != '.' && !c.is_ascii_digit()).next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"))
+    };
+    assert!((num("y = ") - 3.0).abs() < 0.05, "{line}");
+    assert!((num("x + ") - 1.0).abs() < 0.05, "{line}");
+    assert!(line.contains("in 100 iterations, 1 restart(s)"), "{line}");
+    assert!(out.contains("restarting from the latest checkpoint"), "{out}");
+    // A line per report, each iteration once: the restart resumed at the
+    // checkpoint of iteration 30.
+    let reports = out.lines().filter(|l| l.starts_with("[linear] iteration")).count();
+    assert_eq!(reports, 100, "{out}");
+}

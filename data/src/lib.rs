@@ -1070,7 +1070,9 @@ impl Dataset {
     /// [`DataIterator`] (send it to a training worker); blocks go to the
     /// consumer that has received the fewest rows. With `equal`, every
     /// consumer gets exactly the same number of rows (blocks are cut to
-    /// make it so; at most `n - 1` rows at the end are dropped).
+    /// make it so; at most `n - 1` rows at the end are dropped). Iterating a
+    /// consumer again is its next epoch: the plan runs again once every
+    /// consumer has asked, until [`DataIterator::close`].
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;

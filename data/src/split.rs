@@ -7,8 +7,17 @@
 //! queue per consumer, so a slow consumer holds the pipeline back instead of
 //! letting blocks pile up (backpressure), and the runtime's reference
 //! counting keeps every queued block alive until its consumer has it.
+//!
+//! A split serves epochs: iterating a [`DataIterator`] again asks for the
+//! next epoch, and once every consumer has asked, the plan runs again (as
+//! Ray's `streaming_split` iterators do, one pass per epoch). The
+//! coordinator waits for that request until [`DataIterator::close`] or the
+//! driver's shutdown.
 
 use std::collections::VecDeque;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -33,6 +42,9 @@ pub(crate) enum SplitMsg {
 #[rayforge::actor]
 pub(crate) struct SplitQueues {
     queues: Mutex<Vec<VecDeque<SplitMsg>>>,
+    /// The highest epoch (0-based) each consumer has asked for.
+    wanted: Mutex<Vec<u64>>,
+    closed: AtomicBool,
     changed: Notify,
 }
 
@@ -41,8 +53,39 @@ impl SplitQueues {
     fn new(n: usize) -> Self {
         SplitQueues {
             queues: Mutex::new(vec![VecDeque::new(); n]),
+            wanted: Mutex::new(vec![0; n]),
+            closed: AtomicBool::new(false),
             changed: Notify::new(),
         }
+    }
+
+    /// Consumer `i` asks for epoch `epoch`.
+    fn want(&self, i: usize, epoch: u64) {
+        if let Some(w) = self.wanted.lock().get_mut(i) {
+            *w = (*w).max(epoch);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every consumer has asked for `epoch`: `false` once the
+    /// split is closed.
+    async fn await_epoch(&self, epoch: u64) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            if self.closed.load(Ordering::SeqCst) {
+                return false;
+            }
+            if self.wanted.lock().iter().all(|w| *w >= epoch) {
+                return true;
+            }
+            notified.await;
+        }
+    }
+
+    /// Ends the split: no further epoch runs, and a pending one stops.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 
     /// Queues a message for consumer `i`, waiting while its queue is full
@@ -53,6 +96,9 @@ impl SplitQueues {
             {
                 let mut q = self.queues.lock();
                 let Some(q) = q.get_mut(i) else { return false };
+                if self.closed.load(Ordering::SeqCst) {
+                    return false;
+                }
                 if q.len() < QUEUED || !matches!(msg, SplitMsg::Block(..)) {
                     q.push_back(msg);
                     self.changed.notify_waiters();
@@ -83,12 +129,17 @@ impl SplitQueues {
 }
 
 /// One consumer's share of a [`streaming_split`](crate::Dataset::streaming_split).
-/// Send it to the task or actor that consumes it (it serializes); iterate
-/// once.
+/// Send it to the task or actor that consumes it (it serializes). Each
+/// [`iter_batches`](DataIterator::iter_batches) is one epoch: the first
+/// gets the first pass over the data, the next waits until every consumer
+/// has started its next epoch too, and gets the next pass.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct DataIterator {
     queues: SplitQueuesHandle,
     index: usize,
+    /// Epochs this consumer has started (shared by its clones in a process).
+    #[serde(skip)]
+    epochs: Arc<AtomicU64>,
 }
 
 impl DataIterator {
@@ -101,10 +152,19 @@ impl DataIterator {
     /// when `None`).
     pub fn iter_batches(&self, batch_size: Option<usize>) -> crate::BatchIter {
         let me = self.clone();
+        let epoch = self.epochs.fetch_add(1, Ordering::SeqCst);
+        let mut asked = epoch == 0;
         let mut done = false;
         let blocks: BlockIter = Box::new(std::iter::from_fn(move || {
             if done {
                 return None;
+            }
+            if !asked {
+                asked = true;
+                if let Err(e) = me.queues.want(me.index, epoch).get() {
+                    done = true;
+                    return Some(Err(e.into()));
+                }
             }
             let msg = me.queues.get(me.index).get();
             match msg {
@@ -125,11 +185,19 @@ impl DataIterator {
         }));
         crate::BatchIter::new(blocks, batch_size, None)
     }
+
+    /// Ends the whole split (every consumer's): no further epoch runs. The
+    /// coordinator otherwise waits for the next epoch until the driver
+    /// shuts down.
+    pub fn close(&self) -> Result<()> {
+        self.queues.close().get()?;
+        Ok(())
+    }
 }
 
 /// Starts the coordinator thread; returns the consumers' iterators.
 pub(crate) fn start(
-    blocks: impl FnOnce(&Ctx) -> Result<BlockIter> + Send + 'static,
+    blocks: impl Fn(&Ctx) -> Result<BlockIter> + Send + 'static,
     n: usize,
     equal: bool,
 ) -> Result<Vec<DataIterator>> {
@@ -138,21 +206,27 @@ pub(crate) fn start(
         .map(|index| DataIterator {
             queues: queues.clone(),
             index,
+            epochs: Arc::new(AtomicU64::new(0)),
         })
         .collect();
     let q = queues.clone();
     std::thread::Builder::new()
         .name("rayforge-data-split".into())
         .spawn(move || {
-            let ctx = Ctx::new();
             let send = |i: usize, m: SplitMsg| q.put(i, m).get().map(|_| ()).map_err(Error::from);
-            let r = blocks(&ctx).and_then(|it| distribute(it, n, equal, &send));
-            for i in 0..n {
-                let m = match &r {
-                    Ok(()) => SplitMsg::End,
-                    Err(e) => SplitMsg::Failed(e.clone()),
-                };
-                let _ = send(i, m);
+            for epoch in 0u64.. {
+                if epoch > 0 && !q.await_epoch(epoch).get().unwrap_or(false) {
+                    break;
+                }
+                let ctx = Ctx::new();
+                let r = blocks(&ctx).and_then(|it| distribute(it, n, equal, &send));
+                for i in 0..n {
+                    let m = match &r {
+                        Ok(()) => SplitMsg::End,
+                        Err(e) => SplitMsg::Failed(e.clone()),
+                    };
+                    let _ = send(i, m);
+                }
             }
             // The actor ends with this thread's handle once every consumer
             // has dropped its iterator.
@@ -212,7 +286,13 @@ fn distribute(it: BlockIter, n: usize, equal: bool, send: &dyn Fn(usize, SplitMs
 }
 
 fn slice(b: &BlockRef, offset: u64, len: u64) -> Result<BlockRef> {
-    let (block, meta) = crate::ops::concat_pieces::remote(vec![(b.block.clone(), offset as usize, len as usize)]);
+    // A zero-copy cut: it takes no CPU, so consumers that hold every CPU
+    // (a training gang) still get their rows.
+    let (block, meta) = crate::ops::concat_pieces::options().num_cpus(0.0).remote(vec![(
+        b.block.clone(),
+        offset as usize,
+        len as usize,
+    )]);
     Ok(BlockRef {
         block,
         meta: meta.get()?,

@@ -583,3 +583,41 @@ fn streaming_split_feeds_consumers_in_other_processes() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+/// Consumes `epochs` passes of a split: each pass's row count and id sum.
+#[rayforge::remote]
+fn consume_epochs(it: rayforge_data::DataIterator, epochs: usize) -> Vec<(u64, i64)> {
+    (0..epochs)
+        .map(|_| {
+            let (mut n, mut sum) = (0u64, 0i64);
+            for b in it.iter_batches(Some(64)) {
+                let v = i64s(&b.expect("batch"), "id");
+                n += v.len() as u64;
+                sum += v.iter().sum::<i64>();
+            }
+            (n, sum)
+        })
+        .collect()
+}
+
+#[test]
+fn a_streaming_split_serves_one_pass_per_epoch_until_closed() {
+    cluster();
+    let its = rayforge_data::range_with_blocks(600, 6)
+        .streaming_split(2, true)
+        .unwrap();
+    let refs: Vec<_> = its
+        .iter()
+        .map(|it| consume_epochs::options().num_cpus(0.25).remote(it.clone(), 3))
+        .collect();
+    let outs: Vec<Vec<(u64, i64)>> = refs.iter().map(|r| r.get().unwrap()).collect();
+    for epoch in 0..3 {
+        assert_eq!(outs[0][epoch].0 + outs[1][epoch].0, 600, "epoch {epoch}: {outs:?}");
+        assert_eq!(
+            outs[0][epoch].1 + outs[1][epoch].1,
+            (0..600).sum::<i64>(),
+            "epoch {epoch}"
+        );
+    }
+    its[0].close().unwrap();
+}

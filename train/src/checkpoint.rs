@@ -106,14 +106,24 @@ impl CheckpointWriter {
         &self.dir
     }
 
-    /// Writes one file.
-    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        if name.is_empty() || name == MANIFEST || Path::new(name).components().count() != 1 {
+    /// Where the file `name` goes (a plain file name other than the
+    /// manifest's), for writers that take a path.
+    pub fn file_path(&self, name: &str) -> Result<PathBuf> {
+        let plain = matches!(
+            Path::new(name).components().collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if !plain || name == MANIFEST {
             return Err(Error::InvalidArgument(format!(
                 "checkpoint file name `{name}`: a plain file name other than {MANIFEST}"
             )));
         }
-        let p = self.dir.join(name);
+        Ok(self.dir.join(name))
+    }
+
+    /// Writes one file.
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.file_path(name)?;
         std::fs::write(&p, bytes).map_err(|e| Error::checkpoint(&p, e))
     }
 

@@ -163,6 +163,25 @@ impl Group {
         Ok(())
     }
 
+    /// A second handle on the same connections (what a prepared model
+    /// keeps to average its gradients). The handles share the ring: use one
+    /// at a time, in the same order on every rank.
+    pub fn try_clone(&self) -> Result<Group> {
+        let dup = |s: &Option<TcpStream>| -> Result<Option<TcpStream>> {
+            s.as_ref()
+                .map(|s| s.try_clone())
+                .transpose()
+                .map_err(|e| Error::collective(self.rank, format!("duplicating a connection: {e}")))
+        };
+        Ok(Group {
+            rank: self.rank,
+            world: self.world,
+            next: dup(&self.next)?,
+            prev: dup(&self.prev)?,
+            timeout: self.timeout,
+        })
+    }
+
     /// This rank.
     pub fn rank(&self) -> usize {
         self.rank

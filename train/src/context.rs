@@ -48,6 +48,7 @@ pub struct TrainContext {
     pub(crate) run_dir: PathBuf,
     pub(crate) iteration: u64,
     pub(crate) user: rayforge::AnyFnRef,
+    pub(crate) shards: BTreeMap<String, rayforge_data::DataIterator>,
 }
 
 impl std::fmt::Debug for TrainContext {
@@ -101,6 +102,24 @@ impl TrainContext {
     /// restarted after a failure or run again under the same name.
     pub fn checkpoint(&self) -> Option<&Checkpoint> {
         self.checkpoint.as_ref()
+    }
+
+    /// This rank's shard of the dataset given to the trainer as `name`
+    /// ([`crate::Trainer::dataset`]): each `iter_batches` on it is one
+    /// epoch, and every rank gets the same number of rows. See also
+    /// [`TrainContext::iter_torch_batches`].
+    pub fn dataset_shard(&self, name: &str) -> Result<rayforge_data::DataIterator> {
+        self.shards.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.shards.keys().map(|k| k.as_str()).collect();
+            Error::InvalidArgument(format!(
+                "no dataset `{name}` was given to the trainer (it has: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
     }
 
     /// The number of the last report (0 before the first; a resumed run

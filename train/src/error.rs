@@ -52,6 +52,13 @@ pub enum Error {
     /// A bad configuration or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// libtorch refused an operation (a tensor of the wrong shape or
+    /// device, a model file it cannot read).
+    #[error("torch: {0}")]
+    Torch(String),
+    /// A dataset shard failed to produce its rows.
+    #[error("data: {0}")]
+    Data(#[source] rayforge_data::Error),
     /// The runtime underneath failed.
     #[error("rayforge: {0}")]
     Runtime(#[source] rayforge::Error),
@@ -67,6 +74,18 @@ impl Error {
             path: path.as_ref().display().to_string(),
             message: message.to_string(),
         }
+    }
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(e.to_string())
+    }
+}
+
+impl From<rayforge_data::Error> for Error {
+    fn from(e: rayforge_data::Error) -> Self {
+        Error::Data(e)
     }
 }
 

@@ -54,11 +54,17 @@ pub mod checkpoint;
 pub mod collective;
 mod context;
 mod error;
+pub mod torch;
 mod trainer;
 mod worker;
+
+/// The tch this crate is built on (use it for models and tensors, so the
+/// versions match).
+pub use tch;
 
 pub use checkpoint::{Checkpoint, CheckpointConfig, CheckpointWriter, Manifest};
 pub use collective::{Group, ReduceOp};
 pub use context::{Device, Report, TrainContext};
 pub use error::{Error, Result};
+pub use torch::{batch_to_tensors, DistributedModel, DistributedSampler, TorchBatches};
 pub use trainer::{FailureConfig, RunConfig, ScalingConfig, TrainResult, Trainer};

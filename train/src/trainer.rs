@@ -118,6 +118,13 @@ impl TrainResult {
         history_csv(&self.history)
     }
 
+    /// The metrics history as an Arrow record batch: `iteration` (UInt64),
+    /// a Float64 column per metric (null where a report lacked it), and
+    /// `checkpoint` (the committed checkpoint's path, or null).
+    pub fn history_batch(&self) -> Result<arrow::record_batch::RecordBatch> {
+        history_batch(&self.history)
+    }
+
     /// `Ok(self)` if the run finished, its error otherwise.
     pub fn into_result(self) -> Result<TrainResult> {
         match self.error.clone() {
@@ -129,13 +136,25 @@ impl TrainResult {
 
 /// Runs a training function on a gang of workers (as Ray's
 /// `TorchTrainer(train_loop, scaling_config, run_config).fit()`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Trainer {
     tramp: FnRef<TrainTramp>,
     user: AnyFnRef,
     scaling: ScalingConfig,
     run: RunConfig,
     config: serde_json::Value,
+    datasets: Vec<(String, rayforge_data::Dataset)>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("scaling", &self.scaling)
+            .field("run", &self.run)
+            .field("config", &self.config)
+            .field("datasets", &self.datasets.iter().map(|d| &d.0).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Trainer {
@@ -150,7 +169,21 @@ impl Trainer {
             scaling: ScalingConfig::default(),
             run: RunConfig::default(),
             config: serde_json::Value::Null,
+            datasets: Vec::new(),
         }
+    }
+
+    /// A dataset the ranks read as `name` ([`TrainContext::dataset_shard`],
+    /// [`TrainContext::iter_torch_batches`]): split across the ranks with
+    /// `streaming_split`, every rank getting the same number of rows, one
+    /// pass per epoch. Giving a name again replaces its dataset. The
+    /// dataset's own tasks (a `map_batches`, say) need CPUs beside the
+    /// gang's: leave some free (or give the ranks fractional CPUs), as
+    /// with Ray Train.
+    pub fn dataset(mut self, name: &str, ds: rayforge_data::Dataset) -> Self {
+        self.datasets.retain(|d| d.0 != name);
+        self.datasets.push((name.to_string(), ds));
+        self
     }
 
     /// How many workers and what each holds.
@@ -314,6 +347,20 @@ impl Trainer {
             cause: e.to_string(),
         })?;
         let places = local_ranks(&gang.nodes);
+        let mut splits: Vec<(String, Vec<rayforge_data::DataIterator>)> = Vec::new();
+        for (name, ds) in &self.datasets {
+            match ds.streaming_split(n, true) {
+                Ok(its) => splits.push((name.clone(), its)),
+                Err(e) => {
+                    close_splits(&splits);
+                    return Err(Failure {
+                        rank: 0,
+                        node: String::new(),
+                        cause: format!("splitting dataset `{name}`: {e}"),
+                    });
+                }
+            }
+        }
         let runs: Vec<ObjectRef<()>> = gang
             .workers
             .iter()
@@ -334,6 +381,11 @@ impl Trainer {
                     reports: reports.clone(),
                     run_dir: run_dir.to_path_buf(),
                     timeout_ms: self.run.collective_timeout.as_millis() as u64,
+                    shards: splits
+                        .iter()
+                        .map(|(name, its)| (name.clone(), its[rank].clone()))
+                        .collect(),
+                    threads: self.scaling.cpus_per_worker.floor().max(1.0) as usize,
                 })
             })
             .collect();
@@ -367,6 +419,7 @@ impl Trainer {
             }
         }
         self.drain(&reports, run_dir, history, start);
+        close_splits(&splits);
         match cause_of(&outcomes) {
             None => Ok(()),
             Some((rank, cause)) => Err(Failure {
@@ -415,6 +468,17 @@ impl Trainer {
     }
 }
 
+/// Ends the dataset splits of an attempt (their coordinators stop).
+fn close_splits(splits: &[(String, Vec<rayforge_data::DataIterator>)]) {
+    for (name, its) in splits {
+        if let Some(it) = its.first() {
+            if let Err(e) = it.close() {
+                tracing::debug!("closing the split of dataset `{name}`: {e}");
+            }
+        }
+    }
+}
+
 /// A rank's failure that ended an attempt.
 struct Failure {
     rank: usize,
@@ -437,6 +501,10 @@ impl Gang {
                 .placement_group(pg, Some(rank))
                 .num_cpus(s.cpus_per_worker)
                 .env("RANK", &rank.to_string())
+                .env(
+                    "OMP_NUM_THREADS",
+                    &(s.cpus_per_worker.floor().max(1.0) as usize).to_string(),
+                )
                 .env("WORLD_SIZE", &n.to_string());
             if s.use_gpu {
                 o = o.num_gpus(1.0);
@@ -544,6 +612,34 @@ fn history_csv(history: &[Report]) -> String {
     out
 }
 
+fn history_batch(history: &[Report]) -> Result<arrow::record_batch::RecordBatch> {
+    use arrow::array::{ArrayRef, Float64Array, StringArray, UInt64Array};
+    use std::sync::Arc;
+    let mut keys: Vec<&String> = Vec::new();
+    for r in history {
+        for k in r.metrics.keys() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut cols: Vec<(String, ArrayRef)> = vec![(
+        "iteration".into(),
+        Arc::new(UInt64Array::from_iter_values(history.iter().map(|r| r.iteration))),
+    )];
+    for k in &keys {
+        let v: Float64Array = history.iter().map(|r| r.metrics.get(*k).copied()).collect();
+        cols.push(((*k).clone(), Arc::new(v)));
+    }
+    let ck: StringArray = history
+        .iter()
+        .map(|r| r.checkpoint.as_ref().map(|c| c.path().display().to_string()))
+        .collect();
+    cols.push(("checkpoint".into(), Arc::new(ck)));
+    arrow::record_batch::RecordBatch::try_from_iter(cols)
+        .map_err(|e| Error::InvalidArgument(format!("the metrics history as a table: {e}")))
+}
+
 fn unique() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -599,5 +695,12 @@ mod tests {
         };
         let csv = history_csv(&[r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]);
         assert_eq!(csv, "iteration,loss,acc,checkpoint\n1,0.5,,\n2,0.25,0.9,\n");
+        let b = history_batch(&[r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]).unwrap();
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, vec!["iteration", "loss", "acc", "checkpoint"]);
+        assert_eq!(b.num_rows(), 2);
+        use arrow::array::{Array, AsArray};
+        let acc = b.column(2).as_primitive::<arrow::datatypes::Float64Type>();
+        assert!(acc.is_null(0) && acc.value(1) == 0.9);
     }
 }

@@ -52,6 +52,10 @@ pub(crate) struct RankSpec {
     pub(crate) reports: rayforge::util::Queue<Report>,
     pub(crate) run_dir: PathBuf,
     pub(crate) timeout_ms: u64,
+    /// This rank's share of each dataset.
+    pub(crate) shards: std::collections::BTreeMap<String, rayforge_data::DataIterator>,
+    /// Threads libtorch may use (the rank's CPUs).
+    pub(crate) threads: usize,
 }
 
 /// One rank of a training gang.
@@ -72,6 +76,9 @@ impl TrainWorker {
     /// Joins the ring and runs the training function to its end.
     fn run(&mut self, spec: RankSpec) -> std::result::Result<(), Error> {
         let ctx = rayforge::runtime_context()?;
+        // As torchrun and Ray Train do: one rank's ops use its own CPUs, not
+        // every core of the node.
+        tch::set_num_threads(spec.threads.max(1) as i32);
         let group = Group::join(
             &spec.ring,
             spec.world_rank,
@@ -101,6 +108,7 @@ impl TrainWorker {
             run_dir: spec.run_dir,
             iteration,
             user: spec.user,
+            shards: spec.shards,
         };
         let tramp = spec.tramp.get()?;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut tc))) {

@@ -3,8 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+# libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
+source scripts/libtorch.sh
 echo "== building (release)"
 cargo build --release -p rayforge-examples
+echo "== the pipeline: Parquet -> rayforge-data -> rayforge-train (2 ranks) -> TorchScript -> rayforge-serve -> HTTP"
+./target/release/pipeline
 echo "== quickstart: tasks and an actor"
 ./target/release/quickstart
 echo "== put once vs pass by value (200 MB array, 10 tasks)"

@@ -8,6 +8,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+# libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
+source scripts/libtorch.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

@@ -203,7 +203,12 @@ fn build_id() -> u64 {
     *ID.get_or_init(|| {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        match std::env::current_exe().ok().and_then(|p| read_build_id(&p)) {
+        // /proc/self/exe opens the running program even when its file was
+        // replaced since it started (a node's binary cache renaming a fresh
+        // copy over it); its path would then name the new file, or none.
+        let own = read_build_id(std::path::Path::new("/proc/self/exe"))
+            .or_else(|| std::env::current_exe().ok().and_then(|p| read_build_id(&p)));
+        match own {
             Some(id) => id.hash(&mut h),
             None => {
                 let len = std::env::current_exe()

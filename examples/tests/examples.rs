@@ -3,7 +3,11 @@
 use std::process::Command;
 
 fn run(exe: &str) -> String {
-    let out = Command::new(exe).output().expect("start example");
+    run_with(exe, &[])
+}
+
+fn run_with(exe: &str, args: &[&str]) -> String {
+    let out = Command::new(exe).args(args).output().expect("start example");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -76,4 +80,66 @@ fn train_linear_fits_the_line_through_a_killed_rank() {
     // checkpoint of iteration 30.
     let reports = out.lines().filter(|l| l.starts_with("[linear] iteration")).count();
     assert_eq!(reports, 100, "{out}");
+}
+
+/// The number after `after` in `line`.
+fn number_after(line: &str, after: &str) -> f64 {
+    line.split(after)
+        .nth(1)
+        .and_then(|s| s.split(|c: char| c != '.' && !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{after}` in: {line}"))
+}
+
+#[test]
+fn train_mlp_learns_the_digits_and_resumes_after_a_killed_rank() {
+    let out = run_with(
+        env!("CARGO_BIN_EXE_train_mlp"),
+        &["--epochs", "6", "--kill-at-epoch", "2"],
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("trained "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("trained 6 epochs on 2 ranks, 1 restart(s)"), "{line}");
+    assert!(number_after(line, "validation accuracy ") > 0.9, "{line}");
+    assert!(out.contains("restarting from the latest checkpoint"), "{out}");
+    // Epochs 1 and 2 were checkpointed before the kill: the new gang
+    // resumed at epoch 3, and every epoch was reported once.
+    let epochs: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("[digits-mlp] iteration"))
+        .map(|l| number_after(l, " epoch="))
+        .collect();
+    assert_eq!(epochs, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{out}");
+}
+
+#[test]
+fn the_pipeline_goes_from_parquet_through_training_to_answers_over_http() {
+    let out = run(env!("CARGO_BIN_EXE_pipeline"));
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"))
+            .to_string()
+    };
+    assert!(line("[data] ").contains("1797 raw rows written as Parquet"), "{out}");
+    let split = line("[data] preprocessed");
+    assert_eq!(
+        number_after(&split, "preprocessed: ") + number_after(&split, "rows, "),
+        1797.0,
+        "{split}"
+    );
+    assert!(number_after(&line("[train] "), "validation accuracy ") > 0.9, "{out}");
+    assert!(line("[serve] ").contains("model.pt serving at http://"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("[query] POST / image")).count(),
+        20,
+        "{out}"
+    );
+    let summary = out
+        .lines()
+        .find(|l| l.contains("answered right over HTTP"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(number_after(summary, "[query] ") >= 16.0, "{summary}");
 }

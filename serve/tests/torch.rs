@@ -1,28 +1,37 @@
-//! A TorchScript model served through tch (feature `torch`; run through
-//! `serve/scripts/with-torch.sh`, which also makes the model with PyTorch).
+//! A TorchScript model served through tch (feature `torch`, which the
+//! workspace's test run enables; libtorch from scripts/libtorch.sh).
 #![cfg(feature = "torch")]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rayforge_serve::client::request;
 use rayforge_serve::torch::TorchScript;
 use rayforge_serve::{deployment, Application, Error, HttpOptions};
+use tch::{nn, Tensor};
 
-/// relu(x W^T + b) with these weights, made and saved by PyTorch.
-const MAKE_MODEL: &str = r#"
-import sys, torch
-class M(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l = torch.nn.Linear(3, 2)
-        with torch.no_grad():
-            self.l.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]))
-            self.l.bias.copy_(torch.tensor([0.25, -0.5]))
-    def forward(self, x):
-        return torch.relu(self.l(x))
-torch.jit.script(M()).save(sys.argv[1])
-"#;
+/// Saves relu(x W^T + b), with these weights, as TorchScript (traced by
+/// libtorch's JIT, as a Train checkpoint's model is).
+fn make_model(path: &Path) {
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let l = nn::linear(vs.root() / "l", 3, 2, Default::default());
+    tch::no_grad(|| {
+        l.ws.copy_(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.5, -1.0, 0.0]).reshape([2, 3]));
+        l.bs.as_ref()
+            .expect("a bias")
+            .copy_(&Tensor::from_slice(&[0.25f32, -0.5]));
+    });
+    vs.freeze();
+    let m = tch::CModule::create_by_tracing(
+        "M",
+        "forward",
+        &[Tensor::zeros([1, 3], (tch::Kind::Float, tch::Device::Cpu))],
+        &mut |xs: &[Tensor]| vec![xs[0].apply(&l).relu()],
+    )
+    .unwrap();
+    m.save(path).unwrap();
+}
 
 /// The same model as a plain loop.
 fn reference(x: &[f32]) -> Vec<f32> {
@@ -38,16 +47,7 @@ fn a_torchscript_model_answers_batched_requests() {
     let dir = std::env::temp_dir().join(format!("serve-torch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("model.pt");
-    let python = std::env::var("RAYFORGE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    // From a file: torch.jit.script reads the class's source.
-    let script = dir.join("make_model.py");
-    std::fs::write(&script, MAKE_MODEL).unwrap();
-    let made = std::process::Command::new(python)
-        .arg(&script)
-        .arg(&model)
-        .status()
-        .expect("run python to make the model");
-    assert!(made.success());
+    make_model(&model);
 
     rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
     let app = Application::new("m").ingress(deployment::<TorchScript>("Model").user_config(serde_json::json!({

@@ -490,7 +490,16 @@ impl NodeDaemon {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::write(&tmp, &bytes)?;
                 std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-                std::fs::rename(&tmp, &path)
+                // Linked, not renamed: nodes sharing a machine may fetch the
+                // same binary at once, and a copy renamed over the one a
+                // worker is already running would leave that worker's
+                // program without a file.
+                let linked = match std::fs::hard_link(&tmp, &path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                    other => other,
+                };
+                let _ = std::fs::remove_file(&tmp);
+                linked
             };
             write().map_err(|e| Error::io(format!("storing the job's binary at {}", path.display()), e))?;
             tracing::info!(job, hash = %info.binary_hash, bytes = bytes.len(), "fetched job binary");

@@ -1,0 +1,106 @@
+//! A training run on a real multi-node cluster: a head without CPUs and
+//! three nodes of one CPU each, so the SPREAD gang has one rank per node and
+//! its ring crosses processes of three daemons. A rank SIGKILLs itself once
+//! mid-run: the gang is torn down, a new one resumes from the latest
+//! checkpoint on the three nodes again, and the run finishes.
+
+use rayforge_integration_tests::{kill_self, LocalCluster};
+use rayforge_train::tch::Tensor;
+use rayforge_train::{CheckpointWriter, FailureConfig, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Config {
+    iterations: u64,
+    kill_at: u64,
+    marker: String,
+}
+
+/// Averages a tensor of ones times the rank over the ranks each iteration
+/// and checks the value; reports the nodes the ranks run on.
+fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
+    let cfg: Config = ctx.config()?;
+    let (n, rank) = (ctx.world_size(), ctx.world_rank());
+    for it in ctx.iteration()..cfg.iterations {
+        if rank == 2 && it == cfg.kill_at && std::fs::metadata(&cfg.marker).is_err() {
+            std::fs::write(&cfg.marker, b"1").map_err(|e| rayforge_train::Error::InvalidArgument(e.to_string()))?;
+            kill_self();
+        }
+        let mut t = Tensor::ones([1000], (rayforge_train::tch::Kind::Float, ctx.torch_device())) * rank as f64;
+        ctx.group().all_reduce_tensor(&mut t, ReduceOp::Mean)?;
+        let want = (0..n).sum::<usize>() as f64 / n as f64;
+        let got = t.mean(rayforge_train::tch::Kind::Float).double_value(&[]);
+        // Distinct nodes: every rank's node rank, gathered.
+        let nodes = ctx
+            .group()
+            .all_gather_tensor(&Tensor::from_slice(&[ctx.node_rank() as f32]))?;
+        let mut seen: Vec<i64> = nodes.iter().map(|t| t.double_value(&[0]) as i64).collect();
+        seen.sort();
+        seen.dedup();
+        let mut ckpt = CheckpointWriter::new()?;
+        ckpt.write("it", &it.to_le_bytes())?;
+        ctx.report(
+            [
+                ("error", (got - want).abs()),
+                ("distinct_nodes", seen.len() as f64),
+                ("local_world_size", ctx.local_world_size() as f64),
+            ],
+            Some(ckpt),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_spread_gang_of_three_nodes_survives_a_killed_rank() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
+    for _ in 0..3 {
+        cluster.add_node(&["--num-cpus", "1"]);
+    }
+    rayforge::init(cluster.config()).expect("join the cluster");
+    assert!(rayforge_integration_tests::wait_until(
+        std::time::Duration::from_secs(60),
+        || rayforge::cluster_resources().unwrap().total.get("CPU") == Some(&3.0)
+    ));
+    let storage = std::env::temp_dir().join(format!("rayforge-train-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    let result = Trainer::new(run)
+        .scaling(ScalingConfig {
+            num_workers: 3,
+            placement_strategy: rayforge::PlacementStrategy::Spread,
+            ..Default::default()
+        })
+        .run_config(RunConfig {
+            name: "spread".into(),
+            storage_path: storage.clone(),
+            failure: FailureConfig { max_failures: 1 },
+            ..Default::default()
+        })
+        .config(
+            serde_json::to_value(Config {
+                iterations: 6,
+                kill_at: 3,
+                marker: storage.join("killed").display().to_string(),
+            })
+            .unwrap(),
+        )
+        .fit()
+        .unwrap();
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(result.failures, 1, "one rank was killed");
+    let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
+    assert_eq!(
+        iterations,
+        vec![1, 2, 3, 4, 5, 6],
+        "resumed at the checkpoint of iteration 3"
+    );
+    for r in &result.history {
+        assert!(r.metrics["error"] < 1e-6, "{r:?}");
+        assert_eq!(r.metrics["distinct_nodes"], 3.0, "one rank per node: {r:?}");
+        assert_eq!(r.metrics["local_world_size"], 1.0, "{r:?}");
+    }
+    let last = result.latest_checkpoint.unwrap();
+    assert_eq!(last.read("it").unwrap(), 5u64.to_le_bytes());
+    rayforge::shutdown();
+    std::fs::remove_dir_all(&storage).unwrap();
+}

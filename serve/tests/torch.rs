@@ -15,12 +15,12 @@ use tch::{nn, Tensor};
 /// libtorch's JIT, as a Train checkpoint's model is).
 fn make_model(path: &Path) {
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let l = nn::linear(vs.root() / "l", 3, 2, Default::default());
+    let mut l = nn::linear(vs.root() / "l", 3, 2, Default::default());
     tch::no_grad(|| {
         l.ws.copy_(&Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.5, -1.0, 0.0]).reshape([2, 3]));
-        l.bs.as_ref()
-            .expect("a bias")
-            .copy_(&Tensor::from_slice(&[0.25f32, -0.5]));
+        if let Some(b) = l.bs.as_mut() {
+            b.copy_(&Tensor::from_slice(&[0.25f32, -0.5]));
+        }
     });
     vs.freeze();
     let m = tch::CModule::create_by_tracing(

@@ -30,9 +30,8 @@ fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
         let want = (0..n).sum::<usize>() as f64 / n as f64;
         let got = t.mean(rayforge_train::tch::Kind::Float).double_value(&[]);
         // Distinct nodes: every rank's node rank, gathered.
-        let nodes = ctx
-            .group()
-            .all_gather_tensor(&Tensor::from_slice(&[ctx.node_rank() as f32]))?;
+        let mine = Tensor::from_slice(&[ctx.node_rank() as f32]);
+        let nodes = ctx.group().all_gather_tensor(&mine)?;
         let mut seen: Vec<i64> = nodes.iter().map(|t| t.double_value(&[0]) as i64).collect();
         seen.sort();
         seen.dedup();

@@ -4,7 +4,7 @@ of float32 buffers between torchrun's processes.
   torchrun --standalone --nproc_per_node=2 allreduce_gloo.py [--sizes 1,4,16,64,256]
 
 For each size (MB = 2**20 bytes) it warms up once, then times R repetitions
-(R=5 up to 16 MB, 3 above), each started together after a barrier. Rank 0
+(R=21 up to 16 MB, 5 above, as the rayforge side), each started together after a barrier. Rank 0
 prints {"impl":"gloo","mb":..,"seconds":median,"gbps":bytes/seconds/1e9}
 (algorithm bandwidth: buffer bytes over time).
 """
@@ -29,7 +29,7 @@ for mb in [int(s) for s in args.sizes.split(",")]:
     buf = torch.ones(nbytes // 4, dtype=torch.float32)
     dist.all_reduce(buf)  # warm-up
     times = []
-    for _ in range(5 if mb <= 16 else 3):
+    for _ in range(21 if mb <= 16 else 5):
         dist.barrier()
         t0 = time.perf_counter()
         dist.all_reduce(buf)

@@ -249,11 +249,17 @@ fn train(mut a: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// One rank of the `allreduce` mode: times all-reduces of each size.
 fn allreduce_rank(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
     let a: Args = ctx.config()?;
+    let s = Instant::now();
+    for _ in 0..100 {
+        ctx.group().barrier()?;
+    }
+    let barrier = s.elapsed().as_secs_f64() / 100.0;
+    ctx.report([("barrier_s", barrier)], None)?;
     for mb in &a.sizes_mb {
         let n = mb * (1 << 20) / 4;
         let mut t = Tensor::ones([n as i64], (Kind::Float, tch::Device::Cpu));
         ctx.group().all_reduce_tensor(&mut t, ReduceOp::Sum)?;
-        let reps = if *mb <= 16 { 5 } else { 3 };
+        let reps = if *mb <= 16 { 21 } else { 5 };
         let mut times = Vec::new();
         for _ in 0..reps {
             ctx.group().barrier()?;
@@ -286,6 +292,10 @@ fn allreduce(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .fit()?
         .into_result()?;
     for r in &result.history {
+        if let Some(b) = r.metrics.get("barrier_s") {
+            println!("{}", serde_json::json!({"impl": "rayforge", "barrier_us": b * 1e6}));
+            continue;
+        }
         let (mb, s) = (r.metrics["mb"], r.metrics["seconds"]);
         println!(
             "{}",

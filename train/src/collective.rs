@@ -258,9 +258,8 @@ impl Group {
                 let recv_c = (self.rank + n - step - 1) % n;
                 let (s0, s1) = bounds(send_c);
                 let (r0, r1) = bounds(recv_c);
-                let out: Vec<u8> = bytemuck::cast_slice(&buf[s0..s1]).to_vec();
-                let target = &mut buf[r0..r1];
-                self.exchange(&out, (r1 - r0) * 4, |at, bytes| {
+                let (send, target) = disjoint(buf, s0..s1, r0..r1);
+                self.exchange(bytemuck::cast_slice(send), (r1 - r0) * 4, |at, bytes| {
                     let incoming: &[f32] = bytemuck::cast_slice(bytes);
                     for (x, y) in target[at / 4..at / 4 + incoming.len()].iter_mut().zip(incoming) {
                         *x += *y;
@@ -273,9 +272,9 @@ impl Group {
                 let recv_c = (self.rank + n - step) % n;
                 let (s0, s1) = bounds(send_c);
                 let (r0, r1) = bounds(recv_c);
-                let out: Vec<u8> = bytemuck::cast_slice(&buf[s0..s1]).to_vec();
-                let target: &mut [u8] = bytemuck::cast_slice_mut(&mut buf[r0..r1]);
-                self.exchange(&out, target.len(), |at, bytes| {
+                let (send, target) = disjoint(buf, s0..s1, r0..r1);
+                let target: &mut [u8] = bytemuck::cast_slice_mut(target);
+                self.exchange(bytemuck::cast_slice(send), target.len(), |at, bytes| {
                     target[at..at + bytes.len()].copy_from_slice(bytes);
                 })?;
             }
@@ -327,9 +326,13 @@ impl Group {
             for step in 0..n - 1 {
                 let send_c = (self.rank + n - step) % n;
                 let recv_c = (self.rank + n - step - 1) % n;
-                let send: Vec<u8> = bytemuck::cast_slice(&out[send_c * len..(send_c + 1) * len]).to_vec();
-                let target: &mut [u8] = bytemuck::cast_slice_mut(&mut out[recv_c * len..(recv_c + 1) * len]);
-                self.exchange(&send, target.len(), |at, bytes| {
+                let (send, target) = disjoint(
+                    &mut out,
+                    send_c * len..(send_c + 1) * len,
+                    recv_c * len..(recv_c + 1) * len,
+                );
+                let target: &mut [u8] = bytemuck::cast_slice_mut(target);
+                self.exchange(bytemuck::cast_slice(send), target.len(), |at, bytes| {
                     target[at..at + bytes.len()].copy_from_slice(bytes);
                 })?;
             }
@@ -403,6 +406,21 @@ fn accept_within(listener: &TcpListener, deadline: Instant) -> std::io::Result<T
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The chunk to send and the chunk to receive into, two disjoint ranges
+/// of one buffer, borrowed together (sent straight from the buffer, no
+/// copy).
+fn disjoint(buf: &mut [f32], send: std::ops::Range<usize>, recv: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+    if send.end <= recv.start {
+        let (a, b) = buf.split_at_mut(recv.start);
+        (&a[send], &mut b[..recv.end - recv.start])
+    } else {
+        // The ring never sends and receives the same chunk in one step, so
+        // here the received one lies wholly before the sent one.
+        let (a, b) = buf.split_at_mut(send.start);
+        (&b[..send.end - send.start], &mut a[recv])
     }
 }
 

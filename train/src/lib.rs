@@ -1,39 +1,50 @@
 //! # rayforge-train
 //!
-//! Data-parallel training on rayforge: a training function runs on each of
-//! a gang of worker actors (one per rank, in a placement group), the ranks
-//! exchange gradients with collectives over TCP between their processes,
+//! Data-parallel training on rayforge with tch: a training function runs
+//! on each of a gang of worker actors (one per rank, in a placement group);
+//! each reads its shard of a rayforge-data dataset as tensor batches, a
+//! prepared model keeps the ranks identical (parameters from rank 0,
+//! gradients averaged across ranks over TCP between their processes),
 //! rank 0's reports are recorded with their checkpoints, and a rank that
 //! dies tears the gang down and a new one resumes from the latest
 //! checkpoint — as Ray's `TorchTrainer(...).fit()`.
 //!
 //! ```no_run
-//! use rayforge_train::{CheckpointWriter, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer};
+//! use rayforge_train::tch::{self, nn, nn::Module, nn::OptimizerConfig};
+//! use rayforge_train::{CheckpointWriter, RunConfig, ScalingConfig, TrainContext, Trainer};
 //!
-//! /// Fits y = 3x on each rank's share of the points, averaging gradients.
+//! /// Fits `y = 3x` on each rank's shard of the rows, gradients averaged.
 //! fn train(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
-//!     let mut w = match ctx.checkpoint() {
-//!         Some(c) => f32::from_le_bytes(c.read("w")?.try_into().unwrap_or([0; 4])),
-//!         None => 0.0,
-//!     };
-//!     for _ in ctx.iteration()..20 {
-//!         let xs: Vec<f32> = (0..100).map(|i| (i * ctx.world_size() + ctx.world_rank()) as f32 / 100.0).collect();
-//!         let mut grad = [xs.iter().map(|x| 2.0 * (w * x - 3.0 * x) * x).sum::<f32>() / xs.len() as f32];
-//!         ctx.all_reduce(&mut grad, ReduceOp::Mean)?;
-//!         w -= 0.1 * grad[0];
+//!     let vs = nn::VarStore::new(ctx.torch_device());
+//!     let model = nn::linear(vs.root(), 1, 1, Default::default());
+//!     let mut opt = nn::Sgd::default().build(&vs, 0.1)?;
+//!     let mut ddp = ctx.prepare_model(&vs)?;
+//!     for _epoch in ctx.iteration()..5 {
+//!         for batch in ctx.iter_torch_batches("points", 32)? {
+//!             let batch = batch?;
+//!             let x = batch["x"].to_kind(tch::Kind::Float).unsqueeze(1);
+//!             let loss = (model.forward(&x) - &x * 3.0).square().mean(tch::Kind::Float);
+//!             ddp.backward_step(&loss, &mut opt)?;
+//!         }
 //!         let mut ckpt = CheckpointWriter::new()?;
-//!         ckpt.write("w", &w.to_le_bytes())?;
-//!         ctx.report([("w", w as f64)], Some(ckpt))?;
+//!         ckpt.save_varstore("model.safetensors", &vs)?;
+//!         ctx.report([("w", model.ws.double_value(&[0, 0]))], Some(ckpt))?;
 //!     }
 //!     Ok(())
 //! }
 //!
 //! #[rayforge::main]
-//! fn main() -> rayforge_train::Result<()> {
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     rayforge::init(rayforge::Config::default())?;
+//!     let points = rayforge_data::range(1000).map_batches(|b| {
+//!         let x = rayforge_data::arrow::compute::cast(b.column(0), &rayforge_data::arrow::datatypes::DataType::Float32)?;
+//!         let x = rayforge_data::arrow::compute::kernels::numeric::div(&x, &rayforge_data::arrow::array::Float32Array::new_scalar(1000.0))?;
+//!         Ok::<_, rayforge_data::Error>(rayforge_data::arrow::record_batch::RecordBatch::try_from_iter([("x", x)])?)
+//!     });
 //!     let result = Trainer::new(train)
-//!         .scaling(ScalingConfig { num_workers: 2, ..Default::default() })
+//!         .scaling(ScalingConfig { num_workers: 2, cpus_per_worker: 0.5, ..Default::default() })
 //!         .run_config(RunConfig { name: "linear".into(), ..Default::default() })
+//!         .dataset("points", points)
 //!         .fit()?
 //!         .into_result()?;
 //!     println!("w = {}", result.metrics["w"]);
@@ -41,12 +52,18 @@
 //! }
 //! ```
 //!
-//! What is here: the gang, rendezvous through the cluster's key-value
-//! store, ring all-reduce / broadcast / all-gather / barrier on `f32`
-//! buffers over TCP, `report` with checkpoints in the project's checkpoint
-//! format (committed by rename, the best K kept), restarts from the latest
-//! checkpoint within `max_failures`, the metrics history (and
-//! `progress.csv`), resuming a run by name.
+//! What is here: the gang ([`Trainer`], [`ScalingConfig`], [`RunConfig`]),
+//! rendezvous through the cluster's key-value store, ring all-reduce /
+//! broadcast / all-gather / barrier over TCP on `f32` buffers and tch
+//! tensors ([`Group`]), [`DistributedModel`] (from
+//! [`TrainContext::prepare_model`]), dataset shards as tensor batches
+//! ([`TrainContext::iter_torch_batches`]) and a [`DistributedSampler`] for
+//! data in memory, `report` with checkpoints in the project's checkpoint
+//! format (safetensors and TorchScript files, committed by rename, the best
+//! K kept), restarts from the latest checkpoint within `max_failures`, the
+//! metrics history (an Arrow batch and `progress.csv`), resuming a run by
+//! name. NCCL for GPU ranks is not there yet: CUDA tensors go through host
+//! memory.
 
 #![warn(missing_docs)]
 

@@ -1,0 +1,31 @@
+//! The crate's error type.
+
+/// What went wrong in an experiment.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A search space or experiment file that does not parse or does not
+    /// make sense: names the field and, for a file, its line.
+    #[error("{}{field}: {message}", .line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Config {
+        /// The field (`param_space.lr`, `num_samples`, ...).
+        field: String,
+        /// Its line in the file (1-based), when it came from one.
+        line: Option<usize>,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Error {
+        Error::Config {
+            field: field.into(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,592 @@
+//! Search spaces: what each hyperparameter may be, as Ray Tune's
+//! `tune.uniform`, `tune.loguniform`, `tune.choice`, `tune.grid_search`,
+//! `tune.sample_from` and the rest, and how a space turns into trial
+//! configs (every grid point, `num_samples` times, the other parameters
+//! drawn at random).
+//!
+//! In a `search.toml`, `[param_space]` holds one entry per parameter: a
+//! plain value is a constant, and an inline table with one key is a domain:
+//!
+//! ```toml
+//! [param_space]
+//! lr = { loguniform = [1e-4, 1e-1] }
+//! width = { choice = [64, 128, 256] }
+//! layers = { grid = [1, 2, 3] }
+//! momentum = { quniform = [0.5, 0.99, 0.01] }
+//! epochs = 10
+//! nested = { const = { a = 1 } }    # a table as a constant
+//! ```
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One trial's parameters, by name.
+pub type Config = BTreeMap<String, Value>;
+
+/// Where a parameter's values come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Domain {
+    /// Every value, each in its own trials (`tune.grid_search`).
+    Grid(Vec<Value>),
+    /// One of the values, uniformly (`tune.choice`).
+    Choice(Vec<Value>),
+    /// A float in `[low, high)`.
+    Uniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound (excluded).
+        high: f64,
+    },
+    /// A uniform float rounded to a multiple of `q`.
+    QUniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound.
+        high: f64,
+        /// The step.
+        q: f64,
+    },
+    /// A float whose logarithm is uniform in `[ln low, ln high)`.
+    LogUniform {
+        /// Lower bound (above 0).
+        low: f64,
+        /// Upper bound (excluded).
+        high: f64,
+    },
+    /// A log-uniform float rounded to a multiple of `q`.
+    QLogUniform {
+        /// Lower bound (above 0).
+        low: f64,
+        /// Upper bound.
+        high: f64,
+        /// The step.
+        q: f64,
+    },
+    /// An integer in `[low, high)`.
+    RandInt {
+        /// Lower bound.
+        low: i64,
+        /// Upper bound (excluded).
+        high: i64,
+    },
+    /// An integer in `[low, high]` that is a multiple of `q` (as Ray, the
+    /// upper bound included).
+    QRandInt {
+        /// Lower bound.
+        low: i64,
+        /// Upper bound (included).
+        high: i64,
+        /// The step.
+        q: i64,
+    },
+    /// An integer in `[low, high)` whose logarithm is uniform.
+    LogRandInt {
+        /// Lower bound (at least 1).
+        low: i64,
+        /// Upper bound (excluded).
+        high: i64,
+    },
+    /// A normally distributed float.
+    RandN {
+        /// The mean.
+        mean: f64,
+        /// The standard deviation.
+        sd: f64,
+    },
+}
+
+impl Domain {
+    /// Checks the bounds, naming `field` in the error.
+    fn validate(&self, field: &str, line: Option<usize>) -> Result<()> {
+        let bad = |m: String| Err(Error::config(field, line, m));
+        match *self {
+            Domain::Grid(ref v) | Domain::Choice(ref v) if v.is_empty() => bad("needs at least one value".into()),
+            Domain::Uniform { low, high } | Domain::QUniform { low, high, .. } if !below(low, high) => {
+                bad(format!("the lower bound {low} must be below the upper bound {high}"))
+            }
+            Domain::LogUniform { low, high } | Domain::QLogUniform { low, high, .. }
+                if !(below(0.0, low) && below(low, high)) =>
+            {
+                bad(format!("needs 0 < lower ({low}) < upper ({high})"))
+            }
+            Domain::QUniform { q, .. } | Domain::QLogUniform { q, .. } if !below(0.0, q) => {
+                bad(format!("the step q must be above 0, got {q}"))
+            }
+            Domain::RandInt { low, high } if low >= high => bad(format!(
+                "the lower bound {low} must be below the upper bound {high} (excluded)"
+            )),
+            Domain::QRandInt { low, high, q } if low > high || q <= 0 => bad(format!(
+                "needs lower ({low}) <= upper ({high}) and a step above 0 ({q})"
+            )),
+            Domain::LogRandInt { low, high } if !(1 <= low && low < high) => {
+                bad(format!("needs 1 <= lower ({low}) < upper ({high}, excluded)"))
+            }
+            Domain::RandN { sd, .. } if !below(0.0, sd) => {
+                bad(format!("the standard deviation must be above 0, got {sd}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A value drawn from the domain (a grid draws uniformly, as a choice).
+    pub fn sample(&self, rng: &mut impl Rng) -> Value {
+        let quantize = |x: f64, q: f64| (x / q).round() * q;
+        match self {
+            Domain::Grid(v) | Domain::Choice(v) => v[rng.random_range(0..v.len())].clone(),
+            Domain::Uniform { low, high } => Value::from(rng.random_range(*low..*high)),
+            Domain::QUniform { low, high, q } => {
+                Value::from(quantize(rng.random_range(*low..*high), *q).clamp(*low, *high))
+            }
+            Domain::LogUniform { low, high } => Value::from(rng.random_range(low.ln()..high.ln()).exp()),
+            Domain::QLogUniform { low, high, q } => {
+                Value::from(quantize(rng.random_range(low.ln()..high.ln()).exp(), *q).clamp(*low, *high))
+            }
+            Domain::RandInt { low, high } => Value::from(rng.random_range(*low..*high)),
+            Domain::QRandInt { low, high, q } => {
+                let steps = (high - low) / q;
+                Value::from(low + q * rng.random_range(0..=steps))
+            }
+            Domain::LogRandInt { low, high } => {
+                let x = rng.random_range((*low as f64).ln()..(*high as f64).ln()).exp();
+                Value::from((x.floor() as i64).clamp(*low, high - 1))
+            }
+            Domain::RandN { mean, sd } => {
+                // Box-Muller: two uniforms in (0, 1] make one normal draw.
+                let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+                Value::from(mean + sd * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos())
+            }
+        }
+    }
+}
+
+/// `a < b`, false when either is NaN.
+fn below(a: f64, b: f64) -> bool {
+    a < b
+}
+
+/// One parameter of a space.
+#[derive(Debug, Clone)]
+pub enum Param {
+    /// The same value in every trial.
+    Const(Value),
+    /// Drawn from a domain.
+    Domain(Domain),
+    /// Computed from the trial's other parameters (`tune.sample_from`),
+    /// after them, in the order parameters were added.
+    Derived(fn(&Config) -> Value),
+}
+
+/// Named parameters, each a constant, a domain or derived from the others.
+#[derive(Debug, Clone, Default)]
+pub struct SearchSpace {
+    params: Vec<(String, Param)>,
+}
+
+impl SearchSpace {
+    /// An empty space.
+    pub fn new() -> SearchSpace {
+        SearchSpace::default()
+    }
+
+    /// Adds (or replaces) a parameter.
+    pub fn param(mut self, name: &str, p: Param) -> SearchSpace {
+        self.params.retain(|(n, _)| n != name);
+        self.params.push((name.to_string(), p));
+        self
+    }
+
+    /// Adds a parameter drawn from `d`.
+    pub fn domain(self, name: &str, d: Domain) -> SearchSpace {
+        self.param(name, Param::Domain(d))
+    }
+
+    /// Adds a constant.
+    pub fn constant(self, name: &str, v: impl Into<Value>) -> SearchSpace {
+        self.param(name, Param::Const(v.into()))
+    }
+
+    /// Adds a parameter computed from the others.
+    pub fn derived(self, name: &str, f: fn(&Config) -> Value) -> SearchSpace {
+        self.param(name, Param::Derived(f))
+    }
+
+    /// The parameters, in the order they were added.
+    pub fn params(&self) -> &[(String, Param)] {
+        &self.params
+    }
+
+    /// Checks every domain's bounds.
+    pub fn validate(&self) -> Result<()> {
+        for (name, p) in &self.params {
+            if let Param::Domain(d) = p {
+                d.validate(&format!("param_space.{name}"), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of grid points (1 without grid parameters).
+    pub fn grid_size(&self) -> usize {
+        self.params
+            .iter()
+            .map(|(_, p)| match p {
+                Param::Domain(Domain::Grid(v)) => v.len(),
+                _ => 1,
+            })
+            .product()
+    }
+
+    /// Fills in a config: `fixed` holds the grid parameters' values (and
+    /// any others decided elsewhere); the other domains are drawn, then the
+    /// derived parameters computed.
+    pub fn complete(&self, fixed: &Config, rng: &mut impl Rng) -> Config {
+        let mut c = fixed.clone();
+        for (name, p) in &self.params {
+            if c.contains_key(name) {
+                continue;
+            }
+            match p {
+                Param::Const(v) => {
+                    c.insert(name.clone(), v.clone());
+                }
+                Param::Domain(d) => {
+                    c.insert(name.clone(), d.sample(rng));
+                }
+                Param::Derived(_) => {}
+            }
+        }
+        for (name, p) in &self.params {
+            if let (Param::Derived(f), false) = (p, fixed.contains_key(name)) {
+                let v = f(&c);
+                c.insert(name.clone(), v);
+            }
+        }
+        c
+    }
+
+    /// The configs of a random / grid search, as Ray Tune's default
+    /// searcher: every point of the grid (the product of the grid
+    /// parameters), each `num_samples` times, the other domains drawn from
+    /// a generator seeded with `seed`.
+    pub fn variants(&self, num_samples: usize, seed: u64) -> Result<Vec<Config>> {
+        self.validate()?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let grids: Vec<(&String, &Vec<Value>)> = self
+            .params
+            .iter()
+            .filter_map(|(n, p)| match p {
+                Param::Domain(Domain::Grid(v)) => Some((n, v)),
+                _ => None,
+            })
+            .collect();
+        let mut points: Vec<Config> = vec![Config::new()];
+        for (name, values) in &grids {
+            points = points
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert((*name).clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        let mut out = Vec::with_capacity(points.len() * num_samples);
+        for _ in 0..num_samples {
+            for p in &points {
+                out.push(self.complete(p, &mut rng));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `[param_space]` table of a TOML document (other tables are left
+    /// to their readers). An entry that is not a valid domain is an error
+    /// naming it and its line.
+    pub fn from_toml(text: &str) -> Result<SearchSpace> {
+        let doc: BTreeMap<String, toml::Spanned<toml::Value>> =
+            toml::from_str(text).map_err(|e| toml_error(text, "search space", e))?;
+        let Some(table) = doc.get("param_space") else {
+            return Ok(SearchSpace::new());
+        };
+        let line = line_of(text, table.span().start);
+        let Some(entries) = table.get_ref().as_table() else {
+            return Err(Error::config(
+                "param_space",
+                Some(line),
+                "must be a table of parameters",
+            ));
+        };
+        // Spans for each entry: parse the table again with spans kept.
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            param_space: BTreeMap<String, toml::Spanned<toml::Value>>,
+        }
+        let spanned: Doc = toml::from_str(text).map_err(|e| toml_error(text, "param_space", e))?;
+        let mut space = SearchSpace::new();
+        // Declaration order: by position in the file.
+        let mut order: Vec<(&String, &toml::Spanned<toml::Value>)> = spanned.param_space.iter().collect();
+        order.sort_by_key(|(_, v)| v.span().start);
+        debug_assert_eq!(order.len(), entries.len());
+        for (name, value) in order {
+            let field = format!("param_space.{name}");
+            let line = Some(line_of(text, value.span().start));
+            space = space.param(name, parse_param(&field, line, value.get_ref())?);
+        }
+        Ok(space)
+    }
+}
+
+/// The 1-based line of byte `at` in `text`.
+pub(crate) fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// A TOML syntax error as a config error with its line.
+pub(crate) fn toml_error(text: &str, what: &str, e: toml::de::Error) -> Error {
+    let line = e.span().map(|s| line_of(text, s.start));
+    Error::config(what, line, e.message().to_string())
+}
+
+fn to_json(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Value> {
+    serde_json::to_value(v).map_err(|e| Error::config(field, line, format!("not a JSON value: {e}")))
+}
+
+fn parse_param(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Param> {
+    let Some(t) = v.as_table() else {
+        return Ok(Param::Const(to_json(field, line, v)?));
+    };
+    if t.len() != 1 {
+        return Err(Error::config(
+            field,
+            line,
+            format!(
+                "a domain is a table with one key ({}); a table as a constant is {{ const = {{ .. }} }}",
+                DOMAINS.join(", ")
+            ),
+        ));
+    }
+    let (kind, args) = t
+        .iter()
+        .next()
+        .ok_or_else(|| Error::config(field, line, "an empty table"))?;
+    let bad = |m: String| Error::config(field, line, m);
+    let list = |n: usize| -> Result<Vec<f64>> {
+        let a = args
+            .as_array()
+            .ok_or_else(|| bad(format!("`{kind}` takes an array of {n} numbers")))?;
+        if a.len() != n {
+            return Err(bad(format!("`{kind}` takes {n} numbers, got {}", a.len())));
+        }
+        a.iter()
+            .map(|x| {
+                x.as_float()
+                    .or_else(|| x.as_integer().map(|i| i as f64))
+                    .ok_or_else(|| bad(format!("`{kind}`: {x} is not a number")))
+            })
+            .collect()
+    };
+    let ints = |n: usize| -> Result<Vec<i64>> {
+        let a = args
+            .as_array()
+            .ok_or_else(|| bad(format!("`{kind}` takes an array of {n} integers")))?;
+        if a.len() != n {
+            return Err(bad(format!("`{kind}` takes {n} integers, got {}", a.len())));
+        }
+        a.iter()
+            .map(|x| {
+                x.as_integer()
+                    .ok_or_else(|| bad(format!("`{kind}`: {x} is not an integer")))
+            })
+            .collect()
+    };
+    let values = || -> Result<Vec<Value>> {
+        let a = args
+            .as_array()
+            .ok_or_else(|| bad(format!("`{kind}` takes an array of values")))?;
+        a.iter().map(|x| to_json(field, line, x)).collect()
+    };
+    let d = match kind.as_str() {
+        "const" => return Ok(Param::Const(to_json(field, line, args)?)),
+        "grid" | "grid_search" => Domain::Grid(values()?),
+        "choice" => Domain::Choice(values()?),
+        "uniform" => {
+            let v = list(2)?;
+            Domain::Uniform { low: v[0], high: v[1] }
+        }
+        "quniform" => {
+            let v = list(3)?;
+            Domain::QUniform {
+                low: v[0],
+                high: v[1],
+                q: v[2],
+            }
+        }
+        "loguniform" => {
+            let v = list(2)?;
+            Domain::LogUniform { low: v[0], high: v[1] }
+        }
+        "qloguniform" => {
+            let v = list(3)?;
+            Domain::QLogUniform {
+                low: v[0],
+                high: v[1],
+                q: v[2],
+            }
+        }
+        "randint" => {
+            let v = ints(2)?;
+            Domain::RandInt { low: v[0], high: v[1] }
+        }
+        "qrandint" => {
+            let v = ints(3)?;
+            Domain::QRandInt {
+                low: v[0],
+                high: v[1],
+                q: v[2],
+            }
+        }
+        "lograndint" => {
+            let v = ints(2)?;
+            Domain::LogRandInt { low: v[0], high: v[1] }
+        }
+        "randn" => {
+            let v = list(2)?;
+            Domain::RandN { mean: v[0], sd: v[1] }
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown domain `{other}` (known: const, {})",
+                DOMAINS.join(", ")
+            )))
+        }
+    };
+    d.validate(field, line)?;
+    Ok(Param::Domain(d))
+}
+
+/// The domain names a `search.toml` knows.
+pub const DOMAINS: &[&str] = &[
+    "grid",
+    "choice",
+    "uniform",
+    "quniform",
+    "loguniform",
+    "qloguniform",
+    "randint",
+    "qrandint",
+    "lograndint",
+    "randn",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPACE: &str = r#"
+name = "demo"
+
+[param_space]
+lr = { loguniform = [1e-4, 1e-1] }
+width = { choice = [64, 128, 256] }
+layers = { grid = [1, 2, 3] }
+momentum = { quniform = [0.5, 0.99, 0.01] }
+batch = { qrandint = [16, 128, 16] }
+units = { lograndint = [1, 1024] }
+seed = { randint = [0, 10] }
+noise = { randn = [0.0, 1.0] }
+alpha = { uniform = [-1, 1] }
+beta = { qloguniform = [1e-3, 1.0, 1e-3] }
+epochs = 10
+nested = { const = { a = 1 } }
+"#;
+
+    #[test]
+    fn every_domain_draws_within_its_bounds() {
+        let space = SearchSpace::from_toml(SPACE).unwrap();
+        let names: Vec<&str> = space.params().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[..3], ["lr", "width", "layers"], "in file order");
+        let configs = space.variants(200, 1).unwrap();
+        assert_eq!(configs.len(), 600, "3 grid points, 200 samples each");
+        for c in &configs {
+            let f = |k: &str| c[k].as_f64().unwrap();
+            let i = |k: &str| c[k].as_i64().unwrap();
+            assert!((1e-4..1e-1).contains(&f("lr")));
+            assert!([64, 128, 256].contains(&i("width")));
+            assert!((0.5..=0.99 + 1e-9).contains(&f("momentum")));
+            assert!(((f("momentum") / 0.01).round() * 0.01 - f("momentum")).abs() < 1e-9);
+            assert!((16..=128).contains(&i("batch")) && i("batch") % 16 == 0);
+            assert!((1..1024).contains(&i("units")));
+            assert!((0..10).contains(&i("seed")));
+            assert!((-1.0..1.0).contains(&f("alpha")));
+            assert!((1e-3..=1.0).contains(&f("beta")));
+            assert_eq!(i("epochs"), 10);
+            assert_eq!(c["nested"], serde_json::json!({"a": 1}));
+        }
+        // Every grid point equally often; draws differ between samples.
+        for layers in 1..=3 {
+            assert_eq!(configs.iter().filter(|c| c["layers"] == layers).count(), 200);
+        }
+        let lrs: std::collections::BTreeSet<String> = configs.iter().map(|c| c["lr"].to_string()).collect();
+        assert!(lrs.len() > 500);
+        // Log-uniform: about as many below 1e-2.5 as above.
+        let low = configs
+            .iter()
+            .filter(|c| c["lr"].as_f64().unwrap() < 10f64.powf(-2.5))
+            .count();
+        assert!((200..400).contains(&low), "{low}");
+        let mean = configs.iter().map(|c| c["noise"].as_f64().unwrap()).sum::<f64>() / 600.0;
+        assert!(mean.abs() < 0.2, "{mean}");
+        // The same seed, the same trials.
+        assert_eq!(space.variants(200, 1).unwrap(), configs);
+        assert_ne!(space.variants(200, 2).unwrap(), configs);
+    }
+
+    #[test]
+    fn derived_parameters_see_the_others() {
+        fn double(c: &Config) -> Value {
+            Value::from(c["width"].as_i64().unwrap_or(0) * 2)
+        }
+        let space = SearchSpace::new()
+            .derived("hidden", double)
+            .domain("width", Domain::Grid(vec![1.into(), 5.into()]));
+        let c = space.variants(1, 0).unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(c
+            .iter()
+            .all(|c| c["hidden"].as_i64().unwrap() == 2 * c["width"].as_i64().unwrap()));
+    }
+
+    #[test]
+    fn bad_entries_name_the_field_and_line() {
+        let err = |text: &str| SearchSpace::from_toml(text).unwrap_err().to_string();
+        let e = err("[param_space]\nlr = { logunform = [1e-4, 1e-1] }\n");
+        assert!(
+            e.contains("line 2") && e.contains("param_space.lr") && e.contains("unknown domain `logunform`"),
+            "{e}"
+        );
+        let e = err("[param_space]\nx = 1\nlr = { loguniform = [0, 1] }\n");
+        assert!(
+            e.contains("line 3") && e.contains("param_space.lr") && e.contains("0 < lower"),
+            "{e}"
+        );
+        let e = err("[param_space]\nn = { randint = [1.5, 3] }\n");
+        assert!(e.contains("not an integer"), "{e}");
+        let e = err("[param_space]\nn = { uniform = [1] }\n");
+        assert!(e.contains("takes 2 numbers, got 1"), "{e}");
+        let e = err("[param_space]\nc = { choice = [] }\n");
+        assert!(e.contains("at least one value"), "{e}");
+        let e = err("[param_space]\nc = { a = 1, b = 2 }\n");
+        assert!(e.contains("one key"), "{e}");
+        let e = err("[param_space]\nx = [1, 2\n");
+        assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
+        let e = err("param_space = 3\n");
+        assert!(e.contains("line 1") && e.contains("must be a table"), "{e}");
+    }
+}

@@ -15,6 +15,17 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A file of the experiment could not be written or read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The runtime underneath failed.
+    #[error("rayforge: {0}")]
+    Runtime(String),
 }
 
 impl Error {
@@ -23,6 +34,15 @@ impl Error {
             field: field.into(),
             line,
             message: message.into(),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, e: impl std::fmt::Display) -> Error {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            message: e.to_string(),
         }
     }
 }

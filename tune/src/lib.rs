@@ -24,8 +24,11 @@
 //!
 //! What is here so far: search spaces, the ask/tell [`Searcher`] trait with
 //! the random / grid searcher and univariate TPE, and the FIFO, ASHA and
-//! median-stopping schedulers (as state machines over results). HyperBand
-//! and PBT, trials as actors, the journal and the `tune` binary come next.
+//! median-stopping schedulers (as state machines over results), and the
+//! [`Tuner`] running a registered Rust trainable's trials as actors with a
+//! status table and a [`ResultGrid`]. HyperBand and PBT, checkpoints,
+//! retries, the journal and `--resume`, executable trainables and the
+//! `tune` binary come next.
 
 #![warn(missing_docs)]
 
@@ -33,8 +36,10 @@ mod error;
 pub mod schedulers;
 pub mod searchers;
 pub mod space;
+mod tuner;
 
 pub use error::{Error, Result};
 pub use schedulers::{Asha, Decision, Fifo, MedianStopping, Metrics, Mode, Scheduler};
 pub use searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
 pub use space::{Config, Domain, Param, SearchSpace};
+pub use tuner::{ResultGrid, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, TRAINING_ITERATION};

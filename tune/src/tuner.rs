@@ -1,0 +1,524 @@
+//! Running an experiment: trials as actors (each holding its resources),
+//! at most `max_concurrent_trials` at once, configs from a [`Searcher`],
+//! every result shown to a [`Scheduler`] (a trial it stops is killed),
+//! results written under `{storage}/{name}/{trial}/` (`params.json`,
+//! `result.jsonl`, `progress.csv`), a status table while it runs, and a
+//! [`ResultGrid`] at the end.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rayforge::{AnyFnRef, FnRef, Json, ObjectRef};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schedulers::{Decision, Fifo, Metrics, Mode, Scheduler};
+use crate::searchers::Searcher;
+use crate::space::Config;
+
+/// The metric every report carries: the number of the report (1, 2, ...).
+pub const TRAINING_ITERATION: &str = "training_iteration";
+
+/// What a trial's function sees: its config, and `report`.
+pub struct TrialContext {
+    trial: String,
+    config: Config,
+    iteration: u64,
+    reports: rayforge::util::Queue<TrialReport>,
+}
+
+impl std::fmt::Debug for TrialContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrialContext").field("trial", &self.trial).finish()
+    }
+}
+
+impl TrialContext {
+    /// The trial's name (`trial_00003`).
+    pub fn trial(&self) -> &str {
+        &self.trial
+    }
+
+    /// The trial's parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One parameter as `T`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let v = self
+            .config
+            .get(name)
+            .ok_or_else(|| Error::config(format!("param_space.{name}"), None, "no such parameter"))?;
+        serde_json::from_value(v.clone())
+            .map_err(|e| Error::config(format!("param_space.{name}"), None, format!("{v} does not fit: {e}")))
+    }
+
+    /// Reports this iteration's metrics (`training_iteration` is added).
+    /// The trial may be stopped after any report: its process ends then.
+    pub fn report<K: Into<String>>(&mut self, metrics: impl IntoIterator<Item = (K, f64)>) -> Result<()> {
+        self.iteration += 1;
+        let mut m: Metrics = metrics.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        m.insert(TRAINING_ITERATION.into(), self.iteration as f64);
+        self.reports
+            .put(TrialReport {
+                trial: self.trial.clone(),
+                metrics: m,
+            })
+            .map_err(|e| Error::Runtime(e.to_string()))
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct TrialReport {
+    trial: String,
+    metrics: Metrics,
+}
+
+/// Calls the user's trainable (of a type only this trampoline knows).
+type TrialTramp = fn(&mut TrialContext, AnyFnRef) -> std::result::Result<(), String>;
+
+fn t_trial<E: std::fmt::Display + 'static>(ctx: &mut TrialContext, user: AnyFnRef) -> std::result::Result<(), String> {
+    let f = user
+        .typed::<fn(&mut TrialContext) -> std::result::Result<(), E>>()
+        .and_then(|f| f.get())
+        .map_err(|e| e.to_string())?;
+    f(ctx).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct TrialSpec {
+    tramp: FnRef<TrialTramp>,
+    user: AnyFnRef,
+    trial: String,
+    config: Json<Config>,
+    reports: rayforge::util::Queue<TrialReport>,
+}
+
+/// One trial's process.
+#[rayforge::actor]
+pub(crate) struct TrialActor;
+
+#[rayforge::actor]
+impl TrialActor {
+    fn new() -> Self {
+        TrialActor
+    }
+
+    /// Runs the trial's function to its end.
+    fn run(&mut self, spec: TrialSpec) -> std::result::Result<(), String> {
+        let mut ctx = TrialContext {
+            trial: spec.trial,
+            config: spec.config.0,
+            iteration: 0,
+            reports: spec.reports,
+        };
+        let tramp = spec.tramp.get().map_err(|e| e.to_string())?;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut ctx, spec.user))) {
+            Ok(r) => r,
+            Err(p) => Err(format!(
+                "panicked: {}",
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrialStatus {
+    /// Waiting for resources.
+    Pending,
+    /// Running.
+    Running,
+    /// Finished, or stopped by the scheduler or a stop criterion.
+    Terminated,
+    /// Failed: its error.
+    Error(String),
+}
+
+/// One trial's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrialResult {
+    /// Its name.
+    pub trial: String,
+    /// Its parameters.
+    pub config: Config,
+    /// Its last report.
+    pub last: Metrics,
+    /// Every report, in order.
+    pub history: Vec<Metrics>,
+    /// How it ended.
+    pub status: TrialStatus,
+    /// Whether the scheduler or a stop criterion stopped it early.
+    pub stopped_early: bool,
+    /// Its directory.
+    pub path: PathBuf,
+}
+
+/// Every trial of an experiment.
+#[derive(Debug, Clone)]
+pub struct ResultGrid {
+    /// The trials, in the order they started.
+    pub trials: Vec<TrialResult>,
+    metric: String,
+    mode: Mode,
+}
+
+impl ResultGrid {
+    /// The trial whose last result is best by `metric` (`mode`), among the
+    /// trials that reported it.
+    pub fn best(&self) -> Option<&TrialResult> {
+        self.best_by(&self.metric, self.mode)
+    }
+
+    /// The best trial by another metric or mode.
+    pub fn best_by(&self, metric: &str, mode: Mode) -> Option<&TrialResult> {
+        self.trials
+            .iter()
+            .filter_map(|t| t.last.get(metric).filter(|v| !v.is_nan()).map(|v| (t, mode.score(*v))))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(t, _)| t)
+    }
+
+    /// The trials that failed, with their errors.
+    pub fn errors(&self) -> Vec<(&str, &str)> {
+        self.trials
+            .iter()
+            .filter_map(|t| match &t.status {
+                TrialStatus::Error(e) => Some((t.trial.as_str(), e.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// An experiment's settings.
+#[derive(Debug, Clone)]
+pub struct TuneConfig {
+    /// The experiment's name: its directory under `storage_path`.
+    pub name: String,
+    /// Where experiments keep their directories.
+    pub storage_path: PathBuf,
+    /// The metric the best trial is chosen by.
+    pub metric: String,
+    /// Higher or lower is better.
+    pub mode: Mode,
+    /// Trials running at once (default 4).
+    pub max_concurrent_trials: usize,
+    /// CPUs each trial holds (default 1).
+    pub cpus_per_trial: f64,
+    /// GPUs each trial holds (fractions share a device).
+    pub gpus_per_trial: f64,
+    /// Stop every trial after this many reports.
+    pub max_iterations: Option<u64>,
+    /// Print the status table while it runs (default on).
+    pub verbose: bool,
+}
+
+impl Default for TuneConfig {
+    fn default() -> Self {
+        TuneConfig {
+            name: "tune".into(),
+            storage_path: std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join("rayforge_results"))
+                .unwrap_or_else(|| std::env::temp_dir().join("rayforge_results")),
+            metric: "loss".into(),
+            mode: Mode::Min,
+            max_concurrent_trials: 4,
+            cpus_per_trial: 1.0,
+            gpus_per_trial: 0.0,
+            max_iterations: None,
+            verbose: true,
+        }
+    }
+}
+
+/// Runs a trainable over the configs of a searcher (as Ray's
+/// `Tuner(trainable, param_space, tune_config).fit()`).
+pub struct Tuner {
+    tramp: FnRef<TrialTramp>,
+    user: AnyFnRef,
+    searcher: Box<dyn Searcher>,
+    scheduler: Box<dyn Scheduler>,
+    config: TuneConfig,
+}
+
+impl std::fmt::Debug for Tuner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tuner").field("config", &self.config).finish()
+    }
+}
+
+struct Running {
+    actor: TrialActorHandle,
+    done: ObjectRef<()>,
+}
+
+impl Tuner {
+    /// A tuner running `trainable` on the searcher's configs, FIFO
+    /// scheduled.
+    pub fn new<E: std::fmt::Display + 'static>(
+        trainable: fn(&mut TrialContext) -> std::result::Result<(), E>,
+        searcher: impl Searcher + 'static,
+        config: TuneConfig,
+    ) -> Tuner {
+        let tramp: TrialTramp = t_trial::<E>;
+        Tuner {
+            tramp: FnRef::new(tramp),
+            user: FnRef::new(trainable).erase(),
+            searcher: Box::new(searcher),
+            scheduler: Box::new(Fifo),
+            config,
+        }
+    }
+
+    /// Decides which trials go on after each result.
+    pub fn scheduler(mut self, s: impl Scheduler + 'static) -> Tuner {
+        self.scheduler = Box::new(s);
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        if c.max_concurrent_trials == 0 {
+            return Err(Error::config("max_concurrent_trials", None, "must be at least 1"));
+        }
+        if !(c.cpus_per_trial >= 0.0 && c.gpus_per_trial >= 0.0) {
+            return Err(Error::config(
+                "resources_per_trial",
+                None,
+                "CPUs and GPUs must be 0 or more",
+            ));
+        }
+        let n = &c.name;
+        if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0']) {
+            return Err(Error::config(
+                "name",
+                None,
+                format!("`{n}` must be a plain directory name"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the experiment to its end: every config the searcher proposes,
+    /// as trials, until each finishes, fails or is stopped.
+    pub fn fit(mut self) -> Result<ResultGrid> {
+        self.validate()?;
+        let dir = self.config.storage_path.join(&self.config.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let reports = rayforge::util::Queue::<TrialReport>::new(0).map_err(|e| Error::Runtime(e.to_string()))?;
+        let mut trials: Vec<TrialResult> = Vec::new();
+        let mut running: BTreeMap<String, Running> = BTreeMap::new();
+        let mut exhausted = false;
+        let start = Instant::now();
+        let mut last_table = Instant::now();
+        loop {
+            // Start trials while there is room and configs.
+            while !exhausted && running.len() < self.config.max_concurrent_trials {
+                let name = format!("trial_{:05}", trials.len());
+                let Some(config) = self.searcher.suggest(&name) else {
+                    exhausted = true;
+                    break;
+                };
+                let path = dir.join(&name);
+                std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                let params = serde_json::to_vec_pretty(&config).map_err(|e| Error::Runtime(e.to_string()))?;
+                std::fs::write(path.join("params.json"), params).map_err(|e| Error::io(&path, e))?;
+                let mut o = TrialActor::options().num_cpus(self.config.cpus_per_trial);
+                if self.config.gpus_per_trial > 0.0 {
+                    o = o.num_gpus(self.config.gpus_per_trial);
+                }
+                let actor = o.remote().map_err(|e| Error::Runtime(e.to_string()))?;
+                let done = actor.run(TrialSpec {
+                    tramp: self.tramp,
+                    user: self.user,
+                    trial: name.clone(),
+                    config: Json(config.clone()),
+                    reports: reports.clone(),
+                });
+                running.insert(name.clone(), Running { actor, done });
+                trials.push(TrialResult {
+                    trial: name,
+                    config,
+                    last: Metrics::new(),
+                    history: Vec::new(),
+                    status: TrialStatus::Running,
+                    stopped_early: false,
+                    path,
+                });
+            }
+            if running.is_empty() {
+                break;
+            }
+            // Results as they come.
+            while let Ok(r) = reports.get_timeout(Duration::from_millis(20)) {
+                let Some(t) = trials.iter_mut().find(|t| t.trial == r.trial) else {
+                    continue;
+                };
+                if t.status != TrialStatus::Running {
+                    continue; // stopped already; a report in flight
+                }
+                record(t, &r.metrics);
+                let iteration = r.metrics.get(TRAINING_ITERATION).copied().unwrap_or(0.0);
+                let hit_limit = self.config.max_iterations.is_some_and(|m| iteration >= m as f64);
+                let decision = self.scheduler.on_result(&t.trial, &r.metrics);
+                if hit_limit || decision == Decision::Stop {
+                    if let Some(run) = running.remove(&t.trial) {
+                        let _ = rayforge::kill(&run.actor);
+                    }
+                    t.status = TrialStatus::Terminated;
+                    t.stopped_early = true;
+                    self.scheduler.on_trial_complete(&t.trial);
+                    self.searcher
+                        .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());
+                }
+            }
+            // Trials that ended on their own.
+            let pending: Vec<ObjectRef<()>> = running.values().map(|r| r.done.clone()).collect();
+            if let Ok((ready, _)) = rayforge::wait(&pending, pending.len(), Some(Duration::ZERO)) {
+                for r in ready {
+                    let Some(name) = running.iter().find(|(_, x)| x.done == r).map(|(n, _)| n.clone()) else {
+                        continue;
+                    };
+                    if let Some(run) = running.remove(&name) {
+                        // Its process is not needed any more.
+                        let _ = rayforge::kill(&run.actor);
+                    }
+                    // Reports sent before the end are still queued: take them.
+                    while let Ok(rep) = reports.get_timeout(Duration::from_millis(1)) {
+                        // (A trial stopped already may have had some in flight.)
+                        if let Some(t) = trials
+                            .iter_mut()
+                            .find(|t| t.trial == rep.trial && t.status == TrialStatus::Running)
+                        {
+                            record(t, &rep.metrics);
+                        }
+                    }
+                    let outcome = match r.get() {
+                        Ok(()) => TrialStatus::Terminated,
+                        // The trainable's own message when it failed; the
+                        // runtime's account when its process died.
+                        Err(e) => TrialStatus::Error(e.user_error::<String>().unwrap_or_else(|| e.to_string())),
+                    };
+                    if let Some(t) = trials.iter_mut().find(|t| t.trial == name) {
+                        t.status = outcome;
+                        self.scheduler.on_trial_complete(&t.trial);
+                        self.searcher
+                            .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());
+                    }
+                }
+            }
+            if self.config.verbose && last_table.elapsed() > Duration::from_secs(2) {
+                print_table(&trials, &self.config, start.elapsed());
+                last_table = Instant::now();
+            }
+        }
+        let grid = ResultGrid {
+            trials,
+            metric: self.config.metric.clone(),
+            mode: self.config.mode,
+        };
+        if self.config.verbose {
+            print_table(&grid.trials, &self.config, start.elapsed());
+            if let Some(b) = grid.best() {
+                println!(
+                    "best trial {}: {} = {} with {}",
+                    b.trial,
+                    self.config.metric,
+                    b.last.get(&self.config.metric).copied().unwrap_or(f64::NAN),
+                    serde_json::to_string(&b.config).unwrap_or_default()
+                );
+            }
+        }
+        Ok(grid)
+    }
+}
+
+/// Adds a report to a trial: its history, `result.jsonl`, `progress.csv`.
+fn record(t: &mut TrialResult, metrics: &Metrics) {
+    t.history.push(metrics.clone());
+    t.last = metrics.clone();
+    let line = serde_json::to_string(metrics).unwrap_or_default();
+    let jsonl = t.path.join("result.jsonl");
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&jsonl)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if let Err(e) = appended {
+        tracing::warn!("writing {}: {e}", jsonl.display());
+    }
+    let mut keys: Vec<&String> = Vec::new();
+    for m in &t.history {
+        for k in m.keys() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut csv = keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",");
+    csv.push('\n');
+    for m in &t.history {
+        let row: Vec<String> = keys
+            .iter()
+            .map(|k| m.get(*k).map(|v| v.to_string()).unwrap_or_default())
+            .collect();
+        csv.push_str(&row.join(","));
+        csv.push('\n');
+    }
+    if let Err(e) = std::fs::write(t.path.join("progress.csv"), csv) {
+        tracing::warn!("writing progress.csv of {}: {e}", t.trial);
+    }
+}
+
+/// The status table: counts by status, then each trial's parameters and
+/// latest metric, best first.
+fn print_table(trials: &[TrialResult], c: &TuneConfig, elapsed: Duration) {
+    let count = |f: &dyn Fn(&TrialStatus) -> bool| trials.iter().filter(|t| f(&t.status)).count();
+    let running = count(&|s| *s == TrialStatus::Running);
+    println!(
+        "== {:.0} s: {} running, {} terminated, {} errored | {} CPUs in use | {} by {:?}",
+        elapsed.as_secs_f64(),
+        running,
+        count(&|s| *s == TrialStatus::Terminated),
+        count(&|s| matches!(s, TrialStatus::Error(_))),
+        running as f64 * c.cpus_per_trial,
+        c.metric,
+        c.mode
+    );
+    let mut rows: Vec<&TrialResult> = trials.iter().collect();
+    rows.sort_by(|a, b| {
+        let s = |t: &TrialResult| t.last.get(&c.metric).map(|v| c.mode.score(*v)).unwrap_or(f64::MIN);
+        s(b).total_cmp(&s(a))
+    });
+    for t in rows.iter().take(20) {
+        let status = match &t.status {
+            TrialStatus::Error(_) => "ERROR".to_string(),
+            TrialStatus::Terminated if t.stopped_early => "STOPPED".to_string(),
+            s => format!("{s:?}").to_uppercase(),
+        };
+        println!(
+            "   {} {:<10} iter {:>4}  {} = {:<12} {}",
+            t.trial,
+            status,
+            t.last.get(TRAINING_ITERATION).copied().unwrap_or(0.0),
+            c.metric,
+            t.last
+                .get(&c.metric)
+                .map(|v| format!("{v:.6}"))
+                .unwrap_or_else(|| "-".into()),
+            serde_json::to_string(&t.config).unwrap_or_default()
+        );
+    }
+    if rows.len() > 20 {
+        println!("   ... and {} more", rows.len() - 20);
+    }
+    let _ = std::io::stdout().flush();
+}

@@ -33,12 +33,14 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod experiment;
 pub mod schedulers;
 pub mod searchers;
 pub mod space;
 mod tuner;
 
 pub use error::{Error, Result};
+pub use experiment::Experiment;
 pub use schedulers::{Asha, Decision, Fifo, MedianStopping, Metrics, Mode, Scheduler};
 pub use searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
 pub use space::{Config, Domain, Param, SearchSpace};

@@ -44,8 +44,11 @@ impl Mode {
 pub enum Decision {
     /// Keep running it.
     Continue,
-    /// Stop it: it is done (or not promising enough).
+    /// Stop it early: it is not promising enough.
     Stop,
+    /// Stop it: it has run as long as the scheduler lets any trial run
+    /// (ASHA's `max_t`).
+    Complete,
 }
 
 /// Decides, result by result, which trials go on.
@@ -58,6 +61,20 @@ pub trait Scheduler: Send {
 
     /// A short name for progress output ("FIFO", "ASHA", ...).
     fn name(&self) -> &'static str;
+}
+
+impl<S: Scheduler + ?Sized> Scheduler for Box<S> {
+    fn on_result(&mut self, trial: &str, result: &Metrics) -> Decision {
+        (**self).on_result(trial, result)
+    }
+
+    fn on_trial_complete(&mut self, trial: &str) {
+        (**self).on_trial_complete(trial)
+    }
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
 }
 
 /// Every trial runs until it ends or a stop criterion stops it.
@@ -198,7 +215,7 @@ impl Scheduler for Asha {
             return Decision::Continue;
         };
         if t >= self.max_t {
-            return Decision::Stop;
+            return Decision::Complete;
         }
         let score = self.mode.score(v);
         let keep = 1.0 - 1.0 / self.reduction_factor;
@@ -333,7 +350,7 @@ mod tests {
         assert_eq!(a.on_result("t0", &r(2.0, 0.1)), Decision::Continue);
         assert_eq!(a.on_result("t2", &r(3.0, 0.95)), Decision::Continue);
         assert_eq!(a.on_result("t0", &r(3.0, 0.2)), Decision::Stop);
-        assert_eq!(a.on_result("t2", &r(9.0, 0.99)), Decision::Stop, "max_t reached");
+        assert_eq!(a.on_result("t2", &r(9.0, 0.99)), Decision::Complete, "max_t reached");
         // Minimising: the lowest losses go on.
         let mut m = Asha::new("training_iteration", "acc", Mode::Min, 9.0, 1.0, 2.0, 1).unwrap();
         assert_eq!(m.on_result("a", &r(1.0, 0.5)), Decision::Continue);

@@ -29,6 +29,16 @@ pub trait Searcher: Send {
     fn on_trial_complete(&mut self, trial: &str, value: Option<f64>);
 }
 
+impl<S: Searcher + ?Sized> Searcher for Box<S> {
+    fn suggest(&mut self, trial: &str) -> Option<Config> {
+        (**self).suggest(trial)
+    }
+
+    fn on_trial_complete(&mut self, trial: &str, value: Option<f64>) {
+        (**self).on_trial_complete(trial, value)
+    }
+}
+
 /// Every grid point `num_samples` times, the other parameters drawn at
 /// random (seeded): Ray Tune's `BasicVariantGenerator`.
 #[derive(Debug, Clone)]

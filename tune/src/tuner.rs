@@ -92,6 +92,11 @@ fn t_trial<E: std::fmt::Display + 'static>(ctx: &mut TrialContext, user: AnyFnRe
 struct TrialSpec {
     tramp: FnRef<TrialTramp>,
     user: AnyFnRef,
+    /// An executable trainable instead of the function.
+    command: Option<Vec<String>>,
+    /// The trial's directory, and where the command runs from.
+    dir: PathBuf,
+    cwd: PathBuf,
     trial: String,
     config: Json<Config>,
     reports: rayforge::util::Queue<TrialReport>,
@@ -115,6 +120,9 @@ impl TrialActor {
             iteration: 0,
             reports: spec.reports,
         };
+        if let Some(argv) = &spec.command {
+            return run_command(&mut ctx, argv, &spec.dir, &spec.cwd);
+        }
         let tramp = spec.tramp.get().map_err(|e| e.to_string())?;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut ctx, spec.user))) {
             Ok(r) => r,
@@ -127,6 +135,99 @@ impl TrialActor {
             )),
         }
     }
+}
+
+/// `arg` with each `{name}` replaced by the parameter's value (strings
+/// without their quotes).
+fn fill(arg: &str, config: &Config) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        let name = &rest[open + 1..open + close];
+        let v = config
+            .get(name)
+            .ok_or_else(|| format!("the command's `{{{name}}}` names no parameter"))?;
+        out.push_str(&rest[..open]);
+        match v {
+            serde_json::Value::String(s) => out.push_str(s),
+            v => out.push_str(&v.to_string()),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Runs an executable trial: parameters in (the argument template, the
+/// environment), every JSON object of numbers it prints on a line of
+/// stdout reported, the rest kept in `stdout.log`; stderr in `stderr.log`.
+/// The program dies with this worker (a stopped trial's worker is killed).
+fn run_command(
+    ctx: &mut TrialContext,
+    argv: &[String],
+    dir: &std::path::Path,
+    cwd: &std::path::Path,
+) -> std::result::Result<(), String> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let args: Vec<String> = argv
+        .iter()
+        .map(|a| fill(a, &ctx.config))
+        .collect::<std::result::Result<_, _>>()?;
+    let program = args.first().ok_or("the command is empty")?;
+    let stderr_path = dir.join("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).map_err(|e| format!("{}: {e}", stderr_path.display()))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(&args[1..])
+        .current_dir(cwd)
+        .env(
+            "RAYFORGE_TUNE_CONFIG",
+            serde_json::to_string(&ctx.config).unwrap_or_default(),
+        )
+        .env("RAYFORGE_TUNE_TRIAL_DIR", dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+    // the child when this thread's process ends.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("starting `{program}`: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let log_path = dir.join("stdout.log");
+    let mut log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.map_err(|e| format!("reading the trial's output: {e}"))?;
+        let _ = writeln!(log, "{line}");
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&line) {
+            let metrics: Vec<(String, f64)> = m
+                .iter()
+                .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                .collect();
+            if !metrics.is_empty() {
+                ctx.report(metrics).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for `{program}`: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!("`{program}` {status}; stderr ends with:\n{}", tail.join("\n")))
 }
 
 /// How a trial ended.
@@ -244,6 +345,7 @@ impl Default for TuneConfig {
 pub struct Tuner {
     tramp: FnRef<TrialTramp>,
     user: AnyFnRef,
+    command: Option<Vec<String>>,
     searcher: Box<dyn Searcher>,
     scheduler: Box<dyn Scheduler>,
     config: TuneConfig,
@@ -272,10 +374,26 @@ impl Tuner {
         Tuner {
             tramp: FnRef::new(tramp),
             user: FnRef::new(trainable).erase(),
+            command: None,
             searcher: Box::new(searcher),
             scheduler: Box::new(Fifo),
             config,
         }
+    }
+
+    /// A tuner running an executable per trial: `argv`'s `{name}` become
+    /// the trial's parameters, which are also in the environment as
+    /// `RAYFORGE_TUNE_CONFIG` (JSON, beside `RAYFORGE_TUNE_TRIAL_DIR`);
+    /// each JSON object of numbers it prints on a line is a report; it is
+    /// killed when the trial is stopped. It runs from this process's
+    /// working directory.
+    pub fn command(argv: Vec<String>, searcher: impl Searcher + 'static, config: TuneConfig) -> Tuner {
+        fn none(_: &mut TrialContext) -> std::result::Result<(), String> {
+            Err("an executable trial has no function".into())
+        }
+        let mut t = Tuner::new(none, searcher, config);
+        t.command = Some(argv);
+        t
     }
 
     /// Decides which trials go on after each result.
@@ -297,6 +415,9 @@ impl Tuner {
             ));
         }
         let n = &c.name;
+        if self.command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(Error::config("trainable.command", None, "needs at least the program"));
+        }
         if n.is_empty() || n == "." || n == ".." || n.contains(['/', '\\', '\0']) {
             return Err(Error::config(
                 "name",
@@ -319,6 +440,7 @@ impl Tuner {
         let mut exhausted = false;
         let start = Instant::now();
         let mut last_table = Instant::now();
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
         loop {
             // Start trials while there is room and configs.
             while !exhausted && running.len() < self.config.max_concurrent_trials {
@@ -339,6 +461,9 @@ impl Tuner {
                 let done = actor.run(TrialSpec {
                     tramp: self.tramp,
                     user: self.user,
+                    command: self.command.clone(),
+                    dir: path.clone(),
+                    cwd: cwd.clone(),
                     trial: name.clone(),
                     config: Json(config.clone()),
                     reports: reports.clone(),
@@ -369,12 +494,12 @@ impl Tuner {
                 let iteration = r.metrics.get(TRAINING_ITERATION).copied().unwrap_or(0.0);
                 let hit_limit = self.config.max_iterations.is_some_and(|m| iteration >= m as f64);
                 let decision = self.scheduler.on_result(&t.trial, &r.metrics);
-                if hit_limit || decision == Decision::Stop {
+                if hit_limit || decision != Decision::Continue {
                     if let Some(run) = running.remove(&t.trial) {
                         let _ = rayforge::kill(&run.actor);
                     }
                     t.status = TrialStatus::Terminated;
-                    t.stopped_early = true;
+                    t.stopped_early = decision == Decision::Stop;
                     self.scheduler.on_trial_complete(&t.trial);
                     self.searcher
                         .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());

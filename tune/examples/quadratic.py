@@ -13,10 +13,11 @@ p = argparse.ArgumentParser()
 p.add_argument("--x", type=float, required=True)
 p.add_argument("--y", type=float, required=True)
 p.add_argument("--steps", type=int, default=8)
+p.add_argument("--delay", type=float, default=0.05, help="seconds per step")
 a = p.parse_args()
 
 loss0 = (a.x - 1.5) ** 2 + (a.y + 0.5) ** 2
 for step in range(1, a.steps + 1):
-    time.sleep(0.05)  # a step's work
+    time.sleep(a.delay)  # a step's work
     loss = loss0 * 0.7 ** step
     print(json.dumps({"loss": loss, "step": step}), flush=True)

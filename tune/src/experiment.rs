@@ -218,6 +218,7 @@ impl Experiment {
             gpus_per_trial: self.resources_per_trial.gpu,
             max_iterations: self.stop.training_iteration,
             verbose: true,
+            resume: false,
         }
     }
 

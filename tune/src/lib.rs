@@ -44,4 +44,4 @@ pub use experiment::Experiment;
 pub use schedulers::{Asha, Decision, Fifo, MedianStopping, Metrics, Mode, Scheduler};
 pub use searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
 pub use space::{Config, Domain, Param, SearchSpace};
-pub use tuner::{ResultGrid, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, TRAINING_ITERATION};
+pub use tuner::{ResultGrid, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, JOURNAL, TRAINING_ITERATION};

@@ -320,6 +320,8 @@ pub struct TuneConfig {
     pub max_iterations: Option<u64>,
     /// Print the status table while it runs (default on).
     pub verbose: bool,
+    /// Go on with the experiment of this name from its journal.
+    pub resume: bool,
 }
 
 impl Default for TuneConfig {
@@ -336,6 +338,7 @@ impl Default for TuneConfig {
             gpus_per_trial: 0.0,
             max_iterations: None,
             verbose: true,
+            resume: false,
         }
     }
 }
@@ -429,30 +432,84 @@ impl Tuner {
     }
 
     /// Runs the experiment to its end: every config the searcher proposes,
-    /// as trials, until each finishes, fails or is stopped.
+    /// as trials, until each finishes, fails or is stopped. Every decision
+    /// is appended to the experiment's `journal.jsonl`; with
+    /// [`TuneConfig::resume`], an experiment whose driver died goes on from
+    /// it (finished trials are not run again; the ones that were running
+    /// start over).
     pub fn fit(mut self) -> Result<ResultGrid> {
         self.validate()?;
         let dir = self.config.storage_path.join(&self.config.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let reports = rayforge::util::Queue::<TrialReport>::new(0).map_err(|e| Error::Runtime(e.to_string()))?;
+        let journal_path = dir.join(JOURNAL);
         let mut trials: Vec<TrialResult> = Vec::new();
+        let mut restart: std::collections::VecDeque<usize> = Default::default();
+        let journaled = std::fs::metadata(&journal_path).is_ok_and(|m| m.len() > 0);
+        if self.config.resume {
+            self.replay(&journal_path, &dir, &mut trials, &mut restart)?;
+            if self.config.verbose {
+                println!(
+                    "resuming {}: {} trials ended, {} to start over",
+                    dir.display(),
+                    trials.len() - restart.len(),
+                    restart.len()
+                );
+            }
+        } else if journaled {
+            return Err(Error::config(
+                "name",
+                None,
+                format!(
+                    "an experiment `{}` exists in {}: resume it (--resume) or choose another name",
+                    self.config.name,
+                    dir.display()
+                ),
+            ));
+        }
+        let mut journal = Journal::open(&journal_path)?;
+        let reports = rayforge::util::Queue::<TrialReport>::new(0).map_err(|e| Error::Runtime(e.to_string()))?;
         let mut running: BTreeMap<String, Running> = BTreeMap::new();
         let mut exhausted = false;
         let start = Instant::now();
         let mut last_table = Instant::now();
         let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
         loop {
-            // Start trials while there is room and configs.
-            while !exhausted && running.len() < self.config.max_concurrent_trials {
-                let name = format!("trial_{:05}", trials.len());
-                let Some(config) = self.searcher.suggest(&name) else {
-                    exhausted = true;
+            // Start trials while there is room: those to start over first,
+            // then new configs.
+            while running.len() < self.config.max_concurrent_trials {
+                let i = if let Some(i) = restart.pop_front() {
+                    i
+                } else if !exhausted {
+                    let name = format!("trial_{:05}", trials.len());
+                    let Some(config) = self.searcher.suggest(&name) else {
+                        exhausted = true;
+                        break;
+                    };
+                    journal.append(&Event::Suggested {
+                        trial: name.clone(),
+                        config: config.clone(),
+                    })?;
+                    trials.push(TrialResult {
+                        path: dir.join(&name),
+                        trial: name,
+                        config,
+                        last: Metrics::new(),
+                        history: Vec::new(),
+                        status: TrialStatus::Pending,
+                        stopped_early: false,
+                    });
+                    trials.len() - 1
+                } else {
                     break;
                 };
-                let path = dir.join(&name);
+                let t = &mut trials[i];
+                let path = t.path.clone();
                 std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-                let params = serde_json::to_vec_pretty(&config).map_err(|e| Error::Runtime(e.to_string()))?;
+                let params = serde_json::to_vec_pretty(&t.config).map_err(|e| Error::Runtime(e.to_string()))?;
                 std::fs::write(path.join("params.json"), params).map_err(|e| Error::io(&path, e))?;
+                // A trial starting over starts its files over too.
+                let _ = std::fs::remove_file(path.join("result.jsonl"));
+                let _ = std::fs::remove_file(path.join("progress.csv"));
                 let mut o = TrialActor::options().num_cpus(self.config.cpus_per_trial);
                 if self.config.gpus_per_trial > 0.0 {
                     o = o.num_gpus(self.config.gpus_per_trial);
@@ -464,46 +521,19 @@ impl Tuner {
                     command: self.command.clone(),
                     dir: path.clone(),
                     cwd: cwd.clone(),
-                    trial: name.clone(),
-                    config: Json(config.clone()),
+                    trial: t.trial.clone(),
+                    config: Json(t.config.clone()),
                     reports: reports.clone(),
                 });
-                running.insert(name.clone(), Running { actor, done });
-                trials.push(TrialResult {
-                    trial: name,
-                    config,
-                    last: Metrics::new(),
-                    history: Vec::new(),
-                    status: TrialStatus::Running,
-                    stopped_early: false,
-                    path,
-                });
+                t.status = TrialStatus::Running;
+                running.insert(t.trial.clone(), Running { actor, done });
             }
             if running.is_empty() {
                 break;
             }
             // Results as they come.
             while let Ok(r) = reports.get_timeout(Duration::from_millis(20)) {
-                let Some(t) = trials.iter_mut().find(|t| t.trial == r.trial) else {
-                    continue;
-                };
-                if t.status != TrialStatus::Running {
-                    continue; // stopped already; a report in flight
-                }
-                record(t, &r.metrics);
-                let iteration = r.metrics.get(TRAINING_ITERATION).copied().unwrap_or(0.0);
-                let hit_limit = self.config.max_iterations.is_some_and(|m| iteration >= m as f64);
-                let decision = self.scheduler.on_result(&t.trial, &r.metrics);
-                if hit_limit || decision != Decision::Continue {
-                    if let Some(run) = running.remove(&t.trial) {
-                        let _ = rayforge::kill(&run.actor);
-                    }
-                    t.status = TrialStatus::Terminated;
-                    t.stopped_early = decision == Decision::Stop;
-                    self.scheduler.on_trial_complete(&t.trial);
-                    self.searcher
-                        .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());
-                }
+                self.on_report(r, &mut trials, &mut running, &mut journal)?;
             }
             // Trials that ended on their own.
             let pending: Vec<ObjectRef<()>> = running.values().map(|r| r.done.clone()).collect();
@@ -512,31 +542,23 @@ impl Tuner {
                     let Some(name) = running.iter().find(|(_, x)| x.done == r).map(|(n, _)| n.clone()) else {
                         continue;
                     };
-                    if let Some(run) = running.remove(&name) {
-                        // Its process is not needed any more.
-                        let _ = rayforge::kill(&run.actor);
-                    }
-                    // Reports sent before the end are still queued: take them.
+                    // Reports it sent before its end are queued: take them first.
                     while let Ok(rep) = reports.get_timeout(Duration::from_millis(1)) {
-                        // (A trial stopped already may have had some in flight.)
-                        if let Some(t) = trials
-                            .iter_mut()
-                            .find(|t| t.trial == rep.trial && t.status == TrialStatus::Running)
-                        {
-                            record(t, &rep.metrics);
-                        }
+                        self.on_report(rep, &mut trials, &mut running, &mut journal)?;
                     }
-                    let outcome = match r.get() {
+                    let Some(run) = running.remove(&name) else {
+                        continue; // one of those reports stopped it
+                    };
+                    // Its process is not needed any more.
+                    let _ = rayforge::kill(&run.actor);
+                    let status = match r.get() {
                         Ok(()) => TrialStatus::Terminated,
                         // The trainable's own message when it failed; the
                         // runtime's account when its process died.
                         Err(e) => TrialStatus::Error(e.user_error::<String>().unwrap_or_else(|| e.to_string())),
                     };
-                    if let Some(t) = trials.iter_mut().find(|t| t.trial == name) {
-                        t.status = outcome;
-                        self.scheduler.on_trial_complete(&t.trial);
-                        self.searcher
-                            .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());
+                    if let Some(i) = trials.iter().position(|t| t.trial == name) {
+                        self.end(&mut trials[i], status, false, &mut journal)?;
                     }
                 }
             }
@@ -563,6 +585,174 @@ impl Tuner {
             }
         }
         Ok(grid)
+    }
+}
+
+impl Tuner {
+    /// A trial's report: recorded, journaled, shown to the scheduler; the
+    /// trial is stopped (its process killed) when the scheduler or a stop
+    /// criterion says so.
+    fn on_report(
+        &mut self,
+        r: TrialReport,
+        trials: &mut [TrialResult],
+        running: &mut BTreeMap<String, Running>,
+        journal: &mut Journal,
+    ) -> Result<()> {
+        let Some(t) = trials.iter_mut().find(|t| t.trial == r.trial) else {
+            return Ok(());
+        };
+        if t.status != TrialStatus::Running {
+            return Ok(()); // stopped already; a report was in flight
+        }
+        record(t, &r.metrics);
+        journal.append(&Event::Result {
+            trial: t.trial.clone(),
+            metrics: r.metrics.clone(),
+        })?;
+        let iteration = r.metrics.get(TRAINING_ITERATION).copied().unwrap_or(0.0);
+        let hit_limit = self.config.max_iterations.is_some_and(|m| iteration >= m as f64);
+        let decision = self.scheduler.on_result(&t.trial, &r.metrics);
+        if hit_limit || decision != Decision::Continue {
+            if let Some(run) = running.remove(&t.trial) {
+                let _ = rayforge::kill(&run.actor);
+            }
+            self.end(t, TrialStatus::Terminated, decision == Decision::Stop, journal)?;
+        }
+        Ok(())
+    }
+
+    /// A trial ended: its status, the journal, the scheduler and searcher told.
+    fn end(&mut self, t: &mut TrialResult, status: TrialStatus, early: bool, journal: &mut Journal) -> Result<()> {
+        t.status = status;
+        t.stopped_early = early;
+        journal.append(&Event::Ended {
+            trial: t.trial.clone(),
+            status: t.status.clone(),
+            stopped_early: early,
+        })?;
+        self.scheduler.on_trial_complete(&t.trial);
+        self.searcher
+            .on_trial_complete(&t.trial, t.last.get(&self.config.metric).copied());
+        Ok(())
+    }
+
+    /// Rebuilds an experiment from its journal: the searcher and scheduler
+    /// see again what they saw, in order; trials that had not ended are
+    /// queued to start over.
+    fn replay(
+        &mut self,
+        path: &std::path::Path,
+        dir: &std::path::Path,
+        trials: &mut Vec<TrialResult>,
+        restart: &mut std::collections::VecDeque<usize>,
+    ) -> Result<()> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, format!("no journal to resume from: {e}")))?;
+        // A line cut short by a killed driver is the only one that may not
+        // parse: it is dropped.
+        let events: Vec<Event> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let ended: std::collections::BTreeSet<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Ended { trial, .. } => Some(trial.as_str()),
+                _ => None,
+            })
+            .collect();
+        for e in &events {
+            match e {
+                Event::Suggested { trial, config } => {
+                    let _ = self.searcher.suggest(trial);
+                    trials.push(TrialResult {
+                        trial: trial.clone(),
+                        config: config.clone(),
+                        last: Metrics::new(),
+                        history: Vec::new(),
+                        status: TrialStatus::Pending,
+                        stopped_early: false,
+                        path: dir.join(trial),
+                    });
+                }
+                Event::Result { trial, metrics } if ended.contains(trial.as_str()) => {
+                    if let Some(t) = trials.iter_mut().find(|t| &t.trial == trial) {
+                        t.history.push(metrics.clone());
+                        t.last = metrics.clone();
+                    }
+                    let _ = self.scheduler.on_result(trial, metrics);
+                }
+                Event::Result { .. } => {}
+                Event::Ended {
+                    trial,
+                    status,
+                    stopped_early,
+                } => {
+                    if let Some(t) = trials.iter_mut().find(|t| &t.trial == trial) {
+                        t.status = status.clone();
+                        t.stopped_early = *stopped_early;
+                        self.scheduler.on_trial_complete(trial);
+                        self.searcher
+                            .on_trial_complete(trial, t.last.get(&self.config.metric).copied());
+                    }
+                }
+            }
+        }
+        for (i, t) in trials.iter().enumerate() {
+            if t.status == TrialStatus::Pending {
+                restart.push_back(i);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The experiment's journal, next to its trials' directories.
+pub const JOURNAL: &str = "journal.jsonl";
+
+/// One line of the journal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event {
+    Suggested {
+        trial: String,
+        config: Config,
+    },
+    Result {
+        trial: String,
+        metrics: Metrics,
+    },
+    Ended {
+        trial: String,
+        status: TrialStatus,
+        stopped_early: bool,
+    },
+}
+
+/// The journal, appended a line per event (one `write` each, so a killed
+/// driver leaves at most its last line cut short).
+struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Journal {
+    fn open(path: &std::path::Path) -> Result<Journal> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn append(&mut self, e: &Event) -> Result<()> {
+        let mut line = serde_json::to_string(e).map_err(|e| Error::Runtime(e.to_string()))?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 

@@ -10,6 +10,23 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Runs `tune` with `args` from the workspace root, expecting success;
+/// returns its stdout.
+fn tune_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn the_example_experiment_runs_from_its_search_toml() {
     let storage = std::env::temp_dir().join(format!("rayforge-tune-cli-{}", std::process::id()));
@@ -22,17 +39,7 @@ fn the_example_experiment_runs_from_its_search_toml() {
         format!("storage_path = {:?}\n{example}", storage.display().to_string()),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tune"))
-        .args(["run", file.to_str().unwrap()])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = tune_ok(&["run", file.to_str().unwrap()]);
     let best = stdout
         .lines()
         .find(|l| l.starts_with("best trial "))
@@ -142,17 +149,7 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tune"))
-        .args(["run", file.to_str().unwrap(), "--resume"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = tune_ok(&["run", file.to_str().unwrap(), "--resume"]);
     assert!(
         stdout.contains(&format!("{} trials ended", ended_before.len())),
         "{stdout}"

@@ -600,15 +600,19 @@ impl NodeService for NodeDaemon {
             // after a refresh, and on a loaded machine a refresh can be
             // slow: look a few times over ten seconds (the cluster
             // benchmark's just-joined nodes were once missed within two).
+            // (A locally infeasible request goes to any node whose total
+            // fits it, busy or not, so no target means no such node in the
+            // view. Asking the view separately whether one exists once let
+            // a heartbeat landing in between make a feasible request look
+            // infeasible.)
             if let (None, Some(link)) = (&target, self.link()) {
                 let deadline = Instant::now() + Duration::from_secs(10);
-                while locally_infeasible() && !link.any_node_feasible(&resources) {
+                while target.is_none() && locally_infeasible() && Instant::now() <= deadline {
                     link.refresh_view().await;
                     target = self.spillback_target(&resources);
-                    if target.is_some() || Instant::now() > deadline {
-                        break;
+                    if target.is_none() {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             // A placement group placed a moment ago may not be in this

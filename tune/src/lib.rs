@@ -23,12 +23,13 @@
 //! ```
 //!
 //! What is here so far: search spaces, the ask/tell [`Searcher`] trait with
-//! the random / grid searcher and univariate TPE, and the FIFO, ASHA and
-//! median-stopping schedulers (as state machines over results), and the
-//! [`Tuner`] running a registered Rust trainable's trials as actors with a
-//! status table and a [`ResultGrid`]. HyperBand and PBT, checkpoints,
-//! retries, the journal and `--resume`, executable trainables and the
-//! `tune` binary come next.
+//! the random / grid searcher and univariate TPE; the FIFO, ASHA and
+//! median-stopping schedulers (state machines over results); the [`Tuner`]
+//! running trials as actors (a Rust trainable or any executable that prints
+//! JSON lines), with a status table, a [`ResultGrid`], and a journal that
+//! `--resume` goes on from; the [`Experiment`] of a `search.toml` and the
+//! `tune` binary (`tune run search.toml`). HyperBand, PBT, per-trial
+//! checkpoints and retries come next.
 
 #![warn(missing_docs)]
 

@@ -111,6 +111,27 @@ pub(crate) async fn actor_info(
     }
 }
 
+/// Why an actor whose connection broke is gone: the node's recorded cause
+/// once it has marked the actor dead. The node may learn of the death a
+/// moment after the caller does (its process is stopped, then reported),
+/// so it is asked a few times over a second before the generic cause is
+/// used; not at all when no call is waiting for the answer.
+async fn death_cause(cw: &CoreWorker, actor: ActorId, nobody_waits: bool) -> String {
+    let generic = "its process died while running this call (set max_task_retries to retry calls)";
+    if nobody_waits {
+        return generic.into();
+    }
+    for _ in 0..10 {
+        match actor_info(cw, actor, false, 0).await {
+            Ok(i) if i.state == proto::ActorState::Dead as i32 => return i.death_cause,
+            Ok(i) if i.state == proto::ActorState::Alive as i32 => {}
+            _ => return generic.into(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    generic.into()
+}
+
 async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::UnboundedReceiver<ActorCall>) {
     let mut incarnation = 0u64;
     let mut resend: VecDeque<ActorCall> = VecDeque::new();
@@ -213,10 +234,7 @@ async fn actor_loop(cw: Arc<CoreWorker>, actor: ActorId, mut rx: mpsc::Unbounded
         cw.forget_peer(&info.addr);
         // Calls without a reply: retry those with budget, fail the others.
         let (mut pending, order) = std::mem::take(&mut *inflight.lock());
-        let cause = match actor_info(&cw, actor, false, 0).await {
-            Ok(i) if i.state == proto::ActorState::Dead as i32 => i.death_cause,
-            _ => "its process died while running this call (set max_task_retries to retry calls)".into(),
-        };
+        let cause = death_cause(&cw, actor, pending.is_empty()).await;
         let mut retry = Vec::new();
         for tid in order {
             let Some(mut c) = pending.remove(&tid) else { continue };

@@ -118,6 +118,27 @@ fn accuracy(m: &impl Module, x: &Tensor, y: &Tensor) -> f64 {
     tch::no_grad(|| m.forward(x).accuracy_for_logits(y).double_value(&[]))
 }
 
+/// One epoch over `x`, `y` in order, in batches of `batch`: the loss of
+/// each batch goes to `step` (the plain optimizer, or the prepared model's
+/// backward step), so both sides run the very same loop.
+fn epoch<E>(
+    m: &impl Module,
+    x: &Tensor,
+    y: &Tensor,
+    batch: i64,
+    mut step: impl FnMut(&Tensor) -> Result<(), E>,
+) -> Result<(), E> {
+    let n = x.size()[0];
+    for i in (0..n).step_by(batch as usize) {
+        let len = batch.min(n - i);
+        let loss = m
+            .forward(&x.narrow(0, i, len))
+            .cross_entropy_for_logits(&y.narrow(0, i, len));
+        step(&loss)?;
+    }
+    Ok(())
+}
+
 fn single(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     tch::set_num_threads(1);
@@ -131,21 +152,17 @@ fn single(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     .build(&vs, a.lr)?;
     let mut first_step = None;
-    for epoch in 1..=a.epochs {
+    for e in 1..=a.epochs {
         let start = Instant::now();
-        let n = x.size()[0];
-        for i in (0..n).step_by(a.batch as usize) {
-            let len = a.batch.min(n - i);
-            let loss = m
-                .forward(&x.narrow(0, i, len))
-                .cross_entropy_for_logits(&y.narrow(0, i, len));
-            opt.backward_step(&loss);
+        epoch(&m, &x, &y, a.batch, |loss| {
+            opt.backward_step(loss);
             first_step.get_or_insert(t0.elapsed().as_secs_f64());
-        }
+            Ok::<(), std::convert::Infallible>(())
+        })?;
         let secs = start.elapsed().as_secs_f64();
         println!(
             "{}",
-            serde_json::json!({"impl": "tch-single", "workers": 1, "epoch": epoch, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
+            serde_json::json!({"impl": "tch-single", "workers": 1, "epoch": e, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
         );
     }
     println!("{}", serde_json::json!({"impl": "tch-single", "startup_s": first_step}));
@@ -177,24 +194,20 @@ fn train_rank(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
     } else {
         None
     };
-    for epoch in 1..=a.epochs {
+    for e in 1..=a.epochs {
         ctx.group().barrier()?;
         let start = Instant::now();
-        let n = x.size()[0];
-        for i in (0..n).step_by(a.batch as usize) {
-            let len = a.batch.min(n - i);
-            let loss = m
-                .forward(&x.narrow(0, i, len))
-                .cross_entropy_for_logits(&y.narrow(0, i, len));
-            ddp.backward_step(&loss, &mut opt)?;
+        epoch(&m, &x, &y, a.batch, |loss| {
+            ddp.backward_step(loss, &mut opt)?;
             first_step.get_or_insert(now() - a.fit_at);
-        }
+            Ok::<(), rayforge_train::Error>(())
+        })?;
         ctx.group().barrier()?;
         let secs = start.elapsed().as_secs_f64();
         let acc = full.as_ref().map_or(0.0, |(fx, fy, _)| accuracy(&m, fx, fy));
         ctx.report(
             [
-                ("epoch", epoch as f64),
+                ("epoch", e as f64),
                 ("epoch_s", secs),
                 ("accuracy", acc),
                 ("startup_s", first_step.unwrap_or(0.0)),

@@ -5,13 +5,16 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 # libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
 source scripts/libtorch.sh
-echo "== building (release)"
-cargo build --release -p rayforge-examples
+# The dev profile (dependencies optimized): the same build as the test
+# command's, so after it the demo starts at once (a release build is a
+# second, 20-minute compile on two cores, for the same timings here).
+echo "== building"
+cargo build -p rayforge-examples
 echo "== the pipeline: Parquet -> rayforge-data -> rayforge-train (2 ranks) -> TorchScript -> rayforge-serve -> HTTP"
-./target/release/pipeline
+./target/debug/pipeline
 echo "== quickstart: tasks and an actor"
-./target/release/quickstart
+./target/debug/quickstart
 echo "== put once vs pass by value (200 MB array, 10 tasks)"
-./target/release/put_once
+./target/debug/put_once
 echo "== fan-out over worker processes"
-./target/release/fan_out
+./target/debug/fan_out

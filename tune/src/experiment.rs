@@ -8,6 +8,7 @@
 //! mode = "min"                  # or "max"
 //! num_samples = 8               # each grid point this many times
 //! max_concurrent_trials = 2
+//! max_failures = 1              # a failed trial starts over once
 //!
 //! [trainable]                   # an executable: parameters in, JSON lines out
 //! command = ["python3", "train.py", "--lr", "{lr}"]
@@ -61,6 +62,9 @@ pub struct Experiment {
     pub num_samples: usize,
     /// Trials at once (default 4).
     pub max_concurrent_trials: Option<usize>,
+    /// Times a failed trial starts over (default 0).
+    #[serde(default)]
+    pub max_failures: u32,
     /// What each trial runs.
     pub trainable: TrainableSpec,
     /// What each trial holds.
@@ -217,6 +221,7 @@ impl Experiment {
             cpus_per_trial: self.resources_per_trial.cpu,
             gpus_per_trial: self.resources_per_trial.gpu,
             max_iterations: self.stop.training_iteration,
+            max_failures: self.max_failures,
             verbose: true,
             resume: false,
         }

@@ -258,6 +258,8 @@ pub struct TrialResult {
     pub status: TrialStatus,
     /// Whether the scheduler or a stop criterion stopped it early.
     pub stopped_early: bool,
+    /// How many times it failed and was started over.
+    pub failures: u32,
     /// Its directory.
     pub path: PathBuf,
 }
@@ -318,6 +320,9 @@ pub struct TuneConfig {
     pub gpus_per_trial: f64,
     /// Stop every trial after this many reports.
     pub max_iterations: Option<u64>,
+    /// A trial that fails starts over (from the beginning) up to this many
+    /// times (default 0).
+    pub max_failures: u32,
     /// Print the status table while it runs (default on).
     pub verbose: bool,
     /// Go on with the experiment of this name from its journal.
@@ -337,6 +342,7 @@ impl Default for TuneConfig {
             cpus_per_trial: 1.0,
             gpus_per_trial: 0.0,
             max_iterations: None,
+            max_failures: 0,
             verbose: true,
             resume: false,
         }
@@ -497,6 +503,7 @@ impl Tuner {
                         history: Vec::new(),
                         status: TrialStatus::Pending,
                         stopped_early: false,
+                        failures: 0,
                     });
                     trials.len() - 1
                 } else {
@@ -557,8 +564,29 @@ impl Tuner {
                         // runtime's account when its process died.
                         Err(e) => TrialStatus::Error(e.user_error::<String>().unwrap_or_else(|| e.to_string())),
                     };
-                    if let Some(i) = trials.iter().position(|t| t.trial == name) {
-                        self.end(&mut trials[i], status, false, &mut journal)?;
+                    let Some(i) = trials.iter().position(|t| t.trial == name) else {
+                        continue;
+                    };
+                    let t = &mut trials[i];
+                    match status {
+                        TrialStatus::Error(e) if t.failures < self.config.max_failures => {
+                            t.failures += 1;
+                            if self.config.verbose {
+                                println!(
+                                    "{} failed ({e}); starting it over ({} of {})",
+                                    t.trial, t.failures, self.config.max_failures
+                                );
+                            }
+                            journal.append(&Event::Retried {
+                                trial: t.trial.clone(),
+                                error: e,
+                            })?;
+                            t.history.clear();
+                            t.last.clear();
+                            t.status = TrialStatus::Pending;
+                            restart.push_front(i);
+                        }
+                        status => self.end(t, status, false, &mut journal)?,
                     }
                 }
             }
@@ -670,6 +698,7 @@ impl Tuner {
                         history: Vec::new(),
                         status: TrialStatus::Pending,
                         stopped_early: false,
+                        failures: 0,
                         path: dir.join(trial),
                     });
                 }
@@ -681,6 +710,13 @@ impl Tuner {
                     let _ = self.scheduler.on_result(trial, metrics);
                 }
                 Event::Result { .. } => {}
+                Event::Retried { trial, .. } => {
+                    if let Some(t) = trials.iter_mut().find(|t| &t.trial == trial) {
+                        t.failures += 1;
+                        t.history.clear();
+                        t.last.clear();
+                    }
+                }
                 Event::Ended {
                     trial,
                     status,
@@ -724,6 +760,11 @@ enum Event {
         trial: String,
         status: TrialStatus,
         stopped_early: bool,
+    },
+    /// It failed and starts over (its results so far are dropped).
+    Retried {
+        trial: String,
+        error: String,
     },
 }
 

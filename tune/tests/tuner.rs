@@ -102,3 +102,57 @@ fn a_bad_experiment_config_is_refused_before_anything_runs() {
     .unwrap_err();
     assert!(e.to_string().contains("max_concurrent_trials"), "{e}");
 }
+
+/// Fails its first attempt (a marker file per trial says it did), then
+/// reports three times.
+fn flaky(ctx: &mut TrialContext) -> Result<(), String> {
+    let dir: String = ctx.get("marker_dir").map_err(|e| e.to_string())?;
+    let marker = std::path::Path::new(&dir).join(ctx.trial());
+    if !marker.exists() {
+        std::fs::write(&marker, b"failed once").map_err(|e| e.to_string())?;
+        return Err("a first attempt that fails".into());
+    }
+    for i in 0..3 {
+        ctx.report([("acc", i as f64)]).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_failed_trial_starts_over_within_max_failures() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-retry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let run = |name: &str, max_failures: u32| {
+        let markers = storage.join(format!("markers-{name}"));
+        std::fs::create_dir_all(&markers).unwrap();
+        let space = SearchSpace::new()
+            .domain("i", Domain::Grid(vec![0.into(), 1.into()]))
+            .constant("marker_dir", markers.display().to_string());
+        Tuner::new(
+            flaky,
+            BasicVariant::new(&space, 1, 0).unwrap(),
+            TuneConfig {
+                name: name.into(),
+                storage_path: storage.clone(),
+                metric: "acc".into(),
+                mode: Mode::Max,
+                cpus_per_trial: 0.5,
+                max_failures,
+                verbose: false,
+                ..Default::default()
+            },
+        )
+        .fit()
+        .unwrap()
+    };
+    let grid = run("retried", 1);
+    for t in &grid.trials {
+        assert_eq!(t.status, TrialStatus::Terminated, "{t:?}");
+        assert_eq!((t.failures, t.history.len()), (1, 3), "{t:?}");
+    }
+    let grid = run("not-retried", 0);
+    assert_eq!(grid.errors().len(), 2, "{:?}", grid.trials);
+    assert!(grid.errors()[0].1.contains("a first attempt that fails"));
+    std::fs::remove_dir_all(&storage).unwrap();
+}

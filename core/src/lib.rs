@@ -56,6 +56,7 @@
 extern crate self as rayforge;
 
 mod actor;
+pub mod checkpoint;
 mod clock;
 pub mod cluster;
 mod codec;

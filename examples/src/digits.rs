@@ -10,7 +10,7 @@ use rayforge_data::arrow::array::{Array, ArrayRef, AsArray, FixedSizeListArray, 
 use rayforge_data::arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use rayforge_data::arrow::record_batch::RecordBatch;
 use rayforge_train::tch::{self, nn, nn::Module, nn::OptimizerConfig, Kind, Tensor};
-use rayforge_train::{CheckpointWriter, ReduceOp, TrainContext};
+use rayforge_train::{CheckpointExt, CheckpointWriter, CheckpointWriterExt, ReduceOp, TrainContext};
 use serde::{Deserialize, Serialize};
 
 /// The data set's CSV file (`p0`..`p63`, `label`), in the project.

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+
+/// What a Train checkpoint's manifest says wrote it.
+const WRITTEN_BY: &str = concat!("rayforge-train ", env!("CARGO_PKG_VERSION"));
 use crate::collective::{Group, ReduceOp};
 use crate::error::{Error, Result};
 
@@ -158,7 +161,7 @@ impl TrainContext {
             return Ok(());
         }
         let committed = match checkpoint {
-            Some(w) => Some(w.commit(&self.run_dir, self.iteration, &metrics)?),
+            Some(w) => Some(w.commit(&self.run_dir, self.iteration, &metrics, WRITTEN_BY)?),
             None => None,
         };
         self.reports.put(Report {

@@ -77,6 +77,16 @@ impl Error {
     }
 }
 
+impl From<rayforge::checkpoint::CheckpointError> for Error {
+    fn from(e: rayforge::checkpoint::CheckpointError) -> Self {
+        use rayforge::checkpoint::CheckpointError as C;
+        match e {
+            C::Io { path, message } => Error::Checkpoint { path, message },
+            other => Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e.to_string())

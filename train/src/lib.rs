@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use rayforge_train::tch::{self, nn, nn::Module, nn::OptimizerConfig};
-//! use rayforge_train::{CheckpointWriter, RunConfig, ScalingConfig, TrainContext, Trainer};
+//! use rayforge_train::{CheckpointWriter, CheckpointWriterExt, RunConfig, ScalingConfig, TrainContext, Trainer};
 //!
 //! /// Fits `y = 3x` on each rank's shard of the rows, gradients averaged.
 //! fn train(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
@@ -67,7 +67,6 @@
 
 #![warn(missing_docs)]
 
-pub mod checkpoint;
 pub mod collective;
 mod context;
 mod error;
@@ -79,9 +78,14 @@ mod worker;
 /// versions match).
 pub use tch;
 
-pub use checkpoint::{Checkpoint, CheckpointConfig, CheckpointWriter, Manifest};
 pub use collective::{Group, ReduceOp};
 pub use context::{Device, Report, TrainContext};
 pub use error::{Error, Result};
-pub use torch::{batch_to_tensors, DistributedModel, DistributedSampler, TorchBatches};
+/// The project's checkpoint format (from the core, shared with Tune, RLlib
+/// and Serve).
+pub use rayforge::checkpoint;
+pub use rayforge::checkpoint::{Checkpoint, CheckpointConfig, CheckpointWriter, Manifest};
+pub use torch::{
+    batch_to_tensors, CheckpointExt, CheckpointWriterExt, DistributedModel, DistributedSampler, TorchBatches,
+};
 pub use trainer::{FailureConfig, RunConfig, ScalingConfig, TrainResult, Trainer};

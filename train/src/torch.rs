@@ -15,10 +15,10 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type,
 use arrow::record_batch::RecordBatch;
 use tch::{nn, Kind, Tensor};
 
-use crate::checkpoint::{Checkpoint, CheckpointWriter};
 use crate::collective::{Group, ReduceOp};
 use crate::context::{Device, TrainContext};
 use crate::error::{Error, Result};
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
 
 /// DDP's default: gradients are averaged in buckets of about 25 MB.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -415,17 +415,38 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl CheckpointWriter {
+/// Writing tch models and tensors into a [`CheckpointWriter`] (the
+/// project's checkpoint format lives in the core, which knows no tch).
+pub trait CheckpointWriterExt {
     /// Saves a model's variables as the file `name` (safetensors when it
     /// ends in `.safetensors`, libtorch's format otherwise).
-    pub fn save_varstore(&mut self, name: &str, vs: &nn::VarStore) -> Result<()> {
+    fn save_varstore(&mut self, name: &str, vs: &nn::VarStore) -> Result<()>;
+
+    /// Saves named tensors as the file `name` (safetensors when it ends in
+    /// `.safetensors`, libtorch's format otherwise).
+    fn save_tensors(&mut self, name: &str, tensors: &[(&str, &Tensor)]) -> Result<()>;
+
+    /// Traces `forward` on `example` and saves the result as a TorchScript
+    /// module in the file `name` (what Serve's TorchScript deployments and
+    /// `tch::CModule::load` read). `vs` holds the model's variables: they
+    /// are frozen while tracing (the module keeps their values as
+    /// constants) and unfrozen after.
+    fn save_torchscript(
+        &mut self,
+        name: &str,
+        vs: &mut nn::VarStore,
+        example: &Tensor,
+        forward: impl FnMut(&Tensor) -> Tensor,
+    ) -> Result<()>;
+}
+
+impl CheckpointWriterExt for CheckpointWriter {
+    fn save_varstore(&mut self, name: &str, vs: &nn::VarStore) -> Result<()> {
         let p = self.file_path(name)?;
         vs.save(&p).map_err(|e| Error::checkpoint(&p, e))
     }
 
-    /// Saves named tensors as the file `name` (safetensors when it ends in
-    /// `.safetensors`, libtorch's format otherwise).
-    pub fn save_tensors(&mut self, name: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    fn save_tensors(&mut self, name: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
         let p = self.file_path(name)?;
         let r = if name.ends_with(".safetensors") {
             Tensor::write_safetensors(tensors, &p)
@@ -435,12 +456,7 @@ impl CheckpointWriter {
         r.map_err(|e| Error::checkpoint(&p, e))
     }
 
-    /// Traces `forward` on `example` and saves the result as a TorchScript
-    /// module in the file `name` (what Serve's TorchScript deployments and
-    /// `tch::CModule::load` read). `vs` holds the model's variables: they
-    /// are frozen while tracing (the module keeps their values as
-    /// constants) and unfrozen after.
-    pub fn save_torchscript(
+    fn save_torchscript(
         &mut self,
         name: &str,
         vs: &mut nn::VarStore,
@@ -467,15 +483,25 @@ impl CheckpointWriter {
     }
 }
 
-impl Checkpoint {
+/// Reading tch models and tensors from a [`Checkpoint`].
+pub trait CheckpointExt {
     /// Loads the variables saved as `name` into `vs` (matched by name).
-    pub fn load_varstore(&self, name: &str, vs: &mut nn::VarStore) -> Result<()> {
+    fn load_varstore(&self, name: &str, vs: &mut nn::VarStore) -> Result<()>;
+
+    /// The named tensors saved as `name`.
+    fn load_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>>;
+
+    /// The TorchScript module saved as `name`.
+    fn load_torchscript(&self, name: &str) -> Result<tch::CModule>;
+}
+
+impl CheckpointExt for Checkpoint {
+    fn load_varstore(&self, name: &str, vs: &mut nn::VarStore) -> Result<()> {
         let p = self.file(name);
         vs.load(&p).map_err(|e| Error::checkpoint(&p, e))
     }
 
-    /// The named tensors saved as `name`.
-    pub fn load_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
+    fn load_tensors(&self, name: &str) -> Result<Vec<(String, Tensor)>> {
         let p = self.file(name);
         let r = if name.ends_with(".safetensors") {
             Tensor::read_safetensors(&p)
@@ -485,8 +511,7 @@ impl Checkpoint {
         r.map_err(|e| Error::checkpoint(&p, e))
     }
 
-    /// The TorchScript module saved as `name`.
-    pub fn load_torchscript(&self, name: &str) -> Result<tch::CModule> {
+    fn load_torchscript(&self, name: &str) -> Result<tch::CModule> {
         let p = self.file(name);
         tch::CModule::load(&p).map_err(|e| Error::checkpoint(&p, e))
     }
@@ -609,7 +634,7 @@ mod tests {
         );
         let dir = std::env::temp_dir().join(format!("train-torch-ckpt-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let c = w.commit(&dir, 1, &BTreeMap::new()).unwrap();
+        let c = w.commit(&dir, 1, &BTreeMap::new(), "test").unwrap();
 
         let mut vs2 = nn::VarStore::new(tch::Device::Cpu);
         let lin2 = nn::linear(vs2.root() / "l", 3, 2, Default::default());

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, Checkpoint, CheckpointConfig};
 use crate::context::{Report, TrainContext};
 use crate::error::{Error, Result};
 use crate::worker::{t_train, RankSpec, TrainTramp, TrainWorker, TrainWorkerHandle};
+use rayforge::checkpoint::{self, Checkpoint, CheckpointConfig};
 
 /// How many workers, and what each holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +144,9 @@ pub struct Trainer {
     run: RunConfig,
     config: serde_json::Value,
     datasets: Vec<(String, rayforge_data::Dataset)>,
+    /// A placement group the gang runs in (its bundles from the index
+    /// given), instead of one of its own.
+    placement: Option<(rayforge::PlacementGroup, usize)>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -170,7 +173,17 @@ impl Trainer {
             run: RunConfig::default(),
             config: serde_json::Value::Null,
             datasets: Vec::new(),
+            placement: None,
         }
+    }
+
+    /// Runs the gang in bundles `first_bundle..first_bundle + num_workers`
+    /// of a placement group someone else holds (a Tune trial's) instead of
+    /// reserving one of its own; the group is left in place at the end.
+    /// Each bundle must hold what a worker asks for.
+    pub fn placement_group(mut self, pg: &rayforge::PlacementGroup, first_bundle: usize) -> Self {
+        self.placement = Some((pg.clone(), first_bundle));
+        self
     }
 
     /// A dataset the ranks read as `name` ([`TrainContext::dataset_shard`],
@@ -214,6 +227,16 @@ impl Trainer {
                 "scaling: cpus_per_worker must be a non-negative number, got {}",
                 s.cpus_per_worker
             )));
+        }
+        if let Some((pg, first)) = &self.placement {
+            if first + s.num_workers > pg.bundle_count() {
+                return Err(Error::InvalidArgument(format!(
+                    "scaling: {} workers from bundle {first} need {} bundles, the placement group has {}",
+                    s.num_workers,
+                    first + s.num_workers,
+                    pg.bundle_count()
+                )));
+            }
         }
         let name = &self.run.name;
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
@@ -296,15 +319,23 @@ impl Trainer {
             node: String::new(),
             cause,
         };
-        let pg = self.gang_group().map_err(|e| setup(e.to_string()))?;
-        let gang = Gang::start(self, &pg, n).map_err(|e| {
-            let _ = rayforge::remove_placement_group(&pg);
+        let (pg, first, owned) = match &self.placement {
+            Some((pg, first)) => (pg.clone(), *first, false),
+            None => (self.gang_group().map_err(|e| setup(e.to_string()))?, 0, true),
+        };
+        let release = |pg: &rayforge::PlacementGroup| {
+            if owned {
+                let _ = rayforge::remove_placement_group(pg);
+            }
+        };
+        let gang = Gang::start(self, &pg, first, n).map_err(|e| {
+            release(&pg);
             setup(e.to_string())
         });
         let gang = gang?;
         let result = self.run_gang(&gang, ring, run_dir, resume, history);
         gang.stop();
-        let _ = rayforge::remove_placement_group(&pg);
+        release(&pg);
         for r in 0..n {
             let _ = rayforge::kv::delete("train", &format!("{ring}/rank{r}"));
         }
@@ -493,12 +524,12 @@ struct Gang {
 }
 
 impl Gang {
-    fn start(t: &Trainer, pg: &rayforge::PlacementGroup, n: usize) -> Result<Gang> {
+    fn start(t: &Trainer, pg: &rayforge::PlacementGroup, first_bundle: usize, n: usize) -> Result<Gang> {
         let s = &t.scaling;
         let mut workers = Vec::with_capacity(n);
         for rank in 0..n {
             let mut o = TrainWorker::options()
-                .placement_group(pg, Some(rank))
+                .placement_group(pg, Some(first_bundle + rank))
                 .num_cpus(s.cpus_per_worker)
                 .env("RANK", &rank.to_string())
                 .env(

@@ -7,10 +7,10 @@ use std::time::Duration;
 use rayforge::{AnyFnRef, FnRef, Json};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpoint;
 use crate::collective::Group;
 use crate::context::{Device, Report, TrainContext};
 use crate::error::{Error, Result};
+use rayforge::checkpoint::Checkpoint;
 
 /// Calls the user's training function (of a type only this trampoline
 /// knows) with the rank's context.

@@ -6,7 +6,9 @@
 
 use rayforge_integration_tests::cluster;
 use rayforge_train::tch::{nn, nn::Module, nn::OptimizerConfig, Kind, Tensor};
-use rayforge_train::{CheckpointWriter, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer};
+use rayforge_train::{
+    CheckpointExt, CheckpointWriter, CheckpointWriterExt, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone)]

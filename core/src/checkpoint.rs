@@ -6,15 +6,58 @@
 //! a commit that fails (a full or unwritable disk) leaves the checkpoints
 //! already there as they were.
 //!
-//! A run keeps its checkpoints as `{storage}/{name}/checkpoint_NNNNNN`
-//! (NNNNNN: the report's iteration).
+//! A run (a Train run, a Tune trial) keeps its checkpoints in its directory
+//! as `checkpoint_NNNNNN` (NNNNNN: the report's iteration).
+//!
+//! ```
+//! use rayforge::checkpoint::{self, Checkpoint, CheckpointWriter};
+//!
+//! let run = std::env::temp_dir().join(format!("ckpt-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&run)?;
+//! let mut w = CheckpointWriter::new()?;
+//! w.write("state.json", br#"{"step": 3}"#)?;
+//! let metrics = [("loss".to_string(), 0.25)].into_iter().collect();
+//! let c: Checkpoint = w.commit(&run, 3, &metrics, "my-trainer 1.0")?;
+//! assert_eq!(c.manifest()?.iteration, 3);
+//! assert_eq!(checkpoint::latest(&run).unwrap().read("state.json")?, br#"{"step": 3}"#);
+//! # std::fs::remove_dir_all(&run)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file or directory could not be written or read, or a manifest is
+    /// malformed: names the path (the checkpoints already committed stay
+    /// intact).
+    #[error("checkpoint {path}: {message}")]
+    Io {
+        /// The checkpoint's directory or file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file name that is not a plain name (or is the manifest's).
+    #[error("checkpoint file name `{0}`: a plain file name other than manifest.json")]
+    BadName(String),
+}
+
+impl CheckpointError {
+    fn io(path: impl AsRef<Path>, message: impl std::fmt::Display) -> CheckpointError {
+        CheckpointError::Io {
+            path: path.as_ref().display().to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, CheckpointError>;
 
 /// The manifest's version this crate writes (and the newest it reads).
 pub const FORMAT_VERSION: u32 = 1;
@@ -65,16 +108,17 @@ impl Checkpoint {
     /// Reads one of its files.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
         let p = self.file(name);
-        std::fs::read(&p).map_err(|e| Error::checkpoint(&p, e))
+        std::fs::read(&p).map_err(|e| CheckpointError::io(&p, e))
     }
 
     /// Its manifest.
     pub fn manifest(&self) -> Result<Manifest> {
         let p = self.path.join(MANIFEST);
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::checkpoint(&p, e))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::checkpoint(&p, format!("malformed: {e}")))?;
+        let text = std::fs::read_to_string(&p).map_err(|e| CheckpointError::io(&p, e))?;
+        let m: Manifest =
+            serde_json::from_str(&text).map_err(|e| CheckpointError::io(&p, format!("malformed: {e}")))?;
         if m.format_version > FORMAT_VERSION {
-            return Err(Error::checkpoint(
+            return Err(CheckpointError::io(
                 &p,
                 format!(
                     "format version {} is newer than this build reads ({FORMAT_VERSION})",
@@ -97,7 +141,7 @@ impl CheckpointWriter {
     /// A fresh scratch directory for a checkpoint's files.
     pub fn new() -> Result<CheckpointWriter> {
         let dir = std::env::temp_dir().join(format!("rayforge-ckpt-{}-{:x}", std::process::id(), rand_u64()));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::checkpoint(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
         Ok(CheckpointWriter { dir })
     }
 
@@ -114,9 +158,7 @@ impl CheckpointWriter {
             [std::path::Component::Normal(_)]
         );
         if !plain || name == MANIFEST {
-            return Err(Error::InvalidArgument(format!(
-                "checkpoint file name `{name}`: a plain file name other than {MANIFEST}"
-            )));
+            return Err(CheckpointError::BadName(name.to_string()));
         }
         Ok(self.dir.join(name))
     }
@@ -124,16 +166,34 @@ impl CheckpointWriter {
     /// Writes one file.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let p = self.file_path(name)?;
-        std::fs::write(&p, bytes).map_err(|e| Error::checkpoint(&p, e))
+        std::fs::write(&p, bytes).map_err(|e| CheckpointError::io(&p, e))
     }
 
-    /// Commits the files as `{run_dir}/checkpoint_{iteration:06}`: manifest
+    /// A scratch directory holding a copy of `from`'s files (to commit
+    /// them elsewhere: a trial taking over another's checkpoint).
+    pub fn copy_of(from: &Checkpoint) -> Result<CheckpointWriter> {
+        let w = CheckpointWriter::new()?;
+        for f in from.manifest()?.files {
+            let to = w.file_path(&f)?;
+            std::fs::copy(from.file(&f), &to).map_err(|e| CheckpointError::io(&to, e))?;
+        }
+        Ok(w)
+    }
+
+    /// Commits the files as `{run_dir}/checkpoint_{iteration:06}`, its
+    /// manifest naming `written_by` ("rayforge-train 0.1.0"): manifest
     /// written, the directory copied beside its destination under a
     /// temporary name and renamed into place. On failure nothing is left
     /// half-written and earlier checkpoints are untouched.
-    pub(crate) fn commit(self, run_dir: &Path, iteration: u64, metrics: &BTreeMap<String, f64>) -> Result<Checkpoint> {
+    pub fn commit(
+        self,
+        run_dir: &Path,
+        iteration: u64,
+        metrics: &BTreeMap<String, f64>,
+        written_by: &str,
+    ) -> Result<Checkpoint> {
         let mut files: Vec<String> = std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::checkpoint(&self.dir, e))?
+            .map_err(|e| CheckpointError::io(&self.dir, e))?
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -142,7 +202,7 @@ impl CheckpointWriter {
         files.sort();
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
-            written_by: concat!("rayforge-train ", env!("CARGO_PKG_VERSION")).into(),
+            written_by: written_by.into(),
             iteration,
             metrics: metrics.clone(),
             files: files.clone(),
@@ -150,24 +210,23 @@ impl CheckpointWriter {
         let dest = run_dir.join(format!("{PREFIX}{iteration:06}"));
         let tmp = run_dir.join(format!(".{PREFIX}{iteration:06}.tmp-{:x}", rand_u64()));
         let result = (|| -> Result<()> {
-            std::fs::create_dir_all(&tmp).map_err(|e| Error::checkpoint(&tmp, e))?;
+            std::fs::create_dir_all(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
             for f in &files {
                 let to = tmp.join(f);
-                std::fs::copy(self.dir.join(f), &to).map_err(|e| Error::checkpoint(&to, e))?;
+                std::fs::copy(self.dir.join(f), &to).map_err(|e| CheckpointError::io(&to, e))?;
             }
-            let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::checkpoint(&tmp, e))?;
+            let text = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::io(&tmp, e))?;
             let mp = tmp.join(MANIFEST);
-            std::fs::write(&mp, text).map_err(|e| Error::checkpoint(&mp, e))?;
+            std::fs::write(&mp, text).map_err(|e| CheckpointError::io(&mp, e))?;
             sync_dir(&tmp);
             if dest.exists() {
                 // A rerun of the same iteration (after a restart) replaces it.
-                std::fs::remove_dir_all(&dest).map_err(|e| Error::checkpoint(&dest, e))?;
+                std::fs::remove_dir_all(&dest).map_err(|e| CheckpointError::io(&dest, e))?;
             }
-            std::fs::rename(&tmp, &dest).map_err(|e| Error::checkpoint(&dest, e))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| CheckpointError::io(&dest, e))?;
             sync_dir(run_dir);
             Ok(())
         })();
-        let _ = std::fs::remove_dir_all(&self.dir);
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -193,6 +252,18 @@ pub fn list(run_dir: &Path) -> Vec<Checkpoint> {
         .collect();
     out.sort_by_key(|(n, _)| *n);
     out.into_iter().map(|(_, c)| c).collect()
+}
+
+/// The newest committed checkpoint of a run directory.
+pub fn latest(run_dir: &Path) -> Option<Checkpoint> {
+    list(run_dir).pop()
+}
+
+impl Drop for CheckpointWriter {
+    /// A writer dropped without a commit leaves no scratch files behind.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Which checkpoints a run keeps.
@@ -225,7 +296,7 @@ impl CheckpointConfig {
     }
 
     /// `ckpts` best first.
-    fn ranked(&self, ckpts: &[Checkpoint]) -> Vec<Checkpoint> {
+    pub fn ranked(&self, ckpts: &[Checkpoint]) -> Vec<Checkpoint> {
         let mut scored: Vec<(f64, usize, &Checkpoint)> = ckpts
             .iter()
             .enumerate()
@@ -255,13 +326,13 @@ impl CheckpointConfig {
 
     /// Deletes the checkpoints of `run_dir` this config does not keep: all
     /// but the `num_to_keep` best, and never the latest.
-    pub(crate) fn prune(&self, run_dir: &Path) -> Result<()> {
+    pub fn prune(&self, run_dir: &Path) -> Result<()> {
         let Some(k) = self.num_to_keep else { return Ok(()) };
         let all = list(run_dir);
         let latest = all.last().cloned();
         for (i, c) in self.ranked(&all).into_iter().enumerate() {
             if i >= k.max(1) && Some(&c) != latest.as_ref() {
-                std::fs::remove_dir_all(c.path()).map_err(|e| Error::checkpoint(c.path(), e))?;
+                std::fs::remove_dir_all(c.path()).map_err(|e| CheckpointError::io(c.path(), e))?;
             }
         }
         Ok(())
@@ -293,7 +364,7 @@ mod tests {
         let mut w = CheckpointWriter::new().unwrap();
         w.write("weights.bin", &iteration.to_le_bytes()).unwrap();
         let metrics = [("loss".to_string(), loss)].into_iter().collect();
-        w.commit(run, iteration, &metrics).unwrap()
+        w.commit(run, iteration, &metrics, "test").unwrap()
     }
 
     #[test]
@@ -325,11 +396,22 @@ mod tests {
         assert_eq!(kept, vec![2, 4], "the best by loss and the latest");
         // Bad names and an unwritable destination are errors; nothing is lost.
         let mut w = CheckpointWriter::new().unwrap();
-        assert!(matches!(w.write("../x", b""), Err(Error::InvalidArgument(_))));
+        assert!(matches!(w.write("../x", b""), Err(CheckpointError::BadName(_))));
         w.write("w.bin", b"x").unwrap();
-        let err = w.commit(&run.join("missing/\0bad"), 9, &BTreeMap::new()).unwrap_err();
-        assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
+        let err = w
+            .commit(&run.join("missing/\0bad"), 9, &BTreeMap::new(), "test")
+            .unwrap_err();
+        assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
         assert_eq!(list(&run).len(), 2);
+        // A copy committed elsewhere has the same files.
+        let other = run.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        let c = CheckpointWriter::copy_of(&latest(&run).unwrap())
+            .unwrap()
+            .commit(&other, 7, &BTreeMap::new(), "test")
+            .unwrap();
+        assert_eq!(c.read("weights.bin").unwrap(), 4u64.to_le_bytes());
+        assert_eq!(latest(&other).unwrap().manifest().unwrap().iteration, 7);
         let _ = std::fs::remove_dir_all(&run);
     }
 }

@@ -23,6 +23,10 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A trial's checkpoint could not be written or read (the ones already
+    /// committed stay intact).
+    #[error(transparent)]
+    Checkpoint(#[from] rayforge::checkpoint::CheckpointError),
     /// The runtime underneath failed.
     #[error("rayforge: {0}")]
     Runtime(String),

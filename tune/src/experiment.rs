@@ -12,17 +12,20 @@
 //!
 //! [trainable]                   # an executable: parameters in, JSON lines out
 //! command = ["python3", "train.py", "--lr", "{lr}"]
+//! # or: name = "mlp"            # a trainable registered in the binary (`cli`)
 //!
 //! [resources_per_trial]
 //! cpu = 1
 //! gpu = 0
+//! worker_bundles = [{ CPU = 1 }, { CPU = 1 }]  # a gang: a placement group per trial
+//! placement_strategy = "pack"   # or "spread", "strict_pack", "strict_spread"
 //!
 //! [searcher]
 //! type = "random"               # or "tpe" (n_startup_trials, n_ei_candidates)
 //! seed = 0
 //!
 //! [scheduler]
-//! type = "asha"                 # or "fifo", "median"
+//! type = "asha"                 # or "fifo", "median", "hyperband", "pbt"
 //! time_attr = "training_iteration"
 //! max_t = 20
 //! grace_period = 1
@@ -30,19 +33,34 @@
 //!
 //! [stop]
 //! training_iteration = 20
+//! time_budget_s = 600           # the whole experiment
+//! metric_threshold = 0.01       # a trial whose metric gets this good
+//! plateau = { std = 0.001, num_results = 4, grace_period = 4 }
+//!
+//! [checkpoint]
+//! num_to_keep = 2               # per trial (the latest is always kept)
+//! score_attribute = "loss"
+//! mode = "min"
 //!
 //! [param_space]
 //! lr = { loguniform = [1e-4, 1e-1] }
 //! ```
+//!
+//! PBT (`type = "pbt"`) takes `perturbation_interval`, `quantile_fraction`,
+//! `resample_probability`, `seed`, and `mutate` (the parameters it
+//! perturbs; default every parameter with a domain).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
-use crate::schedulers::{Asha, Fifo, MedianStopping, Mode, Scheduler};
+use crate::schedulers::{Asha, Fifo, HyperBand, MedianStopping, Mode, Pbt, Scheduler};
 use crate::searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
-use crate::space::{line_of, SearchSpace};
+use crate::space::{line_of, Param, SearchSpace};
+use crate::stoppers::{MetricThreshold, Plateau, Stopper, TimeBudget};
 use crate::tuner::TuneConfig;
 
 /// The file's fields.
@@ -79,6 +97,9 @@ pub struct Experiment {
     /// When every trial stops.
     #[serde(default)]
     pub stop: Stop,
+    /// Which of each trial's checkpoints are kept.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
     /// The search space (read by [`SearchSpace::from_toml`]).
     #[serde(default)]
     pub param_space: toml::Table,
@@ -88,15 +109,20 @@ fn one() -> usize {
     1
 }
 
-/// An executable trial.
+/// What a trial runs: an executable, or a trainable registered by name in
+/// the binary running the file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainableSpec {
     /// The program and its arguments; `{name}` in an argument becomes the
-    /// parameter's value. The trial's parameters are also in the
-    /// environment as `RAYFORGE_TUNE_CONFIG` (JSON), and its directory as
-    /// `RAYFORGE_TUNE_TRIAL_DIR` (where `params.json` is).
+    /// parameter's value. The parameters are also in the environment, as
+    /// `RAYFORGE_TUNE_CONFIG` (JSON) and one `RAYFORGE_TUNE_PARAM_<NAME>`
+    /// each, and in the file `RAYFORGE_TUNE_PARAMS_FILE` (`params.json` in
+    /// the trial's directory, `RAYFORGE_TUNE_TRIAL_DIR`).
+    #[serde(default)]
     pub command: Vec<String>,
+    /// A trainable registered in the binary ([`crate::cli::Cli::register`]).
+    pub name: Option<String>,
 }
 
 /// Resources per trial.
@@ -109,6 +135,51 @@ pub struct Resources {
     /// GPUs (default 0; fractions share a device).
     #[serde(default)]
     pub gpu: f64,
+    /// Bundles for the trial's workers (a Train gang): each trial then
+    /// holds a placement group, its own process in bundle 0.
+    #[serde(default)]
+    pub worker_bundles: Vec<BTreeMap<String, f64>>,
+    /// How the bundles are spread (default `pack`).
+    #[serde(default)]
+    pub placement_strategy: Strategy,
+}
+
+/// A placement strategy's name.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// As few nodes as possible.
+    #[default]
+    Pack,
+    /// As many nodes as possible.
+    Spread,
+    /// One node or none.
+    StrictPack,
+    /// A node per bundle or none.
+    StrictSpread,
+}
+
+impl From<Strategy> for rayforge::PlacementStrategy {
+    fn from(s: Strategy) -> Self {
+        match s {
+            Strategy::Pack => rayforge::PlacementStrategy::Pack,
+            Strategy::Spread => rayforge::PlacementStrategy::Spread,
+            Strategy::StrictPack => rayforge::PlacementStrategy::StrictPack,
+            Strategy::StrictSpread => rayforge::PlacementStrategy::StrictSpread,
+        }
+    }
+}
+
+/// Which checkpoints each trial keeps.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// How many (default all; the latest is always kept).
+    pub num_to_keep: Option<usize>,
+    /// The metric ranking them (default: the newest are best).
+    pub score_attribute: Option<String>,
+    /// Whether lower or higher scores are better (default `max`).
+    pub mode: Option<Mode>,
 }
 
 fn one_f() -> f64 {
@@ -117,7 +188,12 @@ fn one_f() -> f64 {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpu: 1.0, gpu: 0.0 }
+        Resources {
+            cpu: 1.0,
+            gpu: 0.0,
+            worker_bundles: Vec::new(),
+            placement_strategy: Strategy::Pack,
+        }
     }
 }
 
@@ -159,6 +235,30 @@ pub enum SchedulerSpec {
         /// Default 1.
         brackets: Option<usize>,
     },
+    /// Synchronous HyperBand.
+    Hyperband {
+        /// The time unit (default `training_iteration`).
+        time_attr: Option<String>,
+        /// The end (default 81).
+        max_t: Option<f64>,
+        /// Default 3.
+        reduction_factor: Option<f64>,
+    },
+    /// Population-based training.
+    Pbt {
+        /// The time unit (default `training_iteration`).
+        time_attr: Option<String>,
+        /// How often a trial may be exploited (default 4).
+        perturbation_interval: Option<f64>,
+        /// The top and bottom fraction (default 0.25).
+        quantile_fraction: Option<f64>,
+        /// The chance a parameter is drawn afresh (default 0.25).
+        resample_probability: Option<f64>,
+        /// The parameters perturbed (default: every one with a domain).
+        mutate: Option<Vec<String>>,
+        /// The seed.
+        seed: Option<u64>,
+    },
     /// The median stopping rule.
     Median {
         /// The time unit (default `training_iteration`).
@@ -176,6 +276,24 @@ pub enum SchedulerSpec {
 pub struct Stop {
     /// After this many reports.
     pub training_iteration: Option<u64>,
+    /// The whole experiment stops after this many seconds.
+    pub time_budget_s: Option<f64>,
+    /// A trial stops once its metric is at least this good.
+    pub metric_threshold: Option<f64>,
+    /// A trial stops once its metric stops moving.
+    pub plateau: Option<PlateauSpec>,
+}
+
+/// The plateau stopper's settings (Ray's `TrialPlateauStopper`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlateauSpec {
+    /// The standard deviation under which it is flat (default 0.01).
+    pub std: Option<f64>,
+    /// Results compared (default 4).
+    pub num_results: Option<usize>,
+    /// Results before it may stop (default 4).
+    pub grace_period: Option<usize>,
 }
 
 impl Experiment {
@@ -187,8 +305,36 @@ impl Experiment {
             Error::config("search.toml", line, err.message().to_string())
         })?;
         let space = SearchSpace::from_toml(text)?;
-        if e.trainable.command.is_empty() {
-            return Err(Error::config("trainable.command", None, "needs at least the program"));
+        let field_line = |key: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map(|i| i + 1)
+        };
+        match (&e.trainable.name, e.trainable.command.is_empty()) {
+            (None, true) => {
+                return Err(Error::config(
+                    "trainable",
+                    field_line("[trainable]"),
+                    "needs `command` (an executable) or `name` (a registered trainable)",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(Error::config(
+                    "trainable",
+                    field_line("[trainable]"),
+                    "takes `command` or `name`, not both",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(t) = e.stop.time_budget_s {
+            if t.is_nan() || t <= 0.0 {
+                return Err(Error::config(
+                    "stop.time_budget_s",
+                    field_line("time_budget_s"),
+                    "must be above 0",
+                ));
+            }
         }
         if e.num_samples == 0 {
             return Err(Error::config("num_samples", None, "must be at least 1"));
@@ -220,11 +366,43 @@ impl Experiment {
             max_concurrent_trials: self.max_concurrent_trials.unwrap_or(d.max_concurrent_trials),
             cpus_per_trial: self.resources_per_trial.cpu,
             gpus_per_trial: self.resources_per_trial.gpu,
+            worker_bundles: self.resources_per_trial.worker_bundles.clone(),
+            placement_strategy: self.resources_per_trial.placement_strategy.into(),
             max_iterations: self.stop.training_iteration,
             max_failures: self.max_failures,
-            verbose: true,
-            resume: false,
+            checkpoint: rayforge::checkpoint::CheckpointConfig {
+                num_to_keep: self.checkpoint.num_to_keep,
+                score_attribute: self.checkpoint.score_attribute.clone(),
+                higher_is_better: self.checkpoint.mode != Some(Mode::Min),
+            },
+            ..d
         }
+    }
+
+    /// The stop criteria beyond `training_iteration` (which
+    /// [`Experiment::tune_config`] carries).
+    pub fn stoppers(&self) -> Vec<Box<dyn Stopper>> {
+        let mut out: Vec<Box<dyn Stopper>> = Vec::new();
+        if let Some(t) = self.stop.time_budget_s {
+            out.push(Box::new(TimeBudget::new(std::time::Duration::from_secs_f64(t))));
+        }
+        if let Some(v) = self.stop.metric_threshold {
+            out.push(Box::new(MetricThreshold::new(&self.metric, self.mode, v)));
+        }
+        if let Some(p) = &self.stop.plateau {
+            let mut s = Plateau::new(&self.metric);
+            if let Some(x) = p.std {
+                s = s.std(x);
+            }
+            if let Some(n) = p.num_results {
+                s = s.num_results(n);
+            }
+            if let Some(n) = p.grace_period {
+                s = s.grace_period(n);
+            }
+            out.push(Box::new(s));
+        }
+        out
     }
 
     /// The searcher over `space`.
@@ -241,6 +419,7 @@ impl Experiment {
                     n_startup_trials: n_startup_trials.unwrap_or(d.n_startup_trials),
                     n_ei_candidates: n_ei_candidates.unwrap_or(d.n_ei_candidates).max(1),
                     seed: s.unwrap_or(seed),
+                    ..TpeOptions::default()
                 };
                 Box::new(Tpe::new(
                     space.clone(),
@@ -252,8 +431,8 @@ impl Experiment {
         })
     }
 
-    /// The scheduler.
-    pub fn scheduler(&self) -> Result<Box<dyn Scheduler>> {
+    /// The scheduler (PBT mutates the domains of `space`).
+    pub fn scheduler(&self, space: &SearchSpace) -> Result<Box<dyn Scheduler>> {
         let attr = |a: &Option<String>| a.clone().unwrap_or_else(|| crate::TRAINING_ITERATION.to_string());
         Ok(match &self.scheduler {
             SchedulerSpec::Fifo => Box::new(Fifo),
@@ -272,6 +451,58 @@ impl Experiment {
                 reduction_factor.unwrap_or(4.0),
                 brackets.unwrap_or(1),
             )?),
+            SchedulerSpec::Hyperband {
+                time_attr,
+                max_t,
+                reduction_factor,
+            } => Box::new(HyperBand::new(
+                &attr(time_attr),
+                &self.metric,
+                self.mode,
+                max_t.unwrap_or(81.0),
+                reduction_factor.unwrap_or(3.0),
+            )?),
+            SchedulerSpec::Pbt {
+                time_attr,
+                perturbation_interval,
+                quantile_fraction,
+                resample_probability,
+                mutate,
+                seed,
+            } => {
+                let mut mutations = SearchSpace::new();
+                for (name, p) in space.params() {
+                    if mutate.as_ref().is_none_or(|m| m.contains(name)) {
+                        if let Param::Domain(d) = p {
+                            mutations = mutations.domain(name, d.clone());
+                        }
+                    }
+                }
+                for m in mutate.iter().flatten() {
+                    if !mutations.params().iter().any(|(n, _)| n == m) {
+                        return Err(Error::config(
+                            "scheduler.mutate",
+                            None,
+                            format!("`{m}` is not a parameter of param_space with a domain"),
+                        ));
+                    }
+                }
+                let mut p = Pbt::new(
+                    &attr(time_attr),
+                    &self.metric,
+                    self.mode,
+                    perturbation_interval.unwrap_or(4.0),
+                    &mutations,
+                    seed.unwrap_or(0),
+                )?;
+                if let Some(q) = quantile_fraction {
+                    p = p.quantile_fraction(*q)?;
+                }
+                if let Some(r) = resample_probability {
+                    p = p.resample_probability(*r)?;
+                }
+                Box::new(p)
+            }
             SchedulerSpec::Median {
                 time_attr,
                 grace_period,
@@ -320,7 +551,7 @@ x = { uniform = [-2, 2] }
         assert_eq!(e.name, "q");
         assert_eq!(e.mode, Mode::Min);
         assert_eq!(space.params().len(), 1);
-        assert_eq!(e.scheduler().unwrap().name(), "ASHA");
+        assert_eq!(e.scheduler(&space).unwrap().name(), "ASHA");
         let mut s = e.searcher(space, 0).unwrap();
         let got = (0..10).filter_map(|i| s.suggest(&format!("t{i}"))).count();
         assert_eq!(got, 4, "num_samples bounds TPE");
@@ -341,7 +572,19 @@ x = { uniform = [-2, 2] }
         let e = err(&GOOD.replace("x = { uniform = [-2, 2] }", "x = { uniform = [2, -2] }"));
         assert!(e.contains("param_space.x") && e.contains("line 21"), "{e}");
         let e = err(&GOOD.replace("command = [\"python3\", \"q.py\", \"--x\", \"{x}\"]", "command = []"));
-        assert!(e.contains("trainable.command"), "{e}");
+        assert!(
+            e.contains("trainable") && e.contains("`command`") && e.contains("line 7"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("command = [", "name = \"mlp\"\ncommand = ["));
+        assert!(e.contains("not both"), "{e}");
+        let e = err(&GOOD.replace(
+            "[searcher]",
+            "[stop]\nplateau = { std = 0.1, window = 3 }\n\n[searcher]",
+        ));
+        assert!(e.contains("window") && e.contains("line 17"), "{e}");
+        let e = err(&GOOD.replace("[searcher]", "[stop]\ntime_budget_s = -1\n\n[searcher]"));
+        assert!(e.contains("stop.time_budget_s"), "{e}");
         let e = err("name = \"q\"\n");
         assert!(e.contains("missing field"), "{e}");
     }

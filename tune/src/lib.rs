@@ -22,27 +22,32 @@
 //! # Ok::<(), rayforge_tune::Error>(())
 //! ```
 //!
-//! What is here so far: search spaces, the ask/tell [`Searcher`] trait with
-//! the random / grid searcher and univariate TPE; the FIFO, ASHA and
-//! median-stopping schedulers (state machines over results); the [`Tuner`]
-//! running trials as actors (a Rust trainable or any executable that prints
-//! JSON lines), with a status table, a [`ResultGrid`], and a journal that
-//! `--resume` goes on from; the [`Experiment`] of a `search.toml` and the
-//! `tune` binary (`tune run search.toml`). HyperBand, PBT, per-trial
-//! checkpoints and retries come next.
+//! What is here: search spaces, the ask/tell [`Searcher`] trait with the
+//! random / grid searcher and TPE; the FIFO, ASHA, HyperBand,
+//! median-stopping and PBT schedulers (state machines over results);
+//! [`Stopper`]s; the [`Tuner`] running trials as actors (a Rust trainable,
+//! a Train run holding a placement group, or any executable that prints
+//! JSON lines), with per-trial checkpoints in the project's format,
+//! retries from the latest checkpoint, a status table, a [`ResultGrid`],
+//! and a journal that `--resume` goes on from; the [`Experiment`] of a
+//! `search.toml` and the `tune` binary (`tune run search.toml`), which
+//! other binaries extend with their own registered trainables ([`cli`]).
 
 #![warn(missing_docs)]
 
+pub mod cli;
 mod error;
 pub mod experiment;
 pub mod schedulers;
 pub mod searchers;
 pub mod space;
+pub mod stoppers;
 mod tuner;
 
 pub use error::{Error, Result};
 pub use experiment::Experiment;
-pub use schedulers::{Asha, Decision, Fifo, MedianStopping, Metrics, Mode, Scheduler};
+pub use schedulers::{Asha, Decision, Fifo, HyperBand, MedianStopping, Metrics, Mode, Pbt, Scheduler};
 pub use searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
 pub use space::{Config, Domain, Param, SearchSpace};
+pub use stoppers::{MaxIterations, MetricThreshold, Plateau, Stopper, TimeBudget};
 pub use tuner::{ResultGrid, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, JOURNAL, TRAINING_ITERATION};

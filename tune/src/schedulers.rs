@@ -6,6 +6,12 @@
 //! best result is worse than the median of the other trials' running
 //! averages at the same time.
 //!
+//! [`HyperBand`] (synchronous successive halving in brackets) pauses each
+//! trial at its bracket's milestone until the bracket's trials all reach
+//! it, then resumes the best and stops the rest; [`Pbt`] (population-based
+//! training) restarts a trial in the bottom quantile from a top trial's
+//! checkpoint with that trial's parameters perturbed.
+//!
 //! Schedulers are plain state machines over the results they are shown, so
 //! their decisions are tested without running anything.
 
@@ -15,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::space::{Config, Domain, Param, SearchSpace};
 
 /// A result's metrics, by name.
 pub type Metrics = BTreeMap<String, f64>;
@@ -40,7 +47,7 @@ impl Mode {
 }
 
 /// What a scheduler decides about a trial after one of its results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Keep running it.
     Continue,
@@ -49,6 +56,18 @@ pub enum Decision {
     /// Stop it: it has run as long as the scheduler lets any trial run
     /// (ASHA's `max_t`).
     Complete,
+    /// Stop it for now (its process ends); it goes on from its latest
+    /// checkpoint when [`Scheduler::decide_paused`] says so.
+    Pause,
+    /// Restart it from trial `from`'s latest checkpoint with `config`
+    /// (PBT's exploit and explore). Without a checkpoint of `from` to
+    /// start from, the trial goes on as it was.
+    Exploit {
+        /// The trial whose checkpoint it takes.
+        from: String,
+        /// Its parameters from now on.
+        config: Config,
+    },
 }
 
 /// Decides, result by result, which trials go on.
@@ -58,6 +77,18 @@ pub trait Scheduler: Send {
 
     /// `trial` finished (or failed): it reports no more.
     fn on_trial_complete(&mut self, _trial: &str) {}
+
+    /// `trial` starts with `config` (again with its new config after an
+    /// [`Decision::Exploit`]).
+    fn on_trial_add(&mut self, _trial: &str, _config: &Config) {}
+
+    /// What becomes of paused trials: [`Decision::Continue`] resumes one
+    /// (from its latest checkpoint), [`Decision::Stop`] ends it; those not
+    /// named stay paused. `more_trials_coming` is false once the searcher
+    /// has nothing more to propose. Asked whenever a trial is paused.
+    fn decide_paused(&mut self, _more_trials_coming: bool) -> Vec<(String, Decision)> {
+        Vec::new()
+    }
 
     /// A short name for progress output ("FIFO", "ASHA", ...).
     fn name(&self) -> &'static str;
@@ -70,6 +101,14 @@ impl<S: Scheduler + ?Sized> Scheduler for Box<S> {
 
     fn on_trial_complete(&mut self, trial: &str) {
         (**self).on_trial_complete(trial)
+    }
+
+    fn on_trial_add(&mut self, trial: &str, config: &Config) {
+        (**self).on_trial_add(trial, config)
+    }
+
+    fn decide_paused(&mut self, more_trials_coming: bool) -> Vec<(String, Decision)> {
+        (**self).decide_paused(more_trials_coming)
     }
 
     fn name(&self) -> &'static str {
@@ -307,9 +346,382 @@ impl Scheduler for MedianStopping {
     }
 }
 
+/// Where a trial stands in its HyperBand bracket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    Running,
+    /// Paused at the bracket's milestone with this score.
+    Paused(f64),
+    Done,
+}
+
+#[derive(Debug, Clone)]
+struct Bracket {
+    /// Trials it takes before it starts halving.
+    capacity: usize,
+    /// The time the trials run to before the next halving.
+    milestone: f64,
+    /// Whether it has halved once (no trial joins after).
+    closed: bool,
+    trials: BTreeMap<String, Stage>,
+}
+
+/// Synchronous HyperBand (Li et al., 2017), as Ray's `HyperBandScheduler`:
+/// trials fill brackets in turn; bracket `s` (from `s_max` down to 0) takes
+/// `ceil((s_max + 1) / (s + 1) * eta^s)` trials and first runs them to
+/// `max_t / eta^s`. A trial reaching its bracket's milestone pauses; once
+/// every trial of the bracket has paused or ended (and the bracket is full,
+/// or no more trials are coming), the best `1 / eta` resume to a milestone
+/// `eta` times further and the others stop. Every trial stops at `max_t`.
+/// Paused trials go on from their latest checkpoint: trainables should
+/// checkpoint at least at each milestone.
+#[derive(Debug, Clone)]
+pub struct HyperBand {
+    time_attr: String,
+    metric: String,
+    mode: Mode,
+    max_t: f64,
+    eta: f64,
+    s_max: usize,
+    brackets: Vec<Bracket>,
+    trial_bracket: BTreeMap<String, usize>,
+}
+
+impl HyperBand {
+    /// HyperBand over `metric` (`mode`), counting time in `time_attr`, up
+    /// to `max_t`, keeping `1 / reduction_factor` at each halving.
+    pub fn new(time_attr: &str, metric: &str, mode: Mode, max_t: f64, reduction_factor: f64) -> Result<HyperBand> {
+        let bad = |field: &str, m: String| Err(Error::config(format!("scheduler.{field}"), None, m));
+        if max_t.is_nan() || max_t < 1.0 {
+            return bad("max_t", format!("must be at least 1, got {max_t}"));
+        }
+        if reduction_factor.is_nan() || reduction_factor <= 1.0 {
+            return bad("reduction_factor", format!("must be above 1, got {reduction_factor}"));
+        }
+        let s_max = ((max_t.ln() / reduction_factor.ln()) + 1e-9).floor().max(0.0) as usize;
+        Ok(HyperBand {
+            time_attr: time_attr.to_string(),
+            metric: metric.to_string(),
+            mode,
+            max_t,
+            eta: reduction_factor,
+            s_max,
+            brackets: Vec::new(),
+            trial_bracket: BTreeMap::new(),
+        })
+    }
+
+    /// Each bracket's capacity and current milestone, in creation order.
+    pub fn brackets(&self) -> Vec<(usize, f64)> {
+        self.brackets.iter().map(|b| (b.capacity, b.milestone)).collect()
+    }
+
+    fn new_bracket(&mut self) -> Bracket {
+        let s = self.s_max - self.brackets.len() % (self.s_max + 1);
+        let n = ((self.s_max + 1) as f64 / (s + 1) as f64 * self.eta.powi(s as i32)).ceil() as usize;
+        Bracket {
+            capacity: n.max(1),
+            milestone: (self.max_t / self.eta.powi(s as i32)).max(1.0).min(self.max_t),
+            closed: false,
+            trials: BTreeMap::new(),
+        }
+    }
+}
+
+impl Scheduler for HyperBand {
+    fn on_trial_add(&mut self, trial: &str, _config: &Config) {
+        if self.trial_bracket.contains_key(trial) {
+            return;
+        }
+        let room = self
+            .brackets
+            .last()
+            .is_some_and(|b| !b.closed && b.trials.len() < b.capacity);
+        if !room {
+            let b = self.new_bracket();
+            self.brackets.push(b);
+        }
+        let i = self.brackets.len() - 1;
+        self.brackets[i].trials.insert(trial.to_string(), Stage::Running);
+        self.trial_bracket.insert(trial.to_string(), i);
+    }
+
+    fn on_result(&mut self, trial: &str, result: &Metrics) -> Decision {
+        let (Some(t), Some(v)) = (value(result, &self.time_attr), value(result, &self.metric)) else {
+            return Decision::Continue;
+        };
+        if t >= self.max_t {
+            return Decision::Complete;
+        }
+        let Some(b) = self.trial_bracket.get(trial).and_then(|i| self.brackets.get_mut(*i)) else {
+            return Decision::Continue;
+        };
+        if t >= b.milestone {
+            b.trials.insert(trial.to_string(), Stage::Paused(self.mode.score(v)));
+            return Decision::Pause;
+        }
+        Decision::Continue
+    }
+
+    fn on_trial_complete(&mut self, trial: &str) {
+        if let Some(b) = self.trial_bracket.get(trial).and_then(|i| self.brackets.get_mut(*i)) {
+            b.trials.insert(trial.to_string(), Stage::Done);
+        }
+    }
+
+    fn decide_paused(&mut self, more_trials_coming: bool) -> Vec<(String, Decision)> {
+        let mut out = Vec::new();
+        for b in &mut self.brackets {
+            let full = b.trials.len() >= b.capacity || b.closed || !more_trials_coming;
+            let settled = b.trials.values().all(|s| *s != Stage::Running);
+            let mut paused: Vec<(String, f64)> = b
+                .trials
+                .iter()
+                .filter_map(|(t, s)| match s {
+                    Stage::Paused(v) => Some((t.clone(), *v)),
+                    _ => None,
+                })
+                .collect();
+            if !(full && settled) || paused.is_empty() {
+                continue;
+            }
+            b.closed = true;
+            paused.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let keep = ((paused.len() as f64 / self.eta).ceil() as usize).max(1);
+            b.milestone = (b.milestone * self.eta).min(self.max_t);
+            for (i, (t, _)) in paused.into_iter().enumerate() {
+                if i < keep {
+                    b.trials.insert(t.clone(), Stage::Running);
+                    out.push((t, Decision::Continue));
+                } else {
+                    b.trials.insert(t.clone(), Stage::Done);
+                    out.push((t, Decision::Stop));
+                }
+            }
+        }
+        out
+    }
+
+    fn name(&self) -> &'static str {
+        "HyperBand"
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PbtTrial {
+    config: Config,
+    /// Its scores by time since it last took a config.
+    scores: Vec<(f64, f64)>,
+    last_perturbation: f64,
+}
+
+impl PbtTrial {
+    /// Its score at time `t`: the latest reported at or before `t`.
+    fn score_at(&self, t: f64) -> Option<f64> {
+        self.scores.iter().rev().find(|(at, _)| *at <= t).map(|x| x.1)
+    }
+}
+
+/// Population-based training (Jaderberg et al., 2017), as Ray's
+/// `PopulationBasedTraining`: every `perturbation_interval` units of
+/// `time_attr`, a trial in the bottom `quantile_fraction` of the
+/// population restarts from the latest checkpoint
+/// of a trial drawn from the top `quantile_fraction` (exploit), with that
+/// trial's parameters explored: each mutated parameter is drawn afresh from
+/// its domain with `resample_probability`, else perturbed (a number
+/// multiplied by 0.8 or 1.2 and kept within its domain; a choice moved to a
+/// neighbouring value). Trials are ranked by their results at the same
+/// time (each trial's latest at or before the time of the result being
+/// judged), so a trial that lags — one that just restarted — is not judged
+/// against trials further along.
+#[derive(Debug, Clone)]
+pub struct Pbt {
+    time_attr: String,
+    metric: String,
+    mode: Mode,
+    interval: f64,
+    quantile_fraction: f64,
+    resample_probability: f64,
+    mutations: Vec<(String, Domain)>,
+    trials: BTreeMap<String, PbtTrial>,
+    rng: StdRng,
+}
+
+impl Pbt {
+    /// PBT over `metric` (`mode`), perturbing the domains of `mutations`
+    /// every `perturbation_interval` of `time_attr`.
+    pub fn new(
+        time_attr: &str,
+        metric: &str,
+        mode: Mode,
+        perturbation_interval: f64,
+        mutations: &SearchSpace,
+        seed: u64,
+    ) -> Result<Pbt> {
+        if perturbation_interval.is_nan() || perturbation_interval <= 0.0 {
+            return Err(Error::config(
+                "scheduler.perturbation_interval",
+                None,
+                format!("must be above 0, got {perturbation_interval}"),
+            ));
+        }
+        let mutations: Vec<(String, Domain)> = mutations
+            .params()
+            .iter()
+            .filter_map(|(n, p)| match p {
+                Param::Domain(d) => Some((n.clone(), d.clone())),
+                _ => None,
+            })
+            .collect();
+        if mutations.is_empty() {
+            return Err(Error::config(
+                "scheduler.hyperparam_mutations",
+                None,
+                "PBT needs at least one parameter with a domain to mutate",
+            ));
+        }
+        Ok(Pbt {
+            time_attr: time_attr.to_string(),
+            metric: metric.to_string(),
+            mode,
+            interval: perturbation_interval,
+            quantile_fraction: 0.25,
+            resample_probability: 0.25,
+            mutations,
+            trials: BTreeMap::new(),
+            rng: StdRng::seed_from_u64(seed),
+        })
+    }
+
+    /// The fraction of the population counted as top and as bottom
+    /// (default 0.25; at most 0.5).
+    pub fn quantile_fraction(mut self, q: f64) -> Result<Pbt> {
+        if !(0.0..=0.5).contains(&q) {
+            return Err(Error::config(
+                "scheduler.quantile_fraction",
+                None,
+                format!("must be in [0, 0.5], got {q}"),
+            ));
+        }
+        self.quantile_fraction = q;
+        Ok(self)
+    }
+
+    /// The chance a mutated parameter is drawn afresh rather than
+    /// perturbed (default 0.25).
+    pub fn resample_probability(mut self, p: f64) -> Result<Pbt> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Error::config(
+                "scheduler.resample_probability",
+                None,
+                format!("must be in [0, 1], got {p}"),
+            ));
+        }
+        self.resample_probability = p;
+        Ok(self)
+    }
+
+    /// `config` explored: each mutated parameter resampled or perturbed.
+    pub fn explore(&mut self, config: &Config) -> Config {
+        let mut out = config.clone();
+        for (name, d) in &self.mutations {
+            let resample = self.rng.random::<f64>() < self.resample_probability;
+            let v = match config.get(name) {
+                Some(v) if !resample => perturb(d, v, &mut self.rng),
+                _ => d.sample(&mut self.rng),
+            };
+            out.insert(name.clone(), v);
+        }
+        out
+    }
+}
+
+/// `v` nudged within `d`: a number times 0.8 or 1.2 (clamped, rounded for
+/// integers), a choice moved one place.
+fn perturb(d: &Domain, v: &serde_json::Value, rng: &mut StdRng) -> serde_json::Value {
+    use serde_json::Value;
+    let up = rng.random::<bool>();
+    match d {
+        Domain::Grid(vals) | Domain::Choice(vals) => {
+            let i = vals.iter().position(|x| x == v).unwrap_or(0);
+            let j = if up {
+                (i + 1).min(vals.len() - 1)
+            } else {
+                i.saturating_sub(1)
+            };
+            vals[j].clone()
+        }
+        _ => {
+            let Some(x) = v.as_f64() else { return d.sample(rng) };
+            let x = x * if up { 1.2 } else { 0.8 };
+            match *d {
+                Domain::Uniform { low, high } | Domain::LogUniform { low, high } => Value::from(x.clamp(low, high)),
+                Domain::QUniform { low, high, q } | Domain::QLogUniform { low, high, q } => {
+                    Value::from(((x / q).round() * q).clamp(low, high))
+                }
+                Domain::RandInt { low, high } | Domain::LogRandInt { low, high } => {
+                    Value::from((x.round() as i64).clamp(low, high - 1))
+                }
+                Domain::QRandInt { low, high, q } => {
+                    Value::from((((x / q as f64).round() as i64) * q).clamp(low, high))
+                }
+                _ => Value::from(x),
+            }
+        }
+    }
+}
+
+impl Scheduler for Pbt {
+    fn on_trial_add(&mut self, trial: &str, config: &Config) {
+        let e = self.trials.entry(trial.to_string()).or_insert(PbtTrial {
+            config: config.clone(),
+            scores: Vec::new(),
+            last_perturbation: 0.0,
+        });
+        // A trial taking another's checkpoint starts a new record.
+        e.config = config.clone();
+        e.scores.clear();
+    }
+
+    fn on_result(&mut self, trial: &str, result: &Metrics) -> Decision {
+        let (Some(t), Some(v)) = (value(result, &self.time_attr), value(result, &self.metric)) else {
+            return Decision::Continue;
+        };
+        let score = self.mode.score(v);
+        let Some(me) = self.trials.get_mut(trial) else {
+            return Decision::Continue;
+        };
+        me.scores.push((t, score));
+        if t - me.last_perturbation < self.interval {
+            return Decision::Continue;
+        }
+        me.last_perturbation = t;
+        let mut ranked: Vec<(&String, f64)> = self
+            .trials
+            .iter()
+            .filter_map(|(n, x)| x.score_at(t).map(|s| (n, s)))
+            .collect();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+        let k = ((ranked.len() as f64 * self.quantile_fraction).ceil() as usize).min(ranked.len() / 2);
+        if k == 0 || !ranked[..k].iter().any(|(n, _)| n.as_str() == trial) {
+            return Decision::Continue;
+        }
+        let top: Vec<String> = ranked[ranked.len() - k..].iter().map(|(n, _)| (*n).clone()).collect();
+        let from = top[self.rng.random_range(0..top.len())].clone();
+        let base = self.trials[&from].config.clone();
+        let config = self.explore(&base);
+        Decision::Exploit { from, config }
+    }
+
+    fn name(&self) -> &'static str {
+        "PBT"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn r(t: f64, v: f64) -> Metrics {
         [("training_iteration".to_string(), t), ("acc".to_string(), v)].into()
@@ -388,5 +800,176 @@ mod tests {
     #[test]
     fn fifo_never_stops_a_trial() {
         assert_eq!(Fifo.on_result("t", &r(1000.0, 0.0)), Decision::Continue);
+    }
+
+    #[test]
+    fn hyperband_fills_brackets_pauses_at_milestones_and_keeps_the_best() {
+        // max_t 9, eta 3: s_max 2; the first bracket takes ceil(3/3 * 9) = 9
+        // trials to milestone 1, the next ceil(3/2 * 3) = 5 to milestone 3.
+        let mut h = HyperBand::new("training_iteration", "acc", Mode::Max, 9.0, 3.0).unwrap();
+        for i in 0..10 {
+            h.on_trial_add(&format!("t{i}"), &Config::new());
+        }
+        assert_eq!(h.brackets(), vec![(9, 1.0), (5, 3.0)]);
+        // Eight of the nine pause at milestone 1; nothing is decided while
+        // one still runs and more trials could come.
+        for i in 0..8 {
+            assert_eq!(h.on_result(&format!("t{i}"), &r(1.0, i as f64)), Decision::Pause);
+        }
+        assert!(h.decide_paused(true).is_empty());
+        assert_eq!(h.on_result("t8", &r(1.0, 8.5)), Decision::Pause);
+        // All nine paused: the best ceil(9 / 3) = 3 go on to 3, the rest stop.
+        let mut d = h.decide_paused(true);
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        let go: Vec<&str> = d
+            .iter()
+            .filter(|x| x.1 == Decision::Continue)
+            .map(|x| x.0.as_str())
+            .collect();
+        assert_eq!(go, vec!["t6", "t7", "t8"]);
+        assert_eq!(d.iter().filter(|x| x.1 == Decision::Stop).count(), 6);
+        assert_eq!(h.brackets()[0], (9, 3.0));
+        assert_eq!(
+            h.on_result("t8", &r(2.0, 9.0)),
+            Decision::Continue,
+            "below the new milestone"
+        );
+        assert_eq!(h.on_result("t8", &r(3.0, 9.0)), Decision::Pause);
+        assert_eq!(h.on_result("t7", &r(3.0, 7.0)), Decision::Pause);
+        // t6 fails: the bracket decides without it.
+        h.on_trial_complete("t6");
+        let d = h.decide_paused(true);
+        assert_eq!(
+            d,
+            vec![
+                ("t8".to_string(), Decision::Continue),
+                ("t7".to_string(), Decision::Stop)
+            ]
+        );
+        assert_eq!(h.on_result("t8", &r(9.0, 9.5)), Decision::Complete);
+        // A bracket not full decides once no more trials are coming.
+        assert_eq!(h.on_result("t9", &r(3.0, 1.0)), Decision::Pause);
+        assert!(h.decide_paused(true).is_empty());
+        assert_eq!(h.decide_paused(false), vec![("t9".to_string(), Decision::Continue)]);
+        assert!(HyperBand::new("t", "acc", Mode::Max, 9.0, 1.0).is_err());
+    }
+
+    /// The learning rate that is best at `step`: 0.1, then 0.01, then 0.001.
+    fn best_lr(step: u64) -> f64 {
+        [0.1, 0.01, 0.001][((step - 1) / 8).min(2) as usize]
+    }
+
+    /// A step's gain at `lr`: 1 at the best rate, less by half per decade off.
+    fn gain(lr: f64, step: u64) -> f64 {
+        (1.0 - (lr.log10() - best_lr(step).log10()).abs() / 2.0).max(0.0)
+    }
+
+    /// Runs a population of 8 for 24 steps, round-robin, exploiting as PBT
+    /// says; the best final score.
+    fn simulate(seed: u64) -> f64 {
+        let lrs: Vec<Value> = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003]
+            .into_iter()
+            .map(Value::from)
+            .collect();
+        let space = SearchSpace::new().domain("lr", Domain::Choice(lrs));
+        let mut p = Pbt::new("training_iteration", "score", Mode::Max, 2.0, &space, seed).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed + 100);
+        // Each trial: config, step, score.
+        let mut pop: Vec<(Config, u64, f64)> = (0..8)
+            .map(|i| {
+                let c = space.complete(&Config::new(), &mut rng);
+                p.on_trial_add(&format!("t{i}"), &c);
+                (c, 0, 0.0)
+            })
+            .collect();
+        for _ in 0..24 {
+            for i in 0..8 {
+                let (c, step, score) = &mut pop[i];
+                *step += 1;
+                *score += gain(c["lr"].as_f64().unwrap(), *step);
+                let m: Metrics = [
+                    ("training_iteration".to_string(), *step as f64),
+                    ("score".to_string(), *score),
+                ]
+                .into();
+                if let Decision::Exploit { from, config } = p.on_result(&format!("t{i}"), &m) {
+                    let j: usize = from[1..].parse().unwrap();
+                    let (_, s, sc) = pop[j].clone();
+                    p.on_trial_add(&format!("t{i}"), &config);
+                    pop[i] = (config, s, sc);
+                }
+            }
+        }
+        pop.iter().map(|x| x.2).fold(f64::MIN, f64::max)
+    }
+
+    #[test]
+    fn pbt_follows_a_schedule_no_fixed_config_can() {
+        // The best any fixed rate scores over 24 steps is 16 (0.01
+        // throughout); following the schedule scores 24.
+        let fixed_best = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+            .iter()
+            .map(|lr| (1..=24).map(|s| gain(*lr, s)).sum::<f64>())
+            .fold(f64::MIN, f64::max);
+        assert!((fixed_best - 16.0).abs() < 1e-9, "{fixed_best}");
+        let mut best: Vec<f64> = (0..9).map(simulate).collect();
+        best.sort_by(f64::total_cmp);
+        assert!(
+            best[4] > fixed_best + 1.0,
+            "median best {} over seeds: {best:?}",
+            best[4]
+        );
+        assert!(best[2] > fixed_best, "most seeds beat the best fixed rate: {best:?}");
+    }
+
+    #[test]
+    fn pbt_exploits_only_from_the_bottom_quantile_and_explores_within_domains() {
+        let space = SearchSpace::new()
+            .domain("lr", Domain::LogUniform { low: 1e-4, high: 1e-1 })
+            .domain("layers", Domain::Choice(vec![1.into(), 2.into(), 3.into()]))
+            .domain("batch", Domain::RandInt { low: 8, high: 64 });
+        let mut p = Pbt::new("training_iteration", "acc", Mode::Max, 2.0, &space, 3).unwrap();
+        for i in 0..4 {
+            let c: Config = [
+                ("lr".to_string(), Value::from(0.01)),
+                ("layers".to_string(), Value::from(2)),
+                ("batch".to_string(), Value::from(32)),
+            ]
+            .into();
+            p.on_trial_add(&format!("t{i}"), &c);
+        }
+        // Before the interval nobody moves; then only the worst is exploited,
+        // always from the best.
+        for i in 0..4 {
+            assert_eq!(p.on_result(&format!("t{i}"), &r(1.0, i as f64)), Decision::Continue);
+        }
+        for i in (1..4).rev() {
+            assert_eq!(
+                p.on_result(&format!("t{i}"), &r(2.0, i as f64)),
+                Decision::Continue,
+                "t{i}"
+            );
+        }
+        let Decision::Exploit { from, config } = p.on_result("t0", &r(2.0, 0.0)) else {
+            panic!("the worst trial is exploited");
+        };
+        assert_eq!(from, "t3");
+        let lr = config["lr"].as_f64().unwrap();
+        assert!((1e-4..=1e-1).contains(&lr), "{config:?}");
+        assert!([1, 2, 3].contains(&config["layers"].as_i64().unwrap()), "{config:?}");
+        assert!((8..64).contains(&config["batch"].as_i64().unwrap()), "{config:?}");
+        // Exploring many times stays within the domains.
+        let base = config.clone();
+        for _ in 0..200 {
+            let c = p.explore(&base);
+            assert!((1e-4..=1e-1).contains(&c["lr"].as_f64().unwrap()));
+            assert!((8..64).contains(&c["batch"].as_i64().unwrap()));
+        }
+        assert!(Pbt::new("t", "acc", Mode::Max, 0.0, &space, 0).is_err());
+        assert!(Pbt::new("t", "acc", Mode::Max, 1.0, &SearchSpace::new(), 0).is_err());
+        assert!(Pbt::new("t", "acc", Mode::Max, 1.0, &space, 0)
+            .unwrap()
+            .quantile_fraction(0.7)
+            .is_err());
     }
 }

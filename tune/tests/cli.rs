@@ -107,6 +107,26 @@ fn ended(journal: &str) -> std::collections::BTreeMap<String, usize> {
     m
 }
 
+/// The trials not ended whose latest checkpoint is at least `min`, with
+/// that checkpoint's iteration.
+fn checkpointed(
+    journal: &str,
+    ended: &std::collections::BTreeMap<String, usize>,
+    min: u64,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for l in journal.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+            let trial = v["trial"].as_str().unwrap_or("").to_string();
+            if v["event"] == "result" && v["checkpoint"].is_string() && !ended.contains_key(&trial) {
+                m.insert(trial, v["metrics"]["training_iteration"].as_f64().unwrap_or(0.0) as u64);
+            }
+        }
+    }
+    m.retain(|_, at| *at >= min);
+    m
+}
+
 #[test]
 fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
     let storage = std::env::temp_dir().join(format!("rayforge-tune-resume-{}", std::process::id()));
@@ -130,14 +150,19 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let some_ended = rayforge_integration_tests::wait_until(std::time::Duration::from_secs(120), || {
-        ended(&std::fs::read_to_string(&journal).unwrap_or_default()).len() >= 2
+    // Kill it once two trials ended and a running one has checkpointed
+    // twice.
+    let mid = rayforge_integration_tests::wait_until(std::time::Duration::from_secs(120), || {
+        let j = std::fs::read_to_string(&journal).unwrap_or_default();
+        let done = ended(&j);
+        done.len() >= 2 && !checkpointed(&j, &done, 2).is_empty()
     });
-    assert!(some_ended, "two trials ended before the kill");
+    assert!(mid, "two trials ended and one checkpointed before the kill");
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let before = std::fs::read_to_string(&journal).unwrap();
     let ended_before = ended(&before);
+    let running_before = checkpointed(&before, &ended_before, 1);
     assert!(ended_before.len() < 12, "killed mid-experiment: {ended_before:?}");
 
     // Without --resume, the experiment is not overwritten.
@@ -173,6 +198,104 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
         s0[..],
         s1[..s0.len()],
         "the configs journaled before the kill were kept"
+    );
+    // The trials running at the kill went on from their latest checkpoints:
+    // each step reported once, and the first after the resume says where
+    // it went on from.
+    let dir = storage.join("quadratic");
+    for (trial, at) in &running_before {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join(trial).join("result.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let steps: Vec<f64> = lines
+            .iter()
+            .map(|l| l["training_iteration"].as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = (1..=steps.len()).map(|i| i as f64).collect();
+        assert_eq!(steps, want, "{trial}");
+        if steps.len() as u64 > *at {
+            let resumed = &lines[*at as usize];
+            assert_eq!(resumed["resumed_at"].as_f64(), Some(*at as f64), "{trial}: {resumed}");
+        }
+    }
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
+#[test]
+fn the_pbt_example_beats_every_fixed_learning_rate() {
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-pbt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    let example = std::fs::read_to_string(root().join("tune/examples/pbt.toml")).unwrap();
+    let file = storage.join("pbt.toml");
+    std::fs::write(
+        &file,
+        format!("storage_path = {:?}\n{example}", storage.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tune-examples"))
+        .args(["run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let best = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("best trial "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let score: f64 = best
+        .split("score = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{best}"));
+    // No fixed learning rate scores above 16 (see pbt_schedule.rs).
+    assert!(score > 16.0, "PBT's best {score}\n{stdout}");
+    let journal = std::fs::read_to_string(storage.join("pbt_schedule").join(rayforge_tune::JOURNAL)).unwrap();
+    let exploited: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "exploited")
+        .collect();
+    assert!(!exploited.is_empty(), "{journal}");
+    // Each trial ends with one full run of 24 steps' worth of score, its
+    // params.json the config it ended with.
+    for d in 0..8 {
+        let dir = storage.join("pbt_schedule").join(format!("trial_{d:05}"));
+        let params: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("params.json")).unwrap()).unwrap();
+        let last = std::fs::read_to_string(dir.join("result.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        if last["training_iteration"] == 24.0 {
+            assert_eq!(params["lr"], last["lr"], "{}", dir.display());
+        }
+        assert!(rayforge::checkpoint::list(&dir).len() <= 2, "num_to_keep = 2");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tune-examples"))
+        .args(["run", file.to_str().unwrap(), "--resume"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a finished experiment resumes to its end at once");
+    std::fs::write(
+        &file,
+        example.replace("name = \"pbt_schedule\"\n\n", "name = \"nope\"\n\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tune-examples"))
+        .args(["run", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("trainable.name") && stderr.contains("`nope`") && stderr.contains("registered: pbt_schedule"),
+        "{stderr}"
     );
     std::fs::remove_dir_all(&storage).unwrap();
 }

@@ -1,10 +1,16 @@
 //! Experiments on the embedded cluster, trials as real worker processes:
 //! ASHA stops the trials of a bad learning rate early, the best trial is
 //! the best config, every trial's files are written, and a failing trial
-//! is reported with its error while the others finish.
+//! is reported with its error while the others finish; a failed trial
+//! goes on from its checkpoint; HyperBand pauses and resumes trials from
+//! theirs; stoppers end trials and experiments.
 
+use rayforge::checkpoint::{CheckpointConfig, CheckpointWriter};
 use rayforge_integration_tests::cluster;
-use rayforge_tune::{Asha, BasicVariant, Domain, Mode, SearchSpace, TrialContext, TrialStatus, TuneConfig, Tuner};
+use rayforge_tune::{
+    Asha, BasicVariant, Domain, HyperBand, Mode, Plateau, SearchSpace, TimeBudget, TrialContext, TrialStatus,
+    TuneConfig, Tuner,
+};
 
 /// A learning curve: accuracy approaches a ceiling set by how close `lr`
 /// is to 0.1; `lr = 0.5` diverges.
@@ -154,5 +160,208 @@ fn a_failed_trial_starts_over_within_max_failures() {
     let grid = run("not-retried", 0);
     assert_eq!(grid.errors().len(), 2, "{:?}", grid.trials);
     assert!(grid.errors()[0].1.contains("a first attempt that fails"));
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
+/// Counts to 6, checkpointing its count every step; its first attempt
+/// fails after the third step. Reports where it went on from.
+fn counter(ctx: &mut TrialContext) -> Result<(), String> {
+    let dir: String = ctx.get("marker_dir").map_err(|e| e.to_string())?;
+    let marker = std::path::Path::new(&dir).join(ctx.trial());
+    let mut count = match ctx.checkpoint() {
+        Some(c) => {
+            let bytes = c.read("count").map_err(|e| e.to_string())?;
+            u64::from_le_bytes(bytes.try_into().map_err(|_| "a short checkpoint")?)
+        }
+        None => 0,
+    };
+    let resumed_at = count as f64;
+    while count < 6 {
+        count += 1;
+        if count == 4 && !marker.exists() {
+            std::fs::write(&marker, b"failed once").map_err(|e| e.to_string())?;
+            return Err("a first attempt that fails at 4".into());
+        }
+        let mut w = CheckpointWriter::new().map_err(|e| e.to_string())?;
+        w.write("count", &count.to_le_bytes()).map_err(|e| e.to_string())?;
+        ctx.report_checkpoint([("count", count as f64), ("resumed_at", resumed_at)], w)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_failed_trial_goes_on_from_its_latest_checkpoint() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let markers = storage.join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let space = SearchSpace::new()
+        .domain("i", Domain::Grid(vec![0.into(), 1.into()]))
+        .constant("marker_dir", markers.display().to_string());
+    let grid = Tuner::new(
+        counter,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "ckpt".into(),
+            storage_path: storage.clone(),
+            metric: "count".into(),
+            mode: Mode::Max,
+            cpus_per_trial: 0.5,
+            max_failures: 1,
+            checkpoint: CheckpointConfig {
+                num_to_keep: Some(2),
+                ..Default::default()
+            },
+            verbose: false,
+            ..Default::default()
+        },
+    )
+    .fit()
+    .unwrap();
+    for t in &grid.trials {
+        assert_eq!((t.status.clone(), t.failures), (TrialStatus::Terminated, 1), "{t:?}");
+        // Steps 1-3, then 4-6 after the restart from checkpoint 3: each once.
+        let counts: Vec<f64> = t.history.iter().map(|m| m["count"]).collect();
+        assert_eq!(counts, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{t:?}");
+        let iterations: Vec<f64> = t.history.iter().map(|m| m["training_iteration"]).collect();
+        assert_eq!(iterations, counts);
+        let resumed: Vec<f64> = t.history.iter().map(|m| m["resumed_at"]).collect();
+        assert_eq!(resumed, vec![0.0, 0.0, 0.0, 3.0, 3.0, 3.0]);
+        // The latest checkpoint is the result's; two are kept.
+        let latest = t.checkpoint.as_ref().unwrap();
+        assert_eq!(latest.read("count").unwrap(), 6u64.to_le_bytes());
+        let kept: Vec<u64> = rayforge::checkpoint::list(&t.path)
+            .iter()
+            .map(|c| c.manifest().unwrap().iteration)
+            .collect();
+        assert_eq!(kept, vec![5, 6], "{}", t.trial);
+        let lines = std::fs::read_to_string(t.path.join("result.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), 6, "{lines}");
+    }
+    let csv = std::fs::read_to_string(storage.join("ckpt/results.csv")).unwrap();
+    assert!(
+        csv.starts_with("trial,status,config/i,config/marker_dir,count,"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 3);
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
+/// Accuracy grows with steps, faster for `lr` near 0.1; checkpoints every
+/// step (a step count), so a paused trial goes on where it was.
+fn climb(ctx: &mut TrialContext) -> Result<(), String> {
+    let lr: f64 = ctx.get("lr").map_err(|e| e.to_string())?;
+    let quality = 1.0 - (lr.log10() + 1.0).abs() / 4.0;
+    let start = ctx.iteration();
+    for step in start + 1..=9 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut w = CheckpointWriter::new().map_err(|e| e.to_string())?;
+        w.write("step", &step.to_le_bytes()).map_err(|e| e.to_string())?;
+        ctx.report_checkpoint([("acc", quality * step as f64), ("started_at", start as f64)], w)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn hyperband_pauses_trials_and_resumes_the_best_from_their_checkpoints() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-hb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let lrs = [0.1, 0.3, 0.03, 1.0, 0.01, 0.003, 0.001, 0.0003, 0.0001];
+    let space = SearchSpace::new().domain("lr", Domain::Grid(lrs.iter().map(|l| (*l).into()).collect()));
+    let grid = Tuner::new(
+        climb,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "hb".into(),
+            storage_path: storage.clone(),
+            metric: "acc".into(),
+            mode: Mode::Max,
+            max_concurrent_trials: 3,
+            cpus_per_trial: 0.5,
+            verbose: false,
+            ..Default::default()
+        },
+    )
+    .scheduler(HyperBand::new("training_iteration", "acc", Mode::Max, 9.0, 3.0).unwrap())
+    .fit()
+    .unwrap();
+    assert_eq!(grid.trials.len(), 9);
+    // One bracket of nine: all to 1, the best three to 3, the best to 9.
+    let reached = |t: &rayforge_tune::TrialResult| t.last["training_iteration"];
+    let mut by_reach: Vec<(f64, f64)> = grid
+        .trials
+        .iter()
+        .map(|t| (t.config["lr"].as_f64().unwrap(), reached(t)))
+        .collect();
+    by_reach.sort_by(|a, b| b.1.total_cmp(&a.1));
+    assert_eq!(by_reach[0], (0.1, 9.0), "{by_reach:?}");
+    let mut at3: Vec<f64> = by_reach[1..3].iter().map(|x| x.0).collect();
+    at3.sort_by(f64::total_cmp);
+    assert_eq!(at3, vec![0.03, 0.3], "{by_reach:?}");
+    assert!(by_reach[1..3].iter().all(|x| x.1 == 3.0), "{by_reach:?}");
+    assert!(by_reach[3..].iter().all(|x| x.1 == 1.0), "{by_reach:?}");
+    for t in &grid.trials {
+        assert_eq!(t.status, TrialStatus::Terminated, "{t:?}");
+        // Each step reported once: a resumed trial went on from its
+        // checkpoint, not from the start.
+        let iterations: Vec<f64> = t.history.iter().map(|m| m["training_iteration"]).collect();
+        let want: Vec<f64> = (1..=iterations.len()).map(|i| i as f64).collect();
+        assert_eq!(iterations, want, "{}", t.trial);
+        if iterations.len() > 1 {
+            assert_eq!(t.history[1]["started_at"], 1.0, "{t:?}");
+        }
+    }
+    let best = grid.best().unwrap();
+    assert_eq!(best.config["lr"], 0.1);
+    assert!(!best.stopped_early);
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
+/// Reports forever.
+fn endless(ctx: &mut TrialContext) -> Result<(), String> {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ctx.report([("loss", 1.0)]).map_err(|e| e.to_string())?;
+    }
+}
+
+#[test]
+fn a_time_budget_ends_the_experiment_and_a_plateau_ends_a_trial() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let space = SearchSpace::new().domain("i", Domain::Grid((0..4).map(Into::into).collect()));
+    let config = |name: &str| TuneConfig {
+        name: name.into(),
+        storage_path: storage.clone(),
+        max_concurrent_trials: 2,
+        cpus_per_trial: 0.5,
+        verbose: false,
+        ..Default::default()
+    };
+    let grid = Tuner::new(endless, BasicVariant::new(&space, 1, 0).unwrap(), config("budget"))
+        .stopper(TimeBudget::new(std::time::Duration::from_secs(3)))
+        .fit()
+        .unwrap();
+    // Two trials ran and were stopped; the others never started.
+    let ran: Vec<_> = grid.trials.iter().filter(|t| !t.history.is_empty()).collect();
+    assert_eq!(ran.len(), 2, "{:?}", grid.trials);
+    assert!(grid
+        .trials
+        .iter()
+        .all(|t| t.status == TrialStatus::Terminated && t.stopped_early));
+    // A flat loss: each trial stops after its grace period.
+    let grid = Tuner::new(endless, BasicVariant::new(&space, 1, 0).unwrap(), config("plateau"))
+        .stopper(Plateau::new("loss").num_results(3).grace_period(5))
+        .fit()
+        .unwrap();
+    assert_eq!(grid.trials.len(), 4);
+    for t in &grid.trials {
+        assert_eq!((t.history.len(), t.stopped_early), (5, true), "{t:?}");
+    }
     std::fs::remove_dir_all(&storage).unwrap();
 }

@@ -143,3 +143,46 @@ fn the_pipeline_goes_from_parquet_through_training_to_answers_over_http() {
         .unwrap_or_else(|| panic!("{out}"));
     assert!(number_after(summary, "[query] ") >= 16.0, "{summary}");
 }
+
+#[test]
+fn tune_mlp_runs_asha_over_two_rank_training_runs() {
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-mlp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tune/mlp.toml")).unwrap();
+    let file = storage.join("mlp.toml");
+    std::fs::write(
+        &file,
+        format!("storage_path = {:?}\n{example}", storage.display().to_string()),
+    )
+    .unwrap();
+    let out = run_with(env!("CARGO_BIN_EXE_tune_mlp"), &["run", file.to_str().unwrap()]);
+    let best = out
+        .lines()
+        .find(|l| l.starts_with("best trial "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(number_after(best, "val_accuracy = ") > 0.9, "{best}");
+    let dir = storage.join("mlp_asha");
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "six trials: {csv}");
+    // ASHA stopped some trials after fewer epochs than others ran.
+    let epochs: Vec<usize> = (0..6)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("trial_{i:05}/result.jsonl")))
+                .unwrap()
+                .lines()
+                .count()
+        })
+        .collect();
+    assert!(epochs.contains(&4) && epochs.iter().any(|e| *e < 4), "{epochs:?}");
+    // Each trial's Train run wrote its own checkpoints; the trial's
+    // latest is a copy of the run's, TorchScript model included.
+    for (i, n) in epochs.iter().enumerate() {
+        let trial = dir.join(format!("trial_{i:05}"));
+        let latest = rayforge::checkpoint::latest(&trial).unwrap();
+        assert_eq!(latest.manifest().unwrap().iteration, *n as u64);
+        assert!(latest.file("model.pt").exists());
+        assert!(rayforge::checkpoint::latest(&trial.join("train")).is_some());
+    }
+    std::fs::remove_dir_all(&storage).unwrap();
+}

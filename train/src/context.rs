@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
 
-/// What a Train checkpoint's manifest says wrote it.
-const WRITTEN_BY: &str = concat!("rayforge-train ", env!("CARGO_PKG_VERSION"));
 use crate::collective::{Group, ReduceOp};
 use crate::error::{Error, Result};
+
+/// What a Train checkpoint's manifest says wrote it.
+const WRITTEN_BY: &str = concat!("rayforge-train ", env!("CARGO_PKG_VERSION"));
 
 /// One report of a run: rank 0's metrics at an iteration, and the
 /// checkpoint committed with them.

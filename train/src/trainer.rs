@@ -253,6 +253,13 @@ impl Trainer {
     /// unwritable storage); a run that failed returns its result with
     /// [`TrainResult::error`] set.
     pub fn fit(&self) -> Result<TrainResult> {
+        self.fit_with(|_| {})
+    }
+
+    /// [`Trainer::fit`], calling `on_report` with each report as it comes
+    /// (rank 0's metrics and the committed checkpoint): a Tune trial
+    /// passes them on as its own results this way.
+    pub fn fit_with(&self, mut on_report: impl FnMut(&Report)) -> Result<TrainResult> {
         self.validate()?;
         let run_dir = self.run.storage_path.join(&self.run.name);
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::checkpoint(&run_dir, e))?;
@@ -267,7 +274,7 @@ impl Trainer {
         for attempt in 0.. {
             let resume = checkpoint::list(&run_dir).pop();
             let ring = format!("{run_id}/attempt{attempt}");
-            match self.attempt(&ring, &run_dir, resume, &mut history) {
+            match self.attempt(&ring, &run_dir, resume, &mut history, &mut on_report) {
                 Ok(()) => break,
                 Err(Failure { rank, node, cause }) => {
                     failures += 1;
@@ -312,6 +319,7 @@ impl Trainer {
         run_dir: &Path,
         resume: Option<Checkpoint>,
         history: &mut Vec<Report>,
+        on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = self.scaling.num_workers;
         let setup = |cause: String| Failure {
@@ -333,7 +341,7 @@ impl Trainer {
             setup(e.to_string())
         });
         let gang = gang?;
-        let result = self.run_gang(&gang, ring, run_dir, resume, history);
+        let result = self.run_gang(&gang, ring, run_dir, resume, history, on_report);
         gang.stop();
         release(&pg);
         for r in 0..n {
@@ -370,6 +378,7 @@ impl Trainer {
         run_dir: &Path,
         resume: Option<Checkpoint>,
         history: &mut Vec<Report>,
+        on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = gang.workers.len();
         let reports = rayforge::util::Queue::<Report>::new(0).map_err(|e| Failure {
@@ -424,7 +433,7 @@ impl Trainer {
         let mut outcomes: Vec<Option<std::result::Result<(), Error>>> = vec![None; n];
         let mut first_failure: Option<Instant> = None;
         loop {
-            self.drain(&reports, run_dir, history, start);
+            self.drain(&reports, run_dir, history, start, on_report);
             let pending: Vec<ObjectRef<()>> = (0..n)
                 .filter(|i| outcomes[*i].is_none())
                 .map(|i| runs[i].clone())
@@ -449,7 +458,7 @@ impl Trainer {
                 break;
             }
         }
-        self.drain(&reports, run_dir, history, start);
+        self.drain(&reports, run_dir, history, start, on_report);
         close_splits(&splits);
         match cause_of(&outcomes) {
             None => Ok(()),
@@ -469,6 +478,7 @@ impl Trainer {
         run_dir: &Path,
         history: &mut Vec<Report>,
         start: Instant,
+        on_report: &mut dyn FnMut(&Report),
     ) {
         let mut got = false;
         while let Ok(r) = reports.get_timeout(Duration::from_millis(1)) {
@@ -484,6 +494,7 @@ impl Trainer {
                 );
                 let _ = std::io::stdout().flush();
             }
+            on_report(&r);
             history.push(r);
             got = true;
         }

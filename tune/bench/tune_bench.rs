@@ -1,7 +1,14 @@
-//! Tune's bookkeeping benchmark, the rayforge side (`tune/bench/compare`
-//! runs it beside Ray Tune 2.60): N trials of `--seconds` each, reporting
-//! once a second, on the machine's CPUs one trial per CPU. Prints the wall
-//! time against the floor (N x seconds / CPUs) as a JSON line.
+//! Tune's bookkeeping benchmarks, the rayforge side (`tune/bench/compare`
+//! runs them beside Ray Tune 2.60):
+//!
+//! - bookkeeping: N trials of `--seconds` each, reporting once a second,
+//!   on the machine's CPUs one trial per CPU; the wall time against the
+//!   floor (N x seconds / CPUs);
+//! - `--reports R`: result throughput, N trials each reporting R results
+//!   as fast as it can (results written to disk as usual); results per
+//!   second over the experiment's wall time.
+//!
+//! Prints a JSON line.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +18,15 @@ fn trainable(ctx: &mut TrialContext) -> Result<(), String> {
     let seconds: u64 = ctx.get("seconds").map_err(|e| e.to_string())?;
     for i in 0..seconds {
         std::thread::sleep(Duration::from_secs(1));
+        ctx.report([("score", i as f64)]).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Reports `reports` results as fast as it can.
+fn burst(ctx: &mut TrialContext) -> Result<(), String> {
+    let reports: u64 = ctx.get("reports").map_err(|e| e.to_string())?;
+    for i in 0..reports {
         ctx.report([("score", i as f64)]).map_err(|e| e.to_string())?;
     }
     Ok(())
@@ -29,14 +45,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let (n, seconds, cpus) = (get("--trials", 40)?, get("--seconds", 1)?, get("--cpus", 2)?);
+    let reports = get("--reports", 0)?;
     rayforge::init(rayforge::Config::default().num_cpus(cpus as f64))?;
     let space = SearchSpace::new()
         .domain("i", Domain::Grid((0..n).map(|i| i.into()).collect()))
-        .constant("seconds", seconds);
+        .constant("seconds", seconds)
+        .constant("reports", reports);
     let storage = std::env::temp_dir().join(format!("rayforge-tune-bench-{}", std::process::id()));
     let start = Instant::now();
     let grid = Tuner::new(
-        trainable,
+        if reports > 0 { burst } else { trainable },
         BasicVariant::new(&space, 1, 0)?,
         TuneConfig {
             name: "bookkeeping".into(),
@@ -55,6 +73,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&storage);
     if !grid.errors().is_empty() {
         return Err(format!("{} trials failed: {:?}", grid.errors().len(), grid.errors()).into());
+    }
+    if reports > 0 {
+        let results: usize = grid.trials.iter().map(|t| t.history.len()).sum();
+        println!(
+            "{}",
+            serde_json::json!({"impl": "rayforge-tune", "trials": n, "reports": reports, "cpus": cpus,
+                "results": results, "wall_s": wall, "results_per_s": results as f64 / wall})
+        );
+        return Ok(());
     }
     println!(
         "{}",

@@ -403,6 +403,9 @@ pub struct TrialResult {
     pub checkpoint: Option<Checkpoint>,
     /// Its directory.
     pub path: PathBuf,
+    /// The columns of its `progress.csv`.
+    #[serde(skip)]
+    csv_keys: Vec<String>,
 }
 
 impl TrialResult {
@@ -417,6 +420,7 @@ impl TrialResult {
             stopped_early: false,
             failures: 0,
             checkpoint: None,
+            csv_keys: Vec::new(),
         }
     }
 
@@ -1371,7 +1375,7 @@ fn record(t: &mut TrialResult, metrics: &Metrics, checkpoint: Option<Checkpoint>
 }
 
 /// Rewrites `result.jsonl` and `progress.csv` from a trial's history.
-fn rewrite_files(t: &TrialResult) {
+fn rewrite_files(t: &mut TrialResult) {
     if !t.path.exists() {
         return;
     }
@@ -1383,32 +1387,55 @@ fn rewrite_files(t: &TrialResult) {
     if let Err(e) = std::fs::write(t.path.join("result.jsonl"), text) {
         tracing::warn!("writing result.jsonl of {}: {e}", t.trial);
     }
+    // Every row again.
+    t.csv_keys.clear();
     write_progress(t);
 }
 
-/// `progress.csv`: a column per metric, a row per report.
-fn write_progress(t: &TrialResult) {
-    let mut keys: Vec<&String> = Vec::new();
-    for m in &t.history {
-        for k in m.keys() {
-            if !keys.contains(&k) {
-                keys.push(k);
+/// `progress.csv`: a column per metric, a row per report. A report with
+/// the columns already there is appended; one with a new metric rewrites
+/// the file with the new column.
+fn write_progress(t: &mut TrialResult) {
+    let path = t.path.join("progress.csv");
+    let Some(last) = t.history.last() else {
+        let _ = std::fs::remove_file(&path);
+        return;
+    };
+    let known = t.history.len() > 1 && last.keys().all(|k| t.csv_keys.contains(k)) && path.exists();
+    let result = if known {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", csv_row(&t.csv_keys, last)))
+    } else {
+        let mut keys: Vec<String> = Vec::new();
+        for m in &t.history {
+            for k in m.keys() {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
             }
         }
-    }
-    let mut csv = keys.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",");
-    csv.push('\n');
-    for m in &t.history {
-        let row: Vec<String> = keys
-            .iter()
-            .map(|k| m.get(*k).map(|v| v.to_string()).unwrap_or_default())
-            .collect();
-        csv.push_str(&row.join(","));
+        let mut csv = keys.join(",");
         csv.push('\n');
-    }
-    if let Err(e) = std::fs::write(t.path.join("progress.csv"), csv) {
+        for m in &t.history {
+            csv.push_str(&csv_row(&keys, m));
+            csv.push('\n');
+        }
+        t.csv_keys = keys;
+        std::fs::write(&path, csv)
+    };
+    if let Err(e) = result {
         tracing::warn!("writing progress.csv of {}: {e}", t.trial);
     }
+}
+
+/// One report's row under `keys` (empty where it lacks a metric).
+fn csv_row(keys: &[String], m: &Metrics) -> String {
+    keys.iter()
+        .map(|k| m.get(k).map(|v| v.to_string()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The status table: counts by status, then each trial's parameters and

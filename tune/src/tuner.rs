@@ -711,6 +711,7 @@ impl Tuner {
             restart: VecDeque::new(),
             journal: Journal::open(&journal_path, !self.config.resume)?,
             dir: dir.clone(),
+            table: Table::new(),
         };
         if self.config.resume {
             self.replay(&journal_path, &mut ex)?;
@@ -726,7 +727,6 @@ impl Tuner {
         let reports = rayforge::util::Queue::<TrialReport>::new(0).map_err(|e| Error::Runtime(e.to_string()))?;
         let mut exhausted = false;
         let start = Instant::now();
-        let mut last_table = Instant::now();
         let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
         loop {
             if self.stoppers.iter_mut().any(|s| s.stop_all()) {
@@ -797,13 +797,13 @@ impl Tuner {
                     self.on_trial_end(&mut ex, r, &reports)?;
                 }
             }
-            if self.config.verbose && last_table.elapsed() > Duration::from_secs(2) {
-                print_table(&ex.trials, &self.config, self.scheduler.name(), start.elapsed());
-                last_table = Instant::now();
+            if self.config.verbose {
+                ex.table
+                    .show(&ex.trials, &self.config, self.scheduler.name(), start.elapsed(), false);
             }
         }
         let grid = ResultGrid {
-            trials: ex.trials,
+            trials: std::mem::take(&mut ex.trials),
             metric: self.config.metric.clone(),
             mode: self.config.mode,
         };
@@ -811,7 +811,8 @@ impl Tuner {
             tracing::warn!("writing results.csv: {e}");
         }
         if self.config.verbose {
-            print_table(&grid.trials, &self.config, self.scheduler.name(), start.elapsed());
+            ex.table
+                .show(&grid.trials, &self.config, self.scheduler.name(), start.elapsed(), true);
             if let Some(b) = grid.best() {
                 println!(
                     "best trial {}: {} = {} with {}",
@@ -834,6 +835,7 @@ struct Run {
     restart: VecDeque<usize>,
     journal: Journal,
     dir: PathBuf,
+    table: Table,
 }
 
 impl Run {
@@ -940,6 +942,7 @@ impl Tuner {
             TrialStatus::Error(e) if t.failures < self.config.max_failures => {
                 t.failures += 1;
                 if self.config.verbose {
+                    ex.table.detach();
                     println!(
                         "{} failed ({e}); going on from {} ({} of {})",
                         t.trial,
@@ -1040,6 +1043,7 @@ impl Tuner {
         let c = copy.commit(&t.path, iteration, &metrics, WRITTEN_BY)?;
         rewrite_params(&t.path, &config)?;
         if self.config.verbose {
+            ex.table.detach();
             println!(
                 "{} takes over {from}'s checkpoint (iteration {iteration}) with {}",
                 t.trial,
@@ -1092,6 +1096,7 @@ impl Tuner {
     /// new ones start.
     fn stop_everything(&mut self, ex: &mut Run) -> Result<()> {
         if self.config.verbose {
+            ex.table.detach();
             println!("a stopper ended the experiment");
         }
         for i in 0..ex.trials.len() {
@@ -1438,13 +1443,67 @@ fn csv_row(keys: &[String], m: &Metrics) -> String {
         .join(",")
 }
 
-/// The status table: counts by status, then each trial's parameters and
-/// latest metric, best first.
-fn print_table(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed: Duration) {
+/// The live status table: on a terminal it is redrawn in place (twice a
+/// second at most); into a file or pipe a new copy is printed every few
+/// seconds, so logs stay readable.
+struct Table {
+    terminal: bool,
+    /// Lines drawn last time (to redraw over them).
+    drawn: usize,
+    last: Option<Instant>,
+}
+
+impl Table {
+    fn new() -> Table {
+        use std::io::IsTerminal;
+        Table {
+            terminal: std::io::stdout().is_terminal(),
+            drawn: 0,
+            last: None,
+        }
+    }
+
+    /// Draws the table if its refresh interval has passed (`force`: now).
+    fn show(&mut self, trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed: Duration, force: bool) {
+        let every = if self.terminal {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        if !force && self.last.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let lines = table_lines(trials, c, scheduler, elapsed);
+        let mut out = String::new();
+        if self.terminal && self.drawn > 0 {
+            // Up over the last drawing, and clear from there down.
+            out.push_str(&format!("\x1b[{}A\x1b[J", self.drawn));
+        }
+        for l in &lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        self.drawn = lines.len();
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(out.as_bytes());
+        let _ = stdout.flush();
+    }
+
+    /// Other output is about to be printed: the next drawing starts below
+    /// it instead of over it.
+    fn detach(&mut self) {
+        self.drawn = 0;
+    }
+}
+
+/// The status table: counts by status and resources in use, then each
+/// trial's status, parameters and latest metrics, best first.
+fn table_lines(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed: Duration) -> Vec<String> {
     let count = |f: &dyn Fn(&TrialStatus) -> bool| trials.iter().filter(|t| f(&t.status)).count();
     let running = count(&|s| *s == TrialStatus::Running);
     let worker_cpus: f64 = c.worker_bundles.iter().filter_map(|b| b.get("CPU")).sum();
-    println!(
+    let mut lines = vec![format!(
         "== {:.0} s: {} running, {} pending, {} paused, {} terminated, {} errored | {} CPUs, {} GPUs in use | {scheduler} | {} by {:?}",
         elapsed.as_secs_f64(),
         running,
@@ -1456,7 +1515,7 @@ fn print_table(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed:
         running as f64 * c.gpus_per_trial,
         c.metric,
         c.mode
-    );
+    )];
     let mut rows: Vec<&TrialResult> = trials.iter().collect();
     rows.sort_by(|a, b| {
         let s = |t: &TrialResult| t.last.get(&c.metric).map(|v| c.mode.score(*v)).unwrap_or(f64::MIN);
@@ -1468,8 +1527,16 @@ fn print_table(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed:
             TrialStatus::Terminated if t.stopped_early => "STOPPED".to_string(),
             s => format!("{s:?}").to_uppercase(),
         };
-        println!(
-            "   {} {:<10} iter {:>4}  {} = {:<12} {}",
+        // Up to two other metrics beside the experiment's.
+        let others: Vec<String> = t
+            .last
+            .iter()
+            .filter(|(k, _)| *k != &c.metric && k.as_str() != TRAINING_ITERATION)
+            .take(2)
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        lines.push(format!(
+            "   {} {:<10} iter {:>4}  {} = {:<12} {} {}",
             t.trial,
             status,
             t.last.get(TRAINING_ITERATION).copied().unwrap_or(0.0),
@@ -1478,11 +1545,12 @@ fn print_table(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed:
                 .get(&c.metric)
                 .map(|v| format!("{v:.6}"))
                 .unwrap_or_else(|| "-".into()),
-            serde_json::to_string(&t.config).unwrap_or_default()
-        );
+            serde_json::to_string(&t.config).unwrap_or_default(),
+            others.join(" ")
+        ));
     }
     if rows.len() > 20 {
-        println!("   ... and {} more", rows.len() - 20);
+        lines.push(format!("   ... and {} more", rows.len() - 20));
     }
-    let _ = std::io::stdout().flush();
+    lines
 }

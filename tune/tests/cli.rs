@@ -277,8 +277,7 @@ fn the_pbt_example_beats_every_fixed_learning_rate() {
             serde_json::from_slice(&std::fs::read(dir.join("params.json")).unwrap()).unwrap();
         let last_config = events
             .iter()
-            .filter(|e| e["trial"] == trial.as_str() && (e["event"] == "suggested" || e["event"] == "exploited"))
-            .last()
+            .rfind(|e| e["trial"] == trial.as_str() && (e["event"] == "suggested" || e["event"] == "exploited"))
             .map(|e| e["config"].clone())
             .unwrap();
         assert_eq!(params, last_config, "{trial}");

@@ -1,0 +1,157 @@
+//! Environments: the [`Env`] trait (Gymnasium's `reset` / `step`), its
+//! spaces, the classic-control environments ported from Gymnasium 1.x so
+//! that they match it step for step, [`VectorEnv`] to step several at
+//! once, and [`make`] to build one by its Gymnasium id.
+
+mod cartpole;
+
+pub use cartpole::CartPole;
+
+use serde::{Deserialize, Serialize};
+
+/// A space of observations or actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Space {
+    /// `n` actions, `0..n`.
+    Discrete(usize),
+    /// Vectors of floats, each between its bounds (which may be infinite).
+    Box {
+        /// Lower bounds.
+        low: Vec<f32>,
+        /// Upper bounds.
+        high: Vec<f32>,
+    },
+}
+
+impl Space {
+    /// The length of a vector in it (1 for a discrete space's one index).
+    pub fn dim(&self) -> usize {
+        match self {
+            Space::Discrete(_) => 1,
+            Space::Box { low, .. } => low.len(),
+        }
+    }
+
+    /// Whether `a` is an action of this space.
+    pub fn contains(&self, a: &Action) -> bool {
+        match (self, a) {
+            (Space::Discrete(n), Action::Discrete(i)) => i < n,
+            (Space::Box { low, high }, Action::Continuous(v)) => {
+                v.len() == low.len() && v.iter().zip(low).zip(high).all(|((x, l), h)| x >= l && x <= h)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// An index into a discrete space.
+    Discrete(usize),
+    /// A vector in a box space.
+    Continuous(Vec<f32>),
+}
+
+/// What a step returns (Gymnasium's `obs, reward, terminated, truncated`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// The observation after the step.
+    pub obs: Vec<f32>,
+    /// The step's reward.
+    pub reward: f64,
+    /// The episode ended in a terminal state (no value to bootstrap).
+    pub terminated: bool,
+    /// The episode was cut short (a time limit): the state was not
+    /// terminal.
+    pub truncated: bool,
+}
+
+/// Why an environment refused a call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EnvError {
+    /// No environment has this id: lists the known ones.
+    #[error("unknown environment `{0}` (known: {known})", known = KNOWN.join(", "))]
+    Unknown(String),
+    /// An action outside the action space.
+    #[error("action {action:?} is not in the action space {space:?}")]
+    BadAction {
+        /// The action.
+        action: Action,
+        /// The space.
+        space: Space,
+    },
+    /// `step` before `reset`, or after the episode ended.
+    #[error("step called {0}: reset first")]
+    NeedsReset(&'static str),
+    /// An environment in another process failed or broke the protocol.
+    #[error("remote environment: {0}")]
+    Remote(String),
+}
+
+/// An environment, as Gymnasium's `Env`: `reset` starts an episode (seeded
+/// or not) and returns its first observation; `step` applies an action.
+/// Episodes end by termination or truncation (each environment keeps
+/// Gymnasium's step limit); then `reset` again.
+pub trait Env: Send {
+    /// The observations' space.
+    fn observation_space(&self) -> Space;
+
+    /// The actions' space.
+    fn action_space(&self) -> Space;
+
+    /// Starts an episode. With a seed, the environment's random state is
+    /// seeded first (the same seed gives the same episode start).
+    fn reset(&mut self, seed: Option<u64>) -> Vec<f32>;
+
+    /// Applies `action`.
+    fn step(&mut self, action: &Action) -> Result<Step, EnvError>;
+}
+
+/// The environments [`make`] knows.
+pub const KNOWN: &[&str] = &["CartPole-v1"];
+
+/// The environment with Gymnasium id `id` (with its step limit, as
+/// `gymnasium.make`).
+pub fn make(id: &str) -> Result<Box<dyn Env>, EnvError> {
+    Ok(match id {
+        "CartPole-v1" => Box::new(CartPole::new()),
+        _ => return Err(EnvError::Unknown(id.to_string())),
+    })
+}
+
+/// A seeded uniform draw in `[low, high)` from the environment's own
+/// random state (a SplitMix64 stream: small, fast and reproducible).
+#[derive(Debug, Clone)]
+pub struct EnvRng(u64);
+
+impl EnvRng {
+    /// A stream from `seed`.
+    pub fn new(seed: u64) -> EnvRng {
+        EnvRng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+
+    /// The next float in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A float in `[low, high)`.
+    pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.next_f64()
+    }
+}
+
+/// A seed drawn from the system, for environments reset without one.
+pub(crate) fn entropy_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}

@@ -1,0 +1,21 @@
+//! # rayforge-rllib
+//!
+//! Reinforcement learning on rayforge, as Ray's RLlib: environments in
+//! Rust that match Gymnasium's classic control step for step, env runners
+//! as actors stepping vectors of environments with the current policy,
+//! and PPO, DQN and SAC with tch learners.
+//!
+//! ```
+//! use rayforge_rllib::env::{self, Action, Env};
+//!
+//! let mut cartpole = env::make("CartPole-v1")?;
+//! let obs = cartpole.reset(Some(0));
+//! assert_eq!(obs.len(), 4);
+//! let step = cartpole.step(&Action::Discrete(1))?;
+//! assert_eq!(step.reward, 1.0);
+//! # Ok::<(), rayforge_rllib::env::EnvError>(())
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod env;

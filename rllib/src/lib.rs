@@ -18,4 +18,14 @@
 
 #![warn(missing_docs)]
 
+mod algorithm;
+pub mod algos;
+pub mod config;
 pub mod env;
+mod error;
+pub mod policy;
+pub mod runner;
+
+pub use algorithm::{Algorithm, IterationResult, Stop, CHECKPOINT_VERSION};
+pub use config::{Algo, AlgoConfig};
+pub use error::{Error, Result};

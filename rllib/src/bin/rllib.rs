@@ -1,7 +1,202 @@
 //! `rllib train --algo ppo --env CartPole-v1`: trains an algorithm on an
-//! environment on an embedded cluster, a progress line per iteration.
+//! environment (an embedded cluster, or the one `RAYFORGE_ADDRESS` names),
+//! a progress line per iteration, and saves a checkpoint at the end;
+//! `rllib evaluate CHECKPOINT` plays greedy episodes with a saved policy.
 
-fn main() {
-    eprintln!("usage: rllib train --algo ppo|dqn|sac --env NAME");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use rayforge_rllib::{Algo, AlgoConfig, Algorithm, Stop};
+
+const USAGE: &str = "usage:
+  rllib train --algo ppo|dqn|sac --env NAME [--num-env-runners N] [--num-envs-per-runner M]
+              [--stop-reward R] [--stop-timesteps T] [--stop-iters I] [--seed S]
+              [--config FILE] [--checkpoint-dir DIR]
+  rllib evaluate CHECKPOINT [--episodes N]
+  rllib tune SEARCH.TOML [--resume]      (a search.toml with [trainable] name = \"rllib\")
+
+Environments: CartPole-v1, Pendulum-v1, MountainCar-v0, MountainCarContinuous-v0, Acrobot-v1.
+The first stop criterion reached stops training (default: the preset's timesteps); with
+evaluation on (evaluation_interval), --stop-reward is checked against the evaluation return.
+A tuned preset per algorithm and environment; --config FILE (TOML) overrides its fields.";
+
+/// `--name VALUE` pairs after the command.
+fn flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(name) = a.strip_prefix("--") else {
+            return Err(format!("unexpected argument `{a}`"));
+        };
+        let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+        out.push((name.to_string(), v.clone()));
+    }
+    Ok(out)
+}
+
+fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("--{name}: `{v}` is not a valid value"))
+}
+
+fn train(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let flags = flags(args)?;
+    let get = |k: &str| flags.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let known = [
+        "algo",
+        "env",
+        "num-env-runners",
+        "num-envs-per-runner",
+        "stop-reward",
+        "stop-timesteps",
+        "stop-iters",
+        "seed",
+        "config",
+        "checkpoint-dir",
+    ];
+    if let Some((bad, _)) = flags.iter().find(|(n, _)| !known.contains(&n.as_str())) {
+        return Err(format!("unknown option --{bad}").into());
+    }
+    let algo: Algo = get("algo").ok_or("--algo is required")?.parse()?;
+    let env = get("env").ok_or("--env is required")?;
+    rayforge_rllib::env::make(env)?;
+    let mut config = AlgoConfig::preset(algo, env);
+    if let Some(path) = get("config") {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        config = config.merge_toml(&text).map_err(|e| format!("{path}: {e}"))?;
+    }
+    if let Some(v) = get("num-env-runners") {
+        config.num_env_runners = parse("num-env-runners", v)?;
+    }
+    if let Some(v) = get("num-envs-per-runner") {
+        config.num_envs_per_runner = parse("num-envs-per-runner", v)?;
+    }
+    if let Some(v) = get("seed") {
+        config.seed = parse("seed", v)?;
+    }
+    config.validate()?;
+    let mut stop = Stop {
+        reward: get("stop-reward").map(|v| parse("stop-reward", v)).transpose()?,
+        timesteps: get("stop-timesteps").map(|v| parse("stop-timesteps", v)).transpose()?,
+        iters: get("stop-iters").map(|v| parse("stop-iters", v)).transpose()?,
+    };
+    if stop == Stop::default() {
+        stop.timesteps = Some(config.anneal_timesteps.unwrap_or(100_000));
+    }
+    let dir: PathBuf = get("checkpoint-dir").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join("rayforge_results")
+            .join(format!("{}_{}", format!("{algo:?}").to_lowercase(), env))
+    });
+    rayforge::init(rayforge::Config::default())?;
+    println!(
+        "training {algo:?} on {env}: {} runners x {} envs, seed {}",
+        config.num_env_runners, config.num_envs_per_runner, config.seed
+    );
+    let start = std::time::Instant::now();
+    let mut a = Algorithm::new(config)?;
+    let last = a.run(stop, |r| println!("{}", r.line()))?;
+    let ckpt = a.save(&dir)?;
+    println!(
+        "done in {:.1} s: return {:.2} after {} env steps; checkpoint {}",
+        start.elapsed().as_secs_f64(),
+        last.episode_return_mean,
+        last.env_steps_lifetime,
+        ckpt.path().display()
+    );
+    a.stop();
+    Ok(())
+}
+
+fn evaluate(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let (path, rest) = args.split_first().ok_or("evaluate needs a checkpoint")?;
+    let flags = flags(rest)?;
+    let mut episodes = 10usize;
+    for (k, v) in &flags {
+        match k.as_str() {
+            "episodes" => episodes = parse("episodes", v)?,
+            _ => return Err(format!("unknown option --{k}").into()),
+        }
+    }
+    rayforge::init(rayforge::Config::default())?;
+    let mut a = Algorithm::restore(std::path::Path::new(path))?;
+    let ep = a.evaluate(episodes)?;
+    let n = ep.returns.len().max(1) as f64;
+    println!(
+        "{} episodes of {}: return mean {:.2} (min {:.2}, max {:.2}), length mean {:.1}",
+        ep.returns.len(),
+        a.config().env,
+        ep.returns.iter().sum::<f64>() / n,
+        ep.returns.iter().cloned().fold(f64::INFINITY, f64::min),
+        ep.returns.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        ep.lengths.iter().sum::<u64>() as f64 / n
+    );
+    a.stop();
+    Ok(())
+}
+
+/// A Tune trial running an algorithm: its parameters are config fields
+/// (over the preset of its `algo` and `env`), plus `checkpoint_every`
+/// (iterations, default 1). It reports every iteration until Tune stops
+/// it, and goes on from its checkpoint when restarted (or exploited).
+fn tune_trial(ctx: &mut rayforge_tune::TrialContext) -> Result<(), String> {
+    let mut params = ctx.config().clone();
+    let every = params
+        .remove("checkpoint_every")
+        .map(|v| v.as_u64().ok_or("checkpoint_every must be a whole number"))
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
+    let name = |k: &str| params.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let algo: Algo = name("algo")
+        .ok_or("the trial needs `algo`")?
+        .parse()
+        .map_err(|e: rayforge_rllib::Error| e.to_string())?;
+    let env = name("env").ok_or("the trial needs `env`")?;
+    let over: serde_json::Map<String, serde_json::Value> = params.into_iter().collect();
+    let config = AlgoConfig::preset(algo, &env)
+        .merge_json(&over)
+        .map_err(|e| e.to_string())?;
+    let mut a = match ctx.checkpoint() {
+        Some(c) => Algorithm::restore_with(c.path(), Some(config)),
+        None => Algorithm::new(config),
+    }
+    .map_err(|e| e.to_string())?;
+    loop {
+        let r = a.train().map_err(|e| e.to_string())?;
+        if r.iteration % every == 0 {
+            let w = a.checkpoint_writer().map_err(|e| e.to_string())?;
+            ctx.report_checkpoint(r.metrics(), w).map_err(|e| e.to_string())?;
+        } else {
+            ctx.report(r.metrics()).map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+#[rayforge::main]
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.split_first() {
+        Some((cmd, rest)) if cmd == "train" => train(rest),
+        Some((cmd, rest)) if cmd == "evaluate" => evaluate(rest),
+        Some((cmd, _)) if cmd == "tune" => {
+            let mut tune_args = args.clone();
+            tune_args[0] = "run".into();
+            return rayforge_tune::cli::Cli::new("rllib tune")
+                .register("rllib", tune_trial)
+                .run(&tune_args);
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rllib: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,497 @@
+//! An experiment in progress: the env runners (restarted when one dies),
+//! the algorithm's learner, iterations with their metrics, evaluation on a
+//! runner of its own, and checkpoints in the project's format.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::time::Instant;
+
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use serde::{Deserialize, Serialize};
+
+use crate::algos::{dqn::Dqn, ppo::Ppo, sac::Sac};
+use crate::config::{Algo, AlgoConfig};
+use crate::env::{self, Space};
+use crate::error::{Error, Result};
+use crate::policy::{PolicyKind, PolicySpec};
+use crate::runner::{EnvRunner, EnvRunnerHandle, Episodes, Explore, Rollout, RunnerSpec, Transitions};
+
+/// The checkpoint format version this crate writes (and the newest it
+/// reads), in `algorithm.json`.
+pub const CHECKPOINT_VERSION: u32 = 1;
+const WRITTEN_BY: &str = concat!("rayforge-rllib ", env!("CARGO_PKG_VERSION"));
+
+/// One iteration's results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationResult {
+    /// The iteration (1, 2, ...).
+    pub iteration: u64,
+    /// Env steps sampled since the start.
+    pub env_steps_lifetime: u64,
+    /// Env steps per second in this iteration (sampling and learning).
+    pub env_steps_per_s: f64,
+    /// Mean return of the last 100 episodes (NaN before the first ends).
+    pub episode_return_mean: f64,
+    /// Their lowest return.
+    pub episode_return_min: f64,
+    /// Their highest return.
+    pub episode_return_max: f64,
+    /// Their mean length.
+    pub episode_len_mean: f64,
+    /// Episodes finished since the start.
+    pub episodes_lifetime: u64,
+    /// The learner's losses and statistics.
+    pub learner: BTreeMap<String, f64>,
+    /// The mean return of the evaluation episodes, when evaluated.
+    pub evaluation_return_mean: Option<f64>,
+}
+
+impl IterationResult {
+    /// The metrics as name and value pairs (for Tune); those without a
+    /// value yet (NaN before the first episode ends) are left out.
+    pub fn metrics(&self) -> Vec<(String, f64)> {
+        let mut m = vec![
+            ("env_steps_lifetime".to_string(), self.env_steps_lifetime as f64),
+            ("env_steps_per_s".to_string(), self.env_steps_per_s),
+            ("episode_return_mean".to_string(), self.episode_return_mean),
+            ("episode_return_min".to_string(), self.episode_return_min),
+            ("episode_return_max".to_string(), self.episode_return_max),
+            ("episode_len_mean".to_string(), self.episode_len_mean),
+        ];
+        m.extend(self.learner.iter().map(|(k, v)| (k.clone(), *v)));
+        if let Some(e) = self.evaluation_return_mean {
+            m.push(("evaluation_return_mean".into(), e));
+        }
+        m.retain(|(_, v)| v.is_finite());
+        m
+    }
+
+    /// The progress line printed per iteration.
+    pub fn line(&self) -> String {
+        let learner: Vec<String> = self.learner.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+        format!(
+            "iter {:>4} | steps {:>8} | return {:>8.2} (min {:.1}, max {:.1}) | len {:>6.1} | {:>7.0} steps/s | {}{}",
+            self.iteration,
+            self.env_steps_lifetime,
+            self.episode_return_mean,
+            self.episode_return_min,
+            self.episode_return_max,
+            self.episode_len_mean,
+            self.env_steps_per_s,
+            learner.join(" "),
+            self.evaluation_return_mean
+                .map(|e| format!(" | eval {e:.2}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// When a run stops: the first criterion reached. The reward is the
+/// evaluation return on iterations that evaluate, when evaluation is on,
+/// else the training episodes' mean return.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stop {
+    /// A mean episode return at least this high.
+    pub reward: Option<f64>,
+    /// This many env steps.
+    pub timesteps: Option<u64>,
+    /// This many iterations.
+    pub iters: Option<u64>,
+}
+
+impl Stop {
+    /// Whether `r` meets a criterion (`evaluating`: the run evaluates, so
+    /// only evaluation returns count for the reward).
+    pub fn reached(&self, r: &IterationResult, evaluating: bool) -> bool {
+        let reward = match r.evaluation_return_mean {
+            Some(e) => e,
+            None if evaluating => f64::NEG_INFINITY,
+            None => r.episode_return_mean,
+        };
+        self.reward.is_some_and(|x| reward >= x)
+            || self.timesteps.is_some_and(|x| r.env_steps_lifetime >= x)
+            || self.iters.is_some_and(|x| r.iteration >= x)
+    }
+}
+
+/// The env runner actors: sampling calls that retry on a fresh runner
+/// when one dies.
+pub(crate) struct Runners {
+    handles: Vec<EnvRunnerHandle>,
+    specs: Vec<RunnerSpec>,
+}
+
+/// Times a runner is restarted within one sampling call before the
+/// iteration fails.
+const RUNNER_RETRIES: u32 = 3;
+
+impl Runners {
+    fn start(specs: Vec<RunnerSpec>) -> Result<Runners> {
+        let handles = specs.iter().map(Runners::spawn).collect::<Result<Vec<_>>>()?;
+        Ok(Runners { handles, specs })
+    }
+
+    fn spawn(spec: &RunnerSpec) -> Result<EnvRunnerHandle> {
+        Ok(EnvRunner::options().num_cpus(0.0).remote(spec.clone())?)
+    }
+
+    /// Calls every runner with `call`, the weights put in the object store
+    /// once; a runner that died is replaced and asked again.
+    fn each<T: rayforge::Value + 'static>(
+        &mut self,
+        weights: Vec<f32>,
+        call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<Vec<f32>>) -> rayforge::ObjectRef<T>,
+    ) -> Result<Vec<T>> {
+        let w = rayforge::put(weights)?;
+        let mut pending: Vec<_> = self.handles.iter().map(|h| call(h, w.clone())).collect();
+        let mut out: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+        for i in 0..pending.len() {
+            let mut attempts = 0;
+            loop {
+                match pending[i].get() {
+                    Ok(v) => {
+                        out[i] = Some(v);
+                        break;
+                    }
+                    // The environment or the runner's code refused: not
+                    // something a restart mends.
+                    Err(e) if e.user_error::<String>().is_some() => {
+                        return Err(Error::Runner {
+                            runner: i,
+                            attempts: 1,
+                            cause: e.user_error::<String>().unwrap_or_default(),
+                        })
+                    }
+                    Err(e) => {
+                        attempts += 1;
+                        tracing::warn!(runner = i, attempts, "env runner failed: {e}; starting a new one");
+                        if attempts > RUNNER_RETRIES {
+                            return Err(Error::Runner {
+                                runner: i,
+                                attempts,
+                                cause: e.to_string(),
+                            });
+                        }
+                        let _ = rayforge::kill(&self.handles[i]);
+                        self.handles[i] = Runners::spawn(&self.specs[i])?;
+                        pending[i] = call(&self.handles[i], w.clone());
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// PPO rollouts of `steps` steps per environment.
+    pub(crate) fn rollouts(&mut self, weights: Vec<f32>, steps: usize) -> Result<Vec<Rollout>> {
+        self.each(weights, |h, w| h.rollout(w, steps))
+    }
+
+    /// Off-policy transitions.
+    pub(crate) fn transitions(
+        &mut self,
+        weights: Vec<f32>,
+        steps: usize,
+        explore: Explore,
+    ) -> Result<Vec<Transitions>> {
+        self.each(weights, |h, w| h.transitions(w, steps, explore))
+    }
+
+    /// Greedy evaluation episodes on the first runner.
+    fn evaluate(&mut self, weights: Vec<f32>, episodes: usize, seed: u64) -> Result<Episodes> {
+        let h = self
+            .handles
+            .first()
+            .ok_or_else(|| Error::config("num_env_runners", "no runner"))?;
+        h.evaluate(weights, episodes, seed).get().map_err(|e| Error::Runner {
+            runner: 0,
+            attempts: 1,
+            cause: e.user_error::<String>().unwrap_or_else(|| e.to_string()),
+        })
+    }
+
+    fn stop(&self) {
+        for h in &self.handles {
+            let _ = rayforge::kill(h);
+        }
+    }
+}
+
+/// What an algorithm's learner does each iteration.
+pub(crate) trait Learner {
+    /// Samples through the runners and learns; the env steps sampled, the
+    /// episodes that ended, and the learner's statistics.
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)>;
+
+    /// The runners' network's weights.
+    fn policy_weights(&self) -> Vec<f32>;
+
+    /// Its networks' variables, by file name (for checkpoints).
+    fn var_stores(&mut self) -> Vec<(&'static str, &mut tch::nn::VarStore)>;
+}
+
+/// An algorithm on its env runners: [`Algorithm::train`] runs one
+/// iteration.
+pub struct Algorithm {
+    config: AlgoConfig,
+    runners: Runners,
+    eval_runner: Option<Runners>,
+    learner: Box<dyn Learner>,
+    iteration: u64,
+    env_steps: u64,
+    episodes: u64,
+    window: VecDeque<(f64, u64)>,
+}
+
+impl std::fmt::Debug for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Algorithm")
+            .field("config", &self.config)
+            .field("iteration", &self.iteration)
+            .finish()
+    }
+}
+
+/// What `algorithm.json` in a checkpoint holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Saved {
+    format_version: u32,
+    config: AlgoConfig,
+    iteration: u64,
+    env_steps: u64,
+    episodes: u64,
+}
+
+impl Algorithm {
+    /// Starts the runners (actors on the cluster `rayforge::init` joined)
+    /// and the learner.
+    pub fn new(config: AlgoConfig) -> Result<Algorithm> {
+        config.validate()?;
+        let probe = env::make(&config.env)?;
+        let action = probe.action_space();
+        let obs_dim = probe.observation_space().dim() as i64;
+        let kind = match (config.algo, &action) {
+            (Algo::Ppo, _) => PolicyKind::ActorCritic,
+            (Algo::Dqn, Space::Discrete(_)) => PolicyKind::QValues {
+                dueling: config.dueling,
+            },
+            (Algo::Sac, Space::Box { .. }) => PolicyKind::SquashedGaussian,
+            (Algo::Dqn, _) => {
+                return Err(Error::config(
+                    "algo",
+                    format!(
+                        "DQN needs discrete actions; {} has continuous ones (try sac)",
+                        config.env
+                    ),
+                ))
+            }
+            (Algo::Sac, _) => {
+                return Err(Error::config(
+                    "algo",
+                    format!(
+                        "SAC needs continuous actions; {} has discrete ones (try dqn or ppo)",
+                        config.env
+                    ),
+                ))
+            }
+        };
+        let policy = PolicySpec {
+            kind,
+            obs_dim,
+            action,
+            hidden: config.hidden.clone(),
+        };
+        tch::manual_seed(config.seed as i64);
+        tch::set_num_threads(1);
+        let spec = |i: usize, seed: u64| RunnerSpec {
+            env: config.env.clone(),
+            num_envs: config.num_envs_per_runner,
+            seed,
+            policy: policy.clone(),
+            gamma: config.gamma,
+            n_step: if config.algo == Algo::Dqn { config.n_step } else { 1 },
+            crash_at_sample: config
+                .crash_runner
+                .as_ref()
+                .filter(|c| c.0 == i)
+                .map(|c| (c.1, c.2.clone())),
+        };
+        let specs = (0..config.num_env_runners)
+            .map(|i| spec(i, config.seed.wrapping_mul(1_000_003).wrapping_add(1000 * i as u64)))
+            .collect();
+        let runners = Runners::start(specs)?;
+        let eval_runner = if config.evaluation_interval > 0 {
+            let mut s = spec(usize::MAX, config.seed ^ 0xE7A1);
+            s.num_envs = 1;
+            Some(Runners::start(vec![s])?)
+        } else {
+            None
+        };
+        let learner: Box<dyn Learner> = match config.algo {
+            Algo::Ppo => Box::new(Ppo::new(&config, &policy)?),
+            Algo::Dqn => Box::new(Dqn::new(&config, &policy)?),
+            Algo::Sac => Box::new(Sac::new(&config, &policy)?),
+        };
+        Ok(Algorithm {
+            config,
+            runners,
+            eval_runner,
+            learner,
+            iteration: 0,
+            env_steps: 0,
+            episodes: 0,
+            window: VecDeque::new(),
+        })
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AlgoConfig {
+        &self.config
+    }
+
+    /// One iteration: sample through the runners, learn, report.
+    pub fn train(&mut self) -> Result<IterationResult> {
+        let start = Instant::now();
+        let (steps, episodes, learner) = self.learner.step(&mut self.runners, self.env_steps)?;
+        self.iteration += 1;
+        self.env_steps += steps;
+        self.episodes += episodes.returns.len() as u64;
+        for (r, l) in episodes.returns.iter().zip(&episodes.lengths) {
+            self.window.push_back((*r, *l));
+            while self.window.len() > 100 {
+                self.window.pop_front();
+            }
+        }
+        let evaluation_return_mean = match &mut self.eval_runner {
+            Some(e) if self.iteration % self.config.evaluation_interval == 0 => {
+                let ep = e.evaluate(
+                    self.learner.policy_weights(),
+                    self.config.evaluation_episodes,
+                    self.config.seed ^ 0xE7A1,
+                )?;
+                Some(ep.returns.iter().sum::<f64>() / ep.returns.len().max(1) as f64)
+            }
+            _ => None,
+        };
+        let n = self.window.len() as f64;
+        let returns = self.window.iter().map(|x| x.0);
+        Ok(IterationResult {
+            iteration: self.iteration,
+            env_steps_lifetime: self.env_steps,
+            env_steps_per_s: steps as f64 / start.elapsed().as_secs_f64().max(1e-9),
+            episode_return_mean: if n > 0.0 {
+                returns.clone().sum::<f64>() / n
+            } else {
+                f64::NAN
+            },
+            episode_return_min: returns.clone().fold(f64::NAN, f64::min),
+            episode_return_max: returns.fold(f64::NAN, f64::max),
+            episode_len_mean: if n > 0.0 {
+                self.window.iter().map(|x| x.1 as f64).sum::<f64>() / n
+            } else {
+                f64::NAN
+            },
+            episodes_lifetime: self.episodes,
+            learner,
+            evaluation_return_mean,
+        })
+    }
+
+    /// Trains until `stop`, calling `on_iteration` with each result; the
+    /// last result.
+    pub fn run(&mut self, stop: Stop, mut on_iteration: impl FnMut(&IterationResult)) -> Result<IterationResult> {
+        if stop == Stop::default() {
+            return Err(Error::config(
+                "stop",
+                "give at least one of stop reward, timesteps or iterations",
+            ));
+        }
+        loop {
+            let r = self.train()?;
+            on_iteration(&r);
+            if stop.reached(&r, self.config.evaluation_interval > 0) {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Greedy episodes with the current policy on fresh environments.
+    pub fn evaluate(&mut self, episodes: usize) -> Result<Episodes> {
+        let w = self.learner.policy_weights();
+        let seed = self.config.seed ^ 0xE7A1;
+        match &mut self.eval_runner {
+            Some(e) => e.evaluate(w, episodes, seed),
+            None => self.runners.evaluate(w, episodes, seed),
+        }
+    }
+
+    /// Saves the networks and the algorithm's state as a checkpoint in
+    /// `dir` (`checkpoint_NNNNNN`, NNNNNN the iteration).
+    pub fn save(&mut self, dir: &Path) -> Result<Checkpoint> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Runtime(format!("{}: {e}", dir.display())))?;
+        let w = self.checkpoint_writer()?;
+        let metrics = BTreeMap::from([("env_steps_lifetime".to_string(), self.env_steps as f64)]);
+        Ok(w.commit(dir, self.iteration, &metrics, WRITTEN_BY)?)
+    }
+
+    /// The checkpoint's files written into a scratch directory, not yet
+    /// committed (for Tune, which commits it with a result).
+    pub fn checkpoint_writer(&mut self) -> Result<CheckpointWriter> {
+        let mut w = CheckpointWriter::new()?;
+        for (name, vs) in self.learner.var_stores() {
+            let p = w.file_path(name)?;
+            vs.save(&p)?;
+        }
+        let saved = Saved {
+            format_version: CHECKPOINT_VERSION,
+            config: self.config.clone(),
+            iteration: self.iteration,
+            env_steps: self.env_steps,
+            episodes: self.episodes,
+        };
+        let json = serde_json::to_vec_pretty(&saved).map_err(|e| Error::Runtime(e.to_string()))?;
+        w.write("algorithm.json", &json)?;
+        Ok(w)
+    }
+
+    /// An algorithm rebuilt from a checkpoint (its config, networks and
+    /// counters), with fresh runners.
+    pub fn restore(path: &Path) -> Result<Algorithm> {
+        Algorithm::restore_with(path, None)
+    }
+
+    /// [`Algorithm::restore`] with another config (PBT's explored
+    /// parameters); its networks must have the checkpoint's shapes.
+    pub fn restore_with(path: &Path, config: Option<AlgoConfig>) -> Result<Algorithm> {
+        let c = Checkpoint::open(path)?;
+        let bytes = c.read("algorithm.json")?;
+        let saved: Saved = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::config("checkpoint", format!("{}: algorithm.json: {e}", path.display())))?;
+        if saved.format_version > CHECKPOINT_VERSION {
+            return Err(Error::config(
+                "checkpoint",
+                format!(
+                    "format version {} is newer than this build reads ({CHECKPOINT_VERSION})",
+                    saved.format_version
+                ),
+            ));
+        }
+        let mut a = Algorithm::new(config.unwrap_or(saved.config))?;
+        for (name, vs) in a.learner.var_stores() {
+            vs.load(c.file(name))
+                .map_err(|e| Error::config("checkpoint", format!("{}: {name}: {e}", path.display())))?;
+        }
+        a.iteration = saved.iteration;
+        a.env_steps = saved.env_steps;
+        a.episodes = saved.episodes;
+        Ok(a)
+    }
+
+    /// Ends the runners.
+    pub fn stop(self) {
+        self.runners.stop();
+        if let Some(e) = &self.eval_runner {
+            e.stop();
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! DQN (Mnih et al., 2015) with the usual improvements: a replay buffer, a
+//! target network refreshed every few iterations, double Q-learning
+//! (van Hasselt et al., 2016), a dueling head (Wang et al., 2016), n-step
+//! returns (summed by the runners), an epsilon schedule, the Huber loss
+//! and gradients clipped by norm.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tch::nn::OptimizerConfig;
+use tch::{nn, Device, Kind};
+
+use super::{scalar, Replay};
+use crate::algorithm::{Learner, Runners};
+use crate::config::AlgoConfig;
+use crate::error::Result;
+use crate::policy::{Policy, PolicySpec};
+use crate::runner::{Episodes, Explore};
+
+/// DQN's learner.
+pub(crate) struct Dqn {
+    config: AlgoConfig,
+    online: Policy,
+    target: Policy,
+    opt: nn::Optimizer,
+    replay: Replay,
+    rng: StdRng,
+    iterations: u64,
+    device: Device,
+}
+
+impl Dqn {
+    pub(crate) fn new(config: &AlgoConfig, spec: &PolicySpec) -> Result<Dqn> {
+        let device = config.torch_device();
+        let online = Policy::new(spec, device);
+        let mut target = Policy::new(spec, device);
+        target.vs.copy(&online.vs)?;
+        let opt = nn::Adam::default().build(&online.vs, config.lr)?;
+        Ok(Dqn {
+            replay: Replay::new(config.buffer_size, spec.obs_dim as usize, 1),
+            config: config.clone(),
+            online,
+            target,
+            opt,
+            rng: StdRng::seed_from_u64(config.seed ^ 0xD09),
+            iterations: 0,
+            device,
+        })
+    }
+
+    /// Epsilon after `env_steps` steps: linear from start to end.
+    fn epsilon(&self, env_steps: u64) -> f64 {
+        let c = &self.config;
+        let f = (env_steps as f64 / c.epsilon_timesteps.max(1) as f64).min(1.0);
+        c.epsilon_start + f * (c.epsilon_end - c.epsilon_start)
+    }
+}
+
+impl Learner for Dqn {
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)> {
+        let eps = self.epsilon(env_steps);
+        let batches = runners.transitions(self.online.weights(), self.config.sample_steps, Explore::Epsilon(eps))?;
+        let mut episodes = Episodes::default();
+        let mut steps = 0;
+        for b in &batches {
+            self.replay.add(b);
+            steps += b.env_steps;
+            episodes.returns.extend(&b.episodes.returns);
+            episodes.lengths.extend(&b.episodes.lengths);
+        }
+        self.iterations += 1;
+        let mut stats = BTreeMap::from([("epsilon".to_string(), eps)]);
+        if env_steps + steps < self.config.learning_starts || self.replay.len() < self.config.batch_size {
+            return Ok((steps, episodes, stats));
+        }
+        if self.iterations % self.config.target_update_interval.max(1) == 0 {
+            self.target.vs.copy(&self.online.vs)?;
+        }
+        let (mut loss_sum, mut q_sum) = (0.0, 0.0);
+        for _ in 0..self.config.train_steps {
+            let b = self.replay.sample(self.config.batch_size, &mut self.rng, self.device);
+            let target = tch::no_grad(|| {
+                let q_next_target = self.target.q_values(&b.next_obs);
+                let next = if self.config.double_q {
+                    let a = self.online.q_values(&b.next_obs).argmax(-1, true);
+                    q_next_target.gather(-1, &a, false).squeeze_dim(-1)
+                } else {
+                    q_next_target.max_dim(-1, false).0
+                };
+                &b.rewards + &b.discount * (1.0 - &b.terminated) * next
+            });
+            let a = b.actions.to_kind(Kind::Int64);
+            let q = self.online.q_values(&b.obs).gather(-1, &a, false).squeeze_dim(-1);
+            let loss = q.smooth_l1_loss(&target, tch::Reduction::Mean, 1.0);
+            self.opt.zero_grad();
+            loss.backward();
+            self.opt.clip_grad_norm(self.config.max_grad_norm);
+            self.opt.step();
+            loss_sum += scalar(&loss);
+            q_sum += scalar(&q.mean(Kind::Float));
+        }
+        let n = self.config.train_steps.max(1) as f64;
+        stats.insert("loss".into(), loss_sum / n);
+        stats.insert("q_mean".into(), q_sum / n);
+        Ok((steps, episodes, stats))
+    }
+
+    fn policy_weights(&self) -> Vec<f32> {
+        self.online.weights()
+    }
+
+    fn var_stores(&mut self) -> Vec<(&'static str, &mut nn::VarStore)> {
+        vec![
+            ("policy.safetensors", &mut self.online.vs),
+            ("target.safetensors", &mut self.target.vs),
+        ]
+    }
+}

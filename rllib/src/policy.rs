@@ -1,0 +1,386 @@
+//! The networks the env runners act with (tch, on the CPU in the
+//! runners), their weights as one flat vector (how the learner broadcasts
+//! them), and sampling with the runner's own seeded random stream so that
+//! a run is reproducible.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, Device, Kind, Tensor};
+
+use crate::env::Space;
+
+/// What the runners' network is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PolicyKind {
+    /// PPO: a policy head and a value network.
+    ActorCritic,
+    /// DQN: action values (`dueling`: a value and an advantage stream).
+    QValues {
+        /// A dueling head.
+        dueling: bool,
+    },
+    /// SAC: a squashed Gaussian actor.
+    SquashedGaussian,
+}
+
+/// The runners' network: its kind, input size, action space and hidden
+/// layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    /// The kind.
+    pub kind: PolicyKind,
+    /// Observation length.
+    pub obs_dim: i64,
+    /// The action space.
+    pub action: Space,
+    /// Hidden layer widths.
+    pub hidden: Vec<i64>,
+}
+
+/// A multi-layer perceptron: `dims[0] -> ... -> dims[last]`, `tanh` or
+/// ReLU between layers. With `out_gain`, orthogonal initial weights (gain
+/// √2 for hidden layers, `out_gain` for the last) as Stable-Baselines3's
+/// on-policy networks; without, PyTorch's default initialisation (as its
+/// off-policy ones).
+pub fn mlp(p: &nn::Path, dims: &[i64], relu: bool, out_gain: Option<f64>) -> nn::Sequential {
+    let mut s = nn::seq();
+    for i in 0..dims.len().saturating_sub(1) {
+        let last = i + 2 == dims.len();
+        let cfg = match out_gain {
+            Some(out) => nn::LinearConfig {
+                ws_init: nn::Init::Orthogonal {
+                    gain: if last { out } else { 2f64.sqrt() },
+                },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+            None => torch_default(dims[i]),
+        };
+        s = s.add(nn::linear(p / format!("l{i}"), dims[i], dims[i + 1], cfg));
+        if !last {
+            s = if relu {
+                s.add_fn(|x| x.relu())
+            } else {
+                s.add_fn(|x| x.tanh())
+            };
+        }
+    }
+    s
+}
+
+/// PyTorch's default `nn.Linear` initialisation: weights and biases
+/// uniform in `±1/√fan_in`.
+pub fn torch_default(fan_in: i64) -> nn::LinearConfig {
+    let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+    nn::LinearConfig {
+        ws_init: nn::Init::Uniform { lo: -b, up: b },
+        bs_init: Some(nn::Init::Uniform { lo: -b, up: b }),
+        bias: true,
+    }
+}
+
+/// The number of outputs of an action space's head (actions for a
+/// discrete space, dimensions for a box).
+pub fn action_dim(space: &Space) -> i64 {
+    match space {
+        Space::Discrete(n) => *n as i64,
+        Space::Box { low, .. } => low.len() as i64,
+    }
+}
+
+/// The runners' network with its variables.
+pub struct Policy {
+    /// Its variables (what is broadcast).
+    pub vs: nn::VarStore,
+    /// What it is.
+    pub spec: PolicySpec,
+    body: Body,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("spec", &self.spec).finish()
+    }
+}
+
+enum Body {
+    ActorCritic {
+        pi: nn::Sequential,
+        vf: nn::Sequential,
+        log_std: Option<Tensor>,
+    },
+    Q {
+        trunk: nn::Sequential,
+        value: Option<nn::Linear>,
+        adv: nn::Linear,
+    },
+    Gaussian {
+        trunk: nn::Sequential,
+        mean: nn::Linear,
+        log_std: nn::Linear,
+    },
+}
+
+/// SAC's bounds on the actor's log standard deviation.
+pub const LOG_STD_MIN: f64 = -20.0;
+/// See [`LOG_STD_MIN`].
+pub const LOG_STD_MAX: f64 = 2.0;
+
+impl Policy {
+    /// A freshly initialised network on `device` (the current tch seed
+    /// decides its weights).
+    pub fn new(spec: &PolicySpec, device: Device) -> Policy {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let a = action_dim(&spec.action);
+        let last = *spec.hidden.last().unwrap_or(&spec.obs_dim);
+        let trunk_dims: Vec<i64> = std::iter::once(spec.obs_dim)
+            .chain(spec.hidden.iter().copied())
+            .collect();
+        let body = match spec.kind {
+            PolicyKind::ActorCritic => {
+                let mut pi_dims = trunk_dims.clone();
+                pi_dims.push(a);
+                let mut vf_dims = trunk_dims.clone();
+                vf_dims.push(1);
+                let log_std =
+                    matches!(spec.action, Space::Box { .. }).then(|| root.var("log_std", &[a], nn::Init::Const(0.0)));
+                Body::ActorCritic {
+                    pi: mlp(&(&root / "pi"), &pi_dims, false, Some(0.01)),
+                    vf: mlp(&(&root / "vf"), &vf_dims, false, Some(1.0)),
+                    log_std,
+                }
+            }
+            PolicyKind::QValues { dueling } => {
+                let mut trunk = mlp(&(&root / "q"), &trunk_dims, true, None);
+                if trunk_dims.len() > 1 {
+                    trunk = trunk.add_fn(|x| x.relu());
+                }
+                let value = dueling.then(|| nn::linear(&root / "value", last, 1, torch_default(last)));
+                let adv = nn::linear(&root / "adv", last, a, torch_default(last));
+                Body::Q { trunk, value, adv }
+            }
+            PolicyKind::SquashedGaussian => {
+                let trunk = mlp(&(&root / "actor"), &trunk_dims, true, None).add_fn(|x| x.relu());
+                Body::Gaussian {
+                    trunk,
+                    mean: nn::linear(&root / "mean", last, a, torch_default(last)),
+                    log_std: nn::linear(&root / "log_std", last, a, torch_default(last)),
+                }
+            }
+        };
+        Policy {
+            vs,
+            spec: spec.clone(),
+            body,
+        }
+    }
+
+    /// PPO: the policy head's output (logits, or the Gaussian's mean) and
+    /// the value estimates.
+    pub fn pi_and_value(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        match &self.body {
+            Body::ActorCritic { pi, vf, .. } => (pi.forward(obs), vf.forward(obs).squeeze_dim(-1)),
+            _ => (
+                Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            ),
+        }
+    }
+
+    /// PPO's value estimates.
+    pub fn value(&self, obs: &Tensor) -> Tensor {
+        self.pi_and_value(obs).1
+    }
+
+    /// PPO, continuous actions: the log standard deviation.
+    pub fn log_std(&self) -> Option<&Tensor> {
+        match &self.body {
+            Body::ActorCritic { log_std, .. } => log_std.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// PPO: log-probabilities of `actions` and the entropy, per row.
+    pub fn log_prob_entropy(&self, head: &Tensor, actions: &Tensor) -> (Tensor, Tensor) {
+        match self.log_std() {
+            None => {
+                let logp_all = head.log_softmax(-1, Kind::Float);
+                let logp = logp_all
+                    .gather(-1, &actions.to_kind(Kind::Int64).view([-1, 1]), false)
+                    .squeeze_dim(-1);
+                let ent = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
+                (logp, ent)
+            }
+            Some(log_std) => {
+                let var = (log_std * 2.0).exp();
+                let d = actions - head;
+                let logp = (-(&d * &d) / (&var * 2.0) - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln())
+                    .sum_dim_intlist(-1, false, Kind::Float);
+                let ent = (log_std + 0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln()).sum(Kind::Float);
+                let ent = ent.expand([head.size()[0]], false);
+                (logp, ent)
+            }
+        }
+    }
+
+    /// DQN: the action values.
+    pub fn q_values(&self, obs: &Tensor) -> Tensor {
+        match &self.body {
+            Body::Q { trunk, value, adv } => {
+                let h = trunk.forward(obs);
+                let a = adv.forward(&h);
+                match value {
+                    Some(v) => v.forward(&h) + &a - a.mean_dim(-1, true, Kind::Float),
+                    None => a,
+                }
+            }
+            _ => Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+        }
+    }
+
+    /// SAC: the Gaussian's mean and (clamped) log standard deviation,
+    /// before squashing.
+    pub fn gaussian(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        match &self.body {
+            Body::Gaussian { trunk, mean, log_std } => {
+                let h = trunk.forward(obs);
+                (mean.forward(&h), log_std.forward(&h).clamp(LOG_STD_MIN, LOG_STD_MAX))
+            }
+            _ => (
+                Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+                Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+            ),
+        }
+    }
+
+    /// The weights as one vector: every variable, by name, flattened.
+    pub fn weights(&self) -> Vec<f32> {
+        flat_weights(&self.vs)
+    }
+
+    /// Loads weights made by [`Policy::weights`] of the same spec.
+    pub fn set_weights(&mut self, w: &[f32]) -> Result<(), String> {
+        set_flat_weights(&mut self.vs, w)
+    }
+}
+
+/// Every variable of `vs`, sorted by name, flattened into one vector.
+pub fn flat_weights(vs: &nn::VarStore) -> Vec<f32> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::new();
+    for (_, t) in vars {
+        let t = t
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .view([-1]);
+        // A contiguous CPU f32 vector converts without fail.
+        out.extend(Vec::<f32>::try_from(&t).unwrap_or_default());
+    }
+    out
+}
+
+/// Loads a vector made by [`flat_weights`] into `vs`.
+pub fn set_flat_weights(vs: &mut nn::VarStore, w: &[f32]) -> Result<(), String> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let total: i64 = vars.iter().map(|(_, t)| t.numel() as i64).sum();
+    if total != w.len() as i64 {
+        return Err(format!("weights of {} values for a network of {total}", w.len()));
+    }
+    let mut at = 0usize;
+    tch::no_grad(|| {
+        for (_, mut t) in vars {
+            let n = t.numel();
+            let src = Tensor::from_slice(&w[at..at + n])
+                .view(t.size().as_slice())
+                .to_device(t.device());
+            t.copy_(&src);
+            at += n;
+        }
+    });
+    Ok(())
+}
+
+/// A standard normal draw (Box-Muller).
+pub fn normal(rng: &mut StdRng) -> f64 {
+    let (u1, u2): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+}
+
+/// An index drawn with the probabilities `p`.
+pub fn categorical(rng: &mut StdRng, p: &[f32]) -> usize {
+    let total: f32 = p.iter().sum();
+    let mut x = rng.random::<f32>() * total;
+    for (i, pi) in p.iter().enumerate() {
+        if x < *pi {
+            return i;
+        }
+        x -= pi;
+    }
+    p.len().saturating_sub(1)
+}
+
+/// Rows of a 2-D CPU tensor as vectors.
+pub fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let size = t.size();
+    let (n, d) = match size.as_slice() {
+        [n] => (*n as usize, 1usize),
+        [n, d] => (*n as usize, *d as usize),
+        _ => return Vec::new(),
+    };
+    let flat = Vec::<f32>::try_from(&t.view([-1])).unwrap_or_default();
+    (0..n).map(|i| flat[i * d..(i + 1) * d].to_vec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_round_trip_between_networks_of_one_spec() {
+        tch::manual_seed(0);
+        let spec = PolicySpec {
+            kind: PolicyKind::ActorCritic,
+            obs_dim: 4,
+            action: Space::Discrete(2),
+            hidden: vec![8, 8],
+        };
+        let a = Policy::new(&spec, Device::Cpu);
+        let mut b = Policy::new(&spec, Device::Cpu);
+        let x = Tensor::from_slice(&[0.1f32, -0.2, 0.3, 0.0]).view([1, 4]);
+        assert!(!a.pi_and_value(&x).0.allclose(&b.pi_and_value(&x).0, 1e-6, 1e-6, false));
+        b.set_weights(&a.weights()).unwrap();
+        assert!(a.pi_and_value(&x).0.allclose(&b.pi_and_value(&x).0, 1e-6, 1e-6, false));
+        assert!(b.set_weights(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn log_probabilities_match_the_distributions() {
+        let spec = PolicySpec {
+            kind: PolicyKind::ActorCritic,
+            obs_dim: 2,
+            action: Space::Box {
+                low: vec![-1.0],
+                high: vec![1.0],
+            },
+            hidden: vec![4],
+        };
+        let p = Policy::new(&spec, Device::Cpu);
+        // log_std 0: a standard normal around the mean.
+        let mean = Tensor::from_slice(&[0.0f32]).view([1, 1]);
+        let (logp, ent) = p.log_prob_entropy(&mean, &Tensor::from_slice(&[1.0f32]).view([1, 1]));
+        let want = -0.5 - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        assert!((logp.double_value(&[0]) - want).abs() < 1e-6);
+        assert!((ent.double_value(&[0]) - (0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln())).abs() < 1e-6);
+        let mut rng: StdRng = rand::SeedableRng::seed_from_u64(1);
+        let picks: Vec<usize> = (0..1000).map(|_| categorical(&mut rng, &[0.2, 0.8])).collect();
+        let ones = picks.iter().filter(|i| **i == 1).count();
+        assert!((700..900).contains(&ones), "{ones}");
+    }
+}

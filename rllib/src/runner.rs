@@ -1,0 +1,428 @@
+//! Env runners: actors, each stepping its own vector of environments with
+//! the latest policy weights (tch inference on the CPU, no Python). A
+//! `sample` call returns a batch through the object store: a rollout for
+//! PPO, or transitions for the off-policy algorithms.
+
+use std::collections::VecDeque;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::env::{self, Action, Env, Space};
+use crate::policy::{self, Policy, PolicyKind, PolicySpec};
+
+/// How a runner is built.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunnerSpec {
+    /// The environment's id.
+    pub env: String,
+    /// Environments it steps.
+    pub num_envs: usize,
+    /// Its seed (environment `i` is reset first with `seed + i`).
+    pub seed: u64,
+    /// Its network.
+    pub policy: PolicySpec,
+    /// The discount (for bootstrapping truncated episodes and n-step
+    /// returns).
+    pub gamma: f64,
+    /// Steps summed into one transition (DQN's n-step returns; 1 for
+    /// plain transitions).
+    pub n_step: usize,
+    /// Testing aid: the runner kills its own process once (remembered by
+    /// this marker file) in the middle of this sample call (1-based).
+    pub crash_at_sample: Option<(u64, String)>,
+}
+
+/// How to act in a `sample` call.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub enum Explore {
+    /// Draw from the policy (PPO, SAC).
+    Sample,
+    /// The policy's best action (evaluation).
+    Greedy,
+    /// Epsilon-greedy (DQN).
+    Epsilon(f64),
+    /// Uniformly random actions (SAC's warm-up).
+    Random,
+}
+
+/// Episodes that ended during a call.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Episodes {
+    /// Their returns.
+    pub returns: Vec<f64>,
+    /// Their lengths.
+    pub lengths: Vec<u64>,
+}
+
+/// PPO's rollout: `steps` steps of each of `envs` environments, time-major
+/// (`[step][env]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rollout {
+    /// Steps per environment.
+    pub steps: usize,
+    /// Environments.
+    pub envs: usize,
+    /// Observations, flattened.
+    pub obs: Vec<f32>,
+    /// Actions (an index, or a vector), flattened.
+    pub actions: Vec<f32>,
+    /// Log-probabilities of the actions when taken.
+    pub logp: Vec<f32>,
+    /// Value estimates when taken.
+    pub values: Vec<f32>,
+    /// Rewards (a truncated episode's last one includes the discounted
+    /// value of where it was cut).
+    pub rewards: Vec<f32>,
+    /// Whether the episode ended at the step.
+    pub dones: Vec<f32>,
+    /// The value of each environment's observation after the last step.
+    pub last_values: Vec<f32>,
+    /// The episodes that ended.
+    pub episodes: Episodes,
+}
+
+/// Off-policy transitions (`n_step` steps each; `discount` is `gamma^k`
+/// for the `k` steps summed).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Transitions {
+    /// Observations, flattened.
+    pub obs: Vec<f32>,
+    /// Actions, flattened.
+    pub actions: Vec<f32>,
+    /// Discounted reward sums.
+    pub rewards: Vec<f32>,
+    /// Observations after, flattened.
+    pub next_obs: Vec<f32>,
+    /// 1 where the episode terminated (no bootstrap).
+    pub terminated: Vec<f32>,
+    /// The discount to apply to the bootstrap value.
+    pub discount: Vec<f32>,
+    /// Environment steps taken.
+    pub env_steps: u64,
+    /// The episodes that ended.
+    pub episodes: Episodes,
+}
+
+/// One environment step waiting to be folded into n-step transitions.
+#[derive(Debug, Clone)]
+struct Pending {
+    obs: Vec<f32>,
+    action: Vec<f32>,
+    reward: f64,
+}
+
+/// An env runner's process.
+#[rayforge::actor]
+pub struct EnvRunner {
+    spec: RunnerSpec,
+    envs: Vec<Box<dyn Env>>,
+    obs: Vec<Vec<f32>>,
+    policy: Policy,
+    rng: StdRng,
+    ep_return: Vec<f64>,
+    ep_len: Vec<u64>,
+    windows: Vec<VecDeque<Pending>>,
+    samples: u64,
+    /// Why its environments could not be made (reported by every call).
+    broken: Option<String>,
+}
+
+#[rayforge::actor]
+impl EnvRunner {
+    /// Builds its environments (reset with their seeds) and its network.
+    fn new(spec: RunnerSpec) -> Self {
+        tch::set_num_threads(1);
+        let mut envs = Vec::with_capacity(spec.num_envs);
+        let mut obs = Vec::with_capacity(spec.num_envs);
+        let mut broken = None;
+        for i in 0..spec.num_envs {
+            match env::make(&spec.env) {
+                Ok(mut e) => {
+                    obs.push(e.reset(Some(spec.seed + i as u64)));
+                    envs.push(e);
+                }
+                Err(e) => broken = Some(e.to_string()),
+            }
+        }
+        let policy = Policy::new(&spec.policy, Device::Cpu);
+        EnvRunner {
+            rng: StdRng::seed_from_u64(spec.seed ^ 0xA5A5_5A5A),
+            ep_return: vec![0.0; spec.num_envs],
+            ep_len: vec![0; spec.num_envs],
+            windows: vec![VecDeque::new(); spec.num_envs],
+            samples: 0,
+            broken,
+            spec,
+            envs,
+            obs,
+            policy,
+        }
+    }
+
+    /// PPO: `steps` steps of every environment with `weights`.
+    fn rollout(&mut self, weights: Vec<f32>, steps: usize) -> Result<Rollout, String> {
+        self.begin(&weights)?;
+        let n = self.envs.len();
+        let mut r = Rollout {
+            steps,
+            envs: n,
+            ..Default::default()
+        };
+        for s in 0..steps {
+            self.maybe_crash(s >= steps / 2);
+            let x = self.obs_tensor();
+            let (head, values) = tch::no_grad(|| self.policy.pi_and_value(&x));
+            let values = policy::rows(&values);
+            let actions = self.draw_ppo(&head);
+            let logp = tch::no_grad(|| {
+                let a = Tensor::from_slice(&actions.concat()).view([n as i64, -1]);
+                let a = if matches!(self.spec.policy.action, Space::Discrete(_)) {
+                    a.view([-1])
+                } else {
+                    a
+                };
+                self.policy.log_prob_entropy(&head, &a).0
+            });
+            let logp = policy::rows(&logp);
+            for i in 0..n {
+                r.obs.extend(&self.obs[i]);
+                r.actions.extend(&actions[i]);
+                r.logp.push(logp[i][0]);
+                r.values.push(values[i][0]);
+                let (step, final_obs) = self.step_env(i, &actions[i], &mut r.episodes)?;
+                let mut reward = step.reward;
+                if step.truncated {
+                    // Cut short, not ended: the value of where it was cut
+                    // is still to come (as Stable-Baselines3).
+                    let v = tch::no_grad(|| self.policy.value(&Tensor::from_slice(&final_obs).view([1, -1])));
+                    reward += self.spec.gamma * v.double_value(&[0]);
+                }
+                r.rewards.push(reward as f32);
+                r.dones.push((step.terminated || step.truncated) as u8 as f32);
+            }
+        }
+        let v = tch::no_grad(|| self.policy.value(&self.obs_tensor()));
+        r.last_values = policy::rows(&v).into_iter().map(|x| x[0]).collect();
+        Ok(r)
+    }
+
+    /// The off-policy algorithms: `steps` steps of every environment,
+    /// acting as `explore` says, as (n-step) transitions.
+    fn transitions(&mut self, weights: Vec<f32>, steps: usize, explore: Explore) -> Result<Transitions, String> {
+        self.begin(&weights)?;
+        let mut t = Transitions::default();
+        for s in 0..steps {
+            self.maybe_crash(s >= steps / 2);
+            let actions = self.act(explore);
+            for (i, action) in actions.iter().enumerate() {
+                let obs = self.obs[i].clone();
+                let (step, final_obs) = self.step_env(i, action, &mut t.episodes)?;
+                t.env_steps += 1;
+                self.windows[i].push_back(Pending {
+                    obs,
+                    action: action.clone(),
+                    reward: step.reward,
+                });
+                let ended = step.terminated || step.truncated;
+                // A full window gives its oldest step's n-step transition;
+                // an ended episode gives all of its window's.
+                while self.windows[i].len() >= self.spec.n_step.max(1) || (ended && !self.windows[i].is_empty()) {
+                    let (mut ret, mut disc) = (0.0, 1.0);
+                    for p in &self.windows[i] {
+                        ret += disc * p.reward;
+                        disc *= self.spec.gamma;
+                    }
+                    let Some(first) = self.windows[i].pop_front() else {
+                        break;
+                    };
+                    t.obs.extend(&first.obs);
+                    t.actions.extend(&first.action);
+                    t.rewards.push(ret as f32);
+                    t.next_obs.extend(&final_obs);
+                    t.terminated.push(step.terminated as u8 as f32);
+                    t.discount.push(disc as f32);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// Plays `episodes` whole episodes greedily with `weights` on fresh
+    /// environments (evaluation); their returns and lengths.
+    fn evaluate(&mut self, weights: Vec<f32>, episodes: usize, seed: u64) -> Result<Episodes, String> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        self.policy.set_weights(&weights)?;
+        let mut out = Episodes::default();
+        let mut e = env::make(&self.spec.env).map_err(|e| e.to_string())?;
+        for k in 0..episodes {
+            let mut obs = e.reset(Some(seed + k as u64));
+            let (mut ret, mut len) = (0.0, 0u64);
+            loop {
+                let a = self.act_one(&obs, Explore::Greedy);
+                let s = e.step(&a).map_err(|e| e.to_string())?;
+                ret += s.reward;
+                len += 1;
+                obs = s.obs;
+                if s.terminated || s.truncated {
+                    break;
+                }
+            }
+            out.returns.push(ret);
+            out.lengths.push(len);
+        }
+        Ok(out)
+    }
+}
+
+impl EnvRunner {
+    fn begin(&mut self, weights: &[f32]) -> Result<(), String> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        self.samples += 1;
+        self.policy.set_weights(weights)
+    }
+
+    /// Testing aid: dies once, halfway through the configured call.
+    fn maybe_crash(&self, halfway: bool) {
+        if let Some((at, marker)) = &self.spec.crash_at_sample {
+            if halfway && self.samples == *at && std::fs::metadata(marker).is_err() {
+                let _ = std::fs::write(marker, b"crashed once");
+                std::process::abort();
+            }
+        }
+    }
+
+    fn obs_tensor(&self) -> Tensor {
+        let flat: Vec<f32> = self.obs.concat();
+        Tensor::from_slice(&flat).view([self.obs.len() as i64, -1])
+    }
+
+    /// Steps environment `i`, resetting it when its episode ended; the
+    /// step and the observation it ended on.
+    fn step_env(&mut self, i: usize, action: &[f32], episodes: &mut Episodes) -> Result<(env::Step, Vec<f32>), String> {
+        let a = match self.spec.policy.action {
+            Space::Discrete(_) => Action::Discrete(action.first().copied().unwrap_or(0.0) as usize),
+            Space::Box { ref low, ref high } => Action::Continuous(
+                action
+                    .iter()
+                    .zip(low.iter().zip(high))
+                    .map(|(x, (l, h))| x.clamp(*l, *h))
+                    .collect(),
+            ),
+        };
+        let step = self.envs[i].step(&a).map_err(|e| e.to_string())?;
+        self.ep_return[i] += step.reward;
+        self.ep_len[i] += 1;
+        let final_obs = step.obs.clone();
+        if step.terminated || step.truncated {
+            episodes.returns.push(self.ep_return[i]);
+            episodes.lengths.push(self.ep_len[i]);
+            self.ep_return[i] = 0.0;
+            self.ep_len[i] = 0;
+            self.obs[i] = self.envs[i].reset(None);
+        } else {
+            self.obs[i] = step.obs.clone();
+        }
+        Ok((step, final_obs))
+    }
+
+    /// PPO's actions drawn from the policy head's output.
+    fn draw_ppo(&mut self, head: &Tensor) -> Vec<Vec<f32>> {
+        match self.policy.log_std() {
+            None => {
+                let p = policy::rows(&head.softmax(-1, Kind::Float));
+                p.iter()
+                    .map(|p| vec![policy::categorical(&mut self.rng, p) as f32])
+                    .collect()
+            }
+            Some(log_std) => {
+                let std: Vec<f32> = policy::rows(&log_std.exp().view([1, -1])).concat();
+                policy::rows(head)
+                    .into_iter()
+                    .map(|m| {
+                        m.iter()
+                            .zip(&std)
+                            .map(|(m, s)| m + s * policy::normal(&mut self.rng) as f32)
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Every environment's action, as `explore` says.
+    fn act(&mut self, explore: Explore) -> Vec<Vec<f32>> {
+        let obs = self.obs.clone();
+        obs.iter().map(|o| self.act_one_vec(o, explore)).collect()
+    }
+
+    fn act_one(&mut self, obs: &[f32], explore: Explore) -> Action {
+        let v = self.act_one_vec(obs, explore);
+        match self.spec.policy.action {
+            Space::Discrete(_) => Action::Discrete(v.first().copied().unwrap_or(0.0) as usize),
+            _ => Action::Continuous(v),
+        }
+    }
+
+    /// One action as a vector (an index for a discrete space).
+    fn act_one_vec(&mut self, obs: &[f32], explore: Explore) -> Vec<f32> {
+        let space = self.spec.policy.action.clone();
+        if let Explore::Random = explore {
+            return random_action(&space, &mut self.rng);
+        }
+        let x = Tensor::from_slice(obs).view([1, -1]);
+        match (&self.spec.policy.kind, &space) {
+            (PolicyKind::QValues { .. }, Space::Discrete(n)) => {
+                if let Explore::Epsilon(eps) = explore {
+                    if self.rng.random::<f64>() < eps {
+                        return vec![self.rng.random_range(0..*n) as f32];
+                    }
+                }
+                let q = tch::no_grad(|| self.policy.q_values(&x));
+                vec![q.argmax(-1, false).int64_value(&[0]) as f32]
+            }
+            (PolicyKind::SquashedGaussian, Space::Box { low, high }) => {
+                let (mean, log_std) = tch::no_grad(|| self.policy.gaussian(&x));
+                let (mean, std) = (policy::rows(&mean).concat(), policy::rows(&log_std.exp()).concat());
+                mean.iter()
+                    .zip(&std)
+                    .zip(low.iter().zip(high))
+                    .map(|((m, s), (l, h))| {
+                        let u = match explore {
+                            Explore::Greedy => *m as f64,
+                            _ => *m as f64 + *s as f64 * policy::normal(&mut self.rng),
+                        };
+                        // tanh squashes into (-1, 1), scaled to the bounds.
+                        let y = u.tanh() as f32;
+                        l + (y + 1.0) * 0.5 * (h - l)
+                    })
+                    .collect()
+            }
+            (PolicyKind::ActorCritic, _) => {
+                let (head, _) = tch::no_grad(|| self.policy.pi_and_value(&x));
+                match explore {
+                    Explore::Greedy => match space {
+                        Space::Discrete(_) => vec![head.argmax(-1, false).int64_value(&[0]) as f32],
+                        Space::Box { .. } => policy::rows(&head).concat(),
+                    },
+                    _ => self.draw_ppo(&head).concat(),
+                }
+            }
+            _ => random_action(&space, &mut self.rng),
+        }
+    }
+}
+
+/// A uniformly random action of `space` as a vector.
+fn random_action(space: &Space, rng: &mut StdRng) -> Vec<f32> {
+    match space {
+        Space::Discrete(n) => vec![rng.random_range(0..(*n).max(1)) as f32],
+        Space::Box { low, high } => low.iter().zip(high).map(|(l, h)| rng.random_range(*l..=*h)).collect(),
+    }
+}

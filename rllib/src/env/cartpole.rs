@@ -46,11 +46,13 @@ impl CartPole {
     }
 
     /// Puts the environment in `state` (x, x_dot, theta, theta_dot) with a
-    /// fresh episode: to replay a trajectory from a known start.
-    pub fn set_state(&mut self, state: [f64; 4]) {
+    /// fresh episode: to replay a trajectory from a known start. Returns its
+    /// observation.
+    pub fn set_state(&mut self, state: [f64; 4]) -> Vec<f32> {
         self.state = Some(state);
         self.steps = 0;
         self.done = false;
+        CartPole::obs(&state)
     }
 
     fn obs(s: &[f64; 4]) -> Vec<f32> {
@@ -76,8 +78,7 @@ impl Env for CartPole {
             self.rng = EnvRng::new(s);
         }
         let s = [(); 4].map(|_| self.rng.uniform(-0.05, 0.05));
-        self.set_state(s);
-        CartPole::obs(&s)
+        self.set_state(s)
     }
 
     fn step(&mut self, action: &Action) -> Result<Step, EnvError> {
@@ -97,10 +98,11 @@ impl Env for CartPole {
         let Some([x, x_dot, theta, theta_dot]) = self.state else {
             return Err(EnvError::NeedsReset("before reset"));
         };
-        let (sin, cos) = theta.sin_cos();
-        let temp = (force + POLEMASS_LENGTH * theta_dot * theta_dot * sin) / TOTAL_MASS;
-        let theta_acc =
-            (GRAVITY * sin - cos * temp) / (LENGTH * (4.0 / 3.0 - MASS_POLE * cos * cos / TOTAL_MASS));
+        let (sin, cos) = (theta.sin(), theta.cos());
+        // Gymnasium's order of operations (`np.square(x)` is `x * x`), so
+        // that trajectories match bit for bit.
+        let temp = (force + POLEMASS_LENGTH * (theta_dot * theta_dot) * sin) / TOTAL_MASS;
+        let theta_acc = (GRAVITY * sin - cos * temp) / (LENGTH * (4.0 / 3.0 - MASS_POLE * (cos * cos) / TOTAL_MASS));
         let x_acc = temp - POLEMASS_LENGTH * theta_acc * cos / TOTAL_MASS;
         // Euler, as Gymnasium's default `kinematics_integrator`.
         let s = [
@@ -112,7 +114,9 @@ impl Env for CartPole {
         self.state = Some(s);
         self.steps += 1;
         let terminated = s[0] < -X_THRESHOLD || s[0] > X_THRESHOLD || s[2] < -THETA_THRESHOLD || s[2] > THETA_THRESHOLD;
-        let truncated = !terminated && self.steps >= MAX_STEPS;
+        // Gymnasium's TimeLimit truncates at the limit whether or not the
+        // episode also terminated there.
+        let truncated = self.steps >= MAX_STEPS;
         self.done = terminated || truncated;
         Ok(Step {
             obs: CartPole::obs(&s),

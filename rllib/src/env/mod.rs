@@ -1,11 +1,37 @@
 //! Environments: the [`Env`] trait (Gymnasium's `reset` / `step`), its
-//! spaces, the classic-control environments ported from Gymnasium 1.x so
-//! that they match it step for step, [`VectorEnv`] to step several at
-//! once, and [`make`] to build one by its Gymnasium id.
+//! spaces, the classic-control environments ported from Gymnasium 1.2 so
+//! that they match it step for step, [`make`] to build one by its
+//! Gymnasium id, and batches of them stepped together ([`BatchEnv`]):
+//! [`VectorEnv`] in this process, [`ProcessEnv`] in a child process (any
+//! Gymnasium environment, served by Python).
+//!
+//! The ports keep Gymnasium's constants, integrators, order of operations
+//! and `float32`/`float64` types, its step limits (as `gymnasium.make`'s
+//! `TimeLimit`: truncated at the limit even when the last step also
+//! terminated) and its reset ranges, drawn from our own seeded
+//! [`EnvRng`]. `rllib/tests/gymnasium.rs` replays trajectories in both
+//! from the same start states (each port's `set_state`) and compares every
+//! step. Where Gymnasium would go on after an episode ended, ours refuse
+//! ([`EnvError::NeedsReset`]); continuous actions out of bounds are
+//! clipped, as Gymnasium does, and only an action of the wrong kind or
+//! length (or NaN) is refused.
 
+mod acrobot;
 mod cartpole;
+mod mountain_car;
+mod mountain_car_continuous;
+mod numpy;
+mod pendulum;
+mod remote;
+mod vector;
 
+pub use acrobot::Acrobot;
 pub use cartpole::CartPole;
+pub use mountain_car::MountainCar;
+pub use mountain_car_continuous::MountainCarContinuous;
+pub use pendulum::Pendulum;
+pub use remote::{ProcessEnv, ProcessEnvBuilder, DEFAULT_TIMEOUT, GYM_SERVER_PY};
+pub use vector::{BatchEnv, Episode, VectorEnv, VectorStep};
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +111,15 @@ pub enum EnvError {
     /// `step` before `reset`, or after the episode ended.
     #[error("step called {0}: reset first")]
     NeedsReset(&'static str),
+    /// A batch of environments got a number of actions other than one
+    /// each.
+    #[error("{got} actions for {expected} environments: give one action each")]
+    BatchSize {
+        /// The batch's environments.
+        expected: usize,
+        /// The actions given.
+        got: usize,
+    },
     /// An environment in another process failed or broke the protocol.
     #[error("remote environment: {0}")]
     Remote(String),
@@ -110,13 +145,23 @@ pub trait Env: Send {
 }
 
 /// The environments [`make`] knows.
-pub const KNOWN: &[&str] = &["CartPole-v1"];
+pub const KNOWN: &[&str] = &[
+    "CartPole-v1",
+    "Pendulum-v1",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "Acrobot-v1",
+];
 
 /// The environment with Gymnasium id `id` (with its step limit, as
 /// `gymnasium.make`).
 pub fn make(id: &str) -> Result<Box<dyn Env>, EnvError> {
     Ok(match id {
         "CartPole-v1" => Box::new(CartPole::new()),
+        "Pendulum-v1" => Box::new(Pendulum::new()),
+        "MountainCar-v0" => Box::new(MountainCar::new()),
+        "MountainCarContinuous-v0" => Box::new(MountainCarContinuous::new()),
+        "Acrobot-v1" => Box::new(Acrobot::new()),
         _ => return Err(EnvError::Unknown(id.to_string())),
     })
 }
@@ -145,6 +190,19 @@ impl EnvRng {
     /// A float in `[low, high)`.
     pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
         low + (high - low) * self.next_f64()
+    }
+}
+
+/// The one float of a one-dimensional continuous action (not yet clipped:
+/// each environment clips as Gymnasium does); an action of another kind or
+/// length, or NaN, is refused with the environment's `space`.
+pub(crate) fn one_float(action: &Action, space: impl FnOnce() -> Space) -> Result<f32, EnvError> {
+    match action {
+        Action::Continuous(v) if v.len() == 1 && !v[0].is_nan() => Ok(v[0]),
+        a => Err(EnvError::BadAction {
+            action: a.clone(),
+            space: space(),
+        }),
     }
 }
 

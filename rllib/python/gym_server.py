@@ -1,0 +1,140 @@
+"""Serves N copies of a Gymnasium environment over stdin/stdout, for
+rayforge's `ProcessEnv` (rllib/src/env/remote.rs, where the protocol is
+documented): one JSON request a line on stdin, one JSON reply a line on
+stdout.
+
+    python gym_server.py CartPole-v1 --num-envs 4 [--kwargs '{"g": 9.81}']
+
+Requests and replies:
+
+    {"cmd": "spaces"}             -> {"ok": true, "num_envs": N,
+                                      "observation_space": SPACE,
+                                      "action_space": SPACE}
+    {"cmd": "reset", "seed": S}   -> {"ok": true, "obs": [[...], ...]}
+    {"cmd": "step", "actions": [A, ...]}
+                                  -> {"ok": true, "obs": [[...], ...],
+                                      "rewards": [...], "terminated": [...],
+                                      "truncated": [...],
+                                      "final_obs": [null | [...], ...]}
+    {"cmd": "close"}              -> {"ok": true}, then the server exits
+
+SPACE is {"type": "discrete", "n": n} or {"type": "box", "low": [...],
+"high": [...]} (flattened; an infinite bound is null). Environment i is
+reset with seed S + i (S may be null). An environment whose episode ends
+is reset in the same step: its "obs" is the new episode's first and
+"final_obs" the ended one's last. A failed request gets {"ok": false,
+"error": "..."}; the server keeps serving. It exits at end of input.
+"""
+
+import argparse
+import json
+import math
+import sys
+import traceback
+
+
+def space_json(space):
+    from gymnasium import spaces
+    import numpy as np
+
+    if isinstance(space, spaces.Discrete):
+        if int(space.start) != 0:
+            raise ValueError(f"a Discrete space starting at {space.start} is not supported")
+        return {"type": "discrete", "n": int(space.n)}
+    if isinstance(space, spaces.Box):
+        def bounds(xs):
+            return [float(x) if math.isfinite(x) else None for x in np.asarray(xs, dtype=np.float64).ravel()]
+        return {"type": "box", "low": bounds(space.low), "high": bounds(space.high)}
+    raise ValueError(f"space {space} is not supported (Discrete and Box are)")
+
+
+def flat(obs):
+    import numpy as np
+
+    return [float(x) for x in np.asarray(obs, dtype=np.float32).ravel()]
+
+
+class Server:
+    def __init__(self, env_id, num_envs, kwargs):
+        import gymnasium as gym
+
+        self.envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
+        self.action_space = self.envs[0].action_space
+
+    def action(self, a):
+        from gymnasium import spaces
+        import numpy as np
+
+        if isinstance(self.action_space, spaces.Discrete):
+            if not isinstance(a, int) or isinstance(a, bool):
+                raise ValueError(f"action {a!r} is not an integer")
+            return a
+        return np.asarray(a, dtype=self.action_space.dtype).reshape(self.action_space.shape)
+
+    def handle(self, req):
+        cmd = req.get("cmd")
+        if cmd == "spaces":
+            return {
+                "num_envs": len(self.envs),
+                "observation_space": space_json(self.envs[0].observation_space),
+                "action_space": space_json(self.action_space),
+            }
+        if cmd == "reset":
+            seed = req.get("seed")
+            obs = [flat(e.reset(seed=None if seed is None else seed + i)[0]) for i, e in enumerate(self.envs)]
+            return {"obs": obs}
+        if cmd == "step":
+            actions = req.get("actions")
+            if not isinstance(actions, list) or len(actions) != len(self.envs):
+                raise ValueError(f"`actions` must be a list of {len(self.envs)} actions")
+            out = {"obs": [], "rewards": [], "terminated": [], "truncated": [], "final_obs": []}
+            for env, a in zip(self.envs, actions):
+                obs, reward, terminated, truncated, _ = env.step(self.action(a))
+                final = None
+                if terminated or truncated:
+                    final = flat(obs)
+                    obs, _ = env.reset()
+                out["obs"].append(flat(obs))
+                out["rewards"].append(float(reward))
+                out["terminated"].append(bool(terminated))
+                out["truncated"].append(bool(truncated))
+                out["final_obs"].append(final)
+            return out
+        raise ValueError(f"unknown command {cmd!r} (spaces, reset, step, close)")
+
+
+def main():
+    parser = argparse.ArgumentParser(prog="gym_server.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("env_id")
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--kwargs", default="{}", help="JSON keyword arguments for gymnasium.make")
+    args = parser.parse_args()
+    # Replies go to the real stdout alone: anything an environment prints
+    # goes to stderr instead of breaking the protocol.
+    out = sys.stdout
+    sys.stdout = sys.stderr
+    server = Server(args.env_id, args.num_envs, json.loads(args.kwargs))
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        closing = False
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("a request must be a JSON object")
+            closing = req.get("cmd") == "close"
+            reply = {"ok": True} if closing else dict(ok=True, **server.handle(req))
+            text = json.dumps(reply, allow_nan=False)
+        except Exception as e:  # reported to the client, which decides
+            traceback.print_exc(file=sys.stderr)
+            text = json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        out.write(text + "\n")
+        out.flush()
+        if closing:
+            break
+    for e in server.envs:
+        e.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Sets up the Python venv that rllib's Gymnasium comparison tests run in:
+#
+#   bash scripts/gym-venv.sh      (scripts/test.sh runs it)
+#
+#   target/gym-venv   gymnasium==1.2.2 + numpy 2.x   (rllib/python/gym_dump.py,
+#                                                     rllib/python/gym_server.py)
+#
+# Idempotent and quick: a venv whose imports already work is left alone.
+# The wheels are downloaded once into a cache outside the clone, as
+# scripts/libtorch.sh does: $RAYFORGE_CACHE, else $XDG_CACHE_HOME/rayforge,
+# else ~/.cache/rayforge (the clone's target/cache when none is writable),
+# and installed from there, so a CI job that keeps that folder downloads
+# nothing. Override the venv's path with RAYFORGE_GYM_VENV.
+#
+# Prints nothing else on stdout but progress lines; the tests find the venv's
+# python through RAYFORGE_GYM_PYTHON (scripts/test.sh exports it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}"
+gym_pin="gymnasium==1.2.2"
+# NumPy 2 (NEP 50 promotion rules): Gymnasium's float32 arithmetic in
+# MountainCarContinuous and Pendulum depends on them, and our ports follow them.
+numpy_pin="numpy>=2,<3"
+ok='import gymnasium, numpy; assert gymnasium.__version__ == "1.2.2"; assert numpy.__version__.startswith("2.")'
+
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$ok" >/dev/null 2>&1; then
+  echo "== $venv: gymnasium 1.2.2 already there"
+  exit 0
+fi
+
+pick_cache() {
+  local c
+  for c in "${RAYFORGE_CACHE:-}" "${XDG_CACHE_HOME:+$XDG_CACHE_HOME/rayforge}" "${HOME:+$HOME/.cache/rayforge}"; do
+    if [ -n "$c" ] && mkdir -p "$c" 2>/dev/null && [ -w "$c" ]; then
+      echo "$c"
+      return
+    fi
+  done
+  mkdir -p "$PWD/target/cache"
+  echo "$PWD/target/cache"
+}
+wheels="$(pick_cache)/gym-wheels"
+mkdir -p "$wheels"
+
+command -v python3 >/dev/null || { echo "python3 (with venv and pip) is required"; exit 1; }
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv"
+  python3 -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
+# From the cache first; when it lacks a wheel (first run, or another Python
+# version), download into it and install from it again.
+if ! "${pip[@]}" install --no-index --find-links "$wheels" "$gym_pin" "$numpy_pin" 2>/dev/null; then
+  echo "== downloading $gym_pin and numpy into $wheels"
+  "${pip[@]}" download --dest "$wheels" "$gym_pin" "$numpy_pin"
+  "${pip[@]}" install --no-index --find-links "$wheels" "$gym_pin" "$numpy_pin"
+fi
+"$venv/bin/python" -c "$ok"
+"$venv/bin/python" -c 'import gymnasium, numpy; print("== gym-venv: gymnasium", gymnasium.__version__, "numpy", numpy.__version__)'

@@ -21,8 +21,9 @@
 //! placement_strategy = "pack"   # or "spread", "strict_pack", "strict_spread"
 //!
 //! [searcher]
-//! type = "random"               # or "tpe" (n_startup_trials, n_ei_candidates)
-//! seed = 0
+//! type = "random"               # or "tpe" (n_startup_trials, n_ei_candidates,
+//! seed = 0                      #   multivariate, constant_liar, rank_weights)
+//! points_to_evaluate = [{ lr = 1e-3 }]   # configs to try first
 //!
 //! [scheduler]
 //! type = "asha"                 # or "fifo", "median", "hyperband", "pbt"
@@ -198,21 +199,45 @@ impl Default for Resources {
 }
 
 /// The searcher.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase", tag = "type")]
 pub enum SearcherSpec {
     /// Grid points and random draws.
-    #[default]
-    Random,
+    Random {
+        /// The seed.
+        seed: Option<u64>,
+        /// Configs to run first (partial ones completed at random), each
+        /// in place of one of `num_samples`.
+        points_to_evaluate: Option<Vec<crate::space::Config>>,
+    },
     /// The tree-structured Parzen estimator.
     Tpe {
         /// Random trials first (default 10).
         n_startup_trials: Option<usize>,
         /// Candidates per suggestion (default 24).
         n_ei_candidates: Option<usize>,
-        /// The seed (also `searcher.seed` for random).
+        /// The seed.
         seed: Option<u64>,
+        /// One joint model over all parameters (default false).
+        multivariate: Option<bool>,
+        /// Running trials count as bad observations, so parallel trials
+        /// spread out (default: on when more than one trial runs at once).
+        constant_liar: Option<bool>,
+        /// Good trials weighted by rank (default true; false is Optuna's
+        /// TPE exactly).
+        rank_weights: Option<bool>,
+        /// Configs to try first.
+        points_to_evaluate: Option<Vec<crate::space::Config>>,
     },
+}
+
+impl Default for SearcherSpec {
+    fn default() -> Self {
+        SearcherSpec::Random {
+            seed: None,
+            points_to_evaluate: None,
+        }
+    }
 }
 
 /// The scheduler.
@@ -405,28 +430,47 @@ impl Experiment {
         out
     }
 
-    /// The searcher over `space`.
+    /// The searcher over `space` (`seed` unless the file gives one).
     pub fn searcher(&self, space: SearchSpace, seed: u64) -> Result<Box<dyn Searcher>> {
         Ok(match &self.searcher {
-            SearcherSpec::Random => Box::new(BasicVariant::new(&space, self.num_samples, seed)?),
+            SearcherSpec::Random {
+                seed: s,
+                points_to_evaluate,
+            } => Box::new(
+                BasicVariant::new(&space, self.num_samples, s.unwrap_or(seed))?
+                    .with_points(points_to_evaluate.clone().unwrap_or_default())?,
+            ),
             SearcherSpec::Tpe {
                 n_startup_trials,
                 n_ei_candidates,
                 seed: s,
+                multivariate,
+                constant_liar,
+                rank_weights,
+                points_to_evaluate,
             } => {
                 let d = TpeOptions::default();
+                let parallel = self
+                    .max_concurrent_trials
+                    .unwrap_or(TuneConfig::default().max_concurrent_trials)
+                    > 1;
                 let opts = TpeOptions {
                     n_startup_trials: n_startup_trials.unwrap_or(d.n_startup_trials),
                     n_ei_candidates: n_ei_candidates.unwrap_or(d.n_ei_candidates).max(1),
                     seed: s.unwrap_or(seed),
-                    ..TpeOptions::default()
+                    multivariate: multivariate.unwrap_or(d.multivariate),
+                    constant_liar: constant_liar.unwrap_or(parallel),
+                    rank_weights: rank_weights.unwrap_or(d.rank_weights),
                 };
-                Box::new(Tpe::new(
-                    space.clone(),
-                    self.mode,
-                    Some(self.num_samples * space.grid_size()),
-                    opts,
-                )?)
+                Box::new(
+                    Tpe::new(
+                        space.clone(),
+                        self.mode,
+                        Some(self.num_samples * space.grid_size()),
+                        opts,
+                    )?
+                    .with_points(points_to_evaluate.clone().unwrap_or_default())?,
+                )
             }
         })
     }
@@ -521,6 +565,7 @@ impl Experiment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::space::Config;
 
     const GOOD: &str = r#"
 name = "q"
@@ -540,6 +585,8 @@ reduction_factor = 3
 [searcher]
 type = "tpe"
 n_startup_trials = 2
+multivariate = true
+points_to_evaluate = [{ x = 0.5 }]
 
 [param_space]
 x = { uniform = [-2, 2] }
@@ -553,8 +600,9 @@ x = { uniform = [-2, 2] }
         assert_eq!(space.params().len(), 1);
         assert_eq!(e.scheduler(&space).unwrap().name(), "ASHA");
         let mut s = e.searcher(space, 0).unwrap();
-        let got = (0..10).filter_map(|i| s.suggest(&format!("t{i}"))).count();
-        assert_eq!(got, 4, "num_samples bounds TPE");
+        let got: Vec<Config> = (0..10).filter_map(|i| s.suggest(&format!("t{i}"))).collect();
+        assert_eq!(got.len(), 4, "num_samples bounds TPE");
+        assert_eq!(got[0]["x"], 0.5, "the point to evaluate comes first");
         assert_eq!(e.tune_config().max_concurrent_trials, 4);
     }
 
@@ -567,10 +615,13 @@ x = { uniform = [-2, 2] }
         assert!(e.contains("line 4") && e.contains("down"), "{e}");
         let e = err(&GOOD.replace("reduction_factor = 3", "reduction_factor = 3\nrungs = 2"));
         assert!(e.contains("rungs"), "{e}");
+        let (bad, space) = Experiment::parse(&GOOD.replace("[{ x = 0.5 }]", "[{ z = 0.5 }]")).unwrap();
+        let e = bad.searcher(space, 0).err().unwrap().to_string();
+        assert!(e.contains("points_to_evaluate[0]") && e.contains("z"), "{e}");
         let e = err(&GOOD.replace("type = \"tpe\"", "type = \"bayes\""));
         assert!(e.contains("bayes"), "{e}");
         let e = err(&GOOD.replace("x = { uniform = [-2, 2] }", "x = { uniform = [2, -2] }"));
-        assert!(e.contains("param_space.x") && e.contains("line 21"), "{e}");
+        assert!(e.contains("param_space.x") && e.contains("line 23"), "{e}");
         let e = err(&GOOD.replace("command = [\"python3\", \"q.py\", \"--x\", \"{x}\"]", "command = []"));
         assert!(
             e.contains("trainable") && e.contains("`command`") && e.contains("line 7"),

@@ -267,9 +267,10 @@ impl Algorithm {
     /// and the learner.
     pub fn new(config: AlgoConfig) -> Result<Algorithm> {
         config.validate()?;
-        let probe = env::make(&config.env)?;
+        let probe = env::make_batch(&config.env, 1)?;
         let action = probe.action_space();
         let obs_dim = probe.observation_space().dim() as i64;
+        drop(probe);
         let kind = match (config.algo, &action) {
             (Algo::Ppo, _) => PolicyKind::ActorCritic,
             (Algo::Dqn, Space::Discrete(_)) => PolicyKind::QValues {
@@ -363,7 +364,7 @@ impl Algorithm {
             }
         }
         let evaluation_return_mean = match &mut self.eval_runner {
-            Some(e) if self.iteration % self.config.evaluation_interval == 0 => {
+            Some(e) if self.iteration.is_multiple_of(self.config.evaluation_interval) => {
                 let ep = e.evaluate(
                     self.learner.policy_weights(),
                     self.config.evaluation_episodes,

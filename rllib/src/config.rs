@@ -160,13 +160,16 @@ impl Default for AlgoConfig {
 
 impl AlgoConfig {
     /// The tuned preset of `algo` on `env` (the defaults where there is
-    /// none), after Stable-Baselines3's zoo.
+    /// none), after Stable-Baselines3's zoo; `gym:ID` gets the preset of
+    /// `ID`.
     pub fn preset(algo: Algo, env: &str) -> AlgoConfig {
         let d = AlgoConfig {
             algo,
             env: env.to_string(),
             ..Default::default()
         };
+        // A Gymnasium env run in Python gets the preset of ours.
+        let env = env.strip_prefix("gym:").unwrap_or(env);
         match (algo, env) {
             (Algo::Ppo, "CartPole-v1") => AlgoConfig {
                 num_env_runners: 2,

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::env::{self, Action, Env, Space};
+use crate::env::{self, Action, BatchEnv, Space};
 use crate::policy::{self, Policy, PolicyKind, PolicySpec};
 
 /// How a runner is built.
@@ -118,12 +118,10 @@ struct Pending {
 #[rayforge::actor]
 pub struct EnvRunner {
     spec: RunnerSpec,
-    envs: Vec<Box<dyn Env>>,
+    envs: Option<Box<dyn BatchEnv>>,
     obs: Vec<Vec<f32>>,
     policy: Policy,
     rng: StdRng,
-    ep_return: Vec<f64>,
-    ep_len: Vec<u64>,
     windows: Vec<VecDeque<Pending>>,
     samples: u64,
     /// Why its environments could not be made (reported by every call).
@@ -132,26 +130,20 @@ pub struct EnvRunner {
 
 #[rayforge::actor]
 impl EnvRunner {
-    /// Builds its environments (reset with their seeds) and its network.
+    /// Builds its environments (reset with its seed: environment `i` with
+    /// `seed + i`) and its network.
     fn new(spec: RunnerSpec) -> Self {
         tch::set_num_threads(1);
-        let mut envs = Vec::with_capacity(spec.num_envs);
-        let mut obs = Vec::with_capacity(spec.num_envs);
-        let mut broken = None;
-        for i in 0..spec.num_envs {
-            match env::make(&spec.env) {
-                Ok(mut e) => {
-                    obs.push(e.reset(Some(spec.seed + i as u64)));
-                    envs.push(e);
-                }
-                Err(e) => broken = Some(e.to_string()),
-            }
-        }
+        let (envs, obs, broken) = match env::make_batch(&spec.env, spec.num_envs) {
+            Ok(mut e) => match e.reset(Some(spec.seed)) {
+                Ok(obs) => (Some(e), obs, None),
+                Err(err) => (None, Vec::new(), Some(err.to_string())),
+            },
+            Err(err) => (None, Vec::new(), Some(err.to_string())),
+        };
         let policy = Policy::new(&spec.policy, Device::Cpu);
         EnvRunner {
             rng: StdRng::seed_from_u64(spec.seed ^ 0xA5A5_5A5A),
-            ep_return: vec![0.0; spec.num_envs],
-            ep_len: vec![0; spec.num_envs],
             windows: vec![VecDeque::new(); spec.num_envs],
             samples: 0,
             broken,
@@ -165,7 +157,7 @@ impl EnvRunner {
     /// PPO: `steps` steps of every environment with `weights`.
     fn rollout(&mut self, weights: Vec<f32>, steps: usize) -> Result<Rollout, String> {
         self.begin(&weights)?;
-        let n = self.envs.len();
+        let n = self.obs.len();
         let mut r = Rollout {
             steps,
             envs: n,
@@ -187,18 +179,22 @@ impl EnvRunner {
                 self.policy.log_prob_entropy(&head, &a).0
             });
             let logp = policy::rows(&logp);
+            let before = std::mem::take(&mut self.obs);
+            let vs = self.step_all(&actions, &mut r.episodes)?;
             for i in 0..n {
-                r.obs.extend(&self.obs[i]);
+                r.obs.extend(&before[i]);
                 r.actions.extend(&actions[i]);
                 r.logp.push(logp[i][0]);
                 r.values.push(values[i][0]);
-                let (step, final_obs) = self.step_env(i, &actions[i], &mut r.episodes)?;
+                let step = &vs.steps[i];
                 let mut reward = step.reward;
                 if step.truncated {
                     // Cut short, not ended: the value of where it was cut
                     // is still to come (as Stable-Baselines3).
-                    let v = tch::no_grad(|| self.policy.value(&Tensor::from_slice(&final_obs).view([1, -1])));
-                    reward += self.spec.gamma * v.double_value(&[0]);
+                    if let Some(last) = &vs.final_obs[i] {
+                        let v = tch::no_grad(|| self.policy.value(&Tensor::from_slice(last).view([1, -1])));
+                        reward += self.spec.gamma * v.double_value(&[0]);
+                    }
                 }
                 r.rewards.push(reward as f32);
                 r.dones.push((step.terminated || step.truncated) as u8 as f32);
@@ -217,15 +213,17 @@ impl EnvRunner {
         for s in 0..steps {
             self.maybe_crash(s >= steps / 2);
             let actions = self.act(explore);
-            for (i, action) in actions.iter().enumerate() {
-                let obs = self.obs[i].clone();
-                let (step, final_obs) = self.step_env(i, action, &mut t.episodes)?;
+            let before = std::mem::take(&mut self.obs);
+            let vs = self.step_all(&actions, &mut t.episodes)?;
+            for (i, (obs, action)) in before.into_iter().zip(&actions).enumerate() {
+                let step = &vs.steps[i];
                 t.env_steps += 1;
                 self.windows[i].push_back(Pending {
                     obs,
                     action: action.clone(),
                     reward: step.reward,
                 });
+                let next_obs = vs.final_obs[i].as_ref().unwrap_or(&step.obs);
                 let ended = step.terminated || step.truncated;
                 // A full window gives its oldest step's n-step transition;
                 // an ended episode gives all of its window's.
@@ -241,7 +239,7 @@ impl EnvRunner {
                     t.obs.extend(&first.obs);
                     t.actions.extend(&first.action);
                     t.rewards.push(ret as f32);
-                    t.next_obs.extend(&final_obs);
+                    t.next_obs.extend(next_obs);
                     t.terminated.push(step.terminated as u8 as f32);
                     t.discount.push(disc as f32);
                 }
@@ -258,22 +256,19 @@ impl EnvRunner {
         }
         self.policy.set_weights(&weights)?;
         let mut out = Episodes::default();
-        let mut e = env::make(&self.spec.env).map_err(|e| e.to_string())?;
+        let mut e = env::make_batch(&self.spec.env, 1).map_err(|e| e.to_string())?;
         for k in 0..episodes {
-            let mut obs = e.reset(Some(seed + k as u64));
-            let (mut ret, mut len) = (0.0, 0u64);
+            let mut obs = e.reset(Some(seed + k as u64)).map_err(|e| e.to_string())?;
             loop {
-                let a = self.act_one(&obs, Explore::Greedy);
-                let s = e.step(&a).map_err(|e| e.to_string())?;
-                ret += s.reward;
-                len += 1;
-                obs = s.obs;
-                if s.terminated || s.truncated {
+                let a = self.act_one(obs.first().map_or(&[][..], |o| o.as_slice()), Explore::Greedy);
+                let s = e.step(&[a]).map_err(|e| e.to_string())?;
+                if let Some(ep) = s.episodes.first() {
+                    out.returns.push(ep.total_reward);
+                    out.lengths.push(ep.length);
                     break;
                 }
+                obs = s.steps.into_iter().map(|s| s.obs).collect();
             }
-            out.returns.push(ret);
-            out.lengths.push(len);
         }
         Ok(out)
     }
@@ -303,33 +298,29 @@ impl EnvRunner {
         Tensor::from_slice(&flat).view([self.obs.len() as i64, -1])
     }
 
-    /// Steps environment `i`, resetting it when its episode ended; the
-    /// step and the observation it ended on.
-    fn step_env(&mut self, i: usize, action: &[f32], episodes: &mut Episodes) -> Result<(env::Step, Vec<f32>), String> {
-        let a = match self.spec.policy.action {
-            Space::Discrete(_) => Action::Discrete(action.first().copied().unwrap_or(0.0) as usize),
-            Space::Box { ref low, ref high } => Action::Continuous(
-                action
-                    .iter()
-                    .zip(low.iter().zip(high))
-                    .map(|(x, (l, h))| x.clamp(*l, *h))
-                    .collect(),
-            ),
-        };
-        let step = self.envs[i].step(&a).map_err(|e| e.to_string())?;
-        self.ep_return[i] += step.reward;
-        self.ep_len[i] += 1;
-        let final_obs = step.obs.clone();
-        if step.terminated || step.truncated {
-            episodes.returns.push(self.ep_return[i]);
-            episodes.lengths.push(self.ep_len[i]);
-            self.ep_return[i] = 0.0;
-            self.ep_len[i] = 0;
-            self.obs[i] = self.envs[i].reset(None);
-        } else {
-            self.obs[i] = step.obs.clone();
+    /// Steps every environment (those whose episode ends are reset);
+    /// records the ended episodes and the new observations.
+    fn step_all(&mut self, actions: &[Vec<f32>], episodes: &mut Episodes) -> Result<env::VectorStep, String> {
+        let actions: Vec<Action> = actions
+            .iter()
+            .map(|a| match self.spec.policy.action {
+                Space::Discrete(_) => Action::Discrete(a.first().copied().unwrap_or(0.0) as usize),
+                Space::Box { ref low, ref high } => Action::Continuous(
+                    a.iter()
+                        .zip(low.iter().zip(high))
+                        .map(|(x, (l, h))| x.clamp(*l, *h))
+                        .collect(),
+                ),
+            })
+            .collect();
+        let envs = self.envs.as_mut().ok_or("the runner has no environments")?;
+        let vs = envs.step(&actions).map_err(|e| e.to_string())?;
+        for ep in &vs.episodes {
+            episodes.returns.push(ep.total_reward);
+            episodes.lengths.push(ep.length);
         }
-        Ok((step, final_obs))
+        self.obs = vs.steps.iter().map(|s| s.obs.clone()).collect();
+        Ok(vs)
     }
 
     /// PPO's actions drawn from the policy head's output.

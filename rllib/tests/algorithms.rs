@@ -25,6 +25,47 @@ fn ppo_learns_cartpole_within_its_budget() {
     a.stop();
 }
 
+/// Trains the preset of `algo` on `env` until its evaluation return
+/// reaches `reward` or `timesteps` pass; the last result.
+fn learn(algo: Algo, env: &str, reward: f64, timesteps: u64) -> rayforge_rllib::IterationResult {
+    cluster();
+    let c = AlgoConfig::preset(algo, env);
+    assert!(c.evaluation_interval > 0, "the preset evaluates");
+    let mut a = Algorithm::new(c).unwrap();
+    let last = a
+        .run(
+            Stop {
+                reward: Some(reward),
+                timesteps: Some(timesteps),
+                iters: None,
+            },
+            |r| println!("{}", r.line()),
+        )
+        .unwrap();
+    a.stop();
+    last
+}
+
+#[test]
+fn dqn_learns_cartpole_within_its_budget() {
+    let last = learn(Algo::Dqn, "CartPole-v1", 450.0, 50_000);
+    assert!(
+        last.evaluation_return_mean.is_some_and(|e| e >= 450.0),
+        "{}",
+        last.line()
+    );
+}
+
+#[test]
+fn sac_learns_pendulum_within_its_budget() {
+    let last = learn(Algo::Sac, "Pendulum-v1", -250.0, 20_000);
+    assert!(
+        last.evaluation_return_mean.is_some_and(|e| e >= -250.0),
+        "{}",
+        last.line()
+    );
+}
+
 #[test]
 fn the_same_seed_gives_the_same_learning_curve() {
     cluster();

@@ -80,3 +80,51 @@ fn unknown_names_are_errors_naming_them() {
     assert!(err.contains("usage"), "{err}");
     std::fs::remove_file(&bad).unwrap();
 }
+
+#[test]
+fn tune_runs_trials_of_an_algorithm_from_a_search_toml() {
+    let dir = std::env::temp_dir().join(format!("rllib-tune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tune_ppo.toml"))
+        .unwrap()
+        .replace("training_iteration = 60", "training_iteration = 4")
+        .replace("max_t = 60", "max_t = 4")
+        .replace("grace_period = 20", "grace_period = 2")
+        .replace("checkpoint_every = 20", "checkpoint_every = 2");
+    let file = dir.join("search.toml");
+    std::fs::write(
+        &file,
+        format!("storage_path = {:?}\n{example}", dir.display().to_string()),
+    )
+    .unwrap();
+    let (code, out, err) = rllib(&["tune", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("best trial "), "{out}");
+    for t in ["trial_00000", "trial_00001"] {
+        let trial = dir.join("ppo_cartpole").join(t);
+        let results = std::fs::read_to_string(trial.join("result.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = results.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(!lines.is_empty() && lines.len() <= 4, "{results}");
+        assert!(lines.iter().all(|l| l["env_steps_lifetime"].as_f64().unwrap() > 0.0));
+        // Checkpoints every 2 iterations, in the shared format.
+        let c = rayforge::checkpoint::latest(&trial).unwrap();
+        assert!(c.file("algorithm.json").exists() && c.file("policy.safetensors").exists());
+    }
+    // A trial's parameter that is no config field fails that trial, naming it.
+    std::fs::write(
+        &file,
+        format!(
+            "storage_path = {:?}\n{}",
+            dir.display().to_string(),
+            example
+                .replace("name = \"ppo_cartpole\"", "name = \"bad\"")
+                .replace("checkpoint_every = 2", "learning_rate = 0.1")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = rllib(&["tune", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("learning_rate"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

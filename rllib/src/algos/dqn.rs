@@ -74,7 +74,10 @@ impl Learner for Dqn {
         if env_steps + steps < self.config.learning_starts || self.replay.len() < self.config.batch_size {
             return Ok((steps, episodes, stats));
         }
-        if self.iterations % self.config.target_update_interval.max(1) == 0 {
+        if self
+            .iterations
+            .is_multiple_of(self.config.target_update_interval.max(1))
+        {
             self.target.vs.copy(&self.online.vs)?;
         }
         let (mut loss_sum, mut q_sum) = (0.0, 0.0);

@@ -60,15 +60,11 @@ pub(crate) fn gae(
 ) -> (Vec<f32>, Vec<f32>) {
     let steps = rewards.len() / envs.max(1);
     let mut adv = vec![0f32; rewards.len()];
-    for e in 0..envs {
+    for (e, last_value) in last_values.iter().enumerate().take(envs) {
         let mut last = 0.0f64;
         for t in (0..steps).rev() {
             let i = t * envs + e;
-            let next_value = if t + 1 == steps {
-                last_values[e]
-            } else {
-                values[i + envs]
-            } as f64;
+            let next_value = if t + 1 == steps { *last_value } else { values[i + envs] } as f64;
             let not_done = 1.0 - dones[i] as f64;
             let delta = rewards[i] as f64 + gamma * next_value * not_done - values[i] as f64;
             last = delta + gamma * lambda * not_done * last;

@@ -15,7 +15,8 @@ const USAGE: &str = "usage:
   rllib evaluate CHECKPOINT [--episodes N]
   rllib tune SEARCH.TOML [--resume]      (a search.toml with [trainable] name = \"rllib\")
 
-Environments: CartPole-v1, Pendulum-v1, MountainCar-v0, MountainCarContinuous-v0, Acrobot-v1.
+Environments: CartPole-v1, Pendulum-v1, MountainCar-v0, MountainCarContinuous-v0, Acrobot-v1
+(in Rust), or gym:ID for any Gymnasium id run in a Python child ($RAYFORGE_GYM_PYTHON).
 The first stop criterion reached stops training (default: the preset's timesteps); with
 evaluation on (evaluation_interval), --stop-reward is checked against the evaluation return.
 A tuned preset per algorithm and environment; --config FILE (TOML) overrides its fields.";
@@ -58,7 +59,9 @@ fn train(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     }
     let algo: Algo = get("algo").ok_or("--algo is required")?.parse()?;
     let env = get("env").ok_or("--env is required")?;
-    rayforge_rllib::env::make(env)?;
+    if !env.starts_with("gym:") {
+        rayforge_rllib::env::make(env)?;
+    }
     let mut config = AlgoConfig::preset(algo, env);
     if let Some(path) = get("config") {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;

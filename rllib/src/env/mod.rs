@@ -166,6 +166,20 @@ pub fn make(id: &str) -> Result<Box<dyn Env>, EnvError> {
     })
 }
 
+/// `n` environments of `id` stepped together: [`VectorEnv`] for the
+/// environments here, or, for `gym:ID` (any Gymnasium id), a
+/// [`ProcessEnv`] running Gymnasium in a Python child (the Python of
+/// `RAYFORGE_GYM_PYTHON`, else `python3`).
+pub fn make_batch(id: &str, n: usize) -> Result<Box<dyn BatchEnv>, EnvError> {
+    match id.strip_prefix("gym:") {
+        Some(gym) => {
+            let python = std::env::var_os("RAYFORGE_GYM_PYTHON").unwrap_or_else(|| "python3".into());
+            Ok(Box::new(ProcessEnv::gymnasium(python, gym, n).spawn()?))
+        }
+        None => Ok(Box::new(VectorEnv::new(id, n)?)),
+    }
+}
+
 /// A seeded uniform draw in `[low, high)` from the environment's own
 /// random state (a SplitMix64 stream: small, fast and reproducible).
 #[derive(Debug, Clone)]

@@ -365,3 +365,55 @@ fn a_time_budget_ends_the_experiment_and_a_plateau_ends_a_trial() {
     }
     std::fs::remove_dir_all(&storage).unwrap();
 }
+
+#[test]
+fn errored_trials_are_resumed_or_restarted_on_request() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-errored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let space_for = |markers: &std::path::Path| {
+        SearchSpace::new()
+            .domain("i", Domain::Grid(vec![0.into(), 1.into()]))
+            .constant("marker_dir", markers.display().to_string())
+    };
+    let run = |name: &str, resume: bool, resume_errored: bool, restart_errored: bool| {
+        let markers = storage.join(format!("markers-{name}"));
+        std::fs::create_dir_all(&markers).unwrap();
+        Tuner::new(
+            counter,
+            BasicVariant::new(&space_for(&markers), 1, 0).unwrap(),
+            TuneConfig {
+                name: name.into(),
+                storage_path: storage.clone(),
+                metric: "count".into(),
+                mode: Mode::Max,
+                cpus_per_trial: 0.5,
+                verbose: false,
+                resume,
+                resume_errored,
+                restart_errored,
+                ..Default::default()
+            },
+        )
+        .fit()
+        .unwrap()
+    };
+    for (name, restart) in [("resumed", false), ("restarted", true)] {
+        // Without retries both trials fail at count 4, after checkpoint 3.
+        let grid = run(name, false, false, false);
+        assert_eq!(grid.errors().len(), 2, "{:?}", grid.trials);
+        // A plain resume leaves them failed.
+        let grid = run(name, true, false, false);
+        assert_eq!(grid.errors().len(), 2);
+        // On request they run again: from checkpoint 3, or from scratch.
+        let grid = run(name, true, !restart, restart);
+        for t in &grid.trials {
+            assert_eq!(t.status, TrialStatus::Terminated, "{t:?}");
+            let counts: Vec<f64> = t.history.iter().map(|m| m["count"]).collect();
+            assert_eq!(counts, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{name}: {t:?}");
+            let resumed_at = t.history[3]["resumed_at"];
+            assert_eq!(resumed_at, if restart { 0.0 } else { 3.0 }, "{name}: {t:?}");
+        }
+    }
+    std::fs::remove_dir_all(&storage).unwrap();
+}

@@ -29,18 +29,9 @@ if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$ok" >/dev/null 2>&1; the
   exit 0
 fi
 
-pick_cache() {
-  local c
-  for c in "${RAYFORGE_CACHE:-}" "${XDG_CACHE_HOME:+$XDG_CACHE_HOME/rayforge}" "${HOME:+$HOME/.cache/rayforge}"; do
-    if [ -n "$c" ] && mkdir -p "$c" 2>/dev/null && [ -w "$c" ]; then
-      echo "$c"
-      return
-    fi
-  done
-  mkdir -p "$PWD/target/cache"
-  echo "$PWD/target/cache"
-}
-wheels="$(pick_cache)/gym-wheels"
+# shellcheck source=scripts/cache-dir.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cache-dir.sh"
+wheels="$(rayforge_cache_dir)/gym-wheels"
 mkdir -p "$wheels"
 
 command -v python3 >/dev/null || { echo "python3 (with venv and pip) is required"; exit 1; }

@@ -19,17 +19,8 @@
 _rf_torch_version=2.11.0
 _rf_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-_rf_pick_cache() {
-  local c
-  for c in "${RAYFORGE_CACHE:-}" "${XDG_CACHE_HOME:+$XDG_CACHE_HOME/rayforge}" "${HOME:+$HOME/.cache/rayforge}"; do
-    if [ -n "$c" ] && mkdir -p "$c" 2>/dev/null && [ -w "$c" ]; then
-      echo "$c"
-      return
-    fi
-  done
-  mkdir -p "$_rf_root/target/cache"
-  echo "$_rf_root/target/cache"
-}
+# shellcheck source=scripts/cache-dir.sh
+source "$_rf_root/scripts/cache-dir.sh"
 
 _rf_install_libtorch() {
   local dir="$1" tmp="$1.partial.$$"
@@ -56,7 +47,7 @@ _rf_install_libtorch() {
 }
 
 if [ -z "${LIBTORCH:-}" ]; then
-  _rf_dir="$(_rf_pick_cache)/libtorch-$_rf_torch_version-cpu"
+  _rf_dir="$(rayforge_cache_dir)/libtorch-$_rf_torch_version-cpu"
   if [ ! -f "$_rf_dir/torch/lib/libtorch.so" ]; then
     _rf_install_libtorch "$_rf_dir" || { echo "libtorch set-up failed"; return 1 2>/dev/null || exit 1; }
   fi

@@ -60,15 +60,12 @@ impl Dqn {
 impl Learner for Dqn {
     fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)> {
         let eps = self.epsilon(env_steps);
-        let batches = runners.transitions(self.online.weights(), self.config.sample_steps, Explore::Epsilon(eps))?;
-        let mut episodes = Episodes::default();
-        let mut steps = 0;
-        for b in &batches {
-            self.replay.add(b);
-            steps += b.env_steps;
-            episodes.returns.extend(&b.episodes.returns);
-            episodes.lengths.extend(&b.episodes.lengths);
-        }
+        let (steps, episodes) = self.replay.fill(
+            runners,
+            self.online.weights(),
+            self.config.sample_steps,
+            Explore::Epsilon(eps),
+        )?;
         self.iterations += 1;
         let mut stats = BTreeMap::from([("epsilon".to_string(), eps)]);
         if env_steps + steps < self.config.learning_starts || self.replay.len() < self.config.batch_size {

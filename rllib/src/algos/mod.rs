@@ -68,6 +68,26 @@ impl Replay {
         self.len
     }
 
+    /// Samples transitions through the runners into the buffer; the env
+    /// steps taken and the episodes that ended.
+    pub(crate) fn fill(
+        &mut self,
+        runners: &mut crate::algorithm::Runners,
+        weights: Vec<f32>,
+        steps: usize,
+        explore: crate::runner::Explore,
+    ) -> crate::error::Result<(u64, crate::runner::Episodes)> {
+        let mut episodes = crate::runner::Episodes::default();
+        let mut taken = 0;
+        for b in runners.transitions(weights, steps, explore)? {
+            self.add(&b);
+            taken += b.env_steps;
+            episodes.returns.extend(b.episodes.returns);
+            episodes.lengths.extend(b.episodes.lengths);
+        }
+        Ok((taken, episodes))
+    }
+
     /// Adds every transition of `t`, overwriting the oldest when full.
     pub(crate) fn add(&mut self, t: &crate::runner::Transitions) {
         let (od, ad) = (self.obs_dim, self.act_dim);

@@ -119,15 +119,9 @@ impl Learner for Sac {
         } else {
             Explore::Sample
         };
-        let batches = runners.transitions(self.actor.weights(), c.sample_steps, explore)?;
-        let mut episodes = Episodes::default();
-        let mut steps = 0;
-        for b in &batches {
-            self.replay.add(b);
-            steps += b.env_steps;
-            episodes.returns.extend(&b.episodes.returns);
-            episodes.lengths.extend(&b.episodes.lengths);
-        }
+        let (steps, episodes) = self
+            .replay
+            .fill(runners, self.actor.weights(), c.sample_steps, explore)?;
         let mut stats = BTreeMap::new();
         if env_steps + steps < c.learning_starts || self.replay.len() < c.batch_size {
             return Ok((steps, episodes, stats));
@@ -136,7 +130,9 @@ impl Learner for Sac {
         let (mut lq, mut lpi, mut la) = (0.0, 0.0, 0.0);
         // As many gradient steps as env steps sampled, as SAC's one update
         // per step.
-        let updates = (steps as usize).min(c.train_steps.max(1) * batches.len().max(1)).max(1);
+        let updates = (steps as usize)
+            .min(c.train_steps.max(1) * c.num_env_runners.max(1))
+            .max(1);
         for _ in 0..updates {
             let b = self.replay.sample(c.batch_size, &mut self.rng, self.device);
             let alpha = self.log_alpha.exp().detach();

@@ -659,6 +659,7 @@ impl NodeDaemon {
             for_actor: Some(id),
             display_name: name,
             job,
+            requester: 0,
             reply: tx,
         });
         self.apply(acts);

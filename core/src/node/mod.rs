@@ -640,6 +640,7 @@ impl NodeService for NodeDaemon {
             for_actor,
             display_name: r.display_name,
             job: r.job_id,
+            requester: r.requester_id,
             reply: tx,
         });
         self.apply(acts);

@@ -32,6 +32,9 @@ pub(crate) struct LeaseRequest {
     pub(crate) display_name: String,
     /// The job whose program the worker runs ("" = the node's own program).
     pub(crate) job: String,
+    /// The worker that asked (0: none known, as for actors); its leases end
+    /// when it dies.
+    pub(crate) requester: u64,
     pub(crate) reply: oneshot::Sender<LeaseResult>,
 }
 
@@ -61,6 +64,8 @@ pub(crate) struct WorkerInfo {
 #[derive(Debug, Clone)]
 pub(crate) struct LeaseInfo {
     pub(crate) worker_id: u64,
+    /// The worker the lease was granted to (0: none known).
+    pub(crate) requester: u64,
     pub(crate) resources: Resources,
     pub(crate) retriable: bool,
     pub(crate) granted_at: Instant,
@@ -462,6 +467,7 @@ impl Scheduler {
                 lease_id,
                 LeaseInfo {
                     worker_id,
+                    requester: req.requester,
                     resources: req.resources.clone(),
                     retriable: req.retriable,
                     granted_at: Instant::now(),
@@ -568,7 +574,21 @@ impl Scheduler {
             }
             WorkerState::Dead => {}
         }
-        (lease, self.dispatch())
+        // The leases it was granted run tasks for an owner that is gone:
+        // their workers are ended and their resources freed (else a task in
+        // flight when its owner died would hold its CPUs for good).
+        let orphaned: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.requester != 0 && l.requester == worker_id)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut actions = Vec::new();
+        for id in orphaned {
+            actions.extend(self.return_lease(id, true));
+        }
+        actions.extend(self.dispatch());
+        (lease, actions)
     }
 
     /// Idle workers that have idled past the timeout, beyond the minimum
@@ -655,6 +675,7 @@ mod tests {
                 for_actor: None,
                 display_name: "f".into(),
                 job: String::new(),
+                requester: 0,
                 reply: tx,
             },
             rx,
@@ -748,6 +769,31 @@ mod tests {
         assert!(lease.is_some());
         assert_eq!(s.available["CPU"], 1.0);
         assert_eq!(s.workers[&gb.worker_id].exit_cause.as_deref(), Some("signal 9"));
+    }
+
+    #[test]
+    fn the_leases_of_a_requester_that_died_are_ended_and_their_workers_killed() {
+        let mut s = Scheduler::new(res(2.0), 0, Duration::from_secs(10));
+        add_worker(&mut s, 1);
+        add_worker(&mut s, 2);
+        // Worker 1 runs something that asks for a worker for its task.
+        let (owner_task, mut r1) = req(1.0);
+        s.request(owner_task);
+        let g1 = r1.try_recv().unwrap().unwrap();
+        let (mut child, mut r2) = req(1.0);
+        child.requester = g1.worker_id;
+        s.request(child);
+        let g2 = r2.try_recv().unwrap().unwrap();
+        assert_eq!(s.available["CPU"], 0.0);
+        // The owner dies mid-task: both CPUs come back, the orphan's worker
+        // is killed.
+        let pid = s.workers[&g2.worker_id].pid;
+        let (_, acts) = s.worker_exited(g1.worker_id, "signal 9".into());
+        assert!(acts.contains(&Action::KillWorker {
+            worker_id: g2.worker_id,
+            pid
+        }));
+        assert_eq!(s.available["CPU"], 2.0);
     }
 
     #[test]

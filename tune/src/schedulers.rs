@@ -565,6 +565,7 @@ impl Pbt {
                 format!("must be above 0, got {perturbation_interval}"),
             ));
         }
+        mutations.validate()?;
         let mutations: Vec<(String, Domain)> = mutations
             .params()
             .iter()
@@ -642,7 +643,7 @@ fn perturb(d: &Domain, v: &serde_json::Value, rng: &mut StdRng) -> serde_json::V
     use serde_json::Value;
     let up = rng.random::<bool>();
     match d {
-        Domain::Grid(vals) | Domain::Choice(vals) => {
+        Domain::Grid(vals) | Domain::Choice(vals) if !vals.is_empty() => {
             let i = vals.iter().position(|x| x == v).unwrap_or(0);
             let j = if up {
                 (i + 1).min(vals.len() - 1)

@@ -15,7 +15,7 @@
 //! from the first step on (NumPy widens it when it appends the torque).
 
 use super::numpy::pow2;
-use super::{entropy_seed, Action, Env, EnvError, EnvRng, Space, Step};
+use super::{Action, Env, EnvError, EpisodeState, Space, Step};
 use std::f64::consts::PI;
 
 const DT: f64 = 0.2;
@@ -36,10 +36,7 @@ const MAX_STEPS: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct Acrobot {
     /// θ1, θ2, θ̇1, θ̇2.
-    state: Option<[f64; 4]>,
-    rng: EnvRng,
-    steps: u32,
-    done: bool,
+    episode: EpisodeState<[f64; 4]>,
 }
 
 impl Default for Acrobot {
@@ -52,10 +49,7 @@ impl Acrobot {
     /// An acrobot, to be reset.
     pub fn new() -> Acrobot {
         Acrobot {
-            state: None,
-            rng: EnvRng::new(entropy_seed()),
-            steps: 0,
-            done: false,
+            episode: EpisodeState::new(MAX_STEPS),
         }
     }
 
@@ -63,9 +57,7 @@ impl Acrobot {
     /// episode: to replay a trajectory from a known start. Returns its
     /// observation.
     pub fn set_state(&mut self, state: [f64; 4]) -> Vec<f32> {
-        self.state = Some(state);
-        self.steps = 0;
-        self.done = false;
+        self.episode.start(state);
         Acrobot::obs(&state)
     }
 
@@ -154,11 +146,9 @@ impl Env for Acrobot {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
-        if let Some(s) = seed {
-            self.rng = EnvRng::new(s);
-        }
+        self.episode.reseed(seed);
         // `uniform(-0.1, 0.1, size=(4,)).astype(np.float32)`
-        let s = [(); 4].map(|_| self.rng.uniform(-0.1, 0.1) as f32 as f64);
+        let s = [(); 4].map(|_| self.episode.rng.uniform(-0.1, 0.1) as f32 as f64);
         self.set_state(s)
     }
 
@@ -172,22 +162,14 @@ impl Env for Acrobot {
                 })
             }
         };
-        if self.done {
-            return Err(EnvError::NeedsReset("after the episode ended"));
-        }
-        let Some(s) = self.state else {
-            return Err(EnvError::NeedsReset("before reset"));
-        };
+        let s = self.episode.current()?;
         let mut ns = rk4(&[s[0], s[1], s[2], s[3], torque], DT);
         ns[0] = wrap(ns[0], -PI, PI);
         ns[1] = wrap(ns[1], -PI, PI);
         ns[2] = bound(ns[2], -MAX_VEL_1, MAX_VEL_1);
         ns[3] = bound(ns[3], -MAX_VEL_2, MAX_VEL_2);
-        self.state = Some(ns);
-        self.steps += 1;
         let terminated = Acrobot::terminal(&ns);
-        let truncated = self.steps >= MAX_STEPS;
-        self.done = terminated || truncated;
+        let truncated = self.episode.advance(ns, terminated);
         Ok(Step {
             obs: Acrobot::obs(&ns),
             reward: if terminated { 0.0 } else { -1.0 },

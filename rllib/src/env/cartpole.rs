@@ -3,7 +3,7 @@
 //! termination at 12 degrees or 2.4 units, a reward of 1 per step, and
 //! truncation at 500 steps.
 
-use super::{entropy_seed, Action, Env, EnvError, EnvRng, Space, Step};
+use super::{Action, Env, EnvError, EpisodeState, Space, Step};
 
 const GRAVITY: f64 = 9.8;
 const MASS_CART: f64 = 1.0;
@@ -21,11 +21,7 @@ const MAX_STEPS: u32 = 500;
 /// The cart-pole: push the cart left (0) or right (1) to keep the pole up.
 #[derive(Debug, Clone)]
 pub struct CartPole {
-    state: Option<[f64; 4]>,
-    rng: EnvRng,
-    steps: u32,
-    /// Steps taken after termination (Gymnasium warns; we refuse).
-    done: bool,
+    episode: EpisodeState<[f64; 4]>,
 }
 
 impl Default for CartPole {
@@ -38,10 +34,7 @@ impl CartPole {
     /// A cart-pole, to be reset.
     pub fn new() -> CartPole {
         CartPole {
-            state: None,
-            rng: EnvRng::new(entropy_seed()),
-            steps: 0,
-            done: false,
+            episode: EpisodeState::new(MAX_STEPS),
         }
     }
 
@@ -49,9 +42,7 @@ impl CartPole {
     /// fresh episode: to replay a trajectory from a known start. Returns its
     /// observation.
     pub fn set_state(&mut self, state: [f64; 4]) -> Vec<f32> {
-        self.state = Some(state);
-        self.steps = 0;
-        self.done = false;
+        self.episode.start(state);
         CartPole::obs(&state)
     }
 
@@ -74,10 +65,8 @@ impl Env for CartPole {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
-        if let Some(s) = seed {
-            self.rng = EnvRng::new(s);
-        }
-        let s = [(); 4].map(|_| self.rng.uniform(-0.05, 0.05));
+        self.episode.reseed(seed);
+        let s = [(); 4].map(|_| self.episode.rng.uniform(-0.05, 0.05));
         self.set_state(s)
     }
 
@@ -92,12 +81,7 @@ impl Env for CartPole {
                 })
             }
         };
-        if self.done {
-            return Err(EnvError::NeedsReset("after the episode ended"));
-        }
-        let Some([x, x_dot, theta, theta_dot]) = self.state else {
-            return Err(EnvError::NeedsReset("before reset"));
-        };
+        let [x, x_dot, theta, theta_dot] = self.episode.current()?;
         let (sin, cos) = (theta.sin(), theta.cos());
         // Gymnasium's order of operations (`np.square(x)` is `x * x`), so
         // that trajectories match bit for bit.
@@ -111,13 +95,8 @@ impl Env for CartPole {
             theta + TAU * theta_dot,
             theta_dot + TAU * theta_acc,
         ];
-        self.state = Some(s);
-        self.steps += 1;
         let terminated = s[0] < -X_THRESHOLD || s[0] > X_THRESHOLD || s[2] < -THETA_THRESHOLD || s[2] > THETA_THRESHOLD;
-        // Gymnasium's TimeLimit truncates at the limit whether or not the
-        // episode also terminated there.
-        let truncated = self.steps >= MAX_STEPS;
-        self.done = terminated || truncated;
+        let truncated = self.episode.advance(s, terminated);
         Ok(Step {
             obs: CartPole::obs(&s),
             reward: 1.0,

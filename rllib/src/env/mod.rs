@@ -180,6 +180,72 @@ pub fn make_batch(id: &str, n: usize) -> Result<Box<dyn BatchEnv>, EnvError> {
     }
 }
 
+/// What every environment here keeps besides its physics: its state
+/// (none before the first reset), its random stream, and its steps against
+/// Gymnasium's step limit.
+#[derive(Debug, Clone)]
+pub(crate) struct EpisodeState<S> {
+    state: Option<S>,
+    /// The stream resets draw from.
+    pub(crate) rng: EnvRng,
+    steps: u32,
+    /// Ended: steps are refused until a reset (Gymnasium warns; we refuse).
+    done: bool,
+    max_steps: u32,
+}
+
+impl<S: Clone> EpisodeState<S> {
+    /// No episode yet, `max_steps` per episode.
+    pub(crate) fn new(max_steps: u32) -> EpisodeState<S> {
+        EpisodeState {
+            state: None,
+            rng: EnvRng::new(entropy_seed()),
+            steps: 0,
+            done: false,
+            max_steps,
+        }
+    }
+
+    /// A reset's seed, when it has one, restarts the random stream.
+    pub(crate) fn reseed(&mut self, seed: Option<u64>) {
+        if let Some(s) = seed {
+            self.rng = EnvRng::new(s);
+        }
+    }
+
+    /// A new episode from `state`.
+    pub(crate) fn start(&mut self, state: S) {
+        self.state = Some(state);
+        self.steps = 0;
+        self.done = false;
+    }
+
+    /// The state as it is, ended or not.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> Option<&S> {
+        self.state.as_ref()
+    }
+
+    /// The state to step from, or why there is none.
+    pub(crate) fn current(&self) -> Result<S, EnvError> {
+        if self.done {
+            return Err(EnvError::NeedsReset("after the episode ended"));
+        }
+        self.state.clone().ok_or(EnvError::NeedsReset("before reset"))
+    }
+
+    /// A step reached `state`: whether the episode is truncated (Gymnasium's
+    /// TimeLimit truncates at the limit whether or not the episode also
+    /// terminated there).
+    pub(crate) fn advance(&mut self, state: S, terminated: bool) -> bool {
+        self.state = Some(state);
+        self.steps += 1;
+        let truncated = self.steps >= self.max_steps;
+        self.done = terminated || truncated;
+        truncated
+    }
+}
+
 /// A seeded uniform draw in `[low, high)` from the environment's own
 /// random state (a SplitMix64 stream: small, fast and reproducible).
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! up to the flag at x = 0.5. A reward of -1 per step, termination at the
 //! flag, truncation at 200 steps. The state is `float64`, as Gymnasium's.
 
-use super::{entropy_seed, Action, Env, EnvError, EnvRng, Space, Step};
+use super::{Action, Env, EnvError, EpisodeState, Space, Step};
 
 const MIN_POSITION: f64 = -1.2;
 const MAX_POSITION: f64 = 0.6;
@@ -19,10 +19,7 @@ const MAX_STEPS: u32 = 200;
 #[derive(Debug, Clone)]
 pub struct MountainCar {
     /// Position and velocity.
-    state: Option<[f64; 2]>,
-    rng: EnvRng,
-    steps: u32,
-    done: bool,
+    episode: EpisodeState<[f64; 2]>,
 }
 
 impl Default for MountainCar {
@@ -35,10 +32,7 @@ impl MountainCar {
     /// A mountain car, to be reset.
     pub fn new() -> MountainCar {
         MountainCar {
-            state: None,
-            rng: EnvRng::new(entropy_seed()),
-            steps: 0,
-            done: false,
+            episode: EpisodeState::new(MAX_STEPS),
         }
     }
 
@@ -46,9 +40,7 @@ impl MountainCar {
     /// episode: to replay a trajectory from a known start. Returns its
     /// observation.
     pub fn set_state(&mut self, state: [f64; 2]) -> Vec<f32> {
-        self.state = Some(state);
-        self.steps = 0;
-        self.done = false;
+        self.episode.start(state);
         state.iter().map(|x| *x as f32).collect()
     }
 }
@@ -66,10 +58,8 @@ impl Env for MountainCar {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
-        if let Some(s) = seed {
-            self.rng = EnvRng::new(s);
-        }
-        let position = self.rng.uniform(-0.6, -0.4);
+        self.episode.reseed(seed);
+        let position = self.episode.rng.uniform(-0.6, -0.4);
         self.set_state([position, 0.0])
     }
 
@@ -83,12 +73,7 @@ impl Env for MountainCar {
                 })
             }
         };
-        if self.done {
-            return Err(EnvError::NeedsReset("after the episode ended"));
-        }
-        let Some([mut position, mut velocity]) = self.state else {
-            return Err(EnvError::NeedsReset("before reset"));
-        };
+        let [mut position, mut velocity] = self.episode.current()?;
         // `velocity += (action - 1) * force + math.cos(3 * position) * (-gravity)`:
         // the right-hand side is summed first.
         velocity += push * FORCE + (3.0 * position).cos() * (-GRAVITY);
@@ -99,12 +84,7 @@ impl Env for MountainCar {
             velocity = 0.0;
         }
         let terminated = position >= GOAL_POSITION && velocity >= GOAL_VELOCITY;
-        self.state = Some([position, velocity]);
-        self.steps += 1;
-        // Gymnasium's TimeLimit truncates at the limit whether or not the
-        // episode also terminated there.
-        let truncated = self.steps >= MAX_STEPS;
-        self.done = terminated || truncated;
+        let truncated = self.episode.advance([position, velocity], terminated);
         Ok(Step {
             obs: vec![position as f32, velocity as f32],
             reward: -1.0,

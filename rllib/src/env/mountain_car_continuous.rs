@@ -11,7 +11,7 @@
 //! observation matches bit for bit.
 
 use super::numpy::{pow2, Scalar};
-use super::{entropy_seed, one_float, Action, Env, EnvError, EnvRng, Space, Step};
+use super::{one_float, Action, Env, EnvError, EpisodeState, Space, Step};
 
 const MIN_ACTION: f64 = -1.0;
 const MAX_ACTION: f64 = 1.0;
@@ -27,10 +27,7 @@ const MAX_STEPS: u32 = 999;
 #[derive(Debug, Clone)]
 pub struct MountainCarContinuous {
     /// Position and velocity, typed as Gymnasium holds them.
-    state: Option<[Scalar; 2]>,
-    rng: EnvRng,
-    steps: u32,
-    done: bool,
+    episode: EpisodeState<[Scalar; 2]>,
 }
 
 impl Default for MountainCarContinuous {
@@ -43,10 +40,7 @@ impl MountainCarContinuous {
     /// A mountain car, to be reset.
     pub fn new() -> MountainCarContinuous {
         MountainCarContinuous {
-            state: None,
-            rng: EnvRng::new(entropy_seed()),
-            steps: 0,
-            done: false,
+            episode: EpisodeState::new(MAX_STEPS),
         }
     }
 
@@ -54,9 +48,7 @@ impl MountainCarContinuous {
     /// `float64` as after Gymnasium's reset) with a fresh episode: to
     /// replay a trajectory from a known start. Returns its observation.
     pub fn set_state(&mut self, state: [f64; 2]) -> Vec<f32> {
-        self.state = Some(state.map(Scalar::F64));
-        self.steps = 0;
-        self.done = false;
+        self.episode.start(state.map(Scalar::F64));
         state.iter().map(|x| *x as f32).collect()
     }
 }
@@ -77,21 +69,14 @@ impl Env for MountainCarContinuous {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
-        if let Some(s) = seed {
-            self.rng = EnvRng::new(s);
-        }
-        let position = self.rng.uniform(-0.6, -0.4);
+        self.episode.reseed(seed);
+        let position = self.episode.rng.uniform(-0.6, -0.4);
         self.set_state([position, 0.0])
     }
 
     fn step(&mut self, action: &Action) -> Result<Step, EnvError> {
         let a = one_float(action, || self.action_space())?;
-        if self.done {
-            return Err(EnvError::NeedsReset("after the episode ended"));
-        }
-        let Some([mut position, mut velocity]) = self.state else {
-            return Err(EnvError::NeedsReset("before reset"));
-        };
+        let [mut position, mut velocity] = self.episode.current()?;
         let py = Scalar::Py;
         // `min(max(action[0], -1.0), 1.0)`: Python's min and max keep the
         // float32 unless the bound wins, which is then a Python float.
@@ -127,10 +112,9 @@ impl Env for MountainCarContinuous {
         let reward = bonus - pow2(a as f64) * 0.1;
         // `self.state = np.array([position, velocity], dtype=np.float32)`
         let obs = vec![position.value() as f32, velocity.value() as f32];
-        self.state = Some([Scalar::F32(obs[0]), Scalar::F32(obs[1])]);
-        self.steps += 1;
-        let truncated = self.steps >= MAX_STEPS;
-        self.done = terminated || truncated;
+        let truncated = self
+            .episode
+            .advance([Scalar::F32(obs[0]), Scalar::F32(obs[1])], terminated);
         Ok(Step {
             obs,
             reward,
@@ -186,7 +170,7 @@ mod tests {
         car.set_state([-0.5, 0.0]);
         for n in 1..=MAX_STEPS {
             let s = car.step(&Action::Continuous(vec![0.0])).unwrap();
-            assert!(matches!(car.state, Some([Scalar::F32(_), Scalar::F32(_)])));
+            assert!(matches!(car.episode.state(), Some([Scalar::F32(_), Scalar::F32(_)])));
             assert_eq!((s.terminated, s.truncated), (false, n == MAX_STEPS));
         }
     }

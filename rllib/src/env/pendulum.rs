@@ -10,7 +10,7 @@
 //! the same so that rewards match exactly.
 
 use super::numpy::{pow2, pow2_f32, remainder};
-use super::{entropy_seed, one_float, Action, Env, EnvError, EnvRng, Space, Step};
+use super::{one_float, Action, Env, EnvError, EpisodeState, Space, Step};
 use std::f64::consts::PI;
 
 const MAX_SPEED: f64 = 8.0;
@@ -29,10 +29,7 @@ const MAX_STEPS: u32 = 200;
 pub struct Pendulum {
     g: f64,
     /// θ (0 is upright) and θ̇.
-    state: Option<[f64; 2]>,
-    rng: EnvRng,
-    steps: u32,
-    done: bool,
+    episode: EpisodeState<[f64; 2]>,
 }
 
 impl Default for Pendulum {
@@ -51,19 +48,14 @@ impl Pendulum {
     pub fn with_gravity(g: f64) -> Pendulum {
         Pendulum {
             g,
-            state: None,
-            rng: EnvRng::new(entropy_seed()),
-            steps: 0,
-            done: false,
+            episode: EpisodeState::new(MAX_STEPS),
         }
     }
 
     /// Puts the environment in `state` (θ, θ̇) with a fresh episode: to
     /// replay a trajectory from a known start. Returns its observation.
     pub fn set_state(&mut self, state: [f64; 2]) -> Vec<f32> {
-        self.state = Some(state);
-        self.steps = 0;
-        self.done = false;
+        self.episode.start(state);
         Pendulum::obs(&state)
     }
 
@@ -94,22 +86,15 @@ impl Env for Pendulum {
     }
 
     fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
-        if let Some(s) = seed {
-            self.rng = EnvRng::new(s);
-        }
-        let th = self.rng.uniform(-PI, PI);
-        let thdot = self.rng.uniform(-1.0, 1.0);
+        self.episode.reseed(seed);
+        let th = self.episode.rng.uniform(-PI, PI);
+        let thdot = self.episode.rng.uniform(-1.0, 1.0);
         self.set_state([th, thdot])
     }
 
     fn step(&mut self, action: &Action) -> Result<Step, EnvError> {
         let u = one_float(action, || self.action_space())?.clamp(-MAX_TORQUE, MAX_TORQUE);
-        if self.done {
-            return Err(EnvError::NeedsReset("after the episode ended"));
-        }
-        let Some([th, thdot]) = self.state else {
-            return Err(EnvError::NeedsReset("before reset"));
-        };
+        let [th, thdot] = self.episode.current()?;
         // The order and types of Gymnasium's expressions, term by term:
         // `u ** 2` and `0.001 * ...` and `3.0 * u` are float32.
         let costs = pow2(angle_normalize(th)) + 0.1 * pow2(thdot) + (0.001f32 * pow2_f32(u)) as f64;
@@ -120,10 +105,7 @@ impl Env for Pendulum {
         let newthdot = newthdot.clamp(-MAX_SPEED, MAX_SPEED);
         let newth = th + newthdot * DT;
         let s = [newth, newthdot];
-        self.state = Some(s);
-        self.steps += 1;
-        let truncated = self.steps >= MAX_STEPS;
-        self.done = truncated;
+        let truncated = self.episode.advance(s, false);
         Ok(Step {
             obs: Pendulum::obs(&s),
             reward: -costs,

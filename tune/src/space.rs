@@ -269,6 +269,31 @@ impl SearchSpace {
         c
     }
 
+    /// `fixed` crossed with every value of each grid parameter it does not
+    /// set: one config per grid point (`[fixed]` without grids).
+    pub(crate) fn grid_points(&self, fixed: &Config) -> Vec<Config> {
+        let mut points = vec![fixed.clone()];
+        for (name, p) in &self.params {
+            let Param::Domain(Domain::Grid(values)) = p else {
+                continue;
+            };
+            if fixed.contains_key(name) {
+                continue;
+            }
+            points = points
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.insert(name.clone(), v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        points
+    }
+
     /// The configs of a random / grid search, as Ray Tune's default
     /// searcher: every point of the grid (the product of the grid
     /// parameters), each `num_samples` times, the other domains drawn from
@@ -276,27 +301,7 @@ impl SearchSpace {
     pub fn variants(&self, num_samples: usize, seed: u64) -> Result<Vec<Config>> {
         self.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
-        let grids: Vec<(&String, &Vec<Value>)> = self
-            .params
-            .iter()
-            .filter_map(|(n, p)| match p {
-                Param::Domain(Domain::Grid(v)) => Some((n, v)),
-                _ => None,
-            })
-            .collect();
-        let mut points: Vec<Config> = vec![Config::new()];
-        for (name, values) in &grids {
-            points = points
-                .into_iter()
-                .flat_map(|c| {
-                    values.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.insert((*name).clone(), v.clone());
-                        c
-                    })
-                })
-                .collect();
-        }
+        let points = self.grid_points(&Config::new());
         let mut out = Vec::with_capacity(points.len() * num_samples);
         for _ in 0..num_samples {
             for p in &points {

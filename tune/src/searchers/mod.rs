@@ -97,30 +97,9 @@ impl BasicVariant {
         // Seeded apart from the samples, which stay those of `new` with
         // fewer samples.
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x9e37_79b9_7f4a_7c15);
-        let grids: Vec<(&String, &Vec<Value>)> = self
-            .space
-            .params()
-            .iter()
-            .filter_map(|(n, p)| match p {
-                Param::Domain(Domain::Grid(v)) => Some((n, v)),
-                _ => None,
-            })
-            .collect();
         let mut queue = VecDeque::new();
         for point in &points {
-            let mut expanded = vec![point.clone()];
-            for (name, values) in grids.iter().filter(|(n, _)| !point.contains_key(*n)) {
-                expanded = expanded
-                    .into_iter()
-                    .flat_map(|c| {
-                        values.iter().map(move |v| {
-                            let mut c = c.clone();
-                            c.insert((*name).clone(), v.clone());
-                            c
-                        })
-                    })
-                    .collect();
-            }
+            let expanded = self.space.grid_points(point);
             queue.extend(expanded.iter().map(|c| self.space.complete(c, &mut rng)));
         }
         let rest = self.num_samples.saturating_sub(points.len());

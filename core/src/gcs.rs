@@ -62,7 +62,12 @@ struct Snapshot {
     actors: Vec<proto::ActorRecord>,
     #[prost(message, repeated, tag = "6")]
     groups: Vec<proto::PlacementGroupRecord>,
+    #[prost(message, repeated, tag = "7")]
+    events: Vec<proto::ClusterEvent>,
 }
+
+/// Events the head keeps (the newest).
+pub(crate) const MAX_EVENTS: usize = 2_000;
 
 #[derive(Default)]
 struct Tables {
@@ -72,6 +77,27 @@ struct Tables {
     next_job: u32,
     actors: BTreeMap<Vec<u8>, proto::ActorRecord>,
     groups: BTreeMap<String, proto::PlacementGroupRecord>,
+    events: std::collections::VecDeque<proto::ClusterEvent>,
+}
+
+impl Tables {
+    fn event(&mut self, ev: proto::ClusterEvent) {
+        self.events.push_back(ev);
+        while self.events.len() > MAX_EVENTS {
+            self.events.pop_front();
+        }
+    }
+}
+
+/// A new event, stamped now.
+pub(crate) fn event(severity: &str, kind: &str, message: String) -> proto::ClusterEvent {
+    proto::ClusterEvent {
+        time_ms: now_ms(),
+        severity: severity.into(),
+        kind: kind.into(),
+        message,
+        ..Default::default()
+    }
 }
 
 /// The control service's state.
@@ -107,6 +133,7 @@ impl Gcs {
                 t.next_job = s.next_job;
                 t.actors = s.actors.into_iter().map(|a| (a.actor_id.clone(), a)).collect();
                 t.groups = s.groups.into_iter().map(|g| (g.id.clone(), g)).collect();
+                t.events = s.events.into_iter().collect();
                 tracing::info!(
                     nodes = t.nodes.len(),
                     jobs = t.jobs.len(),
@@ -141,6 +168,7 @@ impl Gcs {
                 next_job: t.next_job,
                 actors: t.actors.values().cloned().collect(),
                 groups: t.groups.values().cloned().collect(),
+                events: t.events.iter().cloned().collect(),
             }
         };
         let tmp = self.dir.join("state.pb.tmp");
@@ -161,7 +189,7 @@ impl Gcs {
         let now = now_ms();
         let timeout = self.heartbeat_timeout.as_millis() as u64;
         let mut t = self.tables.lock();
-        let mut changed = false;
+        let mut died = Vec::new();
         for n in t.nodes.values_mut() {
             if n.alive && now.saturating_sub(n.last_heartbeat_ms) > timeout {
                 n.alive = false;
@@ -171,8 +199,18 @@ impl Gcs {
                 );
                 n.available.clear();
                 tracing::warn!(node = %n.node_id, addr = %n.addr, "node declared dead: {}", n.death_cause);
-                changed = true;
+                let mut ev = event(
+                    "ERROR",
+                    "NODE_DIED",
+                    format!("node {} ({}) died: {}", n.node_id, n.addr, n.death_cause),
+                );
+                ev.node_id = n.node_id.clone();
+                died.push(ev);
             }
+        }
+        let changed = !died.is_empty();
+        for ev in died {
+            t.event(ev);
         }
         drop(t);
         if changed {
@@ -204,6 +242,13 @@ impl Gcs {
         j.start_ms = now_ms();
         tracing::info!(job = %j.job_id, entrypoint = %j.entrypoint, submitted = j.submitted, "job started");
         let id = j.job_id.clone();
+        let mut ev = event(
+            "INFO",
+            "JOB_STATE_CHANGED",
+            format!("job {id} RUNNING: {}", j.entrypoint),
+        );
+        ev.job_id = id.clone();
+        t.event(ev);
         t.jobs.insert(id.clone(), j);
         drop(t);
         self.persist();
@@ -221,6 +266,10 @@ impl Gcs {
         j.message = message.to_string();
         j.end_ms = now_ms();
         tracing::info!(job = %j.job_id, state = %j.state, "job ended: {message}");
+        let severity = if state == "FAILED" { "ERROR" } else { "INFO" };
+        let mut ev = event(severity, "JOB_STATE_CHANGED", format!("job {id} {state}: {message}"));
+        ev.job_id = id.to_string();
+        t.event(ev);
         drop(t);
         self.persist();
         true
@@ -263,8 +312,58 @@ impl Gcs {
     /// Records an actor's new state; written to disk within milliseconds
     /// (changes are batched: an actor table changes often).
     pub(crate) fn save_actor(&self, rec: proto::ActorRecord) {
-        self.tables.lock().actors.insert(rec.actor_id.clone(), rec);
+        let mut t = self.tables.lock();
+        let before = t.actors.get(&rec.actor_id).map(|a| a.state);
+        if before != Some(rec.state) {
+            let what = if rec.name.is_empty() {
+                rec.class_name.clone()
+            } else {
+                format!("{} `{}`", rec.class_name, rec.name)
+            };
+            let id = crate::ids::hex(&rec.actor_id);
+            let ev = if rec.state == proto::ActorState::Restarting as i32 {
+                Some(event(
+                    "WARNING",
+                    "ACTOR_RESTARTED",
+                    format!(
+                        "actor {what} ({id}) is restarting (restart {}): {}",
+                        rec.num_restarts, rec.death_cause
+                    ),
+                ))
+            } else if rec.state == proto::ActorState::Dead as i32 {
+                let cause = if rec.death_cause.is_empty() {
+                    "killed"
+                } else {
+                    rec.death_cause.as_str()
+                };
+                Some(event(
+                    "WARNING",
+                    "ACTOR_DIED",
+                    format!("actor {what} ({id}) died: {cause}"),
+                ))
+            } else {
+                None
+            };
+            if let Some(mut ev) = ev {
+                ev.actor_id = id;
+                ev.job_id = rec.job_id.clone();
+                t.event(ev);
+            }
+        }
+        t.actors.insert(rec.actor_id.clone(), rec);
+        drop(t);
         self.dirty.notify_one();
+    }
+
+    /// Records an event (persisted with the next write of the tables).
+    pub(crate) fn add_event(&self, ev: proto::ClusterEvent) {
+        self.tables.lock().event(ev);
+        self.dirty.notify_one();
+    }
+
+    /// The recorded events, oldest first.
+    pub(crate) fn events(&self) -> Vec<proto::ClusterEvent> {
+        self.tables.lock().events.iter().cloned().collect()
     }
 
     /// Records a placement group's new state (batched like actors).
@@ -291,6 +390,13 @@ impl Gcs {
     /// The recorded placement groups.
     pub(crate) fn groups(&self) -> Vec<proto::PlacementGroupRecord> {
         self.tables.lock().groups.values().cloned().collect()
+    }
+
+    /// How many recorded nodes are alive and dead.
+    pub(crate) fn nodes_alive_dead(&self) -> (usize, usize) {
+        let t = self.tables.lock();
+        let alive = t.nodes.values().filter(|n| n.alive).count();
+        (alive, t.nodes.len() - alive)
     }
 
     /// The recorded actor table.
@@ -363,6 +469,9 @@ impl ControlService for GcsService {
         n.last_heartbeat_ms = now_ms();
         tracing::info!(node = %n.node_id, addr = %n.addr, head = n.is_head, "node registered");
         let mut t = self.0.tables.lock();
+        let mut ev = event("INFO", "NODE_JOINED", format!("node {} ({}) joined", n.node_id, n.addr));
+        ev.node_id = n.node_id.clone();
+        t.event(ev);
         t.nodes.insert(n.node_id.clone(), n);
         drop(t);
         self.0.persist();
@@ -626,6 +735,27 @@ impl ControlService for GcsService {
         Ok(Response::new(proto::ListActorsReply {
             actors: self.0.actors(),
         }))
+    }
+
+    async fn list_events(
+        &self,
+        _req: Request<proto::ListEventsRequest>,
+    ) -> std::result::Result<Response<proto::ListEventsReply>, Status> {
+        Ok(Response::new(proto::ListEventsReply {
+            events: self.0.events(),
+        }))
+    }
+
+    async fn report_event(
+        &self,
+        req: Request<proto::ClusterEvent>,
+    ) -> std::result::Result<Response<proto::ReportEventReply>, Status> {
+        let mut ev = req.into_inner();
+        if ev.time_ms == 0 {
+            ev.time_ms = now_ms();
+        }
+        self.0.add_event(ev);
+        Ok(Response::new(proto::ReportEventReply {}))
     }
 }
 

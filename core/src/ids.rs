@@ -109,6 +109,19 @@ impl ActorId {
     pub(crate) fn from_bytes(b: &[u8]) -> Option<ActorId> {
         b.try_into().ok().map(ActorId)
     }
+
+    /// Parses the hex form listings show (24 hex digits).
+    pub fn from_hex(s: &str) -> Option<ActorId> {
+        let s = s.trim();
+        if s.len() != 24 || !s.is_ascii() {
+            return None;
+        }
+        let mut b = [0u8; 12];
+        for (i, out) in b.iter_mut().enumerate() {
+            *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(ActorId(b))
+    }
 }
 
 impl Default for ActorId {

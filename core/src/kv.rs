@@ -33,7 +33,7 @@ use crate::worker;
 const SEP: char = '\u{1f}';
 
 /// The stored key of `key` in `namespace`.
-fn full_key(namespace: &str, key: &str) -> Result<String> {
+pub(crate) fn full_key(namespace: &str, key: &str) -> Result<String> {
     if namespace.contains(SEP) {
         return Err(Error::InvalidArgument(format!(
             "key-value namespace {namespace:?} contains the reserved character U+001F"

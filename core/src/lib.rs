@@ -66,6 +66,7 @@ mod error;
 mod fn_ref;
 mod gcs;
 mod generator;
+pub mod http;
 mod ids;
 pub mod jobs;
 mod json;

@@ -101,6 +101,15 @@ pub(crate) fn bind_uds(path: &Path) -> Result<tokio_stream::wrappers::UnixListen
 
 /// Binds a TCP listener (`host:port`, port 0 for any free port); returns the
 /// incoming stream and the bound address.
+/// The address others should dial for a listener bound at `local`: the
+/// advertised host (see `ENV_ADVERTISE_HOST`) with its port, when set.
+pub(crate) fn advertised(local: SocketAddr) -> String {
+    match std::env::var(crate::session::ENV_ADVERTISE_HOST) {
+        Ok(h) if !h.trim().is_empty() => format!("{}:{}", h.trim(), local.port()),
+        _ => local.to_string(),
+    }
+}
+
 pub(crate) async fn bind_tcp(addr: &str) -> Result<(tokio_stream::wrappers::TcpListenerStream, SocketAddr)> {
     let l = tokio::net::TcpListener::bind(addr)
         .await

@@ -21,6 +21,10 @@ pub(crate) const ENV_JOB_ID: &str = "RAYFORGE_JOB_ID";
 pub(crate) const ENV_TOKEN: &str = "RAYFORGE_TOKEN";
 /// The interface a worker serves on, so other nodes can reach it.
 pub(crate) const ENV_BIND_HOST: &str = "RAYFORGE_BIND_HOST";
+/// The host a process tells others to dial instead of the one it bound
+/// (a node bound to 0.0.0.0 in a pod advertises the pod's IP); set by
+/// `rayforge start --advertise-address` and inherited by its workers.
+pub(crate) const ENV_ADVERTISE_HOST: &str = "RAYFORGE_ADVERTISE_HOST";
 
 /// Where a session keeps its sockets and shared memory.
 #[derive(Debug, Clone)]

@@ -72,6 +72,10 @@ pub struct TaskInfo {
     pub end_us: u64,
     /// Why it failed.
     pub error: String,
+    /// Why a PENDING task waits: `ARGS_NOT_READY`, `PLACEMENT_GROUP_PENDING`,
+    /// `NO_NODE_HAS_RESOURCES`, `ALL_BUSY` or `WAITING_FOR_ACTOR`, then a
+    /// colon and details ("" for tasks that do not wait).
+    pub wait_reason: String,
 }
 
 /// One object in a node's store.
@@ -104,6 +108,77 @@ pub struct WorkerLog {
     pub text: String,
 }
 
+/// A node's machine as its daemon reads it from `/proc` (its `/api/node`
+/// HTTP endpoint, which the dashboard's nodes page shows).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    /// The node's id.
+    pub node_id: String,
+    /// Its service address.
+    pub address: String,
+    /// The machine's host name.
+    pub hostname: String,
+    /// Whether it runs the head.
+    pub is_head: bool,
+    /// Busy share of every core since the previous reading, 0-100.
+    pub cpu_percent: f64,
+    /// Logical cores of the machine.
+    pub num_cores: u32,
+    /// Physical memory in bytes.
+    pub mem_total_bytes: u64,
+    /// Memory in use (total minus available) in bytes.
+    pub mem_used_bytes: u64,
+    /// Size of the disk holding the node's temporary files, in bytes.
+    pub disk_total_bytes: u64,
+    /// Bytes used on that disk.
+    pub disk_used_bytes: u64,
+    /// Object store bytes in shared memory.
+    pub store_used_bytes: u64,
+    /// Object store capacity in bytes.
+    pub store_capacity_bytes: u64,
+    /// Objects held.
+    pub store_num_objects: u64,
+    /// Bytes spilled to disk.
+    pub store_spilled_bytes: u64,
+    /// Logical resources the node offers.
+    pub resources_total: std::collections::BTreeMap<String, f64>,
+    /// Logical resources free now.
+    pub resources_available: std::collections::BTreeMap<String, f64>,
+    /// The node's worker processes.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker process of a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct WorkerStats {
+    /// The node's id for it.
+    pub worker_id: u64,
+    /// Its process id.
+    pub pid: u32,
+    /// The job whose code it runs ("" for the node's own program).
+    pub job_id: String,
+    /// STARTING, IDLE or LEASED.
+    pub state: String,
+    /// Resident memory in bytes.
+    pub rss_bytes: u64,
+    /// Its share of one core since the previous reading (100: a whole core).
+    pub cpu_percent: f64,
+    /// The actor it hosts (hex id), if any.
+    pub actor_id: String,
+}
+
+/// The key-value namespace where libraries publish what the dashboard
+/// shows of them: key `KIND/NAME`, value a JSON object.
+pub const DASHBOARD_NAMESPACE: &str = "dashboard";
+
+/// Publishes the status of a library object for the dashboard: a Serve
+/// application (`kind` "serve"), a Train run ("train") or a Tune
+/// experiment ("tune"), as a JSON object replacing the previous one.
+pub fn publish(kind: &str, name: &str, status: &serde_json::Value) -> Result<()> {
+    let bytes = serde_json::to_vec(status).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::kv::put(DASHBOARD_NAMESPACE, &format!("{kind}/{name}"), &bytes, true).map(|_| ())
+}
+
 fn task_info(e: proto::TaskEvent) -> TaskInfo {
     let kind = match proto::TaskKind::try_from(e.kind) {
         Ok(proto::TaskKind::Normal) => "NORMAL_TASK",
@@ -124,6 +199,7 @@ fn task_info(e: proto::TaskEvent) -> TaskInfo {
         start_us: e.start_us,
         end_us: e.end_us,
         error: e.error,
+        wait_reason: e.wait_reason,
     }
 }
 
@@ -349,6 +425,7 @@ mod tests {
             start_us: start,
             end_us: end,
             error: String::new(),
+            wait_reason: String::new(),
         }
     }
 

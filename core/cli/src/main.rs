@@ -77,6 +77,17 @@ enum Command {
         /// Port of the head's HTTP jobs API (0: any free port).
         #[arg(long, default_value_t = rayforge::jobs::DEFAULT_JOBS_PORT)]
         jobs_port: u16,
+        /// Port of this node's /metrics, /healthz and /readyz (default: any
+        /// free port; the head also serves them on its jobs port).
+        #[arg(long)]
+        metrics_port: Option<u16>,
+        /// The host others should dial for this node (e.g. the pod IP when
+        /// it binds 0.0.0.0).
+        #[arg(long)]
+        advertise_address: Option<String>,
+        /// Do not serve the dashboard on the head's jobs port.
+        #[arg(long)]
+        no_dashboard: bool,
         /// Stay in the foreground (logs to stderr) instead of daemonizing.
         #[arg(long)]
         block: bool,
@@ -402,6 +413,9 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             heartbeat_timeout_ms,
             state_dir,
             jobs_port,
+            metrics_port,
+            advertise_address,
+            no_dashboard,
             block,
         } => {
             let resources = match resources {
@@ -422,6 +436,9 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 heartbeat_timeout_ms,
                 state_dir,
                 jobs_port: Some(jobs_port),
+                metrics_port,
+                advertise_address,
+                http_routes: (head && !no_dashboard).then(rayforge_dashboard::routes),
             };
             if !block {
                 return daemonize();
@@ -431,9 +448,12 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 let what = if opts.head { "head" } else { "node" };
                 let jobs = if ready.jobs_address.is_empty() {
                     String::new()
+                } else if opts.http_routes.is_some() {
+                    format!("; dashboard and jobs API at {}", ready.jobs_address)
                 } else {
                     format!("; jobs API at {}", ready.jobs_address)
                 };
+                let jobs = format!("{jobs}; metrics at {}/metrics", ready.metrics_address);
                 println!(
                     "rayforge {what} started: node {} at {}; head {}; token {}; connect with \
                      Config::address(\"{}\") or `rayforge start --address {} --token {}`{jobs}",

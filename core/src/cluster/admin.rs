@@ -40,6 +40,29 @@ pub struct NodeStatus {
     pub pending: Vec<String>,
     /// Worker processes.
     pub num_workers: u32,
+    /// Its HTTP endpoints (`host:port`: `/metrics`, `/healthz`, `/readyz`,
+    /// `/api/node`); empty when it serves none.
+    pub http_address: String,
+}
+
+/// One entry of the cluster's events feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterEvent {
+    /// Milliseconds since the epoch.
+    pub time_ms: u64,
+    /// INFO, WARNING or ERROR.
+    pub severity: String,
+    /// NODE_JOINED, NODE_DIED, ACTOR_RESTARTED, ACTOR_DIED, TASK_KILLED_OOM
+    /// or JOB_STATE_CHANGED.
+    pub kind: String,
+    /// What happened, in words.
+    pub message: String,
+    /// The node concerned, if any.
+    pub node_id: String,
+    /// The actor concerned (hex), if any.
+    pub actor_id: String,
+    /// The job concerned, if any.
+    pub job_id: String,
 }
 
 /// One job as the head sees it.
@@ -80,6 +103,9 @@ pub struct ActorStatus {
     pub num_restarts: u32,
     /// Why it died.
     pub death_cause: String,
+    /// The node's id for the worker process hosting it (0: none); the
+    /// node's [`NodeStats`](crate::state::NodeStats) give its pid.
+    pub worker_id: u64,
 }
 
 /// One placement group as the head recorded it.
@@ -113,6 +139,7 @@ impl From<proto::NodeEntry> for NodeStatus {
             available: n.available,
             pending: n.pending_demands,
             num_workers: n.num_workers,
+            http_address: n.http_addr,
         }
     }
 }
@@ -131,6 +158,7 @@ impl From<proto::ActorRecord> for ActorStatus {
             node: a.node_addr,
             num_restarts: a.num_restarts,
             death_cause: a.death_cause,
+            worker_id: a.worker_id,
         }
     }
 }
@@ -244,6 +272,69 @@ impl HeadClient {
         let _g = rt.enter();
         let ch = crate::rpc::channel(&pick.address)?;
         Ok((pick.address.clone(), crate::rpc::node_client(ch)))
+    }
+
+    /// What libraries published for the dashboard under `kind` (see
+    /// [`crate::state::publish`]): (name, status) pairs in name order.
+    pub fn published(&mut self, kind: &str) -> Result<Vec<(String, serde_json::Value)>> {
+        let prefix = crate::kv::full_key(crate::state::DASHBOARD_NAMESPACE, &format!("{kind}/"))?;
+        let mut c = self.client.clone();
+        let req = proto::KvListRequest { prefix: prefix.clone() };
+        let keys = self.call(async move { c.kv_list(req).await })?.into_inner().keys;
+        let mut out = Vec::new();
+        for k in keys {
+            let name = k[prefix.len()..].to_string();
+            if let Some(v) = self.kv_get(&k)? {
+                let v = serde_json::from_slice(&v)
+                    .unwrap_or_else(|_| serde_json::json!({"raw": String::from_utf8_lossy(&v)}));
+                out.push((name, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cluster's events feed, oldest first (the newest 2,000).
+    pub fn events(&mut self) -> Result<Vec<ClusterEvent>> {
+        let mut c = self.client.clone();
+        let r = self.call(async move { c.list_events(proto::ListEventsRequest {}).await })?;
+        Ok(r.into_inner()
+            .events
+            .into_iter()
+            .map(|e| ClusterEvent {
+                time_ms: e.time_ms,
+                severity: e.severity,
+                kind: e.kind,
+                message: e.message,
+                node_id: e.node_id,
+                actor_id: e.actor_id,
+                job_id: e.job_id,
+            })
+            .collect())
+    }
+
+    /// Kills the actor with id `actor_id` (hex); with `no_restart` off it
+    /// restarts if its restarts allow. An unknown actor is
+    /// [`Error::NotFound`].
+    pub fn kill_actor(&mut self, actor_id: &str, no_restart: bool) -> Result<()> {
+        let id = crate::ids::ActorId::from_hex(actor_id)
+            .ok_or_else(|| Error::InvalidArgument(format!("`{actor_id}` is not an actor id (24 hex digits)")))?;
+        if !self
+            .actors()?
+            .iter()
+            .any(|a| a.actor_id == actor_id.to_ascii_lowercase())
+        {
+            return Err(Error::NotFound(format!("no actor {actor_id}")));
+        }
+        let (addr, mut c) = self.any_node()?;
+        let req = proto::KillActorRequest {
+            actor_id: id.0.to_vec(),
+            no_restart,
+            cause: "killed from the dashboard".into(),
+        };
+        let r = self
+            .call_node(&addr, async move { c.kill_actor(req).await })?
+            .into_inner();
+        r.error.map_or(Ok(()), |e| Err(Error::from_proto(&e)))
     }
 
     /// The tasks every node recorded (see [`crate::state`]), oldest first.

@@ -16,6 +16,16 @@ use super::*;
 /// `on_ready` is called once it serves.
 pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     crate::init_logging();
+    if let Some(host) = opts.advertise_address.as_deref().filter(|h| !h.trim().is_empty()) {
+        if host.contains(':') || host.contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "--advertise-address `{host}` should be a host name or IP address, without a port"
+            )));
+        }
+        // Before any thread starts: workers inherit it, and every listener
+        // of this process advertises it.
+        std::env::set_var(crate::session::ENV_ADVERTISE_HOST, host.trim());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rayforge-daemon")
@@ -33,6 +43,16 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         };
         cfg.validate()?;
         let mut jobs_address = String::new();
+        let node_http = crate::node::http::NodeHttp::new();
+        let metrics_port = opts.metrics_port.unwrap_or(0);
+        let metrics = tokio::net::TcpListener::bind((bind.as_str(), metrics_port))
+            .await
+            .map_err(|e| Error::io(format!("binding the metrics port {bind}:{metrics_port}"), e))?;
+        let metrics_addr = crate::rpc::advertised(
+            metrics
+                .local_addr()
+                .map_err(|e| Error::io("reading the metrics port's address", e))?,
+        );
         let (head_addr, token, gcs) = if opts.head {
             let port = opts.port.unwrap_or(DEFAULT_PORT);
             let dir = opts
@@ -53,11 +73,16 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let gcs = crate::gcs::Gcs::open(&dir, timeout)?;
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
             gcs.serve(incoming);
+            let local = crate::rpc::advertised(local);
             tracing::info!(addr = %local, state = %dir.display(), "head control service started");
             let jobs_port = opts.jobs_port.unwrap_or(crate::jobs::DEFAULT_JOBS_PORT);
-            let jobs = crate::jobs::serve(gcs.clone(), local.to_string(), token.clone(), &bind, jobs_port).await?;
-            jobs_address = format!("http://{jobs}");
-            (local.to_string(), token, Some(gcs))
+            let more = crate::jobs::HeadPort {
+                node: node_http.clone(),
+                extra: opts.http_routes.clone(),
+            };
+            let jobs = crate::jobs::serve(gcs.clone(), local.clone(), token.clone(), &bind, jobs_port, more).await?;
+            jobs_address = format!("http://{}", crate::rpc::advertised(jobs));
+            (local, token, Some(gcs))
         } else {
             let address = opts
                 .address
@@ -78,14 +103,19 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             port: opts.node_port.unwrap_or(0),
             is_head: opts.head,
             gcs,
+            http_addr: metrics_addr.clone(),
         };
         let node = NodeDaemon::start(cfg, Some(role)).await?;
+        node_http.set_node(node.clone());
+        crate::node::http::serve(metrics, node_http, token.clone());
+        tracing::info!(addr = %metrics_addr, "node HTTP endpoints (/metrics, /healthz, /readyz) started");
         let ready = Ready {
             address: head_addr,
             token,
             node_address: node.state.tcp_addr.clone(),
             node_id: node.state.node_id.clone(),
             jobs_address,
+            metrics_address: format!("http://{metrics_addr}"),
         };
         if opts.head {
             let text = serde_json::to_string(&ready).map_err(|e| Error::Internal(e.to_string()))?;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub use admin::{ActorStatus, HeadClient, JobStatus, NodeStatus, PlacementGroupStatus};
+pub use admin::{ActorStatus, ClusterEvent, HeadClient, JobStatus, NodeStatus, PlacementGroupStatus};
 pub use daemon::{run_daemon, stop_all};
 pub(crate) use driver::{join_as_driver, DriverJob};
 
@@ -58,6 +58,14 @@ pub struct StartOptions {
     pub state_dir: Option<PathBuf>,
     /// Port of the head's HTTP jobs API (default 8265; 0: any free port).
     pub jobs_port: Option<u16>,
+    /// Port of this node's `/metrics`, `/healthz` and `/readyz` (default:
+    /// any free port; the head serves them on its jobs port as well).
+    pub metrics_port: Option<u16>,
+    /// The host others should dial for this node's services, when it is
+    /// not the one bound (a node bound to 0.0.0.0 in a pod: the pod's IP).
+    pub advertise_address: Option<String>,
+    /// Routes added to the head's HTTP port (the dashboard's pages).
+    pub http_routes: Option<crate::http::HttpRoutes>,
 }
 
 /// What a started daemon reports once it serves.
@@ -74,6 +82,9 @@ pub struct Ready {
     /// The head's HTTP jobs API (`http://host:port`; empty on other nodes).
     #[serde(default)]
     pub jobs_address: String,
+    /// This node's metrics and health endpoints (`http://host:port`).
+    #[serde(default)]
+    pub metrics_address: String,
 }
 
 /// Where `rayforge start --head` records the local cluster (address and

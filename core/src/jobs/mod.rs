@@ -32,7 +32,7 @@ use crate::proto;
 
 pub use client::JobClient;
 pub(crate) use package::{pack_dir, package_dir, package_hash, unpack};
-pub(crate) use server::serve;
+pub(crate) use server::{serve, HeadPort};
 
 /// Default port of the jobs API (Ray's dashboard port).
 pub const DEFAULT_JOBS_PORT: u16 = 8265;

@@ -60,15 +60,26 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Serves the jobs API on `bind:port` (port 0: any free one); returns the
-/// address it listens on. Submitted jobs a previous head left running are
-/// marked failed (their entrypoints ended with it).
+/// What the head's HTTP port serves besides the jobs API.
+pub(crate) struct HeadPort {
+    /// The head node's `/healthz`, `/readyz`, `/metrics`, `/api/node`.
+    pub(crate) node: Arc<crate::node::http::NodeHttp>,
+    /// Routes the program adds (the dashboard).
+    pub(crate) extra: Option<crate::http::HttpRoutes>,
+}
+
+/// Serves the head's HTTP port on `bind:port` (port 0: any free one): the
+/// jobs API, the login page, the head node's health and metrics, and the
+/// added routes, all behind the token; returns the address it listens on.
+/// Submitted jobs a previous head left running are marked failed (their
+/// entrypoints ended with it).
 pub(crate) async fn serve(
     gcs: Arc<Gcs>,
     head_addr: String,
     token: String,
     bind: &str,
     port: u16,
+    more: HeadPort,
 ) -> Result<SocketAddr> {
     for j in gcs.jobs() {
         if j.submitted && j.state == "RUNNING" {
@@ -85,25 +96,42 @@ pub(crate) async fn serve(
         running: Mutex::new(HashMap::new()),
         stopping: Mutex::new(HashSet::new()),
     });
-    let app = Router::new()
+    let listener = tokio::net::TcpListener::bind((bind, port))
+        .await
+        .map_err(|e| Error::io(format!("binding the head's HTTP port to {bind}:{port}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the head's HTTP address", e))?;
+    let extra = more
+        .extra
+        .map(|r| {
+            r.build(&crate::http::HeadHttp {
+                address: api.head_addr.clone(),
+                token: api.token.clone(),
+                http_address: format!("http://{}", crate::rpc::advertised(local)),
+            })
+        })
+        .unwrap_or_default();
+    let jobs = Router::new()
         .route("/api/jobs/", get(list_jobs).post(submit_job))
         .route("/api/jobs", get(list_jobs).post(submit_job))
         .route("/api/jobs/{id}", get(job_status))
         .route("/api/jobs/{id}/logs", get(job_logs))
         .route("/api/jobs/{id}/stop", post(stop_job))
         .route("/api/packages/{hash}", get(has_package).put(put_package))
+        .layer(DefaultBodyLimit::max(MAX_PACKAGE_BYTES + (1 << 20)))
+        .with_state(api.clone());
+    let app = jobs
+        .merge(crate::http::login_routes(Arc::new(api.token.clone())))
+        .merge(crate::node::http::routes(more.node))
+        .merge(extra)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {uri}"))
         })
-        .layer(DefaultBodyLimit::max(MAX_PACKAGE_BYTES + (1 << 20)))
-        .layer(axum::middleware::from_fn_with_state(api.clone(), check_token))
-        .with_state(api);
-    let listener = tokio::net::TcpListener::bind((bind, port))
-        .await
-        .map_err(|e| Error::io(format!("binding the jobs API to {bind}:{port}"), e))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::io("reading the jobs API's address", e))?;
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(api.token.clone()),
+            crate::http::require_token,
+        ));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("jobs API stopped: {e}");
@@ -111,29 +139,6 @@ pub(crate) async fn serve(
     });
     tracing::info!(addr = %local, "jobs API started");
     Ok(local)
-}
-
-async fn check_token(
-    State(api): State<Arc<JobsApi>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let ok = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t.trim() == api.token);
-    if !ok {
-        tracing::warn!(uri = %req.uri(), "jobs API call refused: missing or wrong token");
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster token: send 'Authorization: Bearer <token>' (printed by `rayforge start --head`)"
-                .into(),
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 fn find_job(api: &JobsApi, id: &str) -> ApiResult<proto::JobInfo> {

@@ -30,6 +30,8 @@ pub(crate) struct ClusterRole {
     pub(crate) is_head: bool,
     /// On the head: its control service, which persists the actor table.
     pub(crate) gcs: Option<std::sync::Arc<crate::gcs::Gcs>>,
+    /// The node's HTTP endpoints (`host:port`; "" when none).
+    pub(crate) http_addr: String,
 }
 
 /// What a node needs to start a job's workers.
@@ -273,8 +275,25 @@ impl NodeDaemon {
             alive: true,
             total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            http_addr: self.link().map(|l| l.role.http_addr.clone()).unwrap_or_default(),
             ..Default::default()
         }
+    }
+
+    /// Records an event in the head's feed (in-process on the head, over
+    /// RPC elsewhere; the embedded cluster only logs it).
+    pub(crate) fn report_event(&self, ev: proto::ClusterEvent) {
+        let Some(link) = self.link() else { return };
+        if let Some(gcs) = &link.role.gcs {
+            gcs.add_event(ev);
+            return;
+        }
+        let mut head = link.head.clone();
+        self.spawn(async move {
+            if let Err(e) = head.report_event(ev).await {
+                tracing::warn!("cannot report an event to the head: {e}");
+            }
+        });
     }
 
     async fn register(&self) -> Result<()> {

@@ -5,6 +5,7 @@
 
 pub(crate) mod actors;
 pub(crate) mod cluster;
+pub(crate) mod http;
 pub(crate) mod memory_monitor;
 pub(crate) mod observe;
 pub(crate) mod placement;
@@ -135,7 +136,10 @@ impl NodeDaemon {
             Some(r) => Some(crate::rpc::bind_tcp(&format!("{}:{}", r.bind_host, r.port)).await?),
             None => None,
         };
-        let tcp_addr = tcp.as_ref().map(|(_, a)| a.to_string()).unwrap_or_default();
+        let tcp_addr = tcp
+            .as_ref()
+            .map(|(_, a)| crate::rpc::advertised(*a))
+            .unwrap_or_default();
         let node_id = ObjectId::for_put().hex()[..16].to_string();
         let record = role.as_ref().and_then(|r| r.gcs.clone());
         let cluster = match role {
@@ -257,6 +261,13 @@ impl NodeDaemon {
                                 self.state.memory_threshold * 100.0
                             );
                             tracing::warn!(worker_id, pid, "{cause}");
+                            let mut ev = crate::gcs::event(
+                                "ERROR",
+                                "TASK_KILLED_OOM",
+                                format!("node {}: worker {pid} killed: {cause}", self.state.node_id),
+                            );
+                            ev.node_id = self.state.node_id.clone();
+                            self.report_event(ev);
                             {
                                 let mut s = self.state.sched.lock();
                                 if let Some(w) = s.workers.get_mut(&worker_id) {

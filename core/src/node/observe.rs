@@ -381,9 +381,48 @@ impl NodeDaemon {
         mine
     }
 
+    /// Why a queued task of this node's processes waits, when its
+    /// submitter did not say (its arguments are ready).
+    fn wait_reason(&self, ev: &proto::TaskEvent) -> String {
+        if ev.kind == proto::TaskKind::ActorMethod as i32 {
+            return "WAITING_FOR_ACTOR: its actor is starting, restarting or busy with earlier calls".into();
+        }
+        let res: crate::resources::Resources = ev.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let totals: Vec<crate::resources::Resources> = match self.link() {
+            Some(l) => l.totals().into_iter().map(|(_, t)| t).collect(),
+            None => vec![self.state.sched.lock().total.clone()],
+        };
+        let feasible =
+            |r: &crate::resources::Resources| totals.iter().any(|t| super::scheduler::infeasibility(t, r).is_none());
+        if let Some(group) = res.keys().find_map(|k| crate::resources::group_of(k)) {
+            let group_res: crate::resources::Resources = res
+                .iter()
+                .filter(|(k, _)| crate::resources::group_of(k).is_some())
+                .map(|(k, _)| (k.clone(), 0.0))
+                .collect();
+            let placed = totals.iter().any(|t| group_res.keys().all(|k| t.contains_key(k)));
+            if !placed {
+                return format!("PLACEMENT_GROUP_PENDING: placement group {group} is not placed yet");
+            }
+        }
+        if !feasible(&res) {
+            let shape: Vec<String> = res.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            return format!("NO_NODE_HAS_RESOURCES: no alive node has {{{}}}", shape.join(", "));
+        }
+        "ALL_BUSY: waiting for resources to free up".into()
+    }
+
     pub(crate) async fn list_tasks(&self, cluster: bool) -> proto::ListTasksReply {
+        let mut tasks = self.state.task_events.lock().list();
+        let pending = proto::TaskEventState::Pending as i32;
+        for t in tasks
+            .iter_mut()
+            .filter(|t| t.state == pending && t.wait_reason.is_empty())
+        {
+            t.wait_reason = self.wait_reason(t);
+        }
         let mine = proto::ListTasksReply {
-            tasks: self.state.task_events.lock().list(),
+            tasks,
             unreachable: Vec::new(),
         };
         let ask =

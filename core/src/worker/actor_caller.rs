@@ -69,7 +69,7 @@ pub(crate) struct ActorCaller {
 impl ActorCaller {
     /// Queues a call; calls from this process run in submission order.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, actor: ActorId, call: ActorCall) {
-        cw.queued.add(&call.spec);
+        cw.queued.add(&call.spec, &Default::default(), true);
         let mut chans = cw.actors.channels.lock();
         let tx = chans.entry(actor).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();

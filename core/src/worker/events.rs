@@ -38,9 +38,9 @@ pub(crate) struct QueuedTasks {
     inner: Mutex<QueuedInner>,
 }
 
-/// A queued task's name, kind and submission time (microseconds since the
-/// epoch).
-type Queued = (String, i32, u64);
+/// A queued task's name, kind, submission time (microseconds since the
+/// epoch), resource request, and whether its arguments are ready.
+type Queued = (String, i32, u64, crate::resources::Resources, bool);
 
 #[derive(Default)]
 struct QueuedInner {
@@ -50,12 +50,30 @@ struct QueuedInner {
 }
 
 impl QueuedTasks {
-    /// A task was submitted.
-    pub(crate) fn add(&self, spec: &proto::TaskSpec) {
+    /// A task was submitted (`args_ready`: it has no arguments of its
+    /// owner's still to compute).
+    pub(crate) fn add(&self, spec: &proto::TaskSpec, resources: &crate::resources::Resources, args_ready: bool) {
         let mut g = self.inner.lock();
-        g.tasks
-            .insert(spec.task_id.clone(), (spec.display_name.clone(), spec.kind, now_us()));
+        g.tasks.insert(
+            spec.task_id.clone(),
+            (
+                spec.display_name.clone(),
+                spec.kind,
+                now_us(),
+                resources.clone(),
+                args_ready,
+            ),
+        );
         g.changed = true;
+    }
+
+    /// A queued task's arguments are ready: it now waits for a worker.
+    pub(crate) fn args_ready(&self, task_id: &[u8]) {
+        let mut g = self.inner.lock();
+        if let Some(t) = g.tasks.get_mut(task_id) {
+            t.4 = true;
+            g.changed = true;
+        }
     }
 
     /// A task reached a worker, or failed before it could.
@@ -78,13 +96,13 @@ impl QueuedTasks {
         g.changed = false;
         let mut all: Vec<(&Vec<u8>, &Queued)> = g.tasks.iter().collect();
         if all.len() > MAX_QUEUED_REPORT {
-            all.select_nth_unstable_by_key(MAX_QUEUED_REPORT, |(_, (_, _, at))| *at);
+            all.select_nth_unstable_by_key(MAX_QUEUED_REPORT, |(_, (_, _, at, _, _))| *at);
             all.truncate(MAX_QUEUED_REPORT);
         }
         let pid = std::process::id();
         Some(
             all.into_iter()
-                .map(|(id, (name, kind, at))| proto::TaskEvent {
+                .map(|(id, (name, kind, at, resources, args_ready))| proto::TaskEvent {
                     task_id: id.clone(),
                     name: name.clone(),
                     kind: *kind,
@@ -93,6 +111,12 @@ impl QueuedTasks {
                     job_id: job_id.to_string(),
                     start_us: *at,
                     state: proto::TaskEventState::Pending as i32,
+                    wait_reason: if *args_ready {
+                        String::new()
+                    } else {
+                        "ARGS_NOT_READY: waiting for its arguments to be computed".into()
+                    },
+                    resources: resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     ..Default::default()
                 })
                 .collect(),
@@ -166,6 +190,7 @@ impl TaskRecorder {
             state: proto::TaskEventState::Running as i32,
             error: String::new(),
             node_id: String::new(),
+            ..Default::default()
         };
         self.inner.lock().running.insert(spec.task_id.clone(), ev);
     }
@@ -239,13 +264,22 @@ mod tests {
     fn queued_tasks_are_reported_when_they_change_and_refreshed_while_queued() {
         let q = QueuedTasks::default();
         assert!(q.report(1, "", true).is_none(), "nothing queued, nothing to say");
-        q.add(&spec(1));
-        q.add(&spec(2));
+        let cpu: crate::resources::Resources = [("CPU".to_string(), 1.0)].into_iter().collect();
+        q.add(&spec(1), &cpu, true);
+        q.add(&spec(2), &cpu, false);
         let first = q.report(1, "j", false).unwrap();
         assert_eq!(first.len(), 2);
         assert!(first
             .iter()
-            .all(|e| e.state == proto::TaskEventState::Pending as i32 && e.job_id == "j"));
+            .all(|e| e.state == proto::TaskEventState::Pending as i32 && e.job_id == "j" && e.resources["CPU"] == 1.0));
+        let waits_args = |r: &[proto::TaskEvent]| r.iter().find(|e| e.task_id == [2]).unwrap().wait_reason.clone();
+        assert!(waits_args(&first).starts_with("ARGS_NOT_READY"));
+        q.args_ready(&[2]);
+        assert_eq!(
+            waits_args(&q.report(1, "j", false).unwrap()),
+            "",
+            "now it waits for a worker"
+        );
         assert!(q.report(1, "j", false).is_none(), "unchanged");
         assert_eq!(q.report(1, "j", true).unwrap().len(), 2, "refreshed on demand");
         q.remove(&[1]);
@@ -257,10 +291,14 @@ mod tests {
         );
         assert!(q.report(1, "j", true).is_none());
         for i in 0..(MAX_QUEUED_REPORT as u64 + 50) {
-            q.add(&proto::TaskSpec {
-                task_id: i.to_le_bytes().to_vec(),
-                ..Default::default()
-            });
+            q.add(
+                &proto::TaskSpec {
+                    task_id: i.to_le_bytes().to_vec(),
+                    ..Default::default()
+                },
+                &Default::default(),
+                true,
+            );
         }
         assert_eq!(q.report(1, "", false).unwrap().len(), MAX_QUEUED_REPORT);
     }

@@ -702,7 +702,7 @@ pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Resu
                     tracing::error!("core worker service stopped: {e}");
                 }
             });
-            local.to_string()
+            crate::rpc::advertised(local)
         }
         None => {
             let incoming = crate::rpc::bind_uds(uds)?;

@@ -341,8 +341,9 @@ impl TaskSubmitter {
     /// Queues a task (after its dependencies resolve) and makes sure leases
     /// are being requested for it.
     pub(crate) fn submit(cw: &Arc<CoreWorker>, mut task: PendingTask) {
-        cw.queued.add(&task.spec);
-        if task.spec.args.iter().all(|a| owned_ref_arg(cw, a).is_none()) {
+        let ready = task.spec.args.iter().all(|a| owned_ref_arg(cw, a).is_none());
+        cw.queued.add(&task.spec, &task.resources, ready);
+        if ready {
             // Nothing of ours to wait for: queue it now, without a task.
             Self::enqueue(cw, task);
             return;
@@ -353,6 +354,7 @@ impl TaskSubmitter {
                 fail_task(&cw, &task, &e);
                 return;
             }
+            cw.queued.args_ready(&task.spec.task_id);
             Self::enqueue(&cw, task);
         });
     }
@@ -683,7 +685,7 @@ impl TaskSubmitter {
             if cw.submitter.cancelled.lock().remove(&t.task_id()) {
                 fail_task(cw, &t, &Error::Cancelled(t.spec.display_name.clone()));
             } else {
-                cw.queued.add(&t.spec);
+                cw.queued.add(&t.spec, &t.resources, true);
                 back.push(t);
             }
         }

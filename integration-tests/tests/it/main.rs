@@ -8,6 +8,7 @@ pub mod cluster_benchmark;
 pub mod cluster_data;
 pub mod cluster_head;
 pub mod cluster_jobs;
+pub mod dashboard;
 pub mod idle_workers;
 pub mod lifecycle;
 pub mod memory_monitor;

@@ -1,0 +1,226 @@
+//! The HTTP side of a cluster: the head's port (the jobs API, the
+//! dashboard's pages) and each node's metrics port share one way in.
+//!
+//! - Every path needs the cluster token, as `Authorization: Bearer <token>`
+//!   or the [`TOKEN_COOKIE`] cookie the login page sets, except
+//!   `/healthz` and `/readyz` (for load balancers and Kubernetes probes)
+//!   and the login page itself.
+//! - A browser asking for a page without the token is sent to `/login`;
+//!   an API call gets `401` and a JSON error naming what is missing.
+//! - [`HttpRoutes`] is how a program adds pages to the head's port (the
+//!   `rayforge` binary adds the dashboard's); added routes sit behind the
+//!   token like the rest.
+//!
+//! ```no_run
+//! // What `rayforge start --head` does to serve the dashboard on 8265:
+//! let routes = rayforge::http::HttpRoutes::new(|head: &rayforge::http::HeadHttp| {
+//!     let address = head.address.clone();
+//!     axum::Router::new().route("/hello", axum::routing::get(move || async move { address }))
+//! });
+//! let opts = rayforge::cluster::StartOptions { head: true, http_routes: Some(routes), ..Default::default() };
+//! rayforge::cluster::run_daemon(&opts, |_| {}).unwrap();
+//! ```
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Form, Json, Router};
+use serde::Deserialize;
+
+/// The cookie the login page sets (HttpOnly, SameSite=Strict).
+pub const TOKEN_COOKIE: &str = "rayforge_token";
+
+/// Paths served without the token.
+const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/login", "/logout"];
+
+/// What routes added to the head's port know of the head.
+#[derive(Debug, Clone)]
+pub struct HeadHttp {
+    /// The head's control service (`host:port`), for a
+    /// [`HeadClient`](crate::cluster::HeadClient).
+    pub address: String,
+    /// The cluster token.
+    pub token: String,
+    /// The head's HTTP address (`http://host:port`).
+    pub http_address: String,
+}
+
+/// Builds routes served on the head's HTTP port (see the module's docs).
+#[derive(Clone)]
+pub struct HttpRoutes(Arc<dyn Fn(&HeadHttp) -> Router + Send + Sync>);
+
+impl HttpRoutes {
+    /// Routes built by `f` once the head knows its addresses and token.
+    pub fn new(f: impl Fn(&HeadHttp) -> Router + Send + Sync + 'static) -> HttpRoutes {
+        HttpRoutes(Arc::new(f))
+    }
+
+    pub(crate) fn build(&self, head: &HeadHttp) -> Router {
+        (self.0)(head)
+    }
+}
+
+impl std::fmt::Debug for HttpRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpRoutes(..)")
+    }
+}
+
+/// Whether `given` is the token, in time that does not depend on where
+/// they first differ.
+fn same(given: &str, token: &str) -> bool {
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token a request carries (header first, then cookie).
+fn carried(req: &Request) -> Option<String> {
+    if let Some(t) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.to_string());
+    }
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == TOKEN_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The token check every HTTP port of the cluster runs (see the module's
+/// docs); the state is the token.
+pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    if PUBLIC.contains(&req.uri().path()) || carried(&req).is_some_and(|t| same(&t, &token)) {
+        return next.run(req).await;
+    }
+    let wants_page = req.method() == Method::GET
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
+    tracing::warn!(uri = %req.uri(), "HTTP call refused: missing or wrong token");
+    if wants_page {
+        let next = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        return Redirect::to(&format!("/login?next={}", percent_encode(next))).into_response();
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({
+            "error": "missing or wrong cluster token: send 'Authorization: Bearer <token>' \
+                      (printed by `rayforge start --head`) or log in at /login"
+        })),
+    )
+        .into_response()
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where a login may send the browser next: a path on this server only.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        _ => "/".into(),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+fn login_page(next: &str, error: Option<&str>) -> Html<String> {
+    let error = error
+        .map(|e| format!("<p class=\"error\" id=\"login-error\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>rayforge: log in</title>\
+         <style>body{{font-family:system-ui,sans-serif;background:#f4f5f7;display:flex;justify-content:center;\
+         padding-top:12vh}}form{{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;\
+         min-width:22em}}input{{width:100%;padding:.5em;margin:.5em 0 1em;box-sizing:border-box}}\
+         button{{padding:.5em 1.2em}}.error{{color:#b00020}}</style></head><body>\
+         <form method=\"post\" action=\"/login\"><h2>rayforge</h2>{error}\
+         <label for=\"token\">Cluster token (printed by <code>rayforge start --head</code>)</label>\
+         <input id=\"token\" name=\"token\" type=\"password\" autofocus autocomplete=\"off\">\
+         <input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\">Log in</button></form>\
+         </body></html>",
+        escape(next)
+    ))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+/// `/login` (the form, and its post setting the cookie) and `/logout`.
+pub(crate) fn login_routes(token: Arc<String>) -> Router {
+    Router::new()
+        .route(
+            "/login",
+            get(|Query(q): Query<LoginQuery>| async move { login_page(&safe_next(q.next.as_deref()), None) }).post(
+                move |Form(f): Form<LoginForm>| async move {
+                    let next = safe_next(f.next.as_deref());
+                    if !same(&f.token, &token) {
+                        tracing::warn!("dashboard login refused: wrong token");
+                        return (StatusCode::UNAUTHORIZED, login_page(&next, Some("Wrong token."))).into_response();
+                    }
+                    let cookie = format!("{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", f.token.trim());
+                    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+                },
+            ),
+        )
+        .route(
+            "/logout",
+            get(|| async {
+                let cookie = format!("{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+                ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole_and_logins_stay_on_this_server() {
+        assert!(same("abc", "abc") && same(" abc\n", "abc"));
+        assert!(!same("abd", "abc") && !same("ab", "abc") && !same("", "abc"));
+        assert_eq!(safe_next(Some("/actors?x=1")), "/actors?x=1");
+        assert_eq!(safe_next(Some("//evil.example")), "/");
+        assert_eq!(safe_next(Some("https://evil.example")), "/");
+        assert_eq!(safe_next(None), "/");
+        assert_eq!(percent_encode("/a b?x=1&y"), "/a%20b%3Fx%3D1%26y");
+        assert_eq!(escape("<a href='x'>"), "&lt;a href=&#39;x&#39;&gt;");
+    }
+}

@@ -1,0 +1,425 @@
+//! The dashboard, metrics and health endpoints against a live two-node
+//! cluster of real daemons, with a submitted job (`dashboard_probe`)
+//! giving it tasks, actors, waiting tasks and output to show.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rayforge_integration_tests::{process_running, wait_until, workspace_bin, LocalCluster};
+
+/// A response of [`http`].
+struct Resp {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// One HTTP/1.1 request to `base` + `path` (plain TCP; the body read to the
+/// end, de-chunked).
+fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(host).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Resp {
+        status,
+        head: head.to_string(),
+        body,
+    }
+}
+
+fn get_json(base: &str, path: &str, token: &str) -> serde_json::Value {
+    let auth = format!("Bearer {token}");
+    let r = http(base, "GET", path, &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", r.body))
+}
+
+/// Reads a server-sent event stream until `want` lines of `data: PREFIX`
+/// came, or the deadline.
+fn sse_lines(base: &str, path: &str, token: &str, prefix: &str, want: usize) -> Vec<String> {
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let lines: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= want || Instant::now() > deadline {
+            return lines;
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return lines,
+            Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Runs `promtool check metrics` on `text` when promtool is installed (CI
+/// installs it and sets `RAYFORGE_REQUIRE_PROMTOOL=1`, making it required).
+fn promtool_check(text: &str) {
+    let required = std::env::var("RAYFORGE_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!required, "promtool is required here but cannot run: {e}");
+            eprintln!("promtool is not installed: metrics format not linted");
+            return;
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- metrics ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "2", "--metrics-port", "0"], 3000);
+    let worker_node = cluster.add_node(&["--num-cpus", "1", "--resources", "{\"slot\": 1}"]);
+    let base = cluster.jobs_address.clone();
+    let token = cluster.token.clone();
+
+    // Health needs no token; everything else does.
+    assert_eq!(http(&base, "GET", "/healthz", &[], "").status, 200);
+    assert_eq!(http(&base, "GET", "/readyz", &[], "").status, 200);
+    let r = http(&base, "GET", "/api/v0/cluster", &[], "");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("token"), "{}", r.body);
+    let r = http(
+        &base,
+        "GET",
+        "/api/v0/cluster",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(http(&base, "GET", "/metrics", &[], "").status, 401);
+    let r = http(&base, "GET", "/actors", &[("Accept", "text/html")], "");
+    assert_eq!(r.status, 303);
+    assert!(r.head.contains("location: /login?next=/actors"), "{}", r.head);
+    // The login page: a wrong token is refused, the right one sets the cookie.
+    assert!(http(&base, "GET", "/login", &[], "").body.contains("name=\"token\""));
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = http(&base, "POST", "/login", &form, "token=nope&next=%2Factors");
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Wrong token"));
+    let r = http(&base, "POST", "/login", &form, &format!("token={token}&next=%2Factors"));
+    assert_eq!(r.status, 303, "{}", r.head);
+    assert!(r.head.contains("location: /actors"), "{}", r.head);
+    let cookie = r
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string();
+    let r = http(
+        &base,
+        "GET",
+        "/actors",
+        &[("Cookie", &cookie), ("Accept", "text/html")],
+        "",
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("/assets/app.js"));
+    assert_eq!(
+        http(&base, "GET", "/assets/app.js", &[("Cookie", &cookie)], "").status,
+        200
+    );
+
+    // A job with actors, tasks, waiting tasks and output.
+    let jobs = rayforge::jobs::JobClient::connect(&base, Some(&token)).unwrap();
+    let probe = workspace_bin("dashboard_probe", "rayforge-integration-tests");
+    let job = jobs
+        .submit(&probe.to_string_lossy(), &rayforge::jobs::RuntimeEnv::default())
+        .unwrap();
+    let mut out = String::new();
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            out = jobs.logs(&job, 0).map(|c| c.logs).unwrap_or_default();
+            out.contains("ready") || out.contains("failed")
+        }),
+        "the probe job did not get ready: {out}"
+    );
+    assert!(out.contains("ready"), "{out}");
+
+    let c = get_json(&base, "/api/v0/cluster", &token);
+    assert_eq!(c["nodes"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["resources"]["total"]["CPU"], 3.0, "{c}");
+    assert!(c["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["job_id"] == job.as_str() && j["state"] == "RUNNING"));
+    assert!(c["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "NODE_JOINED"));
+
+    // Nodes: /proc figures and workers with real pids.
+    let nodes = get_json(&base, "/api/v0/nodes", &token);
+    for n in nodes.as_array().unwrap() {
+        let s = &n["stats"];
+        assert!(s["mem_total_bytes"].as_u64().unwrap() > 0, "{n}");
+        assert!(s["mem_used_bytes"].as_u64().unwrap() > 0, "{n}");
+        assert!(s["disk_total_bytes"].as_u64().unwrap() > 0, "{n}");
+        assert!(s["store_capacity_bytes"].as_u64().unwrap() > 0, "{n}");
+        assert!(!n["http_address"].as_str().unwrap().is_empty(), "{n}");
+    }
+    let workers: Vec<&serde_json::Value> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| n["stats"]["workers"].as_array().unwrap().iter())
+        .collect();
+    assert!(!workers.is_empty(), "{nodes}");
+    for w in &workers {
+        assert!(process_running(w["pid"].as_u64().unwrap() as u32), "{w}");
+        assert!(w["rss_bytes"].as_u64().unwrap() > 0, "{w}");
+    }
+
+    // Actors, with their pids.
+    let mut counter = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let actors = get_json(&base, "/api/v0/actors", &token);
+            counter = actors
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == "dash-counter")
+                .cloned()
+                .unwrap_or_default();
+            counter["pid"].is_u64()
+        }),
+        "{counter}"
+    );
+    assert_eq!(counter["state"], "ALIVE");
+    assert_eq!(counter["class_name"], "dashboard_probe::Counter");
+    let pid = counter["pid"].as_u64().unwrap() as u32;
+    assert!(process_running(pid));
+    let id = counter["actor_id"].as_str().unwrap().to_string();
+    let one = get_json(&base, &format!("/api/v0/actors/{id}"), &token);
+    assert!(
+        one["logs"].to_string().contains("counter actor started"),
+        "the actor's log: {one}"
+    );
+
+    // Tasks: counts, pages, and why each waiting task waits.
+    let mut reasons = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let t = get_json(&base, "/api/v0/tasks?state=PENDING&per_page=1000", &token);
+            reasons = t["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| format!("{} {}", t["name"], t["wait_reason"]))
+                .collect();
+            [
+                "NO_NODE_HAS_RESOURCES",
+                "ARGS_NOT_READY",
+                "PLACEMENT_GROUP_PENDING",
+                "ALL_BUSY",
+            ]
+            .iter()
+            .all(|r| reasons.iter().any(|x| x.contains(r)))
+        }),
+        "{reasons:#?}"
+    );
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("square") && r.contains("NO_NODE_HAS_RESOURCES") && r.contains("unobtainium")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("add_one") && r.contains("ARGS_NOT_READY")));
+    let t = get_json(&base, "/api/v0/tasks?per_page=5&page=2", &token);
+    assert_eq!(t["items"].as_array().unwrap().len(), 5, "{t}");
+    assert!(t["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "dashboard_probe::square" && c["state"] == "FINISHED" && c["count"] == 20));
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        http(
+            &base,
+            "GET",
+            "/api/v0/tasks?per_page=0",
+            &[("Authorization", &auth)],
+            ""
+        )
+        .status,
+        400
+    );
+
+    // Placement groups, objects, the timeline.
+    let groups = get_json(&base, "/api/v0/placement_groups", &token);
+    assert!(
+        groups.as_array().unwrap().iter().any(|g| g["state"] == "PENDING"),
+        "{groups}"
+    );
+    let objects = get_json(&base, "/api/v0/objects", &token);
+    assert!(objects["summary"].is_array(), "{objects}");
+    let trace = get_json(&base, "/api/v0/timeline", &token);
+    assert!(trace.to_string().contains("dashboard_probe::square"), "{trace}");
+
+    // The job's output follows live.
+    let ticks = sse_lines(&base, &format!("/api/v0/jobs/{job}/logs/stream"), &token, "tick ", 3);
+    assert!(ticks.len() >= 3, "{ticks:?}");
+    let logs = get_json(&base, &format!("/api/v0/logs?pid={pid}"), &token);
+    assert!(logs.to_string().contains("counter actor started"), "{logs}");
+
+    // Missing things are 404s that say what is missing.
+    for path in [
+        "/api/v0/actors/ffffffffffffffffffffffff",
+        "/api/v0/jobs/ffffffff",
+        "/api/v0/nodes/nosuchnode",
+        "/api/v0/logs?pid=1",
+    ] {
+        let r = http(&base, "GET", path, &[("Authorization", &auth)], "");
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(r.body.contains("no "), "{path}: {}", r.body);
+    }
+    let r = http(
+        &base,
+        "POST",
+        "/api/v0/actors/ffffffffffffffffffffffff/kill",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = http(
+        &base,
+        "POST",
+        "/api/v0/actors/xyz/kill",
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Metrics: Ray's names, on the head's port and every node's.
+    let r = http(&base, "GET", "/metrics", &[("Authorization", &auth)], "");
+    assert_eq!(r.status, 200);
+    for name in [
+        "ray_tasks{",
+        "ray_actors{State=\"ALIVE\"}",
+        "ray_resources{",
+        "ray_object_store_memory{",
+        "ray_node_cpu_utilization ",
+        "ray_node_mem_used ",
+        "ray_placement_groups{State=\"PENDING\"}",
+    ] {
+        assert!(
+            r.body.contains(name),
+            "{name} missing from the head's metrics:\n{}",
+            r.body
+        );
+    }
+    promtool_check(&r.body);
+    for n in nodes.as_array().unwrap() {
+        let addr = format!("http://{}", n["http_address"].as_str().unwrap());
+        assert_eq!(http(&addr, "GET", "/healthz", &[], "").status, 200);
+        assert_eq!(http(&addr, "GET", "/metrics", &[], "").status, 401);
+        let m = http(&addr, "GET", "/metrics", &[("Authorization", &auth)], "");
+        assert!(m.body.contains("ray_node_mem_capacity "), "{}", m.body);
+        promtool_check(&m.body);
+    }
+
+    // The kill button's endpoint kills the actor for good.
+    let r = http(
+        &base,
+        "POST",
+        &format!("/api/v0/actors/{id}/kill?no_restart=true"),
+        &[("Authorization", &auth)],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(wait_until(Duration::from_secs(30), || !process_running(pid)));
+    assert!(wait_until(Duration::from_secs(30), || {
+        get_json(&base, &format!("/api/v0/actors/{id}"), &token)["actor"]["state"] == "DEAD"
+    }));
+    let events = get_json(&base, "/api/v0/events", &token);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "ACTOR_DIED" && e["actor_id"] == id.as_str()),
+        "{events}"
+    );
+
+    // A dead node keeps its page, which says so.
+    cluster.kill_node(&worker_node);
+    let mut n = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            n = get_json(&base, &format!("/api/v0/nodes/{worker_node}"), &token);
+            n["alive"] == false
+        }),
+        "{n}"
+    );
+    assert!(n["error"].as_str().unwrap().contains("dead"), "{n}");
+    assert!(n["death_cause"].as_str().unwrap().contains("heartbeat"), "{n}");
+    let events = get_json(&base, "/api/v0/events", &token);
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "NODE_DIED" && e["node_id"] == worker_node.as_str()));
+    let _ = jobs.stop(&job);
+}

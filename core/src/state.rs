@@ -175,8 +175,22 @@ pub const DASHBOARD_NAMESPACE: &str = "dashboard";
 /// application (`kind` "serve"), a Train run ("train") or a Tune
 /// experiment ("tune"), as a JSON object replacing the previous one.
 pub fn publish(kind: &str, name: &str, status: &serde_json::Value) -> Result<()> {
+    crate::worker::current()?.block_on(publish_async(kind, name, status))?
+}
+
+/// Async form of [`publish`].
+pub async fn publish_async(kind: &str, name: &str, status: &serde_json::Value) -> Result<()> {
     let bytes = serde_json::to_vec(status).map_err(|e| Error::Internal(e.to_string()))?;
-    crate::kv::put(DASHBOARD_NAMESPACE, &format!("{kind}/{name}"), &bytes, true).map(|_| ())
+    crate::kv::put_async(DASHBOARD_NAMESPACE, &format!("{kind}/{name}"), &bytes, true)
+        .await
+        .map(|_| ())
+}
+
+/// Removes what was published under `kind/name` (an application deleted).
+pub async fn unpublish_async(kind: &str, name: &str) -> Result<()> {
+    crate::kv::delete_async(DASHBOARD_NAMESPACE, &format!("{kind}/{name}"))
+        .await
+        .map(|_| ())
 }
 
 fn task_info(e: proto::TaskEvent) -> TaskInfo {

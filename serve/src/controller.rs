@@ -304,6 +304,9 @@ impl Inner {
     async fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Event>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut publish = tokio::time::interval(Duration::from_secs(1));
+        publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = BTreeMap::new();
         tracing::info!("serve controller running");
         loop {
             tokio::select! {
@@ -315,8 +318,61 @@ impl Inner {
                     None => return,
                 },
                 _ = tick.tick() => self.reconcile(),
+                _ = publish.tick() => self.publish_status(&mut published),
             }
         }
+    }
+
+    /// Publishes each application's status for the dashboard's Serve page
+    /// when it changed (and removes deleted applications'); fire and forget.
+    fn publish_status(&self, last: &mut BTreeMap<String, serde_json::Value>) {
+        let status = self.status();
+        let mut now = BTreeMap::new();
+        for (app, prefix) in &status.applications {
+            let deployments: Vec<&DeploymentStatus> = status.deployments.iter().filter(|d| &d.app == app).collect();
+            let healthy = deployments.iter().all(|d| d.status == DeploymentState::Healthy);
+            now.insert(
+                app.clone(),
+                serde_json::json!({
+                    "status": if healthy { "RUNNING" } else { "DEPLOYING" },
+                    "route_prefix": prefix,
+                    "deployments": deployments.iter().map(|d| serde_json::json!({
+                        "name": d.name,
+                        "status": d.status,
+                        "target_replicas": d.target_replicas,
+                        "replicas": d.replicas.len(),
+                        "message": d.message,
+                    })).collect::<Vec<_>>(),
+                    "replicas": deployments.iter().flat_map(|d| d.replicas.iter().map(move |r| serde_json::json!({
+                        "deployment": d.name,
+                        "id": r.id,
+                        "state": r.state,
+                        "ongoing": r.ongoing,
+                        "served": r.served,
+                    }))).collect::<Vec<_>>(),
+                }),
+            );
+        }
+        let changed: Vec<(String, serde_json::Value)> = now
+            .iter()
+            .filter(|(k, v)| last.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let gone: Vec<String> = last.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+        *last = now;
+        if changed.is_empty() && gone.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for (app, v) in changed {
+                if let Err(e) = rayforge::state::publish_async("serve", &app, &v).await {
+                    tracing::debug!("publishing application {app} for the dashboard: {e}");
+                }
+            }
+            for app in gone {
+                let _ = rayforge::state::unpublish_async("serve", &app).await;
+            }
+        });
     }
 
     fn deploy(&self, apps: Vec<AppDecl>) -> Result<()> {

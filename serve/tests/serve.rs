@@ -369,6 +369,23 @@ fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
     let r = send(&s, "GET", "/-/routes", b"");
     let routes: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(routes, serde_json::json!({"/greet": "greet", "/echo": "echo"}));
+
+    // What the dashboard's Serve page shows: each application's
+    // deployments and replicas.
+    let mut status = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = rayforge::kv::get(rayforge::state::DASHBOARD_NAMESPACE, "serve/greet")
+                .unwrap()
+                .map(|b| serde_json::from_slice(&b).unwrap())
+                .unwrap_or_default();
+            status["status"] == "RUNNING"
+        }),
+        "{status}"
+    );
+    assert_eq!(status["route_prefix"], "/greet");
+    assert_eq!(status["deployments"][0]["name"], "Greeter");
+    assert_eq!(status["replicas"].as_array().unwrap().len(), 2, "{status}");
     s.shutdown().unwrap();
 }
 

@@ -300,6 +300,9 @@ impl Trainer {
             }
         }
         let all = checkpoint::list(&run_dir);
+        let state = if error.is_some() { "FAILED" } else { "FINISHED" };
+        let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
+        self.publish(&run_dir, &history, state, &message, failures);
         Ok(TrainResult {
             metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
             latest_checkpoint: all.last().cloned(),
@@ -309,6 +312,26 @@ impl Trainer {
             failures,
             path: run_dir,
         })
+    }
+
+    /// Publishes the run's status for the dashboard's Train page (a
+    /// failure to is logged, never fatal).
+    fn publish(&self, run_dir: &Path, history: &[Report], state: &str, message: &str, failures: u32) {
+        let last = history.last();
+        let status = serde_json::json!({
+            "status": state,
+            "workers": self.scaling.num_workers,
+            "use_gpu": self.scaling.use_gpu,
+            "iteration": last.map(|r| r.iteration),
+            "metrics": last.map(|r| r.metrics.clone()),
+            "latest_checkpoint": checkpoint::list(run_dir).last().map(|c| c.path().to_path_buf()),
+            "failures": failures,
+            "error": message,
+            "path": run_dir,
+        });
+        if let Err(e) = rayforge::state::publish("train", &self.run.name, &status) {
+            tracing::debug!("publishing the run for the dashboard: {e}");
+        }
     }
 
     /// One gang from start to end. `Err` names the rank whose failure
@@ -499,6 +522,7 @@ impl Trainer {
             got = true;
         }
         if got {
+            self.publish(run_dir, history, "RUNNING", "", 0);
             let csv = run_dir.join("progress.csv");
             if let Err(e) = std::fs::write(&csv, history_csv(history)) {
                 tracing::warn!("writing {}: {e}", csv.display());

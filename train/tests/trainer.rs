@@ -101,6 +101,14 @@ fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
     assert_eq!(csv.lines().count(), 13, "{csv}");
     assert!(csv.starts_with("iteration,loss,w,checkpoint\n"), "{csv}");
     assert_eq!(csv, result.history_csv());
+    // What the dashboard's Train page shows.
+    let status = published("line");
+    assert_eq!(
+        (status["status"].as_str(), status["iteration"].as_u64()),
+        (Some("FINISHED"), Some(12)),
+        "{status}"
+    );
+    assert_eq!(status["metrics"]["w"], w, "{status}");
     // The same name again resumes at its latest checkpoint: nothing is left
     // to do, and nothing is lost.
     let again = trainer(&dir, "line", 12, None, 0).fit().unwrap().into_result().unwrap();
@@ -138,7 +146,18 @@ fn a_killed_rank_restarts_the_gang_from_the_latest_checkpoint_within_the_budget(
         other => panic!("expected RankFailed, got {other:?}"),
     }
     assert_eq!(result.latest_checkpoint.unwrap().manifest().unwrap().iteration, 3);
+    let status = published("fails");
+    assert_eq!(status["status"], "FAILED", "{status}");
+    assert!(status["error"].as_str().unwrap().contains("rank 1"), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What the run `name` published for the dashboard.
+fn published(name: &str) -> serde_json::Value {
+    let bytes = rayforge::kv::get(rayforge::state::DASHBOARD_NAMESPACE, &format!("train/{name}"))
+        .unwrap()
+        .expect("the run's status for the dashboard");
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 #[test]

@@ -697,6 +697,49 @@ impl Tuner {
     /// Runs the experiment to its end: every config the searcher proposes,
     /// as trials, until each finishes, fails or is stopped. Every decision
     /// is appended to the experiment's `journal.jsonl`; with
+    /// Publishes the experiment's status for the dashboard's Tune page
+    /// (a failure to is logged, never fatal).
+    fn publish(&self, trials: &[TrialResult], elapsed: Duration, done: bool) {
+        let c = &self.config;
+        let better = |a: f64, b: f64| match c.mode {
+            Mode::Max => a > b,
+            Mode::Min => a < b,
+        };
+        let mut best_trial: Option<&TrialResult> = None;
+        for t in trials {
+            if let Some(v) = t.last.get(&c.metric) {
+                if best_trial
+                    .and_then(|b| b.last.get(&c.metric))
+                    .is_none_or(|bv| better(*v, *bv))
+                {
+                    best_trial = Some(t);
+                }
+            }
+        }
+        let status = serde_json::json!({
+            "status": if done { "FINISHED" } else { "RUNNING" },
+            "metric": c.metric,
+            "mode": c.mode,
+            "scheduler": self.scheduler.name(),
+            "elapsed_s": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            "path": c.storage_path.join(&c.name),
+            "best": best_trial.map(|t| serde_json::json!({
+                "trial": t.trial, "config": t.config, c.metric.clone(): t.last.get(&c.metric),
+            })),
+            "trials": trials.iter().map(|t| serde_json::json!({
+                "trial": t.trial,
+                "status": t.status,
+                "iterations": t.history.len(),
+                c.metric.clone(): t.last.get(&c.metric),
+                "failures": t.failures,
+                "config": t.config,
+            })).collect::<Vec<_>>(),
+        });
+        if let Err(e) = rayforge::state::publish("tune", &c.name, &status) {
+            tracing::debug!("publishing the experiment for the dashboard: {e}");
+        }
+    }
+
     /// [`TuneConfig::resume`], an experiment whose driver died goes on from
     /// it (finished trials are not run again; the ones that were running go
     /// on from their latest checkpoint, or start over without one).
@@ -712,6 +755,7 @@ impl Tuner {
             journal: Journal::open(&journal_path, !self.config.resume)?,
             dir: dir.clone(),
             table: Table::new(),
+            published: None,
         };
         if self.config.resume {
             self.replay(&journal_path, &mut ex)?;
@@ -801,7 +845,12 @@ impl Tuner {
                 ex.table
                     .show(&ex.trials, &self.config, self.scheduler.name(), start.elapsed(), false);
             }
+            if ex.published.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+                ex.published = Some(Instant::now());
+                self.publish(&ex.trials, start.elapsed(), false);
+            }
         }
+        self.publish(&ex.trials, start.elapsed(), true);
         let grid = ResultGrid {
             trials: std::mem::take(&mut ex.trials),
             metric: self.config.metric.clone(),
@@ -836,6 +885,8 @@ struct Run {
     journal: Journal,
     dir: PathBuf,
     table: Table,
+    /// When the status was last published for the dashboard.
+    published: Option<Instant>,
 }
 
 impl Run {

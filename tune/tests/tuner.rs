@@ -89,6 +89,14 @@ fn asha_stops_bad_trials_early_and_the_best_config_wins() {
             assert_eq!(csv.lines().count(), t.history.len() + 1);
         }
     }
+    // What the dashboard's Tune page shows.
+    let published = rayforge::kv::get(rayforge::state::DASHBOARD_NAMESPACE, "tune/asha")
+        .unwrap()
+        .expect("the experiment's status for the dashboard");
+    let status: serde_json::Value = serde_json::from_slice(&published).unwrap();
+    assert_eq!(status["status"], "FINISHED", "{status}");
+    assert_eq!(status["trials"].as_array().unwrap().len(), 9, "{status}");
+    assert_eq!(status["best"]["config"]["lr"], 0.1, "{status}");
     std::fs::remove_dir_all(&storage).unwrap();
 }
 

@@ -12,6 +12,8 @@ fi
 source scripts/libtorch.sh
 # Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/gymnasium.rs).
 bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}/bin/python"
+# Chromium, promtool, playwright-core, kubernetes-validate and kubectl, for the dashboard checks.
+source scripts/observability-tools.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
@@ -22,3 +24,6 @@ echo "== tests (nextest: one process per test)"
 cargo nextest run --workspace --no-fail-fast
 echo "== doc tests"
 cargo test --workspace --doc
+echo "== Kubernetes manifests (kustomize render, kubernetes-validate --strict, a head and a worker from their arguments)"
+target/k8s-venv/bin/python core/cli/kubernetes/check.py --rayforge target/debug/rayforge \
+  --validate target/k8s-venv/bin/kubernetes-validate --kubectl "$RAYFORGE_KUBECTL"

@@ -230,7 +230,7 @@ async function tasksPage() {
       h("button", { disabled: page >= t.pages, onclick: () => go({ page: String(page + 1) }) }, "older ›"),
       h("a", { href: "/api/v0/timeline", download: "rayforge-timeline.json", id: "timeline-link" }, "Download timeline")),
     table(["task", "name", "kind", "state", "node", "pid", "started", "duration", "waits for / error"], t.items.map((x) => [
-      short(x.task_id), x.name, x.kind, state(x.state), short(x.node_id), x.pid, when(x.start_us / 1000), dur(x),
+      h("code", {}, x.task_id), x.name, x.kind, state(x.state), short(x.node_id), x.pid, when(x.start_us / 1000), dur(x),
       x.wait_reason || x.error || ""]), { id: "tasks-table", num: [5] }),
     t.unreachable.length ? h("p", { class: "error" }, "unreachable: " + t.unreachable.join("; ")) : "");
 }

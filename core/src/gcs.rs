@@ -412,7 +412,7 @@ impl Gcs {
     }
 
     /// Serves the control service on `listener` until the process ends.
-    pub(crate) fn serve(self: &Arc<Self>, incoming: tokio_stream::wrappers::TcpListenerStream) {
+    pub(crate) fn serve(self: &Arc<Self>, incoming: crate::rpc::Incoming) {
         let svc = proto::control_service_server::ControlServiceServer::new(GcsService(self.clone()))
             .max_decoding_message_size(64 << 20);
         let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);

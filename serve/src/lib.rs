@@ -55,6 +55,7 @@ mod config;
 mod controller;
 mod error;
 mod http;
+mod metrics;
 mod proxy;
 mod replica;
 mod router;

@@ -3,14 +3,15 @@
 //! deployment. Tower middleware bounds it: a request timeout (408), a
 //! concurrency limit with load shedding (503 with `Retry-After` at once
 //! instead of a growing queue), a body size limit (413) and a tracing span
-//! per request. `/-/healthz` and `/-/routes` answer from the proxy itself.
+//! per request. `/-/healthz`, `/-/routes` and `/-/metrics` (Prometheus,
+//! Ray Serve's metric names) answer from the proxy itself.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,18 +21,48 @@ use tower::ServiceBuilder;
 use crate::config::HttpOptions;
 use crate::error::Error;
 use crate::http::{HttpRequest, HttpResponse};
+use crate::metrics::ServeMetrics;
 use crate::replica::streams::{self, Chunk};
 use crate::replica::ReplicaHandle;
 use crate::router::Hub;
 
+/// What the proxy's handlers share.
+#[derive(Clone)]
+struct Proxy {
+    hub: Arc<Hub>,
+    metrics: Arc<ServeMetrics>,
+}
+
+impl FromRef<Proxy> for Arc<Hub> {
+    fn from_ref(p: &Proxy) -> Arc<Hub> {
+        p.hub.clone()
+    }
+}
+
 /// The proxy's axum app.
 pub(crate) fn app(hub: Arc<Hub>, opts: &HttpOptions) -> Router {
     let timeout = Duration::from_secs_f64(opts.request_timeout_s.max(0.001));
+    let proxy = Proxy {
+        hub,
+        metrics: Arc::new(ServeMetrics::new()),
+    };
     Router::new()
         .route("/-/healthz", get(|| async { "success" }))
         .route("/-/routes", get(routes))
+        .route(
+            "/-/metrics",
+            get(|State(p): State<Proxy>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    p.metrics.render(),
+                )
+            }),
+        )
         .fallback(ingress)
-        .with_state(hub)
+        .with_state(proxy)
         .layer(DefaultBodyLimit::max(opts.max_body_bytes))
         .layer(
             ServiceBuilder::new()
@@ -70,7 +101,30 @@ async fn routes(State(hub): State<Arc<Hub>>) -> Response {
     axum::Json(map).into_response()
 }
 
-async fn ingress(State(hub): State<Arc<Hub>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// Sends a request to its application's ingress and counts it.
+async fn ingress(State(p): State<Proxy>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let start = Instant::now();
+    let table = p.hub.table();
+    let (app, route) = match table.app_for(uri.path()) {
+        Some((name, _)) => {
+            let prefix = table
+                .apps
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, prefix, _)| prefix.clone())
+                .unwrap_or_default();
+            (name.to_string(), prefix)
+        }
+        None => (String::new(), String::new()),
+    };
+    let m = method.to_string();
+    let resp = send(p.hub, method, uri, headers, body).await;
+    p.metrics
+        .observe(&route, &app, &m, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+async fn send(hub: Arc<Hub>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let key = match hub.table().app_for(&path) {
         Some((_, key)) => key.to_string(),

@@ -45,6 +45,60 @@ pub fn process_running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A response of [`http`].
+pub struct Resp {
+    /// The status code (0: no status line).
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: String,
+}
+
+/// One HTTP/1.1 request to `base` + `path` (plain TCP; the body read to the
+/// end, de-chunked).
+pub fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the HTTP port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Resp {
+        status,
+        head: head.to_string(),
+        body,
+    }
+}
+
 /// A marker file unique to one test run, for "fail the first attempt only".
 pub fn marker(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("rayforge-test-markers-{}", std::process::id()));
@@ -87,7 +141,17 @@ pub fn rayforge_bin() -> std::path::PathBuf {
 /// A binary `name` of workspace package `package`, built on demand.
 pub fn workspace_bin(name: &str, package: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("own path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // A test runs from target/PROFILE/deps, a binary from target/PROFILE.
+    let dir = exe
+        .parent()
+        .map(|d| {
+            if d.ends_with("deps") {
+                d.parent().unwrap_or(d)
+            } else {
+                d
+            }
+        })
+        .expect("target dir");
     let bin = dir.join(name);
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

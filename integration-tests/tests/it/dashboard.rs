@@ -6,57 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rayforge_integration_tests::{process_running, wait_until, workspace_bin, LocalCluster};
-
-/// A response of [`http`].
-struct Resp {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// One HTTP/1.1 request to `base` + `path` (plain TCP; the body read to the
-/// end, de-chunked).
-fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
-    let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(host).expect("connect to the HTTP port");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || after.len() < n {
-                break;
-            }
-            out.push_str(&after[..n]);
-            rest = after[n..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        rest.to_string()
-    };
-    Resp {
-        status,
-        head: head.to_string(),
-        body,
-    }
-}
+use rayforge_integration_tests::{http, process_running, wait_until, workspace_bin, LocalCluster};
 
 fn get_json(base: &str, path: &str, token: &str) -> serde_json::Value {
     let auth = format!("Bearer {token}");

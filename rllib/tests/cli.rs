@@ -78,6 +78,12 @@ fn unknown_names_are_errors_naming_them() {
     let (code, _, err) = rllib(&["fly"]);
     assert_eq!(code, 2);
     assert!(err.contains("usage"), "{err}");
+    // Asking for help is not a checkpoint path or an error.
+    for args in [&["evaluate", "--help"][..], &["train", "-h"][..], &["--help"][..]] {
+        let (code, out, _) = rllib(args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("rllib evaluate CHECKPOINT"), "{args:?}: {out}");
+    }
     std::fs::remove_file(&bad).unwrap();
 }
 

@@ -180,6 +180,10 @@ fn tune_trial(ctx: &mut rayforge_tune::TrialContext) -> Result<(), String> {
 #[rayforge::main]
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let r = match args.split_first() {
         Some((cmd, rest)) if cmd == "train" => train(rest),
         Some((cmd, rest)) if cmd == "evaluate" => evaluate(rest),

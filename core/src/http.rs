@@ -158,6 +158,7 @@ fn login_page(next: &str, error: Option<&str>) -> Html<String> {
         .unwrap_or_default();
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>rayforge: log in</title>\
+         <link rel=\"icon\" href=\"data:,\">\
          <style>body{{font-family:system-ui,sans-serif;background:#f4f5f7;display:flex;justify-content:center;\
          padding-top:12vh}}form{{background:#fff;padding:2em;border-radius:8px;box-shadow:0 1px 4px #0002;\
          min-width:22em}}input{{width:100%;padding:.5em;margin:.5em 0 1em;box-sizing:border-box}}\

@@ -162,7 +162,7 @@ async function nodePage(id) {
     h("h2", {}, "Workers"),
     table(["pid", "worker", "job", "state", "RSS", "CPU %", "actor", ""], (s ? s.workers : []).map((w) => [
       w.pid, String(w.worker_id), w.job_id || "–", w.state, bytes(w.rss_bytes), num(w.cpu_percent),
-      w.actor_id ? link("/actors/" + w.actor_id, short(w.actor_id)) : "–", link("/logs?pid=" + w.pid, "logs")]), { id: "workers-table", num: [0, 4, 5] }));
+      w.actor_id ? link("/actors/" + w.actor_id, w.actor_id) : "–", link("/logs?pid=" + w.pid, "logs")]), { id: "workers-table", num: [0, 4, 5] }));
 }
 
 function killButton(a, after) {
@@ -178,14 +178,48 @@ function killButton(a, after) {
   return b;
 }
 
+// Rows a list page draws at once (a cluster may hold 10,000s of actors).
+const PER_PAGE = 200;
+
+// Filters and a page of a list kept in the URL's query, so back and reload work.
+function listControls(path, states, total) {
+  const q = new URLSearchParams(location.search);
+  const page = Math.max(1, parseInt(q.get("page") || "1", 10));
+  const pages = Math.max(1, Math.ceil(total / PER_PAGE));
+  const go = (over) => {
+    const p = new URLSearchParams(location.search);
+    Object.entries(over).forEach(([k, v]) => (v ? p.set(k, v) : p.delete(k)));
+    history.pushState(null, "", path + "?" + p);
+    route();
+  };
+  const sel = h("select", { id: "state-filter", onchange: () => go({ state: sel.value, page: "" }) },
+    ["", ...states].map((s) => h("option", { value: s, selected: (q.get("state") || "") === s }, s || "any state")));
+  const name = h("input", { id: "name-filter", placeholder: "name contains", value: q.get("name") || "",
+    onchange: () => go({ name: name.value, page: "" }) });
+  const bar = h("div", { class: "toolbar" }, sel, name,
+    h("button", { disabled: page <= 1, onclick: () => go({ page: String(page - 1) }) }, "‹ prev"),
+    h("span", {}, "page " + Math.min(page, pages) + " of " + pages + " (" + total + ")"),
+    h("button", { disabled: page >= pages, onclick: () => go({ page: String(page + 1) }) }, "next ›"));
+  return { bar, page, state: q.get("state") || "", name: q.get("name") || "" };
+}
+
 async function actorsPage() {
   const actors = await api("/api/v0/actors");
   const counts = {};
   actors.forEach((a) => { counts[a.state] = (counts[a.state] || 0) + 1; });
+  const q = new URLSearchParams(location.search);
+  const want = (a) => (!q.get("state") || a.state === q.get("state")) &&
+    (!q.get("name") || (a.name + " " + a.class_name + " " + a.actor_id).includes(q.get("name")));
+  // Alive ones first, then the newest records.
+  const rank = (a) => (a.state === "ALIVE" ? 0 : a.state === "DEAD" ? 2 : 1);
+  const shown = actors.filter(want).sort((a, b) => rank(a) - rank(b));
+  const c = listControls("/actors", Object.keys(counts).sort(), shown.length);
+  const rows = shown.slice((c.page - 1) * PER_PAGE, c.page * PER_PAGE);
   show(h("h1", {}, "Actors"),
-    h("p", { class: "muted" }, Object.entries(counts).map(([k, v]) => k + ": " + v).join(" · ") || "no actors"),
-    table(["actor", "class", "name", "state", "node", "pid", "restarts", "death cause", ""], actors.map((a) => [
-      link("/actors/" + a.actor_id, short(a.actor_id)), a.class_name, a.name || "–", state(a.state),
+    h("p", { class: "muted", id: "actor-counts" }, Object.entries(counts).map(([k, v]) => k + ": " + v).join(" · ") || "no actors"),
+    c.bar,
+    table(["actor", "class", "name", "state", "node", "pid", "restarts", "death cause", ""], rows.map((a) => [
+      link("/actors/" + a.actor_id, h("code", {}, a.actor_id)), a.class_name, a.name || "–", state(a.state),
       a.node || "–", a.pid || "–", a.num_restarts, a.death_cause || "–", killButton(a, route)]), { id: "actors-table", num: [6] }));
 }
 
@@ -204,31 +238,18 @@ async function actorPage(id) {
 
 async function tasksPage() {
   const q = new URLSearchParams(location.search);
-  const page = parseInt(q.get("page") || "1", 10);
-  const params = new URLSearchParams({ page: String(page), per_page: "100" });
+  const params = new URLSearchParams({ page: q.get("page") || "1", per_page: String(PER_PAGE) });
   if (q.get("state")) params.set("state", q.get("state"));
   if (q.get("name")) params.set("name", q.get("name"));
   const t = await api("/api/v0/tasks?" + params);
-  const go = (over) => {
-    const p = new URLSearchParams(location.search);
-    Object.entries(over).forEach(([k, v]) => (v ? p.set(k, v) : p.delete(k)));
-    history.pushState(null, "", "/tasks?" + p);
-    route();
-  };
-  const stateSel = h("select", { id: "state-filter", onchange: () => go({ state: stateSel.value, page: "" }) },
-    ["", "PENDING", "RUNNING", "FINISHED", "FAILED"].map((s) => h("option", { value: s, selected: (q.get("state") || "") === s }, s || "any state")));
-  const nameIn = h("input", { id: "name-filter", placeholder: "name contains", value: q.get("name") || "",
-    onchange: () => go({ name: nameIn.value, page: "" }) });
+  const c = listControls("/tasks", ["PENDING", "RUNNING", "FINISHED", "FAILED"], t.total);
+  c.bar.appendChild(h("a", { href: "/api/v0/timeline", download: "rayforge-timeline.json", id: "timeline-link" }, "Download timeline"));
   const dur = (x) => (x.end_us ? num((x.end_us - x.start_us) / 1000, 1) + " ms" : "–");
   show(h("h1", {}, "Tasks"),
     h("h2", {}, "By name and state"),
     table(["name", "state", "count"], t.counts.map((c) => [c.name, state(c.state), c.count]), { id: "task-counts", num: [2] }),
     h("h2", {}, "List"),
-    h("div", { class: "toolbar" }, stateSel, nameIn,
-      h("button", { disabled: page <= 1, onclick: () => go({ page: String(page - 1) }) }, "‹ newer"),
-      h("span", {}, "page " + t.page + " of " + Math.max(1, t.pages) + " (" + t.total + " tasks)"),
-      h("button", { disabled: page >= t.pages, onclick: () => go({ page: String(page + 1) }) }, "older ›"),
-      h("a", { href: "/api/v0/timeline", download: "rayforge-timeline.json", id: "timeline-link" }, "Download timeline")),
+    c.bar,
     table(["task", "name", "kind", "state", "node", "pid", "started", "duration", "waits for / error"], t.items.map((x) => [
       h("code", {}, x.task_id), x.name, x.kind, state(x.state), short(x.node_id), x.pid, when(x.start_us / 1000), dur(x),
       x.wait_reason || x.error || ""]), { id: "tasks-table", num: [5] }),

@@ -25,6 +25,7 @@ let watching = false;
 page.on("console", (m) => { if (watching && m.type() === "error") errors.push(`${page.url()}: console: ${m.text()}`); });
 page.on("pageerror", (e) => errors.push(`${page.url()}: uncaught: ${e.message}`));
 
+let step = "logging in";
 function fail(msg) {
   console.error("FAIL: " + msg);
   process.exitCode = 1;
@@ -69,6 +70,7 @@ try {
     ["/tune", ["Tune experiments"], "tune"],
   ];
   for (const [path, want, shot] of pages) {
+    step = "page " + path;
     await page.goto(BASE + path);
     await loaded(path);
     const text = await page.textContent("main");
@@ -81,22 +83,25 @@ try {
   await loaded(`/jobs/${JOB}`);
   const ticks = async () => ((await page.textContent("#job-log")).match(/tick \d+/g) || []).length;
   const before = await ticks();
+  step = "the job's logs follow";
   await page.waitForFunction((n) => (document.querySelector("#job-log").textContent.match(/tick \d+/g) || []).length >= n + 3, before, { timeout: 30000 });
   if ((await page.textContent("#follow-status")) !== "following…") fail("the job page is not following its logs");
   await page.screenshot({ path: `${SHOTS}/job.png` });
 
   // A worker's log follows too.
+  step = "a worker's log";
   await page.goto(`${BASE}/logs`);
   await loaded("/logs");
   await Promise.all([page.waitForURL(/\/logs\?pid=/), page.click("#logs-table a >> nth=0")]);
   await loaded("/logs?pid");
 
   // The kill button kills the actor.
+  step = "the kill button kills";
   await page.goto(BASE + "/actors");
   await loaded("/actors");
   await page.click(`button.kill[data-actor-id="${ACTOR}"]`);
   await page.waitForFunction((id) => {
-    const row = [...document.querySelectorAll("#actors-table tr")].find((r) => r.textContent.includes(id.slice(0, 12)));
+    const row = [...document.querySelectorAll("#actors-table tr")].find((r) => r.textContent.includes(id));
     return row && row.textContent.includes("DEAD");
   }, ACTOR, { timeout: 30000 });
   await page.screenshot({ path: `${SHOTS}/actors-after-kill.png`, fullPage: true });
@@ -104,7 +109,8 @@ try {
   if (errors.length) fail("console errors:\n" + errors.join("\n"));
   console.log(JSON.stringify({ ok: true, pages: pages.length, ticks_before: before }));
 } catch (e) {
-  if (!process.exitCode) console.error("FAIL: " + e.message);
+  if (!process.exitCode) console.error(`FAIL (${step}): ${e.message}`);
+  await page.screenshot({ path: `${SHOTS}/failure.png`, fullPage: true }).catch(() => {});
   process.exitCode = 1;
 } finally {
   await browser.close();

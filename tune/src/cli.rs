@@ -85,6 +85,10 @@ impl Cli {
     /// 0 when every trial succeeded, 1 when some failed, 2 for a bad
     /// command or file.
     pub fn run(&self, args: &[String]) -> ExitCode {
+        if args.iter().any(|a| a == "--help" || a == "-h") {
+            println!("{}", usage(&self.program));
+            return ExitCode::SUCCESS;
+        }
         let (path, resume, resume_errored, restart_errored) = match args {
             [cmd, path] if cmd == "run" => (path, false, false, false),
             [cmd, path, flag] if cmd == "run" && flag == "--resume" => (path, true, false, false),

@@ -66,7 +66,7 @@ function resources(total, avail) {
     .map((k) => k + " " + num(total[k] - ((avail || {})[k] || 0), 1) + "/" + num(total[k], 1)).join(", ");
 }
 function show(...kids) {
-  main.replaceChildren(...kids.flat());
+  main.replaceChildren(...kids.flat(Infinity).filter((k) => k !== ""));
 }
 function fail(e) {
   show(h("p", { class: "error", id: "page-error" }, "Error: " + e.message));

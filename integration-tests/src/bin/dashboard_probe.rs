@@ -66,6 +66,14 @@ fn run() -> rayforge::Result<()> {
     let big: BTreeMap<String, f64> = [("CPU".to_string(), 64.0)].into_iter().collect();
     let pg = rayforge::placement_group(vec![big], rayforge::PlacementStrategy::Pack).create()?;
     let in_group = square::options().placement_group(&pg, Some(0)).remote(3u64);
+    // What the dashboard's Tune page draws (a library's status is a JSON
+    // object; arrays of objects become tables).
+    let status = serde_json::json!({
+        "status": "RUNNING",
+        "metric": "loss",
+        "trials": [{"trial": "probe_trial_1", "loss": 0.25}, {"trial": "probe_trial_2", "loss": 0.5}],
+    });
+    rayforge::state::publish("tune", "probe-experiment", &status)?;
     println!("ready");
     let _keep = (never, busy, queued, slow, after, in_group, a, b, pg);
     for i in 0.. {

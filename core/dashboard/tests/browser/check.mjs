@@ -67,7 +67,7 @@ try {
     ["/events", ["NODE_JOINED"], "events"],
     ["/serve", ["Serve applications"], "serve"],
     ["/train", ["Train runs"], "train"],
-    ["/tune", ["Tune experiments"], "tune"],
+    ["/tune", ["Tune experiments", "probe-experiment", "probe_trial_2", "RUNNING"], "tune"],
   ];
   for (const [path, want, shot] of pages) {
     step = "page " + path;
@@ -75,6 +75,7 @@ try {
     await loaded(path);
     const text = await page.textContent("main");
     for (const w of want) if (!text.includes(w)) fail(`${path} does not show "${w}"`);
+    if (/\[object |undefined|NaN/.test(text)) fail(`${path} shows a value the script failed to draw: ${text.slice(0, 300)}`);
     await page.screenshot({ path: `${SHOTS}/${shot}.png`, fullPage: shot !== "logs" });
   }
 

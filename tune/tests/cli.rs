@@ -92,7 +92,10 @@ fn a_malformed_search_toml_is_refused_naming_the_field_and_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_tune")).arg("walk").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     // Asking for help is not a file name.
-    let out = Command::new(env!("CARGO_BIN_EXE_tune")).args(["run", "--help"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("usage: tune run SEARCH.TOML"));
     std::fs::remove_dir_all(&dir).unwrap();

@@ -64,6 +64,10 @@ enum Command {
         /// Object store capacity in bytes.
         #[arg(long)]
         object_store_memory: Option<u64>,
+        /// Node memory use (0-1) above which the memory monitor kills the
+        /// newest retriable task (default 0.95; 1 turns it off).
+        #[arg(long)]
+        memory_usage_threshold: Option<f64>,
         /// Cluster token (head: generated when absent; node: read from this
         /// machine's cluster file or $RAYFORGE_TOKEN when absent).
         #[arg(long)]
@@ -409,6 +413,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             num_gpus,
             resources,
             object_store_memory,
+            memory_usage_threshold,
             token,
             heartbeat_timeout_ms,
             state_dir,
@@ -432,6 +437,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 num_gpus,
                 resources,
                 object_store_memory,
+                memory_usage_threshold,
                 token,
                 heartbeat_timeout_ms,
                 state_dir,

@@ -39,6 +39,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             num_gpus: opts.num_gpus,
             resources: opts.resources.clone(),
             object_store_memory: opts.object_store_memory,
+            memory_usage_threshold: opts.memory_usage_threshold,
             ..Config::default()
         };
         cfg.validate()?;

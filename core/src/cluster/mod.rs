@@ -47,6 +47,9 @@ pub struct StartOptions {
     pub resources: HashMap<String, f64>,
     /// Object store capacity in bytes.
     pub object_store_memory: Option<u64>,
+    /// Node memory use (a fraction) above which the memory monitor kills
+    /// the newest retriable task (default 0.95; 1 turns it off).
+    pub memory_usage_threshold: Option<f64>,
     /// The cluster token (head: default generated; node: default from this
     /// machine's cluster file or `$RAYFORGE_TOKEN`).
     pub token: Option<String>,

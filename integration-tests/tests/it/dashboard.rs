@@ -447,3 +447,40 @@ fn the_dashboard_works_in_a_real_browser() {
     assert!(shots.join("actors.png").exists());
     let _ = jobs.stop(&job);
 }
+
+/// Sleeps long enough to be killed.
+#[rayforge::remote]
+fn sleepy() -> u32 {
+    std::thread::sleep(Duration::from_secs(120));
+    1
+}
+
+#[test]
+fn a_task_killed_by_the_memory_monitor_is_in_the_events_feed() {
+    // With the threshold at 0 every retriable task is "over".
+    let cluster = LocalCluster::start(&["--num-cpus", "1", "--memory-usage-threshold", "0"], 5000);
+    rayforge::init(cluster.config()).unwrap();
+    let _running = sleepy::options().max_retries(3).remote();
+    let mut events = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            events = get_json(&cluster.jobs_address, "/api/v0/events", &cluster.token);
+            events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "TASK_KILLED_OOM")
+        }),
+        "{events}"
+    );
+    let e = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "TASK_KILLED_OOM")
+        .unwrap();
+    assert_eq!(e["severity"], "ERROR");
+    assert!(e["message"].as_str().unwrap().contains("threshold"), "{e}");
+    assert_eq!(e["node_id"], cluster.daemons[0].1.as_str());
+    rayforge::shutdown();
+}

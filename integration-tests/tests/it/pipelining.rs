@@ -71,7 +71,12 @@ fn an_idle_worker_takes_back_tasks_waiting_behind_a_long_one() {
     // the waiting ones back rather than let one worker run them in turn.
     let first = add::remote(1i64, 1i64);
     let dir = marker("pipelined-steal");
-    let longs: Vec<_> = (0..4).map(|i| slow_pid::remote(600u64, format!("{dir}-{i}"))).collect();
+    // Long enough that the second worker's lease arrives while the first
+    // task still runs, even on a loaded machine (at 600 ms a lease granted
+    // late found two tasks already done by the first worker: 3 to 1).
+    let longs: Vec<_> = (0..4)
+        .map(|i| slow_pid::remote(2_000u64, format!("{dir}-{i}")))
+        .collect();
     assert_eq!(first.get().unwrap(), 2);
     let pids = rayforge::get_all(&longs).unwrap();
     let mut per_worker = std::collections::HashMap::new();

@@ -94,7 +94,8 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         let app = crate::proxy::app(hub, &http);
         let s = stop.clone();
         let proxy = tokio::spawn(async move {
-            let serve = axum::serve(no_delay(listener), app).with_graceful_shutdown(async move { s.notified().await });
+            let serve = axum::serve(rayforge::http::no_delay(listener), app)
+                .with_graceful_shutdown(async move { s.notified().await });
             if let Err(e) = serve.await {
                 tracing::error!("the HTTP proxy stopped: {e}");
             }
@@ -110,7 +111,7 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             .route("/api/serve/shutdown", post(admin_shutdown))
             .with_state(state);
         let admin_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(no_delay(admin), admin_app).await {
+            if let Err(e) = axum::serve(rayforge::http::no_delay(admin), admin_app).await {
                 tracing::error!("the admin API stopped: {e}");
             }
         });
@@ -278,16 +279,4 @@ impl Serve {
             Err(e) => Err(e.into()),
         }
     }
-}
-
-/// A listener whose connections send small writes at once: without
-/// TCP_NODELAY a response's last segment waited for the client's delayed
-/// ACK (40 ms per call).
-fn no_delay(
-    l: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    l.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    })
 }

@@ -133,7 +133,7 @@ pub(crate) async fn serve(
             crate::http::require_token,
         ));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(no_delay(listener), app).await {
+        if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
             tracing::error!("jobs API stopped: {e}");
         }
     });
@@ -355,16 +355,4 @@ async fn stop_job(State(api): State<Arc<JobsApi>>, UrlPath(id): UrlPath<String>)
         }
     });
     Ok(Json(serde_json::json!({ "stopped": true })))
-}
-
-/// A listener whose connections send small writes at once: without
-/// TCP_NODELAY a response's last segment waited for the client's delayed
-/// ACK (40 ms per call).
-fn no_delay(
-    l: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    l.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    })
 }

@@ -129,7 +129,7 @@ pub(crate) fn serve(listener: tokio::net::TcpListener, h: Arc<NodeHttp>, token: 
         crate::http::require_token,
     ));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(no_delay(listener), app).await {
+        if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
             tracing::error!("node HTTP endpoints stopped: {e}");
         }
     });
@@ -469,16 +469,4 @@ fn render(h: &NodeHttp) -> Option<String> {
     let mut out = String::new();
     encode(&mut out, &reg).ok()?;
     Some(out)
-}
-
-/// A listener whose connections send small writes at once: without
-/// TCP_NODELAY a response's last segment waited for the client's delayed
-/// ACK (40 ms per call).
-fn no_delay(
-    l: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    l.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    })
 }

@@ -17,6 +17,10 @@
 //! way the operation returns [`Error::Collective`] naming the rank and what
 //! went wrong: a collective never hangs forever.
 //!
+//! On GPU ranks the tensor collectives go through NCCL instead, in GPU
+//! memory ([`Group::init_nccl`], module `nccl`); the ring still carries the
+//! communicator's id, and the `f32` buffer collectives and the barrier.
+//!
 //! Ranks find each other through the cluster's key-value store
 //! ([`Group::join`]): each binds a listener on its node's address and
 //! publishes it under the run's key; then each connects to the next rank
@@ -24,6 +28,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -53,6 +58,9 @@ pub struct Group {
     /// From the previous rank.
     prev: Option<TcpStream>,
     timeout: Duration,
+    /// The gang's NCCL communicator, on a GPU rank ([`Group::init_nccl`]):
+    /// tensor collectives on its device go through it.
+    pub(crate) nccl: Option<Arc<crate::nccl::Nccl>>,
 }
 
 impl std::fmt::Debug for Group {
@@ -81,6 +89,7 @@ impl Group {
                 next: None,
                 prev: None,
                 timeout,
+                nccl: None,
             });
         }
         let listener =
@@ -124,6 +133,7 @@ impl Group {
             next: Some(next),
             prev: Some(prev),
             timeout,
+            nccl: None,
         };
         group.configure()?;
         // Everyone is connected before anyone goes on (and stale addresses
@@ -148,6 +158,7 @@ impl Group {
             next: Some(next),
             prev: Some(prev),
             timeout,
+            nccl: None,
         };
         g.configure()?;
         Ok(g)
@@ -179,7 +190,31 @@ impl Group {
             next: dup(&self.next)?,
             prev: dup(&self.prev)?,
             timeout: self.timeout,
+            nccl: self.nccl.clone(),
         })
+    }
+
+    /// Makes the gang's NCCL communicator on CUDA device `device` (every
+    /// rank calls it at the same point, after joining): from then on the
+    /// tensor collectives ([`Group::all_reduce_tensor`] and the others) run
+    /// through NCCL for tensors on that device, straight from GPU memory.
+    /// Fails on every rank, with [`Error::Gpu`], when any rank cannot run
+    /// NCCL. The trainer calls it for ranks that use GPUs.
+    pub fn init_nccl(&mut self, device: usize) -> Result<()> {
+        let comm = crate::nccl::Nccl::init(self, device)?;
+        self.nccl = Some(Arc::new(comm));
+        Ok(())
+    }
+
+    /// This rank's NCCL communicator, when the group has one: its version,
+    /// device and the number of collectives run through it.
+    pub fn nccl(&self) -> Option<crate::nccl::NcclInfo> {
+        self.nccl.as_ref().map(|n| n.info())
+    }
+
+    /// How long an operation may wait for the other ranks.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// This rank.

@@ -49,6 +49,16 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A rank that should compute on a GPU cannot: libtorch sees no CUDA
+    /// device, or the CUDA driver or NCCL library cannot be loaded (says
+    /// which, and how to set it up).
+    #[error("GPU on rank {rank}: {message}")]
+    Gpu {
+        /// The rank.
+        rank: usize,
+        /// What is missing.
+        message: String,
+    },
     /// A bad configuration or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

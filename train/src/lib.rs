@@ -4,7 +4,8 @@
 //! on each of a gang of worker actors (one per rank, in a placement group);
 //! each reads its shard of a rayforge-data dataset as tensor batches, a
 //! prepared model keeps the ranks identical (parameters from rank 0,
-//! gradients averaged across ranks over TCP between their processes),
+//! gradients averaged across ranks over TCP between their processes, or
+//! through NCCL on GPUs),
 //! rank 0's reports are recorded with their checkpoints, and a rank that
 //! dies tears the gang down and a new one resumes from the latest
 //! checkpoint — as Ray's `TorchTrainer(...).fit()`.
@@ -62,14 +63,16 @@
 //! format (safetensors and TorchScript files, committed by rename, the best
 //! K kept), restarts from the latest checkpoint within `max_failures`, the
 //! metrics history (an Arrow batch and `progress.csv`), resuming a run by
-//! name. NCCL for GPU ranks is not there yet: CUDA tensors go through host
-//! memory.
+//! name. On GPU ranks (`use_gpu`), tensor collectives and the gradient
+//! averaging run through NCCL in GPU memory ([`Group::init_nccl`], from
+//! cudarc's bindings; libnccl is loaded only there).
 
 #![warn(missing_docs)]
 
 pub mod collective;
 mod context;
 mod error;
+mod nccl;
 pub mod torch;
 mod trainer;
 mod worker;
@@ -81,6 +84,7 @@ pub use tch;
 pub use collective::{Group, ReduceOp};
 pub use context::{Device, Report, TrainContext};
 pub use error::{Error, Result};
+pub use nccl::NcclInfo;
 /// The project's checkpoint format (from the core, shared with Tune, RLlib
 /// and Serve).
 pub use rayforge::checkpoint;

@@ -4,9 +4,12 @@
 //! batches of tensors, a distributed sampler for data already in memory,
 //! and models in checkpoints (safetensors and TorchScript).
 //!
-//! Collectives run on `f32` buffers in host memory: a CPU float tensor
-//! that is contiguous is reduced in place, anything else (another kind,
-//! a CUDA tensor) through an `f32` copy written back afterwards.
+//! A tensor on the device of the group's NCCL communicator (a GPU rank's,
+//! see [`Group::init_nccl`]) is reduced by NCCL in GPU memory, in its own
+//! kind. Every other tensor goes around the TCP ring as `f32` in host
+//! memory: a contiguous CPU float tensor in place, anything else (another
+//! kind, a CUDA tensor of a group without NCCL) through an `f32` copy
+//! written back afterwards.
 
 use std::collections::BTreeMap;
 
@@ -63,18 +66,31 @@ fn with_host_f32<T>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> Result<T>) -> 
 impl Group {
     /// Reduces a tensor over every rank in place (every rank passes one of
     /// the same number of elements). Computed in `f32`.
+    /// Through NCCL for a tensor on the group's GPU (in its own kind;
+    /// integers are averaged in `f32`).
     pub fn all_reduce_tensor(&mut self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
+        if let Some(nccl) = self.nccl_for(t) {
+            return nccl.all_reduce(t, op);
+        }
         with_host_f32(t, |buf| self.all_reduce(buf, op))
     }
 
-    /// Every rank's tensor takes rank `root`'s values.
+    /// Every rank's tensor takes rank `root`'s values (through NCCL for a
+    /// tensor on the group's GPU).
     pub fn broadcast_tensor(&mut self, t: &mut Tensor, root: usize) -> Result<()> {
+        if let Some(nccl) = self.nccl_for(t) {
+            return nccl.broadcast(t, root);
+        }
         with_host_f32(t, |buf| self.broadcast(buf, root))
     }
 
     /// Every rank's tensor (all of one shape), in rank order, each of `t`'s
-    /// shape, kind and device.
+    /// shape, kind and device (through NCCL for a tensor on the group's
+    /// GPU).
     pub fn all_gather_tensor(&mut self, t: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(nccl) = self.nccl_for(t) {
+            return nccl.all_gather(t);
+        }
         let mut mine = t.shallow_clone();
         let local: Vec<f32> = with_host_f32(&mut mine, |buf| Ok(buf.to_vec()))?;
         let all = self.all_gather(&local)?;
@@ -93,6 +109,12 @@ impl Group {
                     .f_to_device(t.device())?)
             })
             .collect()
+    }
+
+    /// The NCCL communicator that takes `t`, if the group has one on `t`'s
+    /// device.
+    fn nccl_for(&self, t: &Tensor) -> Option<std::sync::Arc<crate::nccl::Nccl>> {
+        self.nccl.as_ref().filter(|n| n.takes(t)).cloned()
     }
 }
 

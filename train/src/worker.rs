@@ -79,13 +79,20 @@ impl TrainWorker {
         // As torchrun and Ray Train do: one rank's ops use its own CPUs, not
         // every core of the node.
         tch::set_num_threads(spec.threads.max(1) as i32);
-        let group = Group::join(
+        let mut group = Group::join(
             &spec.ring,
             spec.world_rank,
             spec.world_size,
             &ctx.node_ip,
             Duration::from_millis(spec.timeout_ms),
         )?;
+        // CUDA_VISIBLE_DEVICES holds this rank's GPU only.
+        let device = if spec.use_gpu && !ctx.gpu_ids.is_empty() {
+            group.init_nccl(0)?;
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        };
         let iteration = match &spec.checkpoint {
             Some(c) => c.manifest()?.iteration,
             None => 0,
@@ -95,12 +102,7 @@ impl TrainWorker {
             local_rank: spec.local_rank,
             local_size: spec.local_size,
             node_rank: spec.node_rank,
-            // CUDA_VISIBLE_DEVICES holds this rank's GPU only.
-            device: if spec.use_gpu && !ctx.gpu_ids.is_empty() {
-                Device::Cuda(0)
-            } else {
-                Device::Cpu
-            },
+            device,
             group,
             config: spec.config.0,
             checkpoint: spec.checkpoint,

@@ -10,8 +10,13 @@
 # the 4.6 GB of every CUDA wheel): the GPU libraries, Python modules and
 # libtorch_cuda are removed, and libtorch.so is replaced by a shim that links
 # libtorch_cpu alone (the wheel's libtorch.so requires libtorch_cuda and
-# cuDNN). A GPU set-up points LIBTORCH at a full torch install instead
-# (see README, "Train").
+# cuDNN).
+#
+# For GPUs, `RAYFORGE_TORCH_CUDA=1` installs the whole wheel with its CUDA
+# dependencies instead (about 4.6 GB, into libtorch-2.11.0-cuda beside the
+# CPU set-up) and links NCCL's `libnccl.so.2` as `libnccl.so` beside
+# libtorch, where rayforge-train's NCCL looks for it. Pointing LIBTORCH at
+# another torch install with CUDA also works (see README, "Train").
 #
 # Exports LIBTORCH (what tch's build reads) and RAYFORGE_LIBTORCH_LIB (the
 # folder binaries get as rpath, see train/build.rs).
@@ -46,10 +51,31 @@ _rf_install_libtorch() {
   mv "$tmp" "$dir"
 }
 
+_rf_install_libtorch_cuda() {
+  local dir="$1" tmp="$1.partial.$$"
+  echo "== installing libtorch $_rf_torch_version with CUDA (PyPI's torch wheel and its CUDA wheels, ~4.6 GB) into $dir"
+  command -v python3 >/dev/null || { echo "python3 with pip is required to fetch libtorch from PyPI"; return 1; }
+  rm -rf "$tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$tmp" \
+    "torch==$_rf_torch_version" || return 1
+  [ -f "$tmp/torch/lib/libtorch_cuda.so" ] || { echo "the torch wheel has no libtorch_cuda.so"; return 1; }
+  [ -f "$tmp/nvidia/nccl/lib/libnccl.so.2" ] || { echo "no NCCL wheel came with torch"; return 1; }
+  ln -sf ../../nvidia/nccl/lib/libnccl.so.2 "$tmp/torch/lib/libnccl.so"
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+
 if [ -z "${LIBTORCH:-}" ]; then
-  _rf_dir="$(rayforge_cache_dir)/libtorch-$_rf_torch_version-cpu"
-  if [ ! -f "$_rf_dir/torch/lib/libtorch.so" ]; then
-    _rf_install_libtorch "$_rf_dir" || { echo "libtorch set-up failed"; return 1 2>/dev/null || exit 1; }
+  if [ "${RAYFORGE_TORCH_CUDA:-0}" = 1 ]; then
+    _rf_dir="$(rayforge_cache_dir)/libtorch-$_rf_torch_version-cuda"
+    if [ ! -e "$_rf_dir/torch/lib/libnccl.so" ]; then
+      _rf_install_libtorch_cuda "$_rf_dir" || { echo "libtorch set-up failed"; return 1 2>/dev/null || exit 1; }
+    fi
+  else
+    _rf_dir="$(rayforge_cache_dir)/libtorch-$_rf_torch_version-cpu"
+    if [ ! -f "$_rf_dir/torch/lib/libtorch.so" ]; then
+      _rf_install_libtorch "$_rf_dir" || { echo "libtorch set-up failed"; return 1 2>/dev/null || exit 1; }
+    fi
   fi
   export LIBTORCH="$_rf_dir/torch"
 fi

@@ -3,7 +3,10 @@
 // wheel (scripts/libtorch.sh), which is not on the loader's path: binaries
 // get an rpath to its library folder. Where that folder has libtorch_cuda
 // (a GPU set-up), it stays linked (`--as-needed` would drop it, and CUDA
-// would then look absent).
+// would then look absent). There, rayforge-train's NCCL is found too: the
+// torch wheel's NCCL wheel ships `libnccl.so.2`, and cudarc loads
+// `libnccl.so`, so a link by that name is made in the build's output folder
+// and that folder goes on the rpath as well.
 
 /// The folder holding libtorch's shared libraries, if it can be found.
 fn libtorch_lib_dir() -> Option<std::path::PathBuf> {
@@ -36,5 +39,35 @@ fn link_libtorch() {
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        link_nccl(&lib);
     }
+}
+
+/// Makes `libnccl.so` loadable by the binaries (see above), when torch's
+/// lib folder has none and the NCCL wheel sits beside torch.
+fn link_nccl(torch_lib: &std::path::Path) {
+    if torch_lib.join("libnccl.so").exists() {
+        return;
+    }
+    // torch/lib -> site-packages/nvidia/nccl/lib
+    let Some(nccl) = torch_lib
+        .parent()
+        .and_then(|torch| torch.parent())
+        .map(|site| site.join("nvidia/nccl/lib/libnccl.so.2"))
+        .filter(|p| p.exists())
+    else {
+        println!("cargo:warning=libtorch has CUDA but no NCCL wheel beside it: GPU ranks of rayforge-train will need libnccl.so on LD_LIBRARY_PATH");
+        return;
+    };
+    let Some(out) = std::env::var_os("OUT_DIR").map(|d| std::path::PathBuf::from(d).join("nccl")) else {
+        return;
+    };
+    let link = out.join("libnccl.so");
+    let _ = std::fs::create_dir_all(&out);
+    let _ = std::fs::remove_file(&link);
+    if let Err(e) = std::os::unix::fs::symlink(&nccl, &link) {
+        println!("cargo:warning=could not link {} as {}: {e}", nccl.display(), link.display());
+        return;
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", out.display());
 }

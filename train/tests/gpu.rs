@@ -2,14 +2,18 @@
 //! LIBTORCH, and libnccl.so loadable): a gang of one rank per GPU (at most
 //! two) trains on CUDA with every collective going through NCCL, and a
 //! communicator whose second rank never comes fails by the timeout instead
-//! of hanging. Without CUDA those skip, and a rank asked to use a GPU that
+//! of hanging; with two GPUs, a rank killed in the middle of NCCL
+//! collectives restarts the gang from its checkpoint. Without CUDA those
+//! skip, and a rank asked to use a GPU that
 //! libtorch cannot see fails the run with an error saying so.
 
 use std::time::{Duration, Instant};
 
-use rayforge_integration_tests::cluster_with;
+use rayforge_integration_tests::{cluster_with, kill_self};
 use rayforge_train::tch::{self, nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
-use rayforge_train::{Error, FailureConfig, Group, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer};
+use rayforge_train::{
+    CheckpointWriter, Error, FailureConfig, Group, ReduceOp, RunConfig, ScalingConfig, TrainContext, Trainer,
+};
 
 /// The embedded cluster, with the machine's GPUs, or one it does not have
 /// when it has none (so a GPU rank is placed, and finds no CUDA).
@@ -221,4 +225,58 @@ fn a_gpu_rank_without_cuda_fails_the_run_saying_why() {
         started.elapsed() < Duration::from_secs(120),
         "failed at once, not by a timeout"
     );
+}
+
+/// All-reduces a CUDA tensor each iteration, checkpointing the iteration;
+/// rank 1 kills its process once, at iteration 3, while rank 0 is in (or
+/// about to enter) the next collective.
+fn sum_until_killed(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
+    let marker: String = ctx.config()?;
+    let dev = ctx.torch_device();
+    for it in ctx.iteration()..6 {
+        if ctx.world_rank() == 1 && it == 3 && std::fs::metadata(&marker).is_err() {
+            std::fs::write(&marker, b"1").map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            kill_self();
+        }
+        let mut t = Tensor::full([1 << 20], 1.0, (Kind::Float, dev));
+        ctx.group().all_reduce_tensor(&mut t, ReduceOp::Sum)?;
+        let got = t.min().double_value(&[]);
+        check(got == ctx.world_size() as f64, || format!("sum {got}"))?;
+        let mut ckpt = CheckpointWriter::new()?;
+        ckpt.write("it", &it.to_le_bytes())?;
+        ctx.report([("sum", got)], Some(ckpt))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_gpu_rank_killed_between_nccl_collectives_restarts_the_gang_from_its_checkpoint() {
+    let gpus = gpu_cluster();
+    if gpus < 2 {
+        eprintln!("skipped: needs two CUDA devices (this machine has {gpus})");
+        return;
+    }
+    let mut config = run_config("nccl-kill");
+    config.failure = FailureConfig { max_failures: 1 };
+    config.collective_timeout = Duration::from_secs(30);
+    let marker = config.storage_path.join("nccl-kill.killed");
+    let _ = std::fs::create_dir_all(&config.storage_path);
+    let started = Instant::now();
+    let result = Trainer::new(sum_until_killed)
+        .scaling(ScalingConfig {
+            num_workers: 2,
+            use_gpu: true,
+            cpus_per_worker: 0.5,
+            ..Default::default()
+        })
+        .run_config(config)
+        .config(serde_json::json!(marker.display().to_string()))
+        .fit()
+        .unwrap();
+    assert!(result.error.is_none(), "{:?}", result.error);
+    assert_eq!(result.failures, 1);
+    let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
+    assert_eq!(iterations, (1..=6).collect::<Vec<_>>(), "resumed after iteration 3");
+    assert_eq!(result.metrics["sum"], 2.0);
+    assert!(started.elapsed() < Duration::from_secs(300), "no hang");
 }

@@ -382,16 +382,42 @@ impl Trainer {
         if s.use_gpu {
             bundle.insert("GPU".into(), 1.0);
         }
-        let pg = rayforge::placement_group(vec![bundle; s.num_workers], s.placement_strategy).create()?;
-        if !pg.wait(Duration::from_secs(600))? {
-            let why = format!("{:?}", pg.state()?);
-            let _ = rayforge::remove_placement_group(&pg);
-            return Err(Error::InvalidArgument(format!(
-                "the gang's {} bundles could not be placed: {why}",
-                s.num_workers
-            )));
+        let pg = rayforge::placement_group(vec![bundle.clone(); s.num_workers], s.placement_strategy).create()?;
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            if pg.wait(Duration::from_secs(1))? {
+                return Ok(pg);
+            }
+            let waited = started.elapsed();
+            // Nodes still joining get a few seconds; then a gang the whole
+            // cluster could never hold fails now rather than after the
+            // timeout (rayforge has no autoscaler to add nodes).
+            let short = if waited >= Duration::from_secs(10) {
+                short_of(&bundle, s.num_workers)?
+            } else {
+                None
+            };
+            if short.is_some() || waited >= Duration::from_secs(600) {
+                let why = short.unwrap_or_else(|| match pg.state() {
+                    Ok(st) => format!("{st:?}"),
+                    Err(e) => e.to_string(),
+                });
+                let _ = rayforge::remove_placement_group(&pg);
+                return Err(Error::InvalidArgument(format!(
+                    "the gang's {} bundles could not be placed: {why}",
+                    s.num_workers
+                )));
+            }
+            if !told && waited >= Duration::from_secs(5) {
+                told = true;
+                let state = pg.state().map(|st| format!("{st:?}")).unwrap_or_default();
+                tracing::info!(run = %self.run.name, %state, "waiting for resources for the gang's placement group");
+                if self.run.verbose {
+                    println!("waiting for resources for {} rank(s): {state}", s.num_workers);
+                }
+            }
         }
-        Ok(pg)
     }
 
     fn run_gang(
@@ -711,6 +737,23 @@ fn unique() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// Why the whole cluster could never hold `n` bundles of `bundle`, if it
+/// could not: a resource whose total over every alive node falls short.
+fn short_of(bundle: &BTreeMap<String, f64>, n: usize) -> Result<Option<String>> {
+    let total = rayforge::cluster_resources()?.total;
+    Ok(bundle.iter().find_map(|(name, per)| {
+        let (need, have) = (per * n as f64, total.get(name).copied().unwrap_or(0.0));
+        (have + 1e-9 < need).then(|| {
+            let hint = if name == "GPU" {
+                "; without GPUs, set ScalingConfig::use_gpu to false"
+            } else {
+                ""
+            };
+            format!("the ranks need {need} {name} ({per} each) and the cluster has {have} in all{hint}")
+        })
+    }))
 }
 
 #[cfg(test)]

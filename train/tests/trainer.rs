@@ -197,3 +197,29 @@ fn a_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_previous_one(
     assert!(err.to_string().contains("num_workers"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_gang_the_cluster_can_never_hold_fails_soon_naming_what_is_missing() {
+    cluster();
+    let started = std::time::Instant::now();
+    let mut t = trainer(&storage("infeasible"), "infeasible", 2, None, 0);
+    t = t.scaling(ScalingConfig {
+        num_workers: 2,
+        cpus_per_worker: 0.5,
+        resources_per_worker: [("TPU".to_string(), 1.0)].into(),
+        ..Default::default()
+    });
+    let result = t.fit().unwrap();
+    let err = result.error.expect("the run failed").to_string();
+    assert!(
+        err.contains("the ranks need 2 TPU (1 each) and the cluster has 0 in all"),
+        "{err}"
+    );
+    assert!(result.history.is_empty());
+    // Well before the 600 s a placement may otherwise wait.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "{:?}",
+        started.elapsed()
+    );
+}

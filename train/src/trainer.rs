@@ -390,10 +390,10 @@ impl Trainer {
                 return Ok(pg);
             }
             let waited = started.elapsed();
-            // Nodes still joining get a few seconds; then a gang the whole
+            // Nodes joining or restarting get half a minute; then a gang the whole
             // cluster could never hold fails now rather than after the
             // timeout (rayforge has no autoscaler to add nodes).
-            let short = if waited >= Duration::from_secs(10) {
+            let short = if waited >= Duration::from_secs(30) {
                 short_of(&bundle, s.num_workers)?
             } else {
                 None

@@ -274,7 +274,21 @@ impl Trainer {
         for attempt in 0.. {
             let resume = checkpoint::list(&run_dir).pop();
             let ring = format!("{run_id}/attempt{attempt}");
-            match self.attempt(&ring, &run_dir, resume, &mut history, &mut on_report) {
+            // A gang that cannot be placed is no rank's failure, and trying
+            // again cannot place it: the run ends with the reason.
+            let place = match &self.placement {
+                Some((pg, first)) => Ok((pg.clone(), *first, false)),
+                None => self.gang_group().map(|pg| (pg, 0, true)),
+            };
+            let place = match place {
+                Ok(place) => place,
+                Err(e) => {
+                    tracing::warn!(run = %self.run.name, "{e}");
+                    error = Some(e);
+                    break;
+                }
+            };
+            match self.attempt(place, &ring, &run_dir, resume, &mut history, &mut on_report) {
                 Ok(()) => break,
                 Err(Failure { rank, node, cause }) => {
                     failures += 1;
@@ -334,10 +348,12 @@ impl Trainer {
         }
     }
 
-    /// One gang from start to end. `Err` names the rank whose failure
-    /// ended it.
+    /// One gang from start to end, on the placement group `pg` (from
+    /// bundle `first`; removed at the end when `owned`). `Err` names the
+    /// rank whose failure ended it.
     fn attempt(
         &self,
+        (pg, first, owned): (rayforge::PlacementGroup, usize, bool),
         ring: &str,
         run_dir: &Path,
         resume: Option<Checkpoint>,
@@ -349,10 +365,6 @@ impl Trainer {
             rank: 0,
             node: String::new(),
             cause,
-        };
-        let (pg, first, owned) = match &self.placement {
-            Some((pg, first)) => (pg.clone(), *first, false),
-            None => (self.gang_group().map_err(|e| setup(e.to_string()))?, 0, true),
         };
         let release = |pg: &rayforge::PlacementGroup| {
             if owned {

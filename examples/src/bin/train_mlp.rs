@@ -4,9 +4,11 @@
 //! averaged across the ranks, a checkpoint every epoch (the best two by
 //! validation accuracy kept, plus the latest). With `--kill-at-epoch N`,
 //! rank 1 kills its process once at epoch N and the gang resumes from the
-//! latest checkpoint.
+//! latest checkpoint. With `--gpus N`, N ranks train on one GPU each, their
+//! collectives through NCCL (a GPU set-up: `RAYFORGE_TORCH_CUDA=1 source
+//! scripts/libtorch.sh` before building).
 //!
-//! Run: `cargo run --release -p rayforge-examples --bin train_mlp -- [--epochs 10] [--kill-at-epoch 3]`
+//! Run: `cargo run --release -p rayforge-examples --bin train_mlp -- [--epochs 10] [--kill-at-epoch 3] [--gpus 1]`
 
 use rayforge_examples::digits::{self, Settings};
 use rayforge_train::{CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, Trainer};
@@ -27,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let epochs: u64 = arg(&args, "--epochs")?.unwrap_or(10);
     let kill_at_epoch: Option<u64> = arg(&args, "--kill-at-epoch")?;
+    let gpus: usize = arg(&args, "--gpus")?.unwrap_or(0);
+    let ranks = if gpus > 0 { gpus } else { 2 };
     rayforge::init(rayforge::Config::default())?;
 
     let rows = rayforge_data::read_csv(digits::CSV)?.map_batches(digits::to_features);
@@ -42,8 +46,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let result = Trainer::new(digits::train)
         .scaling(ScalingConfig {
-            num_workers: 2,
-            // Leaves CPU for the data set's tasks beside the two ranks.
+            num_workers: ranks,
+            use_gpu: gpus > 0,
+            // Leaves CPU for the data set's tasks beside the ranks.
             cpus_per_worker: 0.5,
             ..Default::default()
         })
@@ -65,8 +70,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_result()?;
     let best = result.best_checkpoint.as_ref().ok_or("no checkpoint")?;
     println!(
-        "trained {} epochs on 2 ranks, {} restart(s): validation accuracy {:.3} (best {:.3} in {})",
+        "trained {} epochs on {}{}, {} restart(s): validation accuracy {:.3} (best {:.3} in {})",
         result.metrics["epoch"],
+        match ranks {
+            1 => "1 rank".to_string(),
+            n => format!("{n} ranks"),
+        },
+        if gpus > 0 { " on GPUs" } else { "" },
         result.failures,
         result.metrics["val_accuracy"],
         best.manifest()?.metrics["val_accuracy"],

@@ -338,9 +338,9 @@ impl Nccl {
     }
 
     /// `t` as a contiguous tensor of a kind NCCL sends (itself when it is
-    /// one already), and whether it is a copy to write back. A reduction
-    /// of a kind NCCL lacks, or a mean of integers, runs in `f32`.
-    fn buffer(&self, t: &Tensor, reducing: Option<ReduceOp>) -> Result<(Tensor, bool)> {
+    /// one already), its NCCL type, and whether it is a copy to write
+    /// back. A kind NCCL lacks, or a mean of integers, goes as `f32`.
+    fn buffer(&self, t: &Tensor, reducing: Option<ReduceOp>) -> Result<(Tensor, ns::ncclDataType_t, bool)> {
         if !self.takes(t) {
             return Err(Error::InvalidArgument(format!(
                 "a tensor on {:?} passed to rank {}'s NCCL collective on cuda:{}",
@@ -350,20 +350,22 @@ impl Nccl {
             )));
         }
         let floating = matches!(t.kind(), Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double);
-        let kind_ok = data_type(t.kind()).is_some() && (floating || reducing != Some(ReduceOp::Mean));
-        if kind_ok && t.is_contiguous() {
-            return Ok((t.shallow_clone(), false));
+        let sent = data_type(t.kind()).filter(|_| floating || reducing != Some(ReduceOp::Mean));
+        match sent {
+            Some(dtype) if t.is_contiguous() => Ok((t.shallow_clone(), dtype, false)),
+            Some(dtype) => Ok((t.f_contiguous()?.f_detach_copy()?, dtype, true)),
+            None => Ok((
+                t.f_to_kind(Kind::Float)?.f_contiguous()?.f_detach_copy()?,
+                ns::ncclDataType_t::ncclFloat32,
+                true,
+            )),
         }
-        let kind = if kind_ok { t.kind() } else { Kind::Float };
-        Ok((t.f_to_kind(kind)?.f_contiguous()?.f_detach_copy()?, true))
     }
 
     /// Reduces `t` over every rank in place.
     pub(crate) fn all_reduce(&self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
-        let (buf, copied) = self.buffer(t, Some(op))?;
+        let (buf, dtype, copied) = self.buffer(t, Some(op))?;
         let n = buf.numel();
-        // A dtype exists: `buffer` returns only kinds `data_type` maps.
-        let dtype = data_type(buf.kind()).ok_or_else(|| Error::InvalidArgument(format!("{:?}", buf.kind())))?;
         let red = match op {
             ReduceOp::Sum => ns::ncclRedOp_t::ncclSum,
             ReduceOp::Mean => ns::ncclRedOp_t::ncclAvg,
@@ -389,9 +391,8 @@ impl Nccl {
                 self.world
             )));
         }
-        let (buf, copied) = self.buffer(t, None)?;
+        let (buf, dtype, copied) = self.buffer(t, None)?;
         let n = buf.numel();
-        let dtype = data_type(buf.kind()).ok_or_else(|| Error::InvalidArgument(format!("{:?}", buf.kind())))?;
         let ptr = buf.data_ptr();
         // SAFETY: as in `all_reduce`.
         self.run("broadcast", |comm, stream| unsafe {
@@ -405,9 +406,8 @@ impl Nccl {
 
     /// Every rank's `t`, in rank order, each of `t`'s shape and kind.
     pub(crate) fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>> {
-        let (buf, _) = self.buffer(t, None)?;
+        let (buf, dtype, _) = self.buffer(t, None)?;
         let n = buf.numel();
-        let dtype = data_type(buf.kind()).ok_or_else(|| Error::InvalidArgument(format!("{:?}", buf.kind())))?;
         let out = Tensor::f_empty([(n * self.world) as i64], (buf.kind(), buf.device()))?;
         let (src, dst) = (buf.data_ptr(), out.data_ptr());
         // SAFETY: `src` holds `n` elements and `dst` `n * world`, both on

@@ -65,9 +65,9 @@ fn with_host_f32<T>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> Result<T>) -> 
 
 impl Group {
     /// Reduces a tensor over every rank in place (every rank passes one of
-    /// the same number of elements). Computed in `f32`.
-    /// Through NCCL for a tensor on the group's GPU (in its own kind;
-    /// integers are averaged in `f32`).
+    /// the same number of elements): through NCCL in the tensor's own kind
+    /// for a tensor on the group's GPU (integers are averaged in `f32`),
+    /// else in `f32` around the TCP ring.
     pub fn all_reduce_tensor(&mut self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
         if let Some(nccl) = self.nccl_for(t) {
             return nccl.all_reduce(t, op);

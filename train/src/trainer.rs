@@ -395,6 +395,10 @@ impl Trainer {
             bundle.insert("GPU".into(), 1.0);
         }
         let pg = rayforge::placement_group(vec![bundle.clone(); s.num_workers], s.placement_strategy).create()?;
+        let state = |pg: &rayforge::PlacementGroup| match pg.state() {
+            Ok(st) => format!("{st:?}"),
+            Err(e) => e.to_string(),
+        };
         let started = Instant::now();
         let mut told = false;
         loop {
@@ -411,10 +415,7 @@ impl Trainer {
                 None
             };
             if short.is_some() || waited >= Duration::from_secs(600) {
-                let why = short.unwrap_or_else(|| match pg.state() {
-                    Ok(st) => format!("{st:?}"),
-                    Err(e) => e.to_string(),
-                });
+                let why = short.unwrap_or_else(|| state(&pg));
                 let _ = rayforge::remove_placement_group(&pg);
                 return Err(Error::InvalidArgument(format!(
                     "the gang's {} bundles could not be placed: {why}",
@@ -423,7 +424,7 @@ impl Trainer {
             }
             if !told && waited >= Duration::from_secs(5) {
                 told = true;
-                let state = pg.state().map(|st| format!("{st:?}")).unwrap_or_default();
+                let state = state(&pg);
                 tracing::info!(run = %self.run.name, %state, "waiting for resources for the gang's placement group");
                 if self.run.verbose {
                     println!("waiting for resources for {} rank(s): {state}", s.num_workers);

@@ -106,6 +106,19 @@ pub enum Error {
         /// The OS error.
         message: String,
     },
+    /// A storage URI (`rayforge::storage`) that is malformed, unreachable,
+    /// not writable, not shared by every node, or full: names the file or
+    /// prefix and what failed.
+    #[error("storage {uri}: {message}")]
+    Storage {
+        /// The URI of the storage, the file or the prefix concerned.
+        uri: String,
+        /// What failed and, where it helps, what to do.
+        message: String,
+        /// Whether trying again may help (a server that did not answer),
+        /// as opposed to a bad URI, a missing permission or a full budget.
+        retriable: bool,
+    },
     /// A bug in rayforge; please report it.
     #[error("internal error (this is a rayforge bug): {0}")]
     Internal(String),
@@ -175,6 +188,7 @@ impl Error {
                 | Error::GetTimeout(_)
                 | Error::Io { .. }
                 | Error::ObjectStoreFull(_)
+                | Error::Storage { retriable: true, .. }
         )
     }
 
@@ -229,6 +243,7 @@ impl Error {
             Error::NotFound(m) => (K::NotFound, m, &String::new()),
             Error::Runtime(m) => (K::Runtime, m, &String::new()),
             Error::Io { context, message } => (K::Io, message, context),
+            Error::Storage { uri, message, .. } => (K::Storage, message, uri),
             Error::Internal(m) => (K::Internal, m, &String::new()),
         };
         p.kind = kind as i32;
@@ -265,6 +280,11 @@ impl Error {
             K::Io => Error::Io { context: o, message: m },
             K::Serialization => Error::Serialization { what: o, message: m },
             K::Runtime => Error::Runtime(m),
+            K::Storage => Error::Storage {
+                uri: o,
+                message: m,
+                retriable: p.retriable,
+            },
             K::Internal => Error::Internal(m),
         }
     }
@@ -331,6 +351,16 @@ mod tests {
                 context: "connecting".into(),
                 message: "refused".into(),
             },
+            Error::Storage {
+                uri: "s3://b/run/checkpoint_000001/model.pt".into(),
+                message: "connection refused".into(),
+                retriable: true,
+            },
+            Error::Storage {
+                uri: "cluster://runs".into(),
+                message: "the budget is full".into(),
+                retriable: false,
+            },
             Error::Internal("bug".into()),
         ];
         for e in &all {
@@ -349,6 +379,7 @@ mod tests {
                 | Error::NotFound(_)
                 | Error::Runtime(_)
                 | Error::Io { .. }
+                | Error::Storage { .. }
                 | Error::Internal(_) => {}
             }
         }

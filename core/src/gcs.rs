@@ -109,11 +109,14 @@ pub(crate) struct Gcs {
     writing: Mutex<()>,
     /// Wakes the writer that batches actor-table changes.
     dirty: tokio::sync::Notify,
+    /// The cluster's file store (`cluster://`), under `storage/`.
+    files: Arc<crate::storage::file_store::FileStore>,
 }
 
 impl Gcs {
-    /// Opens (or creates) the head's state in `dir`.
-    pub(crate) fn open(dir: &Path, heartbeat_timeout: Duration) -> Result<Arc<Gcs>> {
+    /// Opens (or creates) the head's state in `dir`, its file store held
+    /// to `storage_budget` bytes.
+    pub(crate) fn open(dir: &Path, heartbeat_timeout: Duration, storage_budget: u64) -> Result<Arc<Gcs>> {
         std::fs::create_dir_all(dir.join("binaries"))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut t = Tables::default();
@@ -146,7 +149,9 @@ impl Gcs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         }
+        let files = crate::storage::file_store::FileStore::open(&dir.join("storage"), storage_budget)?;
         Ok(Arc::new(Gcs {
+            files,
             dir: dir.to_path_buf(),
             tables: Mutex::new(t),
             heartbeat_timeout,
@@ -756,6 +761,40 @@ impl ControlService for GcsService {
         }
         self.0.add_event(ev);
         Ok(Response::new(proto::ReportEventReply {}))
+    }
+
+    async fn storage_put(
+        &self,
+        req: Request<Streaming<proto::StorageChunk>>,
+    ) -> std::result::Result<Response<proto::StoragePutReply>, Status> {
+        Ok(Response::new(self.0.files.serve_put(req.into_inner()).await))
+    }
+
+    type StorageGetStream = crate::storage::file_store::StorageChunkStream;
+
+    async fn storage_get(
+        &self,
+        req: Request<proto::StorageGetRequest>,
+    ) -> std::result::Result<Response<Self::StorageGetStream>, Status> {
+        Ok(Response::new(self.0.files.get(&req.into_inner().key).await?))
+    }
+
+    async fn storage_list(
+        &self,
+        req: Request<proto::StorageListRequest>,
+    ) -> std::result::Result<Response<proto::StorageListReply>, Status> {
+        Ok(Response::new(
+            self.0.files.clone().serve_list(req.into_inner().prefix).await,
+        ))
+    }
+
+    async fn storage_delete(
+        &self,
+        req: Request<proto::StorageListRequest>,
+    ) -> std::result::Result<Response<proto::StorageDeleteReply>, Status> {
+        Ok(Response::new(
+            self.0.files.clone().serve_delete(req.into_inner().prefix).await,
+        ))
     }
 }
 

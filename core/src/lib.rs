@@ -81,6 +81,7 @@ mod resources;
 mod rpc;
 mod session;
 pub mod state;
+pub mod storage;
 pub mod util;
 mod worker;
 

@@ -75,9 +75,14 @@ enum Command {
         /// Milliseconds without heartbeats before a node is declared dead.
         #[arg(long)]
         heartbeat_timeout_ms: Option<u64>,
-        /// Where the head persists its state.
+        /// Where the head persists its state (and the cluster's storage,
+        /// `cluster://`, under `storage/`).
         #[arg(long)]
         state_dir: Option<std::path::PathBuf>,
+        /// Bytes the head's cluster storage may hold (checkpoints, trial
+        /// files, results; default 20 GiB): writes past it fail, naming it.
+        #[arg(long)]
+        storage_budget: Option<u64>,
         /// Port of the head's HTTP jobs API (0: any free port).
         #[arg(long, default_value_t = rayforge::jobs::DEFAULT_JOBS_PORT)]
         jobs_port: u16,
@@ -417,6 +422,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             token,
             heartbeat_timeout_ms,
             state_dir,
+            storage_budget,
             jobs_port,
             metrics_port,
             advertise_address,
@@ -441,6 +447,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 token,
                 heartbeat_timeout_ms,
                 state_dir,
+                storage_budget,
                 jobs_port: Some(jobs_port),
                 metrics_port,
                 advertise_address,

@@ -71,7 +71,11 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             write_private(&dir.join("token"), &token)?;
             crate::rpc::set_token(&token)?;
             let timeout = Duration::from_millis(opts.heartbeat_timeout_ms.unwrap_or(10_000));
-            let gcs = crate::gcs::Gcs::open(&dir, timeout)?;
+            let gcs = crate::gcs::Gcs::open(
+                &dir,
+                timeout,
+                opts.storage_budget.unwrap_or(crate::storage::DEFAULT_BUDGET),
+            )?;
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
             gcs.serve(incoming);
             let local = crate::rpc::advertised(local);

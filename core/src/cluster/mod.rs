@@ -59,6 +59,11 @@ pub struct StartOptions {
     /// Where the head keeps its persisted state (default: a directory per
     /// port under the system temp dir).
     pub state_dir: Option<PathBuf>,
+    /// Bytes the head's file store (`cluster://` storage: checkpoints,
+    /// trial files, results) may hold under its state directory (default
+    /// [`crate::storage::DEFAULT_BUDGET`]); writes past it fail, naming the
+    /// budget.
+    pub storage_budget: Option<u64>,
     /// Port of the head's HTTP jobs API (default 8265; 0: any free port).
     pub jobs_port: Option<u16>,
     /// Port of this node's `/metrics`, `/healthz` and `/readyz` (default:

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -83,6 +83,22 @@ pub(crate) struct NodeState {
     /// The key-value store of the embedded cluster (a cluster's node uses
     /// the head's).
     kv: Mutex<crate::kv::KvTable>,
+    /// The cluster store (`cluster://`) of the embedded cluster, opened on
+    /// first use in the session directory (a cluster's node uses the
+    /// head's).
+    files: std::sync::OnceLock<Arc<crate::storage::file_store::FileStore>>,
+}
+
+impl NodeState {
+    /// The embedded cluster's own file store.
+    fn files(&self) -> std::result::Result<Arc<crate::storage::file_store::FileStore>, Status> {
+        if let Some(f) = self.files.get() {
+            return Ok(f.clone());
+        }
+        let opened = crate::storage::file_store::FileStore::open(&self.paths.dir.join("storage"), u64::MAX)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(self.files.get_or_init(|| opened).clone())
+    }
 }
 
 /// A running node daemon; dropping it does not stop it: call `shutdown`.
@@ -168,6 +184,7 @@ impl NodeDaemon {
             spread_next: std::sync::atomic::AtomicUsize::new(0),
             lease_requests: std::sync::atomic::AtomicU64::new(0),
             kv: Mutex::new(crate::kv::KvTable::default()),
+            files: std::sync::OnceLock::new(),
             shutting_down: false.into(),
             paths,
             node_id,
@@ -937,6 +954,60 @@ impl NodeService for NodeDaemon {
         Ok(Response::new(proto::ListPlacementGroupsReply {
             groups: t.groups.values().map(|g| g.rec.clone()).collect(),
         }))
+    }
+
+    async fn storage_put(
+        &self,
+        req: Request<Streaming<proto::StorageChunk>>,
+    ) -> std::result::Result<Response<proto::StoragePutReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => {
+                link.head
+                    .clone()
+                    .storage_put(crate::storage::file_store::forward(req.into_inner()))
+                    .await
+            }
+            None => Ok(Response::new(self.state.files()?.serve_put(req.into_inner()).await)),
+        }
+    }
+
+    type StorageGetStream = crate::storage::file_store::StorageChunkStream;
+
+    async fn storage_get(
+        &self,
+        req: Request<proto::StorageGetRequest>,
+    ) -> std::result::Result<Response<Self::StorageGetStream>, Status> {
+        match &self.state.cluster {
+            Some(link) => {
+                let s = link.head.clone().storage_get(req.into_inner()).await?.into_inner();
+                Ok(Response::new(Box::pin(s)))
+            }
+            None => Ok(Response::new(self.state.files()?.get(&req.into_inner().key).await?)),
+        }
+    }
+
+    async fn storage_list(
+        &self,
+        req: Request<proto::StorageListRequest>,
+    ) -> std::result::Result<Response<proto::StorageListReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().storage_list(req.into_inner()).await,
+            None => Ok(Response::new(
+                self.state.files()?.serve_list(req.into_inner().prefix).await,
+            )),
+        }
+    }
+
+    async fn storage_delete(
+        &self,
+        req: Request<proto::StorageListRequest>,
+    ) -> std::result::Result<Response<proto::StorageDeleteReply>, Status> {
+        match &self.state.cluster {
+            Some(link) => link.head.clone().storage_delete(req.into_inner()).await,
+            None => Ok(Response::new(
+                self.state.files()?.serve_delete(req.into_inner().prefix).await,
+            )),
+        }
     }
 
     async fn stream_worker_output(

@@ -230,7 +230,7 @@ fn train(mut a: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .run_config(RunConfig {
             name: "bench".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             verbose: false,
             ..Default::default()
         })
@@ -296,7 +296,7 @@ fn allreduce(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .run_config(RunConfig {
             name: "allreduce".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             verbose: false,
             collective_timeout: Duration::from_secs(600),
             ..Default::default()

@@ -3,7 +3,6 @@
 //! [`TrainContext::report`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -49,7 +48,7 @@ pub struct TrainContext {
     pub(crate) config: serde_json::Value,
     pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) reports: rayforge::util::Queue<Report>,
-    pub(crate) run_dir: PathBuf,
+    pub(crate) run_dir: rayforge::checkpoint::CheckpointDir,
     pub(crate) iteration: u64,
     pub(crate) user: rayforge::AnyFnRef,
     pub(crate) shards: BTreeMap<String, rayforge_data::DataIterator>,
@@ -146,7 +145,8 @@ impl TrainContext {
     /// Reports this iteration's metrics (and a checkpoint): every rank calls
     /// it the same number of times, and it returns once every rank has
     /// (a barrier). Rank 0's metrics are recorded and its checkpoint is
-    /// committed into the run's directory; the other ranks' are dropped.
+    /// committed into the run's directory in its storage, from whichever
+    /// node rank 0 runs on; the other ranks' are dropped.
     pub fn report<K: Into<String>>(
         &mut self,
         metrics: impl IntoIterator<Item = (K, f64)>,
@@ -162,7 +162,7 @@ impl TrainContext {
             return Ok(());
         }
         let committed = match checkpoint {
-            Some(w) => Some(w.commit(&self.run_dir, self.iteration, &metrics, WRITTEN_BY)?),
+            Some(w) => Some(self.run_dir.commit(w, self.iteration, &metrics, WRITTEN_BY)?),
             None => None,
         };
         self.reports.put(Report {

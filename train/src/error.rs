@@ -92,6 +92,7 @@ impl From<rayforge::checkpoint::CheckpointError> for Error {
         use rayforge::checkpoint::CheckpointError as C;
         match e {
             C::Io { path, message } => Error::Checkpoint { path, message },
+            C::Storage(e) => Error::Runtime(e),
             other => Error::InvalidArgument(other.to_string()),
         }
     }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+
 use std::time::{Duration, Instant};
 
 use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementStrategy};
@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::context::{Report, TrainContext};
 use crate::error::{Error, Result};
 use crate::worker::{t_train, RankSpec, TrainTramp, TrainWorker, TrainWorkerHandle};
-use rayforge::checkpoint::{self, Checkpoint, CheckpointConfig};
+use rayforge::checkpoint::{Checkpoint, CheckpointConfig, CheckpointDir};
+use rayforge::storage::{SharedCheck, Storage, StorageUri};
 
 /// How many workers, and what each holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,12 +59,17 @@ pub struct FailureConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
     /// The run's name: its directory under `storage_path`. Running again
-    /// under the same name resumes from its latest checkpoint.
+    /// under the same name (from any machine that reaches the same
+    /// storage) resumes from its latest checkpoint.
     pub name: String,
-    /// Where runs keep their directories (default `~/rayforge_results`,
-    /// or the temporary directory without a home). Every rank must reach it
-    /// (one machine, or a shared filesystem).
-    pub storage_path: PathBuf,
+    /// Where runs keep their directories: a [`rayforge::storage`] URI —
+    /// a path (on a cluster, one every node shares: checked before the
+    /// run starts), `cluster://prefix` (the head's store, no shared disk
+    /// needed) or `s3://bucket/prefix`. Default: `~/rayforge_results` on
+    /// the embedded cluster, `cluster://rayforge_results` on a multi-node
+    /// one. Rank 0 commits checkpoints there from whichever node it runs
+    /// on.
+    pub storage_path: StorageUri,
     /// Which checkpoints to keep.
     pub checkpoint: CheckpointConfig,
     /// How many failures to survive.
@@ -77,12 +83,9 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        let storage_path = std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join("rayforge_results"))
-            .unwrap_or_else(|| std::env::temp_dir().join("rayforge_results"));
         RunConfig {
             name: "train".into(),
-            storage_path,
+            storage_path: StorageUri::default(),
             checkpoint: CheckpointConfig::default(),
             failure: FailureConfig { max_failures: 0 },
             collective_timeout: Duration::from_secs(300),
@@ -108,8 +111,8 @@ pub struct TrainResult {
     /// How many times a rank failed (each failure within the budget
     /// restarted the gang).
     pub failures: u32,
-    /// The run's directory (checkpoints, `progress.csv`).
-    pub path: PathBuf,
+    /// The run's directory (checkpoints, `progress.csv`), in its storage.
+    pub storage: Storage,
 }
 
 impl TrainResult {
@@ -261,18 +264,29 @@ impl Trainer {
     /// passes them on as its own results this way.
     pub fn fit_with(&self, mut on_report: impl FnMut(&Report)) -> Result<TrainResult> {
         self.validate()?;
-        let run_dir = self.run.storage_path.join(&self.run.name);
-        std::fs::create_dir_all(&run_dir).map_err(|e| Error::checkpoint(&run_dir, e))?;
-        let probe = run_dir.join(".writable");
-        std::fs::write(&probe, b"")
-            .and_then(|()| std::fs::remove_file(&probe))
-            .map_err(|e| Error::checkpoint(&run_dir, format!("the run's directory is not writable: {e}")))?;
+        // A storage that is malformed, unreachable or not writable fails
+        // here, before any rank starts.
+        let storage = self.run.storage_path.join(&self.run.name).open()?;
+        storage.check_writable()?;
+        let shared = storage.shared_check()?;
+        let run_dir = CheckpointDir::new(storage.clone());
+        let result = self.fit_in(&run_dir, &shared, &mut on_report);
+        shared.remove();
+        result
+    }
+
+    fn fit_in(
+        &self,
+        run_dir: &CheckpointDir,
+        shared: &SharedCheck,
+        on_report: &mut dyn FnMut(&Report),
+    ) -> Result<TrainResult> {
         let run_id = format!("{}-{:x}", self.run.name, unique());
         let mut history: Vec<Report> = Vec::new();
         let mut failures = 0u32;
         let mut error = None;
         for attempt in 0.. {
-            let resume = checkpoint::list(&run_dir).pop();
+            let resume = run_dir.latest()?;
             let ring = format!("{run_id}/attempt{attempt}");
             // A gang that cannot be placed is no rank's failure, and trying
             // again cannot place it: the run ends with the reason.
@@ -288,9 +302,16 @@ impl Trainer {
                     break;
                 }
             };
-            match self.attempt(place, &ring, &run_dir, resume, &mut history, &mut on_report) {
+            match self.attempt(place, &ring, run_dir, shared, resume, &mut history, on_report) {
                 Ok(()) => break,
-                Err(Failure { rank, node, cause }) => {
+                // Storage some rank's node cannot use: another attempt
+                // would meet the same.
+                Err(Failure { fatal: Some(e), .. }) => {
+                    tracing::warn!(run = %self.run.name, "{e}");
+                    error = Some(e);
+                    break;
+                }
+                Err(Failure { rank, node, cause, .. }) => {
                     failures += 1;
                     tracing::warn!(run = %self.run.name, rank, node = %node, failures, "a rank failed: {cause}");
                     if !may_retry(failures, self.run.failure.max_failures) {
@@ -313,10 +334,10 @@ impl Trainer {
                 }
             }
         }
-        let all = checkpoint::list(&run_dir);
+        let all = run_dir.list()?;
         let state = if error.is_some() { "FAILED" } else { "FINISHED" };
         let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-        self.publish(&run_dir, &history, state, &message, failures);
+        self.publish(run_dir, &history, state, &message, failures);
         Ok(TrainResult {
             metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
             latest_checkpoint: all.last().cloned(),
@@ -324,24 +345,25 @@ impl Trainer {
             history,
             error,
             failures,
-            path: run_dir,
+            storage: run_dir.storage().clone(),
         })
     }
 
     /// Publishes the run's status for the dashboard's Train page (a
     /// failure to is logged, never fatal).
-    fn publish(&self, run_dir: &Path, history: &[Report], state: &str, message: &str, failures: u32) {
+    fn publish(&self, run_dir: &CheckpointDir, history: &[Report], state: &str, message: &str, failures: u32) {
         let last = history.last();
+        let latest = history.iter().rev().find_map(|r| r.checkpoint.as_ref());
         let status = serde_json::json!({
             "status": state,
             "workers": self.scaling.num_workers,
             "use_gpu": self.scaling.use_gpu,
             "iteration": last.map(|r| r.iteration),
             "metrics": last.map(|r| r.metrics.clone()),
-            "latest_checkpoint": checkpoint::list(run_dir).last().map(|c| c.path().to_path_buf()),
+            "latest_checkpoint": latest.map(|c| c.location()),
             "failures": failures,
             "error": message,
-            "path": run_dir,
+            "path": run_dir.storage().uri(),
         });
         if let Err(e) = rayforge::state::publish("train", &self.run.name, &status) {
             tracing::debug!("publishing the run for the dashboard: {e}");
@@ -351,29 +373,32 @@ impl Trainer {
     /// One gang from start to end, on the placement group `pg` (from
     /// bundle `first`; removed at the end when `owned`). `Err` names the
     /// rank whose failure ended it.
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         (pg, first, owned): (rayforge::PlacementGroup, usize, bool),
         ring: &str,
-        run_dir: &Path,
+        run_dir: &CheckpointDir,
+        shared: &SharedCheck,
         resume: Option<Checkpoint>,
         history: &mut Vec<Report>,
         on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = self.scaling.num_workers;
-        let setup = |cause: String| Failure {
+        let setup = |e: Error| Failure {
             rank: 0,
             node: String::new(),
-            cause,
+            cause: e.to_string(),
+            fatal: is_storage_refusal(&e).then_some(e),
         };
         let release = |pg: &rayforge::PlacementGroup| {
             if owned {
                 let _ = rayforge::remove_placement_group(pg);
             }
         };
-        let gang = Gang::start(self, &pg, first, n).map_err(|e| {
+        let gang = Gang::start(self, &pg, first, n, shared).map_err(|e| {
             release(&pg);
-            setup(e.to_string())
+            setup(e)
         });
         let gang = gang?;
         let result = self.run_gang(&gang, ring, run_dir, resume, history, on_report);
@@ -437,7 +462,7 @@ impl Trainer {
         &self,
         gang: &Gang,
         ring: &str,
-        run_dir: &Path,
+        run_dir: &CheckpointDir,
         resume: Option<Checkpoint>,
         history: &mut Vec<Report>,
         on_report: &mut dyn FnMut(&Report),
@@ -447,6 +472,7 @@ impl Trainer {
             rank: 0,
             node: String::new(),
             cause: e.to_string(),
+            fatal: None,
         })?;
         let places = local_ranks(&gang.nodes);
         let mut splits: Vec<(String, Vec<rayforge_data::DataIterator>)> = Vec::new();
@@ -459,6 +485,7 @@ impl Trainer {
                         rank: 0,
                         node: String::new(),
                         cause: format!("splitting dataset `{name}`: {e}"),
+                        fatal: None,
                     });
                 }
             }
@@ -481,7 +508,7 @@ impl Trainer {
                     config: Json(self.config.clone()),
                     checkpoint: resume.clone(),
                     reports: reports.clone(),
-                    run_dir: run_dir.to_path_buf(),
+                    run_dir: run_dir.clone(),
                     timeout_ms: self.run.collective_timeout.as_millis() as u64,
                     shards: splits
                         .iter()
@@ -528,6 +555,7 @@ impl Trainer {
                 rank,
                 node: gang.nodes.get(rank).cloned().unwrap_or_default(),
                 cause,
+                fatal: None,
             }),
         }
     }
@@ -537,7 +565,7 @@ impl Trainer {
     fn drain(
         &self,
         reports: &rayforge::util::Queue<Report>,
-        run_dir: &Path,
+        run_dir: &CheckpointDir,
         history: &mut Vec<Report>,
         start: Instant,
         on_report: &mut dyn FnMut(&Report),
@@ -562,11 +590,10 @@ impl Trainer {
         }
         if got {
             self.publish(run_dir, history, "RUNNING", "", 0);
-            let csv = run_dir.join("progress.csv");
-            if let Err(e) = std::fs::write(&csv, history_csv(history)) {
-                tracing::warn!("writing {}: {e}", csv.display());
+            if let Err(e) = run_dir.storage().put("progress.csv", history_csv(history).as_bytes()) {
+                tracing::warn!("writing progress.csv: {e}");
             }
-            if let Err(e) = self.run.checkpoint.prune(run_dir) {
+            if let Err(e) = run_dir.prune(&self.run.checkpoint) {
                 tracing::warn!("pruning checkpoints: {e}");
             }
         }
@@ -589,6 +616,15 @@ struct Failure {
     rank: usize,
     node: String,
     cause: String,
+    /// An error that ends the run whatever its failure budget (storage a
+    /// rank's node cannot use).
+    fatal: Option<Error>,
+}
+
+/// Whether `e` is storage refusing a node for good (a path it does not
+/// share, a permission), which no restart mends.
+fn is_storage_refusal(e: &Error) -> bool {
+    matches!(e, Error::Runtime(rayforge::Error::Storage { retriable: false, .. }))
 }
 
 /// The workers of one attempt and the node each runs on.
@@ -598,7 +634,15 @@ struct Gang {
 }
 
 impl Gang {
-    fn start(t: &Trainer, pg: &rayforge::PlacementGroup, first_bundle: usize, n: usize) -> Result<Gang> {
+    /// Starts the ranks and checks that each one's node reads the run's
+    /// storage (`shared`, the driver's marker).
+    fn start(
+        t: &Trainer,
+        pg: &rayforge::PlacementGroup,
+        first_bundle: usize,
+        n: usize,
+        shared: &SharedCheck,
+    ) -> Result<Gang> {
         let s = &t.scaling;
         let mut workers = Vec::with_capacity(n);
         for rank in 0..n {
@@ -621,7 +665,13 @@ impl Gang {
         }
         let nodes: Vec<ObjectRef<String>> = workers.iter().map(|w| w.node()).collect();
         let nodes = rayforge::get_all(&nodes)?;
-        Ok(Gang { workers, nodes })
+        let gang = Gang { workers, nodes };
+        let checks: Vec<ObjectRef<()>> = gang.workers.iter().map(|w| w.check_storage(shared.clone())).collect();
+        if let Err(e) = rayforge::get_all(&checks) {
+            gang.stop();
+            return Err(e.into());
+        }
+        Ok(gang)
     }
 
     fn stop(&self) {
@@ -710,7 +760,7 @@ fn history_csv(history: &[Report]) -> String {
         }
         out.push(',');
         if let Some(c) = &r.checkpoint {
-            out.push_str(&c.path().display().to_string());
+            out.push_str(&c.location());
         }
         out.push('\n');
     }
@@ -738,7 +788,7 @@ fn history_batch(history: &[Report]) -> Result<arrow::record_batch::RecordBatch>
     }
     let ck: StringArray = history
         .iter()
-        .map(|r| r.checkpoint.as_ref().map(|c| c.path().display().to_string()))
+        .map(|r| r.checkpoint.as_ref().map(|c| c.location()))
         .collect();
     cols.push(("checkpoint".into(), Arc::new(ck)));
     arrow::record_batch::RecordBatch::try_from_iter(cols)

@@ -1,7 +1,6 @@
 //! One rank of a gang: an actor that joins the ring and runs the user's
 //! training function in its process.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rayforge::{AnyFnRef, FnRef, Json};
@@ -50,7 +49,7 @@ pub(crate) struct RankSpec {
     pub(crate) config: Json<serde_json::Value>,
     pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) reports: rayforge::util::Queue<Report>,
-    pub(crate) run_dir: PathBuf,
+    pub(crate) run_dir: rayforge::checkpoint::CheckpointDir,
     pub(crate) timeout_ms: u64,
     /// This rank's share of each dataset.
     pub(crate) shards: std::collections::BTreeMap<String, rayforge_data::DataIterator>,
@@ -73,6 +72,12 @@ impl TrainWorker {
         Ok(rayforge::node_id()?)
     }
 
+    /// Reads the driver's marker in the run's storage: an error naming
+    /// this node when it cannot (a path it does not share).
+    fn check_storage(&self, shared: rayforge::storage::SharedCheck) -> std::result::Result<(), Error> {
+        Ok(shared.verify()?)
+    }
+
     /// Joins the ring and runs the training function to its end.
     fn run(&mut self, spec: RankSpec) -> std::result::Result<(), Error> {
         let ctx = rayforge::runtime_context()?;
@@ -93,7 +98,10 @@ impl TrainWorker {
         } else {
             Device::Cpu
         };
-        let iteration = match &spec.checkpoint {
+        // The checkpoint may have been written on another node: its files
+        // come to this one's cache first.
+        let checkpoint = spec.checkpoint.map(|c| c.to_local()).transpose()?;
+        let iteration = match &checkpoint {
             Some(c) => c.manifest()?.iteration,
             None => 0,
         };
@@ -105,7 +113,7 @@ impl TrainWorker {
             device,
             group,
             config: spec.config.0,
-            checkpoint: spec.checkpoint,
+            checkpoint,
             reports: spec.reports,
             run_dir: spec.run_dir,
             iteration,

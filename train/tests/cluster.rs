@@ -71,7 +71,7 @@ fn a_spread_gang_of_three_nodes_survives_a_killed_rank() {
         })
         .run_config(RunConfig {
             name: "spread".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             failure: FailureConfig { max_failures: 1 },
             ..Default::default()
         })

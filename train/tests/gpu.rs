@@ -27,10 +27,14 @@ fn gpu_cluster() -> usize {
     gpus
 }
 
+fn storage_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("rayforge-train-gpu-{}", std::process::id()))
+}
+
 fn run_config(name: &str) -> RunConfig {
     RunConfig {
         name: name.into(),
-        storage_path: std::env::temp_dir().join(format!("rayforge-train-gpu-{}", std::process::id())),
+        storage_path: storage_dir().into(),
         failure: FailureConfig { max_failures: 0 },
         collective_timeout: Duration::from_secs(60),
         verbose: true,
@@ -259,8 +263,8 @@ fn a_gpu_rank_killed_between_nccl_collectives_restarts_the_gang_from_its_checkpo
     let mut config = run_config("nccl-kill");
     config.failure = FailureConfig { max_failures: 1 };
     config.collective_timeout = Duration::from_secs(30);
-    let marker = config.storage_path.join("nccl-kill.killed");
-    let _ = std::fs::create_dir_all(&config.storage_path);
+    let marker = storage_dir().join("nccl-kill.killed");
+    let _ = std::fs::create_dir_all(storage_dir());
     let started = Instant::now();
     let result = Trainer::new(sum_until_killed)
         .scaling(ScalingConfig {

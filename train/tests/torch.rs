@@ -104,7 +104,7 @@ fn a_gang_trains_a_tch_model_on_dataset_shards_with_averaged_gradients() {
         })
         .run_config(RunConfig {
             name: "torch".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             ..Default::default()
         })
         .dataset("train", data)
@@ -159,7 +159,7 @@ fn asking_for_a_dataset_the_trainer_was_not_given_names_it() {
     let result = Trainer::new(missing_dataset)
         .run_config(RunConfig {
             name: "missing".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             verbose: false,
             ..Default::default()
         })

@@ -65,7 +65,7 @@ fn trainer(storage: &Path, name: &str, iterations: u64, kill_at: Option<u64>, ma
         })
         .run_config(RunConfig {
             name: name.into(),
-            storage_path: storage.to_path_buf(),
+            storage_path: storage.to_path_buf().into(),
             checkpoint: CheckpointConfig {
                 num_to_keep: Some(2),
                 score_attribute: Some("loss".into()),
@@ -96,8 +96,9 @@ fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
     let latest = result.latest_checkpoint.clone().unwrap();
     assert_eq!(latest.manifest().unwrap().iteration, 12);
     assert_eq!(result.best_checkpoint.as_ref().unwrap(), &latest);
-    assert_eq!(rayforge_train::checkpoint::list(&result.path).len(), 2);
-    let csv = std::fs::read_to_string(result.path.join("progress.csv")).unwrap();
+    let run_dir = result.storage.local_path().expect("a local run directory");
+    assert_eq!(rayforge_train::checkpoint::list(run_dir).len(), 2);
+    let csv = std::fs::read_to_string(run_dir.join("progress.csv")).unwrap();
     assert_eq!(csv.lines().count(), 13, "{csv}");
     assert!(csv.starts_with("iteration,loss,w,checkpoint\n"), "{csv}");
     assert_eq!(csv, result.history_csv());
@@ -181,12 +182,15 @@ fn a_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_previous_one(
     std::fs::write(&file, b"").unwrap();
     let err = Trainer::new(fit_line)
         .run_config(RunConfig {
-            storage_path: file.join("runs"),
+            storage_path: file.join("runs").into(),
             ..Default::default()
         })
         .fit()
         .unwrap_err();
-    assert!(matches!(err, Error::Checkpoint { .. }), "{err}");
+    assert!(
+        matches!(&err, Error::Runtime(rayforge::Error::Storage { uri, .. }) if uri.contains("a-file/runs")),
+        "{err}"
+    );
     let err = Trainer::new(fit_line)
         .scaling(ScalingConfig {
             num_workers: 0,

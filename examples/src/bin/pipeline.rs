@@ -57,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .run_config(RunConfig {
             name: "digits".into(),
-            storage_path: work.join("runs"),
+            storage_path: work.join("runs").into(),
             checkpoint: CheckpointConfig {
                 num_to_keep: Some(1),
                 score_attribute: Some("val_accuracy".into()),

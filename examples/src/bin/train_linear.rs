@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .run_config(RunConfig {
             name: "linear".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             checkpoint: CheckpointConfig {
                 num_to_keep: Some(2),
                 score_attribute: Some("loss".into()),

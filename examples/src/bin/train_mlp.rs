@@ -54,7 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .run_config(RunConfig {
             name: "digits-mlp".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             checkpoint: CheckpointConfig {
                 num_to_keep: Some(2),
                 score_attribute: Some("val_accuracy".into()),
@@ -80,12 +80,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         result.failures,
         result.metrics["val_accuracy"],
         best.manifest()?.metrics["val_accuracy"],
-        best.path().display()
+        best.location()
     );
     println!(
         "history: {} reports, {}",
         result.history.len(),
-        result.path.join("progress.csv").display()
+        result.storage.uri_of("progress.csv")
     );
     let _ = std::fs::remove_dir_all(&storage);
     Ok(())

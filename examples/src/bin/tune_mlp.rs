@@ -44,7 +44,7 @@ fn mlp(ctx: &mut TrialContext) -> Result<(), String> {
         .placement_group(&pg, 1)
         .run_config(RunConfig {
             name: "train".into(),
-            storage_path: ctx.trial_dir().to_path_buf(),
+            storage_path: ctx.trial_dir().to_path_buf().into(),
             verbose: false,
             ..Default::default()
         })

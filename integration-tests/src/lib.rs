@@ -170,11 +170,18 @@ pub fn workspace_bin(name: &str, package: &str) -> std::path::PathBuf {
 }
 
 fn start_daemon(args: &[String], cluster_file: &std::path::Path) -> (std::process::Child, String) {
+    let mut cmd = std::process::Command::new(rayforge_bin());
+    cmd.arg("start").args(args).arg("--block");
+    spawn_daemon(cmd, args, cluster_file)
+}
+
+fn spawn_daemon(
+    mut cmd: std::process::Command,
+    args: &[String],
+    cluster_file: &std::path::Path,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(rayforge_bin())
-        .arg("start")
-        .args(args)
-        .arg("--block")
+    let mut child = cmd
         .env("RAYFORGE_CLUSTER_FILE", cluster_file)
         .env_remove("RAYFORGE_ADDRESS")
         .stdout(std::process::Stdio::piped())
@@ -275,6 +282,44 @@ impl LocalCluster {
         ];
         a.extend(args.iter().map(|s| s.to_string()));
         let d = start_daemon(&a, &self.cluster_file);
+        let id = d.1.clone();
+        self.daemons.push(d);
+        id
+    }
+
+    /// The directory this cluster's files live under (the head's state,
+    /// and whatever a test puts there): the root a private-disk node
+    /// cannot see.
+    pub fn base_dir(&self) -> std::path::PathBuf {
+        self.state_dir.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    }
+
+    /// Adds a node with a disk of its own, as a second machine has: the
+    /// daemon (and every worker it starts) runs in a mount namespace where
+    /// a fresh tmpfs covers [`LocalCluster::base_dir`], and its temporary
+    /// directory (checkpoint scratch, the storage cache) is on that tmpfs.
+    /// So it cannot read what the head or another node wrote there, and
+    /// they cannot read what it writes. Needs root (`unshare --mount`).
+    pub fn add_private_disk_node(&mut self, args: &[&str]) -> String {
+        let base = self.base_dir();
+        let mut a: Vec<String> = vec![
+            "--address".into(),
+            self.address.clone(),
+            "--token".into(),
+            self.token.clone(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let script = r#"set -e
+mount -t tmpfs -o size=4g rayforge-private "$RF_BASE"
+mkdir -p "$RF_BASE/tmp"
+export TMPDIR="$RF_BASE/tmp"
+exec "$RF_BIN" start "$@" --block"#;
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+            .args(&a)
+            .env("RF_BASE", &base)
+            .env("RF_BIN", rayforge_bin());
+        let d = spawn_daemon(cmd, &a, &self.cluster_file);
         let id = d.1.clone();
         self.daemons.push(d);
         id

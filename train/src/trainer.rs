@@ -308,7 +308,7 @@ impl Trainer {
                 // would meet the same.
                 Err(Failure { fatal: Some(e), .. }) => {
                     tracing::warn!(run = %self.run.name, "{e}");
-                    error = Some(e);
+                    error = Some(*e);
                     break;
                 }
                 Err(Failure { rank, node, cause, .. }) => {
@@ -389,7 +389,7 @@ impl Trainer {
             rank: 0,
             node: String::new(),
             cause: e.to_string(),
-            fatal: is_storage_refusal(&e).then_some(e),
+            fatal: is_storage_refusal(&e).then(|| Box::new(e.clone())),
         };
         let release = |pg: &rayforge::PlacementGroup| {
             if owned {
@@ -618,7 +618,7 @@ struct Failure {
     cause: String,
     /// An error that ends the run whatever its failure budget (storage a
     /// rank's node cannot use).
-    fatal: Option<Error>,
+    fatal: Option<Box<Error>>,
 }
 
 /// Whether `e` is storage refusing a node for good (a path it does not

@@ -102,10 +102,7 @@ impl FileStore {
             .ok_or_else(|| Error::InvalidArgument("an empty upload to the cluster's storage".into()))?;
         let key = first.key.clone();
         let dest = self.path_of(&key)?;
-        let tmp = self
-            .root
-            .join(TMP)
-            .join(format!("{}", crate::ids::ObjectId::for_put().hex()));
+        let tmp = self.root.join(TMP).join(crate::ids::ObjectId::for_put().hex());
         let mut reserved = 0u64;
         let result = async {
             let mut f = tokio::fs::File::create(&tmp)

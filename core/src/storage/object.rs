@@ -43,6 +43,16 @@ fn retry() -> object_store::RetryConfig {
     }
 }
 
+/// Plain HTTP to an S3 endpoint when asked for (`AWS_ALLOW_HTTP=true`) or
+/// when the endpoint given is an `http://` URL (a local S3-compatible
+/// server): naming it is the user's choice of it.
+fn s3_allows_http() -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    var("AWS_ALLOW_HTTP").eq_ignore_ascii_case("true")
+        || var("AWS_ENDPOINT_URL").starts_with("http://")
+        || var("AWS_ENDPOINT").starts_with("http://")
+}
+
 fn client_options() -> object_store::ClientOptions {
     object_store::ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
@@ -82,7 +92,7 @@ impl ObjectBackend {
             "s3" => object_store::aws::AmazonS3Builder::from_env()
                 .with_url(&base)
                 .with_retry(retry())
-                .with_client_options(client_options())
+                .with_client_options(client_options().with_allow_http(s3_allows_http()))
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
@@ -133,9 +143,21 @@ impl ObjectBackend {
     fn err(&self, key: &str, what: &str, e: object_store::Error) -> Error {
         use object_store::Error as E;
         let retriable = matches!(e, E::Generic { .. } | E::JoinError { .. });
+        // The causes underneath ("connection refused") are what a user
+        // acts on; object_store's message stops above them.
+        let mut message = format!("{what}: {e}");
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            cause = c.source();
+        }
         Error::Storage {
             uri: self.uri(key),
-            message: format!("{what}: {e}"),
+            message,
             retriable,
         }
     }

@@ -18,5 +18,6 @@ pub mod pipelining;
 pub mod placement_groups;
 pub mod resources;
 pub mod spilling;
+pub mod storage;
 pub mod tasks;
 pub mod utilities;

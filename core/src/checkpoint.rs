@@ -321,6 +321,10 @@ impl CheckpointWriter {
             for f in &files {
                 let to = tmp.join(f);
                 std::fs::copy(self.dir.join(f), &to).map_err(|e| CheckpointError::io(&to, e))?;
+                // On disk before the rename commits it.
+                std::fs::File::open(&to)
+                    .and_then(|file| file.sync_all())
+                    .map_err(|e| CheckpointError::io(&to, e))?;
             }
             let text = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::io(&tmp, e))?;
             let mp = tmp.join(MANIFEST);

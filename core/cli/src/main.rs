@@ -17,6 +17,7 @@
 
 mod cluster_benchmark;
 mod microbenchmark;
+mod storage_benchmark;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -164,6 +165,22 @@ enum Command {
         /// Cluster token (default: $RAYFORGE_TOKEN or this machine's cluster file).
         #[arg(long, global = true)]
         token: Option<String>,
+    },
+    /// Measure checkpoint upload and download throughput to a storage URI
+    /// (a path, cluster://, s3://) beside local disk.
+    StorageBenchmark {
+        /// Where to (cluster:// joins the cluster of --address).
+        #[arg(long)]
+        uri: String,
+        /// The checkpoint's size in bytes.
+        #[arg(long, default_value_t = 10_000_000)]
+        bytes: u64,
+        /// Rounds (the best is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// The cluster to join for cluster:// (`auto`: this machine's).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Run the core microbenchmarks (same cases and names as `ray microbenchmark`).
     Microbenchmark {
@@ -564,6 +581,17 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             token,
         } => run_job(command, &address, token.as_deref()),
         Command::ClusterBenchmark(settings) => cluster_benchmark::run(&settings),
+        Command::StorageBenchmark {
+            uri,
+            bytes,
+            rounds,
+            address,
+        } => {
+            if let Some(a) = address {
+                rayforge::init(rayforge::Config::address(&a))?;
+            }
+            storage_benchmark::run(&storage_benchmark::Settings { uri, bytes, rounds })
+        }
         Command::Microbenchmark { json, filter, seconds } => {
             microbenchmark::run(&microbenchmark::Settings { json, filter, seconds })
         }

@@ -122,6 +122,26 @@ impl Checkpoint {
         Ok(c)
     }
 
+    /// The checkpoint at `location` — a local path (or `file:///path`), or
+    /// the storage URI of a checkpoint directory (`cluster://runs/x/
+    /// checkpoint_000010`, `s3://bucket/run/checkpoint_000010`) — with its
+    /// files on this node (downloaded into its cache when remote). What
+    /// Serve, `rllib evaluate` and restores take from a user.
+    pub fn load(location: &str) -> Result<Checkpoint> {
+        let storage = crate::storage::StorageUri::from(location).open()?;
+        match storage.local_path() {
+            Some(path) => Checkpoint::open(path),
+            None => {
+                let uri = storage.uri().to_string();
+                Checkpoint {
+                    path: cache_path(&uri),
+                    uri: Some(uri),
+                }
+                .to_local()
+            }
+        }
+    }
+
     /// Its directory on this node (for a checkpoint in remote storage, the
     /// cached copy: call [`Checkpoint::to_local`] first on another node).
     pub fn path(&self) -> &Path {
@@ -749,5 +769,9 @@ mod tests {
             uri: Some("memory://ckpt-test/run/checkpoint_000001".into()),
         };
         assert!(matches!(gone.to_local(), Err(CheckpointError::Storage(_))));
+        // By URI, as a user names one.
+        let loaded = Checkpoint::load("memory://ckpt-test/run/checkpoint_000003").unwrap();
+        assert_eq!(loaded.read("weights.bin").unwrap(), b"rerun");
+        assert!(Checkpoint::load("memory://ckpt-test/run/checkpoint_000009").is_err());
     }
 }

@@ -427,12 +427,13 @@ impl Algorithm {
     }
 
     /// Saves the networks and the algorithm's state as a checkpoint in
-    /// `dir` (`checkpoint_NNNNNN`, NNNNNN the iteration).
-    pub fn save(&mut self, dir: &Path) -> Result<Checkpoint> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Runtime(format!("{}: {e}", dir.display())))?;
+    /// `dir` (`checkpoint_NNNNNN`, NNNNNN the iteration): a path or a
+    /// storage URI (`cluster://...`, `s3://...`; see [`rayforge::storage`]).
+    pub fn save(&mut self, dir: impl Into<rayforge::storage::StorageUri>) -> Result<Checkpoint> {
+        let dir = rayforge::checkpoint::CheckpointDir::new(dir.into().open()?);
         let w = self.checkpoint_writer()?;
         let metrics = BTreeMap::from([("env_steps_lifetime".to_string(), self.env_steps as f64)]);
-        Ok(w.commit(dir, self.iteration, &metrics, WRITTEN_BY)?)
+        Ok(dir.commit(w, self.iteration, &metrics, WRITTEN_BY)?)
     }
 
     /// The checkpoint's files written into a scratch directory, not yet
@@ -456,7 +457,8 @@ impl Algorithm {
     }
 
     /// An algorithm rebuilt from a checkpoint (its config, networks and
-    /// counters), with fresh runners.
+    /// counters), with fresh runners: `path` is a local path or a storage
+    /// URI ([`Checkpoint::load`]).
     pub fn restore(path: &Path) -> Result<Algorithm> {
         Algorithm::restore_with(path, None)
     }
@@ -464,7 +466,7 @@ impl Algorithm {
     /// [`Algorithm::restore`] with another config (PBT's explored
     /// parameters); its networks must have the checkpoint's shapes.
     pub fn restore_with(path: &Path, config: Option<AlgoConfig>) -> Result<Algorithm> {
-        let c = Checkpoint::open(path)?;
+        let c = Checkpoint::load(&path.to_string_lossy())?;
         let bytes = c.read("algorithm.json")?;
         let saved: Saved = serde_json::from_slice(&bytes)
             .map_err(|e| Error::config("checkpoint", format!("{}: algorithm.json: {e}", path.display())))?;

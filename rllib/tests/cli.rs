@@ -34,8 +34,16 @@ fn train_then_evaluate_the_saved_checkpoint() {
         config.to_str().unwrap(),
         "--checkpoint-dir",
         dir.to_str().unwrap(),
+        "--checkpoint-every",
+        "2",
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // Every second iteration, and at the end.
+    let kept: Vec<u64> = rayforge::checkpoint::list(&dir)
+        .iter()
+        .map(|c| c.manifest().unwrap().iteration)
+        .collect();
+    assert_eq!(kept, vec![2, 3], "{out}");
     // One line per iteration; 2 runners x 2 envs x 32 steps each.
     let iters: Vec<&str> = out.lines().filter(|l| l.starts_with("iter ")).collect();
     assert_eq!(iters.len(), 3, "{out}");
@@ -72,6 +80,18 @@ fn unknown_names_are_errors_naming_them() {
     let (code, _, err) = rllib(&["train", "--algo", "ppo", "--env", "CartPole-v1", "--stop-iter", "3"]);
     assert_eq!(code, 2);
     assert!(err.contains("--stop-iter"), "{err}");
+    // A storage that cannot work is refused before training, naming it.
+    let (code, out, err) = rllib(&[
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "--checkpoint-dir",
+        "ftp://host/runs",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("ftp://host/runs") && !out.contains("iter "), "{err}");
     let (code, _, err) = rllib(&["evaluate", "/nonexistent/checkpoint_000001"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/checkpoint_000001"), "{err}");

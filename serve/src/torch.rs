@@ -11,6 +11,13 @@
 //! deployment = "TorchScript"
 //! user_config = { model_path = "model.pt", max_batch_size = 32, batch_wait_ms = 2 }
 //! ```
+//!
+//! Or the model of a checkpoint in storage (a Train run's, on any node):
+//! each replica downloads it to its own node's cache first.
+//!
+//! ```toml
+//! user_config = { checkpoint = "cluster://rayforge_results/mlp/checkpoint_000010", model_path = "model.pt" }
+//! ```
 
 use std::time::Duration;
 
@@ -25,8 +32,14 @@ use crate::{Batcher, Context, Deployment, Json};
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TorchScriptConfig {
-    /// The TorchScript file (`torch.jit.save`).
+    /// The TorchScript file (`torch.jit.save`); with `checkpoint`, its
+    /// name inside the checkpoint (default `model.pt`).
+    #[serde(default)]
     pub model_path: String,
+    /// A checkpoint holding the model: a path, or the storage URI of a
+    /// checkpoint directory (`cluster://...`, `s3://...`), downloaded to
+    /// the replica's node ([`rayforge::checkpoint::Checkpoint::load`]).
+    pub checkpoint: Option<String>,
     /// `cpu`, `cuda`, or `auto` (CUDA when there is one; the default).
     pub device: Option<String>,
     /// Most rows per forward pass (default 32).
@@ -99,19 +112,40 @@ impl TorchScript {
 
 /// Loads the model a config names, on its device.
 fn load(c: &TorchScriptConfig) -> Result<(CModule, Device)> {
-    if c.model_path.is_empty() {
-        return Err(Error::Invalid("user_config.model_path is required".into()));
-    }
+    let model_path = match &c.checkpoint {
+        Some(location) => {
+            let name = if c.model_path.is_empty() {
+                "model.pt"
+            } else {
+                &c.model_path
+            };
+            let ckpt = rayforge::checkpoint::Checkpoint::load(location)
+                .map_err(|e| Error::Invalid(format!("user_config.checkpoint `{location}`: {e}")))?;
+            let file = ckpt.file(name);
+            if !file.is_file() {
+                return Err(Error::Invalid(format!(
+                    "user_config.checkpoint `{location}` has no file `{name}` (set user_config.model_path)"
+                )));
+            }
+            file.display().to_string()
+        }
+        None if c.model_path.is_empty() => {
+            return Err(Error::Invalid(
+                "user_config.model_path (or user_config.checkpoint) is required".into(),
+            ));
+        }
+        None => c.model_path.clone(),
+    };
     let device = match c.device.as_deref().unwrap_or("auto") {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
         "auto" => Device::cuda_if_available(),
         other => return Err(Error::Invalid(format!("device `{other}`: use cpu, cuda or auto"))),
     };
-    let mut module = CModule::load_on_device(&c.model_path, device)
-        .map_err(|e| torch_error(&format!("loading {}", c.model_path), e))?;
+    let mut module =
+        CModule::load_on_device(&model_path, device).map_err(|e| torch_error(&format!("loading {model_path}"), e))?;
     module.set_eval();
-    tracing::info!(model = %c.model_path, ?device, "TorchScript model loaded");
+    tracing::info!(model = %model_path, checkpoint = ?c.checkpoint, ?device, "TorchScript model loaded");
     Ok((module, device))
 }
 

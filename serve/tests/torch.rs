@@ -124,3 +124,61 @@ fn a_torchscript_model_answers_batched_requests() {
     s.shutdown().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A model committed as a checkpoint to the cluster's store (as a Train run
+/// on another node commits it) is found by its URI: the replica downloads
+/// it to its node. A checkpoint that does not exist fails the deployment,
+/// naming it.
+#[test]
+fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
+    rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
+    let mut w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
+    make_model(&w.file_path("model.pt").unwrap());
+    let run = rayforge::storage::StorageUri::from("cluster://serve-test/run")
+        .open()
+        .unwrap();
+    let c = rayforge::checkpoint::CheckpointDir::new(run)
+        .commit(w, 1, &Default::default(), "test")
+        .unwrap();
+    let uri = c.uri().expect("a checkpoint in the cluster store").to_string();
+    // Not on this node's disk any more: only the store has it.
+    std::fs::remove_dir_all(c.path()).unwrap();
+    let app = Application::new("m").ingress(
+        deployment::<TorchScript>("Model").user_config(serde_json::json!({ "checkpoint": uri, "device": "cpu" })),
+    );
+    let s = rayforge_serve::start(
+        vec![app],
+        HttpOptions {
+            port: 0,
+            admin_port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    let r = request(
+        &s.http_addr().to_string(),
+        "POST",
+        "/",
+        b"[1.0, 2.0, 3.0]",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let y: Vec<f32> = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        y.iter()
+            .zip(reference(&[1.0, 2.0, 3.0]))
+            .all(|(a, b)| (a - b).abs() < 1e-4),
+        "{y:?}"
+    );
+    // A checkpoint that is not there: the replica cannot start, naming it.
+    let missing = "cluster://serve-test/run/checkpoint_000009";
+    s.deploy(vec![Application::new("broken").route_prefix("/broken").ingress(
+        deployment::<TorchScript>("Broken").user_config(serde_json::json!({ "checkpoint": missing, "device": "cpu" })),
+    )])
+    .unwrap();
+    let e = s.wait_healthy(Duration::from_secs(120));
+    assert!(matches!(&e, Err(Error::Unavailable(m)) if m.contains(missing)), "{e:?}");
+    s.shutdown().unwrap();
+}

@@ -1,24 +1,30 @@
 //! `rllib train --algo ppo --env CartPole-v1`: trains an algorithm on an
 //! environment (an embedded cluster, or the one `RAYFORGE_ADDRESS` names),
-//! a progress line per iteration, and saves a checkpoint at the end;
+//! a progress line per iteration, and a checkpoint every
+//! `--checkpoint-every` iterations and at the end, to a path or a storage
+//! URI (`cluster://`, `s3://`);
 //! `rllib evaluate CHECKPOINT` plays greedy episodes with a saved policy.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
+
+use rayforge::storage::StorageUri;
 
 use rayforge_rllib::{Algo, AlgoConfig, Algorithm, Stop};
 
 const USAGE: &str = "usage:
   rllib train --algo ppo|dqn|sac --env NAME [--num-env-runners N] [--num-envs-per-runner M]
               [--stop-reward R] [--stop-timesteps T] [--stop-iters I] [--seed S]
-              [--config FILE] [--checkpoint-dir DIR]
-  rllib evaluate CHECKPOINT [--episodes N]
+              [--config FILE] [--checkpoint-dir DIR|URI] [--checkpoint-every N]
+  rllib evaluate CHECKPOINT [--episodes N]          (a checkpoint's path or storage URI)
   rllib tune SEARCH.TOML [--resume]      (a search.toml with [trainable] name = \"rllib\")
 
 Environments: CartPole-v1, Pendulum-v1, MountainCar-v0, MountainCarContinuous-v0, Acrobot-v1
 (in Rust), or gym:ID for any Gymnasium id run in a Python child ($RAYFORGE_GYM_PYTHON).
 The first stop criterion reached stops training (default: the preset's timesteps); with
 evaluation on (evaluation_interval), --stop-reward is checked against the evaluation return.
+Checkpoints go to --checkpoint-dir (a path, cluster://prefix or s3://bucket/prefix; default
+~/rayforge_results/ALGO_ENV, or cluster://rayforge_results/ALGO_ENV on a multi-node cluster)
+every --checkpoint-every iterations (default 10; 0: only at the end) and when training ends.
 A tuned preset per algorithm and environment; --config FILE (TOML) overrides its fields.";
 
 /// `--name VALUE` pairs after the command.
@@ -53,6 +59,7 @@ fn train(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         "seed",
         "config",
         "checkpoint-dir",
+        "checkpoint-every",
     ];
     if let Some((bad, _)) = flags.iter().find(|(n, _)| !known.contains(&n.as_str())) {
         return Err(format!("unknown option --{bad}").into());
@@ -85,28 +92,52 @@ fn train(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     if stop == Stop::default() {
         stop.timesteps = Some(config.anneal_timesteps.unwrap_or(100_000));
     }
-    let dir: PathBuf = get("checkpoint-dir").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-            .join("rayforge_results")
-            .join(format!("{}_{}", format!("{algo:?}").to_lowercase(), env))
-    });
+    let every: u64 = get("checkpoint-every")
+        .map(|v| parse("checkpoint-every", v))
+        .transpose()?
+        .unwrap_or(10);
     rayforge::init(rayforge::Config::default())?;
+    // The default storage depends on the cluster joined, so it is resolved
+    // after init; a storage that cannot be written fails before training.
+    let dir = match get("checkpoint-dir") {
+        Some(d) => StorageUri::from(d),
+        None => StorageUri::default().join(&format!("{}_{}", format!("{algo:?}").to_lowercase(), env)),
+    };
+    let storage = dir.open()?;
+    storage.check_writable()?;
     println!(
-        "training {algo:?} on {env}: {} runners x {} envs, seed {}",
-        config.num_env_runners, config.num_envs_per_runner, config.seed
+        "training {algo:?} on {env}: {} runners x {} envs, seed {}; checkpoints to {} every {}",
+        config.num_env_runners,
+        config.num_envs_per_runner,
+        config.seed,
+        storage.uri(),
+        if every == 0 {
+            "run (at the end)".to_string()
+        } else {
+            format!("{every} iterations")
+        }
     );
     let start = std::time::Instant::now();
+    let evaluating = config.evaluation_interval > 0;
     let mut a = Algorithm::new(config)?;
-    let last = a.run(stop, |r| println!("{}", r.line()))?;
-    let ckpt = a.save(&dir)?;
+    let last = loop {
+        let r = a.train()?;
+        println!("{}", r.line());
+        if stop.reached(&r, evaluating) {
+            break r;
+        }
+        if every > 0 && r.iteration % every == 0 {
+            let c = a.save(storage.uri())?;
+            println!("checkpoint {}", c.location());
+        }
+    };
+    let ckpt = a.save(storage.uri())?;
     println!(
         "done in {:.1} s: return {:.2} after {} env steps; checkpoint {}",
         start.elapsed().as_secs_f64(),
         last.episode_return_mean,
         last.env_steps_lifetime,
-        ckpt.path().display()
+        ckpt.location()
     );
     a.stop();
     Ok(())
@@ -123,7 +154,7 @@ fn evaluate(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     rayforge::init(rayforge::Config::default())?;
-    let mut a = Algorithm::restore(std::path::Path::new(path))?;
+    let mut a = Algorithm::restore(std::path::Path::new(path.as_str()))?;
     let ep = a.evaluate(episodes)?;
     let n = ep.returns.len().max(1) as f64;
     println!(

@@ -132,7 +132,7 @@ fn a_torchscript_model_answers_batched_requests() {
 #[test]
 fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
     rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
-    let mut w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
+    let w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
     make_model(&w.file_path("model.pt").unwrap());
     let run = rayforge::storage::StorageUri::from("cluster://serve-test/run")
         .open()

@@ -73,6 +73,7 @@ pub mod collective;
 mod context;
 mod error;
 mod nccl;
+pub mod optim;
 pub mod torch;
 mod trainer;
 mod worker;

@@ -208,13 +208,14 @@ impl DistributedModel {
     }
 
     /// One training step: zero the gradients, backward from `loss`,
-    /// average the gradients across ranks, step the optimizer.
-    pub fn backward_step(&mut self, loss: &Tensor, opt: &mut nn::Optimizer) -> Result<()> {
+    /// average the gradients across ranks, step the optimizer (tch's
+    /// `nn::Optimizer`, or [`crate::optim::Adam`], whose state checkpoints
+    /// hold).
+    pub fn backward_step(&mut self, loss: &Tensor, opt: &mut impl crate::optim::Optimizer) -> Result<()> {
         opt.zero_grad();
         loss.f_backward()?;
         self.sync_gradients()?;
-        opt.step();
-        Ok(())
+        opt.step()
     }
 }
 

@@ -37,6 +37,7 @@ pub mod compute;
 mod error;
 mod exec;
 pub mod expr;
+mod files;
 mod ops;
 mod plan;
 mod pool;
@@ -54,6 +55,7 @@ use serde::de::DeserializeOwned;
 pub use arrow;
 pub use block::Block;
 pub use error::{Error, Result};
+pub use files::{WriteMode, WriteOptions};
 pub use source::ParquetOptions;
 pub use split::DataIterator;
 
@@ -1197,17 +1199,36 @@ impl Dataset {
         self.last.lock().as_ref().map(|s| s.render()).unwrap_or_default()
     }
 
-    fn write(&self, dir: &str, format: Format) -> Result<WriteSummary> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fn write(&self, dir: &str, format: Format, opts: WriteOptions) -> Result<WriteSummary> {
+        let pending = files::PendingWrite::start(dir, opts.mode)?;
+        let mut written = Vec::new();
+        match self.write_parts(&pending, format, &mut written) {
+            Ok(rows) => {
+                pending.commit(&written)?;
+                Ok(WriteSummary {
+                    files: written.iter().map(|k| pending_uri(dir, k)).collect(),
+                    rows,
+                })
+            }
+            Err(e) => {
+                pending.abort(&written);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one part per block; `written` collects the parts' keys as
+    /// they land. Returns the rows written.
+    fn write_parts(&self, pending: &files::PendingWrite, format: Format, written: &mut Vec<String>) -> Result<u64> {
         // Number the blocks first so file names follow block order whatever
         // the plan; the write then streams.
         let ctx = Ctx::new();
         *self.last.lock() = Some(ctx.stats.clone());
         let _progress = Progress::start("write", ctx.stats.clone());
         let upstream = exec::execute(&self.node, &ctx)?;
-        let mut files = Vec::new();
         let mut rows = 0;
-        let dir_s = dir.to_string();
+        let dir_s = pending.storage.uri().to_string();
+        let write_id = pending.write_id.clone();
         let mut index = 0usize;
         let mut sinks = upstream.map(move |r| {
             r.map(|br| {
@@ -1215,6 +1236,7 @@ impl Dataset {
                     format,
                     dir: dir_s.clone(),
                     index,
+                    write_id: write_id.clone(),
                 };
                 index += 1;
                 let name = sink.file_name();
@@ -1241,30 +1263,49 @@ impl Dataset {
                 break;
             };
             out.get()?;
-            files.push(std::path::Path::new(dir).join(name).display().to_string());
+            written.push(name);
             rows += n;
         }
-        Ok(WriteSummary { files, rows })
+        Ok(rows)
     }
 
-    /// Writes one Parquet file per block (`part-00000.parquet`, ...) into
-    /// `dir`; a failed write leaves no partial file.
+    /// Writes one Parquet file per block (`part-00000-<write id>.parquet`,
+    /// ...) into `dir` — a path or a storage URI (`cluster://prefix`,
+    /// `s3://bucket/prefix`) — then commits them with a `_SUCCESS` marker:
+    /// a failed write changes nothing readers see. A `dir` that already
+    /// holds files is refused ([`WriteMode::Error`]); see
+    /// [`Dataset::write_parquet_with`] to overwrite or append.
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::{WriteMode, WriteOptions};
     /// let dir = std::env::temp_dir().join(format!("doc-write-parquet-{}", std::process::id()));
-    /// let done = rayforge_data::range(100).repartition(2).write_parquet(dir.to_str().unwrap())?;
+    /// let dir = dir.to_str().unwrap();
+    /// let done = rayforge_data::range(100).repartition(2).write_parquet(dir)?;
     /// assert_eq!(done.rows, 100);
-    /// assert!(done.files[0].ends_with("part-00000.parquet"));
-    /// # std::fs::remove_dir_all(&dir)?;
+    /// assert!(done.files[0].contains("part-00000-"));
+    /// assert!(rayforge_data::range(5).write_parquet(dir).is_err(), "not into a directory with files");
+    /// let append = WriteOptions { mode: WriteMode::Append };
+    /// rayforge_data::range(5).write_parquet_with(dir, append)?;
+    /// assert_eq!(rayforge_data::read_parquet(dir)?.count()?, 105);
+    /// let overwrite = WriteOptions { mode: WriteMode::Overwrite };
+    /// rayforge_data::range(7).write_parquet_with(dir, overwrite)?;
+    /// assert_eq!(rayforge_data::read_parquet(dir)?.count()?, 7);
+    /// # std::fs::remove_dir_all(dir)?;
     /// # rayforge::shutdown();
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_parquet(&self, dir: &str) -> Result<WriteSummary> {
-        self.write(dir, Format::Parquet)
+        self.write(dir, Format::Parquet, WriteOptions::default())
     }
 
-    /// Writes one CSV file (with header) per block into `dir`.
+    /// [`Dataset::write_parquet`] with options (the mode).
+    pub fn write_parquet_with(&self, dir: &str, opts: WriteOptions) -> Result<WriteSummary> {
+        self.write(dir, Format::Parquet, opts)
+    }
+
+    /// Writes one CSV file (with header) per block into `dir` (a path or a
+    /// storage URI), committed as [`Dataset::write_parquet`] does.
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
@@ -1276,10 +1317,16 @@ impl Dataset {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_csv(&self, dir: &str) -> Result<WriteSummary> {
-        self.write(dir, Format::Csv)
+        self.write(dir, Format::Csv, WriteOptions::default())
     }
 
-    /// Writes one newline-delimited JSON file per block into `dir`.
+    /// [`Dataset::write_csv`] with options (the mode).
+    pub fn write_csv_with(&self, dir: &str, opts: WriteOptions) -> Result<WriteSummary> {
+        self.write(dir, Format::Csv, opts)
+    }
+
+    /// Writes one newline-delimited JSON file per block into `dir` (a path
+    /// or a storage URI), committed as [`Dataset::write_parquet`] does.
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
@@ -1291,7 +1338,21 @@ impl Dataset {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn write_json(&self, dir: &str) -> Result<WriteSummary> {
-        self.write(dir, Format::Json)
+        self.write(dir, Format::Json, WriteOptions::default())
+    }
+
+    /// [`Dataset::write_json`] with options (the mode).
+    pub fn write_json_with(&self, dir: &str, opts: WriteOptions) -> Result<WriteSummary> {
+        self.write(dir, Format::Json, opts)
+    }
+}
+
+/// The path (or URI) of the part `key` written into `dir`.
+fn pending_uri(dir: &str, key: &str) -> String {
+    if files::is_remote(dir) {
+        format!("{}/{key}", dir.trim_end_matches('/'))
+    } else {
+        std::path::Path::new(dir).join(key).display().to_string()
     }
 }
 

@@ -318,25 +318,32 @@ impl Format {
     }
 }
 
-/// Where one block is written.
+/// Where one block is written: a directory on a path or in storage
+/// (`rayforge::storage` URI), under a name unique to this write.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Sink {
     pub(crate) format: Format,
     pub(crate) dir: String,
     pub(crate) index: usize,
+    /// Names this write's parts, so they never overwrite another write's
+    /// (an overwrite or append commits only with its marker).
+    pub(crate) write_id: String,
 }
 
 impl Sink {
     pub(crate) fn file_name(&self) -> String {
-        format!("part-{:05}.{}", self.index, self.format.ext())
+        format!("part-{:05}-{}.{}", self.index, self.write_id, self.format.ext())
     }
 
-    /// Writes to a hidden temporary file, then renames it into place: a
-    /// failed write leaves no partial file behind.
+    /// Writes to a hidden temporary file, then renames it into place (on a
+    /// local path) or uploads it (to storage): a failed write leaves no
+    /// partial file behind.
     fn write(&self, b: &RecordBatch) -> Result<()> {
-        let dir = std::path::Path::new(&self.dir);
-        let path = dir.join(self.file_name());
-        let tmp = dir.join(format!(".{}.tmp", self.file_name()));
+        let storage = rayforge::storage::StorageUri::from(self.dir.as_str()).open()?;
+        let local_dir = storage.local_path().map(|p| p.to_path_buf());
+        let tmp_dir = local_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(tmp_dir.display(), e))?;
+        let tmp = tmp_dir.join(format!(".{}.tmp", self.file_name()));
         let res = (|| -> Result<()> {
             let f = std::fs::File::create(&tmp).map_err(|e| Error::io(tmp.display(), e))?;
             match self.format {
@@ -358,13 +365,35 @@ impl Sink {
                     w.finish()?;
                 }
             }
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io(path.display(), e))
+            match &local_dir {
+                Some(dir) => {
+                    let path = dir.join(self.file_name());
+                    std::fs::rename(&tmp, &path).map_err(|e| Error::io(path.display(), e))
+                }
+                None => Ok(storage.put_file(&self.file_name(), &tmp)?),
+            }
         })();
-        if res.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let _ = std::fs::remove_file(&tmp);
         res
     }
+}
+
+/// Whether `name` is a part file of a rayforge write (`part-NNNNN-ID.ext`):
+/// in a directory without a success marker, such parts are a write that
+/// never finished, and readers skip them.
+pub(crate) fn is_write_part(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("part-") else {
+        return false;
+    };
+    let mut it = rest.splitn(2, '-');
+    let (Some(index), Some(tail)) = (it.next(), it.next()) else {
+        return false;
+    };
+    let id = tail.split('.').next().unwrap_or("");
+    index.len() == 5
+        && index.bytes().all(|b| b.is_ascii_digit())
+        && id.len() == 16
+        && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 // ---- the stage tasks ----

@@ -98,12 +98,23 @@ pub(crate) fn expand_paths(paths: &[String], ext: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for p in paths {
         let before = out.len();
-        if p.contains(['*', '?']) {
+        if crate::files::is_remote(p) {
+            // A directory in storage (its committed files), or one file.
+            let storage = rayforge::storage::StorageUri::from(p.as_str()).open()?;
+            let files = crate::files::committed_files(&storage, ext)?;
+            if files.is_empty() && p.ends_with(ext) {
+                out.push(p.clone());
+            } else {
+                out.extend(files.iter().map(|k| storage.uri_of(k)));
+            }
+        } else if p.contains(['*', '?']) {
             glob(p, &mut out)?;
         } else {
             let path = Path::new(p);
             if path.is_dir() {
-                walk(path, ext, &mut out)?;
+                let storage = rayforge::storage::StorageUri::from(path).open()?;
+                let files = crate::files::committed_files(&storage, ext)?;
+                out.extend(files.iter().map(|k| path.join(k).display().to_string()));
             } else if path.is_file() {
                 out.push(p.clone());
             }
@@ -113,26 +124,6 @@ pub(crate) fn expand_paths(paths: &[String], ext: &str) -> Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-fn walk(dir: &Path, ext: &str, out: &mut Vec<String>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir.display(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for e in entries {
-        let name = e.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with(['.', '_']) {
-            continue;
-        }
-        if e.is_dir() {
-            walk(&e, ext, out)?;
-        } else if name.ends_with(ext) {
-            out.push(e.display().to_string());
-        }
-    }
-    Ok(())
 }
 
 fn glob(pattern: &str, out: &mut Vec<String>) -> Result<()> {
@@ -191,8 +182,11 @@ fn wildcard(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// Opens a file to read: a local path, or a file in storage (downloaded
+/// into this node's cache first).
 fn open(path: &str) -> Result<File> {
-    File::open(path).map_err(|e| Error::io(path, e))
+    let local = crate::files::localize(path)?;
+    File::open(&local).map_err(|e| Error::io(path, e))
 }
 
 /// Reads every file's footer: checks the schemas agree, drops row groups the
@@ -461,7 +455,7 @@ fn read_json_file(path: &str, schema: SchemaRef) -> Result<Block> {
 /// Finds the first line of `path` that is not a JSON object (or, given a
 /// schema, does not decode with it) to name it in the error.
 fn find_bad_json_line(path: &str, message: &str, schema: Option<&SchemaRef>) -> Option<Error> {
-    let f = File::open(path).ok()?;
+    let f = open(path).ok()?;
     for (i, line) in BufReader::new(f).lines().enumerate() {
         let line = line.ok()?;
         if line.trim().is_empty() {
@@ -487,7 +481,7 @@ fn find_bad_json_line(path: &str, message: &str, schema: Option<&SchemaRef>) -> 
 
 /// Finds the first line whose types conflict with the lines before it.
 fn find_conflicting_json_line(path: &str, message: &str) -> Option<Error> {
-    let f = File::open(path).ok()?;
+    let f = open(path).ok()?;
     let mut seen: Vec<serde_json::Value> = Vec::new();
     for (i, line) in BufReader::new(f).lines().enumerate().take(1000) {
         let line = line.ok()?;

@@ -266,3 +266,66 @@ fn s3_cut_off_mid_upload_names_the_object_and_keeps_the_previous_checkpoint() {
     std::fs::remove_dir_all(first.path()).unwrap();
     assert_eq!(first.to_local().unwrap().read("model.bin").unwrap(), b"first");
 }
+
+/// Parquet written by the tasks of one private-disk node into the
+/// cluster's store, then read on another after the first is gone: the
+/// files came from the head, not a shared disk. A second write into the
+/// same directory is refused unless it says overwrite or append.
+#[test]
+fn a_dataset_written_on_one_node_is_read_on_another() {
+    use rayforge_data::arrow::array::Int64Array;
+    let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
+    let writer = cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    rayforge::init(cluster.config()).expect("join the cluster");
+    assert!(wait_until(Duration::from_secs(60), || {
+        rayforge::cluster_resources().unwrap().total.get("CPU") == Some(&1.0)
+    }));
+    let done = rayforge_data::range_with_blocks(1000, 4)
+        .write_parquet("cluster://datasets/ids")
+        .unwrap();
+    assert_eq!((done.rows, done.files.len()), (1000, 4));
+    assert!(
+        done.files[0].starts_with("cluster://datasets/ids/part-00000-"),
+        "{:?}",
+        done.files
+    );
+    let err = rayforge_data::range(5)
+        .write_parquet("cluster://datasets/ids")
+        .unwrap_err();
+    assert!(err.to_string().contains("already holds 4 file(s)"), "{err}");
+    // The writer's node goes (and its disk with it); another reads.
+    cluster.kill_node(&writer);
+    cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    let ds = rayforge_data::read_parquet("cluster://datasets/ids").unwrap();
+    let mut ids: Vec<i64> = ds
+        .iter_batches(Default::default())
+        .unwrap()
+        .flat_map(|b| {
+            let b = b.unwrap();
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..1000).collect::<Vec<i64>>());
+    // Append commits with the marker; the reader sees both writes.
+    rayforge_data::range(10)
+        .write_parquet_with(
+            "cluster://datasets/ids",
+            rayforge_data::WriteOptions {
+                mode: rayforge_data::WriteMode::Append,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        rayforge_data::read_parquet("cluster://datasets/ids")
+            .unwrap()
+            .count()
+            .unwrap(),
+        1010
+    );
+}

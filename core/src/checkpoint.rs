@@ -348,7 +348,9 @@ impl CheckpointWriter {
             }
             let text = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::io(&tmp, e))?;
             let mp = tmp.join(MANIFEST);
-            std::fs::write(&mp, text).map_err(|e| CheckpointError::io(&mp, e))?;
+            std::fs::write(&mp, text)
+                .and_then(|()| std::fs::File::open(&mp)?.sync_all())
+                .map_err(|e| CheckpointError::io(&mp, e))?;
             sync_dir(&tmp);
             if dest.exists() {
                 // A rerun of the same iteration (after a restart) replaces it.

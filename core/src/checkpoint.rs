@@ -280,7 +280,11 @@ pub struct CheckpointWriter {
 impl CheckpointWriter {
     /// A fresh scratch directory for a checkpoint's files.
     pub fn new() -> Result<CheckpointWriter> {
-        let dir = std::env::temp_dir().join(format!("rayforge-ckpt-{}-{:x}", std::process::id(), rand_u64()));
+        let dir = std::env::temp_dir().join(format!(
+            "rayforge-ckpt-{}-{:x}",
+            std::process::id(),
+            crate::storage::random_u64()
+        ));
         std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::io(&dir, e))?;
         Ok(CheckpointWriter { dir })
     }
@@ -335,7 +339,10 @@ impl CheckpointWriter {
         let manifest = self.manifest(iteration, metrics, written_by)?;
         let files = manifest.files.clone();
         let dest = run_dir.join(format!("{PREFIX}{iteration:06}"));
-        let tmp = run_dir.join(format!(".{PREFIX}{iteration:06}.tmp-{:x}", rand_u64()));
+        let tmp = run_dir.join(format!(
+            ".{PREFIX}{iteration:06}.tmp-{:x}",
+            crate::storage::random_u64()
+        ));
         let result = (|| -> Result<()> {
             std::fs::create_dir_all(&tmp).map_err(|e| CheckpointError::io(&tmp, e))?;
             for f in &files {
@@ -383,7 +390,7 @@ impl CheckpointWriter {
             iteration,
             metrics: metrics.clone(),
             files,
-            id: format!("{:x}", rand_u64()),
+            id: format!("{:x}", crate::storage::random_u64()),
         })
     }
 }
@@ -624,17 +631,6 @@ fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 #[cfg(test)]

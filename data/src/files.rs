@@ -114,7 +114,7 @@ impl PendingWrite {
         }
         Ok(PendingWrite {
             storage,
-            write_id: format!("{:016x}", rayforge_random()),
+            write_id: format!("{:016x}", rand::random::<u64>()),
             mode,
             before,
         })
@@ -146,17 +146,6 @@ impl PendingWrite {
             let _ = self.storage.delete(k);
         }
     }
-}
-
-fn rayforge_random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// A file to read on this node: a local path as it is; a file in remote

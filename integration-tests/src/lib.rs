@@ -274,6 +274,15 @@ impl LocalCluster {
 
     /// Adds a node with these extra arguments; returns its node id.
     pub fn add_node(&mut self, args: &[&str]) -> String {
+        let a = self.node_args(args);
+        let d = start_daemon(&a, &self.cluster_file);
+        let id = d.1.clone();
+        self.daemons.push(d);
+        id
+    }
+
+    /// `rayforge start` arguments of a node joining this cluster.
+    fn node_args(&self, args: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = vec![
             "--address".into(),
             self.address.clone(),
@@ -281,10 +290,7 @@ impl LocalCluster {
             self.token.clone(),
         ];
         a.extend(args.iter().map(|s| s.to_string()));
-        let d = start_daemon(&a, &self.cluster_file);
-        let id = d.1.clone();
-        self.daemons.push(d);
-        id
+        a
     }
 
     /// The directory this cluster's files live under (the head's state,
@@ -302,13 +308,7 @@ impl LocalCluster {
     /// they cannot read what it writes. Needs root (`unshare --mount`).
     pub fn add_private_disk_node(&mut self, args: &[&str]) -> String {
         let base = self.base_dir();
-        let mut a: Vec<String> = vec![
-            "--address".into(),
-            self.address.clone(),
-            "--token".into(),
-            self.token.clone(),
-        ];
-        a.extend(args.iter().map(|s| s.to_string()));
+        let a = self.node_args(args);
         let script = r#"set -e
 mount -t tmpfs -o size=4g rayforge-private "$RF_BASE"
 mkdir -p "$RF_BASE/tmp"

@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::{random_u64, Entry};
+use super::Entry;
 use crate::error::{Error, Result};
 use crate::proto;
 
@@ -166,45 +166,27 @@ pub(super) async fn read(key: &str) -> Result<Option<Vec<u8>>> {
 }
 
 pub(super) async fn download(key: &str, to: &Path) -> Result<bool> {
-    let Some(mut s) = open(key).await? else {
+    let Some(s) = open(key).await? else {
         return Ok(false);
     };
-    let local_err = |e: std::io::Error, what: &str| Error::Storage {
-        uri: uri(key),
-        message: format!("{what} {}: {e}", to.display()),
-        retriable: false,
-    };
-    if let Some(dir) = to.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| local_err(e, "creating the directory of"))?;
-    }
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = to.with_file_name(format!(".{name}.tmp-{:x}", random_u64()));
-    let result = async {
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| local_err(e, "creating"))?;
-        loop {
-            let c = next(key, &mut s).await?;
-            f.write_all(&c.data).await.map_err(|e| local_err(e, "writing"))?;
-            if c.last {
-                break;
+    // The chunks up to the one marked last; a stream that ends before it
+    // is an error, never a shorter file.
+    let owned_key = key.to_string();
+    let chunks = futures::stream::unfold(Some(s), move |state| {
+        let key = owned_key.clone();
+        async move {
+            let mut s = state?;
+            match next(&key, &mut s).await {
+                Ok(c) => {
+                    let last = c.last;
+                    Some((Ok(c.data), (!last).then_some(s)))
+                }
+                Err(e) => Some((Err(e), None)),
             }
         }
-        f.sync_all().await.map_err(|e| local_err(e, "syncing"))?;
-        tokio::fs::rename(&tmp, to)
-            .await
-            .map_err(|e| local_err(e, "renaming into"))
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result.map(|()| true)
+    });
+    super::download_to(&uri(key), to, Box::pin(chunks)).await?;
+    Ok(true)
 }
 
 pub(super) async fn list(prefix: &str) -> Result<Vec<Entry>> {

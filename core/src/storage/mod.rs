@@ -553,6 +553,46 @@ impl SharedCheck {
     }
 }
 
+/// Writes a download to `to` whole or not at all: the chunks go to a
+/// temporary file beside it, which is fsynced and renamed into place (and
+/// removed when a chunk fails). Errors name `uri` and the local path.
+pub(crate) async fn download_to<S, B>(uri: &str, to: &Path, mut chunks: S) -> Result<()>
+where
+    S: futures::Stream<Item = Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let local = |e: std::io::Error, what: &str| Error::Storage {
+        uri: uri.to_string(),
+        message: format!("{what} {}: {e}", to.display()),
+        retriable: false,
+    };
+    if let Some(dir) = to.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| local(e, "creating the directory of"))?;
+    }
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = to.with_file_name(format!(".{name}.tmp-{:x}", random_u64()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| local(e, "creating"))?;
+        while let Some(chunk) = chunks.next().await {
+            f.write_all(chunk?.as_ref()).await.map_err(|e| local(e, "writing"))?;
+        }
+        f.sync_all().await.map_err(|e| local(e, "syncing"))?;
+        tokio::fs::rename(&tmp, to).await.map_err(|e| local(e, "renaming into"))
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    result
+}
+
 fn join_key(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()

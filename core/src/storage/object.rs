@@ -13,9 +13,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
-use super::{random_u64, Entry};
+use super::Entry;
 use crate::error::{Error, Result};
 
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
@@ -251,36 +251,13 @@ impl ObjectBackend {
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(self.err(key, "reading", e)),
         };
-        let local = |e: std::io::Error, what: &str| Error::Storage {
-            uri: self.uri(key),
-            message: format!("{what} {}: {e}", to.display()),
-            retriable: false,
-        };
-        if let Some(dir) = to.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| local(e, "creating the directory of"))?;
-        }
-        let name = to
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = to.with_file_name(format!(".{name}.tmp-{:x}", random_u64()));
-        let result = async {
-            let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| local(e, "creating"))?;
-            let mut s = r.into_stream();
-            while let Some(chunk) = s.next().await {
-                let chunk = chunk.map_err(|e| self.err(key, "reading", e))?;
-                f.write_all(&chunk).await.map_err(|e| local(e, "writing"))?;
-            }
-            f.sync_all().await.map_err(|e| local(e, "syncing"))?;
-            tokio::fs::rename(&tmp, to).await.map_err(|e| local(e, "renaming into"))
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result.map(|()| true)
+        let this = self.clone();
+        let owned_key = key.to_string();
+        let chunks = r
+            .into_stream()
+            .map(move |c| c.map_err(|e| this.err(&owned_key, "reading", e)));
+        super::download_to(&self.uri(key), to, chunks).await?;
+        Ok(true)
     }
 
     pub(super) async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {

@@ -31,21 +31,5 @@ fi
 
 # shellcheck source=scripts/cache-dir.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cache-dir.sh"
-wheels="$(rayforge_cache_dir)/gym-wheels"
-mkdir -p "$wheels"
-
-command -v python3 >/dev/null || { echo "python3 (with venv and pip) is required"; exit 1; }
-if [ ! -x "$venv/bin/python" ]; then
-  echo "== creating $venv"
-  python3 -m venv "$venv"
-fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
-# From the cache first; when it lacks a wheel (first run, or another Python
-# version), download into it and install from it again.
-if ! "${pip[@]}" install --no-index --find-links "$wheels" "$gym_pin" "$numpy_pin" 2>/dev/null; then
-  echo "== downloading $gym_pin and numpy into $wheels"
-  "${pip[@]}" download --dest "$wheels" "$gym_pin" "$numpy_pin"
-  "${pip[@]}" install --no-index --find-links "$wheels" "$gym_pin" "$numpy_pin"
-fi
-"$venv/bin/python" -c "$ok"
+rayforge_pip_venv "$venv" gym-wheels "$ok" "$gym_pin" "$numpy_pin"
 "$venv/bin/python" -c 'import gymnasium, numpy; print("== gym-venv: gymnasium", gymnasium.__version__, "numpy", numpy.__version__)'

@@ -27,19 +27,5 @@ fi
 
 # shellcheck source=scripts/cache-dir.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cache-dir.sh"
-wheels="$(rayforge_cache_dir)/s3-wheels"
-mkdir -p "$wheels"
-
-command -v python3 >/dev/null || { echo "python3 (with venv and pip) is required"; exit 1; }
-if [ ! -x "$venv/bin/python" ]; then
-  echo "== creating $venv"
-  python3 -m venv "$venv"
-fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check --quiet)
-if ! "${pip[@]}" install --no-index --find-links "$wheels" "$pin" 2>/dev/null; then
-  echo "== downloading $pin into $wheels"
-  "${pip[@]}" download --dest "$wheels" "$pin"
-  "${pip[@]}" install --no-index --find-links "$wheels" "$pin"
-fi
-"$venv/bin/python" -c "$ok"
+rayforge_pip_venv "$venv" s3-wheels "$ok" "$pin"
 echo "== s3-venv: moto $("$venv/bin/python" -c 'import moto; print(moto.__version__)') ($venv/bin/moto_server)"

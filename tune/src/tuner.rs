@@ -170,6 +170,9 @@ struct TrialSpec {
     /// The checkpoint to go on from.
     restore: Option<PathBuf>,
     placement_group: Option<PlacementGroup>,
+    /// The driver's marker in the experiment's directory, read back before
+    /// the trial starts (a node that cannot see it fails the trial, named).
+    shared: rayforge::storage::SharedCheck,
 }
 
 /// One trial's process.
@@ -184,6 +187,9 @@ impl TrialActor {
 
     /// Runs the trial's function to its end.
     fn run(&mut self, spec: TrialSpec) -> std::result::Result<(), String> {
+        // Otherwise the trial would write its files on this node's own disk,
+        // where the driver never finds them.
+        spec.shared.verify().map_err(|e| e.to_string())?;
         let restore = match &spec.restore {
             Some(p) => Some(Checkpoint::open(p).map_err(|e| e.to_string())?),
             None => None,
@@ -748,7 +754,12 @@ impl Tuner {
         let dir = self.config.storage_path.join(&self.config.name);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let journal_path = dir.join(JOURNAL);
+        let shared = rayforge::storage::StorageUri::from(&dir)
+            .open()
+            .and_then(|s| s.shared_check())
+            .map_err(|e| Error::Runtime(e.to_string()))?;
         let mut ex = Run {
+            shared,
             trials: Vec::new(),
             running: BTreeMap::new(),
             restart: VecDeque::new(),
@@ -851,6 +862,7 @@ impl Tuner {
             }
         }
         self.publish(&ex.trials, start.elapsed(), true);
+        ex.shared.remove();
         let grid = ResultGrid {
             trials: std::mem::take(&mut ex.trials),
             metric: self.config.metric.clone(),
@@ -884,6 +896,10 @@ struct Run {
     restart: VecDeque<usize>,
     journal: Journal,
     dir: PathBuf,
+    /// The marker each trial's node reads back before it starts: the
+    /// experiment's directory is a local path, which on a cluster every
+    /// node running trials must share.
+    shared: rayforge::storage::SharedCheck,
     table: Table,
     /// When the status was last published for the dashboard.
     published: Option<Instant>,
@@ -947,6 +963,7 @@ impl Tuner {
             reports: reports.clone(),
             restore: t.checkpoint.as_ref().map(|c| c.path().to_path_buf()),
             placement_group: placement_group.clone(),
+            shared: ex.shared.clone(),
         });
         t.status = TrialStatus::Running;
         ex.running.insert(

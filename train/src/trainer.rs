@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-
 use std::time::{Duration, Instant};
 
 use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementStrategy};

@@ -86,18 +86,22 @@ pub(crate) struct NodeState {
     /// The cluster store (`cluster://`) of the embedded cluster, opened on
     /// first use in the session directory (a cluster's node uses the
     /// head's).
-    files: std::sync::OnceLock<Arc<crate::storage::file_store::FileStore>>,
+    files: Mutex<Option<Arc<crate::storage::file_store::FileStore>>>,
 }
 
 impl NodeState {
-    /// The embedded cluster's own file store.
+    /// The embedded cluster's own file store, opened once (under the lock:
+    /// opening clears the store's unfinished uploads, which must never be
+    /// another caller's upload in flight).
     fn files(&self) -> std::result::Result<Arc<crate::storage::file_store::FileStore>, Status> {
-        if let Some(f) = self.files.get() {
+        let mut files = self.files.lock();
+        if let Some(f) = &*files {
             return Ok(f.clone());
         }
         let opened = crate::storage::file_store::FileStore::open(&self.paths.dir.join("storage"), u64::MAX)
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(self.files.get_or_init(|| opened).clone())
+        *files = Some(opened.clone());
+        Ok(opened)
     }
 }
 
@@ -184,7 +188,7 @@ impl NodeDaemon {
             spread_next: std::sync::atomic::AtomicUsize::new(0),
             lease_requests: std::sync::atomic::AtomicU64::new(0),
             kv: Mutex::new(crate::kv::KvTable::default()),
-            files: std::sync::OnceLock::new(),
+            files: Mutex::new(None),
             shutting_down: false.into(),
             paths,
             node_id,

@@ -128,18 +128,30 @@ impl Checkpoint {
     /// files on this node (downloaded into its cache when remote). What
     /// Serve, `rllib evaluate` and restores take from a user.
     pub fn load(location: &str) -> Result<Checkpoint> {
+        Checkpoint::at(location)?.to_local()
+    }
+
+    /// The checkpoint at `location` (as [`Checkpoint::load`] takes it)
+    /// with only its manifest read: its files stay in storage until
+    /// [`Checkpoint::to_local`] or [`Checkpoint::read`]. What a driver
+    /// that only needs a checkpoint's iteration and metrics opens.
+    pub fn at(location: &str) -> Result<Checkpoint> {
         let storage = crate::storage::StorageUri::from(location).open()?;
-        match storage.local_path() {
-            Some(path) => Checkpoint::open(path),
-            None => {
-                let uri = storage.uri().to_string();
-                Checkpoint {
-                    path: cache_path(&uri),
-                    uri: Some(uri),
-                }
-                .to_local()
-            }
-        }
+        let Some(path) = storage.local_path() else {
+            let text = storage.read(MANIFEST)?.ok_or_else(|| {
+                CheckpointError::Storage(crate::Error::Storage {
+                    uri: storage.uri_of(MANIFEST),
+                    message: "no checkpoint here (never committed, pruned or deleted)".into(),
+                    retriable: false,
+                })
+            })?;
+            parse_manifest(&storage.uri_of(MANIFEST), &text)?;
+            let uri = storage.uri().to_string();
+            let path = cache_path(&uri);
+            refresh_cache(&path, &text)?;
+            return Ok(Checkpoint { path, uri: Some(uri) });
+        };
+        Checkpoint::open(path)
     }
 
     /// Its directory on this node (for a checkpoint in remote storage, the
@@ -517,6 +529,26 @@ impl CheckpointDir {
         }
         // Keys list in order, and the iteration is zero-padded.
         Ok(out)
+    }
+
+    /// Deletes every checkpoint (each manifest first, so none is ever seen
+    /// half deleted): a run that starts over from scratch.
+    pub fn clear(&self) -> Result<()> {
+        for c in self.list()? {
+            match c.uri() {
+                Some(uri) => {
+                    let name = uri.rsplit('/').next().unwrap_or_default();
+                    self.storage.delete(&format!("{name}/{MANIFEST}"))?;
+                    self.storage.delete(&format!("{name}/"))?;
+                }
+                None => {
+                    let _ = std::fs::remove_file(c.path().join(MANIFEST));
+                    std::fs::remove_dir_all(c.path()).map_err(|e| CheckpointError::io(c.path(), e))?;
+                }
+            }
+            let _ = std::fs::remove_dir_all(c.path());
+        }
+        Ok(())
     }
 
     /// The newest committed checkpoint.

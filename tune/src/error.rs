@@ -27,6 +27,27 @@ pub enum Error {
     /// committed stay intact).
     #[error(transparent)]
     Checkpoint(#[from] rayforge::checkpoint::CheckpointError),
+    /// The experiment's journal holds a line that does not parse (a line
+    /// cut short by a crash, at its end, is repaired instead).
+    #[error("{at}{}: {message}", .line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Journal {
+        /// The journal's file or URI.
+        at: String,
+        /// The line (1-based).
+        line: Option<usize>,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Another driver is running the experiment (it holds its lease).
+    #[error(
+        "experiment `{experiment}` is being run by {holder}; wait for it to end, or resume it once that driver is gone"
+    )]
+    Locked {
+        /// The experiment.
+        experiment: String,
+        /// Which driver holds it.
+        holder: String,
+    },
     /// The runtime underneath failed.
     #[error("rayforge: {0}")]
     Runtime(String),

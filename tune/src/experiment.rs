@@ -3,7 +3,9 @@
 //!
 //! ```toml
 //! name = "quadratic"            # the experiment's directory under storage_path
-//! storage_path = "/tmp/results" # default ~/rayforge_results
+//! storage_path = "/tmp/results" # or cluster://results, s3://bucket/results;
+//!                               # default ~/rayforge_results (embedded),
+//!                               # cluster://rayforge_results (multi-node)
 //! metric = "loss"
 //! mode = "min"                  # or "max"
 //! num_samples = 8               # each grid point this many times
@@ -51,7 +53,7 @@
 //! `resample_probability`, `seed`, and `mutate` (the parameters it
 //! perturbs; default every parameter with a domain).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -70,8 +72,14 @@ use crate::tuner::TuneConfig;
 pub struct Experiment {
     /// The experiment's name.
     pub name: String,
-    /// Where experiments keep their directories.
-    pub storage_path: Option<PathBuf>,
+    /// The file as JSON, less `storage_path` and `max_concurrent_trials`:
+    /// what [`TuneConfig::definition`] compares on a resume.
+    #[serde(skip)]
+    pub definition: serde_json::Value,
+    /// Where experiments keep their directories: a path or a storage URI
+    /// (`cluster://results`, `s3://bucket/results`; see
+    /// [`rayforge::storage`]).
+    pub storage_path: Option<rayforge::storage::StorageUri>,
     /// The metric that ranks trials.
     pub metric: String,
     /// `min` or `max`.
@@ -324,7 +332,7 @@ pub struct PlateauSpec {
 impl Experiment {
     /// Reads and checks `text` (from `path`, for messages).
     pub fn parse(text: &str) -> Result<(Experiment, SearchSpace)> {
-        let e: Experiment = toml::from_str(text).map_err(|err| {
+        let mut e: Experiment = toml::from_str(text).map_err(|err| {
             let line = err.span().map(|s| line_of(text, s.start));
             // serde's message names the field ("unknown field `x`").
             Error::config("search.toml", line, err.message().to_string())
@@ -364,6 +372,17 @@ impl Experiment {
         if e.num_samples == 0 {
             return Err(Error::config("num_samples", None, "must be at least 1"));
         }
+        // What a resume must find unchanged: all but where the files are
+        // and how many trials run at once (another machine may differ).
+        let mut definition: serde_json::Value = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| serde_json::to_value(t).ok())
+            .unwrap_or_default();
+        if let Some(m) = definition.as_object_mut() {
+            m.remove("storage_path");
+            m.remove("max_concurrent_trials");
+        }
+        e.definition = definition;
         Ok((e, space))
     }
 
@@ -400,6 +419,7 @@ impl Experiment {
                 score_attribute: self.checkpoint.score_attribute.clone(),
                 higher_is_better: self.checkpoint.mode != Some(Mode::Min),
             },
+            definition: Some(self.definition.clone()),
             ..d
         }
     }

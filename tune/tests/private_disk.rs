@@ -25,7 +25,7 @@ fn trials_on_a_node_without_the_experiments_disk_fail_naming_it() {
     let space = SearchSpace::new().domain("x", Domain::Grid(vec![1.into()]));
     let config = |name: &str| TuneConfig {
         name: name.into(),
-        storage_path: cluster.base_dir().join("experiments"),
+        storage_path: cluster.base_dir().join("experiments").into(),
         metric: "loss".into(),
         verbose: false,
         ..Default::default()

@@ -42,7 +42,7 @@ fn asha_stops_bad_trials_early_and_the_best_config_wins() {
         BasicVariant::new(&space, 1, 0).unwrap(),
         TuneConfig {
             name: "asha".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             metric: "acc".into(),
             mode: Mode::Max,
             max_concurrent_trials: 3,
@@ -148,7 +148,7 @@ fn a_failed_trial_starts_over_within_max_failures() {
             BasicVariant::new(&space, 1, 0).unwrap(),
             TuneConfig {
                 name: name.into(),
-                storage_path: storage.clone(),
+                storage_path: storage.clone().into(),
                 metric: "acc".into(),
                 mode: Mode::Max,
                 cpus_per_trial: 0.5,
@@ -213,7 +213,7 @@ fn a_failed_trial_goes_on_from_its_latest_checkpoint() {
         BasicVariant::new(&space, 1, 0).unwrap(),
         TuneConfig {
             name: "ckpt".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             metric: "count".into(),
             mode: Mode::Max,
             cpus_per_trial: 0.5,
@@ -285,7 +285,7 @@ fn hyperband_pauses_trials_and_resumes_the_best_from_their_checkpoints() {
         BasicVariant::new(&space, 1, 0).unwrap(),
         TuneConfig {
             name: "hb".into(),
-            storage_path: storage.clone(),
+            storage_path: storage.clone().into(),
             metric: "acc".into(),
             mode: Mode::Max,
             max_concurrent_trials: 3,
@@ -345,7 +345,7 @@ fn a_time_budget_ends_the_experiment_and_a_plateau_ends_a_trial() {
     let space = SearchSpace::new().domain("i", Domain::Grid((0..4).map(Into::into).collect()));
     let config = |name: &str| TuneConfig {
         name: name.into(),
-        storage_path: storage.clone(),
+        storage_path: storage.clone().into(),
         max_concurrent_trials: 2,
         cpus_per_trial: 0.5,
         verbose: false,
@@ -392,7 +392,7 @@ fn errored_trials_are_resumed_or_restarted_on_request() {
             BasicVariant::new(&space_for(&markers), 1, 0).unwrap(),
             TuneConfig {
                 name: name.into(),
-                storage_path: storage.clone(),
+                storage_path: storage.clone().into(),
                 metric: "count".into(),
                 mode: Mode::Max,
                 cpus_per_trial: 0.5,

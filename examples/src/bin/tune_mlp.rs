@@ -44,7 +44,9 @@ fn mlp(ctx: &mut TrialContext) -> Result<(), String> {
         .placement_group(&pg, 1)
         .run_config(RunConfig {
             name: "train".into(),
-            storage_path: ctx.trial_dir().to_path_buf().into(),
+            // The trial's own directory in the experiment's storage, on
+            // whichever node the ranks run.
+            storage_path: ctx.storage().uri().into(),
             verbose: false,
             ..Default::default()
         })
@@ -60,7 +62,9 @@ fn mlp(ctx: &mut TrialContext) -> Result<(), String> {
             let mut metrics: Vec<(String, f64)> = r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
             metrics.retain(|(k, _)| k != "training_iteration");
             let sent = match &r.checkpoint {
-                Some(c) => CheckpointWriter::copy_of(c)
+                Some(c) => c
+                    .to_local()
+                    .and_then(|c| CheckpointWriter::copy_of(&c))
                     .map_err(|e| err(&e))
                     .and_then(|w| ctx.report_checkpoint(metrics, w).map_err(|e| err(&e))),
                 None => ctx.report(metrics).map_err(|e| err(&e)),

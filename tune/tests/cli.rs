@@ -165,6 +165,18 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
         done.len() >= 2 && !checkpointed(&j, &done, 2).is_empty()
     });
     assert!(mid, "two trials ended and one checkpointed before the kill");
+    // While it runs, a second driver is kept off the experiment.
+    let second = Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", file.to_str().unwrap(), "--resume"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        why.contains("is being run by") && why.contains(&format!("pid {}", first.id())),
+        "{why}"
+    );
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let before = std::fs::read_to_string(&journal).unwrap();
@@ -227,6 +239,18 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
             assert_eq!(resumed["resumed_at"].as_f64(), Some(*at as f64), "{trial}: {resumed}");
         }
     }
+    // The file changed since: a resume is refused, naming what changed.
+    let changed = std::fs::read_to_string(&file).unwrap().replace("seed = 1", "seed = 2");
+    std::fs::write(&file, changed).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", file.to_str().unwrap(), "--resume"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("searcher.seed: was 1, now 2"), "{why}");
+    assert_eq!(std::fs::read_to_string(&journal).unwrap(), after, "nothing appended");
     std::fs::remove_dir_all(&storage).unwrap();
 }
 

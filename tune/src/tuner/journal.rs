@@ -496,3 +496,154 @@ impl Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayforge::storage::StorageUri;
+
+    fn suggested(i: usize) -> Event {
+        Event::Suggested {
+            trial: format!("trial_{i:05}"),
+            config: Config::new(),
+        }
+    }
+
+    fn temp(name: &str) -> Storage {
+        let dir = std::env::temp_dir().join(format!("tune-journal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StorageUri::from(dir.as_path()).open().unwrap()
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_the_next_event_starts_its_own_line() {
+        let s = temp("torn");
+        let (mut j, events) = Journal::open(&s, true, true).unwrap();
+        assert!(events.is_empty());
+        j.append(&suggested(0)).unwrap();
+        j.sync(false).unwrap();
+        drop(j);
+        let path = s.local_path().unwrap().join(JOURNAL);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"event":"suggested","tri"#).unwrap();
+        drop(f);
+        let (mut j, events) = Journal::open(&s, false, true).unwrap();
+        assert_eq!(events.len(), 1);
+        j.append(&suggested(1)).unwrap();
+        j.sync(false).unwrap();
+        let (_, events) = Journal::open(&s, false, true).unwrap();
+        assert_eq!(events.len(), 2, "{}", std::fs::read_to_string(&path).unwrap());
+    }
+
+    #[test]
+    fn an_unparseable_line_is_an_error_naming_it_not_skipped() {
+        let s = temp("bad");
+        let (mut j, _) = Journal::open(&s, true, true).unwrap();
+        j.append(&suggested(0)).unwrap();
+        drop(j);
+        let path = s.local_path().unwrap().join(JOURNAL);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"event\":\"nonsense\"}\n");
+        std::fs::write(&path, &text).unwrap();
+        // A new experiment may not start over it either.
+        assert!(matches!(Journal::open(&s, true, true), Err(Error::Config { .. })));
+        match Journal::open(&s, false, true) {
+            Err(Error::Journal { at, line, .. }) => {
+                assert_eq!(line, Some(2));
+                assert!(at.ends_with(JOURNAL), "{at}");
+            }
+            other => panic!("{:?}", other.map(|(_, e)| e)),
+        }
+    }
+
+    #[test]
+    fn a_remote_journal_is_segments_read_back_in_order() {
+        let s = StorageUri::from(format!("memory://journal-{}", std::process::id()).as_str())
+            .open()
+            .unwrap();
+        let (mut j, _) = Journal::open(&s, true, false).unwrap();
+        // Enough events for several segments, each synced.
+        let n = 3 * SEGMENT_BYTES / 60;
+        for i in 0..n {
+            j.append(&suggested(i)).unwrap();
+            j.sync(i % 1000 == 0).unwrap();
+        }
+        j.sync(true).unwrap();
+        let segments = s.list(SEGMENTS).unwrap();
+        assert!(segments.len() >= 2, "{segments:?}");
+        let (mut j, events) = Journal::open(&s, false, false).unwrap();
+        assert_eq!(events.len(), n);
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| match e {
+                Event::Suggested { trial, .. } => trial.clone(),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(names[n - 1], format!("trial_{:05}", n - 1));
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "in order");
+        j.append(&suggested(n)).unwrap();
+        j.sync(true).unwrap();
+        assert_eq!(Journal::open(&s, false, false).unwrap().1.len(), n + 1);
+        // A new experiment may not start over it.
+        assert!(matches!(Journal::open(&s, true, false), Err(Error::Config { .. })));
+    }
+
+    #[test]
+    fn a_live_drivers_lease_keeps_a_second_off_and_a_dead_ones_is_taken_over() {
+        let s = temp("lease");
+        let first = Lease::acquire(&s, "exp").unwrap();
+        match Lease::acquire(&s, "exp") {
+            Err(Error::Locked { experiment, holder }) => {
+                assert_eq!(experiment, "exp");
+                assert!(holder.contains(&std::process::id().to_string()), "{holder}");
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        first.release();
+        let second = Lease::acquire(&s, "exp").unwrap();
+        // A holder on this machine whose process is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let dead = LeaseRecord {
+            id: "dead".into(),
+            host: hostname(),
+            pid,
+            renewed_ms: now_ms(),
+        };
+        s.put(LEASE, &serde_json::to_vec(&dead).unwrap()).unwrap();
+        let mut second = second;
+        second.renewed = Instant::now() - LEASE_TTL;
+        assert!(
+            matches!(second.renew("exp"), Err(Error::Locked { .. })),
+            "it was taken over"
+        );
+        let third = Lease::acquire(&s, "exp").unwrap();
+        // One on another machine, renewed long ago, has lapsed.
+        let lapsed = LeaseRecord {
+            host: "elsewhere".into(),
+            renewed_ms: now_ms() - 2 * LEASE_TTL.as_millis() as u64,
+            ..dead
+        };
+        s.put(LEASE, &serde_json::to_vec(&lapsed).unwrap()).unwrap();
+        assert!(Lease::acquire(&s, "exp").is_ok());
+        drop(third);
+    }
+
+    #[test]
+    fn differences_name_each_changed_field() {
+        let was = serde_json::json!({"metric": "loss", "param_space": {"lr": {"loguniform": [1e-4, 1e-1]}}});
+        let now = serde_json::json!({"metric": "acc", "param_space": {"lr": {"loguniform": [1e-4, 1e-2]}}, "x": 1});
+        let d = differences(&was, &now);
+        assert_eq!(
+            d,
+            vec![
+                "metric: was \"loss\", now \"acc\"".to_string(),
+                "param_space.lr.loguniform[1]: was 0.1, now 0.01".to_string(),
+                "x: was absent, now 1".to_string(),
+            ]
+        );
+        assert!(differences(&was, &was).is_empty());
+    }
+}

@@ -388,9 +388,14 @@ fn fill(arg: &str, config: &Config) -> std::result::Result<String, String> {
 /// line of stdout reported, the rest kept in `stdout.log`; stderr in
 /// `stderr.log`. A line with `"should_checkpoint": true` commits what the
 /// program wrote in `RAYFORGE_TUNE_CHECKPOINT_DIR` as the checkpoint of that
-/// report (the directory is emptied for the next one); a restarted trial
-/// finds its latest in `RAYFORGE_TUNE_RESTORE_FROM`. The program dies with
-/// this worker (a stopped trial's worker is killed).
+/// report (the directory is emptied for the next one: its files are taken
+/// when the line is read, so the program must not write the next
+/// checkpoint there before its step's work is done); a line with
+/// `"checkpoint_dir": "path"` commits the files of a directory of the
+/// program's own (relative to the trial's directory, or absolute), one per
+/// report, which is race-free whatever the program's pace. A restarted
+/// trial finds its latest checkpoint in `RAYFORGE_TUNE_RESTORE_FROM`. The
+/// program dies with this worker (a stopped trial's worker is killed).
 fn run_command(
     ctx: &mut TrialContext,
     argv: &[String],
@@ -467,7 +472,12 @@ fn run_command(
                 .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
                 .collect();
             let checkpoint = m.get("should_checkpoint").and_then(|v| v.as_bool()) == Some(true);
-            if checkpoint {
+            if let Some(named) = m.get("checkpoint_dir").and_then(|v| v.as_str()) {
+                let from = dir.join(named);
+                let w = take_scratch(&from).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir(&from);
+                ctx.report_checkpoint(metrics, w).map_err(|e| e.to_string())?;
+            } else if checkpoint {
                 let w = take_scratch(&scratch).map_err(|e| e.to_string())?;
                 ctx.report_checkpoint(metrics, w).map_err(|e| e.to_string())?;
             } else if !metrics.is_empty() {

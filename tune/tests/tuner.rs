@@ -115,6 +115,30 @@ fn a_bad_experiment_config_is_refused_before_anything_runs() {
     .fit()
     .unwrap_err();
     assert!(e.to_string().contains("max_concurrent_trials"), "{e}");
+    // A storage that is malformed, unreachable or not writable: named,
+    // before a trial runs.
+    let ro = std::env::temp_dir().join(format!("rayforge-tune-ro-{}", std::process::id()));
+    std::fs::create_dir_all(&ro).unwrap();
+    let file = ro.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    for (uri, what) in [
+        ("ftp://host/results".to_string(), "ftp://host/results"),
+        ("s3://bucket/results?x".to_string(), "s3://bucket/results"),
+        (file.join("results").display().to_string(), "a-file"),
+    ] {
+        let e = Tuner::new(
+            trainable,
+            BasicVariant::new(&space, 1, 0).unwrap(),
+            TuneConfig {
+                storage_path: uri.as_str().into(),
+                ..Default::default()
+            },
+        )
+        .fit()
+        .unwrap_err();
+        assert!(e.to_string().contains(what), "{uri}: {e}");
+    }
+    std::fs::remove_dir_all(&ro).unwrap();
 }
 
 /// Fails its first attempt (a marker file per trial says it did), then

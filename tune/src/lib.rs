@@ -29,7 +29,9 @@
 //! a Train run holding a placement group, or any executable that prints
 //! JSON lines), with per-trial checkpoints in the project's format,
 //! retries from the latest checkpoint, a status table, a [`ResultGrid`],
-//! and a journal that `--resume` goes on from; the [`Experiment`] of a
+//! and a journal that `--resume` goes on from — all of it in any
+//! [`rayforge::storage`] (a shared path, the cluster's store, S3), so
+//! trials run on nodes that share no disk; the [`Experiment`] of a
 //! `search.toml` and the `tune` binary (`tune run search.toml`), which
 //! other binaries extend with their own registered trainables ([`cli`]).
 

@@ -228,6 +228,16 @@ pub(crate) trait Learner {
 
     /// Its networks' variables, by file name (for checkpoints).
     fn var_stores(&mut self) -> Vec<(&'static str, &mut tch::nn::VarStore)>;
+
+    /// Writes what a resume needs beyond the networks: its optimizers'
+    /// moments and step counts, its counters, and its replay buffer when
+    /// it has one and `replay`.
+    fn save_state(&self, w: &mut CheckpointWriter, replay: bool) -> Result<()>;
+
+    /// Restores what [`Learner::save_state`] wrote (a file the checkpoint
+    /// lacks — an older checkpoint, a buffer left out — leaves that part
+    /// fresh).
+    fn load_state(&mut self, c: &Checkpoint) -> Result<()>;
 }
 
 /// An algorithm on its env runners: [`Algorithm::train`] runs one
@@ -444,6 +454,7 @@ impl Algorithm {
             let p = w.file_path(name)?;
             vs.save(&p)?;
         }
+        self.learner.save_state(&mut w, self.config.checkpoint_replay_buffer)?;
         let saved = Saved {
             format_version: CHECKPOINT_VERSION,
             config: self.config.clone(),
@@ -484,6 +495,7 @@ impl Algorithm {
             vs.load(c.file(name))
                 .map_err(|e| Error::config("checkpoint", format!("{}: {name}: {e}", path.display())))?;
         }
+        a.learner.load_state(&c)?;
         a.iteration = saved.iteration;
         a.env_steps = saved.env_steps;
         a.episodes = saved.episodes;

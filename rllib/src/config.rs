@@ -111,6 +111,11 @@ pub struct AlgoConfig {
     pub epsilon_timesteps: u64,
     /// SAC: the target networks' Polyak rate.
     pub tau: f64,
+    /// Off-policy (DQN, SAC): checkpoints hold the replay buffer, so a
+    /// restart or a PBT exploit goes on with it instead of an empty one
+    /// (default on; off keeps checkpoints small). Optimizer state is
+    /// always saved.
+    pub checkpoint_replay_buffer: bool,
 
     /// Testing aid: runner `.0` kills its own process once, halfway
     /// through its sample call `.1`; `.2` is a marker file remembering it.
@@ -153,6 +158,7 @@ impl Default for AlgoConfig {
             epsilon_end: 0.05,
             epsilon_timesteps: 10_000,
             tau: 0.005,
+            checkpoint_replay_buffer: true,
             crash_runner: None,
         }
     }

@@ -135,6 +135,58 @@ fn a_checkpoint_restores_the_policy_and_counters() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A DQN or SAC checkpoint holds the replay buffer and the optimizers'
+/// state: the restored algorithm's, saved again, are the same bytes; with
+/// `checkpoint_replay_buffer` off the buffer is left out.
+#[test]
+fn off_policy_checkpoints_keep_the_replay_buffer_and_optimizer_state() {
+    cluster();
+    let dir = std::env::temp_dir().join(format!("rllib-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (algo, env, optimizers) in [
+        (Algo::Dqn, "CartPole-v1", &["optimizer.pt"][..]),
+        (
+            Algo::Sac,
+            "Pendulum-v1",
+            &["actor_optimizer.pt", "critic_optimizer.pt", "alpha_optimizer.pt"][..],
+        ),
+    ] {
+        let mut config = AlgoConfig::preset(algo, env);
+        config.learning_starts = 0;
+        config.num_env_runners = 1;
+        let mut a = Algorithm::new(config.clone()).unwrap();
+        for _ in 0..3 {
+            a.train().unwrap();
+        }
+        let c = a.save(dir.join(format!("{algo:?}"))).unwrap();
+        a.stop();
+        let replay = std::fs::read(c.file("replay.pt")).unwrap();
+        let mut b = Algorithm::restore(c.path()).unwrap();
+        let again = b.save(dir.join(format!("{algo:?}-again"))).unwrap();
+        b.stop();
+        assert_eq!(
+            std::fs::read(again.file("replay.pt")).unwrap(),
+            replay,
+            "{algo:?}: the buffer came back whole"
+        );
+        for o in optimizers {
+            assert_eq!(
+                std::fs::read(again.file(o)).unwrap(),
+                std::fs::read(c.file(o)).unwrap(),
+                "{algo:?}: {o}"
+            );
+        }
+        config.checkpoint_replay_buffer = false;
+        let mut small = Algorithm::new(config).unwrap();
+        small.train().unwrap();
+        let c = small.save(dir.join(format!("{algo:?}-small"))).unwrap();
+        small.stop();
+        assert!(!c.file("replay.pt").exists());
+        assert!(c.file(optimizers[0]).exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_configs_are_refused_naming_the_field() {
     cluster();

@@ -123,6 +123,32 @@ impl Adam {
         self.lr = lr;
     }
 
+    /// Scales the gradients so that their total norm is at most `max`, as
+    /// `torch.nn.utils.clip_grad_norm_` (and tch's
+    /// `nn::Optimizer::clip_grad_norm`); the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        let grads: Vec<Tensor> = self
+            .params
+            .values()
+            .map(|(p, _, _)| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let total = grads
+            .iter()
+            .map(|g| g.norm().double_value(&[]).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let coef = max / (total + 1e-6);
+        if coef < 1.0 {
+            tch::no_grad(|| {
+                for mut g in grads {
+                    let _ = g.f_mul_scalar_(coef);
+                }
+            });
+        }
+        total
+    }
+
     /// The steps taken (restored by [`Adam::load`]).
     pub fn steps(&self) -> i64 {
         self.steps
@@ -229,6 +255,35 @@ mod tests {
     fn loss(m: &nn::Linear, step: i64) -> Tensor {
         let x = Tensor::arange(12, (Kind::Float, Device::Cpu)).reshape([4, 3]) / 10.0 + step as f64;
         (m.forward(&x) - 1.0).square().mean(Kind::Float)
+    }
+
+    /// Clipping scales the gradients as libtorch's optimizer does.
+    #[test]
+    fn clipped_gradients_match_libtorchs() {
+        tch::manual_seed(3);
+        let vs_a = nn::VarStore::new(Device::Cpu);
+        let ma = model(&vs_a);
+        let mut vs_b = nn::VarStore::new(Device::Cpu);
+        let mb = model(&vs_b);
+        vs_b.copy(&vs_a).unwrap();
+        let mut ours = Adam::new(&vs_a, 0.1);
+        let mut theirs = nn::Adam::default().build(&vs_b, 0.1).unwrap();
+        for step in 0..4 {
+            ours.zero_grad();
+            loss(&ma, step).backward();
+            let norm = ours.clip_grad_norm(0.05);
+            assert!(norm > 0.05, "clipping happens: {norm}");
+            ours.step().unwrap();
+            theirs.zero_grad();
+            loss(&mb, step).backward();
+            theirs.clip_grad_norm(0.05);
+            theirs.step();
+        }
+        for (name, a) in vs_a.variables() {
+            let b = &vs_b.variables()[&name];
+            let diff = (&a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: {diff}");
+        }
     }
 
     /// The same parameters after a few steps as libtorch's own Adam.

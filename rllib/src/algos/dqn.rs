@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tch::nn::OptimizerConfig;
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge_train::optim::{Adam, Optimizer};
 use tch::{nn, Device, Kind};
 
-use super::{scalar, Replay};
+use super::{load_optimizer, save_optimizer, scalar, Replay};
 use crate::algorithm::{Learner, Runners};
 use crate::config::AlgoConfig;
 use crate::error::Result;
@@ -23,7 +24,7 @@ pub(crate) struct Dqn {
     config: AlgoConfig,
     online: Policy,
     target: Policy,
-    opt: nn::Optimizer,
+    opt: Adam,
     replay: Replay,
     rng: StdRng,
     iterations: u64,
@@ -36,7 +37,7 @@ impl Dqn {
         let online = Policy::new(spec, device);
         let mut target = Policy::new(spec, device);
         target.vs.copy(&online.vs)?;
-        let opt = nn::Adam::default().build(&online.vs, config.lr)?;
+        let opt = Adam::new(&online.vs, config.lr);
         Ok(Dqn {
             replay: Replay::new(config.buffer_size, spec.obs_dim as usize, 1),
             config: config.clone(),
@@ -96,7 +97,7 @@ impl Learner for Dqn {
             self.opt.zero_grad();
             loss.backward();
             self.opt.clip_grad_norm(self.config.max_grad_norm);
-            self.opt.step();
+            self.opt.step().map_err(|e| crate::error::Error::Torch(e.to_string()))?;
             loss_sum += scalar(&loss);
             q_sum += scalar(&q.mean(Kind::Float));
         }
@@ -115,5 +116,30 @@ impl Learner for Dqn {
             ("policy.safetensors", &mut self.online.vs),
             ("target.safetensors", &mut self.target.vs),
         ]
+    }
+
+    fn save_state(&self, w: &mut CheckpointWriter, replay: bool) -> Result<()> {
+        save_optimizer(&self.opt, w, "optimizer.pt")?;
+        w.write(
+            "learner.json",
+            format!("{{\"iterations\": {}}}", self.iterations).as_bytes(),
+        )?;
+        if replay {
+            self.replay.save(w, "replay.pt")?;
+        }
+        Ok(())
+    }
+
+    fn load_state(&mut self, c: &Checkpoint) -> Result<()> {
+        load_optimizer(&mut self.opt, c, "optimizer.pt")?;
+        if let Ok(bytes) = c.read("learner.json") {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| crate::error::Error::config("checkpoint", format!("learner.json: {e}")))?;
+            self.iterations = v["iterations"].as_u64().unwrap_or(0);
+        }
+        if c.file("replay.pt").exists() {
+            self.replay.load(c, "replay.pt")?;
+        }
+        Ok(())
     }
 }

@@ -5,7 +5,28 @@ pub mod dqn;
 pub mod ppo;
 pub mod sac;
 
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge_train::optim::Adam;
 use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Saves an optimizer's moments and step count as the checkpoint file
+/// `name`.
+pub(crate) fn save_optimizer(opt: &Adam, w: &mut CheckpointWriter, name: &str) -> Result<()> {
+    opt.save(w, name).map_err(|e| Error::Runtime(e.to_string()))
+}
+
+/// Restores an optimizer from the checkpoint file `name` (a checkpoint
+/// without it, from before optimizers were saved, leaves it fresh).
+pub(crate) fn load_optimizer(opt: &mut Adam, c: &Checkpoint, name: &str) -> Result<()> {
+    if !c.file(name).exists() {
+        tracing::warn!("{}: no {name}: the optimizer starts fresh", c.location());
+        return Ok(());
+    }
+    opt.load(c, name)
+        .map_err(|e| Error::config("checkpoint", e.to_string()))
+}
 
 /// A flat `f32` vector as a `[rows, cols]` tensor on `device`.
 pub(crate) fn tensor2(v: &[f32], cols: i64, device: Device) -> Tensor {
@@ -112,6 +133,100 @@ impl Replay {
             }
             self.next = (self.next + 1) % self.capacity;
         }
+    }
+
+    /// Saves the buffer's transitions and where it stands as the
+    /// checkpoint file `name`.
+    pub(crate) fn save(&self, w: &mut CheckpointWriter, name: &str) -> Result<()> {
+        let meta = Tensor::from_slice(&[
+            self.capacity as i64,
+            self.obs_dim as i64,
+            self.act_dim as i64,
+            self.next as i64,
+            self.len as i64,
+        ]);
+        let named = [
+            ("meta", meta),
+            ("obs", Tensor::from_slice(&self.obs)),
+            ("actions", Tensor::from_slice(&self.actions)),
+            ("rewards", Tensor::from_slice(&self.rewards)),
+            ("next_obs", Tensor::from_slice(&self.next_obs)),
+            ("terminated", Tensor::from_slice(&self.terminated)),
+            ("discount", Tensor::from_slice(&self.discount)),
+        ];
+        let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (*n, t)).collect();
+        let path = w.file_path(name)?;
+        Ok(Tensor::save_multi(&refs, &path)?)
+    }
+
+    /// Refills the buffer from the checkpoint file `name` that
+    /// [`Replay::save`] wrote, oldest transition first (into a buffer of
+    /// another capacity, the newest that fit). Observation and action
+    /// sizes must match.
+    pub(crate) fn load(&mut self, c: &Checkpoint, name: &str) -> Result<()> {
+        let path = c.file(name);
+        let bad = |what: String| Error::config("checkpoint", format!("{}: {what}", path.display()));
+        let saved: std::collections::BTreeMap<String, Tensor> = Tensor::load_multi(&path)?.into_iter().collect();
+        let get = |key: &str| {
+            saved
+                .get(key)
+                .ok_or_else(|| bad(format!("no `{key}` in the replay buffer")))
+        };
+        let meta: Vec<i64> = Vec::try_from(get("meta")?)?;
+        let [capacity, od, ad, next, len] = meta[..] else {
+            return Err(bad(format!(
+                "a replay buffer's header is 5 numbers, not {}",
+                meta.len()
+            )));
+        };
+        if (od as usize, ad as usize) != (self.obs_dim, self.act_dim) {
+            return Err(bad(format!(
+                "the replay buffer holds observations of {od} and actions of {ad} values; this algorithm's are {} and {}",
+                self.obs_dim, self.act_dim
+            )));
+        }
+        let vec = |key: &str, width: usize| -> Result<Vec<f32>> {
+            let v: Vec<f32> = Vec::try_from(get(key)?)?;
+            if v.len() != len as usize * width {
+                return Err(bad(format!("`{key}` holds {} values for {len} transitions", v.len())));
+            }
+            Ok(v)
+        };
+        let (od, ad) = (self.obs_dim, self.act_dim);
+        let t = crate::runner::Transitions {
+            obs: vec("obs", od)?,
+            actions: vec("actions", ad)?,
+            rewards: vec("rewards", 1)?,
+            next_obs: vec("next_obs", od)?,
+            terminated: vec("terminated", 1)?,
+            discount: vec("discount", 1)?,
+            ..Default::default()
+        };
+        // Oldest first: once full, the ring's oldest is at `next`.
+        let (len, next) = (len as usize, next as usize);
+        let order: Vec<usize> = if len < capacity as usize {
+            (0..len).collect()
+        } else {
+            (next..len).chain(0..next.min(len)).collect()
+        };
+        let pick = |v: &[f32], d: usize| -> Vec<f32> {
+            order
+                .iter()
+                .flat_map(|i| v[i * d..(i + 1) * d].iter().copied())
+                .collect()
+        };
+        let ordered = crate::runner::Transitions {
+            obs: pick(&t.obs, od),
+            actions: pick(&t.actions, ad),
+            rewards: pick(&t.rewards, 1),
+            next_obs: pick(&t.next_obs, od),
+            terminated: pick(&t.terminated, 1),
+            discount: pick(&t.discount, 1),
+            ..Default::default()
+        };
+        *self = Replay::new(self.capacity, od, ad);
+        self.add(&ordered);
+        Ok(())
     }
 
     /// `n` transitions drawn uniformly (with replacement).

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::nn::OptimizerConfig;
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge_train::optim::{Adam, Optimizer};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{scalar, tensor1, tensor2};
+use super::{load_optimizer, save_optimizer, scalar, tensor1, tensor2};
 use crate::algorithm::{Learner, Runners};
 use crate::config::AlgoConfig;
 use crate::env::Space;
@@ -24,7 +25,7 @@ use crate::runner::Episodes;
 pub(crate) struct Ppo {
     config: AlgoConfig,
     policy: Policy,
-    opt: nn::Optimizer,
+    opt: Adam,
     rng: StdRng,
     device: Device,
 }
@@ -33,11 +34,7 @@ impl Ppo {
     pub(crate) fn new(config: &AlgoConfig, spec: &PolicySpec) -> Result<Ppo> {
         let device = config.torch_device();
         let policy = Policy::new(spec, device);
-        let opt = nn::Adam {
-            eps: 1e-5,
-            ..Default::default()
-        }
-        .build(&policy.vs, config.lr)?;
+        let opt = Adam::new(&policy.vs, config.lr).eps(1e-5);
         Ok(Ppo {
             config: config.clone(),
             policy,
@@ -155,7 +152,7 @@ impl Learner for Ppo {
                 self.opt.zero_grad();
                 loss.backward();
                 self.opt.clip_grad_norm(c.max_grad_norm);
-                self.opt.step();
+                self.opt.step().map_err(|e| crate::error::Error::Torch(e.to_string()))?;
                 let kl = tch::no_grad(|| ((&ratio - 1.0) - ratio.log()).mean(Kind::Float));
                 for (k, t) in [
                     ("policy_loss", &pg),
@@ -181,6 +178,14 @@ impl Learner for Ppo {
 
     fn var_stores(&mut self) -> Vec<(&'static str, &mut nn::VarStore)> {
         vec![("policy.safetensors", &mut self.policy.vs)]
+    }
+
+    fn save_state(&self, w: &mut CheckpointWriter, _replay: bool) -> Result<()> {
+        save_optimizer(&self.opt, w, "optimizer.pt")
+    }
+
+    fn load_state(&mut self, c: &Checkpoint) -> Result<()> {
+        load_optimizer(&mut self.opt, c, "optimizer.pt")
     }
 }
 

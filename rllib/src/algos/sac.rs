@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tch::nn::{Module, OptimizerConfig};
+use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge_train::optim::{Adam, Optimizer};
+use tch::nn::Module;
 use tch::{nn, Device, Kind, Tensor};
 
-use super::{scalar, Replay};
+use super::{load_optimizer, save_optimizer, scalar, Replay};
 use crate::algorithm::{Learner, Runners};
 use crate::config::AlgoConfig;
 use crate::env::Space;
@@ -50,9 +52,9 @@ pub(crate) struct Sac {
     targets: Critics,
     alpha_vs: nn::VarStore,
     log_alpha: Tensor,
-    actor_opt: nn::Optimizer,
-    critic_opt: nn::Optimizer,
-    alpha_opt: nn::Optimizer,
+    actor_opt: Adam,
+    critic_opt: Adam,
+    alpha_opt: Adam,
     replay: Replay,
     rng: StdRng,
     device: Device,
@@ -77,9 +79,9 @@ impl Sac {
         let half: Vec<f32> = low.iter().zip(high).map(|(l, h)| (h - l) / 2.0).collect();
         let mid: Vec<f32> = low.iter().zip(high).map(|(l, h)| (h + l) / 2.0).collect();
         Ok(Sac {
-            actor_opt: nn::Adam::default().build(&actor.vs, config.lr)?,
-            critic_opt: nn::Adam::default().build(&critics.vs, config.lr)?,
-            alpha_opt: nn::Adam::default().build(&alpha_vs, config.lr)?,
+            actor_opt: Adam::new(&actor.vs, config.lr),
+            critic_opt: Adam::new(&critics.vs, config.lr),
+            alpha_opt: Adam::new(&alpha_vs, config.lr),
             replay: Replay::new(config.buffer_size, spec.obs_dim as usize, a as usize),
             rng: StdRng::seed_from_u64(config.seed ^ 0x5AC),
             scale: Tensor::from_slice(&half).to_device(device),
@@ -147,21 +149,21 @@ impl Learner for Sac {
                 (&q1 - &target).square().mean(Kind::Float) * 0.5 + (&q2 - &target).square().mean(Kind::Float) * 0.5;
             self.critic_opt.zero_grad();
             critic_loss.backward();
-            self.critic_opt.step();
+            self.critic_opt.step().map_err(|e| Error::Torch(e.to_string()))?;
 
             let (a, logp) = self.sample_action(&b.obs);
             let (p1, p2) = self.critics.q(&b.obs, &a);
             let actor_loss = (&alpha * &logp - p1.minimum(&p2)).mean(Kind::Float);
             self.actor_opt.zero_grad();
             actor_loss.backward();
-            self.actor_opt.step();
+            self.actor_opt.step().map_err(|e| Error::Torch(e.to_string()))?;
             // The critics' gradients from the actor's loss are dropped.
             self.critic_opt.zero_grad();
 
             let alpha_loss = -(&self.log_alpha * (logp.detach() + target_entropy)).mean(Kind::Float);
             self.alpha_opt.zero_grad();
             alpha_loss.backward();
-            self.alpha_opt.step();
+            self.alpha_opt.step().map_err(|e| Error::Torch(e.to_string()))?;
 
             tch::no_grad(|| {
                 let src = self.critics.vs.variables();
@@ -194,5 +196,25 @@ impl Learner for Sac {
             ("targets.safetensors", &mut self.targets.vs),
             ("alpha.safetensors", &mut self.alpha_vs),
         ]
+    }
+
+    fn save_state(&self, w: &mut CheckpointWriter, replay: bool) -> Result<()> {
+        save_optimizer(&self.actor_opt, w, "actor_optimizer.pt")?;
+        save_optimizer(&self.critic_opt, w, "critic_optimizer.pt")?;
+        save_optimizer(&self.alpha_opt, w, "alpha_optimizer.pt")?;
+        if replay {
+            self.replay.save(w, "replay.pt")?;
+        }
+        Ok(())
+    }
+
+    fn load_state(&mut self, c: &Checkpoint) -> Result<()> {
+        load_optimizer(&mut self.actor_opt, c, "actor_optimizer.pt")?;
+        load_optimizer(&mut self.critic_opt, c, "critic_optimizer.pt")?;
+        load_optimizer(&mut self.alpha_opt, c, "alpha_optimizer.pt")?;
+        if c.file("replay.pt").exists() {
+            self.replay.load(c, "replay.pt")?;
+        }
+        Ok(())
     }
 }

@@ -189,14 +189,8 @@ impl Controller {
     /// directories.
     fn open(&mut self, storage: Storage, lease: Lease) -> Result<Run> {
         let resume = self.config.resume;
-        let opened = Journal::open(&storage, !resume, self.config.journal_fsync);
-        let (journal, events) = match opened {
-            Ok(x) => x,
-            Err(e) => {
-                lease.release();
-                return Err(e);
-            }
-        };
+        // On an error below, the lease is dropped, which releases it.
+        let (journal, events) = Journal::open(&storage, !resume, self.config.journal_fsync)?;
         let (dir, files) = match storage.local_path() {
             Some(p) => (p.to_path_buf(), None),
             None => {
@@ -238,10 +232,7 @@ impl Controller {
                 None => Ok(()),
             }
         };
-        if let Err(e) = result {
-            ex.lease.release();
-            return Err(e);
-        }
+        result?;
         if resume && self.config.verbose {
             println!(
                 "resuming {}: {} trials ended, {} to go on",

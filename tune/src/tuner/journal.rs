@@ -487,6 +487,14 @@ impl Lease {
 
     /// Gives the lease up (the experiment ended, or failed).
     pub(crate) fn release(self) {
+        // Dropping it releases it.
+    }
+}
+
+impl Drop for Lease {
+    /// A driver that ends, on success or error, gives its lease up (a
+    /// killed one cannot: its lease lapses instead).
+    fn drop(&mut self) {
         if Self::holder(&self.storage)
             .ok()
             .flatten()
@@ -600,7 +608,7 @@ mod tests {
             }
             other => panic!("{:?}", other.map(|_| ())),
         }
-        first.release();
+        drop(first);
         let second = Lease::acquire(&s, "exp").unwrap();
         // A holder on this machine whose process is gone.
         let mut child = std::process::Command::new("true").spawn().unwrap();

@@ -214,7 +214,13 @@ impl TrialActor {
         }
         let dir = match spec.storage.local_path() {
             Some(p) => p.to_path_buf(),
-            None => scratch_dir(&spec.storage),
+            None => {
+                // What an earlier attempt on this node left is in storage
+                // already.
+                let d = scratch_dir(&spec.storage);
+                let _ = std::fs::remove_dir_all(&d);
+                d
+            }
         };
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let params = serde_json::to_vec_pretty(&spec.config.0).map_err(|e| e.to_string())?;
@@ -241,19 +247,21 @@ impl TrialActor {
         };
         let result = match &spec.command {
             Some(argv) => run_command(&mut ctx, argv, &dir, &spec.cwd),
-            None => {
-                let tramp = spec.tramp.get().map_err(|e| e.to_string())?;
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut ctx, spec.user))) {
-                    Ok(r) => r,
-                    Err(p) => Err(format!(
-                        "panicked: {}",
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default()
-                    )),
+            None => match spec.tramp.get() {
+                Err(e) => Err(e.to_string()),
+                Ok(tramp) => {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tramp(&mut ctx, spec.user))) {
+                        Ok(r) => r,
+                        Err(p) => Err(format!(
+                            "panicked: {}",
+                            p.downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default()
+                        )),
+                    }
                 }
-            }
+            },
         };
         if let Some(s) = syncer {
             if let Err(e) = s.finish() {

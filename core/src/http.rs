@@ -152,7 +152,16 @@ fn percent_encode(s: &str) -> String {
 /// Where a login may send the browser next: a path on this server only.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        // Browsers drop tabs and newlines from a URL (`/\t/evil` becomes
+        // `//evil`, another host): no control characters or spaces at all.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            n.to_string()
+        }
         _ => "/".into(),
     }
 }
@@ -233,6 +242,11 @@ mod tests {
         assert_eq!(safe_next(Some("/actors?x=1")), "/actors?x=1");
         assert_eq!(safe_next(Some("//evil.example")), "/");
         assert_eq!(safe_next(Some("https://evil.example")), "/");
+        // `next=/%09/evil.example`, decoded: a tab the browser drops.
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\n/evil.example")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(safe_next(None), "/");
         assert_eq!(percent_encode("/a b?x=1&y"), "/a%20b%3Fx%3D1%26y");
         assert_eq!(escape("<a href='x'>"), "&lt;a href=&#39;x&#39;&gt;");

@@ -92,7 +92,8 @@ fn paginate(
     let total = matching.len();
     let items = matching
         .into_iter()
-        .skip((page - 1) * per_page)
+        // A page past the end is empty, however far (no overflow).
+        .skip((page - 1).saturating_mul(per_page))
         .take(per_page)
         .collect();
     TasksPage {
@@ -127,6 +128,14 @@ mod tests {
             error: String::new(),
             wait_reason: String::new(),
         }
+    }
+
+    #[test]
+    fn a_page_far_past_the_end_is_empty_not_a_panic() {
+        let all: Vec<TaskInfo> = (0..3).map(|i| task(i, "m::f", "FINISHED")).collect();
+        let p = paginate(all, vec![], usize::MAX, 100, None, None);
+        assert!(p.items.is_empty());
+        assert_eq!(p.total, 3);
     }
 
     #[test]

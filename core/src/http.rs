@@ -86,8 +86,14 @@ pub fn no_delay(
 /// Whether `given` is the token, in time that does not depend on where
 /// they first differ.
 fn same(given: &str, token: &str) -> bool {
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    same_bytes(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Whether two byte strings are equal, in time that depends only on their
+/// lengths (the token checks of HTTP and gRPC). An empty token matches
+/// nothing.
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The token a request carries (header first, then cookie).
@@ -239,6 +245,8 @@ mod tests {
     fn tokens_compare_whole_and_logins_stay_on_this_server() {
         assert!(same("abc", "abc") && same(" abc\n", "abc"));
         assert!(!same("abd", "abc") && !same("ab", "abc") && !same("", "abc"));
+        // An empty token guards nothing: `Bearer ` never matches it.
+        assert!(!same("", "") && !same_bytes(b"", b""));
         assert_eq!(safe_next(Some("/actors?x=1")), "/actors?x=1");
         assert_eq!(safe_next(Some("//evil.example")), "/");
         assert_eq!(safe_next(Some("https://evil.example")), "/");

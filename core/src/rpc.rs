@@ -54,7 +54,14 @@ pub(crate) fn check_token(req: Request<()>) -> std::result::Result<Request<()>, 
     let expected = TOKEN.read();
     match expected.as_ref() {
         None => Ok(req),
-        Some(t) if req.metadata().get(TOKEN_KEY) == Some(t) => Ok(req),
+        Some(t)
+            if req
+                .metadata()
+                .get(TOKEN_KEY)
+                .is_some_and(|given| crate::http::same_bytes(given.as_bytes(), t.as_bytes())) =>
+        {
+            Ok(req)
+        }
         Some(_) => Err(Status::unauthenticated(
             "missing or wrong cluster token (see `rayforge start --head` output or RAYFORGE_TOKEN)",
         )),

@@ -12,6 +12,7 @@
       --validate target/k8s-venv/bin/kubernetes-validate
 """
 import argparse
+import base64
 import copy
 import json
 import os
@@ -38,7 +39,22 @@ def fail(msg):
     sys.exit(1)
 
 
-rendered = subprocess.run([a.kubectl, "kustomize", here], capture_output=True, text=True)
+# The manifests must not carry a token of their own (a placeholder shipped in
+# git is a token every cluster shares): the Secret comes from token.env,
+# which a user writes and git ignores. Rendered here from a copy with one.
+source = open(os.path.join(here, "kustomization.yaml")).read()
+for placeholder in ["replace-me", "changeme", "token="]:
+    if placeholder in "\n".join(l for l in source.splitlines() if not l.lstrip().startswith("#")):
+        fail(f"kustomization.yaml carries a token ({placeholder!r}): take it from token.env")
+copy_dir = tempfile.mkdtemp(prefix="rayforge-k8s-src-")
+for f in os.listdir(here):
+    if f.endswith((".yaml", ".yml")):
+        with open(os.path.join(here, f)) as src, open(os.path.join(copy_dir, f), "w") as dst:
+            dst.write(src.read())
+rendered_token = os.urandom(16).hex()
+with open(os.path.join(copy_dir, "token.env"), "w") as f:
+    f.write(f"token={rendered_token}\n")
+rendered = subprocess.run([a.kubectl, "kustomize", copy_dir], capture_output=True, text=True)
 if rendered.returncode != 0:
     fail(f"kubectl kustomize: {rendered.stderr}")
 docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
@@ -49,6 +65,9 @@ for want in ["Namespace/rayforge", "Service/rayforge-head", "StatefulSet/rayforg
         fail(f"{want} is missing from the rendered manifests")
 if not any(k.startswith("Secret/rayforge-token") for k in kinds):
     fail("the token Secret is missing")
+secret = next(d for d in docs if d["kind"] == "Secret")
+if base64.b64decode(secret["data"]["token"]).decode() != rendered_token:
+    fail("the token Secret does not hold token.env's token")
 
 tmp = tempfile.mkdtemp(prefix="rayforge-k8s-")
 

@@ -68,6 +68,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                     _ => random_token(),
                 },
             };
+            check_head_token(&token)?;
             write_private(&dir.join("token"), &token)?;
             crate::rpc::set_token(&token)?;
             let timeout = Duration::from_millis(opts.heartbeat_timeout_ms.unwrap_or(10_000));
@@ -214,6 +215,34 @@ pub fn stop_all(grace: Duration) -> usize {
     pids.len()
 }
 
+/// The shortest token a head accepts.
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
+
+/// Refuses a head token that guards nothing: empty, shorter than
+/// [`MIN_TOKEN_LEN`], or a placeholder left in a manifest.
+fn check_head_token(token: &str) -> Result<()> {
+    let t = token.trim();
+    let why = if t.is_empty() {
+        Some("is empty".to_string())
+    } else if t.len() < MIN_TOKEN_LEN {
+        Some(format!("has {} characters, fewer than {MIN_TOKEN_LEN}", t.len()))
+    } else if ["replace-me", "changeme", "change-me", "placeholder"]
+        .iter()
+        .any(|p| t.to_ascii_lowercase().contains(p))
+    {
+        Some("is a placeholder".to_string())
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(Error::InvalidArgument(format!(
+            "the cluster token {why}: give a random one of at least {MIN_TOKEN_LEN} characters \
+             (`openssl rand -hex 16`), or start the head without --token to have one made"
+        ))),
+    }
+}
+
 fn random_token() -> String {
     use std::io::Read;
     let mut b = [0u8; 16];
@@ -225,4 +254,24 @@ fn random_token() -> String {
         b.copy_from_slice(&t.0[..16]);
     }
     crate::ids::hex(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_token_must_be_long_and_not_a_placeholder() {
+        for (t, why) in [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("short-token", "fewer than 16"),
+            ("replace-me-with-a-random-token", "placeholder"),
+        ] {
+            let e = check_head_token(t).unwrap_err().to_string();
+            assert!(e.contains(why), "{t:?}: {e}");
+        }
+        check_head_token(&random_token()).unwrap();
+        assert!(random_token().len() >= MIN_TOKEN_LEN);
+    }
 }

@@ -195,6 +195,17 @@ fn bad_addresses_tokens_and_arguments_get_clear_errors() {
     assert!(!ok && err.contains("cannot reach the head"), "{err}");
     let (ok, err) = cli(&["status"]);
     assert!(!ok && err.contains("no cluster is running on this machine"), "{err}");
+    // A head refuses a token that guards nothing.
+    for (token, why) in [
+        ("short", "fewer than 16"),
+        ("replace-me-with-a-random-token", "placeholder"),
+    ] {
+        let (ok, err) = cli(&["start", "--head", "--port", "0", "--token", token, "--block"]);
+        assert!(
+            !ok && err.contains(why) && err.contains("openssl rand"),
+            "{token}: {err}"
+        );
+    }
     let (ok, err) = cli(&["start", "--head", "--port", "0", "--resources", "[1, 2]", "--block"]);
     assert!(!ok && err.contains("--resources must be a JSON object"), "{err}");
     let (ok, err) = cli(&[

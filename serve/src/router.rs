@@ -230,7 +230,13 @@ impl Router {
     /// Takes a replica with room (waiting in the queue when all are busy).
     async fn acquire(&self) -> Result<(String, ReplicaHandle)> {
         let mut table = self.table.clone();
-        let mut queued = false;
+        // Its place in the queue is given back however this ends, also when
+        // the request is abandoned while it waits (a timeout, a client
+        // gone), which drops this future.
+        let mut queued = QueuePlace {
+            router: self,
+            held: false,
+        };
         let start = tokio::time::Instant::now();
         let deadline = start + NO_REPLICA_WAIT;
         let result = loop {
@@ -256,8 +262,9 @@ impl Router {
                         a
                     };
                     s.slots[pick].inflight += 1;
-                    if queued {
+                    if queued.held {
                         s.queued -= 1;
+                        queued.held = false;
                     }
                     break Ok((s.slots[pick].id.clone(), s.slots[pick].handle.clone()));
                 }
@@ -271,12 +278,12 @@ impl Router {
                         break Err(Error::NotFound(format!("deployment `{}`", self.key)));
                     }
                 }
-                if live && !queued {
+                if live && !queued.held {
                     if s.queued >= s.max_queued {
                         break Err(Error::Overloaded(self.key.clone()));
                     }
                     s.queued += 1;
-                    queued = true;
+                    queued.held = true;
                 }
                 live
             };
@@ -292,9 +299,7 @@ impl Router {
                 _ = tokio::time::sleep(Duration::from_millis(if live { 1000 } else { 100 })) => {}
             }
         };
-        if result.is_err() && queued {
-            self.state.lock().queued -= 1;
-        }
+        drop(queued);
         result
     }
 
@@ -318,12 +323,21 @@ impl Router {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let (id, handle) = self.acquire().await?;
+            // Released when the call returns, and also when the request is
+            // abandoned mid-call (the proxy's timeout or a client gone drop
+            // this future): otherwise its slot stays taken for good.
+            let mut slot = Held {
+                router: self,
+                id: id.clone(),
+                dead: false,
+            };
             let r = op(handle.clone()).await;
             let dead = matches!(
                 r,
                 Err(rayforge::Error::ActorDied { .. } | rayforge::Error::WorkerDied { .. })
             );
-            self.release(&id, dead);
+            slot.dead = dead;
+            drop(slot);
             match r {
                 Ok(v) => return Ok((v, handle)),
                 Err(e) if dead => {
@@ -336,6 +350,35 @@ impl Router {
         Err(last
             .map(Error::from)
             .unwrap_or_else(|| Error::Unavailable(self.key.clone())))
+    }
+}
+
+/// A request's place in a deployment's queue, given back when dropped.
+struct QueuePlace<'a> {
+    router: &'a Router,
+    held: bool,
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let mut s = self.router.state.lock();
+            s.queued = s.queued.saturating_sub(1);
+        }
+    }
+}
+
+/// A request's slot on a replica, given back when dropped.
+struct Held<'a> {
+    router: &'a Router,
+    id: String,
+    /// The replica died under the request.
+    dead: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.router.release(&self.id, self.dead);
     }
 }
 

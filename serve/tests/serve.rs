@@ -883,3 +883,27 @@ fn a_request_past_the_timeout_gets_408_and_the_server_keeps_serving() {
     assert_eq!(r.status, 200, "{}", r.text());
     s.shutdown().unwrap();
 }
+
+#[test]
+fn a_timed_out_request_gives_its_replica_slot_back() {
+    let s = start(
+        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").max_ongoing_requests(1))],
+        HttpOptions {
+            request_timeout_s: 0.5,
+            ..opts()
+        },
+    );
+    let r = send(&s, "POST", "/", b"2000");
+    assert_eq!(r.status, 408, "{}", r.text());
+    // Once the replica is through the abandoned request's work, its one
+    // slot serves again (it used to stay taken, every later request 408).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while send(&s, "POST", "/", b"0").status != 200 {
+        assert!(Instant::now() < deadline, "the replica never served again");
+    }
+    for i in 0..100 {
+        let r = send(&s, "POST", "/", b"0");
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    s.shutdown().unwrap();
+}

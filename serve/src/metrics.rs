@@ -80,8 +80,16 @@ impl ServeMetrics {
         }
     }
 
-    /// Counts one answered request.
+    /// Counts one answered request. A method other than HTTP's standard
+    /// ones counts as `OTHER` (a client must not add a series per made-up
+    /// method); names are escaped for the text format.
     pub(crate) fn observe(&self, route: &str, application: &str, method: &str, status: u16, took: Duration) {
+        const METHODS: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
+        let method = if METHODS.contains(&method) { method } else { "OTHER" };
+        let route = &rayforge::util::prometheus_label(route);
+        let application = &rayforge::util::prometheus_label(application);
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.into(),
@@ -121,6 +129,21 @@ impl ServeMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_series_and_names_are_escaped() {
+        let m = ServeMetrics::new();
+        for i in 0..1000 {
+            m.observe("/a", "app\"x", &format!("M{i}"), 405, Duration::from_millis(1));
+        }
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("ray_serve_num_http_requests_total{"))
+            .count();
+        assert_eq!(series, 1, "{text}");
+        assert!(text.contains("method=\"OTHER\",application=\"app\\\"x\""), "{text}");
+    }
 
     #[test]
     fn requests_errors_and_latency_are_counted_under_rays_names() {

@@ -294,6 +294,12 @@ type Labels = Vec<(String, String)>;
 fn gauges(reg: &mut Registry, name: &str, help: &str, rows: impl IntoIterator<Item = (Labels, f64)>) {
     let fam = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for (labels, v) in rows {
+        // Names are the user's (tasks, actors): escaped, so none breaks
+        // the exposition or forges a series.
+        let labels: Labels = labels
+            .into_iter()
+            .map(|(k, v)| (k, crate::util::prometheus_label(&v)))
+            .collect();
         fam.get_or_create(&labels).set(v);
     }
     reg.register(name, help, fam);
@@ -469,4 +475,24 @@ fn render(h: &NodeHttp) -> Option<String> {
     let mut out = String::new();
     encode(&mut out, &reg).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_a_user_chose_cannot_break_the_exposition() {
+        let mut reg = Registry::with_prefix("ray");
+        gauges(
+            &mut reg,
+            "tasks",
+            "Tasks",
+            [(label("Name", "f\"} 1\nray_forged{x=\"y"), 1.0)],
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("ray_forged")), "{text}");
+        assert!(text.contains(r#"Name="f\"} 1\nray_forged{x=\"y"} 1"#), "{text}");
+    }
 }

@@ -50,6 +50,24 @@
 //! #[rayforge::actor]
 //! struct Trainer<M> { model: M }
 //! ```
+//!
+//! An async `main` puts `#[tokio::main]` above `#[rayforge::main]` (tokio
+//! turns it into a plain `main` first, which rayforge then wraps; the
+//! other order puts an `.await` outside async code, error E0728). `init`
+//! may run on any thread, also one that ends: the workers it starts live on.
+//!
+//! ```no_run
+//! #[rayforge::remote]
+//! fn double(x: u64) -> u64 { x * 2 }
+//!
+//! #[tokio::main]
+//! #[rayforge::main]
+//! async fn main() -> rayforge::Result<()> {
+//!     rayforge::init(rayforge::Config::default())?;
+//!     assert_eq!(double::remote(21).await?, 42);
+//!     Ok(())
+//! }
+//! ```
 
 #![warn(missing_docs)]
 

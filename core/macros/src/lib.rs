@@ -812,7 +812,8 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
 
 /// Marks the program's `main`: in a worker process (the same binary started
 /// by the runtime) it runs the worker loop instead; after `main` returns it
-/// shuts the embedded cluster down.
+/// shuts the embedded cluster down. With `#[tokio::main]`, that goes first
+/// (above this one): the other order fails with E0728.
 #[proc_macro_attribute]
 pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
     let f = parse_macro_input!(item as ItemFn);

@@ -296,9 +296,8 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("starting the entrypoint with sh -c", e))?;
+    // From the lasting thread, so the parent-death signal is the head's.
+    let mut child = crate::node::spawner::spawn(cmd).map_err(|e| Error::io("starting the entrypoint with sh -c", e))?;
     let pid = child.id().unwrap_or(0) as i32;
     api.running.lock().insert(id.to_string(), pid);
     tracing::info!(job = %id, pid, entrypoint = %sub.entrypoint, "entrypoint started");

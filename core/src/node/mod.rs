@@ -10,6 +10,7 @@ pub(crate) mod memory_monitor;
 pub(crate) mod observe;
 pub(crate) mod placement;
 pub(crate) mod scheduler;
+pub(crate) mod spawner;
 pub(crate) mod strategy;
 
 use std::collections::HashMap;
@@ -395,7 +396,9 @@ impl NodeDaemon {
         // Recorded before the process exists: under load a fresh worker can
         // register before `spawn` returns here, and must be recognised.
         self.state.sched.lock().worker_starting(worker_id, 0, job);
-        match cmd.spawn() {
+        // From the lasting thread: forked here, the worker would die with
+        // this thread (PR_SET_PDEATHSIG), which may be about to end.
+        match spawner::spawn(cmd) {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
                 self.state.sched.lock().set_pid(worker_id, pid);

@@ -77,3 +77,49 @@ fn an_idle_worker_that_owns_objects_is_kept_until_they_are_freed() {
     }
     rayforge::shutdown();
 }
+
+#[rayforge::remote]
+fn pid_of_worker() -> u32 {
+    std::process::id()
+}
+
+/// `init` on a thread that then ends (as under `#[tokio::main]`, where it
+/// runs on a helper thread): the prestarted workers live on. They were
+/// forked on that thread, and `PR_SET_PDEATHSIG` killed them as it ended.
+#[test]
+fn prestarted_workers_outlive_the_thread_that_called_init() {
+    std::thread::spawn(|| {
+        rayforge::init(Config::default().num_cpus(2.0).prestart_workers(2)).unwrap();
+    })
+    .join()
+    .unwrap();
+    let workers = || -> Vec<u32> {
+        state::worker_logs(None, Some(1))
+            .map(|l| l.items.iter().map(|w| w.pid).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || workers().len() >= 2),
+        "two workers prestarted"
+    );
+    let prestarted = workers();
+    // Work runs, and afterwards every prestarted worker is still there.
+    let pids: Vec<u32> = (0..20)
+        .map(|_| pid_of_worker::remote())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|r| r.get().unwrap())
+        .collect();
+    assert!(!pids.is_empty());
+    for pid in &prestarted {
+        assert!(
+            rayforge_integration_tests::process_running(*pid) && alive(*pid),
+            "prestarted worker {pid} died: {:?}",
+            state::worker_logs(Some(*pid), Some(1)).map(|l| l.items)
+        );
+    }
+    assert!(
+        pids.iter().any(|p| prestarted.contains(p)),
+        "tasks ran on the prestarted workers: {pids:?} vs {prestarted:?}"
+    );
+}

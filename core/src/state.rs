@@ -321,6 +321,12 @@ pub(crate) async fn fetch_objects(mut node: NodeClient) -> std::result::Result<L
 }
 
 /// Asks `node` for the worker logs of every node.
+/// The most of one log's text a node sends (its end).
+pub const MAX_LOG_TEXT: u64 = 4 << 20;
+
+/// The most log text a node sends in one reply.
+pub const MAX_LOGS_REPLY: u64 = 16 << 20;
+
 pub(crate) async fn fetch_logs(
     mut node: NodeClient,
     pid: Option<u32>,
@@ -330,6 +336,7 @@ pub(crate) async fn fetch_logs(
         cluster: true,
         pid: pid.unwrap_or(0),
         tail_bytes: tail_bytes.unwrap_or(0),
+        listing_only: tail_bytes == Some(0),
     };
     let r = node.worker_logs(req).await?.into_inner();
     Ok(Listing {
@@ -361,7 +368,10 @@ pub fn list_objects() -> Result<Listing<ObjectInfo>> {
 }
 
 /// The output of the cluster's worker processes: only process `pid` when
-/// given, and only the last `tail_bytes` of each log when given.
+/// given, and only the last `tail_bytes` of each log when given (`Some(0)`:
+/// the logs' ids and sizes, no text). Each node sends at most the last
+/// [`MAX_LOG_TEXT`] bytes of a log and [`MAX_LOGS_REPLY`] bytes in all
+/// (logs past that come without their text; `size` says how long each is).
 pub fn worker_logs(pid: Option<u32>, tail_bytes: Option<u64>) -> Result<Listing<WorkerLog>> {
     on_this_node("reading worker logs", |n| fetch_logs(n, pid, tail_bytes))
 }

@@ -133,7 +133,9 @@ enum Command {
         /// Only this worker process.
         #[arg(long)]
         pid: Option<u32>,
-        /// Only the last BYTES of each log.
+        /// Only the last BYTES of each log (0: list the logs without their
+        /// text). Each node sends at most the last 4 MiB of a log and
+        /// 16 MiB in all.
         #[arg(long)]
         tail: Option<u64>,
         /// The head (host:port); default: this machine's cluster.

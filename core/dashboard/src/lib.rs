@@ -15,7 +15,7 @@
 //! | `GET /api/v0/tasks?page=&per_page=&state=&name=` | counts by name and state, a page of tasks, why each waiting task waits |
 //! | `GET /api/v0/jobs`, `/api/v0/jobs/{id}`, `/api/v0/jobs/{id}/logs/stream` | jobs; a job's output as server-sent events, following it live |
 //! | `GET /api/v0/placement_groups`, `/api/v0/objects`, `/api/v0/events` | placement groups, objects per node, the events feed |
-//! | `GET /api/v0/logs?pid=&tail=`, `/api/v0/logs/stream?pid=` | worker logs of every node; one worker's log followed live |
+//! | `GET /api/v0/logs?pid=&tail=`, `/api/v0/logs/stream?pid=` | worker logs of every node (the last `tail` bytes of each, default 16 KiB, at most 4 MiB; `tail=0`: the listing without text); one worker's log followed live |
 //! | `GET /api/v0/timeline` | the Chrome trace of recent tasks, as a download |
 //! | `GET /api/v0/serve`, `/api/v0/train`, `/api/v0/tune` | what Serve, Train and Tune published ([`rayforge::state::publish`]) |
 //!
@@ -475,7 +475,9 @@ struct LogsQuery {
 }
 
 async fn logs(State(d): State<Arc<Dash>>, Query(q): Query<LogsQuery>) -> ApiResult<serde_json::Value> {
-    let tail = q.tail.unwrap_or(16 << 10).min(4 << 20);
+    // tail=0: the listing alone (ids and sizes, no text); else at most the
+    // last 4 MiB of each log (the nodes cap what they send too).
+    let tail = q.tail.unwrap_or(16 << 10).min(rayforge::state::MAX_LOG_TEXT);
     let listing = d.head(move |h| h.worker_logs(q.pid, Some(tail))).await?;
     if q.pid.is_some() && listing.items.is_empty() {
         return Err(ApiError(

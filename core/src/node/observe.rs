@@ -224,17 +224,18 @@ pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<
     }
 }
 
-/// Reads a log file, or its last `tail` bytes (0: all).
+/// Reads the last `tail` bytes of a log file (never more, however long it
+/// grows meanwhile); its size too.
 fn read_log(path: &std::path::Path, tail: u64) -> (u64, String) {
     let Ok(mut f) = std::fs::File::open(path) else {
         return (0, String::new());
     };
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    if tail > 0 && size > tail {
+    if size > tail {
         let _ = f.seek(SeekFrom::Start(size - tail));
     }
     let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
+    let _ = (&mut f).take(tail).read_to_end(&mut buf);
     (size, String::from_utf8_lossy(&buf).into_owned())
 }
 
@@ -313,7 +314,17 @@ impl NodeDaemon {
         }
     }
 
-    fn local_logs(&self, pid: u32, tail: u64) -> Vec<proto::WorkerLog> {
+    /// This node's worker logs: each one's last `tail` bytes (0: as much
+    /// as may be sent), within [`crate::state::MAX_LOG_TEXT`] per log and
+    /// [`crate::state::MAX_LOGS_REPLY`] in all; none with `listing_only`.
+    fn local_logs(&self, pid: u32, tail: u64, listing_only: bool) -> Vec<proto::WorkerLog> {
+        use crate::state::{MAX_LOGS_REPLY, MAX_LOG_TEXT};
+        let tail = if tail == 0 {
+            MAX_LOG_TEXT
+        } else {
+            tail.min(MAX_LOG_TEXT)
+        };
+        let mut budget = MAX_LOGS_REPLY;
         let files: Vec<LogFile> = self
             .state
             .log_files
@@ -326,7 +337,13 @@ impl NodeDaemon {
         files
             .into_iter()
             .map(|l| {
-                let (size, text) = read_log(&l.path, tail);
+                let want = if listing_only { 0 } else { tail.min(budget) };
+                let (size, text) = if want == 0 {
+                    (std::fs::metadata(&l.path).map_or(0, |m| m.len()), String::new())
+                } else {
+                    read_log(&l.path, want)
+                };
+                budget = budget.saturating_sub(text.len() as u64);
                 proto::WorkerLog {
                     node_id: self.state.node_id.clone(),
                     worker_id: l.worker_id,
@@ -457,8 +474,14 @@ impl NodeDaemon {
     }
 
     pub(crate) async fn worker_logs(&self, req: proto::WorkerLogsRequest) -> proto::WorkerLogsReply {
+        // File reads, off the async threads.
+        let me = self.clone();
+        let (pid, tail, listing_only) = (req.pid, req.tail_bytes, req.listing_only);
+        let logs = tokio::task::spawn_blocking(move || me.local_logs(pid, tail, listing_only))
+            .await
+            .unwrap_or_default();
         let mine = proto::WorkerLogsReply {
-            logs: self.local_logs(req.pid, req.tail_bytes),
+            logs,
             unreachable: Vec::new(),
         };
         let ask = |mut c: NodeServiceClient<Chan>| async move {
@@ -627,9 +650,10 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let p = dir.join("w.log");
         std::fs::write(&p, "first line\nsecond line\n").expect("write");
-        assert_eq!(read_log(&p, 0), (23, "first line\nsecond line\n".into()));
+        assert_eq!(read_log(&p, 100), (23, "first line\nsecond line\n".into()));
         assert_eq!(read_log(&p, 12).1, "second line\n");
-        assert_eq!(read_log(&dir.join("missing"), 0), (0, String::new()));
+        assert_eq!(read_log(&p, 0), (23, String::new()));
+        assert_eq!(read_log(&dir.join("missing"), 10), (0, String::new()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -279,6 +279,14 @@ fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
     assert!(ticks.len() >= 3, "{ticks:?}");
     let logs = get_json(&base, &format!("/api/v0/logs?pid={pid}"), &token);
     assert!(logs.to_string().contains("counter actor started"), "{logs}");
+    // The Logs page's listing (tail=0) carries no text, only sizes.
+    let listing = get_json(&base, "/api/v0/logs?tail=0", &token);
+    let items = listing["logs"].as_array().unwrap();
+    assert!(!items.is_empty(), "{listing}");
+    assert!(
+        items.iter().all(|l| l["text"] == "" && l["size"].as_u64().is_some()),
+        "{listing}"
+    );
 
     // Missing things are 404s that say what is missing.
     for path in [

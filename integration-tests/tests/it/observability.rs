@@ -16,6 +16,21 @@ fn chatty(tag: String) -> u32 {
     std::process::id()
 }
 
+/// Writes `mib` MiB to stdout, a numbered line at the end.
+#[rayforge::remote]
+fn flood(mib: usize) -> u32 {
+    use std::io::Write;
+    let line = [b'x'; 1023];
+    let mut out = std::io::stdout().lock();
+    for _ in 0..mib * 1024 {
+        out.write_all(&line).unwrap();
+        out.write_all(b"\n").unwrap();
+    }
+    writeln!(out, "the last line").unwrap();
+    out.flush().unwrap();
+    std::process::id()
+}
+
 #[rayforge::remote]
 fn fails(tag: String) -> u32 {
     panic!("failing on purpose: {tag}")
@@ -308,4 +323,37 @@ fn the_cli_lists_tasks_objects_and_logs_of_every_node() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("127.0.0.1:1"), "{err}");
     rayforge::shutdown();
+}
+
+/// A worker that writes far more than any reply may carry: a listing has
+/// no text, a read of "all of it" is its last 4 MiB, and a reply of every
+/// log stays within 16 MiB.
+#[test]
+fn log_reads_are_capped_however_large_the_log() {
+    cluster();
+    let mib = 24;
+    let pid = flood::remote(mib).get().unwrap();
+    let want = (mib as u64) << 20;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            state::worker_logs(Some(pid), Some(0))
+                .unwrap()
+                .items
+                .first()
+                .is_some_and(|l| l.size > want)
+        }),
+        "the log reached {want} bytes"
+    );
+    let listing = state::worker_logs(Some(pid), Some(0)).unwrap().items;
+    assert!(listing[0].text.is_empty() && listing[0].size > want);
+    let all = state::worker_logs(Some(pid), None).unwrap().items;
+    assert_eq!(all[0].text.len() as u64, state::MAX_LOG_TEXT);
+    assert!(all[0].text.ends_with("the last line\n"));
+    let every: u64 = state::worker_logs(None, None)
+        .unwrap()
+        .items
+        .iter()
+        .map(|l| l.text.len() as u64)
+        .sum();
+    assert!(every <= state::MAX_LOGS_REPLY, "{every}");
 }

@@ -7,6 +7,12 @@
 //!   and the login page itself.
 //! - A browser asking for a page without the token is sent to `/login`;
 //!   an API call gets `401` and a JSON error naming what is missing.
+//! - A call that changes state (any method but GET, HEAD and OPTIONS)
+//!   carrying the token only in the cookie must come from this origin
+//!   (`Sec-Fetch-Site: same-origin`, or an `Origin` naming this host), and
+//!   a body must be `application/json` (or the package upload's
+//!   `application/octet-stream`): a form posted from another site, or
+//!   another port of this machine, gets `403`.
 //! - [`HttpRoutes`] is how a program adds pages to the head's port (the
 //!   `rayforge` binary adds the dashboard's); added routes sit behind the
 //!   token like the rest.
@@ -119,7 +125,14 @@ fn carried(req: &Request) -> Option<String> {
 /// The token check every HTTP port of the cluster runs (see the module's
 /// docs); the state is the token.
 pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    if PUBLIC.contains(&req.uri().path()) || carried(&req).is_some_and(|t| same(&t, &token)) {
+    if PUBLIC.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    if carried(&req).is_some_and(|t| same(&t, &token)) {
+        if let Some(why) = cross_site(&req, &token) {
+            tracing::warn!(uri = %req.uri(), "HTTP call refused: {why}");
+            return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": why }))).into_response();
+        }
         return next.run(req).await;
     }
     let wants_page = req.method() == Method::GET
@@ -141,6 +154,50 @@ pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request
         })),
     )
         .into_response()
+}
+
+/// Why a state-changing call authenticated by the cookie alone is refused
+/// as cross-site (see the module's docs), if it is.
+fn cross_site(req: &Request, token: &str) -> Option<String> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return None;
+    }
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    // A body of another type is what an HTML form (or a no-CORS fetch)
+    // can send cross-site without asking: only JSON (and a package's
+    // bytes) is read.
+    let has_body = text(header::CONTENT_LENGTH).is_some_and(|l| l != "0") || h.contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        let ty = text(header::CONTENT_TYPE).unwrap_or("");
+        let ty = ty.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if ty != "application/json" && ty != "application/octet-stream" {
+            return Some(format!(
+                "a body of type `{ty}`: calls that change state take application/json"
+            ));
+        }
+    }
+    // The header carries the token: a page on another site cannot set it.
+    let bearer = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t, token));
+    if bearer {
+        return None;
+    }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
+        return (site != "same-origin")
+            .then(|| format!("a cross-site request (Sec-Fetch-Site: {site}) carrying the login cookie"));
+    }
+    let host = text(header::HOST).unwrap_or("");
+    match text(header::ORIGIN) {
+        Some(origin) => {
+            let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+            (authority != host).then(|| format!("a request from origin {origin} carrying the login cookie"))
+        }
+        None => Some("a request with the login cookie but no Origin: send the token as a header".into()),
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -240,6 +297,65 @@ pub(crate) fn login_routes(token: Arc<String>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn post(headers: &[(&str, &str)], body: &str) -> Request {
+        let mut b = Request::builder().method(Method::POST).uri("/api/jobs/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b = b.header(header::CONTENT_LENGTH, body.len().to_string());
+        b.body(axum::body::Body::from(body.to_string())).unwrap()
+    }
+
+    #[test]
+    fn cookie_calls_that_change_state_must_come_from_this_origin() {
+        let t = "0123456789abcdef0123";
+        let cookie = format!("{TOKEN_COOKIE}={t}");
+        let json = ("content-type", "application/json");
+        let host = ("host", "127.0.0.1:8265");
+        // A form posted from another port of this machine.
+        let form = post(
+            &[
+                ("cookie", &cookie),
+                host,
+                ("origin", "http://127.0.0.1:9999"),
+                ("content-type", "text/plain"),
+            ],
+            "{\"entrypoint\": \"id\"}",
+        );
+        assert!(cross_site(&form, t).unwrap().contains("text/plain"));
+        let other_port = post(
+            &[("cookie", &cookie), host, ("origin", "http://127.0.0.1:9999"), json],
+            "{}",
+        );
+        assert!(cross_site(&other_port, t).unwrap().contains("127.0.0.1:9999"));
+        let same_site = post(
+            &[("cookie", &cookie), host, ("sec-fetch-site", "same-site"), json],
+            "{}",
+        );
+        assert!(cross_site(&same_site, t).is_some());
+        let no_origin = post(&[("cookie", &cookie), host, json], "{}");
+        assert!(cross_site(&no_origin, t).is_some());
+        // The dashboard's own calls, and any call with the token header.
+        let page = post(
+            &[("cookie", &cookie), host, ("sec-fetch-site", "same-origin"), json],
+            "{}",
+        );
+        assert_eq!(cross_site(&page, t), None);
+        let origin = post(
+            &[("cookie", &cookie), host, ("origin", "http://127.0.0.1:8265"), json],
+            "{}",
+        );
+        assert_eq!(cross_site(&origin, t), None);
+        let bearer = format!("Bearer {t}");
+        let cli = post(&[("authorization", &bearer), json], "{}");
+        assert_eq!(cross_site(&cli, t), None);
+        let get = Request::builder()
+            .uri("/api/jobs/")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        assert_eq!(cross_site(&get, t), None);
+    }
 
     #[test]
     fn tokens_compare_whole_and_logins_stay_on_this_server() {

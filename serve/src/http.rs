@@ -78,14 +78,23 @@ impl HttpResponse {
     }
 
     /// The response for an error: 4xx for what the client sent, 503 for
-    /// overload (with `Retry-After`), 500 for the deployment's own failure.
+    /// overload (with `Retry-After`), 500 for the deployment's own failure
+    /// (with the message its code gave). Any other failure — the runtime's,
+    /// a file's — is a 500 that says only its id: its text (paths, hosts,
+    /// internals) goes to the log, not to the client.
     pub fn from_error(e: &Error) -> HttpResponse {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let status = match e {
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
             Error::Overloaded(_) | Error::Unavailable(_) => 503,
             _ => 500,
         };
+        if status == 500 && !matches!(e, Error::User { .. }) {
+            let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error_id = id, "a request failed inside the server: {e}");
+            return HttpResponse::text(500, format!("internal server error (error {id} in the server's log)"));
+        }
         let mut r = HttpResponse::text(status, e.to_string());
         if status == 503 {
             r.headers.push(("retry-after".into(), "1".into()));
@@ -299,6 +308,27 @@ json_scalar!(i32, i64, u32, u64, f32, f64, bool);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_failures_are_500s_without_their_text() {
+        let e = Error::Io {
+            context: "reading /srv/secret/model.pt".into(),
+            message: "permission denied".into(),
+        };
+        let r = HttpResponse::from_error(&e);
+        let body = String::from_utf8(r.body).unwrap();
+        assert_eq!(r.status, 500);
+        assert!(
+            !body.contains("secret") && body.contains("internal server error"),
+            "{body}"
+        );
+        let user = Error::User {
+            deployment: "app/D".into(),
+            message: "the input was odd".into(),
+        };
+        let body = String::from_utf8(HttpResponse::from_error(&user).body).unwrap();
+        assert!(body.contains("the input was odd"), "{body}");
+    }
 
     fn req(body: &str) -> HttpRequest {
         HttpRequest {

@@ -167,7 +167,7 @@ async fn send(hub: Arc<Hub>, method: Method, uri: Uri, headers: HeaderMap, body:
 fn stream_id(r: &HttpResponse) -> Option<u64> {
     r.headers
         .iter()
-        .find(|(k, _)| k == streams::HEADER)
+        .find(|(k, _)| k.eq_ignore_ascii_case(streams::HEADER))
         .and_then(|(_, v)| v.parse().ok())
 }
 
@@ -189,7 +189,7 @@ impl Drop for CloseOnDrop {
 
 /// A response whose body is pulled from the replica chunk by chunk.
 fn streamed(mut head: HttpResponse, replica: ReplicaHandle, id: u64) -> Response {
-    head.headers.retain(|(k, _)| k != streams::HEADER);
+    head.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(streams::HEADER));
     let guard = CloseOnDrop {
         replica,
         id,

@@ -37,7 +37,13 @@ impl<D: Deployment> Erased for Wrap<D> {
         Box::pin(async move {
             let r = D::Request::from_http(req)?;
             Ok(match self.0.handle(r).await?.into_reply() {
-                HttpReply::Full(r) => r,
+                HttpReply::Full(mut r) => {
+                    // The stream header is the proxy's: one set by the
+                    // handler would make the proxy pull another
+                    // request's stream.
+                    r.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(streams::HEADER));
+                    r
+                }
                 HttpReply::Stream(s) => {
                     let mut head = s.head();
                     let id = streams::open(s.body);

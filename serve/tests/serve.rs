@@ -112,6 +112,12 @@ impl Deployment for Echo {
         if r.query_param("panic") == Some("1") {
             panic!("asked to panic");
         }
+        if r.query_param("sneak") == Some("1") {
+            // The proxy's own stream header, from user code.
+            let mut resp = rayforge_serve::HttpResponse::text(200, "my own body");
+            resp.headers.push(("X-Rayforge-Stream".into(), "1".into()));
+            return Ok(resp);
+        }
         Ok(rayforge_serve::HttpResponse::text(
             201,
             format!("{} {} {}", r.method, r.path, String::from_utf8_lossy(&r.body)),
@@ -401,6 +407,11 @@ fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
     let r = send(&s, "GET", "/echo?panic=1", b"");
     assert_eq!(r.status, 500);
     assert!(r.text().contains("panicked: asked to panic"), "{}", r.text());
+    // A handler setting the proxy's stream header gets its own body, not
+    // another request's stream.
+    let r = send(&s, "GET", "/echo?sneak=1", b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "my own body"));
+    assert!(r.header("x-rayforge-stream").is_none());
     let r = send(&s, "POST", "/greet", br#""again""#);
     assert_eq!(r.status, 200);
 

@@ -131,9 +131,11 @@ impl JobClient {
             if package_hash(&dir).is_none() {
                 let data = pack_dir(Path::new(&dir))?;
                 let hash = hex(&Sha256::digest(&data));
-                let have: serde_json::Value = self.call(Method::GET, &format!("/api/packages/{hash}"), Vec::new())?;
+                let have: serde_json::Value =
+                    self.call(Method::GET, &format!("/api/packages/{}", segment(&hash)), Vec::new())?;
                 if have["present"] != true {
-                    let _: serde_json::Value = self.call(Method::PUT, &format!("/api/packages/{hash}"), data)?;
+                    let _: serde_json::Value =
+                        self.call(Method::PUT, &format!("/api/packages/{}", segment(&hash)), data)?;
                 }
                 env.working_dir = Some(format!("{PACKAGE_SCHEME}{hash}"));
             }
@@ -152,7 +154,7 @@ impl JobClient {
 
     /// A job's details.
     pub fn status(&self, id: &str) -> Result<JobDetails> {
-        self.call(Method::GET, &format!("/api/jobs/{id}"), Vec::new())
+        self.call(Method::GET, &format!("/api/jobs/{}", segment(id)), Vec::new())
     }
 
     /// Every job of the cluster.
@@ -162,13 +164,17 @@ impl JobClient {
 
     /// A submitted job's output from byte `offset`.
     pub fn logs(&self, id: &str, offset: u64) -> Result<LogChunk> {
-        self.call(Method::GET, &format!("/api/jobs/{id}/logs?offset={offset}"), Vec::new())
+        self.call(
+            Method::GET,
+            &format!("/api/jobs/{}/logs?offset={offset}", segment(id)),
+            Vec::new(),
+        )
     }
 
     /// Stops a submitted job (SIGTERM to its entrypoint's process group,
     /// SIGKILL after 3 s); false if it was not running.
     pub fn stop(&self, id: &str) -> Result<bool> {
-        let r: serde_json::Value = self.call(Method::POST, &format!("/api/jobs/{id}/stop"), Vec::new())?;
+        let r: serde_json::Value = self.call(Method::POST, &format!("/api/jobs/{}/stop", segment(id)), Vec::new())?;
         Ok(r["stopped"] == true)
     }
 
@@ -190,5 +196,30 @@ impl JobClient {
                 std::thread::sleep(Duration::from_millis(300));
             }
         }
+    }
+}
+
+/// `s` as one path segment of a URL: everything but unreserved characters
+/// percent-encoded, so an id holding `/`, `..`, `?` or `#` cannot reach
+/// another endpoint.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod segment_tests {
+    #[test]
+    fn ids_cannot_leave_their_path_segment() {
+        assert_eq!(super::segment("raysubmit_12ab"), "raysubmit_12ab");
+        assert_eq!(super::segment("../x/stop?y#z"), "%2E%2E%2Fx%2Fstop%3Fy%23z");
+        assert_eq!(super::segment("a.b"), "a%2Eb");
     }
 }

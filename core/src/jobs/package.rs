@@ -93,7 +93,9 @@ pub(crate) fn unpack(hash: &str, data: &[u8]) -> Result<PathBuf> {
                 std::fs::create_dir_all(p).map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
             }
             std::fs::write(&path, &f.data).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode | 0o400));
+            // Permission bits only: a submitted setuid, setgid or sticky
+            // bit never survives onto this machine.
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode((f.mode & 0o777) | 0o400));
         }
         match std::fs::rename(&tmp, &dest) {
             Ok(()) => Ok(()),
@@ -140,6 +142,23 @@ mod tests {
             }],
         }
         .encode_to_vec();
+        // A setuid (and setgid, sticky) bit is dropped on unpacking.
+        let suid = proto::DirPackage {
+            files: vec![proto::PackageFile {
+                path: "tool".into(),
+                mode: 0o7755,
+                data: b"#!/bin/sh\n".to_vec(),
+            }],
+        }
+        .encode_to_vec();
+        let suid_hash = format!("suid{}", std::process::id());
+        let out = unpack(&suid_hash, &suid).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out.join("tool")).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o755, "{mode:o}");
+        }
+        let _ = std::fs::remove_dir_all(&out);
         let err = unpack("evil0", &evil).unwrap_err();
         assert!(err.to_string().contains("outside its directory"), "{err}");
         assert!(!package_dir("evil0").exists());

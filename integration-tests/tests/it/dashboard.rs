@@ -151,6 +151,33 @@ fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
         http(&base, "GET", "/assets/app.js", &[("Cookie", &cookie)], "").status,
         200
     );
+    // CSRF: a form posted with the cookie from another port of this
+    // machine (a page there) submits no job; nor does a same-site fetch.
+    let submit = r#"{"entrypoint": "touch /tmp/csrf-was-here"}"#;
+    let r = http(
+        &base,
+        "POST",
+        "/api/jobs/",
+        &[
+            ("Cookie", &cookie),
+            ("Origin", "http://127.0.0.1:9"),
+            ("Content-Type", "text/plain"),
+        ],
+        submit,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(
+        &base,
+        "POST",
+        "/api/jobs/",
+        &[
+            ("Cookie", &cookie),
+            ("Sec-Fetch-Site", "same-site"),
+            ("Content-Type", "application/json"),
+        ],
+        submit,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
 
     let c = get_json(&base, "/api/v0/cluster", &token);
     assert_eq!(c["nodes"].as_array().unwrap().len(), 2, "{c}");

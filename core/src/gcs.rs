@@ -78,9 +78,30 @@ struct Tables {
     actors: BTreeMap<Vec<u8>, proto::ActorRecord>,
     groups: BTreeMap<String, proto::PlacementGroupRecord>,
     events: std::collections::VecDeque<proto::ClusterEvent>,
+    /// Nodes restored from the state file that have not reached this head
+    /// yet: listed as reconnecting, offering nothing, until they do (a node
+    /// stopped with the old head never will, and dies at its heartbeat
+    /// timeout).
+    unconfirmed: std::collections::BTreeSet<String>,
 }
 
 impl Tables {
+    /// The nodes as listed: a restored node not heard from yet is marked
+    /// reconnecting, with nothing available.
+    fn listed_nodes(&self) -> Vec<proto::NodeEntry> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let mut n = n.clone();
+                if n.alive && self.unconfirmed.contains(&n.node_id) {
+                    n.reconnecting = true;
+                    n.available.clear();
+                }
+                n
+            })
+            .collect()
+    }
+
     fn event(&mut self, ev: proto::ClusterEvent) {
         self.events.push_back(ev);
         while self.events.len() > MAX_EVENTS {
@@ -129,6 +150,9 @@ impl Gcs {
                 for mut n in s.nodes {
                     // Give every node a full timeout to reach the new head.
                     n.last_heartbeat_ms = now;
+                    if n.alive {
+                        t.unconfirmed.insert(n.node_id.clone());
+                    }
                     t.nodes.insert(n.node_id.clone(), n);
                 }
                 t.jobs = s.jobs.into_iter().map(|j| (j.job_id.clone(), j)).collect();
@@ -400,7 +424,7 @@ impl Gcs {
     /// How many recorded nodes are alive and dead.
     pub(crate) fn nodes_alive_dead(&self) -> (usize, usize) {
         let t = self.tables.lock();
-        let alive = t.nodes.values().filter(|n| n.alive).count();
+        let alive = t.listed_nodes().iter().filter(|n| n.alive && !n.reconnecting).count();
         (alive, t.nodes.len() - alive)
     }
 
@@ -474,6 +498,7 @@ impl ControlService for GcsService {
         n.last_heartbeat_ms = now_ms();
         tracing::info!(node = %n.node_id, addr = %n.addr, head = n.is_head, "node registered");
         let mut t = self.0.tables.lock();
+        t.unconfirmed.remove(&n.node_id);
         let mut ev = event("INFO", "NODE_JOINED", format!("node {} ({}) joined", n.node_id, n.addr));
         ev.node_id = n.node_id.clone();
         t.event(ev);
@@ -494,6 +519,7 @@ impl ControlService for GcsService {
         let mut t = self.0.tables.lock();
         let known = match t.nodes.get_mut(&r.node_id) {
             Some(n) if n.alive => {
+                let id = n.node_id.clone();
                 n.last_heartbeat_ms = now_ms();
                 n.available = r.available;
                 if !r.total.is_empty() {
@@ -502,6 +528,7 @@ impl ControlService for GcsService {
                 n.pending_leases = r.pending_leases;
                 n.pending_demands = r.pending_demands;
                 n.num_workers = r.num_workers;
+                t.unconfirmed.remove(&id);
                 true
             }
             _ => false,
@@ -509,7 +536,7 @@ impl ControlService for GcsService {
         let recent = now_ms().saturating_sub(600_000);
         Ok(Response::new(proto::HeartbeatReply {
             reregister: !known,
-            nodes: t.nodes.values().filter(|n| n.alive).cloned().collect(),
+            nodes: t.listed_nodes().into_iter().filter(|n| n.alive).collect(),
             finished_jobs: t
                 .jobs
                 .values()
@@ -535,7 +562,7 @@ impl ControlService for GcsService {
     ) -> std::result::Result<Response<proto::ListNodesReply>, Status> {
         let t = self.0.tables.lock();
         Ok(Response::new(proto::ListNodesReply {
-            nodes: t.nodes.values().cloned().collect(),
+            nodes: t.listed_nodes(),
         }))
     }
 

@@ -30,6 +30,10 @@ pub struct NodeStatus {
     pub is_head: bool,
     /// Whether it is alive (heartbeating).
     pub alive: bool,
+    /// Restored from a restarted head's state and not heard from since:
+    /// not counted alive, offers nothing, until it reconnects (or dies at
+    /// its heartbeat timeout).
+    pub reconnecting: bool,
     /// Why it was declared dead.
     pub death_cause: String,
     /// Resources it offers.
@@ -133,7 +137,8 @@ impl From<proto::NodeEntry> for NodeStatus {
             node_id: n.node_id,
             address: n.addr,
             is_head: n.is_head,
-            alive: n.alive,
+            alive: n.alive && !n.reconnecting,
+            reconnecting: n.reconnecting,
             death_cause: n.death_cause,
             total: n.total,
             available: n.available,
@@ -397,18 +402,32 @@ impl HeadClient {
         let alive: Vec<&NodeStatus> = nodes.iter().filter(|n| n.alive).collect();
         let mut out = String::new();
         let _ = writeln!(out, "======== Cluster status: {} ========", self.addr);
-        let _ = writeln!(out, "Nodes: {} alive, {} dead", alive.len(), nodes.len() - alive.len());
+        let reconnecting = nodes.iter().filter(|n| n.reconnecting).count();
+        let _ = writeln!(
+            out,
+            "Nodes: {} alive, {reconnecting} reconnecting, {} dead",
+            alive.len(),
+            nodes.len() - alive.len() - reconnecting
+        );
         for n in &nodes {
             let _ = writeln!(
                 out,
                 "  {} {:<21} {:<5} {:<5} workers={} {}",
                 n.node_id,
                 n.address,
-                if n.alive { "ALIVE" } else { "DEAD" },
+                if n.alive {
+                    "ALIVE"
+                } else if n.reconnecting {
+                    "RECON"
+                } else {
+                    "DEAD"
+                },
                 if n.is_head { "head" } else { "" },
                 n.num_workers,
                 if n.alive {
                     fmt_used(&n.total, &n.available)
+                } else if n.reconnecting {
+                    "not heard from since the head restarted".to_string()
                 } else {
                     n.death_cause.clone()
                 }

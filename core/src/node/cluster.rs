@@ -178,18 +178,20 @@ impl ClusterLink {
 
     /// Whether some alive node could ever host `res`.
     pub(crate) fn any_node_feasible(&self, res: &Resources) -> bool {
-        self.view
-            .lock()
-            .iter()
-            .any(|n| n.alive && infeasibility(&n.total.iter().map(|(k, v)| (k.clone(), *v)).collect(), res).is_none())
+        self.view.lock().iter().any(|n| {
+            n.alive
+                && !n.reconnecting
+                && infeasibility(&n.total.iter().map(|(k, v)| (k.clone(), *v)).collect(), res).is_none()
+        })
     }
 
-    /// Each alive node's address and free resources, as of the last view.
+    /// Each alive node's address and free resources, as of the last view
+    /// (a node reconnecting to a restarted head offers none).
     pub(crate) fn free_resources(&self) -> Vec<(String, Resources)> {
         self.view
             .lock()
             .iter()
-            .filter(|n| n.alive)
+            .filter(|n| n.alive && !n.reconnecting)
             .map(|n| {
                 (
                     n.addr.clone(),
@@ -199,17 +201,24 @@ impl ClusterLink {
             .collect()
     }
 
-    /// The alive nodes, as of the last view.
+    /// The alive nodes, as of the last view (not those reconnecting to a
+    /// restarted head).
     pub(crate) fn alive_nodes(&self) -> Vec<proto::NodeEntry> {
-        self.view.lock().iter().filter(|n| n.alive).cloned().collect()
+        self.view
+            .lock()
+            .iter()
+            .filter(|n| n.alive && !n.reconnecting)
+            .cloned()
+            .collect()
     }
 
-    /// Each alive node's address and total resources.
+    /// Each alive node's address and total resources (not those
+    /// reconnecting to a restarted head).
     pub(crate) fn totals(&self) -> Vec<(String, Resources)> {
         self.view
             .lock()
             .iter()
-            .filter(|n| n.alive)
+            .filter(|n| n.alive && !n.reconnecting)
             .map(|n| (n.addr.clone(), n.total.iter().map(|(k, v)| (k.clone(), *v)).collect()))
             .collect()
     }

@@ -148,6 +148,49 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
     let _ = std::fs::remove_file(&gate);
 }
 
+/// A head started again on the state of a cluster whose nodes were all
+/// stopped counts none of them alive (they used to show ALIVE, two heads
+/// among them, until their heartbeat timeout, and could be picked); a node
+/// still running counts again once it is heard from.
+#[test]
+fn a_restarted_head_counts_restored_nodes_alive_only_once_they_reconnect() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let b = cluster.add_node(&["--num-cpus", "1"]);
+    let c = cluster.add_node(&["--num-cpus", "1"]);
+    let old_head = cluster.daemons[0].1.clone();
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+    cluster.kill_node(&c);
+    cluster.kill_node(&old_head);
+    cluster.start_head(&["--num-cpus", "1"], 60_000, port);
+    let new_head = cluster.daemons[0].1.clone();
+    let mut head = HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    let alive = |head: &mut HeadClient| -> Vec<String> {
+        let mut v: Vec<String> = head
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.alive)
+            .map(|n| n.node_id)
+            .collect();
+        v.sort();
+        v
+    };
+    // At once: the stopped node and the old head are not alive (their
+    // 60 s heartbeat timeout has not passed).
+    let now = alive(&mut head);
+    assert!(!now.contains(&c) && !now.contains(&old_head), "{now:?}");
+    // The node still running reconnects and counts again.
+    let mut want = vec![b.clone(), new_head.clone()];
+    want.sort();
+    assert!(
+        wait_until(Duration::from_secs(30), || alive(&mut head) == want),
+        "{:?}",
+        head.nodes()
+    );
+    let status = cluster.status();
+    assert!(status.contains("2 alive"), "{status}");
+}
+
 #[test]
 fn bad_addresses_tokens_and_arguments_get_clear_errors() {
     let cluster = LocalCluster::start(&["--num-cpus", "1"], 3000);

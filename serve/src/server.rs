@@ -109,7 +109,8 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             .route("/api/serve/status", get(admin_status))
             .route("/api/serve/applications", put(admin_deploy))
             .route("/api/serve/shutdown", post(admin_shutdown))
-            .with_state(state);
+            .with_state(state)
+            .layer(axum::middleware::from_fn(no_browsers));
         let admin_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(rayforge::http::no_delay(admin), admin_app).await {
                 tracing::error!("the admin API stopped: {e}");
@@ -134,6 +135,39 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         stop,
         _servers: servers,
     })
+}
+
+/// The admin API serves the `serve` command line, never a web page: a
+/// request a browser sends on a page's behalf (it carries `Origin` or a
+/// cross-site `Sec-Fetch-Site`), or one for a host name other than the
+/// loopback's (DNS rebinding), is refused with 403 — otherwise any web page
+/// could shut the server down with a form posted to 127.0.0.1:52365.
+async fn no_browsers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(why) = browser_request(req.headers()) {
+        tracing::warn!(uri = %req.uri(), "admin API call refused: {why}");
+        return (StatusCode::FORBIDDEN, format!("refused: {why}\n")).into_response();
+    }
+    next.run(req).await
+}
+
+/// Why a request to the admin API looks like a web page's, if it does.
+fn browser_request(h: &axum::http::HeaderMap) -> Option<String> {
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    if let Some(origin) = text("origin") {
+        return Some(format!("a request from a web page ({origin})"));
+    }
+    if let Some(site) = text("sec-fetch-site").filter(|s| *s != "none") {
+        return Some(format!("a request from a web page (Sec-Fetch-Site: {site})"));
+    }
+    let host = text("host").unwrap_or("");
+    let name = host
+        .strip_prefix('[')
+        .and_then(|h| h.split_once(']').map(|(a, _)| a))
+        .unwrap_or_else(|| host.rsplit_once(':').map_or(host, |(a, _)| a));
+    let loopback = name.is_empty()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| format!("the host name `{host}` (the admin API answers on the loopback only)"))
 }
 
 async fn admin_status(State(s): State<Arc<AdminState>>) -> Response {
@@ -278,5 +312,34 @@ impl Serve {
             Ok(false) => Err(Error::internal("replicas were still stopping when shutdown gave up")),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::browser_request;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn web_pages_and_rebound_host_names_are_refused() {
+        // The `serve` command line.
+        assert_eq!(browser_request(&headers(&[("host", "127.0.0.1:52365")])), None);
+        assert_eq!(browser_request(&headers(&[("host", "localhost:52365")])), None);
+        assert_eq!(browser_request(&headers(&[("host", "[::1]:52365")])), None);
+        // A form posted from any web page, and DNS rebinding.
+        let form = headers(&[("host", "127.0.0.1:52365"), ("origin", "https://evil.example")]);
+        assert!(browser_request(&form).unwrap().contains("evil.example"));
+        let fetch = headers(&[("host", "127.0.0.1:52365"), ("sec-fetch-site", "cross-site")]);
+        assert!(browser_request(&fetch).is_some());
+        let rebound = headers(&[("host", "evil.example:52365")]);
+        assert!(browser_request(&rebound).unwrap().contains("evil.example"));
     }
 }

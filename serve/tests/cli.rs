@@ -123,6 +123,24 @@ fn serve_run_status_deploy_and_shutdown() {
     assert!(err.contains("line 22") && err.contains("num_replicas"), "{err}");
     assert_eq!(get("/").text(), "ok");
 
+    // A web page posting to the admin port (a form from any site) shuts
+    // nothing down.
+    let form = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        write!(
+            s,
+            "POST /api/serve/shutdown HTTP/1.1\r\nHost: {admin}\r\nOrigin: https://evil.example\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    assert!(form.starts_with("HTTP/1.1 403"), "{form}");
+    assert_eq!(get("/").text(), "ok");
+
     let out = cli(&["shutdown", "--admin", &admin]);
     assert!(out.status.success());
     let status = child.0.wait().unwrap();

@@ -399,9 +399,12 @@ impl LeaseRecord {
     /// Whether the driver that holds it may still be running.
     fn alive(&self) -> bool {
         if self.host == hostname() && self.pid != 0 {
-            // SAFETY: signal 0 sends nothing; it only asks whether the
-            // process exists.
-            return unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0;
+            // A process that exited but is not reaped yet (a zombie, state
+            // Z or X in /proc) is gone too.
+            return std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start()).unwrap_or("");
+                !state.starts_with('Z') && !state.starts_with('X')
+            });
         }
         now_ms().saturating_sub(self.renewed_ms) < LEASE_TTL.as_millis() as u64
     }
@@ -627,6 +630,24 @@ mod tests {
             matches!(second.renew("exp"), Err(Error::Locked { .. })),
             "it was taken over"
         );
+        let third = Lease::acquire(&s, "exp").unwrap();
+        drop(third);
+        // One whose process exited but is not reaped yet (a zombie).
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let zpid = zombie.id();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(format!("/proc/{zpid}/stat")).is_ok_and(|t| t.contains(") Z")) {
+            assert!(Instant::now() < deadline, "the child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let z = LeaseRecord {
+            id: "zombie".into(),
+            host: hostname(),
+            pid: zpid,
+            renewed_ms: now_ms(),
+        };
+        assert!(!z.alive(), "a zombie holds no lease");
+        zombie.wait().unwrap();
         let third = Lease::acquire(&s, "exp").unwrap();
         // One on another machine, renewed long ago, has lapsed.
         let lapsed = LeaseRecord {

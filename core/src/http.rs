@@ -201,9 +201,15 @@ fn cross_site(req: &Request, token: &str) -> Option<String> {
 }
 
 fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
+    percent_encode_but(s, b"-_.~/")
+}
+
+/// `s` with every byte percent-encoded except ASCII letters, digits and
+/// `keep`.
+pub(crate) fn percent_encode_but(s: &str, keep: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -203,15 +203,7 @@ impl JobClient {
 /// percent-encoded, so an id holding `/`, `..`, `?` or `#` cannot reach
 /// another endpoint.
 fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::http::percent_encode_but(s, b"-_~")
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ use crate::stoppers::Stopper;
 use crate::tuner::journal::{differences, Event, Journal, Lease};
 use crate::tuner::results::{record, rewrite_files, ResultGrid, TrialResult, TrialStatus};
 use crate::tuner::table::Table;
-use crate::tuner::trial::{DirSync, TrialActor, TrialActorHandle, TrialReport, TrialSpec, TrialTramp, WRITTEN_BY};
+use crate::tuner::trial::{
+    local_dir, DirSync, TrialActor, TrialActorHandle, TrialReport, TrialSpec, TrialTramp, WRITTEN_BY,
+};
 use crate::tuner::{TuneConfig, TRAINING_ITERATION};
 
 /// How often the driver's files of a remote experiment (each trial's
@@ -194,7 +196,7 @@ impl Controller {
         let (dir, files) = match storage.local_path() {
             Some(p) => (p.to_path_buf(), None),
             None => {
-                let dir = driver_dir(&storage);
+                let dir = local_dir("tune-driver", &storage);
                 // Rebuilt from the journal: whatever an earlier driver on
                 // this node left is stale.
                 let _ = std::fs::remove_dir_all(&dir);
@@ -831,18 +833,6 @@ fn reopen(t: &mut TrialResult, from_checkpoint: bool) {
     t.rewind();
     t.stopped_early = false;
     t.status = TrialStatus::Running;
-}
-
-/// The driver's directory of an experiment in remote storage: in this
-/// node's cache.
-fn driver_dir(storage: &Storage) -> PathBuf {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    storage.uri().hash(&mut h);
-    let name = storage.uri().rsplit('/').next().unwrap_or("experiment").to_string();
-    rayforge::storage::cache_dir()
-        .join("tune-driver")
-        .join(format!("{:016x}-{name}", h.finish()))
 }
 
 /// `results.csv`: every trial's config and last result.

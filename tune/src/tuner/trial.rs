@@ -217,7 +217,7 @@ impl TrialActor {
             None => {
                 // What an earlier attempt on this node left is in storage
                 // already.
-                let d = scratch_dir(&spec.storage);
+                let d = local_dir("tune", &spec.storage);
                 let _ = std::fs::remove_dir_all(&d);
                 d
             }
@@ -273,14 +273,16 @@ impl TrialActor {
     }
 }
 
-/// This node's scratch directory for a trial whose storage is remote.
-fn scratch_dir(storage: &Storage) -> PathBuf {
+/// This node's directory for files of remote `storage` (a trial's
+/// scratch, `kind` "tune"; a driver's mirror, "tune-driver"), in the
+/// storage cache.
+pub(crate) fn local_dir(kind: &str, storage: &Storage) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     storage.uri().hash(&mut h);
-    let name = storage.uri().rsplit('/').next().unwrap_or("trial").to_string();
+    let name = storage.uri().rsplit('/').next().unwrap_or("dir").to_string();
     rayforge::storage::cache_dir()
-        .join("tune")
+        .join(kind)
         .join(format!("{:016x}-{name}", h.finish()))
 }
 

@@ -228,6 +228,7 @@ impl NodeDaemon {
         let d = daemon.clone();
         daemon.spawn(async move { d.housekeeping().await });
         for _ in 0..prestart {
+            daemon.state.sched.lock().prestarting("");
             daemon.start_worker(String::new());
         }
         if daemon.state.cluster.is_some() {

@@ -334,6 +334,13 @@ impl Scheduler {
         );
     }
 
+    /// Counts a worker the daemon starts on its own (prestarted at boot) as
+    /// on its way, as `dispatch` counts those it asks for: a request that
+    /// arrives before it registers waits for it instead of starting another.
+    pub(crate) fn prestarting(&mut self, job: &str) {
+        *self.starting.entry(job.to_string()).or_default() += 1;
+    }
+
     /// Sets the process id of a worker recorded before its process started.
     pub(crate) fn set_pid(&mut self, worker_id: u64, pid: u32) {
         if let Some(w) = self.workers.get_mut(&worker_id) {
@@ -685,6 +692,26 @@ mod tests {
     fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {
         s.worker_starting(id, id as u32, "");
         s.worker_registered(id, format!("w{id}"))
+    }
+
+    #[test]
+    fn a_request_before_the_prestarted_workers_register_waits_for_them() {
+        let mut s = Scheduler::new(res(2.0), 2, Duration::from_secs(10));
+        for id in [1, 2] {
+            s.prestarting("");
+            s.worker_starting(id, id as u32, "");
+        }
+        let (a, mut ra) = req(1.0);
+        assert!(s.request(a).is_empty(), "two workers are on their way: start no third");
+        assert!(ra.try_recv().is_err());
+        s.worker_registered(1, "w1".into());
+        assert_eq!(ra.try_recv().unwrap().unwrap().worker_addr, "w1");
+        // Once both are up, a request finding none idle starts one again.
+        s.worker_registered(2, "w2".into());
+        let (b, _rb) = req(1.0);
+        assert!(s.request(b).is_empty(), "w2 is idle");
+        let (c, _rc) = req(0.0);
+        assert_eq!(s.request(c), vec![Action::StartWorker { job: String::new() }]);
     }
 
     #[test]

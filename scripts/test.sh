@@ -26,6 +26,6 @@ echo "== tests (nextest: one process per test)"
 cargo nextest run --workspace --no-fail-fast
 echo "== doc tests"
 cargo test --workspace --doc
-echo "== Kubernetes manifests (kustomize render, kubernetes-validate --strict, a head and a worker from their arguments)"
+echo "== Kubernetes manifests (kustomize render, kubernetes-validate --strict, pod security and NetworkPolicy, a head and a worker from their arguments)"
 target/k8s-venv/bin/python core/cli/kubernetes/check.py --rayforge target/debug/rayforge \
   --validate target/k8s-venv/bin/kubernetes-validate --kubectl "$RAYFORGE_KUBECTL"

@@ -3,10 +3,19 @@
 1. `kubectl kustomize` renders them;
 2. `kubernetes-validate --strict` accepts every resource, and rejects a copy
    with an unknown field slipped in (so the check can fail);
-3. the head's and the worker's container arguments start real daemons: each
+3. every pod runs non-root under the runtime's seccomp profile, without
+   privilege escalation, capabilities or a service-account token, within
+   ephemeral-storage limits that hold its disk volumes (a read-only root
+   needs a volume at /tmp); NetworkPolicies select every pod and admit to
+   it, from any source, nothing but the head's 8265, while the cluster's own
+   pods reach each other on every TCP port. Copies with one of these broken
+   must be caught (so the check can fail);
+4. the head's and the worker's container arguments start real daemons: each
    is run here with `rayforge` (the pod IP and the token filled in, ports and
-   paths moved to free ones on loopback), the worker joins the head, and both
-   answer their readiness and liveness probes on the probes' ports.
+   paths moved to free ones on loopback, $TMPDIR a directory of its own), the
+   worker joins the head, both answer their readiness and liveness probes on
+   the probes' ports, and neither wrote in $HOME or its working directory
+   (the pods' root filesystem is read-only).
 
   python3 core/cli/kubernetes/check.py --rayforge target/debug/rayforge \\
       --validate target/k8s-venv/bin/kubernetes-validate
@@ -90,6 +99,221 @@ if validate(bad, "bad.yaml").returncode == 0:
     fail("kubernetes-validate --strict accepted an unknown field: the check cannot fail")
 print("kubernetes-validate --strict: every resource passes; a misspelt field is caught")
 
+# Pod security and network policy.
+CLUSTER_NAMES = {"rayforge-head", "rayforge-worker"}
+NAME = "app.kubernetes.io/name"
+# Ports any source may reach, by the pod's name label: the head's dashboard
+# and jobs API (behind the token). Everything else is for the cluster's pods.
+OPEN_PORTS = {"rayforge-head": {8265}, "rayforge-worker": set()}
+
+
+def pod_templates(documents):
+    """(kind/name, pod template) of every workload."""
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"])
+            for d in documents if d["kind"] in ("StatefulSet", "Deployment", "DaemonSet", "Job")]
+
+
+def quantity(q):
+    """Bytes in a Kubernetes quantity such as 9Gi or 500M."""
+    q = str(q)
+    for suffix, mult in [("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40),
+                         ("k", 10**3), ("M", 10**6), ("G", 10**9), ("T", 10**12)]:
+        if q.endswith(suffix):
+            return float(q[:-len(suffix)]) * mult
+    return float(q)
+
+
+def pod_security_problems(documents):
+    problems = []
+    templates = pod_templates(documents)
+    if not templates:
+        problems.append("no pod templates")
+    for what, tmpl in templates:
+        spec = tmpl["spec"]
+        pod_sc = spec.get("securityContext") or {}
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{what}: automountServiceAccountToken is not false (its jobs would get an API token)")
+        containers = spec.get("containers", []) + spec.get("initContainers", [])
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        limits = 0.0
+        for c in containers:
+            where = f"{what} container {c['name']}"
+            sc = c.get("securityContext") or {}
+            if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
+                problems.append(f"{where}: runAsNonRoot is not true")
+            if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+                problems.append(f"{where}: runs as uid 0")
+            seccomp = sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}
+            if seccomp.get("type") != "RuntimeDefault":
+                problems.append(f"{where}: seccompProfile is {seccomp.get('type')}, not RuntimeDefault")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation is not false")
+            if sc.get("privileged"):
+                problems.append(f"{where}: privileged")
+            caps = sc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                problems.append(f"{where}: capabilities do not drop ALL")
+            if caps.get("add"):
+                problems.append(f"{where}: adds capabilities {caps['add']}")
+            res = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                if "ephemeral-storage" not in (res.get(kind) or {}):
+                    problems.append(f"{where}: no ephemeral-storage {kind}")
+            limits += quantity((res.get("limits") or {}).get("ephemeral-storage", 0))
+            if sc.get("readOnlyRootFilesystem"):
+                mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+                if "/tmp" not in mounts:
+                    problems.append(f"{where}: a read-only root without a volume at /tmp, where the daemons write")
+        # The pod's disk volumes count against the sum of its containers'
+        # ephemeral-storage limits: volumes that may outgrow it get the pod evicted.
+        on_disk = [v for v in volumes.values() if "emptyDir" in v and (v["emptyDir"] or {}).get("medium") != "Memory"]
+        for v in on_disk:
+            if "sizeLimit" not in (v["emptyDir"] or {}):
+                problems.append(f"{what}: emptyDir {v['name']} has no sizeLimit")
+        total = sum(quantity((v["emptyDir"] or {}).get("sizeLimit", 0)) for v in on_disk)
+        if total >= limits > 0:
+            problems.append(f"{what}: its emptyDir volumes ({total:.0f} bytes) leave no room under its "
+                            f"ephemeral-storage limits ({limits:.0f} bytes) for the containers' logs")
+    return problems
+
+
+def selects(selector, labels):
+    """Whether a label selector selects these labels (an empty one: all)."""
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        k, op, vals = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(k) not in vals:
+            return False
+        if op == "NotIn" and labels.get(k) in vals:
+            return False
+        if op == "Exists" and k not in labels:
+            return False
+        if op == "DoesNotExist" and k in labels:
+            return False
+    return True
+
+
+def cluster_only(peer):
+    """Whether a `from` peer admits only the cluster's own pods: a
+    podSelector in the policy's namespace that pins the name label to ours."""
+    if set(peer) != {"podSelector"}:
+        return False
+    sel = peer["podSelector"] or {}
+    pinned = [{v} for k, v in (sel.get("matchLabels") or {}).items() if k == NAME]
+    pinned += [set(e.get("values") or []) for e in sel.get("matchExpressions") or []
+               if e["key"] == NAME and e["operator"] == "In"]
+    return any(p <= CLUSTER_NAMES for p in pinned)
+
+
+def port_numbers(rule_ports, named):
+    """The TCP ports a rule admits: None for all of them."""
+    if not rule_ports:
+        return None
+    out = set()
+    for rp in rule_ports:
+        if rp.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in rp:
+            return None
+        port = named.get(rp["port"], rp["port"])
+        if not isinstance(port, int):
+            continue  # a name this pod does not serve matches nothing
+        out |= set(range(port, rp.get("endPort", port) + 1))
+    return out
+
+
+def network_policy_problems(documents):
+    problems = []
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    if not policies:
+        return ["no NetworkPolicy: every pod admits anyone"]
+    pods = {tmpl["metadata"]["labels"].get(NAME): tmpl for _, tmpl in pod_templates(documents)}
+    for name in sorted(CLUSTER_NAMES):
+        if name not in pods:
+            problems.append(f"no pod template labelled {NAME}={name}")
+            continue
+        tmpl = pods[name]
+        labels = tmpl["metadata"]["labels"]
+        named = {p["name"]: p["containerPort"] for c in tmpl["spec"]["containers"] for p in c.get("ports", []) if "name" in p}
+        mine = [pol for pol in policies
+                if selects(pol["spec"].get("podSelector"), labels)
+                and "Ingress" in pol["spec"].get("policyTypes", ["Ingress"])]
+        if not mine:
+            problems.append(f"no NetworkPolicy selects the {name} pods: they admit anyone")
+            continue
+        reached_by = set()
+        for pol in mine:
+            for rule in pol["spec"].get("ingress") or []:
+                peers = rule.get("from") or []
+                ports = port_numbers(rule.get("ports"), named)
+                if peers and all(cluster_only(p) for p in peers):
+                    if ports is None:
+                        for p in peers:
+                            reached_by |= {n for n in CLUSTER_NAMES if selects(p["podSelector"], {**labels, NAME: n})}
+                    continue
+                open_ports = OPEN_PORTS[name]
+                if ports is None or not ports <= open_ports:
+                    shown = "every port" if ports is None else sorted(ports - open_ports)
+                    problems.append(f"NetworkPolicy/{pol['metadata']['name']} admits {shown} of the {name} pods "
+                                    f"from outside the cluster's pods (only {sorted(open_ports)} may be)")
+        # Nodes dial each other's node service, worker processes and drivers
+        # on ports chosen at run time: every TCP port between the cluster's pods.
+        for n in sorted(CLUSTER_NAMES - reached_by):
+            problems.append(f"the {name} pods do not admit the {n} pods on every TCP port "
+                            f"(nodes, worker processes and drivers listen on ports chosen at run time)")
+    return problems
+
+
+problems = pod_security_problems(docs) + network_policy_problems(docs)
+if problems:
+    fail("the manifests are not hardened:\n  " + "\n  ".join(problems))
+
+
+def broken(mutate):
+    d = copy.deepcopy(docs)
+    mutate({x["kind"] + "/" + x["metadata"]["name"]: x for x in d}, d)
+    return d
+
+
+def pod(kind):
+    return lambda m: next(v for k, v in m.items() if k.startswith(kind + "/"))["spec"]["template"]["spec"]
+
+
+def container(kind):
+    return lambda m: pod(kind)(m)["containers"][0]
+
+
+head_pod, worker_pod, head_ctr, worker_ctr = pod("StatefulSet"), pod("Deployment"), container("StatefulSet"), container("Deployment")
+cluster_rule = lambda m: m["NetworkPolicy/rayforge-cluster"]["spec"]["ingress"][0]
+mutations = {
+    "runAsNonRoot removed": lambda m, d: worker_pod(m)["securityContext"].pop("runAsNonRoot"),
+    "the seccomp profile removed": lambda m, d: head_pod(m)["securityContext"].pop("seccompProfile"),
+    "privilege escalation allowed": lambda m, d: head_ctr(m)["securityContext"].update(allowPrivilegeEscalation=True),
+    "capabilities kept": lambda m, d: worker_ctr(m)["securityContext"].pop("capabilities"),
+    "the service-account token mounted": lambda m, d: head_pod(m).pop("automountServiceAccountToken"),
+    "no ephemeral-storage limit": lambda m, d: worker_ctr(m)["resources"]["limits"].pop("ephemeral-storage"),
+    "a read-only root without /tmp": lambda m, d: head_ctr(m).update(
+        volumeMounts=[v for v in head_ctr(m)["volumeMounts"] if v["mountPath"] != "/tmp"]),
+    "/tmp larger than the ephemeral-storage limit": lambda m, d: next(
+        v for v in worker_pod(m)["volumes"] if v["name"] == "tmp")["emptyDir"].update(sizeLimit="100Gi"),
+    "no NetworkPolicy": lambda m, d: [d.remove(x) for x in list(d) if x["kind"] == "NetworkPolicy"],
+    "a policy selecting the head only": lambda m, d: m["NetworkPolicy/rayforge-cluster"]["spec"].update(
+        podSelector={"matchLabels": {NAME: "rayforge-head"}}),
+    "gRPC open to any source": lambda m, d: m["NetworkPolicy/rayforge-dashboard"]["spec"]["ingress"][0].pop("ports"),
+    "gRPC open to any namespace": lambda m, d: cluster_rule(m)["from"][0].update(namespaceSelector={}),
+    "workers cut off from the head's run-time ports": lambda m, d: cluster_rule(m).update(
+        ports=[{"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 6380}]),
+}
+for what, mutate in mutations.items():
+    bad = broken(mutate)
+    if not pod_security_problems(bad) + network_policy_problems(bad):
+        fail(f"a copy with {what} passed the pod security and network policy checks: they cannot fail")
+print(f"pod security and network policy: every pod passes; {len(mutations)} broken copies are caught")
+
 # The containers' arguments, run for real on loopback.
 by_kind = {d["kind"]: d for d in docs}
 head_c = by_kind["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
@@ -144,16 +368,24 @@ def wait_ready(port, what):
     fail(f"the {what} never answered /readyz on port {port}")
 
 
-env = dict(os.environ, RAYFORGE_TOKEN=token, RAYFORGE_CLUSTER_FILE=os.path.join(tmp, "cluster.json"))
+# The pods' root filesystem is read-only: the daemons may write under
+# $TMPDIR, /dev/shm and the state directory (volumes there), not in $HOME or
+# their working directory.
+home, cwd = os.path.join(tmp, "home"), os.path.join(tmp, "cwd")
+for d in (home, cwd, os.path.join(tmp, "tmpdir")):
+    os.makedirs(d)
+env = dict(os.environ, RAYFORGE_TOKEN=token, RAYFORGE_CLUSTER_FILE=os.path.join(tmp, "cluster.json"),
+           HOME=home, TMPDIR=os.path.join(tmp, "tmpdir"))
 env.pop("RAYFORGE_ADDRESS", None)
+rayforge = os.path.abspath(a.rayforge)
 procs = []
 try:
     head_args = localize(head_c["args"])
-    procs.append(subprocess.Popen([a.rayforge] + head_args, env=env, stdout=subprocess.PIPE, text=True))
+    procs.append(subprocess.Popen([rayforge] + head_args, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True))
     wait_ready(ports["8265"], "head (dashboard port)")
     wait_ready(ports["8080"], "head (metrics port)")
     worker_args = localize(worker_c["args"], worker=True)
-    procs.append(subprocess.Popen([a.rayforge] + worker_args, env=env, stdout=subprocess.PIPE, text=True))
+    procs.append(subprocess.Popen([rayforge] + worker_args, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True))
     wait_ready(ports["w8080"], "worker")
     for port in [ports["8265"], ports["w8080"]]:
         if probe(port, "/healthz") != 200:
@@ -177,6 +409,9 @@ try:
     if addrs != ["127.0.0.1", "127.0.0.1"]:
         fail(f"nodes advertise {addrs}, not the pod IP they were given")
     print(f"head and worker started from the manifests' arguments; both ready; the worker joined ({len(alive)} nodes)")
+    for d, what in [(home, "$HOME"), (cwd, "their working directory")]:
+        if os.listdir(d):
+            fail(f"the daemons wrote {os.listdir(d)} in {what}: a read-only root filesystem refuses that")
 finally:
     for pr in procs:
         pr.terminate()

@@ -1,10 +1,17 @@
 //! The HTTP side of a cluster: the head's port (the jobs API, the
 //! dashboard's pages) and each node's metrics port share one way in.
 //!
-//! - Every path needs the cluster token, as `Authorization: Bearer <token>`
-//!   or the [`TOKEN_COOKIE`] cookie the login page sets, except
-//!   `/healthz` and `/readyz` (for load balancers and Kubernetes probes)
-//!   and the login page itself.
+//! - Every path needs a token, as `Authorization: Bearer <token>` or the
+//!   [`SESSION_COOKIE`] the login page sets, except `/healthz` and
+//!   `/readyz` (for load balancers and Kubernetes probes) and the login
+//!   page itself.
+//! - Two tokens: the cluster token may do everything; the optional viewer
+//!   token (`rayforge start --viewer-token-file`, `$RAYFORGE_VIEWER_TOKEN`)
+//!   only reads (GET and HEAD: the dashboard, `/metrics` for a scraper)
+//!   and is never accepted between nodes.
+//! - The login page keeps no token in the browser: it sets a random session
+//!   id (HttpOnly, SameSite=Strict) that ends after [`SESSION_TTL`] or at
+//!   `/logout`; sessions live in the server's memory.
 //! - A browser asking for a page without the token is sent to `/login`;
 //!   an API call gets `401` and a JSON error naming what is missing.
 //! - A call that changes state (any method but GET, HEAD and OPTIONS)
@@ -27,7 +34,9 @@
 //! rayforge::cluster::run_daemon(&opts, |_| {}).unwrap();
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, Method, StatusCode};
@@ -37,8 +46,102 @@ use axum::routing::get;
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 
-/// The cookie the login page sets (HttpOnly, SameSite=Strict).
-pub const TOKEN_COOKIE: &str = "rayforge_token";
+/// The cookie the login page sets: a session id (HttpOnly, SameSite=Strict).
+pub const SESSION_COOKIE: &str = "rayforge_session";
+
+/// How long a login lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Sessions one server keeps at most: past it, logins push out the oldest.
+const MAX_SESSIONS: usize = 10_000;
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Everything (the cluster token).
+    Admin,
+    /// Only read (the viewer token).
+    Viewer,
+}
+
+/// The tokens an HTTP port accepts and the sessions its login made.
+#[derive(Clone)]
+pub(crate) struct Access(Arc<AccessInner>);
+
+struct AccessInner {
+    admin: String,
+    viewer: Option<String>,
+    sessions: parking_lot::Mutex<HashMap<String, (Role, Instant)>>,
+}
+
+impl Access {
+    /// Accepts the cluster token `admin`, and `viewer` for reading.
+    pub(crate) fn new(admin: String, viewer: Option<String>) -> Access {
+        Access(Arc::new(AccessInner {
+            admin,
+            viewer: viewer.filter(|v| !v.is_empty()),
+            sessions: parking_lot::Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The cluster token.
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.0.admin
+    }
+
+    /// The role a token gives, if any.
+    fn role_of_token(&self, given: &str) -> Option<Role> {
+        if same(given, &self.0.admin) {
+            return Some(Role::Admin);
+        }
+        self.0
+            .viewer
+            .as_deref()
+            .is_some_and(|v| same(given, v))
+            .then_some(Role::Viewer)
+    }
+
+    /// A new session for `role`; returns its id.
+    fn open_session(&self, role: Role) -> crate::Result<String> {
+        let id = crate::cluster::random_secret()?;
+        let now = Instant::now();
+        let mut s = self.0.sessions.lock();
+        s.retain(|_, (_, expires)| *expires > now);
+        if s.len() >= MAX_SESSIONS {
+            if let Some(oldest) = s.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone()) {
+                s.remove(&oldest);
+            }
+        }
+        s.insert(id.clone(), (role, now + SESSION_TTL));
+        Ok(id)
+    }
+
+    /// The role of a live session.
+    fn session(&self, id: &str) -> Option<Role> {
+        let mut s = self.0.sessions.lock();
+        match s.get(id) {
+            Some((role, expires)) if *expires > Instant::now() => Some(*role),
+            Some(_) => {
+                s.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn close_session(&self, id: &str) {
+        self.0.sessions.lock().remove(id);
+    }
+
+    /// Who the request is, and whether it proved it with a header (which
+    /// no page of another site can set) rather than the cookie.
+    fn identify(&self, req: &Request) -> Option<(Role, bool)> {
+        if let Some(t) = bearer(req) {
+            return self.role_of_token(t).map(|r| (r, true));
+        }
+        session_cookie(req).and_then(|id| self.session(&id)).map(|r| (r, false))
+    }
+}
 
 /// Paths served without the token.
 const PUBLIC: [&str; 4] = ["/healthz", "/readyz", "/login", "/logout"];
@@ -102,34 +205,61 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     !b.is_empty() && a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token a request carries (header first, then cookie).
-fn carried(req: &Request) -> Option<String> {
-    if let Some(t) = req
-        .headers()
+/// The token of an `Authorization: Bearer` header.
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.to_string());
-    }
+}
+
+/// The session id of the login cookie.
+fn session_cookie(req: &Request) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == TOKEN_COOKIE)
+        .find(|(k, _)| *k == SESSION_COOKIE)
         .map(|(_, v)| v.to_string())
 }
 
+/// A `Cookie` header's value without the cluster's login cookie (`None`
+/// when nothing else is left): what Serve passes on to user code, which
+/// has no business holding a dashboard session.
+pub fn without_session_cookie(cookie: &str) -> Option<String> {
+    let rest: Vec<&str> = cookie
+        .split(';')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != SESSION_COOKIE))
+        .collect();
+    (!rest.is_empty()).then(|| rest.join("; "))
+}
+
+fn reads_only(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// The token check every HTTP port of the cluster runs (see the module's
-/// docs); the state is the token.
-pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+/// docs).
+pub(crate) async fn require_token(State(access): State<Access>, req: Request, next: Next) -> Response {
     if PUBLIC.contains(&req.uri().path()) {
         return next.run(req).await;
     }
-    if carried(&req).is_some_and(|t| same(&t, &token)) {
-        if let Some(why) = cross_site(&req, &token) {
+    if let Some((role, by_header)) = access.identify(&req) {
+        let refused = if role == Role::Viewer && !reads_only(req.method()) {
+            Some(format!(
+                "the viewer token only reads: {} {} needs the cluster token",
+                req.method(),
+                req.uri().path()
+            ))
+        } else if by_header {
+            None
+        } else {
+            cross_site(&req)
+        };
+        if let Some(why) = refused {
             tracing::warn!(uri = %req.uri(), "HTTP call refused: {why}");
             return (StatusCode::FORBIDDEN, Json(serde_json::json!({ "error": why }))).into_response();
         }
@@ -141,7 +271,7 @@ pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/html"));
-    tracing::warn!(uri = %req.uri(), "HTTP call refused: missing or wrong token");
+    tracing::warn!(uri = %req.uri(), "HTTP call refused: missing or wrong token, or an ended session");
     if wants_page {
         let next = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         return Redirect::to(&format!("/login?next={}", percent_encode(next))).into_response();
@@ -150,7 +280,7 @@ pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request
         StatusCode::UNAUTHORIZED,
         Json(serde_json::json!({
             "error": "missing or wrong cluster token: send 'Authorization: Bearer <token>' \
-                      (printed by `rayforge start --head`) or log in at /login"
+                      (`rayforge token` prints it) or log in at /login"
         })),
     )
         .into_response()
@@ -158,8 +288,8 @@ pub(crate) async fn require_token(State(token): State<Arc<String>>, req: Request
 
 /// Why a state-changing call authenticated by the cookie alone is refused
 /// as cross-site (see the module's docs), if it is.
-fn cross_site(req: &Request, token: &str) -> Option<String> {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+fn cross_site(req: &Request) -> Option<String> {
+    if reads_only(req.method()) {
         return None;
     }
     let h = req.headers();
@@ -176,15 +306,6 @@ fn cross_site(req: &Request, token: &str) -> Option<String> {
                 "a body of type `{ty}`: calls that change state take application/json"
             ));
         }
-    }
-    // The header carries the token: a page on another site cannot set it.
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same(t, token));
-    if bearer {
-        return None;
     }
     if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
         return (site != "same-origin")
@@ -255,7 +376,7 @@ fn login_page(next: &str, error: Option<&str>) -> Html<String> {
          min-width:22em}}input{{width:100%;padding:.5em;margin:.5em 0 1em;box-sizing:border-box}}\
          button{{padding:.5em 1.2em}}.error{{color:#b00020}}</style></head><body>\
          <form method=\"post\" action=\"/login\"><h2>rayforge</h2>{error}\
-         <label for=\"token\">Cluster token (printed by <code>rayforge start --head</code>)</label>\
+         <label for=\"token\">Cluster or viewer token (<code>rayforge token</code> prints the cluster's)</label>\
          <input id=\"token\" name=\"token\" type=\"password\" autofocus autocomplete=\"off\">\
          <input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\">Log in</button></form>\
          </body></html>",
@@ -274,27 +395,43 @@ struct LoginForm {
     next: Option<String>,
 }
 
-/// `/login` (the form, and its post setting the cookie) and `/logout`.
-pub(crate) fn login_routes(token: Arc<String>) -> Router {
+/// `/login` (the form, and its post opening a session) and `/logout`.
+pub(crate) fn login_routes(access: Access) -> Router {
+    let out = access.clone();
     Router::new()
         .route(
             "/login",
             get(|Query(q): Query<LoginQuery>| async move { login_page(&safe_next(q.next.as_deref()), None) }).post(
                 move |Form(f): Form<LoginForm>| async move {
                     let next = safe_next(f.next.as_deref());
-                    if !same(&f.token, &token) {
+                    let Some(role) = access.role_of_token(&f.token) else {
                         tracing::warn!("dashboard login refused: wrong token");
                         return (StatusCode::UNAUTHORIZED, login_page(&next, Some("Wrong token."))).into_response();
-                    }
-                    let cookie = format!("{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", f.token.trim());
+                    };
+                    let id = match access.open_session(role) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            tracing::error!("dashboard login failed: {e}");
+                            let page = login_page(&next, Some("The server could not open a session; see its log."));
+                            return (StatusCode::INTERNAL_SERVER_ERROR, page).into_response();
+                        }
+                    };
+                    tracing::info!(?role, "dashboard login");
+                    let cookie = format!(
+                        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+                        SESSION_TTL.as_secs()
+                    );
                     ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
                 },
             ),
         )
         .route(
             "/logout",
-            get(|| async {
-                let cookie = format!("{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+            get(move |req: Request| async move {
+                if let Some(id) = session_cookie(&req) {
+                    out.close_session(&id);
+                }
+                let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
                 ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
             }),
         )
@@ -315,8 +452,7 @@ mod tests {
 
     #[test]
     fn cookie_calls_that_change_state_must_come_from_this_origin() {
-        let t = "0123456789abcdef0123";
-        let cookie = format!("{TOKEN_COOKIE}={t}");
+        let cookie = format!("{SESSION_COOKIE}=0123456789abcdef0123");
         let json = ("content-type", "application/json");
         let host = ("host", "127.0.0.1:8265");
         // A form posted from another port of this machine.
@@ -329,38 +465,85 @@ mod tests {
             ],
             "{\"entrypoint\": \"id\"}",
         );
-        assert!(cross_site(&form, t).unwrap().contains("text/plain"));
+        assert!(cross_site(&form).unwrap().contains("text/plain"));
         let other_port = post(
             &[("cookie", &cookie), host, ("origin", "http://127.0.0.1:9999"), json],
             "{}",
         );
-        assert!(cross_site(&other_port, t).unwrap().contains("127.0.0.1:9999"));
+        assert!(cross_site(&other_port).unwrap().contains("127.0.0.1:9999"));
         let same_site = post(
             &[("cookie", &cookie), host, ("sec-fetch-site", "same-site"), json],
             "{}",
         );
-        assert!(cross_site(&same_site, t).is_some());
+        assert!(cross_site(&same_site).is_some());
         let no_origin = post(&[("cookie", &cookie), host, json], "{}");
-        assert!(cross_site(&no_origin, t).is_some());
+        assert!(cross_site(&no_origin).is_some());
         // The dashboard's own calls, and any call with the token header.
         let page = post(
             &[("cookie", &cookie), host, ("sec-fetch-site", "same-origin"), json],
             "{}",
         );
-        assert_eq!(cross_site(&page, t), None);
+        assert_eq!(cross_site(&page), None);
         let origin = post(
             &[("cookie", &cookie), host, ("origin", "http://127.0.0.1:8265"), json],
             "{}",
         );
-        assert_eq!(cross_site(&origin, t), None);
-        let bearer = format!("Bearer {t}");
-        let cli = post(&[("authorization", &bearer), json], "{}");
-        assert_eq!(cross_site(&cli, t), None);
+        assert_eq!(cross_site(&origin), None);
         let get = Request::builder()
             .uri("/api/jobs/")
             .body(axum::body::Body::empty())
             .unwrap();
-        assert_eq!(cross_site(&get, t), None);
+        assert_eq!(cross_site(&get), None);
+    }
+
+    fn get_with(headers: &[(&str, &str)], method: Method) -> Request {
+        let mut b = Request::builder().method(method).uri("/api/jobs/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_viewer_token_and_sessions_give_their_role_and_nothing_else() {
+        let admin = "admin-token-0123456789";
+        let viewer = "viewer-token-0123456789";
+        let a = Access::new(admin.into(), Some(viewer.into()));
+        let who = |h: &[(&str, &str)]| a.identify(&get_with(h, Method::GET));
+        assert_eq!(
+            who(&[("authorization", &format!("Bearer {admin}"))]),
+            Some((Role::Admin, true))
+        );
+        assert_eq!(
+            who(&[("authorization", &format!("Bearer {viewer}"))]),
+            Some((Role::Viewer, true))
+        );
+        assert_eq!(who(&[("authorization", "Bearer nope")]), None);
+        // The raw token in a cookie proves nothing: only a session id does.
+        assert_eq!(who(&[("cookie", &format!("{SESSION_COOKIE}={admin}"))]), None);
+        let id = a.open_session(Role::Viewer).unwrap();
+        assert_ne!(id, viewer);
+        let cookie = format!("other=1; {SESSION_COOKIE}={id}");
+        assert_eq!(who(&[("cookie", &cookie)]), Some((Role::Viewer, false)));
+        a.close_session(&id);
+        assert_eq!(who(&[("cookie", &cookie)]), None, "a closed session still works");
+        // An expired session is refused and forgotten.
+        let id = a.open_session(Role::Admin).unwrap();
+        a.0.sessions.lock().get_mut(&id).unwrap().1 = Instant::now() - Duration::from_secs(1);
+        assert_eq!(a.session(&id), None);
+        assert!(a.0.sessions.lock().is_empty());
+        // No viewer token configured: none is accepted, the empty one least.
+        let only_admin = Access::new(admin.into(), Some(String::new()));
+        assert_eq!(only_admin.role_of_token(viewer), None);
+        assert_eq!(only_admin.role_of_token(""), None);
+    }
+
+    #[test]
+    fn serve_drops_only_the_login_cookie() {
+        let c = format!("a=1; {SESSION_COOKIE}=secret; b=2");
+        assert_eq!(without_session_cookie(&c).as_deref(), Some("a=1; b=2"));
+        assert_eq!(without_session_cookie(&format!("{SESSION_COOKIE}=x")), None);
+        assert_eq!(without_session_cookie("theme=dark").as_deref(), Some("theme=dark"));
     }
 
     #[test]

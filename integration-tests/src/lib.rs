@@ -169,9 +169,15 @@ pub fn workspace_bin(name: &str, package: &str) -> std::path::PathBuf {
     bin
 }
 
-fn start_daemon(args: &[String], cluster_file: &std::path::Path) -> (std::process::Child, String) {
+/// Starts `rayforge start ARGS --block`, the token (for a node) in its
+/// environment, as users are told to (arguments are readable by anyone).
+fn start_daemon(args: &[String], cluster_file: &std::path::Path, token: Option<&str>) -> (std::process::Child, String) {
     let mut cmd = std::process::Command::new(rayforge_bin());
     cmd.arg("start").args(args).arg("--block");
+    match token {
+        Some(t) => cmd.env("RAYFORGE_TOKEN", t),
+        None => cmd.env_remove("RAYFORGE_TOKEN"),
+    };
     spawn_daemon(cmd, args, cluster_file)
 }
 
@@ -209,7 +215,8 @@ impl LocalCluster {
     /// What `rayforge status` prints for this cluster.
     pub fn status(&self) -> String {
         let out = std::process::Command::new(rayforge_bin())
-            .args(["status", "--address", &self.address, "--token", &self.token])
+            .args(["status", "--address", &self.address])
+            .env("RAYFORGE_TOKEN", &self.token)
             .output()
             .expect("run rayforge status");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -219,7 +226,8 @@ impl LocalCluster {
     /// Runs `rayforge list WHAT` against this cluster and parses its JSON.
     pub fn list(&self, what: &str) -> serde_json::Value {
         let out = std::process::Command::new(rayforge_bin())
-            .args(["list", what, "--address", &self.address, "--token", &self.token])
+            .args(["list", what, "--address", &self.address])
+            .env("RAYFORGE_TOKEN", &self.token)
             .output()
             .expect("run rayforge list");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -263,7 +271,7 @@ impl LocalCluster {
             args.extend(["--jobs-port".into(), "0".into()]);
         }
         args.extend(head_args.iter().map(|s| s.to_string()));
-        let d = start_daemon(&args, &self.cluster_file);
+        let d = start_daemon(&args, &self.cluster_file, None);
         let text = std::fs::read_to_string(&self.cluster_file).expect("cluster file written by the head");
         let v: serde_json::Value = serde_json::from_str(&text).expect("cluster file is JSON");
         self.address = v["address"].as_str().expect("address").to_string();
@@ -275,7 +283,7 @@ impl LocalCluster {
     /// Adds a node with these extra arguments; returns its node id.
     pub fn add_node(&mut self, args: &[&str]) -> String {
         let a = self.node_args(args);
-        let d = start_daemon(&a, &self.cluster_file);
+        let d = start_daemon(&a, &self.cluster_file, Some(&self.token));
         let id = d.1.clone();
         self.daemons.push(d);
         id
@@ -283,12 +291,7 @@ impl LocalCluster {
 
     /// `rayforge start` arguments of a node joining this cluster.
     fn node_args(&self, args: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "--address".into(),
-            self.address.clone(),
-            "--token".into(),
-            self.token.clone(),
-        ];
+        let mut a: Vec<String> = vec!["--address".into(), self.address.clone()];
         a.extend(args.iter().map(|s| s.to_string()));
         a
     }
@@ -318,7 +321,8 @@ exec "$RF_BIN" start "$@" --block"#;
         cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
             .args(&a)
             .env("RF_BASE", &base)
-            .env("RF_BIN", rayforge_bin());
+            .env("RF_BIN", rayforge_bin())
+            .env("RAYFORGE_TOKEN", &self.token);
         let d = spawn_daemon(cmd, &a, &self.cluster_file);
         let id = d.1.clone();
         self.daemons.push(d);

@@ -140,7 +140,17 @@ async fn send(hub: Arc<Hub>, method: Method, uri: Uri, headers: HeaderMap, body:
         query: uri.query().unwrap_or("").to_string(),
         headers: headers
             .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .filter_map(|(k, v)| {
+                let v = v.to_str().ok()?;
+                // The dashboard's login session is the cluster's, not the
+                // application's: user code never sees it.
+                let v = if k == axum::http::header::COOKIE {
+                    rayforge::http::without_session_cookie(v)?
+                } else {
+                    v.to_string()
+                };
+                Some((k.as_str().to_string(), v))
+            })
             .collect(),
         body: body.to_vec(),
     };

@@ -112,6 +112,15 @@ impl Deployment for Echo {
         if r.query_param("panic") == Some("1") {
             panic!("asked to panic");
         }
+        if r.query_param("cookie") == Some("1") {
+            // What user code sees of the request's cookies.
+            let cookie = r
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                .map_or("none".to_string(), |(_, v)| v.clone());
+            return Ok(rayforge_serve::HttpResponse::text(200, cookie));
+        }
         if r.query_param("sneak") == Some("1") {
             // The proxy's own stream header, from user code.
             let mut resp = rayforge_serve::HttpResponse::text(200, "my own body");
@@ -414,6 +423,25 @@ fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
     assert!(r.header("x-rayforge-stream").is_none());
     let r = send(&s, "POST", "/greet", br#""again""#);
     assert_eq!(r.status, 200);
+    // The dashboard's login cookie (same host, another port) never reaches
+    // user code; the application's own cookies do.
+    let with_cookie = |cookie: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(s.http_addr()).unwrap();
+        let req = format!("GET /echo?cookie=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n");
+        c.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    };
+    let session = rayforge::http::SESSION_COOKIE;
+    assert_eq!(
+        with_cookie(&format!("theme=dark; {session}=abc; cart=2")),
+        "theme=dark; cart=2"
+    );
+    assert_eq!(with_cookie(&format!("{session}=abc")), "none");
 
     let r = send(&s, "GET", "/-/healthz", b"");
     assert_eq!((r.status, r.text().as_str()), (200, "success"));

@@ -319,6 +319,18 @@ by_kind = {d["kind"]: d for d in docs}
 head_c = by_kind["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
 worker_c = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
 
+# Every process on a node may read a container's arguments: tokens go in
+# the environment (from the Secret), never on the command line.
+for name, c in [("head", head_c), ("worker", worker_c)]:
+    for x in c.get("args", []) + c.get("command", []):
+        if "TOKEN" in x.upper() and ("$(" in x or x.startswith("--token")):
+            fail(f"the {name}'s arguments carry a token ({x!r}): give it as RAYFORGE_TOKEN in the environment")
+    names = {e["name"] for e in c.get("env", [])}
+    for want in ["RAYFORGE_TOKEN", "RAYFORGE_VIEWER_TOKEN"]:
+        if want not in names:
+            fail(f"the {name} has no {want} in its environment")
+print("tokens: in the containers' environment, none in their arguments")
+
 
 def free_port():
     s = socket.socket()
@@ -330,6 +342,7 @@ def free_port():
 
 ports = {n: free_port() for n in ["6379", "6380", "8265", "8080", "w8080"]}
 token = os.urandom(16).hex()
+viewer = os.urandom(16).hex()
 
 
 def localize(args, worker=False):
@@ -374,7 +387,7 @@ def wait_ready(port, what):
 home, cwd = os.path.join(tmp, "home"), os.path.join(tmp, "cwd")
 for d in (home, cwd, os.path.join(tmp, "tmpdir")):
     os.makedirs(d)
-env = dict(os.environ, RAYFORGE_TOKEN=token, RAYFORGE_CLUSTER_FILE=os.path.join(tmp, "cluster.json"),
+env = dict(os.environ, RAYFORGE_TOKEN=token, RAYFORGE_VIEWER_TOKEN=viewer, RAYFORGE_CLUSTER_FILE=os.path.join(tmp, "cluster.json"),
            HOME=home, TMPDIR=os.path.join(tmp, "tmpdir"))
 env.pop("RAYFORGE_ADDRESS", None)
 rayforge = os.path.abspath(a.rayforge)
@@ -392,6 +405,11 @@ try:
             fail(f"/healthz on {port}")
         if probe(port, "/metrics") != 401:
             fail(f"/metrics on {port} answered without the token")
+        scrape = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                        headers={"Authorization": f"Bearer {viewer}"})
+        with urllib.request.urlopen(scrape, timeout=10) as r:
+            if r.status != 200:
+                fail(f"/metrics on {port} refused the viewer token")
     req = urllib.request.Request(f"http://127.0.0.1:{ports['8265']}/api/v0/cluster",
                                  headers={"Authorization": f"Bearer {token}"})
     deadline = time.time() + 60

@@ -116,6 +116,12 @@ impl Daemons {
                 Ok(())
             });
         }
+        // Nodes get the token in their environment (a head makes its own).
+        if self.token.is_empty() {
+            cmd.env_remove("RAYFORGE_TOKEN");
+        } else {
+            cmd.env("RAYFORGE_TOKEN", &self.token);
+        }
         let mut child = cmd.spawn().map_err(|e| Error::io("starting a node daemon", e))?;
         let out = child
             .stdout
@@ -167,8 +173,6 @@ impl Daemons {
         let args = [
             "--address",
             &self.address.clone(),
-            "--token",
-            &self.token.clone(),
             "--num-cpus",
             &cpus.to_string(),
             "--resources",

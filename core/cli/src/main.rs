@@ -69,10 +69,12 @@ enum Command {
         /// newest retriable task (default 0.95; 1 turns it off).
         #[arg(long)]
         memory_usage_threshold: Option<f64>,
-        /// Cluster token (head: generated when absent; node: read from this
-        /// machine's cluster file or $RAYFORGE_TOKEN when absent).
+        #[command(flatten)]
+        token: TokenArgs,
+        /// A file holding a read-only token for the HTTP ports (the
+        /// dashboard, /metrics for a scraper; default $RAYFORGE_VIEWER_TOKEN).
         #[arg(long)]
-        token: Option<String>,
+        viewer_token_file: Option<std::path::PathBuf>,
         /// Milliseconds without heartbeats before a node is declared dead.
         #[arg(long)]
         heartbeat_timeout_ms: Option<u64>,
@@ -102,6 +104,9 @@ enum Command {
         #[arg(long)]
         block: bool,
     },
+    /// Print the token of the cluster started on this machine (for
+    /// `RAYFORGE_TOKEN` on other machines, or the dashboard's login).
+    Token,
     /// Stop every rayforge daemon started on this machine.
     Stop {
         /// Seconds to wait for a clean stop before killing.
@@ -113,9 +118,8 @@ enum Command {
         /// The head (host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto")]
         address: String,
-        /// Cluster token (default: $RAYFORGE_TOKEN or this machine's cluster file).
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// List cluster state as JSON.
     List {
@@ -124,9 +128,8 @@ enum Command {
         /// The head (host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto")]
         address: String,
-        /// Cluster token.
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Print the output of worker processes on every node.
     Logs {
@@ -141,9 +144,8 @@ enum Command {
         /// The head (host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto")]
         address: String,
-        /// Cluster token.
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Write a Chrome trace (chrome://tracing, ui.perfetto.dev) of recent tasks.
     Timeline {
@@ -153,9 +155,8 @@ enum Command {
         /// The head (host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto")]
         address: String,
-        /// Cluster token.
-        #[arg(long)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Submit and manage jobs through the head's HTTP jobs API.
     Job {
@@ -164,9 +165,8 @@ enum Command {
         /// The jobs API (http://host:port); default: this machine's cluster.
         #[arg(long, default_value = "auto", global = true)]
         address: String,
-        /// Cluster token (default: $RAYFORGE_TOKEN or this machine's cluster file).
-        #[arg(long, global = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Measure checkpoint upload and download throughput to a storage URI
     /// (a path, cluster://, s3://) beside local disk.
@@ -199,6 +199,54 @@ enum Command {
     /// Run the multi-node scale cases on local node daemons (tasks, actors,
     /// broadcast, cross-node calls, 100+ nodes).
     ClusterBenchmark(cluster_benchmark::Settings),
+}
+
+/// Where a command finds the cluster token. Given none, a head reads
+/// `$RAYFORGE_TOKEN`, then its state directory, and makes one otherwise;
+/// everything else reads `$RAYFORGE_TOKEN`, then this machine's cluster
+/// file.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The cluster token. Every user of this machine can read a command's
+    /// arguments (`ps`): prefer $RAYFORGE_TOKEN or --token-file.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// A file holding the cluster token (as a Kubernetes Secret mounted as
+    /// a file).
+    #[arg(long, global = true, conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token given, if any; a file that cannot be read or holds
+    /// nothing is an error naming it.
+    fn get(&self) -> rayforge::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            return read_token_file(path).map(Some);
+        }
+        if self.token.is_some() {
+            eprintln!(
+                "rayforge: warning: --token is visible to every user of this machine in the process list; \
+                 prefer RAYFORGE_TOKEN or --token-file"
+            );
+        }
+        Ok(self.token.clone())
+    }
+}
+
+/// The token a file holds; a file that cannot be read or holds nothing
+/// is an error naming it.
+fn read_token_file(path: &std::path::Path) -> rayforge::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| rayforge::Error::InvalidArgument(format!("token file {}: {e}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(rayforge::Error::InvalidArgument(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(t.to_string())
 }
 
 #[derive(Subcommand)]
@@ -370,7 +418,10 @@ fn parse_resources(text: &str) -> rayforge::Result<HashMap<String, f64>> {
 
 /// Re-runs this command with `--block` in a new session, logging to a file,
 /// and returns once the daemon reports it serves.
-fn daemonize() -> rayforge::Result<()> {
+/// Starts this command again with `--block` as a detached daemon and
+/// prints its first line. The token goes to it in the environment, not in
+/// its arguments, where every user of the machine could read it.
+fn daemonize(token: Option<&str>) -> rayforge::Result<()> {
     let exe = std::env::current_exe().map_err(|e| rayforge::Error::Runtime(format!("locating rayforge: {e}")))?;
     let logs = std::env::temp_dir().join("rayforge").join("logs");
     std::fs::create_dir_all(&logs)
@@ -379,13 +430,16 @@ fn daemonize() -> rayforge::Result<()> {
     let log = std::fs::File::create(&log_path)
         .map_err(|e| rayforge::Error::Runtime(format!("creating {}: {e}", log_path.display())))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    cmd.args(without_token_args(std::env::args_os().skip(1)))
         .arg("--block")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log);
     if std::env::var_os("RAYFORGE_LOG").is_none() {
         cmd.env("RAYFORGE_LOG", "info");
+    }
+    if let Some(t) = token {
+        cmd.env("RAYFORGE_TOKEN", t);
     }
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our
     // terminal so it outlives this command.
@@ -419,6 +473,24 @@ fn daemonize() -> rayforge::Result<()> {
     Ok(())
 }
 
+/// The arguments without `--token`/`--token-file` and their values.
+fn without_token_args(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let text = a.to_string_lossy();
+        if text == "--token" || text == "--token-file" {
+            skip_value = true;
+        } else if !(text.starts_with("--token=") || text.starts_with("--token-file=")) {
+            out.push(a);
+        }
+    }
+    out
+}
+
 /// Writes to stdout; a closed pipe (`rayforge list jobs | head`) is not an error.
 fn out(text: &str) {
     let mut o = std::io::stdout().lock();
@@ -439,6 +511,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             object_store_memory,
             memory_usage_threshold,
             token,
+            viewer_token_file,
             heartbeat_timeout_ms,
             state_dir,
             storage_budget,
@@ -463,7 +536,8 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 resources,
                 object_store_memory,
                 memory_usage_threshold,
-                token,
+                token: token.get()?,
+                viewer_token: viewer_token_file.as_deref().map(read_token_file).transpose()?,
                 heartbeat_timeout_ms,
                 state_dir,
                 storage_budget,
@@ -473,7 +547,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 http_routes: (head && !no_dashboard).then(rayforge_dashboard::routes),
             };
             if !block {
-                return daemonize();
+                return daemonize(opts.token.as_deref());
             }
             rayforge::cluster::run_daemon(&opts, |ready| {
                 // One line on stdout tells `start` (or a test) we serve.
@@ -486,19 +560,31 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                     format!("; jobs API at {}", ready.jobs_address)
                 };
                 let jobs = format!("{jobs}; metrics at {}/metrics", ready.metrics_address);
+                // The token is not printed: output ends up in logs and
+                // terminals' scrollback. The head keeps it in this
+                // machine's cluster file, readable by its user only.
+                let join = if opts.head {
+                    format!(
+                        "connect with Config::address(\"{}\") or `rayforge start --address {}` (the token is in {}: \
+                         `rayforge token` prints it)",
+                        ready.address,
+                        ready.address,
+                        rayforge::cluster::cluster_file().display()
+                    )
+                } else {
+                    format!("joined the head at {}", ready.address)
+                };
                 println!(
-                    "rayforge {what} started: node {} at {}; head {}; token {}; connect with \
-                     Config::address(\"{}\") or `rayforge start --address {} --token {}`{jobs}",
-                    ready.node_id,
-                    ready.node_address,
-                    ready.address,
-                    ready.token,
-                    ready.address,
-                    ready.address,
-                    ready.token
+                    "rayforge {what} started: node {} at {}; head {}; {join}{jobs}",
+                    ready.node_id, ready.node_address, ready.address,
                 );
                 let _ = std::io::stdout().flush();
             })
+        }
+        Command::Token => {
+            let c = rayforge::cluster::local_cluster()?;
+            out(&format!("{}\n", c.token));
+            Ok(())
         }
         Command::Stop { grace } => {
             let n = rayforge::cluster::stop_all(Duration::from_secs_f64(grace.max(0.0)));
@@ -506,12 +592,12 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             Ok(())
         }
         Command::Status { address, token } => {
-            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let mut c = HeadClient::connect(&address, token.get()?.as_deref())?;
             out(&c.status_report()?);
             Ok(())
         }
         Command::List { what, address, token } => {
-            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let mut c = HeadClient::connect(&address, token.get()?.as_deref())?;
             let json = match what {
                 ListWhat::Nodes => serde_json::to_string_pretty(&c.nodes()?),
                 ListWhat::Jobs => serde_json::to_string_pretty(&c.jobs()?),
@@ -538,7 +624,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             address,
             token,
         } => {
-            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let mut c = HeadClient::connect(&address, token.get()?.as_deref())?;
             let l = c.worker_logs(pid, tail)?;
             warn_unreachable(&l.unreachable);
             if l.items.is_empty() {
@@ -566,7 +652,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             Ok(())
         }
         Command::Timeline { output, address, token } => {
-            let mut c = HeadClient::connect(&address, token.as_deref())?;
+            let mut c = HeadClient::connect(&address, token.get()?.as_deref())?;
             let l = c.tasks()?;
             warn_unreachable(&l.unreachable);
             rayforge::state::write_trace(&l.items, &output)?;
@@ -581,7 +667,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             command,
             address,
             token,
-        } => run_job(command, &address, token.as_deref()),
+        } => run_job(command, &address, token.get()?.as_deref()),
         Command::ClusterBenchmark(settings) => cluster_benchmark::run(&settings),
         Command::StorageBenchmark {
             uri,

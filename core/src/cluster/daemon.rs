@@ -54,6 +54,17 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 .local_addr()
                 .map_err(|e| Error::io("reading the metrics port's address", e))?,
         );
+        // The read-only token of the HTTP ports: given, else
+        // $RAYFORGE_VIEWER_TOKEN; held to the cluster token's rules.
+        let viewer = opts
+            .viewer_token
+            .clone()
+            .or_else(|| std::env::var("RAYFORGE_VIEWER_TOKEN").ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        if let Some(v) = &viewer {
+            check_token("viewer token", v)?;
+        }
         let (head_addr, token, gcs) = if opts.head {
             let port = opts.port.unwrap_or(DEFAULT_PORT);
             let dir = opts
@@ -61,14 +72,18 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("rayforge").join(format!("head-{port}")));
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-            let token = match &opts.token {
-                Some(t) => t.clone(),
+            // Given, else $RAYFORGE_TOKEN (a Kubernetes Secret), else the
+            // one this state directory had, else a new one.
+            let from_env = std::env::var("RAYFORGE_TOKEN").ok().filter(|t| !t.trim().is_empty());
+            let token = match opts.token.clone().or(from_env) {
+                Some(t) => t.trim().to_string(),
                 None => match std::fs::read_to_string(dir.join("token")) {
                     Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-                    _ => random_token(),
+                    _ => crate::cluster::random_secret()?,
                 },
             };
-            check_head_token(&token)?;
+            check_token("cluster token", &token)?;
+            not_the_viewer(&token, viewer.as_deref())?;
             write_private(&dir.join("token"), &token)?;
             crate::rpc::set_token(&token)?;
             let timeout = Duration::from_millis(opts.heartbeat_timeout_ms.unwrap_or(10_000));
@@ -86,7 +101,8 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 node: node_http.clone(),
                 extra: opts.http_routes.clone(),
             };
-            let jobs = crate::jobs::serve(gcs.clone(), local.clone(), token.clone(), &bind, jobs_port, more).await?;
+            let access = crate::http::Access::new(token.clone(), viewer.clone());
+            let jobs = crate::jobs::serve(gcs.clone(), local.clone(), access, &bind, jobs_port, more).await?;
             jobs_address = format!("http://{}", crate::rpc::advertised(jobs));
             (local, token, Some(gcs))
         } else {
@@ -97,9 +113,11 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let (addr, token) = resolve(address, opts.token.as_deref())?;
             let token = token.ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "no token for the cluster at {addr}: pass --token (printed by `rayforge start --head`)"
+                    "no token for the cluster at {addr}: set RAYFORGE_TOKEN or pass --token-file \
+                     (`rayforge token` on the head's machine prints it)"
                 ))
             })?;
+            not_the_viewer(&token, viewer.as_deref())?;
             crate::rpc::set_token(&token)?;
             (addr, token, None)
         };
@@ -113,7 +131,11 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         };
         let node = NodeDaemon::start(cfg, Some(role)).await?;
         node_http.set_node(node.clone());
-        crate::node::http::serve(metrics, node_http, token.clone());
+        crate::node::http::serve(
+            metrics,
+            node_http,
+            crate::http::Access::new(token.clone(), viewer.clone()),
+        );
         tracing::info!(addr = %metrics_addr, "node HTTP endpoints (/metrics, /healthz, /readyz) started");
         let ready = Ready {
             address: head_addr,
@@ -218,9 +240,20 @@ pub fn stop_all(grace: Duration) -> usize {
 /// The shortest token a head accepts.
 pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
-/// Refuses a head token that guards nothing: empty, shorter than
+/// Refuses a viewer token that is the cluster token: it would give
+/// viewers everything.
+fn not_the_viewer(token: &str, viewer: Option<&str>) -> Result<()> {
+    if viewer == Some(token) {
+        return Err(Error::InvalidArgument(
+            "the viewer token is the cluster token: viewers would get everything; give another one".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a token that guards nothing: empty, shorter than
 /// [`MIN_TOKEN_LEN`], or a placeholder left in a manifest.
-fn check_head_token(token: &str) -> Result<()> {
+fn check_token(what: &str, token: &str) -> Result<()> {
     let t = token.trim();
     let why = if t.is_empty() {
         Some("is empty".to_string())
@@ -237,23 +270,10 @@ fn check_head_token(token: &str) -> Result<()> {
     match why {
         None => Ok(()),
         Some(why) => Err(Error::InvalidArgument(format!(
-            "the cluster token {why}: give a random one of at least {MIN_TOKEN_LEN} characters \
-             (`openssl rand -hex 16`), or start the head without --token to have one made"
+            "the {what} {why}: give a random one of at least {MIN_TOKEN_LEN} characters \
+             (`openssl rand -hex 16`), or start the head without one to have one made"
         ))),
     }
-}
-
-fn random_token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        let t = crate::ids::ObjectId::for_put();
-        b.copy_from_slice(&t.0[..16]);
-    }
-    crate::ids::hex(&b)
 }
 
 #[cfg(test)]
@@ -268,10 +288,14 @@ mod tests {
             ("short-token", "fewer than 16"),
             ("replace-me-with-a-random-token", "placeholder"),
         ] {
-            let e = check_head_token(t).unwrap_err().to_string();
+            let e = check_token("cluster token", t).unwrap_err().to_string();
             assert!(e.contains(why), "{t:?}: {e}");
         }
-        check_head_token(&random_token()).unwrap();
-        assert!(random_token().len() >= MIN_TOKEN_LEN);
+        check_token("cluster token", &crate::cluster::random_secret().unwrap()).unwrap();
+        assert!(crate::cluster::random_secret().unwrap().len() >= MIN_TOKEN_LEN);
+        assert_ne!(
+            crate::cluster::random_secret().unwrap(),
+            crate::cluster::random_secret().unwrap()
+        );
     }
 }

@@ -50,9 +50,14 @@ pub struct StartOptions {
     /// Node memory use (a fraction) above which the memory monitor kills
     /// the newest retriable task (default 0.95; 1 turns it off).
     pub memory_usage_threshold: Option<f64>,
-    /// The cluster token (head: default generated; node: default from this
-    /// machine's cluster file or `$RAYFORGE_TOKEN`).
+    /// The cluster token (head: default `$RAYFORGE_TOKEN`, then the one its
+    /// state directory kept, else a new one; node: default `$RAYFORGE_TOKEN`,
+    /// then this machine's cluster file).
     pub token: Option<String>,
+    /// A read-only token for the HTTP ports (dashboard, `/metrics`):
+    /// default `$RAYFORGE_VIEWER_TOKEN`, else none. Never accepted between
+    /// nodes.
+    pub viewer_token: Option<String>,
     /// Milliseconds without heartbeats before the head declares a node dead
     /// (default 10000).
     pub heartbeat_timeout_ms: Option<u64>,
@@ -93,6 +98,21 @@ pub struct Ready {
     /// This node's metrics and health endpoints (`http://host:port`).
     #[serde(default)]
     pub metrics_address: String,
+}
+
+/// 128 random bits as hex, from the kernel: tokens a head makes, login
+/// session ids.
+pub(crate) fn random_secret() -> Result<String> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom(2) writes at most `b.len()` bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut b))
+            .map_err(|e| Error::io("reading random bytes (getrandom and /dev/urandom)", e))?;
+    }
+    Ok(crate::ids::hex(&b))
 }
 
 /// Where `rayforge start --head` records the local cluster (address and

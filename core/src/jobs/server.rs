@@ -76,11 +76,12 @@ pub(crate) struct HeadPort {
 pub(crate) async fn serve(
     gcs: Arc<Gcs>,
     head_addr: String,
-    token: String,
+    access: crate::http::Access,
     bind: &str,
     port: u16,
     more: HeadPort,
 ) -> Result<SocketAddr> {
+    let token = access.admin_token().to_string();
     for j in gcs.jobs() {
         if j.submitted && j.state == "RUNNING" {
             gcs.end_job(&j.job_id, "FAILED", "the head stopped while the job ran");
@@ -122,16 +123,13 @@ pub(crate) async fn serve(
         .layer(DefaultBodyLimit::max(MAX_PACKAGE_BYTES + (1 << 20)))
         .with_state(api.clone());
     let app = jobs
-        .merge(crate::http::login_routes(Arc::new(api.token.clone())))
+        .merge(crate::http::login_routes(access.clone()))
         .merge(crate::node::http::routes(more.node))
         .merge(extra)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {uri}"))
         })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(api.token.clone()),
-            crate::http::require_token,
-        ));
+        .layer(axum::middleware::from_fn_with_state(access, crate::http::require_token));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
             tracing::error!("jobs API stopped: {e}");

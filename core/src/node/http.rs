@@ -123,11 +123,8 @@ async fn api_node(State(h): State<Arc<NodeHttp>>) -> Response {
 }
 
 /// Serves [`routes`] behind the token on `listener`.
-pub(crate) fn serve(listener: tokio::net::TcpListener, h: Arc<NodeHttp>, token: String) {
-    let app = routes(h).layer(axum::middleware::from_fn_with_state(
-        Arc::new(token),
-        crate::http::require_token,
-    ));
+pub(crate) fn serve(listener: tokio::net::TcpListener, h: Arc<NodeHttp>, access: crate::http::Access) {
+    let app = routes(h).layer(axum::middleware::from_fn_with_state(access, crate::http::require_token));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
             tracing::error!("node HTTP endpoints stopped: {e}");

@@ -331,3 +331,145 @@ fn serve_run_joins_a_head_started_with_the_default_ports() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(child.0.wait().unwrap().success());
 }
+
+/// The processes whose arguments contain `needle`, with their arguments.
+fn processes_with(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if args.contains(needle) && rayforge_integration_tests::process_running(pid) {
+            found.push((pid, args));
+        }
+    }
+    found
+}
+
+/// Ends the daemons a test started in the background, however it ends.
+struct StopOnDrop(Vec<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: plain kill(2) of a pid this test found running.
+            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+        }
+        let gone = |pid: &u32| !rayforge_integration_tests::process_running(*pid);
+        wait_until(Duration::from_secs(30), || self.0.iter().all(gone));
+    }
+}
+
+/// The token never shows where other users of the machine, or logs, see
+/// it: a head takes it from `$RAYFORGE_TOKEN`, its start line names the file
+/// that holds it instead of printing it, and a daemon given `--token` gets
+/// it in its environment, not in its arguments.
+#[test]
+fn the_token_stays_out_of_arguments_and_output() {
+    let base = std::env::temp_dir().join(format!("rf-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let cluster_file = base.join("cluster.json");
+    let state = base.join("head-state");
+    let token = format!("token-from-the-environment-{}", std::process::id());
+    let mut stop = StopOnDrop(Vec::new());
+    let run = |args: &[&str], env_token: Option<&str>| {
+        let mut cmd = std::process::Command::new(rayforge_bin());
+        cmd.args(args).env("RAYFORGE_CLUSTER_FILE", &cluster_file);
+        match env_token {
+            Some(t) => cmd.env("RAYFORGE_TOKEN", t),
+            None => cmd.env_remove("RAYFORGE_TOKEN"),
+        };
+        let out = cmd.output().expect("run rayforge");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+
+    // A head in the background, its token from the environment.
+    let state_arg = state.to_string_lossy().into_owned();
+    let (ok, out, err) = run(
+        &[
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--jobs-port",
+            "0",
+            "--num-cpus",
+            "0",
+            "--state-dir",
+            &state_arg,
+        ],
+        Some(&token),
+    );
+    stop.0
+        .extend(processes_with(&state_arg).into_iter().map(|(pid, _)| pid));
+    assert!(ok, "{err}");
+    assert!(!out.contains(&token), "the start line printed the token: {out}");
+    assert!(out.contains("rayforge token"), "{out}");
+    let ready: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cluster_file).unwrap()).unwrap();
+    assert_eq!(ready["token"], token.as_str(), "the head did not take $RAYFORGE_TOKEN");
+    let address = ready["address"].as_str().unwrap().to_string();
+    let (ok, out, err) = run(&["token"], None);
+    assert!(ok && out.trim() == token, "{out} {err}");
+
+    // A node in the background, given --token on its command line: warned,
+    // and the daemon's own arguments do not carry it.
+    let tag = format!("argv_check_{}", std::process::id());
+    let resources = format!(r#"{{"{tag}": 1}}"#);
+    let (ok, out, err) = run(
+        &[
+            "start",
+            "--address",
+            &address,
+            "--token",
+            &token,
+            "--num-cpus",
+            "1",
+            "--resources",
+            &resources,
+        ],
+        None,
+    );
+    let nodes = processes_with(&tag);
+    stop.0.extend(nodes.iter().map(|(pid, _)| *pid));
+    assert!(ok, "{err}");
+    assert!(err.contains("visible to every user"), "{err}");
+    assert!(!out.contains(&token), "{out}");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(
+        !nodes[0].1.contains(&token),
+        "the daemon's arguments carry the token: {}",
+        nodes[0].1
+    );
+    let mut head = HeadClient::connect(&address, Some(&token)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || head.nodes().is_ok_and(|n| n
+            .iter()
+            .filter(|n| n.alive)
+            .count()
+            == 2)),
+        "the node did not join"
+    );
+
+    // A token file: read, or refused naming the file.
+    let file = base.join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    let (ok, out, err) = run(&["status", "--address", &address, "--token-file", &file_arg], None);
+    assert!(ok && out.contains("2 alive"), "{out} {err}");
+    let (ok, _, err) = run(
+        &["status", "--address", &address, "--token-file", "/nonexistent/token"],
+        None,
+    );
+    assert!(!ok && err.contains("/nonexistent/token"), "{err}");
+    std::fs::write(&file, "\n").unwrap();
+    let (ok, _, err) = run(&["status", "--address", &address, "--token-file", &file_arg], None);
+    assert!(!ok && err.contains("is empty"), "{err}");
+    drop(stop);
+    let _ = std::fs::remove_dir_all(&base);
+}

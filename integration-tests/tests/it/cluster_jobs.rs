@@ -13,7 +13,8 @@ use rayforge_integration_tests::{rayforge_bin, wait_until, workspace_bin, LocalC
 fn cli(cluster: &LocalCluster, args: &[&str]) -> std::process::Output {
     Command::new(rayforge_bin())
         .arg("job")
-        .args(["--address", &cluster.jobs_address, "--token", &cluster.token])
+        .args(["--address", &cluster.jobs_address])
+        .env("RAYFORGE_TOKEN", &cluster.token)
         .args(args)
         .output()
         .expect("run rayforge job")

@@ -131,6 +131,7 @@ fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
     let r = http(&base, "POST", "/login", &form, &format!("token={token}&next=%2Factors"));
     assert_eq!(r.status, 303, "{}", r.head);
     assert!(r.head.contains("location: /actors"), "{}", r.head);
+    assert!(r.head.to_ascii_lowercase().contains("max-age=43200"), "{}", r.head);
     let cookie = r
         .head
         .lines()
@@ -178,6 +179,23 @@ fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
         submit,
     );
     assert_eq!(r.status, 403, "{}", r.body);
+    // The cookie is a session id, not the token, and it ends at logout
+    // (a raw token in a cookie proves nothing).
+    assert!(
+        cookie.starts_with("rayforge_session=") && !cookie.contains(&token),
+        "{cookie}"
+    );
+    let raw_token_cookie = format!("rayforge_session={token}");
+    assert_eq!(
+        http(&base, "GET", "/api/v0/cluster", &[("Cookie", &raw_token_cookie)], "").status,
+        401
+    );
+    let r = http(&base, "GET", "/logout", &[("Cookie", &cookie)], "");
+    assert_eq!(r.status, 303, "{}", r.head);
+    assert_eq!(
+        http(&base, "GET", "/api/v0/cluster", &[("Cookie", &cookie)], "").status,
+        401
+    );
 
     let c = get_json(&base, "/api/v0/cluster", &token);
     assert_eq!(c["nodes"].as_array().unwrap().len(), 2, "{c}");
@@ -518,4 +536,99 @@ fn a_task_killed_by_the_memory_monitor_is_in_the_events_feed() {
     assert!(e["message"].as_str().unwrap().contains("threshold"), "{e}");
     assert_eq!(e["node_id"], cluster.daemons[0].1.as_str());
     rayforge::shutdown();
+}
+
+/// A viewer token (given to a head and a node as a file) reads the
+/// dashboard's API and every node's /metrics, logs in to a read-only
+/// session, and changes nothing: no job submitted, none stopped; it is no
+/// key between nodes either.
+#[test]
+fn the_viewer_token_reads_everything_and_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("rf-viewer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("viewer-token");
+    let viewer = format!("viewer-{:016x}", std::process::id() as u64 * 7919);
+    std::fs::write(&file, format!("{viewer}\n")).unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1", "--viewer-token-file", &file_arg], 10_000);
+    let node = cluster.add_node(&["--num-cpus", "1", "--viewer-token-file", &file_arg]);
+    let base = cluster.jobs_address.clone();
+    let as_viewer = format!("Bearer {viewer}");
+    let auth = [("Authorization", as_viewer.as_str())];
+
+    // Reads: the cluster, jobs, the head's and the node's metrics.
+    let r = http(&base, "GET", "/api/v0/cluster", &auth, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(http(&base, "GET", "/api/jobs/", &auth, "").status, 200);
+    assert_eq!(http(&base, "GET", "/metrics", &auth, "").status, 200);
+    let nodes = get_json(&base, "/api/v0/nodes", &cluster.token);
+    let node_http = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == node.as_str())
+        .and_then(|n| n["http_address"].as_str())
+        .expect("the node's HTTP address")
+        .to_string();
+    let node_base = if node_http.starts_with("http") {
+        node_http
+    } else {
+        format!("http://{node_http}")
+    };
+    let r = http(&node_base, "GET", "/metrics", &auth, "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("ray_resources{"), "{}", r.body);
+
+    // Changes: refused with 403 naming the viewer token, and nothing ran.
+    let submit = r#"{"entrypoint": "echo should-not-run"}"#;
+    let json = ("Content-Type", "application/json");
+    let r = http(&base, "POST", "/api/jobs/", &[auth[0], json], submit);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("viewer token only reads"), "{}", r.body);
+    let jobs: serde_json::Value = get_json(&base, "/api/jobs/", &cluster.token);
+    assert!(
+        !jobs.to_string().contains("should-not-run"),
+        "a viewer submitted a job: {jobs}"
+    );
+    // The same through a login session, even from the dashboard's origin.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let r = http(&base, "POST", "/login", &form, &format!("token={viewer}&next=%2F"));
+    assert_eq!(r.status, 303, "{}", r.head);
+    let cookie = r
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string();
+    assert_eq!(
+        http(&base, "GET", "/api/v0/cluster", &[("Cookie", &cookie)], "").status,
+        200
+    );
+    let page = [("Cookie", cookie.as_str()), ("Sec-Fetch-Site", "same-origin"), json];
+    let r = http(&base, "POST", "/api/jobs/", &page, submit);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Not a key between nodes: gRPC refuses it.
+    let err = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&viewer))
+        .and_then(|mut c| c.nodes())
+        .expect_err("the viewer token opened gRPC");
+    assert!(err.to_string().contains("refused"), "{err}");
+
+    // A viewer token equal to the cluster token is refused at start.
+    let same = dir.join("same-token");
+    std::fs::write(&same, &cluster.token).unwrap();
+    let out = std::process::Command::new(rayforge_integration_tests::rayforge_bin())
+        .args(["start", "--address", &cluster.address, "--viewer-token-file"])
+        .arg(&same)
+        .arg("--block")
+        .env("RAYFORGE_TOKEN", &cluster.token)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("viewer token is the cluster token"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -264,7 +264,11 @@ fn the_cli_lists_tasks_objects_and_logs_of_every_node() {
     let r = chatty_big::options().resource("far", 1.0).remote(tag.clone());
     let (pid, big) = r.get().unwrap();
     assert_eq!(big.len(), 1 << 17);
-    let auth = ["--address", c.address.as_str(), "--token", c.token.as_str()];
+    // The token from a file, as from a mounted Secret.
+    let token_file = c.base_dir().join("cli-token");
+    std::fs::write(&token_file, format!("{}\n", c.token)).unwrap();
+    let token_file = token_file.to_string_lossy().into_owned();
+    let auth = ["--address", c.address.as_str(), "--token-file", token_file.as_str()];
 
     // `list tasks`: the task, on the other node, in its worker.
     let mut tasks = serde_json::Value::Null;
@@ -319,7 +323,7 @@ fn the_cli_lists_tasks_objects_and_logs_of_every_node() {
         !out.status.success() && err.contains("no worker process 4294967295"),
         "{err}"
     );
-    let out = cli(&["list", "tasks", "--address", "127.0.0.1:1", "--token", &c.token]);
+    let out = cli(&["list", "tasks", "--address", "127.0.0.1:1", "--token-file", &token_file]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("127.0.0.1:1"), "{err}");
     rayforge::shutdown();

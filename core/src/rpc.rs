@@ -63,7 +63,7 @@ pub(crate) fn check_token(req: Request<()>) -> std::result::Result<Request<()>, 
             Ok(req)
         }
         Some(_) => Err(Status::unauthenticated(
-            "missing or wrong cluster token (see `rayforge start --head` output or RAYFORGE_TOKEN)",
+            "missing or wrong cluster token (`rayforge token` on the head's machine prints it; pass it as RAYFORGE_TOKEN)",
         )),
     }
 }
@@ -213,17 +213,22 @@ pub(crate) async fn connect(addr: &str) -> Result<Chan> {
     Ok(InterceptedService::new(ch, Auth))
 }
 
-/// A client of a process's CoreWorkerService over `ch` (no message size
-/// limit: objects travel inline up to their own limit).
+/// The largest message a node or worker sends or accepts (Ray's
+/// `max_grpc_message_size` is the same): values travel inline only up to
+/// 100 KiB and objects in chunks, so only a runaway caller reaches it, and
+/// it gets an error instead of making the receiver buffer without bound.
+pub(crate) const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+/// A client of a process's CoreWorkerService over `ch`.
 pub(crate) fn worker_client(ch: Chan) -> CoreWorkerServiceClient<Chan> {
     CoreWorkerServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// A client of a node's NodeService over `ch` (no message size limit).
+/// A client of a node's NodeService over `ch`.
 pub(crate) fn node_client(ch: Chan) -> NodeServiceClient<Chan> {
     NodeServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }

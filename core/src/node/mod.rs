@@ -201,8 +201,8 @@ impl NodeDaemon {
         let daemon = NodeDaemon { state };
         let incoming = crate::rpc::bind_uds(&daemon.state.paths.node_sock)?;
         let svc = proto::node_service_server::NodeServiceServer::new(daemon.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .max_decoding_message_size(crate::rpc::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::rpc::MAX_MESSAGE_BYTES);
         let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
         let svc2 = svc.clone();
         daemon.spawn(async move {

@@ -690,8 +690,8 @@ impl CoreWorkerService for WorkerService {
 /// reachable from other nodes. Returns the address callers dial.
 pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Result<String> {
     let svc = proto::core_worker_service_server::CoreWorkerServiceServer::new(WorkerService)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(crate::rpc::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::rpc::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
     let router = crate::rpc::server().add_service(svc);
     let addr = match tcp_host {
@@ -816,4 +816,44 @@ fn worker_main() -> Result<()> {
     });
     exec.run_jobs(jobs_rx);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller sending more than [`crate::rpc::MAX_MESSAGE_BYTES`] in one
+    /// message is refused by the receiving service (which would otherwise
+    /// buffer it whole), and the service goes on answering.
+    #[test]
+    fn a_message_over_the_limit_is_refused_and_the_service_goes_on() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("rf-msg-limit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let uds = dir.join("worker.sock");
+        rt.block_on(async {
+            let addr = serve(&uds, None).await.unwrap();
+            let ch = crate::rpc::connect(&addr).await.unwrap();
+            // A client that sends whatever it is given, as a runaway or
+            // hostile one would.
+            let mut c = proto::core_worker_service_client::CoreWorkerServiceClient::new(ch)
+                .max_encoding_message_size(usize::MAX);
+            let big = proto::GetObjectRequest {
+                id: vec![0; crate::rpc::MAX_MESSAGE_BYTES + 1],
+            };
+            let err = c.get_object(big).await.expect_err("an oversized message was taken");
+            assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+            assert!(err.message().contains("too large"), "{err}");
+            // A small one reaches the handler (which answers, whatever it says).
+            let small = c.get_object(proto::GetObjectRequest { id: vec![0; 20] }).await;
+            assert!(small
+                .as_ref()
+                .map_or_else(|s| s.code() != tonic::Code::OutOfRange, |_| true));
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -103,7 +103,7 @@ impl Access {
 
     /// A new session for `role`; returns its id.
     fn open_session(&self, role: Role) -> crate::Result<String> {
-        let id = crate::cluster::random_secret()?;
+        let id = crate::util::random_secret()?;
         let now = Instant::now();
         let mut s = self.0.sessions.lock();
         s.retain(|_, (_, expires)| *expires > now);
@@ -196,6 +196,18 @@ pub fn no_delay(
 /// they first differ.
 fn same(given: &str, token: &str) -> bool {
     same_bytes(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Whether `given` (trimmed) is `expected`, in time that does not depend
+/// on where they first differ; an empty `expected` matches nothing. For
+/// servers of other crates that check a token (Serve's admin port).
+///
+/// ```
+/// assert!(rayforge::http::token_matches(" abc\n", "abc"));
+/// assert!(!rayforge::http::token_matches("", ""));
+/// ```
+pub fn token_matches(given: &str, expected: &str) -> bool {
+    same(given, expected)
 }
 
 /// Whether two byte strings are equal, in time that depends only on their

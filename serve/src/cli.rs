@@ -87,6 +87,32 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(150);
 /// port ([`crate::config::DEFAULT_ADMIN_PORT`]) on this machine.
 const DEFAULT_ADMIN: &str = "127.0.0.1:52365";
 
+/// Calls the admin API at `admin` with the token its server wrote on this
+/// machine.
+fn admin_call(admin: &str, method: &str, path: &str, body: &[u8]) -> Result<client::Reply> {
+    let port = admin
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| Error::BadRequest(format!("--admin {admin}: not host:port")))?;
+    let file = crate::server::admin_token_path(port)?;
+    let token = std::fs::read_to_string(&file).map_err(|e| {
+        Error::BadRequest(format!(
+            "no admin token for the server at {admin} ({}: {e}): is `serve run` running on this machine, \
+             as this user, with that admin port?",
+            file.display()
+        ))
+    })?;
+    let auth = format!("Bearer {}", token.trim());
+    let r = client::request_with(admin, method, path, &[("Authorization", &auth)], body, ADMIN_TIMEOUT)?;
+    if r.status == 401 || r.status == 403 {
+        return Err(Error::BadRequest(format!(
+            "the server at {admin} refused: {}",
+            r.text().trim()
+        )));
+    }
+    Ok(r)
+}
+
 fn run(cmd: Cmd, registry: Registry) -> Result<()> {
     match cmd {
         Cmd::Run { config, address } => {
@@ -120,7 +146,7 @@ fn run(cmd: Cmd, registry: Registry) -> Result<()> {
                 std::fs::read_to_string(&config).map_err(|e| Error::io(format!("reading {}", config.display()), e))?;
             // Check it here first so the error names this file.
             ServeConfig::parse(&text, &config.display().to_string())?;
-            let r = client::request(&admin, "PUT", "/api/serve/applications", text.as_bytes(), ADMIN_TIMEOUT)?;
+            let r = admin_call(&admin, "PUT", "/api/serve/applications", text.as_bytes())?;
             if r.status != 200 {
                 return Err(Error::Config(r.text().trim().to_string()));
             }
@@ -128,14 +154,14 @@ fn run(cmd: Cmd, registry: Registry) -> Result<()> {
             Ok(())
         }
         Cmd::Status { admin } => {
-            let r = client::request(&admin, "GET", "/api/serve/status", b"", ADMIN_TIMEOUT)?;
+            let r = admin_call(&admin, "GET", "/api/serve/status", b"")?;
             let st: ServeStatus = serde_json::from_slice(&r.body)
                 .map_err(|e| Error::BadRequest(format!("the server at {admin} answered something else: {e}")))?;
             print_status(&st);
             Ok(())
         }
         Cmd::Shutdown { admin } => {
-            let r = client::request(&admin, "POST", "/api/serve/shutdown", b"", ADMIN_TIMEOUT)?;
+            let r = admin_call(&admin, "POST", "/api/serve/shutdown", b"")?;
             println!("{}", r.text().trim());
             Ok(())
         }

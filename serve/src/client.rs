@@ -36,12 +36,25 @@ impl Reply {
 
 /// Sends `method path` with `body` to `addr` (`host:port`) and reads the reply.
 pub fn request(addr: &str, method: &str, path: &str, body: &[u8], timeout: Duration) -> Result<Reply> {
+    request_with(addr, method, path, &[], body, timeout)
+}
+
+/// [`request`] with extra headers (`("Authorization", "Bearer ...")`).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply> {
     let io = |what: &str, e: std::io::Error| Error::io(format!("{what} {addr}"), e);
     let mut s = TcpStream::connect(addr).map_err(|e| io("connecting to", e))?;
     s.set_read_timeout(Some(timeout)).map_err(|e| io("configuring", e))?;
     s.set_write_timeout(Some(timeout)).map_err(|e| io("configuring", e))?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(|e| io("writing to", e))?;

@@ -77,7 +77,7 @@ pub use config::{
 pub use controller::{DeploymentState, DeploymentStatus, ReplicaState, ReplicaStatus, ServeStatus};
 pub use error::{Error, Result};
 pub use http::{FromHttp, HttpReply, HttpRequest, HttpResponse, IntoHttp, Json, Streaming};
-pub use server::{start, Serve};
+pub use server::{admin_token_path, start, Serve};
 
 use controller::{AppDecl, DeploymentDecl};
 use replica::{decode, encode};

@@ -28,6 +28,7 @@ pub struct Serve {
     admin_addr: SocketAddr,
     stop: Arc<Notify>,
     _servers: Vec<AbortOnDrop>,
+    _admin_token: RemoveOnDrop,
 }
 
 /// Starts serving `apps`: creates the controller (one per cluster), declares
@@ -41,6 +42,43 @@ struct AdminState {
     controller: ControllerHandle,
     registry: Option<Registry>,
     stop: Arc<Notify>,
+}
+
+/// Where a server on admin port `port` keeps its admin token: a file only
+/// this user can read, in this user's private directory
+/// ([`rayforge::util::rayforge_tmp`]), which the `serve` commands read.
+pub fn admin_token_path(port: u16) -> Result<std::path::PathBuf> {
+    let dir = rayforge::util::private_dir(&rayforge::util::rayforge_tmp()?.join("serve"))?;
+    Ok(dir.join(format!("admin-{port}.token")))
+}
+
+/// Makes a token for the admin API and writes it (mode 0600) where
+/// [`admin_token_path`] says.
+fn write_admin_token(port: u16) -> Result<(String, std::path::PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = rayforge::util::random_secret()?;
+    let path = admin_token_path(port)?;
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    f.write_all(token.as_bytes())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    Ok((token, path))
+}
+
+/// Removes the admin token's file when the server goes.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Option<Registry>) -> Result<Serve> {
@@ -105,11 +143,13 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             registry,
             stop: stop.clone(),
         });
+        let (token, token_path) = write_admin_token(admin_addr.port())?;
         let admin_app = axum::Router::new()
             .route("/api/serve/status", get(admin_status))
             .route("/api/serve/applications", put(admin_deploy))
             .route("/api/serve/shutdown", post(admin_shutdown))
             .with_state(state)
+            .layer(axum::middleware::from_fn_with_state(Arc::new(token), admin_token))
             .layer(axum::middleware::from_fn(no_browsers));
         let admin_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(rayforge::http::no_delay(admin), admin_app).await {
@@ -117,9 +157,10 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             }
         });
         tracing::info!(%http_addr, %admin_addr, "serve proxy listening");
-        Ok::<_, Error>((http_addr, admin_addr, vec![AbortOnDrop(proxy), AbortOnDrop(admin_task)]))
+        let servers = vec![AbortOnDrop(proxy), AbortOnDrop(admin_task)];
+        Ok::<_, Error>((http_addr, admin_addr, servers, RemoveOnDrop(token_path)))
     });
-    let (http_addr, admin_addr, servers) = match started {
+    let (http_addr, admin_addr, servers, token_file) = match started {
         Ok(x) => x,
         Err(e) => {
             let _ = rayforge::kill(&controller);
@@ -134,7 +175,33 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         admin_addr,
         stop,
         _servers: servers,
+        _admin_token: token_file,
     })
+}
+
+/// Every admin call carries the server's admin token (`Authorization:
+/// Bearer`, from [`admin_token_path`]): the port is on the loopback, where
+/// every user of the machine could otherwise deploy or shut down.
+async fn admin_token(
+    State(token): State<Arc<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| rayforge::http::token_matches(g, &token)) {
+        return next.run(req).await;
+    }
+    tracing::warn!(uri = %req.uri(), "admin API call refused: missing or wrong admin token");
+    (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token: the `serve` commands read it from the file `serve run` writes \
+         (readable by its user only)\n",
+    )
+        .into_response()
 }
 
 /// The admin API serves the `serve` command line, never a web page: a

@@ -140,6 +140,27 @@ fn serve_run_status_deploy_and_shutdown() {
     };
     assert!(form.starts_with("HTTP/1.1 403"), "{form}");
     assert_eq!(get("/").text(), "ok");
+    // Another program on this machine (any user reaches the loopback)
+    // without the admin token, or with a wrong one, shuts nothing down.
+    let port: u16 = admin.rsplit_once(':').unwrap().1.parse().unwrap();
+    let token_file = rayforge_serve::admin_token_path(port).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
+    let shutdown = |headers: &[(&str, &str)]| {
+        rayforge_serve::client::request_with(
+            &admin,
+            "POST",
+            "/api/serve/shutdown",
+            headers,
+            b"",
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    assert_eq!(shutdown(&[]).status, 401);
+    assert_eq!(shutdown(&[("Authorization", "Bearer not-the-token")]).status, 401);
+    assert_eq!(get("/").text(), "ok");
 
     let out = cli(&["shutdown", "--admin", &admin]);
     assert!(out.status.success());

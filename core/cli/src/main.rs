@@ -423,7 +423,7 @@ fn parse_resources(text: &str) -> rayforge::Result<HashMap<String, f64>> {
 /// its arguments, where every user of the machine could read it.
 fn daemonize(token: Option<&str>) -> rayforge::Result<()> {
     let exe = std::env::current_exe().map_err(|e| rayforge::Error::Runtime(format!("locating rayforge: {e}")))?;
-    let logs = std::env::temp_dir().join("rayforge").join("logs");
+    let logs = rayforge::util::rayforge_tmp()?.join("logs");
     std::fs::create_dir_all(&logs)
         .map_err(|e| rayforge::Error::Runtime(format!("creating {}: {e}", logs.display())))?;
     let log_path = logs.join(format!("daemon-{}.log", std::process::id()));
@@ -587,7 +587,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             Ok(())
         }
         Command::Stop { grace } => {
-            let n = rayforge::cluster::stop_all(Duration::from_secs_f64(grace.max(0.0)));
+            let n = rayforge::cluster::stop_all(Duration::from_secs_f64(grace.max(0.0)))?;
             out(&format!("stopped {n} rayforge daemon(s)\n"));
             Ok(())
         }

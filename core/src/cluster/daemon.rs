@@ -33,6 +33,9 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         .build()
         .map_err(|e| Error::io("starting the daemon's runtime", e))?;
     rt.block_on(async {
+        // Where the cluster file, pid files and the head's default state
+        // live: refused if another user made it.
+        let private = crate::util::rayforge_tmp()?;
         let bind = opts.bind.clone().unwrap_or_else(|| "127.0.0.1".into());
         let cfg = Config {
             num_cpus: opts.num_cpus,
@@ -70,7 +73,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let dir = opts
                 .state_dir
                 .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("rayforge").join(format!("head-{port}")));
+                .unwrap_or_else(|| private.join(format!("head-{port}")));
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
             // Given, else $RAYFORGE_TOKEN (a Kubernetes Secret), else the
             // one this state directory had, else a new one.
@@ -79,7 +82,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 Some(t) => t.trim().to_string(),
                 None => match std::fs::read_to_string(dir.join("token")) {
                     Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-                    _ => crate::cluster::random_secret()?,
+                    _ => crate::util::random_secret()?,
                 },
             };
             check_token("cluster token", &token)?;
@@ -202,16 +205,18 @@ async fn wait_for_signal() {
 
 /// Stops every daemon started on this machine (SIGTERM, then SIGKILL after
 /// `grace`); returns how many were stopped.
-pub fn stop_all(grace: Duration) -> usize {
+pub fn stop_all(grace: Duration) -> Result<usize> {
+    // Pid files are only believed in this user's own directory.
+    crate::util::rayforge_tmp()?;
     let Ok(rd) = std::fs::read_dir(daemons_dir()) else {
-        return 0;
+        return Ok(0);
     };
     let mut pids = Vec::new();
     for e in rd.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if is_daemon(pid) {
             // SAFETY: plain syscall.
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
@@ -234,7 +239,14 @@ pub fn stop_all(grace: Duration) -> usize {
         }
         let _ = std::fs::remove_file(daemons_dir().join(p.to_string()));
     }
-    pids.len()
+    Ok(pids.len())
+}
+
+/// Whether `pid` is a running daemon (`... start ...`), not a process that
+/// took the pid of one that ended without removing its pid file.
+fn is_daemon(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|raw| raw.split(|b| *b == 0).nth(1) == Some(b"start".as_slice()))
 }
 
 /// The shortest token a head accepts.
@@ -291,11 +303,11 @@ mod tests {
             let e = check_token("cluster token", t).unwrap_err().to_string();
             assert!(e.contains(why), "{t:?}: {e}");
         }
-        check_token("cluster token", &crate::cluster::random_secret().unwrap()).unwrap();
-        assert!(crate::cluster::random_secret().unwrap().len() >= MIN_TOKEN_LEN);
+        check_token("cluster token", &crate::util::random_secret().unwrap()).unwrap();
+        assert!(crate::util::random_secret().unwrap().len() >= MIN_TOKEN_LEN);
         assert_ne!(
-            crate::cluster::random_secret().unwrap(),
-            crate::cluster::random_secret().unwrap()
+            crate::util::random_secret().unwrap(),
+            crate::util::random_secret().unwrap()
         );
     }
 }

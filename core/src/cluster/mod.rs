@@ -100,21 +100,6 @@ pub struct Ready {
     pub metrics_address: String,
 }
 
-/// 128 random bits as hex, from the kernel: tokens a head makes, login
-/// session ids.
-pub(crate) fn random_secret() -> Result<String> {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom(2) writes at most `b.len()` bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut b))
-            .map_err(|e| Error::io("reading random bytes (getrandom and /dev/urandom)", e))?;
-    }
-    Ok(crate::ids::hex(&b))
-}
-
 /// Where `rayforge start --head` records the local cluster (address and
 /// token) for `Config::address("auto")` and the CLI.
 pub fn cluster_file() -> PathBuf {
@@ -129,9 +114,28 @@ pub fn daemons_dir() -> PathBuf {
     std::env::temp_dir().join("rayforge").join("daemons")
 }
 
-/// The address and token of the cluster recorded on this machine.
+/// The address and token of the cluster recorded on this machine. The
+/// default file is only believed in this user's own directory (see
+/// [`crate::util::private_dir`]), and only if this user wrote it: a file
+/// planted by another user would send drivers, their programs and the
+/// token to another head.
 pub fn local_cluster() -> Result<Ready> {
     let path = cluster_file();
+    if std::env::var_os("RAYFORGE_CLUSTER_FILE").is_none() {
+        crate::util::rayforge_tmp()?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me || !meta.file_type().is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "refusing {}: not a file this user (uid {me}) wrote (owner uid {}); remove it",
+                path.display(),
+                meta.uid()
+            )));
+        }
+    }
     let text = std::fs::read_to_string(&path).map_err(|_| {
         Error::NotFound(format!(
             "no cluster is running on this machine ({} is missing): start one with `rayforge start --head` \

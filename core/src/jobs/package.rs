@@ -56,8 +56,10 @@ pub(crate) fn pack_dir(dir: &Path) -> Result<Vec<u8>> {
 }
 
 /// Where the package `hash` is unpacked on this machine.
+/// (Under this user's private directory, which every node daemon checks
+/// at start: [`crate::util::rayforge_tmp`].)
 pub(crate) fn package_dir(hash: &str) -> PathBuf {
-    std::env::temp_dir().join("rayforge-packages").join(hash)
+    std::env::temp_dir().join("rayforge").join("packages").join(hash)
 }
 
 /// The package hash of a `package://<sha256>` working dir.

@@ -508,10 +508,10 @@ impl NodeDaemon {
             return Err(Error::from_proto(&e));
         }
         let info = r.job.ok_or_else(|| Error::Internal("job reply without a job".into()))?;
-        let cache = std::env::temp_dir().join("rayforge-binaries");
+        let cache = crate::util::rayforge_tmp()?.join("binaries");
         std::fs::create_dir_all(&cache).map_err(|e| Error::io(format!("creating {}", cache.display()), e))?;
         let path = cache.join(&info.binary_hash);
-        if !path.exists() {
+        if !cached_binary_intact(&path, &info.binary_hash).await {
             let bytes = fetch_blob(&mut head, &info.binary_hash, "the job's binary").await?;
             let tmp = cache.join(format!("{}.{}.tmp", info.binary_hash, ObjectId::for_put().hex()));
             let write = || -> std::io::Result<()> {
@@ -834,6 +834,25 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// Whether the cached binary at `path` is there and still hashes to
+/// `hash`; one that does not (changed on disk since it was fetched) is
+/// removed, to be fetched again: a program is run only as the head has it.
+async fn cached_binary_intact(path: &std::path::Path, hash: &str) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let p = path.to_path_buf();
+    let got = tokio::task::spawn_blocking(move || crate::gcs::file_sha256(&p)).await;
+    match got {
+        Ok(Ok(h)) if h == hash => true,
+        other => {
+            tracing::warn!(path = %path.display(), "a cached job binary no longer matches its hash: fetching it again ({other:?})");
+            let _ = std::fs::remove_file(path);
+            false
+        }
+    }
+}
+
 /// How many fetched job binaries a machine keeps (each is a whole program,
 /// often tens of MB): the least recently fetched beyond this are removed.
 const KEPT_BINARIES: usize = 8;
@@ -861,7 +880,26 @@ fn prune_binaries(cache: &std::path::Path, keep: &std::path::Path) {
 mod tests {
     use std::time::Duration;
 
-    use super::{process_alive, prune_binaries};
+    use super::{cached_binary_intact, process_alive, prune_binaries};
+
+    /// A cached binary changed on disk since it was fetched (another
+    /// process of this user, a disk fault) is not run: it is dropped, to be
+    /// fetched again.
+    #[test]
+    fn a_cached_binary_that_no_longer_matches_its_hash_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("rf-binary-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("prog");
+        std::fs::write(&path, b"#!/bin/sh\necho fetched\n").unwrap();
+        let hash = crate::gcs::file_sha256(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(rt.block_on(cached_binary_intact(&path, &hash)));
+        std::fs::write(&path, b"#!/bin/sh\necho planted\n").unwrap();
+        assert!(!rt.block_on(cached_binary_intact(&path, &hash)));
+        assert!(!path.exists(), "the changed binary was kept");
+        assert!(!rt.block_on(cached_binary_intact(&path, &hash)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_live_process_is_alive_and_a_reaped_one_is_not() {

@@ -127,14 +127,18 @@ impl NodeDaemon {
     /// Starts the daemon's services on the current tokio runtime: an
     /// embedded single node, or (with `role`) a node of a cluster.
     pub(crate) async fn start(cfg: Config, role: Option<cluster::ClusterRole>) -> Result<NodeDaemon> {
+        // Packages, binaries and caches go under it: refused if another
+        // user made it.
+        crate::util::rayforge_tmp()?;
         let paths = SessionPaths::new(&cfg);
         for dir in [&paths.dir, &paths.spill, &paths.logs] {
             if let Some(parent) = dir.parent() {
                 remove_stale_sessions(parent);
             }
         }
+        // Names made up here: anything already there is not ours.
         for dir in [&paths.dir, &paths.logs] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            crate::util::fresh_private_dir(dir)?;
         }
         let cpus = cfg.num_cpus.unwrap_or_else(|| {
             std::thread::available_parallelism()

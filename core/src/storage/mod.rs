@@ -146,7 +146,9 @@ pub fn default_uri() -> String {
 
 /// This node's cache of files read from storage (checkpoints downloaded
 /// for a rank or a replica): `$RAYFORGE_STORAGE_CACHE`, else
-/// `rayforge/storage-cache` under the temporary directory.
+/// `rayforge/storage-cache` under the temporary directory (this user's
+/// private directory, which every node daemon checks at start:
+/// [`crate::util::rayforge_tmp`]).
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("RAYFORGE_STORAGE_CACHE")
         .map(PathBuf::from)

@@ -330,6 +330,13 @@ fn serve_run_joins_a_head_started_with_the_default_ports() {
     let out = std::process::Command::new(&serve).arg("shutdown").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(child.0.wait().unwrap().success());
+    // The admin token's file goes with the server; the commands then say
+    // what is missing.
+    let port = rayforge_serve::DEFAULT_ADMIN_PORT;
+    assert!(!rayforge_serve::admin_token_path(port).unwrap().exists());
+    let out = std::process::Command::new(&serve).arg("status").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no admin token"), "{err}");
 }
 
 /// The processes whose arguments contain `needle`, with their arguments.
@@ -471,5 +478,61 @@ fn the_token_stays_out_of_arguments_and_output() {
     let (ok, _, err) = run(&["status", "--address", &address, "--token-file", &file_arg], None);
     assert!(!ok && err.contains("is empty"), "{err}");
     drop(stop);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// What `rayforge` trusts in the temporary directory (the cluster file,
+/// pid files, the head's default state with its token) must be this
+/// user's: a `rayforge` directory another user made first is refused by
+/// `start`, `stop` and drivers alike, and `stop` kills only daemons, not
+/// whatever process took a stale pid file's pid.
+#[test]
+fn a_planted_temp_directory_is_refused_and_stop_kills_only_daemons() {
+    let base = std::env::temp_dir().join(format!("rf-planted-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let run = |tmp: &std::path::Path, args: &[&str]| {
+        let out = std::process::Command::new(rayforge_bin())
+            .args(args)
+            .env("TMPDIR", tmp)
+            .env_remove("RAYFORGE_CLUSTER_FILE")
+            .env_remove("RAYFORGE_TOKEN")
+            .output()
+            .expect("run rayforge");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = base.join("theirs");
+        std::fs::create_dir_all(theirs.join("rayforge")).unwrap();
+        std::os::unix::fs::chown(theirs.join("rayforge"), Some(65534), Some(65534)).unwrap();
+        for args in [
+            &["start", "--head", "--port", "0", "--jobs-port", "0", "--block"][..],
+            &["stop"][..],
+            &["status"][..],
+        ] {
+            let (ok, err) = run(&theirs, args);
+            assert!(!ok && err.contains("owned by uid 65534"), "{args:?}: {err}");
+        }
+    } else {
+        eprintln!("not root: the case of another user's directory is skipped");
+    }
+
+    // Ours, with a pid file whose process is not a daemon: left alone.
+    let mine = base.join("mine");
+    let daemons = mine.join("rayforge").join("daemons");
+    std::fs::create_dir_all(&daemons).unwrap();
+    let mut bystander = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    std::fs::write(daemons.join(bystander.id().to_string()), "127.0.0.1:1").unwrap();
+    let (ok, err) = run(&mine, &["stop", "--grace", "1"]);
+    assert!(ok, "{err}");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "`rayforge stop` killed a process that is not a daemon"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(mine.join("rayforge")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "our directory was not closed to others");
     let _ = std::fs::remove_dir_all(&base);
 }

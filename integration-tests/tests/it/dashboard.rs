@@ -15,6 +15,16 @@ fn get_json(base: &str, path: &str, token: &str) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", r.body))
 }
 
+/// The `name=value` of the cookie a login reply sets.
+fn session_cookie(r: &rayforge_integration_tests::Resp) -> String {
+    r.head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_string()
+}
+
 /// Reads a server-sent event stream until `want` lines of `data: PREFIX`
 /// came, or the deadline.
 fn sse_lines(base: &str, path: &str, token: &str, prefix: &str, want: usize) -> Vec<String> {
@@ -132,13 +142,7 @@ fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
     assert_eq!(r.status, 303, "{}", r.head);
     assert!(r.head.contains("location: /actors"), "{}", r.head);
     assert!(r.head.to_ascii_lowercase().contains("max-age=43200"), "{}", r.head);
-    let cookie = r
-        .head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .expect("a cookie")
-        .to_string();
+    let cookie = session_cookie(&r);
     let r = http(
         &base,
         "GET",
@@ -594,13 +598,7 @@ fn the_viewer_token_reads_everything_and_changes_nothing() {
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let r = http(&base, "POST", "/login", &form, &format!("token={viewer}&next=%2F"));
     assert_eq!(r.status, 303, "{}", r.head);
-    let cookie = r
-        .head
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: "))
-        .and_then(|c| c.split(';').next())
-        .expect("a cookie")
-        .to_string();
+    let cookie = session_cookie(&r);
     assert_eq!(
         http(&base, "GET", "/api/v0/cluster", &[("Cookie", &cookie)], "").status,
         200

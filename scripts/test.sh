@@ -10,12 +10,13 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
 source scripts/libtorch.sh
-# Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/gymnasium.rs).
+# Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/it/gymnasium.rs).
 bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}/bin/python"
 # moto's S3-compatible server in target/s3-venv, for the storage tests (integration-tests/tests/it/storage.rs).
 bash scripts/s3-venv.sh && export RAYFORGE_MOTO_SERVER="${RAYFORGE_S3_VENV:-$PWD/target/s3-venv}/bin/moto_server"
 # Chromium, promtool, playwright-core, kubernetes-validate and kubectl, for the dashboard checks.
 source scripts/observability-tools.sh
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free at the start"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
@@ -24,6 +25,7 @@ echo "== building binaries (cluster tests start real rayforge daemons)"
 cargo build --workspace --bins
 echo "== tests (nextest: one process per test)"
 cargo nextest run --workspace --no-fail-fast
+echo "== disk: $(du -sh target | cut -f1) in target/, $(df -h --output=avail . | tail -1 | tr -d ' ') left"
 echo "== doc tests"
 cargo test --workspace --doc
 echo "== Kubernetes manifests (kustomize render, kubernetes-validate --strict, pod security and NetworkPolicy, a head and a worker from their arguments)"

@@ -1,6 +1,6 @@
 """Replays action sequences in Gymnasium from given start states and prints
 what it returned, for rayforge's step-for-step comparisons
-(rllib/tests/gymnasium.rs).
+(rllib/tests/it/gymnasium.rs).
 
     python gym_dump.py '{"env": "Pendulum-v1", "state": [0.5, 0.0], "actions": [[1.0], [-2.5]]}'
     echo '[CASE, CASE, ...]' | python gym_dump.py

@@ -9,7 +9,7 @@
 //! and `float32`/`float64` types, its step limits (as `gymnasium.make`'s
 //! `TimeLimit`: truncated at the limit even when the last step also
 //! terminated) and its reset ranges, drawn from our own seeded
-//! [`EnvRng`]. `rllib/tests/gymnasium.rs` replays trajectories in both
+//! [`EnvRng`]. `rllib/tests/it/gymnasium.rs` replays trajectories in both
 //! from the same start states (each port's `set_state`) and compares every
 //! step. Where Gymnasium would go on after an episode ended, ours refuse
 //! ([`EnvError::NeedsReset`]); continuous actions out of bounds are

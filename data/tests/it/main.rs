@@ -1,0 +1,4 @@
+//! Integration tests of rayforge-data, as modules of one test binary: each binary
+//! is a link of about 190 MB, and CI's disk and two cores pay for every one.
+mod dataset;
+mod streaming;

@@ -1,0 +1,6 @@
+//! Integration tests of rayforge-train, as modules of one test binary: each binary
+//! is a link of about 190 MB, and CI's disk and two cores pay for every one.
+mod cluster;
+mod private_disk;
+mod torch;
+mod trainer;

@@ -438,6 +438,10 @@ impl Scheduler {
         let mut actions = Vec::new();
         let mut i = 0;
         let mut waiting_for_workers: HashMap<String, usize> = HashMap::new();
+        // Resources of the requests counted as waiting for a worker: a
+        // worker is asked for only when its request fits beside them (20
+        // one-CPU requests on two free CPUs need two workers, not 20).
+        let mut promised = Resources::new();
         while i < self.pending.len() {
             if self.pending[i].reply.is_closed() {
                 self.pending.remove(i);
@@ -453,7 +457,18 @@ impl Scheduler {
                 .iter()
                 .position(|w| self.workers.get(w).is_some_and(|w| &w.job == job))
             else {
-                *waiting_for_workers.entry(job.clone()).or_default() += 1;
+                let req = &self.pending[i].resources;
+                let room_left = req.iter().all(|(k, v)| {
+                    *v <= EPS
+                        || self.available.get(k).copied().unwrap_or(0.0) - promised.get(k).copied().unwrap_or(0.0) + EPS
+                            >= *v
+                });
+                if room_left {
+                    for (k, v) in req {
+                        *promised.entry(k.clone()).or_insert(0.0) += v;
+                    }
+                    *waiting_for_workers.entry(job.clone()).or_default() += 1;
+                }
                 i += 1;
                 continue;
             };
@@ -692,6 +707,33 @@ mod tests {
     fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {
         s.worker_starting(id, id as u32, "");
         s.worker_registered(id, format!("w{id}"))
+    }
+
+    #[test]
+    fn many_requests_on_few_cpus_start_only_the_workers_that_can_run() {
+        let mut s = Scheduler::new(res(2.0), 8, Duration::from_secs(10));
+        for id in [1, 2] {
+            s.prestarting("");
+            s.worker_starting(id, id as u32, "");
+        }
+        // Twenty one-CPU tasks before the two prestarted workers register:
+        // two can run at once, and two workers are on their way.
+        let mut replies = Vec::new();
+        for _ in 0..20 {
+            let (r, rx) = req(1.0);
+            assert!(s.request(r).is_empty(), "started a worker that could not run");
+            replies.push(rx);
+        }
+        // Without workers on their way, two (not twenty) are asked for.
+        let mut s = Scheduler::new(res(2.0), 8, Duration::from_secs(10));
+        let starts: usize = (0..20)
+            .map(|_| {
+                let (r, rx) = req(1.0);
+                replies.push(rx);
+                s.request(r).len()
+            })
+            .sum();
+        assert_eq!(starts, 2);
     }
 
     #[test]

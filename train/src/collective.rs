@@ -24,7 +24,12 @@
 //! Ranks find each other through the cluster's key-value store
 //! ([`Group::join`]): each binds a listener on its node's address and
 //! publishes it under the run's key; then each connects to the next rank
-//! and accepts the previous one.
+//! and accepts the previous one. The two prove to each other that they
+//! belong to the gang before any data moves: each sends a SHA-256 digest
+//! of the attempt's secret (which the driver hands every rank, never sent
+//! over the ring) with the run and both ranks. A connection without the
+//! right proof (a port scanner, a rank of another run) is closed and the
+//! listener goes on waiting for the real one.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -75,10 +80,11 @@ impl std::fmt::Debug for Group {
 impl Group {
     /// Joins the gang `run` as `rank` of `world`: publishes this rank's
     /// address in the cluster's key-value store, finds the others', and
-    /// connects the ring. `host` is the address this rank listens on (its
-    /// node's, from `rayforge::runtime_context`). Fails after `timeout` if
-    /// some rank never shows up.
-    pub fn join(run: &str, rank: usize, world: usize, host: &str, timeout: Duration) -> Result<Group> {
+    /// connects the ring, each link proven with `secret` (the same on every
+    /// rank of the run; see the module's docs). `host` is the address this
+    /// rank listens on (its node's, from `rayforge::runtime_context`).
+    /// Fails after `timeout` if some rank never shows up.
+    pub fn join(run: &str, secret: &str, rank: usize, world: usize, host: &str, timeout: Duration) -> Result<Group> {
         if world == 0 || rank >= world {
             return Err(Error::InvalidArgument(format!("rank {rank} of a group of {world}")));
         }
@@ -115,9 +121,11 @@ impl Group {
         };
         // Connect to the next rank while accepting the previous one: every
         // rank does both, so neither may wait for the other first.
+        let prev_rank = (rank + world - 1) % world;
+        let link = |from: usize, to: usize| Link { secret, run, from, to };
         let (next, prev) = std::thread::scope(|s| {
-            let accept = s.spawn(|| accept_within(&listener, deadline));
-            let next = connect_within(&next_addr, deadline);
+            let accept = s.spawn(|| accept_within(&listener, &link(prev_rank, rank), deadline));
+            let next = connect_within(&next_addr, &link(rank, next_rank), deadline);
             let prev = accept
                 .join()
                 .unwrap_or_else(|_| Err(std::io::Error::other("the accepting thread panicked")));
@@ -125,8 +133,7 @@ impl Group {
         });
         let next =
             next.map_err(|e| Error::collective(rank, format!("connecting to rank {next_rank} at {next_addr}: {e}")))?;
-        let prev =
-            prev.map_err(|e| Error::collective(rank, format!("waiting for rank {}: {e}", (rank + world - 1) % world)))?;
+        let prev = prev.map_err(|e| Error::collective(rank, format!("waiting for rank {prev_rank}: {e}")))?;
         let mut group = Group {
             rank,
             world,
@@ -412,35 +419,99 @@ impl Group {
     }
 }
 
-fn connect_within(addr: &str, deadline: Instant) -> std::io::Result<TcpStream> {
-    loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+/// One link of the ring, as both its ends name it: what they prove to each
+/// other.
+struct Link<'a> {
+    secret: &'a str,
+    run: &'a str,
+    /// The connecting rank.
+    from: usize,
+    /// The accepting rank.
+    to: usize,
+}
+
+/// The bytes of a proof.
+const PROOF_BYTES: usize = 32;
+
+/// How long an accepted connection has to send its proof (the real rank
+/// sends it as soon as it connects).
+const PROOF_WAIT: Duration = Duration::from_secs(2);
+
+impl Link<'_> {
+    /// What one end sends: `hello` from the connecting rank, `welcome`
+    /// back from the accepting one.
+    fn proof(&self, what: &str) -> [u8; PROOF_BYTES] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [self.secret.as_bytes(), self.run.as_bytes(), what.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
         }
+        h.update((self.from as u64).to_le_bytes());
+        h.update((self.to as u64).to_le_bytes());
+        h.finalize().into()
     }
 }
 
-fn accept_within(listener: &TcpListener, deadline: Instant) -> std::io::Result<TcpStream> {
+/// Reads a proof and checks it against `want`, in time that does not
+/// depend on where they differ.
+fn read_proof(s: &mut TcpStream, want: &[u8; PROOF_BYTES]) -> std::io::Result<bool> {
+    let mut got = [0u8; PROOF_BYTES];
+    s.read_exact(&mut got)?;
+    Ok(got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+}
+
+/// Connects to the next rank and proves the link both ways.
+fn connect_within(addr: &str, link: &Link<'_>, deadline: Instant) -> std::io::Result<TcpStream> {
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    s.write_all(&link.proof("hello"))?;
+    s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now()).max(PROOF_WAIT)))?;
+    if !read_proof(&mut s, &link.proof("welcome"))? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "the peer at this address is not this gang's rank (a wrong proof)",
+        ));
+    }
+    s.set_read_timeout(None)?;
+    Ok(s)
+}
+
+/// Accepts the previous rank: the first connection that proves the link.
+/// Others are closed (and said in the log).
+fn accept_within(listener: &TcpListener, link: &Link<'_>, deadline: Instant) -> std::io::Result<TcpStream> {
     listener.set_nonblocking(true)?;
+    let hello = link.proof("hello");
     loop {
         match listener.accept() {
-            Ok((s, _)) => {
+            Ok((mut s, peer)) => {
                 s.set_nonblocking(false)?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no connection from the previous rank",
-                    ));
+                s.set_read_timeout(Some(PROOF_WAIT))?;
+                match read_proof(&mut s, &hello) {
+                    Ok(true) => {
+                        s.write_all(&link.proof("welcome"))?;
+                        s.set_read_timeout(None)?;
+                        return Ok(s);
+                    }
+                    Ok(false) => tracing::warn!(%peer, rank = link.to, "closed a ring connection with a wrong proof"),
+                    Err(e) => tracing::warn!(%peer, rank = link.to, "closed a ring connection that sent no proof: {e}"),
                 }
-                std::thread::sleep(Duration::from_millis(5));
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no connection from the previous rank",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -548,6 +619,72 @@ mod tests {
             assert_eq!(b, vec![1.0; 4]);
             assert_eq!(all, vec![0.0, 10.0, 1.0, 11.0, 2.0, 12.0]);
         }
+    }
+
+    #[test]
+    fn a_ring_link_takes_only_a_peer_with_the_gangs_proof() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let link = |secret, run, from| Link {
+            secret,
+            run,
+            from,
+            to: 1,
+        };
+        // Before the rank, in this order: a silent connection, garbage, and
+        // the proofs of another secret, another run and another rank.
+        let mut impostors = vec![TcpStream::connect(&addr).unwrap()];
+        let mut garbage = TcpStream::connect(&addr).unwrap();
+        garbage.write_all(&[7u8; PROOF_BYTES]).unwrap();
+        impostors.push(garbage);
+        for (secret, run, from) in [("other", "run/a0", 0), ("s3cret", "run/a1", 0), ("s3cret", "run/a0", 2)] {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(&link(secret, run, from).proof("hello")).unwrap();
+            impostors.push(s);
+        }
+        let rank = std::thread::spawn({
+            let addr = addr.clone();
+            move || {
+                connect_within(
+                    &addr,
+                    &link("s3cret", "run/a0", 0),
+                    Instant::now() + Duration::from_secs(60),
+                )
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut accepted = accept_within(&listener, &link("s3cret", "run/a0", 0), deadline).unwrap();
+        let mut connected = rank.join().unwrap().unwrap();
+        // The accepted connection is the rank's: data flows.
+        connected.write_all(b"ping").unwrap();
+        let mut b = [0u8; 4];
+        accepted.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"ping");
+        // Each impostor was closed without a welcome.
+        for (i, s) in impostors.iter_mut().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(rest.is_empty(), "impostor {i} got {rest:?}");
+        }
+        // And a rank meeting a listener that cannot prove itself gives up.
+        let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+        let fake_addr = fake.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = fake.accept().unwrap();
+            let mut hello = [0u8; PROOF_BYTES];
+            s.read_exact(&mut hello).unwrap();
+            s.write_all(&[0u8; PROOF_BYTES]).unwrap();
+            s
+        });
+        let err = connect_within(
+            &fake_addr,
+            &link("s3cret", "run/a0", 0),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        drop(t.join().unwrap());
     }
 
     #[test]

@@ -631,7 +631,7 @@ mod tests {
     fn tensors_of_any_layout_go_through_the_collectives() {
         // A group of one: the values pass through unchanged, whatever the
         // tensor's kind or layout.
-        let mut g = Group::join("t", 0, 1, "127.0.0.1", std::time::Duration::from_secs(1)).unwrap();
+        let mut g = Group::join("t", "", 0, 1, "127.0.0.1", std::time::Duration::from_secs(1)).unwrap();
         let mut t = Tensor::from_slice(&[1.0f64, 2.0, 3.0, 4.0])
             .reshape([2, 2])
             .transpose(0, 1);

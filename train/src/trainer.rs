@@ -474,6 +474,13 @@ impl Trainer {
             fatal: None,
         })?;
         let places = local_ranks(&gang.nodes);
+        // A fresh secret per attempt: the ranks prove their ring links with it.
+        let ring_secret = rayforge::util::random_secret().map_err(|e| Failure {
+            rank: 0,
+            node: String::new(),
+            cause: e.to_string(),
+            fatal: None,
+        })?;
         let mut splits: Vec<(String, Vec<rayforge_data::DataIterator>)> = Vec::new();
         for (name, ds) in &self.datasets {
             match ds.streaming_split(n, true) {
@@ -498,6 +505,7 @@ impl Trainer {
                     tramp: self.tramp,
                     user: self.user,
                     ring: ring.to_string(),
+                    ring_secret: ring_secret.clone(),
                     world_rank: rank,
                     world_size: n,
                     local_rank: places[rank].0,

@@ -40,6 +40,9 @@ pub(crate) struct RankSpec {
     pub(crate) user: AnyFnRef,
     /// Names this attempt's ring in the key-value store.
     pub(crate) ring: String,
+    /// What the ranks of this attempt prove to each other with (see
+    /// `collective`); only the driver and the ranks know it.
+    pub(crate) ring_secret: String,
     pub(crate) world_rank: usize,
     pub(crate) world_size: usize,
     pub(crate) local_rank: usize,
@@ -86,6 +89,7 @@ impl TrainWorker {
         tch::set_num_threads(spec.threads.max(1) as i32);
         let mut group = Group::join(
             &spec.ring,
+            &spec.ring_secret,
             spec.world_rank,
             spec.world_size,
             &ctx.node_ip,

@@ -1,6 +1,8 @@
 //! The dashboard's clients of the head (gRPC) and of the jobs API (HTTP)
 //! are blocking; they live on a thread of their own, and each request
-//! hands it a closure and awaits the answer.
+//! hands it a closure and awaits the answer. The queue to that thread is
+//! bounded: past [`QUEUE`] waiting requests, more get `503` at once
+//! instead of piling up behind a slow head.
 
 use std::sync::mpsc;
 
@@ -12,6 +14,9 @@ use rayforge::jobs::JobClient;
 use crate::ApiError;
 
 type Job = Box<dyn FnOnce(&mut Clients) + Send>;
+
+/// Requests that may wait for the client thread.
+pub(crate) const QUEUE: usize = 256;
 
 /// The clients, connected on first use and again after a failed call.
 struct Clients {
@@ -43,7 +48,7 @@ impl Clients {
 
 /// The thread holding the clients.
 pub(crate) struct Backend {
-    tx: std::sync::Mutex<mpsc::Sender<Job>>,
+    tx: std::sync::Mutex<mpsc::SyncSender<Job>>,
 }
 
 fn gone() -> ApiError {
@@ -55,7 +60,7 @@ fn gone() -> ApiError {
 
 impl Backend {
     pub(crate) fn start(head: HeadHttp) -> Backend {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
         let spawned = std::thread::Builder::new()
             .name("rayforge-dashboard".into())
             .spawn(move || {
@@ -90,7 +95,16 @@ impl Backend {
             }
             let _ = tx.send(r);
         });
-        self.tx.lock().map_err(|_| gone())?.send(job).map_err(|_| gone())?;
+        match self.tx.lock().map_err(|_| gone())?.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the dashboard is busy ({QUEUE} requests wait for the head); try again"),
+                ))
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+        }
         Ok(rx.await.map_err(|_| gone())??)
     }
 
@@ -106,5 +120,47 @@ impl Backend {
         f: impl FnOnce(&JobClient) -> rayforge::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
         self.run(move |c| f(c.jobs()?)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// With the client thread stuck, the queue fills and the next request
+    /// is refused at once (503), not queued without end.
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let b = Backend::start(HeadHttp {
+                address: "127.0.0.1:1".into(),
+                token: "t".repeat(32),
+                http_address: "http://127.0.0.1:1".into(),
+            });
+            let (release, stuck) = std::sync::mpsc::channel::<()>();
+            let (started_tx, started) = std::sync::mpsc::channel::<()>();
+            let first = b.run(move |_| {
+                let _ = started_tx.send(());
+                let _ = stuck.recv();
+                Ok(7)
+            });
+            let mut first = Box::pin(first);
+            assert!((&mut first).now_or_never().is_none());
+            started.recv().unwrap();
+            // The thread is busy: each of these waits in the queue (its
+            // first poll queues it; its answer is not awaited).
+            for _ in 0..QUEUE {
+                assert!(
+                    b.run(|_| Ok(0)).now_or_never().is_none(),
+                    "refused before the queue was full"
+                );
+            }
+            let refused = b.run(|_| Ok(0)).now_or_never().expect("answered at once").unwrap_err();
+            assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.1);
+            release.send(()).unwrap();
+            assert_eq!(first.await.unwrap(), 7);
+        });
     }
 }

@@ -49,9 +49,11 @@ use rayforge::state::NodeStats;
 use serde::{Deserialize, Serialize};
 
 mod backend;
+mod follow;
 mod tasks;
 
 use backend::Backend;
+use follow::{Polls, Seen, Window};
 
 const INDEX: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
@@ -128,6 +130,11 @@ async fn page() -> Html<&'static str> {
 pub(crate) struct Dash {
     head: HeadHttp,
     backend: Backend,
+    /// Shared polls of followed job logs, by job id.
+    job_logs: Arc<Polls<String, Result<Window, String>>>,
+    /// Shared polls of followed worker logs, by pid: the log's latest
+    /// tail, `None` once it is gone.
+    worker_logs: Arc<Polls<u32, Result<Option<rayforge::state::WorkerLog>, String>>>,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Empty<bytes::Bytes>,
@@ -172,6 +179,8 @@ impl Dash {
     fn new(head: HeadHttp) -> Dash {
         Dash {
             backend: Backend::start(head.clone()),
+            job_logs: Polls::new(),
+            worker_logs: Polls::new(),
             head,
             http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
         }
@@ -401,27 +410,77 @@ async fn job_logs_stream(
 ) -> Result<Response, ApiError> {
     let i = id.clone();
     d.jobs(move |j| j.status(&i)).await?;
-    let stream = futures::stream::unfold(Some(q.offset), move |offset| {
-        let d = d.clone();
-        let id = id.clone();
-        async move {
-            let offset = offset?;
-            loop {
-                let i = id.clone();
-                match d.jobs(move |j| j.logs(&i, offset)).await {
+    let rx = d.job_logs.follow(id.clone(), || {
+        let (d, id) = (d.clone(), id.clone());
+        let window = Arc::new(parking_lot::Mutex::new(None::<Window>));
+        move || {
+            let (d, id, window) = (d.clone(), id.clone(), window.clone());
+            async move {
+                // The shared poll starts at the log's end; followers read
+                // what came before on their own.
+                let from = window.lock().as_ref().map_or(u64::MAX, Window::end);
+                let read = d.jobs(move |j| j.logs(&id, from)).await;
+                let mut w = window.lock();
+                match read {
                     Ok(c) => {
-                        let mut evs = text_events(&c.logs);
-                        if c.finished {
-                            evs.push(Event::default().event("end").data("the job ended"));
-                            return Some((evs, None));
-                        }
-                        if !evs.is_empty() {
-                            return Some((evs, Some(c.next_offset)));
+                        let w = w.get_or_insert_with(|| Window {
+                            start: c.next_offset - c.logs.len() as u64,
+                            ..Window::default()
+                        });
+                        w.push(c.logs.as_bytes());
+                        w.finished = c.finished;
+                        Seen {
+                            value: Ok(w.clone()),
+                            last: c.finished,
                         }
                     }
-                    Err(e) => return Some((vec![Event::default().event("error").data(e.1)], None)),
+                    Err(e) => Seen {
+                        value: Err(e.1),
+                        last: true,
+                    },
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(Some((q.offset, rx)), move |state| {
+        let (d, id) = (d.clone(), id.clone());
+        async move {
+            let (mut at, mut rx) = state?;
+            loop {
+                let seen = rx.borrow_and_update().clone();
+                if let Some(seen) = seen {
+                    match &seen.value {
+                        Err(e) => return Some((vec![Event::default().event("error").data(e.clone())], None)),
+                        Ok(w) if at < w.start => {
+                            // Behind the shared window: catch up alone.
+                            let i = id.clone();
+                            return match d.jobs(move |j| j.logs(&i, at)).await {
+                                Ok(c) if c.finished => {
+                                    let mut evs = text_events(&c.logs);
+                                    evs.push(Event::default().event("end").data("the job ended"));
+                                    Some((evs, None))
+                                }
+                                Ok(c) => Some((text_events(&c.logs), Some((c.next_offset, rx)))),
+                                Err(e) => Some((vec![Event::default().event("error").data(e.1)], None)),
+                            };
+                        }
+                        Ok(w) => {
+                            let new = String::from_utf8_lossy(w.from(at).unwrap_or_default()).into_owned();
+                            at = at.max(w.end());
+                            let mut evs = text_events(&new);
+                            if seen.last {
+                                evs.push(Event::default().event("end").data("the job ended"));
+                                return Some((evs, None));
+                            }
+                            if !evs.is_empty() {
+                                return Some((evs, Some((at, rx))));
+                            }
+                        }
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return Some((vec![Event::default().event("end").data("the job ended")], None));
+                }
             }
         }
     });
@@ -495,45 +554,65 @@ struct FollowQuery {
     pid: u32,
 }
 
-/// One worker's log, its tail first and then what it writes.
+/// One worker's log, its tail first and then what it writes (read by a
+/// poll shared with every other follower of the log).
 async fn logs_stream(State(d): State<Arc<Dash>>, Query(q): Query<FollowQuery>) -> Result<Response, ApiError> {
     let pid = q.pid;
     let first = d.head(move |h| h.worker_logs(Some(pid), Some(16 << 10))).await?;
     let Some(log) = first.items.into_iter().next() else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no worker log of pid {pid}")));
     };
-    let start = (text_events(&log.text), log.size, log.alive);
-    let stream = futures::stream::unfold(Some(start), move |state| {
+    let rx = d.worker_logs.follow(pid, || {
         let d = d.clone();
-        async move {
-            let (evs, size, alive) = state?;
-            if !evs.is_empty() {
-                return Some((evs, Some((Vec::new(), size, alive))));
-            }
-            if !alive {
-                return Some((vec![Event::default().event("end").data("the process exited")], None));
-            }
-            loop {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+        move || {
+            let d = d.clone();
+            async move {
                 match d.head(move |h| h.worker_logs(Some(pid), Some(1 << 20))).await {
                     Ok(l) => {
-                        let Some(log) = l.items.into_iter().next() else {
-                            return Some((vec![Event::default().event("end").data("the log is gone")], None));
-                        };
-                        if log.size > size || !log.alive {
-                            // The tail holds the last min(1 MiB, size) bytes:
-                            // keep what is new.
-                            let new = (log.size - size.min(log.size)) as usize;
-                            let mut at = log.text.len().saturating_sub(new);
-                            while !log.text.is_char_boundary(at) {
-                                at += 1;
-                            }
-                            let text = log.text[at..].to_string();
-                            return Some((text_events(&text), Some((Vec::new(), log.size, log.alive))));
-                        }
+                        let log = l.items.into_iter().next();
+                        let last = log.as_ref().is_none_or(|l| !l.alive);
+                        Seen { value: Ok(log), last }
                     }
-                    Err(e) => return Some((vec![Event::default().event("error").data(e.1)], None)),
+                    Err(e) => Seen {
+                        value: Err(e.1),
+                        last: true,
+                    },
                 }
+            }
+        }
+    });
+    let start = (text_events(&log.text), log.size, log.alive, rx);
+    let stream = futures::stream::unfold(Some(start), move |state| async move {
+        let (evs, mut size, alive, mut rx) = state?;
+        if !evs.is_empty() {
+            return Some((evs, Some((Vec::new(), size, alive, rx))));
+        }
+        if !alive {
+            return Some((vec![Event::default().event("end").data("the process exited")], None));
+        }
+        loop {
+            if rx.changed().await.is_err() {
+                return Some((vec![Event::default().event("end").data("the log is gone")], None));
+            }
+            let Some(seen) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            match &seen.value {
+                Err(e) => return Some((vec![Event::default().event("error").data(e.clone())], None)),
+                Ok(None) => return Some((vec![Event::default().event("end").data("the log is gone")], None)),
+                Ok(Some(log)) if log.size > size || !log.alive => {
+                    // The tail holds the last min(1 MiB, size) bytes: keep
+                    // what is new.
+                    let new = (log.size - size.min(log.size)) as usize;
+                    let mut at = log.text.len().saturating_sub(new);
+                    while !log.text.is_char_boundary(at) {
+                        at += 1;
+                    }
+                    size = size.max(log.size);
+                    let evs = text_events(&log.text[at..]);
+                    return Some((evs, Some((Vec::new(), size, log.alive, rx))));
+                }
+                Ok(Some(_)) => {}
             }
         }
     });

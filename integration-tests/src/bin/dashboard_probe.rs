@@ -4,12 +4,22 @@
 //! node has the resources, all busy, placement group pending), and output
 //! that keeps coming.
 //!
+//! Names and output carry markup, which the dashboard must show as text
+//! (the browser test checks that none of it runs): an actor named
+//! [`XSS_ACTOR`], a trial named like it, and a printed [`XSS_LINE`].
+//!
 //! It prints `ready` once all of that is in place, then `tick N` every
 //! 300 ms until it is stopped. The cluster needs a node offering custom
 //! resource `slot: 1` (for the busy case).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// The name of an actor that would run script if a page put it in as HTML.
+const XSS_ACTOR: &str = r#"<img src=x onerror="document.body.dataset.xss='actor'">"#;
+
+/// A line of output that would run script if a page put it in as HTML.
+const XSS_LINE: &str = "<script>document.body.dataset.xss='log'</script>";
 
 /// A quick task.
 #[rayforge::remote]
@@ -55,8 +65,11 @@ fn run() -> rayforge::Result<()> {
     println!("sum of squares {sum}");
     let a = Counter::options().name("dash-counter").num_cpus(0.0).remote()?;
     let b = Counter::options().name("dash-other").num_cpus(0.0).remote()?;
+    let c = Counter::options().name(XSS_ACTOR).num_cpus(0.0).remote()?;
     a.inc().get()?;
     b.inc().get()?;
+    c.inc().get()?;
+    println!("{XSS_LINE}");
     // Waiting, each for its own reason (kept alive until the job ends).
     let never = square::options().resource("unobtainium", 1.0).remote(7u64);
     let busy = hold::options().resource("slot", 1.0).remote(600_000u64);
@@ -71,11 +84,11 @@ fn run() -> rayforge::Result<()> {
     let status = serde_json::json!({
         "status": "RUNNING",
         "metric": "loss",
-        "trials": [{"trial": "probe_trial_1", "loss": 0.25}, {"trial": "probe_trial_2", "loss": 0.5}],
+        "trials": [{"trial": "probe_trial_1", "loss": 0.25}, {"trial": "probe_trial_2", "loss": 0.5}, {"trial": XSS_ACTOR, "loss": 1.0}],
     });
     rayforge::state::publish("tune", "probe-experiment", &status)?;
     println!("ready");
-    let _keep = (never, busy, queued, slow, after, in_group, a, b, pg);
+    let _keep = (never, busy, queued, slow, after, in_group, a, b, c, pg);
     for i in 0.. {
         println!("tick {i}");
         std::thread::sleep(Duration::from_millis(300));

@@ -6,7 +6,9 @@
 //   ACTOR (the id of actor "dash-counter"), SHOTS (screenshot folder),
 //   CHROMIUM (the browser binary).
 // Fails (exit 1) on a console error, a page that shows an error, missing
-// content, a kill button that does not kill, or job logs that do not follow.
+// content, a kill button that does not kill, job logs that do not follow,
+// or markup from the cluster (an actor's name, a trial's, a job's output:
+// see dashboard_probe.rs) that became elements instead of text.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
@@ -30,6 +32,20 @@ function fail(msg) {
   console.error("FAIL: " + msg);
   process.exitCode = 1;
   throw new Error(msg);
+}
+
+// What the probe job names and prints: shown as text, never run.
+const XSS_ACTOR = `<img src=x onerror="document.body.dataset.xss='actor'">`;
+const XSS_LINE = "<script>document.body.dataset.xss='log'</script>";
+
+// Markup from the cluster must stay text: no element it would make, and
+// nothing it would run.
+async function noInjection(path) {
+  const found = await page.evaluate(() => ({
+    ran: document.body.dataset.xss || null,
+    made: document.querySelectorAll("main img[src=x], main script").length,
+  }));
+  if (found.ran || found.made) fail(`${path}: markup from the cluster became elements (${JSON.stringify(found)})`);
 }
 
 async function loaded(path) {
@@ -56,7 +72,7 @@ try {
     ["/", ["dash", ...NODES.map((n) => n.slice(0, 12)), JOB], "overview"],
     ["/nodes", NODES.map((n) => n.slice(0, 12)).concat(["alive"]), "nodes"],
     [`/nodes/${NODES[0]}`, ["Workers", "RSS"], "node"],
-    ["/actors", ["dash-counter", "dash-other", "ALIVE"], "actors"],
+    ["/actors", ["dash-counter", "dash-other", XSS_ACTOR, "ALIVE"], "actors"],
     [`/actors/${ACTOR}`, ["dash-counter", "counter actor started"], "actor"],
     ["/tasks", ["dashboard_probe::square", "FINISHED", "NO_NODE_HAS_RESOURCES", "ARGS_NOT_READY"], "tasks"],
     ["/tasks?state=PENDING", ["PLACEMENT_GROUP_PENDING", "ALL_BUSY"], "tasks-pending"],
@@ -67,7 +83,7 @@ try {
     ["/events", ["NODE_JOINED"], "events"],
     ["/serve", ["Serve applications"], "serve"],
     ["/train", ["Train runs"], "train"],
-    ["/tune", ["Tune experiments", "probe-experiment", "probe_trial_2", "RUNNING"], "tune"],
+    ["/tune", ["Tune experiments", "probe-experiment", "probe_trial_2", XSS_ACTOR, "RUNNING"], "tune"],
   ];
   for (const [path, want, shot] of pages) {
     step = "page " + path;
@@ -76,6 +92,7 @@ try {
     const text = await page.textContent("main");
     for (const w of want) if (!text.includes(w)) fail(`${path} does not show "${w}"`);
     if (/\[object |undefined|NaN/.test(text)) fail(`${path} shows a value the script failed to draw: ${text.slice(0, 300)}`);
+    await noInjection(path);
     await page.screenshot({ path: `${SHOTS}/${shot}.png`, fullPage: shot !== "logs" });
   }
 
@@ -87,6 +104,8 @@ try {
   step = "the job's logs follow";
   await page.waitForFunction((n) => (document.querySelector("#job-log").textContent.match(/tick \d+/g) || []).length >= n + 3, before, { timeout: 30000 });
   if ((await page.textContent("#follow-status")) !== "following…") fail("the job page is not following its logs");
+  if (!(await page.textContent("#job-log")).includes(XSS_LINE)) fail("the job page does not show the printed markup as text");
+  await noInjection(`/jobs/${JOB}`);
   await page.screenshot({ path: `${SHOTS}/job.png` });
 
   // A worker's log follows too.
@@ -95,6 +114,7 @@ try {
   await loaded("/logs");
   await Promise.all([page.waitForURL(/\/logs\?pid=/), page.click("#logs-table a >> nth=0")]);
   await loaded("/logs?pid");
+  await noInjection("/logs?pid");
 
   // The kill button kills the actor.
   step = "the kill button kills";

@@ -121,6 +121,25 @@ pub(crate) fn event(severity: &str, kind: &str, message: String) -> proto::Clust
     }
 }
 
+/// Marks `n` dead for `cause`; the event that says so.
+fn node_gone(n: &mut proto::NodeEntry, cause: String, severity: &str) -> proto::ClusterEvent {
+    n.alive = false;
+    n.death_cause = cause;
+    n.available.clear();
+    if severity == "ERROR" {
+        tracing::warn!(node = %n.node_id, addr = %n.addr, "node declared dead: {}", n.death_cause);
+    } else {
+        tracing::info!(node = %n.node_id, addr = %n.addr, "node gone: {}", n.death_cause);
+    }
+    let mut ev = event(
+        severity,
+        "NODE_DIED",
+        format!("node {} ({}) died: {}", n.node_id, n.addr, n.death_cause),
+    );
+    ev.node_id = n.node_id.clone();
+    ev
+}
+
 /// The control service's state.
 pub(crate) struct Gcs {
     dir: PathBuf,
@@ -128,6 +147,8 @@ pub(crate) struct Gcs {
     heartbeat_timeout: Duration,
     /// Held while writing `state.pb`, so snapshots land in order.
     writing: Mutex<()>,
+    /// Why the last write of `state.pb` failed, until one succeeds.
+    write_error: Mutex<Option<String>>,
     /// Wakes the writer that batches actor-table changes.
     dirty: tokio::sync::Notify,
     /// The cluster's file store (`cluster://`), under `storage/`.
@@ -180,6 +201,7 @@ impl Gcs {
             tables: Mutex::new(t),
             heartbeat_timeout,
             writing: Mutex::new(()),
+            write_error: Mutex::new(None),
             dirty: tokio::sync::Notify::new(),
         }))
     }
@@ -208,9 +230,28 @@ impl Gcs {
             f.sync_all()?;
             std::fs::rename(&tmp, self.dir.join("state.pb"))
         })();
-        if let Err(e) = res {
-            tracing::error!("cannot persist the head's state in {}: {e}", self.dir.display());
+        let mut failed = self.write_error.lock();
+        match res {
+            Err(e) => {
+                let why = format!("cannot write the head's state in {}: {e}", self.dir.display());
+                if failed.is_none() {
+                    tracing::error!("{why}");
+                }
+                *failed = Some(why);
+            }
+            Ok(()) => {
+                if failed.take().is_some() {
+                    tracing::info!("the head's state is written again");
+                }
+            }
         }
+    }
+
+    /// Why the last write of the head's state failed (a full disk, a
+    /// directory gone); `None` once one succeeds again. `/readyz` says
+    /// not ready while it is set.
+    pub(crate) fn write_error(&self) -> Option<String> {
+        self.write_error.lock().clone()
     }
 
     /// Marks nodes whose heartbeats stopped as dead.
@@ -221,20 +262,11 @@ impl Gcs {
         let mut died = Vec::new();
         for n in t.nodes.values_mut() {
             if n.alive && now.saturating_sub(n.last_heartbeat_ms) > timeout {
-                n.alive = false;
-                n.death_cause = format!(
+                let cause = format!(
                     "no heartbeat for {} ms (the heartbeat timeout is {timeout} ms)",
                     now - n.last_heartbeat_ms
                 );
-                n.available.clear();
-                tracing::warn!(node = %n.node_id, addr = %n.addr, "node declared dead: {}", n.death_cause);
-                let mut ev = event(
-                    "ERROR",
-                    "NODE_DIED",
-                    format!("node {} ({}) died: {}", n.node_id, n.addr, n.death_cause),
-                );
-                ev.node_id = n.node_id.clone();
-                died.push(ev);
+                died.push(node_gone(n, cause, "ERROR"));
             }
         }
         let changed = !died.is_empty();
@@ -282,6 +314,14 @@ impl Gcs {
         drop(t);
         self.persist();
         id
+    }
+
+    /// Records the process group of a submitted job's entrypoint.
+    pub(crate) fn set_job_pgid(&self, id: &str, pgid: u32) {
+        if let Some(j) = self.tables.lock().jobs.get_mut(id) {
+            j.entrypoint_pgid = pgid;
+        }
+        self.persist();
     }
 
     /// Ends a running job (its workers are then stopped on every node).
@@ -516,6 +556,21 @@ impl ControlService for GcsService {
         req: Request<proto::HeartbeatRequest>,
     ) -> std::result::Result<Response<proto::HeartbeatReply>, Status> {
         let r = req.into_inner();
+        if r.stopping {
+            let mut t = self.0.tables.lock();
+            let ev = t
+                .nodes
+                .get_mut(&r.node_id)
+                .filter(|n| n.alive)
+                .map(|n| node_gone(n, "stopped cleanly (rayforge stop or SIGTERM)".into(), "INFO"));
+            if let Some(ev) = ev {
+                t.unconfirmed.remove(&r.node_id);
+                t.event(ev);
+                drop(t);
+                self.0.persist();
+            }
+            return Ok(Response::new(proto::HeartbeatReply::default()));
+        }
         let mut t = self.0.tables.lock();
         let known = match t.nodes.get_mut(&r.node_id) {
             Some(n) if n.alive => {

@@ -179,17 +179,124 @@ impl std::fmt::Debug for HttpRoutes {
     }
 }
 
-/// `l` with TCP_NODELAY set on every connection it accepts, for
-/// `axum::serve`: without it a response's last segment waits for the
-/// client's delayed ACK (40 ms per call). Every HTTP server of the cluster
-/// and of Serve listens this way.
-pub fn no_delay(
-    l: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt;
-    l.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    })
+/// Limits every HTTP port of the cluster and of Serve holds its clients
+/// to, so that slow or idle clients (slowloris) cannot take a port from
+/// the others. Request bodies are limited per route (axum's
+/// `DefaultBodyLimit`: 2 MB unless a route says otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// How long a client has to send a request's line and headers, counted
+    /// from when its connection opens or its previous response went out: a
+    /// connection that sends nothing, or its headers a byte at a time, is
+    /// closed when it runs out.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; past it, a new connection is closed as
+    /// it is accepted (and said in the log) rather than left waiting.
+    pub max_connections: usize,
+    /// The most bytes a request's line and headers may take (at least
+    /// 8 KiB): larger ones get `431`.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpLimits {
+    /// 10 s for headers, 4,096 connections, 64 KiB of headers.
+    fn default() -> Self {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_header_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` (HTTP/1.1) until `shutdown`
+/// completes, then lets the requests in progress finish. Every HTTP server
+/// of the cluster and of Serve runs this way: connections send small
+/// writes at once (TCP_NODELAY; without it a response's last segment waits
+/// for the client's delayed ACK, 40 ms per call), and a failed accept (out
+/// of file descriptors) is logged and retried, not fatal.
+///
+/// ```no_run
+/// # async fn f() {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+/// let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// rayforge::http::serve(l, app, rayforge::http::HttpLimits::default(), std::future::pending()).await;
+/// # }
+/// ```
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut refused = Throttled::default();
+    let mut accept_failed = Throttled::default();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE/ENFILE, or a connection reset before it was
+                // accepted: wait a moment (descriptors free as idle
+                // connections time out) and go on.
+                if let Some(n) = accept_failed.count() {
+                    tracing::warn!("accepting HTTP connections failed {n} time(s): {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if let Some(n) = refused.count() {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "closed {n} HTTP connection(s) over the cap as they arrived"
+                );
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8 << 10));
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("HTTP connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Counts events said in the log at most once every 10 s.
+#[derive(Default)]
+struct Throttled {
+    since_said: u64,
+    said: Option<Instant>,
+}
+
+impl Throttled {
+    /// One more; the count to say, when it is time to say it.
+    fn count(&mut self) -> Option<u64> {
+        self.since_said += 1;
+        if self.said.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return None;
+        }
+        self.said = Some(Instant::now());
+        Some(std::mem::take(&mut self.since_said))
+    }
 }
 
 /// Whether `given` is the token, in time that does not depend on where

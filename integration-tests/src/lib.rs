@@ -341,6 +341,20 @@ exec "$RF_BIN" start "$@" --block"#;
         let _ = child.wait();
     }
 
+    /// Stops the daemon of node `node_id` as `rayforge stop` does (SIGTERM)
+    /// and waits for it to exit.
+    pub fn stop_node(&mut self, node_id: &str) {
+        let i = self
+            .daemons
+            .iter()
+            .position(|(_, id)| id == node_id)
+            .expect("a node of this cluster");
+        let (mut child, _) = self.daemons.remove(i);
+        // SAFETY: kill(2) on the pid of a child not yet waited for.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+    }
+
     /// A rayforge config joining this cluster.
     pub fn config(&self) -> Config {
         Config::address(&self.address).token(&self.token)

@@ -7,7 +7,7 @@
 //! replicas it stops (their requests finish first). Callers follow the route
 //! table through a long poll ([`ControllerHandle::routes`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,9 @@ struct Rep {
     last_check: Instant,
     ongoing: usize,
     served: u64,
+    /// The user config it was started with: one changed while it started
+    /// is sent to it once it runs.
+    user_config: Option<serde_json::Value>,
 }
 
 struct Dep {
@@ -164,6 +167,26 @@ struct Dep {
     start_failures: u32,
     retry_at: Option<Instant>,
     message: String,
+    /// Requests waiting for a replica, as each process's router last
+    /// reported them (by reporter), and when: demand the replicas' own
+    /// counts cannot show (queued past `max_ongoing_requests`, or with no
+    /// replica at all).
+    waiting: HashMap<String, (usize, Instant)>,
+}
+
+/// How long a router's report of waiting requests counts.
+const WAITING_TTL: Duration = Duration::from_secs(2);
+
+impl Dep {
+    /// Requests waiting for a replica, over every router that reported
+    /// within [`WAITING_TTL`].
+    fn waiting(&self, now: Instant) -> usize {
+        self.waiting
+            .values()
+            .filter(|(_, at)| now.duration_since(*at) < WAITING_TTL)
+            .map(|(n, _)| n)
+            .sum()
+    }
 }
 
 #[derive(Default)]
@@ -256,6 +279,14 @@ impl Controller {
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|t| t.version > since)).await;
         let t = rx.borrow().clone();
         (*t).clone()
+    }
+
+    /// A router's requests waiting for a replica, by deployment key
+    /// (`reporter` names the process): autoscaling demand, and what wakes
+    /// a deployment scaled to zero.
+    async fn report_waiting(&self, reporter: String, waiting: BTreeMap<String, usize>) {
+        self.start_loop();
+        self.inner.report_waiting(&reporter, waiting);
     }
 
     /// Every application's and deployment's state.
@@ -425,6 +456,7 @@ impl Inner {
                             start_failures: 0,
                             retry_at: None,
                             message: String::new(),
+                            waiting: HashMap::new(),
                         },
                     );
                 }
@@ -441,6 +473,27 @@ impl Inner {
             .collect();
         self.publish(&mut s);
         Ok(())
+    }
+
+    /// Records a router's waiting requests; a deployment with none running
+    /// and requests waiting is reconciled at once (a cold start).
+    fn report_waiting(&self, reporter: &str, waiting: BTreeMap<String, usize>) {
+        let now = Instant::now();
+        let mut s = self.state.lock();
+        let mut cold = false;
+        for (k, dep) in s.deps.iter_mut() {
+            let n = waiting.get(k).copied().unwrap_or(0);
+            if n == 0 {
+                dep.waiting.remove(reporter);
+                continue;
+            }
+            cold |= !dep.replicas.iter().any(|r| r.state == ReplicaState::Running);
+            dep.waiting.insert(reporter.to_string(), (n, now));
+        }
+        drop(s);
+        if cold {
+            self.reconcile();
+        }
     }
 
     /// Sends the new user config to every replica, one after another.
@@ -508,6 +561,27 @@ impl Inner {
                     Ok(h) => {
                         tracing::info!(deployment = %k, replica = %id, "replica running");
                         let r = &mut dep.replicas[i];
+                        if r.user_config != dep.config.user_config {
+                            // Changed while it started (the running ones got
+                            // it then): it takes the config before any
+                            // request, and counts as started once it has (a
+                            // replica refusing it is replaced by one started
+                            // with it).
+                            tracing::info!(deployment = %k, replica = %id, "sending the user config changed while it started");
+                            r.user_config = dep.config.user_config.clone();
+                            let (c, tx) = (r.user_config.clone().map(Json), self.events.clone());
+                            tokio::spawn(async move {
+                                let result = match h.reconfigure(c).await {
+                                    Ok(()) => Ok(h),
+                                    Err(e) => {
+                                        let _ = rayforge::kill_async(&h).await;
+                                        Err(Error::from(e))
+                                    }
+                                };
+                                let _ = tx.send(Event::Started { key: k, id, result });
+                            });
+                            return;
+                        }
                         r.handle = Some(h);
                         if r.state == ReplicaState::Starting {
                             r.state = ReplicaState::Running;
@@ -664,6 +738,7 @@ impl Inner {
                     last_check: now,
                     ongoing: 0,
                     served: 0,
+                    user_config: dep.config.user_config.clone(),
                 });
             }
             to_stop.sort_unstable();
@@ -790,10 +865,18 @@ fn target_of(dep: &mut Dep, now: Instant) -> usize {
         .filter(|r| r.state == ReplicaState::Running)
         .collect();
     let current = dep.target.clamp(a.min_replicas, a.max_replicas);
+    let waiting = dep.waiting(now);
     if running.is_empty() {
+        // Scaled to zero (or all starting): a waiting request starts one
+        // at once, without the upscale delay.
+        if waiting > 0 && current == 0 && a.max_replicas > 0 {
+            tracing::info!(deployment = %dep.name, waiting, "a request arrived: scaling up from zero");
+            return 1;
+        }
         return current.max(a.min_replicas);
     }
-    let ongoing: usize = running.iter().map(|r| r.ongoing).sum();
+    // Demand: requests on the replicas and requests queued for one.
+    let ongoing: usize = running.iter().map(|r| r.ongoing).sum::<usize>() + waiting;
     let want = ((ongoing as f64 / a.target_ongoing_requests).ceil() as usize).clamp(a.min_replicas, a.max_replicas);
     if want > current {
         dep.down_since = None;

@@ -71,6 +71,8 @@ pub(crate) struct Hub {
     routers: Mutex<HashMap<String, Arc<Router>>>,
     /// Ends the poller with the hub.
     _poller: AbortOnDrop,
+    /// Ends the reporter of waiting requests with the hub.
+    _reporter: AbortOnDrop,
 }
 
 /// Aborts a spawned task when dropped: every task has an owner.
@@ -113,10 +115,14 @@ impl Hub {
             let (controller, tx) = (controller.clone(), tx.clone());
             tokio::spawn(async move { poll_routes(controller, tx).await })
         };
-        let hub = Arc::new(Hub {
-            table: tx,
-            routers: Mutex::new(HashMap::new()),
-            _poller: AbortOnDrop(poller),
+        let hub = Arc::new_cyclic(|me: &std::sync::Weak<Hub>| {
+            let reporter = tokio::spawn(report_waiting(controller, me.clone()));
+            Hub {
+                table: tx,
+                routers: Mutex::new(HashMap::new()),
+                _poller: AbortOnDrop(poller),
+                _reporter: AbortOnDrop(reporter),
+            }
         });
         *g = Some(hub.clone());
         Ok(hub)
@@ -151,6 +157,37 @@ impl Hub {
     }
 }
 
+/// How often a process tells the controller how many of its requests wait
+/// for a replica (while any do, and once more when none do).
+const REPORT_PERIOD: Duration = Duration::from_millis(250);
+
+/// Tells the controller, every [`REPORT_PERIOD`], the requests of this
+/// process's routers that wait for a replica: the demand autoscaling counts
+/// beyond what replicas run, and what starts a deployment scaled to zero.
+async fn report_waiting(controller: ControllerHandle, hub: std::sync::Weak<Hub>) {
+    let me = format!("{}/{}", rayforge::node_id().unwrap_or_default(), std::process::id());
+    let mut said_some = false;
+    loop {
+        tokio::time::sleep(REPORT_PERIOD).await;
+        let Some(hub) = hub.upgrade() else { return };
+        let waiting: BTreeMap<String, usize> = hub
+            .routers
+            .lock()
+            .iter()
+            .map(|(k, r)| (k.clone(), r.state.lock().waiting))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        drop(hub);
+        if waiting.is_empty() && !said_some {
+            continue;
+        }
+        said_some = !waiting.is_empty();
+        if let Err(e) = controller.report_waiting(me.clone(), waiting).await {
+            tracing::debug!("reporting waiting requests failed: {e}");
+        }
+    }
+}
+
 /// Long-polls the controller for route changes and fans them out.
 async fn poll_routes(controller: ControllerHandle, tx: watch::Sender<Arc<RouteTable>>) {
     loop {
@@ -179,6 +216,8 @@ struct RState {
     max_queued: usize,
     slots: Vec<Slot>,
     queued: usize,
+    /// Requests waiting for a replica: queued, or with none to go to.
+    waiting: usize,
 }
 
 struct Slot {
@@ -237,6 +276,8 @@ impl Router {
             router: self,
             held: false,
         };
+        self.state.lock().waiting += 1;
+        let _waiting = Waiting(self);
         let start = tokio::time::Instant::now();
         let deadline = start + NO_REPLICA_WAIT;
         let result = loop {
@@ -350,6 +391,16 @@ impl Router {
         Err(last
             .map(Error::from)
             .unwrap_or_else(|| Error::Unavailable(self.key.clone())))
+    }
+}
+
+/// Counts a request as waiting for a replica while it is in `acquire`.
+struct Waiting<'a>(&'a Router);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock();
+        s.waiting = s.waiting.saturating_sub(1);
     }
 }
 

@@ -88,6 +88,11 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         ));
     }
     let decls = apps.iter().map(Application::decl).collect::<Result<Vec<_>>>()?;
+    // Every client connection is a descriptor: the usual soft limit of 1,024
+    // would let a thousand idle clients shut the proxy.
+    if let Err(e) = rayforge::util::raise_open_files_limit() {
+        tracing::warn!("{e}");
+    }
     if rayforge::get_actor::<ControllerHandle>(CONTROLLER_NAME).is_ok() {
         return Err(Error::Invalid(format!(
             "serve is already running in this cluster (actor `{CONTROLLER_NAME}` exists)"
@@ -132,11 +137,8 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         let app = crate::proxy::app(hub, &http);
         let s = stop.clone();
         let proxy = tokio::spawn(async move {
-            let serve = axum::serve(rayforge::http::no_delay(listener), app)
-                .with_graceful_shutdown(async move { s.notified().await });
-            if let Err(e) = serve.await {
-                tracing::error!("the HTTP proxy stopped: {e}");
-            }
+            let limits = rayforge::http::HttpLimits::default();
+            rayforge::http::serve(listener, app, limits, async move { s.notified().await }).await;
         });
         let state = Arc::new(AdminState {
             controller: controller.clone(),
@@ -152,9 +154,8 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             .layer(axum::middleware::from_fn_with_state(Arc::new(token), admin_token))
             .layer(axum::middleware::from_fn(no_browsers));
         let admin_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(rayforge::http::no_delay(admin), admin_app).await {
-                tracing::error!("the admin API stopped: {e}");
-            }
+            let limits = rayforge::http::HttpLimits::default();
+            rayforge::http::serve(admin, admin_app, limits, std::future::pending()).await;
         });
         tracing::info!(%http_addr, %admin_addr, "serve proxy listening");
         let servers = vec![AbortOnDrop(proxy), AbortOnDrop(admin_task)];
@@ -354,11 +355,26 @@ impl Serve {
         self.rt.block_on(f)
     }
 
-    /// Blocks until Ctrl-C or `serve shutdown` (the admin API).
+    /// Blocks until Ctrl-C, SIGTERM (what `rayforge job stop` and
+    /// Kubernetes send) or `serve shutdown` (the admin API); then call
+    /// [`Serve::shutdown`], which drains the same way for each.
     pub fn wait_for_shutdown(&self) {
         self.rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = async {
+                match signal(SignalKind::terminate()) {
+                    Ok(mut t) => {
+                        t.recv().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot watch for SIGTERM: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => eprintln!("serve: interrupted; shutting down"),
+                _ = term => eprintln!("serve: terminated (SIGTERM); draining, then shutting down"),
                 _ = self.stop.notified() => eprintln!("serve: shutdown requested"),
             }
         });

@@ -86,6 +86,11 @@ enum Command {
         /// files, results; default 20 GiB): writes past it fail, naming it.
         #[arg(long)]
         storage_budget: Option<u64>,
+        /// Bytes of job binaries, working-directory packages and job logs
+        /// the head keeps (default 10 GiB): past it, the oldest that no
+        /// running job needs are removed.
+        #[arg(long)]
+        artifact_budget: Option<u64>,
         /// Port of the head's HTTP jobs API (0: any free port).
         #[arg(long, default_value_t = rayforge::jobs::DEFAULT_JOBS_PORT)]
         jobs_port: u16,
@@ -515,6 +520,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             heartbeat_timeout_ms,
             state_dir,
             storage_budget,
+            artifact_budget,
             jobs_port,
             metrics_port,
             advertise_address,
@@ -541,6 +547,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 heartbeat_timeout_ms,
                 state_dir,
                 storage_budget,
+                artifact_budget,
                 jobs_port: Some(jobs_port),
                 metrics_port,
                 advertise_address,

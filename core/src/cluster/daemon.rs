@@ -16,6 +16,13 @@ use super::*;
 /// `on_ready` is called once it serves.
 pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     crate::init_logging();
+    match crate::util::raise_open_files_limit() {
+        Ok(n) if n < 4096 => {
+            tracing::warn!("this daemon may open only {n} files (RLIMIT_NOFILE): every connection takes one")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}"),
+    }
     if let Some(host) = opts.advertise_address.as_deref().filter(|h| !h.trim().is_empty()) {
         if host.contains(':') || host.contains('/') {
             return Err(Error::InvalidArgument(format!(
@@ -103,6 +110,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             let more = crate::jobs::HeadPort {
                 node: node_http.clone(),
                 extra: opts.http_routes.clone(),
+                artifact_budget: opts.artifact_budget.unwrap_or(crate::jobs::DEFAULT_ARTIFACT_BUDGET),
             };
             let access = crate::http::Access::new(token.clone(), viewer.clone());
             let jobs = crate::jobs::serve(gcs.clone(), local.clone(), access, &bind, jobs_port, more).await?;
@@ -162,6 +170,9 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         on_ready(&ready);
         wait_for_signal().await;
         tracing::info!("stopping the node");
+        // Recorded as stopped (a head records its own node in its state),
+        // not as alive until a heartbeat timeout.
+        node.say_stopping().await;
         node.shutdown();
         let _ = std::fs::remove_file(&pidfile);
         if opts.head {

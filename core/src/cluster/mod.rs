@@ -69,6 +69,10 @@ pub struct StartOptions {
     /// [`crate::storage::DEFAULT_BUDGET`]); writes past it fail, naming the
     /// budget.
     pub storage_budget: Option<u64>,
+    /// Bytes of job binaries, working-directory packages and job logs the
+    /// head keeps (default [`crate::jobs::DEFAULT_ARTIFACT_BUDGET`]): past
+    /// it, the oldest that no running job needs are removed.
+    pub artifact_budget: Option<u64>,
     /// Port of the head's HTTP jobs API (default 8265; 0: any free port).
     pub jobs_port: Option<u16>,
     /// Port of this node's `/metrics`, `/healthz` and `/readyz` (default:

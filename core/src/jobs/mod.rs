@@ -19,6 +19,7 @@
 //! working directory), `GET /api/packages/{sha256}`.
 
 mod client;
+mod janitor;
 mod package;
 mod server;
 
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::proto;
 
 pub use client::JobClient;
+pub use janitor::DEFAULT_ARTIFACT_BUDGET;
 pub(crate) use package::{pack_dir, package_dir, package_hash, unpack};
 pub(crate) use server::{serve, HeadPort};
 

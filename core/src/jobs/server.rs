@@ -33,6 +33,17 @@ struct JobsApi {
     /// Process groups of running entrypoints.
     running: Mutex<HashMap<String, i32>>,
     stopping: Mutex<HashSet<String>>,
+    /// Bytes of job binaries, packages and logs kept.
+    artifact_budget: u64,
+}
+
+impl JobsApi {
+    /// Removes old binaries, packages and logs past the budget, off the
+    /// async threads.
+    fn prune_soon(self: &Arc<Self>) {
+        let api = self.clone();
+        tokio::task::spawn_blocking(move || super::janitor::prune(&api.gcs, &api.logs, api.artifact_budget));
+    }
 }
 
 struct ApiError(StatusCode, String);
@@ -66,6 +77,8 @@ pub(crate) struct HeadPort {
     pub(crate) node: Arc<crate::node::http::NodeHttp>,
     /// Routes the program adds (the dashboard).
     pub(crate) extra: Option<crate::http::HttpRoutes>,
+    /// Bytes of job binaries, packages and logs kept (see `janitor`).
+    pub(crate) artifact_budget: u64,
 }
 
 /// Serves the head's HTTP port on `bind:port` (port 0: any free one): the
@@ -84,7 +97,12 @@ pub(crate) async fn serve(
     let token = access.admin_token().to_string();
     for j in gcs.jobs() {
         if j.submitted && j.state == "RUNNING" {
-            gcs.end_job(&j.job_id, "FAILED", "the head stopped while the job ran");
+            let left = end_leftovers(&j);
+            let why = match left {
+                0 => "the head stopped while the job ran".to_string(),
+                n => format!("the head stopped while the job ran ({n} leftover process(es) of it were ended)"),
+            };
+            gcs.end_job(&j.job_id, "FAILED", &why);
         }
     }
     let logs = gcs.dir().join("job-logs");
@@ -96,6 +114,17 @@ pub(crate) async fn serve(
         logs,
         running: Mutex::new(HashMap::new()),
         stopping: Mutex::new(HashSet::new()),
+        artifact_budget: more.artifact_budget,
+    });
+    // Uploads and finished jobs prune at once; this catches binaries
+    // uploaded over gRPC.
+    let janitor = api.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            janitor.prune_soon();
+        }
     });
     let listener = tokio::net::TcpListener::bind((bind, port))
         .await
@@ -131,9 +160,13 @@ pub(crate) async fn serve(
         })
         .layer(axum::middleware::from_fn_with_state(access, crate::http::require_token));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
-            tracing::error!("jobs API stopped: {e}");
-        }
+        crate::http::serve(
+            listener,
+            app,
+            crate::http::HttpLimits::default(),
+            std::future::pending(),
+        )
+        .await;
     });
     tracing::info!(addr = %local, "jobs API started");
     Ok(local)
@@ -159,6 +192,10 @@ struct LogQuery {
     offset: u64,
 }
 
+/// What a job's log reads once the janitor removed it.
+const REMOVED_LOG: &str =
+    "(this job's log was removed: the head keeps job binaries, packages and logs within --artifact-budget)\n";
+
 async fn job_logs(
     State(api): State<Arc<JobsApi>>,
     UrlPath(id): UrlPath<String>,
@@ -172,11 +209,13 @@ async fn job_logs(
     }
     let ended = job.state != "RUNNING";
     let path = api.logs.join(format!("{id}.log"));
-    let (data, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<u8>, u64)> {
+    // `None`: no log file. It is made as the job starts, so an ended job
+    // without one had it removed past the budget.
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Vec<u8>, u64)>> {
         use std::io::{Read, Seek, SeekFrom};
         let mut f = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let size = f.metadata()?.len();
@@ -184,11 +223,23 @@ async fn job_logs(
         f.seek(SeekFrom::Start(from))?;
         let mut data = Vec::new();
         f.take(LOG_CHUNK).read_to_end(&mut data)?;
-        Ok((data, size))
+        Ok(Some((data, size)))
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("reading the job's log: {e}")))?;
+    let Some((data, size)) = read else {
+        let removed = ended && q.offset == 0;
+        return Ok(Json(LogChunk {
+            logs: if removed {
+                REMOVED_LOG.to_string()
+            } else {
+                String::new()
+            },
+            next_offset: if removed { REMOVED_LOG.len() as u64 } else { 0 },
+            finished: ended,
+        }));
+    };
     let next_offset = q.offset.min(size) + data.len() as u64;
     Ok(Json(LogChunk {
         logs: String::from_utf8_lossy(&data).into_owned(),
@@ -215,6 +266,7 @@ async fn put_package(
     proto::DirPackage::decode(body.as_ref()).map_err(|e| bad(format!("the body is not a packed directory: {e}")))?;
     api.gcs.store_blob(&body)?;
     tracing::info!(package = %hash, bytes = body.len(), "working-directory package stored");
+    api.prune_soon();
     Ok(Json(serde_json::json!({ "present": true })))
 }
 
@@ -264,8 +316,34 @@ async fn submit_job(State(api): State<Arc<JobsApi>>, body: Bytes) -> ApiResult<J
     Ok(Json(serde_json::json!({ "job_id": id })))
 }
 
+/// Ends what is left of a job's process group after the head that ran it
+/// died (its watchdog, [`crate::util::GroupGuard`], was killed too): the
+/// group's processes that carry the job's submission id, so a reused
+/// group id never ends someone else's program. Returns how many.
+fn end_leftovers(j: &proto::JobInfo) -> usize {
+    if j.entrypoint_pgid == 0 {
+        return 0;
+    }
+    let marker = format!("{ENV_SUBMISSION_ID}={}", j.job_id);
+    let left = crate::util::group_members_marked(j.entrypoint_pgid, &marker);
+    for pid in &left {
+        // SAFETY: kill(2) on a process of the job's group that carries
+        // the job's id.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    if !left.is_empty() {
+        tracing::warn!(job = %j.job_id, pids = ?left, "ended what a previous head left of the job");
+    }
+    left.len()
+}
+
 /// Runs a submission's entrypoint under `sh -c` in its own process group,
-/// output to the job's log; its exit decides the job's state.
+/// output to the job's log; its exit decides the job's state. The whole
+/// group ends with the entrypoint, on `job stop` (SIGTERM, then SIGKILL
+/// after 3 s), and with the head however it dies (a
+/// [`crate::util::GroupGuard`]).
 fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Option<PathBuf>) -> Result<()> {
     let log_path = api.logs.join(format!("{id}.log"));
     let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
@@ -297,6 +375,14 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
     // From the lasting thread, so the parent-death signal is the head's.
     let mut child = crate::node::spawner::spawn(cmd).map_err(|e| Error::io("starting the entrypoint with sh -c", e))?;
     let pid = child.id().unwrap_or(0) as i32;
+    let guard = match crate::util::GroupGuard::new(pid as u32) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(job = %id, "the job's processes may outlive a crashed head: {e}");
+            None
+        }
+    };
+    api.gcs.set_job_pgid(id, pid as u32);
     api.running.lock().insert(id.to_string(), pid);
     tracing::info!(job = %id, pid, entrypoint = %sub.entrypoint, "entrypoint started");
     let api = api.clone();
@@ -305,6 +391,15 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
         let status = child.wait().await;
         api.running.lock().remove(&id);
         let stopped = api.stopping.lock().remove(&id);
+        // What the entrypoint left running ends with it; a stopped job's
+        // processes first get the rest of their 3 s to exit on SIGTERM.
+        if stopped {
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            while crate::util::group_alive(pid as u32) && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        drop(guard);
         let (state, msg) = match status {
             _ if stopped => ("STOPPED", "stopped with `rayforge job stop`".to_string()),
             Ok(s) if s.success() => ("SUCCEEDED", "the entrypoint exited with code 0".to_string()),
@@ -320,6 +415,7 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
             Err(e) => ("FAILED", format!("lost track of the entrypoint: {e}")),
         };
         api.gcs.end_job(&id, state, &msg);
+        api.prune_soon();
     });
     Ok(())
 }

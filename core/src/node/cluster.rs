@@ -339,6 +339,24 @@ impl NodeDaemon {
         Ok(())
     }
 
+    /// Tells the head this node is stopping cleanly (a last heartbeat,
+    /// waited for at most 3 s): it is then recorded as stopped, not as alive
+    /// until its heartbeat times out.
+    pub(crate) async fn say_stopping(&self) {
+        let Some(link) = self.link() else { return };
+        let req = proto::HeartbeatRequest {
+            node_id: self.state.node_id.clone(),
+            stopping: true,
+            ..Default::default()
+        };
+        let mut head = link.head.clone();
+        match tokio::time::timeout(Duration::from_secs(3), head.heartbeat(req)).await {
+            Ok(Ok(_)) => tracing::info!("the head knows this node stopped"),
+            Ok(Err(e)) => tracing::warn!("cannot tell the head this node stops: {}", e.message()),
+            Err(_) => tracing::warn!("cannot tell the head this node stops: no answer within 3 s"),
+        }
+    }
+
     async fn heartbeat_loop(&self) {
         let Some(link) = self.link() else { return };
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -358,6 +376,7 @@ impl NodeDaemon {
                         .values()
                         .filter(|w| w.state != super::scheduler::WorkerState::Dead)
                         .count() as u32,
+                    stopping: false,
                 }
             };
             let reply = match link.head.clone().heartbeat(req).await {

@@ -47,10 +47,16 @@ impl NodeHttp {
         let _ = self.node.set(node);
     }
 
-    fn ready(&self) -> bool {
-        self.node
-            .get()
-            .is_some_and(|n| !n.state.shutting_down.load(Ordering::Relaxed))
+    /// Why the node is not ready, if it is not: starting, stopping, or (on
+    /// the head) unable to write the cluster's state.
+    fn not_ready(&self) -> Option<String> {
+        let Some(n) = self.node.get() else {
+            return Some("the node is starting".into());
+        };
+        if n.state.shutting_down.load(Ordering::Relaxed) {
+            return Some("the node is stopping".into());
+        }
+        n.link().and_then(|l| l.role.gcs.as_ref()).and_then(|g| g.write_error())
     }
 
     /// The node's stats, read afresh when the last reading is over a
@@ -79,10 +85,9 @@ pub(crate) fn routes(h: Arc<NodeHttp>) -> Router {
         .route(
             "/readyz",
             get(move || async move {
-                if ready.ready() {
-                    (StatusCode::OK, "ready\n").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "the node is starting or stopping\n").into_response()
+                match ready.not_ready() {
+                    None => (StatusCode::OK, "ready\n").into_response(),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
                 }
             }),
         )
@@ -126,9 +131,13 @@ async fn api_node(State(h): State<Arc<NodeHttp>>) -> Response {
 pub(crate) fn serve(listener: tokio::net::TcpListener, h: Arc<NodeHttp>, access: crate::http::Access) {
     let app = routes(h).layer(axum::middleware::from_fn_with_state(access, crate::http::require_token));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
-            tracing::error!("node HTTP endpoints stopped: {e}");
-        }
+        crate::http::serve(
+            listener,
+            app,
+            crate::http::HttpLimits::default(),
+            std::future::pending(),
+        )
+        .await;
     });
 }
 

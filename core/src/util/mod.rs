@@ -1,17 +1,19 @@
 //! Utilities users reach for on top of tasks and actors: a
 //! multiprocessing-style [`Pool`], an [`ActorPool`] and a distributed
 //! [`Queue`]; and the helpers the project's own parts share
-//! ([`private_dir`], [`prometheus_label`]).
+//! ([`private_dir`], [`prometheus_label`], [`GroupGuard`]).
 
 mod actor_pool;
 mod pool;
 mod private_dir;
+mod process_group;
 mod queue;
 
 pub use actor_pool::ActorPool;
 pub use pool::Pool;
 pub(crate) use private_dir::fresh_private_dir;
 pub use private_dir::{private_dir, rayforge_tmp};
+pub use process_group::{group_alive, group_members_marked, GroupGuard};
 pub use queue::Queue;
 
 /// 128 random bits as hex, from the kernel: tokens a head makes, login
@@ -32,6 +34,47 @@ pub fn random_secret() -> crate::Result<String> {
             .map_err(|e| crate::Error::io("reading random bytes (getrandom and /dev/urandom)", e))?;
     }
     Ok(crate::ids::hex(&b))
+}
+
+/// Raises this process's limit on open files (RLIMIT_NOFILE) from its soft
+/// value to its hard one (at most 2^20), as servers do: every connection,
+/// worker pipe and log is a descriptor, and at the usual soft limit of
+/// 1,024 a thousand idle clients would stop a daemon from accepting anyone.
+/// Daemons and `serve run` call it as they start; children inherit it.
+/// Returns the limit now in force.
+///
+/// ```
+/// assert!(rayforge::util::raise_open_files_limit().unwrap() >= 64);
+/// ```
+pub fn raise_open_files_limit() -> crate::Result<u64> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one `rlimit` into `l`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(crate::Error::io(
+            "reading RLIMIT_NOFILE",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let want = l.rlim_max.min(1 << 20);
+    if l.rlim_cur >= want {
+        return Ok(l.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: l.rlim_max,
+    };
+    // SAFETY: setrlimit(2) reads one `rlimit`; a soft limit up to the hard
+    // one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(crate::Error::io(
+            format!("raising RLIMIT_NOFILE from {} to {want}", l.rlim_cur),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(want)
 }
 
 /// A Prometheus label value escaped for the text format (`\` `"` and

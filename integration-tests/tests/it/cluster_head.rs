@@ -536,3 +536,64 @@ fn a_planted_temp_directory_is_refused_and_stop_kills_only_daemons() {
     assert_eq!(mode & 0o777, 0o700, "our directory was not closed to others");
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A node stopped cleanly says so: the head records it as stopped at once
+/// (not alive until its heartbeat timeout), and a head stopped cleanly
+/// records itself; a head restarted on that state counts neither alive nor
+/// reconnecting.
+#[test]
+fn cleanly_stopped_nodes_are_recorded_as_stopped() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let b = cluster.add_node(&["--num-cpus", "1"]);
+    let old_head = cluster.daemons[0].1.clone();
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+    let mut head = HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    cluster.stop_node(&b);
+    // At once, not after the 60 s heartbeat timeout.
+    let nodes = head.nodes().unwrap();
+    let gone = nodes.iter().find(|n| n.node_id == b).unwrap();
+    assert!(!gone.alive && gone.death_cause.contains("stopped cleanly"), "{gone:?}");
+    cluster.stop_node(&old_head);
+    cluster.start_head(&["--num-cpus", "1"], 60_000, port);
+    let mut head = HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    let nodes = head.nodes().unwrap();
+    for id in [&b, &old_head] {
+        let n = nodes.iter().find(|n| &n.node_id == id).unwrap();
+        assert!(
+            !n.alive && !n.reconnecting && n.death_cause.contains("stopped cleanly"),
+            "{n:?}"
+        );
+    }
+    let status = cluster.status();
+    assert!(status.contains("1 alive, 0 reconnecting, 2 dead"), "{status}");
+}
+
+/// A head that cannot write its state (a full disk, here a directory where
+/// the state's temporary file goes, which fails even for root) says so on
+/// `/readyz` (503, naming the error) instead of only logging, and is ready
+/// again once a write succeeds.
+#[test]
+fn the_head_is_not_ready_while_it_cannot_write_its_state() {
+    use rayforge::jobs::{JobClient, RuntimeEnv};
+    use rayforge_integration_tests::http;
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let base = cluster.jobs_address.clone();
+    assert_eq!(http(&base, "GET", "/readyz", &[], "").status, 200);
+    let blocker = cluster.state_dir.join("state.pb.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    // Submitting a job writes the state.
+    jobs.submit("true", &RuntimeEnv::default()).unwrap();
+    let r = http(&base, "GET", "/readyz", &[], "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("cannot write the head's state"), "{}", r.body);
+    std::fs::remove_dir(&blocker).unwrap();
+    jobs.submit("true", &RuntimeEnv::default()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || http(&base, "GET", "/readyz", &[], "")
+            .status
+            == 200),
+        "{}",
+        http(&base, "GET", "/readyz", &[], "").body
+    );
+}

@@ -303,3 +303,199 @@ fn a_driver_killed_without_shutdown_fails_its_job_and_ends_its_actors() {
     assert!(held.death_cause.contains("finished"), "{held:?}");
     assert_eq!(state_of(&mut head, "held-detached").as_deref(), Some("ALIVE"));
 }
+
+/// Sets this process's soft limit on open files; returns the hard one.
+fn set_open_files(soft: u64) -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one `rlimit`.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = soft.min(l.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    l.rlim_max
+}
+
+/// Slowloris: 2,000 connections to the head's HTTP port, each with half a
+/// request line sent and nothing more, do not stop `rayforge status` or a
+/// job submit from another client (the head starts with the common soft
+/// limit of 1,024 open files and must raise it), and the head closes them
+/// once their headers are late.
+#[test]
+fn two_thousand_half_open_connections_do_not_shut_others_out() {
+    use std::io::{Read, Write};
+    // The head inherits a soft limit of 1,024, as under most shells.
+    let hard = set_open_files(1024);
+    if hard < 4096 {
+        eprintln!("skipped: the hard limit on open files is {hard}, the test needs 4,096");
+        return;
+    }
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
+    set_open_files(hard);
+    let http = cluster
+        .jobs_address
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        let mut s = std::net::TcpStream::connect(&http).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.write_all(b"GET /api/jobs HTTP/1.1\r\nHost: x\r\n").unwrap();
+        idle.push(s);
+    }
+    // Another client still gets through, on gRPC and on HTTP.
+    let status = cluster.status();
+    assert!(status.contains("1 alive"), "{status}");
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let id = jobs.submit("echo through-the-crowd", &RuntimeEnv::default()).unwrap();
+    let mut log = String::new();
+    let done = jobs.follow(&id, |s| log.push_str(s)).unwrap();
+    assert_eq!(done.state, "SUCCEEDED", "{done:?}\n{log}");
+    assert!(log.contains("through-the-crowd"), "{log}");
+    // The head hangs up on connections whose headers never end (10 s).
+    let started = std::time::Instant::now();
+    for s in idle.iter_mut().step_by(97) {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!(
+                    "a half-open connection was still open after {:?}: {e}",
+                    started.elapsed()
+                ),
+            }
+        }
+    }
+}
+
+/// The pid in `path`, once written.
+fn pid_in(path: &std::path::Path) -> u32 {
+    let mut pid = 0;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            pid > 0
+        }),
+        "{} was never written",
+        path.display()
+    );
+    pid
+}
+
+/// A submitted job's processes end with the head however it dies: when the
+/// head is SIGKILLed, the job's watchdog ends its whole process group (a
+/// grandchild included, which the entrypoint's parent-death signal never
+/// reached); and when the watchdog died too, a head restarted on the same
+/// state ends what is left and says so in the job's message.
+#[test]
+fn a_jobs_processes_end_with_a_crashed_head() {
+    use rayforge_integration_tests::process_running;
+    let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let dir = std::env::temp_dir().join(format!("rayforge-job-groups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let entry = |name: &str| {
+        let d = dir.display();
+        format!("sleep 600 & echo $! > {d}/{name}.pid; echo $$ > {d}/{name}.pgid; wait")
+    };
+    let a = jobs.submit(&entry("a"), &RuntimeEnv::default()).unwrap();
+    let b = jobs.submit(&entry("b"), &RuntimeEnv::default()).unwrap();
+    let (a_sleep, b_sleep) = (pid_in(&dir.join("a.pid")), pid_in(&dir.join("b.pid")));
+    let b_group = pid_in(&dir.join("b.pgid"));
+    // B's watchdog dies first, as if the head's whole process tree were
+    // killed at once.
+    let watch = format!("rayforge-group-watch\0{b_group}\0");
+    let watchdogs: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|pid: &u32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(watch.len()).any(|w| w == watch.as_bytes()))
+        })
+        .collect();
+    assert_eq!(watchdogs.len(), 1, "job {b}'s watchdog: {watchdogs:?}");
+    // SAFETY: kill(2) on the watchdog found above.
+    unsafe { libc::kill(watchdogs[0] as i32, libc::SIGKILL) };
+    let head = cluster.daemons[0].1.clone();
+    cluster.kill_node(&head);
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(a_sleep)),
+        "job {a}'s grandchild outlived the head"
+    );
+    assert!(
+        process_running(b_sleep),
+        "job {b}'s grandchild, without a watchdog, should be left"
+    );
+    cluster.start_head(&["--num-cpus", "1"], 60_000, port);
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(b_sleep)),
+        "the restarted head did not end job {b}'s leftovers"
+    );
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let st = jobs.status(&b).unwrap();
+    assert_eq!(st.state, "FAILED", "{st:?}");
+    assert!(st.message.contains("1 leftover process"), "{st:?}");
+    let st = jobs.status(&a).unwrap();
+    assert!(st.state == "FAILED" && !st.message.contains("leftover"), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The head keeps job binaries, packages and logs within
+/// `--artifact-budget`: past it, the oldest finished job's log goes (and
+/// reading it says so), while a running job's log and a fresh one stay.
+#[test]
+fn old_job_logs_go_past_the_artifact_budget() {
+    let cluster = LocalCluster::start(&["--num-cpus", "1", "--artifact-budget", "100000"], 60_000);
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let logs = cluster.state_dir.join("job-logs");
+    // Older than the grace the janitor gives fresh uploads.
+    let age = |id: &str| {
+        std::fs::File::options()
+            .write(true)
+            .open(logs.join(format!("{id}.log")))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    };
+    let big = "head -c 60000 /dev/zero | tr '\\0' x; echo";
+    let first = jobs.submit(big, &RuntimeEnv::default()).unwrap();
+    assert_eq!(jobs.follow(&first, |_| {}).unwrap().state, "SUCCEEDED");
+    age(&first);
+    let running = jobs
+        .submit(
+            "head -c 60000 /dev/zero | tr '\\0' y; echo; sleep 600",
+            &RuntimeEnv::default(),
+        )
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || {
+        std::fs::metadata(logs.join(format!("{running}.log"))).is_ok_and(|m| m.len() > 60000)
+    }));
+    age(&running);
+    // A third job's end takes the total (180 kB) past the budget.
+    let second = jobs.submit(big, &RuntimeEnv::default()).unwrap();
+    assert_eq!(jobs.follow(&second, |_| {}).unwrap().state, "SUCCEEDED");
+    assert!(
+        wait_until(Duration::from_secs(60), || !logs.join(format!("{first}.log")).exists()),
+        "the oldest log was kept past the budget"
+    );
+    assert!(
+        logs.join(format!("{running}.log")).exists(),
+        "a running job's log was removed"
+    );
+    assert!(logs.join(format!("{second}.log")).exists(), "a fresh log was removed");
+    let chunk = jobs.logs(&first, 0).unwrap();
+    assert!(chunk.logs.contains("was removed") && chunk.finished, "{chunk:?}");
+    assert!(jobs.stop(&running).unwrap());
+}

@@ -8,6 +8,8 @@
 //! - `Pipeline`: sends 0 through the stages named in its user config
 //!   (`{"stages": ["A", "B", "C"]}`) one after another and answers the result.
 //! - `Echo`: answers a JSON description of the request.
+//! - `Sleep`: sleeps the milliseconds its body names (saying so on its
+//!   output), then answers `slept N`.
 //! - `TorchScript` (feature `torch`): a TorchScript model, see
 //!   `rayforge_serve::torch`.
 //!
@@ -138,13 +140,31 @@ impl Deployment for Echo {
     }
 }
 
+/// Sleeps as long as asked.
+struct Sleep;
+
+impl Deployment for Sleep {
+    type Config = ();
+    type Request = u64;
+    type Response = String;
+    fn new(_: &Context, _: ()) -> Result<Self> {
+        Ok(Sleep)
+    }
+    async fn handle(&self, ms: u64) -> Result<String> {
+        println!("sleep: {ms} ms");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(format!("slept {ms}"))
+    }
+}
+
 fn main() -> ExitCode {
     let registry = Registry::new()
         .deployment::<Noop>("Noop")
         .deployment::<Batched>("Batched")
         .deployment::<Stage>("Stage")
         .deployment::<Pipeline>("Pipeline")
-        .deployment::<Echo>("Echo");
+        .deployment::<Echo>("Echo")
+        .deployment::<Sleep>("Sleep");
     #[cfg(feature = "torch")]
     let registry = registry.deployment::<rayforge_serve::torch::TorchScript>("TorchScript");
     rayforge_serve::cli::main(registry)

@@ -197,3 +197,83 @@ fn serve_run_refuses_bad_configs_with_the_field_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// SIGTERM (what `rayforge job stop` and Kubernetes send) drains like
+/// Ctrl-C: a request in flight is answered, then `serve run` exits cleanly.
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits() {
+    let dir = std::env::temp_dir().join(format!("serve-cli-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("serve.toml");
+    std::fs::write(
+        &cfg,
+        "[http]\nport = 0\nadmin_port = 0\n\n[[applications]]\nname = \"sleep\"\nroute_prefix = \"/\"\n\
+         ingress = \"Sleep\"\n\n[[applications.deployments]]\nname = \"Sleep\"\n",
+    )
+    .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(SERVE)
+            .arg("run")
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start serve run"),
+    );
+    // Both streams, line by line, into one channel.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = child.0.stdout.take().unwrap();
+    let err = child.0.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .for_each(|l| drop(tx2.send(l)))
+    });
+    std::thread::spawn(move || {
+        BufReader::new(err)
+            .lines()
+            .map_while(|l| l.ok())
+            .for_each(|l| drop(tx.send(l)))
+    });
+    let wait_for = |what: &str| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("serve run never printed {what:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    let line = wait_for("serve: listening on http://");
+    let http = line
+        .split("serve: listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_once(" (admin API on "))
+        .map(|(h, _)| h.to_string())
+        .unwrap();
+    let req = std::thread::spawn(move || request(&http, "POST", "/", b"1500", Duration::from_secs(60)));
+    // The request is on the replica (it says so) when SIGTERM comes.
+    wait_for("sleep: 1500 ms");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let reply = req.join().unwrap().expect("the request in flight was answered");
+    assert_eq!((reply.status, reply.text()), (200, "slept 1500".to_string()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve run did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "serve run exited with {status}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -608,6 +608,45 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
     Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
 }
 
+/// Greets like [`Greeter`], but takes a second and a half to start.
+struct SlowStarter(Greeter);
+
+impl Deployment for SlowStarter {
+    type Config = GreeterConfig;
+    type Request = Json<String>;
+    type Response = String;
+    fn new(ctx: &Context, c: GreeterConfig) -> Result<Self> {
+        std::thread::sleep(Duration::from_millis(1500));
+        Ok(SlowStarter(Greeter::new(ctx, c)?))
+    }
+    async fn handle(&self, name: Json<String>) -> Result<String> {
+        self.0.handle(name).await
+    }
+    fn reconfigure(&mut self, c: GreeterConfig) -> Result<()> {
+        self.0.reconfigure(c)
+    }
+}
+
+/// A user config changed while a replica is still starting reaches it
+/// before its first request (it used to keep the config it started with).
+#[test]
+fn a_user_config_changed_while_a_replica_starts_reaches_it() {
+    init();
+    let app = |greeting: &str| {
+        Application::new("greet")
+            .ingress(deployment::<SlowStarter>("SlowStarter").user_config(serde_json::json!({ "greeting": greeting })))
+    };
+    let s = rayforge_serve::start(vec![app("hello")], opts()).expect("start serve");
+    // The replica takes 1.5 s to start: this lands while it does.
+    s.deploy(vec![app("hi")]).unwrap();
+    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    for _ in 0..4 {
+        let r = send(&s, "POST", "/", br#""ann""#);
+        assert!(r.text().starts_with("hi ann"), "{}", r.text());
+    }
+    s.shutdown().unwrap();
+}
+
 /// Kills one of `Sleeper`'s two replicas under load; every request must
 /// still succeed and a replacement must start. `st.deployments[sleeper]`
 /// is the Sleeper deployment's status.
@@ -786,6 +825,71 @@ fn autoscaling_adds_replicas_under_load_and_removes_them_after() {
     assert!(
         wait_until(Duration::from_secs(60), || running(&s) == 1
             && s.status().unwrap().healthy()),
+        "{:?}",
+        s.status().unwrap()
+    );
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
+}
+
+/// Requests queued past `max_ongoing_requests` count as demand (the
+/// replicas' own counts never show them), and a deployment with
+/// `min_replicas = 0`, scaled down to none, starts a replica when a request
+/// arrives and answers it instead of refusing it after a wait.
+#[test]
+fn autoscaling_counts_queued_requests_and_scales_up_from_zero() {
+    let s = Arc::new(start(
+        vec![Application::new("sleep").ingress(
+            deployment::<Sleeper>("Sleeper")
+                .max_ongoing_requests(1)
+                .autoscaling(Autoscaling {
+                    min_replicas: 0,
+                    max_replicas: 3,
+                    target_ongoing_requests: 1.0,
+                    upscale_delay_s: 0.0,
+                    downscale_delay_s: 1.0,
+                })
+                .health_check_period_s(0.1),
+        )],
+        opts(),
+    ));
+    let running = |s: &Serve| {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .filter(|r| r.state == rayforge_serve::ReplicaState::Running)
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&s) == 0),
+        "{:?}",
+        s.status().unwrap()
+    );
+    // From zero: the request waits for the replica it caused.
+    assert_eq!(send(&s, "POST", "/", b"10").status, 200);
+    // Six clients, one request per replica at a time: five wait in the
+    // router's queue, and that demand takes the deployment to three.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..6)
+        .map(|_| {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(send(&s, "POST", "/", b"300").status, 200);
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&s) == 3),
+        "{:?}",
+        s.status().unwrap()
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || running(&s) == 0),
         "{:?}",
         s.status().unwrap()
     );

@@ -461,15 +461,12 @@ fn run_command(
     if let Some(c) = &ctx.restore {
         cmd.env("RAYFORGE_TUNE_RESTORE_FROM", c.path());
     }
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
-    // the child when this thread's process ends.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    // A group of its own, ended with this trial however it ends (returns,
+    // fails, or its worker is killed when the trial is stopped): a wrapper
+    // script's grandchildren end too.
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("starting `{program}`: {e}"))?;
+    let _group = rayforge::util::GroupGuard::new(child.id()).map_err(|e| e.to_string())?;
     let out = child.stdout.take().ok_or("no stdout")?;
     let log_path = dir.join("stdout.log");
     let mut log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;

@@ -356,3 +356,63 @@ fn the_pbt_example_exploits_and_goes_on_from_the_checkpoints_it_takes() {
     );
     std::fs::remove_dir_all(&storage).unwrap();
 }
+
+/// Whether `pid` runs (a zombie counts as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A trial's program is a wrapper script that starts a long-lived child
+/// (as `sh -c`, `torchrun` or a job launcher do): when the trial stops,
+/// its whole process group ends, the wrapper's child included, instead of
+/// living on as an orphan.
+#[test]
+fn a_stopped_trials_grandchildren_end_with_it() {
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-group-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    let pids = storage.join("grandchildren");
+    // No braces in the command: they would read as parameters.
+    let script = format!(
+        "sleep 600 & echo $! >> {}; while :; do printf '\\173\"loss\": 1\\175\\n'; sleep 0.1; done",
+        pids.display()
+    );
+    let toml = format!(
+        r#"name = "wrapped"
+metric = "loss"
+mode = "min"
+storage_path = {storage:?}
+
+[trainable]
+command = ["sh", "-c", {script:?}]
+
+[resources_per_trial]
+cpu = 0.5
+
+[param_space]
+x = {{ grid = [1, 2] }}
+
+[stop]
+training_iteration = 3
+"#,
+        storage = storage.display().to_string(),
+    );
+    let file = storage.join("search.toml");
+    std::fs::write(&file, toml).unwrap();
+    tune_ok(&["run", file.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let pids: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while pids.iter().any(|p| running(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stopped trial's grandchild lives on: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(&storage).unwrap();
+}

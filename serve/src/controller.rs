@@ -754,9 +754,14 @@ impl Inner {
                 tracing::info!(deployment = %k, replica = %id, "stopping a replica");
                 tokio::spawn(async move {
                     if let Some(h) = h {
-                        // Routers stop sending first; then the replica drains.
+                        // Routers stop sending first; then the replica drains
+                        // (its streamed responses too, which `stop` would cut).
                         tokio::time::sleep(Duration::from_millis(100)).await;
-                        if tokio::time::timeout(grace + STOP_SLACK, h.stop()).await.is_err() {
+                        let drained = async {
+                            let _ = h.drain().await;
+                            h.stop().await
+                        };
+                        if tokio::time::timeout(grace + STOP_SLACK, drained).await.is_err() {
                             tracing::warn!(replica = %id, "requests still running after the graceful timeout");
                         }
                         let _ = rayforge::kill_async(&h).await;

@@ -24,7 +24,7 @@ use crate::http::{HttpRequest, HttpResponse};
 use crate::metrics::ServeMetrics;
 use crate::replica::streams::{self, Chunk};
 use crate::replica::ReplicaHandle;
-use crate::router::Hub;
+use crate::router::{Hub, SlotGuard};
 
 /// What the proxy's handlers share.
 #[derive(Clone)]
@@ -156,14 +156,15 @@ async fn send(hub: Arc<Hub>, method: Method, uri: Uri, headers: HeaderMap, body:
     };
     let router = hub.router(&key);
     let r = router
-        .send(|h| {
+        .send_holding(|h| {
             let req = req.clone();
             async move { h.http(req).await }
         })
         .await;
     match r {
-        Ok((resp, replica)) => match stream_id(&resp) {
-            Some(id) => streamed(resp, replica, id),
+        Ok((resp, replica, slot)) => match stream_id(&resp) {
+            // The replica's slot stays taken until the body ends.
+            Some(id) => streamed(resp, replica, id, slot),
             None => to_response(resp),
         },
         Err(e) => {
@@ -181,11 +182,13 @@ fn stream_id(r: &HttpResponse) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// Closes a replica's stream when the client goes away before its end.
+/// Closes a replica's stream when the client goes away before its end,
+/// and holds the replica's slot until then.
 struct CloseOnDrop {
     replica: ReplicaHandle,
     id: u64,
     done: bool,
+    _slot: SlotGuard,
 }
 
 impl Drop for CloseOnDrop {
@@ -198,12 +201,13 @@ impl Drop for CloseOnDrop {
 }
 
 /// A response whose body is pulled from the replica chunk by chunk.
-fn streamed(mut head: HttpResponse, replica: ReplicaHandle, id: u64) -> Response {
+fn streamed(mut head: HttpResponse, replica: ReplicaHandle, id: u64, slot: SlotGuard) -> Response {
     head.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(streams::HEADER));
     let guard = CloseOnDrop {
         replica,
         id,
         done: false,
+        _slot: slot,
     };
     let body = futures::stream::unfold(Some(guard), |guard| async move {
         let mut guard = guard?;

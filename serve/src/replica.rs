@@ -235,9 +235,21 @@ impl Replica {
             },
         };
         ReplicaHealth {
-            ongoing: self.ongoing.load(Ordering::Relaxed),
+            // Streamed responses still being pulled count as requests.
+            ongoing: self.ongoing.load(Ordering::Relaxed) + streams::open_count(),
             served: self.served.load(Ordering::Relaxed),
             error,
+        }
+    }
+
+    /// Takes no new request, then waits until the streamed responses
+    /// still being pulled have ended (they need `&self` calls, which
+    /// [`Replica::stop`] would hold back). The caller bounds the wait with
+    /// the graceful timeout, then calls `stop`.
+    async fn drain(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        while streams::open_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -338,6 +350,11 @@ pub(crate) mod streams {
 
     pub(crate) fn close(id: u64) {
         OPEN.lock().remove(&id);
+    }
+
+    /// Streams still open (being pulled).
+    pub(crate) fn open_count() -> usize {
+        OPEN.lock().len()
     }
 
     pub(crate) async fn next(id: u64) -> Chunk {

@@ -356,7 +356,18 @@ impl Router {
 
     /// Runs `op` on a replica; when the replica turns out dead, on another.
     /// Returns the result and the replica that gave it.
-    pub(crate) async fn send<T, F, Fut>(&self, op: F) -> Result<(T, ReplicaHandle)>
+    pub(crate) async fn send<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<(T, ReplicaHandle)>
+    where
+        F: Fn(ReplicaHandle) -> Fut,
+        Fut: Future<Output = rayforge::Result<T>>,
+    {
+        self.send_holding(op).await.map(|(v, h, _slot)| (v, h))
+    }
+
+    /// [`Router::send`], and the replica's slot, taken until the returned
+    /// guard is dropped: a streamed response keeps it until its body ends,
+    /// so streams count against `max_ongoing_requests`.
+    pub(crate) async fn send_holding<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<(T, ReplicaHandle, SlotGuard)>
     where
         F: Fn(ReplicaHandle) -> Fut,
         Fut: Future<Output = rayforge::Result<T>>,
@@ -364,11 +375,12 @@ impl Router {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             let (id, handle) = self.acquire().await?;
-            // Released when the call returns, and also when the request is
-            // abandoned mid-call (the proxy's timeout or a client gone drop
-            // this future): otherwise its slot stays taken for good.
-            let mut slot = Held {
-                router: self,
+            // Released when the caller is done with the reply, and also
+            // when the request is abandoned mid-call (the proxy's timeout or
+            // a client gone drop this future): otherwise its slot stays
+            // taken for good.
+            let mut slot = SlotGuard {
+                router: self.clone(),
                 id: id.clone(),
                 dead: false,
             };
@@ -378,9 +390,8 @@ impl Router {
                 Err(rayforge::Error::ActorDied { .. } | rayforge::Error::WorkerDied { .. })
             );
             slot.dead = dead;
-            drop(slot);
             match r {
-                Ok(v) => return Ok((v, handle)),
+                Ok(v) => return Ok((v, handle, slot)),
                 Err(e) if dead => {
                     tracing::info!(deployment = %self.key, replica = %id, "replica died under a request; sending it again: {e}");
                     last = Some(e);
@@ -420,14 +431,14 @@ impl Drop for QueuePlace<'_> {
 }
 
 /// A request's slot on a replica, given back when dropped.
-struct Held<'a> {
-    router: &'a Router,
+pub(crate) struct SlotGuard {
+    router: Arc<Router>,
     id: String,
     /// The replica died under the request.
     dead: bool,
 }
 
-impl Drop for Held<'_> {
+impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.router.release(&self.id, self.dead);
     }

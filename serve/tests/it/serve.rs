@@ -245,11 +245,12 @@ impl Deployment for Lines {
     async fn handle(&self, r: rayforge_serve::HttpRequest) -> Result<rayforge_serve::Streaming> {
         let n: usize = r.query_param("n").and_then(|n| n.parse().ok()).unwrap_or(5);
         let fail_at = r.query_param("fail_at").and_then(|n| n.parse::<usize>().ok());
+        let ms: u64 = r.query_param("ms").and_then(|n| n.parse().ok()).unwrap_or(2);
         let lines = futures::stream::unfold(0usize, move |i| async move {
             if i == n {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             if Some(i) == fail_at {
                 return Some((Err(Error::BadRequest("the generator broke".into())), i + 1));
             }
@@ -1008,6 +1009,58 @@ fn responses_stream_in_chunks() {
     let e = s.block_on(h.call(rayforge_serve::HttpRequest::default())).unwrap_err();
     assert!(e.to_string().contains("over HTTP only"), "{e}");
     s.shutdown().unwrap();
+}
+
+/// A streamed response holds its replica's slot until its body ends (it
+/// counts against `max_ongoing_requests`), and a redeploy lets a stream in
+/// progress finish instead of cutting it.
+#[test]
+fn streams_count_as_ongoing_and_are_drained_not_cut() {
+    let lines = |max_ongoing: usize| {
+        Application::new("lines").ingress(
+            deployment::<Lines>("Lines")
+                .max_ongoing_requests(max_ongoing)
+                .health_check_period_s(0.1),
+        )
+    };
+    let s = Arc::new(start(vec![lines(1)], opts()));
+    let addr = s.http_addr().to_string();
+    // 30 lines, 50 ms apart: a stream of 1.5 s.
+    let long = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let r = request(&addr, "GET", "/?n=30&ms=50", b"", Duration::from_secs(60)).unwrap();
+            (r.text(), Instant::now())
+        })
+    };
+    // Once the stream has begun, a second request waits for the slot.
+    assert!(wait_until(Duration::from_secs(60), || {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .any(|r| r.ongoing > 0)
+    }));
+    let short = send(&s, "GET", "/?n=1", b"");
+    let short_done = Instant::now();
+    let (text, long_done) = long.join().unwrap();
+    assert_eq!(short.text(), "line 0\n");
+    assert_eq!(text, (0..30).map(|i| format!("line {i}\n")).collect::<String>());
+    assert!(short_done >= long_done, "the second request ran beside the stream");
+    // A stream in progress when the deployment rolls ends whole.
+    let long = {
+        let addr = addr.clone();
+        std::thread::spawn(move || request(&addr, "GET", "/?n=30&ms=50", b"", Duration::from_secs(60)).unwrap())
+    };
+    assert!(wait_until(Duration::from_secs(60), || {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .any(|r| r.ongoing > 0)
+    }));
+    s.deploy(vec![lines(2)]).unwrap();
+    let r = long.join().unwrap();
+    assert_eq!(r.text(), (0..30).map(|i| format!("line {i}\n")).collect::<String>());
+    Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
 }
 
 #[test]

@@ -231,7 +231,24 @@ impl Event {
     }
 }
 
+/// Where the controller keeps the declared applications (namespace, key
+/// of the cluster's key-value store): a controller restarted after its
+/// process died declares them again.
+const SAVED: (&str, &str) = ("serve", "controller/applications");
+
+/// A route-table version above any an earlier instance of the controller
+/// published (microseconds since the epoch), so routers take a restarted
+/// controller's tables.
+fn first_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 struct Inner {
+    /// Whether the saved applications were looked for (once, on the first
+    /// call: a restarted controller redeclares them).
+    restored: tokio::sync::OnceCell<()>,
     state: Mutex<State>,
     routes: watch::Sender<Arc<RouteTable>>,
     events: mpsc::UnboundedSender<Event>,
@@ -249,14 +266,16 @@ pub(crate) struct Controller {
 impl Controller {
     fn new() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let version = first_version();
         let (routes, _) = watch::channel(Arc::new(RouteTable {
-            version: 1,
+            version,
             ..Default::default()
         }));
         Controller {
             inner: Arc::new(Inner {
+                restored: tokio::sync::OnceCell::new(),
                 state: Mutex::new(State {
-                    version: 1,
+                    version,
                     ..Default::default()
                 }),
                 routes,
@@ -267,14 +286,23 @@ impl Controller {
         }
     }
 
-    /// Declares the applications (replacing what was declared before).
+    /// Declares the applications (replacing what was declared before) and
+    /// saves them in the cluster's key-value store.
     async fn deploy(&self, apps: Vec<AppDecl>) -> Result<()> {
+        // A declaration supersedes whatever an earlier instance saved.
+        let _ = self.inner.restored.set(());
         self.start_loop();
-        self.inner.deploy(apps)
+        self.inner.deploy(apps.clone())?;
+        let saved = serde_json::to_vec(&apps).map_err(|e| Error::internal(format!("saving the applications: {e}")))?;
+        if let Err(e) = rayforge::kv::put_async(SAVED.0, SAVED.1, &saved, true).await {
+            tracing::warn!("the applications are not saved; a restarted controller will not know them: {e}");
+        }
+        Ok(())
     }
 
     /// The route table once its version is above `since` (or after a while).
     async fn routes(&self, since: u64) -> RouteTable {
+        self.restore().await;
         let mut rx = self.inner.routes.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|t| t.version > since)).await;
         let t = rx.borrow().clone();
@@ -285,21 +313,27 @@ impl Controller {
     /// (`reporter` names the process): autoscaling demand, and what wakes
     /// a deployment scaled to zero.
     async fn report_waiting(&self, reporter: String, waiting: BTreeMap<String, usize>) {
+        self.restore().await;
         self.start_loop();
         self.inner.report_waiting(&reporter, waiting);
     }
 
     /// Every application's and deployment's state.
     async fn status(&self) -> ServeStatus {
+        self.restore().await;
         self.inner.status()
     }
 
     /// Declares nothing: every replica drains and stops. Returns once all
     /// have stopped (or their graceful timeouts passed).
     async fn shutdown(&self) -> bool {
+        let _ = self.inner.restored.set(());
         self.start_loop();
         if self.inner.deploy(Vec::new()).is_err() {
             return false;
+        }
+        if let Err(e) = rayforge::kv::delete_async(SAVED.0, SAVED.1).await {
+            tracing::warn!("cannot forget the saved applications: {e}");
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
@@ -313,6 +347,38 @@ impl Controller {
 }
 
 impl Controller {
+    /// On a controller restarted after its process died (the first call
+    /// it gets that is not a declaration): declares the applications the
+    /// previous instance saved.
+    async fn restore(&self) {
+        self.inner
+            .restored
+            .get_or_init(|| async {
+                let saved = match rayforge::kv::get_async(SAVED.0, SAVED.1).await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!("cannot read the saved applications: {e}");
+                        return;
+                    }
+                };
+                match serde_json::from_slice::<Vec<AppDecl>>(&saved) {
+                    Ok(apps) => {
+                        tracing::warn!(
+                            applications = apps.len(),
+                            "the serve controller restarted: declaring its applications again"
+                        );
+                        self.start_loop();
+                        if let Err(e) = self.inner.deploy(apps) {
+                            tracing::error!("the saved applications do not deploy: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("the saved applications do not parse: {e}"),
+                }
+            })
+            .await;
+    }
+
     fn start_loop(&self) {
         let mut l = self.inner.event_loop.lock();
         if l.is_none() {

@@ -98,10 +98,13 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             "serve is already running in this cluster (actor `{CONTROLLER_NAME}` exists)"
         )));
     }
+    // Restarted when its process dies: it declares the applications it
+    // saved again (its replicas, which shared its fate, start anew).
     let controller = Controller::options()
         .name(CONTROLLER_NAME)
         .num_cpus(0.0)
         .max_concurrency(100_000)
+        .max_restarts(-1)
         .remote()?;
     if let Err(e) = controller.deploy(decls).get() {
         let _ = rayforge::kill(&controller);

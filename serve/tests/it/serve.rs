@@ -609,6 +609,55 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
     Arc::try_unwrap(s).ok().unwrap().shutdown().unwrap();
 }
 
+/// The controller's process dying loses nothing for good: it restarts,
+/// declares the applications it saved in the cluster's key-value store
+/// again, and requests are answered again.
+#[test]
+fn a_killed_controller_restarts_with_its_applications() {
+    // The controller says in its log that it runs: that is how this test
+    // finds its process.
+    // SAFETY: set before any other thread of this process starts (each
+    // test runs in a process of its own).
+    unsafe { std::env::set_var("RAYFORGE_LOG", "rayforge_serve::controller=info") };
+    let s = start(
+        vec![Application::new("greet").ingress(deployment::<Greeter>("Greeter"))],
+        opts(),
+    );
+    assert!(send(&s, "POST", "/", br#""ann""#).text().starts_with("hello ann"));
+    let mut pid = 0;
+    assert!(wait_until(Duration::from_secs(60), || {
+        pid = rayforge::state::worker_logs(None, Some(1 << 16))
+            .map(|l| {
+                l.items
+                    .iter()
+                    .find(|w| w.alive && w.text.contains("serve controller running"))
+                    .map_or(0, |w| w.pid)
+            })
+            .unwrap_or(0);
+        pid > 0
+    }));
+    // SAFETY: kill(2) on the controller's worker process.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            let r = request(
+                &s.http_addr().to_string(),
+                "POST",
+                "/",
+                br#""bob""#,
+                Duration::from_secs(10),
+            );
+            r.is_ok_and(|r| r.status == 200 && r.text().starts_with("hello bob"))
+        }),
+        "{:?}",
+        s.status()
+    );
+    assert!(wait_until(Duration::from_secs(60), || s
+        .status()
+        .is_ok_and(|st| st.healthy())));
+    s.shutdown().unwrap();
+}
+
 /// Greets like [`Greeter`], but takes a second and a half to start.
 struct SlowStarter(Greeter);
 

@@ -720,106 +720,53 @@ impl Inner {
         }
     }
 
+    /// One pass of the control loop: [`plan`] decides, then the actions
+    /// are carried out (and the route table published when it changed).
     fn reconcile(&self) {
         let mut s = self.state.lock();
-        let now = Instant::now();
-        let mut changed = false;
-        let mut next_replica = s.next_replica;
-        let keys: Vec<String> = s.deps.keys().cloned().collect();
-        for k in keys {
-            let Some(dep) = s.deps.get_mut(&k) else { continue };
-            // Health checks (also the autoscaler's load figures).
-            let period = Duration::from_secs_f64(dep.config.health_check_period_s.max(0.05));
-            let timeout = Duration::from_secs_f64(dep.config.health_check_timeout_s.max(0.1));
-            for r in dep.replicas.iter_mut() {
-                if r.state == ReplicaState::Running && !r.checking && now.duration_since(r.last_check) >= period {
-                    if let Some(h) = r.handle.clone() {
-                        r.checking = true;
-                        let (tx, k, id) = (self.events.clone(), k.clone(), r.id.clone());
-                        tokio::spawn(async move {
-                            let result = match tokio::time::timeout(timeout, h.health()).await {
-                                Ok(Ok(h)) => Ok(h),
-                                Ok(Err(e)) => Err((e.to_string(), is_dead(&e))),
-                                Err(_) => Err((format!("health check timed out after {timeout:?}"), false)),
-                            };
-                            let _ = tx.send(Event::Health { key: k, id, result });
-                        });
-                    }
-                }
-            }
-            dep.target = if dep.removed { 0 } else { target_of(dep, now) };
-            let cur = dep.version;
-            let new_live = dep
-                .replicas
-                .iter()
-                .filter(|r| r.version == cur && r.state != ReplicaState::Stopping)
-                .count();
-            let starting = dep
-                .replicas
-                .iter()
-                .filter(|r| r.state == ReplicaState::Starting)
-                .count();
-            let running = dep.replicas.iter().filter(|r| r.state == ReplicaState::Running).count();
-            let old_running: Vec<usize> = (0..dep.replicas.len())
-                .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Running)
-                .collect();
-            let may_start = !matches!(dep.retry_at, Some(t) if now < t);
-            let mut to_start = 0;
-            let mut to_stop: Vec<usize> = Vec::new();
-            // Old-version replicas still starting are not worth waiting for.
-            to_stop.extend(
-                (0..dep.replicas.len())
-                    .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Starting),
-            );
-            if old_running.is_empty() {
-                if new_live < dep.target && may_start {
-                    to_start = dep.target - new_live;
-                } else if new_live > dep.target {
-                    // Stop the idlest running ones (starting ones first).
-                    let mut cand: Vec<usize> = (0..dep.replicas.len())
-                        .filter(|&i| dep.replicas[i].state != ReplicaState::Stopping)
-                        .collect();
-                    cand.sort_by_key(|&i| (dep.replicas[i].state == ReplicaState::Running, dep.replicas[i].ongoing));
-                    to_stop.extend(cand.into_iter().take(new_live - dep.target));
-                }
-            } else if starting == 0 {
-                // Rolling: one new replica up, then one old replica down.
-                if running > dep.target || new_live >= dep.target {
-                    to_stop.push(old_running[0]);
-                } else if may_start {
-                    to_start = 1;
-                }
-            }
-            for _ in 0..to_start {
-                next_replica += 1;
-                let id = format!("{}#{}", dep.name, next_replica);
-                self.start_replica(&k, dep, id.clone());
-                dep.replicas.push(Rep {
-                    id,
-                    handle: None,
-                    version: cur,
-                    state: ReplicaState::Starting,
-                    failures: 0,
-                    checking: false,
-                    last_check: now,
-                    ongoing: 0,
-                    served: 0,
-                    user_config: dep.config.user_config.clone(),
+        let (actions, changed) = plan(&mut s, Instant::now());
+        for a in actions {
+            self.apply(&s, a);
+        }
+        if changed {
+            self.publish(&mut s);
+        }
+    }
+
+    /// Carries out one of [`plan`]'s actions: spawns the calls it needs,
+    /// whose outcomes come back as events.
+    fn apply(&self, s: &State, action: Action) {
+        let find = |k: &str, id: &str| {
+            let dep = s.deps.get(k)?;
+            Some((dep, dep.replicas.iter().find(|r| r.id == id)?))
+        };
+        match action {
+            Action::Check { key, id } => {
+                let Some((dep, r)) = find(&key, &id) else { return };
+                let Some(h) = r.handle.clone() else { return };
+                let timeout = Duration::from_secs_f64(dep.config.health_check_timeout_s.max(0.1));
+                let tx = self.events.clone();
+                tokio::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, h.health()).await {
+                        Ok(Ok(h)) => Ok(h),
+                        Ok(Err(e)) => Err((e.to_string(), is_dead(&e))),
+                        Err(_) => Err((format!("health check timed out after {timeout:?}"), false)),
+                    };
+                    let _ = tx.send(Event::Health { key, id, result });
                 });
             }
-            to_stop.sort_unstable();
-            to_stop.dedup();
-            for i in to_stop {
-                let r = &mut dep.replicas[i];
-                if r.state == ReplicaState::Running {
-                    changed = true;
+            Action::Start { key, id } => {
+                if let Some(dep) = s.deps.get(&key) {
+                    self.start_replica(&key, dep, id);
                 }
-                r.state = ReplicaState::Stopping;
-                let grace = Duration::from_secs_f64(dep.config.graceful_shutdown_timeout_s);
-                let (tx, k, id, h) = (self.events.clone(), k.clone(), r.id.clone(), r.handle.clone());
-                tracing::info!(deployment = %k, replica = %id, "stopping a replica");
+            }
+            Action::Stop { key, id, handle } => {
+                let grace = s.deps.get(&key).map_or(0.0, |d| d.config.graceful_shutdown_timeout_s);
+                let grace = Duration::from_secs_f64(grace);
+                let tx = self.events.clone();
+                tracing::info!(deployment = %key, replica = %id, "stopping a replica");
                 tokio::spawn(async move {
-                    if let Some(h) = h {
+                    if let Some(h) = handle {
                         // Routers stop sending first; then the replica drains
                         // (its streamed responses too, which `stop` would cut).
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -832,16 +779,9 @@ impl Inner {
                         }
                         let _ = rayforge::kill_async(&h).await;
                     }
-                    let _ = tx.send(Event::Stopped { key: k, id });
+                    let _ = tx.send(Event::Stopped { key, id });
                 });
             }
-        }
-        s.next_replica = next_replica;
-        // Removed deployments go once their last replica has stopped.
-        let before = s.deps.len();
-        s.deps.retain(|_, d| !(d.removed && d.replicas.is_empty()));
-        if changed || s.deps.len() != before {
-            self.publish(&mut s);
         }
     }
 
@@ -925,6 +865,130 @@ impl Inner {
     }
 }
 
+/// What the control loop does on one pass.
+#[derive(Debug)]
+enum Action {
+    /// Ask a running replica for its health and load.
+    Check { key: String, id: String },
+    /// Start a replica (already recorded as starting).
+    Start { key: String, id: String },
+    /// Drain and stop a replica (already recorded as stopping).
+    Stop {
+        key: String,
+        id: String,
+        handle: Option<ReplicaHandle>,
+    },
+}
+
+/// Decides one pass of the control loop from the state and the time,
+/// without doing any of it: health checks that are due, each deployment's
+/// target (autoscaling), replicas to start and to stop (one at a time while
+/// a new version rolls out). Records its decisions in the state (replicas
+/// starting and stopping, checks in flight, timers) and drops removed
+/// deployments with no replica left. Returns the actions and whether the
+/// route table changed.
+fn plan(s: &mut State, now: Instant) -> (Vec<Action>, bool) {
+    let mut actions = Vec::new();
+    let mut changed = false;
+    let mut next_replica = s.next_replica;
+    for (k, dep) in s.deps.iter_mut() {
+        // Health checks (also the autoscaler's load figures).
+        let period = Duration::from_secs_f64(dep.config.health_check_period_s.max(0.05));
+        for r in dep.replicas.iter_mut() {
+            if r.state == ReplicaState::Running
+                && !r.checking
+                && r.handle.is_some()
+                && now.duration_since(r.last_check) >= period
+            {
+                r.checking = true;
+                actions.push(Action::Check {
+                    key: k.clone(),
+                    id: r.id.clone(),
+                });
+            }
+        }
+        dep.target = if dep.removed { 0 } else { target_of(dep, now) };
+        let cur = dep.version;
+        let new_live = dep
+            .replicas
+            .iter()
+            .filter(|r| r.version == cur && r.state != ReplicaState::Stopping)
+            .count();
+        let starting = dep
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Starting)
+            .count();
+        let running = dep.replicas.iter().filter(|r| r.state == ReplicaState::Running).count();
+        let old_running: Vec<usize> = (0..dep.replicas.len())
+            .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Running)
+            .collect();
+        let may_start = !matches!(dep.retry_at, Some(t) if now < t);
+        let mut to_start = 0;
+        let mut to_stop: Vec<usize> = Vec::new();
+        // Old-version replicas still starting are not worth waiting for.
+        to_stop.extend(
+            (0..dep.replicas.len())
+                .filter(|&i| dep.replicas[i].version != cur && dep.replicas[i].state == ReplicaState::Starting),
+        );
+        if old_running.is_empty() {
+            if new_live < dep.target && may_start {
+                to_start = dep.target - new_live;
+            } else if new_live > dep.target {
+                // Stop the idlest running ones (starting ones first).
+                let mut cand: Vec<usize> = (0..dep.replicas.len())
+                    .filter(|&i| dep.replicas[i].state != ReplicaState::Stopping)
+                    .collect();
+                cand.sort_by_key(|&i| (dep.replicas[i].state == ReplicaState::Running, dep.replicas[i].ongoing));
+                to_stop.extend(cand.into_iter().take(new_live - dep.target));
+            }
+        } else if starting == 0 {
+            // Rolling: one new replica up, then one old replica down.
+            if running > dep.target || new_live >= dep.target {
+                to_stop.push(old_running[0]);
+            } else if may_start {
+                to_start = 1;
+            }
+        }
+        for _ in 0..to_start {
+            next_replica += 1;
+            let id = format!("{}#{}", dep.name, next_replica);
+            dep.replicas.push(Rep {
+                id: id.clone(),
+                handle: None,
+                version: cur,
+                state: ReplicaState::Starting,
+                failures: 0,
+                checking: false,
+                last_check: now,
+                ongoing: 0,
+                served: 0,
+                user_config: dep.config.user_config.clone(),
+            });
+            actions.push(Action::Start { key: k.clone(), id });
+        }
+        to_stop.sort_unstable();
+        to_stop.dedup();
+        for i in to_stop {
+            let r = &mut dep.replicas[i];
+            if r.state == ReplicaState::Running {
+                changed = true;
+            }
+            r.state = ReplicaState::Stopping;
+            actions.push(Action::Stop {
+                key: k.clone(),
+                id: r.id.clone(),
+                handle: r.handle.clone(),
+            });
+        }
+    }
+    s.next_replica = next_replica;
+    // Removed deployments go once their last replica has stopped.
+    let before = s.deps.len();
+    s.deps.retain(|_, d| !(d.removed && d.replicas.is_empty()));
+    (actions, changed || s.deps.len() != before)
+}
+
 /// The replica count a deployment wants now (autoscaling with its delays).
 fn target_of(dep: &mut Dep, now: Instant) -> usize {
     let Some(a) = dep.config.autoscaling.clone() else {
@@ -970,4 +1034,184 @@ fn target_of(dep: &mut Dep, now: Instant) -> usize {
         dep.down_since = None;
     }
     current
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::config::Autoscaling;
+
+    fn nothing(_: &crate::Context, _: Option<serde_json::Value>) -> Result<Box<dyn crate::replica::Erased>> {
+        Err(Error::internal("not built in these tests"))
+    }
+
+    fn dep(config: DeploymentConfig) -> Dep {
+        Dep {
+            app: "app".into(),
+            name: "D".into(),
+            build: FnRef::new(nothing as BuildFn),
+            config,
+            version: 1,
+            removed: false,
+            replicas: Vec::new(),
+            target: 0,
+            up_since: None,
+            down_since: None,
+            start_failures: 0,
+            retry_at: None,
+            message: String::new(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    fn state(d: Dep) -> State {
+        let mut s = State::default();
+        s.deps.insert("app/D".into(), d);
+        s
+    }
+
+    fn states(s: &State) -> Vec<(String, ReplicaState, u64)> {
+        s.deps["app/D"]
+            .replicas
+            .iter()
+            .map(|r| (r.id.clone(), r.state, r.version))
+            .collect()
+    }
+
+    fn started(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Start { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stopped(actions: &[Action]) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Marks every starting replica running (as its `Started` event does).
+    fn all_run(s: &mut State) {
+        for r in s.deps.get_mut("app/D").unwrap().replicas.iter_mut() {
+            if r.state == ReplicaState::Starting {
+                r.state = ReplicaState::Running;
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_deployment_starts_its_replicas_once() {
+        let mut s = state(dep(DeploymentConfig {
+            num_replicas: 2,
+            ..Default::default()
+        }));
+        let now = Instant::now();
+        let (a, _) = plan(&mut s, now);
+        assert_eq!(started(&a), vec!["D#1", "D#2"]);
+        // Already starting: nothing more to do.
+        let (a, changed) = plan(&mut s, now);
+        assert!(a.is_empty() && !changed, "{a:?}");
+    }
+
+    #[test]
+    fn a_new_version_rolls_one_replica_at_a_time() {
+        let mut s = state(dep(DeploymentConfig {
+            num_replicas: 2,
+            ..Default::default()
+        }));
+        let now = Instant::now();
+        plan(&mut s, now);
+        all_run(&mut s);
+        s.deps.get_mut("app/D").unwrap().version = 2;
+        // One new replica first; the old ones keep serving.
+        let (a, _) = plan(&mut s, now);
+        assert_eq!((started(&a), stopped(&a)), (vec!["D#3"], vec![]));
+        assert!(plan(&mut s, now).0.is_empty(), "waits for the new one to run");
+        all_run(&mut s);
+        // It runs: one old one goes, then another new one comes.
+        let (a, changed) = plan(&mut s, now);
+        assert_eq!((started(&a), stopped(&a), changed), (vec![], vec!["D#1"], true));
+        s.deps.get_mut("app/D").unwrap().replicas.retain(|r| r.id != "D#1");
+        let (a, _) = plan(&mut s, now);
+        assert_eq!(started(&a), vec!["D#4"]);
+        all_run(&mut s);
+        let (a, _) = plan(&mut s, now);
+        assert_eq!(stopped(&a), vec!["D#2"]);
+        s.deps.get_mut("app/D").unwrap().replicas.retain(|r| r.id != "D#2");
+        assert!(plan(&mut s, now).0.is_empty());
+        assert_eq!(
+            states(&s),
+            vec![
+                ("D#3".into(), ReplicaState::Running, 2),
+                ("D#4".into(), ReplicaState::Running, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn waiting_requests_wake_a_deployment_at_zero_and_idle_ones_go_after_the_delay() {
+        let mut d = dep(DeploymentConfig {
+            autoscaling: Some(Autoscaling {
+                min_replicas: 0,
+                max_replicas: 3,
+                target_ongoing_requests: 1.0,
+                upscale_delay_s: 5.0,
+                downscale_delay_s: 10.0,
+            }),
+            ..Default::default()
+        });
+        d.target = 0;
+        let mut s = state(d);
+        let t0 = Instant::now();
+        assert!(plan(&mut s, t0).0.is_empty(), "nothing asked for, nothing runs");
+        // A request waits: one replica at once, without the upscale delay.
+        s.deps.get_mut("app/D").unwrap().waiting.insert("proxy".into(), (1, t0));
+        assert_eq!(started(&plan(&mut s, t0).0), vec!["D#1"]);
+        all_run(&mut s);
+        // Four more waiting beside the one running: past the upscale delay,
+        // five replicas' worth of demand, capped at three.
+        s.deps.get_mut("app/D").unwrap().replicas[0].ongoing = 1;
+        s.deps.get_mut("app/D").unwrap().waiting.insert("proxy".into(), (4, t0));
+        assert!(started(&plan(&mut s, t0).0).is_empty(), "within the upscale delay");
+        let t1 = t0 + Duration::from_secs(6);
+        s.deps.get_mut("app/D").unwrap().waiting.insert("proxy".into(), (4, t1));
+        assert_eq!(started(&plan(&mut s, t1).0), vec!["D#2", "D#3"]);
+        all_run(&mut s);
+        // Idle: after the downscale delay every replica goes.
+        let d = s.deps.get_mut("app/D").unwrap();
+        d.replicas[0].ongoing = 0;
+        d.waiting.clear();
+        let t2 = t1 + Duration::from_secs(1);
+        assert!(stopped(&plan(&mut s, t2).0).is_empty());
+        let t3 = t2 + Duration::from_secs(11);
+        assert_eq!(stopped(&plan(&mut s, t3).0).len(), 3);
+    }
+
+    #[test]
+    fn checks_come_due_with_the_period_and_removed_deployments_go_when_empty() {
+        let mut s = state(dep(DeploymentConfig {
+            health_check_period_s: 1.0,
+            ..Default::default()
+        }));
+        let t0 = Instant::now();
+        plan(&mut s, t0);
+        all_run(&mut s);
+        // Without a handle (not started for real) there is nothing to ask.
+        assert!(plan(&mut s, t0 + Duration::from_secs(2)).0.is_empty());
+        let d = s.deps.get_mut("app/D").unwrap();
+        d.removed = true;
+        let (a, _) = plan(&mut s, t0 + Duration::from_secs(2));
+        assert_eq!(stopped(&a), vec!["D#1"]);
+        s.deps.get_mut("app/D").unwrap().replicas.clear();
+        let (_, changed) = plan(&mut s, t0 + Duration::from_secs(3));
+        assert!(changed && s.deps.is_empty());
+    }
 }

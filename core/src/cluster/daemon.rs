@@ -33,6 +33,21 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         // of this process advertises it.
         std::env::set_var(crate::session::ENV_ADVERTISE_HOST, host.trim());
     }
+    if let Some(t) = &opts.tls {
+        // Before any thread starts, as above: workers and jobs inherit it.
+        t.export();
+    }
+    // A certificate or key that does not load stops the start, naming it.
+    if let Some(t) = crate::tls::settings()? {
+        if t.identity_pem().is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "TLS: a node serves, so it needs a certificate and key (--tls-cert, --tls-key, or ${} and ${})",
+                crate::tls::ENV_CERT,
+                crate::tls::ENV_KEY
+            )));
+        }
+        tracing::info!("TLS on every port");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rayforge-daemon")
@@ -103,7 +118,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
                 opts.storage_budget.unwrap_or(crate::storage::DEFAULT_BUDGET),
             )?;
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{bind}:{port}")).await?;
-            gcs.serve(incoming);
+            gcs.serve(incoming)?;
             let local = crate::rpc::advertised(local);
             tracing::info!(addr = %local, state = %dir.display(), "head control service started");
             let jobs_port = opts.jobs_port.unwrap_or(crate::jobs::DEFAULT_JOBS_PORT);
@@ -114,7 +129,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             };
             let access = crate::http::Access::new(token.clone(), viewer.clone());
             let jobs = crate::jobs::serve(gcs.clone(), local.clone(), access, &bind, jobs_port, more).await?;
-            jobs_address = format!("http://{}", crate::rpc::advertised(jobs));
+            jobs_address = format!("{}://{}", crate::tls::http_scheme(), crate::rpc::advertised(jobs));
             (local, token, Some(gcs))
         } else {
             let address = opts
@@ -154,7 +169,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             node_address: node.state.tcp_addr.clone(),
             node_id: node.state.node_id.clone(),
             jobs_address,
-            metrics_address: format!("http://{metrics_addr}"),
+            metrics_address: format!("{}://{metrics_addr}", crate::tls::http_scheme()),
         };
         if opts.head {
             let text = serde_json::to_string(&ready).map_err(|e| Error::Internal(e.to_string()))?;
@@ -167,8 +182,11 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         let pidfile = daemons_dir().join(std::process::id().to_string());
         let _ = std::fs::create_dir_all(daemons_dir());
         let _ = std::fs::write(&pidfile, &ready.node_address);
+        // Handlers first: a SIGTERM right after the ready line must stop
+        // this node cleanly, not kill it by the default action.
+        let signals = signals();
         on_ready(&ready);
-        wait_for_signal().await;
+        wait_for_signal(signals).await;
         tracing::info!("stopping the node");
         // Recorded as stopped (a head records its own node in its state),
         // not as alive until a heartbeat timeout.
@@ -202,9 +220,19 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     res.map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
-async fn wait_for_signal() {
+type Signals = Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>;
+
+/// SIGTERM and SIGINT, caught from now on.
+fn signals() -> Signals {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => None,
+    }
+}
+
+async fn wait_for_signal(signals: Signals) {
+    let Some((mut term, mut int)) = signals else {
         std::future::pending::<()>().await;
         return;
     };

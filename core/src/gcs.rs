@@ -481,16 +481,13 @@ impl Gcs {
     }
 
     /// Serves the control service on `listener` until the process ends.
-    pub(crate) fn serve(self: &Arc<Self>, incoming: crate::rpc::Incoming) {
+    pub(crate) fn serve(self: &Arc<Self>, incoming: crate::rpc::Incoming) -> Result<()> {
         let svc = proto::control_service_server::ControlServiceServer::new(GcsService(self.clone()))
             .max_decoding_message_size(64 << 20);
         let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
+        let mut server = crate::rpc::tcp_server()?;
         tokio::spawn(async move {
-            if let Err(e) = crate::rpc::server()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await
-            {
+            if let Err(e) = server.add_service(svc).serve_with_incoming(incoming).await {
                 tracing::error!("control service stopped: {e}");
             }
         });
@@ -512,6 +509,7 @@ impl Gcs {
                 g.check_heartbeats();
             }
         });
+        Ok(())
     }
 }
 

@@ -196,15 +196,21 @@ pub struct HttpLimits {
     /// The most bytes a request's line and headers may take (at least
     /// 8 KiB): larger ones get `431`.
     pub max_header_bytes: usize,
+    /// Whether the port speaks TLS when this process has a certificate
+    /// ([`crate::tls`]); off for ports only the machine itself reaches
+    /// (Serve's admin port, on loopback).
+    pub tls: bool,
 }
 
 impl Default for HttpLimits {
-    /// 10 s for headers, 4,096 connections, 64 KiB of headers.
+    /// 10 s for headers, 4,096 connections, 64 KiB of headers, TLS when
+    /// configured.
     fn default() -> Self {
         HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_header_bytes: 64 << 10,
+            tls: true,
         }
     }
 }
@@ -230,6 +236,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    // A certificate this process could not load was refused when the
+    // daemon started; here it only decides whether to speak TLS.
+    let tls = crate::tls::settings()
+        .ok()
+        .flatten()
+        .filter(|t| limits.tls && t.identity_pem().is_some())
+        .and_then(|t| t.server_config().ok())
+        .map(tokio_rustls::TlsAcceptor::from);
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -268,12 +282,29 @@ pub async fn serve(
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.max_header_bytes.max(8 << 10));
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _permit = permit;
+            let ended = match tls {
+                // The handshake, too, must finish within the header timeout.
+                Some(tls) => match tokio::time::timeout(limits.header_read_timeout, tls.accept(stream)).await {
+                    Ok(Ok(s)) => watcher.watch(http.serve_connection(TokioIo::new(s), service)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!("TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!("HTTP connection ended: {e}");
             }
-            drop(permit);
         });
     }
     drop(listener);

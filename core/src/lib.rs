@@ -100,6 +100,7 @@ mod rpc;
 mod session;
 pub mod state;
 pub mod storage;
+pub mod tls;
 pub mod util;
 mod worker;
 

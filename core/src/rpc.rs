@@ -139,16 +139,27 @@ pub(crate) async fn bind_tcp(addr: &str) -> Result<(Incoming, SocketAddr)> {
     Ok((Box::pin(incoming), local))
 }
 
-/// The endpoint settings every channel uses.
+/// The endpoint settings every channel uses; TCP endpoints speak TLS when
+/// this process is configured for it ([`crate::tls`]).
 fn endpoint(addr: &str) -> Result<Endpoint> {
+    let tls = if is_tcp(addr) { crate::tls::settings()? } else { None };
     // For Unix sockets the URI is a placeholder: the connector dials the path.
-    let uri = if is_tcp(addr) {
-        format!("http://{addr}")
-    } else {
-        "http://[::]:50051".to_string()
+    let uri = match (is_tcp(addr), &tls) {
+        (true, Some(_)) => format!("https://{addr}"),
+        (true, None) => format!("http://{addr}"),
+        (false, _) => "http://[::]:50051".to_string(),
     };
-    Ok(Endpoint::try_from(uri)
-        .map_err(|e| Error::InvalidArgument(format!("bad address `{addr}`: {e}")))?
+    let mut ep = Endpoint::try_from(uri).map_err(|e| Error::InvalidArgument(format!("bad address `{addr}`: {e}")))?;
+    if let Some(t) = &tls {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_matches(['[', ']']);
+        let cfg = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(t.ca_pem()))
+            .domain_name(t.server_name(host));
+        ep = ep
+            .tls_config(cfg)
+            .map_err(|e| Error::InvalidArgument(format!("TLS to `{addr}`: {e}")))?;
+    }
+    Ok(ep
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -164,6 +175,23 @@ fn endpoint(addr: &str) -> Result<Endpoint> {
 /// small unread DATA frames as half its window holds, so a small window made
 /// a burst of a few thousand small calls from one process (each one DATA
 /// frame) read as an attack, and the whole connection was closed.
+/// [`server`] for a TCP listener: with TLS when this process has a
+/// certificate ([`crate::tls`]).
+pub(crate) fn tcp_server() -> Result<tonic::transport::Server> {
+    let s = server();
+    let Some(t) = crate::tls::settings()? else { return Ok(s) };
+    let Some((cert, key)) = t.identity_pem() else {
+        return Err(Error::InvalidArgument(format!(
+            "TLS: this process serves gRPC but has no certificate (${}, ${})",
+            crate::tls::ENV_CERT,
+            crate::tls::ENV_KEY
+        )));
+    };
+    let identity = tonic::transport::Identity::from_pem(cert, key);
+    s.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+        .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))
+}
+
 pub(crate) fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -157,7 +157,11 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
             .layer(axum::middleware::from_fn_with_state(Arc::new(token), admin_token))
             .layer(axum::middleware::from_fn(no_browsers));
         let admin_task = tokio::spawn(async move {
-            let limits = rayforge::http::HttpLimits::default();
+            // Loopback only, behind its token: plain HTTP for `serve` commands.
+            let limits = rayforge::http::HttpLimits {
+                tls: false,
+                ..Default::default()
+            };
             rayforge::http::serve(admin, admin_app, limits, std::future::pending()).await;
         });
         tracing::info!(%http_addr, %admin_addr, "serve proxy listening");

@@ -34,6 +34,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `start`'s many options costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start a head (`--head`) or a node joining one (`--address`) in the background.
@@ -91,6 +93,17 @@ enum Command {
         /// running job needs are removed.
         #[arg(long)]
         artifact_budget: Option<u64>,
+        /// TLS on every port of this node: its certificate (PEM; with
+        /// --tls-key). Clients trust --tls-ca, else this certificate; other
+        /// programs set $RAYFORGE_TLS_CA to dial a TLS cluster.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// The authority clients trust (PEM; default: --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_ca: Option<std::path::PathBuf>,
         /// Port of the head's HTTP jobs API (0: any free port).
         #[arg(long, default_value_t = rayforge::jobs::DEFAULT_JOBS_PORT)]
         jobs_port: u16,
@@ -521,6 +534,9 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             state_dir,
             storage_budget,
             artifact_budget,
+            tls_cert,
+            tls_key,
+            tls_ca,
             jobs_port,
             metrics_port,
             advertise_address,
@@ -548,6 +564,10 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 state_dir,
                 storage_budget,
                 artifact_budget,
+                tls: match (tls_cert, tls_key) {
+                    (Some(cert), Some(key)) => Some(rayforge::tls::TlsFiles { cert, key, ca: tls_ca }),
+                    _ => None,
+                },
                 jobs_port: Some(jobs_port),
                 metrics_port,
                 advertise_address,

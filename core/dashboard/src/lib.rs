@@ -136,7 +136,7 @@ pub(crate) struct Dash {
     /// tail, `None` once it is gone.
     worker_logs: Arc<Polls<u32, Result<Option<rayforge::state::WorkerLog>, String>>>,
     http: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         http_body_util::Empty<bytes::Bytes>,
     >,
 }
@@ -182,7 +182,8 @@ impl Dash {
             job_logs: Polls::new(),
             worker_logs: Polls::new(),
             head,
-            http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+            http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(rayforge::tls::https_connector()),
         }
     }
 
@@ -205,7 +206,7 @@ impl Dash {
     /// A node's `/api/node`.
     async fn node_stats(&self, http_address: &str) -> Result<NodeStats, String> {
         use http_body_util::BodyExt;
-        let req = axum::http::Request::get(format!("http://{http_address}/api/node"))
+        let req = axum::http::Request::get(format!("{}://{http_address}/api/node", rayforge::tls::http_scheme()))
             .header(header::AUTHORIZATION, format!("Bearer {}", self.head.token))
             .body(http_body_util::Empty::new())
             .map_err(|e| e.to_string())?;

@@ -73,6 +73,9 @@ pub struct StartOptions {
     /// head keeps (default [`crate::jobs::DEFAULT_ARTIFACT_BUDGET`]): past
     /// it, the oldest that no running job needs are removed.
     pub artifact_budget: Option<u64>,
+    /// TLS on every port of this node (see [`crate::tls`]): its
+    /// certificate, key and the authority its clients trust.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Port of the head's HTTP jobs API (default 8265; 0: any free port).
     pub jobs_port: Option<u16>,
     /// Port of this node's `/metrics`, `/healthz` and `/readyz` (default:

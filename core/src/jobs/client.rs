@@ -18,14 +18,15 @@ pub struct JobClient {
     token: String,
     rt: tokio::runtime::Runtime,
     http: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
         http_body_util::Full<Bytes>,
     >,
 }
 
 impl JobClient {
     /// Connects to the jobs API at `address` (`http://host:port`,
-    /// `host:port`, or "auto": this machine's cluster); the token defaults
+    /// `https://host:port`, `host:port` (https when this process speaks
+    /// TLS, see [`crate::tls`]), or "auto": this machine's cluster); the token defaults
     /// to `$RAYFORGE_TOKEN`, then this machine's cluster file.
     pub fn connect(address: &str, token: Option<&str>) -> Result<JobClient> {
         let local = crate::cluster::local_cluster().ok();
@@ -44,17 +45,23 @@ impl JobClient {
         } else {
             address.to_string()
         };
-        let base = if base.starts_with("http://") {
-            base
-        } else {
-            format!("http://{base}")
+        // `https://` when given, or when this process speaks TLS.
+        let (scheme, hostport) = match base.split_once("://") {
+            Some((scheme @ ("http" | "https"), rest)) => (scheme.to_string(), rest.to_string()),
+            Some(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "jobs API address `{address}` is not of the form http(s)://host:port"
+                )))
+            }
+            None => (crate::tls::http_scheme().to_string(), base.clone()),
         };
-        let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+        let hostport = hostport.trim_end_matches('/').to_string();
         if !hostport.contains(':') || hostport.contains('/') {
             return Err(Error::InvalidArgument(format!(
-                "jobs API address `{address}` is not of the form http://host:port"
+                "jobs API address `{address}` is not of the form http(s)://host:port"
             )));
         }
+        let base = format!("{scheme}://{hostport}");
         let token = token
             .map(str::to_string)
             .or_else(|| std::env::var("RAYFORGE_TOKEN").ok().filter(|t| !t.is_empty()))
@@ -64,13 +71,9 @@ impl JobClient {
             .enable_all()
             .build()
             .map_err(|e| Error::io("starting a runtime", e))?;
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-        Ok(JobClient {
-            base: format!("http://{hostport}"),
-            token,
-            rt,
-            http,
-        })
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(crate::tls::https_connector());
+        Ok(JobClient { base, token, rt, http })
     }
 
     fn call<T: serde::de::DeserializeOwned>(&self, method: Method, path: &str, body: Vec<u8>) -> Result<T> {

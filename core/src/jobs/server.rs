@@ -138,7 +138,7 @@ pub(crate) async fn serve(
             r.build(&crate::http::HeadHttp {
                 address: api.head_addr.clone(),
                 token: api.token.clone(),
-                http_address: format!("http://{}", crate::rpc::advertised(local)),
+                http_address: format!("{}://{}", crate::tls::http_scheme(), crate::rpc::advertised(local)),
             })
         })
         .unwrap_or_default();

@@ -219,12 +219,9 @@ impl NodeDaemon {
             }
         });
         if let Some((incoming, _)) = tcp {
+            let mut server = crate::rpc::tcp_server()?;
             daemon.spawn(async move {
-                if let Err(e) = crate::rpc::server()
-                    .add_service(svc2)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
+                if let Err(e) = server.add_service(svc2).serve_with_incoming(incoming).await {
                     tracing::error!("node service (TCP) stopped: {e}");
                 }
             });

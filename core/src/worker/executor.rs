@@ -693,9 +693,9 @@ pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Resu
         .max_decoding_message_size(crate::rpc::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::rpc::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(svc, crate::rpc::check_token);
-    let router = crate::rpc::server().add_service(svc);
     let addr = match tcp_host {
         Some(host) => {
+            let router = crate::rpc::tcp_server()?.add_service(svc);
             let (incoming, local) = crate::rpc::bind_tcp(&format!("{host}:0")).await?;
             tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
@@ -705,6 +705,7 @@ pub(crate) async fn serve(uds: &std::path::Path, tcp_host: Option<&str>) -> Resu
             crate::rpc::advertised(local)
         }
         None => {
+            let router = crate::rpc::server().add_service(svc);
             let incoming = crate::rpc::bind_uds(uds)?;
             tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {

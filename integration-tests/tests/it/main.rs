@@ -20,4 +20,5 @@ pub mod resources;
 pub mod spilling;
 pub mod storage;
 pub mod tasks;
+pub mod tls;
 pub mod utilities;

@@ -10,7 +10,10 @@
    it, from any source, nothing but the head's 8265, while the cluster's own
    pods reach each other on every TCP port. Copies with one of these broken
    must be caught (so the check can fail);
-4. the head's and the worker's container arguments start real daemons: each
+4. the TLS component (tls/) renders and validates over the manifests, keeps
+   the pods as secure, and gives both daemons the Secret's certificate, key
+   and authority, the name clients check, and HTTPS probes;
+5. the head's and the worker's container arguments start real daemons: each
    is run here with `rayforge` (the pod IP and the token filled in, ports and
    paths moved to free ones on loopback, $TMPDIR a directory of its own), the
    worker joins the head, both answer their readiness and liveness probes on
@@ -25,6 +28,7 @@ import base64
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -313,6 +317,48 @@ for what, mutate in mutations.items():
     if not pod_security_problems(bad) + network_policy_problems(bad):
         fail(f"a copy with {what} passed the pod security and network policy checks: they cannot fail")
 print(f"pod security and network policy: every pod passes; {len(mutations)} broken copies are caught")
+
+# The TLS component (tls/): an overlay with it renders, validates, keeps the
+# pods as secure, and gives both daemons the certificate, key and authority
+# from the Secret, the name clients check, and HTTPS probes.
+# kustomize takes only relative paths, and no overlay inside its base:
+# base/ (the copy, with its token.env), tls/ and overlay/ side by side.
+parent = tempfile.mkdtemp(prefix="rayforge-k8s-tls-")
+shutil.copytree(copy_dir, os.path.join(parent, "base"))
+shutil.copytree(os.path.join(here, "tls"), os.path.join(parent, "tls"))
+overlay = os.path.join(parent, "overlay")
+os.makedirs(overlay)
+with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
+    yaml.safe_dump({"resources": ["../base"], "components": ["../tls"]}, f)
+r = subprocess.run([a.kubectl, "kustomize", overlay], capture_output=True, text=True)
+if r.returncode != 0:
+    fail(f"kubectl kustomize of the TLS overlay: {r.stderr}")
+tls_docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+r = validate(tls_docs, "tls.yaml")
+if r.returncode != 0:
+    fail(f"kubernetes-validate --strict refused the TLS overlay:\n{r.stdout}{r.stderr}")
+problems = pod_security_problems(tls_docs) + network_policy_problems(tls_docs)
+if problems:
+    fail("the TLS overlay: " + "; ".join(problems))
+for d in tls_docs:
+    if d["kind"] not in ("StatefulSet", "Deployment"):
+        continue
+    spec = d["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    args = c["args"]
+    for flag in ["--tls-cert=/etc/rayforge/tls/tls.crt", "--tls-key=/etc/rayforge/tls/tls.key", "--tls-ca=/etc/rayforge/tls/ca.crt"]:
+        if flag not in args:
+            fail(f"{d['kind']} of the TLS overlay lacks {flag}")
+    if not any(e["name"] == "RAYFORGE_TLS_SERVER_NAME" for e in c["env"]):
+        fail(f"{d['kind']} of the TLS overlay does not name the certificate's host")
+    for probe_name in ["readinessProbe", "livenessProbe"]:
+        if c[probe_name]["httpGet"].get("scheme") != "HTTPS":
+            fail(f"{d['kind']}'s {probe_name} speaks plain HTTP to a TLS port")
+    vol = next((v for v in spec["volumes"] if v["name"] == "tls"), None)
+    mount = next((m for m in c["volumeMounts"] if m["name"] == "tls"), None)
+    if not vol or vol["secret"]["secretName"] != "rayforge-tls" or not mount or not mount.get("readOnly"):
+        fail(f"{d['kind']} of the TLS overlay does not mount the Secret rayforge-tls read-only")
+print("the TLS component: renders, validates, keeps the pods secure; certificate, key, authority and HTTPS probes in place")
 
 # The containers' arguments, run for real on loopback.
 by_kind = {d["kind"]: d for d in docs}

@@ -131,12 +131,15 @@ fn run(cmd: Cmd, registry: Registry) -> Result<()> {
                 }
             };
             print_status(&st);
-            eprintln!(
-                "serve: listening on http://{} (admin API on {})",
-                serve.http_addr(),
-                serve.admin_addr()
-            );
-            serve.wait_for_shutdown();
+            // The address is printed once SIGTERM is caught: whoever reads
+            // it may stop us at once, and that drains too.
+            serve.wait_for_shutdown_with(|| {
+                eprintln!(
+                    "serve: listening on http://{} (admin API on {})",
+                    serve.http_addr(),
+                    serve.admin_addr()
+                )
+            });
             let r = serve.shutdown();
             rayforge::shutdown();
             r

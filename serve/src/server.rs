@@ -27,7 +27,8 @@ pub struct Serve {
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: Arc<Notify>,
-    _servers: Vec<AbortOnDrop>,
+    /// The proxy's task, then the admin API's.
+    servers: Vec<AbortOnDrop>,
     _admin_token: RemoveOnDrop,
 }
 
@@ -182,7 +183,7 @@ pub(crate) fn start_with(apps: Vec<Application>, http: HttpOptions, registry: Op
         http_addr,
         admin_addr,
         stop,
-        _servers: servers,
+        servers,
         _admin_token: token_file,
     })
 }
@@ -366,21 +367,34 @@ impl Serve {
     /// Kubernetes send) or `serve shutdown` (the admin API); then call
     /// [`Serve::shutdown`], which drains the same way for each.
     pub fn wait_for_shutdown(&self) {
+        self.wait_for_shutdown_with(|| {});
+    }
+
+    /// [`Serve::wait_for_shutdown`], calling `ready` once the signals are
+    /// caught: a SIGTERM that follows what `ready` prints drains too,
+    /// instead of ending the process by the default action.
+    pub fn wait_for_shutdown_with(&self, ready: impl FnOnce()) {
         self.rt.block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
-            let term = async {
-                match signal(SignalKind::terminate()) {
-                    Ok(mut t) => {
-                        t.recv().await;
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot watch for SIGTERM: {e}");
-                        std::future::pending::<()>().await;
-                    }
+            let mut term = match signal(SignalKind::terminate()) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!("cannot watch for SIGTERM: {e}");
+                    None
                 }
             };
+            let term = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let interrupt = tokio::signal::ctrl_c();
+            ready();
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => eprintln!("serve: interrupted; shutting down"),
+                _ = interrupt => eprintln!("serve: interrupted; shutting down"),
                 _ = term => eprintln!("serve: terminated (SIGTERM); draining, then shutting down"),
                 _ = self.stop.notified() => eprintln!("serve: shutdown requested"),
             }
@@ -389,11 +403,19 @@ impl Serve {
 
     /// Drains and stops every replica (each finishes its requests first),
     /// then the proxy and the controller.
-    pub fn shutdown(self) -> Result<()> {
+    pub fn shutdown(mut self) -> Result<()> {
         // The proxy takes no new connection; those open finish their requests.
         self.stop.notify_waiters();
         self.stop.notify_one();
         let done = self.controller.shutdown().get();
+        // The replicas have answered; the proxy's task ends once its
+        // connections have written those answers (shutting the runtime
+        // down first would cut them mid-reply). At most 10 s.
+        if let Some(proxy) = self.servers.first_mut() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(10), &mut proxy.0).await });
+        }
         let _ = rayforge::kill(&self.controller);
         self.rt.block_on(Hub::reset());
         self.rt.shutdown_timeout(Duration::from_secs(5));

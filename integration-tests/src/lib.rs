@@ -329,14 +329,19 @@ exec "$RF_BIN" start "$@" --block"#;
         id
     }
 
-    /// SIGKILLs the daemon of node `node_id` (its workers die with it).
-    pub fn kill_node(&mut self, node_id: &str) {
+    /// Takes the daemon of node `node_id` out of this cluster's list.
+    fn take_daemon(&mut self, node_id: &str) -> std::process::Child {
         let i = self
             .daemons
             .iter()
             .position(|(_, id)| id == node_id)
             .expect("a node of this cluster");
-        let (mut child, _) = self.daemons.remove(i);
+        self.daemons.remove(i).0
+    }
+
+    /// SIGKILLs the daemon of node `node_id` (its workers die with it).
+    pub fn kill_node(&mut self, node_id: &str) {
+        let mut child = self.take_daemon(node_id);
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -344,12 +349,7 @@ exec "$RF_BIN" start "$@" --block"#;
     /// Stops the daemon of node `node_id` as `rayforge stop` does (SIGTERM)
     /// and waits for it to exit.
     pub fn stop_node(&mut self, node_id: &str) {
-        let i = self
-            .daemons
-            .iter()
-            .position(|(_, id)| id == node_id)
-            .expect("a node of this cluster");
-        let (mut child, _) = self.daemons.remove(i);
+        let mut child = self.take_daemon(node_id);
         // SAFETY: kill(2) on the pid of a child not yet waited for.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = child.wait();

@@ -1078,24 +1078,24 @@ mod plan_tests {
             .collect()
     }
 
-    fn started(actions: &[Action]) -> Vec<&str> {
+    /// The replicas that `actions` start (`true`) or stop (`false`).
+    fn ids(actions: &[Action], starting: bool) -> Vec<&str> {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Start { id, .. } => Some(id.as_str()),
+                Action::Start { id, .. } if starting => Some(id.as_str()),
+                Action::Stop { id, .. } if !starting => Some(id.as_str()),
                 _ => None,
             })
             .collect()
     }
 
+    fn started(actions: &[Action]) -> Vec<&str> {
+        ids(actions, true)
+    }
+
     fn stopped(actions: &[Action]) -> Vec<&str> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Stop { id, .. } => Some(id.as_str()),
-                _ => None,
-            })
-            .collect()
+        ids(actions, false)
     }
 
     /// Marks every starting replica running (as its `Started` event does).

@@ -121,6 +121,9 @@ pub(crate) fn event(severity: &str, kind: &str, message: String) -> proto::Clust
     }
 }
 
+/// How the death cause of a node that said it stops begins.
+const STOPPED_CLEANLY: &str = "stopped cleanly";
+
 /// Marks `n` dead for `cause`; the event that says so.
 fn node_gone(n: &mut proto::NodeEntry, cause: String, severity: &str) -> proto::ClusterEvent {
     n.alive = false;
@@ -560,7 +563,7 @@ impl ControlService for GcsService {
                 .nodes
                 .get_mut(&r.node_id)
                 .filter(|n| n.alive)
-                .map(|n| node_gone(n, "stopped cleanly (rayforge stop or SIGTERM)".into(), "INFO"));
+                .map(|n| node_gone(n, format!("{STOPPED_CLEANLY} (rayforge stop or SIGTERM)"), "INFO"));
             if let Some(ev) = ev {
                 t.unconfirmed.remove(&r.node_id);
                 t.event(ev);
@@ -584,7 +587,10 @@ impl ControlService for GcsService {
                 t.unconfirmed.remove(&id);
                 true
             }
-            _ => false,
+            // A beat sent before the node said it stops, arriving after:
+            // the node is gone, not asked to come back.
+            Some(n) => n.death_cause.starts_with(STOPPED_CLEANLY),
+            None => false,
         };
         let recent = now_ms().saturating_sub(600_000);
         Ok(Response::new(proto::HeartbeatReply {

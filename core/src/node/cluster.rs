@@ -343,6 +343,11 @@ impl NodeDaemon {
     /// waited for at most 3 s): it is then recorded as stopped, not as alive
     /// until its heartbeat times out.
     pub(crate) async fn say_stopping(&self) {
+        // From now on the heartbeat loop neither beats nor registers again:
+        // a beat still in flight would otherwise bring this node back.
+        self.state
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let Some(link) = self.link() else { return };
         let req = proto::HeartbeatRequest {
             node_id: self.state.node_id.clone(),
@@ -357,12 +362,20 @@ impl NodeDaemon {
         }
     }
 
+    /// Whether this node is stopping (it said so to the head, or shut down).
+    fn stopping(&self) -> bool {
+        self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn heartbeat_loop(&self) {
         let Some(link) = self.link() else { return };
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut head_down_since: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
+            if self.stopping() {
+                return;
+            }
             let req = {
                 let s = self.state.sched.lock();
                 proto::HeartbeatRequest {
@@ -392,6 +405,9 @@ impl NodeDaemon {
             };
             if head_down_since.take().is_some() {
                 tracing::info!("head at {} reachable again", link.role.head_addr);
+            }
+            if reply.reregister && self.stopping() {
+                return;
             }
             if reply.reregister {
                 tracing::info!("the head does not know this node: registering again");

@@ -74,6 +74,7 @@
 extern crate self as rayforge;
 
 mod actor;
+pub mod autoscaler;
 pub mod checkpoint;
 mod clock;
 pub mod cluster;

@@ -529,8 +529,12 @@ impl NodeDaemon {
             .link()
             .ok_or_else(|| Error::Internal("job workers outside a cluster".into()))?;
         let mut jobs = link.jobs.lock().await;
-        // The cache keeps a few binaries only: one pruned away since is fetched again.
-        if let Some(rt) = jobs.get(job).filter(|rt| rt.binary.exists()) {
+        // The caches keep a few binaries and packages only: one pruned away
+        // since is fetched again.
+        if let Some(rt) = jobs
+            .get(job)
+            .filter(|rt| rt.binary.exists() && rt.working_dir.as_ref().is_none_or(|d| d.is_dir()))
+        {
             return Ok(rt.clone());
         }
         let mut head = link.head.clone();
@@ -569,13 +573,25 @@ impl NodeDaemon {
             prune_binaries(&cache, &path);
         }
         let working_dir = match crate::jobs::package_hash(&info.working_dir) {
-            Some(hash) if crate::jobs::package_dir(hash).is_dir() => Some(crate::jobs::package_dir(hash)),
+            Some(hash) if crate::jobs::package_dir(hash).is_dir() => {
+                let dir = crate::jobs::package_dir(hash);
+                mark_used(&dir);
+                Some(dir)
+            }
             Some(hash) => {
                 let data = fetch_blob(&mut head, hash, "the job's working directory").await?;
                 let hash = hash.to_string();
-                let dir = tokio::task::spawn_blocking(move || crate::jobs::unpack(&hash, &data))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??;
+                let in_use: HashSet<PathBuf> = jobs.values().filter_map(|rt| rt.working_dir.clone()).collect();
+                let dir = tokio::task::spawn_blocking(move || {
+                    let dir = crate::jobs::unpack(&hash, &data)?;
+                    mark_used(&dir);
+                    if let Some(root) = dir.parent() {
+                        prune_packages(root, &dir, &in_use, std::time::SystemTime::now());
+                    }
+                    Ok::<_, Error>(dir)
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
                 tracing::info!(job, dir = %dir.display(), "unpacked the job's working directory");
                 Some(dir)
             }
@@ -911,11 +927,113 @@ fn prune_binaries(cache: &std::path::Path, keep: &std::path::Path) {
     }
 }
 
+/// How many unpacked working-directory packages a machine keeps beyond
+/// those in use (each is a job's whole directory): the least recently used
+/// beyond this are removed.
+const KEPT_PACKAGES: usize = 8;
+
+/// A package used (by a job of any node on this machine) more recently
+/// than this is never removed: nodes sharing a machine share its packages,
+/// and one node does not know another's jobs.
+const PACKAGE_GRACE: Duration = Duration::from_secs(3600);
+
+/// Records that a package directory is in use now (its modification time
+/// is its last use), so that pruning on this machine keeps it.
+fn mark_used(dir: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes unpacked packages under `root` beyond the newest
+/// [`KEPT_PACKAGES`], never `keep`, one in `in_use` (this node's running
+/// jobs) or one used within [`PACKAGE_GRACE`] of `now`. Best effort: a
+/// failure to list or remove only leaves directories behind.
+fn prune_packages(
+    root: &std::path::Path,
+    keep: &std::path::Path,
+    in_use: &HashSet<PathBuf>,
+    now: std::time::SystemTime,
+) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter_map(|e| {
+            let m = e.metadata().ok().filter(|m| m.is_dir())?;
+            Some((m.modified().ok()?, e.path()))
+        })
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    for (used, path) in dirs.into_iter().skip(KEPT_PACKAGES) {
+        let recent = now.duration_since(used).map_or(true, |age| age < PACKAGE_GRACE);
+        if recent || path == keep || in_use.contains(&path) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            tracing::debug!(path = %path.display(), "removed an old working-directory package");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::time::Duration;
 
-    use super::{cached_binary_intact, process_alive, prune_binaries};
+    use super::{cached_binary_intact, process_alive, prune_binaries, prune_packages};
+
+    /// Unpacked packages beyond the newest eight go, oldest first, unless a
+    /// job of this node uses one, it was just unpacked, or it was used
+    /// within the hour (by a node sharing this machine).
+    #[test]
+    fn package_cache_keeps_the_newest_and_those_in_use() {
+        let dir = std::env::temp_dir().join(format!("rf-packages-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let now = std::time::SystemTime::now();
+        // pkg00 is the oldest (14 h), pkg13 the newest (1 h).
+        for i in 0..14u64 {
+            let d = dir.join(format!("pkg{i:02}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("main.py"), b"print(1)").unwrap();
+            let f = std::fs::File::open(&d).unwrap();
+            f.set_modified(now - Duration::from_secs(3600 * (14 - i) + 60)).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("pkgxx.123.tmp")).unwrap();
+        // pkg03's last use was 30 minutes ago: though old by count, it stays.
+        std::fs::File::open(dir.join("pkg03"))
+            .unwrap()
+            .set_modified(now - Duration::from_secs(1800))
+            .unwrap();
+        let in_use: HashSet<_> = [dir.join("pkg01")].into();
+        prune_packages(&dir, &dir.join("pkg00"), &in_use, now);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Newest eight by use: pkg03 (30 min), pkg13..pkg07; then pkg00
+        // (just unpacked), pkg01 (in use) and the unfinished one stay;
+        // pkg02, pkg04, pkg05 and pkg06 go.
+        let want: Vec<String> = [
+            "pkg00",
+            "pkg01",
+            "pkg03",
+            "pkg07",
+            "pkg08",
+            "pkg09",
+            "pkg10",
+            "pkg11",
+            "pkg12",
+            "pkg13",
+            "pkgxx.123.tmp",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(left, want);
+    }
 
     /// A cached binary changed on disk since it was fetched (another
     /// process of this user, a disk fault) is not run: it is dropped, to be

@@ -371,51 +371,49 @@ impl Serve {
     }
 
     /// [`Serve::wait_for_shutdown`], calling `ready` once the signals are
-    /// caught: a SIGTERM that follows what `ready` prints drains too,
-    /// instead of ending the process by the default action.
+    /// caught: a SIGTERM or Ctrl-C that follows what `ready` prints drains
+    /// too, instead of ending the process by the default action.
     pub fn wait_for_shutdown_with(&self, ready: impl FnOnce()) {
+        use tokio::signal::unix::SignalKind;
         self.rt.block_on(async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = match signal(SignalKind::terminate()) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!("cannot watch for SIGTERM: {e}");
-                    None
-                }
-            };
-            let term = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let interrupt = tokio::signal::ctrl_c();
+            // Both handlers are installed here, before `ready`: a signal
+            // handler registered only when first polled (as
+            // `tokio::signal::ctrl_c` is) leaves a window in which the
+            // signal kills the process undrained.
+            let mut interrupt = watch_signal(SignalKind::interrupt(), "SIGINT");
+            let mut term = watch_signal(SignalKind::terminate(), "SIGTERM");
             ready();
             tokio::select! {
-                _ = interrupt => eprintln!("serve: interrupted; shutting down"),
-                _ = term => eprintln!("serve: terminated (SIGTERM); draining, then shutting down"),
+                _ = next_signal(&mut interrupt) => eprintln!("serve: interrupted; draining, then shutting down"),
+                _ = next_signal(&mut term) => eprintln!("serve: terminated (SIGTERM); draining, then shutting down"),
                 _ = self.stop.notified() => eprintln!("serve: shutdown requested"),
             }
         });
     }
 
-    /// Drains and stops every replica (each finishes its requests first),
-    /// then the proxy and the controller.
+    /// Drains, then stops: the proxy first — it takes no new connection,
+    /// and the requests it has in flight are answered and written out
+    /// while every replica still runs (for at most 30 s) — then
+    /// every replica (each finishes what it still has: requests from
+    /// other deployments' handles) and the controller.
     pub fn shutdown(mut self) -> Result<()> {
-        // The proxy takes no new connection; those open finish their requests.
         self.stop.notify_waiters();
         self.stop.notify_one();
-        let done = self.controller.shutdown().get();
-        // The replicas have answered; the proxy's task ends once its
-        // connections have written those answers (shutting the runtime
-        // down first would cut them mid-reply). At most 10 s.
+        // Stopping replicas first would race the proxy: a replica killed
+        // just after its last request returned may take that answer down
+        // with it, and the proxy, finding it dead, would send the request
+        // again into a route table with no replica left.
         if let Some(proxy) = self.servers.first_mut() {
-            let _ = self
+            let drained = self
                 .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(10), &mut proxy.0).await });
+                .block_on(async { tokio::time::timeout(PROXY_DRAIN, &mut proxy.0).await });
+            if drained.is_err() {
+                tracing::warn!(
+                    "the HTTP proxy still had requests in flight after {PROXY_DRAIN:?}; stopping regardless"
+                );
+            }
         }
+        let done = self.controller.shutdown().get();
         let _ = rayforge::kill(&self.controller);
         self.rt.block_on(Hub::reset());
         self.rt.shutdown_timeout(Duration::from_secs(5));
@@ -424,6 +422,32 @@ impl Serve {
             Ok(false) => Err(Error::internal("replicas were still stopping when shutdown gave up")),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// How long [`Serve::shutdown`] waits for the proxy's requests in flight
+/// (their answers written out) before it stops the replicas regardless.
+const PROXY_DRAIN: Duration = Duration::from_secs(30);
+
+/// A handler for signal `kind` (`name` in the log), installed now; `None`
+/// (said in the log) when it cannot be.
+fn watch_signal(kind: tokio::signal::unix::SignalKind, name: &str) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot watch for {name}: {e}");
+            None
+        }
+    }
+}
+
+/// The next delivery of a watched signal (never, for one not watched).
+async fn next_signal(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

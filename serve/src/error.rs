@@ -14,6 +14,16 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// A deployment's handler panicked: a bug in its code. Over HTTP the
+    /// client gets a 500 that says only an error id; this text goes to the
+    /// proxy's log under that id.
+    #[error("deployment `{deployment}` panicked while handling a request: {message}")]
+    Panicked {
+        /// The deployment whose handler panicked.
+        deployment: String,
+        /// The panic's message.
+        message: String,
+    },
     /// Every replica is at its limit of ongoing requests and the queue is full:
     /// retry later.
     #[error("deployment `{0}` is overloaded: every replica is busy and its queue is full")]

@@ -78,12 +78,12 @@ impl HttpResponse {
     }
 
     /// The response for an error: 4xx for what the client sent, 503 for
-    /// overload (with `Retry-After`), 500 for the deployment's own failure
-    /// (with the message its code gave). Any other failure — the runtime's,
-    /// a file's — is a 500 that says only its id: its text (paths, hosts,
-    /// internals) goes to the log, not to the client.
+    /// overload (with `Retry-After`), 500 with the message a deployment's
+    /// own code gave ([`Error::User`]). Any other failure — a handler's
+    /// panic, the runtime's, a file's — is a 500 that says only an error
+    /// id: its text (paths, hosts, internals) goes to the log, not to the
+    /// client.
     pub fn from_error(e: &Error) -> HttpResponse {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let status = match e {
             Error::BadRequest(_) => 400,
             Error::NotFound(_) => 404,
@@ -91,15 +91,24 @@ impl HttpResponse {
             _ => 500,
         };
         if status == 500 && !matches!(e, Error::User { .. }) {
-            let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error_id = id, "a request failed inside the server: {e}");
-            return HttpResponse::text(500, format!("internal server error (error {id} in the server's log)"));
+            return HttpResponse::internal(e);
         }
         let mut r = HttpResponse::text(status, e.to_string());
         if status == 503 {
             r.headers.push(("retry-after".into(), "1".into()));
         }
         r
+    }
+
+    /// A 500 for a failure inside the server that says only an error id
+    /// (`internal server error (error 7 in the server's log)`); `what`
+    /// went wrong is logged at error level under that id (`error_id=7`),
+    /// for whoever runs the server to find.
+    pub(crate) fn internal(what: &dyn std::fmt::Display) -> HttpResponse {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(error_id = id, "a request failed inside the server: {what}");
+        HttpResponse::text(500, format!("internal server error (error {id} in the server's log)"))
     }
 }
 
@@ -305,8 +314,47 @@ macro_rules! json_scalar {
 }
 json_scalar!(i32, i64, u32, u64, f32, f64, bool);
 
+/// What a test's code logs, read back.
+#[cfg(test)]
+pub(crate) mod test_log {
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` on this thread with a subscriber of its own; returns its
+    /// result and what it logged (plain text, no colours).
+    pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let r = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&sink.0.lock()).into_owned();
+        (r, text)
+    }
+
+    /// The id an internal-error body names (`... (error 7 in the server's log)`).
+    pub(crate) fn error_id(body: &str) -> Option<u64> {
+        body.split("(error ").nth(1)?.split(' ').next()?.parse().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_log::{capture, error_id};
     use super::*;
 
     #[test]
@@ -315,12 +363,18 @@ mod tests {
             context: "reading /srv/secret/model.pt".into(),
             message: "permission denied".into(),
         };
-        let r = HttpResponse::from_error(&e);
+        let (r, log) = capture(|| HttpResponse::from_error(&e));
         let body = String::from_utf8(r.body).unwrap();
         assert_eq!(r.status, 500);
         assert!(
             !body.contains("secret") && body.contains("internal server error"),
             "{body}"
+        );
+        // The text is in the log, under the id the client was given.
+        let id = error_id(&body).unwrap_or_else(|| panic!("no error id in {body:?}"));
+        assert!(
+            log.contains(&format!("error_id={id}")) && log.contains("/srv/secret/model.pt"),
+            "{log}"
         );
         let user = Error::User {
             deployment: "app/D".into(),
@@ -328,6 +382,26 @@ mod tests {
         };
         let body = String::from_utf8(HttpResponse::from_error(&user).body).unwrap();
         assert!(body.contains("the input was odd"), "{body}");
+    }
+
+    #[test]
+    fn a_handlers_panic_is_a_500_with_only_an_error_id() {
+        let e = Error::Panicked {
+            deployment: "app/D".into(),
+            message: "index out of bounds at /home/me/src/model.rs:7".into(),
+        };
+        let (r, log) = capture(|| HttpResponse::from_error(&e));
+        let body = String::from_utf8(r.body).unwrap();
+        assert_eq!(r.status, 500);
+        assert!(!body.contains("out of bounds") && !body.contains("/home/me"), "{body}");
+        let id = error_id(&body).unwrap_or_else(|| panic!("no error id in {body:?}"));
+        assert!(
+            log.contains(&format!("error_id={id}")) && log.contains("index out of bounds at /home/me/src/model.rs:7"),
+            "{log}"
+        );
+        // Each failure has its own id.
+        let again = String::from_utf8(HttpResponse::from_error(&e).body).unwrap();
+        assert_ne!(error_id(&again), Some(id), "{again}");
     }
 
     fn req(body: &str) -> HttpRequest {

@@ -86,7 +86,8 @@ async fn middleware_error(e: tower::BoxError) -> Response {
         )
             .into_response()
     } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("proxy error: {e}\n")).into_response()
+        // The middleware's own failure: its text stays in the log.
+        to_response(HttpResponse::internal(&format_args!("in the proxy's middleware: {e}")))
     }
 }
 
@@ -242,4 +243,26 @@ fn to_response(r: HttpResponse) -> Response {
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::test_log::{capture, error_id};
+
+    #[test]
+    fn a_middleware_failure_is_a_500_with_only_an_error_id() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let e: tower::BoxError = "the inner service failed: connection to 10.0.0.7:6379 refused".into();
+        let (resp, log) = capture(|| rt.block_on(middleware_error(e)));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("10.0.0.7") && !body.contains("refused"), "{body}");
+        let id = error_id(&body).unwrap_or_else(|| panic!("no error id in {body:?}"));
+        assert!(
+            log.contains(&format!("error_id={id}")) && log.contains("connection to 10.0.0.7:6379 refused"),
+            "{log}"
+        );
+    }
 }

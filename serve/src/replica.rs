@@ -186,12 +186,11 @@ impl Replica {
         self.inner.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
-    /// Serves an HTTP request (ingress deployments).
-    async fn http(&self, req: HttpRequest) -> HttpResponse {
-        match self.run(|d| d.http(req)).await {
-            Ok(r) => r,
-            Err(e) => HttpResponse::from_error(&e),
-        }
+    /// Serves an HTTP request (ingress deployments). A failure comes back
+    /// as the error itself: the proxy makes the response (and logs what the
+    /// client must not see) in one place.
+    async fn http(&self, req: HttpRequest) -> Result<HttpResponse> {
+        self.run(|d| d.http(req)).await
     }
 
     /// Serves a handle call: the argument and result are bincode.
@@ -281,9 +280,9 @@ impl Replica {
                 message,
             }),
             Ok(Err(e)) => Err(e),
-            Err(p) => Err(Error::User {
+            Err(p) => Err(Error::Panicked {
                 deployment: self.name.clone(),
-                message: format!("the handler panicked: {}", panic_message(&p)),
+                message: panic_message(&p),
             }),
         }
     }

@@ -177,20 +177,6 @@ fn a_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_previous_one(
         other => panic!("expected RankFailed, got {other:?}"),
     }
     assert_eq!(result.latest_checkpoint.unwrap().manifest().unwrap().iteration, 2);
-    // A storage path that cannot hold a directory is refused up front.
-    let file = dir.join("a-file");
-    std::fs::write(&file, b"").unwrap();
-    let err = Trainer::new(fit_line)
-        .run_config(RunConfig {
-            storage_path: file.join("runs").into(),
-            ..Default::default()
-        })
-        .fit()
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Runtime(rayforge::Error::Storage { uri, .. }) if uri.contains("a-file/runs")),
-        "{err}"
-    );
     let err = Trainer::new(fit_line)
         .scaling(ScalingConfig {
             num_workers: 0,
@@ -199,6 +185,76 @@ fn a_checkpoint_that_cannot_be_written_fails_the_run_and_keeps_the_previous_one(
         .fit()
         .unwrap_err();
     assert!(err.to_string().contains("num_workers"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes the file its config's `marker` names: a rank ran.
+fn mark_started(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
+    let cfg: Config = ctx.config()?;
+    std::fs::write(&cfg.marker, b"started").map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(())
+}
+
+#[test]
+fn a_storage_path_that_is_malformed_unwritable_or_unreachable_is_refused_before_any_rank_starts() {
+    cluster();
+    let dir = storage("refused");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("a-rank-started");
+    // A regular file where a directory should be: even root cannot write
+    // under it.
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let unwritable = file.join("runs").display().to_string();
+    // An S3 endpoint nothing listens on (a port just freed), with
+    // credentials, so that only the connection can fail.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    for (uri, named, what) in [
+        ("ftp://host/runs", "ftp://host/runs", "unknown scheme `ftp`"),
+        ("s3:///runs", "s3:///runs", "no bucket named"),
+        (unwritable.as_str(), unwritable.as_str(), "cannot write here"),
+        ("s3://bucket/runs", "s3://bucket/runs/refused", "Connection refused"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = Trainer::new(mark_started)
+            .scaling(ScalingConfig {
+                num_workers: 2,
+                cpus_per_worker: 0.5,
+                ..Default::default()
+            })
+            .run_config(RunConfig {
+                name: "refused".into(),
+                storage_path: uri.into(),
+                ..Default::default()
+            })
+            .config(serde_json::json!({
+                "iterations": 1,
+                "marker": marker.display().to_string(),
+            }))
+            .fit()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::Runtime(rayforge::Error::Storage { uri: u, .. }) if u.starts_with(named))
+                && text.contains(what),
+            "{uri}: {err}"
+        );
+        assert!(!marker.exists(), "{uri}: a rank started");
+        // Promptly, not after an object store's retries run out.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{uri}: refused after {:?}",
+            started.elapsed()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -449,3 +449,55 @@ fn errored_trials_are_resumed_or_restarted_on_request() {
     }
     std::fs::remove_dir_all(&storage).unwrap();
 }
+
+/// Writes the file its config's `marker` names: a trial ran.
+fn mark_started(ctx: &mut TrialContext) -> Result<(), String> {
+    let marker: String = ctx.get("marker").map_err(|e| e.to_string())?;
+    std::fs::write(marker, b"started").map_err(|e| e.to_string())
+}
+
+/// The third kind of storage a run cannot use, beside the malformed and
+/// unwritable ones of `a_bad_experiment_config_is_refused_before_anything_runs`.
+#[test]
+fn an_unreachable_storage_endpoint_is_refused_promptly_before_any_trial_runs() {
+    cluster();
+    let marker = std::env::temp_dir().join(format!("rayforge-tune-unreachable-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    // An S3 endpoint nothing listens on (a port just freed), with
+    // credentials, so that only the connection can fail.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let space = SearchSpace::new().constant("marker", marker.display().to_string());
+    let started = std::time::Instant::now();
+    let e = Tuner::new(
+        mark_started,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "unreachable".into(),
+            storage_path: "s3://bucket/results".into(),
+            verbose: false,
+            ..Default::default()
+        },
+    )
+    .fit()
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("s3://bucket/results/unreachable") && text.contains("Connection refused"),
+        "{text}"
+    );
+    assert!(!marker.exists(), "a trial ran");
+    // Promptly, not after an object store's retries run out.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "refused after {:?}",
+        started.elapsed()
+    );
+}

@@ -360,6 +360,18 @@ impl Algorithm {
         &self.config
     }
 
+    /// Training iterations done (a restored algorithm counts on from its
+    /// checkpoint's).
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Environment steps sampled in training over its lifetime (restored
+    /// with its checkpoint).
+    pub fn env_steps(&self) -> u64 {
+        self.env_steps
+    }
+
     /// One iteration: sample through the runners, learn, report.
     pub fn train(&mut self) -> Result<IterationResult> {
         let start = Instant::now();

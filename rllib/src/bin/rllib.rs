@@ -3,7 +3,9 @@
 //! a progress line per iteration, and a checkpoint every
 //! `--checkpoint-every` iterations and at the end, to a path or a storage
 //! URI (`cluster://`, `s3://`);
-//! `rllib evaluate CHECKPOINT` plays greedy episodes with a saved policy.
+//! `rllib evaluate CHECKPOINT` says what it restored (algorithm,
+//! environment, iteration, env steps) and plays greedy episodes with its
+//! policy.
 
 use std::process::ExitCode;
 
@@ -155,6 +157,13 @@ fn evaluate(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     }
     rayforge::init(rayforge::Config::default())?;
     let mut a = Algorithm::restore(std::path::Path::new(path.as_str()))?;
+    println!(
+        "restored {path}: {:?} on {}, iteration {}, {} env steps",
+        a.config().algo,
+        a.config().env,
+        a.iteration(),
+        a.env_steps()
+    );
     let ep = a.evaluate(episodes)?;
     let n = ep.returns.len().max(1) as f64;
     println!(

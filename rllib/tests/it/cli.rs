@@ -1,8 +1,11 @@
 //! `rllib` as a user runs it: train with a stop criterion and a config
-//! file, evaluate the checkpoint it saved; unknown algorithms,
+//! file, evaluate the checkpoint it saved (on a local path, and in a
+//! multi-node cluster's store from another driver); unknown algorithms,
 //! environments and config fields are errors naming them.
 
 use std::process::Command;
+
+use rayforge_integration_tests::LocalCluster;
 
 fn rllib(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rllib")).args(args).output().unwrap();
@@ -52,8 +55,95 @@ fn train_then_evaluate_the_saved_checkpoint() {
     assert!(out.contains(ckpt.to_str().unwrap()), "{out}");
     let (code, out, err) = rllib(&["evaluate", ckpt.to_str().unwrap(), "--episodes", "3"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.starts_with("3 episodes of CartPole-v1: return mean"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "restored {}: Ppo on CartPole-v1, iteration 3, 384 env steps",
+            ckpt.display()
+        ),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("3 episodes of CartPole-v1: return mean"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn train_checkpoints_to_the_clusters_store_and_evaluate_restores_from_it() {
+    // A head, which holds the store, and a node with a disk of its own
+    // for the env runners.
+    let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
+    cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    let work = cluster.base_dir().join("drivers");
+    std::fs::create_dir_all(&work).unwrap();
+    let config = work.join("ppo.toml");
+    std::fs::write(&config, "num_envs_per_runner = 2\nlr = 0.002\n").unwrap();
+    // Each driver has a storage cache of its own, as on another machine:
+    // what evaluate reads comes from the head's store.
+    let driver = |cache: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rllib"))
+            .args(args)
+            .env("RAYFORGE_ADDRESS", &cluster.address)
+            .env("RAYFORGE_TOKEN", &cluster.token)
+            .env("RAYFORGE_STORAGE_CACHE", work.join(cache))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = driver(
+        "cache-train",
+        &[
+            "train",
+            "--algo",
+            "ppo",
+            "--env",
+            "CartPole-v1",
+            "--stop-iters",
+            "3",
+            "--stop-reward",
+            "1000",
+            "--config",
+            config.to_str().unwrap(),
+            "--checkpoint-dir",
+            "cluster://runs/ppo",
+            "--checkpoint-every",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("checkpoints to cluster://runs/ppo every 2 iterations"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\ncheckpoint cluster://runs/ppo/checkpoint_000002\n"),
+        "{out}"
+    );
+    assert!(out.contains("checkpoint cluster://runs/ppo/checkpoint_000003"), "{out}");
+    // In the head's store, under its state directory.
+    let mut held: Vec<String> = std::fs::read_dir(cluster.state_dir.join("storage/runs/ppo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint_"))
+        .collect();
+    held.sort();
+    assert_eq!(held, ["checkpoint_000002", "checkpoint_000003"]);
+    // The periodic checkpoint, not the last one: its own counters.
+    let (code, out, err) = driver(
+        "cache-evaluate",
+        &["evaluate", "cluster://runs/ppo/checkpoint_000002", "--episodes", "2"],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "restored cluster://runs/ppo/checkpoint_000002: Ppo on CartPole-v1, iteration 2, 256 env steps",
+        "{out}"
+    );
+    assert!(lines[1].starts_with("2 episodes of CartPole-v1: return mean"), "{out}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use super::NodeDaemon;
 use crate::proto::{self, node_service_client::NodeServiceClient};
@@ -21,6 +21,11 @@ use crate::rpc::Chan;
 pub(crate) const MAX_TASK_EVENTS: usize = 10_000;
 /// A worker's log file stops growing here (a last line says so).
 const MAX_LOG_BYTES: u64 = 256 << 20;
+/// The longest line of a worker's output a node holds: a longer one (a
+/// worker writing without newlines) goes on in pieces of this size, so each
+/// of the lines kept for drivers (up to [`OUTPUT_BACKLOG`] and
+/// [`OUTPUT_REPLAY`] of them) is at most this long.
+const MAX_LINE_BYTES: u64 = 16 << 10;
 /// How long a listing waits for another node.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Log files of this many exited workers are kept (the newest); older ones
@@ -181,17 +186,24 @@ impl JobOutput {
 
 /// Copies one output stream of a worker into its log file, line by line,
 /// and (in the embedded cluster) to this process's stdout or stderr with a
-/// `(pid=N)` prefix, so a driver sees what its tasks print.
+/// `(pid=N)` prefix, so a driver sees what its tasks print. A line longer
+/// than [`MAX_LINE_BYTES`] is passed on in pieces (the file gets every
+/// byte; a piece's text may end or start in the middle of a character).
 pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<std::fs::File>>, pid: u32, echo: Echo) {
     let mut r = BufReader::new(stream);
     let mut line = Vec::new();
     let mut written = 0u64;
+    // Whether the last piece passed on ended without a newline (a long
+    // line cut): the newline that ends it is no line of its own.
+    let mut cut = false;
     loop {
         line.clear();
-        match r.read_until(b'\n', &mut line).await {
+        match (&mut r).take(MAX_LINE_BYTES).read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        let ends_cut_line = cut && line == b"\n";
+        cut = !line.ends_with(b"\n");
         if written < MAX_LOG_BYTES {
             let mut f = file.lock();
             written += line.len() as u64;
@@ -199,6 +211,9 @@ pub(crate) async fn pump_output(stream: impl AsyncRead + Unpin, file: Arc<Mutex<
             if written >= MAX_LOG_BYTES {
                 let _ = f.write_all(b"\n[rayforge: log truncated; the worker wrote more than 256 MiB]\n");
             }
+        }
+        if ends_cut_line {
+            continue;
         }
         if let Some((out, stderr)) = &echo.forward {
             out.push(proto::WorkerOutputLine {
@@ -642,6 +657,34 @@ mod tests {
         assert_eq!(all[0].state, proto::TaskEventState::Failed as i32);
         assert!(all[0].error.contains("killed by signal 9"));
         assert_eq!(all[1].state, proto::TaskEventState::Running as i32);
+    }
+
+    /// A worker writing 1 MiB without a newline: the log gets every byte,
+    /// its driver the same text in pieces no longer than a line may be.
+    #[tokio::test]
+    async fn a_line_without_end_reaches_drivers_in_bounded_pieces() {
+        let dir = std::env::temp_dir().join(format!("rayforge-pump-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let p = dir.join("w.log");
+        let file = Arc::new(Mutex::new(std::fs::File::create(&p).expect("log file")));
+        // A multiple of the piece size: the newline ending it adds no
+        // empty line.
+        let mut written = vec![b'y'; 1 << 20];
+        written.extend_from_slice(b"\nlast\n");
+        let out = Arc::new(JobOutput::new());
+        let echo = Echo {
+            terminal: None,
+            forward: Some((out.clone(), false)),
+        };
+        pump_output(written.as_slice(), file, 7, echo).await;
+        assert_eq!(std::fs::read(&p).expect("read the log"), written);
+        let (lines, _rx) = out.follow(0);
+        assert!(lines.iter().all(|l| l.text.len() as u64 <= MAX_LINE_BYTES));
+        assert_eq!(lines.len() as u64, (1 << 20) / MAX_LINE_BYTES + 1);
+        let text: String = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(text.len(), (1 << 20) + 4);
+        assert!(text.ends_with("ylast"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -630,3 +630,160 @@ fn the_viewer_token_reads_everything_and_changes_nothing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A field of `/proc/PID/status`, in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the head's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Deletes a file when dropped (a large log, whatever the test's outcome).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The first line `lines` brings that starts with `tag`, without it.
+fn line_after(lines: &std::sync::mpsc::Receiver<String>, tag: &str, within: Duration) -> String {
+    let end = Instant::now() + within;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no `{tag}` line came: {e}"));
+        if let Some(rest) = line.strip_prefix(tag) {
+            return rest.trim().to_string();
+        }
+    }
+}
+
+/// A worker writes 1 GiB of output (`log_flood`). The Logs page's listing
+/// (`tail=0`) carries no text, every read of the log stays within the caps
+/// however much is asked, and the head's peak memory across the flood and
+/// those requests grows by far less than the log.
+#[test]
+fn a_gibibyte_worker_log_leaves_log_replies_and_the_head_bounded() {
+    use rayforge::state::{MAX_LOGS_REPLY, MAX_LOG_TEXT};
+    use std::io::{BufRead, Write};
+    const MIB: u64 = 1 << 20;
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 10_000);
+    let head = cluster.daemons[0].0.id();
+    let base = cluster.jobs_address.clone();
+    let auth = format!("Bearer {}", cluster.token);
+    let mut driver = std::process::Command::new(workspace_bin("log_flood", "rayforge-integration-tests"))
+        .env("RAYFORGE_ADDRESS", &cluster.address)
+        .env("RAYFORGE_TOKEN", &cluster.token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the log_flood driver");
+    let mut input = driver.stdin.take().expect("piped stdin");
+    let err = driver.stderr.take().expect("piped stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            eprintln!("log_flood: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    line_after(&lines, "joined", Duration::from_secs(120));
+
+    // The head's peak memory counts from here (the driver's binary, shipped
+    // when it joined, is not the log's).
+    std::fs::write(format!("/proc/{head}/clear_refs"), "5").expect("reset the head's peak memory");
+    let before = proc_status_kib(head, "VmRSS");
+    writeln!(input, "flood 1024").expect("write to the driver");
+    let pid: u32 = line_after(&lines, "flooded ", Duration::from_secs(600))
+        .parse()
+        .expect("the worker's pid");
+    let session = std::fs::read_dir(std::env::temp_dir())
+        .expect("the temporary directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&format!("rayforge-{head}-")) && name.ends_with("-logs")
+        })
+        .expect("the head's log directory");
+    let log = std::fs::read_dir(&session)
+        .expect("the head's log directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("-{pid}.log")))
+        .expect("the worker's log file");
+    let _remove = RemoveOnDrop(log.clone());
+    let on_disk = std::fs::metadata(&log).map_or(0, |m| m.len());
+    assert!(
+        (256 * MIB..300 * MIB).contains(&on_disk),
+        "the node keeps the first 256 MiB of a worker's output: {on_disk} bytes"
+    );
+
+    let get = |path: &str| {
+        let r = http(&base, "GET", path, &[("Authorization", &auth)], "");
+        assert_eq!(r.status, 200, "GET {path}: {}", &r.body[..r.body.len().min(1000)]);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+        (r.body.len() as u64, v)
+    };
+    let text_of = |v: &serde_json::Value| -> String {
+        let logs = v["logs"].as_array().expect("a list of logs");
+        let mine = logs.iter().find(|l| l["pid"] == pid).expect("the worker's log");
+        mine["text"].as_str().expect("text").to_string()
+    };
+    // Each request twice: nothing it reads stays behind in the head.
+    for _ in 0..2 {
+        // The Logs page's listing: sizes, no text.
+        let (len, v) = get("/api/v0/logs?tail=0");
+        assert!(len < 64 << 10, "the listing is {len} bytes");
+        let logs = v["logs"].as_array().expect("a list of logs");
+        assert!(logs.iter().all(|l| l["text"] == ""), "the listing carries text");
+        let mine = logs
+            .iter()
+            .find(|l| l["pid"] == pid)
+            .expect("the worker's log is listed");
+        assert_eq!(mine["size"].as_u64(), Some(on_disk));
+        // A read of the log: 16 KiB unless more is asked.
+        let (len, v) = get(&format!("/api/v0/logs?pid={pid}"));
+        assert!(len < 64 << 10, "a default read is {len} bytes");
+        assert_eq!(text_of(&v).len(), 16 << 10);
+        // Asked for all of it: its last MAX_LOG_TEXT bytes.
+        let (len, v) = get(&format!("/api/v0/logs?pid={pid}&tail={}", u64::MAX));
+        assert!(len < MAX_LOG_TEXT + (64 << 10), "a read of all of it is {len} bytes");
+        let text = text_of(&v);
+        assert_eq!(text.len() as u64, MAX_LOG_TEXT);
+        assert!(
+            text.trim_end()
+                .ends_with("log truncated; the worker wrote more than 256 MiB]"),
+            "{}",
+            &text[text.len() - 200..]
+        );
+        // Every log, as much as may be sent.
+        let (len, _) = get(&format!("/api/v0/logs?tail={}", u64::MAX));
+        assert!(len < MAX_LOGS_REPLY + (64 << 10), "a read of every log is {len} bytes");
+    }
+    let peak = proc_status_kib(head, "VmHWM");
+    let grew = peak.saturating_sub(before) * 1024;
+    eprintln!("the head's peak memory grew by {} MiB", grew / MIB);
+    assert!(
+        grew < 200 * MIB,
+        "the head's memory grew by {} MiB (from {} MiB RSS to a peak of {} MiB) for a 1 GiB log",
+        grew / MIB,
+        before / 1024,
+        peak / 1024
+    );
+
+    drop(input);
+    assert!(
+        wait_until(Duration::from_secs(60), || driver.try_wait().ok().flatten().is_some()),
+        "the driver did not leave"
+    );
+}

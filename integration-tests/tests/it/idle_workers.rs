@@ -123,3 +123,101 @@ fn prestarted_workers_outlive_the_thread_that_called_init() {
         "tasks ran on the prestarted workers: {pids:?} vs {prestarted:?}"
     );
 }
+
+/// Kills a driver process on drop, so a failing test leaves none behind
+/// (its workers die with it).
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pids on the first line of `lines` that starts with `tag`, waiting
+/// up to two minutes for it.
+fn pids_after(lines: &std::sync::mpsc::Receiver<String>, tag: &str) -> Vec<u32> {
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("the driver printed no `{tag}` line: {e}"));
+        if let Some(rest) = line.strip_prefix(tag) {
+            return rest
+                .split_whitespace()
+                .map(|p| p.parse().unwrap_or_else(|_| panic!("not a pid in {line:?}")))
+                .collect();
+        }
+    }
+}
+
+/// `init` in a `#[tokio::main]` driver (`async_main_driver`), where it runs
+/// on a helper thread that ends when `init` returns: the prestarted
+/// workers are not killed with that thread (`PR_SET_PDEATHSIG` fired a few
+/// milliseconds after they started), and the driver's tasks run on them.
+#[test]
+fn prestarted_workers_outlive_init_in_a_tokio_main_driver() {
+    use std::io::{BufRead, Write};
+    let bin = rayforge_integration_tests::workspace_bin("async_main_driver", "rayforge-integration-tests");
+    let mut child = std::process::Command::new(bin)
+        .env_remove("RAYFORGE_ADDRESS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the async driver");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let out = child.stdout.take().expect("piped stdout");
+    let driver = Driver(child);
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let prestarted = pids_after(&lines, "prestarted ");
+    assert_eq!(prestarted.len(), 2, "{prestarted:?}");
+
+    // A death signal lands within milliseconds: watch them for two seconds.
+    let watch = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < watch {
+        for pid in &prestarted {
+            assert!(
+                rayforge_integration_tests::process_running(*pid),
+                "prestarted worker {pid} died after `init` returned"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The driver's tasks run on them, and they are still there afterwards.
+    writeln!(input, "run").expect("write to the driver");
+    let ran = pids_after(&lines, "ran ");
+    assert_eq!(ran.len(), 20, "{ran:?}");
+    assert!(
+        ran.iter().any(|p| prestarted.contains(p)),
+        "no task ran on the prestarted workers: {ran:?} vs {prestarted:?}"
+    );
+    for pid in &prestarted {
+        assert!(
+            rayforge_integration_tests::process_running(*pid),
+            "prestarted worker {pid} died"
+        );
+    }
+
+    // At the end of its input the driver shuts down cleanly.
+    drop(input);
+    let mut driver = driver;
+    let mut status = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            status = driver.0.try_wait().ok().flatten();
+            status.is_some()
+        }),
+        "the driver did not exit at the end of its input"
+    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}

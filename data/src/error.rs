@@ -61,6 +61,24 @@ pub enum Error {
     /// A user function returned an error.
     #[error("{0}")]
     User(String),
+    /// A write to a local path (or a `file://` URI) reached a node that
+    /// does not see the directory the driver writes to: the path is not
+    /// shared by every node of the cluster, and the node's part would have
+    /// landed on its own disk, where no reader finds it.
+    #[error(
+        "node {node} cannot see {path}, the directory this write goes to: the path is not shared by every node \
+         of the cluster. Mount the same volume at {path} on every node, or write to cluster:// (the head's \
+         store) or s3://"
+    )]
+    PathNotShared {
+        /// The id of the node that cannot see the directory.
+        node: String,
+        /// The directory written to, as the driver resolved it.
+        path: String,
+        /// What the node's check of the driver's marker found.
+        #[source]
+        source: Box<rayforge::Error>,
+    },
     /// The runtime failed (a task or worker died, an object was lost, ...).
     #[error("{0}")]
     Runtime(#[source] rayforge::Error),

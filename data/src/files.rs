@@ -12,11 +12,20 @@
 //! (refuse a directory that holds files), [`WriteMode::Overwrite`]
 //! (replace them once the new write committed) or [`WriteMode::Append`].
 //!
+//! On a multi-node cluster a local path (or `file://` URI) must be one
+//! every node shares (NFS, a mounted volume): the driver leaves a marker
+//! in the directory ([`rayforge::storage::SharedCheck`]) and each task
+//! that writes a part reads it first, so a node that does not see the
+//! directory fails the write with [`Error::PathNotShared`] instead of
+//! writing its part on its own disk, where no reader finds it. (On the
+//! embedded cluster every task runs on the driver's machine and the check
+//! always passes.)
+//!
 //! Files in remote storage are downloaded into the node's cache
 //! (`rayforge::storage::cache_dir()`) by the task that reads them; files
 //! are taken to be immutable once written (as a write's parts are).
 
-use rayforge::storage::{Storage, StorageUri};
+use rayforge::storage::{SharedCheck, Storage, StorageUri};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -87,6 +96,9 @@ pub(crate) struct PendingWrite {
     mode: WriteMode,
     /// The data files the directory held (every kind).
     before: Vec<String>,
+    /// For a local path: the marker each task reads before it writes its
+    /// part (removed when the write ends, however it ends).
+    pub(crate) shared: Option<SharedCheck>,
 }
 
 impl PendingWrite {
@@ -112,11 +124,17 @@ impl PendingWrite {
                 before[0]
             )));
         }
+        // Written after the mode check, so a refused write leaves nothing.
+        let shared = match storage.local_path() {
+            Some(_) => Some(storage.shared_check()?),
+            None => None,
+        };
         Ok(PendingWrite {
             storage,
             write_id: format!("{:016x}", rand::random::<u64>()),
             mode,
             before,
+            shared,
         })
     }
 
@@ -146,6 +164,24 @@ impl PendingWrite {
             let _ = self.storage.delete(k);
         }
     }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.remove();
+        }
+    }
+}
+
+/// Fails with [`Error::PathNotShared`] when this node cannot see the
+/// marker the driver left in `dir` (the write's directory, a local path).
+pub(crate) fn verify_shared(shared: &SharedCheck, dir: &str) -> Result<()> {
+    shared.verify().map_err(|source| Error::PathNotShared {
+        node: rayforge::node_id().unwrap_or_else(|_| "(unknown)".into()),
+        path: dir.to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// A file to read on this node: a local path as it is; a file in remote

@@ -1229,6 +1229,7 @@ impl Dataset {
         let mut rows = 0;
         let dir_s = pending.storage.uri().to_string();
         let write_id = pending.write_id.clone();
+        let shared = pending.shared.clone();
         let mut index = 0usize;
         let mut sinks = upstream.map(move |r| {
             r.map(|br| {
@@ -1237,6 +1238,7 @@ impl Dataset {
                     dir: dir_s.clone(),
                     index,
                     write_id: write_id.clone(),
+                    shared: shared.clone(),
                 };
                 index += 1;
                 let name = sink.file_name();
@@ -1274,7 +1276,10 @@ impl Dataset {
     /// `s3://bucket/prefix`) — then commits them with a `_SUCCESS` marker:
     /// a failed write changes nothing readers see. A `dir` that already
     /// holds files is refused ([`WriteMode::Error`]); see
-    /// [`Dataset::write_parquet_with`] to overwrite or append.
+    /// [`Dataset::write_parquet_with`] to overwrite or append. On a
+    /// multi-node cluster a local `dir` (or `file://` URI) must be a path
+    /// every node shares: a node that cannot see it fails the write with
+    /// [`Error::PathNotShared`] rather than keep its part on its own disk.
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;

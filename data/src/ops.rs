@@ -328,6 +328,10 @@ pub(crate) struct Sink {
     /// Names this write's parts, so they never overwrite another write's
     /// (an overwrite or append commits only with its marker).
     pub(crate) write_id: String,
+    /// For a local path: the driver's marker, read before writing, so a
+    /// node that does not share the path fails instead of writing on its
+    /// own disk.
+    pub(crate) shared: Option<rayforge::storage::SharedCheck>,
 }
 
 impl Sink {
@@ -339,6 +343,9 @@ impl Sink {
     /// local path) or uploads it (to storage): a failed write leaves no
     /// partial file behind.
     fn write(&self, b: &RecordBatch) -> Result<()> {
+        if let Some(shared) = &self.shared {
+            crate::files::verify_shared(shared, &self.dir)?;
+        }
         let storage = rayforge::storage::StorageUri::from(self.dir.as_str()).open()?;
         let local_dir = storage.local_path().map(|p| p.to_path_buf());
         let tmp_dir = local_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -765,4 +772,61 @@ pub(crate) fn agg_final(
         sql_over(vec![("partial".into(), schema, batches)], &query)
     })();
     finish(start, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: i64) -> RecordBatch {
+        let col: arrow::array::ArrayRef = Arc::new(arrow::array::Int64Array::from((0..n).collect::<Vec<_>>()));
+        RecordBatch::try_from_iter([("id", col)]).unwrap()
+    }
+
+    fn sink(dir: &std::path::Path, shared: Option<rayforge::storage::SharedCheck>) -> Sink {
+        Sink {
+            format: Format::Parquet,
+            dir: dir.to_string_lossy().into_owned(),
+            index: 0,
+            write_id: "00000000000000aa".into(),
+            shared,
+        }
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("rayforge-data-sink-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_sink_that_sees_the_drivers_marker_writes_its_part() {
+        let dir = scratch("shared");
+        let storage = rayforge::storage::StorageUri::from(dir.as_path()).open().unwrap();
+        let check = storage.shared_check().unwrap();
+        let s = sink(&dir, Some(check.clone()));
+        s.write(&ids(3)).unwrap();
+        assert!(dir.join(s.file_name()).is_file());
+        check.remove();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A node that does not share the path sees no marker: what the sink
+    /// finds when the marker is gone.
+    #[test]
+    fn a_sink_that_cannot_see_the_drivers_marker_fails_naming_the_path() {
+        let dir = scratch("private");
+        let storage = rayforge::storage::StorageUri::from(dir.as_path()).open().unwrap();
+        let check = storage.shared_check().unwrap();
+        check.remove();
+        let s = sink(&dir, Some(check));
+        let err = s.write(&ids(3)).unwrap_err();
+        match &err {
+            Error::PathNotShared { path, .. } => assert_eq!(path, &dir.to_string_lossy()),
+            other => panic!("expected PathNotShared, got {other:?}"),
+        }
+        assert!(err.to_string().contains("is not shared by every node"), "{err}");
+        assert!(!dir.join(s.file_name()).exists(), "no part written");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -2,3 +2,4 @@
 //! is a link of about 190 MB, and CI's disk and two cores pay for every one.
 mod dataset;
 mod streaming;
+mod writes;

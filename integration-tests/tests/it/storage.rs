@@ -329,3 +329,37 @@ fn a_dataset_written_on_one_node_is_read_on_another() {
         1010
     );
 }
+
+/// Parquet written to a plain local path on a cluster whose nodes do not
+/// share that path: the task writing a part on the private-disk node
+/// cannot see the driver's marker, and the write fails naming that node
+/// and the path, rather than leave the part on that node's own disk.
+#[test]
+fn a_dataset_written_to_a_path_a_node_does_not_share_fails_naming_the_node() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
+    // The head has no CPU: every part is written on the private-disk node.
+    let private = cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    rayforge::init(cluster.config()).expect("join the cluster");
+    assert!(wait_until(Duration::from_secs(60), || {
+        rayforge::cluster_resources().unwrap().total.get("CPU") == Some(&1.0)
+    }));
+    let dir = cluster.base_dir().join("datasets").join("local");
+    let dir_s = dir.to_str().unwrap();
+    let err = rayforge_data::range_with_blocks(100, 2)
+        .write_parquet(dir_s)
+        .expect_err("a path the writing node does not share");
+    match &err {
+        rayforge_data::Error::PathNotShared { node, path, .. } => {
+            assert_eq!((node.as_str(), path.as_str()), (private.as_str(), dir_s), "{err}");
+        }
+        other => panic!("expected PathNotShared, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&private) && message.contains(dir_s), "{message}");
+    // Nothing was committed, and the driver's marker is gone.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -13,7 +13,7 @@ use tch::{nn, Tensor};
 
 /// Saves relu(x W^T + b), with these weights, as TorchScript (traced by
 /// libtorch's JIT, as a Train checkpoint's model is).
-fn make_model(path: &Path) {
+pub(crate) fn make_model(path: &Path) {
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
     let mut l = nn::linear(vs.root() / "l", 3, 2, Default::default());
     tch::no_grad(|| {
@@ -34,7 +34,7 @@ fn make_model(path: &Path) {
 }
 
 /// The same model as a plain loop.
-fn reference(x: &[f32]) -> Vec<f32> {
+pub(crate) fn reference(x: &[f32]) -> Vec<f32> {
     let w = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]];
     let b = [0.25, -0.5];
     (0..2)
@@ -146,6 +146,22 @@ fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
     let app = Application::new("m").ingress(
         deployment::<TorchScript>("Model").user_config(serde_json::json!({ "checkpoint": uri, "device": "cpu" })),
     );
+    let s = serve_and_check_model(app);
+    // A checkpoint that is not there: the replica cannot start, naming it.
+    let missing = "cluster://serve-test/run/checkpoint_000009";
+    s.deploy(vec![Application::new("broken").route_prefix("/broken").ingress(
+        deployment::<TorchScript>("Broken").user_config(serde_json::json!({ "checkpoint": missing, "device": "cpu" })),
+    )])
+    .unwrap();
+    let e = s.wait_healthy(Duration::from_secs(120));
+    assert!(matches!(&e, Err(Error::Unavailable(m)) if m.contains(missing)), "{e:?}");
+    s.shutdown().unwrap();
+}
+
+/// Starts Serve with `app` (a model made by [`make_model`] at `/`), waits
+/// until it is healthy and checks that `[1, 2, 3]` posted through the
+/// proxy comes back as [`reference`] says.
+pub(crate) fn serve_and_check_model(app: Application) -> rayforge_serve::Serve {
     let s = rayforge_serve::start(
         vec![app],
         HttpOptions {
@@ -155,7 +171,7 @@ fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
         },
     )
     .unwrap();
-    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    s.wait_healthy(Duration::from_secs(180)).unwrap();
     let r = request(
         &s.http_addr().to_string(),
         "POST",
@@ -166,19 +182,10 @@ fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let y: Vec<f32> = serde_json::from_slice(&r.body).unwrap();
+    let want = reference(&[1.0, 2.0, 3.0]);
     assert!(
-        y.iter()
-            .zip(reference(&[1.0, 2.0, 3.0]))
-            .all(|(a, b)| (a - b).abs() < 1e-4),
-        "{y:?}"
+        y.len() == want.len() && y.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-4),
+        "{y:?} vs {want:?}"
     );
-    // A checkpoint that is not there: the replica cannot start, naming it.
-    let missing = "cluster://serve-test/run/checkpoint_000009";
-    s.deploy(vec![Application::new("broken").route_prefix("/broken").ingress(
-        deployment::<TorchScript>("Broken").user_config(serde_json::json!({ "checkpoint": missing, "device": "cpu" })),
-    )])
-    .unwrap();
-    let e = s.wait_healthy(Duration::from_secs(120));
-    assert!(matches!(&e, Err(Error::Unavailable(m)) if m.contains(missing)), "{e:?}");
-    s.shutdown().unwrap();
+    s
 }

@@ -4,9 +4,10 @@
 //! trial's results, logs and checkpoints reach it from whichever node ran
 //! the trial; a trial whose node dies goes on from its checkpoint on
 //! another node; a driver SIGKILLed mid-experiment is resumed by a second
-//! driver process that shares nothing with the first but the cluster. With
-//! the experiment on the driver's local path, a trial on such a node fails
-//! at once, naming the node.
+//! driver process that shares nothing with the first but the cluster; PBT
+//! hands a checkpoint taken on one such node to a trial that goes on from
+//! it. With the experiment on the driver's local path, a trial on such a
+//! node fails at once, naming the node.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use rayforge::checkpoint::{CheckpointDir, CheckpointWriter};
 use rayforge::storage::{Storage, StorageUri};
 use rayforge_integration_tests::{wait_until, LocalCluster};
-use rayforge_tune::{BasicVariant, Domain, SearchSpace, TrialContext, TrialStatus, TuneConfig, Tuner};
+use rayforge_tune::{
+    BasicVariant, Domain, Mode, Pbt, SearchSpace, TrialContext, TrialStatus, TuneConfig, Tuner, TRAINING_ITERATION,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -285,4 +288,104 @@ fn a_second_driver_resumes_an_experiment_in_the_clusters_store_after_the_first_i
         assert_eq!(steps, (1..=steps.len() as u64).collect::<Vec<u64>>(), "{t}");
         assert!(!steps.is_empty(), "{t}");
     }
+}
+
+/// PBT's toy: ten steps of 300 ms, `score` growing by `lr` a step, a
+/// checkpoint each step (the score, and the node it was taken on);
+/// `restored` reports the score it went on from (-1 without a
+/// checkpoint).
+fn climb(ctx: &mut TrialContext) -> Result<(), String> {
+    let lr: f64 = ctx.get("lr").map_err(|e| e.to_string())?;
+    let node = rayforge::node_id().map_err(|e| e.to_string())?;
+    let (mut score, restored) = match ctx.checkpoint() {
+        Some(c) => {
+            let score: f64 = String::from_utf8_lossy(&c.read("score").map_err(|e| e.to_string())?)
+                .parse()
+                .map_err(|e| format!("{e}"))?;
+            (score, score)
+        }
+        None => (0.0, -1.0),
+    };
+    for _ in ctx.iteration() + 1..=10 {
+        std::thread::sleep(Duration::from_millis(300));
+        score += lr;
+        let mut w = CheckpointWriter::new().map_err(|e| e.to_string())?;
+        w.write("score", score.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        w.write("node", node.as_bytes()).map_err(|e| e.to_string())?;
+        ctx.report_checkpoint([("score", score), ("restored", restored)], w)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn pbt_on_private_disk_nodes_exploits_and_goes_on_from_the_donors_checkpoint() {
+    let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 5_000);
+    cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    cluster.add_private_disk_node(&["--num-cpus", "1"]);
+    rayforge::init(cluster.config()).expect("join the cluster");
+    assert!(wait_until(Duration::from_secs(60), || {
+        rayforge::cluster_resources().unwrap().total.get("CPU") == Some(&2.0)
+    }));
+    // Four trials, one per rate; the head has no CPU, so every trial, and
+    // every checkpoint, is on a private-disk node.
+    let rates = vec![0.01.into(), 0.1.into(), 0.5.into(), 1.0.into()];
+    let space = SearchSpace::new().domain("lr", Domain::Grid(rates.clone()));
+    let mutate = SearchSpace::new().domain("lr", Domain::Choice(rates));
+    let pbt = Pbt::new(TRAINING_ITERATION, "score", Mode::Max, 2.0, &mutate, 1)
+        .unwrap()
+        .resample_probability(0.0)
+        .unwrap();
+    let grid = Tuner::new(
+        climb,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "pbt".into(),
+            storage_path: "cluster://experiments".into(),
+            metric: "score".into(),
+            mode: Mode::Max,
+            max_concurrent_trials: 4,
+            cpus_per_trial: 0.5,
+            verbose: false,
+            ..Default::default()
+        },
+    )
+    .scheduler(pbt)
+    .fit()
+    .unwrap();
+    assert!(grid.errors().is_empty(), "{:?}", grid.errors());
+
+    let exp = StorageUri::from("cluster://experiments/pbt").open().unwrap();
+    let j = journal(&exp);
+    let all: Vec<serde_json::Value> = j.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let exploits: Vec<usize> = (0..all.len()).filter(|&i| all[i]["event"] == "exploited").collect();
+    assert!(!exploits.is_empty(), "no exploit: {j}");
+    let mut continued = 0;
+    for i in exploits {
+        let e = &all[i];
+        let (trial, from) = (e["trial"].as_str().unwrap(), e["from"].as_str().unwrap());
+        let k = e["iteration"].as_f64().unwrap();
+        // The donor's score at the checkpoint it gave.
+        let donor = all[..i]
+            .iter()
+            .rfind(|r| r["event"] == "result" && r["trial"] == from && r["metrics"][TRAINING_ITERATION] == k)
+            .map(|r| r["metrics"]["score"].as_f64().unwrap())
+            .unwrap_or_else(|| panic!("no result of {from} at {k} before {e}"));
+        // The exploiting trial's next report, unless it was exploited
+        // again first: it goes on from the donor's iteration and score.
+        let next = all[i + 1..]
+            .iter()
+            .find(|r| r["trial"] == trial && (r["event"] == "result" || r["event"] == "exploited"));
+        if let Some(r) = next.filter(|r| r["event"] == "result") {
+            assert_eq!(
+                r["metrics"][TRAINING_ITERATION].as_f64(),
+                Some(k + 1.0),
+                "{r} after {e}"
+            );
+            assert_eq!(r["metrics"]["restored"].as_f64(), Some(donor), "{r} after {e}");
+            continued += 1;
+        }
+    }
+    assert!(continued > 0, "some exploited trial reported again: {j}");
 }

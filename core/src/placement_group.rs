@@ -43,7 +43,7 @@ pub enum PlacementStrategy {
 }
 
 impl PlacementStrategy {
-    fn to_proto(self) -> proto::PlacementStrategy {
+    pub(crate) fn to_proto(self) -> proto::PlacementStrategy {
         match self {
             PlacementStrategy::Pack => proto::PlacementStrategy::Pack,
             PlacementStrategy::Spread => proto::PlacementStrategy::Spread,

@@ -13,8 +13,10 @@
 //! rayforge stop                             # every daemon on this machine
 //! rayforge microbenchmark [--json FILE]
 //! rayforge cluster-benchmark [--json FILE]  # many tasks/actors, broadcast, 100+ nodes
+//! rayforge autoscaler-benchmark             # the autoscaler's decision on 1,000 nodes
 //! ```
 
+mod autoscaler_benchmark;
 mod cluster_benchmark;
 mod microbenchmark;
 mod storage_benchmark;
@@ -201,6 +203,23 @@ enum Command {
         /// The cluster to join for cluster:// (`auto`: this machine's).
         #[arg(long)]
         address: Option<String>,
+    },
+    /// Time the autoscaler's decision (the pure policy) on a large cluster:
+    /// nodes of four types, queued tasks of many shapes, pending placement
+    /// groups and an explicit request.
+    AutoscalerBenchmark {
+        /// Nodes in the cluster.
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Queued tasks, spread over the shapes.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: u32,
+        /// Resource shapes of the queued tasks.
+        #[arg(long, default_value_t = 20)]
+        shapes: usize,
+        /// Rounds (the median and the best are reported).
+        #[arg(long, default_value_t = 21)]
+        rounds: usize,
     },
     /// Run the core microbenchmarks (same cases and names as `ray microbenchmark`).
     Microbenchmark {
@@ -707,6 +726,17 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             }
             storage_benchmark::run(&storage_benchmark::Settings { uri, bytes, rounds })
         }
+        Command::AutoscalerBenchmark {
+            nodes,
+            tasks,
+            shapes,
+            rounds,
+        } => autoscaler_benchmark::run(&autoscaler_benchmark::Settings {
+            nodes,
+            tasks,
+            shapes,
+            rounds,
+        }),
         Command::Microbenchmark { json, filter, seconds } => {
             microbenchmark::run(&microbenchmark::Settings { json, filter, seconds })
         }

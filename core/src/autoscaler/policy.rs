@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use crate::node::placement;
-use crate::proto::PlacementStrategy;
 use crate::resources::Resources;
+use crate::PlacementStrategy;
 
 use super::config::{AutoscalerConfig, NodeTypeConfig};
 
@@ -324,7 +324,7 @@ pub fn plan(nodes: &[NodeView], demand: &Demand, cfg: &AutoscalerConfig, now_ms:
     for g in &demand.groups {
         let free: Vec<Resources> = slots.iter().map(|s| s.free.clone()).collect();
         let none = vec![None; g.bundles.len()];
-        if let Ok(assign) = placement::plan(g.strategy, &g.bundles, &none, &free) {
+        if let Ok(assign) = placement::plan(g.strategy.to_proto(), &g.bundles, &none, &free) {
             for (b, s) in g.bundles.iter().zip(&assign) {
                 take(&mut slots[*s].free, b, 1);
                 slots[*s].needed = true;
@@ -532,7 +532,7 @@ fn plan_group_launch(
         for k in 1..=g.bundles.len() as u32 {
             let mut with: Vec<Resources> = free.to_vec();
             with.extend(std::iter::repeat_n(t.resources.clone(), k as usize));
-            if let Ok(assign) = placement::plan(g.strategy, &g.bundles, &none, &with) {
+            if let Ok(assign) = placement::plan(g.strategy.to_proto(), &g.bundles, &none, &with) {
                 if counts.room(cfg, name) >= k {
                     return Ok((name.clone(), k, assign));
                 }

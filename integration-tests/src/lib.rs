@@ -377,3 +377,18 @@ impl Drop for LocalCluster {
         }
     }
 }
+
+/// Points this process's S3 client at an endpoint nothing listens on (a
+/// local port just freed), with credentials, so that only the connection
+/// can fail: for tests of storage that cannot be reached. Sets the `AWS_*`
+/// variables of the whole process.
+pub fn point_s3_at_a_dead_endpoint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free local port")
+        .port();
+    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    std::env::set_var("AWS_REGION", "us-east-1");
+}

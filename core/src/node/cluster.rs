@@ -983,6 +983,16 @@ mod tests {
 
     use super::{cached_binary_intact, process_alive, prune_binaries, prune_packages};
 
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Unpacked packages beyond the newest eight go, oldest first, unless a
     /// job of this node uses one, it was just unpacked, or it was used
     /// within the hour (by a node sharing this machine).
@@ -1007,11 +1017,7 @@ mod tests {
             .unwrap();
         let in_use: HashSet<_> = [dir.join("pkg01")].into();
         prune_packages(&dir, &dir.join("pkg00"), &in_use, now);
-        let mut left: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
         // Newest eight by use: pkg03 (30 min), pkg13..pkg07; then pkg00
         // (just unpacked), pkg01 (in use) and the unfinished one stay;
@@ -1075,11 +1081,7 @@ mod tests {
         std::fs::write(dir.join("x.tmp"), b"partial").unwrap();
         // The file just written counts as one of the kept ones even if oldest.
         prune_binaries(&dir, &dir.join("bin00"));
-        let mut left: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
+        let left = names_in(&dir);
         std::fs::remove_dir_all(&dir).unwrap();
         let want: Vec<String> = [
             "bin00", "bin05", "bin06", "bin07", "bin08", "bin09", "bin10", "bin11", "x.tmp",

@@ -13,7 +13,7 @@ use rayforge_integration_tests::{wait_until, LocalCluster};
 use rayforge_serve::torch::TorchScript;
 use rayforge_serve::{deployment, Application, Error};
 
-use crate::torch::{make_model, serve_and_check_model};
+use crate::torch::{commit_model_to_store, make_model, serve_and_check_model};
 
 /// The custom resource only the private-disk node has: a replica that asks
 /// for it runs there.
@@ -39,18 +39,9 @@ fn cluster() -> LocalCluster {
 #[test]
 fn a_replica_on_a_private_disk_node_serves_a_checkpoint_from_the_cluster_store() {
     let cluster = cluster();
-    let w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
-    make_model(&w.file_path("model.pt").unwrap());
-    let run = rayforge::storage::StorageUri::from("cluster://serve-private/run")
-        .open()
-        .unwrap();
-    let c = rayforge::checkpoint::CheckpointDir::new(run)
-        .commit(w, 1, &Default::default(), "test")
-        .unwrap();
-    let uri = c.uri().expect("a checkpoint in the cluster store").to_string();
     // Only the head's store (under the cluster's directory, hidden from
-    // the private node) holds it now.
-    std::fs::remove_dir_all(c.path()).unwrap();
+    // the private node) holds it.
+    let uri = commit_model_to_store("cluster://serve-private/run");
     assert!(cluster
         .state_dir
         .join("storage/serve-private/run/checkpoint_000001/model.pt")

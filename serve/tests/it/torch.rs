@@ -132,17 +132,7 @@ fn a_torchscript_model_answers_batched_requests() {
 #[test]
 fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
     rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
-    let w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
-    make_model(&w.file_path("model.pt").unwrap());
-    let run = rayforge::storage::StorageUri::from("cluster://serve-test/run")
-        .open()
-        .unwrap();
-    let c = rayforge::checkpoint::CheckpointDir::new(run)
-        .commit(w, 1, &Default::default(), "test")
-        .unwrap();
-    let uri = c.uri().expect("a checkpoint in the cluster store").to_string();
-    // Not on this node's disk any more: only the store has it.
-    std::fs::remove_dir_all(c.path()).unwrap();
+    let uri = commit_model_to_store("cluster://serve-test/run");
     let app = Application::new("m").ingress(
         deployment::<TorchScript>("Model").user_config(serde_json::json!({ "checkpoint": uri, "device": "cpu" })),
     );
@@ -188,4 +178,19 @@ pub(crate) fn serve_and_check_model(app: Application) -> rayforge_serve::Serve {
         "{y:?} vs {want:?}"
     );
     s
+}
+
+/// Commits a model made by [`make_model`] as checkpoint 1 under `run` (a
+/// `cluster://` URI) and removes this node's copy, so that only the store
+/// holds it; its URI.
+pub(crate) fn commit_model_to_store(run: &str) -> String {
+    let w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
+    make_model(&w.file_path("model.pt").unwrap());
+    let run = rayforge::storage::StorageUri::from(run).open().unwrap();
+    let c = rayforge::checkpoint::CheckpointDir::new(run)
+        .commit(w, 1, &Default::default(), "test")
+        .unwrap();
+    let uri = c.uri().expect("a checkpoint in the cluster store").to_string();
+    std::fs::remove_dir_all(c.path()).unwrap();
+    uri
 }

@@ -206,17 +206,8 @@ fn a_storage_path_that_is_malformed_unwritable_or_unreachable_is_refused_before_
     let file = dir.join("a-file");
     std::fs::write(&file, b"").unwrap();
     let unwritable = file.join("runs").display().to_string();
-    // An S3 endpoint nothing listens on (a port just freed), with
-    // credentials, so that only the connection can fail.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    std::env::set_var("AWS_REGION", "us-east-1");
+    // An S3 endpoint nothing listens on: only the connection can fail.
+    rayforge_integration_tests::point_s3_at_a_dead_endpoint();
     for (uri, named, what) in [
         ("ftp://host/runs", "ftp://host/runs", "unknown scheme `ftp`"),
         ("s3:///runs", "s3:///runs", "no bucket named"),

@@ -463,17 +463,8 @@ fn an_unreachable_storage_endpoint_is_refused_promptly_before_any_trial_runs() {
     cluster();
     let marker = std::env::temp_dir().join(format!("rayforge-tune-unreachable-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
-    // An S3 endpoint nothing listens on (a port just freed), with
-    // credentials, so that only the connection can fail.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    std::env::set_var("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
-    std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    std::env::set_var("AWS_REGION", "us-east-1");
+    // An S3 endpoint nothing listens on: only the connection can fail.
+    rayforge_integration_tests::point_s3_at_a_dead_endpoint();
     let space = SearchSpace::new().constant("marker", marker.display().to_string());
     let started = std::time::Instant::now();
     let e = Tuner::new(

@@ -156,6 +156,8 @@ pub(crate) struct Gcs {
     dirty: tokio::sync::Notify,
     /// The cluster's file store (`cluster://`), under `storage/`.
     files: Arc<crate::storage::file_store::FileStore>,
+    /// The node types the autoscaler may launch, told to every node.
+    node_types: Mutex<Vec<proto::NodeTypeShape>>,
 }
 
 impl Gcs {
@@ -200,6 +202,7 @@ impl Gcs {
         let files = crate::storage::file_store::FileStore::open(&dir.join("storage"), storage_budget)?;
         Ok(Arc::new(Gcs {
             files,
+            node_types: Mutex::new(Vec::new()),
             dir: dir.to_path_buf(),
             tables: Mutex::new(t),
             heartbeat_timeout,
@@ -464,6 +467,33 @@ impl Gcs {
         self.tables.lock().groups.values().cloned().collect()
     }
 
+    /// The node table as listed (restored nodes not heard from yet marked
+    /// reconnecting).
+    pub(crate) fn nodes(&self) -> Vec<proto::NodeEntry> {
+        self.tables.lock().listed_nodes()
+    }
+
+    /// Sets the node types the autoscaler may launch, told to every node
+    /// with its next heartbeat.
+    pub(crate) fn set_node_types(&self, types: Vec<proto::NodeTypeShape>) {
+        *self.node_types.lock() = types;
+    }
+
+    /// A value of the key-value store (`namespace`/`key`), if set.
+    pub(crate) fn kv_value(&self, namespace: &str, key: &str) -> Option<Vec<u8>> {
+        let key = crate::kv::full_key(namespace, key).ok()?;
+        let t = self.tables.lock();
+        t.kv.0.get(&key).cloned()
+    }
+
+    /// Sets a value of the key-value store (kept in memory; written with
+    /// the next change to the tables).
+    pub(crate) fn set_kv_value(&self, namespace: &str, key: &str, value: Vec<u8>) {
+        if let Ok(key) = crate::kv::full_key(namespace, key) {
+            self.tables.lock().kv.0.insert(key, value);
+        }
+    }
+
     /// How many recorded nodes are alive and dead.
     pub(crate) fn nodes_alive_dead(&self) -> (usize, usize) {
         let t = self.tables.lock();
@@ -583,6 +613,8 @@ impl ControlService for GcsService {
                 }
                 n.pending_leases = r.pending_leases;
                 n.pending_demands = r.pending_demands;
+                n.demands = r.demands;
+                n.idle_since_ms = r.idle_since_ms;
                 n.num_workers = r.num_workers;
                 t.unconfirmed.remove(&id);
                 true
@@ -612,6 +644,7 @@ impl ControlService for GcsService {
                     pid: j.driver_pid,
                 })
                 .collect(),
+            node_types: self.0.node_types.lock().clone(),
         }))
     }
 

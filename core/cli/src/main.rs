@@ -120,6 +120,10 @@ enum Command {
         /// Do not serve the dashboard on the head's jobs port.
         #[arg(long)]
         no_dashboard: bool,
+        /// Run an autoscaler in the head for this cluster.yaml: it launches
+        /// nodes of its types for work that waits and removes idle ones.
+        #[arg(long, requires = "head")]
+        autoscaling_config: Option<std::path::PathBuf>,
         /// Stay in the foreground (logs to stderr) instead of daemonizing.
         #[arg(long)]
         block: bool,
@@ -560,8 +564,15 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             metrics_port,
             advertise_address,
             no_dashboard,
+            autoscaling_config,
             block,
         } => {
+            // Checked before anything starts (and before daemonizing, so
+            // a mistake is printed where the user typed the command).
+            let autoscaler = autoscaling_config
+                .as_deref()
+                .map(rayforge::autoscaler::config::ClusterConfig::load)
+                .transpose()?;
             let resources = match resources {
                 Some(r) => parse_resources(&r)?,
                 None => HashMap::new(),
@@ -591,6 +602,7 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 metrics_port,
                 advertise_address,
                 http_routes: (head && !no_dashboard).then(rayforge_dashboard::routes),
+                autoscaler,
             };
             if !block {
                 return daemonize(opts.token.as_deref());

@@ -16,7 +16,9 @@
 //! ```
 
 pub mod config;
+pub mod monitor;
 pub mod policy;
+pub mod provider;
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,13 @@ use crate::error::{Error, Result};
 pub const KV_NAMESPACE: &str = "autoscaler";
 /// The key of the bundles [`request_resources`] asked for (JSON).
 pub const REQUESTED_KEY: &str = "requested_resources";
+/// The key of the autoscaler's last status (JSON, [`monitor::Status`]).
+pub const STATUS_KEY: &str = "status";
+/// Set by a provider on the node daemons it starts: the provider's id of
+/// the node, which the node reports when it registers.
+pub const PROVIDER_ID_ENV: &str = "RAYFORGE_PROVIDER_NODE_ID";
+/// Set by a provider on the node daemons it starts: the node's type.
+pub const NODE_TYPE_ENV: &str = "RAYFORGE_NODE_TYPE";
 
 /// Asks the autoscaler to keep room for `bundles` in the cluster, busy or
 /// not: it launches nodes until the cluster's capacity holds them all (as

@@ -281,27 +281,39 @@ pub fn plan(nodes: &[NodeView], demand: &Demand, cfg: &AutoscalerConfig, now_ms:
         }
     }
 
-    // 2. Explicit requests: the cluster's capacity must hold them.
+    // 2. Explicit requests: the cluster's capacity must hold them (and
+    // the nodes that hold them stay, idle or not).
+    let mut held_for_request = vec![false; nodes.len()];
     if !demand.requested.is_empty() {
-        let mut capacity: Vec<Resources> = nodes
+        // Each with the node it is (None: launched by this plan).
+        let mut capacity: Vec<(Option<usize>, Resources)> = nodes
             .iter()
-            .filter(|n| n.phase != Phase::Terminating)
-            .map(|n| n.total.clone())
-            .chain(slots.iter().filter(|s| s.node.is_none()).map(|s| s.free.clone()))
+            .enumerate()
+            .filter(|(_, n)| n.phase != Phase::Terminating)
+            .map(|(i, n)| (Some(i), n.total.clone()))
+            .chain(
+                slots
+                    .iter()
+                    .filter(|s| s.node.is_none())
+                    .map(|s| (None, s.free.clone())),
+            )
             .collect();
         let mut requested = demand.requested.clone();
         requested.sort_by(|a, b| size(b).partial_cmp(&size(a)).unwrap_or(std::cmp::Ordering::Equal));
         let mut added: BTreeMap<String, u32> = BTreeMap::new();
         for b in &requested {
-            if let Some(c) = capacity.iter_mut().find(|c| fits(c, b)) {
+            if let Some((i, c)) = capacity.iter_mut().find(|(_, c)| fits(c, b)) {
                 take(c, b, 1);
+                if let Some(i) = i {
+                    held_for_request[*i] = true;
+                }
                 continue;
             }
             match cheapest_with_room(cfg, &counts, b) {
                 Ok(t) => {
                     let mut c = cfg.node_types[&t].resources.clone();
                     take(&mut c, b, 1);
-                    capacity.push(c);
+                    capacity.push((None, c));
                     launch(&mut launches, &mut slots, &mut counts, &t, 1, String::new());
                     *added.entry(t).or_default() += 1;
                 }
@@ -449,6 +461,9 @@ pub fn plan(nodes: &[NodeView], demand: &Demand, cfg: &AutoscalerConfig, now_ms:
                 if let (Some(i), true) = (s.node, s.needed) {
                     v[i] = true;
                 }
+            }
+            for (v, held) in v.iter_mut().zip(&held_for_request) {
+                *v |= *held;
             }
             v
         };
@@ -817,6 +832,22 @@ mod tests {
             matches!(&a[0], Action::Launch { reason, .. } if reason.contains("request_resources")),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn idle_nodes_that_hold_requested_capacity_stay() {
+        let full = res(&[("CPU", 2.0)]);
+        let idle = |id: &str| worker(id, "cpu2", full.clone(), full.clone(), Some(0));
+        let nodes = vec![head(), idle("a"), idle("b"), idle("c")];
+        let d = Demand {
+            requested: vec![full.clone(); 2],
+            ..Default::default()
+        };
+        // Two nodes hold the request; only the third goes, and nothing is
+        // launched for it (removing then relaunching would loop).
+        let a = plan(&nodes, &d, &cfg(), 600_000);
+        assert_eq!(terminated(&a), vec!["c".to_string()]);
+        assert!(launches(&a).is_empty(), "{a:?}");
     }
 
     #[test]

@@ -472,9 +472,20 @@ impl HeadClient {
                 let _ = writeln!(out, "  {p}");
             }
         }
+        if let Some(status) = self.autoscaler_status()? {
+            out.push_str(&status.report());
+        }
         let running = jobs.iter().filter(|j| j.state == "RUNNING").count();
         let _ = writeln!(out, "Jobs: {running} running, {} total", jobs.len());
         Ok(out)
+    }
+
+    /// What the cluster's autoscaler last decided (`None` when the cluster
+    /// has none).
+    pub fn autoscaler_status(&mut self) -> Result<Option<crate::autoscaler::monitor::Status>> {
+        use crate::autoscaler::{monitor::Status, KV_NAMESPACE, STATUS_KEY};
+        let key = crate::kv::full_key(KV_NAMESPACE, STATUS_KEY)?;
+        self.kv_get(&key)?.map(|json| Status::decode(&json)).transpose()
     }
 }
 

@@ -147,6 +147,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             crate::rpc::set_token(&token)?;
             (addr, token, None)
         };
+        let autoscaled = gcs.clone();
         let role = ClusterRole {
             head_addr: head_addr.clone(),
             bind_host: bind,
@@ -156,6 +157,9 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
             http_addr: metrics_addr.clone(),
         };
         let node = NodeDaemon::start(cfg, Some(role)).await?;
+        if let (Some(cluster), Some(gcs)) = (&opts.autoscaler, autoscaled) {
+            start_autoscaler(cluster, gcs, &head_addr, &token)?;
+        }
         node_http.set_node(node.clone());
         crate::node::http::serve(
             metrics,
@@ -325,6 +329,32 @@ fn check_token(what: &str, token: &str) -> Result<()> {
              (`openssl rand -hex 16`), or start the head without one to have one made"
         ))),
     }
+}
+
+/// Starts the autoscaler of `cluster` in the head, its provider's files
+/// under the head's state directory.
+fn start_autoscaler(
+    cluster: &crate::autoscaler::config::ClusterConfig,
+    gcs: std::sync::Arc<crate::gcs::Gcs>,
+    head_addr: &str,
+    token: &str,
+) -> Result<()> {
+    use crate::autoscaler::config::ProviderConfig;
+    let provider: std::sync::Arc<dyn crate::autoscaler::provider::NodeProvider> = match &cluster.provider {
+        ProviderConfig::Local { wrapper } => {
+            let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
+            std::sync::Arc::new(crate::autoscaler::provider::LocalProvider::new(
+                &cluster.cluster_name,
+                head_addr,
+                token,
+                exe,
+                wrapper.clone(),
+                gcs.dir().join("autoscaler"),
+            )?)
+        }
+    };
+    tokio::spawn(crate::autoscaler::monitor::run(gcs, cluster.clone(), provider));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -86,6 +86,9 @@ pub struct StartOptions {
     pub advertise_address: Option<String>,
     /// Routes added to the head's HTTP port (the dashboard's pages).
     pub http_routes: Option<crate::http::HttpRoutes>,
+    /// The head runs an autoscaler for this cluster config (node types,
+    /// limits, provider), launching and removing nodes with demand.
+    pub autoscaler: Option<crate::autoscaler::config::ClusterConfig>,
 }
 
 /// What a started daemon reports once it serves.

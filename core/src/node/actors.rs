@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 use tonic::Status;
@@ -661,6 +661,8 @@ impl NodeDaemon {
             job,
             requester: 0,
             reply: tx,
+            moved: None,
+            queued_at: Instant::now(),
         });
         self.apply(acts);
         let g = rx

@@ -2,7 +2,7 @@
 //! with the head, the cluster view behind spillback scheduling, job binaries
 //! fetched from the head, and object transfer between nodes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,33 @@ pub(crate) struct ClusterLink {
     pub(crate) sent: std::sync::atomic::AtomicU64,
     pub(crate) redirected: std::sync::atomic::AtomicU64,
     peers: crate::rpc::ChannelCache,
+    /// What each node type an autoscaler may launch offers (empty: the
+    /// cluster does not grow), as the head last said.
+    node_types: Mutex<Vec<(String, Resources)>>,
+    /// Lease requests waiting for the cluster to grow, by shape: reported
+    /// to the head as demand.
+    growth_waiting: Mutex<BTreeMap<String, (Resources, u32)>>,
+    /// Since when this node has been idle (see [`NodeDaemon::idle_since_ms`]).
+    idle_since_ms: Mutex<Option<u64>>,
+}
+
+/// A lease request counted as waiting for the cluster to grow while it
+/// lives.
+pub(crate) struct GrowthWait<'a> {
+    link: &'a ClusterLink,
+    key: String,
+}
+
+impl Drop for GrowthWait<'_> {
+    fn drop(&mut self) {
+        let mut m = self.link.growth_waiting.lock();
+        if let Some(e) = m.get_mut(&self.key) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// Transfers of one object from this node, for broadcasts: at most
@@ -148,7 +175,51 @@ impl ClusterLink {
             sent: Default::default(),
             redirected: Default::default(),
             peers: Default::default(),
+            node_types: Mutex::new(Vec::new()),
+            growth_waiting: Mutex::new(BTreeMap::new()),
+            idle_since_ms: Mutex::new(None),
         })
+    }
+
+    /// Whether an autoscaler may launch a node that fits `res`.
+    pub(crate) fn may_grow_for(&self, res: &Resources) -> bool {
+        self.node_types
+            .lock()
+            .iter()
+            .any(|(_, t)| infeasibility(t, res).is_none())
+    }
+
+    /// The node types an autoscaler may launch, as `cpu2 {CPU: 2}, ...`
+    /// (`None` when the cluster does not grow).
+    pub(crate) fn node_types_text(&self) -> Option<String> {
+        let types = self.node_types.lock();
+        (!types.is_empty()).then(|| {
+            types
+                .iter()
+                .map(|(name, r)| format!("{name} {}", crate::autoscaler::policy::shape(r)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    /// Counts a lease request as waiting for the cluster to grow until the
+    /// returned guard drops.
+    pub(crate) fn wait_for_growth(&self, res: &Resources) -> GrowthWait<'_> {
+        let key = format!("{res:?}");
+        self.growth_waiting
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| (res.clone(), 0))
+            .1 += 1;
+        GrowthWait { link: self, key }
+    }
+
+    /// An alive node other than `me` with `res` free now, by the view less
+    /// what was sent there since; counted as sent.
+    pub(crate) fn free_target(&self, me: &str, res: &Resources) -> Option<String> {
+        let view = self.view.lock();
+        let mut sent = self.sent_since_view.lock();
+        pick_free(&view, &mut sent, me, res)
     }
 
     pub(crate) fn node_client(&self, addr: &str) -> Result<proto::node_service_client::NodeServiceClient<Chan>> {
@@ -285,6 +356,8 @@ impl NodeDaemon {
             total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             http_addr: self.link().map(|l| l.role.http_addr.clone()).unwrap_or_default(),
+            provider_id: std::env::var(crate::autoscaler::PROVIDER_ID_ENV).unwrap_or_default(),
+            node_type: std::env::var(crate::autoscaler::NODE_TYPE_ENV).unwrap_or_default(),
             ..Default::default()
         }
     }
@@ -390,7 +463,20 @@ impl NodeDaemon {
                         .filter(|w| w.state != super::scheduler::WorkerState::Dead)
                         .count() as u32,
                     stopping: false,
+                    demands: Vec::new(),
+                    idle_since_ms: 0,
                 }
+            };
+            let mut req = req;
+            for (shape, n) in link.growth_waiting.lock().values() {
+                let shape = crate::autoscaler::policy::shape(shape);
+                req.pending_demands
+                    .push(format!("{shape} x{n} (waiting for a node to launch)"));
+            }
+            let req = proto::HeartbeatRequest {
+                demands: self.demands(),
+                idle_since_ms: self.idle_since_ms().unwrap_or(0),
+                ..req
             };
             let reply = match link.head.clone().heartbeat(req).await {
                 Ok(r) => r.into_inner(),
@@ -418,6 +504,17 @@ impl NodeDaemon {
             let alive: HashSet<String> = reply.nodes.iter().map(|n| n.addr.clone()).collect();
             *link.view.lock() = reply.nodes;
             link.sent_since_view.lock().clear();
+            *link.node_types.lock() = reply
+                .node_types
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        t.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    )
+                })
+                .collect();
+            self.move_queued_requests();
             // Every view counts as a change (node_gone re-checks).
             link.view_ready.send_replace(true);
             self.check_drivers(&link.head, &reply.local_drivers);
@@ -463,6 +560,59 @@ impl NodeDaemon {
                 }
             });
         }
+    }
+
+    /// Moves lease requests queued here for a while to nodes that have
+    /// room for them now (a node that joined since they were queued, one
+    /// that finished its work): they would otherwise wait here for this
+    /// node's resources while others sit idle.
+    pub(crate) fn move_queued_requests(&self) {
+        let Some(link) = self.link() else { return };
+        // Copies, so no lock of the view is held under the scheduler's.
+        let view: Vec<proto::NodeEntry> = link.view.lock().clone();
+        let mut sent = link.sent_since_view.lock().clone();
+        let me = self.state.node_id.clone();
+        let moved = self
+            .state
+            .sched
+            .lock()
+            .move_queued(Duration::from_millis(500), |res| pick_free(&view, &mut sent, &me, res));
+        if moved > 0 {
+            tracing::debug!(moved, "queued lease requests moved to nodes with room");
+            *link.sent_since_view.lock() = sent;
+        }
+    }
+
+    /// Records whether this node is idle now (no leases, queued requests
+    /// or primary objects) and returns since when, in milliseconds since
+    /// the Unix epoch; `None` while busy.
+    pub(crate) fn idle_since_ms(&self) -> Option<u64> {
+        let link = self.link()?;
+        let busy = self.state.sched.lock().is_busy()
+            || !link.growth_waiting.lock().is_empty()
+            || self.state.store.lock().primary_count() > 0;
+        let mut since = link.idle_since_ms.lock();
+        if busy {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(crate::clock::now_ms());
+        }
+        *since
+    }
+
+    /// What waits for resources here, by shape: queued requests and those
+    /// waiting for the cluster to grow.
+    pub(crate) fn demands(&self) -> Vec<proto::ResourceDemand> {
+        let mut all = self.state.sched.lock().demands();
+        if let Some(link) = self.link() {
+            all.extend(link.growth_waiting.lock().values().cloned());
+        }
+        all.into_iter()
+            .map(|(shape, count)| proto::ResourceDemand {
+                shape: shape.into_iter().collect(),
+                count,
+            })
+            .collect()
     }
 
     /// Another node to send a lease request to when this one cannot serve
@@ -727,9 +877,17 @@ impl NodeDaemon {
         };
         let total = first.total;
         let d = self.clone();
-        let reuse = tokio::task::spawn_blocking(move || d.state.store.lock().reserve(id, total))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let reuse = tokio::task::spawn_blocking(move || {
+            let mut store = d.state.store.lock();
+            let new = !store.contains(&id);
+            let reuse = store.reserve(id, total);
+            if new {
+                store.mark_copy(&id);
+            }
+            reuse
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
         let dir = self.state.paths.store.clone();
         let mut new = match object_store::NewObject::create(&dir, &id, total, reuse.as_deref()) {
             Ok(n) => Some(n),
@@ -974,6 +1132,37 @@ fn prune_packages(
             tracing::debug!(path = %path.display(), "removed an old working-directory package");
         }
     }
+}
+
+/// An alive node of `view` other than `me` with `res` free, counting what
+/// `sent` records as already sent there; the one with the most CPUs free
+/// wins, and `res` is added to what was sent to it.
+fn pick_free(
+    view: &[proto::NodeEntry],
+    sent: &mut HashMap<String, Resources>,
+    me: &str,
+    res: &Resources,
+) -> Option<String> {
+    let mut best: Option<(&proto::NodeEntry, f64)> = None;
+    for n in view.iter().filter(|n| n.alive && !n.reconnecting && n.node_id != me) {
+        let mut avail: Resources = n.available.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (k, v) in sent.get(&n.addr).into_iter().flatten() {
+            *avail.entry(k.clone()).or_insert(0.0) -= v;
+        }
+        if !fits(&avail, res) {
+            continue;
+        }
+        let cpu = avail.get("CPU").copied().unwrap_or(0.0);
+        if best.is_none_or(|(_, c)| cpu > c) {
+            best = Some((n, cpu));
+        }
+    }
+    let (n, _) = best?;
+    let taken = sent.entry(n.addr.clone()).or_default();
+    for (k, v) in res {
+        *taken.entry(k.clone()).or_insert(0.0) += v;
+    }
+    Some(n.addr.clone())
 }
 
 #[cfg(test)]

@@ -587,6 +587,37 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
     }
 }
 
+impl NodeDaemon {
+    /// Waits, counted as demand, until a node with room for `res` joins:
+    /// returns it, or a node that fits `res` but is busy once one has been
+    /// there for 2 s (the request queues there, and moves on when another
+    /// node has room), or `None` once the cluster can no longer grow a node
+    /// that fits (the request is then infeasible).
+    async fn wait_for_growth(&self, link: &cluster::ClusterLink, res: &Resources) -> Option<String> {
+        let _counted = link.wait_for_growth(res);
+        let mut fits_busy_since: Option<Instant> = None;
+        loop {
+            if let Some(addr) = link.free_target(&self.state.node_id, res) {
+                return Some(addr);
+            }
+            if link.any_node_feasible(res) {
+                let since = *fits_busy_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_secs(2) {
+                    if let Some(addr) = self.spillback_target(res) {
+                        return Some(addr);
+                    }
+                }
+            } else {
+                fits_busy_since = None;
+            }
+            if !link.may_grow_for(res) || self.state.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+                return self.spillback_target(res);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl NodeService for NodeDaemon {
     async fn register_worker(
@@ -642,6 +673,14 @@ impl NodeService for NodeDaemon {
             // view. Asking the view separately whether one exists once let
             // a heartbeat landing in between make a feasible request look
             // infeasible.)
+            // No node fits it, but the cluster can grow one: wait for a
+            // node with room (counted as demand meanwhile) rather than
+            // failing as infeasible.
+            if let (None, Some(link)) = (&target, self.link()) {
+                if locally_infeasible() && link.may_grow_for(&resources) {
+                    target = self.wait_for_growth(link, &resources).await;
+                }
+            }
             if let (None, Some(link)) = (&target, self.link()) {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while target.is_none() && locally_infeasible() && Instant::now() <= deadline {
@@ -662,6 +701,23 @@ impl NodeService for NodeDaemon {
                     target = self.spillback_target(&resources);
                 }
             }
+            // Nothing fits it, and the cluster cannot grow a node that
+            // does: say which node types it may launch.
+            if let (None, Some(link)) = (&target, self.link()) {
+                let why = scheduler::infeasibility(&self.state.sched.lock().total, &resources);
+                if let (Some(why), Some(types)) = (why, link.node_types_text()) {
+                    let e = Error::Infeasible {
+                        function: r.display_name.clone(),
+                        detail: format!(
+                            "{why}; no node has it, and no node type the autoscaler may launch offers it \
+                             (types: {types})"
+                        ),
+                    };
+                    return Ok(Response::new(proto::LeaseReply {
+                        result: Some(proto::lease_reply::Result::Error(e.to_proto())),
+                    }));
+                }
+            }
             if let Some(addr) = target {
                 tracing::debug!(to = %addr, "lease spilled back to another node");
                 return Ok(Response::new(proto::LeaseReply {
@@ -671,6 +727,11 @@ impl NodeService for NodeDaemon {
         }
         let for_actor = ActorId::from_bytes(&r.for_actor);
         let (tx, rx) = oneshot::channel();
+        // A task's request with no scheduling strategy may move to a node
+        // with room while queued (an actor's is answered where its manager
+        // asked; a strategy chose this node).
+        let movable = for_actor.is_none() && r.strategy.is_none();
+        let (moved_tx, moved_rx) = oneshot::channel();
         let acts = self.state.sched.lock().request(LeaseRequest {
             resources,
             retriable: r.retriable,
@@ -679,9 +740,22 @@ impl NodeService for NodeDaemon {
             job: r.job_id,
             requester: r.requester_id,
             reply: tx,
+            moved: movable.then_some(moved_tx),
+            queued_at: Instant::now(),
         });
         self.apply(acts);
-        let result = match rx.await {
+        let answer = tokio::select! {
+            // Moved first: a moved request's reply is dropped too.
+            biased;
+            Ok(addr) = moved_rx => {
+                tracing::debug!(to = %addr, "queued lease moved to a node with room");
+                return Ok(Response::new(proto::LeaseReply {
+                    result: Some(proto::lease_reply::Result::Spillback(addr)),
+                }));
+            }
+            a = rx => a,
+        };
+        let result = match answer {
             Ok(Ok(g)) => proto::lease_reply::Result::Lease({
                 if let Some(a) = for_actor {
                     // Its death is reported to the actor manager.

@@ -36,6 +36,12 @@ pub(crate) struct LeaseRequest {
     /// when it dies.
     pub(crate) requester: u64,
     pub(crate) reply: oneshot::Sender<LeaseResult>,
+    /// Set for a request another node may take over while it is queued:
+    /// the address of the node it moved to is sent here (and `reply` is
+    /// dropped).
+    pub(crate) moved: Option<oneshot::Sender<String>>,
+    /// When it was asked for.
+    pub(crate) queued_at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -297,6 +303,55 @@ impl Scheduler {
             *counts.entry(format!("{{{}}}", shape.join(", "))).or_default() += 1;
         }
         counts.into_iter().map(|(k, n)| format!("{k} x{n}")).collect()
+    }
+
+    /// Queued requests by resource shape, for the autoscaler.
+    pub(crate) fn demands(&self) -> Vec<(Resources, u32)> {
+        let mut counts: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
+        for r in self.pending.iter().filter(|r| !r.reply.is_closed()) {
+            let key = format!("{:?}", r.resources);
+            counts.entry(key).or_insert_with(|| (r.resources.clone(), 0)).1 += 1;
+        }
+        counts.into_values().collect()
+    }
+
+    /// Whether anything is leased or queued here.
+    pub(crate) fn is_busy(&self) -> bool {
+        !self.leases.is_empty() || self.pending.iter().any(|r| !r.reply.is_closed())
+    }
+
+    /// Takes queued requests that another node can run now off the queue:
+    /// `elsewhere(resources)` names a node with room for one (and counts
+    /// it as sent there). Only requests queued for at least `min_wait`,
+    /// not bound to a placement group and marked movable are moved; the
+    /// others keep their order. Returns how many moved.
+    pub(crate) fn move_queued(
+        &mut self,
+        min_wait: Duration,
+        mut elsewhere: impl FnMut(&Resources) -> Option<String>,
+    ) -> usize {
+        let now = Instant::now();
+        let mut moved = 0;
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        while let Some(mut r) = self.pending.pop_front() {
+            let movable = r.moved.is_some()
+                && now.duration_since(r.queued_at) >= min_wait
+                && !r.resources.keys().any(|k| group_of(k).is_some())
+                && !r.reply.is_closed();
+            let to = if movable { elsewhere(&r.resources) } else { None };
+            match (to, r.moved.take()) {
+                (Some(addr), Some(tx)) => {
+                    moved += 1;
+                    let _ = tx.send(addr);
+                }
+                (_, back) => {
+                    r.moved = back;
+                    kept.push_back(r);
+                }
+            }
+        }
+        self.pending = kept;
+        moved
     }
 
     pub(crate) fn idle_count(&self) -> usize {
@@ -699,9 +754,42 @@ mod tests {
                 job: String::new(),
                 requester: 0,
                 reply: tx,
+                moved: None,
+                queued_at: Instant::now(),
             },
             rx,
         )
+    }
+
+    #[test]
+    fn queued_requests_move_to_a_node_with_room_after_a_while_in_order() {
+        let mut s = Scheduler::new(res(2.0), 8, Duration::from_secs(10));
+        let movable = |cpu: f64, ago: Duration| {
+            let (mut r, rx) = req(cpu);
+            let (mtx, mrx) = oneshot::channel();
+            r.moved = Some(mtx);
+            r.queued_at = Instant::now() - ago;
+            (r, rx, mrx)
+        };
+        // Nothing runs here yet (no worker): all three queue.
+        let (a, _ra, mut ma) = movable(1.0, Duration::from_secs(2));
+        let (b, _rb, mut mb) = movable(1.0, Duration::ZERO);
+        let (c, _rc) = req(1.0);
+        s.request(a);
+        s.request(b);
+        s.request(c);
+        assert_eq!(s.pending_count(), 3);
+        // Only the one queued long enough and marked movable moves.
+        let moved = s.move_queued(Duration::from_millis(500), |_| Some("other:1".to_string()));
+        assert_eq!(moved, 1);
+        assert_eq!(ma.try_recv().unwrap(), "other:1");
+        assert!(mb.try_recv().is_err());
+        assert_eq!(s.pending_count(), 2);
+        assert_eq!(s.demands(), vec![(res(1.0), 2)]);
+        // No room anywhere: nothing moves.
+        assert_eq!(s.move_queued(Duration::ZERO, |_| None), 0);
+        assert_eq!(s.pending_count(), 2);
+        assert!(s.is_busy());
     }
 
     fn add_worker(s: &mut Scheduler, id: u64) -> Vec<Action> {

@@ -113,6 +113,9 @@ struct Entry {
     /// The pooled file handed to its writer, removed if the writer never
     /// renamed it into place.
     scratch: Option<String>,
+    /// A copy pulled from another node (the primary copy lives there):
+    /// it does not keep this node busy for the autoscaler.
+    copy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +202,7 @@ impl StoreManager {
                 size,
                 at: Where::Memory,
                 scratch: scratch.clone(),
+                copy: false,
             },
         );
         self.order.push_back(id);
@@ -311,6 +315,7 @@ impl StoreManager {
         let Some(Entry {
             size,
             at: Where::Memory,
+            copy,
             ..
         }) = self.objects.get(&id).cloned()
         else {
@@ -340,6 +345,7 @@ impl StoreManager {
                 size,
                 at: Where::Spilled,
                 scratch: None,
+                copy,
             },
         );
         self.stats.used_bytes -= size;
@@ -353,7 +359,7 @@ impl StoreManager {
     /// Brings a spilled object back into shared memory (spilling others if
     /// needed). A no-op for an object already in memory.
     pub(crate) fn restore(&mut self, id: ObjectId) -> Result<()> {
-        let Some(Entry { size, at, .. }) = self.objects.get(&id).cloned() else {
+        let Some(Entry { size, at, copy, .. }) = self.objects.get(&id).cloned() else {
             return Err(Error::ObjectLost {
                 id: id.hex(),
                 cause: "not in this node's object store".into(),
@@ -387,6 +393,7 @@ impl StoreManager {
                 size,
                 at: Where::Memory,
                 scratch: None,
+                copy,
             },
         );
         self.order.push_back(id);
@@ -402,7 +409,7 @@ impl StoreManager {
     /// process maps it. Readers that mapped it keep their mapping until they
     /// drop it.
     pub(crate) fn free(&mut self, id: ObjectId) {
-        let Some(Entry { size, at, scratch }) = self.objects.remove(&id) else {
+        let Some(Entry { size, at, scratch, .. }) = self.objects.remove(&id) else {
             return;
         };
         match at {
@@ -422,6 +429,19 @@ impl StoreManager {
                 self.stats.num_spilled -= 1;
             }
         }
+    }
+
+    /// Records that `id` is a copy pulled from another node.
+    pub(crate) fn mark_copy(&mut self, id: &ObjectId) {
+        if let Some(e) = self.objects.get_mut(id) {
+            e.copy = true;
+        }
+    }
+
+    /// How many objects this node holds the primary copy of (made here,
+    /// not pulled from elsewhere).
+    pub(crate) fn primary_count(&self) -> usize {
+        self.objects.values().filter(|e| !e.copy).count()
     }
 
     /// Current usage.

@@ -2,6 +2,7 @@
 //! instead of one per file); nextest still runs each test in its own process.
 
 pub mod actors;
+pub mod autoscaler;
 pub mod cluster;
 pub mod cluster_actors;
 pub mod cluster_benchmark;

@@ -99,6 +99,18 @@ impl Status {
     }
 }
 
+/// A node type waiting before its next launch.
+struct Backoff {
+    until_ms: u64,
+    failures: u32,
+    why: String,
+}
+
+/// The wait after the first failed launch of a type; it doubles with each
+/// failure in a row, up to [`MAX_BACKOFF_MS`].
+const FIRST_BACKOFF_MS: u64 = 5_000;
+const MAX_BACKOFF_MS: u64 = 120_000;
+
 /// The autoscaler's memory between rounds.
 struct Monitor {
     gcs: Arc<Gcs>,
@@ -113,6 +125,10 @@ struct Monitor {
     /// Provider ids of nodes terminated or gone: their entries in the
     /// head's table (alive until they say they stop) are not counted.
     ended: BTreeSet<String>,
+    /// Node types whose last launch failed (the provider refused, or the
+    /// node died before joining): not launched again before the time
+    /// (ms), which doubles with each failure in a row, with the reason.
+    backoff: BTreeMap<String, Backoff>,
     recent: Vec<String>,
 }
 
@@ -141,6 +157,7 @@ pub(crate) async fn run(gcs: Arc<Gcs>, cfg: ClusterConfig, provider: Arc<dyn Nod
         launch_reason: BTreeMap::new(),
         reported: BTreeSet::new(),
         ended: BTreeSet::new(),
+        backoff: BTreeMap::new(),
         recent: Vec::new(),
     };
     let mut tick = tokio::time::interval(PERIOD);
@@ -203,8 +220,13 @@ impl Monitor {
         for p in &listed {
             if let Some(why) = &p.exited {
                 if self.terminating.remove(&p.id).is_none() {
-                    let text = format!("node {} ({}) is gone: {why}", p.id, p.node_type);
+                    let joined = by_provider.contains_key(p.id.as_str());
+                    let when = if joined { "" } else { " before it joined" };
+                    let text = format!("node {} ({}) is gone{when}: {why}", p.id, p.node_type);
                     self.note("WARNING", "AUTOSCALER_NODE_LOST", text);
+                    if !joined {
+                        self.failed(&p.node_type, format!("a node died before it joined: {why}"), now);
+                    }
                 }
                 self.launch_reason.remove(&p.id);
                 self.ended.insert(p.id.clone());
@@ -214,6 +236,10 @@ impl Monitor {
                 continue;
             };
             let joined = by_provider.get(p.id.as_str());
+            if joined.is_some() && self.launch_reason.remove(&p.id).is_some() {
+                // Just joined: the type launches fine.
+                self.backoff.remove(&p.node_type);
+            }
             let (phase, total, available, idle) = if self.terminating.contains_key(&p.id) {
                 (Phase::Terminating, t.resources.clone(), Resources::new(), None)
             } else if let Some(n) = joined {
@@ -280,7 +306,14 @@ impl Monitor {
                     node_type,
                     count,
                     reason,
-                } => self.launch(&node_type, count, &reason),
+                } => match self.backoff.get(&node_type).filter(|b| b.until_ms > now) {
+                    Some(b) => at_limit.push(format!(
+                        "{count} x {node_type} ({reason}) held back: {}; next try in {} s",
+                        b.why,
+                        (b.until_ms - now).div_ceil(1000)
+                    )),
+                    None => self.launch(&node_type, count, &reason, now),
+                },
                 Action::Terminate { id, reason } => {
                     let node_type = listed
                         .iter()
@@ -356,7 +389,21 @@ impl Monitor {
         }
     }
 
-    fn launch(&mut self, node_type: &str, count: u32, reason: &str) {
+    /// Records a failed launch of `node_type`: it waits before the next.
+    fn failed(&mut self, node_type: &str, why: String, now: u64) {
+        let failures = self.backoff.get(node_type).map_or(0, |b| b.failures) + 1;
+        let wait = (FIRST_BACKOFF_MS << (failures - 1).min(10)).min(MAX_BACKOFF_MS);
+        self.backoff.insert(
+            node_type.to_string(),
+            Backoff {
+                until_ms: now + wait,
+                failures,
+                why,
+            },
+        );
+    }
+
+    fn launch(&mut self, node_type: &str, count: u32, reason: &str, now: u64) {
         let Some(t) = self.cfg.available_node_types.get(node_type).cloned() else {
             return;
         };
@@ -371,6 +418,7 @@ impl Monitor {
             Err(e) => {
                 let text = format!("launching {count} x {node_type} failed: {e}");
                 self.note("ERROR", "AUTOSCALER_LAUNCH_FAILED", text);
+                self.failed(node_type, format!("the last launch failed: {e}"), now);
             }
         }
     }

@@ -185,13 +185,22 @@ impl NodeProvider for LocalProvider {
     fn create(&self, node_type: &str, cfg: &NodeTypeConfig, count: u32) -> Result<Vec<String>> {
         let mut ids = Vec::new();
         let mut nodes = self.nodes.lock();
+        let mut result = Ok(());
         for _ in 0..count {
-            let (id, node) = self.start_one(node_type, &cfg.resources)?;
-            nodes.insert(id.clone(), node);
-            ids.push(id);
+            match self.start_one(node_type, &cfg.resources) {
+                Ok((id, node)) => {
+                    nodes.insert(id.clone(), node);
+                    ids.push(id);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
         }
+        // What did start is in the ledger (and listed) either way.
         self.write_ledger(&nodes);
-        Ok(ids)
+        result.map(|()| ids)
     }
 
     fn terminate(&self, id: &str) -> Result<()> {

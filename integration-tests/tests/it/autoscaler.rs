@@ -161,3 +161,192 @@ fn the_cluster_grows_for_a_burst_shrinks_when_idle_and_holds_requested_capacity(
     rayforge::shutdown();
     let _ = std::fs::remove_file(&yaml);
 }
+
+/// The ledger of the local provider: (id, pid) of each node it started.
+fn ledger(cluster: &LocalCluster) -> Vec<(String, u32)> {
+    let path = cluster.state_dir.join("autoscaler").join("ledger.json");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["id"].as_str()?.to_string(), n["pid"].as_u64()? as u32)))
+        .collect()
+}
+
+#[test]
+fn a_strict_spread_group_gets_its_nodes_together_and_a_node_killed_while_starting_is_replaced() {
+    use rayforge::{placement_group, remove_placement_group, PlacementStrategy};
+    let dir = std::env::temp_dir().join(format!("rayforge-autoscaler-pg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The first node launched hangs before it starts (and is killed by
+    // the test); the others start at once.
+    let first = dir.join("first");
+    let yaml = dir.join("cluster.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            r#"
+cluster_name: spread
+max_workers: 4
+idle_timeout_s: 3
+provider:
+  type: local
+  wrapper: [sh, -c, 'if mkdir {} 2>/dev/null; then exec sleep 120; fi; exec "$@"', sh]
+available_node_types:
+  cpu2:
+    resources: {{CPU: 2}}
+    max_workers: 4
+"#,
+            first.display()
+        ),
+    )
+    .unwrap();
+    let cluster = LocalCluster::start(
+        &["--num-cpus", "0", "--autoscaling-config", yaml.to_str().unwrap()],
+        5000,
+    );
+    let mut hc = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    rayforge::init(cluster.config()).expect("join the cluster");
+    assert!(phases(&mut hc).is_empty(), "min_workers 0: nothing launched yet");
+
+    // Three bundles, each on its own node, on a cluster with none: the
+    // three nodes are launched in one decision.
+    let one_cpu: BTreeMap<String, f64> = [("CPU".to_string(), 1.0)].into();
+    let pg = placement_group(vec![one_cpu; 3], PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || ledger(&cluster).len() >= 3),
+        "{:?}",
+        hc.autoscaler_status()
+    );
+    let launches = events(&mut hc, "AUTOSCALER_LAUNCH");
+    assert!(
+        launches.iter().any(|m| m.contains("3 x cpu2 for placement group")),
+        "{launches:?}"
+    );
+    // Kill the node that hangs while starting.
+    let (victim, pid) = ledger(&cluster)
+        .into_iter()
+        .find(|(id, _)| id.ends_with("-1"))
+        .expect("the first node in the ledger");
+    // SAFETY: kill(2) of a process this test's cluster started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    // It is reported and replaced; the group is placed on three nodes.
+    assert!(
+        pg.wait(Duration::from_secs(120)).unwrap(),
+        "{:?}",
+        hc.autoscaler_status()
+    );
+    let nodes: BTreeSet<String> = pg.bundle_nodes().unwrap().into_iter().collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let lost = events(&mut hc, "AUTOSCALER_NODE_LOST");
+    assert!(
+        lost.iter()
+            .any(|m| m.contains(&victim) && m.contains("before it joined")),
+        "{lost:?}"
+    );
+    // No node the group counted on was removed while it waited, though
+    // the two that joined first sat idle past the timeout meanwhile.
+    assert!(
+        events(&mut hc, "AUTOSCALER_TERMINATE").is_empty(),
+        "{:?}",
+        events(&mut hc, "AUTOSCALER_TERMINATE")
+    );
+
+    // Removed, the group's nodes go idle and are removed (min_workers 0).
+    remove_placement_group(&pg).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || phases(&mut hc).is_empty()),
+        "{:?}",
+        hc.autoscaler_status()
+    );
+    assert_eq!(events(&mut hc, "AUTOSCALER_TERMINATE").len(), 3);
+    rayforge::shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_provider_that_fails_is_reported_and_retried_with_backoff_and_a_bad_config_is_refused() {
+    let dir = std::env::temp_dir().join(format!("rayforge-autoscaler-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A mistake in cluster.yaml: `rayforge start` refuses it, naming it,
+    // before anything starts.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "cluster_name: bad\nprovider: {type: local}\navailable_node_types:\n  cpu2:\n    resources: {CPU: 2}\n    min_workers: 3\n    max_workers: 2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(rayforge_integration_tests::rayforge_bin())
+        .args([
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--jobs-port",
+            "0",
+            "--block",
+            "--autoscaling-config",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("min_workers 3 is above max_workers 2"), "{err}");
+
+    // A provider whose every launch fails: each failure is an event naming
+    // the cause, the next try waits longer, and the head carries on.
+    let yaml = dir.join("cluster.yaml");
+    std::fs::write(
+        &yaml,
+        "cluster_name: failing\nprovider:\n  type: local\n  wrapper: [/nonexistent/rayforge-wrapper]\n\
+         available_node_types:\n  cpu2:\n    resources: {CPU: 2}\n    min_workers: 1\n    max_workers: 2\n",
+    )
+    .unwrap();
+    let cluster = LocalCluster::start(
+        &["--num-cpus", "1", "--autoscaling-config", yaml.to_str().unwrap()],
+        5000,
+    );
+    let mut hc = rayforge::cluster::HeadClient::connect(&cluster.address, Some(&cluster.token)).unwrap();
+    let failures = |hc: &mut rayforge::cluster::HeadClient| -> Vec<(u64, String)> {
+        hc.events()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "AUTOSCALER_LAUNCH_FAILED")
+            .map(|e| (e.time_ms, e.message))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || failures(&mut hc).len() >= 3),
+        "{:?}",
+        hc.autoscaler_status()
+    );
+    let failed = failures(&mut hc);
+    assert!(
+        failed.iter().all(|(_, m)| m.contains("/nonexistent/rayforge-wrapper")),
+        "{failed:?}"
+    );
+    // Backoff: 5 s after the first failure, then 10 s (load only makes
+    // the gaps longer).
+    let gaps: Vec<u64> = failed.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(gaps[0] >= 4_500 && gaps[1] >= 9_500, "{gaps:?}");
+    // Between tries, the status says what waits and why.
+    let mut status = String::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            status = cluster.status();
+            status.contains("held back") && status.contains("next try in")
+        }),
+        "{status}"
+    );
+    // The cluster itself works.
+    assert!(hc.nodes().unwrap().iter().any(|n| n.alive && n.is_head));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,6 +16,8 @@ bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PW
 bash scripts/s3-venv.sh && export RAYFORGE_MOTO_SERVER="${RAYFORGE_S3_VENV:-$PWD/target/s3-venv}/bin/moto_server"
 # Chromium, promtool, playwright-core, kubernetes-validate and kubectl, for the dashboard checks.
 source scripts/observability-tools.sh
+# OpenSSH's server and client, for the launcher's ssh-provider test.
+source scripts/ssh-tools.sh
 echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free at the start"
 echo "== cargo fmt --check"
 cargo fmt --all --check

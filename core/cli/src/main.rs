@@ -27,6 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use rayforge::autoscaler::launcher::Launcher;
 use rayforge::cluster::{HeadClient, StartOptions};
 
 #[derive(Parser)]
@@ -127,6 +128,72 @@ enum Command {
         /// Stay in the foreground (logs to stderr) instead of daemonizing.
         #[arg(long)]
         block: bool,
+    },
+    /// Bring up the cluster of a cluster.yaml (or apply changes to it):
+    /// checks the file and every prerequisite first, then starts the head,
+    /// whose autoscaler launches min_workers and follows demand.
+    Up {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+    },
+    /// Remove everything `up` and the autoscaler created, printing each.
+    Down {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+    },
+    /// Open a shell on the cluster's head.
+    Attach {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+    },
+    /// Run a shell command on the head (RAYFORGE_ADDRESS and
+    /// RAYFORGE_TOKEN set for programs that join the cluster).
+    Exec {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+        /// The command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copy a program to the head and run it there as the cluster's driver.
+    Submit {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+        /// The program (a binary built with rayforge).
+        program: std::path::PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Copy a local file or directory to the head (a relative target is
+    /// under the cluster's directory there).
+    RsyncUp {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+        /// The local source.
+        source: std::path::PathBuf,
+        /// The target on the head.
+        target: String,
+    },
+    /// Copy a file or directory from the head to this machine.
+    RsyncDown {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+        /// The source on the head (relative: under the cluster's directory).
+        source: String,
+        /// The local target.
+        target: std::path::PathBuf,
+    },
+    /// Show the head's log, the autoscaler's decisions among it.
+    Monitor {
+        /// The cluster.yaml.
+        config: std::path::PathBuf,
+        /// How many of the last lines to show first.
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+        /// Show them and return instead of following the log.
+        #[arg(long)]
+        no_follow: bool,
     },
     /// Print the token of the cluster started on this machine (for
     /// `RAYFORGE_TOKEN` on other machines, or the dashboard's login).
@@ -603,6 +670,9 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 advertise_address,
                 http_routes: (head && !no_dashboard).then(rayforge_dashboard::routes),
                 autoscaler,
+                autoscaler_path: autoscaling_config
+                    .as_deref()
+                    .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
             };
             if !block {
                 return daemonize(opts.token.as_deref());
@@ -639,6 +709,29 @@ fn run(cli: Cli) -> rayforge::Result<()> {
                 let _ = std::io::stdout().flush();
             })
         }
+        Command::Up { config } => {
+            let l = Launcher::open(&config)?;
+            l.up(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Down { config } => {
+            Launcher::open(&config)?.down(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Attach { config } => exit_with(Launcher::open(&config)?.attach_command()?),
+        Command::Exec { config, command } => {
+            exit_with(Launcher::open(&config)?.exec_command(&command.join(" "), false)?)
+        }
+        Command::Submit { config, program, args } => {
+            exit_with(Launcher::open(&config)?.submit_command(&program, &args)?)
+        }
+        Command::RsyncUp { config, source, target } => Launcher::open(&config)?.rsync_up(&source, &target),
+        Command::RsyncDown { config, source, target } => Launcher::open(&config)?.rsync_down(&source, &target),
+        Command::Monitor {
+            config,
+            lines,
+            no_follow,
+        } => exit_with(Launcher::open(&config)?.monitor_command(lines, !no_follow)?),
         Command::Token => {
             let c = rayforge::cluster::local_cluster()?;
             out(&format!("{}\n", c.token));
@@ -764,4 +857,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `cmd` with this process's terminal and exits with its status.
+fn exit_with(mut cmd: std::process::Command) -> rayforge::Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| rayforge::Error::Runtime(format!("running {cmd:?}: {e}")))?;
+    std::process::exit(status.code().unwrap_or(1));
 }

@@ -21,13 +21,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::resources::Resources;
 
 /// One node type: what each of its nodes offers and how many may run.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeTypeConfig {
     /// What a node of this type offers (`CPU`, `GPU`, `memory` in bytes,
@@ -66,7 +66,7 @@ impl Default for AutoscalerConfig {
 }
 
 /// How nodes are created.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum ProviderConfig {
     /// Node daemons started as processes on the head's machine, each with
@@ -77,16 +77,65 @@ pub enum ProviderConfig {
         #[serde(default)]
         wrapper: Vec<String>,
     },
+    /// Hosts reached over SSH: the head on `head_ip`, worker nodes on
+    /// `worker_ips` (one node per host). The launcher copies the rayforge
+    /// binary to each host and starts the daemon there.
+    Ssh {
+        /// The head's host (the address other hosts and clients dial).
+        head_ip: String,
+        /// Hosts worker nodes may be started on.
+        #[serde(default)]
+        worker_ips: Vec<String>,
+        /// The user to log in as.
+        ssh_user: String,
+        /// The private key to log in with (copied to the head, which
+        /// starts worker nodes with it).
+        ssh_private_key: std::path::PathBuf,
+        /// The SSH port of every host.
+        #[serde(default = "default_ssh_port")]
+        ssh_port: u16,
+        /// Where the cluster's files live on each host (the binary, logs,
+        /// the head's state); relative paths are under the user's home.
+        #[serde(default)]
+        remote_dir: Option<String>,
+    },
+}
+
+fn default_ssh_port() -> u16 {
+    22
 }
 
 /// The head node's settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadConfig {
     /// What the head offers (its machine's CPUs and memory when absent);
     /// `{CPU: 0}` keeps work off the head.
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// The head's control-service port.
+    #[serde(default = "default_head_port")]
+    pub port: u16,
+    /// The head's HTTP port (jobs API and dashboard; 0: any free port).
+    #[serde(default = "default_jobs_port")]
+    pub jobs_port: u16,
+}
+
+fn default_head_port() -> u16 {
+    crate::cluster::DEFAULT_PORT
+}
+fn default_jobs_port() -> u16 {
+    crate::jobs::DEFAULT_JOBS_PORT
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        HeadConfig {
+            resources: None,
+            port: default_head_port(),
+            jobs_port: default_jobs_port(),
+        }
+    }
 }
 
 fn default_max_workers() -> u32 {
@@ -100,7 +149,7 @@ fn default_idle_timeout_s() -> f64 {
 }
 
 /// A whole `cluster.yaml`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The cluster's name: it tags every node the cluster creates.
@@ -121,6 +170,16 @@ pub struct ClusterConfig {
     pub head: HeadConfig,
     /// The node types workers are made of.
     pub available_node_types: BTreeMap<String, NodeTypeConfig>,
+    /// Files copied to every node's host before its daemon starts: remote
+    /// path (relative: under the cluster's directory there) -> local path
+    /// on the machine running `rayforge up`.
+    #[serde(default)]
+    pub file_mounts: BTreeMap<String, std::path::PathBuf>,
+    /// Shell commands run on every node's host, in the cluster's
+    /// directory, before its daemon starts; a failing one fails the node's
+    /// start, naming it.
+    #[serde(default)]
+    pub setup_commands: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -171,6 +230,34 @@ impl ClusterConfig {
                 "idle_timeout_s {} must be 0 or more seconds",
                 self.idle_timeout_s
             ));
+        }
+        if let ProviderConfig::Ssh {
+            head_ip,
+            worker_ips,
+            ssh_user,
+            ..
+        } = &self.provider
+        {
+            if head_ip.trim().is_empty() {
+                return Err("provider.head_ip is empty".into());
+            }
+            if ssh_user.trim().is_empty() {
+                return Err("provider.ssh_user is empty".into());
+            }
+            if let Some(dup) = worker_ips
+                .iter()
+                .enumerate()
+                .find(|(i, ip)| worker_ips[..*i].contains(ip) || *ip == head_ip)
+            {
+                return Err(format!("provider.worker_ips lists {} twice (or the head's)", dup.1));
+            }
+        }
+        for remote in self.file_mounts.keys() {
+            if remote.trim().is_empty() || remote.split('/').any(|p| p == "..") {
+                return Err(format!(
+                    "file_mounts: remote path {remote:?} must be a path without '..'"
+                ));
+            }
         }
         if self.available_node_types.is_empty() {
             return Err("available_node_types is empty: name at least one node type".into());

@@ -16,6 +16,8 @@
 //! ```
 
 pub mod config;
+pub mod hosts;
+pub mod launcher;
 pub mod monitor;
 pub mod policy;
 pub mod provider;

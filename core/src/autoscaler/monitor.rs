@@ -122,6 +122,9 @@ struct Monitor {
     launch_reason: BTreeMap<String, String>,
     /// Infeasible shapes already reported as events.
     reported: BTreeSet<String>,
+    /// The config's file, and the modification time last read.
+    path: Option<std::path::PathBuf>,
+    seen: Option<std::time::SystemTime>,
     /// Provider ids of nodes terminated or gone: their entries in the
     /// head's table (alive until they say they stop) are not counted.
     ended: BTreeSet<String>,
@@ -132,17 +135,31 @@ struct Monitor {
     recent: Vec<String>,
 }
 
-/// Runs the autoscaler for `cfg` until the process ends.
-pub(crate) async fn run(gcs: Arc<Gcs>, cfg: ClusterConfig, provider: Arc<dyn NodeProvider>) {
-    gcs.set_node_types(
-        cfg.available_node_types
-            .iter()
-            .map(|(name, t)| proto::NodeTypeShape {
-                name: name.clone(),
-                resources: t.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            })
-            .collect(),
-    );
+fn node_types(cfg: &ClusterConfig) -> Vec<proto::NodeTypeShape> {
+    cfg.available_node_types
+        .iter()
+        .map(|(name, t)| proto::NodeTypeShape {
+            name: name.clone(),
+            resources: t.resources.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        })
+        .collect()
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Runs the autoscaler for `cfg` until the process ends. When `path` is
+/// given (the file `cfg` came from), a change to it is applied: node
+/// types and limits (a file that no longer parses is reported and the
+/// previous config kept; the provider stays as it started).
+pub(crate) async fn run(
+    gcs: Arc<Gcs>,
+    cfg: ClusterConfig,
+    path: Option<std::path::PathBuf>,
+    provider: Arc<dyn NodeProvider>,
+) {
+    gcs.set_node_types(node_types(&cfg));
     tracing::info!(
         cluster = %cfg.cluster_name,
         types = ?cfg.available_node_types.keys().collect::<Vec<_>>(),
@@ -156,6 +173,8 @@ pub(crate) async fn run(gcs: Arc<Gcs>, cfg: ClusterConfig, provider: Arc<dyn Nod
         terminating: BTreeMap::new(),
         launch_reason: BTreeMap::new(),
         reported: BTreeSet::new(),
+        seen: path.as_deref().and_then(modified),
+        path,
         ended: BTreeSet::new(),
         backoff: BTreeMap::new(),
         recent: Vec::new(),
@@ -193,7 +212,47 @@ impl Monitor {
         }
     }
 
+    /// Applies a changed config file.
+    fn reload(&mut self) {
+        let Some(path) = self.path.clone() else { return };
+        let m = modified(&path);
+        if m == self.seen {
+            return;
+        }
+        self.seen = m;
+        match ClusterConfig::load(&path) {
+            Ok(c) if c.cluster_name != self.cfg.cluster_name => self.note(
+                "ERROR",
+                "AUTOSCALER_CONFIG",
+                format!(
+                    "{} now names cluster {}, not {}: ignored",
+                    path.display(),
+                    c.cluster_name,
+                    self.cfg.cluster_name
+                ),
+            ),
+            Ok(c) => {
+                self.gcs.set_node_types(node_types(&c));
+                let types: Vec<&String> = c.available_node_types.keys().collect();
+                let text = format!(
+                    "{} applied: node types {types:?}, max_workers {}, idle_timeout_s {}",
+                    path.display(),
+                    c.max_workers,
+                    c.idle_timeout_s
+                );
+                self.cfg = c;
+                self.note("INFO", "AUTOSCALER_CONFIG", text);
+            }
+            Err(e) => self.note(
+                "ERROR",
+                "AUTOSCALER_CONFIG",
+                format!("keeping the previous config: {e}"),
+            ),
+        }
+    }
+
     fn round(&mut self) {
+        self.reload();
         let now = crate::clock::now_ms();
         let listed = match self.provider.list() {
             Ok(l) => l,

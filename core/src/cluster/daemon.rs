@@ -158,7 +158,7 @@ pub fn run_daemon(opts: &StartOptions, on_ready: impl FnOnce(&Ready)) -> Result<
         };
         let node = NodeDaemon::start(cfg, Some(role)).await?;
         if let (Some(cluster), Some(gcs)) = (&opts.autoscaler, autoscaled) {
-            start_autoscaler(cluster, gcs, &head_addr, &token)?;
+            start_autoscaler(cluster, opts.autoscaler_path.clone(), gcs, &head_addr, &token)?;
         }
         node_http.set_node(node.clone());
         crate::node::http::serve(
@@ -335,6 +335,7 @@ fn check_token(what: &str, token: &str) -> Result<()> {
 /// under the head's state directory.
 fn start_autoscaler(
     cluster: &crate::autoscaler::config::ClusterConfig,
+    path: Option<std::path::PathBuf>,
     gcs: std::sync::Arc<crate::gcs::Gcs>,
     head_addr: &str,
     token: &str,
@@ -352,8 +353,36 @@ fn start_autoscaler(
                 gcs.dir().join("autoscaler"),
             )?)
         }
+        ProviderConfig::Ssh {
+            worker_ips,
+            ssh_user,
+            ssh_private_key,
+            ssh_port,
+            remote_dir,
+            ..
+        } => {
+            let dir = gcs.dir().join("autoscaler");
+            let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
+            let settings = crate::autoscaler::provider::SshSettings {
+                cluster: cluster.cluster_name.clone(),
+                head_addr: head_addr.to_string(),
+                token: token.to_string(),
+                hosts: worker_ips.clone(),
+                login: crate::autoscaler::hosts::SshLogin {
+                    user: ssh_user.clone(),
+                    key: ssh_private_key.clone(),
+                    port: *ssh_port,
+                    known_hosts: dir.join("known_hosts"),
+                },
+                remote_dir: crate::autoscaler::launcher::remote_dir(cluster, remote_dir.as_deref()),
+                exe,
+                file_mounts: cluster.file_mounts.clone(),
+                setup_commands: cluster.setup_commands.clone(),
+            };
+            std::sync::Arc::new(crate::autoscaler::provider::SshProvider::new(settings, dir)?)
+        }
     };
-    tokio::spawn(crate::autoscaler::monitor::run(gcs, cluster.clone(), provider));
+    tokio::spawn(crate::autoscaler::monitor::run(gcs, cluster.clone(), path, provider));
     Ok(())
 }
 

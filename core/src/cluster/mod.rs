@@ -89,6 +89,9 @@ pub struct StartOptions {
     /// The head runs an autoscaler for this cluster config (node types,
     /// limits, provider), launching and removing nodes with demand.
     pub autoscaler: Option<crate::autoscaler::config::ClusterConfig>,
+    /// The file [`StartOptions::autoscaler`] came from: changes to it are
+    /// applied while the head runs.
+    pub autoscaler_path: Option<PathBuf>,
 }
 
 /// What a started daemon reports once it serves.

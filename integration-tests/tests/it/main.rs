@@ -11,6 +11,7 @@ pub mod cluster_head;
 pub mod cluster_jobs;
 pub mod dashboard;
 pub mod idle_workers;
+pub mod launcher;
 pub mod lifecycle;
 pub mod memory_monitor;
 pub mod objects;

@@ -115,10 +115,24 @@ async function overview() {
     h("h2", {}, "Jobs"),
     table(["job", "state", "entrypoint", "started"], c.jobs.slice().reverse().slice(0, 10).map((j) => [
       link("/jobs/" + j.job_id, j.job_id), state(j.state), j.entrypoint, when(j.start_ms)]), { id: "jobs-table" }),
+    ...autoscalerSection(c.autoscaler),
     h("h2", {}, "Serve applications"),
     table(["application", "status"], c.serve.map((a) => [a.name, a.status.status || JSON.stringify(a.status).slice(0, 120)])),
     h("h2", {}, "Recent events"),
     eventsTable(c.events));
+}
+
+// The autoscaler's nodes with the reason of each, and the demand that
+// waits (none without an autoscaler).
+function autoscalerSection(a) {
+  if (!a) return [];
+  const waiting = a.infeasible.map((t) => ["infeasible", t]).concat(a.at_limit.map((t) => ["waiting on a limit", t]));
+  return [
+    h("h2", {}, "Autoscaler"),
+    table(["node", "type", "phase", "reason"], a.nodes.map((n) => [
+      n.node_id ? link("/nodes/" + n.node_id, n.id) : n.id, n.node_type, state(n.phase), n.reason]), { id: "autoscaler-table" }),
+    ...(waiting.length ? [table(["demand", "why"], waiting, { id: "autoscaler-waiting" })] : []),
+  ];
 }
 
 function eventsTable(evs) {

@@ -8,7 +8,7 @@
 //!
 //! | endpoint | what |
 //! |---|---|
-//! | `GET /api/v0/cluster` | overview: nodes, resources used/total, jobs, Serve applications, recent events |
+//! | `GET /api/v0/cluster` | overview: nodes, resources used/total, jobs, Serve applications, recent events, the autoscaler's nodes and reasons (`null` without one) |
 //! | `GET /api/v0/nodes`, `/api/v0/nodes/{id}` | logical resources and the machine (CPU, memory, disk, object store), workers with pid, RSS and CPU |
 //! | `GET /api/v0/actors`, `/api/v0/actors/{id}` | class, name, state, node, pid, restarts, death cause (one actor: with its log's tail) |
 //! | `POST /api/v0/actors/{id}/kill` | kills an actor (`?no_restart=true` keeps it dead) |
@@ -269,8 +269,17 @@ fn totals(nodes: &[NodeStatus]) -> Totals {
 }
 
 async fn cluster(State(d): State<Arc<Dash>>) -> ApiResult<serde_json::Value> {
-    let (nodes, jobs, events, serve, actors) = d
-        .head(|h| Ok((h.nodes()?, h.jobs()?, h.events()?, h.published("serve")?, h.actors()?)))
+    let (nodes, jobs, events, serve, actors, autoscaler) = d
+        .head(|h| {
+            Ok((
+                h.nodes()?,
+                h.jobs()?,
+                h.events()?,
+                h.published("serve")?,
+                h.actors()?,
+                h.autoscaler_status()?,
+            ))
+        })
         .await?;
     let mut actor_states: BTreeMap<String, usize> = BTreeMap::new();
     for a in &actors {
@@ -285,6 +294,7 @@ async fn cluster(State(d): State<Arc<Dash>>) -> ApiResult<serde_json::Value> {
         "actors": actor_states,
         "serve": serve.into_iter().map(|(name, status)| serde_json::json!({"name": name, "status": status})).collect::<Vec<_>>(),
         "events": recent,
+        "autoscaler": autoscaler,
     })))
 }
 

@@ -118,6 +118,28 @@ fn the_cluster_grows_for_a_burst_shrinks_when_idle_and_holds_requested_capacity(
     );
     let status = cluster.status();
     assert!(status.contains("Autoscaler:") && status.contains("idle"), "{status}");
+    // The dashboard's overview carries the same, node by node with reasons.
+    let auth = format!("Bearer {}", cluster.token);
+    let r = rayforge_integration_tests::http(
+        &cluster.jobs_address,
+        "GET",
+        "/api/v0/cluster",
+        &[("Authorization", &auth)],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body));
+    let a = &v["autoscaler"]["nodes"];
+    assert_eq!(a.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(a[0]["phase"], "idle", "{v}");
+    assert!(a[0]["reason"].as_str().unwrap().starts_with("idle "), "{v}");
+    assert!(
+        v["autoscaler"]["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap().contains("terminating")),
+        "{v}"
+    );
 
     // request_resources: room for three 2-CPU bundles is held, busy or
     // not: two more nodes come and stay past the idle timeout; withdrawn,

@@ -10,6 +10,9 @@
 //! rayforge timeline [--output trace.json]   # Chrome trace of recent tasks
 //! rayforge job submit --working-dir . -- ./pipeline --epochs 3
 //! rayforge job status|logs [--follow]|stop ID; rayforge job list
+//! rayforge up cluster.yaml                  # a cluster that grows: head + autoscaler
+//! rayforge submit|exec|attach|rsync-up|rsync-down|monitor cluster.yaml ...
+//! rayforge down cluster.yaml                # removes everything `up` created
 //! rayforge stop                             # every daemon on this machine
 //! rayforge microbenchmark [--json FILE]
 //! rayforge cluster-benchmark [--json FILE]  # many tasks/actors, broadcast, 100+ nodes

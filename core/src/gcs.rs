@@ -158,6 +158,8 @@ pub(crate) struct Gcs {
     files: Arc<crate::storage::file_store::FileStore>,
     /// The node types the autoscaler may launch, told to every node.
     node_types: Mutex<Vec<proto::NodeTypeShape>>,
+    /// Wakes the autoscaler: a node's demand changed, or a node joined.
+    autoscaler_wake: tokio::sync::Notify,
 }
 
 impl Gcs {
@@ -203,6 +205,7 @@ impl Gcs {
         Ok(Arc::new(Gcs {
             files,
             node_types: Mutex::new(Vec::new()),
+            autoscaler_wake: tokio::sync::Notify::new(),
             dir: dir.to_path_buf(),
             tables: Mutex::new(t),
             heartbeat_timeout,
@@ -473,6 +476,12 @@ impl Gcs {
         self.tables.lock().listed_nodes()
     }
 
+    /// Notified when the autoscaler should look again: a node's demand or
+    /// idleness changed.
+    pub(crate) fn autoscaler_wake(&self) -> &tokio::sync::Notify {
+        &self.autoscaler_wake
+    }
+
     /// Sets the node types the autoscaler may launch, told to every node
     /// with its next heartbeat.
     pub(crate) fn set_node_types(&self, types: Vec<proto::NodeTypeShape>) {
@@ -575,6 +584,7 @@ impl ControlService for GcsService {
         t.event(ev);
         t.nodes.insert(n.node_id.clone(), n);
         drop(t);
+        self.0.autoscaler_wake.notify_one();
         self.0.persist();
         Ok(Response::new(proto::RegisterNodeReply {
             error: None,
@@ -613,6 +623,9 @@ impl ControlService for GcsService {
                 }
                 n.pending_leases = r.pending_leases;
                 n.pending_demands = r.pending_demands;
+                if n.demands != r.demands || (n.idle_since_ms == 0) != (r.idle_since_ms == 0) {
+                    self.0.autoscaler_wake.notify_one();
+                }
                 n.demands = r.demands;
                 n.idle_since_ms = r.idle_since_ms;
                 n.num_workers = r.num_workers;

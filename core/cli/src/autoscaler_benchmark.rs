@@ -132,3 +132,125 @@ pub(crate) fn run(s: &Settings) -> rayforge::Result<()> {
     );
     Ok(())
 }
+
+/// When the task started, milliseconds since the Unix epoch.
+#[rayforge::remote]
+fn started_at() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The idle timeout of the scaling benchmark's cluster, seconds.
+const SCALING_IDLE_S: f64 = 3.0;
+
+/// `rayforge autoscaler-benchmark --scaling ROUNDS`: a head with no CPUs
+/// and an autoscaler with one 1-CPU node type (the local provider); each
+/// round submits one 1-CPU task and measures the time from submission to
+/// the task running on a node launched for it, then from the task's end to
+/// the node's removal (the idle timeout is 3 s of that).
+pub(crate) fn run_scaling(rounds: usize) -> rayforge::Result<()> {
+    use rayforge::Error;
+    let dir = std::env::temp_dir().join(format!("rayforge-scaling-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let yaml = dir.join("cluster.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "cluster_name: bench\nmax_workers: 1\nidle_timeout_s: {SCALING_IDLE_S}\nprovider:\n  type: local\n\
+             available_node_types:\n  cpu1:\n    resources: {{CPU: 1}}\n    max_workers: 1\n"
+        ),
+    )
+    .map_err(|e| Error::io("writing the benchmark's cluster.yaml", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
+    let cluster_file = dir.join("cluster.json");
+    let mut head = std::process::Command::new(&exe)
+        .args([
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--jobs-port",
+            "0",
+            "--num-cpus",
+            "0",
+            "--block",
+        ])
+        .arg("--state-dir")
+        .arg(dir.join("head"))
+        .arg("--autoscaling-config")
+        .arg(&yaml)
+        .env("RAYFORGE_CLUSTER_FILE", &cluster_file)
+        .env_remove("RAYFORGE_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| Error::io("starting the head", e))?;
+    let result = (|| {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let (address, token) = loop {
+            if let Ok(text) = std::fs::read_to_string(&cluster_file) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if let (Some(a), Some(t)) = (v["address"].as_str(), v["token"].as_str()) {
+                        break (a.to_string(), t.to_string());
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Runtime("the benchmark's head did not start within 60 s".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        rayforge::init(rayforge::Config::address(&address).token(&token))?;
+        let mut head_client = rayforge::cluster::HeadClient::connect(&address, Some(&token))?;
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let t0 = now_ms();
+            let started = started_at::options().num_cpus(1.0).remote().get()?;
+            let done = now_ms();
+            let first = started.saturating_sub(t0) as f64 / 1000.0;
+            // Removal: the worker node gone from the alive ones.
+            let removed = loop {
+                let alive = head_client.nodes()?.iter().filter(|n| n.alive && !n.is_head).count();
+                if alive == 0 {
+                    break now_ms();
+                }
+                if now_ms() - done > 120_000 {
+                    return Err(Error::Runtime("the idle node was not removed within 120 s".into()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            let removal = removed.saturating_sub(done) as f64 / 1000.0;
+            println!(
+                "round {}: first task on a new node {first:.2} s; idle to removal {removal:.2} s (idle timeout {SCALING_IDLE_S} s)",
+                round + 1
+            );
+            up.push(first);
+            down.push(removal);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v[v.len() / 2]
+        };
+        println!(
+            "median over {rounds} rounds: pending demand to the first task running on a new node {:.2} s; \
+             idle to removal {:.2} s (idle timeout {SCALING_IDLE_S} s)",
+            median(&mut up),
+            median(&mut down)
+        );
+        rayforge::shutdown();
+        Ok(())
+    })();
+    let _ = head.kill();
+    let _ = head.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

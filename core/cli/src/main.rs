@@ -294,6 +294,11 @@ enum Command {
         /// Rounds (the median and the best are reported).
         #[arg(long, default_value_t = 21)]
         rounds: usize,
+        /// Instead, time scaling with real processes this many times: a
+        /// pending task to its start on a node launched for it, and an idle
+        /// node to its removal (the local provider).
+        #[arg(long)]
+        scaling: Option<usize>,
     },
     /// Run the core microbenchmarks (same cases and names as `ray microbenchmark`).
     Microbenchmark {
@@ -835,10 +840,14 @@ fn run(cli: Cli) -> rayforge::Result<()> {
             storage_benchmark::run(&storage_benchmark::Settings { uri, bytes, rounds })
         }
         Command::AutoscalerBenchmark {
+            scaling: Some(rounds), ..
+        } => autoscaler_benchmark::run_scaling(rounds.max(1)),
+        Command::AutoscalerBenchmark {
             nodes,
             tasks,
             shapes,
             rounds,
+            scaling: None,
         } => autoscaler_benchmark::run(&autoscaler_benchmark::Settings {
             nodes,
             tasks,

@@ -1,4 +1,6 @@
-//! The autoscaler at work in the head: once a second it reads the
+//! The autoscaler at work in the head: at least once a second (and as soon
+//! as a node's demand or idleness changes, or an idle node reaches its
+//! timeout, at most ten times a second) it reads the
 //! cluster's nodes, their demand, the pending placement groups and the
 //! explicit requests from the head's tables, asks the policy
 //! ([`super::policy::plan`]) what to do, and has the provider do it. Each
@@ -21,7 +23,7 @@ use crate::proto;
 use crate::resources::Resources;
 use crate::PlacementStrategy;
 
-/// How often the autoscaler looks at the cluster.
+/// How often the autoscaler looks at the cluster when nothing wakes it.
 const PERIOD: Duration = Duration::from_secs(1);
 /// A launched node that has not joined in this long is terminated.
 const STARTUP_TIMEOUT_MS: u64 = 180_000;
@@ -179,24 +181,39 @@ pub(crate) async fn run(
         backoff: BTreeMap::new(),
         recent: Vec::new(),
     };
-    let mut tick = tokio::time::interval(PERIOD);
     loop {
-        tick.tick().await;
+        let started = tokio::time::Instant::now();
         // Provider calls block (processes, SSH): off the async threads.
-        m = match tokio::task::spawn_blocking(move || {
-            m.round();
-            m
+        let (back, next_ms) = match tokio::task::spawn_blocking(move || {
+            let next = m.round();
+            (m, next)
         })
         .await
         {
-            Ok(m) => m,
+            Ok(r) => r,
             Err(e) => {
                 tracing::error!("the autoscaler's round failed: {e}; the autoscaler stops");
                 return;
             }
         };
+        m = back;
+        // The next round: in a second, when an idle node reaches its
+        // timeout, or when demand changes (a node's heartbeat wakes it), but
+        // not sooner than MIN_GAP after this one.
+        let wait = next_ms
+            .map(|t| Duration::from_millis(t.saturating_sub(crate::clock::now_ms()) + 20))
+            .map_or(PERIOD, |d| d.min(PERIOD));
+        let gcs = m.gcs.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = gcs.autoscaler_wake().notified() => {}
+        }
+        tokio::time::sleep_until(started + MIN_GAP).await;
     }
 }
+
+/// The shortest time between two rounds.
+const MIN_GAP: Duration = Duration::from_millis(100);
 
 fn to_res(m: &std::collections::HashMap<String, f64>) -> Resources {
     m.iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -251,14 +268,17 @@ impl Monitor {
         }
     }
 
-    fn round(&mut self) {
+    /// One look at the cluster and what follows from it. Returns when the
+    /// next idle node reaches the idle timeout (ms since the epoch), if one
+    /// is idle.
+    fn round(&mut self) -> Option<u64> {
         self.reload();
         let now = crate::clock::now_ms();
         let listed = match self.provider.list() {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!("the provider cannot list the cluster's nodes: {e}");
-                return;
+                return None;
             }
         };
         let nodes: Vec<proto::NodeEntry> = self
@@ -356,6 +376,13 @@ impl Monitor {
             });
         }
         let demand = self.demand(&nodes);
+        let timeout_ms = (self.cfg.idle_timeout_s * 1000.0) as u64;
+        let next_idle = views
+            .iter()
+            .filter(|v| v.phase == Phase::Running && v.node_type.is_some())
+            .filter_map(|v| v.idle_since_ms.map(|s| s.saturating_add(timeout_ms)))
+            .filter(|t| *t > now)
+            .min();
         let actions = policy::plan(&views, &demand, &self.cfg.autoscaler(), now);
         let mut infeasible = Vec::new();
         let mut at_limit = Vec::new();
@@ -405,6 +432,7 @@ impl Monitor {
         if let Ok(json) = serde_json::to_vec(&status) {
             self.gcs.set_kv_value(KV_NAMESPACE, STATUS_KEY, json);
         }
+        next_idle
     }
 
     /// Everything waiting: each node's queued and growth-waiting requests,

@@ -93,6 +93,17 @@ fn up_submit_apply_rsync_and_down_with_the_local_provider_leave_nothing_behind()
     assert!(!o.status.success() && text(&o).contains("idle_timeout"), "{}", text(&o));
     assert!(!home.join("clusters/lc.json").exists());
 
+    // The head's port taken: refused before anything is created, naming it.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = rf(&home, &["up", cfg_s]);
+    assert!(
+        !o.status.success() && text(&o).contains(&format!("head.port {port} is in use")),
+        "{}",
+        text(&o)
+    );
+    assert!(!home.join("clusters/lc.json").exists() && !home.join("clusters/lc").exists());
+    drop(taken);
+
     let _down = DownOnDrop(&home, cfg_s);
     let out = ok(rf(&home, &["up", cfg_s]));
     assert!(
@@ -357,6 +368,25 @@ fn up_a_job_scale_up_and_down_with_the_ssh_provider_against_real_sshd() {
     )
     .unwrap();
     let cfg_s = cfg.to_str().unwrap();
+
+    // A host that does not answer: refused before anything is created.
+    let unreachable = hosts.ips[0].rsplit_once('.').map(|(net, _)| format!("{net}.250")).unwrap();
+    let bad = base.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&format!(", {}]", hosts.ips[2]), &format!(", {unreachable}]")),
+    )
+    .unwrap();
+    let o = rf(&home, &["up", bad.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains(&format!("host {unreachable} is unreachable")),
+        "{}",
+        text(&o)
+    );
+    assert!(!home.join("clusters/sc.json").exists());
+    assert!(hosts.run(0, &format!("test -e {} || echo none", remote.display())).contains("none"));
 
     let _down = DownOnDrop(&home, cfg_s);
     let out = ok(rf(&home, &["up", cfg_s]));

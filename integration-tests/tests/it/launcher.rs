@@ -370,7 +370,10 @@ fn up_a_job_scale_up_and_down_with_the_ssh_provider_against_real_sshd() {
     let cfg_s = cfg.to_str().unwrap();
 
     // A host that does not answer: refused before anything is created.
-    let unreachable = hosts.ips[0].rsplit_once('.').map(|(net, _)| format!("{net}.250")).unwrap();
+    let unreachable = hosts.ips[0]
+        .rsplit_once('.')
+        .map(|(net, _)| format!("{net}.250"))
+        .unwrap();
     let bad = base.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -386,7 +389,9 @@ fn up_a_job_scale_up_and_down_with_the_ssh_provider_against_real_sshd() {
         text(&o)
     );
     assert!(!home.join("clusters/sc.json").exists());
-    assert!(hosts.run(0, &format!("test -e {} || echo none", remote.display())).contains("none"));
+    assert!(hosts
+        .run(0, &format!("test -e {} || echo none", remote.display()))
+        .contains("none"));
 
     let _down = DownOnDrop(&home, cfg_s);
     let out = ok(rf(&home, &["up", cfg_s]));

@@ -327,7 +327,8 @@ impl NodeDaemon {
             };
         }
         match self.link() {
-            Some(l) if l.any_node_feasible(res) => None,
+            // A node that fits it exists, or the autoscaler may launch one.
+            Some(l) if l.any_node_feasible(res) || l.may_grow_for(res) => None,
             _ => Some(local),
         }
     }
@@ -679,7 +680,9 @@ impl NodeDaemon {
     }
 
     /// Leases a worker for the actor on another node. `Ok(None)`: that node
-    /// could not be reached (or left the cluster); place again.
+    /// could not be reached (or left the cluster), or, when `movable`, it
+    /// queued the request while another node has room for it now (one the
+    /// autoscaler launched, say); place again.
     async fn place_remotely(
         &self,
         addr: &str,
@@ -687,11 +690,27 @@ impl NodeDaemon {
         resources: Resources,
         name: String,
         job: String,
+        movable: bool,
     ) -> Result<Option<Placement>> {
         let link = self.link().ok_or_else(|| Error::Internal("no cluster".into()))?;
         let mut c = link.node_client(addr)?;
+        let room_elsewhere = async {
+            if !movable {
+                return std::future::pending().await;
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let elsewhere = link
+                    .free_resources()
+                    .into_iter()
+                    .any(|(a, free)| a != addr && a != self.state.tcp_addr && fits(&free, &resources));
+                if elsewhere {
+                    return;
+                }
+            }
+        };
         let req = proto::LeaseRequest {
-            resources: resources.into_iter().collect(),
+            resources: resources.clone().into_iter().collect(),
             retriable: false,
             requester_id: 0,
             display_name: name,
@@ -704,6 +723,11 @@ impl NodeDaemon {
         let reply = tokio::select! {
             r = c.request_worker_lease(req) => r,
             _ = link.node_gone(addr) => return Ok(None),
+            // Dropping the call withdraws the queued request there.
+            _ = room_elsewhere => {
+                tracing::debug!(node = addr, "an actor's queued lease goes to a node with room");
+                return Ok(None);
+            }
         };
         let reply = match reply {
             Ok(r) => r.into_inner(),
@@ -788,6 +812,9 @@ impl NodeDaemon {
                 // A head that just started has no view yet.
                 link.wait_for_view(Duration::from_secs(5)).await;
             }
+            // Counted as demand for the autoscaler while no node fits it.
+            let link = d.link();
+            let mut growth_wait = None;
             let place = loop {
                 let (resources, name, job, strategy) = {
                     let t = d.state.actors.lock();
@@ -815,6 +842,16 @@ impl NodeDaemon {
                         }
                     }
                 }
+                // No node fits it, but the autoscaler may launch one: wait.
+                if let Some(l) = link {
+                    let nowhere = !l.any_node_feasible(&resources)
+                        && infeasibility(&d.state.sched.lock().total, &resources).is_some();
+                    if nowhere && l.may_grow_for(&resources) {
+                        growth_wait.get_or_insert_with(|| l.wait_for_growth(&resources));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
                 let choice = match &strategy {
                     Some(s) => d.strategy_choice(&resources, s, &name),
                     None => Ok(super::strategy::Choice::Default),
@@ -831,14 +868,20 @@ impl NodeDaemon {
                         d.state.actors.lock().placing.insert(id, chosen);
                         let placed = match target {
                             None => d.place_locally(id, resources, name, job).await.map(Some),
-                            Some(addr) => d.place_remotely(&addr, id, resources, name, job).await,
+                            Some(addr) => {
+                                let movable = strategy.is_none();
+                                d.place_remotely(&addr, id, resources, name, job, movable).await
+                            }
                         };
                         d.state.actors.lock().placing.remove(&id);
                         placed
                     }
                 };
                 match placed {
-                    Ok(Some(p)) => break p,
+                    Ok(Some(p)) => {
+                        drop(growth_wait.take());
+                        break p;
+                    }
                     Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
                     Err(e) => {
                         d.state

@@ -289,6 +289,25 @@ available_node_types:
         hc.autoscaler_status()
     );
     assert_eq!(events(&mut hc, "AUTOSCALER_TERMINATE").len(), 3);
+
+    // Actors: one no node can hold yet waits for a node instead of failing;
+    // a second that finds the first's node busy queues there, then moves
+    // to the node launched for it.
+    use crate::cluster_actors::Tally;
+    let a = Tally::options().num_cpus(2.0).remote(0).unwrap();
+    let a_node = a.node().get().unwrap();
+    let b = Tally::options().num_cpus(2.0).remote(0).unwrap();
+    let b_node = b.node().get().unwrap();
+    assert_ne!(a_node, b_node);
+    assert_eq!((a.inc().get().unwrap(), b.inc().get().unwrap()), (1, 1));
+    assert!(phases(&mut hc).len() == 2, "{:?}", hc.autoscaler_status());
+    rayforge::kill(&a).unwrap();
+    rayforge::kill(&b).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || phases(&mut hc).is_empty()),
+        "{:?}",
+        hc.autoscaler_status()
+    );
     rayforge::shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

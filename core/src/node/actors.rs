@@ -852,6 +852,9 @@ impl NodeDaemon {
                         continue;
                     }
                 }
+                // A node fits it now: it no longer waits for one (counted
+                // on, it would have a second node launched for it).
+                drop(growth_wait.take());
                 let choice = match &strategy {
                     Some(s) => d.strategy_choice(&resources, s, &name),
                     None => Ok(super::strategy::Choice::Default),
@@ -878,10 +881,7 @@ impl NodeDaemon {
                     }
                 };
                 match placed {
-                    Ok(Some(p)) => {
-                        drop(growth_wait.take());
-                        break p;
-                    }
+                    Ok(Some(p)) => break p,
                     Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
                     Err(e) => {
                         d.state

@@ -203,8 +203,8 @@ fn a_strict_spread_group_gets_its_nodes_together_and_a_node_killed_while_startin
     use rayforge::{placement_group, remove_placement_group, PlacementStrategy};
     let dir = std::env::temp_dir().join(format!("rayforge-autoscaler-pg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // The first node launched hangs before it starts (and is killed by
-    // the test); the others start at once.
+    // The first node to start hangs (and is killed by the test); the
+    // others start at once.
     let first = dir.join("first");
     let yaml = dir.join("cluster.yaml");
     std::fs::write(
@@ -216,7 +216,7 @@ max_workers: 4
 idle_timeout_s: 3
 provider:
   type: local
-  wrapper: [sh, -c, 'if mkdir {} 2>/dev/null; then exec sleep 120; fi; exec "$@"', sh]
+  wrapper: [sh, -c, 'if mkdir {0} 2>/dev/null; then echo $RAYFORGE_PROVIDER_NODE_ID > {0}/id; exec sleep 120; fi; exec "$@"', sh]
 available_node_types:
   cpu2:
     resources: {{CPU: 2}}
@@ -250,11 +250,23 @@ available_node_types:
         launches.iter().any(|m| m.contains("3 x cpu2 for placement group")),
         "{launches:?}"
     );
-    // Kill the node that hangs while starting.
-    let (victim, pid) = ledger(&cluster)
+    // Kill the node that hangs while starting (whichever of the three ran
+    // its wrapper first: it wrote its provider id).
+    let mut victim = String::new();
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            victim = std::fs::read_to_string(first.join("id"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            !victim.is_empty()
+        }),
+        "no node hangs at start"
+    );
+    let (_, pid) = ledger(&cluster)
         .into_iter()
-        .find(|(id, _)| id.ends_with("-1"))
-        .expect("the first node in the ledger");
+        .find(|(id, _)| *id == victim)
+        .expect("the hanging node in the ledger");
     // SAFETY: kill(2) of a process this test's cluster started.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
@@ -300,7 +312,19 @@ available_node_types:
     let b_node = b.node().get().unwrap();
     assert_ne!(a_node, b_node);
     assert_eq!((a.inc().get().unwrap(), b.inc().get().unwrap()), (1, 1));
-    assert!(phases(&mut hc).len() == 2, "{:?}", hc.autoscaler_status());
+    // Both on nodes the autoscaler launched.
+    let launched: Vec<String> = hc
+        .autoscaler_status()
+        .unwrap()
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert!(
+        launched.contains(&a_node) && launched.contains(&b_node),
+        "{launched:?} {a_node} {b_node}"
+    );
     rayforge::kill(&a).unwrap();
     rayforge::kill(&b).unwrap();
     assert!(

@@ -51,6 +51,15 @@ impl PlacementStrategy {
             PlacementStrategy::StrictSpread => proto::PlacementStrategy::StrictSpread,
         }
     }
+
+    pub(crate) fn from_proto(p: proto::PlacementStrategy) -> PlacementStrategy {
+        match p {
+            proto::PlacementStrategy::Pack => PlacementStrategy::Pack,
+            proto::PlacementStrategy::Spread => PlacementStrategy::Spread,
+            proto::PlacementStrategy::StrictPack => PlacementStrategy::StrictPack,
+            proto::PlacementStrategy::StrictSpread => PlacementStrategy::StrictSpread,
+        }
+    }
 }
 
 /// Where a group stands.

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ClusterConfig, ProviderConfig};
 use super::hosts::{sh_quote, Host, SshLogin};
-use super::provider::{remote_dir_on, stop_and_clean_script};
+use super::provider::{
+    mount_target, prepare_host, remote_dir_on, start_args, stop_and_clean_script, stop_script, write_ledger_file,
+};
 use crate::error::{Error, Result};
 
 /// What `up` created, as the ledger records it.
@@ -99,11 +101,7 @@ impl Launcher {
 
     fn write_ledger(&self, l: &Ledger) -> Result<()> {
         std::fs::create_dir_all(&self.home).map_err(|e| Error::io(format!("creating {}", self.home.display()), e))?;
-        let text = serde_json::to_vec_pretty(l).map_err(|e| Error::Internal(e.to_string()))?;
-        let tmp = self.ledger_path().with_extension("json.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, self.ledger_path()))
-            .map_err(|e| Error::io(format!("writing {}", self.ledger_path().display()), e))
+        write_ledger_file(&self.ledger_path(), l)
     }
 
     fn login(&self) -> Option<SshLogin> {
@@ -312,42 +310,19 @@ impl Launcher {
             created_ms: crate::clock::now_ms(),
         };
         self.write_ledger(&ledger)?;
-        let bin = match &host {
-            Host::Local => {
-                let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
-                // `exec` and `attach` find it on their PATH.
-                host.run(&format!("ln -sf {} {q}/bin/rayforge", sh_quote(&exe.to_string_lossy())))?;
-                exe.to_string_lossy().into_owned()
-            }
-            Host::Ssh { .. } => {
-                let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
-                let _ = writeln!(out, "  copying {} to {}:{dir}/bin", exe.display(), host.name());
-                host.copy_to(&exe, &format!("{dir}/bin/rayforge"))?;
-                let sha = crate::gcs::file_sha256(&exe)?;
-                host.run_with_input(
-                    &format!("chmod 755 {q}/bin/rayforge && cat > {q}/bin/rayforge.sha256"),
-                    sha.as_bytes(),
-                )?;
-                format!("{dir}/bin/rayforge")
-            }
+        let exe = std::env::current_exe().map_err(|e| Error::io("finding the rayforge binary", e))?;
+        let exe_sha = crate::gcs::file_sha256(&exe)?;
+        let mut log = |step: String| {
+            let _ = writeln!(out, "  {step}");
         };
+        prepare_host(&host, &dir, &exe, &exe_sha, &c.file_mounts, &c.setup_commands, &mut log)?;
+        let bin = format!("{dir}/bin/rayforge");
         let token = crate::util::random_secret()?;
         host.run_with_input(&format!("umask 077 && cat > {q}/token"), token.as_bytes())?;
         if let ProviderConfig::Ssh { ssh_private_key, .. } = &c.provider {
             let key = std::fs::read(ssh_private_key)
                 .map_err(|e| Error::io(format!("reading {}", ssh_private_key.display()), e))?;
             host.run_with_input(&format!("umask 077 && cat > {q}/ssh_key"), &key)?;
-        }
-        for (remote, local) in &c.file_mounts {
-            let to = mount_target(&dir, remote);
-            let _ = writeln!(out, "  file mount {} -> {}:{to}", local.display(), host.name());
-            host.run(&format!("mkdir -p \"$(dirname {})\"", sh_quote(&to)))?;
-            host.copy_to(local, &to)?;
-        }
-        for cmd in &c.setup_commands {
-            let _ = writeln!(out, "  setup: {cmd}");
-            host.run(&format!("cd {q} && {cmd}"))
-                .map_err(|e| Error::Runtime(format!("setup command `{cmd}`: {e}")))?;
         }
         host.run_with_input(&format!("cat > {q}/cluster.yaml"), self.head_config(&dir)?.as_bytes())?;
         let mut args = vec![
@@ -372,19 +347,7 @@ impl Launcher {
             ]);
         }
         if let Some(r) = &c.head.resources {
-            let amount = |k: &str| r.get(k).copied();
-            if let Some(cpu) = amount("CPU") {
-                args.extend(["--num-cpus".into(), cpu.to_string()]);
-            }
-            if let Some(gpu) = amount("GPU") {
-                args.extend(["--num-gpus".into(), gpu.to_string()]);
-            }
-            let custom: std::collections::BTreeMap<&String, &f64> =
-                r.iter().filter(|(k, _)| !matches!(k.as_str(), "CPU" | "GPU")).collect();
-            if !custom.is_empty() {
-                let json = serde_json::to_string(&custom).map_err(|e| Error::Internal(e.to_string()))?;
-                args.extend(["--resources".into(), json]);
-            }
+            args.extend(start_args(r, false)?);
         }
         let args: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
         let script = format!(
@@ -462,11 +425,7 @@ impl Launcher {
         let mut removed = Vec::new();
         // The head first, so its autoscaler launches nothing more.
         if l.head_pid > 0 {
-            host.run(&format!(
-                "kill -TERM {p} 2>/dev/null; i=0; while kill -0 {p} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; \
-                 i=$((i+1)); done; kill -KILL {p} 2>/dev/null; true",
-                p = l.head_pid
-            ))?;
+            host.run(&stop_script(l.head_pid))?;
             removed.push(format!("head process {} on {}", l.head_pid, host.name()));
         }
         // Then each node its autoscaler's ledger lists.
@@ -491,10 +450,7 @@ impl Launcher {
                 }
                 _ if pid == 0 => {}
                 _ => {
-                    host.run(&format!(
-                        "kill -TERM {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 100 ]; do \
-                         sleep 0.2; i=$((i+1)); done; kill -KILL {pid} 2>/dev/null; true"
-                    ))?;
+                    host.run(&stop_script(pid))?;
                     removed.push(format!("node {id}: process {pid}"));
                 }
             }
@@ -585,14 +541,5 @@ impl Launcher {
             sh_quote(&l.head_dir)
         );
         Ok(self.head_host().command(&script, false))
-    }
-}
-
-/// Where file mount `remote` goes in the cluster's directory `dir`.
-fn mount_target(dir: &str, remote: &str) -> String {
-    if remote.starts_with('/') {
-        remote.to_string()
-    } else {
-        format!("{dir}/{remote}")
     }
 }

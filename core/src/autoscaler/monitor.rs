@@ -449,12 +449,7 @@ impl Monitor {
             .into_iter()
             .filter(|g| g.state() == proto::GroupState::Pending)
             .map(|g| GroupDemand {
-                strategy: match g.strategy() {
-                    proto::PlacementStrategy::Pack => PlacementStrategy::Pack,
-                    proto::PlacementStrategy::Spread => PlacementStrategy::Spread,
-                    proto::PlacementStrategy::StrictPack => PlacementStrategy::StrictPack,
-                    proto::PlacementStrategy::StrictSpread => PlacementStrategy::StrictSpread,
-                },
+                strategy: PlacementStrategy::from_proto(g.strategy()),
                 bundles: g.bundles.iter().map(|b| to_res(&b.resources)).collect(),
                 id: g.id,
             })

@@ -114,16 +114,8 @@ impl LocalProvider {
         if !self.wrapper.is_empty() {
             cmd.arg(&self.exe);
         }
-        let amount = |k: &str| resources.get(k).copied().unwrap_or(0.0);
-        let custom: BTreeMap<&String, &f64> = resources
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "CPU" | "GPU"))
-            .collect();
-        let custom = serde_json::to_string(&custom).map_err(|e| Error::Internal(e.to_string()))?;
         cmd.args(["start", "--address", &self.head_addr, "--block"])
-            .args(["--num-cpus", &amount("CPU").to_string()])
-            .args(["--num-gpus", &amount("GPU").to_string()])
-            .args(["--resources", &custom])
+            .args(start_args(resources, true)?)
             .env("RAYFORGE_TOKEN", &self.token)
             .env(PROVIDER_ID_ENV, &id)
             .env(NODE_TYPE_ENV, node_type)
@@ -172,11 +164,8 @@ impl LocalProvider {
                 })
             })
             .collect();
-        let path = self.dir.join("ledger.json");
-        let tmp = self.dir.join("ledger.json.tmp");
-        let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            tracing::warn!("writing the local provider's ledger {}: {e}", path.display());
+        if let Err(e) = write_ledger_file(&self.dir.join("ledger.json"), &list) {
+            tracing::warn!("the local provider's ledger: {e}");
         }
     }
 }
@@ -393,11 +382,8 @@ impl SshInner {
                 })
             })
             .collect();
-        let path = self.dir.join("ledger.json");
-        let tmp = self.dir.join("ledger.json.tmp");
-        let text = serde_json::to_vec_pretty(&list).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            tracing::warn!("writing the SSH provider's ledger {}: {e}", path.display());
+        if let Err(e) = write_ledger_file(&self.dir.join("ledger.json"), &list) {
+            tracing::warn!("the SSH provider's ledger: {e}");
         }
     }
 
@@ -415,54 +401,30 @@ impl SshInner {
         let host = self.host(addr);
         let dir = &remote_dir_on(&host, &self.s.remote_dir)?;
         let q = sh_quote(dir);
-        host.run(&format!("mkdir -p {q}/bin {q}/tmp && chmod 700 {q}"))?;
-        let have = host
-            .run(&format!("cat {q}/bin/rayforge.sha256 2>/dev/null || true"))?
-            .trim()
-            .to_string();
-        if have != self.exe_sha {
-            host.copy_to(&self.s.exe, &format!("{dir}/bin/rayforge"))?;
-            host.run_with_input(
-                &format!("chmod 755 {q}/bin/rayforge && cat > {q}/bin/rayforge.sha256"),
-                self.exe_sha.as_bytes(),
-            )?;
-        }
-        for (remote, local) in &self.s.file_mounts {
-            let to = if remote.starts_with('/') {
-                remote.clone()
-            } else {
-                format!("{dir}/{remote}")
-            };
-            host.run(&format!("mkdir -p \"$(dirname {})\"", sh_quote(&to)))?;
-            host.copy_to(local, &to)?;
-        }
-        for cmd in &self.s.setup_commands {
-            host.run(&format!("cd {q} && {cmd}"))
-                .map_err(|e| Error::Runtime(format!("setup command `{cmd}`: {e}")))?;
-        }
+        prepare_host(
+            &host,
+            dir,
+            &self.s.exe,
+            &self.exe_sha,
+            &self.s.file_mounts,
+            &self.s.setup_commands,
+            &mut |step| tracing::debug!(host = addr, "{step}"),
+        )?;
         host.run_with_input(&format!("umask 077 && cat > {q}/token"), self.s.token.as_bytes())?;
-        let amount = |k: &str| resources.get(k).copied().unwrap_or(0.0);
-        let custom: BTreeMap<&String, &f64> = resources
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "CPU" | "GPU"))
-            .collect();
-        let custom = serde_json::to_string(&custom).map_err(|e| Error::Internal(e.to_string()))?;
+        let resources: Vec<String> = start_args(resources, true)?.iter().map(|a| sh_quote(a)).collect();
         // `$!` is the daemon's pid: the background subshell execs setsid
         // (not a group leader there, so it does not fork), which execs it.
         let script = format!(
             "cd {q} && (export RAYFORGE_TOKEN=\"$(cat token)\" TMPDIR={q}/tmp {pid_env}={id} {type_env}={t} \
              NO_COLOR=1; exec setsid bin/rayforge start --address {head} \
-             --bind 0.0.0.0 --advertise-address {addr} --num-cpus {cpus} --num-gpus {gpus} --resources {custom} \
-             --block > node.log 2>&1 < /dev/null) & echo $!",
+             --bind 0.0.0.0 --advertise-address {addr} {resources} --block > node.log 2>&1 < /dev/null) & echo $!",
             pid_env = PROVIDER_ID_ENV,
             id = sh_quote(id),
             type_env = NODE_TYPE_ENV,
             t = sh_quote(node_type),
             head = sh_quote(&self.s.head_addr),
             addr = sh_quote(addr),
-            cpus = amount("CPU"),
-            gpus = amount("GPU"),
-            custom = sh_quote(&custom),
+            resources = resources.join(" "),
         );
         let out = host.run(&script)?;
         out.trim()
@@ -507,6 +469,96 @@ impl SshInner {
     }
 }
 
+/// `rayforge start` arguments offering `resources` (`--num-cpus`,
+/// `--num-gpus`, custom ones as `--resources` JSON). A node type offers 0
+/// of what it does not name (`absent_is_zero`); the head, given
+/// resources, is left to detect the ones it does not name.
+pub(crate) fn start_args(resources: &Resources, absent_is_zero: bool) -> Result<Vec<String>> {
+    let mut args = Vec::new();
+    for (key, flag) in [("CPU", "--num-cpus"), ("GPU", "--num-gpus")] {
+        match resources.get(key) {
+            Some(v) => args.extend([flag.to_string(), v.to_string()]),
+            None if absent_is_zero => args.extend([flag.to_string(), "0".to_string()]),
+            None => {}
+        }
+    }
+    let custom: BTreeMap<&String, &f64> = resources
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "CPU" | "GPU"))
+        .collect();
+    if !custom.is_empty() {
+        let json = serde_json::to_string(&custom).map_err(|e| Error::Internal(e.to_string()))?;
+        args.extend(["--resources".to_string(), json]);
+    }
+    Ok(args)
+}
+
+/// Writes a ledger (JSON) to `path` whole: a temporary file renamed over
+/// it, so a reader never sees half of one.
+pub(crate) fn write_ledger_file(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Where file mount `remote` goes in the cluster's directory `dir`.
+pub(crate) fn mount_target(dir: &str, remote: &str) -> String {
+    if remote.starts_with('/') {
+        remote.to_string()
+    } else {
+        format!("{dir}/{remote}")
+    }
+}
+
+/// Readies the cluster's directory `dir` on `host` for a daemon: the
+/// rayforge binary `exe` at `dir/bin/rayforge` (copied only when the
+/// host's differs, by sha256), the file mounts, then the setup commands
+/// run in `dir`; `log` hears each step.
+pub(crate) fn prepare_host(
+    host: &super::hosts::Host,
+    dir: &str,
+    exe: &std::path::Path,
+    exe_sha: &str,
+    file_mounts: &BTreeMap<String, PathBuf>,
+    setup_commands: &[String],
+    log: &mut dyn FnMut(String),
+) -> Result<()> {
+    use super::hosts::sh_quote;
+    let q = sh_quote(dir);
+    host.run(&format!("mkdir -p {q}/bin {q}/tmp && chmod 700 {q}"))?;
+    let have = host.run(&format!("cat {q}/bin/rayforge.sha256 2>/dev/null || true"))?;
+    if have.trim() != exe_sha {
+        log(format!("copying {} to {}:{dir}/bin", exe.display(), host.name()));
+        host.copy_to(exe, &format!("{dir}/bin/rayforge"))?;
+        host.run_with_input(
+            &format!("chmod 755 {q}/bin/rayforge && cat > {q}/bin/rayforge.sha256"),
+            exe_sha.as_bytes(),
+        )?;
+    }
+    for (remote, local) in file_mounts {
+        let to = mount_target(dir, remote);
+        log(format!("file mount {} -> {}:{to}", local.display(), host.name()));
+        host.run(&format!("mkdir -p \"$(dirname {})\"", sh_quote(&to)))?;
+        host.copy_to(local, &to)?;
+    }
+    for cmd in setup_commands {
+        log(format!("setup: {cmd}"));
+        host.run(&format!("cd {q} && {cmd}"))
+            .map_err(|e| Error::Runtime(format!("setup command `{cmd}`: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The script that stops process `pid`: SIGTERM, SIGKILL after 20 s.
+pub(crate) fn stop_script(pid: u32) -> String {
+    format!(
+        "kill -TERM {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; \
+         i=$((i+1)); done; kill -KILL {pid} 2>/dev/null; true"
+    )
+}
+
 /// `dir` on `host` as an absolute path (a relative one is under the
 /// login's home there).
 pub(crate) fn remote_dir_on(host: &super::hosts::Host, dir: &str) -> Result<String> {
@@ -523,17 +575,14 @@ pub(crate) fn remote_dir_on(host: &super::hosts::Host, dir: &str) -> Result<Stri
     Ok(format!("{}/{dir}", home.trim_end_matches('/')))
 }
 
-/// The script that stops process `pid` (SIGTERM, SIGKILL after 20 s; no
-/// process when 0) and removes the cluster's directory `dir`.
+/// The script that stops process `pid` (see [`stop_script`]; no process
+/// when 0) and removes the cluster's directory `dir`.
 pub(crate) fn stop_and_clean_script(pid: u32, dir: &str) -> String {
     let rm = format!("rm -rf {}", super::hosts::sh_quote(dir));
     if pid == 0 {
         return rm;
     }
-    format!(
-        "kill -TERM {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; \
-         i=$((i+1)); done; kill -KILL {pid} 2>/dev/null; {rm}"
-    )
+    format!("{}; {rm}", stop_script(pid))
 }
 
 impl NodeProvider for SshProvider {

@@ -449,34 +449,43 @@ impl NodeDaemon {
             if self.stopping() {
                 return;
             }
+            let idle_since_ms = self.idle_since_ms().unwrap_or(0);
+            let waiting: Vec<(Resources, u32)> = link.growth_waiting.lock().values().cloned().collect();
             let req = {
                 let s = self.state.sched.lock();
+                let queued = s.demands();
+                // The same demand in words, for `rayforge status`.
+                let shape = crate::autoscaler::policy::shape;
+                let mut pending_demands: Vec<String> =
+                    queued.iter().map(|(r, n)| format!("{} x{n}", shape(r))).collect();
+                pending_demands.sort();
+                pending_demands.extend(
+                    waiting
+                        .iter()
+                        .map(|(r, n)| format!("{} x{n} (waiting for a node to launch)", shape(r))),
+                );
                 proto::HeartbeatRequest {
                     node_id: self.state.node_id.clone(),
                     available: s.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     total: s.total.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     pending_leases: s.pending_count() as u32,
-                    pending_demands: s.pending_demands(),
+                    pending_demands,
                     num_workers: s
                         .workers
                         .values()
                         .filter(|w| w.state != super::scheduler::WorkerState::Dead)
                         .count() as u32,
                     stopping: false,
-                    demands: Vec::new(),
-                    idle_since_ms: 0,
+                    demands: queued
+                        .into_iter()
+                        .chain(waiting)
+                        .map(|(shape, count)| proto::ResourceDemand {
+                            shape: shape.into_iter().collect(),
+                            count,
+                        })
+                        .collect(),
+                    idle_since_ms,
                 }
-            };
-            let mut req = req;
-            for (shape, n) in link.growth_waiting.lock().values() {
-                let shape = crate::autoscaler::policy::shape(shape);
-                req.pending_demands
-                    .push(format!("{shape} x{n} (waiting for a node to launch)"));
-            }
-            let req = proto::HeartbeatRequest {
-                demands: self.demands(),
-                idle_since_ms: self.idle_since_ms().unwrap_or(0),
-                ..req
             };
             let reply = match link.head.clone().heartbeat(req).await {
                 Ok(r) => r.into_inner(),
@@ -598,21 +607,6 @@ impl NodeDaemon {
             *since = Some(crate::clock::now_ms());
         }
         *since
-    }
-
-    /// What waits for resources here, by shape: queued requests and those
-    /// waiting for the cluster to grow.
-    pub(crate) fn demands(&self) -> Vec<proto::ResourceDemand> {
-        let mut all = self.state.sched.lock().demands();
-        if let Some(link) = self.link() {
-            all.extend(link.growth_waiting.lock().values().cloned());
-        }
-        all.into_iter()
-            .map(|(shape, count)| proto::ResourceDemand {
-                shape: shape.into_iter().collect(),
-                count,
-            })
-            .collect()
     }
 
     /// Another node to send a lease request to when this one cannot serve

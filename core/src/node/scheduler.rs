@@ -290,22 +290,8 @@ impl Scheduler {
         self.pending.len()
     }
 
-    /// The resource shapes of queued requests, for `rayforge status`.
-    pub(crate) fn pending_demands(&self) -> Vec<String> {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for r in self.pending.iter().filter(|r| !r.reply.is_closed()) {
-            let shape: Vec<String> = r
-                .resources
-                .iter()
-                .filter(|(_, v)| **v > EPS)
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            *counts.entry(format!("{{{}}}", shape.join(", "))).or_default() += 1;
-        }
-        counts.into_iter().map(|(k, n)| format!("{k} x{n}")).collect()
-    }
-
-    /// Queued requests by resource shape, for the autoscaler.
+    /// Queued requests by resource shape (for the autoscaler, and in words
+    /// for `rayforge status`).
     pub(crate) fn demands(&self) -> Vec<(Resources, u32)> {
         let mut counts: BTreeMap<String, (Resources, u32)> = BTreeMap::new();
         for r in self.pending.iter().filter(|r| !r.reply.is_closed()) {
@@ -1007,7 +993,7 @@ mod tests {
         assert_eq!(rb.try_recv().unwrap().unwrap().worker_id, 2);
         // When j1 ends, its workers are stopped; j2's are not.
         assert_eq!(s.job_finished("j1"), vec![Action::KillWorker { worker_id: 1, pid: 1 }]);
-        assert!(s.pending_demands().is_empty());
+        assert!(s.demands().is_empty());
     }
 
     #[test]

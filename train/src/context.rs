@@ -142,6 +142,26 @@ impl TrainContext {
         self.group.all_reduce(buf, op)
     }
 
+    /// Saves every rank's random state (libtorch's generators) into the
+    /// checkpoint being written as the file `name`, so a resumed gang
+    /// draws what an unstopped one would: a collective every rank calls
+    /// before [`TrainContext::report`] (see
+    /// [`crate::rng::RngState::save_gang`]).
+    pub fn save_rng_state(&mut self, w: &mut CheckpointWriter, name: &str) -> Result<()> {
+        crate::rng::RngState::save_gang(&mut self.group, w, name)
+    }
+
+    /// Restores this rank's random state from the file `name` of the
+    /// checkpoint the run resumes from (written by
+    /// [`TrainContext::save_rng_state`]); nothing to do on a fresh start.
+    /// Call it after building the model (whose initialization draws).
+    pub fn restore_rng_state(&self, name: &str) -> Result<()> {
+        match &self.checkpoint {
+            Some(c) => crate::rng::RngState::restore_rank(c, name, self.world_rank),
+            None => Ok(()),
+        }
+    }
+
     /// Reports this iteration's metrics (and a checkpoint): every rank calls
     /// it the same number of times, and it returns once every rank has
     /// (a barrier). Rank 0's metrics are recorded and its checkpoint is

@@ -74,6 +74,7 @@ mod context;
 mod error;
 mod nccl;
 pub mod optim;
+pub mod rng;
 pub mod torch;
 mod trainer;
 mod worker;

@@ -34,14 +34,15 @@ fn decode(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// A linear model trained with Adam on fixed data per rank and iteration,
-/// its gradients averaged across the ranks: the checkpoint holds the
-/// weights and Adam's moments and step count, so a resumed run must end
+/// under dropout drawn from each rank's own seed, its gradients averaged
+/// across the ranks: the checkpoint holds the weights, Adam's moments and
+/// step count, and every rank's random state, so a resumed run must end
 /// bit-equal to one that was never stopped.
 fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
     use rayforge_train::tch::{nn, nn::Module, Device, Kind, Tensor};
     let cfg: Config = ctx.config()?;
     let rank = ctx.world_rank();
-    rayforge_train::tch::manual_seed(11);
+    rayforge_train::tch::manual_seed(11 + rank as i64);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = nn::linear(vs.root() / "l", 4, 1, Default::default());
     let mut opt = Adam::new(&vs, 0.05);
@@ -49,6 +50,7 @@ fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
         c.load_varstore("model.ot", &mut vs)?;
         opt.load(c, "optimizer.ot")?;
     }
+    ctx.restore_rng_state("rng.ot")?;
     let mut ddp = ctx.prepare_model(&vs)?;
     for it in ctx.iteration()..cfg.iterations {
         if cfg.kill_rank == Some(rank)
@@ -60,11 +62,12 @@ fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
         let x =
             (Tensor::arange(32, (Kind::Float, Device::Cpu)).reshape([8, 4]) / 7.0 + (rank as f64) + it as f64).sin();
         let y = x.sum_dim_intlist([1i64].as_slice(), true, Kind::Float) * 0.5 - 0.25;
-        let loss = (model.forward(&x) - y).square().mean(Kind::Float);
+        let loss = (model.forward(&x.dropout(0.3, true)) - y).square().mean(Kind::Float);
         ddp.backward_step(&loss, &mut opt)?;
         let mut ckpt = CheckpointWriter::new()?;
         ckpt.save_varstore("model.ot", &vs)?;
         opt.save(&mut ckpt, "optimizer.ot")?;
+        ctx.save_rng_state(&mut ckpt, "rng.ot")?;
         let w: Vec<f32> = Vec::<f32>::try_from(model.ws.flatten(0, -1)).map_err(rayforge_train::Error::from)?;
         let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
         ckpt.write("w.bin", &bytes)?;
@@ -144,7 +147,8 @@ fn a_gang_on_private_disks_resumes_from_its_checkpoint_in_the_cluster_store() {
         ))
         .exists());
     // Same end state as the run that was never killed, to the bit (the
-    // optimizer's moments came back with the weights).
+    // optimizer's moments and each rank's random state came back with the
+    // weights).
     let w_whole = decode(&whole.latest_checkpoint.unwrap().read("w.bin").unwrap());
     let w_killed = decode(&latest.read("w.bin").unwrap());
     assert_eq!(w_killed, w_whole);

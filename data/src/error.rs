@@ -62,20 +62,29 @@ pub enum Error {
     #[error("{0}")]
     User(String),
     /// A write to a local path (or a `file://` URI) reached a node that
-    /// does not see the directory the driver writes to: the path is not
-    /// shared by every node of the cluster, and the node's part would have
-    /// landed on its own disk, where no reader finds it.
+    /// does not see the directory the driver writes to, or a read task
+    /// found no file where the driver listed one: the path is not shared
+    /// by every node of the cluster, and the node's part would have landed
+    /// on its own disk, where no reader finds it (or the read would have
+    /// found another disk's files).
     #[error(
-        "node {node} cannot see {path}, the directory this write goes to: the path is not shared by every node \
-         of the cluster. Mount the same volume at {path} on every node, or write to cluster:// (the head's \
-         store) or s3://"
+        "node {node} cannot see {path}, {what}: the path is not shared by every node of the cluster{hint}. Mount \
+         the same volume at that path on every node, or use cluster:// (the head's store) or s3://"
     )]
     PathNotShared {
-        /// The id of the node that cannot see the directory.
+        /// The id of the node that cannot see the path.
         node: String,
-        /// The directory written to, as the driver resolved it.
+        /// The directory written to or the file read, as the driver
+        /// resolved it.
         path: String,
-        /// What the node's check of the driver's marker found.
+        /// What the path is to the job ("the directory this write goes
+        /// to", "a file the driver listed for this read").
+        what: String,
+        /// More on the cause, where there is more to say (empty or
+        /// starting with a space).
+        hint: String,
+        /// What the node's check of the driver's marker found, or the
+        /// error opening the file.
         #[source]
         source: Box<rayforge::Error>,
     },

@@ -180,6 +180,8 @@ pub(crate) fn verify_shared(shared: &SharedCheck, dir: &str) -> Result<()> {
     shared.verify().map_err(|source| Error::PathNotShared {
         node: rayforge::node_id().unwrap_or_else(|_| "(unknown)".into()),
         path: dir.to_string(),
+        what: "the directory this write goes to".into(),
+        hint: String::new(),
         source: Box::new(source),
     })
 }

@@ -189,6 +189,30 @@ fn open(path: &str) -> Result<File> {
     File::open(&local).map_err(|e| Error::io(path, e))
 }
 
+/// Opens a file the driver listed, in the task that reads it: a local
+/// path missing here is one the nodes do not share (or one removed since
+/// the driver listed it): [`Error::PathNotShared`], naming the node, not a
+/// plain "not found".
+fn open_listed(path: &str) -> Result<File> {
+    let local = crate::files::localize(path)?;
+    File::open(&local).map_err(|e| {
+        if e.kind() != std::io::ErrorKind::NotFound || crate::files::is_remote(path) {
+            return Error::io(path, e);
+        }
+        Error::PathNotShared {
+            node: rayforge::node_id().unwrap_or_else(|_| "(unknown)".into()),
+            path: path.to_string(),
+            what: "a file the driver listed for this read".into(),
+            hint: " (or the file was removed after the driver listed it)".into(),
+            source: Box::new(rayforge::Error::Storage {
+                uri: path.to_string(),
+                message: e.to_string(),
+                retriable: false,
+            }),
+        }
+    })
+}
+
 /// Reads every file's footer: checks the schemas agree, drops row groups the
 /// filter rules out, and makes one read task per remaining row group.
 pub(crate) fn plan_parquet(files: &[String], opts: &ParquetOptions) -> Result<(Vec<ReadTask>, SchemaRef)> {
@@ -277,7 +301,7 @@ fn read_parquet_groups(
     filter: Option<&Expr>,
 ) -> Result<Block> {
     let ctx = |e: parquet::errors::ParquetError| Error::Parquet(format!("{path}: {e}"));
-    let b = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(ctx)?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(open_listed(path)?).map_err(ctx)?;
     let schema = b.schema().clone();
     let descr = b.metadata().file_metadata().schema_descr_ptr();
     let roots = |names: &[String]| -> Vec<usize> { names.iter().filter_map(|c| schema.index_of(c).ok()).collect() };
@@ -411,7 +435,7 @@ fn read_csv_file(path: &str, schema: SchemaRef) -> Result<Block> {
     let r = arrow::csv::ReaderBuilder::new(schema.clone())
         .with_header(true)
         .with_batch_size(64 * 1024)
-        .build(open(path)?)?;
+        .build(open_listed(path)?)?;
     let mut batches = Vec::new();
     for b in r {
         match b {
@@ -444,7 +468,7 @@ fn csv_error_line(msg: &str) -> Option<u64> {
 fn read_json_file(path: &str, schema: SchemaRef) -> Result<Block> {
     let r = arrow::json::ReaderBuilder::new(schema.clone())
         .with_batch_size(64 * 1024)
-        .build(BufReader::new(open(path)?))?;
+        .build(BufReader::new(open_listed(path)?))?;
     match r.collect::<std::result::Result<Vec<_>, _>>() {
         Ok(batches) => Ok(Block::new(arrow::compute::concat_batches(&schema, &batches)?)),
         Err(e) => Err(find_bad_json_line(path, &e.to_string(), Some(&schema))

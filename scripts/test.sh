@@ -12,8 +12,10 @@ fi
 source scripts/libtorch.sh
 # Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/it/gymnasium.rs).
 bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}/bin/python"
-# moto's S3-compatible server in target/s3-venv, for the storage tests (integration-tests/tests/it/storage.rs).
+# Object-store servers for the storage tests (integration-tests/tests/it/storage.rs): moto (S3) from
+# PyPI in target/s3-venv, Azurite (Azure Blob Storage) from npm.
 bash scripts/s3-venv.sh && export RAYFORGE_MOTO_SERVER="${RAYFORGE_S3_VENV:-$PWD/target/s3-venv}/bin/moto_server"
+bash scripts/azurite.sh && export RAYFORGE_AZURITE="$PWD/integration-tests/azurite/node_modules/.bin/azurite-blob"
 # Chromium, promtool, playwright-core, kubernetes-validate and kubectl, for the dashboard checks.
 source scripts/observability-tools.sh
 # OpenSSH's server and client, for the launcher's ssh-provider test.

@@ -43,14 +43,17 @@ fn retry() -> object_store::RetryConfig {
     }
 }
 
-/// Plain HTTP to an S3 endpoint when asked for (`AWS_ALLOW_HTTP=true`) or
-/// when the endpoint given is an `http://` URL (a local S3-compatible
-/// server): naming it is the user's choice of it.
-fn s3_allows_http() -> bool {
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
-    var("AWS_ALLOW_HTTP").eq_ignore_ascii_case("true")
-        || var("AWS_ENDPOINT_URL").starts_with("http://")
-        || var("AWS_ENDPOINT").starts_with("http://")
+/// Plain HTTP to a store's endpoint when asked for (`AWS_ALLOW_HTTP`,
+/// `GOOGLE_ALLOW_HTTP` or `AZURE_ALLOW_HTTP` = `true`) or when the endpoint
+/// given is an `http://` URL (a local S3-compatible server, a GCS
+/// emulator): naming it is the user's choice of it. `prefix` is the
+/// variables' prefix (`AWS`, `GOOGLE`, `AZURE`).
+fn allows_http(prefix: &str) -> bool {
+    let var = |k: &str| std::env::var(format!("{prefix}_{k}")).unwrap_or_default();
+    var("ALLOW_HTTP").eq_ignore_ascii_case("true")
+        || ["ENDPOINT_URL", "ENDPOINT", "BASE_URL"]
+            .iter()
+            .any(|k| var(k).starts_with("http://"))
 }
 
 fn client_options() -> object_store::ClientOptions {
@@ -92,19 +95,19 @@ impl ObjectBackend {
             "s3" => object_store::aws::AmazonS3Builder::from_env()
                 .with_url(&base)
                 .with_retry(retry())
-                .with_client_options(client_options().with_allow_http(s3_allows_http()))
+                .with_client_options(client_options().with_allow_http(allows_http("AWS")))
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(&base)
                 .with_retry(retry())
-                .with_client_options(client_options())
+                .with_client_options(client_options().with_allow_http(allows_http("GOOGLE")))
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             "az" => object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(&base)
                 .with_retry(retry())
-                .with_client_options(client_options())
+                .with_client_options(client_options().with_allow_http(allows_http("AZURE")))
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             _ => Ok(memory_store(bucket)),

@@ -1,7 +1,8 @@
 //! The storage layer across processes: the cluster's own store between a
-//! private-disk node and the driver (with its size budget), and S3 against
-//! a real S3-compatible server (moto's server mode, from PyPI; set up by
-//! scripts/s3-venv.sh), including the server cut off mid-upload.
+//! private-disk node and the driver (with its size budget); S3 against a
+//! real S3-compatible server (moto's server mode, from PyPI; set up by
+//! scripts/s3-venv.sh), including the server cut off mid-upload; and Azure
+//! Blob Storage against Azurite (npm, scripts/azurite.sh).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -63,38 +64,55 @@ fn the_cluster_store_carries_files_between_private_disks_within_its_budget() {
     assert!(err.to_string().contains("../x"), "{err}");
 }
 
-/// A moto S3 server on a free loopback port, killed when dropped.
-struct S3Server {
+/// An object-store server (moto or Azurite) on a free
+/// loopback port, killed when dropped.
+struct StoreServer {
     child: std::process::Child,
     port: u16,
+    /// The server's working directory (whatever it writes there goes).
+    _data: tempfile::TempDir,
 }
 
-impl S3Server {
-    /// `None` (the test skips) where scripts/s3-venv.sh has not run; under
-    /// CI the test script always sets it up, so there it is an error.
-    fn start() -> Option<S3Server> {
-        let Some(bin) = std::env::var_os("RAYFORGE_MOTO_SERVER") else {
+impl StoreServer {
+    /// Starts the program `var` names with the arguments `args(port)`.
+    /// `None` (the test skips) where the test script's set-up has not run;
+    /// under CI the test script always sets it up, so there it is an error.
+    fn start(var: &str, setup: &str, args: impl FnOnce(u16) -> Vec<String>) -> Option<StoreServer> {
+        let Some(bin) = std::env::var_os(var) else {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "RAYFORGE_MOTO_SERVER is unset: scripts/test.sh sets up moto through scripts/s3-venv.sh"
+                "{var} is unset: scripts/test.sh sets it up through {setup}"
             );
-            eprintln!("skipped: RAYFORGE_MOTO_SERVER is unset (run scripts/s3-venv.sh)");
+            eprintln!("skipped: {var} is unset (run {setup})");
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = tempfile::tempdir().unwrap();
         let child = std::process::Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(args(port))
+            .current_dir(data.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start moto_server");
-        let server = S3Server { child, port };
+            .unwrap_or_else(|e| panic!("start {var}: {e}"));
+        let server = StoreServer {
+            child,
+            port,
+            _data: data,
+        };
         assert!(
             wait_until(Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port))
                 .is_ok()),
-            "moto_server did not listen"
+            "{var} did not listen"
         );
         Some(server)
+    }
+
+    /// moto's S3 server.
+    fn s3() -> Option<StoreServer> {
+        StoreServer::start("RAYFORGE_MOTO_SERVER", "scripts/s3-venv.sh", |port| {
+            vec!["-H".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]
+        })
     }
 
     fn create_bucket(&self, bucket: &str) {
@@ -109,7 +127,7 @@ impl S3Server {
     }
 }
 
-impl Drop for S3Server {
+impl Drop for StoreServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -125,15 +143,15 @@ fn s3_env(port: u16) {
     std::env::set_var("AWS_REGION", "us-east-1");
 }
 
-#[test]
-fn s3_holds_files_and_checkpoints_as_local_storage_does() {
-    let Some(server) = S3Server::start() else { return };
-    server.create_bucket("runs");
-    s3_env(server.port);
-    let s = StorageUri::from("s3://runs/exp1").open().unwrap();
+/// What every object store must do as local storage does, under `base`
+/// (`scheme://bucket/exp1`, its bucket made): a file larger than one part
+/// (a multipart upload), listing, download, checkpoints committed and read
+/// back through a cold cache; and a bucket that does not exist refused
+/// naming the URI.
+fn holds_files_and_checkpoints(base: &str, missing_bucket: &str) {
+    let s = StorageUri::from(base).open().unwrap();
     s.check_writable().unwrap();
-    // A file larger than one part goes up as a multipart upload.
-    let dir = std::env::temp_dir().join(format!("rayforge-s3-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("rayforge-store-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let big: Vec<u8> = (0..(20 << 20) + 3).map(|i| (i % 241) as u8).collect();
     std::fs::write(dir.join("big"), &big).unwrap();
@@ -146,23 +164,102 @@ fn s3_holds_files_and_checkpoints_as_local_storage_does() {
     );
     assert!(s.download("data/big", &dir.join("back")).unwrap());
     assert!(std::fs::read(dir.join("back")).unwrap() == big);
+    assert_eq!(s.read("data/small").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(s.read("data/none").unwrap(), None);
+    s.delete("data/small").unwrap();
+    assert_eq!(s.read("data/small").unwrap(), None);
     // Checkpoints: committed, listed, read back through a cold cache.
     let ckpts = CheckpointDir::new(s.join("run").unwrap());
     let mut w = CheckpointWriter::new().unwrap();
     w.write("model.bin", b"weights-1").unwrap();
     let c = ckpts.commit(w, 1, &Default::default(), "test").unwrap();
-    assert_eq!(c.uri(), Some("s3://runs/exp1/run/checkpoint_000001"));
+    assert_eq!(c.uri(), Some(format!("{base}/run/checkpoint_000001").as_str()));
     std::fs::remove_dir_all(c.path()).unwrap();
     let latest = ckpts.latest().unwrap().unwrap().to_local().unwrap();
     assert_eq!(latest.read("model.bin").unwrap(), b"weights-1");
-    // Unknown buckets and unreachable servers are refused before a run.
-    let err = StorageUri::from("s3://no-such-bucket/x")
+    // Unknown buckets are refused before a run.
+    let err = StorageUri::from(missing_bucket)
         .open()
         .unwrap()
         .check_writable()
         .unwrap_err();
-    assert!(err.to_string().contains("s3://no-such-bucket/x"), "{err}");
+    assert!(err.to_string().contains(missing_bucket), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn s3_holds_files_and_checkpoints_as_local_storage_does() {
+    let Some(server) = StoreServer::s3() else { return };
+    server.create_bucket("runs");
+    s3_env(server.port);
+    holds_files_and_checkpoints("s3://runs/exp1", "s3://no-such-bucket/x");
+}
+
+/// Azure Blob Storage through Azurite (npm), with the emulator's
+/// well-known account, as `AZURE_STORAGE_USE_EMULATOR` selects it.
+#[test]
+fn azure_holds_files_and_checkpoints_as_local_storage_does() {
+    let Some(server) = StoreServer::start("RAYFORGE_AZURITE", "scripts/azurite.sh", |port| {
+        [
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--silent",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }) else {
+        return;
+    };
+    azure::create_container(server.port, "runs");
+    std::env::set_var("AZURE_STORAGE_USE_EMULATOR", "true");
+    std::env::set_var("AZURITE_BLOB_STORAGE_URL", format!("http://127.0.0.1:{}", server.port));
+    holds_files_and_checkpoints("az://runs/exp1", "az://no-such-container/x");
+}
+
+/// Creating a container in Azurite: object_store reads and writes blobs
+/// but makes no containers, and Azurite takes only signed requests.
+mod azure {
+    use base64::Engine;
+    use hmac::Mac;
+
+    /// Azurite's account and its published key (the emulator's, not a
+    /// secret).
+    const ACCOUNT: &str = "devstoreaccount1";
+    const KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// `PUT /{account}/{name}?restype=container`, signed with the
+    /// account's shared key.
+    pub(super) fn create_container(port: u16, name: &str) {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let version = "2021-08-06";
+        // Verb, then eleven standard headers (all empty here), then the
+        // x-ms- headers and the resource, as the Blob service signs them.
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{ACCOUNT}/{ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD.decode(KEY).unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let auth = format!("SharedKey {ACCOUNT}:{signature}");
+        let r = rayforge_integration_tests::http(
+            &format!("127.0.0.1:{port}"),
+            "PUT",
+            &format!("/{ACCOUNT}/{name}?restype=container"),
+            &[
+                ("x-ms-date", date.as_str()),
+                ("x-ms-version", version),
+                ("Authorization", auth.as_str()),
+            ],
+            "",
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
 }
 
 /// A TCP proxy in front of the S3 server that can be cut (every connection
@@ -234,7 +331,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<(Arc<AtomicBool>, 
 
 #[test]
 fn s3_cut_off_mid_upload_names_the_object_and_keeps_the_previous_checkpoint() {
-    let Some(server) = S3Server::start() else { return };
+    let Some(server) = StoreServer::s3() else { return };
     server.create_bucket("runs");
     let proxy = Proxy::start(server.port);
     s3_env(proxy.port);
@@ -333,7 +430,8 @@ fn a_dataset_written_on_one_node_is_read_on_another() {
 /// Parquet written to a plain local path on a cluster whose nodes do not
 /// share that path: the task writing a part on the private-disk node
 /// cannot see the driver's marker, and the write fails naming that node
-/// and the path, rather than leave the part on that node's own disk.
+/// and the path, rather than leave the part on that node's own disk; a
+/// read of files there fails the same way.
 #[test]
 fn a_dataset_written_to_a_path_a_node_does_not_share_fails_naming_the_node() {
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
@@ -362,4 +460,26 @@ fn a_dataset_written_to_a_path_a_node_does_not_share_fails_naming_the_node() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // Reading files the driver sees but the node does not: the read task
+    // names the node and the file, not a bare "not found".
+    let csv = dir.join("points.csv");
+    std::fs::write(&csv, "x,y\n1,2\n3,4\n").unwrap();
+    let err = rayforge_data::read_csv(dir_s)
+        .and_then(|ds| ds.count())
+        .expect_err("a file the reading node does not see");
+    match &err {
+        rayforge_data::Error::PathNotShared { node, path, .. } => {
+            assert_eq!(
+                (node.as_str(), path.as_str()),
+                (private.as_str(), csv.to_str().unwrap()),
+                "{err}"
+            );
+        }
+        other => panic!("expected PathNotShared, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("a file the driver listed for this read"),
+        "{err}"
+    );
 }

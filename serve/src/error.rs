@@ -32,6 +32,11 @@ pub enum Error {
     /// fail to start, or every replica died): names it and says why.
     #[error("no running replica: {0}")]
     Unavailable(String),
+    /// The request was cancelled because its caller abandoned it (the
+    /// proxy's request timeout, a client that went away, a handle call's
+    /// future dropped): names the deployment.
+    #[error("a request to deployment `{0}` was cancelled: its caller abandoned it")]
+    Cancelled(String),
     /// No deployment or application of that name.
     #[error("not found: {0}")]
     NotFound(String),

@@ -193,9 +193,9 @@ impl<D: Deployment> DeploymentHandle<D> {
         };
         let arg = encode(&req)?;
         let (reply, _) = router
-            .send(|h| {
+            .send(|h, request| {
                 let arg = arg.clone();
-                async move { h.call(arg).await }
+                async move { h.call(arg, request).await }
             })
             .await?;
         decode(&reply)

@@ -157,9 +157,9 @@ async fn send(hub: Arc<Hub>, method: Method, uri: Uri, headers: HeaderMap, body:
     };
     let router = hub.router(&key);
     let r = router
-        .send_holding(|h| {
+        .send_holding(|h, request| {
             let req = req.clone();
-            async move { h.http(req).await }
+            async move { h.http(req, request).await }
         })
         .await;
     match r {

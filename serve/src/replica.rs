@@ -188,14 +188,24 @@ impl Replica {
 
     /// Serves an HTTP request (ingress deployments). A failure comes back
     /// as the error itself: the proxy makes the response (and logs what the
-    /// client must not see) in one place.
-    async fn http(&self, req: HttpRequest) -> Result<HttpResponse> {
-        self.run(|d| d.http(req)).await
+    /// client must not see) in one place. `request` is the caller's id for
+    /// it, for [`Replica::cancel`].
+    async fn http(&self, req: HttpRequest, request: u64) -> Result<HttpResponse> {
+        cancels::cancellable(request, &self.name, self.run(|d| d.http(req))).await
     }
 
     /// Serves a handle call: the argument and result are bincode.
-    async fn call(&self, arg: Vec<u8>) -> Result<Vec<u8>> {
-        self.run(|d| d.call(arg)).await
+    async fn call(&self, arg: Vec<u8>, request: u64) -> Result<Vec<u8>> {
+        cancels::cancellable(request, &self.name, self.run(|d| d.call(arg))).await
+    }
+
+    /// Cancels the request with the caller's id `request`, which its caller
+    /// abandoned (the proxy's timeout, a client gone, a handle call's future
+    /// dropped): the handler's future is dropped at its next `.await`, so
+    /// its slot and its work end there. A handler that never yields (a
+    /// blocking loop) runs to its end; its reply is dropped.
+    async fn cancel(&self, request: u64) {
+        cancels::cancel(request)
     }
 
     /// Applies a new user config in place (after the requests in flight).
@@ -293,6 +303,110 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Requests in flight by their caller's id, so that an abandoned one can be
+/// cancelled (a replica is one process: the maps are the process's).
+pub(crate) mod cancels {
+    use std::collections::{HashMap, VecDeque};
+    use std::future::Future;
+    use std::sync::LazyLock;
+    use std::time::{Duration, Instant};
+
+    use futures::future::{AbortHandle, Abortable};
+
+    use crate::error::{Error, Result};
+
+    static RUNNING: LazyLock<parking_lot::Mutex<HashMap<u64, AbortHandle>>> = LazyLock::new(Default::default);
+    /// Cancels that came before their request (the two calls race): the
+    /// request is refused when it arrives. Kept a minute, at most 4096.
+    static EARLY: LazyLock<parking_lot::Mutex<VecDeque<(u64, Instant)>>> = LazyLock::new(Default::default);
+    const EARLY_KEEP: Duration = Duration::from_secs(60);
+    const EARLY_MAX: usize = 4096;
+
+    /// Forgets a request when its future ends or is dropped.
+    struct Running(u64);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.lock().remove(&self.0);
+        }
+    }
+
+    /// Runs `work` unless the request was cancelled, until it ends or is
+    /// cancelled.
+    pub(crate) async fn cancellable<T>(request: u64, name: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+        let cancelled = || Error::Cancelled(name.to_string());
+        {
+            let mut early = EARLY.lock();
+            if let Some(pos) = early.iter().position(|(id, _)| *id == request) {
+                early.remove(pos);
+                return Err(cancelled());
+            }
+        }
+        let (handle, registration) = AbortHandle::new_pair();
+        RUNNING.lock().insert(request, handle);
+        let _running = Running(request);
+        Abortable::new(work, registration).await.unwrap_or_else(|_| {
+            tracing::debug!(request, "request cancelled by its caller");
+            Err(cancelled())
+        })
+    }
+
+    /// Cancels a request running here, or refuses it if it has not come yet.
+    pub(crate) fn cancel(request: u64) {
+        if let Some(h) = RUNNING.lock().remove(&request) {
+            h.abort();
+            return;
+        }
+        let mut early = EARLY.lock();
+        let now = Instant::now();
+        while early
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > EARLY_KEEP || early.len() >= EARLY_MAX)
+        {
+            early.pop_front();
+        }
+        early.push_back((request, now));
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[tokio::test]
+        async fn a_cancelled_request_stops_at_its_next_await_and_an_early_cancel_refuses_it() {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn(cancellable(11, "app/D", async move {
+                let _ = rx.await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(1)
+            }));
+            while !RUNNING.lock().contains_key(&11) {
+                tokio::task::yield_now().await;
+            }
+            let _ = tx.send(());
+            cancel(11);
+            let r = tokio::time::timeout(Duration::from_secs(10), running)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(&r, Err(Error::Cancelled(d)) if d == "app/D"), "{r:?}");
+            assert!(!RUNNING.lock().contains_key(&11));
+            // A cancel that overtakes its request: the request never runs.
+            cancel(12);
+            let ran = std::sync::atomic::AtomicBool::new(false);
+            let r = cancellable(12, "app/D", async {
+                ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(2)
+            })
+            .await;
+            assert!(matches!(r, Err(Error::Cancelled(_))) && !ran.load(std::sync::atomic::Ordering::SeqCst));
+            // Finished requests are forgotten; a request not cancelled runs.
+            assert_eq!(cancellable(13, "app/D", async { Ok(3) }).await.unwrap(), 3);
+            assert!(RUNNING.lock().is_empty());
+        }
+    }
 }
 
 /// How long a stop may take beyond the graceful timeout before the replica

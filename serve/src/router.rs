@@ -354,11 +354,13 @@ impl Router {
         self.freed.notify_one();
     }
 
-    /// Runs `op` on a replica; when the replica turns out dead, on another.
-    /// Returns the result and the replica that gave it.
+    /// Runs `op` on a replica (given the replica and the request's id for
+    /// [`crate::replica::Replica`]'s cancel); when the replica turns out
+    /// dead, on another. Returns the result and the replica that gave it.
+    /// Dropped before the reply, it cancels the request on the replica.
     pub(crate) async fn send<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<(T, ReplicaHandle)>
     where
-        F: Fn(ReplicaHandle) -> Fut,
+        F: Fn(ReplicaHandle, u64) -> Fut,
         Fut: Future<Output = rayforge::Result<T>>,
     {
         self.send_holding(op).await.map(|(v, h, _slot)| (v, h))
@@ -369,7 +371,7 @@ impl Router {
     /// so streams count against `max_ongoing_requests`.
     pub(crate) async fn send_holding<T, F, Fut>(self: &Arc<Self>, op: F) -> Result<(T, ReplicaHandle, SlotGuard)>
     where
-        F: Fn(ReplicaHandle) -> Fut,
+        F: Fn(ReplicaHandle, u64) -> Fut,
         Fut: Future<Output = rayforge::Result<T>>,
     {
         let mut last = None;
@@ -384,7 +386,17 @@ impl Router {
                 id: id.clone(),
                 dead: false,
             };
-            let r = op(handle.clone()).await;
+            // The replica's id for this attempt: if this future is dropped
+            // before the reply (the request abandoned), the replica is told
+            // to cancel the handler's work, not only the slot.
+            let request: u64 = rand::random();
+            let mut cancel = CancelOnDrop {
+                replica: handle.clone(),
+                request,
+                done: false,
+            };
+            let r = op(handle.clone(), request).await;
+            cancel.done = true;
             let dead = matches!(
                 r,
                 Err(rayforge::Error::ActorDied { .. } | rayforge::Error::WorkerDied { .. })
@@ -426,6 +438,23 @@ impl Drop for QueuePlace<'_> {
         if self.held {
             let mut s = self.router.state.lock();
             s.queued = s.queued.saturating_sub(1);
+        }
+    }
+}
+
+/// Tells a replica to cancel a request whose caller dropped it before the
+/// reply came.
+struct CancelOnDrop {
+    replica: ReplicaHandle,
+    request: u64,
+    done: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            // The reply is not needed: fire and forget.
+            let _ = self.replica.cancel(self.request);
         }
     }
 }

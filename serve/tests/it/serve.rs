@@ -1204,22 +1204,41 @@ fn a_request_past_the_timeout_gets_408_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn a_timed_out_request_gives_its_replica_slot_back() {
+fn a_timed_out_request_is_cancelled_and_gives_its_replica_slot_back() {
     let s = start(
-        vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").max_ongoing_requests(1))],
+        vec![Application::new("sleep").ingress(
+            deployment::<Sleeper>("Sleeper")
+                .max_ongoing_requests(1)
+                .health_check_period_s(0.1),
+        )],
         HttpOptions {
-            request_timeout_s: 0.5,
+            request_timeout_s: 2.0,
             ..opts()
         },
     );
-    let r = send(&s, "POST", "/", b"2000");
+    let ongoing = |s: &Serve| -> usize {
+        s.status().unwrap().deployments[0]
+            .replicas
+            .iter()
+            .map(|r| r.ongoing)
+            .sum()
+    };
+    // A minute of work, abandoned by the proxy after two seconds.
+    let addr = s.http_addr().to_string();
+    let long = std::thread::spawn(move || request(&addr, "POST", "/", b"60000", Duration::from_secs(60)));
+    assert!(
+        wait_until(Duration::from_secs(30), || ongoing(&s) == 1),
+        "the long request never showed as running on the replica"
+    );
+    let r = long.join().unwrap().expect("HTTP request");
     assert_eq!(r.status, 408, "{}", r.text());
-    // Once the replica is through the abandoned request's work, its one
-    // slot serves again (it used to stay taken, every later request 408).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while send(&s, "POST", "/", b"0").status != 200 {
-        assert!(Instant::now() < deadline, "the replica never served again");
-    }
+    // The replica is told to cancel it: its handler is dropped at its
+    // next await, so the replica's one slot is free long before the
+    // minute is up (without the cancel, the handler ran to its end).
+    assert!(
+        wait_until(Duration::from_secs(20), || ongoing(&s) == 0),
+        "the abandoned request still runs on the replica"
+    );
     for i in 0..100 {
         let r = send(&s, "POST", "/", b"0");
         assert_eq!(r.status, 200, "request {i}: {}", r.text());

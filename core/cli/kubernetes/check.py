@@ -7,9 +7,11 @@
    privilege escalation, capabilities or a service-account token, within
    ephemeral-storage limits that hold its disk volumes (a read-only root
    needs a volume at /tmp); NetworkPolicies select every pod and admit to
-   it, from any source, nothing but the head's 8265, while the cluster's own
-   pods reach each other on every TCP port. Copies with one of these broken
-   must be caught (so the check can fail);
+   it, from outside the cluster's pods, nothing but the head's 8265, and
+   that only from the dashboard's users (pods labelled
+   rayforge.io/dashboard-client=true), never from any source, while the
+   cluster's own pods reach each other on every TCP port. Copies with one
+   of these broken must be caught (so the check can fail);
 4. the TLS component (tls/) renders and validates over the manifests, keeps
    the pods as secure, and gives both daemons the Secret's certificate, key
    and authority, the name clients check, and HTTPS probes;
@@ -106,9 +108,11 @@ print("kubernetes-validate --strict: every resource passes; a misspelt field is 
 # Pod security and network policy.
 CLUSTER_NAMES = {"rayforge-head", "rayforge-worker"}
 NAME = "app.kubernetes.io/name"
-# Ports any source may reach, by the pod's name label: the head's dashboard
-# and jobs API (behind the token). Everything else is for the cluster's pods.
+# Ports pods other than the cluster's may reach, by the pod's name label:
+# the head's dashboard and jobs API (behind the token), and only from its
+# users, the pods with this label. Everything else is for the cluster's pods.
 OPEN_PORTS = {"rayforge-head": {8265}, "rayforge-worker": set()}
+DASHBOARD_CLIENT = "rayforge.io/dashboard-client"
 
 
 def pod_templates(documents):
@@ -213,6 +217,14 @@ def cluster_only(peer):
     return any(p <= CLUSTER_NAMES for p in pinned)
 
 
+def dashboard_client_only(peer):
+    """Whether a `from` peer admits only pods labelled as the dashboard's
+    users (in this namespace or, with a namespaceSelector, in any)."""
+    if "ipBlock" in peer or not peer.get("podSelector"):
+        return False
+    return (peer["podSelector"].get("matchLabels") or {}).get(DASHBOARD_CLIENT) == "true"
+
+
 def port_numbers(rule_ports, named):
     """The TCP ports a rule admits: None for all of them."""
     if not rule_ports:
@@ -264,6 +276,9 @@ def network_policy_problems(documents):
                     shown = "every port" if ports is None else sorted(ports - open_ports)
                     problems.append(f"NetworkPolicy/{pol['metadata']['name']} admits {shown} of the {name} pods "
                                     f"from outside the cluster's pods (only {sorted(open_ports)} may be)")
+                elif not peers or not all(dashboard_client_only(p) for p in peers):
+                    problems.append(f"NetworkPolicy/{pol['metadata']['name']} admits {sorted(ports)} of the {name} "
+                                    f"pods from any source, not only pods labelled {DASHBOARD_CLIENT}=true")
         # Nodes dial each other's node service, worker processes and drivers
         # on ports chosen at run time: every TCP port between the cluster's pods.
         for n in sorted(CLUSTER_NAMES - reached_by):
@@ -308,6 +323,9 @@ mutations = {
     "a policy selecting the head only": lambda m, d: m["NetworkPolicy/rayforge-cluster"]["spec"].update(
         podSelector={"matchLabels": {NAME: "rayforge-head"}}),
     "gRPC open to any source": lambda m, d: m["NetworkPolicy/rayforge-dashboard"]["spec"]["ingress"][0].pop("ports"),
+    "the dashboard open to any source": lambda m, d: m["NetworkPolicy/rayforge-dashboard"]["spec"]["ingress"][0].pop("from"),
+    "the dashboard open to a whole namespace": lambda m, d: m["NetworkPolicy/rayforge-dashboard"]["spec"]["ingress"][0][
+        "from"][0].pop("podSelector"),
     "gRPC open to any namespace": lambda m, d: cluster_rule(m)["from"][0].update(namespaceSelector={}),
     "workers cut off from the head's run-time ports": lambda m, d: cluster_rule(m).update(
         ports=[{"protocol": "TCP", "port": 6379}, {"protocol": "TCP", "port": 6380}]),

@@ -31,7 +31,9 @@ struct JobsApi {
     token: String,
     logs: PathBuf,
     /// Process groups of running entrypoints.
-    running: Mutex<HashMap<String, i32>>,
+    /// Running entrypoints: their process group and cgroup (where one
+    /// could be made).
+    running: Mutex<HashMap<String, (i32, Option<crate::util::Cgroup>)>>,
     stopping: Mutex<HashSet<String>>,
     /// Bytes of job binaries, packages and logs kept.
     artifact_budget: u64,
@@ -321,17 +323,25 @@ async fn submit_job(State(api): State<Arc<JobsApi>>, body: Bytes) -> ApiResult<J
 /// group's processes that carry the job's submission id, so a reused
 /// group id never ends someone else's program. Returns how many.
 fn end_leftovers(j: &proto::JobInfo) -> usize {
-    if j.entrypoint_pgid == 0 {
-        return 0;
+    let mut left: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    if j.entrypoint_pgid != 0 {
+        let marker = format!("{ENV_SUBMISSION_ID}={}", j.job_id);
+        left.extend(crate::util::group_members_marked(j.entrypoint_pgid, &marker));
     }
-    let marker = format!("{ENV_SUBMISSION_ID}={}", j.job_id);
-    let left = crate::util::group_members_marked(j.entrypoint_pgid, &marker);
+    // The job's cgroup (where it had one) holds what left the group too.
+    let cgroup = crate::util::Cgroup::existing(&job_cgroup_name(&j.job_id));
+    if let Some(c) = &cgroup {
+        left.extend(c.pids());
+    }
     for pid in &left {
         // SAFETY: kill(2) on a process of the job's group that carries
-        // the job's id.
+        // the job's id, or of the job's own cgroup.
         unsafe {
             libc::kill(*pid as i32, libc::SIGKILL);
         }
+    }
+    if let Some(c) = cgroup {
+        c.end(Duration::from_secs(5));
     }
     if !left.is_empty() {
         tracing::warn!(job = %j.job_id, pids = ?left, "ended what a previous head left of the job");
@@ -339,11 +349,17 @@ fn end_leftovers(j: &proto::JobInfo) -> usize {
     left.len()
 }
 
+/// The name of a submitted job's cgroup (under the head's own).
+fn job_cgroup_name(id: &str) -> String {
+    format!("rayforge-job-{id}")
+}
+
 /// Runs a submission's entrypoint under `sh -c` in its own process group,
-/// output to the job's log; its exit decides the job's state. The whole
-/// group ends with the entrypoint, on `job stop` (SIGTERM, then SIGKILL
-/// after 3 s), and with the head however it dies (a
-/// [`crate::util::GroupGuard`]).
+/// and in a cgroup of its own where the head can make one (what leaves the
+/// group with `setsid` stays there), output to the job's log; its exit
+/// decides the job's state. The whole group and cgroup end with the
+/// entrypoint, on `job stop` (SIGTERM, then SIGKILL after 3 s), and with
+/// the head however it dies (a [`crate::util::GroupGuard`]).
 fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Option<PathBuf>) -> Result<()> {
     let log_path = api.logs.join(format!("{id}.log"));
     let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
@@ -363,19 +379,25 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
     if let Some(dir) = &cwd {
         cmd.current_dir(dir);
     }
-    // SAFETY: setsid and prctl are async-signal-safe: a process group to
-    // stop as a whole, and an entrypoint that ends with the head.
+    let cgroup = crate::util::Cgroup::create(&job_cgroup_name(id));
+    let procs = cgroup.as_ref().map(crate::util::Cgroup::procs_path);
+    // SAFETY: setsid, prctl and enter_from_pre_exec are async-signal-safe:
+    // a process group (and cgroup) to stop as a whole, and an entrypoint
+    // that ends with the head.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(p) = &procs {
+                crate::util::cgroup::enter_from_pre_exec(p);
+            }
             Ok(())
         });
     }
     // From the lasting thread, so the parent-death signal is the head's.
     let mut child = crate::node::spawner::spawn(cmd).map_err(|e| Error::io("starting the entrypoint with sh -c", e))?;
     let pid = child.id().unwrap_or(0) as i32;
-    let guard = match crate::util::GroupGuard::new(pid as u32) {
+    let guard = match crate::util::GroupGuard::with_cgroup(pid as u32, cgroup.clone()) {
         Ok(g) => Some(g),
         Err(e) => {
             tracing::warn!(job = %id, "the job's processes may outlive a crashed head: {e}");
@@ -383,8 +405,8 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
         }
     };
     api.gcs.set_job_pgid(id, pid as u32);
-    api.running.lock().insert(id.to_string(), pid);
-    tracing::info!(job = %id, pid, entrypoint = %sub.entrypoint, "entrypoint started");
+    api.running.lock().insert(id.to_string(), (pid, cgroup.clone()));
+    tracing::info!(job = %id, pid, cgroup = cgroup.is_some(), entrypoint = %sub.entrypoint, "entrypoint started");
     let api = api.clone();
     let id = id.to_string();
     tokio::spawn(async move {
@@ -393,10 +415,18 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
         let stopped = api.stopping.lock().remove(&id);
         // What the entrypoint left running ends with it; a stopped job's
         // processes first get the rest of their 3 s to exit on SIGTERM.
+        let alive = || crate::util::group_alive(pid as u32) || cgroup.as_ref().is_some_and(|c| !c.pids().is_empty());
         if stopped {
             let until = tokio::time::Instant::now() + Duration::from_secs(3);
-            while crate::util::group_alive(pid as u32) && tokio::time::Instant::now() < until {
+            while alive() && tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // The guard's watchdog kills the group and the cgroup, and removes
+        // the cgroup; without a guard, this does.
+        if guard.is_none() {
+            if let Some(c) = cgroup.clone() {
+                let _ = tokio::task::spawn_blocking(move || c.end(Duration::from_secs(5))).await;
             }
         }
         drop(guard);
@@ -428,7 +458,7 @@ async fn stop_job(State(api): State<Arc<JobsApi>>, UrlPath(id): UrlPath<String>)
             job.driver_pid, job.driver_node
         )));
     }
-    let Some(pgid) = api.running.lock().get(&id).copied() else {
+    let Some((pgid, cgroup)) = api.running.lock().get(&id).cloned() else {
         return Ok(Json(serde_json::json!({ "stopped": false })));
     };
     api.stopping.lock().insert(id.clone());
@@ -437,13 +467,19 @@ async fn stop_job(State(api): State<Arc<JobsApi>>, UrlPath(id): UrlPath<String>)
     unsafe {
         libc::kill(-pgid, libc::SIGTERM);
     }
+    if let Some(c) = &cgroup {
+        c.signal(libc::SIGTERM);
+    }
     let api2 = api.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        if api2.running.lock().get(&id) == Some(&pgid) {
+        if api2.running.lock().get(&id).map(|(p, _)| *p) == Some(pgid) {
             // SAFETY: as above.
             unsafe {
                 libc::kill(-pgid, libc::SIGKILL);
+            }
+            if let Some(c) = &cgroup {
+                c.kill();
             }
         }
     });

@@ -1,15 +1,17 @@
 //! Utilities users reach for on top of tasks and actors: a
 //! multiprocessing-style [`Pool`], an [`ActorPool`] and a distributed
 //! [`Queue`]; and the helpers the project's own parts share
-//! ([`private_dir`], [`prometheus_label`], [`GroupGuard`]).
+//! ([`private_dir`], [`prometheus_label`], [`GroupGuard`], [`Cgroup`]).
 
 mod actor_pool;
+pub mod cgroup;
 mod pool;
 mod private_dir;
 mod process_group;
 mod queue;
 
 pub use actor_pool::ActorPool;
+pub use cgroup::Cgroup;
 pub use pool::Pool;
 pub(crate) use private_dir::fresh_private_dir;
 pub use private_dir::{private_dir, rayforge_tmp};

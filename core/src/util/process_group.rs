@@ -27,6 +27,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 #[derive(Debug)]
 pub struct GroupGuard {
     pgid: u32,
+    /// The tree's cgroup, when it has one ([`GroupGuard::with_cgroup`]).
+    cgroup: Option<super::Cgroup>,
     /// The pipe's write end: closing it tells the watchdog.
     pipe: Option<ChildStdin>,
     watchdog: Option<Child>,
@@ -36,6 +38,14 @@ impl GroupGuard {
     /// Guards the process group `pgid` (the pid of a child started with
     /// `process_group(0)` or `setsid`).
     pub fn new(pgid: u32) -> crate::Result<GroupGuard> {
+        GroupGuard::with_cgroup(pgid, None)
+    }
+
+    /// Guards the process group `pgid` and the cgroup the child was put in
+    /// ([`super::Cgroup`]; see [`super::cgroup::enter_from_pre_exec`]): the
+    /// watchdog also kills everything in the cgroup (a daemon that left
+    /// the group with `setsid` included) and removes it.
+    pub fn with_cgroup(pgid: u32, cgroup: Option<super::Cgroup>) -> crate::Result<GroupGuard> {
         if pgid <= 1 || pgid > i32::MAX as u32 {
             return Err(crate::Error::InvalidArgument(format!(
                 "{pgid} is not a process group to guard"
@@ -43,20 +53,33 @@ impl GroupGuard {
         }
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new("sh");
-        // `read` returns at the pipe's end; then the group is killed.
-        cmd.args(["-c", "read _ignored; kill -9 -\"$1\" 2>/dev/null; exit 0"])
-            .arg("rayforge-group-watch")
-            .arg(pgid.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
+        // `read` returns at the pipe's end; then the group is killed, and
+        // the cgroup's processes, and the cgroup is removed once empty.
+        cmd.args([
+            "-c",
+            "read _ignored; kill -9 -\"$1\" 2>/dev/null; \
+             if [ -n \"$2\" ]; then echo 1 > \"$2/cgroup.kill\" 2>/dev/null; i=0; \
+             while [ $i -lt 50 ] && ! rmdir \"$2\" 2>/dev/null; do sleep 0.1; i=$((i+1)); done; fi; exit 0",
+        ])
+        .arg("rayforge-group-watch")
+        .arg(pgid.to_string())
+        .arg(
+            cgroup
+                .as_ref()
+                .map(|c| c.dir().as_os_str().to_owned())
+                .unwrap_or_default(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
         let mut watchdog = cmd
             .spawn()
             .map_err(|e| crate::Error::io(format!("starting the watchdog of process group {pgid}"), e))?;
         let pipe = watchdog.stdin.take();
         Ok(GroupGuard {
             pgid,
+            cgroup,
             pipe,
             watchdog: Some(watchdog),
         })
@@ -67,13 +90,21 @@ impl GroupGuard {
         self.pgid
     }
 
-    /// Whether any process of the group is left.
-    pub fn alive(&self) -> bool {
-        group_alive(self.pgid)
+    /// The cgroup it guards too, if any.
+    pub fn cgroup(&self) -> Option<&super::Cgroup> {
+        self.cgroup.as_ref()
     }
 
-    /// Sends `signal` to every process of the group.
+    /// Whether any process of the group (or of its cgroup) is left.
+    pub fn alive(&self) -> bool {
+        group_alive(self.pgid) || self.cgroup.as_ref().is_some_and(|c| !c.pids().is_empty())
+    }
+
+    /// Sends `signal` to every process of the group (and of its cgroup).
     pub fn signal(&self, signal: i32) -> io::Result<()> {
+        if let Some(c) = &self.cgroup {
+            c.signal(signal);
+        }
         // SAFETY: kill(2) on a process group this guard watches.
         if unsafe { libc::kill(-(self.pgid as i32), signal) } == 0 {
             Ok(())

@@ -499,3 +499,62 @@ fn old_job_logs_go_past_the_artifact_budget() {
     assert!(chunk.logs.contains("was removed") && chunk.finished, "{chunk:?}");
     assert!(jobs.stop(&running).unwrap());
 }
+
+/// A daemon a job starts with `setsid` leaves the job's process group, but
+/// not its cgroup: it ends when the job is stopped, and when a job that
+/// exits on its own leaves one behind. Skipped where cgroup v2 is not
+/// writable (the test script requires it as root: RAYFORGE_REQUIRE_CGROUPS).
+#[test]
+fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
+    use rayforge_integration_tests::process_running;
+    if rayforge::util::Cgroup::create(&format!("rayforge-probe-{}", std::process::id()))
+        .map(|c| c.end(Duration::from_secs(5)))
+        .is_none()
+    {
+        assert!(
+            std::env::var("RAYFORGE_REQUIRE_CGROUPS").as_deref() != Ok("1"),
+            "cgroup v2 is not writable here"
+        );
+        eprintln!("skipped: cgroup v2 is not writable here");
+        return;
+    }
+    let cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let dir = std::env::temp_dir().join(format!("rayforge-job-cgroups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    // Stopped: the daemon outside the group goes with the job.
+    let stopped = jobs
+        .submit(
+            &format!("setsid sleep 600 & echo $! > {d}/stopped.pid; sleep 600"),
+            &RuntimeEnv::default(),
+        )
+        .unwrap();
+    let daemon = pid_in(&dir.join("stopped.pid"));
+    // SAFETY: getpgid(2) on the pid the job wrote.
+    let group = unsafe { libc::getpgid(daemon as i32) };
+    assert_eq!(group, daemon as i32, "setsid made the daemon a group of its own");
+    assert!(jobs.stop(&stopped).unwrap());
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(daemon)),
+        "the daemon outlived `job stop`"
+    );
+    let st = jobs.follow(&stopped, |_| {}).unwrap();
+    assert_eq!(st.state, "STOPPED", "{st:?}");
+    // Exiting on its own: what it left running ends with it.
+    let left = jobs
+        .submit(
+            &format!("setsid sleep 600 & echo $! > {d}/left.pid"),
+            &RuntimeEnv::default(),
+        )
+        .unwrap();
+    let st = jobs.follow(&left, |_| {}).unwrap();
+    assert_eq!(st.state, "SUCCEEDED", "{st:?}");
+    let daemon = pid_in(&dir.join("left.pid"));
+    assert!(
+        wait_until(Duration::from_secs(60), || !process_running(daemon)),
+        "the daemon outlived the job that started it"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -461,12 +461,21 @@ fn run_command(
     if let Some(c) = &ctx.restore {
         cmd.env("RAYFORGE_TUNE_RESTORE_FROM", c.path());
     }
-    // A group of its own, ended with this trial however it ends (returns,
-    // fails, or its worker is killed when the trial is stopped): a wrapper
-    // script's grandchildren end too.
+    // A group of its own, and a cgroup where one can be made, ended with
+    // this trial however it ends (returns, fails, or its worker is killed
+    // when the trial is stopped): a wrapper script's grandchildren end
+    // too, and daemons that left the group with `setsid`.
     cmd.process_group(0);
+    let cgroup = rayforge::util::Cgroup::create(&format!(
+        "rayforge-trial-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    if let Some(c) = &cgroup {
+        c.enter_on_spawn(&mut cmd);
+    }
     let mut child = cmd.spawn().map_err(|e| format!("starting `{program}`: {e}"))?;
-    let _group = rayforge::util::GroupGuard::new(child.id()).map_err(|e| e.to_string())?;
+    let _group = rayforge::util::GroupGuard::with_cgroup(child.id(), cgroup).map_err(|e| e.to_string())?;
     let out = child.stdout.take().ok_or("no stdout")?;
     let log_path = dir.join("stdout.log");
     let mut log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;

@@ -368,17 +368,21 @@ fn running(pid: u32) -> bool {
 /// A trial's program is a wrapper script that starts a long-lived child
 /// (as `sh -c`, `torchrun` or a job launcher do): when the trial stops,
 /// its whole process group ends, the wrapper's child included, instead of
-/// living on as an orphan.
+/// living on as an orphan; and where cgroup v2 is writable, so does a
+/// daemon that left the group with `setsid`.
 #[test]
 fn a_stopped_trials_grandchildren_end_with_it() {
     let storage = std::env::temp_dir().join(format!("rayforge-tune-group-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&storage);
     std::fs::create_dir_all(&storage).unwrap();
     let pids = storage.join("grandchildren");
+    let daemons = storage.join("daemons");
     // No braces in the command: they would read as parameters.
     let script = format!(
-        "sleep 600 & echo $! >> {}; while :; do printf '\\173\"loss\": 1\\175\\n'; sleep 0.1; done",
-        pids.display()
+        "sleep 600 & echo $! >> {}; setsid sleep 600 & echo $! >> {}; \
+         while :; do printf '\\173\"loss\": 1\\175\\n'; sleep 0.1; done",
+        pids.display(),
+        daemons.display()
     );
     let toml = format!(
         r#"name = "wrapped"
@@ -404,8 +408,30 @@ training_iteration = 3
     std::fs::write(&file, toml).unwrap();
     tune_ok(&["run", file.to_str().unwrap()]);
     let text = std::fs::read_to_string(&pids).unwrap();
-    let pids: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let mut pids: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(pids.len(), 2, "{text}");
+    let cgroups = rayforge::util::Cgroup::create(&format!("rayforge-probe-{}", std::process::id()))
+        .map(|c| c.end(std::time::Duration::from_secs(5)))
+        .is_some();
+    assert!(
+        cgroups || std::env::var("RAYFORGE_REQUIRE_CGROUPS").as_deref() != Ok("1"),
+        "cgroup v2 is not writable here"
+    );
+    let daemons: Vec<u32> = std::fs::read_to_string(&daemons)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(daemons.len(), 2);
+    if cgroups {
+        pids.extend(&daemons);
+    } else {
+        eprintln!("cgroup v2 is not writable here: the setsid daemons are not checked");
+        for d in daemons {
+            // SAFETY: kill(2) on a daemon this test's trials started.
+            unsafe { libc::kill(d as i32, libc::SIGKILL) };
+        }
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while pids.iter().any(|p| running(*p)) {
         assert!(

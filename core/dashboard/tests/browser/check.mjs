@@ -87,10 +87,20 @@ try {
   ];
   for (const [path, want, shot] of pages) {
     step = "page " + path;
-    await page.goto(BASE + path);
-    await loaded(path);
-    const text = await page.textContent("main");
-    for (const w of want) if (!text.includes(w)) fail(`${path} does not show "${w}"`);
+    // The cluster lives on while the pages are read (on a loaded machine a
+    // state may be a moment behind): a page is read again until it shows
+    // what it must, within 30 s.
+    let text = "";
+    let missing = want;
+    for (const until = Date.now() + 30000; ;) {
+      await page.goto(BASE + path);
+      await loaded(path);
+      text = await page.textContent("main");
+      missing = want.filter((w) => !text.includes(w));
+      if (missing.length === 0 || Date.now() > until) break;
+      await page.waitForTimeout(500);
+    }
+    for (const w of missing) fail(`${path} does not show "${w}" (within 30 s): ${text.slice(0, 300)}`);
     if (/\[object |undefined|NaN/.test(text)) fail(`${path} shows a value the script failed to draw: ${text.slice(0, 300)}`);
     await noInjection(path);
     await page.screenshot({ path: `${SHOTS}/${shot}.png`, fullPage: shot !== "logs" });

@@ -251,6 +251,7 @@ fn init_here(mut config: Config) -> Result<()> {
         None,
     );
     cw.submitter.set_pipelining(depth, short_us);
+    cw.set_embedded_node(daemon.clone());
     worker::install(cw)?;
     *driver = Some(Driver {
         rt,

@@ -97,14 +97,58 @@ pub fn placement_group(bundles: Vec<BTreeMap<String, f64>>, strategy: PlacementS
     }
 }
 
-async fn call_group<F, Fut>(what: &'static str, f: F) -> Result<proto::PlacementGroupRecord>
-where
-    F: FnOnce(proto::node_service_client::NodeServiceClient<crate::rpc::Chan>) -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<tonic::Response<proto::PlacementGroupReply>, tonic::Status>>,
-{
-    let node = worker::current()?.node.clone();
-    let r = f(node).await.map_err(|s| Error::rpc(what, s))?.into_inner();
-    crate::node::placement::record_of(r)
+/// A call about placement groups to this process's node.
+enum GroupCall {
+    Create(proto::PlacementGroupRecord),
+    Get(proto::GetPlacementGroupRequest),
+    Remove(proto::GetPlacementGroupRequest),
+}
+
+impl GroupCall {
+    fn what(&self) -> &'static str {
+        match self {
+            GroupCall::Create(_) => "creating a placement group",
+            GroupCall::Get(_) => "looking up a placement group",
+            GroupCall::Remove(_) => "removing a placement group",
+        }
+    }
+
+    /// Sends the call. The driver of an embedded cluster runs the node in
+    /// its own process: the node's handler is called directly there, with
+    /// no gRPC round trip (each one is a chain of thread wake-ups), right
+    /// here when `inline` (the caller runs under [`blocking`], inside the
+    /// runtime), else on the runtime. Elsewhere it goes to the node over
+    /// gRPC.
+    async fn send(self, inline: bool) -> Result<proto::PlacementGroupRecord> {
+        let cw = worker::current()?;
+        if let Some(node) = cw.embedded_node().cloned() {
+            let call = async move {
+                match self {
+                    GroupCall::Create(r) => node.create_group(r).await,
+                    GroupCall::Get(r) => node.get_group(r).await,
+                    GroupCall::Remove(r) => node.remove_group(r).await,
+                }
+            };
+            return if inline {
+                call.await
+            } else {
+                cw.handle
+                    .spawn(call)
+                    .await
+                    .map_err(|e| Error::Internal(format!("a placement group call on the embedded node failed: {e}")))?
+            };
+        }
+        let what = self.what();
+        let mut c = cw.node.clone();
+        let r = match self {
+            GroupCall::Create(r) => c.create_placement_group(r).await,
+            GroupCall::Get(r) => c.get_placement_group(r).await,
+            GroupCall::Remove(r) => c.remove_placement_group(r).await,
+        }
+        .map_err(|s| Error::rpc(what, s))?
+        .into_inner();
+        crate::node::placement::record_of(r)
+    }
 }
 
 /// Runs one of this module's async calls from synchronous code.
@@ -122,11 +166,15 @@ impl PlacementGroupBuilder {
     /// Asks the cluster to place the group; returns at once (see
     /// [`PlacementGroup::wait`]).
     pub fn create(self) -> Result<PlacementGroup> {
-        blocking(self.create_async())
+        blocking(self.create_inner(true))
     }
 
     /// [`PlacementGroupBuilder::create`] from async code.
     pub async fn create_async(self) -> Result<PlacementGroup> {
+        self.create_inner(false).await
+    }
+
+    async fn create_inner(self, inline: bool) -> Result<PlacementGroup> {
         let id = format!("{:016x}", crate::ids::unique_u64());
         let n = self.bundles.len();
         let rec = proto::PlacementGroupRecord {
@@ -143,10 +191,7 @@ impl PlacementGroupBuilder {
                 .collect(),
             ..Default::default()
         };
-        let g = call_group("creating a placement group", move |mut c| async move {
-            c.create_placement_group(rec).await
-        })
-        .await?;
+        let g = GroupCall::Create(rec).send(inline).await?;
         Ok(PlacementGroup { id: g.id, bundles: n })
     }
 }
@@ -180,38 +225,39 @@ impl PlacementGroup {
         }
     }
 
-    async fn fetch(&self, wait: Duration) -> Result<proto::PlacementGroupRecord> {
+    async fn fetch(&self, wait: Duration, inline: bool) -> Result<proto::PlacementGroupRecord> {
         let req = proto::GetPlacementGroupRequest {
             id: self.id.clone(),
             name: String::new(),
             wait_ms: wait.as_millis() as u64,
         };
-        call_group("looking up a placement group", move |mut c| async move {
-            c.get_placement_group(req).await
-        })
-        .await
+        GroupCall::Get(req).send(inline).await
     }
 
     /// Where the group stands now.
     pub fn state(&self) -> Result<PlacementGroupState> {
-        blocking(self.state_async())
+        blocking(async { Ok(state_of(&self.fetch(Duration::ZERO, true).await?)) })
     }
 
     /// [`PlacementGroup::state`] from async code.
     pub async fn state_async(&self) -> Result<PlacementGroupState> {
-        Ok(state_of(&self.fetch(Duration::ZERO).await?))
+        Ok(state_of(&self.fetch(Duration::ZERO, false).await?))
     }
 
     /// Waits up to `timeout` for every bundle to be reserved: `Ok(true)`
     /// once created, `Ok(false)` if still pending (see [`Self::state`] for
     /// why), an error if it was removed.
     pub fn wait(&self, timeout: Duration) -> Result<bool> {
-        blocking(self.wait_async(timeout))
+        blocking(self.wait_inner(timeout, true))
     }
 
     /// [`PlacementGroup::wait`] from async code (Ray's `pg.ready()`).
     pub async fn wait_async(&self, timeout: Duration) -> Result<bool> {
-        match state_of(&self.fetch(timeout).await?) {
+        self.wait_inner(timeout, false).await
+    }
+
+    async fn wait_inner(&self, timeout: Duration, inline: bool) -> Result<bool> {
+        match state_of(&self.fetch(timeout, inline).await?) {
             PlacementGroupState::Created => Ok(true),
             PlacementGroupState::Pending(_) => Ok(false),
             PlacementGroupState::Removed => Err(Error::InvalidArgument(format!(
@@ -226,7 +272,7 @@ impl PlacementGroup {
     pub fn bundle_nodes(&self) -> Result<Vec<String>> {
         blocking(async {
             Ok(self
-                .fetch(Duration::ZERO)
+                .fetch(Duration::ZERO, true)
                 .await?
                 .bundles
                 .into_iter()
@@ -239,37 +285,38 @@ impl PlacementGroup {
 /// Removes a group: its bundles are released, the tasks and actors running
 /// in them are stopped.
 pub fn remove_placement_group(pg: &PlacementGroup) -> Result<()> {
-    blocking(remove_placement_group_async(pg))
+    blocking(remove_group(pg, true))
 }
 
 /// [`remove_placement_group`] from async code.
 pub async fn remove_placement_group_async(pg: &PlacementGroup) -> Result<()> {
+    remove_group(pg, false).await
+}
+
+async fn remove_group(pg: &PlacementGroup, inline: bool) -> Result<()> {
     let req = proto::GetPlacementGroupRequest {
         id: pg.id.clone(),
         ..Default::default()
     };
-    call_group("removing a placement group", move |mut c| async move {
-        c.remove_placement_group(req).await
-    })
-    .await
-    .map(|_| ())
+    GroupCall::Remove(req).send(inline).await.map(|_| ())
 }
 
 /// Finds a placement group by name.
 pub fn get_placement_group(name: &str) -> Result<PlacementGroup> {
-    blocking(get_placement_group_async(name))
+    blocking(get_group_named(name, true))
 }
 
 /// [`get_placement_group`] from async code.
 pub async fn get_placement_group_async(name: &str) -> Result<PlacementGroup> {
+    get_group_named(name, false).await
+}
+
+async fn get_group_named(name: &str, inline: bool) -> Result<PlacementGroup> {
     let req = proto::GetPlacementGroupRequest {
         name: name.to_string(),
         ..Default::default()
     };
-    let g = call_group("looking up a placement group", move |mut c| async move {
-        c.get_placement_group(req).await
-    })
-    .await?;
+    let g = GroupCall::Get(req).send(inline).await?;
     Ok(PlacementGroup {
         bundles: g.bundles.len(),
         id: g.id,

@@ -2,7 +2,7 @@
 //! with the head, the cluster view behind spillback scheduling, job binaries
 //! fetched from the head, and object transfer between nodes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,6 +269,22 @@ impl ClusterLink {
                     n.available.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 )
             })
+            .collect()
+    }
+
+    /// Each alive node's address, free and total amounts of the resources
+    /// named in `keys` only (what placing a group needs: a node's map also
+    /// holds every placement group's own resources, which grow with the
+    /// groups), as of the last view.
+    pub(crate) fn resources_of(&self, keys: &BTreeSet<String>) -> Vec<(String, Resources, Resources)> {
+        let pick = |m: &HashMap<String, f64>| -> Resources {
+            keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), *v))).collect()
+        };
+        self.view
+            .lock()
+            .iter()
+            .filter(|n| n.alive && !n.reconnecting)
+            .map(|n| (n.addr.clone(), pick(&n.available), pick(&n.total)))
             .collect()
     }
 

@@ -11,7 +11,7 @@
 //! bundles, which stops what ran in them; a group that lost a bundle with a
 //! dead node is placed again whole.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -479,21 +479,25 @@ impl NodeDaemon {
         }
     }
 
-    /// Nodes a bundle may go to, this one first: (address, free, total).
-    fn placement_candidates(&self) -> Vec<(String, Resources, Resources)> {
+    /// Nodes a bundle may go to, this one first: (address, free, total),
+    /// of the resources named in `keys` only (the bundles' own: a node's
+    /// maps also hold every placement group's resources, so copying them
+    /// whole would make each placement cost as much as there are groups).
+    fn placement_candidates(&self, keys: &BTreeSet<String>) -> Vec<(String, Resources, Resources)> {
         let own = {
             let s = self.state.sched.lock();
-            (self.state.tcp_addr.clone(), s.available.clone(), s.total.clone())
+            let pick = |m: &Resources| -> Resources {
+                keys.iter().filter_map(|k| m.get(k).map(|v| (k.clone(), *v))).collect()
+            };
+            (self.state.tcp_addr.clone(), pick(&s.available), pick(&s.total))
         };
         let mut out = vec![own];
         if let Some(link) = self.link() {
-            let totals: HashMap<String, Resources> = link.totals().into_iter().collect();
-            for (addr, free) in link.free_resources() {
-                if addr != self.state.tcp_addr {
-                    let total = totals.get(&addr).cloned().unwrap_or_default();
-                    out.push((addr, free, total));
-                }
-            }
+            out.extend(
+                link.resources_of(keys)
+                    .into_iter()
+                    .filter(|(addr, _, _)| *addr != self.state.tcp_addr),
+            );
         }
         out
     }
@@ -520,7 +524,8 @@ impl NodeDaemon {
         };
         let strategy = PlacementStrategy::try_from(rec.strategy).unwrap_or(PlacementStrategy::Pack);
         let bundles: Vec<Resources> = rec.bundles.iter().map(|b| to_res(&b.resources)).collect();
-        let nodes = self.placement_candidates();
+        let keys: BTreeSet<String> = bundles.iter().flat_map(|b| b.keys().cloned()).collect();
+        let nodes = self.placement_candidates(&keys);
         let placed: Vec<Option<usize>> = rec
             .bundles
             .iter()

@@ -275,8 +275,19 @@ impl Scheduler {
             }
             actions.extend(self.return_lease(id, true));
         }
-        self.total.retain(|k, _| group_of(k) != Some(group));
-        self.available.retain(|k, _| group_of(k) != Some(group));
+        // Exactly the names `reserve_bundles` added (scanning the maps
+        // would cost as much as there are groups).
+        for (i, b) in &bundles {
+            let names = b
+                .keys()
+                .map(String::as_str)
+                .chain(["bundle"])
+                .flat_map(|k| [group_resource(k, group, Some(*i)), group_resource(k, group, None)]);
+            for name in names {
+                self.total.remove(&name);
+                self.available.remove(&name);
+            }
+        }
         for b in bundles.values() {
             for (k, v) in b {
                 *self.available.entry(k.clone()).or_insert(0.0) += v;
@@ -1027,11 +1038,21 @@ mod tests {
         let (mut b, mut rb) = req(0.0);
         b.resources = [(group_resource("CPU", g, None), 1.0)].into_iter().collect();
         s.request(b);
+        // Another group's resources stay when this one goes.
+        let h = "fedcba9876543210";
+        let one: BTreeMap<u32, Resources> = [(0, res(1.0))].into_iter().collect();
+        s.reserve_bundles(h, &one).unwrap();
         let acts = s.release_bundles(g);
         assert!(acts.contains(&Action::KillWorker { worker_id: 1, pid: 1 }), "{acts:?}");
         assert!(matches!(rb.try_recv().unwrap(), Err(Error::Infeasible { .. })));
+        assert_eq!(s.available["CPU"], 3.0);
+        for m in [&s.total, &s.available] {
+            assert!(m.keys().all(|k| group_of(k) != Some(g)), "{m:?}");
+            assert_eq!(m.keys().filter(|k| group_of(k) == Some(h)).count(), 4, "{m:?}");
+        }
+        assert!(s.release_bundles(g).is_empty());
+        s.release_bundles(h);
         assert_eq!(s.available["CPU"], 4.0);
         assert!(s.total.keys().all(|k| group_of(k).is_none()), "{:?}", s.total);
-        assert!(s.release_bundles(g).is_empty());
     }
 }

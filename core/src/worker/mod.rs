@@ -114,6 +114,10 @@ pub(crate) struct CoreWorker {
     actor_args: Mutex<HashMap<ActorId, Vec<Arc<RefHandle>>>>,
     /// This process's node: its id and TCP address, asked once.
     node_identity: tokio::sync::OnceCell<(String, String)>,
+    /// The embedded cluster's node, when it runs in this very process (the
+    /// driver of an embedded cluster): calls it is the only one to serve
+    /// go to it directly instead of over gRPC ([`CoreWorker::embedded_node`]).
+    embedded_node: std::sync::OnceLock<crate::node::NodeDaemon>,
 }
 
 static CURRENT: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
@@ -178,6 +182,7 @@ impl CoreWorker {
             actor_lifetimes: Mutex::new(HashMap::new()),
             actor_args: Mutex::new(HashMap::new()),
             node_identity: tokio::sync::OnceCell::new(),
+            embedded_node: std::sync::OnceLock::new(),
         });
         handle.spawn(free_loop(Arc::downgrade(&cw), frees));
         handle.spawn(borrower_reaper(Arc::downgrade(&cw)));
@@ -323,6 +328,18 @@ impl CoreWorker {
             });
         }
         Ok(self.handle.block_on(f))
+    }
+
+    /// The node of the embedded cluster running in this process, if this is
+    /// its driver.
+    pub(crate) fn embedded_node(&self) -> Option<&crate::node::NodeDaemon> {
+        self.embedded_node.get()
+    }
+
+    /// Records the embedded cluster's node this process runs (once, at
+    /// `init`).
+    pub(crate) fn set_embedded_node(&self, node: crate::node::NodeDaemon) {
+        let _ = self.embedded_node.set(node);
     }
 
     /// The id and TCP address of this process's node (asked of the node

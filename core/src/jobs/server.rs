@@ -30,7 +30,6 @@ struct JobsApi {
     head_addr: String,
     token: String,
     logs: PathBuf,
-    /// Process groups of running entrypoints.
     /// Running entrypoints: their process group and cgroup (where one
     /// could be made).
     running: Mutex<HashMap<String, (i32, Option<crate::util::Cgroup>)>>,
@@ -99,7 +98,7 @@ pub(crate) async fn serve(
     let token = access.admin_token().to_string();
     for j in gcs.jobs() {
         if j.submitted && j.state == "RUNNING" {
-            let left = end_leftovers(&j);
+            let left = end_leftovers(gcs.dir(), &j);
             let why = match left {
                 0 => "the head stopped while the job ran".to_string(),
                 n => format!("the head stopped while the job ran ({n} leftover process(es) of it were ended)"),
@@ -321,15 +320,16 @@ async fn submit_job(State(api): State<Arc<JobsApi>>, body: Bytes) -> ApiResult<J
 /// Ends what is left of a job's process group after the head that ran it
 /// died (its watchdog, [`crate::util::GroupGuard`], was killed too): the
 /// group's processes that carry the job's submission id, so a reused
-/// group id never ends someone else's program. Returns how many.
-fn end_leftovers(j: &proto::JobInfo) -> usize {
+/// group id never ends someone else's program, and whatever is in the
+/// job's cgroup (then removed). Returns how many.
+fn end_leftovers(state_dir: &std::path::Path, j: &proto::JobInfo) -> usize {
     let mut left: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
     if j.entrypoint_pgid != 0 {
         let marker = format!("{ENV_SUBMISSION_ID}={}", j.job_id);
         left.extend(crate::util::group_members_marked(j.entrypoint_pgid, &marker));
     }
     // The job's cgroup (where it had one) holds what left the group too.
-    let cgroup = crate::util::Cgroup::existing(&job_cgroup_name(&j.job_id));
+    let cgroup = crate::util::Cgroup::existing(&job_cgroup_name(state_dir, &j.job_id));
     if let Some(c) = &cgroup {
         left.extend(c.pids());
     }
@@ -349,9 +349,17 @@ fn end_leftovers(j: &proto::JobInfo) -> usize {
     left.len()
 }
 
-/// The name of a submitted job's cgroup (under the head's own).
-fn job_cgroup_name(id: &str) -> String {
-    format!("rayforge-job-{id}")
+/// The name of a submitted job's cgroup (under the head's own): job ids
+/// count from 1 on every head, so the name also carries the head's state
+/// directory (heads on one machine share the parent cgroup; a head
+/// restarted on the same directory finds its predecessor's).
+fn job_cgroup_name(state_dir: &std::path::Path, id: &str) -> String {
+    // FNV-1a over the directory's path: stable across restarts.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in state_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("rayforge-job-{h:016x}-{id}")
 }
 
 /// Runs a submission's entrypoint under `sh -c` in its own process group,
@@ -379,7 +387,7 @@ fn start_entrypoint(api: &Arc<JobsApi>, id: &str, sub: &JobSubmission, cwd: Opti
     if let Some(dir) = &cwd {
         cmd.current_dir(dir);
     }
-    let cgroup = crate::util::Cgroup::create(&job_cgroup_name(id));
+    let cgroup = crate::util::Cgroup::create(&job_cgroup_name(api.gcs.dir(), id));
     let procs = cgroup.as_ref().map(crate::util::Cgroup::procs_path);
     // SAFETY: setsid, prctl and enter_from_pre_exec are async-signal-safe:
     // a process group (and cgroup) to stop as a whole, and an entrypoint

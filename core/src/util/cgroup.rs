@@ -36,9 +36,10 @@ fn own_cgroup_dir() -> Option<PathBuf> {
 }
 
 impl Cgroup {
-    /// Makes the cgroup `name` under this process's own (or takes the one
-    /// of that name already there); `None` where cgroup v2 is not
-    /// available to this process.
+    /// Makes the cgroup `name` under this process's own; `None` where
+    /// cgroup v2 is not available to this process, or where a cgroup of
+    /// that name exists already (never shared: ending one would end the
+    /// other's processes).
     pub fn create(name: &str) -> Option<Cgroup> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return None;
@@ -46,7 +47,6 @@ impl Cgroup {
         let dir = own_cgroup_dir()?.join(name);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => {
                 tracing::debug!(cgroup = %dir.display(), "no cgroup of its own for a process tree: {e}");
                 return None;
@@ -186,6 +186,7 @@ mod tests {
             return;
         };
         assert_eq!(Cgroup::existing(&name), Some(cg.clone()));
+        assert_eq!(Cgroup::create(&name), None, "a cgroup is never shared");
         let dir = std::env::temp_dir().join(format!("rf-cgroup-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pidfile = dir.join("daemon");

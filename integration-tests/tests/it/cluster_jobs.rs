@@ -535,6 +535,15 @@ fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
     // SAFETY: getpgid(2) on the pid the job wrote.
     let group = unsafe { libc::getpgid(daemon as i32) };
     assert_eq!(group, daemon as i32, "setsid made the daemon a group of its own");
+    // Another cluster on this machine whose job has the same id: its
+    // cgroup is its own, and stopping this one leaves it running.
+    let other = LocalCluster::start(&["--num-cpus", "1"], 60_000);
+    let other_jobs = JobClient::connect(&other.jobs_address, Some(&other.token)).unwrap();
+    let same_id = other_jobs
+        .submit(&format!("echo $$ > {d}/other.pid; sleep 600"), &RuntimeEnv::default())
+        .unwrap();
+    assert_eq!(same_id, stopped, "both heads number their first job alike");
+    let other_pid = pid_in(&dir.join("other.pid"));
     assert!(jobs.stop(&stopped).unwrap());
     assert!(
         wait_until(Duration::from_secs(60), || !process_running(daemon)),
@@ -542,6 +551,12 @@ fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
     );
     let st = jobs.follow(&stopped, |_| {}).unwrap();
     assert_eq!(st.state, "STOPPED", "{st:?}");
+    assert!(
+        process_running(other_pid),
+        "stopping a job ended another cluster's job of the same id"
+    );
+    assert_eq!(other_jobs.status(&same_id).unwrap().state, "RUNNING");
+    assert!(other_jobs.stop(&same_id).unwrap());
     // Exiting on its own: what it left running ends with it.
     let left = jobs
         .submit(

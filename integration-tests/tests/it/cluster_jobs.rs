@@ -507,7 +507,11 @@ fn old_job_logs_go_past_the_artifact_budget() {
 #[test]
 fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
     use rayforge_integration_tests::process_running;
-    if rayforge::util::Cgroup::create(&format!("rayforge-probe-{}", std::process::id()))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    if rayforge::util::Cgroup::create(&format!("rayforge-probe-{}-{nanos}", std::process::id()))
         .map(|c| c.end(Duration::from_secs(5)))
         .is_none()
     {

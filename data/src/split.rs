@@ -38,10 +38,12 @@ pub(crate) enum SplitMsg {
     End,
 }
 
-/// One bounded queue per consumer.
+/// One bounded queue per consumer, each message tagged with its epoch: a
+/// consumer that left an epoch early never gets that epoch's leftovers in
+/// the next.
 #[rayforge::actor]
 pub(crate) struct SplitQueues {
-    queues: Mutex<Vec<VecDeque<SplitMsg>>>,
+    queues: Mutex<Vec<VecDeque<(u64, SplitMsg)>>>,
     /// The highest epoch (0-based) each consumer has asked for.
     wanted: Mutex<Vec<u64>>,
     closed: AtomicBool,
@@ -88,19 +90,23 @@ impl SplitQueues {
         self.changed.notify_waiters();
     }
 
-    /// Queues a message for consumer `i`, waiting while its queue is full
-    /// (end and failure messages never wait).
-    async fn put(&self, i: usize, msg: SplitMsg) -> bool {
+    /// Queues a message of epoch `epoch` for consumer `i`, waiting while
+    /// its queue is full (end and failure messages never wait). A consumer
+    /// that has moved on to a later epoch does not get it.
+    async fn put(&self, i: usize, epoch: u64, msg: SplitMsg) -> bool {
         loop {
             let notified = self.changed.notified();
             {
+                if self.wanted.lock().get(i).is_some_and(|w| *w > epoch) {
+                    return true;
+                }
                 let mut q = self.queues.lock();
                 let Some(q) = q.get_mut(i) else { return false };
                 if self.closed.load(Ordering::SeqCst) {
                     return false;
                 }
                 if q.len() < QUEUED || !matches!(msg, SplitMsg::Block(..)) {
-                    q.push_back(msg);
+                    q.push_back((epoch, msg));
                     self.changed.notify_waiters();
                     return true;
                 }
@@ -109,8 +115,9 @@ impl SplitQueues {
         }
     }
 
-    /// The next message for consumer `i`, waiting for one.
-    async fn get(&self, i: usize) -> SplitMsg {
+    /// The next message of epoch `epoch` for consumer `i`, waiting for
+    /// one (messages of earlier epochs are dropped).
+    async fn get(&self, i: usize, epoch: u64) -> SplitMsg {
         loop {
             let notified = self.changed.notified();
             {
@@ -118,9 +125,17 @@ impl SplitQueues {
                 let Some(q) = q.get_mut(i) else {
                     return SplitMsg::Failed(Error::InvalidArgument(format!("no consumer {i}")));
                 };
-                if let Some(m) = q.pop_front() {
+                let mut popped = false;
+                while let Some((e, m)) = q.pop_front() {
+                    popped = true;
+                    if e >= epoch {
+                        self.changed.notify_waiters();
+                        return m;
+                    }
+                }
+                if popped {
+                    // Room for the producer, still busy with the old epoch.
                     self.changed.notify_waiters();
-                    return m;
                 }
             }
             notified.await;
@@ -166,7 +181,7 @@ impl DataIterator {
                     return Some(Err(e.into()));
                 }
             }
-            let msg = me.queues.get(me.index).get();
+            let msg = me.queues.get(me.index, epoch).get();
             match msg {
                 Ok(SplitMsg::Block(block, meta)) => Some(Ok(BlockRef { block, meta })),
                 Ok(SplitMsg::End) => {
@@ -213,8 +228,8 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("rayforge-data-split".into())
         .spawn(move || {
-            let send = |i: usize, m: SplitMsg| q.put(i, m).get().map(|_| ()).map_err(Error::from);
             for epoch in 0u64.. {
+                let send = |i: usize, m: SplitMsg| q.put(i, epoch, m).get().map(|_| ()).map_err(Error::from);
                 if epoch > 0 && !q.await_epoch(epoch).get().unwrap_or(false) {
                     break;
                 }

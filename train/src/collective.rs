@@ -12,6 +12,18 @@
 //! - [`Group::broadcast`], [`Group::all_gather`] and [`Group::barrier`]
 //!   pass data along the same ring.
 //!
+//! Values are `f32`, `f64`, `i32`, `i64` or `u8` ([`Element`]), each
+//! reduced in its own type: integers sum exactly (wrapping on overflow, as
+//! libtorch's do), never through a float.
+//!
+//! Before any data moves, the ranks agree on the call: each passes around
+//! the ring what it is calling (the operation, its sequence number among
+//! this rank's collectives, the element type, the length and the root). A
+//! rank calling a broadcast where another calls an all-reduce, or one that
+//! skipped a call, fails every rank with [`Error::Collective`] naming both
+//! ranks' calls, never a silent desync. The agreement is itself the
+//! barrier: once a rank has seen every other rank's call, all have entered.
+//!
 //! A peer that dies closes its sockets, so its neighbours' next read or
 //! write fails at once; one that hangs trips the group's timeout. Either
 //! way the operation returns [`Error::Collective`] naming the rank and what
@@ -33,6 +45,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,8 +60,142 @@ pub enum ReduceOp {
     Mean,
 }
 
+impl ReduceOp {
+    fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A type of value the collectives move and reduce: `f32`, `f64`, `i32`,
+/// `i64` and `u8`, each summed in its own type.
+pub trait Element: bytemuck::Pod + Send + Sync + sealed::Sealed {
+    /// Its name, as errors say it.
+    const NAME: &'static str;
+    /// Adds `other` (integers wrap on overflow).
+    fn add(&mut self, other: Self);
+    /// Divides by the number of ranks (integers round toward zero).
+    fn div_ranks(&mut self, n: usize);
+}
+
+macro_rules! float_element {
+    ($t:ty) => {
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const NAME: &'static str = stringify!($t);
+            fn add(&mut self, other: Self) {
+                *self += other;
+            }
+            fn div_ranks(&mut self, n: usize) {
+                *self *= 1.0 / n as $t;
+            }
+        }
+    };
+}
+
+macro_rules! int_element {
+    ($t:ty) => {
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const NAME: &'static str = stringify!($t);
+            fn add(&mut self, other: Self) {
+                *self = self.wrapping_add(other);
+            }
+            fn div_ranks(&mut self, n: usize) {
+                *self /= n as $t;
+            }
+        }
+    };
+}
+
+float_element!(f32);
+float_element!(f64);
+int_element!(i32);
+int_element!(i64);
+int_element!(u8);
+
+/// What a rank is calling, as the ranks compare it before moving data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Call {
+    /// `all_reduce(sum)`, `broadcast`, ...
+    op: String,
+    /// Its number among this rank's collectives (1 for the first).
+    seq: u64,
+    /// The element type's name (empty for a barrier).
+    elem: &'static str,
+    len: u64,
+    /// A broadcast's root.
+    root: u64,
+}
+
+/// The bytes of a [`Call`] on the ring.
+const CALL_BYTES: usize = 64;
+
+impl Call {
+    fn encode(&self) -> [u8; CALL_BYTES] {
+        let mut out = [0u8; CALL_BYTES];
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..16].copy_from_slice(&self.len.to_le_bytes());
+        out[16..24].copy_from_slice(&self.root.to_le_bytes());
+        // Names are short ASCII (ours), NUL-padded.
+        for (dst, src) in out[24..48].iter_mut().zip(self.op.bytes()) {
+            *dst = src;
+        }
+        for (dst, src) in out[48..].iter_mut().zip(self.elem.bytes()) {
+            *dst = src;
+        }
+        out
+    }
+
+    /// The other rank's call, as this rank describes it.
+    fn decode(b: &[u8]) -> Call {
+        let word = |r: std::ops::Range<usize>| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[r]);
+            u64::from_le_bytes(w)
+        };
+        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&b[r]).trim_end_matches('\0').to_string();
+        let elem = match text(48..CALL_BYTES).as_str() {
+            "f32" => "f32",
+            "f64" => "f64",
+            "i32" => "i32",
+            "i64" => "i64",
+            "u8" => "u8",
+            "" => "",
+            _ => "an unknown type",
+        };
+        Call {
+            op: text(24..48),
+            seq: word(0..8),
+            elem,
+            len: word(8..16),
+            root: word(16..24),
+        }
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (collective #{}", self.op, self.seq)?;
+        if !self.elem.is_empty() {
+            write!(f, ", {} {} values", self.len, self.elem)?;
+        }
+        if self.op == "broadcast" {
+            write!(f, " from rank {}", self.root)?;
+        }
+        write!(f, ")")
+    }
+}
+
 /// Bytes sent in one piece within a step of the ring (receivers sum one
-/// segment while the next is on its way).
+/// segment while the next is on its way). A multiple of every
+/// [`Element`]'s size.
 const SEGMENT_BYTES: usize = 1 << 20;
 
 /// The key-value namespace of rendezvous addresses.
@@ -63,6 +210,9 @@ pub struct Group {
     /// From the previous rank.
     prev: Option<TcpStream>,
     timeout: Duration,
+    /// The collectives this rank has called, shared by the handles of
+    /// [`Group::try_clone`] (they share the ring).
+    calls: Arc<AtomicU64>,
     /// The gang's NCCL communicator, on a GPU rank ([`Group::init_nccl`]):
     /// tensor collectives on its device go through it.
     pub(crate) nccl: Option<Arc<crate::nccl::Nccl>>,
@@ -95,6 +245,7 @@ impl Group {
                 next: None,
                 prev: None,
                 timeout,
+                calls: Arc::default(),
                 nccl: None,
             });
         }
@@ -140,6 +291,7 @@ impl Group {
             next: Some(next),
             prev: Some(prev),
             timeout,
+            calls: Arc::default(),
             nccl: None,
         };
         group.configure()?;
@@ -165,6 +317,7 @@ impl Group {
             next: Some(next),
             prev: Some(prev),
             timeout,
+            calls: Arc::default(),
             nccl: None,
         };
         g.configure()?;
@@ -197,6 +350,7 @@ impl Group {
             next: dup(&self.next)?,
             prev: dup(&self.prev)?,
             timeout: self.timeout,
+            calls: self.calls.clone(),
             nccl: self.nccl.clone(),
         })
     }
@@ -224,6 +378,13 @@ impl Group {
         self.timeout
     }
 
+    /// How many collectives this rank has called on the ring (all-reduce,
+    /// broadcast, all-gather, barrier; through any handle of
+    /// [`Group::try_clone`]).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
     /// This rank.
     pub fn rank(&self) -> usize {
         self.rank
@@ -242,9 +403,10 @@ impl Group {
         }
     }
 
-    /// Sends `out` to the next rank while receiving `into.len()` bytes from
+    /// Sends `out` to the next rank while receiving `in_len` bytes from
     /// the previous one, calling `got(offset, bytes)` on each received
-    /// segment as it arrives.
+    /// segment as it arrives (each segment 8-byte aligned, its offset a
+    /// multiple of [`SEGMENT_BYTES`]).
     fn exchange(&mut self, out: &[u8], in_len: usize, mut got: impl FnMut(usize, &[u8])) -> Result<()> {
         let (rank, world) = (self.rank, self.world);
         let (next, prev) = self.links()?;
@@ -255,7 +417,9 @@ impl Group {
                 }
                 Ok(())
             });
-            let mut buf = vec![0u8; SEGMENT_BYTES.min(in_len)];
+            // Words, so that a segment can be read as any element type.
+            let mut words = vec![0u64; SEGMENT_BYTES.min(in_len).div_ceil(8)];
+            let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut words);
             let mut at = 0;
             let mut received = Ok(());
             while at < in_len {
@@ -285,11 +449,13 @@ impl Group {
     }
 
     /// Reduces `buf` over every rank in place (every rank passes a buffer
-    /// of the same length and gets the same result).
-    pub fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+    /// of the same type and length and gets the same result). Integers sum
+    /// exactly; their [`ReduceOp::Mean`] rounds toward zero.
+    pub fn all_reduce<T: Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
         let n = self.world;
+        self.agree(format!("all_reduce({})", op.name()), T::NAME, buf.len(), 0)?;
         if n > 1 {
-            self.check_len(buf.len())?;
+            let size = std::mem::size_of::<T>();
             let len = buf.len();
             let bounds = |c: usize| (len * c / n, len * (c + 1) / n);
             // Reduce-scatter: after step s, rank r holds the sum of chunk
@@ -301,10 +467,10 @@ impl Group {
                 let (s0, s1) = bounds(send_c);
                 let (r0, r1) = bounds(recv_c);
                 let (send, target) = disjoint(buf, s0..s1, r0..r1);
-                self.exchange(bytemuck::cast_slice(send), (r1 - r0) * 4, |at, bytes| {
-                    let incoming: &[f32] = bytemuck::cast_slice(bytes);
-                    for (x, y) in target[at / 4..at / 4 + incoming.len()].iter_mut().zip(incoming) {
-                        *x += *y;
+                self.exchange(bytemuck::cast_slice(send), (r1 - r0) * size, |at, bytes| {
+                    let incoming: &[T] = bytemuck::cast_slice(bytes);
+                    for (x, y) in target[at / size..at / size + incoming.len()].iter_mut().zip(incoming) {
+                        x.add(*y);
                     }
                 })?;
             }
@@ -322,24 +488,23 @@ impl Group {
             }
         }
         if op == ReduceOp::Mean {
-            let k = 1.0 / n as f32;
-            buf.iter_mut().for_each(|x| *x *= k);
+            buf.iter_mut().for_each(|x| x.div_ranks(n));
         }
         Ok(())
     }
 
     /// Every rank's `buf` becomes rank `root`'s.
-    pub fn broadcast(&mut self, buf: &mut [f32], root: usize) -> Result<()> {
+    pub fn broadcast<T: Element>(&mut self, buf: &mut [T], root: usize) -> Result<()> {
         let n = self.world;
         if root >= n {
             return Err(Error::InvalidArgument(format!(
                 "broadcast root {root} in a group of {n}"
             )));
         }
+        self.agree("broadcast".into(), T::NAME, buf.len(), root)?;
         if n == 1 {
             return Ok(());
         }
-        self.check_len(buf.len())?;
         // Down the ring from the root: each rank receives, then forwards
         // unless the next one is the root.
         let forward = (self.rank + 1) % n != root;
@@ -357,14 +522,15 @@ impl Group {
         Ok(())
     }
 
-    /// Every rank's `local` (all of the same length), in rank order.
-    pub fn all_gather(&mut self, local: &[f32]) -> Result<Vec<f32>> {
+    /// Every rank's `local` (all of the same type and length), in rank
+    /// order.
+    pub fn all_gather<T: Element>(&mut self, local: &[T]) -> Result<Vec<T>> {
         let n = self.world;
         let len = local.len();
-        let mut out = vec![0f32; len * n];
+        self.agree("all_gather".into(), T::NAME, len, 0)?;
+        let mut out = vec![T::zeroed(); len * n];
         out[self.rank * len..(self.rank + 1) * len].copy_from_slice(local);
         if n > 1 {
-            self.check_len(len)?;
             for step in 0..n - 1 {
                 let send_c = (self.rank + n - step) % n;
                 let recv_c = (self.rank + n - step - 1) % n;
@@ -384,39 +550,77 @@ impl Group {
 
     /// Returns once every rank has called it.
     pub fn barrier(&mut self) -> Result<()> {
-        let mut one = [1f32];
-        self.all_reduce(&mut one, ReduceOp::Sum)?;
-        if one[0] as usize != self.world {
+        // Seeing every other rank's call means every rank has entered.
+        self.agree("barrier".into(), "", 0, 0)
+    }
+
+    /// Counts this call and makes the ranks agree on it before any data
+    /// moves: each rank's call goes once around the ring, and a rank whose
+    /// call differs (another operation, type, length or root, or another
+    /// place in the sequence) fails every rank with both calls named.
+    fn agree(&mut self, op: String, elem: &'static str, len: usize, root: usize) -> Result<()> {
+        let seq = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let n = self.world;
+        if n == 1 {
+            return Ok(());
+        }
+        let mine = Call {
+            op,
+            seq,
+            elem,
+            len: len as u64,
+            root: root as u64,
+        };
+        let mut carry = mine.encode();
+        let mut first_other: Option<(usize, Call)> = None;
+        for step in 0..n - 1 {
+            let mut got = [0u8; CALL_BYTES];
+            self.exchange(&carry, CALL_BYTES, |_, b| got.copy_from_slice(b))
+                .map_err(|e| match e {
+                    Error::Collective { rank, message } => Error::Collective {
+                        rank,
+                        message: format!("in {mine}, waiting for the other ranks' calls: {message}"),
+                    },
+                    e => e,
+                })?;
+            // At step s the call of rank (r - 1 - s) arrives.
+            let from = (self.rank + n - 1 - step) % n;
+            let theirs = Call::decode(&got);
+            if theirs != mine && first_other.is_none() {
+                first_other = Some((from, theirs));
+            }
+            carry = got;
+        }
+        if let Some((other, theirs)) = first_other {
             return Err(Error::collective(
                 self.rank,
-                format!("a barrier counted {} ranks of {}", one[0], self.world),
+                format!(
+                    "the ranks called different collectives: rank {} called {mine}, rank {other} called {theirs} \
+                     (every rank must call the same collectives in the same order)",
+                    self.rank
+                ),
             ));
         }
         Ok(())
     }
+}
 
-    /// Every rank must pass buffers of one length: the ranks agree on it
-    /// first, so a mismatch is an error rather than a hang.
-    fn check_len(&mut self, len: usize) -> Result<()> {
-        let n = self.world;
-        let mine = (len as u64).to_le_bytes();
-        let mut seen = Vec::with_capacity(n);
-        let mut carry = mine;
-        // Pass lengths once around the ring.
-        for _ in 0..n - 1 {
-            let mut got = [0u8; 8];
-            self.exchange(&carry, 8, |_, b| got.copy_from_slice(b))?;
-            seen.push(u64::from_le_bytes(got));
-            carry = got;
-        }
-        if let Some(other) = seen.iter().find(|l| **l != len as u64) {
-            return Err(Error::InvalidArgument(format!(
-                "rank {} passed {len} values to a collective, another rank {other}",
-                self.rank
-            )));
-        }
-        Ok(())
-    }
+/// `n` ranks on loopback, each a group of the ring (for tests).
+#[cfg(test)]
+pub(crate) fn test_ring(n: usize, timeout: Duration) -> Vec<Group> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let nexts: Vec<TcpStream> = (0..n)
+        .map(|i| TcpStream::connect(addrs[(i + 1) % n]).unwrap())
+        .collect();
+    // Listener i was connected to by rank i - 1.
+    let prevs: Vec<TcpStream> = listeners.iter().map(|l| l.accept().unwrap().0).collect();
+    nexts
+        .into_iter()
+        .zip(prevs)
+        .enumerate()
+        .map(|(i, (next, prev))| Group::from_streams(i, n, next, prev, timeout).unwrap())
+        .collect()
 }
 
 /// One link of the ring, as both its ends name it: what they prove to each
@@ -518,7 +722,7 @@ fn accept_within(listener: &TcpListener, link: &Link<'_>, deadline: Instant) -> 
 /// The chunk to send and the chunk to receive into, two disjoint ranges
 /// of one buffer, borrowed together (sent straight from the buffer, no
 /// copy).
-fn disjoint(buf: &mut [f32], send: std::ops::Range<usize>, recv: std::ops::Range<usize>) -> (&[f32], &mut [f32]) {
+fn disjoint<T>(buf: &mut [T], send: std::ops::Range<usize>, recv: std::ops::Range<usize>) -> (&[T], &mut [T]) {
     if send.end <= recv.start {
         let (a, b) = buf.split_at_mut(recv.start);
         (&a[send], &mut b[..recv.end - recv.start])
@@ -534,22 +738,7 @@ fn disjoint(buf: &mut [f32], send: std::ops::Range<usize>, recv: std::ops::Range
 mod tests {
     use super::*;
 
-    /// `n` ranks on loopback, each a group of the ring.
-    fn ring(n: usize, timeout: Duration) -> Vec<Group> {
-        let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let nexts: Vec<TcpStream> = (0..n)
-            .map(|i| TcpStream::connect(addrs[(i + 1) % n]).unwrap())
-            .collect();
-        // Listener i was connected to by rank i - 1.
-        let prevs: Vec<TcpStream> = listeners.iter().map(|l| l.accept().unwrap().0).collect();
-        nexts
-            .into_iter()
-            .zip(prevs)
-            .enumerate()
-            .map(|(i, (next, prev))| Group::from_streams(i, n, next, prev, timeout).unwrap())
-            .collect()
-    }
+    use crate::collective::test_ring as ring;
 
     /// Runs `f` on every rank at once.
     fn each<T: Send>(groups: Vec<Group>, f: impl Fn(&mut Group) -> T + Sync) -> Vec<T> {
@@ -708,7 +897,82 @@ mod tests {
             g.all_reduce(&mut b, ReduceOp::Sum).unwrap_err()
         });
         for e in errs {
-            assert!(e.to_string().contains("passed"), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("3 f32 values") && e.contains("4 f32 values"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ranks_calling_different_collectives_fail_naming_both_calls() {
+        // A broadcast meeting an all-reduce of the same length.
+        let errs = each(ring(3, Duration::from_secs(20)), |g| {
+            let mut b = vec![1.0f32; 8];
+            g.barrier().unwrap();
+            if g.rank() == 1 {
+                g.broadcast(&mut b, 0).unwrap_err()
+            } else {
+                g.all_reduce(&mut b, ReduceOp::Sum).unwrap_err()
+            }
+        });
+        for e in &errs {
+            let text = e.to_string();
+            assert!(matches!(e, Error::Collective { .. }), "{e}");
+            assert!(
+                text.contains("broadcast (collective #2, 8 f32 values from rank 0)"),
+                "{text}"
+            );
+            assert!(text.contains("all_reduce(sum) (collective #2, 8 f32 values)"), "{text}");
+        }
+        // A rank that skips a call meets the next one out of step.
+        let errs = each(ring(2, Duration::from_secs(20)), |g| {
+            let mut grads = vec![1.0f32; 100];
+            if g.rank() == 0 {
+                g.all_reduce(&mut grads, ReduceOp::Mean)?;
+            }
+            g.barrier()
+        });
+        for e in errs {
+            let text = e.unwrap_err().to_string();
+            assert!(text.contains("rank 0 called all_reduce(mean) (collective #1"), "{text}");
+            assert!(text.contains("rank 1 called barrier (collective #1)"), "{text}");
+        }
+        // Another element type is another call.
+        let errs = each(ring(2, Duration::from_secs(20)), |g| {
+            if g.rank() == 0 {
+                g.all_reduce(&mut [1i64, 2], ReduceOp::Sum).unwrap_err()
+            } else {
+                g.all_reduce(&mut [1.0f64, 2.0], ReduceOp::Sum).unwrap_err()
+            }
+        });
+        for e in errs {
+            let text = e.to_string();
+            assert!(text.contains("2 i64 values") && text.contains("2 f64 values"), "{text}");
+        }
+    }
+
+    #[test]
+    fn integers_and_doubles_reduce_exactly_in_their_own_type() {
+        // Above 2^24 an f32 round trip would lose these.
+        let big = (1i64 << 40) + 1;
+        let out = each(ring(3, Duration::from_secs(20)), |g| {
+            let mut ints = vec![big + g.rank() as i64, -7, i64::from(g.rank() as u8)];
+            g.all_reduce(&mut ints, ReduceOp::Sum).unwrap();
+            let mut mean = vec![10i64 + g.rank() as i64];
+            g.all_reduce(&mut mean, ReduceOp::Mean).unwrap();
+            let mut doubles = vec![1e17f64 + g.rank() as f64 * 8.0];
+            g.all_reduce(&mut doubles, ReduceOp::Sum).unwrap();
+            let mut root = vec![big * (g.rank() as i64 + 1)];
+            g.broadcast(&mut root, 2).unwrap();
+            let gathered = g.all_gather(&[big + g.rank() as i64]).unwrap();
+            (ints, mean, doubles, root, gathered, g.calls())
+        });
+        for (ints, mean, doubles, root, gathered, calls) in out {
+            assert_eq!(ints, vec![3 * big + 3, -21, 3]);
+            assert_eq!(mean, vec![11], "(10 + 11 + 12) / 3");
+            assert_eq!(doubles, vec![3e17 + 24.0]);
+            assert_eq!(root, vec![3 * big]);
+            assert_eq!(gathered, vec![big, big + 1, big + 2]);
+            assert_eq!(calls, 5);
         }
     }
 }

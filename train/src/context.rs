@@ -138,7 +138,7 @@ impl TrainContext {
     }
 
     /// Shorthand for `group().all_reduce(buf, op)`.
-    pub fn all_reduce(&mut self, buf: &mut [f32], op: ReduceOp) -> Result<()> {
+    pub fn all_reduce<T: crate::collective::Element>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<()> {
         self.group.all_reduce(buf, op)
     }
 

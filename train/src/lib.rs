@@ -83,7 +83,7 @@ mod worker;
 /// versions match).
 pub use tch;
 
-pub use collective::{Group, ReduceOp};
+pub use collective::{Element, Group, ReduceOp};
 pub use context::{Device, Report, TrainContext};
 pub use error::{Error, Result};
 pub use nccl::NcclInfo;

@@ -178,18 +178,17 @@ impl Nccl {
         }
         let version = nr::get_nccl_version().map_err(|e| gpu_err(format!("ncclGetVersion: {}", nccl_error(&e))))?;
         // Rank 0 makes the communicator's id; the ring carries it (128
-        // bytes, as 32 opaque f32s: only copied, never computed on).
-        let mut id = [0f32; 32];
+        // bytes).
+        let mut id = [0u8; 128];
         if rank == 0 {
             let uid = nr::get_uniqueid().map_err(|e| gpu_err(format!("ncclGetUniqueId: {}", nccl_error(&e))))?;
-            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut id);
-            for (b, c) in bytes.iter_mut().zip(uid.internal) {
+            for (b, c) in id.iter_mut().zip(uid.internal) {
                 *b = c as u8;
             }
         }
         group.broadcast(&mut id, 0)?;
         let mut uid = ns::ncclUniqueId { internal: [0; 128] };
-        for (c, b) in uid.internal.iter_mut().zip(bytemuck::cast_slice::<f32, u8>(&id)) {
+        for (c, b) in uid.internal.iter_mut().zip(&id) {
             *c = *b as std::ffi::c_char;
         }
         let ctx = CudaContext::new(device).map_err(|e| gpu_err(format!("opening CUDA device {device}: {e:?}")))?;

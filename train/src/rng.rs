@@ -161,19 +161,18 @@ impl RngState {
     /// [`RngState::restore_rank`].
     pub fn save_gang(group: &mut Group, w: &mut CheckpointWriter, name: &str) -> Result<()> {
         let own = RngState::capture()?.encode();
-        let lens = group.all_gather(&[own.len() as f32])?;
-        let longest = lens.iter().fold(0f32, |a, &b| a.max(b)) as usize;
-        // One byte per f32 (exact), padded to the longest rank's.
-        let mut local: Vec<f32> = own.iter().map(|&b| f32::from(b)).collect();
-        local.resize(longest, 0.0);
+        let lens = group.all_gather(&[own.len() as u64 as i64])?;
+        let longest = lens.iter().copied().max().unwrap_or(0).max(0) as usize;
+        // Padded to the longest rank's.
+        let mut local = own.clone();
+        local.resize(longest, 0);
         let all = group.all_gather(&local)?;
         if group.rank() != 0 {
             return Ok(());
         }
         let mut entries = Vec::new();
         for (rank, chunk) in all.chunks(longest.max(1)).enumerate().take(lens.len()) {
-            let bytes: Vec<u8> = chunk[..lens[rank] as usize].iter().map(|&v| v as u8).collect();
-            let state = RngState::decode(&bytes)
+            let state = RngState::decode(&chunk[..lens[rank] as usize])
                 .ok_or_else(|| Error::collective(rank, "its random state arrived garbled".into()))?;
             entries.extend(state.entries(&format!("rank{rank}/")));
         }

@@ -36,43 +36,78 @@ impl Device {
     }
 }
 
-/// Runs `f` over the tensor's values as `f32` in host memory, then writes
-/// them back into the tensor.
-fn with_host_f32<T>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> Result<T>) -> Result<T> {
+/// Runs `f` over the tensor's values as `T` (of libtorch kind `kind`) in
+/// host memory, then writes them back into the tensor.
+fn with_host<T, R>(t: &mut Tensor, kind: Kind, f: impl FnOnce(&mut [T]) -> Result<R>) -> Result<R>
+where
+    T: crate::collective::Element,
+{
     let n = t.numel();
-    if t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() {
+    if t.device() == tch::Device::Cpu && t.kind() == kind && t.is_contiguous() {
         if n == 0 {
             return f(&mut []);
         }
-        // SAFETY: a contiguous CPU tensor of kind Float holds `numel` f32
-        // values from `data_ptr` (which accounts for its storage offset),
-        // and we hold the tensor mutably for the slice's lifetime.
-        let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) };
+        // SAFETY: callers pass the `kind` whose elements are `T` (see
+        // `host_kind`); a contiguous CPU tensor of that kind holds `numel`
+        // values of `T` from `data_ptr` (which accounts for its storage
+        // offset), and we hold the tensor mutably for the slice's lifetime.
+        let buf = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) };
         return f(buf);
     }
-    let mut host = t
-        .f_to_device(tch::Device::Cpu)?
-        .f_to_kind(Kind::Float)?
-        .f_contiguous()?;
+    let mut host = t.f_to_device(tch::Device::Cpu)?.f_to_kind(kind)?.f_contiguous()?;
     if host.data_ptr() == t.data_ptr() {
-        // Still the same storage (a CPU float view): copy before writing.
+        // Still the same storage (a CPU view): copy before writing.
         host = host.f_detach_copy()?;
     }
-    let out = with_host_f32(&mut host, f)?;
+    let out = with_host(&mut host, kind, f)?;
     tch::no_grad(|| t.f_copy_(&host))?;
     Ok(out)
 }
 
+/// How a tensor's values travel the TCP ring: in its own precision.
+#[derive(Clone, Copy)]
+enum HostKind {
+    /// `f32` (Float, and Half and BFloat16 widened).
+    F32,
+    /// `f64` (Double).
+    F64,
+    /// `i64` (every integer kind and Bool): sums stay exact.
+    I64,
+}
+
+fn host_kind(k: Kind) -> HostKind {
+    match k {
+        Kind::Double => HostKind::F64,
+        Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64 | Kind::Bool => HostKind::I64,
+        _ => HostKind::F32,
+    }
+}
+
+/// Runs one collective on `t`'s values in host memory, in the precision
+/// of [`host_kind`]: `$f` is called as a generic closure would be, on a
+/// slice of `f32`, `f64` or `i64`.
+macro_rules! on_host {
+    ($t:expr, |$buf:ident| $body:expr) => {
+        match host_kind($t.kind()) {
+            HostKind::F32 => with_host::<f32, _>($t, Kind::Float, |$buf| $body),
+            HostKind::F64 => with_host::<f64, _>($t, Kind::Double, |$buf| $body),
+            HostKind::I64 => with_host::<i64, _>($t, Kind::Int64, |$buf| $body),
+        }
+    };
+}
+
 impl Group {
     /// Reduces a tensor over every rank in place (every rank passes one of
-    /// the same number of elements): through NCCL in the tensor's own kind
-    /// for a tensor on the group's GPU (integers are averaged in `f32`),
-    /// else in `f32` around the TCP ring.
+    /// the same kind and number of elements): through NCCL in the tensor's
+    /// own kind for a tensor on the group's GPU, else around the TCP ring
+    /// in its own precision (`f64` for Double, `i64` for integers, which
+    /// sum exactly; `f32` for the others). An integer
+    /// [`ReduceOp::Mean`] rounds toward zero.
     pub fn all_reduce_tensor(&mut self, t: &mut Tensor, op: ReduceOp) -> Result<()> {
         if let Some(nccl) = self.nccl_for(t) {
             return nccl.all_reduce(t, op);
         }
-        with_host_f32(t, |buf| self.all_reduce(buf, op))
+        on_host!(t, |buf| self.all_reduce(buf, op))
     }
 
     /// Every rank's tensor takes rank `root`'s values (through NCCL for a
@@ -81,7 +116,7 @@ impl Group {
         if let Some(nccl) = self.nccl_for(t) {
             return nccl.broadcast(t, root);
         }
-        with_host_f32(t, |buf| self.broadcast(buf, root))
+        on_host!(t, |buf| self.broadcast(buf, root))
     }
 
     /// Every rank's tensor (all of one shape), in rank order, each of `t`'s
@@ -92,22 +127,18 @@ impl Group {
             return nccl.all_gather(t);
         }
         let mut mine = t.shallow_clone();
-        let local: Vec<f32> = with_host_f32(&mut mine, |buf| Ok(buf.to_vec()))?;
-        let all = self.all_gather(&local)?;
+        let world = self.world_size();
+        // Each rank's values as a flat host tensor.
+        let flat: Vec<Tensor> = on_host!(&mut mine, |buf| {
+            let all = self.all_gather(&buf[..])?;
+            let per = buf.len();
+            Ok((0..world)
+                .map(|r| Tensor::from_slice(&all[r * per..(r + 1) * per]))
+                .collect())
+        })?;
         let shape = t.size();
-        let per = local.len().max(1);
-        (0..self.world_size())
-            .map(|r| {
-                let chunk = if local.is_empty() {
-                    &[][..]
-                } else {
-                    &all[r * per..(r + 1) * per]
-                };
-                Ok(Tensor::from_slice(chunk)
-                    .f_reshape(&shape)?
-                    .f_to_kind(t.kind())?
-                    .f_to_device(t.device())?)
-            })
+        flat.into_iter()
+            .map(|f| Ok(f.f_reshape(&shape)?.f_to_kind(t.kind())?.f_to_device(t.device())?))
             .collect()
     }
 
@@ -172,33 +203,56 @@ impl DistributedModel {
     }
 
     /// Averages every trainable parameter's gradient across the ranks (call
-    /// after `backward`, before the optimizer's step). A parameter without
-    /// a gradient on this rank counts as zeros.
+    /// after `backward`, before the optimizer's step), as DDP does after
+    /// its backward. A parameter that got no gradient on this rank (a
+    /// branch of the model this rank's batch did not take) counts as zeros
+    /// in the average, and gets the average as its gradient when another
+    /// rank's has one, so every rank takes the same step (DDP's
+    /// `find_unused_parameters`); one no rank used keeps no gradient. Each
+    /// bucket carries one extra value per parameter saying which ranks
+    /// used it, so this costs no extra collective.
     pub fn sync_gradients(&mut self) -> Result<()> {
         if self.group.world_size() == 1 {
             return Ok(());
         }
         for range in self.buckets.clone() {
             let params = &self.params[range];
-            let grads: Vec<Tensor> = params
+            let mut parts: Vec<Tensor> = params
                 .iter()
                 .map(|p| {
                     let g = p.grad();
                     if g.defined() {
-                        g.reshape(-1)
+                        g.reshape(-1).to_kind(Kind::Float)
                     } else {
-                        Tensor::zeros([p.numel() as i64], (p.kind(), p.device()))
+                        Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
                     }
                 })
                 .collect();
-            let mut flat = Tensor::f_cat(&grads, 0)?.f_to_kind(Kind::Float)?.f_contiguous()?;
-            self.group.all_reduce_tensor(&mut flat, ReduceOp::Mean)?;
+            let used: Vec<f32> = params.iter().map(|p| f32::from(u8::from(p.grad().defined()))).collect();
+            let device = params.first().map(|p| p.device()).unwrap_or(tch::Device::Cpu);
+            parts.push(Tensor::from_slice(&used).f_to_device(device)?);
+            let mut flat = Tensor::f_cat(&parts, 0)?.f_contiguous()?;
+            self.group.all_reduce_tensor(&mut flat, ReduceOp::Sum)?;
+            let total: i64 = params.iter().map(|p| p.numel() as i64).sum();
+            let users = flat
+                .f_narrow(0, total, params.len() as i64)?
+                .f_to_device(tch::Device::Cpu)?;
+            let users = Vec::<f32>::try_from(&users)?;
+            let mean = flat
+                .f_narrow(0, 0, total)?
+                .f_div_scalar(self.group.world_size() as f64)?;
             let mut at = 0i64;
-            for p in params {
+            for (p, users) in params.iter().zip(users) {
                 let n = p.numel() as i64;
-                let mut g = p.grad();
-                if g.defined() {
-                    let part = flat.f_narrow(0, at, n)?.f_view_as(&g)?;
+                if users > 0.0 {
+                    let part = mean.f_narrow(0, at, n)?.f_reshape(p.size())?;
+                    let mut g = p.grad();
+                    if !g.defined() {
+                        // Unused here, used elsewhere: give it a gradient
+                        // (zeros, through autograd, which owns `grad`).
+                        p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?;
+                        g = p.grad();
+                    }
                     tch::no_grad(|| g.f_copy_(&part))?;
                 }
                 at += n;
@@ -207,14 +261,49 @@ impl DistributedModel {
         Ok(())
     }
 
+    /// Backward from `loss`, then [`DistributedModel::sync_gradients`]:
+    /// what `loss.backward()` does on a DDP-wrapped model. Gradients add
+    /// to those already there (zero them with the optimizer first).
+    pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
+        loss.f_backward()?;
+        self.sync_gradients()
+    }
+
+    /// Backward from `loss` without averaging across the ranks: gradient
+    /// accumulation (DDP's `no_sync`). Accumulate over several
+    /// micro-batches this way, then call [`DistributedModel::backward`]
+    /// on the last: one all-reduce for them all. Scale each loss by the
+    /// number of micro-batches for a mean over them.
+    pub fn backward_no_sync(&mut self, loss: &Tensor) -> Result<()> {
+        Ok(loss.f_backward()?)
+    }
+
     /// One training step: zero the gradients, backward from `loss`,
     /// average the gradients across ranks, step the optimizer (tch's
     /// `nn::Optimizer`, or [`crate::optim::Adam`], whose state checkpoints
-    /// hold).
+    /// hold). The same as `opt.zero_grad()`, [`DistributedModel::backward`]
+    /// and `opt.step()`: call those three for more control, as in
+    ///
+    /// ```no_run
+    /// # fn f(model: &mut rayforge_train::DistributedModel, opt: &mut rayforge_train::optim::Adam,
+    /// #      micro: Vec<rayforge_train::tch::Tensor>) -> rayforge_train::Result<()> {
+    /// use rayforge_train::optim::Optimizer;
+    /// opt.zero_grad();
+    /// let k = micro.len() as f64;
+    /// for (i, loss) in micro.iter().enumerate() {
+    ///     if i + 1 < micro.len() {
+    ///         model.backward_no_sync(&(loss / k))?; // accumulate, no communication
+    ///     } else {
+    ///         model.backward(&(loss / k))?; // the last one averages across ranks
+    ///     }
+    /// }
+    /// opt.clip_grad_norm(1.0); // the same gradients on every rank: the same clipping
+    /// opt.step()?;
+    /// # Ok(()) }
+    /// ```
     pub fn backward_step(&mut self, loss: &Tensor, opt: &mut impl crate::optim::Optimizer) -> Result<()> {
         opt.zero_grad();
-        loss.f_backward()?;
-        self.sync_gradients()?;
+        self.backward(loss)?;
         opt.step()
     }
 }
@@ -349,7 +438,11 @@ fn column_to_tensor(name: &str, col: &ArrayRef) -> Result<Tensor> {
 /// `DistributedSampler`: every rank gets the same number of indices
 /// (`ceil(len / world)`, the list padded by wrapping around; or
 /// `floor(len / world)` with [`DistributedSampler::drop_last`]), shuffled
-/// by a seed and the epoch when asked, the same permutation on every rank.
+/// by a seed (0 unless [`DistributedSampler::shuffle`] gives another) and
+/// the epoch, the same permutation on every rank. As PyTorch's, it
+/// shuffles by default: [`DistributedSampler::sequential`] keeps the
+/// items in order. Call [`DistributedSampler::set_epoch`] each epoch for a
+/// new order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DistributedSampler {
     len: usize,
@@ -361,13 +454,13 @@ pub struct DistributedSampler {
 }
 
 impl DistributedSampler {
-    /// Rank `rank` of `world`'s share of `len` items, in order.
+    /// Rank `rank` of `world`'s share of `len` items, shuffled with seed 0.
     pub fn new(len: usize, world: usize, rank: usize) -> DistributedSampler {
         DistributedSampler {
             len,
             world: world.max(1),
             rank,
-            shuffle: None,
+            shuffle: Some(0),
             drop_last: false,
             epoch: 0,
         }
@@ -376,6 +469,12 @@ impl DistributedSampler {
     /// Shuffles every epoch with `seed` (combined with the epoch number).
     pub fn shuffle(mut self, seed: u64) -> Self {
         self.shuffle = Some(seed);
+        self
+    }
+
+    /// Keeps the items in order (PyTorch's `shuffle=False`).
+    pub fn sequential(mut self) -> Self {
+        self.shuffle = None;
         self
     }
 
@@ -549,17 +648,24 @@ mod tests {
 
     #[test]
     fn the_sampler_splits_pads_and_shuffles_like_pytorchs() {
-        let a = DistributedSampler::new(10, 3, 0).indices();
-        let b = DistributedSampler::new(10, 3, 1).indices();
-        let c = DistributedSampler::new(10, 3, 2).indices();
+        let a = DistributedSampler::new(10, 3, 0).sequential().indices();
+        let b = DistributedSampler::new(10, 3, 1).sequential().indices();
+        let c = DistributedSampler::new(10, 3, 2).sequential().indices();
         assert_eq!(
             (a.clone(), b, c),
             (vec![0, 3, 6, 9], vec![1, 4, 7, 0], vec![2, 5, 8, 1])
         );
         assert_eq!(
-            DistributedSampler::new(10, 3, 2).drop_last(true).indices(),
+            DistributedSampler::new(10, 3, 2).sequential().drop_last(true).indices(),
             vec![2, 5, 8]
         );
+        // Shuffled by default, as PyTorch's: still a split of every item.
+        let mut by_default: Vec<usize> = (0..2)
+            .flat_map(|r| DistributedSampler::new(8, 2, r).indices())
+            .collect();
+        assert_ne!(by_default, vec![0, 2, 4, 6, 1, 3, 5, 7], "shuffled");
+        by_default.sort();
+        assert_eq!(by_default, (0..8).collect::<Vec<_>>());
         // Shuffled: each epoch a permutation, the ranks disjoint and complete.
         let mut seen = Vec::new();
         for r in 0..2 {
@@ -625,6 +731,139 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("null"));
+    }
+
+    /// Runs `f` on each rank of a loopback ring of `n`, each in a thread.
+    fn on_ranks<T: Send>(n: usize, f: impl Fn(Group) -> T + Sync) -> Vec<T> {
+        let groups = crate::collective::test_ring(n, std::time::Duration::from_secs(60));
+        std::thread::scope(|s| {
+            let hs: Vec<_> = groups.into_iter().map(|g| s.spawn(|| f(g))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    fn values(vs: &nn::VarStore) -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(k, t)| (k, Vec::<f32>::try_from(t.reshape(-1)).unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn parameters_unused_on_some_ranks_still_take_the_same_step_everywhere() {
+        use tch::nn::OptimizerConfig;
+        let out = on_ranks(2, |g| {
+            tch::manual_seed(g.rank() as i64); // different inits: the broadcast evens them
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let a = nn::linear(vs.root() / "a", 2, 1, Default::default());
+            let b = nn::linear(vs.root() / "b", 2, 1, Default::default());
+            let _never = nn::linear(vs.root() / "never", 2, 1, Default::default());
+            let rank = g.rank();
+            let mut model = DistributedModel::new(g, &vs, 8).unwrap();
+            let mut opt = nn::Sgd::default().build(&vs, 0.5).unwrap();
+            let x = Tensor::from_slice(&[1.0f32 + rank as f32, -2.0]).reshape([1, 2]);
+            // Rank 1's batch takes only branch `a`.
+            let loss = if rank == 0 {
+                (x.apply(&a) + x.apply(&b)).square().sum(Kind::Float)
+            } else {
+                x.apply(&a).square().sum(Kind::Float)
+            };
+            model.backward_step(&loss, &mut opt).unwrap();
+            let never = vs.variables()["never.weight"].grad().defined();
+            (values(&vs), never)
+        });
+        assert_eq!(
+            out[0].0, out[1].0,
+            "every rank holds the same parameters after the step"
+        );
+        assert!(!out[0].1 && !out[1].1, "a parameter no rank used keeps no gradient");
+    }
+
+    #[test]
+    fn accumulated_micro_batches_sync_once_and_match_one_large_batch() {
+        let init = [0.3f32, -0.7];
+        let batch = |i: usize| {
+            let x = Tensor::from_slice(&[i as f32 + 1.0, 2.0 - i as f32]).reshape([1, 2]);
+            let t = Tensor::from_slice(&[i as f32 * 0.5]).reshape([1, 1]);
+            (x, t)
+        };
+        let model_of = |vs: &nn::VarStore| {
+            let mut lin = nn::linear(
+                vs.root() / "l",
+                2,
+                1,
+                nn::LinearConfig {
+                    bias: false,
+                    ..Default::default()
+                },
+            );
+            tch::no_grad(|| lin.ws.copy_(&Tensor::from_slice(&init).reshape([1, 2])));
+            lin
+        };
+        let loss_of = |lin: &nn::Linear, i: usize| {
+            let (x, t) = batch(i);
+            (x.apply(lin) - t).square().sum(Kind::Float)
+        };
+        // One process over the four micro-batches: the mean of their losses.
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let lin = model_of(&vs);
+        let total = (0..4).map(|i| loss_of(&lin, i)).reduce(|a, b| a + b).unwrap() / 4.0;
+        total.backward();
+        let want = Vec::<f32>::try_from(lin.ws.grad().reshape(-1)).unwrap();
+
+        let out = on_ranks(2, |g| {
+            let probe = g.try_clone().unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let lin = model_of(&vs);
+            let rank = g.rank();
+            let mut model = DistributedModel::new(g, &vs, DEFAULT_BUCKET_BYTES).unwrap();
+            let before = probe.calls();
+            model.backward_no_sync(&(loss_of(&lin, 2 * rank) / 2.0)).unwrap();
+            let after_accumulating = probe.calls();
+            model.backward(&(loss_of(&lin, 2 * rank + 1) / 2.0)).unwrap();
+            let grad = Vec::<f32>::try_from(lin.ws.grad().reshape(-1)).unwrap();
+            (grad, after_accumulating - before, probe.calls() - after_accumulating)
+        });
+        for (grad, during, after) in out {
+            assert_eq!(during, 0, "no collective while accumulating");
+            assert_eq!(after, 1, "one all-reduce for the bucket");
+            for (a, b) in grad.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{grad:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_and_double_tensors_reduce_exactly_across_ranks() {
+        let big = (1i64 << 40) + 3;
+        let out = on_ranks(2, |mut g| {
+            let r = g.rank() as i64;
+            let mut ints = Tensor::from_slice(&[big + r, 5]);
+            g.all_reduce_tensor(&mut ints, ReduceOp::Sum).unwrap();
+            let mut doubles = Tensor::from_slice(&[1e17f64 + 8.0 * r as f64]);
+            g.all_reduce_tensor(&mut doubles, ReduceOp::Sum).unwrap();
+            let mut int32 = Tensor::from_slice(&[7i32 + r as i32]);
+            g.broadcast_tensor(&mut int32, 1).unwrap();
+            let gathered = g.all_gather_tensor(&Tensor::from_slice(&[big * (r + 1)])).unwrap();
+            (
+                Vec::<i64>::try_from(&ints).unwrap(),
+                Vec::<f64>::try_from(&doubles).unwrap(),
+                (int32.kind(), Vec::<i32>::try_from(&int32).unwrap()),
+                gathered
+                    .iter()
+                    .map(|t| Vec::<i64>::try_from(t).unwrap())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        for (ints, doubles, int32, gathered) in out {
+            assert_eq!(ints, vec![2 * big + 1, 10]);
+            assert_eq!(doubles, vec![2e17 + 8.0]);
+            assert_eq!(int32, (Kind::Int, vec![8]));
+            assert_eq!(gathered, vec![vec![big], vec![2 * big]]);
+        }
     }
 
     #[test]

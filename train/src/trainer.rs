@@ -117,7 +117,7 @@ pub struct TrainResult {
 impl TrainResult {
     /// The metrics history as CSV: a column per metric, a row per report.
     pub fn history_csv(&self) -> String {
-        history_csv(&self.history)
+        rows_csv(&self.history.iter().map(CsvRow::of).collect::<Vec<_>>())
     }
 
     /// The metrics history as an Arrow record batch: `iteration` (UInt64),
@@ -281,11 +281,29 @@ impl Trainer {
         on_report: &mut dyn FnMut(&Report),
     ) -> Result<TrainResult> {
         let run_id = format!("{}-{:x}", self.run.name, unique());
-        let mut history: Vec<Report> = Vec::new();
+        // A run resumed by name goes on with the history it had: its
+        // progress.csv keeps the earlier rows.
+        let prior = match run_dir.storage().read("progress.csv") {
+            Ok(Some(bytes)) => parse_progress_csv(&String::from_utf8_lossy(&bytes)),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(run = %self.run.name, "reading the earlier progress.csv: {e}");
+                Vec::new()
+            }
+        };
+        let mut history = History {
+            prior,
+            reports: Vec::new(),
+        };
         let mut failures = 0u32;
+        // Failures in a row with no new checkpoint between them: each waits
+        // longer before the next attempt (a failure that recurs at once, with
+        // `max_failures = -1`, would otherwise restart in a tight loop).
+        let mut stuck = 0u32;
         let mut error = None;
         for attempt in 0.. {
             let resume = run_dir.latest()?;
+            let resumed_at = resume.as_ref().map(|c| c.location());
             let ring = format!("{run_id}/attempt{attempt}");
             // A gang that cannot be placed is no rank's failure, and trying
             // again cannot place it: the run ends with the reason.
@@ -323,12 +341,27 @@ impl Trainer {
                         });
                         break;
                     }
+                    let progressed = run_dir.latest()?.map(|c| c.location()) != resumed_at;
+                    stuck = if progressed { 0 } else { stuck + 1 };
+                    let wait = restart_backoff(stuck);
                     if self.run.verbose {
                         println!(
-                            "[{}] rank {rank} failed ({cause}); restarting from the latest checkpoint ({failures} of {})",
+                            "[{}] rank {rank} failed ({cause}); restarting from the latest checkpoint ({failures} of {}){}",
                             self.run.name,
-                            budget(self.run.failure.max_failures)
+                            budget(self.run.failure.max_failures),
+                            if wait.is_zero() {
+                                String::new()
+                            } else {
+                                format!(
+                                    " in {:.0} s: {stuck} failures in a row without a new checkpoint",
+                                    wait.as_secs_f64()
+                                )
+                            }
                         );
+                    }
+                    if !wait.is_zero() {
+                        tracing::warn!(run = %self.run.name, stuck, "waiting {wait:?} before restarting");
+                        std::thread::sleep(wait);
                     }
                 }
             }
@@ -336,7 +369,8 @@ impl Trainer {
         let all = run_dir.list()?;
         let state = if error.is_some() { "FAILED" } else { "FINISHED" };
         let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-        self.publish(run_dir, &history, state, &message, failures);
+        self.publish(run_dir, &history.reports, state, &message, failures);
+        let history = history.reports;
         Ok(TrainResult {
             metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
             latest_checkpoint: all.last().cloned(),
@@ -380,7 +414,7 @@ impl Trainer {
         run_dir: &CheckpointDir,
         shared: &SharedCheck,
         resume: Option<Checkpoint>,
-        history: &mut Vec<Report>,
+        history: &mut History,
         on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = self.scaling.num_workers;
@@ -463,7 +497,7 @@ impl Trainer {
         ring: &str,
         run_dir: &CheckpointDir,
         resume: Option<Checkpoint>,
-        history: &mut Vec<Report>,
+        history: &mut History,
         on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = gang.workers.len();
@@ -573,7 +607,7 @@ impl Trainer {
         &self,
         reports: &rayforge::util::Queue<Report>,
         run_dir: &CheckpointDir,
-        history: &mut Vec<Report>,
+        history: &mut History,
         start: Instant,
         on_report: &mut dyn FnMut(&Report),
     ) {
@@ -592,12 +626,14 @@ impl Trainer {
                 let _ = std::io::stdout().flush();
             }
             on_report(&r);
-            history.push(r);
+            history.reports.push(r);
             got = true;
         }
         if got {
-            self.publish(run_dir, history, "RUNNING", "", 0);
-            if let Err(e) = run_dir.storage().put("progress.csv", history_csv(history).as_bytes()) {
+            self.publish(run_dir, &history.reports, "RUNNING", "", 0);
+            let mut rows = history.prior.clone();
+            rows.extend(history.reports.iter().map(CsvRow::of));
+            if let Err(e) = run_dir.storage().put("progress.csv", rows_csv(&rows).as_bytes()) {
                 tracing::warn!("writing progress.csv: {e}");
             }
             if let Err(e) = run_dir.prune(&self.run.checkpoint) {
@@ -734,6 +770,17 @@ fn may_retry(failures: u32, max_failures: i32) -> bool {
     max_failures < 0 || failures as i64 <= max_failures as i64
 }
 
+/// How long to wait before restarting after `stuck` failures in a row
+/// that made no new checkpoint: none after the first (or after progress),
+/// then 1 s doubling up to a minute.
+fn restart_backoff(stuck: u32) -> Duration {
+    if stuck <= 1 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1u64 << (stuck - 2).min(6)).min(Duration::from_secs(60))
+    }
+}
+
 fn budget(max_failures: i32) -> String {
     if max_failures < 0 {
         "unlimited".into()
@@ -742,9 +789,70 @@ fn budget(max_failures: i32) -> String {
     }
 }
 
-fn history_csv(history: &[Report]) -> String {
+/// The reports of this fit and of the earlier runs under the same name.
+struct History {
+    /// `progress.csv`'s rows from before this fit (a run resumed by name).
+    prior: Vec<CsvRow>,
+    /// This fit's reports.
+    reports: Vec<Report>,
+}
+
+/// One row of `progress.csv`.
+#[derive(Debug, Clone, PartialEq)]
+struct CsvRow {
+    iteration: u64,
+    metrics: BTreeMap<String, f64>,
+    /// The checkpoint's location, or empty.
+    checkpoint: String,
+}
+
+impl CsvRow {
+    fn of(r: &Report) -> CsvRow {
+        CsvRow {
+            iteration: r.iteration,
+            metrics: r.metrics.clone(),
+            checkpoint: r.checkpoint.as_ref().map(|c| c.location()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A CSV field, quoted when it needs to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The fields of one CSV line (quotes as [`csv_field`] writes them).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                if let Some(f) = out.last_mut() {
+                    f.push('"');
+                }
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => {
+                if let Some(f) = out.last_mut() {
+                    f.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn rows_csv(rows: &[CsvRow]) -> String {
     let mut keys: Vec<&String> = Vec::new();
-    for r in history {
+    for r in rows {
         for k in r.metrics.keys() {
             if !keys.contains(&k) {
                 keys.push(k);
@@ -754,10 +862,10 @@ fn history_csv(history: &[Report]) -> String {
     let mut out = String::from("iteration");
     for k in &keys {
         out.push(',');
-        out.push_str(k);
+        out.push_str(&csv_field(k));
     }
     out.push_str(",checkpoint\n");
-    for r in history {
+    for r in rows {
         out.push_str(&r.iteration.to_string());
         for k in &keys {
             out.push(',');
@@ -766,12 +874,46 @@ fn history_csv(history: &[Report]) -> String {
             }
         }
         out.push(',');
-        if let Some(c) = &r.checkpoint {
-            out.push_str(&c.location());
-        }
+        out.push_str(&csv_field(&r.checkpoint));
         out.push('\n');
     }
     out
+}
+
+/// The rows of a `progress.csv` this crate wrote (a line it cannot read is
+/// skipped with a warning: the new rows still get written).
+fn parse_progress_csv(text: &str) -> Vec<CsvRow> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else { return Vec::new() };
+    let header = csv_fields(header);
+    if header.len() < 2 || header[0] != "iteration" || header[header.len() - 1] != "checkpoint" {
+        tracing::warn!("the earlier progress.csv has an unknown header; its rows are not carried on");
+        return Vec::new();
+    }
+    let keys = &header[1..header.len() - 1];
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let f = csv_fields(line);
+        let iteration = f.first().and_then(|v| v.parse::<u64>().ok());
+        let (Some(iteration), true) = (iteration, f.len() == header.len()) else {
+            tracing::warn!(
+                line = i + 2,
+                "skipping a row of the earlier progress.csv it cannot read"
+            );
+            continue;
+        };
+        let metrics = keys
+            .iter()
+            .zip(&f[1..f.len() - 1])
+            .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k.clone(), v)))
+            .collect();
+        rows.push(CsvRow {
+            iteration,
+            metrics,
+            checkpoint: f[f.len() - 1].clone(),
+        });
+    }
+    rows
 }
 
 fn history_batch(history: &[Report]) -> Result<arrow::record_batch::RecordBatch> {
@@ -866,14 +1008,35 @@ mod tests {
     }
 
     #[test]
+    fn restarts_without_progress_back_off_to_a_minute() {
+        let waits: Vec<u64> = (0..10).map(|n| restart_backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![0, 0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[test]
     fn the_history_is_a_csv_with_a_column_per_metric() {
         let r = |i, pairs: &[(&str, f64)]| Report {
             iteration: i,
             metrics: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             checkpoint: None,
         };
-        let csv = history_csv(&[r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]);
+        let rows: Vec<CsvRow> = [r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]
+            .iter()
+            .map(CsvRow::of)
+            .collect();
+        let csv = rows_csv(&rows);
         assert_eq!(csv, "iteration,loss,acc,checkpoint\n1,0.5,,\n2,0.25,0.9,\n");
+        // Read back (a resumed run carries these rows on), odd names too.
+        assert_eq!(parse_progress_csv(&csv), rows);
+        let odd = vec![CsvRow {
+            iteration: 3,
+            metrics: [("a,\"b\"".to_string(), 1.0), ("inf".to_string(), f64::INFINITY)].into(),
+            checkpoint: "s3://x/checkpoint_000003".into(),
+        }];
+        assert_eq!(parse_progress_csv(&rows_csv(&odd)), odd);
+        assert!(parse_progress_csv("garbage\n1,2\n").is_empty());
+        let skipped = parse_progress_csv("iteration,loss,checkpoint\n1,0.5,\nnot-a-number,1,\n2,0.25,\n");
+        assert_eq!(skipped.iter().map(|r| r.iteration).collect::<Vec<_>>(), vec![1, 2]);
         let b = history_batch(&[r(1, &[("loss", 0.5)]), r(2, &[("loss", 0.25), ("acc", 0.9)])]).unwrap();
         let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, vec!["iteration", "loss", "acc", "checkpoint"]);

@@ -188,7 +188,7 @@ fn an_nccl_communicator_whose_peer_never_comes_fails_by_the_timeout() {
     let peer = std::thread::spawn(move || {
         let mut ok = [0f32];
         g1.all_reduce(&mut ok, ReduceOp::Sum).unwrap();
-        let mut id = [0f32; 32];
+        let mut id = [0u8; 128];
         g1.broadcast(&mut id, 0).unwrap();
         g1
     });

@@ -594,10 +594,25 @@ fn streaming_split_feeds_consumers_in_other_processes() {
 /// Consumes `epochs` passes of a split: each pass's row count and id sum.
 #[rayforge::remote]
 fn consume_epochs(it: rayforge_data::DataIterator, epochs: usize) -> Vec<(u64, i64)> {
+    consume_epochs_leaving(it, epochs, None)
+}
+
+/// [`consume_epochs`], leaving the first epoch after `leave_after` batches.
+#[rayforge::remote]
+fn consume_epochs_leaving(
+    it: rayforge_data::DataIterator,
+    epochs: usize,
+    leave_after: Option<usize>,
+) -> Vec<(u64, i64)> {
     (0..epochs)
-        .map(|_| {
+        .map(|epoch| {
             let (mut n, mut sum) = (0u64, 0i64);
-            for b in it.iter_batches(Some(64)) {
+            let take = if epoch == 0 {
+                leave_after.unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            };
+            for b in it.iter_batches(Some(64)).take(take) {
                 let v = i64s(&b.expect("batch"), "id");
                 n += v.len() as u64;
                 sum += v.iter().sum::<i64>();
@@ -626,5 +641,33 @@ fn a_streaming_split_serves_one_pass_per_epoch_until_closed() {
             "epoch {epoch}"
         );
     }
+    its[0].close().unwrap();
+}
+
+#[test]
+fn a_consumer_that_leaves_an_epoch_early_gets_only_the_next_epochs_rows() {
+    cluster();
+    // Many blocks, so that the first epoch has plenty left when consumer 0
+    // stops after one batch.
+    let its = rayforge_data::range_with_blocks(1200, 24)
+        .streaming_split(2, true)
+        .unwrap();
+    let leaving = consume_epochs_leaving::options()
+        .num_cpus(0.25)
+        .remote(its[0].clone(), 3, Some(1));
+    let full = consume_epochs::options().num_cpus(0.25).remote(its[1].clone(), 3);
+    let (leaving, full) = (leaving.get().unwrap(), full.get().unwrap());
+    assert_eq!(leaving[0].0, 64, "one batch of the first epoch");
+    for epoch in 1..3 {
+        // Without the epoch on each block, the first epoch's leftovers came
+        // first here, and this epoch's rows spilled into the next.
+        assert_eq!(leaving[epoch].0, 600, "epoch {epoch}: {leaving:?}");
+        assert_eq!(
+            leaving[epoch].1 + full[epoch].1,
+            (0..1200).sum::<i64>(),
+            "epoch {epoch}: {leaving:?} {full:?}"
+        );
+    }
+    assert!(full.iter().all(|e| e.0 == 600), "{full:?}");
     its[0].close().unwrap();
 }

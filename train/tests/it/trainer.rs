@@ -121,6 +121,11 @@ fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
         more.history.iter().map(|r| r.iteration).collect::<Vec<_>>(),
         vec![13, 14]
     );
+    // progress.csv keeps the earlier runs' rows and adds the new ones.
+    let csv = std::fs::read_to_string(run_dir.join("progress.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    let want: Vec<String> = (1..=14).map(|i| i.to_string()).collect();
+    assert_eq!(rows, want, "{csv}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

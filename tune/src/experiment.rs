@@ -208,7 +208,7 @@ impl Default for Resources {
 
 /// The searcher.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase", tag = "type")]
+#[serde(try_from = "SearcherTable")]
 pub enum SearcherSpec {
     /// Grid points and random draws.
     Random {
@@ -250,7 +250,7 @@ impl Default for SearcherSpec {
 
 /// The scheduler.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase", tag = "type")]
+#[serde(try_from = "SchedulerTable")]
 pub enum SchedulerSpec {
     /// Every trial to its end.
     #[default]
@@ -303,6 +303,220 @@ pub enum SchedulerSpec {
     },
 }
 
+/// `[searcher]` as written: every type's settings, read straight from the
+/// file (so a wrong value's error keeps its line), then checked against
+/// the chosen type's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearcherTable {
+    #[serde(rename = "type")]
+    kind: String,
+    seed: Option<u64>,
+    points_to_evaluate: Option<Vec<crate::space::Config>>,
+    n_startup_trials: Option<usize>,
+    n_ei_candidates: Option<usize>,
+    multivariate: Option<bool>,
+    constant_liar: Option<bool>,
+    rank_weights: Option<bool>,
+}
+
+/// Refuses the settings in `set` that `kind` (a `what`) does not take.
+fn only(what: &str, kind: &str, allowed: &[&str], set: &[(&str, bool)]) -> std::result::Result<(), String> {
+    match set.iter().find(|(name, is_set)| *is_set && !allowed.contains(name)) {
+        Some((name, _)) => Err(format!(
+            "{what}.{name}: the {kind} {what} has no setting `{name}` (its settings: {})",
+            if allowed.is_empty() {
+                "none".to_string()
+            } else {
+                allowed.join(", ")
+            }
+        )),
+        None => Ok(()),
+    }
+}
+
+impl TryFrom<SearcherTable> for SearcherSpec {
+    type Error = String;
+
+    fn try_from(t: SearcherTable) -> std::result::Result<Self, String> {
+        let set = [
+            ("seed", t.seed.is_some()),
+            ("points_to_evaluate", t.points_to_evaluate.is_some()),
+            ("n_startup_trials", t.n_startup_trials.is_some()),
+            ("n_ei_candidates", t.n_ei_candidates.is_some()),
+            ("multivariate", t.multivariate.is_some()),
+            ("constant_liar", t.constant_liar.is_some()),
+            ("rank_weights", t.rank_weights.is_some()),
+        ];
+        match t.kind.as_str() {
+            "random" => {
+                only("searcher", "random", &["seed", "points_to_evaluate"], &set)?;
+                Ok(SearcherSpec::Random {
+                    seed: t.seed,
+                    points_to_evaluate: t.points_to_evaluate,
+                })
+            }
+            "tpe" => Ok(SearcherSpec::Tpe {
+                n_startup_trials: t.n_startup_trials,
+                n_ei_candidates: t.n_ei_candidates,
+                seed: t.seed,
+                multivariate: t.multivariate,
+                constant_liar: t.constant_liar,
+                rank_weights: t.rank_weights,
+                points_to_evaluate: t.points_to_evaluate,
+            }),
+            other => Err(format!(
+                "searcher.type: unknown searcher `{other}`, expected `random` or `tpe`"
+            )),
+        }
+    }
+}
+
+/// `[scheduler]` as written (see [`SearcherTable`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerTable {
+    #[serde(rename = "type")]
+    kind: String,
+    time_attr: Option<String>,
+    max_t: Option<f64>,
+    grace_period: Option<f64>,
+    reduction_factor: Option<f64>,
+    brackets: Option<usize>,
+    perturbation_interval: Option<f64>,
+    quantile_fraction: Option<f64>,
+    resample_probability: Option<f64>,
+    mutate: Option<Vec<String>>,
+    seed: Option<u64>,
+    min_samples_required: Option<usize>,
+}
+
+impl TryFrom<SchedulerTable> for SchedulerSpec {
+    type Error = String;
+
+    fn try_from(t: SchedulerTable) -> std::result::Result<Self, String> {
+        let set = [
+            ("time_attr", t.time_attr.is_some()),
+            ("max_t", t.max_t.is_some()),
+            ("grace_period", t.grace_period.is_some()),
+            ("reduction_factor", t.reduction_factor.is_some()),
+            ("brackets", t.brackets.is_some()),
+            ("perturbation_interval", t.perturbation_interval.is_some()),
+            ("quantile_fraction", t.quantile_fraction.is_some()),
+            ("resample_probability", t.resample_probability.is_some()),
+            ("mutate", t.mutate.is_some()),
+            ("seed", t.seed.is_some()),
+            ("min_samples_required", t.min_samples_required.is_some()),
+        ];
+        let check = |kind: &str, allowed: &[&str]| only("scheduler", kind, allowed, &set);
+        match t.kind.as_str() {
+            "fifo" => {
+                check("fifo", &[])?;
+                Ok(SchedulerSpec::Fifo)
+            }
+            "asha" => {
+                check(
+                    "asha",
+                    &["time_attr", "max_t", "grace_period", "reduction_factor", "brackets"],
+                )?;
+                Ok(SchedulerSpec::Asha {
+                    time_attr: t.time_attr,
+                    max_t: t.max_t,
+                    grace_period: t.grace_period,
+                    reduction_factor: t.reduction_factor,
+                    brackets: t.brackets,
+                })
+            }
+            "hyperband" => {
+                check("hyperband", &["time_attr", "max_t", "reduction_factor"])?;
+                Ok(SchedulerSpec::Hyperband {
+                    time_attr: t.time_attr,
+                    max_t: t.max_t,
+                    reduction_factor: t.reduction_factor,
+                })
+            }
+            "pbt" => {
+                check(
+                    "pbt",
+                    &[
+                        "time_attr",
+                        "perturbation_interval",
+                        "quantile_fraction",
+                        "resample_probability",
+                        "mutate",
+                        "seed",
+                    ],
+                )?;
+                Ok(SchedulerSpec::Pbt {
+                    time_attr: t.time_attr,
+                    perturbation_interval: t.perturbation_interval,
+                    quantile_fraction: t.quantile_fraction,
+                    resample_probability: t.resample_probability,
+                    mutate: t.mutate,
+                    seed: t.seed,
+                })
+            }
+            "median" => {
+                check("median", &["time_attr", "grace_period", "min_samples_required"])?;
+                Ok(SchedulerSpec::Median {
+                    time_attr: t.time_attr,
+                    grace_period: t.grace_period,
+                    min_samples_required: t.min_samples_required,
+                })
+            }
+            other => Err(format!(
+                "scheduler.type: unknown scheduler `{other}`, expected `fifo`, `asha`, `hyperband`, `pbt` or `median`"
+            )),
+        }
+    }
+}
+
+/// The field a TOML error at byte `at` of `text` is about, as
+/// `table.key` (`scheduler.max_t`): the key on its line, under the
+/// nearest table header above; the header's own name on a header line.
+fn field_at(text: &str, at: usize) -> Option<String> {
+    let at = at.min(text.len());
+    let start = text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[[")).then(|| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+    };
+    if let Some(h) = header(line) {
+        return Some(h);
+    }
+    let key = line.split('=').next()?.trim().trim_matches('"').to_string();
+    if key.is_empty() || !line.contains('=') {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(header);
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key,
+    })
+}
+
+/// The line (1-based) of `key = ...` in `[table]` of `text`.
+fn line_in_table(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            inside = l.trim_start_matches('[').split(']').next().map(str::trim) == Some(table);
+        } else if inside && l.split('=').next().map(|k| k.trim().trim_matches('"')) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
 /// Stop criteria for every trial.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,8 +548,25 @@ impl Experiment {
     pub fn parse(text: &str) -> Result<(Experiment, SearchSpace)> {
         let mut e: Experiment = toml::from_str(text).map_err(|err| {
             let line = err.span().map(|s| line_of(text, s.start));
-            // serde's message names the field ("unknown field `x`").
-            Error::config("search.toml", line, err.message().to_string())
+            // The field whose value is wrong (serde's message names only
+            // unknown fields, not one of the wrong type).
+            let field = err
+                .span()
+                .and_then(|s| field_at(text, s.start))
+                .unwrap_or_else(|| "search.toml".into());
+            let message = err.message().to_string();
+            // A setting a table's type does not take (checked after the
+            // table is read, so the error's place is the header): the
+            // message names it; point at its own line.
+            if let Some((named, rest)) = message.split_once(": ") {
+                if let Some((table, key)) = named.split_once('.') {
+                    if (table == "scheduler" || table == "searcher") && !key.contains(' ') {
+                        let own = line_in_table(text, table, key).or(line);
+                        return Error::config(named, own, rest);
+                    }
+                }
+            }
+            Error::config(field, line, message)
         })?;
         let space = SearchSpace::from_toml(text)?;
         let field_line = |key: &str| {
@@ -658,5 +889,36 @@ x = { uniform = [-2, 2] }
         assert!(e.contains("stop.time_budget_s"), "{e}");
         let e = err("name = \"q\"\n");
         assert!(e.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_field_and_its_own_line_inside_every_table() {
+        let err = |t: &str| Experiment::parse(t).unwrap_err().to_string();
+        // Top level.
+        let e = err(&GOOD.replace("num_samples = 4", "num_samples = \"ten\""));
+        assert!(e.starts_with("line 5: num_samples:") && e.contains("\"ten\""), "{e}");
+        // Inside [scheduler] and [searcher]: the field's own line, not the header's.
+        let e = err(&GOOD.replace("max_t = 9", "max_t = \"ten\""));
+        assert!(e.starts_with("line 12: scheduler.max_t:"), "{e}");
+        let e = err(&GOOD.replace("n_startup_trials = 2", "n_startup_trials = -2"));
+        assert!(e.starts_with("line 18: searcher.n_startup_trials:"), "{e}");
+        let e = err(&GOOD.replace("multivariate = true", "multivariate = \"yes\""));
+        assert!(e.starts_with("line 19: searcher.multivariate:"), "{e}");
+        // A setting of another type of scheduler names itself, its line
+        // and the type's settings.
+        let e = err(&GOOD.replace("max_t = 9", "perturbation_interval = 2"));
+        assert!(
+            e.starts_with("line 12: scheduler.perturbation_interval:")
+                && e.contains("asha")
+                && e.contains("grace_period"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("type = \"asha\"", "type = \"bohb\""));
+        assert!(
+            e.starts_with("line 11: scheduler.type:") && e.contains("bohb") && e.contains("`median`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("[searcher]", "[stop]\nmetric_threshold = \"low\"\n\n[searcher]"));
+        assert!(e.starts_with("line 17: stop.metric_threshold:"), "{e}");
     }
 }

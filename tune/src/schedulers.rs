@@ -148,14 +148,20 @@ fn quantile(values: &[f64], q: f64) -> Option<f64> {
     Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
-/// Asynchronous successive halving (Li et al., 2018), as Ray's
-/// `AsyncHyperBandScheduler`: rungs at `grace_period * reduction_factor^k`
-/// units of `time_attr` (up to `max_t`); a trial reaching a rung continues
-/// only if its result is within the best `1 / reduction_factor` of the
-/// results recorded at that rung so far; every trial stops at `max_t`.
-/// With several brackets, each trial joins one (the ones with more rungs
-/// more likely), bracket `s` starting its rungs at `grace_period *
-/// reduction_factor^s`.
+/// Asynchronous successive halving (Li et al., 2018), with the rules of
+/// Ray's `AsyncHyperBandScheduler`: rungs at `grace_period *
+/// reduction_factor^k` units of `time_attr` (up to `max_t`). A result
+/// decides at the highest rung it has reached where its trial is not yet
+/// recorded: the trial stops if its result is below the `1 - 1 /
+/// reduction_factor` quantile of the results recorded there *before* it
+/// (ties and a first result at an empty rung continue), and is recorded.
+/// Every trial stops at `max_t`. A trial that ends is recorded once more
+/// with its last result (as Ray's `on_trial_complete`), at the next rung
+/// it reached. A NaN result is recorded but never stops a trial, nor
+/// counts in a cutoff. With several brackets, each trial joins one (the
+/// ones with more rungs more likely), bracket `s` starting its rungs at
+/// `grace_period * reduction_factor^s`. Tested against a replay of Ray
+/// 2.60's own decisions (`tests/fixtures/ray_scheduler_replay.json`).
 #[derive(Debug, Clone)]
 pub struct Asha {
     time_attr: String,
@@ -168,6 +174,8 @@ pub struct Asha {
     brackets: Vec<Vec<(f64, BTreeMap<String, f64>)>>,
     /// Each trial's bracket.
     trial_bracket: BTreeMap<String, usize>,
+    /// Each trial's last `(time, score)`, recorded again when it ends.
+    last: BTreeMap<String, (f64, f64)>,
     rng: StdRng,
 }
 
@@ -199,11 +207,13 @@ impl Asha {
         if brackets == 0 {
             return bad("brackets", "must be at least 1".into());
         }
-        // As Ray: the number of rungs that fit between the grace period and max_t.
-        let max_rungs = ((max_t / grace_period).ln() / reduction_factor.ln() + 1e-9).floor() as i64 + 1;
+        // As Ray: the number of rungs that fit between the grace period
+        // and max_t, truncated as Ray's `int()` does (so max_t itself may
+        // be a rung, or just miss being one to rounding, as in Ray).
+        let rungs_of = |s: i64| ((max_t / grace_period).ln() / reduction_factor.ln() - s as f64 + 1.0) as i64;
         let brackets = (0..brackets as i64)
             .map(|s| {
-                (0..(max_rungs - s).max(0))
+                (0..rungs_of(s).max(0))
                     .rev()
                     .map(|k| (grace_period * reduction_factor.powi((k + s) as i32), BTreeMap::new()))
                     .collect()
@@ -217,8 +227,28 @@ impl Asha {
             reduction_factor,
             brackets,
             trial_bracket: BTreeMap::new(),
+            last: BTreeMap::new(),
             rng: StdRng::seed_from_u64(0),
         })
+    }
+
+    /// The rung decision for `trial` at `(t, score)`, as Ray's bracket
+    /// makes it: the highest rung reached where the trial is not yet
+    /// recorded compares the score with the cutoff of the scores recorded
+    /// there before, then records it.
+    fn decide(&mut self, trial: &str, t: f64, score: f64) -> Decision {
+        let keep = 1.0 - 1.0 / self.reduction_factor;
+        let b = self.bracket_of(trial);
+        for (milestone, recorded) in self.brackets[b].iter_mut() {
+            if t < *milestone || recorded.contains_key(trial) {
+                continue;
+            }
+            let earlier: Vec<f64> = recorded.values().copied().filter(|v| !v.is_nan()).collect();
+            let stop = quantile(&earlier, keep).is_some_and(|cutoff| score < cutoff);
+            recorded.insert(trial.to_string(), score);
+            return if stop { Decision::Stop } else { Decision::Continue };
+        }
+        Decision::Continue
     }
 
     /// The milestones of each bracket, highest first.
@@ -250,30 +280,22 @@ impl Asha {
 
 impl Scheduler for Asha {
     fn on_result(&mut self, trial: &str, result: &Metrics) -> Decision {
-        let (Some(t), Some(v)) = (value(result, &self.time_attr), value(result, &self.metric)) else {
+        let (Some(t), Some(v)) = (value(result, &self.time_attr), result.get(&self.metric).copied()) else {
             return Decision::Continue;
         };
+        let score = self.mode.score(v);
+        self.last.insert(trial.to_string(), (t, score));
         if t >= self.max_t {
             return Decision::Complete;
         }
-        let score = self.mode.score(v);
-        let keep = 1.0 - 1.0 / self.reduction_factor;
-        let b = self.bracket_of(trial);
-        for (milestone, recorded) in self.brackets[b].iter_mut() {
-            if t < *milestone || recorded.contains_key(trial) {
-                continue;
-            }
-            recorded.insert(trial.to_string(), score);
-            let all: Vec<f64> = recorded.values().copied().collect();
-            let cutoff = quantile(&all, keep).unwrap_or(f64::MIN);
-            // The highest rung reached decides (as Ray).
-            return if score < cutoff {
-                Decision::Stop
-            } else {
-                Decision::Continue
-            };
+        self.decide(trial, t, score)
+    }
+
+    fn on_trial_complete(&mut self, trial: &str) {
+        // As Ray's: the last result is shown to the bracket once more.
+        if let Some((t, score)) = self.last.remove(trial) {
+            self.decide(trial, t, score);
         }
-        Decision::Continue
     }
 
     fn name(&self) -> &'static str {
@@ -281,11 +303,14 @@ impl Scheduler for Asha {
     }
 }
 
-/// Ray's `MedianStoppingRule`: after `grace_period` units of `time_attr`,
-/// and once `min_samples_required` other trials have results by then, a
-/// trial whose best result so far is worse than the median of the other
-/// trials' running averages (over their results up to the same time)
-/// stops.
+/// Ray's `MedianStoppingRule`, with its rules: after `grace_period` units
+/// of `time_attr`, a trial whose best result so far is worse than the
+/// median of the other trials' running averages stops. The others are
+/// those that have reached the same time (their last result at or past
+/// it), at least `min_samples_required` of them; a running average covers
+/// a trial's results from the grace period up to that time. A trial that
+/// ends counts its last result once more (as Ray's `on_trial_complete`).
+/// Tested against a replay of Ray 2.60's own decisions.
 #[derive(Debug, Clone)]
 pub struct MedianStopping {
     time_attr: String,
@@ -293,8 +318,10 @@ pub struct MedianStopping {
     mode: Mode,
     grace_period: f64,
     min_samples_required: usize,
-    /// Each trial's `(time, score)` results.
+    /// Each trial's `(time, value)` results.
     results: BTreeMap<String, Vec<(f64, f64)>>,
+    /// Trials it stopped (they are not judged again).
+    stopped: std::collections::BTreeSet<String>,
 }
 
 impl MedianStopping {
@@ -307,37 +334,74 @@ impl MedianStopping {
             grace_period,
             min_samples_required: min_samples_required.max(1),
             results: BTreeMap::new(),
+            stopped: Default::default(),
+        }
+    }
+}
+
+impl MedianStopping {
+    /// Whether `a` is better than `b` (as Python's `min`/`max` compare:
+    /// NaN is never better, and a NaN kept first stays).
+    fn better(&self, a: f64, b: f64) -> bool {
+        match self.mode {
+            Mode::Min => a < b,
+            Mode::Max => a > b,
         }
     }
 }
 
 impl Scheduler for MedianStopping {
     fn on_result(&mut self, trial: &str, result: &Metrics) -> Decision {
-        let (Some(t), Some(v)) = (value(result, &self.time_attr), value(result, &self.metric)) else {
+        let (Some(t), Some(v)) = (value(result, &self.time_attr), result.get(&self.metric).copied()) else {
             return Decision::Continue;
         };
-        let score = self.mode.score(v);
-        let mine = self.results.entry(trial.to_string()).or_default();
-        mine.push((t, score));
-        let best = mine.iter().map(|r| r.1).fold(f64::MIN, f64::max);
+        if self.stopped.contains(trial) {
+            return Decision::Continue;
+        }
+        self.results.entry(trial.to_string()).or_default().push((t, v));
         if t < self.grace_period {
             return Decision::Continue;
         }
-        let others: Vec<f64> = self
+        let grace = self.grace_period;
+        let means: Vec<f64> = self
             .results
             .iter()
-            .filter(|(name, _)| name.as_str() != trial)
+            .filter(|(name, rs)| name.as_str() != trial && rs.last().is_some_and(|r| r.0 >= t))
             .filter_map(|(_, rs)| {
-                let upto: Vec<f64> = rs.iter().filter(|r| r.0 <= t).map(|r| r.1).collect();
-                (!upto.is_empty()).then(|| upto.iter().sum::<f64>() / upto.len() as f64)
+                let window: Vec<f64> = rs.iter().filter(|r| grace <= r.0 && r.0 <= t).map(|r| r.1).collect();
+                let mean = window.iter().sum::<f64>() / window.len() as f64;
+                mean.is_finite().then_some(mean)
             })
             .collect();
-        if others.len() < self.min_samples_required {
+        if means.len() < self.min_samples_required {
             return Decision::Continue;
         }
-        match quantile(&others, 0.5) {
-            Some(median) if best < median => Decision::Stop,
-            _ => Decision::Continue,
+        let Some(median) = quantile(&means, 0.5) else {
+            return Decision::Continue;
+        };
+        let mine = &self.results[trial];
+        let mut best = mine[0].1;
+        for r in &mine[1..] {
+            if self.better(r.1, best) {
+                best = r.1;
+            }
+        }
+        // Ray: stop unless `best` is at least as good as the median (a
+        // NaN best never is).
+        if best == median || self.better(best, median) {
+            Decision::Continue
+        } else {
+            self.stopped.insert(trial.to_string());
+            Decision::Stop
+        }
+    }
+
+    fn on_trial_complete(&mut self, trial: &str) {
+        // As Ray's: the last result counts once more.
+        if let Some(rs) = self.results.get_mut(trial) {
+            if let Some(last) = rs.last().copied() {
+                rs.push(last);
+            }
         }
     }
 
@@ -757,7 +821,7 @@ mod tests {
         assert_eq!(
             a.on_result("t3", &r(1.0, 0.45)),
             Decision::Stop,
-            "0.45 < 0.5, the 2/3 quantile of 0.4,0.45,0.5,0.9"
+            "0.45 < 0.633, the 2/3 quantile of the earlier 0.4, 0.5, 0.9"
         );
         // Between rungs nothing is decided; at rung 3 t0 is compared anew.
         assert_eq!(a.on_result("t0", &r(2.0, 0.1)), Decision::Continue);
@@ -796,6 +860,73 @@ mod tests {
         assert_eq!(m.on_result("fine", &r(2.0, 0.85)), Decision::Continue);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0], 0.5), Some(2.5));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    /// Ray 2.60's own ASHA and median stopping decisions on fixed result
+    /// streams (recorded by `tune/bench/ray_scheduler_replay.py`), replayed
+    /// through ours: every decision must match.
+    #[test]
+    fn asha_and_median_stopping_decide_as_rays_on_a_replay_of_its_decisions() {
+        let fixture: Value = serde_json::from_str(include_str!("../tests/fixtures/ray_scheduler_replay.json")).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert!(cases.len() >= 5);
+        let mut checked = 0;
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let p = &case["params"];
+            let num = |k: &str| p[k].as_f64().unwrap();
+            let (time_attr, metric) = (p["time_attr"].as_str().unwrap(), p["metric"].as_str().unwrap());
+            let mode = if p["mode"] == "min" { Mode::Min } else { Mode::Max };
+            let mut sched: Box<dyn Scheduler> = match case["scheduler"].as_str().unwrap() {
+                "asha" => Box::new(
+                    Asha::new(
+                        time_attr,
+                        metric,
+                        mode,
+                        num("max_t"),
+                        num("grace_period"),
+                        num("reduction_factor"),
+                        1,
+                    )
+                    .unwrap(),
+                ),
+                "median" => Box::new(MedianStopping::new(
+                    time_attr,
+                    metric,
+                    mode,
+                    num("grace_period"),
+                    num("min_samples_required") as usize,
+                )),
+                other => panic!("unknown scheduler {other}"),
+            };
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, e) in case["events"].as_array().unwrap().iter().enumerate() {
+                let trial = e["trial"].as_str().unwrap();
+                if seen.insert(trial.to_string()) {
+                    sched.on_trial_add(trial, &Config::new());
+                }
+                let value = match &e["value"] {
+                    Value::String(s) if s == "NaN" => f64::NAN,
+                    v => v.as_f64().unwrap(),
+                };
+                let result: Metrics = [
+                    (time_attr.to_string(), e["t"].as_f64().unwrap()),
+                    (metric.to_string(), value),
+                ]
+                .into();
+                let ours = match sched.on_result(trial, &result) {
+                    Decision::Continue => "CONTINUE",
+                    Decision::Stop | Decision::Complete => "STOP",
+                    other => panic!("{name} #{i}: {other:?}"),
+                };
+                assert_eq!(ours, e["decision"].as_str().unwrap(), "{name}, event #{i}: {e}");
+                if ours == "STOP" {
+                    sched.on_trial_complete(trial);
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 300, "{checked} decisions");
     }
 
     #[test]

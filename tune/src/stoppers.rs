@@ -21,6 +21,11 @@ pub trait Stopper: Send {
     fn stop_all(&mut self) -> bool {
         false
     }
+
+    /// The experiment resumes after its earlier drivers ran it for
+    /// `already` (called once, before any result): a budget of time goes
+    /// on from there rather than starting over.
+    fn resume_after(&mut self, _already: Duration) {}
 }
 
 impl<S: Stopper + ?Sized> Stopper for Box<S> {
@@ -30,6 +35,10 @@ impl<S: Stopper + ?Sized> Stopper for Box<S> {
 
     fn stop_all(&mut self) -> bool {
         (**self).stop_all()
+    }
+
+    fn resume_after(&mut self, already: Duration) {
+        (**self).resume_after(already)
     }
 }
 
@@ -160,12 +169,18 @@ impl Stopper for Plateau {
 pub struct TimeBudget {
     budget: Duration,
     started: Option<Instant>,
+    /// Spent by earlier drivers of a resumed experiment.
+    spent_before: Duration,
 }
 
 impl TimeBudget {
     /// A budget of `budget`.
     pub fn new(budget: Duration) -> TimeBudget {
-        TimeBudget { budget, started: None }
+        TimeBudget {
+            budget,
+            started: None,
+            spent_before: Duration::ZERO,
+        }
     }
 }
 
@@ -175,7 +190,11 @@ impl Stopper for TimeBudget {
     }
 
     fn stop_all(&mut self) -> bool {
-        self.started.get_or_insert_with(Instant::now).elapsed() >= self.budget
+        self.spent_before + self.started.get_or_insert_with(Instant::now).elapsed() >= self.budget
+    }
+
+    fn resume_after(&mut self, already: Duration) {
+        self.spent_before = already;
     }
 }
 
@@ -223,5 +242,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!TimeBudget::new(Duration::from_secs(3600)).stop_all());
+        // Resumed: the earlier drivers' time counts.
+        let mut spent = TimeBudget::new(Duration::from_secs(60));
+        spent.resume_after(Duration::from_secs(61));
+        assert!(spent.stop_all(), "spent before the resume");
+        let mut left: Box<dyn Stopper> = Box::new(TimeBudget::new(Duration::from_secs(60)));
+        left.resume_after(Duration::from_secs(30));
+        assert!(!left.stop_all(), "half of it left");
     }
 }

@@ -83,7 +83,14 @@ struct Run {
     table: Table,
     /// When the status was last published for the dashboard.
     published: Option<Instant>,
+    /// How long earlier drivers ran the experiment (from the journal).
+    ran_before: Duration,
+    /// When the run time was last journaled.
+    clocked: Option<Instant>,
 }
+
+/// How often the run time goes into the journal.
+const CLOCK_EVERY: Duration = Duration::from_secs(10);
 
 impl Run {
     fn index(&self, trial: &str) -> Option<usize> {
@@ -225,6 +232,8 @@ impl Controller {
             synced: None,
             table: Table::new(),
             published: None,
+            ran_before: Duration::ZERO,
+            clocked: None,
         };
         let result = if resume {
             self.replay(events, &mut ex)
@@ -235,6 +244,10 @@ impl Controller {
             }
         };
         result?;
+        // The time budget counts the earlier drivers' time too.
+        for s in &mut self.stoppers {
+            s.resume_after(ex.ran_before);
+        }
         if resume && self.config.verbose {
             println!(
                 "resuming {}: {} trials ended, {} to go on",
@@ -329,9 +342,16 @@ impl Controller {
                 ex.published = Some(Instant::now());
                 self.publish(&ex.trials, start.elapsed(), false);
             }
+            if ex.clocked.is_none_or(|t| t.elapsed() >= CLOCK_EVERY) {
+                ex.clocked = Some(Instant::now());
+                let elapsed_s = (ex.ran_before + start.elapsed()).as_secs_f64();
+                ex.journal.append(&Event::Clock { elapsed_s })?;
+            }
             ex.sync(false)?;
             ex.lease.renew(&self.config.name)?;
         }
+        let elapsed_s = (ex.ran_before + start.elapsed()).as_secs_f64();
+        ex.journal.append(&Event::Clock { elapsed_s })?;
         self.publish(&ex.trials, start.elapsed(), true);
         if let Err(e) = ex
             .storage
@@ -452,16 +472,21 @@ impl Controller {
             return Ok(()); // one of those reports stopped it
         };
         run.kill();
-        let status = match done.get() {
-            Ok(()) => TrialStatus::Terminated,
-            // The trainable's own message when it failed; the runtime's
-            // account when its process died.
-            Err(e) => TrialStatus::Error(e.user_error::<String>().unwrap_or_else(|| e.to_string())),
-        };
         let Some(i) = ex.index(&name) else {
             return Ok(());
         };
         let t = &mut ex.trials[i];
+        let status = match done.get() {
+            // A trial that never reported the metric cannot be ranked: say
+            // so (Ray fails a trial whose result lacks it).
+            Ok(()) => match lacks_metric(t, &self.config.metric) {
+                Some(why) => TrialStatus::Error(why),
+                None => TrialStatus::Terminated,
+            },
+            // The trainable's own message when it failed; the runtime's
+            // account when its process died.
+            Err(e) => TrialStatus::Error(e.user_error::<String>().unwrap_or_else(|| e.to_string())),
+        };
         match status {
             TrialStatus::Error(e) if t.failures < self.config.max_failures => {
                 t.failures += 1;
@@ -752,6 +777,9 @@ impl Controller {
                     }
                     reopen(&mut ex.trials[i], from_checkpoint);
                 }
+                Event::Clock { elapsed_s } => {
+                    ex.ran_before = Duration::try_from_secs_f64(elapsed_s).unwrap_or(ex.ran_before);
+                }
                 Event::Ended {
                     trial,
                     status,
@@ -843,4 +871,24 @@ fn results_csv(trials: &[TrialResult], c: &TuneConfig) -> String {
         mode: c.mode,
     }
     .to_csv()
+}
+
+/// Why a trial that ended cannot be ranked by `metric`: none of its
+/// results had it (`None` when one did).
+fn lacks_metric(t: &crate::tuner::results::TrialResult, metric: &str) -> Option<String> {
+    if t.history.iter().any(|m| m.contains_key(metric)) {
+        return None;
+    }
+    let mut keys: Vec<&String> = t.history.iter().flat_map(|m| m.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    Some(if t.history.is_empty() {
+        format!("the trial ended without reporting any result, so it has no `{metric}` (the experiment's metric)")
+    } else {
+        format!(
+            "none of the trial's {} results has `{metric}`, the experiment's metric (it reported {})",
+            t.history.len(),
+            keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+        )
+    })
 }

@@ -106,6 +106,11 @@ pub(crate) enum Event {
         trial: String,
         from_checkpoint: bool,
     },
+    /// How long the experiment's drivers have run so far, all of them
+    /// together (what a resume's time budget goes on from).
+    Clock {
+        elapsed_s: f64,
+    },
 }
 
 /// The journal, appended an event at a time.

@@ -255,6 +255,64 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
 }
 
 #[test]
+fn a_resumed_experiment_goes_on_with_what_is_left_of_its_time_budget() {
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-budget-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    // Slow trials (about 4 minutes in all) under a 5-minute budget.
+    let example = std::fs::read_to_string(root().join("tune/examples/search.toml"))
+        .unwrap()
+        .replace("\"{y}\"]", "\"{y}\", \"--delay\", \"5\"]");
+    let file = storage.join("search.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "storage_path = {:?}\n{example}\n[stop]\ntime_budget_s = 300\n",
+            storage.display().to_string()
+        ),
+    )
+    .unwrap();
+    let journal = storage.join("quadratic").join(rayforge_tune::JOURNAL);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_tune"))
+        .args(["run", file.to_str().unwrap()])
+        .current_dir(root())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = rayforge_integration_tests::wait_until(std::time::Duration::from_secs(120), || {
+        let j = std::fs::read_to_string(&journal).unwrap_or_default();
+        j.contains("\"event\":\"clock\"") && j.contains("\"event\":\"result\"")
+    });
+    assert!(running, "the first driver journaled its run time and a result");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // As if the first driver had run for 299 of the 300 s before it died.
+    let mut j = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    std::io::Write::write_all(&mut j, b"{\"event\":\"clock\",\"elapsed_s\":299.0}\n").unwrap();
+    drop(j);
+    let started = std::time::Instant::now();
+    let stdout = tune_ok(&["run", file.to_str().unwrap(), "--resume"]);
+    // Without the earlier time counted, the budget started over and every
+    // trial ran to its end.
+    assert!(stdout.contains("a stopper ended the experiment"), "{stdout}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(90),
+        "the resumed run took {:?}",
+        started.elapsed()
+    );
+    let clocks: Vec<f64> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "clock")
+        .filter_map(|v| v["elapsed_s"].as_f64())
+        .collect();
+    assert!(clocks.last().is_some_and(|t| *t >= 300.0), "{clocks:?}");
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
+#[test]
 fn the_pbt_example_exploits_and_goes_on_from_the_checkpoints_it_takes() {
     let storage = std::env::temp_dir().join(format!("rayforge-tune-pbt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&storage);

@@ -100,6 +100,47 @@ fn asha_stops_bad_trials_early_and_the_best_config_wins() {
     std::fs::remove_dir_all(&storage).unwrap();
 }
 
+/// Reports under another name than the experiment's metric, or nothing.
+fn misnamed(ctx: &mut TrialContext) -> Result<(), String> {
+    let silent: bool = ctx.get("silent").map_err(|e| e.to_string())?;
+    if !silent {
+        ctx.report([("accuracy", 0.9)]).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_trial_that_never_reports_the_metric_ends_in_error_saying_so() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-misnamed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let space = SearchSpace::new().domain("silent", Domain::Grid(vec![false.into(), true.into()]));
+    let grid = Tuner::new(
+        misnamed,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "misnamed".into(),
+            storage_path: storage.clone().into(),
+            metric: "acc".into(),
+            mode: Mode::Max,
+            cpus_per_trial: 0.5,
+            ..Default::default()
+        },
+    )
+    .fit()
+    .unwrap();
+    let mut errors = grid.errors();
+    errors.sort_by(|a, b| a.1.cmp(b.1));
+    assert_eq!(errors.len(), 2, "{:?}", grid.trials);
+    assert!(
+        errors[0].1.contains("`acc`") && errors[0].1.contains("`accuracy`"),
+        "names the metric and what was reported: {errors:?}"
+    );
+    assert!(errors[1].1.contains("without reporting any result"), "{errors:?}");
+    assert!(grid.best().is_none());
+    std::fs::remove_dir_all(&storage).unwrap();
+}
+
 #[test]
 fn a_bad_experiment_config_is_refused_before_anything_runs() {
     cluster();

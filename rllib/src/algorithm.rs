@@ -99,7 +99,22 @@ pub struct Stop {
     pub iters: Option<u64>,
 }
 
+/// The env steps a run stops at when nothing else bounds it (no
+/// `timesteps` nor `iters`) and its config names no `anneal_timesteps`.
+pub const DEFAULT_TIMESTEPS: u64 = 100_000;
+
 impl Stop {
+    /// This stop, bounded: without a `timesteps` or `iters` limit (a reward
+    /// alone may never be reached) it also stops after
+    /// `config.anneal_timesteps` env steps — where the learning rate has
+    /// annealed to its end — or [`DEFAULT_TIMESTEPS`].
+    pub fn bounded(mut self, config: &AlgoConfig) -> Stop {
+        if self.timesteps.is_none() && self.iters.is_none() {
+            self.timesteps = Some(config.anneal_timesteps.unwrap_or(DEFAULT_TIMESTEPS));
+        }
+        self
+    }
+
     /// Whether `r` meets a criterion (`evaluating`: the run evaluates, so
     /// only evaluation returns count for the reward).
     pub fn reached(&self, r: &IterationResult, evaluating: bool) -> bool {
@@ -251,6 +266,63 @@ pub struct Algorithm {
     env_steps: u64,
     episodes: u64,
     window: VecDeque<(f64, u64)>,
+    torch: TorchScope,
+}
+
+/// The torch state an algorithm works under in the driver — its own
+/// random generator (seeded with its config's seed) and one intra-op
+/// thread — swapped in around its work and out after, so that building or
+/// training an algorithm leaves the process's own torch seed and thread
+/// count as they were.
+struct TorchScope {
+    rng: rayforge_train::rng::RngState,
+}
+
+/// What [`TorchScope::enter`] swapped out.
+struct Outer {
+    rng: rayforge_train::rng::RngState,
+    threads: i32,
+}
+
+fn rng_error(e: rayforge_train::Error) -> Error {
+    Error::Torch(format!("swapping the random state: {e}"))
+}
+
+impl TorchScope {
+    /// A scope whose generator starts from `seed`.
+    fn seeded(seed: u64) -> Result<TorchScope> {
+        let outer = rayforge_train::rng::RngState::capture().map_err(rng_error)?;
+        tch::manual_seed(seed as i64);
+        let rng = rayforge_train::rng::RngState::capture().map_err(rng_error);
+        outer.restore().map_err(rng_error)?;
+        Ok(TorchScope { rng: rng? })
+    }
+
+    fn enter(&self) -> Result<Outer> {
+        let outer = Outer {
+            rng: rayforge_train::rng::RngState::capture().map_err(rng_error)?,
+            threads: tch::get_num_threads(),
+        };
+        self.rng.restore().map_err(rng_error)?;
+        tch::set_num_threads(1);
+        Ok(outer)
+    }
+
+    fn exit(&mut self, outer: Outer) -> Result<()> {
+        let mine = rayforge_train::rng::RngState::capture().map_err(rng_error);
+        tch::set_num_threads(outer.threads);
+        outer.rng.restore().map_err(rng_error)?;
+        self.rng = mine?;
+        Ok(())
+    }
+
+    /// Runs `f` in the scope.
+    fn run<T>(&mut self, f: impl FnOnce() -> T) -> Result<T> {
+        let outer = self.enter()?;
+        let out = f();
+        self.exit(outer)?;
+        Ok(out)
+    }
 }
 
 impl std::fmt::Debug for Algorithm {
@@ -312,8 +384,7 @@ impl Algorithm {
             action,
             hidden: config.hidden.clone(),
         };
-        tch::manual_seed(config.seed as i64);
-        tch::set_num_threads(1);
+        let mut torch = TorchScope::seeded(config.seed)?;
         let spec = |i: usize, seed: u64| RunnerSpec {
             env: config.env.clone(),
             num_envs: config.num_envs_per_runner,
@@ -338,11 +409,13 @@ impl Algorithm {
         } else {
             None
         };
-        let learner: Box<dyn Learner> = match config.algo {
-            Algo::Ppo => Box::new(Ppo::new(&config, &policy)?),
-            Algo::Dqn => Box::new(Dqn::new(&config, &policy)?),
-            Algo::Sac => Box::new(Sac::new(&config, &policy)?),
-        };
+        let learner: Box<dyn Learner> = torch.run(|| -> Result<Box<dyn Learner>> {
+            Ok(match config.algo {
+                Algo::Ppo => Box::new(Ppo::new(&config, &policy)?),
+                Algo::Dqn => Box::new(Dqn::new(&config, &policy)?),
+                Algo::Sac => Box::new(Sac::new(&config, &policy)?),
+            })
+        })??;
         Ok(Algorithm {
             config,
             runners,
@@ -352,6 +425,7 @@ impl Algorithm {
             env_steps: 0,
             episodes: 0,
             window: VecDeque::new(),
+            torch,
         })
     }
 
@@ -372,8 +446,17 @@ impl Algorithm {
         self.env_steps
     }
 
-    /// One iteration: sample through the runners, learn, report.
+    /// One iteration: sample through the runners, learn, report. Its
+    /// torch work runs under the algorithm's own random generator and one
+    /// thread; the process's are as they were when it returns.
     pub fn train(&mut self) -> Result<IterationResult> {
+        let outer = self.torch.enter()?;
+        let r = self.train_scoped();
+        self.torch.exit(outer)?;
+        r
+    }
+
+    fn train_scoped(&mut self) -> Result<IterationResult> {
         let start = Instant::now();
         let (steps, episodes, learner) = self.learner.step(&mut self.runners, self.env_steps)?;
         self.iteration += 1;
@@ -421,7 +504,8 @@ impl Algorithm {
     }
 
     /// Trains until `stop`, calling `on_iteration` with each result; the
-    /// last result.
+    /// last result. A stop with only a reward is [`Stop::bounded`]: it
+    /// also ends at the config's budget of env steps.
     pub fn run(&mut self, stop: Stop, mut on_iteration: impl FnMut(&IterationResult)) -> Result<IterationResult> {
         if stop == Stop::default() {
             return Err(Error::config(
@@ -429,6 +513,7 @@ impl Algorithm {
                 "give at least one of stop reward, timesteps or iterations",
             ));
         }
+        let stop = stop.bounded(&self.config);
         loop {
             let r = self.train()?;
             on_iteration(&r);
@@ -520,5 +605,29 @@ impl Algorithm {
         if let Some(e) = &self.eval_runner {
             e.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_with_only_a_reward_is_bounded_by_the_budget() {
+        let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+        c.anneal_timesteps = Some(5000);
+        let only_reward = Stop {
+            reward: Some(500.0),
+            ..Stop::default()
+        };
+        assert_eq!(only_reward.bounded(&c).timesteps, Some(5000));
+        c.anneal_timesteps = None;
+        assert_eq!(only_reward.bounded(&c).timesteps, Some(DEFAULT_TIMESTEPS));
+        let iters = Stop {
+            reward: Some(500.0),
+            iters: Some(3),
+            ..Stop::default()
+        };
+        assert_eq!(iters.bounded(&c), iters, "already bounded");
     }
 }

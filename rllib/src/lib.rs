@@ -26,6 +26,6 @@ mod error;
 pub mod policy;
 pub mod runner;
 
-pub use algorithm::{Algorithm, IterationResult, Stop, CHECKPOINT_VERSION};
+pub use algorithm::{Algorithm, IterationResult, Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS};
 pub use config::{Algo, AlgoConfig};
 pub use error::{Error, Result};

@@ -188,9 +188,7 @@ impl EnvRunner {
                 r.values.push(values[i][0]);
                 let step = &vs.steps[i];
                 let mut reward = step.reward;
-                if step.truncated {
-                    // Cut short, not ended: the value of where it was cut
-                    // is still to come (as Stable-Baselines3).
+                if bootstraps(step) {
                     if let Some(last) = &vs.final_obs[i] {
                         let v = tch::no_grad(|| self.policy.value(&Tensor::from_slice(last).view([1, -1])));
                         reward += self.spec.gamma * v.double_value(&[0]);
@@ -415,5 +413,35 @@ fn random_action(space: &Space, rng: &mut StdRng) -> Vec<f32> {
     match space {
         Space::Discrete(n) => vec![rng.random_range(0..(*n).max(1)) as f32],
         Space::Box { low, high } => low.iter().zip(high).map(|(l, h)| rng.random_range(*l..=*h)).collect(),
+    }
+}
+
+/// Whether a step's reward takes the discounted value of where the episode
+/// was cut: only when it was cut short (truncated, at a time limit) and did
+/// not also end (terminated) — a step that is both ended for real, and the
+/// value after an end is 0 (as Stable-Baselines3).
+fn bootstraps(step: &crate::env::Step) -> bool {
+    step.truncated && !step.terminated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_truncated_step_that_did_not_terminate_bootstraps() {
+        let step = |terminated, truncated| crate::env::Step {
+            obs: vec![0.0],
+            reward: 1.0,
+            terminated,
+            truncated,
+        };
+        assert!(bootstraps(&step(false, true)), "cut short at the time limit");
+        assert!(
+            !bootstraps(&step(true, true)),
+            "ended on the limit's step: no value after"
+        );
+        assert!(!bootstraps(&step(true, false)));
+        assert!(!bootstraps(&step(false, false)));
     }
 }

@@ -22,7 +22,8 @@ const USAGE: &str = "usage:
 
 Environments: CartPole-v1, Pendulum-v1, MountainCar-v0, MountainCarContinuous-v0, Acrobot-v1
 (in Rust), or gym:ID for any Gymnasium id run in a Python child ($RAYFORGE_GYM_PYTHON).
-The first stop criterion reached stops training (default: the preset's timesteps); with
+The first stop criterion reached stops training; without --stop-timesteps or --stop-iters,
+the preset's timesteps bound every run (a reward alone may never be reached). With
 evaluation on (evaluation_interval), --stop-reward is checked against the evaluation return.
 Checkpoints go to --checkpoint-dir (a path, cluster://prefix or s3://bucket/prefix; default
 ~/rayforge_results/ALGO_ENV, or cluster://rayforge_results/ALGO_ENV on a multi-node cluster)
@@ -91,8 +92,14 @@ fn train(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         timesteps: get("stop-timesteps").map(|v| parse("stop-timesteps", v)).transpose()?,
         iters: get("stop-iters").map(|v| parse("stop-iters", v)).transpose()?,
     };
-    if stop == Stop::default() {
-        stop.timesteps = Some(config.anneal_timesteps.unwrap_or(100_000));
+    // Every run has a finite budget: a reward alone may never be reached
+    // (and past the annealing the learning rate is 0).
+    if stop.timesteps.is_none() && stop.iters.is_none() {
+        stop = stop.bounded(&config);
+        println!(
+            "stopping after {} env steps at most (the preset's budget; --stop-timesteps or --stop-iters to change)",
+            stop.timesteps.unwrap_or_default()
+        );
     }
     let every: u64 = get("checkpoint-every")
         .map(|v| parse("checkpoint-every", v))

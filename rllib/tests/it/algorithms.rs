@@ -69,12 +69,17 @@ fn sac_learns_pendulum_within_its_budget() {
 #[test]
 fn the_same_seed_gives_the_same_learning_curve() {
     cluster();
-    let curve = |seed: u64| -> Vec<(f64, f64)> {
+    // `noise`: the rest of the process draws from torch's generator
+    // between iterations, which must not change the algorithm's draws.
+    let curve = |seed: u64, noise: bool| -> Vec<(f64, f64)> {
         let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
         c.seed = seed;
         let mut a = Algorithm::new(c).unwrap();
         let out = (0..6)
             .map(|_| {
+                if noise {
+                    let _ = tch::Tensor::rand([16], (tch::Kind::Float, tch::Device::Cpu));
+                }
                 let r = a.train().unwrap();
                 (r.episode_return_mean, r.learner["policy_loss"])
             })
@@ -82,9 +87,27 @@ fn the_same_seed_gives_the_same_learning_curve() {
         a.stop();
         out
     };
-    let (a, b, c) = (curve(7), curve(7), curve(8));
+    let (a, b, c) = (curve(7, false), curve(7, true), curve(8, false));
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+#[test]
+fn an_algorithm_leaves_the_process_torch_seed_and_threads_as_they_were() {
+    cluster();
+    let draw = || Vec::<f32>::try_from(tch::Tensor::rand([4], (tch::Kind::Float, tch::Device::Cpu))).unwrap();
+    tch::set_num_threads(2);
+    tch::manual_seed(99);
+    let want = draw();
+    tch::manual_seed(99);
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.seed = 7;
+    let mut a = Algorithm::new(c).unwrap();
+    a.train().unwrap();
+    // Before: the algorithm seeded the process with 7 and left it one thread.
+    assert_eq!(draw(), want, "the process's generator went on where it was");
+    assert_eq!(tch::get_num_threads(), 2);
+    a.stop();
 }
 
 #[test]

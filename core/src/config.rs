@@ -51,6 +51,11 @@ pub struct Config {
     /// driver to (default: the head's node when it is on this machine, else
     /// any node here).
     pub node_id: Option<String>,
+    /// A second [`crate::init`] in the same process returns `Ok` and keeps
+    /// the cluster the first one started or joined (this config is then
+    /// ignored, with a log line), as Ray's `ignore_reinit_error`. Off by
+    /// default: a second `init` is an error.
+    pub ignore_reinit_error: bool,
 }
 
 impl Config {
@@ -65,6 +70,18 @@ impl Config {
             address: Some(addr.to_string()),
             ..Config::default()
         }
+    }
+
+    /// Lets a second `init` in this process return `Ok` (see
+    /// [`Config::ignore_reinit_error`](struct.Config.html#structfield.ignore_reinit_error)).
+    ///
+    /// ```
+    /// let cfg = rayforge::Config::default().reinit_ok();
+    /// assert!(cfg.ignore_reinit_error);
+    /// ```
+    pub fn reinit_ok(mut self) -> Self {
+        self.ignore_reinit_error = true;
+        self
     }
 
     /// Sets the cluster token.

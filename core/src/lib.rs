@@ -186,7 +186,14 @@ fn init_here(mut config: Config) -> Result<()> {
     }
     let mut driver = DRIVER.lock();
     if driver.is_some() || worker::try_current().is_some() {
-        return Err(Error::Runtime("rayforge is already initialized in this process".into()));
+        if config.ignore_reinit_error {
+            tracing::info!("rayforge is already initialized in this process; this init's config is ignored");
+            return Ok(());
+        }
+        return Err(Error::Runtime(
+            "rayforge is already initialized in this process (Config::reinit_ok makes a second init keep the first's cluster)"
+                .into(),
+        ));
     }
     init_logging();
     // One runtime thread: a call's round trip is a chain of thread wake-ups

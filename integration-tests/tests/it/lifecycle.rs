@@ -22,10 +22,16 @@ fn api_before_init_and_bad_config_give_clear_errors() {
     assert!(err.to_string().contains("max_tasks_in_flight_per_worker"), "{err}");
 
     rayforge::init(Config::default().num_cpus(1.0)).unwrap();
-    assert!(matches!(rayforge::init(Config::default()), Err(Error::Runtime(_))));
+    let again = rayforge::init(Config::default()).unwrap_err();
+    assert!(
+        matches!(again, Error::Runtime(_)) && again.to_string().contains("reinit_ok"),
+        "{again}"
+    );
+    // As Ray's ignore_reinit_error: a second init keeps the first's cluster.
+    rayforge::init(Config::default().num_cpus(2.0).reinit_ok()).unwrap();
     assert_eq!(one::remote().get().unwrap(), 1);
     let res = rayforge::node_resources().unwrap();
-    assert_eq!(res.total.get("CPU"), Some(&1.0));
+    assert_eq!(res.total.get("CPU"), Some(&1.0), "the first init's cluster");
     rayforge::shutdown();
     assert!(!rayforge::is_initialized());
     assert!(rayforge::put(1u8).is_err());

@@ -108,7 +108,9 @@ macro_rules! int_element {
                 *self = self.wrapping_add(other);
             }
             fn div_ranks(&mut self, n: usize) {
-                *self /= n as $t;
+                // More ranks than the type holds: every value is smaller
+                // than `n`, so the quotient is 0.
+                *self = <$t>::try_from(n).map_or(0, |n| *self / n);
             }
         }
     };

@@ -37,12 +37,7 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Whether process `pid` is running (a zombie, exited but not yet reaped,
 /// counts as gone).
 pub fn process_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    rayforge::util::process_alive(pid)
 }
 
 /// A response of [`http`].

@@ -84,43 +84,34 @@ pub trait Element: bytemuck::Pod + Send + Sync + sealed::Sealed {
     fn div_ranks(&mut self, n: usize);
 }
 
-macro_rules! float_element {
-    ($t:ty) => {
+/// `Element` for `$t`: `$add` sums `a` and `b`, `$div` divides `x` by `n`.
+macro_rules! element {
+    ($t:ty, |$a:ident, $b:ident| $add:expr, |$x:ident, $n:ident| $div:expr) => {
         impl sealed::Sealed for $t {}
         impl Element for $t {
             const NAME: &'static str = stringify!($t);
-            fn add(&mut self, other: Self) {
-                *self += other;
+            fn add(&mut self, $b: Self) {
+                let $a = *self;
+                *self = $add;
             }
-            fn div_ranks(&mut self, n: usize) {
-                *self *= 1.0 / n as $t;
+            fn div_ranks(&mut self, $n: usize) {
+                let $x = *self;
+                *self = $div;
             }
         }
     };
 }
 
-macro_rules! int_element {
-    ($t:ty) => {
-        impl sealed::Sealed for $t {}
-        impl Element for $t {
-            const NAME: &'static str = stringify!($t);
-            fn add(&mut self, other: Self) {
-                *self = self.wrapping_add(other);
-            }
-            fn div_ranks(&mut self, n: usize) {
-                // More ranks than the type holds: every value is smaller
-                // than `n`, so the quotient is 0.
-                *self = <$t>::try_from(n).map_or(0, |n| *self / n);
-            }
-        }
-    };
-}
-
-float_element!(f32);
-float_element!(f64);
-int_element!(i32);
-int_element!(i64);
-int_element!(u8);
+element!(f32, |a, b| a + b, |x, n| x * (1.0 / n as f32));
+element!(f64, |a, b| a + b, |x, n| x * (1.0 / n as f64));
+// Integers wrap on overflow; with more ranks than the type holds, every
+// value is smaller than `n`, so the quotient is 0.
+element!(i32, |a, b| a.wrapping_add(b), |x, n| i32::try_from(n)
+    .map_or(0, |n| x / n));
+element!(i64, |a, b| a.wrapping_add(b), |x, n| i64::try_from(n)
+    .map_or(0, |n| x / n));
+element!(u8, |a, b| a.wrapping_add(b), |x, n| u8::try_from(n)
+    .map_or(0, |n| x / n));
 
 /// What a rank is calling, as the ranks compare it before moving data.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -595,7 +595,7 @@ impl Experiment {
             if t.is_nan() || t <= 0.0 {
                 return Err(Error::config(
                     "stop.time_budget_s",
-                    field_line("time_budget_s"),
+                    line_in_table(text, "stop", "time_budget_s"),
                     "must be above 0",
                 ));
             }

@@ -562,7 +562,7 @@ impl NodeDaemon {
     /// non-detached actors are then stopped like any finished job's.
     fn check_drivers(&self, head: &ControlServiceClient<Chan>, drivers: &[proto::LocalDriver]) {
         for d in drivers {
-            if process_alive(d.pid) {
+            if crate::util::process_alive(d.pid) {
                 continue;
             }
             let message = format!(
@@ -1040,19 +1040,6 @@ impl NodeDaemon {
     }
 }
 
-/// Whether process `pid` of this machine is running (a zombie, exited but
-/// not yet reaped by its parent, counts as gone).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// Whether the cached binary at `path` is there and still hashes to
 /// `hash`; one that does not (changed on disk since it was fetched) is
 /// removed, to be fetched again: a program is run only as the head has it.
@@ -1180,7 +1167,8 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    use super::{cached_binary_intact, process_alive, prune_binaries, prune_packages};
+    use super::{cached_binary_intact, prune_binaries, prune_packages};
+    use crate::util::process_alive;
 
     /// The names in `dir`, sorted.
     fn names_in(dir: &std::path::Path) -> Vec<String> {

@@ -164,13 +164,6 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
-    fn running(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-    }
-
     /// A daemon that leaves its process group with `setsid` stays in the
     /// cgroup and ends with it. Skipped where cgroup v2 is not writable
     /// (unless RAYFORGE_REQUIRE_CGROUPS=1, as the test script sets as root).
@@ -215,10 +208,10 @@ mod tests {
         assert_eq!(cg.end(Duration::from_secs(10)), 2);
         let _ = child.wait();
         let end = Instant::now() + Duration::from_secs(30);
-        while running(daemon) && Instant::now() < end {
+        while crate::util::process_alive(daemon) && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(!running(daemon), "the daemon outlived its cgroup");
+        assert!(!crate::util::process_alive(daemon), "the daemon outlived its cgroup");
         assert!(!cg.dir().exists(), "the cgroup was not removed");
         let _ = std::fs::remove_dir_all(&dir);
     }

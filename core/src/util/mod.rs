@@ -15,7 +15,7 @@ pub use cgroup::Cgroup;
 pub use pool::Pool;
 pub(crate) use private_dir::fresh_private_dir;
 pub use private_dir::{private_dir, rayforge_tmp};
-pub use process_group::{group_alive, group_members_marked, GroupGuard};
+pub use process_group::{group_alive, group_members_marked, process_alive, GroupGuard};
 pub use queue::Queue;
 
 /// 128 random bits as hex, from the kernel: tokens a head makes, login

@@ -127,6 +127,19 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Whether process `pid` of this machine is running (a zombie, exited but
+/// not yet reaped by its parent, counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// Whether any process of group `pgid` is left.
 pub fn group_alive(pgid: u32) -> bool {
     // SAFETY: signal 0 only checks that the group exists.
@@ -206,13 +219,10 @@ mod tests {
         drop(guard);
         let _ = child.wait();
         // Gone, or a zombie its new parent has not reaped yet.
-        let running = |pid: u32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            })
-        };
-        assert!(wait_for(|| !running(grandchild)), "the grandchild outlived the guard");
+        assert!(
+            wait_for(|| !process_alive(grandchild)),
+            "the grandchild outlived the guard"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

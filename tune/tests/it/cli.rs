@@ -3,7 +3,7 @@
 //! files and the best trial printed; a malformed file is refused with the
 //! field and line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
@@ -134,29 +134,42 @@ fn checkpointed(
     m
 }
 
-#[test]
-fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
-    let storage = std::env::temp_dir().join(format!("rayforge-tune-resume-{}", std::process::id()));
+/// The example experiment in a fresh directory `tag` (its storage), each
+/// step taking `delay` seconds, with `extra` appended to its file: the
+/// directory, the file and the experiment's journal.
+fn slow_example(tag: &str, delay: &str, extra: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&storage);
     std::fs::create_dir_all(&storage).unwrap();
-    // The example, with slower steps so the kill lands mid-experiment.
     let example = std::fs::read_to_string(root().join("tune/examples/search.toml"))
         .unwrap()
-        .replace("\"{y}\"]", "\"{y}\", \"--delay\", \"0.25\"]");
+        .replace("\"{y}\"]", &format!("\"{{y}}\", \"--delay\", \"{delay}\"]"));
     let file = storage.join("search.toml");
     std::fs::write(
         &file,
-        format!("storage_path = {:?}\n{example}", storage.display().to_string()),
+        format!("storage_path = {:?}\n{example}{extra}", storage.display().to_string()),
     )
     .unwrap();
     let journal = storage.join("quadratic").join(rayforge_tune::JOURNAL);
-    let mut first = Command::new(env!("CARGO_BIN_EXE_tune"))
+    (storage, file, journal)
+}
+
+/// A `tune run` of `file` in the background, its output dropped.
+fn spawn_run(file: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tune"))
         .args(["run", file.to_str().unwrap()])
         .current_dir(root())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
+    // The example, with slower steps so the kill lands mid-experiment.
+    let (storage, file, journal) = slow_example("resume", "0.25", "");
+    let mut first = spawn_run(&file);
     // Kill it once two trials ended and a running one has checkpointed
     // twice.
     let mid = rayforge_integration_tests::wait_until(std::time::Duration::from_secs(120), || {
@@ -256,30 +269,9 @@ fn a_driver_killed_mid_experiment_resumes_from_its_journal() {
 
 #[test]
 fn a_resumed_experiment_goes_on_with_what_is_left_of_its_time_budget() {
-    let storage = std::env::temp_dir().join(format!("rayforge-tune-budget-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&storage);
-    std::fs::create_dir_all(&storage).unwrap();
     // Slow trials (about 4 minutes in all) under a 5-minute budget.
-    let example = std::fs::read_to_string(root().join("tune/examples/search.toml"))
-        .unwrap()
-        .replace("\"{y}\"]", "\"{y}\", \"--delay\", \"5\"]");
-    let file = storage.join("search.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "storage_path = {:?}\n{example}\n[stop]\ntime_budget_s = 300\n",
-            storage.display().to_string()
-        ),
-    )
-    .unwrap();
-    let journal = storage.join("quadratic").join(rayforge_tune::JOURNAL);
-    let mut first = Command::new(env!("CARGO_BIN_EXE_tune"))
-        .args(["run", file.to_str().unwrap()])
-        .current_dir(root())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (storage, file, journal) = slow_example("budget", "5", "\n[stop]\ntime_budget_s = 300\n");
+    let mut first = spawn_run(&file);
     let running = rayforge_integration_tests::wait_until(std::time::Duration::from_secs(120), || {
         let j = std::fs::read_to_string(&journal).unwrap_or_default();
         j.contains("\"event\":\"clock\"") && j.contains("\"event\":\"result\"")
@@ -415,14 +407,6 @@ fn the_pbt_example_exploits_and_goes_on_from_the_checkpoints_it_takes() {
     std::fs::remove_dir_all(&storage).unwrap();
 }
 
-/// Whether `pid` runs (a zombie counts as gone).
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 /// A trial's program is a wrapper script that starts a long-lived child
 /// (as `sh -c`, `torchrun` or a job launcher do): when the trial stops,
 /// its whole process group ends, the wrapper's child included, instead of
@@ -491,7 +475,7 @@ training_iteration = 3
         }
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while pids.iter().any(|p| running(*p)) {
+    while pids.iter().any(|p| rayforge::util::process_alive(*p)) {
         assert!(
             std::time::Instant::now() < deadline,
             "a stopped trial's grandchild lives on: {pids:?}"

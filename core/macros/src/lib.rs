@@ -7,6 +7,12 @@
 //!   `Counter::remote(args)` (or `Counter::options()...remote(args)`) runs
 //!   `Counter::new(args)` in a dedicated worker process and returns a
 //!   `CounterHandle` whose methods return `ObjectRef`s.
+//!   `#[remote(num_returns = N)]` on a function returning an N-tuple gives a
+//!   reference per element; `#[remote(split_returns)]` on one returning
+//!   `Vec<T>` takes the count at each call (`f::remote(n, args)`, as Ray's
+//!   `f.options(num_returns=n)`) and gives `Vec<ObjectRef<T>>`, one object
+//!   per element, so each consumer fetches only its part (a task returning
+//!   another count fails, naming both).
 //! - `#[main]` lets one binary be both the driver and its workers.
 //!
 //! These macros expand to calls into `rayforge::__private`; use them through
@@ -40,6 +46,9 @@ struct RetInfo {
     types: Vec<Type>,
     /// Whether the function returns `Result<T, E>`.
     fallible: bool,
+    /// `split_returns`: the function returns `Vec<T>` (`types` is `[T]`)
+    /// and each element is its own object; the caller names how many.
+    split: bool,
 }
 
 fn unit() -> Type {
@@ -61,7 +70,23 @@ fn result_inner(ty: &Type) -> Option<Type> {
     }
 }
 
-fn ret_info(out: &ReturnType, num_returns: usize) -> syn::Result<RetInfo> {
+/// The `T` of a `Vec<T>` type.
+fn vec_inner(ty: &Type) -> Option<Type> {
+    let Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Vec" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return None;
+    };
+    match a.args.first()? {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+fn ret_info(out: &ReturnType, num_returns: usize, split: bool) -> syn::Result<RetInfo> {
     let ty = match out {
         ReturnType::Default => unit(),
         ReturnType::Type(_, t) => (**t).clone(),
@@ -70,16 +95,31 @@ fn ret_info(out: &ReturnType, num_returns: usize) -> syn::Result<RetInfo> {
         Some(t) => (t, true),
         None => (ty.clone(), false),
     };
+    if split {
+        let elem = vec_inner(&inner).ok_or_else(|| {
+            syn::Error::new(
+                inner.span(),
+                "split_returns needs a `Vec<T>` (or `Result<Vec<T>, E>`) return type: each element is one return object",
+            )
+        })?;
+        return Ok(RetInfo {
+            types: vec![elem],
+            fallible,
+            split: true,
+        });
+    }
     if num_returns == 1 {
         return Ok(RetInfo {
             types: vec![inner],
             fallible,
+            split: false,
         });
     }
     match &inner {
         Type::Tuple(t) if t.elems.len() == num_returns => Ok(RetInfo {
             types: t.elems.iter().cloned().collect(),
             fallible,
+            split: false,
         }),
         other => Err(syn::Error::new(
             other.span(),
@@ -134,6 +174,22 @@ fn encode_returns(r: &RetInfo) -> TokenStream2 {
             (&&&::rayforge::__private::UserErr(&e)).task_error()
         }
     };
+    if r.split {
+        let unwrap = if r.fallible {
+            quote! { let __out = __out.map_err(#user_err)?; }
+        } else {
+            quote! {}
+        };
+        // The executor checks the count against the call's num_returns.
+        return quote! {{
+            #unwrap
+            let mut __v = ::std::vec::Vec::new();
+            for __x in __out {
+                ::rayforge::__private::ret_part(&mut __v, __x)?;
+            }
+            Ok(__v)
+        }};
+    }
     if r.types.len() == 1 {
         if r.fallible {
             quote! { __out.map_err(#user_err).and_then(::rayforge::__private::ret) }
@@ -159,6 +215,14 @@ fn encode_returns(r: &RetInfo) -> TokenStream2 {
 
 /// The caller-side return type and how to build it from `Vec<ObjectRef<()>>`.
 fn caller_returns(r: &RetInfo) -> (TokenStream2, TokenStream2, TokenStream2) {
+    if r.split {
+        let t = &r.types[0];
+        return (
+            quote! { ::std::vec::Vec<::rayforge::ObjectRef<#t>> },
+            quote! { #t },
+            quote! { __refs },
+        );
+    }
     if r.types.len() == 1 {
         let t = &r.types[0];
         (
@@ -187,22 +251,43 @@ fn num_returns_of(meta: &syn::meta::ParseNestedMeta) -> syn::Result<usize> {
     Ok(n)
 }
 
-fn parse_remote_attr(attr: TokenStream) -> syn::Result<(usize, bool)> {
-    let mut n = 1usize;
-    let mut streaming = false;
+/// The options of `#[remote(...)]`.
+struct RemoteAttr {
+    num_returns: usize,
+    streaming: bool,
+    split: bool,
+}
+
+fn parse_remote_attr(attr: TokenStream) -> syn::Result<RemoteAttr> {
+    let mut a = RemoteAttr {
+        num_returns: 1,
+        streaming: false,
+        split: false,
+    };
+    let mut fixed = false;
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("streaming") {
-            streaming = true;
+            a.streaming = true;
+            Ok(())
+        } else if meta.path.is_ident("split_returns") {
+            a.split = true;
             Ok(())
         } else if meta.path.is_ident("num_returns") {
-            n = num_returns_of(&meta)?;
+            a.num_returns = num_returns_of(&meta)?;
+            fixed = true;
             Ok(())
         } else {
-            Err(meta.error("unknown option; supported: num_returns = N, streaming"))
+            Err(meta.error("unknown option; supported: num_returns = N, split_returns, streaming"))
         }
     });
     parser.parse(attr)?;
-    Ok((n, streaming))
+    if a.split && (a.streaming || fixed) {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "split_returns takes its number of returns at each call; it goes with neither num_returns nor streaming",
+        ));
+    }
+    Ok(a)
 }
 
 /// The `T` of a return type `impl Iterator<Item = T>` (or any type with an
@@ -241,7 +326,11 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
-    let (num_returns, streaming) = parse_remote_attr(attr)?;
+    let RemoteAttr {
+        num_returns,
+        streaming,
+        split,
+    } = parse_remote_attr(attr)?;
     if !f.sig.generics.params.is_empty() {
         return Err(syn::Error::new(
             f.sig.generics.span(),
@@ -271,16 +360,27 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
         RetInfo {
             types: vec![unit()],
             fallible: false,
+            split: false,
         }
     } else {
-        ret_info(&f.sig.output, num_returns)?
+        ret_info(&f.sig.output, num_returns, split)?
     };
     let decode = decode_args(&args);
     let encode = encode_returns(&r);
     let arg_names: Vec<_> = args.iter().map(|(n, _)| n).collect();
     let arg_types: Vec<_> = args.iter().map(|(_, t)| t).collect();
     let (mut ret_ty, elem_ty, build) = caller_returns(&r);
-    let n = num_returns as u32;
+    // A split_returns call names its number of returns first.
+    let (n, count_param, count_arg) = if split {
+        (
+            quote! { u32::try_from(num_returns).unwrap_or(u32::MAX) },
+            quote! { num_returns: usize, },
+            quote! { num_returns, },
+        )
+    } else {
+        let n = num_returns as u32;
+        (quote! { #n }, quote! {}, quote! {})
+    };
     let arg_names2 = arg_names.clone();
     let (invoke_fn, stream_fn, submit) = match &item_ty {
         None => (
@@ -364,7 +464,7 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
 
             impl Options {
                 /// Submits the call with these options.
-                pub fn remote(self, #(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
+                pub fn remote(self, #count_param #(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
                     ::rayforge::__private::keep(&__RAYFORGE_REGISTER);
                     #submit
                 }
@@ -376,8 +476,8 @@ fn remote_impl(attr: TokenStream, f: ItemFn) -> syn::Result<TokenStream2> {
             }
 
             /// Submits the call with default options.
-            pub fn remote(#(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
-                options().remote(#(#arg_names),*)
+            pub fn remote(#count_param #(#arg_names: impl ::rayforge::IntoArg<#arg_types>),*) -> #ret_ty {
+                options().remote(#count_arg #(#arg_names),*)
             }
         }
     })
@@ -572,8 +672,9 @@ fn actor_impl(imp: ItemImpl) -> syn::Result<TokenStream2> {
                 Some(t) => RetInfo {
                     types: vec![t.clone()],
                     fallible: false,
+                    split: false,
                 },
-                None => ret_info(&f.sig.output, num_returns)?,
+                None => ret_info(&f.sig.output, num_returns, false)?,
             },
             is_async: f.sig.asyncness.is_some(),
             mutable,

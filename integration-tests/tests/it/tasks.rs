@@ -36,6 +36,23 @@ fn split(x: i64) -> (i64, String, Vec<i64>) {
     (x, format!("n={x}"), vec![x; 3])
 }
 
+/// `parts` chunks of `0..n` (fewer when `short`), one return object each.
+#[rayforge::remote(split_returns)]
+fn chunks(n: i64, parts: usize, short: bool) -> Result<Vec<Vec<i64>>, String> {
+    if n < 0 {
+        return Err(format!("cannot chunk {n} values"));
+    }
+    let made = if short { parts - 1 } else { parts };
+    Ok((0..made as i64)
+        .map(|i| (i * n / parts as i64..(i + 1) * n / parts as i64).collect())
+        .collect())
+}
+
+#[rayforge::remote]
+fn total(part: Vec<i64>) -> i64 {
+    part.iter().sum()
+}
+
 #[rayforge::remote]
 fn explode(msg: String) -> i64 {
     panic!("boom: {msg}")
@@ -200,6 +217,33 @@ fn multiple_returns_are_separate_objects() {
     assert_eq!(c.get().unwrap(), vec![7, 7, 7]);
     assert_eq!(b.get().unwrap(), "n=7");
     assert_eq!(a.get().unwrap(), 7);
+}
+
+#[test]
+fn split_returns_are_one_object_per_element_counted_at_the_call() {
+    cluster();
+    let parts = chunks::remote(4, 100i64, 4usize, false);
+    assert_eq!(parts.len(), 4);
+    // Each part is its own object: a task gets one without the others.
+    let sums: Vec<i64> = parts.iter().map(|p| total::remote(p).get().unwrap()).collect();
+    assert_eq!(sums, vec![300, 925, 1550, 2175]);
+    assert_eq!(parts[2].get().unwrap(), (50..75).collect::<Vec<i64>>());
+    // Another count at the next call.
+    assert_eq!(
+        chunks::remote(2, 10i64, 2usize, false)[1].get().unwrap(),
+        vec![5, 6, 7, 8, 9]
+    );
+    // A task returning another count than the call's fails, naming both,
+    // on every reference.
+    for p in chunks::remote(3, 9i64, 3usize, true) {
+        let err = p.get().unwrap_err().to_string();
+        assert!(err.contains("returned 2 values, expected 3"), "{err}");
+    }
+    // The task's own error reaches every reference.
+    for p in chunks::remote(2, -1i64, 2usize, false) {
+        let err = p.get().unwrap_err();
+        assert_eq!(err.user_error::<String>().as_deref(), Some("cannot chunk -1 values"));
+    }
 }
 
 #[test]

@@ -318,11 +318,12 @@ fn read_and_shuffle(
         scheduling_strategy: rayforge::SchedulingStrategy::Spread,
         ..opts(c)
     };
-    let (parts, outs): (Vec<ObjectRef<Vec<Block>>>, Vec<ObjectRef<()>>) = tasks
+    let mut maps: Vec<Vec<ObjectRef<Block>>> = tasks
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
             ops::read_shuffle_map::Options(o.clone()).remote(
+                n + 1,
                 StageSpec {
                     read: Some(t),
                     ops: ops.clone(),
@@ -331,12 +332,14 @@ fn read_and_shuffle(
                 seed.wrapping_add(i as u64),
             )
         })
-        .unzip();
-    // A task's two returns are ready together: once every outcome is here,
-    // every map output exists too (the reduces below may start).
-    rayforge::get_all(&outs)?;
+        .collect();
+    // Each map's last return is its schema alone (no rows): getting it says
+    // the read went well, and a task's returns are ready together, so every
+    // part exists too (the reduces below may start).
+    let done: Vec<ObjectRef<Block>> = maps.iter_mut().filter_map(|m| m.pop()).collect();
+    rayforge::get_all(&done)?;
     let pending = (0..n)
-        .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, seed))
+        .map(|j| ops::shuffle_reduce::remote(part_j(&maps, j), j, seed))
         .collect();
     run_pending(ctx, "RandomShuffle", pending)
 }
@@ -439,6 +442,19 @@ fn run_pending(ctx: &Ctx, name: &str, pending: Vec<Pending>) -> Result<Vec<Block
 /// value, not as arguments, so the runtime would dispatch a reduce before
 /// its inputs are ready; one that then waits in `get` holds a worker the
 /// map tasks need.
+/// Part `j` of each map's output (`maps[i]` holds map `i`'s parts, each its
+/// own object): what reduce `j` reads, and nothing else.
+fn part_j(maps: &[Vec<ObjectRef<Block>>], j: usize) -> Vec<ObjectRef<Block>> {
+    maps.iter().filter_map(|m| m.get(j).cloned()).collect()
+}
+
+/// Waits until every map task is done (a task's returns are ready
+/// together, so waiting on each one's first part is enough).
+fn wait_maps(maps: &[Vec<ObjectRef<Block>>]) -> Result<()> {
+    let firsts: Vec<ObjectRef<Block>> = maps.iter().filter_map(|m| m.first().cloned()).collect();
+    wait_all(&firsts)
+}
+
 fn wait_all<T>(refs: &[ObjectRef<T>]) -> Result<()> {
     if !refs.is_empty() {
         rayforge::wait(refs, refs.len(), None)?;
@@ -477,14 +493,14 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
         }
         AllToAll::Shuffle(seed) => {
             let n = blocks.len().max(1);
-            let parts: Vec<ObjectRef<Vec<Block>>> = blocks
+            let maps: Vec<Vec<ObjectRef<Block>>> = blocks
                 .iter()
                 .enumerate()
-                .map(|(i, b)| ops::shuffle_map::remote(&b.block, n, seed.wrapping_add(i as u64)))
+                .map(|(i, b)| ops::shuffle_map::remote(n, &b.block, n, seed.wrapping_add(i as u64)))
                 .collect();
-            wait_all(&parts)?;
+            wait_maps(&maps)?;
             let pending = (0..n)
-                .map(|j| ops::shuffle_reduce::remote(parts.clone(), j, *seed))
+                .map(|j| ops::shuffle_reduce::remote(part_j(&maps, j), j, *seed))
                 .collect();
             run_pending(ctx, "RandomShuffle", pending)
         }
@@ -517,14 +533,14 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
                 let b = arrow::compute::take(sorted.as_ref(), &arrow::array::UInt64Array::from(idx), None)?;
                 Block::new(RecordBatch::try_new(all.schema(), vec![b])?)
             };
-            let parts: Vec<ObjectRef<Vec<Block>>> = blocks
-                .iter()
-                .map(|b| ops::sort_map::remote(&b.block, key.clone(), bounds.clone(), *descending))
-                .collect();
-            wait_all(&parts)?;
             let k = bounds.num_rows() + 1;
+            let maps: Vec<Vec<ObjectRef<Block>>> = blocks
+                .iter()
+                .map(|b| ops::sort_map::remote(k, &b.block, key.clone(), bounds.clone(), *descending))
+                .collect();
+            wait_maps(&maps)?;
             let pending = (0..k)
-                .map(|j| ops::sort_reduce::remote(parts.clone(), j, key.clone(), *descending))
+                .map(|j| ops::sort_reduce::remote(part_j(&maps, j), key.clone(), *descending))
                 .collect();
             run_pending(ctx, "Sort", pending)
         }

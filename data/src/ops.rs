@@ -524,30 +524,30 @@ pub(crate) fn zip_blocks(left: Block, right: Block) -> std::result::Result<(Bloc
 }
 
 /// Map side of a random shuffle: puts the block's rows in a random order and
-/// cuts it into `n` parts (slices of one permuted batch).
-#[rayforge::remote]
+/// cuts it into `n` parts (slices of one permuted batch), each its own
+/// object: reduce `j` fetches only part `j` of each map.
+#[rayforge::remote(split_returns)]
 pub(crate) fn shuffle_map(input: Block, n: usize, seed: u64) -> std::result::Result<Vec<Block>, Error> {
     permute_cut(input.batch(), n, seed)
 }
 
 /// A read (and its fused transforms) followed by the map side of a random
 /// shuffle in the same task: the block read is never stored whole.
-/// Its second return only says it is done (the driver waits on it without
-/// fetching the parts).
-#[rayforge::remote(num_returns = 2)]
-pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> std::result::Result<(Vec<Block>, ()), Error> {
+/// Called with `n + 1` returns: the `n` parts, then the block's schema with
+/// no rows (the driver gets that one to learn the read succeeded without
+/// fetching any part).
+#[rayforge::remote(split_returns)]
+pub(crate) fn read_shuffle_map(spec: StageSpec, n: usize, seed: u64) -> std::result::Result<Vec<Block>, Error> {
     tune_allocator();
-    let parts = read_and_run(&spec).and_then(|b| permute_cut(&b, n, seed))?;
-    Ok((parts, ()))
+    let b = read_and_run(&spec)?;
+    let mut parts = permute_cut(&b, n, seed)?;
+    parts.push(Block::new(b.slice(0, 0)));
+    Ok(parts)
 }
 
-/// Part `j` of every map output (one blocking get for all of them).
-fn part_of_each(parts: &[rayforge::ObjectRef<Vec<Block>>], j: usize) -> Result<Vec<RecordBatch>> {
-    Ok(rayforge::get_all(parts)?
-        .into_iter()
-        .filter_map(|v| v.into_iter().nth(j))
-        .map(Block::into_batch)
-        .collect())
+/// One part of each map output (one blocking get for all of them).
+fn fetch_parts(parts: &[rayforge::ObjectRef<Block>]) -> Result<Vec<RecordBatch>> {
+    Ok(rayforge::get_all(parts)?.into_iter().map(Block::into_batch).collect())
 }
 
 /// `b`'s rows in a random order (seeded), cut into `n` parts.
@@ -568,11 +568,11 @@ fn permute_cut(b: &RecordBatch, n: usize, seed: u64) -> Result<Vec<Block>> {
         .collect())
 }
 
-/// Reduce side of a random shuffle: partition `j` of every map output,
-/// concatenated and put in a random order.
+/// Reduce side of a random shuffle: partition `j` of every map output
+/// (`parts`, one per map), concatenated and put in a random order.
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn shuffle_reduce(
-    parts: Vec<rayforge::ObjectRef<Vec<Block>>>,
+    parts: Vec<rayforge::ObjectRef<Block>>,
     j: usize,
     seed: u64,
 ) -> std::result::Result<(Block, BlockMeta), Error> {
@@ -580,10 +580,7 @@ pub(crate) fn shuffle_reduce(
     let r = (|| {
         // Pick rows straight from the parts in a random order (no
         // concatenated copy first).
-        let got: Vec<RecordBatch> = part_of_each(&parts, j)?
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .collect();
+        let got: Vec<RecordBatch> = fetch_parts(&parts)?.into_iter().filter(|b| b.num_rows() > 0).collect();
         let Some(first) = got.first() else {
             return concat(Vec::new());
         };
@@ -651,8 +648,9 @@ pub(crate) fn sort_sample(input: Block, key: String, k: usize) -> std::result::R
 
 /// Sort, map side: sorts the block, then cuts it where the boundaries fall
 /// (partition `i` holds keys after boundary `i-1` up to boundary `i`; nulls
-/// go to the last).
-#[rayforge::remote]
+/// go to the last), each partition its own object (called with one return
+/// per boundary, plus one).
+#[rayforge::remote(split_returns)]
 pub(crate) fn sort_map(
     input: Block,
     key: String,
@@ -690,17 +688,17 @@ pub(crate) fn sort_map(
         .collect())
 }
 
-/// Sort, reduce side: partition `j` of every map output, sorted.
+/// Sort, reduce side: one partition of every map output (`parts`, one per
+/// map), sorted.
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn sort_reduce(
-    parts: Vec<rayforge::ObjectRef<Vec<Block>>>,
-    j: usize,
+    parts: Vec<rayforge::ObjectRef<Block>>,
     key: String,
     descending: bool,
 ) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
-        let got = part_of_each(&parts, j)?;
+        let got = fetch_parts(&parts)?;
         let all = concat(got)?;
         if all.num_rows() == 0 {
             return Ok(all);

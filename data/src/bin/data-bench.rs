@@ -1,7 +1,7 @@
 //! Benchmarks rayforge-data against plain single-process DataFusion on the
 //! same Parquet input, case by case (the cases of `ray_data_anchor.py`):
 //! read -> map_batches -> write Parquet; group-by mean/sum; sort; random
-//! shuffle. Prints wall seconds and million rows per second per case and
+//! shuffle (also over 16, 64 and 256 materialized blocks). Prints wall seconds and million rows per second per case and
 //! writes them as JSON.
 //!
 //!   data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT] [--warmup]
@@ -161,6 +161,19 @@ fn rayforge_cases(
         }
         Ok(ds.count()?)
     })?;
+    // The same shuffle over 16, 64 and 256 blocks: the input is cut into that
+    // many blocks and materialized first (untimed), so the timing is the
+    // shuffle's alone and shows how it scales with the number of blocks.
+    for blocks in [16usize, 64, 256] {
+        let name = format!("rayforge: random_shuffle {blocks} blocks");
+        if a.filter.as_ref().is_some_and(|x| !name.contains(x.as_str())) {
+            continue;
+        }
+        let input = rayforge_data::read_parquet(inp)?.repartition(blocks).materialize()?;
+        timed(a, res, &name, || {
+            Ok(input.random_shuffle(Some(0)).materialize()?.count()?)
+        })?;
+    }
     Ok(())
 }
 

@@ -152,7 +152,7 @@ impl Cli {
         for s in exp.stoppers() {
             tuner = tuner.stopper(s);
         }
-        rayforge::init(rayforge::Config::default()).map_err(|e| Error::Runtime(e.to_string()))?;
+        rayforge::init(rayforge::Config::default().reinit_ok()).map_err(|e| Error::Runtime(e.to_string()))?;
         let grid = tuner.fit()?;
         let errors = grid.errors();
         for (trial, e) in &errors {

@@ -8,6 +8,8 @@
 //!                               # cluster://rayforge_results (multi-node)
 //! metric = "loss"
 //! mode = "min"                  # or "max"
+//! best_scope = "last-5-avg"     # what ranks a trial: "last" (default), "avg",
+//!                               #   "all" (its best result), "last-N-avg"
 //! num_samples = 8               # each grid point this many times
 //! max_concurrent_trials = 2
 //! max_failures = 1              # a failed trial starts over once
@@ -21,6 +23,7 @@
 //! gpu = 0
 //! worker_bundles = [{ CPU = 1 }, { CPU = 1 }]  # a gang: a placement group per trial
 //! placement_strategy = "pack"   # or "spread", "strict_pack", "strict_spread"
+//! TPU = 1                       # any other name: a custom resource
 //!
 //! [searcher]
 //! type = "random"               # or "tpe" (n_startup_trials, n_ei_candidates,
@@ -84,6 +87,9 @@ pub struct Experiment {
     pub metric: String,
     /// `min` or `max`.
     pub mode: Mode,
+    /// Which of a trial's results rank it (default `last`).
+    #[serde(default)]
+    pub best_scope: crate::tuner::Scope,
     /// Each grid point this many times (default 1).
     #[serde(default = "one")]
     pub num_samples: usize,
@@ -134,9 +140,9 @@ pub struct TrainableSpec {
     pub name: Option<String>,
 }
 
-/// Resources per trial.
+/// Resources per trial. Any name but the fields below is a custom resource
+/// (`TPU = 1`), as Ray's `resources_per_trial={"TPU": 1}`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPUs (default 1).
     #[serde(default = "one_f")]
@@ -151,6 +157,10 @@ pub struct Resources {
     /// How the bundles are spread (default `pack`).
     #[serde(default)]
     pub placement_strategy: Strategy,
+    /// Custom resources each trial's own process holds (every other key of
+    /// the table).
+    #[serde(flatten)]
+    pub custom: BTreeMap<String, f64>,
 }
 
 /// A placement strategy's name.
@@ -202,6 +212,7 @@ impl Default for Resources {
             gpu: 0.0,
             worker_bundles: Vec::new(),
             placement_strategy: Strategy::Pack,
+            custom: BTreeMap::new(),
         }
     }
 }
@@ -603,6 +614,28 @@ impl Experiment {
         if e.num_samples == 0 {
             return Err(Error::config("num_samples", None, "must be at least 1"));
         }
+        for (name, amount) in &e.resources_per_trial.custom {
+            let field = format!("resources_per_trial.{name}");
+            let line = line_in_table(text, "resources_per_trial", name);
+            // A misspelt `cpu`/`gpu` would otherwise be a custom resource
+            // no node has, and every trial would fail as infeasible.
+            let lower = name.to_ascii_lowercase();
+            if ["cpus", "gpus", "num_cpus", "num_gpus", "cpu", "gpu"].contains(&lower.as_str()) {
+                let meant = if lower.contains("gpu") { "gpu" } else { "cpu" };
+                return Err(Error::config(
+                    field,
+                    line,
+                    format!("not a field: CPUs and GPUs are `{meant}`"),
+                ));
+            }
+            if !(amount.is_finite() && *amount > 0.0) {
+                return Err(Error::config(
+                    field,
+                    line,
+                    format!("a custom resource's amount must be above 0, not {amount}"),
+                ));
+            }
+        }
         // What a resume must find unchanged: all but where the files are
         // and how many trials run at once (another machine may differ).
         let mut definition: serde_json::Value = toml::from_str::<toml::Table>(text)
@@ -638,11 +671,13 @@ impl Experiment {
             storage_path: self.storage_path.clone().unwrap_or(d.storage_path),
             metric: self.metric.clone(),
             mode: self.mode,
+            best_scope: self.best_scope,
             max_concurrent_trials: self.max_concurrent_trials.unwrap_or(d.max_concurrent_trials),
             cpus_per_trial: self.resources_per_trial.cpu,
             gpus_per_trial: self.resources_per_trial.gpu,
             worker_bundles: self.resources_per_trial.worker_bundles.clone(),
             placement_strategy: self.resources_per_trial.placement_strategy.into(),
+            custom_resources_per_trial: self.resources_per_trial.custom.clone(),
             max_iterations: self.stop.training_iteration,
             max_failures: self.max_failures,
             checkpoint: rayforge::checkpoint::CheckpointConfig {
@@ -920,5 +955,42 @@ x = { uniform = [-2, 2] }
         );
         let e = err(&GOOD.replace("[searcher]", "[stop]\nmetric_threshold = \"low\"\n\n[searcher]"));
         assert!(e.starts_with("line 17: stop.metric_threshold:"), "{e}");
+    }
+
+    #[test]
+    fn custom_resources_and_the_best_scope_are_read_and_checked() {
+        let with = |table: &str| GOOD.replace("[scheduler]", &format!("[resources_per_trial]\n{table}\n\n[scheduler]"));
+        let (e, _) = Experiment::parse(&with("cpu = 2\nTPU = 1\naccelerator_type_A100 = 0.5")).unwrap();
+        let c = e.tune_config();
+        assert_eq!(c.cpus_per_trial, 2.0);
+        let custom: Vec<(&str, f64)> = c
+            .custom_resources_per_trial
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        assert_eq!(custom, vec![("TPU", 1.0), ("accelerator_type_A100", 0.5)]);
+        let err = |t: &str| Experiment::parse(&with(t)).unwrap_err().to_string();
+        // A misspelt `cpu` is not taken for a custom resource.
+        let e = err("cpus = 2");
+        assert!(
+            e.starts_with("line 11: resources_per_trial.cpus:") && e.contains("`cpu`"),
+            "{e}"
+        );
+        let e = err("num_gpus = 1");
+        assert!(e.contains("resources_per_trial.num_gpus") && e.contains("`gpu`"), "{e}");
+        let e = err("TPU = 0");
+        assert!(
+            e.starts_with("line 11: resources_per_trial.TPU:") && e.contains("above 0"),
+            "{e}"
+        );
+        let e = Experiment::parse(&GOOD.replace("mode = \"min\"", "mode = \"min\"\nbest_scope = \"last-x-avg\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("line 5: best_scope:") && e.contains("last-N-avg"), "{e}");
+        let (e, _) =
+            Experiment::parse(&GOOD.replace("mode = \"min\"", "mode = \"min\"\nbest_scope = \"last-5-avg\"")).unwrap();
+        assert_eq!(e.tune_config().best_scope, crate::Scope::LastAvg(5));
+        let e = err("TPU = \"one\"");
+        assert!(e.contains("line 1") && e.contains("\"one\""), "{e}");
     }
 }

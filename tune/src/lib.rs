@@ -52,4 +52,6 @@ pub use schedulers::{Asha, Decision, Fifo, HyperBand, MedianStopping, Metrics, M
 pub use searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
 pub use space::{Config, Domain, Param, SearchSpace};
 pub use stoppers::{MaxIterations, MetricThreshold, Plateau, Stopper, TimeBudget};
-pub use tuner::{ResultGrid, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, JOURNAL, TRAINING_ITERATION};
+pub use tuner::{
+    ResultGrid, Scope, TrialContext, TrialResult, TrialStatus, TuneConfig, Tuner, JOURNAL, TRAINING_ITERATION,
+};

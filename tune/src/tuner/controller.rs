@@ -13,12 +13,12 @@ use rayforge::storage::{SharedCheck, Storage};
 use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementGroup};
 
 use crate::error::{Error, Result};
-use crate::schedulers::{Decision, Mode, Scheduler};
+use crate::schedulers::{Decision, Scheduler};
 use crate::searchers::Searcher;
 use crate::space::Config;
 use crate::stoppers::Stopper;
 use crate::tuner::journal::{differences, Event, Journal, Lease};
-use crate::tuner::results::{record, rewrite_files, ResultGrid, TrialResult, TrialStatus};
+use crate::tuner::results::{best_of, record, rewrite_files, ResultGrid, TrialResult, TrialStatus};
 use crate::tuner::table::Table;
 use crate::tuner::trial::{
     local_dir, DirSync, TrialActor, TrialActorHandle, TrialReport, TrialSpec, TrialTramp, WRITTEN_BY,
@@ -131,21 +131,7 @@ impl Controller {
     /// (a failure to is logged, never fatal).
     fn publish(&self, trials: &[TrialResult], elapsed: Duration, done: bool) {
         let c = &self.config;
-        let better = |a: f64, b: f64| match c.mode {
-            Mode::Max => a > b,
-            Mode::Min => a < b,
-        };
-        let mut best_trial: Option<&TrialResult> = None;
-        for t in trials {
-            if let Some(v) = t.last.get(&c.metric) {
-                if best_trial
-                    .and_then(|b| b.last.get(&c.metric))
-                    .is_none_or(|bv| better(*v, *bv))
-                {
-                    best_trial = Some(t);
-                }
-            }
-        }
+        let best_trial = best_of(trials, &c.metric, c.mode, c.best_scope);
         let status = serde_json::json!({
             "status": if done { "FINISHED" } else { "RUNNING" },
             "metric": c.metric,
@@ -364,6 +350,7 @@ impl Controller {
             trials: ex.trials.clone(),
             metric: self.config.metric.clone(),
             mode: self.config.mode,
+            scope: self.config.best_scope,
         };
         if self.config.verbose {
             ex.table
@@ -411,6 +398,9 @@ impl Controller {
         if c.gpus_per_trial > 0.0 {
             o = o.num_gpus(c.gpus_per_trial);
         }
+        for (name, amount) in &c.custom_resources_per_trial {
+            o = o.resource(name, *amount);
+        }
         let placement_group = if c.worker_bundles.is_empty() {
             None
         } else {
@@ -419,6 +409,7 @@ impl Controller {
             if c.gpus_per_trial > 0.0 {
                 head.insert("GPU".to_string(), c.gpus_per_trial);
             }
+            head.extend(c.custom_resources_per_trial.clone());
             let mut bundles = vec![head];
             bundles.extend(c.worker_bundles.iter().cloned());
             let pg = rayforge::placement_group(bundles, c.placement_strategy)
@@ -869,6 +860,7 @@ fn results_csv(trials: &[TrialResult], c: &TuneConfig) -> String {
         trials: trials.to_vec(),
         metric: c.metric.clone(),
         mode: c.mode,
+        scope: c.best_scope,
     }
     .to_csv()
 }

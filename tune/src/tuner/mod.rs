@@ -33,7 +33,7 @@ use controller::Controller;
 use trial::{t_trial, TrialTramp};
 
 pub use journal::JOURNAL;
-pub use results::{ResultGrid, TrialResult, TrialStatus};
+pub use results::{ResultGrid, Scope, TrialResult, TrialStatus};
 pub use trial::{TrialContext, TRAINING_ITERATION};
 
 /// An experiment's settings.
@@ -51,6 +51,9 @@ pub struct TuneConfig {
     pub metric: String,
     /// Higher or lower is better.
     pub mode: Mode,
+    /// Which of a trial's results rank it for [`ResultGrid::best`], the
+    /// summary line and the dashboard (default its last).
+    pub best_scope: Scope,
     /// Trials running at once (default 4).
     pub max_concurrent_trials: usize,
     /// CPUs each trial holds (default 1).
@@ -63,6 +66,11 @@ pub struct TuneConfig {
     pub worker_bundles: Vec<BTreeMap<String, f64>>,
     /// How a trial's bundles are spread over nodes.
     pub placement_strategy: rayforge::PlacementStrategy,
+    /// Custom resources each trial's own process holds (`{"TPU": 1}`), as
+    /// Ray's `resources_per_trial`; with worker bundles, they are in bundle
+    /// 0 beside its CPUs. When no node could ever hold a trial, the
+    /// experiment fails at once as infeasible, naming the resource.
+    pub custom_resources_per_trial: BTreeMap<String, f64>,
     /// Stop every trial after this many reports.
     pub max_iterations: Option<u64>,
     /// A trial that fails starts over, from its latest checkpoint when it
@@ -96,11 +104,13 @@ impl Default for TuneConfig {
             storage_path: StorageUri::default(),
             metric: "loss".into(),
             mode: Mode::Min,
+            best_scope: Scope::Last,
             max_concurrent_trials: 4,
             cpus_per_trial: 1.0,
             gpus_per_trial: 0.0,
             worker_bundles: Vec::new(),
             placement_strategy: rayforge::PlacementStrategy::Pack,
+            custom_resources_per_trial: BTreeMap::new(),
             max_iterations: None,
             max_failures: 0,
             checkpoint: CheckpointConfig::default(),
@@ -188,6 +198,15 @@ impl Tuner {
                 None,
                 "CPUs and GPUs must be 0 or more",
             ));
+        }
+        for (name, amount) in &c.custom_resources_per_trial {
+            if name.is_empty() || !(amount.is_finite() && *amount > 0.0) {
+                return Err(Error::config(
+                    format!("resources_per_trial.{name}"),
+                    None,
+                    format!("a custom resource needs a name and an amount above 0 (got {amount})"),
+                ));
+            }
         }
         let n = &c.name;
         if self.c.command.as_ref().is_some_and(|c| c.is_empty()) {

@@ -109,6 +109,104 @@ impl TrialResult {
     }
 }
 
+/// Which of a trial's results rank it (Ray's `get_best_result(scope=...)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Scope {
+    /// Its last result (`"last"`, the default).
+    #[default]
+    Last,
+    /// The mean over all its results (`"avg"`).
+    Avg,
+    /// The mean over its last `n` results (`"last-5-avg"`).
+    LastAvg(usize),
+    /// Its best result at any iteration (`"all"`).
+    All,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Scope> {
+        Scope::try_from(s.to_string()).map_err(|m| Error::config("best_scope", None, m))
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = String;
+
+    /// Reads a scope; the error says what the string should have been.
+    fn try_from(s: String) -> std::result::Result<Scope, String> {
+        let n = s
+            .strip_prefix("last-")
+            .and_then(|r| r.strip_suffix("-avg"))
+            .map(|n| n.parse::<usize>().ok().filter(|n| *n > 0));
+        match (s.as_str(), n) {
+            ("last", _) => Ok(Scope::Last),
+            ("avg", _) => Ok(Scope::Avg),
+            ("all", _) => Ok(Scope::All),
+            (_, Some(Some(n))) => Ok(Scope::LastAvg(n)),
+            _ => Err(format!(
+                "`{s}` is not a scope: `last`, `avg`, `all` or `last-N-avg` (N at least 1)"
+            )),
+        }
+    }
+}
+
+impl From<Scope> for String {
+    fn from(s: Scope) -> String {
+        match s {
+            Scope::Last => "last".into(),
+            Scope::Avg => "avg".into(),
+            Scope::LastAvg(n) => format!("last-{n}-avg"),
+            Scope::All => "all".into(),
+        }
+    }
+}
+
+impl Scope {
+    /// A trial's score by `metric` in this scope (higher is better after
+    /// `mode`), or `None` when it never reported the metric.
+    fn score(self, t: &TrialResult, metric: &str, mode: Mode) -> Option<f64> {
+        let values: Vec<f64> = t
+            .history
+            .iter()
+            .filter_map(|m| m.get(metric).copied())
+            .filter(|v| !v.is_nan())
+            .collect();
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let raw = match self {
+            // `last` may hold a value a rewound history no longer does.
+            Scope::Last => t.last.get(metric).copied().filter(|v| !v.is_nan()),
+            Scope::Avg => mean(&values),
+            Scope::LastAvg(n) => mean(&values[values.len().saturating_sub(n)..]),
+            Scope::All => {
+                return values.iter().map(|v| mode.score(*v)).max_by(f64::total_cmp);
+            }
+        };
+        raw.map(|v| mode.score(v))
+    }
+}
+
+/// The best of `trials` by `metric`, `mode` and `scope`, among those that
+/// reported it (the first of equals).
+pub(crate) fn best_of<'a>(
+    trials: &'a [TrialResult],
+    metric: &str,
+    mode: Mode,
+    scope: Scope,
+) -> Option<&'a TrialResult> {
+    let mut best: Option<(&TrialResult, f64)> = None;
+    for t in trials {
+        if let Some(s) = scope.score(t, metric, mode) {
+            if best.is_none_or(|(_, b)| s > b) {
+                best = Some((t, s));
+            }
+        }
+    }
+    best.map(|(t, _)| t)
+}
+
 /// Every trial of an experiment.
 #[derive(Debug, Clone)]
 pub struct ResultGrid {
@@ -116,22 +214,28 @@ pub struct ResultGrid {
     pub trials: Vec<TrialResult>,
     pub(crate) metric: String,
     pub(crate) mode: Mode,
+    pub(crate) scope: Scope,
 }
 
 impl ResultGrid {
-    /// The trial whose last result is best by `metric` (`mode`), among the
-    /// trials that reported it.
+    /// The best trial by the experiment's metric, mode and
+    /// [`TuneConfig::best_scope`](crate::TuneConfig::best_scope) (its last
+    /// result, by default), among the trials that reported the metric.
     pub fn best(&self) -> Option<&TrialResult> {
-        self.best_by(&self.metric, self.mode)
+        self.best_by_scope(&self.metric, self.mode, self.scope)
     }
 
-    /// The best trial by another metric or mode.
+    /// The best trial by another metric or mode, by its last result.
     pub fn best_by(&self, metric: &str, mode: Mode) -> Option<&TrialResult> {
-        self.trials
-            .iter()
-            .filter_map(|t| t.last.get(metric).filter(|v| !v.is_nan()).map(|v| (t, mode.score(*v))))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(t, _)| t)
+        self.best_by_scope(metric, mode, Scope::Last)
+    }
+
+    /// The best trial by `metric` and `mode`, ranking each trial by the
+    /// results `scope` says (as Ray's `get_best_result(metric, mode,
+    /// scope)`): its last, the mean of all or of its last N, or its best
+    /// at any iteration.
+    pub fn best_by_scope(&self, metric: &str, mode: Mode, scope: Scope) -> Option<&TrialResult> {
+        best_of(&self.trials, metric, mode, scope)
     }
 
     /// All trials' configs and last results as CSV: a row per trial
@@ -275,4 +379,49 @@ fn csv_row(keys: &[String], m: &Metrics) -> String {
         .map(|k| m.get(k).map(|v| v.to_string()).unwrap_or_default())
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trial that reported `values` of `loss`, in order.
+    fn trial(name: &str, values: &[f64]) -> TrialResult {
+        let dir = std::env::temp_dir().join("rayforge-tune-scope-test");
+        let storage = Storage::open(&dir.clone().into()).unwrap();
+        let mut t = TrialResult::new(name.into(), Config::new(), &storage, &dir).unwrap();
+        t.history = values
+            .iter()
+            .map(|v| Metrics::from([("loss".to_string(), *v)]))
+            .collect();
+        t.last = t.history.last().cloned().unwrap_or_default();
+        t
+    }
+
+    #[test]
+    fn each_scope_ranks_trials_by_its_own_results() {
+        // a: steady; b: best once, then worse; c: good lately.
+        let trials = vec![
+            trial("a", &[0.5, 0.5, 0.5, 0.5]),
+            trial("b", &[0.9, 0.1, 0.8, 0.8]),
+            trial("c", &[0.9, 0.9, 0.45, 0.46]),
+            trial("silent", &[]),
+        ];
+        let best = |scope: &str, mode| best_of(&trials, "loss", mode, scope.parse().unwrap()).map(|t| t.trial.as_str());
+        assert_eq!(best("last", Mode::Min), Some("c"));
+        assert_eq!(best("all", Mode::Min), Some("b"));
+        assert_eq!(best("avg", Mode::Min), Some("a"), "a 0.5, b 0.65, c 0.6775");
+        assert_eq!(best("last-2-avg", Mode::Min), Some("c"), "c 0.455, a 0.5");
+        assert_eq!(best("last-3-avg", Mode::Min), Some("a"), "a 0.5, b 0.567, c 0.603");
+        assert_eq!(best("all", Mode::Max), Some("b"), "0.9 first, in b before c");
+        assert_eq!(best("last", Mode::Max), Some("b"));
+        assert!(best_of(&trials[3..], "loss", Mode::Min, Scope::All).is_none());
+        for s in ["last", "avg", "all", "last-5-avg"] {
+            assert_eq!(String::from(s.parse::<Scope>().unwrap()), s);
+        }
+        for bad in ["first", "last-0-avg", "last-x-avg", "last--avg"] {
+            let e = bad.parse::<Scope>().unwrap_err().to_string();
+            assert!(e.contains("best_scope") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -73,8 +73,13 @@ fn table_lines(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed:
     let count = |f: &dyn Fn(&TrialStatus) -> bool| trials.iter().filter(|t| f(&t.status)).count();
     let running = count(&|s| *s == TrialStatus::Running);
     let worker_cpus: f64 = c.worker_bundles.iter().filter_map(|b| b.get("CPU")).sum();
+    let custom: String = c
+        .custom_resources_per_trial
+        .iter()
+        .map(|(name, amount)| format!(", {} {name}", running as f64 * amount))
+        .collect();
     let mut lines = vec![format!(
-        "== {:.0} s: {} running, {} pending, {} paused, {} terminated, {} errored | {} CPUs, {} GPUs in use | {scheduler} | {} by {:?}",
+        "== {:.0} s: {} running, {} pending, {} paused, {} terminated, {} errored | {} CPUs, {} GPUs{custom} in use | {scheduler} | {} by {:?}",
         elapsed.as_secs_f64(),
         running,
         count(&|s| *s == TrialStatus::Pending),

@@ -3,7 +3,8 @@
 //! the best config, every trial's files are written, and a failing trial
 //! is reported with its error while the others finish; a failed trial
 //! goes on from its checkpoint; HyperBand pauses and resumes trials from
-//! theirs; stoppers end trials and experiments.
+//! theirs; stoppers end trials and experiments; a trial's custom resources
+//! reach the scheduler.
 
 use rayforge::checkpoint::{CheckpointConfig, CheckpointWriter};
 use rayforge_integration_tests::cluster;
@@ -532,4 +533,36 @@ fn an_unreachable_storage_endpoint_is_refused_promptly_before_any_trial_runs() {
         "refused after {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_trial_asking_for_a_resource_no_node_has_is_refused_naming_it() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-custom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let space = SearchSpace::new().domain("silent", Domain::Grid(vec![false.into()]));
+    let err = Tuner::new(
+        misnamed,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "custom".into(),
+            storage_path: storage.clone().into(),
+            metric: "accuracy".into(),
+            mode: Mode::Max,
+            cpus_per_trial: 0.5,
+            custom_resources_per_trial: [("TPU".to_string(), 1.0)].into(),
+            ..Default::default()
+        },
+    )
+    .fit()
+    .unwrap_err()
+    .to_string();
+    // The demand reached the scheduler: no node could ever hold the
+    // trial's process, and the experiment says which resource at once
+    // (instead of waiting forever for it).
+    assert!(
+        err.contains("infeasible") && err.contains("TPU: requested 1, node has 0"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&storage);
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayforge_rllib::env::{Action, BatchEnv, Space, VectorEnv};
+use rayforge_rllib::env::{Action, BatchEnv, EnvSpec, Space, VectorEnv};
 use rayforge_rllib::policy::{Policy, PolicyKind, PolicySpec};
 use rayforge_rllib::runner::{EnvRunner, RunnerSpec};
 use serde_json::json;
@@ -70,6 +70,7 @@ fn sample_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
     let rounds = arg(args, "--rounds", 20)?;
     let warmup = arg(args, "--warmup", 2)?;
     rayforge::init(rayforge::Config::default())?;
+    let env = EnvSpec::resolve("CartPole-v1", serde_json::Value::Null)?;
     let policy = PolicySpec {
         kind: PolicyKind::ActorCritic,
         obs_dim: 4,
@@ -84,7 +85,7 @@ fn sample_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
     let handles = (0..runners)
         .map(|i| {
             EnvRunner::options().num_cpus(0.0).remote(RunnerSpec {
-                env: "CartPole-v1".into(),
+                env: env.clone(),
                 num_envs: envs,
                 seed: 1000 * i as u64,
                 policy: policy.clone(),

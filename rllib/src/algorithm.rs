@@ -349,7 +349,10 @@ impl Algorithm {
     /// and the learner.
     pub fn new(config: AlgoConfig) -> Result<Algorithm> {
         config.validate()?;
-        let probe = env::make_batch(&config.env, 1)?;
+        // A registered environment is resolved here, where it was
+        // registered: its creator goes to the runners with their spec.
+        let env_spec = env::EnvSpec::resolve(&config.env, serde_json::Value::Object(config.env_config.clone()))?;
+        let probe = env_spec.make_batch(1)?;
         let action = probe.action_space();
         let obs_dim = probe.observation_space().dim() as i64;
         drop(probe);
@@ -386,7 +389,7 @@ impl Algorithm {
         };
         let mut torch = TorchScope::seeded(config.seed)?;
         let spec = |i: usize, seed: u64| RunnerSpec {
-            env: config.env.clone(),
+            env: env_spec.clone(),
             num_envs: config.num_envs_per_runner,
             seed,
             policy: policy.clone(),

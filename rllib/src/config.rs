@@ -40,8 +40,12 @@ impl std::str::FromStr for Algo {
 pub struct AlgoConfig {
     /// The algorithm.
     pub algo: Algo,
-    /// The environment's Gymnasium id.
+    /// The environment: a Gymnasium id of one here, `gym:ID`, or a name
+    /// given to [`crate::env::register_env`].
     pub env: String,
+    /// What a registered environment's creator is given (Ray's
+    /// `env_config`; a table in a config file).
+    pub env_config: serde_json::Map<String, serde_json::Value>,
     /// Env runner actors (default 2).
     pub num_env_runners: usize,
     /// Environments each runner steps (default 1).
@@ -127,6 +131,7 @@ impl Default for AlgoConfig {
         AlgoConfig {
             algo: Algo::Ppo,
             env: "CartPole-v1".into(),
+            env_config: serde_json::Map::new(),
             num_env_runners: 2,
             num_envs_per_runner: 1,
             seed: 0,

@@ -20,6 +20,7 @@
 
 mod algorithm;
 pub mod algos;
+pub mod cli;
 pub mod config;
 pub mod env;
 mod error;

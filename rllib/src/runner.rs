@@ -16,8 +16,8 @@ use crate::policy::{self, Policy, PolicyKind, PolicySpec};
 /// How a runner is built.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunnerSpec {
-    /// The environment's id.
-    pub env: String,
+    /// The environment (for a registered one, its creator and config).
+    pub env: env::EnvSpec,
     /// Environments it steps.
     pub num_envs: usize,
     /// Its seed (environment `i` is reset first with `seed + i`).
@@ -134,7 +134,7 @@ impl EnvRunner {
     /// `seed + i`) and its network.
     fn new(spec: RunnerSpec) -> Self {
         tch::set_num_threads(1);
-        let (envs, obs, broken) = match env::make_batch(&spec.env, spec.num_envs) {
+        let (envs, obs, broken) = match spec.env.make_batch(spec.num_envs) {
             Ok(mut e) => match e.reset(Some(spec.seed)) {
                 Ok(obs) => (Some(e), obs, None),
                 Err(err) => (None, Vec::new(), Some(err.to_string())),
@@ -254,7 +254,7 @@ impl EnvRunner {
         }
         self.policy.set_weights(&weights)?;
         let mut out = Episodes::default();
-        let mut e = env::make_batch(&self.spec.env, 1).map_err(|e| e.to_string())?;
+        let mut e = self.spec.env.make_batch(1).map_err(|e| e.to_string())?;
         for k in 0..episodes {
             let mut obs = e.reset(Some(seed + k as u64)).map_err(|e| e.to_string())?;
             loop {

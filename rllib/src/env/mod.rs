@@ -1,7 +1,8 @@
 //! Environments: the [`Env`] trait (Gymnasium's `reset` / `step`), its
 //! spaces, the classic-control environments ported from Gymnasium 1.2 so
 //! that they match it step for step, [`make`] to build one by its
-//! Gymnasium id, and batches of them stepped together ([`BatchEnv`]):
+//! Gymnasium id, [`register_env`] for a user's own (as Ray's
+//! `tune.register_env`), and batches of them stepped together ([`BatchEnv`]):
 //! [`VectorEnv`] in this process, [`ProcessEnv`] in a child process (any
 //! Gymnasium environment, served by Python).
 //!
@@ -97,9 +98,21 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum EnvError {
-    /// No environment has this id: lists the known ones.
-    #[error("unknown environment `{0}` (known: {known})", known = KNOWN.join(", "))]
+    /// No environment has this id: lists the known ones (registered ones
+    /// included).
+    #[error("unknown environment `{0}` (known: {known}; or gym:ID for any Gymnasium id)", known = known_envs().join(", "))]
     Unknown(String),
+    /// [`register_env`] refused a name.
+    #[error("register_env: {0}")]
+    Registration(String),
+    /// A registered environment's creator failed.
+    #[error("environment `{name}`: {message}")]
+    Creator {
+        /// The registered name.
+        name: String,
+        /// What its creator said.
+        message: String,
+    },
     /// An action outside the action space.
     #[error("action {action:?} is not in the action space {space:?}")]
     BadAction {
@@ -167,16 +180,164 @@ pub fn make(id: &str) -> Result<Box<dyn Env>, EnvError> {
 }
 
 /// `n` environments of `id` stepped together: [`VectorEnv`] for the
-/// environments here, or, for `gym:ID` (any Gymnasium id), a
+/// environments here and those registered ([`register_env`], built with a
+/// null `env_config`), or, for `gym:ID` (any Gymnasium id), a
 /// [`ProcessEnv`] running Gymnasium in a Python child (the Python of
 /// `RAYFORGE_GYM_PYTHON`, else `python3`).
 pub fn make_batch(id: &str, n: usize) -> Result<Box<dyn BatchEnv>, EnvError> {
-    match id.strip_prefix("gym:") {
-        Some(gym) => {
-            let python = std::env::var_os("RAYFORGE_GYM_PYTHON").unwrap_or_else(|| "python3".into());
-            Ok(Box::new(ProcessEnv::gymnasium(python, gym, n).spawn()?))
+    EnvSpec::resolve(id, serde_json::Value::Null)?.make_batch(n)
+}
+
+/// Builds a user's environment from its `env_config` (the creator Ray's
+/// `tune.register_env(name, creator)` takes). A plain function, so that it
+/// travels to the env runners' processes (see [`rayforge::FnRef`]).
+pub type EnvCreator = fn(&serde_json::Value) -> Result<Box<dyn Env>, String>;
+
+/// This process's registered environments.
+static REGISTRY: std::sync::RwLock<std::collections::BTreeMap<String, rayforge::FnRef<EnvCreator>>> =
+    std::sync::RwLock::new(std::collections::BTreeMap::new());
+
+/// Registers a user's environment under `name`, as Ray's
+/// `tune.register_env`: [`make_batch`], [`crate::AlgoConfig`]'s `env` and
+/// `rllib train --env NAME` (in a binary built on [`crate::cli::Cli`])
+/// then build it with `creator`, given the config's `env_config`. Runners
+/// in other processes get the creator with their spec, so registering in
+/// the driver is enough. A name of an environment here, one starting with
+/// `gym:`, or one already registered is refused.
+///
+/// ```
+/// use rayforge_rllib::env::{self, BatchEnv, CartPole, Env};
+///
+/// fn short_cartpole(_: &serde_json::Value) -> Result<Box<dyn Env>, String> {
+///     Ok(Box::new(CartPole::new()))
+/// }
+/// env::register_env("MyCartPole", short_cartpole)?;
+/// let batch = env::make_batch("MyCartPole", 2)?;
+/// assert_eq!(batch.num_envs(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn register_env(name: &str, creator: EnvCreator) -> Result<(), EnvError> {
+    if name.is_empty() || name.starts_with("gym:") || KNOWN.contains(&name) {
+        return Err(EnvError::Registration(format!(
+            "`{name}` cannot name a registered environment (empty, gym:ID, or one of {})",
+            KNOWN.join(", ")
+        )));
+    }
+    let f = rayforge::FnRef::new(creator);
+    {
+        let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+        if r.contains_key(name) {
+            return Err(EnvError::Registration(format!("`{name}` is already registered")));
         }
-        None => Ok(Box::new(VectorEnv::new(id, n)?)),
+        r.insert(name.to_string(), f);
+    }
+    if rayforge::is_initialized() {
+        publish(name, &f)?;
+    }
+    Ok(())
+}
+
+/// The cluster key-value namespace where registered environments are
+/// published for other processes of the program (Tune's trials).
+const KV_NAMESPACE: &str = "rllib";
+
+fn publish(name: &str, f: &rayforge::FnRef<EnvCreator>) -> Result<(), EnvError> {
+    let bytes = serde_json::to_vec(f).map_err(|e| EnvError::Registration(format!("`{name}`: {e}")))?;
+    rayforge::kv::put(KV_NAMESPACE, &format!("env/{name}"), &bytes, true)
+        .map_err(|e| EnvError::Registration(format!("publishing `{name}` to the cluster: {e}")))?;
+    Ok(())
+}
+
+/// Publishes this process's registered environments to the cluster it
+/// joined, so that its other processes of the same binary (Tune's trials,
+/// which build their own algorithms) find them by name. [`register_env`]
+/// after `rayforge::init` publishes by itself; this is for those
+/// registered before.
+pub fn publish_registered() -> Result<(), EnvError> {
+    let all: Vec<(String, rayforge::FnRef<EnvCreator>)> = {
+        let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+        r.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    for (name, f) in all {
+        publish(&name, &f)?;
+    }
+    Ok(())
+}
+
+/// A registered creator: this process's, else one published to the
+/// cluster by another process of the program.
+fn registered(name: &str) -> Option<rayforge::FnRef<EnvCreator>> {
+    if let Some(f) = REGISTRY.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        return Some(*f);
+    }
+    if !rayforge::is_initialized() {
+        return None;
+    }
+    let bytes = rayforge::kv::get(KV_NAMESPACE, &format!("env/{name}")).ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The environments [`make_batch`] builds: those here, then the registered
+/// ones.
+pub fn known_envs() -> Vec<String> {
+    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    KNOWN.iter().map(|s| s.to_string()).chain(r.keys().cloned()).collect()
+}
+
+/// An environment as a runner builds it: its name, and for a registered
+/// one, its creator and `env_config` (resolved in the driver, where it was
+/// registered, and sent with the runner's spec).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvSpec {
+    /// The name: an id here, `gym:ID`, or a registered name.
+    pub id: String,
+    /// A registered environment's creator.
+    pub creator: Option<rayforge::FnRef<EnvCreator>>,
+    /// What the creator is given (as JSON on the wire).
+    pub config: rayforge::Json<serde_json::Value>,
+}
+
+impl EnvSpec {
+    /// `id` as this process knows it: an environment here, `gym:ID`, or a
+    /// registered one (its creator given `config`). An unknown id is an
+    /// error listing the known ones.
+    pub fn resolve(id: &str, config: serde_json::Value) -> Result<EnvSpec, EnvError> {
+        let creator = if id.starts_with("gym:") || KNOWN.contains(&id) {
+            None
+        } else {
+            Some(registered(id).ok_or_else(|| EnvError::Unknown(id.to_string()))?)
+        };
+        Ok(EnvSpec {
+            id: id.to_string(),
+            creator,
+            config: rayforge::Json(config),
+        })
+    }
+
+    /// `n` of its environments stepped together (see [`make_batch`]).
+    pub fn make_batch(&self, n: usize) -> Result<Box<dyn BatchEnv>, EnvError> {
+        if let Some(c) = &self.creator {
+            let create = c.get().map_err(|e| EnvError::Creator {
+                name: self.id.clone(),
+                message: e.to_string(),
+            })?;
+            let envs = (0..n)
+                .map(|_| {
+                    create(&self.config.0).map_err(|message| EnvError::Creator {
+                        name: self.id.clone(),
+                        message,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Box::new(VectorEnv::from_envs(&self.id, envs)));
+        }
+        match self.id.strip_prefix("gym:") {
+            Some(gym) => {
+                let python = std::env::var_os("RAYFORGE_GYM_PYTHON").unwrap_or_else(|| "python3".into());
+                Ok(Box::new(ProcessEnv::gymnasium(python, gym, n).spawn()?))
+            }
+            None => Ok(Box::new(VectorEnv::new(&self.id, n)?)),
+        }
     }
 }
 
@@ -292,4 +453,41 @@ pub(crate) fn entropy_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id() as u64);
     h.finish()
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    /// CartPole, its episodes cut at `max_steps` steps when the config says
+    /// (an error for a bad value).
+    fn capped(config: &serde_json::Value) -> Result<Box<dyn Env>, String> {
+        match config.get("max_steps") {
+            Some(v) if v.as_u64().is_none() => Err(format!("max_steps must be a whole number, not {v}")),
+            _ => Ok(Box::new(CartPole::new())),
+        }
+    }
+
+    #[test]
+    fn registered_environments_are_built_by_name_with_their_config() {
+        register_env("Capped-v0", capped).unwrap();
+        assert!(known_envs().contains(&"Capped-v0".to_string()));
+        let mut batch = make_batch("Capped-v0", 3).unwrap();
+        assert_eq!(batch.num_envs(), 3);
+        assert_eq!(batch.reset(Some(0)).unwrap().len(), 3);
+        // The creator's own error names the environment.
+        let spec = EnvSpec::resolve("Capped-v0", serde_json::json!({ "max_steps": "ten" })).unwrap();
+        let e = spec.make_batch(1).err().unwrap().to_string();
+        assert!(e.starts_with("environment `Capped-v0`: max_steps must be"), "{e}");
+        // Names that are taken or reserved are refused.
+        for name in ["Capped-v0", "CartPole-v1", "gym:Hopper-v5", ""] {
+            let e = register_env(name, capped).unwrap_err();
+            assert!(matches!(e, EnvError::Registration(_)), "{name}: {e}");
+        }
+        let e = make_batch("Nowhere-v0", 1).err().unwrap().to_string();
+        assert!(
+            e.contains("unknown environment `Nowhere-v0`") && e.contains("Capped-v0"),
+            "{e}"
+        );
+    }
 }

@@ -244,3 +244,99 @@ fn tune_runs_trials_of_an_algorithm_from_a_search_toml() {
     assert!(err.contains("learning_rate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn examples(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rllib-examples"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_registered_environment_trains_evaluates_and_tunes_from_the_users_binary() {
+    let dir = std::env::temp_dir().join(format!("rllib-custom-env-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A corridor of 4 cells: 3 steps right is the best return, 0.8.
+    let config = dir.join("corridor.toml");
+    std::fs::write(&config, "seed = 0\n\n[env_config]\ncorridor_length = 4\n").unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let (code, out, err) = examples(&[
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "corridor",
+        "--config",
+        config.to_str().unwrap(),
+        "--stop-reward",
+        "0.6",
+        "--stop-timesteps",
+        "60000",
+        "--checkpoint-dir",
+        ckpt_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let done = out.lines().find(|l| l.starts_with("done in ")).expect("a summary line");
+    let ret: f64 = done
+        .split("return ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{done}"));
+    assert!(ret >= 0.6, "PPO learns to walk the corridor: {out}");
+    // The runners (other processes) built the registered environment with
+    // the config's env_config: episodes of a 4-cell corridor.
+    let ckpt = rayforge::checkpoint::latest(&ckpt_dir).unwrap();
+    let (code, out, err) = examples(&["evaluate", ckpt.path().to_str().unwrap(), "--episodes", "3"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("Ppo on corridor"), "{out}");
+    assert!(
+        out.contains("3 episodes of corridor: return mean 0.80") && out.contains("length mean 3.0"),
+        "the greedy policy walks straight to the end: {out}"
+    );
+    // The creator's own error, and an unknown name listing the registered one.
+    std::fs::write(&config, "[env_config]\ncorridor_length = 1\n").unwrap();
+    let (code, _, err) = examples(&[
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "corridor",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("environment `corridor`") && err.contains("corridor_length must be"),
+        "{err}"
+    );
+    let (code, _, err) = examples(&["train", "--algo", "ppo", "--env", "coridor"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown environment `coridor`") && err.contains("corridor"),
+        "{err}"
+    );
+    // Tune's trials run in other processes: they find it too.
+    let file = dir.join("search.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "storage_path = {:?}\nname = \"corridor\"\nmetric = \"episode_return_mean\"\nmode = \"max\"\n\n\
+             [trainable]\nname = \"rllib\"\n\n[resources_per_trial]\ncpu = 0.5\n\n[stop]\ntraining_iteration = 2\n\n\
+             [param_space]\nalgo = \"ppo\"\nenv = \"corridor\"\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = examples(&["tune", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let results = std::fs::read_to_string(dir.join("corridor/trial_00000/result.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

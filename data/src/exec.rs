@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
 use rayforge::ObjectRef;
 
@@ -287,7 +288,72 @@ pub(crate) fn execute(node: &Arc<Node>, ctx: &Ctx) -> Result<BlockIter> {
             let right = collect(execute(b, ctx)?)?;
             Box::new(zip(left, right, ctx)?.into_iter().map(Ok))
         }
+        Node::Join { left, right, on, how } => {
+            let l = collect(execute(left, ctx)?)?;
+            let r = collect(execute(right, ctx)?)?;
+            Box::new(join(l, r, on, *how, ctx)?.into_iter().map(Ok))
+        }
     })
+}
+
+/// A hash join: every block of both sides is cut into `n` parts by the hash
+/// of its key columns (each part its own object), then reduce `j` joins
+/// part `j` of the left side with part `j` of the right, where all rows of
+/// a key meet, in DataFusion.
+fn join(
+    left: Vec<BlockRef>,
+    right: Vec<BlockRef>,
+    on: &[String],
+    how: crate::JoinType,
+    ctx: &Ctx,
+) -> Result<Vec<BlockRef>> {
+    let schema_of = |blocks: &[BlockRef], side: &str| {
+        blocks.first().map(|b| b.meta.schema.schema()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "join: the {side} dataset has no blocks, so no columns to join on"
+            ))
+        })
+    };
+    let (ls, rs) = (schema_of(&left, "left")?, schema_of(&right, "right")?);
+    if on.is_empty() {
+        return Err(Error::InvalidArgument("join needs at least one key column".into()));
+    }
+    for k in on {
+        let field = |s: &SchemaRef, side: &str| {
+            s.field_with_name(k).map(|f| f.data_type().clone()).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "join key `{k}` is not a column of the {side} dataset (columns: {})",
+                    s.fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        };
+        let (lt, rt) = (field(&ls, "left")?, field(&rs, "right")?);
+        if lt != rt {
+            return Err(Error::InvalidArgument(format!(
+                "join key `{k}` is {lt} on the left and {rt} on the right: cast one side first"
+            )));
+        }
+    }
+    let n = left.len().max(right.len()).max(1);
+    let cut = |blocks: &[BlockRef]| -> Vec<Vec<ObjectRef<Block>>> {
+        blocks
+            .iter()
+            .map(|b| ops::hash_partition::remote(n, &b.block, on.to_vec(), n))
+            .collect()
+    };
+    let (lm, rm) = (cut(&left), cut(&right));
+    wait_maps(&lm)?;
+    wait_maps(&rm)?;
+    let query = crate::join_query(&ls, &rs, on, how);
+    let (le, re) = (Block::empty(ls), Block::empty(rs));
+    let pending = (0..n)
+        .map(|j| ops::join_reduce::remote(part_j(&lm, j), part_j(&rm, j), le.clone(), re.clone(), query.clone()))
+        .collect();
+    run_pending(ctx, "Join", pending)
 }
 
 /// A read, possibly with transforms fused into it: its tasks, transforms and
@@ -438,10 +504,6 @@ fn run_pending(ctx: &Ctx, name: &str, pending: Vec<Pending>) -> Result<Vec<Block
     collect(Box::new(w))
 }
 
-/// Waits until every map output exists. Reduce tasks name them inside a
-/// value, not as arguments, so the runtime would dispatch a reduce before
-/// its inputs are ready; one that then waits in `get` holds a worker the
-/// map tasks need.
 /// Part `j` of each map's output (`maps[i]` holds map `i`'s parts, each its
 /// own object): what reduce `j` reads, and nothing else.
 fn part_j(maps: &[Vec<ObjectRef<Block>>], j: usize) -> Vec<ObjectRef<Block>> {
@@ -449,7 +511,10 @@ fn part_j(maps: &[Vec<ObjectRef<Block>>], j: usize) -> Vec<ObjectRef<Block>> {
 }
 
 /// Waits until every map task is done (a task's returns are ready
-/// together, so waiting on each one's first part is enough).
+/// together, so waiting on each one's first part is enough). Reduce tasks
+/// name the parts inside a value, not as arguments, so the runtime would
+/// dispatch a reduce before its inputs are ready; one that then waits in
+/// `get` holds a worker the map tasks need.
 fn wait_maps(maps: &[Vec<ObjectRef<Block>>]) -> Result<()> {
     let firsts: Vec<ObjectRef<Block>> = maps.iter().filter_map(|m| m.first().cloned()).collect();
     wait_all(&firsts)

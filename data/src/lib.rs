@@ -226,6 +226,63 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Which rows a [`Dataset::join`] keeps (Ray Data's `join_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinType {
+    /// Rows whose keys are on both sides.
+    Inner,
+    /// Every left row; right columns null where no right row matches.
+    LeftOuter,
+    /// Every right row; left columns null where no left row matches.
+    RightOuter,
+    /// Every row of both sides.
+    FullOuter,
+}
+
+/// The SQL of a join over tables `l` and `r` with schemas `ls`, `rs`: the
+/// keys once (from whichever side has them, for outer joins), then the
+/// left's other columns, then the right's (a name the left already has gets
+/// the suffix `_1`, as [`Dataset::zip`]).
+pub(crate) fn join_query(
+    ls: &arrow::datatypes::SchemaRef,
+    rs: &arrow::datatypes::SchemaRef,
+    on: &[String],
+    how: JoinType,
+) -> String {
+    let mut cols: Vec<String> = on
+        .iter()
+        .map(|k| {
+            let k = quote(k);
+            match how {
+                JoinType::Inner | JoinType::LeftOuter => format!("l.{k} AS {k}"),
+                JoinType::RightOuter => format!("r.{k} AS {k}"),
+                JoinType::FullOuter => format!("COALESCE(l.{k}, r.{k}) AS {k}"),
+            }
+        })
+        .collect();
+    let mut names: Vec<String> = on.to_vec();
+    for f in ls.fields().iter().filter(|f| !on.contains(f.name())) {
+        cols.push(format!("l.{}", quote(f.name())));
+        names.push(f.name().clone());
+    }
+    for f in rs.fields().iter().filter(|f| !on.contains(f.name())) {
+        let mut name = f.name().clone();
+        while names.contains(&name) {
+            name.push_str("_1");
+        }
+        cols.push(format!("r.{} AS {}", quote(f.name()), quote(&name)));
+        names.push(name);
+    }
+    let kind = match how {
+        JoinType::Inner => "INNER JOIN",
+        JoinType::LeftOuter => "LEFT JOIN",
+        JoinType::RightOuter => "RIGHT JOIN",
+        JoinType::FullOuter => "FULL JOIN",
+    };
+    let cond: Vec<String> = on.iter().map(|k| format!("l.{0} = r.{0}", quote(k))).collect();
+    format!("SELECT {} FROM l {kind} r ON {}", cols.join(", "), cond.join(" AND "))
+}
+
 impl GroupedData {
     /// One row per group: the keys, then each aggregate, sorted by the keys.
     pub fn aggregate(&self, aggs: &[Agg]) -> Dataset {
@@ -982,6 +1039,34 @@ impl Dataset {
     /// ```
     pub fn zip(&self, other: &Dataset) -> Dataset {
         self.with(Arc::new(Node::Zip(self.node.clone(), other.node.clone())))
+    }
+
+    /// Joins with `other` on equal values of the key columns `on` (named
+    /// alike, of the same type, on both sides), as Ray Data's `join`: a
+    /// distributed hash join (both sides cut into as many hash partitions as
+    /// the larger has blocks, each partition pair joined by DataFusion). The
+    /// result has the keys once, then the left's other columns, then the
+    /// right's (a name the left already has gets the suffix `_1`); rows come
+    /// in no particular order. A null key matches nothing, as in SQL. A key
+    /// missing from a side, or of different types, is an error naming it.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// use rayforge_data::JoinType;
+    /// let users = rayforge_data::range(4).rename_columns(&[("id", "user")]);
+    /// let orders = rayforge_data::range(6).sql("SELECT id % 3 AS user, id AS order_id FROM ds")?;
+    /// assert_eq!(users.join(&orders, &["user"], JoinType::Inner).count()?, 6);
+    /// assert_eq!(users.join(&orders, &["user"], JoinType::LeftOuter).count()?, 7);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn join(&self, other: &Dataset, on: &[&str], how: JoinType) -> Dataset {
+        self.with(Arc::new(Node::Join {
+            left: self.node.clone(),
+            right: other.node.clone(),
+            on: on.iter().map(|k| k.to_string()).collect(),
+            how,
+        }))
     }
 
     // ---- consuming ----

@@ -550,6 +550,55 @@ fn fetch_parts(parts: &[rayforge::ObjectRef<Block>]) -> Result<Vec<RecordBatch>>
     Ok(rayforge::get_all(parts)?.into_iter().map(Block::into_batch).collect())
 }
 
+/// Join, map side: the block's rows cut into `n` parts by the hash of their
+/// key columns (the same hash in every process), each its own object.
+#[rayforge::remote(split_returns)]
+pub(crate) fn hash_partition(input: Block, on: Vec<String>, n: usize) -> std::result::Result<Vec<Block>, Error> {
+    let b = input.batch();
+    let keys = on
+        .iter()
+        .map(|k| Ok(b.column(index_of(b, k)?).clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut hashes = vec![0u64; b.num_rows()];
+    datafusion::common::hash_utils::create_hashes(
+        &keys,
+        &datafusion::common::hash_utils::RandomState::with_seed(0),
+        &mut hashes,
+    )?;
+    let n = n.max(1);
+    let mut rows: Vec<Vec<u64>> = vec![Vec::new(); n];
+    for (i, h) in hashes.iter().enumerate() {
+        rows[(h % n as u64) as usize].push(i as u64);
+    }
+    rows.into_iter()
+        .map(|r| Ok(Block::new(take_rows(b, &UInt64Array::from(r))?)))
+        .collect()
+}
+
+/// Join, reduce side: one hash partition of each side (`left`, `right`: a
+/// part of every block), joined by `query` over tables `l` and `r`.
+#[rayforge::remote(num_returns = 2)]
+pub(crate) fn join_reduce(
+    left: Vec<rayforge::ObjectRef<Block>>,
+    right: Vec<rayforge::ObjectRef<Block>>,
+    left_schema: Block,
+    right_schema: Block,
+    query: String,
+) -> std::result::Result<(Block, BlockMeta), Error> {
+    let start = Instant::now();
+    let r = (|| {
+        let side = |parts: &[rayforge::ObjectRef<Block>], empty: &Block| -> Result<(SchemaRef, Vec<RecordBatch>)> {
+            let got: Vec<RecordBatch> = fetch_parts(parts)?.into_iter().filter(|b| b.num_rows() > 0).collect();
+            let schema = got.first().map(|b| b.schema()).unwrap_or_else(|| empty.schema());
+            Ok((schema, got))
+        };
+        let (ls, l) = side(&left, &left_schema)?;
+        let (rs, r) = side(&right, &right_schema)?;
+        sql_over(vec![("l".into(), ls, l), ("r".into(), rs, r)], &query)
+    })();
+    finish(start, r)
+}
+
 /// `b`'s rows in a random order (seeded), cut into `n` parts.
 fn permute_cut(b: &RecordBatch, n: usize, seed: u64) -> Result<Vec<Block>> {
     let rows = b.num_rows();

@@ -72,6 +72,13 @@ pub(crate) enum Node {
     },
     Union(Vec<Arc<Node>>),
     Zip(Arc<Node>, Arc<Node>),
+    /// A hash join on equal key columns.
+    Join {
+        left: Arc<Node>,
+        right: Arc<Node>,
+        on: Vec<String>,
+        how: crate::JoinType,
+    },
 }
 
 impl Node {

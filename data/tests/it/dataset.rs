@@ -671,3 +671,125 @@ fn a_consumer_that_leaves_an_epoch_early_gets_only_the_next_epochs_rows() {
     assert!(full.iter().all(|e| e.0 == 600), "{full:?}");
     its[0].close().unwrap();
 }
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct User {
+    uid: i64,
+    region: i64,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Order {
+    uid: i64,
+    region: i64,
+    amount: i64,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, PartialOrd)]
+struct Joined {
+    uid: i64,
+    region: i64,
+    name: Option<String>,
+    amount: Option<i64>,
+    name_1: Option<String>,
+}
+
+#[test]
+fn joins_match_a_nested_loop_on_two_keys_for_every_join_type() {
+    use rayforge_data::JoinType;
+    cluster();
+    let users: Vec<User> = (0..20)
+        .map(|uid| User {
+            uid,
+            region: uid % 3,
+            name: format!("u{uid}"),
+        })
+        .collect();
+    // Some orders name users that do not exist (uid 20..24), some the
+    // right user in the wrong region: neither matches on both keys.
+    let orders: Vec<Order> = (0..30)
+        .map(|i| {
+            let uid = (i * 7) % 25;
+            Order {
+                uid,
+                region: if i % 10 == 0 { uid % 3 + 1 } else { uid % 3 },
+                amount: i,
+                name: format!("o{i}"),
+            }
+        })
+        .collect();
+    let left = rayforge_data::from_items(&users).unwrap().repartition(3);
+    let right = rayforge_data::from_items(&orders).unwrap().repartition(4);
+    let matches = |u: &User, o: &Order| u.uid == o.uid && u.region == o.region;
+    let both = |u: &User, o: &Order| Joined {
+        uid: u.uid,
+        region: u.region,
+        name: Some(u.name.clone()),
+        amount: Some(o.amount),
+        name_1: Some(o.name.clone()),
+    };
+    let inner: Vec<Joined> = users
+        .iter()
+        .flat_map(|u| orders.iter().filter(move |o| matches(u, o)).map(move |o| both(u, o)))
+        .collect();
+    let left_only: Vec<Joined> = users
+        .iter()
+        .filter(|u| !orders.iter().any(|o| matches(u, o)))
+        .map(|u| Joined {
+            uid: u.uid,
+            region: u.region,
+            name: Some(u.name.clone()),
+            amount: None,
+            name_1: None,
+        })
+        .collect();
+    let right_only: Vec<Joined> = orders
+        .iter()
+        .filter(|o| !users.iter().any(|u| matches(u, o)))
+        .map(|o| Joined {
+            uid: o.uid,
+            region: o.region,
+            name: None,
+            amount: Some(o.amount),
+            name_1: Some(o.name.clone()),
+        })
+        .collect();
+    assert!(!inner.is_empty() && !left_only.is_empty() && !right_only.is_empty());
+    let sorted = |mut v: Vec<Joined>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    };
+    let cases = [
+        (JoinType::Inner, inner.clone()),
+        (JoinType::LeftOuter, [inner.clone(), left_only.clone()].concat()),
+        (JoinType::RightOuter, [inner.clone(), right_only.clone()].concat()),
+        (JoinType::FullOuter, [inner, left_only, right_only].concat()),
+    ];
+    for (how, want) in cases {
+        let ds = left.join(&right, &["uid", "region"], how);
+        let names: Vec<String> = ds.schema().unwrap().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["uid", "region", "name", "amount", "name_1"], "{how:?}");
+        let got: Vec<Joined> = ds.take_all().unwrap();
+        assert_eq!(sorted(got), sorted(want), "{how:?}");
+    }
+    // Keys that are not columns of a side, or differ in type, are refused
+    // naming them.
+    let e = left
+        .join(&right, &["amount"], JoinType::Inner)
+        .count()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`amount`") && e.contains("left"), "{e}");
+    let cast = right.sql("SELECT CAST(uid AS DOUBLE) AS uid, amount FROM ds").unwrap();
+    let e = left
+        .join(&cast, &["uid"], JoinType::Inner)
+        .count()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`uid`") && e.contains("Int64") && e.contains("Float64"),
+        "{e}"
+    );
+}

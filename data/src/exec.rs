@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use parking_lot::Mutex;
 use rayforge::ObjectRef;
@@ -569,43 +569,43 @@ fn all_to_all(op: &AllToAll, blocks: Vec<BlockRef>, ctx: &Ctx) -> Result<Vec<Blo
                 .collect();
             run_pending(ctx, "RandomShuffle", pending)
         }
-        AllToAll::Sort { key, descending } => {
+        AllToAll::Sort { keys } => {
+            if keys.is_empty() {
+                return Err(Error::InvalidArgument("sort_by needs at least one key".into()));
+            }
             let n = blocks.len().max(1);
             let samples: Vec<ObjectRef<Block>> = blocks
                 .iter()
-                .map(|b| ops::sort_sample::remote(&b.block, key.clone(), 64usize))
+                .map(|b| ops::sort_sample::remote(&b.block, keys.clone(), 64usize))
                 .collect();
             let mut got = Vec::new();
             for s in &samples {
                 got.push(s.get()?.into_batch());
             }
             let all = ops::concat(got)?;
+            // n - 1 evenly spaced rows of the sorted samples cut the key
+            // space into n ranges.
             let bounds = if all.num_rows() == 0 || all.num_columns() == 0 {
                 Block::new(RecordBatch::new_empty(all.schema()))
             } else {
-                let col = all.column(0);
-                let opts = arrow::compute::SortOptions {
-                    descending: *descending,
-                    nulls_first: false,
-                };
-                let sorted = arrow::compute::take(
-                    col.as_ref(),
-                    &arrow::compute::sort_to_indices(col, Some(opts), None)?,
-                    None,
-                )?;
-                let valid = sorted.len() - sorted.null_count();
-                let idx: Vec<u64> = (1..n).map(|i| (i * valid / n) as u64).collect();
-                let b = arrow::compute::take(sorted.as_ref(), &arrow::array::UInt64Array::from(idx), None)?;
-                Block::new(RecordBatch::try_new(all.schema(), vec![b])?)
+                let sorted = ops::sort_rows(&all, keys)?;
+                let m = sorted.num_rows();
+                let idx: Vec<u64> = (1..n).map(|i| (i * m / n) as u64).collect();
+                let cols = sorted
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::compute::take(c.as_ref(), &arrow::array::UInt64Array::from(idx.clone()), None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Block::new(RecordBatch::try_new(sorted.schema(), cols)?)
             };
             let k = bounds.num_rows() + 1;
             let maps: Vec<Vec<ObjectRef<Block>>> = blocks
                 .iter()
-                .map(|b| ops::sort_map::remote(k, &b.block, key.clone(), bounds.clone(), *descending))
+                .map(|b| ops::sort_map::remote(k, &b.block, keys.clone(), bounds.clone()))
                 .collect();
             wait_maps(&maps)?;
             let pending = (0..k)
-                .map(|j| ops::sort_reduce::remote(part_j(&maps, j), key.clone(), *descending))
+                .map(|j| ops::sort_reduce::remote(part_j(&maps, j), keys.clone()))
                 .collect();
             run_pending(ctx, "Sort", pending)
         }

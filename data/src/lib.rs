@@ -913,9 +913,25 @@ impl Dataset {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn sort(&self, key: &str, descending: bool) -> Dataset {
+        self.sort_by(&[(key, descending)])
+    }
+
+    /// Sorts by several columns, each ascending or descending
+    /// (`(column, descending)`, the first deciding first; Ray Data's
+    /// `sort(key=[..], descending=[..])`), distributed as [`Dataset::sort`].
+    /// Nulls go last in each.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(6).sql("SELECT id % 2 AS odd, id FROM ds")?;
+    /// let b = ds.sort_by(&[("odd", false), ("id", true)]).take_batch(6)?;
+    /// assert_eq!(rayforge_data::compute::f64_column(&b, "id")?, vec![4.0, 2.0, 0.0, 5.0, 3.0, 1.0]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sort_by(&self, keys: &[(&str, bool)]) -> Dataset {
         self.all_to_all(AllToAll::Sort {
-            key: key.to_string(),
-            descending,
+            keys: keys.iter().map(|(k, d)| (k.to_string(), *d)).collect(),
         })
     }
 
@@ -1225,6 +1241,37 @@ impl Dataset {
     /// ```
     pub fn take<T: DeserializeOwned>(&self, n: usize) -> Result<Vec<T>> {
         ops::rows_of(&self.take_batch(n)?)
+    }
+
+    /// The distinct values of `column` in ascending order (a null last:
+    /// take `Option<T>` when the column has nulls), as Ray Data's `unique`;
+    /// a distributed group-by on the column, partial per block.
+    ///
+    /// ```
+    /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+    /// let ds = rayforge_data::range(10).sql("SELECT id % 3 AS k FROM ds")?;
+    /// assert_eq!(ds.unique::<i64>("k")?, vec![0, 1, 2]);
+    /// # rayforge::shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn unique<T: DeserializeOwned>(&self, column: &str) -> Result<Vec<T>> {
+        let groups = self
+            .groupby(&[column])
+            .aggregate(&[Agg::Count])
+            .select_columns(&[column]);
+        groups
+            .take_all::<serde_json::Map<String, serde_json::Value>>()?
+            .into_iter()
+            .map(|mut row| {
+                // A null is left out of its row's JSON form.
+                let v = row.remove(column).unwrap_or(serde_json::Value::Null);
+                serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "unique(`{column}`): the value {v} is not of the type asked for: {e}"
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Every row as a value of `T`.

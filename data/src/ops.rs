@@ -683,54 +683,103 @@ fn take_rows(b: &RecordBatch, idx: &dyn Array) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(b.schema(), cols)?)
 }
 
-/// Sort, first pass: up to `k` evenly spaced values of the key column.
-#[rayforge::remote]
-pub(crate) fn sort_sample(input: Block, key: String, k: usize) -> std::result::Result<Block, Error> {
-    let b = input.batch();
-    let c = b.column(index_of(b, &key)?).clone();
-    let n = c.len();
-    let k = k.min(n);
-    let idx = UInt64Array::from((0..k).map(|i| (i * n / k.max(1)) as u64).collect::<Vec<_>>());
-    let s = arrow::compute::take(c.as_ref(), &idx, None)?;
-    Ok(Block::new(RecordBatch::try_from_iter([(key.as_str(), s)])?))
+/// The options of a sort key: its direction, nulls last either way.
+fn sort_options(descending: bool) -> arrow::compute::SortOptions {
+    arrow::compute::SortOptions {
+        descending,
+        nulls_first: false,
+    }
 }
 
-/// Sort, map side: sorts the block, then cuts it where the boundaries fall
-/// (partition `i` holds keys after boundary `i-1` up to boundary `i`; nulls
-/// go to the last), each partition its own object (called with one return
-/// per boundary, plus one).
+/// `b`'s rows in the order of `keys` (`(column, descending)`, the first
+/// deciding first).
+pub(crate) fn sort_rows(b: &RecordBatch, keys: &[(String, bool)]) -> Result<RecordBatch> {
+    let columns = keys
+        .iter()
+        .map(|(k, desc)| {
+            Ok(arrow::compute::SortColumn {
+                values: b.column(index_of(b, k)?).clone(),
+                options: Some(sort_options(*desc)),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let idx = arrow::compute::lexsort_to_indices(&columns, None)?;
+    take_rows(b, &idx)
+}
+
+/// The key columns of `b`, encoded so that their bytes compare in the
+/// sort's order (arrow's row format), with the converter that made them.
+fn key_rows(b: &RecordBatch, keys: &[(String, bool)]) -> Result<(arrow::row::RowConverter, arrow::row::Rows)> {
+    let mut fields = Vec::with_capacity(keys.len());
+    let mut cols = Vec::with_capacity(keys.len());
+    for (k, desc) in keys {
+        let c = b.column(index_of(b, k)?).clone();
+        fields.push(arrow::row::SortField::new_with_options(
+            c.data_type().clone(),
+            sort_options(*desc),
+        ));
+        cols.push(c);
+    }
+    let conv = arrow::row::RowConverter::new(fields)?;
+    let rows = conv.convert_columns(&cols)?;
+    Ok((conv, rows))
+}
+
+/// Sort, first pass: up to `k` evenly spaced rows of the key columns.
+#[rayforge::remote]
+pub(crate) fn sort_sample(input: Block, keys: Vec<(String, bool)>, k: usize) -> std::result::Result<Block, Error> {
+    let b = input.batch();
+    let n = b.num_rows();
+    let k = k.min(n);
+    let idx = UInt64Array::from((0..k).map(|i| (i * n / k.max(1)) as u64).collect::<Vec<_>>());
+    let cols = keys
+        .iter()
+        .map(|(key, _)| {
+            Ok((
+                key.as_str(),
+                arrow::compute::take(b.column(index_of(b, key)?).as_ref(), &idx, None)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Block::new(RecordBatch::try_from_iter(cols)?))
+}
+
+/// Sort, map side: sorts the block, then cuts it where the boundaries
+/// (rows of the key columns, in sort order) fall: partition `i` holds the
+/// rows after boundary `i-1` up to boundary `i`, each partition its own
+/// object (called with one return per boundary, plus one).
 #[rayforge::remote(split_returns)]
 pub(crate) fn sort_map(
     input: Block,
-    key: String,
+    keys: Vec<(String, bool)>,
     bounds: Block,
-    descending: bool,
 ) -> std::result::Result<Vec<Block>, Error> {
-    let b = input.batch();
-    let k = index_of(b, &key)?;
-    let opts = arrow::compute::SortOptions {
-        descending,
-        nulls_first: false,
-    };
-    let idx = arrow::compute::sort_to_indices(b.column(k), Some(opts), None)?;
-    let sorted = take_rows(b, &idx)?;
-    let keys = sorted.column(k);
-    let bounds = bounds.batch().column(0).clone();
-    let mut cuts = Vec::with_capacity(bounds.len() + 2);
+    let sorted = sort_rows(input.batch(), &keys)?;
+    let (conv, rows) = key_rows(&sorted, &keys)?;
+    let bounds = bounds.batch();
+    let bound_cols = keys
+        .iter()
+        .map(|(k, _)| Ok(bounds.column(index_of(bounds, k)?).clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let bound_rows = conv.convert_columns(&bound_cols)?;
+    let mut cuts = Vec::with_capacity(bound_rows.num_rows() + 2);
     cuts.push(0usize);
-    for i in 0..bounds.len() {
-        let edge = arrow::array::Scalar::new(bounds.slice(i, 1));
-        // Rows up to the boundary, in sort order (nulls compare as null and
-        // are not counted: they stay at the end).
-        let within = if descending {
-            arrow::compute::kernels::cmp::gt_eq(keys, &edge)?
-        } else {
-            arrow::compute::kernels::cmp::lt_eq(keys, &edge)?
-        };
-        let at = within.true_count().max(*cuts.last().unwrap_or(&0));
-        cuts.push(at);
+    let n = rows.num_rows();
+    for edge in bound_rows.iter() {
+        // Rows up to the boundary, in sort order: the rows are sorted, so
+        // the first row past it is found by bisection.
+        let (mut lo, mut hi) = (*cuts.last().unwrap_or(&0), n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if rows.row(mid) <= edge {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        cuts.push(lo);
     }
-    cuts.push(sorted.num_rows());
+    cuts.push(n);
     Ok(cuts
         .windows(2)
         .map(|w| Block::new(sorted.slice(w[0], w[1] - w[0])))
@@ -742,23 +791,15 @@ pub(crate) fn sort_map(
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn sort_reduce(
     parts: Vec<rayforge::ObjectRef<Block>>,
-    key: String,
-    descending: bool,
+    keys: Vec<(String, bool)>,
 ) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
-        let got = fetch_parts(&parts)?;
-        let all = concat(got)?;
+        let all = concat(fetch_parts(&parts)?)?;
         if all.num_rows() == 0 {
             return Ok(all);
         }
-        let c = all.column(index_of(&all, &key)?);
-        let opts = arrow::compute::SortOptions {
-            descending,
-            nulls_first: false,
-        };
-        let idx = arrow::compute::sort_to_indices(c, Some(opts), None)?;
-        take_rows(&all, &idx)
+        sort_rows(&all, &keys)
     })();
     finish(start, r)
 }

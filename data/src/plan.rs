@@ -26,9 +26,9 @@ pub(crate) enum AllToAll {
         len: u64,
     },
     Shuffle(u64),
+    /// By several keys: `(column, descending)`, the first deciding first.
     Sort {
-        key: String,
-        descending: bool,
+        keys: Vec<(String, bool)>,
     },
     Sql {
         query: String,

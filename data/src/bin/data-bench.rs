@@ -1,7 +1,8 @@
 //! Benchmarks rayforge-data against plain single-process DataFusion on the
 //! same Parquet input, case by case (the cases of `ray_data_anchor.py`):
 //! read -> map_batches -> write Parquet; group-by mean/sum; sort; random
-//! shuffle (also over 16, 64 and 256 materialized blocks). Prints wall seconds and million rows per second per case and
+//! shuffle (also over 16, 64 and 256 materialized blocks). Prints wall
+//! seconds and million rows per second per case and
 //! writes them as JSON.
 //!
 //!   data-bench DIR [--rows N] [--json FILE] [--only rayforge|datafusion] [--filter TEXT] [--warmup]

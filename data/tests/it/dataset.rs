@@ -793,3 +793,66 @@ fn joins_match_a_nested_loop_on_two_keys_for_every_join_type() {
         "{e}"
     );
 }
+
+#[test]
+fn unique_values_of_a_column_in_order_with_nulls_last() {
+    cluster();
+    let ds = rayforge_data::from_items(&rows(50)).unwrap().repartition(4);
+    assert_eq!(ds.unique::<i64>("key").unwrap(), vec![0, 1, 2, 3, 4]);
+    let names: Vec<String> = ds.unique("s").unwrap();
+    assert_eq!(names.len(), 50);
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    // A column with nulls: Option values, the null last.
+    let with_null = ds
+        .sql("SELECT CASE WHEN key = 2 THEN NULL ELSE key * 10 END AS k FROM ds")
+        .unwrap();
+    assert_eq!(
+        with_null.unique::<Option<i64>>("k").unwrap(),
+        vec![Some(0), Some(10), Some(30), Some(40), None]
+    );
+    let e = with_null.unique::<i64>("k").unwrap_err().to_string();
+    assert!(e.contains("unique(`k`)") && e.contains("null"), "{e}");
+    let e = ds.unique::<i64>("nope").unwrap_err().to_string();
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn sort_by_several_keys_each_in_its_own_direction() {
+    cluster();
+    let mut want = rows(300);
+    let ds = rayforge_data::from_items(&want)
+        .unwrap()
+        .random_shuffle(Some(3))
+        .repartition(5);
+    let got: Vec<Row> = ds
+        .sort_by(&[("key", false), ("x", true), ("id", false)])
+        .take_all()
+        .unwrap();
+    want.sort_by(|a, b| a.key.cmp(&b.key).then(b.x.total_cmp(&a.x)).then(a.id.cmp(&b.id)));
+    assert_eq!(got, want);
+    // Nulls last, descending too; an empty key list or an unknown key is an error.
+    let with_null = ds
+        .sql("SELECT CASE WHEN id % 4 = 0 THEN NULL ELSE key END AS k, id FROM ds")
+        .unwrap();
+    let b = with_null
+        .sort_by(&[("k", true), ("id", false)])
+        .take_batch(300)
+        .unwrap();
+    let k = b.column_by_name("k").unwrap();
+    assert_eq!(k.null_count(), 75);
+    assert!((0..225).all(|i| k.is_valid(i)) && (225..300).all(|i| k.is_null(i)));
+    assert_eq!(i64s(&b.slice(225, 75), "id"), (0..300).step_by(4).collect::<Vec<i64>>());
+    assert!(
+        ds.sort_by(&[])
+            .count()
+            .unwrap_err()
+            .to_string()
+            .contains("at least one key")
+    );
+    let e = ds
+        .sort_by(&[("key", false), ("nope", true)])
+        .count()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope"), "{e}");
+}

@@ -495,6 +495,12 @@ fn score(s: &mut Scorer, b: RecordBatch) -> Result<RecordBatch, Error> {
     ])?)
 }
 
+/// `score`, taking the time a model would (so the pool sees a backlog).
+fn slow_score(s: &mut Scorer, b: RecordBatch) -> Result<RecordBatch, Error> {
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    score(s, b)
+}
+
 #[test]
 fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
     cluster();
@@ -504,7 +510,7 @@ fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
         num_cpus: 0.25,
         num_gpus: 0.0,
     };
-    let ds = rayforge_data::range_with_blocks(6000, 12).map_batches_actors(load_scorer, score, opts);
+    let ds = rayforge_data::range_with_blocks(6000, 30).map_batches_actors(load_scorer, slow_score, opts);
     let b = ds.take_batch(10_000).unwrap();
     assert_eq!(i64s(&b, "id"), (0..6000).collect::<Vec<_>>());
     assert!(
@@ -855,4 +861,80 @@ fn sort_by_several_keys_each_in_its_own_direction() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("nope"), "{e}");
+}
+
+/// Scores a batch; the first time it meets row 777 of a run (column `run`),
+/// its process dies (a marker file remembers it).
+fn score_or_die(s: &mut Scorer, b: RecordBatch) -> Result<RecordBatch, Error> {
+    let ids = i64s(&b, "id");
+    let run = i64s(&b, "run")[0];
+    let marker = std::env::temp_dir().join(format!("rayforge-data-pool-death-{run}"));
+    if ids.contains(&777)
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+    {
+        std::process::exit(3);
+    }
+    score(s, b.project(&[0]).map_err(|e| Error::InvalidArgument(e.to_string()))?)
+}
+
+#[test]
+fn an_actor_pool_replaces_a_dead_actor_and_processes_its_blocks_again() {
+    cluster();
+    let run = std::process::id() as i64;
+    let marker = std::env::temp_dir().join(format!("rayforge-data-pool-death-{run}"));
+    let _ = std::fs::remove_file(&marker);
+    let opts = rayforge_data::ActorPoolOptions {
+        concurrency: (2, 2),
+        batch_size: None,
+        num_cpus: 0.25,
+        num_gpus: 0.0,
+    };
+    let ds = rayforge_data::range_with_blocks(2000, 10)
+        .sql(&format!("SELECT id, {run} AS run FROM ds"))
+        .unwrap()
+        .repartition(10)
+        .map_batches_actors(load_scorer, score_or_die, opts);
+    let b = ds.take_batch(10_000).unwrap();
+    assert!(marker.exists(), "an actor died");
+    // Every row, in order, none lost with the dead actor.
+    assert_eq!(i64s(&b, "id"), (0..2000).collect::<Vec<_>>());
+    let pids: std::collections::BTreeSet<i64> = i64s(&b, "pid").into_iter().collect();
+    assert!(
+        pids.len() >= 2,
+        "the dead actor's successor finished the work: {pids:?}"
+    );
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[test]
+fn an_actor_pool_does_not_grow_past_the_free_cpus_and_finishes() {
+    cluster();
+    // Whole-CPU actors on 2 CPUs, up to 4, fed by tasks that need a CPU too:
+    // actors that could not start would hold the blocks queued on them,
+    // and actors holding every CPU would starve the input's tasks.
+    let opts = rayforge_data::ActorPoolOptions {
+        concurrency: (1, 4),
+        batch_size: None,
+        num_cpus: 1.0,
+        num_gpus: 0.0,
+    };
+    let ds = rayforge_data::range_with_blocks(3000, 30)
+        .map_batches(double_id)
+        .map_batches_actors(load_scorer, score, opts);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ds2 = ds.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(ds2.take_batch(10_000).map(|b| i64s(&b, "id")));
+    });
+    let ids = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the pool finishes")
+        .unwrap();
+    assert_eq!(ids, (0..3000).map(|i| i * 2).collect::<Vec<_>>());
+    let stats = ds.stats();
+    assert!(stats.contains("1 actors") || stats.contains("2 actors"), "{stats}");
 }

@@ -55,26 +55,11 @@ fn unit() -> Type {
     syn::parse_quote!(())
 }
 
-fn result_inner(ty: &Type) -> Option<Type> {
+/// The `T` of a type `Name<T, ..>` (`Result<T, E>`, `Vec<T>`).
+fn first_type_arg(ty: &Type, name: &str) -> Option<Type> {
     let Type::Path(p) = ty else { return None };
     let seg = p.path.segments.last()?;
-    if seg.ident != "Result" {
-        return None;
-    }
-    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
-        return None;
-    };
-    match a.args.first()? {
-        syn::GenericArgument::Type(t) => Some(t.clone()),
-        _ => None,
-    }
-}
-
-/// The `T` of a `Vec<T>` type.
-fn vec_inner(ty: &Type) -> Option<Type> {
-    let Type::Path(p) = ty else { return None };
-    let seg = p.path.segments.last()?;
-    if seg.ident != "Vec" {
+    if seg.ident != name {
         return None;
     }
     let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
@@ -91,12 +76,12 @@ fn ret_info(out: &ReturnType, num_returns: usize, split: bool) -> syn::Result<Re
         ReturnType::Default => unit(),
         ReturnType::Type(_, t) => (**t).clone(),
     };
-    let (inner, fallible) = match result_inner(&ty) {
+    let (inner, fallible) = match first_type_arg(&ty, "Result") {
         Some(t) => (t, true),
         None => (ty.clone(), false),
     };
     if split {
-        let elem = vec_inner(&inner).ok_or_else(|| {
+        let elem = first_type_arg(&inner, "Vec").ok_or_else(|| {
             syn::Error::new(
                 inner.span(),
                 "split_returns needs a `Vec<T>` (or `Result<Vec<T>, E>`) return type: each element is one return object",

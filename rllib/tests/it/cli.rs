@@ -8,7 +8,17 @@ use std::process::Command;
 use rayforge_integration_tests::LocalCluster;
 
 fn rllib(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rllib")).args(args).output().unwrap();
+    run(env!("CARGO_BIN_EXE_rllib"), args)
+}
+
+/// `rllib-examples`: the command line with a registered environment.
+fn examples(args: &[&str]) -> (i32, String, String) {
+    run(env!("CARGO_BIN_EXE_rllib-examples"), args)
+}
+
+/// Runs `bin` with `args`: exit code, stdout, stderr.
+fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -243,18 +253,6 @@ fn tune_runs_trials_of_an_algorithm_from_a_search_toml() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("learning_rate"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn examples(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rllib-examples"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -32,8 +32,11 @@ cargo build --workspace --bins
 echo "== tests (nextest: one process per test)"
 cargo nextest run --workspace --no-fail-fast
 echo "== disk: $(du -sh target | cut -f1) in target/, $(df -h --output=avail . | tail -1 | tr -d ' ') left"
-echo "== doc tests"
-cargo test --workspace --doc
+# The same tests as a contributor's `cargo test` runs them, doc tests included: many tests to a
+# process, sharing one embedded cluster per test binary; a test that needs a cluster of its own
+# runs in a process of its own (rayforge_integration_tests::own_process!).
+echo "== cargo test (many tests per process) and doc tests"
+cargo test --workspace --no-fail-fast
 echo "== Kubernetes manifests (kustomize render, kubernetes-validate --strict, pod security and NetworkPolicy, a head and a worker from their arguments)"
 target/k8s-venv/bin/python core/cli/kubernetes/check.py --rayforge target/debug/rayforge \
   --validate target/k8s-venv/bin/kubernetes-validate --kubectl "$RAYFORGE_KUBECTL"

@@ -20,6 +20,69 @@ pub fn cluster_with(f: impl FnOnce(Config) -> Config) {
     });
 }
 
+/// Runs the calling test in a process of its own when the harness runs many
+/// tests in one process (`cargo test`), and returns from the test once that
+/// process has passed; under nextest, which already gives each test its own
+/// process, it does nothing. For tests that join a cluster of their own, start
+/// one with another configuration, or watch process-wide state: everything
+/// else shares the one embedded cluster of [`cluster`].
+///
+/// ```ignore
+/// #[test]
+/// fn joins_a_local_cluster() {
+///     rayforge_integration_tests::own_process!();
+///     let cluster = LocalCluster::start(&[], 200);
+///     rayforge::init(cluster.config()).unwrap();
+/// }
+/// ```
+#[macro_export]
+macro_rules! own_process {
+    () => {
+        $crate::own_process!(())
+    };
+    ($passed:expr) => {{
+        fn here() {}
+        if $crate::ran_in_own_process(::std::any::type_name_of_val(&here)) {
+            return $passed;
+        }
+    }};
+}
+
+/// Set in the process [`own_process!`] starts for one test.
+const OWN_PROCESS_ENV: &str = "RAYFORGE_TEST_OWN_PROCESS";
+
+/// What [`own_process!`] calls with the path of a function inside the test
+/// (`it::module::test_name::here`): whether the test already ran, and passed,
+/// in a child process. Panics with the child's output when it failed.
+pub fn ran_in_own_process(here: &str) -> bool {
+    // nextest runs each test in a process of its own; the child started below
+    // is one too.
+    if std::env::var_os("NEXTEST_EXECUTION_MODE").is_some() || std::env::var_os(OWN_PROCESS_ENV).is_some() {
+        return false;
+    }
+    // The harness names a test by its path without the crate's name; an async
+    // test's body is a closure inside it (`name::{{closure}}::here`).
+    let path: Vec<&str> = here.split("::").filter(|s| !s.starts_with("{{")).collect();
+    let test = path[1.min(path.len())..path.len().saturating_sub(1)].join("::");
+    let test = test.as_str();
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
+        .env(OWN_PROCESS_ENV, "1")
+        .output()
+        .expect("start the test binary again for one test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A name the harness does not know runs nothing and exits 0: check that
+    // exactly this test ran and passed.
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{test} in its own process: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    true
+}
+
 /// Polls `cond` until it holds or `deadline` passes; returns whether it held.
 pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;

@@ -3,19 +3,13 @@
 //! (a plain loop over the input).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use rayforge_data::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
 use rayforge_data::expr::col;
 use rayforge_data::{Agg, Error, IterOptions, MapOptions};
+use rayforge_integration_tests::cluster;
 use serde::{Deserialize, Serialize};
-
-fn cluster() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        rayforge::init(rayforge::Config::default().num_cpus(2.0)).expect("start embedded cluster");
-    });
-}
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("rayforge-data-test-{}-{name}", std::process::id()));

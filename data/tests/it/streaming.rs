@@ -1,19 +1,17 @@
 //! Streaming execution under a small object store, and a worker killed in
 //! the middle of a dataset.
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use rayforge_data::Error;
 use rayforge_data::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 
 const STORE: u64 = 24 << 20;
 
+/// A cluster of its own (each test here runs in its own process): a store
+/// far smaller than the default one.
 fn cluster() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        rayforge::init(rayforge::Config::default().num_cpus(2.0).object_store_memory(STORE))
-            .expect("start embedded cluster");
-    });
+    rayforge_integration_tests::cluster_with(|c| c.object_store_memory(STORE));
 }
 
 fn with_square(b: RecordBatch) -> Result<RecordBatch, Error> {
@@ -30,6 +28,7 @@ fn with_square(b: RecordBatch) -> Result<RecordBatch, Error> {
 
 #[test]
 fn a_dataset_eight_times_the_store_streams_from_read_to_write() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let dir = std::env::temp_dir().join(format!("rayforge-data-stream-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -78,6 +77,7 @@ unsafe extern "C" {
 
 #[test]
 fn a_task_whose_worker_dies_is_retried() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let ds = rayforge_data::range_with_blocks(1000, 4).map_batches(dies_once);
     let ids: Vec<i64> = ds

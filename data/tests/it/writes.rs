@@ -3,17 +3,10 @@
 //! (no `_SUCCESS` entry) are never read.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use rayforge_data::{WriteMode, WriteOptions};
+use rayforge_integration_tests::cluster;
 use serde::{Deserialize, Serialize};
-
-fn cluster() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        rayforge::init(rayforge::Config::default().num_cpus(2.0)).expect("start embedded cluster");
-    });
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rayforge-data-writes-{}-{name}", std::process::id()));

@@ -353,6 +353,8 @@ impl Holder {
 
 #[test]
 fn constructor_arguments_live_as_long_as_the_actor_and_no_longer() {
+    // Counts every object the process owns.
+    rayforge_integration_tests::own_process!();
     cluster();
     let before = rayforge::owned_object_count().unwrap();
     let data = rayforge::put(Buffer::from(vec![3u64; 1 << 16])).unwrap();
@@ -398,6 +400,9 @@ fn counter_from_a_task(start: i64) -> (u32, CounterHandle) {
 
 #[test]
 fn an_actor_dies_with_the_process_that_created_it() {
+    // The creating task's worker must stay alive until the test kills it:
+    // in a shared cluster another test's task could crash it first.
+    rayforge_integration_tests::own_process!();
     cluster();
     let (creator, c) = counter_from_a_task::remote(5i64).get().unwrap();
     assert_eq!(c.inc().get().unwrap(), 6, "the handle works in the driver");
@@ -420,6 +425,7 @@ fn an_actor_dies_with_the_process_that_created_it() {
 
 #[test]
 fn actor_handles_report_their_state_and_the_listings_show_the_cluster() {
+    rayforge_integration_tests::own_process!();
     use rayforge::{ActorHandleType, ActorState};
     cluster();
     let c = Counter::options()

@@ -49,6 +49,7 @@ fn events(c: &mut rayforge::cluster::HeadClient, kind: &str) -> Vec<String> {
 /// One driver per test process: the scenarios follow one another.
 #[test]
 fn the_cluster_grows_for_a_burst_shrinks_when_idle_and_holds_requested_capacity() {
+    rayforge_integration_tests::own_process!();
     let yaml = std::env::temp_dir().join(format!("rayforge-autoscaler-{}.yaml", std::process::id()));
     std::fs::write(&yaml, CLUSTER_YAML).unwrap();
     let cluster = LocalCluster::start(
@@ -200,6 +201,7 @@ fn ledger(cluster: &LocalCluster) -> Vec<(String, u32)> {
 
 #[test]
 fn a_strict_spread_group_gets_its_nodes_together_and_a_node_killed_while_starting_is_replaced() {
+    rayforge_integration_tests::own_process!();
     use rayforge::{placement_group, remove_placement_group, PlacementStrategy};
     let dir = std::env::temp_dir().join(format!("rayforge-autoscaler-pg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -338,6 +340,7 @@ available_node_types:
 
 #[test]
 fn a_provider_that_fails_is_reported_and_retried_with_backoff_and_a_bad_config_is_refused() {
+    rayforge_integration_tests::own_process!();
     let dir = std::env::temp_dir().join(format!("rayforge-autoscaler-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // A mistake in cluster.yaml: `rayforge start` refuses it, naming it,

@@ -37,6 +37,7 @@ pub(crate) fn wait_for_file(path: String) -> String {
 /// One driver per test process: every scenario below runs in this one test.
 #[test]
 fn tasks_and_objects_span_nodes_and_survive_a_killed_node() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
     let head = cluster.daemons[0].1.clone();
     let b = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"b": 1, "x": 1}"#]);
@@ -216,6 +217,7 @@ impl Placed {
 
 #[test]
 fn spread_and_node_affinity_choose_nodes() {
+    rayforge_integration_tests::own_process!();
     use rayforge::SchedulingStrategy;
     let mut cluster = LocalCluster::start(&["--num-cpus", "2"], 2000);
     let head = cluster.daemons[0].1.clone();
@@ -304,6 +306,7 @@ fn spread_and_node_affinity_choose_nodes() {
 /// at most twice; the other nodes get it from the copies.
 #[test]
 fn a_broadcast_spreads_over_copies_instead_of_the_owner_sending_it_to_every_node() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
     let readers: Vec<String> = (0..4)
         .map(|i| cluster.add_node(&["--num-cpus", "1", "--resources", &format!(r#"{{"r{i}": 1}}"#)]))

@@ -42,6 +42,7 @@ fn bump_named(name: String) -> (String, i64) {
 
 #[test]
 fn actors_span_nodes_and_restart_elsewhere_when_a_node_dies() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
     let head = cluster.daemons[0].1.clone();
     let b = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"b": 1, "x": 1}"#]);
@@ -167,6 +168,7 @@ fn actors_span_nodes_and_restart_elsewhere_when_a_node_dies() {
 
 #[test]
 fn placement_groups_span_nodes_and_are_placed_again_when_a_node_dies() {
+    rayforge_integration_tests::own_process!();
     use rayforge::{placement_group, PlacementGroupState, PlacementStrategy};
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
     cluster.add_node(&["--num-cpus", "2"]);

@@ -38,6 +38,7 @@ fn i64s(b: &RecordBatch, name: &str) -> Vec<i64> {
 
 #[test]
 fn sort_shuffle_and_group_by_run_across_nodes() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
     let b = cluster.add_node(&["--num-cpus", "1"]);
     let c = cluster.add_node(&["--num-cpus", "1"]);

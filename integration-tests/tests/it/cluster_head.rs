@@ -24,6 +24,7 @@ fn kv_read(key: String) -> rayforge::Result<Option<Vec<u8>>> {
 
 #[test]
 fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
+    rayforge_integration_tests::own_process!();
     let head_args = ["--num-cpus", "1", "--resources", r#"{"h": 1, "hp": 1}"#];
     let mut cluster = LocalCluster::start(&head_args, 3000);
     let b = cluster.add_node(&["--num-cpus", "2", "--resources", r#"{"b": 1}"#]);
@@ -154,6 +155,7 @@ fn head_restart_mid_job_loses_nothing_and_the_job_finishes() {
 /// still running counts again once it is heard from.
 #[test]
 fn a_restarted_head_counts_restored_nodes_alive_only_once_they_reconnect() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
     let b = cluster.add_node(&["--num-cpus", "1"]);
     let c = cluster.add_node(&["--num-cpus", "1"]);
@@ -193,6 +195,7 @@ fn a_restarted_head_counts_restored_nodes_alive_only_once_they_reconnect() {
 
 #[test]
 fn bad_addresses_tokens_and_arguments_get_clear_errors() {
+    rayforge_integration_tests::own_process!();
     let cluster = LocalCluster::start(&["--num-cpus", "1"], 3000);
 
     // Wrong token: refused, saying why.
@@ -281,6 +284,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn serve_run_joins_a_head_started_with_the_default_ports() {
+    rayforge_integration_tests::own_process!();
     use std::io::BufRead;
     // The head's jobs API on its default port, as `rayforge start --head`
     // gives a new user.
@@ -377,6 +381,7 @@ impl Drop for StopOnDrop {
 /// it in its environment, not in its arguments.
 #[test]
 fn the_token_stays_out_of_arguments_and_output() {
+    rayforge_integration_tests::own_process!();
     let base = std::env::temp_dir().join(format!("rf-token-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
@@ -488,6 +493,7 @@ fn the_token_stays_out_of_arguments_and_output() {
 /// whatever process took a stale pid file's pid.
 #[test]
 fn a_planted_temp_directory_is_refused_and_stop_kills_only_daemons() {
+    rayforge_integration_tests::own_process!();
     let base = std::env::temp_dir().join(format!("rf-planted-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     let run = |tmp: &std::path::Path, args: &[&str]| {
@@ -543,6 +549,7 @@ fn a_planted_temp_directory_is_refused_and_stop_kills_only_daemons() {
 /// reconnecting.
 #[test]
 fn cleanly_stopped_nodes_are_recorded_as_stopped() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
     let b = cluster.add_node(&["--num-cpus", "1"]);
     let old_head = cluster.daemons[0].1.clone();
@@ -574,6 +581,7 @@ fn cleanly_stopped_nodes_are_recorded_as_stopped() {
 /// again once a write succeeds.
 #[test]
 fn the_head_is_not_ready_while_it_cannot_write_its_state() {
+    rayforge_integration_tests::own_process!();
     use rayforge::jobs::{JobClient, RuntimeEnv};
     use rayforge_integration_tests::http;
     let cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);

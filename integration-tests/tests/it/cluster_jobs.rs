@@ -26,6 +26,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn a_submitted_job_gets_its_runtime_env_and_survives_a_killed_node() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 2000);
     let b = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"x": 1}"#]);
     let c = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"x": 1}"#]);
@@ -145,6 +146,7 @@ fn a_submitted_job_gets_its_runtime_env_and_survives_a_killed_node() {
 
 #[test]
 fn bad_job_requests_get_clear_errors() {
+    rayforge_integration_tests::own_process!();
     let cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
     let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
 
@@ -246,6 +248,7 @@ fn bad_job_requests_get_clear_errors() {
 
 #[test]
 fn a_driver_killed_without_shutdown_fails_its_job_and_ends_its_actors() {
+    rayforge_integration_tests::own_process!();
     use std::io::BufRead;
     let cluster = LocalCluster::start(&["--num-cpus", "1"], 5000);
     let probe = workspace_bin("job_probe", "rayforge-integration-tests");
@@ -326,6 +329,7 @@ fn set_open_files(soft: u64) -> u64 {
 /// once their headers are late.
 #[test]
 fn two_thousand_half_open_connections_do_not_shut_others_out() {
+    rayforge_integration_tests::own_process!();
     use std::io::{Read, Write};
     // The head inherits a soft limit of 1,024, as under most shells.
     let hard = set_open_files(1024);
@@ -398,6 +402,7 @@ fn pid_in(path: &std::path::Path) -> u32 {
 /// state ends what is left and says so in the job's message.
 #[test]
 fn a_jobs_processes_end_with_a_crashed_head() {
+    rayforge_integration_tests::own_process!();
     use rayforge_integration_tests::process_running;
     let mut cluster = LocalCluster::start(&["--num-cpus", "1"], 60_000);
     let port: u16 = cluster.address.rsplit(':').next().unwrap().parse().unwrap();
@@ -457,6 +462,7 @@ fn a_jobs_processes_end_with_a_crashed_head() {
 /// reading it says so), while a running job's log and a fresh one stay.
 #[test]
 fn old_job_logs_go_past_the_artifact_budget() {
+    rayforge_integration_tests::own_process!();
     let cluster = LocalCluster::start(&["--num-cpus", "1", "--artifact-budget", "100000"], 60_000);
     let jobs = JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
     let logs = cluster.state_dir.join("job-logs");
@@ -506,6 +512,7 @@ fn old_job_logs_go_past_the_artifact_budget() {
 /// writable (the test script requires it as root: RAYFORGE_REQUIRE_CGROUPS).
 #[test]
 fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
+    rayforge_integration_tests::own_process!();
     use rayforge_integration_tests::process_running;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -110,6 +110,7 @@ fn probed_cluster() -> (LocalCluster, String, String, rayforge::jobs::JobClient)
 
 #[test]
 fn the_dashboard_shows_a_live_cluster_and_its_endpoints_guard_the_token() {
+    rayforge_integration_tests::own_process!();
     let (mut cluster, worker_node, job, jobs) = probed_cluster();
     let base = cluster.jobs_address.clone();
     let token = cluster.token.clone();
@@ -444,6 +445,7 @@ fn browser_dir() -> std::path::PathBuf {
 
 #[test]
 fn the_dashboard_works_in_a_real_browser() {
+    rayforge_integration_tests::own_process!();
     // CI installs Chromium and playwright-core (scripts/test.sh) and makes
     // this test required; elsewhere it runs when they are there.
     let required = std::env::var("RAYFORGE_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
@@ -514,6 +516,7 @@ fn sleepy() -> u32 {
 
 #[test]
 fn a_task_killed_by_the_memory_monitor_is_in_the_events_feed() {
+    rayforge_integration_tests::own_process!();
     // With the threshold at 0 every retriable task is "over".
     let cluster = LocalCluster::start(&["--num-cpus", "1", "--memory-usage-threshold", "0"], 5000);
     rayforge::init(cluster.config()).unwrap();
@@ -548,6 +551,7 @@ fn a_task_killed_by_the_memory_monitor_is_in_the_events_feed() {
 /// key between nodes either.
 #[test]
 fn the_viewer_token_reads_everything_and_changes_nothing() {
+    rayforge_integration_tests::own_process!();
     let dir = std::env::temp_dir().join(format!("rf-viewer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("viewer-token");
@@ -670,6 +674,7 @@ fn line_after(lines: &std::sync::mpsc::Receiver<String>, tag: &str, within: Dura
 /// those requests grows by far less than the log.
 #[test]
 fn a_gibibyte_worker_log_leaves_log_replies_and_the_head_bounded() {
+    rayforge_integration_tests::own_process!();
     use rayforge::state::{MAX_LOGS_REPLY, MAX_LOG_TEXT};
     use std::io::{BufRead, Write};
     const MIB: u64 = 1 << 20;

@@ -41,6 +41,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn an_idle_worker_that_owns_objects_is_kept_until_they_are_freed() {
+    rayforge_integration_tests::own_process!();
     let mut cfg = Config::default().num_cpus(2.0).prestart_workers(0);
     cfg.idle_worker_timeout_s = Some(0.3);
     rayforge::init(cfg).unwrap();
@@ -88,6 +89,7 @@ fn pid_of_worker() -> u32 {
 /// forked on that thread, and `PR_SET_PDEATHSIG` killed them as it ended.
 #[test]
 fn prestarted_workers_outlive_the_thread_that_called_init() {
+    rayforge_integration_tests::own_process!();
     std::thread::spawn(|| {
         rayforge::init(Config::default().num_cpus(2.0).prestart_workers(2)).unwrap();
     })
@@ -159,6 +161,7 @@ fn pids_after(lines: &std::sync::mpsc::Receiver<String>, tag: &str) -> Vec<u32> 
 /// milliseconds after they started), and the driver's tasks run on them.
 #[test]
 fn prestarted_workers_outlive_init_in_a_tokio_main_driver() {
+    rayforge_integration_tests::own_process!();
     use std::io::{BufRead, Write};
     let bin = rayforge_integration_tests::workspace_bin("async_main_driver", "rayforge-integration-tests");
     let mut child = std::process::Command::new(bin)

@@ -10,6 +10,7 @@ fn one() -> i32 {
 
 #[test]
 fn api_before_init_and_bad_config_give_clear_errors() {
+    rayforge_integration_tests::own_process!();
     let err = rayforge::put(1u8).unwrap_err();
     assert!(err.to_string().contains("rayforge::init"), "{err}");
     let err = one::remote().get().unwrap_err();
@@ -54,10 +55,12 @@ async fn use_rayforge_from_async_code() {
 
 #[tokio::test]
 async fn init_and_shutdown_work_inside_a_current_thread_runtime() {
+    rayforge_integration_tests::own_process!();
     use_rayforge_from_async_code().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_and_shutdown_work_inside_a_multi_thread_runtime() {
+    rayforge_integration_tests::own_process!();
     use_rayforge_from_async_code().await;
 }

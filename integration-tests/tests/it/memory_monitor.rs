@@ -14,6 +14,7 @@ fn long_task() -> u32 {
 
 #[test]
 fn tasks_over_the_memory_threshold_are_killed_with_a_clear_error() {
+    rayforge_integration_tests::own_process!();
     cluster_with(|c| c.memory_usage_threshold(0.0));
     let err = long_task::options()
         .max_retries(1)

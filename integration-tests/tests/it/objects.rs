@@ -46,6 +46,7 @@ fn store_used() -> u64 {
 
 #[test]
 fn large_buffers_are_read_zero_copy_everywhere() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let n = 4 << 20; // 32 MiB of f64
     let r = rayforge::put(Buffer::from((0..n).map(|i| (i % 7) as f64).collect::<Vec<f64>>())).unwrap();
@@ -64,6 +65,7 @@ fn large_buffers_are_read_zero_copy_everywhere() {
 
 #[test]
 fn store_memory_returns_to_baseline_when_references_drop() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let base = store_used();
     let owned_before = rayforge::owned_object_count().unwrap();
@@ -92,6 +94,7 @@ fn store_memory_returns_to_baseline_when_references_drop() {
 
 #[test]
 fn freed_memory_is_reused_but_never_under_a_reader() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let n = 8 << 20;
     let base = store_used();
@@ -136,6 +139,7 @@ fn put_drop_loop(n: usize, times: u8) -> usize {
 
 #[test]
 fn a_put_after_a_drop_writes_over_the_freed_memory() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let n = 4 << 20;
     let reused = || rayforge::store_stats().unwrap().reused_total;
@@ -162,6 +166,7 @@ fn a_put_after_a_drop_writes_over_the_freed_memory() {
 
 #[test]
 fn references_inside_a_result_are_released_with_it_read_or_not() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let base = store_used();
     // Never read: the references inside go with the result.
@@ -197,6 +202,7 @@ fn references_inside_a_result_are_released_with_it_read_or_not() {
 
 #[test]
 fn references_inside_values_stay_alive_and_resolve() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let inner: Vec<ObjectRef<i64>> = (1..=10).map(|i| rayforge::put(i as i64).unwrap()).collect();
     let outer = rayforge::put(inner.clone()).unwrap();
@@ -231,6 +237,7 @@ impl Keeper {
 
 #[test]
 fn objects_kept_only_by_a_dead_borrower_are_freed() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let before = rayforge::owned_object_count().unwrap();
     let x = rayforge::put(5i64).unwrap();
@@ -281,6 +288,7 @@ impl Locker {
 
 #[test]
 fn an_object_handed_back_to_its_owner_survives_the_borrower_dropping_it() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let locker = Locker::remote().unwrap();
     for i in 0..300u64 {

@@ -104,6 +104,7 @@ fn wait_for_task(name: &str, ok: impl Fn(&TaskInfo) -> bool) -> TaskInfo {
 
 #[test]
 fn tasks_waiting_to_run_are_listed_as_pending() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let path = std::env::temp_dir().join(marker("pending-pid"));
     let h = hang::remote(path.display().to_string());
@@ -153,6 +154,7 @@ fn tasks_waiting_to_run_are_listed_as_pending() {
 
 #[test]
 fn tasks_logs_and_timeline_of_the_embedded_cluster() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let tag = marker("observe");
     let pid = chatty::remote(tag.clone()).get().unwrap();
@@ -257,6 +259,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_cli_lists_tasks_objects_and_logs_of_every_node() {
+    rayforge_integration_tests::own_process!();
     let mut c = LocalCluster::start(&["--num-cpus", "1"], 5000);
     let other = c.add_node(&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]);
     rayforge::init(c.config()).expect("join the cluster");
@@ -334,6 +337,7 @@ fn the_cli_lists_tasks_objects_and_logs_of_every_node() {
 /// log stays within 16 MiB.
 #[test]
 fn log_reads_are_capped_however_large_the_log() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let mib = 24;
     let pid = flood::remote(mib).get().unwrap();

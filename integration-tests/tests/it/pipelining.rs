@@ -39,6 +39,7 @@ fn die() -> i64 {
 
 #[test]
 fn cancelling_a_task_waiting_behind_another_spares_the_running_one() {
+    rayforge_integration_tests::own_process!();
     pipelined_cluster(1.0);
     // The first reply opens the pipeline: the long task and the one behind
     // it go to the one worker together.
@@ -65,6 +66,7 @@ fn cancelling_a_task_waiting_behind_another_spares_the_running_one() {
 
 #[test]
 fn an_idle_worker_takes_back_tasks_waiting_behind_a_long_one() {
+    rayforge_integration_tests::own_process!();
     pipelined_cluster(2.0);
     // After the first short reply, a lease pushes every task it can to its
     // worker; the other lease, with nothing left in the queue, must take
@@ -91,6 +93,7 @@ fn an_idle_worker_takes_back_tasks_waiting_behind_a_long_one() {
 
 #[test]
 fn tasks_waiting_behind_one_that_kills_its_worker_run_elsewhere_at_no_retry_cost() {
+    rayforge_integration_tests::own_process!();
     pipelined_cluster(1.0);
     let first = add::remote(1i64, 1i64);
     let doomed = die::options().max_retries(0).remote();

@@ -42,6 +42,7 @@ impl Holder {
 
 #[test]
 fn groups_reserve_bundles_and_removal_ends_what_ran_inside() {
+    rayforge_integration_tests::own_process!();
     cluster_with(|c: Config| c.num_cpus(3.0));
 
     let pg = placement_group(vec![cpu(1.0), cpu(2.0)], PlacementStrategy::Pack)

@@ -76,6 +76,7 @@ fn uses_tpu(x: u32) -> u32 {
 
 #[test]
 fn gpu_tasks_see_distinct_devices_and_custom_resources_schedule() {
+    rayforge_integration_tests::own_process!();
     cluster_with(|c| c.num_gpus(2.0).resource("TPU", 2.0));
     let a = visible_gpus::options().num_gpus(1.0).remote();
     let b = visible_gpus::options().num_gpus(1.0).remote();
@@ -97,6 +98,7 @@ fn gpu_tasks_see_distinct_devices_and_custom_resources_schedule() {
 
 #[test]
 fn gpu_fractions_environment_and_runtime_context_reach_user_code() {
+    rayforge_integration_tests::own_process!();
     cluster_with(|c| c.num_gpus(2.0));
     // Two halves share one device, and both know it.
     let a = slow_view::options().num_gpus(0.5).remote();

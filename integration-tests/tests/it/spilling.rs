@@ -11,6 +11,7 @@ fn checksum(b: Buffer<u8>) -> u64 {
 
 #[test]
 fn full_store_spills_and_restores_and_oversized_objects_are_refused() {
+    rayforge_integration_tests::own_process!();
     cluster_with(|c| c.object_store_memory(8 << 20));
     let refs: Vec<_> = (0..6u8)
         .map(|i| rayforge::put(Buffer::from(vec![i; 3 << 20])).unwrap())

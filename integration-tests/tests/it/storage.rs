@@ -26,6 +26,7 @@ fn write_from_node(uri: String, key: String, len: usize) -> (String, Option<Stri
 
 #[test]
 fn the_cluster_store_carries_files_between_private_disks_within_its_budget() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0", "--storage-budget", "3000000"], 10_000);
     let node = cluster.add_private_disk_node(&["--num-cpus", "1"]);
     rayforge::init(cluster.config()).expect("join the cluster");
@@ -189,6 +190,7 @@ fn holds_files_and_checkpoints(base: &str, missing_bucket: &str) {
 
 #[test]
 fn s3_holds_files_and_checkpoints_as_local_storage_does() {
+    rayforge_integration_tests::own_process!();
     let Some(server) = StoreServer::s3() else { return };
     server.create_bucket("runs");
     s3_env(server.port);
@@ -199,6 +201,7 @@ fn s3_holds_files_and_checkpoints_as_local_storage_does() {
 /// well-known account, as `AZURE_STORAGE_USE_EMULATOR` selects it.
 #[test]
 fn azure_holds_files_and_checkpoints_as_local_storage_does() {
+    rayforge_integration_tests::own_process!();
     let Some(server) = StoreServer::start("RAYFORGE_AZURITE", "scripts/azurite.sh", |port| {
         [
             "--blobHost",
@@ -331,6 +334,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limit: Option<(Arc<AtomicBool>, 
 
 #[test]
 fn s3_cut_off_mid_upload_names_the_object_and_keeps_the_previous_checkpoint() {
+    rayforge_integration_tests::own_process!();
     let Some(server) = StoreServer::s3() else { return };
     server.create_bucket("runs");
     let proxy = Proxy::start(server.port);
@@ -370,6 +374,7 @@ fn s3_cut_off_mid_upload_names_the_object_and_keeps_the_previous_checkpoint() {
 /// same directory is refused unless it says overwrite or append.
 #[test]
 fn a_dataset_written_on_one_node_is_read_on_another() {
+    rayforge_integration_tests::own_process!();
     use rayforge_data::arrow::array::Int64Array;
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
     let writer = cluster.add_private_disk_node(&["--num-cpus", "1"]);
@@ -434,6 +439,7 @@ fn a_dataset_written_on_one_node_is_read_on_another() {
 /// read of files there fails the same way.
 #[test]
 fn a_dataset_written_to_a_path_a_node_does_not_share_fails_naming_the_node() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
     // The head has no CPU: every part is written on the private-disk node.
     let private = cluster.add_private_disk_node(&["--num-cpus", "1"]);

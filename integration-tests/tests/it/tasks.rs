@@ -181,6 +181,7 @@ fn sum_of_tiny_tasks(n: i64) -> i64 {
 
 #[test]
 fn a_burst_of_tasks_shares_a_few_leases() {
+    rayforge_integration_tests::own_process!();
     cluster();
     let leases = || rayforge::node_resources().unwrap().lease_requests;
     // Bursts from the driver and from inside a task (two submitters at once).

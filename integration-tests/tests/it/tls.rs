@@ -17,6 +17,7 @@ fn double(x: u64) -> (u64, String) {
 
 #[test]
 fn a_cluster_with_tls_speaks_only_tls() {
+    rayforge_integration_tests::own_process!();
     let dir = std::env::temp_dir().join(format!("rayforge-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();

@@ -121,6 +121,8 @@ fn ordered_actor_pool_reports_the_first_failing_input_not_the_first_to_fail() {
 
 #[test]
 fn a_reference_inside_a_queued_item_stays_alive_while_queued() {
+    // Counts every object the process owns.
+    rayforge_integration_tests::own_process!();
     cluster();
     let q: Queue<Vec<rayforge::ObjectRef<Vec<u8>>>> = Queue::new(0).unwrap();
     let before = rayforge::owned_object_count().unwrap();

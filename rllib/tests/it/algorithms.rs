@@ -68,6 +68,9 @@ fn sac_learns_pendulum_within_its_budget() {
 
 #[test]
 fn the_same_seed_gives_the_same_learning_curve() {
+    // torch's random generator is one per process: another algorithm training
+    // beside this one would draw from it too.
+    rayforge_integration_tests::own_process!();
     cluster();
     // `noise`: the rest of the process draws from torch's generator
     // between iterations, which must not change the algorithm's draws.
@@ -94,6 +97,8 @@ fn the_same_seed_gives_the_same_learning_curve() {
 
 #[test]
 fn an_algorithm_leaves_the_process_torch_seed_and_threads_as_they_were() {
+    // Reads process-wide torch settings that other algorithms change.
+    rayforge_integration_tests::own_process!();
     cluster();
     let draw = || Vec::<f32>::try_from(tch::Tensor::rand([4], (tch::Kind::Float, tch::Device::Cpu))).unwrap();
     tch::set_num_threads(2);

@@ -80,6 +80,7 @@ fn train_then_evaluate_the_saved_checkpoint() {
 
 #[test]
 fn train_checkpoints_to_the_clusters_store_and_evaluate_restores_from_it() {
+    rayforge_integration_tests::own_process!();
     // A head, which holds the store, and a node with a disk of its own
     // for the env runners.
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);

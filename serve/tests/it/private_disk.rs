@@ -38,6 +38,7 @@ fn cluster() -> LocalCluster {
 /// the driver's side of the disk fails there, naming the path.
 #[test]
 fn a_replica_on_a_private_disk_node_serves_a_checkpoint_from_the_cluster_store() {
+    rayforge_integration_tests::own_process!();
     let cluster = cluster();
     // Only the head's store (under the cluster's directory, hidden from
     // the private node) holds it.

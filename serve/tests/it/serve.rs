@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayforge_integration_tests::wait_until;
 use rayforge_serve::client::{request, Reply};
 use rayforge_serve::{
     deployment, Application, Autoscaling, Batcher, Context, Deployment, DeploymentHandle, Error, HttpOptions, Json,
@@ -12,8 +13,10 @@ use rayforge_serve::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The embedded cluster. Serve is one per cluster, so each test here runs in
+/// a process (and cluster) of its own (`own_process!`).
 fn init() {
-    rayforge::init(rayforge::Config::default().num_cpus(2.0)).expect("start the embedded cluster");
+    rayforge_integration_tests::cluster();
 }
 
 fn opts() -> HttpOptions {
@@ -34,18 +37,6 @@ fn start(apps: Vec<Application>, http: HttpOptions) -> Serve {
 
 fn send(s: &Serve, method: &str, path: &str, body: &[u8]) -> Reply {
     request(&s.http_addr().to_string(), method, path, body, Duration::from_secs(60)).expect("HTTP request")
-}
-
-/// Polls `cond` until it holds or `deadline` passes.
-fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
 }
 
 // ---------------------------------------------------------------- deployments
@@ -369,6 +360,7 @@ fn promtool_check(text: &str) {
 
 #[test]
 fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![
             Application::new("greet")
@@ -493,6 +485,7 @@ fn http_requests_reach_replicas_and_bad_ones_get_a_reason() {
 
 #[test]
 fn batching_gathers_concurrent_requests_and_answers_each() {
+    rayforge_integration_tests::own_process!();
     let s = Arc::new(start(
         vec![Application::new("d").ingress(deployment::<Doubler>("Doubler"))],
         opts(),
@@ -522,6 +515,7 @@ fn batching_gathers_concurrent_requests_and_answers_each() {
 
 #[test]
 fn deployments_compose_through_handles() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("calc")
             .ingress(deployment::<Composer>("Composer"))
@@ -548,6 +542,7 @@ fn deployments_compose_through_handles() {
 
 #[test]
 fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests() {
+    rayforge_integration_tests::own_process!();
     let greeter = |greeting: &str, max_ongoing: usize| {
         Application::new("greet").ingress(
             deployment::<Greeter>("Greeter")
@@ -625,6 +620,7 @@ fn user_config_changes_in_place_and_other_changes_roll_without_dropping_requests
 /// again, and requests are answered again.
 #[test]
 fn a_killed_controller_restarts_with_its_applications() {
+    rayforge_integration_tests::own_process!();
     // The controller says in its log that it runs: that is how this test
     // finds its process.
     // SAFETY: set before any other thread of this process starts (each
@@ -692,6 +688,7 @@ impl Deployment for SlowStarter {
 /// before its first request (it used to keep the config it started with).
 #[test]
 fn a_user_config_changed_while_a_replica_starts_reaches_it() {
+    rayforge_integration_tests::own_process!();
     init();
     let app = |greeting: &str| {
         Application::new("greet")
@@ -762,6 +759,7 @@ fn kill_a_sleeper_under_load(app: Application, sleeper: usize) {
 
 #[test]
 fn a_killed_replica_is_replaced_and_no_request_is_lost() {
+    rayforge_integration_tests::own_process!();
     kill_a_sleeper_under_load(
         Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper").num_replicas(2)),
         0,
@@ -770,6 +768,7 @@ fn a_killed_replica_is_replaced_and_no_request_is_lost() {
 
 #[test]
 fn a_handle_call_to_a_dead_replica_goes_to_another() {
+    rayforge_integration_tests::own_process!();
     // Statuses are listed by key: "sleep/Relay" before "sleep/Sleeper".
     kill_a_sleeper_under_load(
         Application::new("sleep")
@@ -781,6 +780,7 @@ fn a_handle_call_to_a_dead_replica_goes_to_another() {
 
 #[test]
 fn overload_is_refused_with_503_instead_of_queueing_without_bound() {
+    rayforge_integration_tests::own_process!();
     let s = Arc::new(start(
         vec![Application::new("sleep").ingress(
             deployment::<Sleeper>("Sleeper")
@@ -816,6 +816,7 @@ fn overload_is_refused_with_503_instead_of_queueing_without_bound() {
 
 #[test]
 fn the_proxy_sheds_load_beyond_its_concurrency_limit() {
+    rayforge_integration_tests::own_process!();
     let s = Arc::new(start(
         vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper"))],
         HttpOptions {
@@ -841,6 +842,7 @@ fn the_proxy_sheds_load_beyond_its_concurrency_limit() {
 
 #[test]
 fn autoscaling_adds_replicas_under_load_and_removes_them_after() {
+    rayforge_integration_tests::own_process!();
     let s = Arc::new(start(
         vec![Application::new("sleep").ingress(
             deployment::<Sleeper>("Sleeper")
@@ -898,6 +900,7 @@ fn autoscaling_adds_replicas_under_load_and_removes_them_after() {
 /// arrives and answers it instead of refusing it after a wait.
 #[test]
 fn autoscaling_counts_queued_requests_and_scales_up_from_zero() {
+    rayforge_integration_tests::own_process!();
     let s = Arc::new(start(
         vec![Application::new("sleep").ingress(
             deployment::<Sleeper>("Sleeper")
@@ -959,6 +962,7 @@ fn autoscaling_counts_queued_requests_and_scales_up_from_zero() {
 
 #[test]
 fn a_replica_failing_its_health_check_is_replaced() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("f").ingress(deployment::<Fragile>("Fragile").health_check_period_s(0.1))],
         opts(),
@@ -975,6 +979,7 @@ fn a_replica_failing_its_health_check_is_replaced() {
 
 #[test]
 fn a_deployment_that_cannot_start_is_reported() {
+    rayforge_integration_tests::own_process!();
     init();
     let s = rayforge_serve::start(
         vec![Application::new("b").ingress(deployment::<Broken>("Broken"))],
@@ -995,6 +1000,7 @@ fn a_deployment_that_cannot_start_is_reported() {
 
 #[test]
 fn invalid_declarations_are_refused_before_anything_runs() {
+    rayforge_integration_tests::own_process!();
     init();
     let e = rayforge_serve::start(vec![Application::new("x")], opts())
         .err()
@@ -1019,6 +1025,7 @@ fn invalid_declarations_are_refused_before_anything_runs() {
 
 #[test]
 fn shutdown_lets_requests_in_flight_finish() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("greet").ingress(deployment::<Greeter>("Greeter").health_check_period_s(0.05))],
         opts(),
@@ -1040,6 +1047,7 @@ fn shutdown_lets_requests_in_flight_finish() {
 
 #[test]
 fn responses_stream_in_chunks() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("lines").ingress(deployment::<Lines>("Lines"))],
         opts(),
@@ -1076,6 +1084,7 @@ fn responses_stream_in_chunks() {
 /// progress finish instead of cutting it.
 #[test]
 fn streams_count_as_ongoing_and_are_drained_not_cut() {
+    rayforge_integration_tests::own_process!();
     let lines = |max_ongoing: usize| {
         Application::new("lines").ingress(
             deployment::<Lines>("Lines")
@@ -1127,6 +1136,7 @@ fn streams_count_as_ongoing_and_are_drained_not_cut() {
 /// sending when the deployment goes from 2 replicas to 1 ends whole.
 #[test]
 fn streams_on_a_replica_removed_by_downscale_are_drained_not_cut() {
+    rayforge_integration_tests::own_process!();
     let lines = |replicas: usize| {
         Application::new("lines").ingress(
             deployment::<Lines>("Lines")
@@ -1188,6 +1198,7 @@ fn streams_on_a_replica_removed_by_downscale_are_drained_not_cut() {
 
 #[test]
 fn a_request_past_the_timeout_gets_408_and_the_server_keeps_serving() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("sleep").ingress(deployment::<Sleeper>("Sleeper"))],
         HttpOptions {
@@ -1205,6 +1216,7 @@ fn a_request_past_the_timeout_gets_408_and_the_server_keeps_serving() {
 
 #[test]
 fn a_timed_out_request_is_cancelled_and_gives_its_replica_slot_back() {
+    rayforge_integration_tests::own_process!();
     let s = start(
         vec![Application::new("sleep").ingress(
             deployment::<Sleeper>("Sleeper")

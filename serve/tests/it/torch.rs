@@ -44,12 +44,13 @@ pub(crate) fn reference(x: &[f32]) -> Vec<f32> {
 
 #[test]
 fn a_torchscript_model_answers_batched_requests() {
+    rayforge_integration_tests::own_process!();
     let dir = std::env::temp_dir().join(format!("serve-torch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let model = dir.join("model.pt");
     make_model(&model);
 
-    rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
+    rayforge_integration_tests::cluster();
     let app = Application::new("m").ingress(deployment::<TorchScript>("Model").user_config(serde_json::json!({
         "model_path": model.to_str().unwrap(),
         "device": "cpu",
@@ -131,7 +132,8 @@ fn a_torchscript_model_answers_batched_requests() {
 /// naming it.
 #[test]
 fn a_replica_loads_its_model_from_a_checkpoint_in_storage() {
-    rayforge::init(rayforge::Config::default().num_cpus(2.0)).unwrap();
+    rayforge_integration_tests::own_process!();
+    rayforge_integration_tests::cluster();
     let uri = commit_model_to_store("cluster://serve-test/run");
     let app = Application::new("m").ingress(
         deployment::<TorchScript>("Model").user_config(serde_json::json!({ "checkpoint": uri, "device": "cpu" })),

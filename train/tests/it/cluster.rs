@@ -51,6 +51,7 @@ fn run(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
 
 #[test]
 fn a_spread_gang_of_three_nodes_survives_a_killed_rank() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
     for _ in 0..3 {
         cluster.add_node(&["--num-cpus", "1"]);

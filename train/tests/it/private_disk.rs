@@ -106,6 +106,7 @@ fn trainer(name: &str, cfg: Config, max_failures: i32) -> Trainer {
 
 #[test]
 fn a_gang_on_private_disks_resumes_from_its_checkpoint_in_the_cluster_store() {
+    rayforge_integration_tests::own_process!();
     let cluster = cluster();
     let pid = std::process::id();
     let cfg = |kill_rank| Config {
@@ -163,6 +164,7 @@ fn a_gang_on_private_disks_resumes_from_its_checkpoint_in_the_cluster_store() {
 
 #[test]
 fn a_local_path_the_nodes_do_not_share_is_refused_naming_the_node() {
+    rayforge_integration_tests::own_process!();
     let cluster = cluster();
     let path = cluster.base_dir().join("not-shared");
     let result = trainer("not-shared", cfg_without_kill(), 3)

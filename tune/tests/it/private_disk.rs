@@ -99,6 +99,7 @@ fn events<'a>(journal: &'a str, kind: &'a str) -> impl Iterator<Item = serde_jso
 
 #[test]
 fn trials_on_private_disk_nodes_keep_everything_in_the_clusters_store() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 5_000);
     let a = cluster.add_private_disk_node(&["--num-cpus", "1"]);
     let b = cluster.add_private_disk_node(&["--num-cpus", "1"]);
@@ -221,6 +222,7 @@ done"#;
 
 #[test]
 fn a_second_driver_resumes_an_experiment_in_the_clusters_store_after_the_first_is_killed() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 10_000);
     cluster.add_private_disk_node(&["--num-cpus", "1"]);
     cluster.add_private_disk_node(&["--num-cpus", "1"]);
@@ -321,6 +323,7 @@ fn climb(ctx: &mut TrialContext) -> Result<(), String> {
 
 #[test]
 fn pbt_on_private_disk_nodes_exploits_and_goes_on_from_the_donors_checkpoint() {
+    rayforge_integration_tests::own_process!();
     let mut cluster = LocalCluster::start(&["--num-cpus", "0"], 5_000);
     cluster.add_private_disk_node(&["--num-cpus", "1"]);
     cluster.add_private_disk_node(&["--num-cpus", "1"]);

@@ -65,7 +65,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::schedulers::{Asha, Fifo, HyperBand, MedianStopping, Mode, Pbt, Scheduler};
 use crate::searchers::{BasicVariant, Searcher, Tpe, TpeOptions};
-use crate::space::{line_of, Param, SearchSpace};
+use crate::space::{line_in_table, line_of, Param, SearchSpace};
 use crate::stoppers::{MetricThreshold, Plateau, Stopper, TimeBudget};
 use crate::tuner::TuneConfig;
 
@@ -512,20 +512,6 @@ fn field_at(text: &str, at: usize) -> Option<String> {
         Some(t) if !t.is_empty() => format!("{t}.{key}"),
         _ => key,
     })
-}
-
-/// The line (1-based) of `key = ...` in `[table]` of `text`.
-fn line_in_table(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut inside = false;
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if l.starts_with('[') {
-            inside = l.trim_start_matches('[').split(']').next().map(str::trim) == Some(table);
-        } else if inside && l.split('=').next().map(|k| k.trim().trim_matches('"')) == Some(key) {
-            return Some(i + 1);
-        }
-    }
-    None
 }
 
 /// Stop criteria for every trial.

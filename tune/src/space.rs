@@ -16,6 +16,27 @@
 //! epochs = 10
 //! nested = { const = { a = 1 } }    # a table as a constant
 //! ```
+//!
+//! Nested and conditional spaces, as Ray Tune's nested `param_space` dicts and
+//! HyperOpt's `hp.choice` of sub-spaces: any other table is a table of
+//! parameters of its own (the trial sees a table, its domains drawn, its grids
+//! crossed with the others), and a `choice` among tables is a conditional
+//! space — one table chosen per trial, only its own parameters drawn:
+//!
+//! ```toml
+//! [param_space.model]
+//! layers = { randint = [1, 4] }
+//! width = { grid = [64, 128] }
+//!
+//! [param_space]
+//! optimizer = { choice = [
+//!     { name = "sgd", lr = { loguniform = [1e-3, 1e-1] }, momentum = { uniform = [0.5, 0.99] } },
+//!     { name = "adam", lr = { loguniform = [1e-4, 1e-2] } },
+//! ] }
+//! ```
+//!
+//! Model-based searchers (TPE) model the top-level domains and draw the
+//! parameters inside tables at random, as the default searcher does.
 
 use std::collections::BTreeMap;
 
@@ -179,6 +200,71 @@ pub enum Param {
     /// Computed from the trial's other parameters (`tune.sample_from`),
     /// after them, in the order parameters were added.
     Derived(fn(&Config) -> Value),
+    /// A table of parameters of its own: the trial's value is a table (a
+    /// JSON object) with one entry per parameter of the inner space (Ray
+    /// Tune's nested `param_space` dicts). Its grids count in the grid.
+    Nested(SearchSpace),
+    /// A conditional space: one of the branches, chosen uniformly per trial,
+    /// then completed — a constant as it is, a [`Param::Nested`] table with
+    /// its own domains drawn (HyperOpt's `hp.choice` of sub-spaces). Grids
+    /// inside a branch are refused by [`SearchSpace::validate`].
+    OneOf(Vec<Param>),
+}
+
+impl Param {
+    /// A value for this parameter: `fixed` is what the grid (or a caller)
+    /// already decided for it, if anything.
+    fn draw(&self, fixed: Option<&Value>, rng: &mut impl Rng) -> Option<Value> {
+        match self {
+            Param::Const(v) => Some(fixed.cloned().unwrap_or_else(|| v.clone())),
+            Param::Domain(d) => Some(fixed.cloned().unwrap_or_else(|| d.sample(rng))),
+            Param::Derived(_) => fixed.cloned(),
+            Param::Nested(space) => {
+                if let Some(v) = fixed.filter(|v| !v.is_object()) {
+                    return Some(v.clone());
+                }
+                let inner: Config = fixed
+                    .and_then(Value::as_object)
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default();
+                Some(Value::Object(space.complete(&inner, rng).into_iter().collect()))
+            }
+            Param::OneOf(branches) => {
+                if let Some(v) = fixed {
+                    return Some(v.clone());
+                }
+                // validate() refuses an empty list; an empty one draws nothing.
+                let n = branches.len();
+                (n > 0)
+                    .then(|| branches[rng.random_range(0..n)].draw(None, rng))
+                    .flatten()
+            }
+        }
+    }
+
+    /// Checks bounds (and, inside a conditional branch, that there is no
+    /// grid), naming `field`.
+    fn validate(&self, field: &str, in_branch: bool) -> Result<()> {
+        match self {
+            Param::Domain(Domain::Grid(_)) if in_branch => Err(Error::config(
+                field,
+                None,
+                "a grid inside a choice's table is not supported (each trial draws one table): use a choice",
+            )),
+            Param::Domain(d) => d.validate(field, None),
+            Param::Nested(space) => space.validate_under(field, in_branch),
+            Param::OneOf(branches) if branches.is_empty() => {
+                Err(Error::config(field, None, "needs at least one value"))
+            }
+            Param::OneOf(branches) => {
+                for (i, b) in branches.iter().enumerate() {
+                    b.validate(&format!("{field}.choice[{i}]"), true)?;
+                }
+                Ok(())
+            }
+            Param::Const(_) | Param::Derived(_) => Ok(()),
+        }
+    }
 }
 
 /// Named parameters, each a constant, a domain or derived from the others.
@@ -220,22 +306,26 @@ impl SearchSpace {
         &self.params
     }
 
-    /// Checks every domain's bounds.
+    /// Checks every domain's bounds, inside tables too.
     pub fn validate(&self) -> Result<()> {
+        self.validate_under("param_space", false)
+    }
+
+    fn validate_under(&self, prefix: &str, in_branch: bool) -> Result<()> {
         for (name, p) in &self.params {
-            if let Param::Domain(d) = p {
-                d.validate(&format!("param_space.{name}"), None)?;
-            }
+            p.validate(&format!("{prefix}.{name}"), in_branch)?;
         }
         Ok(())
     }
 
-    /// The number of grid points (1 without grid parameters).
+    /// The number of grid points (1 without grid parameters), the grids
+    /// inside tables included.
     pub fn grid_size(&self) -> usize {
         self.params
             .iter()
             .map(|(_, p)| match p {
                 Param::Domain(Domain::Grid(v)) => v.len(),
+                Param::Nested(inner) => inner.grid_size(),
                 _ => 1,
             })
             .product()
@@ -247,17 +337,8 @@ impl SearchSpace {
     pub fn complete(&self, fixed: &Config, rng: &mut impl Rng) -> Config {
         let mut c = fixed.clone();
         for (name, p) in &self.params {
-            if c.contains_key(name) {
-                continue;
-            }
-            match p {
-                Param::Const(v) => {
-                    c.insert(name.clone(), v.clone());
-                }
-                Param::Domain(d) => {
-                    c.insert(name.clone(), d.sample(rng));
-                }
-                Param::Derived(_) => {}
+            if let Some(v) = p.draw(fixed.get(name), rng) {
+                c.insert(name.clone(), v);
             }
         }
         for (name, p) in &self.params {
@@ -274,12 +355,23 @@ impl SearchSpace {
     pub(crate) fn grid_points(&self, fixed: &Config) -> Vec<Config> {
         let mut points = vec![fixed.clone()];
         for (name, p) in &self.params {
-            let Param::Domain(Domain::Grid(values)) = p else {
-                continue;
-            };
             if fixed.contains_key(name) {
                 continue;
             }
+            // A table's grid points are tables holding its grid parameters.
+            let nested;
+            let values = match p {
+                Param::Domain(Domain::Grid(values)) => values,
+                Param::Nested(inner) if inner.grid_size() > 1 => {
+                    nested = inner
+                        .grid_points(&Config::new())
+                        .into_iter()
+                        .map(|c| Value::Object(c.into_iter().collect()))
+                        .collect::<Vec<_>>();
+                    &nested
+                }
+                _ => continue,
+            };
             points = points
                 .into_iter()
                 .flat_map(|c| {
@@ -342,10 +434,46 @@ impl SearchSpace {
         for (name, value) in order {
             let field = format!("param_space.{name}");
             let line = Some(line_of(text, value.span().start));
-            space = space.param(name, parse_param(&field, line, value.get_ref())?);
+            space = space.param(name, parse_param(text, &field, line, value.get_ref())?);
         }
         Ok(space)
     }
+}
+
+/// The line (1-based) of `key = ...` in `[table]` of `text`.
+pub(crate) fn line_in_table(text: &str, table: &str, key: &str) -> Option<usize> {
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            inside = l.trim_start_matches('[').split(']').next().map(str::trim) == Some(table);
+        } else if inside && l.split('=').next().map(|k| k.trim().trim_matches('"')) == Some(key) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// A table of parameters (`[param_space.name]`, or an inline table that is
+/// not a domain), each entry read as a parameter of its own. An entry's line
+/// is its own under a `[param_space.name]` header, else the table's.
+fn parse_table(text: &str, field: &str, line: Option<usize>, t: &toml::Table) -> Result<SearchSpace> {
+    let mut space = SearchSpace::new();
+    for (key, v) in t {
+        let own = line_in_table(text, field, key).or(line);
+        space = space.param(key, parse_param(text, &format!("{field}.{key}"), own, v)?);
+    }
+    Ok(space)
+}
+
+/// Whether a space has anything to draw (a domain or a conditional, at any
+/// depth): a table of constants is a constant.
+fn draws(space: &SearchSpace) -> bool {
+    space.params.iter().any(|(_, p)| match p {
+        Param::Const(_) => false,
+        Param::Nested(inner) => draws(inner),
+        _ => true,
+    })
 }
 
 /// The 1-based line of byte `at` in `text`.
@@ -363,24 +491,23 @@ fn to_json(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::config(field, line, format!("not a JSON value: {e}")))
 }
 
-fn parse_param(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Param> {
+fn parse_param(text: &str, field: &str, line: Option<usize>, v: &toml::Value) -> Result<Param> {
     let Some(t) = v.as_table() else {
         return Ok(Param::Const(to_json(field, line, v)?));
     };
-    if t.len() != 1 {
-        return Err(Error::config(
-            field,
-            line,
-            format!(
-                "a domain is a table with one key ({}); a table as a constant is {{ const = {{ .. }} }}",
-                DOMAINS.join(", ")
-            ),
-        ));
-    }
-    let (kind, args) = t
-        .iter()
-        .next()
-        .ok_or_else(|| Error::config(field, line, "an empty table"))?;
+    let single = if t.len() == 1 { t.iter().next() } else { None };
+    let Some((kind, args)) = single.filter(|(k, args)| is_domain(k) || args.is_array()) else {
+        // Not a domain: a table of parameters.
+        if t.is_empty() {
+            return Err(Error::config(field, line, "an empty table"));
+        }
+        let inner = parse_table(text, field, line, t)?;
+        return Ok(if draws(&inner) {
+            Param::Nested(inner)
+        } else {
+            Param::Const(to_json(field, line, v)?)
+        });
+    };
     let bad = |m: String| Error::config(field, line, m);
     let list = |n: usize| -> Result<Vec<f64>> {
         let a = args
@@ -419,7 +546,40 @@ fn parse_param(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Para
     };
     let d = match kind.as_str() {
         "const" => return Ok(Param::Const(to_json(field, line, args)?)),
-        "grid" | "grid_search" => Domain::Grid(values()?),
+        "grid" | "grid_search" => {
+            if args.as_array().is_some_and(|a| a.iter().any(|x| x.is_table())) {
+                return Err(bad(
+                    "grid values are constants: for tables with domains, give the table's own parameters grids \
+                     or use a choice"
+                        .into(),
+                ));
+            }
+            Domain::Grid(values()?)
+        }
+        // A choice among tables with domains: a conditional space.
+        "choice" if args.as_array().is_some_and(|a| a.iter().any(|x| x.is_table())) => {
+            let a = args.as_array().into_iter().flatten();
+            let branches = a
+                .enumerate()
+                .map(|(i, x)| parse_param(text, &format!("{field}.choice[{i}]"), line, x))
+                .collect::<Result<Vec<_>>>()?;
+            if branches.iter().all(|b| matches!(b, Param::Const(_))) {
+                Domain::Choice(values()?)
+            } else {
+                let p = Param::OneOf(branches);
+                // The checks parse_param did not already make (grids in a
+                // branch), with this entry's line.
+                p.validate(field, false).map_err(|e| match e {
+                    Error::Config {
+                        field,
+                        line: None,
+                        message,
+                    } => Error::Config { field, line, message },
+                    e => e,
+                })?;
+                return Ok(p);
+            }
+        }
         "choice" => Domain::Choice(values()?),
         "uniform" => {
             let v = list(2)?;
@@ -467,13 +627,19 @@ fn parse_param(field: &str, line: Option<usize>, v: &toml::Value) -> Result<Para
         }
         other => {
             return Err(bad(format!(
-                "unknown domain `{other}` (known: const, {})",
+                "unknown domain `{other}` (known: const, {}); a table of one parameter holding an array \
+                 is written {{ {other} = {{ const = [..] }} }}",
                 DOMAINS.join(", ")
             )))
         }
     };
     d.validate(field, line)?;
     Ok(Param::Domain(d))
+}
+
+/// Whether `k` names a domain (or `const`).
+fn is_domain(k: &str) -> bool {
+    k == "const" || k == "grid_search" || DOMAINS.contains(&k)
 }
 
 /// The domain names a `search.toml` knows.
@@ -568,6 +734,105 @@ nested = { const = { a = 1 } }
             .all(|c| c["hidden"].as_i64().unwrap() == 2 * c["width"].as_i64().unwrap()));
     }
 
+    const CONDITIONAL: &str = r#"
+name = "conditional"
+
+[param_space.model]
+layers = { randint = [1, 4] }
+width = { grid = [64, 128] }
+kind = "mlp"
+
+[param_space]
+optimizer = { choice = [
+    { name = "sgd", lr = { loguniform = [1e-3, 1e-1] }, momentum = { uniform = [0.5, 0.99] } },
+    { name = "adam", lr = { loguniform = [1e-4, 1e-2] } },
+    "none",
+] }
+plain = { a = 1, b = [1, 2] }
+"#;
+
+    #[test]
+    fn nested_tables_and_a_choice_of_tables_draw_only_the_chosen_tables_parameters() {
+        let space = SearchSpace::from_toml(CONDITIONAL).unwrap();
+        assert_eq!(space.grid_size(), 2, "the grid inside [param_space.model]");
+        let configs = space.variants(300, 7).unwrap();
+        assert_eq!(configs.len(), 600);
+        let (mut sgd, mut adam, mut none) = (0, 0, 0);
+        for c in &configs {
+            let model = c["model"].as_object().expect("model is a table");
+            assert!((1..4).contains(&model["layers"].as_i64().unwrap()), "{c:?}");
+            assert!([64, 128].contains(&model["width"].as_i64().unwrap()));
+            assert_eq!(model["kind"], "mlp");
+            assert_eq!(model.len(), 3);
+            assert_eq!(c["plain"], serde_json::json!({"a": 1, "b": [1, 2]}));
+            let opt = &c["optimizer"];
+            match opt.get("name").and_then(Value::as_str) {
+                Some("sgd") => {
+                    sgd += 1;
+                    assert!((1e-3..1e-1).contains(&opt["lr"].as_f64().unwrap()), "{opt}");
+                    assert!((0.5..0.99).contains(&opt["momentum"].as_f64().unwrap()), "{opt}");
+                }
+                Some("adam") => {
+                    adam += 1;
+                    assert!((1e-4..1e-2).contains(&opt["lr"].as_f64().unwrap()), "{opt}");
+                    assert!(
+                        opt.get("momentum").is_none(),
+                        "only the chosen table's parameters: {opt}"
+                    );
+                }
+                _ => {
+                    assert_eq!(opt, "none");
+                    none += 1;
+                }
+            }
+        }
+        // Each branch about a third of the time; each grid point 300 times.
+        for n in [sgd, adam, none] {
+            assert!((150..250).contains(&n), "{sgd} {adam} {none}");
+        }
+        for w in [64, 128] {
+            assert_eq!(configs.iter().filter(|c| c["model"]["width"] == w).count(), 300);
+        }
+        let lrs: std::collections::BTreeSet<String> = configs
+            .iter()
+            .filter_map(|c| c["optimizer"].get("lr"))
+            .map(|v| v.to_string())
+            .collect();
+        assert!(lrs.len() > 350, "drawn per trial: {}", lrs.len());
+        assert_eq!(
+            space.variants(300, 7).unwrap(),
+            configs,
+            "the same seed, the same trials"
+        );
+    }
+
+    #[test]
+    fn bad_entries_inside_tables_name_their_path_and_line() {
+        let err = |text: &str| SearchSpace::from_toml(text).unwrap_err().to_string();
+        let e = err("[param_space.model]\nkind = \"mlp\"\nlayers = { randint = [4, 1] }\n");
+        assert!(
+            e.contains("line 3") && e.contains("param_space.model.layers") && e.contains("lower bound"),
+            "{e}"
+        );
+        let e = err("[param_space]\nx = 1\nopt = { choice = [{ lr = { uniform = [1, 0] } }, \"none\"] }\n");
+        assert!(
+            e.contains("line 3") && e.contains("param_space.opt.choice[0].lr") && e.contains("lower bound"),
+            "{e}"
+        );
+        let e = err("[param_space]\nopt = { choice = [{ lr = { grid = [1, 2] } }, 3] }\n");
+        assert!(
+            e.contains("line 2") && e.contains("param_space.opt.choice[0].lr") && e.contains("grid"),
+            "{e}"
+        );
+        let e = err("[param_space]\nopt = { grid = [{ lr = { uniform = [0, 1] } }] }\n");
+        assert!(
+            e.contains("param_space.opt") && e.contains("grid values are constants"),
+            "{e}"
+        );
+        let e = err("[param_space.model]\nlayers = { rnadint = [1, 4] }\n");
+        assert!(e.contains("line 2") && e.contains("unknown domain `rnadint`"), "{e}");
+    }
+
     #[test]
     fn bad_entries_name_the_field_and_line() {
         let err = |text: &str| SearchSpace::from_toml(text).unwrap_err().to_string();
@@ -587,8 +852,11 @@ nested = { const = { a = 1 } }
         assert!(e.contains("takes 2 numbers, got 1"), "{e}");
         let e = err("[param_space]\nc = { choice = [] }\n");
         assert!(e.contains("at least one value"), "{e}");
-        let e = err("[param_space]\nc = { a = 1, b = 2 }\n");
-        assert!(e.contains("one key"), "{e}");
+        let e = err("[param_space]\nc = { a = 1, sizes = [1] }\nd = { sizes = [1, 2] }\n");
+        assert!(
+            e.contains("line 3") && e.contains("unknown domain `sizes`") && e.contains("const"),
+            "{e}"
+        );
         let e = err("[param_space]\nx = [1, 2\n");
         assert!(e.contains("line 2") || e.contains("line 3"), "{e}");
         let e = err("param_space = 3\n");

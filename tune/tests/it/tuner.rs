@@ -566,3 +566,104 @@ fn a_trial_asking_for_a_resource_no_node_has_is_refused_naming_it() {
     );
     let _ = std::fs::remove_dir_all(&storage);
 }
+
+/// The optimizer a conditional space chooses: each table carries its own
+/// parameters (serde picks the variant by `name`).
+#[derive(serde::Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+enum Optimizer {
+    Sgd { lr: f64, momentum: f64 },
+    Adam { lr: f64 },
+}
+
+#[derive(serde::Deserialize)]
+struct Model {
+    layers: i64,
+    width: i64,
+}
+
+/// A score computed from the nested parameters, so the test can recompute
+/// it from each trial's config.
+fn conditional_score(model: &Model, opt: &Optimizer) -> f64 {
+    let opt = match opt {
+        Optimizer::Sgd { lr, momentum } => lr * momentum,
+        Optimizer::Adam { lr } => -lr,
+    };
+    (model.layers * model.width) as f64 + opt
+}
+
+fn conditional_trainable(ctx: &mut TrialContext) -> Result<(), String> {
+    let model: Model = ctx.get("model").map_err(|e| e.to_string())?;
+    let opt: Optimizer = ctx.get("optimizer").map_err(|e| e.to_string())?;
+    let score = conditional_score(&model, &opt);
+    ctx.report([("score", score)]).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+#[test]
+fn a_conditional_search_space_reaches_each_trial_as_nested_tables() {
+    cluster();
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-cond-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let space = SearchSpace::from_toml(
+        r#"
+[param_space.model]
+layers = { randint = [1, 4] }
+width = { grid = [8, 16] }
+
+[param_space]
+optimizer = { choice = [
+    { name = "sgd", lr = { loguniform = [1e-3, 1e-1] }, momentum = { uniform = [0.5, 0.99] } },
+    { name = "adam", lr = { loguniform = [1e-4, 1e-2] } },
+] }
+"#,
+    )
+    .unwrap();
+    let config = |name: &str| TuneConfig {
+        name: name.into(),
+        storage_path: storage.clone().into(),
+        metric: "score".into(),
+        mode: Mode::Max,
+        max_concurrent_trials: 2,
+        cpus_per_trial: 0.5,
+        ..Default::default()
+    };
+    let check = |grid: &rayforge_tune::ResultGrid, n: usize| {
+        assert_eq!(grid.trials.len(), n, "{:?}", grid.errors());
+        assert!(grid.errors().is_empty(), "{:?}", grid.errors());
+        let mut names = std::collections::BTreeSet::new();
+        for t in &grid.trials {
+            let model: Model = serde_json::from_value(t.config["model"].clone()).unwrap();
+            let opt: Optimizer = serde_json::from_value(t.config["optimizer"].clone()).unwrap();
+            names.insert(t.config["optimizer"]["name"].as_str().unwrap().to_string());
+            if t.config["optimizer"]["name"] == "adam" {
+                assert!(t.config["optimizer"].get("momentum").is_none(), "{:?}", t.config);
+            }
+            let want = conditional_score(&model, &opt);
+            assert_eq!(t.last["score"], want, "{:?}", t.config);
+        }
+        names
+    };
+    // The default searcher: both grid points of model.width, 6 samples each.
+    let grid = Tuner::new(
+        conditional_trainable,
+        BasicVariant::new(&space, 6, 3).unwrap(),
+        config("cond"),
+    )
+    .fit()
+    .unwrap();
+    let names = check(&grid, 12);
+    assert_eq!(names.len(), 2, "both branches drawn in 12 trials: {names:?}");
+    for w in [8, 16] {
+        assert_eq!(
+            grid.trials.iter().filter(|t| t.config["model"]["width"] == w).count(),
+            6
+        );
+    }
+    // TPE over the same space: the tables drawn as the default searcher does.
+    let tpe = rayforge_tune::Tpe::new(space, Mode::Max, Some(6), rayforge_tune::TpeOptions::default()).unwrap();
+    let grid = Tuner::new(conditional_trainable, tpe, config("cond-tpe"))
+        .fit()
+        .unwrap();
+    check(&grid, 6);
+}

@@ -56,7 +56,7 @@ pub use arrow;
 pub use block::Block;
 pub use error::{Error, Result};
 pub use files::{WriteMode, WriteOptions};
-pub use source::ParquetOptions;
+pub use source::{ParquetOptions, TextOptions};
 pub use split::DataIterator;
 
 use exec::{BlockRef, Ctx, ExecStats, Progress};
@@ -199,6 +199,13 @@ pub enum Agg {
     Max(String),
     /// Sample standard deviation (ddof = 1) of a column.
     Std(String),
+    /// The `q`-quantile (0 <= q <= 1) of a column from every value, sorted,
+    /// interpolated linearly between the closest ranks (numpy's default);
+    /// nulls ignored (Ray Data's `Quantile(on, q)`). DataFusion's
+    /// `percentile_cont` computes it, with the interpolation weight rounded
+    /// down to 6 decimals. Every value of a group meets in one task, as in
+    /// Ray.
+    Quantile(String, f64),
 }
 
 impl Agg {
@@ -211,6 +218,7 @@ impl Agg {
             Agg::Min(c) => format!("min({c})"),
             Agg::Max(c) => format!("max({c})"),
             Agg::Std(c) => format!("std({c})"),
+            Agg::Quantile(c, _) => format!("quantile({c})"),
         }
     }
 }
@@ -324,6 +332,11 @@ impl GroupedData {
     /// Sample standard deviation of `column` per group.
     pub fn std(&self, column: &str) -> Dataset {
         self.aggregate(&[Agg::Std(column.into())])
+    }
+
+    /// The exact `q`-quantile of `column` per group (see [`Agg::Quantile`]).
+    pub fn quantile(&self, column: &str, q: f64) -> Dataset {
+        self.aggregate(&[Agg::Quantile(column.into(), q)])
     }
 }
 
@@ -466,7 +479,8 @@ pub fn read_parquet_with(paths: impl Paths, opts: ParquetOptions) -> Result<Data
     Ok(new(Node::Read { tasks, schema }))
 }
 
-/// Reads CSV files with a header row (one block per file); column types are
+/// Reads CSV files with a header row (one block per file, or per 64 MiB of a
+/// larger one: see [`read_csv_with`]); column types are
 /// inferred from the first rows and must agree between files.
 ///
 /// ```
@@ -481,13 +495,39 @@ pub fn read_parquet_with(paths: impl Paths, opts: ParquetOptions) -> Result<Data
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn read_csv(paths: impl Paths) -> Result<Dataset> {
+    read_csv_with(paths, TextOptions::default())
+}
+
+/// Reads CSV files with a header row, as [`read_csv`], in chunks of
+/// `opts.chunk_bytes` cut at line ends: each chunk is a block read by a task
+/// of its own, so one large file is read in parallel and streams through
+/// the store a block at a time. Rows keep their order. With
+/// `newlines_in_values` (quoted fields spanning lines) each file is read
+/// whole.
+///
+/// ```
+/// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
+/// use rayforge_data::TextOptions;
+/// let dir = std::env::temp_dir().join(format!("doc-read-csv-with-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let rows: String = (0..1000).map(|i| format!("{i},{}\n", i * 2)).collect();
+/// std::fs::write(dir.join("a.csv"), format!("x,y\n{rows}"))?;
+/// let opts = TextOptions { chunk_bytes: 1024, ..Default::default() };
+/// let ds = rayforge_data::read_csv_with(&dir, opts)?.materialize()?;
+/// assert_eq!(ds.count()?, 1000);
+/// assert!(ds.num_blocks()? > 5);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # rayforge::shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn read_csv_with(paths: impl Paths, opts: TextOptions) -> Result<Dataset> {
     let files = source::expand_paths(&paths.paths(), ".csv")?;
-    let (tasks, schema) = source::plan_csv(&files)?;
+    let (tasks, schema) = source::plan_csv(&files, &opts)?;
     Ok(new(Node::Read { tasks, schema }))
 }
 
-/// Reads newline-delimited JSON files (one object per line, one block per
-/// file); types are inferred from the first rows and must agree between
+/// Reads newline-delimited JSON files (one object per line; one block per
+/// file, or per 64 MiB of a larger one: see [`read_json_with`]); types are inferred from the first rows and must agree between
 /// files.
 ///
 /// ```
@@ -502,8 +542,14 @@ pub fn read_csv(paths: impl Paths) -> Result<Dataset> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn read_json(paths: impl Paths) -> Result<Dataset> {
+    read_json_with(paths, TextOptions::default())
+}
+
+/// Reads newline-delimited JSON files, as [`read_json`], in chunks of
+/// `opts.chunk_bytes` cut at line ends (see [`read_csv_with`]).
+pub fn read_json_with(paths: impl Paths, opts: TextOptions) -> Result<Dataset> {
     let files = source::expand_paths(&paths.paths(), ".json")?;
-    let (tasks, schema) = source::plan_json(&files)?;
+    let (tasks, schema) = source::plan_json(&files, &opts)?;
     Ok(new(Node::Read { tasks, schema }))
 }
 
@@ -823,7 +869,7 @@ impl Dataset {
         // Read only the columns the aggregates use.
         let mut used: Vec<String> = keys.to_vec();
         for a in aggs {
-            if let Agg::Sum(c) | Agg::Mean(c) | Agg::Min(c) | Agg::Max(c) | Agg::Std(c) = a {
+            if let Agg::Sum(c) | Agg::Mean(c) | Agg::Min(c) | Agg::Max(c) | Agg::Std(c) | Agg::Quantile(c, _) = a {
                 if !used.contains(c) {
                     used.push(c.clone());
                 }
@@ -835,6 +881,9 @@ impl Dataset {
             self.node.pruned_read(&used)
         };
         let input = input.unwrap_or_else(|| self.node.clone());
+        if aggs.iter().any(|a| matches!(a, Agg::Quantile(..))) {
+            return self.aggregate_whole(input, keys, &used, aggs);
+        }
         // Each block is reduced to partial sums/counts/extremes per group;
         // one task combines them.
         let mut partial: Vec<String> = keys.iter().map(|k| quote(k)).collect();
@@ -864,6 +913,8 @@ impl Dataset {
                     partial.push(format!("max({}) AS {}", quote(c), p("m")));
                     combine.push(format!("max({}) AS {out}", p("m")));
                 }
+                // aggregate_whole takes those with a quantile.
+                Agg::Quantile(..) => {}
                 Agg::Std(c) => {
                     let x = format!("CAST({} AS DOUBLE)", quote(c));
                     partial.push(format!("sum({x}) AS {}", p("s")));
@@ -897,6 +948,45 @@ impl Dataset {
             input: input.then(partial, Compute::default()),
             op: AllToAll::Aggregate {
                 combine: format!("SELECT {} FROM partial{group}", combine.join(", ")),
+            },
+        }))
+    }
+
+    /// An aggregate with a quantile, which no partial result per block can
+    /// stand for: the blocks keep only the columns used, and one task
+    /// aggregates them all (DataFusion's exact `percentile_cont`).
+    fn aggregate_whole(&self, input: Arc<Node>, keys: &[String], used: &[String], aggs: &[Agg]) -> Dataset {
+        let mut select: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+        for a in aggs {
+            let out = quote(&a.output_name());
+            let x = |c: &str| format!("CAST({} AS DOUBLE)", quote(c));
+            select.push(match a {
+                Agg::Count => format!("CAST(count(*) AS BIGINT) AS {out}"),
+                Agg::Sum(c) => format!("sum({}) AS {out}", quote(c)),
+                Agg::Mean(c) => format!("avg({}) AS {out}", x(c)),
+                Agg::Min(c) => format!("min({}) AS {out}", quote(c)),
+                Agg::Max(c) => format!("max({}) AS {out}", quote(c)),
+                Agg::Std(c) => format!("stddev_samp({}) AS {out}", x(c)),
+                Agg::Quantile(c, q) => format!("percentile_cont({q:?}) WITHIN GROUP (ORDER BY {}) AS {out}", x(c)),
+            });
+        }
+        let group = if keys.is_empty() {
+            String::new()
+        } else {
+            let k: Vec<String> = keys.iter().map(|k| quote(k)).collect();
+            format!(" GROUP BY {0} ORDER BY {0}", k.join(", "))
+        };
+        let cols: Vec<String> = used.iter().map(|c| quote(c)).collect();
+        let project = if cols.is_empty() {
+            "*".to_string()
+        } else {
+            cols.join(", ")
+        };
+        let partial = MapOp::Sql(format!("SELECT {project} FROM ds"));
+        self.with(Arc::new(Node::AllToAll {
+            input: input.then(partial, Compute::default()),
+            op: AllToAll::Aggregate {
+                combine: format!("SELECT {} FROM partial{group}", select.join(", ")),
             },
         }))
     }
@@ -1113,6 +1203,17 @@ impl Dataset {
         let ds = new(Node::Blocks { blocks });
         *ds.last.lock() = self.last.lock().clone();
         Ok(ds)
+    }
+
+    /// Number of blocks (Ray Data's `num_blocks`): those of a materialized
+    /// dataset, or of a read not yet run (one per read task); otherwise the
+    /// dataset runs to count them (only block metadata travels back).
+    pub fn num_blocks(&self) -> Result<usize> {
+        match self.node.as_ref() {
+            Node::Blocks { blocks } => Ok(blocks.len()),
+            Node::Read { tasks, .. } => Ok(tasks.len()),
+            _ => Ok(self.blocks("num_blocks")?.len()),
+        }
     }
 
     /// Number of rows (only block metadata travels to the caller).

@@ -2,7 +2,7 @@
 //! driver, and running them in tasks.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +27,30 @@ pub struct ParquetOptions {
     pub filter: Option<Expr>,
 }
 
+/// Options of [`read_csv_with`](crate::read_csv_with) and
+/// [`read_json_with`](crate::read_json_with).
+#[derive(Clone, Debug)]
+pub struct TextOptions {
+    /// Bytes per read task: a larger file is read in chunks cut at line
+    /// ends, each chunk a block of its own read by its own task (as
+    /// DataFusion's byte-range file scans). 0: one block per file.
+    pub chunk_bytes: u64,
+    /// Values may hold newlines (quoted CSV fields spanning lines): each file
+    /// is then read whole by one task, as a cut at a line end could fall
+    /// inside a value.
+    pub newlines_in_values: bool,
+}
+
+impl Default for TextOptions {
+    /// 64 MiB chunks; no newlines inside values.
+    fn default() -> Self {
+        TextOptions {
+            chunk_bytes: 64 << 20,
+            newlines_in_values: false,
+        }
+    }
+}
+
 /// One read, making one block.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum ReadTask {
@@ -43,10 +67,14 @@ pub(crate) enum ReadTask {
     Csv {
         path: String,
         schema: Block,
+        /// The bytes whose lines this task reads (every line starting in
+        /// them); `None`: the whole file.
+        range: Option<(u64, u64)>,
     },
     Json {
         path: String,
         schema: Block,
+        range: Option<(u64, u64)>,
     },
 }
 
@@ -73,8 +101,26 @@ impl ReadTask {
                 columns,
                 filter,
             } => read_parquet_groups(path, row_groups, columns.as_deref(), filter.as_ref()),
-            ReadTask::Csv { path, schema } => read_csv_file(path, schema.schema()),
-            ReadTask::Json { path, schema } => read_json_file(path, schema.schema()),
+            ReadTask::Csv {
+                path,
+                schema,
+                range: None,
+            } => read_csv_file(path, schema.schema()),
+            ReadTask::Csv {
+                path,
+                schema,
+                range: Some(r),
+            } => read_csv_chunk(path, schema.schema(), *r),
+            ReadTask::Json {
+                path,
+                schema,
+                range: None,
+            } => read_json_file(path, schema.schema()),
+            ReadTask::Json {
+                path,
+                schema,
+                range: Some(r),
+            } => read_json_chunk(path, schema.schema(), *r),
         }
     }
 }
@@ -332,10 +378,19 @@ fn read_parquet_groups(
 /// Infers the schema of CSV files (from each file's first rows) and checks
 /// the files agree: same columns in the same order; an integer column may
 /// widen to float, any other difference is an error.
-pub(crate) fn plan_csv(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> {
+pub(crate) fn plan_csv(files: &[String], opts: &TextOptions) -> Result<(Vec<ReadTask>, SchemaRef)> {
     plan_text(
         files,
         "CSV",
+        opts,
+        // The data starts after the header line.
+        |path| {
+            let mut header = Vec::new();
+            BufReader::new(open(path)?)
+                .read_until(b'\n', &mut header)
+                .map_err(|e| Error::io(path, e))?;
+            Ok(header.len() as u64)
+        },
         |path| {
             let f = open(path)?;
             let (s, _) = arrow::csv::reader::Format::default()
@@ -344,15 +399,17 @@ pub(crate) fn plan_csv(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> {
                 .map_err(|e| parse_error(path, &e.to_string(), 1))?;
             Ok(s)
         },
-        |path, schema| ReadTask::Csv { path, schema },
+        |path, schema, range| ReadTask::Csv { path, schema, range },
     )
 }
 
 /// As [`plan_csv`], for newline-delimited JSON.
-pub(crate) fn plan_json(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> {
+pub(crate) fn plan_json(files: &[String], opts: &TextOptions) -> Result<(Vec<ReadTask>, SchemaRef)> {
     plan_text(
         files,
         "JSON",
+        opts,
+        |_| Ok(0),
         |path| {
             let mut r = BufReader::new(open(path)?);
             match arrow::json::reader::infer_json_schema_from_seekable(&mut r, Some(1000)) {
@@ -365,20 +422,36 @@ pub(crate) fn plan_json(files: &[String]) -> Result<(Vec<ReadTask>, SchemaRef)> 
                 }
             }
         },
-        |path, schema| ReadTask::Json { path, schema },
+        |path, schema, range| ReadTask::Json { path, schema, range },
     )
 }
 
-/// Infers each file's schema, merges them (see [`plan_csv`]) and makes one
-/// read task per file.
+/// Infers each file's schema, merges them (see [`plan_csv`]) and makes the
+/// read tasks: one per file, or one per `chunk_bytes` of a larger file's
+/// data (which starts at `data_start`).
 fn plan_text(
     files: &[String],
     what: &str,
+    opts: &TextOptions,
+    data_start: impl Fn(&str) -> Result<u64>,
     infer: impl Fn(&str) -> Result<Schema>,
-    task: impl Fn(String, Block) -> ReadTask,
+    task: impl Fn(String, Block, Option<(u64, u64)>) -> ReadTask,
 ) -> Result<(Vec<ReadTask>, SchemaRef)> {
     let mut merged: Option<(String, Schema)> = None;
+    let mut ranges: Vec<Vec<Option<(u64, u64)>>> = Vec::new();
     for path in files {
+        let size = open(path)?.metadata().map_err(|e| Error::io(path, e))?.len();
+        ranges.push(
+            if opts.newlines_in_values || opts.chunk_bytes == 0 || size <= opts.chunk_bytes {
+                vec![None]
+            } else {
+                let start = data_start(path)?;
+                (start..size)
+                    .step_by(opts.chunk_bytes as usize)
+                    .map(|a| Some((a, (a + opts.chunk_bytes).min(size))))
+                    .collect()
+            },
+        );
         let s = infer(path)?;
         merged = Some(match merged {
             None => (path.clone(), s),
@@ -395,11 +468,105 @@ fn plan_text(
     let schema = merged
         .map(|(_, s)| Arc::new(s))
         .unwrap_or_else(crate::block::empty_schema);
-    let tasks = files
-        .iter()
-        .map(|p| task(p.clone(), Block::empty(schema.clone())))
-        .collect();
+    let mut tasks = Vec::new();
+    for (p, rs) in files.iter().zip(ranges) {
+        for r in rs {
+            tasks.push(task(p.clone(), Block::empty(schema.clone()), r));
+        }
+    }
     Ok((tasks, schema))
+}
+
+/// The lines of `path` that start in bytes `start..end`: the first byte
+/// after the line end at or after `start - 1`, up to the end of the line
+/// holding byte `end - 1`. Each line belongs to exactly one of the ranges
+/// that cover a file. Returns the offset the lines start at.
+fn read_lines_in(path: &str, (start, end): (u64, u64)) -> Result<(u64, Vec<u8>)> {
+    let io = |e| Error::io(path, e);
+    let mut f = BufReader::new(open_listed(path)?);
+    let mut at = start;
+    if start > 0 {
+        f.seek(SeekFrom::Start(start - 1)).map_err(io)?;
+        let mut skipped = Vec::new();
+        f.read_until(b'\n', &mut skipped).map_err(io)?;
+        at = start - 1 + skipped.len() as u64;
+    }
+    let mut buf = Vec::new();
+    if at < end {
+        (&mut f).take(end - at).read_to_end(&mut buf).map_err(io)?;
+        if buf.len() as u64 == end - at && !buf.ends_with(b"\n") {
+            f.read_until(b'\n', &mut buf).map_err(io)?;
+        }
+    }
+    Ok((at, buf))
+}
+
+/// The number of line ends in the first `at` bytes of `path` (for the line
+/// numbers of errors in a chunk).
+fn lines_before(path: &str, at: u64) -> u64 {
+    let Ok(f) = open(path) else { return 0 };
+    let mut n = 0;
+    let mut r = BufReader::new(f.take(at));
+    loop {
+        let Ok(buf) = r.fill_buf() else { return n };
+        if buf.is_empty() {
+            return n;
+        }
+        n += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        let len = buf.len();
+        r.consume(len);
+    }
+}
+
+/// One chunk of a CSV file's data lines (see [`TextOptions::chunk_bytes`]).
+fn read_csv_chunk(path: &str, schema: SchemaRef, range: (u64, u64)) -> Result<Block> {
+    let (at, bytes) = read_lines_in(path, range)?;
+    let r = arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_header(false)
+        .with_batch_size(64 * 1024)
+        .build(std::io::Cursor::new(bytes))?;
+    let mut batches = Vec::new();
+    for b in r {
+        match b {
+            Ok(b) => batches.push(b),
+            Err(e) => {
+                // Without a header arrow counts a bad value's row from 0 and
+                // a short row's line from 1; the file's lines before the
+                // chunk come first.
+                let msg = e.to_string();
+                let n = number_after(&msg, "at line ")
+                    .map(|n| n + 1)
+                    .or_else(|| number_after(&msg, "for line "));
+                let line = n.map_or(0, |n| n + lines_before(path, at));
+                return Err(parse_error(path, &msg, line));
+            }
+        }
+    }
+    Ok(Block::new(arrow::compute::concat_batches(&schema, &batches)?))
+}
+
+/// One chunk of a newline-delimited JSON file (see [`TextOptions::chunk_bytes`]).
+fn read_json_chunk(path: &str, schema: SchemaRef, range: (u64, u64)) -> Result<Block> {
+    let (at, bytes) = read_lines_in(path, range)?;
+    let r = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(64 * 1024)
+        .build(std::io::Cursor::new(&bytes))?;
+    match r.collect::<std::result::Result<Vec<_>, _>>() {
+        Ok(batches) => Ok(Block::new(arrow::compute::concat_batches(&schema, &batches)?)),
+        Err(e) => {
+            let first = lines_before(path, at);
+            let bad = find_bad_json_line_in(path, &e.to_string(), Some(&schema), std::io::Cursor::new(&bytes));
+            Err(match bad {
+                Some(Error::Parse { file, line, message }) => Error::Parse {
+                    file,
+                    line: line + first,
+                    message,
+                },
+                Some(other) => other,
+                None => parse_error(path, &e.to_string(), 0),
+            })
+        }
+    }
 }
 
 fn merge_inferred(a: &Schema, b: &Schema) -> Option<Schema> {
@@ -454,15 +621,17 @@ fn read_csv_file(path: &str, schema: SchemaRef) -> Result<Block> {
 /// N", N counting data rows from 1 after the header; a row with the wrong
 /// number of fields is "for line N", N counting every line of the file.
 fn csv_error_line(msg: &str) -> Option<u64> {
-    let number_after = |marker: &str| {
-        msg.split(marker)
-            .nth(1)
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|s| s.parse::<u64>().ok())
-    };
-    number_after("at line ")
+    number_after(msg, "at line ")
         .map(|n| n + 1)
-        .or_else(|| number_after("for line "))
+        .or_else(|| number_after(msg, "for line "))
+}
+
+/// The number following `marker` in `msg`.
+fn number_after(msg: &str, marker: &str) -> Option<u64> {
+    msg.split(marker)
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse::<u64>().ok())
 }
 
 fn read_json_file(path: &str, schema: SchemaRef) -> Result<Block> {
@@ -479,8 +648,13 @@ fn read_json_file(path: &str, schema: SchemaRef) -> Result<Block> {
 /// Finds the first line of `path` that is not a JSON object (or, given a
 /// schema, does not decode with it) to name it in the error.
 fn find_bad_json_line(path: &str, message: &str, schema: Option<&SchemaRef>) -> Option<Error> {
-    let f = open(path).ok()?;
-    for (i, line) in BufReader::new(f).lines().enumerate() {
+    find_bad_json_line_in(path, message, schema, BufReader::new(open(path).ok()?))
+}
+
+/// [`find_bad_json_line`] over the lines of `text` (line numbers count
+/// from 1 at its start).
+fn find_bad_json_line_in(path: &str, message: &str, schema: Option<&SchemaRef>, text: impl BufRead) -> Option<Error> {
+    for (i, line) in text.lines().enumerate() {
         let line = line.ok()?;
         if line.trim().is_empty() {
             continue;

@@ -327,6 +327,163 @@ fn parquet_round_trip_with_projection_and_filter_pushdown() {
     assert!(matches!(err, Error::SchemaMismatch { .. }), "{err}");
 }
 
+/// The `q`-quantile of sorted `v` with linear interpolation between the
+/// closest ranks (numpy's default, Ray Data's `Quantile`).
+fn quantile_of(v: &[f64], q: f64) -> f64 {
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+#[test]
+fn quantiles_per_group_match_a_sort_and_sit_beside_other_aggregates() {
+    cluster();
+    #[derive(Serialize, Deserialize, Clone)]
+    struct In {
+        g: i64,
+        v: Option<f64>,
+    }
+    // Three groups; every seventh value null (ignored, as Ray does).
+    let input: Vec<In> = (0..2000i64)
+        .map(|i| In {
+            g: i % 3,
+            v: (i % 7 != 0).then(|| ((i * 7919) % 1009) as f64 / 7.0),
+        })
+        .collect();
+    let ds = rayforge_data::from_items(&input).unwrap().repartition(8);
+    #[derive(Deserialize, Debug)]
+    struct Out {
+        g: i64,
+        #[serde(rename = "count()")]
+        count: i64,
+        #[serde(rename = "mean(v)")]
+        mean: f64,
+        #[serde(rename = "quantile(v)")]
+        quantile: f64,
+    }
+    for q in [0.0, 0.25, 0.5, 0.9, 1.0] {
+        let got: Vec<Out> = ds
+            .groupby(&["g"])
+            .aggregate(&[Agg::Count, Agg::Mean("v".into()), Agg::Quantile("v".into(), q)])
+            .take_all()
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        for o in &got {
+            let mut v: Vec<f64> = input.iter().filter(|r| r.g == o.g).filter_map(|r| r.v).collect();
+            v.sort_by(f64::total_cmp);
+            assert_eq!(o.count, input.iter().filter(|r| r.g == o.g).count() as i64);
+            assert!((o.mean - v.iter().sum::<f64>() / v.len() as f64).abs() < 1e-9, "{o:?}");
+            // DataFusion rounds the interpolation weight down to 6 decimals.
+            let gap = v[v.len() - 1] - v[0];
+            assert!((o.quantile - quantile_of(&v, q)).abs() <= 1e-6 * gap, "q {q}: {o:?}");
+        }
+    }
+    // Over the whole dataset, through GroupedData's shorthand too.
+    let mut all: Vec<f64> = input.iter().filter_map(|r| r.v).collect();
+    all.sort_by(f64::total_cmp);
+    let whole = ds.aggregate(&[Agg::Quantile("v".into(), 0.5)]).take_batch(1).unwrap();
+    let median = rayforge_data::compute::f64_column(&whole, "quantile(v)").unwrap()[0];
+    assert!(
+        (median - quantile_of(&all, 0.5)).abs() <= 1e-6 * all[all.len() - 1],
+        "{median}"
+    );
+    let per_group = ds.groupby(&["g"]).quantile("v", 0.5).count().unwrap();
+    assert_eq!(per_group, 3);
+    // A quantile outside [0, 1] and an unknown column are errors naming them.
+    let err = ds.aggregate(&[Agg::Quantile("v".into(), 1.5)]).count().unwrap_err();
+    assert!(err.to_string().contains("1.5"), "{err}");
+    let err = ds.aggregate(&[Agg::Quantile("w".into(), 0.5)]).count().unwrap_err();
+    assert!(err.to_string().contains('w'), "{err}");
+}
+
+#[test]
+fn csv_and_json_read_in_chunks_cut_at_line_ends_keep_every_row_in_order() {
+    cluster();
+    let dir = tmp("chunks");
+    let input = rows(300);
+    let ds = rayforge_data::from_items(&input).unwrap();
+    let csv = dir.join("csv");
+    ds.repartition(2).write_csv(csv.to_str().unwrap()).unwrap();
+    let json = dir.join("json");
+    ds.repartition(2).write_json(json.to_str().unwrap()).unwrap();
+    // Chunk sizes below a line, around one, and over many: every line read
+    // once, by the chunk it starts in.
+    for chunk_bytes in [7, 16, 17, 100, 999, 1 << 20] {
+        let opts = rayforge_data::TextOptions {
+            chunk_bytes,
+            ..Default::default()
+        };
+        let read = rayforge_data::read_csv_with(csv.to_str().unwrap(), opts.clone()).unwrap();
+        let blocks = read.num_blocks().unwrap();
+        let back: Vec<Row> = read.take_all().unwrap();
+        assert_eq!(back, input, "CSV in chunks of {chunk_bytes} bytes");
+        let read = rayforge_data::read_json_with(json.to_str().unwrap(), opts).unwrap();
+        let back: Vec<Row> = read.take_all().unwrap();
+        assert_eq!(back, input, "JSON in chunks of {chunk_bytes} bytes");
+        if chunk_bytes == 100 {
+            assert!(blocks > 40, "a block per chunk: {blocks}");
+        }
+        if chunk_bytes == 1 << 20 {
+            assert_eq!(blocks, 2, "a block per file below the chunk size");
+        }
+    }
+    // Errors in a later chunk name the file's own line.
+    let opts = rayforge_data::TextOptions {
+        chunk_bytes: 500,
+        ..Default::default()
+    };
+    let bad = dir.join("bad.csv");
+    let mut text = String::from("a,b\n");
+    for i in 0..1100 {
+        text.push_str(&format!("{i},{i}\n"));
+    }
+    text.push_str("5,x\n");
+    std::fs::write(&bad, &text).unwrap();
+    let err = rayforge_data::read_csv_with(bad.to_str().unwrap(), opts.clone())
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(matches!(&err, Error::Parse { line: 1102, .. }), "{err}");
+    let short = dir.join("short.csv");
+    std::fs::write(&short, text.replace("5,x\n", "5\n")).unwrap();
+    let err = rayforge_data::read_csv_with(short.to_str().unwrap(), opts.clone())
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(matches!(&err, Error::Parse { line: 1102, .. }), "{err}");
+    let bad_json = dir.join("bad.json");
+    let mut text: String = (0..1100).map(|i| format!("{{\"a\": {i}}}\n")).collect();
+    text.push_str("{\"a\": oops}\n");
+    std::fs::write(&bad_json, text).unwrap();
+    let err = rayforge_data::read_json_with(bad_json.to_str().unwrap(), opts)
+        .and_then(|d| d.count())
+        .unwrap_err();
+    assert!(matches!(&err, Error::Parse { line: 1101, .. }), "{err}");
+    // Quoted values holding newlines: read whole with newlines_in_values.
+    let quoted = dir.join("quoted.csv");
+    let mut text = String::from("name,n\n");
+    for i in 0..200 {
+        text.push_str(&format!("\"line one\nline {i}\",{i}\n"));
+    }
+    std::fs::write(&quoted, text).unwrap();
+    let opts = rayforge_data::TextOptions {
+        chunk_bytes: 64,
+        newlines_in_values: true,
+    };
+    let read = rayforge_data::read_csv_with(quoted.to_str().unwrap(), opts).unwrap();
+    assert_eq!(read.num_blocks().unwrap(), 1);
+    #[derive(Deserialize)]
+    struct Quoted {
+        name: String,
+        n: i64,
+    }
+    let back: Vec<Quoted> = read.take_all().unwrap();
+    assert_eq!(back.len(), 200);
+    assert!(
+        back.iter()
+            .enumerate()
+            .all(|(i, q)| q.n == i as i64 && q.name == format!("line one\nline {i}"))
+    );
+}
+
 #[test]
 fn csv_and_json_read_write_and_bad_rows() {
     cluster();

@@ -92,11 +92,15 @@ fn sample_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
                 gamma: 0.99,
                 n_step: 1,
                 crash_at_sample: None,
+                obs_filter: false,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let round = || -> Result<(usize, usize), BoxError> {
-        let w = rayforge::put(weights.clone())?;
+        let w = rayforge::put(rayforge_rllib::runner::PolicyState {
+            weights: weights.clone(),
+            filter: None,
+        })?;
         let pending: Vec<_> = handles.iter().map(|h| h.rollout(&w, steps)).collect();
         let (mut env_steps, mut episodes) = (0, 0);
         for p in pending {

@@ -13,13 +13,18 @@ use crate::algos::{dqn::Dqn, ppo::Ppo, sac::Sac};
 use crate::config::{Algo, AlgoConfig};
 use crate::env::{self, Space};
 use crate::error::{Error, Result};
+use crate::filter::MeanStd;
 use crate::policy::{PolicyKind, PolicySpec};
-use crate::runner::{EnvRunner, EnvRunnerHandle, Episodes, Explore, Rollout, RunnerSpec, Transitions};
+use crate::runner::{
+    EnvRunner, EnvRunnerHandle, Episodes, Explore, FilterDelta, PolicyState, Rollout, RunnerSpec, Transitions,
+};
 
 /// The checkpoint format version this crate writes (and the newest it
 /// reads), in `algorithm.json`.
 pub const CHECKPOINT_VERSION: u32 = 1;
 const WRITTEN_BY: &str = concat!("rayforge-rllib ", env!("CARGO_PKG_VERSION"));
+/// The observation statistics in a checkpoint (with a filter).
+const FILTER_FILE: &str = "obs_filter.json";
 
 /// One iteration's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +49,57 @@ pub struct IterationResult {
     pub learner: BTreeMap<String, f64>,
     /// The mean return of the evaluation episodes, when evaluated.
     pub evaluation_return_mean: Option<f64>,
+    /// Metrics [`Callbacks::on_train_result`] added (reported to Tune and
+    /// printed with the others).
+    #[serde(default)]
+    pub custom_metrics: BTreeMap<String, f64>,
+}
+
+/// An episode that ended in a training runner, as [`Callbacks::on_episode_end`]
+/// sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeEnd {
+    /// The training iteration it ended in.
+    pub iteration: u64,
+    /// Its return (the sum of its rewards).
+    pub episode_return: f64,
+    /// Its length in steps.
+    pub length: u64,
+}
+
+/// Hooks into an algorithm's training, called on the driver after each
+/// iteration's sampling (Ray's `RLlibCallback`: `on_episode_end`,
+/// `on_train_result`, `on_checkpoint_loaded`'s counterpart on save). Every
+/// method does nothing by default; [`Algorithm::add_callbacks`] adds one.
+///
+/// ```
+/// use rayforge_rllib::{Callbacks, EpisodeEnd, IterationResult};
+///
+/// /// Counts the episodes that reach the goal (return above 0).
+/// #[derive(Default)]
+/// struct Successes(u64, u64);
+///
+/// impl Callbacks for Successes {
+///     fn on_episode_end(&mut self, e: &EpisodeEnd) {
+///         self.0 += 1;
+///         self.1 += (e.episode_return > 0.0) as u64;
+///     }
+///     fn on_train_result(&mut self, r: &mut IterationResult) {
+///         r.custom_metrics.insert("success_rate".into(), self.1 as f64 / self.0.max(1) as f64);
+///     }
+/// }
+/// ```
+pub trait Callbacks: Send {
+    /// An episode ended in a training runner (each, in the order the
+    /// runners returned them).
+    fn on_episode_end(&mut self, _episode: &EpisodeEnd) {}
+
+    /// An iteration's result, before [`Algorithm::train`] returns it:
+    /// metrics added to `custom_metrics` are reported with the others.
+    fn on_train_result(&mut self, _result: &mut IterationResult) {}
+
+    /// [`Algorithm::save`] committed a checkpoint.
+    fn on_checkpoint(&mut self, _checkpoint: &Checkpoint) {}
 }
 
 impl IterationResult {
@@ -59,6 +115,7 @@ impl IterationResult {
             ("episode_len_mean".to_string(), self.episode_len_mean),
         ];
         m.extend(self.learner.iter().map(|(k, v)| (k.clone(), *v)));
+        m.extend(self.custom_metrics.iter().map(|(k, v)| (k.clone(), *v)));
         if let Some(e) = self.evaluation_return_mean {
             m.push(("evaluation_return_mean".into(), e));
         }
@@ -68,7 +125,12 @@ impl IterationResult {
 
     /// The progress line printed per iteration.
     pub fn line(&self) -> String {
-        let learner: Vec<String> = self.learner.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+        let learner: Vec<String> = self
+            .learner
+            .iter()
+            .chain(&self.custom_metrics)
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
         format!(
             "iter {:>4} | steps {:>8} | return {:>8.2} (min {:.1}, max {:.1}) | len {:>6.1} | {:>7.0} steps/s | {}{}",
             self.iteration,
@@ -134,6 +196,9 @@ impl Stop {
 pub(crate) struct Runners {
     handles: Vec<EnvRunnerHandle>,
     specs: Vec<RunnerSpec>,
+    /// The observation statistics every runner's share is merged into
+    /// (with `observation_filter = "MeanStdFilter"`).
+    filter: Option<MeanStd>,
 }
 
 /// Times a runner is restarted within one sampling call before the
@@ -141,23 +206,28 @@ pub(crate) struct Runners {
 const RUNNER_RETRIES: u32 = 3;
 
 impl Runners {
-    fn start(specs: Vec<RunnerSpec>) -> Result<Runners> {
+    fn start(specs: Vec<RunnerSpec>, filter: Option<MeanStd>) -> Result<Runners> {
         let handles = specs.iter().map(Runners::spawn).collect::<Result<Vec<_>>>()?;
-        Ok(Runners { handles, specs })
+        Ok(Runners { handles, specs, filter })
     }
 
     fn spawn(spec: &RunnerSpec) -> Result<EnvRunnerHandle> {
         Ok(EnvRunner::options().num_cpus(0.0).remote(spec.clone())?)
     }
 
-    /// Calls every runner with `call`, the weights put in the object store
-    /// once; a runner that died is replaced and asked again.
-    fn each<T: rayforge::Value + 'static>(
+    /// Calls every runner with `call`, the weights (and observation
+    /// statistics) put in the object store once; a runner that died is
+    /// replaced and asked again. The statistics each runner gathered are
+    /// merged into the algorithm's.
+    fn each<T: rayforge::Value + FilterDelta + 'static>(
         &mut self,
         weights: Vec<f32>,
-        call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<Vec<f32>>) -> rayforge::ObjectRef<T>,
+        call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<PolicyState>) -> rayforge::ObjectRef<T>,
     ) -> Result<Vec<T>> {
-        let w = rayforge::put(weights)?;
+        let w = rayforge::put(PolicyState {
+            weights,
+            filter: self.filter.clone(),
+        })?;
         let mut pending: Vec<_> = self.handles.iter().map(|h| call(h, w.clone())).collect();
         let mut out: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
         for i in 0..pending.len() {
@@ -194,7 +264,13 @@ impl Runners {
                 }
             }
         }
-        Ok(out.into_iter().flatten().collect())
+        let mut out: Vec<T> = out.into_iter().flatten().collect();
+        if let Some(global) = &mut self.filter {
+            for delta in out.iter_mut().filter_map(FilterDelta::take_filter_delta) {
+                global.merge(&delta);
+            }
+        }
+        Ok(out)
     }
 
     /// PPO rollouts of `steps` steps per environment.
@@ -218,7 +294,11 @@ impl Runners {
             .handles
             .first()
             .ok_or_else(|| Error::config("num_env_runners", "no runner"))?;
-        h.evaluate(weights, episodes, seed).get().map_err(|e| Error::Runner {
+        let state = PolicyState {
+            weights,
+            filter: self.filter.clone(),
+        };
+        h.evaluate(state, episodes, seed).get().map_err(|e| Error::Runner {
             runner: 0,
             attempts: 1,
             cause: e.user_error::<String>().unwrap_or_else(|| e.to_string()),
@@ -267,6 +347,7 @@ pub struct Algorithm {
     episodes: u64,
     window: VecDeque<(f64, u64)>,
     torch: TorchScope,
+    callbacks: Vec<Box<dyn Callbacks>>,
 }
 
 /// The torch state an algorithm works under in the driver — its own
@@ -400,15 +481,17 @@ impl Algorithm {
                 .as_ref()
                 .filter(|c| c.0 == i)
                 .map(|c| (c.1, c.2.clone())),
+            obs_filter: config.observation_filter == "MeanStdFilter",
         };
+        let filter = (config.observation_filter == "MeanStdFilter").then(|| MeanStd::new(obs_dim as usize));
         let specs = (0..config.num_env_runners)
             .map(|i| spec(i, config.seed.wrapping_mul(1_000_003).wrapping_add(1000 * i as u64)))
             .collect();
-        let runners = Runners::start(specs)?;
+        let runners = Runners::start(specs, filter.clone())?;
         let eval_runner = if config.evaluation_interval > 0 {
             let mut s = spec(usize::MAX, config.seed ^ 0xE7A1);
             s.num_envs = 1;
-            Some(Runners::start(vec![s])?)
+            Some(Runners::start(vec![s], filter)?)
         } else {
             None
         };
@@ -429,6 +512,7 @@ impl Algorithm {
             episodes: 0,
             window: VecDeque::new(),
             torch,
+            callbacks: Vec::new(),
         })
     }
 
@@ -456,10 +540,27 @@ impl Algorithm {
         let outer = self.torch.enter()?;
         let r = self.train_scoped();
         self.torch.exit(outer)?;
-        r
+        let (mut r, episodes) = r?;
+        for cb in &mut self.callbacks {
+            for (ret, len) in episodes.returns.iter().zip(&episodes.lengths) {
+                cb.on_episode_end(&EpisodeEnd {
+                    iteration: r.iteration,
+                    episode_return: *ret,
+                    length: *len,
+                });
+            }
+            cb.on_train_result(&mut r);
+        }
+        Ok(r)
     }
 
-    fn train_scoped(&mut self) -> Result<IterationResult> {
+    /// Adds hooks called on every iteration from now on, after those added
+    /// before (see [`Callbacks`]).
+    pub fn add_callbacks(&mut self, callbacks: impl Callbacks + 'static) {
+        self.callbacks.push(Box::new(callbacks));
+    }
+
+    fn train_scoped(&mut self) -> Result<(IterationResult, Episodes)> {
         let start = Instant::now();
         let (steps, episodes, learner) = self.learner.step(&mut self.runners, self.env_steps)?;
         self.iteration += 1;
@@ -473,6 +574,7 @@ impl Algorithm {
         }
         let evaluation_return_mean = match &mut self.eval_runner {
             Some(e) if self.iteration.is_multiple_of(self.config.evaluation_interval) => {
+                e.filter = self.runners.filter.clone();
                 let ep = e.evaluate(
                     self.learner.policy_weights(),
                     self.config.evaluation_episodes,
@@ -484,7 +586,7 @@ impl Algorithm {
         };
         let n = self.window.len() as f64;
         let returns = self.window.iter().map(|x| x.0);
-        Ok(IterationResult {
+        let result = IterationResult {
             iteration: self.iteration,
             env_steps_lifetime: self.env_steps,
             env_steps_per_s: steps as f64 / start.elapsed().as_secs_f64().max(1e-9),
@@ -503,7 +605,9 @@ impl Algorithm {
             episodes_lifetime: self.episodes,
             learner,
             evaluation_return_mean,
-        })
+            custom_metrics: BTreeMap::new(),
+        };
+        Ok((result, episodes))
     }
 
     /// Trains until `stop`, calling `on_iteration` with each result; the
@@ -531,9 +635,19 @@ impl Algorithm {
         let w = self.learner.policy_weights();
         let seed = self.config.seed ^ 0xE7A1;
         match &mut self.eval_runner {
-            Some(e) => e.evaluate(w, episodes, seed),
+            Some(e) => {
+                e.filter = self.runners.filter.clone();
+                e.evaluate(w, episodes, seed)
+            }
             None => self.runners.evaluate(w, episodes, seed),
         }
+    }
+
+    /// The running statistics observations are normalized with (with
+    /// `observation_filter = "MeanStdFilter"`): every observation the
+    /// training runners have seen, saved in checkpoints.
+    pub fn observation_filter(&self) -> Option<&MeanStd> {
+        self.runners.filter.as_ref()
     }
 
     /// Saves the networks and the algorithm's state as a checkpoint in
@@ -543,7 +657,11 @@ impl Algorithm {
         let dir = rayforge::checkpoint::CheckpointDir::new(dir.into().open()?);
         let w = self.checkpoint_writer()?;
         let metrics = BTreeMap::from([("env_steps_lifetime".to_string(), self.env_steps as f64)]);
-        Ok(dir.commit(w, self.iteration, &metrics, WRITTEN_BY)?)
+        let c = dir.commit(w, self.iteration, &metrics, WRITTEN_BY)?;
+        for cb in &mut self.callbacks {
+            cb.on_checkpoint(&c);
+        }
+        Ok(c)
     }
 
     /// The checkpoint's files written into a scratch directory, not yet
@@ -555,6 +673,10 @@ impl Algorithm {
             vs.save(&p)?;
         }
         self.learner.save_state(&mut w, self.config.checkpoint_replay_buffer)?;
+        if let Some(f) = &self.runners.filter {
+            let json = serde_json::to_vec(f).map_err(|e| Error::Runtime(e.to_string()))?;
+            w.write(FILTER_FILE, &json)?;
+        }
         let saved = Saved {
             format_version: CHECKPOINT_VERSION,
             config: self.config.clone(),
@@ -596,6 +718,19 @@ impl Algorithm {
                 .map_err(|e| Error::config("checkpoint", format!("{}: {name}: {e}", path.display())))?;
         }
         a.learner.load_state(&c)?;
+        // A checkpoint without statistics (saved without a filter) leaves
+        // them fresh.
+        if let (Some(dim), Ok(bytes)) = (a.runners.filter.as_ref().map(|f| f.mean.len()), c.read(FILTER_FILE)) {
+            let bad = |m: String| Error::config("checkpoint", format!("{}: {FILTER_FILE}: {m}", path.display()));
+            let f: MeanStd = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+            if f.mean.len() != dim || f.m2.len() != dim {
+                return Err(bad(format!(
+                    "statistics of {} dimensions, observations have {dim}",
+                    f.mean.len()
+                )));
+            }
+            a.runners.filter = Some(f);
+        }
         a.iteration = saved.iteration;
         a.env_steps = saved.env_steps;
         a.episodes = saved.episodes;

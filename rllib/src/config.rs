@@ -66,6 +66,11 @@ pub struct AlgoConfig {
     pub evaluation_interval: u64,
     /// Episodes per evaluation.
     pub evaluation_episodes: usize,
+    /// `"MeanStdFilter"`: observations normalized by running statistics
+    /// kept across the runners and in checkpoints ([`crate::filter`], Ray's
+    /// `observation_filter`); `"NoFilter"` (the default): as the
+    /// environment gives them.
+    pub observation_filter: String,
 
     /// PPO: steps of each environment per iteration.
     pub rollout_steps: usize,
@@ -141,6 +146,7 @@ impl Default for AlgoConfig {
             device: "auto".into(),
             evaluation_interval: 0,
             evaluation_episodes: 10,
+            observation_filter: "NoFilter".into(),
             rollout_steps: 256,
             num_epochs: 10,
             minibatch_size: 64,
@@ -342,6 +348,12 @@ impl AlgoConfig {
         }
         if self.hidden.is_empty() || self.hidden.iter().any(|h| *h < 1) {
             return Err(Error::config("hidden", "needs at least one layer of at least 1 unit"));
+        }
+        if !["NoFilter", "MeanStdFilter"].contains(&self.observation_filter.as_str()) {
+            return Err(Error::config(
+                "observation_filter",
+                format!("`{}`: NoFilter or MeanStdFilter", self.observation_filter),
+            ));
         }
         if !["auto", "cpu", "cuda"].contains(&self.device.as_str()) {
             return Err(Error::config("device", format!("`{}`: auto, cpu or cuda", self.device)));

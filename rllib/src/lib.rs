@@ -24,9 +24,10 @@ pub mod cli;
 pub mod config;
 pub mod env;
 mod error;
+pub mod filter;
 pub mod policy;
 pub mod runner;
 
-pub use algorithm::{Algorithm, IterationResult, Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS};
+pub use algorithm::{Algorithm, Callbacks, EpisodeEnd, IterationResult, Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS};
 pub use config::{Algo, AlgoConfig};
 pub use error::{Error, Result};

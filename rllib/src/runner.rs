@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::env::{self, Action, BatchEnv, Space};
+use crate::filter::{MeanStd, RunnerFilter};
 use crate::policy::{self, Policy, PolicyKind, PolicySpec};
 
 /// How a runner is built.
@@ -33,6 +34,25 @@ pub struct RunnerSpec {
     /// Testing aid: the runner kills its own process once (remembered by
     /// this marker file) in the middle of this sample call (1-based).
     pub crash_at_sample: Option<(u64, String)>,
+    /// Normalize observations with running statistics
+    /// ([`crate::filter`]; `observation_filter = "MeanStdFilter"`).
+    pub obs_filter: bool,
+}
+
+/// What a sampling call acts with: the policy's weights and, with an
+/// observation filter, the algorithm's statistics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// The network's weights, flattened.
+    pub weights: Vec<f32>,
+    /// The observation statistics to normalize with.
+    pub filter: Option<MeanStd>,
+}
+
+/// A batch that carries the observation statistics its runner gathered.
+pub trait FilterDelta {
+    /// Takes them out of the batch (`None` without a filter).
+    fn take_filter_delta(&mut self) -> Option<MeanStd>;
 }
 
 /// How to act in a `sample` call.
@@ -82,6 +102,26 @@ pub struct Rollout {
     pub last_values: Vec<f32>,
     /// The episodes that ended.
     pub episodes: Episodes,
+    /// The raw observations' statistics gathered (with a filter).
+    pub filter_delta: Option<MeanStd>,
+}
+
+impl FilterDelta for Rollout {
+    fn take_filter_delta(&mut self) -> Option<MeanStd> {
+        self.filter_delta.take()
+    }
+}
+
+impl FilterDelta for Transitions {
+    fn take_filter_delta(&mut self) -> Option<MeanStd> {
+        self.filter_delta.take()
+    }
+}
+
+impl FilterDelta for Episodes {
+    fn take_filter_delta(&mut self) -> Option<MeanStd> {
+        None
+    }
 }
 
 /// Off-policy transitions (`n_step` steps each; `discount` is `gamma^k`
@@ -104,6 +144,8 @@ pub struct Transitions {
     pub env_steps: u64,
     /// The episodes that ended.
     pub episodes: Episodes,
+    /// The raw observations' statistics gathered (with a filter).
+    pub filter_delta: Option<MeanStd>,
 }
 
 /// One environment step waiting to be folded into n-step transitions.
@@ -126,6 +168,8 @@ pub struct EnvRunner {
     samples: u64,
     /// Why its environments could not be made (reported by every call).
     broken: Option<String>,
+    /// Its observation filter, when it normalizes.
+    filter: Option<RunnerFilter>,
 }
 
 #[rayforge::actor]
@@ -142,7 +186,13 @@ impl EnvRunner {
             Err(err) => (None, Vec::new(), Some(err.to_string())),
         };
         let policy = Policy::new(&spec.policy, Device::Cpu);
+        let mut filter = spec.obs_filter.then(|| RunnerFilter::new(spec.policy.obs_dim as usize));
+        let obs = match &mut filter {
+            Some(f) => obs.iter().map(|o| f.observe(o)).collect(),
+            None => obs,
+        };
         EnvRunner {
+            filter,
             rng: StdRng::seed_from_u64(spec.seed ^ 0xA5A5_5A5A),
             windows: vec![VecDeque::new(); spec.num_envs],
             samples: 0,
@@ -155,8 +205,8 @@ impl EnvRunner {
     }
 
     /// PPO: `steps` steps of every environment with `weights`.
-    fn rollout(&mut self, weights: Vec<f32>, steps: usize) -> Result<Rollout, String> {
-        self.begin(&weights)?;
+    fn rollout(&mut self, state: PolicyState, steps: usize) -> Result<Rollout, String> {
+        self.begin(&state)?;
         let n = self.obs.len();
         let mut r = Rollout {
             steps,
@@ -200,13 +250,14 @@ impl EnvRunner {
         }
         let v = tch::no_grad(|| self.policy.value(&self.obs_tensor()));
         r.last_values = policy::rows(&v).into_iter().map(|x| x[0]).collect();
+        r.filter_delta = self.filter.as_mut().map(RunnerFilter::take_delta);
         Ok(r)
     }
 
     /// The off-policy algorithms: `steps` steps of every environment,
     /// acting as `explore` says, as (n-step) transitions.
-    fn transitions(&mut self, weights: Vec<f32>, steps: usize, explore: Explore) -> Result<Transitions, String> {
-        self.begin(&weights)?;
+    fn transitions(&mut self, state: PolicyState, steps: usize, explore: Explore) -> Result<Transitions, String> {
+        self.begin(&state)?;
         let mut t = Transitions::default();
         for s in 0..steps {
             self.maybe_crash(s >= steps / 2);
@@ -243,20 +294,32 @@ impl EnvRunner {
                 }
             }
         }
+        t.filter_delta = self.filter.as_mut().map(RunnerFilter::take_delta);
         Ok(t)
     }
 
     /// Plays `episodes` whole episodes greedily with `weights` on fresh
     /// environments (evaluation); their returns and lengths.
-    fn evaluate(&mut self, weights: Vec<f32>, episodes: usize, seed: u64) -> Result<Episodes, String> {
+    fn evaluate(&mut self, state: PolicyState, episodes: usize, seed: u64) -> Result<Episodes, String> {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        self.policy.set_weights(&weights)?;
+        self.policy.set_weights(&state.weights)?;
+        // Evaluation normalizes with the statistics it was sent and adds
+        // nothing to them.
+        let normalize = |o: Vec<f32>| match &state.filter {
+            Some(f) => f.normalize(&o),
+            None => o,
+        };
         let mut out = Episodes::default();
         let mut e = self.spec.env.make_batch(1).map_err(|e| e.to_string())?;
         for k in 0..episodes {
-            let mut obs = e.reset(Some(seed + k as u64)).map_err(|e| e.to_string())?;
+            let mut obs: Vec<Vec<f32>> = e
+                .reset(Some(seed + k as u64))
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(normalize)
+                .collect();
             loop {
                 let a = self.act_one(obs.first().map_or(&[][..], |o| o.as_slice()), Explore::Greedy);
                 let s = e.step(&[a]).map_err(|e| e.to_string())?;
@@ -265,7 +328,7 @@ impl EnvRunner {
                     out.lengths.push(ep.length);
                     break;
                 }
-                obs = s.steps.into_iter().map(|s| s.obs).collect();
+                obs = s.steps.into_iter().map(|s| normalize(s.obs)).collect();
             }
         }
         Ok(out)
@@ -273,12 +336,15 @@ impl EnvRunner {
 }
 
 impl EnvRunner {
-    fn begin(&mut self, weights: &[f32]) -> Result<(), String> {
+    fn begin(&mut self, state: &PolicyState) -> Result<(), String> {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
         self.samples += 1;
-        self.policy.set_weights(weights)
+        if let (Some(f), Some(global)) = (&mut self.filter, &state.filter) {
+            f.sync(global);
+        }
+        self.policy.set_weights(&state.weights)
     }
 
     /// Testing aid: dies once, halfway through the configured call.
@@ -312,7 +378,17 @@ impl EnvRunner {
             })
             .collect();
         let envs = self.envs.as_mut().ok_or("the runner has no environments")?;
-        let vs = envs.step(&actions).map_err(|e| e.to_string())?;
+        let mut vs = envs.step(&actions).map_err(|e| e.to_string())?;
+        // What the policy sees: the observations normalized (an ended
+        // episode's last one and the next one's first both count).
+        if let Some(f) = &mut self.filter {
+            for last in vs.final_obs.iter_mut().flatten() {
+                *last = f.observe(last);
+            }
+            for step in &mut vs.steps {
+                step.obs = f.observe(&step.obs);
+            }
+        }
         for ep in &vs.episodes {
             episodes.returns.push(ep.total_reward);
             episodes.lengths.push(ep.length);

@@ -229,3 +229,154 @@ fn bad_configs_are_refused_naming_the_field() {
     let e = Algorithm::new(c).unwrap_err().to_string();
     assert!(e.contains("Pong-v5") && e.contains("CartPole-v1"), "{e}");
 }
+
+/// CartPole with its observations moved thousands away from 0: a network
+/// fed them raw sees inputs in the thousands.
+struct Scaled(Box<dyn rayforge_rllib::env::Env>);
+
+const OFFSET: [f32; 4] = [5000.0, -3000.0, 2000.0, 1000.0];
+
+fn scale(obs: Vec<f32>) -> Vec<f32> {
+    obs.iter().zip(OFFSET).map(|(x, o)| x + o).collect()
+}
+
+impl rayforge_rllib::env::Env for Scaled {
+    fn observation_space(&self) -> rayforge_rllib::env::Space {
+        self.0.observation_space()
+    }
+    fn action_space(&self) -> rayforge_rllib::env::Space {
+        self.0.action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
+        scale(self.0.reset(seed))
+    }
+    fn step(
+        &mut self,
+        action: &rayforge_rllib::env::Action,
+    ) -> Result<rayforge_rllib::env::Step, rayforge_rllib::env::EnvError> {
+        let mut s = self.0.step(action)?;
+        s.obs = scale(s.obs);
+        Ok(s)
+    }
+}
+
+fn scaled_cartpole(_: &serde_json::Value) -> Result<Box<dyn rayforge_rllib::env::Env>, String> {
+    Ok(Box::new(Scaled(
+        rayforge_rllib::env::make("CartPole-v1").map_err(|e| e.to_string())?,
+    )))
+}
+
+#[test]
+fn a_mean_std_filter_learns_on_badly_scaled_observations_and_lives_in_checkpoints() {
+    cluster();
+    rayforge_rllib::env::register_env("scaled_cartpole", scaled_cartpole).unwrap();
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.env = "scaled_cartpole".into();
+    // Fed raw, the network's inputs saturate: it stays near a random
+    // policy's return (about 22).
+    let mut raw = Algorithm::new(c.clone()).unwrap();
+    let stop = |reward, timesteps| Stop {
+        reward: Some(reward),
+        timesteps: Some(timesteps),
+        iters: None,
+    };
+    let last = raw.run(stop(100.0, 20_000), |_| {}).unwrap();
+    assert!(last.episode_return_mean < 100.0, "{}", last.line());
+    raw.stop();
+    // Normalized, it learns (seeds 0-2 reached 300-400 in 100,000 steps).
+    c.observation_filter = "MeanStdFilter".into();
+    let mut a = Algorithm::new(c.clone()).unwrap();
+    let last = a.run(stop(200.0, 100_000), |r| println!("{}", r.line())).unwrap();
+    assert!(last.episode_return_mean >= 200.0, "{}", last.line());
+    // Every observation the runners saw, counted once: each environment's
+    // first, one per step, and an ended episode's last.
+    let f = a.observation_filter().expect("a filter").clone();
+    let envs = (c.num_env_runners * c.num_envs_per_runner) as u64;
+    assert_eq!(f.count as u64, envs + last.env_steps_lifetime + last.episodes_lifetime);
+    for (m, o) in f.mean.iter().zip(OFFSET) {
+        assert!((m - o as f64).abs() < 1.0, "mean {:?} near {OFFSET:?}", f.mean);
+    }
+    assert!(f.var().iter().all(|v| *v > 1e-4 && *v < 10.0), "{:?}", f.var());
+    // Saved and restored with the policy: the same greedy episodes.
+    let dir = std::env::temp_dir().join(format!("rllib-filter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let before = a.evaluate(3).unwrap();
+    let ckpt = a.save(&dir).unwrap();
+    a.stop();
+    let mut b = Algorithm::restore(ckpt.path()).unwrap();
+    assert_eq!(b.observation_filter(), Some(&f));
+    assert_eq!(b.evaluate(3).unwrap().returns, before.returns);
+    b.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // An unknown filter is refused, naming the field.
+    c.observation_filter = "MeanStd".into();
+    let e = Algorithm::new(c).unwrap_err();
+    assert!(e.to_string().contains("observation_filter"), "{e}");
+}
+
+/// Records what the hooks see, shared with the test.
+#[derive(Default)]
+struct Seen {
+    episodes: Vec<rayforge_rllib::EpisodeEnd>,
+    results: Vec<u64>,
+    checkpoints: Vec<std::path::PathBuf>,
+}
+
+struct Recorder(std::sync::Arc<std::sync::Mutex<Seen>>);
+
+impl rayforge_rllib::Callbacks for Recorder {
+    fn on_episode_end(&mut self, e: &rayforge_rllib::EpisodeEnd) {
+        self.0.lock().unwrap().episodes.push(e.clone());
+    }
+    fn on_train_result(&mut self, r: &mut rayforge_rllib::IterationResult) {
+        let mut seen = self.0.lock().unwrap();
+        seen.results.push(r.iteration);
+        let long = seen.episodes.iter().filter(|e| e.length >= 100).count();
+        r.custom_metrics
+            .insert("long_episodes".into(), long as f64 / seen.episodes.len().max(1) as f64);
+    }
+    fn on_checkpoint(&mut self, c: &rayforge::checkpoint::Checkpoint) {
+        self.0.lock().unwrap().checkpoints.push(c.path().to_path_buf());
+    }
+}
+
+#[test]
+fn callbacks_see_every_episode_each_result_and_each_checkpoint() {
+    cluster();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
+    a.add_callbacks(Recorder(seen.clone()));
+    let mut last = None;
+    for _ in 0..40 {
+        last = Some(a.train().unwrap());
+    }
+    let last = last.unwrap();
+    let dir = std::env::temp_dir().join(format!("rllib-callbacks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ckpt = a.save(&dir).unwrap();
+    a.stop();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.results, (1..=40).collect::<Vec<_>>());
+    // Every episode, once, with the returns the result's window averages.
+    assert_eq!(seen.episodes.len() as u64, last.episodes_lifetime);
+    let recent: Vec<f64> = seen.episodes.iter().rev().take(100).map(|e| e.episode_return).collect();
+    let mean = recent.iter().sum::<f64>() / recent.len() as f64;
+    assert!(
+        (mean - last.episode_return_mean).abs() < 1e-9,
+        "{mean} vs {}",
+        last.line()
+    );
+    assert!(seen.episodes.iter().all(|e| (1..=40).contains(&e.iteration)));
+    // CartPole's reward is 1 a step: a return is its length.
+    assert!(seen.episodes.iter().all(|e| e.episode_return == e.length as f64));
+    // The custom metric is reported with the others.
+    let long = last
+        .metrics()
+        .into_iter()
+        .find(|(k, _)| k == "long_episodes")
+        .map(|x| x.1);
+    assert!(long.is_some_and(|v| v > 0.0 && v < 1.0), "{}", last.line());
+    assert!(last.line().contains("long_episodes="));
+    assert_eq!(seen.checkpoints, vec![ckpt.path().to_path_buf()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,7 +1,8 @@
 //! Test binaries get an rpath to libtorch (see scripts/libtorch_rpath.rs),
 //! and `src/rng_state.cpp` (libtorch's generator state as bytes, which tch
-//! 0.24 does not expose) is compiled against the headers of the libtorch
-//! tch links, as torch-sys compiles its own C++ wrapper.
+//! 0.24 does not expose) and `src/autocast.cpp` (autocast on the CPU, and
+//! its dtype) are compiled against the headers of the libtorch tch links,
+//! as torch-sys compiles its own C++ wrapper.
 
 include!("../scripts/libtorch_rpath.rs");
 
@@ -12,6 +13,7 @@ fn main() {
 
 fn compile_rng_shim() {
     println!("cargo:rerun-if-changed=src/rng_state.cpp");
+    println!("cargo:rerun-if-changed=src/autocast.cpp");
     for var in ["LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -33,5 +35,6 @@ fn compile_rng_shim() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("src/rng_state.cpp")
+        .file("src/autocast.cpp")
         .compile("rayforge_train_rng");
 }

@@ -10,6 +10,9 @@
 //! - `allreduce`: all-reduce bandwidth between two ranks for 1 MB to 256 MB
 //!   of f32.
 //!
+//! `--amp bf16` runs `single` and `train` with each forward pass under
+//! bfloat16 autocast ([`rayforge_train::amp::autocast`]).
+//!
 //! The model, data format and shard scheme match `bench_common.py`:
 //! 784 -> 512 -> 512 -> 10 with ReLU, SGD (lr 0.05, momentum 0.9), batches
 //! of 128 in order, accuracy on the whole data set after each epoch (not
@@ -30,6 +33,8 @@ struct Args {
     momentum: f64,
     workers: usize,
     sizes_mb: Vec<usize>,
+    /// Forward passes under bfloat16 autocast.
+    bf16: bool,
     /// When `fit` was called (seconds since the epoch), for start-up time.
     fit_at: f64,
 }
@@ -65,6 +70,11 @@ fn parse() -> Result<(String, Args), String> {
                 .split(',')
                 .map(|s| s.trim().parse().map_err(|_| format!("--sizes: not a number: {s}")))
                 .collect::<Result<_, _>>()?,
+            bf16: match get("--amp").as_deref() {
+                None => false,
+                Some("bf16") => true,
+                Some(other) => return Err(format!("--amp: bf16 is the one choice, not {other}")),
+            },
             fit_at: 0.0,
         },
     ))
@@ -121,19 +131,26 @@ fn accuracy(m: &impl Module, x: &Tensor, y: &Tensor) -> f64 {
 /// One epoch over `x`, `y` in order, in batches of `batch`: the loss of
 /// each batch goes to `step` (the plain optimizer, or the prepared model's
 /// backward step), so both sides run the very same loop.
-fn epoch<E>(
+fn epoch<E: From<rayforge_train::Error>>(
     m: &impl Module,
     x: &Tensor,
     y: &Tensor,
     batch: i64,
+    bf16: bool,
     mut step: impl FnMut(&Tensor) -> Result<(), E>,
 ) -> Result<(), E> {
     let n = x.size()[0];
     for i in (0..n).step_by(batch as usize) {
         let len = batch.min(n - i);
-        let loss = m
-            .forward(&x.narrow(0, i, len))
-            .cross_entropy_for_logits(&y.narrow(0, i, len));
+        let forward = || {
+            m.forward(&x.narrow(0, i, len))
+                .cross_entropy_for_logits(&y.narrow(0, i, len))
+        };
+        let loss = if bf16 {
+            rayforge_train::amp::autocast(x.device(), Kind::BFloat16, forward)?
+        } else {
+            forward()
+        };
         step(&loss)?;
     }
     Ok(())
@@ -154,15 +171,15 @@ fn single(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut first_step = None;
     for e in 1..=a.epochs {
         let start = Instant::now();
-        epoch(&m, &x, &y, a.batch, |loss| {
+        epoch(&m, &x, &y, a.batch, a.bf16, |loss| {
             opt.backward_step(loss);
             first_step.get_or_insert(t0.elapsed().as_secs_f64());
-            Ok::<(), std::convert::Infallible>(())
+            Ok::<(), rayforge_train::Error>(())
         })?;
         let secs = start.elapsed().as_secs_f64();
         println!(
             "{}",
-            serde_json::json!({"impl": "tch-single", "workers": 1, "epoch": e, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
+            serde_json::json!({"impl": "tch-single", "bf16": a.bf16, "workers": 1, "epoch": e, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
         );
     }
     println!("{}", serde_json::json!({"impl": "tch-single", "startup_s": first_step}));
@@ -197,7 +214,7 @@ fn train_rank(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
     for e in 1..=a.epochs {
         ctx.group().barrier()?;
         let start = Instant::now();
-        epoch(&m, &x, &y, a.batch, |loss| {
+        epoch(&m, &x, &y, a.batch, a.bf16, |loss| {
             ddp.backward_step(loss, &mut opt)?;
             first_step.get_or_insert(now() - a.fit_at);
             Ok::<(), rayforge_train::Error>(())
@@ -245,7 +262,7 @@ fn train(mut a: Args) -> Result<(), Box<dyn std::error::Error>> {
     for r in &result.history {
         println!(
             "{}",
-            serde_json::json!({"impl": name, "workers": a.workers, "epoch": r.metrics["epoch"], "epoch_s": r.metrics["epoch_s"], "accuracy": r.metrics["accuracy"]})
+            serde_json::json!({"impl": name, "bf16": a.bf16, "workers": a.workers, "epoch": r.metrics["epoch"], "epoch_s": r.metrics["epoch_s"], "accuracy": r.metrics["accuracy"]})
         );
     }
     if let Some(r) = result.history.first() {

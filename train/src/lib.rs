@@ -69,6 +69,7 @@
 
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod collective;
 mod context;
 mod error;

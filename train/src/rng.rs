@@ -40,7 +40,7 @@ extern "C" {
 }
 
 /// Turns the shim's error (null, or a string it allocated) into a result.
-fn check(error: *mut c_char, what: &str) -> Result<()> {
+pub(crate) fn check(error: *mut c_char, what: &str) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }

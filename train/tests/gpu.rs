@@ -284,3 +284,57 @@ fn a_gpu_rank_killed_between_nccl_collectives_restarts_the_gang_from_its_checkpo
     assert_eq!(result.metrics["sum"], 2.0);
     assert!(started.elapsed() < Duration::from_secs(300), "no hang");
 }
+
+/// float16 autocast on CUDA with loss scaling (`torch.amp` on a GPU):
+/// products run in float16, the loss comes out float32, and a line is fit
+/// as in float32; a loss scaled past float16's range is skipped by the
+/// scaler.
+#[test]
+fn float16_autocast_with_a_grad_scaler_fits_a_line_on_cuda() {
+    use rayforge_train::amp::{autocast, GradScaler};
+    use rayforge_train::optim::{Adam, Optimizer};
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device (libtorch sees none)");
+        return;
+    }
+    let dev = Device::Cuda(0);
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(dev);
+    let net = nn::seq()
+        .add(nn::linear(vs.root() / "l1", 1, 16, Default::default()))
+        .add_fn(|x| x.tanh())
+        .add(nn::linear(vs.root() / "l2", 16, 1, Default::default()));
+    let mut opt = Adam::new(&vs, 1e-2);
+    let x = Tensor::linspace(-1.0, 1.0, 64, (Kind::Float, dev)).view([64, 1]);
+    let y = &x * 3.0 - 1.0;
+    let mut scaler = GradScaler::new();
+    let kinds = autocast(dev, Kind::Half, || {
+        let h = net.forward(&x);
+        (h.kind(), h.mse_loss(&y, tch::Reduction::Mean).kind())
+    })
+    .unwrap();
+    assert_eq!(
+        kinds,
+        (Kind::Half, Kind::Float),
+        "products in float16, the loss in float32"
+    );
+    let mut loss = f64::NAN;
+    let mut skipped = 0;
+    for _ in 0..300 {
+        let l = autocast(dev, Kind::Half, || net.forward(&x).mse_loss(&y, tch::Reduction::Mean)).unwrap();
+        opt.zero_grad();
+        scaler.scale(&l).backward();
+        skipped += !scaler.step(&vs, &mut opt).unwrap() as u32;
+        loss = l.double_value(&[]);
+    }
+    assert!(loss < 1e-2, "float16 loss {loss}");
+    assert!(skipped <= 5, "{skipped} steps skipped");
+    // A scale past float16's range overflows: that step is skipped.
+    let before = scaler.scale;
+    scaler.scale = 1e30;
+    let l = autocast(dev, Kind::Half, || net.forward(&x).mse_loss(&y, tch::Reduction::Mean)).unwrap();
+    opt.zero_grad();
+    scaler.scale(&l).backward();
+    assert!(!scaler.step(&vs, &mut opt).unwrap());
+    assert!(scaler.scale < 1e30 && before > 0.0);
+}

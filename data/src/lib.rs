@@ -291,6 +291,69 @@ pub(crate) fn join_query(
     format!("SELECT {} FROM l {kind} r ON {}", cols.join(", "), cond.join(" AND "))
 }
 
+/// Whether a query's answer over a dataset is its answers over each block,
+/// concatenated: one plain `SELECT` from `ds` (projection and `WHERE` only)
+/// whose expressions call no aggregate or window function (DataFusion's own
+/// lists) and hold no subquery.
+fn row_wise(statements: &[datafusion::sql::sqlparser::ast::Statement]) -> bool {
+    use datafusion::sql::sqlparser::ast::{Expr, GroupByExpr, SetExpr, Statement, TableFactor, visit_expressions};
+    use std::ops::ControlFlow;
+    let [Statement::Query(q)] = statements else {
+        return false;
+    };
+    let plain_query = q.with.is_none()
+        && q.order_by.is_none()
+        && q.limit_clause.is_none()
+        && q.fetch.is_none()
+        && q.locks.is_empty()
+        && q.for_clause.is_none()
+        && q.settings.is_none()
+        && q.format_clause.is_none()
+        && q.pipe_operators.is_empty();
+    let SetExpr::Select(sel) = q.body.as_ref() else {
+        return false;
+    };
+    let no_groups = matches!(&sel.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
+    let from_ds = match sel.from.as_slice() {
+        [t] => {
+            t.joins.is_empty()
+                && matches!(&t.relation, TableFactor::Table { name, args: None, .. }
+                    if name.to_string().trim_matches('"').eq_ignore_ascii_case("ds"))
+        }
+        _ => false,
+    };
+    let plain_select = sel.distinct.is_none()
+        && sel.top.is_none()
+        && sel.into.is_none()
+        && sel.lateral_views.is_empty()
+        && sel.prewhere.is_none()
+        && sel.connect_by.is_empty()
+        && sel.cluster_by.is_empty()
+        && sel.distribute_by.is_empty()
+        && sel.sort_by.is_empty()
+        && sel.having.is_none()
+        && sel.named_window.is_empty()
+        && sel.qualify.is_none();
+    if !(plain_query && plain_select && no_groups && from_ds) {
+        return false;
+    }
+    let state = datafusion::prelude::SessionContext::new().state();
+    let (aggregates, windows) = (state.aggregate_functions(), state.window_functions());
+    let found = visit_expressions(&statements[0], |e| match e {
+        Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. } => ControlFlow::Break(()),
+        Expr::Function(f) => {
+            let name = f.name.to_string().trim_matches('"').to_lowercase();
+            if f.over.is_some() || aggregates.contains_key(&name) || windows.contains_key(&name) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    found.is_continue()
+}
+
 impl GroupedData {
     /// One row per group: the keys, then each aggregate, sorted by the keys.
     pub fn aggregate(&self, aggs: &[Agg]) -> Dataset {
@@ -943,7 +1006,10 @@ impl Dataset {
         };
         // The partial step runs in the task that makes each block (fused
         // with the read and transforms before it).
-        let partial = MapOp::Sql(format!("SELECT {} FROM ds{partial_group}", partial.join(", ")));
+        let partial = MapOp::Sql {
+            name: "PartialAggregate".into(),
+            query: format!("SELECT {} FROM ds{partial_group}", partial.join(", ")),
+        };
         self.with(Arc::new(Node::AllToAll {
             input: input.then(partial, Compute::default()),
             op: AllToAll::Aggregate {
@@ -982,7 +1048,10 @@ impl Dataset {
         } else {
             cols.join(", ")
         };
-        let partial = MapOp::Sql(format!("SELECT {project} FROM ds"));
+        let partial = MapOp::Sql {
+            name: "Project".into(),
+            query: format!("SELECT {project} FROM ds"),
+        };
         self.with(Arc::new(Node::AllToAll {
             input: input.then(partial, Compute::default()),
             op: AllToAll::Aggregate {
@@ -1093,6 +1162,11 @@ impl Dataset {
     }
 
     /// Runs a SQL query (DataFusion) over the dataset, which is table `ds`.
+    /// A query that works row by row — one `SELECT .. FROM ds [WHERE ..]`
+    /// with no aggregate, window, `GROUP BY`, `DISTINCT`, `ORDER BY`,
+    /// `LIMIT`, join or subquery — runs on each block in the tasks that make
+    /// it, so it streams over a dataset of any size; any other query runs
+    /// once over the whole dataset.
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;
@@ -1105,8 +1179,14 @@ impl Dataset {
     pub fn sql(&self, query: &str) -> Result<Dataset> {
         // Check the syntax now rather than when the plan runs.
         let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
-        datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query)
+        let statements = datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, query)
             .map_err(|e| Error::Sql(format!("{e} in `{query}`")))?;
+        if row_wise(&statements) {
+            return Ok(self.then(MapOp::Sql {
+                name: "Sql".into(),
+                query: query.to_string(),
+            }));
+        }
         Ok(self.all_to_all(AllToAll::Sql {
             query: query.to_string(),
         }))
@@ -1663,6 +1743,43 @@ impl Iterator for BatchIter {
                     self.buf.push(b);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_row_by_row_queries_run_per_block() {
+        let row_wise = |q: &str| {
+            let dialect = datafusion::sql::sqlparser::dialect::GenericDialect {};
+            super::row_wise(&datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, q).unwrap())
+        };
+        for q in [
+            "SELECT * FROM ds",
+            "SELECT id * 2 AS twice, upper(s), abs(x) FROM ds WHERE x > 1 AND s LIKE 'a%'",
+            "SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END AS pos FROM \"ds\"",
+        ] {
+            assert!(row_wise(q), "{q}");
+        }
+        for q in [
+            "SELECT sum(x) FROM ds",
+            "SELECT avg(x), count(*) FROM ds",
+            "SELECT mean(x) FROM ds",
+            "SELECT x FROM ds GROUP BY x",
+            "SELECT DISTINCT x FROM ds",
+            "SELECT x FROM ds ORDER BY x",
+            "SELECT x FROM ds LIMIT 3",
+            "SELECT row_number() OVER (ORDER BY x) FROM ds",
+            "SELECT x FROM ds WHERE x IN (SELECT x FROM ds WHERE x > 1)",
+            "SELECT x FROM ds WHERE x > (SELECT avg(x) FROM ds)",
+            "SELECT a.x FROM ds a JOIN ds b ON a.x = b.x",
+            "SELECT x FROM other",
+            "WITH t AS (SELECT x FROM ds) SELECT x FROM t",
+            "SELECT x FROM ds UNION ALL SELECT x FROM ds",
+            "SELECT 1; SELECT 2",
+        ] {
+            assert!(!row_wise(q), "{q}");
         }
     }
 }

@@ -57,7 +57,12 @@ pub(crate) enum MapOp {
     /// Write the block to a file (the block then becomes empty).
     Write(Sink),
     /// A SQL query over the block alone (as table `ds`).
-    Sql(String),
+    Sql {
+        /// Its name in progress lines and stats.
+        name: String,
+        /// The query, over the block as table `ds`.
+        query: String,
+    },
 }
 
 impl MapOp {
@@ -70,7 +75,7 @@ impl MapOp {
             MapOp::Rename(_) => "RenameColumns".into(),
             MapOp::Slice { .. } => "Limit".into(),
             MapOp::Write(s) => format!("Write{}", s.format.name()),
-            MapOp::Sql(_) => "PartialAggregate".into(),
+            MapOp::Sql { name, .. } => name.clone(),
         }
     }
 
@@ -128,7 +133,7 @@ impl MapOp {
                 sink.write(&b)?;
                 Ok(RecordBatch::new_empty(b.schema()))
             }
-            MapOp::Sql(query) => {
+            MapOp::Sql { query, .. } => {
                 let schema = b.schema();
                 sql_over(vec![("ds".into(), schema, vec![b])], query)
             }

@@ -32,10 +32,13 @@ fn a_dataset_eight_times_the_store_streams_from_read_to_write() {
     cluster();
     let dir = std::env::temp_dir().join(format!("rayforge-data-stream-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    // 12M rows of (i64, f64): 192 MB through a 24 MB store.
+    // 12M rows of (i64, f64): 192 MB through a 24 MB store, a row-wise SQL
+    // query on the way (run on each block, not over the whole dataset).
     let rows = 12_000_000u64;
     let out = rayforge_data::range_with_blocks(rows, 48)
         .map_batches(with_square)
+        .sql("SELECT id, sq * 0.5 AS half FROM ds WHERE id >= 0")
+        .unwrap()
         .write_parquet(dir.to_str().unwrap())
         .unwrap();
     assert_eq!(out.rows, rows);

@@ -31,7 +31,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 
-from gym_server import space_json, flat
+from gym_server import action_space_json, flat, obs_space_json
 
 
 def f32_bits(obs):
@@ -55,8 +55,8 @@ def run(case):
         out["truncated"].append(bool(truncated))
         if terminated or truncated:
             break
-    out["observation_space"] = space_json(env.observation_space)
-    out["action_space"] = space_json(env.action_space)
+    out["observation_space"] = obs_space_json(env.observation_space)
+    out["action_space"] = action_space_json(env.action_space)
     env.close()
     return out
 

@@ -18,8 +18,15 @@ Requests and replies:
                                       "final_obs": [null | [...], ...]}
     {"cmd": "close"}              -> {"ok": true}, then the server exits
 
-SPACE is {"type": "discrete", "n": n} or {"type": "box", "low": [...],
-"high": [...]} (flattened; an infinite bound is null). Environment i is
+SPACE is {"type": "discrete", "n": n}, {"type": "box", "low": [...],
+"high": [...]} (flattened; an infinite bound is null) or {"type":
+"multi_discrete", "nvec": [n, ...]}. An observation space other than a
+Box is served flattened to a Box (gymnasium.spaces.flatten_space: a
+Discrete one one-hot, a Dict or Tuple the concatenation of its parts, in
+Gymnasium's order). MultiDiscrete, MultiBinary (each bit a choice of 2)
+and a Tuple or Dict of those and Discrete spaces are served as actions as
+multi_discrete, the choices in Gymnasium's flattening order; an action
+is then a list of integers, turned back into the space's own structure. Environment i is
 reset with seed S + i (S may be null). An environment whose episode ends
 is reset in the same step: its "obs" is the new episode's first and
 "final_obs" the ended one's last. A failed request gets {"ok": false,
@@ -33,24 +40,88 @@ import sys
 import traceback
 
 
-def space_json(space):
+def box_json(space):
+    import numpy as np
+
+    def bounds(xs):
+        return [float(x) if math.isfinite(x) else None for x in np.asarray(xs, dtype=np.float64).ravel()]
+
+    return {"type": "box", "low": bounds(space.low), "high": bounds(space.high)}
+
+
+def choices(space):
+    """The choices of an action space served as multi_discrete, in order,
+    or None when it is not one (Discrete and Box are served as themselves)."""
     from gymnasium import spaces
     import numpy as np
 
     if isinstance(space, spaces.Discrete):
         if int(space.start) != 0:
             raise ValueError(f"a Discrete space starting at {space.start} is not supported")
-        return {"type": "discrete", "n": int(space.n)}
-    if isinstance(space, spaces.Box):
-        def bounds(xs):
-            return [float(x) if math.isfinite(x) else None for x in np.asarray(xs, dtype=np.float64).ravel()]
-        return {"type": "box", "low": bounds(space.low), "high": bounds(space.high)}
-    raise ValueError(f"space {space} is not supported (Discrete and Box are)")
+        return [int(space.n)]
+    if isinstance(space, spaces.MultiDiscrete):
+        if np.any(np.asarray(space.start) != 0):
+            raise ValueError(f"a MultiDiscrete space starting at {space.start} is not supported")
+        return [int(n) for n in np.asarray(space.nvec).ravel()]
+    if isinstance(space, spaces.MultiBinary):
+        return [2] * int(np.prod(space.shape))
+    parts = None
+    if isinstance(space, spaces.Tuple):
+        parts = list(space.spaces)
+    elif isinstance(space, spaces.Dict):
+        parts = list(space.spaces.values())
+    if parts is None:
+        raise ValueError(
+            f"action space {space} is not supported (Discrete, Box, MultiDiscrete, MultiBinary, and Tuple or Dict of "
+            "the discrete ones are)"
+        )
+    out = []
+    for p in parts:
+        out.extend(choices(p))
+    return out
 
 
-def flat(obs):
+def unflatten_action(space, indices):
+    """The action of `space` that the first indices in the list `indices`
+    (consumed as read) stand for."""
+    from gymnasium import spaces
     import numpy as np
 
+    if isinstance(space, spaces.Discrete):
+        return int(indices.pop(0))
+    if isinstance(space, (spaces.MultiDiscrete, spaces.MultiBinary)):
+        n = len(choices(space))
+        taken = [indices.pop(0) for _ in range(n)]
+        return np.asarray(taken, dtype=space.dtype).reshape(space.shape)
+    if isinstance(space, spaces.Tuple):
+        return tuple(unflatten_action(p, indices) for p in space.spaces)
+    return {k: unflatten_action(p, indices) for k, p in space.spaces.items()}
+
+
+def obs_space_json(space):
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        return box_json(space)
+    return box_json(spaces.flatten_space(space))
+
+
+def action_space_json(space):
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        return box_json(space)
+    if isinstance(space, spaces.Discrete):
+        return {"type": "discrete", "n": choices(space)[0]}
+    return {"type": "multi_discrete", "nvec": choices(space)}
+
+
+def flat(obs, space=None):
+    from gymnasium import spaces
+    import numpy as np
+
+    if space is not None and not isinstance(space, spaces.Box):
+        obs = spaces.flatten(space, obs)
     return [float(x) for x in np.asarray(obs, dtype=np.float32).ravel()]
 
 
@@ -60,6 +131,10 @@ class Server:
 
         self.envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
         self.action_space = self.envs[0].action_space
+        self.observation_space = self.envs[0].observation_space
+
+    def obs(self, o):
+        return flat(o, self.observation_space)
 
     def action(self, a):
         from gymnasium import spaces
@@ -69,19 +144,28 @@ class Server:
             if not isinstance(a, int) or isinstance(a, bool):
                 raise ValueError(f"action {a!r} is not an integer")
             return a
-        return np.asarray(a, dtype=self.action_space.dtype).reshape(self.action_space.shape)
+        if isinstance(self.action_space, spaces.Box):
+            return np.asarray(a, dtype=self.action_space.dtype).reshape(self.action_space.shape)
+        n = choices(self.action_space)
+        if (
+            not isinstance(a, list)
+            or len(a) != len(n)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < k for i, k in zip(a, n))
+        ):
+            raise ValueError(f"action {a!r} is not a list of {len(n)} indices below {n}")
+        return unflatten_action(self.action_space, list(a))
 
     def handle(self, req):
         cmd = req.get("cmd")
         if cmd == "spaces":
             return {
                 "num_envs": len(self.envs),
-                "observation_space": space_json(self.envs[0].observation_space),
-                "action_space": space_json(self.action_space),
+                "observation_space": obs_space_json(self.observation_space),
+                "action_space": action_space_json(self.action_space),
             }
         if cmd == "reset":
             seed = req.get("seed")
-            obs = [flat(e.reset(seed=None if seed is None else seed + i)[0]) for i, e in enumerate(self.envs)]
+            obs = [self.obs(e.reset(seed=None if seed is None else seed + i)[0]) for i, e in enumerate(self.envs)]
             return {"obs": obs}
         if cmd == "step":
             actions = req.get("actions")
@@ -92,9 +176,9 @@ class Server:
                 obs, reward, terminated, truncated, _ = env.step(self.action(a))
                 final = None
                 if terminated or truncated:
-                    final = flat(obs)
+                    final = self.obs(obs)
                     obs, _ = env.reset()
-                out["obs"].append(flat(obs))
+                out["obs"].append(self.obs(obs))
                 out["rewards"].append(float(reward))
                 out["terminated"].append(bool(terminated))
                 out["truncated"].append(bool(truncated))

@@ -443,6 +443,15 @@ impl Algorithm {
                 dueling: config.dueling,
             },
             (Algo::Sac, Space::Box { .. }) => PolicyKind::SquashedGaussian,
+            (Algo::Dqn, Space::MultiDiscrete(_)) => {
+                return Err(Error::config(
+                    "algo",
+                    format!(
+                        "DQN needs one discrete action; {} takes several at once (multi-discrete: try ppo)",
+                        config.env
+                    ),
+                ))
+            }
             (Algo::Dqn, _) => {
                 return Err(Error::config(
                     "algo",

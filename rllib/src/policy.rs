@@ -81,12 +81,20 @@ pub fn torch_default(fan_in: i64) -> nn::LinearConfig {
 }
 
 /// The number of outputs of an action space's head (actions for a
-/// discrete space, dimensions for a box).
+/// discrete space, dimensions for a box, every choice's actions for a
+/// multi-discrete space).
 pub fn action_dim(space: &Space) -> i64 {
     match space {
         Space::Discrete(n) => *n as i64,
         Space::Box { low, .. } => low.len() as i64,
+        Space::MultiDiscrete(n) => n.iter().sum::<usize>() as i64,
     }
+}
+
+/// The logits of each choice of a multi-discrete head, `[rows, n[i]]` each.
+pub fn split_logits(head: &Tensor, n: &[usize]) -> Vec<Tensor> {
+    let sizes: Vec<i64> = n.iter().map(|n| *n as i64).collect();
+    head.split_with_sizes(&sizes, -1)
 }
 
 /// The runners' network with its variables.
@@ -204,8 +212,24 @@ impl Policy {
 
     /// PPO: log-probabilities of `actions` and the entropy, per row.
     pub fn log_prob_entropy(&self, head: &Tensor, actions: &Tensor) -> (Tensor, Tensor) {
-        match self.log_std() {
-            None => {
+        match (self.log_std(), &self.spec.action) {
+            (None, Space::MultiDiscrete(n)) => {
+                // Independent choices: log-probabilities and entropies add.
+                let actions = actions.to_kind(Kind::Int64).view([head.size()[0], -1]);
+                // Starts from zeros shaped [rows] (the head summed over nothing
+                // but its columns times 0), so an empty space gives zeros.
+                let zeros = (head * 0.0).sum_dim_intlist(-1, false, Kind::Float);
+                let (mut logp, mut ent) = (zeros.shallow_clone(), zeros);
+                for (i, logits) in split_logits(head, n).iter().enumerate() {
+                    let logp_all = logits.log_softmax(-1, Kind::Float);
+                    logp += logp_all
+                        .gather(-1, &actions.narrow(1, i as i64, 1), false)
+                        .squeeze_dim(-1);
+                    ent += -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
+                }
+                (logp, ent)
+            }
+            (None, _) => {
                 let logp_all = head.log_softmax(-1, Kind::Float);
                 let logp = logp_all
                     .gather(-1, &actions.to_kind(Kind::Int64).view([-1, 1]), false)
@@ -213,7 +237,7 @@ impl Policy {
                 let ent = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
                 (logp, ent)
             }
-            Some(log_std) => {
+            (Some(log_std), _) => {
                 let var = (log_std * 2.0).exp();
                 let d = actions - head;
                 let logp = (-(&d * &d) / (&var * 2.0) - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln())

@@ -365,18 +365,7 @@ impl EnvRunner {
     /// Steps every environment (those whose episode ends are reset);
     /// records the ended episodes and the new observations.
     fn step_all(&mut self, actions: &[Vec<f32>], episodes: &mut Episodes) -> Result<env::VectorStep, String> {
-        let actions: Vec<Action> = actions
-            .iter()
-            .map(|a| match self.spec.policy.action {
-                Space::Discrete(_) => Action::Discrete(a.first().copied().unwrap_or(0.0) as usize),
-                Space::Box { ref low, ref high } => Action::Continuous(
-                    a.iter()
-                        .zip(low.iter().zip(high))
-                        .map(|(x, (l, h))| x.clamp(*l, *h))
-                        .collect(),
-                ),
-            })
-            .collect();
+        let actions: Vec<Action> = actions.iter().map(|a| to_action(&self.spec.policy.action, a)).collect();
         let envs = self.envs.as_mut().ok_or("the runner has no environments")?;
         let mut vs = envs.step(&actions).map_err(|e| e.to_string())?;
         // What the policy sees: the observations normalized (an ended
@@ -399,6 +388,21 @@ impl EnvRunner {
 
     /// PPO's actions drawn from the policy head's output.
     fn draw_ppo(&mut self, head: &Tensor) -> Vec<Vec<f32>> {
+        if let Space::MultiDiscrete(n) = &self.spec.policy.action {
+            // One categorical draw per choice.
+            let probs: Vec<Vec<Vec<f32>>> = policy::split_logits(head, n)
+                .iter()
+                .map(|l| policy::rows(&l.softmax(-1, Kind::Float)))
+                .collect();
+            return (0..head.size()[0] as usize)
+                .map(|row| {
+                    probs
+                        .iter()
+                        .map(|p| policy::categorical(&mut self.rng, &p[row]) as f32)
+                        .collect()
+                })
+                .collect();
+        }
         match self.policy.log_std() {
             None => {
                 let p = policy::rows(&head.softmax(-1, Kind::Float));
@@ -429,10 +433,7 @@ impl EnvRunner {
 
     fn act_one(&mut self, obs: &[f32], explore: Explore) -> Action {
         let v = self.act_one_vec(obs, explore);
-        match self.spec.policy.action {
-            Space::Discrete(_) => Action::Discrete(v.first().copied().unwrap_or(0.0) as usize),
-            _ => Action::Continuous(v),
-        }
+        to_action(&self.spec.policy.action, &v)
     }
 
     /// One action as a vector (an index for a discrete space).
@@ -472,9 +473,13 @@ impl EnvRunner {
             (PolicyKind::ActorCritic, _) => {
                 let (head, _) = tch::no_grad(|| self.policy.pi_and_value(&x));
                 match explore {
-                    Explore::Greedy => match space {
+                    Explore::Greedy => match &space {
                         Space::Discrete(_) => vec![head.argmax(-1, false).int64_value(&[0]) as f32],
                         Space::Box { .. } => policy::rows(&head).concat(),
+                        Space::MultiDiscrete(n) => policy::split_logits(&head, n)
+                            .iter()
+                            .map(|l| l.argmax(-1, false).int64_value(&[0]) as f32)
+                            .collect(),
                     },
                     _ => self.draw_ppo(&head).concat(),
                 }
@@ -489,6 +494,22 @@ fn random_action(space: &Space, rng: &mut StdRng) -> Vec<f32> {
     match space {
         Space::Discrete(n) => vec![rng.random_range(0..(*n).max(1)) as f32],
         Space::Box { low, high } => low.iter().zip(high).map(|(l, h)| rng.random_range(*l..=*h)).collect(),
+        Space::MultiDiscrete(n) => n.iter().map(|n| rng.random_range(0..(*n).max(1)) as f32).collect(),
+    }
+}
+
+/// An action vector (as batches carry it) as the environment takes it: an
+/// index, indices, or a vector clipped to the box.
+fn to_action(space: &Space, a: &[f32]) -> Action {
+    match space {
+        Space::Discrete(_) => Action::Discrete(a.first().copied().unwrap_or(0.0) as usize),
+        Space::Box { low, high } => Action::Continuous(
+            a.iter()
+                .zip(low.iter().zip(high))
+                .map(|(x, (l, h))| x.clamp(*l, *h))
+                .collect(),
+        ),
+        Space::MultiDiscrete(_) => Action::MultiDiscrete(a.iter().map(|x| *x as usize).collect()),
     }
 }
 

@@ -110,9 +110,10 @@ impl Learner for Ppo {
         let n = adv.len();
         let dev = self.device;
         let obs = tensor2(&obs, self.policy.spec.obs_dim, dev);
-        let act_cols = match self.policy.spec.action {
+        let act_cols = match &self.policy.spec.action {
             Space::Discrete(_) => 1,
-            _ => action_dim(&self.policy.spec.action),
+            Space::MultiDiscrete(n) => n.len() as i64,
+            Space::Box { .. } => action_dim(&self.policy.spec.action),
         };
         let actions = tensor2(&actions, act_cols, dev);
         let actions = if act_cols == 1 && matches!(self.policy.spec.action, Space::Discrete(_)) {

@@ -48,6 +48,10 @@ pub enum Space {
         /// Upper bounds.
         high: Vec<f32>,
     },
+    /// Several discrete choices made at once, choice `i` in `0..n[i]`
+    /// (Gymnasium's `MultiDiscrete`; `MultiBinary(k)` is `[2; k]`, and a
+    /// `Tuple` or `Dict` of discrete spaces is the concatenation of theirs).
+    MultiDiscrete(Vec<usize>),
 }
 
 impl Space {
@@ -56,6 +60,7 @@ impl Space {
         match self {
             Space::Discrete(_) => 1,
             Space::Box { low, .. } => low.len(),
+            Space::MultiDiscrete(n) => n.len(),
         }
     }
 
@@ -65,6 +70,9 @@ impl Space {
             (Space::Discrete(n), Action::Discrete(i)) => i < n,
             (Space::Box { low, high }, Action::Continuous(v)) => {
                 v.len() == low.len() && v.iter().zip(low).zip(high).all(|((x, l), h)| x >= l && x <= h)
+            }
+            (Space::MultiDiscrete(n), Action::MultiDiscrete(v)) => {
+                v.len() == n.len() && v.iter().zip(n).all(|(i, n)| i < n)
             }
             _ => false,
         }
@@ -78,6 +86,8 @@ pub enum Action {
     Discrete(usize),
     /// A vector in a box space.
     Continuous(Vec<f32>),
+    /// One index per choice of a multi-discrete space.
+    MultiDiscrete(Vec<usize>),
 }
 
 /// What a step returns (Gymnasium's `obs, reward, terminated, truncated`).

@@ -19,10 +19,16 @@
 //! | `{"cmd": "step", "actions": [A, ...]}` | `"obs"`, `"rewards"`, `"terminated"`, `"truncated"`, `"final_obs"` (N each) |
 //! | `{"cmd": "close"}` | nothing; the child then exits |
 //!
-//! - `SPACE` is `{"type": "discrete", "n": n}` or `{"type": "box", "low":
-//!   [...], "high": [...]}` (flattened; an infinite bound is `null`).
+//! - `SPACE` is `{"type": "discrete", "n": n}`, `{"type": "box", "low":
+//!   [...], "high": [...]}` (flattened; an infinite bound is `null`) or
+//!   `{"type": "multi_discrete", "nvec": [n, ...]}`. `gym_server.py` serves
+//!   any observation space other than a box flattened to one (Gymnasium's
+//!   `flatten_space`: a discrete one one-hot, a `Dict` or `Tuple` the
+//!   concatenation of its parts), and a `MultiDiscrete`, `MultiBinary`, or
+//!   `Tuple`/`Dict` of discrete spaces as actions as `multi_discrete`.
 //! - `S` is an integer or `null`; environment `i` is reset with `S + i`.
-//! - `A` is an integer for a discrete space, a list of numbers for a box.
+//! - `A` is an integer for a discrete space, a list of numbers for a box, a
+//!   list of integers for a multi-discrete space.
 //! - An environment whose episode ends at a step is reset in that step (as
 //!   Gymnasium's `autoreset_mode=SAME_STEP`): its `obs` is the new
 //!   episode's first and `final_obs` the ended one's last (else `null`).
@@ -379,6 +385,7 @@ impl BatchEnv for ProcessEnv {
             .map(|a| match a {
                 Action::Discrete(i) => json!(i),
                 Action::Continuous(v) => json!(v),
+                Action::MultiDiscrete(v) => json!(v),
             })
             .collect();
         let reply: StepReply = self.request("step", json!({"cmd": "step", "actions": wire}))?;
@@ -444,12 +451,17 @@ enum WireSpace {
         low: Vec<Option<f32>>,
         high: Vec<Option<f32>>,
     },
+    #[serde(rename = "multi_discrete")]
+    MultiDiscrete {
+        nvec: Vec<usize>,
+    },
 }
 
 impl From<WireSpace> for Space {
     fn from(w: WireSpace) -> Space {
         match w {
             WireSpace::Discrete { n } => Space::Discrete(n),
+            WireSpace::MultiDiscrete { nvec } => Space::MultiDiscrete(nvec),
             WireSpace::Box { low, high } => Space::Box {
                 low: low.into_iter().map(|x| x.unwrap_or(f32::NEG_INFINITY)).collect(),
                 high: high.into_iter().map(|x| x.unwrap_or(f32::INFINITY)).collect(),

@@ -110,6 +110,7 @@ pub(crate) fn check_actions(actions: &[Action], n: usize, space: &Space) -> Resu
         let ok = match (space, a) {
             (Space::Discrete(n), Action::Discrete(i)) => i < n,
             (Space::Box { low, .. }, Action::Continuous(v)) => v.len() == low.len() && !v.iter().any(|x| x.is_nan()),
+            (Space::MultiDiscrete(_), Action::MultiDiscrete(_)) => space.contains(a),
             _ => false,
         };
         if !ok {

@@ -152,6 +152,7 @@ fn action_json(a: &Action) -> Value {
         Action::Discrete(i) => json!(i),
         // Widened exactly, so that Python's float32 is ours.
         Action::Continuous(v) => json!(v.iter().map(|x| *x as f64).collect::<Vec<_>>()),
+        Action::MultiDiscrete(v) => json!(v),
     }
 }
 
@@ -677,4 +678,97 @@ fn process_env_reports_gymnasium_failures_and_a_killed_server() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(envs.reset(None), Err(EnvError::Remote(m)) if m.contains("failed earlier")));
+}
+
+/// A Gymnasium environment module with composite spaces, written for the
+/// test: `Spaces-v0` observes a Dict (MultiBinary, Discrete, Box) that
+/// echoes its Tuple action (Discrete, MultiDiscrete, MultiBinary), and
+/// `Mixed-v0` takes a Tuple of a Box and a Discrete, which has no
+/// multi-discrete form.
+const SPACES_MODULE: &str = r#"
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class Spaces(gym.Env):
+    observation_space = spaces.Dict(
+        {"pos": spaces.Discrete(3), "vel": spaces.Box(-1.0, 1.0, (2,), np.float32), "flags": spaces.MultiBinary(2)}
+    )
+    action_space = spaces.Tuple((spaces.Discrete(3), spaces.MultiDiscrete([2, 4]), spaces.MultiBinary(2)))
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return {"pos": 0, "vel": np.zeros(2, np.float32), "flags": np.zeros(2, np.int8)}, {}
+
+    def step(self, action):
+        pos, md, mb = action
+        assert isinstance(pos, int) and md.shape == (2,) and mb.shape == (2,), action
+        self.t += 1
+        obs = {"pos": pos, "vel": np.array([md[0], md[1] / 4], np.float32), "flags": mb.astype(np.int8)}
+        return obs, float(pos + md.sum() + mb.sum()), False, self.t >= 3, {}
+
+
+class Mixed(Spaces):
+    action_space = spaces.Tuple((spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(2)))
+
+
+gym.register("Spaces-v0", entry_point=Spaces)
+gym.register("Mixed-v0", entry_point=Mixed)
+"#;
+
+#[test]
+fn composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt() {
+    let Some(python) = gym_python("composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("rayforge-gym-spaces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("spaces_test_env.py"), SPACES_MODULE).unwrap();
+    let spawn = |id: &str| {
+        let mut command = Command::new(&python);
+        command
+            .env("PYTHONPATH", &dir)
+            .args(["-u", "-c", rayforge_rllib::env::GYM_SERVER_PY, id, "--num-envs", "2"]);
+        ProcessEnv::builder(command).spawn()
+    };
+    let mut envs = spawn("spaces_test_env:Spaces-v0").unwrap();
+    // Dict keys in Gymnasium's (sorted) order: flags (2 bits), pos (one-hot
+    // of 3), vel (2 floats).
+    assert_eq!(
+        envs.observation_space(),
+        Space::Box {
+            low: vec![0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0],
+            high: vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        }
+    );
+    assert_eq!(envs.action_space(), Space::MultiDiscrete(vec![3, 2, 4, 2, 2]));
+    let first = envs.reset(Some(0)).unwrap();
+    assert_eq!(first[0], vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    let s = envs
+        .step(&[
+            Action::MultiDiscrete(vec![2, 1, 3, 0, 1]),
+            Action::MultiDiscrete(vec![0, 0, 0, 1, 1]),
+        ])
+        .unwrap();
+    assert_eq!(s.steps[0].obs, vec![0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.75]);
+    assert_eq!(s.steps[0].reward, 7.0);
+    assert_eq!(s.steps[1].obs, vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(s.steps[1].reward, 2.0);
+    // An index past its choice is refused before it is sent.
+    let e = envs
+        .step(&[
+            Action::MultiDiscrete(vec![3, 0, 0, 0, 0]),
+            Action::MultiDiscrete(vec![0, 0, 0, 0, 0]),
+        ])
+        .unwrap_err();
+    assert!(matches!(e, EnvError::BadAction { .. }), "{e}");
+    envs.close().unwrap();
+    // A Tuple of a Box and a Discrete has no multi-discrete form: named.
+    let Err(e) = spawn("spaces_test_env:Mixed-v0") else {
+        panic!("a Tuple of a Box and a Discrete was served")
+    };
+    assert!(e.to_string().contains("is not supported"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

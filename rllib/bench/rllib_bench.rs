@@ -76,9 +76,10 @@ fn sample_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
         obs_dim: 4,
         action: Space::Discrete(2),
         hidden: vec![64, 64],
+        model: None,
     };
     tch::manual_seed(0);
-    let weights = Policy::new(&policy, tch::Device::Cpu).weights();
+    let weights = Policy::new(&policy, tch::Device::Cpu)?.weights();
     let started = Instant::now();
     // As the algorithm starts them: actors that take no CPU of the
     // scheduler's, one process each.

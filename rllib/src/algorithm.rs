@@ -471,11 +471,25 @@ impl Algorithm {
                 ))
             }
         };
+        let model = match (&config.model, config.algo) {
+            (None, _) => None,
+            (Some(name), Algo::Ppo) => Some(
+                crate::policy::resolve_model(name, serde_json::Value::Object(config.model_config.clone()))
+                    .map_err(|e| Error::config("model", e))?,
+            ),
+            (Some(_), algo) => {
+                return Err(Error::config(
+                    "model",
+                    format!("custom models are PPO's; {algo:?} builds its own networks"),
+                ))
+            }
+        };
         let policy = PolicySpec {
             kind,
             obs_dim,
             action,
             hidden: config.hidden.clone(),
+            model,
         };
         let mut torch = TorchScope::seeded(config.seed)?;
         let spec = |i: usize, seed: u64| RunnerSpec {

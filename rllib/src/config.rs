@@ -59,6 +59,11 @@ pub struct AlgoConfig {
     pub lr: f64,
     /// Hidden layer widths.
     pub hidden: Vec<i64>,
+    /// PPO: a network registered with [`crate::policy::register_model`], in
+    /// place of the built-in policy and value MLPs.
+    pub model: Option<String>,
+    /// What the custom model's builder is given (a table in a config file).
+    pub model_config: serde_json::Map<String, serde_json::Value>,
     /// Where the learner computes: `auto` (CUDA when there is one), `cpu`
     /// or `cuda`.
     pub device: String,
@@ -143,6 +148,8 @@ impl Default for AlgoConfig {
             gamma: 0.99,
             lr: 3e-4,
             hidden: vec![64, 64],
+            model: None,
+            model_config: serde_json::Map::new(),
             device: "auto".into(),
             evaluation_interval: 0,
             evaluation_episodes: 10,

@@ -26,8 +26,11 @@ pub mod env;
 mod error;
 pub mod filter;
 pub mod policy;
+mod registry;
 pub mod runner;
 
 pub use algorithm::{Algorithm, Callbacks, EpisodeEnd, IterationResult, Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS};
 pub use config::{Algo, AlgoConfig};
 pub use error::{Error, Result};
+/// The tch this crate builds its networks with (for custom models).
+pub use tch;

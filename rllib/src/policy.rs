@@ -25,7 +25,7 @@ pub enum PolicyKind {
 }
 
 /// The runners' network: its kind, input size, action space and hidden
-/// layers.
+/// layers, or a user's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicySpec {
     /// The kind.
@@ -36,6 +36,111 @@ pub struct PolicySpec {
     pub action: Space,
     /// Hidden layer widths.
     pub hidden: Vec<i64>,
+    /// PPO: a user's network in place of the two MLPs.
+    pub model: Option<CustomModel>,
+}
+
+/// A user's actor-critic network for PPO (Ray's custom `RLModule`, SB3's
+/// custom policy network): built by a [`ModelBuilder`] in the policy's
+/// variable store (so its variables are broadcast to the runners,
+/// learned and checkpointed as the built-in networks' are).
+pub trait ActorCriticModel: Send {
+    /// The policy head's output, `[rows, shape.head_dim]` (logits for
+    /// discrete actions, one block per choice for multi-discrete ones, the
+    /// Gaussian's mean for a box, whose log standard deviation is a
+    /// variable of the policy's own), and the value estimates, `[rows]`.
+    fn forward(&self, obs: &Tensor) -> (Tensor, Tensor);
+}
+
+/// The sizes a custom model takes and gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Observation length (its input's columns).
+    pub obs_dim: i64,
+    /// The policy head's columns ([`action_dim`] of the action space).
+    pub head_dim: i64,
+}
+
+/// Builds a custom model's variables in the policy's store (under any path
+/// of `vs.root()` but `log_std`, which the policy keeps for box actions)
+/// from the config's `model_config`. A plain function, so that it travels
+/// to the runners' processes (see [`rayforge::FnRef`]); an error is the
+/// config's fault and names it.
+pub type ModelBuilder = fn(&nn::VarStore, ModelShape, serde_json::Value) -> Result<Box<dyn ActorCriticModel>, String>;
+
+/// A registered model as a spec carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomModel {
+    /// The name it was registered under.
+    pub name: String,
+    /// Its builder.
+    pub builder: rayforge::FnRef<ModelBuilder>,
+    /// What the builder is given (`model_config`).
+    pub config: rayforge::Json<serde_json::Value>,
+}
+
+/// This process's registered models.
+static MODELS: crate::registry::Registry<ModelBuilder> = crate::registry::Registry::new("model");
+
+/// Registers a custom PPO network under `name`: `AlgoConfig { model:
+/// Some(name), model_config, .. }` (or `model = "name"` in a config file)
+/// then trains it. As with [`crate::env::register_env`], registering in the
+/// driver is enough; a name already taken is refused.
+///
+/// ```
+/// use rayforge_rllib::policy::{register_model, ActorCriticModel, ModelShape};
+/// use rayforge_rllib::tch::{nn, nn::Module, Tensor};
+///
+/// /// One shared trunk, two heads.
+/// struct Shared { trunk: nn::Sequential, pi: nn::Linear, vf: nn::Linear }
+///
+/// impl ActorCriticModel for Shared {
+///     fn forward(&self, obs: &Tensor) -> (Tensor, Tensor) {
+///         let h = self.trunk.forward(obs);
+///         (self.pi.forward(&h), self.vf.forward(&h).squeeze_dim(-1))
+///     }
+/// }
+///
+/// fn shared(vs: &nn::VarStore, s: ModelShape, config: serde_json::Value)
+///     -> Result<Box<dyn ActorCriticModel>, String> {
+///     let p = vs.root() / "shared";
+///     let w = config.get("width").and_then(|w| w.as_i64()).unwrap_or(64);
+///     let trunk = nn::seq().add(nn::linear(&p / "trunk", s.obs_dim, w, Default::default())).add_fn(|x| x.tanh());
+///     Ok(Box::new(Shared {
+///         trunk,
+///         pi: nn::linear(&p / "pi", w, s.head_dim, Default::default()),
+///         vf: nn::linear(&p / "vf", w, 1, Default::default()),
+///     }))
+/// }
+/// register_model("shared", shared)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn register_model(name: &str, builder: ModelBuilder) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a model's name cannot be empty".into());
+    }
+    MODELS.register(name, builder)
+}
+
+/// The registered model `name` (this process's, else one published to the
+/// cluster) with its config.
+pub(crate) fn resolve_model(name: &str, config: serde_json::Value) -> Result<CustomModel, String> {
+    match MODELS.get(name) {
+        Some(builder) => Ok(CustomModel {
+            name: name.to_string(),
+            builder,
+            config: rayforge::Json(config),
+        }),
+        None => Err(format!(
+            "no model registered as `{name}` (registered here: {})",
+            MODELS.names().join(", ")
+        )),
+    }
+}
+
+/// See [`crate::env::publish_registered`].
+pub(crate) fn publish_models() -> Result<(), String> {
+    MODELS.publish_all()
 }
 
 /// A multi-layer perceptron: `dims[0] -> ... -> dims[last]`, `tanh` or
@@ -113,6 +218,10 @@ impl std::fmt::Debug for Policy {
 }
 
 enum Body {
+    Custom {
+        model: Box<dyn ActorCriticModel>,
+        log_std: Option<Tensor>,
+    },
     ActorCritic {
         pi: nn::Sequential,
         vf: nn::Sequential,
@@ -137,8 +246,37 @@ pub const LOG_STD_MAX: f64 = 2.0;
 
 impl Policy {
     /// A freshly initialised network on `device` (the current tch seed
-    /// decides its weights).
-    pub fn new(spec: &PolicySpec, device: Device) -> Policy {
+    /// decides its weights); a custom model's builder may refuse its
+    /// config.
+    pub fn new(spec: &PolicySpec, device: Device) -> Result<Policy, String> {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let a = action_dim(&spec.action);
+        if let Some(custom) = &spec.model {
+            let build = custom
+                .builder
+                .get()
+                .map_err(|e| format!("model `{}`: {e}", custom.name))?;
+            let shape = ModelShape {
+                obs_dim: spec.obs_dim,
+                head_dim: a,
+            };
+            let model =
+                build(&vs, shape, custom.config.0.clone()).map_err(|e| format!("model `{}`: {e}", custom.name))?;
+            let log_std =
+                matches!(spec.action, Space::Box { .. }).then(|| root.var("log_std", &[a], nn::Init::Const(0.0)));
+            return Ok(Policy {
+                vs,
+                spec: spec.clone(),
+                body: Body::Custom { model, log_std },
+            });
+        }
+        Ok(Policy::builtin(spec, device))
+    }
+
+    /// The built-in network of `spec`'s kind (its custom model, if any,
+    /// left out).
+    pub(crate) fn builtin(spec: &PolicySpec, device: Device) -> Policy {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let a = action_dim(&spec.action);
@@ -189,6 +327,7 @@ impl Policy {
     /// the value estimates.
     pub fn pi_and_value(&self, obs: &Tensor) -> (Tensor, Tensor) {
         match &self.body {
+            Body::Custom { model, .. } => model.forward(obs),
             Body::ActorCritic { pi, vf, .. } => (pi.forward(obs), vf.forward(obs).squeeze_dim(-1)),
             _ => (
                 Tensor::zeros([0], (Kind::Float, Device::Cpu)),
@@ -205,7 +344,7 @@ impl Policy {
     /// PPO, continuous actions: the log standard deviation.
     pub fn log_std(&self) -> Option<&Tensor> {
         match &self.body {
-            Body::ActorCritic { log_std, .. } => log_std.as_ref(),
+            Body::ActorCritic { log_std, .. } | Body::Custom { log_std, .. } => log_std.as_ref(),
             _ => None,
         }
     }
@@ -374,9 +513,10 @@ mod tests {
             obs_dim: 4,
             action: Space::Discrete(2),
             hidden: vec![8, 8],
+            model: None,
         };
-        let a = Policy::new(&spec, Device::Cpu);
-        let mut b = Policy::new(&spec, Device::Cpu);
+        let a = Policy::new(&spec, Device::Cpu).unwrap();
+        let mut b = Policy::new(&spec, Device::Cpu).unwrap();
         let x = Tensor::from_slice(&[0.1f32, -0.2, 0.3, 0.0]).view([1, 4]);
         assert!(!a.pi_and_value(&x).0.allclose(&b.pi_and_value(&x).0, 1e-6, 1e-6, false));
         b.set_weights(&a.weights()).unwrap();
@@ -394,8 +534,9 @@ mod tests {
                 high: vec![1.0],
             },
             hidden: vec![4],
+            model: None,
         };
-        let p = Policy::new(&spec, Device::Cpu);
+        let p = Policy::new(&spec, Device::Cpu).unwrap();
         // log_std 0: a standard normal around the mean.
         let mean = Tensor::from_slice(&[0.0f32]).view([1, 1]);
         let (logp, ent) = p.log_prob_entropy(&mean, &Tensor::from_slice(&[1.0f32]).view([1, 1]));

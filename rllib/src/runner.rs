@@ -185,7 +185,12 @@ impl EnvRunner {
             },
             Err(err) => (None, Vec::new(), Some(err.to_string())),
         };
-        let policy = Policy::new(&spec.policy, Device::Cpu);
+        let (policy, broken) = match Policy::new(&spec.policy, Device::Cpu) {
+            Ok(p) => (p, broken),
+            // The learner built the same network first: only a builder that
+            // behaves differently here fails, and every call reports it.
+            Err(e) => (Policy::builtin(&spec.policy, Device::Cpu), Some(e)),
+        };
         let mut filter = spec.obs_filter.then(|| RunnerFilter::new(spec.policy.obs_dim as usize));
         let obs = match &mut filter {
             Some(f) => obs.iter().map(|o| f.observe(o)).collect(),

@@ -34,8 +34,8 @@ pub(crate) struct Dqn {
 impl Dqn {
     pub(crate) fn new(config: &AlgoConfig, spec: &PolicySpec) -> Result<Dqn> {
         let device = config.torch_device();
-        let online = Policy::new(spec, device);
-        let mut target = Policy::new(spec, device);
+        let online = Policy::new(spec, device).map_err(|e| crate::error::Error::config("model", e))?;
+        let mut target = Policy::new(spec, device).map_err(|e| crate::error::Error::config("model", e))?;
         target.vs.copy(&online.vs)?;
         let opt = Adam::new(&online.vs, config.lr);
         Ok(Dqn {

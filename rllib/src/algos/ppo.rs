@@ -33,7 +33,7 @@ pub(crate) struct Ppo {
 impl Ppo {
     pub(crate) fn new(config: &AlgoConfig, spec: &PolicySpec) -> Result<Ppo> {
         let device = config.torch_device();
-        let policy = Policy::new(spec, device);
+        let policy = Policy::new(spec, device).map_err(|e| crate::error::Error::config("model", e))?;
         let opt = Adam::new(&policy.vs, config.lr).eps(1e-5);
         Ok(Ppo {
             config: config.clone(),

@@ -70,7 +70,7 @@ impl Sac {
             return Err(Error::config("algo", "SAC needs continuous actions"));
         };
         let a = action_dim(&spec.action);
-        let actor = Policy::new(spec, device);
+        let actor = Policy::new(spec, device).map_err(|e| crate::error::Error::config("model", e))?;
         let critics = Critics::new(spec.obs_dim, a, &config.hidden, device);
         let mut targets = Critics::new(spec.obs_dim, a, &config.hidden, device);
         targets.vs.copy(&critics.vs)?;

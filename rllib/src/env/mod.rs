@@ -204,8 +204,7 @@ pub fn make_batch(id: &str, n: usize) -> Result<Box<dyn BatchEnv>, EnvError> {
 pub type EnvCreator = fn(&serde_json::Value) -> Result<Box<dyn Env>, String>;
 
 /// This process's registered environments.
-static REGISTRY: std::sync::RwLock<std::collections::BTreeMap<String, rayforge::FnRef<EnvCreator>>> =
-    std::sync::RwLock::new(std::collections::BTreeMap::new());
+static REGISTRY: crate::registry::Registry<EnvCreator> = crate::registry::Registry::new("env");
 
 /// Registers a user's environment under `name`, as Ray's
 /// `tune.register_env`: [`make_batch`], [`crate::AlgoConfig`]'s `env` and
@@ -233,65 +232,29 @@ pub fn register_env(name: &str, creator: EnvCreator) -> Result<(), EnvError> {
             KNOWN.join(", ")
         )));
     }
-    let f = rayforge::FnRef::new(creator);
-    {
-        let mut r = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
-        if r.contains_key(name) {
-            return Err(EnvError::Registration(format!("`{name}` is already registered")));
-        }
-        r.insert(name.to_string(), f);
-    }
-    if rayforge::is_initialized() {
-        publish(name, &f)?;
-    }
-    Ok(())
+    REGISTRY.register(name, creator).map_err(EnvError::Registration)
 }
 
-/// The cluster key-value namespace where registered environments are
-/// published for other processes of the program (Tune's trials).
-const KV_NAMESPACE: &str = "rllib";
-
-fn publish(name: &str, f: &rayforge::FnRef<EnvCreator>) -> Result<(), EnvError> {
-    let bytes = serde_json::to_vec(f).map_err(|e| EnvError::Registration(format!("`{name}`: {e}")))?;
-    rayforge::kv::put(KV_NAMESPACE, &format!("env/{name}"), &bytes, true)
-        .map_err(|e| EnvError::Registration(format!("publishing `{name}` to the cluster: {e}")))?;
-    Ok(())
-}
-
-/// Publishes this process's registered environments to the cluster it
-/// joined, so that its other processes of the same binary (Tune's trials,
-/// which build their own algorithms) find them by name. [`register_env`]
-/// after `rayforge::init` publishes by itself; this is for those
-/// registered before.
+/// Publishes this process's registered environments (and custom models,
+/// [`crate::policy::register_model`]) to the cluster it joined, so that its
+/// other processes of the same binary (Tune's trials, which build their own
+/// algorithms) find them by name. [`register_env`] after `rayforge::init`
+/// publishes by itself; this is for those registered before.
 pub fn publish_registered() -> Result<(), EnvError> {
-    let all: Vec<(String, rayforge::FnRef<EnvCreator>)> = {
-        let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-        r.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    };
-    for (name, f) in all {
-        publish(&name, &f)?;
-    }
-    Ok(())
+    REGISTRY.publish_all().map_err(EnvError::Registration)?;
+    crate::policy::publish_models().map_err(EnvError::Registration)
 }
 
 /// A registered creator: this process's, else one published to the
 /// cluster by another process of the program.
 fn registered(name: &str) -> Option<rayforge::FnRef<EnvCreator>> {
-    if let Some(f) = REGISTRY.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-        return Some(*f);
-    }
-    if !rayforge::is_initialized() {
-        return None;
-    }
-    let bytes = rayforge::kv::get(KV_NAMESPACE, &format!("env/{name}")).ok()??;
-    serde_json::from_slice(&bytes).ok()
+    REGISTRY.get(name)
 }
 
 /// The environments [`make_batch`] builds: those here, then the registered
 /// ones.
 pub fn known_envs() -> Vec<String> {
-    let r = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
-    KNOWN.iter().map(|s| s.to_string()).chain(r.keys().cloned()).collect()
+    KNOWN.iter().map(|s| s.to_string()).chain(REGISTRY.names()).collect()
 }
 
 /// An environment as a runner builds it: its name, and for a registered

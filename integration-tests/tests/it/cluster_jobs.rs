@@ -543,9 +543,15 @@ fn daemons_that_leave_a_jobs_process_group_end_with_the_job() {
         )
         .unwrap();
     let daemon = pid_in(&dir.join("stopped.pid"));
+    // `$!` is written as soon as the shell forks: setsid may not have run
+    // yet, so wait for the daemon to lead a group of its own.
     // SAFETY: getpgid(2) on the pid the job wrote.
-    let group = unsafe { libc::getpgid(daemon as i32) };
-    assert_eq!(group, daemon as i32, "setsid made the daemon a group of its own");
+    let group = || unsafe { libc::getpgid(daemon as i32) };
+    assert!(
+        wait_until(Duration::from_secs(60), || group() == daemon as i32),
+        "setsid made the daemon a group of its own: its group is {}",
+        group()
+    );
     // Another cluster on this machine whose job has the same id: its
     // cgroup is its own, and stopping this one leaves it running.
     let other = LocalCluster::start(&["--num-cpus", "1"], 60_000);

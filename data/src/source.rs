@@ -521,28 +521,14 @@ fn lines_before(path: &str, at: u64) -> u64 {
 /// One chunk of a CSV file's data lines (see [`TextOptions::chunk_bytes`]).
 fn read_csv_chunk(path: &str, schema: SchemaRef, range: (u64, u64)) -> Result<Block> {
     let (at, bytes) = read_lines_in(path, range)?;
-    let r = arrow::csv::ReaderBuilder::new(schema.clone())
-        .with_header(false)
-        .with_batch_size(64 * 1024)
-        .build(std::io::Cursor::new(bytes))?;
-    let mut batches = Vec::new();
-    for b in r {
-        match b {
-            Ok(b) => batches.push(b),
-            Err(e) => {
-                // Without a header arrow counts a bad value's row from 0 and
-                // a short row's line from 1; the file's lines before the
-                // chunk come first.
-                let msg = e.to_string();
-                let n = number_after(&msg, "at line ")
-                    .map(|n| n + 1)
-                    .or_else(|| number_after(&msg, "for line "));
-                let line = n.map_or(0, |n| n + lines_before(path, at));
-                return Err(parse_error(path, &msg, line));
-            }
-        }
-    }
-    Ok(Block::new(arrow::compute::concat_batches(&schema, &batches)?))
+    decode_csv(path, schema, std::io::Cursor::new(bytes), false, |msg| {
+        // Without a header arrow counts a bad value's row from 0 and a short
+        // row's line from 1; the file's lines before the chunk come first.
+        let n = number_after(msg, "at line ")
+            .map(|n| n + 1)
+            .or_else(|| number_after(msg, "for line "));
+        n.map_or(0, |n| n + lines_before(path, at))
+    })
 }
 
 /// One chunk of a newline-delimited JSON file (see [`TextOptions::chunk_bytes`]).
@@ -599,17 +585,31 @@ fn parse_error(path: &str, message: &str, line: u64) -> Error {
 }
 
 fn read_csv_file(path: &str, schema: SchemaRef) -> Result<Block> {
+    decode_csv(path, schema, open_listed(path)?, true, |msg| {
+        csv_error_line(msg).unwrap_or(0)
+    })
+}
+
+/// CSV rows from `input` as one block; a row that does not decode is a
+/// parse error of `path` at the line `line` reads from arrow's message.
+fn decode_csv(
+    path: &str,
+    schema: SchemaRef,
+    input: impl Read,
+    header: bool,
+    line: impl Fn(&str) -> u64,
+) -> Result<Block> {
     let r = arrow::csv::ReaderBuilder::new(schema.clone())
-        .with_header(true)
+        .with_header(header)
         .with_batch_size(64 * 1024)
-        .build(open_listed(path)?)?;
+        .build(input)?;
     let mut batches = Vec::new();
     for b in r {
         match b {
             Ok(b) => batches.push(b),
             Err(e) => {
                 let msg = e.to_string();
-                return Err(parse_error(path, &msg, csv_error_line(&msg).unwrap_or(0)));
+                return Err(parse_error(path, &msg, line(&msg)));
             }
         }
     }

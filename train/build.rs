@@ -1,8 +1,10 @@
 //! Test binaries get an rpath to libtorch (see scripts/libtorch_rpath.rs),
 //! and `src/rng_state.cpp` (libtorch's generator state as bytes, which tch
-//! 0.24 does not expose) and `src/autocast.cpp` (autocast on the CPU, and
-//! its dtype) are compiled against the headers of the libtorch tch links,
-//! as torch-sys compiles its own C++ wrapper.
+//! 0.24 does not expose), `src/autocast.cpp` (autocast on the CPU, and its
+//! dtype) and `src/grad_hook.cpp` (a hook once a parameter's gradient is
+//! accumulated, to overlap the all-reduce with backward) are compiled
+//! against the headers of the libtorch tch links, as torch-sys compiles
+//! its own C++ wrapper.
 
 include!("../scripts/libtorch_rpath.rs");
 
@@ -14,6 +16,7 @@ fn main() {
 fn compile_rng_shim() {
     println!("cargo:rerun-if-changed=src/rng_state.cpp");
     println!("cargo:rerun-if-changed=src/autocast.cpp");
+    println!("cargo:rerun-if-changed=src/grad_hook.cpp");
     for var in ["LIBTORCH_INCLUDE", "LIBTORCH_CXX11_ABI"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -36,5 +39,6 @@ fn compile_rng_shim() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("src/rng_state.cpp")
         .file("src/autocast.cpp")
+        .file("src/grad_hook.cpp")
         .compile("rayforge_train_rng");
 }

@@ -11,10 +11,13 @@
 //!   of f32.
 //!
 //! `--amp bf16` runs `single` and `train` with each forward pass under
-//! bfloat16 autocast ([`rayforge_train::amp::autocast`]).
+//! bfloat16 autocast ([`rayforge_train::amp::autocast`]). `--layers L`
+//! and `--hidden H` change the model (2 hidden layers of 512 by default),
+//! `--bucket-mb` the gradient buckets (25), and `--no-overlap` all-reduces
+//! the buckets after backward instead of while it runs.
 //!
 //! The model, data format and shard scheme match `bench_common.py`:
-//! 784 -> 512 -> 512 -> 10 with ReLU, SGD (lr 0.05, momentum 0.9), batches
+//! 784 -> 512 -> 512 -> 10 (by default) with ReLU, SGD (lr 0.05, momentum 0.9), batches
 //! of 128 in order, accuracy on the whole data set after each epoch (not
 //! timed).
 
@@ -35,6 +38,14 @@ struct Args {
     sizes_mb: Vec<usize>,
     /// Forward passes under bfloat16 autocast.
     bf16: bool,
+    /// The number of hidden layers, and their width.
+    layers: usize,
+    hidden: i64,
+    /// The gradient buckets' size (DDP's `bucket_cap_mb`).
+    bucket_mb: f64,
+    /// Gradient buckets all-reduced while backward runs (the default), or
+    /// after it (`--no-overlap`).
+    overlap: bool,
     /// When `fit` was called (seconds since the epoch), for start-up time.
     fit_at: f64,
 }
@@ -75,6 +86,10 @@ fn parse() -> Result<(String, Args), String> {
                 Some("bf16") => true,
                 Some(other) => return Err(format!("--amp: bf16 is the one choice, not {other}")),
             },
+            layers: num("--layers", 2.0)? as usize,
+            hidden: num("--hidden", 512.0)? as i64,
+            bucket_mb: num("--bucket-mb", 25.0)?,
+            overlap: !argv.iter().any(|a| a == "--no-overlap"),
             fit_at: 0.0,
         },
     ))
@@ -115,13 +130,23 @@ fn load(dir: &str, start: usize, stop: Option<usize>) -> std::io::Result<(Tensor
     ))
 }
 
-fn model(p: &nn::Path, d: usize, classes: usize) -> impl Module {
-    nn::seq()
-        .add(nn::linear(p / "l1", d as i64, 512, Default::default()))
-        .add_fn(|x| x.relu())
-        .add(nn::linear(p / "l2", 512, 512, Default::default()))
-        .add_fn(|x| x.relu())
-        .add(nn::linear(p / "l3", 512, classes as i64, Default::default()))
+/// `layers` hidden layers of `hidden` units with ReLU (named `l1`, `l2`,
+/// ..., the output layer last).
+fn model(p: &nn::Path, d: usize, a: &Args, classes: usize) -> impl Module {
+    let mut m = nn::seq();
+    let mut width = d as i64;
+    for i in 1..=a.layers {
+        m = m
+            .add(nn::linear(p / format!("l{i}"), width, a.hidden, Default::default()))
+            .add_fn(|x| x.relu());
+        width = a.hidden;
+    }
+    m.add(nn::linear(
+        p / format!("l{}", a.layers + 1),
+        width,
+        classes as i64,
+        Default::default(),
+    ))
 }
 
 fn accuracy(m: &impl Module, x: &Tensor, y: &Tensor) -> f64 {
@@ -162,7 +187,7 @@ fn single(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     tch::manual_seed(0);
     let (x, y, meta) = load(&a.data, 0, None)?;
     let vs = nn::VarStore::new(tch::Device::Cpu);
-    let m = model(&vs.root(), meta.d, meta.classes);
+    let m = model(&vs.root(), meta.d, a, meta.classes);
     let mut opt = nn::Sgd {
         momentum: a.momentum,
         ..Default::default()
@@ -179,7 +204,7 @@ fn single(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let secs = start.elapsed().as_secs_f64();
         println!(
             "{}",
-            serde_json::json!({"impl": "tch-single", "bf16": a.bf16, "workers": 1, "epoch": e, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
+            serde_json::json!({"impl": "tch-single", "bf16": a.bf16, "layers": a.layers, "hidden": a.hidden, "workers": 1, "epoch": e, "epoch_s": secs, "accuracy": accuracy(&m, &x, &y)})
         );
     }
     println!("{}", serde_json::json!({"impl": "tch-single", "startup_s": first_step}));
@@ -198,13 +223,14 @@ fn train_rank(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
     let (x, y, _) =
         load(&a.data, lo, Some(hi)).map_err(|e| rayforge_train::Error::InvalidArgument(format!("{}: {e}", a.data)))?;
     let vs = nn::VarStore::new(ctx.torch_device());
-    let m = model(&vs.root(), meta.d, meta.classes);
+    let m = model(&vs.root(), meta.d, &a, meta.classes);
     let mut opt = nn::Sgd {
         momentum: a.momentum,
         ..Default::default()
     }
     .build(&vs, a.lr)?;
-    let mut ddp = ctx.prepare_model(&vs)?;
+    let mut ddp = ctx.prepare_model_with_buckets(&vs, (a.bucket_mb * (1 << 20) as f64) as usize)?;
+    ddp.set_overlap(a.overlap);
     let mut first_step = None;
     let full = if r == 0 {
         Some(load(&a.data, 0, None).map_err(|e| rayforge_train::Error::InvalidArgument(e.to_string()))?)
@@ -228,6 +254,7 @@ fn train_rank(ctx: &mut TrainContext) -> rayforge_train::Result<()> {
                 ("epoch_s", secs),
                 ("accuracy", acc),
                 ("startup_s", first_step.unwrap_or(0.0)),
+                ("buckets", ddp.num_buckets() as f64),
             ],
             None,
         )?;
@@ -262,7 +289,7 @@ fn train(mut a: Args) -> Result<(), Box<dyn std::error::Error>> {
     for r in &result.history {
         println!(
             "{}",
-            serde_json::json!({"impl": name, "bf16": a.bf16, "workers": a.workers, "epoch": r.metrics["epoch"], "epoch_s": r.metrics["epoch_s"], "accuracy": r.metrics["accuracy"]})
+            serde_json::json!({"impl": name, "bf16": a.bf16, "layers": a.layers, "hidden": a.hidden, "bucket_mb": a.bucket_mb, "buckets": r.metrics["buckets"], "overlap": a.overlap, "workers": a.workers, "epoch": r.metrics["epoch"], "epoch_s": r.metrics["epoch_s"], "accuracy": r.metrics["accuracy"]})
         );
     }
     if let Some(r) = result.history.first() {

@@ -75,6 +75,7 @@ mod context;
 mod error;
 mod nccl;
 pub mod optim;
+mod overlap;
 pub mod rng;
 pub mod torch;
 mod trainer;

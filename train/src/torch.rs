@@ -1,6 +1,6 @@
 //! tch on a training gang: collectives on tensors, [`DistributedModel`]
 //! (parameters broadcast from rank 0, gradients averaged across ranks in
-//! buckets after backward, as PyTorch's DDP), a dataset shard's rows as
+//! buckets, each reduced while backward still runs, as PyTorch's DDP), a dataset shard's rows as
 //! batches of tensors, a distributed sampler for data already in memory,
 //! and models in checkpoints (safetensors and TorchScript).
 //!
@@ -150,17 +150,32 @@ impl Group {
 }
 
 /// A model prepared for data-parallel training: every rank starts from
-/// rank 0's parameters, and [`DistributedModel::sync_gradients`] averages
-/// the gradients across ranks (in buckets, in a fixed order) so every rank
-/// takes the same step. From [`TrainContext::prepare_model`].
+/// rank 0's parameters, and [`DistributedModel::backward`] averages the
+/// gradients across ranks (in buckets, in a fixed order) so every rank
+/// takes the same step. On the CPU each bucket's all-reduce starts as soon
+/// as backward has its last gradient, while backward goes on with the
+/// earlier layers, as PyTorch's DDP overlaps them. From
+/// [`TrainContext::prepare_model`].
 #[derive(Debug)]
 pub struct DistributedModel {
     group: Group,
-    /// The trainable parameters, by name.
-    params: Vec<Tensor>,
-    /// Index ranges of `params`, each about `bucket_bytes`.
-    buckets: Vec<std::ops::Range<usize>>,
+    /// The trainable parameters in buckets, the last created first (the
+    /// order backward reaches them in a model built from input to output):
+    /// the first bucket about 1 MB (DDP's first bucket, so the reduction
+    /// starts early), the others about `bucket_bytes`.
+    buckets: Vec<Bucket>,
+    /// The hooks that tell when a bucket is complete; `None` where the
+    /// reduction runs after backward (one rank, or parameters on a GPU).
+    readiness: Option<std::sync::Arc<crate::overlap::Readiness>>,
+    /// Whether `backward` overlaps the reduction (with `readiness`).
+    overlap: bool,
+    /// Buckets the last `backward` handed to the all-reduce before its
+    /// backward pass returned.
+    overlapped: usize,
 }
+
+/// DDP's first bucket: about 1 MB, so the first all-reduce starts early.
+const FIRST_BUCKET_BYTES: usize = 1 << 20;
 
 impl DistributedModel {
     fn new(group: Group, vs: &nn::VarStore, bucket_bytes: usize) -> Result<DistributedModel> {
@@ -177,16 +192,24 @@ impl DistributedModel {
                 e => e,
             })?;
         }
-        let params: Vec<Tensor> = named
+        // The same program makes the same variables in the same order on
+        // every rank, so the buckets match across ranks.
+        let mut params: Vec<Tensor> = vs
+            .trainable_variables()
             .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .map(|(_, t)| t)
+            .filter(|t| t.requires_grad())
             .collect();
+        params.reverse();
         let mut buckets = Vec::new();
         let (mut start, mut bytes) = (0, 0usize);
         for (i, p) in params.iter().enumerate() {
             bytes += p.numel() * 4;
-            if bytes >= bucket_bytes.max(1) {
+            let cap = if buckets.is_empty() {
+                FIRST_BUCKET_BYTES.min(bucket_bytes)
+            } else {
+                bucket_bytes
+            };
+            if bytes >= cap.max(1) {
                 buckets.push(start..i + 1);
                 (start, bytes) = (i + 1, 0);
             }
@@ -194,12 +217,50 @@ impl DistributedModel {
         if start < params.len() {
             buckets.push(start..params.len());
         }
-        Ok(DistributedModel { group, params, buckets })
+        let on_cpu = params.iter().all(|p| p.device() == tch::Device::Cpu);
+        let readiness = if group.world_size() > 1 && on_cpu && !params.is_empty() {
+            Some(crate::overlap::Readiness::install(&params, &buckets)?)
+        } else {
+            None
+        };
+        let buckets = buckets
+            .into_iter()
+            .map(|range| Bucket::new(&params[range]))
+            .collect::<Result<_>>()?;
+        Ok(DistributedModel {
+            group,
+            buckets,
+            readiness,
+            overlap: true,
+            overlapped: 0,
+        })
     }
 
     /// The number of gradient buckets.
     pub fn num_buckets(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// Whether [`DistributedModel::backward`] all-reduces each bucket while
+    /// backward still runs (the default on the CPU with more than one
+    /// rank; GPU ranks reduce through NCCL after backward), or after it.
+    pub fn overlaps(&self) -> bool {
+        self.overlap && self.readiness.is_some()
+    }
+
+    /// Turns the overlap of the all-reduce with backward on (the default)
+    /// or off (every bucket reduced after backward, as before: the same
+    /// result, for comparing their speed).
+    pub fn set_overlap(&mut self, on: bool) {
+        self.overlap = on;
+    }
+
+    /// How many buckets the last [`DistributedModel::backward`] handed to
+    /// the all-reduce while its backward pass was still running (0 when it
+    /// does not overlap; the buckets holding a parameter this rank's batch
+    /// did not use wait for the end).
+    pub fn overlapped_buckets(&self) -> usize {
+        self.overlapped
     }
 
     /// Averages every trainable parameter's gradient across the ranks (call
@@ -215,58 +276,56 @@ impl DistributedModel {
         if self.group.world_size() == 1 {
             return Ok(());
         }
-        for range in self.buckets.clone() {
-            let params = &self.params[range];
-            let mut parts: Vec<Tensor> = params
-                .iter()
-                .map(|p| {
-                    let g = p.grad();
-                    if g.defined() {
-                        g.reshape(-1).to_kind(Kind::Float)
-                    } else {
-                        Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
-                    }
-                })
-                .collect();
-            let used: Vec<f32> = params.iter().map(|p| f32::from(u8::from(p.grad().defined()))).collect();
-            let device = params.first().map(|p| p.device()).unwrap_or(tch::Device::Cpu);
-            parts.push(Tensor::from_slice(&used).f_to_device(device)?);
-            let mut flat = Tensor::f_cat(&parts, 0)?.f_contiguous()?;
-            self.group.all_reduce_tensor(&mut flat, ReduceOp::Sum)?;
-            let total: i64 = params.iter().map(|p| p.numel() as i64).sum();
-            let users = flat
-                .f_narrow(0, total, params.len() as i64)?
-                .f_to_device(tch::Device::Cpu)?;
-            let users = Vec::<f32>::try_from(&users)?;
-            let mean = flat
-                .f_narrow(0, 0, total)?
-                .f_div_scalar(self.group.world_size() as f64)?;
-            let mut at = 0i64;
-            for (p, users) in params.iter().zip(users) {
-                let n = p.numel() as i64;
-                if users > 0.0 {
-                    let part = mean.f_narrow(0, at, n)?.f_reshape(p.size())?;
-                    let mut g = p.grad();
-                    if !g.defined() {
-                        // Unused here, used elsewhere: give it a gradient
-                        // (zeros, through autograd, which owns `grad`).
-                        p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?;
-                        g = p.grad();
-                    }
-                    tch::no_grad(|| g.f_copy_(&part))?;
-                }
-                at += n;
-            }
+        for bucket in &mut self.buckets {
+            bucket.reduce(&mut self.group)?;
         }
         Ok(())
     }
 
-    /// Backward from `loss`, then [`DistributedModel::sync_gradients`]:
-    /// what `loss.backward()` does on a DDP-wrapped model. Gradients add
-    /// to those already there (zero them with the optimizer first).
+    /// Backward from `loss`, with the gradients averaged across ranks as
+    /// [`DistributedModel::sync_gradients`] does: what `loss.backward()`
+    /// does on a DDP model. Gradients add to those already there (zero
+    /// them with the optimizer first). When it [overlaps](Self::overlaps),
+    /// a thread all-reduces the buckets in their fixed order, each as soon
+    /// as backward has accumulated all its gradients; the buckets with a
+    /// parameter this rank did not use follow when backward returns.
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
-        loss.f_backward()?;
-        self.sync_gradients()
+        self.overlapped = 0;
+        let readiness = match &self.readiness {
+            Some(r) if self.overlap => std::sync::Arc::clone(r),
+            _ => {
+                loss.f_backward()?;
+                return self.sync_gradients();
+            }
+        };
+        let ready = readiness.start();
+        let (group, buckets) = (&mut self.group, &mut self.buckets);
+        let (backward, overlapped, reduced) = std::thread::scope(|s| {
+            let reducer = s.spawn(move || -> Result<()> {
+                let mut complete = vec![false; buckets.len()];
+                for (b, bucket) in buckets.iter_mut().enumerate() {
+                    while !complete[b] {
+                        match ready.recv() {
+                            Ok(k) => complete[k] = true,
+                            // Backward failed: its error is the caller's.
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                    bucket.reduce(group)?;
+                }
+                Ok(())
+            });
+            let backward = loss.f_backward();
+            let overlapped = readiness.finish(backward.is_ok());
+            let reduced = reducer
+                .join()
+                .unwrap_or_else(|_| Err(Error::Torch("the gradient all-reduce thread panicked".into())));
+            (backward, overlapped, reduced)
+        });
+        backward?;
+        reduced?;
+        self.overlapped = overlapped;
+        Ok(())
     }
 
     /// Backward from `loss` without averaging across the ranks: gradient
@@ -308,6 +367,77 @@ impl DistributedModel {
     }
 }
 
+/// Parameters whose gradients are averaged by one all-reduce.
+#[derive(Debug)]
+struct Bucket {
+    params: Vec<Tensor>,
+    /// The gradients, flat, then a use flag per parameter: what goes
+    /// around the ring, kept from step to step.
+    flat: Tensor,
+}
+
+impl Bucket {
+    fn new(params: &[Tensor]) -> Result<Bucket> {
+        let total: usize = params.iter().map(|p| p.numel()).sum();
+        let device = params.first().map(|p| p.device()).unwrap_or(tch::Device::Cpu);
+        Ok(Bucket {
+            params: params.iter().map(Tensor::shallow_clone).collect(),
+            flat: Tensor::f_zeros([(total + params.len()) as i64], (Kind::Float, device))?,
+        })
+    }
+
+    /// Averages the bucket's gradients across the ranks: see
+    /// [`DistributedModel::sync_gradients`].
+    fn reduce(&mut self, group: &mut Group) -> Result<()> {
+        let total: i64 = self.params.iter().map(|p| p.numel() as i64).sum();
+        let mut used = Vec::with_capacity(self.params.len());
+        let mut at = 0i64;
+        for p in &self.params {
+            let n = p.numel() as i64;
+            let mut part = self.flat.f_narrow(0, at, n)?;
+            let g = p.grad();
+            if g.defined() {
+                part.f_copy_(&g.f_reshape(-1)?)?;
+            } else {
+                let _ = part.f_zero_()?;
+            }
+            used.push(f32::from(u8::from(g.defined())));
+            at += n;
+        }
+        let device = self.flat.device();
+        self.flat
+            .f_narrow(0, total, used.len() as i64)?
+            .f_copy_(&Tensor::from_slice(&used).f_to_device(device)?)?;
+        group.all_reduce_tensor(&mut self.flat, ReduceOp::Sum)?;
+        let users = self
+            .flat
+            .f_narrow(0, total, used.len() as i64)?
+            .f_to_device(tch::Device::Cpu)?;
+        let users = Vec::<f32>::try_from(&users)?;
+        let mut mean = self.flat.f_narrow(0, 0, total)?;
+        let _ = mean.f_div_scalar_(group.world_size() as f64)?;
+        let mut at = 0i64;
+        for (p, users) in self.params.iter().zip(users) {
+            let n = p.numel() as i64;
+            if users > 0.0 {
+                let part = mean.f_narrow(0, at, n)?.f_view(p.size().as_slice())?;
+                let mut g = p.grad();
+                if !g.defined() {
+                    // Unused here, used elsewhere: give it a gradient
+                    // (zeros, through autograd, which owns `grad`). Only
+                    // after this rank's backward: such a bucket is not
+                    // complete before.
+                    p.f_mul_scalar(0.0)?.f_sum(Kind::Float)?.f_backward()?;
+                    g = p.grad();
+                }
+                tch::no_grad(|| g.f_copy_(&part))?;
+            }
+            at += n;
+        }
+        Ok(())
+    }
+}
+
 impl TrainContext {
     /// The tch device this rank computes on.
     pub fn torch_device(&self) -> tch::Device {
@@ -316,7 +446,8 @@ impl TrainContext {
 
     /// Prepares a model for data-parallel training: broadcasts its
     /// parameters (and buffers) from rank 0, and returns what averages its
-    /// gradients across ranks after each backward (buckets of 25 MB).
+    /// gradients across ranks in each backward (buckets of 25 MB after a
+    /// first of 1 MB, as DDP's, reduced while backward runs).
     pub fn prepare_model(&mut self, vs: &nn::VarStore) -> Result<DistributedModel> {
         self.prepare_model_with_buckets(vs, DEFAULT_BUCKET_BYTES)
     }
@@ -773,6 +904,10 @@ mod tests {
             };
             model.backward_step(&loss, &mut opt).unwrap();
             let never = vs.variables()["never.weight"].grad().defined();
+            assert!(
+                model.overlapped_buckets() < model.num_buckets(),
+                "the buckets of unused parameters wait for the end of backward"
+            );
             (values(&vs), never)
         });
         assert_eq!(
@@ -780,6 +915,71 @@ mod tests {
             "every rank holds the same parameters after the step"
         );
         assert!(!out[0].1 && !out[1].1, "a parameter no rank used keeps no gradient");
+    }
+
+    /// Every trainable parameter's gradient, by name.
+    fn grads(vs: &nn::VarStore) -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = vs
+            .trainable_variables()
+            .iter()
+            .zip(0..)
+            .map(|(t, i)| (format!("{i}"), Vec::<f32>::try_from(t.grad().reshape(-1)).unwrap()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn buckets_reduced_during_backward_give_the_gradients_of_a_reduction_after_it() {
+        let out = on_ranks(2, |g| {
+            let rank = g.rank();
+            tch::manual_seed(7);
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let net = nn::seq()
+                .add(nn::linear(vs.root() / "l1", 8, 32, Default::default()))
+                .add_fn(|x| x.tanh())
+                .add(nn::linear(vs.root() / "l2", 32, 32, Default::default()))
+                .add_fn(|x| x.tanh())
+                .add(nn::linear(vs.root() / "l3", 32, 3, Default::default()));
+            // About one layer's weight per bucket.
+            let mut model = DistributedModel::new(g, &vs, 1024).unwrap();
+            assert!(model.overlaps(), "on by default on the CPU");
+            assert!(model.num_buckets() >= 3, "{}", model.num_buckets());
+            tch::manual_seed(100 + rank as i64); // each rank its own batch
+            let x = Tensor::randn([16, 8], (Kind::Float, tch::Device::Cpu));
+            let loss = |m: &dyn nn::Module| m.forward(&x).square().mean(Kind::Float);
+            let zero = |vs: &nn::VarStore| {
+                for t in vs.trainable_variables() {
+                    let mut g = t.grad();
+                    if g.defined() {
+                        let _ = g.zero_();
+                    }
+                }
+            };
+            let mut runs = Vec::new();
+            for overlap in [true, false, true] {
+                zero(&vs);
+                model.set_overlap(overlap);
+                model.backward(&loss(&net)).unwrap();
+                runs.push((grads(&vs), model.overlapped_buckets()));
+            }
+            // A backward that fails (a loss with no graph) fails before any
+            // collective on every rank, and the next one works.
+            let e = model.backward(&Tensor::from(1.0f32)).unwrap_err();
+            assert!(matches!(e, Error::Torch(_)), "{e}");
+            zero(&vs);
+            model.backward(&loss(&net)).unwrap();
+            runs.push((grads(&vs), model.overlapped_buckets()));
+            (runs, model.num_buckets())
+        });
+        for (runs, buckets) in &out {
+            assert_eq!(runs[0].1, *buckets, "every bucket handed over during backward");
+            assert_eq!(runs[1].1, 0, "no overlap when switched off");
+            for r in &runs[1..] {
+                assert_eq!(r.0, runs[0].0, "the same gradients, bit for bit");
+            }
+        }
+        assert_eq!(out[0].0[0].0, out[1].0[0].0, "the same average on both ranks");
     }
 
     #[test]

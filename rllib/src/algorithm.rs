@@ -191,9 +191,12 @@ impl Stop {
     }
 }
 
-/// The env runner actors: sampling calls that retry on a fresh runner
-/// when one dies.
-pub(crate) struct Runners {
+/// An algorithm's env runner actors, as its [`Learner`] samples through
+/// them: each call goes to every runner at once with the learner's
+/// weights, and a runner that dies is replaced and asked again (up to 3
+/// times in one call). With `observation_filter = "MeanStdFilter"` the
+/// runners normalize observations and their statistics are merged here.
+pub struct Runners {
     handles: Vec<EnvRunnerHandle>,
     specs: Vec<RunnerSpec>,
     /// The observation statistics every runner's share is merged into
@@ -273,18 +276,26 @@ impl Runners {
         Ok(out)
     }
 
-    /// PPO rollouts of `steps` steps per environment.
-    pub(crate) fn rollouts(&mut self, weights: Vec<f32>, steps: usize) -> Result<Vec<Rollout>> {
+    /// The number of runners (each gives one result per call).
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are no runners (never, for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// On-policy rollouts of `steps` steps per environment, one per
+    /// runner, sampled with `weights` (an actor-critic's: actions, their
+    /// log-probabilities and the values, for PPO and its kin).
+    pub fn rollouts(&mut self, weights: Vec<f32>, steps: usize) -> Result<Vec<Rollout>> {
         self.each(weights, |h, w| h.rollout(w, steps))
     }
 
-    /// Off-policy transitions.
-    pub(crate) fn transitions(
-        &mut self,
-        weights: Vec<f32>,
-        steps: usize,
-        explore: Explore,
-    ) -> Result<Vec<Transitions>> {
+    /// Off-policy transitions: `steps` steps per runner with `weights`
+    /// (Q-values or a squashed Gaussian), exploring as `explore` says.
+    pub fn transitions(&mut self, weights: Vec<f32>, steps: usize, explore: Explore) -> Result<Vec<Transitions>> {
         self.each(weights, |h, w| h.transitions(w, steps, explore))
     }
 
@@ -312,27 +323,144 @@ impl Runners {
     }
 }
 
-/// What an algorithm's learner does each iteration.
-pub(crate) trait Learner {
-    /// Samples through the runners and learns; the env steps sampled, the
-    /// episodes that ended, and the learner's statistics.
-    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)>;
+/// What a learner's iteration gives back: the env steps it sampled, the
+/// episodes that ended in them, and its losses and statistics (reported
+/// as [`IterationResult::learner`]).
+#[derive(Debug, Clone, Default)]
+pub struct LearnerStep {
+    /// Env steps sampled in this iteration.
+    pub env_steps: u64,
+    /// The episodes that ended in them.
+    pub episodes: Episodes,
+    /// Losses and statistics, by name.
+    pub stats: BTreeMap<String, f64>,
+}
 
-    /// The runners' network's weights.
+/// An algorithm's learner: what samples through the [`Runners`] and
+/// updates the networks each iteration (Ray's `Learner` with its
+/// algorithm's `training_step`). PPO, DQN and SAC are learners; a user's
+/// own is registered with [`register_learner`] and picked by
+/// [`AlgoConfig::learner`], and [`Algorithm`] gives it everything else —
+/// the runners (restarted when one dies) and their observation filter,
+/// iterations and their metrics, evaluation, callbacks, checkpoints, Tune.
+///
+/// The runners act with the network [`crate::policy::Policy::new`] builds
+/// from the [`PolicySpec`] the builder is given (an actor-critic for
+/// [`Algo::Ppo`], Q-values for [`Algo::Dqn`], a squashed Gaussian for
+/// [`Algo::Sac`]), so a learner trains that network and hands its flat
+/// weights ([`crate::policy::Policy::weights`]) to the runners.
+///
+/// ```no_run
+/// use std::collections::BTreeMap;
+/// use rayforge_rllib::policy::{Policy, PolicySpec};
+/// use rayforge_rllib::tch::{nn, nn::OptimizerConfig, Device};
+/// use rayforge_rllib::{register_learner, AlgoConfig, Learner, LearnerStep, Result, Runners};
+///
+/// /// Vanilla policy gradient on PPO's actor-critic network.
+/// struct Reinforce { policy: Policy, opt: nn::Optimizer, steps: usize }
+///
+/// impl Learner for Reinforce {
+///     fn step(&mut self, runners: &mut Runners, _env_steps: u64) -> Result<LearnerStep> {
+///         let mut out = LearnerStep::default();
+///         for r in runners.rollouts(self.policy.weights(), self.steps)? {
+///             // ... returns from r.rewards and r.dones, a loss from
+///             // self.policy.pi_and_value and log_prob_entropy, a step ...
+///             out.env_steps += r.rewards.len() as u64;
+///             out.episodes.returns.extend(&r.episodes.returns);
+///             out.episodes.lengths.extend(&r.episodes.lengths);
+///         }
+///         Ok(out)
+///     }
+///     fn policy_weights(&self) -> Vec<f32> { self.policy.weights() }
+///     fn var_stores(&mut self) -> Vec<(&'static str, &mut nn::VarStore)> {
+///         vec![("policy.safetensors", &mut self.policy.vs)]
+///     }
+/// }
+///
+/// fn reinforce(c: &AlgoConfig, spec: PolicySpec) -> std::result::Result<Box<dyn Learner>, String> {
+///     let policy = Policy::new(&spec, Device::Cpu)?;
+///     let opt = nn::Adam::default().build(&policy.vs, c.lr).map_err(|e| e.to_string())?;
+///     Ok(Box::new(Reinforce { policy, opt, steps: c.rollout_steps }))
+/// }
+///
+/// register_learner("reinforce", reinforce)?;
+/// let config = AlgoConfig { learner: Some("reinforce".into()), ..AlgoConfig::default() };
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Learner {
+    /// One iteration: samples through the runners and learns. `env_steps`
+    /// is the env steps sampled before it (for annealing schedules).
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<LearnerStep>;
+
+    /// The runners' network's weights, flat (as
+    /// [`crate::policy::Policy::weights`]).
     fn policy_weights(&self) -> Vec<f32>;
 
-    /// Its networks' variables, by file name (for checkpoints).
+    /// Its networks' variables, by file name in checkpoints (saved and
+    /// restored by the algorithm).
     fn var_stores(&mut self) -> Vec<(&'static str, &mut tch::nn::VarStore)>;
 
     /// Writes what a resume needs beyond the networks: its optimizers'
     /// moments and step counts, its counters, and its replay buffer when
-    /// it has one and `replay`.
-    fn save_state(&self, w: &mut CheckpointWriter, replay: bool) -> Result<()>;
+    /// it has one and `replay`. Nothing by default.
+    fn save_state(&self, _w: &mut CheckpointWriter, _replay: bool) -> Result<()> {
+        Ok(())
+    }
 
     /// Restores what [`Learner::save_state`] wrote (a file the checkpoint
     /// lacks — an older checkpoint, a buffer left out — leaves that part
-    /// fresh).
-    fn load_state(&mut self, c: &Checkpoint) -> Result<()>;
+    /// fresh). Nothing by default.
+    fn load_state(&mut self, _c: &Checkpoint) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What builds a user's learner from the algorithm's config and the
+/// runners' policy (see [`Learner`]); an error names what was wrong. A
+/// plain function, so that it travels to the processes of Tune's trials
+/// (every process runs the driver's binary).
+pub type LearnerBuilder = fn(&AlgoConfig, PolicySpec) -> std::result::Result<Box<dyn Learner>, String>;
+
+static LEARNERS: crate::registry::Registry<LearnerBuilder> = crate::registry::Registry::new("learner");
+
+/// Registers a learner under `name`, for [`AlgoConfig::learner`] (`learner
+/// = "name"` in a config file): in this process, and in the cluster it
+/// has joined, as [`crate::env::register_env`] does. A name already taken
+/// is refused.
+pub fn register_learner(name: &str, builder: LearnerBuilder) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("a learner's name cannot be empty".into());
+    }
+    LEARNERS.register(name, builder)
+}
+
+/// Publishes the learners registered before `rayforge::init` (see
+/// [`crate::env::publish_registered`]).
+pub(crate) fn publish_learners() -> std::result::Result<(), String> {
+    LEARNERS.publish_all()
+}
+
+/// The learner `name` registered (here or by another process of the
+/// program), built.
+fn custom_learner(name: &str, config: &AlgoConfig, spec: &PolicySpec) -> Result<Box<dyn Learner>> {
+    let builder = LEARNERS.get(name).ok_or_else(|| {
+        let known = LEARNERS.names();
+        Error::config(
+            "learner",
+            format!(
+                "no learner registered as `{name}` (registered: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        )
+    })?;
+    let build = builder
+        .get()
+        .map_err(|e| Error::config("learner", format!("`{name}`: {e}")))?;
+    build(config, spec.clone()).map_err(|e| Error::config("learner", format!("`{name}`: {e}")))
 }
 
 /// An algorithm on its env runners: [`Algorithm::train`] runs one
@@ -519,10 +647,11 @@ impl Algorithm {
             None
         };
         let learner: Box<dyn Learner> = torch.run(|| -> Result<Box<dyn Learner>> {
-            Ok(match config.algo {
-                Algo::Ppo => Box::new(Ppo::new(&config, &policy)?),
-                Algo::Dqn => Box::new(Dqn::new(&config, &policy)?),
-                Algo::Sac => Box::new(Sac::new(&config, &policy)?),
+            Ok(match (&config.learner, config.algo) {
+                (Some(name), _) => custom_learner(name, &config, &policy)?,
+                (None, Algo::Ppo) => Box::new(Ppo::new(&config, &policy)?),
+                (None, Algo::Dqn) => Box::new(Dqn::new(&config, &policy)?),
+                (None, Algo::Sac) => Box::new(Sac::new(&config, &policy)?),
             })
         })??;
         Ok(Algorithm {
@@ -585,7 +714,11 @@ impl Algorithm {
 
     fn train_scoped(&mut self) -> Result<(IterationResult, Episodes)> {
         let start = Instant::now();
-        let (steps, episodes, learner) = self.learner.step(&mut self.runners, self.env_steps)?;
+        let LearnerStep {
+            env_steps: steps,
+            episodes,
+            stats: learner,
+        } = self.learner.step(&mut self.runners, self.env_steps)?;
         self.iteration += 1;
         self.env_steps += steps;
         self.episodes += episodes.returns.len() as u64;

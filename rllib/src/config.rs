@@ -64,6 +64,13 @@ pub struct AlgoConfig {
     pub model: Option<String>,
     /// What the custom model's builder is given (a table in a config file).
     pub model_config: serde_json::Map<String, serde_json::Value>,
+    /// A learner registered with [`crate::register_learner`], in place of
+    /// the algorithm's own (`algo` still picks the runners' policy: PPO's
+    /// actor-critic, DQN's Q-values or SAC's Gaussian).
+    pub learner: Option<String>,
+    /// Settings of the custom learner's own, which its builder reads from
+    /// the config (a table in a config file).
+    pub learner_config: serde_json::Map<String, serde_json::Value>,
     /// Where the learner computes: `auto` (CUDA when there is one), `cpu`
     /// or `cuda`.
     pub device: String,
@@ -150,6 +157,8 @@ impl Default for AlgoConfig {
             hidden: vec![64, 64],
             model: None,
             model_config: serde_json::Map::new(),
+            learner: None,
+            learner_config: serde_json::Map::new(),
             device: "auto".into(),
             evaluation_interval: 0,
             evaluation_episodes: 10,

@@ -29,7 +29,10 @@ pub mod policy;
 mod registry;
 pub mod runner;
 
-pub use algorithm::{Algorithm, Callbacks, EpisodeEnd, IterationResult, Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS};
+pub use algorithm::{
+    register_learner, Algorithm, Callbacks, EpisodeEnd, IterationResult, Learner, LearnerBuilder, LearnerStep, Runners,
+    Stop, CHECKPOINT_VERSION, DEFAULT_TIMESTEPS,
+};
 pub use config::{Algo, AlgoConfig};
 pub use error::{Error, Result};
 /// The tch this crate builds its networks with (for custom models).

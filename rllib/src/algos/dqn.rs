@@ -13,11 +13,11 @@ use rayforge_train::optim::{Adam, Optimizer};
 use tch::{nn, Device, Kind};
 
 use super::{load_optimizer, save_optimizer, scalar, Replay};
-use crate::algorithm::{Learner, Runners};
+use crate::algorithm::{Learner, LearnerStep, Runners};
 use crate::config::AlgoConfig;
 use crate::error::Result;
 use crate::policy::{Policy, PolicySpec};
-use crate::runner::{Episodes, Explore};
+use crate::runner::Explore;
 
 /// DQN's learner.
 pub(crate) struct Dqn {
@@ -59,7 +59,7 @@ impl Dqn {
 }
 
 impl Learner for Dqn {
-    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)> {
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<LearnerStep> {
         let eps = self.epsilon(env_steps);
         let (steps, episodes) = self.replay.fill(
             runners,
@@ -70,7 +70,11 @@ impl Learner for Dqn {
         self.iterations += 1;
         let mut stats = BTreeMap::from([("epsilon".to_string(), eps)]);
         if env_steps + steps < self.config.learning_starts || self.replay.len() < self.config.batch_size {
-            return Ok((steps, episodes, stats));
+            return Ok(LearnerStep {
+                env_steps: steps,
+                episodes,
+                stats,
+            });
         }
         if self
             .iterations
@@ -104,7 +108,11 @@ impl Learner for Dqn {
         let n = self.config.train_steps.max(1) as f64;
         stats.insert("loss".into(), loss_sum / n);
         stats.insert("q_mean".into(), q_sum / n);
-        Ok((steps, episodes, stats))
+        Ok(LearnerStep {
+            env_steps: steps,
+            episodes,
+            stats,
+        })
     }
 
     fn policy_weights(&self) -> Vec<f32> {

@@ -14,7 +14,7 @@ use rayforge_train::optim::{Adam, Optimizer};
 use tch::{nn, Device, Kind, Tensor};
 
 use super::{load_optimizer, save_optimizer, scalar, tensor1, tensor2};
-use crate::algorithm::{Learner, Runners};
+use crate::algorithm::{Learner, LearnerStep, Runners};
 use crate::config::AlgoConfig;
 use crate::env::Space;
 use crate::error::Result;
@@ -45,8 +45,12 @@ impl Ppo {
     }
 }
 
-/// Advantages and returns by GAE over a time-major `[steps][envs]` rollout.
-pub(crate) fn gae(
+/// Advantages and returns by GAE (Schulman et al., 2016) over a
+/// time-major `[steps][envs]` rollout ([`crate::runner::Rollout`]'s
+/// layout): `dones` ends an episode after its step, `last_values` are the
+/// values after the last step, one per environment. For a custom
+/// [`crate::Learner`] as for PPO's.
+pub fn gae(
     rewards: &[f32],
     values: &[f32],
     dones: &[f32],
@@ -73,7 +77,7 @@ pub(crate) fn gae(
 }
 
 impl Learner for Ppo {
-    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)> {
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<LearnerStep> {
         let c = &self.config;
         let progress = c
             .anneal_timesteps
@@ -170,7 +174,11 @@ impl Learner for Ppo {
             *v /= count;
         }
         stats.insert("lr".into(), lr);
-        Ok((steps, episodes, stats))
+        Ok(LearnerStep {
+            env_steps: steps,
+            episodes,
+            stats,
+        })
     }
 
     fn policy_weights(&self) -> Vec<f32> {

@@ -12,12 +12,12 @@ use tch::nn::Module;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::{load_optimizer, save_optimizer, scalar, Replay};
-use crate::algorithm::{Learner, Runners};
+use crate::algorithm::{Learner, LearnerStep, Runners};
 use crate::config::AlgoConfig;
 use crate::env::Space;
 use crate::error::{Error, Result};
 use crate::policy::{action_dim, mlp, Policy, PolicySpec};
-use crate::runner::{Episodes, Explore};
+use crate::runner::Explore;
 
 /// Twin critics `Q(s, a)`.
 struct Critics {
@@ -114,7 +114,7 @@ impl Sac {
 }
 
 impl Learner for Sac {
-    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<(u64, Episodes, BTreeMap<String, f64>)> {
+    fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<LearnerStep> {
         let c = self.config.clone();
         let explore = if env_steps < c.learning_starts {
             Explore::Random
@@ -126,7 +126,11 @@ impl Learner for Sac {
             .fill(runners, self.actor.weights(), c.sample_steps, explore)?;
         let mut stats = BTreeMap::new();
         if env_steps + steps < c.learning_starts || self.replay.len() < c.batch_size {
-            return Ok((steps, episodes, stats));
+            return Ok(LearnerStep {
+                env_steps: steps,
+                episodes,
+                stats,
+            });
         }
         let target_entropy = -(self.scale.size()[0] as f64);
         let (mut lq, mut lpi, mut la) = (0.0, 0.0, 0.0);
@@ -182,7 +186,11 @@ impl Learner for Sac {
         stats.insert("actor_loss".into(), lpi / n);
         stats.insert("alpha_loss".into(), la / n);
         stats.insert("alpha".into(), scalar(&self.log_alpha.exp().squeeze()));
-        Ok((steps, episodes, stats))
+        Ok(LearnerStep {
+            env_steps: steps,
+            episodes,
+            stats,
+        })
     }
 
     fn policy_weights(&self) -> Vec<f32> {

@@ -236,13 +236,15 @@ pub fn register_env(name: &str, creator: EnvCreator) -> Result<(), EnvError> {
 }
 
 /// Publishes this process's registered environments (and custom models,
-/// [`crate::policy::register_model`]) to the cluster it joined, so that its
+/// [`crate::policy::register_model`], and learners,
+/// [`crate::register_learner`]) to the cluster it joined, so that its
 /// other processes of the same binary (Tune's trials, which build their own
 /// algorithms) find them by name. [`register_env`] after `rayforge::init`
 /// publishes by itself; this is for those registered before.
 pub fn publish_registered() -> Result<(), EnvError> {
     REGISTRY.publish_all().map_err(EnvError::Registration)?;
-    crate::policy::publish_models().map_err(EnvError::Registration)
+    crate::policy::publish_models().map_err(EnvError::Registration)?;
+    crate::algorithm::publish_learners().map_err(EnvError::Registration)
 }
 
 /// A registered creator: this process's, else one published to the

@@ -3,3 +3,4 @@
 mod algorithms;
 mod cli;
 mod gymnasium;
+mod learners;

@@ -1166,7 +1166,10 @@ impl Dataset {
     /// with no aggregate, window, `GROUP BY`, `DISTINCT`, `ORDER BY`,
     /// `LIMIT`, join or subquery — runs on each block in the tasks that make
     /// it, so it streams over a dataset of any size; any other query runs
-    /// once over the whole dataset.
+    /// once over the whole dataset, in one task that reads the blocks one
+    /// at a time as DataFusion's execution asks for them (an aggregate
+    /// holds its groups, not the rows; a sort or a join's build side holds
+    /// what DataFusion keeps of them).
     ///
     /// ```
     /// # rayforge::init(rayforge::Config::default().num_cpus(2.0))?;

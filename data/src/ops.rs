@@ -812,6 +812,16 @@ pub(crate) fn sort_reduce(
 /// Runs a SQL query over batches registered as table `table` (and more
 /// tables), in a private single-threaded runtime.
 pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query: &str) -> Result<RecordBatch> {
+    let mut providers: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)> = Vec::new();
+    for (name, schema, batches) in tables {
+        let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        providers.push((name, Arc::new(t)));
+    }
+    sql_on(providers, query)
+}
+
+/// Runs a SQL query over tables, in a private single-threaded runtime.
+fn sql_on(tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)>, query: &str) -> Result<RecordBatch> {
     use datafusion::prelude::SessionContext;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -820,9 +830,8 @@ pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query
     rt.block_on(async {
         let cfg = datafusion::prelude::SessionConfig::new().with_target_partitions(1);
         let ctx = SessionContext::new_with_config(cfg);
-        for (name, schema, batches) in tables {
-            let t = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-            ctx.register_table(name.as_str(), Arc::new(t))?;
+        for (name, table) in tables {
+            ctx.register_table(name.as_str(), table)?;
         }
         let df = ctx.sql(query).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -831,7 +840,49 @@ pub(crate) fn sql_over(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, query
     })
 }
 
-/// Runs `query` over every block of the input as table `ds`.
+/// A dataset's blocks as a table DataFusion reads as a stream: each block
+/// is fetched from the object store when the query comes to it and let go
+/// once consumed, so a query that keeps only its state (an aggregate, a
+/// filter, a limit) holds one block at a time, however large the dataset.
+#[derive(Debug)]
+struct BlockStream {
+    schema: SchemaRef,
+    blocks: Vec<rayforge::ObjectRef<Block>>,
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for BlockStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::physical_plan::SendableRecordBatchStream {
+        use datafusion::error::DataFusionError;
+        use futures::StreamExt;
+        let schema = self.schema.clone();
+        let batches = futures::stream::iter(self.blocks.clone())
+            .map(move |r| {
+                let batch = r
+                    .get()
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?
+                    .into_batch();
+                // Blocks of one dataset share a schema but for the
+                // nullability their writers gave it: take the table's.
+                RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                    .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+            })
+            .filter(|b| futures::future::ready(b.as_ref().map_or(true, |b| b.num_rows() > 0)));
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            batches,
+        ))
+    }
+}
+
+/// Runs `query` over every block of the input as table `ds`, read block by
+/// block as the query goes ([`BlockStream`]).
 #[rayforge::remote(num_returns = 2)]
 pub(crate) fn sql_stage(
     blocks: Vec<rayforge::ObjectRef<Block>>,
@@ -840,13 +891,12 @@ pub(crate) fn sql_stage(
 ) -> std::result::Result<(Block, BlockMeta), Error> {
     let start = Instant::now();
     let r = (|| {
-        let batches: Vec<RecordBatch> = rayforge::get_all(&blocks)?
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(Block::into_batch)
-            .collect();
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| schema.schema());
-        sql_over(vec![("ds".into(), schema, batches)], &query)
+        let schema = schema.schema();
+        let table = datafusion::catalog::streaming::StreamingTable::try_new(
+            schema.clone(),
+            vec![Arc::new(BlockStream { schema, blocks })],
+        )?;
+        sql_on(vec![("ds".into(), Arc::new(table))], &query)
     })();
     finish(start, r)
 }

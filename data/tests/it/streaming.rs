@@ -56,6 +56,82 @@ fn a_dataset_eight_times_the_store_streams_from_read_to_write() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn an_aggregate_query_over_eight_times_the_store_reads_it_block_by_block() {
+    rayforge_integration_tests::own_process!();
+    cluster();
+    // The same 192 MB through a 24 MB store, grouped by SQL: the query runs
+    // once over the whole dataset, reading one block at a time, so no
+    // worker holds the dataset.
+    let rows = 12_000_000i64;
+    let ds = rayforge_data::range_with_blocks(rows as u64, 48)
+        .map_batches(with_square)
+        .sql("SELECT id % 10 AS k, count(*) AS n, sum(sq) AS s, max(id) AS top FROM ds GROUP BY id % 10 ORDER BY k")
+        .unwrap();
+    let out = ds.take_batch(100).unwrap();
+    assert_eq!(out.num_rows(), 10);
+    let col = |name: &str| rayforge_data::compute::f64_column(&out, name).unwrap();
+    let (k, n, s, top) = (col("k"), col("n"), col("s"), col("top"));
+    // Holding every block at once, the query's worker peaked at 270 MB
+    // when tried (the dataset, its runtime and DataFusion's state);
+    // block by block, at 86 MB.
+    let peak = peak_descendant_rss();
+    assert!(
+        peak < rows as u64 * 16,
+        "a worker held {peak} bytes at its peak: more than the whole 192 MB dataset"
+    );
+    for r in 0..10i64 {
+        assert_eq!(k[r as usize], r as f64);
+        assert_eq!(n[r as usize], (rows / 10) as f64, "every row counted once");
+        assert_eq!(top[r as usize], (rows - 10 + r) as f64);
+        let want: f64 = (0..rows / 10).map(|i| ((i * 10 + r) as f64).powi(2)).sum();
+        assert!(
+            (s[r as usize] - want).abs() <= want * 1e-9,
+            "group {r}: {} vs {want}",
+            s[r as usize]
+        );
+    }
+}
+
+/// The highest peak resident set (VmHWM) of this process's descendants:
+/// the cluster's workers.
+fn peak_descendant_rss() -> u64 {
+    let field = |status: &str, name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut parents = std::collections::HashMap::new();
+    let mut peaks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        if let Some(ppid) = field(&status, "PPid:") {
+            parents.insert(pid, ppid as u32);
+        }
+        peaks.insert(pid, field(&status, "VmHWM:").unwrap_or(0) * 1024);
+    }
+    let me = std::process::id();
+    let descends = |mut pid: u32| {
+        while let Some(&p) = parents.get(&pid) {
+            if p == me {
+                return true;
+            }
+            pid = p;
+        }
+        false
+    };
+    peaks
+        .iter()
+        .filter(|(pid, _)| descends(**pid))
+        .map(|(_, peak)| *peak)
+        .max()
+        .unwrap_or(0)
+}
+
 fn dies_once(b: RecordBatch) -> Result<RecordBatch, Error> {
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc_getppid() };

@@ -17,6 +17,12 @@
 //!   warm-up rounds (the runners' start is not timed). The anchor is RLlib's
 //!   `synchronous_parallel_sample` over its env runners, the call PPO's
 //!   `training_step` makes (`ray_rllib.py sample`).
+//! - `train [--algo ppo|appo] --env NAME --iters I --warmup W [--async]`:
+//!   PPO (or APPO) with the env's preset (CartPole-v1's: 2 runners of 4
+//!   envs, 32 steps each, 20 epochs) trained for W + I iterations, env
+//!   steps per second over the last I (sampling and learning), with
+//!   `async_sampling` on or off: the gain of sampling while the learner
+//!   learns (`rllib/bench/async_sampling`).
 
 use std::time::Instant;
 
@@ -134,15 +140,56 @@ fn sample_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
     )
 }
 
+/// PPO's preset trained, synchronous or asynchronous sampling.
+fn train_bench(args: &[String]) -> Result<serde_json::Value, BoxError> {
+    let (iters, warmup) = (arg(args, "--iters", 100)?, arg(args, "--warmup", 5)?);
+    let env = args
+        .iter()
+        .position(|a| a == "--env")
+        .and_then(|i| args.get(i + 1))
+        .map_or("CartPole-v1", String::as_str);
+    let asynchronous = args.iter().any(|a| a == "--async");
+    let algo: rayforge_rllib::Algo = args
+        .iter()
+        .position(|a| a == "--algo")
+        .and_then(|i| args.get(i + 1))
+        .map_or("ppo", String::as_str)
+        .parse()?;
+    rayforge::init(rayforge::Config::default())?;
+    let mut c = rayforge_rllib::AlgoConfig::preset(algo, env);
+    c.async_sampling = asynchronous;
+    let mut a = rayforge_rllib::Algorithm::new(c)?;
+    for _ in 0..warmup {
+        a.train()?;
+    }
+    let (steps0, start) = (a.env_steps(), Instant::now());
+    let mut last = None;
+    for _ in 0..iters {
+        last = Some(a.train()?);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let steps = a.env_steps() - steps0;
+    a.stop();
+    rayforge::shutdown();
+    Ok(json!({
+        "impl": "rayforge", "mode": "train", "algo": format!("{algo:?}"), "env": env,
+        "async": asynchronous || algo == rayforge_rllib::Algo::Appo, "iters": iters,
+        "env_steps": steps, "seconds": secs, "env_steps_per_s": steps as f64 / secs,
+        "return_mean": last.map(|r| r.episode_return_mean),
+    }))
+}
+
 #[rayforge::main]
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = match args.first().map(String::as_str) {
         Some("env") => env_bench(&args)?,
         Some("sample") => sample_bench(&args)?,
+        Some("train") => train_bench(&args)?,
         _ => {
             return Err("usage: rllib-bench env [--envs 8] [--steps N] | \
-                        sample [--runners 2] [--envs 8] [--steps 256] [--rounds 20] [--warmup 2]"
+                        sample [--runners 2] [--envs 8] [--steps 256] [--rounds 20] [--warmup 2] | \
+                        train [--algo ppo] [--env CartPole-v1] [--iters 100] [--warmup 5] [--async]"
                 .into())
         }
     };

@@ -202,6 +202,16 @@ pub struct Runners {
     /// The observation statistics every runner's share is merged into
     /// (with `observation_filter = "MeanStdFilter"`).
     filter: Option<MeanStd>,
+    /// Rollouts already under way ([`Runners::rollouts_ahead`]): their
+    /// steps per environment and the calls.
+    ahead: Option<(usize, Launched<Rollout>)>,
+}
+
+/// Calls sent to every runner, not yet collected.
+struct Launched<T> {
+    /// The weights (and statistics) they were sent with, for a retry.
+    state: rayforge::ObjectRef<PolicyState>,
+    pending: Vec<rayforge::ObjectRef<T>>,
 }
 
 /// Times a runner is restarted within one sampling call before the
@@ -211,7 +221,12 @@ const RUNNER_RETRIES: u32 = 3;
 impl Runners {
     fn start(specs: Vec<RunnerSpec>, filter: Option<MeanStd>) -> Result<Runners> {
         let handles = specs.iter().map(Runners::spawn).collect::<Result<Vec<_>>>()?;
-        Ok(Runners { handles, specs, filter })
+        Ok(Runners {
+            handles,
+            specs,
+            filter,
+            ahead: None,
+        })
     }
 
     fn spawn(spec: &RunnerSpec) -> Result<EnvRunnerHandle> {
@@ -227,11 +242,32 @@ impl Runners {
         weights: Vec<f32>,
         call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<PolicyState>) -> rayforge::ObjectRef<T>,
     ) -> Result<Vec<T>> {
-        let w = rayforge::put(PolicyState {
+        let launched = self.launch(weights, &call)?;
+        self.collect(launched, &call)
+    }
+
+    /// Sends `call` to every runner with the weights (and statistics).
+    fn launch<T: rayforge::Value + 'static>(
+        &self,
+        weights: Vec<f32>,
+        call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<PolicyState>) -> rayforge::ObjectRef<T>,
+    ) -> Result<Launched<T>> {
+        let state = rayforge::put(PolicyState {
             weights,
             filter: self.filter.clone(),
         })?;
-        let mut pending: Vec<_> = self.handles.iter().map(|h| call(h, w.clone())).collect();
+        let pending = self.handles.iter().map(|h| call(h, state.clone())).collect();
+        Ok(Launched { state, pending })
+    }
+
+    /// Waits for the launched calls, replacing a runner that died and
+    /// asking the new one again; merges the statistics they gathered.
+    fn collect<T: rayforge::Value + FilterDelta + 'static>(
+        &mut self,
+        launched: Launched<T>,
+        call: impl Fn(&EnvRunnerHandle, rayforge::ObjectRef<PolicyState>) -> rayforge::ObjectRef<T>,
+    ) -> Result<Vec<T>> {
+        let Launched { state: w, mut pending } = launched;
         let mut out: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
         for i in 0..pending.len() {
             let mut attempts = 0;
@@ -293,6 +329,24 @@ impl Runners {
         self.each(weights, |h, w| h.rollout(w, steps))
     }
 
+    /// On-policy rollouts as [`Runners::rollouts`], sampled while the
+    /// learner learns (asynchronous sampling, as APPO and IMPALA do): gives
+    /// the rollouts the previous call set going (on the first call, ones
+    /// sent now), then sets the next going with `weights` before
+    /// returning. Each batch was sampled with the weights of the call
+    /// before, one update behind the learner's; a rollout's log-probabilities
+    /// are its behavior policy's, for the importance ratio.
+    pub fn rollouts_ahead(&mut self, weights: Vec<f32>, steps: usize) -> Result<Vec<Rollout>> {
+        let call = |h: &EnvRunnerHandle, w| h.rollout(w, steps);
+        let launched = match self.ahead.take() {
+            Some((s, l)) if s == steps => l,
+            _ => self.launch(weights.clone(), call)?,
+        };
+        let out = self.collect(launched, call)?;
+        self.ahead = Some((steps, self.launch(weights, call)?));
+        Ok(out)
+    }
+
     /// Off-policy transitions: `steps` steps per runner with `weights`
     /// (Q-values or a squashed Gaussian), exploring as `explore` says.
     pub fn transitions(&mut self, weights: Vec<f32>, steps: usize, explore: Explore) -> Result<Vec<Transitions>> {
@@ -338,7 +392,7 @@ pub struct LearnerStep {
 
 /// An algorithm's learner: what samples through the [`Runners`] and
 /// updates the networks each iteration (Ray's `Learner` with its
-/// algorithm's `training_step`). PPO, DQN and SAC are learners; a user's
+/// algorithm's `training_step`). PPO (and APPO), DQN and SAC are learners; a user's
 /// own is registered with [`register_learner`] and picked by
 /// [`AlgoConfig::learner`], and [`Algorithm`] gives it everything else —
 /// the runners (restarted when one dies) and their observation filter,
@@ -346,7 +400,7 @@ pub struct LearnerStep {
 ///
 /// The runners act with the network [`crate::policy::Policy::new`] builds
 /// from the [`PolicySpec`] the builder is given (an actor-critic for
-/// [`Algo::Ppo`], Q-values for [`Algo::Dqn`], a squashed Gaussian for
+/// [`Algo::Ppo`] and [`Algo::Appo`], Q-values for [`Algo::Dqn`], a squashed Gaussian for
 /// [`Algo::Sac`]), so a learner trains that network and hands its flat
 /// weights ([`crate::policy::Policy::weights`]) to the runners.
 ///
@@ -566,7 +620,7 @@ impl Algorithm {
         let obs_dim = probe.observation_space().dim() as i64;
         drop(probe);
         let kind = match (config.algo, &action) {
-            (Algo::Ppo, _) => PolicyKind::ActorCritic,
+            (Algo::Ppo | Algo::Appo, _) => PolicyKind::ActorCritic,
             (Algo::Dqn, Space::Discrete(_)) => PolicyKind::QValues {
                 dueling: config.dueling,
             },
@@ -601,7 +655,7 @@ impl Algorithm {
         };
         let model = match (&config.model, config.algo) {
             (None, _) => None,
-            (Some(name), Algo::Ppo) => Some(
+            (Some(name), Algo::Ppo | Algo::Appo) => Some(
                 crate::policy::resolve_model(name, serde_json::Value::Object(config.model_config.clone()))
                     .map_err(|e| Error::config("model", e))?,
             ),
@@ -649,7 +703,7 @@ impl Algorithm {
         let learner: Box<dyn Learner> = torch.run(|| -> Result<Box<dyn Learner>> {
             Ok(match (&config.learner, config.algo) {
                 (Some(name), _) => custom_learner(name, &config, &policy)?,
-                (None, Algo::Ppo) => Box::new(Ppo::new(&config, &policy)?),
+                (None, Algo::Ppo | Algo::Appo) => Box::new(Ppo::new(&config, &policy)?),
                 (None, Algo::Dqn) => Box::new(Dqn::new(&config, &policy)?),
                 (None, Algo::Sac) => Box::new(Sac::new(&config, &policy)?),
             })

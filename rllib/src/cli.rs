@@ -34,7 +34,7 @@ use crate::env::EnvCreator;
 use crate::{Algo, AlgoConfig, Algorithm, Stop};
 
 const USAGE: &str = "usage:
-  {name} train --algo ppo|dqn|sac --env NAME [--num-env-runners N] [--num-envs-per-runner M]
+  {name} train --algo ppo|appo|dqn|sac --env NAME [--num-env-runners N] [--num-envs-per-runner M]
               [--stop-reward R] [--stop-timesteps T] [--stop-iters I] [--seed S]
               [--config FILE] [--checkpoint-dir DIR|URI] [--checkpoint-every N]
   {name} evaluate CHECKPOINT [--episodes N]          (a checkpoint's path or storage URI)

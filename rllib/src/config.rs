@@ -13,6 +13,10 @@ use crate::error::{Error, Result};
 pub enum Algo {
     /// Proximal policy optimisation (on-policy; discrete or continuous).
     Ppo,
+    /// Asynchronous PPO (Ray's APPO, IMPALA's architecture): the runners
+    /// sample while the learner learns, and V-trace corrects for the
+    /// batches coming from the weights one update behind.
+    Appo,
     /// Deep Q-learning (off-policy; discrete actions).
     Dqn,
     /// Soft actor-critic (off-policy; continuous actions).
@@ -24,11 +28,12 @@ impl std::str::FromStr for Algo {
     fn from_str(s: &str) -> Result<Algo> {
         match s.to_ascii_lowercase().as_str() {
             "ppo" => Ok(Algo::Ppo),
+            "appo" => Ok(Algo::Appo),
             "dqn" => Ok(Algo::Dqn),
             "sac" => Ok(Algo::Sac),
             _ => Err(Error::config(
                 "algo",
-                format!("unknown algorithm `{s}` (known: ppo, dqn, sac)"),
+                format!("unknown algorithm `{s}` (known: ppo, appo, dqn, sac)"),
             )),
         }
     }
@@ -104,6 +109,11 @@ pub struct AlgoConfig {
     /// `anneal_timesteps`. Every algorithm: the env steps `rllib train`
     /// runs for when no stop criterion is given.
     pub anneal_timesteps: Option<u64>,
+    /// PPO: the runners sample the next batch while the learner learns on
+    /// this one (asynchronous sampling, as APPO and IMPALA; Ray's
+    /// `sample_async`): each batch comes from the weights one update
+    /// behind, and sampling and learning overlap.
+    pub async_sampling: bool,
 
     /// Off-policy: steps of each environment per iteration.
     pub sample_steps: usize,
@@ -172,6 +182,7 @@ impl Default for AlgoConfig {
             ent_coef: 0.0,
             max_grad_norm: 0.5,
             anneal_timesteps: None,
+            async_sampling: false,
             sample_steps: 64,
             train_steps: 64,
             buffer_size: 100_000,
@@ -204,7 +215,7 @@ impl AlgoConfig {
         // A Gymnasium env run in Python gets the preset of ours.
         let env = env.strip_prefix("gym:").unwrap_or(env);
         match (algo, env) {
-            (Algo::Ppo, "CartPole-v1") => AlgoConfig {
+            (Algo::Ppo | Algo::Appo, "CartPole-v1") => AlgoConfig {
                 num_env_runners: 2,
                 num_envs_per_runner: 4,
                 rollout_steps: 32,
@@ -216,7 +227,7 @@ impl AlgoConfig {
                 anneal_timesteps: Some(100_000),
                 ..d
             },
-            (Algo::Ppo, "Acrobot-v1") | (Algo::Ppo, "MountainCar-v0") => AlgoConfig {
+            (Algo::Ppo | Algo::Appo, "Acrobot-v1" | "MountainCar-v0") => AlgoConfig {
                 num_env_runners: 2,
                 num_envs_per_runner: 8,
                 rollout_steps: 256,
@@ -227,7 +238,7 @@ impl AlgoConfig {
                 ent_coef: 0.0,
                 ..d
             },
-            (Algo::Ppo, "Pendulum-v1") => AlgoConfig {
+            (Algo::Ppo | Algo::Appo, "Pendulum-v1") => AlgoConfig {
                 num_env_runners: 2,
                 num_envs_per_runner: 2,
                 rollout_steps: 1024,

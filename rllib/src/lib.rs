@@ -3,7 +3,7 @@
 //! Reinforcement learning on rayforge, as Ray's RLlib: environments in
 //! Rust that match Gymnasium's classic control step for step, env runners
 //! as actors stepping vectors of environments with the current policy,
-//! and PPO, DQN and SAC with tch learners.
+//! and PPO, APPO, DQN and SAC with tch learners.
 //!
 //! ```
 //! use rayforge_rllib::env::{self, Action, Env};

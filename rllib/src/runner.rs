@@ -100,6 +100,11 @@ pub struct Rollout {
     pub dones: Vec<f32>,
     /// The value of each environment's observation after the last step.
     pub last_values: Vec<f32>,
+    /// Those observations, `[envs][obs_dim]` flat (as the policy saw them),
+    /// for a learner that values them with its own weights (APPO's
+    /// V-trace).
+    #[serde(default)]
+    pub last_obs: Vec<f32>,
     /// The episodes that ended.
     pub episodes: Episodes,
     /// The raw observations' statistics gathered (with a filter).
@@ -255,6 +260,7 @@ impl EnvRunner {
         }
         let v = tch::no_grad(|| self.policy.value(&self.obs_tensor()));
         r.last_values = policy::rows(&v).into_iter().map(|x| x[0]).collect();
+        r.last_obs = self.obs.concat();
         r.filter_delta = self.filter.as_mut().map(RunnerFilter::take_delta);
         Ok(r)
     }

@@ -3,6 +3,12 @@
 //! minibatches of the clipped surrogate, the value loss and an entropy
 //! bonus, gradients clipped by norm; optionally the learning rate and clip
 //! range annealed linearly to zero.
+//!
+//! APPO (Ray's; Espeholt et al., 2018 for V-trace) is the same learner on
+//! batches sampled while it learns ([`crate::Runners::rollouts_ahead`]),
+//! with V-trace's targets and advantages, from the current network's
+//! values and the importance ratios to the policy that sampled, in place
+//! of GAE's.
 
 use std::collections::BTreeMap;
 
@@ -45,6 +51,49 @@ impl Ppo {
     }
 }
 
+impl Ppo {
+    /// APPO: V-trace's advantages and value targets for a rollout, from
+    /// this learner's network as it is now.
+    fn vtrace_targets(&self, r: &crate::runner::Rollout) -> Result<(Vec<f32>, Vec<f32>)> {
+        let dev = self.device;
+        let obs_dim = self.policy.spec.obs_dim;
+        let act_cols = match &self.policy.spec.action {
+            Space::Discrete(_) => 1,
+            Space::MultiDiscrete(n) => n.len() as i64,
+            Space::Box { .. } => action_dim(&self.policy.spec.action),
+        };
+        let (values, logp, bootstrap) = tch::no_grad(|| {
+            let (head, v) = self.policy.pi_and_value(&tensor2(&r.obs, obs_dim, dev));
+            let a = tensor2(&r.actions, act_cols, dev);
+            let a = if matches!(self.policy.spec.action, Space::Discrete(_)) {
+                a.view([-1])
+            } else {
+                a
+            };
+            let (lp, _) = self.policy.log_prob_entropy(&head, &a);
+            let boot = self.policy.value(&tensor2(&r.last_obs, obs_dim, dev));
+            (v, lp, boot)
+        });
+        let flat = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(Vec::<f32>::try_from(
+                t.reshape([-1]).to_kind(Kind::Float).to_device(Device::Cpu),
+            )?)
+        };
+        let (values, logp, bootstrap) = (flat(values)?, flat(logp)?, flat(bootstrap)?);
+        let log_rhos: Vec<f32> = logp.iter().zip(&r.logp).map(|(cur, old)| cur - old).collect();
+        let (vs, adv) = vtrace(
+            &r.rewards,
+            &r.dones,
+            &values,
+            &bootstrap,
+            &log_rhos,
+            r.envs,
+            self.config.gamma,
+        );
+        Ok((adv, vs))
+    }
+}
+
 /// Advantages and returns by GAE (Schulman et al., 2016) over a
 /// time-major `[steps][envs]` rollout ([`crate::runner::Rollout`]'s
 /// layout): `dones` ends an episode after its step, `last_values` are the
@@ -76,6 +125,45 @@ pub fn gae(
     (adv, returns)
 }
 
+/// V-trace's value targets and policy-gradient advantages (Espeholt et
+/// al., 2018) over a time-major `[steps][envs]` rollout, with the
+/// truncation levels ρ̄ = c̄ = 1 (Ray's defaults): `values` and
+/// `bootstrap` (after the last step, one per environment) from the
+/// learner's current network, `log_rhos` the log importance ratios of the
+/// current policy to the one that sampled. `dones` ends an episode after
+/// its step.
+pub fn vtrace(
+    rewards: &[f32],
+    dones: &[f32],
+    values: &[f32],
+    bootstrap: &[f32],
+    log_rhos: &[f32],
+    envs: usize,
+    gamma: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let steps = rewards.len() / envs.max(1);
+    let (mut vs, mut adv) = (vec![0f32; rewards.len()], vec![0f32; rewards.len()]);
+    for (e, boot) in bootstrap.iter().enumerate().take(envs) {
+        for t in (0..steps).rev() {
+            let i = t * envs + e;
+            let not_done = 1.0 - dones[i] as f64;
+            let (v_next, vs_next) = if t + 1 == steps {
+                (*boot as f64, *boot as f64)
+            } else {
+                (values[i + envs] as f64, vs[i + envs] as f64)
+            };
+            let ratio = (log_rhos[i] as f64).exp();
+            let (rho, c) = (ratio.min(1.0), ratio.min(1.0));
+            let v = values[i] as f64;
+            let r = rewards[i] as f64;
+            let delta = rho * (r + gamma * not_done * v_next - v);
+            vs[i] = (v + delta + gamma * not_done * c * (vs_next - v_next)) as f32;
+            adv[i] = (rho * (r + gamma * not_done * vs_next - v)) as f32;
+        }
+    }
+    (vs, adv)
+}
+
 impl Learner for Ppo {
     fn step(&mut self, runners: &mut Runners, env_steps: u64) -> Result<LearnerStep> {
         let c = &self.config;
@@ -88,20 +176,29 @@ impl Learner for Ppo {
             (c.lr, c.clip)
         };
         self.opt.set_lr(lr);
-        let rollouts = runners.rollouts(self.policy.weights(), c.rollout_steps)?;
+        let appo = c.algo == crate::config::Algo::Appo;
+        let rollouts = if c.async_sampling || appo {
+            runners.rollouts_ahead(self.policy.weights(), c.rollout_steps)?
+        } else {
+            runners.rollouts(self.policy.weights(), c.rollout_steps)?
+        };
         let (mut obs, mut actions, mut logp, mut adv, mut ret) = (vec![], vec![], vec![], vec![], vec![]);
         let mut episodes = Episodes::default();
         let mut steps = 0u64;
         for r in &rollouts {
-            let (a, rt) = gae(
-                &r.rewards,
-                &r.values,
-                &r.dones,
-                &r.last_values,
-                r.envs,
-                c.gamma,
-                c.gae_lambda,
-            );
+            let (a, rt) = if appo {
+                self.vtrace_targets(r)?
+            } else {
+                gae(
+                    &r.rewards,
+                    &r.values,
+                    &r.dones,
+                    &r.last_values,
+                    r.envs,
+                    c.gamma,
+                    c.gae_lambda,
+                )
+            };
             obs.extend(&r.obs);
             actions.extend(&r.actions);
             logp.extend(&r.logp);
@@ -221,5 +318,33 @@ mod tests {
             assert!((*a as f64 - w).abs() < 1e-6, "{adv:?}");
         }
         assert!((ret[2] - 2.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn vtrace_on_policy_is_gae_with_lambda_one_and_ratios_are_truncated() {
+        // Two envs, three steps; env 0's episode ends after step 1.
+        let rewards = [1.0, 0.5, 1.0, 0.0, 1.0, 2.0];
+        let dones = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0];
+        let values = [0.5, 0.2, 0.4, 0.1, 0.3, 0.6];
+        let boot = [2.0, -1.0];
+        let (vs, adv) = vtrace(&rewards, &dones, &values, &boot, &[0.0; 6], 2, 0.9);
+        let (gae_adv, gae_ret) = gae(&rewards, &values, &dones, &boot, 2, 0.9, 1.0);
+        for i in 0..6 {
+            assert!((vs[i] - gae_ret[i]).abs() < 1e-6, "{vs:?} vs {gae_ret:?}");
+            assert!((adv[i] - gae_adv[i]).abs() < 1e-6, "{adv:?} vs {gae_adv:?}");
+        }
+        // One step: a ratio above 1 is truncated to 1 (delta = 1 + 1.8 - 0.5
+        // = 2.3, the target 0.5 + 2.3); below 1, it scales both.
+        let (vs, adv) = vtrace(&[1.0], &[0.0], &[0.5], &[2.0], &[3.0f32], 1, 0.9);
+        assert!(
+            (vs[0] - 2.8).abs() < 1e-6 && (adv[0] - 2.3).abs() < 1e-6,
+            "{vs:?} {adv:?}"
+        );
+        let (vs, adv) = vtrace(&[1.0], &[0.0], &[0.5], &[2.0], &[0.5f32.ln()], 1, 0.9);
+        // delta = 0.5 * (1 + 1.8 - 0.5) = 1.15.
+        assert!(
+            (vs[0] - 1.65).abs() < 1e-6 && (adv[0] - 1.15).abs() < 1e-6,
+            "{vs:?} {adv:?}"
+        );
     }
 }

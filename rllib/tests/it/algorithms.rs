@@ -134,6 +134,53 @@ fn a_runner_killed_mid_sampling_is_replaced_and_training_goes_on() {
 }
 
 #[test]
+fn ppo_with_async_sampling_learns_cartpole_through_a_killed_runner() {
+    cluster();
+    let marker = std::env::temp_dir().join(format!("rllib-crash-async-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.async_sampling = true;
+    c.crash_runner = Some((0, 5, marker.display().to_string()));
+    let mut a = Algorithm::new(c).unwrap();
+    let last = a
+        .run(
+            Stop {
+                reward: Some(450.0),
+                timesteps: Some(100_000),
+                iters: None,
+            },
+            |r| println!("{}", r.line()),
+        )
+        .unwrap();
+    assert!(marker.exists(), "runner 0 crashed in its fifth sample call");
+    assert!(last.episode_return_mean >= 450.0, "{}", last.line());
+    assert_eq!(last.env_steps_lifetime, 256 * last.iteration, "every batch whole");
+    a.stop();
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[test]
+fn appo_learns_cartpole_within_its_budget() {
+    cluster();
+    let c = AlgoConfig::preset(Algo::Appo, "CartPole-v1");
+    assert_eq!(c.algo, Algo::Appo);
+    let mut a = Algorithm::new(c).unwrap();
+    let last = a
+        .run(
+            Stop {
+                reward: Some(450.0),
+                timesteps: Some(100_000),
+                iters: None,
+            },
+            |r| println!("{}", r.line()),
+        )
+        .unwrap();
+    assert!(last.episode_return_mean >= 450.0, "{}", last.line());
+    a.stop();
+    assert_eq!("APPO".parse::<Algo>().unwrap(), Algo::Appo);
+}
+
+#[test]
 fn a_checkpoint_restores_the_policy_and_counters() {
     cluster();
     let dir = std::env::temp_dir().join(format!("rllib-ckpt-{}", std::process::id()));

@@ -161,7 +161,7 @@ fn train_checkpoints_to_the_clusters_store_and_evaluate_restores_from_it() {
 fn unknown_names_are_errors_naming_them() {
     let (code, _, err) = rllib(&["train", "--algo", "a3c", "--env", "CartPole-v1"]);
     assert_eq!(code, 2);
-    assert!(err.contains("a3c") && err.contains("ppo, dqn, sac"), "{err}");
+    assert!(err.contains("a3c") && err.contains("ppo, appo, dqn, sac"), "{err}");
     let (code, _, err) = rllib(&["train", "--algo", "ppo", "--env", "Pong-v5"]);
     assert_eq!(code, 2);
     assert!(err.contains("Pong-v5"), "{err}");

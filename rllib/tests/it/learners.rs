@@ -164,3 +164,78 @@ fn a_registered_learner_of_the_users_own_trains_and_checkpoints() {
     let e = Algorithm::new(c).unwrap_err().to_string();
     assert!(e.contains("no_such_learner") && e.contains("a2c"), "{e}");
 }
+
+/// Sets the value head to answer `k` in iteration `k` and reports what the
+/// runners' rollouts saw: which weights each batch was sampled with.
+struct Probe {
+    policy: Policy,
+    ahead: bool,
+    k: u64,
+}
+
+impl Learner for Probe {
+    fn step(&mut self, runners: &mut Runners, _env_steps: u64) -> Result<LearnerStep> {
+        self.k += 1;
+        rayforge_rllib::tch::no_grad(|| {
+            for (name, mut t) in self.policy.vs.variables() {
+                let _ = t.fill_(if name == "vf.l2.bias" { self.k as f64 } else { 0.0 });
+            }
+        });
+        let rollouts = if self.ahead {
+            runners.rollouts_ahead(self.policy.weights(), 8)?
+        } else {
+            runners.rollouts(self.policy.weights(), 8)?
+        };
+        let values: Vec<f32> = rollouts.iter().flat_map(|r| r.values.clone()).collect();
+        let lo = values.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        Ok(LearnerStep {
+            env_steps: values.len() as u64,
+            stats: BTreeMap::from([
+                ("sampled_with_lo".into(), lo as f64),
+                ("sampled_with_hi".into(), hi as f64),
+            ]),
+            ..LearnerStep::default()
+        })
+    }
+
+    fn policy_weights(&self) -> Vec<f32> {
+        self.policy.weights()
+    }
+
+    fn var_stores(&mut self) -> Vec<(&'static str, &mut nn::VarStore)> {
+        vec![("probe.safetensors", &mut self.policy.vs)]
+    }
+}
+
+fn probe(c: &AlgoConfig, spec: PolicySpec) -> std::result::Result<Box<dyn Learner>, String> {
+    Ok(Box::new(Probe {
+        policy: Policy::new(&spec, Device::Cpu)?,
+        ahead: c.learner_config.get("ahead").and_then(|v| v.as_bool()).unwrap_or(false),
+        k: 0,
+    }))
+}
+
+#[test]
+fn rollouts_ahead_are_sampled_with_the_weights_one_update_behind() {
+    cluster();
+    register_learner("probe", probe).unwrap();
+    for ahead in [false, true] {
+        let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+        c.learner = Some("probe".into());
+        c.learner_config.insert("ahead".into(), ahead.into());
+        let mut a = Algorithm::new(c).unwrap();
+        for k in 1..=4u64 {
+            let r = a.train().unwrap();
+            // Synchronous batches come from this iteration's
+            // weights; ahead, from the last one's (the first is sent at once).
+            let want = if ahead { (k - 1).max(1) } else { k } as f64;
+            assert_eq!(
+                (r.learner["sampled_with_lo"], r.learner["sampled_with_hi"]),
+                (want, want),
+                "ahead {ahead}, iteration {k}"
+            );
+        }
+        a.stop();
+    }
+}

@@ -22,8 +22,15 @@ use rayforge::storage::{SharedCheck, Storage, StorageUri};
 /// How many workers, and what each holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalingConfig {
-    /// The number of ranks (default 1).
+    /// The number of ranks (default 1); with `min_workers`, the most.
     pub num_workers: usize,
+    /// An elastic gang (Ray Train's `num_workers=(min, max)`): a gang that
+    /// loses ranks (a node gone) goes on from the latest checkpoint with as
+    /// many as the cluster can place now, down to `min_workers`, instead of
+    /// waiting for all `num_workers`; and when there is room for more,
+    /// after the next checkpoint it restarts from that checkpoint with more,
+    /// up to `num_workers`. `None` (the default): always `num_workers`.
+    pub min_workers: Option<usize>,
     /// Whether each rank holds a GPU.
     pub use_gpu: bool,
     /// CPUs each rank holds (default 1).
@@ -38,6 +45,7 @@ impl Default for ScalingConfig {
     fn default() -> Self {
         ScalingConfig {
             num_workers: 1,
+            min_workers: None,
             use_gpu: false,
             cpus_per_worker: 1.0,
             resources_per_worker: BTreeMap::new(),
@@ -230,6 +238,21 @@ impl Trainer {
                 s.cpus_per_worker
             )));
         }
+        if let Some(min) = s.min_workers {
+            if min == 0 || min > s.num_workers {
+                return Err(Error::InvalidArgument(format!(
+                    "scaling: min_workers must be from 1 to num_workers ({}), got {min}",
+                    s.num_workers
+                )));
+            }
+            if self.placement.is_some() {
+                return Err(Error::InvalidArgument(
+                    "scaling: an elastic gang (min_workers) reserves its own placement group; \
+                     it cannot run in one given with Trainer::placement_group"
+                        .into(),
+                ));
+            }
+        }
         if let Some((pg, first)) = &self.placement {
             if first + s.num_workers > pg.bundle_count() {
                 return Err(Error::InvalidArgument(format!(
@@ -294,6 +317,8 @@ impl Trainer {
         let mut history = History {
             prior,
             reports: Vec::new(),
+            grew_from: None,
+            hold_growth_until: None,
         };
         let mut failures = 0u32;
         // Failures in a row with no new checkpoint between them: each waits
@@ -308,11 +333,19 @@ impl Trainer {
             // A gang that cannot be placed is no rank's failure, and trying
             // again cannot place it: the run ends with the reason.
             let place = match &self.placement {
-                Some((pg, first)) => Ok((pg.clone(), *first, false)),
-                None => self.gang_group().map(|pg| (pg, 0, true)),
+                Some((pg, first)) => Ok((pg.clone(), *first, false, self.scaling.num_workers)),
+                None => self.gang_group().map(|(pg, n)| (pg, 0, true, n)),
             };
             let place = match place {
-                Ok(place) => place,
+                Ok(place) => {
+                    // A restart to grow that found no more room than before
+                    // holds off growing for a minute rather than restart at
+                    // every checkpoint.
+                    if history.grew_from.take().is_some_and(|before| place.3 <= before) {
+                        history.hold_growth_until = Some(Instant::now() + Duration::from_secs(60));
+                    }
+                    place
+                }
                 Err(e) => {
                     tracing::warn!(run = %self.run.name, "{e}");
                     error = Some(e);
@@ -327,6 +360,10 @@ impl Trainer {
                     tracing::warn!(run = %self.run.name, "{e}");
                     error = Some(*e);
                     break;
+                }
+                // An elastic gang with room to grow: not a failure.
+                Err(Failure { grow: true, .. }) => {
+                    stuck = 0;
                 }
                 Err(Failure { rank, node, cause, .. }) => {
                     failures += 1;
@@ -390,6 +427,7 @@ impl Trainer {
         let status = serde_json::json!({
             "status": state,
             "workers": self.scaling.num_workers,
+            "min_workers": self.scaling.min_workers,
             "use_gpu": self.scaling.use_gpu,
             "iteration": last.map(|r| r.iteration),
             "metrics": last.map(|r| r.metrics.clone()),
@@ -403,13 +441,14 @@ impl Trainer {
         }
     }
 
-    /// One gang from start to end, on the placement group `pg` (from
-    /// bundle `first`; removed at the end when `owned`). `Err` names the
-    /// rank whose failure ended it.
+    /// One gang of `n` ranks from start to end, on the placement group
+    /// `pg` (from bundle `first`; removed at the end when `owned`). `Err`
+    /// names the rank whose failure ended it, or says an elastic gang
+    /// stopped to grow.
     #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
-        (pg, first, owned): (rayforge::PlacementGroup, usize, bool),
+        (pg, first, owned, n): (rayforge::PlacementGroup, usize, bool, usize),
         ring: &str,
         run_dir: &CheckpointDir,
         shared: &SharedCheck,
@@ -417,12 +456,9 @@ impl Trainer {
         history: &mut History,
         on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
-        let n = self.scaling.num_workers;
         let setup = |e: Error| Failure {
-            rank: 0,
-            node: String::new(),
-            cause: e.to_string(),
             fatal: is_storage_refusal(&e).then(|| Box::new(e.clone())),
+            ..Failure::of(0, String::new(), e.to_string())
         };
         let release = |pg: &rayforge::PlacementGroup| {
             if owned {
@@ -443,7 +479,8 @@ impl Trainer {
         result
     }
 
-    fn gang_group(&self) -> Result<rayforge::PlacementGroup> {
+    /// What each rank's bundle holds.
+    fn bundle(&self) -> BTreeMap<String, f64> {
         let s = &self.scaling;
         let mut bundle = s.resources_per_worker.clone();
         if s.cpus_per_worker > 0.0 {
@@ -452,7 +489,67 @@ impl Trainer {
         if s.use_gpu {
             bundle.insert("GPU".into(), 1.0);
         }
-        let pg = rayforge::placement_group(vec![bundle.clone(); s.num_workers], s.placement_strategy).create()?;
+        bundle
+    }
+
+    /// The gang's placement group and its size: `num_workers` bundles, or
+    /// for an elastic gang as many as the cluster can place now (trying
+    /// the most first), from `min_workers` up.
+    fn gang_group(&self) -> Result<(rayforge::PlacementGroup, usize)> {
+        let s = &self.scaling;
+        let Some(min) = s.min_workers else {
+            return Ok((self.group_of(s.num_workers)?, s.num_workers));
+        };
+        let bundle = self.bundle();
+        // All of them first (the resources a stopped gang gave back reach
+        // the head's view with the next heartbeats, so the free estimate
+        // can be short), then as many as the free resources suggest, then
+        // the fewest.
+        let most = bundles_free(&bundle)?.clamp(min, s.num_workers);
+        let mut sizes = vec![s.num_workers, most, min];
+        sizes.dedup();
+        for (i, n) in sizes.into_iter().enumerate() {
+            let pg = rayforge::placement_group(vec![bundle.clone(); n], s.placement_strategy).create()?;
+            let wait = Duration::from_secs(if i == 0 { 10 } else { 3 });
+            if pg.wait(wait)? {
+                if n < s.num_workers {
+                    tracing::info!(run = %self.run.name, ranks = n, most = s.num_workers, "an elastic gang starts smaller");
+                    if self.run.verbose {
+                        println!(
+                            "[{}] room for {n} of {} ranks: starting with {n}",
+                            self.run.name, s.num_workers
+                        );
+                    }
+                }
+                return Ok((pg, n));
+            }
+            let _ = rayforge::remove_placement_group(&pg);
+        }
+        Ok((self.group_of(min)?, min))
+    }
+
+    /// How many ranks an elastic gang of `n` could grow to now: the free
+    /// resources' estimate, checked by placing (and removing) a placement
+    /// group of the extra bundles; `None` when there is no room.
+    fn room_for_more(&self, n: usize) -> Result<Option<usize>> {
+        let bundle = self.bundle();
+        let extra = bundles_free(&bundle)?.min(self.scaling.num_workers.saturating_sub(n));
+        if extra == 0 {
+            return Ok(None);
+        }
+        let probe = rayforge::placement_group(vec![bundle; extra], self.scaling.placement_strategy).create()?;
+        let placed = probe.wait(Duration::from_secs(2));
+        let _ = rayforge::remove_placement_group(&probe);
+        Ok(placed?.then_some(n + extra))
+    }
+
+    /// A placement group of `n` ranks' bundles, once placed (waiting for
+    /// nodes to join, up to ten minutes; one the cluster could never hold
+    /// fails after half a minute).
+    fn group_of(&self, n: usize) -> Result<rayforge::PlacementGroup> {
+        let s = &self.scaling;
+        let bundle = self.bundle();
+        let pg = rayforge::placement_group(vec![bundle.clone(); n], s.placement_strategy).create()?;
         let state = |pg: &rayforge::PlacementGroup| match pg.state() {
             Ok(st) => format!("{st:?}"),
             Err(e) => e.to_string(),
@@ -468,7 +565,7 @@ impl Trainer {
             // cluster could never hold fails now rather than after the
             // timeout (rayforge has no autoscaler to add nodes).
             let short = if waited >= Duration::from_secs(30) {
-                short_of(&bundle, s.num_workers)?
+                short_of(&bundle, n)?
             } else {
                 None
             };
@@ -476,8 +573,7 @@ impl Trainer {
                 let why = short.unwrap_or_else(|| state(&pg));
                 let _ = rayforge::remove_placement_group(&pg);
                 return Err(Error::InvalidArgument(format!(
-                    "the gang's {} bundles could not be placed: {why}",
-                    s.num_workers
+                    "the gang's {n} bundles could not be placed: {why}"
                 )));
             }
             if !told && waited >= Duration::from_secs(5) {
@@ -485,7 +581,7 @@ impl Trainer {
                 let state = state(&pg);
                 tracing::info!(run = %self.run.name, %state, "waiting for resources for the gang's placement group");
                 if self.run.verbose {
-                    println!("waiting for resources for {} rank(s): {state}", s.num_workers);
+                    println!("waiting for resources for {n} rank(s): {state}");
                 }
             }
         }
@@ -501,32 +597,22 @@ impl Trainer {
         on_report: &mut dyn FnMut(&Report),
     ) -> std::result::Result<(), Failure> {
         let n = gang.workers.len();
-        let reports = rayforge::util::Queue::<Report>::new(0).map_err(|e| Failure {
-            rank: 0,
-            node: String::new(),
-            cause: e.to_string(),
-            fatal: None,
-        })?;
+        let reports =
+            rayforge::util::Queue::<Report>::new(0).map_err(|e| Failure::of(0, String::new(), e.to_string()))?;
         let places = local_ranks(&gang.nodes);
         // A fresh secret per attempt: the ranks prove their ring links with it.
-        let ring_secret = rayforge::util::random_secret().map_err(|e| Failure {
-            rank: 0,
-            node: String::new(),
-            cause: e.to_string(),
-            fatal: None,
-        })?;
+        let ring_secret = rayforge::util::random_secret().map_err(|e| Failure::of(0, String::new(), e.to_string()))?;
         let mut splits: Vec<(String, Vec<rayforge_data::DataIterator>)> = Vec::new();
         for (name, ds) in &self.datasets {
             match ds.streaming_split(n, true) {
                 Ok(its) => splits.push((name.clone(), its)),
                 Err(e) => {
                     close_splits(&splits);
-                    return Err(Failure {
-                        rank: 0,
-                        node: String::new(),
-                        cause: format!("splitting dataset `{name}`: {e}"),
-                        fatal: None,
-                    });
+                    return Err(Failure::of(
+                        0,
+                        String::new(),
+                        format!("splitting dataset `{name}`: {e}"),
+                    ));
                 }
             }
         }
@@ -562,8 +648,44 @@ impl Trainer {
         let start = Instant::now();
         let mut outcomes: Vec<Option<std::result::Result<(), Error>>> = vec![None; n];
         let mut first_failure: Option<Instant> = None;
+        // An elastic gang below its most looks for room for more ranks
+        // after each checkpoint.
+        let may_grow = self.scaling.min_workers.is_some() && n < self.scaling.num_workers;
+        // Not at once: a node that just died may still count as free
+        // until the head misses its heartbeats.
+        let mut next_look = Instant::now() + Duration::from_secs(10);
         loop {
+            let seen = history.reports.len();
             self.drain(&reports, run_dir, history, start, on_report);
+            let checkpointed = history.reports[seen..].iter().any(|r| r.checkpoint.is_some());
+            let held = history.hold_growth_until.is_some_and(|t| Instant::now() < t);
+            if may_grow && checkpointed && !held && first_failure.is_none() && Instant::now() >= next_look {
+                next_look = Instant::now() + Duration::from_secs(5);
+                match self.room_for_more(n) {
+                    Ok(Some(more)) => {
+                        tracing::info!(run = %self.run.name, ranks = n, more, "room for more ranks: restarting from the checkpoint");
+                        if self.run.verbose {
+                            println!(
+                                "[{}] room for {more} of {} ranks: restarting from the latest checkpoint",
+                                self.run.name, self.scaling.num_workers
+                            );
+                        }
+                        // Stopped first, so that a report sent meanwhile
+                        // (and its checkpoint) is recorded before the
+                        // next gang resumes from the latest checkpoint.
+                        gang.stop();
+                        self.drain(&reports, run_dir, history, start, on_report);
+                        close_splits(&splits);
+                        history.grew_from = Some(n);
+                        return Err(Failure {
+                            grow: true,
+                            ..Failure::of(0, String::new(), format!("growing from {n} ranks"))
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("looking for room for more ranks: {e}"),
+                }
+            }
             let pending: Vec<ObjectRef<()>> = (0..n)
                 .filter(|i| outcomes[*i].is_none())
                 .map(|i| runs[i].clone())
@@ -592,12 +714,11 @@ impl Trainer {
         close_splits(&splits);
         match cause_of(&outcomes) {
             None => Ok(()),
-            Some((rank, cause)) => Err(Failure {
+            Some((rank, cause)) => Err(Failure::of(
                 rank,
-                node: gang.nodes.get(rank).cloned().unwrap_or_default(),
+                gang.nodes.get(rank).cloned().unwrap_or_default(),
                 cause,
-                fatal: None,
-            }),
+            )),
         }
     }
 
@@ -662,6 +783,21 @@ struct Failure {
     /// An error that ends the run whatever its failure budget (storage a
     /// rank's node cannot use).
     fatal: Option<Box<Error>>,
+    /// Not a failure: an elastic gang stopped after a checkpoint to start
+    /// again with more ranks.
+    grow: bool,
+}
+
+impl Failure {
+    fn of(rank: usize, node: String, cause: String) -> Failure {
+        Failure {
+            rank,
+            node,
+            cause,
+            fatal: None,
+            grow: false,
+        }
+    }
 }
 
 /// Whether `e` is storage refusing a node for good (a path it does not
@@ -795,6 +931,10 @@ struct History {
     prior: Vec<CsvRow>,
     /// This fit's reports.
     reports: Vec<Report>,
+    /// An elastic gang's last restart to grow: the ranks it had.
+    grew_from: Option<usize>,
+    /// No growing before this (a restart to grow found no more room).
+    hold_growth_until: Option<Instant>,
 }
 
 /// One row of `progress.csv`.
@@ -953,6 +1093,18 @@ fn unique() -> u64 {
 
 /// Why the whole cluster could never hold `n` bundles of `bundle`, if it
 /// could not: a resource whose total over every alive node falls short.
+/// How many more bundles like `bundle` the cluster's free resources hold
+/// (summed over its nodes: a first estimate, which placing checks).
+fn bundles_free(bundle: &BTreeMap<String, f64>) -> Result<usize> {
+    let free = rayforge::cluster_resources()?.available;
+    Ok(bundle
+        .iter()
+        .filter(|(_, per)| **per > 0.0)
+        .map(|(name, per)| (free.get(name).copied().unwrap_or(0.0) / per + 1e-9).floor() as usize)
+        .min()
+        .unwrap_or(usize::MAX))
+}
+
 fn short_of(bundle: &BTreeMap<String, f64>, n: usize) -> Result<Option<String>> {
     let total = rayforge::cluster_resources()?.total;
     Ok(bundle.iter().find_map(|(name, per)| {

@@ -284,3 +284,34 @@ fn a_gang_the_cluster_can_never_hold_fails_soon_naming_what_is_missing() {
         started.elapsed()
     );
 }
+
+#[test]
+fn an_elastic_gang_out_of_range_is_refused_naming_min_workers() {
+    cluster();
+    for (min, max) in [(0, 2), (3, 2)] {
+        let t = trainer(&storage("elastic-bad"), "elastic-bad", 1, None, 0).scaling(ScalingConfig {
+            num_workers: max,
+            min_workers: Some(min),
+            ..Default::default()
+        });
+        let e = t.fit().unwrap_err().to_string();
+        assert!(e.contains("min_workers must be from 1 to num_workers (2)"), "{e}");
+    }
+    let pg = rayforge::placement_group(
+        vec![[("CPU".to_string(), 0.5)].into(); 2],
+        rayforge::PlacementStrategy::Pack,
+    )
+    .create()
+    .unwrap();
+    let t = trainer(&storage("elastic-pg"), "elastic-pg", 1, None, 0)
+        .scaling(ScalingConfig {
+            num_workers: 2,
+            min_workers: Some(1),
+            cpus_per_worker: 0.5,
+            ..Default::default()
+        })
+        .placement_group(&pg, 0);
+    let e = t.fit().unwrap_err().to_string();
+    assert!(e.contains("elastic") && e.contains("placement_group"), "{e}");
+    rayforge::remove_placement_group(&pg).unwrap();
+}

@@ -319,6 +319,8 @@ impl Trainer {
             reports: Vec::new(),
             grew_from: None,
             hold_growth_until: None,
+            ranks: self.scaling.num_workers,
+            failures: 0,
         };
         let mut failures = 0u32;
         // Failures in a row with no new checkpoint between them: each waits
@@ -344,6 +346,7 @@ impl Trainer {
                     if history.grew_from.take().is_some_and(|before| place.3 <= before) {
                         history.hold_growth_until = Some(Instant::now() + Duration::from_secs(60));
                     }
+                    history.ranks = place.3;
                     place
                 }
                 Err(e) => {
@@ -367,6 +370,7 @@ impl Trainer {
                 }
                 Err(Failure { rank, node, cause, .. }) => {
                     failures += 1;
+                    history.failures = failures;
                     tracing::warn!(run = %self.run.name, rank, node = %node, failures, "a rank failed: {cause}");
                     if !may_retry(failures, self.run.failure.max_failures) {
                         error = Some(Error::RankFailed {
@@ -406,7 +410,8 @@ impl Trainer {
         let all = run_dir.list()?;
         let state = if error.is_some() { "FAILED" } else { "FINISHED" };
         let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
-        self.publish(run_dir, &history.reports, state, &message, failures);
+        history.failures = failures;
+        self.publish(run_dir, &history, state, &message);
         let history = history.reports;
         Ok(TrainResult {
             metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
@@ -421,12 +426,14 @@ impl Trainer {
 
     /// Publishes the run's status for the dashboard's Train page (a
     /// failure to is logged, never fatal).
-    fn publish(&self, run_dir: &CheckpointDir, history: &[Report], state: &str, message: &str, failures: u32) {
-        let last = history.last();
-        let latest = history.iter().rev().find_map(|r| r.checkpoint.as_ref());
+    fn publish(&self, run_dir: &CheckpointDir, history: &History, state: &str, message: &str) {
+        let last = history.reports.last();
+        let latest = history.reports.iter().rev().find_map(|r| r.checkpoint.as_ref());
+        let failures = history.failures;
         let status = serde_json::json!({
             "status": state,
-            "workers": self.scaling.num_workers,
+            "workers": history.ranks,
+            "max_workers": self.scaling.num_workers,
             "min_workers": self.scaling.min_workers,
             "use_gpu": self.scaling.use_gpu,
             "iteration": last.map(|r| r.iteration),
@@ -751,7 +758,7 @@ impl Trainer {
             got = true;
         }
         if got {
-            self.publish(run_dir, &history.reports, "RUNNING", "", 0);
+            self.publish(run_dir, history, "RUNNING", "");
             let mut rows = history.prior.clone();
             rows.extend(history.reports.iter().map(CsvRow::of));
             if let Err(e) = run_dir.storage().put("progress.csv", rows_csv(&rows).as_bytes()) {
@@ -935,6 +942,10 @@ struct History {
     grew_from: Option<usize>,
     /// No growing before this (a restart to grow found no more room).
     hold_growth_until: Option<Instant>,
+    /// The current gang's ranks (an elastic gang's change).
+    ranks: usize,
+    /// Restarts after a rank failed, so far.
+    failures: u32,
 }
 
 /// One row of `progress.csv`.

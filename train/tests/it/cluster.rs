@@ -206,8 +206,30 @@ fn an_elastic_gang_goes_on_smaller_after_losing_a_node_and_grows_back() {
         wait_until(Duration::from_secs(120), || exists(&small)),
         "a gang of one went on without waiting for the lost node"
     );
+    // The dashboard's Train page shows the gang as it is now.
+    let published = || -> serde_json::Value {
+        rayforge::kv::get(rayforge::state::DASHBOARD_NAMESPACE, "train/elastic")
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let s = published();
+            s["workers"] == 1 && s["max_workers"] == 2 && s["min_workers"] == 1 && s["failures"].as_u64() >= Some(1)
+        }),
+        "{}",
+        published()
+    );
     cluster.add_node(&["--num-cpus", "1"]);
     let result = fit.join().unwrap().unwrap();
+    let status = published();
+    assert_eq!(
+        (&status["status"], &status["workers"], &status["failures"]),
+        (&"FINISHED".into(), &2.into(), &result.failures.into()),
+        "{status}"
+    );
     assert!(result.error.is_none(), "{:?}", result.error);
     assert!(
         (1..=3).contains(&result.failures),

@@ -117,10 +117,8 @@ impl Readiness {
     /// The hook: parameter `i`'s gradient is accumulated for this backward.
     fn param_ready(&self, i: usize) {
         let mut s = self.lock();
-        let Some(tx) = s.tx.clone() else {
-            return; // a backward of the user's own, or one without overlap
-        };
-        if i >= s.seen.len() || s.seen[i] {
+        // No sender: a backward of the user's own, or one without overlap.
+        if s.tx.is_none() || i >= s.seen.len() || s.seen[i] {
             return;
         }
         s.seen[i] = true;
@@ -128,9 +126,11 @@ impl Readiness {
         s.left[b] -= 1;
         if s.left[b] == 0 {
             s.handed[b] = true;
-            // The receiver has gone only if the all-reduce thread failed,
-            // which the backward's caller reports.
-            let _ = tx.send(b);
+            if let Some(tx) = &s.tx {
+                // The receiver has gone only if the all-reduce thread
+                // failed, which the backward's caller reports.
+                let _ = tx.send(b);
+            }
         }
     }
 }

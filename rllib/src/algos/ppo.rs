@@ -24,7 +24,7 @@ use crate::algorithm::{Learner, LearnerStep, Runners};
 use crate::config::AlgoConfig;
 use crate::env::Space;
 use crate::error::Result;
-use crate::policy::{action_dim, Policy, PolicySpec};
+use crate::policy::{Policy, PolicySpec};
 use crate::runner::Episodes;
 
 /// PPO's learner.
@@ -52,25 +52,26 @@ impl Ppo {
 }
 
 impl Ppo {
+    /// A batch's flat actions as `log_prob_entropy` takes them: an index
+    /// per row for a discrete space, a row per action otherwise.
+    fn actions_tensor(&self, actions: &[f32]) -> Tensor {
+        let space = &self.policy.spec.action;
+        let a = tensor2(actions, space.dim() as i64, self.device);
+        if matches!(space, Space::Discrete(_)) {
+            a.view([-1])
+        } else {
+            a
+        }
+    }
+
     /// APPO: V-trace's advantages and value targets for a rollout, from
     /// this learner's network as it is now.
     fn vtrace_targets(&self, r: &crate::runner::Rollout) -> Result<(Vec<f32>, Vec<f32>)> {
         let dev = self.device;
         let obs_dim = self.policy.spec.obs_dim;
-        let act_cols = match &self.policy.spec.action {
-            Space::Discrete(_) => 1,
-            Space::MultiDiscrete(n) => n.len() as i64,
-            Space::Box { .. } => action_dim(&self.policy.spec.action),
-        };
         let (values, logp, bootstrap) = tch::no_grad(|| {
             let (head, v) = self.policy.pi_and_value(&tensor2(&r.obs, obs_dim, dev));
-            let a = tensor2(&r.actions, act_cols, dev);
-            let a = if matches!(self.policy.spec.action, Space::Discrete(_)) {
-                a.view([-1])
-            } else {
-                a
-            };
-            let (lp, _) = self.policy.log_prob_entropy(&head, &a);
+            let (lp, _) = self.policy.log_prob_entropy(&head, &self.actions_tensor(&r.actions));
             let boot = self.policy.value(&tensor2(&r.last_obs, obs_dim, dev));
             (v, lp, boot)
         });
@@ -211,17 +212,7 @@ impl Learner for Ppo {
         let n = adv.len();
         let dev = self.device;
         let obs = tensor2(&obs, self.policy.spec.obs_dim, dev);
-        let act_cols = match &self.policy.spec.action {
-            Space::Discrete(_) => 1,
-            Space::MultiDiscrete(n) => n.len() as i64,
-            Space::Box { .. } => action_dim(&self.policy.spec.action),
-        };
-        let actions = tensor2(&actions, act_cols, dev);
-        let actions = if act_cols == 1 && matches!(self.policy.spec.action, Space::Discrete(_)) {
-            actions.view([-1])
-        } else {
-            actions
-        };
+        let actions = self.actions_tensor(&actions);
         let (logp_old, adv, ret) = (tensor1(&logp, dev), tensor1(&adv, dev), tensor1(&ret, dev));
         let mut stats: BTreeMap<String, f64> = BTreeMap::new();
         let mut count = 0.0;

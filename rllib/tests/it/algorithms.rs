@@ -4,22 +4,13 @@
 //! training goes on, checkpoints restore, DQN and SAC learn.
 
 use rayforge_integration_tests::cluster;
-use rayforge_rllib::{Algo, AlgoConfig, Algorithm, Error, Stop};
+use rayforge_rllib::{Algo, AlgoConfig, Algorithm, Error};
 
 #[test]
 fn ppo_learns_cartpole_within_its_budget() {
     cluster();
     let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(450.0),
-                timesteps: Some(100_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 450.0, 100_000);
     assert!(last.episode_return_mean >= 450.0, "{}", last.line());
     assert!(last.env_steps_lifetime <= 100_000);
     a.stop();
@@ -32,16 +23,7 @@ fn learn(algo: Algo, env: &str, reward: f64, timesteps: u64) -> rayforge_rllib::
     let c = AlgoConfig::preset(algo, env);
     assert!(c.evaluation_interval > 0, "the preset evaluates");
     let mut a = Algorithm::new(c).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(reward),
-                timesteps: Some(timesteps),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, reward, timesteps);
     a.stop();
     last
 }
@@ -142,16 +124,7 @@ fn ppo_with_async_sampling_learns_cartpole_through_a_killed_runner() {
     c.async_sampling = true;
     c.crash_runner = Some((0, 5, marker.display().to_string()));
     let mut a = Algorithm::new(c).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(450.0),
-                timesteps: Some(100_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 450.0, 100_000);
     assert!(marker.exists(), "runner 0 crashed in its fifth sample call");
     assert!(last.episode_return_mean >= 450.0, "{}", last.line());
     assert_eq!(last.env_steps_lifetime, 256 * last.iteration, "every batch whole");
@@ -165,16 +138,7 @@ fn appo_learns_cartpole_within_its_budget() {
     let c = AlgoConfig::preset(Algo::Appo, "CartPole-v1");
     assert_eq!(c.algo, Algo::Appo);
     let mut a = Algorithm::new(c).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(450.0),
-                timesteps: Some(100_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 450.0, 100_000);
     assert!(last.episode_return_mean >= 450.0, "{}", last.line());
     a.stop();
     assert_eq!("APPO".parse::<Algo>().unwrap(), Algo::Appo);
@@ -322,18 +286,13 @@ fn a_mean_std_filter_learns_on_badly_scaled_observations_and_lives_in_checkpoint
     // Fed raw, the network's inputs saturate: it stays near a random
     // policy's return (about 22).
     let mut raw = Algorithm::new(c.clone()).unwrap();
-    let stop = |reward, timesteps| Stop {
-        reward: Some(reward),
-        timesteps: Some(timesteps),
-        iters: None,
-    };
-    let last = raw.run(stop(100.0, 20_000), |_| {}).unwrap();
+    let last = crate::train_until(&mut raw, 100.0, 20_000);
     assert!(last.episode_return_mean < 100.0, "{}", last.line());
     raw.stop();
     // Normalized, it learns (seeds 0-2 reached 300-400 in 100,000 steps).
     c.observation_filter = "MeanStdFilter".into();
     let mut a = Algorithm::new(c.clone()).unwrap();
-    let last = a.run(stop(200.0, 100_000), |r| println!("{}", r.line())).unwrap();
+    let last = crate::train_until(&mut a, 200.0, 100_000);
     assert!(last.episode_return_mean >= 200.0, "{}", last.line());
     // Every observation the runners saw, counted once: each environment's
     // first, one per step, and an ended episode's last.
@@ -504,16 +463,7 @@ fn ppo_learns_a_multi_discrete_action_and_dqn_refuses_one() {
     let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
     c.env = "dials".into();
     let mut a = Algorithm::new(c.clone()).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(18.0),
-                timesteps: Some(50_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 18.0, 50_000);
     assert!(last.episode_return_mean >= 18.0, "{}", last.line());
     // Greedy: each dial's most likely choice, both right every step.
     let greedy = a.evaluate(3).unwrap();
@@ -571,16 +521,7 @@ fn ppo_trains_a_registered_custom_model_and_checkpoints_its_variables() {
     c.model = Some("shared_trunk".into());
     c.model_config.insert("width".into(), 48.into());
     let mut a = Algorithm::new(c.clone()).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(300.0),
-                timesteps: Some(100_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 300.0, 100_000);
     assert!(last.episode_return_mean >= 300.0, "{}", last.line());
     // The checkpoint holds the custom network's variables, at its width.
     let dir = std::env::temp_dir().join(format!("rllib-model-{}", std::process::id()));

@@ -8,7 +8,7 @@ use rayforge_integration_tests::cluster;
 use rayforge_rllib::algos::ppo::gae;
 use rayforge_rllib::policy::{Policy, PolicySpec};
 use rayforge_rllib::tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
-use rayforge_rllib::{register_learner, Algo, AlgoConfig, Algorithm, Learner, LearnerStep, Result, Runners, Stop};
+use rayforge_rllib::{register_learner, Algo, AlgoConfig, Algorithm, Learner, LearnerStep, Result, Runners};
 
 /// Advantage actor-critic: full-batch policy-gradient steps on each
 /// iteration's rollouts, on PPO's actor-critic network.
@@ -119,16 +119,7 @@ fn a_registered_learner_of_the_users_own_trains_and_checkpoints() {
     c.rollout_steps = 128;
     c.learner_config.insert("epochs".into(), 2.into());
     let mut a = Algorithm::new(c.clone()).unwrap();
-    let last = a
-        .run(
-            Stop {
-                reward: Some(150.0),
-                timesteps: Some(150_000),
-                iters: None,
-            },
-            |r| println!("{}", r.line()),
-        )
-        .unwrap();
+    let last = crate::train_until(&mut a, 150.0, 150_000);
     // A random policy's return is about 22.
     assert!(last.episode_return_mean >= 150.0, "{}", last.line());
     assert_eq!(

@@ -5,6 +5,8 @@
 #
 #   target/gym-venv   gymnasium==1.2.2 + numpy 2.x   (rllib/python/gym_dump.py,
 #                                                     rllib/python/gym_server.py)
+#                     + mujoco 3.17 and what Gymnasium's MuJoCo tasks import
+#                       (imageio, packaging): InvertedPendulum-v5 and friends
 #
 # Idempotent and quick: a venv whose imports already work is left alone.
 # The wheels are downloaded once into a cache outside the clone, as
@@ -22,14 +24,15 @@ gym_pin="gymnasium==1.2.2"
 # NumPy 2 (NEP 50 promotion rules): Gymnasium's float32 arithmetic in
 # MountainCarContinuous and Pendulum depends on them, and our ports follow them.
 numpy_pin="numpy>=2,<3"
-ok='import gymnasium, numpy; assert gymnasium.__version__ == "1.2.2"; assert numpy.__version__.startswith("2.")'
+mujoco_pin="mujoco==3.17.0"
+ok='import gymnasium, numpy, mujoco; assert gymnasium.__version__ == "1.2.2"; assert numpy.__version__.startswith("2."); assert mujoco.__version__ == "3.17.0"; gymnasium.make("InvertedPendulum-v5")'
 
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$ok" >/dev/null 2>&1; then
-  echo "== $venv: gymnasium 1.2.2 already there"
+  echo "== $venv: gymnasium 1.2.2 and mujoco 3.17.0 already there"
   exit 0
 fi
 
 # shellcheck source=scripts/cache-dir.sh
 source "$(dirname "${BASH_SOURCE[0]}")/cache-dir.sh"
-rayforge_pip_venv "$venv" gym-wheels "$ok" "$gym_pin" "$numpy_pin"
-"$venv/bin/python" -c 'import gymnasium, numpy; print("== gym-venv: gymnasium", gymnasium.__version__, "numpy", numpy.__version__)'
+rayforge_pip_venv "$venv" gym-wheels "$ok" "$gym_pin" "$numpy_pin" "$mujoco_pin" imageio packaging
+"$venv/bin/python" -c 'import gymnasium, numpy, mujoco; print("== gym-venv: gymnasium", gymnasium.__version__, "numpy", numpy.__version__, "mujoco", mujoco.__version__)'

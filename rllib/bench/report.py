@@ -60,3 +60,29 @@ if solve:
         if own:
             print(f"  {impl}: RLlib's own env_runners/episode_return_mean (one iteration's episodes) first "
                   f"read >= {target:g} at " + ", ".join(f"{s / 1000:.0f}k steps/{t:.0f} s" for s, t in own))
+
+# rllib/bench/mujoco: time and env steps to the target evaluation return.
+mujoco = defaultdict(list)
+for r in rows:
+    if r["bench"] == "mujoco":
+        mujoco[(r["algo"], r["env"])].append(r)
+for (algo, env), rs in mujoco.items():
+    target = rs[0]["target"]
+    print(f"\n3. {algo} on {env}: to a mean evaluation return of {target:g} (deterministic, 5 episodes)")
+    print(f"  {'':<28} {'reached':>8} {'median s':>9} {'median steps':>13} {'best eval':>10} {'x rayforge':>11}"
+          f"   per seed: s / k steps")
+    by_impl = defaultdict(list)
+    for r in rs:
+        by_impl[r["impl"]].append(r)
+    ours = next((v for k, v in by_impl.items() if k.startswith("rayforge")), [])
+    ours_wall = statistics.median(r["wall_s"] for r in ours) if ours else float("nan")
+    for impl, runs in by_impl.items():
+        hit = [r for r in runs if r["reached"]]
+        more = "" if len(hit) == len(runs) else ">="
+        med_s = statistics.median(r["wall_s"] for r in runs)
+        med_steps = statistics.median(r["env_steps"] for r in runs)
+        best = max(r["best_eval"] for r in runs)
+        seeds = "  ".join(f"{r['seed']}:{r['wall_s']:.1f}/{r['env_steps'] / 1000:.1f}k{'' if r['reached'] else '(miss)'}"
+                          for r in runs)
+        print(f"  {impl:<28} {len(hit)}/{len(runs):<6} {more:>2}{med_s:>7.1f} {more:>2}{med_steps:>11,.0f} "
+              f"{best:>10.1f} {more:>2}{med_s / ours_wall:>8.2f}x   {seeds}")

@@ -6,7 +6,8 @@
 #   target/ray-venv   Ray 2.60 (train/bench/setup_venvs.sh) + its [rllib] extra
 #                     (gymnasium 1.2.2, dm_tree, scipy, ...)      ray_rllib.py
 #   target/gym-venv   gymnasium 1.2.2 + numpy 2 (scripts/gym-venv.sh)  gym_envs.py
-#   target/sb3-venv   stable-baselines3 + gymnasium 1.2.2 on torch 2.11  sb3_ppo.py
+#   target/sb3-venv   stable-baselines3 + gymnasium 1.2.2 + mujoco 3.17 on torch 2.11
+#                                                           sb3_ppo.py, sb3_mujoco.py
 #
 # The SB3 venv reuses target/torch-venv's torch 2.11 through a .pth file
 # (the torch wheel with its CUDA wheels is 4.6 GB; SB3 runs on the CPU
@@ -39,7 +40,7 @@ else
 fi
 
 # Stable-Baselines3.
-sb3_ok='import stable_baselines3, torch, gymnasium; assert gymnasium.__version__ == "1.2.2"'
+sb3_ok='import stable_baselines3, torch, gymnasium, mujoco; assert gymnasium.__version__ == "1.2.2"; gymnasium.make("InvertedPendulum-v5")'
 if has "$sb3_venv" "$sb3_ok"; then
   echo "== $sb3_venv: stable-baselines3 already there"
 else
@@ -58,7 +59,7 @@ else
     site=$("$sb3_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     "$torch_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$site/rayforge-torch-venv.pth"
   fi
-  pip_install "$sb3_venv" stable-baselines3 "gymnasium==1.2.2"
+  pip_install "$sb3_venv" stable-baselines3 "gymnasium==1.2.2" "mujoco==3.17.0" imageio packaging
   "$sb3_venv/bin/python" -c "$sb3_ok"
 fi
 "$sb3_venv/bin/python" -c 'import stable_baselines3, torch, gymnasium; print("== sb3-venv: stable-baselines3", stable_baselines3.__version__, "torch", torch.__version__, "gymnasium", gymnasium.__version__)'

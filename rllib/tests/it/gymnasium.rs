@@ -772,3 +772,41 @@ fn composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt()
     assert!(e.to_string().contains("is not supported"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ppo_learns_gymnasium_mujoco_inverted_pendulum_through_the_process_env() {
+    let Some(python) = gym_python("ppo_learns_gymnasium_mujoco_inverted_pendulum_through_the_process_env") else {
+        return;
+    };
+    // MuJoCo's spaces come through as they are: 4 unbounded floats in, one
+    // force in [-3, 3] out.
+    let envs = ProcessEnv::gymnasium(&python, "InvertedPendulum-v5", 1)
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        envs.action_space(),
+        Space::Box {
+            low: vec![-3.0],
+            high: vec![3.0]
+        }
+    );
+    assert!(
+        matches!(envs.observation_space(), Space::Box { low, .. } if low.len() == 4 && low[0] == f32::NEG_INFINITY)
+    );
+    envs.close().unwrap();
+    // The preset (the zoo's MuJoCo defaults on normalized observations)
+    // balances the pole for a whole episode, 1000 steps, evaluated
+    // deterministically: seen at 20k steps; the budget is 100k.
+    rayforge_integration_tests::cluster();
+    let c = rayforge_rllib::AlgoConfig::preset(rayforge_rllib::Algo::Ppo, "gym:InvertedPendulum-v5");
+    assert!(c.evaluation_interval > 0 && c.observation_filter == "MeanStdFilter");
+    let mut a = rayforge_rllib::Algorithm::new(c).unwrap();
+    let last = crate::train_until(&mut a, 1000.0, 100_000);
+    a.stop();
+    assert!(
+        last.evaluation_return_mean.is_some_and(|e| e >= 1000.0),
+        "{}",
+        last.line()
+    );
+    assert!(last.env_steps_lifetime <= 100_000 + 2048, "{}", last.line());
+}

@@ -4,13 +4,17 @@
 //! dtype) and `src/grad_hook.cpp` (a hook once a parameter's gradient is
 //! accumulated, to overlap the all-reduce with backward) are compiled
 //! against the headers of the libtorch tch links, as torch-sys compiles
-//! its own C++ wrapper.
+//! its own C++ wrapper. All of it only with the `torch` feature (the
+//! default).
 
 include!("../scripts/libtorch_rpath.rs");
 
 fn main() {
-    link_libtorch();
-    compile_rng_shim();
+    // Without the `torch` feature nothing links libtorch (rayforge-xgboost).
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_some() {
+        link_libtorch();
+        compile_rng_shim();
+    }
 }
 
 fn compile_rng_shim() {

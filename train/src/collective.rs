@@ -208,6 +208,7 @@ pub struct Group {
     calls: Arc<AtomicU64>,
     /// The gang's NCCL communicator, on a GPU rank ([`Group::init_nccl`]):
     /// tensor collectives on its device go through it.
+    #[cfg(feature = "torch")]
     pub(crate) nccl: Option<Arc<crate::nccl::Nccl>>,
 }
 
@@ -239,6 +240,7 @@ impl Group {
                 prev: None,
                 timeout,
                 calls: Arc::default(),
+                #[cfg(feature = "torch")]
                 nccl: None,
             });
         }
@@ -285,6 +287,7 @@ impl Group {
             prev: Some(prev),
             timeout,
             calls: Arc::default(),
+            #[cfg(feature = "torch")]
             nccl: None,
         };
         group.configure()?;
@@ -311,6 +314,7 @@ impl Group {
             prev: Some(prev),
             timeout,
             calls: Arc::default(),
+            #[cfg(feature = "torch")]
             nccl: None,
         };
         g.configure()?;
@@ -344,6 +348,7 @@ impl Group {
             prev: dup(&self.prev)?,
             timeout: self.timeout,
             calls: self.calls.clone(),
+            #[cfg(feature = "torch")]
             nccl: self.nccl.clone(),
         })
     }
@@ -354,6 +359,7 @@ impl Group {
     /// through NCCL for tensors on that device, straight from GPU memory.
     /// Fails on every rank, with [`Error::Gpu`], when any rank cannot run
     /// NCCL. The trainer calls it for ranks that use GPUs.
+    #[cfg(feature = "torch")]
     pub fn init_nccl(&mut self, device: usize) -> Result<()> {
         let comm = crate::nccl::Nccl::init(self, device)?;
         self.nccl = Some(Arc::new(comm));
@@ -362,6 +368,7 @@ impl Group {
 
     /// This rank's NCCL communicator, when the group has one: its version,
     /// device and the number of collectives run through it.
+    #[cfg(feature = "torch")]
     pub fn nccl(&self) -> Option<crate::nccl::NcclInfo> {
         self.nccl.as_ref().map(|n| n.info())
     }

@@ -147,6 +147,7 @@ impl TrainContext {
     /// draws what an unstopped one would: a collective every rank calls
     /// before [`TrainContext::report`] (see
     /// [`crate::rng::RngState::save_gang`]).
+    #[cfg(feature = "torch")]
     pub fn save_rng_state(&mut self, w: &mut CheckpointWriter, name: &str) -> Result<()> {
         crate::rng::RngState::save_gang(&mut self.group, w, name)
     }
@@ -155,6 +156,7 @@ impl TrainContext {
     /// checkpoint the run resumes from (written by
     /// [`TrainContext::save_rng_state`]); nothing to do on a fresh start.
     /// Call it after building the model (whose initialization draws).
+    #[cfg(feature = "torch")]
     pub fn restore_rng_state(&self, name: &str) -> Result<()> {
         match &self.checkpoint {
             Some(c) => crate::rng::RngState::restore_rank(c, name, self.world_rank),

@@ -79,6 +79,7 @@ impl Error {
         Error::Collective { rank, message }
     }
 
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(crate) fn checkpoint(path: impl AsRef<std::path::Path>, message: impl std::fmt::Display) -> Error {
         Error::Checkpoint {
             path: path.as_ref().display().to_string(),
@@ -98,6 +99,7 @@ impl From<rayforge::checkpoint::CheckpointError> for Error {
     }
 }
 
+#[cfg(feature = "torch")]
 impl From<tch::TchError> for Error {
     fn from(e: tch::TchError) -> Self {
         Error::Torch(e.to_string())

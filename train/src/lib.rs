@@ -69,30 +69,39 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "torch")]
 pub mod amp;
 pub mod collective;
 mod context;
 mod error;
+#[cfg(feature = "torch")]
 mod nccl;
+#[cfg(feature = "torch")]
 pub mod optim;
+#[cfg(feature = "torch")]
 mod overlap;
+#[cfg(feature = "torch")]
 pub mod rng;
+#[cfg(feature = "torch")]
 pub mod torch;
 mod trainer;
 mod worker;
 
 /// The tch this crate is built on (use it for models and tensors, so the
 /// versions match).
+#[cfg(feature = "torch")]
 pub use tch;
 
 pub use collective::{Element, Group, ReduceOp};
 pub use context::{Device, Report, TrainContext};
 pub use error::{Error, Result};
+#[cfg(feature = "torch")]
 pub use nccl::NcclInfo;
 /// The project's checkpoint format (from the core, shared with Tune, RLlib
 /// and Serve).
 pub use rayforge::checkpoint;
 pub use rayforge::checkpoint::{Checkpoint, CheckpointConfig, CheckpointWriter, Manifest};
+#[cfg(feature = "torch")]
 pub use torch::{
     batch_to_tensors, CheckpointExt, CheckpointWriterExt, DistributedModel, DistributedSampler, TorchBatches,
 };

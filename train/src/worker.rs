@@ -86,7 +86,9 @@ impl TrainWorker {
         let ctx = rayforge::runtime_context()?;
         // As torchrun and Ray Train do: one rank's ops use its own CPUs, not
         // every core of the node.
+        #[cfg(feature = "torch")]
         tch::set_num_threads(spec.threads.max(1) as i32);
+        #[cfg_attr(not(feature = "torch"), allow(unused_mut))]
         let mut group = Group::join(
             &spec.ring,
             &spec.ring_secret,
@@ -97,6 +99,7 @@ impl TrainWorker {
         )?;
         // CUDA_VISIBLE_DEVICES holds this rank's GPU only.
         let device = if spec.use_gpu && !ctx.gpu_ids.is_empty() {
+            #[cfg(feature = "torch")]
             group.init_nccl(0)?;
             Device::Cuda(0)
         } else {

@@ -10,6 +10,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # libtorch 2.11 (for tch) from PyPI, once, into a cache outside the clone.
 source scripts/libtorch.sh
+# XGBoost 3.2's library from PyPI's xgboost-cpu wheel, into the same cache (rayforge-xgboost loads it).
+source scripts/xgboost.sh
 # Gymnasium 1.2.2 in target/gym-venv, for rllib's step-for-step comparisons (rllib/tests/it/gymnasium.rs).
 bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PWD/target/gym-venv}/bin/python"
 # Object-store servers for the storage tests (integration-tests/tests/it/storage.rs): moto (S3) from

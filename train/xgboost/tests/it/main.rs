@@ -1,0 +1,300 @@
+//! rayforge-xgboost on the embedded cluster, workers as real processes and
+//! XGBoost's real library (`RAYFORGE_XGBOOST_LIB`, set up by
+//! `scripts/xgboost.sh`; scripts/test.sh sources it): two workers grow the
+//! trees one process grows on the same rows, bad parameters and columns are
+//! named before a gang starts, a worker killed mid-run restarts the gang
+//! from its checkpoint, early stopping and resuming.
+
+use std::sync::Arc;
+
+use rayforge_data::arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array};
+use rayforge_data::arrow::record_batch::RecordBatch;
+use rayforge_train::{FailureConfig, RunConfig, ScalingConfig};
+use rayforge_xgboost::{params, Booster, DMatrix, DataSpec, Error, Params, XGBoostTrainer};
+
+/// The embedded cluster, once per test process: four logical CPUs, for the
+/// gangs of tests running side by side (`cargo test`) and the datasets' own
+/// tasks.
+fn cluster() {
+    rayforge_integration_tests::cluster_with(|c| c.num_cpus(4.0));
+}
+
+/// Rows of six features with few distinct values each (so that every
+/// worker's quantile sketch holds them all and the histogram bins are the
+/// same as in one process) and a label from them, with noise; `binary`
+/// makes the label 0/1.
+fn rows(n: usize, seed: u64, binary: bool) -> RecordBatch {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) as f64) / ((1u64 << 31) as f64)
+    };
+    let mut cols: Vec<Vec<f64>> = (0..6).map(|_| Vec::with_capacity(n)).collect();
+    let mut label = Vec::with_capacity(n);
+    for _ in 0..n {
+        let x: Vec<f64> = (0..6).map(|_| (next() * 40.0).floor() / 4.0).collect();
+        let y = 2.0 * x[0] - x[1] + 0.5 * x[2] * x[3] / 10.0 + if x[4] > 5.0 { 3.0 } else { 0.0 } + next();
+        for (c, v) in cols.iter_mut().zip(&x) {
+            c.push(*v);
+        }
+        label.push(if binary { f64::from(y > 14.0) } else { y });
+    }
+    let mut arrays: Vec<(String, ArrayRef)> = cols
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (format!("x{i}"), Arc::new(Float64Array::from(c)) as ArrayRef))
+        .collect();
+    // An integer column too: read by XGBoost where Arrow keeps it.
+    let ids: Vec<i64> = (0..n as i64).map(|i| i % 7).collect();
+    arrays.push(("small".into(), Arc::new(Int64Array::from(ids)) as ArrayRef));
+    arrays.push(("y".into(), Arc::new(Float64Array::from(label)) as ArrayRef));
+    RecordBatch::try_from_iter(arrays).unwrap()
+}
+
+fn regression() -> Params {
+    params! {"objective": "reg:squarederror", "tree_method": "hist", "eta": 0.3, "max_depth": 4, "seed": 7}
+}
+
+fn storage(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rayforge-xgb-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn trainer(params: Params, rounds: usize, data: &[RecordBatch], dir: &std::path::Path, name: &str) -> XGBoostTrainer {
+    XGBoostTrainer::new(params, "y", rounds)
+        .dataset("train", rayforge_data::from_arrow(data.to_vec()).unwrap())
+        .scaling(ScalingConfig {
+            num_workers: 2,
+            // Half a CPU each, so that tests sharing the cluster (`cargo
+            // test`) run side by side; XGBoost still gets a thread each.
+            cpus_per_worker: 0.5,
+            ..Default::default()
+        })
+        .run_config(RunConfig {
+            name: name.into(),
+            storage_path: dir.into(),
+            ..Default::default()
+        })
+}
+
+/// The largest difference between two models' predictions on `rows`.
+fn max_diff(a: &Booster, b: &Booster, rows: &DMatrix) -> f32 {
+    let (pa, pb) = (a.predict(rows).unwrap(), b.predict(rows).unwrap());
+    assert_eq!(pa.len(), pb.len());
+    pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The split structure of each tree (features, thresholds, children):
+/// the dump without gains and covers.
+fn structure(b: &Booster) -> Vec<String> {
+    b.dump(false).unwrap()
+}
+
+#[test]
+fn two_workers_grow_the_trees_one_process_grows_on_the_same_rows() {
+    cluster();
+    let (path, version) = rayforge_xgboost::library().unwrap();
+    assert_eq!(version, rayforge_xgboost::XGBOOST_VERSION, "{}", path.display());
+    // 4000 rows in 8 blocks: each worker gets 2000.
+    let all = rows(4000, 1, false);
+    let blocks: Vec<RecordBatch> = (0..8).map(|i| all.slice(i * 500, 500)).collect();
+    let spec = DataSpec::label("y");
+    let whole = DMatrix::from_batch(&all, &spec, "all").unwrap();
+    assert_eq!((whole.num_rows(), whole.num_cols().unwrap()), (4000, 7));
+    let mut single_rmse = Vec::new();
+    let single = rayforge_xgboost::train(&regression(), &whole, 20, &[("train", &whole)], |_, m| {
+        single_rmse.push(m["train-rmse"])
+    })
+    .unwrap();
+
+    let dir = storage("equal");
+    let result = trainer(regression(), 20, &blocks, &dir, "equal").fit().unwrap();
+    assert!(result.error().is_none(), "{:?}", result.error());
+    let model = result.model().unwrap();
+    assert_eq!(model.boosted_rounds().unwrap(), 20);
+    assert_eq!(structure(&model), structure(&single), "the trees differ");
+    let diff = max_diff(&model, &single, &whole);
+    assert!(diff < 1e-4, "predictions differ by {diff}");
+    // Each round reported once, with the metric over both workers' rows.
+    let rounds: Vec<f64> = result.train.history.iter().map(|r| r.metrics["round"]).collect();
+    assert_eq!(rounds, (1..=20).map(f64::from).collect::<Vec<_>>());
+    for (r, want) in result.train.history.iter().zip(&single_rmse) {
+        let got = r.metrics["train-rmse"];
+        assert!(
+            (got - want).abs() < 1e-4 * want.max(1.0),
+            "round {}: {got} vs {want}",
+            r.iteration
+        );
+    }
+    // The checkpoint is XGBoost's UBJSON, loadable as it is.
+    let bytes = result.checkpoint().unwrap().read(rayforge_xgboost::MODEL_FILE).unwrap();
+    assert_eq!(bytes.first(), Some(&b'{'), "UBJSON opens an object");
+    assert_eq!(Booster::load(&bytes).unwrap().boosted_rounds().unwrap(), 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_parameters_and_columns_are_named_before_a_gang_starts() {
+    cluster();
+    let data = [rows(200, 2, false)];
+    let dir = storage("bad");
+    let err = |p: Params, label: &str| {
+        XGBoostTrainer::new(p, label, 5)
+            .dataset("train", rayforge_data::from_arrow(data.to_vec()).unwrap())
+            .run_config(RunConfig {
+                name: "bad".into(),
+                storage_path: dir.as_path().into(),
+                ..Default::default()
+            })
+            .fit()
+            .unwrap_err()
+    };
+    match err(params! {"max_depth": -1}, "y") {
+        Error::Param { name, message } => assert_eq!(name, "max_depth", "{message}"),
+        e => panic!("{e}"),
+    }
+    match err(params! {"max_dept": 3, "eta": 0.1}, "y") {
+        Error::Param { name, .. } => assert_eq!(name, "max_dept"),
+        e => panic!("{e}"),
+    }
+    match err(params! {"objective": "reg:nope"}, "y") {
+        Error::Param { name, .. } => assert_eq!(name, "objective"),
+        e => panic!("{e}"),
+    }
+    match err(regression(), "price") {
+        Error::MissingColumn { role, column, have, .. } => {
+            assert_eq!((role.as_str(), column.as_str()), ("label", "price"));
+            assert!(have.contains("x0") && have.contains('y'), "{have}");
+        }
+        e => panic!("{e}"),
+    }
+    // In this process too: a string column is refused, named.
+    let strings = RecordBatch::try_from_iter([
+        (
+            "s",
+            Arc::new(rayforge_data::arrow::array::StringArray::from(vec!["a", "b"])) as ArrayRef,
+        ),
+        ("y", Arc::new(Float32Array::from(vec![1.0, 2.0])) as ArrayRef),
+    ])
+    .unwrap();
+    match DMatrix::from_batch(&strings, &DataSpec::label("y"), "strings").unwrap_err() {
+        Error::BadColumn { column, message } => assert!(column == "s" && message.contains("Utf8"), "{message}"),
+        e => panic!("{e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_killed_mid_run_restarts_the_gang_from_its_checkpoint() {
+    // The worker it kills must be this run's: a cluster of its own.
+    rayforge_integration_tests::own_process!();
+    cluster();
+    let all = rows(2000, 3, false);
+    let blocks: Vec<RecordBatch> = (0..4).map(|i| all.slice(i * 500, 500)).collect();
+    let whole = DMatrix::from_batch(&all, &DataSpec::label("y"), "all").unwrap();
+    // Many small rounds, so the gang is still boosting when the driver sees
+    // round 6 (reports reach it a little after the ranks made them).
+    let p = params! {"objective": "reg:squarederror", "eta": 0.05, "max_depth": 3, "seed": 7};
+    const ROUNDS: usize = 300;
+    let single = rayforge_xgboost::train(&p, &whole, ROUNDS, &[], |_, _| {}).unwrap();
+    let dir = storage("kill");
+    let mut killed = None;
+    let result = trainer(p, ROUNDS, &blocks, &dir, "kill")
+        .checkpoint_frequency(5)
+        .run_config(RunConfig {
+            name: "kill".into(),
+            storage_path: dir.as_path().into(),
+            failure: FailureConfig { max_failures: 1 },
+            ..Default::default()
+        })
+        .fit_with(|r| {
+            // Once round 6 is reported (a checkpoint at 5 or later): SIGKILL
+            // a worker process.
+            if r.metrics["round"] >= 6.0 && killed.is_none() {
+                let tasks = rayforge::state::list_tasks().unwrap();
+                let pid = tasks
+                    .items
+                    .iter()
+                    .filter(|t| t.name.ends_with("TrainWorker.run") && t.state == "RUNNING")
+                    .map(|t| t.pid)
+                    .max()
+                    .expect("the gang was done before the driver saw round 6");
+                // SAFETY: a plain syscall on a worker process of this test.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                killed = Some(r.metrics["round"]);
+            }
+        })
+        .unwrap();
+    assert!(killed.is_some());
+    assert!(result.error().is_none(), "{:?}", result.error());
+    assert_eq!(result.train.failures, 1);
+    let model = result.model().unwrap();
+    assert_eq!(model.boosted_rounds().unwrap(), ROUNDS);
+    // Resumed from a checkpoint's model, the trees are still the ones one
+    // process grows.
+    assert_eq!(structure(&model), structure(&single));
+    assert!(max_diff(&model, &single, &whole) < 1e-4);
+    // The history goes up to the kill, then again from the round after a
+    // checkpoint (every 5th) to the end.
+    let rounds: Vec<usize> = result
+        .train
+        .history
+        .iter()
+        .map(|r| r.metrics["round"] as usize)
+        .collect();
+    let back: Vec<usize> = (1..rounds.len()).filter(|i| rounds[*i] <= rounds[i - 1]).collect();
+    assert_eq!(back.len(), 1, "{rounds:?}");
+    let (before, after) = rounds.split_at(back[0]);
+    assert_eq!(before, (1..=before.len()).collect::<Vec<_>>());
+    assert_eq!((after[0] - 1) % 5, 0, "resumed after round {}", after[0] - 1);
+    assert_eq!(after, (after[0]..=ROUNDS).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn early_stopping_keeps_the_best_round_and_a_run_resumes_boosting_by_name() {
+    cluster();
+    let train = [rows(1500, 4, true)];
+    let valid = rows(600, 5, true);
+    let p = params! {"objective": "binary:logistic", "eta": 1.0, "max_depth": 6, "eval_metric": ["logloss"],
+    "min_child_weight": 0};
+    let dir = storage("early");
+    let t = |rounds: usize| {
+        trainer(p.clone(), rounds, &train, &dir, "early")
+            .dataset("valid", rayforge_data::from_arrow(vec![valid.clone()]).unwrap())
+            .early_stopping_rounds(3)
+    };
+    let result = t(200).fit().unwrap();
+    assert!(result.error().is_none(), "{:?}", result.error());
+    let model = result.model().unwrap();
+    let rounds = model.boosted_rounds().unwrap();
+    let best: usize = model.attr("best_iteration").unwrap().unwrap().parse().unwrap();
+    // Stopped 3 rounds after the best, well before 200 (eta 1 overfits).
+    assert_eq!(rounds, best + 4, "best {best}, rounds {rounds}");
+    assert!(rounds < 200);
+    let losses: Vec<f64> = result
+        .train
+        .history
+        .iter()
+        .map(|r| r.metrics["valid-logloss"])
+        .collect();
+    let min = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert_eq!(losses[best], min);
+    let score: f64 = model.attr("best_score").unwrap().unwrap().parse().unwrap();
+    assert!((score - min).abs() < 1e-9);
+    assert!(result.metrics().contains_key("train-logloss"));
+
+    // The same name again with no early stopping and more rounds: boosting
+    // goes on from the checkpoint's model.
+    let more = trainer(p.clone(), rounds + 3, &train, &dir, "early")
+        .dataset("valid", rayforge_data::from_arrow(vec![valid.clone()]).unwrap())
+        .fit()
+        .unwrap();
+    assert!(more.error().is_none(), "{:?}", more.error());
+    let m2 = more.model().unwrap();
+    assert_eq!(m2.boosted_rounds().unwrap(), rounds + 3);
+    assert_eq!(structure(&m2)[..rounds], structure(&model)[..]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

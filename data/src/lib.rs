@@ -709,14 +709,67 @@ impl Dataset {
         opts: ActorPoolOptions,
     ) -> Dataset {
         let init_tramp: pool::InitTramp = pool::t_init::<S>;
-        let call_tramp: pool::CallTramp = pool::t_call::<S, E>;
         let init_user: fn() -> S = init;
+        self.actor_map(
+            FnRef::new(init_tramp),
+            FnRef::new(init_user).erase(),
+            Ok(Vec::new()),
+            f,
+            opts,
+        )
+    }
+
+    /// [`Dataset::map_batches_actors`] with an argument for `init` (Ray's
+    /// `fn_constructor_kwargs`): each actor builds its state with
+    /// `init(arg)` (a model loaded from the checkpoint `arg` names, say).
+    /// `init` may fail: its error fails the blocks sent to that actor.
+    ///
+    /// ```no_run
+    /// use rayforge_data::arrow::array::RecordBatch;
+    /// struct Scale { by: f64 }
+    /// fn load(by: f64) -> Result<Scale, rayforge_data::Error> { Ok(Scale { by }) }
+    /// fn score(s: &mut Scale, b: RecordBatch) -> Result<RecordBatch, rayforge_data::Error> {
+    ///     Ok(rayforge_data::compute::scale_column(b, "id", s.by)?)
+    /// }
+    /// # fn main() -> rayforge_data::Result<()> {
+    /// let opts = rayforge_data::ActorPoolOptions::default();
+    /// let n = rayforge_data::range(100).map_batches_actors_with(load, 2.5, score, opts).count()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn map_batches_actors_with<S, A, E1, E2>(
+        &self,
+        init: fn(A) -> Result<S, E1>,
+        arg: A,
+        f: fn(&mut S, RecordBatch) -> Result<RecordBatch, E2>,
+        opts: ActorPoolOptions,
+    ) -> Dataset
+    where
+        S: Send + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        E1: Into<Error> + 'static,
+        E2: Into<Error> + 'static,
+    {
+        let init_tramp: pool::InitTramp = pool::t_init_with::<S, A, E1>;
+        let arg = serde_json::to_vec(&arg).map_err(|e| format!("the actors' init argument does not encode: {e}"));
+        self.actor_map(FnRef::new(init_tramp), FnRef::new(init).erase(), arg, f, opts)
+    }
+
+    fn actor_map<S: Send + 'static, E: Into<Error> + 'static>(
+        &self,
+        init_tramp: FnRef<pool::InitTramp>,
+        init_user: AnyFnRef,
+        init_arg: std::result::Result<Vec<u8>, String>,
+        f: fn(&mut S, RecordBatch) -> Result<RecordBatch, E>,
+        opts: ActorPoolOptions,
+    ) -> Dataset {
+        let call_tramp: pool::CallTramp = pool::t_call::<S, E>;
         let (min, max) = opts.concurrency;
         self.with(Arc::new(Node::ActorMap {
             input: self.node.clone(),
             spec: pool::PoolSpec {
-                init_tramp: FnRef::new(init_tramp),
-                init_user: FnRef::new(init_user).erase(),
+                init_tramp,
+                init_user,
+                init_arg,
                 call_tramp: FnRef::new(call_tramp),
                 call_user: FnRef::new(f).erase(),
                 batch_size: opts.batch_size,

@@ -23,8 +23,9 @@ use crate::error::{Error, Result};
 use crate::exec::{BlockIter, BlockRef, Ctx, OpStats};
 use rayforge::{AnyFnRef, FnRef};
 
-/// Builds an actor's state from the user's `init` function.
-pub(crate) type InitTramp = fn(&AnyFnRef) -> Result<Box<dyn Any + Send>>;
+/// Builds an actor's state from the user's `init` function and its
+/// argument (JSON; empty when `init` takes none).
+pub(crate) type InitTramp = fn(&AnyFnRef, Vec<u8>) -> Result<Box<dyn Any + Send>>;
 /// Calls the user's method on the actor's state.
 pub(crate) type CallTramp = fn(&mut ActorState, RecordBatch) -> Result<RecordBatch>;
 
@@ -35,9 +36,19 @@ pub(crate) struct ActorState {
     call_user: AnyFnRef,
 }
 
-pub(crate) fn t_init<S: Send + 'static>(user: &AnyFnRef) -> Result<Box<dyn Any + Send>> {
+pub(crate) fn t_init<S: Send + 'static>(user: &AnyFnRef, _: Vec<u8>) -> Result<Box<dyn Any + Send>> {
     let f = user.typed::<fn() -> S>()?.get()?;
     Ok(Box::new(f()))
+}
+
+pub(crate) fn t_init_with<S: Send + 'static, A: serde::de::DeserializeOwned + 'static, E: Into<Error> + 'static>(
+    user: &AnyFnRef,
+    arg: Vec<u8>,
+) -> Result<Box<dyn Any + Send>> {
+    let f = user.typed::<fn(A) -> std::result::Result<S, E>>()?.get()?;
+    let arg: A = serde_json::from_slice(&arg)
+        .map_err(|e| Error::InvalidArgument(format!("the actors' init argument does not decode: {e}")))?;
+    Ok(Box::new(f(arg).map_err(Into::into)?))
 }
 
 pub(crate) fn t_call<S: 'static, E: Into<Error> + 'static>(a: &mut ActorState, b: RecordBatch) -> Result<RecordBatch> {
@@ -57,6 +68,9 @@ pub(crate) fn t_call<S: 'static, E: Into<Error> + 'static>(a: &mut ActorState, b
 pub(crate) struct PoolSpec {
     pub(crate) init_tramp: FnRef<InitTramp>,
     pub(crate) init_user: AnyFnRef,
+    /// `init`'s argument as JSON (empty for an `init` without one), or why
+    /// it could not be encoded (each actor then fails with it).
+    pub(crate) init_arg: std::result::Result<Vec<u8>, String>,
     pub(crate) call_tramp: FnRef<CallTramp>,
     pub(crate) call_user: AnyFnRef,
     pub(crate) batch_size: Option<usize>,
@@ -83,8 +97,9 @@ impl BatchActor {
     fn new(spec: PoolSpec) -> Self {
         let state = (|| -> Result<ActorState> {
             let init = spec.init_tramp.get()?;
+            let arg = spec.init_arg.clone().map_err(Error::InvalidArgument)?;
             Ok(ActorState {
-                state: init(&spec.init_user)?,
+                state: init(&spec.init_user, arg)?,
                 call_user: spec.call_user,
             })
         })();

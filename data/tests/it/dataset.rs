@@ -675,6 +675,44 @@ fn map_batches_on_an_actor_pool_builds_state_once_and_grows_with_the_backlog() {
     assert!(stats.contains("3 actors"), "{stats}");
 }
 
+/// An actor state built from an argument: an offset added to the ids.
+struct Offset(i64);
+
+fn load_offset(by: i64) -> Result<Offset, Error> {
+    if by < 0 {
+        return Err(Error::User(format!("offset {by} is negative")));
+    }
+    Ok(Offset(by))
+}
+
+fn add_offset(o: &mut Offset, b: RecordBatch) -> Result<RecordBatch, Error> {
+    let ids: Vec<i64> = i64s(&b, "id").into_iter().map(|i| i + o.0).collect();
+    Ok(RecordBatch::try_from_iter([(
+        "id",
+        Arc::new(Int64Array::from(ids)) as ArrayRef,
+    )])?)
+}
+
+#[test]
+fn an_actor_pool_builds_its_state_from_an_argument_and_a_failing_init_fails_the_run() {
+    cluster();
+    let opts = rayforge_data::ActorPoolOptions {
+        num_cpus: 0.25,
+        ..Default::default()
+    };
+    let ds = rayforge_data::range_with_blocks(100, 4);
+    let b = ds
+        .map_batches_actors_with(load_offset, 1000, add_offset, opts.clone())
+        .take_batch(1000)
+        .unwrap();
+    assert_eq!(i64s(&b, "id"), (1000..1100).collect::<Vec<_>>());
+    let err = ds
+        .map_batches_actors_with(load_offset, -1, add_offset, opts)
+        .count()
+        .unwrap_err();
+    assert!(err.to_string().contains("offset -1 is negative"), "{err}");
+}
+
 #[test]
 fn train_test_split_partitions_the_rows() {
     cluster();

@@ -101,6 +101,11 @@ impl Booster {
             (api.XGBoosterCreate)(handles.as_ptr(), handles.len() as BstUlong, &mut handle)
         })?;
         let mut b = Booster { handle };
+        // The model keeps its features' names (saved with it, and what batch
+        // prediction picks columns by), as Python's xgboost.train does.
+        if let Some(first) = cache.first() {
+            b.set_feature_names(first.feature_names())?;
+        }
         // XGBoost then warns about parameters it does not use (see update).
         b.set_param("validate_parameters", "true")?;
         for (name, v) in params {
@@ -288,6 +293,41 @@ impl Booster {
         // SAFETY: a live handle and a valid out-pointer.
         check(api, unsafe { (api.XGBoosterGetNumFeature)(self.handle, &mut n) })?;
         Ok(n)
+    }
+
+    fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
+        let api = api()?;
+        let names: Vec<std::ffi::CString> = names.iter().map(|n| cstr("feature name", n)).collect::<Result<_>>()?;
+        let ptrs: Vec<*const c_char> = names.iter().map(|n| n.as_ptr()).collect();
+        let field = cstr("field", "feature_name")?;
+        // SAFETY: `ptrs` holds `names.len()` NUL-terminated strings alive for
+        // the call; XGBoost copies them.
+        check(api, unsafe {
+            (api.XGBoosterSetStrFeatureInfo)(self.handle, field.as_ptr(), ptrs.as_ptr(), ptrs.len() as BstUlong)
+        })
+    }
+
+    /// The names of the features the model was trained on (those of its
+    /// training matrix's columns; empty when it had none).
+    pub fn feature_names(&self) -> Result<Vec<String>> {
+        let api = api()?;
+        let field = cstr("field", "feature_name")?;
+        let mut len: BstUlong = 0;
+        let mut out: *const *const c_char = std::ptr::null();
+        // SAFETY: valid out-pointers; `out` holds `len` strings owned by the
+        // booster until its next call (copied here).
+        check(api, unsafe {
+            (api.XGBoosterGetStrFeatureInfo)(self.handle, field.as_ptr(), &mut len, &mut out)
+        })?;
+        if len == 0 || out.is_null() {
+            return Ok(Vec::new());
+        }
+        let names = unsafe { std::slice::from_raw_parts(out, len as usize) };
+        Ok(names
+            .iter()
+            // SAFETY: each a NUL-terminated string (see above).
+            .map(|n| unsafe { CStr::from_ptr(*n) }.to_string_lossy().into_owned())
+            .collect())
     }
 
     /// An attribute saved with the model (`best_iteration`, say).

@@ -75,6 +75,8 @@ api! {
     XGBoosterLoadModelFromBuffer: fn(Handle, *const c_void, BstUlong) -> c_int;
     XGBoosterBoostedRounds: fn(Handle, *mut c_int) -> c_int;
     XGBoosterGetNumFeature: fn(Handle, *mut BstUlong) -> c_int;
+    XGBoosterSetStrFeatureInfo: fn(Handle, *const c_char, *const *const c_char, BstUlong) -> c_int;
+    XGBoosterGetStrFeatureInfo: fn(Handle, *const c_char, *mut BstUlong, *mut *const *const c_char) -> c_int;
     XGBoosterSetAttr: fn(Handle, *const c_char, *const c_char) -> c_int;
     XGBoosterGetAttr: fn(Handle, *const c_char, *mut *const c_char, *mut c_int) -> c_int;
     XGBoosterDumpModelEx: fn(Handle, *const c_char, c_int, *const c_char, *mut BstUlong, *mut *const *const c_char) -> c_int;

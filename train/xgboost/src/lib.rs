@@ -48,12 +48,14 @@ pub mod collective;
 mod dmatrix;
 mod error;
 mod ffi;
+mod predict;
 mod trainer;
 
 pub use booster::{train, Booster, Params};
 pub use dmatrix::{library, DMatrix, DataSpec};
 pub use error::{Error, Result};
 pub use ffi::XGBOOST_VERSION;
+pub use predict::{predict, PredictOptions};
 pub use trainer::{XGBoostResult, XGBoostTrainer, MODEL_FILE, TRAIN_DATASET};
 
 /// serde_json, for [`params!`].

@@ -5,7 +5,7 @@
 //! each round's metrics and checkpoints the model (UBJSON) through Train.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
@@ -270,8 +270,10 @@ pub struct XGBoostResult {
 }
 
 impl XGBoostResult {
-    /// The last round's metrics (`train-rmse`, `valid-logloss`, ... and
-    /// `round`).
+    /// The last round's metrics: `train-rmse`, `valid-logloss`, ... as
+    /// XGBoost names them, `round`, `time_this_round_s` (rank 0's boosting
+    /// and evaluation) and `data_load_s` (the slowest rank's time from its
+    /// shards to its matrices, in this attempt).
     pub fn metrics(&self) -> &BTreeMap<String, f64> {
         &self.train.metrics
     }
@@ -397,6 +399,7 @@ fn boost(ctx: &mut TrainContext) -> Result<()> {
     // Matrices are made with the communicator up (XGBoost agrees on the
     // number of columns across workers as it makes them), in the same
     // order on every rank.
+    let loading = Instant::now();
     let dtrain = read_shard(ctx, TRAIN_DATASET, &spec.data)?;
     let others: Vec<(String, DMatrix)> = spec
         .eval_sets
@@ -412,6 +415,12 @@ fn boost(ctx: &mut TrainContext) -> Result<()> {
             None => (n.as_str(), &dtrain),
         })
         .collect();
+    // The slowest rank's time from its shards to its matrices.
+    let load_s = ctx
+        .group()
+        .all_gather(&[loading.elapsed().as_secs_f64()])?
+        .into_iter()
+        .fold(0.0, f64::max);
     let mut cache: Vec<&DMatrix> = vec![&dtrain];
     cache.extend(others.iter().map(|o| &o.1));
     let mut booster = Booster::new(&cache, &spec.params)?;
@@ -426,8 +435,10 @@ fn boost(ctx: &mut TrainContext) -> Result<()> {
         .transpose()?;
     let last_set = spec.eval_sets.last().cloned();
     for round in start..spec.num_boost_round {
+        let began = Instant::now();
         booster.update(round, &dtrain)?;
         let mut metrics = booster.eval(round, &evals)?;
+        let round_s = began.elapsed().as_secs_f64();
         // XGBoost watches the last metric of the last set.
         let watched = last_set.as_ref().and_then(|set| {
             let prefix = format!("{set}-");
@@ -448,6 +459,8 @@ fn boost(ctx: &mut TrainContext) -> Result<()> {
             None
         };
         metrics.insert("round".into(), (round + 1) as f64);
+        metrics.insert("time_this_round_s".into(), round_s);
+        metrics.insert("data_load_s".into(), load_s);
         ctx.report(metrics, checkpoint)?;
         if stop {
             break;

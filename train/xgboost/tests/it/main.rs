@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use rayforge_data::arrow::array::{ArrayRef, Float32Array, Float64Array, Int64Array};
+use rayforge_data::arrow::array::{Array, ArrayRef, Float32Array, Float64Array, Int64Array};
 use rayforge_data::arrow::record_batch::RecordBatch;
 use rayforge_train::{FailureConfig, RunConfig, ScalingConfig};
 use rayforge_xgboost::{params, Booster, DMatrix, DataSpec, Error, Params, XGBoostTrainer};
@@ -197,7 +197,7 @@ fn a_worker_killed_mid_run_restarts_the_gang_from_its_checkpoint() {
     // Many small rounds, so the gang is still boosting when the driver sees
     // round 6 (reports reach it a little after the ranks made them).
     let p = params! {"objective": "reg:squarederror", "eta": 0.05, "max_depth": 3, "seed": 7};
-    const ROUNDS: usize = 300;
+    const ROUNDS: usize = 600;
     let single = rayforge_xgboost::train(&p, &whole, ROUNDS, &[], |_, _| {}).unwrap();
     let dir = storage("kill");
     let mut killed = None;
@@ -297,4 +297,84 @@ fn early_stopping_keeps_the_best_round_and_a_run_resumes_boosting_by_name() {
     assert_eq!(m2.boosted_rounds().unwrap(), rounds + 3);
     assert_eq!(structure(&m2)[..rounds], structure(&model)[..]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn batch_prediction_on_an_actor_pool_matches_the_model_row_for_row() {
+    cluster();
+    let all = rows(1200, 6, false);
+    let dir = storage("predict");
+    let result = trainer(regression(), 10, std::slice::from_ref(&all), &dir, "predict")
+        .fit()
+        .unwrap();
+    assert!(result.error().is_none(), "{:?}", result.error());
+    let model = result.model().unwrap();
+    assert_eq!(
+        model.feature_names().unwrap(),
+        ["x0", "x1", "x2", "x3", "x4", "x5", "small"]
+    );
+    // An id the model never saw, and the label, ride along: the model's own
+    // feature names pick the columns.
+    let mut cols: Vec<(String, ArrayRef)> = vec![(
+        "id".into(),
+        Arc::new(Int64Array::from((0..1200).collect::<Vec<i64>>())) as ArrayRef,
+    )];
+    cols.extend(
+        all.schema()
+            .fields()
+            .iter()
+            .zip(all.columns())
+            .map(|(f, c)| (f.name().clone(), c.clone())),
+    );
+    let input = RecordBatch::try_from_iter(cols).unwrap();
+    let blocks: Vec<RecordBatch> = (0..6).map(|i| input.slice(i * 200, 200)).collect();
+    let opts = rayforge_xgboost::PredictOptions {
+        pool: rayforge_data::ActorPoolOptions {
+            concurrency: (2, 2),
+            num_cpus: 0.25,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let scored = rayforge_xgboost::predict(
+        &rayforge_data::from_arrow(blocks).unwrap(),
+        result.checkpoint().unwrap(),
+        opts,
+    );
+    let out = scored.take_batch(10_000).unwrap();
+    assert_eq!(out.num_rows(), 1200);
+    let ids = out
+        .column_by_name("id")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    let got = out
+        .column_by_name("prediction")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .unwrap();
+    let want = model
+        .predict(&DMatrix::from_batch(&all, &DataSpec::label("y"), "all").unwrap())
+        .unwrap();
+    for i in 0..1200 {
+        let id = ids.value(i) as usize;
+        assert_eq!(got.value(i), want[id], "row {id}");
+    }
+    // A checkpoint without a model fails the run, saying which.
+    let empty = std::env::temp_dir().join(format!("rayforge-xgb-empty-{}", std::process::id()));
+    let mut w = rayforge::checkpoint::CheckpointWriter::new().unwrap();
+    w.write("other.txt", b"x").unwrap();
+    let ckpt = w.commit(&empty, 1, &Default::default(), "a test").unwrap();
+    let err = rayforge_xgboost::predict(
+        &rayforge_data::from_arrow(vec![all]).unwrap(),
+        &ckpt,
+        Default::default(),
+    )
+    .count()
+    .unwrap_err();
+    assert!(err.to_string().contains("model.ubj"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&empty);
 }

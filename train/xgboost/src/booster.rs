@@ -247,6 +247,50 @@ impl Booster {
         Ok(unsafe { std::slice::from_raw_parts(out, n as usize) }.to_vec())
     }
 
+    /// Predictions for `rows` rows of `cols` features, row after row in
+    /// `values` (NaN: missing), without a DMatrix (XGBoost's in-place
+    /// prediction, what a server answering small batches wants).
+    pub fn predict_dense(&self, values: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        if rows.checked_mul(cols) != Some(values.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} values are not {rows} rows of {cols} features",
+                values.len()
+            )));
+        }
+        let api = api()?;
+        let iface = cstr(
+            "interface",
+            &format!(
+                r#"{{"data": [{}, true], "shape": [{rows}, {cols}], "typestr": "<f4", "version": 3, "strides": null}}"#,
+                values.as_ptr() as usize
+            ),
+        )?;
+        let config = cstr(
+            "config",
+            r#"{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "strict_shape": false, "missing": NaN}"#,
+        )?;
+        let mut shape: *const BstUlong = std::ptr::null();
+        let mut dim: BstUlong = 0;
+        let mut out: *const f32 = std::ptr::null();
+        // SAFETY: the interface points at `values`, alive for the call; no
+        // proxy matrix; valid out-pointers.
+        check(api, unsafe {
+            (api.XGBoosterPredictFromDense)(
+                self.handle,
+                iface.as_ptr(),
+                config.as_ptr(),
+                std::ptr::null_mut(),
+                &mut shape,
+                &mut dim,
+                &mut out,
+            )
+        })?;
+        // SAFETY: as in `predict`.
+        let dims = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
+        let n: u64 = dims.iter().product();
+        Ok(unsafe { std::slice::from_raw_parts(out, n as usize) }.to_vec())
+    }
+
     /// Predictions for the rows of Arrow `batches` (the features `spec`
     /// names, or the columns the model was trained on).
     pub fn predict_batches(&self, batches: &[arrow::record_batch::RecordBatch], spec: &DataSpec) -> Result<Vec<f32>> {

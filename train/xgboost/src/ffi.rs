@@ -71,6 +71,7 @@ api! {
     XGBoosterUpdateOneIter: fn(Handle, c_int, Handle) -> c_int;
     XGBoosterEvalOneIter: fn(Handle, c_int, *mut Handle, *const *const c_char, BstUlong, *mut *const c_char) -> c_int;
     XGBoosterPredictFromDMatrix: fn(Handle, Handle, *const c_char, *mut *const BstUlong, *mut BstUlong, *mut *const f32) -> c_int;
+    XGBoosterPredictFromDense: fn(Handle, *const c_char, *const c_char, Handle, *mut *const BstUlong, *mut BstUlong, *mut *const f32) -> c_int;
     XGBoosterSaveModelToBuffer: fn(Handle, *const c_char, *mut BstUlong, *mut *const c_char) -> c_int;
     XGBoosterLoadModelFromBuffer: fn(Handle, *const c_void, BstUlong) -> c_int;
     XGBoosterBoostedRounds: fn(Handle, *mut c_int) -> c_int;

@@ -49,6 +49,7 @@ mod dmatrix;
 mod error;
 mod ffi;
 mod predict;
+pub mod serve;
 mod trainer;
 
 pub use booster::{train, Booster, Params};

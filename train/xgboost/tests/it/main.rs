@@ -378,3 +378,87 @@ fn batch_prediction_on_an_actor_pool_matches_the_model_row_for_row() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&empty);
 }
+
+#[test]
+fn a_served_model_answers_json_rows_in_batches_and_names_bad_ones() {
+    use rayforge_serve::client::request;
+    use rayforge_serve::{deployment, Application, HttpOptions};
+    use rayforge_xgboost::serve::XGBoostModel;
+    use std::time::Duration;
+
+    rayforge_integration_tests::own_process!();
+    cluster();
+    let all = rows(800, 7, false);
+    let dir = storage("serve");
+    let result = trainer(regression(), 10, std::slice::from_ref(&all), &dir, "serve")
+        .fit()
+        .unwrap();
+    assert!(result.error().is_none(), "{:?}", result.error());
+    let model = result.model().unwrap();
+    let features = model.feature_names().unwrap();
+    let app = Application::new("xgb").ingress(deployment::<XGBoostModel>("Model").user_config(serde_json::json!({
+        "checkpoint": result.checkpoint().unwrap().location(),
+        "max_batch_size": 8,
+        "batch_wait_ms": 50,
+    })));
+    let s = rayforge_serve::start(
+        vec![app],
+        HttpOptions {
+            port: 0,
+            admin_port: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    s.wait_healthy(Duration::from_secs(120)).unwrap();
+    let addr = s.http_addr().to_string();
+    // Twelve rows at once, half by name and half as arrays: each answer is
+    // the model's prediction for its row.
+    let want = model
+        .predict(&DMatrix::from_batch(&all, &DataSpec::label("y"), "all").unwrap())
+        .unwrap();
+    let value = |col: &str, i: usize| -> f64 {
+        let c = all.column_by_name(col).unwrap();
+        match c.as_any().downcast_ref::<Float64Array>() {
+            Some(f) => f.value(i),
+            None => c.as_any().downcast_ref::<Int64Array>().unwrap().value(i) as f64,
+        }
+    };
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let body = if i % 2 == 0 {
+                let m: serde_json::Map<String, serde_json::Value> = features
+                    .iter()
+                    .map(|f| (f.clone(), serde_json::json!(value(f, i))))
+                    .collect();
+                serde_json::Value::Object(m)
+            } else {
+                serde_json::json!(features.iter().map(|f| value(f, i)).collect::<Vec<_>>())
+            };
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let r = request(&addr, "POST", "/", body.to_string().as_bytes(), Duration::from_secs(60)).unwrap();
+                assert_eq!(r.status, 200, "{}", r.text());
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                (i, v["prediction"].as_f64().unwrap() as f32)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (i, got) = t.join().unwrap();
+        assert!((got - want[i]).abs() < 1e-5, "row {i}: {got} vs {}", want[i]);
+    }
+    // Bad rows are 400s that say what is wrong.
+    for (body, says) in [
+        (r#"{"x0": 1.0, "nope": 2.0}"#, "no feature `nope`"),
+        ("[1.0, 2.0]", "a row of 2 values; the model takes 7"),
+        (r#"{"x0": "high"}"#, "`x0` is \"high\", not a number"),
+        ("42", "a row is an object"),
+    ] {
+        let r = request(&addr, "POST", "/", body.as_bytes(), Duration::from_secs(60)).unwrap();
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    s.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

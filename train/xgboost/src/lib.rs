@@ -51,6 +51,7 @@ mod ffi;
 mod predict;
 pub mod serve;
 mod trainer;
+pub mod tune;
 
 pub use booster::{train, Booster, Params};
 pub use dmatrix::{library, DMatrix, DataSpec};

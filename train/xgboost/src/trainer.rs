@@ -57,6 +57,7 @@ pub struct XGBoostTrainer {
     datasets: Vec<(String, Dataset)>,
     scaling: ScalingConfig,
     run: RunConfig,
+    placement: Option<(rayforge::PlacementGroup, usize)>,
 }
 
 impl std::fmt::Debug for XGBoostTrainer {
@@ -97,7 +98,16 @@ impl XGBoostTrainer {
                 name: "xgboost".into(),
                 ..Default::default()
             },
+            placement: None,
         }
+    }
+
+    /// Runs the workers in bundles `first_bundle..` of a placement group
+    /// someone else holds (a Tune trial's), as
+    /// [`rayforge_train::Trainer::placement_group`].
+    pub fn placement_group(mut self, pg: &rayforge::PlacementGroup, first_bundle: usize) -> Self {
+        self.placement = Some((pg.clone(), first_bundle));
+        self
     }
 
     /// A dataset: `"train"` is boosted on; each one (`"train"` too) is
@@ -195,6 +205,9 @@ impl XGBoostTrainer {
             .run_config(self.run.clone());
         for (name, ds) in &self.datasets {
             trainer = trainer.dataset(name, ds.clone());
+        }
+        if let Some((pg, first)) = &self.placement {
+            trainer = trainer.placement_group(pg, *first);
         }
         Ok(XGBoostResult {
             train: trainer.fit_with(on_report)?,

@@ -462,3 +462,104 @@ fn a_served_model_answers_json_rows_in_batches_and_names_bad_ones() {
     s.shutdown().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tune_runs_asha_over_distributed_xgboost_trials_from_a_search_toml() {
+    rayforge_integration_tests::own_process!();
+    cluster();
+    let dir = storage("tune");
+    for (name, n, seed) in [("train", 3000, 8), ("valid", 1000, 9)] {
+        let blocks: Vec<RecordBatch> = {
+            let b = rows(n, seed, true);
+            (0..4).map(|i| b.slice(i * n / 4, n / 4)).collect()
+        };
+        rayforge_data::from_arrow(blocks)
+            .unwrap()
+            .write_parquet(dir.join(name).to_str().unwrap())
+            .unwrap();
+    }
+    let toml = dir.join("xgb.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            r#"
+name = "xgb_asha"
+storage_path = "{storage}"
+metric = "valid-logloss"
+mode = "min"
+num_samples = 6
+max_concurrent_trials = 2
+
+[trainable]
+name = "xgboost"
+
+[resources_per_trial]
+cpu = 0.25
+worker_bundles = [{{ CPU = 0.5 }}, {{ CPU = 0.5 }}]
+
+[searcher]
+type = "random"
+seed = 3
+
+[scheduler]
+type = "asha"
+max_t = 16
+grace_period = 2
+reduction_factor = 2
+
+[param_space]
+train = "{train}"
+valid = "{valid}"
+label = "y"
+num_boost_round = 16
+cpus_per_worker = 0.5
+checkpoint_frequency = 4
+objective = "binary:logistic"
+eval_metric = "logloss"
+eta = {{ loguniform = [0.01, 0.5] }}
+max_depth = {{ randint = [2, 7] }}
+subsample = {{ uniform = [0.5, 1.0] }}
+"#,
+            storage = dir.display(),
+            train = dir.join("train").display(),
+            valid = dir.join("valid").display(),
+        ),
+    )
+    .unwrap();
+    let code = rayforge_tune::cli::Cli::new("xgb-tune")
+        .register("xgboost", rayforge_xgboost::tune::trainable)
+        .run(&["run".to_string(), toml.display().to_string()]);
+    assert_eq!(code, std::process::ExitCode::SUCCESS);
+    let csv = std::fs::read_to_string(dir.join("xgb_asha/results.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("{name}: {header:?}"))
+    };
+    let (status, iters, loss, eta) = (
+        col("status"),
+        col("training_iteration"),
+        col("valid-logloss"),
+        col("config/eta"),
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 6, "{csv}");
+    // Every trial boosted (a logloss below a coin's 0.693 for the good ones),
+    // and ASHA stopped some after a few rounds while others ran all 16.
+    let its: Vec<f64> = rows.iter().map(|r| r[iters].parse().unwrap()).collect();
+    assert!(rows.iter().all(|r| r[status] == "TERMINATED"), "{csv}");
+    assert!(its.contains(&16.0) && its.iter().any(|i| *i < 16.0), "{its:?}\n{csv}");
+    let best = rows
+        .iter()
+        .min_by(|a, b| a[loss].parse::<f64>().unwrap().total_cmp(&b[loss].parse().unwrap()))
+        .unwrap();
+    assert!(best[loss].parse::<f64>().unwrap() < 0.5, "{csv}");
+    assert!(
+        best[eta].parse::<f64>().unwrap() > 0.05,
+        "the best trial learned fast: {csv}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,6 +11,10 @@
 #
 # Exports RAYFORGE_XGBOOST_LIB, the path rayforge-xgboost loads the library
 # from at run time (nothing of XGBoost is needed to build).
+#
+# Also unpacks the Palmer penguins table (344 rows; PyPI's palmerpenguins
+# 0.1.6 wheel ships it as a CSV, so nothing is downloaded at run time) for
+# the XGBoost pipeline example, and exports RAYFORGE_PENGUINS_CSV.
 
 _rf_xgb_version=3.2.0
 _rf_xgb_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,3 +45,26 @@ if [ -z "${RAYFORGE_XGBOOST_LIB:-}" ]; then
   export RAYFORGE_XGBOOST_LIB="$_rf_xgb_dir/xgboost/lib/libxgboost.so"
 fi
 echo "== libxgboost: $RAYFORGE_XGBOOST_LIB"
+
+_rf_install_penguins() {
+  local dir="$1" tmp="$1.partial.$$"
+  echo "== unpacking the Palmer penguins table (PyPI's palmerpenguins 0.1.6) into $dir"
+  rm -rf "$tmp"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$tmp" \
+    "palmerpenguins==0.1.6" || return 1
+  [ -f "$tmp/palmerpenguins/data/penguins.csv" ] || { echo "the palmerpenguins wheel has no penguins.csv"; return 1; }
+  mkdir -p "$tmp/out"
+  mv "$tmp/palmerpenguins/data/penguins.csv" "$tmp/out/"
+  cp "$tmp"/palmerpenguins-*.dist-info/licenses/LICENSE "$tmp/out/LICENSE" 2>/dev/null || true
+  rm -rf "$dir"
+  mv "$tmp/out" "$dir"
+  rm -rf "$tmp"
+}
+
+if [ -z "${RAYFORGE_PENGUINS_CSV:-}" ]; then
+  _rf_pg_dir="$(rayforge_cache_dir)/palmerpenguins-0.1.6"
+  if [ ! -f "$_rf_pg_dir/penguins.csv" ]; then
+    _rf_install_penguins "$_rf_pg_dir" || { echo "penguins set-up failed"; return 1 2>/dev/null || exit 1; }
+  fi
+  export RAYFORGE_PENGUINS_CSV="$_rf_pg_dir/penguins.csv"
+fi

@@ -100,14 +100,10 @@ unsafe impl Sync for Api {}
 
 static API: OnceLock<std::result::Result<Api, String>> = OnceLock::new();
 
-/// Where the library is looked for, in order.
-fn candidates() -> Vec<PathBuf> {
-    let mut c = Vec::new();
-    if let Some(p) = std::env::var_os("RAYFORGE_XGBOOST_LIB") {
-        c.push(PathBuf::from(p));
-    }
-    // scripts/cache-dir.sh's order: $RAYFORGE_CACHE, $XDG_CACHE_HOME/rayforge,
-    // ~/.cache/rayforge.
+/// The folders the project's set-up scripts keep downloads in, in the order
+/// `scripts/cache-dir.sh` tries them: `$RAYFORGE_CACHE`,
+/// `$XDG_CACHE_HOME/rayforge`, `~/.cache/rayforge`.
+pub fn cache_dirs() -> Vec<PathBuf> {
     let mut caches = Vec::new();
     if let Some(d) = std::env::var_os("RAYFORGE_CACHE") {
         caches.push(PathBuf::from(d));
@@ -118,7 +114,16 @@ fn candidates() -> Vec<PathBuf> {
     if let Some(d) = std::env::var_os("HOME") {
         caches.push(PathBuf::from(d).join(".cache/rayforge"));
     }
-    for d in caches {
+    caches
+}
+
+/// Where the library is looked for, in order.
+fn candidates() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("RAYFORGE_XGBOOST_LIB") {
+        c.push(PathBuf::from(p));
+    }
+    for d in cache_dirs() {
         c.push(d.join(format!("xgboost-{XGBOOST_VERSION}/xgboost/lib/libxgboost.so")));
     }
     c

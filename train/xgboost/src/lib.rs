@@ -56,7 +56,7 @@ pub mod tune;
 pub use booster::{train, Booster, Params};
 pub use dmatrix::{library, DMatrix, DataSpec};
 pub use error::{Error, Result};
-pub use ffi::XGBOOST_VERSION;
+pub use ffi::{cache_dirs, XGBOOST_VERSION};
 pub use predict::{predict, PredictOptions};
 pub use trainer::{XGBoostResult, XGBoostTrainer, MODEL_FILE, TRAIN_DATASET};
 

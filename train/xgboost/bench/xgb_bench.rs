@@ -5,7 +5,9 @@
 //! `--cluster-cpus` logical CPUs, the parameters of `xgb_python.py`. Prints
 //! one JSON line: the slowest worker's time from its shard to its DMatrix,
 //! the median round (boosting and evaluation on rank 0), the whole run from
-//! the start of the process, the last train-logloss.
+//! the start of the process, the last training metric. `--objective`,
+//! `--num-class`, `--metric` and `--label` change the task (binary:logistic,
+//! logloss, `label` by default).
 //!
 //! ```sh
 //! target/release/xgb-bench --data target/xgb-bench/higgs --workers 2 --threads 1 --rounds 50
@@ -42,27 +44,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpus: f64 = number("--cluster-cpus", "4")?;
     rayforge::init(rayforge::Config::default().num_cpus(cpus))?;
     let storage = std::env::temp_dir().join(format!("xgb-bench-{}", std::process::id()));
+    let objective = arg("--objective", "binary:logistic");
+    let metric = arg("--metric", "logloss");
+    let mut params = params! {"objective": objective, "tree_method": "hist", "max_depth": 6, "eta": 0.1,
+    "eval_metric": metric, "seed": 0};
+    let classes: usize = number("--num-class", "0")?;
+    if classes > 0 {
+        params.insert("num_class".into(), classes.into());
+    }
     let rows = rayforge_data::read_parquet(data.as_str())?;
-    let result = XGBoostTrainer::new(
-        params! {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.1,
-        "eval_metric": "logloss", "seed": 0},
-        "label",
-        rounds,
-    )
-    .dataset("train", rows)
-    .checkpoint_frequency(0)
-    .scaling(ScalingConfig {
-        num_workers: workers,
-        cpus_per_worker: threads as f64,
-        ..Default::default()
-    })
-    .run_config(RunConfig {
-        name: "xgb-bench".into(),
-        storage_path: storage.as_path().into(),
-        verbose: false,
-        ..Default::default()
-    })
-    .fit()?;
+    let result = XGBoostTrainer::new(params, &arg("--label", "label"), rounds)
+        .dataset("train", rows)
+        .checkpoint_frequency(0)
+        .scaling(ScalingConfig {
+            num_workers: workers,
+            cpus_per_worker: threads as f64,
+            ..Default::default()
+        })
+        .run_config(RunConfig {
+            name: "xgb-bench".into(),
+            storage_path: storage.as_path().into(),
+            verbose: false,
+            ..Default::default()
+        })
+        .fit()?;
     if let Some(e) = result.error() {
         return Err(e.to_string().into());
     }
@@ -85,7 +90,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "load_s": m["data_load_s"],
             "round_s": rounds_s[rounds_s.len() / 2],
             "total_s": start.elapsed().as_secs_f64(),
-            "train_logloss": m["train-logloss"],
+            "metric": format!("train-{metric}"),
+            "train_metric": m[&format!("train-{metric}")],
         })
     );
     let _ = std::fs::remove_dir_all(&storage);

@@ -24,6 +24,9 @@ def train_args(description):
     p.add_argument("--batch", type=int, default=128, help="batch size per worker")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--layers", type=int, default=2, help="hidden layers (train-bench's --layers)")
+    p.add_argument("--hidden", type=int, default=512, help="their width (train-bench's --hidden)")
+    p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP's bucket_cap_mb (train-bench's --bucket-mb)")
     return p
 
 
@@ -48,13 +51,14 @@ def shard_range(n, rank, world):
     return rank * n // world, (rank + 1) * n // world
 
 
-def make_model(d, classes):
+def make_model(d, classes, layers=2, hidden=512):
+    """d -> hidden (ReLU), layers - 1 more hidden -> hidden (ReLU), -> classes."""
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(d, 512), nn.ReLU(),
-        nn.Linear(512, 512), nn.ReLU(),
-        nn.Linear(512, classes),
-    )
+    mods = [nn.Linear(d, hidden), nn.ReLU()]
+    for _ in range(layers - 1):
+        mods += [nn.Linear(hidden, hidden), nn.ReLU()]
+    mods.append(nn.Linear(hidden, classes))
+    return nn.Sequential(*mods)
 
 
 def make_optimizer(model, args):

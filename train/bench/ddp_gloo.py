@@ -4,8 +4,9 @@ trained on W contiguous shards, one thread per worker.
   torchrun --standalone --nproc_per_node=W ddp_gloo.py --data DIR [--epochs 2 --batch 128]
   python ddp_gloo.py --single --data DIR ...        # one process, no DDP ("torch-single")
 
-Rank 0 prints one JSON line per epoch
-  {"impl":"ddp-gloo","workers":W,"epoch":e,"epoch_s":...,"accuracy":...}
+--layers, --hidden and --bucket-mb change the model and DDP's buckets (as
+train-bench's flags do). Rank 0 prints one JSON line per epoch
+  {"impl":"ddp-gloo","workers":W,"epoch":e,"epoch_s":...,"accuracy":...,"layers":L,"hidden":H}
 (accuracy on the full data set, evaluated after the epoch and not timed), then
   {"impl":"ddp-gloo","import_s":...,"startup_s":...}
 import_s: importing torch and friends; startup_s: from right after the imports
@@ -46,8 +47,9 @@ def main():
     if rank == 0:
         x_all, y_all = bc.load_rows(args.data)  # for the evaluation
 
-    net = bc.make_model(d, classes)
-    model = net if args.single else DDP(net)
+    net = bc.make_model(d, classes, args.layers, args.hidden)
+    # DDP overlaps each bucket's all-reduce with the rest of backward.
+    model = net if args.single else DDP(net, bucket_cap_mb=args.bucket_mb)
     opt = bc.make_optimizer(model, args)
 
     first_step = None
@@ -63,7 +65,7 @@ def main():
         if rank == 0:
             acc = bc.accuracy(net, x_all, y_all)
             bc.emit(impl=impl, workers=world, epoch=epoch, epoch_s=round(epoch_s, 4),
-                    accuracy=round(acc, 4))
+                    accuracy=round(acc, 4), layers=args.layers, hidden=args.hidden)
 
     if rank == 0:
         bc.emit(impl=impl, import_s=round(T_IMPORTED - T_START, 4),

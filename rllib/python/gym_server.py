@@ -26,7 +26,11 @@ Discrete one one-hot, a Dict or Tuple the concatenation of its parts, in
 Gymnasium's order). MultiDiscrete, MultiBinary (each bit a choice of 2)
 and a Tuple or Dict of those and Discrete spaces are served as actions as
 multi_discrete, the choices in Gymnasium's flattening order; an action
-is then a list of integers, turned back into the space's own structure. Environment i is
+is then a list of integers, turned back into the space's own structure.
+A Tuple or Dict that also holds Boxes is served as {"type": "mixed",
+"nvec": [...], "low": [...], "high": [...]}: its discrete choices and its
+boxes' values (each box flattened), both in Gymnasium's order; an action is
+then {"discrete": [indices], "continuous": [values]}. Environment i is
 reset with seed S + i (S may be null). An environment whose episode ends
 is reset in the same step: its "obs" is the new episode's first and
 "final_obs" the ended one's last. A failed request gets {"ok": false,
@@ -50,8 +54,8 @@ def box_json(space):
 
 
 def choices(space):
-    """The choices of an action space served as multi_discrete, in order,
-    or None when it is not one (Discrete and Box are served as themselves)."""
+    """The discrete choices of an action space, in order (a Box inside a
+    Tuple or Dict adds none: see boxes)."""
     from gymnasium import spaces
     import numpy as np
 
@@ -70,10 +74,12 @@ def choices(space):
         parts = list(space.spaces)
     elif isinstance(space, spaces.Dict):
         parts = list(space.spaces.values())
+    if isinstance(space, spaces.Box):
+        return []
     if parts is None:
         raise ValueError(
             f"action space {space} is not supported (Discrete, Box, MultiDiscrete, MultiBinary, and Tuple or Dict of "
-            "the discrete ones are)"
+            "those are)"
         )
     out = []
     for p in parts:
@@ -81,9 +87,22 @@ def choices(space):
     return out
 
 
-def unflatten_action(space, indices):
+def boxes(space):
+    """The Boxes inside a Tuple or Dict action space, in order."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Box):
+        return [space]
+    if isinstance(space, spaces.Tuple):
+        return [b for p in space.spaces for b in boxes(p)]
+    if isinstance(space, spaces.Dict):
+        return [b for p in space.spaces.values() for b in boxes(p)]
+    return []
+
+
+def unflatten_action(space, indices, values=None):
     """The action of `space` that the first indices in the list `indices`
-    (consumed as read) stand for."""
+    and the first values in `values` (both consumed as read) stand for."""
     from gymnasium import spaces
     import numpy as np
 
@@ -93,9 +112,13 @@ def unflatten_action(space, indices):
         n = len(choices(space))
         taken = [indices.pop(0) for _ in range(n)]
         return np.asarray(taken, dtype=space.dtype).reshape(space.shape)
+    if isinstance(space, spaces.Box):
+        n = int(np.prod(space.shape))
+        taken = [values.pop(0) for _ in range(n)]
+        return np.asarray(taken, dtype=space.dtype).reshape(space.shape)
     if isinstance(space, spaces.Tuple):
-        return tuple(unflatten_action(p, indices) for p in space.spaces)
-    return {k: unflatten_action(p, indices) for k, p in space.spaces.items()}
+        return tuple(unflatten_action(p, indices, values) for p in space.spaces)
+    return {k: unflatten_action(p, indices, values) for k, p in space.spaces.items()}
 
 
 def obs_space_json(space):
@@ -113,7 +136,16 @@ def action_space_json(space):
         return box_json(space)
     if isinstance(space, spaces.Discrete):
         return {"type": "discrete", "n": choices(space)[0]}
-    return {"type": "multi_discrete", "nvec": choices(space)}
+    n = choices(space)
+    inner = boxes(space)
+    if inner:
+        low, high = [], []
+        for b in inner:
+            j = box_json(b)
+            low += j["low"]
+            high += j["high"]
+        return {"type": "mixed", "nvec": n, "low": low, "high": high}
+    return {"type": "multi_discrete", "nvec": n}
 
 
 def flat(obs, space=None):
@@ -147,6 +179,20 @@ class Server:
         if isinstance(self.action_space, spaces.Box):
             return np.asarray(a, dtype=self.action_space.dtype).reshape(self.action_space.shape)
         n = choices(self.action_space)
+        inner = boxes(self.action_space)
+        if inner:
+            k = sum(int(np.prod(b.shape)) for b in inner)
+            if (
+                not isinstance(a, dict)
+                or not isinstance(a.get("discrete"), list)
+                or not isinstance(a.get("continuous"), list)
+                or len(a["discrete"]) != len(n)
+                or len(a["continuous"]) != k
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < m for i, m in zip(a["discrete"], n))
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in a["continuous"])
+            ):
+                raise ValueError(f"action {a!r} is not {{discrete: {len(n)} indices below {n}, continuous: {k} numbers}}")
+            return unflatten_action(self.action_space, list(a["discrete"]), [float(x) for x in a["continuous"]])
         if (
             not isinstance(a, list)
             or len(a) != len(n)

@@ -625,6 +625,15 @@ impl Algorithm {
                 dueling: config.dueling,
             },
             (Algo::Sac, Space::Box { .. }) => PolicyKind::SquashedGaussian,
+            (Algo::Dqn | Algo::Sac, Space::Mixed { .. }) => {
+                return Err(Error::config(
+                    "algo",
+                    format!(
+                        "{:?} needs one kind of action; {} takes discrete and continuous ones at once (mixed: try ppo)",
+                        config.algo, config.env
+                    ),
+                ))
+            }
             (Algo::Dqn, Space::MultiDiscrete(_)) => {
                 return Err(Error::config(
                     "algo",

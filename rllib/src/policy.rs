@@ -193,7 +193,54 @@ pub fn action_dim(space: &Space) -> i64 {
         Space::Discrete(n) => *n as i64,
         Space::Box { low, .. } => low.len() as i64,
         Space::MultiDiscrete(n) => n.iter().sum::<usize>() as i64,
+        Space::Mixed { discrete, low, .. } => (discrete.iter().sum::<usize>() + low.len()) as i64,
     }
+}
+
+/// The length of the Gaussian part of an action space's head (what PPO's
+/// `log_std` covers): a box's dimensions, a mixed space's box's, else 0.
+pub fn gaussian_dim(space: &Space) -> i64 {
+    match space {
+        Space::Box { low, .. } | Space::Mixed { low, .. } => low.len() as i64,
+        _ => 0,
+    }
+}
+
+/// Log-probabilities of `actions` (`[rows, choices]` indices) under
+/// independent categoricals with these `logits` (`[rows, sum(n)]`), and
+/// their entropy, per row.
+fn categorical_logp_entropy(logits: &Tensor, n: &[usize], actions: &Tensor) -> (Tensor, Tensor) {
+    let actions = actions.to_kind(Kind::Int64).view([logits.size()[0], -1]);
+    // Starts from zeros shaped [rows] (the logits summed over nothing but
+    // their columns times 0), so an empty space gives zeros.
+    // Two tensors of their own: `+=` adds in place, and a shallow clone
+    // would share the storage (log-probabilities and entropies summed into
+    // one).
+    let zeros = (logits * 0.0).sum_dim_intlist(-1, false, Kind::Float);
+    let (mut logp, mut ent) = (zeros.copy(), zeros);
+    for (i, l) in split_logits(logits, n).iter().enumerate() {
+        let logp_all = l.log_softmax(-1, Kind::Float);
+        logp += logp_all
+            .gather(-1, &actions.narrow(1, i as i64, 1), false)
+            .squeeze_dim(-1);
+        ent += -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
+    }
+    (logp, ent)
+}
+
+/// Log-probabilities of `actions` under diagonal Gaussians of `mean` and
+/// `log_std`, and their entropy, per row.
+fn gaussian_logp_entropy(mean: &Tensor, log_std: &Tensor, actions: &Tensor) -> (Tensor, Tensor) {
+    let var = (log_std * 2.0).exp();
+    let d = actions - mean;
+    let logp = (-(&d * &d) / (&var * 2.0) - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln()).sum_dim_intlist(
+        -1,
+        false,
+        Kind::Float,
+    );
+    let ent = (log_std + 0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln()).sum(Kind::Float);
+    let ent = ent.expand([mean.size()[0]], false);
+    (logp, ent)
 }
 
 /// The logits of each choice of a multi-discrete head, `[rows, n[i]]` each.
@@ -263,8 +310,8 @@ impl Policy {
             };
             let model =
                 build(&vs, shape, custom.config.0.clone()).map_err(|e| format!("model `{}`: {e}", custom.name))?;
-            let log_std =
-                matches!(spec.action, Space::Box { .. }).then(|| root.var("log_std", &[a], nn::Init::Const(0.0)));
+            let g = gaussian_dim(&spec.action);
+            let log_std = (g > 0).then(|| root.var("log_std", &[g], nn::Init::Const(0.0)));
             return Ok(Policy {
                 vs,
                 spec: spec.clone(),
@@ -290,8 +337,8 @@ impl Policy {
                 pi_dims.push(a);
                 let mut vf_dims = trunk_dims.clone();
                 vf_dims.push(1);
-                let log_std =
-                    matches!(spec.action, Space::Box { .. }).then(|| root.var("log_std", &[a], nn::Init::Const(0.0)));
+                let g = gaussian_dim(&spec.action);
+                let log_std = (g > 0).then(|| root.var("log_std", &[g], nn::Init::Const(0.0)));
                 Body::ActorCritic {
                     pi: mlp(&(&root / "pi"), &pi_dims, false, Some(0.01)),
                     vf: mlp(&(&root / "vf"), &vf_dims, false, Some(1.0)),
@@ -352,22 +399,7 @@ impl Policy {
     /// PPO: log-probabilities of `actions` and the entropy, per row.
     pub fn log_prob_entropy(&self, head: &Tensor, actions: &Tensor) -> (Tensor, Tensor) {
         match (self.log_std(), &self.spec.action) {
-            (None, Space::MultiDiscrete(n)) => {
-                // Independent choices: log-probabilities and entropies add.
-                let actions = actions.to_kind(Kind::Int64).view([head.size()[0], -1]);
-                // Starts from zeros shaped [rows] (the head summed over nothing
-                // but its columns times 0), so an empty space gives zeros.
-                let zeros = (head * 0.0).sum_dim_intlist(-1, false, Kind::Float);
-                let (mut logp, mut ent) = (zeros.shallow_clone(), zeros);
-                for (i, logits) in split_logits(head, n).iter().enumerate() {
-                    let logp_all = logits.log_softmax(-1, Kind::Float);
-                    logp += logp_all
-                        .gather(-1, &actions.narrow(1, i as i64, 1), false)
-                        .squeeze_dim(-1);
-                    ent += -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
-                }
-                (logp, ent)
-            }
+            (None, Space::MultiDiscrete(n)) => categorical_logp_entropy(head, n, actions),
             (None, _) => {
                 let logp_all = head.log_softmax(-1, Kind::Float);
                 let logp = logp_all
@@ -376,15 +408,23 @@ impl Policy {
                 let ent = -(logp_all.exp() * &logp_all).sum_dim_intlist(-1, false, Kind::Float);
                 (logp, ent)
             }
-            (Some(log_std), _) => {
-                let var = (log_std * 2.0).exp();
-                let d = actions - head;
-                let logp = (-(&d * &d) / (&var * 2.0) - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln())
-                    .sum_dim_intlist(-1, false, Kind::Float);
-                let ent = (log_std + 0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln()).sum(Kind::Float);
-                let ent = ent.expand([head.size()[0]], false);
-                (logp, ent)
+            (Some(log_std), Space::Mixed { discrete, low, .. }) => {
+                // The choices' categoricals and the box's Gaussian are
+                // independent: log-probabilities and entropies add.
+                let logits_len = discrete.iter().sum::<usize>() as i64;
+                let k = discrete.len() as i64;
+                let rows = head.size()[0];
+                let actions = actions.view([rows, -1]);
+                let (lc, ec) =
+                    categorical_logp_entropy(&head.narrow(-1, 0, logits_len), discrete, &actions.narrow(1, 0, k));
+                let (lg, eg) = gaussian_logp_entropy(
+                    &head.narrow(-1, logits_len, low.len() as i64),
+                    log_std,
+                    &actions.narrow(1, k, low.len() as i64),
+                );
+                (lc + lg, ec + eg)
             }
+            (Some(log_std), _) => gaussian_logp_entropy(head, log_std, actions),
         }
     }
 
@@ -543,6 +583,31 @@ mod tests {
         let want = -0.5 - 0.5 * (2.0 * std::f64::consts::PI).ln();
         assert!((logp.double_value(&[0]) - want).abs() < 1e-6);
         assert!((ent.double_value(&[0]) - (0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln())).abs() < 1e-6);
+        // A mixed space: a categorical (logits 0 and ln 3: p = 1/4, 3/4) and
+        // a standard normal, independent: log-probabilities and entropies add.
+        let mixed = Policy::new(
+            &PolicySpec {
+                action: Space::Mixed {
+                    discrete: vec![2],
+                    low: vec![-1.0],
+                    high: vec![1.0],
+                },
+                ..spec.clone()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let head = Tensor::from_slice(&[0.0f32, 3f32.ln(), 0.0]).view([1, 3]);
+        let (logp, ent) = mixed.log_prob_entropy(&head, &Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]));
+        assert!(
+            (logp.double_value(&[0]) - (0.75f64.ln() + want)).abs() < 1e-6,
+            "{} vs {}",
+            logp.double_value(&[0]),
+            0.75f64.ln() + want
+        );
+        let h_cat = -(0.25f64 * 0.25f64.ln() + 0.75 * 0.75f64.ln());
+        let h_gauss = 0.5 + 0.5 * (2.0 * std::f64::consts::PI).ln();
+        assert!((ent.double_value(&[0]) - (h_cat + h_gauss)).abs() < 1e-6);
         let mut rng: StdRng = rand::SeedableRng::seed_from_u64(1);
         let picks: Vec<usize> = (0..1000).map(|_| categorical(&mut rng, &[0.2, 0.8])).collect();
         let ones = picks.iter().filter(|i| **i == 1).count();

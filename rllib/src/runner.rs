@@ -399,6 +399,35 @@ impl EnvRunner {
 
     /// PPO's actions drawn from the policy head's output.
     fn draw_ppo(&mut self, head: &Tensor) -> Vec<Vec<f32>> {
+        if let Space::Mixed { discrete, low, .. } = &self.spec.policy.action {
+            // The choices' categorical draws, then the box's Gaussian ones.
+            let logits_len = discrete.iter().sum::<usize>() as i64;
+            let probs: Vec<Vec<Vec<f32>>> = policy::split_logits(&head.narrow(-1, 0, logits_len), discrete)
+                .iter()
+                .map(|l| policy::rows(&l.softmax(-1, Kind::Float)))
+                .collect();
+            let means = policy::rows(&head.narrow(-1, logits_len, low.len() as i64));
+            let std: Vec<f32> = match self.policy.log_std() {
+                Some(s) => policy::rows(&s.exp().view([1, -1])).concat(),
+                None => vec![1.0; low.len()],
+            };
+            return means
+                .iter()
+                .enumerate()
+                .map(|(row, m)| {
+                    let mut a: Vec<f32> = probs
+                        .iter()
+                        .map(|p| policy::categorical(&mut self.rng, &p[row]) as f32)
+                        .collect();
+                    a.extend(
+                        m.iter()
+                            .zip(&std)
+                            .map(|(m, s)| m + s * policy::normal(&mut self.rng) as f32),
+                    );
+                    a
+                })
+                .collect();
+        }
         if let Space::MultiDiscrete(n) = &self.spec.policy.action {
             // One categorical draw per choice.
             let probs: Vec<Vec<Vec<f32>>> = policy::split_logits(head, n)
@@ -491,6 +520,15 @@ impl EnvRunner {
                             .iter()
                             .map(|l| l.argmax(-1, false).int64_value(&[0]) as f32)
                             .collect(),
+                        Space::Mixed { discrete, low, .. } => {
+                            let logits_len = discrete.iter().sum::<usize>() as i64;
+                            let mut a: Vec<f32> = policy::split_logits(&head.narrow(-1, 0, logits_len), discrete)
+                                .iter()
+                                .map(|l| l.argmax(-1, false).int64_value(&[0]) as f32)
+                                .collect();
+                            a.extend(policy::rows(&head.narrow(-1, logits_len, low.len() as i64)).concat());
+                            a
+                        }
                     },
                     _ => self.draw_ppo(&head).concat(),
                 }
@@ -506,6 +544,14 @@ fn random_action(space: &Space, rng: &mut StdRng) -> Vec<f32> {
         Space::Discrete(n) => vec![rng.random_range(0..(*n).max(1)) as f32],
         Space::Box { low, high } => low.iter().zip(high).map(|(l, h)| rng.random_range(*l..=*h)).collect(),
         Space::MultiDiscrete(n) => n.iter().map(|n| rng.random_range(0..(*n).max(1)) as f32).collect(),
+        Space::Mixed { discrete, low, high } => {
+            let mut a: Vec<f32> = discrete
+                .iter()
+                .map(|n| rng.random_range(0..(*n).max(1)) as f32)
+                .collect();
+            a.extend(low.iter().zip(high).map(|(l, h)| rng.random_range(*l..=*h)));
+            a
+        }
     }
 }
 
@@ -521,6 +567,17 @@ fn to_action(space: &Space, a: &[f32]) -> Action {
                 .collect(),
         ),
         Space::MultiDiscrete(_) => Action::MultiDiscrete(a.iter().map(|x| *x as usize).collect()),
+        Space::Mixed { discrete, low, high } => {
+            let (d, c) = a.split_at(discrete.len().min(a.len()));
+            Action::Mixed {
+                discrete: d.iter().map(|x| *x as usize).collect(),
+                continuous: c
+                    .iter()
+                    .zip(low.iter().zip(high))
+                    .map(|(x, (l, h))| x.clamp(*l, *h))
+                    .collect(),
+            }
+        }
     }
 }
 

@@ -52,6 +52,18 @@ pub enum Space {
     /// (Gymnasium's `MultiDiscrete`; `MultiBinary(k)` is `[2; k]`, and a
     /// `Tuple` or `Dict` of discrete spaces is the concatenation of theirs).
     MultiDiscrete(Vec<usize>),
+    /// Discrete choices and a box at once (a Gymnasium `Tuple` or `Dict`
+    /// holding both: its choices as in `MultiDiscrete`, its boxes' values
+    /// concatenated, each in Gymnasium's order). Its vectors hold the
+    /// choices' indices, then the box's values.
+    Mixed {
+        /// Choice `i` is in `0..discrete[i]`.
+        discrete: Vec<usize>,
+        /// The box's lower bounds.
+        low: Vec<f32>,
+        /// The box's upper bounds.
+        high: Vec<f32>,
+    },
 }
 
 impl Space {
@@ -61,6 +73,7 @@ impl Space {
             Space::Discrete(_) => 1,
             Space::Box { low, .. } => low.len(),
             Space::MultiDiscrete(n) => n.len(),
+            Space::Mixed { discrete, low, .. } => discrete.len() + low.len(),
         }
     }
 
@@ -73,6 +86,14 @@ impl Space {
             }
             (Space::MultiDiscrete(n), Action::MultiDiscrete(v)) => {
                 v.len() == n.len() && v.iter().zip(n).all(|(i, n)| i < n)
+            }
+            (Space::Mixed { discrete: n, low, high }, Action::Mixed { discrete, continuous }) => {
+                Space::MultiDiscrete(n.clone()).contains(&Action::MultiDiscrete(discrete.clone()))
+                    && Space::Box {
+                        low: low.clone(),
+                        high: high.clone(),
+                    }
+                    .contains(&Action::Continuous(continuous.clone()))
             }
             _ => false,
         }
@@ -88,6 +109,13 @@ pub enum Action {
     Continuous(Vec<f32>),
     /// One index per choice of a multi-discrete space.
     MultiDiscrete(Vec<usize>),
+    /// A mixed space's choices and box values.
+    Mixed {
+        /// One index per discrete choice.
+        discrete: Vec<usize>,
+        /// The box's values.
+        continuous: Vec<f32>,
+    },
 }
 
 /// What a step returns (Gymnasium's `obs, reward, terminated, truncated`).

@@ -20,15 +20,18 @@
 //! | `{"cmd": "close"}` | nothing; the child then exits |
 //!
 //! - `SPACE` is `{"type": "discrete", "n": n}`, `{"type": "box", "low":
-//!   [...], "high": [...]}` (flattened; an infinite bound is `null`) or
-//!   `{"type": "multi_discrete", "nvec": [n, ...]}`. `gym_server.py` serves
+//!   [...], "high": [...]}` (flattened; an infinite bound is `null`),
+//!   `{"type": "multi_discrete", "nvec": [n, ...]}` or `{"type": "mixed",
+//!   "nvec": [...], "low": [...], "high": [...]}`. `gym_server.py` serves
 //!   any observation space other than a box flattened to one (Gymnasium's
 //!   `flatten_space`: a discrete one one-hot, a `Dict` or `Tuple` the
-//!   concatenation of its parts), and a `MultiDiscrete`, `MultiBinary`, or
-//!   `Tuple`/`Dict` of discrete spaces as actions as `multi_discrete`.
+//!   concatenation of its parts), a `MultiDiscrete`, `MultiBinary`, or
+//!   `Tuple`/`Dict` of discrete spaces as actions as `multi_discrete`, and a
+//!   `Tuple`/`Dict` that also holds boxes as `mixed`.
 //! - `S` is an integer or `null`; environment `i` is reset with `S + i`.
 //! - `A` is an integer for a discrete space, a list of numbers for a box, a
-//!   list of integers for a multi-discrete space.
+//!   list of integers for a multi-discrete space, `{"discrete": [...],
+//!   "continuous": [...]}` for a mixed one.
 //! - An environment whose episode ends at a step is reset in that step (as
 //!   Gymnasium's `autoreset_mode=SAME_STEP`): its `obs` is the new
 //!   episode's first and `final_obs` the ended one's last (else `null`).
@@ -386,6 +389,7 @@ impl BatchEnv for ProcessEnv {
                 Action::Discrete(i) => json!(i),
                 Action::Continuous(v) => json!(v),
                 Action::MultiDiscrete(v) => json!(v),
+                Action::Mixed { discrete, continuous } => json!({"discrete": discrete, "continuous": continuous}),
             })
             .collect();
         let reply: StepReply = self.request("step", json!({"cmd": "step", "actions": wire}))?;
@@ -455,6 +459,11 @@ enum WireSpace {
     MultiDiscrete {
         nvec: Vec<usize>,
     },
+    Mixed {
+        nvec: Vec<usize>,
+        low: Vec<Option<f32>>,
+        high: Vec<Option<f32>>,
+    },
 }
 
 impl From<WireSpace> for Space {
@@ -463,6 +472,11 @@ impl From<WireSpace> for Space {
             WireSpace::Discrete { n } => Space::Discrete(n),
             WireSpace::MultiDiscrete { nvec } => Space::MultiDiscrete(nvec),
             WireSpace::Box { low, high } => Space::Box {
+                low: low.into_iter().map(|x| x.unwrap_or(f32::NEG_INFINITY)).collect(),
+                high: high.into_iter().map(|x| x.unwrap_or(f32::INFINITY)).collect(),
+            },
+            WireSpace::Mixed { nvec, low, high } => Space::Mixed {
+                discrete: nvec,
                 low: low.into_iter().map(|x| x.unwrap_or(f32::NEG_INFINITY)).collect(),
                 high: high.into_iter().map(|x| x.unwrap_or(f32::INFINITY)).collect(),
             },

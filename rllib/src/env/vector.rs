@@ -111,6 +111,11 @@ pub(crate) fn check_actions(actions: &[Action], n: usize, space: &Space) -> Resu
             (Space::Discrete(n), Action::Discrete(i)) => i < n,
             (Space::Box { low, .. }, Action::Continuous(v)) => v.len() == low.len() && !v.iter().any(|x| x.is_nan()),
             (Space::MultiDiscrete(_), Action::MultiDiscrete(_)) => space.contains(a),
+            (Space::Mixed { discrete: n, low, .. }, Action::Mixed { discrete, continuous }) => {
+                Space::MultiDiscrete(n.clone()).contains(&Action::MultiDiscrete(discrete.clone()))
+                    && continuous.len() == low.len()
+                    && !continuous.iter().any(|x| x.is_nan())
+            }
             _ => false,
         };
         if !ok {

@@ -474,6 +474,100 @@ fn ppo_learns_a_multi_discrete_action_and_dqn_refuses_one() {
     assert!(e.to_string().contains("multi-discrete"), "{e}");
 }
 
+/// A switch and a knob set at once (a mixed action: a choice of 3 and a
+/// value in [-1, 1]) to targets shown in the observation: a point for the
+/// right switch and up to one for the knob (1 - its distance to the
+/// target), 10 steps an episode. A random policy scores about 8, a perfect
+/// one 20.
+struct SwitchAndKnob {
+    rng: u64,
+    target: (usize, f32),
+    t: usize,
+}
+
+impl SwitchAndKnob {
+    fn draw(&mut self) -> Vec<f32> {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.target = ((self.rng % 3) as usize, ((self.rng >> 8) % 1001) as f32 / 500.0 - 1.0);
+        let mut obs = vec![0.0; 4];
+        obs[self.target.0] = 1.0;
+        obs[3] = self.target.1;
+        obs
+    }
+}
+
+impl rayforge_rllib::env::Env for SwitchAndKnob {
+    fn observation_space(&self) -> rayforge_rllib::env::Space {
+        rayforge_rllib::env::Space::Box {
+            low: vec![0.0, 0.0, 0.0, -1.0],
+            high: vec![1.0; 4],
+        }
+    }
+    fn action_space(&self) -> rayforge_rllib::env::Space {
+        rayforge_rllib::env::Space::Mixed {
+            discrete: vec![3],
+            low: vec![-1.0],
+            high: vec![1.0],
+        }
+    }
+    fn reset(&mut self, seed: Option<u64>) -> Vec<f32> {
+        if let Some(s) = seed {
+            self.rng = s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        }
+        self.t = 0;
+        self.draw()
+    }
+    fn step(
+        &mut self,
+        action: &rayforge_rllib::env::Action,
+    ) -> Result<rayforge_rllib::env::Step, rayforge_rllib::env::EnvError> {
+        let rayforge_rllib::env::Action::Mixed { discrete, continuous } = action else {
+            return Err(rayforge_rllib::env::EnvError::BadAction {
+                action: action.clone(),
+                space: self.action_space(),
+            });
+        };
+        let reward = (discrete[0] == self.target.0) as u8 as f64 + 1.0 - (continuous[0] - self.target.1).abs() as f64;
+        self.t += 1;
+        Ok(rayforge_rllib::env::Step {
+            obs: self.draw(),
+            reward,
+            terminated: false,
+            truncated: self.t >= 10,
+        })
+    }
+}
+
+fn switch_and_knob(_: &serde_json::Value) -> Result<Box<dyn rayforge_rllib::env::Env>, String> {
+    Ok(Box::new(SwitchAndKnob {
+        rng: 1,
+        target: (0, 0.0),
+        t: 0,
+    }))
+}
+
+#[test]
+fn ppo_learns_a_mixed_discrete_and_continuous_action_and_dqn_and_sac_refuse_one() {
+    cluster();
+    rayforge_rllib::env::register_env("switch_and_knob", switch_and_knob).unwrap();
+    let mut c = AlgoConfig::preset(Algo::Ppo, "CartPole-v1");
+    c.env = "switch_and_knob".into();
+    let mut a = Algorithm::new(c.clone()).unwrap();
+    let last = crate::train_until(&mut a, 17.0, 150_000);
+    assert!(last.episode_return_mean >= 17.0, "{}", last.line());
+    // Greedy: the likeliest switch and the knob's mean.
+    let greedy = a.evaluate(3).unwrap();
+    assert!(greedy.returns.iter().all(|r| *r >= 17.5), "{greedy:?}");
+    a.stop();
+    for algo in [Algo::Dqn, Algo::Sac] {
+        c.algo = algo;
+        let e = Algorithm::new(c.clone()).unwrap_err();
+        assert!(e.to_string().contains("mixed"), "{e}");
+    }
+}
+
 /// A user's network: one shared ReLU trunk of `width` units, a policy head
 /// and a value head on it.
 struct SharedTrunk {

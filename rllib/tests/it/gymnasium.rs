@@ -153,6 +153,10 @@ fn action_json(a: &Action) -> Value {
         // Widened exactly, so that Python's float32 is ours.
         Action::Continuous(v) => json!(v.iter().map(|x| *x as f64).collect::<Vec<_>>()),
         Action::MultiDiscrete(v) => json!(v),
+        Action::Mixed { discrete, continuous } => json!({
+            "discrete": discrete,
+            "continuous": continuous.iter().map(|x| *x as f64).collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -682,9 +686,9 @@ fn process_env_reports_gymnasium_failures_and_a_killed_server() {
 
 /// A Gymnasium environment module with composite spaces, written for the
 /// test: `Spaces-v0` observes a Dict (MultiBinary, Discrete, Box) that
-/// echoes its Tuple action (Discrete, MultiDiscrete, MultiBinary), and
-/// `Mixed-v0` takes a Tuple of a Box and a Discrete, which has no
-/// multi-discrete form.
+/// echoes its Tuple action (Discrete, MultiDiscrete, MultiBinary),
+/// `Mixed-v0` takes a Tuple of a Box, a Discrete and a MultiBinary (a mixed
+/// action), and `Sequence-v0` an action space that is not served.
 const SPACES_MODULE: &str = r#"
 import gymnasium as gym
 import numpy as np
@@ -711,16 +715,30 @@ class Spaces(gym.Env):
 
 
 class Mixed(Spaces):
-    action_space = spaces.Tuple((spaces.Box(-1.0, 1.0, (1,)), spaces.Discrete(2)))
+    action_space = spaces.Tuple((spaces.Box(-1.0, 1.0, (2,), np.float32), spaces.Discrete(2), spaces.MultiBinary(1)))
+
+    def step(self, action):
+        knob, switch, bit = action
+        assert knob.shape == (2,) and knob.dtype == np.float32 and isinstance(switch, int) and bit.shape == (1,), action
+        self.t += 1
+        obs = {"pos": switch, "vel": knob, "flags": np.array([bit[0], 0], np.int8)}
+        return obs, float(knob.sum() + 10 * switch + 100 * bit[0]), False, self.t >= 3, {}
+
+
+class Sequence(Spaces):
+    action_space = spaces.Sequence(spaces.Discrete(2))
 
 
 gym.register("Spaces-v0", entry_point=Spaces)
 gym.register("Mixed-v0", entry_point=Mixed)
+gym.register("Sequence-v0", entry_point=Sequence)
 "#;
 
 #[test]
-fn composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt() {
-    let Some(python) = gym_python("composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt") else {
+fn composite_gymnasium_spaces_are_flattened_and_multi_discrete_and_mixed_actions_rebuilt() {
+    let Some(python) =
+        gym_python("composite_gymnasium_spaces_are_flattened_and_multi_discrete_and_mixed_actions_rebuilt")
+    else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("rayforge-gym-spaces-{}", std::process::id()));
@@ -765,9 +783,38 @@ fn composite_gymnasium_spaces_are_flattened_and_multi_discrete_actions_rebuilt()
         .unwrap_err();
     assert!(matches!(e, EnvError::BadAction { .. }), "{e}");
     envs.close().unwrap();
-    // A Tuple of a Box and a Discrete has no multi-discrete form: named.
-    let Err(e) = spawn("spaces_test_env:Mixed-v0") else {
-        panic!("a Tuple of a Box and a Discrete was served")
+    // A Tuple of a Box and discrete spaces: its choices, then its box; the
+    // server rebuilds the Tuple (the env checks the parts' types).
+    let mut envs = spawn("spaces_test_env:Mixed-v0").unwrap();
+    assert_eq!(
+        envs.action_space(),
+        Space::Mixed {
+            discrete: vec![2, 2],
+            low: vec![-1.0, -1.0],
+            high: vec![1.0, 1.0],
+        }
+    );
+    envs.reset(Some(0)).unwrap();
+    let act = |d: Vec<usize>, c: Vec<f32>| Action::Mixed {
+        discrete: d,
+        continuous: c,
+    };
+    let s = envs
+        .step(&[act(vec![1, 0], vec![0.5, -0.25]), act(vec![0, 1], vec![1.0, 1.0])])
+        .unwrap();
+    assert_eq!(s.steps[0].reward, 10.25);
+    assert_eq!(s.steps[0].obs, vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.5, -0.25]);
+    assert_eq!(s.steps[1].reward, 102.0);
+    // A choice out of range, or a box value missing, is refused before it is
+    // sent.
+    for bad in [act(vec![2, 0], vec![0.0, 0.0]), act(vec![0, 0], vec![0.0])] {
+        let e = envs.step(&[bad.clone(), bad]).unwrap_err();
+        assert!(matches!(e, EnvError::BadAction { .. }), "{e}");
+    }
+    envs.close().unwrap();
+    // A space with no fixed form is refused, named.
+    let Err(e) = spawn("spaces_test_env:Sequence-v0") else {
+        panic!("a Sequence action space was served")
     };
     assert!(e.to_string().contains("is not supported"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -252,15 +252,16 @@ impl DMatrix {
     pub fn from_batch(batch: &RecordBatch, spec: &DataSpec, dataset: &str) -> Result<DMatrix> {
         let api = api()?;
         let features = spec.feature_names(batch, dataset)?;
+        // Every column named was checked to be there (feature_names).
         let column = |n: &str| {
             batch
                 .column_by_name(n)
                 .cloned()
-                .unwrap_or_else(|| unreachable!("checked above"))
+                .ok_or_else(|| Error::InvalidArgument(format!("no column `{n}` in the dataset `{dataset}`")))
         };
         let values: Vec<Values> = features
             .iter()
-            .map(|n| feature_values(n, &column(n)))
+            .map(|n| feature_values(n, &column(n)?))
             .collect::<Result<_>>()?;
         let interfaces: Vec<String> = values.iter().map(Values::interface).collect::<Result<_>>()?;
         let data = cstr("columns", &format!("[{}]", interfaces.join(", ")))?;
@@ -279,7 +280,7 @@ impl DMatrix {
         };
         for (role, field, c) in [("label", "label", &spec.label), ("weight", "weight", &spec.weight)] {
             if let Some(c) = c {
-                let v = info_values(role, c, &column(c))?;
+                let v = info_values(role, c, &column(c)?)?;
                 m.set_info(field, &v)?;
             }
         }

@@ -330,6 +330,30 @@ impl Trainer {
         let mut error = None;
         for attempt in 0.. {
             let resume = run_dir.latest()?;
+            // A rank killed between committing a checkpoint and handing over
+            // its report leaves a checkpoint the history lacks: its report
+            // comes from the checkpoint's manifest, so the history has every
+            // iteration the restarted gang goes on from.
+            if attempt > 0 {
+                if let Some(c) = &resume {
+                    let last = history
+                        .reports
+                        .last()
+                        .map(|r| r.iteration)
+                        .or_else(|| history.prior.last().map(|r| r.iteration))
+                        .unwrap_or(0);
+                    let m = c.manifest()?;
+                    if m.iteration > last {
+                        let r = Report {
+                            iteration: m.iteration,
+                            metrics: m.metrics,
+                            checkpoint: Some(c.clone()),
+                        };
+                        on_report(&r);
+                        history.reports.push(r);
+                    }
+                }
+            }
             let resumed_at = resume.as_ref().map(|c| c.location());
             let ring = format!("{run_id}/attempt{attempt}");
             // A gang that cannot be placed is no rank's failure, and trying

@@ -8,7 +8,6 @@
 
 use std::process::ExitCode;
 
-use rayforge::checkpoint::CheckpointWriter;
 use rayforge_examples::digits::{self, Settings};
 use rayforge_train::{RunConfig, ScalingConfig, Trainer};
 use rayforge_tune::TrialContext;
@@ -61,15 +60,7 @@ fn mlp(ctx: &mut TrialContext) -> Result<(), String> {
             }
             let mut metrics: Vec<(String, f64)> = r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
             metrics.retain(|(k, _)| k != "training_iteration");
-            let sent = match &r.checkpoint {
-                Some(c) => c
-                    .to_local()
-                    .and_then(|c| CheckpointWriter::copy_of(&c))
-                    .map_err(|e| err(&e))
-                    .and_then(|w| ctx.report_checkpoint(metrics, w).map_err(|e| err(&e))),
-                None => ctx.report(metrics).map_err(|e| err(&e)),
-            };
-            failed = sent.err();
+            failed = ctx.report_copy(metrics, r.checkpoint.as_ref()).err().map(|e| err(&e));
         })
         .map_err(|e| err(&e))?;
     if let Some(e) = failed {

@@ -396,12 +396,18 @@ struct Dials {
     t: usize,
 }
 
+/// xorshift: the test environments' targets come from their own seeded
+/// generators.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 impl Dials {
     fn draw(&mut self) -> Vec<f32> {
-        // xorshift: the targets come from the env's own seeded generator.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
+        xorshift(&mut self.rng);
         self.target = ((self.rng % 3) as usize, ((self.rng / 3) % 4) as usize);
         let mut obs = vec![0.0; 7];
         obs[self.target.0] = 1.0;
@@ -487,9 +493,7 @@ struct SwitchAndKnob {
 
 impl SwitchAndKnob {
     fn draw(&mut self) -> Vec<f32> {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
+        xorshift(&mut self.rng);
         self.target = ((self.rng % 3) as usize, ((self.rng >> 8) % 1001) as f32 / 500.0 - 1.0);
         let mut obs = vec![0.0; 4];
         obs[self.target.0] = 1.0;

@@ -240,11 +240,8 @@ impl Booster {
                 &mut out,
             )
         })?;
-        // SAFETY: `shape` holds `dim` sizes; `out` their product of floats,
-        // owned by the booster until its next call (copied here).
-        let dims = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
-        let n: u64 = dims.iter().product();
-        Ok(unsafe { std::slice::from_raw_parts(out, n as usize) }.to_vec())
+        // SAFETY: a successful prediction's outputs.
+        Ok(unsafe { predictions(shape, dim, out) })
     }
 
     /// Predictions for `rows` rows of `cols` features, row after row in
@@ -285,10 +282,8 @@ impl Booster {
                 &mut out,
             )
         })?;
-        // SAFETY: as in `predict`.
-        let dims = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
-        let n: u64 = dims.iter().product();
-        Ok(unsafe { std::slice::from_raw_parts(out, n as usize) }.to_vec())
+        // SAFETY: a successful prediction's outputs.
+        Ok(unsafe { predictions(shape, dim, out) })
     }
 
     /// Predictions for the rows of Arrow `batches` (the features `spec`
@@ -427,6 +422,18 @@ impl Booster {
             .map(|t| unsafe { CStr::from_ptr(*t) }.to_string_lossy().into_owned())
             .collect())
     }
+}
+
+/// A prediction's output copied out of the booster.
+///
+/// # Safety
+/// `shape` holds `dim` sizes and `out` their product of floats, as a
+/// successful `XGBoosterPredictFrom*` call leaves them (owned by the booster
+/// until its next call).
+unsafe fn predictions(shape: *const BstUlong, dim: BstUlong, out: *const f32) -> Vec<f32> {
+    let dims = unsafe { std::slice::from_raw_parts(shape, dim as usize) };
+    let n: u64 = dims.iter().product();
+    unsafe { std::slice::from_raw_parts(out, n as usize) }.to_vec()
 }
 
 /// The parameter an XGBoost error names, from the forms its messages take

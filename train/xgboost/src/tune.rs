@@ -43,7 +43,6 @@
 //! subsample = { uniform = [0.5, 1.0] }
 //! ```
 
-use rayforge::checkpoint::CheckpointWriter;
 use rayforge_train::{RunConfig, ScalingConfig};
 use rayforge_tune::TrialContext;
 
@@ -133,15 +132,7 @@ pub fn trainable(ctx: &mut TrialContext) -> Result<(), String> {
                 return;
             }
             let metrics: Vec<(String, f64)> = r.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            let sent = match &r.checkpoint {
-                Some(c) => c
-                    .to_local()
-                    .and_then(|c| CheckpointWriter::copy_of(&c))
-                    .map_err(|e| err(&e))
-                    .and_then(|w| ctx.report_checkpoint(metrics, w).map_err(|e| err(&e))),
-                None => ctx.report(metrics).map_err(|e| err(&e)),
-            };
-            failed = sent.err();
+            failed = ctx.report_copy(metrics, r.checkpoint.as_ref()).err().map(|e| err(&e));
         })
         .map_err(|e| err(&e))?;
     if let Some(e) = failed {

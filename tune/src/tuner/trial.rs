@@ -126,6 +126,21 @@ impl TrialContext {
         self.report_inner(metrics, Some(checkpoint))
     }
 
+    /// Reports this iteration's metrics with a copy of a checkpoint that
+    /// already exists (another run's: a Train run's report, say), fetched to
+    /// this node first, or without one. How a trial passes on the reports of
+    /// a run it drives (`Trainer::fit_with`).
+    pub fn report_copy<K: Into<String>>(
+        &mut self,
+        metrics: impl IntoIterator<Item = (K, f64)>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<()> {
+        let copy = checkpoint
+            .map(|c| c.to_local().and_then(|c| CheckpointWriter::copy_of(&c)))
+            .transpose()?;
+        self.report_inner(metrics, copy)
+    }
+
     fn report_inner<K: Into<String>>(
         &mut self,
         metrics: impl IntoIterator<Item = (K, f64)>,

@@ -535,19 +535,39 @@ impl CheckpointDir {
     /// half deleted): a run that starts over from scratch.
     pub fn clear(&self) -> Result<()> {
         for c in self.list()? {
-            match c.uri() {
-                Some(uri) => {
-                    let name = uri.rsplit('/').next().unwrap_or_default();
-                    self.storage.delete(&format!("{name}/{MANIFEST}"))?;
-                    self.storage.delete(&format!("{name}/"))?;
-                }
-                None => {
-                    let _ = std::fs::remove_file(c.path().join(MANIFEST));
-                    std::fs::remove_dir_all(c.path()).map_err(|e| CheckpointError::io(c.path(), e))?;
-                }
-            }
-            let _ = std::fs::remove_dir_all(c.path());
+            self.remove(&c)?;
         }
+        Ok(())
+    }
+
+    /// Deletes the checkpoints of iterations after `iteration`, returning
+    /// how many: what a run's driver does when it ended the run at
+    /// `iteration` while the run, not yet stopped, committed more.
+    pub fn remove_after(&self, iteration: u64) -> Result<usize> {
+        let mut n = 0;
+        for c in self.list()? {
+            if c.manifest()?.iteration > iteration {
+                self.remove(&c)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes one checkpoint, its manifest first.
+    fn remove(&self, c: &Checkpoint) -> Result<()> {
+        match c.uri() {
+            Some(uri) => {
+                let name = uri.rsplit('/').next().unwrap_or_default();
+                self.storage.delete(&format!("{name}/{MANIFEST}"))?;
+                self.storage.delete(&format!("{name}/"))?;
+            }
+            None => {
+                let _ = std::fs::remove_file(c.path().join(MANIFEST));
+                std::fs::remove_dir_all(c.path()).map_err(|e| CheckpointError::io(c.path(), e))?;
+            }
+        }
+        let _ = std::fs::remove_dir_all(c.path());
         Ok(())
     }
 
@@ -562,11 +582,9 @@ impl CheckpointDir {
             return config.prune(dir);
         }
         for c in config.to_drop(&self.list()?) {
-            let Some(uri) = c.uri() else { continue };
-            let name = uri.rsplit('/').next().unwrap_or_default();
-            self.storage.delete(&format!("{name}/{MANIFEST}"))?;
-            self.storage.delete(&format!("{name}/"))?;
-            let _ = std::fs::remove_dir_all(c.path());
+            if c.uri().is_some() {
+                self.remove(&c)?;
+            }
         }
         Ok(())
     }

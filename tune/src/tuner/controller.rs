@@ -56,6 +56,30 @@ impl Running {
             let _ = rayforge::remove_placement_group(pg);
         }
     }
+
+    /// Ends the process of trial `t`, which the driver ended at its last
+    /// recorded report while it ran on: once the process is gone, the
+    /// checkpoints it committed past that report are deleted, so the
+    /// trial's latest checkpoint matches its results (and a paused trial
+    /// resumes from where its results end).
+    fn kill_at_last_report(self, t: &TrialResult) {
+        let done = self.done.clone();
+        self.kill();
+        let gone = rayforge::wait(&[done], 1, Some(Duration::from_secs(60)));
+        if !gone.is_ok_and(|(ready, _)| !ready.is_empty()) {
+            tracing::warn!("{}: its process did not end within 60 s of being killed", t.trial);
+        }
+        let last = t
+            .history
+            .last()
+            .and_then(|m| m.get(TRAINING_ITERATION))
+            .map_or(0, |i| *i as u64);
+        match CheckpointDir::new(t.storage.clone()).remove_after(last) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("{}: removed {n} checkpoints committed after its last result", t.trial),
+            Err(e) => tracing::warn!("{}: removing checkpoints committed after its last result: {e}", t.trial),
+        }
+    }
 }
 
 /// An experiment in progress.
@@ -545,7 +569,7 @@ impl Controller {
                 t.status = TrialStatus::Paused;
                 ex.journal.append(&Event::Paused { trial: t.trial.clone() })?;
                 if let Some(run) = ex.running.remove(&t.trial) {
-                    run.kill();
+                    run.kill_at_last_report(t);
                 }
                 Ok(())
             }
@@ -556,7 +580,7 @@ impl Controller {
     /// Stops a running trial: its process killed, its end recorded.
     fn stop(&mut self, ex: &mut Run, i: usize, status: TrialStatus, early: bool) -> Result<()> {
         if let Some(run) = ex.running.remove(&ex.trials[i].trial) {
-            run.kill();
+            run.kill_at_last_report(&ex.trials[i]);
         }
         self.end(ex, i, status, early)
     }

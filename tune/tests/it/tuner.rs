@@ -388,6 +388,18 @@ fn hyperband_pauses_trials_and_resumes_the_best_from_their_checkpoints() {
         if iterations.len() > 1 {
             assert_eq!(t.history[1]["started_at"], 1.0, "{t:?}");
         }
+        // A trial paused or stopped while it ran on keeps no checkpoint
+        // past its last result.
+        let latest = rayforge::checkpoint::CheckpointDir::new(t.storage.clone())
+            .latest()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            latest.manifest().unwrap().iteration,
+            iterations.len() as u64,
+            "{}",
+            t.trial
+        );
     }
     let best = grid.best().unwrap();
     assert_eq!(best.config["lr"], 0.1);

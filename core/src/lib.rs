@@ -102,6 +102,7 @@ mod session;
 pub mod state;
 pub mod storage;
 pub mod tls;
+pub mod tracking;
 pub mod util;
 mod worker;
 

@@ -18,6 +18,8 @@ bash scripts/gym-venv.sh && export RAYFORGE_GYM_PYTHON="${RAYFORGE_GYM_VENV:-$PW
 # PyPI in target/s3-venv, Azurite (Azure Blob Storage) from npm.
 bash scripts/s3-venv.sh && export RAYFORGE_MOTO_SERVER="${RAYFORGE_S3_VENV:-$PWD/target/s3-venv}/bin/moto_server"
 bash scripts/azurite.sh && export RAYFORGE_AZURITE="$PWD/integration-tests/azurite/node_modules/.bin/azurite-blob"
+# MLflow 3.18 (a real `mlflow server`) and TensorBoard 2.21's event reader in target/tracking-venv, for the experiment-tracking tests.
+bash scripts/tracking-venv.sh && export RAYFORGE_TRACKING_PYTHON="${RAYFORGE_TRACKING_VENV:-$PWD/target/tracking-venv}/bin/python" RAYFORGE_MLFLOW="${RAYFORGE_TRACKING_VENV:-$PWD/target/tracking-venv}/bin/mlflow"
 # Chromium, promtool, playwright-core, kubernetes-validate and kubectl, for the dashboard checks.
 source scripts/observability-tools.sh
 # OpenSSH's server and client, for the launcher's ssh-provider test.

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use rayforge::Config;
 
+pub mod tracking;
+
 /// Starts an embedded 2-CPU cluster once for this test process.
 pub fn cluster() {
     cluster_with(|c| c);

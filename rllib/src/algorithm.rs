@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayforge::checkpoint::{Checkpoint, CheckpointWriter};
+use rayforge::tracking::{Curve, RunEnd, RunInfo, RunKind};
 use serde::{Deserialize, Serialize};
 
 use crate::algos::{dqn::Dqn, ppo::Ppo, sac::Sac};
@@ -530,7 +531,19 @@ pub struct Algorithm {
     window: VecDeque<(f64, u64)>,
     torch: TorchScope,
     callbacks: Vec<Box<dyn Callbacks>>,
+    tracked: Option<Tracked>,
 }
+
+/// A run [`Algorithm::track`] tracks.
+struct Tracked {
+    run: RunInfo,
+    callbacks: rayforge::tracking::Callbacks,
+    curve: Curve,
+    published: Option<Instant>,
+}
+
+/// How often a tracked run's status is published at most (and at its end).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// The torch state an algorithm works under in the driver — its own
 /// random generator (seeded with its config's seed) and one intra-op
@@ -585,6 +598,15 @@ impl TorchScope {
         let out = f();
         self.exit(outer)?;
         Ok(out)
+    }
+}
+
+/// An algorithm dropped without [`Algorithm::stop`] ends its tracked run.
+impl Drop for Algorithm {
+    fn drop(&mut self) {
+        if self.tracked.is_some() {
+            self.end_tracking("FINISHED", RunEnd::Finished);
+        }
     }
 }
 
@@ -728,6 +750,7 @@ impl Algorithm {
             window: VecDeque::new(),
             torch,
             callbacks: Vec::new(),
+            tracked: None,
         })
     }
 
@@ -755,7 +778,13 @@ impl Algorithm {
         let outer = self.torch.enter()?;
         let r = self.train_scoped();
         self.torch.exit(outer)?;
-        let (mut r, episodes) = r?;
+        let (mut r, episodes) = match r {
+            Ok(r) => r,
+            Err(e) => {
+                self.end_tracking("FAILED", RunEnd::Failed(e.to_string()));
+                return Err(e);
+            }
+        };
         for cb in &mut self.callbacks {
             for (ret, len) in episodes.returns.iter().zip(&episodes.lengths) {
                 cb.on_episode_end(&EpisodeEnd {
@@ -766,7 +795,78 @@ impl Algorithm {
             }
             cb.on_train_result(&mut r);
         }
+        if let Some(t) = &mut self.tracked {
+            let metrics: BTreeMap<String, f64> = r.metrics().into_iter().collect();
+            t.curve.push(r.env_steps_lifetime as f64, &metrics);
+            t.callbacks.report(&t.run, r.env_steps_lifetime, &metrics);
+            if t.published.is_none_or(|p| p.elapsed() >= PUBLISH_EVERY) {
+                self.publish("RUNNING", "");
+            }
+        }
         Ok(r)
+    }
+
+    /// Tracks this algorithm's training as run `name`: each iteration's
+    /// metrics go to `callbacks` ([`rayforge::tracking`]: MLflow, a user's
+    /// own — plus a TensorBoard event file in `dir` when given) at its
+    /// lifetime env steps, each [`Algorithm::save`] as a checkpoint, and
+    /// [`Algorithm::stop`] (or a failed iteration) ends the run; the run is
+    /// published for the dashboard's RLlib page (its returns and losses
+    /// against env steps). `rllib train` tracks each run this way.
+    pub fn track(
+        &mut self,
+        name: &str,
+        dir: Option<rayforge::storage::Storage>,
+        callbacks: rayforge::tracking::Callbacks,
+    ) {
+        let mut callbacks = callbacks;
+        let mut run =
+            RunInfo::new(RunKind::Rllib, name, name).params(serde_json::to_value(&self.config).unwrap_or_default());
+        if let Some(dir) = dir {
+            callbacks.push(std::sync::Arc::new(rayforge::tracking::TensorBoard::new()));
+            run = run.storage(dir);
+        }
+        callbacks.start(&run);
+        self.tracked = Some(Tracked {
+            run,
+            callbacks,
+            curve: Curve::default(),
+            published: None,
+        });
+        self.publish("RUNNING", "");
+    }
+
+    /// Publishes the tracked run's status for the dashboard (a failure to
+    /// is logged, never fatal).
+    fn publish(&mut self, state: &str, error: &str) {
+        let Some(t) = &mut self.tracked else { return };
+        t.published = Some(Instant::now());
+        let status = serde_json::json!({
+            "status": state,
+            "algo": format!("{:?}", self.config.algo),
+            "env": self.config.env,
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "error": error,
+            "path": t.run.storage.as_ref().map(|s| s.uri().to_string()),
+            "history": t.curve.to_json(),
+        });
+        if let Err(e) = rayforge::state::publish("rllib", &t.run.experiment, &status) {
+            tracing::debug!("publishing the run for the dashboard: {e}");
+        }
+    }
+
+    /// Ends the tracked run (once).
+    fn end_tracking(&mut self, state: &str, end: RunEnd) {
+        let message = match &end {
+            RunEnd::Failed(e) => e.clone(),
+            _ => String::new(),
+        };
+        self.publish(state, &message);
+        if let Some(t) = self.tracked.take() {
+            t.callbacks.end(&t.run, &end);
+        }
     }
 
     /// Adds hooks called on every iteration from now on, after those added
@@ -880,6 +980,9 @@ impl Algorithm {
         for cb in &mut self.callbacks {
             cb.on_checkpoint(&c);
         }
+        if let Some(t) = &self.tracked {
+            t.callbacks.checkpoint(&t.run, self.env_steps, &c);
+        }
         Ok(c)
     }
 
@@ -956,8 +1059,9 @@ impl Algorithm {
         Ok(a)
     }
 
-    /// Ends the runners.
-    pub fn stop(self) {
+    /// Ends the runners (and a tracked run, as finished).
+    pub fn stop(mut self) {
+        self.end_tracking("FINISHED", RunEnd::Finished);
         self.runners.stop();
         if let Some(e) = &self.eval_runner {
             e.stop();

@@ -36,7 +36,7 @@ use crate::{Algo, AlgoConfig, Algorithm, Stop};
 const USAGE: &str = "usage:
   {name} train --algo ppo|appo|dqn|sac --env NAME [--num-env-runners N] [--num-envs-per-runner M]
               [--stop-reward R] [--stop-timesteps T] [--stop-iters I] [--seed S]
-              [--config FILE] [--checkpoint-dir DIR|URI] [--checkpoint-every N]
+              [--config FILE] [--checkpoint-dir DIR|URI] [--checkpoint-every N] [--mlflow URI]
   {name} evaluate CHECKPOINT [--episodes N]          (a checkpoint's path or storage URI)
   {name} tune SEARCH.TOML [--resume]      (a search.toml with [trainable] name = \"rllib\")
 
@@ -47,7 +47,9 @@ the preset's timesteps bound every run (a reward alone may never be reached). Wi
 evaluation on (evaluation_interval), --stop-reward is checked against the evaluation return.
 Checkpoints go to --checkpoint-dir (a path, cluster://prefix or s3://bucket/prefix; default
 ~/rayforge_results/ALGO_ENV, or cluster://rayforge_results/ALGO_ENV on a multi-node cluster)
-every --checkpoint-every iterations (default 10; 0: only at the end) and when training ends.
+every --checkpoint-every iterations (default 10; 0: only at the end) and when training ends,
+with a TensorBoard event file of every iteration's metrics; the dashboard's RLlib page draws the run;
+--mlflow http://host:port logs it to an MLflow tracking server too.
 A tuned preset per algorithm and environment; --config FILE (TOML) overrides its fields.";
 
 /// `--name VALUE` pairs after the command.
@@ -83,6 +85,7 @@ fn train(args: &[String]) -> std::result::Result<(), Box<dyn std::error::Error>>
         "config",
         "checkpoint-dir",
         "checkpoint-every",
+        "mlflow",
     ];
     if let Some((bad, _)) = flags.iter().find(|(n, _)| !known.contains(&n.as_str())) {
         return Err(format!("unknown option --{bad}").into());
@@ -148,6 +151,20 @@ fn train(args: &[String]) -> std::result::Result<(), Box<dyn std::error::Error>>
     let start = std::time::Instant::now();
     let evaluating = config.evaluation_interval > 0;
     let mut a = Algorithm::new(config)?;
+    // The dashboard's RLlib page, a TensorBoard event file beside the
+    // checkpoints, and MLflow when asked.
+    let mut callbacks = rayforge::tracking::Callbacks::new();
+    if let Some(uri) = get("mlflow") {
+        callbacks = callbacks.with(rayforge::tracking::Mlflow::new(uri));
+    }
+    let name = storage
+        .uri()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("rllib")
+        .to_string();
+    a.track(&name, Some(storage.clone()), callbacks);
     let last = loop {
         let r = a.train()?;
         println!("{}", r.line());

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::worker::{t_train, RankSpec, TrainTramp, TrainWorker, TrainWorkerHandle};
 use rayforge::checkpoint::{Checkpoint, CheckpointConfig, CheckpointDir};
 use rayforge::storage::{SharedCheck, Storage, StorageUri};
+use rayforge::tracking::{Callbacks, Curve, RunEnd, RunInfo, RunKind, TensorBoard};
 
 /// How many workers, and what each holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +87,12 @@ pub struct RunConfig {
     pub collective_timeout: Duration,
     /// Print a line per report (default on).
     pub verbose: bool,
+    /// Told of the run's start, reports, checkpoints and end, on the
+    /// driver ([`rayforge::tracking`]: MLflow, or a user's own).
+    pub callbacks: Callbacks,
+    /// Write a TensorBoard event file into the run's directory (default
+    /// on): `tensorboard --logdir <storage_path>` shows its curves.
+    pub tensorboard: bool,
 }
 
 impl Default for RunConfig {
@@ -97,6 +104,8 @@ impl Default for RunConfig {
             failure: FailureConfig { max_failures: 0 },
             collective_timeout: Duration::from_secs(300),
             verbose: true,
+            callbacks: Callbacks::new(),
+            tensorboard: true,
         }
     }
 }
@@ -314,7 +323,23 @@ impl Trainer {
                 Vec::new()
             }
         };
+        let mut callbacks = self.run.callbacks.clone();
+        if self.run.tensorboard {
+            callbacks.push(std::sync::Arc::new(TensorBoard::new()));
+        }
+        let params = if self.config.is_null() {
+            serde_json::json!({})
+        } else {
+            self.config.clone()
+        };
         let mut history = History {
+            curve: Curve::default(),
+            checkpoints: Vec::new(),
+            restarts: Vec::new(),
+            run: RunInfo::new(RunKind::Train, &self.run.name, &self.run.name)
+                .params(params)
+                .storage(run_dir.storage().clone()),
+            callbacks,
             prior,
             reports: Vec::new(),
             grew_from: None,
@@ -322,6 +347,14 @@ impl Trainer {
             ranks: self.scaling.num_workers,
             failures: 0,
         };
+        // A resumed run's dashboard curve starts at its first report.
+        for r in history.prior.clone() {
+            history.curve.push(r.iteration as f64, &r.metrics);
+            if !r.checkpoint.is_empty() {
+                history.checkpointed(r.iteration);
+            }
+        }
+        history.callbacks.start(&history.run);
         let mut failures = 0u32;
         // Failures in a row with no new checkpoint between them: each waits
         // longer before the next attempt (a failure that recurs at once, with
@@ -349,8 +382,7 @@ impl Trainer {
                             metrics: m.metrics,
                             checkpoint: Some(c.clone()),
                         };
-                        on_report(&r);
-                        history.reports.push(r);
+                        history.record(r, on_report);
                     }
                 }
             }
@@ -391,6 +423,7 @@ impl Trainer {
                 // An elastic gang with room to grow: not a failure.
                 Err(Failure { grow: true, .. }) => {
                     stuck = 0;
+                    history.restarted("restarted to grow the gang".into());
                 }
                 Err(Failure { rank, node, cause, .. }) => {
                     failures += 1;
@@ -406,6 +439,7 @@ impl Trainer {
                         });
                         break;
                     }
+                    history.restarted(format!("rank {rank} failed: {cause}"));
                     let progressed = run_dir.latest()?.map(|c| c.location()) != resumed_at;
                     stuck = if progressed { 0 } else { stuck + 1 };
                     let wait = restart_backoff(stuck);
@@ -436,6 +470,11 @@ impl Trainer {
         let message = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
         history.failures = failures;
         self.publish(run_dir, &history, state, &message);
+        let end = match &error {
+            Some(e) => RunEnd::Failed(e.to_string()),
+            None => RunEnd::Finished,
+        };
+        history.callbacks.end(&history.run, &end);
         let history = history.reports;
         Ok(TrainResult {
             metrics: history.last().map(|r| r.metrics.clone()).unwrap_or_default(),
@@ -466,6 +505,9 @@ impl Trainer {
             "failures": failures,
             "error": message,
             "path": run_dir.storage().uri(),
+            "history": history.curve.to_json(),
+            "checkpoints": history.checkpoints,
+            "restarts": history.restarts,
         });
         if let Err(e) = rayforge::state::publish("train", &self.run.name, &status) {
             tracing::debug!("publishing the run for the dashboard: {e}");
@@ -777,8 +819,7 @@ impl Trainer {
                 );
                 let _ = std::io::stdout().flush();
             }
-            on_report(&r);
-            history.reports.push(r);
+            history.record(r, on_report);
             got = true;
         }
         if got {
@@ -958,6 +999,18 @@ fn budget(max_failures: i32) -> String {
 
 /// The reports of this fit and of the earlier runs under the same name.
 struct History {
+    /// The reports for the dashboard's charts (bounded).
+    curve: Curve,
+    /// Iterations that committed a checkpoint (bounded: every other one
+    /// dropped when past `Curve::DEFAULT_CAP`).
+    checkpoints: Vec<u64>,
+    /// Where the gang restarted: `{iteration, cause}` (the latest
+    /// `MAX_RESTART_MARKS`).
+    restarts: Vec<serde_json::Value>,
+    /// The run as [`rayforge::tracking`] callbacks see it.
+    run: RunInfo,
+    /// The run's callbacks (the user's and TensorBoard).
+    callbacks: Callbacks,
     /// `progress.csv`'s rows from before this fit (a run resumed by name).
     prior: Vec<CsvRow>,
     /// This fit's reports.
@@ -970,6 +1023,46 @@ struct History {
     ranks: usize,
     /// Restarts after a rank failed, so far.
     failures: u32,
+}
+
+/// How many restarts the dashboard marks at most (the latest).
+const MAX_RESTART_MARKS: usize = 100;
+
+impl History {
+    /// Records a report: passes it on (`on_report`, the callbacks) and
+    /// keeps it.
+    fn record(&mut self, r: Report, on_report: &mut dyn FnMut(&Report)) {
+        on_report(&r);
+        self.callbacks.report(&self.run, r.iteration, &r.metrics);
+        if let Some(c) = &r.checkpoint {
+            self.callbacks.checkpoint(&self.run, r.iteration, c);
+            self.checkpointed(r.iteration);
+        }
+        self.curve.push(r.iteration as f64, &r.metrics);
+        self.reports.push(r);
+    }
+
+    fn checkpointed(&mut self, iteration: u64) {
+        self.checkpoints.push(iteration);
+        if self.checkpoints.len() > Curve::DEFAULT_CAP {
+            self.checkpoints = self.checkpoints.iter().step_by(2).copied().collect();
+        }
+    }
+
+    /// Marks a restart of the gang after the latest report.
+    fn restarted(&mut self, cause: String) {
+        let iteration = self
+            .reports
+            .last()
+            .map(|r| r.iteration)
+            .or_else(|| self.prior.last().map(|r| r.iteration))
+            .unwrap_or(0);
+        self.restarts
+            .push(serde_json::json!({"iteration": iteration, "cause": cause}));
+        if self.restarts.len() > MAX_RESTART_MARKS {
+            self.restarts.remove(0);
+        }
+    }
 }
 
 /// One row of `progress.csv`.

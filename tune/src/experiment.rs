@@ -48,6 +48,11 @@
 //! score_attribute = "loss"
 //! mode = "min"
 //!
+//! [tracking]
+//! tensorboard = true            # an event file in each trial's directory (default)
+//! mlflow = "http://127.0.0.1:5000"   # also log each trial to an MLflow server
+//! mlflow_experiment = "search"  # its MLflow experiment (default: `name`)
+//!
 //! [param_space]
 //! lr = { loguniform = [1e-4, 1e-1] }
 //! ```
@@ -115,9 +120,41 @@ pub struct Experiment {
     /// Which of each trial's checkpoints are kept.
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
+    /// Where trials' results go beyond the experiment's files.
+    #[serde(default)]
+    pub tracking: TrackingSpec,
     /// The search space (read by [`SearchSpace::from_toml`]).
     #[serde(default)]
     pub param_space: toml::Table,
+}
+
+/// `[tracking]`: TensorBoard event files and an MLflow server
+/// ([`rayforge::tracking`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSpec {
+    /// Write a TensorBoard event file into each trial's directory (default
+    /// true).
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
+    /// An MLflow tracking server (`http://host:port`) to log each trial to.
+    pub mlflow: Option<String>,
+    /// The MLflow experiment (default: the experiment's name).
+    pub mlflow_experiment: Option<String>,
+}
+
+impl Default for TrackingSpec {
+    fn default() -> Self {
+        TrackingSpec {
+            tensorboard: true,
+            mlflow: None,
+            mlflow_experiment: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> usize {
@@ -600,6 +637,16 @@ impl Experiment {
         if e.num_samples == 0 {
             return Err(Error::config("num_samples", None, "must be at least 1"));
         }
+        if let Some(uri) = &e.tracking.mlflow {
+            let hostport = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
+            if !hostport.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
+                return Err(Error::config(
+                    "tracking.mlflow",
+                    line_in_table(text, "tracking", "mlflow"),
+                    format!("`{uri}` is not an MLflow server's http://host:port"),
+                ));
+            }
+        }
         for (name, amount) in &e.resources_per_trial.custom {
             let field = format!("resources_per_trial.{name}");
             let line = line_in_table(text, "resources_per_trial", name);
@@ -631,6 +678,7 @@ impl Experiment {
         if let Some(m) = definition.as_object_mut() {
             m.remove("storage_path");
             m.remove("max_concurrent_trials");
+            m.remove("tracking");
         }
         e.definition = definition;
         Ok((e, space))
@@ -672,6 +720,17 @@ impl Experiment {
                 higher_is_better: self.checkpoint.mode != Some(Mode::Min),
             },
             definition: Some(self.definition.clone()),
+            tensorboard: self.tracking.tensorboard,
+            callbacks: match &self.tracking.mlflow {
+                Some(uri) => {
+                    let mut m = rayforge::tracking::Mlflow::new(uri);
+                    if let Some(x) = &self.tracking.mlflow_experiment {
+                        m = m.experiment(x);
+                    }
+                    rayforge::tracking::Callbacks::new().with(m)
+                }
+                None => rayforge::tracking::Callbacks::new(),
+            },
             ..d
         }
     }

@@ -652,3 +652,106 @@ fn ppo_trains_a_registered_custom_model_and_checkpoints_its_variables() {
     let e = Algorithm::new(d).unwrap_err().to_string();
     assert!(e.contains("PPO"), "{e}");
 }
+
+/// What a [`rayforge::tracking::Callback`] saw of a run.
+#[derive(Default)]
+struct Tracked {
+    reports: std::sync::Mutex<Vec<u64>>,
+    checkpoints: std::sync::Mutex<Vec<u64>>,
+    ended: std::sync::Mutex<Option<rayforge::tracking::RunEnd>>,
+}
+
+impl rayforge::tracking::Callback for Tracked {
+    fn on_report(
+        &self,
+        _run: &rayforge::tracking::RunInfo,
+        step: u64,
+        _m: &std::collections::BTreeMap<String, f64>,
+    ) -> rayforge::Result<()> {
+        self.reports.lock().unwrap().push(step);
+        Ok(())
+    }
+    fn on_checkpoint(
+        &self,
+        _run: &rayforge::tracking::RunInfo,
+        step: u64,
+        _c: &rayforge::checkpoint::Checkpoint,
+    ) -> rayforge::Result<()> {
+        self.checkpoints.lock().unwrap().push(step);
+        Ok(())
+    }
+    fn on_end(&self, _run: &rayforge::tracking::RunInfo, end: &rayforge::tracking::RunEnd) -> rayforge::Result<()> {
+        *self.ended.lock().unwrap() = Some(end.clone());
+        Ok(())
+    }
+}
+
+#[test]
+fn a_tracked_run_reaches_its_callbacks_tensorboard_and_the_dashboard() {
+    cluster();
+    let dir = std::env::temp_dir().join(format!("rllib-tracked-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let seen = std::sync::Arc::new(Tracked::default());
+    let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
+    a.track(
+        "ppo-tracked",
+        Some(rayforge::storage::StorageUri::from(&dir).open().unwrap()),
+        rayforge::tracking::Callbacks::new().with_arc(seen.clone()),
+    );
+    let results: Vec<_> = (0..6).map(|_| a.train().unwrap()).collect();
+    let ckpt = a.save(&dir).unwrap();
+    let steps: Vec<u64> = results.iter().map(|r| r.env_steps_lifetime).collect();
+    // Still running: the dashboard has it so.
+    let status = |name: &str| -> serde_json::Value {
+        let bytes = rayforge::kv::get(rayforge::state::DASHBOARD_NAMESPACE, &format!("rllib/{name}"))
+            .unwrap()
+            .expect("the run's status for the dashboard");
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(status("ppo-tracked")["status"], "RUNNING");
+    a.stop();
+    assert_eq!(*seen.reports.lock().unwrap(), steps);
+    assert_eq!(*seen.checkpoints.lock().unwrap(), vec![*steps.last().unwrap()]);
+    assert_eq!(*seen.ended.lock().unwrap(), Some(rayforge::tracking::RunEnd::Finished));
+    // The dashboard's curve: returns and losses against env steps.
+    let s = status("ppo-tracked");
+    assert_eq!(s["status"], "FINISHED", "{s}");
+    assert_eq!(s["algo"], "Ppo", "{s}");
+    let h = &s["history"];
+    assert_eq!(
+        h["steps"],
+        serde_json::json!(steps.iter().map(|x| *x as f64).collect::<Vec<_>>()),
+        "{s}"
+    );
+    let published: Vec<Option<f64>> = serde_json::from_value(h["series"]["episode_return_mean"].clone()).unwrap();
+    assert_eq!(published.len(), results.len(), "{s}");
+    for (p, r) in published.iter().zip(&results) {
+        match p {
+            // JSON's text keeps each value to its last digit or so.
+            Some(p) => assert!((p - r.episode_return_mean).abs() <= 1e-9 * p.abs(), "{s}"),
+            None => assert!(r.episode_return_mean.is_nan(), "{s}"),
+        }
+    }
+    assert!(
+        h["series"].as_object().unwrap().keys().any(|k| k.ends_with("loss")),
+        "{s}"
+    );
+    // TensorBoard: every iteration's metrics at its env steps.
+    if let Some(tb) = rayforge_integration_tests::tracking::tensorboard_scalars(&dir) {
+        let got = rayforge_integration_tests::tracking::scalar_steps(&tb, ".", "env_steps_lifetime");
+        let want: Vec<(u64, f64)> = steps.iter().map(|s| (*s, *s as f32 as f64)).collect();
+        rayforge_integration_tests::tracking::assert_points(&got, &want, 1e-7, "env_steps_lifetime");
+        let got: Vec<u64> = rayforge_integration_tests::tracking::scalar_steps(&tb, ".", "episode_return_mean")
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        let want: Vec<u64> = results
+            .iter()
+            .filter(|r| r.episode_return_mean.is_finite())
+            .map(|r| r.env_steps_lifetime)
+            .collect();
+        assert_eq!(got, want);
+    }
+    drop(ckpt);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -74,6 +74,7 @@ fn trainer(storage: &Path, name: &str, iterations: u64, kill_at: Option<u64>, ma
             failure: FailureConfig { max_failures },
             collective_timeout: std::time::Duration::from_secs(60),
             verbose: true,
+            ..Default::default()
         })
         .config(serde_json::json!({
             "iterations": iterations,
@@ -110,6 +111,41 @@ fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
         "{status}"
     );
     assert_eq!(status["metrics"]["w"], w, "{status}");
+    // Its curves: every report, each checkpoint marked, no restart.
+    let h = &status["history"];
+    assert_eq!(
+        h["steps"],
+        serde_json::json!((1..=12).map(|i| i as f64).collect::<Vec<_>>()),
+        "{status}"
+    );
+    let losses: Vec<f64> = result.history.iter().map(|r| r.metrics["loss"]).collect();
+    let shown: Vec<f64> = serde_json::from_value(h["series"]["loss"].clone()).unwrap();
+    assert_eq!(shown.len(), losses.len(), "{status}");
+    // JSON's text keeps each value to its last digit or so.
+    assert!(
+        shown.iter().zip(&losses).all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs()),
+        "{status}"
+    );
+    assert_eq!(
+        status["checkpoints"],
+        serde_json::json!((1..=12).collect::<Vec<u64>>()),
+        "{status}"
+    );
+    assert_eq!(status["restarts"], serde_json::json!([]), "{status}");
+    // TensorBoard reads every metric of every report at its iteration.
+    let tb = rayforge_integration_tests::tracking::tensorboard_scalars(run_dir);
+    if let Some(tb) = &tb {
+        assert_eq!(tb["__errors__"], serde_json::Value::Null, "{tb}");
+        for tag in ["loss", "w"] {
+            let got = rayforge_integration_tests::tracking::scalar_steps(tb, ".", tag);
+            let want: Vec<(u64, f64)> = result
+                .history
+                .iter()
+                .map(|r| (r.iteration, r.metrics[tag] as f32 as f64))
+                .collect();
+            rayforge_integration_tests::tracking::assert_points(&got, &want, 1e-7, tag);
+        }
+    }
     // The same name again resumes at its latest checkpoint: nothing is left
     // to do, and nothing is lost.
     let again = trainer(&dir, "line", 12, None, 0).fit().unwrap().into_result().unwrap();
@@ -126,6 +162,21 @@ fn a_gang_fits_a_line_checkpoints_and_resumes_by_name() {
     let rows: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     let want: Vec<String> = (1..=14).map(|i| i.to_string()).collect();
     assert_eq!(rows, want, "{csv}");
+    // The dashboard's curve and TensorBoard go on from the earlier runs.
+    let status = published("line");
+    assert_eq!(
+        status["history"]["steps"],
+        serde_json::json!((1..=14).map(|i| i as f64).collect::<Vec<_>>()),
+        "{status}"
+    );
+    if tb.is_some() {
+        let tb = rayforge_integration_tests::tracking::tensorboard_scalars(run_dir).unwrap();
+        let steps: Vec<u64> = rayforge_integration_tests::tracking::scalar_steps(&tb, ".", "w")
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(steps, (1..=14).collect::<Vec<_>>());
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -139,6 +190,17 @@ fn a_killed_rank_restarts_the_gang_from_the_latest_checkpoint_within_the_budget(
     let iterations: Vec<u64> = result.history.iter().map(|r| r.iteration).collect();
     assert_eq!(iterations, (1..=8).collect::<Vec<_>>(), "resumed after iteration 3");
     assert!((result.metrics["w"] - 3.0).abs() < 0.1);
+    // The dashboard marks the restart, after the last report before it.
+    let status = published("survives");
+    let restarts = status["restarts"].as_array().unwrap();
+    assert_eq!(restarts.len(), 1, "{status}");
+    assert!(restarts[0]["iteration"].as_u64().unwrap() <= 3, "{status}");
+    assert!(restarts[0]["cause"].as_str().unwrap().contains("rank 1"), "{status}");
+    assert_eq!(
+        status["history"]["series"]["w"].as_array().unwrap().len(),
+        8,
+        "{status}"
+    );
 
     // Without a budget the run fails, naming the rank and its node.
     let result = trainer(&dir, "fails", 8, Some(3), 0).fit().unwrap();
@@ -314,4 +376,83 @@ fn an_elastic_gang_out_of_range_is_refused_naming_min_workers() {
     let e = t.fit().unwrap_err().to_string();
     assert!(e.contains("elastic") && e.contains("placement_group"), "{e}");
     rayforge::remove_placement_group(&pg).unwrap();
+}
+
+#[test]
+fn a_run_is_logged_to_mlflow_with_its_params_metrics_and_final_checkpoint_and_a_down_server_fails_nothing() {
+    use rayforge_integration_tests::tracking::MlflowServer;
+    cluster();
+    let Some(server) = MlflowServer::start() else { return };
+    let dir = storage("mlflow");
+    let mut run = trainer(&dir, "mlflow-line", 6, None, 0);
+    let mut rc = RunConfig {
+        name: "mlflow-line".into(),
+        storage_path: dir.clone().into(),
+        ..Default::default()
+    };
+    rc.callbacks =
+        rayforge::tracking::Callbacks::new().with(rayforge::tracking::Mlflow::new(&server.uri).tag("suite", "train"));
+    run = run.run_config(rc);
+    let result = run.fit().unwrap().into_result().unwrap();
+    let runs = server.runs("mlflow-line");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let info = &runs[0]["info"];
+    assert_eq!(info["status"], "FINISHED", "{info}");
+    assert_eq!(info["run_name"], "mlflow-line", "{info}");
+    let data = &runs[0]["data"];
+    let param = |k: &str| {
+        data["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == k)
+            .map(|p| p["value"].clone())
+    };
+    assert_eq!(param("iterations"), Some(serde_json::json!("6")), "{data}");
+    let tag = |k: &str| {
+        data["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == k)
+            .map(|p| p["value"].clone())
+    };
+    assert_eq!(tag("suite"), Some(serde_json::json!("train")), "{data}");
+    assert_eq!(tag("rayforge.kind"), Some(serde_json::json!("train")), "{data}");
+    let id = info["run_id"].as_str().unwrap();
+    let want: Vec<(u64, f64)> = result
+        .history
+        .iter()
+        .map(|r| (r.iteration, r.metrics["loss"]))
+        .collect();
+    rayforge_integration_tests::tracking::assert_points(&server.metric_history(id, "loss"), &want, 1e-12, "loss");
+    // The final checkpoint, its manifest and files, as artifacts.
+    let mut files = server.artifacts(id, "checkpoint");
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["checkpoint/manifest.json".to_string(), "checkpoint/w".to_string()]
+    );
+
+    // A server that is down: the run finishes as it would without it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut rc = RunConfig {
+        name: "mlflow-down".into(),
+        storage_path: dir.clone().into(),
+        ..Default::default()
+    };
+    rc.callbacks = rayforge::tracking::Callbacks::new()
+        .with(rayforge::tracking::Mlflow::new(&format!("http://127.0.0.1:{closed}")));
+    let result = trainer(&dir, "mlflow-down", 4, None, 0)
+        .run_config(rc)
+        .fit()
+        .unwrap()
+        .into_result()
+        .unwrap();
+    assert_eq!(result.history.len(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
 }

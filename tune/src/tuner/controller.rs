@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rayforge::checkpoint::{Checkpoint, CheckpointDir, CheckpointWriter};
 use rayforge::storage::{SharedCheck, Storage};
+use rayforge::tracking::{RunEnd, RunInfo, RunKind};
 use rayforge::{AnyFnRef, FnRef, Json, ObjectRef, PlacementGroup};
 
 use crate::error::{Error, Result};
@@ -166,13 +167,15 @@ impl Controller {
             "best": best_trial.map(|t| serde_json::json!({
                 "trial": t.trial, "config": t.config, c.metric.clone(): t.last.get(&c.metric),
             })),
+            "params": trials.iter().flat_map(|t| t.config.keys()).collect::<std::collections::BTreeSet<_>>(),
             "trials": trials.iter().map(|t| serde_json::json!({
                 "trial": t.trial,
-                "status": t.status,
+                "status": t.status_label(),
                 "iterations": t.history.len(),
                 c.metric.clone(): t.last.get(&c.metric),
                 "failures": t.failures,
                 "config": t.config,
+                "curve": trial_curve(t, &c.metric),
             })).collect::<Vec<_>>(),
         });
         if let Err(e) = rayforge::state::publish("tune", &c.name, &status) {
@@ -182,6 +185,11 @@ impl Controller {
 
     /// Runs the experiment to its end (see [`crate::Tuner::fit`]).
     pub(crate) fn run(mut self) -> Result<ResultGrid> {
+        if self.config.tensorboard {
+            self.config
+                .callbacks
+                .push(std::sync::Arc::new(rayforge::tracking::TensorBoard::new()));
+        }
         let storage = self
             .config
             .storage_path
@@ -416,6 +424,8 @@ impl Controller {
                 let _ = t.storage.delete("result.jsonl");
                 let _ = t.storage.delete("progress.csv");
             }
+            // Its TensorBoard curves too.
+            let _ = t.storage.delete("events.out.tfevents.");
         }
         let c = &self.config;
         let mut o = TrialActor::options().num_cpus(c.cpus_per_trial);
@@ -457,6 +467,7 @@ impl Controller {
             shared: ex.shared.clone(),
         });
         t.status = TrialStatus::Running;
+        self.config.callbacks.start(&run_info(&self.config, t));
         ex.running.insert(
             t.trial.clone(),
             Running {
@@ -540,6 +551,15 @@ impl Controller {
             return Ok(()); // stopped already; a report was in flight
         }
         let location = r.checkpoint.as_ref().map(|c| c.location());
+        let run = run_info(&self.config, t);
+        let step = r
+            .metrics
+            .get(TRAINING_ITERATION)
+            .map_or(t.history.len() as u64 + 1, |i| *i as u64);
+        self.config.callbacks.report(&run, step, &r.metrics);
+        if let Some(c) = &r.checkpoint {
+            self.config.callbacks.checkpoint(&run, step, c);
+        }
         record(t, &r.metrics, r.checkpoint);
         if location.is_some() && self.config.checkpoint.num_to_keep.is_some() {
             if let Err(e) = CheckpointDir::new(t.storage.clone()).prune(&self.config.checkpoint) {
@@ -679,6 +699,13 @@ impl Controller {
         let t = &mut ex.trials[i];
         t.status = status;
         t.stopped_early = early;
+        let end = match &t.status {
+            TrialStatus::Error(e) => RunEnd::Failed(e.clone()),
+            _ if early => RunEnd::Stopped,
+            _ => RunEnd::Finished,
+        };
+        self.config.callbacks.end(&run_info(&self.config, t), &end);
+        let t = &mut ex.trials[i];
         ex.journal.append(&Event::Ended {
             trial: t.trial.clone(),
             status: t.status.clone(),
@@ -857,6 +884,33 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// How many points of each trial's curve the dashboard gets at most.
+const TRIAL_CURVE_POINTS: usize = 200;
+
+/// A trial's metric against its iteration for the dashboard, at most
+/// `TRIAL_CURVE_POINTS` evenly spaced reports and its latest:
+/// `{"steps": [..], "values": [..]}`.
+fn trial_curve(t: &TrialResult, metric: &str) -> serde_json::Value {
+    let n = t.history.len();
+    let every = n.div_ceil(TRIAL_CURVE_POINTS).max(1);
+    let picked = (0..n).filter(|i| i % every == 0 || *i + 1 == n);
+    let (steps, values): (Vec<_>, Vec<_>) = picked
+        .map(|i| {
+            let m = &t.history[i];
+            let step = m.get(TRAINING_ITERATION).copied().unwrap_or((i + 1) as f64);
+            (step, m.get(metric).copied().filter(|v| v.is_finite()))
+        })
+        .unzip();
+    serde_json::json!({ "steps": steps, "values": values })
+}
+
+/// A trial as [`rayforge::tracking`] callbacks see it.
+fn run_info(c: &TuneConfig, t: &TrialResult) -> RunInfo {
+    RunInfo::new(RunKind::Tune, &c.name, &t.trial)
+        .params(serde_json::to_value(&t.config).unwrap_or_default())
+        .storage(t.storage.clone())
 }
 
 /// Writes a trial's `params.json`.

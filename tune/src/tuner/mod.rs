@@ -95,6 +95,12 @@ pub struct TuneConfig {
     /// crash of the driver's machine (not of the driver) may lose the
     /// last results, which the resumed trials then report again.
     pub journal_fsync: bool,
+    /// Told of each trial's start, reports, checkpoints and end, on the
+    /// driver ([`rayforge::tracking`]: MLflow, or a user's own).
+    pub callbacks: rayforge::tracking::Callbacks,
+    /// Write a TensorBoard event file into each trial's directory (default
+    /// on): `tensorboard --logdir <experiment>` shows a run per trial.
+    pub tensorboard: bool,
 }
 
 impl Default for TuneConfig {
@@ -120,6 +126,8 @@ impl Default for TuneConfig {
             restart_errored: false,
             definition: None,
             journal_fsync: true,
+            callbacks: rayforge::tracking::Callbacks::new(),
+            tensorboard: true,
         }
     }
 }

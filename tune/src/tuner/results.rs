@@ -72,6 +72,20 @@ pub struct TrialResult {
 }
 
 impl TrialResult {
+    /// Its status as the table and the dashboard show it: PENDING,
+    /// RUNNING, PAUSED, TERMINATED, STOPPED (ended early by a scheduler or
+    /// stopper) or ERROR.
+    pub fn status_label(&self) -> &'static str {
+        match &self.status {
+            TrialStatus::Pending => "PENDING",
+            TrialStatus::Running => "RUNNING",
+            TrialStatus::Paused => "PAUSED",
+            TrialStatus::Terminated if self.stopped_early => "STOPPED",
+            TrialStatus::Terminated => "TERMINATED",
+            TrialStatus::Error(_) => "ERROR",
+        }
+    }
+
     /// A new trial of the experiment in `storage`, whose driver keeps its
     /// files under `dir`.
     pub(crate) fn new(trial: String, config: Config, storage: &Storage, dir: &Path) -> Result<TrialResult> {

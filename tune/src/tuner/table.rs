@@ -97,11 +97,7 @@ fn table_lines(trials: &[TrialResult], c: &TuneConfig, scheduler: &str, elapsed:
         s(b).total_cmp(&s(a))
     });
     for t in rows.iter().take(20) {
-        let status = match &t.status {
-            TrialStatus::Error(_) => "ERROR".to_string(),
-            TrialStatus::Terminated if t.stopped_early => "STOPPED".to_string(),
-            s => format!("{s:?}").to_uppercase(),
-        };
+        let status = t.status_label();
         // Up to two other metrics beside the experiment's.
         let others: Vec<String> = t
             .last

@@ -98,6 +98,47 @@ fn asha_stops_bad_trials_early_and_the_best_config_wins() {
     assert_eq!(status["status"], "FINISHED", "{status}");
     assert_eq!(status["trials"].as_array().unwrap().len(), 9, "{status}");
     assert_eq!(status["best"]["config"]["lr"], 0.1, "{status}");
+    assert_eq!(status["params"], serde_json::json!(["lr"]), "{status}");
+    // Each trial's curve (its metric against its iteration) and a status
+    // that tells a stopped trial from a finished one; and TensorBoard reads
+    // a run per trial with every result.
+    let tb = rayforge_integration_tests::tracking::tensorboard_scalars(&storage.join("asha"));
+    for t in &grid.trials {
+        let p = status["trials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["trial"] == t.trial.as_str())
+            .unwrap();
+        let steps: Vec<f64> = (1..=t.history.len()).map(|i| i as f64).collect();
+        assert_eq!(p["curve"]["steps"], serde_json::json!(steps), "{p}");
+        let accs: Vec<f64> = t.history.iter().map(|m| m["acc"]).collect();
+        let published: Vec<f64> = serde_json::from_value(p["curve"]["values"].clone()).unwrap();
+        assert_eq!(published.len(), accs.len(), "{p}");
+        assert!(
+            published
+                .iter()
+                .zip(&accs)
+                .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs()),
+            "{p}"
+        );
+        let label = match &t.status {
+            TrialStatus::Error(_) => "ERROR",
+            _ if t.stopped_early => "STOPPED",
+            _ => "TERMINATED",
+        };
+        assert_eq!(p["status"], label, "{p}");
+        if let (Some(tb), false) = (&tb, t.history.is_empty()) {
+            let run = t.path.file_name().unwrap().to_string_lossy();
+            let got = rayforge_integration_tests::tracking::scalar_steps(tb, &run, "acc");
+            let want: Vec<(u64, f64)> = accs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i as u64 + 1, *a as f32 as f64))
+                .collect();
+            rayforge_integration_tests::tracking::assert_points(&got, &want, 1e-7, &t.trial);
+        }
+    }
     std::fs::remove_dir_all(&storage).unwrap();
 }
 
@@ -678,4 +719,65 @@ optimizer = { choice = [
         .fit()
         .unwrap();
     check(&grid, 6);
+}
+
+#[test]
+fn each_trial_is_an_mlflow_run_with_its_params_metrics_and_final_checkpoint() {
+    use rayforge_integration_tests::tracking::MlflowServer;
+    cluster();
+    let Some(server) = MlflowServer::start() else { return };
+    let storage = std::env::temp_dir().join(format!("rayforge-tune-mlflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&storage);
+    let lrs = [0.1, 0.01];
+    let space = SearchSpace::new().domain("lr", Domain::Grid(lrs.iter().map(|l| (*l).into()).collect()));
+    let grid = Tuner::new(
+        climb,
+        BasicVariant::new(&space, 1, 0).unwrap(),
+        TuneConfig {
+            name: "mlflow-search".into(),
+            storage_path: storage.clone().into(),
+            metric: "acc".into(),
+            mode: Mode::Max,
+            max_concurrent_trials: 2,
+            cpus_per_trial: 0.5,
+            verbose: false,
+            callbacks: rayforge::tracking::Callbacks::new().with(rayforge::tracking::Mlflow::new(&server.uri)),
+            ..Default::default()
+        },
+    )
+    .fit()
+    .unwrap();
+    let runs = server.runs("mlflow-search");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for t in &grid.trials {
+        let r = runs
+            .iter()
+            .find(|r| r["info"]["run_name"] == t.trial.as_str())
+            .unwrap_or_else(|| panic!("no MLflow run for {}: {runs:?}", t.trial));
+        assert_eq!(r["info"]["status"], "FINISHED", "{r}");
+        let lr = r["data"]["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["key"] == "lr")
+            .unwrap();
+        assert_eq!(
+            lr["value"].as_str().unwrap().parse::<f64>().unwrap(),
+            t.config["lr"].as_f64().unwrap()
+        );
+        let id = r["info"]["run_id"].as_str().unwrap();
+        let want: Vec<(u64, f64)> = t
+            .history
+            .iter()
+            .map(|m| (m["training_iteration"] as u64, m["acc"]))
+            .collect();
+        rayforge_integration_tests::tracking::assert_points(&server.metric_history(id, "acc"), &want, 1e-12, &t.trial);
+        let mut files = server.artifacts(id, "checkpoint");
+        files.sort();
+        assert_eq!(
+            files,
+            vec!["checkpoint/manifest.json".to_string(), "checkpoint/step".to_string()]
+        );
+    }
+    std::fs::remove_dir_all(&storage).unwrap();
 }

@@ -935,6 +935,19 @@ x = { uniform = [-2, 2] }
         assert_eq!(got.len(), 4, "num_samples bounds TPE");
         assert_eq!(got[0]["x"], 0.5, "the point to evaluate comes first");
         assert_eq!(e.tune_config().max_concurrent_trials, 4);
+        // TensorBoard by default, no MLflow; [tracking] changes both.
+        let c = e.tune_config();
+        assert!(c.tensorboard && c.callbacks.is_empty());
+        let text = GOOD.replace(
+            "[searcher]",
+            "[tracking]\ntensorboard = false\nmlflow = \"http://127.0.0.1:5000\"\n\n[searcher]",
+        );
+        let (e, _) = Experiment::parse(&text).unwrap();
+        let c = e.tune_config();
+        assert!(!c.tensorboard);
+        assert_eq!(format!("{:?}", c.callbacks), "[\"MLflow\"]");
+        // Tracking is not part of what a resume compares.
+        assert_eq!(e.definition, Experiment::parse(GOOD).unwrap().0.definition);
     }
 
     #[test]
@@ -967,6 +980,10 @@ x = { uniform = [-2, 2] }
         assert!(e.contains("window") && e.contains("line 17"), "{e}");
         let e = err(&GOOD.replace("[searcher]", "[stop]\ntime_budget_s = -1\n\n[searcher]"));
         assert!(e.contains("stop.time_budget_s"), "{e}");
+        let e = err(&GOOD.replace("[searcher]", "[tracking]\nmlflow = \"localhost:5000\"\n\n[searcher]"));
+        assert!(e.contains("tracking.mlflow") && e.contains("localhost:5000"), "{e}");
+        let e = err(&GOOD.replace("[searcher]", "[tracking]\nmlfow = \"http://x:1\"\n\n[searcher]"));
+        assert!(e.contains("mlfow"), "{e}");
         let e = err("name = \"q\"\n");
         assert!(e.contains("missing field"), "{e}");
     }

@@ -539,6 +539,8 @@ struct Tracked {
     run: RunInfo,
     callbacks: rayforge::tracking::Callbacks,
     curve: Curve,
+    /// The latest iteration's metrics.
+    last: BTreeMap<String, f64>,
     published: Option<Instant>,
 }
 
@@ -799,6 +801,7 @@ impl Algorithm {
             let metrics: BTreeMap<String, f64> = r.metrics().into_iter().collect();
             t.curve.push(r.env_steps_lifetime as f64, &metrics);
             t.callbacks.report(&t.run, r.env_steps_lifetime, &metrics);
+            t.last = metrics;
             if t.published.is_none_or(|p| p.elapsed() >= PUBLISH_EVERY) {
                 self.publish("RUNNING", "");
             }
@@ -831,6 +834,7 @@ impl Algorithm {
             run,
             callbacks,
             curve: Curve::default(),
+            last: BTreeMap::new(),
             published: None,
         });
         self.publish("RUNNING", "");
@@ -850,6 +854,7 @@ impl Algorithm {
             "episodes": self.episodes,
             "error": error,
             "path": t.run.storage.as_ref().map(|s| s.uri().to_string()),
+            "metrics": t.last,
             "history": t.curve.to_json(),
         });
         if let Err(e) = rayforge::state::publish("rllib", &t.run.experiment, &status) {

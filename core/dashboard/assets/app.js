@@ -89,10 +89,420 @@ function follow(url, pre, status) {
   return es;
 }
 
+// ---------- charts: plain SVG of our own ----------
+// Everything from the cluster (names, labels) goes in as text nodes or
+// attributes; no coordinate is ever written unless it is finite.
+
+const SVGNS = "http://www.w3.org/2000/svg";
+function sv(tag, attrs, ...kids) {
+  const e = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    e.setAttribute(k, String(v));
+  }
+  for (const c of kids.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    e.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+const fin = (v) => typeof v === "number" && Number.isFinite(v);
+// A coordinate, one decimal (0 where it would not be finite).
+const r1 = (v) => (fin(v) ? Math.round(v * 10) / 10 : 0);
+const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2",
+  "#db2777", "#65a30d", "#475569", "#ea580c", "#0d9488", "#9333ea"];
+const CHAR_W = 6.2; // about the width of a character of the charts' 11px text
+const LEGEND_MAX = 12;
+const clip = (s, n) => (s.length > n ? s.slice(0, n - 1) + "…" : s);
+const svgTitle = (text) => sv("title", {}, text);
+
+// A number short enough for an axis or a cell: 4 significant digits,
+// k/M/G above 10,000, an exponent below 0.001.
+function fmtNum(v, step) {
+  if (!fin(v)) return "–";
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  const digits = step > 0 ? Math.min(8, Math.max(3, Math.ceil(Math.log10(a / step)) + 1)) : 4;
+  for (const [lim, div, suf] of [[1e12, 1e12, "T"], [1e9, 1e9, "G"], [1e6, 1e6, "M"], [1e4, 1e3, "k"]]) {
+    if (a >= lim && !(step > 0 && step < div / 1000)) return String(Number((v / div).toPrecision(digits))) + suf;
+  }
+  // On an axis, the decimals its step needs (the same on every tick).
+  const decimals = step > 0 ? Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) : null;
+  if (decimals !== null && decimals <= 5) return v.toFixed(decimals);
+  if (a < 1e-3) return v.toExponential(Math.max(0, Math.min(3, digits - 1))).replace(/\.?0+e/, "e").replace("e+", "e");
+  return String(Number(v.toPrecision(4)));
+}
+// A value from the cluster for a table cell.
+function fmtVal(v) {
+  if (v === null || v === undefined || v === "") return "–";
+  if (typeof v === "number") return Number.isInteger(v) && Math.abs(v) < 1e15 ? String(v) : fmtNum(v);
+  if (typeof v === "object") return JSON.stringify(v);
+  return String(v);
+}
+
+function niceStep(span, n) {
+  const raw = span / Math.max(1, n);
+  if (!(raw > 0) || !fin(raw)) return 1;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const f = raw / p;
+  return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * p;
+}
+// The multiples of `step` within [lo, hi].
+function ticksOf(lo, hi, step) {
+  const out = [];
+  const k0 = Math.ceil(lo / step - 1e-9), k1 = Math.floor(hi / step + 1e-9);
+  for (let k = k0; k <= k1 && out.length < 50; k++) out.push(Number((k * step).toPrecision(15)));
+  return out;
+}
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400].map((s) => s * 1000);
+const pad2 = (n) => String(n).padStart(2, "0");
+function clock(t, withSeconds) {
+  const d = new Date(t);
+  return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + (withSeconds ? ":" + pad2(d.getSeconds()) : "");
+}
+
+// The y scale: its domain (padded and widened to round ticks) and ticks.
+function yAxis(lo, hi, o) {
+  if (o.logY) {
+    let a = Math.floor(lo), b = Math.ceil(hi);
+    if (a === b) { a -= 1; b += 1; }
+    const every = Math.max(1, Math.ceil((b - a) / 5));
+    const t = [];
+    for (let k = a; k <= b; k += every) t.push(k);
+    return { lo: a, hi: b, ticks: t.map((k) => [k, fmtNum(Math.pow(10, k))]) };
+  }
+  // A little room above and below the data (not below 0 for data >= 0).
+  const room = (hi - lo) * 0.04;
+  lo = lo >= 0 && lo - room < 0 ? 0 : lo - room;
+  hi = hi <= 0 && hi + room > 0 ? 0 : hi + room;
+  if (o.yZero) { lo = Math.min(lo, 0); hi = Math.max(hi, 0); }
+  if (lo === hi) {
+    const p = Math.abs(lo) * 0.1 || (o.yBytes ? 1024 : 1);
+    lo -= p; hi += p;
+    if (o.yZero && lo < 0 && hi - p >= 0) lo = 0;
+  }
+  let unit = 1;
+  if (o.yBytes) unit = Math.pow(1024, Math.max(0, Math.floor(Math.log(Math.max(Math.abs(lo), Math.abs(hi))) / Math.log(1024))));
+  const step = Math.max(o.yInteger ? 1 : 0, niceStep((hi - lo) / unit, 4) * unit);
+  lo = Math.floor(lo / step + 1e-9) * step;
+  hi = Math.ceil(hi / step - 1e-9) * step;
+  const f = o.yFormat || ((v) => fmtNum(v, step));
+  return { lo, hi, ticks: ticksOf(lo, hi, step).map((v) => [v, f(v)]) };
+}
+function xAxis(lo, hi, o) {
+  if (o.xTime) {
+    const step = TIME_STEPS.find((s) => (hi - lo) / s <= 6) || 86400000 * Math.ceil((hi - lo) / 86400000 / 6);
+    const tz = new Date(lo).getTimezoneOffset() * 60000;
+    const out = [];
+    for (let t = Math.ceil((lo + tz) / step) * step - tz; t <= hi && out.length < 50; t += step) out.push([t, clock(t, step < 60000)]);
+    return out;
+  }
+  const step = Math.max(o.xInteger ? 1 : 0, niceStep(hi - lo, 5));
+  const f = o.xFormat || ((v) => fmtNum(v, step));
+  return ticksOf(lo, hi, step).map((v) => [v, f(v)]);
+}
+
+// Legend entries ({text, full?, swatch(x, y)}) laid out in rows under the plot.
+function legendRows(entries, x0, x1) {
+  const rows = [[]];
+  let x = x0;
+  for (const e of entries) {
+    const w = 22 + e.text.length * CHAR_W + 14;
+    if (x + w > x1 && rows[rows.length - 1].length) { rows.push([]); x = x0; }
+    rows[rows.length - 1].push([x, e]);
+    x += w;
+  }
+  return rows;
+}
+function drawLegend(g, entries, x0, x1, y0) {
+  const rows = legendRows(entries, x0, x1);
+  rows.forEach((row, i) => {
+    const y = y0 + i * 16;
+    for (const [x, e] of row) {
+      g.appendChild(sv("g", { class: "legend-entry" }, e.swatch(x, y), sv("text", { x: r1(x + 22), y: r1(y + 4) }, e.text), e.full ? svgTitle(e.full) : null));
+    }
+  });
+  return rows.length * 16;
+}
+
+// A line chart, returned as <svg class="chart" data-chart=ID>. Options:
+// {id, title, xLabel, yLabel, series: [{name, xs, ys, color?, dash?, width?,
+//   dots?, step?, band?: {lo, hi}, end?: "stopped"|"paused"|null}],
+//  marks: [{x, kind: "checkpoint"|"restart", label}], logY?, yZero?,
+//  yBytes?, yFormat?, xTime?, xFormat?, last?}
+// Each series is one <path data-series=NAME data-points=N>, N the points
+// drawn (one M or L each); a point with a y that is missing or not finite
+// is a gap.
+function lineChart(o) {
+  const W = 560, PH = 170, top = 30;
+  const series = (o.series || []).map((se, i) => Object.assign({ color: PALETTE[i % PALETTE.length] }, se));
+  const ty = o.logY ? (v) => (fin(v) && v > 0 ? Math.log10(v) : null) : (v) => (fin(v) ? v : null);
+  let xlo = Infinity, xhi = -Infinity, ylo = Infinity, yhi = -Infinity;
+  for (const se of series) {
+    const xs = Array.isArray(se.xs) ? se.xs : [], ys = Array.isArray(se.ys) ? se.ys : [];
+    const n = Math.min(xs.length, ys.length);
+    const px = [], py = [];
+    for (let i = 0; i < n; i++) {
+      const x = xs[i], y = ty(ys[i]);
+      if (!fin(x) || y === null) { px.push(null); py.push(null); continue; }
+      px.push(x); py.push(y);
+      if (x < xlo) xlo = x;
+      if (x > xhi) xhi = x;
+      if (y < ylo) ylo = y;
+      if (y > yhi) yhi = y;
+    }
+    se.px = px; se.py = py;
+    se.bandPts = [];
+    if (se.band && Array.isArray(se.band.lo) && Array.isArray(se.band.hi)) {
+      let seg = [];
+      for (let i = 0; i < n; i++) {
+        const x = xs[i], a = ty(se.band.lo[i]), b = ty(se.band.hi[i]);
+        if (!fin(x) || a === null || b === null) { if (seg.length) se.bandPts.push(seg); seg = []; continue; }
+        seg.push([x, Math.min(a, b), Math.max(a, b)]);
+        if (x < xlo) xlo = x;
+        if (x > xhi) xhi = x;
+        ylo = Math.min(ylo, a, b); yhi = Math.max(yhi, a, b);
+      }
+      if (seg.length) se.bandPts.push(seg);
+    }
+  }
+  let marks = (o.marks || []).filter((m) => m && fin(m.x));
+  const empty = xlo > xhi;
+  if (empty) {
+    for (const m of marks) { xlo = Math.min(xlo, m.x); xhi = Math.max(xhi, m.x); }
+    if (xlo > xhi) { xlo = 0; xhi = 1; }
+    if (ylo > yhi) { ylo = 0; yhi = 1; }
+  }
+  if (Array.isArray(o.xDomain) && !empty) { xlo = Math.min(xlo, o.xDomain[0]); xhi = Math.max(xhi, o.xDomain[1]); }
+  if (xlo === xhi) { const p = o.xTime ? 60000 : Math.abs(xlo) * 0.05 || 1; xlo -= p; xhi += p; }
+  const ya = yAxis(ylo, yhi, o);
+  const xt = xAxis(xlo, xhi, o);
+
+  const left = (o.yLabel ? 20 : 6) + Math.min(80, Math.max(26, 8 + Math.max(...ya.ticks.map((t) => t[1].length)) * CHAR_W));
+  const right = W - 16, bottom = top + PH, pw = right - left;
+  const sx = (x) => left + ((x - xlo) / (xhi - xlo)) * pw;
+  const sy = (y) => bottom - ((y - ya.lo) / (ya.hi - ya.lo)) * PH;
+
+  const grid = sv("g", { class: "grid" });
+  const axes = sv("g", { class: "axes" });
+  for (const [v, label] of ya.ticks) {
+    const y = r1(sy(v));
+    grid.appendChild(sv("line", { x1: r1(left), x2: r1(right), y1: y, y2: y }));
+    axes.appendChild(sv("text", { x: r1(left - 6), y: r1(y + 3.5), "text-anchor": "end" }, label));
+  }
+  for (const [v, label] of xt) {
+    const x = r1(sx(v));
+    axes.appendChild(sv("line", { class: "tick", x1: x, x2: x, y1: bottom, y2: bottom + 4 }));
+    axes.appendChild(sv("text", { x, y: bottom + 15, "text-anchor": "middle" }, label));
+  }
+  axes.appendChild(sv("path", { class: "axis", d: `M ${r1(left)} ${top} V ${bottom} H ${r1(right)}` }));
+  if (o.xLabel) axes.appendChild(sv("text", { class: "axis-label", x: r1((left + right) / 2), y: bottom + 30, "text-anchor": "middle" }, o.xLabel));
+  if (o.yLabel) axes.appendChild(sv("text", { class: "axis-label", x: 0, y: 0, "text-anchor": "middle", transform: `translate(12 ${r1(top + PH / 2)}) rotate(-90)` }, o.yLabel));
+
+  // Vertical marks within the x range (at most 300 checkpoints drawn).
+  const markG = sv("g", { class: "marks" });
+  const kinds = new Set();
+  const inRange = marks.filter((m) => m.x >= xlo && m.x <= xhi);
+  const cps = inRange.filter((m) => m.kind !== "restart");
+  const every = Math.ceil(cps.length / 300);
+  for (const [i, m] of cps.entries()) {
+    if (i % every && i !== cps.length - 1) continue;
+    const x = r1(sx(m.x));
+    kinds.add("checkpoint");
+    markG.appendChild(sv("line", { class: "mark-checkpoint", x1: x, x2: x, y1: top, y2: bottom }, m.label ? svgTitle(m.label) : null));
+  }
+  for (const m of inRange.filter((m) => m.kind === "restart")) {
+    const x = r1(sx(m.x));
+    kinds.add("restart");
+    markG.appendChild(sv("line", { class: "mark-restart", x1: x, x2: x, y1: top, y2: bottom }, svgTitle(m.label || "restart")));
+  }
+
+  const bands = sv("g", { class: "bands" });
+  const lines = sv("g", { class: "lines" });
+  const ends = sv("g", { class: "ends" });
+  for (const se of series) {
+    for (const seg of se.bandPts) {
+      const up = seg.map(([x, , b], i) => (i ? "L " : "M ") + r1(sx(x)) + " " + r1(sy(b)));
+      const down = seg.slice().reverse().map(([x, a]) => "L " + r1(sx(x)) + " " + r1(sy(a)));
+      bands.appendChild(sv("path", { class: "band", "data-band": se.name, fill: se.color, d: up.concat(down).join(" ") + " Z" }));
+    }
+    const parts = [];
+    let pen = false, count = 0, last = -1;
+    for (let i = 0; i < se.py.length; i++) {
+      if (se.py[i] === null) { pen = false; continue; }
+      const X = r1(sx(se.px[i])), Y = r1(sy(se.py[i]));
+      if (se.dots) parts.push("M " + X + " " + Y + " h0");
+      else if (!pen) parts.push("M " + X + " " + Y);
+      else if (se.step) parts.push("H " + X + " L " + X + " " + Y);
+      else parts.push("L " + X + " " + Y);
+      pen = true; count++; last = i;
+      // A point alone (gaps or ends both sides) gets a dot to be seen.
+      if (!se.dots && (i === 0 || se.py[i - 1] === null) && (i === se.py.length - 1 || se.py[i + 1] === null)) {
+        ends.appendChild(sv("circle", { class: "point", cx: X, cy: Y, r: 2.6, fill: se.color }));
+      }
+    }
+    lines.appendChild(sv("path", {
+      class: "series" + (se.dots ? " dots" : ""), "data-series": String(se.name), "data-points": count, d: parts.join(" "),
+      stroke: se.color, "stroke-width": se.dots ? 6 : se.width || 1.7, "stroke-dasharray": se.dash || null,
+    }, svgTitle(String(se.name))));
+    if (se.end && last >= 0) {
+      const X = r1(sx(se.px[last])), Y = r1(sy(se.py[last]));
+      if (se.end === "stopped") {
+        ends.appendChild(sv("path", { class: "end-stopped", stroke: se.color, d: `M ${r1(X - 4)} ${r1(Y - 4)} L ${r1(X + 4)} ${r1(Y + 4)} M ${r1(X - 4)} ${r1(Y + 4)} L ${r1(X + 4)} ${r1(Y - 4)}` },
+          svgTitle(se.name + ": stopped")));
+      } else {
+        ends.appendChild(sv("circle", { class: "end-paused", stroke: se.color, cx: X, cy: Y, r: 4.5 }, svgTitle(se.name + ": paused")));
+      }
+    }
+  }
+
+  // The legend: the first 12 series, then what the marks mean.
+  const entries = [];
+  const banded = series.filter((se) => se.bandPts.length);
+  if (series.length > 1 || kinds.size || banded.length) {
+    for (const se of series.slice(0, LEGEND_MAX)) {
+      const name = String(se.name);
+      entries.push({ text: clip(name, 28), full: name, swatch: (x, y) => se.dots
+        ? sv("circle", { cx: r1(x + 9), cy: y, r: 3, fill: se.color })
+        : sv("line", { x1: r1(x), x2: r1(x + 18), y1: y, y2: y, stroke: se.color, "stroke-width": 2, "stroke-dasharray": se.dash || null }) });
+    }
+    for (const se of banded.slice(0, LEGEND_MAX)) {
+      const text = se.band.label || String(se.name) + " range";
+      entries.push({ text: clip(text, 28), full: text, swatch: (x, y) => sv("rect", { x: r1(x), y: y - 5, width: 18, height: 10, fill: se.color, "fill-opacity": 0.16 }) });
+    }
+    if (series.length > LEGEND_MAX) entries.push({ text: "+" + (series.length - LEGEND_MAX) + " more", swatch: () => null });
+    if (kinds.has("checkpoint")) entries.push({ text: "checkpoint", swatch: (x, y) => sv("line", { class: "swatch-checkpoint", x1: r1(x + 9), x2: r1(x + 9), y1: y - 6, y2: y + 6, "stroke-dasharray": "2 2" }) });
+    if (kinds.has("restart")) entries.push({ text: "restart", swatch: (x, y) => sv("line", { class: "swatch-restart", x1: r1(x + 9), x2: r1(x + 9), y1: y - 6, y2: y + 6, "stroke-dasharray": "4 2" }) });
+  }
+  const legend = sv("g", { class: "legend" });
+  const ly = bottom + (o.xLabel ? 48 : 34);
+  const lh = entries.length ? drawLegend(legend, entries, left, right, ly) : 0;
+  const H = lh ? ly + lh - 4 : bottom + (o.xLabel ? 38 : 24);
+
+  const head = sv("g", {}, sv("text", { class: "chart-title", x: 12, y: 19 }, clip(String(o.title || ""), 60), svgTitle(String(o.title || ""))));
+  if (o.last !== undefined) head.appendChild(sv("text", { class: "chart-last", x: right, y: 19, "text-anchor": "end" }, o.last));
+  if (empty) head.appendChild(sv("text", { class: "chart-empty", x: r1((left + right) / 2), y: r1(top + PH / 2), "text-anchor": "middle" }, "no data yet"));
+  return sv("svg", { class: "chart", "data-chart": o.id, viewBox: `0 0 ${W} ${r1(H)}`, width: W, height: r1(H), role: "img", "aria-label": String(o.title || o.id) },
+    head, grid, markG, bands, lines, ends, axes, legend);
+}
+
+// A value of a parallel-coordinates axis, for a category's label.
+const catLabel = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+// The metric's color, t in [0, 1] from the best (deep blue) through
+// green to the worst (orange): hue, saturation and lightness in between.
+function metricColor(t) {
+  const m = (a, b) => Math.round(a + (b - a) * Math.min(1, Math.max(0, t)));
+  return `hsl(${m(228, 32)} ${m(70, 92)}% ${m(38, 52)}%)`;
+}
+const PC_NONE = "#c0c6d0";
+
+// Parallel coordinates: {id, title?, dims: [{name, values, log?}],
+// color: {name, values, mode?: "min"|"max"}, labels?: [text per line]}.
+// One <path class="pc-line" data-points=dims.length> per line; numeric
+// axes run min..max (log10 with `log` where every value is > 0), other
+// values are evenly spaced categories; a missing value sits under its axis.
+function parallelCoordinates(o) {
+  const dims = o.dims || [];
+  const color = o.color || { values: [] };
+  const n = Math.max(0, ...dims.map((d) => (Array.isArray(d.values) ? d.values.length : 0)));
+  const W = Math.max(560, 60 + dims.length * 120), top = 48, PH = 160, bottom = top + PH, missY = bottom + 18;
+  const left = 56, right = W - 70;
+  const nameChars = dims.length < 2 ? 40 : Math.max(4, Math.floor(((right - left) / (dims.length - 1) - 8) / CHAR_W));
+  const ax = (j) => (dims.length < 2 ? (left + right) / 2 : left + (j * (right - left)) / (dims.length - 1));
+  const axesG = sv("g", { class: "axes" });
+  const scales = dims.map((d, j) => {
+    const vals = Array.isArray(d.values) ? d.values : [];
+    const present = vals.filter((v) => v !== null && v !== undefined);
+    const x = r1(ax(j));
+    let y;
+    const tickLabels = [];
+    if (present.length && present.every(fin)) {
+      const log = d.log && present.every((v) => v > 0);
+      const tf = log ? Math.log10 : (v) => v;
+      let lo = Math.min(...present.map(tf)), hi = Math.max(...present.map(tf));
+      if (lo === hi) { const p = Math.abs(lo) * 0.1 || 1; lo -= p; hi += p; }
+      y = (v) => (fin(v) && (!log || v > 0) ? bottom - ((tf(v) - lo) / (hi - lo)) * PH : null);
+      if (log) {
+        const ks = ticksOf(lo, hi, Math.max(1, Math.ceil((hi - lo) / 4)));
+        for (const k of ks) tickLabels.push([bottom - ((k - lo) / (hi - lo)) * PH, fmtNum(Math.pow(10, k))]);
+        if (ks.length < 2) for (const k of [lo, hi]) tickLabels.push([bottom - ((k - lo) / (hi - lo)) * PH, fmtNum(Math.pow(10, k))]);
+      } else {
+        const step = niceStep(hi - lo, 4);
+        for (const v of ticksOf(lo, hi, step)) tickLabels.push([y(v), fmtNum(v, step)]);
+      }
+    } else {
+      const cats = [...new Set(present.map(catLabel))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+      const at = new Map(cats.map((c, i) => [c, cats.length < 2 ? top + PH / 2 : bottom - (i * PH) / (cats.length - 1)]));
+      y = (v) => (v === null || v === undefined ? null : at.get(catLabel(v)));
+      const every = Math.ceil(cats.length / 12);
+      cats.forEach((c, i) => { if (i % every === 0) tickLabels.push([at.get(c), clip(c, 14)]); });
+    }
+    axesG.appendChild(sv("line", { class: "axis", x1: x, x2: x, y1: top, y2: bottom }));
+    axesG.appendChild(sv("text", { class: "axis-label", x, y: top - 12, "text-anchor": "middle" }, clip(String(d.name), nameChars), svgTitle(String(d.name))));
+    for (const [ty, label] of tickLabels) {
+      axesG.appendChild(sv("line", { class: "tick", x1: x - 3, x2: x, y1: r1(ty), y2: r1(ty) }));
+      axesG.appendChild(sv("text", { class: "pc-label", x: r1(x + 5), y: r1(ty + 3.5) }, label));
+    }
+    if (present.length < vals.length || vals.length < n) axesG.appendChild(sv("text", { class: "pc-label muted", x: r1(x + 5), y: missY + 3.5 }, "n/a"));
+    return y;
+  });
+  const cv = Array.isArray(color.values) ? color.values : [];
+  const cf = cv.filter(fin);
+  const cmin = cf.length ? Math.min(...cf) : 0, cmax = cf.length ? Math.max(...cf) : 1;
+  const best = color.mode === "max" ? cmax : cmin, worst = color.mode === "max" ? cmin : cmax;
+  const tOf = (v) => (cmax > cmin ? (v - best) / (worst - best) : 0);
+  // Lines without a metric first (grey, beneath), the best on top.
+  const order = [...Array(n).keys()].sort((a, b) => {
+    const va = cv[a], vb = cv[b];
+    if (!fin(va) || !fin(vb)) return (fin(va) ? 1 : 0) - (fin(vb) ? 1 : 0);
+    return color.mode === "max" ? va - vb : vb - va;
+  });
+  const linesG = sv("g", { class: "lines" });
+  for (const i of order) {
+    const d = dims.map((dim, j) => {
+      const y = scales[j](Array.isArray(dim.values) ? dim.values[i] : null);
+      return (j ? "L " : "M ") + r1(ax(j)) + " " + r1(y === null || y === undefined ? missY : y);
+    }).join(" ");
+    const v = cv[i];
+    const label = (o.labels && o.labels[i] !== undefined ? String(o.labels[i]) + " · " : "") + (color.name || "value") + " " + fmtNum(v);
+    linesG.appendChild(sv("path", { class: "pc-line", "data-points": dims.length, d, stroke: fin(v) ? metricColor(tOf(v)) : PC_NONE }, svgTitle(label)));
+  }
+  // The color scale.
+  const leg = sv("g", { class: "legend" });
+  const ly = missY + 24;
+  let x = left;
+  const first = clip(String(color.name || ""), 24) + (color.mode ? " best " : " ") + fmtNum(best);
+  leg.appendChild(sv("text", { x, y: ly + 4 }, first));
+  x += first.length * CHAR_W + 6;
+  for (let k = 0; k < 24; k++) leg.appendChild(sv("rect", { x: r1(x + k * 5), y: ly - 4, width: 5.2, height: 8, fill: metricColor(k / 23) }));
+  x += 24 * 5 + 6;
+  leg.appendChild(sv("text", { x: r1(x), y: ly + 4 }, fmtNum(worst)));
+  x += fmtNum(worst).length * CHAR_W + 18;
+  leg.appendChild(sv("line", { x1: r1(x), x2: r1(x + 18), y1: ly, y2: ly, stroke: PC_NONE, "stroke-width": 2 }));
+  leg.appendChild(sv("text", { x: r1(x + 22), y: ly + 4 }, "no value"));
+  const H = ly + 14;
+  return sv("svg", { class: "chart" + (W > 560 ? " wide" : ""), "data-chart": o.id, viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": String(o.title || o.id) },
+    sv("text", { class: "chart-title", x: 12, y: 19 }, String(o.title || "")), axesG, linesG, leg);
+}
+
 // ---------- pages ----------
 
+// The last hour of the cluster (an older head has none: no section).
+function clusterHistory(hist) {
+  if (!hist || typeof hist !== "object" || !Array.isArray(hist.t) || !hist.series || typeof hist.series !== "object") return [];
+  const ser = hist.series;
+  const line = (name, key, more) => (Array.isArray(ser[key]) ? [Object.assign({ name, xs: hist.t, ys: ser[key] }, more || {})] : []);
+  const total = { dash: "5 3", color: "#64748b" };
+  const chart = (id, title, series, more) => lineChart(Object.assign({ id, title, xTime: true, yZero: true, series }, more || {}));
+  return [h("h2", {}, "Last hour"), h("div", { class: "charts", id: "cluster-history" },
+    chart("cluster-cpu", "CPU", [...line("used", "cpu_used"), ...line("total", "cpu_total", total)], { yLabel: "cores" }),
+    chart("cluster-memory", "Memory", [...line("used", "memory_used_bytes"), ...line("total", "memory_total_bytes", total)], { yBytes: true, yFormat: bytes }),
+    chart("cluster-store", "Object store", [...line("used", "store_used_bytes"), ...line("capacity", "store_capacity_bytes", total)], { yBytes: true, yFormat: bytes }),
+    chart("cluster-work", "Tasks and actors", [...line("running tasks", "running_tasks"), ...line("alive actors", "alive_actors", { color: "#16a34a" })], { yInteger: true }))];
+}
+
 async function overview() {
-  const c = await api("/api/v0/cluster");
+  const [c, hist] = await Promise.all([api("/api/v0/cluster"), api("/api/v0/cluster/history").catch(() => null)]);
   const alive = c.nodes.filter((n) => n.alive).length;
   const running = c.jobs.filter((j) => j.state === "RUNNING").length;
   const card = (k, v, id) => h("div", { class: "card", id }, h("div", { class: "v" }, v), h("div", { class: "k" }, k));
@@ -105,6 +515,7 @@ async function overview() {
       card("GPU used", num(res.used.GPU || 0) + " / " + num(res.total.GPU || 0)),
       card("actors alive", c.actors.ALIVE || 0, "card-actors"),
       card("jobs running", running + " / " + c.jobs.length, "card-jobs")),
+    ...clusterHistory(hist),
     h("h2", {}, "Resources"),
     table(["resource", "used", "total", ""], Object.keys(res.total).filter((k) => !k.includes("_group_")).sort()
       .map((k) => [k, k === "memory" ? bytes(res.used[k]) : num(res.used[k]), k === "memory" ? bytes(res.total[k]) : num(res.total[k]), bar(res.used[k], res.total[k])]), { num: [1, 2] }),
@@ -342,12 +753,133 @@ function render(v) {
   return v === null ? "–" : String(v);
 }
 
-function publishedPage(kind, title) {
+// A library's curve: {steps: [..], series: {NAME: [number|null ..]}, total}.
+const isCurve = (c) => c !== null && typeof c === "object" && Array.isArray(c.steps) &&
+  c.series !== null && typeof c.series === "object" && !Array.isArray(c.series);
+const arr = (v) => (Array.isArray(v) ? v : []);
+const stateOf = (s) => (typeof s === "string" && s ? state(s) : "–");
+// A one-row table of a run's fields: [[header, value]...].
+const summary = (cols) => table(cols.map((c) => c[0]), [cols.map((c) => (c[1] instanceof Node ? c[1] : fmtVal(c[1])))]);
+const charts = (...kids) => h("div", { class: "charts" }, kids);
+const lastOf = (ys) => { for (let i = ys.length - 1; i >= 0; i--) if (fin(ys[i])) return "last " + fmtNum(ys[i]); return undefined; };
+
+// A Train run: its fields, then one chart per metric against the
+// iteration, with its checkpoints and restarts (null without a history).
+function trainRun(name, s) {
+  if (!s || typeof s !== "object" || !isCurve(s.history)) return null;
+  const hist = s.history;
+  const marks = arr(s.checkpoints).map((x) => ({ x, kind: "checkpoint", label: "checkpoint at iteration " + x }))
+    .concat(arr(s.restarts).filter((r) => r && typeof r === "object").map((r) => ({
+      x: r.iteration, kind: "restart", label: "restart at iteration " + r.iteration + (r.cause ? ": " + r.cause : "") })));
+  const cols = [["status", stateOf(s.status)], ["workers", s.workers], ["iteration", s.iteration], ["failures", s.failures],
+    ["latest checkpoint", s.latest_checkpoint], ["reports", hist.total], ["path", s.path]];
+  if (s.error) cols.push(["error", h("span", { class: "error" }, fmtVal(s.error))]);
+  return [summary(cols), charts(Object.keys(hist.series).map((m) => {
+    const ys = arr(hist.series[m]);
+    return lineChart({ id: "train-" + name + "-" + m, title: m, xLabel: "iteration", last: lastOf(ys),
+      series: [{ name: m, xs: hist.steps, ys }], marks });
+  }))];
+}
+
+// A config's value by name ("a/b" or "a.b" reach into nested objects).
+function param(config, name) {
+  if (!config || typeof config !== "object") return null;
+  if (name in config) return config[name];
+  let v = config;
+  for (const k of name.split(/[/.]/)) { if (v === null || typeof v !== "object" || !(k in v)) return null; v = v[k]; }
+  return v;
+}
+const FINISHED = new Set(["TERMINATED", "STOPPED"]);
+
+// A Tune experiment: its fields, its trials' curves, the optimization
+// history, the params against the metric, and the trials (null when the
+// status is not an experiment's).
+function tuneExperiment(name, s) {
+  if (!s || typeof s !== "object" || !Array.isArray(s.trials) || typeof s.metric !== "string") return null;
+  const metric = s.metric, mode = s.mode === "max" ? "max" : "min";
+  const trials = s.trials.filter((t) => t && typeof t === "object");
+  const best = s.best && typeof s.best === "object" ? s.best : null;
+  const counts = {};
+  trials.forEach((t) => { if (t.status) counts[t.status] = (counts[t.status] || 0) + 1; });
+  const out = [summary([["status", stateOf(s.status)], ["metric", metric + (s.mode ? " (" + s.mode + ")" : "")],
+    ["scheduler", s.scheduler], ["elapsed", fin(s.elapsed_s) ? num(s.elapsed_s) + " s" : null],
+    ["trials", trials.length + (Object.keys(counts).length ? " — " + Object.entries(counts).map(([k, v]) => k + " " + v).join(", ") : "")],
+    ["best", best ? fmtVal(best.trial) + ": " + metric + " " + fmtNum(best[metric]) : null], ["path", s.path]])];
+  const kids = [];
+  const curved = trials.filter((t) => t.curve && typeof t.curve === "object");
+  if (curved.length) {
+    kids.push(lineChart({ id: "tune-" + name + "-trials", title: metric + " per trial", xLabel: "iteration", yLabel: metric,
+      series: curved.map((t) => ({ name: String(t.trial), xs: arr(t.curve.steps), ys: arr(t.curve.values),
+        width: best && t.trial === best.trial ? 2.6 : 1.5,
+        end: t.status === "STOPPED" || t.status === "ERROR" ? "stopped" : t.status === "PAUSED" ? "paused" : null })) }));
+  }
+  // Optimization history: each finished trial's metric by trial number,
+  // and the best so far.
+  const xs = [], ys = [], bests = [];
+  let run = null;
+  trials.forEach((t, i) => {
+    const v = t[metric];
+    if (!FINISHED.has(t.status) || !fin(v)) return;
+    run = run === null ? v : mode === "min" ? Math.min(run, v) : Math.max(run, v);
+    xs.push(i + 1); ys.push(v); bests.push(run);
+  });
+  if (xs.length) {
+    kids.push(lineChart({ id: "tune-" + name + "-history", title: "Optimization history", xLabel: "trial", yLabel: metric, xDomain: [0.5, trials.length + 0.5],
+      xInteger: true,
+      series: [{ name: "trials", xs, ys, dots: true, color: "#2563eb" }, { name: "best so far", xs, ys: bests, step: true, color: "#dc2626", width: 2 }] }));
+  }
+  const params = arr(s.params).map(String);
+  if (params.length && trials.length) {
+    const dims = params.map((p) => {
+      const values = trials.map((t) => param(t.config, p));
+      const nums = values.filter(fin);
+      return { name: p, values, log: nums.length === values.filter((v) => v !== null && v !== undefined).length && nums.length > 1 && Math.min(...nums) > 0 && Math.max(...nums) / Math.min(...nums) >= 50 };
+    });
+    const mv = trials.map((t) => (fin(t[metric]) ? t[metric] : null));
+    dims.push({ name: metric, values: mv });
+    kids.push(parallelCoordinates({ id: "tune-" + name + "-parallel", title: "Params against " + metric, dims,
+      color: { name: metric, values: mv, mode }, labels: trials.map((t) => t.trial) }));
+  }
+  if (kids.length) out.push(charts(kids));
+  const cfg = (c) => (c && typeof c === "object" ? Object.entries(c).map(([k, v]) => k + "=" + (typeof v === "number" ? fmtNum(v) : fmtVal(v))).join(", ") : fmtVal(c));
+  out.push(table(["trial", "status", "iterations", metric, "config"], trials.map((t) => [
+    best && t.trial === best.trial ? h("span", {}, fmtVal(t.trial), " ", h("span", { class: "badge" }, "best")) : fmtVal(t.trial),
+    stateOf(t.status), fmtVal(t.iterations), fmtNum(t[metric]), cfg(t.config)]), { num: [2, 3] }));
+  return out;
+}
+
+const isLoss = (k) => k.endsWith("loss") || k === "entropy";
+// An RLlib run: its fields, the episode return (mean, min..max) and its
+// losses against env steps (null without a history).
+function rllibRun(name, s) {
+  if (!s || typeof s !== "object" || !isCurve(s.history)) return null;
+  const hist = s.history, ser = hist.series;
+  const m = s.metrics && typeof s.metrics === "object" ? s.metrics : {};
+  const out = [summary([["status", stateOf(s.status)], ["algo", s.algo], ["env", s.env], ["iteration", s.iteration],
+    ["env steps", s.env_steps], ["episode return", fin(m.episode_return_mean) ? fmtNum(m.episode_return_mean) : null], ["reports", hist.total]])];
+  const kids = [];
+  if (Array.isArray(ser.episode_return_mean)) {
+    const band = Array.isArray(ser.episode_return_min) && Array.isArray(ser.episode_return_max) ? { lo: ser.episode_return_min, hi: ser.episode_return_max, label: "min–max" } : null;
+    kids.push(lineChart({ id: "rllib-" + name + "-return", title: "Episode return" + (band ? " (mean, min–max)" : ""), xLabel: "env steps",
+      last: lastOf(ser.episode_return_mean), series: [{ name: "episode_return_mean", xs: hist.steps, ys: ser.episode_return_mean, band }] }));
+  }
+  const losses = Object.keys(ser).filter(isLoss);
+  if (losses.length) {
+    kids.push(lineChart({ id: "rllib-" + name + "-losses", title: "Losses", xLabel: "env steps",
+      series: losses.map((k) => ({ name: k, xs: hist.steps, ys: arr(ser[k]) })) }));
+  }
+  if (kids.length) out.push(charts(kids));
+  return out;
+}
+
+// A page of what a library published: each item drawn by `draw`, or as
+// tables where `draw` does not know its shape (an older library).
+function publishedPage(kind, title, draw) {
   return async () => {
     const items = await api("/api/v0/" + kind);
     show(h("h1", {}, title),
       items.length === 0 ? h("p", { class: "muted", id: "none-published" }, "Nothing published yet.") : "",
-      items.map((i) => [h("h2", {}, i.name), render(i.status)]));
+      items.map((i) => [h("h2", {}, i.name), (draw && draw(String(i.name), i.status)) || render(i.status)]));
   };
 }
 
@@ -367,8 +899,9 @@ const routes = [
   [/^\/logs$/, logsPage, false],
   [/^\/events$/, eventsPage, true],
   [/^\/serve$/, publishedPage("serve", "Serve applications"), true],
-  [/^\/train$/, publishedPage("train", "Train runs"), true],
-  [/^\/tune$/, publishedPage("tune", "Tune experiments"), true],
+  [/^\/train$/, publishedPage("train", "Train runs", trainRun), true],
+  [/^\/tune$/, publishedPage("tune", "Tune experiments", tuneExperiment), true],
+  [/^\/rllib$/, publishedPage("rllib", "RLlib runs", rllibRun), true],
 ];
 
 function stopRefresh() {
@@ -388,6 +921,8 @@ async function route() {
     if (!m) continue;
     try {
       await fn(...m.slice(1).map(decodeURIComponent));
+      // When the page was first drawn, in ms since navigation started.
+      document.body.dataset.drawMs = String(Math.round(performance.now()));
       document.body.setAttribute("data-loaded", path);
     } catch (e) {
       fail(e);

@@ -17,7 +17,8 @@
 //! | `GET /api/v0/placement_groups`, `/api/v0/objects`, `/api/v0/events` | placement groups, objects per node, the events feed |
 //! | `GET /api/v0/logs?pid=&tail=`, `/api/v0/logs/stream?pid=` | worker logs of every node (the last `tail` bytes of each, default 16 KiB, at most 4 MiB; `tail=0`: the listing without text); one worker's log followed live |
 //! | `GET /api/v0/timeline` | the Chrome trace of recent tasks, as a download |
-//! | `GET /api/v0/serve`, `/api/v0/train`, `/api/v0/tune` | what Serve, Train and Tune published ([`rayforge::state::publish`]) |
+//! | `GET /api/v0/serve`, `/api/v0/train`, `/api/v0/tune`, `/api/v0/rllib` | what Serve, Train, Tune and RLlib published ([`rayforge::state::publish`]), with the bounded curves ([`rayforge::tracking::Curve`]) the pages chart |
+//! | `GET /api/v0/cluster/history` | the cluster's last hour (CPU, memory, object store, running tasks, alive actors), sampled by the head every 5 s |
 //!
 //! ```no_run
 //! // What `rayforge start --head` does:
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 
 mod backend;
 mod follow;
+mod history;
 mod tasks;
 
 use backend::Backend;
@@ -60,7 +62,7 @@ const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE: &str = include_str!("../assets/style.css");
 
 /// The page paths (each serves the same shell; the script draws the page).
-const PAGES: [&str; 15] = [
+const PAGES: [&str; 16] = [
     "/",
     "/nodes",
     "/nodes/{id}",
@@ -76,6 +78,7 @@ const PAGES: [&str; 15] = [
     "/serve",
     "/train",
     "/tune",
+    "/rllib",
 ];
 
 /// The dashboard's routes, for
@@ -87,6 +90,7 @@ pub fn routes() -> HttpRoutes {
 /// The dashboard's pages and endpoints for the head `head`.
 pub fn router(head: HeadHttp) -> Router {
     let dash = Arc::new(Dash::new(head));
+    history::start(&dash);
     let mut r = Router::new();
     for p in PAGES {
         r = r.route(p, get(page));
@@ -118,6 +122,8 @@ pub fn router(head: HeadHttp) -> Router {
     .route("/api/v0/serve", get(|s| published(s, "serve")))
     .route("/api/v0/train", get(|s| published(s, "train")))
     .route("/api/v0/tune", get(|s| published(s, "tune")))
+    .route("/api/v0/rllib", get(|s| published(s, "rllib")))
+    .route("/api/v0/cluster/history", get(history::endpoint))
     .with_state(dash)
 }
 
@@ -130,6 +136,8 @@ async fn page() -> Html<&'static str> {
 pub(crate) struct Dash {
     head: HeadHttp,
     backend: Backend,
+    /// The cluster's last hour, sampled.
+    history: history::ClusterHistory,
     /// Shared polls of followed job logs, by job id.
     job_logs: Arc<Polls<String, Result<Window, String>>>,
     /// Shared polls of followed worker logs, by pid: the log's latest
@@ -179,6 +187,7 @@ impl Dash {
     fn new(head: HeadHttp) -> Dash {
         Dash {
             backend: Backend::start(head.clone()),
+            history: Default::default(),
             job_logs: Polls::new(),
             worker_logs: Polls::new(),
             head,

@@ -446,24 +446,8 @@ fn browser_dir() -> std::path::PathBuf {
 #[test]
 fn the_dashboard_works_in_a_real_browser() {
     rayforge_integration_tests::own_process!();
-    // CI installs Chromium and playwright-core (scripts/test.sh) and makes
-    // this test required; elsewhere it runs when they are there.
-    let required = std::env::var("RAYFORGE_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    let chromium = std::env::var("RAYFORGE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let Some(chromium) = browser() else { return };
     let dir = browser_dir();
-    let have = std::path::Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
-    if !have {
-        assert!(
-            !required,
-            "Chromium ({chromium}) or {}/node_modules is missing",
-            dir.display()
-        );
-        eprintln!(
-            "skipped: no Chromium at {chromium} or no playwright-core in {}",
-            dir.display()
-        );
-        return;
-    }
     let (cluster, worker_node, job, jobs) = probed_cluster();
     let token = cluster.token.clone();
     let base = cluster.jobs_address.clone();
@@ -791,4 +775,295 @@ fn a_gibibyte_worker_log_leaves_log_replies_and_the_head_bounded() {
         wait_until(Duration::from_secs(60), || driver.try_wait().ok().flatten().is_some()),
         "the driver did not leave"
     );
+}
+
+/// Chromium and playwright-core for the browser tests: `None` (the test
+/// skips) where they are not installed. CI installs them (scripts/test.sh)
+/// and makes the browser tests required.
+fn browser() -> Option<String> {
+    let required = std::env::var("RAYFORGE_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
+    let chromium = std::env::var("RAYFORGE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let dir = browser_dir();
+    if std::path::Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists() {
+        return Some(chromium);
+    }
+    assert!(
+        !required,
+        "Chromium ({chromium}) or {}/node_modules is missing",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: no Chromium at {chromium} or no playwright-core in {}",
+        dir.display()
+    );
+    None
+}
+
+/// Runs `charts.mjs` against `base` with the expectations `expect`.
+fn check_charts(base: &str, token: Option<&str>, expect: &serde_json::Value, chromium: &str) -> String {
+    let dir = browser_dir();
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
+    let file = std::env::temp_dir().join(format!("rayforge-charts-expect-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_vec_pretty(expect).unwrap()).unwrap();
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(dir.join("charts.mjs"))
+        .current_dir(&dir)
+        .env("BASE", base)
+        .env("EXPECT", &file)
+        .env("SHOTS", &shots)
+        .env("CHROMIUM", chromium);
+    if let Some(t) = token {
+        cmd.env("TOKEN", t);
+    }
+    let out = cmd.output().expect("run node");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "the charts check failed:\n{text}");
+    assert!(text.contains("\"ok\":true"), "{text}");
+    text
+}
+
+/// The points a published series has (its non-null values).
+fn points(series: &serde_json::Value) -> usize {
+    series
+        .as_array()
+        .map_or(0, |v| v.iter().filter(|x| x.is_number()).count())
+}
+
+/// What the Train, Tune and RLlib pages must draw of what was published:
+/// a chart per Train metric (checkpoints and restarts marked), a Tune
+/// experiment's trial curves (stopped and paused trials' ends marked),
+/// optimization history and parallel coordinates, RLlib's returns and
+/// losses.
+fn chart_expectations(
+    train: &serde_json::Value,
+    tune: &serde_json::Value,
+    rllib: &serde_json::Value,
+) -> serde_json::Value {
+    let mut train_charts = serde_json::Map::new();
+    for run in train.as_array().unwrap() {
+        let (name, s) = (run["name"].as_str().unwrap(), &run["status"]);
+        let steps: Vec<f64> = serde_json::from_value(s["history"]["steps"].clone()).unwrap();
+        let (lo, hi) = (steps[0], steps[steps.len() - 1]);
+        let in_range = |x: f64| x >= lo && x <= hi;
+        let checkpoints = s["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| in_range(c.as_f64().unwrap()))
+            .count();
+        let restarts = s["restarts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["iteration"].as_f64().is_some_and(in_range))
+            .count();
+        for (metric, values) in s["history"]["series"].as_object().unwrap() {
+            let mut c = serde_json::Map::new();
+            c.insert(metric.clone(), points(values).into());
+            if checkpoints <= 300 {
+                c.insert(".mark-checkpoint".into(), serde_json::json!({ "count": checkpoints }));
+            }
+            c.insert(".mark-restart".into(), serde_json::json!({ "count": restarts }));
+            train_charts.insert(format!("train-{name}-{metric}"), c.into());
+        }
+    }
+    let mut tune_charts = serde_json::Map::new();
+    for ex in tune.as_array().unwrap() {
+        let (name, s) = (ex["name"].as_str().unwrap(), &ex["status"]);
+        let metric = s["metric"].as_str().unwrap();
+        let trials = s["trials"].as_array().unwrap();
+        let mut c = serde_json::Map::new();
+        let (mut stopped, mut paused) = (0, 0);
+        for t in trials {
+            let n = points(&t["curve"]["values"]);
+            c.insert(t["trial"].as_str().unwrap().into(), n.into());
+            match t["status"].as_str().unwrap() {
+                "STOPPED" | "ERROR" if n > 0 => stopped += 1,
+                "PAUSED" if n > 0 => paused += 1,
+                _ => {}
+            }
+        }
+        c.insert(".end-stopped".into(), serde_json::json!({ "count": stopped }));
+        c.insert(".end-paused".into(), serde_json::json!({ "count": paused }));
+        tune_charts.insert(format!("tune-{name}-trials"), c.into());
+        let finished = trials
+            .iter()
+            .filter(|t| matches!(t["status"].as_str(), Some("TERMINATED" | "STOPPED")) && t[metric].is_number())
+            .count();
+        if finished > 0 {
+            tune_charts.insert(
+                format!("tune-{name}-history"),
+                serde_json::json!({ "trials": finished, "best so far": finished }),
+            );
+        }
+        let params = s["params"].as_array().unwrap().len();
+        tune_charts.insert(
+            format!("tune-{name}-parallel"),
+            serde_json::json!({ ".pc-line": { "count": trials.len(), "points": params + 1 } }),
+        );
+    }
+    let mut rllib_charts = serde_json::Map::new();
+    for run in rllib.as_array().unwrap() {
+        let (name, series) = (run["name"].as_str().unwrap(), &run["status"]["history"]["series"]);
+        rllib_charts.insert(
+            format!("rllib-{name}-return"),
+            serde_json::json!({ "episode_return_mean": points(&series["episode_return_mean"]) }),
+        );
+        let losses: serde_json::Map<_, _> = series
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.ends_with("loss") || k.as_str() == "entropy")
+            .map(|(k, v)| (k.clone(), points(v).into()))
+            .collect();
+        rllib_charts.insert(format!("rllib-{name}-losses"), losses.into());
+    }
+    serde_json::json!({ "pages": [
+        { "path": "/train", "charts": train_charts,
+          "max_ms": { "train-hundred-thousand-reports-loss": 1000 } },
+        { "path": "/tune", "charts": tune_charts },
+        { "path": "/rllib", "charts": rllib_charts },
+    ]})
+}
+
+#[test]
+fn the_dashboard_charts_train_tune_and_rllib_runs_finished_and_running_in_a_real_browser() {
+    rayforge_integration_tests::own_process!();
+    let Some(chromium) = browser() else { return };
+    let cluster = LocalCluster::start(&["--num-cpus", "8"], 3000);
+    let jobs = rayforge::jobs::JobClient::connect(&cluster.jobs_address, Some(&cluster.token)).unwrap();
+    let tour = workspace_bin("dashboard_tour", "rayforge-examples");
+    let job = jobs
+        .submit(&tour.to_string_lossy(), &rayforge::jobs::RuntimeEnv::default())
+        .unwrap();
+    let mut out = String::new();
+    // Within nextest's 4 minutes (the tour gives up on each wait after 2).
+    let ready = wait_until(Duration::from_secs(200), || {
+        out = jobs.logs(&job, 0).map(|c| c.logs).unwrap_or_default();
+        out.contains("ready")
+            || jobs
+                .status(&job)
+                .is_ok_and(|s| s.state != "RUNNING" && s.state != "PENDING")
+    });
+    assert!(ready && out.contains("ready"), "the tour did not get ready: {out}");
+    let (base, token) = (cluster.jobs_address.clone(), cluster.token.clone());
+    let train = get_json(&base, "/api/v0/train", &token);
+    let tune = get_json(&base, "/api/v0/tune", &token);
+    let rllib = get_json(&base, "/api/v0/rllib", &token);
+    // What the libraries published: finished and running runs with their
+    // whole curves.
+    let status = |list: &serde_json::Value, name: &str| -> serde_json::Value {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {list}"))["status"]
+            .clone()
+    };
+    let s = status(&train, "line-restarted");
+    // Thirty iterations, those after the checkpoint before the restart
+    // reported again.
+    assert_eq!(s["status"], "FINISHED", "{s}");
+    assert!(s["history"]["total"].as_u64() >= Some(30), "{s}");
+    assert_eq!(
+        s["history"]["steps"].as_array().unwrap().last(),
+        Some(&serde_json::json!(30.0)),
+        "{s}"
+    );
+    assert_eq!(s["restarts"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(
+        s["checkpoints"],
+        serde_json::json!((1..=10).map(|i| i * 3).collect::<Vec<u64>>()),
+        "{s}"
+    );
+    let s = status(&train, "line-running");
+    assert_eq!(
+        (s["status"].as_str(), s["history"]["total"].as_u64()),
+        (Some("RUNNING"), Some(5)),
+        "{s}"
+    );
+    let s = status(&train, "hundred-thousand-reports");
+    assert!(s["history"]["steps"].as_array().unwrap().len() <= 1001, "downsampled");
+    let s = status(&tune, "asha-search");
+    assert!(
+        s["trials"].as_array().unwrap().iter().any(|t| t["status"] == "STOPPED"),
+        "{s}"
+    );
+    let s = status(&tune, "search-running");
+    assert_eq!(s["status"], "RUNNING", "{s}");
+    let s = status(&rllib, "ppo-running");
+    assert_eq!(
+        (s["status"].as_str(), s["history"]["total"].as_u64()),
+        (Some("RUNNING"), Some(3)),
+        "{s}"
+    );
+    assert_eq!(status(&rllib, "ppo-cartpole")["status"], "FINISHED");
+    // The overview's last hour: the head samples the cluster every 5 s.
+    assert!(wait_until(Duration::from_secs(60), || {
+        get_json(&base, "/api/v0/cluster/history", &token)["t"]
+            .as_array()
+            .is_some_and(|t| t.len() >= 2)
+    }));
+    let h = get_json(&base, "/api/v0/cluster/history", &token);
+    assert_eq!(h["series"]["cpu_total"][0], 8.0, "{h}");
+    // Behind the token, as every endpoint.
+    for path in ["/api/v0/cluster/history", "/api/v0/rllib"] {
+        assert_eq!(http(&base, "GET", path, &[], "").status, 401, "{path}");
+    }
+    assert!(
+        h["series"]["alive_actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_f64() > Some(0.0)),
+        "{h}"
+    );
+    let mut expect = chart_expectations(&train, &tune, &rllib);
+    let n = h["t"].as_array().unwrap().len();
+    expect["pages"].as_array_mut().unwrap().push(serde_json::json!({
+        "path": "/",
+        "charts": {
+            "cluster-cpu": { "used": { "min": n }, "total": { "min": n } },
+            "cluster-memory": { "used": { "min": n }, "total": { "min": n } },
+            "cluster-store": { "used": { "min": n }, "capacity": { "min": n } },
+            "cluster-work": { "running tasks": { "min": n }, "alive actors": { "min": n } },
+        },
+    }));
+    check_charts(&base, Some(&token), &expect, &chromium);
+    let _ = jobs.stop(&job);
+}
+
+#[test]
+fn the_charts_draw_edge_cases_without_nan_and_keep_markup_as_text() {
+    use std::io::BufRead;
+    let Some(chromium) = browser() else { return };
+    // The mock serves the pages with data no cluster makes on demand:
+    // gaps, a single point, null metrics, markup in names, paused trials.
+    let file = std::env::temp_dir().join(format!("rayforge-mock-expect-{}.json", std::process::id()));
+    let mut mock = std::process::Command::new("node")
+        .arg(browser_dir().join("mock.mjs"))
+        .args(["--port", "0", "--expect"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut line = String::new();
+    std::io::BufReader::new(mock.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let expect: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    check_charts(&base, None, &expect, &chromium);
+    let _ = mock.kill();
+    let _ = mock.wait();
+    let _ = std::fs::remove_file(&file);
 }

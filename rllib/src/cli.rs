@@ -91,6 +91,10 @@ fn train(args: &[String]) -> std::result::Result<(), Box<dyn std::error::Error>>
         return Err(format!("unknown option --{bad}").into());
     }
     let algo: Algo = get("algo").ok_or("--algo is required")?.parse()?;
+    let mlflow = get("mlflow")
+        .map(rayforge::tracking::Mlflow::try_new)
+        .transpose()
+        .map_err(|e| format!("--mlflow: {e}"))?;
     let env = get("env").ok_or("--env is required")?;
     // An unknown name fails here, listing the known ones.
     crate::env::EnvSpec::resolve(env, serde_json::Value::Null)?;
@@ -154,8 +158,8 @@ fn train(args: &[String]) -> std::result::Result<(), Box<dyn std::error::Error>>
     // The dashboard's RLlib page, a TensorBoard event file beside the
     // checkpoints, and MLflow when asked.
     let mut callbacks = rayforge::tracking::Callbacks::new();
-    if let Some(uri) = get("mlflow") {
-        callbacks = callbacks.with(rayforge::tracking::Mlflow::new(uri));
+    if let Some(m) = mlflow {
+        callbacks = callbacks.with(m);
     }
     let name = storage
         .uri()

@@ -638,12 +638,11 @@ impl Experiment {
             return Err(Error::config("num_samples", None, "must be at least 1"));
         }
         if let Some(uri) = &e.tracking.mlflow {
-            let hostport = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
-            if !hostport.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
+            if let Err(why) = rayforge::tracking::Mlflow::try_new(uri) {
                 return Err(Error::config(
                     "tracking.mlflow",
                     line_in_table(text, "tracking", "mlflow"),
-                    format!("`{uri}` is not an MLflow server's http://host:port"),
+                    why.to_string(),
                 ));
             }
         }

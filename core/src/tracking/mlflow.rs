@@ -60,6 +60,19 @@ fn now_ms() -> i64 {
 }
 
 impl Mlflow {
+    /// [`Mlflow::new`], refusing a `uri` that is not `http(s)://host[:port]`
+    /// (what a command line or config file hands over is checked here).
+    pub fn try_new(uri: &str) -> Result<Mlflow> {
+        let rest = uri.strip_prefix("http://").or_else(|| uri.strip_prefix("https://"));
+        let host = rest.map(|r| r.split('/').next().unwrap_or_default());
+        if !host.is_some_and(|h| !h.is_empty() && !h.starts_with(':') && !h.contains(char::is_whitespace)) {
+            return Err(Error::InvalidArgument(format!(
+                "`{uri}` is not an MLflow tracking server's http://host:port"
+            )));
+        }
+        Ok(Mlflow::new(uri))
+    }
+
     /// Logs to the tracking server at `uri` (`http://host:port`).
     pub fn new(uri: &str) -> Mlflow {
         Mlflow {
@@ -554,6 +567,10 @@ mod tests {
             ]
         );
         assert_eq!(percent_encode("a b/é"), "a%20b%2F%C3%A9");
+        for bad in ["localhost:5000", "http://", "http://:5000", "ftp://x:1", "http://a b:1"] {
+            assert!(Mlflow::try_new(bad).is_err(), "{bad}");
+        }
+        assert!(Mlflow::try_new("https://mlflow.example.com/").is_ok());
         assert_eq!(truncate(&"x".repeat(7000)).len(), MAX_PARAM_LEN);
     }
 }

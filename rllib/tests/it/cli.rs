@@ -49,8 +49,20 @@ fn train_then_evaluate_the_saved_checkpoint() {
         dir.to_str().unwrap(),
         "--checkpoint-every",
         "2",
+        // A tracking server that is down: a warning, not a failed run.
+        "--mlflow",
+        &format!("http://127.0.0.1:{}", closed_port()),
     ]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("MLflow at http://127.0.0.1:"), "{err}");
+    // TensorBoard's reader sees every iteration beside the checkpoints.
+    if let Some(tb) = rayforge_integration_tests::tracking::tensorboard_scalars(&dir) {
+        let steps: Vec<u64> = rayforge_integration_tests::tracking::scalar_steps(&tb, ".", "env_steps_lifetime")
+            .into_iter()
+            .map(|x| x.0)
+            .collect();
+        assert_eq!(steps, vec![128, 256, 384], "{tb}");
+    }
     // Every second iteration, and at the end.
     let kept: Vec<u64> = rayforge::checkpoint::list(&dir)
         .iter()
@@ -193,6 +205,20 @@ fn unknown_names_are_errors_naming_them() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("ftp://host/runs") && !out.contains("iter "), "{err}");
+    let (code, out, err) = rllib(&[
+        "train",
+        "--algo",
+        "ppo",
+        "--env",
+        "CartPole-v1",
+        "--mlflow",
+        "localhost:5000",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--mlflow") && err.contains("localhost:5000") && !out.contains("iter "),
+        "{err}"
+    );
     let (code, _, err) = rllib(&["evaluate", "/nonexistent/checkpoint_000001"]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/checkpoint_000001"), "{err}");
@@ -338,4 +364,13 @@ fn a_registered_environment_trains_evaluates_and_tunes_from_the_users_binary() {
     let results = std::fs::read_to_string(dir.join("corridor/trial_00000/result.jsonl")).unwrap();
     assert_eq!(results.lines().count(), 2, "{results}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

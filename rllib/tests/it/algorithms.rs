@@ -693,10 +693,16 @@ fn a_tracked_run_reaches_its_callbacks_tensorboard_and_the_dashboard() {
     let _ = std::fs::remove_dir_all(&dir);
     let seen = std::sync::Arc::new(Tracked::default());
     let mut a = Algorithm::new(AlgoConfig::preset(Algo::Ppo, "CartPole-v1")).unwrap();
+    let mut callbacks = rayforge::tracking::Callbacks::new().with_arc(seen.clone());
+    // And a real MLflow server, where the test script set one up.
+    let mlflow = rayforge_integration_tests::tracking::MlflowServer::start();
+    if let Some(m) = &mlflow {
+        callbacks = callbacks.with(rayforge::tracking::Mlflow::new(&m.uri));
+    }
     a.track(
         "ppo-tracked",
         Some(rayforge::storage::StorageUri::from(&dir).open().unwrap()),
-        rayforge::tracking::Callbacks::new().with_arc(seen.clone()),
+        callbacks,
     );
     let results: Vec<_> = (0..6).map(|_| a.train().unwrap()).collect();
     let ckpt = a.save(&dir).unwrap();
@@ -751,6 +757,31 @@ fn a_tracked_run_reaches_its_callbacks_tensorboard_and_the_dashboard() {
             .map(|r| r.env_steps_lifetime)
             .collect();
         assert_eq!(got, want);
+    }
+    if let Some(m) = &mlflow {
+        let runs = m.runs("ppo-tracked");
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let (info, data) = (&runs[0]["info"], &runs[0]["data"]);
+        assert_eq!(info["status"], "FINISHED", "{info}");
+        let param = |k: &str| {
+            data["params"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["key"] == k)
+                .map(|p| p["value"].clone())
+        };
+        assert_eq!(param("env"), Some(serde_json::json!("CartPole-v1")), "{data}");
+        let id = info["run_id"].as_str().unwrap();
+        let want: Vec<(u64, f64)> = steps.iter().map(|s| (*s, *s as f64)).collect();
+        rayforge_integration_tests::tracking::assert_points(
+            &m.metric_history(id, "env_steps_lifetime"),
+            &want,
+            1e-12,
+            "env_steps_lifetime",
+        );
+        let files = m.artifacts(id, "checkpoint");
+        assert!(files.contains(&"checkpoint/algorithm.json".to_string()), "{files:?}");
     }
     drop(ckpt);
     std::fs::remove_dir_all(&dir).unwrap();

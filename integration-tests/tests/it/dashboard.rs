@@ -824,6 +824,8 @@ fn check_charts(base: &str, token: Option<&str>, expect: &serde_json::Value, chr
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success(), "the charts check failed:\n{text}");
     assert!(text.contains("\"ok\":true"), "{text}");
+    // Each page's drawing times, for the log.
+    eprintln!("{text}");
     text
 }
 

@@ -47,6 +47,8 @@ fn mlp(ctx: &mut TrialContext) -> Result<(), String> {
             // whichever node the ranks run.
             storage_path: ctx.storage().uri().into(),
             verbose: false,
+            // The trial's own event file (Tune's) has these reports.
+            tensorboard: false,
             ..Default::default()
         })
         .config(serde_json::to_value(&settings).map_err(|e| err(&e))?)

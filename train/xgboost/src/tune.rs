@@ -110,6 +110,8 @@ pub fn trainable(ctx: &mut TrialContext) -> Result<(), String> {
             // restarted trial's run resumes boosting from its checkpoint.
             storage_path: ctx.storage().uri().into(),
             verbose: false,
+            // The trial's own event file (Tune's) has these reports.
+            tensorboard: false,
             ..Default::default()
         });
     if optional("valid") {

@@ -113,7 +113,7 @@ fn search(name: &str, storage: &std::path::Path, lrs: &[f64], hold: bool) -> Res
     let space = SearchSpace::new()
         .domain("lr", Domain::Grid(lrs.iter().map(|l| (*l).into()).collect()))
         .domain("width", Domain::Grid(vec![32.into(), 128.into()]));
-    Tuner::new(
+    let tuner = Tuner::new(
         if hold { curve_held } else { curve },
         BasicVariant::new(&space, 1, 0)?,
         TuneConfig {
@@ -126,9 +126,15 @@ fn search(name: &str, storage: &std::path::Path, lrs: &[f64], hold: bool) -> Res
             verbose: false,
             ..Default::default()
         },
-    )
-    .scheduler(Asha::new("training_iteration", "acc", Mode::Max, 9.0, 1.0, 3.0, 1)?)
-    .fit()?;
+    );
+    // The finished search is pruned by ASHA; the running one keeps its two
+    // trials going (FIFO), whatever they report.
+    let tuner = if hold {
+        tuner
+    } else {
+        tuner.scheduler(Asha::new("training_iteration", "acc", Mode::Max, 9.0, 1.0, 3.0, 1)?)
+    };
+    tuner.fit()?;
     Ok(())
 }
 

@@ -20,7 +20,8 @@ pub use crate::worker::submit::{
     PreparedArg,
 };
 
-/// Keeps a registration constructor linked (see [`crate::registry`]).
+/// Keeps a registration constructor linked (see the crate's `registry`
+/// module).
 #[inline]
 pub fn keep<T>(x: &T) {
     std::hint::black_box(x);

@@ -53,11 +53,11 @@ struct LocalNode {
 }
 
 /// Node daemons as processes on this machine: `rayforge start --address
-/// <head> --block` with the type's resources, each on its own ports, under
+/// HEAD --block` with the type's resources, each on its own ports, under
 /// an optional wrapper command (one giving the node a private disk, say).
 /// They die with the head's process (they are its children), and each
-/// writes its log to `<dir>/<id>.log`; a ledger of what runs is kept in
-/// `<dir>/ledger.json`.
+/// writes its log to `DIR/ID.log`; a ledger of what runs is kept in
+/// `DIR/ledger.json`.
 pub struct LocalProvider {
     cluster: String,
     head_addr: String,

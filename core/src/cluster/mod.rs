@@ -1,5 +1,5 @@
 //! Multi-node clusters: the head (control service plus a node), node daemons
-//! joining it, and drivers joining with [`Config::address`]. The `rayforge`
+//! joining it, and drivers joining with [`crate::Config::address`]. The `rayforge`
 //! command line (`start`, `stop`, `status`, `list`) is built on these.
 //!
 //! ```no_run

@@ -87,7 +87,7 @@ impl TrialContext {
     }
 
     /// The placement group the trial holds when it runs a gang
-    /// ([`TuneConfig::worker_bundles`]): the trial's own process is in
+    /// ([`crate::TuneConfig::worker_bundles`]): the trial's own process is in
     /// bundle 0, the workers go in bundles 1 and up (for a Train run:
     /// `Trainer::placement_group(pg, 1)`).
     pub fn placement_group(&self) -> Option<&PlacementGroup> {

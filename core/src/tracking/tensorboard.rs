@@ -285,7 +285,15 @@ impl Callback for TensorBoard {
         "TensorBoard"
     }
 
+    /// Each start (a Tune trial's restart too) begins a new event file: a
+    /// trial started over from scratch has had its files deleted, and one
+    /// going on from a checkpoint reports its steps after it again
+    /// (TensorBoard keeps the later ones).
     fn on_start(&self, run: &RunInfo) -> Result<()> {
+        if let Some(mut old) = self.runs.lock().remove(&run.key()) {
+            // The old file may be gone; what matters now is the new one.
+            let _ = old.close();
+        }
         self.with_writer(run, |_| Ok(()))
     }
 

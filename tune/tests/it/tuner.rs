@@ -224,13 +224,14 @@ fn a_bad_experiment_config_is_refused_before_anything_runs() {
     std::fs::remove_dir_all(&ro).unwrap();
 }
 
-/// Fails its first attempt (a marker file per trial says it did), then
-/// reports three times.
+/// Reports once and fails in its first attempt (a marker file per trial
+/// says it did), then reports three times.
 fn flaky(ctx: &mut TrialContext) -> Result<(), String> {
     let dir: String = ctx.get("marker_dir").map_err(|e| e.to_string())?;
     let marker = std::path::Path::new(&dir).join(ctx.trial());
     if !marker.exists() {
         std::fs::write(&marker, b"failed once").map_err(|e| e.to_string())?;
+        ctx.report([("acc", -1.0)]).map_err(|e| e.to_string())?;
         return Err("a first attempt that fails".into());
     }
     for i in 0..3 {
@@ -268,9 +269,17 @@ fn a_failed_trial_starts_over_within_max_failures() {
         .unwrap()
     };
     let grid = run("retried", 1);
+    // Started over from scratch: its results, and TensorBoard's, are the
+    // second attempt's.
+    let tb = rayforge_integration_tests::tracking::tensorboard_scalars(&storage.join("retried"));
     for t in &grid.trials {
         assert_eq!(t.status, TrialStatus::Terminated, "{t:?}");
         assert_eq!((t.failures, t.history.len()), (1, 3), "{t:?}");
+        if let Some(tb) = &tb {
+            let run = t.path.file_name().unwrap().to_string_lossy();
+            let got = rayforge_integration_tests::tracking::scalar_steps(tb, &run, "acc");
+            assert_eq!(got, vec![(1, 0.0), (2, 1.0), (3, 2.0)], "{}", t.trial);
+        }
     }
     let grid = run("not-retried", 0);
     assert_eq!(grid.errors().len(), 2, "{:?}", grid.trials);

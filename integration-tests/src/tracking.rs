@@ -155,6 +155,16 @@ impl MlflowServer {
         r["runs"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The value of param or tag `key` (`field`: "params" or "tags") of a
+    /// run as [`MlflowServer::runs`] returns it.
+    pub fn value(run: &serde_json::Value, field: &str, key: &str) -> Option<String> {
+        run["data"][field]
+            .as_array()?
+            .iter()
+            .find(|p| p["key"] == key)
+            .and_then(|p| p["value"].as_str().map(str::to_string))
+    }
+
     /// The steps and values of a run's metric `key`.
     pub fn metric_history(&self, run_id: &str, key: &str) -> Vec<(u64, f64)> {
         let r = self.call(

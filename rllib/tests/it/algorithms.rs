@@ -761,17 +761,14 @@ fn a_tracked_run_reaches_its_callbacks_tensorboard_and_the_dashboard() {
     if let Some(m) = &mlflow {
         let runs = m.runs("ppo-tracked");
         assert_eq!(runs.len(), 1, "{runs:?}");
-        let (info, data) = (&runs[0]["info"], &runs[0]["data"]);
+        let info = &runs[0]["info"];
         assert_eq!(info["status"], "FINISHED", "{info}");
-        let param = |k: &str| {
-            data["params"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["key"] == k)
-                .map(|p| p["value"].clone())
-        };
-        assert_eq!(param("env"), Some(serde_json::json!("CartPole-v1")), "{data}");
+        assert_eq!(
+            rayforge_integration_tests::tracking::MlflowServer::value(&runs[0], "params", "env").as_deref(),
+            Some("CartPole-v1"),
+            "{}",
+            runs[0]
+        );
         let id = info["run_id"].as_str().unwrap();
         let want: Vec<(u64, f64)> = steps.iter().map(|s| (*s, *s as f64)).collect();
         rayforge_integration_tests::tracking::assert_points(

@@ -399,26 +399,10 @@ fn a_run_is_logged_to_mlflow_with_its_params_metrics_and_final_checkpoint_and_a_
     let info = &runs[0]["info"];
     assert_eq!(info["status"], "FINISHED", "{info}");
     assert_eq!(info["run_name"], "mlflow-line", "{info}");
-    let data = &runs[0]["data"];
-    let param = |k: &str| {
-        data["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == k)
-            .map(|p| p["value"].clone())
-    };
-    assert_eq!(param("iterations"), Some(serde_json::json!("6")), "{data}");
-    let tag = |k: &str| {
-        data["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == k)
-            .map(|p| p["value"].clone())
-    };
-    assert_eq!(tag("suite"), Some(serde_json::json!("train")), "{data}");
-    assert_eq!(tag("rayforge.kind"), Some(serde_json::json!("train")), "{data}");
+    let value = |field: &str, k: &str| MlflowServer::value(&runs[0], field, k);
+    assert_eq!(value("params", "iterations").as_deref(), Some("6"), "{}", runs[0]);
+    assert_eq!(value("tags", "suite").as_deref(), Some("train"), "{}", runs[0]);
+    assert_eq!(value("tags", "rayforge.kind").as_deref(), Some("train"), "{}", runs[0]);
     let id = info["run_id"].as_str().unwrap();
     let want: Vec<(u64, f64)> = result
         .history

@@ -764,16 +764,8 @@ fn each_trial_is_an_mlflow_run_with_its_params_metrics_and_final_checkpoint() {
             .find(|r| r["info"]["run_name"] == t.trial.as_str())
             .unwrap_or_else(|| panic!("no MLflow run for {}: {runs:?}", t.trial));
         assert_eq!(r["info"]["status"], "FINISHED", "{r}");
-        let lr = r["data"]["params"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["key"] == "lr")
-            .unwrap();
-        assert_eq!(
-            lr["value"].as_str().unwrap().parse::<f64>().unwrap(),
-            t.config["lr"].as_f64().unwrap()
-        );
+        let lr = MlflowServer::value(r, "params", "lr").unwrap_or_else(|| panic!("no lr: {r}"));
+        assert_eq!(lr.parse::<f64>().unwrap(), t.config["lr"].as_f64().unwrap());
         let id = r["info"]["run_id"].as_str().unwrap();
         let want: Vec<(u64, f64)> = t
             .history

@@ -2,17 +2,11 @@
 // page drawn (the script marks <body data-loaded>), the median of 3 loads
 // each. Run by integration-tests' dashboard_bench with BASE, TOKEN and
 // CHROMIUM in the environment; prints one line per page and a JSON line.
-import { chromium } from "playwright-core";
+import { logIn, openPage } from "./browser.mjs";
 
 const { BASE, TOKEN } = process.env;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
-await page.goto(BASE + "/login");
-await page.fill("#token", TOKEN);
-await Promise.all([page.waitForURL(BASE + "/"), page.click("button[type=submit]")]);
+const { browser, page } = await openPage();
+await logIn(page, BASE, TOKEN);
 const results = [];
 for (const path of ["/", "/nodes", "/actors", "/tasks", "/events", "/jobs", "/placement-groups"]) {
   const times = [];

@@ -17,7 +17,7 @@
 // Fails (exit 1) on a console error, a page that shows an error, a chart
 // missing or off, "NaN"/"Infinity"/"undefined" anywhere in <main>'s markup,
 // or markup from the cluster that became elements instead of text.
-import { chromium } from "playwright-core";
+import { logIn, openPage } from "./browser.mjs";
 import { mkdirSync, readFileSync } from "node:fs";
 
 const env = process.env;
@@ -25,14 +25,7 @@ const { BASE, TOKEN, SHOTS } = env;
 const expect = JSON.parse(readFileSync(env.EXPECT, "utf8"));
 mkdirSync(SHOTS, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
-const errors = [];
-page.on("console", (m) => { if (m.type() === "error") errors.push(`${page.url()}: console: ${m.text()}`); });
-page.on("pageerror", (e) => errors.push(`${page.url()}: uncaught: ${e.message}`));
+const { browser, page, errors } = await openPage();
 // When each chart first appears, in ms since the navigation started.
 await page.addInitScript(() => {
   window.__chartSeen = {};
@@ -55,9 +48,7 @@ function fail(msg) {
 try {
   if (TOKEN) {
     step = "logging in";
-    await page.goto(BASE + "/login");
-    await page.fill("#token", TOKEN);
-    await Promise.all([page.waitForURL(BASE + "/"), page.click("button[type=submit]")]);
+    await logIn(page, BASE, TOKEN);
   }
   const report = [];
   for (const want of expect.pages) {

@@ -9,7 +9,7 @@
 // content, a kill button that does not kill, job logs that do not follow,
 // or markup from the cluster (an actor's name, a trial's, a job's output:
 // see dashboard_probe.rs) that became elements instead of text.
-import { chromium } from "playwright-core";
+import { openPage } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 
 const env = process.env;
@@ -17,15 +17,7 @@ const { BASE, TOKEN, JOB, ACTOR, SHOTS } = env;
 const NODES = env.NODES.split(",");
 mkdirSync(SHOTS, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-});
-const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
-const errors = [];
-let watching = false;
-page.on("console", (m) => { if (watching && m.type() === "error") errors.push(`${page.url()}: console: ${m.text()}`); });
-page.on("pageerror", (e) => errors.push(`${page.url()}: uncaught: ${e.message}`));
+const { browser, page, errors, watching } = await openPage(false);
 
 let step = "logging in";
 function fail(msg) {
@@ -65,7 +57,7 @@ try {
   // The token: back to the page asked for, with the cookie set.
   await page.fill("#token", TOKEN);
   await Promise.all([page.waitForURL(BASE + "/actors"), page.click("button[type=submit]")]);
-  watching = true;
+  watching.on = true;
   await loaded("/actors");
 
   const pages = [

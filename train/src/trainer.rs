@@ -369,12 +369,7 @@ impl Trainer {
             // iteration the restarted gang goes on from.
             if attempt > 0 {
                 if let Some(c) = &resume {
-                    let last = history
-                        .reports
-                        .last()
-                        .map(|r| r.iteration)
-                        .or_else(|| history.prior.last().map(|r| r.iteration))
-                        .unwrap_or(0);
+                    let last = history.last_iteration();
                     let m = c.manifest()?;
                     if m.iteration > last {
                         let r = Report {
@@ -1049,14 +1044,19 @@ impl History {
         }
     }
 
-    /// Marks a restart of the gang after the latest report.
-    fn restarted(&mut self, cause: String) {
-        let iteration = self
-            .reports
+    /// The latest report's iteration, this fit's or an earlier run's (0:
+    /// none yet).
+    fn last_iteration(&self) -> u64 {
+        self.reports
             .last()
             .map(|r| r.iteration)
             .or_else(|| self.prior.last().map(|r| r.iteration))
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Marks a restart of the gang after the latest report.
+    fn restarted(&mut self, cause: String) {
+        let iteration = self.last_iteration();
         self.restarts
             .push(serde_json::json!({"iteration": iteration, "cause": cause}));
         if self.restarts.len() > MAX_RESTART_MARKS {

@@ -70,11 +70,7 @@ impl Running {
         if !gone.is_ok_and(|(ready, _)| !ready.is_empty()) {
             tracing::warn!("{}: its process did not end within 60 s of being killed", t.trial);
         }
-        let last = t
-            .history
-            .last()
-            .and_then(|m| m.get(TRAINING_ITERATION))
-            .map_or(0, |i| *i as u64);
+        let last = t.last.get(TRAINING_ITERATION).map_or(0, |i| *i as u64);
         match CheckpointDir::new(t.storage.clone()).remove_after(last) {
             Ok(0) => {}
             Ok(n) => tracing::debug!("{}: removed {n} checkpoints committed after its last result", t.trial),
